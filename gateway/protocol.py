@@ -1,0 +1,300 @@
+"""The wire contract, version 1 (``docs/protocol.md``): topic parsing and message decoding.
+
+Pure and synchronous: ``decode(topic, payload, received_ms)`` returns a :class:`Batch` or a
+:class:`StatusUpdate`, or raises :class:`DecodeError` with a stable reason code when the whole message
+must be rejected. A bad reading inside an otherwise good batch does not sink its neighbours: it is
+returned in ``Batch.rejected`` with its own reason.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Final
+
+from .errors import DecodeError
+from .model import QUALITIES, Batch, DeadLetter, MetricValue, Quality, Reading, StatusUpdate
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "REASONS",
+    "Limits",
+    "TopicInfo",
+    "dead_letter_for",
+    "decode",
+    "excerpt",
+    "parse_topic",
+]
+
+PROTOCOL_VERSION: Final = 1
+
+NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}")
+METRIC_RE: Final = re.compile(r"[a-z][a-z0-9_]{0,31}")
+RESERVED_METRICS: Final = frozenset({"boot", "seq", "q", "rev", "time"})
+STATES: Final = ("online", "sleeping", "offline")
+INT64_MAX: Final = 2**63 - 1
+ID_MAX: Final = 2**31 - 1
+
+REASONS: Final[dict[str, str]] = {
+    "oversize": "payload larger than the maximum message size",
+    "bad_utf8": "payload is not valid UTF-8",
+    "bad_json": "payload is not JSON (or is nested too deeply)",
+    "bad_topic": "topic does not match <prefix>/<site>/<device>/<kind>",
+    "version": "unsupported protocol version",
+    "schema": "a field is missing, of the wrong type or out of its range",
+    "device_mismatch": "the payload's device differs from the topic's",
+    "unknown_device": "the device is not in the gateway's device list",
+    "too_many_readings": "more readings in one message than allowed",
+    "non_finite": "a metric value is NaN or infinite",
+    "time_too_old": "event time earlier than any synced clock could give",
+    "time_in_future": "event time ahead of the gateway's clock by more than the tolerance",
+}
+"""Every reason code a dead letter can carry, with its meaning."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds of the contract; the defaults are the ones ``docs/protocol.md`` states."""
+
+    max_bytes: int = 8192
+    max_readings: int = 64
+    max_metrics: int = 16
+    max_string: int = 64
+    min_time_ms: int = 1_577_836_800_000  # 2020-01-01T00:00:00Z
+    max_future_ms: int = 300_000
+
+
+@dataclass(frozen=True, slots=True)
+class TopicInfo:
+    prefix: str
+    site: str
+    device: str
+    kind: str
+
+
+class _NonFinite(float):
+    """Marks a value that was written as NaN/Infinity, so it is rejected per reading, not per message."""
+
+
+def _parse_constant(token: str) -> float:
+    return _NonFinite(math.nan)
+
+
+def parse_topic(topic: str, prefix: str = "edgekit") -> TopicInfo:
+    parts = topic.split("/")
+    if len(parts) != 4 or parts[0] != prefix:
+        raise DecodeError("bad_topic", f"expected {prefix}/<site>/<device>/<kind>, got {topic!r}")
+    _, site, device, kind = parts
+    for label, value in (("site", site), ("device", device)):
+        if not NAME_RE.fullmatch(value):
+            raise DecodeError("bad_topic", f"{label} {value!r} is not 1-32 of [A-Za-z0-9_-]")
+    if kind not in ("readings", "status"):
+        raise DecodeError("bad_topic", f"kind {kind!r} is neither 'readings' nor 'status'")
+    return TopicInfo(prefix, site, device, kind)
+
+
+def excerpt(payload: bytes, limit: int = 200) -> str:
+    """The head of a payload as printable text, for a dead-letter record."""
+    text = payload[:limit].decode("utf-8", errors="backslashreplace")
+    return text + ("…" if len(payload) > limit else "")
+
+
+def dead_letter_for(
+    err: DecodeError,
+    topic: str,
+    payload: bytes,
+    received_ms: int,
+    prefix: str = "edgekit",
+) -> DeadLetter:
+    """The dead-letter record of a message rejected whole."""
+    site = device = None
+    try:
+        info = parse_topic(topic, prefix)
+        site, device = info.site, info.device
+    except DecodeError:
+        pass
+    return DeadLetter(
+        reason=err.reason,
+        detail=err.detail,
+        topic=topic,
+        received_ms=received_ms,
+        size=len(payload),
+        excerpt=excerpt(payload),
+        site=site,
+        device=device,
+    )
+
+
+def decode(
+    topic: str,
+    payload: bytes,
+    received_ms: int,
+    *,
+    limits: Limits = Limits(),
+    prefix: str = "edgekit",
+) -> Batch | StatusUpdate:
+    """Decode one MQTT message; raises :class:`DecodeError` when it must be rejected whole."""
+    info = parse_topic(topic, prefix)
+    if len(payload) > limits.max_bytes:
+        raise DecodeError("oversize", f"{len(payload)} bytes > {limits.max_bytes}")
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DecodeError("bad_utf8", f"invalid byte at offset {exc.start}") from exc
+    try:
+        doc = json.loads(text, parse_constant=_parse_constant)
+    except RecursionError as exc:
+        raise DecodeError("bad_json", "nested too deeply") from exc
+    except ValueError as exc:
+        raise DecodeError("bad_json", str(exc)) from exc
+    if not isinstance(doc, dict):
+        raise DecodeError("schema", f"top level must be an object, got {type(doc).__name__}")
+    v = doc.get("v")
+    if v != PROTOCOL_VERSION or isinstance(v, bool):
+        raise DecodeError("version", f"v={v!r}, this gateway speaks v={PROTOCOL_VERSION}")
+    dev = doc.get("dev")
+    if dev != info.device:
+        raise DecodeError("device_mismatch", f"payload dev={dev!r}, topic device={info.device!r}")
+    if info.kind == "status":
+        return _decode_status(doc, info, topic, received_ms)
+    return _decode_batch(doc, info, topic, payload, received_ms, limits)
+
+
+def _int_field(obj: dict[str, Any], key: str, lo: int, hi: int, where: str) -> int:
+    value = obj.get(key)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise DecodeError("schema", f"{where}{key} must be an integer, got {value!r}")
+    if not lo <= value <= hi:
+        raise DecodeError("schema", f"{where}{key}={value} outside [{lo}, {hi}]")
+    return value
+
+
+def _decode_batch(
+    doc: dict[str, Any],
+    info: TopicInfo,
+    topic: str,
+    payload: bytes,
+    received_ms: int,
+    limits: Limits,
+) -> Batch:
+    flushed: int | None = None
+    if "flushed" in doc:
+        flushed = _int_field(doc, "flushed", 0, INT64_MAX, "")
+    raw = doc.get("r")
+    if not isinstance(raw, list):
+        raise DecodeError("schema", f"r must be a list of readings, got {type(raw).__name__}")
+    if not raw and flushed is None:
+        raise DecodeError("schema", "r is empty and there is no flushed marker")
+    if len(raw) > limits.max_readings:
+        raise DecodeError("too_many_readings", f"{len(raw)} readings > {limits.max_readings}")
+    readings: list[Reading] = []
+    rejected: list[DeadLetter] = []
+    for index, item in enumerate(raw):
+        try:
+            readings.append(_decode_reading(item, index, info, received_ms, limits))
+        except DecodeError as err:
+            rejected.append(
+                DeadLetter(
+                    reason=err.reason,
+                    detail=err.detail,
+                    topic=topic,
+                    received_ms=received_ms,
+                    size=len(payload),
+                    excerpt=_reading_excerpt(item),
+                    site=info.site,
+                    device=info.device,
+                    index=index,
+                )
+            )
+    return Batch(
+        site=info.site,
+        device=info.device,
+        topic=topic,
+        received_ms=received_ms,
+        readings=tuple(readings),
+        rejected=tuple(rejected),
+        flushed_ms=flushed,
+    )
+
+
+def _reading_excerpt(item: object) -> str:
+    try:
+        text = json.dumps(item, separators=(",", ":"), allow_nan=True)
+    except (TypeError, ValueError):  # pragma: no cover - decoded JSON always re-encodes
+        text = repr(item)
+    return text[:200]
+
+
+def _decode_reading(item: object, index: int, info: TopicInfo, received_ms: int, limits: Limits) -> Reading:
+    where = f"r[{index}]."
+    if not isinstance(item, dict):
+        raise DecodeError("schema", f"r[{index}] must be an object, got {type(item).__name__}")
+    boot = _int_field(item, "b", 0, ID_MAX, where)
+    seq = _int_field(item, "s", 0, ID_MAX, where)
+    t_ms = _int_field(item, "t", -INT64_MAX, INT64_MAX, where)
+    q = item.get("q")
+    if q not in QUALITIES:
+        raise DecodeError("schema", f"{where}q must be one of {'/'.join(QUALITIES)}, got {q!r}")
+    quality: Quality = q
+    metrics = _decode_metrics(item.get("m"), where, limits)
+    if t_ms < limits.min_time_ms:
+        raise DecodeError("time_too_old", f"{where}t={t_ms} is before {limits.min_time_ms}")
+    if t_ms > received_ms + limits.max_future_ms:
+        raise DecodeError(
+            "time_in_future",
+            f"{where}t={t_ms} is {t_ms - received_ms} ms ahead of the gateway (tolerance {limits.max_future_ms})",
+        )
+    return Reading(info.site, info.device, boot, seq, t_ms, quality, metrics)
+
+
+def _decode_metrics(raw: object, where: str, limits: Limits) -> dict[str, MetricValue]:
+    if not isinstance(raw, dict) or not raw:
+        raise DecodeError("schema", f"{where}m must be a non-empty object of metrics, got {raw!r}")
+    if len(raw) > limits.max_metrics:
+        raise DecodeError("schema", f"{where}m has {len(raw)} metrics > {limits.max_metrics}")
+    metrics: dict[str, MetricValue] = {}
+    for name, value in raw.items():
+        if not METRIC_RE.fullmatch(name) or name in RESERVED_METRICS:
+            raise DecodeError("schema", f"{where}m: bad metric name {name!r}")
+        metrics[name] = _metric_value(name, value, where, limits)
+    return metrics
+
+
+def _metric_value(name: str, value: object, where: str, limits: Limits) -> MetricValue:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        if not -INT64_MAX - 1 <= value <= INT64_MAX:
+            raise DecodeError("schema", f"{where}m.{name}={value} does not fit in 64 bits")
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise DecodeError("non_finite", f"{where}m.{name} is {value!r}")
+        return value
+    if isinstance(value, str):
+        if len(value) > limits.max_string:
+            raise DecodeError("schema", f"{where}m.{name} is a string of {len(value)} > {limits.max_string}")
+        return value
+    raise DecodeError("schema", f"{where}m.{name} must be a number, boolean or string, got {value!r}")
+
+
+def _decode_status(doc: dict[str, Any], info: TopicInfo, topic: str, received_ms: int) -> StatusUpdate:
+    state = doc.get("state")
+    if state not in STATES:
+        raise DecodeError("schema", f"state must be one of {'/'.join(STATES)}, got {state!r}")
+    fields: dict[str, MetricValue] = {}
+    for key, value in doc.items():
+        if key in ("v", "dev", "state"):
+            continue
+        if not METRIC_RE.fullmatch(key):
+            raise DecodeError("schema", f"status: bad field name {key!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise DecodeError("non_finite", f"status: {key} is {value!r}")
+        if not isinstance(value, (bool, int, float, str)):
+            raise DecodeError("schema", f"status: {key} must be a number, boolean or string, got {value!r}")
+        if isinstance(value, str) and len(value) > 64:
+            raise DecodeError("schema", f"status: {key} is a string of {len(value)} > 64")
+        fields[key] = value
+    return StatusUpdate(info.site, info.device, topic, received_ms, state, fields)
