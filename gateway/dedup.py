@@ -82,6 +82,5 @@ class Dedup:
 
     def restore(self, snap: dict[str, dict[str, Ranges]]) -> None:
         self.state = {
-            dev: {int(boot): [list(r) for r in ranges] for boot, ranges in boots.items()}
-            for dev, boots in snap.items()
+            dev: {int(boot): [list(r) for r in ranges] for boot, ranges in boots.items()} for dev, boots in snap.items()
         }

@@ -1,0 +1,90 @@
+"""The gateway process, wired in one place: MQTT ingest -> pipeline -> batching InfluxDB sink."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from .config import Config
+from .ingest import IngestStats, run_ingest
+from .pipeline import Pipeline
+from .sinks import BatchingSink, make_writer
+
+__all__ = ["Gateway", "wall_clock_ms"]
+
+log = logging.getLogger("gateway")
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Gateway:
+    """One running gateway. ``await gw.run(stop)`` until ``stop`` is set; ``snapshot_stats()`` any time."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        now_ms: Callable[[], int] = wall_clock_ms,
+        stats_file: Path | None = None,
+        stats_interval_s: float = 1.0,
+    ) -> None:
+        self.config = config
+        self.now_ms = now_ms
+        self.pipeline = Pipeline(config)
+        self.sink = BatchingSink(make_writer(config.influx), config.influx)
+        self.ingest_stats = IngestStats()
+        self.stats_file = stats_file
+        self.stats_interval_s = stats_interval_s
+        self.started = asyncio.Event()
+
+    async def _handle(self, topic: str, payload: bytes) -> None:
+        out = self.pipeline.handle(topic, payload, self.now_ms())
+        await self.sink.add(out.lines)
+
+    def snapshot_stats(self) -> dict[str, object]:
+        return {
+            "pipeline": self.pipeline.stats.as_dict(),
+            "sink": {**self.sink.stats.as_dict(), "pending": self.sink.pending},
+            "mqtt": self.ingest_stats.as_dict(),
+        }
+
+    def _write_stats(self) -> None:
+        if self.stats_file is None:
+            return
+        tmp = self.stats_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.snapshot_stats(), indent=1) + "\n", encoding="utf-8")
+        os.replace(tmp, self.stats_file)
+
+    async def _stats_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            self._write_stats()
+            try:
+                await asyncio.wait_for(stop.wait(), self.stats_interval_s)
+            except TimeoutError:
+                pass
+
+    async def run(self, stop: asyncio.Event) -> None:
+        cfg = self.config
+        log.info(
+            "gateway starting",
+            extra={"event": "start", "influx": cfg.influx.target, "influx_url": cfg.influx.url,
+                   "broker": f"{cfg.mqtt.host}:{cfg.mqtt.port}"},
+        )  # fmt: skip
+        await self.sink.start()
+        self.started.set()
+        stats_task = asyncio.create_task(self._stats_loop(stop), name="stats")
+        try:
+            await run_ingest(cfg.mqtt, self._handle, self.ingest_stats, stop)
+        finally:
+            await self.sink.close()
+            stop.set()
+            await stats_task
+            self._write_stats()
+            log.info("gateway stopped", extra={"event": "stop", **self.snapshot_stats()})

@@ -1,0 +1,300 @@
+"""Gateway configuration: a TOML file, overridden by ``EDGEKIT_*`` environment variables, validated at start.
+
+Secrets (the MQTT password, the InfluxDB password or token) are never read from the TOML file: they come
+from the environment or from a file named by ``password_file`` / ``token_file`` (keep it untracked).
+Every error names the key and the value, e.g. ``influx.target: 'v3' is not one of v1, v2``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
+
+from .errors import ConfigError
+from .protocol import NAME_RE, Limits
+
+__all__ = ["Config", "DevicesConfig", "InfluxConfig", "LogConfig", "MqttConfig", "load_config", "parse_config"]
+
+ENV_PREFIX = "EDGEKIT_"
+
+
+@dataclass(frozen=True, slots=True)
+class MqttConfig:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    client_id: str = "edgekit-gateway"
+    prefix: str = "edgekit"
+    topics: tuple[str, ...] = ()
+    qos: int = 1
+    clean_session: bool = False
+    keepalive_s: int = 30
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 30.0
+
+    @property
+    def subscriptions(self) -> tuple[str, ...]:
+        return self.topics or (f"{self.prefix}/+/+/readings", f"{self.prefix}/+/+/status")
+
+
+@dataclass(frozen=True, slots=True)
+class InfluxConfig:
+    target: Literal["v1", "v2"] = "v1"
+    url: str = "http://127.0.0.1:8086"
+    database: str = "edgekit"
+    retention_policy: str = ""
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    create_database: bool = True
+    org: str = ""
+    bucket: str = ""
+    token: str | None = field(default=None, repr=False)
+    batch_size: int = 1000
+    flush_interval_ms: int = 500
+    max_buffered: int = 100_000
+    timeout_s: float = 10.0
+    retry_max_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class DevicesConfig:
+    allow_unknown: bool = True
+    known: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: str = "INFO"
+    format: Literal["json", "text"] = "json"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    mqtt: MqttConfig = MqttConfig()
+    influx: InfluxConfig = InfluxConfig()
+    limits: Limits = Limits()
+    devices: DevicesConfig = DevicesConfig()
+    log: LogConfig = LogConfig()
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    """The whole parsed document, for sections other modules own (such as ``windows``)."""
+
+
+# --- small typed readers -------------------------------------------------------------------------
+
+
+def _section(doc: Mapping[str, Any], name: str, allowed: set[str]) -> dict[str, Any]:
+    value = doc.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"[{name}] must be a table, got {value!r}")
+    unknown = sorted(set(value) - allowed)
+    if unknown:
+        raise ConfigError(f"[{name}]: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(allowed))}")
+    return dict(value)
+
+
+def _get(sec: dict[str, Any], where: str, key: str, kind: type | tuple[type, ...], default: Any) -> Any:
+    if key not in sec:
+        return default
+    value = sec[key]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) and bool not in kinds:
+        raise ConfigError(f"{where}.{key}: expected {kinds[0].__name__}, got {value!r}")
+    if not isinstance(value, kinds):
+        raise ConfigError(f"{where}.{key}: expected {kinds[0].__name__}, got {value!r}")
+    return value
+
+
+def _positive(where: str, key: str, value: float) -> float:
+    if value <= 0:
+        raise ConfigError(f"{where}.{key}: must be > 0, got {value!r}")
+    return value
+
+
+def _secret(sec: dict[str, Any], where: str, key: str, env: Mapping[str, str], env_name: str) -> str | None:
+    if key in sec:
+        raise ConfigError(f"{where}.{key}: secrets are not read from the config file; set {env_name} or {key}_file")
+    if env.get(env_name):
+        return env[env_name]
+    path = _get(sec, where, f"{key}_file", str, None)
+    if path is None:
+        return None
+    try:
+        return Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"{where}.{key}_file: cannot read {path!r}: {exc.strerror}") from exc
+
+
+def _apply_env(sec: dict[str, Any], name: str, keys: tuple[str, ...], env: Mapping[str, str]) -> None:
+    for key in keys:
+        env_name = f"{ENV_PREFIX}{name.upper()}_{key.upper()}"
+        if env_name in env:
+            sec[key] = env[env_name]
+
+
+# --- sections --------------------------------------------------------------------------------------
+
+
+def _mqtt(doc: Mapping[str, Any], env: Mapping[str, str]) -> MqttConfig:
+    allowed = {
+        "url", "username", "password", "password_file", "client_id", "prefix", "topics", "qos",
+        "clean_session", "keepalive_s", "reconnect_min_s", "reconnect_max_s",
+    }  # fmt: skip
+    sec = _section(doc, "mqtt", allowed)
+    _apply_env(sec, "mqtt", ("url", "username", "client_id", "prefix"), env)
+    password = _secret(sec, "mqtt", "password", env, "EDGEKIT_MQTT_PASSWORD")
+    url = _get(sec, "mqtt", "url", str, "mqtt://127.0.0.1:1883")
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
+        raise ConfigError(f"mqtt.url: expected mqtt://host[:port], got {url!r}")
+    try:
+        port = parts.port or 1883
+    except ValueError as exc:
+        raise ConfigError(f"mqtt.url: bad port in {url!r}") from exc
+    username = _get(sec, "mqtt", "username", str, None) or (unquote(parts.username) if parts.username else None)
+    if parts.password:
+        raise ConfigError("mqtt.url: put no password in the URL; set EDGEKIT_MQTT_PASSWORD")
+    prefix = _get(sec, "mqtt", "prefix", str, "edgekit")
+    if not NAME_RE.fullmatch(prefix):
+        raise ConfigError(f"mqtt.prefix: {prefix!r} is not 1-32 of [A-Za-z0-9_-]")
+    topics = _get(sec, "mqtt", "topics", list, [])
+    if not all(isinstance(t, str) and t for t in topics):
+        raise ConfigError(f"mqtt.topics: expected a list of topic filters, got {topics!r}")
+    qos = _get(sec, "mqtt", "qos", int, 1)
+    if qos not in (0, 1, 2):
+        raise ConfigError(f"mqtt.qos: must be 0, 1 or 2, got {qos!r}")
+    lo = _positive("mqtt", "reconnect_min_s", float(_get(sec, "mqtt", "reconnect_min_s", (int, float), 0.5)))
+    hi = _positive("mqtt", "reconnect_max_s", float(_get(sec, "mqtt", "reconnect_max_s", (int, float), 30.0)))
+    if hi < lo:
+        raise ConfigError(f"mqtt.reconnect_max_s: {hi} is below reconnect_min_s {lo}")
+    return MqttConfig(
+        host=parts.hostname,
+        port=port,
+        username=username,
+        password=password,
+        client_id=_get(sec, "mqtt", "client_id", str, "edgekit-gateway"),
+        prefix=prefix,
+        topics=tuple(topics),
+        qos=qos,
+        clean_session=_get(sec, "mqtt", "clean_session", bool, False),
+        keepalive_s=int(_positive("mqtt", "keepalive_s", _get(sec, "mqtt", "keepalive_s", int, 30))),
+        reconnect_min_s=lo,
+        reconnect_max_s=hi,
+    )
+
+
+def _influx(doc: Mapping[str, Any], env: Mapping[str, str]) -> InfluxConfig:
+    allowed = {
+        "target", "url", "database", "retention_policy", "username", "password", "password_file",
+        "create_database", "org", "bucket", "token", "token_file", "batch_size", "flush_interval_ms",
+        "max_buffered", "timeout_s", "retry_max_s",
+    }  # fmt: skip
+    sec = _section(doc, "influx", allowed)
+    _apply_env(sec, "influx", ("target", "url", "database", "retention_policy", "username", "org", "bucket"), env)
+    target = _get(sec, "influx", "target", str, "v1")
+    if target not in ("v1", "v2"):
+        raise ConfigError(f"influx.target: {target!r} is not one of v1, v2")
+    url = _get(sec, "influx", "url", str, "http://127.0.0.1:8086")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"influx.url: expected http(s)://host:port, got {url!r}")
+    password = _secret(sec, "influx", "password", env, "EDGEKIT_INFLUX_PASSWORD")
+    token = _secret(sec, "influx", "token", env, "EDGEKIT_INFLUX_TOKEN")
+    cfg = InfluxConfig(
+        target=target,
+        url=url.rstrip("/"),
+        database=_get(sec, "influx", "database", str, "edgekit"),
+        retention_policy=_get(sec, "influx", "retention_policy", str, ""),
+        username=_get(sec, "influx", "username", str, None) or None,
+        password=password,
+        create_database=_get(sec, "influx", "create_database", bool, True),
+        org=_get(sec, "influx", "org", str, ""),
+        bucket=_get(sec, "influx", "bucket", str, ""),
+        token=token,
+        batch_size=int(_positive("influx", "batch_size", _get(sec, "influx", "batch_size", int, 1000))),
+        flush_interval_ms=int(
+            _positive("influx", "flush_interval_ms", _get(sec, "influx", "flush_interval_ms", int, 500))
+        ),
+        max_buffered=int(_positive("influx", "max_buffered", _get(sec, "influx", "max_buffered", int, 100_000))),
+        timeout_s=float(_positive("influx", "timeout_s", _get(sec, "influx", "timeout_s", (int, float), 10.0))),
+        retry_max_s=float(_positive("influx", "retry_max_s", _get(sec, "influx", "retry_max_s", (int, float), 30.0))),
+    )
+    if cfg.target == "v1" and not cfg.database:
+        raise ConfigError("influx.database: required for target v1")
+    if cfg.target == "v2" and not cfg.bucket:
+        raise ConfigError("influx.bucket: required for target v2 (org and token too, for InfluxDB 2.x)")
+    if cfg.max_buffered < cfg.batch_size:
+        raise ConfigError(f"influx.max_buffered: {cfg.max_buffered} is below batch_size {cfg.batch_size}")
+    return cfg
+
+
+def _limits(doc: Mapping[str, Any]) -> Limits:
+    defaults = Limits()
+    allowed = {"max_bytes", "max_readings", "max_metrics", "max_string", "min_time_ms", "max_future_ms"}
+    sec = _section(doc, "limits", allowed)
+    values = {
+        key: int(_positive("limits", key, _get(sec, "limits", key, int, getattr(defaults, key)))) for key in allowed
+    }
+    return Limits(**values)
+
+
+def _devices(doc: Mapping[str, Any]) -> DevicesConfig:
+    sec = _section(doc, "devices", {"allow_unknown", "known"})
+    known = _get(sec, "devices", "known", list, [])
+    bad = [d for d in known if not isinstance(d, str) or not NAME_RE.fullmatch(d)]
+    if bad:
+        raise ConfigError(f"devices.known: not device ids: {bad!r}")
+    allow_unknown = _get(sec, "devices", "allow_unknown", bool, True)
+    if not allow_unknown and not known:
+        raise ConfigError("devices.allow_unknown = false needs a non-empty devices.known list")
+    return DevicesConfig(allow_unknown=allow_unknown, known=frozenset(known))
+
+
+def _log(doc: Mapping[str, Any], env: Mapping[str, str]) -> LogConfig:
+    sec = _section(doc, "log", {"level", "format"})
+    _apply_env(sec, "log", ("level", "format"), env)
+    level = str(_get(sec, "log", "level", str, "INFO")).upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(f"log.level: {level!r} is not one of DEBUG, INFO, WARNING, ERROR")
+    fmt = _get(sec, "log", "format", str, "json")
+    if fmt not in ("json", "text"):
+        raise ConfigError(f"log.format: {fmt!r} is not one of json, text")
+    return LogConfig(level=level, format=fmt)
+
+
+KNOWN_SECTIONS = {"mqtt", "influx", "limits", "devices", "log", "windows"}
+
+
+def parse_config(doc: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Config:
+    """Validate a parsed TOML document (plus environment overrides) into a :class:`Config`."""
+    env = os.environ if env is None else env
+    unknown = sorted(set(doc) - KNOWN_SECTIONS)
+    if unknown:
+        raise ConfigError(f"unknown section(s) {', '.join(unknown)}; known: {', '.join(sorted(KNOWN_SECTIONS))}")
+    return Config(
+        mqtt=_mqtt(doc, env),
+        influx=_influx(doc, env),
+        limits=_limits(doc),
+        devices=_devices(doc),
+        log=_log(doc, env),
+        raw=doc,
+    )
+
+
+def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -> Config:
+    """Read ``path`` (or only the environment and defaults when it is ``None``)."""
+    if path is None:
+        return parse_config({}, env)
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    return parse_config(doc, env)

@@ -1,0 +1,113 @@
+"""The synchronous heart of ingest: decode, check the device, remove duplicates, and say what to write.
+
+``Pipeline.handle(topic, payload, received_ms)`` never raises on bad input: a message that breaks the
+contract becomes a dead-letter point and a log line, and the gateway goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+
+from .config import Config
+from .dedup import Dedup, DedupSpec
+from .errors import DecodeError
+from .model import Batch, DeadLetter, Reading
+from .points import dead_letter_line, reading_line, status_line
+from .protocol import dead_letter_for, decode
+
+__all__ = ["Pipeline", "Stats"]
+
+log = logging.getLogger("gateway.pipeline")
+
+
+@dataclass(slots=True)
+class Stats:
+    """Counters a person can read: what came in and where it went."""
+
+    messages: int = 0
+    readings_in: int = 0
+    readings_accepted: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+    status_updates: int = 0
+    flush_markers: int = 0
+    dead_by_reason: Counter[str] = field(default_factory=Counter)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "messages": self.messages,
+            "readings_in": self.readings_in,
+            "readings_accepted": self.readings_accepted,
+            "duplicates": self.duplicates,
+            "dead_letters": self.dead_letters,
+            "status_updates": self.status_updates,
+            "flush_markers": self.flush_markers,
+            "dead_by_reason": dict(sorted(self.dead_by_reason.items())),
+        }
+
+
+@dataclass(slots=True)
+class Output:
+    """What one message produced: accepted readings (for the engine) and the lines to write."""
+
+    readings: list[Reading] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+    batch: Batch | None = None
+
+
+class Pipeline:
+    def __init__(self, config: Config, dedup: Dedup | None = None) -> None:
+        self.config = config
+        self.dedup = dedup or DedupSpec().build()
+        self.stats = Stats()
+        self._unique = 0
+
+    def handle(self, topic: str, payload: bytes, received_ms: int) -> Output:
+        self.stats.messages += 1
+        out = Output()
+        cfg = self.config
+        try:
+            msg = decode(topic, payload, received_ms, limits=cfg.limits, prefix=cfg.mqtt.prefix)
+            if not cfg.devices.allow_unknown and msg.device not in cfg.devices.known:
+                raise DecodeError("unknown_device", f"device {msg.device!r} is not in devices.known")
+        except DecodeError as err:
+            self._dead(dead_letter_for(err, topic, payload, received_ms, cfg.mqtt.prefix), out)
+            return out
+        if not isinstance(msg, Batch):
+            self.stats.status_updates += 1
+            out.lines.append(status_line(msg))
+            return out
+        out.batch = msg
+        if msg.flushed_ms is not None:
+            self.stats.flush_markers += 1
+        self.stats.readings_in += len(msg.readings) + len(msg.rejected)
+        for dead in msg.rejected:
+            self._dead(dead, out)
+        for reading in msg.readings:
+            if not self.dedup.check_and_add(reading.device, reading.boot, reading.seq):
+                self.stats.duplicates += 1
+                continue
+            self.stats.readings_accepted += 1
+            out.readings.append(reading)
+            out.lines.append(reading_line(reading))
+        return out
+
+    def _dead(self, dead: DeadLetter, out: Output) -> None:
+        self.stats.dead_letters += 1
+        self.stats.dead_by_reason[dead.reason] += 1
+        self._unique += 1
+        out.lines.append(dead_letter_line(dead, self._unique))
+        log.warning(
+            "dead letter",
+            extra={
+                "event": "dead_letter",
+                "reason": dead.reason,
+                "detail": dead.detail,
+                "topic": dead.topic,
+                "device": dead.device,
+                "index": dead.index,
+                "size": dead.size,
+            },
+        )
