@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.config import load_config, parse_config
+from gateway.errors import ConfigError
+
+
+def test_defaults_need_no_file() -> None:
+    cfg = load_config(None, env={})
+    assert (cfg.mqtt.host, cfg.mqtt.port, cfg.mqtt.qos) == ("127.0.0.1", 1883, 1)
+    assert cfg.mqtt.subscriptions == ("edgekit/+/+/readings", "edgekit/+/+/status")
+    assert cfg.influx.target == "v1" and cfg.influx.database == "edgekit"
+
+
+def test_toml_file_and_env_override(tmp_path: Path) -> None:
+    path = tmp_path / "gw.toml"
+    path.write_text(
+        '[mqtt]\nurl = "mqtt://broker.local:1884"\nprefix = "farm"\n'
+        '[influx]\ntarget = "v2"\nurl = "http://db:8086"\nbucket = "b"\norg = "o"\n'
+    )
+    env = {"EDGEKIT_MQTT_URL": "mqtt://gw@other:1999", "EDGEKIT_INFLUX_TOKEN": "tok", "EDGEKIT_MQTT_PASSWORD": "pw"}
+    cfg = load_config(path, env=env)
+    assert (cfg.mqtt.host, cfg.mqtt.port, cfg.mqtt.username, cfg.mqtt.password) == ("other", 1999, "gw", "pw")
+    assert cfg.mqtt.subscriptions == ("farm/+/+/readings", "farm/+/+/status")
+    assert (cfg.influx.target, cfg.influx.token, cfg.influx.bucket) == ("v2", "tok", "b")
+    assert "tok" not in repr(cfg) and "pw" not in repr(cfg)
+
+
+def test_secret_from_file(tmp_path: Path) -> None:
+    secret = tmp_path / "influx.pw"
+    secret.write_text("s3cret\n")
+    cfg = parse_config({"influx": {"username": "gw", "password_file": str(secret)}}, env={})
+    assert cfg.influx.password == "s3cret"
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        ({"mqtt": {"url": "http://x"}}, "mqtt.url"),
+        ({"mqtt": {"url": "mqtt://u:p@x"}}, "no password in the URL"),
+        ({"mqtt": {"qos": 3}}, "mqtt.qos"),
+        ({"mqtt": {"qos": "1"}}, "mqtt.qos: expected int"),
+        ({"mqtt": {"password": "x"}}, "secrets are not read from the config file"),
+        ({"mqtt": {"prefix": "a/b"}}, "mqtt.prefix"),
+        ({"mqtt": {"reconnect_min_s": 5, "reconnect_max_s": 1}}, "reconnect_max_s"),
+        ({"mqtt": {"colour": "red"}}, "unknown key(s) colour"),
+        ({"influx": {"target": "v3"}}, "influx.target: 'v3'"),
+        ({"influx": {"target": "v2"}}, "influx.bucket: required"),
+        ({"influx": {"token": "t"}}, "secrets are not read"),
+        ({"influx": {"batch_size": 0}}, "influx.batch_size: must be > 0"),
+        ({"influx": {"batch_size": 10, "max_buffered": 5}}, "max_buffered"),
+        ({"influx": {"password_file": "/nonexistent/pw"}}, "cannot read"),
+        ({"devices": {"allow_unknown": False}}, "needs a non-empty devices.known"),
+        ({"devices": {"known": ["ok", "not ok"]}}, "not device ids"),
+        ({"log": {"level": "LOUD"}}, "log.level"),
+        ({"nonsense": {}}, "unknown section(s) nonsense"),
+    ],
+)
+def test_invalid_config_names_key_and_value(doc: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(doc, env={})
+    assert message in str(info.value)
+
+
+def test_bad_toml_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("[mqtt\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(path, env={})
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path / "missing.toml", env={})

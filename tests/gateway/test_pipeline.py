@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import json
+
+from gateway.config import parse_config
+from gateway.pipeline import Pipeline
+
+NOW = 1_764_072_100_000
+
+
+def batch(dev: str, readings: list[tuple[int, int, int, dict[str, object]]]) -> bytes:
+    r = [{"b": b, "s": s, "t": t, "q": "s", "m": m} for b, s, t, m in readings]
+    return json.dumps({"v": 1, "dev": dev, "r": r}).encode()
+
+
+def test_accepts_dedups_and_dead_letters() -> None:
+    p = Pipeline(parse_config({}, env={}))
+    t = NOW - 60_000
+    out = p.handle("edgekit/s/d1/readings", batch("d1", [(1, 0, t, {"x": 1.5}), (1, 1, t + 1, {"x": 2})]), NOW)
+    assert len(out.readings) == 2
+    assert out.lines[0] == f'reading,device=d1,site=s x=1.5,boot=1i,seq=0i,q="s" {t * 1_000_000}'
+    again = p.handle("edgekit/s/d1/readings", batch("d1", [(1, 1, t + 1, {"x": 2}), (1, 2, t + 2, {"x": 3})]), NOW)
+    assert [r.seq for r in again.readings] == [2]
+    bad = p.handle("edgekit/s/d1/readings", b"{nope", NOW)
+    assert bad.readings == [] and len(bad.lines) == 1
+    assert bad.lines[0].startswith("dead_letter,device=d1,reason=bad_json,site=s ")
+    s = p.stats
+    assert (s.messages, s.readings_in, s.readings_accepted, s.duplicates, s.dead_letters) == (3, 4, 3, 1, 1)
+    assert dict(s.dead_by_reason) == {"bad_json": 1}
+
+
+def test_dead_letters_in_the_same_millisecond_stay_apart() -> None:
+    p = Pipeline(parse_config({}, env={}))
+    lines = [p.handle("edgekit/s/d1/readings", b"x", NOW).lines[0] for _ in range(3)]
+    assert len({ln.rsplit(" ", 1)[1] for ln in lines}) == 3
+
+
+def test_unknown_device_and_status() -> None:
+    p = Pipeline(parse_config({"devices": {"allow_unknown": False, "known": ["d1"]}}, env={}))
+    out = p.handle("edgekit/s/d2/readings", batch("d2", [(1, 0, NOW, {"x": 1})]), NOW)
+    assert out.readings == [] and "reason=unknown_device" in out.lines[0]
+    st = p.handle("edgekit/s/d1/status", b'{"v":1,"dev":"d1","state":"sleeping","sleep_s":300}', NOW)
+    assert st.lines == [f'device_status,device=d1,site=s state="sleeping",sleep_s=300i {NOW * 1_000_000}']
+    assert p.stats.status_updates == 1
+
+
+def test_bad_topic_has_no_device_tag() -> None:
+    p = Pipeline(parse_config({}, env={}))
+    out = p.handle("elsewhere/x", b"{}", NOW)
+    assert out.lines[0].startswith("dead_letter,reason=bad_topic ")
