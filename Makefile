@@ -1,0 +1,37 @@
+# The README's two commands are `make demo` and `make test`; everything else here serves them.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: help setup services services-stop demo test lint bench clean
+
+help:
+	@echo "make demo           simulated fleet -> Mosquitto -> gateway -> InfluxDB, then a summary"
+	@echo "make test           the whole test suite against real services (what CI runs)"
+	@echo "make services       start Mosquitto, InfluxDB 1.x and VictoriaMetrics on 127.0.0.1"
+	@echo "make services-stop  stop them"
+	@echo "make lint           ruff and mypy"
+	@echo "make bench          the benchmarks in bench/"
+
+setup:
+	@bash scripts/setup.sh
+
+services: setup
+	@$(PY) scripts/services.py start
+
+services-stop:
+	@python3 scripts/services.py stop
+
+demo: setup
+	@$(PY) scripts/demo.py
+
+test: setup
+	@$(PY) -m pytest
+
+lint: setup
+	@$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy
+
+bench: setup
+	@for f in bench/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+clean: services-stop
+	rm -rf .run

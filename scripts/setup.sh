@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Idempotent set-up of a Debian 12 / Raspberry Pi OS (bookworm) machine for edgekit:
+#   1. the Debian packages of the services (mosquitto, mosquitto-clients, influxdb, victoria-metrics, socat),
+#      installed with apt-get when run as root, otherwise the exact sudo command is printed;
+#   2. .venv with edgekit installed editable plus its dev extras (redone when pyproject.toml changes).
+# The services themselves are run by scripts/services.py, never by the distribution's systemd units.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step() { printf '==> %s\n' "$*"; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# mosquitto lives in /usr/sbin, which an ordinary user's PATH lacks on Debian.
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+
+# binary -> Debian package; "unit:port" of the distribution service each package ships.
+BINARIES=(mosquitto mosquitto_pub influxd victoria-metrics socat)
+declare -A PACKAGE=(
+    [mosquitto]=mosquitto [mosquitto_pub]=mosquitto-clients [influxd]=influxdb
+    [victoria-metrics]=victoria-metrics [socat]=socat
+)
+declare -A UNIT_PORT=([mosquitto]=1883 [influxdb]=8086 [victoria-metrics]=8428)
+
+command -v python3 >/dev/null || die "python3 not found; install it with: sudo apt-get install -y python3 python3-venv"
+python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+    || die "edgekit needs Python >= 3.11, found $(python3 --version 2>&1)"
+
+# --- 1. Debian packages ---------------------------------------------------------------------------------
+missing=()
+for bin in "${BINARIES[@]}"; do
+    command -v "$bin" >/dev/null 2>&1 || missing+=("${PACKAGE[$bin]}")
+done
+if [[ ! -x .venv/bin/python ]] && ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+    missing+=(python3-venv)
+fi
+
+systemd_running() { [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null 2>&1; }
+
+installed_now=()
+if ((${#missing[@]} == 0)); then
+    step "system packages: all present"
+elif ((EUID != 0)); then
+    printf 'error: missing Debian packages: %s\nInstall them with:\n  sudo apt-get update && sudo apt-get install -y %s\nthen run this script again.\n' \
+        "${missing[*]}" "${missing[*]}" >&2
+    exit 1
+else
+    step "apt-get update"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    unavailable=()
+    for pkg in "${missing[@]}"; do
+        candidate=$(apt-cache policy "$pkg" 2>/dev/null | awk '/Candidate:/ {print $2}')
+        [[ -n "$candidate" && "$candidate" != "(none)" ]] || unavailable+=("$pkg")
+    done
+    if ((${#unavailable[@]})); then
+        die "Debian package(s) not available from this machine's apt sources: ${unavailable[*]}.
+victoria-metrics is packaged from Debian 12 (bookworm) on; older Debian / Raspberry Pi OS releases lack it,
+and the test suite needs it (the VictoriaMetrics write target is tested against a real server).
+Upgrade to bookworm, or install VictoriaMetrics so that 'victoria-metrics' is on PATH, then re-run."
+    fi
+    step "apt-get install ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o Dpkg::Use-Pty=0 "${missing[@]}" >/dev/null
+    installed_now=("${missing[@]}")
+fi
+
+# The packages' own services (if systemd runs them) would hold the demo's ports: switch off those we just
+# installed; only warn about ones that were already there.
+if systemd_running; then
+    for unit in "${!UNIT_PORT[@]}"; do
+        systemctl is-active --quiet "$unit" 2>/dev/null || continue
+        if [[ " ${installed_now[*]} " == *" $unit "* ]]; then
+            step "disabling the distribution's $unit service (edgekit runs its own on port ${UNIT_PORT[$unit]})"
+            systemctl disable --now "$unit" >/dev/null 2>&1 || true
+        else
+            printf 'warning: the system %s service is running and holds port %s; stop it with\n  sudo systemctl disable --now %s\nor start edgekit'"'"'s services on other ports (see scripts/services.py --help)\n' \
+                "$unit" "${UNIT_PORT[$unit]}" "$unit" >&2
+        fi
+    done
+fi
+
+# --- 2. virtualenv --------------------------------------------------------------------------------------
+stamp=.venv/.edgekit-installed
+if [[ ! -x .venv/bin/python ]]; then
+    step "creating .venv ($(python3 --version 2>&1))"
+    rm -rf .venv
+    python3 -m venv .venv
+fi
+if [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" ]]; then
+    step "pip install -e '.[dev]' into .venv"
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+    touch "$stamp"
+else
+    step ".venv is up to date"
+fi
+step "setup done"
