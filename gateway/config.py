@@ -40,7 +40,7 @@ class MqttConfig:
 
     @property
     def subscriptions(self) -> tuple[str, ...]:
-        return self.topics or (f"{self.prefix}/+/+/readings", f"{self.prefix}/+/+/status")
+        return self.topics or (f"{self.prefix}/#",)
 
 
 @dataclass(frozen=True, slots=True)

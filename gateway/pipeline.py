@@ -33,6 +33,8 @@ class Stats:
     dead_letters: int = 0
     status_updates: int = 0
     flush_markers: int = 0
+    ignored: int = 0
+    """Messages on topics the gateway publishes itself (commands, ``<prefix>/_gateway/...``)."""
     dead_by_reason: Counter[str] = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, object]:
@@ -44,6 +46,7 @@ class Stats:
             "dead_letters": self.dead_letters,
             "status_updates": self.status_updates,
             "flush_markers": self.flush_markers,
+            "ignored": self.ignored,
             "dead_by_reason": dict(sorted(self.dead_by_reason.items())),
         }
 
@@ -63,10 +66,18 @@ class Pipeline:
         self.dedup = dedup or DedupSpec().build()
         self.stats = Stats()
         self._unique = 0
+        self._own = (f"{config.mqtt.prefix}/_gateway/", "/cmd")
+
+    def is_own_topic(self, topic: str) -> bool:
+        """Topics the gateway publishes to (commands to boards, its own outputs) are not ingested."""
+        return topic.startswith(self._own[0]) or (topic.endswith(self._own[1]) and topic.count("/") == 3)
 
     def handle(self, topic: str, payload: bytes, received_ms: int) -> Output:
-        self.stats.messages += 1
         out = Output()
+        if self.is_own_topic(topic):
+            self.stats.ignored += 1
+            return out
+        self.stats.messages += 1
         cfg = self.config
         try:
             msg = decode(topic, payload, received_ms, limits=cfg.limits, prefix=cfg.mqtt.prefix)

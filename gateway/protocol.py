@@ -110,11 +110,9 @@ def dead_letter_for(
 ) -> DeadLetter:
     """The dead-letter record of a message rejected whole."""
     site = device = None
-    try:
-        info = parse_topic(topic, prefix)
-        site, device = info.site, info.device
-    except DecodeError:
-        pass
+    parts = topic.split("/")
+    if len(parts) == 4 and parts[0] == prefix and NAME_RE.fullmatch(parts[1]) and NAME_RE.fullmatch(parts[2]):
+        site, device = parts[1], parts[2]
     return DeadLetter(
         reason=err.reason,
         detail=err.detail,

@@ -11,7 +11,7 @@ from gateway.errors import ConfigError
 def test_defaults_need_no_file() -> None:
     cfg = load_config(None, env={})
     assert (cfg.mqtt.host, cfg.mqtt.port, cfg.mqtt.qos) == ("127.0.0.1", 1883, 1)
-    assert cfg.mqtt.subscriptions == ("edgekit/+/+/readings", "edgekit/+/+/status")
+    assert cfg.mqtt.subscriptions == ("edgekit/#",)
     assert cfg.influx.target == "v1" and cfg.influx.database == "edgekit"
 
 
@@ -24,7 +24,7 @@ def test_toml_file_and_env_override(tmp_path: Path) -> None:
     env = {"EDGEKIT_MQTT_URL": "mqtt://gw@other:1999", "EDGEKIT_INFLUX_TOKEN": "tok", "EDGEKIT_MQTT_PASSWORD": "pw"}
     cfg = load_config(path, env=env)
     assert (cfg.mqtt.host, cfg.mqtt.port, cfg.mqtt.username, cfg.mqtt.password) == ("other", 1999, "gw", "pw")
-    assert cfg.mqtt.subscriptions == ("farm/+/+/readings", "farm/+/+/status")
+    assert cfg.mqtt.subscriptions == ("farm/#",)
     assert (cfg.influx.target, cfg.influx.token, cfg.influx.bucket) == ("v2", "tok", "b")
     assert "tok" not in repr(cfg) and "pw" not in repr(cfg)
 

@@ -48,3 +48,11 @@ def test_bad_topic_has_no_device_tag() -> None:
     p = Pipeline(parse_config({}, env={}))
     out = p.handle("elsewhere/x", b"{}", NOW)
     assert out.lines[0].startswith("dead_letter,reason=bad_topic ")
+
+
+def test_own_topics_are_ignored_not_dead_lettered() -> None:
+    p = Pipeline(parse_config({}, env={}))
+    assert p.handle("edgekit/s/d1/cmd", b'{"do":"x"}', NOW).lines == []
+    assert p.handle("edgekit/_gateway/alerts/x", b"{}", NOW).lines == []
+    assert p.stats.ignored == 2 and p.stats.messages == 0
+    assert "reason=bad_topic" in p.handle("edgekit/s/d1/telemetry", b"{}", NOW).lines[0]
