@@ -456,11 +456,14 @@ class SessionOperator(_Base):
             sessions = self.sessions[key] = []
             self.sites[key] = site
         hits = [x for x in sessions if x[0] < hi and x[1] > lo]
+        # Too late: the session this reading would open - or the part it would prepend to the sessions
+        # it touches - ended more than the allowed lateness ago. (Prepending is refused too, so that a
+        # session can never grow back over one already dropped and reuse its start, its point's time.)
+        if wm is not None and hi + self.lateness <= wm and (not hits or lo < hits[0][0]):
+            if not sessions:
+                del self.sessions[key], self.sites[key]
+            return self._late(site, device, t, b, s, values, wm)
         if not hits:
-            if wm is not None and hi + self.lateness <= wm:
-                if not sessions:
-                    del self.sessions[key], self.sites[key]
-                return self._late(site, device, t, b, s, values, wm)
             accs: Accs = {m: summary_new(v, t, b, s) for m, v in values}
             behind = wm is not None and hi <= wm
             insort(sessions, [lo, hi, 0, accs, True, behind], key=lambda x: x[0])
