@@ -129,7 +129,7 @@ class Reference:
                 self.revs[(key, st)] = rev
                 self.changed.discard((key, st))
                 out += self._results(key, st, en, evs, rev)
-        for (key, st) in list(self.windows):
+        for key, st in list(self.windows):
             wm = self._wm(key)
             if wm is not None and st + spec.size_ms + spec.allowed_lateness_ms <= wm:
                 del self.windows[(key, st)]
@@ -171,7 +171,7 @@ class Reference:
             wm = self._wm(key)
             sessions = self._sessions(key)
             starts = {st for st, _, _ in sessions}
-            for (k, st) in sorted(self.emitted):
+            for k, st in sorted(self.emitted):
                 if k == key and st not in starts:
                     rev, _ = self.emitted.pop((k, st))
                     for m in self.spec.metrics:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from gateway.engine import Engine, EngineSpec, WatermarkSpec, WindowSpec
 
+Batch_ = tuple[str, str, list[tuple[int, int, int, dict[str, float]]], int | None]
 KINDS = ("tumbling", "sliding", "session")
 
 
@@ -21,17 +22,26 @@ def window_specs(draw: st.DrawFn) -> WindowSpec:
     lateness = draw(st.sampled_from([0, 0, 5, 13, 40]))
     key = draw(st.sampled_from(["device", "device", "site"]))
     if kind == "session":
-        return WindowSpec("w", "session", ("x", "y"), gap_ms=draw(st.integers(1, 12)),
-                          allowed_lateness_ms=lateness, key=key)
+        return WindowSpec(
+            "w", "session", ("x", "y"), gap_ms=draw(st.integers(1, 12)), allowed_lateness_ms=lateness, key=key
+        )
     size = draw(st.integers(1, 20))
     slide = size if kind == "tumbling" else draw(st.integers(1, size))
     offset = draw(st.integers(0, slide - 1))
-    return WindowSpec("w", kind, ("x", "y"), size_ms=size, slide_ms=slide, offset_ms=offset,
-                      allowed_lateness_ms=lateness, key=key)
+    return WindowSpec(
+        "w",
+        kind,
+        ("x", "y"),
+        size_ms=size,
+        slide_ms=slide,
+        offset_ms=offset,
+        allowed_lateness_ms=lateness,
+        key=key,
+    )
 
 
 @st.composite
-def streams(draw: st.DrawFn) -> list[tuple[str, str, list[tuple[int, int, int, dict[str, float]]], int | None]]:
+def streams(draw: st.DrawFn) -> list[Batch_]:
     """Batches (site, device, readings, flushed): per-device clocks with random delays, some very late."""
     n_dev = draw(st.integers(1, 3))
     clocks = [0] * n_dev
@@ -56,9 +66,17 @@ def streams(draw: st.DrawFn) -> list[tuple[str, str, list[tuple[int, int, int, d
 
 
 def run(spec: WindowSpec, mode: str, bound: int, stream: list[Any]) -> None:
-    engine = Engine(EngineSpec(windows=(spec,), watermark=WatermarkSpec(mode=mode, out_of_orderness_ms=bound,  # type: ignore[arg-type]
-                                                                         idle_timeout_ms=10**12),
-                               min_time_ms=0))
+    engine = Engine(
+        EngineSpec(
+            windows=(spec,),
+            watermark=WatermarkSpec(
+                mode=mode,
+                out_of_orderness_ms=bound,  # type: ignore[arg-type]
+                idle_timeout_ms=10**12,
+            ),
+            min_time_ms=0,
+        )
+    )
     ref = Reference(spec, mode, bound)
     fed: dict[str, int] = {"x": 0, "y": 0}
     late_all: list[tuple[Any, ...]] = []
