@@ -24,14 +24,14 @@ import random
 import resource
 import sys
 import time
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.engine import Engine, parse_engine  # noqa: E402
-from gateway.model import Batch, Reading  # noqa: E402
+from gateway.engine import Engine, parse_engine
+from gateway.model import Batch, Reading
 
 T0 = 1_764_072_000_000
 CHUNK = 100_000
