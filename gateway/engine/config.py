@@ -1,0 +1,273 @@
+"""Window and engine settings from the gateway's TOML file, parsed into frozen specs.
+
+```toml
+[engine]
+unsynced = "reject"          # or "window": see docs/semantics.md
+max_future = "5m"            # readings further ahead of the gateway clock are refused
+min_time_ms = 1577836800000  # readings before this are refused (2020-01-01)
+
+[engine.watermark]
+mode = "device"              # or "global"
+out_of_orderness = "5s"
+idle_timeout = "10m"         # a device without announced sleep_s is idle after this
+idle_factor = 2.0            # ... with sleep_s: idle after idle_factor * sleep_s + idle_grace
+idle_grace = "30s"
+
+[[engine.watermark.classes]]
+name = "sleepy"
+devices = ["gh-*"]           # glob patterns on the device id
+out_of_orderness = "30s"
+
+[[windows]]
+name = "temp_1m"
+kind = "tumbling"            # tumbling | sliding | session
+size = "60s"                 # tumbling, sliding; offset = "0s" optional
+slide = "10s"                # sliding only
+gap = "30s"                  # session only
+metrics = ["temp_c", "rh"]
+aggregates = ["count", "mean", "min", "max"]   # default: all eight
+allowed_lateness = "2m"      # default 0
+out_of_orderness = "5s"      # optional: overrides the device-class bound for this window
+key = "device"               # or "site"
+```
+
+Durations are integers (ms) or strings ``<number><unit>``, unit ``ms``, ``s``, ``m``, ``h`` or ``d``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+from ..errors import ConfigError
+from .aggregates import AGGREGATES
+from .watermark import DeviceClass, WatermarkSpec
+
+__all__ = [
+    "AGGREGATE_NAMES",
+    "EngineSpec",
+    "WindowKind",
+    "WindowSpec",
+    "parse_duration",
+    "parse_engine",
+    "parse_windows",
+]
+
+WindowKind = Literal["tumbling", "sliding", "session"]
+AGGREGATE_NAMES: Final = tuple(AGGREGATES)
+_METRIC_RE: Final = re.compile(r"[a-z][a-z0-9_]{0,31}")
+_NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_DURATION_RE: Final = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*")
+_UNITS: Final = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+@dataclass(frozen=True, slots=True)
+class WindowSpec:
+    """One declared window. Sizes are milliseconds; ``slide == size`` for tumbling, 0 for session."""
+
+    name: str
+    kind: WindowKind
+    metrics: tuple[str, ...]
+    size_ms: int = 0
+    slide_ms: int = 0
+    offset_ms: int = 0
+    gap_ms: int = 0
+    aggregates: tuple[str, ...] = AGGREGATE_NAMES
+    allowed_lateness_ms: int = 0
+    out_of_orderness_ms: int | None = None
+    key: Literal["device", "site"] = "device"
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSpec:
+    windows: tuple[WindowSpec, ...] = ()
+    watermark: WatermarkSpec = field(default_factory=WatermarkSpec)
+    unsynced: Literal["reject", "window"] = "reject"
+    max_future_ms: int = 300_000
+    min_time_ms: int = 1_577_836_800_000
+
+
+def parse_duration(value: object, where: str) -> int:
+    """Milliseconds from an int (ms) or a string like ``"250ms"``, ``"60s"``, ``"5m"``, ``"1.5h"``."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: expected a duration, got {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ConfigError(f"{where}: duration must not be negative, got {value}")
+        return value
+    if isinstance(value, str):
+        m = _DURATION_RE.fullmatch(value)
+        if m:
+            ms = float(m.group(1)) * _UNITS[m.group(2)]
+            if ms != int(ms):
+                raise ConfigError(f"{where}: {value!r} is not a whole number of milliseconds")
+            return int(ms)
+    raise ConfigError(f"{where}: expected milliseconds or a string like '60s', '5m', got {value!r}")
+
+
+def _names(value: object, where: str, allowed: Sequence[str] | None = None) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where}: expected a non-empty list of strings, got {value!r}")
+    if len(set(value)) != len(value):
+        raise ConfigError(f"{where}: duplicate names in {value!r}")
+    for v in value:
+        if allowed is not None and v not in allowed:
+            raise ConfigError(f"{where}: unknown {v!r}, expected some of {', '.join(allowed)}")
+        if allowed is None and not _METRIC_RE.fullmatch(v):
+            raise ConfigError(f"{where}: {v!r} is not a metric name ([a-z][a-z0-9_]{{0,31}})")
+    return tuple(value)
+
+
+_WINDOW_KEYS: Final = {
+    "tumbling": {"size", "offset"},
+    "sliding": {"size", "slide", "offset"},
+    "session": {"gap"},
+}
+_COMMON_KEYS: Final = {"name", "kind", "metrics", "aggregates", "allowed_lateness", "out_of_orderness", "key"}
+
+
+def _parse_window(raw: object, index: int) -> WindowSpec:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"windows[{index}]: expected a table, got {raw!r}")
+    name = raw.get("name")
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        raise ConfigError(f"windows[{index}].name: expected 1-64 of [A-Za-z0-9_.-], got {name!r}")
+    where = f"windows[{name}]"
+    kind = raw.get("kind")
+    if kind not in _WINDOW_KEYS:
+        raise ConfigError(f"{where}.kind: expected tumbling, sliding or session, got {kind!r}")
+    unknown = set(raw) - _COMMON_KEYS - _WINDOW_KEYS[kind]
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} for a {kind} window")
+    metrics = _names(raw.get("metrics"), f"{where}.metrics")
+    aggregates = (
+        _names(raw["aggregates"], f"{where}.aggregates", AGGREGATE_NAMES)
+        if "aggregates" in raw
+        else AGGREGATE_NAMES
+    )
+    key = raw.get("key", "device")
+    if key not in ("device", "site"):
+        raise ConfigError(f"{where}.key: expected 'device' or 'site', got {key!r}")
+    lateness = parse_duration(raw.get("allowed_lateness", 0), f"{where}.allowed_lateness")
+    ooo = raw.get("out_of_orderness")
+    bound = None if ooo is None else parse_duration(ooo, f"{where}.out_of_orderness")
+
+    def positive(k: str) -> int:
+        if k not in raw:
+            raise ConfigError(f"{where}.{k}: required for a {kind} window")
+        ms = parse_duration(raw[k], f"{where}.{k}")
+        if ms <= 0:
+            raise ConfigError(f"{where}.{k}: must be positive, got {raw[k]!r}")
+        return ms
+
+    size = slide = offset = gap = 0
+    if kind == "session":
+        gap = positive("gap")
+    else:
+        size = positive("size")
+        slide = positive("slide") if kind == "sliding" else size
+        if slide > size:
+            raise ConfigError(f"{where}.slide: {raw['slide']!r} is larger than size {raw['size']!r}")
+        offset = parse_duration(raw.get("offset", 0), f"{where}.offset")
+        if offset >= slide:
+            raise ConfigError(f"{where}.offset: {raw['offset']!r} must be smaller than the slide")
+    return WindowSpec(
+        name=name,
+        kind=kind,
+        metrics=metrics,
+        size_ms=size,
+        slide_ms=slide,
+        offset_ms=offset,
+        gap_ms=gap,
+        aggregates=aggregates,
+        allowed_lateness_ms=lateness,
+        out_of_orderness_ms=bound,
+        key=key,
+    )
+
+
+def parse_windows(section: object) -> tuple[WindowSpec, ...]:
+    """The ``[[windows]]`` list of the TOML file (``None`` or absent means no windows)."""
+    if section is None:
+        return ()
+    if not isinstance(section, list):
+        raise ConfigError(f"windows: expected a list of [[windows]] tables, got {section!r}")
+    specs = tuple(_parse_window(raw, i) for i, raw in enumerate(section))
+    seen: set[str] = set()
+    for spec in specs:
+        if spec.name in seen:
+            raise ConfigError(f"windows[{spec.name}].name: declared twice")
+        seen.add(spec.name)
+    return specs
+
+
+def _parse_watermark(raw: object) -> WatermarkSpec:
+    if raw is None:
+        return WatermarkSpec()
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"engine.watermark: expected a table, got {raw!r}")
+    allowed = {"mode", "out_of_orderness", "idle_timeout", "idle_factor", "idle_grace", "classes"}
+    unknown = set(raw) - allowed
+    if unknown:
+        raise ConfigError(f"engine.watermark: unknown key(s) {', '.join(sorted(unknown))}")
+    mode = raw.get("mode", "device")
+    if mode not in ("device", "global"):
+        raise ConfigError(f"engine.watermark.mode: expected 'device' or 'global', got {mode!r}")
+    factor = raw.get("idle_factor", 2.0)
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor <= 0:
+        raise ConfigError(f"engine.watermark.idle_factor: expected a positive number, got {factor!r}")
+    classes: list[DeviceClass] = []
+    for i, c in enumerate(raw.get("classes", [])):
+        w = f"engine.watermark.classes[{i}]"
+        if not isinstance(c, Mapping) or set(c) - {"name", "devices", "out_of_orderness"}:
+            raise ConfigError(f"{w}: expected a table with name, devices, out_of_orderness, got {c!r}")
+        cname = c.get("name")
+        if not isinstance(cname, str) or not cname:
+            raise ConfigError(f"{w}.name: expected a string, got {cname!r}")
+        devices = c.get("devices")
+        if not isinstance(devices, list) or not devices or not all(isinstance(d, str) for d in devices):
+            raise ConfigError(f"{w}.devices: expected a non-empty list of glob patterns, got {devices!r}")
+        if "out_of_orderness" not in c:
+            raise ConfigError(f"{w}.out_of_orderness: required")
+        classes.append(
+            DeviceClass(cname, tuple(devices), parse_duration(c["out_of_orderness"], f"{w}.out_of_orderness"))
+        )
+    d = WatermarkSpec()
+    return WatermarkSpec(
+        mode=mode,
+        out_of_orderness_ms=parse_duration(
+            raw.get("out_of_orderness", d.out_of_orderness_ms), "engine.watermark.out_of_orderness"
+        ),
+        classes=tuple(classes),
+        idle_timeout_ms=parse_duration(
+            raw.get("idle_timeout", d.idle_timeout_ms), "engine.watermark.idle_timeout"
+        ),
+        idle_factor=float(factor),
+        idle_grace_ms=parse_duration(raw.get("idle_grace", d.idle_grace_ms), "engine.watermark.idle_grace"),
+    )
+
+
+def parse_engine(doc: Mapping[str, Any]) -> EngineSpec:
+    """The engine's configuration from the parsed TOML document: its ``engine`` table and ``windows`` list."""
+    raw = doc.get("engine", {})
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"engine: expected a table, got {raw!r}")
+    unknown = set(raw) - {"unsynced", "max_future", "min_time_ms", "watermark"}
+    if unknown:
+        raise ConfigError(f"engine: unknown key(s) {', '.join(sorted(unknown))}")
+    unsynced = raw.get("unsynced", "reject")
+    if unsynced not in ("reject", "window"):
+        raise ConfigError(f"engine.unsynced: expected 'reject' or 'window', got {unsynced!r}")
+    d = EngineSpec()
+    min_time = raw.get("min_time_ms", d.min_time_ms)
+    if isinstance(min_time, bool) or not isinstance(min_time, int):
+        raise ConfigError(f"engine.min_time_ms: expected an integer (ms since the epoch), got {min_time!r}")
+    return EngineSpec(
+        windows=parse_windows(doc.get("windows")),
+        watermark=_parse_watermark(raw.get("watermark")),
+        unsynced=unsynced,
+        max_future_ms=parse_duration(raw.get("max_future", d.max_future_ms), "engine.max_future"),
+        min_time_ms=min_time,
+    )

@@ -1,0 +1,220 @@
+"""The engine façade: batches and status in, window results and late readings out.
+
+Pure and synchronous; the only clock is the ``now_ms`` the caller passes. Per batch:
+
+1. readings with impossible times (ahead of ``now_ms`` by more than ``max_future_ms``, before
+   ``min_time_ms``) and, by default, unsynced readings (quality ``u``) become :class:`LateReading`;
+2. every window operator takes the remaining readings against the watermark it last acted on (so the
+   order of readings inside a batch does not matter);
+3. the device's watermark advances (max event time - bound, flushed marker), and the operators fire,
+   re-fire and clean up.
+
+``advance(now_ms)`` lets time alone move the fleet watermarks of site windows (devices turning idle).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from ..model import Batch, Reading, StatusUpdate
+from .config import EngineSpec, WindowSpec
+from .operators import Operator, Values, build_operator
+from .outputs import LateReading, Output
+from .watermark import DeviceTracker
+
+__all__ = ["SNAPSHOT_VERSION", "Engine"]
+
+SNAPSHOT_VERSION: Final = 1
+
+
+class _Window:
+    """A window spec with its operator and the watermark bound it uses for each device."""
+
+    __slots__ = ("_wm_spec", "bounds", "key_site", "op", "spec")
+
+    def __init__(self, spec: WindowSpec, engine: EngineSpec) -> None:
+        self.spec = spec
+        self.op: Operator = build_operator(spec, shared=engine.watermark.mode == "global")
+        self.key_site = spec.key == "site"
+        self.bounds: dict[str, int] = {}
+        self._wm_spec = engine.watermark
+
+    def bound(self, device: str) -> int:
+        b = self.bounds.get(device)
+        if b is None:
+            b = self.spec.out_of_orderness_ms
+            if b is None:
+                b = self._wm_spec.bound_for(device)
+            self.bounds[device] = b
+        return b
+
+
+class Engine:
+    """Event-time windows over the readings of a fleet (see ``docs/semantics.md``)."""
+
+    def __init__(self, spec: EngineSpec) -> None:
+        self.spec = spec
+        self.global_mode = spec.watermark.mode == "global"
+        self.tracker = DeviceTracker(spec.watermark)
+        self.windows = [_Window(w, spec) for w in spec.windows]
+        self.stats: dict[str, int] = {
+            "readings": 0,
+            "time_in_future": 0,
+            "time_too_old": 0,
+            "unsynced": 0,
+            "non_numeric": 0,
+            "flushed_ignored": 0,
+        }
+
+    # -- input ------------------------------------------------------------------------------------
+
+    def _refuse(self, r: Reading, now_ms: int) -> LateReading | None:
+        reason = None
+        if r.t_ms > now_ms + self.spec.max_future_ms:
+            reason = "time_in_future"
+        elif r.t_ms < self.spec.min_time_ms:
+            reason = "time_too_old"
+        elif r.quality == "u" and self.spec.unsynced == "reject":
+            reason = "unsynced"
+        if reason is None:
+            return None
+        self.stats[reason] += 1
+        return LateReading("", r.site, r.device, "", r.t_ms, r.boot, r.seq, 0, None, reason)
+
+    def process_batch(self, batch: Batch, now_ms: int) -> list[Output]:
+        """Window the batch's readings; returns late readings and every window fired or re-fired."""
+        out: list[Output] = []
+        accepted: list[Reading] = []
+        max_t: int | None = None
+        for r in batch.readings:
+            refused = self._refuse(r, now_ms)
+            if refused is not None:
+                out.append(refused)
+                continue
+            accepted.append(r)
+            if r.quality != "u" and (max_t is None or r.t_ms > max_t):
+                max_t = r.t_ms
+        self.stats["readings"] += len(accepted)
+        flushed = batch.flushed_ms
+        if flushed is not None and (
+            flushed > now_ms + self.spec.max_future_ms or flushed < self.spec.min_time_ms
+        ):
+            self.stats["flushed_ignored"] += 1
+            flushed = None
+        site, device = batch.site, batch.device
+        cache: dict[tuple[str, ...], list[Values]] = {}
+        for w in self.windows:
+            metrics = w.spec.metrics
+            rows = cache.get(metrics)
+            if rows is None:
+                rows = cache[metrics] = [self._values(r, metrics) for r in accepted]
+            key = site if w.key_site else device
+            add = w.op.add
+            for r, values in zip(accepted, rows, strict=True):
+                if values:
+                    late = add(key, site, device, r.t_ms, r.boot, r.seq, values)
+                    if late:
+                        out.extend(late)
+        self.tracker.seen(site, device, now_ms, max_t, flushed)
+        for w in self.windows:
+            out.extend(self._advance_window(w, site, device, max_t, now_ms))
+        return out
+
+    def _values(self, r: Reading, metrics: tuple[str, ...]) -> Values:
+        values: Values = []
+        m = r.metrics
+        for name in metrics:
+            v = m.get(name)
+            if v is None:
+                continue
+            if isinstance(v, str):
+                self.stats["non_numeric"] += 1
+                continue
+            values.append((name, float(v)))
+        return values
+
+    def _advance_window(
+        self, w: _Window, site: str, device: str, max_t: int | None, now_ms: int
+    ) -> list[Output]:
+        op = w.op
+        if self.global_mode:
+            old = op.watermark("")
+            wm = old
+            if max_t is not None:
+                cand = max_t - w.bound(device)
+                wm = cand if old is None or cand > old else old
+            return op.advance(None, wm) if wm is not None else []
+        if w.key_site:
+            return self._advance_site(w, site, now_ms)
+        dwm = self.tracker.device_wm(device, w.bound(device))
+        return op.advance(device, dwm) if dwm is not None else []
+
+    def _advance_site(self, w: _Window, site: str, now_ms: int) -> list[Output]:
+        fleet = self.tracker.fleet_wm(site, w.bound, now_ms)
+        if fleet is None:
+            return []
+        old = w.op.watermark(site)
+        return w.op.advance(site, fleet if old is None or fleet > old else old)
+
+    def process_status(self, status: StatusUpdate) -> list[Output]:
+        """Note the device's state and announced ``sleep_s``; may release site windows (device offline)."""
+        sleep = status.fields.get("sleep_s")
+        sleep_s = float(sleep) if isinstance(sleep, (int, float)) and not isinstance(sleep, bool) else None
+        self.tracker.status(status.site, status.device, status.received_ms, status.state, sleep_s)
+        out: list[Output] = []
+        if not self.global_mode:
+            for w in self.windows:
+                if w.key_site:
+                    out.extend(self._advance_site(w, status.site, status.received_ms))
+        return out
+
+    def advance(self, now_ms: int) -> list[Output]:
+        """Time-driven progress: devices that fell silent turn idle and stop holding site windows back."""
+        out: list[Output] = []
+        if self.global_mode:
+            return out
+        for w in self.windows:
+            if w.key_site:
+                for site in sorted(self.tracker.sites):
+                    out.extend(self._advance_site(w, site, now_ms))
+        return out
+
+    # -- introspection and state ------------------------------------------------------------------
+
+    def device_watermark(self, device: str, window: str | None = None) -> int | None:
+        """The watermark a window (default: the first) uses for a device key."""
+        w = self._window(window)
+        return w.op.watermark("" if self.global_mode else device)
+
+    def late_count(self, window: str | None = None) -> int:
+        """Values routed late (beyond allowed lateness) by one window, or by all."""
+        if window is not None:
+            return self._window(window).op.late_count
+        return sum(w.op.late_count for w in self.windows)
+
+    def _window(self, name: str | None) -> _Window:
+        for w in self.windows:
+            if name is None or w.spec.name == name:
+                return w
+        raise KeyError(name)
+
+    def snapshot(self) -> dict[str, Any]:
+        """All state as plain JSON-able values (dict keys are strings)."""
+        return {
+            "version": SNAPSHOT_VERSION,
+            "tracker": self.tracker.snapshot(),
+            "stats": dict(self.stats),
+            "windows": {w.spec.name: w.op.snapshot() for w in self.windows},
+        }
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        """Take back a :meth:`snapshot` (from an engine with the same windows)."""
+        if snap.get("version") != SNAPSHOT_VERSION:
+            raise ValueError(f"snapshot version {snap.get('version')!r}, expected {SNAPSHOT_VERSION}")
+        names = {w.spec.name for w in self.windows}
+        if set(snap["windows"]) != names:
+            raise ValueError(f"snapshot has windows {sorted(snap['windows'])}, engine has {sorted(names)}")
+        self.tracker.restore(snap["tracker"])
+        self.stats = dict(snap["stats"])
+        for w in self.windows:
+            w.op.restore(snap["windows"][w.spec.name])

@@ -1,0 +1,562 @@
+"""Window operators: tumbling, sliding (shared panes, two-stack aggregation) and session (merging).
+
+Each operator is built from a :class:`~gateway.engine.config.WindowSpec` and keeps all its mutable data
+per key (a device or a site). The engine drives it with two calls:
+
+- ``add(key, site, device, t, boot, seq, values)`` puts one reading's values (``[(metric, float)]``) in
+  its window(s) against the watermark the operator last acted on; a reading whose every window is past
+  ``end + allowed_lateness`` comes back at once as :class:`LateReading` outputs instead.
+- ``advance(key, wm)`` moves the key's watermark (``key=None`` in shared mode: one watermark for every
+  key), re-fires windows that late readings changed (``revision + 1``), fires windows whose end the
+  watermark reached, and drops state past ``end + allowed_lateness`` (timer heaps).
+
+``snapshot()`` returns the whole state as plain JSON-able values; ``restore()`` takes it back.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, insort
+from heapq import heappop, heappush
+from typing import Any, Final, Protocol
+
+from .aggregates import Summary, summary_add, summary_merge, summary_new, summary_result
+from .config import WindowSpec
+from .outputs import Fired, LateReading, Output, WindowResult
+from .windows import first_window_end_after, pane_size
+
+__all__ = ["Operator", "SessionOperator", "SlidingOperator", "TumblingOperator", "Values", "build_operator"]
+
+Values = list[tuple[str, float]]
+Accs = dict[str, Summary]
+_NONE: Final[tuple[Output, ...]] = ()
+
+
+def _copy(accs: Accs) -> Accs:
+    return {m: list(a) for m, a in accs.items()}
+
+
+def _merge_into(acc: Accs | None, other: Accs) -> Accs:
+    """A new dict: ``acc`` merged with ``other`` (neither is changed)."""
+    if acc is None:
+        return _copy(other)
+    out = dict(acc)
+    for m, b in other.items():
+        a = out.get(m)
+        out[m] = list(b) if a is None else summary_merge(a, b)
+    return out
+
+
+class Operator(Protocol):
+    spec: WindowSpec
+    late_count: int
+
+    def add(
+        self, key: str, site: str, device: str, t: int, b: int, s: int, values: Values
+    ) -> tuple[Output, ...]: ...
+
+    def advance(self, key: str | None, wm: int) -> list[Output]: ...
+
+    def watermark(self, key: str) -> int | None: ...
+
+    def snapshot(self) -> dict[str, Any]: ...
+
+    def restore(self, snap: dict[str, Any]) -> None: ...
+
+
+class _Base:
+    def __init__(self, spec: WindowSpec, shared: bool) -> None:
+        self.spec = spec
+        self.shared = shared
+        self.lateness = spec.allowed_lateness_ms
+        self.aggs = tuple(a for a in spec.aggregates if a != "count")
+        self.wm: dict[str, int] = {}
+        self.sites: dict[str, str] = {}
+        self.late_count = 0
+
+    def watermark(self, key: str) -> int | None:
+        return self.wm.get("" if self.shared else key)
+
+    def _set_wm(self, key: str | None, wm: int) -> int | None:
+        hk = "" if key is None else key
+        old = self.wm.get(hk)
+        assert old is None or wm >= old, f"watermark of {self.spec.name}/{hk} went back: {old} -> {wm}"
+        self.wm[hk] = wm
+        return old
+
+    def _late(
+        self, site: str, device: str, t: int, b: int, s: int, values: Values, wm: int
+    ) -> tuple[Output, ...]:
+        self.late_count += len(values)
+        name = self.spec.name
+        return tuple(
+            LateReading(name, site, device, m, t, b, s, wm - t, wm, "too_late", v) for m, v in values
+        )
+
+    def _emit(
+        self, out: list[Output], key: str, start: int, end: int, accs: Accs, rev: int, fired: Fired
+    ) -> None:
+        spec = self.spec
+        site = self.sites[key]
+        for metric in spec.metrics:
+            a = accs.get(metric)
+            if a is not None:
+                out.append(
+                    WindowResult(
+                        spec.name,
+                        spec.key,
+                        key,
+                        site,
+                        start,
+                        end,
+                        metric,
+                        a[0],
+                        summary_result(a, self.aggs),
+                        rev,
+                        fired,
+                    )
+                )
+
+    def _base_snapshot(self) -> dict[str, Any]:
+        return {"wm": dict(self.wm), "sites": dict(self.sites), "late_count": self.late_count}
+
+    def _base_restore(self, snap: dict[str, Any]) -> None:
+        self.wm = dict(snap["wm"])
+        self.sites = dict(snap["sites"])
+        self.late_count = snap["late_count"]
+
+
+class TumblingOperator(_Base):
+    """Tumbling windows ``[offset + k*size, offset + (k+1)*size)`` per key, one timer heap per key.
+
+    State per key: ``wins[start] = [revision, {metric: summary}]``; timers ``(time, start, phase)`` with
+    phase 0 = fire at ``end``, 1 = drop at ``end + allowed_lateness``; ``dirty`` = fired windows that a
+    late reading changed since.
+    """
+
+    def __init__(self, spec: WindowSpec, shared: bool) -> None:
+        super().__init__(spec, shared)
+        self.size = spec.size_ms
+        self.offset = spec.offset_ms
+        self.wins: dict[str, dict[int, list[Any]]] = {}
+        self.timers: dict[str, list[tuple[int, int, int]]] = {}
+        self.dirty: dict[str, set[int]] = {}
+
+    def add(
+        self, key: str, site: str, device: str, t: int, b: int, s: int, values: Values
+    ) -> tuple[Output, ...]:
+        size = self.size
+        start = t - (t - self.offset) % size
+        end = start + size
+        wm = self.wm.get("" if self.shared else key)
+        if wm is not None and end + self.lateness <= wm:
+            return self._late(site, device, t, b, s, values, wm)
+        wins = self.wins.get(key)
+        if wins is None:
+            wins = self.wins[key] = {}
+            self.timers[key] = []
+            self.sites[key] = site
+        w = wins.get(start)
+        if w is None:
+            w = wins[start] = [0, {}]
+            if wm is not None and end <= wm:  # a window the watermark passed while it was empty
+                self.dirty.setdefault(key, set()).add(start)
+                heappush(self.timers[key], (end + self.lateness, start, 1))
+            else:
+                heappush(self.timers[key], (end, start, 0))
+        elif w[0]:
+            self.dirty.setdefault(key, set()).add(start)
+        accs: Accs = w[1]
+        for m, v in values:
+            a = accs.get(m)
+            if a is None:
+                accs[m] = summary_new(v, t, b, s)
+            else:
+                summary_add(a, v, t, b, s)
+        return _NONE
+
+    def advance(self, key: str | None, wm: int) -> list[Output]:
+        self._set_wm(key, wm)
+        out: list[Output] = []
+        keys = list(self.wins) if key is None else [key] if key in self.wins else []
+        size = self.size
+        for k in keys:
+            wins = self.wins[k]
+            dirty = self.dirty.pop(k, None)
+            if dirty:
+                for start in sorted(dirty):
+                    w = wins[start]
+                    w[0] += 1
+                    self._emit(out, k, start, start + size, w[1], w[0], "late")
+            heap = self.timers[k]
+            while heap and heap[0][0] <= wm:
+                _, start, phase = heappop(heap)
+                if phase == 0:
+                    w = wins[start]
+                    w[0] = 1
+                    self._emit(out, k, start, start + size, w[1], 1, "watermark")
+                    heappush(heap, (start + size + self.lateness, start, 1))
+                else:
+                    del wins[start]
+            if not wins:
+                del self.wins[k], self.timers[k], self.sites[k]
+        return out
+
+    def snapshot(self) -> dict[str, Any]:
+        snap = self._base_snapshot()
+        snap["wins"] = {k: [[s, w[0], _copy(w[1])] for s, w in v.items()] for k, v in self.wins.items()}
+        snap["timers"] = {k: [list(x) for x in v] for k, v in self.timers.items()}
+        snap["dirty"] = {k: sorted(v) for k, v in self.dirty.items()}
+        return snap
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        self._base_restore(snap)
+        self.wins = {k: {s: [r, _copy(a)] for s, r, a in v} for k, v in snap["wins"].items()}
+        self.timers = {k: [(x[0], x[1], x[2]) for x in v] for k, v in snap["timers"].items()}
+        self.dirty = {k: set(v) for k, v in snap["dirty"].items()}
+
+
+class _SlideKey:
+    """One key's sliding-window state: panes, fired revisions, cleanup timers and the two stacks."""
+
+    __slots__ = ("back", "back_acc", "cleanup", "dirty", "front", "hi", "order", "panes", "revs")
+
+    def __init__(self) -> None:
+        self.panes: dict[int, Accs] = {}
+        self.order: list[int] = []  # sorted pane starts
+        self.revs: dict[int, int] = {}  # window start -> revision, for fired windows not yet dropped
+        self.cleanup: list[tuple[int, int]] = []  # (end + lateness, window start)
+        self.dirty: set[int] = set()  # panes changed after a window containing them fired
+        # Two-stack sliding aggregation over the panes of the last window fired:
+        self.front: list[
+            tuple[int, Accs]
+        ] = []  # (pane, aggregate of it and every newer front pane); oldest last
+        self.back: list[int] = []  # panes pushed since the last transfer, oldest first
+        self.back_acc: Accs | None = None
+        self.hi: int | None = None  # panes below this have been pushed; None: stacks empty/invalid
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "panes": [[p, _copy(self.panes[p])] for p in self.order],
+            "revs": [[s, r] for s, r in self.revs.items()],
+            "cleanup": [list(x) for x in self.cleanup],
+            "dirty": sorted(self.dirty),
+            "front": [[p, _copy(a)] for p, a in self.front],
+            "back": list(self.back),
+            "back_acc": None if self.back_acc is None else _copy(self.back_acc),
+            "hi": self.hi,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> _SlideKey:
+        ks = cls()
+        ks.panes = {p: _copy(a) for p, a in d["panes"]}
+        ks.order = [p for p, _ in d["panes"]]
+        ks.revs = {s: r for s, r in d["revs"]}
+        ks.cleanup = [(x[0], x[1]) for x in d["cleanup"]]
+        ks.dirty = set(d["dirty"])
+        ks.front = [(p, _copy(a)) for p, a in d["front"]]
+        ks.back = list(d["back"])
+        ks.back_acc = None if d["back_acc"] is None else _copy(d["back_acc"])
+        ks.hi = d["hi"]
+        return ks
+
+
+class SlidingOperator(_Base):
+    """Sliding windows ``[s, s + size)``, ``s = offset + k*slide``, over panes of ``gcd(size, slide)``.
+
+    A reading updates one pane (O(1) whatever size/slide). Windows fire in order of their end through a
+    two-stack queue of panes (amortised O(1) merges per window). A late reading within the allowed
+    lateness marks its pane dirty; the next ``advance`` re-fires every fired window still kept that
+    contains it, merging its panes afresh, and rebuilds the stacks.
+    """
+
+    def __init__(self, spec: WindowSpec, shared: bool) -> None:
+        super().__init__(spec, shared)
+        self.size = spec.size_ms
+        self.slide = spec.slide_ms
+        self.offset = spec.offset_ms
+        self.pane = pane_size(spec.size_ms, spec.slide_ms)
+        self.keys: dict[str, _SlideKey] = {}
+
+    def add(
+        self, key: str, site: str, device: str, t: int, b: int, s: int, values: Values
+    ) -> tuple[Output, ...]:
+        wm = self.wm.get("" if self.shared else key)
+        size = self.size
+        if wm is not None and t - (t - self.offset) % self.slide + size + self.lateness <= wm:
+            return self._late(site, device, t, b, s, values, wm)
+        ks = self.keys.get(key)
+        if ks is None:
+            ks = self.keys[key] = _SlideKey()
+            self.sites[key] = site
+        p = t - (t - self.offset) % self.pane
+        accs = ks.panes.get(p)
+        if accs is None:
+            accs = ks.panes[p] = {}
+            order = ks.order
+            if not order or p > order[-1]:
+                order.append(p)
+            else:
+                insort(order, p)
+        if wm is not None and first_window_end_after(p, size, self.slide, self.offset) <= wm:
+            ks.dirty.add(p)  # some window containing this pane has already been fired (or passed empty)
+        for m, v in values:
+            a = accs.get(m)
+            if a is None:
+                accs[m] = summary_new(v, t, b, s)
+            else:
+                summary_add(a, v, t, b, s)
+        return _NONE
+
+    def _window(self, ks: _SlideKey, start: int, end: int) -> Accs:
+        """Merge the panes of ``[start, end)`` directly (for re-fires)."""
+        order = ks.order
+        acc: Accs | None = None
+        i = bisect_left(order, start)
+        while i < len(order) and order[i] < end:
+            acc = _merge_into(acc, ks.panes[order[i]])
+            i += 1
+        return acc or {}
+
+    def _query(self, ks: _SlideKey, start: int, end: int) -> Accs:
+        """The aggregate of ``[start, end)`` through the two stacks; windows must come in increasing order."""
+        panes = ks.panes
+        front = ks.front
+        if ks.hi is None:
+            front.clear()
+            ks.back = []
+            ks.back_acc = None
+            ks.hi = start
+        while True:  # evict panes older than start
+            if not front:
+                back = [p for p in ks.back if p >= start]
+                acc: Accs | None = None
+                for p in reversed(back):
+                    acc = _merge_into(acc, panes[p])
+                    front.append((p, acc))
+                ks.back = []
+                ks.back_acc = None
+                if not front:
+                    break
+            if front[-1][0] >= start:
+                break
+            front.pop()
+        order = ks.order
+        hi = ks.hi if ks.hi > start else start
+        i = bisect_left(order, hi)
+        back_acc = ks.back_acc
+        while i < len(order) and order[i] < end:
+            p = order[i]
+            ks.back.append(p)
+            back_acc = _merge_into(back_acc, panes[p])
+            i += 1
+        ks.back_acc = back_acc
+        ks.hi = end
+        if front:
+            return _merge_into(front[-1][1], back_acc) if back_acc is not None else front[-1][1]
+        return back_acc if back_acc is not None else {}
+
+    def _refire(self, out: list[Output], k: str, ks: _SlideKey, old: int) -> None:
+        size, slide, off = self.size, self.slide, self.offset
+        starts: set[int] = set()
+        for p in ks.dirty:
+            last = p - (p - off) % slide
+            lo = p - size + 1
+            for s in range(lo + (off - lo) % slide, last + 1, slide):
+                if s + size <= old < s + size + self.lateness:
+                    starts.add(s)
+        ks.dirty.clear()
+        ks.hi = None  # the stacks may hold stale aggregates
+        ks.front.clear()
+        for s in sorted(starts):
+            rev = ks.revs.get(s, 0) + 1
+            if rev == 1:
+                heappush(ks.cleanup, (s + size + self.lateness, s))
+            ks.revs[s] = rev
+            self._emit(out, k, s, s + size, self._window(ks, s, s + size), rev, "late")
+
+    def advance(self, key: str | None, wm: int) -> list[Output]:
+        old = self._set_wm(key, wm)
+        out: list[Output] = []
+        keys = list(self.keys) if key is None else [key] if key in self.keys else []
+        size, slide, off, lateness = self.size, self.slide, self.offset, self.lateness
+        for k in keys:
+            ks = self.keys[k]
+            order = ks.order
+            if ks.dirty and old is not None:
+                self._refire(out, k, ks, old)
+            if not order:
+                e = wm + 1
+            elif old is None:
+                e = first_window_end_after(order[0], size, slide, off)
+            else:
+                e = first_window_end_after(old, size, slide, off)
+            while e <= wm:
+                s = e - size
+                i = bisect_left(order, s)
+                if i == len(order):
+                    break
+                q = order[i]
+                if q >= e:  # empty window: jump to the first window containing the next pane
+                    e = first_window_end_after(q, size, slide, off)
+                    continue
+                ks.revs[s] = 1
+                heappush(ks.cleanup, (e + lateness, s))
+                self._emit(out, k, s, e, self._query(ks, s, e), 1, "watermark")
+                e += slide
+            heap = ks.cleanup
+            while heap and heap[0][0] <= wm:
+                ks.revs.pop(heappop(heap)[1], None)
+            n = 0
+            while n < len(order):
+                p = order[n]
+                if p - (p - off) % slide + size + lateness > wm:
+                    break
+                del ks.panes[p]
+                n += 1
+            if n:
+                del order[:n]
+            if not order and not ks.revs:
+                del self.keys[k], self.sites[k]
+        return out
+
+    def snapshot(self) -> dict[str, Any]:
+        snap = self._base_snapshot()
+        snap["keys"] = {k: ks.to_json() for k, ks in self.keys.items()}
+        return snap
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        self._base_restore(snap)
+        self.keys = {k: _SlideKey.from_json(d) for k, d in snap["keys"].items()}
+
+
+class SessionOperator(_Base):
+    """Session windows per key: a reading opens ``[t, t + gap)``; overlapping sessions merge.
+
+    State per key: sessions sorted by start, each ``[start, end, revision, accs, pending, late]`` where
+    ``end`` is the last event time + gap, ``pending`` = changed since last emitted. A session is emitted
+    (timestamped at its start) when the watermark reaches its end. When a late reading merges sessions
+    or moves a fired session's start earlier, the old point is superseded: a ``fired="superseded"``
+    result with count 0 is emitted for the old start so the stale point can be recognised.
+    """
+
+    def __init__(self, spec: WindowSpec, shared: bool) -> None:
+        super().__init__(spec, shared)
+        self.gap = spec.gap_ms
+        self.sessions: dict[str, list[list[Any]]] = {}
+        self.tombs: dict[str, list[list[int]]] = {}
+
+    def add(
+        self, key: str, site: str, device: str, t: int, b: int, s: int, values: Values
+    ) -> tuple[Output, ...]:
+        wm = self.wm.get("" if self.shared else key)
+        lo, hi = t, t + self.gap
+        sessions = self.sessions.get(key)
+        if sessions is None:
+            sessions = self.sessions[key] = []
+            self.sites[key] = site
+        hits = [x for x in sessions if x[0] < hi and x[1] > lo]
+        # Too late: the session this reading would open - or the part it would prepend to the sessions
+        # it touches - ended more than the allowed lateness ago. (Prepending is refused too, so that a
+        # session can never grow back over one already dropped and reuse its start, its point's time.)
+        if wm is not None and hi + self.lateness <= wm and (not hits or lo < hits[0][0]):
+            if not sessions:
+                del self.sessions[key], self.sites[key]
+            return self._late(site, device, t, b, s, values, wm)
+        if not hits:
+            accs: Accs = {m: summary_new(v, t, b, s) for m, v in values}
+            behind = wm is not None and hi <= wm
+            insort(sessions, [lo, hi, 0, accs, True, behind], key=lambda x: x[0])
+            return _NONE
+        base = hits[0]
+        start = min(lo, base[0])
+        end = max(hi, max(x[1] for x in hits))
+        merged: Accs = base[3]
+        late = any(x[2] > 0 for x in hits) or (wm is not None and end <= wm)
+        for x in hits[1:]:
+            for m, a in x[3].items():
+                cur = merged.get(m)
+                merged[m] = list(a) if cur is None else summary_merge(cur, a)
+            sessions.remove(x)
+            if x[2] > 0:
+                self.tombs.setdefault(key, []).append([x[0], x[1], x[2] + 1])
+        if start != base[0]:
+            if base[2] > 0:
+                self.tombs.setdefault(key, []).append([base[0], base[1], base[2] + 1])
+            base[2] = 0
+        base[0] = start
+        base[1] = end
+        base[4] = True
+        base[5] = base[5] or late
+        for m, v in values:
+            a = merged.get(m)
+            if a is None:
+                merged[m] = summary_new(v, t, b, s)
+            else:
+                summary_add(a, v, t, b, s)
+        return _NONE
+
+    def advance(self, key: str | None, wm: int) -> list[Output]:
+        self._set_wm(key, wm)
+        out: list[Output] = []
+        keys = list(self.sessions) if key is None else [key] if key in self.sessions else []
+        for k in keys:
+            for start, end, rev in self.tombs.pop(k, ()):
+                site = self.sites[k]
+                for metric in self.spec.metrics:
+                    out.append(
+                        WindowResult(
+                            self.spec.name,
+                            self.spec.key,
+                            k,
+                            site,
+                            start,
+                            end,
+                            metric,
+                            0,
+                            {},
+                            rev,
+                            "superseded",
+                        )
+                    )
+            sessions = self.sessions[k]
+            keep = []
+            for x in sessions:
+                if x[4] and x[1] <= wm:
+                    x[2] += 1
+                    self._emit(out, k, x[0], x[1], x[3], x[2], "late" if x[5] else "watermark")
+                    x[4] = False
+                    x[5] = False
+                if x[1] + self.lateness > wm:
+                    keep.append(x)
+            if keep:
+                self.sessions[k] = keep
+            else:
+                del self.sessions[k], self.sites[k]
+        return out
+
+    def snapshot(self) -> dict[str, Any]:
+        snap = self._base_snapshot()
+        snap["sessions"] = {
+            k: [[x[0], x[1], x[2], _copy(x[3]), x[4], x[5]] for x in v] for k, v in self.sessions.items()
+        }
+        snap["tombs"] = {k: [list(x) for x in v] for k, v in self.tombs.items()}
+        return snap
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        self._base_restore(snap)
+        self.sessions = {
+            k: [[x[0], x[1], x[2], _copy(x[3]), x[4], x[5]] for x in v] for k, v in snap["sessions"].items()
+        }
+        self.tombs = {k: [list(x) for x in v] for k, v in snap["tombs"].items()}
+
+
+def build_operator(
+    spec: WindowSpec, shared: bool = False
+) -> TumblingOperator | SlidingOperator | SessionOperator:
+    """The running operator for a window spec; ``shared``: one watermark for all keys (global mode)."""
+    if spec.kind == "tumbling":
+        return TumblingOperator(spec, shared)
+    if spec.kind == "sliding":
+        return SlidingOperator(spec, shared)
+    return SessionOperator(spec, shared)

@@ -1,0 +1,116 @@
+"""What the engine emits: window results and late (or impossible) readings, with their line protocol.
+
+Measurements (documented in ``docs/semantics.md``):
+
+- ``window``: one point per window, key and metric, timestamped at the window *start*; a re-fire after a
+  late reading writes the same series and timestamp again with ``revision`` + 1, so it overwrites.
+- ``late_reading``: one point per reading and metric that could not go into a window, timestamped at the
+  reading's event time, with ``late_by_ms`` and a ``reason`` tag.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from ..lineproto import line
+from ..model import MetricValue
+
+__all__ = [
+    "LATE_MEASUREMENT",
+    "LATE_REASONS",
+    "WINDOW_MEASUREMENT",
+    "Fired",
+    "LateReading",
+    "Output",
+    "WindowResult",
+]
+
+WINDOW_MEASUREMENT: Final = "window"
+LATE_MEASUREMENT: Final = "late_reading"
+
+Fired = Literal["watermark", "late", "superseded"]
+
+LATE_REASONS: Final[dict[str, str]] = {
+    "too_late": "behind the watermark by more than the window's allowed lateness",
+    "time_in_future": "event time ahead of the gateway's clock by more than the tolerance",
+    "time_too_old": "event time earlier than any synced clock could give",
+    "unsynced": "the board's clock was not synced (quality 'u') and the policy is to reject",
+}
+"""Every reason a :class:`LateReading` can carry."""
+
+
+@dataclass(frozen=True, slots=True)
+class WindowResult:
+    """The aggregates of one metric in one window of one key (a device, or a site).
+
+    ``revision`` counts emissions of this window: 1 on the first firing, + 1 for every re-fire caused by
+    a late reading within the allowed lateness. ``fired`` says why it was emitted: ``watermark`` (the
+    watermark passed the end), ``late`` (a late reading changed it), ``superseded`` (a session that was
+    merged into another one starting earlier: ``count`` is 0 and the point marks the old one dead).
+    """
+
+    window: str
+    key_kind: Literal["device", "site"]
+    key: str
+    site: str
+    start_ms: int
+    end_ms: int
+    metric: str
+    count: int
+    aggregates: Mapping[str, float]
+    revision: int
+    fired: Fired
+
+    def to_line(self) -> str:
+        tags = {"window": self.window, "site": self.site, "metric": self.metric}
+        if self.key_kind == "device":
+            tags["device"] = self.key
+        fields: dict[str, MetricValue] = {"count": self.count, **self.aggregates}
+        fields["revision"] = self.revision
+        fields["end_ms"] = self.end_ms
+        fields["fired"] = self.fired
+        return line(WINDOW_MEASUREMENT, tags, fields, self.start_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class LateReading:
+    """A reading (one metric of it) routed to the late side output instead of a window.
+
+    ``window`` is empty when the reading was refused before any window saw it (impossible or unsynced
+    time); then ``metric`` is empty too and the reading is reported once. ``late_by_ms`` is how far the
+    event time was behind the watermark (0 for refused readings); ``watermark_ms`` the watermark then
+    (``None`` if there was none).
+    """
+
+    window: str
+    site: str
+    device: str
+    metric: str
+    t_ms: int
+    boot: int
+    seq: int
+    late_by_ms: int
+    watermark_ms: int | None
+    reason: str
+    value: float | None = None
+
+    def to_line(self) -> str:
+        tags = {
+            "window": self.window,
+            "site": self.site,
+            "device": self.device,
+            "metric": self.metric,
+            "reason": self.reason,
+        }
+        fields: dict[str, MetricValue] = {"late_by_ms": self.late_by_ms, "boot": self.boot, "seq": self.seq}
+        if self.watermark_ms is not None:
+            fields["watermark_ms"] = self.watermark_ms
+        if self.value is not None:
+            fields["value"] = self.value
+        return line(LATE_MEASUREMENT, tags, fields, self.t_ms)
+
+
+Output = WindowResult | LateReading
+"""Anything the engine emits."""

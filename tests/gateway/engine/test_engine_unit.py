@@ -1,0 +1,97 @@
+"""The engine driven by hand: refused readings, lateness, revisions, line protocol, watermark rules."""
+
+from __future__ import annotations
+
+import pytest
+from engine_helpers import batch
+
+from gateway.engine import Engine, LateReading, WindowResult, parse_engine
+from gateway.engine.config import WindowSpec
+from gateway.engine.operators import TumblingOperator
+
+T0 = 1_764_072_000_000
+
+
+def engine(**extra: object) -> Engine:
+    w = {"name": "m1", "kind": "tumbling", "size": "60s", "metrics": ["temp_c"], "allowed_lateness": "60s"}
+    return Engine(parse_engine({"windows": [w], "engine": extra}))
+
+
+def test_impossible_and_unsynced_times_are_refused_with_a_reason() -> None:
+    e = engine()
+    outs = e.process_batch(batch("d", [(T0 + 400_000, 1, 1, {"temp_c": 1.0})]), now_ms=T0)
+    outs += e.process_batch(batch("d", [(1_000, 1, 2, {"temp_c": 1.0})]), now_ms=T0)
+    outs += e.process_batch(batch("d", [(T0, 1, 3, {"temp_c": 1.0})], quality="u"), now_ms=T0)
+    assert [(o.reason, o.window, o.seq) for o in outs if isinstance(o, LateReading)] == [
+        ("time_in_future", "", 1),
+        ("time_too_old", "", 2),
+        ("unsynced", "", 3),
+    ]
+    assert e.device_watermark("d") is None  # none of them moved the watermark
+    assert e.stats["time_in_future"] == e.stats["time_too_old"] == e.stats["unsynced"] == 1
+
+
+def test_unsynced_window_policy_aggregates_but_never_moves_the_watermark() -> None:
+    e = engine(unsynced="window")
+    assert e.process_batch(batch("d", [(T0, 1, 1, {"temp_c": 1.0})], quality="u"), now_ms=T0) == []
+    assert e.device_watermark("d") is None
+    outs = e.process_batch(batch("d", [(T0 + 70_000, 1, 2, {"temp_c": 3.0})]), now_ms=T0 + 70_000)
+    assert [(o.start_ms, o.count) for o in outs if isinstance(o, WindowResult)] == [(T0, 1)]
+
+
+def test_late_within_lateness_refires_same_point_beyond_goes_late() -> None:
+    e = engine()
+    e.process_batch(batch("d", [(T0 + 1_000, 1, 1, {"temp_c": 10.0})]), now_ms=T0)
+    first = e.process_batch(batch("d", [(T0 + 66_000, 1, 2, {"temp_c": 11.0})]), now_ms=T0)
+    (w1,) = [o for o in first if isinstance(o, WindowResult)]
+    assert (w1.revision, w1.fired, w1.count) == (1, "watermark", 1)
+    second = e.process_batch(batch("d", [(T0 + 2_000, 1, 3, {"temp_c": 20.0})]), now_ms=T0)
+    (w2,) = [o for o in second if isinstance(o, WindowResult)]
+    assert (w2.revision, w2.fired, w2.count, w2.aggregates["mean"]) == (2, "late", 2, 15.0)
+    # same series and timestamp: the second point overwrites the first in InfluxDB
+    assert w1.to_line().rsplit(" ", 1)[1] == w2.to_line().rsplit(" ", 1)[1] == str(T0)
+    assert w1.to_line().split(" ")[0] == w2.to_line().split(" ")[0]
+    e.process_batch(batch("d", [(T0 + 200_000, 1, 4, {"temp_c": 1.0})]), now_ms=T0)
+    (late,) = e.process_batch(batch("d", [(T0 + 3_000, 1, 5, {"temp_c": 9.0})]), now_ms=T0)
+    assert isinstance(late, LateReading)
+    assert (late.reason, late.late_by_ms, late.window, late.metric) == ("too_late", 192_000, "m1", "temp_c")
+    assert e.late_count() == 1
+
+
+def test_flushed_marker_advances_at_once() -> None:
+    e = engine()
+    e.process_batch(batch("d", [(T0 + 1_000, 1, 1, {"temp_c": 10.0})]), now_ms=T0)
+    outs = e.process_batch(batch("d", [], flushed=T0 + 59_999), now_ms=T0 + 60_000)
+    assert [o.count for o in outs if isinstance(o, WindowResult)] == [1]
+    assert e.device_watermark("d") == T0 + 60_000
+
+
+def test_line_protocol_of_outputs() -> None:
+    w = WindowResult(
+        "m1", "device", "gh-07", "a", T0, T0 + 60_000, "temp_c", 2, {"mean": 21.5}, 1, "watermark"
+    )
+    assert w.to_line() == (
+        "window,device=gh-07,metric=temp_c,site=a,window=m1 count=2i,mean=21.5,revision=1i,"
+        f'end_ms={T0 + 60_000}i,fired="watermark" {T0}'
+    )
+    late = LateReading("m1", "a", "gh-07", "temp_c", T0, 17, 3, 5_000, T0 + 5_000, "too_late", 21.0)
+    assert late.to_line() == (
+        "late_reading,device=gh-07,metric=temp_c,reason=too_late,site=a,window=m1 "
+        f"late_by_ms=5000i,boot=17i,seq=3i,watermark_ms={T0 + 5_000}i,value=21.0 {T0}"
+    )
+
+
+def test_watermark_never_goes_back() -> None:
+    op = TumblingOperator(WindowSpec("w", "tumbling", ("x",), size_ms=10, slide_ms=10), shared=False)
+    op.advance("d", 100)
+    with pytest.raises(AssertionError, match="went back"):
+        op.advance("d", 99)
+
+
+def test_snapshot_version_and_windows_are_checked() -> None:
+    snap = engine().snapshot()
+    other = Engine(parse_engine({"windows": [{"name": "x", "kind": "session", "gap": 5, "metrics": ["t"]}]}))
+    with pytest.raises(ValueError, match="windows"):
+        other.restore(snap)
+    with pytest.raises(ValueError, match="version"):
+        other.restore({**snap, "version": 99})
