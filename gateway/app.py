@@ -62,8 +62,10 @@ class Gateway:
         tmp.write_text(json.dumps(self.snapshot_stats(), indent=1) + "\n", encoding="utf-8")
         os.replace(tmp, self.stats_file)
 
-    async def _stats_loop(self, stop: asyncio.Event) -> None:
+    async def _tick_loop(self, stop: asyncio.Event) -> None:
+        """Once a second: let time move the engine (idle devices) and write the stats file."""
         while not stop.is_set():
+            await self.sink.add(self.pipeline.tick(self.now_ms()))
             self._write_stats()
             try:
                 await asyncio.wait_for(stop.wait(), self.stats_interval_s)
@@ -79,12 +81,12 @@ class Gateway:
         )  # fmt: skip
         await self.sink.start()
         self.started.set()
-        stats_task = asyncio.create_task(self._stats_loop(stop), name="stats")
+        tick_task = asyncio.create_task(self._tick_loop(stop), name="tick")
         try:
             await run_ingest(cfg.mqtt, self._handle, self.ingest_stats, stop)
         finally:
-            await self.sink.close()
             stop.set()
-            await stats_task
+            await tick_task
+            await self.sink.close()
             self._write_stats()
             log.info("gateway stopped", extra={"event": "stop", **self.snapshot_stats()})

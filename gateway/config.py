@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
+from .engine.config import EngineSpec, parse_engine
 from .errors import ConfigError
 from .protocol import NAME_RE, Limits
 
@@ -81,6 +82,8 @@ class Config:
     limits: Limits = Limits()
     devices: DevicesConfig = DevicesConfig()
     log: LogConfig = LogConfig()
+    engine: EngineSpec = EngineSpec()
+    """Windows and watermarks (``[engine]`` and ``[[windows]]``, see docs/semantics.md)."""
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
     """The whole parsed document, for sections other modules own (such as ``windows``)."""
 
@@ -267,7 +270,7 @@ def _log(doc: Mapping[str, Any], env: Mapping[str, str]) -> LogConfig:
     return LogConfig(level=level, format=fmt)
 
 
-KNOWN_SECTIONS = {"mqtt", "influx", "limits", "devices", "log", "windows"}
+KNOWN_SECTIONS = {"mqtt", "influx", "limits", "devices", "log", "engine", "windows"}
 
 
 def parse_config(doc: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Config:
@@ -282,6 +285,7 @@ def parse_config(doc: Mapping[str, Any], env: Mapping[str, str] | None = None) -
         limits=_limits(doc),
         devices=_devices(doc),
         log=_log(doc, env),
+        engine=parse_engine(doc),
         raw=doc,
     )
 

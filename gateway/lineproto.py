@@ -12,7 +12,10 @@ from collections.abc import Mapping
 
 from .model import MetricValue
 
-__all__ = ["line"]
+__all__ = ["NS_PER_MS", "line"]
+
+NS_PER_MS = 1_000_000
+"""The gateway writes every timestamp in nanoseconds (``precision=ns``); event times are milliseconds."""
 
 _MEASUREMENT = str.maketrans({",": r"\,", " ": r"\ ", "\n": r"\n"})
 _KEY = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n"})

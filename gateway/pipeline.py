@@ -6,12 +6,16 @@ contract becomes a dead-letter point and a log line, and the gateway goes on.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
 
 from .config import Config
 from .dedup import Dedup, DedupSpec
+from .engine import Engine
+from .engine.outputs import LateReading, WindowResult
+from .engine.outputs import Output as EngineOutput
 from .errors import DecodeError
 from .model import Batch, DeadLetter, Reading
 from .points import dead_letter_line, reading_line, status_line
@@ -32,6 +36,8 @@ class Stats:
     duplicates: int = 0
     dead_letters: int = 0
     status_updates: int = 0
+    window_results: int = 0
+    late_readings: int = 0
     flush_markers: int = 0
     ignored: int = 0
     """Messages on topics the gateway publishes itself (commands, ``<prefix>/_gateway/...``)."""
@@ -45,6 +51,8 @@ class Stats:
             "duplicates": self.duplicates,
             "dead_letters": self.dead_letters,
             "status_updates": self.status_updates,
+            "window_results": self.window_results,
+            "late_readings": self.late_readings,
             "flush_markers": self.flush_markers,
             "ignored": self.ignored,
             "dead_by_reason": dict(sorted(self.dead_by_reason.items())),
@@ -52,7 +60,7 @@ class Stats:
 
 
 @dataclass(slots=True)
-class Output:
+class Handled:
     """What one message produced: accepted readings (for the engine) and the lines to write."""
 
     readings: list[Reading] = field(default_factory=list)
@@ -61,9 +69,12 @@ class Output:
 
 
 class Pipeline:
+    """Decode -> device check -> dedup -> raw points, then the event-time engine on what is new."""
+
     def __init__(self, config: Config, dedup: Dedup | None = None) -> None:
         self.config = config
         self.dedup = dedup or DedupSpec().build()
+        self.engine = Engine(config.engine)
         self.stats = Stats()
         self._unique = 0
         self._own = (f"{config.mqtt.prefix}/_gateway/", "/cmd")
@@ -72,8 +83,8 @@ class Pipeline:
         """Topics the gateway publishes to (commands to boards, its own outputs) are not ingested."""
         return topic.startswith(self._own[0]) or (topic.endswith(self._own[1]) and topic.count("/") == 3)
 
-    def handle(self, topic: str, payload: bytes, received_ms: int) -> Output:
-        out = Output()
+    def handle(self, topic: str, payload: bytes, received_ms: int) -> Handled:
+        out = Handled()
         if self.is_own_topic(topic):
             self.stats.ignored += 1
             return out
@@ -89,8 +100,8 @@ class Pipeline:
         if not isinstance(msg, Batch):
             self.stats.status_updates += 1
             out.lines.append(status_line(msg))
+            self._engine_out(self.engine.process_status(msg), out)
             return out
-        out.batch = msg
         if msg.flushed_ms is not None:
             self.stats.flush_markers += 1
         self.stats.readings_in += len(msg.readings) + len(msg.rejected)
@@ -103,15 +114,35 @@ class Pipeline:
             self.stats.readings_accepted += 1
             out.readings.append(reading)
             out.lines.append(reading_line(reading))
+        # the engine sees each reading once: duplicates and rejected readings are already accounted for
+        out.batch = dataclasses.replace(msg, readings=tuple(out.readings), rejected=())
+        if out.readings or msg.flushed_ms is not None:
+            self._engine_out(self.engine.process_batch(out.batch, received_ms), out)
         return out
 
-    def _dead(self, dead: DeadLetter, out: Output) -> None:
+    def tick(self, now_ms: int) -> list[str]:
+        """Time-driven progress (devices turning idle release site windows); returns lines to write."""
+        out = Handled()
+        self._engine_out(self.engine.advance(now_ms), out)
+        return out.lines
+
+    def _engine_out(self, outputs: list[EngineOutput], out: Handled) -> None:
+        for o in outputs:
+            if isinstance(o, WindowResult):
+                self.stats.window_results += 1
+            elif isinstance(o, LateReading):
+                self.stats.late_readings += 1
+            out.lines.append(o.to_line())
+
+    def _dead(self, dead: DeadLetter, out: Handled) -> None:
         self.stats.dead_letters += 1
         self.stats.dead_by_reason[dead.reason] += 1
         self._unique += 1
         out.lines.append(dead_letter_line(dead, self._unique))
         log.warning(
-            "dead letter",
+            "dead letter %s: %s",
+            dead.reason,
+            dead.detail,
             extra={
                 "event": "dead_letter",
                 "reason": dead.reason,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from .lineproto import line
+from .lineproto import NS_PER_MS, line
 from .model import DeadLetter, MetricValue, Reading, StatusUpdate
 
 __all__ = ["DEAD_LETTER", "READING", "STATUS", "dead_letter_line", "reading_line", "status_line"]
@@ -17,7 +17,6 @@ __all__ = ["DEAD_LETTER", "READING", "STATUS", "dead_letter_line", "reading_line
 READING: Final = "reading"
 DEAD_LETTER: Final = "dead_letter"
 STATUS: Final = "device_status"
-NS_PER_MS: Final = 1_000_000
 
 
 def reading_line(r: Reading) -> str:

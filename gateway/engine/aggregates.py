@@ -118,9 +118,7 @@ AGGREGATES: Final[dict[str, Aggregator[Any]]] = {
     "min": Aggregator("min", lambda: None, _min_add, _min_merge, lambda a: a),
     "max": Aggregator("max", lambda: None, _max_add, _max_merge, lambda a: a),
     "stddev": Aggregator("stddev", lambda: (0, 0.0, 0.0), _var_add, _var_merge, _stddev),
-    "first": Aggregator(
-        "first", lambda: _NONE_PICK, _first_add, _first_merge, lambda a: a[1] if a[0] else None
-    ),
+    "first": Aggregator("first", lambda: _NONE_PICK, _first_add, _first_merge, lambda a: a[1] if a[0] else None),
     "last": Aggregator("last", lambda: _NONE_PICK, _last_add, _last_merge, lambda a: a[1] if a[0] else None),
 }
 """The aggregates a window may ask for, by name."""

@@ -143,9 +143,7 @@ def _parse_window(raw: object, index: int) -> WindowSpec:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} for a {kind} window")
     metrics = _names(raw.get("metrics"), f"{where}.metrics")
     aggregates = (
-        _names(raw["aggregates"], f"{where}.aggregates", AGGREGATE_NAMES)
-        if "aggregates" in raw
-        else AGGREGATE_NAMES
+        _names(raw["aggregates"], f"{where}.aggregates", AGGREGATE_NAMES) if "aggregates" in raw else AGGREGATE_NAMES
     )
     key = raw.get("key", "device")
     if key not in ("device", "site"):
@@ -241,9 +239,7 @@ def _parse_watermark(raw: object) -> WatermarkSpec:
             raw.get("out_of_orderness", d.out_of_orderness_ms), "engine.watermark.out_of_orderness"
         ),
         classes=tuple(classes),
-        idle_timeout_ms=parse_duration(
-            raw.get("idle_timeout", d.idle_timeout_ms), "engine.watermark.idle_timeout"
-        ),
+        idle_timeout_ms=parse_duration(raw.get("idle_timeout", d.idle_timeout_ms), "engine.watermark.idle_timeout"),
         idle_factor=float(factor),
         idle_grace_ms=parse_duration(raw.get("idle_grace", d.idle_grace_ms), "engine.watermark.idle_grace"),
     )

@@ -96,9 +96,7 @@ class Engine:
                 max_t = r.t_ms
         self.stats["readings"] += len(accepted)
         flushed = batch.flushed_ms
-        if flushed is not None and (
-            flushed > now_ms + self.spec.max_future_ms or flushed < self.spec.min_time_ms
-        ):
+        if flushed is not None and (flushed > now_ms + self.spec.max_future_ms or flushed < self.spec.min_time_ms):
             self.stats["flushed_ignored"] += 1
             flushed = None
         site, device = batch.site, batch.device
@@ -133,9 +131,7 @@ class Engine:
             values.append((name, float(v)))
         return values
 
-    def _advance_window(
-        self, w: _Window, site: str, device: str, max_t: int | None, now_ms: int
-    ) -> list[Output]:
+    def _advance_window(self, w: _Window, site: str, device: str, max_t: int | None, now_ms: int) -> list[Output]:
         op = w.op
         if self.global_mode:
             old = op.watermark("")

@@ -50,9 +50,7 @@ class Operator(Protocol):
     spec: WindowSpec
     late_count: int
 
-    def add(
-        self, key: str, site: str, device: str, t: int, b: int, s: int, values: Values
-    ) -> tuple[Output, ...]: ...
+    def add(self, key: str, site: str, device: str, t: int, b: int, s: int, values: Values) -> tuple[Output, ...]: ...
 
     def advance(self, key: str | None, wm: int) -> list[Output]: ...
 
@@ -83,18 +81,12 @@ class _Base:
         self.wm[hk] = wm
         return old
 
-    def _late(
-        self, site: str, device: str, t: int, b: int, s: int, values: Values, wm: int
-    ) -> tuple[Output, ...]:
+    def _late(self, site: str, device: str, t: int, b: int, s: int, values: Values, wm: int) -> tuple[Output, ...]:
         self.late_count += len(values)
         name = self.spec.name
-        return tuple(
-            LateReading(name, site, device, m, t, b, s, wm - t, wm, "too_late", v) for m, v in values
-        )
+        return tuple(LateReading(name, site, device, m, t, b, s, wm - t, wm, "too_late", v) for m, v in values)
 
-    def _emit(
-        self, out: list[Output], key: str, start: int, end: int, accs: Accs, rev: int, fired: Fired
-    ) -> None:
+    def _emit(self, out: list[Output], key: str, start: int, end: int, accs: Accs, rev: int, fired: Fired) -> None:
         spec = self.spec
         site = self.sites[key]
         for metric in spec.metrics:
@@ -141,9 +133,7 @@ class TumblingOperator(_Base):
         self.timers: dict[str, list[tuple[int, int, int]]] = {}
         self.dirty: dict[str, set[int]] = {}
 
-    def add(
-        self, key: str, site: str, device: str, t: int, b: int, s: int, values: Values
-    ) -> tuple[Output, ...]:
+    def add(self, key: str, site: str, device: str, t: int, b: int, s: int, values: Values) -> tuple[Output, ...]:
         size = self.size
         start = t - (t - self.offset) % size
         end = start + size
@@ -227,9 +217,7 @@ class _SlideKey:
         self.cleanup: list[tuple[int, int]] = []  # (end + lateness, window start)
         self.dirty: set[int] = set()  # panes changed after a window containing them fired
         # Two-stack sliding aggregation over the panes of the last window fired:
-        self.front: list[
-            tuple[int, Accs]
-        ] = []  # (pane, aggregate of it and every newer front pane); oldest last
+        self.front: list[tuple[int, Accs]] = []  # (pane, aggregate of it and every newer front pane); oldest last
         self.back: list[int] = []  # panes pushed since the last transfer, oldest first
         self.back_acc: Accs | None = None
         self.hi: int | None = None  # panes below this have been pushed; None: stacks empty/invalid
@@ -278,9 +266,7 @@ class SlidingOperator(_Base):
         self.pane = pane_size(spec.size_ms, spec.slide_ms)
         self.keys: dict[str, _SlideKey] = {}
 
-    def add(
-        self, key: str, site: str, device: str, t: int, b: int, s: int, values: Values
-    ) -> tuple[Output, ...]:
+    def add(self, key: str, site: str, device: str, t: int, b: int, s: int, values: Values) -> tuple[Output, ...]:
         wm = self.wm.get("" if self.shared else key)
         size = self.size
         if wm is not None and t - (t - self.offset) % self.slide + size + self.lateness <= wm:
@@ -446,9 +432,7 @@ class SessionOperator(_Base):
         self.sessions: dict[str, list[list[Any]]] = {}
         self.tombs: dict[str, list[list[int]]] = {}
 
-    def add(
-        self, key: str, site: str, device: str, t: int, b: int, s: int, values: Values
-    ) -> tuple[Output, ...]:
+    def add(self, key: str, site: str, device: str, t: int, b: int, s: int, values: Values) -> tuple[Output, ...]:
         wm = self.wm.get("" if self.shared else key)
         lo, hi = t, t + self.gap
         sessions = self.sessions.get(key)
@@ -551,9 +535,7 @@ class SessionOperator(_Base):
         self.tombs = {k: [list(x) for x in v] for k, v in snap["tombs"].items()}
 
 
-def build_operator(
-    spec: WindowSpec, shared: bool = False
-) -> TumblingOperator | SlidingOperator | SessionOperator:
+def build_operator(spec: WindowSpec, shared: bool = False) -> TumblingOperator | SlidingOperator | SessionOperator:
     """The running operator for a window spec; ``shared``: one watermark for all keys (global mode)."""
     if spec.kind == "tumbling":
         return TumblingOperator(spec, shared)

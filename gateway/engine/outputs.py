@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from ..lineproto import line
+from ..lineproto import NS_PER_MS, line
 from ..model import MetricValue
 
 __all__ = [
@@ -71,7 +71,7 @@ class WindowResult:
         fields["revision"] = self.revision
         fields["end_ms"] = self.end_ms
         fields["fired"] = self.fired
-        return line(WINDOW_MEASUREMENT, tags, fields, self.start_ms)
+        return line(WINDOW_MEASUREMENT, tags, fields, self.start_ms * NS_PER_MS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +109,7 @@ class LateReading:
             fields["watermark_ms"] = self.watermark_ms
         if self.value is not None:
             fields["value"] = self.value
-        return line(LATE_MEASUREMENT, tags, fields, self.t_ms)
+        return line(LATE_MEASUREMENT, tags, fields, self.t_ms * NS_PER_MS)
 
 
 Output = WindowResult | LateReading

@@ -105,9 +105,7 @@ class DeviceTracker:
         if e[5] or e[3] is None:
             return False
         timeout = (
-            self.spec.idle_timeout_ms
-            if e[4] is None
-            else int(self.spec.idle_factor * e[4] + self.spec.idle_grace_ms)
+            self.spec.idle_timeout_ms if e[4] is None else int(self.spec.idle_factor * e[4] + self.spec.idle_grace_ms)
         )
         return bool(now_ms - e[3] <= timeout)
 

@@ -2,16 +2,26 @@
 
 The expected results are written here by hand from the contract, never taken from the decoder.
 """
+
 import json
+
 T = 1764072000123
 RX = 1764072100000
 TOP = "edgekit/site-a/dev-1/readings"
 ST = "edgekit/site-a/dev-1/status"
+
+
 def rd(b, s, t, q, m):
     return {"site": "site-a", "device": "dev-1", "boot": b, "seq": s, "t": t, "q": q, "m": m}
+
+
 def enc(obj):
     return json.dumps(obj, separators=(",", ":"))
+
+
 V = []
+
+
 def add(fname, name, payload, expect, topic=TOP, encode=False, hexp=None):
     d = {"name": name, "topic": topic, "received_ms": RX}
     if hexp is not None:
@@ -23,82 +33,265 @@ def add(fname, name, payload, expect, topic=TOP, encode=False, hexp=None):
     d["expect"] = expect
     V.append((fname, d))
 
-add("valid_single", "one synced reading",
-    enc({"v":1,"dev":"dev-1","r":[{"b":17,"s":120,"t":T,"q":"s","m":{"temp_c":21.5,"rh":40.1}}]}),
-    {"kind":"readings","readings":[rd(17,120,T,"s",{"temp_c":21.5,"rh":40.1})],"rejected":[],"flushed":None}, encode=True)
-add("valid_batch_flushed", "three readings of mixed types and a flushed marker",
-    enc({"v":1,"dev":"dev-1","r":[
-        {"b":17,"s":121,"t":T+60000,"q":"s","m":{"temp_c":21.6,"rh":40}},
-        {"b":17,"s":122,"t":T+120000,"q":"c","m":{"door":"open","vib":3}},
-        {"b":17,"s":123,"t":T+180000,"q":"u","m":{"ok":True,"adc":-12}}],"flushed":T+180000}),
-    {"kind":"readings","readings":[rd(17,121,T+60000,"s",{"temp_c":21.6,"rh":40}),
-        rd(17,122,T+120000,"c",{"door":"open","vib":3}), rd(17,123,T+180000,"u",{"ok":True,"adc":-12})],
-     "rejected":[],"flushed":T+180000}, encode=True)
-add("valid_flush_marker_only", "a pure flushed marker with no readings",
-    enc({"v":1,"dev":"dev-1","r":[],"flushed":T}),
-    {"kind":"readings","readings":[],"rejected":[],"flushed":T}, encode=True)
-add("valid_spaces_and_key_order", "whitespace and another key order are accepted",
+
+add(
+    "valid_single",
+    "one synced reading",
+    enc({"v": 1, "dev": "dev-1", "r": [{"b": 17, "s": 120, "t": T, "q": "s", "m": {"temp_c": 21.5, "rh": 40.1}}]}),
+    {
+        "kind": "readings",
+        "readings": [rd(17, 120, T, "s", {"temp_c": 21.5, "rh": 40.1})],
+        "rejected": [],
+        "flushed": None,
+    },
+    encode=True,
+)
+add(
+    "valid_batch_flushed",
+    "three readings of mixed types and a flushed marker",
+    enc(
+        {
+            "v": 1,
+            "dev": "dev-1",
+            "r": [
+                {"b": 17, "s": 121, "t": T + 60000, "q": "s", "m": {"temp_c": 21.6, "rh": 40}},
+                {"b": 17, "s": 122, "t": T + 120000, "q": "c", "m": {"door": "open", "vib": 3}},
+                {"b": 17, "s": 123, "t": T + 180000, "q": "u", "m": {"ok": True, "adc": -12}},
+            ],
+            "flushed": T + 180000,
+        }
+    ),
+    {
+        "kind": "readings",
+        "readings": [
+            rd(17, 121, T + 60000, "s", {"temp_c": 21.6, "rh": 40}),
+            rd(17, 122, T + 120000, "c", {"door": "open", "vib": 3}),
+            rd(17, 123, T + 180000, "u", {"ok": True, "adc": -12}),
+        ],
+        "rejected": [],
+        "flushed": T + 180000,
+    },
+    encode=True,
+)
+add(
+    "valid_flush_marker_only",
+    "a pure flushed marker with no readings",
+    enc({"v": 1, "dev": "dev-1", "r": [], "flushed": T}),
+    {"kind": "readings", "readings": [], "rejected": [], "flushed": T},
+    encode=True,
+)
+add(
+    "valid_spaces_and_key_order",
+    "whitespace and another key order are accepted",
     '{ "r": [ {"m": {"temp_c": 20.25}, "q": "s", "t": %d, "s": 0, "b": 0} ], "dev": "dev-1", "v": 1 }' % T,
-    {"kind":"readings","readings":[rd(0,0,T,"s",{"temp_c":20.25})],"rejected":[],"flushed":None})
-add("reading_nan", "NaN in one reading rejects only that reading",
-    '{"v":1,"dev":"dev-1","r":[{"b":1,"s":0,"t":%d,"q":"s","m":{"temp_c":NaN}},{"b":1,"s":1,"t":%d,"q":"s","m":{"temp_c":20.5}}]}' % (T, T+1000),
-    {"kind":"readings","readings":[rd(1,1,T+1000,"s",{"temp_c":20.5})],"rejected":[{"index":0,"reason":"non_finite"}],"flushed":None})
-add("reading_infinity", "Infinity and 1e400 are non-finite",
-    '{"v":1,"dev":"dev-1","r":[{"b":1,"s":0,"t":%d,"q":"s","m":{"a":-Infinity}},{"b":1,"s":1,"t":%d,"q":"s","m":{"a":1e400}},{"b":1,"s":2,"t":%d,"q":"s","m":{"a":1e300}}]}' % (T, T, T),
-    {"kind":"readings","readings":[rd(1,2,T,"s",{"a":1e300})],"rejected":[{"index":0,"reason":"non_finite"},{"index":1,"reason":"non_finite"}],"flushed":None})
-add("reading_time_too_old", "a reading stamped 2000-01-01 (an unset ESP32 RTC) is rejected alone",
-    enc({"v":1,"dev":"dev-1","r":[{"b":2,"s":0,"t":946684800000,"q":"u","m":{"x":1}},{"b":2,"s":1,"t":T,"q":"s","m":{"x":2}}]}),
-    {"kind":"readings","readings":[rd(2,1,T,"s",{"x":2})],"rejected":[{"index":0,"reason":"time_too_old"}],"flushed":None})
-add("reading_time_in_future", "a reading more than 5 minutes ahead of the gateway is rejected",
-    enc({"v":1,"dev":"dev-1","r":[{"b":2,"s":5,"t":RX+300001,"q":"s","m":{"x":1}},{"b":2,"s":6,"t":RX+300000,"q":"s","m":{"x":2}}]}),
-    {"kind":"readings","readings":[rd(2,6,RX+300000,"s",{"x":2})],"rejected":[{"index":0,"reason":"time_in_future"}],"flushed":None})
-add("reading_bad_types", "wrong types inside readings are schema errors for those readings only",
-    enc({"v":1,"dev":"dev-1","r":[
-        {"b":"1","s":0,"t":T,"q":"s","m":{"x":1}},
-        {"b":1,"s":1.5,"t":T,"q":"s","m":{"x":1}},
-        {"b":1,"s":2,"t":float(T),"q":"s","m":{"x":1}},
-        {"b":1,"s":3,"t":T,"q":"x","m":{"x":1}},
-        {"b":1,"s":4,"t":T,"q":"s","m":{}},
-        {"b":1,"s":5,"t":T,"q":"s","m":{"x":[1]}},
-        {"b":1,"s":6,"t":T,"q":"s","m":{"Bad-Name":1}},
-        {"b":1,"s":7,"t":T,"q":"s","m":{"seq":1}},
-        {"b":-1,"s":8,"t":T,"q":"s","m":{"x":1}},
-        {"b":1,"s":9,"t":T,"q":"s","m":{"x":2**64}},
-        {"b":1,"s":10,"t":T,"q":"s","m":{"x":"y"*65}},
-        [1,10,T,"s",{"x":1}],
-        {"b":1,"s":12,"t":T,"q":"s","m":{"x":None}},
-        {"b":1,"s":13,"t":T,"q":"s","m":{"x":True,"y":"ok"}}]}),
-    {"kind":"readings","readings":[rd(1,13,T,"s",{"x":True,"y":"ok"})],
-     "rejected":[{"index":i,"reason":"schema"} for i in range(13)],"flushed":None})
-add("err_bad_json", "truncated JSON", '{"v":1,"dev":"dev-1","r":[{"b":1', {"kind":"error","reason":"bad_json"})
-add("err_not_object", "a JSON list at top level", '[1,2,3]', {"kind":"error","reason":"schema"})
-add("err_bad_utf8", "bytes that are not UTF-8", None, {"kind":"error","reason":"bad_utf8"},
-    hexp=(b'{"v":1,"dev":"dev-1","r":[],"flushed":1,"x":"\xff\xfe"}').hex())
-add("err_deep_nesting", "nesting thousands deep", "[" * 4000 + "]" * 4000, {"kind":"error","reason":"bad_json"})
-add("err_oversize", "a payload over 8192 bytes",
-    enc({"v":1,"dev":"dev-1","r":[{"b":1,"s":0,"t":T,"q":"s","m":{"note":"x"*60}}],"pad":"p"*8200}),
-    {"kind":"error","reason":"oversize"})
-add("err_version", "protocol version 2", enc({"v":2,"dev":"dev-1","r":[]}), {"kind":"error","reason":"version"})
-add("err_version_missing", "no version", enc({"dev":"dev-1","r":[]}), {"kind":"error","reason":"version"})
-add("err_device_mismatch", "payload names another device",
-    enc({"v":1,"dev":"dev-2","r":[{"b":1,"s":0,"t":T,"q":"s","m":{"x":1}}]}), {"kind":"error","reason":"device_mismatch"})
-add("err_bad_topic", "a topic with a bad device name",
-    enc({"v":1,"dev":"dev 1","r":[]}), {"kind":"error","reason":"bad_topic"}, topic="edgekit/site-a/dev 1/readings")
-add("err_bad_topic_kind", "an unknown topic kind", enc({"v":1,"dev":"dev-1","r":[]}),
-    {"kind":"error","reason":"bad_topic"}, topic="edgekit/site-a/dev-1/other")
-add("err_empty_batch", "no readings and no flushed marker", enc({"v":1,"dev":"dev-1","r":[]}), {"kind":"error","reason":"schema"})
-add("err_readings_not_list", "r is an object", enc({"v":1,"dev":"dev-1","r":{"b":1}}), {"kind":"error","reason":"schema"})
-add("err_too_many_readings", "65 readings",
-    enc({"v":1,"dev":"dev-1","r":[{"b":1,"s":i,"t":T,"q":"s","m":{"x":i}} for i in range(65)]}),
-    {"kind":"error","reason":"too_many_readings"})
-add("status_online", "retained status of an awake board",
-    enc({"v":1,"dev":"dev-1","state":"online","boot":17,"t":T,"clock":"s","sleep_s":300,"battery_mv":3911,"buf":12,"buf_cap":256,"dropped":0,"fw":"0.1.0"}),
-    {"kind":"status","state":"online","fields":{"boot":17,"t":T,"clock":"s","sleep_s":300,"battery_mv":3911,"buf":12,"buf_cap":256,"dropped":0,"fw":"0.1.0"}},
-    topic=ST, encode=True)
-add("status_last_will", "the last will", enc({"v":1,"dev":"dev-1","state":"offline"}),
-    {"kind":"status","state":"offline","fields":{}}, topic=ST, encode=True)
-add("status_bad_state", "an unknown state", enc({"v":1,"dev":"dev-1","state":"napping"}),
-    {"kind":"error","reason":"schema"}, topic=ST)
+    {"kind": "readings", "readings": [rd(0, 0, T, "s", {"temp_c": 20.25})], "rejected": [], "flushed": None},
+)
+add(
+    "reading_nan",
+    "NaN in one reading rejects only that reading",
+    '{"v":1,"dev":"dev-1","r":[{"b":1,"s":0,"t":%d,"q":"s","m":{"temp_c":NaN}},{"b":1,"s":1,"t":%d,"q":"s","m":{"temp_c":20.5}}]}'
+    % (T, T + 1000),
+    {
+        "kind": "readings",
+        "readings": [rd(1, 1, T + 1000, "s", {"temp_c": 20.5})],
+        "rejected": [{"index": 0, "reason": "non_finite"}],
+        "flushed": None,
+    },
+)
+add(
+    "reading_infinity",
+    "Infinity and 1e400 are non-finite",
+    '{"v":1,"dev":"dev-1","r":[{"b":1,"s":0,"t":%d,"q":"s","m":{"a":-Infinity}},{"b":1,"s":1,"t":%d,"q":"s","m":{"a":1e400}},{"b":1,"s":2,"t":%d,"q":"s","m":{"a":1e300}}]}'
+    % (T, T, T),
+    {
+        "kind": "readings",
+        "readings": [rd(1, 2, T, "s", {"a": 1e300})],
+        "rejected": [{"index": 0, "reason": "non_finite"}, {"index": 1, "reason": "non_finite"}],
+        "flushed": None,
+    },
+)
+add(
+    "reading_time_too_old",
+    "a reading stamped 2000-01-01 (an unset ESP32 RTC) is rejected alone",
+    enc(
+        {
+            "v": 1,
+            "dev": "dev-1",
+            "r": [
+                {"b": 2, "s": 0, "t": 946684800000, "q": "u", "m": {"x": 1}},
+                {"b": 2, "s": 1, "t": T, "q": "s", "m": {"x": 2}},
+            ],
+        }
+    ),
+    {
+        "kind": "readings",
+        "readings": [rd(2, 1, T, "s", {"x": 2})],
+        "rejected": [{"index": 0, "reason": "time_too_old"}],
+        "flushed": None,
+    },
+)
+add(
+    "reading_time_in_future",
+    "a reading more than 5 minutes ahead of the gateway is rejected",
+    enc(
+        {
+            "v": 1,
+            "dev": "dev-1",
+            "r": [
+                {"b": 2, "s": 5, "t": RX + 300001, "q": "s", "m": {"x": 1}},
+                {"b": 2, "s": 6, "t": RX + 300000, "q": "s", "m": {"x": 2}},
+            ],
+        }
+    ),
+    {
+        "kind": "readings",
+        "readings": [rd(2, 6, RX + 300000, "s", {"x": 2})],
+        "rejected": [{"index": 0, "reason": "time_in_future"}],
+        "flushed": None,
+    },
+)
+add(
+    "reading_bad_types",
+    "wrong types inside readings are schema errors for those readings only",
+    enc(
+        {
+            "v": 1,
+            "dev": "dev-1",
+            "r": [
+                {"b": "1", "s": 0, "t": T, "q": "s", "m": {"x": 1}},
+                {"b": 1, "s": 1.5, "t": T, "q": "s", "m": {"x": 1}},
+                {"b": 1, "s": 2, "t": float(T), "q": "s", "m": {"x": 1}},
+                {"b": 1, "s": 3, "t": T, "q": "x", "m": {"x": 1}},
+                {"b": 1, "s": 4, "t": T, "q": "s", "m": {}},
+                {"b": 1, "s": 5, "t": T, "q": "s", "m": {"x": [1]}},
+                {"b": 1, "s": 6, "t": T, "q": "s", "m": {"Bad-Name": 1}},
+                {"b": 1, "s": 7, "t": T, "q": "s", "m": {"seq": 1}},
+                {"b": -1, "s": 8, "t": T, "q": "s", "m": {"x": 1}},
+                {"b": 1, "s": 9, "t": T, "q": "s", "m": {"x": 2**64}},
+                {"b": 1, "s": 10, "t": T, "q": "s", "m": {"x": "y" * 65}},
+                [1, 10, T, "s", {"x": 1}],
+                {"b": 1, "s": 12, "t": T, "q": "s", "m": {"x": None}},
+                {"b": 1, "s": 13, "t": T, "q": "s", "m": {"x": True, "y": "ok"}},
+            ],
+        }
+    ),
+    {
+        "kind": "readings",
+        "readings": [rd(1, 13, T, "s", {"x": True, "y": "ok"})],
+        "rejected": [{"index": i, "reason": "schema"} for i in range(13)],
+        "flushed": None,
+    },
+)
+add("err_bad_json", "truncated JSON", '{"v":1,"dev":"dev-1","r":[{"b":1', {"kind": "error", "reason": "bad_json"})
+add("err_not_object", "a JSON list at top level", "[1,2,3]", {"kind": "error", "reason": "schema"})
+add(
+    "err_bad_utf8",
+    "bytes that are not UTF-8",
+    None,
+    {"kind": "error", "reason": "bad_utf8"},
+    hexp=(b'{"v":1,"dev":"dev-1","r":[],"flushed":1,"x":"\xff\xfe"}').hex(),
+)
+add("err_deep_nesting", "nesting thousands deep", "[" * 4000 + "]" * 4000, {"kind": "error", "reason": "bad_json"})
+add(
+    "err_oversize",
+    "a payload over 8192 bytes",
+    enc(
+        {"v": 1, "dev": "dev-1", "r": [{"b": 1, "s": 0, "t": T, "q": "s", "m": {"note": "x" * 60}}], "pad": "p" * 8200}
+    ),
+    {"kind": "error", "reason": "oversize"},
+)
+add("err_version", "protocol version 2", enc({"v": 2, "dev": "dev-1", "r": []}), {"kind": "error", "reason": "version"})
+add("err_version_missing", "no version", enc({"dev": "dev-1", "r": []}), {"kind": "error", "reason": "version"})
+add(
+    "err_device_mismatch",
+    "payload names another device",
+    enc({"v": 1, "dev": "dev-2", "r": [{"b": 1, "s": 0, "t": T, "q": "s", "m": {"x": 1}}]}),
+    {"kind": "error", "reason": "device_mismatch"},
+)
+add(
+    "err_bad_topic",
+    "a topic with a bad device name",
+    enc({"v": 1, "dev": "dev 1", "r": []}),
+    {"kind": "error", "reason": "bad_topic"},
+    topic="edgekit/site-a/dev 1/readings",
+)
+add(
+    "err_bad_topic_kind",
+    "an unknown topic kind",
+    enc({"v": 1, "dev": "dev-1", "r": []}),
+    {"kind": "error", "reason": "bad_topic"},
+    topic="edgekit/site-a/dev-1/other",
+)
+add(
+    "err_empty_batch",
+    "no readings and no flushed marker",
+    enc({"v": 1, "dev": "dev-1", "r": []}),
+    {"kind": "error", "reason": "schema"},
+)
+add(
+    "err_readings_not_list",
+    "r is an object",
+    enc({"v": 1, "dev": "dev-1", "r": {"b": 1}}),
+    {"kind": "error", "reason": "schema"},
+)
+add(
+    "err_too_many_readings",
+    "65 readings",
+    enc({"v": 1, "dev": "dev-1", "r": [{"b": 1, "s": i, "t": T, "q": "s", "m": {"x": i}} for i in range(65)]}),
+    {"kind": "error", "reason": "too_many_readings"},
+)
+add(
+    "status_online",
+    "retained status of an awake board",
+    enc(
+        {
+            "v": 1,
+            "dev": "dev-1",
+            "state": "online",
+            "boot": 17,
+            "t": T,
+            "clock": "s",
+            "sleep_s": 300,
+            "battery_mv": 3911,
+            "buf": 12,
+            "buf_cap": 256,
+            "dropped": 0,
+            "fw": "0.1.0",
+        }
+    ),
+    {
+        "kind": "status",
+        "state": "online",
+        "fields": {
+            "boot": 17,
+            "t": T,
+            "clock": "s",
+            "sleep_s": 300,
+            "battery_mv": 3911,
+            "buf": 12,
+            "buf_cap": 256,
+            "dropped": 0,
+            "fw": "0.1.0",
+        },
+    },
+    topic=ST,
+    encode=True,
+)
+add(
+    "status_last_will",
+    "the last will",
+    enc({"v": 1, "dev": "dev-1", "state": "offline"}),
+    {"kind": "status", "state": "offline", "fields": {}},
+    topic=ST,
+    encode=True,
+)
+add(
+    "status_bad_state",
+    "an unknown state",
+    enc({"v": 1, "dev": "dev-1", "state": "napping"}),
+    {"kind": "error", "reason": "schema"},
+    topic=ST,
+)
 for fname, d in V:
     with open(fname + ".json", "w") as f:
         json.dump(d, f, indent=1, ensure_ascii=False)

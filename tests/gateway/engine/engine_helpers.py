@@ -35,9 +35,7 @@ def window_rows(outs: list[Output]) -> list[tuple[Any, ...]]:
 
 
 def late_rows(outs: list[Output]) -> list[tuple[Any, ...]]:
-    return sorted(
-        (o.window, o.device, o.metric, o.t_ms, o.boot, o.seq) for o in outs if isinstance(o, LateReading)
-    )
+    return sorted((o.window, o.device, o.metric, o.t_ms, o.boot, o.seq) for o in outs if isinstance(o, LateReading))
 
 
 def rows_close(a: list[tuple[Any, ...]], b: list[tuple[Any, ...]]) -> bool:

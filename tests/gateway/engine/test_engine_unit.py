@@ -49,7 +49,7 @@ def test_late_within_lateness_refires_same_point_beyond_goes_late() -> None:
     (w2,) = [o for o in second if isinstance(o, WindowResult)]
     assert (w2.revision, w2.fired, w2.count, w2.aggregates["mean"]) == (2, "late", 2, 15.0)
     # same series and timestamp: the second point overwrites the first in InfluxDB
-    assert w1.to_line().rsplit(" ", 1)[1] == w2.to_line().rsplit(" ", 1)[1] == str(T0)
+    assert w1.to_line().rsplit(" ", 1)[1] == w2.to_line().rsplit(" ", 1)[1] == str(T0 * 1_000_000)
     assert w1.to_line().split(" ")[0] == w2.to_line().split(" ")[0]
     e.process_batch(batch("d", [(T0 + 200_000, 1, 4, {"temp_c": 1.0})]), now_ms=T0)
     (late,) = e.process_batch(batch("d", [(T0 + 3_000, 1, 5, {"temp_c": 9.0})]), now_ms=T0)
@@ -67,17 +67,15 @@ def test_flushed_marker_advances_at_once() -> None:
 
 
 def test_line_protocol_of_outputs() -> None:
-    w = WindowResult(
-        "m1", "device", "gh-07", "a", T0, T0 + 60_000, "temp_c", 2, {"mean": 21.5}, 1, "watermark"
-    )
+    w = WindowResult("m1", "device", "gh-07", "a", T0, T0 + 60_000, "temp_c", 2, {"mean": 21.5}, 1, "watermark")
     assert w.to_line() == (
         "window,device=gh-07,metric=temp_c,site=a,window=m1 count=2i,mean=21.5,revision=1i,"
-        f'end_ms={T0 + 60_000}i,fired="watermark" {T0}'
+        f'end_ms={T0 + 60_000}i,fired="watermark" {T0 * 1_000_000}'
     )
     late = LateReading("m1", "a", "gh-07", "temp_c", T0, 17, 3, 5_000, T0 + 5_000, "too_late", 21.0)
     assert late.to_line() == (
         "late_reading,device=gh-07,metric=temp_c,reason=too_late,site=a,window=m1 "
-        f"late_by_ms=5000i,boot=17i,seq=3i,watermark_ms={T0 + 5_000}i,value=21.0 {T0}"
+        f"late_by_ms=5000i,boot=17i,seq=3i,watermark_ms={T0 + 5_000}i,value=21.0 {T0 * 1_000_000}"
     )
 
 

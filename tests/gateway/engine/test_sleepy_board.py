@@ -23,23 +23,17 @@ def run(mode: str, key: str = "device") -> tuple[Engine, list[WindowResult], lis
         parse_engine(
             {
                 "engine": {"watermark": {"mode": mode, "out_of_orderness": "5s"}},
-                "windows": [
-                    {"name": "m1", "kind": "tumbling", "size": "60s", "metrics": ["temp_c"], "key": key}
-                ],
+                "windows": [{"name": "m1", "kind": "tumbling", "size": "60s", "metrics": ["temp_c"], "key": key}],
             }
         )
     )
     outs = []
-    outs += engine.process_status(
-        StatusUpdate("gh", "sleepy", "t", T0, "sleeping", {"sleep_s": SLEEP // 1000})
-    )
+    outs += engine.process_status(StatusUpdate("gh", "sleepy", "t", T0, "sleeping", {"sleep_s": SLEEP // 1000}))
     seq = 0
     for t in range(T0, T0 + SLEEP + 1, STEP):
         seq += 1
         for dev in LIVE:
-            outs += engine.process_batch(
-                batch(dev, [(t, 1, seq, {"temp_c": 20.0})], site="gh"), now_ms=t + 200
-            )
+            outs += engine.process_batch(batch(dev, [(t, 1, seq, {"temp_c": 20.0})], site="gh"), now_ms=t + 200)
         outs += engine.advance(t + 300)
     buffered = [(T0 + i * STEP, 1, i, {"temp_c": 18.0}) for i in range(SLEEP // STEP)]
     now = T0 + SLEEP + 1_000
@@ -50,9 +44,7 @@ def run(mode: str, key: str = "device") -> tuple[Engine, list[WindowResult], lis
             batch("sleepy", chunk, site="gh", flushed=T0 + SLEEP if last else None), now_ms=now
         )
     for dev in LIVE:  # the live boards carry on; their next readings close the last minute
-        outs += engine.process_batch(
-            batch(dev, [(now + 9_000, 1, seq + 1, {"temp_c": 20.0})], site="gh"), now + 9_000
-        )
+        outs += engine.process_batch(batch(dev, [(now + 9_000, 1, seq + 1, {"temp_c": 20.0})], site="gh"), now + 9_000)
     windows = [o for o in outs if isinstance(o, WindowResult)]
     late = [o for o in outs if isinstance(o, LateReading)]
     return engine, windows, late
@@ -102,9 +94,7 @@ def test_site_window_waits_for_a_board_that_announced_its_sleep() -> None:
     outs += engine.process_status(StatusUpdate("gh", "sleepy", "t", T0, "sleeping", {"sleep_s": 1800}))
     for t in range(T0, T0 + SLEEP + 1, STEP):
         for dev in LIVE:
-            outs += engine.process_batch(
-                batch(dev, [(t, 1, t // STEP, {"temp_c": 20.0})], site="gh"), t + 200
-            )
+            outs += engine.process_batch(batch(dev, [(t, 1, t // STEP, {"temp_c": 20.0})], site="gh"), t + 200)
         outs += engine.advance(t + 300)
     assert not [o for o in outs if isinstance(o, WindowResult) and o.start_ms >= T0]  # held back
     buffered = [(T0 + i * STEP, 1, 1 + i, {"temp_c": 18.0}) for i in range(SLEEP // STEP)]

@@ -32,9 +32,7 @@ def test_ranges_are_exactly_the_grid_windows_containing_ts(ts: int, size: int, d
     offset = data.draw(st.integers(0, slide - 1))
     got = window_ranges(ts, size, slide, offset)
     brute = [
-        (s, s + size)
-        for s in range(ts - size - slide, ts + 1)
-        if (s - offset) % slide == 0 and s <= ts < s + size
+        (s, s + size) for s in range(ts - size - slide, ts + 1) if (s - offset) % slide == 0 and s <= ts < s + size
     ]
     assert got == brute
     assert got[-1] == last_window_containing(ts, size, slide, offset)
