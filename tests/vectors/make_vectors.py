@@ -1,3 +1,4 @@
+# ruff: noqa: UP031  (payloads with JSON braces read better with %-formatting)
 """Writes the shared wire-contract vectors (docs/protocol.md). Run from this folder: python make_vectors.py
 
 The expected results are written here by hand from the contract, never taken from the decoder.
