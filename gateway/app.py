@@ -11,8 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .config import Config
-from .ingest import IngestStats, run_ingest
-from .pipeline import Pipeline
+from .ingest import IngestStats, Outbox, run_ingest
+from .pipeline import Handled, Pipeline
 from .sinks import BatchingSink, make_writer
 
 __all__ = ["Gateway", "wall_clock_ms"]
@@ -40,19 +40,29 @@ class Gateway:
         self.pipeline = Pipeline(config)
         self.sink = BatchingSink(make_writer(config.influx), config.influx)
         self.ingest_stats = IngestStats()
+        self.outbox = Outbox()
         self.stats_file = stats_file
         self.stats_interval_s = stats_interval_s
         self.started = asyncio.Event()
 
     async def _handle(self, topic: str, payload: bytes) -> None:
-        out = self.pipeline.handle(topic, payload, self.now_ms())
+        await self._emit(self.pipeline.handle(topic, payload, self.now_ms()))
+
+    async def _emit(self, out: Handled) -> None:
+        for topic, payload in out.publish:
+            self.outbox.put(topic, payload)
         await self.sink.add(out.lines)
 
     def snapshot_stats(self) -> dict[str, object]:
         return {
             "pipeline": self.pipeline.stats.as_dict(),
             "sink": {**self.sink.stats.as_dict(), "pending": self.sink.pending},
-            "mqtt": self.ingest_stats.as_dict(),
+            "mqtt": {
+                **self.ingest_stats.as_dict(),
+                "published": self.outbox.sent,
+                "outbox": len(self.outbox.queue),
+                "outbox_shed": self.outbox.shed,
+            },
         }
 
     def _write_stats(self) -> None:
@@ -65,7 +75,7 @@ class Gateway:
     async def _tick_loop(self, stop: asyncio.Event) -> None:
         """Once a second: let time move the engine (idle devices) and write the stats file."""
         while not stop.is_set():
-            await self.sink.add(self.pipeline.tick(self.now_ms()))
+            await self._emit(self.pipeline.tick(self.now_ms()))
             self._write_stats()
             try:
                 await asyncio.wait_for(stop.wait(), self.stats_interval_s)
@@ -83,7 +93,7 @@ class Gateway:
         self.started.set()
         tick_task = asyncio.create_task(self._tick_loop(stop), name="tick")
         try:
-            await run_ingest(cfg.mqtt, self._handle, self.ingest_stats, stop)
+            await run_ingest(cfg.mqtt, self._handle, self.ingest_stats, stop, self.outbox)
         finally:
             stop.set()
             await tick_task

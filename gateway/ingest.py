@@ -11,13 +11,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aiomqtt
 
 from .config import MqttConfig
 
-__all__ = ["IngestStats", "run_ingest"]
+__all__ = ["IngestStats", "Outbox", "run_ingest"]
 
 log = logging.getLogger("gateway.ingest")
 
@@ -36,6 +38,39 @@ class IngestStats:
         return {"connected": self.connected, "connects": self.connects, "disconnects": self.disconnects}
 
 
+class Outbox:
+    """Messages the gateway publishes (alerts), bounded: when full, the oldest is shed and counted.
+
+    They are sent at QoS 1 while the broker connection is up, and wait (in order) while it is down.
+    """
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self.limit = limit
+        self.queue: deque[tuple[str, bytes]] = deque()
+        self.ready = asyncio.Event()
+        self.sent = 0
+        self.shed = 0
+
+    def put(self, topic: str, payload: bytes) -> None:
+        if len(self.queue) >= self.limit:
+            self.queue.popleft()
+            self.shed += 1
+            log.error("outbox full: oldest message shed", extra={"event": "outbox_shed", "topic": topic})
+        self.queue.append((topic, payload))
+        self.ready.set()
+
+    async def drain_into(self, client: aiomqtt.Client) -> None:
+        """Publish queued messages for as long as the connection lasts (a failure leaves them queued)."""
+        while True:
+            await self.ready.wait()
+            while self.queue:
+                topic, payload = self.queue[0]
+                await client.publish(topic, payload, qos=1)
+                self.queue.popleft()
+                self.sent += 1
+            self.ready.clear()
+
+
 def _payload_bytes(payload: object) -> bytes:
     if isinstance(payload, (bytes, bytearray)):
         return bytes(payload)
@@ -44,8 +79,10 @@ def _payload_bytes(payload: object) -> bytes:
     return str(payload).encode("utf-8")
 
 
-async def run_ingest(cfg: MqttConfig, handle: Handler, stats: IngestStats, stop: asyncio.Event) -> None:
-    """Run until ``stop`` is set: connect, subscribe, feed ``handle``; reconnect on failure."""
+async def run_ingest(
+    cfg: MqttConfig, handle: Handler, stats: IngestStats, stop: asyncio.Event, outbox: Outbox | None = None
+) -> None:
+    """Run until ``stop`` is set: connect, subscribe, feed ``handle``, send ``outbox``; reconnect on failure."""
     delay = cfg.reconnect_min_s
     while not stop.is_set():
         try:
@@ -69,7 +106,12 @@ async def run_ingest(cfg: MqttConfig, handle: Handler, stats: IngestStats, stop:
                     extra={"event": "mqtt_connected", "broker": f"{cfg.host}:{cfg.port}",
                            "topics": list(cfg.subscriptions)},
                 )  # fmt: skip
-                await _consume(client, handle, stop)
+                sender = asyncio.create_task(outbox.drain_into(client)) if outbox is not None else None
+                try:
+                    await _consume(client, handle, stop, sender)
+                finally:
+                    if sender is not None:
+                        sender.cancel()
         except aiomqtt.MqttError as exc:
             if stats.connected:
                 stats.disconnects += 1
@@ -87,13 +129,21 @@ async def run_ingest(cfg: MqttConfig, handle: Handler, stats: IngestStats, stop:
     stats.connected = False
 
 
-async def _consume(client: aiomqtt.Client, handle: Handler, stop: asyncio.Event) -> None:
+async def _consume(
+    client: aiomqtt.Client, handle: Handler, stop: asyncio.Event, sender: asyncio.Task[None] | None
+) -> None:
     messages = aiter(client.messages)
     stopper = asyncio.ensure_future(stop.wait())
+    watch: set[asyncio.Future[Any]] = {stopper}
+    if sender is not None:
+        watch.add(sender)
     try:
         while True:
-            nxt = asyncio.ensure_future(anext(messages))
-            done, _ = await asyncio.wait({nxt, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            nxt: asyncio.Future[Any] = asyncio.ensure_future(anext(messages))
+            done, _ = await asyncio.wait({nxt, *watch}, return_when=asyncio.FIRST_COMPLETED)
+            if sender is not None and sender in done:
+                nxt.cancel()
+                sender.result()  # raises the MqttError that ended the sender: reconnect
             if nxt not in done:
                 nxt.cancel()
                 return

@@ -11,6 +11,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 
+from .alerts import Alert, alert_topic
 from .config import Config
 from .dedup import Dedup, DedupSpec
 from .engine import Engine
@@ -38,6 +39,7 @@ class Stats:
     status_updates: int = 0
     window_results: int = 0
     late_readings: int = 0
+    alerts: int = 0
     flush_markers: int = 0
     ignored: int = 0
     """Messages on topics the gateway publishes itself (commands, ``<prefix>/_gateway/...``)."""
@@ -53,6 +55,7 @@ class Stats:
             "status_updates": self.status_updates,
             "window_results": self.window_results,
             "late_readings": self.late_readings,
+            "alerts": self.alerts,
             "flush_markers": self.flush_markers,
             "ignored": self.ignored,
             "dead_by_reason": dict(sorted(self.dead_by_reason.items())),
@@ -61,10 +64,11 @@ class Stats:
 
 @dataclass(slots=True)
 class Handled:
-    """What one message produced: accepted readings (for the engine) and the lines to write."""
+    """What one message (or one tick) produced: accepted readings, lines to write, messages to publish."""
 
     readings: list[Reading] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)
+    publish: list[tuple[str, bytes]] = field(default_factory=list)
     batch: Batch | None = None
 
 
@@ -120,11 +124,16 @@ class Pipeline:
             self._engine_out(self.engine.process_batch(out.batch, received_ms), out)
         return out
 
-    def tick(self, now_ms: int) -> list[str]:
-        """Time-driven progress (devices turning idle release site windows); returns lines to write."""
+    def tick(self, now_ms: int) -> Handled:
+        """Time-driven progress (devices turning idle release site windows)."""
         out = Handled()
         self._engine_out(self.engine.advance(now_ms), out)
-        return out.lines
+        return out
+
+    def _alert(self, alert: Alert, out: Handled) -> None:
+        self.stats.alerts += 1
+        out.lines.append(alert.to_line())
+        out.publish.append((alert_topic(self.config.mqtt.prefix, alert.site, alert.source), alert.to_json()))
 
     def _engine_out(self, outputs: list[EngineOutput], out: Handled) -> None:
         for o in outputs:
