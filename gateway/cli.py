@@ -33,8 +33,26 @@ def _describe(cfg: Config) -> str:
             f"limits:    {cfg.limits.max_bytes} bytes, {cfg.limits.max_readings} readings a message, "
             f"{cfg.limits.max_future_ms} ms future tolerance",
             "devices:   " + ("any" if cfg.devices.allow_unknown else f"only {len(cfg.devices.known)} known devices"),
+            *_describe_windows(cfg),
         ]
     )
+
+
+def _describe_windows(cfg: Config) -> list[str]:
+    if not cfg.engine.windows:
+        return ["windows:   none (raw readings only)"]
+    lines = []
+    for w in cfg.engine.windows:
+        shape = {
+            "tumbling": f"tumbling {w.size_ms / 1000:g} s",
+            "sliding": f"sliding {w.size_ms / 1000:g} s every {w.slide_ms / 1000:g} s",
+            "session": f"session gap {w.gap_ms / 1000:g} s",
+        }[w.kind]
+        lines.append(
+            f"window:    {w.name}: {shape} per {w.key} over {', '.join(w.metrics)} "
+            f"({', '.join(w.aggregates)}), allowed lateness {w.allowed_lateness_ms / 1000:g} s"
+        )
+    return lines
 
 
 async def _run(cfg: Config, stats_file: Path | None) -> None:
