@@ -78,6 +78,14 @@ flush_interval_ms = 200
 [log]
 level = "INFO"
 format = "json"
+
+[[windows]]
+name = "temp_10m"
+kind = "tumbling"
+size = "10m"
+metrics = ["temp_c", "rh"]
+aggregates = ["count", "mean", "min", "max", "stddev"]
+allowed_lateness = "30m"
 """,
         encoding="utf-8",
     )
@@ -182,6 +190,10 @@ def print_summary(plan: Plan, publish_s: float, stats: dict[str, Any], total_s: 
     dead_rows = query("SELECT count(size) FROM dead_letter GROUP BY reason")
     dead_db = {r["reason"]: r["count"] for r in dead_rows}
     status_rows = query("SELECT count(state) FROM device_status")
+    window_rows = query("SELECT count(revision) FROM window GROUP BY metric")
+    windows_db = sum(r["count"] for r in window_rows)
+    late_rows = query("SELECT count(late_by_ms) FROM late_reading")
+    late_db = late_rows[0]["count"] if late_rows else 0
     exact = query("SELECT * FROM reading")
     found = {(r["device"], r["boot"], r["seq"]): r["time"] for r in exact}
     missing = [r for r in plan.readings if found.get((r.device, r.boot, r.seq)) != r.t_ms]
@@ -208,6 +220,8 @@ def print_summary(plan: Plan, publish_s: float, stats: dict[str, Any], total_s: 
     print(f"  InfluxDB    {in_db} readings in measurement 'reading' of database '{DB}' "
           f"({len(rows)} devices), {sum(dead_db.values())} dead letters, "
           f"{status_rows[0]['count'] if status_rows else 0} status points")  # fmt: skip
+    print(f"  windows     {p['window_results']} results of the 10-minute window 'temp_10m' (temp_c, rh) "
+          f"-> {windows_db} points in 'window'; {p['late_readings']} late -> {late_db} in 'late_reading'")  # fmt: skip
     verdict = "every valid reading found exactly once, at its event time" if ok else "MISMATCH"
     print(f"  check       {verdict}: {len(missing)} missing, {extra} extra; "
           f"dead letters {'match' if Counter(dead_db) == Counter(c.dead_letters_by_reason) else 'DIFFER'}")  # fmt: skip
@@ -215,6 +229,8 @@ def print_summary(plan: Plan, publish_s: float, stats: dict[str, Any], total_s: 
     print(f"Done in {total_s:.0f} s. Look at the data (InfluxQL over HTTP):")
     q = "SELECT mean(temp_c) FROM reading WHERE device='dev-0001' GROUP BY time(10m)"
     print(f'  curl -sG {INFLUX}/query --data-urlencode db={DB} --data-urlencode "q={q}"')
+    q3 = "SELECT mean, min, max, count, revision FROM window WHERE device='dev-0001' AND metric='temp_c'"
+    print(f'  curl -sG {INFLUX}/query --data-urlencode db={DB} --data-urlencode "q={q3}"')
     q2 = "SELECT reason, detail, topic FROM dead_letter"
     print(f'  curl -sG {INFLUX}/query --data-urlencode db={DB} --data-urlencode "q={q2}"')
     print(f"Gateway log: {(RUN / 'gateway.log').relative_to(REPO)}. "
