@@ -6,6 +6,7 @@ import sys
 import time
 from micropython import const
 
+import codec
 import hw
 
 _MARGIN_MS = const(5000)
@@ -38,13 +39,14 @@ def bump_boot():
 
 
 class Wake:
-    def __init__(self, cfg, t0, wdt):
+    def __init__(self, cfg, t0, wdt, msgbuf):
         from state import State
         from buffer import Buffer, rec_size
         from timebase import Clock
         self.cfg = cfg
         self.t0 = t0
         self.wdt = wdt
+        self.msgbuf = msgbuf
         self.names = ['temp_c', 'rh'] + [a[0] for a in cfg['adc']]
         self.dec = [2, 1] + [0 for _ in cfg['adc']]
         nm = len(self.names)
@@ -133,14 +135,13 @@ class Wake:
             return
 
     def publish(self):
-        import codec
         from uplink import Uplink
         cfg, st, buf = self.cfg, self.st, self.buf
         up = Uplink(cfg)
         up.connect()
         try:
             up.status('online', self.status_fields())
-            bat = codec.Batcher(cfg['device'])
+            bat = codec.Batcher(cfg['device'], buf=self.msgbuf)
             sent = 0
             final = False
             while self.left_ms() > _MARGIN_MS:
@@ -201,6 +202,8 @@ class Wake:
         if not self.due():
             self.save()
             return
+        import sntp  # noqa: F401  (load the network modules before the heap fragments)
+        import uplink  # noqa: F401
         if not hw.wifi_connect(cfg['wifi_ssid'], cfg['wifi_password'], cfg['wifi_timeout_s'] * 1000):
             st.fails += 1
             self.save()
@@ -229,6 +232,8 @@ def maintenance(cfg):
 
 def main():
     t0 = time.ticks_ms()
+    gc.collect()
+    msgbuf = bytearray(4096)  # the message buffer first, while the heap is still unfragmented
     from config import CFG as cfg
     if maintenance(cfg):
         log('maintenance: not sleeping')
@@ -236,7 +241,7 @@ def main():
     wdt = hw.watchdog((cfg['wake_timeout_s'] + 5) * 1000)
     sleep_ms = cfg['sleep_s'] * 1000
     try:
-        Wake(cfg, t0, wdt).run()
+        Wake(cfg, t0, wdt, msgbuf).run()
     except KeyboardInterrupt:  # a host (mpremote) interrupted: stay awake for it
         raise
     except Exception as e:

@@ -112,9 +112,9 @@ def readings(dev, rs, flushed=None):
 class Batcher:
     """Packs encoded readings into one message no larger than cap bytes, in a preallocated buffer."""
 
-    def __init__(self, dev, cap=MAX_BYTES):
-        self.buf = bytearray(cap)
-        self.cap = cap
+    def __init__(self, dev, cap=MAX_BYTES, buf=None):
+        self.buf = buf if buf is not None else bytearray(cap)  # allocate early in a wake: one 4 KB block
+        self.cap = len(self.buf)
         self.h = head(dev).encode()
         self.reset()
 

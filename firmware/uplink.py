@@ -4,6 +4,7 @@
 import time
 from micropython import const
 import codec
+from umqtt.simple import MQTTClient, MQTTException
 
 _RETRIES = const(2)
 
@@ -18,7 +19,6 @@ class Uplink:
         self.c = None
 
     def connect(self):
-        from umqtt.simple import MQTTClient, MQTTException
         cfg = self.cfg
         err = None
         for i in range(_RETRIES):  # bounded retry
