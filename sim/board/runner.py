@@ -148,6 +148,7 @@ class Fleet:
         wdt_ms: int = 60_000,
         firmware_dir: Path = FIRMWARE,
         lib_dir: Path = MPY_LIB,
+        compiled: bool = False,
     ) -> None:
         mp = micropython or find_micropython()
         if not mp:
@@ -159,6 +160,7 @@ class Fleet:
         self.wdt_ms = wdt_ms
         self.firmware_dir = firmware_dir
         self.lib_dir = lib_dir
+        self.compiled = compiled  # deploy .mpy (mpy-cross bytecode) as scripts/deploy.py --compile does
         self.clock_file = self.root / "clock"
         self.skip = start_vt - host_ms()
         self.wakes: list[WakeRecord] = []
@@ -197,7 +199,11 @@ class Fleet:
             fl.mkdir(parents=True, exist_ok=True)
             hw.mkdir(parents=True, exist_ok=True)
             for f in self.firmware_dir.glob("*.py"):
-                if f.name not in ("config_local.py", "secrets.py"):
+                if f.name in ("config_local.py", "secrets.py"):
+                    continue
+                if self.compiled and f.name not in ("boot.py", "main.py"):
+                    subprocess.run(["mpy-cross", "-o", str(fl / (f.stem + ".mpy")), str(f)], check=True)
+                else:
                     shutil.copy2(f, fl / f.name)
             shutil.copytree(self.lib_dir / "umqtt", fl / "lib" / "umqtt", dirs_exist_ok=True)
             cfg = {"device": spec.name, "ntp_host": "127.0.0.1", "ntp_port": self.ntp_port, **spec.config}
