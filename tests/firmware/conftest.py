@@ -44,14 +44,28 @@ def umqtt_lib() -> Path:
     return MPY_LIB
 
 
-def run_mpy(mp: str, code: str, cwd: Path, *, heap: str = "96K", sim: Path | None = None,
-            timeout: float = 60, extra_path: tuple[Path, ...] = ()) -> subprocess.CompletedProcess[str]:
+def run_mpy(
+    mp: str,
+    code: str,
+    cwd: Path,
+    *,
+    heap: str = "96K",
+    sim: Path | None = None,
+    timeout: float = 60,
+    extra_path: tuple[Path, ...] = (),
+) -> subprocess.CompletedProcess[str]:
     """Run code under MicroPython with the firmware and the host shims importable, cwd as 'flash'."""
     path = [str(cwd), str(SHIMS), str(FIRMWARE), *map(str, extra_path), ".frozen"]
     env = dict(os.environ, MICROPYPATH=":".join(path), EDGEKIT_SIM=str(sim or cwd))
     env.pop("EDGEKIT_CLOCK", None)
-    return subprocess.run([mp, "-X", f"heapsize={heap}", "-c", code], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [mp, "-X", f"heapsize={heap}", "-c", code],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def free_port() -> int:
@@ -72,11 +86,13 @@ class Broker:
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\nuser root\n"
             f"persistence true\npersistence_location {workdir}/\nautosave_interval 1\n"
-            f"log_dest file {workdir}/mosquitto.log\nmax_inflight_messages 0\n")
+            f"log_dest file {workdir}/mosquitto.log\nmax_inflight_messages 0\n"
+        )
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([self.exe, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [self.exe, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
@@ -86,7 +102,7 @@ class Broker:
                 if self.proc.poll() is not None:
                     break
                 time.sleep(0.05)
-        log = (self.dir / "mosquitto.log")
+        log = self.dir / "mosquitto.log"
         pytest.fail(f"mosquitto did not start on {self.port}: {log.read_text() if log.exists() else ''}")
 
     def stop(self) -> None:
@@ -102,7 +118,9 @@ class Broker:
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[Broker]:
-    exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
+    exe = shutil.which("mosquitto") or (
+        "/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None
+    )
     if not exe:
         pytest.fail("mosquitto not found: apt-get install mosquitto")
     d = tmp_path / "mosquitto"

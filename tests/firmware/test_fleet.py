@@ -24,7 +24,9 @@ pytestmark = pytest.mark.integration
 
 MIN = 60_000
 HOUR = 60 * MIN
-TOLERANCE_MS = 300  # event time vs the virtual clock: 80 ppm drift x up to 45 min between syncs + read latency
+TOLERANCE_MS = (
+    300  # event time vs the virtual clock: 80 ppm drift x up to 45 min between syncs + read latency
+)
 NM = 4  # metrics per record: temp_c, rh, batt_mv, light_mv
 
 
@@ -76,26 +78,45 @@ def test_three_boards_two_hours(micropython: str, umqtt_lib: Path, broker: Broke
     dur = 2 * HOUR
     tail = 16 * MIN  # a few more wakes, so every reading of the 2 hours had its publish turn
     start = host_ms() - dur - tail - 10 * MIN  # the whole run lies in the gateway's past
-    common = {"site": "lab", "broker": "127.0.0.1", "port": broker.port, "sleep_s": 300, "publish_every": 3,
-              "wifi_ssid": "sim", "wifi_timeout_s": 1, "net_timeout_s": 2, "sync_every_s": 1800,
-              "wake_timeout_s": 30}
-    values = {"temp_c": {"base": 21.0, "amp": 3.0, "period_s": 5400}, "rh": {"base": 45.0, "amp": 8.0, "period_s": 3600},
-              "adc35": 1.95, "adc34": {"base": 1.2, "amp": 0.6, "period_s": 2700}}
+    common = {
+        "site": "lab",
+        "broker": "127.0.0.1",
+        "port": broker.port,
+        "sleep_s": 300,
+        "publish_every": 3,
+        "wifi_ssid": "sim",
+        "wifi_timeout_s": 1,
+        "net_timeout_s": 2,
+        "sync_every_s": 1800,
+        "wake_timeout_s": 30,
+    }
+    values = {
+        "temp_c": {"base": 21.0, "amp": 3.0, "period_s": 5400},
+        "rh": {"base": 45.0, "amp": 8.0, "period_s": 3600},
+        "adc35": 1.95,
+        "adc34": {"base": 1.2, "amp": 0.6, "period_s": 2700},
+    }
     outage = [start + 40 * MIN, start + 70 * MIN]
     boards = [
         BoardSpec("fw-1", common, {"values": values}, drift_ppm=40),
         # Wi-Fi down for the first 30 minutes (unsynced readings) and for 30 minutes later, with a 4-slot ring
         # so the backlog spills to flash
-        BoardSpec("fw-2", {**common, "rtc_mem": 60 + 4 * (17 + 4 * NM)},
-                  {"values": values, "wifi_down": [[start - MIN, start + 30 * MIN], outage]},
-                  drift_ppm=-25, stagger_ms=11_000),
+        BoardSpec(
+            "fw-2",
+            {**common, "rtc_mem": 60 + 4 * (17 + 4 * NM)},
+            {"values": values, "wifi_down": [[start - MIN, start + 30 * MIN], outage]},
+            drift_ppm=-25,
+            stagger_ms=11_000,
+        ),
         BoardSpec("fw-3", common, {"values": values}, drift_ppm=80, stagger_ms=23_000),
     ]
     fleet = Fleet(tmp_path / "fleet", boards, start_vt=start, heap="96K", wdt_ms=30_000)
     fleet.prepare()
     sub = Subscriber(broker.port)
-    hooks = [Hook(start + 50 * MIN + 30_000, lambda f: broker.stop()),
-             Hook(start + 62 * MIN, lambda f: broker.start())]
+    hooks = [
+        Hook(start + 50 * MIN + 30_000, lambda f: broker.stop()),
+        Hook(start + 62 * MIN, lambda f: broker.start()),
+    ]
     cut = PowerLoss("fw-3", start + 80 * MIN, after_ms=40, off_ms=2 * MIN)  # a wake without publishing
     t0 = time.monotonic()
     wakes = fleet.run(start + dur + tail, hooks=hooks, power_losses=[cut])
@@ -163,6 +184,9 @@ def test_three_boards_two_hours(micropython: str, umqtt_lib: Path, broker: Broke
         assert flushed[b] >= last
 
     mem = [int(p[1]) for w in wakes for p in w.lines("mem")]
-    print(f"\n{len(wakes)} wakes, {real_s:.1f} s real; {len(got)} readings arrived, {len(missing)} destroyed by the"
-          f" power loss, {dups} duplicates; max |t - truth| {max(errs)} ms; messages {min(sizes)}..{max(sizes)}"
-          f" bytes; heap in use after collect max {max(mem)} of 96K")
+    print(
+        f"\n{len(wakes)} wakes, {real_s:.1f} s real; {len(got)} readings arrived,"
+        f" {len(missing)} destroyed by the"
+        f" power loss, {dups} duplicates; max |t - truth| {max(errs)} ms; messages {min(sizes)}..{max(sizes)}"
+        f" bytes; heap in use after collect max {max(mem)} of 96K"
+    )
