@@ -74,8 +74,11 @@ st = State(17 + 64 + 3 * 12, rec_size(3))
 ok = st.load(rtc.memory())
 buf = Buffer(st, 3, 100000, lambda: rtc.memory(st.pack()))
 for src, r in buf.pending(100000):
-    v = r and r[4]
-    print('P', src, 'bad' if r is None else '%d %d %d %s %d %d %d' % (r[0], r[1], r[2], r[3], v[0], v[1], v[2]))
+    if r is None:
+        print('P', src, 'bad')
+    else:
+        v = r[4]
+        print('P', src, '%d %d %d %s %d %d %d' % (r[0], r[1], r[2], r[3], v[0], v[1], v[2]))
 """
 
 
