@@ -35,10 +35,7 @@ def _case(path: Path) -> dict[str, object]:
     exp = v["expect"]
     dev = v["topic"].split("/")[2]
     if exp["kind"] == "readings":
-        rs = [
-            [r["boot"], r["seq"], r["t"], r["q"], [[k, x] for k, x in r["m"].items()]]
-            for r in exp["readings"]
-        ]
+        rs = [[r["boot"], r["seq"], r["t"], r["q"], [[k, x] for k, x in r["m"].items()]] for r in exp["readings"]]
         return {"name": path.stem, "kind": "readings", "dev": dev, "readings": rs, "flushed": exp["flushed"]}
     return {
         "name": path.stem,
@@ -57,9 +54,7 @@ def test_encoder_reproduces_every_encode_vector(micropython: str, tmp_path: Path
     (tmp_path / "cases.json").write_text(json.dumps([_case(p) for p in ENCODE]))
     r = run_mpy(micropython, MPY_ENCODE, tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
-    got = {
-        ln.split()[1]: bytes.fromhex(ln.split()[2]) for ln in r.stdout.splitlines() if ln.startswith("OUT ")
-    }
+    got = {ln.split()[1]: bytes.fromhex(ln.split()[2]) for ln in r.stdout.splitlines() if ln.startswith("OUT ")}
     assert set(got) == {p.stem for p in ENCODE}
     for p in ENCODE:
         v = json.loads(p.read_text())
@@ -84,9 +79,7 @@ def test_number_and_string_formatting(micropython: str, tmp_path: Path) -> None:
     for src, text in floats:
         assert float(text) == float(src), (src, text)  # reads back exactly
         json.loads(text)
-    fixed = {
-        (int(a), int(b)): c for a, b, c in (ln.split()[1:] for ln in r.stdout.splitlines() if ln[0] == "X")
-    }
+    fixed = {(int(a), int(b)): c for a, b, c in (ln.split()[1:] for ln in r.stdout.splitlines() if ln[0] == "X")}
     assert fixed == {
         (2160, 2): "21.6",
         (-5, 2): "-0.05",

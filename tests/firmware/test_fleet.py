@@ -1,10 +1,12 @@
 """Firmware in the loop: the real firmware on 3 simulated boards under the MicroPython unix port (heap 96K),
-2 hours of virtual time in 5-minute sleep cycles, against a real Mosquitto: a 30-minute Wi-Fi outage, a
-broker restart and one power loss. On the broker side every message must follow the contract
-(gateway.protocol.decode) and every reading taken must arrive, except those the power loss destroyed."""
+2 hours of virtual time in 5-minute sleep cycles, through a real Mosquitto and the gateway into a real
+InfluxDB: a 30-minute Wi-Fi outage, a broker restart and one power loss. On the broker side every message
+must follow the contract (gateway.protocol.decode); in InfluxDB every reading taken must be found exactly
+once, at its event time, except those the power loss destroyed."""
 
 from __future__ import annotations
 
+import asyncio
 import struct
 import threading
 import time
@@ -13,7 +15,11 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from helpers import influx_query
+from services import Proc
 
+from gateway.app import Gateway
+from gateway.config import parse_config
 from gateway.model import Batch, StatusUpdate
 from gateway.protocol import decode
 from sim.board.runner import BoardSpec, Fleet, Hook, PowerLoss, host_ms
@@ -24,9 +30,7 @@ pytestmark = pytest.mark.integration
 
 MIN = 60_000
 HOUR = 60 * MIN
-TOLERANCE_MS = (
-    300  # event time vs the virtual clock: 80 ppm drift x up to 45 min between syncs + read latency
-)
+TOLERANCE_MS = 300  # event time vs the virtual clock: 80 ppm drift x up to 45 min between syncs + read latency
 NM = 4  # metrics per record: temp_c, rh, batt_mv, light_mv
 
 
@@ -61,6 +65,40 @@ class Subscriber:
         self.c.disconnect()
 
 
+class GatewayThread:
+    """The gateway on its own event loop in a thread, while the fleet runner blocks the test's thread."""
+
+    def __init__(self, broker_port: int, influx_url: str, database: str) -> None:
+        self.cfg = parse_config(
+            {
+                "mqtt": {"url": f"mqtt://127.0.0.1:{broker_port}", "client_id": "fw-test-gateway",
+                         "reconnect_min_s": 0.1, "reconnect_max_s": 1.0},
+                "influx": {"target": "v1", "url": influx_url, "database": database, "flush_interval_ms": 100},
+            },
+            env={},
+        )  # fmt: skip
+        self.gw: Gateway | None = None
+        self.loop = asyncio.new_event_loop()
+        self.stop = asyncio.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not (self.gw and self.gw.ingest_stats.connected) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert self.gw is not None and self.gw.ingest_stats.connected, "gateway did not connect"
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.gw = Gateway(self.cfg)
+        self.loop.run_until_complete(self.gw.run(self.stop))
+
+    def close(self) -> Gateway:
+        self.loop.call_soon_threadsafe(self.stop.set)
+        self.thread.join(60)
+        assert not self.thread.is_alive() and self.gw is not None
+        return self.gw
+
+
 def ring_ids(raw: bytes) -> set[tuple[int, int]]:
     """(boot, seq) of the readings in an RTC-memory image (layout in firmware/state.py)."""
     if len(raw) < 60:
@@ -74,7 +112,9 @@ def ring_ids(raw: bytes) -> set[tuple[int, int]]:
     return out
 
 
-def test_three_boards_two_hours(micropython: str, umqtt_lib: Path, broker: Broker, tmp_path: Path) -> None:
+def test_three_boards_two_hours(
+    micropython: str, umqtt_lib: Path, broker: Broker, tmp_path: Path, influxdb_v1: Proc, influx_db: str
+) -> None:
     dur = 2 * HOUR
     tail = 16 * MIN  # a few more wakes, so every reading of the 2 hours had its publish turn
     start = host_ms() - dur - tail - 10 * MIN  # the whole run lies in the gateway's past
@@ -113,6 +153,7 @@ def test_three_boards_two_hours(micropython: str, umqtt_lib: Path, broker: Broke
     fleet = Fleet(tmp_path / "fleet", boards, start_vt=start, heap="96K", wdt_ms=30_000)
     fleet.prepare()
     sub = Subscriber(broker.port)
+    gateway = GatewayThread(broker.port, influxdb_v1.url, influx_db)
     hooks = [
         Hook(start + 50 * MIN + 30_000, lambda f: broker.stop()),
         Hook(start + 62 * MIN, lambda f: broker.start()),
@@ -124,6 +165,7 @@ def test_three_boards_two_hours(micropython: str, umqtt_lib: Path, broker: Broke
     sub.settle()
     sub.close()
     fleet.stop_ntp()
+    gw = gateway.close()
 
     outcomes = [w.outcome for w in wakes]
     assert outcomes.count("power_loss") == 1
@@ -165,6 +207,16 @@ def test_three_boards_two_hours(micropython: str, umqtt_lib: Path, broker: Broke
     destroyed = {("fw-3", b, s) for b, s in ring_ids(lost_wake.rtcmem_lost or b"")}
     assert missing <= destroyed, f"lost without a power loss to blame: {sorted(missing - destroyed)}"
     assert missing == {k for k in destroyed if k in taken_ids}  # exactly the unsent readings in RTC memory
+
+    # through the gateway into InfluxDB: exactly the readings that arrived, each once, at its event time
+    rows = influx_query(influxdb_v1.url, influx_db, "SELECT * FROM reading", epoch="ms")
+    in_db = {(r["device"], r["boot"], r["seq"]): r for r in rows}
+    assert len(rows) == len(in_db) == len(got) and set(in_db) == set(got)
+    for k, row in in_db.items():
+        assert (row["time"], row["q"], row["site"]) == (got[k].t_ms, got[k].quality, "lab"), k
+    assert gw.pipeline.stats.readings_accepted == len(got) and gw.pipeline.stats.dead_letters == 0
+    assert gw.ingest_stats.connects >= 2  # it came back after the broker restart
+    assert taken_ids - set(in_db) == missing
 
     # event time against the virtual clock; unsynced readings arrive corrected
     errs = []
