@@ -14,13 +14,12 @@ _ESC = {'"': '\\"', '\\': '\\\\', '\n': '\\n', '\r': '\\r', '\t': '\\t'}
 
 
 def jstr(s):
-    out = None
-    for i, ch in enumerate(s):
+    for ch in s:
         if ch in _ESC or ch < ' ':
-            out = []
             break
-    if out is None:
-        return '"' + s + '"'
+    else:
+        return '"' + s + '"'  # nothing to escape
+    out = []
     for ch in s:
         e = _ESC.get(ch)
         if e is None and ch < ' ':

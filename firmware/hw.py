@@ -8,7 +8,7 @@ _rtc = machine.RTC()
 _wlan = None
 _i2c = None
 _sht = None
-_adcs = None
+_adcs = []  # type: list[tuple[machine.ADC, float]]  # (input, divider factor), set by sensors_init
 
 
 def rtc_tuple():
@@ -65,6 +65,8 @@ def sample(out):
     """Fill out (a list) with fixed-point values in the config's metric order; None where a sensor
     failed. Order: temp_c (x100), rh (x10), then each ADC input in millivolts."""
     try:
+        if _sht is None:
+            raise OSError(19)  # ENODEV: sensors_init() was not called
         t, rh = _sht.measure()
         out[0] = t
         out[1] = rh

@@ -43,8 +43,11 @@ class Uplink:
         raise OSError('mqtt connect: %r' % (err,))
 
     def publish(self, topic, msg, retain=False):
+        c = self.c
+        if c is None:
+            raise OSError('mqtt publish: not connected')
         try:
-            self.c.publish(topic, msg, retain, 1)
+            c.publish(topic, msg, retain, 1)
         except OSError:
             raise
         except Exception as e:  # MQTTException, assertion on a malformed packet, short read
