@@ -22,6 +22,7 @@ CFG = {  # type: dict  # values of assorted types, read by key
     'wake_timeout_s': 40,    # the whole wake; the watchdog gets a few seconds more
     'wifi_timeout_s': 10,
     'net_timeout_s': 5,      # socket timeout for MQTT and NTP
+    'keepalive_s': 10,       # MQTT keepalive; after a silent drop the broker sends the will 1.5x this later
     'sync_every_s': 21600,   # re-sync NTP after 6 hours
     'clock_max_age_s': 86400,  # readings later than this after a sync are marked 'u'
     # buffer

@@ -23,7 +23,7 @@ class Uplink:
         err = None
         for i in range(_RETRIES):  # bounded retry
             c = MQTTClient(self.dev, cfg['broker'], cfg.get('port', 1883), cfg.get('mqtt_user'),
-                           cfg.get('mqtt_password'), keepalive=cfg.get('keepalive_s', 60))
+                           cfg.get('mqtt_password'), keepalive=cfg['keepalive_s'])
             c.set_last_will(self.t_status, codec.will(self.dev), True, 1)
             try:
                 try:
