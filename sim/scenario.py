@@ -414,7 +414,7 @@ def parse_scenario(doc: Mapping[str, Any]) -> Scenario:
     unknown = sorted(set(doc) - {"scenario", "fleet", "network", "storms", "anomalies", "sequences", "gateway"})
     if unknown:
         raise SpecError(f"unknown table(s) {', '.join(unknown)}")
-    head = _Table(doc.get("scenario"), "scenario")
+    head = _Table(doc.get("scenario", {}), "scenario")
     name = head.get("name", str, "")
     if not name:
         raise SpecError("scenario.name: required")

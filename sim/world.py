@@ -184,7 +184,11 @@ def _sample_times(start: int, end: int, interval: int, storms: list[tuple[int, i
         for s0, s1, factor in storms:
             if s0 <= t < s1:
                 step = max(1, interval // factor)
-        t += step
+        nxt = t + step
+        for s0, _s1, factor in storms:
+            if t < s0 < nxt:  # a storm starts before the next sample: it starts sampling fast at once
+                nxt = s0 + (t - s0) % max(1, interval // factor)
+        t = nxt
     return out
 
 
