@@ -26,7 +26,7 @@ from .scenario import Scenario, load_scenario, parse_duration, scenario_names
 from .verify import Verdict, compare, influx_rows, truth_doc
 from .world import Run, simulate
 
-__all__ = ["Prepared", "prepare", "run_command"]
+__all__ = ["Prepared", "prepare", "report_scenario", "run_command"]
 
 
 @dataclass(slots=True)
@@ -53,6 +53,16 @@ def prepare(
     spec = engine_spec(gw)
     run = simulate(scenario, now_ms)
     return Prepared(scenario, gw, run, expect(run, spec))
+
+
+def report_scenario(path: Path, name: str = "flaky-network") -> tuple[Path, Verdict]:
+    """Run a shipped scenario in-process, check the pipeline's output against the truth, write its report."""
+    prep = prepare(load_scenario(name))
+    res = run_in_process(prep.run, gateway_config(prep.gateway, prep.scenario.prefix))
+    assert res.store is not None
+    truth = prep.truth()
+    verdict = compare(truth, res.store.found())
+    return write_report(path, truth, verdict, res.alerts).resolve(), verdict
 
 
 def _load_gateway(path: Path) -> dict[str, Any]:
