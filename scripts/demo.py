@@ -31,6 +31,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 import services  # noqa: E402
 
+from sim.commands import report_scenario  # noqa: E402
 from sim.fleet import FleetSpec, Plan, generate  # noqa: E402
 from sim.publish import BrokerConfig, publish  # noqa: E402
 
@@ -178,7 +179,10 @@ def main(argv: list[str] | None = None) -> int:
             gw.kill()
         log_file.close()
     stats = read_stats(stats_file)
+    # simulator report (sim/report.py): a scenario in virtual time through the gateway's pipeline
+    report, verdict = report_scenario(RUN / "report.html")
     print_summary(plan, result.elapsed_s, stats, time.monotonic() - started)
+    print(f"Report of the 'flaky-network' scenario ({'matches' if verdict.ok else 'DIFFERS FROM'} its truth): {report}")
     return 0
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up of a Debian 12 / Raspberry Pi OS (bookworm) machine for edgekit:
-#   1. the Debian packages of the services (mosquitto, mosquitto-clients, influxdb, victoria-metrics, socat),
+#   1. the Debian packages of the services (mosquitto, mosquitto-clients, influxdb, victoria-metrics, socat)
+#      and chromium (headless, renders the simulator's report page in a test),
 #      installed with apt-get when run as root, otherwise the exact sudo command is printed;
 #   2. .venv with edgekit installed editable plus its dev extras (redone when pyproject.toml changes).
 # The services themselves are run by scripts/services.py, never by the distribution's systemd units.
@@ -14,10 +15,10 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
 # binary -> Debian package; "unit:port" of the distribution service each package ships.
-BINARIES=(mosquitto mosquitto_pub influxd victoria-metrics socat)
+BINARIES=(mosquitto mosquitto_pub influxd victoria-metrics socat chromium)
 declare -A PACKAGE=(
     [mosquitto]=mosquitto [mosquitto_pub]=mosquitto-clients [influxd]=influxdb
-    [victoria-metrics]=victoria-metrics [socat]=socat
+    [victoria-metrics]=victoria-metrics [socat]=socat [chromium]=chromium
 )
 declare -A UNIT_PORT=([mosquitto]=1883 [influxdb]=8086 [victoria-metrics]=8428)
 

@@ -1,7 +1,16 @@
-"""``edgekit-sim`` / ``python -m sim``: publish a simulated fleet's traffic and write its ground truth.
+"""``edgekit-sim`` / ``python -m sim``: simulated fleets, their ground truth, a check and a report.
 
-Exit codes: 0 done, 2 usage (bad flag or value), 1 failure (broker unreachable or refusing, truth
-file not writable), 130 interrupted.
+- ``run``: the simple fleet (``FleetSpec``): publish its traffic and write its ground truth;
+- ``scenarios``: list the shipped scenarios (``sim/scenarios/*.toml``);
+- ``simulate SCENARIO``: run a scenario in virtual time, either ``--in-process`` through the gateway's
+  pipeline (no broker, faster than real time) or ``--broker`` through MQTT in (scaled) real time, and
+  write the ground truth with the reference's expected gateway output (``--truth``);
+- ``verify``: compare what landed in InfluxDB 1.x with a ground truth: a table per output, exit 1 on a
+  mismatch;
+- ``report``: an HTML page with plots of a run (from its ground truth).
+
+Exit codes: 0 done (verify: everything matched), 2 usage (bad flag or value), 1 failure (broker
+unreachable or refusing, file not writable, verify mismatch), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -14,8 +23,9 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
-from .errors import PublishError, SpecError
+from .errors import PublishError, SimError, SpecError
 from .fleet import METRIC_GENERATORS, FleetSpec, Plan, generate, wall_clock_ms
 from .publish import PASSWORD_ENV, BrokerConfig, PublishResult, parse_broker_url, publish
 
@@ -74,7 +84,41 @@ def build_parser() -> argparse.ArgumentParser:
     mqtt.add_argument("--timeout", type=float, default=10.0, help="seconds to connect / for each ack (10)")
     mqtt.add_argument("--dry-run", action="store_true", help="generate and write the truth, publish nothing")
     run.add_argument("--truth", type=Path, metavar="PATH", help="write the ground truth JSON here")
+    _scenario_parsers(sub)
     return parser
+
+
+def _scenario_parsers(sub: Any) -> None:
+    sub.add_parser("scenarios", help="list the shipped scenarios")
+    sim = sub.add_parser(
+        "simulate",
+        help="run a scenario in virtual time: in-process through the pipeline, or through MQTT",
+        description="Run a scenario (a name from 'scenarios' or a TOML path) and write its ground truth.",
+    )
+    sim.add_argument("scenario", help="scenario name or path to a TOML file")
+    sim.add_argument("--devices", type=int, help="scale the fleet to this many boards")
+    sim.add_argument("--duration", help="event time to cover, e.g. 30m, 1h (default: the scenario's)")
+    sim.add_argument("--seed", type=int, help="random seed (default: the scenario's)")
+    sim.add_argument("--start-ms", type=int, help="event time of the start (default: to end 15 min before now)")
+    sim.add_argument("--prefix", help="topic prefix (default: the scenario's, edgekit)")
+    sim.add_argument("--gateway-config", type=Path, help="the gateway's TOML (its engine and windows) to expect")
+    where = sim.add_mutually_exclusive_group(required=True)
+    where.add_argument("--in-process", action="store_true", help="drive the gateway's pipeline in virtual time")
+    where.add_argument("--broker", help="publish through this broker: mqtt://[user[:password]@]host[:port]")
+    sim.add_argument("--speed", type=float, default=0.0, help="with --broker: virtual seconds per second (0: max)")
+    sim.add_argument("--client-id", help="MQTT client id (default edgekit-sim-<pid>)")
+    sim.add_argument("--truth", type=Path, metavar="PATH", help="write the ground truth JSON here")
+    sim.add_argument("--report", type=Path, metavar="PATH", help="with --in-process: also write the report")
+    ver = sub.add_parser("verify", help="compare what landed in InfluxDB 1.x with a run's ground truth")
+    ver.add_argument("--truth", type=Path, required=True, metavar="PATH")
+    ver.add_argument("--influx-url", default="http://127.0.0.1:8086")
+    ver.add_argument("--database", default="edgekit")
+    ver.add_argument("--json", type=Path, metavar="PATH", help="also write the tables as JSON")
+    rep = sub.add_parser("report", help="an HTML page with plots of a run")
+    rep.add_argument("--truth", type=Path, required=True, metavar="PATH")
+    rep.add_argument("--out", type=Path, required=True, metavar="PATH")
+    rep.add_argument("--influx-url", help="also verify against InfluxDB 1.x and show the tables")
+    rep.add_argument("--database", default="edgekit")
 
 
 def _spec(args: argparse.Namespace) -> FleetSpec:
@@ -136,6 +180,20 @@ def main(
     def usage(message: str) -> int:
         print(f"{PROG}: error: {message} (see {PROG} {args.command} --help)", file=sys.stderr)
         return 2
+
+    if args.command != "run":
+        from .commands import run_command
+
+        try:
+            return run_command(args, os.environ if env is None else env, now_ms)
+        except SpecError as exc:
+            return usage(str(exc))
+        except SimError as exc:
+            print(f"{PROG}: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print(f"{PROG}: interrupted", file=sys.stderr)
+            return 130
 
     try:
         spec = _spec(args)

@@ -1,0 +1,165 @@
+"""The scenario subcommands of ``edgekit-sim``: ``scenarios``, ``simulate``, ``verify``, ``report``.
+
+Also :func:`prepare`, the one place a scenario becomes a run with its ground truth (used by the CLI,
+the tests, the demo and the benchmark).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import SimError, SpecError
+from .inprocess import gateway_config, run_in_process
+from .publish import parse_broker_url
+from .realtime import replay
+from .reference import Expected, engine_spec, expect
+from .report import write_report
+from .scenario import Scenario, load_scenario, parse_duration, scenario_names
+from .verify import Verdict, compare, influx_rows, truth_doc
+from .world import Run, simulate
+
+__all__ = ["Prepared", "prepare", "report_scenario", "run_command"]
+
+
+@dataclass(slots=True)
+class Prepared:
+    scenario: Scenario
+    gateway: dict[str, Any]
+    run: Run
+    expected: Expected
+
+    def truth(self) -> dict[str, Any]:
+        """The ground truth as plain JSON values (as read back from a ``--truth`` file)."""
+        doc: dict[str, Any] = json.loads(json.dumps(truth_doc(self.run, self.expected, self.gateway)))
+        return doc
+
+
+def prepare(
+    scenario: Scenario,
+    gateway: Mapping[str, Any] | None = None,
+    now_ms: Callable[[], int] | None = None,
+) -> Prepared:
+    """Simulate the scenario and compute what the gateway must write (with ``gateway``'s engine and windows,
+    default the scenario's ``[gateway]`` table)."""
+    gw = dict(scenario.gateway if gateway is None else gateway)
+    spec = engine_spec(gw)
+    run = simulate(scenario, now_ms)
+    return Prepared(scenario, gw, run, expect(run, spec))
+
+
+def report_scenario(path: Path, name: str = "flaky-network") -> tuple[Path, Verdict]:
+    """Run a shipped scenario in-process, check the pipeline's output against the truth, write its report."""
+    prep = prepare(load_scenario(name))
+    res = run_in_process(prep.run, gateway_config(prep.gateway, prep.scenario.prefix))
+    assert res.store is not None
+    truth = prep.truth()
+    verdict = compare(truth, res.store.found())
+    return write_report(path, truth, verdict, res.alerts).resolve(), verdict
+
+
+def _load_gateway(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except OSError as exc:
+        raise SimError(f"cannot read the gateway configuration {str(path)!r}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"{path}: not valid TOML: {exc}") from exc
+    return {k: doc[k] for k in ("engine", "windows") if k in doc}
+
+
+def _write_json(path: Path, doc: object) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(doc, separators=(",", ":")) + "\n", encoding="utf-8")
+        tmp.replace(path)
+    except OSError as exc:
+        raise SimError(f"cannot write {path}: {exc}") from exc
+
+
+def _read_truth(path: Path) -> dict[str, Any]:
+    try:
+        doc: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SimError(f"cannot read the truth file {path}: {exc.strerror}") from exc
+    except ValueError as exc:
+        raise SpecError(f"{path} is not a truth file: {exc}") from exc
+    if doc.get("format") != "edgekit-sim-truth/2":
+        raise SpecError(f"{path} is not a scenario truth file (format {doc.get('format')!r})")
+    return doc
+
+
+def run_command(args: argparse.Namespace, env: Mapping[str, str], now_ms: Callable[[], int]) -> int:
+    if args.command == "scenarios":
+        for name in scenario_names():
+            sc = load_scenario(name)
+            print(f"{name:<20} {sc.devices:>5} devices  {sc.duration_ms // 60_000:>4} min  {sc.description}")
+        return 0
+    if args.command == "simulate":
+        return _simulate(args, env, now_ms)
+    if args.command == "verify":
+        truth = _read_truth(args.truth)
+        found = compare(truth, influx_rows(args.influx_url, args.database))
+        print(f"{truth['scenario']['name']}: InfluxDB {args.influx_url} database {args.database!r}")
+        print(found.render())
+        if args.json is not None:
+            _write_json(args.json, found.to_json())
+        return 0 if found.ok else 1
+    if args.command == "report":
+        truth = _read_truth(args.truth)
+        checked = compare(truth, influx_rows(args.influx_url, args.database)) if args.influx_url else None
+        try:
+            path = write_report(args.out, truth, checked)
+        except OSError as exc:
+            raise SimError(f"cannot write {args.out}: {exc}") from exc
+        print(path.resolve())
+        return 0
+    raise SpecError(f"unknown command {args.command!r}")  # pragma: no cover - argparse checks
+
+
+def _simulate(args: argparse.Namespace, env: Mapping[str, str], now_ms: Callable[[], int]) -> int:
+    sc = load_scenario(args.scenario).scaled(
+        devices=args.devices,
+        duration_ms=None if args.duration is None else parse_duration(args.duration, "--duration"),
+        seed=args.seed,
+        start_ms=args.start_ms,
+        prefix=args.prefix,
+    )
+    gateway = _load_gateway(args.gateway_config) if args.gateway_config else None
+    prep = prepare(sc, gateway, now_ms)
+    run, exp = prep.run, prep.expected
+    c = run.counts()
+    print(
+        f"{sc.name}: {c['devices']} devices, {c['readings']} readings in {c['deliveries']} deliveries "
+        f"(simulated in {run.elapsed_s:.2f} s); expect {len(exp.readings)} raw readings, {len(exp.windows)} "
+        f"window points, {len(exp.late)} late records, {sum(exp.dead_letters.values())} dead letters"
+    )
+    truth = prep.truth()
+    verdict: Verdict | None = None
+    if args.in_process:
+        res = run_in_process(run, gateway_config(prep.gateway, sc.prefix))
+        assert res.store is not None
+        verdict = compare(truth, res.store.found())
+        print(f"in-process: {len(run.deliveries)} deliveries through the pipeline in {res.elapsed_s:.2f} s")
+        print(verdict.render())
+        if args.report is not None:
+            print(f"report: {write_report(args.report, truth, verdict, res.alerts).resolve()}")
+    else:
+        broker = parse_broker_url(args.broker, env)
+        took = asyncio.run(
+            replay(run.deliveries, broker, client_id=args.client_id or f"edgekit-sim-{os.getpid()}", speed=args.speed)
+        )
+        print(f"published {len(run.deliveries)} messages to {broker.describe()} in {took:.2f} s")
+    if args.truth is not None:
+        _write_json(args.truth, truth)
+        print(f"truth: {args.truth}")
+    return 0 if verdict is None or verdict.ok else 1

@@ -1,0 +1,265 @@
+"""``sim report``: one self-contained HTML page a person can read about a run.
+
+From a run's ground truth (:func:`sim.verify.truth_doc`), and optionally the verify tables and the
+alerts the gateway raised, it draws (inline SVG, :mod:`sim.svgplot`; no scripts, no network):
+
+1. event time against arrival time per device (on the diagonal: on time; below it: delivered late);
+2. the devices' watermarks as the gateway advances them;
+3. window firings (revision 1) and updates (late re-fires, superseded sessions) by the time they happen;
+4. late readings and refused readings, by when they arrived and their event time;
+5. each injected anomaly over its device's metric with its labelled span, the scripted sequences, and alerts.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
+from html import escape
+from pathlib import Path
+from typing import Any, Final
+
+from .svgplot import PALETTE, Chart
+from .verify import Verdict
+
+__all__ = ["render_report", "write_report"]
+
+MAX_DEVICES: Final = 8
+"""Devices drawn in the per-device plots (the most eventful ones first)."""
+
+_CSS: Final = """
+body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1000px}
+h1{font-size:22px}h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:13px;margin:8px 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
+th{background:#f0f0f0}td.l,th.l{text-align:left}.ok{color:#176c17;font-weight:bold}.bad{color:#b00;font-weight:bold}
+p.note{font-size:13px;color:#555}figure{margin:10px 0}
+"""
+
+
+def _utc(ms: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ms / 1000))
+
+
+def _table(head: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    th = "".join(f'<th class="{"l" if i == 0 else ""}">{escape(h)}</th>' for i, h in enumerate(head))
+    cells = [
+        "".join(f'<td class="{"l" if i == 0 else ""}">{escape(str(v))}</td>' for i, v in enumerate(r)) for r in rows
+    ]
+    body = "".join(f"<tr>{c}</tr>" for c in cells)
+    return f"<table><tr>{th}</tr>{body}</table>"
+
+
+def _pick_devices(truth: Mapping[str, Any]) -> list[str]:
+    score: Counter[str] = Counter()
+    for b in truth["boards"]:
+        score[b["device"]] += 0
+    for k in truth["expected"]["late"]:
+        score[k[1]] += 3
+    for a in truth["anomalies"]:
+        score[a["device"]] += 5
+    for s in truth["sequences"]:
+        score[s["device"]] += 5
+    for b in truth["boards"]:
+        if b["sleep_s"]:
+            score[b["device"]] += 2
+    return [d for d, _ in sorted(score.items(), key=lambda kv: (-kv[1], kv[0]))[:MAX_DEVICES]]
+
+
+def render_report(
+    truth: Mapping[str, Any],
+    verdict: Verdict | None = None,
+    alerts: Sequence[Mapping[str, Any]] = (),
+    title: str | None = None,
+) -> str:
+    """The report page as a string."""
+    exp = truth["expected"]
+    readings = truth["readings"]
+    devices = _pick_devices(truth)
+    color = {d: PALETTE[i % len(PALETTE)] for i, d in enumerate(devices)}
+    sc = truth["scenario"]
+    charts: list[tuple[str, Chart, str]] = []
+
+    # 1. event time vs arrival time
+    c1 = Chart("Event time against arrival time", "arrival at the gateway (UTC)", "event time (UTC)", y_time=True)
+    c1.diagonal = True
+    per: dict[str, tuple[list[float], list[float]]] = defaultdict(lambda: ([], []))
+    for r in readings:
+        if r[1] in color and r[9] >= 0 and r[12] is None and r[6] != "u":
+            per[r[1]][0].append(r[9])
+            per[r[1]][1].append(r[5])
+    for d in devices:
+        if d in per:
+            c1.points(d, per[d][0], per[d][1], color[d], size=2.2)
+    late_pts = [(at, k[3]) for *k, at in exp["late"] if k[1] in color and k[6] == "too_late"]
+    if late_pts:
+        c1.points("routed late", [p[0] for p in late_pts], [p[1] for p in late_pts], "#d00", "cross", 4)
+    charts.append(
+        (
+            "arrival",
+            c1,
+            "Each reading at its first arrival. On the dashed diagonal a reading arrives as it is taken; a sleepy "
+            "board's burst is a vertical stack; red crosses were routed to the late output. Unsynced readings "
+            "(quality u) are left out: their event time is not real time.",
+        )
+    )
+
+    # 2. watermarks
+    c2 = Chart("Device watermarks", "arrival at the gateway (UTC)", "watermark (event time, UTC)", y_time=True)
+    wms: dict[str, tuple[list[float], list[float]]] = defaultdict(lambda: ([], []))
+    for at, dev, wm in exp["watermarks"]:
+        if dev in color:
+            wms[dev][0].append(at)
+            wms[dev][1].append(wm)
+    for d in devices:
+        if d in wms:
+            c2.step(d, wms[d][0], wms[d][1], color[d])
+    charts.append(
+        (
+            "watermarks",
+            c2,
+            "Each device's watermark (max event time minus the out-of-orderness bound, or its flushed marker + 1) "
+            "after each of its batches: a window of the device fires when its watermark passes the window's end.",
+        )
+    )
+
+    # 3. window firings and updates
+    c3 = Chart("Window firings and updates", "when the gateway wrote the point (UTC)", "window start (UTC)",
+               y_time=True)  # fmt: skip
+    fired = [f for f in exp["firings"] if f[7] == 1]
+    updated = [f for f in exp["firings"] if f[7] > 1 and f[6] > 0]
+    superseded = [f for f in exp["firings"] if f[6] == 0]
+    c3.points("first firing (revision 1)", [f[0] for f in fired], [f[3] for f in fired], "#1f77b4", size=2.2)
+    if updated:
+        c3.points("update by a late reading", [f[0] for f in updated], [f[3] for f in updated], "#d62728",
+                  "triangle", 4)  # fmt: skip
+    if superseded:
+        c3.points("superseded session", [f[0] for f in superseded], [f[3] for f in superseded], "#7f7f7f",
+                  "square", 3)  # fmt: skip
+    charts.append(
+        (
+            "windows",
+            c3,
+            f"{len(fired)} window points fired, {len(updated)} updated in place by late readings within the "
+            f"allowed lateness (same series and time, revision + 1), {len(superseded)} superseded sessions.",
+        )
+    )
+
+    # 4. late readings
+    c4 = Chart("Late and refused readings", "arrival at the gateway (UTC)", "event time (UTC)", y_time=True)
+    reasons: dict[str, tuple[list[float], list[float]]] = defaultdict(lambda: ([], []))
+    for *k, at in exp["late"]:
+        reasons[k[6]][0].append(at)
+        reasons[k[6]][1].append(k[3])
+    for i, (reason, (xs, ys)) in enumerate(sorted(reasons.items())):
+        c4.points(reason, xs, ys, PALETTE[(i + 3) % len(PALETTE)], "cross", 4)
+    charts.append(
+        (
+            "late",
+            c4,
+            "Records of the late_reading measurement: too_late (behind the watermark by more than the window's "
+            "allowed lateness, one per window and metric) and readings refused before any window (unsynced clock).",
+        )
+    )
+
+    # 5. anomalies, sequences and alerts
+    c5 = Chart("Injected anomalies, scripted sequences and alerts", "event time (UTC)", "value")
+    series: dict[tuple[str, str], tuple[list[float], list[float]]] = {}
+    for a in truth["anomalies"]:
+        series.setdefault((a["device"], a["metric"]), ([], []))
+    for r in readings:
+        for (dev, metric), (xs, ys) in series.items():
+            v = r[7].get(metric)
+            if r[1] == dev and isinstance(v, (int, float)) and r[6] != "u":
+                xs.append(r[5])
+                ys.append(float(v))
+    for i, ((dev, metric), (xs, ys)) in enumerate(sorted(series.items())):
+        c5.line(f"{dev} {metric}", xs, ys, PALETTE[i % len(PALETTE)])
+    for i, a in enumerate(truth["anomalies"]):
+        c5.span(a["start_ms"], a["end_ms"], PALETTE[i % len(PALETTE)], f"{a['kind']} {a['device']} {a['metric']}")
+    for s in truth["sequences"]:
+        c5.vline(s["at_ms"], "#d62728" if s["expect_alert"] else "#2ca02c", f"{s['kind']} {s['device']}")
+    if alerts:
+        c5.points("alert", [float(a["last_ms"]) for a in alerts], [0.0 for _ in alerts], "#000", "triangle", 5)
+    charts.append(
+        (
+            "anomalies",
+            c5,
+            f"{len(truth['anomalies'])} injected anomalies (shaded: their labelled spans), "
+            f"{len(truth['sequences'])} scripted sequences (dashed; red: should raise a pattern alert, green: a near "
+            f"miss that should not), {len(alerts)} alerts raised by the gateway.",
+        )
+    )
+
+    counts = truth["counts"]
+    heading = title or f"edgekit simulator: {sc['name']}"
+    parts = [
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>{escape(heading)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{escape(heading)}</h1>",
+        f"<p>{escape(sc['description'])}</p>",
+        f"<p class='note'>Event time {escape(_utc(truth['start_ms']))} to {escape(_utc(truth['end_ms']))}, "
+        f"seed {sc['seed']}, sites {escape(', '.join(truth['sites']))}.</p>",
+        _table(["what", "count"], [[k.replace("_", " "), v] for k, v in counts.items()]),
+    ]
+    if verdict is not None:
+        cls = "ok" if verdict.ok else "bad"
+        word = "no missing, no extra" if verdict.ok else "MISMATCH"
+        parts.append(f"<h2>What landed in InfluxDB</h2><p class='{cls}'>{word}</p>")
+        parts.append(
+            _table(
+                ["output", "expected", "found", "missing", "extra", "differ", "routed late"],
+                [[t.output, t.expected, t.found, t.missing, t.extra, t.differ, t.routed_late] for t in verdict.tables],
+            )
+        )
+    for key, chart, note in charts:
+        parts.append(f"<h2 id='{key}'>{escape(chart.title)}</h2>")
+        parts.append(f"<figure data-plot='{key}' data-marks='{chart.marks}'>{chart.svg()}</figure>")
+        parts.append(f"<p class='note'>{escape(note)}</p>")
+    if truth["anomalies"]:
+        parts.append("<h2>Anomalies injected</h2>")
+        parts.append(
+            _table(
+                ["kind", "device", "metric", "from", "to", "labelled readings"],
+                [
+                    [a["kind"], a["device"], a["metric"], _utc(a["start_ms"]), _utc(a["end_ms"]), len(a["labelled"])]
+                    for a in truth["anomalies"]
+                ],
+            )
+        )
+    if truth["sequences"]:
+        parts.append("<h2>Sequences injected</h2>")
+        parts.append(
+            _table(
+                ["kind", "pattern", "device", "at", "alert expected", "events"],
+                [
+                    [
+                        s["kind"],
+                        s["pattern"],
+                        s["device"],
+                        _utc(s["at_ms"]),
+                        "yes" if s["expect_alert"] else "no",
+                        "; ".join(f"{m}={v}" for _, m, v in s["events"]),
+                    ]
+                    for s in truth["sequences"]
+                ],
+            )
+        )
+    dead = exp["dead_letters"]
+    if dead:
+        parts.append("<h2>Dead letters expected</h2>")
+        parts.append(_table(["reason", "device", "records"], dead))
+    parts.append("</body></html>\n")
+    return "".join(parts)
+
+
+def write_report(
+    path: Path,
+    truth: Mapping[str, Any],
+    verdict: Verdict | None = None,
+    alerts: Sequence[Mapping[str, Any]] = (),
+    title: str | None = None,
+) -> Path:
+    """Write the page to ``path`` (parents created); returns the path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_report(truth, verdict, alerts, title), encoding="utf-8")
+    return path

@@ -1,0 +1,356 @@
+"""``sim verify``: what landed in InfluxDB against a run's ground truth, one table per output.
+
+The ground truth is the JSON document :func:`truth_doc` writes (``--truth``); what landed comes from
+InfluxDB 1.x over InfluxQL (:func:`influx_rows`) or, for an in-process run, from a :class:`LineStore`
+that keeps the gateway's line protocol with InfluxDB's rule that a point written again at the same series
+and timestamp overwrites (merges) the fields of the earlier one.
+
+Tables: raw readings (``reading``), window results (``window``, the last revision of each point), late
+readings (``late_reading``) and dead letters (``dead_letter``): expected, found, missing, extra, differ
+(found with other values), and routed late (readings whose values went to the late output; window points
+whose last write is a late re-fire; late records).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Final
+
+from .errors import SimError
+from .reference import Expected
+from .world import Run
+
+__all__ = [
+    "TRUTH_FORMAT",
+    "Found",
+    "LineStore",
+    "Table",
+    "Verdict",
+    "compare",
+    "influx_rows",
+    "parse_line",
+    "truth_doc",
+]
+
+TRUTH_FORMAT: Final = "edgekit-sim-truth/2"
+MEASUREMENTS: Final = ("reading", "window", "late_reading", "dead_letter")
+
+Row = dict[str, Any]
+
+
+# --- the ground truth as a document ---------------------------------------------------------------------
+
+
+def truth_doc(run: Run, expected: Expected, gateway: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The run and what the gateway must write, as JSON-ready data (what ``--truth`` files hold)."""
+    sc = run.scenario
+    return {
+        "format": TRUTH_FORMAT,
+        "scenario": {"name": sc.name, "description": sc.description, "seed": sc.seed, "prefix": sc.prefix},
+        "start_ms": run.start_ms,
+        "end_ms": run.end_ms,
+        "sites": list(sc.sites),
+        "boards": [asdict(b) for b in run.boards],
+        "counts": run.counts(),
+        "gateway": dict(gateway or {}),
+        "readings": [r.to_json() for r in run.readings],
+        "deliveries": [[d.arrival_ms, d.kind, d.device, d.sent_ms, d.attempt, len(d.readings)] for d in run.deliveries],
+        "anomalies": [{**a.to_json(), "labelled": labelled} for a, labelled in run.anomalies],
+        "sequences": [s.to_json() for s in run.sequences],
+        "expected": {
+            "readings": expected.readings,
+            "duplicates": expected.duplicates,
+            "dead_letters": [[reason, dev, n] for (reason, dev), n in sorted(expected.dead_letters.items())],
+            "windows": [[*k, *v] for k, v in sorted(expected.windows.items())],
+            "late": [[*k, at] for k, at in sorted(expected.late.items())],
+            "firings": [list(asdict(f).values()) for f in expected.firings],
+            "watermarks": [list(w) for w in expected.watermarks],
+        },
+    }
+
+
+# --- what landed -----------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Found:
+    """Rows per measurement, each a dict of tags and fields plus ``time`` (ms)."""
+
+    rows: dict[str, list[Row]] = field(default_factory=lambda: {m: [] for m in MEASUREMENTS})
+
+
+_TOKEN = re.compile(r'(?:\\.|"(?:\\.|[^"\\])*"|[^ ])+')
+
+
+def _split(s: str, sep: str) -> list[str]:
+    """Split on ``sep`` outside quotes and not escaped."""
+    parts: list[str] = []
+    cur: list[str] = []
+    quoted = escaped = False
+    for ch in s:
+        if escaped:
+            cur.append(ch)
+            escaped = False
+        elif ch == "\\":
+            cur.append(ch)
+            escaped = True
+        elif ch == '"':
+            quoted = not quoted
+            cur.append(ch)
+        elif ch == sep and not quoted:
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    parts.append("".join(cur))
+    return parts
+
+
+def _unescape(s: str) -> str:
+    return re.sub(r"\\(.)", lambda m: "\n" if m.group(1) == "n" else m.group(1), s)
+
+
+def _value(raw: str) -> Any:
+    if raw.startswith('"'):
+        return _unescape(raw[1:-1])
+    if raw in ("true", "false"):
+        return raw == "true"
+    if raw.endswith("i"):
+        return int(raw[:-1])
+    return float(raw)
+
+
+def _kv(part: str) -> tuple[str, str]:
+    """Key and value of ``key=value``: the first ``=`` that is not escaped."""
+    i = 0
+    while True:
+        j = part.index("=", i)
+        if j == 0 or part[j - 1] != "\\":
+            return part[:j], part[j + 1 :]
+        i = j + 1
+
+
+def parse_line(text: str) -> tuple[str, dict[str, str], dict[str, Any], int]:
+    """(measurement, tags, fields, timestamp) of one line of InfluxDB line protocol."""
+    head, body, ts = _TOKEN.findall(text)
+    parts = _split(head, ",")
+    tags = {}
+    for p in parts[1:]:
+        k, v = _kv(p)
+        tags[_unescape(k)] = _unescape(v)
+    fields = {}
+    for p in _split(body, ","):
+        k, v = _kv(p)
+        fields[_unescape(k)] = _value(v)
+    return _unescape(parts[0]), tags, fields, int(ts)
+
+
+class LineStore:
+    """An in-memory stand-in for InfluxDB's storage rule: a point at the same measurement, tag set and
+    timestamp merges its fields into the earlier point (the later values win)."""
+
+    def __init__(self) -> None:
+        self.points: dict[tuple[str, tuple[tuple[str, str], ...], int], dict[str, Any]] = {}
+        self.writes = 0
+
+    def write(self, lines: Iterable[str]) -> None:
+        for text in lines:
+            m, tags, fields, ts = parse_line(text)
+            self.writes += 1
+            self.points.setdefault((m, tuple(sorted(tags.items())), ts), {}).update(fields)
+
+    def found(self, ns_per_unit: int = 1_000_000) -> Found:
+        f = Found()
+        for (m, tags, ts), fields in self.points.items():
+            if m in f.rows:
+                f.rows[m].append({**dict(tags), **fields, "time": ts // ns_per_unit})
+        return f
+
+
+def influx_rows(url: str, database: str, timeout_s: float = 30.0) -> Found:
+    """Every row of the four measurements from InfluxDB 1.x (InfluxQL, times in ms)."""
+    f = Found()
+    for m in MEASUREMENTS:
+        params = urllib.parse.urlencode({"db": database, "q": f'SELECT * FROM "{m}"', "epoch": "ms"})
+        try:
+            with urllib.request.urlopen(f"{url.rstrip('/')}/query?{params}", timeout=timeout_s) as resp:
+                doc = json.load(resp)
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            raise SimError(f"InfluxDB at {url}: {exc}") from exc
+        for result in doc.get("results", []):
+            if "error" in result:
+                raise SimError(f"InfluxDB at {url}, database {database!r}: {result['error']}")
+            for series in result.get("series", []):
+                for values in series.get("values", []):
+                    row = dict(zip(series["columns"], values, strict=True))
+                    f.rows[m].append({k: v for k, v in row.items() if v is not None})
+    return f
+
+
+# --- the comparison ------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Table:
+    output: str
+    expected: int = 0
+    found: int = 0
+    missing: int = 0
+    extra: int = 0
+    differ: int = 0
+    routed_late: int = 0
+    examples: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.missing == 0 and self.extra == 0 and self.differ == 0
+
+    def note(self, text: str) -> None:
+        if len(self.examples) < 5:
+            self.examples.append(text)
+
+
+@dataclass(slots=True)
+class Verdict:
+    tables: list[Table]
+
+    @property
+    def ok(self) -> bool:
+        return all(t.ok for t in self.tables)
+
+    def table(self, output: str) -> Table:
+        return next(t for t in self.tables if t.output == output)
+
+    def render(self) -> str:
+        head = f"{'output':<14}{'expected':>9}{'found':>9}{'missing':>9}{'extra':>9}{'differ':>9}{'routed late':>13}"
+        lines = [head, "-" * len(head)]
+        for t in self.tables:
+            lines.append(
+                f"{t.output:<14}{t.expected:>9}{t.found:>9}{t.missing:>9}{t.extra:>9}{t.differ:>9}{t.routed_late:>13}"
+            )
+        for t in self.tables:
+            lines += [f"  {t.output}: {e}" for e in t.examples]
+        lines.append("verdict: " + ("OK, everything expected found and nothing else" if self.ok else "MISMATCH"))
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "tables": [asdict(t) for t in self.tables]}
+
+
+def _close(a: Any, b: Any) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isclose(a, b, rel_tol=1e-9)
+    return bool(a == b)
+
+
+def compare(truth: Mapping[str, Any], found: Found) -> Verdict:
+    """The tables for one run's truth document against what was found (rows of other sites are ignored)."""
+    sites = set(truth["sites"])
+    exp = truth["expected"]
+    readings = truth["readings"]
+
+    def mine(m: str) -> list[Row]:
+        return [r for r in found.rows[m] if r.get("site") in sites]
+
+    late_rows = exp["late"]
+    late_ids = {(k[1], k[4], k[5]) for k in late_rows}
+
+    # raw readings
+    t = Table("reading")
+    want: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    for i in exp["readings"]:
+        _site, dev, boot, seq, _true, tms, q, metrics = readings[i][:8]
+        want[(dev, boot, seq)] = (tms, q, metrics)
+    t.expected = len(want)
+    t.routed_late = sum(1 for k in want if k in late_ids)
+    got: dict[tuple[Any, ...], Row] = {}
+    for r in mine("reading"):
+        rk = (r.get("device", ""), r.get("boot"), r.get("seq"))
+        if rk in got:
+            t.extra += 1
+            t.note(f"twice: {rk}")
+        got[rk] = r
+    t.found = len(mine("reading"))
+    for rk, (tms, q, metrics) in want.items():
+        row = got.get(rk)
+        if row is None:
+            t.missing += 1
+            t.note(f"missing {rk} at {tms}")
+        elif row["time"] != tms or row.get("q") != q or any(not _close(row.get(m), v) for m, v in metrics.items()):
+            t.differ += 1
+            t.note(f"differs {rk}: want t={tms} q={q} {metrics}, got {row}")
+    for rk in got.keys() - want.keys():
+        t.extra += 1
+        t.note(f"extra {rk}")
+    tables = [t]
+
+    # window results
+    t = Table("window")
+    wwant = {(w[0], w[1], w[2], w[3]): (w[4], w[5], w[6]) for w in exp["windows"]}
+    t.expected = len(wwant)
+    t.routed_late = sum(1 for v in wwant.values() if v[2] > 1)
+    wgot = {(r.get("window"), r.get("device"), r["time"], r.get("metric")): r for r in mine("window")}
+    t.found = len(wgot)
+    for wk, (count, aggs, rev) in wwant.items():
+        row = wgot.get(wk)
+        if row is None:
+            t.missing += 1
+            t.note(f"missing {wk}")
+        elif (
+            row.get("count") != count
+            or row.get("revision") != rev
+            or (count > 0 and any(not _close(row.get(a), v) for a, v in aggs.items()))
+        ):
+            t.differ += 1
+            t.note(f"differs {wk}: want count={count} rev={rev} {aggs}, got {row}")
+    for wk in wgot.keys() - wwant.keys():
+        t.extra += 1
+        t.note(f"extra {wk}")
+    tables.append(t)
+
+    # late readings
+    t = Table("late_reading")
+    lwant = Counter(tuple(k[:7]) for k in late_rows)
+    lgot = Counter(
+        (
+            r.get("window", ""),
+            r.get("device"),
+            r.get("metric", ""),
+            r["time"],
+            r.get("boot"),
+            r.get("seq"),
+            r.get("reason"),
+        )
+        for r in mine("late_reading")
+    )
+    t.expected, t.found = sum(lwant.values()), sum(lgot.values())
+    t.routed_late = t.expected
+    for lk in lwant - lgot:
+        t.missing += (lwant - lgot)[lk]
+        t.note(f"missing {lk}")
+    for lk in lgot - lwant:
+        t.extra += (lgot - lwant)[lk]
+        t.note(f"extra {lk}")
+    tables.append(t)
+
+    # dead letters
+    t = Table("dead_letter")
+    dwant = Counter({(reason, dev): n for reason, dev, n in exp["dead_letters"]})
+    dgot = Counter((r.get("reason"), r.get("device", "")) for r in mine("dead_letter"))
+    t.expected, t.found = sum(dwant.values()), sum(dgot.values())
+    for dk, n in (dwant - dgot).items():
+        t.missing += n
+        t.note(f"missing {n} x {dk}")
+    for dk, n in (dgot - dwant).items():
+        t.extra += n
+        t.note(f"extra {n} x {dk}")
+    tables.append(t)
+    return Verdict(tables)

@@ -1,0 +1,219 @@
+"""Scenarios in virtual time, in-process: every shipped scenario through the gateway's own pipeline must
+match the simulator's brute-force reference exactly, and each one must actually contain its faults."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from gateway.protocol import decode
+from sim.cli import main
+from sim.commands import Prepared, prepare
+from sim.errors import SpecError
+from sim.faults import sequence_events
+from sim.inprocess import gateway_config, run_in_process
+from sim.scenario import load_scenario, parse_scenario, scenario_names
+from sim.verify import LineStore, compare
+
+NOW = 1_764_072_000_000  # 2025-11-25T12:00:00Z
+
+
+def fixed_now() -> int:
+    return NOW
+
+
+def prepared(name: str) -> Prepared:
+    return prepare(load_scenario(name), now_ms=fixed_now)
+
+
+def in_process(prep: Prepared) -> tuple[Any, LineStore]:
+    res = run_in_process(prep.run, gateway_config(prep.gateway, prep.scenario.prefix))
+    assert res.store is not None
+    return res, res.store
+
+
+def test_the_seven_scenarios_are_shipped() -> None:
+    assert scenario_names() == [
+        "clock-chaos", "flaky-network", "pattern-sequences", "sensor-faults", "sleepy", "steady", "storm",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", scenario_names())
+def test_pipeline_matches_the_reference(name: str) -> None:
+    prep = prepared(name)
+    res, store = in_process(prep)
+    verdict = compare(prep.truth(), store.found())
+    assert verdict.ok, verdict.render()
+    assert verdict.table("reading").expected == len(prep.expected.readings) > 0
+    assert verdict.table("window").expected > 0
+    assert res.stats["readings_accepted"] == len(prep.expected.readings)
+    assert res.stats["duplicates"] == prep.expected.duplicates
+    assert res.stats["late_readings"] == len(prep.expected.late)
+
+
+@pytest.mark.parametrize("name", scenario_names())
+def test_every_delivery_follows_the_contract(name: str) -> None:
+    prep = prepared(name)
+    for d in prep.run.deliveries:
+        msg = decode(d.topic, d.payload, d.arrival_ms)
+        assert msg.device == d.device
+        assert len(d.payload) <= 4096
+
+
+def test_a_run_is_deterministic() -> None:
+    a, b = prepared("flaky-network"), prepared("flaky-network")
+    first = [(d.arrival_ms, d.payload) for d in a.run.deliveries]
+    assert first == [(d.arrival_ms, d.payload) for d in b.run.deliveries]
+    c = prepare(load_scenario("flaky-network").scaled(seed=99), now_ms=fixed_now)
+    assert [d.payload for d in c.run.deliveries] != [d.payload for d in a.run.deliveries]
+
+
+def test_verify_sees_a_lost_point_and_a_wrong_value() -> None:
+    prep = prepared("steady")
+    _, store = in_process(prep)
+    key = next(k for k in store.points if k[0] == "reading")
+    fields = store.points.pop(key)
+    found = store.found()
+    verdict = compare(prep.truth(), found)
+    assert not verdict.ok and verdict.table("reading").missing == 1
+    store.points[key] = {**fields, "temp_c": -99.0}
+    verdict = compare(prep.truth(), store.found())
+    assert verdict.table("reading").differ == 1 and verdict.table("reading").missing == 0
+    wkey = next(k for k in store.points if k[0] == "window")
+    store.points[wkey]["count"] += 1
+    assert compare(prep.truth(), store.found()).table("window").differ == 1
+
+
+def test_steady_is_on_time() -> None:
+    prep = prepared("steady")
+    assert not prep.expected.late and not prep.expected.dead_letters and prep.expected.duplicates == 0
+    assert all(r.arrival_ms - r.true_ms < 10_000 for r in prep.run.readings)
+
+
+def test_sleepy_boards_burst_and_stay_on_time() -> None:
+    prep = prepared("sleepy")
+    sleepy = {b.device for b in prep.run.boards if b.sleep_s}
+    assert len(sleepy) == 6
+    flushed = [d for d in prep.run.deliveries if d.flushed is not None]
+    assert {d.device for d in flushed} == sleepy
+    waits = [r.arrival_ms - r.true_ms for r in prep.run.readings if r.device in sleepy]
+    assert max(waits) >= 19 * 60_000  # held for up to 20 minutes in the buffer
+    assert not prep.expected.late  # and still on time: per-device watermarks and flushed markers
+
+
+def test_flaky_network_loses_resends_duplicates_and_reorders() -> None:
+    prep = prepared("flaky-network")
+    net = prep.run.network
+    assert net["lost"] > 0 and net["ack_lost"] > 0 and net["broker_duplicates"] > 0 and net["held_back"] > 0
+    assert net["outage_failures"] > 0
+    kinds = Counter(d.kind for d in prep.run.deliveries)
+    assert kinds["resent"] > 0 and kinds["duplicate"] > 0
+    assert prep.expected.duplicates > 0
+    assert any(k[6] == "too_late" for k in prep.expected.late)
+    assert any(v[2] > 1 for v in prep.expected.windows.values())  # re-fired by a late reading
+    assert all(r.deliveries >= 1 for r in prep.run.readings)  # nothing lost for good: the board re-sends
+    retried = [r for r in prep.run.readings if r.attempts > 1]
+    assert retried
+
+
+def test_storm_is_ten_times_the_load_for_a_minute() -> None:
+    prep = prepared("storm")
+    start = prep.run.start_ms
+    in_storm = [r for r in prep.run.readings if start + 15 * 60_000 <= r.true_ms < start + 16 * 60_000]
+    before = [r for r in prep.run.readings if start + 10 * 60_000 <= r.true_ms < start + 11 * 60_000]
+    assert len(in_storm) >= 9 * len(before) > 0
+
+
+def test_sensor_faults_are_injected_with_labelled_spans() -> None:
+    prep = prepared("sensor-faults")
+    kinds = {a.kind: (a, labelled) for a, labelled in prep.run.anomalies}
+    assert set(kinds) == {"spike", "level_shift", "drift", "stuck", "dropout", "noise_burst"}
+    for a, labelled in kinds.values():
+        assert labelled and all(a.start_ms <= t < a.end_ms for t in labelled)
+    stuck, _ = kinds["stuck"]
+    values = {r.metrics[stuck.metric] for r in prep.run.readings if stuck.covers(r.device, stuck.metric, r.true_ms)}
+    assert len(values) == 1
+    drop, _ = kinds["dropout"]
+    inside = [r for r in prep.run.readings if r.device == drop.device and drop.start_ms <= r.true_ms < drop.end_ms]
+    assert inside and all(drop.metric not in r.metrics for r in inside)
+    spike, _ = kinds["spike"]
+    spiked = [r.metrics["temp_c"] for r in prep.run.readings if spike.covers(r.device, "temp_c", r.true_ms)]
+    assert max(spiked) > 35.0
+
+
+def test_pattern_sequences_are_in_the_stream_with_their_truth() -> None:
+    prep = prepared("pattern-sequences")
+    truth = prep.truth()
+    assert [(s["kind"], s["expect_alert"]) for s in truth["sequences"]] == [
+        ("door_left_open", True), ("door_closed", False), ("three_failures", True), ("two_failures", False),
+        ("door_left_open", True),
+    ]  # fmt: skip
+    for seq in prep.run.sequences:
+        mine = [r for r in prep.run.readings if r.device == seq.device]
+        sent = [(r.true_ms, r.metrics) for r in mine if "temp_c" not in r.metrics]
+        want = [(seq.at_ms + e.offset_ms, {e.metric: e.value}) for e in sequence_events(seq.kind)]
+        assert [x for x in sent if x in want] == want
+    opened = [e for e in sequence_events("door_left_open") if e.value == "closed"]
+    assert opened[0].offset_ms > 300_000
+    fails = [e.offset_ms for e in sequence_events("three_failures") if e.value == "FAILED"]
+    assert len(fails) == 3 and fails[-1] - fails[0] < 300_000
+
+
+def test_clock_chaos_marks_unsynced_corrects_and_dead_letters() -> None:
+    prep = prepared("clock-chaos")
+    q = Counter(r.quality for r in prep.run.readings)
+    assert q["s"] and q["u"] and q["c"]
+    reasons = Counter(reason for reason, _ in prep.expected.dead_letters.elements())
+    assert reasons["time_in_future"] == 3 and reasons["time_too_old"] > 0
+    assert any(k[6] == "unsynced" for k in prep.expected.late)
+    corrected = [r for r in prep.run.readings if r.quality == "c"]
+    assert all(r.t_ms == r.true_ms for r in corrected if r.reason is None)  # re-timed: skew 0 in that group
+    drifting = [b for b in prep.run.boards if b.group == "drifting"]
+    assert any(abs(b.drift_ppm) > 20 for b in drifting) and any(b.skew_ms != 0 for b in drifting)
+
+
+def test_scaling_and_renaming() -> None:
+    sc = load_scenario("sleepy").scaled(devices=100, duration_ms=600_000, sites=("x",), prefix="p1")
+    assert sc.devices == 100 and [g.devices for g in sc.groups] == [40, 60]
+    assert sc.sites == ("x",) and sc.prefix == "p1" and sc.duration_ms == 600_000
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        ({}, "scenario.name: required"),
+        ({"scenario": {"name": "x", "duration": "ten"}}, "scenario.duration"),
+        ({"scenario": {"name": "x"}, "fleet": {"metrics": ["nope"]}}, "fleet.metrics"),
+        ({"scenario": {"name": "x"}, "network": {"loss": 1.5}}, "network.loss"),
+        ({"scenario": {"name": "x"}, "network": {"delay": {"dist": "pareto"}}}, "network.delay.dist"),
+        ({"scenario": {"name": "x"}, "anomalies": [{"kind": "melt"}]}, "anomalies[0].kind"),
+        ({"scenario": {"name": "x"}, "sequences": [{"kind": "door_left_open", "device": "dev-9999"}]}, "dev-9999"),
+        ({"scenario": {"name": "x"}, "fleet": {"colour": 1}}, "unknown key(s) colour"),
+        ({"scenario": {"name": "x"}, "gateway": {"windows": [{"name": "w", "kind": "tumbling", "size": "1m",
+          "metrics": ["temp_c"], "key": "site"}]}}, "site-keyed"),
+    ],
+)  # fmt: skip
+def test_bad_scenarios_name_the_key(doc: dict[str, Any], message: str) -> None:
+    with pytest.raises(SpecError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        sc = parse_scenario(doc)
+        prepare(sc, now_ms=fixed_now)
+
+
+def test_cli_simulate_in_process_writes_truth_and_report(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    truth, report = tmp_path / "t.json", tmp_path / "r.html"
+    code = main(
+        ["simulate", "storm", "--in-process", "--devices", "3", "--duration", "20m", "--truth", str(truth),
+         "--report", str(report)],
+        now_ms=fixed_now,
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "verdict: OK" in out
+    doc = json.loads(truth.read_text())
+    assert doc["format"] == "edgekit-sim-truth/2" and len(doc["boards"]) == 3
+    assert report.read_text().count("<svg") == 5
+    assert main(["simulate", "no-such-scenario", "--in-process"]) == 2
+    assert main(["report", "--truth", str(tmp_path / "missing.json"), "--out", str(report)]) == 1
