@@ -4,10 +4,10 @@
 [anomaly]                      # present: detection is on (enabled = false turns it off again)
 metrics = ["temp_c", "rh"]     # default: every numeric metric
 baseline = "ewma"              # or "window": an event-time rolling window of `window`
-alpha = 0.05                   # ewma: weight of a new point (per point, after the warm-up)
+alpha = 0.07                   # ewma: weight of a new point (per point, after the warm-up)
 window = "2h"                  # window: its length in event time (longer than rebaseline_after)
 warmup = 30                    # points learned before any point is flagged
-threshold = 4.0                # |z| at or above it is anomalous
+threshold = 4.5                # |z| at or above it is anomalous
 clear_threshold = 2.5          # hysteresis: an open anomaly closes after clear_points points below it
 min_points = 1                 # consecutive points at or above the threshold before an anomaly opens
 clear_points = 3
@@ -63,11 +63,11 @@ class DetectorSpec:
     """How one series (a device's metric) is scored. Durations are milliseconds."""
 
     baseline: Baseline = "ewma"
-    alpha: float = 0.05
+    alpha: float = 0.07
     window_ms: int = 7_200_000
     window_max_points: int = 2_000
     warmup: int = 30
-    threshold: float = 4.0
+    threshold: float = 4.5
     clear_threshold: float = 2.5
     min_points: int = 1
     clear_points: int = 3
