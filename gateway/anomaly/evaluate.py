@@ -201,7 +201,7 @@ def format_table(report: Report) -> str:
             f"{_f(r.f1):>7}{med:>14}{p90:>11}"
         )
 
-    lines += [fmt(r) for _, r in sorted(report.rows.items())]
+    lines += [fmt(r) for _, r in sorted(report.rows.items()) if r.windows or r.false_alarms]
     lines += ["-" * len(head), fmt(report.total)]
     lines.append(
         f"false alarms per device-day: {_f(report.false_alarms_per_device_day)} "
@@ -246,7 +246,7 @@ def _fmt_nab(t_ms: int) -> str:
 def load_nab(root: Path, labels: Path | None = None) -> list[Case]:
     """A folder in the Numenta Anomaly Benchmark layout: ``data/<category>/<name>.csv`` (columns
     ``timestamp,value``) and ``labels/combined_windows.json`` (``{"<category>/<name>.csv": [[start, end],
-    ...]}``). Windows have no kind: they are counted under their category."""
+    ...]}``, UTC, the end second included). Windows have no kind: they are counted under their category."""
     labels = labels or root / "labels" / "combined_windows.json"
     try:
         windows_doc = json.loads(labels.read_text(encoding="utf-8"))
@@ -264,7 +264,7 @@ def load_nab(root: Path, labels: Path | None = None) -> list[Case]:
         except OSError as exc:
             raise ConfigError(f"cannot read NAB data file {str(path)!r}: {exc.strerror}") from exc
         points = sorted((_nab_time(r["timestamp"]), float(r["value"])) for r in rows)
-        windows = [Window(category, _nab_time(a), _nab_time(b)) for a, b in wins]
+        windows = [Window(category, _nab_time(a), _nab_time(b) + 1000) for a, b in wins]  # NAB ends are inclusive
         cases.append(Case(rel, rel, category, [t for t, _ in points], [x for _, x in points], windows))
     return cases
 
@@ -317,6 +317,19 @@ def _scenario(args: argparse.Namespace) -> object:
     return replace(spec, **changes) if changes else spec  # type: ignore[arg-type]
 
 
+def _describe(scenario: object) -> str:
+    from sim.anomalies import ScenarioSpec
+
+    if not isinstance(scenario, ScenarioSpec):
+        return repr(scenario)
+    s = scenario
+    kinds = "every kind in turn" if s.mixed else "one kind each"
+    return (
+        f"seed {s.seed}, {s.devices} devices x {', '.join(s.metrics)}, {s.days:g} days every "
+        f"{s.interval_ms / 1000:g} s, {s.per_series} anomalies per series, {kinds}"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gateway.anomaly.evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("source", nargs="?", default="sim", choices=["sim", "nab", "export-nab"])
@@ -347,7 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 write_nab(cases, Path(args.path))
                 print(f"wrote {len(cases)} series to {args.path} (data/sim/*.csv, labels/combined_windows.json)")
                 return 0
-            title = f"simulator scenario ({scenario}): {len(cases)} series"
+            title = f"simulator scenario: {len(cases)} labelled series ({_describe(scenario)})"
     except (ConfigError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
