@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
+from .anomaly.config import AnomalySpec, parse_anomaly
 from .engine.config import EngineSpec, parse_engine
 from .errors import ConfigError
 from .protocol import NAME_RE, Limits
@@ -84,6 +85,8 @@ class Config:
     log: LogConfig = LogConfig()
     engine: EngineSpec = EngineSpec()
     """Windows and watermarks (``[engine]`` and ``[[windows]]``, see docs/semantics.md)."""
+    anomaly: AnomalySpec = AnomalySpec()
+    """Anomaly detection (``[anomaly]``, see docs/anomaly.md); off when the section is absent."""
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
     """The whole parsed document, for sections other modules own (such as ``windows``)."""
 
@@ -270,7 +273,7 @@ def _log(doc: Mapping[str, Any], env: Mapping[str, str]) -> LogConfig:
     return LogConfig(level=level, format=fmt)
 
 
-KNOWN_SECTIONS = {"mqtt", "influx", "limits", "devices", "log", "engine", "windows"}
+KNOWN_SECTIONS = {"mqtt", "influx", "limits", "devices", "log", "engine", "windows", "anomaly"}
 
 
 def parse_config(doc: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Config:
@@ -286,6 +289,7 @@ def parse_config(doc: Mapping[str, Any], env: Mapping[str, str] | None = None) -
         devices=_devices(doc),
         log=_log(doc, env),
         engine=parse_engine(doc),
+        anomaly=parse_anomaly(doc),
         raw=doc,
     )
 

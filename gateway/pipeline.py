@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from .alerts import Alert, alert_topic
+from .anomaly import AnomalyEngine
 from .config import Config
 from .dedup import Dedup, DedupSpec
 from .engine import Engine
@@ -79,6 +80,13 @@ class Pipeline:
         self.config = config
         self.dedup = dedup or DedupSpec().build()
         self.engine = Engine(config.engine)
+        self.anomaly = (  # anomaly detection (gateway/anomaly), off without an [anomaly] section
+            AnomalyEngine(
+                config.anomaly, max_future_ms=config.engine.max_future_ms, min_time_ms=config.engine.min_time_ms
+            )
+            if config.anomaly.enabled
+            else None
+        )
         self.stats = Stats()
         self._unique = 0
         self._own = (f"{config.mqtt.prefix}/_gateway/", "/cmd")
@@ -122,6 +130,11 @@ class Pipeline:
         out.batch = dataclasses.replace(msg, readings=tuple(out.readings), rejected=())
         if out.readings or msg.flushed_ms is not None:
             self._engine_out(self.engine.process_batch(out.batch, received_ms), out)
+        if self.anomaly is not None and out.readings:  # anomaly detection: new readings, event-time order per device
+            found = self.anomaly.process(out.readings, received_ms)
+            out.lines.extend(found.lines)
+            for alert in found.alerts:
+                self._alert(alert, out)
         return out
 
     def tick(self, now_ms: int) -> Handled:

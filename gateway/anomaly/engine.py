@@ -1,0 +1,304 @@
+"""The fleet's anomaly detection: a :class:`~gateway.anomaly.detector.Detector` per device and metric, the
+``anomaly`` measurement, and alerts (single-metric, stuck sensor, re-baselined, compound).
+
+Pure and synchronous; the only clock is the ``now_ms`` its caller passes. ``process(readings, now_ms)``
+takes newly accepted readings (duplicates already removed), sorts each device's readings by event time,
+and scores every numeric metric. A reading older than the last one its series has scored is not scored
+(counted as ``out_of_order``): a detector learns in event-time order or not at all.
+
+Compound anomalies: anomalies (z-score or stuck) that open on ``compound.min_metrics`` metrics of one
+device within ``compound.span`` of event time raise one ``critical`` alert; so do anomalies on
+``min_devices`` devices of a declared group. Their parts are then used up: the next compound alert needs
+fresh anomalies.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from ..alerts import Alert, Severity
+from ..lineproto import NS_PER_MS, line
+from ..model import MetricValue, Reading, ReadingKey
+from .config import AnomalySpec, GroupSpec
+from .detector import Detector, Event, Result
+
+__all__ = ["ANOMALY_MEASUREMENT", "MAX_ABS_VALUE", "SNAPSHOT_VERSION", "AnomalyEngine", "AnomalyOutput"]
+
+ANOMALY_MEASUREMENT: Final = "anomaly"
+SNAPSHOT_VERSION: Final = 1
+MAX_ABS_VALUE: Final = 1e15
+"""Values beyond this (in absolute value) are not scored: their squares would overflow the variance."""
+
+_Opening = tuple[int, ReadingKey]
+
+
+@dataclass(slots=True)
+class AnomalyOutput:
+    lines: list[str] = field(default_factory=list)
+    alerts: list[Alert] = field(default_factory=list)
+
+
+def anomaly_line(site: str, device: str, metric: str, r: Result) -> str:
+    """One point of the ``anomaly`` measurement, at the reading's event time."""
+    s = r.scored
+    fields: dict[str, MetricValue] = {"value": s.value, "score": s.score, "anomalous": r.anomalous, "phase": s.phase}
+    for name, v in (("mean", s.mean), ("std", s.std), ("z", s.z)):
+        if v is not None and math.isfinite(v):
+            fields[name] = v
+    if not math.isfinite(s.value):  # never reached: the engine refuses such values; the sink must never see one
+        fields["value"] = 0.0
+    return line(ANOMALY_MEASUREMENT, {"site": site, "device": device, "metric": metric}, fields, s.t_ms * NS_PER_MS)
+
+
+def _fmt(x: float | None) -> str:
+    return "?" if x is None else f"{x:.4g}"
+
+
+class AnomalyEngine:
+    """Detectors for every (device, metric), and the compound rules over them."""
+
+    def __init__(self, spec: AnomalySpec, *, max_future_ms: int = 300_000, min_time_ms: int = 0) -> None:
+        self.spec = spec
+        self.max_future_ms = max_future_ms
+        self.min_time_ms = min_time_ms
+        self.detectors: dict[tuple[str, str], Detector] = {}
+        self.recent: dict[str, dict[str, _Opening]] = {}
+        """device -> metric -> the latest anomaly opening not yet used by a compound alert."""
+        self.group_recent: dict[str, dict[str, _Opening]] = {}
+        """group -> device -> the latest anomaly opening not yet used by a group alert."""
+        self.sites: dict[str, str] = {}
+        self._groups_of: dict[str, tuple[GroupSpec, ...]] = {}
+        self.stats: dict[str, int] = {
+            "scored": 0,
+            "anomalous": 0,
+            "out_of_order": 0,
+            "unsynced": 0,
+            "time_refused": 0,
+            "out_of_range": 0,
+            "series_refused": 0,
+            "alerts": 0,
+            "compound_alerts": 0,
+            "rebaselined": 0,
+        }
+
+    # -- input --------------------------------------------------------------------------------------
+
+    def process(self, readings: Iterable[Reading], now_ms: int) -> AnomalyOutput:
+        """Score the readings' numeric metrics; returns the ``anomaly`` lines and the alerts."""
+        out = AnomalyOutput()
+        by_device: dict[str, list[Reading]] = {}
+        for r in readings:
+            if r.quality == "u":  # its time is unknown: it has no place in an event-time series
+                self.stats["unsynced"] += 1
+            elif r.t_ms > now_ms + self.max_future_ms or r.t_ms < self.min_time_ms:
+                self.stats["time_refused"] += 1
+            else:
+                by_device.setdefault(r.device, []).append(r)
+        for rs in by_device.values():
+            rs.sort(key=lambda r: (r.t_ms, r.boot, r.seq))
+            for r in rs:
+                self._reading(r, out)
+        return out
+
+    def _metrics(self, r: Reading) -> Iterable[tuple[str, float]]:
+        wanted = self.spec.metrics
+        for name, v in r.metrics.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or (wanted and name not in wanted):
+                continue
+            try:
+                x = float(v)
+            except OverflowError:
+                x = math.inf
+            if not math.isfinite(x) or abs(x) > MAX_ABS_VALUE:
+                self.stats["out_of_range"] += 1
+                continue
+            yield name, x
+
+    def _detector(self, device: str, metric: str) -> Detector | None:
+        det = self.detectors.get((device, metric))
+        if det is None:
+            if len(self.detectors) >= self.spec.max_series:
+                self.stats["series_refused"] += 1
+                return None
+            det = self.detectors[(device, metric)] = Detector(self.spec.detector_for(metric))
+        return det
+
+    def _reading(self, r: Reading, out: AnomalyOutput) -> None:
+        self.sites[r.device] = r.site
+        gap_seen = False
+        for metric, x in self._metrics(r):
+            det = self._detector(r.device, metric)
+            if det is None:
+                continue
+            last = det.state.last_t
+            if last is not None and r.t_ms < last:
+                self.stats["out_of_order"] += 1
+                continue
+            res = det.process(r.t_ms, x)
+            self.stats["scored"] += 1
+            if res.anomalous:
+                self.stats["anomalous"] += 1
+            if res.anomalous or self.spec.write == "all":
+                out.lines.append(anomaly_line(r.site, r.device, metric, res))
+            for ev in res.events:
+                if ev.kind == "gap":
+                    if self.spec.gap_alerts and not gap_seen:
+                        gap_seen = True
+                        self._emit(out, self._gap_alert(r, ev))
+                elif ev.kind in ("opened", "stuck", "rebaselined"):
+                    self._emit(out, self._alert(r, metric, res, ev))
+                    if ev.kind != "rebaselined":
+                        self._compound(r, metric, ev, out)
+
+    # -- alerts -------------------------------------------------------------------------------------
+
+    def _emit(self, out: AnomalyOutput, alert: Alert) -> None:
+        self.stats["alerts"] += 1
+        out.alerts.append(alert)
+
+    def _alert(self, r: Reading, metric: str, res: Result, ev: Event) -> Alert:
+        s = res.scored
+        details: dict[str, MetricValue] = {"metric": metric, "value": s.value, "score": s.score}
+        for name, v in (("mean", s.mean), ("std", s.std), ("z", s.z)):
+            if v is not None and math.isfinite(v):
+                details[name] = v
+        severity: Severity = "warning"
+        if ev.kind == "opened":
+            name = f"zscore.{metric}"
+            where = "above" if (s.z or 0.0) > 0 else "below"
+            message = (
+                f"{metric} = {_fmt(s.value)} on {r.device} is {_fmt(abs(s.z or 0.0))} deviations {where} its "
+                f"baseline {_fmt(s.mean)} ± {_fmt(s.std)}"
+            )
+        elif ev.kind == "stuck":
+            name = f"stuck.{metric}"
+            repeats = self.detectors[(r.device, metric)].state.repeats
+            message = f"{metric} on {r.device} has read {_fmt(s.value)} {repeats} times in a row"
+        else:
+            self.stats["rebaselined"] += 1
+            name, severity = f"rebaseline.{metric}", "info"
+            minutes = ev.after_ms / 60_000
+            message = (
+                f"{metric} on {r.device} has been anomalous for {minutes:.0f} min: taken as its new normal, "
+                f"baseline mean {_fmt(ev.old_mean)} -> {_fmt(ev.new_mean)}"
+            )
+            if ev.old_mean is not None and ev.new_mean is not None:
+                details.update(old_mean=ev.old_mean, new_mean=ev.new_mean)
+            details["after_ms"] = ev.after_ms
+        return Alert("anomaly", name, r.site, r.device, severity, ev.since_ms, r.t_ms, (r.key,), message, details)
+
+    def _gap_alert(self, r: Reading, ev: Event) -> Alert:
+        minutes = ev.after_ms / 60_000
+        message = f"{r.device} sent nothing for {minutes:.1f} min of event time before this reading"
+        details: dict[str, MetricValue] = {"gap_ms": ev.after_ms}
+        return Alert("anomaly", "gap", r.site, r.device, "info", ev.since_ms, r.t_ms, (r.key,), message, details)
+
+    def groups_of(self, device: str) -> tuple[GroupSpec, ...]:
+        groups = self._groups_of.get(device)
+        if groups is None:
+            groups = tuple(g for g in self.spec.groups if any(fnmatch.fnmatchcase(device, p) for p in g.devices))
+            if len(self._groups_of) < self.spec.max_series:
+                self._groups_of[device] = groups
+        return groups
+
+    def _compound(self, r: Reading, metric: str, ev: Event, out: AnomalyOutput) -> None:
+        span = self.spec.compound.span_ms
+        t = r.t_ms
+        mine = self.recent.setdefault(r.device, {})
+        mine[metric] = (t, r.key)
+        for m in [m for m, (tm, _) in mine.items() if abs(tm - t) > span]:
+            del mine[m]
+        if len(mine) >= self.spec.compound.min_metrics:
+            metrics = sorted(mine)
+            times = [tm for tm, _ in mine.values()]
+            keys = tuple(sorted({k for _, k in mine.values()}))
+            message = (
+                f"{len(metrics)} metrics of {r.device} anomalous within {span / 60_000:g} min: {', '.join(metrics)}"
+            )
+            details: dict[str, MetricValue] = {"metrics": ",".join(metrics), "count": len(metrics)}
+            alert = Alert(
+                "anomaly",
+                "compound.device",
+                r.site,
+                r.device,
+                "critical",
+                min(times),
+                max(times),
+                keys,
+                message,
+                details,
+            )
+            self.stats["compound_alerts"] += 1
+            self._emit(out, alert)
+            mine.clear()
+        for g in self.groups_of(r.device):
+            members = self.group_recent.setdefault(g.name, {})
+            members[r.device] = (t, r.key)
+            for d in [d for d, (td, _) in members.items() if abs(td - t) > span]:
+                del members[d]
+            if len(members) >= g.min_devices:
+                devices = sorted(members)
+                times = [td for td, _ in members.values()]
+                keys = tuple(sorted(k for _, k in members.values()))
+                sites = {self.sites.get(d, r.site) for d in devices}
+                site = r.site if len(sites) == 1 else "multi-site"
+                message = (
+                    f"{len(devices)} devices of group {g.name} anomalous within {span / 60_000:g} min: "
+                    f"{', '.join(devices)}"
+                )
+                details = {"devices": ",".join(devices), "count": len(devices), "group": g.name}
+                alert = Alert(
+                    "anomaly",
+                    "compound.group",
+                    site,
+                    g.name,
+                    "critical",
+                    min(times),
+                    max(times),
+                    keys,
+                    message,
+                    details,
+                )
+                self.stats["compound_alerts"] += 1
+                self._emit(out, alert)
+                members.clear()
+
+    # -- state --------------------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """All state as plain JSON-able values."""
+        return {
+            "version": SNAPSHOT_VERSION,
+            "detectors": [[d, m, det.snapshot()] for (d, m), det in self.detectors.items()],
+            "recent": {d: {m: [t, list(k)] for m, (t, k) in ms.items()} for d, ms in self.recent.items()},
+            "group_recent": {g: {d: [t, list(k)] for d, (t, k) in ds.items()} for g, ds in self.group_recent.items()},
+            "sites": dict(self.sites),
+            "stats": dict(self.stats),
+        }
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        """Take back a :meth:`snapshot` (from an engine with the same configuration)."""
+        if snap.get("version") != SNAPSHOT_VERSION:
+            raise ValueError(f"anomaly snapshot version {snap.get('version')!r}, expected {SNAPSHOT_VERSION}")
+        self.detectors = {}
+        for device, metric, state in snap["detectors"]:
+            det = Detector(self.spec.detector_for(metric))
+            det.restore(state)
+            self.detectors[(device, metric)] = det
+
+        def openings(raw: dict[str, dict[str, Any]]) -> dict[str, dict[str, _Opening]]:
+            return {
+                a: {b: (int(t), (str(k[0]), int(k[1]), int(k[2]))) for b, (t, k) in bs.items()} for a, bs in raw.items()
+            }
+
+        self.recent = openings(snap["recent"])
+        self.group_recent = openings(snap["group_recent"])
+        self.sites = dict(snap["sites"])
+        self.stats = dict(snap["stats"])
+
+    def series(self) -> Sequence[tuple[str, str]]:
+        return list(self.detectors)
