@@ -354,7 +354,7 @@ def generate_scenario(spec: ScenarioSpec) -> list[LabelledSeries]:
 
 
 def scenario_from_mapping(doc: Mapping[str, Any]) -> ScenarioSpec:
-    """A :class:`ScenarioSpec` from a parsed TOML/JSON table (``sim/scenarios/anomaly_*.toml``).
+    """A :class:`ScenarioSpec` from a parsed TOML/JSON table (``sim/labelled/anomaly_*.toml``).
 
     Keys are the spec's field names; durations in ms; ``[ranges.<kind>]`` tables with ``magnitude`` and
     ``duration_ms`` pairs replace the defaults of those kinds.

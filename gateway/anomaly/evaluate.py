@@ -3,7 +3,7 @@ and false alarms per device-day. The scoring rules are in ``docs/anomaly.md``.
 
 ```sh
 python -m gateway.anomaly.evaluate                      # the simulator's default labelled scenario
-python -m gateway.anomaly.evaluate sim --seed 3 --scenario sim/scenarios/anomaly_default.toml
+python -m gateway.anomaly.evaluate sim --seed 3 --scenario sim/labelled/anomaly_default.toml
 python -m gateway.anomaly.evaluate nab path/to/NAB      # data/**/*.csv + labels/combined_windows.json
 python -m gateway.anomaly.evaluate export-nab OUT       # write a simulated scenario in that layout
 ```
@@ -335,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("source", nargs="?", default="sim", choices=["sim", "nab", "export-nab"])
     parser.add_argument("path", nargs="?", help="nab: the NAB folder; export-nab: where to write it")
     parser.add_argument("--config", type=Path, help="a gateway TOML file: its [anomaly] settings are scored")
-    parser.add_argument("--scenario", help="sim: a scenario TOML (sim/scenarios/anomaly_*.toml)")
+    parser.add_argument("--scenario", help="sim: a scenario TOML (sim/labelled/anomaly_*.toml)")
     parser.add_argument("--seed", type=int, help="sim: the scenario's seed")
     parser.add_argument("--devices", type=int, help="sim: number of devices")
     parser.add_argument("--days", type=float, help="sim: days of event time per series")

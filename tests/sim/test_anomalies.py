@@ -28,7 +28,7 @@ from sim.anomalies import (
 from sim.errors import SpecError
 
 MIN = 60_000
-SCENARIOS = Path(__file__).resolve().parents[2] / "sim" / "scenarios"
+SCENARIOS = Path(__file__).resolve().parents[2] / "sim" / "labelled"
 
 
 def base(n: int = 100) -> Series:

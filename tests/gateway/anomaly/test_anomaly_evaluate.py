@@ -14,7 +14,7 @@ from gateway.anomaly.evaluate import Case, Window, evaluate, load_nab, main, sco
 
 ROOT = Path(__file__).resolve().parents[3]
 FIXTURE = Path(__file__).resolve().parent / "nab_fixture"
-FIXTURE_SCENARIO = ROOT / "sim" / "scenarios" / "anomaly_nab_fixture.toml"
+FIXTURE_SCENARIO = ROOT / "sim" / "labelled" / "anomaly_nab_fixture.toml"
 
 
 def table(text: str) -> dict[str, list[str]]:
