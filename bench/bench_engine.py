@@ -37,9 +37,7 @@ T0 = 1_764_072_000_000
 CHUNK = 100_000
 
 
-def stream(
-    n: int, devices: int, metrics: tuple[str, ...], seed: int = 1
-) -> Iterator[list[tuple[int, Batch]]]:
+def stream(n: int, devices: int, metrics: tuple[str, ...], seed: int = 1) -> Iterator[list[tuple[int, Batch]]]:
     """Chunks of (arrival ms, one-reading batch), in arrival order, with the reference workload's delays."""
     rng = random.Random(seed)
     names = [f"dev-{i:04d}" for i in range(devices)]
@@ -56,9 +54,7 @@ def stream(
                         break
                     t = T0 + second * 1000 + i * 7 % 1000
                     u = rng.random()
-                    delay = (
-                        rng.randint(0, 3000) if u < 0.10 else rng.randint(8000, 12000) if u < 0.1005 else 0
-                    )
+                    delay = rng.randint(0, 3000) if u < 0.10 else rng.randint(8000, 12000) if u < 0.1005 else 0
                     vals = {m: 20.0 + rng.random() for m in metrics}
                     r = Reading("site-a", dev, 1, second, t, "s", vals)
                     order += 1
