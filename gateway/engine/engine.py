@@ -14,6 +14,7 @@ Pure and synchronous; the only clock is the ``now_ms`` the caller passes. Per ba
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Final
 
 from ..model import Batch, Reading, StatusUpdate
@@ -25,7 +26,7 @@ from .watermark import DeviceTracker
 
 __all__ = ["SNAPSHOT_VERSION", "Engine"]
 
-SNAPSHOT_VERSION: Final = 1
+SNAPSHOT_VERSION: Final = 2  # 2: flat accumulators (one list per window, metrics side by side)
 
 
 class _Window:
@@ -76,6 +77,19 @@ class Engine:
     def process_batch(self, batch: Batch, now_ms: int) -> list[Output]:
         """Window the batch's readings; returns late readings and every window fired or re-fired."""
         out: list[Output] = []
+        self._process(batch, now_ms, out)
+        return out
+
+    def process_batches(self, batches: Iterable[tuple[Batch, int]]) -> list[Output]:
+        """``(batch, now_ms)`` pairs in arrival order: exactly ``process_batch`` on each in turn, outputs
+        concatenated - for a gateway that drains several messages before calling the engine."""
+        out: list[Output] = []
+        process = self._process
+        for batch, now_ms in batches:
+            process(batch, now_ms, out)
+        return out
+
+    def _process(self, batch: Batch, now_ms: int, out: list[Output]) -> None:
         fut = now_ms + self._max_future
         too_old = self._min_time
         reject_u = self._reject_unsynced
@@ -91,13 +105,13 @@ class Engine:
             if q != "u" and (max_t is None or t > max_t):
                 max_t = t
         stats = self.stats
-        stats["readings"] += len(rows)
         flushed = batch.flushed_ms
         if flushed is not None and (flushed > fut or flushed < too_old):
             stats["flushed_ignored"] += 1
             flushed = None
         site, device = batch.site, batch.device
         if rows:
+            stats["readings"] += len(rows)
             cache: dict[tuple[str, ...], list[Values]] = {}
             for w in self.windows:
                 metrics = w.spec.metrics
@@ -111,10 +125,37 @@ class Engine:
                         late = add(key, site, device, t, o, b, sq, values)
                         if late:
                             out.extend(late)
-        self.tracker.seen(site, device, now_ms, max_t, flushed)
+        # the device tracker (DeviceTracker.seen, inlined): entry = [site, max_t, flushed, last_seen, ...]
+        e = self.tracker.state.get(device)
+        if e is None:
+            e = self.tracker.entry(site, device)
+        if e[3] is None or now_ms > e[3]:
+            e[3] = now_ms
+        e[5] = False
+        if max_t is not None and (e[1] is None or max_t > e[1]):
+            e[1] = max_t
+        if flushed is not None and (e[2] is None or flushed > e[2]):
+            e[2] = flushed
+        if self.global_mode:
+            for w in self.windows:
+                out.extend(self._advance_window(w, site, device, max_t, now_ms))
+            return
+        top, fl = e[1], e[2]
         for w in self.windows:
-            out.extend(self._advance_window(w, site, device, max_t, now_ms))
-        return out
+            if w.key_site:
+                out.extend(self._advance_site(w, site, now_ms))
+                continue
+            # the device's watermark (DeviceTracker.device_wm, inlined)
+            bound = w.bounds.get(device)
+            if bound is None:
+                bound = w.bound(device)
+            wm = None if top is None else top - bound
+            if fl is not None and (wm is None or fl + 1 > wm):
+                wm = fl + 1
+            if wm is not None:
+                fired = w.op.advance(device, wm)
+                if fired:
+                    out.extend(fired)
 
     def _refuse(self, r: Reading, now_ms: int) -> LateReading:
         if r.t_ms > now_ms + self._max_future:
@@ -134,7 +175,7 @@ class Engine:
             if v is None:
                 continue
             if v.__class__ is float:
-                values.append((i, v))  # type: ignore[arg-type]
+                values.append((i, v))
             elif isinstance(v, str):
                 self.stats["non_numeric"] += 1
             else:

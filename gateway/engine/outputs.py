@@ -42,6 +42,21 @@ LATE_REASONS: Final[dict[str, str]] = {
 """Every reason a :class:`LateReading` can carry."""
 
 
+_RESULT_FIELDS: Final = (
+    "window",
+    "key_kind",
+    "key",
+    "site",
+    "start_ms",
+    "end_ms",
+    "metric",
+    "count",
+    "aggregates",
+    "revision",
+    "fired",
+)
+
+
 class WindowResult:
     """The aggregates of one metric in one window of one key (a device, or a site).
 
@@ -134,9 +149,7 @@ class WindowResult:
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        names = ("window", "key_kind", "key", "site", "start_ms", "end_ms", "metric", "count", "aggregates")
-        names += ("revision", "fired")
-        body = ", ".join(f"{n}={v!r}" for n, v in zip(names, self._fields(), strict=True))
+        body = ", ".join(f"{n}={v!r}" for n, v in zip(_RESULT_FIELDS, self._fields(), strict=True))
         return f"WindowResult({body})"
 
     def to_line(self) -> str:
