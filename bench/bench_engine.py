@@ -24,11 +24,12 @@ time): the delays above are per reading, so no reading waits for another on the 
 
 Readings are generated in chunks of 100,000 outside the timed loop and frozen out of the cyclic garbage
 collector (``gc.freeze``: a gateway holds no such backlog of decoded messages; the engine's own objects are
-collected as usual). The time is that of the engine calls only; outputs are counted and dropped, as a sink
-would, and ``--render`` also keeps them and times ``to_line()`` of every one. Each workload
-runs in a fresh process. Memory: "state" is the deep size of the engine object graph (``sys.getsizeof``
-over ``gc.get_referents``), the largest seen at any chunk boundary; "peak RSS" is the process's maximum
-resident set size (``ru_maxrss``), which also holds the interpreter and one generated chunk of input.
+collected as usual). The time is the process's CPU time (``time.process_time``, so that other load on the
+machine does not count) spent in the engine calls only; outputs are counted and dropped, as a sink would,
+and ``--render`` also keeps them and times ``to_line()`` of every one. Each workload runs in a fresh
+process. Memory: "state" is the deep size of the engine object graph (``sys.getsizeof`` over
+``gc.get_referents``), the largest seen at any chunk boundary; "peak RSS" is the process's maximum resident
+set size (``ru_maxrss``), which also holds the interpreter and one generated chunk of input.
 """
 
 from __future__ import annotations
@@ -130,24 +131,24 @@ def run(
         gc.freeze()  # the generated input is not the engine's: keep the collector from scanning it
         if feed == "message":
             process = engine.process_batch
-            start = time.perf_counter()
+            start = time.process_time()
             for arrival, b in chunk:
                 keep(process(b, arrival))
-            total += time.perf_counter() - start
+            total += time.process_time() - start
         else:
             process_many = engine.process_batches
-            start = time.perf_counter()
+            start = time.process_time()
             for g in groups:
                 keep(process_many(g))
-            total += time.perf_counter() - start
+            total += time.process_time() - start
         gc.unfreeze()
         outputs += len(outs) if RENDER else _COUNTED[0]
         _COUNTED[0] = 0
         if RENDER:
-            start = time.perf_counter()
+            start = time.process_time()
             for o in outs:
                 o.to_line()
-            render += time.perf_counter() - start
+            render += time.process_time() - start
         count += len(chunk)
         state = max(state, deep_size(engine))
     late = engine.late_count()
