@@ -201,3 +201,134 @@ def summary_result(a: Summary, names: tuple[str, ...]) -> dict[str, float]:
         elif name == "last":
             out["last"] = float(a[13])
     return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Flat accumulators for the operators: the metrics of one window (or pane, or session) side by side in
+# one list, ``FIELDS`` slots per metric at ``base = metric index * FIELDS``:
+# [n, sum, min, max, welford_mean, m2, first_order, first_v, last_order, last_v]
+# ``n == 0`` means the metric has no value there (the other slots are then meaningless). ``order`` is one
+# integer that sorts like ``(t, boot, seq)`` (see :func:`order_key`), so first/last cost one comparison.
+
+FIELDS: Final = 10
+Acc = list[Any]
+"""The flat accumulator of one window's metrics (JSON-able as it is)."""
+
+_BOOT_SHIFT: Final = 1 << 31  # boot and seq are 0..2^31-1 (docs/protocol.md)
+_T_SHIFT: Final = 1 << 62
+
+
+def order_key(t: int, b: int, s: int) -> int:
+    """One integer ordered exactly as ``(t, b, s)`` for ``0 <= b, s < 2**31``."""
+    return t * _T_SHIFT + b * _BOOT_SHIFT + s
+
+
+def acc_empty(metrics: int) -> Acc:
+    return [0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, 0.0, 0, 0.0] * metrics
+
+
+def acc_add(a: Acc, i: int, v: float, o: int) -> None:
+    """Add value ``v`` with order ``o`` to the metric at ``base = i``; no variance (see :func:`acc_add_var`)."""
+    n = a[i]
+    if n:
+        a[i] = n + 1
+        a[i + 1] += v
+        if v < a[i + 2]:
+            a[i + 2] = v
+        elif v > a[i + 3]:
+            a[i + 3] = v
+        if o < a[i + 6]:
+            a[i + 6] = o
+            a[i + 7] = v
+        elif o > a[i + 8]:
+            a[i + 8] = o
+            a[i + 9] = v
+    else:
+        a[i : i + FIELDS] = (1, v, v, v, v, 0.0, o, v, o, v)
+
+
+def acc_add_var(a: Acc, i: int, v: float, o: int) -> None:
+    """As :func:`acc_add`, also updating Welford's running mean and M2 (for ``stddev``)."""
+    n = a[i]
+    if n:
+        n += 1
+        a[i] = n
+        a[i + 1] += v
+        if v < a[i + 2]:
+            a[i + 2] = v
+        elif v > a[i + 3]:
+            a[i + 3] = v
+        mean = a[i + 4]
+        d = v - mean
+        mean += d / n
+        a[i + 4] = mean
+        a[i + 5] += d * (v - mean)
+        if o < a[i + 6]:
+            a[i + 6] = o
+            a[i + 7] = v
+        elif o > a[i + 8]:
+            a[i + 8] = o
+            a[i + 9] = v
+    else:
+        a[i : i + FIELDS] = (1, v, v, v, v, 0.0, o, v, o, v)
+
+
+def acc_merge(a: Acc, b: Acc) -> Acc:
+    """A new accumulator of both (Chan's parallel variance, metric by metric); neither input is changed."""
+    out = list(a)
+    acc_merge_into(out, b)
+    return out
+
+
+def acc_merge_into(out: Acc, b: Acc) -> None:
+    """Merge ``b`` into ``out`` in place."""
+    for i in range(0, len(b), FIELDS):
+        nb = b[i]
+        if not nb:
+            continue
+        na = out[i]
+        if not na:
+            out[i : i + FIELDS] = b[i : i + FIELDS]
+            continue
+        n = na + nb
+        out[i] = n
+        out[i + 1] += b[i + 1]
+        if b[i + 2] < out[i + 2]:
+            out[i + 2] = b[i + 2]
+        if b[i + 3] > out[i + 3]:
+            out[i + 3] = b[i + 3]
+        d = b[i + 4] - out[i + 4]
+        out[i + 4] += d * nb / n
+        out[i + 5] += b[i + 5] + d * d * na * nb / n
+        if b[i + 6] < out[i + 6]:
+            out[i + 6] = b[i + 6]
+            out[i + 7] = b[i + 7]
+        if b[i + 8] > out[i + 8]:
+            out[i + 8] = b[i + 8]
+            out[i + 9] = b[i + 9]
+
+
+def acc_result(a: Acc, i: int, names: tuple[str, ...]) -> dict[str, float]:
+    """The requested aggregates (other than ``count``) of the metric at ``base = i``, in ``names`` order.
+
+    ``mean`` is ``sum / n``; ``stddev`` (sample, n - 1) comes from Welford's M2 and is absent below n = 2.
+    """
+    out: dict[str, float] = {}
+    n = a[i]
+    for name in names:
+        if name == "mean":
+            out["mean"] = float(a[i + 1] / n)
+        elif name == "sum":
+            out["sum"] = float(a[i + 1])
+        elif name == "min":
+            out["min"] = float(a[i + 2])
+        elif name == "max":
+            out["max"] = float(a[i + 3])
+        elif name == "stddev":
+            if n >= 2:
+                out["stddev"] = math.sqrt(max(a[i + 5], 0.0) / (n - 1))
+        elif name == "first":
+            out["first"] = float(a[i + 7])
+        elif name == "last":
+            out["last"] = float(a[i + 9])
+    return out

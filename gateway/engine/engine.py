@@ -14,9 +14,11 @@ Pure and synchronous; the only clock is the ``now_ms`` the caller passes. Per ba
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Final
 
 from ..model import Batch, Reading, StatusUpdate
+from .aggregates import FIELDS, order_key
 from .config import EngineSpec, WindowSpec
 from .operators import Operator, Values, build_operator
 from .outputs import LateReading, Output
@@ -24,18 +26,19 @@ from .watermark import DeviceTracker
 
 __all__ = ["SNAPSHOT_VERSION", "Engine"]
 
-SNAPSHOT_VERSION: Final = 1
+SNAPSHOT_VERSION: Final = 2  # 2: flat accumulators (one list per window, metrics side by side)
 
 
 class _Window:
     """A window spec with its operator and the watermark bound it uses for each device."""
 
-    __slots__ = ("_wm_spec", "bounds", "key_site", "op", "spec")
+    __slots__ = ("_wm_spec", "bases", "bounds", "key_site", "op", "spec")
 
     def __init__(self, spec: WindowSpec, engine: EngineSpec) -> None:
         self.spec = spec
         self.op: Operator = build_operator(spec, shared=engine.watermark.mode == "global")
         self.key_site = spec.key == "site"
+        self.bases = tuple((m, i * FIELDS) for i, m in enumerate(spec.metrics))
         self.bounds: dict[str, int] = {}
         self._wm_spec = engine.watermark
 
@@ -57,6 +60,9 @@ class Engine:
         self.global_mode = spec.watermark.mode == "global"
         self.tracker = DeviceTracker(spec.watermark)
         self.windows = [_Window(w, spec) for w in spec.windows]
+        self._max_future = spec.max_future_ms
+        self._min_time = spec.min_time_ms
+        self._reject_unsynced = spec.unsynced == "reject"
         self.stats: dict[str, int] = {
             "readings": 0,
             "time_in_future": 0,
@@ -68,67 +74,112 @@ class Engine:
 
     # -- input ------------------------------------------------------------------------------------
 
-    def _refuse(self, r: Reading, now_ms: int) -> LateReading | None:
-        reason = None
-        if r.t_ms > now_ms + self.spec.max_future_ms:
-            reason = "time_in_future"
-        elif r.t_ms < self.spec.min_time_ms:
-            reason = "time_too_old"
-        elif r.quality == "u" and self.spec.unsynced == "reject":
-            reason = "unsynced"
-        if reason is None:
-            return None
-        self.stats[reason] += 1
-        return LateReading("", r.site, r.device, "", r.t_ms, r.boot, r.seq, 0, None, reason)
-
     def process_batch(self, batch: Batch, now_ms: int) -> list[Output]:
         """Window the batch's readings; returns late readings and every window fired or re-fired."""
         out: list[Output] = []
-        accepted: list[Reading] = []
-        max_t: int | None = None
-        for r in batch.readings:
-            refused = self._refuse(r, now_ms)
-            if refused is not None:
-                out.append(refused)
-                continue
-            accepted.append(r)
-            if r.quality != "u" and (max_t is None or r.t_ms > max_t):
-                max_t = r.t_ms
-        self.stats["readings"] += len(accepted)
-        flushed = batch.flushed_ms
-        if flushed is not None and (flushed > now_ms + self.spec.max_future_ms or flushed < self.spec.min_time_ms):
-            self.stats["flushed_ignored"] += 1
-            flushed = None
-        site, device = batch.site, batch.device
-        cache: dict[tuple[str, ...], list[Values]] = {}
-        for w in self.windows:
-            metrics = w.spec.metrics
-            rows = cache.get(metrics)
-            if rows is None:
-                rows = cache[metrics] = [self._values(r, metrics) for r in accepted]
-            key = site if w.key_site else device
-            add = w.op.add
-            for r, values in zip(accepted, rows, strict=True):
-                if values:
-                    late = add(key, site, device, r.t_ms, r.boot, r.seq, values)
-                    if late:
-                        out.extend(late)
-        self.tracker.seen(site, device, now_ms, max_t, flushed)
-        for w in self.windows:
-            out.extend(self._advance_window(w, site, device, max_t, now_ms))
+        self._process(batch, now_ms, out)
         return out
 
-    def _values(self, r: Reading, metrics: tuple[str, ...]) -> Values:
+    def process_batches(self, batches: Iterable[tuple[Batch, int]]) -> list[Output]:
+        """``(batch, now_ms)`` pairs in arrival order: exactly ``process_batch`` on each in turn, outputs
+        concatenated - for a gateway that drains several messages before calling the engine."""
+        out: list[Output] = []
+        process = self._process
+        for batch, now_ms in batches:
+            process(batch, now_ms, out)
+        return out
+
+    def _process(self, batch: Batch, now_ms: int, out: list[Output]) -> None:
+        fut = now_ms + self._max_future
+        too_old = self._min_time
+        reject_u = self._reject_unsynced
+        rows: list[tuple[int, int, int, int, Reading]] = []
+        max_t: int | None = None
+        for r in batch.readings:
+            t = r.t_ms
+            q = r.quality
+            if t > fut or t < too_old or (reject_u and q == "u"):
+                out.append(self._refuse(r, now_ms))
+                continue
+            rows.append((t, order_key(t, r.boot, r.seq), r.boot, r.seq, r))
+            if q != "u" and (max_t is None or t > max_t):
+                max_t = t
+        stats = self.stats
+        flushed = batch.flushed_ms
+        if flushed is not None and (flushed > fut or flushed < too_old):
+            stats["flushed_ignored"] += 1
+            flushed = None
+        site, device = batch.site, batch.device
+        if rows:
+            stats["readings"] += len(rows)
+            cache: dict[tuple[str, ...], list[Values]] = {}
+            for w in self.windows:
+                metrics = w.spec.metrics
+                vals = cache.get(metrics)
+                if vals is None:
+                    vals = cache[metrics] = [self._values(row[4], w.bases) for row in rows]
+                key = site if w.key_site else device
+                add = w.op.add
+                for (t, o, b, sq, _), values in zip(rows, vals, strict=True):
+                    if values:
+                        late = add(key, site, device, t, o, b, sq, values)
+                        if late:
+                            out.extend(late)
+        # the device tracker (DeviceTracker.seen, inlined): entry = [site, max_t, flushed, last_seen, ...]
+        e = self.tracker.state.get(device)
+        if e is None:
+            e = self.tracker.entry(site, device)
+        if e[3] is None or now_ms > e[3]:
+            e[3] = now_ms
+        e[5] = False
+        if max_t is not None and (e[1] is None or max_t > e[1]):
+            e[1] = max_t
+        if flushed is not None and (e[2] is None or flushed > e[2]):
+            e[2] = flushed
+        if self.global_mode:
+            for w in self.windows:
+                out.extend(self._advance_window(w, site, device, max_t, now_ms))
+            return
+        top, fl = e[1], e[2]
+        for w in self.windows:
+            if w.key_site:
+                out.extend(self._advance_site(w, site, now_ms))
+                continue
+            # the device's watermark (DeviceTracker.device_wm, inlined)
+            bound = w.bounds.get(device)
+            if bound is None:
+                bound = w.bound(device)
+            wm = None if top is None else top - bound
+            if fl is not None and (wm is None or fl + 1 > wm):
+                wm = fl + 1
+            if wm is not None:
+                fired = w.op.advance(device, wm)
+                if fired:
+                    out.extend(fired)
+
+    def _refuse(self, r: Reading, now_ms: int) -> LateReading:
+        if r.t_ms > now_ms + self._max_future:
+            reason = "time_in_future"
+        elif r.t_ms < self._min_time:
+            reason = "time_too_old"
+        else:
+            reason = "unsynced"
+        self.stats[reason] += 1
+        return LateReading("", r.site, r.device, "", r.t_ms, r.boot, r.seq, 0, None, reason)
+
+    def _values(self, r: Reading, bases: tuple[tuple[str, int], ...]) -> Values:
         values: Values = []
         m = r.metrics
-        for name in metrics:
+        for name, i in bases:
             v = m.get(name)
             if v is None:
                 continue
-            if isinstance(v, str):
+            if v.__class__ is float:
+                values.append((i, v))
+            elif isinstance(v, str):
                 self.stats["non_numeric"] += 1
-                continue
-            values.append((name, float(v)))
+            else:
+                values.append((i, float(v)))
         return values
 
     def _advance_window(self, w: _Window, site: str, device: str, max_t: int | None, now_ms: int) -> list[Output]:

@@ -19,38 +19,25 @@ from bisect import bisect_left, insort
 from heapq import heappop, heappush
 from typing import Any, Final, Protocol
 
-from .aggregates import Summary, summary_add, summary_merge, summary_new, summary_result
+from .aggregates import FIELDS, Acc, acc_add, acc_add_var, acc_empty, acc_merge, acc_merge_into
 from .config import WindowSpec
 from .outputs import Fired, LateReading, Output, WindowResult
 from .windows import first_window_end_after, pane_size
 
 __all__ = ["Operator", "SessionOperator", "SlidingOperator", "TumblingOperator", "Values", "build_operator"]
 
-Values = list[tuple[str, float]]
-Accs = dict[str, Summary]
+Values = list[tuple[int, float]]
+"""One reading's values for a window: ``(base, value)``, ``base = metric index * FIELDS`` in the window's metrics."""
 _NONE: Final[tuple[Output, ...]] = ()
-
-
-def _copy(accs: Accs) -> Accs:
-    return {m: list(a) for m, a in accs.items()}
-
-
-def _merge_into(acc: Accs | None, other: Accs) -> Accs:
-    """A new dict: ``acc`` merged with ``other`` (neither is changed)."""
-    if acc is None:
-        return _copy(other)
-    out = dict(acc)
-    for m, b in other.items():
-        a = out.get(m)
-        out[m] = list(b) if a is None else summary_merge(a, b)
-    return out
 
 
 class Operator(Protocol):
     spec: WindowSpec
     late_count: int
 
-    def add(self, key: str, site: str, device: str, t: int, b: int, s: int, values: Values) -> tuple[Output, ...]: ...
+    def add(
+        self, key: str, site: str, device: str, t: int, o: int, b: int, s: int, values: Values
+    ) -> tuple[Output, ...]: ...
 
     def advance(self, key: str | None, wm: int) -> list[Output]: ...
 
@@ -67,6 +54,9 @@ class _Base:
         self.shared = shared
         self.lateness = spec.allowed_lateness_ms
         self.aggs = tuple(a for a in spec.aggregates if a != "count")
+        self.nm = len(spec.metrics)
+        self.bases = tuple((m, i * FIELDS) for i, m in enumerate(spec.metrics))
+        self.add_value = acc_add_var if "stddev" in self.aggs else acc_add
         self.wm: dict[str, int] = {}
         self.sites: dict[str, str] = {}
         self.late_count = 0
@@ -84,29 +74,20 @@ class _Base:
     def _late(self, site: str, device: str, t: int, b: int, s: int, values: Values, wm: int) -> tuple[Output, ...]:
         self.late_count += len(values)
         name = self.spec.name
-        return tuple(LateReading(name, site, device, m, t, b, s, wm - t, wm, "too_late", v) for m, v in values)
+        metrics = self.spec.metrics
+        return tuple(
+            LateReading(name, site, device, metrics[i // FIELDS], t, b, s, wm - t, wm, "too_late", v) for i, v in values
+        )
 
-    def _emit(self, out: list[Output], key: str, start: int, end: int, accs: Accs, rev: int, fired: Fired) -> None:
+    def _emit(self, out: list[Output], key: str, start: int, end: int, acc: Acc, rev: int, fired: Fired) -> None:
+        """One result per metric with values; ``acc`` must never change afterwards (pass a copy if it may)."""
         spec = self.spec
         site = self.sites[key]
-        for metric in spec.metrics:
-            a = accs.get(metric)
-            if a is not None:
-                out.append(
-                    WindowResult(
-                        spec.name,
-                        spec.key,
-                        key,
-                        site,
-                        start,
-                        end,
-                        metric,
-                        a[0],
-                        summary_result(a, self.aggs),
-                        rev,
-                        fired,
-                    )
-                )
+        name, kind, aggs = spec.name, spec.key, self.aggs
+        for metric, i in self.bases:
+            n = acc[i]
+            if n:
+                out.append(WindowResult(name, kind, key, site, start, end, metric, n, None, rev, fired, acc, i, aggs))
 
     def _base_snapshot(self) -> dict[str, Any]:
         return {"wm": dict(self.wm), "sites": dict(self.sites), "late_count": self.late_count}
@@ -120,7 +101,7 @@ class _Base:
 class TumblingOperator(_Base):
     """Tumbling windows ``[offset + k*size, offset + (k+1)*size)`` per key, one timer heap per key.
 
-    State per key: ``wins[start] = [revision, {metric: summary}]``; timers ``(time, start, phase)`` with
+    State per key: ``wins[start] = [revision, flat accumulator]``; timers ``(time, start, phase)`` with
     phase 0 = fire at ``end``, 1 = drop at ``end + allowed_lateness``; ``dirty`` = fired windows that a
     late reading changed since.
     """
@@ -133,7 +114,9 @@ class TumblingOperator(_Base):
         self.timers: dict[str, list[tuple[int, int, int]]] = {}
         self.dirty: dict[str, set[int]] = {}
 
-    def add(self, key: str, site: str, device: str, t: int, b: int, s: int, values: Values) -> tuple[Output, ...]:
+    def add(
+        self, key: str, site: str, device: str, t: int, o: int, b: int, s: int, values: Values
+    ) -> tuple[Output, ...]:
         size = self.size
         start = t - (t - self.offset) % size
         end = start + size
@@ -147,7 +130,7 @@ class TumblingOperator(_Base):
             self.sites[key] = site
         w = wins.get(start)
         if w is None:
-            w = wins[start] = [0, {}]
+            w = wins[start] = [0, acc_empty(self.nm)]
             if wm is not None and end <= wm:  # a window the watermark passed while it was empty
                 self.dirty.setdefault(key, set()).add(start)
                 heappush(self.timers[key], (end + self.lateness, start, 1))
@@ -155,19 +138,22 @@ class TumblingOperator(_Base):
                 heappush(self.timers[key], (end, start, 0))
         elif w[0]:
             self.dirty.setdefault(key, set()).add(start)
-        accs: Accs = w[1]
-        for m, v in values:
-            a = accs.get(m)
-            if a is None:
-                accs[m] = summary_new(v, t, b, s)
-            else:
-                summary_add(a, v, t, b, s)
+        acc: Acc = w[1]
+        add_value = self.add_value
+        for i, v in values:
+            add_value(acc, i, v, o)
         return _NONE
 
     def advance(self, key: str | None, wm: int) -> list[Output]:
         self._set_wm(key, wm)
         out: list[Output] = []
-        keys = list(self.wins) if key is None else [key] if key in self.wins else []
+        if key is not None:
+            heap = self.timers.get(key)
+            if heap is None or (heap[0][0] > wm and key not in self.dirty):
+                return out  # nothing due: the common case, checked without touching the windows
+            keys = [key]
+        else:
+            keys = list(self.wins)
         size = self.size
         for k in keys:
             wins = self.wins[k]
@@ -176,14 +162,14 @@ class TumblingOperator(_Base):
                 for start in sorted(dirty):
                     w = wins[start]
                     w[0] += 1
-                    self._emit(out, k, start, start + size, w[1], w[0], "late")
+                    self._emit(out, k, start, start + size, list(w[1]), w[0], "late")
             heap = self.timers[k]
             while heap and heap[0][0] <= wm:
                 _, start, phase = heappop(heap)
                 if phase == 0:
                     w = wins[start]
                     w[0] = 1
-                    self._emit(out, k, start, start + size, w[1], 1, "watermark")
+                    self._emit(out, k, start, start + size, list(w[1]), 1, "watermark")
                     heappush(heap, (start + size + self.lateness, start, 1))
                 else:
                     del wins[start]
@@ -193,14 +179,14 @@ class TumblingOperator(_Base):
 
     def snapshot(self) -> dict[str, Any]:
         snap = self._base_snapshot()
-        snap["wins"] = {k: [[s, w[0], _copy(w[1])] for s, w in v.items()] for k, v in self.wins.items()}
+        snap["wins"] = {k: [[s, w[0], list(w[1])] for s, w in v.items()] for k, v in self.wins.items()}
         snap["timers"] = {k: [list(x) for x in v] for k, v in self.timers.items()}
         snap["dirty"] = {k: sorted(v) for k, v in self.dirty.items()}
         return snap
 
     def restore(self, snap: dict[str, Any]) -> None:
         self._base_restore(snap)
-        self.wins = {k: {s: [r, _copy(a)] for s, r, a in v} for k, v in snap["wins"].items()}
+        self.wins = {k: {s: [r, list(a)] for s, r, a in v} for k, v in snap["wins"].items()}
         self.timers = {k: [(x[0], x[1], x[2]) for x in v] for k, v in snap["timers"].items()}
         self.dirty = {k: set(v) for k, v in snap["dirty"].items()}
 
@@ -211,40 +197,40 @@ class _SlideKey:
     __slots__ = ("back", "back_acc", "cleanup", "dirty", "front", "hi", "order", "panes", "revs")
 
     def __init__(self) -> None:
-        self.panes: dict[int, Accs] = {}
+        self.panes: dict[int, Acc] = {}
         self.order: list[int] = []  # sorted pane starts
         self.revs: dict[int, int] = {}  # window start -> revision, for fired windows not yet dropped
         self.cleanup: list[tuple[int, int]] = []  # (end + lateness, window start)
         self.dirty: set[int] = set()  # panes changed after a window containing them fired
         # Two-stack sliding aggregation over the panes of the last window fired:
-        self.front: list[tuple[int, Accs]] = []  # (pane, aggregate of it and every newer front pane); oldest last
+        self.front: list[tuple[int, Acc]] = []  # (pane, aggregate of it and every newer front pane); oldest last
         self.back: list[int] = []  # panes pushed since the last transfer, oldest first
-        self.back_acc: Accs | None = None
+        self.back_acc: Acc | None = None
         self.hi: int | None = None  # panes below this have been pushed; None: stacks empty/invalid
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "panes": [[p, _copy(self.panes[p])] for p in self.order],
+            "panes": [[p, list(self.panes[p])] for p in self.order],
             "revs": [[s, r] for s, r in self.revs.items()],
             "cleanup": [list(x) for x in self.cleanup],
             "dirty": sorted(self.dirty),
-            "front": [[p, _copy(a)] for p, a in self.front],
+            "front": [[p, list(a)] for p, a in self.front],
             "back": list(self.back),
-            "back_acc": None if self.back_acc is None else _copy(self.back_acc),
+            "back_acc": None if self.back_acc is None else list(self.back_acc),
             "hi": self.hi,
         }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> _SlideKey:
         ks = cls()
-        ks.panes = {p: _copy(a) for p, a in d["panes"]}
+        ks.panes = {p: list(a) for p, a in d["panes"]}
         ks.order = [p for p, _ in d["panes"]]
         ks.revs = {s: r for s, r in d["revs"]}
         ks.cleanup = [(x[0], x[1]) for x in d["cleanup"]]
         ks.dirty = set(d["dirty"])
-        ks.front = [(p, _copy(a)) for p, a in d["front"]]
+        ks.front = [(p, list(a)) for p, a in d["front"]]
         ks.back = list(d["back"])
-        ks.back_acc = None if d["back_acc"] is None else _copy(d["back_acc"])
+        ks.back_acc = None if d["back_acc"] is None else list(d["back_acc"])
         ks.hi = d["hi"]
         return ks
 
@@ -266,7 +252,9 @@ class SlidingOperator(_Base):
         self.pane = pane_size(spec.size_ms, spec.slide_ms)
         self.keys: dict[str, _SlideKey] = {}
 
-    def add(self, key: str, site: str, device: str, t: int, b: int, s: int, values: Values) -> tuple[Output, ...]:
+    def add(
+        self, key: str, site: str, device: str, t: int, o: int, b: int, s: int, values: Values
+    ) -> tuple[Output, ...]:
         wm = self.wm.get("" if self.shared else key)
         size = self.size
         if wm is not None and t - (t - self.offset) % self.slide + size + self.lateness <= wm:
@@ -276,9 +264,9 @@ class SlidingOperator(_Base):
             ks = self.keys[key] = _SlideKey()
             self.sites[key] = site
         p = t - (t - self.offset) % self.pane
-        accs = ks.panes.get(p)
-        if accs is None:
-            accs = ks.panes[p] = {}
+        acc = ks.panes.get(p)
+        if acc is None:
+            acc = ks.panes[p] = acc_empty(self.nm)
             order = ks.order
             if not order or p > order[-1]:
                 order.append(p)
@@ -286,26 +274,25 @@ class SlidingOperator(_Base):
                 insort(order, p)
         if wm is not None and first_window_end_after(p, size, self.slide, self.offset) <= wm:
             ks.dirty.add(p)  # some window containing this pane has already been fired (or passed empty)
-        for m, v in values:
-            a = accs.get(m)
-            if a is None:
-                accs[m] = summary_new(v, t, b, s)
-            else:
-                summary_add(a, v, t, b, s)
+        add_value = self.add_value
+        for i, v in values:
+            add_value(acc, i, v, o)
         return _NONE
 
-    def _window(self, ks: _SlideKey, start: int, end: int) -> Accs:
-        """Merge the panes of ``[start, end)`` directly (for re-fires)."""
+    def _window(self, ks: _SlideKey, start: int, end: int) -> Acc:
+        """Merge the panes of ``[start, end)`` directly (for re-fires), into a new accumulator."""
         order = ks.order
-        acc: Accs | None = None
+        acc = acc_empty(self.nm)
         i = bisect_left(order, start)
         while i < len(order) and order[i] < end:
-            acc = _merge_into(acc, ks.panes[order[i]])
+            acc_merge_into(acc, ks.panes[order[i]])
             i += 1
-        return acc or {}
+        return acc
 
-    def _query(self, ks: _SlideKey, start: int, end: int) -> Accs:
-        """The aggregate of ``[start, end)`` through the two stacks; windows must come in increasing order."""
+    def _query(self, ks: _SlideKey, start: int, end: int) -> Acc:
+        """The aggregate of ``[start, end)`` through the two stacks; windows must come in increasing order.
+
+        The result is never changed afterwards (the stacks hold fresh merges; panes are copied)."""
         panes = ks.panes
         front = ks.front
         if ks.hi is None:
@@ -316,9 +303,9 @@ class SlidingOperator(_Base):
         while True:  # evict panes older than start
             if not front:
                 back = [p for p in ks.back if p >= start]
-                acc: Accs | None = None
+                acc: Acc | None = None
                 for p in reversed(back):
-                    acc = _merge_into(acc, panes[p])
+                    acc = list(panes[p]) if acc is None else acc_merge(acc, panes[p])
                     front.append((p, acc))
                 ks.back = []
                 ks.back_acc = None
@@ -334,13 +321,13 @@ class SlidingOperator(_Base):
         while i < len(order) and order[i] < end:
             p = order[i]
             ks.back.append(p)
-            back_acc = _merge_into(back_acc, panes[p])
+            back_acc = list(panes[p]) if back_acc is None else acc_merge(back_acc, panes[p])
             i += 1
         ks.back_acc = back_acc
         ks.hi = end
         if front:
-            return _merge_into(front[-1][1], back_acc) if back_acc is not None else front[-1][1]
-        return back_acc if back_acc is not None else {}
+            return acc_merge(front[-1][1], back_acc) if back_acc is not None else front[-1][1]
+        return back_acc if back_acc is not None else acc_empty(self.nm)
 
     def _refire(self, out: list[Output], k: str, ks: _SlideKey, old: int) -> None:
         size, slide, off = self.size, self.slide, self.offset
@@ -432,7 +419,9 @@ class SessionOperator(_Base):
         self.sessions: dict[str, list[list[Any]]] = {}
         self.tombs: dict[str, list[list[int]]] = {}
 
-    def add(self, key: str, site: str, device: str, t: int, b: int, s: int, values: Values) -> tuple[Output, ...]:
+    def add(
+        self, key: str, site: str, device: str, t: int, o: int, b: int, s: int, values: Values
+    ) -> tuple[Output, ...]:
         wm = self.wm.get("" if self.shared else key)
         lo, hi = t, t + self.gap
         sessions = self.sessions.get(key)
@@ -447,20 +436,24 @@ class SessionOperator(_Base):
             if not sessions:
                 del self.sessions[key], self.sites[key]
             return self._late(site, device, t, b, s, values, wm)
+        add_value = self.add_value
         if not hits:
-            accs: Accs = {m: summary_new(v, t, b, s) for m, v in values}
+            acc = acc_empty(self.nm)
+            for i, v in values:
+                add_value(acc, i, v, o)
             behind = wm is not None and hi <= wm
-            insort(sessions, [lo, hi, 0, accs, True, behind], key=lambda x: x[0])
+            if not sessions or lo > sessions[-1][0]:
+                sessions.append([lo, hi, 0, acc, True, behind])
+            else:
+                insort(sessions, [lo, hi, 0, acc, True, behind], key=lambda x: x[0])
             return _NONE
         base = hits[0]
         start = min(lo, base[0])
         end = max(hi, max(x[1] for x in hits))
-        merged: Accs = base[3]
+        merged: Acc = base[3]
         late = any(x[2] > 0 for x in hits) or (wm is not None and end <= wm)
         for x in hits[1:]:
-            for m, a in x[3].items():
-                cur = merged.get(m)
-                merged[m] = list(a) if cur is None else summary_merge(cur, a)
+            acc_merge_into(merged, x[3])
             sessions.remove(x)
             if x[2] > 0:
                 self.tombs.setdefault(key, []).append([x[0], x[1], x[2] + 1])
@@ -472,12 +465,8 @@ class SessionOperator(_Base):
         base[1] = end
         base[4] = True
         base[5] = base[5] or late
-        for m, v in values:
-            a = merged.get(m)
-            if a is None:
-                merged[m] = summary_new(v, t, b, s)
-            else:
-                summary_add(a, v, t, b, s)
+        for i, v in values:
+            add_value(merged, i, v, o)
         return _NONE
 
     def advance(self, key: str | None, wm: int) -> list[Output]:
@@ -508,7 +497,7 @@ class SessionOperator(_Base):
             for x in sessions:
                 if x[4] and x[1] <= wm:
                     x[2] += 1
-                    self._emit(out, k, x[0], x[1], x[3], x[2], "late" if x[5] else "watermark")
+                    self._emit(out, k, x[0], x[1], list(x[3]), x[2], "late" if x[5] else "watermark")
                     x[4] = False
                     x[5] = False
                 if x[1] + self.lateness > wm:
@@ -522,7 +511,7 @@ class SessionOperator(_Base):
     def snapshot(self) -> dict[str, Any]:
         snap = self._base_snapshot()
         snap["sessions"] = {
-            k: [[x[0], x[1], x[2], _copy(x[3]), x[4], x[5]] for x in v] for k, v in self.sessions.items()
+            k: [[x[0], x[1], x[2], list(x[3]), x[4], x[5]] for x in v] for k, v in self.sessions.items()
         }
         snap["tombs"] = {k: [list(x) for x in v] for k, v in self.tombs.items()}
         return snap
@@ -530,7 +519,7 @@ class SessionOperator(_Base):
     def restore(self, snap: dict[str, Any]) -> None:
         self._base_restore(snap)
         self.sessions = {
-            k: [[x[0], x[1], x[2], _copy(x[3]), x[4], x[5]] for x in v] for k, v in snap["sessions"].items()
+            k: [[x[0], x[1], x[2], list(x[3]), x[4], x[5]] for x in v] for k, v in snap["sessions"].items()
         }
         self.tombs = {k: [list(x) for x in v] for k, v in snap["tombs"].items()}
 

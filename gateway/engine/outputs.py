@@ -16,6 +16,7 @@ from typing import Final, Literal
 
 from ..lineproto import NS_PER_MS, line
 from ..model import MetricValue
+from .aggregates import Acc, acc_result
 
 __all__ = [
     "LATE_MEASUREMENT",
@@ -41,7 +42,21 @@ LATE_REASONS: Final[dict[str, str]] = {
 """Every reason a :class:`LateReading` can carry."""
 
 
-@dataclass(frozen=True, slots=True)
+_RESULT_FIELDS: Final = (
+    "window",
+    "key_kind",
+    "key",
+    "site",
+    "start_ms",
+    "end_ms",
+    "metric",
+    "count",
+    "aggregates",
+    "revision",
+    "fired",
+)
+
+
 class WindowResult:
     """The aggregates of one metric in one window of one key (a device, or a site).
 
@@ -49,19 +64,93 @@ class WindowResult:
     a late reading within the allowed lateness. ``fired`` says why it was emitted: ``watermark`` (the
     watermark passed the end), ``late`` (a late reading changed it), ``superseded`` (a session that was
     merged into another one starting earlier: ``count`` is 0 and the point marks the old one dead).
+
+    A plain slotted value (treat it as immutable): the engine emits one per window, key and metric, so it
+    is built cheaply - the operators pass the window's flat accumulator (``_acc``, never changed after)
+    and ``aggregates`` is computed from it on first access; ``to_line()`` renders the point.
     """
 
-    window: str
-    key_kind: Literal["device", "site"]
-    key: str
-    site: str
-    start_ms: int
-    end_ms: int
-    metric: str
-    count: int
-    aggregates: Mapping[str, float]
-    revision: int
-    fired: Fired
+    __slots__ = (
+        "_acc",
+        "_aggs",
+        "_base",
+        "_names",
+        "count",
+        "end_ms",
+        "fired",
+        "key",
+        "key_kind",
+        "metric",
+        "revision",
+        "site",
+        "start_ms",
+        "window",
+    )
+
+    def __init__(
+        self,
+        window: str,
+        key_kind: Literal["device", "site"],
+        key: str,
+        site: str,
+        start_ms: int,
+        end_ms: int,
+        metric: str,
+        count: int,
+        aggregates: Mapping[str, float] | None,
+        revision: int,
+        fired: Fired,
+        _acc: Acc | None = None,
+        _base: int = 0,
+        _names: tuple[str, ...] = (),
+    ) -> None:
+        self.window = window
+        self.key_kind = key_kind
+        self.key = key
+        self.site = site
+        self.start_ms = start_ms
+        self.end_ms = end_ms
+        self.metric = metric
+        self.count = count
+        self._aggs = aggregates
+        self.revision = revision
+        self.fired = fired
+        self._acc = _acc
+        self._base = _base
+        self._names = _names
+
+    @property
+    def aggregates(self) -> Mapping[str, float]:
+        aggs = self._aggs
+        if aggs is None:
+            aggs = self._aggs = {} if self._acc is None else acc_result(self._acc, self._base, self._names)
+        return aggs
+
+    def _fields(self) -> tuple[object, ...]:
+        return (
+            self.window,
+            self.key_kind,
+            self.key,
+            self.site,
+            self.start_ms,
+            self.end_ms,
+            self.metric,
+            self.count,
+            dict(self.aggregates),
+            self.revision,
+            self.fired,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, WindowResult):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        body = ", ".join(f"{n}={v!r}" for n, v in zip(_RESULT_FIELDS, self._fields(), strict=True))
+        return f"WindowResult({body})"
 
     def to_line(self) -> str:
         tags = {"window": self.window, "site": self.site, "metric": self.metric}

@@ -65,7 +65,7 @@ class DeviceTracker:
     state: dict[str, list[Any]] = field(default_factory=dict)
     sites: dict[str, list[str]] = field(default_factory=dict)
 
-    def _entry(self, site: str, device: str) -> list[Any]:
+    def entry(self, site: str, device: str) -> list[Any]:
         entry = self.state.get(device)
         if entry is None:
             entry = self.state[device] = [site, None, None, None, None, False]
@@ -74,7 +74,7 @@ class DeviceTracker:
 
     def seen(self, site: str, device: str, now_ms: int, max_t: int | None, flushed: int | None) -> None:
         """A batch arrived: the device lives; its event time reached ``max_t``, flushed up to ``flushed``."""
-        e = self._entry(site, device)
+        e = self.entry(site, device)
         e[3] = now_ms if e[3] is None else max(e[3], now_ms)
         e[5] = False
         if max_t is not None and (e[1] is None or max_t > e[1]):
@@ -84,7 +84,7 @@ class DeviceTracker:
 
     def status(self, site: str, device: str, now_ms: int, state: str, sleep_s: float | None) -> None:
         """A status message: ``offline`` makes the device idle at once; ``sleep_s`` sets its idle timeout."""
-        e = self._entry(site, device)
+        e = self.entry(site, device)
         e[3] = now_ms if e[3] is None else max(e[3], now_ms)
         e[5] = state == "offline"
         if sleep_s is not None:
