@@ -43,7 +43,8 @@ class Stats:
     alerts: int = 0
     flush_markers: int = 0
     ignored: int = 0
-    """Messages on topics the gateway publishes itself (commands, ``<prefix>/_gateway/...``)."""
+    """Messages on topics the gateway publishes itself (commands, ``<prefix>/_gateway/...``), and cleared
+    retained statuses (an empty payload)."""
     dead_by_reason: Counter[str] = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, object]:
@@ -97,7 +98,8 @@ class Pipeline:
 
     def handle(self, topic: str, payload: bytes, received_ms: int) -> Handled:
         out = Handled()
-        if self.is_own_topic(topic):
+        if self.is_own_topic(topic) or (not payload and topic.endswith("/status")):
+            # an empty payload on a status topic is MQTT's way of clearing a retained message, not a status
             self.stats.ignored += 1
             return out
         self.stats.messages += 1

@@ -59,6 +59,24 @@ def post_query(q: str) -> None:
     urllib.request.urlopen(urllib.request.Request(f"{INFLUX}/query", data=data), timeout=10).close()
 
 
+def clear_retained(port: int, prefix: str = "edgekit") -> int:
+    """Clear the retained statuses earlier runs left on the broker, so this run's counts are its own."""
+    import paho.mqtt.client as mqtt
+
+    topics: set[str] = set()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="edgekit-demo-clear")
+    client.on_message = lambda c, u, m: topics.add(m.topic) if m.retain and m.payload else None
+    client.connect("127.0.0.1", port)
+    client.subscribe(f"{prefix}/+/+/status", qos=1)
+    client.loop_start()
+    time.sleep(1.0)
+    for topic in sorted(topics):
+        client.publish(topic, b"", qos=1, retain=True).wait_for_publish(5)
+    client.loop_stop()
+    client.disconnect()
+    return len(topics)
+
+
 def write_config(mqtt_port: int) -> Path:
     RUN.mkdir(parents=True, exist_ok=True)
     path = RUN / "gateway.toml"
@@ -127,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     mqtt_port = int(state["port"])
     post_query(f'DROP DATABASE "{DB}"')
     post_query(f'CREATE DATABASE "{DB}"')
+    cleared = clear_retained(mqtt_port)
+    if cleared:
+        print(f"==> cleared {cleared} retained status messages left by an earlier run")
 
     spec = FleetSpec(
         devices=args.devices,

@@ -54,5 +54,7 @@ def test_own_topics_are_ignored_not_dead_lettered() -> None:
     p = Pipeline(parse_config({}, env={}))
     assert p.handle("edgekit/s/d1/cmd", b'{"do":"x"}', NOW).lines == []
     assert p.handle("edgekit/_gateway/alerts/x", b"{}", NOW).lines == []
-    assert p.stats.ignored == 2 and p.stats.messages == 0
+    assert p.handle("edgekit/s/d1/status", b"", NOW).lines == []  # a retained status being cleared
+    assert p.stats.ignored == 3 and p.stats.messages == 0
+    assert "reason=bad_json" in p.handle("edgekit/s/d1/readings", b"", NOW).lines[0]
     assert "reason=bad_topic" in p.handle("edgekit/s/d1/telemetry", b"{}", NOW).lines[0]
