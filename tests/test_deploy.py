@@ -54,7 +54,7 @@ def test_compose_gateway_config_loads() -> None:
 
 
 def test_dashboards_are_json_with_panels() -> None:
-    boards = sorted((REPO / "dashboards").glob("*.json"))
+    boards = sorted((REPO / "dashboards").glob("*/*.json"))
     assert boards
     for path in boards:
         doc = json.loads(path.read_text())
