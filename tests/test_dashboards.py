@@ -258,3 +258,17 @@ def test_influxql_queries_run_on_influxdb_1x_over_what_the_gateway_writes(influx
     # the pattern-alert annotation has no data here (no CEP yet): everything else must return rows
     assert empty == [m for m in empty if "Pattern alerts" in m], empty
     assert len(empty) <= 1
+
+
+def test_raspberry_pi_provisioning_points_at_the_influxql_dashboards() -> None:
+    pi = REPO / "deploy" / "grafana" / "pi"
+    (ds,) = yaml.safe_load((pi / "datasources" / "edgekit.yml").read_text(encoding="utf-8"))["datasources"]
+    assert ds["uid"] == "edgekit-influxql" and ds["jsonData"]["dbName"] == "edgekit"
+    toml = tomllib.loads((REPO / "deploy" / "systemd" / "gateway.toml").read_text(encoding="utf-8"))
+    assert toml["influx"]["database"] == ds["jsonData"]["dbName"] and toml["influx"]["target"] == "v1"
+    (provider,) = yaml.safe_load((pi / "dashboards" / "edgekit.yml").read_text(encoding="utf-8"))["providers"]
+    path = Path(provider["options"]["path"])
+    assert path.parts[:4] == ("/", "opt", "edgekit", "src")  # the checkout, as the README installs it
+    assert sorted((REPO / path.relative_to("/opt/edgekit/src")).glob("*.json")) == sorted(
+        (BOARDS / "influxql").glob("*.json")
+    )
