@@ -16,10 +16,18 @@ from typing import Final, Literal
 
 from .lineproto import NS_PER_MS, line
 from .model import MetricValue, ReadingKey
+from .schema import METRIC_PATTERN, declare
 
 __all__ = ["ALERT_MEASUREMENT", "Alert", "alert_id", "alert_topic"]
 
-ALERT_MEASUREMENT: Final = "alert"
+ALERT_MEASUREMENT: Final = declare(
+    "alert",
+    tags=("source", "name", "site", "key", "severity"),
+    fields=("id", "message", "first_ms", "last_ms", "readings", "reading_ids"),
+    open_fields=METRIC_PATTERN,  # source-specific details (a z-score, a baseline, matched values)
+    time="the last reading's event time (+ a sub-millisecond offset from the id)",
+    module=__name__,
+)
 Severity = Literal["info", "warning", "critical"]
 
 

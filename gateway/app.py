@@ -12,7 +12,9 @@ from pathlib import Path
 
 from .config import Config
 from .ingest import IngestStats, Outbox, run_ingest
+from .live import LiveView
 from .pipeline import Handled, Pipeline
+from .record import Recorder
 from .sinks import BatchingSink, make_writer
 
 __all__ = ["Gateway", "wall_clock_ms"]
@@ -34,6 +36,7 @@ class Gateway:
         now_ms: Callable[[], int] = wall_clock_ms,
         stats_file: Path | None = None,
         stats_interval_s: float = 1.0,
+        record: Path | None = None,
     ) -> None:
         self.config = config
         self.now_ms = now_ms
@@ -44,13 +47,20 @@ class Gateway:
         self.stats_file = stats_file
         self.stats_interval_s = stats_interval_s
         self.started = asyncio.Event()
+        # deploy: the live view (stats file for `top`, health points) and `run --record FILE`
+        self.live = LiveView(self.pipeline.engine, config.mqtt.client_id, now_ms())
+        self.recorder = Recorder(record) if record is not None else None
 
     async def _handle(self, topic: str, payload: bytes) -> None:
-        await self._emit(self.pipeline.handle(topic, payload, self.now_ms()))
+        now = self.now_ms()
+        if self.recorder is not None:  # deploy
+            self.recorder.write(topic, payload, now)
+        await self._emit(self.pipeline.handle(topic, payload, now))
 
     async def _emit(self, out: Handled) -> None:
         for topic, payload in out.publish:
             self.outbox.put(topic, payload)
+        self.live.observe(out.readings, out.outputs, out.alerts)  # deploy
         await self.sink.add(out.lines)
 
     def snapshot_stats(self) -> dict[str, object]:
@@ -63,6 +73,7 @@ class Gateway:
                 "outbox": len(self.outbox.queue),
                 "outbox_shed": self.outbox.shed,
             },
+            "live": self.live.as_dict(self.now_ms()),  # deploy
         }
 
     def _write_stats(self) -> None:
@@ -76,6 +87,7 @@ class Gateway:
         """Once a second: let time move the engine (idle devices) and write the stats file."""
         while not stop.is_set():
             await self._emit(self.pipeline.tick(self.now_ms()))
+            await self.sink.add(self.live.health_lines(self.now_ms(), self.snapshot_stats()))  # deploy
             self._write_stats()
             try:
                 await asyncio.wait_for(stop.wait(), self.stats_interval_s)
@@ -98,5 +110,7 @@ class Gateway:
             stop.set()
             await tick_task
             await self.sink.close()
+            if self.recorder is not None:  # deploy
+                self.recorder.close()
             self._write_stats()
             log.info("gateway stopped", extra={"event": "stop", **self.snapshot_stats()})

@@ -1,19 +1,28 @@
-"""``edgekit-gateway`` / ``python -m gateway``: run the gateway, or check a configuration."""
+"""``edgekit-gateway`` / ``python -m gateway``: run, check, plan, replay and top."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import signal
 import sys
 from pathlib import Path
 
 from .app import Gateway
 from .config import Config, load_config
+from .engine.config import parse_duration
 from .errors import ConfigError
 from .logs import setup_logging
+from .plan import run_plan
+from .progress import Progress
+from .protocol import METRIC_RE
+from .record import RecordError, count_records
+from .replay import replay
+from .top import run_top
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
 
 
 def _describe(cfg: Config) -> str:
@@ -55,31 +64,194 @@ def _describe_windows(cfg: Config) -> list[str]:
     return lines
 
 
-async def _run(cfg: Config, stats_file: Path | None) -> None:
+async def _run(cfg: Config, stats_file: Path | None, record: Path | None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await Gateway(cfg, stats_file=stats_file).run(stop)
+    await Gateway(cfg, stats_file=stats_file, record=record).run(stop)
+
+
+# --- deploy: the command line (run, check, plan, replay, top) ------------------------------------------
+# Exit codes, for every command: 0 done, 1 failed (a file or a service), 2 usage or configuration error,
+# 130 interrupted.
+
+PROG = "edgekit-gateway"
+STATS_ENV = "EDGEKIT_STATS_FILE"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="The edgekit gateway: MQTT -> event-time windows -> InfluxDB.",
+        epilog="Exit codes: 0 done, 1 failed, 2 usage or configuration error, 130 interrupted. "
+        f"Run '{PROG} COMMAND --help' for a command's options.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_: str, description: str, *, config: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=description)
+        if config:
+            p.add_argument(
+                "--config", "-c", type=Path, metavar="FILE", help="TOML file (default: only EDGEKIT_* env and defaults)"
+            )
+        return p
+
+    stats_default = os.environ.get(STATS_ENV)
+    run = command("run", "run the gateway until SIGINT/SIGTERM", "Run the gateway until SIGINT or SIGTERM.")
+    run.add_argument(
+        "--stats-file",
+        type=Path,
+        metavar="FILE",
+        default=Path(stats_default) if stats_default else None,
+        help=f"write counters and the live view as JSON here every second (default ${STATS_ENV}); 'top' reads it",
+    )
+    run.add_argument(
+        "--record",
+        type=Path,
+        metavar="FILE",
+        help="append every received MQTT message to FILE (JSON lines: topic, payload base64, received_ms)",
+    )
+    command("check", "validate a configuration and say what it will do", "Validate a configuration; print the plan.")
+    plan = command(
+        "plan",
+        "measure what a configuration does for a fleet: points per hour, state size",
+        "Run a synthetic fleet through the real pipeline and report points per hour by measurement and the "
+        "size of the state (what a checkpoint holds).",
+    )
+    plan.add_argument("--devices", type=int, default=100, help="boards in the fleet (default 100)")
+    plan.add_argument("--interval", default="60s", help="event time between readings of a board (default 60s)")
+    plan.add_argument("--batch", type=int, default=10, help="readings per message, 1-64 (default 10)")
+    plan.add_argument("--metrics", default="temp_c,rh", help="comma-separated metric names (default temp_c,rh)")
+    plan.add_argument("--hours", type=float, default=1.0, help="event time to measure, after the warm-up (default 1)")
+    plan.add_argument("--json", action="store_true", help="print the result as JSON")
+    replay = command(
+        "replay",
+        "feed a recording of MQTT messages through the pipeline into InfluxDB",
+        "Feed a recording (from 'run --record') through the pipeline into the configured InfluxDB. Points are "
+        "deterministic: replaying twice overwrites, it does not add.",
+    )
+    replay.add_argument("file", type=Path, metavar="FILE", help="JSON lines: topic, payload (base64), received_ms")
+    replay.add_argument("--dry-run", action="store_true", help="run the pipeline, write nothing")
+    replay.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+    top = command(
+        "top",
+        "live terminal view of a running gateway (watermarks, rates, windows, alerts)",
+        "Redraw a running gateway's stats file every second: per-device watermark lag and rates, the latest "
+        "windows, the recent alerts. q or Ctrl-C quits.",
+        config=False,
+    )
+    top.add_argument(
+        "--stats-file",
+        type=Path,
+        metavar="FILE",
+        default=Path(stats_default) if stats_default else None,
+        help=f"the gateway's --stats-file (default ${STATS_ENV})",
+    )
+    top.add_argument("--interval", type=float, default=1.0, help="seconds between redraws (default 1)")
+    top.add_argument("--once", action="store_true", help="print one frame without escapes and exit")
+    return parser
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"{PROG}: {message}", file=sys.stderr)
+    return code
+
+
+def _plan(cfg: Config, args: argparse.Namespace) -> int:
+    try:
+        interval_ms = parse_duration(args.interval, "--interval")
+    except ConfigError as exc:
+        return _fail(str(exc), 2)
+    metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
+    if args.devices < 1 or not 1 <= args.batch <= cfg.limits.max_readings or args.hours <= 0 or interval_ms < 1:
+        return _fail(
+            f"--devices >= 1, --batch 1-{cfg.limits.max_readings}, --hours > 0 and --interval > 0, "
+            f"got {args.devices}, {args.batch}, {args.hours}, {args.interval!r}",
+            2,
+        )
+    if not metrics or not all(METRIC_RE.fullmatch(m) for m in metrics):
+        return _fail(f"--metrics: expected names like temp_c,rh, got {args.metrics!r}", 2)
+    bar = Progress("plan: messages", 1, enabled=not args.json)
+    res = run_plan(
+        cfg,
+        devices=args.devices,
+        metrics=metrics,
+        interval_ms=interval_ms,
+        batch=args.batch,
+        hours=args.hours,
+        progress=lambda done, total: bar.update(done, total),
+    )
+    bar.done()
+    if args.json:
+        print(json.dumps(res.as_dict(), indent=1))
+        return 0
+    total = res.total_per_hour
+    print(
+        f"plan: {res.devices} devices x {len(metrics)} metrics, a reading every {interval_ms / 1000:g} s in batches "
+        f"of {res.batch}; {res.hours:g} h of event time measured after a {res.warmup_ms / 60_000:.0f} min warm-up "
+        f"({res.messages} messages through the real pipeline)"
+    )
+    print("\n".join(_describe_windows(cfg)))
+    print("points per hour:")
+    for name, n in sorted(res.points.items(), key=lambda kv: -kv[1]):
+        print(f"  {name:<18} {n:>10}")
+    print(f"  {'total':<18} {total:>10}   ({total / 3600:.1f} points/s, {total * 24:,} a day)")
+    print(
+        f"state: engine {res.engine_state_bytes / 1024:.1f} KiB, deduplication {res.dedup_state_bytes / 1024:.1f} KiB "
+        f"(as JSON, what a checkpoint stores), {res.engine_state_bytes // res.devices} bytes of engine state a device"
+    )
+    return 0
+
+
+def _replay(cfg: Config, args: argparse.Namespace) -> int:
+    try:
+        total = count_records(args.file)
+        bar = Progress("replay: messages", total, enabled=not args.quiet)
+        res = asyncio.run(replay(cfg, args.file, dry_run=args.dry_run, progress=bar.update))
+        bar.done()
+    except RecordError as exc:
+        return _fail(str(exc))
+    p = res.pipeline
+    print(
+        f"replayed {res.records} messages from {args.file}: {p['readings_accepted']} readings accepted, "
+        f"{p['duplicates']} duplicates, {p['dead_letters']} dead letters, {p['window_results']} window results, "
+        f"{p['late_readings']} late readings"
+    )
+    if args.dry_run:
+        print("dry run: nothing written")
+        return 0
+    s = res.sink
+    print(f"wrote {s['points_written']} points in {s['batches_written']} batches, {s['points_refused']} refused")
+    return 1 if res.refused else 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="edgekit-gateway", description="The edgekit gateway: MQTT -> InfluxDB")
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name, help_ in (("run", "run the gateway until SIGINT/SIGTERM"), ("check", "validate a configuration")):
-        p = sub.add_parser(name, help=help_)
-        p.add_argument("--config", "-c", type=Path, help="TOML file (default: only EDGEKIT_* env and defaults)")
-        if name == "run":
-            p.add_argument("--stats-file", type=Path, help="write counters as JSON here every second")
-    args = parser.parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse printed the help (0) or a usage error (2)
+        return exc.code if isinstance(exc.code, int) else 2
+    if args.command == "top":
+        if args.stats_file is None:
+            return _fail(f"top: say where the stats file is: --stats-file FILE or ${STATS_ENV}", 2)
+        return run_top(args.stats_file, interval_s=args.interval, once=args.once)
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
-        print(f"edgekit-gateway: configuration error: {exc}", file=sys.stderr)
-        return 2
-    if args.command == "check":
-        print(_describe(cfg))
+        return _fail(f"configuration error: {exc}", 2)
+    try:
+        if args.command == "check":
+            print(_describe(cfg))
+            return 0
+        if args.command == "plan":
+            return _plan(cfg, args)
+        if args.command == "replay":
+            return _replay(cfg, args)
+        setup_logging(cfg.log.level, cfg.log.format)
+        try:
+            asyncio.run(_run(cfg, args.stats_file, args.record))
+        except RecordError as exc:
+            return _fail(str(exc))
         return 0
-    setup_logging(cfg.log.level, cfg.log.format)
-    asyncio.run(_run(cfg, args.stats_file))
-    return 0
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)

@@ -72,6 +72,9 @@ class Handled:
     lines: list[str] = field(default_factory=list)
     publish: list[tuple[str, bytes]] = field(default_factory=list)
     batch: Batch | None = None
+    # deploy: the engine's outputs and the alerts as values, for the live view (gateway/live.py)
+    outputs: list[EngineOutput] = field(default_factory=list)
+    alerts: list[Alert] = field(default_factory=list)
 
 
 class Pipeline:
@@ -147,6 +150,7 @@ class Pipeline:
 
     def _alert(self, alert: Alert, out: Handled) -> None:
         self.stats.alerts += 1
+        out.alerts.append(alert)
         out.lines.append(alert.to_line())
         out.publish.append((alert_topic(self.config.mqtt.prefix, alert.site, alert.source), alert.to_json()))
 
@@ -156,6 +160,7 @@ class Pipeline:
                 self.stats.window_results += 1
             elif isinstance(o, LateReading):
                 self.stats.late_readings += 1
+            out.outputs.append(o)
             out.lines.append(o.to_line())
 
     def _dead(self, dead: DeadLetter, out: Handled) -> None:

@@ -11,12 +11,34 @@ from typing import Final
 
 from .lineproto import NS_PER_MS, line
 from .model import DeadLetter, MetricValue, Reading, StatusUpdate
+from .schema import METRIC_PATTERN, declare
 
 __all__ = ["DEAD_LETTER", "READING", "STATUS", "dead_letter_line", "reading_line", "status_line"]
 
-READING: Final = "reading"
-DEAD_LETTER: Final = "dead_letter"
-STATUS: Final = "device_status"
+READING: Final = declare(
+    "reading",
+    tags=("site", "device"),
+    fields=("boot", "seq", "q"),
+    open_fields=METRIC_PATTERN,  # each metric the board sent
+    time="the reading's event time",
+    module=__name__,
+)
+DEAD_LETTER: Final = declare(
+    "dead_letter",
+    tags=("reason", "site", "device"),
+    fields=("topic", "detail", "payload", "size", "index"),
+    time="when the gateway received the message (+ a sub-millisecond counter)",
+    module=__name__,
+)
+STATUS: Final = declare(
+    "device_status",
+    tags=("site", "device"),
+    # state, then what docs/protocol.md documents; a board may send more (open_fields)
+    fields=("state", "boot", "t", "clock", "sleep_s", "battery_mv", "buf", "buf_cap", "dropped", "fw"),
+    open_fields=METRIC_PATTERN,
+    time="when the gateway received the status",
+    module=__name__,
+)
 
 
 def reading_line(r: Reading) -> str:

@@ -23,12 +23,19 @@ from typing import Any, Final
 from ..alerts import Alert, Severity
 from ..lineproto import NS_PER_MS, line
 from ..model import MetricValue, Reading, ReadingKey
+from ..schema import declare
 from .config import AnomalySpec, GroupSpec
 from .detector import Detector, Event, Result
 
 __all__ = ["ANOMALY_MEASUREMENT", "MAX_ABS_VALUE", "SNAPSHOT_VERSION", "AnomalyEngine", "AnomalyOutput"]
 
-ANOMALY_MEASUREMENT: Final = "anomaly"
+ANOMALY_MEASUREMENT: Final = declare(
+    "anomaly",
+    tags=("site", "device", "metric"),
+    fields=("value", "score", "anomalous", "phase", "mean", "std", "z"),
+    time="the reading's event time",
+    module=__name__,
+)
 SNAPSHOT_VERSION: Final = 1
 MAX_ABS_VALUE: Final = 1e15
 """Values beyond this (in absolute value) are not scored: their squares would overflow the variance."""

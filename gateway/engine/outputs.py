@@ -16,7 +16,8 @@ from typing import Final, Literal
 
 from ..lineproto import NS_PER_MS, line
 from ..model import MetricValue
-from .aggregates import Acc, acc_result
+from ..schema import declare
+from .aggregates import AGGREGATES, Acc, acc_result
 
 __all__ = [
     "LATE_MEASUREMENT",
@@ -28,8 +29,20 @@ __all__ = [
     "WindowResult",
 ]
 
-WINDOW_MEASUREMENT: Final = "window"
-LATE_MEASUREMENT: Final = "late_reading"
+WINDOW_MEASUREMENT: Final = declare(
+    "window",
+    tags=("window", "site", "device", "metric"),  # device only for device-keyed windows
+    fields=("count", *AGGREGATES, "revision", "end_ms", "fired"),
+    time="the window's start",
+    module=__name__,
+)
+LATE_MEASUREMENT: Final = declare(
+    "late_reading",
+    tags=("window", "site", "device", "metric", "reason"),
+    fields=("late_by_ms", "boot", "seq", "watermark_ms", "value"),
+    time="the reading's event time",
+    module=__name__,
+)
 
 Fired = Literal["watermark", "late", "superseded"]
 

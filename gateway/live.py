@@ -1,0 +1,175 @@
+"""What the gateway is doing right now: per-device event time and watermarks, the latest windows and alerts.
+
+:class:`LiveView` watches what the pipeline produces (it never changes it) and gives
+
+- ``as_dict(now_ms)``: the part of the stats file that ``edgekit-gateway top`` draws (``devices``,
+  ``windows``, ``alerts``);
+- ``health_lines(now_ms, stats)``: two measurements for the dashboards, in *processing* time (the
+  gateway's clock, unlike everything else it writes): ``gateway_health`` (the counters, every
+  ``HEALTH_INTERVAL_MS``) and ``device_watermark`` (each device's watermark and its lag behind the
+  gateway's clock, every ``DEVICE_INTERVAL_MS``).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from .alerts import Alert
+from .engine import Engine
+from .engine.outputs import LateReading, WindowResult
+from .lineproto import NS_PER_MS, line
+from .model import MetricValue, Reading
+from .schema import declare
+
+__all__ = [
+    "DEVICE_INTERVAL_MS",
+    "DEVICE_WATERMARK",
+    "GATEWAY_HEALTH",
+    "HEALTH_FIELDS",
+    "HEALTH_INTERVAL_MS",
+    "LiveView",
+]
+
+HEALTH_INTERVAL_MS: Final = 10_000
+DEVICE_INTERVAL_MS: Final = 60_000
+RECENT: Final = 20
+
+# (stats file section, counter) -> field of gateway_health
+HEALTH_FIELDS: Final[dict[str, tuple[str, str]]] = {
+    "messages": ("pipeline", "messages"),
+    "readings_accepted": ("pipeline", "readings_accepted"),
+    "duplicates": ("pipeline", "duplicates"),
+    "dead_letters": ("pipeline", "dead_letters"),
+    "window_results": ("pipeline", "window_results"),
+    "late_readings": ("pipeline", "late_readings"),
+    "alerts": ("pipeline", "alerts"),
+    "points_written": ("sink", "points_written"),
+    "points_refused": ("sink", "points_refused"),
+    "write_failures": ("sink", "write_failures"),
+    "pending": ("sink", "pending"),
+    "last_write_ms": ("sink", "last_write_ms"),
+    "mqtt_connected": ("mqtt", "connected"),
+    "mqtt_connects": ("mqtt", "connects"),
+    "outbox": ("mqtt", "outbox"),
+}
+
+GATEWAY_HEALTH: Final = declare(
+    "gateway_health",
+    tags=("gateway",),
+    fields=(*HEALTH_FIELDS, "devices", "devices_active", "uptime_s"),
+    time="the gateway's clock (processing time), every 10 s",
+    module=__name__,
+)
+DEVICE_WATERMARK: Final = declare(
+    "device_watermark",
+    tags=("gateway", "site", "device"),
+    fields=("watermark_ms", "watermark_lag_ms", "last_event_ms", "last_seen_ms", "readings", "late", "active"),
+    time="the gateway's clock (processing time), every 60 s",
+    module=__name__,
+)
+
+
+@dataclass(slots=True)
+class _Device:
+    site: str
+    readings: int = 0
+    late: int = 0
+
+
+class LiveView:
+    """Watches the pipeline's output; reads the engine's device tracker for event time and watermarks."""
+
+    def __init__(self, engine: Engine, gateway: str, started_ms: int) -> None:
+        self.engine = engine
+        self.gateway = gateway
+        self.started_ms = started_ms
+        self.devices: dict[str, _Device] = {}
+        self.windows: deque[dict[str, Any]] = deque(maxlen=RECENT)
+        self.alerts: deque[dict[str, Any]] = deque(maxlen=RECENT)
+        self._next_health = 0
+        self._next_devices = 0
+
+    def observe(self, readings: list[Reading], outputs: list[WindowResult | LateReading], alerts: list[Alert]) -> None:
+        for r in readings:
+            d = self.devices.get(r.device)
+            if d is None:
+                d = self.devices[r.device] = _Device(r.site)
+            d.readings += 1
+        for o in outputs:
+            if isinstance(o, WindowResult):
+                self.windows.append(
+                    {"window": o.window, "key": o.key, "site": o.site, "metric": o.metric, "start_ms": o.start_ms,
+                     "end_ms": o.end_ms, "count": o.count, "mean": o.aggregates.get("mean"),
+                     "revision": o.revision, "fired": o.fired}
+                )  # fmt: skip
+            elif o.device:
+                d = self.devices.get(o.device)
+                if d is None:
+                    d = self.devices[o.device] = _Device(o.site)
+                d.late += 1
+        for a in alerts:
+            self.alerts.append(
+                {"id": a.id, "source": a.source, "name": a.name, "site": a.site, "key": a.key,
+                 "severity": a.severity, "last_ms": a.last_ms, "message": a.message}
+            )  # fmt: skip
+
+    def device_rows(self, now_ms: int) -> dict[str, dict[str, Any]]:
+        """Per device: site, readings, late, last event time, last seen, watermark (with the device's bound)."""
+        tracker = self.engine.tracker
+        rows: dict[str, dict[str, Any]] = {}
+        for device in sorted(set(tracker.state) | set(self.devices)):
+            e = tracker.state.get(device)
+            d = self.devices.get(device)
+            site = e[0] if e is not None else d.site if d is not None else ""
+            wm = tracker.device_wm(device, self.engine.spec.watermark.bound_for(device)) if e else None
+            rows[device] = {
+                "site": site,
+                "readings": d.readings if d else 0,
+                "late": d.late if d else 0,
+                "last_event_ms": e[1] if e else None,
+                "last_seen_ms": e[3] if e else None,
+                "watermark_ms": wm,
+                "watermark_lag_ms": None if wm is None else now_ms - wm,
+                "active": bool(e and tracker.is_active(device, now_ms)),
+            }
+        return rows
+
+    def as_dict(self, now_ms: int) -> dict[str, object]:
+        return {
+            "now_ms": now_ms,
+            "started_ms": self.started_ms,
+            "devices": self.device_rows(now_ms),
+            "windows": list(self.windows),
+            "alerts": list(self.alerts),
+        }
+
+    def health_lines(self, now_ms: int, stats: Mapping[str, Any]) -> list[str]:
+        """The health points due at ``now_ms`` (none between intervals)."""
+        out: list[str] = []
+        ts = now_ms * NS_PER_MS
+        rows: dict[str, dict[str, Any]] | None = None
+        if now_ms >= self._next_health:
+            self._next_health = now_ms - now_ms % HEALTH_INTERVAL_MS + HEALTH_INTERVAL_MS
+            rows = self.device_rows(now_ms)
+            fields: dict[str, MetricValue] = {}
+            for name, (section, key) in HEALTH_FIELDS.items():
+                value = stats.get(section, {}).get(key)
+                if isinstance(value, (bool, int, float)):
+                    fields[name] = value
+            fields["devices"] = len(rows)
+            fields["devices_active"] = sum(1 for r in rows.values() if r["active"])
+            fields["uptime_s"] = (now_ms - self.started_ms) // 1000
+            out.append(line(GATEWAY_HEALTH, {"gateway": self.gateway}, fields, ts))
+        if now_ms >= self._next_devices:
+            self._next_devices = now_ms - now_ms % DEVICE_INTERVAL_MS + DEVICE_INTERVAL_MS
+            for device, r in (rows or self.device_rows(now_ms)).items():
+                f: dict[str, MetricValue] = {"readings": r["readings"], "late": r["late"], "active": r["active"]}
+                for key in ("watermark_ms", "watermark_lag_ms", "last_event_ms", "last_seen_ms"):
+                    if r[key] is not None:
+                        f[key] = int(r[key])
+                tags = {"gateway": self.gateway, "site": r["site"], "device": device}
+                out.append(line(DEVICE_WATERMARK, tags, f, ts))
+        return out

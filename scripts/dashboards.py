@@ -1,0 +1,624 @@
+#!/usr/bin/env python3
+"""Generate the Grafana dashboards in dashboards/ from one description, in two query languages.
+
+    python scripts/dashboards.py           # (re)write dashboards/flux/*.json and dashboards/influxql/*.json
+    python scripts/dashboards.py --check   # exit 1 if the files on disk differ from what this would write
+
+Why two variants instead of one dashboard with a data-source variable: in Grafana the query language
+(Flux or InfluxQL) is a property of the InfluxDB data source, and a panel's query text is written in one
+of them, so switching the data source of a dashboard does not translate its queries. Each panel is
+described here once with both queries side by side, and the two variants are generated, so they cannot
+drift apart. InfluxDB 2.x (docker-compose.yml) gets both data sources (InfluxQL through the bucket's
+DBRP mapping); InfluxDB 1.x (a 32-bit Raspberry Pi, Debian's `influxdb` package) gets the InfluxQL one.
+
+Panels for a measurement the gateway does not declare (gateway/schema.py) are left out, so a
+dashboard never asks for data nobody writes; once it is declared, --check says to regenerate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from gateway import schema  # noqa: E402
+
+OUT = REPO / "dashboards"
+LANGS = ("flux", "influxql")
+DATASOURCE = {lang: {"type": "influxdb", "uid": f"edgekit-{lang}"} for lang in LANGS}
+METRICS = ("temp_c", "rh")  # what the simulator and the example firmware send (sim/devices.py)
+WINDOW = "temp_10m"  # the window of deploy/gateway.toml
+
+PIVOT_LAST = '  |> last()\n  |> pivot(rowKey: ["device"], columnKey: ["_field"], valueColumn: "_value")\n'
+RANGE = "from(bucket: v.defaultBucket)\n  |> range(start: v.timeRangeStart, stop: v.timeRangeStop)\n"
+DEV = "r.device =~ /^${device:regex}$/"
+
+
+def flux(measurement: str, where: str = "", tail: str = "") -> str:
+    """A Flux query over one measurement: ``where`` adds to the filter, ``tail`` follows it."""
+    cond = f'r._measurement == "{measurement}"' + (f" and {where}" if where else "")
+    return RANGE + f"  |> filter(fn: (r) => {cond})\n" + tail
+
+
+def agg(fn: str = "mean") -> str:
+    return f"  |> aggregateWindow(every: v.windowPeriod, fn: {fn}, createEmpty: false)\n"
+
+
+@dataclass
+class Panel:
+    title: str
+    queries: list[tuple[str, str]]  # (flux, influxql); "" where the other language needs no counterpart
+    kind: str = "timeseries"
+    unit: str | None = None
+    w: int = 12
+    h: int = 8
+    table: bool = False
+    needs: str | None = None  # a measurement that must be declared for this panel to exist
+    description: str = ""
+
+
+@dataclass
+class Annotation:
+    name: str
+    flux: str
+    influxql: str
+    color: str
+    needs: str | None = None
+
+
+@dataclass
+class Board:
+    slug: str
+    title: str
+    description: str
+    panels: list[Panel]
+    annotations: list[Annotation] = field(default_factory=list)
+    variables: list[str] = field(default_factory=list)  # of: device, device_one, metric
+
+
+def _variable(name: str, lang: str) -> dict[str, Any]:
+    if name == "metric":
+        return {
+            "name": "metric",
+            "type": "custom",
+            "query": ",".join(METRICS),
+            "current": {"text": METRICS[0], "value": METRICS[0]},
+            "options": [{"text": m, "value": m, "selected": i == 0} for i, m in enumerate(METRICS)],
+        }
+    multi = name == "device"
+    query = (
+        'import "influxdata/influxdb/schema"\n'
+        'schema.measurementTagValues(bucket: v.defaultBucket, measurement: "reading", tag: "device")'
+        if lang == "flux"
+        else 'SHOW TAG VALUES FROM "reading" WITH KEY = "device"'
+    )
+    return {
+        "name": "device",
+        "type": "query",
+        "datasource": DATASOURCE[lang],
+        "query": query,
+        "refresh": 2,
+        "multi": multi,
+        "includeAll": multi,
+        "sort": 1,
+    }
+
+
+def _panel(p: Panel, lang: str, pid: int, x: int, y: int) -> dict[str, Any]:
+    targets = []
+    for fq, iq in p.queries:
+        if not (fq if lang == "flux" else iq):
+            continue  # one Flux query can do what takes InfluxQL several
+        t: dict[str, Any] = {"refId": chr(ord("A") + len(targets)), "datasource": DATASOURCE[lang]}
+        if lang == "flux":
+            t["query"] = fq
+        else:
+            t.update(query=iq, rawQuery=True, resultFormat="table" if p.table else "time_series")
+        targets.append(t)
+    doc: dict[str, Any] = {
+        "id": pid,
+        "type": p.kind,
+        "title": p.title,
+        "description": p.description,
+        "datasource": DATASOURCE[lang],
+        "gridPos": {"x": x, "y": y, "w": p.w, "h": p.h},
+        "targets": targets,
+        "fieldConfig": {"defaults": {"unit": p.unit} if p.unit else {}, "overrides": []},
+        "options": {},
+    }
+    if p.table:
+        doc["transformations"] = [{"id": "merge", "options": {}}] if lang == "influxql" else []
+    return doc
+
+
+def render(board: Board, lang: str, declared: set[str]) -> dict[str, Any]:
+    panels, x, y, row_h = [], 0, 0, 0
+    for p in board.panels:
+        if p.needs is not None and p.needs not in declared:
+            continue
+        if x + p.w > 24:
+            x, y, row_h = 0, y + row_h, 0
+        panels.append(_panel(p, lang, len(panels) + 1, x, y))
+        x, row_h = x + p.w, max(row_h, p.h)
+    annotations = [
+        {
+            "name": a.name,
+            "datasource": DATASOURCE[lang],
+            "enable": True,
+            "iconColor": a.color,
+            **(
+                {"target": {"refId": "Anno", "query": a.flux}}
+                if lang == "flux"
+                else {"query": a.influxql, "textColumn": "message", "tagsColumn": "name,severity"}
+            ),
+        }
+        for a in board.annotations
+        if a.needs is None or a.needs in declared
+    ]
+    return {
+        "uid": f"edgekit-{board.slug}-{lang}",
+        "title": f"edgekit: {board.title} ({'Flux' if lang == 'flux' else 'InfluxQL'})",
+        "description": board.description,
+        "tags": ["edgekit", lang],
+        "schemaVersion": 39,
+        "version": 1,
+        "editable": True,
+        "time": {"from": "now-6h", "to": "now"},
+        "refresh": "30s",
+        "templating": {"list": [_variable(v, lang) for v in board.variables]},
+        "annotations": {"list": annotations},
+        "panels": panels,
+    }
+
+
+# --- the dashboards ----------------------------------------------------------------------------------
+
+TF = "WHERE $timeFilter"
+IDEV = '"device" =~ /^$device$/'
+
+
+def boards() -> list[Board]:
+    fleet = Board(
+        "fleet",
+        "fleet overview",
+        "Devices online, last seen, battery, buffer fill and clock quality of every board.",
+        variables=["device"],
+        panels=[
+            Panel(
+                "Devices online (active as the gateway sees them)",
+                [
+                    (
+                        flux("gateway_health", 'r._field == "devices_active"', "  |> last()\n"),
+                        f'SELECT last("devices_active") FROM "gateway_health" {TF}',
+                    ),
+                ],
+                kind="stat",
+                w=6,
+                h=5,
+                description="Heard from within the idle timeout and not offline (gateway_health.devices_active).",
+            ),
+            Panel(
+                "Devices known",
+                [
+                    (
+                        flux("gateway_health", 'r._field == "devices"', "  |> last()\n"),
+                        f'SELECT last("devices") FROM "gateway_health" {TF}',
+                    ),
+                ],
+                kind="stat",
+                w=6,
+                h=5,
+            ),
+            Panel(
+                "Readings by clock quality (s synced, c corrected, u unsynced)",
+                [
+                    (
+                        flux(
+                            "reading", f'r._field == "q" and {DEV}', '  |> group(columns: ["_value"])\n' + agg("count")
+                        )
+                        if q == "s"
+                        else "",
+                        f'SELECT count("seq") AS "{q}" FROM "reading" {TF} AND "q" = \'{q}\' AND {IDEV} '
+                        "GROUP BY time($__interval) fill(none)",
+                    )
+                    for q in "scu"
+                ],
+                w=12,
+                h=5,
+            ),
+            Panel(
+                "Devices: last seen, event time and watermark lag",
+                [
+                    (
+                        flux(
+                            "device_watermark",
+                            DEV,
+                            PIVOT_LAST + '  |> keep(columns: ["site", "device", "last_seen_ms", "last_event_ms", '
+                            '"watermark_lag_ms", "readings", "late", "active"])\n',
+                        ),
+                        'SELECT last("last_seen_ms") AS "last_seen_ms", last("last_event_ms") AS "last_event_ms", '
+                        'last("watermark_lag_ms") AS "watermark_lag_ms", last("readings") AS "readings", '
+                        f'last("late") AS "late" FROM "device_watermark" {TF} AND {IDEV} GROUP BY "site", "device"',
+                    ),
+                ],
+                kind="table",
+                table=True,
+                w=24,
+                description="last_seen_ms and last_event_ms are epoch milliseconds (gateway clock, board clock).",
+            ),
+            Panel(
+                "Device status (last report): battery, buffer, clock",
+                [
+                    (
+                        flux(
+                            "device_status",
+                            DEV,
+                            PIVOT_LAST
+                            + '  |> keep(columns: ["site", "device", "state", "battery_mv", "buf", "buf_cap", '
+                            '"dropped", "clock", "fw"])\n',
+                        ),
+                        'SELECT last("state") AS "state", last("battery_mv") AS "battery_mv", last("buf") AS "buf", '
+                        'last("buf_cap") AS "buf_cap", last("dropped") AS "dropped", last("clock") AS "clock" '
+                        f'FROM "device_status" {TF} AND {IDEV} GROUP BY "site", "device"',
+                    ),
+                ],
+                kind="table",
+                table=True,
+                w=24,
+            ),
+            Panel(
+                "Battery",
+                [
+                    (
+                        flux("device_status", f'r._field == "battery_mv" and {DEV}', agg()),
+                        f'SELECT mean("battery_mv") FROM "device_status" {TF} AND {IDEV} '
+                        'GROUP BY time($__interval), "device" fill(none)',
+                    ),
+                ],
+                unit="mvolt",
+            ),
+            Panel(
+                "Buffer fill",
+                [
+                    (
+                        flux(
+                            "device_status",
+                            f'(r._field == "buf" or r._field == "buf_cap") and {DEV}',
+                            '  |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")\n'
+                            "  |> map(fn: (r) => ({_time: r._time, device: r.device, "
+                            "_value: 100.0 * float(v: r.buf) / float(v: r.buf_cap)}))\n",
+                        ),
+                        f'SELECT 100 * mean("buf") / mean("buf_cap") FROM "device_status" {TF} AND {IDEV} '
+                        'GROUP BY time($__interval), "device" fill(none)',
+                    ),
+                ],
+                unit="percent",
+            ),
+            Panel(
+                "Recent alerts",
+                [
+                    (
+                        flux(
+                            "alert",
+                            "",
+                            '  |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")\n'
+                            '  |> group()\n  |> sort(columns: ["_time"], desc: true)\n  |> limit(n: 50)\n'
+                            '  |> keep(columns: ["_time", "severity", "source", "name", "site", "key", "message"])\n',
+                        ),
+                        'SELECT "severity", "source", "name", "site", "key", "message" FROM "alert" '
+                        f"{TF} ORDER BY time DESC LIMIT 50",
+                    ),
+                ],
+                kind="table",
+                table=True,
+                w=24,
+            ),
+        ],
+    )
+    device = Board(
+        "device",
+        "per device",
+        "One board's readings with its window results overlaid; anomalies and pattern alerts as annotations.",
+        variables=["device_one", "metric"],
+        panels=[
+            Panel(
+                "$metric: readings (points) and window results (mean, min, max)",
+                [
+                    (
+                        flux("reading", f'r._field == "${{metric}}" and {DEV}'),
+                        f'SELECT "$metric" FROM "reading" {TF} AND {IDEV}',
+                    ),
+                    *[
+                        (
+                            flux(
+                                "window",
+                                f'r.window == "{WINDOW}" and r.metric == "${{metric}}" and r._field == "{a}" and {DEV}',
+                            ),
+                            f'SELECT "{a}" FROM "window" {TF} AND "window" = \'{WINDOW}\' AND "metric" = \'$metric\' '
+                            f"AND {IDEV}",
+                        )
+                        for a in ("mean", "min", "max")
+                    ],
+                ],
+                w=24,
+                h=10,
+                description="Window points sit at the window's start; a late reading re-fires the window "
+                "(revision + 1) and overwrites its point.",
+            ),
+            Panel(
+                "Window revisions (re-fired by late readings)",
+                [
+                    (
+                        flux(
+                            "window",
+                            f'r.window == "{WINDOW}" and r.metric == "${{metric}}" '
+                            f'and r._field == "revision" and {DEV}',
+                        ),
+                        f'SELECT "revision" FROM "window" {TF} AND "window" = \'{WINDOW}\' AND "metric" = \'$metric\' '
+                        f"AND {IDEV}",
+                    ),
+                ],
+            ),
+            Panel(
+                "Late readings of this device",
+                [
+                    (
+                        flux("late_reading", f'r._field == "late_by_ms" and {DEV}'),
+                        f'SELECT "late_by_ms" FROM "late_reading" {TF} AND {IDEV} GROUP BY "reason"',
+                    ),
+                ],
+                unit="ms",
+            ),
+            Panel(
+                "Anomaly score of $metric",
+                [
+                    (
+                        flux(
+                            "anomaly",
+                            f'r.metric == "${{metric}}" and (r._field == "z" or r._field == "score") and {DEV}',
+                        ),
+                        f'SELECT "z", "score" FROM "anomaly" {TF} AND "metric" = \'$metric\' AND {IDEV}',
+                    ),
+                ],
+                needs="anomaly",
+                w=24,
+            ),
+        ],
+        annotations=[
+            Annotation(
+                "Anomaly alerts",
+                flux("alert", 'r.source == "anomaly" and r.key == "${device}" and r._field == "message"'),
+                f'SELECT "message", "name", "severity" FROM "alert" {TF} AND "source" = \'anomaly\' '
+                "AND \"key\" = '$device'",
+                "orange",
+            ),
+            Annotation(
+                "Pattern alerts (CEP)",
+                flux("alert", 'r.source == "pattern" and r.key == "${device}" and r._field == "message"'),
+                f'SELECT "message", "name", "severity" FROM "alert" {TF} AND "source" = \'pattern\' '
+                "AND \"key\" = '$device'",
+                "red",
+            ),
+        ],
+    )
+    lateness = Board(
+        "lateness",
+        "late readings and watermarks",
+        "Late readings by device and reason, and how far each device's watermark lags the gateway's clock.",
+        variables=["device"],
+        panels=[
+            Panel(
+                "Watermark lag per device (gateway clock - device watermark)",
+                [
+                    (
+                        flux("device_watermark", f'r._field == "watermark_lag_ms" and {DEV}', agg("max")),
+                        f'SELECT max("watermark_lag_ms") FROM "device_watermark" {TF} AND {IDEV} '
+                        'GROUP BY time($__interval), "device" fill(none)',
+                    ),
+                ],
+                unit="ms",
+                w=24,
+                description="A sleeping board's lag grows until it wakes and flushes: that is expected; "
+                "a lag that only grows while the board is online is not.",
+            ),
+            Panel(
+                "Late readings per device",
+                [
+                    (
+                        flux(
+                            "late_reading",
+                            f'r._field == "late_by_ms" and {DEV}',
+                            '  |> group(columns: ["device"])\n' + agg("count"),
+                        ),
+                        f'SELECT count("late_by_ms") FROM "late_reading" {TF} AND {IDEV} '
+                        'GROUP BY time($__interval), "device" fill(none)',
+                    ),
+                ],
+                kind="barchart",
+            ),
+            Panel(
+                "Late readings by reason",
+                [
+                    (
+                        flux(
+                            "late_reading",
+                            f'r._field == "late_by_ms" and {DEV}',
+                            '  |> group(columns: ["reason"])\n' + agg("count"),
+                        ),
+                        f'SELECT count("late_by_ms") FROM "late_reading" {TF} AND {IDEV} '
+                        'GROUP BY time($__interval), "reason" fill(none)',
+                    ),
+                ],
+                kind="barchart",
+            ),
+            Panel(
+                "How late (behind the watermark)",
+                [
+                    (
+                        flux("late_reading", f'r._field == "late_by_ms" and {DEV}', agg("max")),
+                        f'SELECT max("late_by_ms") FROM "late_reading" {TF} AND {IDEV} '
+                        'GROUP BY time($__interval), "device", "window" fill(none)',
+                    ),
+                ],
+                unit="ms",
+                w=24,
+            ),
+        ],
+    )
+    gateway = Board(
+        "gateway",
+        "gateway health",
+        "The gateway's counters (processing time, every 10 s), dead letters and write health.",
+        panels=[
+            Panel(
+                "Messages and readings per second",
+                [
+                    (
+                        flux("gateway_health", f'r._field == "{f}"', "  |> derivative(unit: 1s, nonNegative: true)\n"),
+                        f'SELECT non_negative_derivative(last("{f}"), 1s) AS "{f}" FROM "gateway_health" {TF} '
+                        'GROUP BY time($__interval), "gateway" fill(none)',
+                    )
+                    for f in ("messages", "readings_accepted", "duplicates", "window_results")
+                ],
+                unit="ops",
+            ),
+            Panel(
+                "InfluxDB writes: points per second, refused, failures",
+                [
+                    (
+                        flux("gateway_health", f'r._field == "{f}"', "  |> derivative(unit: 1s, nonNegative: true)\n"),
+                        f'SELECT non_negative_derivative(last("{f}"), 1s) AS "{f}" FROM "gateway_health" {TF} '
+                        'GROUP BY time($__interval), "gateway" fill(none)',
+                    )
+                    for f in ("points_written", "points_refused", "write_failures")
+                ],
+                unit="ops",
+            ),
+            Panel(
+                "Backlog: points pending, MQTT outbox",
+                [
+                    (
+                        flux("gateway_health", f'r._field == "{f}"', agg("max")),
+                        f'SELECT max("{f}") FROM "gateway_health" {TF} '
+                        'GROUP BY time($__interval), "gateway" fill(none)',
+                    )
+                    for f in ("pending", "outbox")
+                ],
+            ),
+            Panel(
+                "Last write duration",
+                [
+                    (
+                        flux("gateway_health", 'r._field == "last_write_ms"', agg("max")),
+                        f'SELECT max("last_write_ms") FROM "gateway_health" {TF} '
+                        'GROUP BY time($__interval), "gateway" fill(none)',
+                    ),
+                ],
+                unit="ms",
+            ),
+            Panel(
+                "Broker connection (1 connected) and reconnects",
+                [
+                    (
+                        flux(
+                            "gateway_health",
+                            'r._field == "mqtt_connected"',
+                            "  |> map(fn: (r) => ({r with _value: if r._value then 1 else 0}))\n",
+                        ),
+                        f'SELECT "mqtt_connected" FROM "gateway_health" {TF}',
+                    ),
+                    (
+                        flux("gateway_health", 'r._field == "mqtt_connects"', agg("max")),
+                        f'SELECT max("mqtt_connects") FROM "gateway_health" {TF} GROUP BY time($__interval) fill(none)',
+                    ),
+                ],
+            ),
+            Panel(
+                "Uptime",
+                [
+                    (
+                        flux("gateway_health", 'r._field == "uptime_s"', "  |> last()\n"),
+                        f'SELECT last("uptime_s") FROM "gateway_health" {TF}',
+                    ),
+                ],
+                kind="stat",
+                unit="s",
+            ),
+            Panel(
+                "Dead letters by reason",
+                [
+                    (
+                        flux("dead_letter", 'r._field == "size"', '  |> group(columns: ["reason"])\n' + agg("count")),
+                        f'SELECT count("size") FROM "dead_letter" {TF} GROUP BY time($__interval), "reason" fill(none)',
+                    ),
+                ],
+                kind="barchart",
+            ),
+            Panel(
+                "Latest dead letters",
+                [
+                    (
+                        flux(
+                            "dead_letter",
+                            "",
+                            '  |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: '
+                            '"_value")\n  |> group()\n  |> sort(columns: ["_time"], desc: true)\n  |> limit(n: 50)\n'
+                            '  |> keep(columns: ["_time", "reason", "device", "topic", "detail"])\n',
+                        ),
+                        f'SELECT "reason", "device", "topic", "detail" FROM "dead_letter" {TF} '
+                        "ORDER BY time DESC LIMIT 50",
+                    ),
+                ],
+                kind="table",
+                table=True,
+            ),
+        ],
+    )
+    return [fleet, device, lateness, gateway]
+
+
+def generate() -> dict[Path, str]:
+    """Every dashboard file, by path, as it should be on disk."""
+    declared = set(schema.load_all())
+    files = {}
+    for lang in LANGS:
+        for b in boards():
+            doc = render(b, lang, declared)
+            files[OUT / lang / f"edgekit-{b.slug}.json"] = json.dumps(doc, indent=1, ensure_ascii=False) + "\n"
+    return files
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="only compare; exit 1 if a file is out of date")
+    args = parser.parse_args(argv)
+    files = generate()
+    stale = sorted(p for p, text in files.items() if not p.exists() or p.read_text(encoding="utf-8") != text)
+    extra = sorted(p for lang in LANGS for p in (OUT / lang).glob("*.json") if p not in files)
+    if args.check:
+        for p in stale:
+            print(f"out of date: {p.relative_to(REPO)}", file=sys.stderr)
+        for p in extra:
+            print(f"not generated: {p.relative_to(REPO)}", file=sys.stderr)
+        if stale or extra:
+            print("run: python scripts/dashboards.py", file=sys.stderr)
+        return 1 if stale or extra else 0
+    for p in stale:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(files[p], encoding="utf-8")
+        print(f"wrote {p.relative_to(REPO)}")
+    for p in extra:
+        p.unlink()
+        print(f"removed {p.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
