@@ -26,6 +26,7 @@ __all__ = [
     "BrokerConfig",
     "Pacer",
     "PublishResult",
+    "make_client",
     "parse_broker_url",
     "publish",
 ]
@@ -121,6 +122,23 @@ class Pacer:
             await self.sleep(due - now)
 
 
+def make_client(broker: BrokerConfig, client_id: str, timeout_s: float, max_in_flight: int) -> aiomqtt.Client:
+    """One publishing client for a fleet: QoS 1 with at most ``max_in_flight`` unacknowledged messages."""
+    client = aiomqtt.Client(
+        hostname=broker.host,
+        port=broker.port,
+        username=broker.username,
+        password=broker.password,
+        identifier=client_id,
+        timeout=timeout_s,
+        max_inflight_messages=max_in_flight,
+        tls_context=ssl.create_default_context() if broker.tls else None,
+    )
+    # aiomqtt warns above 10 unacknowledged publishes; ours are bounded by max_in_flight on purpose
+    client.pending_calls_threshold = max_in_flight
+    return client
+
+
 async def publish(
     messages: Iterable[Outgoing],
     broker: BrokerConfig,
@@ -141,18 +159,7 @@ async def publish(
         raise SpecError(f"max_in_flight must be at least 1, got {max_in_flight}")
     tally = _Tally()
     started = clock()
-    client = aiomqtt.Client(
-        hostname=broker.host,
-        port=broker.port,
-        username=broker.username,
-        password=broker.password,
-        identifier=client_id,
-        timeout=timeout_s,
-        max_inflight_messages=max_in_flight,
-        tls_context=ssl.create_default_context() if broker.tls else None,
-    )
-    # aiomqtt warns above 10 unacknowledged publishes; ours are bounded by max_in_flight on purpose
-    client.pending_calls_threshold = max_in_flight
+    client = make_client(broker, client_id, timeout_s, max_in_flight)
     try:
         async with client:
             await _send_all(client, messages, Pacer(rate, clock, sleep), max_in_flight, tally)

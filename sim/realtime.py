@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import aiomqtt
 
 from .errors import PublishError, SpecError
-from .publish import BrokerConfig
+from .publish import BrokerConfig, make_client
 from .world import Delivery
 
 __all__ = ["replay"]
@@ -34,16 +34,7 @@ async def replay(
     if speed < 0:
         raise SpecError(f"speed must not be negative, got {speed}")
     started = time.monotonic()
-    client = aiomqtt.Client(
-        hostname=broker.host,
-        port=broker.port,
-        username=broker.username,
-        password=broker.password,
-        identifier=client_id,
-        timeout=timeout_s,
-        max_inflight_messages=max_in_flight,
-    )
-    client.pending_calls_threshold = max_in_flight
+    client = make_client(broker, client_id, timeout_s, max_in_flight)
     pending: set[asyncio.Task[None]] = set()
     try:
         async with client:
