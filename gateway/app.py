@@ -1,27 +1,60 @@
-"""The gateway process, wired in one place: MQTT ingest -> pipeline -> batching InfluxDB sink."""
+"""The gateway process, wired in one place: MQTT ingest -> durable log -> pipeline -> spooling InfluxDB sink.
+
+Delivery (docs/reliability.md): every message is appended to the SQLite log before its PUBACK; every tick
+is logged too, so the pipeline's input is a journal it can replay exactly. A checkpoint (pipeline state,
+the outbox, the log position, and the sink's unwritten lines moved to the spool, in one transaction) is
+taken every ``state.checkpoint_interval_s`` and when the log holds ``state.checkpoint_max_log_rows``
+records; the log up to that position is then deleted. A restart restores the checkpoint and replays the
+log tail through the pipeline before it connects to the broker.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from .config import Config
-from .ingest import IngestStats, Outbox, run_ingest
+from .errors import GatewayError
+from .ingest import IngestStats, Outbox, run_durable_ingest
 from .pipeline import Handled, Pipeline
-from .sinks import BatchingSink, make_writer
+from .sinks import make_writer
+from .spool import OTHER, RAW, SpoolingSink
+from .state import KIND_MESSAGE, KIND_TICK, LogRecord, StateStore
 
-__all__ = ["Gateway", "wall_clock_ms"]
+__all__ = ["Gateway", "StateError", "state_path", "wall_clock_ms"]
 
 log = logging.getLogger("gateway")
+
+STATE_VERSION = 1
+
+
+class StateError(GatewayError):
+    """The durable state cannot be used with this configuration."""
 
 
 def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def state_path(config: Config) -> Path:
+    """``<state.dir>/<client id>.db``: the state belongs to one broker session, which the client id names."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", config.mqtt.client_id)
+    return Path(config.state.dir) / f"{safe}.db"
+
+
+def _fingerprint(config: Config) -> str:
+    """What the checkpointed state depends on: windows, watermarks and the topic prefix."""
+    text = repr((config.engine, config.mqtt.prefix))
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
 class Gateway:
@@ -35,33 +68,137 @@ class Gateway:
         stats_file: Path | None = None,
         stats_interval_s: float = 1.0,
     ) -> None:
+        from .metrics import GatewayMetrics
+
         self.config = config
         self.now_ms = now_ms
         self.pipeline = Pipeline(config)
-        self.sink = BatchingSink(make_writer(config.influx), config.influx)
+        self.store = StateStore(state_path(config), sync=config.state.sync)
+        self.metrics = GatewayMetrics(self)
+        self.sink = SpoolingSink(
+            make_writer(config.influx),
+            config.influx,
+            self.store,
+            spool_max_bytes=config.state.spool_max_bytes,
+            observe_latency=self.metrics.observe_write,
+        )
         self.ingest_stats = IngestStats()
         self.outbox = Outbox()
         self.stats_file = stats_file
         self.stats_interval_s = stats_interval_s
         self.started = asyncio.Event()
+        self.pos = 0
+        """Log position of the last input the pipeline has taken."""
+        self.recovered_from = 0
+        self.replayed = 0
+        self.checkpoints = 0
+        self.fingerprint = _fingerprint(config)
 
-    async def _handle(self, topic: str, payload: bytes) -> None:
-        await self._emit(self.pipeline.handle(topic, payload, self.now_ms()))
+    # ------------------------------------------------------------------------------------ inputs
+
+    def _accept(self, msgs: list[tuple[str, bytes]]) -> list[LogRecord]:
+        """Append to the log (committed when this returns; the caller acknowledges afterwards)."""
+        now = self.now_ms()
+        rows = [(KIND_MESSAGE, topic, payload, now) for topic, payload in msgs]
+        positions = self.store.append(rows)
+        return [LogRecord(p, KIND_MESSAGE, t, b, now) for p, (_, t, b, _) in zip(positions, rows, strict=True)]
+
+    async def _process(self, records: list[LogRecord]) -> None:
+        for rec in records:
+            await self._apply(rec)
+        if self.store.log_rows >= self.config.state.checkpoint_max_log_rows:
+            self.checkpoint()
+
+    async def _apply(self, rec: LogRecord) -> None:
+        if rec.kind == KIND_TICK:
+            out = self.pipeline.tick(rec.received_ms)
+        else:
+            out = self.pipeline.handle(rec.topic, rec.payload, rec.received_ms)
+            self.metrics.messages_in += 1
+        self.pos = rec.pos  # before any await: a checkpoint in between sees state and position agree
+        await self._emit(out)
 
     async def _emit(self, out: Handled) -> None:
         for topic, payload in out.publish:
             self.outbox.put(topic, payload)
         await self.sink.add(out.lines)
 
+    async def _tick(self) -> None:
+        now = self.now_ms()
+        (pos,) = self.store.append([(KIND_TICK, "", b"", now)])
+        await self._apply(LogRecord(pos, KIND_TICK, "", b"", now))
+
+    # --------------------------------------------------------------------------- checkpoint/recovery
+
+    def checkpoint(self) -> None:
+        """Synchronously: spill the sink's memory, save state at ``pos``, truncate the log."""
+        state: dict[str, Any] = {
+            "version": STATE_VERSION,
+            "fingerprint": self.fingerprint,
+            "pipeline": self.pipeline.snapshot(),
+            "outbox": [[t, base64.b64encode(p).decode()] for t, p in self.outbox.queue],
+        }
+        spill = self.sink.spill()
+        self.store.checkpoint(self.pos, state, self.now_ms(), spill)
+        self.checkpoints += 1
+        if self.checkpoints % 10 == 0:
+            self.store.compact()
+
+    async def recover(self) -> None:
+        """Restore the last checkpoint and replay the log after it through the pipeline."""
+        ck = self.store.load_checkpoint()
+        if ck is not None:
+            if ck.state.get("version") != STATE_VERSION or ck.state.get("fingerprint") != self.fingerprint:
+                raise StateError(
+                    f"{self.store.path}: the checkpoint was written with other windows, watermarks or prefix "
+                    f"(fingerprint {ck.state.get('fingerprint')!r}, now {self.fingerprint!r}); move the file "
+                    "away to start afresh, or run with the configuration that wrote it"
+                )
+            try:
+                self.pipeline.restore(ck.state["pipeline"])
+            except (KeyError, ValueError, TypeError) as exc:
+                raise StateError(f"{self.store.path}: cannot restore the checkpoint: {exc}") from exc
+            for topic, payload in ck.state.get("outbox", []):
+                self.outbox.put(topic, base64.b64decode(payload))
+            self.pos = self.recovered_from = ck.pos
+        for rec in self.store.tail(self.pos):
+            await self._apply(rec)
+            self.replayed += 1
+        if ck is not None or self.replayed:
+            log.info(
+                "recovered",
+                extra={"event": "recovered", "checkpoint_pos": self.recovered_from, "replayed": self.replayed,
+                       "spool_lines": self.store.spool_lines},
+            )  # fmt: skip
+
+    # ------------------------------------------------------------------------------------- stats
+
     def snapshot_stats(self) -> dict[str, object]:
         return {
             "pipeline": self.pipeline.stats.as_dict(),
-            "sink": {**self.sink.stats.as_dict(), "pending": self.sink.pending},
+            "sink": {
+                **self.sink.stats.as_dict(),
+                "pending": self.sink.pending,
+                "memory": self.sink.in_memory,
+                "healthy": self.sink.healthy,
+                "spool_lines": self.store.spool_lines,
+                "spool_bytes": self.store.spool_bytes,
+                "spilled_raw": self.sink.spilled_lines[RAW],
+                "spilled_other": self.sink.spilled_lines[OTHER],
+                "full_waits": self.sink.waits,
+            },
             "mqtt": {
                 **self.ingest_stats.as_dict(),
                 "published": self.outbox.sent,
                 "outbox": len(self.outbox.queue),
                 "outbox_shed": self.outbox.shed,
+            },
+            "state": {
+                "log_pos": self.pos,
+                "log_rows": self.store.log_rows,
+                "checkpoints": self.checkpoints,
+                "recovered_from": self.recovered_from,
+                "replayed": self.replayed,
             },
         }
 
@@ -72,10 +209,17 @@ class Gateway:
         tmp.write_text(json.dumps(self.snapshot_stats(), indent=1) + "\n", encoding="utf-8")
         os.replace(tmp, self.stats_file)
 
+    # --------------------------------------------------------------------------------------- run
+
     async def _tick_loop(self, stop: asyncio.Event) -> None:
-        """Once a second: let time move the engine (idle devices) and write the stats file."""
+        """Once a second: let time move the engine (idle devices), write the stats file, maybe checkpoint."""
+        last_checkpoint = time.monotonic()
         while not stop.is_set():
-            await self._emit(self.pipeline.tick(self.now_ms()))
+            await self._tick()
+            if time.monotonic() - last_checkpoint >= self.config.state.checkpoint_interval_s:
+                self.checkpoint()
+                last_checkpoint = time.monotonic()
+            self.metrics.sample()
             self._write_stats()
             try:
                 await asyncio.wait_for(stop.wait(), self.stats_interval_s)
@@ -87,16 +231,35 @@ class Gateway:
         log.info(
             "gateway starting",
             extra={"event": "start", "influx": cfg.influx.target, "influx_url": cfg.influx.url,
-                   "broker": f"{cfg.mqtt.host}:{cfg.mqtt.port}"},
+                   "broker": f"{cfg.mqtt.host}:{cfg.mqtt.port}", "state": str(self.store.path)},
         )  # fmt: skip
-        await self.sink.start()
-        self.started.set()
-        tick_task = asyncio.create_task(self._tick_loop(stop), name="tick")
+        server = await self.metrics.serve(cfg.metrics.host, cfg.metrics.port) if cfg.metrics.port else None
         try:
-            await run_ingest(cfg.mqtt, self._handle, self.ingest_stats, stop, self.outbox)
+            await self.sink.start()
+            await self.recover()
+            self.checkpoint()
+            self.started.set()
+            tick_task = asyncio.create_task(self._tick_loop(stop), name="tick")
+            try:
+                await run_durable_ingest(
+                    cfg.mqtt,
+                    self._accept,
+                    self._process,
+                    self.ingest_stats,
+                    stop,
+                    self.outbox,
+                    batch=cfg.state.ingest_batch,
+                )
+            finally:
+                stop.set()
+                await tick_task
+                drained = await self.sink.drain(30.0)
+                await self.sink.close()
+                self.checkpoint()
+                self.store.compact()
+                self._write_stats()
+                log.info("gateway stopped", extra={"event": "stop", "drained": drained, **self.snapshot_stats()})
         finally:
-            stop.set()
-            await tick_task
-            await self.sink.close()
-            self._write_stats()
-            log.info("gateway stopped", extra={"event": "stop", **self.snapshot_stats()})
+            if server is not None:
+                await server.cleanup()
+            self.store.close()
