@@ -18,13 +18,14 @@ import logging
 import os
 import re
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .config import Config
 from .errors import GatewayError
-from .ingest import IngestStats, Outbox, run_durable_ingest
+from .ingest import Incoming, IngestStats, Outbox, run_durable_ingest
 from .pipeline import Handled, Pipeline
 from .sinks import make_writer
 from .spool import OTHER, RAW, SpoolingSink
@@ -55,6 +56,10 @@ def _fingerprint(config: Config) -> str:
     """What the checkpointed state depends on: windows, watermarks and the topic prefix."""
     text = repr((config.engine, config.mqtt.prefix))
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def _digest(topic: str, payload: bytes) -> bytes:
+    return hashlib.blake2b(topic.encode() + b"\0" + payload, digest_size=16).digest()
 
 
 class Gateway:
@@ -93,13 +98,27 @@ class Gateway:
         self.replayed = 0
         self.checkpoints = 0
         self.fingerprint = _fingerprint(config)
+        self.recent: deque[bytes] = deque(maxlen=max(1000, 4 * (config.mqtt.max_inflight + config.state.ingest_batch)))
+        """Digests of the last logged messages: a re-sent (DUP) message found here was logged already."""
+        self.redelivered = 0
 
     # ------------------------------------------------------------------------------------ inputs
 
-    def _accept(self, msgs: list[tuple[str, bytes]]) -> list[LogRecord]:
-        """Append to the log (committed when this returns; the caller acknowledges afterwards)."""
+    def _accept(self, msgs: list[Incoming]) -> list[LogRecord]:
+        """Append to the log (committed when this returns; the caller acknowledges afterwards).
+
+        A message the broker re-sends (DUP) because the PUBACK of a logged copy was lost in a crash is
+        recognised by its digest among the last logged messages, acknowledged again and not logged twice.
+        """
         now = self.now_ms()
-        rows = [(KIND_MESSAGE, topic, payload, now) for topic, payload in msgs]
+        rows = []
+        for topic, payload, dup in msgs:
+            digest = _digest(topic, payload)
+            if dup and digest in self.recent:
+                self.redelivered += 1
+                continue
+            self.recent.append(digest)
+            rows.append((KIND_MESSAGE, topic, payload, now))
         positions = self.store.append(rows)
         return [LogRecord(p, KIND_MESSAGE, t, b, now) for p, (_, t, b, _) in zip(positions, rows, strict=True)]
 
@@ -124,6 +143,10 @@ class Gateway:
         await self.sink.add(out.lines)
 
     async def _tick(self) -> None:
+        # the pipeline takes inputs strictly in log order: a tick waits for logged messages to be taken,
+        # else a checkpoint at the tick's position would drop them from the log unprocessed
+        while self.pos < self.store.last_pos:
+            await asyncio.sleep(0.005)
         now = self.now_ms()
         (pos,) = self.store.append([(KIND_TICK, "", b"", now)])
         await self._apply(LogRecord(pos, KIND_TICK, "", b"", now))
@@ -137,6 +160,7 @@ class Gateway:
             "fingerprint": self.fingerprint,
             "pipeline": self.pipeline.snapshot(),
             "outbox": [[t, base64.b64encode(p).decode()] for t, p in self.outbox.queue],
+            "recent": [d.hex() for d in self.recent],
         }
         spill = self.sink.spill()
         self.store.checkpoint(self.pos, state, self.now_ms(), spill)
@@ -160,8 +184,11 @@ class Gateway:
                 raise StateError(f"{self.store.path}: cannot restore the checkpoint: {exc}") from exc
             for topic, payload in ck.state.get("outbox", []):
                 self.outbox.put(topic, base64.b64decode(payload))
+            self.recent.extend(bytes.fromhex(d) for d in ck.state.get("recent", []))
             self.pos = self.recovered_from = ck.pos
         for rec in self.store.tail(self.pos):
+            if rec.kind == KIND_MESSAGE:
+                self.recent.append(_digest(rec.topic, rec.payload))
             await self._apply(rec)
             self.replayed += 1
         if ck is not None or self.replayed:
@@ -199,6 +226,7 @@ class Gateway:
                 "checkpoints": self.checkpoints,
                 "recovered_from": self.recovered_from,
                 "replayed": self.replayed,
+                "redelivered": self.redelivered,
             },
         }
 

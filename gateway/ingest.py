@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from .config import MqttConfig
 
@@ -35,6 +36,8 @@ __all__ = ["IngestStats", "Outbox", "make_client", "run_durable_ingest", "run_in
 log = logging.getLogger("gateway.ingest")
 
 Handler = Callable[[str, bytes], Awaitable[None]]
+Incoming = tuple[str, bytes, bool]
+"""(topic, payload, dup): ``dup`` is the broker's DUP flag, set when it re-sends an unacknowledged message."""
 T = TypeVar("T")
 
 
@@ -101,8 +104,12 @@ def _payload_bytes(payload: object) -> bytes:
     return str(payload).encode("utf-8")
 
 
-def make_client(cfg: MqttConfig) -> aiomqtt.Client:
-    """An MQTT 5 client for ``cfg`` with manual acknowledgements (not connected yet)."""
+def make_client(cfg: MqttConfig, dup_mids: set[int] | None = None) -> aiomqtt.Client:
+    """An MQTT 5 client for ``cfg`` with manual acknowledgements (not connected yet).
+
+    ``dup_mids`` collects the packet ids of messages that arrive with the DUP flag (aiomqtt's ``Message``
+    drops the flag, so it is read in paho's callback before aiomqtt sees the message).
+    """
     props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     props.ReceiveMaximum = cfg.max_inflight
     props.SessionExpiryInterval = 0 if cfg.clean_session else cfg.session_expiry_s
@@ -124,6 +131,15 @@ def make_client(cfg: MqttConfig) -> aiomqtt.Client:
     )
     # aiomqtt 2.5 has no manual-ack option; its paho client does (messages are acked in run_durable_ingest)
     client._client.manual_ack_set(True)
+    if dup_mids is not None:
+        on_message = client._on_message
+
+        def note_dup(c: Any, userdata: Any, message: Any) -> None:
+            if message.dup:
+                dup_mids.add(message.mid)
+            on_message(c, userdata, message)
+
+        client._client.on_message = note_dup
     client.pending_calls_threshold = max(client.pending_calls_threshold, 1000)
     return client
 
@@ -133,11 +149,11 @@ async def run_ingest(
 ) -> None:
     """Run until ``stop`` is set, feeding each message to ``handle`` and acknowledging it after it returns."""
 
-    def accept(msgs: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    def accept(msgs: list[Incoming]) -> list[Incoming]:
         return msgs
 
-    async def process(msgs: list[tuple[str, bytes]]) -> None:
-        for topic, payload in msgs:
+    async def process(msgs: list[Incoming]) -> None:
+        for topic, payload, _ in msgs:
             await handle(topic, payload)
 
     await run_durable_ingest(cfg, accept, process, stats, stop, outbox, ack_after_process=True)
@@ -145,7 +161,7 @@ async def run_ingest(
 
 async def run_durable_ingest(
     cfg: MqttConfig,
-    accept: Callable[[list[tuple[str, bytes]]], T],
+    accept: Callable[[list[Incoming]], T],
     process: Callable[[T], Awaitable[None]],
     stats: IngestStats,
     stop: asyncio.Event,
@@ -162,9 +178,12 @@ async def run_durable_ingest(
     delay = cfg.reconnect_min_s
     while not stop.is_set():
         try:
-            async with make_client(cfg) as client:
+            dup_mids: set[int] = set()
+            async with make_client(cfg, dup_mids) as client:
+                # retained messages (board statuses) only for a new subscription: a resumed session already had them
+                options = SubscribeOptions(qos=cfg.qos, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
                 for topic in cfg.subscriptions:
-                    await client.subscribe(topic, qos=cfg.qos)
+                    await client.subscribe(topic, options=options)
                 stats.connects += 1
                 stats.connected = True
                 delay = cfg.reconnect_min_s
@@ -175,7 +194,7 @@ async def run_durable_ingest(
                 )  # fmt: skip
                 sender = asyncio.create_task(outbox.drain_into(client)) if outbox is not None else None
                 try:
-                    await _consume(client, accept, process, stats, stop, sender, batch, ack_after_process)
+                    await _consume(client, dup_mids, accept, process, stats, stop, sender, batch, ack_after_process)
                 finally:
                     if sender is not None:
                         sender.cancel()
@@ -198,7 +217,8 @@ async def run_durable_ingest(
 
 async def _consume(
     client: aiomqtt.Client,
-    accept: Callable[[list[tuple[str, bytes]]], T],
+    dup_mids: set[int],
+    accept: Callable[[list[Incoming]], T],
     process: Callable[[T], Awaitable[None]],
     stats: IngestStats,
     stop: asyncio.Event,
@@ -226,9 +246,15 @@ async def _consume(
                 got.append(await anext(messages))
             stats.received += len(got)
             stats.queued = len(client.messages)
-            accepted = accept([(str(m.topic), _payload_bytes(m.payload)) for m in got])
+            incoming: list[Incoming] = []
+            for m in got:
+                dup = m.mid in dup_mids
+                dup_mids.discard(m.mid)
+                incoming.append((str(m.topic), _payload_bytes(m.payload), dup))
+            accepted = accept(incoming)
             if not ack_after_process:
                 _ack(client, got, stats)
+                await asyncio.sleep(0)  # let the PUBACKs go out before the (synchronous) processing
             await process(accepted)
             if ack_after_process:
                 _ack(client, got, stats)
