@@ -101,6 +101,7 @@ class Gateway:
         self.recent: deque[bytes] = deque(maxlen=max(1000, 4 * (config.mqtt.max_inflight + config.state.ingest_batch)))
         """Digests of the last logged messages: a re-sent (DUP) message found here was logged already."""
         self.redelivered = 0
+        self._caught_up = asyncio.Event()
 
     # ------------------------------------------------------------------------------------ inputs
 
@@ -135,6 +136,8 @@ class Gateway:
             out = self.pipeline.handle(rec.topic, rec.payload, rec.received_ms)
             self.metrics.messages_in += 1
         self.pos = rec.pos  # before any await: a checkpoint in between sees state and position agree
+        if self.pos >= self.store.last_pos:
+            self._caught_up.set()
         await self._emit(out)
 
     async def _emit(self, out: Handled) -> None:
@@ -146,7 +149,8 @@ class Gateway:
         # the pipeline takes inputs strictly in log order: a tick waits for logged messages to be taken,
         # else a checkpoint at the tick's position would drop them from the log unprocessed
         while self.pos < self.store.last_pos:
-            await asyncio.sleep(0.005)
+            self._caught_up.clear()
+            await self._caught_up.wait()
         now = self.now_ms()
         (pos,) = self.store.append([(KIND_TICK, "", b"", now)])
         await self._apply(LogRecord(pos, KIND_TICK, "", b"", now))
