@@ -1,29 +1,67 @@
-"""The gateway process, wired in one place: MQTT ingest -> pipeline -> batching InfluxDB sink."""
+"""The gateway process, wired in one place: MQTT ingest -> durable log -> pipeline -> spooling InfluxDB sink.
+
+Delivery (docs/reliability.md): every message is appended to the SQLite log before its PUBACK; every tick
+is logged too, so the pipeline's input is a journal it can replay exactly. A checkpoint (pipeline state,
+the outbox, the log position, and the sink's unwritten lines moved to the spool, in one transaction) is
+taken every ``state.checkpoint_interval_s`` and when the log holds ``state.checkpoint_max_log_rows``
+records; the log up to that position is then deleted. A restart restores the checkpoint and replays the
+log tail through the pipeline before it connects to the broker.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
 import logging
 import os
+import re
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from .config import Config
-from .ingest import IngestStats, Outbox, run_ingest
+from .errors import GatewayError
+from .ingest import Incoming, IngestStats, Outbox, run_durable_ingest
 from .live import LiveView
 from .pipeline import Handled, Pipeline
 from .record import Recorder
-from .sinks import BatchingSink, make_writer
+from .sinks import make_writer
+from .spool import OTHER, RAW, SpoolingSink
+from .state import KIND_MESSAGE, KIND_TICK, LogRecord, StateStore
 
-__all__ = ["Gateway", "wall_clock_ms"]
+__all__ = ["Gateway", "StateError", "state_path", "wall_clock_ms"]
 
 log = logging.getLogger("gateway")
+
+STATE_VERSION = 1
+
+
+class StateError(GatewayError):
+    """The durable state cannot be used with this configuration."""
 
 
 def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def state_path(config: Config) -> Path:
+    """``<state.dir>/<client id>.db``: the state belongs to one broker session, which the client id names."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", config.mqtt.client_id)
+    return Path(config.state.dir) / f"{safe}.db"
+
+
+def _fingerprint(config: Config) -> str:
+    """What the checkpointed state depends on: windows, watermarks and the topic prefix."""
+    text = repr((config.engine, config.mqtt.prefix))
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def _digest(topic: str, payload: bytes) -> bytes:
+    return hashlib.blake2b(topic.encode() + b"\0" + payload, digest_size=16).digest()
 
 
 class Gateway:
@@ -38,10 +76,20 @@ class Gateway:
         stats_interval_s: float = 1.0,
         record: Path | None = None,
     ) -> None:
+        from .metrics import GatewayMetrics
+
         self.config = config
         self.now_ms = now_ms
         self.pipeline = Pipeline(config)
-        self.sink = BatchingSink(make_writer(config.influx), config.influx)
+        self.store = StateStore(state_path(config), sync=config.state.sync)
+        self.metrics = GatewayMetrics(self)
+        self.sink = SpoolingSink(
+            make_writer(config.influx),
+            config.influx,
+            self.store,
+            spool_max_bytes=config.state.spool_max_bytes,
+            observe_latency=self.metrics.observe_write,
+        )
         self.ingest_stats = IngestStats()
         self.outbox = Outbox()
         self.stats_file = stats_file
@@ -50,12 +98,55 @@ class Gateway:
         # deploy: the live view (stats file for `top`, health points) and `run --record FILE`
         self.live = LiveView(self.pipeline.engine, config.mqtt.client_id, now_ms())
         self.recorder = Recorder(record) if record is not None else None
+        self.pos = 0
+        """Log position of the last input the pipeline has taken."""
+        self.recovered_from = 0
+        self.replayed = 0
+        self.checkpoints = 0
+        self.fingerprint = _fingerprint(config)
+        self.recent: deque[bytes] = deque(maxlen=max(1000, 4 * (config.mqtt.max_inflight + config.state.ingest_batch)))
+        """Digests of the last logged messages: a re-sent (DUP) message found here was logged already."""
+        self.redelivered = 0
+        self._caught_up = asyncio.Event()
 
-    async def _handle(self, topic: str, payload: bytes) -> None:
+    # ------------------------------------------------------------------------------------ inputs
+
+    def _accept(self, msgs: list[Incoming]) -> list[LogRecord]:
+        """Append to the log (committed when this returns; the caller acknowledges afterwards).
+
+        A message the broker re-sends (DUP) because the PUBACK of a logged copy was lost in a crash is
+        recognised by its digest among the last logged messages, acknowledged again and not logged twice.
+        """
         now = self.now_ms()
-        if self.recorder is not None:  # deploy
-            self.recorder.write(topic, payload, now)
-        await self._emit(self.pipeline.handle(topic, payload, now))
+        rows = []
+        for topic, payload, dup in msgs:
+            digest = _digest(topic, payload)
+            if dup and digest in self.recent:
+                self.redelivered += 1
+                continue
+            self.recent.append(digest)
+            rows.append((KIND_MESSAGE, topic, payload, now))
+            if self.recorder is not None:  # deploy
+                self.recorder.write(topic, payload, now)
+        positions = self.store.append(rows)
+        return [LogRecord(p, KIND_MESSAGE, t, b, now) for p, (_, t, b, _) in zip(positions, rows, strict=True)]
+
+    async def _process(self, records: list[LogRecord]) -> None:
+        for rec in records:
+            await self._apply(rec)
+        if self.store.log_rows >= self.config.state.checkpoint_max_log_rows:
+            self.checkpoint()
+
+    async def _apply(self, rec: LogRecord) -> None:
+        if rec.kind == KIND_TICK:
+            out = self.pipeline.tick(rec.received_ms)
+        else:
+            out = self.pipeline.handle(rec.topic, rec.payload, rec.received_ms)
+            self.metrics.messages_in += 1
+        self.pos = rec.pos  # before any await: a checkpoint in between sees state and position agree
+        if self.pos >= self.store.last_pos:
+            self._caught_up.set()
+        await self._emit(out)
 
     async def _emit(self, out: Handled) -> None:
         for topic, payload in out.publish:
@@ -63,10 +154,79 @@ class Gateway:
         self.live.observe(out.readings, out.outputs, out.alerts)  # deploy
         await self.sink.add(out.lines)
 
+    async def _tick(self) -> None:
+        # the pipeline takes inputs strictly in log order: a tick waits for logged messages to be taken,
+        # else a checkpoint at the tick's position would drop them from the log unprocessed
+        while self.pos < self.store.last_pos:
+            self._caught_up.clear()
+            await self._caught_up.wait()
+        now = self.now_ms()
+        (pos,) = self.store.append([(KIND_TICK, "", b"", now)])
+        await self._apply(LogRecord(pos, KIND_TICK, "", b"", now))
+
+    # --------------------------------------------------------------------------- checkpoint/recovery
+
+    def checkpoint(self) -> None:
+        """Synchronously: spill the sink's memory, save state at ``pos``, truncate the log."""
+        state: dict[str, Any] = {
+            "version": STATE_VERSION,
+            "fingerprint": self.fingerprint,
+            "pipeline": self.pipeline.snapshot(),
+            "outbox": [[t, base64.b64encode(p).decode()] for t, p in self.outbox.queue],
+            "recent": [d.hex() for d in self.recent],
+        }
+        spill = self.sink.spill()
+        self.store.checkpoint(self.pos, state, self.now_ms(), spill)
+        self.checkpoints += 1
+        if self.checkpoints % 10 == 0:
+            self.store.compact()
+
+    async def recover(self) -> None:
+        """Restore the last checkpoint and replay the log after it through the pipeline."""
+        ck = self.store.load_checkpoint()
+        if ck is not None:
+            if ck.state.get("version") != STATE_VERSION or ck.state.get("fingerprint") != self.fingerprint:
+                raise StateError(
+                    f"{self.store.path}: the checkpoint was written with other windows, watermarks or prefix "
+                    f"(fingerprint {ck.state.get('fingerprint')!r}, now {self.fingerprint!r}); move the file "
+                    "away to start afresh, or run with the configuration that wrote it"
+                )
+            try:
+                self.pipeline.restore(ck.state["pipeline"])
+            except (KeyError, ValueError, TypeError) as exc:
+                raise StateError(f"{self.store.path}: cannot restore the checkpoint: {exc}") from exc
+            for topic, payload in ck.state.get("outbox", []):
+                self.outbox.put(topic, base64.b64decode(payload))
+            self.recent.extend(bytes.fromhex(d) for d in ck.state.get("recent", []))
+            self.pos = self.recovered_from = ck.pos
+        for rec in self.store.tail(self.pos):
+            if rec.kind == KIND_MESSAGE:
+                self.recent.append(_digest(rec.topic, rec.payload))
+            await self._apply(rec)
+            self.replayed += 1
+        if ck is not None or self.replayed:
+            log.info(
+                "recovered",
+                extra={"event": "recovered", "checkpoint_pos": self.recovered_from, "replayed": self.replayed,
+                       "spool_lines": self.store.spool_lines},
+            )  # fmt: skip
+
+    # ------------------------------------------------------------------------------------- stats
+
     def snapshot_stats(self) -> dict[str, object]:
         return {
             "pipeline": self.pipeline.stats.as_dict(),
-            "sink": {**self.sink.stats.as_dict(), "pending": self.sink.pending},
+            "sink": {
+                **self.sink.stats.as_dict(),
+                "pending": self.sink.pending,
+                "memory": self.sink.in_memory,
+                "healthy": self.sink.healthy,
+                "spool_lines": self.store.spool_lines,
+                "spool_bytes": self.store.spool_bytes,
+                "spilled_raw": self.sink.spilled_lines[RAW],
+                "spilled_other": self.sink.spilled_lines[OTHER],
+                "full_waits": self.sink.waits,
+            },
             "mqtt": {
                 **self.ingest_stats.as_dict(),
                 "published": self.outbox.sent,
@@ -74,6 +234,14 @@ class Gateway:
                 "outbox_shed": self.outbox.shed,
             },
             "live": self.live.as_dict(self.now_ms()),  # deploy
+            "state": {
+                "log_pos": self.pos,
+                "log_rows": self.store.log_rows,
+                "checkpoints": self.checkpoints,
+                "recovered_from": self.recovered_from,
+                "replayed": self.replayed,
+                "redelivered": self.redelivered,
+            },
         }
 
     def _write_stats(self) -> None:
@@ -83,11 +251,18 @@ class Gateway:
         tmp.write_text(json.dumps(self.snapshot_stats(), indent=1) + "\n", encoding="utf-8")
         os.replace(tmp, self.stats_file)
 
+    # --------------------------------------------------------------------------------------- run
+
     async def _tick_loop(self, stop: asyncio.Event) -> None:
-        """Once a second: let time move the engine (idle devices) and write the stats file."""
+        """Once a second: let time move the engine (idle devices), write the stats file, maybe checkpoint."""
+        last_checkpoint = time.monotonic()
         while not stop.is_set():
-            await self._emit(self.pipeline.tick(self.now_ms()))
+            await self._tick()
             await self.sink.add(self.live.health_lines(self.now_ms(), self.snapshot_stats()))  # deploy
+            if time.monotonic() - last_checkpoint >= self.config.state.checkpoint_interval_s:
+                self.checkpoint()
+                last_checkpoint = time.monotonic()
+            self.metrics.sample()
             self._write_stats()
             try:
                 await asyncio.wait_for(stop.wait(), self.stats_interval_s)
@@ -99,18 +274,37 @@ class Gateway:
         log.info(
             "gateway starting",
             extra={"event": "start", "influx": cfg.influx.target, "influx_url": cfg.influx.url,
-                   "broker": f"{cfg.mqtt.host}:{cfg.mqtt.port}"},
+                   "broker": f"{cfg.mqtt.host}:{cfg.mqtt.port}", "state": str(self.store.path)},
         )  # fmt: skip
-        await self.sink.start()
-        self.started.set()
-        tick_task = asyncio.create_task(self._tick_loop(stop), name="tick")
+        server = await self.metrics.serve(cfg.metrics.host, cfg.metrics.port) if cfg.metrics.port else None
         try:
-            await run_ingest(cfg.mqtt, self._handle, self.ingest_stats, stop, self.outbox)
+            await self.sink.start()
+            await self.recover()
+            self.checkpoint()
+            self.started.set()
+            tick_task = asyncio.create_task(self._tick_loop(stop), name="tick")
+            try:
+                await run_durable_ingest(
+                    cfg.mqtt,
+                    self._accept,
+                    self._process,
+                    self.ingest_stats,
+                    stop,
+                    self.outbox,
+                    batch=cfg.state.ingest_batch,
+                )
+            finally:
+                stop.set()
+                await tick_task
+                drained = await self.sink.drain(30.0)
+                await self.sink.close()
+                self.checkpoint()
+                self.store.compact()
+                self._write_stats()
+                log.info("gateway stopped", extra={"event": "stop", "drained": drained, **self.snapshot_stats()})
         finally:
-            stop.set()
-            await tick_task
-            await self.sink.close()
             if self.recorder is not None:  # deploy
                 self.recorder.close()
-            self._write_stats()
-            log.info("gateway stopped", extra={"event": "stop", **self.snapshot_stats()})
+            if server is not None:
+                await server.cleanup()
+            self.store.close()

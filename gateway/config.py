@@ -20,7 +20,17 @@ from .engine.config import EngineSpec, parse_engine
 from .errors import ConfigError
 from .protocol import NAME_RE, Limits
 
-__all__ = ["Config", "DevicesConfig", "InfluxConfig", "LogConfig", "MqttConfig", "load_config", "parse_config"]
+__all__ = [
+    "Config",
+    "DevicesConfig",
+    "InfluxConfig",
+    "LogConfig",
+    "MetricsConfig",
+    "MqttConfig",
+    "StateConfig",
+    "load_config",
+    "parse_config",
+]
 
 ENV_PREFIX = "EDGEKIT_"
 
@@ -39,6 +49,13 @@ class MqttConfig:
     keepalive_s: int = 30
     reconnect_min_s: float = 0.5
     reconnect_max_s: float = 30.0
+    max_inflight: int = 100
+    """Unacknowledged messages the broker may send at once (MQTT 5 Receive Maximum)."""
+    tls: bool = False
+    """``mqtts://`` URL: TLS, verified against ``ca_file`` (or the system store)."""
+    ca_file: str | None = None
+    session_expiry_s: int = 7 * 24 * 3600
+    """How long the broker keeps the persistent session (and queues for it) while the gateway is away."""
 
     @property
     def subscriptions(self) -> tuple[str, ...]:
@@ -77,12 +94,36 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class StateConfig:
+    """Durable state (docs/reliability.md): ingest log, checkpoint and spool in ``<dir>/<client_id>.db``."""
+
+    dir: str = ".run/gateway-state"
+    sync: Literal["normal", "full"] = "normal"
+    checkpoint_interval_s: float = 2.0
+    checkpoint_max_log_rows: int = 50_000
+    """A checkpoint is taken early when the log holds this many records (bounds its disk use)."""
+    spool_max_bytes: int = 512 * 1024 * 1024
+    ingest_batch: int = 100
+    """At most this many messages are appended (one transaction) and acknowledged together."""
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """Prometheus ``/metrics`` and ``/healthz`` over HTTP; ``port = 0`` turns the server off."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     mqtt: MqttConfig = MqttConfig()
     influx: InfluxConfig = InfluxConfig()
     limits: Limits = Limits()
     devices: DevicesConfig = DevicesConfig()
     log: LogConfig = LogConfig()
+    state: StateConfig = StateConfig()
+    metrics: MetricsConfig = MetricsConfig()
     engine: EngineSpec = EngineSpec()
     """Windows and watermarks (``[engine]`` and ``[[windows]]``, see docs/semantics.md)."""
     anomaly: AnomalySpec = AnomalySpec()
@@ -149,17 +190,19 @@ def _apply_env(sec: dict[str, Any], name: str, keys: tuple[str, ...], env: Mappi
 def _mqtt(doc: Mapping[str, Any], env: Mapping[str, str]) -> MqttConfig:
     allowed = {
         "url", "username", "password", "password_file", "client_id", "prefix", "topics", "qos",
-        "clean_session", "keepalive_s", "reconnect_min_s", "reconnect_max_s",
+        "clean_session", "keepalive_s", "reconnect_min_s", "reconnect_max_s", "max_inflight", "ca_file",
+        "session_expiry_s",
     }  # fmt: skip
     sec = _section(doc, "mqtt", allowed)
     _apply_env(sec, "mqtt", ("url", "username", "client_id", "prefix"), env)
     password = _secret(sec, "mqtt", "password", env, "EDGEKIT_MQTT_PASSWORD")
     url = _get(sec, "mqtt", "url", str, "mqtt://127.0.0.1:1883")
     parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
-        raise ConfigError(f"mqtt.url: expected mqtt://host[:port], got {url!r}")
+    if parts.scheme not in ("mqtt", "tcp", "mqtts") or not parts.hostname:
+        raise ConfigError(f"mqtt.url: expected mqtt://host[:port] or mqtts://host[:port], got {url!r}")
+    tls = parts.scheme == "mqtts"
     try:
-        port = parts.port or 1883
+        port = parts.port or (8883 if tls else 1883)
     except ValueError as exc:
         raise ConfigError(f"mqtt.url: bad port in {url!r}") from exc
     username = _get(sec, "mqtt", "username", str, None) or (unquote(parts.username) if parts.username else None)
@@ -191,6 +234,12 @@ def _mqtt(doc: Mapping[str, Any], env: Mapping[str, str]) -> MqttConfig:
         keepalive_s=int(_positive("mqtt", "keepalive_s", _get(sec, "mqtt", "keepalive_s", int, 30))),
         reconnect_min_s=lo,
         reconnect_max_s=hi,
+        max_inflight=int(_positive("mqtt", "max_inflight", _get(sec, "mqtt", "max_inflight", int, 100))),
+        tls=tls,
+        ca_file=_get(sec, "mqtt", "ca_file", str, None),
+        session_expiry_s=int(
+            _positive("mqtt", "session_expiry_s", _get(sec, "mqtt", "session_expiry_s", int, 7 * 24 * 3600))
+        ),
     )
 
 
@@ -273,7 +322,42 @@ def _log(doc: Mapping[str, Any], env: Mapping[str, str]) -> LogConfig:
     return LogConfig(level=level, format=fmt)
 
 
-KNOWN_SECTIONS = {"mqtt", "influx", "limits", "devices", "log", "engine", "windows", "anomaly"}
+def _state(doc: Mapping[str, Any], env: Mapping[str, str]) -> StateConfig:
+    d = StateConfig()
+    allowed = {"dir", "sync", "checkpoint_interval_s", "checkpoint_max_log_rows", "spool_max_bytes", "ingest_batch"}
+    sec = _section(doc, "state", allowed)
+    _apply_env(sec, "state", ("dir",), env)
+    sync = _get(sec, "state", "sync", str, d.sync)
+    if sync not in ("normal", "full"):
+        raise ConfigError(f"state.sync: {sync!r} is not one of normal, full")
+
+    def num(key: str, kind: type | tuple[type, ...]) -> Any:
+        return _positive("state", key, _get(sec, "state", key, kind, getattr(d, key)))
+
+    return StateConfig(
+        dir=_get(sec, "state", "dir", str, d.dir),
+        sync=sync,
+        checkpoint_interval_s=float(num("checkpoint_interval_s", (int, float))),
+        checkpoint_max_log_rows=int(num("checkpoint_max_log_rows", int)),
+        spool_max_bytes=int(num("spool_max_bytes", int)),
+        ingest_batch=int(num("ingest_batch", int)),
+    )
+
+
+def _metrics(doc: Mapping[str, Any], env: Mapping[str, str]) -> MetricsConfig:
+    sec = _section(doc, "metrics", {"host", "port"})
+    _apply_env(sec, "metrics", ("host", "port"), env)
+    port = sec.get("port", 0)
+    try:
+        port = int(port)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"metrics.port: expected an integer, got {port!r}") from exc
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"metrics.port: {port} is not 0..65535")
+    return MetricsConfig(host=_get(sec, "metrics", "host", str, "127.0.0.1"), port=port)
+
+
+KNOWN_SECTIONS = {"mqtt", "influx", "limits", "devices", "log", "engine", "windows", "anomaly", "state", "metrics"}
 
 
 def parse_config(doc: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Config:
@@ -288,6 +372,8 @@ def parse_config(doc: Mapping[str, Any], env: Mapping[str, str] | None = None) -
         limits=_limits(doc),
         devices=_devices(doc),
         log=_log(doc, env),
+        state=_state(doc, env),
+        metrics=_metrics(doc, env),
         engine=parse_engine(doc),
         anomaly=parse_anomaly(doc),
         raw=doc,

@@ -10,6 +10,7 @@ import dataclasses
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 from .alerts import Alert, alert_topic
 from .anomaly import AnomalyEngine
@@ -147,6 +148,24 @@ class Pipeline:
         out = Handled()
         self._engine_out(self.engine.advance(now_ms), out)
         return out
+
+    def snapshot(self) -> dict[str, Any]:
+        """All state that decides future output: dedup, engine, the dead-letter counter and the stats."""
+        return {
+            "dedup": self.dedup.snapshot(),
+            "engine": self.engine.snapshot(),
+            "unique": self._unique,
+            "stats": self.stats.as_dict(),
+        }
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        """Take back a :meth:`snapshot` (of a pipeline with the same configuration)."""
+        self.dedup.restore(snap["dedup"])
+        self.engine.restore(snap["engine"])
+        self._unique = int(snap["unique"])
+        stats = dict(snap["stats"])
+        by_reason = Counter({str(k): int(v) for k, v in stats.pop("dead_by_reason").items()})
+        self.stats = Stats(**{k: int(v) for k, v in stats.items()}, dead_by_reason=by_reason)
 
     def _alert(self, alert: Alert, out: Handled) -> None:
         self.stats.alerts += 1

@@ -1,0 +1,163 @@
+"""Health: Prometheus text on ``/metrics`` (prometheus-client) and a JSON ``/healthz``, served by aiohttp.
+
+Values are read from the gateway's own counters when scraped (a custom collector), so nothing on the hot
+path touches prometheus-client except the InfluxDB write-latency histogram. Watermark lag is
+``now - device watermark`` in seconds, one series per device (fleet-sized cardinality, by design).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from .spool import OTHER, RAW
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+
+    from .app import Gateway
+
+__all__ = ["GatewayMetrics"]
+
+
+class GatewayMetrics:
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.write_latency = Histogram(
+            "edgekit_influx_write_seconds",
+            "InfluxDB write latency of successful batches",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+            registry=self.registry,
+        )
+        self.registry.register(_Collector(self))
+        self.messages_in = 0
+        self._samples: deque[tuple[float, int]] = deque(maxlen=11)
+        self.max_spool_bytes = 0
+        self.max_memory_lines = 0
+
+    def observe_write(self, seconds: float) -> None:
+        self.write_latency.observe(seconds)
+
+    def sample(self) -> None:
+        """Called once a second: keeps the last ten seconds of message counts for the rate gauge."""
+        self._samples.append((time.monotonic(), self.messages_in))
+        self.max_spool_bytes = max(self.max_spool_bytes, self.gw.store.spool_bytes)
+        self.max_memory_lines = max(self.max_memory_lines, self.gw.sink.in_memory)
+
+    @property
+    def rate(self) -> float:
+        if len(self._samples) < 2:
+            return 0.0
+        (t0, n0), (t1, n1) = self._samples[0], self._samples[-1]
+        return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def health(self) -> dict[str, object]:
+        gw = self.gw
+        return {
+            "status": "ok" if gw.ingest_stats.connected and gw.sink.healthy else "degraded",
+            "mqtt_connected": gw.ingest_stats.connected,
+            "influx_healthy": gw.sink.healthy,
+            "spool_lines": gw.store.spool_lines,
+            "log_pos": gw.pos,
+        }
+
+    async def serve(self, host: str, port: int) -> web.AppRunner:
+        async def metrics(_: web.Request) -> web.Response:
+            resp = web.Response(body=self.render())
+            resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+            return resp
+
+        async def healthz(_: web.Request) -> web.Response:
+            # liveness: 200 while the process answers; the body says whether it is degraded
+            return web.Response(text=json.dumps(self.health()), content_type="application/json")
+
+        async def readyz(_: web.Request) -> web.Response:
+            body = self.health()
+            return web.Response(
+                text=json.dumps(body), content_type="application/json", status=200 if body["mqtt_connected"] else 503
+            )
+
+        app = web.Application()
+        app.router.add_get("/metrics", metrics)
+        app.router.add_get("/healthz", healthz)
+        app.router.add_get("/readyz", readyz)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, host, port).start()
+        return runner
+
+
+class _Collector(Collector):
+    def __init__(self, m: GatewayMetrics) -> None:
+        self.m = m
+
+    def collect(self) -> Iterator[Metric]:
+        gw = self.m.gw
+        s = gw.pipeline.stats
+        sink = gw.sink
+
+        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+            return CounterMetricFamily(name, doc, value=value)
+
+        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, doc, value=value)
+
+        yield counter("edgekit_messages", "MQTT messages taken by the pipeline (replays included)", s.messages)
+        yield gauge("edgekit_ingest_rate", "Messages per second over the last ten seconds", self.m.rate)
+        yield counter("edgekit_readings_accepted", "Readings accepted (new identities)", s.readings_accepted)
+        yield counter("edgekit_duplicates", "Readings dropped as duplicates", s.duplicates)
+        dead = CounterMetricFamily("edgekit_dead_letters", "Dead letters by reason", labels=["reason"])
+        for reason, n in sorted(s.dead_by_reason.items()):
+            dead.add_metric([reason], n)
+        yield dead
+        yield counter("edgekit_late_readings", "Readings routed to late_reading", s.late_readings)
+        yield counter("edgekit_window_results", "Window results emitted", s.window_results)
+        yield counter("edgekit_alerts", "Alerts emitted", s.alerts)
+        depth = GaugeMetricFamily("edgekit_queue_depth", "Items waiting, by queue", labels=["queue"])
+        depth.add_metric(["mqtt_received"], gw.ingest_stats.queued)
+        depth.add_metric(["sink_memory_raw"], len(sink.memory[RAW]))
+        depth.add_metric(["sink_memory_other"], len(sink.memory[OTHER]))
+        depth.add_metric(["outbox"], len(gw.outbox.queue))
+        depth.add_metric(["log"], gw.store.log_rows)
+        yield depth
+        yield gauge("edgekit_spool_lines", "Lines in the on-disk spool", gw.store.spool_lines)
+        yield gauge("edgekit_spool_bytes", "Bytes of line protocol in the on-disk spool", gw.store.spool_bytes)
+        spilled = CounterMetricFamily(
+            "edgekit_sink_spilled_lines", "Lines moved to the spool because memory was full", labels=["class"]
+        )
+        spilled.add_metric(["raw"], sink.spilled_lines[RAW])
+        spilled.add_metric(["other"], sink.spilled_lines[OTHER])
+        yield spilled
+        yield counter("edgekit_sink_full_waits", "Times ingest waited because memory and spool were full", sink.waits)
+        yield counter("edgekit_points_written", "Points written to InfluxDB", sink.stats.points_written)
+        yield counter("edgekit_points_refused", "Points InfluxDB refused (4xx)", sink.stats.points_refused)
+        yield counter("edgekit_write_failures", "Failed InfluxDB writes (retried)", sink.stats.write_failures)
+        yield gauge("edgekit_influx_up", "1 when the last InfluxDB write succeeded", 1.0 if sink.healthy else 0.0)
+        yield gauge("edgekit_mqtt_connected", "1 while connected to the broker", float(gw.ingest_stats.connected))
+        yield counter("edgekit_checkpoints", "Checkpoints taken", gw.checkpoints)
+        yield gauge("edgekit_replayed", "Log records replayed at the last start", gw.replayed)
+        lag = GaugeMetricFamily(
+            "edgekit_watermark_lag_seconds", "Wall clock minus the device's event-time watermark", labels=["device"]
+        )
+        now = gw.now_ms()
+        tracker = gw.pipeline.engine.tracker
+        for device, entry in sorted(tracker.state.items()):
+            max_t, flushed = entry[1], entry[2]
+            marks = [max_t - tracker.spec.bound_for(device)] if max_t is not None else []
+            if flushed is not None:
+                marks.append(flushed + 1)
+            if marks:
+                lag.add_metric([device], (now - max(marks)) / 1000)
+        yield lag

@@ -1,0 +1,248 @@
+"""A sink that never loses a line: memory first, then the on-disk spool, written to InfluxDB in order.
+
+``SpoolingSink.add(lines)`` puts lines into one of two bounded memory queues: raw readings (class 0, the
+``reading`` measurement) and everything else (class 1: windows, late readings, alerts, dead letters,
+statuses). A background loop writes batches in this order: spooled class 1, memory class 1, spooled class 0,
+memory class 0. Class 1 lines are strictly first in, first out (a window's revision 2 is always written after
+its revision 1); raw readings are independent points with deterministic timestamps, so writing them after
+newer window results changes nothing but latency.
+
+Overload policy (more than ``max_buffered`` lines in memory, because InfluxDB is slow or down): raw readings
+are moved to the spool first; only if class 1 alone is over the limit is it moved too. Nothing is dropped.
+When the spool is over ``spool_max_bytes``, ``add`` waits until the writer makes room: the gateway stops
+reading from the broker (no acknowledgements, so the broker keeps the messages for the persistent session).
+
+``spill()`` takes everything in memory (including a batch being written) for a checkpoint, which stores it
+in the spool in the same transaction as the pipeline state. A batch written twice (once from memory,
+once from the spool) is harmless: every point is deterministic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+
+from .config import InfluxConfig
+from .errors import SinkError
+from .points import READING
+from .sinks import SinkStats, Writer
+from .state import StateStore
+
+__all__ = ["OTHER", "RAW", "SpoolingSink", "line_class"]
+
+log = logging.getLogger("gateway.sink")
+
+RAW = 0
+"""Class of raw reading points (shed to the spool first)."""
+OTHER = 1
+"""Class of everything else (window results, late readings, alerts, dead letters, statuses)."""
+
+_RAW_PREFIX = READING + ","
+
+
+def line_class(line: str) -> int:
+    return RAW if line.startswith(_RAW_PREFIX) else OTHER
+
+
+class SpoolingSink:
+    def __init__(
+        self,
+        writer: Writer,
+        cfg: InfluxConfig,
+        store: StateStore,
+        *,
+        spool_max_bytes: int,
+        observe_latency: Callable[[float], None] | None = None,
+    ) -> None:
+        self.writer = writer
+        self.cfg = cfg
+        self.store = store
+        self.spool_max_bytes = spool_max_bytes
+        self.observe_latency = observe_latency
+        self.stats = SinkStats()
+        self.memory: tuple[deque[str], deque[str]] = (deque(), deque())
+        self.spilled_lines = [0, 0]
+        """Lines moved to the spool under overload, per class."""
+        self.waits = 0
+        """Times ``add`` had to wait because memory and spool were both full."""
+        self.healthy = True
+        """False from a failed write until the next successful one."""
+        self._inflight: list[str] = []
+        self._inflight_class = OTHER
+        self._inflight_spilled = False
+        self._wake = asyncio.Event()
+        self._progress = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+
+    # ----------------------------------------------------------------------------------------- views
+
+    @property
+    def in_memory(self) -> int:
+        return len(self.memory[0]) + len(self.memory[1]) + len(self._inflight)
+
+    @property
+    def pending(self) -> int:
+        """Lines not written yet: memory plus spool."""
+        return self.in_memory + self.store.spool_lines
+
+    # ----------------------------------------------------------------------------------------- input
+
+    async def start(self) -> None:
+        await self.writer.start()
+        self._task = asyncio.create_task(self._run(), name="influx-sink")
+
+    async def add(self, lines: list[str]) -> None:
+        if not lines:
+            return
+        raw, other = self.memory
+        for ln in lines:
+            (raw if ln.startswith(_RAW_PREFIX) else other).append(ln)
+        limit = self.cfg.max_buffered
+        while len(raw) + len(other) > limit:
+            if self.store.spool_bytes < self.spool_max_bytes:
+                self._overflow()
+                break
+            self.waits += 1
+            log.warning(
+                "memory and spool full: ingest waits for the database",
+                extra={"event": "sink_full", "memory": len(raw) + len(other), "spool_bytes": self.store.spool_bytes},
+            )
+            self._progress.clear()
+            self._wake.set()
+            await self._progress.wait()
+        if len(raw) + len(other) >= self.cfg.batch_size:
+            self._wake.set()
+
+    def _overflow(self) -> None:
+        """Move raw readings to the spool; the other class too if it alone is over the limit."""
+        raw, other = self.memory
+        chunks = self._chunks(RAW, raw)
+        self.spilled_lines[RAW] += len(raw)
+        raw.clear()
+        if len(other) > self.cfg.max_buffered:
+            chunks += self._chunks(OTHER, other)
+            self.spilled_lines[OTHER] += len(other)
+            other.clear()
+        self.store.spool(chunks)
+        log.warning(
+            "sink behind: lines moved to the spool",
+            extra={"event": "sink_spill", "spool_lines": self.store.spool_lines, "spool_bytes": self.store.spool_bytes},
+        )
+
+    def spill(self) -> list[tuple[int, list[str]]]:
+        """Everything in memory as spool chunks, oldest first within each class; memory is left empty."""
+        chunks: list[tuple[int, list[str]]] = []
+        if self._inflight:
+            chunks += self._chunks(self._inflight_class, self._inflight)
+            self._inflight_spilled = True
+        for cls in (OTHER, RAW):
+            chunks += self._chunks(cls, self.memory[cls])
+            self.memory[cls].clear()
+        self._wake.set()
+        return chunks
+
+    def _chunks(self, cls: int, lines: deque[str] | list[str]) -> list[tuple[int, list[str]]]:
+        items = list(lines)
+        n = self.cfg.batch_size
+        return [(cls, items[i : i + n]) for i in range(0, len(items), n)]
+
+    # ---------------------------------------------------------------------------------------- output
+
+    def _next(self) -> tuple[int | None, list[str]] | None:
+        """The next batch to write: ``(spool chunk id, lines)`` or ``(None, lines)`` taken from memory."""
+        for cls in (OTHER, RAW):
+            head = self.store.spool_head(cls) if self.store.spool_chunks else None
+            if head is not None:
+                return head
+            mem = self.memory[cls]
+            if mem:
+                n = min(self.cfg.batch_size, len(mem))
+                self._inflight = [mem.popleft() for _ in range(n)]
+                self._inflight_class = cls
+                self._inflight_spilled = False
+                return None, self._inflight
+        return None
+
+    async def _run(self) -> None:
+        interval = self.cfg.flush_interval_ms / 1000
+        while True:
+            nxt = self._next()
+            if nxt is None:
+                self._progress.set()
+                if self._closing:
+                    return
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), interval)
+                except TimeoutError:
+                    pass
+                continue
+            chunk_id, lines = nxt
+            await self._write(chunk_id, lines)
+            self._progress.set()
+
+    async def _write(self, chunk_id: int | None, batch: list[str]) -> None:
+        delay = 0.2
+        while True:
+            if chunk_id is None and self._inflight_spilled:
+                break  # a checkpoint moved this batch to the spool: it is written from there
+            start = time.perf_counter()
+            try:
+                await self.writer.write(batch)
+            except SinkError as err:
+                if not err.retryable:
+                    self.stats.points_refused += len(batch)
+                    log.error(
+                        "influx refused a batch",
+                        extra={"event": "sink_refused", "points": len(batch), "error": str(err)},
+                    )
+                    break
+                self.stats.write_failures += 1
+                if self.healthy:
+                    log.warning("influx unreachable: spooling", extra={"event": "sink_down", "error": str(err)})
+                self.healthy = False
+                wait = err.retry_after or delay * (0.5 + random.random())
+                log.info("influx write failed, retrying", extra={"event": "sink_retry", "wait_s": round(wait, 2)})
+                await asyncio.sleep(wait)
+                delay = min(delay * 2, self.cfg.retry_max_s)
+                continue
+            elapsed = time.perf_counter() - start
+            if not self.healthy:
+                log.warning("influx reachable again", extra={"event": "sink_up", "spool_lines": self.store.spool_lines})
+            self.healthy = True
+            self.stats.last_write_ms = elapsed * 1000
+            if self.observe_latency is not None:
+                self.observe_latency(elapsed)
+            self.stats.points_written += len(batch)
+            self.stats.batches_written += 1
+            break
+        if chunk_id is not None:
+            self.store.spool_delete(chunk_id)
+        else:
+            self._inflight = []
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Wait until nothing is pending (True) or ``timeout_s`` passes (False)."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                while self.pending:
+                    self._wake.set()
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            return False
+        return True
+
+    async def close(self) -> None:
+        """Stop the writer (what is left stays in memory for the final checkpoint) and close the client."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        await self.writer.close()
