@@ -122,7 +122,8 @@ async def test_anomalies_and_compound_alerts_land_as_the_ground_truth_says(
                 await asyncio.sleep(0.05)
             async for msg in sub.messages:
                 received.append((str(msg.topic), json.loads(bytes(msg.payload))))  # type: ignore[arg-type]
-                if len(received) >= gw.pipeline.stats.alerts and gw.outbox.sent == gw.pipeline.stats.alerts:
+                # the subscriber may hear an alert before the gateway has its PUBACK: count what arrived
+                if len(received) >= gw.pipeline.stats.alerts:
                     break
         stop.set()
         await asyncio.wait_for(task, 30)
