@@ -33,6 +33,7 @@ def _describe(cfg: Config) -> str:
             f"limits:    {cfg.limits.max_bytes} bytes, {cfg.limits.max_readings} readings a message, "
             f"{cfg.limits.max_future_ms} ms future tolerance",
             "devices:   " + ("any" if cfg.devices.allow_unknown else f"only {len(cfg.devices.known)} known devices"),
+            f"patterns:  {', '.join(p.name for p in cfg.patterns) or 'none'}",
         ]
     )
 

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
+from .cep.config import parse_patterns
+from .cep.pattern import PatternSpec
 from .engine.config import EngineSpec, parse_engine
 from .errors import ConfigError
 from .protocol import NAME_RE, Limits
@@ -84,6 +86,8 @@ class Config:
     log: LogConfig = LogConfig()
     engine: EngineSpec = EngineSpec()
     """Windows and watermarks (``[engine]`` and ``[[windows]]``, see docs/semantics.md)."""
+    patterns: tuple[PatternSpec, ...] = ()
+    """CEP patterns (``[[patterns]]``, see docs/cep.md), validated at start."""
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
     """The whole parsed document, for sections other modules own (such as ``windows``)."""
 
@@ -270,7 +274,7 @@ def _log(doc: Mapping[str, Any], env: Mapping[str, str]) -> LogConfig:
     return LogConfig(level=level, format=fmt)
 
 
-KNOWN_SECTIONS = {"mqtt", "influx", "limits", "devices", "log", "engine", "windows"}
+KNOWN_SECTIONS = {"mqtt", "influx", "limits", "devices", "log", "engine", "windows", "patterns"}
 
 
 def parse_config(doc: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Config:
@@ -286,6 +290,7 @@ def parse_config(doc: Mapping[str, Any], env: Mapping[str, str] | None = None) -
         devices=_devices(doc),
         log=_log(doc, env),
         engine=parse_engine(doc),
+        patterns=parse_patterns(doc.get("patterns")),
         raw=doc,
     )
 

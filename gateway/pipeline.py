@@ -12,6 +12,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from .alerts import Alert, alert_topic
+from .cep import Cep, CepSpec
+from .cep import Match as CepMatch
 from .config import Config
 from .dedup import Dedup, DedupSpec
 from .engine import Engine
@@ -79,6 +81,7 @@ class Pipeline:
         self.config = config
         self.dedup = dedup or DedupSpec().build()
         self.engine = Engine(config.engine)
+        self.cep = Cep(CepSpec(config.patterns, config.engine))
         self.stats = Stats()
         self._unique = 0
         self._own = (f"{config.mqtt.prefix}/_gateway/", "/cmd")
@@ -105,6 +108,7 @@ class Pipeline:
             self.stats.status_updates += 1
             out.lines.append(status_line(msg))
             self._engine_out(self.engine.process_status(msg), out)
+            self._cep_out(self.cep.process_status(msg), out)
             return out
         if msg.flushed_ms is not None:
             self.stats.flush_markers += 1
@@ -122,18 +126,24 @@ class Pipeline:
         out.batch = dataclasses.replace(msg, readings=tuple(out.readings), rejected=())
         if out.readings or msg.flushed_ms is not None:
             self._engine_out(self.engine.process_batch(out.batch, received_ms), out)
+            self._cep_out(self.cep.process_batch(out.batch, received_ms), out)
         return out
 
     def tick(self, now_ms: int) -> Handled:
         """Time-driven progress (devices turning idle release site windows)."""
         out = Handled()
         self._engine_out(self.engine.advance(now_ms), out)
+        self._cep_out(self.cep.advance(now_ms), out)
         return out
 
     def _alert(self, alert: Alert, out: Handled) -> None:
         self.stats.alerts += 1
         out.lines.append(alert.to_line())
         out.publish.append((alert_topic(self.config.mqtt.prefix, alert.site, alert.source), alert.to_json()))
+
+    def _cep_out(self, matches: list[CepMatch], out: Handled) -> None:
+        for m in matches:
+            self._alert(m.to_alert(), out)
 
     def _engine_out(self, outputs: list[EngineOutput], out: Handled) -> None:
         for o in outputs:
