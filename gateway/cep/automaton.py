@@ -82,10 +82,9 @@ class Automaton:
 
     def start(self, e: Event) -> Run | None:
         """A new run if ``e`` satisfies the first step (it may already be complete: see ``Run.status``)."""
-        st = self.states[0]
-        last: list[Values | None] = [None] * len(self.states)
-        if not st.cond(e[5], last, None):
+        if not self.states[0].cond(e[5], (), None):  # the first step refers to no other step
             return None
+        last: list[Values | None] = [None] * len(self.states)
         run = Run(e[:4], 0, 1, None, [(0, e)], last)
         last[0] = e[5]
         run.status = self._after_take(run, e)
