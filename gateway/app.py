@@ -55,8 +55,8 @@ def state_path(config: Config) -> Path:
 
 
 def _fingerprint(config: Config) -> str:
-    """What the checkpointed state depends on: windows, watermarks and the topic prefix."""
-    text = repr((config.engine, config.mqtt.prefix))
+    """What the checkpointed state depends on: windows, watermarks, patterns, detectors and the topic prefix."""
+    text = repr((config.engine, config.patterns, config.anomaly, config.mqtt.prefix))
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 

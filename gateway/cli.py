@@ -43,6 +43,7 @@ def _describe(cfg: Config) -> str:
             f"{cfg.limits.max_future_ms} ms future tolerance",
             "devices:   " + ("any" if cfg.devices.allow_unknown else f"only {len(cfg.devices.known)} known devices"),
             *_describe_windows(cfg),
+            f"patterns:  {', '.join(p.name for p in cfg.patterns) or 'none'}",
         ]
     )
 

@@ -16,6 +16,8 @@ from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
 from .anomaly.config import AnomalySpec, parse_anomaly
+from .cep.config import parse_patterns
+from .cep.pattern import PatternSpec
 from .engine.config import EngineSpec, parse_engine
 from .errors import ConfigError
 from .protocol import NAME_RE, Limits
@@ -128,6 +130,8 @@ class Config:
     """Windows and watermarks (``[engine]`` and ``[[windows]]``, see docs/semantics.md)."""
     anomaly: AnomalySpec = AnomalySpec()
     """Anomaly detection (``[anomaly]``, see docs/anomaly.md); off when the section is absent."""
+    patterns: tuple[PatternSpec, ...] = ()
+    """CEP patterns (``[[patterns]]``, see docs/cep.md), validated at start."""
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
     """The whole parsed document, for sections other modules own (such as ``windows``)."""
 
@@ -357,7 +361,19 @@ def _metrics(doc: Mapping[str, Any], env: Mapping[str, str]) -> MetricsConfig:
     return MetricsConfig(host=_get(sec, "metrics", "host", str, "127.0.0.1"), port=port)
 
 
-KNOWN_SECTIONS = {"mqtt", "influx", "limits", "devices", "log", "engine", "windows", "anomaly", "state", "metrics"}
+KNOWN_SECTIONS = {
+    "mqtt",
+    "influx",
+    "limits",
+    "devices",
+    "log",
+    "engine",
+    "windows",
+    "anomaly",
+    "patterns",
+    "state",
+    "metrics",
+}
 
 
 def parse_config(doc: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Config:
@@ -376,6 +392,7 @@ def parse_config(doc: Mapping[str, Any], env: Mapping[str, str] | None = None) -
         metrics=_metrics(doc, env),
         engine=parse_engine(doc),
         anomaly=parse_anomaly(doc),
+        patterns=parse_patterns(doc.get("patterns")),
         raw=doc,
     )
 

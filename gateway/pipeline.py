@@ -14,6 +14,8 @@ from typing import Any
 
 from .alerts import Alert, alert_topic
 from .anomaly import AnomalyEngine
+from .cep import Cep, CepSpec
+from .cep import Match as CepMatch
 from .config import Config
 from .dedup import Dedup, DedupSpec
 from .engine import Engine
@@ -92,6 +94,7 @@ class Pipeline:
             if config.anomaly.enabled
             else None
         )
+        self.cep = Cep(CepSpec(config.patterns, config.engine))
         self.stats = Stats()
         self._unique = 0
         self._own = (f"{config.mqtt.prefix}/_gateway/", "/cmd")
@@ -119,6 +122,7 @@ class Pipeline:
             self.stats.status_updates += 1
             out.lines.append(status_line(msg))
             self._engine_out(self.engine.process_status(msg), out)
+            self._cep_out(self.cep.process_status(msg), out)
             return out
         if msg.flushed_ms is not None:
             self.stats.flush_markers += 1
@@ -136,6 +140,7 @@ class Pipeline:
         out.batch = dataclasses.replace(msg, readings=tuple(out.readings), rejected=())
         if out.readings or msg.flushed_ms is not None:
             self._engine_out(self.engine.process_batch(out.batch, received_ms), out)
+            self._cep_out(self.cep.process_batch(out.batch, received_ms), out)
         if self.anomaly is not None and out.readings:  # anomaly detection: new readings, event-time order per device
             found = self.anomaly.process(out.readings, received_ms)
             out.lines.extend(found.lines)
@@ -147,13 +152,16 @@ class Pipeline:
         """Time-driven progress (devices turning idle release site windows)."""
         out = Handled()
         self._engine_out(self.engine.advance(now_ms), out)
+        self._cep_out(self.cep.advance(now_ms), out)
         return out
 
     def snapshot(self) -> dict[str, Any]:
-        """All state that decides future output: dedup, engine, the dead-letter counter and the stats."""
+        """All state that decides future output: dedup, windows, patterns, detectors, counters, stats."""
         return {
             "dedup": self.dedup.snapshot(),
             "engine": self.engine.snapshot(),
+            "cep": self.cep.snapshot(),
+            "anomaly": self.anomaly.snapshot() if self.anomaly is not None else None,
             "unique": self._unique,
             "stats": self.stats.as_dict(),
         }
@@ -162,6 +170,9 @@ class Pipeline:
         """Take back a :meth:`snapshot` (of a pipeline with the same configuration)."""
         self.dedup.restore(snap["dedup"])
         self.engine.restore(snap["engine"])
+        self.cep.restore(snap["cep"])
+        if self.anomaly is not None:
+            self.anomaly.restore(snap["anomaly"])
         self._unique = int(snap["unique"])
         stats = dict(snap["stats"])
         by_reason = Counter({str(k): int(v) for k, v in stats.pop("dead_by_reason").items()})
@@ -172,6 +183,10 @@ class Pipeline:
         out.alerts.append(alert)
         out.lines.append(alert.to_line())
         out.publish.append((alert_topic(self.config.mqtt.prefix, alert.site, alert.source), alert.to_json()))
+
+    def _cep_out(self, matches: list[CepMatch], out: Handled) -> None:
+        for m in matches:
+            self._alert(m.to_alert(), out)
 
     def _engine_out(self, outputs: list[EngineOutput], out: Handled) -> None:
         for o in outputs:

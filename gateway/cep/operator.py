@@ -1,0 +1,368 @@
+"""The CEP operator: readings in, pattern matches out, per key, in event time.
+
+Pure and synchronous; the only clock is the ``now_ms`` the caller passes (it is used, as the engine
+uses it, to refuse readings with impossible times and to tell idle devices for site keys).
+
+Per key (a device, or a site for ``key = "site"`` patterns):
+
+1. readings go into a buffer (a heap on ``(t, device, boot, seq)``), unless they are older than the
+   key's watermark: those are *late* and counted, never matched out of order;
+2. the key's watermark advances: for a device, ``max event time - out_of_orderness`` (the bound of its
+   device class, as in the engine) or ``flushed + 1`` after a flushed marker; for a site, the minimum
+   over its active devices (``DeviceTracker.fleet_wm``). Buffered readings below the watermark are
+   released in order and fed to every pattern of the key, so disorder within the bound is undone;
+3. the watermark then completes the runs waiting out a final negation (``deadline < watermark``) and
+   drops the runs that can no longer finish within ``within`` (counted as ``timeouts``).
+
+Bounds: at most ``max_runs`` partial matches per pattern and key (the oldest is evicted and counted),
+at most ``max_run_readings`` readings in one run (longer runs are dropped and counted), at most
+``max_buffered`` readings waiting per key (beyond it the earliest is released at once and counted as
+``forced``; readings older than it then count as late).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from ..alerts import Alert
+from ..engine.config import EngineSpec
+from ..engine.watermark import DeviceTracker
+from ..model import Batch, Reading, ReadingKey, StatusUpdate
+from .automaton import DEAD, DONE, Automaton, Event, Run, compile_pattern
+from .pattern import PatternSpec
+
+__all__ = ["SNAPSHOT_VERSION", "Cep", "CepSpec", "Match"]
+
+SNAPSHOT_VERSION: Final = 1
+
+
+@dataclass(frozen=True, slots=True)
+class CepSpec:
+    patterns: tuple[PatternSpec, ...] = ()
+    engine: EngineSpec = field(default_factory=EngineSpec)
+    """Watermark bounds and the refusal rules (``max_future``, ``min_time_ms``, ``unsynced``) are the engine's."""
+    max_runs: int = 1_000
+    max_run_readings: int = 1_000
+    max_buffered: int = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """A completed pattern: the readings it took, in order, with the step each one matched."""
+
+    pattern: PatternSpec
+    site: str
+    key: str
+    steps: tuple[str, ...]
+    readings: tuple[ReadingKey, ...]
+    times: tuple[int, ...]
+    details: dict[str, Any]
+
+    def to_alert(self) -> Alert:
+        p = self.pattern
+        message = p.message or f"{p.name}: " + " -> ".join(dict.fromkeys(self.steps)) + f" on {self.key}"
+        return Alert(
+            source="pattern",
+            name=p.name,
+            site=self.site,
+            key=self.key,
+            severity=p.severity,
+            first_ms=self.times[0],
+            last_ms=self.times[-1],
+            readings=self.readings,
+            message=message,
+            details=self.details,
+        )
+
+
+class _Key:
+    __slots__ = ("buf", "name", "runs", "site", "wm")
+
+    def __init__(self, name: str, site: str, n_patterns: int) -> None:
+        self.name = name
+        self.site = site
+        self.buf: list[Event] = []
+        self.wm: int | None = None
+        self.runs: list[list[Run]] = [[] for _ in range(n_patterns)]
+
+
+class Cep:
+    """Every declared pattern over every key; see the module docstring and ``docs/cep.md``."""
+
+    def __init__(self, spec: CepSpec) -> None:
+        self.spec = spec
+        self.automata = tuple(compile_pattern(p) for p in spec.patterns)
+        self.by_kind = {
+            kind: tuple(i for i, a in enumerate(self.automata) if a.spec.key == kind) for kind in ("device", "site")
+        }
+        self.tracker = DeviceTracker(spec.engine.watermark)
+        self.keys: dict[str, _Key] = {}
+        self._arrival = 0
+        self._bounds: dict[str, int] = {}
+        self._routes: dict[tuple[str, str, frozenset[str]], tuple[int, ...]] = {}
+        self.stats: dict[str, int] = {
+            "readings": 0,
+            "refused": 0,
+            "late": 0,
+            "matches": 0,
+            "evicted": 0,
+            "timeouts": 0,
+            "overflow": 0,
+            "forced": 0,
+        }
+
+    # -- input ------------------------------------------------------------------------------------
+
+    def _bound(self, device: str) -> int:
+        b = self._bounds.get(device)
+        if b is None:
+            b = self._bounds[device] = self.spec.engine.watermark.bound_for(device)
+        return b
+
+    def _refused(self, r: Reading, now_ms: int) -> bool:
+        e = self.spec.engine
+        return (
+            r.t_ms > now_ms + e.max_future_ms or r.t_ms < e.min_time_ms or (r.quality == "u" and e.unsynced == "reject")
+        )
+
+    def _key(self, name: str, site: str) -> _Key:
+        k = self.keys.get(name)
+        if k is None:
+            k = self.keys[name] = _Key(name, site, len(self.automata))
+        return k
+
+    def _route(self, kind: str, device: str, metrics: Iterable[str]) -> tuple[int, ...]:
+        names = frozenset(metrics)
+        cache_key = (kind, device, names)
+        route = self._routes.get(cache_key)
+        if route is None:
+            route = tuple(i for i in self.by_kind[kind] if self.automata[i].accepts(device, names))
+            if len(self._routes) > 100_000:
+                self._routes.clear()
+            self._routes[cache_key] = route
+        return route
+
+    def process_batch(self, batch: Batch, now_ms: int) -> list[Match]:
+        """Buffer the batch's readings, advance the device's (and its site's) watermark, return the matches."""
+        if not self.automata:
+            return []
+        out: list[Match] = []
+        site, device = batch.site, batch.device
+        max_t: int | None = None
+        dkey = self._key(f"d:{device}", site) if self.by_kind["device"] else None
+        skey = self._key(f"s:{site}", site) if self.by_kind["site"] else None
+        for r in batch.readings:
+            if self._refused(r, now_ms):
+                self.stats["refused"] += 1
+                continue
+            self.stats["readings"] += 1
+            if r.quality != "u" and (max_t is None or r.t_ms > max_t):
+                max_t = r.t_ms
+            self._arrival += 1
+            e: Event = (r.t_ms, device, r.boot, r.seq, self._arrival, r.metrics)
+            for key in (dkey, skey):
+                if key is not None:
+                    self._buffer(key, e, out)
+        flushed = batch.flushed_ms
+        e_spec = self.spec.engine
+        if flushed is not None and (flushed > now_ms + e_spec.max_future_ms or flushed < e_spec.min_time_ms):
+            flushed = None
+        self.tracker.seen(site, device, now_ms, max_t, flushed)
+        if dkey is not None:
+            wm = self.tracker.device_wm(device, self._bound(device))
+            if wm is not None:
+                self._advance(dkey, wm, out)
+        if skey is not None:
+            self._advance_site(site, now_ms, out)
+        return out
+
+    def process_status(self, status: StatusUpdate) -> list[Match]:
+        """A device's status (sleep interval, offline) can release its site's key."""
+        sleep = status.fields.get("sleep_s")
+        sleep_s = float(sleep) if isinstance(sleep, (int, float)) and not isinstance(sleep, bool) else None
+        self.tracker.status(status.site, status.device, status.received_ms, status.state, sleep_s)
+        out: list[Match] = []
+        if self.by_kind["site"]:
+            self._advance_site(status.site, status.received_ms, out)
+        return out
+
+    def advance(self, now_ms: int) -> list[Match]:
+        """Time-driven progress: silent devices turn idle and stop holding their site's key back."""
+        out: list[Match] = []
+        if self.by_kind["site"]:
+            for site in sorted(self.tracker.sites):
+                self._advance_site(site, now_ms, out)
+        return out
+
+    def flush_key(self, key: str, watermark: int) -> list[Match]:
+        """Advance one key (``d:<device>`` or ``s:<site>``) to ``watermark`` by hand (tests, shutdown)."""
+        out: list[Match] = []
+        k = self.keys.get(key)
+        if k is not None:
+            self._advance(k, watermark, out)
+        return out
+
+    # -- the work ---------------------------------------------------------------------------------
+
+    def _buffer(self, k: _Key, e: Event, out: list[Match]) -> None:
+        if k.wm is not None and e[0] < k.wm:
+            self.stats["late"] += 1
+            return
+        heapq.heappush(k.buf, e)
+        if len(k.buf) > self.spec.max_buffered:
+            first = heapq.heappop(k.buf)
+            self.stats["forced"] += 1
+            self._feed(k, first, out)
+            k.wm = first[0] if k.wm is None else max(k.wm, first[0])
+
+    def _advance_site(self, site: str, now_ms: int, out: list[Match]) -> None:
+        wm = self.tracker.fleet_wm(site, self._bound, now_ms)
+        k = self.keys.get(f"s:{site}")
+        if wm is not None and k is not None:
+            self._advance(k, wm, out)
+
+    def _advance(self, k: _Key, wm: int, out: list[Match]) -> None:
+        if k.wm is not None and wm <= k.wm:
+            return
+        buf = k.buf
+        while buf and buf[0][0] < wm:
+            self._feed(k, heapq.heappop(buf), out)
+        k.wm = wm
+        for i, runs in enumerate(k.runs):
+            if runs:
+                a = self.automata[i]
+                if a.final_guard is not None:
+                    self._complete_pending(i, k, wm, out)
+                if a.within_ms is not None:
+                    limit = wm - a.within_ms
+                    kept = [r for r in k.runs[i] if r.deadline is not None or r.start[0] >= limit]
+                    self.stats["timeouts"] += len(k.runs[i]) - len(kept)
+                    k.runs[i] = kept
+
+    def _complete_pending(self, i: int, k: _Key, before: int, out: list[Match]) -> None:
+        """Emit, in start order, the runs whose quiet period ended before ``before``; apply the skip strategy."""
+        a = self.automata[i]
+        remaining: list[Run] = []
+        cut: tuple[int, str, int, int] | None = None
+        for run in k.runs[i]:
+            if cut is not None and run.start <= cut:
+                continue
+            if run.deadline is not None and run.deadline < before:
+                out.append(self._match(a, k, run))
+                if a.skip_past:
+                    # skip past the last event: runs that started at or before it are discarded
+                    cut = run.last_key
+                    remaining = [r for r in remaining if r.start > cut]
+                continue
+            remaining.append(run)
+        k.runs[i] = remaining
+
+    def _feed(self, k: _Key, e: Event, out: list[Match]) -> None:
+        """One reading, in event-time order, through every pattern of the key that looks at it."""
+        kind = "site" if k.name[0] == "s" else "device"
+        for i in self._route(kind, e[1], e[5]):
+            a = self.automata[i]
+            if k.runs[i] and a.final_guard is not None:
+                self._complete_pending(i, k, e[0], out)
+            runs = k.runs[i]
+            kept: list[Run] = []
+            consumed = False
+            for run in runs:
+                status = a.feed(run, e)
+                if status == DEAD:
+                    continue
+                if status == DONE:
+                    out.append(self._match(a, k, run))
+                    if a.skip_past:
+                        kept = []
+                        consumed = True
+                        break
+                    continue
+                if len(run.taken) > self.spec.max_run_readings:
+                    self.stats["overflow"] += 1
+                    continue
+                kept.append(run)
+            if consumed:
+                # skip past the last event: every run started at or before ``e`` is discarded, and ``e``
+                # starts nothing
+                k.runs[i] = kept
+                continue
+            new = a.start(e)
+            if new is not None:
+                if new.status == DONE:
+                    out.append(self._match(a, k, new))
+                    if a.skip_past:
+                        kept = []
+                else:
+                    if len(kept) >= self.spec.max_runs:
+                        del kept[0]
+                        self.stats["evicted"] += 1
+                    kept.append(new)
+            k.runs[i] = kept
+
+    def _match(self, a: Automaton, k: _Key, run: Run) -> Match:
+        self.stats["matches"] += 1
+        names = [a.states[j].name for j, _ in run.taken]
+        return Match(
+            pattern=a.spec,
+            site=k.site,
+            key=k.name[2:],
+            steps=tuple(names),
+            readings=tuple((e[1], e[2], e[3]) for _, e in run.taken),
+            times=tuple(e[0] for _, e in run.taken),
+            details=a.details(run),
+        )
+
+    # -- state ------------------------------------------------------------------------------------
+
+    def partial_matches(self) -> int:
+        """Runs alive over every key and pattern (a gauge)."""
+        return sum(len(r) for k in self.keys.values() for r in k.runs)
+
+    def buffered(self) -> int:
+        return sum(len(k.buf) for k in self.keys.values())
+
+    def snapshot(self) -> dict[str, Any]:
+        """All state as plain JSON-able values."""
+        names = [a.name for a in self.automata]
+        return {
+            "version": SNAPSHOT_VERSION,
+            "patterns": names,
+            "tracker": self.tracker.snapshot(),
+            "stats": dict(self.stats),
+            "keys": {
+                name: {
+                    "site": k.site,
+                    "wm": k.wm,
+                    "buf": [[e[0], e[1], e[2], e[3], dict(e[5])] for e in sorted(k.buf)],
+                    "runs": {names[i]: [r.to_json() for r in runs] for i, runs in enumerate(k.runs) if runs},
+                }
+                for name, k in self.keys.items()
+            },
+        }
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        """Take back a :meth:`snapshot` from an operator with the same patterns."""
+        if snap.get("version") != SNAPSHOT_VERSION:
+            raise ValueError(f"snapshot version {snap.get('version')!r}, expected {SNAPSHOT_VERSION}")
+        names = [a.name for a in self.automata]
+        if list(snap["patterns"]) != names:
+            raise ValueError(f"snapshot has patterns {snap['patterns']}, operator has {names}")
+        self.tracker.restore(snap["tracker"])
+        self.stats = dict(snap["stats"])
+        self.keys = {}
+        arrival = 0
+        for name, doc in snap["keys"].items():
+            k = self._key(name, doc["site"])
+            k.wm = doc["wm"]
+            for t, d, b, s, m in doc["buf"]:
+                arrival += 1
+                k.buf.append((t, d, b, s, arrival, m))
+            heapq.heapify(k.buf)
+            for pname, runs in doc["runs"].items():
+                i = names.index(pname)
+                k.runs[i] = [Run.from_json(r, len(self.automata[i].states)) for r in runs]
+        self._arrival = arrival
