@@ -73,6 +73,8 @@ class Outbox:
         self.limit = limit
         self.queue: deque[tuple[str, bytes]] = deque()
         self.ready = asyncio.Event()
+        self.empty = asyncio.Event()
+        self.empty.set()
         self.sent = 0
         self.shed = 0
 
@@ -83,6 +85,7 @@ class Outbox:
             log.error("outbox full: oldest message shed", extra={"event": "outbox_shed", "topic": topic})
         self.queue.append((topic, payload))
         self.ready.set()
+        self.empty.clear()
 
     async def drain_into(self, client: aiomqtt.Client) -> None:
         """Publish queued messages for as long as the connection lasts (a failure leaves them queued)."""
@@ -94,6 +97,15 @@ class Outbox:
                 self.queue.popleft()
                 self.sent += 1
             self.ready.clear()
+            self.empty.set()
+
+    async def flush(self, limit_s: float) -> bool:
+        """Wait (at most ``limit_s``) until every queued message was acknowledged; False if time ran out."""
+        try:
+            await asyncio.wait_for(self.empty.wait(), limit_s)
+        except TimeoutError:
+            return False
+        return True
 
 
 def _payload_bytes(payload: object) -> bytes:
@@ -197,6 +209,8 @@ async def run_durable_ingest(
                     await _consume(client, dup_mids, accept, process, stats, stop, sender, batch, ack_after_process)
                 finally:
                     if sender is not None:
+                        if stop.is_set() and not sender.done() and outbox is not None:
+                            await outbox.flush(5.0)  # a clean stop sends the alerts already queued first
                         sender.cancel()
         except aiomqtt.MqttError as exc:
             if stats.connected:

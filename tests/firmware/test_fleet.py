@@ -68,12 +68,13 @@ class Subscriber:
 class GatewayThread:
     """The gateway on its own event loop in a thread, while the fleet runner blocks the test's thread."""
 
-    def __init__(self, broker_port: int, influx_url: str, database: str) -> None:
+    def __init__(self, broker_port: int, influx_url: str, database: str, state_dir: Path) -> None:
         self.cfg = parse_config(
             {
                 "mqtt": {"url": f"mqtt://127.0.0.1:{broker_port}", "client_id": "fw-test-gateway",
                          "reconnect_min_s": 0.1, "reconnect_max_s": 1.0},
                 "influx": {"target": "v1", "url": influx_url, "database": database, "flush_interval_ms": 100},
+                "state": {"dir": str(state_dir)},
             },
             env={},
         )  # fmt: skip
@@ -153,7 +154,7 @@ def test_three_boards_two_hours(
     fleet = Fleet(tmp_path / "fleet", boards, start_vt=start, heap="96K", wdt_ms=30_000)
     fleet.prepare()
     sub = Subscriber(broker.port)
-    gateway = GatewayThread(broker.port, influxdb_v1.url, influx_db)
+    gateway = GatewayThread(broker.port, influxdb_v1.url, influx_db, tmp_path / "gateway-state")
     hooks = [
         Hook(start + 50 * MIN + 30_000, lambda f: broker.stop()),
         Hook(start + 62 * MIN, lambda f: broker.start()),

@@ -11,6 +11,7 @@ import json
 import random
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import aiomqtt
@@ -82,7 +83,9 @@ async def run_gateway(
     return gw, received
 
 
-async def test_pattern_alerts_on_mqtt_and_in_influxdb(mosquitto: Proc, influxdb_v1: Proc, influx_db: str) -> None:
+async def test_pattern_alerts_on_mqtt_and_in_influxdb(
+    mosquitto: Proc, influxdb_v1: Proc, influx_db: str, tmp_path: Path
+) -> None:
     t0 = (time.time_ns() // 1_000_000 - 3_600_000) // 1_000 * 1_000
     prefix = f"c{uuid.uuid4().hex[:8]}"
     base = load_config(EXAMPLE, env={})
@@ -92,6 +95,7 @@ async def test_pattern_alerts_on_mqtt_and_in_influxdb(mosquitto: Proc, influxdb_
             "mqtt": {"url": f"mqtt://{mosquitto.host}:{mosquitto.port}", "prefix": prefix,
                      "client_id": f"gw-{prefix}", "clean_session": True},
             "influx": {"target": "v1", "url": influxdb_v1.url, "database": influx_db, "batch_size": 50},
+            "state": {"dir": str(tmp_path / "first")},
         },
         env={},
     )  # fmt: skip
@@ -125,8 +129,10 @@ async def test_pattern_alerts_on_mqtt_and_in_influxdb(mosquitto: Proc, influxdb_
     first = stored()
     assert first == {i: (n, k, len(r)) for i, (n, k, r) in want.items()}
 
-    # a replay of the same readings into a gateway that remembers nothing: the same ids, the same points
-    gw2, again = await run_gateway(cfg, mosquitto, msgs, f"sub2-{prefix}", len(want))
+    # a replay of the same readings into a gateway that remembers nothing (a fresh state directory): the same
+    # ids, the same points
+    fresh = parse_config({**cfg.raw, "state": {"dir": str(tmp_path / "second")}}, env={})
+    gw2, again = await run_gateway(fresh, mosquitto, msgs, f"sub2-{prefix}", len(want))
     assert {doc["id"] for _, doc in again} == set(want)
     assert gw2.pipeline.stats.alerts == len(want)
     assert stored() == first
