@@ -428,6 +428,21 @@ class SessionOperator(_Base):
         if sessions is None:
             sessions = self.sessions[key] = []
             self.sites[key] = site
+        elif sessions:
+            # The common case: the reading falls inside the newest session. Sessions are disjoint and sorted,
+            # so that one is the only session it touches, and the general path below would only extend it.
+            x = sessions[-1]
+            if x[0] <= lo < x[1]:
+                if hi > x[1]:
+                    x[1] = hi
+                x[4] = True
+                if not x[5] and (x[2] > 0 or (wm is not None and x[1] <= wm)):
+                    x[5] = True
+                acc = x[3]
+                add_value = self.add_value
+                for i, v in values:
+                    add_value(acc, i, v, o)
+                return _NONE
         hits = [x for x in sessions if x[0] < hi and x[1] > lo]
         # Too late: the session this reading would open - or the part it would prepend to the sessions
         # it touches - ended more than the allowed lateness ago. (Prepending is refused too, so that a
@@ -473,6 +488,7 @@ class SessionOperator(_Base):
         self._set_wm(key, wm)
         out: list[Output] = []
         keys = list(self.sessions) if key is None else [key] if key in self.sessions else []
+        lateness = self.lateness
         for k in keys:
             for start, end, rev in self.tombs.pop(k, ()):
                 site = self.sites[k]
@@ -493,19 +509,23 @@ class SessionOperator(_Base):
                         )
                     )
             sessions = self.sessions[k]
-            keep = []
+            drop = not sessions
             for x in sessions:
-                if x[4] and x[1] <= wm:
-                    x[2] += 1
-                    self._emit(out, k, x[0], x[1], list(x[3]), x[2], "late" if x[5] else "watermark")
-                    x[4] = False
-                    x[5] = False
-                if x[1] + self.lateness > wm:
-                    keep.append(x)
-            if keep:
-                self.sessions[k] = keep
-            else:
-                del self.sessions[k], self.sites[k]
+                end = x[1]
+                if end <= wm:  # the common case - every session still open - touches nothing else
+                    if x[4]:
+                        x[2] += 1
+                        self._emit(out, k, x[0], end, list(x[3]), x[2], "late" if x[5] else "watermark")
+                        x[4] = False
+                        x[5] = False
+                    if end + lateness <= wm:
+                        drop = True
+            if drop:
+                keep = [x for x in sessions if x[1] + lateness > wm]
+                if keep:
+                    self.sessions[k] = keep
+                else:
+                    del self.sessions[k], self.sites[k]
         return out
 
     def snapshot(self) -> dict[str, Any]:
