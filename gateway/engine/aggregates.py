@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, Final
 
 __all__ = [
     "AGGREGATES",
@@ -32,11 +32,9 @@ __all__ = [
 Order = tuple[int, int, int]
 """A reading's position for first/last: (event time ms, boot, seq)."""
 
-A = TypeVar("A")
 
-
-@dataclass(frozen=True, slots=True)
-class Aggregator(Generic[A]):
+@dataclass(frozen=True)  # neither slots=True nor Generic: mypyc compiles neither into a native class
+class Aggregator:
     """One aggregate as four pure functions over an immutable accumulator."""
 
     name: str
@@ -105,7 +103,7 @@ def _minmax(fn: Any) -> tuple[Any, Any]:
 _min_add, _min_merge = _minmax(min)
 _max_add, _max_merge = _minmax(max)
 
-AGGREGATES: Final[dict[str, Aggregator[Any]]] = {
+AGGREGATES: Final[dict[str, Aggregator]] = {
     "count": Aggregator("count", lambda: 0, lambda a, v, o: a + 1, lambda a, b: a + b, lambda a: a),
     "sum": Aggregator("sum", lambda: 0.0, lambda a, v, o: a + v, lambda a, b: a + b, lambda a: a),
     "mean": Aggregator(
