@@ -20,7 +20,7 @@ from typing import Any, Final
 from ..model import Batch, Reading, StatusUpdate
 from .aggregates import FIELDS, order_key
 from .config import EngineSpec, WindowSpec
-from .operators import Operator, Values, build_operator
+from .operators import Values, WindowOperator, build_operator
 from .outputs import LateReading, Output
 from .watermark import DeviceTracker
 
@@ -36,7 +36,7 @@ class _Window:
 
     def __init__(self, spec: WindowSpec, engine: EngineSpec) -> None:
         self.spec = spec
-        self.op: Operator = build_operator(spec, shared=engine.watermark.mode == "global")
+        self.op: WindowOperator = build_operator(spec, shared=engine.watermark.mode == "global")
         self.key_site = spec.key == "site"
         self.bases = tuple((m, i * FIELDS) for i, m in enumerate(spec.metrics))
         self.bounds: dict[str, int] = {}

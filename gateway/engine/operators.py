@@ -24,7 +24,15 @@ from .config import WindowSpec
 from .outputs import Fired, LateReading, Output, WindowResult
 from .windows import first_window_end_after, pane_size
 
-__all__ = ["Operator", "SessionOperator", "SlidingOperator", "TumblingOperator", "Values", "build_operator"]
+__all__ = [
+    "Operator",
+    "SessionOperator",
+    "SlidingOperator",
+    "TumblingOperator",
+    "Values",
+    "WindowOperator",
+    "build_operator",
+]
 
 Values = list[tuple[int, float]]
 """One reading's values for a window: ``(base, value)``, ``base = metric index * FIELDS`` in the window's metrics."""
@@ -48,7 +56,9 @@ class Operator(Protocol):
     def restore(self, snap: dict[str, Any]) -> None: ...
 
 
-class _Base:
+class WindowOperator:
+    """What the three operators share; the engine calls them through it."""
+
     def __init__(self, spec: WindowSpec, shared: bool) -> None:
         self.spec = spec
         self.shared = shared
@@ -56,10 +66,32 @@ class _Base:
         self.aggs = tuple(a for a in spec.aggregates if a != "count")
         self.nm = len(spec.metrics)
         self.bases = tuple((m, i * FIELDS) for i, m in enumerate(spec.metrics))
-        self.add_value = acc_add_var if "stddev" in self.aggs else acc_add
+        self.var = "stddev" in self.aggs  # keep Welford's M2 only when stddev is asked for
         self.wm: dict[str, int] = {}
         self.sites: dict[str, str] = {}
         self.late_count = 0
+
+    def add(
+        self, key: str, site: str, device: str, t: int, o: int, b: int, s: int, values: Values
+    ) -> tuple[Output, ...]:
+        raise NotImplementedError
+
+    def advance(self, key: str | None, wm: int) -> list[Output]:
+        raise NotImplementedError
+
+    def snapshot(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _add_values(self, acc: Acc, values: Values, o: int) -> None:
+        if self.var:
+            for i, v in values:
+                acc_add_var(acc, i, v, o)
+        else:
+            for i, v in values:
+                acc_add(acc, i, v, o)
 
     def watermark(self, key: str) -> int | None:
         return self.wm.get("" if self.shared else key)
@@ -98,7 +130,7 @@ class _Base:
         self.late_count = snap["late_count"]
 
 
-class TumblingOperator(_Base):
+class TumblingOperator(WindowOperator):
     """Tumbling windows ``[offset + k*size, offset + (k+1)*size)`` per key, one timer heap per key.
 
     State per key: ``wins[start] = [revision, flat accumulator]``; timers ``(time, start, phase)`` with
@@ -139,9 +171,7 @@ class TumblingOperator(_Base):
         elif w[0]:
             self.dirty.setdefault(key, set()).add(start)
         acc: Acc = w[1]
-        add_value = self.add_value
-        for i, v in values:
-            add_value(acc, i, v, o)
+        self._add_values(acc, values, o)
         return _NONE
 
     def advance(self, key: str | None, wm: int) -> list[Output]:
@@ -235,7 +265,7 @@ class _SlideKey:
         return ks
 
 
-class SlidingOperator(_Base):
+class SlidingOperator(WindowOperator):
     """Sliding windows ``[s, s + size)``, ``s = offset + k*slide``, over panes of ``gcd(size, slide)``.
 
     A reading updates one pane (O(1) whatever size/slide). Windows fire in order of their end through a
@@ -274,9 +304,7 @@ class SlidingOperator(_Base):
                 insort(order, p)
         if wm is not None and first_window_end_after(p, size, self.slide, self.offset) <= wm:
             ks.dirty.add(p)  # some window containing this pane has already been fired (or passed empty)
-        add_value = self.add_value
-        for i, v in values:
-            add_value(acc, i, v, o)
+        self._add_values(acc, values, o)
         return _NONE
 
     def _window(self, ks: _SlideKey, start: int, end: int) -> Acc:
@@ -403,7 +431,7 @@ class SlidingOperator(_Base):
         self.keys = {k: _SlideKey.from_json(d) for k, d in snap["keys"].items()}
 
 
-class SessionOperator(_Base):
+class SessionOperator(WindowOperator):
     """Session windows per key: a reading opens ``[t, t + gap)``; overlapping sessions merge.
 
     State per key: sessions sorted by start, each ``[start, end, revision, accs, pending, late]`` where
@@ -439,9 +467,7 @@ class SessionOperator(_Base):
                 if not x[5] and (x[2] > 0 or (wm is not None and x[1] <= wm)):
                     x[5] = True
                 acc = x[3]
-                add_value = self.add_value
-                for i, v in values:
-                    add_value(acc, i, v, o)
+                self._add_values(acc, values, o)
                 return _NONE
         hits = [x for x in sessions if x[0] < hi and x[1] > lo]
         # Too late: the session this reading would open - or the part it would prepend to the sessions
@@ -451,11 +477,9 @@ class SessionOperator(_Base):
             if not sessions:
                 del self.sessions[key], self.sites[key]
             return self._late(site, device, t, b, s, values, wm)
-        add_value = self.add_value
         if not hits:
             acc = acc_empty(self.nm)
-            for i, v in values:
-                add_value(acc, i, v, o)
+            self._add_values(acc, values, o)
             behind = wm is not None and hi <= wm
             if not sessions or lo > sessions[-1][0]:
                 sessions.append([lo, hi, 0, acc, True, behind])
@@ -480,8 +504,7 @@ class SessionOperator(_Base):
         base[1] = end
         base[4] = True
         base[5] = base[5] or late
-        for i, v in values:
-            add_value(merged, i, v, o)
+        self._add_values(merged, values, o)
         return _NONE
 
     def advance(self, key: str | None, wm: int) -> list[Output]:
