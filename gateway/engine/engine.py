@@ -32,12 +32,13 @@ SNAPSHOT_VERSION: Final = 2  # 2: flat accumulators (one list per window, metric
 class _Window:
     """A window spec with its operator and the watermark bound it uses for each device."""
 
-    __slots__ = ("_wm_spec", "bases", "bounds", "key_site", "op", "spec")
+    __slots__ = ("_wm_spec", "bases", "bounds", "key_site", "metrics", "op", "spec")
 
     def __init__(self, spec: WindowSpec, engine: EngineSpec) -> None:
         self.spec = spec
         self.op: WindowOperator = build_operator(spec, shared=engine.watermark.mode == "global")
         self.key_site = spec.key == "site"
+        self.metrics = spec.metrics
         self.bases = tuple((m, i * FIELDS) for i, m in enumerate(spec.metrics))
         self.bounds: dict[str, int] = {}
         self._wm_spec = engine.watermark
@@ -63,6 +64,8 @@ class Engine:
         self._max_future = spec.max_future_ms
         self._min_time = spec.min_time_ms
         self._reject_unsynced = spec.unsynced == "reject"
+        # a reading's (t, boot, seq) order only matters to first/last: without them it is not computed (0)
+        self._need_order = any(a in ("first", "last") for w in spec.windows for a in w.aggregates)
         self.stats: dict[str, int] = {
             "readings": 0,
             "time_in_future": 0,
@@ -93,6 +96,7 @@ class Engine:
         fut = now_ms + self._max_future
         too_old = self._min_time
         reject_u = self._reject_unsynced
+        need_order = self._need_order
         rows: list[tuple[int, int, int, int, Reading]] = []
         max_t: int | None = None
         for r in batch.readings:
@@ -101,7 +105,7 @@ class Engine:
             if t > fut or t < too_old or (reject_u and q == "u"):
                 out.append(self._refuse(r, now_ms))
                 continue
-            rows.append((t, order_key(t, r.boot, r.seq), r.boot, r.seq, r))
+            rows.append((t, order_key(t, r.boot, r.seq) if need_order else 0, r.boot, r.seq, r))
             if q != "u" and (max_t is None or t > max_t):
                 max_t = t
         stats = self.stats
@@ -114,7 +118,7 @@ class Engine:
             stats["readings"] += len(rows)
             cache: dict[tuple[str, ...], list[Values]] = {}
             for w in self.windows:
-                metrics = w.spec.metrics
+                metrics = w.metrics
                 vals = cache.get(metrics)
                 if vals is None:
                     vals = cache[metrics] = [self._values(row[4], w.bases) for row in rows]
