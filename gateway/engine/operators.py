@@ -34,8 +34,9 @@ __all__ = [
     "build_operator",
 ]
 
-Values = list[tuple[int, float]]
-"""One reading's values for a window: ``(base, value)``, ``base = metric index * FIELDS`` in the window's metrics."""
+Values = list[tuple[int, Any]]
+"""One reading's float values for a window: ``(base, value)``, ``base = metric index * FIELDS`` in the window's
+metrics (``Any``: see the note on the flat accumulators in :mod:`.aggregates`)."""
 _NONE: Final[tuple[Output, ...]] = ()
 
 
