@@ -116,17 +116,24 @@ class Engine:
         site, device = batch.site, batch.device
         if rows:
             stats["readings"] += len(rows)
-            cache: dict[tuple[str, ...], list[Values]] = {}
+            shared: list[tuple[tuple[str, ...], list[Values]]] = []  # windows with the same metrics share values
             for w in self.windows:
                 metrics = w.metrics
-                vals = cache.get(metrics)
+                vals: list[Values] | None = None
+                for m, v in shared:
+                    if m == metrics:
+                        vals = v
+                        break
                 if vals is None:
-                    vals = cache[metrics] = [self._values(row[4], w.bases) for row in rows]
+                    vals = [self._values(row[4], w.bases) for row in rows]
+                    shared.append((metrics, vals))
                 key = site if w.key_site else device
-                add = w.op.add
-                for (t, o, b, sq, _), values in zip(rows, vals, strict=True):
+                op = w.op
+                for j in range(len(rows)):
+                    values = vals[j]
                     if values:
-                        late = add(key, site, device, t, o, b, sq, values)
+                        t, o, b, sq, _ = rows[j]
+                        late = op.add(key, site, device, t, o, b, sq, values)
                         if late:
                             out.extend(late)
         # the device tracker (DeviceTracker.seen, inlined): entry = [site, max_t, flushed, last_seen, ...]
