@@ -62,6 +62,8 @@ class WindowOperator:
 
     def __init__(self, spec: WindowSpec, shared: bool) -> None:
         self.spec = spec
+        self.name = spec.name
+        self.kind = spec.key
         self.shared = shared
         self.lateness = spec.allowed_lateness_ms
         self.aggs = tuple(a for a in spec.aggregates if a != "count")
@@ -114,9 +116,8 @@ class WindowOperator:
 
     def _emit(self, out: list[Output], key: str, start: int, end: int, acc: Acc, rev: int, fired: Fired) -> None:
         """One result per metric with values; ``acc`` must never change afterwards (pass a copy if it may)."""
-        spec = self.spec
         site = self.sites[key]
-        name, kind, aggs = spec.name, spec.key, self.aggs
+        name, kind, aggs = self.name, self.kind, self.aggs
         for metric, i in self.bases:
             n = acc[i]
             if n:
@@ -350,13 +351,16 @@ class SlidingOperator(WindowOperator):
         while i < len(order) and order[i] < end:
             p = order[i]
             ks.back.append(p)
-            back_acc = list(panes[p]) if back_acc is None else acc_merge(back_acc, panes[p])
+            if back_acc is None:
+                back_acc = list(panes[p])
+            else:
+                acc_merge_into(back_acc, panes[p])  # in place: back_acc itself is never handed out
             i += 1
         ks.back_acc = back_acc
         ks.hi = end
         if front:
             return acc_merge(front[-1][1], back_acc) if back_acc is not None else front[-1][1]
-        return back_acc if back_acc is not None else acc_empty(self.nm)
+        return list(back_acc) if back_acc is not None else acc_empty(self.nm)
 
     def _refire(self, out: list[Output], k: str, ks: _SlideKey, old: int) -> None:
         size, slide, off = self.size, self.slide, self.offset
