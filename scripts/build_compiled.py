@@ -5,7 +5,7 @@
 
 The pure-Python modules stay the reference and the source: mypyc compiles them as they are (they are
 ``mypy --strict`` clean) into extension modules next to them (``gateway/engine/<module>.cpython-*.so``)
-plus one shared library at the repository root (``gateway_engine__mypyc.cpython-*.so``), all git-ignored.
+plus their shared library (``gateway/engine/_native__mypyc.cpython-*.so``), all git-ignored.
 ``gateway/engine/_compiled.json`` records the sha256 of each compiled source; ``gateway.engine`` uses the
 compiled modules only while the sources still match it (otherwise it warns and imports the .py files), and
 never when ``EDGEKIT_ENGINE=pure`` is set. ``gateway.engine.ENGINE_BUILD`` says which one was loaded.
@@ -25,18 +25,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 ENGINE = ROOT / "gateway" / "engine"
 MODULES = ("aggregates", "windows", "operators", "engine")  # keep in step with gateway/engine/__init__.py
-GROUP = "gateway_engine"
+GROUP = "gateway.engine._native"  # the shared library lives in the package: no top-level module
 STAMP = ENGINE / "_compiled.json"
 
 
 def built_files() -> list[Path]:
     suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
-    files = [ENGINE / f"{m}{suffix}" for m in MODULES] + [ROOT / f"{GROUP}__mypyc{suffix}"]
+    files = [ENGINE / f"{m}{suffix}" for m in [*MODULES, "_native__mypyc"]]
     return [*files, STAMP]
 
 
 def clean() -> None:
-    for f in [*ENGINE.glob("*.so"), *ROOT.glob(f"{GROUP}__mypyc*.so"), STAMP]:
+    for f in [*ENGINE.glob("*.so"), *ROOT.glob("gateway_engine__mypyc*.so"), STAMP]:  # and an older layout's
         f.unlink(missing_ok=True)
     shutil.rmtree(ROOT / "build" / "mypyc", ignore_errors=True)
 
