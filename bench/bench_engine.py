@@ -5,6 +5,11 @@ Reproduce (from the repository root)::
     taskset -c 0 python bench/bench_engine.py            # all workloads, 1,000,000 readings each
     taskset -c 0 python bench/bench_engine.py -n 200000  # quicker
     taskset -c 0 python bench/bench_engine.py --only b --feed drain
+    taskset -c 0 python bench/bench_engine.py --engine pure  # only the pure-Python engine
+
+Each workload runs with the pure-Python engine (``EDGEKIT_ENGINE=pure``) and, when it has been built
+(``python scripts/build_compiled.py``, mypyc), the compiled one (``EDGEKIT_ENGINE=compiled``); the
+``engine=`` column says which. Without a build, the compiled rows say so and are skipped.
 
 Workloads:
 
@@ -36,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import random
 import resource
 import subprocess
@@ -52,6 +58,7 @@ from gateway.engine import Engine, parse_engine
 from gateway.model import Batch, Reading
 
 T0 = 1_764_072_000_000
+ROOT = Path(__file__).resolve().parent.parent
 CHUNK = 100_000
 
 
@@ -154,8 +161,12 @@ def run(
     late = engine.late_count()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     rate = count / total
+    from gateway.engine import ENGINE_BUILD
+
+    build = "compiled" if ENGINE_BUILD == "compiled" else "pure"
     print(
-        f"{name:<24} feed={feed:<7} {count:>9,} readings {rate:>9,.0f} /s {total * 1e6 / count:6.2f} us/reading"
+        f"{name:<24} engine={build:<8} feed={feed:<7} {count:>9,} readings {rate:>9,.0f} /s"
+        f" {total * 1e6 / count:6.2f} us/reading"
         f"  outputs {outputs:>9,}  late {late:>4,}  state {state / 2**20:6.1f} MiB  peak RSS {peak:5.0f} MiB",
         flush=True,
     )
@@ -214,6 +225,7 @@ def main() -> None:
     ap.add_argument("--only", default=None, help="a, b, c (all of c) or one case name, e.g. c-60s-1s")
     ap.add_argument("--feed", choices=["message", "drain", "both"], default="both")
     ap.add_argument("--drain", type=int, default=256, help="messages per process_batches call (feed=drain)")
+    ap.add_argument("--engine", choices=["pure", "compiled", "both"], default="both")
     ap.add_argument("--render", action="store_true", help="also time to_line() of every output")
     ap.add_argument("--case", default=None, help=argparse.SUPPRESS)  # one case in this process
     args = ap.parse_args()
@@ -223,13 +235,21 @@ def main() -> None:
         run(name, windows, args.readings, devices, metrics, args.feed, args.drain)
         return
     feeds = ["message", "drain"] if args.feed == "both" else [args.feed]
+    engines = ["pure", "compiled"] if args.engine == "both" else [args.engine]
+    if "compiled" in engines:
+        probe = [sys.executable, "-c", "import gateway.engine"]
+        env = {**os.environ, "EDGEKIT_ENGINE": "compiled"}
+        if subprocess.run(probe, env=env, capture_output=True, cwd=ROOT).returncode != 0:
+            print("compiled engine: not built (python scripts/build_compiled.py) - its rows are skipped", flush=True)
+            engines.remove("compiled")
     for case in CASES:
         if args.only is not None and not (case == args.only or case.split("-")[0] == args.only):
             continue
-        for feed in feeds:
-            cmd = [sys.executable, __file__, "--case", case, "-n", str(args.readings), "--feed", feed]
-            cmd += ["--drain", str(args.drain)] + (["--render"] if args.render else [])
-            subprocess.run(cmd, check=True)
+        for engine in engines:
+            for feed in feeds:
+                cmd = [sys.executable, __file__, "--case", case, "-n", str(args.readings), "--feed", feed]
+                cmd += ["--drain", str(args.drain)] + (["--render"] if args.render else [])
+                subprocess.run(cmd, check=True, env={**os.environ, "EDGEKIT_ENGINE": engine})
 
 
 if __name__ == "__main__":

@@ -92,6 +92,25 @@ if [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" ]]; then
 else
     step ".venv is up to date"
 fi
+# --- optional compiled engine (begin) -------------------------------------------------------------------
+# mypyc-compiled hot modules of gateway/engine (scripts/build_compiled.py), built only where a C compiler
+# exists; without one (e.g. a Raspberry Pi without gcc) the pure-Python engine runs: same results, slower.
+# EDGEKIT_COMPILE=0 skips the build; python scripts/build_compiled.py --clean removes it.
+if [[ "${EDGEKIT_COMPILE:-1}" == 0 ]]; then
+    step "compiled engine: skipped (EDGEKIT_COMPILE=0)"
+elif ! command -v "${CC:-cc}" >/dev/null 2>&1 || ! .venv/bin/python -c 'import mypyc, setuptools' 2>/dev/null; then
+    step "compiled engine: no C compiler or mypyc here - the pure-Python engine is used"
+elif .venv/bin/python -c 'import gateway.engine as e; raise SystemExit(e.ENGINE_BUILD != "compiled")' 2>/dev/null; then
+    step "compiled engine: up to date"
+else
+    mkdir -p .run
+    if .venv/bin/python scripts/build_compiled.py >.run/build_compiled.log 2>&1; then
+        step "compiled engine: built (gateway.engine.ENGINE_BUILD == 'compiled')"
+    else
+        printf 'warning: compiled engine build failed (see .run/build_compiled.log); the pure-Python engine is used\n' >&2
+    fi
+fi
+# --- optional compiled engine (end) ---------------------------------------------------------------------
 # --- 3. firmware test tools -----------------------------------------------------------------------------
 # umqtt.simple for the MicroPython unix port (on a board, mpremote mip installs it instead)
 PATH="$PWD/.venv/bin:$PATH" sh scripts/fetch_umqtt.sh >/dev/null && step "umqtt.simple for the MicroPython unix port: ready"

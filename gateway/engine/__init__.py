@@ -9,12 +9,15 @@ Pure and synchronous (no I/O, no asyncio, no wall clock). See ``docs/semantics.m
 
 from __future__ import annotations
 
+from ._build import COMPILED_MODULES, ENGINE_BUILD
 from .config import EngineSpec, WindowSpec, parse_duration, parse_engine, parse_windows
 from .engine import Engine
 from .outputs import LATE_MEASUREMENT, WINDOW_MEASUREMENT, LateReading, Output, WindowResult
 from .watermark import DeviceClass, WatermarkSpec
 
 __all__ = [
+    "COMPILED_MODULES",
+    "ENGINE_BUILD",
     "LATE_MEASUREMENT",
     "WINDOW_MEASUREMENT",
     "DeviceClass",

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, Final
 
 __all__ = [
     "AGGREGATES",
@@ -32,11 +32,9 @@ __all__ = [
 Order = tuple[int, int, int]
 """A reading's position for first/last: (event time ms, boot, seq)."""
 
-A = TypeVar("A")
 
-
-@dataclass(frozen=True, slots=True)
-class Aggregator(Generic[A]):
+@dataclass(frozen=True)  # neither slots=True nor Generic: mypyc compiles neither into a native class
+class Aggregator:
     """One aggregate as four pure functions over an immutable accumulator."""
 
     name: str
@@ -105,7 +103,7 @@ def _minmax(fn: Any) -> tuple[Any, Any]:
 _min_add, _min_merge = _minmax(min)
 _max_add, _max_merge = _minmax(max)
 
-AGGREGATES: Final[dict[str, Aggregator[Any]]] = {
+AGGREGATES: Final[dict[str, Aggregator]] = {
     "count": Aggregator("count", lambda: 0, lambda a, v, o: a + 1, lambda a, b: a + b, lambda a: a),
     "sum": Aggregator("sum", lambda: 0.0, lambda a, v, o: a + v, lambda a, b: a + b, lambda a: a),
     "mean": Aggregator(
@@ -209,6 +207,8 @@ def summary_result(a: Summary, names: tuple[str, ...]) -> dict[str, float]:
 # [n, sum, min, max, welford_mean, m2, first_order, first_v, last_order, last_v]
 # ``n == 0`` means the metric has no value there (the other slots are then meaningless). ``order`` is one
 # integer that sorts like ``(t, boot, seq)`` (see :func:`order_key`), so first/last cost one comparison.
+# Values are floats, typed ``Any`` so that compiled code (mypyc) passes the float object on and stores it,
+# where a ``float`` would be unboxed and boxed into a new object at every store.
 
 FIELDS: Final = 10
 Acc = list[Any]
@@ -227,7 +227,7 @@ def acc_empty(metrics: int) -> Acc:
     return [0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, 0.0, 0, 0.0] * metrics
 
 
-def acc_add(a: Acc, i: int, v: float, o: int) -> None:
+def acc_add(a: Acc, i: int, v: Any, o: int) -> None:
     """Add value ``v`` with order ``o`` to the metric at ``base = i``; no variance (see :func:`acc_add_var`)."""
     n = a[i]
     if n:
@@ -247,7 +247,7 @@ def acc_add(a: Acc, i: int, v: float, o: int) -> None:
         a[i : i + FIELDS] = (1, v, v, v, v, 0.0, o, v, o, v)
 
 
-def acc_add_var(a: Acc, i: int, v: float, o: int) -> None:
+def acc_add_var(a: Acc, i: int, v: Any, o: int) -> None:
     """As :func:`acc_add`, also updating Welford's running mean and M2 (for ``stddev``)."""
     n = a[i]
     if n:

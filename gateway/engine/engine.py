@@ -20,7 +20,7 @@ from typing import Any, Final
 from ..model import Batch, Reading, StatusUpdate
 from .aggregates import FIELDS, order_key
 from .config import EngineSpec, WindowSpec
-from .operators import Operator, Values, build_operator
+from .operators import Values, WindowOperator, build_operator
 from .outputs import LateReading, Output
 from .watermark import DeviceTracker
 
@@ -32,12 +32,13 @@ SNAPSHOT_VERSION: Final = 2  # 2: flat accumulators (one list per window, metric
 class _Window:
     """A window spec with its operator and the watermark bound it uses for each device."""
 
-    __slots__ = ("_wm_spec", "bases", "bounds", "key_site", "op", "spec")
+    __slots__ = ("_wm_spec", "bases", "bounds", "key_site", "metrics", "op", "spec")
 
     def __init__(self, spec: WindowSpec, engine: EngineSpec) -> None:
         self.spec = spec
-        self.op: Operator = build_operator(spec, shared=engine.watermark.mode == "global")
+        self.op: WindowOperator = build_operator(spec, shared=engine.watermark.mode == "global")
         self.key_site = spec.key == "site"
+        self.metrics = spec.metrics
         self.bases = tuple((m, i * FIELDS) for i, m in enumerate(spec.metrics))
         self.bounds: dict[str, int] = {}
         self._wm_spec = engine.watermark
@@ -63,6 +64,8 @@ class Engine:
         self._max_future = spec.max_future_ms
         self._min_time = spec.min_time_ms
         self._reject_unsynced = spec.unsynced == "reject"
+        # a reading's (t, boot, seq) order only matters to first/last: without them it is not computed (0)
+        self._need_order = any(a in ("first", "last") for w in spec.windows for a in w.aggregates)
         self.stats: dict[str, int] = {
             "readings": 0,
             "time_in_future": 0,
@@ -93,6 +96,7 @@ class Engine:
         fut = now_ms + self._max_future
         too_old = self._min_time
         reject_u = self._reject_unsynced
+        need_order = self._need_order
         rows: list[tuple[int, int, int, int, Reading]] = []
         max_t: int | None = None
         for r in batch.readings:
@@ -101,7 +105,7 @@ class Engine:
             if t > fut or t < too_old or (reject_u and q == "u"):
                 out.append(self._refuse(r, now_ms))
                 continue
-            rows.append((t, order_key(t, r.boot, r.seq), r.boot, r.seq, r))
+            rows.append((t, order_key(t, r.boot, r.seq) if need_order else 0, r.boot, r.seq, r))
             if q != "u" and (max_t is None or t > max_t):
                 max_t = t
         stats = self.stats
@@ -112,17 +116,24 @@ class Engine:
         site, device = batch.site, batch.device
         if rows:
             stats["readings"] += len(rows)
-            cache: dict[tuple[str, ...], list[Values]] = {}
+            shared: list[tuple[tuple[str, ...], list[Values]]] = []  # windows with the same metrics share values
             for w in self.windows:
-                metrics = w.spec.metrics
-                vals = cache.get(metrics)
+                metrics = w.metrics
+                vals: list[Values] | None = None
+                for m, v in shared:
+                    if m == metrics:
+                        vals = v
+                        break
                 if vals is None:
-                    vals = cache[metrics] = [self._values(row[4], w.bases) for row in rows]
+                    vals = [self._values(row[4], w.bases) for row in rows]
+                    shared.append((metrics, vals))
                 key = site if w.key_site else device
-                add = w.op.add
-                for (t, o, b, sq, _), values in zip(rows, vals, strict=True):
+                op = w.op
+                for j in range(len(rows)):
+                    values = vals[j]
                     if values:
-                        late = add(key, site, device, t, o, b, sq, values)
+                        t, o, b, sq, _ = rows[j]
+                        late = op.add(key, site, device, t, o, b, sq, values)
                         if late:
                             out.extend(late)
         # the device tracker (DeviceTracker.seen, inlined): entry = [site, max_t, flushed, last_seen, ...]

@@ -24,10 +24,19 @@ from .config import WindowSpec
 from .outputs import Fired, LateReading, Output, WindowResult
 from .windows import first_window_end_after, pane_size
 
-__all__ = ["Operator", "SessionOperator", "SlidingOperator", "TumblingOperator", "Values", "build_operator"]
+__all__ = [
+    "Operator",
+    "SessionOperator",
+    "SlidingOperator",
+    "TumblingOperator",
+    "Values",
+    "WindowOperator",
+    "build_operator",
+]
 
-Values = list[tuple[int, float]]
-"""One reading's values for a window: ``(base, value)``, ``base = metric index * FIELDS`` in the window's metrics."""
+Values = list[tuple[int, Any]]
+"""One reading's float values for a window: ``(base, value)``, ``base = metric index * FIELDS`` in the window's
+metrics (``Any``: see the note on the flat accumulators in :mod:`.aggregates`)."""
 _NONE: Final[tuple[Output, ...]] = ()
 
 
@@ -48,18 +57,44 @@ class Operator(Protocol):
     def restore(self, snap: dict[str, Any]) -> None: ...
 
 
-class _Base:
+class WindowOperator:
+    """What the three operators share; the engine calls them through it."""
+
     def __init__(self, spec: WindowSpec, shared: bool) -> None:
         self.spec = spec
+        self.name = spec.name
+        self.kind = spec.key
         self.shared = shared
         self.lateness = spec.allowed_lateness_ms
         self.aggs = tuple(a for a in spec.aggregates if a != "count")
         self.nm = len(spec.metrics)
         self.bases = tuple((m, i * FIELDS) for i, m in enumerate(spec.metrics))
-        self.add_value = acc_add_var if "stddev" in self.aggs else acc_add
+        self.var = "stddev" in self.aggs  # keep Welford's M2 only when stddev is asked for
         self.wm: dict[str, int] = {}
         self.sites: dict[str, str] = {}
         self.late_count = 0
+
+    def add(
+        self, key: str, site: str, device: str, t: int, o: int, b: int, s: int, values: Values
+    ) -> tuple[Output, ...]:
+        raise NotImplementedError
+
+    def advance(self, key: str | None, wm: int) -> list[Output]:
+        raise NotImplementedError
+
+    def snapshot(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _add_values(self, acc: Acc, values: Values, o: int) -> None:
+        if self.var:
+            for i, v in values:
+                acc_add_var(acc, i, v, o)
+        else:
+            for i, v in values:
+                acc_add(acc, i, v, o)
 
     def watermark(self, key: str) -> int | None:
         return self.wm.get("" if self.shared else key)
@@ -81,9 +116,8 @@ class _Base:
 
     def _emit(self, out: list[Output], key: str, start: int, end: int, acc: Acc, rev: int, fired: Fired) -> None:
         """One result per metric with values; ``acc`` must never change afterwards (pass a copy if it may)."""
-        spec = self.spec
         site = self.sites[key]
-        name, kind, aggs = spec.name, spec.key, self.aggs
+        name, kind, aggs = self.name, self.kind, self.aggs
         for metric, i in self.bases:
             n = acc[i]
             if n:
@@ -98,7 +132,7 @@ class _Base:
         self.late_count = snap["late_count"]
 
 
-class TumblingOperator(_Base):
+class TumblingOperator(WindowOperator):
     """Tumbling windows ``[offset + k*size, offset + (k+1)*size)`` per key, one timer heap per key.
 
     State per key: ``wins[start] = [revision, flat accumulator]``; timers ``(time, start, phase)`` with
@@ -139,9 +173,7 @@ class TumblingOperator(_Base):
         elif w[0]:
             self.dirty.setdefault(key, set()).add(start)
         acc: Acc = w[1]
-        add_value = self.add_value
-        for i, v in values:
-            add_value(acc, i, v, o)
+        self._add_values(acc, values, o)
         return _NONE
 
     def advance(self, key: str | None, wm: int) -> list[Output]:
@@ -235,7 +267,7 @@ class _SlideKey:
         return ks
 
 
-class SlidingOperator(_Base):
+class SlidingOperator(WindowOperator):
     """Sliding windows ``[s, s + size)``, ``s = offset + k*slide``, over panes of ``gcd(size, slide)``.
 
     A reading updates one pane (O(1) whatever size/slide). Windows fire in order of their end through a
@@ -274,9 +306,7 @@ class SlidingOperator(_Base):
                 insort(order, p)
         if wm is not None and first_window_end_after(p, size, self.slide, self.offset) <= wm:
             ks.dirty.add(p)  # some window containing this pane has already been fired (or passed empty)
-        add_value = self.add_value
-        for i, v in values:
-            add_value(acc, i, v, o)
+        self._add_values(acc, values, o)
         return _NONE
 
     def _window(self, ks: _SlideKey, start: int, end: int) -> Acc:
@@ -321,13 +351,16 @@ class SlidingOperator(_Base):
         while i < len(order) and order[i] < end:
             p = order[i]
             ks.back.append(p)
-            back_acc = list(panes[p]) if back_acc is None else acc_merge(back_acc, panes[p])
+            if back_acc is None:
+                back_acc = list(panes[p])
+            else:
+                acc_merge_into(back_acc, panes[p])  # in place: back_acc itself is never handed out
             i += 1
         ks.back_acc = back_acc
         ks.hi = end
         if front:
             return acc_merge(front[-1][1], back_acc) if back_acc is not None else front[-1][1]
-        return back_acc if back_acc is not None else acc_empty(self.nm)
+        return list(back_acc) if back_acc is not None else acc_empty(self.nm)
 
     def _refire(self, out: list[Output], k: str, ks: _SlideKey, old: int) -> None:
         size, slide, off = self.size, self.slide, self.offset
@@ -403,7 +436,7 @@ class SlidingOperator(_Base):
         self.keys = {k: _SlideKey.from_json(d) for k, d in snap["keys"].items()}
 
 
-class SessionOperator(_Base):
+class SessionOperator(WindowOperator):
     """Session windows per key: a reading opens ``[t, t + gap)``; overlapping sessions merge.
 
     State per key: sessions sorted by start, each ``[start, end, revision, accs, pending, late]`` where
@@ -428,6 +461,19 @@ class SessionOperator(_Base):
         if sessions is None:
             sessions = self.sessions[key] = []
             self.sites[key] = site
+        elif sessions:
+            # The common case: the reading falls inside the newest session. Sessions are disjoint and sorted,
+            # so that one is the only session it touches, and the general path below would only extend it.
+            x = sessions[-1]
+            if x[0] <= lo < x[1]:
+                if hi > x[1]:
+                    x[1] = hi
+                x[4] = True
+                if not x[5] and (x[2] > 0 or (wm is not None and x[1] <= wm)):
+                    x[5] = True
+                acc = x[3]
+                self._add_values(acc, values, o)
+                return _NONE
         hits = [x for x in sessions if x[0] < hi and x[1] > lo]
         # Too late: the session this reading would open - or the part it would prepend to the sessions
         # it touches - ended more than the allowed lateness ago. (Prepending is refused too, so that a
@@ -436,11 +482,9 @@ class SessionOperator(_Base):
             if not sessions:
                 del self.sessions[key], self.sites[key]
             return self._late(site, device, t, b, s, values, wm)
-        add_value = self.add_value
         if not hits:
             acc = acc_empty(self.nm)
-            for i, v in values:
-                add_value(acc, i, v, o)
+            self._add_values(acc, values, o)
             behind = wm is not None and hi <= wm
             if not sessions or lo > sessions[-1][0]:
                 sessions.append([lo, hi, 0, acc, True, behind])
@@ -465,14 +509,14 @@ class SessionOperator(_Base):
         base[1] = end
         base[4] = True
         base[5] = base[5] or late
-        for i, v in values:
-            add_value(merged, i, v, o)
+        self._add_values(merged, values, o)
         return _NONE
 
     def advance(self, key: str | None, wm: int) -> list[Output]:
         self._set_wm(key, wm)
         out: list[Output] = []
         keys = list(self.sessions) if key is None else [key] if key in self.sessions else []
+        lateness = self.lateness
         for k in keys:
             for start, end, rev in self.tombs.pop(k, ()):
                 site = self.sites[k]
@@ -493,19 +537,23 @@ class SessionOperator(_Base):
                         )
                     )
             sessions = self.sessions[k]
-            keep = []
+            drop = not sessions
             for x in sessions:
-                if x[4] and x[1] <= wm:
-                    x[2] += 1
-                    self._emit(out, k, x[0], x[1], list(x[3]), x[2], "late" if x[5] else "watermark")
-                    x[4] = False
-                    x[5] = False
-                if x[1] + self.lateness > wm:
-                    keep.append(x)
-            if keep:
-                self.sessions[k] = keep
-            else:
-                del self.sessions[k], self.sites[k]
+                end = x[1]
+                if end <= wm:  # the common case - every session still open - touches nothing else
+                    if x[4]:
+                        x[2] += 1
+                        self._emit(out, k, x[0], end, list(x[3]), x[2], "late" if x[5] else "watermark")
+                        x[4] = False
+                        x[5] = False
+                    if end + lateness <= wm:
+                        drop = True
+            if drop:
+                keep = [x for x in sessions if x[1] + lateness > wm]
+                if keep:
+                    self.sessions[k] = keep
+                else:
+                    del self.sessions[k], self.sites[k]
         return out
 
     def snapshot(self) -> dict[str, Any]:

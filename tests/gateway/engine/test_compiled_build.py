@@ -1,0 +1,80 @@
+"""The optional compiled engine (scripts/build_compiled.py) against the pure-Python reference.
+
+The whole engine suite runs with either: ``python -m pytest tests/gateway/engine`` uses the compiled modules
+when a matching build exists, ``EDGEKIT_ENGINE=pure python -m pytest tests/gateway/engine`` the .py files.
+Here: the build this process loaded is the one ``ENGINE_BUILD`` reports, and - when a compiled build is
+present - a fixed stream gives exactly the same outputs and snapshot (floats included) both ways.
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import gateway.engine
+from gateway.engine import COMPILED_MODULES, ENGINE_BUILD
+
+ROOT = Path(__file__).resolve().parents[3]
+
+SCRIPT = r"""
+import json, random, sys
+from gateway.engine import ENGINE_BUILD, Engine, parse_engine
+from gateway.model import Batch, Reading
+
+engine = Engine(parse_engine({"windows": [
+    {"name": "t", "kind": "tumbling", "size": "10s", "metrics": ["x", "y"], "allowed_lateness": "5s"},
+    {"name": "s", "kind": "sliding", "size": "30s", "slide": "5s", "metrics": ["x", "y"], "allowed_lateness": "5s"},
+    {"name": "g", "kind": "session", "gap": "7s", "metrics": ["x"], "allowed_lateness": "3s"},
+    {"name": "site", "kind": "tumbling", "size": "20s", "metrics": ["x"], "key": "site"},
+]}))
+rng = random.Random(7)
+T0 = 1_764_072_000_000
+out = []
+for i in range(3000):
+    dev = f"d{rng.randrange(5)}"
+    t = T0 + i * 300 - rng.choice([0, 0, 0, 800, 4000, 20000])
+    vals = {"x": rng.uniform(-5, 5), "y": rng.randrange(3)} if rng.random() < 0.8 else {"x": rng.uniform(0, 1)}
+    r = Reading("a", dev, 1, i, t, "s", vals)
+    flushed = t if rng.random() < 0.05 else None
+    out += engine.process_batch(Batch("a", dev, "", T0 + i * 300, (r,), (), flushed), T0 + i * 300 + 50)
+    if i % 100 == 0:
+        out += engine.advance(T0 + i * 300 + 60_000)
+json.dump({"build": ENGINE_BUILD, "outputs": [repr(o) for o in out], "snapshot": engine.snapshot()}, sys.stdout)
+"""
+
+
+def run(engine: str) -> dict[str, object]:
+    env = {**os.environ, "EDGEKIT_ENGINE": engine}
+    done = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    result: dict[str, object] = json.loads(done.stdout)
+    return result
+
+
+def test_loaded_modules_are_the_reported_build() -> None:
+    suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+    for name in COMPILED_MODULES:
+        module = getattr(gateway.engine, name, None) or __import__(f"gateway.engine.{name}", fromlist=["_"])
+        compiled = str(module.__file__).endswith(suffixes)
+        assert compiled == (ENGINE_BUILD == "compiled"), (name, module.__file__, ENGINE_BUILD)
+
+
+def test_compiled_engine_gives_identical_outputs() -> None:
+    pure = run("pure")
+    assert pure["build"] == "pure (EDGEKIT_ENGINE=pure)"
+    try:
+        compiled = run("compiled")
+    except AssertionError as e:
+        if "EDGEKIT_ENGINE=compiled but" in str(e):
+            pytest.skip("no compiled engine built (python scripts/build_compiled.py)")
+        raise
+    assert compiled["build"] == "compiled"
+    assert len(pure["outputs"]) > 1000  # type: ignore[arg-type]
+    assert compiled["outputs"] == pure["outputs"]
+    assert compiled["snapshot"] == pure["snapshot"]
