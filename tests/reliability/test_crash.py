@@ -19,33 +19,66 @@ from harness import GatewayProcess, reference_outputs, wait_until, write_config
 from helpers import influx_query
 from services import Proc
 
-from sim.fleet import FleetSpec, generate
+from sim.fleet import FleetSpec, Plan, generate
 from sim.publish import BrokerConfig, publish
-
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 DEVICES = 100
 READINGS_PER_DEVICE = 1000
+INTERVAL_MS = 60_000
+WINDOW_MS = 600_000  # the t10m window of _windows()
 RATE = 350.0  # messages per second: publishing lasts ~15 s, long enough for five kills and restarts
 SEED = 20240611
 
 
-async def test_sigkill_five_times_loses_and_duplicates_nothing(
-    broker: Proc, influxdb_v1: Proc, influx_db: str, tmp_path: Path
-) -> None:
-    prefix = f"c{uuid.uuid4().hex[:6]}"
-    plan = generate(
+def crash_plan(prefix: str, now_ms: int) -> Plan:
+    """The fleet's traffic, ending about ``now_ms``, laid on the window grid the same way whatever the clock.
+
+    Each device reads once a minute for 1,000 minutes from ``start + phase`` (phase < 1 minute), so how many
+    10-minute windows close by its last batch (watermark and flush marker at its last reading) depends on
+    where its first reading falls in a window: 100 when at least a minute past the window's start, 99 when
+    within the first minute (the last reading then opens no new window and the one it is in stays open).
+    Left to the wall clock (``now - span``), some devices fall so in about one run in five, and the
+    uninterrupted reference itself has fewer windows than the test asserts. So the start is one minute past
+    a window boundary: every device has exactly 100 closed windows, and every reading is before ``now_ms``.
+    """
+    span = READINGS_PER_DEVICE * INTERVAL_MS
+    start = now_ms - span - (now_ms - span) % WINDOW_MS + INTERVAL_MS
+    if start + span > now_ms:
+        start -= WINDOW_MS
+    return generate(
         FleetSpec(
             devices=DEVICES,
             readings_per_device=READINGS_PER_DEVICE,
+            interval_ms=INTERVAL_MS,
             batch_size=20,
             sites=("north", "south"),
             metrics=("temp_c", "rh"),
             duplicate_rate=0.05,
             seed=SEED,
             prefix=prefix,
+            start_ms=start,
         )
     )
+
+
+@pytest.mark.parametrize("past_boundary_s", [0, 570])
+def test_crash_plan_has_every_window_whatever_the_clock(past_boundary_s: int) -> None:
+    """The uninterrupted reference has 100 windows per device and metric at any wall-clock time (no services)."""
+    now = 1_795_557_000_000 - 1_795_557_000_000 % WINDOW_MS + past_boundary_s * 1000
+    plan = crash_plan("c0", now)
+    assert max(r.t_ms for r in plan.readings) <= now
+    doc = {"mqtt": {"prefix": "c0"}, "windows": _windows()}
+    reference = reference_outputs(doc, plan.messages, "window", now)
+    assert len(reference) == DEVICES * 2 * (READINGS_PER_DEVICE // 10)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+async def test_sigkill_five_times_loses_and_duplicates_nothing(
+    broker: Proc, influxdb_v1: Proc, influx_db: str, tmp_path: Path
+) -> None:
+    prefix = f"c{uuid.uuid4().hex[:6]}"
+    plan = crash_plan(prefix, int(time.time() * 1000))
     assert len(plan.readings) == 100_000
     sections: dict[str, dict[str, object]] = {
         "mqtt": {"url": f"mqtt://{broker.host}:{broker.port}", "prefix": prefix, "client_id": f"gw-{prefix}"},
