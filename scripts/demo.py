@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -79,6 +80,9 @@ def clear_retained(port: int, prefix: str = "edgekit") -> int:
 
 def write_config(mqtt_port: int) -> Path:
     RUN.mkdir(parents=True, exist_ok=True)
+    # each demo run starts from a clean slate: the simulated fleet reuses its identities, which a gateway
+    # that remembered the previous run (its durable log and checkpoint) would rightly take as duplicates
+    shutil.rmtree(RUN / "gateway-state", ignore_errors=True)
     path = RUN / "gateway.toml"
     path.write_text(
         f"""# written by scripts/demo.py
@@ -86,6 +90,9 @@ def write_config(mqtt_port: int) -> Path:
 url = "mqtt://127.0.0.1:{mqtt_port}"
 client_id = "edgekit-demo-gateway"
 clean_session = true
+
+[state]
+dir = "{RUN / "gateway-state"}"
 
 [influx]
 target = "v1"
