@@ -31,6 +31,7 @@ __all__ = [
     "load_all",
     "measurements",
     "parse_line",
+    "parse_point",
 ]
 
 METRIC_PATTERN = r"[a-z][a-z0-9_]{0,31}"
@@ -131,8 +132,20 @@ def _unescape(text: str) -> str:
     return re.sub(r"\\(.)", r"\1", text)
 
 
-def parse_line(text: str) -> tuple[str, dict[str, str], list[str], int]:
-    """``measurement, tags, field names, timestamp`` of one line of line protocol (field values not decoded)."""
+def _field_value(raw: str) -> object:
+    if raw.startswith('"'):
+        return re.sub(r"\\(.)", lambda m: "\n" if m.group(1) == "n" else m.group(1), raw[1:-1])
+    if raw.endswith("i"):
+        return int(raw[:-1])
+    if raw in ("t", "T", "true", "True"):
+        return True
+    if raw in ("f", "F", "false", "False"):
+        return False
+    return float(raw)
+
+
+def parse_point(text: str) -> tuple[str, dict[str, str], dict[str, object], int]:
+    """``measurement, tags, fields (values decoded), timestamp`` of one line of line protocol."""
     parts = _split(text, " ")
     if len(parts) != 3:
         raise ValueError(f"not a line of line protocol (expected 3 space-separated parts): {text!r}")
@@ -142,8 +155,17 @@ def parse_line(text: str) -> tuple[str, dict[str, str], list[str], int]:
     for tp in tag_parts:
         k, _, v = tp.partition("=")
         tags[_unescape(k)] = _unescape(v)
-    fields = [_unescape(fp.partition("=")[0]) for fp in _split(body, ",")]
+    fields = {}
+    for fp in _split(body, ","):
+        k, _, v = fp.partition("=")
+        fields[_unescape(k)] = _field_value(v)
     return _unescape(name), tags, fields, int(ts)
+
+
+def parse_line(text: str) -> tuple[str, dict[str, str], list[str], int]:
+    """``measurement, tags, field names, timestamp`` of one line of line protocol."""
+    name, tags, fields, ts = parse_point(text)
+    return name, tags, list(fields), ts
 
 
 def check_line(text: str) -> list[str]:

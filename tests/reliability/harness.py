@@ -2,7 +2,7 @@
 
 ``GatewayProcess`` runs ``python -m gateway run --config ... --stats-file ...`` so that tests can kill it
 with SIGKILL; ``reference_windows`` runs the same :class:`~gateway.pipeline.Pipeline` over the same
-messages, uninterrupted, in this process; ``parse_line`` reads line protocol back into comparable values.
+messages, uninterrupted, in this process.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import services
 
 from gateway.config import parse_config
 from gateway.pipeline import Pipeline
+from gateway.schema import parse_point
 from sim.wire import Outgoing
 
 REPO = Path(__file__).resolve().parents[2]
@@ -160,51 +161,6 @@ def scrape(url: str) -> dict[str, float]:
     return values
 
 
-# ----------------------------------------------------------------------------------------- line protocol
-
-
-def _split(text: str, sep: str) -> list[str]:
-    """Split on ``sep`` outside double quotes and not after a backslash."""
-    parts, cur, quoted, i = [], [], False, 0
-    while i < len(text):
-        c = text[i]
-        if c == "\\" and i + 1 < len(text):
-            cur.append(text[i : i + 2])
-            i += 2
-            continue
-        if c == '"':
-            quoted = not quoted
-        if c == sep and not quoted:
-            parts.append("".join(cur))
-            cur = []
-        else:
-            cur.append(c)
-        i += 1
-    parts.append("".join(cur))
-    return parts
-
-
-def _field_value(raw: str) -> object:
-    if raw.startswith('"'):
-        return raw[1:-1].replace('\\"', '"').replace("\\\\", "\\")
-    if raw.endswith("i"):
-        return int(raw[:-1])
-    if raw in ("t", "T", "true", "True"):
-        return True
-    if raw in ("f", "F", "false", "False"):
-        return False
-    return float(raw)
-
-
-def parse_line(text: str) -> tuple[str, dict[str, str], dict[str, object], int]:
-    """(measurement, tags, fields, timestamp ns) of one line (no escaped characters in names expected)."""
-    head, fields_text, ts = _split(text, " ")
-    measurement, *tag_parts = _split(head, ",")
-    tags = dict(p.split("=", 1) for p in tag_parts)
-    fields = {k: _field_value(v) for k, v in (p.split("=", 1) for p in _split(fields_text, ","))}
-    return measurement, tags, fields, int(ts)
-
-
 def reference_outputs(
     doc: Mapping[str, Any], messages: Iterable[Outgoing], measurement: str, received_ms: int
 ) -> dict[tuple[Any, ...], dict[str, object]]:
@@ -214,6 +170,6 @@ def reference_outputs(
     for msg in messages:
         for ln in pipeline.handle(msg.topic, msg.payload, received_ms).lines:
             if ln.startswith(measurement + ","):
-                _, tags, fields, ts = parse_line(ln)
+                _, tags, fields, ts = parse_point(ln)
                 final[(tuple(sorted(tags.items())), ts)] = fields
     return final
