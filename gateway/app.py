@@ -119,16 +119,21 @@ class Gateway:
         """
         now = self.now_ms()
         rows = []
+        digests = []
         for topic, payload, dup in msgs:
             digest = _digest(topic, payload)
-            if dup and digest in self.recent:
+            if dup and (digest in self.recent or digest in digests):
                 self.redelivered += 1
                 continue
-            self.recent.append(digest)
+            digests.append(digest)
             rows.append((KIND_MESSAGE, topic, payload, now))
-            if self.recorder is not None:  # deploy
-                self.recorder.write(topic, payload, now)
         positions = self.store.append(rows)
+        # remembered only once committed: a failed append leaves them unacknowledged, and their redelivery
+        # must then be logged, not taken for a copy of something logged
+        self.recent.extend(digests)
+        if self.recorder is not None:  # deploy
+            for _, topic, payload, _ in rows:
+                self.recorder.write(topic, payload, now)
         return [LogRecord(p, KIND_MESSAGE, t, b, now) for p, (_, t, b, _) in zip(positions, rows, strict=True)]
 
     async def _process(self, records: list[LogRecord]) -> None:
@@ -257,13 +262,16 @@ class Gateway:
         """Once a second: let time move the engine (idle devices), write the stats file, maybe checkpoint."""
         last_checkpoint = time.monotonic()
         while not stop.is_set():
-            await self._tick()
-            await self.sink.add(self.live.health_lines(self.now_ms(), self.snapshot_stats()))  # deploy
-            if time.monotonic() - last_checkpoint >= self.config.state.checkpoint_interval_s:
-                self.checkpoint()
-                last_checkpoint = time.monotonic()
-            self.metrics.sample()
-            self._write_stats()
+            try:
+                await self._tick()
+                await self.sink.add(self.live.health_lines(self.now_ms(), self.snapshot_stats()))  # deploy
+                if time.monotonic() - last_checkpoint >= self.config.state.checkpoint_interval_s:
+                    self.checkpoint()
+                    last_checkpoint = time.monotonic()
+                self.metrics.sample()
+                self._write_stats()
+            except Exception:  # a full disk, a busy database: say so and try again next second, never die silently
+                log.exception("tick failed; trying again", extra={"event": "tick_error"})
             try:
                 await asyncio.wait_for(stop.wait(), self.stats_interval_s)
             except TimeoutError:
@@ -296,7 +304,8 @@ class Gateway:
             finally:
                 stop.set()
                 await tick_task
-                drained = await self.sink.drain(30.0)
+                # with InfluxDB away there is nothing to wait for: the final checkpoint spools what is left
+                drained = await self.sink.drain(30.0) if self.sink.healthy else False
                 await self.sink.close()
                 self.checkpoint()
                 self.store.compact()

@@ -205,6 +205,8 @@ def _mqtt(doc: Mapping[str, Any], env: Mapping[str, str]) -> MqttConfig:
     if parts.scheme not in ("mqtt", "tcp", "mqtts") or not parts.hostname:
         raise ConfigError(f"mqtt.url: expected mqtt://host[:port] or mqtts://host[:port], got {url!r}")
     tls = parts.scheme == "mqtts"
+    if not tls and "ca_file" in sec:
+        raise ConfigError(f"mqtt.ca_file: set, but mqtt.url {url!r} is not mqtts://: the connection would be plaintext")
     try:
         port = parts.port or (8883 if tls else 1883)
     except ValueError as exc:
@@ -219,8 +221,10 @@ def _mqtt(doc: Mapping[str, Any], env: Mapping[str, str]) -> MqttConfig:
     if not all(isinstance(t, str) and t for t in topics):
         raise ConfigError(f"mqtt.topics: expected a list of topic filters, got {topics!r}")
     qos = _get(sec, "mqtt", "qos", int, 1)
-    if qos not in (0, 1, 2):
-        raise ConfigError(f"mqtt.qos: must be 0, 1 or 2, got {qos!r}")
+    if qos != 1:
+        # QoS 0 has no acknowledgement to hold back until the log has the message, and under QoS 2 the
+        # client library answers PUBREC on receipt: only QoS 1 keeps "acknowledged only once logged"
+        raise ConfigError(f"mqtt.qos: the gateway subscribes at QoS 1 (acknowledged once logged), got {qos!r}")
     lo = _positive("mqtt", "reconnect_min_s", float(_get(sec, "mqtt", "reconnect_min_s", (int, float), 0.5)))
     hi = _positive("mqtt", "reconnect_max_s", float(_get(sec, "mqtt", "reconnect_max_s", (int, float), 30.0)))
     if hi < lo:

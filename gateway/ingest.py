@@ -77,10 +77,12 @@ class Outbox:
         self.empty.set()
         self.sent = 0
         self.shed = 0
+        self.sending = False
 
     def put(self, topic: str, payload: bytes) -> None:
         if len(self.queue) >= self.limit:
-            self.queue.popleft()
+            # the oldest that is not being published right now (the sender pops the head once acknowledged)
+            del self.queue[1 if self.sending and len(self.queue) > 1 else 0]
             self.shed += 1
             log.error("outbox full: oldest message shed", extra={"event": "outbox_shed", "topic": topic})
         self.queue.append((topic, payload))
@@ -93,7 +95,11 @@ class Outbox:
             await self.ready.wait()
             while self.queue:
                 topic, payload = self.queue[0]
-                await client.publish(topic, payload, qos=1)
+                self.sending = True
+                try:
+                    await client.publish(topic, payload, qos=1)
+                finally:
+                    self.sending = False
                 self.queue.popleft()
                 self.sent += 1
             self.ready.clear()

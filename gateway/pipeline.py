@@ -24,7 +24,7 @@ from .engine.outputs import Output as EngineOutput
 from .errors import DecodeError
 from .model import Batch, DeadLetter, Reading
 from .points import dead_letter_line, reading_line, status_line
-from .protocol import dead_letter_for, decode
+from .protocol import dead_letter_for, decode, excerpt
 
 __all__ = ["Pipeline", "Stats"]
 
@@ -104,7 +104,29 @@ class Pipeline:
         return topic.startswith(self._own[0]) or (topic.endswith(self._own[1]) and topic.count("/") == 3)
 
     def handle(self, topic: str, payload: bytes, received_ms: int) -> Handled:
+        """Never raises: bad input becomes a dead letter, and so does a failure of the gateway's own code.
+
+        A bug must not stop the gateway, nor block the replay of its log after a restart (the message that
+        triggered it would be replayed first, every time); what the message had produced before the
+        failure is kept, the rest is a dead letter with reason ``internal``.
+        """
         out = Handled()
+        try:
+            self._handle(out, topic, payload, received_ms)
+        except Exception as exc:
+            log.exception("internal error while handling a message", extra={"event": "internal_error", "topic": topic})
+            dead = DeadLetter(
+                reason="internal",
+                detail=f"{type(exc).__name__}: {exc}"[:500],
+                topic=topic,
+                received_ms=received_ms,
+                size=len(payload),
+                excerpt=excerpt(payload),
+            )
+            self._dead(dead, out)
+        return out
+
+    def _handle(self, out: Handled, topic: str, payload: bytes, received_ms: int) -> Handled:
         if self.is_own_topic(topic) or (not payload and topic.endswith("/status")):
             # an empty payload on a status topic is MQTT's way of clearing a retained message, not a status
             self.stats.ignored += 1
@@ -149,10 +171,13 @@ class Pipeline:
         return out
 
     def tick(self, now_ms: int) -> Handled:
-        """Time-driven progress (devices turning idle release site windows)."""
+        """Time-driven progress (devices turning idle release site windows). Never raises, like :meth:`handle`."""
         out = Handled()
-        self._engine_out(self.engine.advance(now_ms), out)
-        self._cep_out(self.cep.advance(now_ms), out)
+        try:
+            self._engine_out(self.engine.advance(now_ms), out)
+            self._cep_out(self.cep.advance(now_ms), out)
+        except Exception:
+            log.exception("internal error in a tick", extra={"event": "internal_error"})
         return out
 
     def snapshot(self) -> dict[str, Any]:

@@ -36,6 +36,8 @@ RESERVED_METRICS: Final = frozenset({"boot", "seq", "q", "rev", "time"})
 STATES: Final = ("online", "sleeping", "offline")
 INT64_MAX: Final = 2**63 - 1
 ID_MAX: Final = 2**31 - 1
+MAX_SLEEP_S: Final = 31 * 86_400
+"""The longest sleep interval a status may announce (31 days)."""
 
 REASONS: Final[dict[str, str]] = {
     "oversize": "payload larger than the maximum message size",
@@ -50,6 +52,7 @@ REASONS: Final[dict[str, str]] = {
     "non_finite": "a metric value is NaN or infinite",
     "time_too_old": "event time earlier than any synced clock could give",
     "time_in_future": "event time ahead of the gateway's clock by more than the tolerance",
+    "internal": "the gateway failed on this message (a bug: the log line has the traceback)",
 }
 """Every reason code a dead letter can carry, with its meaning."""
 
@@ -294,5 +297,9 @@ def _decode_status(doc: dict[str, Any], info: TopicInfo, topic: str, received_ms
             raise DecodeError("schema", f"status: {key} must be a number, boolean or string, got {value!r}")
         if isinstance(value, str) and len(value) > 64:
             raise DecodeError("schema", f"status: {key} is a string of {len(value)} > 64")
+        if isinstance(value, int) and not isinstance(value, bool) and not -INT64_MAX - 1 <= value <= INT64_MAX:
+            raise DecodeError("schema", f"status: {key}={value} does not fit in 64 bits")
+        if key == "sleep_s" and (isinstance(value, (bool, str)) or not 0 < value <= MAX_SLEEP_S):
+            raise DecodeError("schema", f"status: sleep_s must be seconds in (0, {MAX_SLEEP_S}], got {value!r}")
         fields[key] = value
     return StatusUpdate(info.site, info.device, topic, received_ms, state, fields)

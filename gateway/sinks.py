@@ -17,7 +17,6 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -37,9 +36,15 @@ class Writer(Protocol):
     async def close(self) -> None: ...
 
 
+RETRYABLE_4XX = frozenset({401, 403, 404, 408, 429})
+"""Refusals that say nothing about the data: credentials (a rotated token), a database or bucket not created
+yet, a timeout, a rate limit. Retried with backoff (the spool holds the lines) rather than dropped; a refusal
+of the data itself (400, 413, 422, ...) is counted and logged, and the batch is not retried."""
+
+
 def _classify(status: int, body: str, retry_after: str | None) -> SinkError:
     hint = float(retry_after) if retry_after and retry_after.isdigit() else None
-    retryable = status >= 500 or status in (408, 429)
+    retryable = status >= 500 or status in RETRYABLE_4XX
     return SinkError(f"HTTP {status}: {body.strip()[:300]}", retryable=retryable, retry_after=hint)
 
 
@@ -49,6 +54,7 @@ class InfluxV1Writer:
     def __init__(self, cfg: InfluxConfig) -> None:
         self.cfg = cfg
         self._session: aiohttp.ClientSession | None = None
+        self._database_ready = False
 
     def _auth(self) -> aiohttp.BasicAuth | None:
         if self.cfg.username:
@@ -59,21 +65,9 @@ class InfluxV1Writer:
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.cfg.timeout_s), auth=self._auth()
         )
-        if self.cfg.create_database:
-            await self._retrying(self._create_database)
-
-    async def _retrying(self, action: Callable[[], Awaitable[None]]) -> None:
-        delay = 0.5
-        while True:
-            try:
-                await action()
-                return
-            except SinkError as err:
-                if not err.retryable:
-                    raise
-                log.warning("influx not ready, retrying", extra={"event": "sink_retry", "error": str(err)})
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.cfg.retry_max_s)
+        # the database is created before the first write, not here: the gateway starts (and spools) while
+        # InfluxDB is still down
+        self._database_ready = not self.cfg.create_database
 
     async def _create_database(self) -> None:
         db = self.cfg.database.replace('"', '\\"')
@@ -94,6 +88,9 @@ class InfluxV1Writer:
             raise SinkError(f"{type(exc).__name__}: {exc}", retryable=True) from exc
 
     async def write(self, lines: list[str]) -> None:
+        if not self._database_ready:
+            await self._create_database()  # raises a (retryable) SinkError while InfluxDB is away
+            self._database_ready = True
         params = {"db": self.cfg.database, "precision": "ns"}
         if self.cfg.retention_policy:
             params["rp"] = self.cfg.retention_policy

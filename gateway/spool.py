@@ -137,7 +137,7 @@ class SpoolingSink:
     def spill(self) -> list[tuple[int, list[str]]]:
         """Everything in memory as spool chunks, oldest first within each class; memory is left empty."""
         chunks: list[tuple[int, list[str]]] = []
-        if self._inflight:
+        if self._inflight and not self._inflight_spilled:  # once: a second copy would land after newer lines
             chunks += self._chunks(self._inflight_class, self._inflight)
             self._inflight_spilled = True
         for cls in (OTHER, RAW):
@@ -171,20 +171,33 @@ class SpoolingSink:
     async def _run(self) -> None:
         interval = self.cfg.flush_interval_ms / 1000
         while True:
-            nxt = self._next()
-            if nxt is None:
-                self._progress.set()
-                if self._closing:
-                    return
-                self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), interval)
-                except TimeoutError:
-                    pass
+            try:
+                done = await self._step(interval)
+            except Exception:  # the spool's disk, a writer bug: say so, wait, try again; never die silently
+                log.exception("sink writer failed; retrying in 1 s", extra={"event": "sink_error"})
+                self.healthy = False
+                await asyncio.sleep(1.0)
                 continue
-            chunk_id, lines = nxt
-            await self._write(chunk_id, lines)
+            if done:
+                return
+
+    async def _step(self, interval: float) -> bool:
+        """Write one batch, or wait for lines; True when closing and nothing is left."""
+        nxt = self._next()
+        if nxt is None:
             self._progress.set()
+            if self._closing:
+                return True
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), interval)
+            except TimeoutError:
+                pass
+            return False
+        chunk_id, lines = nxt
+        await self._write(chunk_id, lines)
+        self._progress.set()
+        return False
 
     async def _write(self, chunk_id: int | None, batch: list[str]) -> None:
         delay = 0.2

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from gateway.config import parse_config
 from gateway.pipeline import Pipeline
 
@@ -58,3 +60,29 @@ def test_own_topics_are_ignored_not_dead_lettered() -> None:
     assert p.stats.ignored == 3 and p.stats.messages == 0
     assert "reason=bad_json" in p.handle("edgekit/s/d1/readings", b"", NOW).lines[0]
     assert "reason=bad_topic" in p.handle("edgekit/s/d1/telemetry", b"{}", NOW).lines[0]
+
+
+def test_an_absurd_sleep_interval_is_dead_lettered_not_a_crash() -> None:
+    """A finite but huge ``sleep_s`` once overflowed the watermark's idle timeout, in every replay of the log."""
+    p = Pipeline(
+        parse_config({"windows": [{"name": "w", "kind": "tumbling", "size": "60s", "metrics": ["x"]}]}, env={})
+    )
+    for bad in (b"1e308", b"0", b"-5", b'"300"', b"true", b"99999999999999999999999"):
+        out = p.handle("edgekit/s/d1/status", b'{"v":1,"dev":"d1","state":"sleeping","sleep_s":%s}' % bad, NOW)
+        assert len(out.lines) == 1 and "reason=schema" in out.lines[0], bad
+    ok = p.handle("edgekit/s/d1/status", b'{"v":1,"dev":"d1","state":"sleeping","sleep_s":300}', NOW)
+    assert ok.lines[0].startswith("device_status,")
+
+
+def test_a_failure_of_the_gateways_own_code_is_a_dead_letter(monkeypatch: pytest.MonkeyPatch) -> None:
+    p = Pipeline(parse_config({}, env={}))
+
+    def broken(*args: object) -> list[object]:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(p, "_engine_out", broken)  # the window engine's results fail to come out
+    out = p.handle("edgekit/s/d1/readings", batch("d1", [(1, 0, NOW - 1_000, {"x": 1.5})]), NOW)
+    # the raw reading it had produced is kept, and the failure is on record with its reason
+    assert out.lines[0].startswith("reading,device=d1,site=s x=1.5")
+    assert "reason=internal" in out.lines[1] and "RuntimeError: a bug" in out.lines[1]
+    assert p.stats.dead_by_reason["internal"] == 1
