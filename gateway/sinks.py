@@ -17,6 +17,7 @@ import logging
 import random
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -25,7 +26,7 @@ import aiohttp
 from .config import InfluxConfig
 from .errors import SinkError
 
-__all__ = ["BatchingSink", "InfluxV1Writer", "InfluxV2Writer", "SinkStats", "Writer", "make_writer"]
+__all__ = ["BatchingSink", "InfluxV1Writer", "InfluxV2Writer", "SinkStats", "Writer", "make_writer", "write_with_retry"]
 
 log = logging.getLogger("gateway.sink")
 
@@ -160,6 +161,51 @@ class SinkStats:
         }
 
 
+async def write_with_retry(
+    writer: Writer,
+    batch: list[str],
+    stats: SinkStats,
+    retry_max_s: float,
+    *,
+    give_up: Callable[[], bool] | None = None,
+    on_retry: Callable[[SinkError], None] | None = None,
+) -> float | None:
+    """Write ``batch``; retry a retryable failure with exponential backoff and jitter (or the server's
+    ``Retry-After``), count a refusal (4xx about the data) and move on. Returns the seconds the successful
+    write took, or ``None`` when the batch was refused or ``give_up()`` said to stop before an attempt."""
+    delay = 0.2
+    while True:
+        if give_up is not None and give_up():
+            return None
+        start = time.perf_counter()
+        try:
+            await writer.write(batch)
+        except SinkError as err:
+            if not err.retryable:
+                stats.points_refused += len(batch)
+                log.error(
+                    "influx refused a batch",
+                    extra={"event": "sink_refused", "points": len(batch), "error": str(err)},
+                )
+                return None
+            stats.write_failures += 1
+            if on_retry is not None:
+                on_retry(err)
+            wait = err.retry_after or delay * (0.5 + random.random())
+            log.info(
+                "influx write failed, retrying",
+                extra={"event": "sink_retry", "points": len(batch), "error": str(err), "wait_s": round(wait, 2)},
+            )
+            await asyncio.sleep(wait)
+            delay = min(delay * 2, retry_max_s)
+            continue
+        elapsed = time.perf_counter() - start
+        stats.last_write_ms = elapsed * 1000
+        stats.points_written += len(batch)
+        stats.batches_written += 1
+        return elapsed
+
+
 class BatchingSink:
     def __init__(self, writer: Writer, cfg: InfluxConfig) -> None:
         self.writer = writer
@@ -202,41 +248,13 @@ class BatchingSink:
             while self._pending:
                 n = min(self.cfg.batch_size, len(self._pending))
                 batch = [self._pending[i] for i in range(n)]
-                await self._write_with_retry(batch)
+                await write_with_retry(self.writer, batch, self.stats, self.cfg.retry_max_s)
                 for _ in range(n):
                     self._pending.popleft()
                 if len(self._pending) < self.cfg.max_buffered:
                     self._room.set()
             if self._closing:
                 return
-
-    async def _write_with_retry(self, batch: list[str]) -> None:
-        delay = 0.2
-        while True:
-            start = time.perf_counter()
-            try:
-                await self.writer.write(batch)
-            except SinkError as err:
-                if not err.retryable:
-                    self.stats.points_refused += len(batch)
-                    log.error(
-                        "influx refused a batch",
-                        extra={"event": "sink_refused", "points": len(batch), "error": str(err)},
-                    )
-                    return
-                self.stats.write_failures += 1
-                wait = err.retry_after or delay * (0.5 + random.random())
-                log.warning(
-                    "influx write failed, retrying",
-                    extra={"event": "sink_retry", "points": len(batch), "error": str(err), "wait_s": wait},
-                )
-                await asyncio.sleep(wait)
-                delay = min(delay * 2, self.cfg.retry_max_s)
-                continue
-            self.stats.last_write_ms = (time.perf_counter() - start) * 1000
-            self.stats.points_written += len(batch)
-            self.stats.batches_written += 1
-            return
 
     async def close(self, timeout_s: float = 30.0) -> None:
         """Write what is pending (up to ``timeout_s``), then close the writer."""

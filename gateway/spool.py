@@ -21,15 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
-import time
 from collections import deque
 from collections.abc import Callable
 
 from .config import InfluxConfig
 from .errors import SinkError
 from .points import READING
-from .sinks import SinkStats, Writer
+from .sinks import SinkStats, Writer, write_with_retry
 from .state import StateStore
 
 __all__ = ["OTHER", "RAW", "SpoolingSink", "line_class"]
@@ -200,40 +198,23 @@ class SpoolingSink:
         return False
 
     async def _write(self, chunk_id: int | None, batch: list[str]) -> None:
-        delay = 0.2
-        while True:
-            if chunk_id is None and self._inflight_spilled:
-                break  # a checkpoint moved this batch to the spool: it is written from there
-            start = time.perf_counter()
-            try:
-                await self.writer.write(batch)
-            except SinkError as err:
-                if not err.retryable:
-                    self.stats.points_refused += len(batch)
-                    log.error(
-                        "influx refused a batch",
-                        extra={"event": "sink_refused", "points": len(batch), "error": str(err)},
-                    )
-                    break
-                self.stats.write_failures += 1
-                if self.healthy:
-                    log.warning("influx unreachable: spooling", extra={"event": "sink_down", "error": str(err)})
-                self.healthy = False
-                wait = err.retry_after or delay * (0.5 + random.random())
-                log.info("influx write failed, retrying", extra={"event": "sink_retry", "wait_s": round(wait, 2)})
-                await asyncio.sleep(wait)
-                delay = min(delay * 2, self.cfg.retry_max_s)
-                continue
-            elapsed = time.perf_counter() - start
+        def moved_to_spool() -> bool:  # a checkpoint moved this batch to the spool: it is written from there
+            return chunk_id is None and self._inflight_spilled
+
+        def down(err: SinkError) -> None:
+            if self.healthy:
+                log.warning("influx unreachable: spooling", extra={"event": "sink_down", "error": str(err)})
+            self.healthy = False
+
+        elapsed = await write_with_retry(
+            self.writer, batch, self.stats, self.cfg.retry_max_s, give_up=moved_to_spool, on_retry=down
+        )
+        if elapsed is not None:
             if not self.healthy:
                 log.warning("influx reachable again", extra={"event": "sink_up", "spool_lines": self.store.spool_lines})
             self.healthy = True
-            self.stats.last_write_ms = elapsed * 1000
             if self.observe_latency is not None:
                 self.observe_latency(elapsed)
-            self.stats.points_written += len(batch)
-            self.stats.batches_written += 1
-            break
         if chunk_id is not None:
             self.store.spool_delete(chunk_id)
         else:
