@@ -70,12 +70,14 @@ offsets inside the run may be negative (``"-2h"``). Every error names the key an
 
 from __future__ import annotations
 
-import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, Literal
+
+from gateway.engine.config import parse_duration as gateway_parse_duration
+from gateway.errors import ConfigError
 
 from .devices import METRIC_GENERATORS
 from .errors import SpecError
@@ -97,26 +99,22 @@ __all__ = [
 ]
 
 SCENARIO_DIR: Final = Path(__file__).resolve().parent / "scenarios"
-_DURATION_RE: Final = re.compile(r"\s*(-?\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*")
-_UNITS: Final = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 DelayDist = Literal["fixed", "uniform", "exponential", "lognormal"]
 SequenceKind = str
 
 
 def parse_duration(value: object, where: str, *, negative: bool = False) -> int:
-    """Milliseconds from an int or ``"<number><unit>"`` (unit ms, s, m, h, d)."""
-    ms: float | None = None
-    if isinstance(value, int) and not isinstance(value, bool):
-        ms = value
-    elif isinstance(value, str):
-        m = _DURATION_RE.fullmatch(value)
-        if m:
-            ms = float(m.group(1)) * _UNITS[m.group(2)]
-    if ms is None or ms != int(ms):
-        raise SpecError(f"{where}: expected a duration such as '60s' or milliseconds, got {value!r}")
-    if ms < 0 and not negative:
-        raise SpecError(f"{where}: must not be negative, got {value!r}")
-    return int(ms)
+    """Milliseconds from an int or ``"<number><unit>"`` (unit ms, s, m, h, d): the gateway's own parser,
+    with a leading minus allowed where ``negative`` is (a skew, an offset)."""
+    sign = 1
+    if negative and isinstance(value, int) and not isinstance(value, bool) and value < 0:
+        value, sign = -value, -1
+    elif negative and isinstance(value, str) and value.strip().startswith("-"):
+        value, sign = value.strip()[1:], -1
+    try:
+        return sign * gateway_parse_duration(value, where)
+    except ConfigError as exc:
+        raise SpecError(str(exc)) from exc
 
 
 @dataclass(frozen=True, slots=True)
