@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
-from ..engine.config import parse_duration
+from ..engine.config import parse_duration, parse_named_tables
 from ..errors import ConfigError
 from .expr import ExprError, parse_condition
 from .pattern import Follow, PatternError, PatternSpec, StepSpec, validate
@@ -130,14 +130,4 @@ def parse_pattern(raw: object, index: int = 0) -> PatternSpec:
 
 def parse_patterns(section: object) -> tuple[PatternSpec, ...]:
     """The ``[[patterns]]`` list (``None`` or absent: no patterns); names must be unique."""
-    if section is None:
-        return ()
-    if not isinstance(section, list):
-        raise PatternError(f"patterns: expected a list of [[patterns]] tables, got {section!r}")
-    specs = tuple(parse_pattern(raw, i) for i, raw in enumerate(section))
-    seen: set[str] = set()
-    for spec in specs:
-        if spec.name in seen:
-            raise PatternError(f"patterns[{spec.name}].name: declared twice")
-        seen.add(spec.name)
-    return specs
+    return parse_named_tables(section, "patterns", parse_pattern, PatternError)

@@ -37,9 +37,9 @@ Durations are integers (ms) or strings ``<number><unit>``, unit ``ms``, ``s``, `
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Protocol, TypeVar
 
 from ..errors import ConfigError
 from .aggregates import AGGREGATES
@@ -186,19 +186,38 @@ def _parse_window(raw: object, index: int) -> WindowSpec:
     )
 
 
-def parse_windows(section: object) -> tuple[WindowSpec, ...]:
-    """The ``[[windows]]`` list of the TOML file (``None`` or absent means no windows)."""
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+N = TypeVar("N", bound=_Named)
+
+
+def parse_named_tables(
+    section: object,
+    label: str,
+    parse_one: Callable[[object, int], N],
+    error: type[ConfigError] = ConfigError,
+) -> tuple[N, ...]:
+    """A TOML array of tables (``[[label]]``; ``None`` or absent: none), each parsed by ``parse_one(raw,
+    index)``, their names unique."""
     if section is None:
         return ()
     if not isinstance(section, list):
-        raise ConfigError(f"windows: expected a list of [[windows]] tables, got {section!r}")
-    specs = tuple(_parse_window(raw, i) for i, raw in enumerate(section))
+        raise error(f"{label}: expected a list of [[{label}]] tables, got {section!r}")
+    specs = tuple(parse_one(raw, i) for i, raw in enumerate(section))
     seen: set[str] = set()
     for spec in specs:
         if spec.name in seen:
-            raise ConfigError(f"windows[{spec.name}].name: declared twice")
+            raise error(f"{label}[{spec.name}].name: declared twice")
         seen.add(spec.name)
     return specs
+
+
+def parse_windows(section: object) -> tuple[WindowSpec, ...]:
+    """The ``[[windows]]`` list of the TOML file (``None`` or absent means no windows)."""
+    return parse_named_tables(section, "windows", _parse_window)
 
 
 def _parse_watermark(raw: object) -> WatermarkSpec:
