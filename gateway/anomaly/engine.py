@@ -227,20 +227,7 @@ class AnomalyEngine:
                 f"{len(metrics)} metrics of {r.device} anomalous within {span / 60_000:g} min: {', '.join(metrics)}"
             )
             details: dict[str, MetricValue] = {"metrics": ",".join(metrics), "count": len(metrics)}
-            alert = Alert(
-                "anomaly",
-                "compound.device",
-                r.site,
-                r.device,
-                "critical",
-                min(times),
-                max(times),
-                keys,
-                message,
-                details,
-            )
-            self.stats["compound_alerts"] += 1
-            self._emit(out, alert)
+            self._compound_alert(out, "compound.device", r.site, r.device, times, keys, message, details)
             mine.clear()
         for g in self.groups_of(r.device):
             members = self.group_recent.setdefault(g.name, {})
@@ -258,21 +245,24 @@ class AnomalyEngine:
                     f"{', '.join(devices)}"
                 )
                 details = {"devices": ",".join(devices), "count": len(devices), "group": g.name}
-                alert = Alert(
-                    "anomaly",
-                    "compound.group",
-                    site,
-                    g.name,
-                    "critical",
-                    min(times),
-                    max(times),
-                    keys,
-                    message,
-                    details,
-                )
-                self.stats["compound_alerts"] += 1
-                self._emit(out, alert)
+                self._compound_alert(out, "compound.group", site, g.name, times, keys, message, details)
                 members.clear()
+
+    def _compound_alert(
+        self,
+        out: AnomalyOutput,
+        name: str,
+        site: str,
+        key: str,
+        times: list[int],
+        keys: tuple[ReadingKey, ...],
+        message: str,
+        details: dict[str, MetricValue],
+    ) -> None:
+        """A critical alert for anomalies that came together (several metrics, or several devices)."""
+        alert = Alert("anomaly", name, site, key, "critical", min(times), max(times), keys, message, details)
+        self.stats["compound_alerts"] += 1
+        self._emit(out, alert)
 
     # -- state --------------------------------------------------------------------------------------
 
