@@ -249,11 +249,11 @@ class Gateway:
             },
         }
 
-    def _write_stats(self) -> None:
+    def _write_stats(self, stats: dict[str, object] | None = None) -> None:
         if self.stats_file is None:
             return
         tmp = self.stats_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.snapshot_stats(), indent=1) + "\n", encoding="utf-8")
+        tmp.write_text(json.dumps(stats or self.snapshot_stats(), indent=1) + "\n", encoding="utf-8")
         os.replace(tmp, self.stats_file)
 
     # --------------------------------------------------------------------------------------- run
@@ -264,12 +264,13 @@ class Gateway:
         while not stop.is_set():
             try:
                 await self._tick()
-                await self.sink.add(self.live.health_lines(self.now_ms(), self.snapshot_stats()))  # deploy
+                stats = self.snapshot_stats()  # once a tick: for the health points and the stats file
+                await self.sink.add(self.live.health_lines(self.now_ms(), stats))  # deploy
                 if time.monotonic() - last_checkpoint >= self.config.state.checkpoint_interval_s:
                     self.checkpoint()
                     last_checkpoint = time.monotonic()
                 self.metrics.sample()
-                self._write_stats()
+                self._write_stats(stats)
             except Exception:  # a full disk, a busy database: say so and try again next second, never die silently
                 log.exception("tick failed; trying again", extra={"event": "tick_error"})
             try:
