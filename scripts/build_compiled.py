@@ -24,7 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 ENGINE = ROOT / "gateway" / "engine"
-MODULES = ("aggregates", "windows", "operators", "engine")  # keep in step with gateway/engine/__init__.py
+MODULES = ("aggregates", "windows", "outputs", "operators", "engine")  # keep in step with gateway/engine/__init__.py
 GROUP = "gateway.engine._native"  # the shared library lives in the package: no top-level module
 STAMP = ENGINE / "_compiled.json"
 

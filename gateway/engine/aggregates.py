@@ -5,9 +5,9 @@ Each aggregate is an object with ``initial()``, ``add(acc, value, order)``, ``me
 can merge partial results. ``order`` is the reading's ``(event time, boot, seq)``: ``first`` and ``last``
 are by event time, ties broken by the reading's identity, so they do not depend on arrival order.
 
-The window operators use :class:`Summary`, which fuses all eight into one flat list per window and
-metric (one call per value instead of eight); the per-aggregate objects define the semantics and are
-tested against it. Variance is Welford's update with Chan's parallel merge, which stays accurate where
+The window operators use :class:`Stat`, which fuses all eight into one object per window (or pane, or
+session) and metric: one call per value instead of eight. The per-aggregate objects define the semantics
+and are tested against it. Variance is Welford's update with Chan's parallel merge, which stays accurate where
 the naive sum of squares cancels catastrophically. ``stddev`` is the *sample* standard deviation
 (``n - 1``, as InfluxDB's ``stddev()``) and has no value for fewer than two readings.
 """
@@ -18,15 +18,21 @@ import math
 from dataclasses import dataclass
 from typing import Any, Final
 
+from mypy_extensions import mypyc_attr
+
 __all__ = [
     "AGGREGATES",
+    "Acc",
     "Aggregator",
     "Order",
-    "Summary",
-    "summary_add",
-    "summary_merge",
-    "summary_new",
-    "summary_result",
+    "Stat",
+    "acc_copy",
+    "acc_empty",
+    "acc_from_json",
+    "acc_merge",
+    "acc_merge_into",
+    "acc_to_json",
+    "order_key",
 ]
 
 Order = tuple[int, int, int]
@@ -122,97 +128,218 @@ AGGREGATES: Final[dict[str, Aggregator]] = {
 """The aggregates a window may ask for, by name."""
 
 # ---------------------------------------------------------------------------------------------------
-# The fused accumulator the operators keep: one flat list (JSON-able as it is).
-# [n, mean, m2, sum, min, max, first_t, first_b, first_s, first_v, last_t, last_b, last_s, last_v]
+# The accumulators the operators keep.
 
-Summary = list[Any]
-"""All eight aggregates of one metric in one window (or pane, or session), as a flat list."""
+_LOW31: Final = (1 << 31) - 1
 
 
-def summary_new(v: float, t: int, b: int, s: int) -> Summary:
-    """The summary of a single value."""
-    return [1, v, 0.0, v, v, v, t, b, s, v, t, b, s, v]
+@mypyc_attr(acyclic=True)  # compiled: holds no references, so the cyclic garbage collector never scans it
+class Stat:
+    """Every aggregate of one metric over one window, pane or session; ``n == 0``: no value yet.
+
+    ``mean``/``m2`` are Welford's running mean and sum of squared deviations (kept only by
+    :meth:`add_var`, merged by Chan's formula); ``ft, fb, fs, fv`` and ``lt, lb, ls, lv`` are the first
+    and last readings by ``(t, boot, seq)`` and their values. Compiled (mypyc) this is a native class
+    whose ``float`` and small ``int`` attributes are unboxed C fields: adding a value allocates nothing.
+    """
+
+    __slots__ = ("fb", "fs", "ft", "fv", "hi", "lb", "lo", "ls", "lt", "lv", "m2", "mean", "n", "total")
+
+    n: int
+    total: float
+    lo: float
+    hi: float
+    mean: float
+    m2: float
+    ft: int
+    fb: int
+    fs: int
+    fv: float
+    lt: int
+    lb: int
+    ls: int
+    lv: float
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.total = self.lo = self.hi = self.mean = self.m2 = self.fv = self.lv = 0.0
+        self.ft = self.fb = self.fs = self.lt = self.lb = self.ls = 0
+
+    def _one(self, v: float, t: int, b: int, s: int) -> None:
+        self.n = 1
+        self.total = self.lo = self.hi = self.mean = self.fv = self.lv = v
+        self.m2 = 0.0
+        self.ft = self.lt = t
+        self.fb = self.lb = b
+        self.fs = self.ls = s
+
+    def add(self, v: float, t: int, b: int, s: int) -> None:
+        """Add one value read at ``(t, b, s)``; no variance (see :meth:`add_var`)."""
+        n = self.n
+        if not n:
+            self._one(v, t, b, s)
+            return
+        self.n = n + 1
+        self.total += v
+        if v < self.lo:
+            self.lo = v
+        elif v > self.hi:
+            self.hi = v
+        self._order(v, t, b, s)
+
+    def add_var(self, v: float, t: int, b: int, s: int) -> None:
+        """As :meth:`add`, also updating Welford's running mean and M2 (for ``stddev``)."""
+        n = self.n
+        if not n:
+            self._one(v, t, b, s)
+            return
+        n += 1
+        self.n = n
+        self.total += v
+        if v < self.lo:
+            self.lo = v
+        elif v > self.hi:
+            self.hi = v
+        mean = self.mean
+        d = v - mean
+        mean += d / n
+        self.mean = mean
+        self.m2 += d * (v - mean)
+        self._order(v, t, b, s)
+
+    def _order(self, v: float, t: int, b: int, s: int) -> None:
+        ft = self.ft
+        if t < ft or (t == ft and (b < self.fb or (b == self.fb and s < self.fs))):
+            self.ft = t
+            self.fb = b
+            self.fs = s
+            self.fv = v
+            return
+        lt = self.lt
+        if t > lt or (t == lt and (b > self.lb or (b == self.lb and s > self.ls))):
+            self.lt = t
+            self.lb = b
+            self.ls = s
+            self.lv = v
+
+    def merge_from(self, o: Stat) -> None:
+        """Merge ``o`` into this one (Chan's parallel variance); ``o`` is not changed."""
+        nb = o.n
+        if not nb:
+            return
+        na = self.n
+        if not na:
+            self.set(o)
+            return
+        n = na + nb
+        self.n = n
+        self.total += o.total
+        if o.lo < self.lo:
+            self.lo = o.lo
+        if o.hi > self.hi:
+            self.hi = o.hi
+        d = o.mean - self.mean
+        self.mean += d * nb / n
+        self.m2 += o.m2 + d * d * na * nb / n
+        t, b, s = o.ft, o.fb, o.fs
+        ft = self.ft
+        if t < ft or (t == ft and (b < self.fb or (b == self.fb and s < self.fs))):
+            self.ft = t
+            self.fb = b
+            self.fs = s
+            self.fv = o.fv
+        t, b, s = o.lt, o.lb, o.ls
+        lt = self.lt
+        if t > lt or (t == lt and (b > self.lb or (b == self.lb and s > self.ls))):
+            self.lt = t
+            self.lb = b
+            self.ls = s
+            self.lv = o.lv
+
+    def set(self, o: Stat) -> None:
+        """Become a copy of ``o``."""
+        self.n = o.n
+        self.total = o.total
+        self.lo = o.lo
+        self.hi = o.hi
+        self.mean = o.mean
+        self.m2 = o.m2
+        self.ft = o.ft
+        self.fb = o.fb
+        self.fs = o.fs
+        self.fv = o.fv
+        self.lt = o.lt
+        self.lb = o.lb
+        self.ls = o.ls
+        self.lv = o.lv
+
+    def copy(self) -> Stat:
+        c = Stat()
+        c.set(self)
+        return c
+
+    def result(self, names: tuple[str, ...]) -> dict[str, float]:
+        """The requested aggregates (other than ``count``) in ``names`` order.
+
+        ``mean`` is ``sum / n``; ``stddev`` (sample, n - 1) comes from Welford's M2 and is absent below n = 2.
+        """
+        out: dict[str, float] = {}
+        n = self.n
+        for name in names:
+            if name == "mean":
+                out["mean"] = self.total / n
+            elif name == "sum":
+                out["sum"] = self.total
+            elif name == "min":
+                out["min"] = self.lo
+            elif name == "max":
+                out["max"] = self.hi
+            elif name == "stddev":
+                if n >= 2:
+                    out["stddev"] = math.sqrt(max(self.m2, 0.0) / (n - 1))
+            elif name == "first":
+                out["first"] = self.fv
+            elif name == "last":
+                out["last"] = self.lv
+        return out
+
+    def to_json(self) -> list[Any]:
+        """``[n, sum, min, max, mean, m2, first order, first value, last order, last value]``."""
+        return [
+            self.n,
+            self.total,
+            self.lo,
+            self.hi,
+            self.mean,
+            self.m2,
+            order_key(self.ft, self.fb, self.fs),
+            self.fv,
+            order_key(self.lt, self.lb, self.ls),
+            self.lv,
+        ]
+
+    @staticmethod
+    def from_json(x: list[Any], i: int = 0) -> Stat:
+        """The inverse of :meth:`to_json`, reading ``x[i : i + FIELDS]``."""
+        st = Stat()
+        st.n = int(x[i])
+        st.total = float(x[i + 1])
+        st.lo = float(x[i + 2])
+        st.hi = float(x[i + 3])
+        st.mean = float(x[i + 4])
+        st.m2 = float(x[i + 5])
+        st.ft, st.fb, st.fs = order_parts(int(x[i + 6]))
+        st.fv = float(x[i + 7])
+        st.lt, st.lb, st.ls = order_parts(int(x[i + 8]))
+        st.lv = float(x[i + 9])
+        return st
 
 
-def summary_add(a: Summary, v: float, t: int, b: int, s: int) -> None:
-    """Add one value in place (Welford)."""
-    n = a[0] + 1
-    a[0] = n
-    d = v - a[1]
-    mean = a[1] + d / n
-    a[1] = mean
-    a[2] += d * (v - mean)
-    a[3] += v
-    if v < a[4]:
-        a[4] = v
-    if v > a[5]:
-        a[5] = v
-    if t < a[6] or (t == a[6] and (b < a[7] or (b == a[7] and s < a[8]))):
-        a[6] = t
-        a[7] = b
-        a[8] = s
-        a[9] = v
-    if t > a[10] or (t == a[10] and (b > a[11] or (b == a[11] and s > a[12]))):
-        a[10] = t
-        a[11] = b
-        a[12] = s
-        a[13] = v
-
-
-def summary_merge(a: Summary, b: Summary) -> Summary:
-    """A new summary of both inputs (Chan's parallel variance); neither input is changed."""
-    na = a[0]
-    nb = b[0]
-    n = na + nb
-    d = b[1] - a[1]
-    first = a[6:10] if (a[6], a[7], a[8]) <= (b[6], b[7], b[8]) else b[6:10]
-    last = a[10:14] if (a[10], a[11], a[12]) >= (b[10], b[11], b[12]) else b[10:14]
-    return [
-        n,
-        a[1] + d * nb / n,
-        a[2] + b[2] + d * d * na * nb / n,
-        a[3] + b[3],
-        a[4] if a[4] <= b[4] else b[4],
-        a[5] if a[5] >= b[5] else b[5],
-        *first,
-        *last,
-    ]
-
-
-def summary_result(a: Summary, names: tuple[str, ...]) -> dict[str, float]:
-    """The requested aggregates (other than ``count``) as floats; ``stddev`` is absent below n = 2."""
-    out: dict[str, float] = {}
-    for name in names:
-        if name == "sum":
-            out["sum"] = float(a[3])
-        elif name == "mean":
-            out["mean"] = float(a[1])
-        elif name == "min":
-            out["min"] = float(a[4])
-        elif name == "max":
-            out["max"] = float(a[5])
-        elif name == "stddev":
-            if a[0] >= 2:
-                out["stddev"] = math.sqrt(max(a[2], 0.0) / (a[0] - 1))
-        elif name == "first":
-            out["first"] = float(a[9])
-        elif name == "last":
-            out["last"] = float(a[13])
-    return out
-
-
-# ---------------------------------------------------------------------------------------------------
-# Flat accumulators for the operators: the metrics of one window (or pane, or session) side by side in
-# one list, ``FIELDS`` slots per metric at ``base = metric index * FIELDS``:
-# [n, sum, min, max, welford_mean, m2, first_order, first_v, last_order, last_v]
-# ``n == 0`` means the metric has no value there (the other slots are then meaningless). ``order`` is one
-# integer that sorts like ``(t, boot, seq)`` (see :func:`order_key`), so first/last cost one comparison.
-# Values are floats, typed ``Any`` so that compiled code (mypyc) passes the float object on and stores it,
-# where a ``float`` would be unboxed and boxed into a new object at every store.
+# A window's (or pane's, or session's) accumulator: one Stat per metric of the window, in its order. In
+# snapshots it is one flat list, ``FIELDS`` values per metric (:meth:`Stat.to_json`), as it always was.
 
 FIELDS: Final = 10
-Acc = list[Any]
-"""The flat accumulator of one window's metrics (JSON-able as it is)."""
+Acc = list[Stat]
 
 _BOOT_SHIFT: Final = 1 << 31  # boot and seq are 0..2^31-1 (docs/protocol.md)
 _T_SHIFT: Final = 1 << 62
@@ -223,112 +350,40 @@ def order_key(t: int, b: int, s: int) -> int:
     return t * _T_SHIFT + b * _BOOT_SHIFT + s
 
 
+def order_parts(o: int) -> tuple[int, int, int]:
+    """The inverse of :func:`order_key`."""
+    return o >> 62, (o >> 31) & _LOW31, o & _LOW31
+
+
 def acc_empty(metrics: int) -> Acc:
-    return [0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, 0.0, 0, 0.0] * metrics
+    return [Stat() for _ in range(metrics)]
 
 
-def acc_add(a: Acc, i: int, v: Any, o: int) -> None:
-    """Add value ``v`` with order ``o`` to the metric at ``base = i``; no variance (see :func:`acc_add_var`)."""
-    n = a[i]
-    if n:
-        a[i] = n + 1
-        a[i + 1] += v
-        if v < a[i + 2]:
-            a[i + 2] = v
-        elif v > a[i + 3]:
-            a[i + 3] = v
-        if o < a[i + 6]:
-            a[i + 6] = o
-            a[i + 7] = v
-        elif o > a[i + 8]:
-            a[i + 8] = o
-            a[i + 9] = v
-    else:
-        a[i : i + FIELDS] = (1, v, v, v, v, 0.0, o, v, o, v)
-
-
-def acc_add_var(a: Acc, i: int, v: Any, o: int) -> None:
-    """As :func:`acc_add`, also updating Welford's running mean and M2 (for ``stddev``)."""
-    n = a[i]
-    if n:
-        n += 1
-        a[i] = n
-        a[i + 1] += v
-        if v < a[i + 2]:
-            a[i + 2] = v
-        elif v > a[i + 3]:
-            a[i + 3] = v
-        mean = a[i + 4]
-        d = v - mean
-        mean += d / n
-        a[i + 4] = mean
-        a[i + 5] += d * (v - mean)
-        if o < a[i + 6]:
-            a[i + 6] = o
-            a[i + 7] = v
-        elif o > a[i + 8]:
-            a[i + 8] = o
-            a[i + 9] = v
-    else:
-        a[i : i + FIELDS] = (1, v, v, v, v, 0.0, o, v, o, v)
+def acc_copy(a: Acc) -> Acc:
+    """A deep copy: the copy never changes when ``a`` does."""
+    return [x.copy() for x in a]
 
 
 def acc_merge(a: Acc, b: Acc) -> Acc:
-    """A new accumulator of both (Chan's parallel variance, metric by metric); neither input is changed."""
-    out = list(a)
-    acc_merge_into(out, b)
+    """A new accumulator of both; neither input is changed."""
+    out = [x.copy() for x in a]
+    for i in range(len(b)):
+        out[i].merge_from(b[i])
     return out
 
 
 def acc_merge_into(out: Acc, b: Acc) -> None:
     """Merge ``b`` into ``out`` in place."""
-    for i in range(0, len(b), FIELDS):
-        nb = b[i]
-        if not nb:
-            continue
-        na = out[i]
-        if not na:
-            out[i : i + FIELDS] = b[i : i + FIELDS]
-            continue
-        n = na + nb
-        out[i] = n
-        out[i + 1] += b[i + 1]
-        if b[i + 2] < out[i + 2]:
-            out[i + 2] = b[i + 2]
-        if b[i + 3] > out[i + 3]:
-            out[i + 3] = b[i + 3]
-        d = b[i + 4] - out[i + 4]
-        out[i + 4] += d * nb / n
-        out[i + 5] += b[i + 5] + d * d * na * nb / n
-        if b[i + 6] < out[i + 6]:
-            out[i + 6] = b[i + 6]
-            out[i + 7] = b[i + 7]
-        if b[i + 8] > out[i + 8]:
-            out[i + 8] = b[i + 8]
-            out[i + 9] = b[i + 9]
+    for i in range(len(b)):
+        out[i].merge_from(b[i])
 
 
-def acc_result(a: Acc, i: int, names: tuple[str, ...]) -> dict[str, float]:
-    """The requested aggregates (other than ``count``) of the metric at ``base = i``, in ``names`` order.
+def acc_to_json(a: Acc) -> list[Any]:
+    flat: list[Any] = []
+    for x in a:
+        flat.extend(x.to_json())
+    return flat
 
-    ``mean`` is ``sum / n``; ``stddev`` (sample, n - 1) comes from Welford's M2 and is absent below n = 2.
-    """
-    out: dict[str, float] = {}
-    n = a[i]
-    for name in names:
-        if name == "mean":
-            out["mean"] = float(a[i + 1] / n)
-        elif name == "sum":
-            out["sum"] = float(a[i + 1])
-        elif name == "min":
-            out["min"] = float(a[i + 2])
-        elif name == "max":
-            out["max"] = float(a[i + 3])
-        elif name == "stddev":
-            if n >= 2:
-                out["stddev"] = math.sqrt(max(a[i + 5], 0.0) / (n - 1))
-        elif name == "first":
-            out["first"] = float(a[i + 7])
-        elif name == "last":
-            out["last"] = float(a[i + 9])
-    return out
+
+def acc_from_json(flat: list[Any]) -> Acc:
+    return [Stat.from_json(flat, i) for i in range(0, len(flat), FIELDS)]

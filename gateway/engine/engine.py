@@ -18,7 +18,6 @@ from collections.abc import Iterable
 from typing import Any, Final
 
 from ..model import Batch, Reading, StatusUpdate
-from .aggregates import FIELDS, order_key
 from .config import EngineSpec, WindowSpec
 from .operators import Values, WindowOperator, build_operator
 from .outputs import LateReading, Output
@@ -39,7 +38,7 @@ class _Window:
         self.op: WindowOperator = build_operator(spec, shared=engine.watermark.mode == "global")
         self.key_site = spec.key == "site"
         self.metrics = spec.metrics
-        self.bases = tuple((m, i * FIELDS) for i, m in enumerate(spec.metrics))
+        self.bases = tuple((m, i) for i, m in enumerate(spec.metrics))
         self.bounds: dict[str, int] = {}
         self._wm_spec = engine.watermark
 
@@ -64,8 +63,6 @@ class Engine:
         self._max_future = spec.max_future_ms
         self._min_time = spec.min_time_ms
         self._reject_unsynced = spec.unsynced == "reject"
-        # a reading's (t, boot, seq) order only matters to first/last: without them it is not computed (0)
-        self._need_order = any(a in ("first", "last") for w in spec.windows for a in w.aggregates)
         self.stats: dict[str, int] = {
             "readings": 0,
             "time_in_future": 0,
@@ -96,8 +93,7 @@ class Engine:
         fut = now_ms + self._max_future
         too_old = self._min_time
         reject_u = self._reject_unsynced
-        need_order = self._need_order
-        rows: list[tuple[int, int, int, int, Reading]] = []
+        rows: list[tuple[int, int, int, Reading]] = []
         max_t: int | None = None
         for r in batch.readings:
             t = r.t_ms
@@ -105,7 +101,7 @@ class Engine:
             if t > fut or t < too_old or (reject_u and q == "u"):
                 out.append(self._refuse(r, now_ms))
                 continue
-            rows.append((t, order_key(t, r.boot, r.seq) if need_order else 0, r.boot, r.seq, r))
+            rows.append((t, r.boot, r.seq, r))
             if q != "u" and (max_t is None or t > max_t):
                 max_t = t
         stats = self.stats
@@ -125,15 +121,15 @@ class Engine:
                         vals = v
                         break
                 if vals is None:
-                    vals = [self._values(row[4], w.bases) for row in rows]
+                    vals = [self._values(row[3], w.bases) for row in rows]
                     shared.append((metrics, vals))
                 key = site if w.key_site else device
                 op = w.op
                 for j in range(len(rows)):
                     values = vals[j]
                     if values:
-                        t, o, b, sq, _ = rows[j]
-                        late = op.add(key, site, device, t, o, b, sq, values)
+                        t, b, sq, _ = rows[j]
+                        late = op.add(key, site, device, t, b, sq, values)
                         if late:
                             out.extend(late)
         # the device tracker (DeviceTracker.seen, inlined): entry = [site, max_t, flushed, last_seen, ...]

@@ -19,7 +19,7 @@ from bisect import bisect_left, insort
 from heapq import heappop, heappush
 from typing import Any, Final, Protocol
 
-from .aggregates import FIELDS, Acc, acc_add, acc_add_var, acc_empty, acc_merge, acc_merge_into
+from .aggregates import Acc, acc_copy, acc_empty, acc_from_json, acc_merge, acc_merge_into, acc_to_json
 from .config import WindowSpec
 from .outputs import Fired, LateReading, Output, WindowResult
 from .windows import first_window_end_after, pane_size
@@ -34,9 +34,8 @@ __all__ = [
     "build_operator",
 ]
 
-Values = list[tuple[int, Any]]
-"""One reading's float values for a window: ``(base, value)``, ``base = metric index * FIELDS`` in the window's
-metrics (``Any``: see the note on the flat accumulators in :mod:`.aggregates`)."""
+Values = list[tuple[int, float]]
+"""One reading's values for a window: ``(metric index in the window's metrics, value)``."""
 _NONE: Final[tuple[Output, ...]] = ()
 
 
@@ -44,9 +43,7 @@ class Operator(Protocol):
     spec: WindowSpec
     late_count: int
 
-    def add(
-        self, key: str, site: str, device: str, t: int, o: int, b: int, s: int, values: Values
-    ) -> tuple[Output, ...]: ...
+    def add(self, key: str, site: str, device: str, t: int, b: int, s: int, values: Values) -> tuple[Output, ...]: ...
 
     def advance(self, key: str | None, wm: int) -> list[Output]: ...
 
@@ -68,15 +65,13 @@ class WindowOperator:
         self.lateness = spec.allowed_lateness_ms
         self.aggs = tuple(a for a in spec.aggregates if a != "count")
         self.nm = len(spec.metrics)
-        self.bases = tuple((m, i * FIELDS) for i, m in enumerate(spec.metrics))
+        self.bases = tuple(enumerate(spec.metrics))
         self.var = "stddev" in self.aggs  # keep Welford's M2 only when stddev is asked for
         self.wm: dict[str, int] = {}
         self.sites: dict[str, str] = {}
         self.late_count = 0
 
-    def add(
-        self, key: str, site: str, device: str, t: int, o: int, b: int, s: int, values: Values
-    ) -> tuple[Output, ...]:
+    def add(self, key: str, site: str, device: str, t: int, b: int, s: int, values: Values) -> tuple[Output, ...]:
         raise NotImplementedError
 
     def advance(self, key: str | None, wm: int) -> list[Output]:
@@ -88,13 +83,13 @@ class WindowOperator:
     def restore(self, snap: dict[str, Any]) -> None:
         raise NotImplementedError
 
-    def _add_values(self, acc: Acc, values: Values, o: int) -> None:
+    def _add_values(self, acc: Acc, values: Values, t: int, b: int, s: int) -> None:
         if self.var:
             for i, v in values:
-                acc_add_var(acc, i, v, o)
+                acc[i].add_var(v, t, b, s)
         else:
             for i, v in values:
-                acc_add(acc, i, v, o)
+                acc[i].add(v, t, b, s)
 
     def watermark(self, key: str) -> int | None:
         return self.wm.get("" if self.shared else key)
@@ -110,18 +105,16 @@ class WindowOperator:
         self.late_count += len(values)
         name = self.spec.name
         metrics = self.spec.metrics
-        return tuple(
-            LateReading(name, site, device, metrics[i // FIELDS], t, b, s, wm - t, wm, "too_late", v) for i, v in values
-        )
+        return tuple(LateReading(name, site, device, metrics[i], t, b, s, wm - t, wm, "too_late", v) for i, v in values)
 
     def _emit(self, out: list[Output], key: str, start: int, end: int, acc: Acc, rev: int, fired: Fired) -> None:
         """One result per metric with values; ``acc`` must never change afterwards (pass a copy if it may)."""
         site = self.sites[key]
         name, kind, aggs = self.name, self.kind, self.aggs
-        for metric, i in self.bases:
-            n = acc[i]
-            if n:
-                out.append(WindowResult(name, kind, key, site, start, end, metric, n, None, rev, fired, acc, i, aggs))
+        for i, metric in self.bases:
+            st = acc[i]
+            if st.n:
+                out.append(WindowResult(name, kind, key, site, start, end, metric, st.n, None, rev, fired, st, aggs))
 
     def _base_snapshot(self) -> dict[str, Any]:
         return {"wm": dict(self.wm), "sites": dict(self.sites), "late_count": self.late_count}
@@ -148,9 +141,7 @@ class TumblingOperator(WindowOperator):
         self.timers: dict[str, list[tuple[int, int, int]]] = {}
         self.dirty: dict[str, set[int]] = {}
 
-    def add(
-        self, key: str, site: str, device: str, t: int, o: int, b: int, s: int, values: Values
-    ) -> tuple[Output, ...]:
+    def add(self, key: str, site: str, device: str, t: int, b: int, s: int, values: Values) -> tuple[Output, ...]:
         size = self.size
         start = t - (t - self.offset) % size
         end = start + size
@@ -173,7 +164,7 @@ class TumblingOperator(WindowOperator):
         elif w[0]:
             self.dirty.setdefault(key, set()).add(start)
         acc: Acc = w[1]
-        self._add_values(acc, values, o)
+        self._add_values(acc, values, t, b, s)
         return _NONE
 
     def advance(self, key: str | None, wm: int) -> list[Output]:
@@ -194,14 +185,14 @@ class TumblingOperator(WindowOperator):
                 for start in sorted(dirty):
                     w = wins[start]
                     w[0] += 1
-                    self._emit(out, k, start, start + size, list(w[1]), w[0], "late")
+                    self._emit(out, k, start, start + size, acc_copy(w[1]), w[0], "late")
             heap = self.timers[k]
             while heap and heap[0][0] <= wm:
                 _, start, phase = heappop(heap)
                 if phase == 0:
                     w = wins[start]
                     w[0] = 1
-                    self._emit(out, k, start, start + size, list(w[1]), 1, "watermark")
+                    self._emit(out, k, start, start + size, acc_copy(w[1]), 1, "watermark")
                     heappush(heap, (start + size + self.lateness, start, 1))
                 else:
                     del wins[start]
@@ -211,14 +202,14 @@ class TumblingOperator(WindowOperator):
 
     def snapshot(self) -> dict[str, Any]:
         snap = self._base_snapshot()
-        snap["wins"] = {k: [[s, w[0], list(w[1])] for s, w in v.items()] for k, v in self.wins.items()}
+        snap["wins"] = {k: [[s, w[0], acc_to_json(w[1])] for s, w in v.items()] for k, v in self.wins.items()}
         snap["timers"] = {k: [list(x) for x in v] for k, v in self.timers.items()}
         snap["dirty"] = {k: sorted(v) for k, v in self.dirty.items()}
         return snap
 
     def restore(self, snap: dict[str, Any]) -> None:
         self._base_restore(snap)
-        self.wins = {k: {s: [r, list(a)] for s, r, a in v} for k, v in snap["wins"].items()}
+        self.wins = {k: {s: [r, acc_from_json(a)] for s, r, a in v} for k, v in snap["wins"].items()}
         self.timers = {k: [(x[0], x[1], x[2]) for x in v] for k, v in snap["timers"].items()}
         self.dirty = {k: set(v) for k, v in snap["dirty"].items()}
 
@@ -242,27 +233,27 @@ class _SlideKey:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "panes": [[p, list(self.panes[p])] for p in self.order],
+            "panes": [[p, acc_to_json(self.panes[p])] for p in self.order],
             "revs": [[s, r] for s, r in self.revs.items()],
             "cleanup": [list(x) for x in self.cleanup],
             "dirty": sorted(self.dirty),
-            "front": [[p, list(a)] for p, a in self.front],
+            "front": [[p, acc_to_json(a)] for p, a in self.front],
             "back": list(self.back),
-            "back_acc": None if self.back_acc is None else list(self.back_acc),
+            "back_acc": None if self.back_acc is None else acc_to_json(self.back_acc),
             "hi": self.hi,
         }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> _SlideKey:
         ks = cls()
-        ks.panes = {p: list(a) for p, a in d["panes"]}
+        ks.panes = {p: acc_from_json(a) for p, a in d["panes"]}
         ks.order = [p for p, _ in d["panes"]]
         ks.revs = {s: r for s, r in d["revs"]}
         ks.cleanup = [(x[0], x[1]) for x in d["cleanup"]]
         ks.dirty = set(d["dirty"])
-        ks.front = [(p, list(a)) for p, a in d["front"]]
+        ks.front = [(p, acc_from_json(a)) for p, a in d["front"]]
         ks.back = list(d["back"])
-        ks.back_acc = None if d["back_acc"] is None else list(d["back_acc"])
+        ks.back_acc = None if d["back_acc"] is None else acc_from_json(d["back_acc"])
         ks.hi = d["hi"]
         return ks
 
@@ -284,9 +275,7 @@ class SlidingOperator(WindowOperator):
         self.pane = pane_size(spec.size_ms, spec.slide_ms)
         self.keys: dict[str, _SlideKey] = {}
 
-    def add(
-        self, key: str, site: str, device: str, t: int, o: int, b: int, s: int, values: Values
-    ) -> tuple[Output, ...]:
+    def add(self, key: str, site: str, device: str, t: int, b: int, s: int, values: Values) -> tuple[Output, ...]:
         wm = self.wm.get("" if self.shared else key)
         size = self.size
         if wm is not None and t - (t - self.offset) % self.slide + size + self.lateness <= wm:
@@ -306,7 +295,7 @@ class SlidingOperator(WindowOperator):
                 insort(order, p)
         if wm is not None and first_window_end_after(p, size, self.slide, self.offset) <= wm:
             ks.dirty.add(p)  # some window containing this pane has already been fired (or passed empty)
-        self._add_values(acc, values, o)
+        self._add_values(acc, values, t, b, s)
         return _NONE
 
     def _window(self, ks: _SlideKey, start: int, end: int) -> Acc:
@@ -335,7 +324,7 @@ class SlidingOperator(WindowOperator):
                 back = [p for p in ks.back if p >= start]
                 acc: Acc | None = None
                 for p in reversed(back):
-                    acc = list(panes[p]) if acc is None else acc_merge(acc, panes[p])
+                    acc = acc_copy(panes[p]) if acc is None else acc_merge(acc, panes[p])
                     front.append((p, acc))
                 ks.back = []
                 ks.back_acc = None
@@ -352,7 +341,7 @@ class SlidingOperator(WindowOperator):
             p = order[i]
             ks.back.append(p)
             if back_acc is None:
-                back_acc = list(panes[p])
+                back_acc = acc_copy(panes[p])
             else:
                 acc_merge_into(back_acc, panes[p])  # in place: back_acc itself is never handed out
             i += 1
@@ -360,7 +349,7 @@ class SlidingOperator(WindowOperator):
         ks.hi = end
         if front:
             return acc_merge(front[-1][1], back_acc) if back_acc is not None else front[-1][1]
-        return list(back_acc) if back_acc is not None else acc_empty(self.nm)
+        return acc_copy(back_acc) if back_acc is not None else acc_empty(self.nm)
 
     def _refire(self, out: list[Output], k: str, ks: _SlideKey, old: int) -> None:
         size, slide, off = self.size, self.slide, self.offset
@@ -452,9 +441,7 @@ class SessionOperator(WindowOperator):
         self.sessions: dict[str, list[list[Any]]] = {}
         self.tombs: dict[str, list[list[int]]] = {}
 
-    def add(
-        self, key: str, site: str, device: str, t: int, o: int, b: int, s: int, values: Values
-    ) -> tuple[Output, ...]:
+    def add(self, key: str, site: str, device: str, t: int, b: int, s: int, values: Values) -> tuple[Output, ...]:
         wm = self.wm.get("" if self.shared else key)
         lo, hi = t, t + self.gap
         sessions = self.sessions.get(key)
@@ -472,7 +459,7 @@ class SessionOperator(WindowOperator):
                 if not x[5] and (x[2] > 0 or (wm is not None and x[1] <= wm)):
                     x[5] = True
                 acc = x[3]
-                self._add_values(acc, values, o)
+                self._add_values(acc, values, t, b, s)
                 return _NONE
         hits = [x for x in sessions if x[0] < hi and x[1] > lo]
         # Too late: the session this reading would open - or the part it would prepend to the sessions
@@ -484,7 +471,7 @@ class SessionOperator(WindowOperator):
             return self._late(site, device, t, b, s, values, wm)
         if not hits:
             acc = acc_empty(self.nm)
-            self._add_values(acc, values, o)
+            self._add_values(acc, values, t, b, s)
             behind = wm is not None and hi <= wm
             if not sessions or lo > sessions[-1][0]:
                 sessions.append([lo, hi, 0, acc, True, behind])
@@ -509,7 +496,7 @@ class SessionOperator(WindowOperator):
         base[1] = end
         base[4] = True
         base[5] = base[5] or late
-        self._add_values(merged, values, o)
+        self._add_values(merged, values, t, b, s)
         return _NONE
 
     def advance(self, key: str | None, wm: int) -> list[Output]:
@@ -543,7 +530,7 @@ class SessionOperator(WindowOperator):
                 if end <= wm:  # the common case - every session still open - touches nothing else
                     if x[4]:
                         x[2] += 1
-                        self._emit(out, k, x[0], end, list(x[3]), x[2], "late" if x[5] else "watermark")
+                        self._emit(out, k, x[0], end, acc_copy(x[3]), x[2], "late" if x[5] else "watermark")
                         x[4] = False
                         x[5] = False
                     if end + lateness <= wm:
@@ -559,7 +546,7 @@ class SessionOperator(WindowOperator):
     def snapshot(self) -> dict[str, Any]:
         snap = self._base_snapshot()
         snap["sessions"] = {
-            k: [[x[0], x[1], x[2], list(x[3]), x[4], x[5]] for x in v] for k, v in self.sessions.items()
+            k: [[x[0], x[1], x[2], acc_to_json(x[3]), x[4], x[5]] for x in v] for k, v in self.sessions.items()
         }
         snap["tombs"] = {k: [list(x) for x in v] for k, v in self.tombs.items()}
         return snap
@@ -567,7 +554,7 @@ class SessionOperator(WindowOperator):
     def restore(self, snap: dict[str, Any]) -> None:
         self._base_restore(snap)
         self.sessions = {
-            k: [[x[0], x[1], x[2], list(x[3]), x[4], x[5]] for x in v] for k, v in snap["sessions"].items()
+            k: [[x[0], x[1], x[2], acc_from_json(x[3]), x[4], x[5]] for x in v] for k, v in snap["sessions"].items()
         }
         self.tombs = {k: [list(x) for x in v] for k, v in snap["tombs"].items()}
 

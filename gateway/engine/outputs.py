@@ -14,10 +14,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from mypy_extensions import mypyc_attr
+
 from ..lineproto import NS_PER_MS, line
 from ..model import MetricValue
 from ..schema import declare
-from .aggregates import AGGREGATES, Acc, acc_result
+from .aggregates import AGGREGATES, Stat
 
 __all__ = [
     "LATE_MEASUREMENT",
@@ -70,6 +72,7 @@ _RESULT_FIELDS: Final = (
 )
 
 
+@mypyc_attr(acyclic=True)  # compiled: strings, numbers and a Stat - no cycle can go through it
 class WindowResult:
     """The aggregates of one metric in one window of one key (a device, or a site).
 
@@ -79,15 +82,14 @@ class WindowResult:
     merged into another one starting earlier: ``count`` is 0 and the point marks the old one dead).
 
     A plain slotted value (treat it as immutable): the engine emits one per window, key and metric, so it
-    is built cheaply - the operators pass the window's flat accumulator (``_acc``, never changed after)
-    and ``aggregates`` is computed from it on first access; ``to_line()`` renders the point.
+    is built cheaply - the operators pass the metric's accumulator (``_stat``, never changed after) and
+    ``aggregates`` is computed from it on first access; ``to_line()`` renders the point.
     """
 
     __slots__ = (
-        "_acc",
         "_aggs",
-        "_base",
         "_names",
+        "_stat",
         "count",
         "end_ms",
         "fired",
@@ -113,8 +115,7 @@ class WindowResult:
         aggregates: Mapping[str, float] | None,
         revision: int,
         fired: Fired,
-        _acc: Acc | None = None,
-        _base: int = 0,
+        _stat: Stat | None = None,
         _names: tuple[str, ...] = (),
     ) -> None:
         self.window = window
@@ -128,15 +129,14 @@ class WindowResult:
         self._aggs = aggregates
         self.revision = revision
         self.fired = fired
-        self._acc = _acc
-        self._base = _base
+        self._stat = _stat
         self._names = _names
 
     @property
     def aggregates(self) -> Mapping[str, float]:
         aggs = self._aggs
         if aggs is None:
-            aggs = self._aggs = {} if self._acc is None else acc_result(self._acc, self._base, self._names)
+            aggs = self._aggs = {} if self._stat is None else self._stat.result(self._names)
         return aggs
 
     def _fields(self) -> tuple[object, ...]:

@@ -1,4 +1,4 @@
-"""Aggregates: the per-aggregate objects and the fused summary agree with plain Python, and merge."""
+"""Aggregates: the per-aggregate objects and the operators' fused ``Stat`` agree with plain Python, and merge."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import statistics
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.engine.aggregates import AGGREGATES, summary_add, summary_merge, summary_new, summary_result
+from gateway.engine.aggregates import AGGREGATES, Stat, acc_from_json, acc_to_json
 
 values = st.lists(st.tuples(st.integers(0, 50), st.integers(-1000, 1000)), min_size=1, max_size=40)
 NAMES = ("sum", "mean", "min", "max", "stddev", "first", "last")
@@ -33,23 +33,34 @@ def close(a: dict[str, float], b: dict[str, float]) -> bool:
     return a.keys() == b.keys() and all(math.isclose(a[k], b[k], rel_tol=1e-9, abs_tol=1e-9) for k in a)
 
 
-@given(values, st.integers(0, 40))
-def test_fused_summary_adds_and_merges(raw: list[tuple[int, int]], cut: int) -> None:
+def fold(items: list[tuple[int, int, float]]) -> Stat:
+    st = Stat()
+    for t, s, v in items:
+        st.add_var(v, t, 0, s)
+    return st
+
+
+@given(values, st.integers(0, 40), st.booleans())
+def test_fused_stat_adds_and_merges(raw: list[tuple[int, int]], cut: int, shuffle: bool) -> None:
     items = [(t, i, float(v)) for i, (t, v) in enumerate(raw)]  # (t, seq, value)
-    whole = summary_new(items[0][2], items[0][0], 0, items[0][1])
-    for t, s, v in items[1:]:
-        summary_add(whole, v, t, 0, s)
-    assert whole[0] == len(items)
-    assert close(summary_result(whole, NAMES), expected(items))
+    feed = sorted(items, key=lambda x: (-x[0], x[1])) if shuffle else items  # arrival order must not matter
+    whole = fold(feed)
+    assert whole.n == len(items)
+    assert close(whole.result(NAMES), expected(items))
+    restored = acc_from_json(acc_to_json([whole]))[0]  # the snapshot form keeps everything
+    assert restored.result(NAMES) == whole.result(NAMES) and restored.n == whole.n
     cut = min(max(cut, 1), len(items) - 1) if len(items) > 1 else 0
     if cut:
-        left = summary_new(items[0][2], items[0][0], 0, items[0][1])
-        for t, s, v in items[1:cut]:
-            summary_add(left, v, t, 0, s)
-        right = summary_new(items[cut][2], items[cut][0], 0, items[cut][1])
-        for t, s, v in items[cut + 1 :]:
-            summary_add(right, v, t, 0, s)
-        assert close(summary_result(summary_merge(right, left), NAMES), expected(items))
+        left, right = fold(feed[:cut]), fold(feed[cut:])
+        before = right.result(NAMES)
+        merged = left.copy()
+        merged.merge_from(right)
+        assert right.result(NAMES) == before  # the merged-in side is not changed
+        assert merged.n == len(items)
+        assert close(merged.result(NAMES), expected(items))
+        into_empty = Stat()
+        into_empty.merge_from(whole)
+        assert into_empty.result(NAMES) == whole.result(NAMES)
 
 
 @given(values, values)
@@ -78,7 +89,5 @@ def test_each_aggregator_merges_like_one_pass(a: list[tuple[int, int]], b: list[
 
 def test_welford_is_stable_with_a_large_offset() -> None:
     xs = [1e9 + x for x in (4.0, 7.0, 13.0, 16.0)]
-    acc = summary_new(xs[0], 0, 0, 0)
-    for i, x in enumerate(xs[1:], 1):
-        summary_add(acc, x, i, 0, i)
-    assert math.isclose(summary_result(acc, ("stddev",))["stddev"], statistics.stdev(xs), rel_tol=1e-9)
+    acc = fold([(i, i, x) for i, x in enumerate(xs)])
+    assert math.isclose(acc.result(("stddev",))["stddev"], statistics.stdev(xs), rel_tol=1e-9)
