@@ -31,7 +31,7 @@ SNAPSHOT_VERSION: Final = 2  # 2: flat accumulators (one list per window, metric
 class _Window:
     """A window spec with its operator and the watermark bound it uses for each device."""
 
-    __slots__ = ("_wm_spec", "bases", "bounds", "key_site", "metrics", "op", "spec")
+    __slots__ = ("_wm_spec", "bases", "bounds", "group", "key_site", "metrics", "op", "spec")
 
     def __init__(self, spec: WindowSpec, engine: EngineSpec) -> None:
         self.spec = spec
@@ -41,6 +41,7 @@ class _Window:
         self.bases = tuple((m, i) for i, m in enumerate(spec.metrics))
         self.bounds: dict[str, int] = {}
         self._wm_spec = engine.watermark
+        self.group = 0  # windows with the same metrics have the same group (the engine numbers them)
 
     def bound(self, device: str) -> int:
         b = self.bounds.get(device)
@@ -52,6 +53,16 @@ class _Window:
         return b
 
 
+class _Device:
+    """Per device, for the hot path: its tracker entry (the same list) and its bound in each window."""
+
+    __slots__ = ("bounds", "entry")
+
+    def __init__(self, entry: list[Any], bounds: list[int]) -> None:
+        self.entry = entry
+        self.bounds = bounds
+
+
 class Engine:
     """Event-time windows over the readings of a fleet (see ``docs/semantics.md``)."""
 
@@ -60,6 +71,13 @@ class Engine:
         self.global_mode = spec.watermark.mode == "global"
         self.tracker = DeviceTracker(spec.watermark)
         self.windows = [_Window(w, spec) for w in spec.windows]
+        metrics: list[tuple[str, ...]] = []
+        for w in self.windows:
+            if w.metrics not in metrics:
+                metrics.append(w.metrics)
+            w.group = metrics.index(w.metrics)
+        self._groups = len(metrics)
+        self._devs: dict[str, _Device] = {}  # a cache over the tracker's entries (cleared on restore)
         self._max_future = spec.max_future_ms
         self._min_time = spec.min_time_ms
         self._reject_unsynced = spec.unsynced == "reject"
@@ -94,7 +112,8 @@ class Engine:
         too_old = self._min_time
         reject_u = self._reject_unsynced
         rows: list[tuple[int, int, int, Reading]] = []
-        max_t: int | None = None
+        has_max = False
+        max_t = 0
         for r in batch.readings:
             t = r.t_ms
             q = r.quality
@@ -102,27 +121,23 @@ class Engine:
                 out.append(self._refuse(r, now_ms))
                 continue
             rows.append((t, r.boot, r.seq, r))
-            if q != "u" and (max_t is None or t > max_t):
+            if q != "u" and (not has_max or t > max_t):
                 max_t = t
+                has_max = True
         stats = self.stats
         flushed = batch.flushed_ms
         if flushed is not None and (flushed > fut or flushed < too_old):
             stats["flushed_ignored"] += 1
             flushed = None
         site, device = batch.site, batch.device
+        windows = self.windows
         if rows:
             stats["readings"] += len(rows)
-            shared: list[tuple[tuple[str, ...], list[Values]]] = []  # windows with the same metrics share values
-            for w in self.windows:
-                metrics = w.metrics
-                vals: list[Values] | None = None
-                for m, v in shared:
-                    if m == metrics:
-                        vals = v
-                        break
+            shared: list[list[Values] | None] = [None] * self._groups  # windows with the same metrics share values
+            for w in windows:
+                vals = shared[w.group]
                 if vals is None:
-                    vals = [self._values(row[3], w.bases) for row in rows]
-                    shared.append((metrics, vals))
+                    vals = shared[w.group] = [self._values(row[3], w.bases) for row in rows]
                 key = site if w.key_site else device
                 op = w.op
                 for j in range(len(rows)):
@@ -133,36 +148,44 @@ class Engine:
                         if late:
                             out.extend(late)
         # the device tracker (DeviceTracker.seen, inlined): entry = [site, max_t, flushed, last_seen, ...]
-        e = self.tracker.state.get(device)
-        if e is None:
-            e = self.tracker.entry(site, device)
-        if e[3] is None or now_ms > e[3]:
+        dev = self._devs.get(device)
+        if dev is None:
+            dev = self._dev(site, device)
+        e = dev.entry
+        last: int | None = e[3]
+        if last is None or now_ms > last:
             e[3] = now_ms
         e[5] = False
-        if max_t is not None and (e[1] is None or max_t > e[1]):
-            e[1] = max_t
-        if flushed is not None and (e[2] is None or flushed > e[2]):
-            e[2] = flushed
+        top: int | None = e[1]
+        if has_max and (top is None or max_t > top):
+            e[1] = top = max_t
+        fl: int | None = e[2]
+        if flushed is not None and (fl is None or flushed > fl):
+            e[2] = fl = flushed
         if self.global_mode:
-            for w in self.windows:
-                out.extend(self._advance_window(w, site, device, max_t, now_ms))
+            for w in windows:
+                out.extend(self._advance_window(w, site, device, max_t if has_max else None, now_ms))
             return
-        top, fl = e[1], e[2]
-        for w in self.windows:
+        bounds = dev.bounds
+        for i in range(len(windows)):
+            w = windows[i]
             if w.key_site:
                 out.extend(self._advance_site(w, site, now_ms))
                 continue
             # the device's watermark (DeviceTracker.device_wm, inlined)
-            bound = w.bounds.get(device)
-            if bound is None:
-                bound = w.bound(device)
-            wm = None if top is None else top - bound
-            if fl is not None and (wm is None or fl + 1 > wm):
+            if top is not None:
+                wm = top - bounds[i]
+                if fl is not None and fl + 1 > wm:
+                    wm = fl + 1
+            elif fl is not None:
                 wm = fl + 1
-            if wm is not None:
-                fired = w.op.advance(device, wm)
-                if fired:
-                    out.extend(fired)
+            else:
+                continue
+            w.op.advance_into(device, wm, out)
+
+    def _dev(self, site: str, device: str) -> _Device:
+        dev = self._devs[device] = _Device(self.tracker.entry(site, device), [w.bound(device) for w in self.windows])
+        return dev
 
     def _refuse(self, r: Reading, now_ms: int) -> LateReading:
         if r.t_ms > now_ms + self._max_future:
@@ -269,6 +292,7 @@ class Engine:
         if set(snap["windows"]) != names:
             raise ValueError(f"snapshot has windows {sorted(snap['windows'])}, engine has {sorted(names)}")
         self.tracker.restore(snap["tracker"])
+        self._devs.clear()
         self.stats = dict(snap["stats"])
         for w in self.windows:
             w.op.restore(snap["windows"][w.spec.name])

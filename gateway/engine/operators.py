@@ -47,6 +47,8 @@ class Operator(Protocol):
 
     def advance(self, key: str | None, wm: int) -> list[Output]: ...
 
+    def advance_into(self, key: str | None, wm: int, out: list[Output]) -> None: ...
+
     def watermark(self, key: str) -> int | None: ...
 
     def snapshot(self) -> dict[str, Any]: ...
@@ -75,6 +77,12 @@ class WindowOperator:
         raise NotImplementedError
 
     def advance(self, key: str | None, wm: int) -> list[Output]:
+        out: list[Output] = []
+        self.advance_into(key, wm, out)
+        return out
+
+    def advance_into(self, key: str | None, wm: int, out: list[Output]) -> None:
+        """As :meth:`advance`, appending to ``out``."""
         raise NotImplementedError
 
     def snapshot(self) -> dict[str, Any]:
@@ -167,13 +175,12 @@ class TumblingOperator(WindowOperator):
         self._add_values(acc, values, t, b, s)
         return _NONE
 
-    def advance(self, key: str | None, wm: int) -> list[Output]:
+    def advance_into(self, key: str | None, wm: int, out: list[Output]) -> None:
         self._set_wm(key, wm)
-        out: list[Output] = []
         if key is not None:
             heap = self.timers.get(key)
             if heap is None or (heap[0][0] > wm and key not in self.dirty):
-                return out  # nothing due: the common case, checked without touching the windows
+                return  # nothing due: the common case, checked without touching the windows
             keys = [key]
         else:
             keys = list(self.wins)
@@ -198,7 +205,6 @@ class TumblingOperator(WindowOperator):
                     del wins[start]
             if not wins:
                 del self.wins[k], self.timers[k], self.sites[k]
-        return out
 
     def snapshot(self) -> dict[str, Any]:
         snap = self._base_snapshot()
@@ -217,44 +223,51 @@ class TumblingOperator(WindowOperator):
 class _SlideKey:
     """One key's sliding-window state: panes, fired revisions, cleanup timers and the two stacks."""
 
-    __slots__ = ("back", "back_acc", "cleanup", "dirty", "front", "hi", "order", "panes", "revs")
+    __slots__ = ("accs", "back_acc", "back_from", "cleanup", "dirty", "front_a", "front_s", "hi", "revs", "starts")
 
     def __init__(self) -> None:
-        self.panes: dict[int, Acc] = {}
-        self.order: list[int] = []  # sorted pane starts
-        self.revs: dict[int, int] = {}  # window start -> revision, for fired windows not yet dropped
+        self.starts: list[int] = []  # pane starts, sorted
+        self.accs: list[Acc] = []  # the panes' accumulators, in the order of ``starts``
+        self.revs: dict[int, int] = {}  # window start -> revision, for fired windows not yet dropped (lateness > 0)
         self.cleanup: list[tuple[int, int]] = []  # (end + lateness, window start)
         self.dirty: set[int] = set()  # panes changed after a window containing them fired
-        # Two-stack sliding aggregation over the panes of the last window fired:
-        self.front: list[tuple[int, Acc]] = []  # (pane, aggregate of it and every newer front pane); oldest last
-        self.back: list[int] = []  # panes pushed since the last transfer, oldest first
+        # Two-stack sliding aggregation over the panes of the last window fired. Front: panes, oldest last, each
+        # with the aggregate of it and every newer front pane; back: the panes in [back_from, hi), pushed since
+        # the last transfer, with their aggregate.
+        self.front_s: list[int] = []
+        self.front_a: list[Acc] = []
+        self.back_from = 0
         self.back_acc: Acc | None = None
         self.hi: int | None = None  # panes below this have been pushed; None: stacks empty/invalid
 
     def to_json(self) -> dict[str, Any]:
+        hi = self.hi
+        back = [] if hi is None or self.back_acc is None else [p for p in self.starts if self.back_from <= p < hi]
         return {
-            "panes": [[p, acc_to_json(self.panes[p])] for p in self.order],
+            "panes": [[p, acc_to_json(a)] for p, a in zip(self.starts, self.accs, strict=True)],
             "revs": [[s, r] for s, r in self.revs.items()],
             "cleanup": [list(x) for x in self.cleanup],
             "dirty": sorted(self.dirty),
-            "front": [[p, acc_to_json(a)] for p, a in self.front],
-            "back": list(self.back),
+            "front": [[p, acc_to_json(a)] for p, a in zip(self.front_s, self.front_a, strict=True)],
+            "back": back,
             "back_acc": None if self.back_acc is None else acc_to_json(self.back_acc),
-            "hi": self.hi,
+            "hi": hi,
         }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> _SlideKey:
         ks = cls()
-        ks.panes = {p: acc_from_json(a) for p, a in d["panes"]}
-        ks.order = [p for p, _ in d["panes"]]
+        ks.starts = [p for p, _ in d["panes"]]
+        ks.accs = [acc_from_json(a) for _, a in d["panes"]]
         ks.revs = {s: r for s, r in d["revs"]}
         ks.cleanup = [(x[0], x[1]) for x in d["cleanup"]]
         ks.dirty = set(d["dirty"])
-        ks.front = [(p, acc_from_json(a)) for p, a in d["front"]]
-        ks.back = list(d["back"])
+        ks.front_s = [p for p, _ in d["front"]]
+        ks.front_a = [acc_from_json(a) for _, a in d["front"]]
         ks.back_acc = None if d["back_acc"] is None else acc_from_json(d["back_acc"])
         ks.hi = d["hi"]
+        back = d["back"]
+        ks.back_from = back[0] if back else ks.hi if ks.hi is not None else 0
         return ks
 
 
@@ -278,33 +291,45 @@ class SlidingOperator(WindowOperator):
     def add(self, key: str, site: str, device: str, t: int, b: int, s: int, values: Values) -> tuple[Output, ...]:
         wm = self.wm.get("" if self.shared else key)
         size = self.size
-        if wm is not None and t - (t - self.offset) % self.slide + size + self.lateness <= wm:
+        slide = self.slide
+        off = self.offset
+        if wm is not None and t - (t - off) % slide + size + self.lateness <= wm:
             return self._late(site, device, t, b, s, values, wm)
         ks = self.keys.get(key)
         if ks is None:
             ks = self.keys[key] = _SlideKey()
             self.sites[key] = site
-        p = t - (t - self.offset) % self.pane
-        acc = ks.panes.get(p)
-        if acc is None:
-            acc = ks.panes[p] = acc_empty(self.nm)
-            order = ks.order
-            if not order or p > order[-1]:
-                order.append(p)
+        p = t - (t - off) % self.pane
+        starts = ks.starts
+        n = len(starts)
+        last = starts[n - 1] if n else p - 1
+        if p == last:
+            acc = ks.accs[n - 1]
+        elif p > last:
+            acc = acc_empty(self.nm)
+            starts.append(p)
+            ks.accs.append(acc)
+        else:
+            i = bisect_left(starts, p)
+            if starts[i] == p:
+                acc = ks.accs[i]
             else:
-                insort(order, p)
-        if wm is not None and first_window_end_after(p, size, self.slide, self.offset) <= wm:
-            ks.dirty.add(p)  # some window containing this pane has already been fired (or passed empty)
+                acc = acc_empty(self.nm)
+                starts.insert(i, p)
+                ks.accs.insert(i, acc)
+        # some window containing this pane has already been fired (or passed empty): first_window_end_after, inlined
+        if wm is not None and p + 1 + (off + size - p - 1) % slide <= wm:
+            ks.dirty.add(p)
         self._add_values(acc, values, t, b, s)
         return _NONE
 
     def _window(self, ks: _SlideKey, start: int, end: int) -> Acc:
         """Merge the panes of ``[start, end)`` directly (for re-fires), into a new accumulator."""
-        order = ks.order
+        starts, accs = ks.starts, ks.accs
         acc = acc_empty(self.nm)
-        i = bisect_left(order, start)
-        while i < len(order) and order[i] < end:
-            acc_merge_into(acc, ks.panes[order[i]])
+        i = bisect_left(starts, start)
+        while i < len(starts) and starts[i] < end:
+            acc_merge_into(acc, accs[i])
             i += 1
         return acc
 
@@ -312,43 +337,42 @@ class SlidingOperator(WindowOperator):
         """The aggregate of ``[start, end)`` through the two stacks; windows must come in increasing order.
 
         The result is never changed afterwards (the stacks hold fresh merges; panes are copied)."""
-        panes = ks.panes
-        front = ks.front
-        if ks.hi is None:
-            front.clear()
-            ks.back = []
+        front_s, front_a = ks.front_s, ks.front_a
+        hi = ks.hi
+        if hi is None:
+            front_s.clear()
+            front_a.clear()
             ks.back_acc = None
-            ks.hi = start
-        while True:  # evict panes older than start
-            if not front:
-                back = [p for p in ks.back if p >= start]
-                acc: Acc | None = None
-                for p in reversed(back):
-                    acc = acc_copy(panes[p]) if acc is None else acc_merge(acc, panes[p])
-                    front.append((p, acc))
-                ks.back = []
-                ks.back_acc = None
-                if not front:
-                    break
-            if front[-1][0] >= start:
-                break
-            front.pop()
-        order = ks.order
-        hi = ks.hi if ks.hi > start else start
-        i = bisect_left(order, hi)
+            ks.back_from = hi = start
+        while front_s and front_s[-1] < start:  # evict panes older than start
+            front_s.pop()
+            front_a.pop()
+        starts, accs = ks.starts, ks.accs
+        if not front_s and ks.back_acc is not None:  # transfer: the back's panes (from start on) become the front
+            lo = ks.back_from if ks.back_from > start else start
+            i = bisect_left(starts, hi) - 1
+            j = bisect_left(starts, lo)
+            acc: Acc | None = None
+            while i >= j:
+                acc = acc_copy(accs[i]) if acc is None else acc_merge(acc, accs[i])
+                front_s.append(starts[i])
+                front_a.append(acc)
+                i -= 1
+            ks.back_acc = None
+            ks.back_from = hi
+        i = bisect_left(starts, hi if hi > start else start)
         back_acc = ks.back_acc
-        while i < len(order) and order[i] < end:
-            p = order[i]
-            ks.back.append(p)
+        n = len(starts)
+        while i < n and starts[i] < end:
             if back_acc is None:
-                back_acc = acc_copy(panes[p])
+                back_acc = acc_copy(accs[i])
             else:
-                acc_merge_into(back_acc, panes[p])  # in place: back_acc itself is never handed out
+                acc_merge_into(back_acc, accs[i])  # in place: back_acc itself is never handed out
             i += 1
         ks.back_acc = back_acc
         ks.hi = end
-        if front:
-            return acc_merge(front[-1][1], back_acc) if back_acc is not None else front[-1][1]
+        if front_a:
+            return acc_merge(front_a[-1], back_acc) if back_acc is not None else front_a[-1]
         return acc_copy(back_acc) if back_acc is not None else acc_empty(self.nm)
 
     def _refire(self, out: list[Output], k: str, ks: _SlideKey, old: int) -> None:
@@ -362,7 +386,8 @@ class SlidingOperator(WindowOperator):
                     starts.add(s)
         ks.dirty.clear()
         ks.hi = None  # the stacks may hold stale aggregates
-        ks.front.clear()
+        ks.front_s.clear()
+        ks.front_a.clear()
         for s in sorted(starts):
             rev = ks.revs.get(s, 0) + 1
             if rev == 1:
@@ -370,50 +395,55 @@ class SlidingOperator(WindowOperator):
             ks.revs[s] = rev
             self._emit(out, k, s, s + size, self._window(ks, s, s + size), rev, "late")
 
-    def advance(self, key: str | None, wm: int) -> list[Output]:
+    def advance_into(self, key: str | None, wm: int, out: list[Output]) -> None:
         old = self._set_wm(key, wm)
-        out: list[Output] = []
-        keys = list(self.keys) if key is None else [key] if key in self.keys else []
+        if key is None:
+            for k in list(self.keys):
+                self._advance_key(out, k, self.keys[k], old, wm)
+        else:
+            ks = self.keys.get(key)
+            if ks is not None:
+                self._advance_key(out, key, ks, old, wm)
+
+    def _advance_key(self, out: list[Output], k: str, ks: _SlideKey, old: int | None, wm: int) -> None:
         size, slide, off, lateness = self.size, self.slide, self.offset, self.lateness
-        for k in keys:
-            ks = self.keys[k]
-            order = ks.order
-            if ks.dirty and old is not None:
-                self._refire(out, k, ks, old)
-            if not order:
-                e = wm + 1
-            elif old is None:
-                e = first_window_end_after(order[0], size, slide, off)
-            else:
-                e = first_window_end_after(old, size, slide, off)
-            while e <= wm:
-                s = e - size
-                i = bisect_left(order, s)
-                if i == len(order):
-                    break
-                q = order[i]
-                if q >= e:  # empty window: jump to the first window containing the next pane
-                    e = first_window_end_after(q, size, slide, off)
-                    continue
+        if ks.dirty and old is not None:
+            self._refire(out, k, ks, old)
+        starts = ks.starts
+        if not starts:
+            e = wm + 1
+        elif old is None:
+            e = first_window_end_after(starts[0], size, slide, off)
+        else:
+            e = first_window_end_after(old, size, slide, off)
+        while e <= wm:
+            s = e - size
+            i = bisect_left(starts, s)
+            if i == len(starts):
+                break
+            q = starts[i]
+            if q >= e:  # empty window: jump to the first window containing the next pane
+                e = first_window_end_after(q, size, slide, off)
+                continue
+            if lateness:  # a fired window is kept (for re-fires) until end + lateness; without lateness, never
                 ks.revs[s] = 1
                 heappush(ks.cleanup, (e + lateness, s))
-                self._emit(out, k, s, e, self._query(ks, s, e), 1, "watermark")
-                e += slide
-            heap = ks.cleanup
-            while heap and heap[0][0] <= wm:
-                ks.revs.pop(heappop(heap)[1], None)
-            n = 0
-            while n < len(order):
-                p = order[n]
-                if p - (p - off) % slide + size + lateness > wm:
-                    break
-                del ks.panes[p]
-                n += 1
-            if n:
-                del order[:n]
-            if not order and not ks.revs:
-                del self.keys[k], self.sites[k]
-        return out
+            self._emit(out, k, s, e, self._query(ks, s, e), 1, "watermark")
+            e += slide
+        heap = ks.cleanup
+        while heap and heap[0][0] <= wm:
+            ks.revs.pop(heappop(heap)[1], None)
+        n = 0
+        while n < len(starts):  # drop the panes whose every window is past its allowed lateness
+            p = starts[n]
+            if p - (p - off) % slide + size + lateness > wm:
+                break
+            n += 1
+        if n:
+            del starts[:n]
+            del ks.accs[:n]
+        if not starts and not ks.revs:
+            del self.keys[k], self.sites[k]
 
     def snapshot(self) -> dict[str, Any]:
         snap = self._base_snapshot()
@@ -499,9 +529,8 @@ class SessionOperator(WindowOperator):
         self._add_values(merged, values, t, b, s)
         return _NONE
 
-    def advance(self, key: str | None, wm: int) -> list[Output]:
+    def advance_into(self, key: str | None, wm: int, out: list[Output]) -> None:
         self._set_wm(key, wm)
-        out: list[Output] = []
         keys = list(self.sessions) if key is None else [key] if key in self.sessions else []
         lateness = self.lateness
         for k in keys:
@@ -541,7 +570,6 @@ class SessionOperator(WindowOperator):
                     self.sessions[k] = keep
                 else:
                     del self.sessions[k], self.sites[k]
-        return out
 
     def snapshot(self) -> dict[str, Any]:
         snap = self._base_snapshot()
