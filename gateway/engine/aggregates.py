@@ -366,9 +366,11 @@ def acc_copy(a: Acc) -> Acc:
 
 def acc_merge(a: Acc, b: Acc) -> Acc:
     """A new accumulator of both; neither input is changed."""
-    out = [x.copy() for x in a]
-    for i in range(len(b)):
-        out[i].merge_from(b[i])
+    out: Acc = []
+    for i in range(len(a)):
+        x = a[i].copy()
+        x.merge_from(b[i])
+        out.append(x)
     return out
 
 

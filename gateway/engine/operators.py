@@ -455,11 +455,31 @@ class SlidingOperator(WindowOperator):
         self.keys = {k: _SlideKey.from_json(d) for k, d in snap["keys"].items()}
 
 
+class _Session:
+    """One session of one key (in snapshots: ``[start, end, revision, acc, pending, late]``)."""
+
+    __slots__ = ("acc", "end", "late", "pending", "rev", "start")
+
+    def __init__(self, start: int, end: int, rev: int, acc: Acc, pending: bool, late: bool) -> None:
+        self.start = start
+        self.end = end  # the last event time + gap
+        self.rev = rev  # emissions so far
+        self.acc = acc
+        self.pending = pending  # changed since last emitted
+        self.late = late  # changed after its end was passed (its next emission is a re-fire)
+
+    def to_json(self) -> list[Any]:
+        return [self.start, self.end, self.rev, acc_to_json(self.acc), self.pending, self.late]
+
+    @staticmethod
+    def from_json(x: list[Any]) -> _Session:
+        return _Session(x[0], x[1], x[2], acc_from_json(x[3]), x[4], x[5])
+
+
 class SessionOperator(WindowOperator):
     """Session windows per key: a reading opens ``[t, t + gap)``; overlapping sessions merge.
 
-    State per key: sessions sorted by start, each ``[start, end, revision, accs, pending, late]`` where
-    ``end`` is the last event time + gap, ``pending`` = changed since last emitted. A session is emitted
+    State per key: sessions (:class:`_Session`) sorted by start, disjoint. A session is emitted
     (timestamped at its start) when the watermark reaches its end. When a late reading merges sessions
     or moves a fired session's start earlier, the old point is superseded: a ``fired="superseded"``
     result with count 0 is emitted for the old start so the stale point can be recognised.
@@ -468,7 +488,7 @@ class SessionOperator(WindowOperator):
     def __init__(self, spec: WindowSpec, shared: bool) -> None:
         super().__init__(spec, shared)
         self.gap = spec.gap_ms
-        self.sessions: dict[str, list[list[Any]]] = {}
+        self.sessions: dict[str, list[_Session]] = {}
         self.tombs: dict[str, list[list[int]]] = {}
 
     def add(self, key: str, site: str, device: str, t: int, b: int, s: int, values: Values) -> tuple[Output, ...]:
@@ -482,20 +502,19 @@ class SessionOperator(WindowOperator):
             # The common case: the reading falls inside the newest session. Sessions are disjoint and sorted,
             # so that one is the only session it touches, and the general path below would only extend it.
             x = sessions[-1]
-            if x[0] <= lo < x[1]:
-                if hi > x[1]:
-                    x[1] = hi
-                x[4] = True
-                if not x[5] and (x[2] > 0 or (wm is not None and x[1] <= wm)):
-                    x[5] = True
-                acc = x[3]
-                self._add_values(acc, values, t, b, s)
+            if x.start <= lo < x.end:
+                if hi > x.end:
+                    x.end = hi
+                x.pending = True
+                if not x.late and (x.rev > 0 or (wm is not None and x.end <= wm)):
+                    x.late = True
+                self._add_values(x.acc, values, t, b, s)
                 return _NONE
-        hits = [x for x in sessions if x[0] < hi and x[1] > lo]
+        hits = [x for x in sessions if x.start < hi and x.end > lo]
         # Too late: the session this reading would open - or the part it would prepend to the sessions
         # it touches - ended more than the allowed lateness ago. (Prepending is refused too, so that a
         # session can never grow back over one already dropped and reuse its start, its point's time.)
-        if wm is not None and hi + self.lateness <= wm and (not hits or lo < hits[0][0]):
+        if wm is not None and hi + self.lateness <= wm and (not hits or lo < hits[0].start):
             if not sessions:
                 del self.sessions[key], self.sites[key]
             return self._late(site, device, t, b, s, values, wm)
@@ -503,29 +522,29 @@ class SessionOperator(WindowOperator):
             acc = acc_empty(self.nm)
             self._add_values(acc, values, t, b, s)
             behind = wm is not None and hi <= wm
-            if not sessions or lo > sessions[-1][0]:
-                sessions.append([lo, hi, 0, acc, True, behind])
+            if not sessions or lo > sessions[-1].start:
+                sessions.append(_Session(lo, hi, 0, acc, True, behind))
             else:
-                insort(sessions, [lo, hi, 0, acc, True, behind], key=lambda x: x[0])
+                insort(sessions, _Session(lo, hi, 0, acc, True, behind), key=_session_start)
             return _NONE
         base = hits[0]
-        start = min(lo, base[0])
-        end = max(hi, max(x[1] for x in hits))
-        merged: Acc = base[3]
-        late = any(x[2] > 0 for x in hits) or (wm is not None and end <= wm)
+        start = min(lo, base.start)
+        end = max(hi, max(x.end for x in hits))
+        merged: Acc = base.acc
+        late = any(x.rev > 0 for x in hits) or (wm is not None and end <= wm)
         for x in hits[1:]:
-            acc_merge_into(merged, x[3])
+            acc_merge_into(merged, x.acc)
             sessions.remove(x)
-            if x[2] > 0:
-                self.tombs.setdefault(key, []).append([x[0], x[1], x[2] + 1])
-        if start != base[0]:
-            if base[2] > 0:
-                self.tombs.setdefault(key, []).append([base[0], base[1], base[2] + 1])
-            base[2] = 0
-        base[0] = start
-        base[1] = end
-        base[4] = True
-        base[5] = base[5] or late
+            if x.rev > 0:
+                self.tombs.setdefault(key, []).append([x.start, x.end, x.rev + 1])
+        if start != base.start:
+            if base.rev > 0:
+                self.tombs.setdefault(key, []).append([base.start, base.end, base.rev + 1])
+            base.rev = 0
+        base.start = start
+        base.end = end
+        base.pending = True
+        base.late = base.late or late
         self._add_values(merged, values, t, b, s)
         return _NONE
 
@@ -555,17 +574,17 @@ class SessionOperator(WindowOperator):
             sessions = self.sessions[k]
             drop = not sessions
             for x in sessions:
-                end = x[1]
+                end = x.end
                 if end <= wm:  # the common case - every session still open - touches nothing else
-                    if x[4]:
-                        x[2] += 1
-                        self._emit(out, k, x[0], end, acc_copy(x[3]), x[2], "late" if x[5] else "watermark")
-                        x[4] = False
-                        x[5] = False
+                    if x.pending:
+                        x.rev += 1
+                        self._emit(out, k, x.start, end, acc_copy(x.acc), x.rev, "late" if x.late else "watermark")
+                        x.pending = False
+                        x.late = False
                     if end + lateness <= wm:
                         drop = True
             if drop:
-                keep = [x for x in sessions if x[1] + lateness > wm]
+                keep = [x for x in sessions if x.end + lateness > wm]
                 if keep:
                     self.sessions[k] = keep
                 else:
@@ -573,18 +592,18 @@ class SessionOperator(WindowOperator):
 
     def snapshot(self) -> dict[str, Any]:
         snap = self._base_snapshot()
-        snap["sessions"] = {
-            k: [[x[0], x[1], x[2], acc_to_json(x[3]), x[4], x[5]] for x in v] for k, v in self.sessions.items()
-        }
+        snap["sessions"] = {k: [x.to_json() for x in v] for k, v in self.sessions.items()}
         snap["tombs"] = {k: [list(x) for x in v] for k, v in self.tombs.items()}
         return snap
 
     def restore(self, snap: dict[str, Any]) -> None:
         self._base_restore(snap)
-        self.sessions = {
-            k: [[x[0], x[1], x[2], acc_from_json(x[3]), x[4], x[5]] for x in v] for k, v in snap["sessions"].items()
-        }
+        self.sessions = {k: [_Session.from_json(x) for x in v] for k, v in snap["sessions"].items()}
         self.tombs = {k: [list(x) for x in v] for k, v in snap["tombs"].items()}
+
+
+def _session_start(x: _Session) -> int:
+    return x.start
 
 
 def build_operator(spec: WindowSpec, shared: bool = False) -> TumblingOperator | SlidingOperator | SessionOperator:
