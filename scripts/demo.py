@@ -3,11 +3,17 @@
 
 1. starts Mosquitto, InfluxDB 1.x and VictoriaMetrics on 127.0.0.1 (``scripts/services.py``; kept running);
 2. starts the gateway as its own process (``python -m gateway run``) with ``.run/demo/gateway.toml``;
-3. publishes a fleet (``sim``): readings with re-sent duplicates and malformed messages mixed in;
-4. waits until the gateway has taken every message and written it, stops it, and reads InfluxDB back;
-5. prints what was published, what the gateway did, what InfluxDB holds, and whether they agree.
+3. publishes a fleet (``sim``): readings with re-sent duplicates and malformed messages mixed in, and a
+   few injected events (``sim/faults.py``): sensor spikes, a level shift, a stuck sensor, vibration ramps,
+   doors left open and runs of FAILED statuses, with near misses that must not raise an alert;
+4. waits until the gateway has taken every message, written it and published its alerts, stops it, and
+   reads InfluxDB back;
+5. prints what was published, what the gateway did, what InfluxDB holds, whether they agree, and the
+   pattern alerts and anomalies read back next to what the simulator injected.
 
-The demo database ``edgekit_demo`` is emptied at each run, so every number printed is this run's.
+The demo database ``edgekit_demo`` is emptied at each run, so every number printed is this run's. The
+gateway runs the example patterns of ``gateway/examples/gateway.toml`` and z-score anomaly detection on
+``temp_c`` and ``rh``. ``tests/test_demo.py`` runs the same path against the test suite's own services.
 """
 
 from __future__ import annotations
@@ -20,10 +26,13 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 import urllib.request
 from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,26 +42,67 @@ sys.path.insert(0, str(REPO / "scripts"))
 import services  # noqa: E402
 
 from sim.commands import report_scenario  # noqa: E402
+from sim.faults import InjectedAnomaly, ScriptedSequence, sequence_events  # noqa: E402
 from sim.fleet import FleetSpec, Plan, generate  # noqa: E402
-from sim.publish import BrokerConfig, publish  # noqa: E402
+from sim.publish import BrokerConfig, PublishResult, publish  # noqa: E402
 
 RUN = REPO / ".run" / "demo"
 DB = "edgekit_demo"
 INFLUX = "http://127.0.0.1:8086"
+EXAMPLE = REPO / "gateway" / "examples" / "gateway.toml"
+M = 60_000
+
+# The injected events, as offsets from the fleet's start (the anomaly detector learns for its first 30
+# readings, so nothing before 35 minutes). An event on a device the fleet does not have, or after its
+# span, is left out (``--devices``, ``--readings``).
+ANOMALIES = (
+    InjectedAnomaly("spike", "dev-0003", "temp_c", 40 * M, 41 * M, {"magnitude": 3.0}),
+    InjectedAnomaly("spike", "dev-0014", "rh", 52 * M, 53 * M, {"magnitude": -10.0}),
+    InjectedAnomaly("spike", "dev-0029", "temp_c", 75 * M, 76 * M, {"magnitude": -3.0}),
+    InjectedAnomaly("level_shift", "dev-0021", "temp_c", 45 * M, 65 * M, {"magnitude": 2.0}),
+    InjectedAnomaly("stuck", "dev-0038", "rh", 50 * M, 90 * M),
+    # vibration ramps: +0.75 a minute for 5 minutes, for the pattern vibration_rising (rises of more than 0.5)
+    InjectedAnomaly("drift", "dev-0006", "vib", 60 * M, 65 * M, {"magnitude": 45.0}),
+    InjectedAnomaly("drift", "dev-0047", "vib", 95 * M, 100 * M, {"magnitude": 45.0}),
+)
+SEQUENCES = (
+    # door_left_open's "opened" is the door reading right after a "closed" one: each door is closed first
+    ScriptedSequence("door_closed", "dev-0010", 35 * M),
+    ScriptedSequence("door_left_open", "dev-0010", 60 * M),
+    ScriptedSequence("door_closed", "dev-0033", 50 * M),
+    ScriptedSequence("door_closed", "dev-0033", 65 * M),
+    ScriptedSequence("door_left_open", "dev-0033", 85 * M),
+    ScriptedSequence("three_failures", "dev-0017", 40 * M),
+    ScriptedSequence("three_failures", "dev-0044", 80 * M),
+    ScriptedSequence("two_failures", "dev-0024", 55 * M),
+)
+TOLERANCE_MS = 10 * M
+"""An alert counts for an injected event when its last reading lies in the event's span or this soon after."""
 
 
-def query(q: str) -> list[dict[str, Any]]:
-    url = f"{INFLUX}/query?" + urllib.parse.urlencode({"db": DB, "q": q, "epoch": "ms"})
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        doc = json.load(resp)
-    rows: list[dict[str, Any]] = []
-    for result in doc.get("results", []):
-        if "error" in result:
-            raise RuntimeError(f"InfluxDB: {result['error']}")
-        for series in result.get("series", []):
-            for values in series["values"]:
-                rows.append({**series.get("tags", {}), **dict(zip(series["columns"], values, strict=True))})
-    return rows
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where the demo runs: the broker, the database, its own folder, the topic prefix."""
+
+    mqtt_port: int
+    influx: str = INFLUX
+    db: str = DB
+    run_dir: Path = RUN
+    prefix: str = "edgekit"
+    client_id: str = "edgekit-demo"
+
+    def query(self, q: str) -> list[dict[str, Any]]:
+        url = f"{self.influx}/query?" + urllib.parse.urlencode({"db": self.db, "q": q, "epoch": "ms"})
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            doc = json.load(resp)
+        rows: list[dict[str, Any]] = []
+        for result in doc.get("results", []):
+            if "error" in result:
+                raise RuntimeError(f"InfluxDB: {result['error']}")
+            for series in result.get("series", []):
+                for values in series["values"]:
+                    rows.append({**series.get("tags", {}), **dict(zip(series["columns"], values, strict=True))})
+        return rows
 
 
 def post_query(q: str) -> None:
@@ -78,26 +128,87 @@ def clear_retained(port: int, prefix: str = "edgekit") -> int:
     return len(topics)
 
 
-def write_config(mqtt_port: int) -> Path:
-    RUN.mkdir(parents=True, exist_ok=True)
+class AlertListener:
+    """Subscribes to the gateway's alert topics and keeps every alert it receives (a JSON document each)."""
+
+    def __init__(self, port: int, prefix: str, client_id: str) -> None:
+        import paho.mqtt.client as mqtt
+
+        self.topic = f"{prefix}/_gateway/alerts/#"
+        self.alerts: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._subscribed = threading.Event()
+        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+        self._client.on_message = lambda c, u, m: self._add(m.payload)
+        self._client.on_subscribe = lambda *args: self._subscribed.set()
+        self._client.connect("127.0.0.1", port)
+        self._client.subscribe(self.topic, qos=1)
+        self._client.loop_start()
+        if not self._subscribed.wait(10):
+            raise SystemExit(f"could not subscribe to {self.topic} on 127.0.0.1:{port}")
+
+    def _add(self, payload: bytes | bytearray) -> None:
+        with self._lock:
+            self.alerts.append(json.loads(payload))
+
+    def received(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.alerts)
+
+    def close(self) -> None:
+        self._client.loop_stop()
+        self._client.disconnect()
+
+
+def fleet_spec(devices: int, readings: int, seed: int, prefix: str = "edgekit") -> FleetSpec:
+    """The demo's fleet, with the injected events that fit in it."""
+    span = readings * 60_000
+
+    def fits(device: str) -> bool:
+        return int(device[4:]) <= devices
+
+    return FleetSpec(
+        devices=devices,
+        readings_per_device=readings,
+        batch_size=10,
+        sites=("greenhouse", "orchard"),
+        metrics=("temp_c", "rh", "vib"),
+        duplicate_rate=0.1,
+        malformed=12,
+        nan_readings=3,
+        old_readings=2,
+        seed=seed,
+        prefix=prefix,
+        anomalies=tuple(a for a in ANOMALIES if fits(a.device) and a.end_ms <= span),
+        sequences=tuple(q for q in SEQUENCES if fits(q.device) and q.at_ms < span),
+    )
+
+
+def write_config(target: Target) -> Path:
+    run = target.run_dir
+    run.mkdir(parents=True, exist_ok=True)
     # each demo run starts from a clean slate: the simulated fleet reuses its identities, which a gateway
     # that remembered the previous run (its durable log and checkpoint) would rightly take as duplicates
-    shutil.rmtree(RUN / "gateway-state", ignore_errors=True)
-    path = RUN / "gateway.toml"
+    shutil.rmtree(run / "gateway-state", ignore_errors=True)
+    # the example patterns, as shipped (with their [engine.watermark] table)
+    example = EXAMPLE.read_text(encoding="utf-8")
+    patterns = example[example.index("[engine.watermark]") :]
+    path = run / "gateway.toml"
     path.write_text(
         f"""# written by scripts/demo.py
 [mqtt]
-url = "mqtt://127.0.0.1:{mqtt_port}"
-client_id = "edgekit-demo-gateway"
+url = "mqtt://127.0.0.1:{target.mqtt_port}"
+client_id = "{target.client_id}-gateway"
+prefix = "{target.prefix}"
 clean_session = true
 
 [state]
-dir = "{RUN / "gateway-state"}"
+dir = "{run / "gateway-state"}"
 
 [influx]
 target = "v1"
-url = "{INFLUX}"
-database = "{DB}"
+url = "{target.influx}"
+database = "{target.db}"
 batch_size = 1000
 flush_interval_ms = 200
 
@@ -112,10 +223,23 @@ size = "10m"
 metrics = ["temp_c", "rh"]
 aggregates = ["count", "mean", "min", "max", "stddev"]
 allowed_lateness = "30m"
-""",
+
+# z-score anomaly detection (docs/anomaly.md) on temperature and humidity: the simulated vibration has
+# spikes of its own, which the pattern vibration_rising looks at instead
+[anomaly]
+metrics = ["temp_c", "rh"]
+write = "flagged"
+
+# from gateway/examples/gateway.toml
+{patterns}""",
         encoding="utf-8",
     )
     return path
+
+
+def _shown(path: Path) -> Path:
+    """``path`` relative to the repository when it is inside it."""
+    return path.relative_to(REPO) if path.is_relative_to(REPO) else path
 
 
 def read_stats(path: Path) -> dict[str, Any]:
@@ -126,14 +250,318 @@ def read_stats(path: Path) -> dict[str, Any]:
         return {}
 
 
-def wait_gateway(stats_file: Path, proc: subprocess.Popen[bytes], cond: Any, what: str, limit_s: float) -> None:
+def wait_gateway(
+    stats_file: Path, proc: subprocess.Popen[bytes], cond: Callable[[dict[str, Any]], Any], what: str, limit_s: float
+) -> None:
+    log = stats_file.parent / "gateway.log"
     deadline = time.monotonic() + limit_s
     while not cond(read_stats(stats_file)):
         if proc.poll() is not None:
-            raise SystemExit(f"the gateway exited early (code {proc.returncode}); see {RUN / 'gateway.log'}")
+            raise SystemExit(f"the gateway exited early (code {proc.returncode}); see {log}")
         if time.monotonic() > deadline:
-            raise SystemExit(f"timed out waiting for the gateway: {what}; see {RUN / 'gateway.log'}")
+            raise SystemExit(f"timed out waiting for the gateway: {what}; see {log}")
         time.sleep(0.1)
+
+
+@dataclass(slots=True)
+class DemoRun:
+    """What one run published, the gateway's final counters, and the alerts received on MQTT."""
+
+    plan: Plan
+    published: PublishResult
+    stats: dict[str, Any]
+    mqtt_alerts: list[dict[str, Any]]
+
+
+def run_fleet(target: Target, spec: FleetSpec, rate: float, say: Callable[[str], None] = print) -> DemoRun:
+    """Start the gateway as its own process, publish the fleet, wait until everything is written and every
+    alert published, stop the gateway. The database is expected to exist and be empty."""
+    plan = generate(spec)
+    counts = plan.counts()
+    config = write_config(target)
+    run = target.run_dir
+    stats_file = run / "gateway-stats.json"
+    stats_file.unlink(missing_ok=True)
+    log_file = (run / "gateway.log").open("wb")
+    say(f"==> starting the gateway: python -m gateway run --config {_shown(config)}")
+    gw = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "run", "--config", str(config), "--stats-file", str(stats_file)],
+        cwd=REPO,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    listener: AlertListener | None = None
+    try:
+        wait_gateway(stats_file, gw, lambda s: s.get("mqtt", {}).get("connected"), "connect to the broker", 30)
+        listener = AlertListener(target.mqtt_port, target.prefix, f"{target.client_id}-alerts")
+        say(f"==> publishing {counts.messages} messages from {counts.devices} simulated devices at {rate:g} messages/s")
+        result = asyncio.run(
+            publish(
+                plan.messages,
+                BrokerConfig("127.0.0.1", target.mqtt_port),
+                client_id=f"{target.client_id}-sim",
+                rate=rate,
+            )
+        )
+        wait_gateway(
+            stats_file,
+            gw,
+            lambda s: (
+                s.get("pipeline", {}).get("messages", 0) >= counts.messages
+                and s["sink"]["pending"] == 0
+                and s["mqtt"]["outbox"] == 0
+            ),
+            "take every message",
+            60,
+        )
+    finally:
+        gw.send_signal(signal.SIGTERM)
+        try:
+            gw.wait(30)
+        except subprocess.TimeoutExpired:
+            gw.kill()
+        log_file.close()
+    stats = read_stats(stats_file)
+    assert listener is not None
+    # the gateway published every alert (its outbox is empty): wait for them to reach the listener
+    deadline = time.monotonic() + 5
+    while len(listener.received()) < stats["pipeline"]["alerts"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    listener.close()
+    return DemoRun(plan, result, stats, listener.received())
+
+
+# --- alerts against the injected ground truth ---------------------------------------------------------
+
+ANOMALY_EXPECT = {
+    "spike": ("spike", "zscore"),
+    "level_shift": ("level shift", "zscore"),
+    "stuck": ("stuck sensor", "stuck"),
+}
+SEQUENCE_EXPECT: dict[str, tuple[str, str | None]] = {
+    "door_left_open": ("door left open", "door_left_open"),
+    "three_failures": ("three FAILED in 5 min", "failed_3x_5m"),
+    "door_closed": ("door closed in time", None),
+    "two_failures": ("three FAILED over 7 min", None),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Expected:
+    """An injected event and the alert it should raise (``alert`` None: a near miss that should raise none)."""
+
+    label: str
+    source: str
+    alert: str | None
+    device: str
+    start_ms: int
+    end_ms: int
+
+
+def expectations(plan: Plan) -> list[Expected]:
+    """What the plan's injected events should raise, with the demo's configuration."""
+    out: list[Expected] = []
+    for a, _labelled in plan.anomalies:
+        if a.kind == "drift" and a.metric == "vib":
+            out.append(Expected("vibration ramp", "pattern", "vibration_rising", a.device, a.start_ms, a.end_ms))
+        elif a.kind in ANOMALY_EXPECT:
+            label, detector = ANOMALY_EXPECT[a.kind]
+            out.append(Expected(label, "anomaly", f"{detector}.{a.metric}", a.device, a.start_ms, a.end_ms))
+        else:
+            out.append(Expected(a.kind.replace("_", " "), "anomaly", None, a.device, a.start_ms, a.end_ms))
+    for q in plan.sequences:
+        label, pattern = SEQUENCE_EXPECT[q.kind]
+        last = q.at_ms + max(e.offset_ms for e in sequence_events(q.kind))
+        out.append(Expected(label, "pattern", pattern, q.device, q.at_ms, last))
+    return out
+
+
+@dataclass(slots=True)
+class AlertCheck:
+    """One source's alerts against the events injected for it."""
+
+    source: str
+    by_name: Counter[str] = field(default_factory=Counter)
+    injected: Counter[str] = field(default_factory=Counter)
+    raised: Counter[str] = field(default_factory=Counter)
+    near_misses: Counter[str] = field(default_factory=Counter)
+    missed: list[Expected] = field(default_factory=list)
+    unexplained: list[dict[str, Any]] = field(default_factory=list)
+    """Alerts no injected event accounts for (a false alarm, or an alert raised by a near miss)."""
+
+    @property
+    def expected(self) -> int:
+        return sum(self.injected.values())
+
+    @property
+    def found(self) -> int:
+        return sum(self.raised.values())
+
+
+def check_alerts(
+    expects: Sequence[Expected], alerts: Sequence[dict[str, Any]], source: str, tolerance_ms: int = TOLERANCE_MS
+) -> AlertCheck:
+    """Match ``alerts`` (``source``, ``name``, ``key``, ``last_ms``: InfluxDB rows or MQTT documents) of
+    ``source`` to the injected events: an event is raised by an alert of its name on its device whose last
+    reading lies in ``[start, end + tolerance)``; each alert accounts for one event at most. Re-baseline
+    alerts follow an anomaly already counted, and count neither way (docs/anomaly.md)."""
+    check = AlertCheck(source)
+    mine = sorted((a for a in alerts if a["source"] == source), key=lambda a: (a["last_ms"], a["name"], a["key"]))
+    used = [False] * len(mine)
+    for a in mine:
+        check.by_name[a["name"]] += 1
+    for e in sorted((e for e in expects if e.source == source), key=lambda e: (e.alert or "", e.start_ms)):
+        if e.alert is None:
+            check.near_misses[e.label] += 1
+            continue
+        check.injected[e.label] += 1
+        for k, a in enumerate(mine):
+            hit = a["name"] == e.alert and a["key"] == e.device
+            if not used[k] and hit and e.start_ms <= a["last_ms"] < e.end_ms + tolerance_ms:
+                used[k] = True
+                check.raised[e.label] += 1
+                break
+        else:
+            check.missed.append(e)
+    check.unexplained = [a for k, a in enumerate(mine) if not used[k] and not a["name"].startswith("rebaseline.")]
+    return check
+
+
+# --- the summary --------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Summary:
+    """What InfluxDB holds after a run, compared with the plan."""
+
+    readings: int
+    devices: int
+    dead_letters: dict[str, int]
+    statuses: int
+    windows: int
+    late: int
+    missing: int
+    extra: int
+    alerts: list[dict[str, Any]]
+    patterns: AlertCheck
+    anomalies: AlertCheck
+
+    def readings_ok(self, plan: Plan) -> bool:
+        dead_ok = Counter(self.dead_letters) == Counter(plan.counts().dead_letters_by_reason)
+        return self.missing == 0 and self.extra == 0 and dead_ok
+
+
+def read_back(target: Target, plan: Plan) -> Summary:
+    rows = target.query("SELECT count(seq) FROM reading GROUP BY device")
+    dead_rows = target.query("SELECT count(size) FROM dead_letter GROUP BY reason")
+    status_rows = target.query("SELECT count(state) FROM device_status")
+    window_rows = target.query("SELECT count(revision) FROM window GROUP BY metric")
+    late_rows = target.query("SELECT count(late_by_ms) FROM late_reading")
+    exact = target.query("SELECT * FROM reading")
+    found = {(r["device"], r["boot"], r["seq"]): r["time"] for r in exact}
+    missing = [r for r in plan.readings if found.get((r.device, r.boot, r.seq)) != r.t_ms]
+    alerts = target.query('SELECT "id", "last_ms" FROM "alert" GROUP BY "source", "name", "key"')
+    expects = expectations(plan)
+    return Summary(
+        readings=sum(r["count"] for r in rows),
+        devices=len(rows),
+        dead_letters={r["reason"]: r["count"] for r in dead_rows},
+        statuses=status_rows[0]["count"] if status_rows else 0,
+        windows=sum(r["count"] for r in window_rows),
+        late=late_rows[0]["count"] if late_rows else 0,
+        missing=len(missing),
+        extra=len(found) - (len(plan.readings) - len(missing)),
+        alerts=alerts,
+        patterns=check_alerts(expects, alerts, "pattern"),
+        anomalies=check_alerts(expects, alerts, "anomaly"),
+    )
+
+
+def _plural(n: int, label: str) -> str:
+    """``2 spikes``, ``2 doors left open``, ``2 × three FAILED in 5 min``."""
+    if label.startswith("three"):
+        return f"{n} × {label}"
+    if n == 1:
+        return f"1 {label}"
+    if label.startswith("door "):
+        return f"{n} doors {label[5:]}"
+    return f"{n} {label}s"
+
+
+def _counts(c: Counter[str]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(c.items())) or "none"
+
+
+def _alert_lines(check: AlertCheck, found_word: str, false_word: str) -> tuple[str, str]:
+    injected = ", ".join(_plural(n, label) for label, n in check.injected.items()) or "nothing"
+    if check.near_misses:
+        injected += f"; {sum(check.near_misses.values())} near misses that must not alert"
+    result = f"{check.found} of {check.expected} {found_word}"
+    if check.missed:
+        result += " (missed: " + ", ".join(f"{e.label} on {e.device}" for e in check.missed[:3]) + ")"
+    n = len(check.unexplained)
+    result += f", {n} {false_word}{'' if n == 1 or false_word.endswith('ed') else 's'}"
+    if check.unexplained:
+        result += " (" + ", ".join(f"{a['name']} on {a['key']}" for a in check.unexplained[:3]) + ")"
+    return f"injected: {injected}", f"alerts:   {_counts(check.by_name)} -> {result}"
+
+
+def print_summary(target: Target, run: DemoRun, summary: Summary, total_s: float) -> bool:
+    """Print the summary; True when InfluxDB holds exactly what the simulator published."""
+    plan, stats, sm = run.plan, run.stats, summary
+    c = plan.counts()
+    p, s = stats["pipeline"], stats["sink"]
+    sites = sorted({d.site for d in plan.devices})
+    span_h = plan.spec.span_ms / 3_600_000
+    ok = sm.readings_ok(plan)
+    dead_ok = Counter(sm.dead_letters) == Counter(c.dead_letters_by_reason)
+    db = target.db
+    print()
+    print(f"edgekit demo: {c.devices} simulated devices at {len(sites)} sites ({', '.join(sites)}), "
+          f"{span_h:g} h of event time each")  # fmt: skip
+    print()
+    print(f"  published   {c.readings} readings in {c.batches} batches, plus {c.duplicates} batches re-sent")
+    print(f"              ({c.duplicate_readings} duplicate readings) and {c.malformed} malformed messages, "
+          f"in {run.published.elapsed_s:.1f} s")  # fmt: skip
+    print(f"  gateway     {p['messages']} messages: {p['readings_accepted']} readings accepted, "
+          f"{p['duplicates']} duplicates removed, {p['dead_letters']} dead letters")  # fmt: skip
+    print(f"              dead letters by reason: {_counts(Counter(p['dead_by_reason']))}")
+    print(f"              {s['points_written']} points written in {s['batches_written']} batches, "
+          f"{s['points_refused']} refused, {s['write_failures']} failed writes retried")  # fmt: skip
+    print(f"  InfluxDB    {sm.readings} readings in measurement 'reading' of database '{db}' "
+          f"({sm.devices} devices), {sum(sm.dead_letters.values())} dead letters, "
+          f"{sm.statuses} status points")  # fmt: skip
+    print(f"  windows     {p['window_results']} results of the 10-minute window 'temp_10m' (temp_c, rh) "
+          f"-> {sm.windows} points in 'window'; {p['late_readings']} late -> {sm.late} in 'late_reading'")  # fmt: skip
+    verdict = "every valid reading found exactly once, at its event time" if ok else "MISMATCH"
+    print(f"  check       {verdict}: {sm.missing} missing, {sm.extra} extra; "
+          f"dead letters {'match' if dead_ok else 'DIFFER'}")  # fmt: skip
+    for name, check, found_word, false_word in (
+        ("patterns", sm.patterns, "raised", "unexpected"),
+        ("anomalies", sm.anomalies, "detected", "false alarm"),
+    ):
+        first, second = _alert_lines(check, found_word, false_word)
+        print(f"  {name:<11} {first}")
+        print(f"              {second}")
+    ids_db = sorted(a["id"] for a in sm.alerts)
+    ids_mqtt = sorted(a["id"] for a in run.mqtt_alerts)
+    same = "the same ids" if ids_db == ids_mqtt else "ids DIFFER"
+    print(f"  alerts      {len(ids_db)} in measurement 'alert', {len(ids_mqtt)} received on MQTT "
+          f"{target.prefix}/_gateway/alerts/# ({same})")  # fmt: skip
+    print()
+    print(f"Done in {total_s:.0f} s. Look at the data (InfluxQL over HTTP):")
+    queries = (
+        "SELECT mean(temp_c) FROM reading WHERE device='dev-0001' GROUP BY time(10m)",
+        "SELECT mean, min, max, count, revision FROM window WHERE device='dev-0001' AND metric='temp_c'",
+        "SELECT name, key, message FROM alert",
+        "SELECT reason, detail, topic FROM dead_letter",
+    )
+    for q in queries:
+        print(f'  curl -sG {target.influx}/query --data-urlencode db={db} --data-urlencode "q={q}"')
+    print(f"Gateway log: {_shown(target.run_dir / 'gateway.log')}. "
+          "The services keep running: 'make services-stop' stops them.")  # fmt: skip
+    return ok
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,126 +577,19 @@ def main(argv: list[str] | None = None) -> int:
     if services.main(["start"]) != 0:
         return 1
     state = json.loads((services.DEFAULT_RUN_DIR / "mosquitto" / "state.json").read_text())
-    mqtt_port = int(state["port"])
+    target = Target(mqtt_port=int(state["port"]))
     post_query(f'DROP DATABASE "{DB}"')
     post_query(f'CREATE DATABASE "{DB}"')
-    cleared = clear_retained(mqtt_port)
+    cleared = clear_retained(target.mqtt_port)
     if cleared:
         print(f"==> cleared {cleared} retained status messages left by an earlier run")
 
-    spec = FleetSpec(
-        devices=args.devices,
-        readings_per_device=args.readings,
-        batch_size=10,
-        sites=("greenhouse", "orchard"),
-        metrics=("temp_c", "rh", "vib"),
-        duplicate_rate=0.1,
-        malformed=12,
-        nan_readings=3,
-        old_readings=2,
-        seed=args.seed,
-    )
-    plan = generate(spec)
-    counts = plan.counts()
-
-    config = write_config(mqtt_port)
-    stats_file = RUN / "gateway-stats.json"
-    stats_file.unlink(missing_ok=True)
-    log_file = (RUN / "gateway.log").open("wb")
-    print(f"==> starting the gateway: python -m gateway run --config {config.relative_to(REPO)}")
-    gw = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "run", "--config", str(config), "--stats-file", str(stats_file)],
-        cwd=REPO,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        wait_gateway(stats_file, gw, lambda s: s.get("mqtt", {}).get("connected"), "connect to the broker", 30)
-        print(
-            f"==> publishing {counts.messages} messages from {counts.devices} simulated devices "
-            f"at {args.rate:g} messages/s"
-        )
-        result = asyncio.run(
-            publish(plan.messages, BrokerConfig("127.0.0.1", mqtt_port), client_id="edgekit-demo-sim", rate=args.rate)
-        )
-        wait_gateway(
-            stats_file,
-            gw,
-            lambda s: s.get("pipeline", {}).get("messages", 0) >= counts.messages and s["sink"]["pending"] == 0,
-            "take every message",
-            60,
-        )
-    finally:
-        gw.send_signal(signal.SIGTERM)
-        try:
-            gw.wait(30)
-        except subprocess.TimeoutExpired:
-            gw.kill()
-        log_file.close()
-    stats = read_stats(stats_file)
+    run = run_fleet(target, fleet_spec(args.devices, args.readings, args.seed), args.rate)
     # simulator report (sim/report.py): a scenario in virtual time through the gateway's pipeline
     report, verdict = report_scenario(RUN / "report.html")
-    print_summary(plan, result.elapsed_s, stats, time.monotonic() - started)
+    ok = print_summary(target, run, read_back(target, run.plan), time.monotonic() - started)
     print(f"Report of the 'flaky-network' scenario ({'matches' if verdict.ok else 'DIFFERS FROM'} its truth): {report}")
-    return 0
-
-
-def print_summary(plan: Plan, publish_s: float, stats: dict[str, Any], total_s: float) -> None:
-    c = plan.counts()
-    p, s = stats["pipeline"], stats["sink"]
-    rows = query("SELECT count(seq) FROM reading GROUP BY device")
-    in_db = sum(r["count"] for r in rows)
-    dead_rows = query("SELECT count(size) FROM dead_letter GROUP BY reason")
-    dead_db = {r["reason"]: r["count"] for r in dead_rows}
-    status_rows = query("SELECT count(state) FROM device_status")
-    window_rows = query("SELECT count(revision) FROM window GROUP BY metric")
-    windows_db = sum(r["count"] for r in window_rows)
-    late_rows = query("SELECT count(late_by_ms) FROM late_reading")
-    late_db = late_rows[0]["count"] if late_rows else 0
-    exact = query("SELECT * FROM reading")
-    found = {(r["device"], r["boot"], r["seq"]): r["time"] for r in exact}
-    missing = [r for r in plan.readings if found.get((r.device, r.boot, r.seq)) != r.t_ms]
-    extra = len(found) - (len(plan.readings) - len(missing))
-    sites = sorted({d.site for d in plan.devices})
-    span_h = plan.spec.span_ms / 3_600_000
-
-    def reasons(d: dict[str, int]) -> str:
-        return ", ".join(f"{k} {v}" for k, v in sorted(d.items())) or "none"
-
-    ok = not missing and extra == 0 and Counter(dead_db) == Counter(c.dead_letters_by_reason)
-    print()
-    print(f"edgekit demo: {c.devices} simulated devices at {len(sites)} sites ({', '.join(sites)}), "
-          f"{span_h:g} h of event time each")  # fmt: skip
-    print()
-    print(f"  published   {c.readings} readings in {c.batches} batches, plus {c.duplicates} batches re-sent")
-    print(f"              ({c.duplicate_readings} duplicate readings) and {c.malformed} malformed messages, "
-          f"in {publish_s:.1f} s")  # fmt: skip
-    print(f"  gateway     {p['messages']} messages: {p['readings_accepted']} readings accepted, "
-          f"{p['duplicates']} duplicates removed, {p['dead_letters']} dead letters")  # fmt: skip
-    print(f"              dead letters by reason: {reasons(p['dead_by_reason'])}")
-    print(f"              {s['points_written']} points written in {s['batches_written']} batches, "
-          f"{s['points_refused']} refused, {s['write_failures']} failed writes retried")  # fmt: skip
-    print(f"  InfluxDB    {in_db} readings in measurement 'reading' of database '{DB}' "
-          f"({len(rows)} devices), {sum(dead_db.values())} dead letters, "
-          f"{status_rows[0]['count'] if status_rows else 0} status points")  # fmt: skip
-    print(f"  windows     {p['window_results']} results of the 10-minute window 'temp_10m' (temp_c, rh) "
-          f"-> {windows_db} points in 'window'; {p['late_readings']} late -> {late_db} in 'late_reading'")  # fmt: skip
-    verdict = "every valid reading found exactly once, at its event time" if ok else "MISMATCH"
-    print(f"  check       {verdict}: {len(missing)} missing, {extra} extra; "
-          f"dead letters {'match' if Counter(dead_db) == Counter(c.dead_letters_by_reason) else 'DIFFER'}")  # fmt: skip
-    print()
-    print(f"Done in {total_s:.0f} s. Look at the data (InfluxQL over HTTP):")
-    q = "SELECT mean(temp_c) FROM reading WHERE device='dev-0001' GROUP BY time(10m)"
-    print(f'  curl -sG {INFLUX}/query --data-urlencode db={DB} --data-urlencode "q={q}"')
-    q3 = "SELECT mean, min, max, count, revision FROM window WHERE device='dev-0001' AND metric='temp_c'"
-    print(f'  curl -sG {INFLUX}/query --data-urlencode db={DB} --data-urlencode "q={q3}"')
-    q2 = "SELECT reason, detail, topic FROM dead_letter"
-    print(f'  curl -sG {INFLUX}/query --data-urlencode db={DB} --data-urlencode "q={q2}"')
-    print(f"Gateway log: {(RUN / 'gateway.log').relative_to(REPO)}. "
-          "The services keep running: 'make services-stop' stops them.")  # fmt: skip
-    if not ok:
-        raise SystemExit(1)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@
 returns a :class:`Plan`, the ordered messages to publish (retained statuses, batches of readings,
 re-sent duplicates, malformed messages) and the expected outcome: every valid reading, every reading
 the gateway must dead-letter alone, and every message it must reject whole, each with its reason code
-from ``docs/protocol.md``. Nothing here does I/O; the only clock is the injected ``now_ms``, read once
+from ``docs/protocol.md``. Injected sensor anomalies and scripted event sequences (:mod:`sim.faults`, as
+in the scenarios) are placed in the readings and kept in the plan as ground truth for the gateway's
+anomaly and pattern alerts. Nothing here does I/O; the only clock is the injected ``now_ms``, read once
 when ``spec.start_ms`` is not given.
 
 The pieces live in small modules: :mod:`sim.wire` (encoding, :class:`Outgoing`), :mod:`sim.devices`
@@ -18,11 +20,12 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Final
 
 from .devices import METRIC_GENERATORS, Device, MetricGenerator, make_devices
 from .errors import SpecError
+from .faults import ANOMALY_KINDS, SEQUENCE_KINDS, AnomalyState, InjectedAnomaly, ScriptedSequence, apply_anomaly
 from .malformed import MALFORMED_KINDS, ExpectedMalformed, Malformer
 from .wire import (
     MAX_BYTES,
@@ -98,6 +101,13 @@ class FleetSpec:
     """Mark each device's last batch with ``flushed`` (its last reading's event time)."""
     seed: int = 0
     prefix: str = "edgekit"
+    anomalies: tuple[InjectedAnomaly, ...] = ()
+    """Sensor faults (:mod:`sim.faults`) on devices' metrics; ``start_ms``/``end_ms`` are offsets from the
+    fleet's start."""
+    sequences: tuple[ScriptedSequence, ...] = ()
+    """Scripted event sequences (:mod:`sim.faults`), ``at_ms`` an offset from the fleet's start: extra
+    readings of the device carrying only the sequence's metric (``door``, ``status``), numbered in event-time
+    order among its others. Events after the fleet's span are left out."""
 
     def __post_init__(self) -> None:
         def need(ok: bool, what: str) -> None:
@@ -138,11 +148,31 @@ class FleetSpec:
             bool(self.prefix) and not any(c in self.prefix for c in "/+#\0"),
             f"prefix {self.prefix!r} must be one non-empty topic level without / + #",
         )
+        last = f"dev-{self.devices:04d}"
+        for i, a in enumerate(self.anomalies):
+            where = f"anomalies[{i}]"
+            need(a.kind in ANOMALY_KINDS, f"{where}.kind: expected one of {', '.join(ANOMALY_KINDS)}, got {a.kind!r}")
+            need(_is_device(a.device, self.devices), f"{where}.device: {a.device!r} is not one of dev-0001..{last}")
+            need(a.metric in self.metrics, f"{where}.metric: {a.metric!r} is not one of the fleet's {self.metrics}")
+            need(
+                0 <= a.start_ms < a.end_ms <= self.span_ms,
+                f"{where}: needs 0 <= start < end <= {self.span_ms} ms, got [{a.start_ms}, {a.end_ms})",
+            )
+        for i, q in enumerate(self.sequences):
+            where = f"sequences[{i}]"
+            need(q.kind in SEQUENCE_KINDS, f"{where}.kind: expected one of {', '.join(SEQUENCE_KINDS)}, got {q.kind!r}")
+            need(_is_device(q.device, self.devices), f"{where}.device: {q.device!r} is not one of dev-0001..{last}")
+            need(0 <= q.at_ms < self.span_ms, f"{where}.at_ms: must be within 0..{self.span_ms}, got {q.at_ms}")
 
     @property
     def span_ms(self) -> int:
         """Event time covered by one device's readings."""
         return self.readings_per_device * self.interval_ms
+
+
+def _is_device(name: str, devices: int) -> bool:
+    """Whether ``name`` is one of the ids :func:`make_devices` gives ``devices`` boards."""
+    return name.startswith("dev-") and name[4:].isdigit() and len(name) == 8 and 1 <= int(name[4:]) <= devices
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +254,10 @@ class Plan:
     malformed: tuple[ExpectedMalformed, ...]
     flushed: Mapping[str, int] = field(default_factory=dict)
     """Per device, the ``flushed`` marker of its last batch."""
+    anomalies: tuple[tuple[InjectedAnomaly, tuple[int, ...]], ...] = ()
+    """Each injected anomaly in event time, with the event times of the readings it changed."""
+    sequences: tuple[ScriptedSequence, ...] = ()
+    """The scripted sequences, ``at_ms`` in event time."""
 
     def counts(self) -> PlanCounts:
         """Message and reading counts, and the dead-letter records the gateway should write."""
@@ -259,6 +293,8 @@ class Plan:
             "rejected": [r.to_json() for r in self.rejected],
             "malformed": [m.to_json() for m in self.malformed],
             "flushed": dict(self.flushed),
+            "anomalies": [{**a.to_json(), "labelled": list(labelled)} for a, labelled in self.anomalies],
+            "sequences": [q.to_json() for q in self.sequences],
         }
 
 
@@ -303,25 +339,41 @@ def _device_batches(
     dups: random.Random,
     nan_slots: set[int],
     old_slots: set[int],
+    faults: _Faults,
 ) -> Iterator[_Draft]:
     """One device's batches, oldest first, each followed by its duplicate when it gets one."""
     n = spec.readings_per_device
     topic = _topic(spec, dev)
-    for first in range(0, n, spec.batch_size):
-        wire: list[WireReading] = []
-        good: list[ExpectedReading] = []
-        bad: list[ExpectedReject] = []
-        last_t = start_ms
-        for i in range(first, min(n, first + spec.batch_size)):
+    # (event time, regular reading's index or -1, a scripted reading's metrics): in event-time order, a
+    # scripted reading after a regular one of the same instant
+    samples: list[tuple[int, int, dict[str, MetricValue]]] = [
+        (start_ms + dev.phase_ms + i * spec.interval_ms, i, {}) for i in range(n)
+    ]
+    for q in faults.sequences.get(dev.device, ()):
+        for e in q.events():
+            if q.at_ms + e.offset_ms < start_ms + spec.span_ms:
+                samples.append((q.at_ms + e.offset_ms, -1, {e.metric: e.value}))
+    samples.sort(key=lambda x: (x[0], x[1] < 0))
+    taken: list[tuple[WireReading, ExpectedReading | None, str | None, int]] = []  # + the sampling time
+    seq = dev.first_seq
+    for at, i, scripted in samples:
+        t = at
+        reason: str | None = None
+        quality = "s"
+        if i < 0:
+            metrics = dict(scripted)
+        else:
             slot = dev.index * n + i
-            seq = dev.first_seq + i
-            t = start_ms + dev.phase_ms + i * spec.interval_ms
-            last_t = t
-            metrics: dict[str, MetricValue] = {
-                name: round(METRIC_GENERATORS[name](values, dev, t), 2) for name in spec.metrics
-            }
-            reason: str | None = None
-            quality = "s"
+            metrics = {}
+            for name in spec.metrics:
+                value: float | None = METRIC_GENERATORS[name](values, dev, t)
+                for a, state in faults.anomalies.get(dev.device, ()):
+                    if value is not None and a.covers(dev.device, name, t):
+                        value = apply_anomaly(a, state, value, t, faults.rng)
+                if value is not None:
+                    metrics[name] = round(value, 2)
+            if not metrics:
+                continue  # every metric dropped out: the board records nothing
             if slot in nan_slots:
                 metrics[spec.metrics[slot % len(spec.metrics)]] = math.nan
                 reason = "non_finite"
@@ -329,12 +381,20 @@ def _device_batches(
                 t = UNSET_RTC_MS + i * spec.interval_ms
                 quality = "u"
                 reason = "time_too_old"
-            wire.append(WireReading(dev.boot, seq, t, quality, metrics))
-            if reason is None:
-                good.append(ExpectedReading(dev.site, dev.device, dev.boot, seq, t, quality, metrics))
-            else:
-                bad.append(ExpectedReject(dev.site, dev.device, dev.boot, seq, t, topic, len(wire) - 1, reason))
-        is_last = first + spec.batch_size >= n
+        good = ExpectedReading(dev.site, dev.device, dev.boot, seq, t, quality, metrics) if reason is None else None
+        taken.append((WireReading(dev.boot, seq, t, quality, metrics), good, reason, at))
+        seq += 1
+    for first in range(0, len(taken), spec.batch_size):
+        chunk = taken[first : first + spec.batch_size]
+        wire = [w for w, _, _, _ in chunk]
+        good_readings = [g for _, g, _, _ in chunk if g is not None]
+        bad = [
+            ExpectedReject(dev.site, dev.device, w.b, w.s, w.t, topic, k, reason)
+            for k, (w, _, reason, _) in enumerate(chunk)
+            if reason is not None
+        ]
+        last_t = chunk[-1][3]
+        is_last = first + spec.batch_size >= len(taken)
         payload = encode_batch(dev.device, wire, last_t if is_last and spec.flush_last else None)
         if len(payload) > MAX_BYTES:
             raise SpecError(
@@ -342,13 +402,22 @@ def _device_batches(
                 f"bytes > {MAX_BYTES}; lower batch_size"
             )
         rejects = tuple(r.reason for r in bad)
-        out = Outgoing(topic, payload, "batch", None, dev.device, last_t, len(good), rejects)
-        yield _Draft(last_t, 1, out, good, bad)
+        out = Outgoing(topic, payload, "batch", None, dev.device, last_t, len(good_readings), rejects)
+        yield _Draft(last_t, 1, out, good_readings, bad)
         if spec.duplicate_rate > 0 and dups.random() < spec.duplicate_rate:
             # the board re-sends after its PUBACK timeout: a little later, possibly after newer traffic
             again = last_t + dups.randrange(1, spec.interval_ms * spec.batch_size + 1)
-            dup = Outgoing(topic, payload, "duplicate", None, dev.device, again, len(good), rejects)
+            dup = Outgoing(topic, payload, "duplicate", None, dev.device, again, len(good_readings), rejects)
             yield _Draft(again, 2, dup)
+
+
+@dataclass(slots=True)
+class _Faults:
+    """The injections in event time, by device, with their running state."""
+
+    anomalies: dict[str, list[tuple[InjectedAnomaly, AnomalyState]]]
+    sequences: dict[str, list[ScriptedSequence]]
+    rng: random.Random
 
 
 def generate(spec: FleetSpec, now_ms: Callable[[], int] = wall_clock_ms) -> Plan:
@@ -370,10 +439,18 @@ def generate(spec: FleetSpec, now_ms: Callable[[], int] = wall_clock_ms) -> Plan
     chosen = defects.sample(range(total), spec.nan_readings + spec.old_readings)
     nan_slots, old_slots = set(chosen[: spec.nan_readings]), set(chosen[spec.nan_readings :])
 
+    faults = _Faults({}, {}, stream("anomalies"))
+    injected = [(a.absolute(start_ms), AnomalyState()) for a in spec.anomalies]
+    for a, state in injected:
+        faults.anomalies.setdefault(a.device, []).append((a, state))
+    sequences = [replace(q, at_ms=start_ms + q.at_ms) for q in spec.sequences]
+    for q in sequences:
+        faults.sequences.setdefault(q.device, []).append(q)
+
     drafts: list[_Draft] = [_status_draft(spec, dev, start_ms) for dev in devices]
     flushed: dict[str, int] = {}
     for dev in devices:
-        for draft in _device_batches(spec, dev, start_ms, values, dups, nan_slots, old_slots):
+        for draft in _device_batches(spec, dev, start_ms, values, dups, nan_slots, old_slots, faults):
             drafts.append(draft)
             if spec.flush_last and draft.out.kind == "batch":
                 flushed[dev.device] = draft.at_ms
@@ -395,4 +472,6 @@ def generate(spec: FleetSpec, now_ms: Callable[[], int] = wall_clock_ms) -> Plan
         rejected=tuple(r for d in ordered for r in d.rejected),
         malformed=tuple(d.malformed for d in ordered if d.malformed is not None),
         flushed=flushed,
+        anomalies=tuple((a, tuple(state.labelled)) for a, state in injected),
+        sequences=tuple(sequences),
     )

@@ -16,6 +16,7 @@ from gateway.errors import DecodeError
 from gateway.model import Batch, Reading, StatusUpdate
 from gateway.protocol import decode
 from sim.errors import SpecError
+from sim.faults import InjectedAnomaly, ScriptedSequence, sequence_events
 from sim.fleet import (
     MALFORMED_KINDS,
     MIN_TIME_MS,
@@ -29,6 +30,7 @@ from sim.fleet import (
 )
 
 NOW = 1_764_072_000_000  # 2025-11-25T12:00:00Z
+M = 60_000
 
 
 def fixed_now() -> int:
@@ -55,6 +57,27 @@ SPECS = {
     ),
     "one_per_message": FleetSpec(devices=3, readings_per_device=5, batch_size=1, duplicate_rate=1.0, seed=11),
     "one_device_mismatch": FleetSpec(devices=1, readings_per_device=3, malformed=8, prefix="plant9", seed=5),
+    "injected": FleetSpec(
+        devices=4,
+        readings_per_device=40,
+        batch_size=8,
+        metrics=("temp_c", "rh", "vib"),
+        duplicate_rate=0.3,
+        nan_readings=2,
+        seed=9,
+        anomalies=(
+            InjectedAnomaly("spike", "dev-0001", "temp_c", 10 * M, 11 * M, {"magnitude": 3.0}),
+            InjectedAnomaly("drift", "dev-0001", "vib", 30 * M, 35 * M, {"magnitude": 45.0}),
+            InjectedAnomaly("level_shift", "dev-0002", "rh", 5 * M, 15 * M, {"magnitude": -8.0}),
+            InjectedAnomaly("stuck", "dev-0003", "temp_c", 20 * M, 30 * M),
+            InjectedAnomaly("dropout", "dev-0004", "rh", 3 * M, 8 * M),
+        ),
+        sequences=(
+            ScriptedSequence("door_closed", "dev-0002", 2 * M),
+            ScriptedSequence("door_left_open", "dev-0002", 12 * M),
+            ScriptedSequence("three_failures", "dev-0003", 38 * M),  # its last event falls after the span
+        ),
+    ),
 }
 
 
@@ -328,3 +351,79 @@ def test_bad_specs_are_refused_with_the_field_named(change: dict[str, Any], word
 def test_a_span_reaching_before_2020_is_refused() -> None:
     with pytest.raises(SpecError, match="before 2020"):
         generate(FleetSpec(readings_per_device=1000, interval_ms=10**9), fixed_now)
+
+
+def test_injected_anomalies_change_only_their_metric_in_their_span() -> None:
+    spec = SPECS["injected"]
+    plan = plan_of("injected")
+    plain = generate(FleetSpec(**{**_fields(spec), "anomalies": (), "sequences": ()}), fixed_now)
+    regular = [r for r in plan.readings if not {"door", "status"} & set(r.metrics)]
+    assert len(plain.readings) == len(regular)  # a dropout takes its metric from readings, not the readings
+    changed: Counter[tuple[str, str]] = Counter()
+    before = {(r.device, r.t_ms): r.metrics for r in plain.readings}
+    for r in regular:
+        for name in spec.metrics:
+            if r.metrics.get(name) != before[r.device, r.t_ms].get(name):
+                changed[r.device, name] += 1
+    # stuck holds the span's first value: the 9 readings after it change, unless one happened to have it
+    assert 1 <= changed.pop(("dev-0003", "temp_c")) <= 9
+    assert changed == {("dev-0001", "temp_c"): 1, ("dev-0001", "vib"): 5, ("dev-0002", "rh"): 10, ("dev-0004", "rh"): 5}
+    (a, labelled) = plan.anomalies[3]
+    assert a.kind == "stuck" and a.start_ms == plan.start_ms + 20 * M and len(labelled) == 10
+    held = {r.metrics["temp_c"] for r in regular if r.device == "dev-0003" and r.t_ms in labelled}
+    assert len(held) == 1
+    spike = plan.anomalies[0]
+    assert len(spike[1]) == 1 and plan.start_ms + 10 * M <= spike[1][0] < plan.start_ms + 11 * M
+    ramp = sorted(
+        (r.t_ms, r.metrics["vib"]) for r in regular if r.device == "dev-0001" and r.t_ms in plan.anomalies[1][1]
+    )
+    assert len(ramp) == 5 and all(b[1] - a[1] > 0.5 for a, b in itertools.pairwise(ramp))
+
+
+def test_scripted_sequences_are_extra_readings_numbered_in_event_time_order() -> None:
+    plan = plan_of("injected")
+    start = plan.start_ms
+    assert [(q.kind, q.device, q.at_ms - start) for q in plan.sequences] == [
+        ("door_closed", "dev-0002", 2 * M),
+        ("door_left_open", "dev-0002", 12 * M),
+        ("three_failures", "dev-0003", 38 * M),
+    ]
+    scripted = [r for r in plan.readings if set(r.metrics) <= {"door", "status"}]
+    for q in plan.sequences:
+        got = [
+            (r.t_ms, dict(r.metrics)) for r in scripted if r.device == q.device and q.at_ms <= r.t_ms <= q.at_ms + 8 * M
+        ]
+        want = [(q.at_ms + e.offset_ms, {e.metric: e.value}) for e in sequence_events(q.kind)]
+        assert got == [w for w in want if w[0] < start + 40 * M]
+    assert len([r for r in plan.readings if "status" in r.metrics]) == 3  # the fourth is after the span
+    for dev in plan.devices:  # identities stay gapless and follow event time
+        mine = sorted(
+            [(r.seq, r.t_ms) for r in plan.readings if r.device == dev.device]
+            + [(r.seq, r.t_ms) for r in plan.rejected if r.device == dev.device]
+        )
+        assert [seq for seq, _ in mine] == list(range(dev.first_seq, dev.first_seq + len(mine)))
+        assert all(a[1] <= b[1] for a, b in itertools.pairwise(mine))
+    truth = json.loads(json.dumps(plan.truth(), allow_nan=False))
+    assert [a["kind"] for a in truth["anomalies"]] == ["spike", "drift", "level_shift", "stuck", "dropout"]
+    assert truth["anomalies"][0]["labelled"] == list(plan.anomalies[0][1])
+    assert [(q["kind"], q["expect_alert"]) for q in truth["sequences"]] == [
+        ("door_closed", False), ("door_left_open", True), ("three_failures", True),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"anomalies": (InjectedAnomaly("wobble", "dev-0001", "temp_c", 0, M),)}, "anomalies.0..kind"),
+        ({"anomalies": (InjectedAnomaly("spike", "dev-0011", "temp_c", 0, M),)}, "'dev-0011' is not one of"),
+        ({"anomalies": (InjectedAnomaly("spike", "dev-0001", "vib", 0, M),)}, "'vib' is not one of the fleet"),
+        ({"anomalies": (InjectedAnomaly("spike", "dev-0001", "rh", 5 * M, 5 * M),)}, "start < end"),
+        ({"anomalies": (InjectedAnomaly("spike", "dev-0001", "rh", 0, 51 * M),)}, "end <= 3000000"),
+        ({"sequences": (ScriptedSequence("door_jammed", "dev-0001", 0),)}, "sequences.0..kind"),
+        ({"sequences": (ScriptedSequence("door_closed", "device-1", 0),)}, "'device-1'"),
+        ({"sequences": (ScriptedSequence("door_closed", "dev-0001", 50 * M),)}, "sequences.0..at_ms"),
+    ],
+)
+def test_bad_injections_are_refused_with_the_entry_named(change: dict[str, Any], words: str) -> None:
+    with pytest.raises(SpecError, match=words):
+        FleetSpec(**{**_fields(FleetSpec()), **change})

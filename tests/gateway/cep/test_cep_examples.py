@@ -87,18 +87,23 @@ VIBRATION = rows_of(
     "d4",
     [
         (0, {"vib": 0.10}),  # 0 base
-        (1 * S, {"vib": 0.20}),
-        (2 * S, {"vib": 0.30}),
+        (1 * S, {"vib": 0.70}),  # +0.6
+        (2 * S, {"vib": 1.30}),  # +0.6
         (2 * S + 500, {"temp_c": 20.0}),  # no vib: not a reading of this pattern
-        (3 * S, {"vib": 0.40}),  # 4: third rise -> alert (0, 1, 2, 4)
-        (4 * S, {"vib": 0.50}),  # 5: base of the next match
-        (5 * S, {"vib": 0.45}),  # 6: falls
-        (6 * S, {"vib": 0.50}),
-        (7 * S, {"vib": 0.60}),
-        (8 * S, {"vib": 0.55}),  # falls: the run from 6 dies at its second rise
-        (9 * S, {"vib": 0.56}),
-        (10 * S, {"vib": 0.57}),
-        (11 * S, {"vib": 0.58}),  # 12: three rises since 9 -> alert (9, 10, 11, 12)
+        (3 * S, {"vib": 1.90}),  # 4: third rise of more than 0.5 -> alert (0, 1, 2, 4)
+        (4 * S, {"vib": 2.50}),  # 5: base of the next match
+        (5 * S, {"vib": 2.40}),  # 6: falls
+        (6 * S, {"vib": 3.00}),
+        (7 * S, {"vib": 3.60}),
+        (8 * S, {"vib": 3.55}),  # falls: the run from 6 dies at its third rise
+        (9 * S, {"vib": 3.60}),  # 10: noise rises three times in a row, by 0.05 to 0.2 each: no alert
+        (10 * S, {"vib": 3.80}),
+        (11 * S, {"vib": 3.85}),
+        (12 * S, {"vib": 4.00}),  # 13
+        (13 * S, {"vib": 4.50}),  # 14: +0.5 exactly is not more than 0.5: the run from 13 dies; 14 is a base
+        (14 * S, {"vib": 5.25}),
+        (15 * S, {"vib": 6.00}),
+        (16 * S, {"vib": 6.75}),  # 17: three rises of 0.75 since 14 -> alert (14, 15, 16, 17)
     ],
 )
 
@@ -111,7 +116,7 @@ CASES = {
     "failed_3x_5m": (FAILED, [rid("d1", 1, 3, 4), rid("d1", 6, 7, 8)]),
     "overheat_pressure_drop": (OVERHEAT, [rid("d5", 0, 2), rid("d5", 8, 9)]),
     "door_left_open": (DOOR, [rid("d3", 2, 3), rid("d3", 9, 10)]),
-    "vibration_rising": (VIBRATION, [rid("d4", 0, 1, 2, 4), rid("d4", 9, 10, 11, 12)]),
+    "vibration_rising": (VIBRATION, [rid("d4", 0, 1, 2, 4), rid("d4", 14, 15, 16, 17)]),
 }
 
 
