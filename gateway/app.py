@@ -108,6 +108,8 @@ class Gateway:
         """Digests of the last logged messages: a re-sent (DUP) message found here was logged already."""
         self.redelivered = 0
         self._caught_up = asyncio.Event()
+        self._stopping = False
+        """Set by a clean stop: take no further input (what is logged and not taken is replayed after a restart)."""
 
     # ------------------------------------------------------------------------------------ inputs
 
@@ -138,6 +140,8 @@ class Gateway:
 
     async def _process(self, records: list[LogRecord]) -> None:
         for rec in records:
+            if self._stopping:  # the rest is logged (and acknowledged): the restart replays it
+                return
             await self._apply(rec)
         if self.store.log_rows >= self.config.state.checkpoint_max_log_rows:
             self.checkpoint()
@@ -163,6 +167,8 @@ class Gateway:
         # the pipeline takes inputs strictly in log order: a tick waits for logged messages to be taken,
         # else a checkpoint at the tick's position would drop them from the log unprocessed
         while self.pos < self.store.last_pos:
+            if self._stopping:  # the logged messages wait for the restart; so does this tick
+                return
             self._caught_up.clear()
             await self._caught_up.wait()
         now = self.now_ms()
@@ -205,6 +211,8 @@ class Gateway:
             self.recent.extend(bytes.fromhex(d) for d in ck.state.get("recent", []))
             self.pos = self.recovered_from = ck.pos
         for rec in self.store.tail(self.pos):
+            if self._stopping:  # stopped during the replay: the next start goes on from the checkpoint
+                break
             if rec.kind == KIND_MESSAGE:
                 self.recent.append(_digest(rec.topic, rec.payload))
             await self._apply(rec)
@@ -215,6 +223,16 @@ class Gateway:
                 extra={"event": "recovered", "checkpoint_pos": self.recovered_from, "replayed": self.replayed,
                        "spool_lines": self.store.spool_lines},
             )  # fmt: skip
+
+    def _begin_stop(self) -> None:
+        """A clean stop: take no more input and let whatever waits for InfluxDB (a full spool) go on."""
+        self._stopping = True
+        self.sink.stop_waiting()
+        self._caught_up.set()
+
+    async def _watch_stop(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self._begin_stop()
 
     # ------------------------------------------------------------------------------------- stats
 
@@ -286,6 +304,8 @@ class Gateway:
                    "broker": f"{cfg.mqtt.host}:{cfg.mqtt.port}", "state": str(self.store.path)},
         )  # fmt: skip
         server = await self.metrics.serve(cfg.metrics.host, cfg.metrics.port) if cfg.metrics.port else None
+        # a stop is seen at once, even while the replay or ingest waits for room in a full spool
+        watcher = asyncio.create_task(self._watch_stop(stop), name="stop-watch")
         try:
             await self.sink.start()
             await self.recover()
@@ -304,6 +324,7 @@ class Gateway:
                 )
             finally:
                 stop.set()
+                self._begin_stop()
                 await tick_task
                 # with InfluxDB away there is nothing to wait for: the final checkpoint spools what is left
                 drained = await self.sink.drain(30.0) if self.sink.healthy else False
@@ -313,6 +334,7 @@ class Gateway:
                 self._write_stats()
                 log.info("gateway stopped", extra={"event": "stop", "drained": drained, **self.snapshot_stats()})
         finally:
+            watcher.cancel()
             if self.recorder is not None:  # deploy
                 self.recorder.close()
             if server is not None:
