@@ -258,7 +258,8 @@ async def _consume(
             if sender is not None and sender in done:
                 nxt.cancel()
                 sender.result()  # raises the MqttError that ended the sender: reconnect
-            if nxt not in done:
+            if nxt not in done or stopper in done:
+                # a stop wins over waiting messages: they are not acknowledged, the broker keeps them
                 nxt.cancel()
                 return
             got: list[aiomqtt.Message] = [nxt.result()]

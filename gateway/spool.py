@@ -11,6 +11,7 @@ Overload policy (more than ``max_buffered`` lines in memory, because InfluxDB is
 are moved to the spool first; only if class 1 alone is over the limit is it moved too. Nothing is dropped.
 When the spool is over ``spool_max_bytes``, ``add`` waits until the writer makes room: the gateway stops
 reading from the broker (no acknowledgements, so the broker keeps the messages for the persistent session).
+``stop_waiting()`` ends that wait for a clean stop: the lines stay in memory for the final checkpoint.
 
 ``spill()`` takes everything in memory (including a batch being written) for a checkpoint, which stores it
 in the spool in the same transaction as the pipeline state. A batch written twice (once from memory,
@@ -75,6 +76,7 @@ class SpoolingSink:
         self._wake = asyncio.Event()
         self._progress = asyncio.Event()
         self._closing = False
+        self._stopping = False
         self._task: asyncio.Task[None] | None = None
 
     # ----------------------------------------------------------------------------------------- views
@@ -105,6 +107,8 @@ class SpoolingSink:
             if self.store.spool_bytes < self.spool_max_bytes:
                 self._overflow()
                 break
+            if self._stopping:  # the lines stay in memory; the final checkpoint spools them
+                break
             self.waits += 1
             log.warning(
                 "memory and spool full: ingest waits for the database",
@@ -115,6 +119,15 @@ class SpoolingSink:
             await self._progress.wait()
         if len(raw) + len(other) >= self.cfg.batch_size:
             self._wake.set()
+
+    def stop_waiting(self) -> None:
+        """The gateway is stopping: ``add`` no longer waits for room (now or later), it keeps lines in memory.
+
+        What it keeps is bounded by the inputs the gateway takes after this (it takes none but the one in
+        hand) and goes to the spool in the final checkpoint, over ``spool_max_bytes`` if need be.
+        """
+        self._stopping = True
+        self._progress.set()
 
     def _overflow(self) -> None:
         """Move raw readings to the spool; the other class too if it alone is over the limit."""
@@ -221,10 +234,12 @@ class SpoolingSink:
             self._inflight = []
 
     async def drain(self, timeout_s: float) -> bool:
-        """Wait until nothing is pending (True) or ``timeout_s`` passes (False)."""
+        """Wait until nothing is pending (True), or ``timeout_s`` passes or a write fails (False)."""
         try:
             async with asyncio.timeout(timeout_s):
                 while self.pending:
+                    if not self.healthy:  # InfluxDB went away: nothing to wait for, the spool keeps the rest
+                        return False
                     self._wake.set()
                     await asyncio.sleep(0.05)
         except TimeoutError:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
 
-__all__ = ["KIND_MESSAGE", "KIND_TICK", "Checkpoint", "LogRecord", "StateStore"]
+__all__ = ["KIND_MESSAGE", "KIND_TICK", "Checkpoint", "LogRecord", "StateStore", "dumps_in_pieces"]
 
 KIND_MESSAGE: Final = 0
 KIND_TICK: Final = 1
@@ -55,6 +55,43 @@ CREATE TABLE IF NOT EXISTS spool (
 );
 CREATE INDEX IF NOT EXISTS spool_prio ON spool (prio, id);
 """
+
+
+def dumps_in_pieces(obj: Any, depth: int = 6) -> str:
+    """``json.dumps(obj, separators=(",", ":"))``, the same text, encoded one small piece at a time.
+
+    Dicts (with string keys) and lists down to ``depth`` levels are walked in Python and only their leaves
+    go through the C encoder. The C encoder holds the GIL for a whole call, so one call on a large state
+    (megabytes) in a worker thread stalls the event loop as much as on the loop itself; between pieces
+    the interpreter can hand the GIL to the loop.
+    """
+    out: list[str] = []
+    _encode(obj, depth, out)
+    return "".join(out)
+
+
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def _encode(obj: Any, depth: int, out: list[str]) -> None:
+    if depth > 0 and isinstance(obj, dict) and obj and all(type(k) is str for k in obj):
+        sep = "{"
+        for k, v in obj.items():
+            out.append(sep)
+            out.append(_dumps(k))
+            out.append(":")
+            _encode(v, depth - 1, out)
+            sep = ","
+        out.append("}")
+    elif depth > 0 and isinstance(obj, (list, tuple)) and obj:
+        sep = "["
+        for v in obj:
+            out.append(sep)
+            _encode(v, depth - 1, out)
+            sep = ","
+        out.append("]")
+    else:
+        out.append(_dumps(obj))
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,10 +174,13 @@ class StateStore:
         return Checkpoint(pos=row[0], state=json.loads(row[1]), saved_ms=row[2])
 
     def checkpoint(
-        self, pos: int, state: dict[str, Any], saved_ms: int, spill: Sequence[tuple[int, list[str]]] = ()
+        self, pos: int, state: dict[str, Any] | str, saved_ms: int, spill: Sequence[tuple[int, list[str]]] = ()
     ) -> None:
-        """Atomically: spool ``spill`` chunks ``(prio, lines)``, save ``state`` at ``pos``, drop the log to ``pos``."""
-        blob = json.dumps(state, separators=(",", ":"))
+        """Atomically: spool ``spill`` chunks ``(prio, lines)``, save ``state`` at ``pos``, drop the log to ``pos``.
+
+        ``state`` is a JSON-able dict, or its JSON text already encoded (:func:`dumps_in_pieces`).
+        """
+        blob = state if isinstance(state, str) else json.dumps(state, separators=(",", ":"))
         with self._tx():
             self._spool_insert(spill)
             self.db.execute(

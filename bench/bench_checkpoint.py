@@ -1,0 +1,205 @@
+"""How long a checkpoint takes, and how long it stalls the gateway's event loop, for a realistic state.
+
+Reproduce (from the repository root)::
+
+    python bench/bench_checkpoint.py                  # 1,000 devices, 10,000 lines to spill, 10 checkpoints
+    python bench/bench_checkpoint.py -d 5000 -s 50000 # bigger
+
+The state is the pipeline of a gateway that runs the four example patterns (gateway/examples/gateway.toml),
+three windows per device (tumbling 1 min, sliding 10 min every minute, session with a 5 min gap, over
+temp_c, rh and pressure_hpa, with 2 min allowed lateness) and anomaly detection on those three metrics
+(EWMA baseline, compound alerts), warmed up with ``-n`` readings per device (one every 10 s, batches of
+10; past the detectors' warm-up of 30). Before each checkpoint the sink holds ``-s`` lines in memory
+(InfluxDB away), which the checkpoint moves to the spool in the same transaction, as in the gateway.
+
+Each checkpoint runs in an event loop beside a heartbeat task that sleeps 1 ms at a time; the stall is the
+longest gap between two heartbeats, less the 1 ms. Printed: the state size, the time of each part done by a
+synchronous checkpoint (snapshot, JSON, SQLite transaction), and per checkpoint the duration and the stall
+(median and max over ``-r`` runs). State file in a temporary directory (``--dir`` to choose its disk).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import inspect
+import itertools
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+import tomllib
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from gateway.app import Gateway
+from gateway.config import Config, parse_config
+from gateway.engine import ENGINE_BUILD
+from gateway.spool import RAW
+
+ROOT = Path(__file__).resolve().parent.parent
+PREFIX = "edgekit"
+STEP_MS = 10_000
+
+EXTRA_TOML = """
+[[windows]]
+name = "t1m"
+kind = "tumbling"
+size = "1m"
+metrics = ["temp_c", "rh", "pressure_hpa"]
+aggregates = ["count", "mean", "min", "max", "stddev"]
+allowed_lateness = "2m"
+
+[[windows]]
+name = "s10m"
+kind = "sliding"
+size = "10m"
+slide = "1m"
+metrics = ["temp_c", "rh", "pressure_hpa"]
+aggregates = ["count", "mean", "min", "max"]
+allowed_lateness = "2m"
+
+[[windows]]
+name = "sess5m"
+kind = "session"
+gap = "5m"
+metrics = ["temp_c", "rh", "pressure_hpa"]
+aggregates = ["count", "mean", "first", "last"]
+allowed_lateness = "2m"
+
+[anomaly]
+metrics = ["temp_c", "rh", "pressure_hpa"]
+baseline = "ewma"
+
+[anomaly.compound]
+span = "5m"
+min_metrics = 2
+"""
+
+
+def config(state_dir: Path) -> Config:
+    doc = tomllib.loads((ROOT / "gateway" / "examples" / "gateway.toml").read_text() + EXTRA_TOML)
+    doc["mqtt"]["client_id"] = "bench-checkpoint"
+    doc["influx"]["url"] = "http://127.0.0.1:9"  # never written to: the sink is not started
+    doc["state"] = {"dir": str(state_dir)}
+    return parse_config(doc, env={})
+
+
+def warm_up(gw: Gateway, devices: int, per_device: int, t0: int) -> list[str]:
+    """Feed ``per_device`` readings of each device through the pipeline; the lines it produced, in order."""
+    rng = random.Random(7)
+    lines: list[str] = []
+    base = {d: (20 + rng.random() * 5, 1000 + rng.random() * 20) for d in range(devices)}
+    for start in range(0, per_device, 10):
+        for d in range(devices):
+            temp, hpa = base[d]
+            rows = []
+            for s in range(start, min(per_device, start + 10)):
+                rows.append({
+                    "b": 1, "s": s, "t": t0 + s * STEP_MS, "q": "s",
+                    "m": {"temp_c": round(temp + rng.gauss(0, 0.3), 2), "rh": round(50 + rng.gauss(0, 2), 1),
+                          "pressure_hpa": round(hpa + rng.gauss(0, 0.5), 1), "vib": round(abs(rng.gauss(0, 1)), 3),
+                          "status": "FAILED" if rng.random() < 0.01 else "OK",
+                          "door": "open" if rng.random() < 0.05 else "closed"},
+                })  # fmt: skip
+            dev = f"dev-{d:04d}"
+            payload = json.dumps({"v": 1, "dev": dev, "r": rows}).encode()
+            received = t0 + (start + 10) * STEP_MS
+            lines += gw.pipeline.handle(f"{PREFIX}/site-{d % 10}/{dev}/readings", payload, received).lines
+        lines += gw.pipeline.tick(t0 + (start + 10) * STEP_MS).lines
+    return lines
+
+
+async def timed_checkpoint(gw: Gateway) -> tuple[float, float]:
+    """(duration, longest event-loop stall) of one ``gw.checkpoint()``, in seconds."""
+    beats: list[float] = []
+    running = True
+
+    async def heartbeat() -> None:
+        while running:
+            beats.append(time.perf_counter())
+            await asyncio.sleep(0.001)
+
+    hb = asyncio.create_task(heartbeat())
+    await asyncio.sleep(0.02)  # the heartbeat is going
+    start = time.perf_counter()
+    result = gw.checkpoint()
+    if inspect.isawaitable(result):  # an asynchronous checkpoint
+        await result
+    duration = time.perf_counter() - start
+    await asyncio.sleep(0.02)
+    running = False
+    await hb
+    gaps = [b - a for a, b in itertools.pairwise(beats)]
+    return duration, max(0.0, max(gaps) - 0.001)
+
+
+def parts(gw: Gateway, spill_lines: list[str]) -> dict[str, float]:
+    """The parts of a synchronous checkpoint, each timed on its own (seconds), and the state size."""
+    t = time.perf_counter()
+    snap = gw.pipeline.snapshot()
+    t_snap = time.perf_counter() - t
+    t = time.perf_counter()
+    blob = json.dumps({"pipeline": snap}, separators=(",", ":"))
+    t_json = time.perf_counter() - t
+    gw.sink.memory[RAW].extend(spill_lines)
+    chunks = gw.sink.spill()
+    t = time.perf_counter()
+    gw.store.checkpoint(gw.pos, {"pipeline": snap}, 0, chunks)
+    t_store = time.perf_counter() - t - t_json  # the store serialises again: count that once
+    return {"snapshot": t_snap, "json": t_json, "sqlite": t_store, "bytes": float(len(blob))}
+
+
+async def main_async(args: argparse.Namespace, state_dir: Path) -> None:
+    gw = Gateway(config(state_dir))
+    t0 = (time.time_ns() // 1_000_000 // 60_000) * 60_000 - args.readings * STEP_MS - 3_600_000
+    start = time.perf_counter()
+    lines = warm_up(gw, args.devices, args.readings, t0)
+    took = time.perf_counter() - start
+    print(
+        f"engine {ENGINE_BUILD}; warm-up: {args.devices:,} devices x {args.readings} readings in {took:.1f} s; "
+        f"{len(lines):,} lines; {gw.pipeline.stats.window_results:,} window results, "
+        f"{gw.pipeline.stats.alerts:,} alerts"
+    )
+    spill = (lines * (args.spill // max(1, len(lines)) + 1))[: args.spill]
+    p = parts(gw, spill)
+    print(
+        f"state {p['bytes'] / 1e6:.1f} MB JSON; parts of a synchronous checkpoint: "
+        f"snapshot {p['snapshot'] * 1e3:.0f} ms, JSON {p['json'] * 1e3:.0f} ms, "
+        f"SQLite transaction with {len(spill):,} spilled lines {p['sqlite'] * 1e3:.0f} ms"
+    )
+    durations, stalls = [], []
+    for _ in range(args.runs):
+        gw.sink.memory[RAW].extend(spill)
+        d, s = await timed_checkpoint(gw)
+        durations.append(d)
+        stalls.append(s)
+    print(
+        f"checkpoint ({args.runs} runs): duration median {statistics.median(durations) * 1e3:.0f} ms, "
+        f"max {max(durations) * 1e3:.0f} ms; event-loop stall median {statistics.median(stalls) * 1e3:.0f} ms, "
+        f"max {max(stalls) * 1e3:.0f} ms"
+    )
+    gw.store.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-d", "--devices", type=int, default=1000)
+    parser.add_argument("-n", "--readings", type=int, default=60, help="readings per device in the warm-up")
+    parser.add_argument("-s", "--spill", type=int, default=10_000, help="lines in the sink's memory at a checkpoint")
+    parser.add_argument("-r", "--runs", type=int, default=10)
+    parser.add_argument("--dir", type=Path, default=None, help="directory for the state file (default: a temp dir)")
+    args = parser.parse_args()
+    if args.dir is not None:
+        args.dir.mkdir(parents=True, exist_ok=True)
+        asyncio.run(main_async(args, args.dir))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        asyncio.run(main_async(args, Path(tmp)))
+
+
+if __name__ == "__main__":
+    main()

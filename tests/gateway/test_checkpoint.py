@@ -1,0 +1,85 @@
+"""The checkpoint's state and its log position agree although the state is encoded in a worker thread."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.app import Gateway
+from gateway.config import parse_config
+from gateway.state import dumps_in_pieces
+
+T0 = 1_764_072_000_000
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.tuples(inner, inner)
+        | st.dictionaries(st.text(max_size=3), inner, max_size=4)
+        | st.dictionaries(st.integers(), inner, max_size=2)
+    ),
+    max_leaves=30,
+)
+
+
+@given(json_values, st.integers(min_value=0, max_value=8))
+def test_dumps_in_pieces_is_json_dumps(value: Any, depth: int) -> None:
+    assert dumps_in_pieces(value, depth) == json.dumps(value, separators=(",", ":"))
+
+
+def _gateway(tmp_path: Path) -> Gateway:
+    doc = {
+        "mqtt": {"prefix": "ck", "client_id": "gw-ck"},
+        "influx": {"target": "v1", "url": "http://127.0.0.1:9", "database": "db"},  # never written to here
+        "state": {"dir": str(tmp_path / "state")},
+        "windows": [{"name": "t1m", "kind": "tumbling", "size": "1m", "metrics": ["x"]}],
+        "anomaly": {"metrics": ["x"]},
+    }
+    return Gateway(parse_config(doc, env={}), now_ms=lambda: T0 + 3_600_000)
+
+
+def _message(i: int) -> tuple[str, bytes, bool]:
+    rows = [{"b": 1, "s": i * 10 + j, "t": T0 + (i * 10 + j) * 1000, "q": "s", "m": {"x": j}} for j in range(10)]
+    return "ck/site/d1/readings", json.dumps({"v": 1, "dev": "d1", "r": rows}).encode(), False
+
+
+async def test_no_input_is_taken_while_a_checkpoint_reads_the_state(tmp_path: Path) -> None:
+    gw = _gateway(tmp_path)
+    try:
+        await gw._process(gw._accept([_message(0)]))
+        records = gw._accept([_message(i) for i in range(1, 5)])
+        reading, release = threading.Event(), threading.Event()
+        snapshot = gw.pipeline.snapshot
+
+        def slow_snapshot() -> dict[str, Any]:  # holds the worker thread until the test lets it go
+            reading.set()
+            release.wait(10)
+            return snapshot()
+
+        gw.pipeline.snapshot = slow_snapshot  # type: ignore[method-assign]
+        checkpoint = asyncio.create_task(gw.checkpoint())
+        assert await asyncio.to_thread(reading.wait, 10)
+        process = asyncio.create_task(gw._process(records))
+        await asyncio.sleep(0.05)  # time enough to take the four messages, were the input open
+        assert not process.done() and gw.pos == 1
+        release.set()
+        await checkpoint
+        ck = gw.store.load_checkpoint()  # the state of exactly the first message, at its position
+        assert ck is not None and ck.pos == 1
+        assert ck.state["pipeline"]["stats"]["readings_accepted"] == 10
+        await process
+        assert gw.pos == records[-1].pos
+        await gw.checkpoint()
+        ck = gw.store.load_checkpoint()
+        assert ck is not None and ck.pos == records[-1].pos
+        assert ck.state["pipeline"]["stats"]["readings_accepted"] == 50
+        assert ck.state["pipeline"] == json.loads(json.dumps(gw.pipeline.snapshot()))
+    finally:
+        gw.store.close()
