@@ -25,7 +25,7 @@ from .watermark import DeviceTracker
 
 __all__ = ["SNAPSHOT_VERSION", "Engine"]
 
-SNAPSHOT_VERSION: Final = 2  # 2: flat accumulators (one list per window, metrics side by side)
+SNAPSHOT_VERSION: Final = 2  # 2: flat accumulators (one list per window, metrics side by side: Stat.to_json)
 
 
 class _Window:

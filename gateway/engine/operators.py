@@ -3,12 +3,12 @@
 Each operator is built from a :class:`~gateway.engine.config.WindowSpec` and keeps all its mutable data
 per key (a device or a site). The engine drives it with two calls:
 
-- ``add(key, site, device, t, boot, seq, values)`` puts one reading's values (``[(metric, float)]``) in
+- ``add(key, site, device, t, boot, seq, values)`` puts one reading's values (``[(metric index, float)]``) in
   its window(s) against the watermark the operator last acted on; a reading whose every window is past
   ``end + allowed_lateness`` comes back at once as :class:`LateReading` outputs instead.
-- ``advance(key, wm)`` moves the key's watermark (``key=None`` in shared mode: one watermark for every
-  key), re-fires windows that late readings changed (``revision + 1``), fires windows whose end the
-  watermark reached, and drops state past ``end + allowed_lateness`` (timer heaps).
+- ``advance(key, wm)`` (or ``advance_into(key, wm, out)``) moves the key's watermark (``key=None`` in
+  shared mode: one watermark for every key), re-fires windows that late readings changed (``revision + 1``),
+  fires windows whose end the watermark reached, and drops state past ``end + allowed_lateness``.
 
 ``snapshot()`` returns the whole state as plain JSON-able values; ``restore()`` takes it back.
 """
@@ -136,7 +136,7 @@ class WindowOperator:
 class TumblingOperator(WindowOperator):
     """Tumbling windows ``[offset + k*size, offset + (k+1)*size)`` per key, one timer heap per key.
 
-    State per key: ``wins[start] = [revision, flat accumulator]``; timers ``(time, start, phase)`` with
+    State per key: ``wins[start] = [revision, accumulator]``; timers ``(time, start, phase)`` with
     phase 0 = fire at ``end``, 1 = drop at ``end + allowed_lateness``; ``dirty`` = fired windows that a
     late reading changed since.
     """
