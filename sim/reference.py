@@ -26,7 +26,17 @@ from gateway.errors import ConfigError
 from .errors import SpecError
 from .world import Run, SentReading
 
-__all__ = ["Expected", "Firing", "LateKey", "WindowKey", "WindowValue", "engine_spec", "expect"]
+__all__ = [
+    "Expected",
+    "Firing",
+    "LateKey",
+    "WindowKey",
+    "WindowRef",
+    "WindowValue",
+    "device_watermark",
+    "engine_spec",
+    "expect",
+]
 
 Event = tuple[int, int, int, dict[str, float]]  # t, boot, seq, values
 WindowKey = tuple[str, str, int, str]
@@ -110,8 +120,14 @@ def _aggregates(events: list[Event], metric: str, names: tuple[str, ...]) -> tup
     return len(xs), {k: v for k, v in full.items() if k in names}
 
 
-class _WindowRef:
-    """One window spec over every device, brute force."""
+class WindowRef:
+    """One window spec over every key (a device, or a site), brute force.
+
+    ``add(key, device, events)`` takes a batch's events against the key's watermark as it was before the
+    batch; ``advance(key, wm)`` then moves the watermark (``key`` is ignored in global mode: one watermark)
+    and returns every window whose end it reached and that changed, and drops those past end + lateness.
+    The engine's own tests use it too (tests/gateway/engine/engine_reference.py adds site-keyed watermarks).
+    """
 
     def __init__(self, spec: WindowSpec, engine: EngineSpec) -> None:
         self.spec = spec
@@ -131,17 +147,17 @@ class _WindowRef:
     def _wm(self, key: str) -> int | None:
         return self.wm.get("" if self.shared else key)
 
-    def add(self, device: str, events: list[Event]) -> list[LateKey]:
+    def add(self, key: str, device: str, events: list[Event]) -> list[LateKey]:
         spec = self.spec
         late: list[LateKey] = []
         for t, b, s, allvals in events:
             vals = {m: v for m, v in allvals.items() if m in spec.metrics}
             if not vals:
                 continue
-            wm = self._wm(device)
+            wm = self._wm(key)
             if spec.kind == "session":
-                if self._session_accepts(device, t, wm):
-                    self.events.setdefault(device, []).append((t, b, s, vals))
+                if self._session_accepts(key, t, wm):
+                    self.events.setdefault(key, []).append((t, b, s, vals))
                     continue
             else:
                 live = [
@@ -151,8 +167,8 @@ class _WindowRef:
                 ]
                 if live:
                     for st in live:
-                        self.windows.setdefault((device, st), []).append((t, b, s, vals))
-                        self.changed.add((device, st))
+                        self.windows.setdefault((key, st), []).append((t, b, s, vals))
+                        self.changed.add((key, st))
                     continue
             late += [(spec.name, device, m, t, b, s, "too_late") for m in vals]
         return late
@@ -243,7 +259,7 @@ def _values(r: SentReading) -> dict[str, float]:
     return {m: float(v) for m, v in r.metrics.items() if not isinstance(v, str)}
 
 
-def _device_wm(device: str, bound: int, max_t: dict[str, int], flushed: dict[str, int]) -> int | None:
+def device_watermark(device: str, bound: int, max_t: dict[str, int], flushed: dict[str, int]) -> int | None:
     """``max(max t - bound, flushed + 1)``, or None before the device said anything."""
     cands = []
     if device in max_t:
@@ -257,7 +273,7 @@ def expect(run: Run, engine: EngineSpec | None = None) -> Expected:
     """What the gateway must write for ``run`` (window outputs only when ``engine`` is given)."""
     engine = engine or EngineSpec()
     out = Expected()
-    refs = [_WindowRef(w, engine) for w in engine.windows]
+    refs = [WindowRef(w, engine) for w in engine.windows]
     seen: set[tuple[str, int, int]] = set()
     max_t: dict[str, int] = {}
     flushed_at: dict[str, int] = {}
@@ -300,14 +316,14 @@ def expect(run: Run, engine: EngineSpec | None = None) -> Expected:
         if flushed is not None and (flushed > d.arrival_ms + engine.max_future_ms or flushed < engine.min_time_ms):
             flushed = None
         for ref in refs:
-            for late_key in ref.add(d.device, events):
+            for late_key in ref.add(d.device, d.device, events):
                 out.late.setdefault(late_key, d.arrival_ms)
         if batch_max is not None:
             max_t[d.device] = max(max_t.get(d.device, batch_max), batch_max)
         if flushed is not None:
             flushed_at[d.device] = max(flushed_at.get(d.device, flushed), flushed)
 
-        wm0 = _device_wm(d.device, default_bound.bound_for(d.device), max_t, flushed_at)
+        wm0 = device_watermark(d.device, default_bound.bound_for(d.device), max_t, flushed_at)
         if wm0 is not None:
             out.watermarks.append((d.arrival_ms, d.device, wm0))
         for ref in refs:
@@ -319,7 +335,7 @@ def expect(run: Run, engine: EngineSpec | None = None) -> Expected:
                     wm = cand if old is None or cand > old else old
                 key = ""
             else:
-                wm = _device_wm(d.device, ref.bound(d.device), max_t, flushed_at)
+                wm = device_watermark(d.device, ref.bound(d.device), max_t, flushed_at)
                 key = d.device
             if wm is None:
                 continue
