@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import urllib.parse
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,22 +20,8 @@ if str(SCRIPTS_DIR) not in sys.path:
     sys.path.insert(0, str(SCRIPTS_DIR))
 
 import services  # noqa: E402  (scripts/services.py, stdlib only)
+from helpers import start_or_fail  # noqa: E402
 from services import Proc  # noqa: E402
-
-_START_ATTEMPTS = 3  # free_port() can race with other processes: retry on fresh ports
-
-
-def start_or_fail(start: Callable[[], Proc]) -> Proc:
-    """Call ``start`` (which picks its own free ports); retry on errors, pytest.fail if it never works."""
-    error: services.ServiceError | None = None
-    for _ in range(_START_ATTEMPTS):
-        try:
-            return start()
-        except services.BinaryMissingError as exc:
-            pytest.fail(str(exc), pytrace=False)
-        except services.ServiceError as exc:
-            error = exc
-    pytest.fail(f"could not start service after {_START_ATTEMPTS} attempts: {error}", pytrace=False)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Stdlib-only helpers for tests: write to and read back from InfluxDB 1.x and VictoriaMetrics."""
+"""Helpers for tests: start services or fail, write to and read back from InfluxDB 1.x and VictoriaMetrics."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
+
+import pytest
+import services  # scripts/services.py (tests/conftest.py puts scripts/ on the path)
 
 T = TypeVar("T")
 
@@ -119,3 +122,17 @@ def poll(
         if until(result) or time.monotonic() >= deadline:
             return result
         time.sleep(interval)
+
+
+def start_or_fail(start: Callable[[], services.Proc], attempts: int = 3) -> services.Proc:
+    """Call ``start`` (which picks its own free ports); retry on errors - ``free_port()`` can race with other
+    processes - and ``pytest.fail`` (never skip) if the service never starts."""
+    error: services.ServiceError | None = None
+    for _ in range(attempts):
+        try:
+            return start()
+        except services.BinaryMissingError as exc:
+            pytest.fail(str(exc), pytrace=False)
+        except services.ServiceError as exc:
+            error = exc
+    pytest.fail(f"could not start service after {attempts} attempts: {error}", pytrace=False)

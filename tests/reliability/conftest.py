@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import services
-from harness import start_or_fail
+from helpers import start_or_fail
 from services import Proc
 
 # The broker must be able to hold what the gateway has not acknowledged yet (while it is down or its

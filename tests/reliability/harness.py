@@ -14,12 +14,9 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
-
-import pytest
-import services
 
 from gateway.config import parse_config
 from gateway.pipeline import Pipeline
@@ -27,19 +24,6 @@ from gateway.schema import parse_point
 from sim.wire import Outgoing
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def start_or_fail(start: Callable[[], services.Proc], attempts: int = 3) -> services.Proc:
-    """Like the root conftest's: retry on fresh ports, fail (never skip) if the service never starts."""
-    error: services.ServiceError | None = None
-    for _ in range(attempts):
-        try:
-            return start()
-        except services.BinaryMissingError as exc:
-            pytest.fail(str(exc), pytrace=False)
-        except services.ServiceError as exc:
-            error = exc
-    pytest.fail(f"could not start service after {attempts} attempts: {error}", pytrace=False)
 
 
 WINDOWS_TOML = """

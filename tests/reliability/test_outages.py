@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import services
-from harness import GatewayProcess, scrape, start_or_fail, wait_until, write_config
-from helpers import influx_query
+from harness import GatewayProcess, scrape, wait_until, write_config
+from helpers import influx_query, start_or_fail
 from services import Proc
 
 from sim.fleet import FleetSpec, Plan, generate

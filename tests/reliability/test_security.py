@@ -17,7 +17,8 @@ from pathlib import Path
 import aiomqtt
 import pytest
 import services
-from harness import REPO, start_or_fail
+from harness import REPO
+from helpers import start_or_fail
 from services import Proc
 
 from gateway.fleet import main as fleet_main
