@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import pytest
 import services  # scripts/services.py (tests/conftest.py puts scripts/ on the path)
+
+from gateway.app import Gateway
+from gateway.config import Config
 
 T = TypeVar("T")
 
@@ -136,3 +141,34 @@ def start_or_fail(start: Callable[[], services.Proc], attempts: int = 3) -> serv
         except services.ServiceError as exc:
             error = exc
     pytest.fail(f"could not start service after {attempts} attempts: {error}", pytrace=False)
+
+
+async def wait_for(
+    cond: Callable[[], bool], what: str | Callable[[], str], limit_s: float = 30.0, interval: float = 0.05
+) -> None:
+    """Wait (in the event loop) until ``cond()`` holds; fail the test with ``what`` (or ``what()``, said then)
+    after ``limit_s``."""
+    try:
+        async with asyncio.timeout(limit_s):
+            while not cond():
+                await asyncio.sleep(interval)
+    except TimeoutError:
+        said = what if isinstance(what, str) else what()
+        pytest.fail(f"timed out after {limit_s:g} s waiting for: {said}", pytrace=False)
+
+
+@asynccontextmanager
+async def running_gateway(cfg: Config, connect_s: float = 30.0, stop_s: float = 60.0) -> AsyncIterator[Gateway]:
+    """A gateway running in this event loop, connected to its broker; stopped cleanly on the way out (an
+    exception from its run, say a crash, is raised there)."""
+    gw = Gateway(cfg)
+    stop = asyncio.Event()
+    task = asyncio.create_task(gw.run(stop))
+    try:
+        await wait_for(lambda: gw.ingest_stats.connected or task.done(), "gateway connected", connect_s)
+        if task.done():
+            task.result()  # it ended before connecting: raise why
+        yield gw
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, stop_s)

@@ -8,14 +8,12 @@ the dead-letter output with its reason.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import uuid
 from collections import Counter
-from collections.abc import Callable
 
 import pytest
-from helpers import influx_query, poll, vm_export
+from helpers import influx_query, poll, running_gateway, vm_export, wait_for
 from services import Proc
 
 from gateway.app import Gateway
@@ -46,27 +44,13 @@ def fleet(site: str, prefix: str) -> Plan:
 
 
 async def run_through_gateway(cfg: Config, plan: Plan, broker: Proc) -> Gateway:
-    gw = Gateway(cfg)
-    stop = asyncio.Event()
-    task = asyncio.create_task(gw.run(stop))
-    await wait_for(lambda: gw.ingest_stats.connected, "gateway connected")
-    result = await publish(
-        plan.messages, BrokerConfig(broker.host, broker.port), client_id=f"sim-{uuid.uuid4().hex[:8]}"
-    )
-    assert result.messages == len(plan.messages)
-    await wait_for(lambda: gw.pipeline.stats.messages >= len(plan.messages), "gateway received every message")
-    stop.set()
-    await asyncio.wait_for(task, 60)
+    async with running_gateway(cfg) as gw:
+        result = await publish(
+            plan.messages, BrokerConfig(broker.host, broker.port), client_id=f"sim-{uuid.uuid4().hex[:8]}"
+        )
+        assert result.messages == len(plan.messages)
+        await wait_for(lambda: gw.pipeline.stats.messages >= len(plan.messages), "gateway received every message")
     return gw
-
-
-async def wait_for(cond: Callable[[], bool], what: str, limit_s: float = 30.0) -> None:
-    try:
-        async with asyncio.timeout(limit_s):
-            while not cond():
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        pytest.fail(f"timed out waiting for: {what}")
 
 
 def check_gateway_counts(gw: Gateway, plan: Plan) -> None:

@@ -10,7 +10,6 @@ letter: it is counted in ``duplicates`` and written nowhere.
 
 from __future__ import annotations
 
-import asyncio
 import random
 import time
 import uuid
@@ -18,10 +17,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from helpers import influx_query
+from helpers import influx_query, running_gateway, wait_for
 from services import Proc
 
-from gateway.app import Gateway
 from gateway.config import parse_config
 from sim.fleet import FleetSpec, generate
 from sim.publish import BrokerConfig, publish
@@ -87,22 +85,14 @@ async def test_hostile_messages_all_dead_lettered(
         },
         env={},
     )  # fmt: skip
-    gw = Gateway(cfg)
-    stop = asyncio.Event()
-    task = asyncio.create_task(gw.run(stop))
-    async with asyncio.timeout(30):
-        while not gw.ingest_stats.connected:
-            await asyncio.sleep(0.05)
-    await publish(messages, BrokerConfig(broker.host, broker.port), client_id=f"sim-{prefix}")
-    try:
-        async with asyncio.timeout(120):
-            while gw.pipeline.stats.messages < len(messages):
-                await asyncio.sleep(0.1)
-    except TimeoutError:
-        pytest.fail(f"gateway took {gw.pipeline.stats.messages} of {len(messages)} messages: {gw.snapshot_stats()}")
-    stop.set()
-    await asyncio.wait_for(task, 60)
-    assert not task.cancelled() and task.exception() is None
+    async with running_gateway(cfg) as gw:  # raises whatever ended the gateway's run, if it failed
+        await publish(messages, BrokerConfig(broker.host, broker.port), client_id=f"sim-{prefix}")
+        await wait_for(
+            lambda: gw.pipeline.stats.messages >= len(messages),
+            lambda: f"the gateway took {gw.pipeline.stats.messages} of {len(messages)} messages: {gw.snapshot_stats()}",
+            120,
+            0.1,
+        )
 
     counts = plan.counts()
     want = Counter(counts.dead_letters_by_reason) + Counter(reason for _, reason in extras)

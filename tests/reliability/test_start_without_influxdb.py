@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from pathlib import Path
 
 import pytest
 import services
+from helpers import running_gateway, wait_for
 from services import Proc
 
-from gateway.app import Gateway
 from gateway.config import parse_config
 from sim.publish import BrokerConfig, publish
 from sim.wire import Outgoing
@@ -35,16 +34,12 @@ async def test_gateway_starts_and_spools_while_influxdb_is_down(broker: Proc, tm
         "dev": "d1",
         "r": [{"b": 1, "s": i, "t": 1_764_072_000_000 + i, "q": "s", "m": {"x": i}} for i in range(5)],
     }
-    gw = Gateway(cfg)
-    stop = asyncio.Event()
-    task = asyncio.create_task(gw.run(stop))
-    async with asyncio.timeout(20):
-        while not gw.ingest_stats.connected:
-            await asyncio.sleep(0.05)
+    async with running_gateway(cfg, connect_s=20) as gw:
         msg = Outgoing(f"{prefix}/site/d1/readings", json.dumps(doc).encode(), "batch")
         await publish([msg], BrokerConfig(broker.host, broker.port), client_id=f"sim-{prefix}")
-        while gw.pipeline.stats.readings_accepted < 5 or gw.store.spool_lines == 0:
-            await asyncio.sleep(0.05)
-    assert not gw.sink.healthy and gw.sink.stats.points_written == 0
-    stop.set()
-    await asyncio.wait_for(task, 30)
+        await wait_for(
+            lambda: gw.pipeline.stats.readings_accepted >= 5 and gw.store.spool_lines > 0,
+            "the readings taken and spooled",
+            20,
+        )
+        assert not gw.sink.healthy and gw.sink.stats.points_written == 0

@@ -4,15 +4,14 @@ point in any output, and late routing exactly as the reference expects."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from pathlib import Path
 
 import pytest
+from helpers import running_gateway, wait_for
 from services import Proc
 
-from gateway.app import Gateway
 from sim.cli import main
 from sim.commands import prepare
 from sim.inprocess import gateway_config
@@ -43,18 +42,14 @@ async def test_scenario_through_broker_gateway_and_influxdb(
             "influx": {"target": "v1", "url": influxdb_v1.url, "database": influx_db, "batch_size": 500},
         },
     )  # fmt: skip
-    gw = Gateway(cfg)
-    stop = asyncio.Event()
-    task = asyncio.create_task(gw.run(stop))
     deliveries = prep.run.deliveries
-    async with asyncio.timeout(120):
-        while not gw.ingest_stats.connected:
-            await asyncio.sleep(0.05)
+    async with running_gateway(cfg) as gw:
         await replay(deliveries, BrokerConfig(mosquitto.host, mosquitto.port), client_id=f"sim-{tag}")
-        while gw.pipeline.stats.messages + gw.pipeline.stats.ignored < len(deliveries):
-            await asyncio.sleep(0.05)
-    stop.set()
-    await asyncio.wait_for(task, 60)
+        await wait_for(
+            lambda: gw.pipeline.stats.messages + gw.pipeline.stats.ignored >= len(deliveries),
+            "the gateway to take every delivery",
+            120,
+        )
     assert gw.sink.stats.points_refused == 0 and gw.sink.pending == 0
     assert gw.pipeline.stats.readings_accepted == len(prep.expected.readings)
     assert gw.pipeline.stats.duplicates == prep.expected.duplicates

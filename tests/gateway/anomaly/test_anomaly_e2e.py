@@ -24,10 +24,9 @@ from typing import Any
 
 import aiomqtt
 import pytest
-from helpers import influx_query
+from helpers import influx_query, running_gateway, wait_for
 from services import Proc
 
-from gateway.app import Gateway
 from gateway.config import parse_config
 from sim.anomalies import SIGNALS, Span, baseline_series, level_shift, spike
 from sim.publish import BrokerConfig, publish
@@ -109,24 +108,16 @@ async def test_anomalies_and_compound_alerts_land_as_the_ground_truth_says(
     msgs = messages(prefix, t0)
     want = expected_alerts(t0)
     received: list[tuple[str, dict[str, Any]]] = []
-    gw = Gateway(cfg)
-    stop = asyncio.Event()
     async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier=f"{prefix}-sub") as sub:
         await sub.subscribe(f"{prefix}/_gateway/alerts/#", qos=1)
-        task = asyncio.create_task(gw.run(stop))
-        async with asyncio.timeout(60):
-            while not gw.ingest_stats.connected:
-                await asyncio.sleep(0.05)
+        async with running_gateway(cfg) as gw, asyncio.timeout(60):
             await publish(msgs, BrokerConfig(mosquitto.host, mosquitto.port), client_id=f"sim-{prefix}")
-            while gw.pipeline.stats.messages < len(msgs):
-                await asyncio.sleep(0.05)
+            await wait_for(lambda: gw.pipeline.stats.messages >= len(msgs), "the gateway to take every message", 60)
             async for msg in sub.messages:
                 received.append((str(msg.topic), json.loads(bytes(msg.payload))))  # type: ignore[arg-type]
                 # the subscriber may hear an alert before the gateway has its PUBACK: count what arrived
                 if len(received) >= gw.pipeline.stats.alerts:
                     break
-        stop.set()
-        await asyncio.wait_for(task, 30)
     assert gw.sink.stats.points_refused == 0
     assert gw.pipeline.stats.alerts == len(want)
 

@@ -17,7 +17,7 @@ from typing import Any
 import aiomqtt
 import pytest
 from cep_helpers import Row, arrival_order
-from helpers import influx_query
+from helpers import influx_query, running_gateway, wait_for
 from services import Proc
 from test_cep_examples import CASES, EXAMPLE
 
@@ -62,24 +62,16 @@ def messages(prefix: str, rows: list[Row], end: int) -> list[Outgoing]:
 async def run_gateway(
     cfg: Any, mosquitto: Proc, msgs: list[Outgoing], sub_id: str, want: int
 ) -> tuple[Gateway, list[Any]]:
-    gw = Gateway(cfg)
     received: list[tuple[str, dict[str, Any]]] = []
-    stop = asyncio.Event()
     async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier=sub_id) as sub:
         await sub.subscribe(f"{cfg.mqtt.prefix}/_gateway/alerts/#", qos=1)
-        task = asyncio.create_task(gw.run(stop))
-        async with asyncio.timeout(30):
-            while not gw.ingest_stats.connected:
-                await asyncio.sleep(0.05)
+        async with running_gateway(cfg) as gw, asyncio.timeout(30):
             await publish(msgs, BrokerConfig(mosquitto.host, mosquitto.port), client_id=f"{sub_id}-pub")
-            while gw.pipeline.stats.messages < len(msgs):
-                await asyncio.sleep(0.05)
+            await wait_for(lambda: gw.pipeline.stats.messages >= len(msgs), "the gateway to take every message")
             async for msg in sub.messages:
                 received.append((str(msg.topic), json.loads(bytes(msg.payload))))  # type: ignore[arg-type]
                 if len(received) == want:
                     break
-        stop.set()
-        await asyncio.wait_for(task, 30)
     return gw, received
 
 

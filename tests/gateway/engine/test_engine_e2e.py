@@ -7,7 +7,6 @@ must the late measurement. The script includes a late-but-allowed reading (revis
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import time
@@ -16,10 +15,9 @@ from typing import Any
 
 import pytest
 from engine_reference import Reference
-from helpers import influx_query
+from helpers import influx_query, running_gateway, wait_for
 from services import Proc
 
-from gateway.app import Gateway
 from gateway.config import parse_config
 from sim.publish import BrokerConfig, publish
 from sim.wire import Outgoing
@@ -90,17 +88,9 @@ async def test_window_results_and_late_readings_land_in_influxdb(
             doc["flushed"] = flushed
         messages.append(Outgoing(f"{prefix}/site-e2e/{device}/readings", json.dumps(doc).encode(), "batch"))
 
-    gw = Gateway(cfg)
-    stop = asyncio.Event()
-    task = asyncio.create_task(gw.run(stop))
-    async with asyncio.timeout(30):
-        while not gw.ingest_stats.connected:
-            await asyncio.sleep(0.05)
+    async with running_gateway(cfg) as gw:
         await publish(messages, BrokerConfig(mosquitto.host, mosquitto.port), client_id=f"sim-{prefix}")
-        while gw.pipeline.stats.messages < len(messages):
-            await asyncio.sleep(0.05)
-    stop.set()
-    await asyncio.wait_for(task, 30)
+        await wait_for(lambda: gw.pipeline.stats.messages >= len(messages), "the gateway to take every message")
     assert gw.sink.stats.points_refused == 0
 
     want, want_late = final_reference(t0)
