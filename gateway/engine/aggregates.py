@@ -26,11 +26,14 @@ __all__ = [
     "Aggregator",
     "Order",
     "Stat",
+    "acc_clear",
     "acc_copy",
     "acc_empty",
     "acc_from_json",
     "acc_merge",
     "acc_merge_into",
+    "acc_set",
+    "acc_set_merge",
     "acc_to_json",
     "order_key",
 ]
@@ -273,6 +276,12 @@ class Stat:
         self.ls = o.ls
         self.lv = o.lv
 
+    def clear(self) -> None:
+        """Back to no value (as new)."""
+        self.n = 0
+        self.total = self.lo = self.hi = self.mean = self.m2 = self.fv = self.lv = 0.0
+        self.ft = self.fb = self.fs = self.lt = self.lb = self.ls = 0
+
     def copy(self) -> Stat:
         c = Stat()
         c.set(self)
@@ -362,6 +371,25 @@ def acc_empty(metrics: int) -> Acc:
 def acc_copy(a: Acc) -> Acc:
     """A deep copy: the copy never changes when ``a`` does."""
     return [x.copy() for x in a]
+
+
+def acc_clear(a: Acc) -> None:
+    for x in a:
+        x.clear()
+
+
+def acc_set(out: Acc, a: Acc) -> None:
+    """``out`` becomes a copy of ``a`` (same length), in place."""
+    for i in range(len(a)):
+        out[i].set(a[i])
+
+
+def acc_set_merge(out: Acc, a: Acc, b: Acc) -> None:
+    """``out`` becomes the merge of ``a`` and ``b`` (as :func:`acc_merge`), in place."""
+    for i in range(len(a)):
+        x = out[i]
+        x.set(a[i])
+        x.merge_from(b[i])
 
 
 def acc_merge(a: Acc, b: Acc) -> Acc:

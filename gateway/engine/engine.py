@@ -31,14 +31,13 @@ SNAPSHOT_VERSION: Final = 2  # 2: flat accumulators (one list per window, metric
 class _Window:
     """A window spec with its operator and the watermark bound it uses for each device."""
 
-    __slots__ = ("_wm_spec", "bases", "bounds", "group", "key_site", "metrics", "op", "spec")
+    __slots__ = ("_wm_spec", "bounds", "group", "key_site", "metrics", "op", "spec")
 
     def __init__(self, spec: WindowSpec, engine: EngineSpec) -> None:
         self.spec = spec
         self.op: WindowOperator = build_operator(spec, shared=engine.watermark.mode == "global")
         self.key_site = spec.key == "site"
         self.metrics = spec.metrics
-        self.bases = tuple((m, i) for i, m in enumerate(spec.metrics))
         self.bounds: dict[str, int] = {}
         self._wm_spec = engine.watermark
         self.group = 0  # windows with the same metrics have the same group (the engine numbers them)
@@ -111,7 +110,7 @@ class Engine:
         fut = now_ms + self._max_future
         too_old = self._min_time
         reject_u = self._reject_unsynced
-        rows: list[tuple[int, int, int, Reading]] = []
+        rows: list[Reading] = []
         has_max = False
         max_t = 0
         for r in batch.readings:
@@ -120,7 +119,7 @@ class Engine:
             if t > fut or t < too_old or (reject_u and q == "u"):
                 out.append(self._refuse(r, now_ms))
                 continue
-            rows.append((t, r.boot, r.seq, r))
+            rows.append(r)
             if q != "u" and (not has_max or t > max_t):
                 max_t = t
                 has_max = True
@@ -133,20 +132,37 @@ class Engine:
         windows = self.windows
         if rows:
             stats["readings"] += len(rows)
-            shared: list[list[Values] | None] = [None] * self._groups  # windows with the same metrics share values
-            for w in windows:
-                vals = shared[w.group]
-                if vals is None:
-                    vals = shared[w.group] = [self._values(row[3], w.bases) for row in rows]
-                key = site if w.key_site else device
-                op = w.op
-                for j in range(len(rows)):
-                    values = vals[j]
-                    if values:
-                        t, b, sq, _ = rows[j]
-                        late = op.add(key, site, device, t, b, sq, values)
+            if len(rows) == 1:  # the common message: one reading
+                r = rows[0]
+                t, b, sq = r.t_ms, r.boot, r.seq
+                one: list[Values | None] = [None] * self._groups  # windows with the same metrics share values
+                done = [False] * self._groups
+                for w in windows:
+                    g = w.group
+                    if done[g]:
+                        values = one[g]
+                    else:
+                        values = one[g] = self._values(r, w.metrics)
+                        done[g] = True
+                    if values is not None:
+                        late = w.op.add(site if w.key_site else device, site, device, t, b, sq, values)
                         if late:
                             out.extend(late)
+            else:
+                shared: list[list[Values | None] | None] = [None] * self._groups
+                for w in windows:
+                    vals = shared[w.group]
+                    if vals is None:
+                        vals = shared[w.group] = [self._values(r, w.metrics) for r in rows]
+                    key = site if w.key_site else device
+                    op = w.op
+                    for j in range(len(rows)):
+                        values = vals[j]
+                        if values is not None:
+                            r = rows[j]
+                            late = op.add(key, site, device, r.t_ms, r.boot, r.seq, values)
+                            if late:
+                                out.extend(late)
         # the device tracker (DeviceTracker.seen, inlined): entry = [site, max_t, flushed, last_seen, ...]
         dev = self._devs.get(device)
         if dev is None:
@@ -197,20 +213,25 @@ class Engine:
         self.stats[reason] += 1
         return LateReading("", r.site, r.device, "", r.t_ms, r.boot, r.seq, 0, None, reason)
 
-    def _values(self, r: Reading, bases: tuple[tuple[str, int], ...]) -> Values:
+    def _values(self, r: Reading, metrics: tuple[str, ...]) -> Values | None:
+        """The reading's value of each metric (``None`` where it has none); ``None`` if it has none at all."""
         values: Values = []
         m = r.metrics
-        for name, i in bases:
+        some = False
+        for name in metrics:
             v = m.get(name)
             if v is None:
-                continue
-            if v.__class__ is float:
-                values.append((i, v))
+                values.append(None)
+            elif v.__class__ is float:
+                values.append(v)
+                some = True
             elif isinstance(v, str):
                 self.stats["non_numeric"] += 1
+                values.append(None)
             else:
-                values.append((i, float(v)))
-        return values
+                values.append(float(v))
+                some = True
+        return values if some else None
 
     def _advance_window(self, w: _Window, site: str, device: str, max_t: int | None, now_ms: int) -> list[Output]:
         op = w.op

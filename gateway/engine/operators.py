@@ -3,7 +3,7 @@
 Each operator is built from a :class:`~gateway.engine.config.WindowSpec` and keeps all its mutable data
 per key (a device or a site). The engine drives it with two calls:
 
-- ``add(key, site, device, t, boot, seq, values)`` puts one reading's values (``[(metric index, float)]``) in
+- ``add(key, site, device, t, boot, seq, values)`` puts one reading's values (one per metric, or None) in
   its window(s) against the watermark the operator last acted on; a reading whose every window is past
   ``end + allowed_lateness`` comes back at once as :class:`LateReading` outputs instead.
 - ``advance(key, wm)`` (or ``advance_into(key, wm, out)``) moves the key's watermark (``key=None`` in
@@ -19,7 +19,17 @@ from bisect import bisect_left, insort
 from heapq import heappop, heappush
 from typing import Any, Final, Protocol
 
-from .aggregates import Acc, acc_copy, acc_empty, acc_from_json, acc_merge, acc_merge_into, acc_to_json
+from .aggregates import (
+    Acc,
+    acc_clear,
+    acc_copy,
+    acc_empty,
+    acc_from_json,
+    acc_merge_into,
+    acc_set,
+    acc_set_merge,
+    acc_to_json,
+)
 from .config import WindowSpec
 from .outputs import Fired, LateReading, Output, WindowResult
 from .windows import first_window_end_after, pane_size
@@ -34,8 +44,8 @@ __all__ = [
     "build_operator",
 ]
 
-Values = list[tuple[int, float]]
-"""One reading's values for a window: ``(metric index in the window's metrics, value)``."""
+Values = list[float | None]
+"""One reading's values for a window, one per metric of the window in its order (``None``: no value)."""
 _NONE: Final[tuple[Output, ...]] = ()
 
 
@@ -93,11 +103,15 @@ class WindowOperator:
 
     def _add_values(self, acc: Acc, values: Values, t: int, b: int, s: int) -> None:
         if self.var:
-            for i, v in values:
-                acc[i].add_var(v, t, b, s)
+            for i in range(len(values)):
+                v = values[i]
+                if v is not None:
+                    acc[i].add_var(v, t, b, s)
         else:
-            for i, v in values:
-                acc[i].add(v, t, b, s)
+            for i in range(len(values)):
+                v = values[i]
+                if v is not None:
+                    acc[i].add(v, t, b, s)
 
     def watermark(self, key: str) -> int | None:
         return self.wm.get("" if self.shared else key)
@@ -110,10 +124,14 @@ class WindowOperator:
         return old
 
     def _late(self, site: str, device: str, t: int, b: int, s: int, values: Values, wm: int) -> tuple[Output, ...]:
-        self.late_count += len(values)
         name = self.spec.name
-        metrics = self.spec.metrics
-        return tuple(LateReading(name, site, device, metrics[i], t, b, s, wm - t, wm, "too_late", v) for i, v in values)
+        late = tuple(
+            LateReading(name, site, device, m, t, b, s, wm - t, wm, "too_late", v)
+            for m, v in zip(self.spec.metrics, values, strict=True)
+            if v is not None
+        )
+        self.late_count += len(late)
+        return late
 
     def _emit(self, out: list[Output], key: str, start: int, end: int, acc: Acc, rev: int, fired: Fired) -> None:
         """One result per metric with values; ``acc`` must never change afterwards (pass a copy if it may)."""
@@ -223,7 +241,19 @@ class TumblingOperator(WindowOperator):
 class _SlideKey:
     """One key's sliding-window state: panes, fired revisions, cleanup timers and the two stacks."""
 
-    __slots__ = ("accs", "back_acc", "back_from", "cleanup", "dirty", "front_a", "front_s", "hi", "revs", "starts")
+    __slots__ = (
+        "accs",
+        "back_acc",
+        "back_from",
+        "cleanup",
+        "dirty",
+        "front_a",
+        "front_s",
+        "hi",
+        "revs",
+        "spare",
+        "starts",
+    )
 
     def __init__(self) -> None:
         self.starts: list[int] = []  # pane starts, sorted
@@ -239,6 +269,9 @@ class _SlideKey:
         self.back_from = 0
         self.back_acc: Acc | None = None
         self.hi: int | None = None  # panes below this have been pushed; None: stacks empty/invalid
+        # Accumulators of dropped panes and popped stack entries, for reuse by this key (not in snapshots): a
+        # key's panes and stack entries come and go at the same pace, so this stays as large as its peak use.
+        self.spare: list[Acc] = []
 
     def to_json(self) -> dict[str, Any]:
         hi = self.hi
@@ -288,6 +321,14 @@ class SlidingOperator(WindowOperator):
         self.pane = pane_size(spec.size_ms, spec.slide_ms)
         self.keys: dict[str, _SlideKey] = {}
 
+    def _new_acc(self, ks: _SlideKey) -> Acc:
+        spare = ks.spare
+        if spare:
+            acc = spare.pop()
+            acc_clear(acc)
+            return acc
+        return acc_empty(self.nm)
+
     def add(self, key: str, site: str, device: str, t: int, b: int, s: int, values: Values) -> tuple[Output, ...]:
         wm = self.wm.get("" if self.shared else key)
         size = self.size
@@ -306,7 +347,7 @@ class SlidingOperator(WindowOperator):
         if p == last:
             acc = ks.accs[n - 1]
         elif p > last:
-            acc = acc_empty(self.nm)
+            acc = self._new_acc(ks)
             starts.append(p)
             ks.accs.append(acc)
         else:
@@ -314,7 +355,7 @@ class SlidingOperator(WindowOperator):
             if starts[i] == p:
                 acc = ks.accs[i]
             else:
-                acc = acc_empty(self.nm)
+                acc = self._new_acc(ks)
                 starts.insert(i, p)
                 ks.accs.insert(i, acc)
         # some window containing this pane has already been fired (or passed empty): first_window_end_after, inlined
@@ -333,47 +374,78 @@ class SlidingOperator(WindowOperator):
             i += 1
         return acc
 
-    def _query(self, ks: _SlideKey, start: int, end: int) -> Acc:
-        """The aggregate of ``[start, end)`` through the two stacks; windows must come in increasing order.
+    def _fire(self, out: list[Output], k: str, ks: _SlideKey, start: int, end: int) -> None:
+        """Emit the window ``[start, end)`` through the two stacks; windows must come in increasing order.
 
-        The result is never changed afterwards (the stacks hold fresh merges; panes are copied)."""
+        Stack entries and the back's aggregate come from (and go back to) the key's spare
+        accumulators; each result gets its own fresh :class:`Stat`, never changed afterwards."""
         front_s, front_a = ks.front_s, ks.front_a
+        pool = ks.spare
+        nm = self.nm
         hi = ks.hi
+        back_acc = ks.back_acc
         if hi is None:
-            front_s.clear()
-            front_a.clear()
-            ks.back_acc = None
+            self._release_stacks(ks)
+            back_acc = None
             ks.back_from = hi = start
         while front_s and front_s[-1] < start:  # evict panes older than start
             front_s.pop()
-            front_a.pop()
+            pool.append(front_a.pop())
         starts, accs = ks.starts, ks.accs
-        if not front_s and ks.back_acc is not None:  # transfer: the back's panes (from start on) become the front
+        if not front_s and back_acc is not None:  # transfer: the back's panes (from start on) become the front
             lo = ks.back_from if ks.back_from > start else start
             i = bisect_left(starts, hi) - 1
             j = bisect_left(starts, lo)
-            acc: Acc | None = None
+            prev: Acc | None = None
             while i >= j:
-                acc = acc_copy(accs[i]) if acc is None else acc_merge(acc, accs[i])
+                f = pool.pop() if pool else acc_empty(nm)
+                if prev is None:
+                    acc_set(f, accs[i])
+                else:
+                    acc_set_merge(f, prev, accs[i])
                 front_s.append(starts[i])
-                front_a.append(acc)
+                front_a.append(f)
+                prev = f
                 i -= 1
-            ks.back_acc = None
+            pool.append(back_acc)
+            back_acc = None
             ks.back_from = hi
         i = bisect_left(starts, hi if hi > start else start)
-        back_acc = ks.back_acc
         n = len(starts)
         while i < n and starts[i] < end:
             if back_acc is None:
-                back_acc = acc_copy(accs[i])
+                back_acc = pool.pop() if pool else acc_empty(nm)
+                acc_set(back_acc, accs[i])
             else:
                 acc_merge_into(back_acc, accs[i])  # in place: back_acc itself is never handed out
             i += 1
         ks.back_acc = back_acc
         ks.hi = end
-        if front_a:
-            return acc_merge(front_a[-1], back_acc) if back_acc is not None else front_a[-1]
-        return acc_copy(back_acc) if back_acc is not None else acc_empty(self.nm)
+        site = self.sites[k]
+        name, kind, aggs = self.name, self.kind, self.aggs
+        fa = front_a[-1] if front_a else None
+        for m, metric in self.bases:
+            if fa is not None:
+                st = fa[m].copy()
+                if back_acc is not None:
+                    st.merge_from(back_acc[m])
+            elif back_acc is not None:
+                st = back_acc[m].copy()
+            else:
+                continue
+            if st.n:
+                out.append(WindowResult(name, kind, k, site, start, end, metric, st.n, None, 1, "watermark", st, aggs))
+
+    def _release_stacks(self, ks: _SlideKey) -> None:
+        """Empty the two stacks, their accumulators back to the key's spares."""
+        pool = ks.spare
+        pool.extend(ks.front_a)
+        ks.front_a.clear()
+        ks.front_s.clear()
+        if ks.back_acc is not None:
+            pool.append(ks.back_acc)
+            ks.back_acc = None
+        ks.hi = None
 
     def _refire(self, out: list[Output], k: str, ks: _SlideKey, old: int) -> None:
         size, slide, off = self.size, self.slide, self.offset
@@ -385,9 +457,7 @@ class SlidingOperator(WindowOperator):
                 if s + size <= old < s + size + self.lateness:
                     starts.add(s)
         ks.dirty.clear()
-        ks.hi = None  # the stacks may hold stale aggregates
-        ks.front_s.clear()
-        ks.front_a.clear()
+        self._release_stacks(ks)  # the stacks may hold stale aggregates
         for s in sorted(starts):
             rev = ks.revs.get(s, 0) + 1
             if rev == 1:
@@ -428,7 +498,7 @@ class SlidingOperator(WindowOperator):
             if lateness:  # a fired window is kept (for re-fires) until end + lateness; without lateness, never
                 ks.revs[s] = 1
                 heappush(ks.cleanup, (e + lateness, s))
-            self._emit(out, k, s, e, self._query(ks, s, e), 1, "watermark")
+            self._fire(out, k, ks, s, e)
             e += slide
         heap = ks.cleanup
         while heap and heap[0][0] <= wm:
@@ -441,6 +511,7 @@ class SlidingOperator(WindowOperator):
             n += 1
         if n:
             del starts[:n]
+            ks.spare.extend(ks.accs[:n])
             del ks.accs[:n]
         if not starts and not ks.revs:
             del self.keys[k], self.sites[k]
