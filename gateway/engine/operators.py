@@ -197,7 +197,7 @@ class TumblingOperator(WindowOperator):
         self._set_wm(key, wm)
         if key is not None:
             heap = self.timers.get(key)
-            if heap is None or (heap[0][0] > wm and key not in self.dirty):
+            if heap is None or (heap[0][0] > wm and (not self.dirty or key not in self.dirty)):
                 return  # nothing due: the common case, checked without touching the windows
             keys = [key]
         else:
@@ -394,8 +394,8 @@ class SlidingOperator(WindowOperator):
         starts, accs = ks.starts, ks.accs
         if not front_s and back_acc is not None:  # transfer: the back's panes (from start on) become the front
             lo = ks.back_from if ks.back_from > start else start
-            i = bisect_left(starts, hi) - 1
-            j = bisect_left(starts, lo)
+            i = _left_from_back(starts, hi) - 1
+            j = _left_from_front(starts, lo)
             prev: Acc | None = None
             while i >= j:
                 f = pool.pop() if pool else acc_empty(nm)
@@ -410,7 +410,7 @@ class SlidingOperator(WindowOperator):
             pool.append(back_acc)
             back_acc = None
             ks.back_from = hi
-        i = bisect_left(starts, hi if hi > start else start)
+        i = _left_from_back(starts, hi if hi > start else start)
         n = len(starts)
         while i < n and starts[i] < end:
             if back_acc is None:
@@ -488,7 +488,7 @@ class SlidingOperator(WindowOperator):
             e = first_window_end_after(old, size, slide, off)
         while e <= wm:
             s = e - size
-            i = bisect_left(starts, s)
+            i = _left_from_front(starts, s)
             if i == len(starts):
                 break
             q = starts[i]
@@ -511,7 +511,9 @@ class SlidingOperator(WindowOperator):
             n += 1
         if n:
             del starts[:n]
-            ks.spare.extend(ks.accs[:n])
+            spare, accs = ks.spare, ks.accs
+            for j in range(n):
+                spare.append(accs[j])
             del ks.accs[:n]
         if not starts and not ks.revs:
             del self.keys[k], self.sites[k]
@@ -621,9 +623,17 @@ class SessionOperator(WindowOperator):
 
     def advance_into(self, key: str | None, wm: int, out: list[Output]) -> None:
         self._set_wm(key, wm)
-        keys = list(self.sessions) if key is None else [key] if key in self.sessions else []
+        if key is None:
+            for k in list(self.sessions):
+                self._advance_key(out, k, self.sessions[k], wm)
+        else:
+            sessions = self.sessions.get(key)
+            if sessions is not None:
+                self._advance_key(out, key, sessions, wm)
+
+    def _advance_key(self, out: list[Output], k: str, sessions: list[_Session], wm: int) -> None:
         lateness = self.lateness
-        for k in keys:
+        if self.tombs:
             for start, end, rev in self.tombs.pop(k, ()):
                 site = self.sites[k]
                 for metric in self.spec.metrics:
@@ -642,24 +652,23 @@ class SessionOperator(WindowOperator):
                             "superseded",
                         )
                     )
-            sessions = self.sessions[k]
-            drop = not sessions
-            for x in sessions:
-                end = x.end
-                if end <= wm:  # the common case - every session still open - touches nothing else
-                    if x.pending:
-                        x.rev += 1
-                        self._emit(out, k, x.start, end, acc_copy(x.acc), x.rev, "late" if x.late else "watermark")
-                        x.pending = False
-                        x.late = False
-                    if end + lateness <= wm:
-                        drop = True
-            if drop:
-                keep = [x for x in sessions if x.end + lateness > wm]
-                if keep:
-                    self.sessions[k] = keep
-                else:
-                    del self.sessions[k], self.sites[k]
+        drop = not sessions
+        for x in sessions:
+            end = x.end
+            if end <= wm:  # the common case - every session still open - touches nothing else
+                if x.pending:
+                    x.rev += 1
+                    self._emit(out, k, x.start, end, acc_copy(x.acc), x.rev, "late" if x.late else "watermark")
+                    x.pending = False
+                    x.late = False
+                if end + lateness <= wm:
+                    drop = True
+        if drop:
+            keep = [x for x in sessions if x.end + lateness > wm]
+            if keep:
+                self.sessions[k] = keep
+            else:
+                del self.sessions[k], self.sites[k]
 
     def snapshot(self) -> dict[str, Any]:
         snap = self._base_snapshot()
@@ -671,6 +680,28 @@ class SessionOperator(WindowOperator):
         self._base_restore(snap)
         self.sessions = {k: [_Session.from_json(x) for x in v] for k, v in snap["sessions"].items()}
         self.tombs = {k: [list(x) for x in v] for k, v in snap["tombs"].items()}
+
+
+def _left_from_front(a: list[int], x: int) -> int:
+    """``bisect_left(a, x)``, quick when few items are below ``x`` (the oldest panes of a key)."""
+    n = len(a)
+    i = 0
+    while i < n and i < 4:
+        if a[i] >= x:
+            return i
+        i += 1
+    return i if i == n else bisect_left(a, x, 4)
+
+
+def _left_from_back(a: list[int], x: int) -> int:
+    """``bisect_left(a, x)``, quick when few items are at or above ``x`` (the newest panes of a key)."""
+    i = len(a)
+    lo = i - 4 if i > 4 else 0
+    while i > lo:
+        if a[i - 1] < x:
+            return i
+        i -= 1
+    return bisect_left(a, x, 0, i) if i else 0
 
 
 def _session_start(x: _Session) -> int:
