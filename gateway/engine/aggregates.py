@@ -344,11 +344,12 @@ class Stat:
         return st
 
 
-# A window's (or pane's, or session's) accumulator: one Stat per metric of the window, in its order. In
+# A window's (or pane's, or session's) accumulator: one Stat per metric of the window, in its order (a tuple: one
+# block of memory, and the collector untracks it since Stats hold no references). In
 # snapshots it is one flat list, ``FIELDS`` values per metric (:meth:`Stat.to_json`), as it always was.
 
 FIELDS: Final = 10
-Acc = list[Stat]
+Acc = tuple[Stat, ...]
 
 _BOOT_SHIFT: Final = 1 << 31  # boot and seq are 0..2^31-1 (docs/protocol.md)
 _T_SHIFT: Final = 1 << 62
@@ -365,12 +366,12 @@ def order_parts(o: int) -> tuple[int, int, int]:
 
 
 def acc_empty(metrics: int) -> Acc:
-    return [Stat() for _ in range(metrics)]
+    return tuple([Stat() for _ in range(metrics)])
 
 
 def acc_copy(a: Acc) -> Acc:
     """A deep copy: the copy never changes when ``a`` does."""
-    return [x.copy() for x in a]
+    return tuple([x.copy() for x in a])
 
 
 def acc_clear(a: Acc) -> None:
@@ -394,12 +395,12 @@ def acc_set_merge(out: Acc, a: Acc, b: Acc) -> None:
 
 def acc_merge(a: Acc, b: Acc) -> Acc:
     """A new accumulator of both; neither input is changed."""
-    out: Acc = []
+    out: list[Stat] = []
     for i in range(len(a)):
         x = a[i].copy()
         x.merge_from(b[i])
         out.append(x)
-    return out
+    return tuple(out)
 
 
 def acc_merge_into(out: Acc, b: Acc) -> None:
@@ -416,4 +417,4 @@ def acc_to_json(a: Acc) -> list[Any]:
 
 
 def acc_from_json(flat: list[Any]) -> Acc:
-    return [Stat.from_json(flat, i) for i in range(0, len(flat), FIELDS)]
+    return tuple([Stat.from_json(flat, i) for i in range(0, len(flat), FIELDS)])
