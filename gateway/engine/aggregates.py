@@ -27,10 +27,8 @@ __all__ = [
     "Order",
     "Stat",
     "acc_clear",
-    "acc_copy",
     "acc_empty",
     "acc_from_json",
-    "acc_merge",
     "acc_merge_into",
     "acc_set",
     "acc_set_merge",
@@ -369,11 +367,6 @@ def acc_empty(metrics: int) -> Acc:
     return tuple([Stat() for _ in range(metrics)])
 
 
-def acc_copy(a: Acc) -> Acc:
-    """A deep copy: the copy never changes when ``a`` does."""
-    return tuple([x.copy() for x in a])
-
-
 def acc_clear(a: Acc) -> None:
     for x in a:
         x.clear()
@@ -386,21 +379,11 @@ def acc_set(out: Acc, a: Acc) -> None:
 
 
 def acc_set_merge(out: Acc, a: Acc, b: Acc) -> None:
-    """``out`` becomes the merge of ``a`` and ``b`` (as :func:`acc_merge`), in place."""
+    """``out`` becomes the merge of ``a`` and ``b`` (a copy of ``a``, then ``b`` merged in), in place."""
     for i in range(len(a)):
         x = out[i]
         x.set(a[i])
         x.merge_from(b[i])
-
-
-def acc_merge(a: Acc, b: Acc) -> Acc:
-    """A new accumulator of both; neither input is changed."""
-    out: list[Stat] = []
-    for i in range(len(a)):
-        x = a[i].copy()
-        x.merge_from(b[i])
-        out.append(x)
-    return tuple(out)
 
 
 def acc_merge_into(out: Acc, b: Acc) -> None:

@@ -22,7 +22,6 @@ from typing import Any, Final, Protocol
 from .aggregates import (
     Acc,
     acc_clear,
-    acc_copy,
     acc_empty,
     acc_from_json,
     acc_merge_into,
@@ -134,13 +133,15 @@ class WindowOperator:
         return late
 
     def _emit(self, out: list[Output], key: str, start: int, end: int, acc: Acc, rev: int, fired: Fired) -> None:
-        """One result per metric with values; ``acc`` must never change afterwards (pass a copy if it may)."""
+        """One result per metric with values, each a copy of the metric's Stat in ``acc``."""
         site = self.sites[key]
         name, kind, aggs = self.name, self.kind, self.aggs
         for i, metric in self.bases:
             st = acc[i]
             if st.n:
-                out.append(WindowResult(name, kind, key, site, start, end, metric, st.n, None, rev, fired, st, aggs))
+                r = WindowResult(name, kind, key, site, start, end, metric, st.n, None, rev, fired, aggs)
+                r.set(st)
+                out.append(r)
 
     def _base_snapshot(self) -> dict[str, Any]:
         return {"wm": dict(self.wm), "sites": dict(self.sites), "late_count": self.late_count}
@@ -210,14 +211,14 @@ class TumblingOperator(WindowOperator):
                 for start in sorted(dirty):
                     w = wins[start]
                     w[0] += 1
-                    self._emit(out, k, start, start + size, acc_copy(w[1]), w[0], "late")
+                    self._emit(out, k, start, start + size, w[1], w[0], "late")
             heap = self.timers[k]
             while heap and heap[0][0] <= wm:
                 _, start, phase = heappop(heap)
                 if phase == 0:
                     w = wins[start]
                     w[0] = 1
-                    self._emit(out, k, start, start + size, acc_copy(w[1]), 1, "watermark")
+                    self._emit(out, k, start, start + size, w[1], 1, "watermark")
                     heappush(heap, (start + size + self.lateness, start, 1))
                 else:
                     del wins[start]
@@ -378,7 +379,7 @@ class SlidingOperator(WindowOperator):
         """Emit the window ``[start, end)`` through the two stacks; windows must come in increasing order.
 
         Stack entries and the back's aggregate come from (and go back to) the key's spare
-        accumulators; each result gets its own fresh :class:`Stat`, never changed afterwards."""
+        accumulators; each result is a fresh :class:`Stat` of its own, never changed afterwards."""
         front_s, front_a = ks.front_s, ks.front_a
         pool = ks.spare
         nm = self.nm
@@ -426,15 +427,24 @@ class SlidingOperator(WindowOperator):
         fa = front_a[-1] if front_a else None
         for m, metric in self.bases:
             if fa is not None:
-                st = fa[m].copy()
+                x = fa[m]
                 if back_acc is not None:
-                    st.merge_from(back_acc[m])
+                    y = back_acc[m]
+                    if x.n + y.n:
+                        r = WindowResult(name, kind, k, site, start, end, metric, x.n + y.n, None, 1, "watermark", aggs)
+                        r.set(x)
+                        r.merge_from(y)
+                        out.append(r)
+                elif x.n:
+                    r = WindowResult(name, kind, k, site, start, end, metric, x.n, None, 1, "watermark", aggs)
+                    r.set(x)
+                    out.append(r)
             elif back_acc is not None:
-                st = back_acc[m].copy()
-            else:
-                continue
-            if st.n:
-                out.append(WindowResult(name, kind, k, site, start, end, metric, st.n, None, 1, "watermark", st, aggs))
+                y = back_acc[m]
+                if y.n:
+                    r = WindowResult(name, kind, k, site, start, end, metric, y.n, None, 1, "watermark", aggs)
+                    r.set(y)
+                    out.append(r)
 
     def _release_stacks(self, ks: _SlideKey) -> None:
         """Empty the two stacks, their accumulators back to the key's spares."""
@@ -658,7 +668,7 @@ class SessionOperator(WindowOperator):
             if end <= wm:  # the common case - every session still open - touches nothing else
                 if x.pending:
                     x.rev += 1
-                    self._emit(out, k, x.start, end, acc_copy(x.acc), x.rev, "late" if x.late else "watermark")
+                    self._emit(out, k, x.start, end, x.acc, x.rev, "late" if x.late else "watermark")
                     x.pending = False
                     x.late = False
                 if end + lateness <= wm:

@@ -72,8 +72,8 @@ _RESULT_FIELDS: Final = (
 )
 
 
-@mypyc_attr(acyclic=True)  # compiled: strings, numbers and a Stat - no cycle can go through it
-class WindowResult:
+@mypyc_attr(acyclic=True)  # compiled: strings and numbers - no cycle can go through it
+class WindowResult(Stat):
     """The aggregates of one metric in one window of one key (a device, or a site).
 
     ``revision`` counts emissions of this window: 1 on the first firing, + 1 for every re-fire caused by
@@ -82,14 +82,14 @@ class WindowResult:
     merged into another one starting earlier: ``count`` is 0 and the point marks the old one dead).
 
     A plain slotted value (treat it as immutable): the engine emits one per window, key and metric, so it
-    is built cheaply - the operators pass the metric's accumulator (``_stat``, never changed after) and
-    ``aggregates`` is computed from it on first access; ``to_line()`` renders the point.
+    is built cheaply - it *is* the metric's :class:`Stat` over the window (the operators fill it in once,
+    when they emit it) and ``aggregates`` is computed from that on first access; ``to_line()`` renders the
+    point. Built with an ``aggregates`` mapping instead (tests, superseded sessions), its Stat stays empty.
     """
 
     __slots__ = (
         "_aggs",
         "_names",
-        "_stat",
         "count",
         "end_ms",
         "fired",
@@ -115,9 +115,9 @@ class WindowResult:
         aggregates: Mapping[str, float] | None,
         revision: int,
         fired: Fired,
-        _stat: Stat | None = None,
         _names: tuple[str, ...] = (),
     ) -> None:
+        super().__init__()
         self.window = window
         self.key_kind = key_kind
         self.key = key
@@ -129,14 +129,13 @@ class WindowResult:
         self._aggs = aggregates
         self.revision = revision
         self.fired = fired
-        self._stat = _stat
         self._names = _names
 
     @property
     def aggregates(self) -> Mapping[str, float]:
         aggs = self._aggs
         if aggs is None:
-            aggs = self._aggs = {} if self._stat is None else self._stat.result(self._names)
+            aggs = self._aggs = self.result(self._names) if self.n else {}
         return aggs
 
     def _fields(self) -> tuple[object, ...]:
