@@ -135,19 +135,27 @@ class Engine:
             if len(rows) == 1:  # the common message: one reading
                 r = rows[0]
                 t, b, sq = r.t_ms, r.boot, r.seq
-                one: list[Values | None] = [None] * self._groups  # windows with the same metrics share values
-                done = [False] * self._groups
-                for w in windows:
-                    g = w.group
-                    if done[g]:
-                        values = one[g]
-                    else:
-                        values = one[g] = self._values(r, w.metrics)
-                        done[g] = True
+                if self._groups == 1:  # every window has the same metrics: one list of values for all
+                    values = self._values(r, windows[0].metrics)
                     if values is not None:
-                        late = w.op.add(site if w.key_site else device, site, device, t, b, sq, values)
-                        if late:
-                            out.extend(late)
+                        for w in windows:
+                            late = w.op.add(site if w.key_site else device, site, device, t, b, sq, values)
+                            if late:
+                                out.extend(late)
+                else:
+                    one: list[Values | None] = [None] * self._groups  # windows with the same metrics share values
+                    done = [False] * self._groups
+                    for w in windows:
+                        g = w.group
+                        if done[g]:
+                            values = one[g]
+                        else:
+                            values = one[g] = self._values(r, w.metrics)
+                            done[g] = True
+                        if values is not None:
+                            late = w.op.add(site if w.key_site else device, site, device, t, b, sq, values)
+                            if late:
+                                out.extend(late)
             else:
                 shared: list[list[Values | None] | None] = [None] * self._groups
                 for w in windows:
