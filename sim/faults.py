@@ -134,7 +134,8 @@ class ScriptedSequence:
 
     @property
     def pattern(self) -> str:
-        return "door_left_open" if self.kind.startswith("door") else "three_failures"
+        """The example pattern this sequence exercises (``gateway/examples/gateway.toml``)."""
+        return "door_left_open" if self.kind.startswith("door") else "failed_3x_5m"
 
     def events(self) -> tuple[SequenceEvent, ...]:
         return sequence_events(self.kind)

@@ -4,7 +4,9 @@ match the simulator's brute-force reference exactly, and each one must actually 
 from __future__ import annotations
 
 import json
+import tomllib
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +19,8 @@ from sim.faults import sequence_events
 from sim.inprocess import gateway_config, run_in_process
 from sim.scenario import load_scenario, parse_scenario, scenario_names
 from sim.verify import LineStore, compare
+
+ROOT = Path(__file__).resolve().parents[2]
 
 NOW = 1_764_072_000_000  # 2025-11-25T12:00:00Z
 
@@ -151,6 +155,9 @@ def test_pattern_sequences_are_in_the_stream_with_their_truth() -> None:
         ("door_left_open", True), ("door_closed", False), ("three_failures", True), ("two_failures", False),
         ("door_left_open", True),
     ]  # fmt: skip
+    example = tomllib.loads((ROOT / "gateway" / "examples" / "gateway.toml").read_text())
+    names = {p["name"] for p in example["patterns"]}
+    assert {s["pattern"] for s in truth["sequences"]} == {"door_left_open", "failed_3x_5m"} <= names
     for seq in prep.run.sequences:
         mine = [r for r in prep.run.readings if r.device == seq.device]
         sent = [(r.true_ms, r.metrics) for r in mine if "temp_c" not in r.metrics]
