@@ -315,20 +315,33 @@ class Gateway:
     # --------------------------------------------------------------------------------------- run
 
     async def _tick_loop(self, stop: asyncio.Event) -> None:
-        """Once a second: let time move the engine (idle devices), write the stats file, maybe checkpoint."""
+        """Once a second: let time move the engine (idle devices), write health points, maybe checkpoint.
+
+        A tick is pipeline input: while the spool is full it waits with the rest (see :meth:`_status_loop`)."""
         last_checkpoint = time.monotonic()
         while not stop.is_set():
             try:
                 await self._tick()
-                stats = self.snapshot_stats()  # once a tick: for the health points and the stats file
-                await self.sink.add(self.live.health_lines(self.now_ms(), stats))  # deploy
+                await self.sink.add(self.live.health_lines(self.now_ms(), self.snapshot_stats()))  # deploy
                 if time.monotonic() - last_checkpoint >= self.config.state.checkpoint_interval_s:
                     await self.checkpoint()
                     last_checkpoint = time.monotonic()
-                self.metrics.sample()
-                self._write_stats(stats)
             except Exception:  # a full disk, a busy database: say so and try again next second, never die silently
                 log.exception("tick failed; trying again", extra={"event": "tick_error"})
+            try:
+                await asyncio.wait_for(stop.wait(), self.stats_interval_s)
+            except TimeoutError:
+                pass
+
+    async def _status_loop(self, stop: asyncio.Event) -> None:
+        """Once a second: sample the metrics and write the stats file - never waiting on the pipeline or the
+        sink, so that ``top`` and the stats file go on showing a full spool while InfluxDB is away."""
+        while not stop.is_set():
+            try:
+                self.metrics.sample()
+                self._write_stats()
+            except Exception:  # a full disk: say so and try again next second
+                log.exception("stats failed; trying again", extra={"event": "stats_error"})
             try:
                 await asyncio.wait_for(stop.wait(), self.stats_interval_s)
             except TimeoutError:
@@ -344,6 +357,7 @@ class Gateway:
         server = await self.metrics.serve(cfg.metrics.host, cfg.metrics.port) if cfg.metrics.port else None
         # a stop is seen at once, even while the replay or ingest waits for room in a full spool
         watcher = asyncio.create_task(self._watch_stop(stop), name="stop-watch")
+        status_task = asyncio.create_task(self._status_loop(stop), name="status")  # from the start: the replay too
         try:
             await self.sink.start()
             await self.recover()
@@ -373,6 +387,7 @@ class Gateway:
                 log.info("gateway stopped", extra={"event": "stop", "drained": drained, **self.snapshot_stats()})
         finally:
             watcher.cancel()
+            status_task.cancel()
             if self.recorder is not None:  # deploy
                 self.recorder.close()
             if server is not None:

@@ -1,8 +1,8 @@
 """A clean stop (SIGTERM) while ingest waits on a full spool with InfluxDB away.
 
 The gateway runs as a subprocess against a real Mosquitto, first with InfluxDB unreachable (nothing listens on
-its port) and a small spool budget, so that the spool fills and ingest waits for the database. A SIGTERM must
-then stop it with exit code 0 (the bound is generous: this is not a speed test). A restart with InfluxDB up
+its port) and a small spool budget, so that the spool fills and ingest waits for the database. Its stats file
+must go on being written meanwhile, showing the wait. A SIGTERM must then stop it with exit code 0 (the bound is generous: this is not a speed test). A restart with InfluxDB up
 replays what was logged and takes the rest from the broker's session: every reading arrives exactly once.
 """
 
@@ -55,6 +55,11 @@ def wait_full_then_sigterm(gw: GatewayProcess, metrics_url: str, what: str) -> d
     full = scrape(metrics_url)
     assert full["edgekit_influx_up"] == 0
     assert full["edgekit_spool_bytes"] >= SPOOL_MAX_BYTES
+    # the stats file (and `top`) goes on while ingest waits: it shows the full spool, and is rewritten
+    wait_until(lambda: gw.stats().get("sink", {}).get("full_waits", 0) > 0, "the stats file shows the wait", 10, gw)
+    assert gw.stats()["sink"]["spool_bytes"] >= SPOOL_MAX_BYTES
+    written = gw.stats_file.stat().st_mtime_ns
+    wait_until(lambda: gw.stats_file.stat().st_mtime_ns > written, "the stats file rewritten while full", 10, gw)
     started = time.monotonic()
     try:
         code = gw.stop(timeout=STOP_BOUND_S + 40)  # longer than the bound, to report how long it took
