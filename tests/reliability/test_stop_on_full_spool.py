@@ -2,8 +2,9 @@
 
 The gateway runs as a subprocess against a real Mosquitto, first with InfluxDB unreachable (nothing listens on
 its port) and a small spool budget, so that the spool fills and ingest waits for the database. Its stats file
-must go on being written meanwhile, showing the wait. A SIGTERM must then stop it with exit code 0 (the bound is generous: this is not a speed test). A restart with InfluxDB up
-replays what was logged and takes the rest from the broker's session: every reading arrives exactly once.
+must go on being written meanwhile, showing the wait. A SIGTERM must then stop it with exit code 0 (the bound
+is generous: this is not a speed test). A restart with InfluxDB up replays what was logged and takes the rest
+from the broker's session: every reading arrives exactly once.
 """
 
 from __future__ import annotations
