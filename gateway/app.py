@@ -276,7 +276,7 @@ class Gateway:
 
     def snapshot_stats(self) -> dict[str, object]:
         return {
-            "pipeline": self.pipeline.stats.as_dict(),
+            "pipeline": {**self.pipeline.stats.as_dict(), "devices": len(self.pipeline.devices)},
             "sink": {
                 **self.sink.stats.as_dict(),
                 "pending": self.sink.pending,

@@ -41,7 +41,9 @@ def _describe(cfg: Config) -> str:
             f"write to:  {target}, batches of {i.batch_size} every {i.flush_interval_ms} ms",
             f"limits:    {cfg.limits.max_bytes} bytes, {cfg.limits.max_readings} readings a message, "
             f"{cfg.limits.max_future_ms} ms future tolerance",
-            "devices:   " + ("any" if cfg.devices.allow_unknown else f"only {len(cfg.devices.known)} known devices"),
+            "devices:   "
+            + ("any" if cfg.devices.allow_unknown else f"only {len(cfg.devices.known)} known devices")
+            + f", state for at most {cfg.devices.max_devices}",
             *_describe_windows(cfg),
             f"patterns:  {', '.join(p.name for p in cfg.patterns) or 'none'}",
         ]

@@ -87,6 +87,9 @@ class InfluxConfig:
 class DevicesConfig:
     allow_unknown: bool = True
     known: frozenset[str] = frozenset()
+    max_devices: int = 10_000
+    """At most this many devices get state (dedup, watermarks, windows, patterns, detectors); messages from
+    further devices are dead letters (``too_many_devices``), so made-up ids cannot use up the memory."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,7 +310,7 @@ def _limits(doc: Mapping[str, Any]) -> Limits:
 
 
 def _devices(doc: Mapping[str, Any]) -> DevicesConfig:
-    sec = _section(doc, "devices", {"allow_unknown", "known"})
+    sec = _section(doc, "devices", {"allow_unknown", "known", "max_devices"})
     known = _get(sec, "devices", "known", list, [])
     bad = [d for d in known if not isinstance(d, str) or not NAME_RE.fullmatch(d)]
     if bad:
@@ -315,7 +318,10 @@ def _devices(doc: Mapping[str, Any]) -> DevicesConfig:
     allow_unknown = _get(sec, "devices", "allow_unknown", bool, True)
     if not allow_unknown and not known:
         raise ConfigError("devices.allow_unknown = false needs a non-empty devices.known list")
-    return DevicesConfig(allow_unknown=allow_unknown, known=frozenset(known))
+    max_devices = int(_positive("devices", "max_devices", _get(sec, "devices", "max_devices", int, 10_000)))
+    if len(set(known)) > max_devices:
+        raise ConfigError(f"devices.max_devices: {max_devices} is below the {len(set(known))} devices of devices.known")
+    return DevicesConfig(allow_unknown=allow_unknown, known=frozenset(known), max_devices=max_devices)
 
 
 def _log(doc: Mapping[str, Any], env: Mapping[str, str]) -> LogConfig:

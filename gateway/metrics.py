@@ -115,6 +115,7 @@ class _Collector(Collector):
             return GaugeMetricFamily(name, doc, value=value)
 
         yield counter("edgekit_messages", "MQTT messages taken by the pipeline (replays included)", s.messages)
+        yield gauge("edgekit_devices", "Devices with state (at most devices.max_devices)", len(gw.pipeline.devices))
         yield gauge("edgekit_ingest_rate", "Messages per second over the last ten seconds", self.m.rate)
         yield counter("edgekit_readings_accepted", "Readings accepted (new identities)", s.readings_accepted)
         yield counter("edgekit_duplicates", "Readings dropped as duplicates", s.duplicates)

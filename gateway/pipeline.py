@@ -96,6 +96,8 @@ class Pipeline:
         )
         self.cep = Cep(CepSpec(config.patterns, config.engine))
         self.stats = Stats()
+        self.devices: set[str] = set()
+        """The devices admitted so far (at most ``devices.max_devices``): only these get state."""
         self._unique = 0
         self._own = (f"{config.mqtt.prefix}/_gateway/", "/cmd")
 
@@ -137,6 +139,14 @@ class Pipeline:
             msg = decode(topic, payload, received_ms, limits=cfg.limits, prefix=cfg.mqtt.prefix)
             if not cfg.devices.allow_unknown and msg.device not in cfg.devices.known:
                 raise DecodeError("unknown_device", f"device {msg.device!r} is not in devices.known")
+            if msg.device not in self.devices:
+                if len(self.devices) >= cfg.devices.max_devices:
+                    raise DecodeError(
+                        "too_many_devices",
+                        f"device {msg.device!r} is new and the gateway already keeps state for "
+                        f"devices.max_devices = {cfg.devices.max_devices} devices",
+                    )
+                self.devices.add(msg.device)
         except DecodeError as err:
             self._dead(dead_letter_for(err, topic, payload, received_ms, cfg.mqtt.prefix), out)
             return out
@@ -181,8 +191,9 @@ class Pipeline:
         return out
 
     def snapshot(self) -> dict[str, Any]:
-        """All state that decides future output: dedup, windows, patterns, detectors, counters, stats."""
+        """All state that decides future output: devices, dedup, windows, patterns, detectors, counters, stats."""
         return {
+            "devices": sorted(self.devices),
             "dedup": self.dedup.snapshot(),
             "engine": self.engine.snapshot(),
             "cep": self.cep.snapshot(),
@@ -198,6 +209,10 @@ class Pipeline:
         self.cep.restore(snap["cep"])
         if self.anomaly is not None:
             self.anomaly.restore(snap["anomaly"])
+        if "devices" in snap:
+            self.devices = {str(d) for d in snap["devices"]}
+        else:  # a checkpoint from before devices.max_devices: the devices that have state are admitted
+            self.devices = set(self.dedup.state) | set(self.engine.tracker.state)
         self._unique = int(snap["unique"])
         stats = dict(snap["stats"])
         by_reason = Counter({str(k): int(v) for k, v in stats.pop("dead_by_reason").items()})

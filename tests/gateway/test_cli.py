@@ -51,6 +51,8 @@ def test_help_and_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str],
         out = capsys.readouterr().out
         assert ("--config" in out) == (cmd != "top"), cmd
     assert main(["frobnicate"]) == 2
+    assert main(["check", "--config", str(config(tmp_path))]) == 0
+    assert "devices:   any, state for at most 10000\n" in capsys.readouterr().out
     assert main(["check", "--config", str(tmp_path / "missing.toml")]) == 2
     assert "configuration error" in capsys.readouterr().err
     assert main(["top"]) == 2

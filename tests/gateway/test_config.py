@@ -13,6 +13,7 @@ def test_defaults_need_no_file() -> None:
     assert (cfg.mqtt.host, cfg.mqtt.port, cfg.mqtt.qos) == ("127.0.0.1", 1883, 1)
     assert cfg.mqtt.subscriptions == ("edgekit/#",)
     assert cfg.influx.target == "v1" and cfg.influx.database == "edgekit"
+    assert cfg.devices.max_devices == 10_000
 
 
 def test_toml_file_and_env_override(tmp_path: Path) -> None:
@@ -58,6 +59,11 @@ def test_secret_from_file(tmp_path: Path) -> None:
         ({"influx": {"password_file": "/nonexistent/pw"}}, "cannot read"),
         ({"devices": {"allow_unknown": False}}, "needs a non-empty devices.known"),
         ({"devices": {"known": ["ok", "not ok"]}}, "not device ids"),
+        ({"devices": {"max_devices": 0}}, "devices.max_devices: must be > 0, got 0"),
+        ({"devices": {"max_devices": -1}}, "devices.max_devices: must be > 0, got -1"),
+        ({"devices": {"max_devices": "x"}}, "devices.max_devices: expected int, got 'x'"),
+        ({"devices": {"max_devices": True}}, "devices.max_devices: expected int, got True"),
+        ({"devices": {"max_devices": 1, "known": ["a", "b"]}}, "devices.max_devices: 1 is below the 2 devices"),
         ({"log": {"level": "LOUD"}}, "log.level"),
         ({"nonsense": {}}, "unknown section(s) nonsense"),
     ],
@@ -66,6 +72,10 @@ def test_invalid_config_names_key_and_value(doc: dict[str, object], message: str
     with pytest.raises(ConfigError) as info:
         parse_config(doc, env={})
     assert message in str(info.value)
+
+
+def test_max_devices_from_the_file() -> None:
+    assert parse_config({"devices": {"max_devices": 2}}, env={}).devices.max_devices == 2
 
 
 def test_bad_toml_is_a_config_error(tmp_path: Path) -> None:

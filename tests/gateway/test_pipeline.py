@@ -86,3 +86,68 @@ def test_a_failure_of_the_gateways_own_code_is_a_dead_letter(monkeypatch: pytest
     assert out.lines[0].startswith("reading,device=d1,site=s x=1.5")
     assert "reason=internal" in out.lines[1] and "RuntimeError: a bug" in out.lines[1]
     assert p.stats.dead_by_reason["internal"] == 1
+
+
+def _capped() -> Pipeline:
+    return Pipeline(parse_config({"devices": {"max_devices": 2}}, env={}))
+
+
+def _status(dev: str) -> tuple[str, bytes]:
+    return f"edgekit/s/{dev}/status", b'{"v":1,"dev":"%s","state":"online"}' % dev.encode()
+
+
+def _readings(dev: str, seq: int) -> tuple[str, bytes]:
+    return f"edgekit/s/{dev}/readings", batch(dev, [(1, seq, NOW - 60_000 + seq, {"x": 1.0})])
+
+
+def test_devices_beyond_max_devices_are_dead_letters_and_the_others_go_on() -> None:
+    p = _capped()
+    assert len(p.handle(*_readings("d1", 0), NOW).readings) == 1
+    assert p.handle(*_status("d2"), NOW).lines[0].startswith("device_status,device=d2,")  # a status admits too
+    new = p.handle(*_readings("d3", 0), NOW)
+    assert new.readings == [] and len(new.lines) == 1
+    assert new.lines[0].startswith("dead_letter,device=d3,reason=too_many_devices,site=s ")
+    assert "'d3' is new" in new.lines[0] and "devices.max_devices = 2" in new.lines[0]
+    st = p.handle(*_status("d3"), NOW)
+    assert len(st.lines) == 1 and st.lines[0].startswith("dead_letter,device=d3,reason=too_many_devices,")
+    assert len(p.handle(*_readings("d1", 1), NOW).readings) == 1
+    assert len(p.handle(*_readings("d2", 0), NOW).readings) == 1
+    assert p.devices == {"d1", "d2"}
+    assert "d3" not in p.dedup.state and "d3" not in p.engine.tracker.state  # no state kept for it
+    assert dict(p.stats.dead_by_reason) == {"too_many_devices": 2}
+    assert (p.stats.dead_letters, p.stats.readings_accepted, p.stats.status_updates) == (2, 3, 1)
+
+
+def test_past_the_cap_a_broken_message_keeps_its_own_reason() -> None:
+    p = _capped()
+    p.handle(*_readings("d1", 0), NOW)
+    p.handle(*_readings("d2", 0), NOW)
+    assert "reason=bad_json" in p.handle("edgekit/s/d3/readings", b"{nope", NOW).lines[0]  # decoding comes first
+    assert "reason=too_many_devices" in p.handle(*_readings("d3", 0), NOW).lines[0]
+
+
+def test_admitted_devices_survive_snapshot_and_restore() -> None:
+    p = _capped()
+    p.handle(*_readings("d1", 0), NOW)
+    p.handle(*_status("d2"), NOW)
+    snap = json.loads(json.dumps(p.snapshot()))
+    assert snap["devices"] == ["d1", "d2"]
+    q = _capped()
+    q.restore(snap)
+    assert "reason=too_many_devices" in q.handle(*_readings("d3", 0), NOW).lines[0]
+    assert len(q.handle(*_readings("d1", 1), NOW).readings) == 1
+    assert q.handle(*_status("d2"), NOW).lines[0].startswith("device_status,")
+
+
+def test_a_checkpoint_from_before_the_cap_admits_the_devices_it_has_state_for() -> None:
+    p = _capped()
+    p.handle(*_readings("d1", 0), NOW)  # in the dedup (and the tracker)
+    p.handle(*_status("d2"), NOW)  # only in the engine's tracker
+    snap = json.loads(json.dumps(p.snapshot()))
+    del snap["devices"]
+    q = _capped()
+    q.restore(snap)
+    assert q.devices == {"d1", "d2"}
+    assert len(q.handle(*_readings("d1", 1), NOW).readings) == 1
+    assert len(q.handle(*_readings("d2", 0), NOW).readings) == 1
+    assert "reason=too_many_devices" in q.handle(*_readings("d3", 0), NOW).lines[0]
