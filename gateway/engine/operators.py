@@ -381,7 +381,7 @@ class SlidingOperator(WindowOperator):
         Stack entries and the back's aggregate come from (and go back to) the key's spare
         accumulators; each result is a fresh :class:`Stat` of its own, never changed afterwards."""
         front_s, front_a = ks.front_s, ks.front_a
-        pool = ks.spare
+        spare = ks.spare
         nm = self.nm
         hi = ks.hi
         back_acc = ks.back_acc
@@ -391,7 +391,7 @@ class SlidingOperator(WindowOperator):
             ks.back_from = hi = start
         while front_s and front_s[-1] < start:  # evict panes older than start
             front_s.pop()
-            pool.append(front_a.pop())
+            spare.append(front_a.pop())
         starts, accs = ks.starts, ks.accs
         if not front_s and back_acc is not None:  # transfer: the back's panes (from start on) become the front
             lo = ks.back_from if ks.back_from > start else start
@@ -399,7 +399,7 @@ class SlidingOperator(WindowOperator):
             j = _left_from_front(starts, lo)
             prev: Acc | None = None
             while i >= j:
-                f = pool.pop() if pool else acc_empty(nm)
+                f = spare.pop() if spare else acc_empty(nm)
                 if prev is None:
                     acc_set(f, accs[i])
                 else:
@@ -408,14 +408,14 @@ class SlidingOperator(WindowOperator):
                 front_a.append(f)
                 prev = f
                 i -= 1
-            pool.append(back_acc)
+            spare.append(back_acc)
             back_acc = None
             ks.back_from = hi
         i = _left_from_back(starts, hi if hi > start else start)
         n = len(starts)
         while i < n and starts[i] < end:
             if back_acc is None:
-                back_acc = pool.pop() if pool else acc_empty(nm)
+                back_acc = spare.pop() if spare else acc_empty(nm)
                 acc_set(back_acc, accs[i])
             else:
                 acc_merge_into(back_acc, accs[i])  # in place: back_acc itself is never handed out
@@ -448,12 +448,12 @@ class SlidingOperator(WindowOperator):
 
     def _release_stacks(self, ks: _SlideKey) -> None:
         """Empty the two stacks, their accumulators back to the key's spares."""
-        pool = ks.spare
-        pool.extend(ks.front_a)
+        spare = ks.spare
+        spare.extend(ks.front_a)
         ks.front_a.clear()
         ks.front_s.clear()
         if ks.back_acc is not None:
-            pool.append(ks.back_acc)
+            spare.append(ks.back_acc)
             ks.back_acc = None
         ks.hi = None
 
