@@ -10,26 +10,51 @@ from __future__ import annotations
 import json
 import time
 from collections import deque
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from .spool import OTHER, RAW
+from .ingest import IngestStats, Outbox
+from .pipeline import Pipeline
+from .spool import OTHER, RAW, SpoolingSink
+from .state import StateStore
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
-    from .app import Gateway
+__all__ = ["GatewayMetrics", "GatewayView"]
 
-__all__ = ["GatewayMetrics"]
+
+class GatewayView(Protocol):
+    """What the metrics read of the running gateway (``gateway.app.Gateway``), so that this module does not
+    depend on the one that wires everything together."""
+
+    @property
+    def store(self) -> StateStore: ...
+    @property
+    def sink(self) -> SpoolingSink: ...
+    @property
+    def ingest_stats(self) -> IngestStats: ...
+    @property
+    def outbox(self) -> Outbox: ...
+    @property
+    def pipeline(self) -> Pipeline: ...
+    @property
+    def pos(self) -> int: ...
+    @property
+    def checkpoints(self) -> int: ...
+    @property
+    def replayed(self) -> int: ...
+    @property
+    def now_ms(self) -> Callable[[], int]: ...
 
 
 class GatewayMetrics:
-    def __init__(self, gw: Gateway) -> None:
+    def __init__(self, gw: GatewayView) -> None:
         self.gw = gw
         self.registry = CollectorRegistry(auto_describe=False)
         self.write_latency = Histogram(
