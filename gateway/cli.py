@@ -195,6 +195,8 @@ def _plan(cfg: Config, args: argparse.Namespace) -> int:
         f"of {res.batch}; {res.hours:g} h of event time measured after a {res.warmup_ms / 60_000:.0f} min warm-up "
         f"({res.messages} messages through the real pipeline)"
     )
+    if res.devices_note is not None:
+        print(f"devices:   {res.devices_note}")
     print("\n".join(_describe_windows(cfg)))
     print("points per hour:")
     for name, n in sorted(res.points.items(), key=lambda kv: -kv[1]):

@@ -5,6 +5,9 @@ A synthetic fleet (``devices`` boards, each sending ``metrics`` every ``interval
 warm-up (the longest window plus its lateness, so every window is open and closing) and then ``hours``
 of event time. The points of the measured part are counted by measurement, and the state the engine and
 the deduplicator hold at the end is sized as JSON (what a checkpoint would store).
+
+The synthetic boards are always admitted (their ids are made up, and the plan sizes the fleet as given);
+:attr:`PlanResult.devices_note` says what the configuration's ``[devices]`` section would do to such a fleet.
 """
 
 from __future__ import annotations
@@ -12,9 +15,9 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from .config import Config
+from .config import Config, DevicesConfig
 from .live import DEVICE_INTERVAL_MS, DEVICE_WATERMARK, GATEWAY_HEALTH, HEALTH_INTERVAL_MS
 from .pipeline import Pipeline
 
@@ -37,6 +40,8 @@ class PlanResult:
     """Points per hour, by measurement (health points included, at their fixed intervals)."""
     engine_state_bytes: int = 0
     dedup_state_bytes: int = 0
+    devices_note: str | None = None
+    """Set when the configuration would not give every board of the fleet state (``[devices]``)."""
 
     @property
     def total_per_hour(self) -> int:
@@ -55,6 +60,7 @@ class PlanResult:
             "total_points_per_hour": self.total_per_hour,
             "engine_state_bytes": self.engine_state_bytes,
             "dedup_state_bytes": self.dedup_state_bytes,
+            "devices_note": self.devices_note,
         }
 
 
@@ -64,6 +70,22 @@ def _warmup_ms(cfg: Config) -> int:
         span = max(w.size_ms, w.gap_ms) + w.allowed_lateness_ms + (w.out_of_orderness_ms or 0)
         longest = max(longest, span)
     return longest + cfg.engine.watermark.out_of_orderness_ms
+
+
+def devices_note(dc: DevicesConfig, devices: int) -> str | None:
+    """What ``[devices]`` would do to a fleet of ``devices`` boards, or None when it admits them all."""
+    if not dc.allow_unknown:
+        return (
+            f"devices.allow_unknown = false: only the {len(dc.known)} ids in devices.known get state, the rest are "
+            f"dead letters (unknown_device); this plan admits all {devices} boards"
+        )
+    if devices > dc.max_devices:
+        more = devices - dc.max_devices
+        return (
+            f"devices.max_devices = {dc.max_devices}: {more} board{'s' if more != 1 else ''} beyond it would be dead "
+            f"letters (too_many_devices); this plan admits all {devices}: raise devices.max_devices to run them"
+        )
+    return None
 
 
 def run_plan(
@@ -82,7 +104,8 @@ def run_plan(
     measured_batches = max(1, round(hours * HOUR_MS / step))
     hours = measured_batches * step / HOUR_MS  # whole messages: what is measured is exactly this
     res = PlanResult(devices, metrics, interval_ms, batch, hours, warm_batches * step)
-    pipe = Pipeline(cfg)
+    res.devices_note = devices_note(cfg.devices, devices)
+    pipe = Pipeline(replace(cfg, devices=DevicesConfig(max_devices=max(devices, cfg.devices.max_devices))))
     prefix = cfg.mqtt.prefix
     batches = warm_batches + measured_batches
     per_device = batches * batch

@@ -84,6 +84,23 @@ def test_plan_measures_points_per_hour_and_state(tmp_path: Path, capsys: pytest.
     assert main(["plan", "--config", cfg, "--devices", "3"]) == 0
     text = capsys.readouterr().out
     assert "window:    t1m: tumbling 60 s per device" in text and "points per hour:" in text
+    assert "devices:" not in text and doc["devices_note"] is None  # the default cap admits them all
+
+
+def test_plan_sizes_the_fleet_as_given_and_says_what_devices_would_do(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = config(tmp_path)
+    path.write_text(path.read_text(encoding="utf-8") + "[devices]\nmax_devices = 5\n", encoding="utf-8")
+    assert main(["plan", "--config", str(path), "--devices", "8", "--interval", "30s", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert "dead_letter" not in doc["points_per_hour"]  # every board of the fleet was planned for
+    assert doc["points_per_hour"]["window"] == 8 * 2 * 60
+    assert "3 boards beyond it would be dead letters (too_many_devices)" in doc["devices_note"]
+    assert main(["plan", "--config", str(path), "--devices", "5"]) == 0
+    assert "devices:" not in capsys.readouterr().out
+    assert main(["plan", "--config", str(path), "--devices", "6"]) == 0
+    assert "devices:   devices.max_devices = 5: 1 board beyond it" in capsys.readouterr().out
 
 
 def test_replay_of_a_recording_dry_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
