@@ -251,6 +251,7 @@ class _SlideKey:
         "front_a",
         "front_s",
         "hi",
+        "hint",
         "revs",
         "spare",
         "starts",
@@ -273,6 +274,7 @@ class _SlideKey:
         # Accumulators of dropped panes and popped stack entries, for reuse by this key (not in snapshots): a
         # key's panes and stack entries come and go at the same pace, so this stays as large as its peak use.
         self.spare: list[Acc] = []
+        self.hint = 0  # where the first pane at or after ``hi`` was last seen in ``starts`` (checked before use)
 
     def to_json(self) -> dict[str, Any]:
         hi = self.hi
@@ -395,7 +397,7 @@ class SlidingOperator(WindowOperator):
         starts, accs = ks.starts, ks.accs
         if not front_s and back_acc is not None:  # transfer: the back's panes (from start on) become the front
             lo = ks.back_from if ks.back_from > start else start
-            i = _left_from_back(starts, hi) - 1
+            i = _left_from_back(starts, hi, ks.hint) - 1
             j = _left_from_front(starts, lo)
             prev: Acc | None = None
             while i >= j:
@@ -411,7 +413,7 @@ class SlidingOperator(WindowOperator):
             spare.append(back_acc)
             back_acc = None
             ks.back_from = hi
-        i = _left_from_back(starts, hi if hi > start else start)
+        i = _left_from_back(starts, hi if hi > start else start, ks.hint)
         n = len(starts)
         while i < n and starts[i] < end:
             if back_acc is None:
@@ -422,6 +424,7 @@ class SlidingOperator(WindowOperator):
             i += 1
         ks.back_acc = back_acc
         ks.hi = end
+        ks.hint = i
         site = self.sites[k]
         name, kind, aggs = self.name, self.kind, self.aggs
         fa = front_a[-1] if front_a else None
@@ -524,6 +527,7 @@ class SlidingOperator(WindowOperator):
             spare, accs = ks.spare, ks.accs
             for j in range(n):
                 spare.append(accs[j])
+            ks.hint -= n
             del ks.accs[:n]
         if not starts and not ks.revs:
             del self.keys[k], self.sites[k]
@@ -703,9 +707,11 @@ def _left_from_front(a: list[int], x: int) -> int:
     return i if i == n else bisect_left(a, x, 4)
 
 
-def _left_from_back(a: list[int], x: int) -> int:
-    """``bisect_left(a, x)``, quick when few items are at or above ``x`` (the newest panes of a key)."""
+def _left_from_back(a: list[int], x: int, hint: int = -1) -> int:
+    """``bisect_left(a, x)``, quick when ``hint`` is the answer or few items are at or above ``x``."""
     i = len(a)
+    if 0 <= hint <= i and (hint == 0 or a[hint - 1] < x) and (hint == i or a[hint] >= x):
+        return hint
     lo = i - 4 if i > 4 else 0
     while i > lo:
         if a[i - 1] < x:

@@ -45,11 +45,12 @@ def test_ranges_are_exactly_the_grid_windows_containing_ts(ts: int, size: int, d
     assert e > ts and (e - size - offset) % slide == 0 and e - slide <= ts
 
 
-@given(st.lists(st.integers(-50, 50), max_size=30).map(sorted), st.integers(-60, 60))
-def test_pane_searches_from_either_end_agree_with_bisect(starts: list[int], x: int) -> None:
+@given(st.lists(st.integers(-50, 50), max_size=30).map(sorted), st.integers(-60, 60), st.integers(-3, 33))
+def test_pane_searches_from_either_end_agree_with_bisect(starts: list[int], x: int, hint: int) -> None:
     from bisect import bisect_left
 
     from gateway.engine.operators import _left_from_back, _left_from_front
 
     assert _left_from_front(starts, x) == bisect_left(starts, x)
     assert _left_from_back(starts, x) == bisect_left(starts, x)
+    assert _left_from_back(starts, x, hint) == bisect_left(starts, x)  # a stale hint is only a hint
