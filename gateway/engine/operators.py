@@ -272,7 +272,8 @@ class _SlideKey:
         self.back_acc: Acc | None = None
         self.hi: int | None = None  # panes below this have been pushed; None: stacks empty/invalid
         # Accumulators of dropped panes and popped stack entries, for reuse by this key (not in snapshots): a
-        # key's panes and stack entries come and go at the same pace, so this stays as large as its peak use.
+        # key's panes and stack entries come and go at the same pace. At most ``SlidingOperator.spare_max``:
+        # a burst (a board flushing half an hour of readings) must not stay allocated for the key's life.
         self.spare: list[Acc] = []
         self.hint = 0  # where the first pane at or after ``hi`` was last seen in ``starts`` (checked before use)
 
@@ -323,6 +324,7 @@ class SlidingOperator(WindowOperator):
         self.offset = spec.offset_ms
         self.pane = pane_size(spec.size_ms, spec.slide_ms)
         self.keys: dict[str, _SlideKey] = {}
+        self.spare_max = 2 * (spec.size_ms // self.pane) + 4  # a window's panes, its stack entries and the back
 
     def _new_acc(self, ks: _SlideKey) -> Acc:
         spare = ks.spare
@@ -391,9 +393,12 @@ class SlidingOperator(WindowOperator):
             self._release_stacks(ks)
             back_acc = None
             ks.back_from = hi = start
+        smax = self.spare_max
         while front_s and front_s[-1] < start:  # evict panes older than start
             front_s.pop()
-            spare.append(front_a.pop())
+            old = front_a.pop()
+            if len(spare) < smax:
+                spare.append(old)
         starts, accs = ks.starts, ks.accs
         if not front_s and back_acc is not None:  # transfer: the back's panes (from start on) become the front
             lo = ks.back_from if ks.back_from > start else start
@@ -410,7 +415,8 @@ class SlidingOperator(WindowOperator):
                 front_a.append(f)
                 prev = f
                 i -= 1
-            spare.append(back_acc)
+            if len(spare) < smax:
+                spare.append(back_acc)
             back_acc = None
             ks.back_from = hi
         i = _left_from_back(starts, hi if hi > start else start, ks.hint)
@@ -451,13 +457,16 @@ class SlidingOperator(WindowOperator):
 
     def _release_stacks(self, ks: _SlideKey) -> None:
         """Empty the two stacks, their accumulators back to the key's spares."""
-        spare = ks.spare
-        spare.extend(ks.front_a)
+        spare, smax = ks.spare, self.spare_max
+        for a in ks.front_a:
+            if len(spare) >= smax:
+                break
+            spare.append(a)
         ks.front_a.clear()
         ks.front_s.clear()
-        if ks.back_acc is not None:
+        if ks.back_acc is not None and len(spare) < smax:
             spare.append(ks.back_acc)
-            ks.back_acc = None
+        ks.back_acc = None
         ks.hi = None
 
     def _refire(self, out: list[Output], k: str, ks: _SlideKey, old: int) -> None:
@@ -525,7 +534,7 @@ class SlidingOperator(WindowOperator):
         if n:
             del starts[:n]
             spare, accs = ks.spare, ks.accs
-            for j in range(n):
+            for j in range(min(n, self.spare_max - len(spare))):
                 spare.append(accs[j])
             ks.hint -= n
             del ks.accs[:n]

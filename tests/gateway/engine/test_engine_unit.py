@@ -93,3 +93,20 @@ def test_snapshot_version_and_windows_are_checked() -> None:
         other.restore(snap)
     with pytest.raises(ValueError, match="version"):
         other.restore({**snap, "version": 99})
+
+
+def test_a_flushed_buffer_does_not_leave_its_panes_allocated_to_the_device() -> None:
+    """A board flushing half an hour of readings at once opens 1,800 one-second panes; once they are past,
+    its sliding window keeps at most a window's worth of accumulators for reuse, not all 1,800."""
+    w = {"name": "s", "kind": "sliding", "size": "60s", "slide": "1s", "metrics": ["temp_c", "rh"]}
+    e = Engine(parse_engine({"windows": [w]}))
+    flushed = [(T0 + i * 1000, 1, i, {"temp_c": 20.0 + i % 7, "rh": 50.0}) for i in range(1800)]
+    outs = e.process_batch(batch("d", flushed, flushed=T0 + 1_800_000), now_ms=T0 + 1_801_000)
+    assert sum(isinstance(o, WindowResult) for o in outs) == 2 * 1800  # every window up to the marker, 2 metrics
+    for s in range(1800, 1900):  # then live
+        now = T0 + s * 1000
+        e.process_batch(batch("d", [(now, 1, s, {"temp_c": 21.0, "rh": 50.0})]), now_ms=now + 50)
+    op = e.windows[0].op
+    key = op.keys["d"]
+    assert len(key.starts) <= 70  # the panes still in a window (plus the bound ahead)
+    assert len(key.spare) <= op.spare_max == 2 * 60 + 4
