@@ -20,7 +20,7 @@ import os
 import re
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -314,38 +314,44 @@ class Gateway:
 
     # --------------------------------------------------------------------------------------- run
 
+    async def _every_interval(self, stop: asyncio.Event, step: Callable[[], Awaitable[None]], what: str) -> None:
+        """Run ``step`` every ``stats_interval_s`` until ``stop``; a failure (a full disk, a busy database) is
+        logged and tried again next time, never dies silently."""
+        while not stop.is_set():
+            try:
+                await step()
+            except Exception:
+                log.exception("%s failed; trying again", what, extra={"event": f"{what}_error"})
+            try:
+                await asyncio.wait_for(stop.wait(), self.stats_interval_s)
+            except TimeoutError:
+                pass
+
     async def _tick_loop(self, stop: asyncio.Event) -> None:
         """Once a second: let time move the engine (idle devices), write health points, maybe checkpoint.
 
         A tick is pipeline input: while the spool is full it waits with the rest (see :meth:`_status_loop`)."""
         last_checkpoint = time.monotonic()
-        while not stop.is_set():
-            try:
-                await self._tick()
-                await self.sink.add(self.live.health_lines(self.now_ms(), self.snapshot_stats()))  # deploy
-                if time.monotonic() - last_checkpoint >= self.config.state.checkpoint_interval_s:
-                    await self.checkpoint()
-                    last_checkpoint = time.monotonic()
-            except Exception:  # a full disk, a busy database: say so and try again next second, never die silently
-                log.exception("tick failed; trying again", extra={"event": "tick_error"})
-            try:
-                await asyncio.wait_for(stop.wait(), self.stats_interval_s)
-            except TimeoutError:
-                pass
+
+        async def step() -> None:
+            nonlocal last_checkpoint
+            await self._tick()
+            await self.sink.add(self.live.health_lines(self.now_ms(), self.snapshot_stats()))  # deploy
+            if time.monotonic() - last_checkpoint >= self.config.state.checkpoint_interval_s:
+                await self.checkpoint()
+                last_checkpoint = time.monotonic()
+
+        await self._every_interval(stop, step, "tick")
 
     async def _status_loop(self, stop: asyncio.Event) -> None:
         """Once a second: sample the metrics and write the stats file - never waiting on the pipeline or the
         sink, so that ``top`` and the stats file go on showing a full spool while InfluxDB is away."""
-        while not stop.is_set():
-            try:
-                self.metrics.sample()
-                self._write_stats()
-            except Exception:  # a full disk: say so and try again next second
-                log.exception("stats failed; trying again", extra={"event": "stats_error"})
-            try:
-                await asyncio.wait_for(stop.wait(), self.stats_interval_s)
-            except TimeoutError:
-                pass
+
+        async def step() -> None:
+            self.metrics.sample()
+            self._write_stats()
+
+        await self._every_interval(stop, step, "stats")
 
     async def run(self, stop: asyncio.Event) -> None:
         cfg = self.config
