@@ -132,31 +132,16 @@ class Engine:
         windows = self.windows
         if rows:
             stats["readings"] += len(rows)
-            if len(rows) == 1:  # the common message: one reading
+            if len(rows) == 1 and self._groups == 1:  # the common message: one reading, windows of one metric set
                 r = rows[0]
-                t, b, sq = r.t_ms, r.boot, r.seq
-                if self._groups == 1:  # every window has the same metrics: one list of values for all
-                    values = self._values(r, windows[0].metrics)
-                    if values is not None:
-                        for w in windows:
-                            late = w.op.add(site if w.key_site else device, site, device, t, b, sq, values)
-                            if late:
-                                out.extend(late)
-                else:
-                    one: list[Values | None] = [None] * self._groups  # windows with the same metrics share values
-                    done = [False] * self._groups
+                values = self._values(r, windows[0].metrics)
+                if values is not None:
+                    t, b, sq = r.t_ms, r.boot, r.seq
                     for w in windows:
-                        g = w.group
-                        if done[g]:
-                            values = one[g]
-                        else:
-                            values = one[g] = self._values(r, w.metrics)
-                            done[g] = True
-                        if values is not None:
-                            late = w.op.add(site if w.key_site else device, site, device, t, b, sq, values)
-                            if late:
-                                out.extend(late)
-            else:
+                        late = w.op.add(site if w.key_site else device, site, device, t, b, sq, values)
+                        if late:
+                            out.extend(late)
+            else:  # windows with the same metrics share each reading's values
                 shared: list[list[Values | None] | None] = [None] * self._groups
                 for w in windows:
                     vals = shared[w.group]
