@@ -326,6 +326,11 @@ class SlidingOperator(WindowOperator):
         self.keys: dict[str, _SlideKey] = {}
         self.spare_max = 2 * (spec.size_ms // self.pane) + 4  # a window's panes, its stack entries and the back
 
+    def _give_back(self, ks: _SlideKey, acc: Acc) -> None:
+        """Keep an accumulator the key no longer uses for its next pane or stack entry (up to ``spare_max``)."""
+        if len(ks.spare) < self.spare_max:
+            ks.spare.append(acc)
+
     def _new_acc(self, ks: _SlideKey) -> Acc:
         spare = ks.spare
         if spare:
@@ -393,12 +398,9 @@ class SlidingOperator(WindowOperator):
             self._release_stacks(ks)
             back_acc = None
             ks.back_from = hi = start
-        smax = self.spare_max
         while front_s and front_s[-1] < start:  # evict panes older than start
             front_s.pop()
-            old = front_a.pop()
-            if len(spare) < smax:
-                spare.append(old)
+            self._give_back(ks, front_a.pop())
         starts, accs = ks.starts, ks.accs
         if not front_s and back_acc is not None:  # transfer: the back's panes (from start on) become the front
             lo = ks.back_from if ks.back_from > start else start
@@ -415,8 +417,7 @@ class SlidingOperator(WindowOperator):
                 front_a.append(f)
                 prev = f
                 i -= 1
-            if len(spare) < smax:
-                spare.append(back_acc)
+            self._give_back(ks, back_acc)
             back_acc = None
             ks.back_from = hi
         i = _left_from_back(starts, hi if hi > start else start, ks.hint)
@@ -434,38 +435,26 @@ class SlidingOperator(WindowOperator):
         site = self.sites[k]
         name, kind, aggs = self.name, self.kind, self.aggs
         fa = front_a[-1] if front_a else None
-        for m, metric in self.bases:
-            if fa is not None:
-                x = fa[m]
-                if back_acc is not None:
-                    y = back_acc[m]
-                    if x.n + y.n:
-                        r = WindowResult(name, kind, k, site, start, end, metric, x.n + y.n, None, 1, "watermark", aggs)
-                        r.set(x)
-                        r.merge_from(y)
-                        out.append(r)
-                elif x.n:
-                    r = WindowResult(name, kind, k, site, start, end, metric, x.n, None, 1, "watermark", aggs)
+        for m, metric in self.bases:  # each result: the front's top, then the back merged in (either may be empty)
+            x = None if fa is None else fa[m]
+            y = None if back_acc is None else back_acc[m]
+            n = (0 if x is None else x.n) + (0 if y is None else y.n)
+            if n:
+                r = WindowResult(name, kind, k, site, start, end, metric, n, None, 1, "watermark", aggs)
+                if x is not None:
                     r.set(x)
-                    out.append(r)
-            elif back_acc is not None:
-                y = back_acc[m]
-                if y.n:
-                    r = WindowResult(name, kind, k, site, start, end, metric, y.n, None, 1, "watermark", aggs)
-                    r.set(y)
-                    out.append(r)
+                if y is not None:
+                    r.merge_from(y)
+                out.append(r)
 
     def _release_stacks(self, ks: _SlideKey) -> None:
         """Empty the two stacks, their accumulators back to the key's spares."""
-        spare, smax = ks.spare, self.spare_max
         for a in ks.front_a:
-            if len(spare) >= smax:
-                break
-            spare.append(a)
+            self._give_back(ks, a)
         ks.front_a.clear()
         ks.front_s.clear()
-        if ks.back_acc is not None and len(spare) < smax:
-            spare.append(ks.back_acc)
+        if ks.back_acc is not None:
+            self._give_back(ks, ks.back_acc)
         ks.back_acc = None
         ks.hi = None
 
@@ -533,9 +522,9 @@ class SlidingOperator(WindowOperator):
             n += 1
         if n:
             del starts[:n]
-            spare, accs = ks.spare, ks.accs
-            for j in range(min(n, self.spare_max - len(spare))):
-                spare.append(accs[j])
+            accs = ks.accs
+            for j in range(n):
+                self._give_back(ks, accs[j])
             ks.hint -= n
             del ks.accs[:n]
         if not starts and not ks.revs:
