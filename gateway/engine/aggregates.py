@@ -275,7 +275,8 @@ class Stat:
         self.lv = o.lv
 
     def clear(self) -> None:
-        """Back to no value (as new)."""
+        """Back to no value (as new). Written out rather than called from ``__init__``: compiled, the fields
+        assigned in ``__init__`` itself are known to be always set, and read without a check."""
         self.n = 0
         self.total = self.lo = self.hi = self.mean = self.m2 = self.fv = self.lv = 0.0
         self.ft = self.fb = self.fs = self.lt = self.lb = self.ls = 0
