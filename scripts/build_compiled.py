@@ -24,7 +24,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 ENGINE = ROOT / "gateway" / "engine"
-MODULES = ("aggregates", "windows", "outputs", "operators", "engine")  # keep in step with gateway/engine/__init__.py
+# keep in step with COMPILED_MODULES in gateway/engine/_build.py
+MODULES = ("aggregates", "accs", "windows", "outputs", "operators", "engine")
 GROUP = "gateway.engine._native"  # the shared library lives in the package: no top-level module
 STAMP = ENGINE / "_compiled.json"
 

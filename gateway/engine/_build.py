@@ -22,7 +22,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Final
 
-COMPILED_MODULES: Final = ("aggregates", "windows", "outputs", "operators", "engine")
+COMPILED_MODULES: Final = ("aggregates", "accs", "windows", "outputs", "operators", "engine")
 """The hot modules ``scripts/build_compiled.py`` compiles with mypyc (the .py files are the reference)."""
 
 _HERE = Path(__file__).resolve().parent

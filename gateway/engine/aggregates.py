@@ -6,7 +6,8 @@ can merge partial results. ``order`` is the reading's ``(event time, boot, seq)`
 are by event time, ties broken by the reading's identity, so they do not depend on arrival order.
 
 The window operators use :class:`Stat`, which fuses all eight into one object per window (or pane, or
-session) and metric: one call per value instead of eight. The per-aggregate objects define the semantics
+session) and metric: one call per value instead of eight (their accumulators, ``accs.Acc``, hold the fields
+of a Stat for each metric of a window in one object). The per-aggregate objects define the semantics
 and are tested against it. Variance is Welford's update with Chan's parallel merge, which stays accurate where
 the naive sum of squares cancels catastrophically. ``stddev`` is the *sample* standard deviation
 (``n - 1``, as InfluxDB's ``stddev()``) and has no value for fewer than two readings.
@@ -22,18 +23,12 @@ from mypy_extensions import mypyc_attr
 
 __all__ = [
     "AGGREGATES",
-    "Acc",
+    "FIELDS",
     "Aggregator",
     "Order",
     "Stat",
-    "acc_clear",
-    "acc_empty",
-    "acc_from_json",
-    "acc_merge_into",
-    "acc_set",
-    "acc_set_merge",
-    "acc_to_json",
     "order_key",
+    "order_parts",
 ]
 
 Order = tuple[int, int, int]
@@ -343,12 +338,10 @@ class Stat:
         return st
 
 
-# A window's (or pane's, or session's) accumulator: one Stat per metric of the window, in its order (a tuple: one
-# block of memory, and the collector untracks it since Stats hold no references). In
-# snapshots it is one flat list, ``FIELDS`` values per metric (:meth:`Stat.to_json`), as it always was.
+# In snapshots a Stat is ``FIELDS`` values (:meth:`Stat.to_json`); an accumulator of several metrics
+# (``accs.Acc``) is their concatenation.
 
 FIELDS: Final = 10
-Acc = tuple[Stat, ...]
 
 _BOOT_SHIFT: Final = 1 << 31  # boot and seq are 0..2^31-1 (docs/protocol.md)
 _T_SHIFT: Final = 1 << 62
@@ -362,43 +355,3 @@ def order_key(t: int, b: int, s: int) -> int:
 def order_parts(o: int) -> tuple[int, int, int]:
     """The inverse of :func:`order_key`."""
     return o >> 62, (o >> 31) & _LOW31, o & _LOW31
-
-
-def acc_empty(metrics: int) -> Acc:
-    return tuple([Stat() for _ in range(metrics)])
-
-
-def acc_clear(a: Acc) -> None:
-    for x in a:
-        x.clear()
-
-
-def acc_set(out: Acc, a: Acc) -> None:
-    """``out`` becomes a copy of ``a`` (same length), in place."""
-    for i in range(len(a)):
-        out[i].set(a[i])
-
-
-def acc_set_merge(out: Acc, a: Acc, b: Acc) -> None:
-    """``out`` becomes the merge of ``a`` and ``b`` (a copy of ``a``, then ``b`` merged in), in place."""
-    for i in range(len(a)):
-        x = out[i]
-        x.set(a[i])
-        x.merge_from(b[i])
-
-
-def acc_merge_into(out: Acc, b: Acc) -> None:
-    """Merge ``b`` into ``out`` in place."""
-    for i in range(len(b)):
-        out[i].merge_from(b[i])
-
-
-def acc_to_json(a: Acc) -> list[Any]:
-    flat: list[Any] = []
-    for x in a:
-        flat.extend(x.to_json())
-    return flat
-
-
-def acc_from_json(flat: list[Any]) -> Acc:
-    return tuple([Stat.from_json(flat, i) for i in range(0, len(flat), FIELDS)])

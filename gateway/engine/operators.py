@@ -19,16 +19,7 @@ from bisect import bisect_left, insort
 from heapq import heappop, heappush
 from typing import Any, Final, Protocol
 
-from .aggregates import (
-    Acc,
-    acc_clear,
-    acc_empty,
-    acc_from_json,
-    acc_merge_into,
-    acc_set,
-    acc_set_merge,
-    acc_to_json,
-)
+from .accs import Acc, Values, acc_empty, acc_from_json, acc_to_json
 from .config import WindowSpec
 from .outputs import Fired, LateReading, Output, WindowResult
 from .windows import first_window_end_after, pane_size
@@ -43,8 +34,6 @@ __all__ = [
     "build_operator",
 ]
 
-Values = list[float | None]
-"""One reading's values for a window, one per metric of the window in its order (``None``: no value)."""
 _NONE: Final[tuple[Output, ...]] = ()
 
 
@@ -102,15 +91,9 @@ class WindowOperator:
 
     def _add_values(self, acc: Acc, values: Values, t: int, b: int, s: int) -> None:
         if self.var:
-            for i in range(len(values)):
-                v = values[i]
-                if v is not None:
-                    acc[i].add_var(v, t, b, s)
+            acc.add_var(values, t, b, s)
         else:
-            for i in range(len(values)):
-                v = values[i]
-                if v is not None:
-                    acc[i].add(v, t, b, s)
+            acc.add(values, t, b, s)
 
     def watermark(self, key: str) -> int | None:
         return self.wm.get("" if self.shared else key)
@@ -133,14 +116,14 @@ class WindowOperator:
         return late
 
     def _emit(self, out: list[Output], key: str, start: int, end: int, acc: Acc, rev: int, fired: Fired) -> None:
-        """One result per metric with values, each a copy of the metric's Stat in ``acc``."""
+        """One result per metric with values, each a copy of the metric's aggregates in ``acc``."""
         site = self.sites[key]
         name, kind, aggs = self.name, self.kind, self.aggs
         for i, metric in self.bases:
-            st = acc[i]
-            if st.n:
-                r = WindowResult(name, kind, key, site, start, end, metric, st.n, None, rev, fired, aggs)
-                r.set(st)
+            n = acc.count(i)
+            if n:
+                r = WindowResult(name, kind, key, site, start, end, metric, n, None, rev, fired, aggs)
+                acc.put(i, r)
                 out.append(r)
 
     def _base_snapshot(self) -> dict[str, Any]:
@@ -335,7 +318,7 @@ class SlidingOperator(WindowOperator):
         spare = ks.spare
         if spare:
             acc = spare.pop()
-            acc_clear(acc)
+            acc.clear()
             return acc
         return acc_empty(self.nm)
 
@@ -380,7 +363,7 @@ class SlidingOperator(WindowOperator):
         acc = acc_empty(self.nm)
         i = bisect_left(starts, start)
         while i < len(starts) and starts[i] < end:
-            acc_merge_into(acc, accs[i])
+            acc.merge_from(accs[i])
             i += 1
         return acc
 
@@ -410,9 +393,10 @@ class SlidingOperator(WindowOperator):
             while i >= j:
                 f = spare.pop() if spare else acc_empty(nm)
                 if prev is None:
-                    acc_set(f, accs[i])
+                    f.set(accs[i])
                 else:
-                    acc_set_merge(f, prev, accs[i])
+                    f.set(prev)
+                    f.merge_from(accs[i])
                 front_s.append(starts[i])
                 front_a.append(f)
                 prev = f
@@ -425,9 +409,9 @@ class SlidingOperator(WindowOperator):
         while i < n and starts[i] < end:
             if back_acc is None:
                 back_acc = spare.pop() if spare else acc_empty(nm)
-                acc_set(back_acc, accs[i])
+                back_acc.set(accs[i])
             else:
-                acc_merge_into(back_acc, accs[i])  # in place: back_acc itself is never handed out
+                back_acc.merge_from(accs[i])  # in place: back_acc itself is never handed out
             i += 1
         ks.back_acc = back_acc
         ks.hi = end
@@ -436,15 +420,13 @@ class SlidingOperator(WindowOperator):
         name, kind, aggs = self.name, self.kind, self.aggs
         fa = front_a[-1] if front_a else None
         for m, metric in self.bases:  # each result: the front's top, then the back merged in (either may be empty)
-            x = None if fa is None else fa[m]
-            y = None if back_acc is None else back_acc[m]
-            n = (0 if x is None else x.n) + (0 if y is None else y.n)
+            n = (0 if fa is None else fa.count(m)) + (0 if back_acc is None else back_acc.count(m))
             if n:
                 r = WindowResult(name, kind, k, site, start, end, metric, n, None, 1, "watermark", aggs)
-                if x is not None:
-                    r.set(x)
-                if y is not None:
-                    r.merge_from(y)
+                if fa is not None:
+                    fa.put(m, r)
+                if back_acc is not None:
+                    back_acc.merge_put(m, r)
                 out.append(r)
 
     def _release_stacks(self, ks: _SlideKey) -> None:
@@ -618,7 +600,7 @@ class SessionOperator(WindowOperator):
         merged: Acc = base.acc
         late = any(x.rev > 0 for x in hits) or (wm is not None and end <= wm)
         for x in hits[1:]:
-            acc_merge_into(merged, x.acc)
+            merged.merge_from(x.acc)
             sessions.remove(x)
             if x.rev > 0:
                 self.tombs.setdefault(key, []).append([x.start, x.end, x.rev + 1])

@@ -8,7 +8,7 @@ import statistics
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.engine.aggregates import AGGREGATES, Stat, acc_from_json, acc_to_json
+from gateway.engine.aggregates import AGGREGATES, Stat
 
 values = st.lists(st.tuples(st.integers(0, 50), st.integers(-1000, 1000)), min_size=1, max_size=40)
 NAMES = ("sum", "mean", "min", "max", "stddev", "first", "last")
@@ -47,7 +47,7 @@ def test_fused_stat_adds_and_merges(raw: list[tuple[int, int]], cut: int, shuffl
     whole = fold(feed)
     assert whole.n == len(items)
     assert close(whole.result(NAMES), expected(items))
-    restored = acc_from_json(acc_to_json((whole,)))[0]  # the snapshot form keeps everything
+    restored = Stat.from_json(whole.to_json())  # the snapshot form keeps everything
     assert restored.result(NAMES) == whole.result(NAMES) and restored.n == whole.n
     cut = min(max(cut, 1), len(items) - 1) if len(items) > 1 else 0
     if cut:

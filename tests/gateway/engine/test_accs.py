@@ -1,0 +1,98 @@
+"""Accumulators (``gateway/engine/accs.py``): each metric of an ``Acc`` behaves exactly as a ``Stat``.
+
+``Acc1`` ... ``Acc4`` are written by ``scripts/gen_accs.py`` with the code of ``Stat`` inlined per metric;
+``AccN`` keeps one ``Stat`` per metric. Over random sequences of adds (with and without variance, with
+missing values and ties in time), copies and merges, every metric of every width must hold what a ``Stat``
+given the same operations holds, to the bit, and snapshot as it would.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.engine.accs import Acc, Acc1, Acc2, Acc3, Acc4, AccN, acc_empty, acc_from_json, acc_to_json
+from gateway.engine.aggregates import Stat
+
+ROOT = Path(__file__).resolve().parents[3]
+
+value = st.one_of(st.none(), st.floats(-1e6, 1e6, allow_nan=False), st.sampled_from([0.0, -0.0, 1.5]))
+stamp = st.tuples(st.integers(0, 6), st.integers(0, 2), st.integers(0, 3))  # (t, boot, seq): many ties
+op = st.one_of(
+    st.tuples(st.just("add"), st.integers(0, 2), st.booleans(), stamp, st.lists(value, min_size=6, max_size=6)),
+    st.tuples(st.just("merge"), st.integers(0, 2), st.integers(0, 2)),
+    st.tuples(st.just("set"), st.integers(0, 2), st.integers(0, 2)),
+    st.tuples(st.just("clear"), st.integers(0, 2)),
+)
+
+
+def stat_fields(x: Stat) -> tuple[object, ...]:
+    return (x.n, x.total, x.lo, x.hi, x.mean, x.m2, x.ft, x.fb, x.fs, x.fv, x.lt, x.lb, x.ls, x.lv)
+
+
+def as_stat(acc: Acc, i: int) -> Stat:
+    r = Stat()
+    acc.put(i, r)
+    return r
+
+
+def test_factory_picks_the_class_for_the_width() -> None:
+    assert [type(acc_empty(k)) for k in range(1, 7)] == [Acc1, Acc2, Acc3, Acc4, AccN, AccN]
+
+
+def test_generated_module_is_what_the_script_writes() -> None:
+    spec = importlib.util.spec_from_file_location("gen_accs", ROOT / "scripts" / "gen_accs.py")
+    assert spec is not None and spec.loader is not None
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    assert (ROOT / "gateway" / "engine" / "accs.py").read_text() == gen.generate()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 6), st.lists(op, max_size=40))
+def test_every_metric_of_an_acc_is_a_stat(width: int, ops: list[tuple[object, ...]]) -> None:
+    accs = [acc_empty(width) for _ in range(3)]
+    refs = [[Stat() for _ in range(width)] for _ in range(3)]
+    for o in ops:
+        kind = o[0]
+        if kind == "add":
+            _, j, var, (t, b, s), vals = o
+            values = list(vals)[:width]  # type: ignore[call-overload]
+            (accs[j].add_var if var else accs[j].add)(values, t, b, s)  # type: ignore[index]
+            for i, v in enumerate(values):
+                if v is not None:
+                    (refs[j][i].add_var if var else refs[j][i].add)(v, t, b, s)  # type: ignore[index]
+        elif kind == "merge":
+            _, j, k = o
+            if j != k:
+                accs[j].merge_from(accs[k])  # type: ignore[index]
+                for i in range(width):
+                    refs[j][i].merge_from(refs[k][i])  # type: ignore[index]
+        elif kind == "set":
+            _, j, k = o
+            accs[j].set(accs[k])  # type: ignore[index]
+            for i in range(width):
+                refs[j][i].set(refs[k][i])  # type: ignore[index]
+        else:
+            accs[o[1]].clear()  # type: ignore[index]
+            for x in refs[o[1]]:  # type: ignore[index]
+                x.clear()
+    for acc, ref in zip(accs, refs, strict=True):
+        for i in range(width):
+            assert acc.count(i) == ref[i].n
+            assert stat_fields(as_stat(acc, i)) == stat_fields(ref[i])
+        flat = acc_to_json(acc)
+        assert flat == [f for x in ref for f in x.to_json()]  # the snapshot form of a tuple of Stats
+        again = acc_from_json(flat)
+        assert type(again) is type(acc) and acc_to_json(again) == flat
+    # merge_put: a Stat with values merges in each metric as Stat.merge_from would
+    for i in range(width):
+        base, ref = Stat(), Stat()
+        base.add_var(3.0, 2, 1, 1)
+        ref.add_var(3.0, 2, 1, 1)
+        accs[0].merge_put(i, base)
+        ref.merge_from(refs[0][i])
+        assert stat_fields(base) == stat_fields(ref)
