@@ -55,9 +55,15 @@ Values = list[float | None]
 
 @mypyc_attr(acyclic=True)
 class Acc:
-    """The accumulator of one window, pane or session: one set of aggregates per metric."""
+    """The accumulator of one window, pane or session: one set of aggregates per metric.
 
-    __slots__ = ()
+    ``start`` is the operator's to use: a sliding window's pane keeps its start there, so that finding a
+    pane reads the object it is about to use anyway. The aggregate methods neither read nor copy it.
+    """
+
+    __slots__ = ("start",)
+
+    start: int
 
     def clear(self) -> None:
         """Back to no value for every metric (as new)."""
@@ -107,6 +113,7 @@ class AccN(Acc):
     __slots__ = ("stats",)
 
     def __init__(self, metrics: int) -> None:
+        self.start = 0
         self.stats = tuple([Stat() for _ in range(metrics)])
 
     def clear(self) -> None:
@@ -316,6 +323,7 @@ def gen_class(k: int) -> str:
             lines.append(f"    {f}_{i}: {'int' if f in INTS else 'float'}")
     lines.append("")
     lines.append("    def __init__(self) -> None:")
+    lines.append("        self.start = 0")
     for i in range(k):
         lines.extend(_zero_lines(i, 8))
     lines.append("")

@@ -25,9 +25,15 @@ Values = list[float | None]
 
 @mypyc_attr(acyclic=True)
 class Acc:
-    """The accumulator of one window, pane or session: one set of aggregates per metric."""
+    """The accumulator of one window, pane or session: one set of aggregates per metric.
 
-    __slots__ = ()
+    ``start`` is the operator's to use: a sliding window's pane keeps its start there, so that finding a
+    pane reads the object it is about to use anyway. The aggregate methods neither read nor copy it.
+    """
+
+    __slots__ = ("start",)
+
+    start: int
 
     def clear(self) -> None:
         """Back to no value for every metric (as new)."""
@@ -77,6 +83,7 @@ class AccN(Acc):
     __slots__ = ("stats",)
 
     def __init__(self, metrics: int) -> None:
+        self.start = 0
         self.stats = tuple([Stat() for _ in range(metrics)])
 
     def clear(self) -> None:
@@ -163,6 +170,7 @@ class Acc1(Acc):
     lv_0: float
 
     def __init__(self) -> None:
+        self.start = 0
         self.n_0 = 0
         self.total_0 = self.lo_0 = self.hi_0 = self.mean_0 = self.m2_0 = self.fv_0 = self.lv_0 = 0.0
         self.ft_0 = self.fb_0 = self.fs_0 = self.lt_0 = self.lb_0 = self.ls_0 = 0
@@ -461,6 +469,7 @@ class Acc2(Acc):
     lv_1: float
 
     def __init__(self) -> None:
+        self.start = 0
         self.n_0 = 0
         self.total_0 = self.lo_0 = self.hi_0 = self.mean_0 = self.m2_0 = self.fv_0 = self.lv_0 = 0.0
         self.ft_0 = self.fb_0 = self.fs_0 = self.lt_0 = self.lb_0 = self.ls_0 = 0
@@ -1000,6 +1009,7 @@ class Acc3(Acc):
     lv_2: float
 
     def __init__(self) -> None:
+        self.start = 0
         self.n_0 = 0
         self.total_0 = self.lo_0 = self.hi_0 = self.mean_0 = self.m2_0 = self.fv_0 = self.lv_0 = 0.0
         self.ft_0 = self.fb_0 = self.fs_0 = self.lt_0 = self.lb_0 = self.ls_0 = 0
@@ -1777,6 +1787,7 @@ class Acc4(Acc):
     lv_3: float
 
     def __init__(self) -> None:
+        self.start = 0
         self.n_0 = 0
         self.total_0 = self.lo_0 = self.hi_0 = self.mean_0 = self.m2_0 = self.fv_0 = self.lv_0 = 0.0
         self.ft_0 = self.fb_0 = self.fs_0 = self.lt_0 = self.lb_0 = self.ls_0 = 0

@@ -15,7 +15,7 @@ per key (a device or a site). The engine drives it with two calls:
 
 from __future__ import annotations
 
-from bisect import bisect_left, insort
+from bisect import insort
 from heapq import heappop, heappush
 from typing import Any, Final, Protocol
 
@@ -232,24 +232,20 @@ class _SlideKey:
         "cleanup",
         "dirty",
         "front_a",
-        "front_s",
         "hi",
         "hint",
         "revs",
         "spare",
-        "starts",
     )
 
     def __init__(self) -> None:
-        self.starts: list[int] = []  # pane starts, sorted
-        self.accs: list[Acc] = []  # the panes' accumulators, in the order of ``starts``
+        self.accs: list[Acc] = []  # the panes' accumulators, sorted by their ``start`` (the pane's start)
         self.revs: dict[int, int] = {}  # window start -> revision, for fired windows not yet dropped (lateness > 0)
         self.cleanup: list[tuple[int, int]] = []  # (end + lateness, window start)
         self.dirty: set[int] = set()  # panes changed after a window containing them fired
         # Two-stack sliding aggregation over the panes of the last window fired. Front: panes, oldest last, each
         # with the aggregate of it and every newer front pane; back: the panes in [back_from, hi), pushed since
         # the last transfer, with their aggregate.
-        self.front_s: list[int] = []
         self.front_a: list[Acc] = []
         self.back_from = 0
         self.back_acc: Acc | None = None
@@ -258,17 +254,21 @@ class _SlideKey:
         # key's panes and stack entries come and go at the same pace. At most ``SlidingOperator.spare_max``:
         # a burst (a board flushing half an hour of readings) must not stay allocated for the key's life.
         self.spare: list[Acc] = []
-        self.hint = 0  # where the first pane at or after ``hi`` was last seen in ``starts`` (checked before use)
+        self.hint = 0  # where the first pane at or after ``hi`` was last seen in ``accs`` (checked before use)
 
     def to_json(self) -> dict[str, Any]:
         hi = self.hi
-        back = [] if hi is None or self.back_acc is None else [p for p in self.starts if self.back_from <= p < hi]
+        back = (
+            []
+            if hi is None or self.back_acc is None
+            else [a.start for a in self.accs if self.back_from <= a.start < hi]
+        )
         return {
-            "panes": [[p, acc_to_json(a)] for p, a in zip(self.starts, self.accs, strict=True)],
+            "panes": [[a.start, acc_to_json(a)] for a in self.accs],
             "revs": [[s, r] for s, r in self.revs.items()],
             "cleanup": [list(x) for x in self.cleanup],
             "dirty": sorted(self.dirty),
-            "front": [[p, acc_to_json(a)] for p, a in zip(self.front_s, self.front_a, strict=True)],
+            "front": [[a.start, acc_to_json(a)] for a in self.front_a],
             "back": back,
             "back_acc": None if self.back_acc is None else acc_to_json(self.back_acc),
             "hi": hi,
@@ -277,13 +277,11 @@ class _SlideKey:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> _SlideKey:
         ks = cls()
-        ks.starts = [p for p, _ in d["panes"]]
-        ks.accs = [acc_from_json(a) for _, a in d["panes"]]
+        ks.accs = [_acc_at(p, a) for p, a in d["panes"]]
         ks.revs = {s: r for s, r in d["revs"]}
         ks.cleanup = [(x[0], x[1]) for x in d["cleanup"]]
         ks.dirty = set(d["dirty"])
-        ks.front_s = [p for p, _ in d["front"]]
-        ks.front_a = [acc_from_json(a) for _, a in d["front"]]
+        ks.front_a = [_acc_at(p, a) for p, a in d["front"]]
         ks.back_acc = None if d["back_acc"] is None else acc_from_json(d["back_acc"])
         ks.hi = d["hi"]
         back = d["back"]
@@ -314,13 +312,16 @@ class SlidingOperator(WindowOperator):
         if len(ks.spare) < self.spare_max:
             ks.spare.append(acc)
 
-    def _new_acc(self, ks: _SlideKey) -> Acc:
+    def _new_acc(self, ks: _SlideKey, p: int) -> Acc:
+        """An empty accumulator for the pane starting at ``p``."""
         spare = ks.spare
         if spare:
             acc = spare.pop()
             acc.clear()
-            return acc
-        return acc_empty(self.nm)
+        else:
+            acc = acc_empty(self.nm)
+        acc.start = p
+        return acc
 
     def add(self, key: str, site: str, device: str, t: int, b: int, s: int, values: Values) -> tuple[Output, ...]:
         wm = self.wm.get("" if self.shared else key)
@@ -334,23 +335,18 @@ class SlidingOperator(WindowOperator):
             ks = self.keys[key] = _SlideKey()
             self.sites[key] = site
         p = t - (t - off) % self.pane
-        starts = ks.starts
-        n = len(starts)
-        last = starts[n - 1] if n else p - 1
-        if p == last:
-            acc = ks.accs[n - 1]
-        elif p > last:
-            acc = self._new_acc(ks)
-            starts.append(p)
-            ks.accs.append(acc)
-        else:
-            i = bisect_left(starts, p)
-            if starts[i] == p:
-                acc = ks.accs[i]
-            else:
-                acc = self._new_acc(ks)
-                starts.insert(i, p)
-                ks.accs.insert(i, acc)
+        accs = ks.accs
+        n = len(accs)
+        acc = accs[n - 1] if n else None
+        if acc is None or p > acc.start:
+            acc = self._new_acc(ks, p)
+            accs.append(acc)
+        elif p != acc.start:
+            i = _left_from_back(accs, p)
+            acc = accs[i]
+            if acc.start != p:
+                acc = self._new_acc(ks, p)
+                accs.insert(i, acc)
         # some window containing this pane has already been fired (or passed empty): first_window_end_after, inlined
         if wm is not None and p + 1 + (off + size - p - 1) % slide <= wm:
             ks.dirty.add(p)
@@ -359,10 +355,10 @@ class SlidingOperator(WindowOperator):
 
     def _window(self, ks: _SlideKey, start: int, end: int) -> Acc:
         """Merge the panes of ``[start, end)`` directly (for re-fires), into a new accumulator."""
-        starts, accs = ks.starts, ks.accs
+        accs = ks.accs
         acc = acc_empty(self.nm)
-        i = bisect_left(starts, start)
-        while i < len(starts) and starts[i] < end:
+        i = _left_from_front(accs, start)
+        while i < len(accs) and accs[i].start < end:
             acc.merge_from(accs[i])
             i += 1
         return acc
@@ -372,7 +368,7 @@ class SlidingOperator(WindowOperator):
 
         Stack entries and the back's aggregate come from (and go back to) the key's spare
         accumulators; each result is a fresh :class:`Stat` of its own, never changed afterwards."""
-        front_s, front_a = ks.front_s, ks.front_a
+        front_a = ks.front_a
         spare = ks.spare
         nm = self.nm
         hi = ks.hi
@@ -381,37 +377,40 @@ class SlidingOperator(WindowOperator):
             self._release_stacks(ks)
             back_acc = None
             ks.back_from = hi = start
-        while front_s and front_s[-1] < start:  # evict panes older than start
-            front_s.pop()
+        while front_a and front_a[-1].start < start:  # evict panes older than start
             self._give_back(ks, front_a.pop())
-        starts, accs = ks.starts, ks.accs
-        if not front_s and back_acc is not None:  # transfer: the back's panes (from start on) become the front
+        accs = ks.accs
+        if not front_a and back_acc is not None:  # transfer: the back's panes (from start on) become the front
             lo = ks.back_from if ks.back_from > start else start
-            i = _left_from_back(starts, hi, ks.hint) - 1
-            j = _left_from_front(starts, lo)
+            i = _left_from_back(accs, hi, ks.hint) - 1
+            j = _left_from_front(accs, lo)
             prev: Acc | None = None
             while i >= j:
+                pa = accs[i]
                 f = spare.pop() if spare else acc_empty(nm)
                 if prev is None:
-                    f.set(accs[i])
+                    f.set(pa)
                 else:
                     f.set(prev)
-                    f.merge_from(accs[i])
-                front_s.append(starts[i])
+                    f.merge_from(pa)
+                f.start = pa.start
                 front_a.append(f)
                 prev = f
                 i -= 1
             self._give_back(ks, back_acc)
             back_acc = None
             ks.back_from = hi
-        i = _left_from_back(starts, hi if hi > start else start, ks.hint)
-        n = len(starts)
-        while i < n and starts[i] < end:
+        i = _left_from_back(accs, hi if hi > start else start, ks.hint)
+        n = len(accs)
+        while i < n:
+            pa = accs[i]
+            if pa.start >= end:
+                break
             if back_acc is None:
                 back_acc = spare.pop() if spare else acc_empty(nm)
-                back_acc.set(accs[i])
+                back_acc.set(pa)
             else:
-                back_acc.merge_from(accs[i])  # in place: back_acc itself is never handed out
+                back_acc.merge_from(pa)  # in place: back_acc itself is never handed out
             i += 1
         ks.back_acc = back_acc
         ks.hi = end
@@ -434,7 +433,6 @@ class SlidingOperator(WindowOperator):
         for a in ks.front_a:
             self._give_back(ks, a)
         ks.front_a.clear()
-        ks.front_s.clear()
         if ks.back_acc is not None:
             self._give_back(ks, ks.back_acc)
         ks.back_acc = None
@@ -472,19 +470,19 @@ class SlidingOperator(WindowOperator):
         size, slide, off, lateness = self.size, self.slide, self.offset, self.lateness
         if ks.dirty and old is not None:
             self._refire(out, k, ks, old)
-        starts = ks.starts
-        if not starts:
+        accs = ks.accs
+        if not accs:
             e = wm + 1
         elif old is None:
-            e = first_window_end_after(starts[0], size, slide, off)
+            e = first_window_end_after(accs[0].start, size, slide, off)
         else:
             e = first_window_end_after(old, size, slide, off)
         while e <= wm:
             s = e - size
-            i = _left_from_front(starts, s)
-            if i == len(starts):
+            i = _left_from_front(accs, s)
+            if i == len(accs):
                 break
-            q = starts[i]
+            q = accs[i].start
             if q >= e:  # empty window: jump to the first window containing the next pane
                 e = first_window_end_after(q, size, slide, off)
                 continue
@@ -497,19 +495,17 @@ class SlidingOperator(WindowOperator):
         while heap and heap[0][0] <= wm:
             ks.revs.pop(heappop(heap)[1], None)
         n = 0
-        while n < len(starts):  # drop the panes whose every window is past its allowed lateness
-            p = starts[n]
+        while n < len(accs):  # drop the panes whose every window is past its allowed lateness
+            p = accs[n].start
             if p - (p - off) % slide + size + lateness > wm:
                 break
             n += 1
         if n:
-            del starts[:n]
-            accs = ks.accs
             for j in range(n):
                 self._give_back(ks, accs[j])
             ks.hint -= n
-            del ks.accs[:n]
-        if not starts and not ks.revs:
+            del accs[:n]
+        if not accs and not ks.revs:
             del self.keys[k], self.sites[k]
 
     def snapshot(self) -> dict[str, Any]:
@@ -676,28 +672,47 @@ class SessionOperator(WindowOperator):
         self.tombs = {k: [list(x) for x in v] for k, v in snap["tombs"].items()}
 
 
-def _left_from_front(a: list[int], x: int) -> int:
-    """``bisect_left(a, x)``, quick when few items are below ``x`` (the oldest panes of a key)."""
+def _left_from_front(a: list[Acc], x: int) -> int:
+    """The first index whose ``start`` is at least ``x`` (``a`` sorted by start), quick when few are below ``x``
+    (the oldest panes of a key)."""
     n = len(a)
     i = 0
     while i < n and i < 4:
-        if a[i] >= x:
+        if a[i].start >= x:
             return i
         i += 1
-    return i if i == n else bisect_left(a, x, 4)
+    return i if i == n else _bisect(a, x, 4, n)
 
 
-def _left_from_back(a: list[int], x: int, hint: int = -1) -> int:
-    """``bisect_left(a, x)``, quick when ``hint`` is the answer or few items are at or above ``x``."""
+def _left_from_back(a: list[Acc], x: int, hint: int = -1) -> int:
+    """As :func:`_left_from_front`, quick when ``hint`` is the answer or few items are at or above ``x``."""
     i = len(a)
-    if 0 <= hint <= i and (hint == 0 or a[hint - 1] < x) and (hint == i or a[hint] >= x):
+    if 0 <= hint <= i and (hint == 0 or a[hint - 1].start < x) and (hint == i or a[hint].start >= x):
         return hint
     lo = i - 4 if i > 4 else 0
     while i > lo:
-        if a[i - 1] < x:
+        if a[i - 1].start < x:
             return i
         i -= 1
-    return bisect_left(a, x, 0, i) if i else 0
+    return _bisect(a, x, 0, i) if i else 0
+
+
+def _bisect(a: list[Acc], x: int, lo: int, hi: int) -> int:
+    """``bisect_left`` by ``start`` over ``a[lo:hi]``."""
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if a[mid].start < x:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+def _acc_at(p: int, flat: list[Any]) -> Acc:
+    """A pane's (or front stack entry's) accumulator from its snapshot, starting at ``p``."""
+    acc = acc_from_json(flat)
+    acc.start = p
+    return acc
 
 
 def _session_start(x: _Session) -> int:

@@ -108,5 +108,5 @@ def test_a_flushed_buffer_does_not_leave_its_panes_allocated_to_the_device() -> 
         e.process_batch(batch("d", [(now, 1, s, {"temp_c": 21.0, "rh": 50.0})]), now_ms=now + 50)
     op = e.windows[0].op
     key = op.keys["d"]
-    assert len(key.starts) <= 70  # the panes still in a window (plus the bound ahead)
+    assert len(key.accs) <= 70  # the panes still in a window (plus the bound ahead)
     assert len(key.spare) <= op.spare_max == 2 * 60 + 4

@@ -49,8 +49,14 @@ def test_ranges_are_exactly_the_grid_windows_containing_ts(ts: int, size: int, d
 def test_pane_searches_from_either_end_agree_with_bisect(starts: list[int], x: int, hint: int) -> None:
     from bisect import bisect_left
 
+    from gateway.engine.accs import acc_empty
     from gateway.engine.operators import _left_from_back, _left_from_front
 
-    assert _left_from_front(starts, x) == bisect_left(starts, x)
-    assert _left_from_back(starts, x) == bisect_left(starts, x)
-    assert _left_from_back(starts, x, hint) == bisect_left(starts, x)  # a stale hint is only a hint
+    panes = []  # the searches look at each pane's start
+    for p in starts:
+        acc = acc_empty(1)
+        acc.start = p
+        panes.append(acc)
+    assert _left_from_front(panes, x) == bisect_left(starts, x)
+    assert _left_from_back(panes, x) == bisect_left(starts, x)
+    assert _left_from_back(panes, x, hint) == bisect_left(starts, x)  # a stale hint is only a hint
