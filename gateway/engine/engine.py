@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Final
 
-from ..model import Batch, Reading, StatusUpdate
+from ..model import Batch, MetricValue, Reading, StatusUpdate
 from .config import EngineSpec, WindowSpec
 from .operators import Values, WindowOperator, build_operator
 from .outputs import LateReading, Output
@@ -209,13 +209,15 @@ class Engine:
     def _values(self, r: Reading, metrics: tuple[str, ...]) -> Values | None:
         """The reading's value of each metric (``None`` where it has none); ``None`` if it has none at all."""
         values: Values = []
-        m = r.metrics
+        mm = r.metrics
+        # decoded readings carry a dict: compiled, its get is a direct call (on a Mapping it is a method call)
+        m: dict[str, MetricValue] = mm if type(mm) is dict else dict(mm)
         some = False
         for name in metrics:
             v = m.get(name)
             if v is None:
                 values.append(None)
-            elif v.__class__ is float:
+            elif type(v) is float:
                 values.append(v)
                 some = True
             elif isinstance(v, str):
