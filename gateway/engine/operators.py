@@ -235,14 +235,13 @@ class _SlideKey:
         "hi",
         "hint",
         "revs",
-        "spare",
     )
 
     def __init__(self) -> None:
         self.accs: list[Acc] = []  # the panes' accumulators, sorted by their ``start`` (the pane's start)
         self.revs: dict[int, int] = {}  # window start -> revision, for fired windows not yet dropped (lateness > 0)
         self.cleanup: list[tuple[int, int]] = []  # (end + lateness, window start)
-        self.dirty: set[int] = set()  # panes changed after a window containing them fired
+        self.dirty: set[int] | None = None  # panes changed after a window containing them fired (None: none yet)
         # Two-stack sliding aggregation over the panes of the last window fired. Front: panes, oldest last, each
         # with the aggregate of it and every newer front pane; back: the panes in [back_from, hi), pushed since
         # the last transfer, with their aggregate.
@@ -250,10 +249,6 @@ class _SlideKey:
         self.back_from = 0
         self.back_acc: Acc | None = None
         self.hi: int | None = None  # panes below this have been pushed; None: stacks empty/invalid
-        # Accumulators of dropped panes and popped stack entries, for reuse by this key (not in snapshots): a
-        # key's panes and stack entries come and go at the same pace. At most ``SlidingOperator.spare_max``:
-        # a burst (a board flushing half an hour of readings) must not stay allocated for the key's life.
-        self.spare: list[Acc] = []
         self.hint = 0  # where the first pane at or after ``hi`` was last seen in ``accs`` (checked before use)
 
     def to_json(self) -> dict[str, Any]:
@@ -267,7 +262,7 @@ class _SlideKey:
             "panes": [[a.start, acc_to_json(a)] for a in self.accs],
             "revs": [[s, r] for s, r in self.revs.items()],
             "cleanup": [list(x) for x in self.cleanup],
-            "dirty": sorted(self.dirty),
+            "dirty": sorted(self.dirty) if self.dirty else [],
             "front": [[a.start, acc_to_json(a)] for a in self.front_a],
             "back": back,
             "back_acc": None if self.back_acc is None else acc_to_json(self.back_acc),
@@ -280,7 +275,7 @@ class _SlideKey:
         ks.accs = [_acc_at(p, a) for p, a in d["panes"]]
         ks.revs = {s: r for s, r in d["revs"]}
         ks.cleanup = [(x[0], x[1]) for x in d["cleanup"]]
-        ks.dirty = set(d["dirty"])
+        ks.dirty = set(d["dirty"]) if d["dirty"] else None
         ks.front_a = [_acc_at(p, a) for p, a in d["front"]]
         ks.back_acc = None if d["back_acc"] is None else acc_from_json(d["back_acc"])
         ks.hi = d["hi"]
@@ -305,16 +300,21 @@ class SlidingOperator(WindowOperator):
         self.offset = spec.offset_ms
         self.pane = pane_size(spec.size_ms, spec.slide_ms)
         self.keys: dict[str, _SlideKey] = {}
-        self.spare_max = 2 * (spec.size_ms // self.pane) + 4  # a window's panes, its stack entries and the back
+        # Accumulators of dropped panes and popped stack entries, for reuse by the next pane or stack entry of
+        # any key (not in snapshots). The last one given back is taken first: it is likely still in the CPU's
+        # cache. At most ``spare_max``, a few windows' worth of panes: a burst (a board flushing half an hour of
+        # readings) must not stay allocated for good.
+        self.spare: list[Acc] = []
+        self.spare_max = 4 * (spec.size_ms // self.pane) + 64
 
-    def _give_back(self, ks: _SlideKey, acc: Acc) -> None:
-        """Keep an accumulator the key no longer uses for its next pane or stack entry (up to ``spare_max``)."""
-        if len(ks.spare) < self.spare_max:
-            ks.spare.append(acc)
+    def _give_back(self, acc: Acc) -> None:
+        """Keep an accumulator no longer used, for a next pane or stack entry (up to ``spare_max``)."""
+        if len(self.spare) < self.spare_max:
+            self.spare.append(acc)
 
-    def _new_acc(self, ks: _SlideKey, p: int) -> Acc:
+    def _new_acc(self, p: int) -> Acc:
         """An empty accumulator for the pane starting at ``p``."""
-        spare = ks.spare
+        spare = self.spare
         if spare:
             acc = spare.pop()
             acc.clear()
@@ -339,17 +339,20 @@ class SlidingOperator(WindowOperator):
         n = len(accs)
         acc = accs[n - 1] if n else None
         if acc is None or p > acc.start:
-            acc = self._new_acc(ks, p)
+            acc = self._new_acc(p)
             accs.append(acc)
         elif p != acc.start:
             i = _left_from_back(accs, p)
             acc = accs[i]
             if acc.start != p:
-                acc = self._new_acc(ks, p)
+                acc = self._new_acc(p)
                 accs.insert(i, acc)
         # some window containing this pane has already been fired (or passed empty): first_window_end_after, inlined
         if wm is not None and p + 1 + (off + size - p - 1) % slide <= wm:
-            ks.dirty.add(p)
+            if ks.dirty is None:
+                ks.dirty = {p}
+            else:
+                ks.dirty.add(p)
         self._add_values(acc, values, t, b, s)
         return _NONE
 
@@ -366,10 +369,10 @@ class SlidingOperator(WindowOperator):
     def _fire(self, out: list[Output], k: str, ks: _SlideKey, start: int, end: int) -> None:
         """Emit the window ``[start, end)`` through the two stacks; windows must come in increasing order.
 
-        Stack entries and the back's aggregate come from (and go back to) the key's spare
+        Stack entries and the back's aggregate come from (and go back to) the operator's spare
         accumulators; each result is a fresh :class:`Stat` of its own, never changed afterwards."""
         front_a = ks.front_a
-        spare = ks.spare
+        spare = self.spare
         nm = self.nm
         hi = ks.hi
         back_acc = ks.back_acc
@@ -378,7 +381,7 @@ class SlidingOperator(WindowOperator):
             back_acc = None
             ks.back_from = hi = start
         while front_a and front_a[-1].start < start:  # evict panes older than start
-            self._give_back(ks, front_a.pop())
+            self._give_back(front_a.pop())
         accs = ks.accs
         if not front_a and back_acc is not None:  # transfer: the back's panes (from start on) become the front
             lo = ks.back_from if ks.back_from > start else start
@@ -397,7 +400,7 @@ class SlidingOperator(WindowOperator):
                 front_a.append(f)
                 prev = f
                 i -= 1
-            self._give_back(ks, back_acc)
+            self._give_back(back_acc)
             back_acc = None
             ks.back_from = hi
         i = _left_from_back(accs, hi if hi > start else start, ks.hint)
@@ -429,25 +432,25 @@ class SlidingOperator(WindowOperator):
                 out.append(r)
 
     def _release_stacks(self, ks: _SlideKey) -> None:
-        """Empty the two stacks, their accumulators back to the key's spares."""
+        """Empty the two stacks, their accumulators back to the spares."""
         for a in ks.front_a:
-            self._give_back(ks, a)
+            self._give_back(a)
         ks.front_a.clear()
         if ks.back_acc is not None:
-            self._give_back(ks, ks.back_acc)
+            self._give_back(ks.back_acc)
         ks.back_acc = None
         ks.hi = None
 
     def _refire(self, out: list[Output], k: str, ks: _SlideKey, old: int) -> None:
         size, slide, off = self.size, self.slide, self.offset
         starts: set[int] = set()
-        for p in ks.dirty:
+        for p in ks.dirty or ():
             last = p - (p - off) % slide
             lo = p - size + 1
             for s in range(lo + (off - lo) % slide, last + 1, slide):
                 if s + size <= old < s + size + self.lateness:
                     starts.add(s)
-        ks.dirty.clear()
+        ks.dirty = None
         self._release_stacks(ks)  # the stacks may hold stale aggregates
         for s in sorted(starts):
             rev = ks.revs.get(s, 0) + 1
@@ -491,9 +494,10 @@ class SlidingOperator(WindowOperator):
                 heappush(ks.cleanup, (e + lateness, s))
             self._fire(out, k, ks, s, e)
             e += slide
-        heap = ks.cleanup
-        while heap and heap[0][0] <= wm:
-            ks.revs.pop(heappop(heap)[1], None)
+        if lateness:
+            heap = ks.cleanup
+            while heap and heap[0][0] <= wm:
+                ks.revs.pop(heappop(heap)[1], None)
         n = 0
         while n < len(accs):  # drop the panes whose every window is past its allowed lateness
             p = accs[n].start
@@ -502,7 +506,7 @@ class SlidingOperator(WindowOperator):
             n += 1
         if n:
             for j in range(n):
-                self._give_back(ks, accs[j])
+                self._give_back(accs[j])
             ks.hint -= n
             del accs[:n]
         if not accs and not ks.revs:
@@ -516,6 +520,10 @@ class SlidingOperator(WindowOperator):
     def restore(self, snap: dict[str, Any]) -> None:
         self._base_restore(snap)
         self.keys = {k: _SlideKey.from_json(d) for k, d in snap["keys"].items()}
+        if not self.lateness:  # fired windows are kept only for re-fires within the lateness (a changed config)
+            for ks in self.keys.values():
+                ks.revs.clear()
+                ks.cleanup.clear()
 
 
 class _Session:
