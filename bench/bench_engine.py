@@ -30,11 +30,12 @@ time): the delays above are per reading, so no reading waits for another on the 
 Readings are generated in chunks of 100,000 outside the timed loop and frozen out of the cyclic garbage
 collector (``gc.freeze``: a gateway holds no such backlog of decoded messages; the engine's own objects are
 collected as usual). The time is the process's CPU time (``time.process_time``, so that other load on the
-machine does not count) spent in the engine calls only; outputs are counted and dropped, as a sink would,
-and ``--render`` also keeps them and times ``to_line()`` of every one. Each workload runs in a fresh
-process. Memory: "state" is the deep size of the engine object graph (``sys.getsizeof`` over
-``gc.get_referents``), the largest seen at any chunk boundary; "peak RSS" is the process's maximum resident
-set size (``ru_maxrss``), which also holds the interpreter and one generated chunk of input.
+machine does not count) spent in the loop of engine calls only; outputs are counted (``len`` in the loop,
+no function call) and dropped, as a sink would, and ``--render`` also keeps them and times ``to_line()`` of
+every one. Each workload runs in a fresh process. Memory: "state" is the deep size of the engine object
+graph (``sys.getsizeof`` over ``gc.get_referents``), the largest seen at any chunk boundary; "peak RSS" is
+the process's maximum resident set size (``ru_maxrss``), which also holds the interpreter and one generated
+chunk of input.
 """
 
 from __future__ import annotations
@@ -114,13 +115,6 @@ def deep_size(root: object) -> int:
     return total
 
 
-_COUNTED = [0]
-
-
-def _count(outs: list[Any]) -> None:
-    _COUNTED[0] += len(outs)
-
-
 def run(
     name: str, windows: list[dict[str, Any]], n: int, devices: int, metrics: tuple[str, ...], feed: str, drain: int
 ) -> None:
@@ -132,25 +126,32 @@ def run(
     state = 0
     for chunk in stream(n, devices, metrics):
         outs: list[Any] = []
-        keep = outs.extend if RENDER else _count
         groups = [[(b, arrival) for arrival, b in chunk[i : i + drain]] for i in range(0, len(chunk), drain)]
         gc.collect()
         gc.freeze()  # the generated input is not the engine's: keep the collector from scanning it
+        counted = 0
         if feed == "message":
             process = engine.process_batch
             start = time.process_time()
-            for arrival, b in chunk:
-                keep(process(b, arrival))
+            if RENDER:
+                for arrival, b in chunk:
+                    outs.extend(process(b, arrival))
+            else:
+                for arrival, b in chunk:
+                    counted += len(process(b, arrival))
             total += time.process_time() - start
         else:
             process_many = engine.process_batches
             start = time.process_time()
-            for g in groups:
-                keep(process_many(g))
+            if RENDER:
+                for g in groups:
+                    outs.extend(process_many(g))
+            else:
+                for g in groups:
+                    counted += len(process_many(g))
             total += time.process_time() - start
         gc.unfreeze()
-        outputs += len(outs) if RENDER else _COUNTED[0]
-        _COUNTED[0] = 0
+        outputs += len(outs) if RENDER else counted
         if RENDER:
             start = time.process_time()
             for o in outs:
