@@ -139,7 +139,10 @@ class Pipeline:
             msg = decode(topic, payload, received_ms, limits=cfg.limits, prefix=cfg.mqtt.prefix)
             if not cfg.devices.allow_unknown and msg.device not in cfg.devices.known:
                 raise DecodeError("unknown_device", f"device {msg.device!r} is not in devices.known")
-            if msg.device not in self.devices:
+            # a new device is admitted by a message that leaves state: a status, or a batch with a valid
+            # reading or a flushed marker (one whose every reading is rejected only brings its dead letters)
+            keeps = not isinstance(msg, Batch) or bool(msg.readings) or msg.flushed_ms is not None
+            if keeps and msg.device not in self.devices:
                 if len(self.devices) >= cfg.devices.max_devices:
                     raise DecodeError(
                         "too_many_devices",

@@ -118,6 +118,25 @@ def test_devices_beyond_max_devices_are_dead_letters_and_the_others_go_on() -> N
     assert (p.stats.dead_letters, p.stats.readings_accepted, p.stats.status_updates) == (2, 3, 1)
 
 
+def test_a_message_whose_every_reading_is_rejected_admits_no_device() -> None:
+    """Such a message leaves no state, so it must not take one of the ``max_devices`` places: its readings'
+    dead letters keep their own reasons, and a real device still gets in afterwards."""
+    p = _capped()
+    p.handle(*_readings("d1", 0), NOW)
+    bad = batch("d9", [(1, 0, NOW - 60_000, {"x": [1]}), (1, 1, NOW - 59_000, {"x": {"y": 2}})])
+    out = p.handle("edgekit/s/d9/readings", bad, NOW)
+    assert out.readings == [] and len(out.lines) == 2
+    assert all(line.startswith("dead_letter,device=d9,") for line in out.lines)
+    assert "too_many_devices" not in "".join(out.lines)
+    assert p.devices == {"d1"} and "d9" not in p.engine.tracker.state and "d9" not in p.dedup.state
+    assert len(p.handle(*_readings("d2", 0), NOW).readings) == 1  # the second place is still free
+    assert p.devices == {"d1", "d2"}
+    full = p.handle("edgekit/s/d9/readings", bad, NOW)  # past the cap now: still its readings' own reasons
+    assert len(full.lines) == 2 and "too_many_devices" not in "".join(full.lines)
+    flushed = json.dumps({"v": 1, "dev": "d9", "r": [], "flushed": NOW - 1}).encode()
+    assert "reason=too_many_devices" in p.handle("edgekit/s/d9/readings", flushed, NOW).lines[0]  # a marker keeps state
+
+
 def test_past_the_cap_a_broken_message_keeps_its_own_reason() -> None:
     p = _capped()
     p.handle(*_readings("d1", 0), NOW)
