@@ -9,9 +9,10 @@ reading visits state that has long left the CPU's caches, and each of those obje
 ``Acc1`` ... ``Acc4`` (``MAX``) hold the fields of one to four metrics in one object (compiled with mypyc: one
 block of unboxed C fields); wider windows use ``AccN``, a tuple of ``Stat`` as before.
 
-The per-metric code below is the code of ``Stat`` (``add``, ``add_var``, ``merge_from``, ``set``,
+The per-metric code below is the code of ``Stat`` (``add``, ``add_var``, ``merge_fields``, ``set_fields``,
 ``clear``, ``to_json``, ``from_json``) with each field renamed ``<field>_<metric>``: the same operations in
-the same order, so the results are the same to the bit. ``tests/gateway/engine/test_accs.py`` checks that
+the same order, so the results are the same to the bit. Results are filled through ``Stat.set_fields`` and
+``Stat.merge_fields`` themselves. ``tests/gateway/engine/test_accs.py`` checks that
 against ``Stat`` over random operations, and that this script and the file agree.
 """
 
@@ -238,7 +239,7 @@ else:
         self.lv@ = v
 """
 
-# Stat.merge_from, with ``dst`` the accumulator merged into and ``src`` the one merged from.
+# Stat.merge_fields, with ``dst`` the accumulator merged into and ``src`` the one merged from.
 MERGE = """
 nb = SRC.n%
 if nb:
@@ -285,6 +286,11 @@ def _merge(dst: str, dsuf: str, src: str, ssuf: str, indent: int) -> list[str]:
             continue
         out.append(line.replace("DST", dst).replace("SRC", src).replace("$", dsuf).replace("%", ssuf))
     return [(" " * indent + line if line else "") for line in out]
+
+
+def _fields_call(method: str, i: int) -> list[str]:
+    """``r.<method>(self.n_<i>, ...)``: metric ``i``'s fields handed to a ``Stat`` method, one per line."""
+    return [f"            r.{method}(", *[f"                self.{f}_{i}," for f in FIELDS], "            )"]
 
 
 def _zero_lines(i: int, indent: int) -> list[str]:
@@ -355,12 +361,10 @@ def gen_class(k: int) -> str:
         lines.append("        return self.n_0")
     else:
         lines.extend(_by_metric(k, [[f"            return self.n_{i}"] for i in range(k)]))
-    lines.append("")
-    lines.append("    def put(self, i: int, r: Stat) -> None:")
-    lines.extend(_by_metric(k, [_set_lines("r", "", "self", f"_{i}", 12) for i in range(k)]))
-    lines.append("")
-    lines.append("    def merge_put(self, i: int, r: Stat) -> None:")
-    lines.extend(_by_metric(k, [_merge("r", "", "self", f"_{i}", 12) for i in range(k)]))
+    for meth, call in (("put", "set_fields"), ("merge_put", "merge_fields")):
+        lines.append("")
+        lines.append(f"    def {meth}(self, i: int, r: Stat) -> None:")
+        lines.extend(_by_metric(k, [_fields_call(call, i) for i in range(k)]))
     lines.append("")
     lines.append("    def to_json(self) -> list[Any]:")
     lines.append("        return [")

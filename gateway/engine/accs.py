@@ -317,65 +317,40 @@ class Acc1(Acc):
         return self.n_0
 
     def put(self, i: int, r: Stat) -> None:
-        r.n = self.n_0
-        r.total = self.total_0
-        r.lo = self.lo_0
-        r.hi = self.hi_0
-        r.mean = self.mean_0
-        r.m2 = self.m2_0
-        r.ft = self.ft_0
-        r.fb = self.fb_0
-        r.fs = self.fs_0
-        r.fv = self.fv_0
-        r.lt = self.lt_0
-        r.lb = self.lb_0
-        r.ls = self.ls_0
-        r.lv = self.lv_0
+        r.set_fields(
+            self.n_0,
+            self.total_0,
+            self.lo_0,
+            self.hi_0,
+            self.mean_0,
+            self.m2_0,
+            self.ft_0,
+            self.fb_0,
+            self.fs_0,
+            self.fv_0,
+            self.lt_0,
+            self.lb_0,
+            self.ls_0,
+            self.lv_0,
+        )
 
     def merge_put(self, i: int, r: Stat) -> None:
-        nb = self.n_0
-        if nb:
-            na = r.n
-            if not na:
-                r.n = self.n_0
-                r.total = self.total_0
-                r.lo = self.lo_0
-                r.hi = self.hi_0
-                r.mean = self.mean_0
-                r.m2 = self.m2_0
-                r.ft = self.ft_0
-                r.fb = self.fb_0
-                r.fs = self.fs_0
-                r.fv = self.fv_0
-                r.lt = self.lt_0
-                r.lb = self.lb_0
-                r.ls = self.ls_0
-                r.lv = self.lv_0
-            else:
-                n = na + nb
-                r.n = n
-                r.total += self.total_0
-                if self.lo_0 < r.lo:
-                    r.lo = self.lo_0
-                if self.hi_0 > r.hi:
-                    r.hi = self.hi_0
-                d = self.mean_0 - r.mean
-                r.mean += d * nb / n
-                r.m2 += self.m2_0 + d * d * na * nb / n
-                t, b, s = self.ft_0, self.fb_0, self.fs_0
-                ft = r.ft
-                if t < ft or (t == ft and (b < r.fb or (b == r.fb and s < r.fs))):
-                    r.ft = t
-                    r.fb = b
-                    r.fs = s
-                    r.fv = self.fv_0
-                t, b, s = self.lt_0, self.lb_0, self.ls_0
-                lt = r.lt
-                if t > lt or (t == lt and (b > r.lb or (b == r.lb and s > r.ls))):
-                    r.lt = t
-                    r.lb = b
-                    r.ls = s
-                    r.lv = self.lv_0
+        r.merge_fields(
+            self.n_0,
+            self.total_0,
+            self.lo_0,
+            self.hi_0,
+            self.mean_0,
+            self.m2_0,
+            self.ft_0,
+            self.fb_0,
+            self.fs_0,
+            self.fv_0,
+            self.lt_0,
+            self.lb_0,
+            self.ls_0,
+            self.lv_0,
+        )
 
     def to_json(self) -> list[Any]:
         return [
@@ -749,125 +724,75 @@ class Acc2(Acc):
 
     def put(self, i: int, r: Stat) -> None:
         if i == 0:
-            r.n = self.n_0
-            r.total = self.total_0
-            r.lo = self.lo_0
-            r.hi = self.hi_0
-            r.mean = self.mean_0
-            r.m2 = self.m2_0
-            r.ft = self.ft_0
-            r.fb = self.fb_0
-            r.fs = self.fs_0
-            r.fv = self.fv_0
-            r.lt = self.lt_0
-            r.lb = self.lb_0
-            r.ls = self.ls_0
-            r.lv = self.lv_0
+            r.set_fields(
+                self.n_0,
+                self.total_0,
+                self.lo_0,
+                self.hi_0,
+                self.mean_0,
+                self.m2_0,
+                self.ft_0,
+                self.fb_0,
+                self.fs_0,
+                self.fv_0,
+                self.lt_0,
+                self.lb_0,
+                self.ls_0,
+                self.lv_0,
+            )
         else:
-            r.n = self.n_1
-            r.total = self.total_1
-            r.lo = self.lo_1
-            r.hi = self.hi_1
-            r.mean = self.mean_1
-            r.m2 = self.m2_1
-            r.ft = self.ft_1
-            r.fb = self.fb_1
-            r.fs = self.fs_1
-            r.fv = self.fv_1
-            r.lt = self.lt_1
-            r.lb = self.lb_1
-            r.ls = self.ls_1
-            r.lv = self.lv_1
+            r.set_fields(
+                self.n_1,
+                self.total_1,
+                self.lo_1,
+                self.hi_1,
+                self.mean_1,
+                self.m2_1,
+                self.ft_1,
+                self.fb_1,
+                self.fs_1,
+                self.fv_1,
+                self.lt_1,
+                self.lb_1,
+                self.ls_1,
+                self.lv_1,
+            )
 
     def merge_put(self, i: int, r: Stat) -> None:
         if i == 0:
-            nb = self.n_0
-            if nb:
-                na = r.n
-                if not na:
-                    r.n = self.n_0
-                    r.total = self.total_0
-                    r.lo = self.lo_0
-                    r.hi = self.hi_0
-                    r.mean = self.mean_0
-                    r.m2 = self.m2_0
-                    r.ft = self.ft_0
-                    r.fb = self.fb_0
-                    r.fs = self.fs_0
-                    r.fv = self.fv_0
-                    r.lt = self.lt_0
-                    r.lb = self.lb_0
-                    r.ls = self.ls_0
-                    r.lv = self.lv_0
-                else:
-                    n = na + nb
-                    r.n = n
-                    r.total += self.total_0
-                    if self.lo_0 < r.lo:
-                        r.lo = self.lo_0
-                    if self.hi_0 > r.hi:
-                        r.hi = self.hi_0
-                    d = self.mean_0 - r.mean
-                    r.mean += d * nb / n
-                    r.m2 += self.m2_0 + d * d * na * nb / n
-                    t, b, s = self.ft_0, self.fb_0, self.fs_0
-                    ft = r.ft
-                    if t < ft or (t == ft and (b < r.fb or (b == r.fb and s < r.fs))):
-                        r.ft = t
-                        r.fb = b
-                        r.fs = s
-                        r.fv = self.fv_0
-                    t, b, s = self.lt_0, self.lb_0, self.ls_0
-                    lt = r.lt
-                    if t > lt or (t == lt and (b > r.lb or (b == r.lb and s > r.ls))):
-                        r.lt = t
-                        r.lb = b
-                        r.ls = s
-                        r.lv = self.lv_0
+            r.merge_fields(
+                self.n_0,
+                self.total_0,
+                self.lo_0,
+                self.hi_0,
+                self.mean_0,
+                self.m2_0,
+                self.ft_0,
+                self.fb_0,
+                self.fs_0,
+                self.fv_0,
+                self.lt_0,
+                self.lb_0,
+                self.ls_0,
+                self.lv_0,
+            )
         else:
-            nb = self.n_1
-            if nb:
-                na = r.n
-                if not na:
-                    r.n = self.n_1
-                    r.total = self.total_1
-                    r.lo = self.lo_1
-                    r.hi = self.hi_1
-                    r.mean = self.mean_1
-                    r.m2 = self.m2_1
-                    r.ft = self.ft_1
-                    r.fb = self.fb_1
-                    r.fs = self.fs_1
-                    r.fv = self.fv_1
-                    r.lt = self.lt_1
-                    r.lb = self.lb_1
-                    r.ls = self.ls_1
-                    r.lv = self.lv_1
-                else:
-                    n = na + nb
-                    r.n = n
-                    r.total += self.total_1
-                    if self.lo_1 < r.lo:
-                        r.lo = self.lo_1
-                    if self.hi_1 > r.hi:
-                        r.hi = self.hi_1
-                    d = self.mean_1 - r.mean
-                    r.mean += d * nb / n
-                    r.m2 += self.m2_1 + d * d * na * nb / n
-                    t, b, s = self.ft_1, self.fb_1, self.fs_1
-                    ft = r.ft
-                    if t < ft or (t == ft and (b < r.fb or (b == r.fb and s < r.fs))):
-                        r.ft = t
-                        r.fb = b
-                        r.fs = s
-                        r.fv = self.fv_1
-                    t, b, s = self.lt_1, self.lb_1, self.ls_1
-                    lt = r.lt
-                    if t > lt or (t == lt and (b > r.lb or (b == r.lb and s > r.ls))):
-                        r.lt = t
-                        r.lb = b
-                        r.ls = s
-                        r.lv = self.lv_1
+            r.merge_fields(
+                self.n_1,
+                self.total_1,
+                self.lo_1,
+                self.hi_1,
+                self.mean_1,
+                self.m2_1,
+                self.ft_1,
+                self.fb_1,
+                self.fs_1,
+                self.fv_1,
+                self.lt_1,
+                self.lb_1,
+                self.ls_1,
+                self.lv_1,
+            )
 
     def to_json(self) -> list[Any]:
         return [
@@ -1420,184 +1345,109 @@ class Acc3(Acc):
 
     def put(self, i: int, r: Stat) -> None:
         if i == 0:
-            r.n = self.n_0
-            r.total = self.total_0
-            r.lo = self.lo_0
-            r.hi = self.hi_0
-            r.mean = self.mean_0
-            r.m2 = self.m2_0
-            r.ft = self.ft_0
-            r.fb = self.fb_0
-            r.fs = self.fs_0
-            r.fv = self.fv_0
-            r.lt = self.lt_0
-            r.lb = self.lb_0
-            r.ls = self.ls_0
-            r.lv = self.lv_0
+            r.set_fields(
+                self.n_0,
+                self.total_0,
+                self.lo_0,
+                self.hi_0,
+                self.mean_0,
+                self.m2_0,
+                self.ft_0,
+                self.fb_0,
+                self.fs_0,
+                self.fv_0,
+                self.lt_0,
+                self.lb_0,
+                self.ls_0,
+                self.lv_0,
+            )
         elif i == 1:
-            r.n = self.n_1
-            r.total = self.total_1
-            r.lo = self.lo_1
-            r.hi = self.hi_1
-            r.mean = self.mean_1
-            r.m2 = self.m2_1
-            r.ft = self.ft_1
-            r.fb = self.fb_1
-            r.fs = self.fs_1
-            r.fv = self.fv_1
-            r.lt = self.lt_1
-            r.lb = self.lb_1
-            r.ls = self.ls_1
-            r.lv = self.lv_1
+            r.set_fields(
+                self.n_1,
+                self.total_1,
+                self.lo_1,
+                self.hi_1,
+                self.mean_1,
+                self.m2_1,
+                self.ft_1,
+                self.fb_1,
+                self.fs_1,
+                self.fv_1,
+                self.lt_1,
+                self.lb_1,
+                self.ls_1,
+                self.lv_1,
+            )
         else:
-            r.n = self.n_2
-            r.total = self.total_2
-            r.lo = self.lo_2
-            r.hi = self.hi_2
-            r.mean = self.mean_2
-            r.m2 = self.m2_2
-            r.ft = self.ft_2
-            r.fb = self.fb_2
-            r.fs = self.fs_2
-            r.fv = self.fv_2
-            r.lt = self.lt_2
-            r.lb = self.lb_2
-            r.ls = self.ls_2
-            r.lv = self.lv_2
+            r.set_fields(
+                self.n_2,
+                self.total_2,
+                self.lo_2,
+                self.hi_2,
+                self.mean_2,
+                self.m2_2,
+                self.ft_2,
+                self.fb_2,
+                self.fs_2,
+                self.fv_2,
+                self.lt_2,
+                self.lb_2,
+                self.ls_2,
+                self.lv_2,
+            )
 
     def merge_put(self, i: int, r: Stat) -> None:
         if i == 0:
-            nb = self.n_0
-            if nb:
-                na = r.n
-                if not na:
-                    r.n = self.n_0
-                    r.total = self.total_0
-                    r.lo = self.lo_0
-                    r.hi = self.hi_0
-                    r.mean = self.mean_0
-                    r.m2 = self.m2_0
-                    r.ft = self.ft_0
-                    r.fb = self.fb_0
-                    r.fs = self.fs_0
-                    r.fv = self.fv_0
-                    r.lt = self.lt_0
-                    r.lb = self.lb_0
-                    r.ls = self.ls_0
-                    r.lv = self.lv_0
-                else:
-                    n = na + nb
-                    r.n = n
-                    r.total += self.total_0
-                    if self.lo_0 < r.lo:
-                        r.lo = self.lo_0
-                    if self.hi_0 > r.hi:
-                        r.hi = self.hi_0
-                    d = self.mean_0 - r.mean
-                    r.mean += d * nb / n
-                    r.m2 += self.m2_0 + d * d * na * nb / n
-                    t, b, s = self.ft_0, self.fb_0, self.fs_0
-                    ft = r.ft
-                    if t < ft or (t == ft and (b < r.fb or (b == r.fb and s < r.fs))):
-                        r.ft = t
-                        r.fb = b
-                        r.fs = s
-                        r.fv = self.fv_0
-                    t, b, s = self.lt_0, self.lb_0, self.ls_0
-                    lt = r.lt
-                    if t > lt or (t == lt and (b > r.lb or (b == r.lb and s > r.ls))):
-                        r.lt = t
-                        r.lb = b
-                        r.ls = s
-                        r.lv = self.lv_0
+            r.merge_fields(
+                self.n_0,
+                self.total_0,
+                self.lo_0,
+                self.hi_0,
+                self.mean_0,
+                self.m2_0,
+                self.ft_0,
+                self.fb_0,
+                self.fs_0,
+                self.fv_0,
+                self.lt_0,
+                self.lb_0,
+                self.ls_0,
+                self.lv_0,
+            )
         elif i == 1:
-            nb = self.n_1
-            if nb:
-                na = r.n
-                if not na:
-                    r.n = self.n_1
-                    r.total = self.total_1
-                    r.lo = self.lo_1
-                    r.hi = self.hi_1
-                    r.mean = self.mean_1
-                    r.m2 = self.m2_1
-                    r.ft = self.ft_1
-                    r.fb = self.fb_1
-                    r.fs = self.fs_1
-                    r.fv = self.fv_1
-                    r.lt = self.lt_1
-                    r.lb = self.lb_1
-                    r.ls = self.ls_1
-                    r.lv = self.lv_1
-                else:
-                    n = na + nb
-                    r.n = n
-                    r.total += self.total_1
-                    if self.lo_1 < r.lo:
-                        r.lo = self.lo_1
-                    if self.hi_1 > r.hi:
-                        r.hi = self.hi_1
-                    d = self.mean_1 - r.mean
-                    r.mean += d * nb / n
-                    r.m2 += self.m2_1 + d * d * na * nb / n
-                    t, b, s = self.ft_1, self.fb_1, self.fs_1
-                    ft = r.ft
-                    if t < ft or (t == ft and (b < r.fb or (b == r.fb and s < r.fs))):
-                        r.ft = t
-                        r.fb = b
-                        r.fs = s
-                        r.fv = self.fv_1
-                    t, b, s = self.lt_1, self.lb_1, self.ls_1
-                    lt = r.lt
-                    if t > lt or (t == lt and (b > r.lb or (b == r.lb and s > r.ls))):
-                        r.lt = t
-                        r.lb = b
-                        r.ls = s
-                        r.lv = self.lv_1
+            r.merge_fields(
+                self.n_1,
+                self.total_1,
+                self.lo_1,
+                self.hi_1,
+                self.mean_1,
+                self.m2_1,
+                self.ft_1,
+                self.fb_1,
+                self.fs_1,
+                self.fv_1,
+                self.lt_1,
+                self.lb_1,
+                self.ls_1,
+                self.lv_1,
+            )
         else:
-            nb = self.n_2
-            if nb:
-                na = r.n
-                if not na:
-                    r.n = self.n_2
-                    r.total = self.total_2
-                    r.lo = self.lo_2
-                    r.hi = self.hi_2
-                    r.mean = self.mean_2
-                    r.m2 = self.m2_2
-                    r.ft = self.ft_2
-                    r.fb = self.fb_2
-                    r.fs = self.fs_2
-                    r.fv = self.fv_2
-                    r.lt = self.lt_2
-                    r.lb = self.lb_2
-                    r.ls = self.ls_2
-                    r.lv = self.lv_2
-                else:
-                    n = na + nb
-                    r.n = n
-                    r.total += self.total_2
-                    if self.lo_2 < r.lo:
-                        r.lo = self.lo_2
-                    if self.hi_2 > r.hi:
-                        r.hi = self.hi_2
-                    d = self.mean_2 - r.mean
-                    r.mean += d * nb / n
-                    r.m2 += self.m2_2 + d * d * na * nb / n
-                    t, b, s = self.ft_2, self.fb_2, self.fs_2
-                    ft = r.ft
-                    if t < ft or (t == ft and (b < r.fb or (b == r.fb and s < r.fs))):
-                        r.ft = t
-                        r.fb = b
-                        r.fs = s
-                        r.fv = self.fv_2
-                    t, b, s = self.lt_2, self.lb_2, self.ls_2
-                    lt = r.lt
-                    if t > lt or (t == lt and (b > r.lb or (b == r.lb and s > r.ls))):
-                        r.lt = t
-                        r.lb = b
-                        r.ls = s
-                        r.lv = self.lv_2
+            r.merge_fields(
+                self.n_2,
+                self.total_2,
+                self.lo_2,
+                self.hi_2,
+                self.mean_2,
+                self.m2_2,
+                self.ft_2,
+                self.fb_2,
+                self.fs_2,
+                self.fv_2,
+                self.lt_2,
+                self.lb_2,
+                self.ls_2,
+                self.lv_2,
+            )
 
     def to_json(self) -> list[Any]:
         return [
@@ -2329,243 +2179,143 @@ class Acc4(Acc):
 
     def put(self, i: int, r: Stat) -> None:
         if i == 0:
-            r.n = self.n_0
-            r.total = self.total_0
-            r.lo = self.lo_0
-            r.hi = self.hi_0
-            r.mean = self.mean_0
-            r.m2 = self.m2_0
-            r.ft = self.ft_0
-            r.fb = self.fb_0
-            r.fs = self.fs_0
-            r.fv = self.fv_0
-            r.lt = self.lt_0
-            r.lb = self.lb_0
-            r.ls = self.ls_0
-            r.lv = self.lv_0
+            r.set_fields(
+                self.n_0,
+                self.total_0,
+                self.lo_0,
+                self.hi_0,
+                self.mean_0,
+                self.m2_0,
+                self.ft_0,
+                self.fb_0,
+                self.fs_0,
+                self.fv_0,
+                self.lt_0,
+                self.lb_0,
+                self.ls_0,
+                self.lv_0,
+            )
         elif i == 1:
-            r.n = self.n_1
-            r.total = self.total_1
-            r.lo = self.lo_1
-            r.hi = self.hi_1
-            r.mean = self.mean_1
-            r.m2 = self.m2_1
-            r.ft = self.ft_1
-            r.fb = self.fb_1
-            r.fs = self.fs_1
-            r.fv = self.fv_1
-            r.lt = self.lt_1
-            r.lb = self.lb_1
-            r.ls = self.ls_1
-            r.lv = self.lv_1
+            r.set_fields(
+                self.n_1,
+                self.total_1,
+                self.lo_1,
+                self.hi_1,
+                self.mean_1,
+                self.m2_1,
+                self.ft_1,
+                self.fb_1,
+                self.fs_1,
+                self.fv_1,
+                self.lt_1,
+                self.lb_1,
+                self.ls_1,
+                self.lv_1,
+            )
         elif i == 2:
-            r.n = self.n_2
-            r.total = self.total_2
-            r.lo = self.lo_2
-            r.hi = self.hi_2
-            r.mean = self.mean_2
-            r.m2 = self.m2_2
-            r.ft = self.ft_2
-            r.fb = self.fb_2
-            r.fs = self.fs_2
-            r.fv = self.fv_2
-            r.lt = self.lt_2
-            r.lb = self.lb_2
-            r.ls = self.ls_2
-            r.lv = self.lv_2
+            r.set_fields(
+                self.n_2,
+                self.total_2,
+                self.lo_2,
+                self.hi_2,
+                self.mean_2,
+                self.m2_2,
+                self.ft_2,
+                self.fb_2,
+                self.fs_2,
+                self.fv_2,
+                self.lt_2,
+                self.lb_2,
+                self.ls_2,
+                self.lv_2,
+            )
         else:
-            r.n = self.n_3
-            r.total = self.total_3
-            r.lo = self.lo_3
-            r.hi = self.hi_3
-            r.mean = self.mean_3
-            r.m2 = self.m2_3
-            r.ft = self.ft_3
-            r.fb = self.fb_3
-            r.fs = self.fs_3
-            r.fv = self.fv_3
-            r.lt = self.lt_3
-            r.lb = self.lb_3
-            r.ls = self.ls_3
-            r.lv = self.lv_3
+            r.set_fields(
+                self.n_3,
+                self.total_3,
+                self.lo_3,
+                self.hi_3,
+                self.mean_3,
+                self.m2_3,
+                self.ft_3,
+                self.fb_3,
+                self.fs_3,
+                self.fv_3,
+                self.lt_3,
+                self.lb_3,
+                self.ls_3,
+                self.lv_3,
+            )
 
     def merge_put(self, i: int, r: Stat) -> None:
         if i == 0:
-            nb = self.n_0
-            if nb:
-                na = r.n
-                if not na:
-                    r.n = self.n_0
-                    r.total = self.total_0
-                    r.lo = self.lo_0
-                    r.hi = self.hi_0
-                    r.mean = self.mean_0
-                    r.m2 = self.m2_0
-                    r.ft = self.ft_0
-                    r.fb = self.fb_0
-                    r.fs = self.fs_0
-                    r.fv = self.fv_0
-                    r.lt = self.lt_0
-                    r.lb = self.lb_0
-                    r.ls = self.ls_0
-                    r.lv = self.lv_0
-                else:
-                    n = na + nb
-                    r.n = n
-                    r.total += self.total_0
-                    if self.lo_0 < r.lo:
-                        r.lo = self.lo_0
-                    if self.hi_0 > r.hi:
-                        r.hi = self.hi_0
-                    d = self.mean_0 - r.mean
-                    r.mean += d * nb / n
-                    r.m2 += self.m2_0 + d * d * na * nb / n
-                    t, b, s = self.ft_0, self.fb_0, self.fs_0
-                    ft = r.ft
-                    if t < ft or (t == ft and (b < r.fb or (b == r.fb and s < r.fs))):
-                        r.ft = t
-                        r.fb = b
-                        r.fs = s
-                        r.fv = self.fv_0
-                    t, b, s = self.lt_0, self.lb_0, self.ls_0
-                    lt = r.lt
-                    if t > lt or (t == lt and (b > r.lb or (b == r.lb and s > r.ls))):
-                        r.lt = t
-                        r.lb = b
-                        r.ls = s
-                        r.lv = self.lv_0
+            r.merge_fields(
+                self.n_0,
+                self.total_0,
+                self.lo_0,
+                self.hi_0,
+                self.mean_0,
+                self.m2_0,
+                self.ft_0,
+                self.fb_0,
+                self.fs_0,
+                self.fv_0,
+                self.lt_0,
+                self.lb_0,
+                self.ls_0,
+                self.lv_0,
+            )
         elif i == 1:
-            nb = self.n_1
-            if nb:
-                na = r.n
-                if not na:
-                    r.n = self.n_1
-                    r.total = self.total_1
-                    r.lo = self.lo_1
-                    r.hi = self.hi_1
-                    r.mean = self.mean_1
-                    r.m2 = self.m2_1
-                    r.ft = self.ft_1
-                    r.fb = self.fb_1
-                    r.fs = self.fs_1
-                    r.fv = self.fv_1
-                    r.lt = self.lt_1
-                    r.lb = self.lb_1
-                    r.ls = self.ls_1
-                    r.lv = self.lv_1
-                else:
-                    n = na + nb
-                    r.n = n
-                    r.total += self.total_1
-                    if self.lo_1 < r.lo:
-                        r.lo = self.lo_1
-                    if self.hi_1 > r.hi:
-                        r.hi = self.hi_1
-                    d = self.mean_1 - r.mean
-                    r.mean += d * nb / n
-                    r.m2 += self.m2_1 + d * d * na * nb / n
-                    t, b, s = self.ft_1, self.fb_1, self.fs_1
-                    ft = r.ft
-                    if t < ft or (t == ft and (b < r.fb or (b == r.fb and s < r.fs))):
-                        r.ft = t
-                        r.fb = b
-                        r.fs = s
-                        r.fv = self.fv_1
-                    t, b, s = self.lt_1, self.lb_1, self.ls_1
-                    lt = r.lt
-                    if t > lt or (t == lt and (b > r.lb or (b == r.lb and s > r.ls))):
-                        r.lt = t
-                        r.lb = b
-                        r.ls = s
-                        r.lv = self.lv_1
+            r.merge_fields(
+                self.n_1,
+                self.total_1,
+                self.lo_1,
+                self.hi_1,
+                self.mean_1,
+                self.m2_1,
+                self.ft_1,
+                self.fb_1,
+                self.fs_1,
+                self.fv_1,
+                self.lt_1,
+                self.lb_1,
+                self.ls_1,
+                self.lv_1,
+            )
         elif i == 2:
-            nb = self.n_2
-            if nb:
-                na = r.n
-                if not na:
-                    r.n = self.n_2
-                    r.total = self.total_2
-                    r.lo = self.lo_2
-                    r.hi = self.hi_2
-                    r.mean = self.mean_2
-                    r.m2 = self.m2_2
-                    r.ft = self.ft_2
-                    r.fb = self.fb_2
-                    r.fs = self.fs_2
-                    r.fv = self.fv_2
-                    r.lt = self.lt_2
-                    r.lb = self.lb_2
-                    r.ls = self.ls_2
-                    r.lv = self.lv_2
-                else:
-                    n = na + nb
-                    r.n = n
-                    r.total += self.total_2
-                    if self.lo_2 < r.lo:
-                        r.lo = self.lo_2
-                    if self.hi_2 > r.hi:
-                        r.hi = self.hi_2
-                    d = self.mean_2 - r.mean
-                    r.mean += d * nb / n
-                    r.m2 += self.m2_2 + d * d * na * nb / n
-                    t, b, s = self.ft_2, self.fb_2, self.fs_2
-                    ft = r.ft
-                    if t < ft or (t == ft and (b < r.fb or (b == r.fb and s < r.fs))):
-                        r.ft = t
-                        r.fb = b
-                        r.fs = s
-                        r.fv = self.fv_2
-                    t, b, s = self.lt_2, self.lb_2, self.ls_2
-                    lt = r.lt
-                    if t > lt or (t == lt and (b > r.lb or (b == r.lb and s > r.ls))):
-                        r.lt = t
-                        r.lb = b
-                        r.ls = s
-                        r.lv = self.lv_2
+            r.merge_fields(
+                self.n_2,
+                self.total_2,
+                self.lo_2,
+                self.hi_2,
+                self.mean_2,
+                self.m2_2,
+                self.ft_2,
+                self.fb_2,
+                self.fs_2,
+                self.fv_2,
+                self.lt_2,
+                self.lb_2,
+                self.ls_2,
+                self.lv_2,
+            )
         else:
-            nb = self.n_3
-            if nb:
-                na = r.n
-                if not na:
-                    r.n = self.n_3
-                    r.total = self.total_3
-                    r.lo = self.lo_3
-                    r.hi = self.hi_3
-                    r.mean = self.mean_3
-                    r.m2 = self.m2_3
-                    r.ft = self.ft_3
-                    r.fb = self.fb_3
-                    r.fs = self.fs_3
-                    r.fv = self.fv_3
-                    r.lt = self.lt_3
-                    r.lb = self.lb_3
-                    r.ls = self.ls_3
-                    r.lv = self.lv_3
-                else:
-                    n = na + nb
-                    r.n = n
-                    r.total += self.total_3
-                    if self.lo_3 < r.lo:
-                        r.lo = self.lo_3
-                    if self.hi_3 > r.hi:
-                        r.hi = self.hi_3
-                    d = self.mean_3 - r.mean
-                    r.mean += d * nb / n
-                    r.m2 += self.m2_3 + d * d * na * nb / n
-                    t, b, s = self.ft_3, self.fb_3, self.fs_3
-                    ft = r.ft
-                    if t < ft or (t == ft and (b < r.fb or (b == r.fb and s < r.fs))):
-                        r.ft = t
-                        r.fb = b
-                        r.fs = s
-                        r.fv = self.fv_3
-                    t, b, s = self.lt_3, self.lb_3, self.ls_3
-                    lt = r.lt
-                    if t > lt or (t == lt and (b > r.lb or (b == r.lb and s > r.ls))):
-                        r.lt = t
-                        r.lb = b
-                        r.ls = s
-                        r.lv = self.lv_3
+            r.merge_fields(
+                self.n_3,
+                self.total_3,
+                self.lo_3,
+                self.hi_3,
+                self.mean_3,
+                self.m2_3,
+                self.ft_3,
+                self.fb_3,
+                self.fs_3,
+                self.fv_3,
+                self.lt_3,
+                self.lb_3,
+                self.ls_3,
+                self.lv_3,
+            )
 
     def to_json(self) -> list[Any]:
         return [

@@ -220,54 +220,92 @@ class Stat:
 
     def merge_from(self, o: Stat) -> None:
         """Merge ``o`` into this one (Chan's parallel variance); ``o`` is not changed."""
-        nb = o.n
+        self.merge_fields(o.n, o.total, o.lo, o.hi, o.mean, o.m2, o.ft, o.fb, o.fs, o.fv, o.lt, o.lb, o.ls, o.lv)
+
+    def merge_fields(
+        self,
+        nb: int,
+        total: float,
+        lo: float,
+        hi: float,
+        mean: float,
+        m2: float,
+        ft: int,
+        fb: int,
+        fs: int,
+        fv: float,
+        lt: int,
+        lb: int,
+        ls: int,
+        lv: float,
+    ) -> None:
+        """Merge in the Stat whose fields these are (as :meth:`merge_from`; the accumulators of ``accs`` hold
+        the same fields per metric)."""
         if not nb:
             return
         na = self.n
         if not na:
-            self.set(o)
+            self.set_fields(nb, total, lo, hi, mean, m2, ft, fb, fs, fv, lt, lb, ls, lv)
             return
         n = na + nb
         self.n = n
-        self.total += o.total
-        if o.lo < self.lo:
-            self.lo = o.lo
-        if o.hi > self.hi:
-            self.hi = o.hi
-        d = o.mean - self.mean
+        self.total += total
+        if lo < self.lo:
+            self.lo = lo
+        if hi > self.hi:
+            self.hi = hi
+        d = mean - self.mean
         self.mean += d * nb / n
-        self.m2 += o.m2 + d * d * na * nb / n
-        t, b, s = o.ft, o.fb, o.fs
-        ft = self.ft
-        if t < ft or (t == ft and (b < self.fb or (b == self.fb and s < self.fs))):
-            self.ft = t
-            self.fb = b
-            self.fs = s
-            self.fv = o.fv
-        t, b, s = o.lt, o.lb, o.ls
-        lt = self.lt
-        if t > lt or (t == lt and (b > self.lb or (b == self.lb and s > self.ls))):
-            self.lt = t
-            self.lb = b
-            self.ls = s
-            self.lv = o.lv
+        self.m2 += m2 + d * d * na * nb / n
+        f = self.ft
+        if ft < f or (ft == f and (fb < self.fb or (fb == self.fb and fs < self.fs))):
+            self.ft = ft
+            self.fb = fb
+            self.fs = fs
+            self.fv = fv
+        la = self.lt
+        if lt > la or (lt == la and (lb > self.lb or (lb == self.lb and ls > self.ls))):
+            self.lt = lt
+            self.lb = lb
+            self.ls = ls
+            self.lv = lv
 
     def set(self, o: Stat) -> None:
         """Become a copy of ``o``."""
-        self.n = o.n
-        self.total = o.total
-        self.lo = o.lo
-        self.hi = o.hi
-        self.mean = o.mean
-        self.m2 = o.m2
-        self.ft = o.ft
-        self.fb = o.fb
-        self.fs = o.fs
-        self.fv = o.fv
-        self.lt = o.lt
-        self.lb = o.lb
-        self.ls = o.ls
-        self.lv = o.lv
+        self.set_fields(o.n, o.total, o.lo, o.hi, o.mean, o.m2, o.ft, o.fb, o.fs, o.fv, o.lt, o.lb, o.ls, o.lv)
+
+    def set_fields(
+        self,
+        n: int,
+        total: float,
+        lo: float,
+        hi: float,
+        mean: float,
+        m2: float,
+        ft: int,
+        fb: int,
+        fs: int,
+        fv: float,
+        lt: int,
+        lb: int,
+        ls: int,
+        lv: float,
+    ) -> None:
+        """Become the Stat whose fields these are (as :meth:`set`)."""
+        self.n = n
+        self.total = total
+        self.lo = lo
+        self.hi = hi
+        self.mean = mean
+        self.m2 = m2
+        self.ft = ft
+        self.fb = fb
+        self.fs = fs
+        self.fv = fv
+        self.lt = lt
+        self.lb = lb
+        self.ls = ls
+        self.lv = lv
 
     def clear(self) -> None:
         """Back to no value (as new). Written out rather than called from ``__init__``: compiled, the fields
