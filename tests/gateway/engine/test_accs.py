@@ -48,7 +48,8 @@ def test_generated_module_is_what_the_script_writes() -> None:
     assert spec is not None and spec.loader is not None
     gen = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gen)
-    assert (ROOT / "gateway" / "engine" / "accs.py").read_text() == gen.generate()
+    same = (ROOT / "gateway" / "engine" / "accs.py").read_text() == gen.generate()
+    assert same, "gateway/engine/accs.py is not what scripts/gen_accs.py writes: run python scripts/gen_accs.py"
 
 
 @settings(max_examples=300, deadline=None)
