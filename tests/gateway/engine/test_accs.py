@@ -9,8 +9,10 @@ given the same operations holds, to the bit, and snapshot as it would.
 from __future__ import annotations
 
 import importlib.util
+import random
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -39,6 +41,48 @@ def as_stat(acc: Acc, i: int) -> Stat:
     return r
 
 
+def _apply(accs: list[Acc], refs: list[list[Stat]], o: tuple[object, ...]) -> None:
+    """One operation on the accumulators and the same on their reference Stats."""
+    width = len(refs[0])
+    kind = o[0]
+    if kind == "add":
+        _, j, var, (t, b, s), vals = o
+        values = list(vals)[:width]  # type: ignore[call-overload]
+        (accs[j].add_var if var else accs[j].add)(values, t, b, s)  # type: ignore[index]
+        for i, v in enumerate(values):
+            if v is not None:
+                (refs[j][i].add_var if var else refs[j][i].add)(v, t, b, s)  # type: ignore[index]
+    elif kind == "merge":
+        _, j, k = o
+        if j != k:
+            accs[j].merge_from(accs[k])  # type: ignore[index]
+            for i in range(width):
+                refs[j][i].merge_from(refs[k][i])  # type: ignore[index]
+    elif kind == "set":
+        _, j, k = o
+        accs[j].set(accs[k])  # type: ignore[index]
+        for i in range(width):
+            refs[j][i].set(refs[k][i])  # type: ignore[index]
+    else:
+        accs[o[1]].clear()  # type: ignore[index]
+        for x in refs[o[1]]:  # type: ignore[index]
+            x.clear()
+
+
+def _same(accs: list[Acc], refs: list[list[Stat]]) -> None:
+    for acc, ref in zip(accs, refs, strict=True):
+        for i in range(len(ref)):
+            assert acc.count(i) == ref[i].n
+            assert stat_fields(as_stat(acc, i)) == stat_fields(ref[i])
+            base, want = Stat(), Stat()  # merge_put into a Stat with values, as Stat.merge_from
+            for x in (base, want):
+                x.add_var(3.0, 2, 1, 1)
+                x.add_var(-7.5, 40, 0, 2)
+            acc.merge_put(i, base)
+            want.merge_from(ref[i])
+            assert stat_fields(base) == stat_fields(want)
+
+
 def test_factory_picks_the_class_for_the_width() -> None:
     assert [type(acc_empty(k)) for k in range(1, 7)] == [Acc1, Acc2, Acc3, Acc4, AccN, AccN]
 
@@ -58,29 +102,7 @@ def test_every_metric_of_an_acc_is_a_stat(width: int, ops: list[tuple[object, ..
     accs = [acc_empty(width) for _ in range(3)]
     refs = [[Stat() for _ in range(width)] for _ in range(3)]
     for o in ops:
-        kind = o[0]
-        if kind == "add":
-            _, j, var, (t, b, s), vals = o
-            values = list(vals)[:width]  # type: ignore[call-overload]
-            (accs[j].add_var if var else accs[j].add)(values, t, b, s)  # type: ignore[index]
-            for i, v in enumerate(values):
-                if v is not None:
-                    (refs[j][i].add_var if var else refs[j][i].add)(v, t, b, s)  # type: ignore[index]
-        elif kind == "merge":
-            _, j, k = o
-            if j != k:
-                accs[j].merge_from(accs[k])  # type: ignore[index]
-                for i in range(width):
-                    refs[j][i].merge_from(refs[k][i])  # type: ignore[index]
-        elif kind == "set":
-            _, j, k = o
-            accs[j].set(accs[k])  # type: ignore[index]
-            for i in range(width):
-                refs[j][i].set(refs[k][i])  # type: ignore[index]
-        else:
-            accs[o[1]].clear()  # type: ignore[index]
-            for x in refs[o[1]]:  # type: ignore[index]
-                x.clear()
+        _apply(accs, refs, o)
     for acc, ref in zip(accs, refs, strict=True):
         for i in range(width):
             assert acc.count(i) == ref[i].n
@@ -89,11 +111,36 @@ def test_every_metric_of_an_acc_is_a_stat(width: int, ops: list[tuple[object, ..
         assert flat == [f for x in ref for f in x.to_json()]  # the snapshot form of a tuple of Stats
         again = acc_from_json(flat)
         assert type(again) is type(acc) and acc_to_json(again) == flat
-    # merge_put: a Stat with values merges in each metric as Stat.merge_from would
-    for i in range(width):
-        base, ref = Stat(), Stat()
-        base.add_var(3.0, 2, 1, 1)
-        ref.add_var(3.0, 2, 1, 1)
-        accs[0].merge_put(i, base)
-        ref.merge_from(refs[0][i])
-        assert stat_fields(base) == stat_fields(ref)
+    _same(accs, refs)
+
+
+@pytest.mark.parametrize("far_share", [0.0, 0.1])
+@pytest.mark.parametrize("width", range(1, 7))
+def test_long_random_runs_of_every_width(width: int, far_share: float) -> None:
+    """Many operations per accumulator, so that merges of unequal counts, long first/last contests and
+    copies of merged accumulators all happen (short hypothesis examples mostly merge one value into one)."""
+    rng = random.Random(width * 10 + int(far_share * 10))
+    accs = [acc_empty(width) for _ in range(3)]
+    refs = [[Stat() for _ in range(width)] for _ in range(3)]
+    for step in range(3000):
+        u = rng.random()
+        if u < 0.8:
+            # mostly close values (merges where one side's min or max beats the other's by a little) and ties,
+            # some far ones; few distinct (t, boot, seq), so first/last see exact ties too
+            far = rng.random() < far_share
+            vals = [
+                None if rng.random() < 0.15 else rng.uniform(-1e3, 1e3) if far else round(rng.uniform(0, 3), 2)
+                for _ in range(6)
+            ]
+            stamp = (rng.randrange(20), rng.randrange(2), rng.randrange(3))
+            o: tuple[object, ...] = ("add", rng.randrange(3), rng.random() < 0.8, stamp, vals)
+        elif u < 0.93:
+            o = ("merge", rng.randrange(3), rng.randrange(3))
+        elif u < 0.98:
+            o = ("set", rng.randrange(3), rng.randrange(3))
+        else:
+            o = ("clear", rng.randrange(3))
+        _apply(accs, refs, o)
+        if step % 50 == 0:
+            _same(accs, refs)
+    _same(accs, refs)
