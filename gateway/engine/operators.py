@@ -241,7 +241,7 @@ class _SlideKey:
         self.accs: list[Acc] = []  # the panes' accumulators, sorted by their ``start`` (the pane's start)
         self.revs: dict[int, int] = {}  # window start -> revision, for fired windows not yet dropped (lateness > 0)
         self.cleanup: list[tuple[int, int]] = []  # (end + lateness, window start)
-        self.dirty: set[int] | None = None  # panes changed after a window containing them fired (None: none yet)
+        self.dirty: set[int] = set()  # panes changed after a window containing them fired
         # Two-stack sliding aggregation over the panes of the last window fired. Front: panes, oldest last, each
         # with the aggregate of it and every newer front pane; back: the panes in [back_from, hi), pushed since
         # the last transfer, with their aggregate.
@@ -262,7 +262,7 @@ class _SlideKey:
             "panes": [[a.start, acc_to_json(a)] for a in self.accs],
             "revs": [[s, r] for s, r in self.revs.items()],
             "cleanup": [list(x) for x in self.cleanup],
-            "dirty": sorted(self.dirty) if self.dirty else [],
+            "dirty": sorted(self.dirty),
             "front": [[a.start, acc_to_json(a)] for a in self.front_a],
             "back": back,
             "back_acc": None if self.back_acc is None else acc_to_json(self.back_acc),
@@ -275,7 +275,7 @@ class _SlideKey:
         ks.accs = [_acc_at(p, a) for p, a in d["panes"]]
         ks.revs = {s: r for s, r in d["revs"]}
         ks.cleanup = [(x[0], x[1]) for x in d["cleanup"]]
-        ks.dirty = set(d["dirty"]) if d["dirty"] else None
+        ks.dirty = set(d["dirty"])
         ks.front_a = [_acc_at(p, a) for p, a in d["front"]]
         ks.back_acc = None if d["back_acc"] is None else acc_from_json(d["back_acc"])
         ks.hi = d["hi"]
@@ -312,14 +312,15 @@ class SlidingOperator(WindowOperator):
         if len(self.spare) < self.spare_max:
             self.spare.append(acc)
 
+    def _take(self) -> Acc:
+        """A spare accumulator (holding old values) or a new one, for a pane or stack entry."""
+        spare = self.spare
+        return spare.pop() if spare else acc_empty(self.nm)
+
     def _new_acc(self, p: int) -> Acc:
         """An empty accumulator for the pane starting at ``p``."""
-        spare = self.spare
-        if spare:
-            acc = spare.pop()
-            acc.clear()
-        else:
-            acc = acc_empty(self.nm)
+        acc = self._take()
+        acc.clear()
         acc.start = p
         return acc
 
@@ -349,10 +350,7 @@ class SlidingOperator(WindowOperator):
                 accs.insert(i, acc)
         # some window containing this pane has already been fired (or passed empty): first_window_end_after, inlined
         if wm is not None and p + 1 + (off + size - p - 1) % slide <= wm:
-            if ks.dirty is None:
-                ks.dirty = {p}
-            else:
-                ks.dirty.add(p)
+            ks.dirty.add(p)
         self._add_values(acc, values, t, b, s)
         return _NONE
 
@@ -372,8 +370,6 @@ class SlidingOperator(WindowOperator):
         Stack entries and the back's aggregate come from (and go back to) the operator's spare
         accumulators; each result is a fresh :class:`Stat` of its own, never changed afterwards."""
         front_a = ks.front_a
-        spare = self.spare
-        nm = self.nm
         hi = ks.hi
         back_acc = ks.back_acc
         if hi is None:
@@ -390,7 +386,7 @@ class SlidingOperator(WindowOperator):
             prev: Acc | None = None
             while i >= j:
                 pa = accs[i]
-                f = spare.pop() if spare else acc_empty(nm)
+                f = self._take()
                 if prev is None:
                     f.set(pa)
                 else:
@@ -410,7 +406,7 @@ class SlidingOperator(WindowOperator):
             if pa.start >= end:
                 break
             if back_acc is None:
-                back_acc = spare.pop() if spare else acc_empty(nm)
+                back_acc = self._take()
                 back_acc.set(pa)
             else:
                 back_acc.merge_from(pa)  # in place: back_acc itself is never handed out
@@ -444,13 +440,13 @@ class SlidingOperator(WindowOperator):
     def _refire(self, out: list[Output], k: str, ks: _SlideKey, old: int) -> None:
         size, slide, off = self.size, self.slide, self.offset
         starts: set[int] = set()
-        for p in ks.dirty or ():
+        for p in ks.dirty:
             last = p - (p - off) % slide
             lo = p - size + 1
             for s in range(lo + (off - lo) % slide, last + 1, slide):
                 if s + size <= old < s + size + self.lateness:
                     starts.add(s)
-        ks.dirty = None
+        ks.dirty.clear()
         self._release_stacks(ks)  # the stacks may hold stale aggregates
         for s in sorted(starts):
             rev = ks.revs.get(s, 0) + 1
@@ -494,10 +490,9 @@ class SlidingOperator(WindowOperator):
                 heappush(ks.cleanup, (e + lateness, s))
             self._fire(out, k, ks, s, e)
             e += slide
-        if lateness:
-            heap = ks.cleanup
-            while heap and heap[0][0] <= wm:
-                ks.revs.pop(heappop(heap)[1], None)
+        heap = ks.cleanup
+        while heap and heap[0][0] <= wm:
+            ks.revs.pop(heappop(heap)[1], None)
         n = 0
         while n < len(accs):  # drop the panes whose every window is past its allowed lateness
             p = accs[n].start
@@ -520,10 +515,6 @@ class SlidingOperator(WindowOperator):
     def restore(self, snap: dict[str, Any]) -> None:
         self._base_restore(snap)
         self.keys = {k: _SlideKey.from_json(d) for k, d in snap["keys"].items()}
-        if not self.lateness:  # fired windows are kept only for re-fires within the lateness (a changed config)
-            for ks in self.keys.values():
-                ks.revs.clear()
-                ks.cleanup.clear()
 
 
 class _Session:
