@@ -17,7 +17,7 @@ from mypy_extensions import mypyc_attr
 
 from .aggregates import FIELDS, Stat, order_key, order_parts
 
-__all__ = ["Acc", "Acc1", "Acc2", "Acc3", "Acc4", "AccN", "Values", "acc_empty", "acc_from_json", "acc_to_json"]
+__all__ = ["Acc", "Acc1", "Acc2", "Acc3", "Acc4", "AccN", "Values", "acc_empty", "acc_from_json"]
 
 Values = list[float | None]
 """One reading's values for a window, one per metric of the window in its order (``None``: no value)."""
@@ -2418,11 +2418,7 @@ def acc_empty(metrics: int) -> Acc:
 
 
 def acc_from_json(flat: list[Any]) -> Acc:
-    """The inverse of :func:`acc_to_json`."""
+    """The inverse of :meth:`Acc.to_json`."""
     acc = acc_empty(len(flat) // FIELDS)
     acc.load(flat)
     return acc
-
-
-def acc_to_json(a: Acc) -> list[Any]:
-    return a.to_json()

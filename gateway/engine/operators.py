@@ -19,7 +19,7 @@ from bisect import insort
 from heapq import heappop, heappush
 from typing import Any, Final, Protocol
 
-from .accs import Acc, Values, acc_empty, acc_from_json, acc_to_json
+from .accs import Acc, Values, acc_empty, acc_from_json
 from .config import WindowSpec
 from .outputs import Fired, LateReading, Output, WindowResult
 from .windows import first_window_end_after, pane_size
@@ -210,7 +210,7 @@ class TumblingOperator(WindowOperator):
 
     def snapshot(self) -> dict[str, Any]:
         snap = self._base_snapshot()
-        snap["wins"] = {k: [[s, w[0], acc_to_json(w[1])] for s, w in v.items()] for k, v in self.wins.items()}
+        snap["wins"] = {k: [[s, w[0], w[1].to_json()] for s, w in v.items()] for k, v in self.wins.items()}
         snap["timers"] = {k: [list(x) for x in v] for k, v in self.timers.items()}
         snap["dirty"] = {k: sorted(v) for k, v in self.dirty.items()}
         return snap
@@ -259,13 +259,13 @@ class _SlideKey:
             else [a.start for a in self.accs if self.back_from <= a.start < hi]
         )
         return {
-            "panes": [[a.start, acc_to_json(a)] for a in self.accs],
+            "panes": [[a.start, a.to_json()] for a in self.accs],
             "revs": [[s, r] for s, r in self.revs.items()],
             "cleanup": [list(x) for x in self.cleanup],
             "dirty": sorted(self.dirty),
-            "front": [[a.start, acc_to_json(a)] for a in self.front_a],
+            "front": [[a.start, a.to_json()] for a in self.front_a],
             "back": back,
-            "back_acc": None if self.back_acc is None else acc_to_json(self.back_acc),
+            "back_acc": None if self.back_acc is None else self.back_acc.to_json(),
             "hi": hi,
         }
 
@@ -531,7 +531,7 @@ class _Session:
         self.late = late  # changed after its end was passed (its next emission is a re-fire)
 
     def to_json(self) -> list[Any]:
-        return [self.start, self.end, self.rev, acc_to_json(self.acc), self.pending, self.late]
+        return [self.start, self.end, self.rev, self.acc.to_json(), self.pending, self.late]
 
     @staticmethod
     def from_json(x: list[Any]) -> _Session:

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.engine.accs import Acc, Acc1, Acc2, Acc3, Acc4, AccN, acc_empty, acc_from_json, acc_to_json
+from gateway.engine.accs import Acc, Acc1, Acc2, Acc3, Acc4, AccN, acc_empty, acc_from_json
 from gateway.engine.aggregates import Stat
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -107,10 +107,10 @@ def test_every_metric_of_an_acc_is_a_stat(width: int, ops: list[tuple[object, ..
         for i in range(width):
             assert acc.count(i) == ref[i].n
             assert stat_fields(as_stat(acc, i)) == stat_fields(ref[i])
-        flat = acc_to_json(acc)
+        flat = acc.to_json()
         assert flat == [f for x in ref for f in x.to_json()]  # the snapshot form of a tuple of Stats
         again = acc_from_json(flat)
-        assert type(again) is type(acc) and acc_to_json(again) == flat
+        assert type(again) is type(acc) and again.to_json() == flat
     _same(accs, refs)
 
 
