@@ -80,14 +80,19 @@ class Engine:
         self._max_future = spec.max_future_ms
         self._min_time = spec.min_time_ms
         self._reject_unsynced = spec.unsynced == "reject"
-        self.stats: dict[str, int] = {
-            "readings": 0,
+        self._readings = 0  # readings windowed (a field: counted per message, a dict entry would box the int)
+        self._stats: dict[str, int] = {  # the rarer counts
             "time_in_future": 0,
             "time_too_old": 0,
             "unsynced": 0,
             "non_numeric": 0,
             "flushed_ignored": 0,
         }
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counts: readings windowed, refused (by reason), non-numeric values, flushed markers ignored."""
+        return {"readings": self._readings, **self._stats}
 
     # -- input ------------------------------------------------------------------------------------
 
@@ -113,6 +118,7 @@ class Engine:
         rows: list[Reading] = []
         has_max = False
         max_t = 0
+        row_t = 0  # the event time of the last reading kept
         for r in batch.readings:
             t = r.t_ms
             q = r.quality
@@ -120,25 +126,25 @@ class Engine:
                 out.append(self._refuse(r, now_ms))
                 continue
             rows.append(r)
+            row_t = t
             if q != "u" and (not has_max or t > max_t):
                 max_t = t
                 has_max = True
-        stats = self.stats
         flushed = batch.flushed_ms
         if flushed is not None and (flushed > fut or flushed < too_old):
-            stats["flushed_ignored"] += 1
+            self._stats["flushed_ignored"] += 1
             flushed = None
         site, device = batch.site, batch.device
         windows = self.windows
         if rows:
-            stats["readings"] += len(rows)
+            self._readings += len(rows)
             if len(rows) == 1 and self._groups == 1:  # the common message: one reading, windows of one metric set
                 r = rows[0]
                 values = self._values(r, windows[0].metrics)
                 if values is not None:
-                    t, b, sq = r.t_ms, r.boot, r.seq
+                    b, sq = r.boot, r.seq
                     for w in windows:
-                        late = w.op.add(site if w.key_site else device, site, device, t, b, sq, values)
+                        late = w.op.add(site if w.key_site else device, site, device, row_t, b, sq, values)
                         if late:
                             out.extend(late)
             else:  # windows with the same metrics share each reading's values
@@ -203,7 +209,7 @@ class Engine:
             reason = "time_too_old"
         else:
             reason = "unsynced"
-        self.stats[reason] += 1
+        self._stats[reason] += 1
         return LateReading("", r.site, r.device, "", r.t_ms, r.boot, r.seq, 0, None, reason)
 
     def _values(self, r: Reading, metrics: tuple[str, ...]) -> Values | None:
@@ -221,7 +227,7 @@ class Engine:
                 values.append(v)
                 some = True
             elif isinstance(v, str):
-                self.stats["non_numeric"] += 1
+                self._stats["non_numeric"] += 1
                 values.append(None)
             else:
                 values.append(float(v))
@@ -296,7 +302,7 @@ class Engine:
         return {
             "version": SNAPSHOT_VERSION,
             "tracker": self.tracker.snapshot(),
-            "stats": dict(self.stats),
+            "stats": self.stats,
             "windows": {w.spec.name: w.op.snapshot() for w in self.windows},
         }
 
@@ -309,6 +315,8 @@ class Engine:
             raise ValueError(f"snapshot has windows {sorted(snap['windows'])}, engine has {sorted(names)}")
         self.tracker.restore(snap["tracker"])
         self._devs.clear()
-        self.stats = dict(snap["stats"])
+        stats = dict(snap["stats"])
+        self._readings = stats.pop("readings")
+        self._stats = stats
         for w in self.windows:
             w.op.restore(snap["windows"][w.spec.name])

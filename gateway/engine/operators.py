@@ -19,6 +19,8 @@ from bisect import insort
 from heapq import heappop, heappush
 from typing import Any, Final, Protocol
 
+from mypy_extensions import mypyc_attr
+
 from .accs import Acc, Values, acc_empty, acc_from_json
 from .config import WindowSpec
 from .outputs import Fired, LateReading, Output, WindowResult
@@ -35,6 +37,18 @@ __all__ = [
 ]
 
 _NONE: Final[tuple[Output, ...]] = ()
+NO_WM: Final = -(1 << 62)
+"""No watermark yet (far below any event time a reading can have), where an unboxed int stands for one."""
+
+
+@mypyc_attr(acyclic=True)
+class _Wm:
+    """A key's watermark, updated in place: compiled, an unboxed int (no int object made per update)."""
+
+    __slots__ = ("v",)
+
+    def __init__(self, v: int) -> None:
+        self.v = v
 
 
 class Operator(Protocol):
@@ -67,7 +81,7 @@ class WindowOperator:
         self.nm = len(spec.metrics)
         self.bases = tuple(enumerate(spec.metrics))
         self.var = "stddev" in self.aggs  # keep Welford's M2 only when stddev is asked for
-        self.wm: dict[str, int] = {}
+        self.wm: dict[str, _Wm] = {}  # key ("" in shared mode) -> the watermark the operator last acted on
         self.sites: dict[str, str] = {}
         self.late_count = 0
 
@@ -96,13 +110,24 @@ class WindowOperator:
             acc.add(values, t, b, s)
 
     def watermark(self, key: str) -> int | None:
-        return self.wm.get("" if self.shared else key)
+        c = self.wm.get("" if self.shared else key)
+        return None if c is None else c.v
 
-    def _set_wm(self, key: str | None, wm: int) -> int | None:
+    def _wm(self, key: str) -> int:
+        """The key's watermark, or :data:`NO_WM`: below every event time, so that ``x <= wm`` is then false."""
+        c = self.wm.get("" if self.shared else key)
+        return NO_WM if c is None else c.v
+
+    def _set_wm(self, key: str | None, wm: int) -> int:
+        """Move the key's watermark to ``wm``; returns the one before, or :data:`NO_WM` if it had none."""
         hk = "" if key is None else key
-        old = self.wm.get(hk)
-        assert old is None or wm >= old, f"watermark of {self.spec.name}/{hk} went back: {old} -> {wm}"
-        self.wm[hk] = wm
+        c = self.wm.get(hk)
+        if c is None:
+            self.wm[hk] = _Wm(wm)
+            return NO_WM
+        old = c.v
+        assert wm >= old, f"watermark of {self.spec.name}/{hk} went back: {old} -> {wm}"
+        c.v = wm
         return old
 
     def _late(self, site: str, device: str, t: int, b: int, s: int, values: Values, wm: int) -> tuple[Output, ...]:
@@ -127,10 +152,10 @@ class WindowOperator:
                 out.append(r)
 
     def _base_snapshot(self) -> dict[str, Any]:
-        return {"wm": dict(self.wm), "sites": dict(self.sites), "late_count": self.late_count}
+        return {"wm": {k: c.v for k, c in self.wm.items()}, "sites": dict(self.sites), "late_count": self.late_count}
 
     def _base_restore(self, snap: dict[str, Any]) -> None:
-        self.wm = dict(snap["wm"])
+        self.wm = {k: _Wm(v) for k, v in snap["wm"].items()}
         self.sites = dict(snap["sites"])
         self.late_count = snap["late_count"]
 
@@ -155,8 +180,8 @@ class TumblingOperator(WindowOperator):
         size = self.size
         start = t - (t - self.offset) % size
         end = start + size
-        wm = self.wm.get("" if self.shared else key)
-        if wm is not None and end + self.lateness <= wm:
+        wm = self._wm(key)
+        if end + self.lateness <= wm:
             return self._late(site, device, t, b, s, values, wm)
         wins = self.wins.get(key)
         if wins is None:
@@ -166,7 +191,7 @@ class TumblingOperator(WindowOperator):
         w = wins.get(start)
         if w is None:
             w = wins[start] = [0, acc_empty(self.nm)]
-            if wm is not None and end <= wm:  # a window the watermark passed while it was empty
+            if end <= wm:  # a window the watermark passed while it was empty
                 self.dirty.setdefault(key, set()).add(start)
                 heappush(self.timers[key], (end + self.lateness, start, 1))
             else:
@@ -325,11 +350,11 @@ class SlidingOperator(WindowOperator):
         return acc
 
     def add(self, key: str, site: str, device: str, t: int, b: int, s: int, values: Values) -> tuple[Output, ...]:
-        wm = self.wm.get("" if self.shared else key)
+        wm = self._wm(key)
         size = self.size
         slide = self.slide
         off = self.offset
-        if wm is not None and t - (t - off) % slide + size + self.lateness <= wm:
+        if t - (t - off) % slide + size + self.lateness <= wm:
             return self._late(site, device, t, b, s, values, wm)
         ks = self.keys.get(key)
         if ks is None:
@@ -349,7 +374,7 @@ class SlidingOperator(WindowOperator):
                 acc = self._new_acc(p)
                 accs.insert(i, acc)
         # some window containing this pane has already been fired (or passed empty): first_window_end_after, inlined
-        if wm is not None and p + 1 + (off + size - p - 1) % slide <= wm:
+        if p + 1 + (off + size - p - 1) % slide <= wm:
             ks.dirty.add(p)
         self._add_values(acc, values, t, b, s)
         return _NONE
@@ -465,14 +490,14 @@ class SlidingOperator(WindowOperator):
             if ks is not None:
                 self._advance_key(out, key, ks, old, wm)
 
-    def _advance_key(self, out: list[Output], k: str, ks: _SlideKey, old: int | None, wm: int) -> None:
+    def _advance_key(self, out: list[Output], k: str, ks: _SlideKey, old: int, wm: int) -> None:
         size, slide, off, lateness = self.size, self.slide, self.offset, self.lateness
-        if ks.dirty and old is not None:
+        if ks.dirty and old != NO_WM:
             self._refire(out, k, ks, old)
         accs = ks.accs
         if not accs:
             e = wm + 1
-        elif old is None:
+        elif old == NO_WM:
             e = first_window_end_after(accs[0].start, size, slide, off)
         else:
             e = first_window_end_after(old, size, slide, off)
@@ -554,7 +579,7 @@ class SessionOperator(WindowOperator):
         self.tombs: dict[str, list[list[int]]] = {}
 
     def add(self, key: str, site: str, device: str, t: int, b: int, s: int, values: Values) -> tuple[Output, ...]:
-        wm = self.wm.get("" if self.shared else key)
+        wm = self._wm(key)
         lo, hi = t, t + self.gap
         sessions = self.sessions.get(key)
         if sessions is None:
@@ -568,7 +593,7 @@ class SessionOperator(WindowOperator):
                 if hi > x.end:
                     x.end = hi
                 x.pending = True
-                if not x.late and (x.rev > 0 or (wm is not None and x.end <= wm)):
+                if not x.late and (x.rev > 0 or x.end <= wm):
                     x.late = True
                 self._add_values(x.acc, values, t, b, s)
                 return _NONE
@@ -576,14 +601,14 @@ class SessionOperator(WindowOperator):
         # Too late: the session this reading would open - or the part it would prepend to the sessions
         # it touches - ended more than the allowed lateness ago. (Prepending is refused too, so that a
         # session can never grow back over one already dropped and reuse its start, its point's time.)
-        if wm is not None and hi + self.lateness <= wm and (not hits or lo < hits[0].start):
+        if hi + self.lateness <= wm and (not hits or lo < hits[0].start):
             if not sessions:
                 del self.sessions[key], self.sites[key]
             return self._late(site, device, t, b, s, values, wm)
         if not hits:
             acc = acc_empty(self.nm)
             self._add_values(acc, values, t, b, s)
-            behind = wm is not None and hi <= wm
+            behind = hi <= wm
             if not sessions or lo > sessions[-1].start:
                 sessions.append(_Session(lo, hi, 0, acc, True, behind))
             else:
@@ -593,7 +618,7 @@ class SessionOperator(WindowOperator):
         start = min(lo, base.start)
         end = max(hi, max(x.end for x in hits))
         merged: Acc = base.acc
-        late = any(x.rev > 0 for x in hits) or (wm is not None and end <= wm)
+        late = any(x.rev > 0 for x in hits) or end <= wm
         for x in hits[1:]:
             merged.merge_from(x.acc)
             sessions.remove(x)
