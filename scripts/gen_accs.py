@@ -336,8 +336,10 @@ def gen_class(k: int) -> str:
         lines.append("")
         lines.append(f"    def {meth}(self, values: Values, t: int, b: int, s: int) -> None:")
         for i in range(k):
-            lines.append(f"        v = values[{i}]")
-            lines.append("        if v is not None:")
+            # ``v`` is declared a float once: compiled, each value is unboxed once, not at every use
+            lines.append(f"        o = values[{i}]")
+            lines.append("        if o is not None:")
+            lines.append(f"            v{': float' if i == 0 else ''} = o")
             lines.extend(_sub(ADD_FIRST, i, 12))
             lines.extend(_sub(rest, i, 16))
             lines.extend(_sub(ADD_ORDER, i, 16))

@@ -181,8 +181,9 @@ class Acc1(Acc):
         self.ft_0 = self.fb_0 = self.fs_0 = self.lt_0 = self.lb_0 = self.ls_0 = 0
 
     def add(self, values: Values, t: int, b: int, s: int) -> None:
-        v = values[0]
-        if v is not None:
+        o = values[0]
+        if o is not None:
+            v: float = o
             n = self.n_0
             if not n:
                 self.n_0 = 1
@@ -213,8 +214,9 @@ class Acc1(Acc):
                         self.lv_0 = v
 
     def add_var(self, values: Values, t: int, b: int, s: int) -> None:
-        v = values[0]
-        if v is not None:
+        o = values[0]
+        if o is not None:
+            v: float = o
             n = self.n_0
             if not n:
                 self.n_0 = 1
@@ -461,8 +463,9 @@ class Acc2(Acc):
         self.ft_1 = self.fb_1 = self.fs_1 = self.lt_1 = self.lb_1 = self.ls_1 = 0
 
     def add(self, values: Values, t: int, b: int, s: int) -> None:
-        v = values[0]
-        if v is not None:
+        o = values[0]
+        if o is not None:
+            v: float = o
             n = self.n_0
             if not n:
                 self.n_0 = 1
@@ -491,8 +494,9 @@ class Acc2(Acc):
                         self.lb_0 = b
                         self.ls_0 = s
                         self.lv_0 = v
-        v = values[1]
-        if v is not None:
+        o = values[1]
+        if o is not None:
+            v = o
             n = self.n_1
             if not n:
                 self.n_1 = 1
@@ -523,8 +527,9 @@ class Acc2(Acc):
                         self.lv_1 = v
 
     def add_var(self, values: Values, t: int, b: int, s: int) -> None:
-        v = values[0]
-        if v is not None:
+        o = values[0]
+        if o is not None:
+            v: float = o
             n = self.n_0
             if not n:
                 self.n_0 = 1
@@ -559,8 +564,9 @@ class Acc2(Acc):
                         self.lb_0 = b
                         self.ls_0 = s
                         self.lv_0 = v
-        v = values[1]
-        if v is not None:
+        o = values[1]
+        if o is not None:
+            v = o
             n = self.n_1
             if not n:
                 self.n_1 = 1
@@ -957,8 +963,9 @@ class Acc3(Acc):
         self.ft_2 = self.fb_2 = self.fs_2 = self.lt_2 = self.lb_2 = self.ls_2 = 0
 
     def add(self, values: Values, t: int, b: int, s: int) -> None:
-        v = values[0]
-        if v is not None:
+        o = values[0]
+        if o is not None:
+            v: float = o
             n = self.n_0
             if not n:
                 self.n_0 = 1
@@ -987,8 +994,9 @@ class Acc3(Acc):
                         self.lb_0 = b
                         self.ls_0 = s
                         self.lv_0 = v
-        v = values[1]
-        if v is not None:
+        o = values[1]
+        if o is not None:
+            v = o
             n = self.n_1
             if not n:
                 self.n_1 = 1
@@ -1017,8 +1025,9 @@ class Acc3(Acc):
                         self.lb_1 = b
                         self.ls_1 = s
                         self.lv_1 = v
-        v = values[2]
-        if v is not None:
+        o = values[2]
+        if o is not None:
+            v = o
             n = self.n_2
             if not n:
                 self.n_2 = 1
@@ -1049,8 +1058,9 @@ class Acc3(Acc):
                         self.lv_2 = v
 
     def add_var(self, values: Values, t: int, b: int, s: int) -> None:
-        v = values[0]
-        if v is not None:
+        o = values[0]
+        if o is not None:
+            v: float = o
             n = self.n_0
             if not n:
                 self.n_0 = 1
@@ -1085,8 +1095,9 @@ class Acc3(Acc):
                         self.lb_0 = b
                         self.ls_0 = s
                         self.lv_0 = v
-        v = values[1]
-        if v is not None:
+        o = values[1]
+        if o is not None:
+            v = o
             n = self.n_1
             if not n:
                 self.n_1 = 1
@@ -1121,8 +1132,9 @@ class Acc3(Acc):
                         self.lb_1 = b
                         self.ls_1 = s
                         self.lv_1 = v
-        v = values[2]
-        if v is not None:
+        o = values[2]
+        if o is not None:
+            v = o
             n = self.n_2
             if not n:
                 self.n_2 = 1
@@ -1666,8 +1678,9 @@ class Acc4(Acc):
         self.ft_3 = self.fb_3 = self.fs_3 = self.lt_3 = self.lb_3 = self.ls_3 = 0
 
     def add(self, values: Values, t: int, b: int, s: int) -> None:
-        v = values[0]
-        if v is not None:
+        o = values[0]
+        if o is not None:
+            v: float = o
             n = self.n_0
             if not n:
                 self.n_0 = 1
@@ -1696,8 +1709,9 @@ class Acc4(Acc):
                         self.lb_0 = b
                         self.ls_0 = s
                         self.lv_0 = v
-        v = values[1]
-        if v is not None:
+        o = values[1]
+        if o is not None:
+            v = o
             n = self.n_1
             if not n:
                 self.n_1 = 1
@@ -1726,8 +1740,9 @@ class Acc4(Acc):
                         self.lb_1 = b
                         self.ls_1 = s
                         self.lv_1 = v
-        v = values[2]
-        if v is not None:
+        o = values[2]
+        if o is not None:
+            v = o
             n = self.n_2
             if not n:
                 self.n_2 = 1
@@ -1756,8 +1771,9 @@ class Acc4(Acc):
                         self.lb_2 = b
                         self.ls_2 = s
                         self.lv_2 = v
-        v = values[3]
-        if v is not None:
+        o = values[3]
+        if o is not None:
+            v = o
             n = self.n_3
             if not n:
                 self.n_3 = 1
@@ -1788,8 +1804,9 @@ class Acc4(Acc):
                         self.lv_3 = v
 
     def add_var(self, values: Values, t: int, b: int, s: int) -> None:
-        v = values[0]
-        if v is not None:
+        o = values[0]
+        if o is not None:
+            v: float = o
             n = self.n_0
             if not n:
                 self.n_0 = 1
@@ -1824,8 +1841,9 @@ class Acc4(Acc):
                         self.lb_0 = b
                         self.ls_0 = s
                         self.lv_0 = v
-        v = values[1]
-        if v is not None:
+        o = values[1]
+        if o is not None:
+            v = o
             n = self.n_1
             if not n:
                 self.n_1 = 1
@@ -1860,8 +1878,9 @@ class Acc4(Acc):
                         self.lb_1 = b
                         self.ls_1 = s
                         self.lv_1 = v
-        v = values[2]
-        if v is not None:
+        o = values[2]
+        if o is not None:
+            v = o
             n = self.n_2
             if not n:
                 self.n_2 = 1
@@ -1896,8 +1915,9 @@ class Acc4(Acc):
                         self.lb_2 = b
                         self.ls_2 = s
                         self.lv_2 = v
-        v = values[3]
-        if v is not None:
+        o = values[3]
+        if o is not None:
+            v = o
             n = self.n_3
             if not n:
                 self.n_3 = 1
