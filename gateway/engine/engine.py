@@ -19,11 +19,13 @@ from typing import Any, Final
 
 from ..model import Batch, MetricValue, Reading, StatusUpdate
 from .config import EngineSpec, WindowSpec
-from .operators import Values, WindowOperator, build_operator
+from .operators import NO_WM, Values, WindowOperator, WmCell, build_operator
 from .outputs import LateReading, Output
 from .watermark import DeviceTracker
 
 __all__ = ["SNAPSHOT_VERSION", "Engine"]
+
+_UNUSED: Final = WmCell(NO_WM)  # a site window's place in _Device.cells
 
 SNAPSHOT_VERSION: Final = 2  # 2: flat accumulators (one list per window, metrics side by side: Stat.to_json)
 
@@ -53,13 +55,15 @@ class _Window:
 
 
 class _Device:
-    """Per device, for the hot path: its tracker entry (the same list) and its bound in each window."""
+    """Per device, for the hot path: its tracker entry (the same list), and its bound and its watermark cell in
+    each window (for a window keyed by site, a cell never used: the site comes with each message)."""
 
-    __slots__ = ("bounds", "entry")
+    __slots__ = ("bounds", "cells", "entry")
 
-    def __init__(self, entry: list[Any], bounds: list[int]) -> None:
+    def __init__(self, entry: list[Any], bounds: list[int], cells: list[WmCell]) -> None:
         self.entry = entry
         self.bounds = bounds
+        self.cells = cells
 
 
 class Engine:
@@ -136,6 +140,10 @@ class Engine:
             flushed = None
         site, device = batch.site, batch.device
         windows = self.windows
+        dev = self._devs.get(device)
+        if dev is None:
+            dev = self._dev(site, device)
+        cells = dev.cells
         if rows:
             self._readings += len(rows)
             if len(rows) == 1 and self._groups == 1:  # the common message: one reading, windows of one metric set
@@ -143,29 +151,32 @@ class Engine:
                 values = self._values(r, windows[0].metrics)
                 if values is not None:
                     b, sq = r.boot, r.seq
-                    for w in windows:
-                        late = w.op.add(site if w.key_site else device, site, device, row_t, b, sq, values)
+                    for i in range(len(windows)):
+                        w = windows[i]
+                        if w.key_site:
+                            late = w.op.add(site, site, device, row_t, b, sq, values)
+                        else:
+                            late = w.op.add_at(cells[i], device, site, device, row_t, b, sq, values)
                         if late:
                             out.extend(late)
             else:  # windows with the same metrics share each reading's values
                 shared: list[list[Values | None] | None] = [None] * self._groups
-                for w in windows:
+                for i in range(len(windows)):
+                    w = windows[i]
                     vals = shared[w.group]
                     if vals is None:
                         vals = shared[w.group] = [self._values(r, w.metrics) for r in rows]
                     key = site if w.key_site else device
                     op = w.op
+                    wmc = op.key_cell(site) if w.key_site else cells[i]
                     for j in range(len(rows)):
                         values = vals[j]
                         if values is not None:
                             r = rows[j]
-                            late = op.add(key, site, device, r.t_ms, r.boot, r.seq, values)
+                            late = op.add_at(wmc, key, site, device, r.t_ms, r.boot, r.seq, values)
                             if late:
                                 out.extend(late)
         # the device tracker (DeviceTracker.seen, inlined): entry = [site, max_t, flushed, last_seen, ...]
-        dev = self._devs.get(device)
-        if dev is None:
-            dev = self._dev(site, device)
         e = dev.entry
         last: int | None = e[3]
         if last is None or now_ms > last:
@@ -196,10 +207,12 @@ class Engine:
                 wm = fl + 1
             else:
                 continue
-            w.op.advance_into(device, wm, out)
+            w.op.advance_at(cells[i], device, wm, out)
 
     def _dev(self, site: str, device: str) -> _Device:
-        dev = self._devs[device] = _Device(self.tracker.entry(site, device), [w.bound(device) for w in self.windows])
+        ws = self.windows
+        cells = [_UNUSED if w.key_site else w.op.key_cell(device) for w in ws]
+        dev = self._devs[device] = _Device(self.tracker.entry(site, device), [w.bound(device) for w in ws], cells)
         return dev
 
     def _refuse(self, r: Reading, now_ms: int) -> LateReading:

@@ -42,8 +42,8 @@ NO_WM: Final = -(1 << 62)
 
 
 @mypyc_attr(acyclic=True)
-class _Wm:
-    """A key's watermark, updated in place: compiled, an unboxed int (no int object made per update)."""
+class WmCell:
+    """A key's watermark, updated in place (compiled: an unboxed int, no int object made per update)."""
 
     __slots__ = ("v",)
 
@@ -81,11 +81,19 @@ class WindowOperator:
         self.nm = len(spec.metrics)
         self.bases = tuple(enumerate(spec.metrics))
         self.var = "stddev" in self.aggs  # keep Welford's M2 only when stddev is asked for
-        self.wm: dict[str, _Wm] = {}  # key ("" in shared mode) -> the watermark the operator last acted on
+        # key ("" in shared mode) -> the watermark the operator last acted on (NO_WM: none yet). A key's cell is
+        # never replaced or dropped (only restore() replaces them all), so a caller may keep it (see cell()).
+        self.wm: dict[str, WmCell] = {}
         self.sites: dict[str, str] = {}
         self.late_count = 0
 
     def add(self, key: str, site: str, device: str, t: int, b: int, s: int, values: Values) -> tuple[Output, ...]:
+        return self.add_at(self.key_cell(key), key, site, device, t, b, s, values)
+
+    def add_at(
+        self, wmc: WmCell, key: str, site: str, device: str, t: int, b: int, s: int, values: Values
+    ) -> tuple[Output, ...]:
+        """:meth:`add`, with ``wmc`` the watermark cell the reading is judged against (``cell()`` of its key)."""
         raise NotImplementedError
 
     def advance(self, key: str | None, wm: int) -> list[Output]:
@@ -95,7 +103,22 @@ class WindowOperator:
 
     def advance_into(self, key: str | None, wm: int, out: list[Output]) -> None:
         """As :meth:`advance`, appending to ``out``."""
+        self.advance_at(self.cell("" if key is None else key), key, wm, out)
+
+    def advance_at(self, wmc: WmCell, key: str | None, wm: int, out: list[Output]) -> None:
+        """:meth:`advance_into`, with ``wmc`` the key's watermark cell (``cell()`` of the key, "" for None)."""
         raise NotImplementedError
+
+    def key_cell(self, key: str) -> WmCell:
+        """The watermark cell a reading of ``key`` is judged against (the shared one in shared mode)."""
+        return self.cell("" if self.shared else key)
+
+    def cell(self, hk: str) -> WmCell:
+        """The watermark cell of key ``hk`` ("" for the shared watermark), made if it has none."""
+        c = self.wm.get(hk)
+        if c is None:
+            c = self.wm[hk] = WmCell(NO_WM)
+        return c
 
     def snapshot(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -111,23 +134,13 @@ class WindowOperator:
 
     def watermark(self, key: str) -> int | None:
         c = self.wm.get("" if self.shared else key)
-        return None if c is None else c.v
+        return None if c is None or c.v == NO_WM else c.v
 
-    def _wm(self, key: str) -> int:
-        """The key's watermark, or :data:`NO_WM`: below every event time, so that ``x <= wm`` is then false."""
-        c = self.wm.get("" if self.shared else key)
-        return NO_WM if c is None else c.v
-
-    def _set_wm(self, key: str | None, wm: int) -> int:
-        """Move the key's watermark to ``wm``; returns the one before, or :data:`NO_WM` if it had none."""
-        hk = "" if key is None else key
-        c = self.wm.get(hk)
-        if c is None:
-            self.wm[hk] = _Wm(wm)
-            return NO_WM
-        old = c.v
-        assert wm >= old, f"watermark of {self.spec.name}/{hk} went back: {old} -> {wm}"
-        c.v = wm
+    def _move(self, wmc: WmCell, key: str | None, wm: int) -> int:
+        """Move a key's watermark (its cell ``wmc``) to ``wm``; returns the one before (maybe NO_WM)."""
+        old = wmc.v
+        assert wm >= old, f"watermark of {self.spec.name}/{key} went back: {old} -> {wm}"
+        wmc.v = wm
         return old
 
     def _late(self, site: str, device: str, t: int, b: int, s: int, values: Values, wm: int) -> tuple[Output, ...]:
@@ -152,10 +165,14 @@ class WindowOperator:
                 out.append(r)
 
     def _base_snapshot(self) -> dict[str, Any]:
-        return {"wm": {k: c.v for k, c in self.wm.items()}, "sites": dict(self.sites), "late_count": self.late_count}
+        return {
+            "wm": {k: c.v for k, c in self.wm.items() if c.v != NO_WM},
+            "sites": dict(self.sites),
+            "late_count": self.late_count,
+        }
 
     def _base_restore(self, snap: dict[str, Any]) -> None:
-        self.wm = {k: _Wm(v) for k, v in snap["wm"].items()}
+        self.wm = {k: WmCell(v) for k, v in snap["wm"].items()}
         self.sites = dict(snap["sites"])
         self.late_count = snap["late_count"]
 
@@ -176,11 +193,13 @@ class TumblingOperator(WindowOperator):
         self.timers: dict[str, list[tuple[int, int, int]]] = {}
         self.dirty: dict[str, set[int]] = {}
 
-    def add(self, key: str, site: str, device: str, t: int, b: int, s: int, values: Values) -> tuple[Output, ...]:
+    def add_at(
+        self, wmc: WmCell, key: str, site: str, device: str, t: int, b: int, s: int, values: Values
+    ) -> tuple[Output, ...]:
         size = self.size
         start = t - (t - self.offset) % size
         end = start + size
-        wm = self._wm(key)
+        wm = wmc.v
         if end + self.lateness <= wm:
             return self._late(site, device, t, b, s, values, wm)
         wins = self.wins.get(key)
@@ -202,8 +221,8 @@ class TumblingOperator(WindowOperator):
         self._add_values(acc, values, t, b, s)
         return _NONE
 
-    def advance_into(self, key: str | None, wm: int, out: list[Output]) -> None:
-        self._set_wm(key, wm)
+    def advance_at(self, wmc: WmCell, key: str | None, wm: int, out: list[Output]) -> None:
+        self._move(wmc, key, wm)
         if key is not None:
             heap = self.timers.get(key)
             if heap is None or (heap[0][0] > wm and (not self.dirty or key not in self.dirty)):
@@ -349,8 +368,10 @@ class SlidingOperator(WindowOperator):
         acc.start = p
         return acc
 
-    def add(self, key: str, site: str, device: str, t: int, b: int, s: int, values: Values) -> tuple[Output, ...]:
-        wm = self._wm(key)
+    def add_at(
+        self, wmc: WmCell, key: str, site: str, device: str, t: int, b: int, s: int, values: Values
+    ) -> tuple[Output, ...]:
+        wm = wmc.v
         size = self.size
         slide = self.slide
         off = self.offset
@@ -480,8 +501,8 @@ class SlidingOperator(WindowOperator):
             ks.revs[s] = rev
             self._emit(out, k, s, s + size, self._window(ks, s, s + size), rev, "late")
 
-    def advance_into(self, key: str | None, wm: int, out: list[Output]) -> None:
-        old = self._set_wm(key, wm)
+    def advance_at(self, wmc: WmCell, key: str | None, wm: int, out: list[Output]) -> None:
+        old = self._move(wmc, key, wm)
         if key is None:
             for k in list(self.keys):
                 self._advance_key(out, k, self.keys[k], old, wm)
@@ -578,8 +599,10 @@ class SessionOperator(WindowOperator):
         self.sessions: dict[str, list[_Session]] = {}
         self.tombs: dict[str, list[list[int]]] = {}
 
-    def add(self, key: str, site: str, device: str, t: int, b: int, s: int, values: Values) -> tuple[Output, ...]:
-        wm = self._wm(key)
+    def add_at(
+        self, wmc: WmCell, key: str, site: str, device: str, t: int, b: int, s: int, values: Values
+    ) -> tuple[Output, ...]:
+        wm = wmc.v
         lo, hi = t, t + self.gap
         sessions = self.sessions.get(key)
         if sessions is None:
@@ -635,8 +658,8 @@ class SessionOperator(WindowOperator):
         self._add_values(merged, values, t, b, s)
         return _NONE
 
-    def advance_into(self, key: str | None, wm: int, out: list[Output]) -> None:
-        self._set_wm(key, wm)
+    def advance_at(self, wmc: WmCell, key: str | None, wm: int, out: list[Output]) -> None:
+        self._move(wmc, key, wm)
         if key is None:
             for k in list(self.sessions):
                 self._advance_key(out, k, self.sessions[k], wm)
