@@ -10,6 +10,10 @@ per key (a device or a site). The engine drives it with two calls:
   shared mode: one watermark for every key), re-fires windows that late readings changed (``revision + 1``),
   fires windows whose end the watermark reached, and drops state past ``end + allowed_lateness``.
 
+Each key's watermark lives in a :class:`WmCell`. ``add_at`` and ``advance_at`` are the same two calls
+with the key's cell passed in (``key_cell(key)`` for ``add``, ``cell(key)`` for ``advance``): the engine
+keeps each device's cells, so that a reading does not look its key up twice in every operator.
+
 ``snapshot()`` returns the whole state as plain JSON-able values; ``restore()`` takes it back.
 """
 
@@ -82,7 +86,7 @@ class WindowOperator:
         self.bases = tuple(enumerate(spec.metrics))
         self.var = "stddev" in self.aggs  # keep Welford's M2 only when stddev is asked for
         # key ("" in shared mode) -> the watermark the operator last acted on (NO_WM: none yet). A key's cell is
-        # never replaced or dropped (only restore() replaces them all), so a caller may keep it (see cell()).
+        # never replaced or dropped (only restore() replaces them all), so a caller may keep it (see key_cell()).
         self.wm: dict[str, WmCell] = {}
         self.sites: dict[str, str] = {}
         self.late_count = 0
@@ -93,7 +97,7 @@ class WindowOperator:
     def add_at(
         self, wmc: WmCell, key: str, site: str, device: str, t: int, b: int, s: int, values: Values
     ) -> tuple[Output, ...]:
-        """:meth:`add`, with ``wmc`` the watermark cell the reading is judged against (``cell()`` of its key)."""
+        """:meth:`add`, with ``wmc`` the watermark cell the reading is judged against (``key_cell(key)``)."""
         raise NotImplementedError
 
     def advance(self, key: str | None, wm: int) -> list[Output]:
