@@ -110,7 +110,7 @@ def test_power_loss_at_random_points(micropython: str, tmp_path: Path) -> None:
         )
         # kill it after a random amount of progress (counted in output lines, so a loaded machine does
         # not turn every round into a kill during start-up), or now and then while it starts
-        target = rng.choice([0] + list(range(3, 80)))
+        target = rng.choice([0, *range(3, 80)])
         head = b""
         if target == 0:
             time.sleep(rng.uniform(0.0, 0.02))
