@@ -21,10 +21,13 @@ CFG = {  # type: dict  # values of assorted types, read by key
     'publish_fill_pct': 50,  # ... or when the RTC ring is this full (or anything sits on flash)
     'wake_timeout_s': 40,    # the whole wake; the watchdog gets a few seconds more
     'wifi_timeout_s': 10,
-    'net_timeout_s': 5,      # socket timeout for MQTT and NTP
+    'net_timeout_s': 5,      # socket timeout for MQTT
+    'ntp_timeout_s': 2,      # one NTP request; two are tried, then NTP backs off (1, 3, 7, 15 publishing wakes)
     'keepalive_s': 10,       # MQTT keepalive; after a silent drop the broker sends the will 1.5x this later
-    'sync_every_s': 21600,   # re-sync NTP after 6 hours
-    'clock_max_age_s': 86400,  # readings later than this after a sync are marked 'u'
+    'sync_every_s': 600,     # NTP at every publishing wake: readings are then timed between two syncs
+    'clock_max_age_s': 3600,  # readings later than this after the last sync are marked 'u'
+    # power
+    'batt_low_mv': 3300,     # below this (batt_mv) the board keeps buffering without the radio
     # buffer
     'rtc_mem': 2048,         # bytes of RTC memory used (header + ring); an ESP32 offers 2048
     'log_max': 2000,         # readings kept on flash before the oldest are discarded
@@ -35,6 +38,35 @@ CFG = {  # type: dict  # values of assorted types, read by key
     'adc': [('batt_mv', 35, 2.0), ('light_mv', 34, 1.0)],  # (metric, pin, divider factor)
     'maint_pin': 0,          # held low at reset: stay awake with the REPL (BOOT button)
 }
+
+RTC_MEM_MAX = 2048  # an ESP32's RTC slow memory for machine.RTC().memory()
+
+
+def check(cfg):
+    """Make a configuration the board can run with, and say what was changed: [(key, message)].
+    Checked at every start (cheap); app.py prints each message on the REPL and names the keys in the
+    status ("cfg")."""
+    out = []
+
+    def fix(key, value, why):
+        out.append((key, '%s %r %s: using %r' % (key, cfg.get(key), why, value)))
+        cfg[key] = value
+
+    for key, lo, dflt in (('sleep_s', 1, 300), ('publish_every', 1, 3), ('publish_fill_pct', 1, 50),
+                          ('wifi_timeout_s', 1, 10), ('net_timeout_s', 1, 5), ('ntp_timeout_s', 1, 2),
+                          ('log_max', 0, 2000), ('rtc_mem', 256, 2048), ('batt_low_mv', 0, 0)):
+        v = cfg.get(key)
+        if type(v) is not int or v < lo:
+            fix(key, dflt, 'is not a whole number >= %d' % lo)
+    if cfg['rtc_mem'] > RTC_MEM_MAX:
+        fix('rtc_mem', RTC_MEM_MAX, '> %d bytes of RTC memory' % RTC_MEM_MAX)
+    # app.py stops publishing 5 s before wake_timeout_s: leave room for Wi-Fi, NTP and a publish
+    need = cfg['wifi_timeout_s'] + 2 * cfg['ntp_timeout_s'] + 2 * cfg['net_timeout_s'] + 8
+    wt = cfg.get('wake_timeout_s')
+    if type(wt) is not int or wt < need:
+        fix('wake_timeout_s', need, 'leaves no time to publish (Wi-Fi + NTP + MQTT + margin)')
+    return out
+
 
 try:
     from config_local import CFG as _local

@@ -5,6 +5,7 @@ message with the gateway's own decoder, and a short way to run a fleet."""
 from __future__ import annotations
 
 import json
+import struct
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -18,7 +19,7 @@ from gateway.model import Batch, Reading, StatusUpdate
 from gateway.protocol import decode
 from sim.board.runner import BoardSpec, Fleet, Hook, PowerLoss, Reset, WakeRecord, host_ms
 
-from .conftest import Broker
+from .conftest import Broker, run_mpy
 
 MIN = 60_000
 HOUR = 60 * MIN
@@ -183,3 +184,31 @@ def past_start(dur_ms: int) -> int:
     """A start time such that the whole run lies in the past of the host's clock (so the gateway's
     decoder does not see future times)."""
     return host_ms() - dur_ms - 10 * MIN
+
+
+def ring_ids(raw: bytes) -> set[tuple[int, int]]:
+    """(boot, seq) of the readings in an RTC-memory image (firmware/state.py): the header says where the
+    ring starts (bytes 4-5, from layout 2 on) and its head, count and capacity (bytes 6-11); layout 1 had
+    them at 20-25 and the ring at 60."""
+    if len(raw) < 12:
+        return set()
+    if raw[2] >= 2:
+        hdr, head, count, cap = struct.unpack_from("<HHHH", raw, 4)
+    else:
+        hdr = 60
+        head, count, cap = struct.unpack_from("<HHH", raw, 20)
+    rec = raw[3]
+    out = set()
+    for k in range(count):
+        b, s = struct.unpack_from("<II", raw, hdr + ((head + k) % cap) * rec)
+        out.add((b, s))
+    return out
+
+
+def state_hdr(micropython: str, tmp_path: Path) -> int:
+    """The RTC-memory header size (firmware/state.py HDR), as the firmware computes it."""
+    d = tmp_path / "hdr"
+    d.mkdir(exist_ok=True)
+    r = run_mpy(micropython, "import state; print(state.HDR)", d)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return int(r.stdout.split()[-1])

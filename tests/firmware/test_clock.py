@@ -11,7 +11,7 @@ from pathlib import Path
 from sim.board.runner import BoardSpec, NtpFault, NtpServer, PowerLoss, Reset, host_ms
 
 from .conftest import Broker, run_mpy
-from .fitl import HOUR, MIN, VALUES, Run, config, past_start, run
+from .fitl import HOUR, MIN, VALUES, Run, config, past_start, ring_ids, run
 
 # Event-time error bound for readings timed between two NTP syncs (interpolated on the RC clock): see
 # docs/firmware.md "Clock error bound". Loopback NTP, so the round trip adds next to nothing here.
@@ -165,26 +165,6 @@ def test_uncorrectable_readings_do_not_block_publishing(
     unexplained = {k for k in missing if (k[1], k[2]) not in destroyed}
     assert len(unexplained) <= dropped, (len(unexplained), dropped)
     assert dropped >= 1  # the uncorrectable era was counted, not silently kept or silently lost
-
-
-def ring_ids(raw: bytes) -> set[tuple[int, int]]:
-    """(boot, seq) of the readings in an RTC-memory image: the header says where the ring starts (byte 4,
-    from layout 2 on) and its head, count and capacity (bytes 6-11); layout 1 had them at 20-25, ring at 60."""
-    import struct
-
-    if len(raw) < 12:
-        return set()
-    if raw[2] >= 2:
-        hdr, head, count, cap = struct.unpack_from("<HHHH", raw, 4)
-    else:
-        hdr = 60
-        head, count, cap = struct.unpack_from("<HHH", raw, 20)
-    rec = raw[3]
-    out = set()
-    for k in range(count):
-        b, s = struct.unpack_from("<II", raw, hdr + ((head + k) % cap) * rec)
-        out.add((b, s))
-    return out
 
 
 # -- NTP unreachable (defect 5) -----------------------------------------------------------------------

@@ -7,7 +7,6 @@ once, at its event time, except those the power loss destroyed."""
 from __future__ import annotations
 
 import asyncio
-import struct
 import threading
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from gateway.protocol import decode
 from sim.board.runner import BoardSpec, Fleet, Hook, PowerLoss, host_ms
 
 from .conftest import Broker
+from .fitl import ring_ids, state_hdr
 
 pytestmark = pytest.mark.integration
 
@@ -100,19 +100,6 @@ class GatewayThread:
         return self.gw
 
 
-def ring_ids(raw: bytes) -> set[tuple[int, int]]:
-    """(boot, seq) of the readings in an RTC-memory image (layout in firmware/state.py)."""
-    if len(raw) < 60:
-        return set()
-    head, count, cap = struct.unpack_from("<HHH", raw, 20)
-    rec = raw[3]
-    out = set()
-    for k in range(count):
-        b, s = struct.unpack_from("<II", raw, 60 + ((head + k) % cap) * rec)
-        out.add((b, s))
-    return out
-
-
 def test_three_boards_two_hours(
     micropython: str, umqtt_lib: Path, broker: Broker, tmp_path: Path, influxdb_v1: Proc, influx_db: str
 ) -> None:
@@ -144,7 +131,7 @@ def test_three_boards_two_hours(
         # so the backlog spills to flash
         BoardSpec(
             "fw-2",
-            {**common, "rtc_mem": 60 + 4 * (17 + 4 * NM)},
+            {**common, "rtc_mem": state_hdr(micropython, tmp_path) + 4 * (17 + 4 * NM)},
             {"values": values, "wifi_down": [[start - MIN, start + 30 * MIN], outage]},
             drift_ppm=-25,
             stagger_ms=11_000,
