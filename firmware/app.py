@@ -6,11 +6,11 @@ import sys
 import time
 from micropython import const
 
+from timebase import Clock  # the biggest module first, while the heap is least fragmented
+from state import State
+from buffer import Buffer, rec_size
 import codec
 import hw
-from buffer import Buffer, rec_size
-from state import State
-from timebase import Clock
 
 _MARGIN_MS = const(5000)
 _BOOT = 'boot.cnt'
@@ -47,7 +47,7 @@ class Wake:
         self.t0 = t0
         self.wdt = wdt
         self.msgbuf = msgbuf
-        self.problems = list(problems)  # [(config key, message)] from config.check()
+        self.problems = list(problems)  # [(config key, message)] from cfgcheck.check()
         self.names = ['temp_c', 'rh'] + [a[0] for a in cfg['adc']]
         self.dec = [2, 1] + [0 for _ in cfg['adc']]
         nm = len(self.names)
@@ -198,13 +198,47 @@ class Wake:
         st.ntp_skip = (1 << min(st.ntp_fails, 4)) - 1  # publishing wakes to skip: 1, 3, 7, 15
         self.save()
 
+    def want_gateway_time(self):
+        """NTP failed twice in a row and this clock era has no recent NTP time: ask the gateway."""
+        st = self.st
+        if st.ntp_fails < 2:
+            return False
+        pts = st.points()
+        return not pts or pts[-1][2] or self.clk.raw() - pts[-1][0] > self.clk.max_age
+
+    def gateway_time(self, got, t0, raw0):
+        """The gateway's answer to our 'online' status: {"v":1,"t":<its Unix ms when the status came>}.
+        That instant lies between sending the status and receiving the answer; take the middle."""
+        if got is None:
+            log('gwtime', 'none')
+            return
+        import json
+        try:
+            d = json.loads(got[1])
+            t = d['t']
+            if d.get('v') != 1 or type(t) is not int:
+                raise ValueError
+        except (ValueError, KeyError, TypeError):
+            log('gwtime', 'bad', got[1])
+            return
+        rtt = time.ticks_diff(got[0], t0)
+        res = self.clk.sync(t, raw0 + rtt // 2, rtt, True)
+        self.save()
+        log('gwtime', res, 'rtt', rtt)
+
     def publish(self):
         from uplink import Uplink
         cfg, st, buf = self.cfg, self.st, self.buf
         up = Uplink(cfg)
         up.connect()
         try:
+            ask = self.want_gateway_time()
+            if ask:
+                up.listen()
+            t0, raw0 = time.ticks_ms(), self.clk.raw()
             up.status('online', self.status_fields())
+            if ask:
+                self.gateway_time(up.poll(3000), t0, raw0)
             bat = codec.Batcher(cfg['device'], buf=self.msgbuf)
             sent = 0
             final = False
@@ -308,9 +342,12 @@ def main():
     import uplink  # noqa: F401
     gc.collect()
     msgbuf = bytearray(4096)  # the message buffer first, while the heap is still unfragmented
-    rtcbuf = bytearray(2048)  # and the RTC-memory image (config.RTC_MEM_MAX)
-    from config import CFG as cfg, check
-    problems = check(cfg)  # fixes what cannot work; the messages go to the REPL and the status
+    rtcbuf = bytearray(2048)  # and the RTC-memory image (cfgcheck.RTC_MEM_MAX)
+    from config import CFG as cfg
+    import cfgcheck
+    problems = cfgcheck.check(cfg)  # fixes what cannot work; the messages go to the REPL and the status
+    del sys.modules['cfgcheck']  # not needed again in this wake: let its code be collected
+    del cfgcheck
     if maintenance(cfg):
         for _, msg in problems:
             log('config', msg)

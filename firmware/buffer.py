@@ -63,7 +63,7 @@ class FlashLog:
             if len(p) > 2:
                 rec_was = int(p[2])
         except (OSError, ValueError, IndexError):
-            pass
+            self._commit(self.gen, self.off)  # from the start on, the ack file names the record size
         if rec_was != rec:  # written with another metric count: count what it held, start a new log
             n = _size(self.path()) - self.off
             self.discarded = max(0, (n + rec_was + 3) // (rec_was + 4))

@@ -3,6 +3,7 @@
 # timebase, uplink) import nothing from the board.
 import time
 import machine
+import network  # built into the ESP32 port; loaded here, on a clean heap, where it is a host shim
 from micropython import const
 
 _rtc = machine.RTC()
@@ -101,7 +102,6 @@ def sample(out):
 def wifi_connect(ssid, password, timeout_ms):
     """True once associated with an address, False after timeout_ms."""
     global _wlan
-    import network
     _wlan = network.WLAN(network.STA_IF)
     _wlan.active(True)
     if _wlan.isconnected():

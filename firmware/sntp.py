@@ -37,15 +37,15 @@ def query(host, port=123, timeout_s=2):
     finally:
         s.close()
     if len(msg) < 48:
-        raise OSError('ntp: short reply')
+        raise OSError('ntp short')
     li, mode, stratum = msg[0] >> 6, msg[0] & 0x07, msg[1]
     if mode != 4 or li == 3 or stratum == 0 or stratum >= 16:
-        raise OSError('ntp: unsynchronised reply (li %d mode %d stratum %d)' % (li, mode, stratum))
+        raise OSError('ntp li %d mode %d stratum %d' % (li, mode, stratum))
     if bytes(msg[24:32]) != nonce:
-        raise OSError('ntp: not our request')
+        raise OSError('ntp origin')
     rs, rf, ts, tf = struct.unpack_from('!IIII', msg, 32)
     if ts == 0 and tf == 0:
-        raise OSError('ntp: no transmit time')
+        raise OSError('ntp tx 0')
     tx = ntp_ms(ts, tf)
     rx = ntp_ms(rs, rf) if rs or rf else tx
     rtt = time.ticks_diff(t1, t0) - max(0, tx - rx)  # minus the server's own processing time

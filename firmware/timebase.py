@@ -8,6 +8,8 @@
 #   error, so a board that syncs at every publishing wake sends readings timed to ~the NTP error.
 # - after the last point: extrapolated at the last interval's rate ('s' up to max_age, then 'u').
 # - before the first point of its clock era: extrapolated back ('c': corrected when the sync came).
+# While an era has a single point its rate is unknown (percent, on an RC clock): its readings wait for the
+# second point (the next publishing wake syncs again), for at most max_age.
 # - a point from the gateway (no NTP) makes the readings it times 'u'.
 #
 # A clock era is a stretch of boots over which the RTC ran without being reset: it starts at power-on
@@ -190,11 +192,13 @@ class Clock:
         if (off if off > 0 else -off) > tol:
             if last[2] and not gateway:
                 pts = []  # an NTP answer overrules times that came from the gateway
+            elif gateway:
+                return 'conflict'  # and the gateway's time never overrules NTP
             else:
                 return self._conflict(raw, true_ms)
         st.cand_n = 0
-        if gateway and pts and not last[2]:
-            return 'kept'  # the gateway's time adds nothing to an NTP-timed era
+        if gateway and pts and not last[2] and el <= self.max_age:
+            return 'kept'  # the gateway's time adds nothing to a recent NTP time
         if not gateway:
             pts = [p for p in pts if not p[2]]
         if pts and raw - pts[-1][0] < MIN_INTERVAL_MS:
@@ -262,6 +266,8 @@ class Clock:
             pts = st.points()
             if not pts:
                 return None
+            if len(pts) == 1 and self.raw() - pts[0][0] < self.max_age:
+                return None  # the RTC's rate is not known yet: the next sync (or max_age) tells it
         else:
             pts = None
             for lo, hi, ps in self.eras():

@@ -14,9 +14,11 @@ class Uplink:
         p = '%s/%s/%s/' % (cfg['prefix'], cfg['site'], cfg['device'])
         self.t_readings = p + 'readings'
         self.t_status = p + 'status'
+        self.t_cmd = p + 'cmd'
         self.cfg = cfg
         self.dev = cfg['device']
         self.c = None
+        self.got = None  # (ticks_ms, payload) of the first message on the cmd topic
 
     def connect(self):
         cfg = self.cfg
@@ -52,6 +54,44 @@ class Uplink:
             raise
         except Exception as e:  # MQTTException, assertion on a malformed packet, short read
             raise OSError('mqtt publish: %r' % (e,))
+
+    def listen(self):
+        """Subscribe to this board's cmd topic (QoS 0): the gateway answers an 'online' status there with
+        its time (docs/protocol.md). A message that arrives while we wait for a PUBACK is kept too."""
+        c = self.c
+        if c is None:
+            raise OSError('mqtt subscribe: not connected')
+        self.got = None
+        c.set_callback(self._on_cmd)
+        try:
+            c.subscribe(self.t_cmd, 0)
+        except OSError:
+            raise
+        except Exception as e:
+            raise OSError('mqtt subscribe: %r' % (e,))
+        c.sock.settimeout(self.cfg['net_timeout_s'])
+
+    def _on_cmd(self, topic, msg):
+        if self.got is None:
+            self.got = (time.ticks_ms(), bytes(msg))
+
+    def poll(self, ms):
+        """The first cmd message, waiting at most ms for it: (ticks_ms when it came, payload) or None."""
+        c = self.c
+        t0 = time.ticks_ms()
+        try:
+            while self.got is None and c is not None and time.ticks_diff(time.ticks_ms(), t0) < ms:
+                c.check_msg()
+                if self.got is None:
+                    time.sleep_ms(10)
+        except OSError:
+            raise
+        except Exception as e:
+            raise OSError('mqtt poll: %r' % (e,))
+        finally:
+            if c is not None and c.sock is not None:
+                c.sock.settimeout(self.cfg['net_timeout_s'])
+        return self.got
 
     def status(self, state, fields):
         self.publish(self.t_status, codec.status(self.dev, state, fields), True)

@@ -34,7 +34,7 @@ from .sinks import make_writer
 from .spool import OTHER, RAW, SpoolingSink
 from .state import KIND_MESSAGE, KIND_TICK, LogRecord, StateStore, dumps_in_pieces
 
-__all__ = ["Gateway", "StateError", "state_path", "wall_clock_ms"]
+__all__ = ["Gateway", "StateError", "state_path", "time_reply", "wall_clock_ms"]
 
 log = logging.getLogger("gateway")
 
@@ -59,6 +59,12 @@ def _fingerprint(config: Config) -> str:
     """What the checkpointed state depends on: windows, watermarks, patterns, detectors and the topic prefix."""
     text = repr((config.engine, config.patterns, config.anomaly, config.mqtt.prefix))
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def time_reply(now_ms: int) -> bytes:
+    """The gateway's answer on ``<prefix>/<site>/<device>/cmd`` to a board's ``online`` status: its clock
+    (docs/protocol.md, "Time from the gateway")."""
+    return b'{"v":1,"t":%d}' % now_ms
 
 
 def _digest(topic: str, payload: bytes) -> bytes:
@@ -134,6 +140,9 @@ class Gateway:
                 continue
             digests.append(digest)
             rows.append((KIND_MESSAGE, topic, payload, now))
+            if topic.endswith("/status") and b'"state":"online"' in payload:
+                # a board that just connected: tell it the time (it may have no NTP; docs/protocol.md)
+                self.outbox.put_now(topic[: -len("status")] + "cmd", time_reply(now))
         positions = self.store.append(rows)
         # remembered only once committed: a failed append leaves them unacknowledged, and their redelivery
         # must then be logged, not taken for a copy of something logged

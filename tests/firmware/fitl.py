@@ -70,7 +70,7 @@ class Collector:
         batches: list[Batch] = []
         statuses: list[StatusUpdate] = []
         for topic, payload, rcv, _ in self.msgs:
-            if not payload:
+            if not payload or topic.endswith("/cmd"):  # cmd: the gateway's time replies to the boards
                 continue
             m = decode(topic, payload, rcv if received_ms is None else received_ms)
             if isinstance(m, StatusUpdate):

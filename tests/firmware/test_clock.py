@@ -8,10 +8,14 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-from sim.board.runner import BoardSpec, NtpFault, NtpServer, PowerLoss, Reset, host_ms
+from helpers import influx_query
+from services import Proc
+
+from sim.board.runner import BoardSpec, Fleet, NtpFault, NtpServer, PowerLoss, Reset, host_ms
 
 from .conftest import Broker, run_mpy
 from .fitl import HOUR, MIN, VALUES, Run, config, past_start, ring_ids, run
+from .test_fleet import GatewayThread
 
 # Event-time error bound for readings timed between two NTP syncs (interpolated on the RC clock): see
 # docs/firmware.md "Clock error bound". Loopback NTP, so the round trip adds next to nothing here.
@@ -184,3 +188,47 @@ def test_ntp_blocked_backs_off_the_radio(micropython: str, umqtt_lib: Path, brok
     requests = r.fleet.ntp.requests
     assert requests <= 16, requests  # backoff: 6 h of 5-minute wakes would be 72 wakes, 144 requests
     assert not r.rejected(), r.rejected()[:5]
+
+
+GW_BOUND_MS = 2000  # readings timed by the gateway's clock (a round trip through the broker, loopback)
+
+
+def test_ntp_blocked_readings_are_timed_by_the_gateway(
+    micropython: str, umqtt_lib: Path, broker: Broker, tmp_path: Path, influxdb_v1: Proc, influx_db: str
+) -> None:
+    """UDP 123 blocked from power-on for 8 hours, with the real gateway running (on the virtual clock):
+    after two failed NTP attempts the board takes the gateway's answer to its 'online' status as its time,
+    and its readings arrive as 'u' with times the gateway accepts and close to the truth, into InfluxDB;
+    the radio keeps the publishing schedule."""
+    dur = 8 * HOUR
+    start = past_start(dur)
+    blocked = NtpFault(start - MIN, start + dur + HOUR, "drop")
+    spec = BoardSpec("clk-g", config(broker), {"values": VALUES}, drift_ppm=30000, wander_ppm=3000,
+                     wander_period_s=6 * 3600)  # fmt: skip
+    gws: list[GatewayThread] = []
+
+    def prepare(f: Fleet) -> None:
+        f.ntp.faults.append(blocked)
+        gws.append(GatewayThread(broker.port, influxdb_v1.url, influx_db, tmp_path / "gw", now_ms=f.vt))
+
+    try:
+        r = run(tmp_path, broker, [spec], start, start + dur, prepare=prepare)
+    finally:
+        gw = gws[0].close() if gws else None
+    assert gw is not None
+    assert not r.rejected(), r.rejected()[:5]
+    got = r.readings("clk-g")
+    truth = r.truth()
+    taken = [k for k, t in truth.items() if t < start + dur - HOUR]
+    missing = [k for k in taken if k not in got]
+    assert not missing, f"{len(missing)} of {len(taken)} never delivered: {missing[:5]}"
+    errs = errors(r, "clk-g")
+    assert {q for _, q, _ in errs} == {"u"}
+    worst = max(e for _, _, e in errs)
+    assert worst <= GW_BOUND_MS, sorted(errs, key=lambda x: -x[2])[:5]
+    assert gw.pipeline.stats.dead_letters == 0
+    rows = influx_query(influxdb_v1.url, influx_db, "SELECT * FROM reading WHERE device = 'clk-g'", epoch="ms")
+    assert len(rows) == len(got)
+    wakes = [w for w in r.wakes if w.board == "clk-g"]
+    assert r.radio_wakes("clk-g") <= len(wakes) // 3 + 2
+    print(f"\n{len(got)} readings timed by the gateway, worst |t - truth| {worst} ms")
