@@ -134,6 +134,8 @@ class Gateway:
         rows = []
         digests = []
         for topic, payload, dup in msgs:
+            if topic.endswith("/cmd"):
+                continue  # the gateway's own messages to boards (time replies) come back: nothing to keep
             digest = _digest(topic, payload)
             if dup and (digest in self.recent or digest in digests):
                 self.redelivered += 1
