@@ -204,12 +204,18 @@ class Wake:
         if st.ntp_fails < 2:
             return False
         pts = st.points()
-        return not pts or pts[-1][2] or self.clk.raw() - pts[-1][0] > self.clk.max_age
+        if pts and not pts[-1][2] and self.clk.raw() - pts[-1][0] <= self.clk.max_age:
+            return False
+        if st.gw_skip:  # it did not answer lately (an older gateway?): ask less often
+            st.gw_skip -= 1
+            return False
+        return True
 
     def gateway_time(self, got, t0, raw0):
         """The gateway's answer to our 'online' status: {"v":1,"t":<its Unix ms when the status came>}.
         That instant lies between sending the status and receiving the answer; take the middle."""
         if got is None:
+            self.st.gw_skip = 7
             log('gwtime', 'none')
             return
         import json

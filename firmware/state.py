@@ -30,7 +30,8 @@ _FIELDS = (
     'cand_n:B cand_raw:q cand_true:q '  # conflicting NTP answers that agree with each other
     'ntp_fails:B ntp_skip:H '  # NTP backoff: consecutive failures, publishing wakes to skip
     'brownouts:H untimed:I '   # brown-out resets seen; readings dropped as un-timeable
-    'radio_skip:H'   # wakes left without the radio after a brown-out
+    'radio_skip:H '  # wakes left without the radio after a brown-out
+    'gw_skip:H'      # publishing wakes before the gateway is asked for the time again (it did not answer)
 ).split()
 _NAMES = [f.split(':')[0] for f in _FIELDS]
 _PRE = '<HBBHHHH'
@@ -57,7 +58,7 @@ class State:
         self.last_t = self.last_raw = self.drift_ppb = self.npts = self.grades = 0
         self.pr0 = self.pt0 = self.pr1 = self.pt1 = self.pr2 = self.pt2 = self.pr3 = self.pt3 = 0
         self.cand_n = self.cand_raw = self.cand_true = self.ntp_fails = self.ntp_skip = 0
-        self.brownouts = self.untimed = self.radio_skip = 0
+        self.brownouts = self.untimed = self.radio_skip = self.gw_skip = 0
         self.head = self.count = 0
         self.fresh()
 
