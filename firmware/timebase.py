@@ -21,8 +21,9 @@
 # NTP answers are checked before they are used: sntp.py refuses malformed and unsynchronised replies,
 # and sync() refuses an answer further from the prediction than the RTC can drift (MAX_CHANGE_PPM of the
 # time since the last point, MAX_RATE_PPM while the rate is unknown). Answers that keep disagreeing with
-# the prediction but agree with each other (3 of them over at least ADOPT_MS) replace the points: then
-# the earlier answers, or the RTC, were wrong. The rate estimate is clamped to MAX_RATE_PPM.
+# the prediction but agree with each other (ADOPT_N of them over at least ADOPT_MS, longer than a server
+# lies for a while) replace the points: then the earlier answers (the first of an era cannot be checked),
+# or the RTC, were wrong. The rate estimate is clamped to MAX_RATE_PPM.
 import time
 from micropython import const
 
@@ -30,10 +31,11 @@ from state import NPTS
 
 MIN_T = const(1577836800000)  # 2020-01-01T00:00:00Z: no synced clock gives an earlier time
 MAX_RATE_PPM = const(100000)  # an RC oscillator is within a few percent; 10 % is not a clock
-MAX_CHANGE_PPM = const(30000)  # how far its rate can move between two syncs (temperature, Wi-Fi heat)
+MAX_CHANGE_PPM = const(15000)  # how far its rate can move between two syncs (temperature, Wi-Fi heat)
 TOL_MS = const(2000)  # NTP error and reading latency
 MIN_INTERVAL_MS = const(60000)  # closer sync points add noise, not information
-ADOPT_MS = const(3600000)
+ADOPT_MS = const(21600000)  # 6 h
+ADOPT_N = const(6)
 _COR = 'clock.cor'
 _COR_KEEP = const(8)
 
@@ -219,7 +221,7 @@ class Clock:
             el = raw - st.cand_raw
             if (d if d > 0 else -d) <= TOL_MS + (el if el > 0 else -el) * MAX_RATE_PPM // 1000000:
                 st.cand_n += 1
-                if st.cand_n >= 3 and el >= ADOPT_MS:
+                if st.cand_n >= ADOPT_N and el >= ADOPT_MS:
                     st.set_points([(st.cand_raw, st.cand_true, False), (raw, true_ms, False)])
                     st.drift_ppb = rate_ppb(st.cand_raw, st.cand_true, raw, true_ms)
                     st.cand_n = 0
