@@ -11,28 +11,54 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
 from .errors import DecodeError
 from .model import QUALITIES, Batch, DeadLetter, MetricValue, Quality, Reading, StatusUpdate
+from .schema import FieldType, MetricTypes
 
 __all__ = [
     "PROTOCOL_VERSION",
     "REASONS",
+    "RESERVED_METRICS",
+    "RESERVED_STATUS_FIELDS",
+    "STATUS_FIELDS",
     "Limits",
     "TopicInfo",
+    "check_string",
     "dead_letter_for",
     "decode",
     "excerpt",
+    "metric_hint",
     "parse_topic",
+    "typed_value",
 ]
 
 PROTOCOL_VERSION: Final = 1
 
 NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}")
 METRIC_RE: Final = re.compile(r"[a-z][a-z0-9_]{0,31}")
-RESERVED_METRICS: Final = frozenset({"boot", "seq", "q", "rev", "time"})
+RESERVED_METRICS: Final = frozenset({"boot", "seq", "q", "rev", "time", "site", "device"})
+"""Names a metric may not have: the ``reading`` measurement's own fields and tags, and ``time`` (InfluxDB
+drops a field so named without an error; a field named like a tag hides the tag in every query)."""
+RESERVED_STATUS_FIELDS: Final = frozenset({"time", "site", "device"})
+"""Names a status field may not have, for the same reasons (``device_status`` is tagged by site and device)."""
+STATUS_FIELDS: Final[dict[str, FieldType]] = {
+    "state": "string",
+    "boot": "integer",
+    "t": "integer",
+    "clock": "string",
+    "sleep_s": "integer",
+    "battery_mv": "integer",
+    "buf": "integer",
+    "buf_cap": "integer",
+    "dropped": "integer",
+    "fw": "string",
+}
+"""The status fields docs/protocol.md documents, with their types; any other takes its type from the
+``[metric_types]`` declarations (a float unless declared otherwise)."""
 STATES: Final = ("online", "sleeping", "offline")
 INT64_MAX: Final = 2**63 - 1
 ID_MAX: Final = 2**31 - 1
@@ -51,6 +77,8 @@ REASONS: Final[dict[str, str]] = {
     "too_many_devices": "a new device, and the gateway already keeps state for devices.max_devices devices",
     "too_many_readings": "more readings in one message than allowed",
     "non_finite": "a metric value is NaN or infinite",
+    "bad_string": "a string holds a control character or a lone surrogate (not UTF-8)",
+    "type_mismatch": "a value of another kind than its metric's (or status field's) declared type",
     "time_too_old": "event time earlier than any synced clock could give",
     "time_in_future": "event time ahead of the gateway's clock by more than the tolerance",
     "internal": "the gateway failed on this message (a bug: the log line has the traceback)",
@@ -136,8 +164,13 @@ def decode(
     *,
     limits: Limits = Limits(),
     prefix: str = "edgekit",
+    types: MetricTypes = MetricTypes(),
 ) -> Batch | StatusUpdate:
-    """Decode one MQTT message; raises :class:`DecodeError` when it must be rejected whole."""
+    """Decode one MQTT message; raises :class:`DecodeError` when it must be rejected whole.
+
+    ``types`` are the metrics' declared types (``[metric_types]``): a metric's value comes out of the
+    decoder with its declared type (a float unless declared otherwise), or the reading is refused.
+    """
     info = parse_topic(topic, prefix)
     if len(payload) > limits.max_bytes:
         raise DecodeError("oversize", f"{len(payload)} bytes > {limits.max_bytes}")
@@ -160,8 +193,8 @@ def decode(
     if dev != info.device:
         raise DecodeError("device_mismatch", f"payload dev={dev!r}, topic device={info.device!r}")
     if info.kind == "status":
-        return _decode_status(doc, info, topic, received_ms)
-    return _decode_batch(doc, info, topic, payload, received_ms, limits)
+        return _decode_status(doc, info, topic, received_ms, limits, types)
+    return _decode_batch(doc, info, topic, payload, received_ms, limits, types)
 
 
 def _int_field(obj: dict[str, Any], key: str, lo: int, hi: int, where: str) -> int:
@@ -180,6 +213,7 @@ def _decode_batch(
     payload: bytes,
     received_ms: int,
     limits: Limits,
+    types: MetricTypes,
 ) -> Batch:
     flushed: int | None = None
     if "flushed" in doc:
@@ -195,7 +229,7 @@ def _decode_batch(
     rejected: list[DeadLetter] = []
     for index, item in enumerate(raw):
         try:
-            readings.append(_decode_reading(item, index, info, received_ms, limits))
+            readings.append(_decode_reading(item, index, info, received_ms, limits, types))
         except DecodeError as err:
             rejected.append(
                 DeadLetter(
@@ -229,7 +263,9 @@ def _reading_excerpt(item: object) -> str:
     return text[:200]
 
 
-def _decode_reading(item: object, index: int, info: TopicInfo, received_ms: int, limits: Limits) -> Reading:
+def _decode_reading(
+    item: object, index: int, info: TopicInfo, received_ms: int, limits: Limits, types: MetricTypes
+) -> Reading:
     where = f"r[{index}]."
     if not isinstance(item, dict):
         raise DecodeError("schema", f"r[{index}] must be an object, got {type(item).__name__}")
@@ -240,7 +276,7 @@ def _decode_reading(item: object, index: int, info: TopicInfo, received_ms: int,
     if q not in QUALITIES:
         raise DecodeError("schema", f"{where}q must be one of {'/'.join(QUALITIES)}, got {q!r}")
     quality: Quality = q
-    metrics = _decode_metrics(item.get("m"), where, limits)
+    metrics = _decode_metrics(item.get("m"), where, limits, types)
     if t_ms < limits.min_time_ms:
         raise DecodeError("time_too_old", f"{where}t={t_ms} is before {limits.min_time_ms}")
     if t_ms > received_ms + limits.max_future_ms:
@@ -251,38 +287,120 @@ def _decode_reading(item: object, index: int, info: TopicInfo, received_ms: int,
     return Reading(info.site, info.device, boot, seq, t_ms, quality, metrics)
 
 
-def _decode_metrics(raw: object, where: str, limits: Limits) -> dict[str, MetricValue]:
+def _decode_metrics(raw: object, where: str, limits: Limits, types: MetricTypes) -> dict[str, MetricValue]:
     if not isinstance(raw, dict) or not raw:
         raise DecodeError("schema", f"{where}m must be a non-empty object of metrics, got {raw!r}")
     if len(raw) > limits.max_metrics:
         raise DecodeError("schema", f"{where}m has {len(raw)} metrics > {limits.max_metrics}")
     metrics: dict[str, MetricValue] = {}
     for name, value in raw.items():
-        if not METRIC_RE.fullmatch(name) or name in RESERVED_METRICS:
+        if not METRIC_RE.fullmatch(name):
             raise DecodeError("schema", f"{where}m: bad metric name {name!r}")
-        metrics[name] = _metric_value(name, value, where, limits)
+        if name in RESERVED_METRICS:
+            raise DecodeError(
+                "schema", f"{where}m: the metric name {name!r} is reserved ({', '.join(sorted(RESERVED_METRICS))})"
+            )
+        metrics[name] = typed_value(value, types.of(name), f"{where}m.{name}", limits.max_string, metric_hint(name))
     return metrics
 
 
-def _metric_value(name: str, value: object, where: str, limits: Limits) -> MetricValue:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int):
-        if not -INT64_MAX - 1 <= value <= INT64_MAX:
-            raise DecodeError("schema", f"{where}m.{name}={value} does not fit in 64 bits")
-        return value
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise DecodeError("non_finite", f"{where}m.{name} is {value!r}")
-        return value
+_BAD_CHAR: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def check_string(value: str, where: str) -> None:
+    """Raise ``bad_string`` if ``value`` holds a character no stored string may hold: a lone surrogate (it
+    has no UTF-8 form) or a control character (Unicode category Cc: U+0000-U+001F, U+007F-U+009F)."""
+    if value.isprintable():  # fast: holds neither
+        return
+    bad = _BAD_CHAR.search(value)
+    if bad is None:
+        return
+    c = bad.group()
+    what = "a lone surrogate (not UTF-8)" if "\ud800" <= c <= "\udfff" else "a control character"
+    raise DecodeError("bad_string", f"{where}: {_short(value)} holds {what}, U+{ord(c):04X} at index {bad.start()}")
+
+
+def metric_hint(name: str) -> Callable[[str, FieldType], str]:
+    """How to make a metric (or an undocumented status field) take values of another kind: a sentence for
+    the detail of a ``type_mismatch`` (given the declared type and the kind of the value refused)."""
+
+    def hint(want: str, kind: FieldType) -> str:
+        if kind == "float":
+            return f'{name} is declared {want} in [metric_types]; a metric declared nowhere there is a float'
+        default = " (a metric declared nowhere there is a float)" if want == "float" else ""
+        return f'to store it, declare {name} in [metric_types]: {kind} = ["{name}"]{default}'
+
+    return hint
+
+
+def typed_value(
+    value: object, want: FieldType, where: str, max_string: int, hint: str | Callable[[str, FieldType], str]
+) -> MetricValue:
+    """``value`` (decoded JSON) as a field of type ``want``, or :class:`DecodeError`.
+
+    ``non_finite`` for NaN and infinities; ``schema`` for what is no number, boolean or string, an integer
+    beyond 64 bits, a string longer than ``max_string``; ``bad_string`` for a string no field may hold;
+    ``type_mismatch`` for a value of another kind than ``want``. A whole float is taken for an integer
+    field (21.0 -> 21, but not 21.5), and an integer for a float field if the float is exact (21 -> 21.0,
+    but not 2**53 + 1, which has no float). ``hint`` says how to make the field take the refused kind.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        raise DecodeError("non_finite", f"{where} is {value!r}")
+    if not isinstance(value, (bool, int, float, str)):
+        raise DecodeError("schema", f"{where} must be a number, boolean or string, got {_short(value)}")
+    if isinstance(value, int) and not isinstance(value, bool) and not -INT64_MAX - 1 <= value <= INT64_MAX:
+        raise DecodeError("schema", f"{where}={value} does not fit in 64 bits")
     if isinstance(value, str):
-        if len(value) > limits.max_string:
-            raise DecodeError("schema", f"{where}m.{name} is a string of {len(value)} > {limits.max_string}")
+        check_string(value, where)
+    why = ""
+    if want == "float":
+        if isinstance(value, float):
+            return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            x = float(value)
+            if int(x) == value:
+                return x
+            why = f"an integer with no exact float (the nearest is {x!r})"
+    elif want == "integer":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            if not -(2.0**63) <= value < 2.0**63:
+                raise DecodeError("schema", f"{where}={value!r} does not fit in 64 bits")
+            return int(value)
+    elif want == "boolean":
+        if isinstance(value, bool):
+            return value
+    elif isinstance(value, str):
+        if len(value) > max_string:
+            raise DecodeError("schema", f"{where} is a string of {len(value)} > {max_string}")
         return value
-    raise DecodeError("schema", f"{where}m.{name} must be a number, boolean or string, got {value!r}")
+    kind = _natural(value)
+    said = why or {"boolean": "a boolean", "integer": "an integer", "float": "a float", "string": "a string"}[kind]
+    how = hint(want, kind) if callable(hint) else hint
+    article = "an" if want == "integer" else "a"
+    raise DecodeError("type_mismatch", f"{where}={_short(value)} is {said}, not {article} {want}; {how}")
 
 
-def _decode_status(doc: dict[str, Any], info: TopicInfo, topic: str, received_ms: int) -> StatusUpdate:
+def _natural(value: bool | int | float | str) -> FieldType:
+    """The type a value would need: a float that is not whole needs a float field."""
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "float"
+    return "string"
+
+
+def _short(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _decode_status(
+    doc: dict[str, Any], info: TopicInfo, topic: str, received_ms: int, limits: Limits, types: MetricTypes
+) -> StatusUpdate:
     state = doc.get("state")
     if state not in STATES:
         raise DecodeError("schema", f"state must be one of {'/'.join(STATES)}, got {state!r}")
@@ -292,15 +410,19 @@ def _decode_status(doc: dict[str, Any], info: TopicInfo, topic: str, received_ms
             continue
         if not METRIC_RE.fullmatch(key):
             raise DecodeError("schema", f"status: bad field name {key!r}")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise DecodeError("non_finite", f"status: {key} is {value!r}")
-        if not isinstance(value, (bool, int, float, str)):
-            raise DecodeError("schema", f"status: {key} must be a number, boolean or string, got {value!r}")
-        if isinstance(value, str) and len(value) > 64:
-            raise DecodeError("schema", f"status: {key} is a string of {len(value)} > 64")
-        if isinstance(value, int) and not isinstance(value, bool) and not -INT64_MAX - 1 <= value <= INT64_MAX:
-            raise DecodeError("schema", f"status: {key}={value} does not fit in 64 bits")
-        if key == "sleep_s" and (isinstance(value, (bool, str)) or not 0 < value <= MAX_SLEEP_S):
+        if key in RESERVED_STATUS_FIELDS:
+            raise DecodeError(
+                "schema",
+                f"status: the field name {key!r} is reserved ({', '.join(sorted(RESERVED_STATUS_FIELDS))}: "
+                "InfluxDB drops a field named time, and site and device are the point's tags)",
+            )
+        documented = STATUS_FIELDS.get(key)
+        if documented is not None:
+            want, hint = documented, f"{key} is a documented status field, a {documented} (docs/protocol.md)"
+        else:
+            want, hint = types.of(key), metric_hint(key)
+        typed = typed_value(value, want, f"status: {key}", limits.max_string, hint)
+        if key == "sleep_s" and not 0 < typed <= MAX_SLEEP_S:
             raise DecodeError("schema", f"status: sleep_s must be seconds in (0, {MAX_SLEEP_S}], got {value!r}")
-        fields[key] = value
+        fields[key] = typed
     return StatusUpdate(info.site, info.device, topic, received_ms, state, fields)

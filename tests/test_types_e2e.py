@@ -107,13 +107,14 @@ async def test_an_integer_does_not_fix_a_fields_type_for_the_fleet(
     """``"temp_c": 21`` from one device, then floats from four others: all stored, and ``temp_c`` is a float.
 
     Before: the integer was written as ``21i`` and InfluxDB refused every later float ``temp_c`` (HTTP 400,
-    field type conflict). The same for a status field (``battery_mv``)."""
+    field type conflict). The same for status fields: a documented one has its documented type (``battery_mv``
+    an integer, so 3905.0 is 3905), any other is a float unless declared (``rssi``)."""
     prefix, site = f"t{short_id()}", "gh"
     t0 = now_ms() - 60_000
     async with running_gateway(config(mosquitto, influxdb_v1, influx_db, prefix)) as gw:
         await send(
             gw, mosquitto, [batch(prefix, site, "dev-0", [reading(1, 0, t0, temp_c=21)]),
-                            status(prefix, site, "dev-0", {"battery_mv": 3911, "buf": 0})]
+                            status(prefix, site, "dev-0", {"battery_mv": 3911, "rssi": -70})]
         )  # fmt: skip
         q = "SELECT count(temp_c) FROM reading"
         poll(lambda: influx_query(influxdb_v1.url, influx_db, q), timeout=30)  # the integer is in InfluxDB first
@@ -121,7 +122,7 @@ async def test_an_integer_does_not_fix_a_fields_type_for_the_fleet(
             batch(prefix, site, f"dev-{d}", [reading(1, s, t0 + 1000 * s, temp_c=21.5 + s) for s in range(10)])
             for d in range(1, 5)
         ]
-        later.append(status(prefix, site, "dev-1", {"battery_mv": 3905.5, "buf": 2}))
+        later.append(status(prefix, site, "dev-1", {"battery_mv": 3905.0, "rssi": -71.5}))
         await send(gw, mosquitto, later)
     assert gw.pipeline.stats.dead_letters == 0
     rows = influx_query(influxdb_v1.url, influx_db, "SELECT * FROM reading")
@@ -129,9 +130,9 @@ async def test_an_integer_does_not_fix_a_fields_type_for_the_fleet(
     assert Counter(r["temp_c"] for r in rows if r["device"] != "dev-0") == {21.5 + s: 4 for s in range(10)}
     types = {r["fieldKey"]: r["fieldType"] for r in influx_query(influxdb_v1.url, influx_db, "SHOW FIELD KEYS")}
     assert types["temp_c"] == "float"
-    assert types["battery_mv"] == "float" and types["buf"] == "integer"
-    st = influx_query(influxdb_v1.url, influx_db, "SELECT battery_mv FROM device_status")
-    assert sorted(r["battery_mv"] for r in st) == [3905.5, 3911]
+    assert types["battery_mv"] == "integer" and types["rssi"] == "float"
+    st = influx_query(influxdb_v1.url, influx_db, "SELECT battery_mv, rssi FROM device_status")
+    assert sorted((r["battery_mv"], r["rssi"]) for r in st) == [(3905, -71.5), (3911, -70)]
 
 
 async def test_reserved_and_tag_names_are_dead_letters_not_silent_losses(
