@@ -71,8 +71,15 @@ GATEWAY_HEALTH: Final = declare(
 DEVICE_WATERMARK: Final = declare(
     "device_watermark",
     tags=("gateway", "site", "device"),
-    fields={"watermark_ms": "integer", "watermark_lag_ms": "integer", "last_event_ms": "integer",
-            "last_seen_ms": "integer", "readings": "integer", "late": "integer", "active": "boolean"},
+    fields={
+        "watermark_ms": "integer",
+        "watermark_lag_ms": "integer",
+        "last_event_ms": "integer",
+        "last_seen_ms": "integer",
+        "readings": "integer",
+        "late": "integer",
+        "active": "boolean",
+    },
     time="the gateway's clock (processing time), every 60 s",
     module=__name__,
 )

@@ -136,9 +136,7 @@ class Pipeline:
         self.stats.messages += 1
         cfg = self.config
         try:
-            msg = decode(
-                topic, payload, received_ms, limits=cfg.limits, prefix=cfg.mqtt.prefix, types=cfg.metric_types
-            )
+            msg = decode(topic, payload, received_ms, limits=cfg.limits, prefix=cfg.mqtt.prefix, types=cfg.metric_types)
             if not cfg.devices.allow_unknown and msg.device not in cfg.devices.known:
                 raise DecodeError("unknown_device", f"device {msg.device!r} is not in devices.known")
             # a new device is admitted by a message that leaves state: a status, or a batch with a valid

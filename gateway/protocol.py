@@ -17,7 +17,7 @@ from typing import Any, Final
 
 from .errors import DecodeError
 from .model import QUALITIES, Batch, DeadLetter, MetricValue, Quality, Reading, StatusUpdate
-from .schema import FieldType, MetricTypes
+from .schema import NO_TYPES, FieldType, MetricTypes
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -164,7 +164,7 @@ def decode(
     *,
     limits: Limits = Limits(),
     prefix: str = "edgekit",
-    types: MetricTypes = MetricTypes(),
+    types: MetricTypes = NO_TYPES,
 ) -> Batch | StatusUpdate:
     """Decode one MQTT message; raises :class:`DecodeError` when it must be rejected whole.
 
@@ -326,7 +326,7 @@ def metric_hint(name: str) -> Callable[[str, FieldType], str]:
 
     def hint(want: str, kind: FieldType) -> str:
         if kind == "float":
-            return f'{name} is declared {want} in [metric_types]; a metric declared nowhere there is a float'
+            return f"{name} is declared {want} in [metric_types]; a metric declared nowhere there is a float"
         default = " (a metric declared nowhere there is a float)" if want == "float" else ""
         return f'to store it, declare {name} in [metric_types]: {kind} = ["{name}"]{default}'
 
@@ -417,12 +417,13 @@ def _decode_status(
                 "InfluxDB drops a field named time, and site and device are the point's tags)",
             )
         documented = STATUS_FIELDS.get(key)
+        hint: str | Callable[[str, FieldType], str]
         if documented is not None:
             want, hint = documented, f"{key} is a documented status field, a {documented} (docs/protocol.md)"
         else:
             want, hint = types.of(key), metric_hint(key)
         typed = typed_value(value, want, f"status: {key}", limits.max_string, hint)
-        if key == "sleep_s" and not 0 < typed <= MAX_SLEEP_S:
+        if key == "sleep_s" and not (isinstance(typed, int) and 0 < typed <= MAX_SLEEP_S):
             raise DecodeError("schema", f"status: sleep_s must be seconds in (0, {MAX_SLEEP_S}], got {value!r}")
         fields[key] = typed
     return StatusUpdate(info.site, info.device, topic, received_ms, state, fields)

@@ -34,6 +34,7 @@ __all__ = [
     "FIELD_TYPES",
     "METRIC",
     "METRIC_PATTERN",
+    "NO_TYPES",
     "FieldType",
     "Measurement",
     "MetricTypes",
@@ -86,6 +87,10 @@ class MetricTypes:
         return out
 
 
+NO_TYPES: Final = MetricTypes()
+"""No declarations: every metric a float."""
+
+
 @dataclass(frozen=True, slots=True)
 class Measurement:
     """One measurement: its tags, its fields and their types, and what its timestamp means."""
@@ -110,7 +115,7 @@ class Measurement:
             return True
         return self.open_fields is not None and re.fullmatch(self.open_fields, name) is not None
 
-    def field_type(self, name: str, metrics: MetricTypes = MetricTypes()) -> FieldType | None:
+    def field_type(self, name: str, metrics: MetricTypes = NO_TYPES) -> FieldType | None:
         """The type field ``name`` must have (``None`` if it is not declared). For an open field of type
         :data:`METRIC`, the declared type of the metric it carries: the regular expression's group
         ``metric`` if it has one, else the whole name."""
@@ -285,7 +290,7 @@ def type_of_value(value: object) -> FieldType:
     raise TypeError(f"not a field value: {value!r}")
 
 
-def check_line(text: str, metrics: MetricTypes = MetricTypes()) -> list[str]:
+def check_line(text: str, metrics: MetricTypes = NO_TYPES) -> list[str]:
     """What in this line does not keep to the declared schema (an empty list when all is well): an
     undeclared measurement, tag or field, a field value of another type than declared (``metrics`` gives
     the metrics' declared types), a character no line may hold, text that is not UTF-8."""

@@ -32,8 +32,15 @@ __all__ = ["ANOMALY_MEASUREMENT", "MAX_ABS_VALUE", "SNAPSHOT_VERSION", "AnomalyE
 ANOMALY_MEASUREMENT: Final = declare(
     "anomaly",
     tags=("site", "device", "metric"),
-    fields={"value": "float", "score": "float", "anomalous": "boolean", "phase": "string", "mean": "float",
-            "std": "float", "z": "float"},
+    fields={
+        "value": "float",
+        "score": "float",
+        "anomalous": "boolean",
+        "phase": "string",
+        "mean": "float",
+        "std": "float",
+        "z": "float",
+    },
     time="the reading's event time (+ a sub-millisecond offset from its boot and sequence number)",
     module=__name__,
 )
