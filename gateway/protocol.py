@@ -188,10 +188,10 @@ def decode(
         raise DecodeError("schema", f"top level must be an object, got {type(doc).__name__}")
     v = doc.get("v")
     if v != PROTOCOL_VERSION or isinstance(v, bool):
-        raise DecodeError("version", f"v={v!r}, this gateway speaks v={PROTOCOL_VERSION}")
+        raise DecodeError("version", f"v={_short(v)}, this gateway speaks v={PROTOCOL_VERSION}")
     dev = doc.get("dev")
     if dev != info.device:
-        raise DecodeError("device_mismatch", f"payload dev={dev!r}, topic device={info.device!r}")
+        raise DecodeError("device_mismatch", f"payload dev={_short(dev)}, topic device={info.device!r}")
     if info.kind == "status":
         return _decode_status(doc, info, topic, received_ms, limits, types)
     return _decode_batch(doc, info, topic, payload, received_ms, limits, types)
@@ -200,7 +200,7 @@ def decode(
 def _int_field(obj: dict[str, Any], key: str, lo: int, hi: int, where: str) -> int:
     value = obj.get(key)
     if not isinstance(value, int) or isinstance(value, bool):
-        raise DecodeError("schema", f"{where}{key} must be an integer, got {value!r}")
+        raise DecodeError("schema", f"{where}{key} must be an integer, got {_short(value)}")
     if not lo <= value <= hi:
         raise DecodeError("schema", f"{where}{key}={value} outside [{lo}, {hi}]")
     return value
@@ -274,7 +274,7 @@ def _decode_reading(
     t_ms = _int_field(item, "t", -INT64_MAX, INT64_MAX, where)
     q = item.get("q")
     if q not in QUALITIES:
-        raise DecodeError("schema", f"{where}q must be one of {'/'.join(QUALITIES)}, got {q!r}")
+        raise DecodeError("schema", f"{where}q must be one of {'/'.join(QUALITIES)}, got {_short(q)}")
     quality: Quality = q
     metrics = _decode_metrics(item.get("m"), where, limits, types)
     if t_ms < limits.min_time_ms:
@@ -289,13 +289,13 @@ def _decode_reading(
 
 def _decode_metrics(raw: object, where: str, limits: Limits, types: MetricTypes) -> dict[str, MetricValue]:
     if not isinstance(raw, dict) or not raw:
-        raise DecodeError("schema", f"{where}m must be a non-empty object of metrics, got {raw!r}")
+        raise DecodeError("schema", f"{where}m must be a non-empty object of metrics, got {_short(raw)}")
     if len(raw) > limits.max_metrics:
         raise DecodeError("schema", f"{where}m has {len(raw)} metrics > {limits.max_metrics}")
     metrics: dict[str, MetricValue] = {}
     for name, value in raw.items():
         if not METRIC_RE.fullmatch(name):
-            raise DecodeError("schema", f"{where}m: bad metric name {name!r}")
+            raise DecodeError("schema", f"{where}m: bad metric name {_short(name)}")
         if name in RESERVED_METRICS:
             raise DecodeError(
                 "schema", f"{where}m: the metric name {name!r} is reserved ({', '.join(sorted(RESERVED_METRICS))})"
@@ -403,13 +403,13 @@ def _decode_status(
 ) -> StatusUpdate:
     state = doc.get("state")
     if state not in STATES:
-        raise DecodeError("schema", f"state must be one of {'/'.join(STATES)}, got {state!r}")
+        raise DecodeError("schema", f"state must be one of {'/'.join(STATES)}, got {_short(state)}")
     fields: dict[str, MetricValue] = {}
     for key, value in doc.items():
         if key in ("v", "dev", "state"):
             continue
         if not METRIC_RE.fullmatch(key):
-            raise DecodeError("schema", f"status: bad field name {key!r}")
+            raise DecodeError("schema", f"status: bad field name {_short(key)}")
         if key in RESERVED_STATUS_FIELDS:
             raise DecodeError(
                 "schema",
