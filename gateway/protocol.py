@@ -419,7 +419,9 @@ def _decode_status(
         documented = STATUS_FIELDS.get(key)
         hint: str | Callable[[str, FieldType], str]
         if documented is not None:
-            want, hint = documented, f"{key} is a documented status field, a {documented} (docs/protocol.md)"
+            article = "an" if documented == "integer" else "a"
+            hint = f"{key} is a documented status field, {article} {documented} (docs/protocol.md)"
+            want = documented
         else:
             want, hint = types.of(key), metric_hint(key)
         typed = typed_value(value, want, f"status: {key}", limits.max_string, hint)
