@@ -70,6 +70,21 @@ def visible(text: str) -> str:
     return _UNSAFE.sub(_escape, text)
 
 
+_ESCAPED: dict[str, str] = {}
+"""Names and tag values already escaped (a fleet has few: metric names, sites, devices), up to _CACHED."""
+_CACHED: Final = 20_000
+
+
+def _key(text: str) -> str:
+    """``text`` as a tag key, tag value or field key."""
+    out = _ESCAPED.get(text)
+    if out is None:
+        out = visible(text).translate(_KEY)
+        if len(_ESCAPED) < _CACHED:
+            _ESCAPED[text] = out
+    return out
+
+
 def _field_value(value: MetricValue) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -98,6 +113,6 @@ def line(
     for key in sorted(tags):
         value = tags[key]
         if value:
-            head += f",{visible(key).translate(_KEY)}={visible(value).translate(_KEY)}"
-    body = ",".join(f"{visible(k).translate(_KEY)}={_field_value(v)}" for k, v in fields.items())
+            head += f",{_key(key)}={_key(value)}"
+    body = ",".join(f"{_key(k)}={_field_value(v)}" for k, v in fields.items())
     return f"{head} {body} {timestamp}"

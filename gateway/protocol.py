@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -300,7 +299,7 @@ def _decode_metrics(raw: object, where: str, limits: Limits, types: MetricTypes)
             raise DecodeError(
                 "schema", f"{where}m: the metric name {name!r} is reserved ({', '.join(sorted(RESERVED_METRICS))})"
             )
-        metrics[name] = typed_value(value, types.of(name), f"{where}m.{name}", limits.max_string, metric_hint(name))
+        metrics[name] = typed_value(value, types.of(name), f"{where}m.{name}", limits.max_string, name)
     return metrics
 
 
@@ -320,42 +319,40 @@ def check_string(value: str, where: str) -> None:
     raise DecodeError("bad_string", f"{where}: {_short(value)} holds {what}, U+{ord(c):04X} at index {bad.start()}")
 
 
-def metric_hint(name: str) -> Callable[[str, FieldType], str]:
-    """How to make a metric (or an undocumented status field) take values of another kind: a sentence for
-    the detail of a ``type_mismatch`` (given the declared type and the kind of the value refused)."""
-
-    def hint(want: str, kind: FieldType) -> str:
-        if kind == "float":
-            return f"{name} is declared {want} in [metric_types]; a metric declared nowhere there is a float"
-        default = " (a metric declared nowhere there is a float)" if want == "float" else ""
-        return f'to store it, declare {name} in [metric_types]: {kind} = ["{name}"]{default}'
-
-    return hint
+def metric_hint(name: str, want: FieldType, kind: FieldType) -> str:
+    """How to make a metric (or an undocumented status field) of type ``want`` take a value of type ``kind``:
+    the end of a ``type_mismatch`` detail."""
+    if kind == "float":
+        return f"{name} is declared {want} in [metric_types]; a metric declared nowhere there is a float"
+    default = " (a metric declared nowhere there is a float)" if want == "float" else ""
+    return f'to store it, declare {name} in [metric_types]: {kind} = ["{name}"]{default}'
 
 
 def typed_value(
-    value: object, want: FieldType, where: str, max_string: int, hint: str | Callable[[str, FieldType], str]
+    value: object, want: FieldType, where: str, max_string: int, name: str, documented: bool = False
 ) -> MetricValue:
-    """``value`` (decoded JSON) as a field of type ``want``, or :class:`DecodeError`.
+    """``value`` (decoded JSON) as a field ``name`` of type ``want``, or :class:`DecodeError`.
 
     ``non_finite`` for NaN and infinities; ``schema`` for what is no number, boolean or string, an integer
     beyond 64 bits, a string longer than ``max_string``; ``bad_string`` for a string no field may hold;
     ``type_mismatch`` for a value of another kind than ``want``. A whole float is taken for an integer
     field (21.0 -> 21, but not 21.5), and an integer for a float field if the float is exact (21 -> 21.0,
-    but not 2**53 + 1, which has no float). ``hint`` says how to make the field take the refused kind.
+    but not 2**53 + 1, which has no float). The detail says how to make the field take the refused kind
+    (``documented``: a status field docs/protocol.md gives a type, which no declaration changes).
     """
-    if isinstance(value, float) and not math.isfinite(value):
-        raise DecodeError("non_finite", f"{where} is {value!r}")
-    if not isinstance(value, (bool, int, float, str)):
+    if isinstance(value, float):  # a plain float, or the decoder's mark for NaN and Infinity
+        if not math.isfinite(value):
+            raise DecodeError("non_finite", f"{where} is {value!r}")
+        if want == "float":  # the common case, first
+            return value
+    elif not isinstance(value, (bool, int, str)):
         raise DecodeError("schema", f"{where} must be a number, boolean or string, got {_short(value)}")
-    if isinstance(value, int) and not isinstance(value, bool) and not -INT64_MAX - 1 <= value <= INT64_MAX:
+    elif isinstance(value, int) and not isinstance(value, bool) and not -INT64_MAX - 1 <= value <= INT64_MAX:
         raise DecodeError("schema", f"{where}={value} does not fit in 64 bits")
-    if isinstance(value, str):
+    elif isinstance(value, str):
         check_string(value, where)
     why = ""
     if want == "float":
-        if isinstance(value, float):
-            return value
         if isinstance(value, int) and not isinstance(value, bool):
             x = float(value)
             if int(x) == value:
@@ -377,8 +374,11 @@ def typed_value(
         return value
     kind = _natural(value)
     said = why or {"boolean": "a boolean", "integer": "an integer", "float": "a float", "string": "a string"}[kind]
-    how = hint(want, kind) if callable(hint) else hint
     article = "an" if want == "integer" else "a"
+    if documented:
+        how = f"{name} is a documented status field, {article} {want} (docs/protocol.md)"
+    else:
+        how = metric_hint(name, want, kind)
     raise DecodeError("type_mismatch", f"{where}={_short(value)} is {said}, not {article} {want}; {how}")
 
 
@@ -417,14 +417,8 @@ def _decode_status(
                 "InfluxDB drops a field named time, and site and device are the point's tags)",
             )
         documented = STATUS_FIELDS.get(key)
-        hint: str | Callable[[str, FieldType], str]
-        if documented is not None:
-            article = "an" if documented == "integer" else "a"
-            hint = f"{key} is a documented status field, {article} {documented} (docs/protocol.md)"
-            want = documented
-        else:
-            want, hint = types.of(key), metric_hint(key)
-        typed = typed_value(value, want, f"status: {key}", limits.max_string, hint)
+        want = documented or types.of(key)
+        typed = typed_value(value, want, f"status: {key}", limits.max_string, key, documented is not None)
         if key == "sleep_s" and not (isinstance(typed, int) and 0 < typed <= MAX_SLEEP_S):
             raise DecodeError("schema", f"status: sleep_s must be seconds in (0, {MAX_SLEEP_S}], got {value!r}")
         fields[key] = typed
