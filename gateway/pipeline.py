@@ -7,6 +7,7 @@ contract becomes a dead-letter point and a log line, and the gateway goes on.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -164,9 +165,17 @@ class Pipeline:
         self.stats.readings_in += len(msg.readings) + len(msg.rejected)
         for dead in msg.rejected:
             self._dead(dead, out)
-        for reading in msg.readings:
-            if not self.dedup.check_and_add(reading.device, reading.boot, reading.seq):
-                self.stats.duplicates += 1
+        positions: list[int] | None = None
+        for n, reading in enumerate(msg.readings):
+            verdict = self.dedup.check(reading.device, reading.boot, reading.seq, reading.t_ms)
+            if verdict != "new":
+                if verdict == "duplicate":
+                    self.stats.duplicates += 1
+                else:  # the dedup state can no longer tell: it may have been accepted before
+                    if positions is None:
+                        positions = _positions(msg)
+                    detail = self.dedup.explain(reading.device, reading.boot, reading.seq, reading.t_ms, verdict)
+                    self._dead(_reading_dead_letter(msg, reading, positions[n], verdict, detail, len(payload)), out)
                 continue
             self.stats.readings_accepted += 1
             out.readings.append(reading)
@@ -207,8 +216,9 @@ class Pipeline:
 
     def restore(self, snap: dict[str, Any]) -> None:
         """Take back a :meth:`snapshot` (of a pipeline with the same configuration)."""
-        self.dedup.restore(snap["dedup"])
         self.engine.restore(snap["engine"])
+        # an old dedup snapshot has no event times: a device's latest one (the watermark tracker's) stands in
+        self.dedup.restore(snap["dedup"], {d: e[1] for d, e in self.engine.tracker.state.items()})
         self.cep.restore(snap["cep"])
         if self.anomaly is not None:
             self.anomaly.restore(snap["anomaly"])
@@ -259,3 +269,25 @@ class Pipeline:
                 "size": dead.size,
             },
         )
+
+
+def _positions(batch: Batch) -> list[int]:
+    """Each valid reading's index in the message (the rejected ones keep theirs in their dead letters)."""
+    rejected = {d.index for d in batch.rejected}
+    return [i for i in range(len(batch.readings) + len(batch.rejected)) if i not in rejected]
+
+
+def _reading_dead_letter(batch: Batch, r: Reading, index: int, reason: str, detail: str, size: int) -> DeadLetter:
+    """The dead letter of one valid reading the pipeline turns away (its excerpt: the reading as sent)."""
+    doc = {"b": r.boot, "s": r.seq, "t": r.t_ms, "q": r.quality, "m": dict(r.metrics)}
+    return DeadLetter(
+        reason=reason,
+        detail=detail,
+        topic=batch.topic,
+        received_ms=batch.received_ms,
+        size=size,
+        excerpt=json.dumps(doc, separators=(",", ":"))[:200],
+        site=batch.site,
+        device=batch.device,
+        index=index,
+    )

