@@ -46,6 +46,8 @@ class Stats:
     late_readings: int = 0
     alerts: int = 0
     flush_markers: int = 0
+    moved: int = 0
+    """Devices moved to the site ``devices.sites`` declares for them."""
     ignored: int = 0
     """Messages on topics the gateway publishes itself (commands, ``<prefix>/_gateway/...``), and cleared
     retained statuses (an empty payload)."""
@@ -63,6 +65,7 @@ class Stats:
             "late_readings": self.late_readings,
             "alerts": self.alerts,
             "flush_markers": self.flush_markers,
+            "moved": self.moved,
             "ignored": self.ignored,
             "dead_by_reason": dict(sorted(self.dead_by_reason.items())),
         }
@@ -97,8 +100,9 @@ class Pipeline:
         )
         self.cep = Cep(CepSpec(config.patterns, config.engine))
         self.stats = Stats()
-        self.devices: set[str] = set()
-        """The devices admitted so far (at most ``devices.max_devices``): only these get state."""
+        self.devices: dict[str, str] = {}
+        """The devices admitted so far (at most ``devices.max_devices``), each with the site it is bound to:
+        only these get state, and the device id alone keys it."""
         self._unique = 0
         self._own = (f"{config.mqtt.prefix}/_gateway/", "/cmd")
 
@@ -143,14 +147,7 @@ class Pipeline:
             # a new device is admitted by a message that leaves state: a status, or a batch with a valid
             # reading or a flushed marker (one whose every reading is rejected only brings its dead letters)
             keeps = not isinstance(msg, Batch) or bool(msg.readings) or msg.flushed_ms is not None
-            if keeps and msg.device not in self.devices:
-                if len(self.devices) >= cfg.devices.max_devices:
-                    raise DecodeError(
-                        "too_many_devices",
-                        f"device {msg.device!r} is new and the gateway already keeps state for "
-                        f"devices.max_devices = {cfg.devices.max_devices} devices",
-                    )
-                self.devices.add(msg.device)
+            self._admit(msg.device, msg.site, keeps)
         except DecodeError as err:
             self._dead(dead_letter_for(err, topic, payload, received_ms, cfg.mqtt.prefix), out)
             return out
@@ -192,6 +189,54 @@ class Pipeline:
                 self._alert(alert, out)
         return out
 
+    def _admit(self, device: str, site: str, keeps: bool) -> None:
+        """Bind a new device to its site (if the message leaves state), or check a known one's site.
+
+        Raises ``too_many_devices`` or ``site_mismatch``. A message under the device's declared site
+        (``devices.sites``) while it is bound to another moves it there.
+        """
+        cfg = self.config.devices
+        bound = self.devices.get(device)
+        declared = cfg.sites.get(device)
+        if bound is None:
+            if declared is not None and declared != site:
+                raise DecodeError(
+                    "site_mismatch",
+                    f"device {device!r} is declared under site {declared!r} (devices.sites), "
+                    f"this message came under site {site!r}",
+                )
+            if keeps:
+                if len(self.devices) >= cfg.max_devices:
+                    raise DecodeError(
+                        "too_many_devices",
+                        f"device {device!r} is new and the gateway already keeps state for "
+                        f"devices.max_devices = {cfg.max_devices} devices",
+                    )
+                self.devices[device] = site
+        elif bound != site:
+            if declared != site:
+                raise DecodeError(
+                    "site_mismatch",
+                    f"device {device!r} is bound to site {bound!r} (where it was first admitted), this message "
+                    f"came under site {site!r}; to move it there, declare devices.sites.{device} = {site!r}",
+                )
+            if keeps:
+                self._move(device, bound, site)
+
+    def _move(self, device: str, old: str, new: str) -> None:
+        """The device's first message under its declared site: its state follows it there."""
+        self.devices[device] = new
+        self.engine.move_device(device, new)
+        self.cep.move_device(device, new)
+        self.stats.moved += 1
+        log.info(
+            "device %s moved from site %s to %s",
+            device,
+            old,
+            new,
+            extra={"event": "device_moved", "device": device, "from_site": old, "to_site": new},
+        )
+
     def tick(self, now_ms: int) -> Handled:
         """Time-driven progress (devices turning idle release site windows). Never raises, like :meth:`handle`."""
         out = Handled()
@@ -205,7 +250,7 @@ class Pipeline:
     def snapshot(self) -> dict[str, Any]:
         """All state that decides future output: devices, dedup, windows, patterns, detectors, counters, stats."""
         return {
-            "devices": sorted(self.devices),
+            "devices": dict(sorted(self.devices.items())),
             "dedup": self.dedup.snapshot(),
             "engine": self.engine.snapshot(),
             "cep": self.cep.snapshot(),
@@ -222,10 +267,15 @@ class Pipeline:
         self.cep.restore(snap["cep"])
         if self.anomaly is not None:
             self.anomaly.restore(snap["anomaly"])
-        if "devices" in snap:
-            self.devices = {str(d) for d in snap["devices"]}
-        else:  # a checkpoint from before devices.max_devices: the devices that have state are admitted
-            self.devices = set(self.dedup.state) | set(self.engine.tracker.state)
+        devices = snap.get("devices")
+        if isinstance(devices, dict):
+            self.devices = {str(d): str(site) for d, site in devices.items()}
+        else:
+            # an older checkpoint: the devices listed (before devices.max_devices: those that have state) are
+            # admitted and bound to the site the watermark tracker has for them (where they were first seen)
+            names = set(self.dedup.state) | set(self.engine.tracker.state) if devices is None else set(devices)
+            tracker = self.engine.tracker.state
+            self.devices = {str(d): str(tracker[d][0]) for d in sorted(names) if d in tracker}
         self._unique = int(snap["unique"])
         stats = dict(snap["stats"])
         by_reason = Counter({str(k): int(v) for k, v in stats.pop("dead_by_reason").items()})

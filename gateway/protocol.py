@@ -49,6 +49,7 @@ REASONS: Final[dict[str, str]] = {
     "device_mismatch": "the payload's device differs from the topic's",
     "unknown_device": "the device is not in the gateway's device list",
     "too_many_devices": "a new device, and the gateway already keeps state for devices.max_devices devices",
+    "site_mismatch": "the device is bound to another site (where it was first admitted, or devices.sites)",
     "too_many_readings": "more readings in one message than allowed",
     "non_finite": "a metric value is NaN or infinite",
     "time_too_old": "event time earlier than any synced clock could give",

@@ -189,6 +189,14 @@ class Cep:
             self._advance_site(status.site, status.received_ms, out)
         return out
 
+    def move_device(self, device: str, site: str) -> None:
+        """The device belongs to ``site`` from now on: its key's matches carry it; readings already buffered
+        in its old site's key stay there, released on the device's event time as before."""
+        self.tracker.move(device, site)
+        k = self.keys.get(f"d:{device}")
+        if k is not None:
+            k.site = site
+
     def advance(self, now_ms: int) -> list[Match]:
         """Time-driven progress: silent devices turn idle and stop holding their site's key back."""
         out: list[Match] = []

@@ -66,6 +66,40 @@ def _minute(ms: int) -> int:
     return ms - ms % 60_000
 
 
+async def test_one_device_id_under_two_sites(broker: Proc, influxdb_v1: Proc, influx_db: str, tmp_path: Path) -> None:
+    prefix = f"i{uuid.uuid4().hex[:6]}"
+    cfg = _config(broker, influxdb_v1.url, influx_db, prefix, tmp_path)
+    t0 = _minute(int(time.time() * 1000)) - 3_600_000
+    north = [_status(prefix, "north", "dev-1")] + [
+        _batch(prefix, "north", "dev-1", [(1, s, t0 + s * 1000, {"temp_c": 20.0 + s}) for s in range(k, k + 5)])
+        for k in (0, 5)
+    ]
+    # another board given the same id at another site: same boot and sequence numbers, other times and values
+    south = [_status(prefix, "south", "dev-1")] + [
+        _batch(prefix, "south", "dev-1", [(1, s, t0 + 500 + s * 1000, {"temp_c": -5.0 - s}) for s in range(k, k + 5)])
+        for k in (0, 5)
+    ]
+    async with running_gateway(cfg) as gw:
+        await _send(gw, broker, north, prefix)
+        await _send(gw, broker, south, prefix)
+    s = gw.pipeline.stats
+    assert s.readings_accepted == 10 and s.duplicates == 0  # nothing dropped silently as a duplicate
+    assert dict(s.dead_by_reason) == {"site_mismatch": 3}  # two batches and a status from the other site
+    assert gw.pipeline.devices == {"dev-1": "north"}
+
+    rows = influx_query(influxdb_v1.url, influx_db, "SELECT * FROM reading", epoch="ms")
+    assert sorted((r["site"], r["seq"], r["time"], r["temp_c"]) for r in rows) == [
+        ("north", s, t0 + s * 1000, 20.0 + s) for s in range(10)
+    ]
+    dead = influx_query(influxdb_v1.url, influx_db, "SELECT * FROM dead_letter")
+    assert len(dead) == 3
+    for d in dead:
+        assert (d["reason"], d["site"], d["device"]) == ("site_mismatch", "south", "dev-1")
+        assert "'north'" in d["detail"] and "'south'" in d["detail"], d["detail"]
+    status = influx_query(influxdb_v1.url, influx_db, "SELECT * FROM device_status")
+    assert [r["site"] for r in status] == ["north"]
+
+
 async def test_an_old_boot_resent_after_eight_newer_boots_is_not_counted_again(
     broker: Proc, influxdb_v1: Proc, influx_db: str, tmp_path: Path
 ) -> None:
