@@ -325,11 +325,12 @@ def _devices(doc: Mapping[str, Any]) -> DevicesConfig:
     max_devices = int(_positive("devices", "max_devices", _get(sec, "devices", "max_devices", int, 10_000)))
     if len(set(known)) > max_devices:
         raise ConfigError(f"devices.max_devices: {max_devices} is below the {len(set(known))} devices of devices.known")
-    sites = _get(sec, "devices", "sites", dict, {})
-    bad = {d: site for d, site in sites.items() if not NAME_RE.fullmatch(d) or not isinstance(site, str)}
-    bad.update({d: site for d, site in sites.items() if isinstance(site, str) and not NAME_RE.fullmatch(site)})
-    if bad:
-        raise ConfigError(f"devices.sites: expected device id = site, both 1-32 of [A-Za-z0-9_-], got {bad!r}")
+    sites: dict[str, Any] = _get(sec, "devices", "sites", dict, {})
+    wrong = {
+        d: v for d, v in sites.items() if not (isinstance(v, str) and NAME_RE.fullmatch(d) and NAME_RE.fullmatch(v))
+    }
+    if wrong:
+        raise ConfigError(f"devices.sites: expected device id = site, both 1-32 of [A-Za-z0-9_-], got {wrong!r}")
     return DevicesConfig(
         allow_unknown=allow_unknown, known=frozenset(known), max_devices=max_devices, sites=dict(sites)
     )
