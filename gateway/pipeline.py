@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,10 +25,11 @@ from .engine.outputs import LateReading, WindowResult
 from .engine.outputs import Output as EngineOutput
 from .errors import DecodeError
 from .model import Batch, DeadLetter, Reading
-from .points import dead_letter_line, reading_line, status_line
+from .points import READING, dead_letter_line, reading_line, status_line
 from .protocol import dead_letter_for, decode, excerpt
+from .schema import get as measurement
 
-__all__ = ["Pipeline", "Stats"]
+__all__ = ["Pipeline", "Stats", "reading_field_bound"]
 
 log = logging.getLogger("gateway.pipeline")
 
@@ -103,6 +105,8 @@ class Pipeline:
         self.devices: dict[str, str] = {}
         """The devices admitted so far (at most ``devices.max_devices``), each with the site it is bound to:
         only these get state, and the device id alone keys it."""
+        self.metric_names: dict[str, set[str]] = {}
+        """Per device, the metric names of its accepted readings (at most ``devices.max_metric_names``)."""
         self._unique = 0
         self._own = (f"{config.mqtt.prefix}/_gateway/", "/cmd")
 
@@ -163,20 +167,32 @@ class Pipeline:
         for dead in msg.rejected:
             self._dead(dead, out)
         positions: list[int] | None = None
+        names = self.metric_names.get(msg.device)
+        cap = cfg.devices.max_metric_names
         for n, reading in enumerate(msg.readings):
-            verdict = self.dedup.check(reading.device, reading.boot, reading.seq, reading.t_ms)
-            if verdict != "new":
+            fresh = [m for m in reading.metrics if names is None or m not in names]
+            if fresh and (0 if names is None else len(names)) + len(fresh) > cap:
+                reason, detail = "too_many_metrics", self._too_many(msg.device, names, fresh, cap)
+            else:
+                verdict = self.dedup.check(reading.device, reading.boot, reading.seq, reading.t_ms)
                 if verdict == "duplicate":
                     self.stats.duplicates += 1
-                else:  # the dedup state can no longer tell: it may have been accepted before
-                    if positions is None:
-                        positions = _positions(msg)
-                    detail = self.dedup.explain(reading.device, reading.boot, reading.seq, reading.t_ms, verdict)
-                    self._dead(_reading_dead_letter(msg, reading, positions[n], verdict, detail, len(payload)), out)
-                continue
-            self.stats.readings_accepted += 1
-            out.readings.append(reading)
-            out.lines.append(reading_line(reading))
+                    continue
+                if verdict == "new":
+                    if fresh:
+                        if names is None:
+                            names = self.metric_names[msg.device] = set()
+                        names.update(sys.intern(m) for m in fresh)
+                    self.stats.readings_accepted += 1
+                    out.readings.append(reading)
+                    out.lines.append(reading_line(reading))
+                    continue
+                # the dedup state can no longer tell: it may have been accepted before
+                reason = verdict
+                detail = self.dedup.explain(reading.device, reading.boot, reading.seq, reading.t_ms, verdict)
+            if positions is None:
+                positions = _positions(msg)
+            self._dead(_reading_dead_letter(msg, reading, positions[n], reason, detail, len(payload)), out)
         # the engine sees each reading once: duplicates and rejected readings are already accounted for
         out.batch = dataclasses.replace(msg, readings=tuple(out.readings), rejected=())
         if out.readings or msg.flushed_ms is not None:
@@ -188,6 +204,14 @@ class Pipeline:
             for alert in found.alerts:
                 self._alert(alert, out)
         return out
+
+    def _too_many(self, device: str, names: set[str] | None, fresh: list[str], cap: int) -> str:
+        have = 0 if names is None else len(names)
+        listed = ", ".join(sorted(fresh)[:5]) + (", ..." if len(fresh) > 5 else "")
+        return (
+            f"{len(fresh)} new metric name(s) ({listed}) would give device {device!r} {have + len(fresh)} names, "
+            f"over devices.max_metric_names = {cap}"
+        )
 
     def _admit(self, device: str, site: str, keeps: bool) -> None:
         """Bind a new device to its site (if the message leaves state), or check a known one's site.
@@ -252,6 +276,7 @@ class Pipeline:
         return {
             "devices": dict(sorted(self.devices.items())),
             "dedup": self.dedup.snapshot(),
+            "metric_names": {d: sorted(names) for d, names in sorted(self.metric_names.items())},
             "engine": self.engine.snapshot(),
             "cep": self.cep.snapshot(),
             "anomaly": self.anomaly.snapshot() if self.anomaly is not None else None,
@@ -276,6 +301,8 @@ class Pipeline:
             names = set(self.dedup.state) | set(self.engine.tracker.state) if devices is None else set(devices)
             tracker = self.engine.tracker.state
             self.devices = {str(d): str(tracker[d][0]) for d in sorted(names) if d in tracker}
+        # an older checkpoint has no metric names: each device's are counted again from its next readings
+        self.metric_names = {str(d): {sys.intern(str(m)) for m in ms} for d, ms in snap.get("metric_names", {}).items()}
         self._unique = int(snap["unique"])
         stats = dict(snap["stats"])
         by_reason = Counter({str(k): int(v) for k, v in stats.pop("dead_by_reason").items()})
@@ -319,6 +346,12 @@ class Pipeline:
                 "size": dead.size,
             },
         )
+
+
+def reading_field_bound(config: Config) -> int:
+    """The most field keys the gateway can give the ``reading`` measurement: its own (``boot``, ``seq``, ``q``)
+    and each admitted device's metric names."""
+    return len(measurement(READING).fields) + config.devices.max_devices * config.devices.max_metric_names
 
 
 def _positions(batch: Batch) -> list[int]:

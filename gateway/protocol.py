@@ -54,6 +54,7 @@ REASONS: Final[dict[str, str]] = {
     "non_finite": "a metric value is NaN or infinite",
     "time_too_old": "event time earlier than any synced clock could give",
     "time_in_future": "event time ahead of the gateway's clock by more than the tolerance",
+    "too_many_metrics": "the reading's new metric names would take its device past devices.max_metric_names",
     "stale_boot": "a reading of a boot the gateway no longer tracks, at or before the latest time of a forgotten boot",
     "stale_seq": "a sequence number below the ranges the gateway still tracks for its boot",
     "internal": "the gateway failed on this message (a bug: the log line has the traceback)",

@@ -282,3 +282,29 @@ def test_a_checkpoint_from_before_site_binding_binds_devices_where_they_were_fir
     q.restore(snap)
     assert q.devices == {"d1": "north", "d2": "south"}
     assert "reason=site_mismatch" in q.handle(*_at("south", "d1", 1), NOW).lines[0]
+
+
+def test_a_device_beyond_its_metric_names_gets_too_many_metrics_and_the_others_go_on() -> None:
+    p = Pipeline(parse_config({"devices": {"max_metric_names": 4}}, env={}))
+    t = NOW - 60_000
+    made_up = [(1, i, t + i, {f"x{i}_a": 1.0, f"x{i}_b": 1.0}) for i in range(4)]
+    out = p.handle("edgekit/s/d1/readings", batch("d1", made_up), NOW)
+    assert [r.seq for r in out.readings] == [0, 1]  # four names: the first two readings
+    dead = [line for line in out.lines if line.startswith("dead_letter")]
+    assert len(dead) == 2 and all("reason=too_many_metrics" in line for line in dead)
+    assert "index=2i" in dead[0] and "devices.max_metric_names = 4" in dead[0] and "x2_a, x2_b" in dead[0]
+    assert p.metric_names == {"d1": {"x0_a", "x0_b", "x1_a", "x1_b"}}
+    # names it already has are free; a duplicate of a refused reading is refused again, not a duplicate
+    again = p.handle("edgekit/s/d1/readings", batch("d1", [(1, 9, t + 9, {"x0_a": 2.0}), made_up[3]]), NOW)
+    assert [r.seq for r in again.readings] == [9] and "reason=too_many_metrics" in again.lines[1]
+    assert len(p.handle("edgekit/s/d2/readings", batch("d2", made_up), NOW).readings) == 2  # its own share
+    snap = json.loads(json.dumps(p.snapshot()))
+    q = Pipeline(parse_config({"devices": {"max_metric_names": 4}}, env={}))
+    q.restore(snap)
+    assert q.metric_names == p.metric_names
+    assert "reason=too_many_metrics" in q.handle("edgekit/s/d1/readings", batch("d1", made_up[2:3]), NOW).lines[0]
+    del snap["metric_names"]  # an older checkpoint: counted again from the next readings
+    r = Pipeline(parse_config({"devices": {"max_metric_names": 4}}, env={}))
+    r.restore(snap)
+    assert r.metric_names == {}
+    assert p.stats.dead_by_reason == {"too_many_metrics": 5}  # d1: 2 + 1, d2: 2

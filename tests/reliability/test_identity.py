@@ -15,6 +15,7 @@ import json
 import statistics
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from services import Proc
 
 from gateway.app import Gateway
 from gateway.config import Config, parse_config
+from gateway.pipeline import reading_field_bound
 from sim.publish import BrokerConfig, publish
 from sim.wire import Outgoing
 
@@ -98,6 +100,45 @@ async def test_one_device_id_under_two_sites(broker: Proc, influxdb_v1: Proc, in
         assert "'north'" in d["detail"] and "'south'" in d["detail"], d["detail"]
     status = influx_query(influxdb_v1.url, influx_db, "SELECT * FROM device_status")
     assert [r["site"] for r in status] == ["north"]
+
+
+async def test_invented_metric_names_cannot_use_up_anomaly_detection(
+    broker: Proc, influxdb_v1: Proc, influx_db: str, tmp_path: Path
+) -> None:
+    prefix = f"i{uuid.uuid4().hex[:6]}"
+    cfg = _config(
+        broker, influxdb_v1.url, influx_db, prefix, tmp_path,
+        devices={"max_devices": 4},
+        anomaly={"max_series": 2_000, "write": "flagged"},
+    )  # fmt: skip
+    t0 = _minute(int(time.time() * 1000)) - 7_200_000
+    # one device invents 3,200 metric names, 16 a reading (more than the whole anomaly.max_series)
+    names = [f"x{i:05d}" for i in range(3_200)]
+    invented = [(1, i, t0 + i * 1000, {n: 1.0 for n in names[i * 16 : i * 16 + 16]}) for i in range(len(names) // 16)]
+    flood = [_batch(prefix, "a", "inventor", invented[k : k + 20]) for k in range(0, len(invented), 20)]
+    # then another device: 40 quiet readings, then a spike
+    quiet = [20.0 + (0.1 if i % 2 else -0.1) * (i % 5) for i in range(40)]
+    good = [(1, i, t0 + i * 10_000, {"temp_c": v}) for i, v in enumerate([*quiet, 60.0])]
+    honest = [_batch(prefix, "a", "honest", good[k : k + 10]) for k in range(0, len(good), 10)]
+    async with running_gateway(cfg) as gw:
+        await _send(gw, broker, flood, prefix)
+        await _send(gw, broker, honest, prefix)
+    cap = cfg.devices.max_metric_names
+    s = gw.pipeline.stats
+    refused = len(invented) - cap // 16  # the readings whose names would take the device past its cap
+    assert dict(s.dead_by_reason) == {"too_many_metrics": refused}
+    assert s.readings_accepted == len(invented) - refused + len(good)
+
+    alerts = influx_query(influxdb_v1.url, influx_db, "SELECT * FROM alert WHERE \"key\" = 'honest'", epoch="ms")
+    assert [(a["name"], a["last_ms"]) for a in alerts] == [("zscore.temp_c", good[-1][2])]
+    dead = influx_query(influxdb_v1.url, influx_db, "SELECT * FROM dead_letter")
+    assert Counter((d["reason"], d["device"]) for d in dead) == {("too_many_metrics", "inventor"): refused}
+    assert all(f"devices.max_metric_names = {cap}" in d["detail"] for d in dead)
+    fields = influx_query(influxdb_v1.url, influx_db, "SHOW FIELD KEYS FROM reading")
+    bound = reading_field_bound(cfg)
+    assert bound == 3 + 4 * cap
+    assert len(fields) <= bound
+    assert len(fields) == 3 + cap + 1  # boot, seq, q, the inventor's first names, temp_c
 
 
 async def test_an_old_boot_resent_after_eight_newer_boots_is_not_counted_again(
