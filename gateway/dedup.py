@@ -108,20 +108,14 @@ class Dedup:
             horizon = dev[0]
             if horizon is not None and t_ms <= horizon:
                 return "stale_boot"
-            e = boots[boot] = [t_ms, horizon, 0, []]
-            self._add(e, seq, t_ms)
+            e = boots[boot] = [t_ms, horizon, 0, [[seq, seq + 1]]]
             if len(boots) > self.spec.max_boots:
                 oldest = min(boots, key=lambda b: (-_TOP if boots[b][_MAX_T] is None else boots[b][_MAX_T], b))
                 self._forget(dev, oldest)
             return "new"
-        self._add(e, seq, t_ms)
-        return "new"
-
-    def _add(self, e: list[Any], seq: int, t_ms: int) -> None:
+        # a new reading of a tracked boot: record it (``i`` is its place, from the search above)
         if e[_MAX_T] is None or t_ms > e[_MAX_T]:
             e[_MAX_T] = t_ms
-        ranges: Ranges = e[_RANGES]
-        i = bisect_right(ranges, [seq, _TOP]) - 1
         joins_left = i >= 0 and ranges[i][1] == seq
         joins_right = i + 1 < len(ranges) and ranges[i + 1][0] == seq + 1
         if joins_left and joins_right:
@@ -137,6 +131,7 @@ class Dedup:
                 dropped = ranges.pop(0)
                 e[_FLOOR] = max(e[_FLOOR], dropped[1])
                 self.forgotten += 1
+        return "new"
 
     def _forget(self, dev: list[Any], boot: int) -> None:
         e = dev[1].pop(boot)

@@ -1,5 +1,9 @@
 """The synchronous heart of ingest: decode, check the device, remove duplicates, and say what to write.
 
+The device check: a device id is admitted (at most ``devices.max_devices``) and bound to one site, so the id
+alone keys all state; a device uses at most ``devices.max_metric_names`` metric names. Dedup then accepts each
+reading at most once (``gateway/dedup.py``); what it can no longer judge is a dead letter.
+
 ``Pipeline.handle(topic, payload, received_ms)`` never raises on bad input: a message that breaks the
 contract becomes a dead-letter point and a log line, and the gateway goes on.
 """
@@ -11,6 +15,7 @@ import json
 import logging
 import sys
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,7 +92,8 @@ class Handled:
 
 
 class Pipeline:
-    """Decode -> device check -> dedup -> raw points, then the event-time engine on what is new."""
+    """Decode -> device check (admission, site, metric names) -> dedup -> raw points, then the event-time
+    engine, CEP and anomaly detection on what is new."""
 
     def __init__(self, config: Config, dedup: Dedup | None = None) -> None:
         self.config = config
@@ -151,7 +157,8 @@ class Pipeline:
             # a new device is admitted by a message that leaves state: a status, or a batch with a valid
             # reading or a flushed marker (one whose every reading is rejected only brings its dead letters)
             keeps = not isinstance(msg, Batch) or bool(msg.readings) or msg.flushed_ms is not None
-            self._admit(msg.device, msg.site, keeps)
+            if self.devices.get(msg.device) != msg.site:  # not admitted yet, or bound elsewhere
+                self._admit(msg.device, msg.site, keeps)
         except DecodeError as err:
             self._dead(dead_letter_for(err, topic, payload, received_ms, cfg.mqtt.prefix), out)
             return out
@@ -170,7 +177,7 @@ class Pipeline:
         names = self.metric_names.get(msg.device)
         cap = cfg.devices.max_metric_names
         for n, reading in enumerate(msg.readings):
-            fresh = [m for m in reading.metrics if names is None or m not in names]
+            fresh = () if names is not None and names.issuperset(reading.metrics) else _fresh(reading, names)
             if fresh and (0 if names is None else len(names)) + len(fresh) > cap:
                 reason, detail = "too_many_metrics", self._too_many(msg.device, names, fresh, cap)
             else:
@@ -205,7 +212,7 @@ class Pipeline:
                 self._alert(alert, out)
         return out
 
-    def _too_many(self, device: str, names: set[str] | None, fresh: list[str], cap: int) -> str:
+    def _too_many(self, device: str, names: set[str] | None, fresh: Sequence[str], cap: int) -> str:
         have = 0 if names is None else len(names)
         listed = ", ".join(sorted(fresh)[:5]) + (", ..." if len(fresh) > 5 else "")
         return (
@@ -352,6 +359,11 @@ def reading_field_bound(config: Config) -> int:
     """The most field keys the gateway can give the ``reading`` measurement: its own (``boot``, ``seq``, ``q``)
     and each admitted device's metric names."""
     return len(measurement(READING).fields) + config.devices.max_devices * config.devices.max_metric_names
+
+
+def _fresh(r: Reading, names: set[str] | None) -> list[str]:
+    """The reading's metric names its device has not used yet."""
+    return list(r.metrics) if names is None else [m for m in r.metrics if m not in names]
 
 
 def _positions(batch: Batch) -> list[int]:
