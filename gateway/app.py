@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from .config import Config
+from .config import Config, redact_url
 from .errors import StateError
 from .ingest import Incoming, IngestStats, Outbox, run_durable_ingest
 from .live import LiveView
@@ -366,7 +366,7 @@ class Gateway:
         cfg = self.config
         log.info(
             "gateway starting",
-            extra={"event": "start", "influx": cfg.influx.target, "influx_url": cfg.influx.url,
+            extra={"event": "start", "influx": cfg.influx.target, "influx_url": redact_url(cfg.influx.url),
                    "broker": f"{cfg.mqtt.host}:{cfg.mqtt.port}", "state": str(self.store.path)},
         )  # fmt: skip
         server = await self.metrics.serve(cfg.metrics.host, cfg.metrics.port) if cfg.metrics.port else None

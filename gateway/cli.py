@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import signal
 import sqlite3
@@ -12,10 +13,10 @@ import sys
 from pathlib import Path
 
 from .app import Gateway, state_path
-from .config import Config, load_config
+from .config import Config, load_config, secret_values
 from .engine.config import parse_duration
 from .errors import ConfigError, StateError
-from .logs import setup_logging
+from .logs import Redactor, setup_logging
 from .plan import run_plan
 from .progress import Progress
 from .protocol import METRIC_RE
@@ -33,8 +34,9 @@ def _describe(cfg: Config) -> str:
     target = (
         f"InfluxDB 1.x at {i.url}, database {i.database!r}"
         + (f", rp {i.retention_policy!r}" if i.retention_policy else "")
+        + (f", user {i.username!r} (password {'set' if i.password else 'NOT set'})" if i.username else "")
         if i.target == "v1"
-        else f"InfluxDB v2 API at {i.url}, org {i.org!r}, bucket {i.bucket!r}"
+        else f"InfluxDB v2 API at {i.url}, org {i.org!r}, bucket {i.bucket!r}, token {'set' if i.token else 'NOT set'}"
     )
     return "\n".join(
         [
@@ -283,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"configuration error: {exc}", 2)
     try:
         if args.command == "check":
-            print(_describe(cfg))
+            print(Redactor(secret_values(cfg))(_describe(cfg)))  # it names no secret; and if it ever did
             return 0
         if args.command == "plan":
             return _plan(cfg, args)
@@ -291,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
             return _replay(cfg, args)
         if args.command == "recover":
             return _recover(cfg)
-        setup_logging(cfg.log.level, cfg.log.format)
+        setup_logging(cfg.log.level, cfg.log.format, secret_values(cfg))
         try:
             asyncio.run(_run(cfg, args.stats_file, args.record))
         except RecordError as exc:
@@ -300,6 +302,12 @@ def main(argv: list[str] | None = None) -> int:
             return _state_failure(exc, args.config)
         except sqlite3.DatabaseError as exc:  # the state file failed while running
             return _state_failure(file_error(state_path(cfg), exc), args.config)
+        except Exception:
+            # through the log, whose formatter removes the secrets (a library's message may carry one)
+            logging.getLogger("gateway").critical(
+                "gateway stopped by an unexpected error", exc_info=True, extra={"event": "crash"}
+            )
+            return 1
         return 0
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
