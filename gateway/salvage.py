@@ -127,10 +127,10 @@ class Salvage:
         out.append(kept + lost)
         spool = f"spool: {self.chunks:,} chunks ({self.chunk_lines:,} lines) kept and will be written"
         if self.spool_holes:
-            spool += (
-                f"; unreadable chunk ids {_ranges(self.spool_holes)}: the lines of those chunks (not yet written to "
-                "InfluxDB) are lost"
+            where = ", ".join(
+                f"after chunk {a}" + (f" and before chunk {b}" if b is not None else "") for a, b in self.spool_holes
             )
+            spool += f"; chunks unreadable ({where}): their lines (not yet written to InfluxDB) are lost"
         else:
             spool += "; no chunk lost"
         if self.spool_invalid:
@@ -142,7 +142,9 @@ class Salvage:
 
 
 def _ranges(holes: list[tuple[int, int | None]]) -> str:
-    return ", ".join(f"{a + 1}-{b - 1}" if b is not None else f"after {a}" for a, b in holes)
+    return ", ".join(
+        (f"{a + 1}-{b - 1}" if b - a > 2 else f"{a + 1}") if b is not None else f"after {a}" for a, b in holes
+    )
 
 
 # --- reading a damaged file row by row ---------------------------------------------------------------
@@ -185,12 +187,11 @@ class _OutOfOrder(Exception):
 
 
 def _read_rows(
-    db: sqlite3.Connection, table: str, key: str, columns: list[str]
-) -> tuple[list[tuple[Any, ...]], list[tuple[int, int | None]]]:
-    """Every readable row of ``table`` (``key`` first, then ``columns``) in key order, and the holes ``(a, b)``:
-    rows with ``a < key < b`` (``b`` None: to the end) could not be read."""
+    db: sqlite3.Connection, table: str, key: str, columns: list[str], take: Callable[[tuple[Any, ...]], None]
+) -> list[tuple[int, int | None]]:
+    """Hand every readable row of ``table`` (``key`` first, then ``columns``) to ``take``, in key order; return
+    the holes ``(a, b)``: rows with ``a < key < b`` (``b`` None: to the end) could not be read."""
     select = _select(table, key, columns)
-    rows: list[tuple[Any, ...]] = []
     holes: list[tuple[int, int | None]] = []
     start = 1  # AUTOINCREMENT keys start at 1
     while True:
@@ -198,9 +199,9 @@ def _read_rows(
             for row in db.execute(select, (start,)):
                 if not isinstance(row[0], int) or row[0] < start:
                     raise _OutOfOrder  # a damaged page read as cells: its keys go back
-                rows.append(row)
+                take(row)
                 start = row[0] + 1
-            return rows, holes
+            return holes
         except (sqlite3.DatabaseError, _OutOfOrder):
             pass
         # the module steps one row ahead, so the row just before a damaged page is not returned: read it alone
@@ -213,8 +214,8 @@ def _read_rows(
             one = None if resume is None else db.execute(select + " LIMIT 1", (resume,)).fetchone()
             holes.append((start - 1, None if one is None else one[0]))
         if one is None:
-            return rows, holes
-        rows.append(one)
+            return holes
+        take(one)
         start = one[0] + 1
 
 
@@ -263,9 +264,8 @@ def recover_state(config: Config, *, now_ms: int | None = None) -> Salvage:
                 shutil.copy2(src, scratch / f"state.db{suffix}")
         report.aside = list(made)
         _fsync_all(made)
-        kept = _salvage(config, scratch / "state.db", report)
         fresh.unlink(missing_ok=True)
-        _write_fresh(fresh, config, kept, report)
+        _salvage_into(fresh, config, scratch / "state.db", report)
         st = path.stat()  # the fresh file belongs to whoever the damaged one did (the service's user, not root)
         if os.geteuid() == 0:
             os.chown(fresh, st.st_uid, st.st_gid)
@@ -285,22 +285,41 @@ def recover_state(config: Config, *, now_ms: int | None = None) -> Salvage:
         os.close(lock)
 
 
-@dataclass
-class _Kept:
-    checkpoint: tuple[int, str, int] | None = None
-    log: list[tuple[Any, ...]] = field(default_factory=list)
-    log_seq: int = 0
-    spool_columns: list[str] = field(default_factory=list)
-    spool: list[tuple[Any, ...]] = field(default_factory=list)
+def _salvage_into(fresh: Path, config: Config, scratch: Path, report: Salvage) -> None:
+    """Read the scratch copy, writing what is kept into the fresh file as it is read (one transaction)."""
+    store = StateStore(fresh, sync=config.state.sync)
+    out = store.db
+    try:
+        out.execute("BEGIN IMMEDIATE")
+        floor = _salvage(config, scratch, report, out)
+        # new log rows must come after every position the checkpoint or a lost row may have used
+        if floor:
+            if out.execute("SELECT 1 FROM sqlite_sequence WHERE name = 'log'").fetchone() is None:
+                out.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('log', ?)", (floor,))
+            else:
+                out.execute("UPDATE sqlite_sequence SET seq = MAX(seq, ?) WHERE name = 'log'", (floor,))
+        out.execute("COMMIT")
+    except sqlite3.Error as exc:
+        if out.in_transaction:
+            out.execute("ROLLBACK")
+        raise file_error(fresh, exc) from exc
+    except BaseException:
+        if out.in_transaction:
+            out.execute("ROLLBACK")
+        raise
+    finally:
+        store.close()
+    with open(fresh, "rb+") as f:
+        os.fsync(f.fileno())
 
 
-def _salvage(config: Config, scratch: Path, report: Salvage) -> _Kept:
-    kept = _Kept()
+def _salvage(config: Config, scratch: Path, report: Salvage, out: sqlite3.Connection) -> int:
+    """Salvage into ``out``; returns the lowest position the log's counter must keep."""
     header = _header(scratch)
     if header is None:
         report.readable = False
         report.unreadable_why = "not an SQLite database: its header is missing or destroyed"
-        return kept
+        return 0
     _drop_partial_page(scratch)
     wal = Path(f"{scratch}-wal")
     foreign = wal_identity(wal)
@@ -313,13 +332,13 @@ def _salvage(config: Config, scratch: Path, report: Salvage) -> _Kept:
         if tables is None:
             report.readable = False
             report.unreadable_why = "its schema page cannot be read"
-            return kept
-        _salvage_checkpoint(config, db, tables, report, kept)
-        _salvage_log(db, tables, report, kept)
-        _salvage_spool(db, tables, report, kept)
+            return 0
+        after = _salvage_checkpoint(config, db, tables, report, out)
+        floor = _salvage_log(db, tables, report, out, after)
+        _salvage_spool(db, tables, report, out)
     finally:
         db.close()
-    return kept
+    return max(floor, after)
 
 
 def _connect(scratch: Path) -> sqlite3.Connection:
@@ -351,16 +370,19 @@ def _header(path: Path) -> tuple[int, int] | None:
     return int.from_bytes(head[68:72], "big"), int.from_bytes(head[60:64], "big")
 
 
-def _salvage_checkpoint(config: Config, db: sqlite3.Connection, tables: set[str], report: Salvage, kept: _Kept) -> None:
+def _salvage_checkpoint(
+    config: Config, db: sqlite3.Connection, tables: set[str], report: Salvage, out: sqlite3.Connection
+) -> int:
+    """Keep the checkpoint if it can be read, parses and restores; returns its position (0 without one)."""
     if "checkpoint" not in tables:
-        return
+        return 0
     try:
         row = db.execute("SELECT pos, state, saved_ms FROM checkpoint WHERE id = 1").fetchone()
     except sqlite3.DatabaseError as exc:
         report.checkpoint, report.checkpoint_why = "lost", f"its page cannot be read: {exc}"
-        return
+        return 0
     if row is None:
-        return
+        return 0
     pos, text, saved_ms = row
     try:
         if not isinstance(pos, int) or not isinstance(saved_ms, int) or not isinstance(text, str):
@@ -370,7 +392,7 @@ def _salvage_checkpoint(config: Config, db: sqlite3.Connection, tables: set[str]
             raise ValueError("not a JSON object")
     except ValueError as exc:
         report.checkpoint, report.checkpoint_why = "lost", f"it does not parse: {exc}"
-        return
+        return 0
     if state.get("version") != STATE_VERSION or state.get("fingerprint") != _fingerprint(config):
         raise StateError(
             f"state file {report.path}: the checkpoint was written with other windows, watermarks or prefix "
@@ -385,22 +407,28 @@ def _salvage_checkpoint(config: Config, db: sqlite3.Connection, tables: set[str]
             bytes.fromhex(d)
     except (KeyError, ValueError, TypeError, AttributeError) as exc:
         report.checkpoint, report.checkpoint_why = "lost", f"it does not restore: {type(exc).__name__}: {exc}"
-        return
-    kept.checkpoint = (pos, text, saved_ms)
+        return 0
+    out.execute("INSERT INTO checkpoint (id, pos, state, saved_ms) VALUES (1, ?, ?, ?)", (pos, text, saved_ms))
     report.checkpoint, report.checkpoint_pos, report.checkpoint_saved_ms = "kept", pos, saved_ms
+    return pos
 
 
-def _salvage_log(db: sqlite3.Connection, tables: set[str], report: Salvage, kept: _Kept) -> None:
+def _salvage_log(db: sqlite3.Connection, tables: set[str], report: Salvage, out: sqlite3.Connection, after: int) -> int:
+    """Keep every readable, valid log row after the checkpoint's position ``after``; returns the highest
+    position the log had used."""
     if "log" not in tables:
-        return
-    after = kept.checkpoint[0] if kept.checkpoint is not None else 0
+        return 0
     seq_row = _try(lambda: db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'log'").fetchone())
     seq = seq_row[0] if seq_row is not None and isinstance(seq_row[0], int) else None
-    rows, holes = _read_rows(db, "log", "pos", ["kind", "topic", "payload", "received_ms"])
-    for row in rows:
+    highest = 0
+    insert = "INSERT INTO log (pos, kind, topic, payload, received_ms) VALUES (?, ?, ?, ?, ?)"
+
+    def take(row: tuple[Any, ...]) -> None:
+        nonlocal highest
         pos, kind, topic, payload, received_ms = row
+        highest = max(highest, pos)
         if pos <= after:
-            continue  # taken into the checkpoint already (a checkpoint deletes these in its own transaction)
+            return  # taken into the checkpoint already (a checkpoint deletes these in its own transaction)
         if (
             kind not in (KIND_MESSAGE, KIND_TICK)
             or not isinstance(topic, str)
@@ -410,15 +438,16 @@ def _salvage_log(db: sqlite3.Connection, tables: set[str], report: Salvage, kept
             or (kind == KIND_MESSAGE) != bool(topic)
         ):
             report.log_invalid += 1
-            continue
-        kept.log.append(row)
+            return
+        out.execute(insert, row)
         if kind == KIND_MESSAGE:
             report.messages += 1
         else:
             report.ticks += 1
+
+    holes = _read_rows(db, "log", "pos", ["kind", "topic", "payload", "received_ms"], take)
     # the positions after the checkpoint's are consecutive up to the sequence: each one not read is a lost row
     # (without the checkpoint, some may be positions a checkpoint had deleted: then "up to")
-    last = max([after, seq or 0, *(r[0] for r in rows)])
     lost: int | None = 0
     for a, b in holes:
         a = max(a, after)
@@ -433,60 +462,34 @@ def _salvage_log(db: sqlite3.Connection, tables: set[str], report: Salvage, kept
         else:
             lost = None
     report.log_rows_lost = lost
-    report.log_lost_exact = kept.checkpoint is not None or report.checkpoint == "absent"
-    kept.log_seq = last
+    report.log_lost_exact = report.checkpoint != "lost"
+    return max(after, seq or 0, highest)
 
 
-def _salvage_spool(db: sqlite3.Connection, tables: set[str], report: Salvage, kept: _Kept) -> None:
+def _salvage_spool(db: sqlite3.Connection, tables: set[str], report: Salvage, out: sqlite3.Connection) -> None:
+    """Keep every readable spool chunk as it was stored (whatever the encoding of its lines)."""
     if "spool" not in tables:
         return
     fresh = expected_columns("spool")
     have = _try(lambda: [r[1] for r in db.execute("PRAGMA table_info(spool)")]) or fresh
     columns = [c for c in fresh if c in have and c != "id"]
-    rows, holes = _read_rows(db, "spool", "id", columns)
-    kept.spool_columns = columns
-    for row in rows:
+    insert = f"INSERT INTO spool ({', '.join(['id', *columns])}) VALUES ({', '.join('?' * (1 + len(columns)))})"
+
+    def take(row: tuple[Any, ...]) -> None:
         values = dict(zip(columns, row[1:], strict=True))
         n = values.get("n")
         if not isinstance(n, int) or n < 0 or not isinstance(values.get("prio"), int):
             report.spool_invalid += 1
-            continue
-        kept.spool.append(row)
+            return
+        try:
+            out.execute(insert, row)
+        except sqlite3.IntegrityError:  # a NOT NULL column read as NULL
+            report.spool_invalid += 1
+            return
         report.chunks += 1
         report.chunk_lines += n
-    report.spool_holes = holes
 
-
-def _write_fresh(fresh: Path, config: Config, kept: _Kept, report: Salvage) -> None:
-    store = StateStore(fresh, sync=config.state.sync)
-    try:
-        db = store.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            if kept.checkpoint is not None:
-                db.execute("INSERT INTO checkpoint (id, pos, state, saved_ms) VALUES (1, ?, ?, ?)", kept.checkpoint)
-            db.executemany("INSERT INTO log (pos, kind, topic, payload, received_ms) VALUES (?, ?, ?, ?, ?)", kept.log)
-            if kept.spool:
-                cols = ", ".join(["id", *kept.spool_columns])
-                marks = ", ".join("?" * (1 + len(kept.spool_columns)))
-                db.executemany(f"INSERT INTO spool ({cols}) VALUES ({marks})", kept.spool)
-            # new log rows must come after every position the checkpoint or a lost row may have used
-            floor = max(kept.log_seq, kept.checkpoint[0] if kept.checkpoint is not None else 0)
-            if floor:
-                if db.execute("SELECT 1 FROM sqlite_sequence WHERE name = 'log'").fetchone() is None:
-                    db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('log', ?)", (floor,))
-                else:
-                    db.execute("UPDATE sqlite_sequence SET seq = MAX(seq, ?) WHERE name = 'log'", (floor,))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-    except sqlite3.Error as exc:
-        raise file_error(fresh, exc) from exc
-    finally:
-        store.close()
-    with open(fresh, "rb+") as f:
-        os.fsync(f.fileno())
+    report.spool_holes = _read_rows(db, "spool", "id", columns, take)
 
 
 def _fsync_all(paths: list[Path]) -> None:
