@@ -196,6 +196,8 @@ def _recover(cfg: Config) -> int:
         report = recover_state(cfg)
     except StateError as exc:
         return _fail(str(exc), 1)
+    except OSError as exc:  # a full disk while copying, say: the copies made so far are removed again
+        return _fail(f"recover failed: {exc}", 1)
     print("\n".join(report.lines()))
     return 0
 

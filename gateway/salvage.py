@@ -255,10 +255,15 @@ def recover_state(config: Config, *, now_ms: int | None = None) -> Salvage:
     made: list[Path] = []
     try:
         report = Salvage(path=path)
+        aside = f"{path.name}.damaged-{stamp}"
+        n = 1
+        while (directory / aside).exists():  # recovered twice in one second: keep the first copy too
+            n += 1
+            aside = f"{path.name}.damaged-{stamp}-{n}"
         for suffix in ("", "-wal"):
             src = Path(f"{path}{suffix}")
             if src.exists():
-                dst = directory / f"{path.name}.damaged-{stamp}{suffix}"
+                dst = directory / f"{aside}{suffix}"
                 shutil.copy2(src, dst)
                 made.append(dst)
                 shutil.copy2(src, scratch / f"state.db{suffix}")

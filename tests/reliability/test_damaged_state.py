@@ -306,6 +306,9 @@ def test_recover_refuses_a_running_gateway_and_another_configuration(state: tupl
     done = cli("recover", "--config", str(config))  # an intact file: everything kept
     assert done.returncode == 0 and "nothing was lost" in done.stdout, done.stdout + done.stderr
     assert f"log: {LOGGED} logged messages kept" in done.stdout
+    assert cli("recover", "--config", str(config)).returncode == 0  # again: the first copy aside is kept too
+    aside = sorted(path.parent.glob(f"{path.name}.damaged-*"))
+    assert len(aside) == 2 and aside[0].read_bytes() == before, aside
 
 
 def test_recovered_state_is_replayed_into_influxdb(
