@@ -13,9 +13,11 @@ When the spool is over ``spool_max_bytes``, ``add`` waits until the writer makes
 reading from the broker (no acknowledgements, so the broker keeps the messages for the persistent session).
 ``stop_waiting()`` ends that wait for a clean stop: the lines stay in memory for the final checkpoint.
 
-``spill()`` takes everything in memory (including a batch being written) for a checkpoint, which stores it
-in the spool in the same transaction as the pipeline state. A batch written twice (once from memory,
-once from the spool) is harmless: every point is deterministic.
+``spill(commit)`` hands everything in memory (including a batch being written) to a checkpoint, which stores
+it in the spool in the same transaction as the pipeline state; only once that transaction is committed are
+the lines dropped from memory, so a checkpoint that fails (a locked or full disk, anything) leaves them
+where they were. A batch written twice (once from memory, once from the spool) is harmless: every point
+is deterministic.
 """
 
 from __future__ import annotations
@@ -83,7 +85,8 @@ class SpoolingSink:
 
     @property
     def in_memory(self) -> int:
-        return len(self.memory[0]) + len(self.memory[1]) + len(self._inflight)
+        inflight = 0 if self._inflight_spilled else len(self._inflight)  # a spilled batch is counted in the spool
+        return len(self.memory[0]) + len(self.memory[1]) + inflight
 
     @property
     def pending(self) -> int:
@@ -105,8 +108,11 @@ class SpoolingSink:
         limit = self.cfg.max_buffered
         while len(raw) + len(other) > limit:
             if self.store.spool_bytes < self.spool_max_bytes:
-                self._overflow()
-                break
+                try:
+                    self._overflow()
+                    break
+                except Exception:  # a full or locked disk: the lines stay in memory, ingest waits as if it were full
+                    log.exception("could not move lines to the spool", extra={"event": "sink_spill_error"})
             if self._stopping:  # the lines stay in memory; the final checkpoint spools them
                 break
             self.waits += 1
@@ -130,32 +136,41 @@ class SpoolingSink:
         self._progress.set()
 
     def _overflow(self) -> None:
-        """Move raw readings to the spool; the other class too if it alone is over the limit."""
+        """Move raw readings to the spool; the other class too if it alone is over the limit. The lines leave
+        memory only once the spool has them (if writing the spool fails, they stay and the error is raised)."""
         raw, other = self.memory
+        move_other = len(other) > self.cfg.max_buffered
         chunks = self._chunks(RAW, raw)
+        if move_other:
+            chunks += self._chunks(OTHER, other)
+        self.store.spool(chunks)
         self.spilled_lines[RAW] += len(raw)
         raw.clear()
-        if len(other) > self.cfg.max_buffered:
-            chunks += self._chunks(OTHER, other)
+        if move_other:
             self.spilled_lines[OTHER] += len(other)
             other.clear()
-        self.store.spool(chunks)
         log.warning(
             "sink behind: lines moved to the spool",
             extra={"event": "sink_spill", "spool_lines": self.store.spool_lines, "spool_bytes": self.store.spool_bytes},
         )
 
-    def spill(self) -> list[tuple[int, list[str]]]:
-        """Everything in memory as spool chunks, oldest first within each class; memory is left empty."""
+    def spill(self, commit: Callable[[list[tuple[int, list[str]]]], None]) -> None:
+        """Hand everything in memory to ``commit`` as spool chunks ``(class, lines)``, oldest first within each
+        class; drop it from memory only when ``commit`` has returned (it stores them durably, or raises and
+        memory is left as it was). ``commit`` runs synchronously: nothing else touches memory meanwhile."""
         chunks: list[tuple[int, list[str]]] = []
-        if self._inflight and not self._inflight_spilled:  # once: a second copy would land after newer lines
+        # the batch in flight once only: a second copy would land after newer lines
+        inflight = bool(self._inflight) and not self._inflight_spilled
+        if inflight:
             chunks += self._chunks(self._inflight_class, self._inflight)
-            self._inflight_spilled = True
         for cls in (OTHER, RAW):
             chunks += self._chunks(cls, self.memory[cls])
+        commit(chunks)
+        if inflight:
+            self._inflight_spilled = True
+        for cls in (OTHER, RAW):
             self.memory[cls].clear()
         self._wake.set()
-        return chunks
 
     def _chunks(self, cls: int, lines: deque[str] | list[str]) -> list[tuple[int, list[str]]]:
         items = list(lines)

@@ -45,9 +45,9 @@ async def test_a_retried_batch_is_spilled_once_and_revisions_stay_in_order(tmp_p
     await sink.add(["window,w=W rev=1i 1"])
     await asyncio.sleep(0.1)  # revision 1 is being written, and retried
     await sink.add(["window,w=W rev=2i 1"])
-    store.checkpoint(0, {}, 0, sink.spill())  # a checkpoint spills the batch in flight and memory
+    sink.spill(lambda chunks: store.checkpoint(0, {}, 0, chunks))  # a checkpoint spills the batch in flight and memory
     await asyncio.sleep(0.1)
-    store.checkpoint(0, {}, 0, sink.spill())  # and another one, while the same batch is still retried
+    sink.spill(lambda chunks: store.checkpoint(0, {}, 0, chunks))  # and another, while the same batch is retried
     writer.down = False
     async with asyncio.timeout(10):
         while sink.pending or store.spool_lines:
