@@ -30,7 +30,7 @@ from collections.abc import Callable
 from .config import InfluxConfig
 from .errors import SinkError
 from .points import READING
-from .sinks import SinkStats, Writer, write_with_retry
+from .sinks import Pending, SinkStats, Writer, write_batch
 from .state import StateStore
 
 __all__ = ["OTHER", "RAW", "SpoolingSink", "line_class"]
@@ -47,6 +47,24 @@ _RAW_PREFIX = READING + ","
 
 def line_class(line: str) -> int:
     return RAW if line.startswith(_RAW_PREFIX) else OTHER
+
+
+class _Batch:
+    """The batch being written: from the spool (``chunk_id``) or taken from memory (``chunk_id`` None)."""
+
+    __slots__ = ("chunk_id", "cls", "pending", "spilled")
+
+    def __init__(self, cls: int, chunk_id: int | None, lines: list[str]) -> None:
+        self.cls = cls
+        self.chunk_id = chunk_id
+        self.pending = Pending(lines)
+        self.spilled = False
+        """A checkpoint moved what was left of it (from memory) to the spool: it is written from there."""
+
+    @property
+    def in_memory(self) -> bool:
+        """Its unwritten lines are only in memory (a checkpoint must move them to the spool)."""
+        return self.chunk_id is None and not self.spilled
 
 
 class SpoolingSink:
@@ -72,9 +90,8 @@ class SpoolingSink:
         """Times ``add`` had to wait because memory and spool were both full."""
         self.healthy = True
         """False from a failed write until the next successful one."""
-        self._inflight: list[str] = []
-        self._inflight_class = OTHER
-        self._inflight_spilled = False
+        self._batch: _Batch | None = None
+        """The batch being written: kept until each of its lines is written or dead-lettered, whatever fails."""
         self._wake = asyncio.Event()
         self._progress = asyncio.Event()
         self._closing = False
@@ -85,7 +102,8 @@ class SpoolingSink:
 
     @property
     def in_memory(self) -> int:
-        inflight = 0 if self._inflight_spilled else len(self._inflight)  # a spilled batch is counted in the spool
+        batch = self._batch
+        inflight = len(batch.pending) if batch is not None and batch.in_memory else 0
         return len(self.memory[0]) + len(self.memory[1]) + inflight
 
     @property
@@ -159,15 +177,15 @@ class SpoolingSink:
         class; drop it from memory only when ``commit`` has returned (it stores them durably, or raises and
         memory is left as it was). ``commit`` runs synchronously: nothing else touches memory meanwhile."""
         chunks: list[tuple[int, list[str]]] = []
-        # the batch in flight once only: a second copy would land after newer lines
-        inflight = bool(self._inflight) and not self._inflight_spilled
-        if inflight:
-            chunks += self._chunks(self._inflight_class, self._inflight)
+        # what is left of the batch in flight, once only: a second copy would land after newer lines
+        batch = self._batch if self._batch is not None and self._batch.in_memory else None
+        if batch is not None:
+            chunks += self._chunks(batch.cls, batch.pending.lines())
         for cls in (OTHER, RAW):
             chunks += self._chunks(cls, self.memory[cls])
         commit(chunks)
-        if inflight:
-            self._inflight_spilled = True
+        if batch is not None:
+            batch.spilled = True
         for cls in (OTHER, RAW):
             self.memory[cls].clear()
         self._wake.set()
@@ -179,19 +197,21 @@ class SpoolingSink:
 
     # ---------------------------------------------------------------------------------------- output
 
-    def _next(self) -> tuple[int | None, list[str]] | None:
-        """The next batch to write: ``(spool chunk id, lines)`` or ``(None, lines)`` taken from memory."""
+    def _next(self) -> _Batch | None:
+        """The batch to write: the one in hand if it is not done, else the next from the spool or memory."""
+        if self._batch is not None and not self._batch.spilled:
+            return self._batch
+        self._batch = None
         for cls in (OTHER, RAW):
             head = self.store.spool_head(cls) if self.store.spool_chunks else None
             if head is not None:
-                return head
+                self._batch = _Batch(cls, head[0], head[1])
+                return self._batch
             mem = self.memory[cls]
             if mem:
                 n = min(self.cfg.batch_size, len(mem))
-                self._inflight = [mem.popleft() for _ in range(n)]
-                self._inflight_class = cls
-                self._inflight_spilled = False
-                return None, self._inflight
+                self._batch = _Batch(cls, None, [mem.popleft() for _ in range(n)])
+                return self._batch
         return None
 
     async def _run(self) -> None:
@@ -199,7 +219,7 @@ class SpoolingSink:
         while True:
             try:
                 done = await self._step(interval)
-            except Exception:  # the spool's disk, a writer bug: say so, wait, try again; never die silently
+            except Exception:  # the spool's disk, a broken writer: say so, wait, try the same batch again
                 log.exception("sink writer failed; retrying in 1 s", extra={"event": "sink_error"})
                 self.healthy = False
                 await asyncio.sleep(1.0)
@@ -209,8 +229,8 @@ class SpoolingSink:
 
     async def _step(self, interval: float) -> bool:
         """Write one batch, or wait for lines; True when closing and nothing is left."""
-        nxt = self._next()
-        if nxt is None:
+        batch = self._next()
+        if batch is None:
             self._progress.set()
             if self._closing:
                 return True
@@ -220,33 +240,39 @@ class SpoolingSink:
             except TimeoutError:
                 pass
             return False
-        chunk_id, lines = nxt
-        await self._write(chunk_id, lines)
+        if await self._write(batch):
+            # every line written or dead-lettered: only now does the batch leave the spool (or memory)
+            if batch.chunk_id is not None:
+                self.store.spool_delete(batch.chunk_id)
+            self._batch = None
         self._progress.set()
         return False
 
-    async def _write(self, chunk_id: int | None, batch: list[str]) -> None:
+    async def _write(self, batch: _Batch) -> bool:
         def moved_to_spool() -> bool:  # a checkpoint moved this batch to the spool: it is written from there
-            return chunk_id is None and self._inflight_spilled
+            return batch.spilled
 
         def down(err: SinkError) -> None:
             if self.healthy:
                 log.warning("influx unreachable: spooling", extra={"event": "sink_down", "error": str(err)})
             self.healthy = False
 
-        elapsed = await write_with_retry(
-            self.writer, batch, self.stats, self.cfg.retry_max_s, give_up=moved_to_spool, on_retry=down
-        )
-        if elapsed is not None:
+        def up(elapsed: float) -> None:
             if not self.healthy:
                 log.warning("influx reachable again", extra={"event": "sink_up", "spool_lines": self.store.spool_lines})
             self.healthy = True
             if self.observe_latency is not None:
                 self.observe_latency(elapsed)
-        if chunk_id is not None:
-            self.store.spool_delete(chunk_id)
-        else:
-            self._inflight = []
+
+        return await write_batch(
+            self.writer,
+            batch.pending,
+            self.stats,
+            self.cfg.retry_max_s,
+            give_up=moved_to_spool,
+            on_retry=down,
+            on_written=up,
+        )
 
     async def drain(self, timeout_s: float) -> bool:
         """Wait until nothing is pending (True), or ``timeout_s`` passes or a write fails (False)."""

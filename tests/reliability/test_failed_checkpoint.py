@@ -5,6 +5,10 @@ connection holds the state file's write lock (as an operator's ``sqlite3`` shell
 the checkpoint's transaction fails with "database is locked". Nothing may leave memory or the log then;
 once the lock is gone a checkpoint moves the lines to the spool, and when InfluxDB comes up every reading
 is written, once.
+
+And the case the issue found: a line no writer can send (a lone surrogate) among them, with InfluxDB away.
+The checkpoint's spool insert used to fail on it after the lines had left memory; the spool now stores any
+string, and when InfluxDB is back the line is a dead letter ``unwritable`` and every other line is written.
 """
 
 from __future__ import annotations
@@ -87,6 +91,45 @@ async def test_a_failed_checkpoint_keeps_memory_and_log(broker: Proc, tmp_path: 
         rows = influx_query(url, "ck", "SELECT * FROM reading", epoch="ms")
         got = {(r["device"], r["boot"], r["seq"]) for r in rows}
         assert len(rows) == len(got) == total, f"{len(rows)} rows, {len(got)} distinct readings of {total}"
+    finally:
+        if influx is not None:
+            influx.stop()
+
+
+async def test_an_unwritable_line_in_the_spool_does_not_hold_up_the_rest(broker: Proc, tmp_path: Path) -> None:
+    prefix = f"w{uuid.uuid4().hex[:6]}"
+    http_port, rpc_port = services.free_ports(2)
+    url = f"http://127.0.0.1:{http_port}"  # InfluxDB starts there later
+    cfg = parse_config(
+        {
+            "mqtt": {"url": f"mqtt://{broker.host}:{broker.port}", "prefix": prefix, "client_id": f"gw-{prefix}"},
+            "influx": {"target": "v1", "url": url, "database": "ck", "batch_size": 50, "timeout_s": 1.0,
+                       "retry_max_s": 0.5},
+            "state": {"dir": str(tmp_path / "state"), "checkpoint_interval_s": 3600.0},
+        },
+        env={},
+    )  # fmt: skip
+    total = MESSAGES * PER_MESSAGE
+    bad = f'reading,device=d9,site=site label="\ud800",boot=1i,seq=1i,q="s" {T0 * 1_000_000}'
+    influx: Proc | None = None
+    try:
+        async with running_gateway(cfg) as gw:
+            msgs = messages(prefix)
+            await publish(msgs[:5], BrokerConfig(broker.host, broker.port), client_id=f"sim-{prefix}")
+            await wait_for(lambda: gw.pipeline.stats.readings_accepted == total // 2, "half the readings taken")
+            await gw.sink.add([bad])  # between the readings of the same burst
+            await publish(msgs[5:], BrokerConfig(broker.host, broker.port), client_id=f"sim-{prefix}")
+            await wait_for(lambda: gw.pipeline.stats.readings_accepted == total, "every reading taken")
+            await gw.checkpoint()
+            assert gw.store.spool_lines >= total + 1
+            influx = start_or_fail(lambda: services.start_influxdb(tmp_path / "influx", http_port, rpc_port))
+            await wait_for(lambda: gw.sink.pending == 0 and gw.sink.healthy, "the spool drained", 60)
+            assert gw.sink.stats.points_unwritable == 1 and gw.sink.stats.dead_letters_written == 1
+        rows = influx_query(url, "ck", "SELECT * FROM reading", epoch="ms")
+        got = {(r["device"], r["boot"], r["seq"]) for r in rows}
+        assert len(rows) == len(got) == total, f"{len(rows)} rows, {len(got)} distinct readings of {total}"
+        (dead,) = influx_query(url, "ck", "SELECT * FROM dead_letter")
+        assert (dead["reason"], dead["device"]) == ("unwritable", "d9")
     finally:
         if influx is not None:
             influx.stop()
