@@ -291,13 +291,15 @@ class Pending:
     ``lines()`` is what is neither written nor dead-lettered yet: what a checkpoint must keep.
     """
 
-    __slots__ = ("reached", "refused", "todo")
+    __slots__ = ("isolating", "reached", "refused", "todo")
 
     def __init__(self, lines: list[str]) -> None:
         self.todo: deque[list[str]] = deque([lines] if lines else [])
         self.refused: list[Refusal] = []
         self.reached = False
         """A write of this batch reached InfluxDB (it was taken or refused by the server)."""
+        self.isolating = False
+        """The batch has been cut up to find the lines at fault."""
 
     def lines(self) -> list[str]:
         return [r.line for r in self.refused] + [ln for part in self.todo for ln in part]
@@ -391,16 +393,20 @@ async def write_batch(
         if isinstance(outcome, SinkError):
             pending.reached = True
         if len(part) > 1:
-            if len(pending.todo) == 1 and not pending.refused:  # the whole (rest of the) batch: say so once
+            if not pending.isolating:  # say so once a batch
+                pending.isolating = True
                 stats.isolations += 1
                 log.warning(
                     "influx refused a batch, or it could not be sent: isolating the lines at fault",
                     extra={"event": "sink_isolate", "points": len(part), "error": _describe(outcome)},
                 )
-            half = len(part) // 2
             pending.todo.popleft()
-            pending.todo.appendleft(part[half:])
-            pending.todo.appendleft(part[:half])
+            if _dropped(outcome) >= len(part):  # InfluxDB dropped every point of it: try them one by one
+                pending.todo.extendleft([ln] for ln in reversed(part))
+            else:
+                half = len(part) // 2
+                pending.todo.appendleft(part[half:])
+                pending.todo.appendleft(part[:half])
             continue
         line = part[0]
         reason = INFLUX_REFUSED if isinstance(outcome, SinkError) else UNWRITABLE
@@ -414,6 +420,18 @@ async def write_batch(
     if pending.refused:
         return await _write_dead_letters(writer, pending, stats, retry_max_s, stop, on_retry, written)
     return True
+
+
+_DROPPED = re.compile(r"dropped=([0-9]+)\s*$")
+
+
+def _dropped(outcome: Exception) -> int:
+    """How many points InfluxDB 1.x says it dropped ("partial write: ... dropped=N"; it counts the points it
+    refused for a field type conflict or a retention policy, not the lines it could not parse); 0 if unsaid."""
+    if not isinstance(outcome, SinkError):
+        return 0
+    m = _DROPPED.search(str(outcome))
+    return int(m.group(1)) if m else 0
 
 
 def _describe(outcome: Exception) -> str:
@@ -439,6 +457,8 @@ async def _write_dead_letters(
         outcome = await _attempt(writer, [r.dead_letter for r in part], stats, retry_max_s, stop, on_retry)
         if outcome is None or stop():
             return False
+        if isinstance(outcome, SinkError):
+            pending.reached = True
         if isinstance(outcome, float):
             written(outcome, 0)
             _settle(part, stats, lost=None)

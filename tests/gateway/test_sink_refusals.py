@@ -226,3 +226,60 @@ async def test_a_writer_that_fails_on_everything_keeps_the_lines(tmp_path: Path,
     finally:
         await sink.close()
         store.close()
+
+
+# ------------------------------------------------------------------------ a checkpoint during the isolation
+
+
+class PausingWriter:
+    """The real v1 writer, held before its ``pause_at``-th request until ``go`` is set."""
+
+    def __init__(self, cfg: InfluxConfig, pause_at: int) -> None:
+        self.inner = make_writer(cfg)
+        self.requests = 0
+        self.pause_at = pause_at
+        self.paused = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    async def write(self, lines: list[str]) -> None:
+        self.requests += 1
+        if self.requests == self.pause_at:
+            self.paused.set()
+            await self.go.wait()
+        await self.inner.write(lines)
+
+
+async def test_a_checkpoint_during_the_isolation_spools_only_what_is_left(
+    influxdb_v1: Proc, influx_db: str, tmp_path: Path
+) -> None:
+    """A checkpoint while a batch is being cut up takes only its lines not yet written nor dead-lettered; the
+    write in progress then does not count, the spool's copy does: every line is counted once."""
+    influx_write(influxdb_v1.url, influx_db, f"reading,device=old,site=s level=1i {T0 * NS}")
+    lines = [*honest("d1", 30), f"reading,device=d2,site=s level=2.5 {T0 * NS}", *honest("d3", 10)]
+    cfg = v1(influxdb_v1.url, influx_db)
+    writer = PausingWriter(cfg, pause_at=3)  # 1: the batch (refused), 2: its first half (written), 3: the second
+    store = StateStore(tmp_path / "state.db")
+    sink = SpoolingSink(writer, cfg, store, spool_max_bytes=10**9)
+    await sink.add(lines)
+    await sink.start()
+    try:
+        await asyncio.wait_for(writer.paused.wait(), 30)
+        assert sink.stats.points_written == 20 and sink.in_memory == 21
+        sink.spill(lambda chunks: store.checkpoint(0, {}, 0, chunks))
+        assert store.spool_lines == 21 and sink.in_memory == 0
+        writer.go.set()
+        await wait_for(lambda: sink.pending == 0, lambda: f"the spool written ({sink.pending} pending)")
+    finally:
+        await sink.close()
+        store.close()
+    s = sink.stats
+    assert (s.points_written, s.points_refused, s.dead_letters_written) == (40, 1, 1)
+    assert len(influx_query(influxdb_v1.url, influx_db, "SELECT * FROM reading WHERE device =~ /d[13]/")) == 40
+    (d,) = influx_query(influxdb_v1.url, influx_db, "SELECT * FROM dead_letter")
+    assert d["device"] == "d2"
