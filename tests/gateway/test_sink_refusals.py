@@ -140,6 +140,29 @@ async def test_a_dead_letter_influxdb_refuses_is_counted_not_retried(
     assert len(influx_query(influxdb_v1.url, influx_db, "SELECT * FROM reading WHERE device = 'd1'")) == 40
 
 
+async def test_victoria_metrics_refuses_no_type(victoria_metrics: Proc, tmp_path: Path) -> None:
+    """VictoriaMetrics through influxdb-client (``v2``) takes an integer and a float of one field alike: the
+    same batch that InfluxDB 1.6 partly refuses is written whole, and nothing is counted refused."""
+    site = f"site-{short_id()}"
+    cfg = InfluxConfig(
+        target="v2", url=victoria_metrics.url, org="o", bucket="b", token="t", flush_interval_ms=20, retry_max_s=0.5
+    )
+    lines = [
+        f"reading,device=old,site={site} level=1i {T0 * NS}",
+        *honest("d1", 40, site),
+        f"reading,device=d2,site={site} level=2.5 {T0 * NS}",
+    ]
+    sink = await run_sink(cfg, tmp_path, lines)
+
+    def levels() -> dict[str, list[float]]:
+        found = vm_export(victoria_metrics.url, f'{{__name__="reading_level",site="{site}"}}')
+        return {x["metric"]["device"]: x["values"] for x in found}
+
+    assert poll(levels, until=lambda got: len(got) == 2) == {"old": [1], "d2": [2.5]}
+    s = sink.stats
+    assert (s.points_written, s.points_refused, s.points_unwritable, s.isolations) == (42, 0, 0, 0)
+
+
 # ------------------------------------------------------------------------------ a line the writer cannot send
 
 BAD = f'reading,device=d9,site=s label="bad \ud800 string",boot=1i,seq=7i,q="s" {(T0 + 500) * NS}'
