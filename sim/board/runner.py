@@ -114,6 +114,22 @@ class WakeRecord:
     truth: list[str]
     rtcmem_lost: bytes | None = None
 
+    def radio_ms(self) -> int:
+        """Milliseconds of this wake with the Wi-Fi radio on (from the network shim's radio lines; a radio
+        still on when the wake ended counts until its end)."""
+        total, on_at = 0, None
+        for line in self.truth:
+            p = line.split()
+            if len(p) == 3 and p[0] == "radio":
+                if p[1] == "1" and on_at is None:
+                    on_at = int(p[2])
+                elif p[1] == "0" and on_at is not None:
+                    total += int(p[2]) - on_at
+                    on_at = None
+        if on_at is not None:
+            total += self.end_vt - on_at
+        return total
+
     def lines(self, kind: str) -> list[list[str]]:
         out = []
         for line in self.output.splitlines():
