@@ -217,3 +217,76 @@ def test_half_open_broker_ends_every_wake_in_sleep_and_loses_nothing(
         f" {proxy.stalls} stalled; radio-on ms per wake before the heal {[w.radio_ms() for w in during]},"
         f" after {[w.radio_ms() for w in after]}; {len(got)} readings delivered once"
     )
+
+
+def attempts(wakes: list[WakeRecord]) -> list[WakeRecord]:
+    """The wakes that turned the radio on."""
+    return [w for w in wakes if w.radio_ms() > 0]
+
+
+def test_backoff_keeps_the_radio_off_in_an_outage_and_delivers_soon_after(
+    micropython: str, broker: Broker, tmp_path: Path
+) -> None:
+    """A 4-hour outage, of the broker (fw-b: connection refused) and of the Wi-Fi (fw-w). The firmware's
+    backoff (default backoff_max_s 3600 with sleep_s 300: at most 12 wakes apart) must keep the radio off on
+    most wakes, and each board must deliver everything within backoff_max_s + publish_every sleeps after the
+    outage."""
+    sleep_s, cap_s = 300, 3600
+    start = host_ms() - 8 * 3_600_000
+    out_end = start + 4 * 3_600_000
+    common = {
+        "site": "lab",
+        "broker": "127.0.0.1",
+        "port": broker.port,
+        "wifi_ssid": "sim",
+        "publish_every": 3,
+        "sleep_s": sleep_s,
+        "backoff_max_s": cap_s,
+        "wake_timeout_s": 20,
+        "wifi_timeout_s": 1,
+        "net_timeout_s": 2,
+    }
+    boards = [
+        BoardSpec("fw-b", common, VALUES),
+        BoardSpec("fw-w", common, {**VALUES, "wifi_down": [[start - MIN, out_end]]}, stagger_ms=20_000),
+    ]
+    fleet = Fleet(tmp_path / "fleet", boards, start_vt=start, wdt_ms=25_000)
+    broker.stop()
+    subs: list[Subscriber] = []
+
+    def back(f: Fleet) -> None:
+        broker.start()
+        subs.append(Subscriber(broker.port))
+
+    fleet.prepare()
+    try:
+        wakes = fleet.run(out_end + 2 * 3_600_000, hooks=[Hook(out_end, back)], on_wake=no_watchdog)
+        time.sleep(1.0)
+    finally:
+        for s in subs:
+            s.close()
+        fleet.stop_ntp()
+    assert subs, "the broker never came back"
+    got = subs[0].readings()
+    taken = {(r.board, r.boot, r.seq) for r in fleet.readings_taken()}
+    assert len(got) == len(set(got)) and set(got) == taken, sorted(taken - set(got))
+
+    cap_wakes = cap_s // sleep_s
+    for name in ("fw-b", "fw-w"):
+        mine = [w for w in wakes if w.board == name]
+        during = [w for w in mine if w.start_vt < out_end]
+        tried = attempts(during)
+        # 0, 1, 3, 7, 11, 11, ... wakes off after the 1st, 2nd, ... failure: 1 + log2(cap) ramp + one per cap
+        bound = 1 + cap_wakes.bit_length() + len(during) // (cap_wakes + 1)
+        assert len(tried) <= bound, f"{name}: radio on in {len(tried)} of {len(during)} outage wakes (bound {bound})"
+        after = [w for w in mine if w.start_vt >= out_end]
+        first_ok = next(i for i, w in enumerate(after) if w.lines("sent"))
+        # the documented bound: backoff_max_s, then the next due wake (at most publish_every later)
+        assert first_ok + 1 <= cap_wakes + 3, f"{name}: first delivery {first_ok + 1} wakes after the outage"
+        per_day = sum(w.radio_ms() for w in during) * 24 / 4 / 1000
+        print(
+            f"\n{name}: outage 4 h, {len(during)} wakes, radio on in {len(tried)}"
+            f" ({[w.radio_ms() for w in tried]} ms), {per_day:.0f} s/day at this rate;"
+            f" first delivery in wake {first_ok + 1} after the outage;"
+            f" publishing wakes after it: radio {[w.radio_ms() for w in attempts(after)][:8]} ms"
+        )

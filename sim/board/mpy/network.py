@@ -1,7 +1,5 @@
 # Host shim for `network`: a station interface that is up or down per the scenario's "wifi_down"
 # windows of virtual time. The host's own networking carries the traffic when it is "up".
-# The radio's on and off times go to truth.log ("radio 1 <vt>" / "radio 0 <vt>"), so the runner can add up
-# the radio-on time of each wake (sim/board/runner.py WakeRecord.radio_ms) for the power budget.
 import time
 
 import _simboard as _sb
@@ -22,7 +20,7 @@ class WLAN:
         if on is None:
             return self._active
         if bool(on) != self._active:
-            _sb.truth('radio %d %d' % (1 if on else 0, _sb.vt()))
+            _sb.truth('radio %s %d' % ('on' if on else 'off', _sb.vt()))  # radio-on time, for the power budget
         self._active = bool(on)
         if not on:
             self._want = False
