@@ -19,6 +19,7 @@ import paho.mqtt.client as mqtt
 
 from gateway.model import Batch
 from gateway.protocol import decode
+from sim.board.dns import DnsServer
 from sim.board.runner import BoardSpec, Fleet, Hook, WakeRecord, host_ms
 
 from .conftest import Broker
@@ -290,3 +291,51 @@ def test_backoff_keeps_the_radio_off_in_an_outage_and_delivers_soon_after(
             f" first delivery in wake {first_ok + 1} after the outage;"
             f" publishing wakes after it: radio {[w.radio_ms() for w in attempts(after)][:8]} ms"
         )
+
+
+def test_dns_that_does_not_answer_costs_one_timeout_and_the_answer_is_kept(
+    micropython: str, broker: Broker, tmp_path: Path
+) -> None:
+    """The broker by name, and the Wi-Fi's DNS server silent for the first 30 minutes (lwIP's getaddrinfo on
+    the ESP32 would block in it: the socket shim hangs there). Every wake must end in deep sleep, everything
+    must arrive once the name resolves, and the answer must be kept: one answered query for the whole run."""
+    start = host_ms() - 4 * 3_600_000
+    dns_down = (start - MIN, start + 30 * MIN)
+    fleet_holder: list[Fleet] = []
+    dns = DnsServer({"broker.lab": "127.0.0.1"}, clock=lambda: fleet_holder[0].vt(), down=[dns_down])
+    cfg = {
+        "site": "lab",
+        "broker": "broker.lab",
+        "port": broker.port,
+        "dns_port": dns.port,
+        "wifi_ssid": "sim",
+        "publish_every": 1,
+        "sleep_s": 300,
+        "wake_timeout_s": 20,
+        "wifi_timeout_s": 1,
+        "net_timeout_s": 2,
+    }
+    scenario = {**VALUES, "dns": {"broker.lab": "127.0.0.1"}, "dns_down": [list(dns_down)]}
+    fleet = Fleet(tmp_path / "fleet", [BoardSpec("fw-dns", cfg, scenario)], start_vt=start, wdt_ms=25_000)
+    fleet_holder.append(fleet)
+    fleet.prepare()
+    sub = Subscriber(broker.port)
+    try:
+        wakes = fleet.run(start + 3 * 3_600_000, on_wake=no_watchdog)
+        time.sleep(1.0)
+    finally:
+        sub.close()
+        fleet.stop_ntp()
+        dns.close()
+    got = sub.readings()
+    taken = {(r.board, r.boot, r.seq) for r in fleet.readings_taken()}
+    assert len(got) == len(set(got)) and set(got) == taken, sorted(taken - set(got))
+    unanswered = [q for q in dns.queries if not q[2]]
+    answered = [q for q in dns.queries if q[2]]
+    assert unanswered, "the board never asked the silent DNS server: the test did not exercise the fault"
+    assert len(answered) == 1, f"the address was not kept: {len(answered)} answered queries"
+    print(
+        f"\ndns: {len(wakes)} wakes, {len(unanswered)} unanswered and {len(answered)} answered queries;"
+        f" radio-on ms of the wakes that met the silent server"
+        f" {[w.radio_ms() for w in attempts(wakes) if w.start_vt < dns_down[1]]}"
+    )
