@@ -16,6 +16,7 @@ from micropython import const
 ETIMEDOUT = const(110)
 _CONNACK = const(0x20)
 _PUBACK = const(0x40)
+_OUT = const(512)  # a packet up to this size goes out in one write (one TCP segment, no Nagle wait)
 
 
 def _b(s):
@@ -46,6 +47,8 @@ class Client:
         self.pid = 0
         self.until = time.ticks_ms()
         self.hdr = bytearray(8)
+        self.out = bytearray(_OUT)
+        self.n = 0
 
     def set_last_will(self, topic, msg, retain=False, qos=0):
         self.will = (_b(topic), _b(msg), retain, qos)
@@ -93,10 +96,28 @@ class Client:
             i += r
         return buf
 
+    def _put(self, data):
+        """Queue data for the packet being built; a long payload is written straight from its buffer."""
+        n = len(data)
+        o = self.n
+        if o + n > _OUT:
+            self._flush()
+            if n > _OUT:
+                self._write(data)
+                return
+            o = 0
+        self.out[o:o + n] = data
+        self.n = o + n
+
+    def _flush(self):
+        n, self.n = self.n, 0
+        if n:
+            self._write(memoryview(self.out)[:n])
+
     def _send_str(self, s):
         struct.pack_into('!H', self.hdr, 0, len(s))
-        self._write(memoryview(self.hdr)[:2])
-        self._write(s)
+        self._put(memoryview(self.hdr)[:2])
+        self._put(s)
 
     def _packet(self):
         """Read one packet header; return (type byte, remaining length)."""
@@ -145,11 +166,12 @@ class Client:
         h = self.hdr
         h[0] = 0x10
         i = _varlen(h, 1, sz)
-        self._write(memoryview(h)[:i])
-        self._write(b'\x00\x04MQTT\x04')
+        self.n = 0
+        self._put(memoryview(h)[:i])
+        self._put(b'\x00\x04MQTT\x04')
         h[0] = flags
         struct.pack_into('!H', h, 1, self.keepalive)
-        self._write(memoryview(h)[:3])
+        self._put(memoryview(h)[:3])
         self._send_str(self.id)
         if will is not None:
             self._send_str(will[0])
@@ -157,6 +179,7 @@ class Client:
         if self.user:
             self._send_str(self.user)
             self._send_str(self.pswd)
+        self._flush()
         op, n = self._packet()
         if op != _CONNACK or n != 2:
             raise OSError(5)
@@ -173,11 +196,13 @@ class Client:
         h = self.hdr
         h[0] = 0x32 | (1 if retain else 0)
         i = _varlen(h, 1, 2 + len(topic) + 2 + len(msg))
-        self._write(memoryview(h)[:i])
+        self.n = 0
+        self._put(memoryview(h)[:i])
         self._send_str(topic)
         struct.pack_into('!H', h, 0, pid)
-        self._write(memoryview(h)[:2])
-        self._write(msg)
+        self._put(memoryview(h)[:2])
+        self._put(msg)
+        self._flush()
         while True:
             op, n = self._packet()
             if op == _PUBACK and n == 2:
