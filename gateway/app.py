@@ -188,6 +188,10 @@ class Gateway:
         instant. Its state is read and encoded to JSON in a worker thread, a piece at a time, so the event
         loop goes on (MQTT, PUBACKs of logged messages, the writer, metrics); the SQLite transaction is on
         the loop, like every other use of the connection.
+
+        Two phases: the sink's lines leave memory only after the transaction that spools them (and truncates
+        the log) is committed. If it fails - a locked database, a full disk, anything - it raises, and the
+        lines are still in memory and the log still holds everything after the previous checkpoint.
         """
         async with self._checkpointing:
             self._inputs_open.clear()
@@ -196,8 +200,7 @@ class Gateway:
                 outbox = [[t, base64.b64encode(p).decode()] for t, p in self.outbox.queue]
                 recent = [d.hex() for d in self.recent]  # the loop's ingest appends to these: copied here
                 blob = await asyncio.to_thread(self._encode_state, outbox, recent)
-                spill = self.sink.spill()
-                self.store.checkpoint(pos, blob, self.now_ms(), spill)
+                self.sink.spill(lambda chunks: self.store.checkpoint(pos, blob, self.now_ms(), chunks))
             finally:
                 self._inputs_open.set()
         self.checkpoints += 1

@@ -145,7 +145,10 @@ class _Collector(Collector):
         yield counter("edgekit_readings_accepted", "Readings accepted (new identities)", s.readings_accepted)
         yield counter("edgekit_duplicates", "Readings dropped as duplicates", s.duplicates)
         dead = CounterMetricFamily("edgekit_dead_letters", "Dead letters by reason", labels=["reason"])
-        for reason, n in sorted(s.dead_by_reason.items()):
+        by_reason = dict(s.dead_by_reason)
+        for reason, n in sink.stats.by_reason().items():  # lines the sink could not write (influx_refused, ...)
+            by_reason[reason] = by_reason.get(reason, 0) + n
+        for reason, n in sorted(by_reason.items()):
             dead.add_metric([reason], n)
         yield dead
         yield counter("edgekit_late_readings", "Readings routed to late_reading", s.late_readings)
@@ -167,9 +170,21 @@ class _Collector(Collector):
         spilled.add_metric(["other"], sink.spilled_lines[OTHER])
         yield spilled
         yield counter("edgekit_sink_full_waits", "Times ingest waited because memory and spool were full", sink.waits)
-        yield counter("edgekit_points_written", "Points written to InfluxDB", sink.stats.points_written)
-        yield counter("edgekit_points_refused", "Points InfluxDB refused (4xx)", sink.stats.points_refused)
-        yield counter("edgekit_write_failures", "Failed InfluxDB writes (retried)", sink.stats.write_failures)
+        st = sink.stats
+        yield counter("edgekit_points_written", "Points written to InfluxDB", st.points_written)
+        yield counter("edgekit_points_refused", "Points InfluxDB refused, each a dead letter", st.points_refused)
+        yield counter(
+            "edgekit_points_unwritable", "Points the writer could not send, each a dead letter unwritable",
+            st.points_unwritable,
+        )  # fmt: skip
+        sink_dead = CounterMetricFamily(
+            "edgekit_sink_dead_letters", "Dead letters of refused or unwritable points, by outcome", labels=["outcome"]
+        )
+        sink_dead.add_metric(["written"], st.dead_letters_written)
+        sink_dead.add_metric(["lost"], st.dead_letters_lost)  # InfluxDB refused the dead letter too
+        yield sink_dead
+        yield counter("edgekit_sink_isolations", "Batches cut up to find refused points", st.isolations)
+        yield counter("edgekit_write_failures", "Failed InfluxDB writes (retried)", st.write_failures)
         yield gauge("edgekit_influx_up", "1 when the last InfluxDB write succeeded", 1.0 if sink.healthy else 0.0)
         yield gauge("edgekit_mqtt_connected", "1 while connected to the broker", float(gw.ingest_stats.connected))
         yield counter("edgekit_checkpoints", "Checkpoints taken", gw.checkpoints)

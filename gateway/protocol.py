@@ -54,6 +54,8 @@ REASONS: Final[dict[str, str]] = {
     "time_too_old": "event time earlier than any synced clock could give",
     "time_in_future": "event time ahead of the gateway's clock by more than the tolerance",
     "internal": "the gateway failed on this message (a bug: the log line has the traceback)",
+    "influx_refused": "InfluxDB refused the point (its message is the detail; the payload is the line)",
+    "unwritable": "the InfluxDB writer could not send the point (the error is the detail; the payload is the line)",
 }
 """Every reason code a dead letter can carry, with its meaning."""
 

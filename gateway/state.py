@@ -7,7 +7,10 @@
   spool and deletes the log up to that position, so after a crash the state, the spool and the log tail
   always agree.
 - ``spool``: lines for InfluxDB that are not written yet, in chunks, oldest first, with a priority class
-  (0 raw readings, 1 everything else). Bounded by ``spool_max_bytes``.
+  (0 raw readings, 1 everything else). Bounded by ``spool_max_bytes``. A chunk is stored as a JSON array of
+  its lines (``fmt`` 1), so any list of strings comes back exactly: a raw newline inside a quoted string
+  value, any Unicode, even a lone surrogate (escaped by the JSON encoder). Rows of the first format (``fmt``
+  0: the lines joined by newlines, written when the line protocol escaped every newline) are still read.
 
 Sync policy: WAL journal. ``sync = "normal"`` (the default, ``PRAGMA synchronous=NORMAL``) makes every
 commit durable against a crash of the gateway process (SIGKILL, OOM kill, an exception): the commit is in
@@ -72,10 +75,16 @@ CREATE TABLE IF NOT EXISTS spool (
     prio INTEGER NOT NULL,
     n INTEGER NOT NULL,
     bytes INTEGER NOT NULL,
-    lines TEXT NOT NULL
+    lines TEXT NOT NULL,
+    fmt INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS spool_prio ON spool (prio, id);
 """
+
+SPOOL_NEWLINES: Final = 0
+"""Spool chunk format 0: the lines joined by newlines (files written before the JSON format)."""
+SPOOL_JSON: Final = 1
+"""Spool chunk format 1: a JSON array of the lines (ASCII, so any ``str`` is stored and read back exactly)."""
 
 APPLICATION_ID: Final = 0x65646B67
 """``PRAGMA application_id`` of a state file ("edkg"). Its ``user_version`` is a random id of the file, set when
@@ -313,6 +322,7 @@ class StateStore:
                 self.path, f"not a gateway state file (SQLite application_id {application_id:#x})", damaged=False
             )
         db.executescript(_SCHEMA)
+        self._upgrade_spool()
         for table in ("log", "checkpoint"):
             if _columns(db, table) != expected_columns(table):
                 raise StateFileError(
@@ -419,10 +429,16 @@ class StateStore:
 
     def spool_head(self, prio: int) -> tuple[int, list[str]] | None:
         """The oldest chunk of class ``prio``: ``(id, lines)``, or None."""
-        row = self.db.execute("SELECT id, lines FROM spool WHERE prio = ? ORDER BY id LIMIT 1", (prio,)).fetchone()
+        row = self.db.execute("SELECT id, lines, fmt FROM spool WHERE prio = ? ORDER BY id LIMIT 1", (prio,)).fetchone()
         if row is None:
             return None
-        return row[0], row[1].split("\n")
+        chunk_id, text, fmt = row
+        if fmt == SPOOL_NEWLINES:
+            return chunk_id, text.split("\n")
+        lines = json.loads(text)
+        if not isinstance(lines, list) or not all(isinstance(ln, str) for ln in lines):
+            raise ValueError(f"{self.path}: spool chunk {chunk_id} is not a list of lines")
+        return chunk_id, lines
 
     def spool_delete(self, chunk_id: int) -> None:
         row = self.db.execute("SELECT n, bytes FROM spool WHERE id = ?", (chunk_id,)).fetchone()
@@ -434,13 +450,18 @@ class StateStore:
         self.spool_bytes -= row[1]
         self.spool_chunks -= 1
 
+    def _upgrade_spool(self) -> None:
+        """A spool table from before the ``fmt`` column gets it; its rows keep format 0 (newline-joined)."""
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(spool)")}
+        if "fmt" not in columns:
+            self.db.execute(f"ALTER TABLE spool ADD COLUMN fmt INTEGER NOT NULL DEFAULT {SPOOL_NEWLINES}")
+
     def _spool_insert(self, chunks: Sequence[tuple[int, list[str]]]) -> None:
         for prio, lines in chunks:
             if lines:
-                text = "\n".join(lines)
                 self.db.execute(
-                    "INSERT INTO spool (prio, n, bytes, lines) VALUES (?, ?, ?, ?)",
-                    (prio, len(lines), len(text), text),
+                    "INSERT INTO spool (prio, n, bytes, lines, fmt) VALUES (?, ?, ?, ?, ?)",
+                    (prio, len(lines), _size(lines), _spool_json(lines), SPOOL_JSON),
                 )
 
     def _spool_count(self, chunks: Sequence[tuple[int, list[str]]]) -> None:
@@ -448,12 +469,21 @@ class StateStore:
             if lines:
                 self.spool_chunks += 1
                 self.spool_lines += len(lines)
-                self.spool_bytes += sum(map(len, lines)) + len(lines) - 1
+                self.spool_bytes += _size(lines)
 
     # ---------------------------------------------------------------------------------------- helper
 
     def _tx(self) -> _Tx:
         return _Tx(self.db)
+
+
+_spool_json = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
+"""A chunk's text: ASCII, so SQLite stores it whatever the lines hold (a lone surrogate cannot be UTF-8)."""
+
+
+def _size(lines: Sequence[str]) -> int:
+    """What ``spool_bytes`` counts for a chunk: the length of its lines as line protocol (joined by newlines)."""
+    return sum(map(len, lines)) + len(lines) - 1
 
 
 class _Tx:
