@@ -18,31 +18,28 @@ import json
 import logging
 import os
 import re
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from .config import Config
-from .errors import GatewayError
+from .config import Config, redact_url
+from .errors import StateError
 from .ingest import Incoming, IngestStats, Outbox, run_durable_ingest
 from .live import LiveView
 from .pipeline import Handled, Pipeline
 from .record import Recorder
 from .sinks import make_writer
 from .spool import OTHER, RAW, SpoolingSink
-from .state import KIND_MESSAGE, KIND_TICK, LogRecord, StateStore, dumps_in_pieces
+from .state import KIND_MESSAGE, KIND_TICK, LogRecord, StateFileError, StateStore, dumps_in_pieces, file_error
 
 __all__ = ["Gateway", "StateError", "state_path", "wall_clock_ms"]
 
 log = logging.getLogger("gateway")
 
 STATE_VERSION = 1
-
-
-class StateError(GatewayError):
-    """The durable state cannot be used with this configuration."""
 
 
 def wall_clock_ms() -> int:
@@ -234,30 +231,42 @@ class Gateway:
                 gc.enable()
 
     async def recover(self) -> None:
-        """Restore the last checkpoint and replay the log after it through the pipeline."""
+        """Restore the last checkpoint and replay the log after it through the pipeline.
+
+        A checkpoint or log that cannot be read raises :class:`StateFileError` (damaged: ``edgekit-gateway
+        recover`` salvages what is readable); one written with another configuration, :class:`StateError`.
+        """
+        path = self.store.path
         ck = self.store.load_checkpoint()
         if ck is not None:
             if ck.state.get("version") != STATE_VERSION or ck.state.get("fingerprint") != self.fingerprint:
                 raise StateError(
-                    f"{self.store.path}: the checkpoint was written with other windows, watermarks or prefix "
-                    f"(fingerprint {ck.state.get('fingerprint')!r}, now {self.fingerprint!r}); move the file "
-                    "away to start afresh, or run with the configuration that wrote it"
+                    f"state file {path}: the checkpoint was written with other windows, watermarks or prefix "
+                    f"(fingerprint {ck.state.get('fingerprint')!r}, now {self.fingerprint!r}); run with the "
+                    "configuration that wrote it, or move the file away to start afresh"
                 )
             try:
                 self.pipeline.restore(ck.state["pipeline"])
-            except (KeyError, ValueError, TypeError) as exc:
-                raise StateError(f"{self.store.path}: cannot restore the checkpoint: {exc}") from exc
-            for topic, payload in ck.state.get("outbox", []):
-                self.outbox.put(topic, base64.b64decode(payload))
-            self.recent.extend(bytes.fromhex(d) for d in ck.state.get("recent", []))
+                outbox = [(topic, base64.b64decode(payload)) for topic, payload in ck.state.get("outbox", [])]
+                recent = [bytes.fromhex(d) for d in ck.state.get("recent", [])]
+            except (KeyError, ValueError, TypeError, AttributeError) as exc:
+                raise StateFileError(
+                    path, f"damaged: its checkpoint cannot be restored ({type(exc).__name__}: {exc})", damaged=True
+                ) from exc
+            for topic, payload in outbox:
+                self.outbox.put(topic, payload)
+            self.recent.extend(recent)
             self.pos = self.recovered_from = ck.pos
-        for rec in self.store.tail(self.pos):
-            if self._stopping:  # stopped during the replay: the next start goes on from the checkpoint
-                break
-            if rec.kind == KIND_MESSAGE:
-                self.recent.append(_digest(rec.topic, rec.payload))
-            await self._apply(rec)
-            self.replayed += 1
+        try:
+            for rec in self.store.tail(self.pos):
+                if self._stopping:  # stopped during the replay: the next start goes on from the checkpoint
+                    break
+                if rec.kind == KIND_MESSAGE:
+                    self.recent.append(_digest(rec.topic, rec.payload))
+                await self._apply(rec)
+                self.replayed += 1
+        except sqlite3.DatabaseError as exc:
+            raise file_error(path, exc) from exc
         if ck is not None or self.replayed:
             log.info(
                 "recovered",
@@ -360,7 +369,7 @@ class Gateway:
         cfg = self.config
         log.info(
             "gateway starting",
-            extra={"event": "start", "influx": cfg.influx.target, "influx_url": cfg.influx.url,
+            extra={"event": "start", "influx": cfg.influx.target, "influx_url": redact_url(cfg.influx.url),
                    "broker": f"{cfg.mqtt.host}:{cfg.mqtt.port}", "state": str(self.store.path)},
         )  # fmt: skip
         server = await self.metrics.serve(cfg.metrics.host, cfg.metrics.port) if cfg.metrics.port else None

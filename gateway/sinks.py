@@ -97,7 +97,8 @@ class InfluxV1Writer:
 
     def _auth(self) -> aiohttp.BasicAuth | None:
         if self.cfg.username:
-            return aiohttp.BasicAuth(self.cfg.username, self.cfg.password or "")
+            # UTF-8, as InfluxDB reads it (aiohttp's default, latin-1, raises on other characters)
+            return aiohttp.BasicAuth(self.cfg.username, self.cfg.password or "", encoding="utf-8")
         return None
 
     async def start(self) -> None:
