@@ -455,6 +455,8 @@ def start_mosquitto(
     password_file: Path | None = None,
     acl_file: Path | None = None,
     persistence: bool = False,
+    max_packet_size: int | None = None,
+    autosave_interval: int | None = None,
     extra_conf: Sequence[str] = (),
     timeout: float = DEFAULT_TIMEOUT,
 ) -> Proc:
@@ -462,8 +464,10 @@ def start_mosquitto(
 
     ``password_file`` (made with ``mosquitto_passwd``) and ``acl_file`` are copied into the service dir
     so that the unprivileged ``mosquitto`` user can read them. ``persistence`` keeps sessions and queued
-    messages in ``mosquitto.db`` in the service dir across a restart on the same dir; ``extra_conf`` lines
-    are appended to the generated configuration (e.g. ``max_queued_messages 100000``, a TLS listener).
+    messages in ``mosquitto.db`` in the service dir across a restart on the same dir, saved every
+    ``autosave_interval`` seconds (None: Mosquitto's default). ``max_packet_size`` is the largest packet
+    the broker takes from a client (None: no limit). ``extra_conf`` lines are appended to the generated
+    configuration (e.g. ``max_queued_messages 100000``, a TLS listener).
     """
     binary = MOSQUITTO.find_binary()
     sdir = _service_dir(run_dir, MOSQUITTO)
@@ -490,6 +494,10 @@ def start_mosquitto(
         private.append(target)
     if persistence:
         lines.append(f"persistence_location {sdir}/")
+        if autosave_interval is not None:
+            lines.append(f"autosave_interval {autosave_interval}")
+    if max_packet_size is not None:
+        lines.append(f"max_packet_size {max_packet_size}")
     lines.extend(extra_conf)
     if user is not None:
         lines.append(f"user {user}")
