@@ -14,17 +14,18 @@ The gateway runs as a subprocess (``harness.GatewayProcess``), so its peak RSS i
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
 import services
-from conftest import BROKER_QUEUE
 from harness import GatewayProcess, wait_until, write_config
 from helpers import influx_query, start_or_fail
 from paho.mqtt.enums import CallbackAPIVersion
@@ -95,6 +96,13 @@ def folder_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
+async def wait_for(cond: Callable[[], bool], seconds: float) -> None:
+    """Wait until ``cond()`` or ``seconds``, whichever is first (no failure either way)."""
+    deadline = time.monotonic() + seconds
+    while not cond() and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+
+
 def broker_log(broker: Proc) -> str:
     return broker.log_file.read_text(errors="replace")
 
@@ -115,15 +123,11 @@ async def test_broker_sigkill_keeps_the_readings_it_queued(
     assert result.messages == len(plan.messages)  # every one acknowledged: a board deletes what it sent
     # the broker's next save after the last PUBACK (with the project's autosave it comes within seconds; this
     # only waits, the counts below are the test)
-    deadline = time.monotonic() + 10
-    while broker_log(broker).count("Saving in-memory database") <= saves and time.monotonic() < deadline:
-        time.sleep(0.1)
+    await wait_for(lambda: broker_log(broker).count("Saving in-memory database") > saves, 10)
     os.kill(broker.pid, signal.SIGKILL)
     assert broker.popen is not None
     broker.popen.wait(10)
-    restarted = start_or_fail(
-        lambda: services.start_mosquitto(broker.dir.parent, broker.port, persistence=True, extra_conf=BROKER_QUEUE)
-    )
+    restarted = start_or_fail(lambda: services.start_mosquitto(broker.dir.parent, broker.port, persistence=True))
     try:
         gw.start()
         wait_until(lambda: gw.stats().get("mqtt", {}).get("connected"), "gateway connected again", 30, gw)
@@ -159,7 +163,7 @@ def publish_big(broker: Proc, topic: str, size: int, client_id: str) -> bool:
 
 def unlimited_broker(tmp_path: Path) -> Proc:
     return services.start_mosquitto(
-        tmp_path / "unlimited", services.free_port(), persistence=True, max_packet_size=None, extra_conf=BROKER_QUEUE
+        tmp_path / "unlimited", services.free_port(), persistence=True, max_packet_size=None
     )
 
 
@@ -170,7 +174,9 @@ async def test_a_100_mb_message_is_not_stored_and_the_rest_arrives(
     used = broker if kind == "shipped" else start_or_fail(lambda: unlimited_broker(tmp_path))
     try:
         prefix = f"z{uuid.uuid4().hex[:6]}"
-        plan = generate(FleetSpec(devices=3, readings_per_device=40, batch_size=10, sites=(SITE,), seed=5, prefix=prefix))
+        plan = generate(
+            FleetSpec(devices=3, readings_per_device=40, batch_size=10, sites=(SITE,), seed=5, prefix=prefix)
+        )
         gw = start_gateway(tmp_path, used, influxdb_v1.url, influx_db, prefix)
         cfg = BrokerConfig(used.host, used.port)
         half = len(plan.messages) // 2
@@ -203,4 +209,3 @@ async def test_a_100_mb_message_is_not_stored_and_the_rest_arrives(
     finally:
         if used is not broker:
             used.stop()
-
