@@ -55,7 +55,7 @@ async def test_an_oversize_payload_is_logged_as_a_stub_and_gives_the_same_dead_l
     gw = Gateway(cfg, now_ms=lambda: T0)
     try:
         records = gw._accept([(topic, payload, False)])
-        ((kind, length),) = _logged(gw)
+        ((_, length),) = _logged(gw)
         assert length <= HEAD_BYTES + 24, f"the log holds {length} bytes of a {BIG}-byte payload"
         await gw._process(records)
         assert _other_lines(gw) == want
