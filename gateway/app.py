@@ -316,6 +316,7 @@ class Gateway:
                 "published": self.outbox.sent,
                 "outbox": len(self.outbox.queue),
                 "outbox_shed": self.outbox.shed,
+                "outbox_too_large": self.outbox.too_large,
             },
             "live": self.live.as_dict(self.now_ms()),  # deploy
             "state": {

@@ -42,6 +42,7 @@ from .config import MqttConfig
 from .protocol import Limits
 
 __all__ = [
+    "HEAD_BYTES",
     "PACKET_ROOM",
     "IngestStats",
     "Outbox",
