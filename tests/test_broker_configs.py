@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import queue
 import re
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -121,6 +122,30 @@ def _connack_max_packet(proc: Proc) -> object:
         client.loop_stop()
 
 
+def _send_oversize(proc: Proc, client_id: str) -> None:
+    """Connect as a board would (MQTT 3.1.1) and start a PUBLISH one byte over the limit: the broker must
+    close the connection (without a PUBACK) once it has read the packet's length."""
+    cid = client_id.encode()
+    body = b"\x00\x04MQTT\x04\x02\x00\x3c" + len(cid).to_bytes(2, "big") + cid
+    with socket.create_connection((proc.host, proc.port), timeout=10) as sock:
+        sock.sendall(b"\x10" + bytes([len(body)]) + body)
+        assert sock.recv(4) == b"\x20\x02\x00\x00"  # CONNACK, accepted
+        topic = b"edgekit/s/d/readings"
+        remaining = 2 + len(topic) + 2 + services.MAX_PACKET_SIZE
+        length = bytearray()
+        while True:
+            remaining, digit = divmod(remaining, 128)
+            length.append(digit | (0x80 if remaining else 0))
+            if not remaining:
+                break
+        try:
+            sock.sendall(b"\x32" + bytes(length) + len(topic).to_bytes(2, "big") + topic + b"\x00\x01" + b"x" * 100)
+            answer = sock.recv(4)
+        except ConnectionResetError:  # closed while the rest of the packet was on its way
+            answer = b""
+        assert answer == b""  # closed, no PUBACK
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("name", sorted(SHIPPED))
 def test_mosquitto_loads_each_shipped_configuration(name: str, tmp_path: Path) -> None:
@@ -131,6 +156,11 @@ def test_mosquitto_loads_each_shipped_configuration(name: str, tmp_path: Path) -
     try:
         if name != "fleet":  # the fleet broker refuses anonymous clients (CONNACK 5), which is the point
             assert _connack_max_packet(proc) == services.MAX_PACKET_SIZE
+            # a packet over the limit ends the sender's connection, and the log says so at once (not in a
+            # buffer: `docker logs` shows it when it happens)
+            _send_oversize(proc, "too-big")
+            seen = poll(lambda: "Client too-big disconnected due to oversize packet" in proc.log_tail(50), timeout=10)
+            assert seen, proc.log_tail()
         # it saves its database again and again (each save writes a new file and renames it over the old)
         db = tmp_path / "data" / "mosquitto.db"
         first = poll(lambda: db.stat().st_ino if db.exists() else None, until=bool, timeout=30)

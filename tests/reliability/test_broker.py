@@ -118,9 +118,9 @@ async def test_broker_sigkill_keeps_the_readings_it_queued(
     assert len(plan.readings) == 500
     gw = start_gateway(tmp_path, broker, influxdb_v1.url, influx_db, prefix)  # the broker now has its session
     assert gw.stop() == 0
-    saves = broker_log(broker).count("Saving in-memory database")
     result = await publish(plan.messages, BrokerConfig(broker.host, broker.port), client_id=f"b-{prefix}")
     assert result.messages == len(plan.messages)  # every one acknowledged: a board deletes what it sent
+    saves = broker_log(broker).count("Saving in-memory database")  # a save logged from now on holds them all
     # the broker's next save after the last PUBACK (with the project's autosave it comes within seconds; this
     # only waits, the counts below are the test)
     await wait_for(lambda: broker_log(broker).count("Saving in-memory database") > saves, 10)
