@@ -52,7 +52,11 @@ def start_gateway(tmp_path: Path, broker: Proc, influx_url: str, db: str, prefix
     }  # fmt: skip
     gw = GatewayProcess(write_config(tmp_path / "gateway.toml", sections), tmp_path)
     gw.start()
-    wait_until(lambda: gw.stats().get("mqtt", {}).get("connected"), "gateway connected", 30, gw)
+    try:
+        wait_until(lambda: gw.stats().get("mqtt", {}).get("connected"), "gateway connected", 30, gw)
+    except BaseException:
+        stop_if_running(gw)
+        raise
     return gw
 
 
@@ -85,6 +89,12 @@ def readings_in(url: str, db: str) -> dict[tuple[str, int, int], int]:
 
 def expected(plan: Plan) -> dict[tuple[str, int, int], int]:
     return {(r.device, r.boot, r.seq): r.t_ms for r in plan.readings}
+
+
+def stop_if_running(gw: GatewayProcess) -> None:
+    """After a failure: the gateway must not outlive its test."""
+    if gw.alive():
+        gw.kill()
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -137,6 +147,7 @@ async def test_broker_sigkill_keeps_the_readings_it_queued(
         assert got == expected(plan)
         assert gw.stop() == 0
     finally:
+        stop_if_running(gw)
         restarted.stop()
 
 
@@ -172,6 +183,7 @@ async def test_a_100_mb_message_is_not_stored_and_the_rest_arrives(
     kind: str, broker: Proc, influxdb_v1: Proc, influx_db: str, tmp_path: Path
 ) -> None:
     used = broker if kind == "shipped" else start_or_fail(lambda: unlimited_broker(tmp_path))
+    gw: GatewayProcess | None = None
     try:
         prefix = f"z{uuid.uuid4().hex[:6]}"
         plan = generate(
@@ -207,5 +219,7 @@ async def test_a_100_mb_message_is_not_stored_and_the_rest_arrives(
             assert f"Dropping too large outgoing PUBLISH for gw-{prefix}" in log
         assert gw.stop() == 0
     finally:
+        if gw is not None:
+            stop_if_running(gw)
         if used is not broker:
             used.stop()
