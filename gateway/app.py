@@ -27,13 +27,30 @@ from typing import Any
 
 from .config import Config, redact_url
 from .errors import StateError
-from .ingest import Incoming, IngestStats, Outbox, run_durable_ingest
+from .ingest import (
+    Incoming,
+    IngestStats,
+    Outbox,
+    max_packet_size,
+    oversize_stub,
+    read_oversize_stub,
+    run_durable_ingest,
+)
 from .live import LiveView
 from .pipeline import Handled, Pipeline
 from .record import Recorder
 from .sinks import make_writer
 from .spool import OTHER, RAW, SpoolingSink
-from .state import KIND_MESSAGE, KIND_TICK, LogRecord, StateFileError, StateStore, dumps_in_pieces, file_error
+from .state import (
+    KIND_MESSAGE,
+    KIND_OVERSIZE,
+    KIND_TICK,
+    LogRecord,
+    StateFileError,
+    StateStore,
+    dumps_in_pieces,
+    file_error,
+)
 
 __all__ = ["Gateway", "StateError", "state_path", "wall_clock_ms"]
 
@@ -59,7 +76,10 @@ def _fingerprint(config: Config) -> str:
 
 
 def _digest(topic: str, payload: bytes) -> bytes:
-    return hashlib.blake2b(topic.encode() + b"\0" + payload, digest_size=16).digest()
+    h = hashlib.blake2b(topic.encode(), digest_size=16)
+    h.update(b"\0")
+    h.update(payload)  # not concatenated: no copy of the payload
+    return h.digest()
 
 
 class Gateway:
@@ -120,25 +140,33 @@ class Gateway:
 
         A message the broker re-sends (DUP) because the PUBACK of a logged copy was lost in a crash is
         recognised by its digest among the last logged messages, acknowledged again and not logged twice.
+
+        A payload over ``limits.max_bytes`` is never stored: the log keeps its stub (size, digest, head;
+        :func:`~gateway.ingest.oversize_stub`) as a record of kind ``KIND_OVERSIZE``, which becomes its
+        ``oversize`` dead letter. Digests are taken of what is logged, so a replay rebuilds the same ones.
         """
         now = self.now_ms()
-        rows = []
+        limit = self.config.limits.max_bytes
+        rows: list[tuple[int, str, bytes, int]] = []
+        received: list[tuple[str, bytes]] = []
         digests = []
         for topic, payload, dup in msgs:
-            digest = _digest(topic, payload)
+            kind, logged = (KIND_MESSAGE, payload) if len(payload) <= limit else (KIND_OVERSIZE, oversize_stub(payload))
+            digest = _digest(topic, logged)
             if dup and (digest in self.recent or digest in digests):
                 self.redelivered += 1
                 continue
             digests.append(digest)
-            rows.append((KIND_MESSAGE, topic, payload, now))
+            rows.append((kind, topic, logged, now))
+            received.append((topic, payload))
         positions = self.store.append(rows)
         # remembered only once committed: a failed append leaves them unacknowledged, and their redelivery
         # must then be logged, not taken for a copy of something logged
         self.recent.extend(digests)
         if self.recorder is not None:  # deploy
-            for _, topic, payload, _ in rows:
+            for topic, payload in received:
                 self.recorder.write(topic, payload, now)
-        return [LogRecord(p, KIND_MESSAGE, t, b, now) for p, (_, t, b, _) in zip(positions, rows, strict=True)]
+        return [LogRecord(p, k, t, b, now) for p, (k, t, b, _) in zip(positions, rows, strict=True)]
 
     async def _process(self, records: list[LogRecord]) -> None:
         for rec in records:
@@ -153,6 +181,10 @@ class Gateway:
             await self._inputs_open.wait()
         if rec.kind == KIND_TICK:
             out = self.pipeline.tick(rec.received_ms)
+        elif rec.kind == KIND_OVERSIZE:
+            size, head = read_oversize_stub(rec.payload)
+            out = self.pipeline.handle_oversize(rec.topic, size, head, rec.received_ms)
+            self.metrics.messages_in += 1
         else:
             out = self.pipeline.handle(rec.topic, rec.payload, rec.received_ms)
             self.metrics.messages_in += 1
@@ -261,7 +293,7 @@ class Gateway:
             for rec in self.store.tail(self.pos):
                 if self._stopping:  # stopped during the replay: the next start goes on from the checkpoint
                     break
-                if rec.kind == KIND_MESSAGE:
+                if rec.kind != KIND_TICK:
                     self.recent.append(_digest(rec.topic, rec.payload))
                 await self._apply(rec)
                 self.replayed += 1
@@ -305,6 +337,7 @@ class Gateway:
                 "published": self.outbox.sent,
                 "outbox": len(self.outbox.queue),
                 "outbox_shed": self.outbox.shed,
+                "outbox_too_large": self.outbox.too_large,
             },
             "live": self.live.as_dict(self.now_ms()),  # deploy
             "state": {
@@ -391,6 +424,7 @@ class Gateway:
                     stop,
                     self.outbox,
                     batch=cfg.state.ingest_batch,
+                    max_packet=max_packet_size(cfg.limits),
                 )
             finally:
                 stop.set()

@@ -40,6 +40,7 @@ __all__ = [
     "APPLICATION_ID",
     "HOLDS",
     "KIND_MESSAGE",
+    "KIND_OVERSIZE",
     "KIND_TICK",
     "Checkpoint",
     "LogRecord",
@@ -55,6 +56,9 @@ __all__ = [
 
 KIND_MESSAGE: Final = 0
 KIND_TICK: Final = 1
+KIND_OVERSIZE: Final = 2
+"""A message over ``limits.max_bytes``: the payload column holds only its size, a digest and its head
+(``gateway.ingest.oversize_stub``), enough for its ``oversize`` dead letter."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS log (
@@ -253,7 +257,8 @@ def _encode(obj: Any, depth: int, out: list[str]) -> None:
 
 @dataclass(frozen=True, slots=True)
 class LogRecord:
-    """One logged input: a message (``kind`` 0) or a tick (``kind`` 1, ``received_ms`` is its ``now``)."""
+    """One logged input: a message (``kind`` 0), a tick (``kind`` 1, ``received_ms`` is its ``now``) or an
+    oversize message (``kind`` 2, ``payload`` is its stub)."""
 
     pos: int
     kind: int
