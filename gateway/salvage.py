@@ -35,6 +35,7 @@ from .pipeline import Pipeline
 from .state import (
     APPLICATION_ID,
     KIND_MESSAGE,
+    KIND_OVERSIZE,
     KIND_TICK,
     StateStore,
     expected_columns,
@@ -435,17 +436,17 @@ def _salvage_log(db: sqlite3.Connection, tables: set[str], report: Salvage, out:
         if pos <= after:
             return  # taken into the checkpoint already (a checkpoint deletes these in its own transaction)
         if (
-            kind not in (KIND_MESSAGE, KIND_TICK)
+            kind not in (KIND_MESSAGE, KIND_OVERSIZE, KIND_TICK)
             or not isinstance(topic, str)
             or not isinstance(payload, bytes)
             or not isinstance(received_ms, int)
             or received_ms <= 0  # a gateway's wall clock; zeros are a page read past its end
-            or (kind == KIND_MESSAGE) != bool(topic)
+            or (kind != KIND_TICK) != bool(topic)
         ):
             report.log_invalid += 1
             return
         out.execute(insert, row)
-        if kind == KIND_MESSAGE:
+        if kind != KIND_TICK:  # a message, or the stub of an oversize one (its dead letter on replay)
             report.messages += 1
         else:
             report.ticks += 1

@@ -30,7 +30,7 @@ from helpers import influx_query, poll
 
 from gateway.app import Gateway, state_path
 from gateway.config import load_config
-from gateway.state import StateStore
+from gateway.state import KIND_MESSAGE, KIND_OVERSIZE, StateStore
 
 pytestmark = pytest.mark.integration
 
@@ -370,3 +370,31 @@ def test_recovered_state_is_replayed_into_influxdb(
         gw.terminate()
         _, err = gw.communicate(timeout=60)
     assert gw.returncode == 0, err[-3000:]
+
+
+def test_recover_keeps_the_stub_of_an_oversize_message(tmp_path: Path) -> None:
+    """A payload over the limit is logged as a stub (kind KIND_OVERSIZE) so that it becomes its dead letter after
+    a restart; recover keeps that row like any logged message, byte for byte."""
+    config = tmp_path / "gw.toml"
+    config.write_text(_toml(tmp_path / "state"), encoding="utf-8")
+    cfg = load_config(config, env={})
+    big = ("dmg/site/d1/readings", b'{"v":1,"pad":"' + b"x" * (cfg.limits.max_bytes + 100) + b'"}', False)
+
+    async def build() -> None:
+        gw = Gateway(cfg, now_ms=lambda: NOW)
+        try:
+            gw._accept([_message(0), big, _message(1)])
+        finally:
+            gw.store.close()
+
+    asyncio.run(build())
+    path = state_path(cfg)
+    with sqlite3.connect(path) as db:
+        before = db.execute("SELECT pos, kind, topic, payload, received_ms FROM log ORDER BY pos").fetchall()
+    assert [r[1] for r in before] == [KIND_MESSAGE, KIND_OVERSIZE, KIND_MESSAGE]
+    done = cli("recover", "--config", str(config))
+    assert done.returncode == 0 and "nothing was lost" in done.stdout, done.stdout + done.stderr
+    assert "log: 3 logged messages kept" in done.stdout, done.stdout
+    with sqlite3.connect(path) as db:
+        after = db.execute("SELECT pos, kind, topic, payload, received_ms FROM log ORDER BY pos").fetchall()
+    assert after == before
