@@ -132,6 +132,9 @@ class Gateway:
         self._inputs_open.set()
         """Cleared while a checkpoint reads the pipeline's state in a worker thread: no input is applied then."""
         self._checkpointing = asyncio.Lock()
+        self.checkpoint_failures = 0
+        self._retry_checkpoint = 0.0
+        """Monotonic time before which the log's size asks for no checkpoint (one has just failed)."""
 
     # ------------------------------------------------------------------------------------ inputs
 
@@ -173,8 +176,15 @@ class Gateway:
             if self._stopping:  # the rest is logged (and acknowledged): the restart replays it
                 return
             await self._apply(rec)
-        if self.store.log_rows >= self.config.state.checkpoint_max_log_rows:
-            await self.checkpoint()
+        if (
+            self.store.log_rows >= self.config.state.checkpoint_max_log_rows
+            and time.monotonic() >= self._retry_checkpoint
+        ):
+            try:
+                await self.checkpoint()
+            except Exception:  # a full disk, a lock: everything stays where it was; the tick's checkpoint tries again
+                self._retry_checkpoint = time.monotonic() + 1.0
+                log.exception("checkpoint failed; trying again later", extra={"event": "checkpoint_error"})
 
     async def _apply(self, rec: LogRecord) -> None:
         while not self._inputs_open.is_set():  # a checkpoint is reading the state
@@ -233,6 +243,9 @@ class Gateway:
                 recent = [d.hex() for d in self.recent]  # the loop's ingest appends to these: copied here
                 blob = await asyncio.to_thread(self._encode_state, outbox, recent)
                 self.sink.spill(lambda chunks: self.store.checkpoint(pos, blob, self.now_ms(), chunks))
+            except Exception:
+                self.checkpoint_failures += 1
+                raise
             finally:
                 self._inputs_open.set()
         self.checkpoints += 1
@@ -344,6 +357,7 @@ class Gateway:
                 "log_pos": self.pos,
                 "log_rows": self.store.log_rows,
                 "checkpoints": self.checkpoints,
+                "checkpoint_failures": self.checkpoint_failures,
                 "recovered_from": self.recovered_from,
                 "replayed": self.replayed,
                 "redelivered": self.redelivered,
@@ -361,12 +375,20 @@ class Gateway:
 
     async def _every_interval(self, stop: asyncio.Event, step: Callable[[], Awaitable[None]], what: str) -> None:
         """Run ``step`` every ``stats_interval_s`` until ``stop``; a failure (a full disk, a busy database) is
-        logged and tried again next time, never dies silently."""
+        logged and tried again next time, never dies silently. The same failure again is logged without its
+        traceback, so a disk that stays full does not fill the journal with them."""
+        last = ""
         while not stop.is_set():
             try:
                 await step()
-            except Exception:
-                log.exception("%s failed; trying again", what, extra={"event": f"{what}_error"})
+                last = ""
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                if error != last:
+                    log.exception("%s failed; trying again", what, extra={"event": f"{what}_error"})
+                else:
+                    log.warning("%s failed again; trying again", what, extra={"event": f"{what}_error", "error": error})
+                last = error
             try:
                 await asyncio.wait_for(stop.wait(), self.stats_interval_s)
             except TimeoutError:
@@ -433,8 +455,14 @@ class Gateway:
                 # with InfluxDB away there is nothing to wait for: the final checkpoint spools what is left
                 drained = await self.sink.drain(30.0) if self.sink.healthy else False
                 await self.sink.close()
-                await self.checkpoint()
-                self.store.compact()
+                try:
+                    await self.checkpoint()
+                    self.store.compact()
+                except Exception:  # a full disk: the log keeps every input since the last checkpoint for the restart
+                    log.exception(
+                        "the final checkpoint failed: the next start replays the log from the last one",
+                        extra={"event": "checkpoint_error"},
+                    )
                 self._write_stats()
                 log.info("gateway stopped", extra={"event": "stop", "drained": drained, **self.snapshot_stats()})
         finally:

@@ -106,7 +106,17 @@ def read_oversize_stub(stub: bytes) -> tuple[int, bytes]:
 
 
 class IngestStats:
-    __slots__ = ("acked", "broker_max_packet", "connected", "connects", "disconnects", "queued", "received")
+    __slots__ = (
+        "acked",
+        "broker_max_packet",
+        "connected",
+        "connects",
+        "disconnects",
+        "log_failing",
+        "log_failures",
+        "queued",
+        "received",
+    )
 
     def __init__(self) -> None:
         self.connects = 0
@@ -118,6 +128,10 @@ class IngestStats:
         """Messages received from the broker and not yet taken by the gateway (bounded by max_inflight)."""
         self.broker_max_packet: int | None = None
         """The Maximum Packet Size in the broker's last CONNACK (None: the broker states no limit)."""
+        self.log_failures = 0
+        """Times the durable log could not take messages (a full disk, an I/O error): they were not acknowledged."""
+        self.log_failing = False
+        """True from such a failure until the log takes messages again."""
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -127,6 +141,8 @@ class IngestStats:
             "received": self.received,
             "acked": self.acked,
             "broker_max_packet": self.broker_max_packet,
+            "log_failures": self.log_failures,
+            "log_failing": self.log_failing,
         }
 
 
@@ -389,7 +405,9 @@ async def _consume(
                 dup = m.mid in dup_mids
                 dup_mids.discard(m.mid)
                 incoming.append((str(m.topic), _payload_bytes(m.payload), dup))
-            accepted = accept(incoming)
+            accepted = await _accept_until_durable(accept, incoming, stats, stop)
+            if accepted is None:  # stopped while the log could not take them: not acknowledged, the broker keeps them
+                return
             if not ack_after_process:
                 _ack(client, got, stats)
                 await asyncio.sleep(0)  # let the PUBACKs go out before the (synchronous) processing
@@ -398,6 +416,49 @@ async def _consume(
                 _ack(client, got, stats)
     finally:
         stopper.cancel()
+
+
+LOG_RETRY_MAX_S = 30.0
+
+
+async def _accept_until_durable(
+    accept: Callable[[list[Incoming]], T], incoming: list[Incoming], stats: IngestStats, stop: asyncio.Event
+) -> T | None:
+    """``accept(incoming)``; when it fails (the log's disk is full, an I/O error, a lock held too long), the
+    messages are not acknowledged and the gateway does not stop: it says so, waits (1 s doubling to 30 s) and
+    tries again with the same messages, while the connection, the writer and the metrics go on. None when
+    ``stop`` is set meanwhile."""
+    delay = 1.0
+    while True:
+        try:
+            accepted = accept(incoming)
+        except Exception as exc:
+            stats.log_failures += 1
+            if not stats.log_failing:
+                log.exception(
+                    "the durable log cannot take messages: not acknowledging them, trying again",
+                    extra={"event": "log_failing", "messages": len(incoming), "error": f"{type(exc).__name__}: {exc}"},
+                )
+            else:
+                log.warning(
+                    "the durable log still cannot take messages",
+                    extra={"event": "log_failing", "messages": len(incoming), "error": f"{type(exc).__name__}: {exc}",
+                           "retry_in_s": delay},
+                )  # fmt: skip
+            stats.log_failing = True
+            try:
+                await asyncio.wait_for(stop.wait(), delay)
+                return None
+            except TimeoutError:
+                pass
+            delay = min(delay * 2, LOG_RETRY_MAX_S)
+            continue
+        if stats.log_failing:
+            log.warning(
+                "the durable log takes messages again", extra={"event": "log_ok", "failures": stats.log_failures}
+            )
+            stats.log_failing = False
+        return accepted
 
 
 def _ack(client: aiomqtt.Client, got: list[aiomqtt.Message], stats: IngestStats) -> None:

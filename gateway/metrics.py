@@ -48,6 +48,8 @@ class GatewayView(Protocol):
     @property
     def checkpoints(self) -> int: ...
     @property
+    def checkpoint_failures(self) -> int: ...
+    @property
     def replayed(self) -> int: ...
     @property
     def now_ms(self) -> Callable[[], int]: ...
@@ -91,7 +93,10 @@ class GatewayMetrics:
     def health(self) -> dict[str, object]:
         gw = self.gw
         return {
-            "status": "ok" if gw.ingest_stats.connected and gw.sink.healthy else "degraded",
+            "status": "ok"
+            if gw.ingest_stats.connected and gw.sink.healthy and not gw.ingest_stats.log_failing
+            else "degraded",
+            "log_failing": gw.ingest_stats.log_failing,
             "mqtt_connected": gw.ingest_stats.connected,
             "influx_healthy": gw.sink.healthy,
             "spool_lines": gw.store.spool_lines,
@@ -188,6 +193,14 @@ class _Collector(Collector):
         yield gauge("edgekit_influx_up", "1 when the last InfluxDB write succeeded", 1.0 if sink.healthy else 0.0)
         yield gauge("edgekit_mqtt_connected", "1 while connected to the broker", float(gw.ingest_stats.connected))
         yield counter("edgekit_checkpoints", "Checkpoints taken", gw.checkpoints)
+        yield counter(
+            "edgekit_checkpoint_failures", "Checkpoints that failed (tried again later; nothing moved)",
+            gw.checkpoint_failures,
+        )  # fmt: skip
+        yield counter(
+            "edgekit_log_failures", "Times the durable log could not take messages (not acknowledged; tried again)",
+            gw.ingest_stats.log_failures,
+        )  # fmt: skip
         yield gauge("edgekit_replayed", "Log records replayed at the last start", gw.replayed)
         lag = GaugeMetricFamily(
             "edgekit_watermark_lag_seconds", "Wall clock minus the device's event-time watermark", labels=["device"]
