@@ -268,7 +268,10 @@ def _replay(cfg: Config, args: argparse.Namespace) -> int:
         print("dry run: nothing written")
         return 0
     s = res.sink
-    print(f"wrote {s['points_written']} points in {s['batches_written']} batches, {s['points_refused']} refused")
+    print(
+        f"wrote {s['points_written']} points in {s['batches_written']} batches, {s['points_refused']} refused, "
+        f"{s['points_unwritable']} unwritable (each a dead letter)"
+    )
     return 1 if res.refused else 0
 
 
