@@ -31,7 +31,7 @@ from .engine.outputs import Output as EngineOutput
 from .errors import DecodeError
 from .model import Batch, DeadLetter, Reading
 from .points import READING, dead_letter_line, reading_line, status_line
-from .protocol import dead_letter_for, decode, excerpt
+from .protocol import dead_letter_for, decode, excerpt, parse_topic
 from .schema import get as measurement
 
 __all__ = ["Pipeline", "Stats", "reading_field_bound"]
@@ -141,6 +141,24 @@ class Pipeline:
                 excerpt=excerpt(payload),
             )
             self._dead(dead, out)
+        return out
+
+    def handle_oversize(self, topic: str, size: int, head: bytes, received_ms: int) -> Handled:
+        """A message over ``limits.max_bytes`` of which only the first bytes were kept (``head``, at least
+        the dead letter's excerpt): the dead letter :meth:`handle` gives the whole message, with its size."""
+        out = Handled()
+        if self.is_own_topic(topic):
+            self.stats.ignored += 1
+            return out
+        self.stats.messages += 1
+        prefix = self.config.mqtt.prefix
+        try:
+            parse_topic(topic, prefix)  # decode judges the topic first
+            err = DecodeError("oversize", f"{size} bytes > {self.config.limits.max_bytes}")
+        except DecodeError as bad_topic:
+            err = bad_topic
+        dead = dead_letter_for(err, topic, head, received_ms, prefix)
+        self._dead(dataclasses.replace(dead, size=size), out)
         return out
 
     def _handle(self, out: Handled, topic: str, payload: bytes, received_ms: int) -> Handled:

@@ -58,6 +58,8 @@ REASONS: Final[dict[str, str]] = {
     "stale_boot": "a reading of a boot the gateway no longer tracks, at or before the latest time of a forgotten boot",
     "stale_seq": "a sequence number below the ranges the gateway still tracks for its boot",
     "internal": "the gateway failed on this message (a bug: the log line has the traceback)",
+    "influx_refused": "InfluxDB refused the point (its message is the detail; the payload is the line)",
+    "unwritable": "the InfluxDB writer could not send the point (the error is the detail; the payload is the line)",
 }
 """Every reason code a dead letter can carry, with its meaning."""
 
