@@ -93,6 +93,14 @@ class DevicesConfig:
     max_devices: int = 10_000
     """At most this many devices get state (dedup, watermarks, windows, patterns, detectors); messages from
     further devices are dead letters (``too_many_devices``), so made-up ids cannot use up the memory."""
+    max_metric_names: int = 32
+    """Distinct metric names one device may use; a reading that would take it past them is a dead letter
+    (``too_many_metrics``), so one device cannot use up anomaly detection or the ``reading`` measurement's
+    fields. The ``reading`` measurement gets at most ``3 + max_devices * max_metric_names`` field keys."""
+    sites: Mapping[str, str] = field(default_factory=dict)
+    """Declared sites (``[devices.sites]``, device id -> site). A device is bound to the site it is first
+    admitted under; a declared device only to its declared one. A message under another site is a dead letter
+    (``site_mismatch``), except under the declared site: that moves the device there (docs/reliability.md)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,7 +389,7 @@ def _limits(doc: Mapping[str, Any]) -> Limits:
 
 
 def _devices(doc: Mapping[str, Any]) -> DevicesConfig:
-    sec = _section(doc, "devices", {"allow_unknown", "known", "max_devices"})
+    sec = _section(doc, "devices", {"allow_unknown", "known", "max_devices", "max_metric_names", "sites"})
     known = _get(sec, "devices", "known", list, [])
     bad = [d for d in known if not isinstance(d, str) or not NAME_RE.fullmatch(d)]
     if bad:
@@ -392,7 +400,20 @@ def _devices(doc: Mapping[str, Any]) -> DevicesConfig:
     max_devices = int(_positive("devices", "max_devices", _get(sec, "devices", "max_devices", int, 10_000)))
     if len(set(known)) > max_devices:
         raise ConfigError(f"devices.max_devices: {max_devices} is below the {len(set(known))} devices of devices.known")
-    return DevicesConfig(allow_unknown=allow_unknown, known=frozenset(known), max_devices=max_devices)
+    max_metric_names = int(_positive("devices", "max_metric_names", _get(sec, "devices", "max_metric_names", int, 32)))
+    sites: dict[str, Any] = _get(sec, "devices", "sites", dict, {})
+    wrong = {
+        d: v for d, v in sites.items() if not (isinstance(v, str) and NAME_RE.fullmatch(d) and NAME_RE.fullmatch(v))
+    }
+    if wrong:
+        raise ConfigError(f"devices.sites: expected device id = site, both 1-32 of [A-Za-z0-9_-], got {wrong!r}")
+    return DevicesConfig(
+        allow_unknown=allow_unknown,
+        known=frozenset(known),
+        max_devices=max_devices,
+        max_metric_names=max_metric_names,
+        sites=dict(sites),
+    )
 
 
 def _log(doc: Mapping[str, Any], env: Mapping[str, str]) -> LogConfig:
