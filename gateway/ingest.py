@@ -406,7 +406,7 @@ async def _consume(
                 dup_mids.discard(m.mid)
                 incoming.append((str(m.topic), _payload_bytes(m.payload), dup))
             accepted = await _accept_until_durable(accept, incoming, stats, stop)
-            if accepted is None:  # stopped while the log could not take them: not acknowledged, the broker keeps them
+            if isinstance(accepted, _Stopped):  # stopped while the log could not take them: not acknowledged
                 return
             if not ack_after_process:
                 _ack(client, got, stats)
@@ -421,13 +421,17 @@ async def _consume(
 LOG_RETRY_MAX_S = 30.0
 
 
+class _Stopped:
+    """What :func:`_accept_until_durable` returns when the gateway stops while the log cannot take messages."""
+
+
 async def _accept_until_durable(
     accept: Callable[[list[Incoming]], T], incoming: list[Incoming], stats: IngestStats, stop: asyncio.Event
-) -> T | None:
+) -> T | _Stopped:
     """``accept(incoming)``; when it fails (the log's disk is full, an I/O error, a lock held too long), the
     messages are not acknowledged and the gateway does not stop: it says so, waits (1 s doubling to 30 s) and
-    tries again with the same messages, while the connection, the writer and the metrics go on. None when
-    ``stop`` is set meanwhile."""
+    tries again with the same messages, while the connection, the writer and the metrics go on. A
+    :class:`_Stopped` when ``stop`` is set meanwhile."""
     delay = 1.0
     while True:
         try:
@@ -448,7 +452,7 @@ async def _accept_until_durable(
             stats.log_failing = True
             try:
                 await asyncio.wait_for(stop.wait(), delay)
-                return None
+                return _Stopped()
             except TimeoutError:
                 pass
             delay = min(delay * 2, LOG_RETRY_MAX_S)
