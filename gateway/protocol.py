@@ -74,13 +74,19 @@ REASONS: Final[dict[str, str]] = {
     "device_mismatch": "the payload's device differs from the topic's",
     "unknown_device": "the device is not in the gateway's device list",
     "too_many_devices": "a new device, and the gateway already keeps state for devices.max_devices devices",
+    "site_mismatch": "the device is bound to another site (where it was first admitted, or devices.sites)",
     "too_many_readings": "more readings in one message than allowed",
     "non_finite": "a metric value is NaN or infinite",
     "bad_string": "a string holds a control character or a lone surrogate (not UTF-8)",
     "type_mismatch": "a value of another kind than its metric's (or status field's) declared type",
     "time_too_old": "event time earlier than any synced clock could give",
     "time_in_future": "event time ahead of the gateway's clock by more than the tolerance",
+    "too_many_metrics": "the reading's new metric names would take its device past devices.max_metric_names",
+    "stale_boot": "a reading of a boot the gateway no longer tracks, at or before the latest time of a forgotten boot",
+    "stale_seq": "a sequence number below the ranges the gateway still tracks for its boot",
     "internal": "the gateway failed on this message (a bug: the log line has the traceback)",
+    "influx_refused": "InfluxDB refused the point (its message is the detail; the payload is the line)",
+    "unwritable": "the InfluxDB writer could not send the point (the error is the detail; the payload is the line)",
 }
 """Every reason code a dead letter can carry, with its meaning."""
 

@@ -90,6 +90,8 @@ class AnomalyEngine:
         """group -> device -> the latest anomaly opening not yet used by a group alert."""
         self.sites: dict[str, str] = {}
         self._groups_of: dict[str, tuple[GroupSpec, ...]] = {}
+        self._mine: dict[str, set[str]] = {}  # device -> the metrics of its series (derived from ``detectors``)
+        self._by_count: dict[int, set[str]] = {}  # series count -> the devices with that many
         self.stats: dict[str, int] = {
             "scored": 0,
             "anomalous": 0,
@@ -98,6 +100,7 @@ class AnomalyEngine:
             "time_refused": 0,
             "out_of_range": 0,
             "series_refused": 0,
+            "series_evicted": 0,
             "alerts": 0,
             "compound_alerts": 0,
             "rebaselined": 0,
@@ -139,11 +142,42 @@ class AnomalyEngine:
     def _detector(self, device: str, metric: str) -> Detector | None:
         det = self.detectors.get((device, metric))
         if det is None:
-            if len(self.detectors) >= self.spec.max_series:
+            if len(self.detectors) >= self.spec.max_series and not self._make_room(device):
                 self.stats["series_refused"] += 1
                 return None
             det = self.detectors[(device, metric)] = Detector(self.spec.detector_for(metric))
+            self._own(device, metric, True)
         return det
+
+    def _make_room(self, device: str) -> bool:
+        """``max_series`` is shared fairly (max-min): a device below the largest holder, by two series or more,
+        takes a series from it (the one that has gone longest without a reading); a device at or near the top
+        gets no more. So each device can have ``max_series // devices`` series, whatever the others send."""
+        top = max(c for c, ds in self._by_count.items() if ds)
+        if top < len(self._mine.get(device, ())) + 2:
+            return False
+        victim = min(self._by_count[top])
+        last = {m: self.detectors[(victim, m)].state.last_t for m in self._mine[victim]}
+        metric = min(last, key=lambda m: (-math.inf if last[m] is None else last[m], m))
+        del self.detectors[(victim, metric)]
+        self.recent.get(victim, {}).pop(metric, None)
+        self._own(victim, metric, False)
+        self.stats["series_evicted"] += 1
+        return True
+
+    def _own(self, device: str, metric: str, add: bool) -> None:
+        mine = self._mine.setdefault(device, set())
+        old = len(mine)
+        if add:
+            mine.add(metric)
+        else:
+            mine.discard(metric)
+        if old:
+            self._by_count[old].discard(device)
+        if mine:
+            self._by_count.setdefault(len(mine), set()).add(device)
+        else:
+            del self._mine[device]
 
     def _reading(self, r: Reading, out: AnomalyOutput) -> None:
         self.sites[r.device] = r.site
@@ -293,10 +327,12 @@ class AnomalyEngine:
         if snap.get("version") != SNAPSHOT_VERSION:
             raise ValueError(f"anomaly snapshot version {snap.get('version')!r}, expected {SNAPSHOT_VERSION}")
         self.detectors = {}
+        self._mine, self._by_count = {}, {}
         for device, metric, state in snap["detectors"]:
             det = Detector(self.spec.detector_for(metric))
             det.restore(state)
             self.detectors[(device, metric)] = det
+            self._own(device, metric, True)
 
         def openings(raw: dict[str, dict[str, Any]]) -> dict[str, dict[str, _Opening]]:
             return {
@@ -306,7 +342,7 @@ class AnomalyEngine:
         self.recent = openings(snap["recent"])
         self.group_recent = openings(snap["group_recent"])
         self.sites = dict(snap["sites"])
-        self.stats = dict(snap["stats"])
+        self.stats = {**dict.fromkeys(self.stats, 0), **snap["stats"]}  # counters added since start at 0
 
     def series(self) -> Sequence[tuple[str, str]]:
         return list(self.detectors)
