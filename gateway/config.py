@@ -18,16 +18,19 @@ from urllib.parse import SplitResult, unquote, urlsplit
 
 from .anomaly.config import AnomalySpec, parse_anomaly
 from .cep.config import parse_patterns
+from .cep.expr import Ref
 from .cep.pattern import PatternSpec
 from .engine.config import EngineSpec, parse_engine
 from .errors import ConfigError
-from .protocol import NAME_RE, Limits
+from .protocol import METRIC_RE, NAME_RE, RESERVED_METRICS, Limits
+from .schema import MetricTypes
 
 __all__ = [
     "Config",
     "DevicesConfig",
     "InfluxConfig",
     "LogConfig",
+    "MetricTypes",
     "MetricsConfig",
     "MqttConfig",
     "StateConfig",
@@ -146,6 +149,8 @@ class Config:
     """Anomaly detection (``[anomaly]``, see docs/anomaly.md); off when the section is absent."""
     patterns: tuple[PatternSpec, ...] = ()
     """CEP patterns (``[[patterns]]``, see docs/cep.md), validated at start."""
+    metric_types: MetricTypes = MetricTypes()
+    """The type of each metric (``[metric_types]``, see docs/protocol.md): a float unless declared otherwise."""
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
     """The whole parsed document, for sections other modules own (such as ``windows``)."""
 
@@ -463,6 +468,75 @@ def _metrics(doc: Mapping[str, Any], env: Mapping[str, str]) -> MetricsConfig:
     return MetricsConfig(host=_get(sec, "metrics", "host", str, "127.0.0.1"), port=port)
 
 
+_TYPE_KINDS = ("integer", "boolean", "string")
+
+
+def _metric_types(doc: Mapping[str, Any], env: Mapping[str, str]) -> MetricTypes:
+    """``[metric_types]``: lists of metric names per type (``integer``, ``boolean``, ``string``); every other
+    metric is a float. ``EDGEKIT_METRIC_TYPES_<KIND>`` (comma-separated names) replaces a list."""
+    sec = _section(doc, "metric_types", set(_TYPE_KINDS))
+    # a documented status field keeps its documented type whatever is declared here (docs/protocol.md)
+    lists: dict[str, frozenset[str]] = {}
+    owner: dict[str, str] = {}
+    for kind in _TYPE_KINDS:
+        env_name = f"{ENV_PREFIX}METRIC_TYPES_{kind.upper()}"
+        if env_name in env:
+            names: object = [n.strip() for n in env[env_name].split(",") if n.strip()]
+        else:
+            names = sec.get(kind, [])
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ConfigError(f"metric_types.{kind}: expected a list of metric names, got {names!r}")
+        for name in names:
+            if not METRIC_RE.fullmatch(name):
+                raise ConfigError(f"metric_types.{kind}: {name!r} is not a metric name ([a-z][a-z0-9_]{{0,31}})")
+            if name in RESERVED_METRICS:
+                raise ConfigError(f"metric_types.{kind}: {name!r} is a reserved name, not a metric")
+            if name in owner and owner[name] != kind:
+                raise ConfigError(f"metric_types: {name!r} is declared both {owner[name]} and {kind}")
+            owner[name] = kind
+        lists[kind] = frozenset(names)
+    return MetricTypes(integer=lists["integer"], boolean=lists["boolean"], string=lists["string"])
+
+
+def _check_metric_types(cfg: Config) -> None:
+    """The rules that read metrics must be able to see them: a pattern compares a string metric only with a
+    string and a number only with numbers; windows and anomaly detection take numbers (and booleans, in
+    windows, as 1.0 and 0.0). A condition that could never hold is a configuration error, not silence."""
+    types = cfg.metric_types
+
+    def declare_as(kind: str, metric: str) -> str:
+        return f'declare it in [metric_types]: {kind} = ["{metric}"]'
+
+    for p in cfg.patterns:
+        for step in p.steps:
+            for c in step.where:
+                at = f"patterns[{p.name}].steps[{step.name}].where: {c}"
+                have = types.of(c.metric)
+                v = c.value
+                if isinstance(v, bool):
+                    if have != "boolean":
+                        raise ConfigError(f"{at}: {c.metric} is a {have} metric, compared with a boolean; "
+                                          f"{declare_as('boolean', c.metric)}")  # fmt: skip
+                elif isinstance(v, str):
+                    if have != "string":
+                        raise ConfigError(f"{at}: {c.metric} is a {have} metric, compared with a string; "
+                                          f"{declare_as('string', c.metric)}")  # fmt: skip
+                else:
+                    numbers = [c.metric] + ([v.metric] if isinstance(v, Ref) else [])
+                    for m in numbers:
+                        if types.of(m) not in ("float", "integer"):
+                            raise ConfigError(f"{at}: {m} is a {types.of(m)} metric, compared as a number "
+                                              "(strings and booleans compare only with == and != against a "
+                                              "string or true/false)")  # fmt: skip
+    for w in cfg.engine.windows:
+        for m in w.metrics:
+            if types.of(m) == "string":
+                raise ConfigError(f"windows[{w.name}].metrics: {m} is a string metric; windows aggregate numbers")
+    for m in cfg.anomaly.metrics:
+        if types.of(m) in ("string", "boolean"):
+            raise ConfigError(f"anomaly.metrics: {m} is a {types.of(m)} metric; anomaly detection scores numbers")
+
+
 KNOWN_SECTIONS = {
     "mqtt",
     "influx",
@@ -475,6 +549,7 @@ KNOWN_SECTIONS = {
     "patterns",
     "state",
     "metrics",
+    "metric_types",
 }
 
 
@@ -484,7 +559,7 @@ def parse_config(doc: Mapping[str, Any], env: Mapping[str, str] | None = None) -
     unknown = sorted(set(doc) - KNOWN_SECTIONS)
     if unknown:
         raise ConfigError(f"unknown section(s) {', '.join(unknown)}; known: {', '.join(sorted(KNOWN_SECTIONS))}")
-    return Config(
+    cfg = Config(
         mqtt=_mqtt(doc, env),
         influx=_influx(doc, env),
         limits=_limits(doc),
@@ -495,8 +570,11 @@ def parse_config(doc: Mapping[str, Any], env: Mapping[str, str] | None = None) -
         engine=parse_engine(doc),
         anomaly=parse_anomaly(doc),
         patterns=parse_patterns(doc.get("patterns")),
+        metric_types=_metric_types(doc, env),
         raw=doc,
     )
+    _check_metric_types(cfg)
+    return cfg
 
 
 def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -> Config:

@@ -169,7 +169,7 @@ class Pipeline:
         self.stats.messages += 1
         cfg = self.config
         try:
-            msg = decode(topic, payload, received_ms, limits=cfg.limits, prefix=cfg.mqtt.prefix)
+            msg = decode(topic, payload, received_ms, limits=cfg.limits, prefix=cfg.mqtt.prefix, types=cfg.metric_types)
             if not cfg.devices.allow_unknown and msg.device not in cfg.devices.known:
                 raise DecodeError("unknown_device", f"device {msg.device!r} is not in devices.known")
             # a new device is admitted by a message that leaves state: a status, or a batch with a valid
@@ -182,7 +182,8 @@ class Pipeline:
             return out
         if not isinstance(msg, Batch):
             self.stats.status_updates += 1
-            out.lines.append(status_line(msg))
+            self._unique += 1
+            out.lines.append(status_line(msg, self._unique))
             self._engine_out(self.engine.process_status(msg), out)
             self._cep_out(self.cep.process_status(msg), out)
             return out

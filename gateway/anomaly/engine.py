@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from ..alerts import Alert, Severity
-from ..lineproto import NS_PER_MS, line
+from ..lineproto import line, reading_time_ns
 from ..model import MetricValue, Reading, ReadingKey
 from ..schema import declare
 from .config import AnomalySpec, GroupSpec
@@ -32,8 +32,16 @@ __all__ = ["ANOMALY_MEASUREMENT", "MAX_ABS_VALUE", "SNAPSHOT_VERSION", "AnomalyE
 ANOMALY_MEASUREMENT: Final = declare(
     "anomaly",
     tags=("site", "device", "metric"),
-    fields=("value", "score", "anomalous", "phase", "mean", "std", "z"),
-    time="the reading's event time",
+    fields={
+        "value": "float",
+        "score": "float",
+        "anomalous": "boolean",
+        "phase": "string",
+        "mean": "float",
+        "std": "float",
+        "z": "float",
+    },
+    time="the reading's event time (+ a sub-millisecond offset from its boot and sequence number)",
     module=__name__,
 )
 SNAPSHOT_VERSION: Final = 1
@@ -49,16 +57,19 @@ class AnomalyOutput:
     alerts: list[Alert] = field(default_factory=list)
 
 
-def anomaly_line(site: str, device: str, metric: str, r: Result) -> str:
-    """One point of the ``anomaly`` measurement, at the reading's event time."""
+def anomaly_line(site: str, device: str, metric: str, r: Result, boot: int = 0, seq: int = 0) -> str:
+    """One point of the ``anomaly`` measurement, at the event time of the reading ``(boot, seq)``."""
     s = r.scored
-    fields: dict[str, MetricValue] = {"value": s.value, "score": s.score, "anomalous": r.anomalous, "phase": s.phase}
+    fields: dict[str, MetricValue] = {
+        "value": float(s.value), "score": float(s.score), "anomalous": bool(r.anomalous), "phase": s.phase
+    }  # fmt: skip
     for name, v in (("mean", s.mean), ("std", s.std), ("z", s.z)):
         if v is not None and math.isfinite(v):
-            fields[name] = v
+            fields[name] = float(v)
     if not math.isfinite(s.value):  # never reached: the engine refuses such values; the sink must never see one
         fields["value"] = 0.0
-    return line(ANOMALY_MEASUREMENT, {"site": site, "device": device, "metric": metric}, fields, s.t_ms * NS_PER_MS)
+    tags = {"site": site, "device": device, "metric": metric}
+    return line(ANOMALY_MEASUREMENT, tags, fields, reading_time_ns(s.t_ms, boot, seq))
 
 
 def _fmt(x: float | None) -> str:
@@ -184,7 +195,7 @@ class AnomalyEngine:
             if res.anomalous:
                 self.stats["anomalous"] += 1
             if res.anomalous or self.spec.write == "all":
-                out.lines.append(anomaly_line(r.site, r.device, metric, res))
+                out.lines.append(anomaly_line(r.site, r.device, metric, res, r.boot, r.seq))
             for ev in res.events:
                 if ev.kind == "gap":
                     if self.spec.gap_alerts and not gap_seen:
@@ -203,10 +214,10 @@ class AnomalyEngine:
 
     def _alert(self, r: Reading, metric: str, res: Result, ev: Event) -> Alert:
         s = res.scored
-        details: dict[str, MetricValue] = {"metric": metric, "value": s.value, "score": s.score}
+        details: dict[str, MetricValue] = {"metric": metric, "value": float(s.value), "score": float(s.score)}
         for name, v in (("mean", s.mean), ("std", s.std), ("z", s.z)):
             if v is not None and math.isfinite(v):
-                details[name] = v
+                details[name] = float(v)
         severity: Severity = "warning"
         if ev.kind == "opened":
             name = f"zscore.{metric}"
@@ -228,14 +239,14 @@ class AnomalyEngine:
                 f"baseline mean {_fmt(ev.old_mean)} -> {_fmt(ev.new_mean)}"
             )
             if ev.old_mean is not None and ev.new_mean is not None:
-                details.update(old_mean=ev.old_mean, new_mean=ev.new_mean)
-            details["after_ms"] = ev.after_ms
+                details.update(old_mean=float(ev.old_mean), new_mean=float(ev.new_mean))
+            details["after_ms"] = int(ev.after_ms)
         return Alert("anomaly", name, r.site, r.device, severity, ev.since_ms, r.t_ms, (r.key,), message, details)
 
     def _gap_alert(self, r: Reading, ev: Event) -> Alert:
         minutes = ev.after_ms / 60_000
         message = f"{r.device} sent nothing for {minutes:.1f} min of event time before this reading"
-        details: dict[str, MetricValue] = {"gap_ms": ev.after_ms}
+        details: dict[str, MetricValue] = {"gap_ms": int(ev.after_ms)}
         return Alert("anomaly", "gap", r.site, r.device, "info", ev.since_ms, r.t_ms, (r.key,), message, details)
 
     def groups_of(self, device: str) -> tuple[GroupSpec, ...]:

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from gateway.config import parse_config
+from gateway.lineproto import reading_time_ns
 from gateway.pipeline import Pipeline
 
 NOW = 1_764_072_100_000
@@ -20,7 +21,8 @@ def test_accepts_dedups_and_dead_letters() -> None:
     t = NOW - 60_000
     out = p.handle("edgekit/s/d1/readings", batch("d1", [(1, 0, t, {"x": 1.5}), (1, 1, t + 1, {"x": 2})]), NOW)
     assert len(out.readings) == 2
-    assert out.lines[0] == f'reading,device=d1,site=s x=1.5,boot=1i,seq=0i,q="s" {t * 1_000_000}'
+    assert out.lines[0] == f'reading,device=d1,site=s x=1.5,boot=1i,seq=0i,q="s" {reading_time_ns(t, 1, 0)}'
+    assert out.lines[1] == f'reading,device=d1,site=s x=2.0,boot=1i,seq=1i,q="s" {reading_time_ns(t + 1, 1, 1)}'
     again = p.handle("edgekit/s/d1/readings", batch("d1", [(1, 1, t + 1, {"x": 2}), (1, 2, t + 2, {"x": 3})]), NOW)
     assert [r.seq for r in again.readings] == [2]
     bad = p.handle("edgekit/s/d1/readings", b"{nope", NOW)
@@ -42,7 +44,8 @@ def test_unknown_device_and_status() -> None:
     out = p.handle("edgekit/s/d2/readings", batch("d2", [(1, 0, NOW, {"x": 1})]), NOW)
     assert out.readings == [] and "reason=unknown_device" in out.lines[0]
     st = p.handle("edgekit/s/d1/status", b'{"v":1,"dev":"d1","state":"sleeping","sleep_s":300}', NOW)
-    assert st.lines == [f'device_status,device=d1,site=s state="sleeping",sleep_s=300i {NOW * 1_000_000}']
+    # a dead letter took the counter's 1: statuses of one millisecond stay apart by it too
+    assert st.lines == [f'device_status,device=d1,site=s state="sleeping",sleep_s=300i {NOW * 1_000_000 + 2}']
     assert p.stats.status_updates == 1
 
 
@@ -67,9 +70,12 @@ def test_an_absurd_sleep_interval_is_dead_lettered_not_a_crash() -> None:
     p = Pipeline(
         parse_config({"windows": [{"name": "w", "kind": "tumbling", "size": "60s", "metrics": ["x"]}]}, env={})
     )
-    for bad in (b"1e308", b"0", b"-5", b'"300"', b"true", b"99999999999999999999999"):
+    for bad, reason in (
+        (b"1e308", "schema"), (b"0", "schema"), (b"-5", "schema"), (b"99999999999999999999999", "schema"),
+        (b'"300"', "type_mismatch"), (b"true", "type_mismatch"), (b"300.5", "type_mismatch"),
+    ):  # fmt: skip
         out = p.handle("edgekit/s/d1/status", b'{"v":1,"dev":"d1","state":"sleeping","sleep_s":%s}' % bad, NOW)
-        assert len(out.lines) == 1 and "reason=schema" in out.lines[0], bad
+        assert len(out.lines) == 1 and f"reason={reason}" in out.lines[0], bad
     ok = p.handle("edgekit/s/d1/status", b'{"v":1,"dev":"d1","state":"sleeping","sleep_s":300}', NOW)
     assert ok.lines[0].startswith("device_status,")
 
