@@ -74,7 +74,7 @@ def main() -> None:
     for i in range(a.boards):
         boards.append(BoardSpec(f"ck-{i + 1}", dict(cfg), {"values": VALUES}, drift_ppm=drifts[i % len(drifts)],
                                 wander_ppm=5000, wander_period_s=6 * 3600, stagger_ms=i * 13_000))  # fmt: skip
-    fleet = Fleet(root / "fleet", boards, start_vt=start, heap="96K")
+    fleet = Fleet(root / "fleet", boards, start_vt=start, heap="112K")
     # board 2 asks a server of its own that lies: a day ahead for two hours, then +20 s on every 4th answer
     liar = [NtpFault(start + 6 * HOUR, start + 8 * HOUR, "offset", offset_ms=86_400_000),
             NtpFault(start + 12 * HOUR, start + 16 * HOUR, "offset", offset_ms=20_000, every=4)]  # fmt: skip

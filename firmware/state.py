@@ -13,7 +13,7 @@ from binascii import crc32
 from micropython import const
 
 MAGIC = const(0xEC17)
-LAYOUT = const(2)
+LAYOUT = const(3)
 NPTS = const(4)  # clock sync points kept (timebase.py)
 
 # name: type, in header order
@@ -31,7 +31,9 @@ _FIELDS = (
     'ntp_fails:B ntp_skip:H '  # NTP backoff: consecutive failures, publishing wakes to skip
     'brownouts:H untimed:I '   # brown-out resets seen; readings dropped as un-timeable
     'radio_skip:H '  # wakes left without the radio after a brown-out
-    'gw_skip:H'      # publishing wakes before the gateway is asked for the time again (it did not answer)
+    'gw_skip:H '     # publishing wakes before the gateway is asked for the time again (it did not answer)
+    'net_skip:H '    # wakes left with the radio off (uplink backoff, see backoff.py)
+    'ip_age:H ip:I'  # wakes since the broker's address was looked up, that IPv4 address (0: none; uplink.py)
 ).split()
 _NAMES = [f.split(':')[0] for f in _FIELDS]
 _PRE = '<HBBHHHH'
@@ -59,6 +61,7 @@ class State:
         self.pr0 = self.pt0 = self.pr1 = self.pt1 = self.pr2 = self.pt2 = self.pr3 = self.pt3 = 0
         self.cand_n = self.cand_raw = self.cand_true = self.ntp_fails = self.ntp_skip = 0
         self.brownouts = self.untimed = self.radio_skip = self.gw_skip = 0
+        self.net_skip = self.ip_age = self.ip = 0
         self.head = self.count = 0
         self.fresh()
 

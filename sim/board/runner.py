@@ -1,7 +1,7 @@
 """Run the real firmware (``firmware/``) on several simulated boards under the MicroPython unix port.
 
 Each board is a directory pair: ``flash/`` (what the board's file system would hold: the firmware files,
-``lib/umqtt``, a generated ``config_local.py``, and whatever the firmware writes) and ``hw/`` (the
+a generated ``config_local.py``, and whatever the firmware writes) and ``hw/`` (the
 hardware the shims in ``sim/board/mpy/`` emulate: RTC, RTC memory, scenario, sleep requests).
 
 Time is virtual: ``vt = host time + skip``. While a board is awake, virtual time runs at real speed;
@@ -54,7 +54,6 @@ HERE = Path(__file__).resolve().parent
 SHIMS = HERE / "mpy"
 REPO = HERE.parent.parent
 FIRMWARE = REPO / "firmware"
-MPY_LIB = REPO / ".run" / "mpy-lib"
 RTC_POWER_ON_MS = 946_684_800_000  # an ESP32's RTC starts at 2000-01-01 after power-on
 PWRON_RESET, HARD_RESET, WDT_RESET, DEEPSLEEP_RESET, SOFT_RESET = 1, 2, 3, 4, 5
 # The ESP32's raw reset reason (RTC_CNTL_RESET_STATE_REG bits 0-5, ESP-IDF rom/rtc.h RESET_REASON):
@@ -275,6 +274,22 @@ class WakeRecord:
     truth: list[str]
     rtcmem_lost: bytes | None = None
 
+    def radio_ms(self) -> int:
+        """Milliseconds of this wake with the Wi-Fi radio on (from the network shim's radio lines; a radio
+        still on when the wake ended counts until its end)."""
+        total, on_at = 0, None
+        for line in self.truth:
+            p = line.split()
+            if len(p) == 3 and p[0] == "radio":
+                if p[1] == "on" and on_at is None:
+                    on_at = int(p[2])
+                elif p[1] == "off" and on_at is not None:
+                    total += int(p[2]) - on_at
+                    on_at = None
+        if on_at is not None:
+            total += self.end_vt - on_at
+        return total
+
     def lines(self, kind: str) -> list[list[str]]:
         out = []
         for line in self.output.splitlines():
@@ -313,11 +328,11 @@ class Fleet:
         *,
         start_vt: int,
         micropython: str | None = None,
-        heap: str = "96K",
+        heap: str = "112K",
         wdt_ms: int = 60_000,
         firmware_dir: Path = FIRMWARE,
-        lib_dir: Path = MPY_LIB,
-        compiled: bool = False,
+        lib_dir: Path | None = None,
+        compiled: bool = True,
         ntp_faults: Iterable[NtpFault] = (),
     ) -> None:
         mp = micropython or find_micropython()
@@ -330,7 +345,9 @@ class Fleet:
         self.wdt_ms = wdt_ms
         self.firmware_dir = firmware_dir
         self.lib_dir = lib_dir
-        self.compiled = compiled  # deploy .mpy (mpy-cross bytecode) as scripts/deploy.py --compile does
+        # deploy .mpy (mpy-cross bytecode) as scripts/deploy.py --compile does (the default): loaded from
+        # source, the firmware compiles on the board's heap, which 112K on the 64-bit unix port cannot spare
+        self.compiled = compiled
         self.clock_file = self.root / "clock"
         self.skip = start_vt - host_ms()
         self.wakes: list[WakeRecord] = []
@@ -358,8 +375,6 @@ class Fleet:
         return self.root / name / "hw"
 
     def prepare(self) -> None:
-        if not (self.lib_dir / "umqtt" / "simple.py").exists():
-            raise RuntimeError(f"umqtt.simple missing in {self.lib_dir}: run scripts/fetch_umqtt.sh")
         self.root.mkdir(parents=True, exist_ok=True)
         self._write_clock()
         if not self.ntp_port:
@@ -376,7 +391,8 @@ class Fleet:
                     subprocess.run(["mpy-cross", "-o", str(fl / (f.stem + ".mpy")), str(f)], check=True)
                 else:
                     shutil.copy2(f, fl / f.name)
-            shutil.copytree(self.lib_dir / "umqtt", fl / "lib" / "umqtt", dirs_exist_ok=True)
+            if self.lib_dir is not None:  # extra MicroPython libraries for lib/ (the firmware itself needs none)
+                shutil.copytree(self.lib_dir, fl / "lib", dirs_exist_ok=True)
             cfg = {"device": spec.name, "ntp_host": "127.0.0.1", "ntp_port": self.ntp_port, **spec.config}
             (fl / "config_local.py").write_text(f"CFG = {cfg!r}\n")
             self._write_hw(

@@ -164,7 +164,7 @@ def run(
     prepare: Any = None,
     wdt_ms: int = 30_000,
 ) -> Run:
-    fleet = Fleet(tmp_path / "fleet", boards, start_vt=start, heap="96K", wdt_ms=wdt_ms)
+    fleet = Fleet(tmp_path / "fleet", boards, start_vt=start, heap="112K", wdt_ms=wdt_ms)
     fleet.prepare()
     if prepare is not None:
         prepare(fleet)

@@ -80,7 +80,7 @@ def test_sntp_rejects_unsynchronised_and_forged_replies(micropython: str, tmp_pa
 # -- status drift (defect 6) --------------------------------------------------------------------------
 
 
-def test_status_drift_ppm_is_the_rtc_rate(micropython: str, umqtt_lib: Path, broker: Broker, tmp_path: Path) -> None:
+def test_status_drift_ppm_is_the_rtc_rate(micropython: str, broker: Broker, tmp_path: Path) -> None:
     """An RTC running 2 % fast (an RC oscillator) reports drift_ppm ~ +20000 in its status."""
     dur = 50 * MIN
     start = past_start(dur)
@@ -95,7 +95,7 @@ def test_status_drift_ppm_is_the_rtc_rate(micropython: str, umqtt_lib: Path, bro
 
 
 def test_one_lying_ntp_answer_does_not_poison_the_clock(
-    micropython: str, umqtt_lib: Path, broker: Broker, tmp_path: Path
+    micropython: str, broker: Broker, tmp_path: Path
 ) -> None:
     """A well-formed NTP reply one day ahead, once: the board must not adopt it. Every reading arrives
     (none dead-lettered), within the bound, and the drift estimate stays that of the RTC."""
@@ -118,7 +118,7 @@ def test_one_lying_ntp_answer_does_not_poison_the_clock(
 
 
 def test_rtc_rewound_while_rtc_memory_survives(
-    micropython: str, umqtt_lib: Path, broker: Broker, tmp_path: Path
+    micropython: str, broker: Broker, tmp_path: Path
 ) -> None:
     """A reset that restarts the RTC at 2000-01-01 but keeps RTC memory (which says 'synced'): no reading
     goes out with a year-2000 time (or marked 's' on one), the board notices and re-syncs, and the readings
@@ -144,7 +144,7 @@ def test_rtc_rewound_while_rtc_memory_survives(
 
 
 def test_uncorrectable_readings_do_not_block_publishing(
-    micropython: str, umqtt_lib: Path, broker: Broker, tmp_path: Path
+    micropython: str, broker: Broker, tmp_path: Path
 ) -> None:
     """Readings spilled to flash before any NTP sync, then a power loss: their clock era can never be
     corrected. They must not block the readings after them: those arrive, and every missing reading is
@@ -174,7 +174,7 @@ def test_uncorrectable_readings_do_not_block_publishing(
 # -- NTP unreachable (defect 5) -----------------------------------------------------------------------
 
 
-def test_ntp_blocked_backs_off_the_radio(micropython: str, umqtt_lib: Path, broker: Broker, tmp_path: Path) -> None:
+def test_ntp_blocked_backs_off_the_radio(micropython: str, broker: Broker, tmp_path: Path) -> None:
     """UDP 123 blocked from power-on for 6 hours: the board keeps its publishing schedule (every
     publish_every-th wake), not a radio wake every time, and asks NTP less and less often."""
     dur = 6 * HOUR
@@ -194,7 +194,7 @@ GW_BOUND_MS = 2000  # readings timed by the gateway's clock (a round trip throug
 
 
 def test_ntp_blocked_readings_are_timed_by_the_gateway(
-    micropython: str, umqtt_lib: Path, broker: Broker, tmp_path: Path, influxdb_v1: Proc, influx_db: str
+    micropython: str, broker: Broker, tmp_path: Path, influxdb_v1: Proc, influx_db: str
 ) -> None:
     """UDP 123 blocked from power-on for 8 hours, with the real gateway running (on the virtual clock):
     after two failed NTP attempts the board takes the gateway's answer to its 'online' status as its time,

@@ -20,7 +20,7 @@ def _out(r: Any, board: str) -> str:
 
 
 def test_rtc_mem_over_2048_is_fixed_and_reported(
-    micropython: str, umqtt_lib: Path, broker: Broker, tmp_path: Path
+    micropython: str, broker: Broker, tmp_path: Path
 ) -> None:
     dur = 40 * MIN
     start = past_start(dur)
@@ -33,7 +33,7 @@ def test_rtc_mem_over_2048_is_fixed_and_reported(
 
 
 def test_wake_timeout_too_short_to_publish_is_fixed_and_reported(
-    micropython: str, umqtt_lib: Path, broker: Broker, tmp_path: Path
+    micropython: str, broker: Broker, tmp_path: Path
 ) -> None:
     dur = 40 * MIN
     start = past_start(dur)
@@ -53,7 +53,7 @@ def _set_local(fleet: Fleet, board: str, **kw: Any) -> None:
 
 
 def test_changed_metric_count_is_counted_and_reported(
-    micropython: str, umqtt_lib: Path, broker: Broker, tmp_path: Path
+    micropython: str, broker: Broker, tmp_path: Path
 ) -> None:
     """Readings buffered (ring and flash) with 4 metrics, then the configuration drops an ADC input: the
     old records cannot be read with the new size. The board says so, counts them in `dropped`, and goes on
@@ -81,7 +81,7 @@ def test_changed_metric_count_is_counted_and_reported(
 
 
 def test_brownout_and_low_battery_keep_the_radio_off(
-    micropython: str, umqtt_lib: Path, broker: Broker, tmp_path: Path
+    micropython: str, broker: Broker, tmp_path: Path
 ) -> None:
     """The battery (batt_mv = 2 x the divider's voltage) sags below batt_low_mv for 40 minutes, later a
     brown-out resets the board (RTC and RTC memory kept). No wake in either stretch uses the radio; every

@@ -1,4 +1,4 @@
-"""Firmware in the loop: the real firmware on 3 simulated boards under the MicroPython unix port (heap 96K),
+"""Firmware in the loop: the real firmware on 3 simulated boards under the MicroPython unix port (heap 112K),
 2 hours of virtual time in 5-minute sleep cycles, through a real Mosquitto and the gateway into a real
 InfluxDB: a 30-minute Wi-Fi outage, a broker restart and one power loss. On the broker side every message
 must follow the contract (gateway.protocol.decode); in InfluxDB every reading taken must be found exactly
@@ -102,7 +102,7 @@ class GatewayThread:
 
 
 def test_three_boards_two_hours(
-    micropython: str, umqtt_lib: Path, broker: Broker, tmp_path: Path, influxdb_v1: Proc, influx_db: str
+    micropython: str, broker: Broker, tmp_path: Path, influxdb_v1: Proc, influx_db: str
 ) -> None:
     dur = 2 * HOUR
     tail = 16 * MIN  # a few more wakes, so every reading of the 2 hours had its publish turn
@@ -139,7 +139,7 @@ def test_three_boards_two_hours(
         ),
         BoardSpec("fw-3", common, {"values": values}, drift_ppm=80, stagger_ms=23_000),
     ]
-    fleet = Fleet(tmp_path / "fleet", boards, start_vt=start, heap="96K", wdt_ms=30_000)
+    fleet = Fleet(tmp_path / "fleet", boards, start_vt=start, heap="112K", wdt_ms=30_000)
     fleet.prepare()
     sub = Subscriber(broker.port)
     gateway = GatewayThread(broker.port, influxdb_v1.url, influx_db, tmp_path / "gateway-state")
@@ -231,5 +231,5 @@ def test_three_boards_two_hours(
         f"\n{len(wakes)} wakes, {real_s:.1f} s real; {len(got)} readings arrived,"
         f" {len(missing)} destroyed by the"
         f" power loss, {dups} duplicates; max |t - truth| {max(errs)} ms; messages {min(sizes)}..{max(sizes)}"
-        f" bytes; heap in use after collect max {max(mem)} of 96K"
+        f" bytes; heap in use after collect max {max(mem)} of 112K"
     )
