@@ -52,7 +52,7 @@ STATES = frozenset({"online", "sleeping", "offline"})
 QUALITIES = frozenset({"s", "c", "u"})
 INT64 = (-(2**63), 2**63 - 1)
 
-# docs/protocol.md's reason codes, and the ones issue 16 adds (docs/coord: decisions taken)
+# docs/protocol.md's reason codes, and the ones the fixes of issue 16 add (bad_string, type_mismatch, ...)
 DOCUMENTED = frozenset(
     {
         "bad_topic",
@@ -290,16 +290,6 @@ def _is_int(v: Any) -> bool:
 
 def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _integral(v: Any) -> int | None:
-    """``v`` as an integer: ints as they are, integral finite floats (``1.0``: the contract says integer, a
-    JSON encoder may write it so; ambiguous, see the callers), else None."""
-    if _is_int(v):
-        return int(v)
-    if isinstance(v, float) and math.isfinite(v) and v == int(v):
-        return int(v)
-    return None
 
 
 @dataclass(slots=True)
