@@ -146,9 +146,8 @@ def parts(gw: Gateway, spill_lines: list[str]) -> dict[str, float]:
     blob = json.dumps({"pipeline": snap}, separators=(",", ":"))
     t_json = time.perf_counter() - t
     gw.sink.memory[RAW].extend(spill_lines)
-    chunks = gw.sink.spill()
     t = time.perf_counter()
-    gw.store.checkpoint(gw.pos, {"pipeline": snap}, 0, chunks)
+    gw.sink.spill(lambda chunks: gw.store.checkpoint(gw.pos, {"pipeline": snap}, 0, chunks))
     t_store = time.perf_counter() - t - t_json  # the store serialises again: count that once
     return {"snapshot": t_snap, "json": t_json, "sqlite": t_store, "bytes": float(len(blob))}
 

@@ -137,7 +137,7 @@ class Wake:
     def publish(self):
         from uplink import Uplink
         cfg, st, buf = self.cfg, self.st, self.buf
-        up = Uplink(cfg)
+        up = Uplink(cfg, self.left_ms, st, hw.wifi_dns())  # bounded by the wake; DNS cache in st
         up.connect()
         try:
             up.status('online', self.status_fields())
@@ -199,26 +199,33 @@ class Wake:
         st.wakes += 1
         self.sample()
         self.feed()
-        if not self.due():
+        import backoff
+        held = backoff.hold(st)  # after failed uplinks the radio stays off for a few wakes
+        if held or not self.due():
+            if held:
+                log('net', 'backoff', st.net_skip, 'fails', st.fails)
             self.save()
             return
+        gc.collect()
         import sntp  # noqa: F401  (load the network modules before the heap fragments)
+        import mqtt  # noqa: F401
         import uplink  # noqa: F401
+        import dns  # noqa: F401
         if not hw.wifi_connect(cfg['wifi_ssid'], cfg['wifi_password'], cfg['wifi_timeout_s'] * 1000):
-            st.fails += 1
+            backoff.failed(st, cfg)
             self.save()
-            log('wifi', 'down', st.fails)
+            log('wifi', 'down', st.fails, 'skip', st.net_skip)
             return
         self.feed()
         self.sync_clock()
         self.feed()
         try:
             n = self.publish()
-            st.fails = 0
+            backoff.ok(st)
             log('sent', n, 'left', self.buf.fill())
         except OSError as e:
-            st.fails += 1
-            log('mqtt', 'fail', e)
+            backoff.failed(st, cfg)
+            log('mqtt', 'fail', e, 'skip', st.net_skip)
         self.save()
 
 

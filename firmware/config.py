@@ -21,7 +21,10 @@ CFG = {  # type: dict  # values of assorted types, read by key
     'publish_fill_pct': 50,  # ... or when the RTC ring is this full (or anything sits on flash)
     'wake_timeout_s': 40,    # the whole wake; the watchdog gets a few seconds more
     'wifi_timeout_s': 10,
-    'net_timeout_s': 5,      # socket timeout for MQTT and NTP
+    'net_timeout_s': 5,      # the longest wait of one network step: DNS, connect, one publish and its PUBACK
+    'backoff_max_s': 3600,   # after failed uplinks the radio rests up to this long (see backoff.py)
+    'dns_cache_s': 86400,    # a broker name's address is looked up again after this (or a failed connect)
+    'dns_port': 53,
     'keepalive_s': 10,       # MQTT keepalive; after a silent drop the broker sends the will 1.5x this later
     'sync_every_s': 21600,   # re-sync NTP after 6 hours
     'clock_max_age_s': 86400,  # readings later than this after a sync are marked 'u'

@@ -103,6 +103,16 @@ def wifi_connect(ssid, password, timeout_ms):
     return True
 
 
+def wifi_dns():
+    """The DNS server the Wi-Fi's DHCP gave us (an IPv4 literal), or None."""
+    if _wlan is None:
+        return None
+    try:
+        return _wlan.ifconfig()[3]
+    except (OSError, IndexError):
+        return None
+
+
 def wifi_off():
     if _wlan is not None:
         try:

@@ -6,17 +6,22 @@
 #   0 H magic   2 B layout   3 B rec_size   4 I boot   8 I seq   12 I wakes   16 I dropped
 #   20 H ring head   22 H ring count   24 H ring cap   26 H flags (bit0 clock synced in this era)
 #   28 q rtc ms of the last sync   36 i drift (ppb)   40 I era boot (boot whose clock started unsynced)
-#   44 I consecutive failed uplinks   48 q t of the newest reading   56 I crc32 of [0:56] + ring
+#   44 I consecutive failed uplinks   48 q t of the newest reading
+#   56 H wakes left with the radio off (uplink backoff, see backoff.py)
+#   58 H wakes since the broker's address was looked up   60 I that IPv4 address (0: none; see uplink.py)
+#   64 I crc32 of [0:64] + ring
+# 68 bytes: with the default four metrics (33-byte records) 2048 bytes still hold 60 readings.
 import struct
 from binascii import crc32
 from micropython import const
 
 MAGIC = const(0xEC17)
-LAYOUT = const(1)
-HDR = const(60)
+LAYOUT = const(2)
+HDR = const(68)
+_CRC = const(64)
 FLAG_SYNCED = const(1)
 
-_FMT = '<HBBIIIIHHHHqiIIq'
+_FMT = '<HBBIIIIHHHHqiIIqHHI'
 
 
 class State:
@@ -41,9 +46,12 @@ class State:
         self.era_boot = 0
         self.fails = 0
         self.last_t = 0
+        self.net_skip = 0
+        self.ip_age = 0
+        self.ip = 0
 
     def _crc(self):
-        return crc32(self.mv[HDR:], crc32(self.mv[0:56])) & 0xFFFFFFFF
+        return crc32(self.mv[HDR:], crc32(self.mv[0:_CRC])) & 0xFFFFFFFF
 
     def load(self, raw):
         """Adopt raw RTC memory; False (and a fresh state) when it is missing, foreign or damaged."""
@@ -54,17 +62,19 @@ class State:
         f = struct.unpack_from(_FMT, self.buf, 0)
         if f[0] != MAGIC or f[1] != LAYOUT or f[2] != self.rec or f[9] != self.cap:
             return False
-        if struct.unpack_from('<I', self.buf, 56)[0] != self._crc():
+        if struct.unpack_from('<I', self.buf, _CRC)[0] != self._crc():
             return False
         (_, _, _, self.boot, self.seq, self.wakes, self.dropped, self.head, self.count, _, self.flags,
-         self.sync_rtc, self.drift_ppb, self.era_boot, self.fails, self.last_t) = f
+         self.sync_rtc, self.drift_ppb, self.era_boot, self.fails, self.last_t, self.net_skip, self.ip_age,
+         self.ip) = f
         return True
 
     def pack(self):
         struct.pack_into(_FMT, self.buf, 0, MAGIC, LAYOUT, self.rec, self.boot, self.seq, self.wakes,
                          self.dropped, self.head, self.count, self.cap, self.flags, self.sync_rtc,
-                         self.drift_ppb, self.era_boot, self.fails, self.last_t)
-        struct.pack_into('<I', self.buf, 56, self._crc())
+                         self.drift_ppb, self.era_boot, self.fails, self.last_t, self.net_skip, self.ip_age,
+                         self.ip)
+        struct.pack_into('<I', self.buf, _CRC, self._crc())
         return self.buf
 
     def slot(self, i):

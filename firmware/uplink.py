@@ -1,45 +1,95 @@
-# MQTT uplink over umqtt.simple: connect with a last will, publish at QoS 1 (publish() returns only
-# after the broker's PUBACK), and hand back what was acknowledged so the caller can consume it.
-# Every failure surfaces as OSError (umqtt's MQTTException and its asserts are converted here).
+# MQTT uplink over our own small client (mqtt.py): connect with a last will, publish at QoS 1 (publish()
+# returns only after the broker's PUBACK), and hand back what was acknowledged so the caller can consume it.
+# Every wait is bounded by net_timeout_s and by what is left of the wake (left_ms); every failure is an
+# OSError.
+#
+# The broker's address: an IPv4 literal is used as it is. A name is looked up with dns.py (bounded, unlike
+# getaddrinfo on the ESP32) at the Wi-Fi's DNS server, and the answer is kept in RTC memory (st.ip) for
+# dns_cache_s worth of wakes, so most wakes send no DNS query at all; when the lookup fails an older
+# address is still tried, and a connect that fails drops it.
+import socket
 import time
 from micropython import const
+
 import codec
-from umqtt.simple import MQTTClient, MQTTException
+from mqtt import Client
 
 _RETRIES = const(2)
+_CLOSE_MARGIN_MS = const(1500)  # left for DISCONNECT, saving the state and going to sleep
+
+
+def _ntoa(n):
+    return '%d.%d.%d.%d' % (n >> 24, (n >> 16) & 255, (n >> 8) & 255, n & 255)
+
+
+def _aton(ip):
+    n = 0
+    for x in ip.split('.'):
+        n = n << 8 | int(x)
+    return n
 
 
 class Uplink:
-    def __init__(self, cfg):
+    def __init__(self, cfg, left_ms=None, st=None, dns_server=None):
         p = '%s/%s/%s/' % (cfg['prefix'], cfg['site'], cfg['device'])
         self.t_readings = p + 'readings'
         self.t_status = p + 'status'
         self.cfg = cfg
         self.dev = cfg['device']
+        self.left_ms = left_ms
+        self.st = st
+        self.dns_server = dns_server
         self.c = None
+
+    def ms(self):
+        """The time one network operation may take now."""
+        t = self.cfg['net_timeout_s'] * 1000
+        if self.left_ms is not None:
+            left = self.left_ms() - _CLOSE_MARGIN_MS
+            if left < t:
+                t = left
+        if t <= 0:
+            raise OSError(110)  # ETIMEDOUT: the wake is over
+        return t
+
+    def address(self):
+        import dns
+        cfg, st = self.cfg, self.st
+        host, port = cfg['broker'], cfg.get('port', 1883)
+        if dns.is_ipv4(host):
+            return socket.getaddrinfo(host, port)[0][-1]  # a literal: lwIP answers without a query
+        ip = _ntoa(st.ip) if st is not None and st.ip else None
+        if ip is None or st is None or st.ip_age * cfg['sleep_s'] >= cfg.get('dns_cache_s', 86400):
+            try:
+                if not self.dns_server:
+                    raise OSError(dns.NOTFOUND)
+                ip = dns.resolve(host, self.dns_server, cfg.get('dns_port', 53), self.ms())[0]
+                if st is not None:
+                    st.ip = _aton(ip)
+                    st.ip_age = 0
+            except OSError as e:
+                if ip is None:
+                    raise OSError('dns %s: %r' % (host, e))
+                # the address we had is still worth a try
+        return socket.getaddrinfo(ip, port)[0][-1]
 
     def connect(self):
         cfg = self.cfg
         err = None
         for i in range(_RETRIES):  # bounded retry
-            c = MQTTClient(self.dev, cfg['broker'], cfg.get('port', 1883), cfg.get('mqtt_user'),
-                           cfg.get('mqtt_password'), keepalive=cfg['keepalive_s'])
+            c = Client(self.dev, cfg.get('mqtt_user'), cfg.get('mqtt_password'), cfg['keepalive_s'])
             c.set_last_will(self.t_status, codec.will(self.dev), True, 1)
             try:
-                try:
-                    c.connect(True, cfg['net_timeout_s'])  # newer umqtt.simple bounds the connect
-                except TypeError:
-                    c.connect(True)
-                c.sock.settimeout(cfg['net_timeout_s'])
+                c.connect(self.address(), self.ms())
                 self.c = c
                 return
-            except (OSError, MQTTException, AssertionError, IndexError) as e:
+            except OSError as e:
                 err = e
-                try:
-                    c.sock.close()
-                except Exception:
-                    pass
-                time.sleep_ms(200 * (i + 1))
+                c.close()
+                if self.st is not None:
+                    self.st.ip_age = 0xFFFF  # look the name up again next time (an IP literal ignores it)
+                if i + 1 < _RETRIES:
+                    time.sleep_ms(200 * (i + 1))
         raise OSError('mqtt connect: %r' % (err,))
 
     def publish(self, topic, msg, retain=False):
@@ -47,11 +97,11 @@ class Uplink:
         if c is None:
             raise OSError('mqtt publish: not connected')
         try:
-            c.publish(topic, msg, retain, 1)
+            c.publish(topic, msg, retain, self.ms())
         except OSError:
+            c.close()
+            self.c = None
             raise
-        except Exception as e:  # MQTTException, assertion on a malformed packet, short read
-            raise OSError('mqtt publish: %r' % (e,))
 
     def status(self, state, fields):
         self.publish(self.t_status, codec.status(self.dev, state, fields), True)
@@ -62,8 +112,8 @@ class Uplink:
             return
         try:
             if clean:
-                c.disconnect()
+                c.disconnect(self.cfg['net_timeout_s'] * 1000)
             else:
-                c.sock.close()
-        except Exception:
+                c.close()
+        except OSError:
             pass

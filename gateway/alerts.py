@@ -16,15 +16,46 @@ from typing import Final, Literal
 
 from .lineproto import NS_PER_MS, line
 from .model import MetricValue, ReadingKey
-from .schema import METRIC_PATTERN, declare
+from .schema import METRIC, METRIC_PATTERN, FieldType, declare
 
-__all__ = ["ALERT_MEASUREMENT", "Alert", "alert_id", "alert_topic"]
+__all__ = ["ALERT_FIELDS", "ALERT_MEASUREMENT", "ANOMALY_DETAILS", "PATTERN_DETAIL", "Alert", "alert_id", "alert_topic"]
+
+ALERT_FIELDS: Final[dict[str, FieldType]] = {
+    "id": "string",
+    "message": "string",
+    "first_ms": "integer",
+    "last_ms": "integer",
+    "readings": "integer",
+    "reading_ids": "string",
+}
+"""The fields of every alert."""
+ANOMALY_DETAILS: Final[dict[str, FieldType]] = {
+    "metric": "string",
+    "value": "float",
+    "score": "float",
+    "mean": "float",
+    "std": "float",
+    "z": "float",
+    "old_mean": "float",
+    "new_mean": "float",
+    "after_ms": "integer",
+    "gap_ms": "integer",
+    "metrics": "string",
+    "devices": "string",
+    "count": "integer",
+    "group": "string",
+}
+"""The details anomaly alerts may carry (docs/anomaly.md), each with its one type."""
+PATTERN_DETAIL: Final = rf"(?P<step>{METRIC_PATTERN})\.(?P<metric>{METRIC_PATTERN})"
+"""A pattern alert's details: ``<step>.<metric>``, the value of a metric its conditions looked at (of the
+metric's declared type). The dot keeps them apart from every other field and from each other."""
 
 ALERT_MEASUREMENT: Final = declare(
     "alert",
     tags=("source", "name", "site", "key", "severity"),
-    fields=("id", "message", "first_ms", "last_ms", "readings", "reading_ids"),
-    open_fields=METRIC_PATTERN,  # source-specific details (a z-score, a baseline, matched values)
+    fields={**ALERT_FIELDS, **ANOMALY_DETAILS},
+    open_fields=PATTERN_DETAIL,
+    open_type=METRIC,
     time="the last reading's event time (+ a sub-millisecond offset from the id)",
     module=__name__,
 )
@@ -49,8 +80,9 @@ class Alert:
     """One alert. ``key`` is what it is keyed by (a device, or a group such as a site).
 
     ``readings`` are the identities (device, boot, seq) of the readings that caused it; ``first_ms``
-    and ``last_ms`` their first and last event times. ``details`` carries source-specific numbers
-    (a z-score, a baseline, the matched steps' values).
+    and ``last_ms`` their first and last event times. ``details`` carries source-specific values: for
+    anomalies some of :data:`ANOMALY_DETAILS` (a z-score, a baseline), for patterns ``<step>.<metric>``, the
+    matched steps' values. A detail never replaces one of the alert's own fields.
     """
 
     source: Literal["pattern", "anomaly"]
@@ -69,15 +101,15 @@ class Alert:
         return alert_id(self.source, self.name, self.key, self.readings)
 
     def to_line(self) -> str:
-        fields: dict[str, MetricValue] = {
+        fields: dict[str, MetricValue] = dict(self.details)
+        fields.update({
             "id": self.id,
             "message": self.message,
             "first_ms": self.first_ms,
             "last_ms": self.last_ms,
             "readings": len(self.readings),
             "reading_ids": ",".join(f"{d}/{b}/{s}" for d, b, s in self.readings)[:1000],
-        }
-        fields.update(self.details)
+        })  # fmt: skip
         tags = {"source": self.source, "name": self.name, "site": self.site, "key": self.key,
                 "severity": self.severity}  # fmt: skip
         # at the last reading's event time, plus a sub-millisecond offset taken from the id: two alerts of

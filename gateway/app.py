@@ -18,31 +18,45 @@ import json
 import logging
 import os
 import re
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from .config import Config
-from .errors import GatewayError
-from .ingest import Incoming, IngestStats, Outbox, run_durable_ingest
+from .config import Config, redact_url
+from .errors import StateError
+from .ingest import (
+    Incoming,
+    IngestStats,
+    Outbox,
+    max_packet_size,
+    oversize_stub,
+    read_oversize_stub,
+    run_durable_ingest,
+)
 from .live import LiveView
 from .pipeline import Handled, Pipeline
 from .record import Recorder
 from .sinks import make_writer
 from .spool import OTHER, RAW, SpoolingSink
-from .state import KIND_MESSAGE, KIND_TICK, LogRecord, StateStore, dumps_in_pieces
+from .state import (
+    KIND_MESSAGE,
+    KIND_OVERSIZE,
+    KIND_TICK,
+    LogRecord,
+    StateFileError,
+    StateStore,
+    dumps_in_pieces,
+    file_error,
+)
 
 __all__ = ["Gateway", "StateError", "state_path", "wall_clock_ms"]
 
 log = logging.getLogger("gateway")
 
 STATE_VERSION = 1
-
-
-class StateError(GatewayError):
-    """The durable state cannot be used with this configuration."""
 
 
 def wall_clock_ms() -> int:
@@ -62,7 +76,10 @@ def _fingerprint(config: Config) -> str:
 
 
 def _digest(topic: str, payload: bytes) -> bytes:
-    return hashlib.blake2b(topic.encode() + b"\0" + payload, digest_size=16).digest()
+    h = hashlib.blake2b(topic.encode(), digest_size=16)
+    h.update(b"\0")
+    h.update(payload)  # not concatenated: no copy of the payload
+    return h.digest()
 
 
 class Gateway:
@@ -115,6 +132,9 @@ class Gateway:
         self._inputs_open.set()
         """Cleared while a checkpoint reads the pipeline's state in a worker thread: no input is applied then."""
         self._checkpointing = asyncio.Lock()
+        self.checkpoint_failures = 0
+        self._retry_checkpoint = 0.0
+        """Monotonic time before which the log's size asks for no checkpoint (one has just failed)."""
 
     # ------------------------------------------------------------------------------------ inputs
 
@@ -123,39 +143,58 @@ class Gateway:
 
         A message the broker re-sends (DUP) because the PUBACK of a logged copy was lost in a crash is
         recognised by its digest among the last logged messages, acknowledged again and not logged twice.
+
+        A payload over ``limits.max_bytes`` is never stored: the log keeps its stub (size, digest, head;
+        :func:`~gateway.ingest.oversize_stub`) as a record of kind ``KIND_OVERSIZE``, which becomes its
+        ``oversize`` dead letter. Digests are taken of what is logged, so a replay rebuilds the same ones.
         """
         now = self.now_ms()
-        rows = []
+        limit = self.config.limits.max_bytes
+        rows: list[tuple[int, str, bytes, int]] = []
+        received: list[tuple[str, bytes]] = []
         digests = []
         for topic, payload, dup in msgs:
-            digest = _digest(topic, payload)
+            kind, logged = (KIND_MESSAGE, payload) if len(payload) <= limit else (KIND_OVERSIZE, oversize_stub(payload))
+            digest = _digest(topic, logged)
             if dup and (digest in self.recent or digest in digests):
                 self.redelivered += 1
                 continue
             digests.append(digest)
-            rows.append((KIND_MESSAGE, topic, payload, now))
+            rows.append((kind, topic, logged, now))
+            received.append((topic, payload))
         positions = self.store.append(rows)
         # remembered only once committed: a failed append leaves them unacknowledged, and their redelivery
         # must then be logged, not taken for a copy of something logged
         self.recent.extend(digests)
         if self.recorder is not None:  # deploy
-            for _, topic, payload, _ in rows:
+            for topic, payload in received:
                 self.recorder.write(topic, payload, now)
-        return [LogRecord(p, KIND_MESSAGE, t, b, now) for p, (_, t, b, _) in zip(positions, rows, strict=True)]
+        return [LogRecord(p, k, t, b, now) for p, (k, t, b, _) in zip(positions, rows, strict=True)]
 
     async def _process(self, records: list[LogRecord]) -> None:
         for rec in records:
             if self._stopping:  # the rest is logged (and acknowledged): the restart replays it
                 return
             await self._apply(rec)
-        if self.store.log_rows >= self.config.state.checkpoint_max_log_rows:
-            await self.checkpoint()
+        if (
+            self.store.log_rows >= self.config.state.checkpoint_max_log_rows
+            and time.monotonic() >= self._retry_checkpoint
+        ):
+            try:
+                await self.checkpoint()
+            except Exception:  # a full disk, a lock: everything stays where it was; the tick's checkpoint tries again
+                self._retry_checkpoint = time.monotonic() + 1.0
+                log.exception("checkpoint failed; trying again later", extra={"event": "checkpoint_error"})
 
     async def _apply(self, rec: LogRecord) -> None:
         while not self._inputs_open.is_set():  # a checkpoint is reading the state
             await self._inputs_open.wait()
         if rec.kind == KIND_TICK:
             out = self.pipeline.tick(rec.received_ms)
+        elif rec.kind == KIND_OVERSIZE:
+            size, head = read_oversize_stub(rec.payload)
+            out = self.pipeline.handle_oversize(rec.topic, size, head, rec.received_ms)
+            self.metrics.messages_in += 1
         else:
             out = self.pipeline.handle(rec.topic, rec.payload, rec.received_ms)
             self.metrics.messages_in += 1
@@ -191,6 +230,10 @@ class Gateway:
         instant. Its state is read and encoded to JSON in a worker thread, a piece at a time, so the event
         loop goes on (MQTT, PUBACKs of logged messages, the writer, metrics); the SQLite transaction is on
         the loop, like every other use of the connection.
+
+        Two phases: the sink's lines leave memory only after the transaction that spools them (and truncates
+        the log) is committed. If it fails - a locked database, a full disk, anything - it raises, and the
+        lines are still in memory and the log still holds everything after the previous checkpoint.
         """
         async with self._checkpointing:
             self._inputs_open.clear()
@@ -199,8 +242,10 @@ class Gateway:
                 outbox = [[t, base64.b64encode(p).decode()] for t, p in self.outbox.queue]
                 recent = [d.hex() for d in self.recent]  # the loop's ingest appends to these: copied here
                 blob = await asyncio.to_thread(self._encode_state, outbox, recent)
-                spill = self.sink.spill()
-                self.store.checkpoint(pos, blob, self.now_ms(), spill)
+                self.sink.spill(lambda chunks: self.store.checkpoint(pos, blob, self.now_ms(), chunks))
+            except Exception:
+                self.checkpoint_failures += 1
+                raise
             finally:
                 self._inputs_open.set()
         self.checkpoints += 1
@@ -231,30 +276,42 @@ class Gateway:
                 gc.enable()
 
     async def recover(self) -> None:
-        """Restore the last checkpoint and replay the log after it through the pipeline."""
+        """Restore the last checkpoint and replay the log after it through the pipeline.
+
+        A checkpoint or log that cannot be read raises :class:`StateFileError` (damaged: ``edgekit-gateway
+        recover`` salvages what is readable); one written with another configuration, :class:`StateError`.
+        """
+        path = self.store.path
         ck = self.store.load_checkpoint()
         if ck is not None:
             if ck.state.get("version") != STATE_VERSION or ck.state.get("fingerprint") != self.fingerprint:
                 raise StateError(
-                    f"{self.store.path}: the checkpoint was written with other windows, watermarks or prefix "
-                    f"(fingerprint {ck.state.get('fingerprint')!r}, now {self.fingerprint!r}); move the file "
-                    "away to start afresh, or run with the configuration that wrote it"
+                    f"state file {path}: the checkpoint was written with other windows, watermarks or prefix "
+                    f"(fingerprint {ck.state.get('fingerprint')!r}, now {self.fingerprint!r}); run with the "
+                    "configuration that wrote it, or move the file away to start afresh"
                 )
             try:
                 self.pipeline.restore(ck.state["pipeline"])
-            except (KeyError, ValueError, TypeError) as exc:
-                raise StateError(f"{self.store.path}: cannot restore the checkpoint: {exc}") from exc
-            for topic, payload in ck.state.get("outbox", []):
-                self.outbox.put(topic, base64.b64decode(payload))
-            self.recent.extend(bytes.fromhex(d) for d in ck.state.get("recent", []))
+                outbox = [(topic, base64.b64decode(payload)) for topic, payload in ck.state.get("outbox", [])]
+                recent = [bytes.fromhex(d) for d in ck.state.get("recent", [])]
+            except (KeyError, ValueError, TypeError, AttributeError) as exc:
+                raise StateFileError(
+                    path, f"damaged: its checkpoint cannot be restored ({type(exc).__name__}: {exc})", damaged=True
+                ) from exc
+            for topic, payload in outbox:
+                self.outbox.put(topic, payload)
+            self.recent.extend(recent)
             self.pos = self.recovered_from = ck.pos
-        for rec in self.store.tail(self.pos):
-            if self._stopping:  # stopped during the replay: the next start goes on from the checkpoint
-                break
-            if rec.kind == KIND_MESSAGE:
-                self.recent.append(_digest(rec.topic, rec.payload))
-            await self._apply(rec)
-            self.replayed += 1
+        try:
+            for rec in self.store.tail(self.pos):
+                if self._stopping:  # stopped during the replay: the next start goes on from the checkpoint
+                    break
+                if rec.kind != KIND_TICK:
+                    self.recent.append(_digest(rec.topic, rec.payload))
+                await self._apply(rec)
+                self.replayed += 1
+        except sqlite3.DatabaseError as exc:
+            raise file_error(path, exc) from exc
         if ck is not None or self.replayed:
             log.info(
                 "recovered",
@@ -293,12 +350,14 @@ class Gateway:
                 "published": self.outbox.sent,
                 "outbox": len(self.outbox.queue),
                 "outbox_shed": self.outbox.shed,
+                "outbox_too_large": self.outbox.too_large,
             },
             "live": self.live.as_dict(self.now_ms()),  # deploy
             "state": {
                 "log_pos": self.pos,
                 "log_rows": self.store.log_rows,
                 "checkpoints": self.checkpoints,
+                "checkpoint_failures": self.checkpoint_failures,
                 "recovered_from": self.recovered_from,
                 "replayed": self.replayed,
                 "redelivered": self.redelivered,
@@ -316,12 +375,20 @@ class Gateway:
 
     async def _every_interval(self, stop: asyncio.Event, step: Callable[[], Awaitable[None]], what: str) -> None:
         """Run ``step`` every ``stats_interval_s`` until ``stop``; a failure (a full disk, a busy database) is
-        logged and tried again next time, never dies silently."""
+        logged and tried again next time, never dies silently. The same failure again is logged without its
+        traceback, so a disk that stays full does not fill the journal with them."""
+        last = ""
         while not stop.is_set():
             try:
                 await step()
-            except Exception:
-                log.exception("%s failed; trying again", what, extra={"event": f"{what}_error"})
+                last = ""
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                if error != last:
+                    log.exception("%s failed; trying again", what, extra={"event": f"{what}_error"})
+                else:
+                    log.warning("%s failed again; trying again", what, extra={"event": f"{what}_error", "error": error})
+                last = error
             try:
                 await asyncio.wait_for(stop.wait(), self.stats_interval_s)
             except TimeoutError:
@@ -357,7 +424,7 @@ class Gateway:
         cfg = self.config
         log.info(
             "gateway starting",
-            extra={"event": "start", "influx": cfg.influx.target, "influx_url": cfg.influx.url,
+            extra={"event": "start", "influx": cfg.influx.target, "influx_url": redact_url(cfg.influx.url),
                    "broker": f"{cfg.mqtt.host}:{cfg.mqtt.port}", "state": str(self.store.path)},
         )  # fmt: skip
         server = await self.metrics.serve(cfg.metrics.host, cfg.metrics.port) if cfg.metrics.port else None
@@ -379,6 +446,7 @@ class Gateway:
                     stop,
                     self.outbox,
                     batch=cfg.state.ingest_batch,
+                    max_packet=max_packet_size(cfg.limits),
                 )
             finally:
                 stop.set()
@@ -387,8 +455,14 @@ class Gateway:
                 # with InfluxDB away there is nothing to wait for: the final checkpoint spools what is left
                 drained = await self.sink.drain(30.0) if self.sink.healthy else False
                 await self.sink.close()
-                await self.checkpoint()
-                self.store.compact()
+                try:
+                    await self.checkpoint()
+                    self.store.compact()
+                except Exception:  # a full disk: the log keeps every input since the last checkpoint for the restart
+                    log.exception(
+                        "the final checkpoint failed: the next start replays the log from the last one",
+                        extra={"event": "checkpoint_error"},
+                    )
                 self._write_stats()
                 log.info("gateway stopped", extra={"event": "stop", "drained": drained, **self.snapshot_stats()})
         finally:

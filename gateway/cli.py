@@ -5,21 +5,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import signal
+import sqlite3
 import sys
 from pathlib import Path
 
-from .app import Gateway
-from .config import Config, load_config
+from .app import Gateway, state_path
+from .config import Config, load_config, secret_values
 from .engine.config import parse_duration
-from .errors import ConfigError
-from .logs import setup_logging
+from .errors import ConfigError, StateError
+from .logs import Redactor, setup_logging
 from .plan import run_plan
 from .progress import Progress
 from .protocol import METRIC_RE
 from .record import RecordError, count_records
 from .replay import replay
+from .salvage import recover_state
+from .state import HOLDS, StateFileError, file_error
 from .top import run_top
 
 __all__ = ["build_parser", "main"]
@@ -30,8 +34,9 @@ def _describe(cfg: Config) -> str:
     target = (
         f"InfluxDB 1.x at {i.url}, database {i.database!r}"
         + (f", rp {i.retention_policy!r}" if i.retention_policy else "")
+        + (f", user {i.username!r} (password {'set' if i.password else 'NOT set'})" if i.username else "")
         if i.target == "v1"
-        else f"InfluxDB v2 API at {i.url}, org {i.org!r}, bucket {i.bucket!r}"
+        else f"InfluxDB v2 API at {i.url}, org {i.org!r}, bucket {i.bucket!r}, token {'set' if i.token else 'NOT set'}"
     )
     return "\n".join(
         [
@@ -77,7 +82,9 @@ async def _run(cfg: Config, stats_file: Path | None, record: Path | None) -> Non
 
 # --- deploy: the command line (run, check, plan, replay, top) ------------------------------------------
 # Exit codes, for every command: 0 done, 1 failed (a file or a service), 2 usage or configuration error,
-# 130 interrupted.
+# 3 the state file cannot be used (damaged, unwritable, or written with another configuration: starting
+# again does not help, so the systemd unit does not restart on it), 130 interrupted.
+EXIT_STATE = 3
 
 PROG = "edgekit-gateway"
 STATS_ENV = "EDGEKIT_STATS_FILE"
@@ -87,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="The edgekit gateway: MQTT -> event-time windows -> InfluxDB.",
-        epilog="Exit codes: 0 done, 1 failed, 2 usage or configuration error, 130 interrupted. "
+        epilog="Exit codes: 0 done, 1 failed, 2 usage or configuration error, 3 state file unusable (damaged, "
+        f"unwritable or from another configuration; '{PROG} recover' salvages a damaged one), 130 interrupted. "
         f"Run '{PROG} COMMAND --help' for a command's options.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -116,6 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="append every received MQTT message to FILE (JSON lines: topic, payload base64, received_ms)",
     )
     command("check", "validate a configuration and say what it will do", "Validate a configuration; print the plan.")
+    command(
+        "recover",
+        "salvage a damaged state file into a fresh one, say what was kept and what is lost",
+        "Copy the state file of this configuration (<state.dir>/<client id>.db: ingest log, checkpoint, spool) "
+        "aside as <file>.damaged-<time>, salvage every readable log row, spool chunk and the checkpoint (if it "
+        "parses and restores) into a fresh file in its place, and say exactly what was kept and what is lost. "
+        "Run it with the gateway stopped. Exit 0 when the fresh file is in place, 1 when nothing was changed.",
+    )
     plan = command(
         "plan",
         "measure what a configuration does for a fleet: points per hour, state size",
@@ -159,6 +175,31 @@ def build_parser() -> argparse.ArgumentParser:
 def _fail(message: str, code: int = 1) -> int:
     print(f"{PROG}: {message}", file=sys.stderr)
     return code
+
+
+def _state_failure(exc: StateError, config: Path | None) -> int:
+    """A state file the gateway cannot use: what and where, what it holds, and what to do; no traceback."""
+    lines = [str(exc)]
+    if isinstance(exc, StateFileError) and exc.damaged:
+        where = f" --config {config}" if config is not None else ""
+        lines.append(
+            f"it holds {HOLDS}. The gateway does not start on a damaged state file: '{PROG} recover{where}' "
+            "salvages what is readable into a fresh file, keeps this one aside and says what is lost "
+            "(docs/reliability.md, 'Damaged state file')."
+        )
+    lasting = not isinstance(exc, StateFileError) or exc.lasting
+    return _fail("\n".join(lines), EXIT_STATE if lasting else 1)
+
+
+def _recover(cfg: Config) -> int:
+    try:
+        report = recover_state(cfg)
+    except StateError as exc:
+        return _fail(str(exc), 1)
+    except OSError as exc:  # a full disk while copying, say: the copies made so far are removed again
+        return _fail(f"recover failed: {exc}", 1)
+    print("\n".join(report.lines()))
+    return 0
 
 
 def _plan(cfg: Config, args: argparse.Namespace) -> int:
@@ -227,7 +268,10 @@ def _replay(cfg: Config, args: argparse.Namespace) -> int:
         print("dry run: nothing written")
         return 0
     s = res.sink
-    print(f"wrote {s['points_written']} points in {s['batches_written']} batches, {s['points_refused']} refused")
+    print(
+        f"wrote {s['points_written']} points in {s['batches_written']} batches, {s['points_refused']} refused, "
+        f"{s['points_unwritable']} unwritable (each a dead letter)"
+    )
     return 1 if res.refused else 0
 
 
@@ -246,17 +290,29 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"configuration error: {exc}", 2)
     try:
         if args.command == "check":
-            print(_describe(cfg))
+            print(Redactor(secret_values(cfg))(_describe(cfg)))  # it names no secret; and if it ever did
             return 0
         if args.command == "plan":
             return _plan(cfg, args)
         if args.command == "replay":
             return _replay(cfg, args)
-        setup_logging(cfg.log.level, cfg.log.format)
+        if args.command == "recover":
+            return _recover(cfg)
+        setup_logging(cfg.log.level, cfg.log.format, secret_values(cfg))
         try:
             asyncio.run(_run(cfg, args.stats_file, args.record))
         except RecordError as exc:
             return _fail(str(exc))
+        except StateError as exc:
+            return _state_failure(exc, args.config)
+        except sqlite3.DatabaseError as exc:  # the state file failed while running
+            return _state_failure(file_error(state_path(cfg), exc), args.config)
+        except Exception:
+            # through the log, whose formatter removes the secrets (a library's message may carry one)
+            logging.getLogger("gateway").critical(
+                "gateway stopped by an unexpected error", exc_info=True, extra={"event": "crash"}
+            )
+            return 1
         return 0
     except KeyboardInterrupt:
         return _fail("interrupted", 130)

@@ -8,30 +8,36 @@ Every error names the key and the value, e.g. ``influx.target: 'v3' is not one o
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import unquote, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 from .anomaly.config import AnomalySpec, parse_anomaly
 from .cep.config import parse_patterns
+from .cep.expr import Ref
 from .cep.pattern import PatternSpec
 from .engine.config import EngineSpec, parse_engine
 from .errors import ConfigError
-from .protocol import NAME_RE, Limits
+from .protocol import METRIC_RE, NAME_RE, RESERVED_METRICS, Limits
+from .schema import MetricTypes
 
 __all__ = [
     "Config",
     "DevicesConfig",
     "InfluxConfig",
     "LogConfig",
+    "MetricTypes",
     "MetricsConfig",
     "MqttConfig",
     "StateConfig",
     "load_config",
     "parse_config",
+    "redact_url",
+    "secret_values",
 ]
 
 ENV_PREFIX = "EDGEKIT_"
@@ -90,6 +96,14 @@ class DevicesConfig:
     max_devices: int = 10_000
     """At most this many devices get state (dedup, watermarks, windows, patterns, detectors); messages from
     further devices are dead letters (``too_many_devices``), so made-up ids cannot use up the memory."""
+    max_metric_names: int = 32
+    """Distinct metric names one device may use; a reading that would take it past them is a dead letter
+    (``too_many_metrics``), so one device cannot use up anomaly detection or the ``reading`` measurement's
+    fields. The ``reading`` measurement gets at most ``3 + max_devices * max_metric_names`` field keys."""
+    sites: Mapping[str, str] = field(default_factory=dict)
+    """Declared sites (``[devices.sites]``, device id -> site). A device is bound to the site it is first
+    admitted under; a declared device only to its declared one. A message under another site is a dead letter
+    (``site_mismatch``), except under the declared site: that moves the device there (docs/reliability.md)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +149,8 @@ class Config:
     """Anomaly detection (``[anomaly]``, see docs/anomaly.md); off when the section is absent."""
     patterns: tuple[PatternSpec, ...] = ()
     """CEP patterns (``[[patterns]]``, see docs/cep.md), validated at start."""
+    metric_types: MetricTypes = MetricTypes()
+    """The type of each metric (``[metric_types]``, see docs/protocol.md): a float unless declared otherwise."""
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
     """The whole parsed document, for sections other modules own (such as ``windows``)."""
 
@@ -174,14 +190,73 @@ def _secret(sec: dict[str, Any], where: str, key: str, env: Mapping[str, str], e
     if key in sec:
         raise ConfigError(f"{where}.{key}: secrets are not read from the config file; set {env_name} or {key}_file")
     if env.get(env_name):
-        return env[env_name]
-    path = _get(sec, where, f"{key}_file", str, None)
-    if path is None:
-        return None
+        value, origin = env[env_name], env_name
+    else:
+        path = _get(sec, where, f"{key}_file", str, None)
+        if path is None:
+            return None
+        try:
+            value, origin = Path(path).read_text(encoding="utf-8").strip(), f"{where}.{key}_file {path!r}"
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise ConfigError(f"{where}.{key}_file: cannot read {path!r}: {why}") from exc
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):  # the value itself is never shown
+        raise ConfigError(f"{where}.{key} (from {origin}): contains a control character (a second line?)")
+    return value
+
+
+_USERINFO = re.compile(r"^((?:[A-Za-z][A-Za-z0-9+.-]*:)?//)?([^/?#@]*)@")
+
+
+def redact_url(url: str) -> str:
+    """``url`` fit to show: a password in it becomes ``***`` (and a query, which may carry ``p=``, ``token=``),
+    even when the URL is malformed."""
+    m = _USERINFO.match(url)
+    if m is not None:
+        user = m[2].split(":", 1)[0]
+        url = f"{m[1] or ''}{user}{':***' if ':' in m[2] else ''}@" + url[m.end() :]
+    head, sep, _ = url.partition("?")
+    return head + (sep + "***" if sep else "")
+
+
+def _split_url(where: str, url: str, expected: str) -> SplitResult:
     try:
-        return Path(path).read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ConfigError(f"{where}.{key}_file: cannot read {path!r}: {exc.strerror}") from exc
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises for a bad port)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: expected {expected}, got {redact_url(url)!r} ({exc})") from None
+    return parts
+
+
+def secret_values(config: Config) -> tuple[str, ...]:
+    """Every secret of ``config`` (MQTT password, InfluxDB password and token) in each form it may take on the
+    way out: as given, JSON- and repr-escaped, percent-encoded, and as the HTTP Basic credentials it makes.
+    The log formatter removes each of them from every line (``gateway.logs``)."""
+    import base64
+    import json
+    from urllib.parse import quote, quote_plus
+
+    forms: set[str] = set()
+    for user, secret in (
+        (config.mqtt.username, config.mqtt.password),
+        (config.influx.username, config.influx.password),
+        (None, config.influx.token),
+    ):
+        if not secret:
+            continue
+        forms.update({secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]})
+        forms.update({repr(secret)[1:-1], quote(secret, safe=""), quote(secret, safe="!$&'()*+,;=:")})
+        forms.add(quote_plus(secret))
+        # and each long run of letters and digits in it, which survives any escaping of the characters around it
+        forms.update(run for run in re.findall(r"[A-Za-z0-9]+", secret) if len(run) >= 8)
+        for login in {user or "", ""}:
+            for encoding in ("utf-8", "latin-1"):
+                try:
+                    forms.add(base64.b64encode(f"{login}:{secret}".encode(encoding)).decode())
+                except UnicodeEncodeError:
+                    pass
+    # a value of a few characters would blank out ordinary words everywhere (and is no secret)
+    return tuple(sorted((f for f in forms if len(f) >= 4), key=len, reverse=True))
 
 
 def _apply_env(sec: dict[str, Any], name: str, keys: tuple[str, ...], env: Mapping[str, str]) -> None:
@@ -202,21 +277,23 @@ def _mqtt(doc: Mapping[str, Any], env: Mapping[str, str]) -> MqttConfig:
     }  # fmt: skip
     sec = _section(doc, "mqtt", allowed)
     _apply_env(sec, "mqtt", ("url", "username", "client_id", "prefix"), env)
-    password = _secret(sec, "mqtt", "password", env, "EDGEKIT_MQTT_PASSWORD")
     url = _get(sec, "mqtt", "url", str, "mqtt://127.0.0.1:1883")
-    parts = urlsplit(url)
+    userinfo = _USERINFO.match(url)
+    if (userinfo is not None and ":" in userinfo[2]) or "?" in url:
+        raise ConfigError(
+            f"mqtt.url: put no password in the URL (nor a query): {redact_url(url)!r}; set mqtt.username and "
+            "EDGEKIT_MQTT_PASSWORD (or mqtt.password_file)"
+        )
+    password = _secret(sec, "mqtt", "password", env, "EDGEKIT_MQTT_PASSWORD")
+    expected = "mqtt://host[:port] or mqtts://host[:port]"
+    parts = _split_url("mqtt.url", url, expected)
     if parts.scheme not in ("mqtt", "tcp", "mqtts") or not parts.hostname:
-        raise ConfigError(f"mqtt.url: expected mqtt://host[:port] or mqtts://host[:port], got {url!r}")
+        raise ConfigError(f"mqtt.url: expected {expected}, got {url!r}")
     tls = parts.scheme == "mqtts"
     if not tls and "ca_file" in sec:
         raise ConfigError(f"mqtt.ca_file: set, but mqtt.url {url!r} is not mqtts://: the connection would be plaintext")
-    try:
-        port = parts.port or (8883 if tls else 1883)
-    except ValueError as exc:
-        raise ConfigError(f"mqtt.url: bad port in {url!r}") from exc
+    port = parts.port or (8883 if tls else 1883)
     username = _get(sec, "mqtt", "username", str, None) or (unquote(parts.username) if parts.username else None)
-    if parts.password:
-        raise ConfigError("mqtt.url: put no password in the URL; set EDGEKIT_MQTT_PASSWORD")
     prefix = _get(sec, "mqtt", "prefix", str, "edgekit")
     if not NAME_RE.fullmatch(prefix):
         raise ConfigError(f"mqtt.prefix: {prefix!r} is not 1-32 of [A-Za-z0-9_-]")
@@ -266,7 +343,14 @@ def _influx(doc: Mapping[str, Any], env: Mapping[str, str]) -> InfluxConfig:
     if target not in ("v1", "v2"):
         raise ConfigError(f"influx.target: {target!r} is not one of v1, v2")
     url = _get(sec, "influx", "url", str, "http://127.0.0.1:8086")
-    parts = urlsplit(url)
+    if "@" in url.partition("?")[0].partition("#")[0] or "?" in url or "#" in url:
+        # the writer sends the user and password as HTTP Basic credentials (v1) or the token (v2): a URL that
+        # carried them would show them in every message that names the URL
+        raise ConfigError(
+            f"influx.url: put no user, password, token or query in the URL {redact_url(url)!r}; set "
+            "influx.username and EDGEKIT_INFLUX_PASSWORD (or influx.password_file), or EDGEKIT_INFLUX_TOKEN"
+        )
+    parts = _split_url("influx.url", url, "http(s)://host:port")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"influx.url: expected http(s)://host:port, got {url!r}")
     password = _secret(sec, "influx", "password", env, "EDGEKIT_INFLUX_PASSWORD")
@@ -310,7 +394,7 @@ def _limits(doc: Mapping[str, Any]) -> Limits:
 
 
 def _devices(doc: Mapping[str, Any]) -> DevicesConfig:
-    sec = _section(doc, "devices", {"allow_unknown", "known", "max_devices"})
+    sec = _section(doc, "devices", {"allow_unknown", "known", "max_devices", "max_metric_names", "sites"})
     known = _get(sec, "devices", "known", list, [])
     bad = [d for d in known if not isinstance(d, str) or not NAME_RE.fullmatch(d)]
     if bad:
@@ -321,7 +405,20 @@ def _devices(doc: Mapping[str, Any]) -> DevicesConfig:
     max_devices = int(_positive("devices", "max_devices", _get(sec, "devices", "max_devices", int, 10_000)))
     if len(set(known)) > max_devices:
         raise ConfigError(f"devices.max_devices: {max_devices} is below the {len(set(known))} devices of devices.known")
-    return DevicesConfig(allow_unknown=allow_unknown, known=frozenset(known), max_devices=max_devices)
+    max_metric_names = int(_positive("devices", "max_metric_names", _get(sec, "devices", "max_metric_names", int, 32)))
+    sites: dict[str, Any] = _get(sec, "devices", "sites", dict, {})
+    wrong = {
+        d: v for d, v in sites.items() if not (isinstance(v, str) and NAME_RE.fullmatch(d) and NAME_RE.fullmatch(v))
+    }
+    if wrong:
+        raise ConfigError(f"devices.sites: expected device id = site, both 1-32 of [A-Za-z0-9_-], got {wrong!r}")
+    return DevicesConfig(
+        allow_unknown=allow_unknown,
+        known=frozenset(known),
+        max_devices=max_devices,
+        max_metric_names=max_metric_names,
+        sites=dict(sites),
+    )
 
 
 def _log(doc: Mapping[str, Any], env: Mapping[str, str]) -> LogConfig:
@@ -371,6 +468,75 @@ def _metrics(doc: Mapping[str, Any], env: Mapping[str, str]) -> MetricsConfig:
     return MetricsConfig(host=_get(sec, "metrics", "host", str, "127.0.0.1"), port=port)
 
 
+_TYPE_KINDS = ("integer", "boolean", "string")
+
+
+def _metric_types(doc: Mapping[str, Any], env: Mapping[str, str]) -> MetricTypes:
+    """``[metric_types]``: lists of metric names per type (``integer``, ``boolean``, ``string``); every other
+    metric is a float. ``EDGEKIT_METRIC_TYPES_<KIND>`` (comma-separated names) replaces a list."""
+    sec = _section(doc, "metric_types", set(_TYPE_KINDS))
+    # a documented status field keeps its documented type whatever is declared here (docs/protocol.md)
+    lists: dict[str, frozenset[str]] = {}
+    owner: dict[str, str] = {}
+    for kind in _TYPE_KINDS:
+        env_name = f"{ENV_PREFIX}METRIC_TYPES_{kind.upper()}"
+        if env_name in env:
+            names: object = [n.strip() for n in env[env_name].split(",") if n.strip()]
+        else:
+            names = sec.get(kind, [])
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ConfigError(f"metric_types.{kind}: expected a list of metric names, got {names!r}")
+        for name in names:
+            if not METRIC_RE.fullmatch(name):
+                raise ConfigError(f"metric_types.{kind}: {name!r} is not a metric name ([a-z][a-z0-9_]{{0,31}})")
+            if name in RESERVED_METRICS:
+                raise ConfigError(f"metric_types.{kind}: {name!r} is a reserved name, not a metric")
+            if name in owner and owner[name] != kind:
+                raise ConfigError(f"metric_types: {name!r} is declared both {owner[name]} and {kind}")
+            owner[name] = kind
+        lists[kind] = frozenset(names)
+    return MetricTypes(integer=lists["integer"], boolean=lists["boolean"], string=lists["string"])
+
+
+def _check_metric_types(cfg: Config) -> None:
+    """The rules that read metrics must be able to see them: a pattern compares a string metric only with a
+    string and a number only with numbers; windows and anomaly detection take numbers (and booleans, in
+    windows, as 1.0 and 0.0). A condition that could never hold is a configuration error, not silence."""
+    types = cfg.metric_types
+
+    def declare_as(kind: str, metric: str) -> str:
+        return f'declare it in [metric_types]: {kind} = ["{metric}"]'
+
+    for p in cfg.patterns:
+        for step in p.steps:
+            for c in step.where:
+                at = f"patterns[{p.name}].steps[{step.name}].where: {c}"
+                have = types.of(c.metric)
+                v = c.value
+                if isinstance(v, bool):
+                    if have != "boolean":
+                        raise ConfigError(f"{at}: {c.metric} is a {have} metric, compared with a boolean; "
+                                          f"{declare_as('boolean', c.metric)}")  # fmt: skip
+                elif isinstance(v, str):
+                    if have != "string":
+                        raise ConfigError(f"{at}: {c.metric} is a {have} metric, compared with a string; "
+                                          f"{declare_as('string', c.metric)}")  # fmt: skip
+                else:
+                    numbers = [c.metric] + ([v.metric] if isinstance(v, Ref) else [])
+                    for m in numbers:
+                        if types.of(m) not in ("float", "integer"):
+                            raise ConfigError(f"{at}: {m} is a {types.of(m)} metric, compared as a number "
+                                              "(strings and booleans compare only with == and != against a "
+                                              "string or true/false)")  # fmt: skip
+    for w in cfg.engine.windows:
+        for m in w.metrics:
+            if types.of(m) == "string":
+                raise ConfigError(f"windows[{w.name}].metrics: {m} is a string metric; windows aggregate numbers")
+    for m in cfg.anomaly.metrics:
+        if types.of(m) in ("string", "boolean"):
+            raise ConfigError(f"anomaly.metrics: {m} is a {types.of(m)} metric; anomaly detection scores numbers")
+
+
 KNOWN_SECTIONS = {
     "mqtt",
     "influx",
@@ -383,6 +549,7 @@ KNOWN_SECTIONS = {
     "patterns",
     "state",
     "metrics",
+    "metric_types",
 }
 
 
@@ -392,7 +559,7 @@ def parse_config(doc: Mapping[str, Any], env: Mapping[str, str] | None = None) -
     unknown = sorted(set(doc) - KNOWN_SECTIONS)
     if unknown:
         raise ConfigError(f"unknown section(s) {', '.join(unknown)}; known: {', '.join(sorted(KNOWN_SECTIONS))}")
-    return Config(
+    cfg = Config(
         mqtt=_mqtt(doc, env),
         influx=_influx(doc, env),
         limits=_limits(doc),
@@ -403,8 +570,11 @@ def parse_config(doc: Mapping[str, Any], env: Mapping[str, str] | None = None) -
         engine=parse_engine(doc),
         anomaly=parse_anomaly(doc),
         patterns=parse_patterns(doc.get("patterns")),
+        metric_types=_metric_types(doc, env),
         raw=doc,
     )
+    _check_metric_types(cfg)
+    return cfg
 
 
 def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -> Config:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "DecodeError", "GatewayError", "SinkError"]
+__all__ = ["ConfigError", "DecodeError", "GatewayError", "SinkError", "StateError"]
 
 
 class GatewayError(Exception):
@@ -11,6 +11,11 @@ class GatewayError(Exception):
 
 class ConfigError(GatewayError):
     """The configuration is invalid; the message names the key and the value."""
+
+
+class StateError(GatewayError):
+    """The durable state file cannot be used (damaged, unwritable, in use, or written with another
+    configuration); the message names the file and what is wrong."""
 
 
 class DecodeError(GatewayError):

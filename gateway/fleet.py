@@ -15,6 +15,9 @@ The fleet file (TOML, safe to commit) lists devices and sites::
 - ``passwd``: the Mosquitto password file, PBKDF2-SHA512 hashes in Mosquitto 2's ``$7$`` format;
 - ``acl``: each device may write only ``<prefix>/<site>/<device>/readings`` and ``.../status`` and read only
   its ``.../cmd``; the gateway reads ``<prefix>/#`` and writes the command topics and ``<prefix>/_gateway/#``.
+
+``move --site S DEV...`` changes devices' site in the fleet file and prints the ``[devices.sites]`` lines the
+gateway needs to accept them there (it binds a device id to one site: docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -148,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     add.add_argument("--site", required=True)
     add.add_argument("devices", nargs="+")
     add.add_argument("--prefix", help="set the fleet's topic prefix")
+    move = sub.add_parser("move", help="move devices to another site (then write the credentials again)")
+    move.add_argument("--site", required=True)
+    move.add_argument("devices", nargs="+")
     sub.add_parser("list", help="list devices")
     cred = sub.add_parser("credentials", help="write passwords, the Mosquitto password file and the ACL")
     cred.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"untracked directory (default {DEFAULT_OUT})")
@@ -163,6 +169,20 @@ def main(argv: list[str] | None = None) -> int:
             prefix = _check_name("prefix", args.prefix) if args.prefix else fleet.prefix
             save_fleet(args.fleet, Fleet(prefix, fleet.gateway_user, fleet.devices + tuple(new)))
             print(f"added {len(new)} device(s) to {args.fleet}")
+        elif args.command == "move":
+            site = _check_name("site", args.site)
+            unknown = sorted(set(args.devices) - {d.id for d in fleet.devices})
+            if unknown:
+                raise FleetError(f"not in the fleet: {', '.join(unknown)}")
+            moved = set(args.devices)
+            devices = tuple(Device(d.id, site) if d.id in moved else d for d in fleet.devices)
+            save_fleet(args.fleet, Fleet(fleet.prefix, fleet.gateway_user, devices))
+            print(f"moved {len(moved)} device(s) to site {site} in {args.fleet}; next: run 'credentials' again and")
+            print("reload Mosquitto (the ACL), declare each under [devices.sites] in the gateway's configuration")
+            print("and restart it, then set the board's site: its first message there moves it (docs/reliability.md):")
+            print("[devices.sites]")
+            for d in sorted(moved):
+                print(f'{d} = "{site}"')
         elif args.command == "list":
             for d in fleet.devices:
                 print(f"{d.site}\t{d.id}\t{fleet.prefix}/{d.site}/{d.id}/")

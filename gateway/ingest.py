@@ -8,6 +8,13 @@ acknowledged, so the broker re-sends it after a crash or a lost connection. The 
 fixed client id, ``clean_start = false`` and a session expiry; its Receive Maximum (``max_inflight``)
 bounds how many unacknowledged messages the broker sends at once, which bounds the client's queue.
 
+The gateway asks for an MQTT 5 Maximum Packet Size (:func:`max_packet_size`: the payload limit
+``limits.max_bytes`` plus :data:`PACKET_ROOM` for the topic and headers), so a broker never sends it a
+message far over the limit: Mosquitto drops such a message for the gateway and logs it ("Dropping too large
+outgoing PUBLISH for <client id>"). It reads the broker's own limit from the CONNACK, warns when the broker
+has none (or a larger one), and never publishes an alert the broker would refuse (one over the broker's
+limit would end the connection at every try): it is counted in ``Outbox.too_large`` and logged instead.
+
 The reconnect loop sits outside the client (aiomqtt's own advice): each connection is a fresh
 ``aiomqtt.Client`` context, and a lost connection waits an exponentially growing, jittered delay
 before the next try. With ``clean_session = false`` and a fixed client id, the broker keeps the
@@ -17,12 +24,14 @@ subscription and queues QoS 1 messages while the gateway is away.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import random
 import ssl
+import struct
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -30,8 +39,21 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from .config import MqttConfig
+from .protocol import Limits
 
-__all__ = ["IngestStats", "Outbox", "make_client", "run_durable_ingest", "run_ingest"]
+__all__ = [
+    "HEAD_BYTES",
+    "PACKET_ROOM",
+    "IngestStats",
+    "Outbox",
+    "make_client",
+    "max_packet_size",
+    "oversize_stub",
+    "publish_packet_size",
+    "read_oversize_stub",
+    "run_durable_ingest",
+    "run_ingest",
+]
 
 log = logging.getLogger("gateway.ingest")
 
@@ -40,9 +62,61 @@ Incoming = tuple[str, bytes, bool]
 """(topic, payload, dup): ``dup`` is the broker's DUP flag, set when it re-sends an unacknowledged message."""
 T = TypeVar("T")
 
+PACKET_ROOM: Final = 4096
+"""Bytes beyond the payload limit in the gateway's Maximum Packet Size: the fixed header, the topic (a valid
+one is under 100 bytes past the prefix), the packet id and the properties a broker passes on. The broker
+configurations the project ships take packets of at most 8192 + 2048 bytes (``max_packet_size 10240``),
+so whatever they accept reaches the gateway (docs/reliability.md)."""
+
+HEAD_BYTES: Final = 256
+"""How much of an oversize payload the log keeps (the dead letter's excerpt is its first 200 bytes)."""
+
+_STUB: Final = struct.Struct(">Q16s")
+
+
+def max_packet_size(limits: Limits) -> int:
+    """The MQTT 5 Maximum Packet Size the gateway asks for: ``limits.max_bytes`` + :data:`PACKET_ROOM`."""
+    return limits.max_bytes + PACKET_ROOM
+
+
+def publish_packet_size(topic: str, payload: bytes) -> int:
+    """The size of the MQTT 5 PUBLISH (QoS 1, no properties) that carries ``payload`` on ``topic``."""
+    remaining = 2 + len(topic.encode()) + 2 + 1 + len(payload)
+    return 1 + _varint_bytes(remaining) + remaining
+
+
+def _varint_bytes(n: int) -> int:
+    return 1 if n < 128 else 2 if n < 16_384 else 3 if n < 2_097_152 else 4
+
+
+def oversize_stub(payload: bytes) -> bytes:
+    """What the log keeps of a payload over the limit: its size, a digest of it and its first bytes.
+
+    Enough to dead-letter it as ``oversize`` with its true size and excerpt; the payload itself is never
+    stored (a 100 MB message would otherwise cost 100 MB of log, and more of WAL).
+    """
+    digest = hashlib.blake2b(payload, digest_size=16).digest()
+    return _STUB.pack(len(payload), digest) + payload[:HEAD_BYTES]
+
+
+def read_oversize_stub(stub: bytes) -> tuple[int, bytes]:
+    """``(size, head)`` of an :func:`oversize_stub`."""
+    size, _ = _STUB.unpack_from(stub)
+    return size, stub[_STUB.size :]
+
 
 class IngestStats:
-    __slots__ = ("acked", "connected", "connects", "disconnects", "queued", "received")
+    __slots__ = (
+        "acked",
+        "broker_max_packet",
+        "connected",
+        "connects",
+        "disconnects",
+        "log_failing",
+        "log_failures",
+        "queued",
+        "received",
+    )
 
     def __init__(self) -> None:
         self.connects = 0
@@ -52,6 +126,12 @@ class IngestStats:
         self.acked = 0
         self.queued = 0
         """Messages received from the broker and not yet taken by the gateway (bounded by max_inflight)."""
+        self.broker_max_packet: int | None = None
+        """The Maximum Packet Size in the broker's last CONNACK (None: the broker states no limit)."""
+        self.log_failures = 0
+        """Times the durable log could not take messages (a full disk, an I/O error): they were not acknowledged."""
+        self.log_failing = False
+        """True from such a failure until the log takes messages again."""
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -60,6 +140,9 @@ class IngestStats:
             "disconnects": self.disconnects,
             "received": self.received,
             "acked": self.acked,
+            "broker_max_packet": self.broker_max_packet,
+            "log_failures": self.log_failures,
+            "log_failing": self.log_failing,
         }
 
 
@@ -77,6 +160,10 @@ class Outbox:
         self.empty.set()
         self.sent = 0
         self.shed = 0
+        self.too_large = 0
+        """Messages not published because the broker would refuse them (over its Maximum Packet Size)."""
+        self.max_packet: int | None = None
+        """The broker's Maximum Packet Size on the current connection (None: no limit)."""
         self.sending = False
 
     def put(self, topic: str, payload: bytes) -> None:
@@ -95,6 +182,16 @@ class Outbox:
             await self.ready.wait()
             while self.queue:
                 topic, payload = self.queue[0]
+                if self.max_packet is not None and publish_packet_size(topic, payload) > self.max_packet:
+                    # the broker would end the connection for it, at every try: the alert stays in InfluxDB
+                    self.queue.popleft()
+                    self.too_large += 1
+                    log.error(
+                        "message larger than the broker takes: not published",
+                        extra={"event": "outbox_too_large", "topic": topic, "bytes": len(payload),
+                               "broker_max_packet": self.max_packet},
+                    )  # fmt: skip
+                    continue
                 self.sending = True
                 try:
                     await client.publish(topic, payload, qos=1)
@@ -122,14 +219,23 @@ def _payload_bytes(payload: object) -> bytes:
     return str(payload).encode("utf-8")
 
 
-def make_client(cfg: MqttConfig, dup_mids: set[int] | None = None) -> aiomqtt.Client:
+def make_client(
+    cfg: MqttConfig,
+    dup_mids: set[int] | None = None,
+    *,
+    max_packet: int | None = None,
+    connack: list[Any] | None = None,
+) -> aiomqtt.Client:
     """An MQTT 5 client for ``cfg`` with manual acknowledgements (not connected yet).
 
     ``dup_mids`` collects the packet ids of messages that arrive with the DUP flag (aiomqtt's ``Message``
-    drops the flag, so it is read in paho's callback before aiomqtt sees the message).
+    drops the flag, so it is read in paho's callback before aiomqtt sees the message). ``max_packet`` is
+    sent as the Maximum Packet Size; ``connack`` receives the properties of the broker's CONNACK.
     """
     props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     props.ReceiveMaximum = cfg.max_inflight
+    if max_packet is not None:
+        props.MaximumPacketSize = max_packet
     props.SessionExpiryInterval = 0 if cfg.clean_session else cfg.session_expiry_s
     tls_context = None
     if cfg.tls:
@@ -158,6 +264,14 @@ def make_client(cfg: MqttConfig, dup_mids: set[int] | None = None) -> aiomqtt.Cl
             on_message(c, userdata, message)
 
         client._client.on_message = note_dup
+    if connack is not None:
+        on_connect = client._on_connect
+
+        def note_connack(c: Any, userdata: Any, flags: Any, reason: Any, properties: Any = None) -> None:
+            connack.append(properties)
+            on_connect(c, userdata, flags, reason, properties)
+
+        client._client.on_connect = note_connack
     client.pending_calls_threshold = max(client.pending_calls_threshold, 1000)
     return client
 
@@ -187,17 +301,21 @@ async def run_durable_ingest(
     *,
     batch: int = 100,
     ack_after_process: bool = False,
+    max_packet: int | None = None,
 ) -> None:
     """Run until ``stop`` is set: connect, subscribe, accept + acknowledge + process; reconnect on failure.
 
     ``accept`` must make the messages durable before it returns (it runs synchronously, so nothing else
-    happens between it and the acknowledgements).
+    happens between it and the acknowledgements). ``max_packet`` is the Maximum Packet Size the gateway
+    asks for (:func:`max_packet_size`; None: no limit).
     """
     delay = cfg.reconnect_min_s
     while not stop.is_set():
         try:
             dup_mids: set[int] = set()
-            async with make_client(cfg, dup_mids) as client:
+            connack: list[Any] = []
+            async with make_client(cfg, dup_mids, max_packet=max_packet, connack=connack) as client:
+                _note_broker_limit(connack, stats, outbox, max_packet)
                 # retained messages (board statuses) only for a new subscription: a resumed session already had them
                 options = SubscribeOptions(qos=cfg.qos, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
                 for topic in cfg.subscriptions:
@@ -233,6 +351,21 @@ async def run_durable_ingest(
                 pass
             delay = min(delay * 2, cfg.reconnect_max_s)
     stats.connected = False
+
+
+def _note_broker_limit(connack: list[Any], stats: IngestStats, outbox: Outbox | None, ours: int | None) -> None:
+    """Read the broker's Maximum Packet Size from its CONNACK; warn when it takes larger messages than ours."""
+    props = connack[-1] if connack else None
+    theirs = getattr(props, "MaximumPacketSize", None)
+    stats.broker_max_packet = int(theirs) if theirs is not None else None
+    if outbox is not None:
+        outbox.max_packet = stats.broker_max_packet
+    if ours is not None and (theirs is None or theirs > ours):
+        log.warning(
+            "the broker takes larger messages than the gateway: it drops those for the gateway and logs them",
+            extra={"event": "broker_packet_limit", "broker_max_packet": theirs, "gateway_max_packet": ours,
+                   "hint": "set max_packet_size in the broker's configuration (docs/reliability.md)"},
+        )  # fmt: skip
 
 
 async def _consume(
@@ -272,7 +405,9 @@ async def _consume(
                 dup = m.mid in dup_mids
                 dup_mids.discard(m.mid)
                 incoming.append((str(m.topic), _payload_bytes(m.payload), dup))
-            accepted = accept(incoming)
+            accepted = await _accept_until_durable(accept, incoming, stats, stop)
+            if isinstance(accepted, _Stopped):  # stopped while the log could not take them: not acknowledged
+                return
             if not ack_after_process:
                 _ack(client, got, stats)
                 await asyncio.sleep(0)  # let the PUBACKs go out before the (synchronous) processing
@@ -281,6 +416,53 @@ async def _consume(
                 _ack(client, got, stats)
     finally:
         stopper.cancel()
+
+
+LOG_RETRY_MAX_S = 30.0
+
+
+class _Stopped:
+    """What :func:`_accept_until_durable` returns when the gateway stops while the log cannot take messages."""
+
+
+async def _accept_until_durable(
+    accept: Callable[[list[Incoming]], T], incoming: list[Incoming], stats: IngestStats, stop: asyncio.Event
+) -> T | _Stopped:
+    """``accept(incoming)``; when it fails (the log's disk is full, an I/O error, a lock held too long), the
+    messages are not acknowledged and the gateway does not stop: it says so, waits (1 s doubling to 30 s) and
+    tries again with the same messages, while the connection, the writer and the metrics go on. A
+    :class:`_Stopped` when ``stop`` is set meanwhile."""
+    delay = 1.0
+    while True:
+        try:
+            accepted = accept(incoming)
+        except Exception as exc:
+            stats.log_failures += 1
+            if not stats.log_failing:
+                log.exception(
+                    "the durable log cannot take messages: not acknowledging them, trying again",
+                    extra={"event": "log_failing", "messages": len(incoming), "error": f"{type(exc).__name__}: {exc}"},
+                )
+            else:
+                log.warning(
+                    "the durable log still cannot take messages",
+                    extra={"event": "log_failing", "messages": len(incoming), "error": f"{type(exc).__name__}: {exc}",
+                           "retry_in_s": delay},
+                )  # fmt: skip
+            stats.log_failing = True
+            try:
+                await asyncio.wait_for(stop.wait(), delay)
+                return _Stopped()
+            except TimeoutError:
+                pass
+            delay = min(delay * 2, LOG_RETRY_MAX_S)
+            continue
+        if stats.log_failing:
+            log.warning(
+                "the durable log takes messages again", extra={"event": "log_ok", "failures": stats.log_failures}
+            )
+            stats.log_failing = False
+        return accepted
 
 
 def _ack(client: aiomqtt.Client, got: list[aiomqtt.Message], stats: IngestStats) -> None:

@@ -22,7 +22,7 @@ from .engine import Engine
 from .engine.outputs import LateReading, WindowResult
 from .lineproto import NS_PER_MS, line
 from .model import MetricValue, Reading
-from .schema import declare
+from .schema import FieldType, declare
 
 __all__ = [
     "DEVICE_INTERVAL_MS",
@@ -48,6 +48,10 @@ HEALTH_FIELDS: Final[dict[str, tuple[str, str]]] = {
     "alerts": ("pipeline", "alerts"),
     "points_written": ("sink", "points_written"),
     "points_refused": ("sink", "points_refused"),
+    "points_unwritable": ("sink", "points_unwritable"),
+    "sink_dead_letters_lost": ("sink", "dead_letters_lost"),
+    "log_failures": ("mqtt", "log_failures"),
+    "checkpoint_failures": ("state", "checkpoint_failures"),
     "write_failures": ("sink", "write_failures"),
     "pending": ("sink", "pending"),
     "last_write_ms": ("sink", "last_write_ms"),
@@ -55,18 +59,31 @@ HEALTH_FIELDS: Final[dict[str, tuple[str, str]]] = {
     "mqtt_connects": ("mqtt", "connects"),
     "outbox": ("mqtt", "outbox"),
 }
+HEALTH_TYPES: Final[dict[str, FieldType]] = {"last_write_ms": "float", "mqtt_connected": "boolean"}
+"""The fields of gateway_health that are not integers (counters and levels)."""
+_HEALTH_DECLARED: Final[dict[str, FieldType]] = {
+    name: HEALTH_TYPES.get(name, "integer") for name in (*HEALTH_FIELDS, "devices", "devices_active", "uptime_s")
+}
 
 GATEWAY_HEALTH: Final = declare(
     "gateway_health",
     tags=("gateway",),
-    fields=(*HEALTH_FIELDS, "devices", "devices_active", "uptime_s"),
+    fields=_HEALTH_DECLARED,
     time="the gateway's clock (processing time), every 10 s",
     module=__name__,
 )
 DEVICE_WATERMARK: Final = declare(
     "device_watermark",
     tags=("gateway", "site", "device"),
-    fields=("watermark_ms", "watermark_lag_ms", "last_event_ms", "last_seen_ms", "readings", "late", "active"),
+    fields={
+        "watermark_ms": "integer",
+        "watermark_lag_ms": "integer",
+        "last_event_ms": "integer",
+        "last_seen_ms": "integer",
+        "readings": "integer",
+        "late": "integer",
+        "active": "boolean",
+    },
     time="the gateway's clock (processing time), every 60 s",
     module=__name__,
 )
@@ -158,7 +175,8 @@ class LiveView:
             for name, (section, key) in HEALTH_FIELDS.items():
                 value = stats.get(section, {}).get(key)
                 if isinstance(value, (bool, int, float)):
-                    fields[name] = value
+                    kind = _HEALTH_DECLARED[name]
+                    fields[name] = bool(value) if kind == "boolean" else float(value) if kind == "float" else int(value)
             fields["devices"] = len(rows)
             fields["devices_active"] = sum(1 for r in rows.values() if r["active"])
             fields["uptime_s"] = (now_ms - self.started_ms) // 1000
@@ -166,7 +184,9 @@ class LiveView:
         if now_ms >= self._next_devices:
             self._next_devices = now_ms - now_ms % DEVICE_INTERVAL_MS + DEVICE_INTERVAL_MS
             for device, r in (rows or self.device_rows(now_ms)).items():
-                f: dict[str, MetricValue] = {"readings": r["readings"], "late": r["late"], "active": r["active"]}
+                f: dict[str, MetricValue] = {
+                    "readings": int(r["readings"]), "late": int(r["late"]), "active": bool(r["active"])
+                }  # fmt: skip
                 for key in ("watermark_ms", "watermark_lag_ms", "last_event_ms", "last_seen_ms"):
                     if r[key] is not None:
                         f[key] = int(r[key])

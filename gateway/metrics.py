@@ -48,6 +48,8 @@ class GatewayView(Protocol):
     @property
     def checkpoints(self) -> int: ...
     @property
+    def checkpoint_failures(self) -> int: ...
+    @property
     def replayed(self) -> int: ...
     @property
     def now_ms(self) -> Callable[[], int]: ...
@@ -91,7 +93,10 @@ class GatewayMetrics:
     def health(self) -> dict[str, object]:
         gw = self.gw
         return {
-            "status": "ok" if gw.ingest_stats.connected and gw.sink.healthy else "degraded",
+            "status": "ok"
+            if gw.ingest_stats.connected and gw.sink.healthy and not gw.ingest_stats.log_failing
+            else "degraded",
+            "log_failing": gw.ingest_stats.log_failing,
             "mqtt_connected": gw.ingest_stats.connected,
             "influx_healthy": gw.sink.healthy,
             "spool_lines": gw.store.spool_lines,
@@ -145,7 +150,10 @@ class _Collector(Collector):
         yield counter("edgekit_readings_accepted", "Readings accepted (new identities)", s.readings_accepted)
         yield counter("edgekit_duplicates", "Readings dropped as duplicates", s.duplicates)
         dead = CounterMetricFamily("edgekit_dead_letters", "Dead letters by reason", labels=["reason"])
-        for reason, n in sorted(s.dead_by_reason.items()):
+        by_reason = dict(s.dead_by_reason)
+        for reason, n in sink.stats.by_reason().items():  # lines the sink could not write (influx_refused, ...)
+            by_reason[reason] = by_reason.get(reason, 0) + n
+        for reason, n in sorted(by_reason.items()):
             dead.add_metric([reason], n)
         yield dead
         yield counter("edgekit_late_readings", "Readings routed to late_reading", s.late_readings)
@@ -167,12 +175,32 @@ class _Collector(Collector):
         spilled.add_metric(["other"], sink.spilled_lines[OTHER])
         yield spilled
         yield counter("edgekit_sink_full_waits", "Times ingest waited because memory and spool were full", sink.waits)
-        yield counter("edgekit_points_written", "Points written to InfluxDB", sink.stats.points_written)
-        yield counter("edgekit_points_refused", "Points InfluxDB refused (4xx)", sink.stats.points_refused)
-        yield counter("edgekit_write_failures", "Failed InfluxDB writes (retried)", sink.stats.write_failures)
+        st = sink.stats
+        yield counter("edgekit_points_written", "Points written to InfluxDB", st.points_written)
+        yield counter("edgekit_points_refused", "Points InfluxDB refused, each a dead letter", st.points_refused)
+        yield counter(
+            "edgekit_points_unwritable", "Points the writer could not send, each a dead letter unwritable",
+            st.points_unwritable,
+        )  # fmt: skip
+        sink_dead = CounterMetricFamily(
+            "edgekit_sink_dead_letters", "Dead letters of refused or unwritable points, by outcome", labels=["outcome"]
+        )
+        sink_dead.add_metric(["written"], st.dead_letters_written)
+        sink_dead.add_metric(["lost"], st.dead_letters_lost)  # InfluxDB refused the dead letter too
+        yield sink_dead
+        yield counter("edgekit_sink_isolations", "Batches cut up to find refused points", st.isolations)
+        yield counter("edgekit_write_failures", "Failed InfluxDB writes (retried)", st.write_failures)
         yield gauge("edgekit_influx_up", "1 when the last InfluxDB write succeeded", 1.0 if sink.healthy else 0.0)
         yield gauge("edgekit_mqtt_connected", "1 while connected to the broker", float(gw.ingest_stats.connected))
         yield counter("edgekit_checkpoints", "Checkpoints taken", gw.checkpoints)
+        yield counter(
+            "edgekit_checkpoint_failures", "Checkpoints that failed (tried again later; nothing moved)",
+            gw.checkpoint_failures,
+        )  # fmt: skip
+        yield counter(
+            "edgekit_log_failures", "Times the durable log could not take messages (not acknowledged; tried again)",
+            gw.ingest_stats.log_failures,
+        )  # fmt: skip
         yield gauge("edgekit_replayed", "Log records replayed at the last start", gw.replayed)
         lag = GaugeMetricFamily(
             "edgekit_watermark_lag_seconds", "Wall clock minus the device's event-time watermark", labels=["device"]

@@ -1,5 +1,9 @@
 """The synchronous heart of ingest: decode, check the device, remove duplicates, and say what to write.
 
+The device check: a device id is admitted (at most ``devices.max_devices``) and bound to one site, so the id
+alone keys all state; a device uses at most ``devices.max_metric_names`` metric names. Dedup then accepts each
+reading at most once (``gateway/dedup.py``); what it can no longer judge is a dead letter.
+
 ``Pipeline.handle(topic, payload, received_ms)`` never raises on bad input: a message that breaks the
 contract becomes a dead-letter point and a log line, and the gateway goes on.
 """
@@ -7,8 +11,11 @@ contract becomes a dead-letter point and a log line, and the gateway goes on.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import sys
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,10 +30,11 @@ from .engine.outputs import LateReading, WindowResult
 from .engine.outputs import Output as EngineOutput
 from .errors import DecodeError
 from .model import Batch, DeadLetter, Reading
-from .points import dead_letter_line, reading_line, status_line
-from .protocol import dead_letter_for, decode, excerpt
+from .points import READING, dead_letter_line, reading_line, status_line
+from .protocol import dead_letter_for, decode, excerpt, parse_topic
+from .schema import get as measurement
 
-__all__ = ["Pipeline", "Stats"]
+__all__ = ["Pipeline", "Stats", "reading_field_bound"]
 
 log = logging.getLogger("gateway.pipeline")
 
@@ -45,6 +53,8 @@ class Stats:
     late_readings: int = 0
     alerts: int = 0
     flush_markers: int = 0
+    moved: int = 0
+    """Devices moved to the site ``devices.sites`` declares for them."""
     ignored: int = 0
     """Messages on topics the gateway publishes itself (commands, ``<prefix>/_gateway/...``), and cleared
     retained statuses (an empty payload)."""
@@ -62,6 +72,7 @@ class Stats:
             "late_readings": self.late_readings,
             "alerts": self.alerts,
             "flush_markers": self.flush_markers,
+            "moved": self.moved,
             "ignored": self.ignored,
             "dead_by_reason": dict(sorted(self.dead_by_reason.items())),
         }
@@ -81,7 +92,8 @@ class Handled:
 
 
 class Pipeline:
-    """Decode -> device check -> dedup -> raw points, then the event-time engine on what is new."""
+    """Decode -> device check (admission, site, metric names) -> dedup -> raw points, then the event-time
+    engine, CEP and anomaly detection on what is new."""
 
     def __init__(self, config: Config, dedup: Dedup | None = None) -> None:
         self.config = config
@@ -96,8 +108,11 @@ class Pipeline:
         )
         self.cep = Cep(CepSpec(config.patterns, config.engine))
         self.stats = Stats()
-        self.devices: set[str] = set()
-        """The devices admitted so far (at most ``devices.max_devices``): only these get state."""
+        self.devices: dict[str, str] = {}
+        """The devices admitted so far (at most ``devices.max_devices``), each with the site it is bound to:
+        only these get state, and the device id alone keys it."""
+        self.metric_names: dict[str, set[str]] = {}
+        """Per device, the metric names of its accepted readings (at most ``devices.max_metric_names``)."""
         self._unique = 0
         self._own = (f"{config.mqtt.prefix}/_gateway/", "/cmd")
 
@@ -128,6 +143,24 @@ class Pipeline:
             self._dead(dead, out)
         return out
 
+    def handle_oversize(self, topic: str, size: int, head: bytes, received_ms: int) -> Handled:
+        """A message over ``limits.max_bytes`` of which only the first bytes were kept (``head``, at least
+        the dead letter's excerpt): the dead letter :meth:`handle` gives the whole message, with its size."""
+        out = Handled()
+        if self.is_own_topic(topic):
+            self.stats.ignored += 1
+            return out
+        self.stats.messages += 1
+        prefix = self.config.mqtt.prefix
+        try:
+            parse_topic(topic, prefix)  # decode judges the topic first
+            err = DecodeError("oversize", f"{size} bytes > {self.config.limits.max_bytes}")
+        except DecodeError as bad_topic:
+            err = bad_topic
+        dead = dead_letter_for(err, topic, head, received_ms, prefix)
+        self._dead(dataclasses.replace(dead, size=size), out)
+        return out
+
     def _handle(self, out: Handled, topic: str, payload: bytes, received_ms: int) -> Handled:
         if self.is_own_topic(topic) or (not payload and topic.endswith("/status")):
             # an empty payload on a status topic is MQTT's way of clearing a retained message, not a status
@@ -136,26 +169,21 @@ class Pipeline:
         self.stats.messages += 1
         cfg = self.config
         try:
-            msg = decode(topic, payload, received_ms, limits=cfg.limits, prefix=cfg.mqtt.prefix)
+            msg = decode(topic, payload, received_ms, limits=cfg.limits, prefix=cfg.mqtt.prefix, types=cfg.metric_types)
             if not cfg.devices.allow_unknown and msg.device not in cfg.devices.known:
                 raise DecodeError("unknown_device", f"device {msg.device!r} is not in devices.known")
             # a new device is admitted by a message that leaves state: a status, or a batch with a valid
             # reading or a flushed marker (one whose every reading is rejected only brings its dead letters)
             keeps = not isinstance(msg, Batch) or bool(msg.readings) or msg.flushed_ms is not None
-            if keeps and msg.device not in self.devices:
-                if len(self.devices) >= cfg.devices.max_devices:
-                    raise DecodeError(
-                        "too_many_devices",
-                        f"device {msg.device!r} is new and the gateway already keeps state for "
-                        f"devices.max_devices = {cfg.devices.max_devices} devices",
-                    )
-                self.devices.add(msg.device)
+            if self.devices.get(msg.device) != msg.site:  # not admitted yet, or bound elsewhere
+                self._admit(msg.device, msg.site, keeps)
         except DecodeError as err:
             self._dead(dead_letter_for(err, topic, payload, received_ms, cfg.mqtt.prefix), out)
             return out
         if not isinstance(msg, Batch):
             self.stats.status_updates += 1
-            out.lines.append(status_line(msg))
+            self._unique += 1
+            out.lines.append(status_line(msg, self._unique))
             self._engine_out(self.engine.process_status(msg), out)
             self._cep_out(self.cep.process_status(msg), out)
             return out
@@ -164,13 +192,33 @@ class Pipeline:
         self.stats.readings_in += len(msg.readings) + len(msg.rejected)
         for dead in msg.rejected:
             self._dead(dead, out)
-        for reading in msg.readings:
-            if not self.dedup.check_and_add(reading.device, reading.boot, reading.seq):
-                self.stats.duplicates += 1
-                continue
-            self.stats.readings_accepted += 1
-            out.readings.append(reading)
-            out.lines.append(reading_line(reading))
+        positions: list[int] | None = None
+        names = self.metric_names.get(msg.device)
+        cap = cfg.devices.max_metric_names
+        for n, reading in enumerate(msg.readings):
+            fresh = () if names is not None and names.issuperset(reading.metrics) else _fresh(reading, names)
+            if fresh and (0 if names is None else len(names)) + len(fresh) > cap:
+                reason, detail = "too_many_metrics", self._too_many(msg.device, names, fresh, cap)
+            else:
+                verdict = self.dedup.check(reading.device, reading.boot, reading.seq, reading.t_ms)
+                if verdict == "duplicate":
+                    self.stats.duplicates += 1
+                    continue
+                if verdict == "new":
+                    if fresh:
+                        if names is None:
+                            names = self.metric_names[msg.device] = set()
+                        names.update(sys.intern(m) for m in fresh)
+                    self.stats.readings_accepted += 1
+                    out.readings.append(reading)
+                    out.lines.append(reading_line(reading))
+                    continue
+                # the dedup state can no longer tell: it may have been accepted before
+                reason = verdict
+                detail = self.dedup.explain(reading.device, reading.boot, reading.seq, reading.t_ms, verdict)
+            if positions is None:
+                positions = _positions(msg)
+            self._dead(_reading_dead_letter(msg, reading, positions[n], reason, detail, len(payload)), out)
         # the engine sees each reading once: duplicates and rejected readings are already accounted for
         out.batch = dataclasses.replace(msg, readings=tuple(out.readings), rejected=())
         if out.readings or msg.flushed_ms is not None:
@@ -182,6 +230,62 @@ class Pipeline:
             for alert in found.alerts:
                 self._alert(alert, out)
         return out
+
+    def _too_many(self, device: str, names: set[str] | None, fresh: Sequence[str], cap: int) -> str:
+        have = 0 if names is None else len(names)
+        listed = ", ".join(sorted(fresh)[:5]) + (", ..." if len(fresh) > 5 else "")
+        return (
+            f"{len(fresh)} new metric name(s) ({listed}) would give device {device!r} {have + len(fresh)} names, "
+            f"over devices.max_metric_names = {cap}"
+        )
+
+    def _admit(self, device: str, site: str, keeps: bool) -> None:
+        """Bind a new device to its site (if the message leaves state), or check a known one's site.
+
+        Raises ``too_many_devices`` or ``site_mismatch``. A message under the device's declared site
+        (``devices.sites``) while it is bound to another moves it there.
+        """
+        cfg = self.config.devices
+        bound = self.devices.get(device)
+        declared = cfg.sites.get(device)
+        if bound is None:
+            if declared is not None and declared != site:
+                raise DecodeError(
+                    "site_mismatch",
+                    f"device {device!r} is declared under site {declared!r} (devices.sites), "
+                    f"this message came under site {site!r}",
+                )
+            if keeps:
+                if len(self.devices) >= cfg.max_devices:
+                    raise DecodeError(
+                        "too_many_devices",
+                        f"device {device!r} is new and the gateway already keeps state for "
+                        f"devices.max_devices = {cfg.max_devices} devices",
+                    )
+                self.devices[device] = site
+        elif bound != site:
+            if declared != site:
+                raise DecodeError(
+                    "site_mismatch",
+                    f"device {device!r} is bound to site {bound!r} (where it was first admitted), this message "
+                    f"came under site {site!r}; to move it there, declare devices.sites.{device} = {site!r}",
+                )
+            if keeps:
+                self._move(device, bound, site)
+
+    def _move(self, device: str, old: str, new: str) -> None:
+        """The device's first message under its declared site: its state follows it there."""
+        self.devices[device] = new
+        self.engine.move_device(device, new)
+        self.cep.move_device(device, new)
+        self.stats.moved += 1
+        log.info(
+            "device %s moved from site %s to %s",
+            device,
+            old,
+            new,
+            extra={"event": "device_moved", "device": device, "from_site": old, "to_site": new},
+        )
 
     def tick(self, now_ms: int) -> Handled:
         """Time-driven progress (devices turning idle release site windows). Never raises, like :meth:`handle`."""
@@ -196,8 +300,9 @@ class Pipeline:
     def snapshot(self) -> dict[str, Any]:
         """All state that decides future output: devices, dedup, windows, patterns, detectors, counters, stats."""
         return {
-            "devices": sorted(self.devices),
+            "devices": dict(sorted(self.devices.items())),
             "dedup": self.dedup.snapshot(),
+            "metric_names": {d: sorted(names) for d, names in sorted(self.metric_names.items())},
             "engine": self.engine.snapshot(),
             "cep": self.cep.snapshot(),
             "anomaly": self.anomaly.snapshot() if self.anomaly is not None else None,
@@ -207,15 +312,23 @@ class Pipeline:
 
     def restore(self, snap: dict[str, Any]) -> None:
         """Take back a :meth:`snapshot` (of a pipeline with the same configuration)."""
-        self.dedup.restore(snap["dedup"])
         self.engine.restore(snap["engine"])
+        # an old dedup snapshot has no event times: a device's latest one (the watermark tracker's) stands in
+        self.dedup.restore(snap["dedup"], {d: e[1] for d, e in self.engine.tracker.state.items()})
         self.cep.restore(snap["cep"])
         if self.anomaly is not None:
             self.anomaly.restore(snap["anomaly"])
-        if "devices" in snap:
-            self.devices = {str(d) for d in snap["devices"]}
-        else:  # a checkpoint from before devices.max_devices: the devices that have state are admitted
-            self.devices = set(self.dedup.state) | set(self.engine.tracker.state)
+        devices = snap.get("devices")
+        if isinstance(devices, dict):
+            self.devices = {str(d): str(site) for d, site in devices.items()}
+        else:
+            # an older checkpoint: the devices listed (before devices.max_devices: those that have state) are
+            # admitted and bound to the site the watermark tracker has for them (where they were first seen)
+            names = set(self.dedup.state) | set(self.engine.tracker.state) if devices is None else set(devices)
+            tracker = self.engine.tracker.state
+            self.devices = {str(d): str(tracker[d][0]) for d in sorted(names) if d in tracker}
+        # an older checkpoint has no metric names: each device's are counted again from its next readings
+        self.metric_names = {str(d): {sys.intern(str(m)) for m in ms} for d, ms in snap.get("metric_names", {}).items()}
         self._unique = int(snap["unique"])
         stats = dict(snap["stats"])
         by_reason = Counter({str(k): int(v) for k, v in stats.pop("dead_by_reason").items()})
@@ -259,3 +372,36 @@ class Pipeline:
                 "size": dead.size,
             },
         )
+
+
+def reading_field_bound(config: Config) -> int:
+    """The most field keys the gateway can give the ``reading`` measurement: its own (``boot``, ``seq``, ``q``)
+    and each admitted device's metric names."""
+    return len(measurement(READING).fields) + config.devices.max_devices * config.devices.max_metric_names
+
+
+def _fresh(r: Reading, names: set[str] | None) -> list[str]:
+    """The reading's metric names its device has not used yet."""
+    return list(r.metrics) if names is None else [m for m in r.metrics if m not in names]
+
+
+def _positions(batch: Batch) -> list[int]:
+    """Each valid reading's index in the message (the rejected ones keep theirs in their dead letters)."""
+    rejected = {d.index for d in batch.rejected}
+    return [i for i in range(len(batch.readings) + len(batch.rejected)) if i not in rejected]
+
+
+def _reading_dead_letter(batch: Batch, r: Reading, index: int, reason: str, detail: str, size: int) -> DeadLetter:
+    """The dead letter of one valid reading the pipeline turns away (its excerpt: the reading as sent)."""
+    doc = {"b": r.boot, "s": r.seq, "t": r.t_ms, "q": r.quality, "m": dict(r.metrics)}
+    return DeadLetter(
+        reason=reason,
+        detail=detail,
+        topic=batch.topic,
+        received_ms=batch.received_ms,
+        size=size,
+        excerpt=json.dumps(doc, separators=(",", ":"))[:200],
+        site=batch.site,
+        device=batch.device,
+        index=index,
+    )

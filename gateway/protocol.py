@@ -16,23 +16,48 @@ from typing import Any, Final
 
 from .errors import DecodeError
 from .model import QUALITIES, Batch, DeadLetter, MetricValue, Quality, Reading, StatusUpdate
+from .schema import NO_TYPES, FieldType, MetricTypes
 
 __all__ = [
     "PROTOCOL_VERSION",
     "REASONS",
+    "RESERVED_METRICS",
+    "RESERVED_STATUS_FIELDS",
+    "STATUS_FIELDS",
     "Limits",
     "TopicInfo",
+    "check_string",
     "dead_letter_for",
     "decode",
     "excerpt",
+    "metric_hint",
     "parse_topic",
+    "typed_value",
 ]
 
 PROTOCOL_VERSION: Final = 1
 
 NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}")
 METRIC_RE: Final = re.compile(r"[a-z][a-z0-9_]{0,31}")
-RESERVED_METRICS: Final = frozenset({"boot", "seq", "q", "rev", "time"})
+RESERVED_METRICS: Final = frozenset({"boot", "seq", "q", "rev", "time", "site", "device"})
+"""Names a metric may not have: the ``reading`` measurement's own fields and tags, and ``time`` (InfluxDB
+drops a field so named without an error; a field named like a tag hides the tag in every query)."""
+RESERVED_STATUS_FIELDS: Final = frozenset({"time", "site", "device"})
+"""Names a status field may not have, for the same reasons (``device_status`` is tagged by site and device)."""
+STATUS_FIELDS: Final[dict[str, FieldType]] = {
+    "state": "string",
+    "boot": "integer",
+    "t": "integer",
+    "clock": "string",
+    "sleep_s": "integer",
+    "battery_mv": "integer",
+    "buf": "integer",
+    "buf_cap": "integer",
+    "dropped": "integer",
+    "fw": "string",
+}
+"""The status fields docs/protocol.md documents, with their types; any other takes its type from the
+``[metric_types]`` declarations (a float unless declared otherwise)."""
 STATES: Final = ("online", "sleeping", "offline")
 INT64_MAX: Final = 2**63 - 1
 ID_MAX: Final = 2**31 - 1
@@ -49,11 +74,19 @@ REASONS: Final[dict[str, str]] = {
     "device_mismatch": "the payload's device differs from the topic's",
     "unknown_device": "the device is not in the gateway's device list",
     "too_many_devices": "a new device, and the gateway already keeps state for devices.max_devices devices",
+    "site_mismatch": "the device is bound to another site (where it was first admitted, or devices.sites)",
     "too_many_readings": "more readings in one message than allowed",
     "non_finite": "a metric value is NaN or infinite",
+    "bad_string": "a string holds a control character or a lone surrogate (not UTF-8)",
+    "type_mismatch": "a value of another kind than its metric's (or status field's) declared type",
     "time_too_old": "event time earlier than any synced clock could give",
     "time_in_future": "event time ahead of the gateway's clock by more than the tolerance",
+    "too_many_metrics": "the reading's new metric names would take its device past devices.max_metric_names",
+    "stale_boot": "a reading of a boot the gateway no longer tracks, at or before the latest time of a forgotten boot",
+    "stale_seq": "a sequence number below the ranges the gateway still tracks for its boot",
     "internal": "the gateway failed on this message (a bug: the log line has the traceback)",
+    "influx_refused": "InfluxDB refused the point (its message is the detail; the payload is the line)",
+    "unwritable": "the InfluxDB writer could not send the point (the error is the detail; the payload is the line)",
 }
 """Every reason code a dead letter can carry, with its meaning."""
 
@@ -136,8 +169,13 @@ def decode(
     *,
     limits: Limits = Limits(),
     prefix: str = "edgekit",
+    types: MetricTypes = NO_TYPES,
 ) -> Batch | StatusUpdate:
-    """Decode one MQTT message; raises :class:`DecodeError` when it must be rejected whole."""
+    """Decode one MQTT message; raises :class:`DecodeError` when it must be rejected whole.
+
+    ``types`` are the metrics' declared types (``[metric_types]``): a metric's value comes out of the
+    decoder with its declared type (a float unless declared otherwise), or the reading is refused.
+    """
     info = parse_topic(topic, prefix)
     if len(payload) > limits.max_bytes:
         raise DecodeError("oversize", f"{len(payload)} bytes > {limits.max_bytes}")
@@ -155,19 +193,19 @@ def decode(
         raise DecodeError("schema", f"top level must be an object, got {type(doc).__name__}")
     v = doc.get("v")
     if v != PROTOCOL_VERSION or isinstance(v, bool):
-        raise DecodeError("version", f"v={v!r}, this gateway speaks v={PROTOCOL_VERSION}")
+        raise DecodeError("version", f"v={_short(v)}, this gateway speaks v={PROTOCOL_VERSION}")
     dev = doc.get("dev")
     if dev != info.device:
-        raise DecodeError("device_mismatch", f"payload dev={dev!r}, topic device={info.device!r}")
+        raise DecodeError("device_mismatch", f"payload dev={_short(dev)}, topic device={info.device!r}")
     if info.kind == "status":
-        return _decode_status(doc, info, topic, received_ms)
-    return _decode_batch(doc, info, topic, payload, received_ms, limits)
+        return _decode_status(doc, info, topic, received_ms, limits, types)
+    return _decode_batch(doc, info, topic, payload, received_ms, limits, types)
 
 
 def _int_field(obj: dict[str, Any], key: str, lo: int, hi: int, where: str) -> int:
     value = obj.get(key)
     if not isinstance(value, int) or isinstance(value, bool):
-        raise DecodeError("schema", f"{where}{key} must be an integer, got {value!r}")
+        raise DecodeError("schema", f"{where}{key} must be an integer, got {_short(value)}")
     if not lo <= value <= hi:
         raise DecodeError("schema", f"{where}{key}={value} outside [{lo}, {hi}]")
     return value
@@ -180,6 +218,7 @@ def _decode_batch(
     payload: bytes,
     received_ms: int,
     limits: Limits,
+    types: MetricTypes,
 ) -> Batch:
     flushed: int | None = None
     if "flushed" in doc:
@@ -195,7 +234,7 @@ def _decode_batch(
     rejected: list[DeadLetter] = []
     for index, item in enumerate(raw):
         try:
-            readings.append(_decode_reading(item, index, info, received_ms, limits))
+            readings.append(_decode_reading(item, index, info, received_ms, limits, types))
         except DecodeError as err:
             rejected.append(
                 DeadLetter(
@@ -229,7 +268,9 @@ def _reading_excerpt(item: object) -> str:
     return text[:200]
 
 
-def _decode_reading(item: object, index: int, info: TopicInfo, received_ms: int, limits: Limits) -> Reading:
+def _decode_reading(
+    item: object, index: int, info: TopicInfo, received_ms: int, limits: Limits, types: MetricTypes
+) -> Reading:
     where = f"r[{index}]."
     if not isinstance(item, dict):
         raise DecodeError("schema", f"r[{index}] must be an object, got {type(item).__name__}")
@@ -238,9 +279,9 @@ def _decode_reading(item: object, index: int, info: TopicInfo, received_ms: int,
     t_ms = _int_field(item, "t", -INT64_MAX, INT64_MAX, where)
     q = item.get("q")
     if q not in QUALITIES:
-        raise DecodeError("schema", f"{where}q must be one of {'/'.join(QUALITIES)}, got {q!r}")
+        raise DecodeError("schema", f"{where}q must be one of {'/'.join(QUALITIES)}, got {_short(q)}")
     quality: Quality = q
-    metrics = _decode_metrics(item.get("m"), where, limits)
+    metrics = _decode_metrics(item.get("m"), where, limits, types)
     if t_ms < limits.min_time_ms:
         raise DecodeError("time_too_old", f"{where}t={t_ms} is before {limits.min_time_ms}")
     if t_ms > received_ms + limits.max_future_ms:
@@ -251,56 +292,140 @@ def _decode_reading(item: object, index: int, info: TopicInfo, received_ms: int,
     return Reading(info.site, info.device, boot, seq, t_ms, quality, metrics)
 
 
-def _decode_metrics(raw: object, where: str, limits: Limits) -> dict[str, MetricValue]:
+def _decode_metrics(raw: object, where: str, limits: Limits, types: MetricTypes) -> dict[str, MetricValue]:
     if not isinstance(raw, dict) or not raw:
-        raise DecodeError("schema", f"{where}m must be a non-empty object of metrics, got {raw!r}")
+        raise DecodeError("schema", f"{where}m must be a non-empty object of metrics, got {_short(raw)}")
     if len(raw) > limits.max_metrics:
         raise DecodeError("schema", f"{where}m has {len(raw)} metrics > {limits.max_metrics}")
     metrics: dict[str, MetricValue] = {}
     for name, value in raw.items():
-        if not METRIC_RE.fullmatch(name) or name in RESERVED_METRICS:
-            raise DecodeError("schema", f"{where}m: bad metric name {name!r}")
-        metrics[name] = _metric_value(name, value, where, limits)
+        if not METRIC_RE.fullmatch(name):
+            raise DecodeError("schema", f"{where}m: bad metric name {_short(name)}")
+        if name in RESERVED_METRICS:
+            raise DecodeError(
+                "schema", f"{where}m: the metric name {name!r} is reserved ({', '.join(sorted(RESERVED_METRICS))})"
+            )
+        metrics[name] = typed_value(value, types.of(name), f"{where}m.{name}", limits.max_string, name)
     return metrics
 
 
-def _metric_value(name: str, value: object, where: str, limits: Limits) -> MetricValue:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int):
-        if not -INT64_MAX - 1 <= value <= INT64_MAX:
-            raise DecodeError("schema", f"{where}m.{name}={value} does not fit in 64 bits")
-        return value
-    if isinstance(value, float):
+_BAD_CHAR: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def check_string(value: str, where: str) -> None:
+    """Raise ``bad_string`` if ``value`` holds a character no stored string may hold: a lone surrogate (it
+    has no UTF-8 form) or a control character (Unicode category Cc: U+0000-U+001F, U+007F-U+009F)."""
+    if value.isprintable():  # fast: holds neither
+        return
+    bad = _BAD_CHAR.search(value)
+    if bad is None:
+        return
+    c = bad.group()
+    what = "a lone surrogate (not UTF-8)" if "\ud800" <= c <= "\udfff" else "a control character"
+    raise DecodeError("bad_string", f"{where}: {_short(value)} holds {what}, U+{ord(c):04X} at index {bad.start()}")
+
+
+def metric_hint(name: str, want: FieldType, kind: FieldType) -> str:
+    """How to make a metric (or an undocumented status field) of type ``want`` take a value of type ``kind``:
+    the end of a ``type_mismatch`` detail."""
+    if kind == "float":
+        return f"{name} is declared {want} in [metric_types]; a metric declared nowhere there is a float"
+    default = " (a metric declared nowhere there is a float)" if want == "float" else ""
+    return f'to store it, declare {name} in [metric_types]: {kind} = ["{name}"]{default}'
+
+
+def typed_value(
+    value: object, want: FieldType, where: str, max_string: int, name: str, documented: bool = False
+) -> MetricValue:
+    """``value`` (decoded JSON) as a field ``name`` of type ``want``, or :class:`DecodeError`.
+
+    ``non_finite`` for NaN and infinities; ``schema`` for what is no number, boolean or string, an integer
+    beyond 64 bits, a string longer than ``max_string``; ``bad_string`` for a string no field may hold;
+    ``type_mismatch`` for a value of another kind than ``want``. A whole float is taken for an integer
+    field (21.0 -> 21, but not 21.5), and an integer for a float field if the float is exact (21 -> 21.0,
+    but not 2**53 + 1, which has no float). The detail says how to make the field take the refused kind
+    (``documented``: a status field docs/protocol.md gives a type, which no declaration changes).
+    """
+    if isinstance(value, float):  # a plain float, or the decoder's mark for NaN and Infinity
         if not math.isfinite(value):
-            raise DecodeError("non_finite", f"{where}m.{name} is {value!r}")
+            raise DecodeError("non_finite", f"{where} is {value!r}")
+        if want == "float":  # the common case, first
+            return value
+    elif not isinstance(value, (bool, int, str)):
+        raise DecodeError("schema", f"{where} must be a number, boolean or string, got {_short(value)}")
+    elif isinstance(value, int) and not isinstance(value, bool) and not -INT64_MAX - 1 <= value <= INT64_MAX:
+        raise DecodeError("schema", f"{where}={value} does not fit in 64 bits")
+    elif isinstance(value, str):
+        check_string(value, where)
+    why = ""
+    if want == "float":
+        if isinstance(value, int) and not isinstance(value, bool):
+            x = float(value)
+            if int(x) == value:
+                return x
+            why = f"an integer with no exact float (the nearest is {x!r})"
+    elif want == "integer":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            if not -(2.0**63) <= value < 2.0**63:
+                raise DecodeError("schema", f"{where}={value!r} does not fit in 64 bits")
+            return int(value)
+    elif want == "boolean":
+        if isinstance(value, bool):
+            return value
+    elif isinstance(value, str):
+        if len(value) > max_string:
+            raise DecodeError("schema", f"{where} is a string of {len(value)} > {max_string}")
         return value
-    if isinstance(value, str):
-        if len(value) > limits.max_string:
-            raise DecodeError("schema", f"{where}m.{name} is a string of {len(value)} > {limits.max_string}")
-        return value
-    raise DecodeError("schema", f"{where}m.{name} must be a number, boolean or string, got {value!r}")
+    kind = _natural(value)
+    said = why or {"boolean": "a boolean", "integer": "an integer", "float": "a float", "string": "a string"}[kind]
+    article = "an" if want == "integer" else "a"
+    if documented:
+        how = f"{name} is a documented status field, {article} {want} (docs/protocol.md)"
+    else:
+        how = metric_hint(name, want, kind)
+    raise DecodeError("type_mismatch", f"{where}={_short(value)} is {said}, not {article} {want}; {how}")
 
 
-def _decode_status(doc: dict[str, Any], info: TopicInfo, topic: str, received_ms: int) -> StatusUpdate:
+def _natural(value: bool | int | float | str) -> FieldType:
+    """The type a value would need: a float that is not whole needs a float field."""
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "float"
+    return "string"
+
+
+def _short(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _decode_status(
+    doc: dict[str, Any], info: TopicInfo, topic: str, received_ms: int, limits: Limits, types: MetricTypes
+) -> StatusUpdate:
     state = doc.get("state")
     if state not in STATES:
-        raise DecodeError("schema", f"state must be one of {'/'.join(STATES)}, got {state!r}")
+        raise DecodeError("schema", f"state must be one of {'/'.join(STATES)}, got {_short(state)}")
     fields: dict[str, MetricValue] = {}
     for key, value in doc.items():
         if key in ("v", "dev", "state"):
             continue
         if not METRIC_RE.fullmatch(key):
-            raise DecodeError("schema", f"status: bad field name {key!r}")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise DecodeError("non_finite", f"status: {key} is {value!r}")
-        if not isinstance(value, (bool, int, float, str)):
-            raise DecodeError("schema", f"status: {key} must be a number, boolean or string, got {value!r}")
-        if isinstance(value, str) and len(value) > 64:
-            raise DecodeError("schema", f"status: {key} is a string of {len(value)} > 64")
-        if isinstance(value, int) and not isinstance(value, bool) and not -INT64_MAX - 1 <= value <= INT64_MAX:
-            raise DecodeError("schema", f"status: {key}={value} does not fit in 64 bits")
-        if key == "sleep_s" and (isinstance(value, (bool, str)) or not 0 < value <= MAX_SLEEP_S):
+            raise DecodeError("schema", f"status: bad field name {_short(key)}")
+        if key in RESERVED_STATUS_FIELDS:
+            raise DecodeError(
+                "schema",
+                f"status: the field name {key!r} is reserved ({', '.join(sorted(RESERVED_STATUS_FIELDS))}: "
+                "InfluxDB drops a field named time, and site and device are the point's tags)",
+            )
+        documented = STATUS_FIELDS.get(key)
+        want = documented or types.of(key)
+        typed = typed_value(value, want, f"status: {key}", limits.max_string, key, documented is not None)
+        if key == "sleep_s" and not (isinstance(typed, int) and 0 < typed <= MAX_SLEEP_S):
             raise DecodeError("schema", f"status: sleep_s must be seconds in (0, {MAX_SLEEP_S}], got {value!r}")
-        fields[key] = value
+        fields[key] = typed
     return StatusUpdate(info.site, info.device, topic, received_ms, state, fields)

@@ -29,8 +29,12 @@ class ReplayResult:
 
     @property
     def refused(self) -> int:
-        value = self.sink.get("points_refused", 0)
-        return value if isinstance(value, int) else 0
+        """Lines that were not written: refused by InfluxDB or unwritable (each a dead letter)."""
+        total = 0
+        for key in ("points_refused", "points_unwritable"):
+            value = self.sink.get(key, 0)
+            total += value if isinstance(value, int) else 0
+        return total
 
 
 async def replay(

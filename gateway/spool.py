@@ -13,9 +13,11 @@ When the spool is over ``spool_max_bytes``, ``add`` waits until the writer makes
 reading from the broker (no acknowledgements, so the broker keeps the messages for the persistent session).
 ``stop_waiting()`` ends that wait for a clean stop: the lines stay in memory for the final checkpoint.
 
-``spill()`` takes everything in memory (including a batch being written) for a checkpoint, which stores it
-in the spool in the same transaction as the pipeline state. A batch written twice (once from memory,
-once from the spool) is harmless: every point is deterministic.
+``spill(commit)`` hands everything in memory (including a batch being written) to a checkpoint, which stores
+it in the spool in the same transaction as the pipeline state; only once that transaction is committed are
+the lines dropped from memory, so a checkpoint that fails (a locked or full disk, anything) leaves them
+where they were. A batch written twice (once from memory, once from the spool) is harmless: every point
+is deterministic.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from collections.abc import Callable
 from .config import InfluxConfig
 from .errors import SinkError
 from .points import READING
-from .sinks import SinkStats, Writer, write_with_retry
+from .sinks import Pending, SinkStats, Writer, write_batch
 from .state import StateStore
 
 __all__ = ["OTHER", "RAW", "SpoolingSink", "line_class"]
@@ -45,6 +47,24 @@ _RAW_PREFIX = READING + ","
 
 def line_class(line: str) -> int:
     return RAW if line.startswith(_RAW_PREFIX) else OTHER
+
+
+class _Batch:
+    """The batch being written: from the spool (``chunk_id``) or taken from memory (``chunk_id`` None)."""
+
+    __slots__ = ("chunk_id", "cls", "pending", "spilled")
+
+    def __init__(self, cls: int, chunk_id: int | None, lines: list[str]) -> None:
+        self.cls = cls
+        self.chunk_id = chunk_id
+        self.pending = Pending(lines)
+        self.spilled = False
+        """A checkpoint moved what was left of it (from memory) to the spool: it is written from there."""
+
+    @property
+    def in_memory(self) -> bool:
+        """Its unwritten lines are only in memory (a checkpoint must move them to the spool)."""
+        return self.chunk_id is None and not self.spilled
 
 
 class SpoolingSink:
@@ -70,9 +90,8 @@ class SpoolingSink:
         """Times ``add`` had to wait because memory and spool were both full."""
         self.healthy = True
         """False from a failed write until the next successful one."""
-        self._inflight: list[str] = []
-        self._inflight_class = OTHER
-        self._inflight_spilled = False
+        self._batch: _Batch | None = None
+        """The batch being written: kept until each of its lines is written or dead-lettered, whatever fails."""
         self._wake = asyncio.Event()
         self._progress = asyncio.Event()
         self._closing = False
@@ -83,7 +102,9 @@ class SpoolingSink:
 
     @property
     def in_memory(self) -> int:
-        return len(self.memory[0]) + len(self.memory[1]) + len(self._inflight)
+        batch = self._batch
+        inflight = len(batch.pending) if batch is not None and batch.in_memory else 0
+        return len(self.memory[0]) + len(self.memory[1]) + inflight
 
     @property
     def pending(self) -> int:
@@ -105,8 +126,11 @@ class SpoolingSink:
         limit = self.cfg.max_buffered
         while len(raw) + len(other) > limit:
             if self.store.spool_bytes < self.spool_max_bytes:
-                self._overflow()
-                break
+                try:
+                    self._overflow()
+                    break
+                except Exception:  # a full or locked disk: the lines stay in memory, ingest waits as if it were full
+                    log.exception("could not move lines to the spool", extra={"event": "sink_spill_error"})
             if self._stopping:  # the lines stay in memory; the final checkpoint spools them
                 break
             self.waits += 1
@@ -130,32 +154,41 @@ class SpoolingSink:
         self._progress.set()
 
     def _overflow(self) -> None:
-        """Move raw readings to the spool; the other class too if it alone is over the limit."""
+        """Move raw readings to the spool; the other class too if it alone is over the limit. The lines leave
+        memory only once the spool has them (if writing the spool fails, they stay and the error is raised)."""
         raw, other = self.memory
+        move_other = len(other) > self.cfg.max_buffered
         chunks = self._chunks(RAW, raw)
+        if move_other:
+            chunks += self._chunks(OTHER, other)
+        self.store.spool(chunks)
         self.spilled_lines[RAW] += len(raw)
         raw.clear()
-        if len(other) > self.cfg.max_buffered:
-            chunks += self._chunks(OTHER, other)
+        if move_other:
             self.spilled_lines[OTHER] += len(other)
             other.clear()
-        self.store.spool(chunks)
         log.warning(
             "sink behind: lines moved to the spool",
             extra={"event": "sink_spill", "spool_lines": self.store.spool_lines, "spool_bytes": self.store.spool_bytes},
         )
 
-    def spill(self) -> list[tuple[int, list[str]]]:
-        """Everything in memory as spool chunks, oldest first within each class; memory is left empty."""
+    def spill(self, commit: Callable[[list[tuple[int, list[str]]]], None]) -> None:
+        """Hand everything in memory to ``commit`` as spool chunks ``(class, lines)``, oldest first within each
+        class; drop it from memory only when ``commit`` has returned (it stores them durably, or raises and
+        memory is left as it was). ``commit`` runs synchronously: nothing else touches memory meanwhile."""
         chunks: list[tuple[int, list[str]]] = []
-        if self._inflight and not self._inflight_spilled:  # once: a second copy would land after newer lines
-            chunks += self._chunks(self._inflight_class, self._inflight)
-            self._inflight_spilled = True
+        # what is left of the batch in flight, once only: a second copy would land after newer lines
+        batch = self._batch if self._batch is not None and self._batch.in_memory else None
+        if batch is not None:
+            chunks += self._chunks(batch.cls, batch.pending.lines())
         for cls in (OTHER, RAW):
             chunks += self._chunks(cls, self.memory[cls])
+        commit(chunks)
+        if batch is not None:
+            batch.spilled = True
+        for cls in (OTHER, RAW):
             self.memory[cls].clear()
         self._wake.set()
-        return chunks
 
     def _chunks(self, cls: int, lines: deque[str] | list[str]) -> list[tuple[int, list[str]]]:
         items = list(lines)
@@ -164,19 +197,21 @@ class SpoolingSink:
 
     # ---------------------------------------------------------------------------------------- output
 
-    def _next(self) -> tuple[int | None, list[str]] | None:
-        """The next batch to write: ``(spool chunk id, lines)`` or ``(None, lines)`` taken from memory."""
+    def _next(self) -> _Batch | None:
+        """The batch to write: the one in hand if it is not done, else the next from the spool or memory."""
+        if self._batch is not None and not self._batch.spilled:
+            return self._batch
+        self._batch = None
         for cls in (OTHER, RAW):
             head = self.store.spool_head(cls) if self.store.spool_chunks else None
             if head is not None:
-                return head
+                self._batch = _Batch(cls, head[0], head[1])
+                return self._batch
             mem = self.memory[cls]
             if mem:
                 n = min(self.cfg.batch_size, len(mem))
-                self._inflight = [mem.popleft() for _ in range(n)]
-                self._inflight_class = cls
-                self._inflight_spilled = False
-                return None, self._inflight
+                self._batch = _Batch(cls, None, [mem.popleft() for _ in range(n)])
+                return self._batch
         return None
 
     async def _run(self) -> None:
@@ -184,7 +219,7 @@ class SpoolingSink:
         while True:
             try:
                 done = await self._step(interval)
-            except Exception:  # the spool's disk, a writer bug: say so, wait, try again; never die silently
+            except Exception:  # the spool's disk, a broken writer: say so, wait, try the same batch again
                 log.exception("sink writer failed; retrying in 1 s", extra={"event": "sink_error"})
                 self.healthy = False
                 await asyncio.sleep(1.0)
@@ -194,8 +229,8 @@ class SpoolingSink:
 
     async def _step(self, interval: float) -> bool:
         """Write one batch, or wait for lines; True when closing and nothing is left."""
-        nxt = self._next()
-        if nxt is None:
+        batch = self._next()
+        if batch is None:
             self._progress.set()
             if self._closing:
                 return True
@@ -205,33 +240,39 @@ class SpoolingSink:
             except TimeoutError:
                 pass
             return False
-        chunk_id, lines = nxt
-        await self._write(chunk_id, lines)
+        if await self._write(batch):
+            # every line written or dead-lettered: only now does the batch leave the spool (or memory)
+            if batch.chunk_id is not None:
+                self.store.spool_delete(batch.chunk_id)
+            self._batch = None
         self._progress.set()
         return False
 
-    async def _write(self, chunk_id: int | None, batch: list[str]) -> None:
+    async def _write(self, batch: _Batch) -> bool:
         def moved_to_spool() -> bool:  # a checkpoint moved this batch to the spool: it is written from there
-            return chunk_id is None and self._inflight_spilled
+            return batch.spilled
 
         def down(err: SinkError) -> None:
             if self.healthy:
                 log.warning("influx unreachable: spooling", extra={"event": "sink_down", "error": str(err)})
             self.healthy = False
 
-        elapsed = await write_with_retry(
-            self.writer, batch, self.stats, self.cfg.retry_max_s, give_up=moved_to_spool, on_retry=down
-        )
-        if elapsed is not None:
+        def up(elapsed: float) -> None:
             if not self.healthy:
                 log.warning("influx reachable again", extra={"event": "sink_up", "spool_lines": self.store.spool_lines})
             self.healthy = True
             if self.observe_latency is not None:
                 self.observe_latency(elapsed)
-        if chunk_id is not None:
-            self.store.spool_delete(chunk_id)
-        else:
-            self._inflight = []
+
+        return await write_batch(
+            self.writer,
+            batch.pending,
+            self.stats,
+            self.cfg.retry_max_s,
+            give_up=moved_to_spool,
+            on_retry=down,
+            on_written=up,
+        )
 
     async def drain(self, timeout_s: float) -> bool:
         """Wait until nothing is pending (True), or ``timeout_s`` passes or a write fails (False)."""

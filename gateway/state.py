@@ -7,7 +7,10 @@
   spool and deletes the log up to that position, so after a crash the state, the spool and the log tail
   always agree.
 - ``spool``: lines for InfluxDB that are not written yet, in chunks, oldest first, with a priority class
-  (0 raw readings, 1 everything else). Bounded by ``spool_max_bytes``.
+  (0 raw readings, 1 everything else). Bounded by ``spool_max_bytes``. A chunk is stored as a JSON array of
+  its lines (``fmt`` 1), so any list of strings comes back exactly: a raw newline inside a quoted string
+  value, any Unicode, even a lone surrogate (escaped by the JSON encoder). Rows of the first format (``fmt``
+  0: the lines joined by newlines, written when the line protocol escaped every newline) are still read.
 
 Sync policy: WAL journal. ``sync = "normal"`` (the default, ``PRAGMA synchronous=NORMAL``) makes every
 commit durable against a crash of the gateway process (SIGKILL, OOM kill, an exception): the commit is in
@@ -20,17 +23,42 @@ All calls are synchronous and short (one transaction each); the gateway calls th
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import secrets
 import sqlite3
+import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
 
-__all__ = ["KIND_MESSAGE", "KIND_TICK", "Checkpoint", "LogRecord", "StateStore", "dumps_in_pieces"]
+from .errors import StateError
+
+__all__ = [
+    "APPLICATION_ID",
+    "HOLDS",
+    "KIND_MESSAGE",
+    "KIND_OVERSIZE",
+    "KIND_TICK",
+    "Checkpoint",
+    "LogRecord",
+    "StateFileError",
+    "StateStore",
+    "dumps_in_pieces",
+    "expected_columns",
+    "file_error",
+    "lock_file",
+    "read_header",
+    "wal_identity",
+]
 
 KIND_MESSAGE: Final = 0
 KIND_TICK: Final = 1
+KIND_OVERSIZE: Final = 2
+"""A message over ``limits.max_bytes``: the payload column holds only its size, a digest and its head
+(``gateway.ingest.oversize_stub``), enough for its ``oversize`` dead letter."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS log (
@@ -51,10 +79,143 @@ CREATE TABLE IF NOT EXISTS spool (
     prio INTEGER NOT NULL,
     n INTEGER NOT NULL,
     bytes INTEGER NOT NULL,
-    lines TEXT NOT NULL
+    lines TEXT NOT NULL,
+    fmt INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS spool_prio ON spool (prio, id);
 """
+
+SPOOL_NEWLINES: Final = 0
+"""Spool chunk format 0: the lines joined by newlines (files written before the JSON format)."""
+SPOOL_JSON: Final = 1
+"""Spool chunk format 1: a JSON array of the lines (ASCII, so any ``str`` is stored and read back exactly)."""
+
+APPLICATION_ID: Final = 0x65646B67
+"""``PRAGMA application_id`` of a state file ("edkg"). Its ``user_version`` is a random id of the file, set when
+the file is made: a WAL file whose first page carries another id belongs to another database."""
+
+HOLDS: Final = (
+    "the ingest log (messages already acknowledged to the broker and not yet in a checkpoint), the checkpoint "
+    "(window, dedup, pattern and anomaly state, alerts not yet published) and the spool (lines not yet written "
+    "to InfluxDB)"
+)
+"""What a state file holds, for the messages that name a damaged or unusable one."""
+
+# SQLite primary result codes (https://www.sqlite.org/rescode.html)
+_DAMAGED_CODES: Final = {11: "SQLITE_CORRUPT", 26: "SQLITE_NOTADB"}
+_LASTING_CODES: Final = {3: "SQLITE_PERM", 8: "SQLITE_READONLY", 14: "SQLITE_CANTOPEN", 23: "SQLITE_AUTH"}
+_BUSY_CODES: Final = {5: "SQLITE_BUSY", 6: "SQLITE_LOCKED"}
+_HEADER = b"SQLite format 3\x00"
+
+
+class StateFileError(StateError):
+    """The state file ``path`` cannot be used. ``damaged``: its content is (``edgekit-gateway recover`` salvages
+    what is readable); ``lasting``: starting again will not help until someone acts (damage, permissions);
+    otherwise (a full disk, another process holding it) a later start may succeed."""
+
+    def __init__(self, path: Path, problem: str, *, damaged: bool, lasting: bool = True) -> None:
+        super().__init__(f"state file {path}: {problem}")
+        self.path = path
+        self.problem = problem
+        self.damaged = damaged
+        self.lasting = lasting or damaged
+
+
+def file_error(path: Path, exc: BaseException) -> StateFileError:
+    """The :class:`StateFileError` for an SQLite or OS error met while using the state file ``path``."""
+    if isinstance(exc, StateFileError):
+        return exc
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    what = str(exc) or type(exc).__name__
+    if primary in _DAMAGED_CODES:
+        if primary == 26:
+            return StateFileError(path, f"damaged: not an SQLite database ({what})", damaged=True)
+        return StateFileError(path, f"damaged: {what}", damaged=True)
+    if primary in _LASTING_CODES or isinstance(exc, PermissionError):
+        return StateFileError(
+            path, f"cannot be opened for writing ({what}): check the permissions of the file and its directory",
+            damaged=False,
+        )  # fmt: skip
+    if primary in _BUSY_CODES:
+        return StateFileError(path, f"in use by another process ({what})", damaged=False, lasting=False)
+    if isinstance(exc, OSError) and exc.strerror:
+        what = exc.strerror
+    return StateFileError(path, f"cannot be used: {what}", damaged=False, lasting=False)
+
+
+def lock_file(path: Path) -> int:
+    """Open ``path`` (created if missing) and take an exclusive ``flock`` on it: one gateway (or ``recover``) per
+    state file. Returns the descriptor, which holds the lock until it is closed.
+
+    A ``flock`` lock is independent of SQLite's own (POSIX ``fcntl``) locks on Linux. The descriptor stays open
+    as long as the database is: closing any descriptor of the file would drop the process's POSIX locks.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    except OSError as exc:
+        raise file_error(path, exc) from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        os.close(fd)
+        raise StateFileError(
+            path, "in use by another process (a gateway running with the same client id and state dir?)",
+            damaged=False, lasting=False,
+        ) from exc  # fmt: skip
+    return fd
+
+
+def read_header(fd: int) -> tuple[int, int] | None:
+    """``(application_id, user_version)`` from the database file's own header (not what its WAL says), or
+    None when the file has no SQLite header yet (a new file whose first page is still in the WAL)."""
+    head = os.pread(fd, 100, 0)
+    if len(head) < 100 or not head.startswith(_HEADER):
+        return None
+    user_version, application_id = struct.unpack(">I", head[60:64])[0], struct.unpack(">I", head[68:72])[0]
+    return application_id, user_version
+
+
+def wal_identity(wal: Path) -> tuple[int, int] | None:
+    """``(application_id, user_version)`` of the last valid copy of the first page in the WAL file ``wal``
+    (https://www.sqlite.org/fileformat.html#the_write_ahead_log), or None when it holds none.
+
+    Read by hand, before SQLite sees the WAL: SQLite applies any WAL file beside a database, even one left by
+    another database, and then reads a mix of the two (or calls it malformed)."""
+    try:
+        with open(wal, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return None
+    if len(data) < 32 or data[:4] not in (b"\x37\x7f\x06\x82", b"\x37\x7f\x06\x83"):
+        return None
+    page_size = int.from_bytes(data[8:12], "big")
+    salts = data[16:24]
+    found = None
+    frame = 24 + page_size
+    for at in range(32, len(data) - frame + 1, frame):
+        if data[at + 8 : at + 16] == salts and int.from_bytes(data[at : at + 4], "big") == 1:
+            page = data[at + 24 : at + 24 + 100]
+            found = int.from_bytes(page[68:72], "big"), int.from_bytes(page[60:64], "big")
+    return found
+
+
+def _columns(db: sqlite3.Connection, table: str) -> list[str]:
+    return [row[1] for row in db.execute(f"PRAGMA table_info({table})")]
+
+
+_EXPECTED: dict[str, list[str]] = {}
+
+
+def expected_columns(table: str) -> list[str]:
+    """The columns of ``table`` in a state file made by this version."""
+    if not _EXPECTED:
+        mem = sqlite3.connect(":memory:")
+        mem.executescript(_SCHEMA)
+        for name in ("log", "checkpoint", "spool"):
+            _EXPECTED[name] = _columns(mem, name)
+        mem.close()
+    return _EXPECTED[table]
 
 
 def dumps_in_pieces(obj: Any, depth: int = 6) -> str:
@@ -96,7 +257,8 @@ def _encode(obj: Any, depth: int, out: list[str]) -> None:
 
 @dataclass(frozen=True, slots=True)
 class LogRecord:
-    """One logged input: a message (``kind`` 0) or a tick (``kind`` 1, ``received_ms`` is its ``now``)."""
+    """One logged input: a message (``kind`` 0), a tick (``kind`` 1, ``received_ms`` is its ``now``) or an
+    oversize message (``kind`` 2, ``payload`` is its stub)."""
 
     pos: int
     kind: int
@@ -113,27 +275,86 @@ class Checkpoint:
 
 
 class StateStore:
-    """The SQLite file ``path`` (created with its directory). ``close()`` when done."""
+    """The SQLite file ``path`` (created with its directory). ``close()`` when done.
 
-    def __init__(self, path: Path, *, sync: Literal["normal", "full"] = "normal") -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    Opening checks the file and raises :class:`StateFileError` (naming the file and what is wrong) instead of
+    starting on it: SQLite's ``quick_check`` over every page (``verify``), a WAL file left by another database,
+    the tables being the gateway's, the file being writable and used by no other process.
+    """
+
+    def __init__(self, path: Path, *, sync: Literal["normal", "full"] = "normal", verify: bool = True) -> None:
         self.path = path
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
-        self.db.executescript(_SCHEMA)
-        row = self.db.execute("SELECT COALESCE(SUM(bytes), 0), COUNT(*), COALESCE(SUM(n), 0) FROM spool").fetchone()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise file_error(path, exc) from exc
+        self._lock = lock_file(path)
+        try:
+            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            os.close(self._lock)
+            raise file_error(path, exc) from exc
+        try:
+            self._open(sync, verify)
+        except (sqlite3.Error, OSError, StateFileError) as exc:
+            self.db.close()
+            os.close(self._lock)
+            raise file_error(path, exc) from exc
+
+    def _open(self, sync: str, verify: bool) -> None:
+        db = self.db
+        header = read_header(self._lock)
+        wal = wal_identity(Path(f"{self.path}-wal"))
+        if header is not None and header[0] == APPLICATION_ID and wal is not None and wal != header:
+            raise StateFileError(
+                self.path,
+                f"damaged: its WAL file ({self.path.name}-wal) belongs to another database (the file's id is "
+                f"{header[1]:#x}, the WAL's first page says {wal[1]:#x}); SQLite would mix the two",
+                damaged=True,
+            )
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
+        application_id = db.execute("PRAGMA application_id").fetchone()[0]
+        if verify:
+            said = [str(row[0]) for row in db.execute("PRAGMA quick_check(3)")]
+            if said != ["ok"]:
+                problems = [ln for text in said for ln in text.splitlines() if not ln.startswith("***")]
+                raise StateFileError(
+                    self.path, "damaged: SQLite's quick_check says: " + "; ".join(problems), damaged=True
+                )
+        if application_id not in (0, APPLICATION_ID):
+            raise StateFileError(
+                self.path, f"not a gateway state file (SQLite application_id {application_id:#x})", damaged=False
+            )
+        db.executescript(_SCHEMA)
+        self._upgrade_spool()
+        for table in ("log", "checkpoint"):
+            if _columns(db, table) != expected_columns(table):
+                raise StateFileError(
+                    self.path,
+                    f"not a gateway state file: its table {table!r} has columns {_columns(db, table)}",
+                    damaged=False,
+                )
+        if application_id == 0:  # a new file, or one from before the id: stamp it, and into the file itself
+            with self._tx():
+                db.execute(f"PRAGMA application_id={APPLICATION_ID}")
+                db.execute(f"PRAGMA user_version={secrets.randbits(31) or 1}")
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        row = db.execute("SELECT COALESCE(SUM(bytes), 0), COUNT(*), COALESCE(SUM(n), 0) FROM spool").fetchone()
         self.spool_bytes: int = row[0]
         self.spool_chunks: int = row[1]
         self.spool_lines: int = row[2]
-        self.last_pos: int = self.db.execute("SELECT COALESCE(MAX(pos), 0) FROM log").fetchone()[0]
-        seq = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'log'").fetchone()
+        self.last_pos: int = db.execute("SELECT COALESCE(MAX(pos), 0) FROM log").fetchone()[0]
+        seq = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'log'").fetchone()
         if seq is not None:
             self.last_pos = max(self.last_pos, seq[0])
-        self.log_rows: int = self.db.execute("SELECT COUNT(*) FROM log").fetchone()[0]
+        self.log_rows: int = db.execute("SELECT COUNT(*) FROM log").fetchone()[0]
 
     def close(self) -> None:
         self.db.close()
+        if self._lock >= 0:
+            os.close(self._lock)  # after the database: closing it drops the process's POSIX locks on the file
+            self._lock = -1
 
     # ------------------------------------------------------------------------------------------- log
 
@@ -168,10 +389,19 @@ class StateStore:
     # ------------------------------------------------------------------------------------ checkpoint
 
     def load_checkpoint(self) -> Checkpoint | None:
-        row = self.db.execute("SELECT pos, state, saved_ms FROM checkpoint WHERE id = 1").fetchone()
-        if row is None:
-            return None
-        return Checkpoint(pos=row[0], state=json.loads(row[1]), saved_ms=row[2])
+        """The checkpoint, or None before the first; :class:`StateFileError` (damaged) if it cannot be read."""
+        try:
+            row = self.db.execute("SELECT pos, state, saved_ms FROM checkpoint WHERE id = 1").fetchone()
+            if row is None:
+                return None
+            state = json.loads(row[1])
+        except (sqlite3.DatabaseError, ValueError, TypeError) as exc:
+            if isinstance(exc, sqlite3.DatabaseError) and not file_error(self.path, exc).damaged:
+                raise
+            raise StateFileError(self.path, f"damaged: its checkpoint cannot be read ({exc})", damaged=True) from exc
+        if not isinstance(state, dict) or not isinstance(row[0], int):
+            raise StateFileError(self.path, "damaged: its checkpoint is not a gateway checkpoint", damaged=True)
+        return Checkpoint(pos=row[0], state=state, saved_ms=row[2])
 
     def checkpoint(
         self, pos: int, state: dict[str, Any] | str, saved_ms: int, spill: Sequence[tuple[int, list[str]]] = ()
@@ -204,10 +434,16 @@ class StateStore:
 
     def spool_head(self, prio: int) -> tuple[int, list[str]] | None:
         """The oldest chunk of class ``prio``: ``(id, lines)``, or None."""
-        row = self.db.execute("SELECT id, lines FROM spool WHERE prio = ? ORDER BY id LIMIT 1", (prio,)).fetchone()
+        row = self.db.execute("SELECT id, lines, fmt FROM spool WHERE prio = ? ORDER BY id LIMIT 1", (prio,)).fetchone()
         if row is None:
             return None
-        return row[0], row[1].split("\n")
+        chunk_id, text, fmt = row
+        if fmt == SPOOL_NEWLINES:
+            return chunk_id, text.split("\n")
+        lines = json.loads(text)
+        if not isinstance(lines, list) or not all(isinstance(ln, str) for ln in lines):
+            raise ValueError(f"{self.path}: spool chunk {chunk_id} is not a list of lines")
+        return chunk_id, lines
 
     def spool_delete(self, chunk_id: int) -> None:
         row = self.db.execute("SELECT n, bytes FROM spool WHERE id = ?", (chunk_id,)).fetchone()
@@ -219,13 +455,18 @@ class StateStore:
         self.spool_bytes -= row[1]
         self.spool_chunks -= 1
 
+    def _upgrade_spool(self) -> None:
+        """A spool table from before the ``fmt`` column gets it; its rows keep format 0 (newline-joined)."""
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(spool)")}
+        if "fmt" not in columns:
+            self.db.execute(f"ALTER TABLE spool ADD COLUMN fmt INTEGER NOT NULL DEFAULT {SPOOL_NEWLINES}")
+
     def _spool_insert(self, chunks: Sequence[tuple[int, list[str]]]) -> None:
         for prio, lines in chunks:
             if lines:
-                text = "\n".join(lines)
                 self.db.execute(
-                    "INSERT INTO spool (prio, n, bytes, lines) VALUES (?, ?, ?, ?)",
-                    (prio, len(lines), len(text), text),
+                    "INSERT INTO spool (prio, n, bytes, lines, fmt) VALUES (?, ?, ?, ?, ?)",
+                    (prio, len(lines), _size(lines), _spool_json(lines), SPOOL_JSON),
                 )
 
     def _spool_count(self, chunks: Sequence[tuple[int, list[str]]]) -> None:
@@ -233,12 +474,21 @@ class StateStore:
             if lines:
                 self.spool_chunks += 1
                 self.spool_lines += len(lines)
-                self.spool_bytes += sum(map(len, lines)) + len(lines) - 1
+                self.spool_bytes += _size(lines)
 
     # ---------------------------------------------------------------------------------------- helper
 
     def _tx(self) -> _Tx:
         return _Tx(self.db)
+
+
+_spool_json = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
+"""A chunk's text: ASCII, so SQLite stores it whatever the lines hold (a lone surrogate cannot be UTF-8)."""
+
+
+def _size(lines: Sequence[str]) -> int:
+    """What ``spool_bytes`` counts for a chunk: the length of its lines as line protocol (joined by newlines)."""
+    return sum(map(len, lines)) + len(lines) - 1
 
 
 class _Tx:

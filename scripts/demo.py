@@ -41,8 +41,9 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 import services  # noqa: E402
 
+from gateway.config import load_config  # noqa: E402
 from sim.commands import report_scenario  # noqa: E402
-from sim.faults import InjectedAnomaly, ScriptedSequence, sequence_events  # noqa: E402
+from sim.faults import InjectedAnomaly, ScriptedSequence, sequence_events, sequence_metric_types  # noqa: E402
 from sim.fleet import FleetSpec, Plan, generate  # noqa: E402
 from sim.publish import BrokerConfig, PublishResult, publish  # noqa: E402
 
@@ -190,7 +191,8 @@ def write_config(target: Target) -> Path:
     # each demo run starts from a clean slate: the simulated fleet reuses its identities, which a gateway
     # that remembered the previous run (its durable log and checkpoint) would rightly take as duplicates
     shutil.rmtree(run / "gateway-state", ignore_errors=True)
-    # the example patterns, as shipped (with their [engine.watermark] table)
+    # the example patterns, as shipped (with their [engine.watermark] table, and the [metric_types] that
+    # declares door and status, the scripted sequences' metrics, strings: undeclared they would be floats)
     example = EXAMPLE.read_text(encoding="utf-8")
     patterns = example[example.index("[engine.watermark]") :]
     path = run / "gateway.toml"
@@ -234,6 +236,10 @@ write = "flagged"
 {patterns}""",
         encoding="utf-8",
     )
+    declared = load_config(path, env={}).metric_types
+    for name in sequence_metric_types(SEQUENCES).get("string", []):
+        if declared.of(name) != "string":  # the gateway would dead-letter every scripted reading
+            raise SystemExit(f"{EXAMPLE}: [metric_types] must declare {name!r} a string for the demo's sequences")
     return path
 
 

@@ -3,9 +3,9 @@
 
     python scripts/deploy.py --port /dev/ttyUSB0 --fleet fleet.json --device gh-07 [--compile]
 
-Steps, in one mpremote session: install umqtt.simple (``mip install``, or copy it from --lib-dir when the
-board has no internet, as in the unix-port test), copy the firmware (``--compile``: as .mpy made by mpy-cross,
-except boot.py and main.py), and write ``config_local.py`` and ``secrets.py`` generated from the fleet file.
+Steps, in one mpremote session: copy the firmware (``--compile``: as .mpy made by mpy-cross, except boot.py
+and main.py), and write ``config_local.py`` and ``secrets.py`` generated from the fleet file. The firmware
+needs no library beyond MicroPython's own modules (its MQTT client is firmware/mqtt.py).
 
 Fleet file (JSON): {"defaults": {...}, "devices": {"gh-07": {...}}}. A device's entry is merged over the
 defaults; keys listed in SECRET_KEYS go to secrets.py, everything else to config_local.py.
@@ -26,7 +26,6 @@ REPO = Path(__file__).resolve().parent.parent
 FIRMWARE = REPO / "firmware"
 SECRET_KEYS = ("wifi_ssid", "wifi_password", "mqtt_user", "mqtt_password")
 KEEP_SOURCE = ("boot.py", "main.py")
-MKDIRS = "import os\nfor d in ('lib', 'lib/umqtt'):\n try:\n  os.mkdir(d)\n except OSError:\n  pass"
 SKIP = ("config_local.py", "secrets.py", "secrets_example.py")
 
 
@@ -66,12 +65,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", required=True)
     ap.add_argument("--compile", action="store_true", help="copy .mpy compiled by mpy-cross")
     ap.add_argument("--march", default=None, help="mpy-cross -march (e.g. xtensawin); bytecode-only if unset")
-    ap.add_argument(
-        "--lib-dir",
-        type=Path,
-        default=None,
-        help="copy umqtt from this folder (e.g. .run/mpy-lib) instead of `mip install umqtt.simple`",
-    )
     ap.add_argument("--mpremote", default="mpremote")
     ap.add_argument("--dry-run", action="store_true")
     a = ap.parse_args(argv)
@@ -81,15 +74,6 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="edgekit-deploy-") as tmp:
         files = build(Path(tmp), cfg, secrets, a.compile, a.march)
         cmd = [a.mpremote, "connect", a.port, "resume"]
-        if a.lib_dir is not None:
-            src = a.lib_dir / "umqtt"
-            if not (src / "simple.py").exists():
-                raise SystemExit(f"no umqtt in {a.lib_dir}: run scripts/fetch_umqtt.sh")
-            cmd += ["exec", MKDIRS, "+"]
-            for f in sorted(src.glob("*.py")):
-                cmd += ["fs", "cp", str(f), f":lib/umqtt/{f.name}", "+"]
-        else:
-            cmd += ["mip", "install", "umqtt.simple", "+"]
         for f in files:  # one explicit destination each (the unix port has no ':' root to copy into)
             cmd += ["fs", "cp", str(f), f":{f.name}", "+"]
         cmd += ["exec", "import os; print(sorted(os.listdir()))"]

@@ -59,6 +59,19 @@ DEFAULT_TIMEOUT = 30.0
 # mosquitto lives in /usr/sbin, which is not on an ordinary user's PATH on Debian.
 _EXTRA_PATH = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 
+# The broker settings every configuration the project ships has (deploy/mosquitto/*.conf,
+# deploy/systemd/mosquitto-edgekit.conf, and the one generated here; tests/test_broker_configs.py checks
+# that they agree). docs/reliability.md says why and what each costs.
+MAX_PACKET_SIZE = 10240
+"""Largest packet the broker takes from a client: the protocol's 8192-byte payload plus 2048 for topic and
+headers. A client that sends a larger one is disconnected before its payload is read (no PUBACK)."""
+AUTOSAVE_INTERVAL = 1
+"""Mosquitto saves its whole database (sessions, queued messages) when more than this many seconds passed
+since the last save: every 2 s here, so a broker crash loses at most ~2 s of what it had queued."""
+QUEUE_LIMITS = ("max_queued_messages 1000000", "max_queued_bytes 0")
+"""The gateway's persistent session must hold what it has not acknowledged yet (while it restarts or
+catches up): Mosquitto's default of 1000 queued messages per session would drop the rest, silently."""
+
 
 class ServiceError(RuntimeError):
     """A service could not be started, probed or stopped."""
@@ -455,6 +468,8 @@ def start_mosquitto(
     password_file: Path | None = None,
     acl_file: Path | None = None,
     persistence: bool = False,
+    max_packet_size: int | None = MAX_PACKET_SIZE,
+    autosave_interval: int | None = AUTOSAVE_INTERVAL,
     extra_conf: Sequence[str] = (),
     timeout: float = DEFAULT_TIMEOUT,
 ) -> Proc:
@@ -462,8 +477,11 @@ def start_mosquitto(
 
     ``password_file`` (made with ``mosquitto_passwd``) and ``acl_file`` are copied into the service dir
     so that the unprivileged ``mosquitto`` user can read them. ``persistence`` keeps sessions and queued
-    messages in ``mosquitto.db`` in the service dir across a restart on the same dir; ``extra_conf`` lines
-    are appended to the generated configuration (e.g. ``max_queued_messages 100000``, a TLS listener).
+    messages in ``mosquitto.db`` in the service dir across a restart on the same dir, saved every
+    ``autosave_interval`` seconds (None: Mosquitto's default, 30 minutes). ``max_packet_size`` is the
+    largest packet the broker takes from a client (None: no limit). The defaults and the queue limits
+    (:data:`QUEUE_LIMITS`) are the project's broker settings. ``extra_conf`` lines are appended to the
+    generated configuration (e.g. ``max_queued_messages 100000``, a TLS listener).
     """
     binary = MOSQUITTO.find_binary()
     sdir = _service_dir(run_dir, MOSQUITTO)
@@ -490,6 +508,11 @@ def start_mosquitto(
         private.append(target)
     if persistence:
         lines.append(f"persistence_location {sdir}/")
+        if autosave_interval is not None:
+            lines.append(f"autosave_interval {autosave_interval}")
+    if max_packet_size is not None:
+        lines.append(f"max_packet_size {max_packet_size}")
+    lines.extend(QUEUE_LIMITS)
     lines.extend(extra_conf)
     if user is not None:
         lines.append(f"user {user}")
@@ -604,7 +627,7 @@ def _cli_start(args: argparse.Namespace) -> int:
         return 2
     run_dir: Path = args.run_dir
     starters: list[tuple[Service, int, Callable[[], Proc]]] = [
-        (MOSQUITTO, args.mqtt_port, lambda: start_mosquitto(run_dir, args.mqtt_port)),
+        (MOSQUITTO, args.mqtt_port, lambda: start_mosquitto(run_dir, args.mqtt_port, persistence=True)),
         (
             INFLUXDB,
             args.influx_port,

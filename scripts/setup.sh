@@ -112,8 +112,6 @@ else
 fi
 # --- optional compiled engine (end) ---------------------------------------------------------------------
 # --- 3. firmware test tools -----------------------------------------------------------------------------
-# umqtt.simple for the MicroPython unix port (on a board, mpremote mip installs it instead)
-PATH="$PWD/.venv/bin:$PATH" sh scripts/fetch_umqtt.sh >/dev/null && step "umqtt.simple for the MicroPython unix port: ready"
 # micropython-esp32-stubs for the firmware's type check, in .run/esp32-stubs (not in .venv)
 PYTHON=.venv/bin/python sh scripts/typecheck_firmware.sh --install >/dev/null && step "micropython-esp32-stubs for the firmware type check: ready"
 if [[ -z "${EDGEKIT_MICROPYTHON:-}" && ! -x .venv/bin/micropython ]] && ! command -v micropython >/dev/null; then

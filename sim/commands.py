@@ -22,7 +22,7 @@ from .publish import parse_broker_url
 from .realtime import replay
 from .reference import Expected, engine_spec, expect
 from .report import write_report
-from .scenario import Scenario, load_scenario, parse_duration, scenario_names
+from .scenario import Scenario, check_metric_types, load_scenario, parse_duration, scenario_names
 from .verify import Verdict, compare, influx_rows, truth_doc
 from .world import Run, simulate
 
@@ -47,9 +47,10 @@ def prepare(
     gateway: Mapping[str, Any] | None = None,
     now_ms: Callable[[], int] | None = None,
 ) -> Prepared:
-    """Simulate the scenario and compute what the gateway must write (with ``gateway``'s engine and windows,
-    default the scenario's ``[gateway]`` table)."""
+    """Simulate the scenario and compute what the gateway must write (with ``gateway``'s engine, windows and
+    metric types, default the scenario's ``[gateway]`` table)."""
     gw = dict(scenario.gateway if gateway is None else gateway)
+    check_metric_types(scenario.sequences, gw)
     spec = engine_spec(gw)
     run = simulate(scenario, now_ms)
     return Prepared(scenario, gw, run, expect(run, spec))
@@ -73,7 +74,7 @@ def _load_gateway(path: Path) -> dict[str, Any]:
         raise SimError(f"cannot read the gateway configuration {str(path)!r}: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(f"{path}: not valid TOML: {exc}") from exc
-    return {k: doc[k] for k in ("engine", "windows") if k in doc}
+    return {k: doc[k] for k in ("engine", "windows", "metric_types") if k in doc}
 
 
 def _write_json(path: Path, doc: object) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Final
 
@@ -26,6 +26,7 @@ __all__ = [
     "SequenceEvent",
     "apply_anomaly",
     "sequence_events",
+    "sequence_metric_types",
 ]
 
 ANOMALY_KINDS: Final = ("spike", "level_shift", "drift", "stuck", "dropout", "noise_burst")
@@ -149,6 +150,13 @@ class ScriptedSequence:
             "expect_alert": self.expect_alert,
             "events": [[self.at_ms + e.offset_ms, e.metric, e.value] for e in self.events()],
         }
+
+
+def sequence_metric_types(sequences: Iterable[ScriptedSequence]) -> dict[str, list[str]]:
+    """The ``[metric_types]`` table a gateway needs to accept these sequences' readings: their metrics
+    (``door``, ``status``) are strings, and a gateway takes an undeclared metric for a float."""
+    used = sorted({e.metric for q in sequences for e in q.events()})
+    return {"string": used} if used else {}
 
 
 def sequence_events(kind: str) -> tuple[SequenceEvent, ...]:

@@ -25,7 +25,15 @@ from typing import Final
 
 from .devices import METRIC_GENERATORS, Device, MetricGenerator, make_devices
 from .errors import SpecError
-from .faults import ANOMALY_KINDS, SEQUENCE_KINDS, AnomalyState, InjectedAnomaly, ScriptedSequence, apply_anomaly
+from .faults import (
+    ANOMALY_KINDS,
+    SEQUENCE_KINDS,
+    AnomalyState,
+    InjectedAnomaly,
+    ScriptedSequence,
+    apply_anomaly,
+    sequence_metric_types,
+)
 from .malformed import MALFORMED_KINDS, ExpectedMalformed, Malformer
 from .wire import (
     MAX_BYTES,
@@ -258,6 +266,11 @@ class Plan:
     """Each injected anomaly in event time, with the event times of the readings it changed."""
     sequences: tuple[ScriptedSequence, ...] = ()
     """The scripted sequences, ``at_ms`` in event time."""
+
+    def metric_types(self) -> dict[str, list[str]]:
+        """The ``[metric_types]`` table the gateway needs for this plan (its scripted sequences' string
+        metrics); every other metric the fleet sends is a float."""
+        return sequence_metric_types(self.sequences)
 
     def counts(self) -> PlanCounts:
         """Message and reading counts, and the dead-letter records the gateway should write."""

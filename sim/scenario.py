@@ -57,7 +57,8 @@ A scenario file (``sim/scenarios/*.toml``) has these tables; every key is option
     device = "dev-0001"
     at = "15m"
 
-    [gateway]                       # optional: the gateway's [engine] and [[windows]], for the reference
+    [gateway]                       # optional: the gateway's [engine], [[windows]] and [metric_types]
+    metric_types = { string = ["door", "status"] }   # needed with [[sequences]]: their metrics are strings
     [[gateway.windows]]
     name = "temp_1m"
     kind = "tumbling"
@@ -71,7 +72,7 @@ offsets inside the run may be negative (``"-2h"``). Every error names the key an
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -81,7 +82,7 @@ from gateway.errors import ConfigError
 
 from .devices import METRIC_GENERATORS
 from .errors import SpecError
-from .faults import ANOMALY_KINDS, SEQUENCE_KINDS, InjectedAnomaly, ScriptedSequence
+from .faults import ANOMALY_KINDS, SEQUENCE_KINDS, InjectedAnomaly, ScriptedSequence, sequence_metric_types
 from .wire import MAX_READINGS, NAME_RE
 
 __all__ = [
@@ -92,6 +93,7 @@ __all__ = [
     "Outage",
     "Scenario",
     "Storm",
+    "check_metric_types",
     "load_scenario",
     "parse_duration",
     "parse_scenario",
@@ -493,8 +495,9 @@ def parse_scenario(doc: Mapping[str, Any]) -> Scenario:
             raise SpecError(f"sequences[{i}].device: {seq.device!r} is not one of dev-0001..dev-{devices:04d}")
         sequences.append(seq)
     gateway = doc.get("gateway", {})
-    if not isinstance(gateway, Mapping) or set(gateway) - {"engine", "windows"}:
-        raise SpecError(f"gateway: expected a table with only 'engine' and 'windows', got {gateway!r}")
+    if not isinstance(gateway, Mapping) or set(gateway) - {"engine", "windows", "metric_types"}:
+        raise SpecError(f"gateway: expected a table with only 'engine', 'windows' and 'metric_types', got {gateway!r}")
+    check_metric_types(sequences, gateway)
     return replace(
         scenario,
         groups=tuple(groups),
@@ -504,6 +507,19 @@ def parse_scenario(doc: Mapping[str, Any]) -> Scenario:
         sequences=tuple(sequences),
         gateway=dict(gateway),
     )
+
+
+def check_metric_types(sequences: Iterable[ScriptedSequence], gateway: Mapping[str, Any]) -> None:
+    """The sequences' string metrics must be declared strings in the gateway's ``metric_types`` (a gateway takes
+    an undeclared metric for a float and dead-letters a string as ``type_mismatch``); raises :class:`SpecError`."""
+    declared = gateway.get("metric_types", {})
+    strings = declared.get("string", []) if isinstance(declared, Mapping) else []
+    for metric in sequence_metric_types(sequences).get("string", []):
+        if not isinstance(strings, list) or metric not in strings:
+            raise SpecError(
+                f"gateway.metric_types.string: the sequences send {metric!r} as a string, and the gateway takes "
+                f'a metric not declared for a float; declare it: [gateway.metric_types] string = ["{metric}", ...]'
+            )
 
 
 def scenario_names() -> list[str]:

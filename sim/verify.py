@@ -115,12 +115,18 @@ def _split(s: str, sep: str) -> list[str]:
 
 
 def _unescape(s: str) -> str:
-    return re.sub(r"\\(.)", lambda m: "\n" if m.group(1) == "n" else m.group(1), s)
+    """A name or tag value: a backslash escapes a comma, an equals sign or a space (InfluxDB 1.x's rule)."""
+    return re.sub(r"\\([,= ])", r"\1", s)
+
+
+def _unescape_string(s: str) -> str:
+    """A string field value: a backslash escapes a backslash or a double quote; any other is itself."""
+    return re.sub(r'\\([\\"])', r"\1", s)
 
 
 def _value(raw: str) -> Any:
     if raw.startswith('"'):
-        return _unescape(raw[1:-1])
+        return _unescape_string(raw[1:-1])
     if raw in ("true", "false"):
         return raw == "true"
     if raw.endswith("i"):

@@ -8,8 +8,8 @@ per reading what the board stamped and what the network did to it.
 Boards
     Each board samples every ``interval`` (``factor`` times faster during a storm), stamps the reading
     with its own clock and appends it to its buffer; every ``publish_every`` samples it connects and
-    sends the buffer in batches at QoS 1, one at a time, each re-sent until acknowledged (umqtt.simple
-    waits for the PUBACK). A sleepy board ends each connection's last batch with a ``flushed`` marker
+    sends the buffer in batches at QoS 1, one at a time, each re-sent until acknowledged (the firmware's
+    client waits for the PUBACK). A sleepy board ends each connection's last batch with a ``flushed`` marker
     and announces ``sleep_s`` in its status. During an outage of its site the connection fails and the
     buffer grows: a burst follows. At the end of the run every board flushes what it still holds.
 Clocks

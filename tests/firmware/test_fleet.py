@@ -7,6 +7,7 @@ once, at its event time, except those the power loss destroyed."""
 from __future__ import annotations
 
 import asyncio
+import re
 import struct
 import threading
 import time
@@ -24,7 +25,7 @@ from gateway.model import Batch, StatusUpdate
 from gateway.protocol import decode
 from sim.board.runner import BoardSpec, Fleet, Hook, PowerLoss, host_ms
 
-from .conftest import Broker
+from .conftest import FIRMWARE, Broker
 
 pytestmark = pytest.mark.integration
 
@@ -100,21 +101,29 @@ class GatewayThread:
         return self.gw
 
 
+def state_hdr() -> int:
+    """HDR, the RTC-memory header size, from firmware/state.py."""
+    m = re.search(r"^HDR = const\((\d+)\)", (FIRMWARE / "state.py").read_text(), re.M)
+    assert m, "no HDR in firmware/state.py"
+    return int(m.group(1))
+
+
 def ring_ids(raw: bytes) -> set[tuple[int, int]]:
     """(boot, seq) of the readings in an RTC-memory image (layout in firmware/state.py)."""
-    if len(raw) < 60:
+    hdr = state_hdr()
+    if len(raw) < hdr:
         return set()
     head, count, cap = struct.unpack_from("<HHH", raw, 20)
     rec = raw[3]
     out = set()
     for k in range(count):
-        b, s = struct.unpack_from("<II", raw, 60 + ((head + k) % cap) * rec)
+        b, s = struct.unpack_from("<II", raw, hdr + ((head + k) % cap) * rec)
         out.add((b, s))
     return out
 
 
 def test_three_boards_two_hours(
-    micropython: str, umqtt_lib: Path, broker: Broker, tmp_path: Path, influxdb_v1: Proc, influx_db: str
+    micropython: str, broker: Broker, tmp_path: Path, influxdb_v1: Proc, influx_db: str
 ) -> None:
     dur = 2 * HOUR
     tail = 16 * MIN  # a few more wakes, so every reading of the 2 hours had its publish turn
@@ -144,7 +153,7 @@ def test_three_boards_two_hours(
         # so the backlog spills to flash
         BoardSpec(
             "fw-2",
-            {**common, "rtc_mem": 60 + 4 * (17 + 4 * NM)},
+            {**common, "rtc_mem": state_hdr() + 4 * (17 + 4 * NM)},
             {"values": values, "wifi_down": [[start - MIN, start + 30 * MIN], outage]},
             drift_ppm=-25,
             stagger_ms=11_000,

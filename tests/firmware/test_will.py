@@ -174,7 +174,7 @@ def retained(port: int, topic: str) -> tuple[bytes, bool]:
 
 
 def test_last_will_on_power_loss_and_sleeping_on_clean_sleep(
-    micropython: str, umqtt_lib: Path, broker: Broker, tmp_path: Path
+    micropython: str, broker: Broker, tmp_path: Path
 ) -> None:
     keepalive = default_keepalive_s()
     assert keepalive <= 15, "a board that dies connected must be declared offline soon"

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import load_config, parse_config
+from gateway.config import load_config, parse_config, redact_url, secret_values
 from gateway.errors import ConfigError
 
 
@@ -85,3 +85,90 @@ def test_bad_toml_is_a_config_error(tmp_path: Path) -> None:
         load_config(path, env={})
     with pytest.raises(ConfigError, match="cannot read config file"):
         load_config(tmp_path / "missing.toml", env={})
+
+
+# --- secrets never shown (issue 16, item 8) ---------------------------------------------------------------
+
+MADE_UP = "Zk9-secret-Qw"  # made up for these tests
+
+
+@pytest.mark.parametrize(
+    ("doc", "env"),
+    [
+        ({"influx": {"url": f"http://gw:{MADE_UP}@db:8086"}}, {}),
+        ({}, {"EDGEKIT_INFLUX_URL": f"http://gw:{MADE_UP}@db:8086"}),
+        ({"influx": {"url": f"https://:{MADE_UP}@db"}}, {}),
+        ({"influx": {"url": f"http://db:8086/?p={MADE_UP}&u=gw"}}, {}),
+        ({"influx": {"url": f"http://db:8086/?token={MADE_UP}"}}, {}),
+        ({"influx": {"url": f"htp://gw:{MADE_UP}@db:8086"}}, {}),  # wrong scheme too
+        ({"influx": {"url": f"http://gw:{MADE_UP}@[::1"}}, {}),  # and malformed
+        ({"influx": {"url": f"http://gw:{MADE_UP}@db:99999"}}, {}),
+    ],
+)
+def test_influx_url_with_credentials_is_refused_without_showing_them(
+    doc: dict[str, object], env: dict[str, str]
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(doc, env=env)
+    message = str(info.value)
+    assert message.startswith("influx.url: put no user, password, token or query in the URL"), message
+    assert "set influx.username and EDGEKIT_INFLUX_PASSWORD" in message
+    assert MADE_UP not in message and MADE_UP not in repr(info.value.__cause__ or "")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"mqtt://gw:{MADE_UP}@broker",
+        f"mqt://gw:{MADE_UP}@broker",  # the scheme is wrong too: the message must still not show it
+        f"mqtt://gw:{MADE_UP}@broker:70000",
+        f"mqtt://gw:{MADE_UP}@[::1",
+        f"gw:{MADE_UP}@broker",
+        f"mqtt://broker?password={MADE_UP}",
+    ],
+)
+def test_mqtt_url_with_a_password_is_refused_without_showing_it(url: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"mqtt": {"url": url}}, env={})
+    assert "put no password" in str(info.value) and MADE_UP not in str(info.value), str(info.value)
+
+
+def test_other_url_errors_show_no_secret() -> None:
+    for doc in ({"influx": {"url": "http://[::1"}}, {"mqtt": {"url": "mqtt://[::1"}}, {"mqtt": {"url": "mqtt://h:x"}}):
+        with pytest.raises(ConfigError) as info:
+            parse_config(doc, env={})
+        assert "expected" in str(info.value)
+
+
+def test_a_secret_file_with_a_second_line_is_refused_without_showing_it(tmp_path: Path) -> None:
+    path = tmp_path / "pw"
+    path.write_text(f"{MADE_UP}\nsomething-else\n")
+    with pytest.raises(ConfigError) as info:
+        parse_config({"influx": {"username": "gw", "password_file": str(path)}}, env={})
+    assert "contains a control character" in str(info.value) and MADE_UP not in str(info.value)
+
+
+def test_redact_url() -> None:
+    assert redact_url(f"http://gw:{MADE_UP}@db:8086/x") == "http://gw:***@db:8086/x"
+    assert redact_url(f"htp://gw:{MADE_UP}@db") == "htp://gw:***@db"
+    assert redact_url(f"gw:{MADE_UP}@db") == "gw:***@db"
+    assert redact_url(f"http://db?p={MADE_UP}") == "http://db?***"
+    assert redact_url("http://gw@db:8086") == "http://gw@db:8086"
+
+
+def test_secret_values_cover_every_form() -> None:
+    env = {
+        "EDGEKIT_INFLUX_PASSWORD": 'p"w\\é€-' + MADE_UP,
+        "EDGEKIT_MQTT_PASSWORD": MADE_UP + "/m",
+        "EDGEKIT_INFLUX_TOKEN": "t" + MADE_UP,
+    }
+    cfg = parse_config({"influx": {"username": "gw"}, "mqtt": {"username": "gw"}}, env=env)
+    forms = secret_values(cfg)
+    pw = env["EDGEKIT_INFLUX_PASSWORD"]
+    import base64
+    import json
+    from urllib.parse import quote
+
+    for form in (pw, json.dumps(pw)[1:-1], quote(pw, safe=""), base64.b64encode(f"gw:{pw}".encode()).decode()):
+        assert form in forms, form
+    assert env["EDGEKIT_MQTT_PASSWORD"] in forms and env["EDGEKIT_INFLUX_TOKEN"] in forms

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from gateway.config import parse_config
+from gateway.lineproto import reading_time_ns
 from gateway.pipeline import Pipeline
 
 NOW = 1_764_072_100_000
@@ -20,7 +21,8 @@ def test_accepts_dedups_and_dead_letters() -> None:
     t = NOW - 60_000
     out = p.handle("edgekit/s/d1/readings", batch("d1", [(1, 0, t, {"x": 1.5}), (1, 1, t + 1, {"x": 2})]), NOW)
     assert len(out.readings) == 2
-    assert out.lines[0] == f'reading,device=d1,site=s x=1.5,boot=1i,seq=0i,q="s" {t * 1_000_000}'
+    assert out.lines[0] == f'reading,device=d1,site=s x=1.5,boot=1i,seq=0i,q="s" {reading_time_ns(t, 1, 0)}'
+    assert out.lines[1] == f'reading,device=d1,site=s x=2.0,boot=1i,seq=1i,q="s" {reading_time_ns(t + 1, 1, 1)}'
     again = p.handle("edgekit/s/d1/readings", batch("d1", [(1, 1, t + 1, {"x": 2}), (1, 2, t + 2, {"x": 3})]), NOW)
     assert [r.seq for r in again.readings] == [2]
     bad = p.handle("edgekit/s/d1/readings", b"{nope", NOW)
@@ -42,7 +44,8 @@ def test_unknown_device_and_status() -> None:
     out = p.handle("edgekit/s/d2/readings", batch("d2", [(1, 0, NOW, {"x": 1})]), NOW)
     assert out.readings == [] and "reason=unknown_device" in out.lines[0]
     st = p.handle("edgekit/s/d1/status", b'{"v":1,"dev":"d1","state":"sleeping","sleep_s":300}', NOW)
-    assert st.lines == [f'device_status,device=d1,site=s state="sleeping",sleep_s=300i {NOW * 1_000_000}']
+    # a dead letter took the counter's 1: statuses of one millisecond stay apart by it too
+    assert st.lines == [f'device_status,device=d1,site=s state="sleeping",sleep_s=300i {NOW * 1_000_000 + 2}']
     assert p.stats.status_updates == 1
 
 
@@ -67,9 +70,12 @@ def test_an_absurd_sleep_interval_is_dead_lettered_not_a_crash() -> None:
     p = Pipeline(
         parse_config({"windows": [{"name": "w", "kind": "tumbling", "size": "60s", "metrics": ["x"]}]}, env={})
     )
-    for bad in (b"1e308", b"0", b"-5", b'"300"', b"true", b"99999999999999999999999"):
+    for bad, reason in (
+        (b"1e308", "schema"), (b"0", "schema"), (b"-5", "schema"), (b"99999999999999999999999", "schema"),
+        (b'"300"', "type_mismatch"), (b"true", "type_mismatch"), (b"300.5", "type_mismatch"),
+    ):  # fmt: skip
         out = p.handle("edgekit/s/d1/status", b'{"v":1,"dev":"d1","state":"sleeping","sleep_s":%s}' % bad, NOW)
-        assert len(out.lines) == 1 and "reason=schema" in out.lines[0], bad
+        assert len(out.lines) == 1 and f"reason={reason}" in out.lines[0], bad
     ok = p.handle("edgekit/s/d1/status", b'{"v":1,"dev":"d1","state":"sleeping","sleep_s":300}', NOW)
     assert ok.lines[0].startswith("device_status,")
 
@@ -112,7 +118,7 @@ def test_devices_beyond_max_devices_are_dead_letters_and_the_others_go_on() -> N
     assert len(st.lines) == 1 and st.lines[0].startswith("dead_letter,device=d3,reason=too_many_devices,")
     assert len(p.handle(*_readings("d1", 1), NOW).readings) == 1
     assert len(p.handle(*_readings("d2", 0), NOW).readings) == 1
-    assert p.devices == {"d1", "d2"}
+    assert p.devices == {"d1": "s", "d2": "s"}
     assert "d3" not in p.dedup.state and "d3" not in p.engine.tracker.state  # no state kept for it
     assert dict(p.stats.dead_by_reason) == {"too_many_devices": 2}
     assert (p.stats.dead_letters, p.stats.readings_accepted, p.stats.status_updates) == (2, 3, 1)
@@ -128,9 +134,9 @@ def test_a_message_whose_every_reading_is_rejected_admits_no_device() -> None:
     assert out.readings == [] and len(out.lines) == 2
     assert all(line.startswith("dead_letter,device=d9,") for line in out.lines)
     assert "too_many_devices" not in "".join(out.lines)
-    assert p.devices == {"d1"} and "d9" not in p.engine.tracker.state and "d9" not in p.dedup.state
+    assert p.devices == {"d1": "s"} and "d9" not in p.engine.tracker.state and "d9" not in p.dedup.state
     assert len(p.handle(*_readings("d2", 0), NOW).readings) == 1  # the second place is still free
-    assert p.devices == {"d1", "d2"}
+    assert p.devices == {"d1": "s", "d2": "s"}
     full = p.handle("edgekit/s/d9/readings", bad, NOW)  # past the cap now: still its readings' own reasons
     assert len(full.lines) == 2 and "too_many_devices" not in "".join(full.lines)
     flushed = json.dumps({"v": 1, "dev": "d9", "r": [], "flushed": NOW - 1}).encode()
@@ -150,7 +156,7 @@ def test_admitted_devices_survive_snapshot_and_restore() -> None:
     p.handle(*_readings("d1", 0), NOW)
     p.handle(*_status("d2"), NOW)
     snap = json.loads(json.dumps(p.snapshot()))
-    assert snap["devices"] == ["d1", "d2"]
+    assert snap["devices"] == {"d1": "s", "d2": "s"}
     q = _capped()
     q.restore(snap)
     assert "reason=too_many_devices" in q.handle(*_readings("d3", 0), NOW).lines[0]
@@ -166,7 +172,145 @@ def test_a_checkpoint_from_before_the_cap_admits_the_devices_it_has_state_for() 
     del snap["devices"]
     q = _capped()
     q.restore(snap)
-    assert q.devices == {"d1", "d2"}
+    assert q.devices == {"d1": "s", "d2": "s"}
     assert len(q.handle(*_readings("d1", 1), NOW).readings) == 1
     assert len(q.handle(*_readings("d2", 0), NOW).readings) == 1
     assert "reason=too_many_devices" in q.handle(*_readings("d3", 0), NOW).lines[0]
+
+
+def _windowed() -> Pipeline:
+    window = {"name": "m1", "kind": "tumbling", "size": "60s", "metrics": ["x"], "aggregates": ["count", "mean"],
+              "allowed_lateness": "3h"}  # fmt: skip
+    return Pipeline(parse_config({"windows": [window]}, env={}))
+
+
+def test_readings_of_a_forgotten_boot_are_stale_dead_letters_and_stay_out_of_the_windows() -> None:
+    p = _windowed()
+    t0 = NOW - NOW % 60_000 - 3_600_000
+    first = [(1, s, t0 + 1_000 + s * 5_000, {"x": 10.0 + 2 * s}) for s in range(10)]
+    p.handle("edgekit/s/d1/readings", batch("d1", first), NOW)
+    for boot in range(2, 10):  # eight newer boots: boot 1 is forgotten
+        p.handle("edgekit/s/d1/readings", batch("d1", [(boot, 0, t0 + 60_000 * boot, {"x": 1.0})]), NOW)
+    resent = [(2, 0, t0 + 120_000, {"x": 1.0}), *first[:3]]  # a duplicate of a tracked boot, then the stale ones
+    out = p.handle("edgekit/s/d1/readings", batch("d1", resent), NOW)
+    assert out.readings == [] and out.outputs == []  # no window re-fired
+    assert len(out.lines) == 3
+    for index, line in enumerate(out.lines, start=1):
+        assert line.startswith("dead_letter,device=d1,reason=stale_boot,site=s ")
+        assert f"index={index}i" in line and "at most 8 boots a device" in line
+    assert '"{\\"b\\":1,\\"s\\":0,' in out.lines[0]  # the reading as sent
+    assert (p.stats.duplicates, p.stats.dead_by_reason["stale_boot"], p.stats.readings_accepted) == (1, 3, 18)
+
+
+def test_a_checkpoint_of_the_older_dedup_state_is_restored() -> None:
+    p = _windowed()
+    t = NOW - 600_000
+    p.handle("edgekit/s/d1/readings", batch("d1", [(1, s, t + s, {"x": 1.0}) for s in range(5)]), NOW)
+    snap = json.loads(json.dumps(p.snapshot()))
+    snap["dedup"] = {"d1": {"1": [[0, 5]]}}  # what older versions stored: ranges only
+    q = _windowed()
+    q.restore(snap)
+    assert q.handle("edgekit/s/d1/readings", batch("d1", [(1, 3, t + 3, {"x": 1.0})]), NOW).readings == []
+    assert q.stats.duplicates == 1
+    for boot in range(2, 10):
+        q.handle("edgekit/s/d1/readings", batch("d1", [(boot, 0, t + 1_000 * boot, {"x": 1.0})]), NOW)
+    # boot 1 forgotten: its times were at most the device's latest event time then (the tracker's), t + 4
+    assert "reason=stale_boot" in q.handle("edgekit/s/d1/readings", batch("d1", [(1, 0, t, {"x": 1.0})]), NOW).lines[0]
+
+
+def _at(site: str, dev: str, seq: int, value: float = 1.0, boot: int = 1) -> tuple[str, bytes]:
+    return f"edgekit/{site}/{dev}/readings", batch(dev, [(boot, seq, NOW - 60_000 + seq, {"x": value})])
+
+
+def _status_at(site: str, dev: str) -> tuple[str, bytes]:
+    return f"edgekit/{site}/{dev}/status", b'{"v":1,"dev":"%s","state":"online"}' % dev.encode()
+
+
+def test_a_device_is_bound_to_the_site_it_was_first_admitted_under() -> None:
+    p = Pipeline(parse_config({}, env={}))
+    assert len(p.handle(*_at("north", "d1", 0), NOW).readings) == 1
+    # another board with the same id elsewhere: its readings are not duplicates, its status not accepted
+    for msg in (_at("south", "d1", 0, 9.0), _at("south", "d1", 1, 9.0), _status_at("south", "d1")):
+        out = p.handle(*msg, NOW)
+        assert out.readings == [] and len(out.lines) == 1
+        assert out.lines[0].startswith("dead_letter,device=d1,reason=site_mismatch,site=south ")
+        assert "bound to site 'north'" in out.lines[0] and "under site 'south'" in out.lines[0]
+        assert "devices.sites.d1 = 'south'" in out.lines[0]  # how to move it
+    bad = batch("d1", [(1, 5, NOW - 60_000, {"x": [1]})])  # a message whose readings are all rejected too
+    assert "reason=site_mismatch" in p.handle("edgekit/south/d1/readings", bad, NOW).lines[0]
+    assert len(p.handle(*_at("north", "d1", 1), NOW).readings) == 1
+    s = p.stats
+    assert (s.readings_accepted, s.duplicates, dict(s.dead_by_reason)) == (2, 0, {"site_mismatch": 4})
+    assert p.devices == {"d1": "north"} and p.engine.tracker.sites == {"north": ["d1"]}
+    snap = json.loads(json.dumps(p.snapshot()))
+    q = Pipeline(parse_config({}, env={}))
+    q.restore(snap)
+    assert "reason=site_mismatch" in q.handle(*_at("south", "d1", 2), NOW).lines[0]
+
+
+def test_a_declared_site_binds_from_the_first_message() -> None:
+    p = Pipeline(parse_config({"devices": {"sites": {"d1": "north"}}}, env={}))
+    out = p.handle(*_at("south", "d1", 0), NOW)
+    assert "reason=site_mismatch" in out.lines[0] and "declared under site 'north'" in out.lines[0]
+    assert p.devices == {} and "d1" not in p.dedup.state
+    assert len(p.handle(*_at("north", "d1", 0), NOW).readings) == 1
+    assert p.devices == {"d1": "north"}
+
+
+def test_a_board_moves_to_its_declared_site_at_its_first_message_there() -> None:
+    window = {"name": "w", "kind": "tumbling", "size": "60s", "metrics": ["x"], "key": "site"}
+    before = Pipeline(parse_config({"windows": [window]}, env={}))
+    for seq in range(3):
+        before.handle(*_at("north", "d1", seq), NOW)
+    snap = json.loads(json.dumps(before.snapshot()))
+    # the operator declares the new site and restarts the gateway, then re-configures the board
+    p = Pipeline(parse_config({"windows": [window], "devices": {"sites": {"d1": "south"}}}, env={}))
+    p.restore(snap)
+    assert len(p.handle(*_at("north", "d1", 3), NOW).readings) == 1  # its backlog from the old site still counts
+    out = p.handle(*_at("south", "d1", 4), NOW)
+    assert [(r.site, r.seq) for r in out.readings] == [("south", 4)]
+    assert p.devices == {"d1": "south"} and p.stats.moved == 1
+    assert p.engine.tracker.state["d1"][0] == "south"
+    assert p.handle(*_at("south", "d1", 2), NOW).readings == []  # re-sent from before the move: a duplicate
+    assert p.stats.duplicates == 1
+    late = p.handle(*_at("north", "d1", 5), NOW)
+    assert "reason=site_mismatch" in late.lines[0] and "bound to site 'south'" in late.lines[0]
+    assert p.stats.dead_by_reason == {"site_mismatch": 1}
+
+
+def test_a_checkpoint_from_before_site_binding_binds_devices_where_they_were_first_seen() -> None:
+    p = Pipeline(parse_config({}, env={}))
+    p.handle(*_at("north", "d1", 0), NOW)
+    p.handle(*_status_at("south", "d2"), NOW)
+    snap = json.loads(json.dumps(p.snapshot()))
+    snap["devices"] = sorted(snap["devices"])  # what older versions stored: the ids only
+    q = Pipeline(parse_config({}, env={}))
+    q.restore(snap)
+    assert q.devices == {"d1": "north", "d2": "south"}
+    assert "reason=site_mismatch" in q.handle(*_at("south", "d1", 1), NOW).lines[0]
+
+
+def test_a_device_beyond_its_metric_names_gets_too_many_metrics_and_the_others_go_on() -> None:
+    p = Pipeline(parse_config({"devices": {"max_metric_names": 4}}, env={}))
+    t = NOW - 60_000
+    made_up = [(1, i, t + i, {f"x{i}_a": 1.0, f"x{i}_b": 1.0}) for i in range(4)]
+    out = p.handle("edgekit/s/d1/readings", batch("d1", made_up), NOW)
+    assert [r.seq for r in out.readings] == [0, 1]  # four names: the first two readings
+    dead = [line for line in out.lines if line.startswith("dead_letter")]
+    assert len(dead) == 2 and all("reason=too_many_metrics" in line for line in dead)
+    assert "index=2i" in dead[0] and "devices.max_metric_names = 4" in dead[0] and "x2_a, x2_b" in dead[0]
+    assert p.metric_names == {"d1": {"x0_a", "x0_b", "x1_a", "x1_b"}}
+    # names it already has are free; a duplicate of a refused reading is refused again, not a duplicate
+    again = p.handle("edgekit/s/d1/readings", batch("d1", [(1, 9, t + 9, {"x0_a": 2.0}), made_up[3]]), NOW)
+    assert [r.seq for r in again.readings] == [9] and "reason=too_many_metrics" in again.lines[1]
+    assert len(p.handle("edgekit/s/d2/readings", batch("d2", made_up), NOW).readings) == 2  # its own share
+    snap = json.loads(json.dumps(p.snapshot()))
+    q = Pipeline(parse_config({"devices": {"max_metric_names": 4}}, env={}))
+    q.restore(snap)
+    assert q.metric_names == p.metric_names
+    assert "reason=too_many_metrics" in q.handle("edgekit/s/d1/readings", batch("d1", made_up[2:3]), NOW).lines[0]
+    del snap["metric_names"]  # an older checkpoint: counted again from the next readings
+    r = Pipeline(parse_config({"devices": {"max_metric_names": 4}}, env={}))
+    r.restore(snap)
+    assert r.metric_names == {}
+    assert p.stats.dead_by_reason == {"too_many_metrics": 5}  # d1: 2 + 1, d2: 2

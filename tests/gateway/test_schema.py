@@ -19,14 +19,20 @@ from gateway.points import dead_letter_line, reading_line, status_line
 GATEWAY = Path(schema.__file__).resolve().parent
 
 
+TYPES = schema.MetricTypes(boolean=frozenset({"door"}), integer=frozenset({"count"}), string=frozenset({"ssid"}))
+
+
 def _written_lines() -> list[str]:
-    r = Reading("gh", "dev-1", 3, 7, 1_764_072_060_500, "s", {"temp_c": 21.5, "rh": 40, "door": True})
-    status = StatusUpdate("gh", "dev-1", "t", 1, "sleeping", {"battery_mv": 3911, "buf": 0, "buf_cap": 256})
+    r = Reading("gh", "dev-1", 3, 7, 1_764_072_060_500, "s", {"temp_c": 21.5, "rh": 40.0, "door": True, "count": 3})
+    status = StatusUpdate(
+        "gh", "dev-1", "t", 1, "sleeping", {"battery_mv": 3911, "buf": 0, "buf_cap": 256, "rssi": -70.0, "ssid": "x"}
+    )
     dead = DeadLetter("bad_json", "x", "edgekit/gh/dev-1/readings", 1, 3, "{{{", "gh", "dev-1", None)
     window = WindowResult("w", "device", "dev-1", "gh", 0, 60_000, "temp_c", 2, {"mean": 1.0, "max": 2.0}, 1, "late")
     site_window = WindowResult("w", "site", "gh", "gh", 0, 60_000, "rh", 0, {}, 2, "superseded")
     late = LateReading("w", "gh", "dev-1", "temp_c", 5, 3, 7, 100, 105, "too_late", 21.5)
     alert = Alert("anomaly", "z", "gh", "dev-1", "warning", 1, 2, (("dev-1", 3, 7),), "hot", {"z": 4.2, "mean": 20.0})
+    pattern = Alert("pattern", "p", "gh", "dev-1", "info", 1, 2, (("dev-1", 3, 7),), "", {"a.door": True, "b.rh": 4.0})
     return [
         reading_line(r),
         status_line(status),
@@ -35,6 +41,7 @@ def _written_lines() -> list[str]:
         site_window.to_line(),
         late.to_line(),
         alert.to_line(),
+        pattern.to_line(),
     ]
 
 
@@ -42,7 +49,7 @@ def test_every_writer_keeps_to_its_declaration() -> None:
     schema.load_all()
     lines = _written_lines()
     for text in lines:
-        assert schema.check_line(text) == [], text
+        assert schema.check_line(text, TYPES) == [], text
     assert {schema.parse_line(t)[0] for t in lines} == {"reading", "device_status", "dead_letter", "window",
                                                          "late_reading", "alert"}  # fmt: skip
 
@@ -77,19 +84,55 @@ def test_check_line_reports_what_is_not_declared() -> None:
     assert schema.check_line("nosuch f=1 1") == ["measurement 'nosuch' is not declared"]
 
 
+def test_check_line_reports_a_field_of_another_type() -> None:
+    """One type per field: a metric's declared type (a float by default), a fixed field's declared one."""
+    schema.load_all()
+    assert schema.check_line('reading,site=a temp_c=21i,door="open",seq=1.5 1') == [
+        "reading: field 'temp_c' is integer 21, declared float",
+        "reading: field 'door' is string 'open', declared float",
+        "reading: field 'seq' is float 1.5, declared integer",
+    ]
+    assert schema.check_line("reading,site=a temp_c=21.0,door=true,seq=1i 1", TYPES) == []
+    assert schema.check_line('alert,name=p a.door="x",b.temp_c=1i,id=7i 1', TYPES) == [
+        "alert: field 'a.door' is string 'x', declared boolean",
+        "alert: field 'b.temp_c' is integer 1, declared float",
+        "alert: field 'id' is integer 7, declared string",
+    ]
+    assert schema.check_line('device_status,site=a battery_mv=3.5,rssi=-70i,ssid="x" 1', TYPES) == [
+        "device_status: field 'battery_mv' is float 3.5, declared integer",
+        "device_status: field 'rssi' is integer -70, declared float",
+    ]
+
+
+def test_check_line_reports_characters_no_line_may_hold() -> None:
+    schema.load_all()
+    assert schema.check_line(r'dead_letter detail="a\nb" 1') == []  # an escape, written as two characters
+    assert schema.check_line('dead_letter detail="a\nb" 1') == [
+        "the line holds U+000A at 21 (a control character or surrogate)"
+    ]
+    assert schema.check_line('dead_letter detail="\ud800" 1')[0].startswith("the line holds U+D800")
+
+
 def test_parse_line_handles_escapes_and_quoted_strings() -> None:
     name, tags, fields, ts = schema.parse_line(r'dead\ letter,re\,ason=a\ b detail="x, y=z \"q\"",size=3i 42')
     assert (name, tags, fields, ts) == ("dead letter", {"re,ason": "a b"}, ["detail", "size"], 42)
+    # InfluxDB 1.x's rules for a string field: only \\ and \" are escapes, any other backslash is itself
+    _, _, values, _ = schema.parse_point(r'm s="a\\b\nc\"",t="\\" 1')
+    assert values == {"s": 'a\\b\\nc"', "t": "\\"}
 
 
 def test_declaring_differently_twice_is_refused() -> None:
     try:
-        schema.declare("test_only", tags=("a",), fields=("f",), module="t")
-        schema.declare("test_only", tags=("a",), fields=("f",), module="t")
+        schema.declare("test_only", tags=("a",), fields={"f": "float"}, module="t")
+        schema.declare("test_only", tags=("a",), fields={"f": "float"}, module="t")
         with pytest.raises(ValueError, match="declared twice"):
-            schema.declare("test_only", tags=("a",), fields=("g",), module="t")
+            schema.declare("test_only", tags=("a",), fields={"f": "integer"}, module="t")
         with pytest.raises(ValueError, match="both as tag and field"):
-            schema.declare("test_other", tags=("a",), fields=("a",))
+            schema.declare("test_other", tags=("a",), fields={"a": "string"})
+        with pytest.raises(ValueError, match="unknown field type"):
+            schema.declare("test_other", tags=("a",), fields={"f": "int"})  # type: ignore[dict-item]
+        with pytest.raises(TypeError, match="map each field to its type"):
+            schema.declare("test_other", tags=("a",), fields=("f",))  # type: ignore[arg-type]
     finally:
         schema._REGISTRY.pop("test_only", None)  # the dashboard tests read the registry too
     assert "test_only" not in schema.measurements()

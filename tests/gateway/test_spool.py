@@ -1,13 +1,19 @@
-"""The spool's order under an outage: a batch being retried is spilled once, so revisions stay in order."""
+"""The spool: its order under an outage (a batch being retried is spilled once, so revisions stay in order), and
+that it gives back exactly the lines it was given, whatever characters they hold."""
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.config import InfluxConfig
 from gateway.errors import SinkError
-from gateway.spool import SpoolingSink
+from gateway.spool import OTHER, RAW, SpoolingSink
 from gateway.state import StateStore
 
 
@@ -39,12 +45,64 @@ async def test_a_retried_batch_is_spilled_once_and_revisions_stay_in_order(tmp_p
     await sink.add(["window,w=W rev=1i 1"])
     await asyncio.sleep(0.1)  # revision 1 is being written, and retried
     await sink.add(["window,w=W rev=2i 1"])
-    store.checkpoint(0, {}, 0, sink.spill())  # a checkpoint spills the batch in flight and memory
+    sink.spill(lambda chunks: store.checkpoint(0, {}, 0, chunks))  # a checkpoint spills the batch in flight and memory
     await asyncio.sleep(0.1)
-    store.checkpoint(0, {}, 0, sink.spill())  # and another one, while the same batch is still retried
+    sink.spill(lambda chunks: store.checkpoint(0, {}, 0, chunks))  # and another, while the same batch is retried
     writer.down = False
     async with asyncio.timeout(10):
         while sink.pending or store.spool_lines:
             await asyncio.sleep(0.02)
     await sink.close()
     assert writer.written == ["window,w=W rev=1i 1", "window,w=W rev=2i 1"]
+
+
+# ------------------------------------------------------------------------------------ round trip
+
+any_text = st.text(st.characters(exclude_categories=()), max_size=12)  # every code point: newlines, lone surrogates
+line_lists = st.lists(any_text, min_size=1, max_size=6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(line_lists, min_size=1, max_size=4))
+def test_the_spool_gives_back_any_lines_exactly(
+    tmp_path_factory: pytest.TempPathFactory, chunks: list[list[str]]
+) -> None:
+    store = StateStore(tmp_path_factory.mktemp("spool") / "state.db")
+    try:
+        store.spool([(OTHER, lines) for lines in chunks[: len(chunks) // 2]])
+        store.checkpoint(0, {}, 0, [(OTHER, lines) for lines in chunks[len(chunks) // 2 :]])
+        got = []
+        while (head := store.spool_head(OTHER)) is not None:
+            got.append(head[1])
+            store.spool_delete(head[0])
+        assert got == chunks
+        assert store.spool_lines == store.spool_chunks == store.spool_bytes == 0
+    finally:
+        store.close()
+
+
+def test_spool_rows_of_the_old_format_are_still_read(tmp_path: Path) -> None:
+    """Before: a chunk was its lines joined by newlines (the line protocol then escaped every newline)."""
+    path = tmp_path / "state.db"
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE spool (id INTEGER PRIMARY KEY AUTOINCREMENT, prio INTEGER NOT NULL, n INTEGER NOT NULL,"
+        " bytes INTEGER NOT NULL, lines TEXT NOT NULL);"
+        "CREATE INDEX spool_prio ON spool (prio, id);"
+    )
+    lines = ["reading,site=s,device=d x=1.5 1", 'dead_letter,reason=bad_json detail="a\\nb" 2']
+    text = "\n".join(lines)
+    old.execute("INSERT INTO spool (prio, n, bytes, lines) VALUES (?, ?, ?, ?)", (RAW, 2, len(text), text))
+    old.commit()
+    old.close()
+    store = StateStore(path)
+    try:
+        assert (store.spool_lines, store.spool_chunks, store.spool_bytes) == (2, 1, len(text))
+        store.spool([(RAW, ['reading,site=s,device=d s="a\nb" 3'])])  # a new chunk after the old one
+        first = store.spool_head(RAW)
+        assert first is not None and first[1] == lines
+        store.spool_delete(first[0])
+        second = store.spool_head(RAW)
+        assert second is not None and second[1] == ['reading,site=s,device=d s="a\nb" 3']
+    finally:
+        store.close()

@@ -11,6 +11,7 @@ import pytest
 from gateway.errors import DecodeError
 from gateway.model import Batch, StatusUpdate
 from gateway.protocol import REASONS, decode
+from gateway.schema import MetricTypes
 
 VECTORS = sorted((Path(__file__).parent.parent / "vectors").glob("*.json"))
 
@@ -27,6 +28,13 @@ def payload_of(vec: dict[str, Any]) -> bytes:
     return str(vec["payload"]).encode("utf-8")
 
 
+def types_of(vec: dict[str, Any]) -> MetricTypes:
+    """The ``[metric_types]`` declaration a vector is decoded with (none: every metric a float)."""
+    declared = vec.get("metric_types", {})
+    assert set(declared) <= {"integer", "boolean", "string"}, declared
+    return MetricTypes(**{kind: frozenset(names) for kind, names in declared.items()})
+
+
 def test_there_are_vectors_of_every_kind() -> None:
     kinds = {load(p)["expect"]["kind"] for p in VECTORS}
     assert kinds == {"readings", "status", "error"}
@@ -41,15 +49,16 @@ def test_vector(path: Path) -> None:
     if expect["kind"] == "error":
         assert expect["reason"] in REASONS
         with pytest.raises(DecodeError) as info:
-            decode(vec["topic"], payload, vec["received_ms"])
+            decode(vec["topic"], payload, vec["received_ms"], types=types_of(vec))
         assert info.value.reason == expect["reason"], info.value.detail
         assert info.value.detail  # says what was wrong
         return
-    result = decode(vec["topic"], payload, vec["received_ms"])
+    result = decode(vec["topic"], payload, vec["received_ms"], types=types_of(vec))
     if expect["kind"] == "status":
         assert isinstance(result, StatusUpdate)
         assert result.state == expect["state"]
         assert dict(result.fields) == expect["fields"]
+        assert {k: type(v) for k, v in result.fields.items()} == {k: type(v) for k, v in expect["fields"].items()}
         return
     assert isinstance(result, Batch)
     got = [

@@ -12,15 +12,15 @@ from services import Proc
 
 # The broker must be able to hold what the gateway has not acknowledged yet (while it is down or its
 # Receive Maximum is full): Mosquitto's default of 1000 queued messages per session would drop the rest.
-BROKER_QUEUE = ("max_queued_messages 1000000", "max_queued_bytes 0")
+# scripts/services.py sets these (and the packet size limit and autosave) in every broker it starts.
+BROKER_QUEUE = services.QUEUE_LIMITS
 
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[Proc]:
-    """A Mosquitto of this test only, persistent, with a queue deep enough for any outage here."""
+    """A Mosquitto of this test only with the project's broker settings: persistent (saved every ~2 s),
+    a queue deep enough for any outage here, packets of at most ``services.MAX_PACKET_SIZE`` bytes."""
     run_dir = tmp_path / "broker"
-    proc = start_or_fail(
-        lambda: services.start_mosquitto(run_dir, services.free_port(), persistence=True, extra_conf=BROKER_QUEUE)
-    )
+    proc = start_or_fail(lambda: services.start_mosquitto(run_dir, services.free_port(), persistence=True))
     yield proc
     proc.stop()

@@ -15,6 +15,7 @@ import pytest
 from gateway.errors import DecodeError
 from gateway.model import Batch, Reading, StatusUpdate
 from gateway.protocol import decode
+from gateway.schema import MetricTypes
 from sim.errors import SpecError
 from sim.faults import InjectedAnomaly, ScriptedSequence, sequence_events
 from sim.fleet import (
@@ -85,6 +86,11 @@ def plan_of(name: str) -> Plan:
     return generate(SPECS[name], fixed_now)
 
 
+def declared(plan: Plan) -> MetricTypes:
+    """The gateway's ``[metric_types]`` for the plan (the sequences' string metrics)."""
+    return MetricTypes(**{kind: frozenset(names) for kind, names in plan.metric_types().items()})
+
+
 def as_truth(r: Reading) -> ExpectedReading:
     return ExpectedReading(r.site, r.device, r.boot, r.seq, r.t_ms, r.quality, dict(r.metrics))
 
@@ -97,6 +103,7 @@ def types_of(metrics: Any) -> dict[str, type]:
 def test_every_message_decodes_to_exactly_the_ground_truth(name: str) -> None:
     plan = plan_of(name)
     prefix = plan.spec.prefix
+    types = declared(plan)
     readings: list[ExpectedReading] = []
     rejected: list[tuple[str, int, str]] = []
     malformed: list[tuple[str, str]] = []
@@ -104,12 +111,12 @@ def test_every_message_decodes_to_exactly_the_ground_truth(name: str) -> None:
     for msg in plan.messages:
         if msg.kind == "malformed":
             with pytest.raises(DecodeError) as info:
-                decode(msg.topic, msg.payload, NOW, prefix=prefix)
+                decode(msg.topic, msg.payload, NOW, prefix=prefix, types=types)
             assert info.value.reason == msg.expect_reason, (msg.topic, msg.payload[:120], info.value.detail)
             malformed.append((msg.topic, info.value.reason))
             continue
         assert msg.expect_reason is None
-        result = decode(msg.topic, msg.payload, NOW, prefix=prefix)
+        result = decode(msg.topic, msg.payload, NOW, prefix=prefix, types=types)
         if msg.kind == "status":
             assert isinstance(result, StatusUpdate)
             assert result.state == "online" and result.device == msg.device
@@ -138,7 +145,7 @@ def test_counts_predict_what_the_decoder_dead_letters(name: str) -> None:
     accepted = 0
     for msg in plan.messages:
         try:
-            result = decode(msg.topic, msg.payload, NOW, prefix=plan.spec.prefix)
+            result = decode(msg.topic, msg.payload, NOW, prefix=plan.spec.prefix, types=declared(plan))
         except DecodeError as err:
             dead[err.reason] += 1
             continue
@@ -283,7 +290,7 @@ def test_encoders_match_the_shared_vectors() -> None:
     batch = encode_batch(
         "dev-1",
         [
-            WireReading(17, 121, 1764072060123, "s", {"temp_c": 21.6, "rh": 40}),
+            WireReading(17, 121, 1764072060123, "s", {"temp_c": 21.6, "rh": 40.0}),
             WireReading(17, 122, 1764072120123, "c", {"door": "open", "vib": 3}),
             WireReading(17, 123, 1764072180123, "u", {"ok": True, "adc": -12}),
         ],

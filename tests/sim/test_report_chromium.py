@@ -36,7 +36,7 @@ SCENARIO = {
     "sequences": [{"kind": "door_left_open", "device": "dev-0001", "at": "5m"},
                   {"kind": "two_failures", "device": "dev-0003", "at": "12m"}],
     "gateway": {"windows": [{"name": "t5", "kind": "tumbling", "size": "5m", "metrics": ["temp_c"],
-                             "allowed_lateness": "2m"}]},
+                             "allowed_lateness": "2m"}], "metric_types": {"string": ["door", "status"]}},
 }  # fmt: skip
 
 FLAGS = [

@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from gateway.lineproto import line, reading_time_ns
+from gateway.model import StatusUpdate
 from gateway.protocol import decode
 from sim.cli import main
 from sim.commands import Prepared, prepare
@@ -18,7 +20,7 @@ from sim.errors import SpecError
 from sim.faults import sequence_events
 from sim.inprocess import gateway_config, run_in_process
 from sim.scenario import load_scenario, parse_scenario, scenario_names
-from sim.verify import LineStore, compare
+from sim.verify import LineStore, compare, parse_line
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -61,10 +63,28 @@ def test_pipeline_matches_the_reference(name: str) -> None:
 @pytest.mark.parametrize("name", scenario_names())
 def test_every_delivery_follows_the_contract(name: str) -> None:
     prep = prepared(name)
+    types = gateway_config(prep.gateway, prep.scenario.prefix).metric_types
     for d in prep.run.deliveries:
-        msg = decode(d.topic, d.payload, d.arrival_ms)
+        msg = decode(d.topic, d.payload, d.arrival_ms, prefix=prep.scenario.prefix, types=types)
         assert msg.device == d.device
+        assert isinstance(msg, StatusUpdate) or all(r.reason != "type_mismatch" for r in msg.rejected)
         assert len(d.payload) <= 4096
+
+
+def test_verify_reads_lines_as_influxdb_does() -> None:
+    """Strings: only a backslash and a double quote are escaped; two readings in one millisecond are two
+    points of the store (their offsets differ) and both are found, at that millisecond."""
+    for v in ['a "quoted" word', "back\\slash", "ends with \\", "a literal \\n", "é 😀", "x, y = z", ""]:
+        text = line("reading", {"site": "a b", "device": "d,1"}, {"note": v, "seq": 1}, 5)
+        assert parse_line(text) == ("reading", {"site": "a b", "device": "d,1"}, {"note": v, "seq": 1}, 5)
+    t = 1_764_072_000_123
+    store = LineStore()
+    store.write(
+        line("reading", {"site": "s", "device": "d"}, {"x": float(s), "boot": 1, "seq": s}, reading_time_ns(t, 1, s))
+        for s in (7, 8, 7)
+    )
+    rows = store.found().rows["reading"]
+    assert sorted((r["seq"], r["time"]) for r in rows) == [(7, t), (8, t)]
 
 
 def test_a_run_is_deterministic() -> None:
@@ -198,6 +218,10 @@ def test_scaling_and_renaming() -> None:
         ({"scenario": {"name": "x"}, "network": {"delay": {"dist": "pareto"}}}, "network.delay.dist"),
         ({"scenario": {"name": "x"}, "anomalies": [{"kind": "melt"}]}, "anomalies[0].kind"),
         ({"scenario": {"name": "x"}, "sequences": [{"kind": "door_left_open", "device": "dev-9999"}]}, "dev-9999"),
+        ({"scenario": {"name": "x"}, "sequences": [{"kind": "door_left_open", "device": "dev-0001"}]},
+         "sequences send 'door' as a string"),
+        ({"scenario": {"name": "x"}, "sequences": [{"kind": "three_failures", "device": "dev-0001"}],
+          "gateway": {"metric_types": {"string": ["door"]}}}, "sequences send 'status' as a string"),
         ({"scenario": {"name": "x"}, "fleet": {"colour": 1}}, "unknown key(s) colour"),
         ({"scenario": {"name": "x"}, "gateway": {"windows": [{"name": "w", "kind": "tumbling", "size": "1m",
           "metrics": ["temp_c"], "key": "site"}]}}, "site-keyed"),

@@ -2,6 +2,8 @@
 """Writes the shared wire-contract vectors (docs/protocol.md). Run from this folder: python make_vectors.py
 
 The expected results are written here by hand from the contract, never taken from the decoder.
+A vector's ``metric_types`` (optional) is the ``[metric_types]`` declaration the gateway decodes it with;
+a metric it does not declare is a float.
 """
 
 import json
@@ -23,8 +25,10 @@ def enc(obj):
 V = []
 
 
-def add(fname, name, payload, expect, topic=TOP, encode=False, hexp=None):
+def add(fname, name, payload, expect, topic=TOP, encode=False, hexp=None, types=None):
     d = {"name": name, "topic": topic, "received_ms": RX}
+    if types:
+        d["metric_types"] = types
     if hexp is not None:
         d["payload_hex"] = hexp
     else:
@@ -55,7 +59,7 @@ add(
             "v": 1,
             "dev": "dev-1",
             "r": [
-                {"b": 17, "s": 121, "t": T + 60000, "q": "s", "m": {"temp_c": 21.6, "rh": 40}},
+                {"b": 17, "s": 121, "t": T + 60000, "q": "s", "m": {"temp_c": 21.6, "rh": 40.0}},
                 {"b": 17, "s": 122, "t": T + 120000, "q": "c", "m": {"door": "open", "vib": 3}},
                 {"b": 17, "s": 123, "t": T + 180000, "q": "u", "m": {"ok": True, "adc": -12}},
             ],
@@ -65,7 +69,7 @@ add(
     {
         "kind": "readings",
         "readings": [
-            rd(17, 121, T + 60000, "s", {"temp_c": 21.6, "rh": 40}),
+            rd(17, 121, T + 60000, "s", {"temp_c": 21.6, "rh": 40.0}),
             rd(17, 122, T + 120000, "c", {"door": "open", "vib": 3}),
             rd(17, 123, T + 180000, "u", {"ok": True, "adc": -12}),
         ],
@@ -73,6 +77,7 @@ add(
         "flushed": T + 180000,
     },
     encode=True,
+    types={"integer": ["vib", "adc"], "boolean": ["ok"], "string": ["door"]},
 )
 add(
     "valid_flush_marker_only",
@@ -126,7 +131,7 @@ add(
     ),
     {
         "kind": "readings",
-        "readings": [rd(2, 1, T, "s", {"x": 2})],
+        "readings": [rd(2, 1, T, "s", {"x": 2.0})],
         "rejected": [{"index": 0, "reason": "time_too_old"}],
         "flushed": None,
     },
@@ -146,7 +151,7 @@ add(
     ),
     {
         "kind": "readings",
-        "readings": [rd(2, 6, RX + 300000, "s", {"x": 2})],
+        "readings": [rd(2, 6, RX + 300000, "s", {"x": 2.0})],
         "rejected": [{"index": 0, "reason": "time_in_future"}],
         "flushed": None,
     },
@@ -169,7 +174,7 @@ add(
                 {"b": 1, "s": 7, "t": T, "q": "s", "m": {"seq": 1}},
                 {"b": -1, "s": 8, "t": T, "q": "s", "m": {"x": 1}},
                 {"b": 1, "s": 9, "t": T, "q": "s", "m": {"x": 2**64}},
-                {"b": 1, "s": 10, "t": T, "q": "s", "m": {"x": "y" * 65}},
+                {"b": 1, "s": 10, "t": T, "q": "s", "m": {"y": "y" * 65}},
                 [1, 10, T, "s", {"x": 1}],
                 {"b": 1, "s": 12, "t": T, "q": "s", "m": {"x": None}},
                 {"b": 1, "s": 13, "t": T, "q": "s", "m": {"x": True, "y": "ok"}},
@@ -180,6 +185,97 @@ add(
         "kind": "readings",
         "readings": [rd(1, 13, T, "s", {"x": True, "y": "ok"})],
         "rejected": [{"index": i, "reason": "schema"} for i in range(13)],
+        "flushed": None,
+    },
+    types={"boolean": ["x"], "string": ["y"]},
+)
+add(
+    "reading_types",
+    "each metric is a float unless declared otherwise; a value of another kind is a type_mismatch",
+    # an integer is a float if it has an exact float (2**53 has, 2**53 + 1 has not); a whole float is an
+    # integer (21.0, -0.0), if it fits in 64 bits
+    enc(
+        {
+            "v": 1,
+            "dev": "dev-1",
+            "r": [
+                {"b": 3, "s": 0, "t": T, "q": "s", "m": {"temp_c": 21, "big": 2**53, "n": 21.0, "z": -0.0}},
+                {"b": 3, "s": 1, "t": T, "q": "s", "m": {"temp_c": "21.5"}},
+                {"b": 3, "s": 2, "t": T, "q": "s", "m": {"temp_c": True}},
+                {"b": 3, "s": 3, "t": T, "q": "s", "m": {"big": 2**53 + 1}},
+                {"b": 3, "s": 4, "t": T, "q": "s", "m": {"n": 21.5}},
+                {"b": 3, "s": 5, "t": T, "q": "s", "m": {"n": -0.5}},
+                {"b": 3, "s": 6, "t": T, "q": "s", "m": {"ok": 1}},
+                {"b": 3, "s": 7, "t": T, "q": "s", "m": {"label": 5}},
+                {"b": 3, "s": 8, "t": T, "q": "s", "m": {"n": "21"}},
+                {"b": 3, "s": 9, "t": T, "q": "s", "m": {"ok": False, "label": "", "n": -7}},
+                {"b": 3, "s": 10, "t": T, "q": "s", "m": {"n": 1e300}},
+            ],
+        }
+    ),
+    {
+        "kind": "readings",
+        "readings": [
+            rd(3, 0, T, "s", {"temp_c": 21.0, "big": 9007199254740992.0, "n": 21, "z": 0}),
+            rd(3, 9, T, "s", {"ok": False, "label": "", "n": -7}),
+        ],
+        "rejected": [{"index": i, "reason": "schema" if i == 10 else "type_mismatch"} for i in range(1, 11) if i != 9],
+        "flushed": None,
+    },
+    types={"integer": ["n", "z"], "boolean": ["ok"], "string": ["label"]},
+)
+add(
+    "reading_strings",
+    "strings are stored exactly, but a lone surrogate or a control character is a bad_string",
+    enc(
+        {
+            "v": 1,
+            "dev": "dev-1",
+            "r": [
+                {"b": 4, "s": 0, "t": T, "q": "s", "m": {"note": 'a "quoted" \\ back\\slash'}},
+                {"b": 4, "s": 1, "t": T, "q": "s", "m": {"note": "\ud800"}},
+                {"b": 4, "s": 2, "t": T, "q": "s", "m": {"note": "lone \udfff low half"}},
+                {"b": 4, "s": 3, "t": T, "q": "s", "m": {"note": "new\nline"}},
+                {"b": 4, "s": 4, "t": T, "q": "s", "m": {"note": "tab\t"}},
+                {"b": 4, "s": 5, "t": T, "q": "s", "m": {"note": "\x00"}},
+                {"b": 4, "s": 6, "t": T, "q": "s", "m": {"note": "del\x7f"}},
+                {"b": 4, "s": 7, "t": T, "q": "s", "m": {"note": "c1\x85"}},
+                {"b": 4, "s": 8, "t": T, "q": "s", "m": {"note": "é 漢字 😀 \u2028 \ufeff \U0010ffff"}},
+                {"b": 4, "s": 9, "t": T, "q": "s", "m": {"temp_c": "\ud800"}},
+            ],
+        }
+    ),
+    {
+        "kind": "readings",
+        "readings": [
+            rd(4, 0, T, "s", {"note": 'a "quoted" \\ back\\slash'}),
+            rd(4, 8, T, "s", {"note": "é 漢字 😀 \u2028 \ufeff \U0010ffff"}),
+        ],
+        "rejected": [{"index": i, "reason": "bad_string"} for i in (1, 2, 3, 4, 5, 6, 7, 9)],
+        "flushed": None,
+    },
+    types={"string": ["note"]},
+)
+add(
+    "reading_reserved_names",
+    "a metric may not be named like a field or tag of the reading measurement, nor time",
+    enc(
+        {
+            "v": 1,
+            "dev": "dev-1",
+            "r": [
+                {"b": 5, "s": 0, "t": T, "q": "s", "m": {"time": 1.0}},
+                {"b": 5, "s": 1, "t": T, "q": "s", "m": {"site": 1.0}},
+                {"b": 5, "s": 2, "t": T, "q": "s", "m": {"device": 1.0}},
+                {"b": 5, "s": 3, "t": T, "q": "s", "m": {"boot": 1.0}},
+                {"b": 5, "s": 4, "t": T, "q": "s", "m": {"sites": 1.0}},
+            ],
+        }
+    ),
+    {
+        "kind": "readings",
+        "readings": [rd(5, 4, T, "s", {"sites": 1.0})],
+        "rejected": [{"index": i, "reason": "schema"} for i in range(4)],
         "flushed": None,
     },
 )
@@ -285,6 +381,35 @@ add(
     {"kind": "status", "state": "offline", "fields": {}},
     topic=ST,
     encode=True,
+)
+add(
+    "status_types",
+    "documented status fields have their documented type, others are floats unless declared",
+    enc({"v": 1, "dev": "dev-1", "state": "online", "sleep_s": 300.0, "battery_mv": 3911.0, "rssi": -70, "ssid": "x"}),
+    {"kind": "status", "state": "online", "fields": {"sleep_s": 300, "battery_mv": 3911, "rssi": -70.0, "ssid": "x"}},
+    topic=ST,
+    types={"string": ["ssid"]},
+)
+add(
+    "status_type_mismatch",
+    "a status field of the wrong kind rejects the whole status",
+    enc({"v": 1, "dev": "dev-1", "state": "online", "battery_mv": "low"}),
+    {"kind": "error", "reason": "type_mismatch"},
+    topic=ST,
+)
+add(
+    "status_bad_string",
+    "a status string with a lone surrogate rejects the whole status",
+    enc({"v": 1, "dev": "dev-1", "state": "online", "fw": "0.1\udc80"}),
+    {"kind": "error", "reason": "bad_string"},
+    topic=ST,
+)
+add(
+    "status_reserved_time",
+    "a status field named time (InfluxDB would drop it silently) rejects the whole status",
+    enc({"v": 1, "dev": "dev-1", "state": "online", "time": 5}),
+    {"kind": "error", "reason": "schema"},
+    topic=ST,
 )
 add(
     "status_bad_state",

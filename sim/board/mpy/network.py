@@ -19,6 +19,8 @@ class WLAN:
     def active(self, on=None):
         if on is None:
             return self._active
+        if bool(on) != self._active:
+            _sb.truth('radio %s %d' % ('on' if on else 'off', _sb.vt()))  # radio-on time, for the power budget
         self._active = bool(on)
         if not on:
             self._want = False

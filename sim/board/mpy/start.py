@@ -2,6 +2,11 @@
 # from the current directory (the board's flash).
 import sys
 
+import socket as _socket
+
+# `import usocket` (older libraries) would reach the unix port's built-in socket, past the ESP32 shim
+sys.modules['usocket'] = _socket
+
 for _name in ('boot.py', 'main.py'):
     try:
         _f = open(_name)

@@ -9,6 +9,7 @@ from typing import Any
 
 from gateway.anomaly import AnomalyEngine, parse_anomaly
 from gateway.config import parse_config
+from gateway.lineproto import reading_time_ns
 from gateway.model import MetricValue, Reading
 from gateway.pipeline import Pipeline
 
@@ -49,7 +50,7 @@ def test_one_point_per_scored_value_and_alerts_for_each_metric_plus_one_compound
     assert float(z.details["z"]) > 4.5 and z.details["metric"] == "temp_c" and "above its baseline" in z.message
     temp_line = next(ln for ln in out.lines if "metric=temp_c" in ln)
     assert "anomalous=true" in temp_line and 'phase="scored"' in temp_line
-    assert temp_line.endswith(f" {bad.t_ms * 1_000_000}")
+    assert temp_line.endswith(f" {reading_time_ns(bad.t_ms, bad.boot, bad.seq)}")  # the reading's own point time
     assert eng.stats["scored"] == 122 and eng.stats["compound_alerts"] == 1
 
 

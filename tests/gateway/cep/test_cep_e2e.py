@@ -112,7 +112,7 @@ async def test_pattern_alerts_on_mqtt_and_in_influxdb(
         readings = [r for r in rows if (r[0], 1, r[1]) in {tuple(x) for x in doc["readings"]}]
         assert (doc["first_ms"], doc["last_ms"]) == (min(r[2] for r in readings), max(r[2] for r in readings))
     door = next(doc for _, doc in received if doc["name"] == "door_left_open")
-    assert door["severity"] == "warning" and door["details"] == {"closed_before_door": "closed", "opened_door": "open"}
+    assert door["severity"] == "warning" and door["details"] == {"closed_before.door": "closed", "opened.door": "open"}
 
     def stored() -> dict[str, tuple[str, str, int]]:
         rows_ = influx_query(influxdb_v1.url, influx_db, "SELECT * FROM alert", epoch="ms")

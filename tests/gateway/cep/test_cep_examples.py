@@ -162,7 +162,7 @@ def test_alerts_carry_pattern_key_times_and_values() -> None:
     )  # fmt: skip
     assert (alert.first_ms, alert.last_ms) == (T0, T0 + 20 * S)
     assert alert.readings == rid("d5", 0, 2)
-    assert alert.details == {"hot_temp_c": 85.0, "hot_pressure_hpa": 1000.0, "drop_pressure_hpa": 899.0}
+    assert alert.details == {"hot.temp_c": 85.0, "hot.pressure_hpa": 1000.0, "drop.pressure_hpa": 899.0}
 
 
 def test_door_alert_waits_for_the_watermark() -> None:

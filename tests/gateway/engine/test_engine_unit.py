@@ -8,6 +8,7 @@ from engine_helpers import batch
 from gateway.engine import Engine, LateReading, WindowResult, parse_engine
 from gateway.engine.config import WindowSpec
 from gateway.engine.operators import TumblingOperator
+from gateway.lineproto import reading_time_ns
 
 T0 = 1_764_072_000_000
 
@@ -75,8 +76,8 @@ def test_line_protocol_of_outputs() -> None:
     late = LateReading("m1", "a", "gh-07", "temp_c", T0, 17, 3, 5_000, T0 + 5_000, "too_late", 21.0)
     assert late.to_line() == (
         "late_reading,device=gh-07,metric=temp_c,reason=too_late,site=a,window=m1 "
-        f"late_by_ms=5000i,boot=17i,seq=3i,watermark_ms={T0 + 5_000}i,value=21.0 {T0 * 1_000_000}"
-    )
+        f"late_by_ms=5000i,boot=17i,seq=3i,watermark_ms={T0 + 5_000}i,value=21.0 {reading_time_ns(T0, 17, 3)}"
+    )  # at the reading's own point time: two readings of one millisecond stay apart here too
 
 
 def test_watermark_never_goes_back() -> None:

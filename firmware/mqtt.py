@@ -1,0 +1,228 @@
+# A small MQTT 3.1.1 client for one wake: CONNECT with a last will, QoS 1 PUBLISH that returns after its
+# PUBACK, DISCONNECT. Nothing else (no subscriptions, no QoS 2, no pings: a wake is short).
+#
+# Every wait is bounded. The socket is non-blocking from the start and never made blocking again; each
+# connect, read and write waits in select.poll for at most what is left of the operation's deadline, so a
+# broker that stops answering (a half-open TCP connection) costs one timeout, never a hung board. On the
+# ESP32 a blocking socket waits forever (ports/esp32/modsocket.c: setblocking(True) and a new socket both
+# mean UINT64_MAX retries) and a connect with a timeout is a blocking lwip_connect; poll() with a timeout is
+# bounded there (extmod/modselect.c). Every failure is an OSError (errno 110 ETIMEDOUT for a deadline).
+import select
+import socket
+import struct
+import time
+from micropython import const
+
+ETIMEDOUT = const(110)
+_CONNACK = const(0x20)
+_PUBACK = const(0x40)
+_OUT = const(512)  # a packet up to this size goes out in one write (one TCP segment, no Nagle wait)
+
+
+def _b(s):
+    """Bytes for the wire: MQTT lengths count bytes, not characters."""
+    return s.encode() if isinstance(s, str) else s
+
+
+def _varlen(buf, i, n):
+    """Write the remaining length n at buf[i:]; return the index after it."""
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        buf[i] = b | 0x80 if n else b
+        i += 1
+        if not n:
+            return i
+
+
+class Client:
+    def __init__(self, client_id, user=None, password=None, keepalive=0):
+        self.id = _b(client_id)
+        self.user = _b(user) if user else None
+        self.pswd = _b(password or '')
+        self.keepalive = keepalive
+        self.will = None  # (topic, msg, retain, qos)
+        self.sock = None
+        self.poll = None
+        self.pid = 0
+        self.until = time.ticks_ms()
+        self.hdr = bytearray(8)
+        self.out = bytearray(_OUT)
+        self.n = 0
+
+    def set_last_will(self, topic, msg, retain=False, qos=0):
+        self.will = (_b(topic), _b(msg), retain, qos)
+
+    # -- bounded I/O ------------------------------------------------------------------------------
+
+    def _deadline(self, ms):
+        self.until = time.ticks_add(time.ticks_ms(), ms)
+
+    def _wait(self, ev):
+        p = self.poll
+        if p is None:
+            raise OSError(9)  # EBADF: closed
+        left = time.ticks_diff(self.until, time.ticks_ms())
+        if left <= 0:
+            raise OSError(ETIMEDOUT)
+        p.modify(self.sock, ev)
+        p.poll(left)  # an event or the deadline; the caller's read/write tells which
+
+    def _write(self, data):
+        mv = memoryview(data)
+        i = 0
+        while i < len(mv):
+            self._wait(select.POLLOUT)
+            s = self.sock
+            if s is None:
+                raise OSError(9)
+            n = s.write(mv[i:])
+            if n:
+                i += n
+
+    def _read(self, buf, n):
+        mv = memoryview(buf)
+        i = 0
+        while i < n:
+            self._wait(select.POLLIN)
+            s = self.sock
+            if s is None:
+                raise OSError(9)
+            r = s.readinto(mv[i:n])
+            if r is None:  # nothing yet
+                continue
+            if r == 0:
+                raise OSError(104)  # ECONNRESET: the broker closed the connection
+            i += r
+        return buf
+
+    def _put(self, data):
+        """Queue data for the packet being built; a long payload is written straight from its buffer."""
+        n = len(data)
+        o = self.n
+        if o + n > _OUT:
+            self._flush()
+            if n > _OUT:
+                self._write(data)
+                return
+            o = 0
+        self.out[o:o + n] = data
+        self.n = o + n
+
+    def _flush(self):
+        n, self.n = self.n, 0
+        if n:
+            self._write(memoryview(self.out)[:n])
+
+    def _send_str(self, s):
+        struct.pack_into('!H', self.hdr, 0, len(s))
+        self._put(memoryview(self.hdr)[:2])
+        self._put(s)
+
+    def _packet(self):
+        """Read one packet header; return (type byte, remaining length)."""
+        h = self._read(self.hdr, 1)[0]
+        n = 0
+        sh = 0
+        while True:
+            b = self._read(self.hdr, 1)[0]
+            n |= (b & 0x7F) << sh
+            if not b & 0x80:
+                return h, n
+            sh += 7
+            if sh > 21:
+                raise OSError(5)  # EIO: malformed length
+
+    def _skip(self, n):
+        while n > 0:
+            k = n if n < len(self.hdr) else len(self.hdr)
+            self._read(self.hdr, k)
+            n -= k
+
+    # -- MQTT --------------------------------------------------------------------------------------
+
+    def connect(self, addr, timeout_ms, clean=True):
+        """Open the TCP connection to addr (from socket.getaddrinfo) and log in; at most timeout_ms."""
+        self.close()
+        self._deadline(timeout_ms)
+        s = socket.socket()
+        self.sock = s
+        s.setblocking(False)
+        self.poll = select.poll()
+        self.poll.register(s, select.POLLOUT)
+        try:
+            s.connect(addr)
+        except OSError:
+            pass  # EINPROGRESS (its number differs between ports); a real failure shows at the first write
+        will = self.will
+        sz = 10 + 2 + len(self.id)
+        flags = 0x02 if clean else 0
+        if will is not None:
+            sz += 2 + len(will[0]) + 2 + len(will[1])
+            flags |= 0x04 | (will[3] & 3) << 3 | (0x20 if will[2] else 0)
+        if self.user:
+            sz += 2 + len(self.user) + 2 + len(self.pswd)
+            flags |= 0xC0
+        h = self.hdr
+        h[0] = 0x10
+        i = _varlen(h, 1, sz)
+        self.n = 0
+        self._put(memoryview(h)[:i])
+        self._put(b'\x00\x04MQTT\x04')
+        h[0] = flags
+        struct.pack_into('!H', h, 1, self.keepalive)
+        self._put(memoryview(h)[:3])
+        self._send_str(self.id)
+        if will is not None:
+            self._send_str(will[0])
+            self._send_str(will[1])
+        if self.user:
+            self._send_str(self.user)
+            self._send_str(self.pswd)
+        self._flush()
+        op, n = self._packet()
+        if op != _CONNACK or n != 2:
+            raise OSError(5)
+        self._read(h, 2)
+        if h[1] != 0:
+            raise OSError('mqtt refused %d' % h[1])
+
+    def publish(self, topic, msg, retain, timeout_ms):
+        """Publish at QoS 1 and return once the broker's PUBACK for it arrived; at most timeout_ms."""
+        self._deadline(timeout_ms)
+        topic = _b(topic)
+        self.pid = self.pid % 65535 + 1
+        pid = self.pid
+        h = self.hdr
+        h[0] = 0x32 | (1 if retain else 0)
+        i = _varlen(h, 1, 2 + len(topic) + 2 + len(msg))
+        self.n = 0
+        self._put(memoryview(h)[:i])
+        self._send_str(topic)
+        struct.pack_into('!H', h, 0, pid)
+        self._put(memoryview(h)[:2])
+        self._put(msg)
+        self._flush()
+        while True:
+            op, n = self._packet()
+            if op == _PUBACK and n == 2:
+                if struct.unpack_from('!H', self._read(h, 2), 0)[0] == pid:
+                    return
+            else:
+                self._skip(n)  # anything else (a PINGRESP, a retained message) is not ours
+
+    def disconnect(self, timeout_ms):
+        """A clean DISCONNECT (the broker discards the will), then close."""
+        try:
+            self._deadline(timeout_ms)
+            self._write(b'\xe0\x00')
+        finally:
+            self.close()
+
+    def close(self):
+        s, self.sock, self.poll = self.sock, None, None
+        if s is not None:
+            try:
+                s.close()
+            except OSError:
+                pass

@@ -1,0 +1,514 @@
+"""``edgekit-gateway recover``: salvage what is readable of a damaged state file into a fresh one.
+
+The damaged file (and its ``-wal``) is copied aside, byte for byte, to ``<file>.damaged-<UTC time>`` before
+anything else; the salvage reads a scratch copy, so that SQLite's own recovery of the WAL changes nothing that
+is kept. Every row is read on its own through SQLite's b-tree, in key order; where a page cannot be read, the
+reader finds the next readable key (probing forward, then bisecting back) and counts the hole. Kept:
+
+- the checkpoint, if it can be read, parses, and restores into a pipeline of this configuration;
+- every readable log row after the checkpoint's position (messages already acknowledged to the broker: the
+  next start replays them), with the log's position counter, so that new rows come after the checkpoint;
+- every readable spool chunk (lines not yet written to InfluxDB), as stored.
+
+The fresh file replaces the damaged one only once it is complete and closed; until then the damaged file is
+where it was. :class:`Salvage` says exactly what was kept and what is lost.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import sqlite3
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .app import STATE_VERSION, _fingerprint, state_path
+from .config import Config
+from .errors import StateError
+from .pipeline import Pipeline
+from .state import (
+    APPLICATION_ID,
+    KIND_MESSAGE,
+    KIND_OVERSIZE,
+    KIND_TICK,
+    StateStore,
+    expected_columns,
+    file_error,
+    lock_file,
+    wal_identity,
+)
+
+__all__ = ["Salvage", "recover_state"]
+
+_MAX_KEY = 2**62
+
+
+@dataclass
+class Salvage:
+    """What ``recover`` found, kept and lost (``lines()`` says it in words)."""
+
+    path: Path
+    aside: list[Path] = field(default_factory=list)
+    readable: bool = True
+    """False when nothing at all could be read (not an SQLite file, or its first page destroyed)."""
+    unreadable_why: str = ""
+    wal_ignored: str = ""
+    checkpoint: str = "absent"
+    """"kept", "absent" or "lost"."""
+    checkpoint_why: str = ""
+    checkpoint_pos: int = 0
+    checkpoint_saved_ms: int = 0
+    messages: int = 0
+    ticks: int = 0
+    log_rows_lost: int | None = 0
+    """Log rows that could not be read: None when their number cannot be known."""
+    log_lost_exact: bool = True
+    """False when the checkpoint is lost: positions it had deleted cannot be told from lost rows."""
+    log_holes: list[tuple[int, int | None]] = field(default_factory=list)
+    log_invalid: int = 0
+    chunks: int = 0
+    chunk_lines: int = 0
+    spool_holes: list[tuple[int, int | None]] = field(default_factory=list)
+    spool_invalid: int = 0
+
+    @property
+    def lost_anything(self) -> bool:
+        return (
+            not self.readable
+            or self.checkpoint == "lost"
+            or self.log_rows_lost != 0
+            or bool(self.log_holes)
+            or bool(self.spool_holes)
+            or self.log_invalid > 0
+            or self.spool_invalid > 0
+        )
+
+    def lines(self) -> list[str]:
+        out = [f"recovered {self.path}: a fresh state file with everything that could be read"]
+        out.append("damaged file kept as " + ", ".join(str(p) for p in self.aside))
+        if not self.readable:
+            out.append(
+                f"nothing could be read ({self.unreadable_why}): the checkpoint, the logged messages and the "
+                "spooled lines are lost; the gateway starts with empty state"
+            )
+            return out
+        if self.wal_ignored:
+            out.append(f"WAL file ignored: {self.wal_ignored}")
+        if self.checkpoint == "kept":
+            saved = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.checkpoint_saved_ms / 1000))
+            out.append(f"checkpoint: kept (log position {self.checkpoint_pos:,}, saved {saved})")
+        elif self.checkpoint == "lost":
+            out.append(
+                f"checkpoint unreadable ({self.checkpoint_why}): window, dedup, pattern and anomaly state start "
+                "empty, so readings re-sent by the boards may be counted again in windows; alerts not yet "
+                "published are lost"
+            )
+        else:
+            out.append("checkpoint: none (the gateway had not taken one yet)")
+        kept = f"log: {self.messages:,} logged messages kept and will be replayed" + (
+            f" (and {self.ticks:,} ticks)" if self.ticks else ""
+        )
+        if self.log_rows_lost is None:
+            lost = "; rows after the last readable one could not be read and their number is unknown"
+        elif self.log_rows_lost:
+            lost = (
+                f"; {'' if self.log_lost_exact else 'up to '}{self.log_rows_lost:,} rows unreadable (positions "
+                f"{_ranges(self.log_holes)}): the messages among them were acknowledged to the broker and are lost"
+            )
+        else:
+            lost = "; no row lost"
+        if self.log_invalid:
+            lost += f"; {self.log_invalid:,} rows read but not valid, dropped"
+        out.append(kept + lost)
+        spool = f"spool: {self.chunks:,} chunks ({self.chunk_lines:,} lines) kept and will be written"
+        if self.spool_holes:
+            where = ", ".join(
+                f"after chunk {a}" + (f" and before chunk {b}" if b is not None else "") for a, b in self.spool_holes
+            )
+            spool += f"; chunks unreadable ({where}): their lines (not yet written to InfluxDB) are lost"
+        else:
+            spool += "; no chunk lost"
+        if self.spool_invalid:
+            spool += f"; {self.spool_invalid:,} chunks read but not valid, dropped"
+        out.append(spool)
+        if not self.lost_anything:
+            out.append("nothing was lost")
+        return out
+
+
+def _ranges(holes: list[tuple[int, int | None]]) -> str:
+    return ", ".join(
+        (f"{a + 1}-{b - 1}" if b - a > 2 else f"{a + 1}") if b is not None else f"after {a}" for a, b in holes
+    )
+
+
+# --- reading a damaged file row by row ---------------------------------------------------------------
+
+
+def _select(table: str, key: str, columns: list[str]) -> str:
+    # ">=": SQLite seeks to the key itself, so a seek from the first key of a readable page stays on that page
+    return f"SELECT {', '.join([key, *columns])} FROM {table} WHERE {key} >= ? ORDER BY {key}"
+
+
+def _readable_from(db: sqlite3.Connection, select: str, start: int) -> bool:
+    """Whether the first row with a key from ``start`` on can be read whole (or there is none)."""
+    try:
+        row = db.execute(select + " LIMIT 1", (start,)).fetchone()
+    except sqlite3.DatabaseError:
+        return False
+    return row is None or (isinstance(row[0], int) and row[0] >= start)
+
+
+def _next_readable(db: sqlite3.Connection, select: str, start: int) -> int | None:
+    """The smallest ``x > start`` from which the table reads again (probing forward, then bisecting back), or
+    None when nothing from ``start`` on can be read."""
+    step = 1
+    while not _readable_from(db, select, start + step):
+        if start + step >= _MAX_KEY:
+            return None
+        step = min(step * 2, _MAX_KEY - start)
+    lo, hi = start + step // 2, start + step  # unreadable from lo (or lo is ``start``), readable from hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if _readable_from(db, select, mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+class _OutOfOrder(Exception):
+    pass
+
+
+def _read_rows(
+    db: sqlite3.Connection, table: str, key: str, columns: list[str], take: Callable[[tuple[Any, ...]], None]
+) -> list[tuple[int, int | None]]:
+    """Hand every readable row of ``table`` (``key`` first, then ``columns``) to ``take``, in key order; return
+    the holes ``(a, b)``: rows with ``a < key < b`` (``b`` None: to the end) could not be read."""
+    select = _select(table, key, columns)
+    holes: list[tuple[int, int | None]] = []
+    start = 1  # AUTOINCREMENT keys start at 1
+    while True:
+        try:
+            for row in db.execute(select, (start,)):
+                if not isinstance(row[0], int) or row[0] < start:
+                    raise _OutOfOrder  # a damaged page read as cells: its keys go back
+                take(row)
+                start = row[0] + 1
+            return holes
+        except (sqlite3.DatabaseError, _OutOfOrder):
+            pass
+        # the module steps one row ahead, so the row just before a damaged page is not returned: read it alone
+        try:
+            one = db.execute(select + " LIMIT 1", (start,)).fetchone()
+            if one is not None and (not isinstance(one[0], int) or one[0] < start):
+                raise _OutOfOrder
+        except (sqlite3.DatabaseError, _OutOfOrder):
+            resume = _next_readable(db, select, start)
+            one = None if resume is None else db.execute(select + " LIMIT 1", (resume,)).fetchone()
+            holes.append((start - 1, None if one is None else one[0]))
+        if one is None:
+            return holes
+        take(one)
+        start = one[0] + 1
+
+
+def _try(fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except sqlite3.DatabaseError:
+        return None
+
+
+# --- the command ------------------------------------------------------------------------------------------
+
+
+def recover_state(config: Config, *, now_ms: int | None = None) -> Salvage:
+    """Salvage the state file of ``config`` into a fresh one; keep the damaged one aside.
+
+    Raises :class:`StateError` when nothing was changed: no state file, the directory cannot be written, the
+    file is in use, or the checkpoint was written with another configuration.
+    """
+    path = state_path(config)
+    if not path.exists():
+        raise StateError(f"state file {path}: does not exist, nothing to recover")
+    directory = path.parent
+    try:
+        probe = tempfile.NamedTemporaryFile(dir=directory, prefix=f".{path.name}.", delete=True)
+        probe.close()
+    except OSError as exc:
+        raise StateError(
+            f"state file {path}: cannot write in {directory} ({exc.strerror}); nothing was changed"
+        ) from exc
+    lock = lock_file(path)  # no gateway may run on it meanwhile
+    stamp = time.strftime(
+        "%Y%m%dT%H%M%SZ", time.gmtime((now_ms if now_ms is not None else time.time_ns() // 10**6) / 1000)
+    )
+    scratch = Path(tempfile.mkdtemp(dir=directory, prefix=f".{path.name}.scratch-"))
+    fresh = directory / f".{path.name}.recovered"
+    made: list[Path] = []
+    try:
+        report = Salvage(path=path)
+        aside = f"{path.name}.damaged-{stamp}"
+        n = 1
+        while (directory / aside).exists():  # recovered twice in one second: keep the first copy too
+            n += 1
+            aside = f"{path.name}.damaged-{stamp}-{n}"
+        for suffix in ("", "-wal"):
+            src = Path(f"{path}{suffix}")
+            if src.exists():
+                dst = directory / f"{aside}{suffix}"
+                shutil.copy2(src, dst)
+                made.append(dst)
+                shutil.copy2(src, scratch / f"state.db{suffix}")
+        report.aside = list(made)
+        _fsync_all(made)
+        fresh.unlink(missing_ok=True)
+        _salvage_into(fresh, config, scratch / "state.db", report)
+        st = path.stat()  # the fresh file belongs to whoever the damaged one did (the service's user, not root)
+        if os.geteuid() == 0:
+            os.chown(fresh, st.st_uid, st.st_gid)
+        fresh.chmod(st.st_mode & 0o777)
+        for suffix in ("-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        os.replace(fresh, path)
+        _fsync_dir(directory)
+        return report
+    except BaseException:
+        for p in made:
+            p.unlink(missing_ok=True)
+        fresh.unlink(missing_ok=True)
+        raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        os.close(lock)
+
+
+def _salvage_into(fresh: Path, config: Config, scratch: Path, report: Salvage) -> None:
+    """Read the scratch copy, writing what is kept into the fresh file as it is read (one transaction)."""
+    store = StateStore(fresh, sync=config.state.sync)
+    out = store.db
+    try:
+        out.execute("BEGIN IMMEDIATE")
+        floor = _salvage(config, scratch, report, out)
+        # new log rows must come after every position the checkpoint or a lost row may have used
+        if floor:
+            if out.execute("SELECT 1 FROM sqlite_sequence WHERE name = 'log'").fetchone() is None:
+                out.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('log', ?)", (floor,))
+            else:
+                out.execute("UPDATE sqlite_sequence SET seq = MAX(seq, ?) WHERE name = 'log'", (floor,))
+        out.execute("COMMIT")
+    except sqlite3.Error as exc:
+        if out.in_transaction:
+            out.execute("ROLLBACK")
+        raise file_error(fresh, exc) from exc
+    except BaseException:
+        if out.in_transaction:
+            out.execute("ROLLBACK")
+        raise
+    finally:
+        store.close()
+    with open(fresh, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def _salvage(config: Config, scratch: Path, report: Salvage, out: sqlite3.Connection) -> int:
+    """Salvage into ``out``; returns the lowest position the log's counter must keep."""
+    header = _header(scratch)
+    if header is None:
+        report.readable = False
+        report.unreadable_why = "not an SQLite database: its header is missing or destroyed"
+        return 0
+    _drop_partial_page(scratch)
+    wal = Path(f"{scratch}-wal")
+    foreign = wal_identity(wal)
+    if header[0] == APPLICATION_ID and foreign is not None and foreign != header:
+        wal.unlink()
+        report.wal_ignored = "it belongs to another database (its first page carries another file id)"
+    db = _connect(scratch)
+    try:
+        tables = _try(lambda: {r[0] for r in db.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")})
+        if tables is None:
+            report.readable = False
+            report.unreadable_why = "its schema page cannot be read"
+            return 0
+        after = _salvage_checkpoint(config, db, tables, report, out)
+        floor = _salvage_log(db, tables, report, out, after)
+        _salvage_spool(db, tables, report, out)
+    finally:
+        db.close()
+    return max(floor, after)
+
+
+def _connect(scratch: Path) -> sqlite3.Connection:
+    """The scratch copy, read as far as it goes: with ``writable_schema`` SQLite reads a file shorter than its
+    header says (cut mid-page) up to where it ends instead of refusing it whole. Nothing is written to it."""
+    db = sqlite3.connect(f"file:{scratch}?mode=rw", uri=True, isolation_level=None)
+    db.execute("PRAGMA writable_schema=ON")
+    return db
+
+
+def _drop_partial_page(scratch: Path) -> None:
+    """A file cut in the middle of a page: SQLite would read the missing part of that page as zeros, and a cell
+    that lay across the cut as a row with zeros in it. Cut the copy back to whole pages: the partial page then
+    reads as damaged (a page holds its cells at its end, so almost nothing readable is lost with it)."""
+    with open(scratch, "rb") as f:
+        head = f.read(18)
+    size = int.from_bytes(head[16:18], "big")
+    page = 65536 if size == 1 else size
+    length = scratch.stat().st_size
+    if page >= 512 and length % page:
+        os.truncate(scratch, length - length % page)
+
+
+def _header(path: Path) -> tuple[int, int] | None:
+    with open(path, "rb") as f:
+        head = f.read(100)
+    if len(head) < 100 or not head.startswith(b"SQLite format 3\x00"):
+        return None
+    return int.from_bytes(head[68:72], "big"), int.from_bytes(head[60:64], "big")
+
+
+def _salvage_checkpoint(
+    config: Config, db: sqlite3.Connection, tables: set[str], report: Salvage, out: sqlite3.Connection
+) -> int:
+    """Keep the checkpoint if it can be read, parses and restores; returns its position (0 without one)."""
+    if "checkpoint" not in tables:
+        return 0
+    try:
+        row = db.execute("SELECT pos, state, saved_ms FROM checkpoint WHERE id = 1").fetchone()
+    except sqlite3.DatabaseError as exc:
+        report.checkpoint, report.checkpoint_why = "lost", f"its page cannot be read: {exc}"
+        return 0
+    if row is None:
+        return 0
+    pos, text, saved_ms = row
+    try:
+        if not isinstance(pos, int) or not isinstance(saved_ms, int) or not isinstance(text, str):
+            raise ValueError("a column holds a value of the wrong type")
+        state = json.loads(text)
+        if not isinstance(state, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as exc:
+        report.checkpoint, report.checkpoint_why = "lost", f"it does not parse: {exc}"
+        return 0
+    if state.get("version") != STATE_VERSION or state.get("fingerprint") != _fingerprint(config):
+        raise StateError(
+            f"state file {report.path}: the checkpoint was written with other windows, watermarks or prefix "
+            f"(fingerprint {state.get('fingerprint')!r}, now {_fingerprint(config)!r}): run recover with the "
+            "configuration that wrote it; nothing was changed"
+        )
+    try:
+        Pipeline(config).restore(state["pipeline"])
+        for _, payload in state.get("outbox", []):
+            base64.b64decode(payload, validate=True)
+        for d in state.get("recent", []):
+            bytes.fromhex(d)
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        report.checkpoint, report.checkpoint_why = "lost", f"it does not restore: {type(exc).__name__}: {exc}"
+        return 0
+    out.execute("INSERT INTO checkpoint (id, pos, state, saved_ms) VALUES (1, ?, ?, ?)", (pos, text, saved_ms))
+    report.checkpoint, report.checkpoint_pos, report.checkpoint_saved_ms = "kept", pos, saved_ms
+    return pos
+
+
+def _salvage_log(db: sqlite3.Connection, tables: set[str], report: Salvage, out: sqlite3.Connection, after: int) -> int:
+    """Keep every readable, valid log row after the checkpoint's position ``after``; returns the highest
+    position the log had used."""
+    if "log" not in tables:
+        return 0
+    seq_row = _try(lambda: db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'log'").fetchone())
+    seq = seq_row[0] if seq_row is not None and isinstance(seq_row[0], int) else None
+    highest = 0
+    insert = "INSERT INTO log (pos, kind, topic, payload, received_ms) VALUES (?, ?, ?, ?, ?)"
+
+    def take(row: tuple[Any, ...]) -> None:
+        nonlocal highest
+        pos, kind, topic, payload, received_ms = row
+        highest = max(highest, pos)
+        if pos <= after:
+            return  # taken into the checkpoint already (a checkpoint deletes these in its own transaction)
+        if (
+            kind not in (KIND_MESSAGE, KIND_OVERSIZE, KIND_TICK)
+            or not isinstance(topic, str)
+            or not isinstance(payload, bytes)
+            or not isinstance(received_ms, int)
+            or received_ms <= 0  # a gateway's wall clock; zeros are a page read past its end
+            or (kind != KIND_TICK) != bool(topic)
+        ):
+            report.log_invalid += 1
+            return
+        out.execute(insert, row)
+        if kind != KIND_TICK:  # a message, or the stub of an oversize one (its dead letter on replay)
+            report.messages += 1
+        else:
+            report.ticks += 1
+
+    holes = _read_rows(db, "log", "pos", ["kind", "topic", "payload", "received_ms"], take)
+    # the positions after the checkpoint's are consecutive up to the sequence: each one not read is a lost row
+    # (without the checkpoint, some may be positions a checkpoint had deleted: then "up to")
+    lost: int | None = 0
+    for a, b in holes:
+        a = max(a, after)
+        if b is not None and b - a <= 1:
+            continue
+        report.log_holes.append((a, b))
+        if b is not None and lost is not None:
+            lost += b - a - 1
+        elif seq is not None and lost is not None:
+            lost += max(0, seq - a)
+            report.log_holes[-1] = (a, seq + 1)
+        else:
+            lost = None
+    report.log_rows_lost = lost
+    report.log_lost_exact = report.checkpoint != "lost"
+    return max(after, seq or 0, highest)
+
+
+def _salvage_spool(db: sqlite3.Connection, tables: set[str], report: Salvage, out: sqlite3.Connection) -> None:
+    """Keep every readable spool chunk as it was stored (whatever the encoding of its lines)."""
+    if "spool" not in tables:
+        return
+    fresh = expected_columns("spool")
+    have = _try(lambda: [r[1] for r in db.execute("PRAGMA table_info(spool)")]) or fresh
+    columns = [c for c in fresh if c in have and c != "id"]
+    insert = f"INSERT INTO spool ({', '.join(['id', *columns])}) VALUES ({', '.join('?' * (1 + len(columns)))})"
+
+    def take(row: tuple[Any, ...]) -> None:
+        values = dict(zip(columns, row[1:], strict=True))
+        n = values.get("n")
+        if not isinstance(n, int) or n < 0 or not isinstance(values.get("prio"), int):
+            report.spool_invalid += 1
+            return
+        try:
+            out.execute(insert, row)
+        except sqlite3.IntegrityError:  # a NOT NULL column read as NULL
+            report.spool_invalid += 1
+            return
+        report.chunks += 1
+        report.chunk_lines += n
+
+    report.spool_holes = _read_rows(db, "spool", "id", columns, take)
+
+
+def _fsync_all(paths: list[Path]) -> None:
+    for p in paths:
+        with open(p, "rb") as f:
+            os.fsync(f.fileno())
+    if paths:
+        _fsync_dir(paths[0].parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,341 @@
+"""The network side of a wake under the real MicroPython unix port, with the ESP32's socket semantics
+(sim/board/mpy/_espnet.py: setblocking(True) waits forever, a name lookup can hang):
+
+- a half-open broker connection: a real TCP peer on loopback passes the board's traffic to a real Mosquitto
+  until the first PUBACK has gone back to the board, then goes silent with the connection left open (as a
+  connection at the edge of Wi-Fi range does). Every wake must still end in deep sleep before the watchdog,
+  keep the unacknowledged readings, and deliver each exactly once after the connection heals.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from gateway.model import Batch
+from gateway.protocol import decode
+from sim.board.dns import DnsServer
+from sim.board.runner import BoardSpec, Fleet, Hook, WakeRecord, host_ms
+
+from .conftest import Broker
+
+MIN = 60_000
+VALUES = {"values": {"temp_c": {"base": 21.0, "amp": 2.0, "period_s": 3600}, "adc35": 1.9, "adc34": 1.0}}
+
+
+def _close(s: socket.socket) -> None:
+    try:
+        s.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    s.close()
+
+
+def _packets(buf: bytearray) -> list[bytes]:
+    """Cut whole MQTT control packets off the front of buf (fixed header + remaining length)."""
+    out = []
+    while len(buf) >= 2:
+        n, mul, i = 0, 1, 1
+        while True:
+            if i >= len(buf):
+                return out
+            b = buf[i]
+            n += (b & 0x7F) * mul
+            mul *= 128
+            i += 1
+            if not b & 0x80:
+                break
+        if len(buf) < i + n:
+            return out
+        out.append(bytes(buf[: i + n]))
+        del buf[: i + n]
+    return out
+
+
+class HalfOpenProxy:
+    """board <-> proxy <-> Mosquitto. Until heal(), each connection passes traffic both ways until the
+    broker's first PUBACK has reached the board, then stalls: nothing more goes either way, and the board's
+    side stays open (it is closed only when the board closes it). After heal() new connections pass
+    everything."""
+
+    def __init__(self, broker_port: int) -> None:
+        self.broker_port = broker_port
+        self.lsock = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.lsock.getsockname()[1])
+        self.healed = False
+        self.connections = 0
+        self.stalls = 0
+        self.closed = False
+        self.socks: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def heal(self) -> None:
+        self.healed = True
+
+    def _accept(self) -> None:
+        while not self.closed:
+            try:
+                down, _ = self.lsock.accept()
+            except OSError:
+                return
+            up = socket.create_connection(("127.0.0.1", self.broker_port))
+            self.socks += [down, up]
+            self.connections += 1
+            state = {"stalled": False, "healthy": self.healed}
+            threading.Thread(target=self._board_to_broker, args=(down, up, state), daemon=True).start()
+            threading.Thread(target=self._broker_to_board, args=(up, down, state), daemon=True).start()
+
+    def _board_to_broker(self, down: socket.socket, up: socket.socket, state: dict[str, bool]) -> None:
+        while True:
+            try:
+                chunk = down.recv(4096)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                break
+            if state["stalled"]:
+                continue  # swallowed: the board's packets go nowhere
+            try:
+                up.sendall(chunk)
+            except OSError:
+                break
+        _close(up)  # the board closed (or was killed): the broker sees the connection drop
+
+    def _broker_to_board(self, up: socket.socket, down: socket.socket, state: dict[str, bool]) -> None:
+        buf = bytearray()
+        while True:
+            try:
+                chunk = up.recv(4096)
+            except OSError:
+                return
+            if not chunk:
+                return
+            if state["stalled"]:
+                continue
+            buf += chunk
+            for pkt in _packets(buf):
+                try:
+                    down.sendall(pkt)
+                except OSError:
+                    return
+                if pkt[0] == 0x40 and not state["healthy"]:  # the first PUBACK went through: stall here
+                    state["stalled"] = True
+                    self.stalls += 1
+                    break
+
+    def close(self) -> None:
+        self.closed = True
+        self.lsock.close()
+        for s in self.socks:
+            _close(s)
+
+
+class Subscriber:
+    def __init__(self, port: int) -> None:
+        self.msgs: list[tuple[str, bytes, int]] = []
+        self.lock = threading.Lock()
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"net-sub-{time.monotonic_ns()}")
+        self.c.on_connect = lambda c, u, f, rc, p: c.subscribe("edgekit/#", qos=1)
+        self.c.on_message = self._on
+        self.c.connect("127.0.0.1", port)
+        self.c.loop_start()
+        deadline = time.monotonic() + 5
+        while not self.c.is_connected() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.2)
+
+    def _on(self, c: Any, u: Any, m: mqtt.MQTTMessage) -> None:
+        with self.lock:
+            self.msgs.append((m.topic, bytes(m.payload), host_ms()))
+
+    def readings(self) -> list[tuple[str, int, int]]:
+        out = []
+        with self.lock:
+            for topic, payload, rcv in self.msgs:
+                msg = decode(topic, payload, rcv)
+                if isinstance(msg, Batch):
+                    assert not msg.rejected, msg.rejected
+                    out.extend(r.key for r in msg.readings)
+        return out
+
+    def close(self) -> None:
+        self.c.loop_stop()
+        self.c.disconnect()
+
+
+def no_watchdog(w: WakeRecord) -> None:
+    """Stop the run at the first wake that did not end in deep sleep (a hung board would otherwise be reset
+    into the same hang for every remaining wake)."""
+    assert w.outcome == "sleep", f"{w.board}: wake at {w.start_vt} ended by {w.outcome}:\n{w.output[-1500:]}"
+
+
+def test_half_open_broker_ends_every_wake_in_sleep_and_loses_nothing(
+    micropython: str, broker: Broker, tmp_path: Path
+) -> None:
+    wake_s = 20
+    start = host_ms() - 3 * 3_600_000
+    proxy = HalfOpenProxy(broker.port)
+    cfg = {
+        "site": "lab",
+        "broker": "127.0.0.1",
+        "port": proxy.port,
+        "wifi_ssid": "sim",
+        "publish_every": 1,
+        "sleep_s": 300,
+        "wake_timeout_s": wake_s,
+        "wifi_timeout_s": 2,
+        "net_timeout_s": 2,
+    }
+    heal_at = start + 40 * MIN
+    fleet = Fleet(tmp_path / "fleet", [BoardSpec("fw-ho", cfg, VALUES)], start_vt=start, wdt_ms=(wake_s + 5) * 1000)
+    fleet.prepare()
+    sub = Subscriber(broker.port)
+    try:
+        wakes = fleet.run(heal_at + 90 * MIN, hooks=[Hook(heal_at, lambda f: proxy.heal())], on_wake=no_watchdog)
+        time.sleep(1.0)
+    finally:
+        sub.close()
+        fleet.stop_ntp()
+        proxy.close()
+    assert proxy.stalls >= 2, "the proxy never stalled a connection: the test did not exercise the fault"
+    for w in wakes:
+        assert "Traceback" not in w.output, w.output
+
+    taken = {(r.board, r.boot, r.seq) for r in fleet.readings_taken()}
+    got = sub.readings()
+    assert len(got) == len(set(got)), "a reading arrived twice"
+    assert set(got) == taken, f"not delivered: {sorted(taken - set(got))}"
+
+    during = [w for w in wakes if w.start_vt < heal_at]
+    after = [w for w in wakes if w.start_vt >= heal_at]
+    print(
+        f"\nhalf-open: {len(wakes)} wakes ({len(during)} before the heal), {proxy.connections} connections,"
+        f" {proxy.stalls} stalled; radio-on ms per wake before the heal {[w.radio_ms() for w in during]},"
+        f" after {[w.radio_ms() for w in after]}; {len(got)} readings delivered once"
+    )
+
+
+def attempts(wakes: list[WakeRecord]) -> list[WakeRecord]:
+    """The wakes that turned the radio on."""
+    return [w for w in wakes if w.radio_ms() > 0]
+
+
+def test_backoff_keeps_the_radio_off_in_an_outage_and_delivers_soon_after(
+    micropython: str, broker: Broker, tmp_path: Path
+) -> None:
+    """A 4-hour outage, of the broker (fw-b: connection refused) and of the Wi-Fi (fw-w). The firmware's
+    backoff (default backoff_max_s 3600 with sleep_s 300: at most 12 wakes apart) must keep the radio off on
+    most wakes, and each board must deliver everything within backoff_max_s + publish_every sleeps after the
+    outage."""
+    sleep_s, cap_s = 300, 3600
+    start = host_ms() - 8 * 3_600_000
+    out_end = start + 4 * 3_600_000
+    common = {
+        "site": "lab",
+        "broker": "127.0.0.1",
+        "port": broker.port,
+        "wifi_ssid": "sim",
+        "publish_every": 3,
+        "sleep_s": sleep_s,
+        "backoff_max_s": cap_s,
+        "wake_timeout_s": 20,
+        "wifi_timeout_s": 1,
+        "net_timeout_s": 2,
+    }
+    boards = [
+        BoardSpec("fw-b", common, VALUES),
+        BoardSpec("fw-w", common, {**VALUES, "wifi_down": [[start - MIN, out_end]]}, stagger_ms=20_000),
+    ]
+    fleet = Fleet(tmp_path / "fleet", boards, start_vt=start, wdt_ms=25_000)
+    broker.stop()
+    subs: list[Subscriber] = []
+
+    def back(f: Fleet) -> None:
+        broker.start()
+        subs.append(Subscriber(broker.port))
+
+    fleet.prepare()
+    try:
+        wakes = fleet.run(out_end + 2 * 3_600_000, hooks=[Hook(out_end, back)], on_wake=no_watchdog)
+        time.sleep(1.0)
+    finally:
+        for s in subs:
+            s.close()
+        fleet.stop_ntp()
+    assert subs, "the broker never came back"
+    got = subs[0].readings()
+    taken = {(r.board, r.boot, r.seq) for r in fleet.readings_taken()}
+    assert len(got) == len(set(got)) and set(got) == taken, sorted(taken - set(got))
+
+    cap_wakes = cap_s // sleep_s
+    for name in ("fw-b", "fw-w"):
+        mine = [w for w in wakes if w.board == name]
+        during = [w for w in mine if w.start_vt < out_end]
+        tried = attempts(during)
+        # 0, 1, 3, 7, 11, 11, ... wakes off after the 1st, 2nd, ... failure: 1 + log2(cap) ramp + one per cap
+        bound = 1 + cap_wakes.bit_length() + len(during) // (cap_wakes + 1)
+        assert len(tried) <= bound, f"{name}: radio on in {len(tried)} of {len(during)} outage wakes (bound {bound})"
+        after = [w for w in mine if w.start_vt >= out_end]
+        first_ok = next(i for i, w in enumerate(after) if w.lines("sent"))
+        # the documented bound: backoff_max_s, then the next due wake (at most publish_every later)
+        assert first_ok + 1 <= cap_wakes + 3, f"{name}: first delivery {first_ok + 1} wakes after the outage"
+        per_day = sum(w.radio_ms() for w in during) * 24 / 4 / 1000
+        print(
+            f"\n{name}: outage 4 h, {len(during)} wakes, radio on in {len(tried)}"
+            f" ({[w.radio_ms() for w in tried]} ms), {per_day:.0f} s/day at this rate;"
+            f" first delivery in wake {first_ok + 1} after the outage;"
+            f" publishing wakes after it: radio {[w.radio_ms() for w in attempts(after)][:8]} ms"
+        )
+
+
+def test_dns_that_does_not_answer_costs_one_timeout_and_the_answer_is_kept(
+    micropython: str, broker: Broker, tmp_path: Path
+) -> None:
+    """The broker by name, and the Wi-Fi's DNS server silent for the first 30 minutes (lwIP's getaddrinfo on
+    the ESP32 would block in it: the socket shim hangs there). Every wake must end in deep sleep, everything
+    must arrive once the name resolves, and the answer must be kept: one answered query for the whole run."""
+    start = host_ms() - 4 * 3_600_000
+    dns_down = (start - MIN, start + 30 * MIN)
+    fleet_holder: list[Fleet] = []
+    dns = DnsServer({"broker.lab": "127.0.0.1"}, clock=lambda: fleet_holder[0].vt(), down=[dns_down])
+    cfg = {
+        "site": "lab",
+        "broker": "broker.lab",
+        "port": broker.port,
+        "dns_port": dns.port,
+        "wifi_ssid": "sim",
+        "publish_every": 1,
+        "sleep_s": 300,
+        "wake_timeout_s": 20,
+        "wifi_timeout_s": 1,
+        "net_timeout_s": 2,
+    }
+    scenario = {**VALUES, "dns": {"broker.lab": "127.0.0.1"}, "dns_down": [list(dns_down)]}
+    fleet = Fleet(tmp_path / "fleet", [BoardSpec("fw-dns", cfg, scenario)], start_vt=start, wdt_ms=25_000)
+    fleet_holder.append(fleet)
+    fleet.prepare()
+    sub = Subscriber(broker.port)
+    try:
+        wakes = fleet.run(start + 3 * 3_600_000, on_wake=no_watchdog)
+        time.sleep(1.0)
+    finally:
+        sub.close()
+        fleet.stop_ntp()
+        dns.close()
+    got = sub.readings()
+    taken = {(r.board, r.boot, r.seq) for r in fleet.readings_taken()}
+    assert len(got) == len(set(got)) and set(got) == taken, sorted(taken - set(got))
+    unanswered = [q for q in dns.queries if not q[2]]
+    answered = [q for q in dns.queries if q[2]]
+    assert unanswered, "the board never asked the silent DNS server: the test did not exercise the fault"
+    assert len(answered) == 1, f"the address was not kept: {len(answered)} answered queries"
+    print(
+        f"\ndns: {len(wakes)} wakes, {len(unanswered)} unanswered and {len(answered)} answered queries;"
+        f" radio-on ms of the wakes that met the silent server"
+        f" {[w.radio_ms() for w in attempts(wakes) if w.start_vt < dns_down[1]]}"
+    )

@@ -1,0 +1,400 @@
+"""A damaged state file, for real: cut mid-page, pages overwritten, a cut checkpoint, not SQLite at all, a WAL
+file from another database, a read-only directory. The real CLI, as a subprocess, must refuse to start with a
+clear error that names the file and what it holds (exit 3, no traceback), and ``recover`` must salvage every
+readable row into a fresh file, keep the damaged one aside and say exactly what was kept and what is lost.
+
+The state files are made by the gateway's own code (messages logged and processed, a checkpoint, spooled lines),
+then damaged byte by byte; which pages hold which table comes from SQLite's ``dbstat``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import REPO
+from helpers import influx_query, poll
+
+from gateway.app import Gateway, state_path
+from gateway.config import load_config
+from gateway.state import KIND_MESSAGE, KIND_OVERSIZE, StateStore
+
+pytestmark = pytest.mark.integration
+
+T0 = 1_764_072_000_000
+NOW = T0 + 600_000
+CHECKPOINTED = 60
+"""Messages processed and taken into the checkpoint (their lines go to the spool with it)."""
+LOGGED = 200
+"""Messages logged after the checkpoint (acknowledged to the broker, not processed)."""
+EXTRA_CHUNKS = 40
+
+
+def _toml(
+    state_dir: Path, broker: str = "mqtt://127.0.0.1:9", influx: str = "http://127.0.0.1:9", db: str = "x"
+) -> str:
+    return f"""
+[mqtt]
+url = "{broker}"
+prefix = "dmg"
+client_id = "gw-dmg"
+[influx]
+url = "{influx}"
+database = "{db}"
+flush_interval_ms = 100
+[state]
+dir = "{state_dir}"
+[log]
+format = "text"
+[[windows]]
+name = "t1m"
+kind = "tumbling"
+size = "1m"
+metrics = ["x"]
+"""
+
+
+def _message(i: int) -> tuple[str, bytes, bool]:
+    # ~1.3 KB a message: a few rows on each leaf page of the log
+    rows = [{"b": 1, "s": i * 10 + j, "t": T0 + (i * 10 + j) * 100, "q": "s", "m": {"x": float(j)}} for j in range(10)]
+    body = {"v": 1, "dev": "d1", "r": rows, "pad": "p" * 600}
+    return "dmg/site/d1/readings", json.dumps(body).encode(), False
+
+
+def make_state(config: Path) -> dict[str, Any]:
+    """A state file made by the gateway: a checkpoint, LOGGED messages in the log after it, spooled chunks.
+    Returns what it holds (log rows by position, spool chunks by id)."""
+
+    async def build() -> None:
+        gw = Gateway(load_config(config, env={}), now_ms=lambda: NOW)
+        try:
+            await gw._process(gw._accept([_message(i) for i in range(CHECKPOINTED)]))
+            await gw.checkpoint()
+            gw._accept([_message(i) for i in range(CHECKPOINTED, CHECKPOINTED + LOGGED)])
+            for c in range(EXTRA_CHUNKS):
+                gw.store.spool([(1, [f"spooled,chunk={c} n={k}i {T0 * 1_000_000 + k}" for k in range(50)])])
+        finally:
+            gw.store.close()
+
+    asyncio.run(build())
+    path = state_path(load_config(config, env={}))
+    db = sqlite3.connect(path)
+    held = {
+        "path": path,
+        "log": {r[0]: r for r in db.execute("SELECT pos, kind, topic, payload, received_ms FROM log")},
+        "spool": {r[0]: r for r in db.execute("SELECT id, prio, n, bytes, lines FROM spool")},
+        "checkpoint": db.execute("SELECT pos, state FROM checkpoint").fetchone(),
+        "pages": _pages(db),
+    }
+    db.close()
+    assert len(held["log"]) == LOGGED and held["checkpoint"][0] == CHECKPOINTED
+    return held
+
+
+def _pages(db: sqlite3.Connection) -> dict[str, list[tuple[int, int]]]:
+    """Leaf pages of each table: ``{table: [(page number, cells)]}`` (SQLite's dbstat)."""
+    out: dict[str, list[tuple[int, int]]] = {}
+    for name, pageno, ncell in db.execute("SELECT name, pageno, ncell FROM dbstat WHERE pagetype = 'leaf'"):
+        out.setdefault(name, []).append((pageno, ncell))
+    return out
+
+
+def cli(*args: str, user: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "gateway", *args]
+    if user is not None:
+        cmd = ["setpriv", f"--reuid={user}", "--regid=nogroup", "--clear-groups", *cmd]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {k: v for k, v in env.items() if not k.startswith("EDGEKIT_")}
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def assert_refused(done: subprocess.CompletedProcess[str], path: Path, config: Path, problem: str) -> None:
+    out = done.stdout + done.stderr
+    assert done.returncode == 3, out
+    assert "Traceback" not in out, out
+    assert f"state file {path}: damaged" in done.stderr and problem in done.stderr, out
+    assert "ingest log (messages already acknowledged to the broker" in done.stderr
+    assert "the checkpoint" in done.stderr and "the spool (lines not yet written to InfluxDB)" in done.stderr
+    assert f"edgekit-gateway recover --config {config}" in done.stderr
+
+
+def recovered(config: Path, path: Path, damaged: bytes) -> tuple[str, sqlite3.Connection]:
+    done = cli("recover", "--config", str(config))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    aside = sorted(path.parent.glob(f"{path.name}.damaged-*"))
+    assert [p.name for p in aside if not p.name.endswith("-wal")], aside
+    assert aside[0].read_bytes() == damaged  # kept aside byte for byte
+    store = StateStore(path)  # the fresh file opens (quick_check and all)
+    store.close()
+    return done.stdout, sqlite3.connect(path)
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
+    config = tmp_path / "gw.toml"
+    config.write_text(_toml(tmp_path / "state"), encoding="utf-8")
+    yield config, make_state(config)
+
+
+def test_pages_of_the_log_overwritten(state: tuple[Path, dict[str, Any]]) -> None:
+    config, held = state
+    path: Path = held["path"]
+    leaves = sorted(held["pages"]["log"])
+    hit = leaves[len(leaves) // 3 : len(leaves) // 3 + 3]  # three consecutive leaf pages in the middle
+    with open(path, "r+b") as f:
+        for page, _ in hit:
+            f.seek((page - 1) * 4096)
+            f.write(random.Random(page).randbytes(4096))
+    damaged = path.read_bytes()
+    assert_refused(cli("run", "--config", str(config)), path, config, "quick_check says: Page")
+
+    report, db = recovered(config, path, damaged)
+    log = {r[0]: r for r in db.execute("SELECT pos, kind, topic, payload, received_ms FROM log")}
+    lost = sum(cells for _, cells in hit)
+    assert set(log) < set(held["log"]) and all(log[p] == held["log"][p] for p in log)  # byte for byte
+    assert len(log) == LOGGED - lost
+    gone = sorted(set(held["log"]) - set(log))
+    assert gone == list(range(gone[0], gone[-1] + 1))  # the rows of three neighbouring pages
+    assert f"log: {LOGGED - lost:,} logged messages kept and will be replayed" in report, report
+    assert f"{lost:,} rows unreadable (positions {gone[0]}-{gone[-1]})" in report, report
+    assert "checkpoint: kept (log position 60" in report
+    assert {r[0]: r for r in db.execute("SELECT id, prio, n, bytes, lines FROM spool")} == held["spool"]
+    assert "no chunk lost" in report
+    # new log rows come after every old position
+    assert db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'log'").fetchone()[0] >= max(held["log"])
+
+
+def test_file_cut_mid_page(state: tuple[Path, dict[str, Any]]) -> None:
+    config, held = state
+    path: Path = held["path"]
+    size = path.stat().st_size
+    cut = (size // 4096 // 2) * 4096 + 1234  # half the file, in the middle of a page
+    os.truncate(path, cut)
+    damaged = path.read_bytes()
+    done = cli("run", "--config", str(config))
+    assert_refused(done, path, config, "malformed")
+
+    report, db = recovered(config, path, damaged)
+    log = {r[0]: r for r in db.execute("SELECT pos, kind, topic, payload, received_ms FROM log")}
+    spool = {r[0]: r for r in db.execute("SELECT id, prio, n, bytes, lines FROM spool")}
+    assert all(log[p] == held["log"][p] for p in log) and all(spool[i] == held["spool"][i] for i in spool)
+    kept_pages = {p for p in range(1, cut // 4096 + 1)}
+    log_cells = sum(c for p, c in held["pages"]["log"] if p in kept_pages)
+    assert len(log) == log_cells  # every row on a page before the cut, none after
+    assert f"log: {len(log):,} logged messages kept" in report, report
+    assert ("no row lost" in report) == (len(log) == LOGGED), report
+    if len(spool) < len(held["spool"]):
+        assert "chunks unreadable (after chunk" in report and "are lost" in report, report
+
+
+def test_checkpoint_cut(state: tuple[Path, dict[str, Any]]) -> None:
+    config, held = state
+    path: Path = held["path"]
+    db = sqlite3.connect(path)
+    db.execute("UPDATE checkpoint SET state = substr(state, 1, length(state) / 2)")
+    db.commit()
+    db.close()
+    damaged = path.read_bytes()
+    assert_refused(cli("run", "--config", str(config)), path, config, "its checkpoint cannot be read")
+
+    report, db = recovered(config, path, damaged)
+    assert db.execute("SELECT COUNT(*) FROM checkpoint").fetchone()[0] == 0
+    assert "checkpoint unreadable (it does not parse" in report, report
+    assert "window, dedup, pattern and anomaly state start empty" in report
+    assert "re-sent by the boards may be counted again in windows" in report
+    assert {r[0]: r for r in db.execute("SELECT pos, kind, topic, payload, received_ms FROM log")} == held["log"]
+    assert f"log: {LOGGED} logged messages kept and will be replayed; no row lost" in report, report
+    assert f"spool: {len(held['spool'])} chunks" in report
+
+
+def test_not_sqlite_at_all(state: tuple[Path, dict[str, Any]]) -> None:
+    config, held = state
+    path: Path = held["path"]
+    path.write_bytes(random.Random(7).randbytes(50_000))
+    damaged = path.read_bytes()
+    assert_refused(cli("run", "--config", str(config)), path, config, "not an SQLite database")
+    report, db = recovered(config, path, damaged)
+    assert "nothing could be read (not an SQLite database" in report, report
+    assert "the logged messages and the spooled lines are lost" in report
+    assert db.execute("SELECT COUNT(*) FROM log").fetchone()[0] == 0
+
+
+def test_wal_file_of_another_database(tmp_path: Path, state: tuple[Path, dict[str, Any]]) -> None:
+    config, held = state
+    path: Path = held["path"]
+    other_config = tmp_path / "other.toml"
+    other_config.write_text(_toml(tmp_path / "other"), encoding="utf-8")
+    other = StateStore(state_path(load_config(other_config, env={})))
+    # left in its WAL: a gateway's WAL holds the first page once its file grew or freed pages (here: grew)
+    other.append([(0, "dmg/site/x/readings", b"not ours" * 100, NOW)] * 30)
+    wal = Path(f"{other.path}-wal")
+    shutil.copy(wal, f"{path}-wal")
+    other.close()
+    damaged = path.read_bytes()
+    assert_refused(cli("run", "--config", str(config)), path, config, "belongs to another database")
+
+    report, db = recovered(config, path, damaged)
+    assert "WAL file ignored: it belongs to another database" in report, report
+    assert {r[0]: r for r in db.execute("SELECT pos, kind, topic, payload, received_ms FROM log")} == held["log"]
+    assert "nothing was lost" in report, report
+    assert not Path(f"{path}-wal").exists() or b"not ours" not in Path(f"{path}-wal").read_bytes()
+
+
+def test_read_only_directory() -> None:
+    """As an unprivileged user (root writes anywhere): the gateway says it cannot write there, exit 3; recover
+    changes nothing and says why."""
+    base = Path(tempfile.mkdtemp(prefix="edgekit-ro-"))
+    try:
+        base.chmod(0o755)
+        state_dir = base / "state"
+        config = base / "gw.toml"
+        config.write_text(_toml(state_dir), encoding="utf-8")
+        config.chmod(0o644)
+        held = make_state(config)
+        path: Path = held["path"]
+        user = None
+        if os.geteuid() == 0:
+            user = "nobody"
+            for p in (state_dir, path):
+                shutil.chown(p, user="nobody")
+        before = path.read_bytes()
+        state_dir.chmod(0o555)
+        done = cli("run", "--config", str(config), user=user)
+        out = done.stdout + done.stderr
+        assert done.returncode == 3 and "Traceback" not in out, out
+        assert f"state file {path}: cannot be opened for writing" in done.stderr, out
+        assert "check the permissions of the file and its directory" in done.stderr
+        done = cli("recover", "--config", str(config), user=user)
+        out = done.stdout + done.stderr
+        assert done.returncode == 1 and "Traceback" not in out, out
+        assert f"cannot write in {state_dir} (Permission denied); nothing was changed" in done.stderr, out
+        assert sorted(p.name for p in state_dir.iterdir()) == [path.name] and path.read_bytes() == before
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_recover_refuses_a_running_gateway_and_another_configuration(state: tuple[Path, dict[str, Any]]) -> None:
+    config, held = state
+    path: Path = held["path"]
+    before = path.read_bytes()
+    store = StateStore(path)  # a gateway holds it
+    try:
+        done = cli("recover", "--config", str(config))
+        assert done.returncode == 1 and "in use by another process" in done.stderr, done.stderr
+    finally:
+        store.close()
+    other = config.with_name("changed.toml")
+    other.write_text(config.read_text().replace('size = "1m"', 'size = "2m"'), encoding="utf-8")
+    done = cli("recover", "--config", str(other))
+    assert done.returncode == 1 and "written with other windows" in done.stderr, done.stderr
+    assert "nothing was changed" in done.stderr
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name] and path.read_bytes() == before
+    done = cli("recover", "--config", str(config))  # an intact file: everything kept
+    assert done.returncode == 0 and "nothing was lost" in done.stdout, done.stdout + done.stderr
+    assert f"log: {LOGGED} logged messages kept" in done.stdout
+    assert cli("recover", "--config", str(config)).returncode == 0  # again: the first copy aside is kept too
+    aside = sorted(path.parent.glob(f"{path.name}.damaged-*"))
+    assert len(aside) == 2 and aside[0].read_bytes() == before, aside
+
+
+def test_recovered_state_is_replayed_into_influxdb(
+    tmp_path: Path, broker: Any, influxdb_v1: Any, state: tuple[Path, dict[str, Any]]
+) -> None:
+    """After pages of the log and of the spool are overwritten and recovered, the gateway starts on the fresh
+    file and writes exactly what recover said it kept: the spooled lines and the replayed messages' readings."""
+    _, held = state
+    path: Path = held["path"]
+    hit = [sorted(held["pages"]["log"])[5], sorted(held["pages"]["spool"])[-2]]
+    with open(path, "r+b") as f:
+        for page, _ in hit:
+            f.seek((page - 1) * 4096 + 8)  # past the page header's first bytes: the cell pointers
+            f.write(b"\xff" * 4000)
+    db_name = f"dmg_{uuid.uuid4().hex[:8]}"
+    live = tmp_path / "live.toml"
+    live.write_text(
+        _toml(path.parent, f"mqtt://{broker.host}:{broker.port}", influxdb_v1.url, db_name), encoding="utf-8"
+    )
+    assert cli("run", "--config", str(live)).returncode == 3
+    done = cli("recover", "--config", str(live))
+    assert done.returncode == 0, done.stderr
+    report = done.stdout
+    messages = int(re.search(r"log: ([\d,]+) logged messages kept", report)[1].replace(",", ""))  # type: ignore[index]
+    assert messages < LOGGED and "rows unreadable" in report, report
+    db = sqlite3.connect(path)
+    raw = sum(n for (n,) in db.execute("SELECT n FROM spool WHERE prio = 0"))  # readings of the checkpointed
+    extra = {int(c) for (t,) in db.execute("SELECT lines FROM spool") for c in re.findall(r"spooled,chunk=(\d+)", t)}
+    db.close()
+    assert raw > 0 and len(extra) < EXTRA_CHUNKS, report
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    gw = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "run", "--config", str(live)],
+        cwd=REPO,
+        env={k: v for k, v in env.items() if not k.startswith("EDGEKIT_")},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        want = raw + 10 * messages
+
+        def readings() -> int:
+            try:
+                rows = influx_query(influxdb_v1.url, db_name, 'SELECT count("seq") FROM "reading"')
+            except Exception:
+                return 0
+            return int(rows[0]["count"]) if rows else 0
+
+        got = poll(readings, until=lambda n: n >= want, timeout=60)
+        assert got == want
+        rows = poll(
+            lambda: influx_query(influxdb_v1.url, db_name, 'SELECT count("n") FROM "spooled" GROUP BY "chunk"'),
+            until=lambda r: len(r) >= len(extra),
+            timeout=30,
+        )
+        assert {int(r["chunk"]) for r in rows} == extra and all(r["count"] == 50 for r in rows)
+    finally:
+        gw.terminate()
+        _, err = gw.communicate(timeout=60)
+    assert gw.returncode == 0, err[-3000:]
+
+
+def test_recover_keeps_the_stub_of_an_oversize_message(tmp_path: Path) -> None:
+    """A payload over the limit is logged as a stub (kind KIND_OVERSIZE) so that it becomes its dead letter after
+    a restart; recover keeps that row like any logged message, byte for byte."""
+    config = tmp_path / "gw.toml"
+    config.write_text(_toml(tmp_path / "state"), encoding="utf-8")
+    cfg = load_config(config, env={})
+    big = ("dmg/site/d1/readings", b'{"v":1,"pad":"' + b"x" * (cfg.limits.max_bytes + 100) + b'"}', False)
+
+    async def build() -> None:
+        gw = Gateway(cfg, now_ms=lambda: NOW)
+        try:
+            gw._accept([_message(0), big, _message(1)])
+        finally:
+            gw.store.close()
+
+    asyncio.run(build())
+    path = state_path(cfg)
+    with sqlite3.connect(path) as db:
+        before = db.execute("SELECT pos, kind, topic, payload, received_ms FROM log ORDER BY pos").fetchall()
+    assert [r[1] for r in before] == [KIND_MESSAGE, KIND_OVERSIZE, KIND_MESSAGE]
+    done = cli("recover", "--config", str(config))
+    assert done.returncode == 0 and "nothing was lost" in done.stdout, done.stdout + done.stderr
+    assert "log: 3 logged messages kept" in done.stdout, done.stdout
+    with sqlite3.connect(path) as db:
+        after = db.execute("SELECT pos, kind, topic, payload, received_ms FROM log ORDER BY pos").fetchall()
+    assert after == before
