@@ -33,6 +33,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from gateway.lineproto import reading_time_ns
+
 # ----------------------------------------------------------------------------------------- the contract
 
 MAX_BYTES = 8192
@@ -44,15 +46,37 @@ MAX_FUTURE_MS = 300_000
 # a reading's time is judged against the gateway's clock when the message arrives, which is a little after
 # the moment the payload was made: times within this margin of the bound are ambiguous, never generated
 FUTURE_MARGIN_MS = 3_600_000
+MAX_SLEEP_S = 2_678_400
+# the dedup's bounds (docs/reliability.md: 8 boots a device, 256 ranges of sequence numbers a boot) and the
+# per-device cap of metric names (docs/protocol.md: `devices.max_metric_names`, 32 by default)
+MAX_BOOTS = 8
+MAX_RANGES = 256
+MAX_METRIC_NAMES = 32
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}")
 METRIC_RE = re.compile(r"[a-z][a-z0-9_]{0,31}")
-RESERVED = frozenset({"boot", "seq", "q", "rev", "time"})
+RESERVED = frozenset({"boot", "seq", "q", "rev", "time", "site", "device"})
+RESERVED_STATUS = frozenset({"time", "site", "device"})
 STATES = frozenset({"online", "sleeping", "offline"})
 QUALITIES = frozenset({"s", "c", "u"})
 INT64 = (-(2**63), 2**63 - 1)
 
-# docs/protocol.md's reason codes, and the ones the fixes of issue 16 add (bad_string, type_mismatch, ...)
+Kind = Literal["float", "integer", "boolean", "string"]
+# docs/protocol.md, "Status message": the documented fields and their one type each
+STATUS_TYPES: dict[str, Kind] = {
+    "state": "string",
+    "boot": "integer",
+    "t": "integer",
+    "clock": "string",
+    "sleep_s": "integer",
+    "battery_mv": "integer",
+    "buf": "integer",
+    "buf_cap": "integer",
+    "dropped": "integer",
+    "fw": "string",
+}
+
+# docs/protocol.md's reason codes
 DOCUMENTED = frozenset(
     {
         "bad_topic",
@@ -79,13 +103,45 @@ DOCUMENTED = frozenset(
         "unwritable",
     }
 )
-# reasons that depend on what the gateway saw before (other devices, earlier boots, its device table):
-# a reading or message that is valid on its own may still get one of these, unless it is honest traffic
-STATE_READING = frozenset({"type_mismatch", "too_many_metrics", "stale_boot", "stale_seq", "site_mismatch"})
-STATE_MESSAGE = frozenset({"site_mismatch", "too_many_devices", "too_many_metrics", "type_mismatch"})
-STALE = frozenset({"stale_boot", "stale_seq"})  # a re-send the dedup state can no longer judge
+# reasons that depend on what the gateway saw before: the ledger allows each only where the documented rule
+# gives it (the device bound to another site; the device's metric names; the dedup's bounds)
+STATE_READING = frozenset({"too_many_metrics", "stale_boot", "stale_seq"})
+STATE_MESSAGE = frozenset({"site_mismatch"})
+STALE = frozenset({"stale_boot", "stale_seq"})  # a reading the dedup state can no longer judge
 SINK_REASONS = frozenset({"influx_refused", "unwritable"})  # added by the sink: the payload is the line
 NEVER_OK = frozenset({"internal"})  # documented, but it says the gateway's own code failed
+
+
+def has_surrogate(s: str) -> bool:
+    return any("\ud800" <= c <= "\udfff" for c in s)
+
+
+def has_bad_char(s: str) -> bool:
+    """A lone surrogate or a control character (Unicode category Cc): a string no field may hold."""
+    return any(c <= "\x1f" or "\x7f" <= c <= "\x9f" or "\ud800" <= c <= "\udfff" for c in s)
+
+
+def visible(s: str) -> str:
+    """Text the gateway composes (a dead letter's excerpt) with control characters and lone surrogates as
+    visible escapes (docs/protocol.md, "Strings")."""
+    named = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+    out = []
+    for c in s:
+        if c in named:
+            out.append(named[c])
+        elif c <= "\x1f" or "\x7f" <= c <= "\x9f":
+            out.append(f"\\x{ord(c):02x}")
+        elif "\ud800" <= c <= "\udfff":
+            out.append(f"\\u{ord(c):04x}")
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+def point_time_ns(t_ms: int, boot: int, seq: int) -> int:
+    """Where a reading's point is: its event time plus the sub-millisecond offset docs/measurements.md
+    describes and names (``lineproto.reading_time_ns``, 0 to 999,999 ns from the reading's identity)."""
+    return reading_time_ns(t_ms, boot, seq)
 
 
 # ------------------------------------------------------------------------------------- JSON value tree
@@ -126,10 +182,6 @@ class JTime:
 
 
 J = JRaw | JStr | JArr | JObj | JTime
-
-
-def has_surrogate(s: str) -> bool:
-    return any("\ud800" <= c <= "\udfff" for c in s)
 
 
 def render_str(s: str, ascii_only: bool = True) -> str:
@@ -247,23 +299,28 @@ def parse_json(text: str) -> Any:
 
 
 Accept = Literal["must", "may", "never"]
+Typed = tuple[str, Any]
+"""A value as stored: its kind (``float``, ``integer``, ``boolean``, ``string``) and the value."""
 
 
 @dataclass(slots=True)
 class ReadingVerdict:
     index: int
     accept: Accept
-    """``must``: honest, valid, has to be accepted (or be a duplicate); ``may``: valid or ambiguous; ``never``:
-    the contract rejects it."""
+    """``must``: honest, valid, has to be accepted (or be a duplicate, or refused by a documented rule that
+    depends on what came before); ``may``: valid or ambiguous; ``never``: the contract rejects it."""
     reasons: frozenset[str]
-    """Reasons a dead letter for this reading alone may carry."""
+    """Reasons a dead letter for this reading alone may carry (besides those of STATE_READING, which the
+    ledger allows where their rule gives them)."""
     identity: tuple[int, int] | None = None
     t: int | None = None
     q: str | None = None
-    metrics: dict[str, list[Any]] = field(default_factory=dict)
-    """Every value given for each metric name (more than one only for a repeated key)."""
+    metrics: dict[str, list[Typed]] = field(default_factory=dict)
+    """Each metric name's value as stored (more than one only for a repeated key: any may be kept)."""
     honest: bool = False
     why: str = ""
+    raw: Any = None
+    """The reading as the gateway parses it (the last of repeated keys), for its dead letter's excerpt."""
 
 
 @dataclass(slots=True)
@@ -276,11 +333,14 @@ class Verdict:
     device: str | None
     accept: Accept
     reasons: frozenset[str]
-    """Reasons a dead letter for the whole message may carry."""
+    """Reasons a dead letter for the whole message may carry (besides ``site_mismatch``, which the ledger
+    allows where the device is bound to another site)."""
     ignored: bool = False
     readings: list[ReadingVerdict] = field(default_factory=list)
-    status: dict[str, list[Any]] = field(default_factory=dict)
-    """An accepted status's fields: every value given for each key except ``v`` and ``dev``."""
+    status: dict[str, list[Typed]] = field(default_factory=dict)
+    """An accepted status's fields as stored (``state`` included, ``v`` and ``dev`` not)."""
+    flushed: bool = False
+    """The message carries a ``flushed`` marker (it admits its device even with no reading)."""
     why: str = ""
 
 
@@ -317,37 +377,67 @@ def _judge_int_field(b: _Breaches, v: Any, name: str, lo: int, hi: int) -> int |
     return None
 
 
-def _judge_string_value(b: _Breaches, s: str, what: str) -> None:
-    if has_surrogate(s):
-        b.must("bad_string", "schema", why=f"{what} has a lone surrogate")
-        return
-    cps, u16 = len(s), len(s.encode("utf-16-le")) // 2
-    if cps > MAX_STRING:
-        b.must("schema", why=f"{what} is {cps} characters")
-    elif u16 > MAX_STRING:
-        b.may("schema", why=f"{what} is {cps} characters but {u16} UTF-16 units")
-
-
-def _judge_scalar(b: _Breaches, v: Any, what: str) -> None:
-    """A metric or status value: a number (64-bit integer, or finite), a boolean, or a string."""
+def _judge_value(b: _Breaches, v: Any, want: Kind, what: str) -> Typed | None:
+    """A metric (or status field) value against its type, docs/protocol.md "Metric types": the value as
+    stored, or None when the contract refuses it (the reasons are in ``b``). Where the contract names two
+    reasons for one value (a string with a control character for a float metric: `bad_string` or
+    `type_mismatch`), either is allowed: the order of the checks is not documented."""
+    other = want != "string"  # a string is of another kind
     if isinstance(v, bool):
-        return
+        if want == "boolean":
+            return ("boolean", v)
+        b.must("type_mismatch", why=f"{what}={v} is a boolean, not a {want}")
+        return None
     if isinstance(v, str):
-        _judge_string_value(b, v, what)
-    elif isinstance(v, int):
-        if not INT64[0] <= v <= INT64[1]:
-            if 0 <= v < 2**64:
-                b.may("schema", why=f"{what}={v} fits 64 bits only unsigned")
-            else:
-                b.must("schema", why=f"{what}={v} does not fit 64 bits")
-    elif isinstance(v, float):
+        flaws = set()
+        if has_bad_char(v):
+            flaws.add("bad_string")
+        cps, u16 = len(v), len(v.encode("utf-16-le", "surrogatepass")) // 2
+        if cps > MAX_STRING:
+            flaws.add("schema")
+        if other:
+            b.must("type_mismatch", *flaws, why=f"{what}={v!r:.40} is a string, not a {want}")
+            return None
+        if flaws:
+            b.must(*flaws, why=f"{what}={v!r:.60}: {sorted(flaws)}")
+            return None
+        if u16 > MAX_STRING:
+            b.may("schema", why=f"{what} is {cps} characters but {u16} UTF-16 units")
+        return ("string", v)
+    if _is_int(v):
+        if not INT64[0] <= v <= INT64[1]:  # docs/protocol.md: integers must fit in 64 bits (schema)
+            b.must("schema", *(["type_mismatch"] if want in ("boolean", "string") else []), why=f"{what}={v} > 64 bits")
+            return None
+        if want == "integer":
+            return ("integer", v)
+        if want == "float":
+            if int(float(v)) == v:
+                return ("float", float(v))
+            b.must("type_mismatch", why=f"{what}={v} has no exact float")
+            return None
+        b.must("type_mismatch", why=f"{what}={v} is a number, not a {want}")
+        return None
+    if isinstance(v, float):
         if not math.isfinite(v):
-            b.must("non_finite", why=f"{what}={v}")
-    else:
-        b.must("schema", why=f"{what} is {type(v).__name__}")
+            b.must("non_finite", *(["type_mismatch"] if want != "float" else []), why=f"{what}={v}")
+            return None
+        if want == "float":
+            return ("float", v)
+        if want == "integer":
+            if not v.is_integer():
+                b.must("type_mismatch", why=f"{what}={v!r} is not whole")
+                return None
+            if not -(2.0**63) <= v < 2.0**63:
+                b.must("schema", why=f"{what}={v!r} is whole but beyond 64 bits")
+                return None
+            return ("integer", int(v))
+        b.must("type_mismatch", why=f"{what}={v!r} is a number, not a {want}")
+        return None
+    b.must("schema", why=f"{what} is {type(v).__name__}")
+    return None
 
 
-def _judge_metrics(b: _Breaches, m: Any) -> dict[str, list[Any]]:
+def _judge_metrics(b: _Breaches, m: Any, types: Mapping[str, Kind]) -> dict[str, list[Typed]]:
     if not isinstance(m, Obj):
         b.must("schema", why=f"m is {type(m).__name__}")
         return {}
@@ -355,28 +445,39 @@ def _judge_metrics(b: _Breaches, m: Any) -> dict[str, list[Any]]:
     if n == 0:
         b.must("schema", why="m is empty")
     elif n > MAX_METRICS:
-        b.must("schema", "too_many_metrics", why=f"{n} metrics")
+        b.must("schema", why=f"{n} metrics")
     elif m.pairs > MAX_METRICS:
         b.may("schema", why=f"{m.pairs} pairs for {n} metric names")
+    out: dict[str, list[Typed]] = {}
     for name, values in m.all.items():
         if not METRIC_RE.fullmatch(name) or name in RESERVED:
-            b.must("schema", *(["bad_string"] if has_surrogate(name) else []), why=f"metric name {name!r}")
+            b.must("schema", *(["bad_string"] if has_bad_char(name) else []), why=f"metric name {name!r:.50}")
         inner = [_Breaches() for _ in values]
-        for sub, v in zip(inner, values, strict=True):
-            _judge_scalar(sub, v, f"metric {name!r}")
+        typed = [
+            _judge_value(sub, v, types.get(name, "float"), f"metric {name!r:.40}")
+            for sub, v in zip(inner, values, strict=True)
+        ]
         last = inner[-1]
         b.definite |= last.definite
         b.maybe |= last.maybe
         b.why += last.why
-        for sub in inner[:-1]:  # a repeated key: the gateway may keep any of its values
+        for sub in inner[:-1]:  # a repeated key: the gateway may keep any of its values (not documented)
             b.maybe |= sub.definite | sub.maybe
-    return {k: list(vs) for k, vs in m.all.items()}
+        out[name] = [x for x in typed if x is not None]
+    return out
 
 
-def judge_reading(i: int, r: Any, now_ms: int, honest: bool, margin_ms: int = FUTURE_MARGIN_MS) -> ReadingVerdict:
+def judge_reading(
+    i: int,
+    r: Any,
+    now_ms: int,
+    honest: bool,
+    margin_ms: int = FUTURE_MARGIN_MS,
+    types: Mapping[str, Kind] | None = None,
+) -> ReadingVerdict:
     b = _Breaches()
     if not isinstance(r, Obj):
-        return ReadingVerdict(i, "never", frozenset({"schema"}), why=f"reading is {type(r).__name__}")
+        return ReadingVerdict(i, "never", frozenset({"schema"}), why=f"reading is {type(r).__name__}", raw=r)
     for key in ("b", "s", "t", "q", "m"):
         if key not in r:
             b.must("schema", why=f"no {key!r}")
@@ -395,7 +496,7 @@ def judge_reading(i: int, r: Any, now_ms: int, honest: bool, margin_ms: int = FU
             if not INT64[0] <= ti <= INT64[1]:
                 b.must("schema", "time_in_future" if ti > 0 else "time_too_old", why=f"t={ti} beyond 64 bits")
             elif ti < MIN_TIME_MS:
-                b.must("time_too_old", "schema" if ti < 0 else "time_too_old", why=f"t={ti} before 2020")
+                b.must("time_too_old", *(["schema"] if ti < 0 else []), why=f"t={ti} before 2020")
             elif ti > now_ms + MAX_FUTURE_MS + margin_ms:
                 b.must("time_in_future", why=f"t={ti} in the future")
             elif ti > now_ms + (MAX_FUTURE_MS if margin_ms == 0 else 0):
@@ -403,27 +504,17 @@ def judge_reading(i: int, r: Any, now_ms: int, honest: bool, margin_ms: int = FU
             t = ti
     q = r.get("q")
     if "q" in r and not (isinstance(q, str) and q in QUALITIES):
-        b.must("schema", *(["bad_string"] if isinstance(q, str) and has_surrogate(q) else []), why=f"q={q!r:.40}")
-    metrics = _judge_metrics(b, r["m"]) if "m" in r else {}
+        b.must("schema", *(["bad_string"] if isinstance(q, str) and has_bad_char(q) else []), why=f"q={q!r:.40}")
+    metrics = _judge_metrics(b, r["m"], types or {}) if "m" in r else {}
     ident = (boot, seq) if boot is not None and seq is not None else None
     if b.definite:
-        return ReadingVerdict(
-            i, "never", frozenset(b.definite | b.maybe), ident, t, None, metrics, honest, "; ".join(b.why)
-        )
+        reasons = frozenset(b.definite | b.maybe)
+        return ReadingVerdict(i, "never", reasons, ident, t, None, metrics, honest, "; ".join(b.why), r)
     if honest:
         assert not b.maybe, f"the strategies made an honest reading the contract finds ambiguous: {b.why}"
-        return ReadingVerdict(i, "must", frozenset(), ident, t, q, metrics, True)
-    return ReadingVerdict(
-        i,
-        "may",
-        frozenset(b.maybe | STATE_READING),
-        ident,
-        t,
-        q if isinstance(q, str) else None,
-        metrics,
-        False,
-        "; ".join(b.why),
-    )
+        return ReadingVerdict(i, "must", frozenset(), ident, t, q, metrics, True, raw=r)
+    qq = q if isinstance(q, str) else None
+    return ReadingVerdict(i, "may", frozenset(b.maybe), ident, t, qq, metrics, False, "; ".join(b.why), r)
 
 
 def parse_topic(topic: str, prefix: str) -> tuple[str, str, str] | None:
@@ -435,16 +526,19 @@ def parse_topic(topic: str, prefix: str) -> tuple[str, str, str] | None:
     return parts[1], parts[2], parts[3]
 
 
-def judge(sent: Sent, prefix: str, now_ms: int, *, exact: bool = False) -> Verdict:
-    """What docs/protocol.md says of one message. ``now_ms`` is when its payload was made; the gateway's clock
+def judge(
+    sent: Sent, prefix: str, now_ms: int, *, exact: bool = False, types: Mapping[str, Kind] | None = None
+) -> Verdict:
+    """What docs/protocol.md says of one message, with ``types`` the gateway's ``[metric_types]`` (name ->
+    kind; a metric not in it is a float). ``now_ms`` is when its payload was made; the gateway's clock
     reads a little later when it arrives, so times within an hour past the future bound are ambiguous, unless
     ``exact`` (``now_ms`` is the arrival time, as in the shared vectors)."""
+    types = types or {}
     honest = sent.role in ("honest", "honest_status")
     parsed = parse_topic(sent.topic, prefix)
 
-    def whole(reasons: Iterable[str], why: str, accept: Accept = "never") -> Verdict:
-        rs = frozenset(reasons) | (frozenset() if honest or accept == "never" else STATE_MESSAGE)
-        return Verdict(sent, kind, site, device, accept, rs, why=why)
+    def whole(reasons: Iterable[str], why: str) -> Verdict:
+        return Verdict(sent, kind, site, device, "never", frozenset(reasons), why=why)
 
     kind: Literal["readings", "status", "none"] = "none"
     site = device = None
@@ -454,23 +548,19 @@ def judge(sent: Sent, prefix: str, now_ms: int, *, exact: bool = False) -> Verdi
     kind = "readings" if suffix == "readings" else "status"
     payload = sent.payload
     if kind == "status" and payload == b"":
-        v = Verdict(sent, kind, site, device, "must", frozenset(), ignored=True, why="cleared retained status")
-        return v
-    early: set[str] = set()
+        return Verdict(sent, kind, site, device, "must", frozenset(), ignored=True, why="cleared retained status")
     if len(payload) > MAX_BYTES:
-        early.add("oversize")
+        return whole({"oversize"}, f"{len(payload)} bytes")
     try:
         text = payload.decode("utf-8")
     except UnicodeDecodeError:
-        return whole(early | {"bad_utf8"}, "not UTF-8")
+        return whole({"bad_utf8"}, "not UTF-8")
     try:
         doc = parse_json(text)
     except RecursionError:
-        return whole(early | {"bad_json", "schema"}, "nested too deeply")
+        return whole({"bad_json", "schema"}, "nested too deeply")
     except ValueError as exc:
-        return whole(early | {"bad_json"}, f"not JSON: {exc}")
-    if early:
-        return whole(early, f"{len(payload)} bytes")
+        return whole({"bad_json"}, f"not JSON: {exc}")
     if not isinstance(doc, Obj):
         return whole({"schema"}, f"top level is {type(doc).__name__}")
     b = _Breaches()
@@ -490,11 +580,11 @@ def judge(sent: Sent, prefix: str, now_ms: int, *, exact: bool = False) -> Verdi
     elif not isinstance(dev, str):
         b.must("schema", "device_mismatch", why=f"dev is {type(dev).__name__}")
     elif dev != device:
-        b.must("device_mismatch", *(["bad_string", "schema"] if has_surrogate(dev) else []), why=f"dev={dev!r:.40}")
+        b.must("device_mismatch", *(["bad_string", "schema"] if has_bad_char(dev) else []), why=f"dev={dev!r:.40}")
     if len(doc.all.get("dev", [])) > 1 and any(x != device for x in doc.all["dev"]):
         b.may("device_mismatch", "schema", why="repeated dev")
     if kind == "status":
-        return _judge_status(sent, doc, b, site, device, honest)
+        return _judge_status(sent, doc, b, site, device, honest, types)
     extra = set(doc) - {"v", "dev", "r", "flushed"}
     if extra:
         b.may("schema", why=f"unknown keys {sorted(extra)!r:.80}")
@@ -506,8 +596,9 @@ def judge(sent: Sent, prefix: str, now_ms: int, *, exact: bool = False) -> Verdi
         fl = doc["flushed"]
         if not _is_int(fl):
             b.must("schema", why=f"flushed={fl!r:.40}")
-        elif not 0 <= fl <= INT64[1]:  # docs/semantics.md ignores a marker before 2020; protocol.md sets no range
-            b.may("schema", why=f"flushed={fl!r:.40}")
+        elif not INT64[0] <= fl <= INT64[1]:
+            b.must("schema", why=f"flushed={fl!r:.40} beyond 64 bits")
+        # any other integer is a marker; one before 2020 or in the future is ignored (docs/semantics.md)
     if not isinstance(r, list):
         b.must("schema", why=f"r is {type(r).__name__}")
     elif len(r) > MAX_READINGS:
@@ -517,66 +608,64 @@ def judge(sent: Sent, prefix: str, now_ms: int, *, exact: bool = False) -> Verdi
     readings = []
     if isinstance(r, list) and len(r) <= MAX_READINGS:
         margin = 0 if exact else FUTURE_MARGIN_MS
-        readings = [judge_reading(i, x, now_ms, i in sent.honest_idx, margin) for i, x in enumerate(r)]
-    if honest and sent.role == "honest":
-        assert not b.definite and not b.maybe, f"the strategies made an honest message the contract rejects: {b.why}"
+        readings = [judge_reading(i, x, now_ms, i in sent.honest_idx, margin, types) for i, x in enumerate(r)]
+    flushed = "flushed" in doc
     if sent.honest_idx or honest:
         assert not b.definite and not b.maybe, f"a message with honest readings has a bad envelope: {b.why}"
-        return Verdict(sent, kind, site, device, "must", frozenset(), readings=readings)
+        return Verdict(sent, kind, site, device, "must", frozenset(), readings=readings, flushed=flushed)
     if b.definite:
-        return Verdict(
-            sent, kind, site, device, "never", frozenset(b.definite | b.maybe), readings=readings, why="; ".join(b.why)
-        )
-    return Verdict(
-        sent, kind, site, device, "may", frozenset(b.maybe | STATE_MESSAGE), readings=readings, why="; ".join(b.why)
-    )
+        reasons = frozenset(b.definite | b.maybe)
+        return Verdict(sent, kind, site, device, "never", reasons, readings=readings, why="; ".join(b.why))
+    reasons = frozenset(b.maybe)
+    return Verdict(sent, kind, site, device, "may", reasons, readings=readings, flushed=flushed, why="; ".join(b.why))
 
 
-def _judge_status(sent: Sent, doc: Obj, b: _Breaches, site: str, device: str, honest: bool) -> Verdict:
-    state = doc.get("state")
-    if not (isinstance(state, str) and state in STATES):
-        b.must(
-            "schema",
-            *(["bad_string"] if isinstance(state, str) and has_surrogate(state) else []),
-            why=f"state={state!r:.40}",
-        )
-    if any(not (isinstance(x, str) and x in STATES) for x in doc.all.get("state", [])):
-        b.may("schema", why="repeated state")
-    fields: dict[str, list[Any]] = {}
+def _judge_status(
+    sent: Sent, doc: Obj, b: _Breaches, site: str, device: str, honest: bool, types: Mapping[str, Kind]
+) -> Verdict:
+    if "state" not in doc:
+        b.must("schema", why="no state")
+    fields: dict[str, list[Typed]] = {}
     for key, values in doc.all.items():
         if key in ("v", "dev"):
             continue
-        fields[key] = list(values)
-        if key == "state":
-            continue
-        if not METRIC_RE.fullmatch(key) or key == "time":  # `time` cannot be a field: InfluxDB drops it
-            b.must("schema", *(["bad_string"] if has_surrogate(key) else []), why=f"status key {key!r}")
-        elif key in RESERVED - {"boot"}:  # the documented example sends `boot`, which metric names may not be
+        if not METRIC_RE.fullmatch(key) or key in RESERVED_STATUS:
+            b.must("schema", *(["bad_string"] if has_bad_char(key) else []), why=f"status key {key!r:.50}")
+        elif key in RESERVED - {"boot"}:  # the documented status has `boot`, which metric names may not be
             b.may("schema", why=f"status key {key!r} is a reserved metric name")
+        want = STATUS_TYPES.get(key) or types.get(key, "float")
+        kept: list[Typed] = []
         for i, v in enumerate(values):
             sub = _Breaches()
-            _judge_scalar(sub, v, f"status {key!r}")
-            if key == "sleep_s" and not sub.definite:
-                if not _is_num(v) or not 0 < v <= 2_678_400:
+            typed = _judge_value(sub, v, want, f"status {key!r:.40}")
+            if typed is not None:
+                if key == "state" and typed[1] not in STATES:
+                    sub.must("schema", why=f"state={typed[1]!r:.40}")
+                elif key == "sleep_s" and not 0 < typed[1] <= MAX_SLEEP_S:
                     sub.must("schema", why=f"sleep_s={v!r:.40}")
+                elif key == "clock" and typed[1] not in ("s", "u"):
+                    sub.may("schema", why=f"clock={v!r:.40} (documented: s or u)")
+            elif key in ("state", "sleep_s"):  # docs: "anything else is schema"; of another kind: type_mismatch
+                sub.definite.add("schema")
+            if typed is not None and not sub.definite:
+                kept.append(typed)
             if i == len(values) - 1:
                 b.definite |= sub.definite
                 b.maybe |= sub.maybe
                 b.why += sub.why
             else:
                 b.maybe |= sub.definite | sub.maybe
+        fields[key] = kept
     if len(fields) > 1 + MAX_METRICS:
         b.may("schema", why=f"{len(fields)} status keys")
     if honest:
         assert not b.definite and not b.maybe, f"the strategies made an honest status the contract rejects: {b.why}"
         return Verdict(sent, "status", site, device, "must", frozenset(), status=fields)
     if b.definite:
-        return Verdict(
-            sent, "status", site, device, "never", frozenset(b.definite | b.maybe), status=fields, why="; ".join(b.why)
-        )
-    return Verdict(
-        sent, "status", site, device, "may", frozenset(b.maybe | STATE_MESSAGE), status=fields, why="; ".join(b.why)
-    )
+        reasons = frozenset(b.definite | b.maybe)
+        return Verdict(sent, "status", site, device, "never", reasons, status=fields, why="; ".join(b.why))
+    reasons = frozenset(b.maybe)
+    return Verdict(sent, "status", site, device, "may", reasons, status=fields, why="; ".join(b.why))
 
 
 # ------------------------------------------------------------------------------------ line protocol
@@ -691,33 +780,103 @@ class Observed:
     of ``device_watermark``): exact for a run in one process, None after a SIGKILL."""
 
 
-def same_value(sent: Any, stored: Any) -> bool:
-    """A stored field equals what was sent, in the documented type: a number compares as a float (an integer
-    is written as a float), a boolean as a boolean, a string exactly."""
-    if isinstance(sent, bool) or isinstance(stored, bool):
-        return isinstance(sent, bool) and isinstance(stored, bool) and sent == stored
-    if isinstance(sent, str) or isinstance(stored, str):
-        return isinstance(sent, str) and isinstance(stored, str) and sent == stored
-    if _is_num(sent) and _is_num(stored):
-        return float(sent) == float(stored)
-    return False
-
-
-def kind_of(v: Any) -> str:
-    if isinstance(v, bool):
-        return "boolean"
-    if isinstance(v, str):
-        return "string"
-    return "float"
+def same_value(sent: Typed, stored: Any) -> bool:
+    """A stored field (as InfluxDB's JSON answers: a whole float may come back without its point) equals a
+    value as the contract stores it: a float compares as a float, an integer exactly, a boolean as a
+    boolean, a string exactly."""
+    kind, value = sent
+    if kind == "boolean" or isinstance(stored, bool):
+        return kind == "boolean" and isinstance(stored, bool) and stored == value
+    if kind == "string" or isinstance(stored, str):
+        return kind == "string" and isinstance(stored, str) and stored == value
+    if kind == "integer":
+        return _is_int(stored) and stored == value
+    return _is_num(stored) and float(stored) == float(value)
 
 
 @dataclass(slots=True)
-class _Occ:
-    """One occurrence of a reading in a message that was not rejected whole."""
+class _Boot:
+    seqs: set[int]
+    latest: int
+    since: int | None = None
+    """The device's horizon when the boot was tracked: its readings at or before it may be forgotten ones."""
+    floor: int = 0
 
-    verdict: Verdict
-    rv: ReadingVerdict
-    dead: str | None = None  # the reason of its dead letter, if one was matched to it
+
+@dataclass(slots=True)
+class _Device:
+    boots: dict[int, _Boot] = field(default_factory=dict)
+    horizon: int | None = None
+
+    def forget(self, boot: int) -> None:
+        gone = self.boots.pop(boot)
+        self.horizon = gone.latest if self.horizon is None else max(self.horizon, gone.latest)
+
+
+class DedupModel:
+    """The dedup's documented rules (docs/reliability.md, "What the dedup state cannot judge any more" and "A
+    board whose boot counter starts again"; docs/protocol.md, "Identity"), for one run:
+
+    - a device keeps ``max_boots`` boots; beyond, the boot whose latest reading is the oldest is forgotten
+      and the device's horizon rises to that reading's time; a reading of a boot not tracked is `stale_boot`
+      at or before the horizon, else the start of a new boot;
+    - a boot keeps ``max_ranges`` ranges of sequence numbers; beyond, the lowest is forgotten and the
+      boot's floor rises to its end; an untracked sequence number below the floor is `stale_seq`;
+    - a taken identity (or one below the floor) is a duplicate (`stale_seq`), unless its time is after the
+      latest its boot has accepted: a board whose counter started again, so the old boot is forgotten and the
+      reading starts a new one;
+    - a boot tracked while the horizon was H (a new one, or one tracked again) takes none of its readings at
+      or before H: `stale_boot`, like a reading of a boot not tracked.
+    """
+
+    def __init__(self, max_boots: int = MAX_BOOTS, max_ranges: int = MAX_RANGES) -> None:
+        self.max_boots = max_boots
+        self.max_ranges = max_ranges
+        self.devices: dict[str, _Device] = {}
+
+    def check(self, device: str, boot: int, seq: int, t: int) -> str:
+        """``new``, ``duplicate``, ``stale_boot`` or ``stale_seq``; a new reading is remembered."""
+        d = self.devices.setdefault(device, _Device())
+        b = d.boots.get(boot)
+        if b is not None:
+            taken = seq in b.seqs
+            if taken or seq < b.floor:
+                if b.since is not None and t <= b.since:
+                    return "stale_boot"  # from before the boot was tracked (again)
+                if t <= b.latest:
+                    return "duplicate" if taken else "stale_seq"
+                d.forget(boot)  # a counter that started again: the old boot's readings are all at or before t
+                b = None
+            elif b.since is not None and t <= b.since:
+                return "stale_boot"
+        if b is None:
+            if d.horizon is not None and t <= d.horizon:
+                return "stale_boot"
+            d.boots[boot] = _Boot({seq}, t, since=d.horizon)
+            if len(d.boots) > self.max_boots:  # the oldest latest reading goes; among equals the lowest boot
+                d.forget(min(d.boots, key=lambda x: (d.boots[x].latest, x)))
+            return "new"
+        b.seqs.add(seq)
+        b.latest = max(b.latest, t)
+        self._trim(b)
+        return "new"
+
+    def _trim(self, b: _Boot) -> None:
+        ranges = _ranges(b.seqs)
+        while len(ranges) > self.max_ranges:
+            lo, hi = ranges.pop(0)
+            b.seqs -= set(range(lo, hi + 1))
+            b.floor = hi + 1
+
+
+def _ranges(seqs: set[int]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for s in sorted(seqs):
+        if out and out[-1][1] == s - 1:
+            out[-1] = (out[-1][0], s)
+        else:
+            out.append((s, s))
+    return out
 
 
 def _match(edges: dict[int, list[int]]) -> dict[int, int]:
@@ -739,9 +898,19 @@ def _match(edges: dict[int, list[int]]) -> dict[int, int]:
     return {dl: slot for slot, dl in owner.items()}
 
 
-def check(verdicts: Sequence[Verdict], obs: Observed) -> list[str]:
+@dataclass(slots=True)
+class _Expected:
+    """A point the ledger expects in ``reading``: an accepted reading."""
+
+    verdict: Verdict
+    rv: ReadingVerdict
+    time_ns: int
+
+
+def check(verdicts: Sequence[Verdict], obs: Observed, types: Mapping[str, Kind] | None = None) -> list[str]:
     """Every violation of the accounting in this run, each ``[category] what, and the message it is about``;
-    empty when the run kept every promise."""
+    empty when the run kept every promise. ``types`` is the gateway's ``[metric_types]``."""
+    types = types or {}
     v: list[str] = []
 
     def add(category: str, text: str) -> None:
@@ -784,19 +953,25 @@ def check(verdicts: Sequence[Verdict], obs: Observed) -> list[str]:
             index = _int(row.fields.get("index"))
             ok = []
             for s, (vd, i) in enumerate(slots):
-                if i != index or s in taken:
+                if i != index or s in taken or vd.ignored:
                     continue
-                accept = vd.accept if i == -1 else _reading(vd, i).accept
-                allowed = vd.reasons if i == -1 else _reading(vd, i).reasons
-                if accept == "must":  # honest: matched whatever the reason, and reported below
+                if i == -1:
+                    accept = vd.accept
+                    allowed = vd.reasons | (STATE_MESSAGE if vd.kind != "none" else frozenset())
+                    fits = _excerpt_fits(vd.sent, row) and row.fields.get("size") == len(vd.sent.payload)
+                else:
+                    rv = vd.readings[i]
+                    accept = rv.accept
+                    allowed = rv.reasons | STATE_READING
+                    fits = _reading_excerpt_fits(rv, row) and row.fields.get("size") == len(vd.sent.payload)
+                if accept == "must":  # honest: matched whatever the reason, and judged below
                     allowed = DOCUMENTED
-                fits = i != -1 or (_excerpt_fits(vd.sent, row) and row.fields.get("size") == len(vd.sent.payload))
                 if reason in allowed and (not strict or fits):
                     ok.append(s)
             return ok
 
-        # the excerpt and the size name a message among others on its topic; a dead letter whose excerpt or
-        # size is wrong is still attributed (second pass) and reported
+        # the excerpt and the size name a message (or a reading) among others on its topic; a message's dead
+        # letter whose excerpt or size is wrong is still attributed (second pass) and reported
         matched = _match({k: edges_for(k, True, set()) for k in dls})
         loose = _match({k: edges_for(k, False, set(matched.values())) for k in dls if k not in matched})
         for k in dls:
@@ -824,20 +999,31 @@ def check(verdicts: Sequence[Verdict], obs: Observed) -> list[str]:
                 read_dead[(vd.sent.n, i)] = reason
             v.extend(f"[dead-letter-fields] {x}" for x in _check_dead_letter_fields(vd, i, row))
 
-    # --- messages: rejected whole, ignored, or taken (and then each reading judged on its own)
-    occs: list[_Occ] = []
-    honest_dead: list[tuple[Verdict, ReadingVerdict, str]] = []
+    # --- in the order the gateway saw them: site bindings, metric names per device, the dedup's verdicts
+    bound: dict[str, str] = {}  # device -> the site it was first admitted under
+    names: dict[str, set[str]] = defaultdict(set)  # device -> the metric names of its accepted readings
+    dedup = DedupModel()
+    expected: dict[tuple[str, str, int], list[_Expected]] = defaultdict(list)
     statuses: list[Verdict] = []
-    readings_in = 0
+    readings_in = accepted = duplicates = reading_dead = 0
+    by_device: Counter[str] = Counter()
     for vd in verdicts:
         n = vd.sent.n
-        if n in msg_dead:
-            if any((n, rv.index) in read_dead for rv in vd.readings):
-                add("both", f"rejected whole ({msg_dead[n]}) and reading by reading too: {vd.sent.describe()}")
-            if vd.accept == "must":
-                add("honest-rejected", f"must be accepted, was dead-lettered `{msg_dead[n]}`: {vd.sent.describe()}")
-            continue
         if vd.ignored:
+            continue
+        dev, site = vd.device or "", vd.site or ""
+        elsewhere = dev in bound and bound[dev] != site
+        if n in msg_dead:
+            reason = msg_dead[n]
+            if any((n, rv.index) in read_dead for rv in vd.readings):
+                add("both", f"rejected whole ({reason}) and reading by reading too: {vd.sent.describe()}")
+            if reason == "site_mismatch" and not elsewhere:
+                add(
+                    "unjustified-dead-letter",
+                    f"`site_mismatch`, but device {dev!r} is bound to {bound.get(dev)!r}: {vd.sent.describe()}",
+                )
+            elif vd.accept == "must" and reason != "site_mismatch":
+                add("honest-rejected", f"must be accepted, was dead-lettered `{reason}`: {vd.sent.describe()}")
             continue
         if vd.accept == "never":
             add(
@@ -846,36 +1032,95 @@ def check(verdicts: Sequence[Verdict], obs: Observed) -> list[str]:
                 f"without a dead letter: {vd.sent.describe()}",
             )
             continue
+        if elsewhere:
+            add(
+                "no-dead-letter",
+                f"device {dev!r} is bound to site {bound[dev]!r}; a message under {site!r} was taken, not "
+                f"dead-lettered `site_mismatch`: {vd.sent.describe()}",
+            )
         if vd.kind == "status":
             statuses.append(vd)
+            bound.setdefault(dev, site)
             continue
         readings_in += len(vd.readings)
+        keeps = vd.flushed
         for rv in vd.readings:
             dead = read_dead.get((n, rv.index))
-            if dead is not None and rv.accept == "must":
-                honest_dead.append((vd, rv, dead))
+            if dead is not None:
+                reading_dead += 1
+            if dead is not None and dead not in STATE_READING:
+                if rv.accept == "must":
+                    add("honest-rejected", f"honest reading {rv.index} dead-lettered `{dead}`: {vd.sent.describe()}")
+                continue
             if dead is None and rv.accept == "never":
                 add(
                     "no-dead-letter",
                     f"reading {rv.index} breaks the contract ({sorted(rv.reasons)}: {rv.why}) but no dead "
                     f"letter names it: {vd.sent.describe()}",
                 )
-            occs.append(_Occ(vd, rv, dead))
+                continue
+            keeps = True  # a reading the decoder takes admits its device
+            if rv.identity is None or rv.t is None:
+                add("lost", f"reading {rv.index} has no identity but was not dead-lettered: {vd.sent.describe()}")
+                continue
+            fresh = set(rv.metrics) - names[dev]
+            over = bool(fresh) and len(names[dev]) + len(fresh) > MAX_METRIC_NAMES
+            if dead == "too_many_metrics":
+                if not over:
+                    add(
+                        "unjustified-dead-letter",
+                        f"reading {rv.index} dead-lettered `too_many_metrics`, but its device has "
+                        f"{len(names[dev])} names and it adds {sorted(fresh)}: {vd.sent.describe()}",
+                    )
+                continue
+            outcome = dedup.check(dev, *rv.identity, rv.t)
+            if dead is not None:  # stale_boot or stale_seq
+                if outcome != dead:
+                    add(
+                        "unjustified-dead-letter",
+                        f"reading {rv.index} {rv.identity} t={rv.t} dead-lettered `{dead}`, the documented dedup "
+                        f"says {outcome}: {vd.sent.describe()}",
+                    )
+                continue
+            if outcome in STALE:
+                add(
+                    "no-dead-letter",
+                    f"reading {rv.index} {rv.identity} t={rv.t} is `{outcome}` by the documented dedup bounds, "
+                    f"but was taken without a dead letter: {vd.sent.describe()}",
+                )
+                continue
+            if over and outcome == "new":
+                add(
+                    "no-dead-letter",
+                    f"reading {rv.index} gives device {dev!r} {len(names[dev]) + len(fresh)} metric names "
+                    f"(> {MAX_METRIC_NAMES}), no `too_many_metrics`: {vd.sent.describe()}",
+                )
+            if outcome == "duplicate":
+                duplicates += 1
+                continue
+            accepted += 1
+            by_device[dev] += 1
+            names[dev] |= fresh
+            ns = point_time_ns(rv.t, *rv.identity)
+            expected[(site, dev, ns)].append(_Expected(vd, rv, ns))
+        if keeps:
+            bound.setdefault(dev, site)
 
     # --- lines the sink dead-lettered, by what they were
-    refused_ids: Counter[tuple[str, str, int, int]] = Counter()
+    refused_points: Counter[tuple[str, str, int]] = Counter()
     refused_devices: Counter[tuple[str, str]] = Counter()
     refused_status: Counter[tuple[str, str]] = Counter()
     seen_lines: Counter[str] = Counter()
     for row in sink_dead:
         line = str(row.fields.get("payload", ""))
         seen_lines[line] += 1
-        meas, tags, fields, _ = parse_line(line)
+        meas, tags, _, ts = parse_line(line)
         key = (tags.get("site", ""), tags.get("device", ""))
+        if (row.tags.get("site", ""), row.tags.get("device", "")) != key:
+            add("dead-letter-fields", f"sink dead letter tagged {row.tags}, its line's tags are {tags}: {_dl(row)}")
         if meas == "reading":
-            boot, seq = fields.get("boot"), fields.get("seq")
-            if _is_int(boot) and _is_int(seq):
-                refused_ids[(*key, boot, seq)] += 1
+            if ts is not None:
+                refused_points[(*key, ts)] += 1
             else:
                 refused_devices[key] += 1
         elif meas == "device_status":
@@ -884,92 +1129,67 @@ def check(verdicts: Sequence[Verdict], obs: Observed) -> list[str]:
         if count > 1:
             add("refused-twice", f"the same refused line is dead-lettered {count} times: {line[:300]!r}")
 
-    # --- readings: every identity's first occurrence not dead is accepted (a point, or a refused line),
-    # every later one is a duplicate; nothing else is in `reading`
-    reading_rows: dict[tuple[str, str, int, int], list[Row]] = defaultdict(list)
+    # --- readings: each accepted one is one point at its event time plus its offset, with its values
+    reading_rows: dict[tuple[str, str, int], list[Row]] = defaultdict(list)
     for row in rows.get("reading", []):
-        boot, seq = row.fields.get("boot"), row.fields.get("seq")
-        key4 = (row.tags.get("site", ""), row.tags.get("device", ""), boot, seq)
-        reading_rows[key4].append(row)  # type: ignore[index]
-    by_id: dict[tuple[str, str, int, int], list[_Occ]] = defaultdict(list)
-    for o in occs:
-        if o.dead is None:
-            if o.rv.identity is None:
-                add(
-                    "lost",
-                    f"reading {o.rv.index} has no identity but was not dead-lettered: {o.verdict.sent.describe()}",
-                )
-                continue
-            by_id[(o.verdict.site or "", o.verdict.device or "", *o.rv.identity)].append(o)
-    for vd, rv, dead in honest_dead:  # only a re-send of a reading accepted before may be judged stale
-        ident = (vd.site or "", vd.device or "", *rv.identity) if rv.identity else None
-        earlier = [o for o in by_id.get(ident, []) if o.verdict.sent.n < vd.sent.n] if ident else []  # type: ignore[arg-type]
-        if not (dead in STALE and earlier):
-            add("honest-rejected", f"honest reading {rv.index} dead-lettered `{dead}`: {vd.sent.describe()}")
-    accepted = duplicates = 0
-    by_device: Counter[str] = Counter()
-    metric_kinds: dict[str, set[str]] = defaultdict(set)
-    for ident, group in by_id.items():
-        accepted += 1
-        by_device[ident[1]] += 1
-        duplicates += len(group) - 1
-        found = reading_rows.pop(ident, [])
-        if refused_ids.get(ident):
-            refused_ids[ident] -= 1
-            if found:
-                add("both", f"reading {ident} both written and dead-lettered as refused")
-            if any(o.rv.accept == "must" for o in group):
-                add("honest-refused", f"honest reading {ident} refused by InfluxDB: {group[0].verdict.sent.describe()}")
-            continue
-        if not found and refused_devices.get(ident[:2]):
-            refused_devices[ident[:2]] -= 1  # a refused line cut before its boot and seq
-            if any(o.rv.accept == "must" for o in group):
-                add("honest-refused", f"honest reading {ident} refused by InfluxDB: {group[0].verdict.sent.describe()}")
-            continue
+        reading_rows[(row.tags.get("site", ""), row.tags.get("device", ""), row.time_ns)].append(row)
+    for key, group in expected.items():
         first = group[0]
+        if len(group) > 1:
+            add(
+                "same-point",
+                f"{len(group)} accepted readings of {key[1]!r} share the time {key[2]} ns "
+                f"({[e.rv.identity for e in group]}): one point for several readings: {first.verdict.sent.describe()}",
+            )
+        found = reading_rows.pop(key, [])
+        honest = any(e.rv.accept == "must" for e in group)
+        if not found and refused_points.get(key):
+            refused_points[key] -= 1
+            if honest:
+                add("honest-refused", f"honest reading {key} refused by InfluxDB: {first.verdict.sent.describe()}")
+            continue
+        if not found and refused_devices.get(key[:2]):
+            refused_devices[key[:2]] -= 1  # a refused line cut before its timestamp
+            if honest:
+                add("honest-refused", f"honest reading {key} refused by InfluxDB: {first.verdict.sent.describe()}")
+            continue
         if not found:
             add(
                 "lost",
-                f"reading {ident} (index {first.rv.index}) was neither dead-lettered nor written "
-                f"({len(group)} occurrence(s), none dead): {first.verdict.sent.describe()}",
+                f"reading {first.rv.identity} t={first.rv.t} (index {first.rv.index}) was accepted but is not at "
+                f"{key[2]} ns in InfluxDB, nor dead-lettered: {first.verdict.sent.describe()}",
             )
             continue
-        if len(found) > 1:
-            add("written-twice", f"reading {ident} written {len(found)} times, at {[r.time_ns for r in found]}")
-        # the values of the first message that carried this identity (any of its copies within that message)
-        firsts = [o for o in group if o.verdict.sent.n == first.verdict.sent.n]
+        if refused_points.get(key):
+            add("both", f"reading {key} both written and dead-lettered as refused")
         row = found[0]
-        problems = [_compare_reading(o.rv, row) for o in firsts]
+        problems = [_compare_reading(e.rv, row, obs.field_types.get("reading", {}), types) for e in group]
         if all(problems):
-            add("stored-wrongly", f"reading {ident} stored wrongly: {problems[0]}: {first.verdict.sent.describe()}")
-        for name, value in row.fields.items():
-            if name not in ("boot", "seq", "q"):
-                metric_kinds[name].add(kind_of(value))
-    for ident, found in reading_rows.items():
+            add("stored-wrongly", f"reading at {key} stored wrongly: {problems[0]}: {first.verdict.sent.describe()}")
+    for key, found in reading_rows.items():
         add(
             "unexplained-point",
-            f"reading point {ident} at {found[0].time_ns} that no accepted reading explains: {found[0].fields}",
+            f"reading point {key} that no accepted reading explains: {found[0].fields}",
         )
-    for ident, count in (+refused_ids).items():
-        add("unexplained-refusal", f"{count} refused line(s) for reading {ident}, which was not accepted")
+    for key, count in (+refused_points).items():
+        add("unexplained-refusal", f"{count} refused line(s) for a reading at {key}, which was not accepted")
     for key, count in (+refused_devices).items():
         add("unexplained-refusal", f"{count} refused reading line(s) of device {key} that no accepted reading explains")
 
-    # --- one documented type per field: numbers as floats, booleans, strings; boot and seq integers
-    types = obs.field_types.get("reading", {})
-    for name, kinds in types.items():
-        want = {"boot": {"integer"}, "seq": {"integer"}, "q": {"string"}}.get(name)
-        if want is None:
-            want = metric_kinds.get(name, kinds if len(kinds) == 1 else set())
-            if "float" in metric_kinds.get(name, set()) and kinds != {"float"}:
-                add("field-type", f"metric {name!r} stored as {sorted(kinds)}; numbers are documented as floats")
-                continue
-        if kinds != want:
-            add("field-type", f"field {name!r} of `reading` has types {sorted(kinds)}, documented {sorted(want)}")
-    for meas in ("device_status", "dead_letter"):
-        for name, kinds in obs.field_types.get(meas, {}).items():
-            if len(kinds) > 1:
-                add("field-type", f"field {name!r} of `{meas}` has {len(kinds)} types {sorted(kinds)}")
+    # --- one documented type per field (docs/measurements.md)
+    fixed_reading: dict[str, str] = {"boot": "integer", "seq": "integer", "q": "string"}
+    for name, kinds in obs.field_types.get("reading", {}).items():
+        want = fixed_reading.get(name) or types.get(name, "float")
+        if kinds != {want}:
+            add("field-type", f"field {name!r} of `reading` has types {sorted(kinds)}, documented {want}")
+    for name, kinds in obs.field_types.get("device_status", {}).items():
+        want = STATUS_TYPES.get(name) or types.get(name, "float")
+        if kinds != {want}:
+            add("field-type", f"field {name!r} of `device_status` has types {sorted(kinds)}, documented {want}")
+    dl_types = {"detail": "string", "topic": "string", "payload": "string", "size": "integer", "index": "integer"}
+    for name, kinds in obs.field_types.get("dead_letter", {}).items():
+        if kinds != {dl_types.get(name, "?")}:
+            add("field-type", f"field {name!r} of `dead_letter` has types {sorted(kinds)}")
 
     # --- statuses: each accepted one is a device_status point with its fields
     status_rows: dict[tuple[str, str], list[Row]] = defaultdict(list)
@@ -1008,18 +1228,12 @@ def check(verdicts: Sequence[Verdict], obs: Observed) -> list[str]:
     # --- the counters agree with both
     total_dead = Counter(row.tags.get("reason", "") for row in dead_rows)
     pipe_dead = Counter({str(k): int(n) for k, n in pipeline.get("dead_by_reason", {}).items()})
+    sink_written = sum(total_dead.pop(reason, 0) for reason in SINK_REASONS)
     for reason in SINK_REASONS:
-        if pipe_dead.get(reason, 0) not in (0, total_dead.get(reason, 0)):
-            add(
-                "counters",
-                f"pipeline counts {pipe_dead[reason]} `{reason}`, InfluxDB holds {total_dead.get(reason, 0)}",
-            )
         pipe_dead.pop(reason, None)
-        total_dead.pop(reason, None)
-    reading_dead = sum(1 for o in occs if o.dead is not None)
-    ignored = sum(1 for vd in verdicts if vd.ignored and vd.sent.n not in msg_dead)
+    ignored = sum(1 for vd in verdicts if vd.ignored)
     want_counts = {
-        "messages": len(verdicts) - ignored,
+        "messages": len(verdicts) - ignored,  # docs/reliability.md: `ignored` messages are not in `messages`
         "ignored": ignored,
         "readings_in": readings_in,
         "readings_accepted": accepted,
@@ -1050,21 +1264,26 @@ def check(verdicts: Sequence[Verdict], obs: Observed) -> list[str]:
                 add(
                     "counters",
                     f"device {device!r}: the gateway accepted {obs.per_device.get(device, 0)} readings, "
-                    f"the ledger says {by_device[device]} (distinct identities not dead-lettered)",
+                    f"the ledger says {by_device[device]}",
                 )
-    if obs.sink_exact:
-        points = sum(len(rs) for rs in rows.values())
+    if obs.sink_exact:  # docs/reliability.md, "The counters are exact"
+        points = sum(len(rs) for rs in rows.values()) - sink_written
         if sink.get("points_written") != points:
             per = {m: len(rs) for m, rs in sorted(rows.items())}
             add(
                 "counters",
-                f"stats sink.points_written = {sink.get('points_written')}, InfluxDB holds {points} points {per}",
+                f"stats sink.points_written = {sink.get('points_written')}, InfluxDB holds {points} points "
+                f"besides the sink's {sink_written} dead letters {per}",
             )
-        refused_n = sum(1 for r in dead_rows if r.tags.get("reason") in SINK_REASONS)
-        if sink.get("points_refused") != refused_n:
+        for name, reason in (("points_refused", "influx_refused"), ("points_unwritable", "unwritable")):
+            n_dead = sum(1 for r in sink_dead if r.tags.get("reason") == reason)
+            if sink.get(name, 0) != n_dead:
+                add("counters", f"stats sink.{name} = {sink.get(name)}, the sink dead-lettered {n_dead} `{reason}`")
+        if sink.get("dead_letters_written", 0) != sink_written or sink.get("dead_letters_lost", 0):
             add(
                 "counters",
-                f"stats sink.points_refused = {sink.get('points_refused')}, the sink dead-lettered {refused_n}",
+                f"stats sink.dead_letters_written = {sink.get('dead_letters_written')}, lost = "
+                f"{sink.get('dead_letters_lost')}; InfluxDB holds {sink_written} sink dead letters",
             )
     return v
 
@@ -1079,10 +1298,6 @@ def _int(x: Any) -> int | None:
     return None
 
 
-def _reading(vd: Verdict, i: int) -> ReadingVerdict:
-    return vd.readings[i]
-
-
 def _dl(row: Row) -> str:
     f = row.fields
     return (
@@ -1095,35 +1310,42 @@ EXCERPT = 200
 
 
 def _excerpt_fits(sent: Sent, row: Row) -> bool:
-    """A whole-message dead letter's excerpt names its message among others on the same topic: the start of
-    the payload, 200 characters (docs/measurements.md; cutting at 200 bytes, with a mark such as "…" and a
-    split character escaped, names it as well); any excerpt fits a payload that is not UTF-8."""
-    try:
-        text = sent.payload.decode("utf-8")
-    except UnicodeDecodeError:
-        return True
+    """A whole-message dead letter's excerpt names its message among others on the same topic: the first
+    200 bytes of the payload, a character cut at the 200th byte and every byte that is not UTF-8 as
+    ``\\xNN``, control characters as visible escapes, and ``…`` when the payload is longer
+    (docs/measurements.md)."""
+    head = sent.payload[:EXCERPT].decode("utf-8", errors="backslashreplace")
+    want = visible(head) + ("…" if len(sent.payload) > EXCERPT else "")
+    return str(row.fields.get("payload", "")) == want
+
+
+def _reading_excerpt_fits(rv: ReadingVerdict, row: Row) -> bool:
+    """A reading's dead letter names it: its first 200 characters as JSON (as sent, or as decoded)."""
     excerpt = str(row.fields.get("payload", ""))
-    if excerpt == text[:EXCERPT]:
-        return True
-    cut = re.sub(r"(\\x[0-9a-f]{2})+$", "", excerpt.rstrip("…").removesuffix("..."))
-    long_enough = len(cut) >= EXCERPT - 3 or len(cut.encode("utf-8", "surrogatepass")) >= EXCERPT - 4
-    return len(text) > len(cut) and long_enough and text.startswith(cut)
+    forms = [json.dumps(rv.raw, separators=(",", ":"), allow_nan=True)[:EXCERPT]]
+    if rv.identity is not None and rv.t is not None and rv.q is not None:
+        m = {k: vs[-1][1] for k, vs in rv.metrics.items() if vs}
+        doc = {"b": rv.identity[0], "s": rv.identity[1], "t": rv.t, "q": rv.q, "m": m}
+        forms.append(json.dumps(doc, separators=(",", ":"))[:EXCERPT])
+    return excerpt in forms
 
 
 def _check_dead_letter_fields(vd: Verdict, i: int, row: Row) -> list[str]:
     out = []
     f = row.fields
-    if i == -1 and f.get("size") != len(vd.sent.payload):
+    if f.get("size") != len(vd.sent.payload):
         out.append(f"dead letter size {f.get('size')} for a {len(vd.sent.payload)}-byte payload: {_dl(row)}")
     if vd.site is not None and (row.tags.get("site"), row.tags.get("device")) != (vd.site, vd.device):
         out.append(f"dead letter tags {row.tags} for topic {vd.sent.topic!r}")
     return out
 
 
-def _compare_reading(rv: ReadingVerdict, row: Row) -> str:
+def _compare_reading(
+    rv: ReadingVerdict, row: Row, stored_types: Mapping[str, set[str]], types: Mapping[str, Kind]
+) -> str:
     """Empty when ``row`` holds reading ``rv`` as documented, else what differs."""
-    if rv.t is None or not rv.t * 1_000_000 <= row.time_ns < (rv.t + 1) * 1_000_000:
-        return f"time {row.time_ns} ns for t={rv.t} ms"
+    if rv.identity is None or (row.fields.get("boot"), row.fields.get("seq")) != rv.identity:
+        return f"boot/seq {row.fields.get('boot')}/{row.fields.get('seq')}, sent {rv.identity}"
     if rv.q is not None and row.fields.get("q") != rv.q:
         return f"q={row.fields.get('q')!r}, sent {rv.q!r}"
     names = set(row.fields) - {"boot", "seq", "q"}
@@ -1132,14 +1354,14 @@ def _compare_reading(rv: ReadingVerdict, row: Row) -> str:
     for name, values in rv.metrics.items():
         stored = row.fields[name]
         if not any(same_value(x, stored) for x in values):
-            return f"{name}={stored!r} ({type(stored).__name__}), sent {values[-1]!r}"
+            return f"{name}={stored!r} ({sorted(stored_types.get(name, ()))}), sent {values[-1][1]!r} ({values[-1][0]})"
     return ""
 
 
-def _compare_status(status: Mapping[str, list[Any]], row: Row) -> str:
+def _compare_status(status: Mapping[str, list[Typed]], row: Row) -> str:
     if set(row.fields) != set(status):
         return f"fields {sorted(row.fields)}, sent {sorted(status)}"
     for name, values in status.items():
         if not any(same_value(x, row.fields[name]) for x in values):
-            return f"{name}={row.fields[name]!r}, sent {values[-1]!r}"
+            return f"{name}={row.fields[name]!r}, sent {values[-1][1] if values else '?'!r}"
     return ""

@@ -37,7 +37,7 @@ from helpers import start_or_fail
 from hypothesis import example, given, seed
 from hypothesis import strategies as st
 from services import Proc
-from traffic import SEED, known_holes, property_settings, runs
+from traffic import METRIC_TYPES, SEED, known_holes, property_settings, runs
 
 from sim.publish import BrokerConfig, publish
 from sim.wire import Outgoing
@@ -145,6 +145,10 @@ class Rig:
                 "flush_interval_ms": 100,
             },
             "state": {"dir": str(workdir / "state"), "checkpoint_interval_s": 0.5},
+            "metric_types": {
+                kind: sorted(name for name, k in METRIC_TYPES.items() if k == kind)
+                for kind in ("integer", "boolean", "string")
+            },
         }
         gw = GatewayProcess(write_config(workdir / "gateway.toml", sections, WINDOWS_TOML), workdir)
         problems: list[str] = []
@@ -163,7 +167,7 @@ class Rig:
             wait_until(lambda: gw.stats().get("mqtt", {}).get("connected"), "gateway connected", WAIT_S, gw)
             now = int(time.time() * 1000)
             sent = materialize(plan, prefix, now)
-            verdicts = [judge(s, prefix, now) for s in sent]
+            verdicts = [judge(s, prefix, now, types=METRIC_TYPES) for s in sent]
             try:
                 asyncio.run(self._send(gw, sent, fault))
                 waited(lambda: taken(gw) >= len(sent), f"the gateway to take all {len(sent)} messages", WAIT_S)
@@ -237,7 +241,7 @@ def report(verdicts: Sequence[Verdict], observed: Observed, violations: Sequence
 
 def check_run(rig: Rig, plan: Sequence[Planned], fault: Fault = NO_FAULT) -> None:
     verdicts, observed, problems, logs = rig.run(plan, fault)
-    violations = problems + check(verdicts, observed)
+    violations = problems + check(verdicts, observed, METRIC_TYPES)
     assert not violations, report(verdicts, observed, violations, logs)
 
 

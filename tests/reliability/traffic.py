@@ -16,9 +16,10 @@ A run (:func:`runs`) is a list of :class:`~accounting.Planned` messages in publi
 - garbage on an honest board's topic (a whole-message breach), a board id reused under another site,
   and topics the contract does not know.
 
-Arbitrary values never put a boolean or a string in ``temp_c`` or ``rh``: the contract does not say which
-kind an undeclared metric has, so honest readings could not be promised to arrive after that.
-Each hostile message has a topic of its own, so every dead letter names the message it is about.
+Every metric has one type (docs/protocol.md, "Metric types"): :data:`METRIC_TYPES` is the ``[metric_types]``
+the runs' gateway is given, so arbitrary values of every kind go to declared and undeclared metrics alike
+(``temp_c`` and ``rh`` included: the honest boards' floats must arrive whatever others send). Each hostile
+message has a topic of its own, so every dead letter names the message it is about.
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ from accounting import (
     JRaw,
     JStr,
     JTime,
+    Kind,
     Planned,
+    has_bad_char,
     num,
     obj,
 )
@@ -64,6 +67,19 @@ def property_settings(ci_examples: int) -> settings:
 
 
 HONEST_METRICS = ("temp_c", "rh")
+METRIC_TYPES: dict[str, Kind] = {
+    "x": "integer",
+    "level": "integer",
+    "pulses": "integer",
+    "y": "boolean",
+    "relay": "boolean",
+    "z": "string",
+    "door": "string",
+    "note": "string",
+    "ssid": "string",
+    "label": "string",
+}
+"""The runs' ``[metric_types]``: every other metric is a float."""
 DAY_MS = 86_400_000
 
 # ------------------------------------------------------------------------------------------- values
@@ -243,16 +259,16 @@ METRIC_NAME = st.one_of(
     VALID_NAMES,
     TEXTS,
 )
-HONEST_NAME_VALUES = st.one_of(NUMBERS, st.just(JRaw("null")), CONTAINERS[2])  # numbers, or never valid
 OTHER_VALUES = st.one_of(SCALARS, SCALARS, VALUES[2])
 
 # valid, but unusual: what the contract allows must come through exactly (newlines, NUL, quotes,
 # backslashes, emoji, -0.0, 1e308, 2^63-1, names that are also tags)
 VALID_TEXTS = st.one_of(
-    st.sampled_from([x for x in SPECIAL_STRINGS if not any("\ud800" <= c <= "\udfff" for c in x) and len(x) <= 64]),
-    st.text(st.characters(codec="utf-8"), max_size=12),
-    st.text(st.characters(codec="utf-8"), min_size=60, max_size=64),
+    st.sampled_from([x for x in SPECIAL_STRINGS if not has_bad_char(x) and len(x) <= 64]),
+    st.text(st.characters(codec="utf-8", exclude_categories=["Cc"]), max_size=12),
+    st.text(st.characters(codec="utf-8", exclude_categories=["Cc"]), min_size=60, max_size=64),
 )
+"""Strings a field may hold: no lone surrogate, no control character (docs/protocol.md, "Strings")."""
 VALID_NUMBERS = st.one_of(
     st.sampled_from(
         [
@@ -276,20 +292,31 @@ VALID_NUMBERS = st.one_of(
     st.floats(allow_nan=False, allow_infinity=False).map(num),
 )
 VALID_NAMES_ALL = st.one_of(
-    st.sampled_from(["x", "y", "z", "w", "site", "device", "state", "reason", "level"]),
-    VALID_NAMES.filter(lambda n: n not in HONEST_METRICS and n not in RESERVED),
+    st.sampled_from(["x", "y", "z", "w", "state", "reason", "level", "pulses", "relay", "door", "note"]),
+    st.sampled_from(HONEST_METRICS),
+    VALID_NAMES.filter(lambda n: n not in RESERVED),
 )
+WHOLE_FLOATS = st.sampled_from(["21.0", "-0.0", "0.0", "1e3", "1E2", "9.2e18", "-9.2e18", "1e19"]).map(JRaw)
+
+
+def _value_of(draw: st.DrawFn, kind: str) -> Any:
+    if kind == "boolean":
+        return draw(st.sampled_from([JRaw("true"), JRaw("false")]))
+    if kind == "string":
+        return draw(st.builds(JStr, VALID_TEXTS, st.booleans()))
+    if kind == "integer":
+        return draw(st.one_of(st.integers(-(2**63), 2**63 - 1).map(num), WHOLE_FLOATS, VALID_NUMBERS))
+    return draw(VALID_NUMBERS)
 
 
 @st.composite
 def valid_metric_pairs(draw: st.DrawFn) -> tuple[str, Any]:
+    """A valid name with, mostly, a value of its declared type; sometimes a value of another kind."""
     name = draw(VALID_NAMES_ALL)
-    kind = draw(st.integers(0, 3))
-    if kind == 0:
-        return name, draw(st.sampled_from([JRaw("true"), JRaw("false")]))
-    if kind == 1:
-        return name, draw(st.builds(JStr, VALID_TEXTS, st.booleans()))
-    return name, draw(VALID_NUMBERS)
+    kind = METRIC_TYPES.get(name, "float")
+    if draw(st.integers(0, 3)) == 0:
+        kind = draw(st.sampled_from(["boolean", "string", "integer", "float"]))
+    return name, _value_of(draw, kind)
 
 
 # a string whose only flaw is a lone surrogate (defect 1 of issue 16: it passed the decoder and broke the sink)
@@ -304,8 +331,7 @@ def metric_names() -> st.SearchStrategy[str]:
 
 @st.composite
 def metric_pairs(draw: st.DrawFn) -> tuple[str, Any]:
-    name = draw(METRIC_NAME)
-    return name, draw(HONEST_NAME_VALUES if name in HONEST_METRICS else OTHER_VALUES)
+    return draw(METRIC_NAME), draw(OTHER_VALUES)
 
 
 # ------------------------------------------------------------------------------------------ readings
@@ -319,9 +345,27 @@ def honest_value() -> st.SearchStrategy[JRaw]:
     )
 
 
-def honest_reading(boot: int, seq: int, offset_ms: int, temp: JRaw, rh: JRaw | None, q: str = "s") -> JObj:
-    m = [("temp_c", temp)] + ([("rh", rh)] if rh is not None else [])
+def honest_reading(
+    boot: int, seq: int, offset_ms: int, temp: JRaw, rh: JRaw | None, q: str = "s", extra: tuple[Any, ...] = ()
+) -> JObj:
+    m = [("temp_c", temp)] + ([("rh", rh)] if rh is not None else []) + list(extra)
     return obj(b=num(boot), s=num(seq), t=JTime(offset_ms), q=JStr(q), m=JObj(tuple(m)))
+
+
+def honest_extras() -> st.SearchStrategy[list[tuple[str, Any]]]:
+    """Metrics of the declared types an honest board may send beside its floats."""
+    return st.lists(
+        st.one_of(
+            st.tuples(st.just("door"), st.sampled_from(["open", "closed", "ajar 5°", 'a "b" \\ c', "😀"]).map(JStr)),
+            st.tuples(st.just("relay"), st.sampled_from([JRaw("true"), JRaw("false")])),
+            st.tuples(
+                st.just("pulses"),
+                st.sampled_from([JRaw("0"), JRaw("21"), JRaw("21.0"), JRaw("-0.0"), JRaw("9007199254740993")]),
+            ),
+        ),
+        max_size=3,
+        unique_by=lambda kv: kv[0],
+    )
 
 
 def _field(draw: st.DrawFn, valid: Any) -> Any:
@@ -411,12 +455,13 @@ def honest_board(draw: st.DrawFn, site: str, device: str) -> list[Planned]:
         if sent_readings and draw(st.integers(0, 3)) == 0:  # re-send some readings the broker never acked
             batch += draw(st.lists(st.sampled_from(sent_readings), min_size=1, max_size=3, unique=True))
         for _ in range(draw(st.integers(0, 8))):
-            if draw(st.integers(0, 15)) == 0:
-                boot, seq = boot + 1, 0
             step = draw(st.sampled_from([0, 1, 1000, 60_000, 60_000, 60_000]))  # 0: same millisecond
+            if draw(st.integers(0, 15)) == 0:
+                boot, seq, step = boot + 1, 0, max(step, 1)  # a reboot takes time: each boot's latest is its own
             t += step
             rh = draw(st.none() | honest_value())
-            r = honest_reading(boot, seq, t, draw(honest_value()), rh, draw(st.sampled_from("sscu")))
+            extra = tuple(draw(honest_extras())) if draw(st.integers(0, 3)) == 0 else ()
+            r = honest_reading(boot, seq, t, draw(honest_value()), rh, draw(st.sampled_from("sscu")), extra)
             seq += 1
             batch.append(r)
             sent_readings.append(r)
@@ -433,7 +478,7 @@ def honest_board(draw: st.DrawFn, site: str, device: str) -> list[Planned]:
 
 
 def honest_status(site: str, device: str, boot: int, buf: int, draw: st.DrawFn) -> Planned:
-    battery = draw(st.sampled_from([num(3911), num(3911.5), num(3700)]))
+    battery = draw(st.sampled_from([num(3911), JRaw("3911.0"), num(3700)]))  # a whole float is an integer
     fields: list[tuple[str, Any]] = [
         ("v", num(1)),
         ("dev", JStr(device)),
@@ -443,11 +488,13 @@ def honest_status(site: str, device: str, boot: int, buf: int, draw: st.DrawFn) 
         ("boot", num(boot)),
         ("t", JTime(-draw(st.integers(0, DAY_MS)))),
         ("clock", JStr("s")),
-        ("sleep_s", draw(st.sampled_from([num(300), num(0.5), num(2_678_400)]))),
+        ("sleep_s", draw(st.sampled_from([num(300), num(1), JRaw("300.0"), num(2_678_400)]))),
         ("battery_mv", battery),
         ("buf_cap", num(256)),
         ("dropped", num(0)),
         ("fw", JStr("0.1.0")),
+        ("rssi", draw(st.sampled_from([num(-70), num(-70.5)]))),  # not documented: a float
+        ("ssid", JStr("greenhouse é")),  # declared a string
     ]
     fields += [kv for kv in optional if draw(st.booleans())]
     fields.append(("buf", num(buf)))
@@ -696,10 +743,38 @@ def known_holes() -> list[Planned]:
             "mixed",
             frozenset({0}),
         ),
-        # defect 10: a newline in a string; a status field named `time`; status fields of two types
+        # defect 10: a newline in a string (bad_string), a boolean for a float metric; a status field named `time`
         batch(south, "h-nl", [reading(1, 0, t0, note=JStr("a\nb"), flag=JRaw("true"))], "hostile", honest=False),
         status(south, "h-time", "hostile", state=JStr("online"), time=num(5)),
-        status(south, "d-two", "honest_status", state=JStr("sleeping"), battery_mv=num(3911.5), buf=num(1)),
+        status(
+            south,
+            "d-two",
+            "honest_status",
+            state=JStr("sleeping"),
+            battery_mv=JRaw("3911.0"),
+            rssi=num(-70),
+            buf=num(1),
+        ),
+        status(south, "h-wifi", "hostile", state=JStr("online"), wifi=JStr("x")),  # not declared: a float
+        # defect 2 again: one type per metric, whatever each board sends (type_mismatch, never a conflict)
+        batch(
+            north,
+            "h-types",
+            [
+                reading(1, 0, t0, temp_c=JRaw("true")),
+                reading(1, 1, t0, temp_c=JStr("21.5")),
+                reading(1, 2, t0, pulses=JRaw("21.5")),
+                reading(1, 3, t0, relay=JRaw("1")),
+                reading(1, 4, t0, door=num(5)),
+                reading(1, 5, t0, door=JStr("ok"), pulses=JRaw("21.0"), relay=JRaw("false"), temp_c=num(21)),
+                reading(1, 6, t0, pulses=JRaw("1e19")),
+                reading(1, 7, t0, temp_c=JRaw("9007199254740993")),
+            ],
+            "hostile",
+            honest=False,
+        ),
+        # a flush marker before 2020 (negative too) is ignored; the readings beside it are taken
+        batch(south, "d-two", [reading(1, 10, t0 + 400_000, temp_c=num(19.9))], flushed=-(10**13)),
         # colliding names: a metric named like a tag, a repeated key, values at the edges of a double
         batch(
             north,
@@ -712,8 +787,9 @@ def known_holes() -> list[Planned]:
             "hostile",
             honest=False,
         ),
-        # defect 5: an honest board's id under another site
+        # defect 5: an honest board's id under another site, readings and status (site_mismatch)
         batch(south, "d-one", [reading(3, 0, t0, temp_c=num(99.0))], "collider", honest=False),
+        status(south, "d-one", "collider", state=JStr("online")),
         # the size limit: exactly at it (accepted), one byte beyond (oversize)
         Planned(
             f"{{p}}/{south}/d-two/readings",
@@ -731,6 +807,27 @@ def known_holes() -> list[Planned]:
         # more honest floats after all that
         batch(north, "d-one", [reading(3, 3, t0 + 120_000, temp_c=num(20.8), rh=num(41.0))], flushed=t0 + 120_000),
     ]
+    # defect 6: metric names capped per device: 32 names, then a reading with a 33rd is `too_many_metrics`,
+    # and one with names the device has goes on
+    names_a = {f"a{i:02}": num(float(i)) for i in range(16)}
+    names_b = {f"b{i:02}": num(float(i)) for i in range(16)}
+    cap = [reading(1, 0, t0, **names_a), reading(1, 1, t0, **names_b), reading(1, 2, t0, c00=num(1.0))]
+    cap.append(reading(1, 3, t0 + 1, a00=num(2.0), b15=num(3.0)))
+    out.append(
+        Planned(
+            f"{{p}}/{north}/h-cap/readings",
+            obj(v=num(1), dev=JStr("h-cap"), r=JArr(tuple(cap))),
+            "mixed",
+            frozenset({3}),
+        )
+    )
+    # a board whose boot counter started again: later readings reuse identities and are taken; its re-sends
+    # from before the restart can no longer be judged (`stale_boot`), never taken twice
+    out.append(batch(south, "d-flash", [reading(1, i, t0 + 1000 * i, temp_c=num(15.0 + i)) for i in range(3)]))
+    out.append(batch(south, "d-flash", [reading(1, i, t0 + 600_000 + 1000 * i, temp_c=num(16.0)) for i in range(2)]))
+    out.append(
+        batch(south, "d-flash", [reading(1, 2, t0 + 2000, temp_c=num(17.0)), reading(1, 0, t0, temp_c=num(15.0))])
+    )
     # defect 7: a reading re-sent after eight newer boots (a duplicate, or `stale_boot`; never accepted again)
     out.append(batch(north, "d-old", [reading(0, 0, t0, temp_c=num(10.0))]))
     for b in range(1, 10):
