@@ -773,6 +773,15 @@ def known_holes() -> list[Planned]:
             "hostile",
             honest=False,
         ),
+        # valid values that InfluxDB refuses: the runs' database holds `w` as an integer and the status field
+        # `x` as a string (test_accounting.seed_conflicts): the sink isolates and dead-letters those lines
+        Planned(
+            f"{{p}}/{north}/h-w/readings",
+            obj(v=num(1), dev=JStr("h-w"), r=JArr((reading(1, 0, t0, w=num(1.5)), reading(1, 1, t0, temp_c=num(1.5))))),
+            "mixed",
+            frozenset({1}),
+        ),
+        status(north, "h-x", "hostile", state=JStr("online"), x=num(5)),
         # a flush marker before 2020 (negative too) is ignored; the readings beside it are taken
         batch(south, "d-two", [reading(1, 10, t0 + 400_000, temp_c=num(19.9))], flushed=-(10**13)),
         # colliding names: a metric named like a tag, a repeated key, values at the edges of a double
