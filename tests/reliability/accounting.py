@@ -3,10 +3,13 @@
 What the kit promises (docs/protocol.md, docs/measurements.md, docs/reliability.md): every reading sent is
 exactly one of
 
-(a) accepted: a point of the ``reading`` measurement, once, at its event time, with its values in their
-    documented type (a number is a float);
-(b) a duplicate of an identity (site, device, boot, seq) accepted before: counted, written nowhere;
-(c) a dead letter with a documented reason, alone or with the whole message it came in;
+(a) accepted: a point of the ``reading`` measurement, once, at its event time plus its sub-millisecond
+    offset, with its values in their metric's one type (a float unless ``[metric_types]`` declares it an
+    integer, a boolean or a string);
+(b) a duplicate of a reading of the device accepted before: counted, written nowhere;
+(c) a dead letter with a documented reason, alone or with the whole message it came in (the reasons that
+    depend on what came before, ``site_mismatch``, ``too_many_metrics``, ``stale_boot``, ``stale_seq``,
+    only where their documented rule gives them);
 
 every other message is a dead letter with its reason, or ignored as documented (an empty retained status);
 nothing is neither or both; and the gateway's counters agree with both. A line InfluxDB refuses is
@@ -20,7 +23,8 @@ This module has three parts, all free of services so that they can be tested on 
 - :func:`judge`: what the contract says of one message, written from docs/protocol.md: which reasons may
   reject it whole, which may reject each reading, what must be accepted, what is ambiguous;
 - :func:`check`: the ledger of one run (what was sent, the gateway's final stats, what InfluxDB holds)
-  turned into a list of violations, each naming the message it is about.
+  turned into a list of violations, each naming the message it is about; it follows the run in order with
+  the devices' site bindings, their metric names and :class:`DedupModel`, the dedup's documented bounds.
 """
 
 from __future__ import annotations

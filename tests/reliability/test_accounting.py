@@ -10,7 +10,7 @@ from docs/protocol.md, docs/measurements.md and docs/reliability.md, not from th
 
 ``make test`` runs a few examples from a fixed seed (CI is deterministic and bounded). A longer run:
 
-    EDGEKIT_ACCOUNTING_EXAMPLES=200 .venv/bin/python -m pytest tests/reliability/test_accounting.py
+    EDGEKIT_ACCOUNTING_EXAMPLES=60 .venv/bin/python -m pytest tests/reliability/test_accounting.py
 
 draws from a new seed, printed at the start (``EDGEKIT_ACCOUNTING_SEED=<seed>`` repeats it);
 ``EDGEKIT_ACCOUNTING_SHRINK=1`` lets hypothesis shrink a failure to a smaller run (each step is a run).

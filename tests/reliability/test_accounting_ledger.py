@@ -3,7 +3,8 @@ ledger passes a gateway that keeps the contract and catches each way of breaking
 
 The "ideal gateway" here is a reference written from docs/protocol.md and docs/measurements.md (each message
 rejected whole with a reason the contract gives, or each reading accepted once, a duplicate or dead with its
-reason; numbers written as floats; a second kind for a metric refused as ``type_mismatch``). It is what
+reason; each value in its metric's type, each reading at its nanosecond time; a device bound to its first
+site, its metric names capped, the dedup's bounds as ``accounting.DedupModel`` states them). It is what
 ``accounting.check`` must find nothing wrong with, for any run the strategies make.
 """
 

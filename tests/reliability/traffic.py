@@ -46,7 +46,7 @@ from accounting import (
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 
-# a fixed seed and a few examples for `make test` (deterministic, bounded); EDGEKIT_ACCOUNTING_EXAMPLES=200
+# a fixed seed and a few examples for `make test` (deterministic, bounded); EDGEKIT_ACCOUNTING_EXAMPLES=60
 # for a longer run from a new seed, printed; EDGEKIT_ACCOUNTING_SEED repeats one; EDGEKIT_ACCOUNTING_SHRINK=1
 # lets hypothesis shrink a failure (each step is a whole run: minutes)
 EXAMPLES = int(os.environ.get("EDGEKIT_ACCOUNTING_EXAMPLES", "0"))
