@@ -226,7 +226,9 @@ def _decode_batch(
 ) -> Batch:
     flushed: int | None = None
     if "flushed" in doc:
-        flushed = _int_field(doc, "flushed", 0, INT64_MAX, "")
+        # any 64-bit integer is a marker; one before limits.min_time_ms (negative too) or in the future is
+        # ignored by the engine (docs/semantics.md), and costs the readings beside it nothing
+        flushed = _int_field(doc, "flushed", -INT64_MAX - 1, INT64_MAX, "")
     raw = doc.get("r")
     if not isinstance(raw, list):
         raise DecodeError("schema", f"r must be a list of readings, got {type(raw).__name__}")
