@@ -6,9 +6,17 @@ that keeps the gateway's line protocol with InfluxDB's rule that a point written
 and timestamp overwrites (merges) the fields of the earlier one.
 
 Tables: raw readings (``reading``), window results (``window``, the last revision of each point), late
-readings (``late_reading``) and dead letters (``dead_letter``): expected, found, missing, extra, differ
-(found with other values), and routed late (readings whose values went to the late output; window points
-whose last write is a late re-fire; late records).
+readings (``late_reading``), dead letters (``dead_letter``) and alerts (``alert``): expected, found, missing,
+extra, differ (found with other values), and routed late (readings whose values went to the late output;
+window points whose last write is a late re-fire; late records).
+
+The ``alert`` table holds the alerts the injected events must raise (:func:`expected_alerts`): a scripted
+sequence its pattern's alert, a spike or level shift a ``zscore.<metric>`` alert, a stuck sensor a
+``stuck.<metric>`` one, each on its device with its last reading within the event's span or
+:data:`ALERT_TOLERANCE_MS` after it. A missing one fails the verdict, and so does an alert of a near miss's
+pattern (a sequence that must not raise one); an anomaly alert no injected event explains is a false alarm,
+counted (``unexplained``) but not a failure, since plain noise sometimes crosses the threshold
+(docs/anomaly.md).
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -35,13 +44,19 @@ __all__ = [
     "Table",
     "Verdict",
     "compare",
+    "expected_alerts",
     "influx_rows",
     "parse_line",
     "truth_doc",
 ]
 
 TRUTH_FORMAT: Final = "edgekit-sim-truth/2"
-MEASUREMENTS: Final = ("reading", "window", "late_reading", "dead_letter")
+MEASUREMENTS: Final = ("reading", "window", "late_reading", "dead_letter", "alert")
+ALERT_TOLERANCE_MS: Final = 600_000
+"""An alert counts for an injected event when its last reading lies in the event's span or this soon after."""
+ANOMALY_ALERTS: Final = {"spike": "zscore", "level_shift": "zscore", "stuck": "stuck"}
+"""The detector that must raise an alert for each kind of injected anomaly; drift, dropout and noise bursts
+need not raise one (an alert within their span is explained, not a false alarm)."""
 
 Row = dict[str, Any]
 
@@ -214,13 +229,15 @@ class Table:
     differ: int = 0
     routed_late: int = 0
     examples: list[str] = field(default_factory=list)
+    unexplained: int = 0
+    """Alerts only: anomaly alerts no injected event explains (false alarms), counted but not a mismatch."""
 
     @property
     def ok(self) -> bool:
         return self.missing == 0 and self.extra == 0 and self.differ == 0
 
     def note(self, text: str) -> None:
-        if len(self.examples) < 5:
+        if len(self.examples) < 5 and text not in self.examples:
             self.examples.append(text)
 
 
@@ -359,4 +376,104 @@ def compare(truth: Mapping[str, Any], found: Found) -> Verdict:
         t.extra += n
         t.note(f"extra {n} x {dk}")
     tables.append(t)
+    tables.append(_alert_table(truth, mine("alert")))
     return Verdict(tables)
+
+
+# --- alerts ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ExpectedAlert:
+    """An injected event and the alert it must raise (``alert`` None: it need not raise one; ``must_not``: a
+    near miss, whose pattern must not fire on the device in its span)."""
+
+    label: str
+    source: str
+    alert: str | None
+    device: str
+    start_ms: int
+    end_ms: int
+    must_not: bool = False
+
+
+def _utc(ms: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ms / 1000))
+
+
+def expected_alerts(truth: Mapping[str, Any]) -> list[ExpectedAlert]:
+    """What a truth's injected anomalies and scripted sequences must (and must not) raise."""
+    out: list[ExpectedAlert] = []
+    for a in truth.get("anomalies", []):
+        detector = ANOMALY_ALERTS.get(a["kind"])
+        label = f"{a['kind']} {a['metric']}"
+        alert = None if detector is None else f"{detector}.{a['metric']}"
+        out.append(ExpectedAlert(label, "anomaly", alert, a["device"], a["start_ms"], a["end_ms"]))
+    for s in truth.get("sequences", []):
+        last = max((e[0] for e in s["events"]), default=s["at_ms"])
+        must = bool(s["expect_alert"])
+        out.append(ExpectedAlert(s["kind"], "pattern", s["pattern"], s["device"], s["at_ms"], last, not must))
+    return out
+
+
+def _alert_causes(gateway: Mapping[str, Any], e: ExpectedAlert) -> str:
+    """The likely reason the gateway configuration could not raise ``e``'s alert, or ''."""
+    if e.source == "pattern":
+        names = [p.get("name") for p in gateway.get("patterns", []) if isinstance(p, Mapping)]
+        if e.alert not in names:
+            has = ", ".join(map(str, names)) or "none"
+            return f"the gateway configuration has no pattern named {e.alert!r} (it has: {has})"
+        return ""
+    anomaly = gateway.get("anomaly")
+    if not isinstance(anomaly, Mapping):
+        return "the gateway configuration has no [anomaly] section: nothing detects anomalies"
+    metric = (e.alert or "").partition(".")[2]
+    metrics = anomaly.get("metrics")
+    if isinstance(metrics, list) and metric not in metrics:
+        return f"anomaly.metrics does not list {metric!r}"
+    return ""
+
+
+def _alert_table(truth: Mapping[str, Any], rows: list[Row]) -> Table:
+    t = Table("alert")
+    gateway = truth.get("gateway", {})
+    alerts = sorted(rows, key=lambda r: (r.get("last_ms", r["time"]), r.get("name", ""), r.get("key", "")))
+    used = [False] * len(alerts)
+
+    def last(r: Row) -> int:
+        return int(r["last_ms"] if "last_ms" in r else r["time"])
+
+    def within(e: ExpectedAlert, r: Row) -> bool:
+        return r.get("key") == e.device and e.start_ms <= last(r) < e.end_ms + ALERT_TOLERANCE_MS
+
+    expects = expected_alerts(truth)
+    t.found = len(alerts)
+    for e in sorted(expects, key=lambda e: (e.alert or "", e.start_ms)):
+        if e.alert is None or e.must_not:
+            continue
+        t.expected += 1
+        for k, r in enumerate(alerts):
+            if not used[k] and r.get("source") == e.source and r.get("name") == e.alert and within(e, r):
+                used[k] = True
+                break
+        else:
+            t.missing += 1
+            cause = _alert_causes(gateway, e)
+            why = f": {cause}" if cause else ""
+            t.note(f"missing {e.alert} on {e.device} for the {e.label} at {_utc(e.start_ms)}{why}")
+    for k, r in enumerate(alerts):
+        if used[k] or str(r.get("name", "")).startswith("rebaseline."):
+            continue
+        near = [e for e in expects if e.must_not and r.get("name") == e.alert and within(e, r)]
+        if near:
+            t.extra += 1
+            t.note(f"extra {r.get('name')} on {r.get('key')} at {_utc(last(r))}: the {near[0].label} must not raise it")
+        elif r.get("source") == "pattern":
+            t.extra += 1
+            t.note(f"extra {r.get('name')} on {r.get('key')} at {_utc(last(r))}: no scripted sequence explains it")
+        elif not any(e.source == "anomaly" and within(e, r) for e in expects):
+            t.unexplained += 1
+            t.note(
+                f"false alarm {r.get('name')} on {r.get('key')} at {_utc(last(r))} (no mismatch: docs/anomaly.md)"
+            )
+    return t

@@ -36,7 +36,13 @@ SCENARIO = {
     "sequences": [{"kind": "door_left_open", "device": "dev-0001", "at": "5m"},
                   {"kind": "two_failures", "device": "dev-0003", "at": "12m"}],
     "gateway": {"windows": [{"name": "t5", "kind": "tumbling", "size": "5m", "metrics": ["temp_c"],
-                             "allowed_lateness": "2m"}], "metric_types": {"string": ["door", "status"]}},
+                             "allowed_lateness": "2m"}], "metric_types": {"string": ["door", "status"]},
+                "anomaly": {"metrics": ["temp_c"], "warmup": 5},
+                "patterns": [{"name": "door_left_open", "steps": [
+                    {"name": "opened", "where": 'door == "open"'},
+                    {"name": "closed", "follow": "not_followed_by", "where": 'door == "closed"', "within": "5m"}]},
+                    {"name": "failed_3x_5m", "within": "5m", "steps": [
+                        {"name": "failed", "where": 'status == "FAILED"', "at_least": 3}]}]},
 }  # fmt: skip
 
 FLAGS = [
