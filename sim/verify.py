@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
 from .errors import SimError
+from .fleet import Plan
 from .reference import Expected
 from .world import Run
 
@@ -47,6 +48,7 @@ __all__ = [
     "expected_alerts",
     "influx_rows",
     "parse_line",
+    "plan_truth_doc",
     "truth_doc",
 ]
 
@@ -89,6 +91,87 @@ def truth_doc(run: Run, expected: Expected, gateway: Mapping[str, Any] | None = 
             "firings": [list(asdict(f).values()) for f in expected.firings],
             "watermarks": [list(w) for w in expected.watermarks],
         },
+    }
+
+
+def _board(device: str, site: str, boot: int) -> dict[str, Any]:
+    return {
+        "device": device,
+        "site": site,
+        "group": "run",
+        "boot": boot,
+        "drift_ppm": 0.0,
+        "skew_ms": 0,
+        "sleep_s": None,
+    }
+
+
+def plan_truth_doc(plan: Plan) -> dict[str, Any]:
+    """The truth of ``edgekit-sim run`` (a :class:`~sim.fleet.Plan`) in the same format as a scenario's, so
+    that ``verify`` and ``report`` read both. ``run`` knows no gateway configuration, so its truth checks the
+    raw readings, the dead letters and the alerts (``checks``), not windows nor late readings; its readings have
+    no arrival times (``run`` publishes as fast as the broker takes them). The run's own keys (``spec``,
+    ``rejected``, ``malformed``, ``flushed``) are kept beside."""
+    spec = plan.spec
+    extra = plan.truth()
+    readings: list[list[object]] = [
+        [r.site, r.device, r.boot, r.seq, r.t_ms, r.t_ms, r.quality, dict(r.metrics), -1, -1, 1, 1, None]
+        for r in plan.readings
+    ]
+    dead: Counter[tuple[str, str]] = Counter()
+    unattributed = 0
+    for m in plan.messages:
+        for reason in m.rejects:
+            dead[(reason, m.device)] += 1
+        if m.kind == "malformed":
+            if m.expect_reason == "bad_topic":  # the gateway cannot tell its site or device: not this run's to count
+                unattributed += 1
+            else:
+                dead[(str(m.expect_reason), m.device)] += 1
+    end = max((r.t_ms for r in plan.readings), default=plan.start_ms) + 1
+    sites = {d.device: d.site for d in plan.devices}
+    return {
+        "format": TRUTH_FORMAT,
+        "scenario": {
+            "name": "edgekit-sim run",
+            "description": f"{spec.devices} boards x {spec.readings_per_device} readings every {spec.interval_ms} ms "
+            f"(seed {spec.seed})",
+            "seed": spec.seed,
+            "prefix": spec.prefix,
+        },
+        "checks": ["reading", "dead_letter", "alert"],
+        "start_ms": plan.start_ms,
+        "end_ms": end,
+        "sites": list(spec.sites),
+        "boards": [
+            {
+                "device": d.device,
+                "site": sites[d.device],
+                "group": "run",
+                "boot": d.boot,
+                "drift_ppm": 0.0,
+                "skew_ms": 0,
+                "sleep_s": None,
+            }
+            for d in plan.devices
+        ],
+        "counts": asdict(plan.counts()),
+        "gateway": {},
+        "readings": readings,
+        "deliveries": [],
+        "anomalies": extra["anomalies"],
+        "sequences": extra["sequences"],
+        "expected": {
+            "readings": list(range(len(readings))),
+            "duplicates": plan.counts().duplicate_readings,
+            "dead_letters": [[reason, dev, n] for (reason, dev), n in sorted(dead.items())],
+            "unattributed_dead_letters": unattributed,
+            "windows": [],
+            "late": [],
+            "firings": [],
+            "watermarks": [],
+        },
+        **{k: extra[k] for k in ("spec", "rejected", "malformed", "flushed")},
     }
 
 
@@ -244,6 +327,8 @@ class Table:
 @dataclass(slots=True)
 class Verdict:
     tables: list[Table]
+    hints: list[str] = field(default_factory=list)
+    """The likely causes of a mismatch, found in the database (another run's readings of the same devices)."""
 
     @property
     def ok(self) -> bool:
@@ -262,10 +347,12 @@ class Verdict:
         for t in self.tables:
             lines += [f"  {t.output}: {e}" for e in t.examples]
         lines.append("verdict: " + ("OK, everything expected found and nothing else" if self.ok else "MISMATCH"))
+        if not self.ok:
+            lines += [f"likely cause: {h}" for h in self.hints]
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, "tables": [asdict(t) for t in self.tables]}
+        return {"ok": self.ok, "tables": [asdict(t) for t in self.tables], "hints": self.hints}
 
 
 def _close(a: Any, b: Any) -> bool:
@@ -377,7 +464,59 @@ def compare(truth: Mapping[str, Any], found: Found) -> Verdict:
         t.note(f"extra {n} x {dk}")
     tables.append(t)
     tables.append(_alert_table(truth, mine("alert")))
-    return Verdict(tables)
+    checks = truth.get("checks")
+    if checks is not None:
+        tables = [t for t in tables if t.output in checks]
+    return Verdict(tables, hints=_hints(truth, found))
+
+
+def _hints(truth: Mapping[str, Any], found: Found) -> list[str]:
+    """What in the database points at another run of the same device ids: readings of this run's devices that
+    are not this run's (the gateway kept their watermarks), and readings refused because the ids were bound to
+    another site."""
+    devices = {b["device"] for b in truth["boards"]}
+    mine = {(r[1], r[2], r[3]): r[5] for r in truth["readings"]}
+    start, end = truth["start_ms"], truth["end_ms"]
+    foreign = [
+        r
+        for r in found.rows["reading"]
+        if r.get("device") in devices and mine.get((r.get("device"), r.get("boot"), r.get("seq"))) != r["time"]
+    ]
+    out: list[str] = []
+    if foreign:
+        names = sorted({str(r["device"]) for r in foreign})
+        shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+        latest = max(int(r["time"]) for r in foreign)
+        past = (
+            f"up to {_utc(latest)}, after this run's first reading ({_utc(start)}): the gateway's watermarks for "
+            "these devices were already past this run's event times, so its windows did not fire and its "
+            "readings went to late_reading"
+            if latest > start
+            else f"up to {_utc(latest)}, before this run ({_utc(start)} to {_utc(end)})"
+        )
+        same = sum(1 for r in foreign if (r.get("device"), r.get("boot"), r.get("seq")) in mine)
+        if same:
+            past += (
+                f"; {same} of them carry this run's (boot, seq) identities, so the gateway dropped this run's "
+                "readings as their duplicates"
+            )
+        out.append(
+            f"another run wrote {len(foreign)} readings of the same device ids ({shown}) to this database, {past}. "
+            "Give each run its own device ids (edgekit-sim run names its boards run-0001..., --id-prefix) or its "
+            "own database and a gateway started with a fresh state."
+        )
+    bound = Counter(
+        str(r.get("device"))
+        for r in found.rows["dead_letter"]
+        if r.get("reason") == "site_mismatch" and r.get("device") in devices
+    )
+    if bound:
+        out.append(
+            f"{sum(bound.values())} readings of {', '.join(sorted(bound)[:4])}{' ...' if len(bound) > 4 else ''} "
+            f"were dead letters site_mismatch: the gateway had bound these ids to another site, heard first from "
+            f"another run; give each run its own device ids or its own gateway state."
+        )
+    return out
 
 
 # --- alerts ----------------------------------------------------------------------------------------------------
@@ -473,7 +612,5 @@ def _alert_table(truth: Mapping[str, Any], rows: list[Row]) -> Table:
             t.note(f"extra {r.get('name')} on {r.get('key')} at {_utc(last(r))}: no scripted sequence explains it")
         elif not any(e.source == "anomaly" and within(e, r) for e in expects):
             t.unexplained += 1
-            t.note(
-                f"false alarm {r.get('name')} on {r.get('key')} at {_utc(last(r))} (no mismatch: docs/anomaly.md)"
-            )
+            t.note(f"false alarm {r.get('name')} on {r.get('key')} at {_utc(last(r))} (no mismatch: docs/anomaly.md)")
     return t

@@ -10,10 +10,22 @@ and exit codes checked.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import running_gateway, wait_for
+from services import Proc
+
+from gateway.config import Config
+from sim.inprocess import gateway_config
+from sim.scenario import load_scenario
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 EXAMPLE = ROOT / "gateway" / "examples" / "gateway.toml"
@@ -78,3 +90,82 @@ def test_the_fault_scenarios_carry_their_detection_and_pass_as_shipped(tmp_path:
         assert p.returncode == 0, p.stdout + p.stderr
         expected, found, missing, extra = table_row(p.stdout, "alert")[:4]
         assert expected > 0 and found >= expected and missing == extra == 0, p.stdout
+
+
+# --- defect 6: one truth format --------------------------------------------------------------------------------
+
+
+def test_the_truth_of_run_is_read_by_report(tmp_path: Path) -> None:
+    p = sim("run", "--devices", "3", "--readings", "12", "--malformed", "4", "--nan", "1", "--dry-run", "--truth",
+            "t.json", cwd=tmp_path)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    r = sim("report", "--truth", "t.json", "--out", "r.html", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "edgekit-sim run" in page
+    assert '<td class="l">readings</td><td class="">35</td>' in page  # 3 x 12 less the NaN one
+
+
+# --- defects 6 and 7 through the real broker, gateway and InfluxDB ---------------------------------------------
+
+
+def _gateway_cfg(mosquitto: Proc, influx: Proc, db: str, tag: str) -> Config:
+    return gateway_config(
+        load_scenario("steady").gateway,  # the windows the scenario's truth expects
+        "edgekit",
+        {"mqtt": {"url": f"mqtt://{mosquitto.host}:{mosquitto.port}", "client_id": f"gw-{tag}", "clean_session": True},
+         "influx": {"target": "v1", "url": influx.url, "database": db, "batch_size": 500}},
+    )  # fmt: skip
+
+
+async def _until_taken(gw: Any, messages: int) -> None:
+    await wait_for(lambda: gw.pipeline.stats.messages + gw.pipeline.stats.ignored >= messages, "every message", 60)
+    await wait_for(lambda: gw.sink.pending == 0, "the sink to write everything", 60)
+
+
+@pytest.mark.integration
+async def test_run_then_simulate_into_one_database_both_verify(
+    mosquitto: Proc, influxdb_v1: Proc, influx_db: str, tmp_path: Path
+) -> None:
+    broker = f"mqtt://{mosquitto.host}:{mosquitto.port}"
+    influx = ["--influx-url", influxdb_v1.url, "--database", influx_db]
+    async with running_gateway(_gateway_cfg(mosquitto, influxdb_v1, influx_db, uuid.uuid4().hex[:8])) as gw:
+        p = await asyncio.to_thread(sim, "run", "--devices", "4", "--readings", "20", "--malformed", "3", "--nan",
+                                    "1", "--broker", broker, "--truth", "run.json", cwd=tmp_path)  # fmt: skip
+        assert p.returncode == 0, p.stderr
+        await _until_taken(gw, json.loads((tmp_path / "run.json").read_text())["counts"]["messages"])
+        v = await asyncio.to_thread(sim, "verify", "--truth", "run.json", *influx, cwd=tmp_path)
+        assert v.returncode == 0, v.stdout + v.stderr  # defect 6: verify reads what run wrote
+        assert table_row(v.stdout, "reading")[:4] == [80 - 1, 80 - 1, 0, 0], v.stdout
+        s = await asyncio.to_thread(sim, "simulate", "steady", "--duration", "20m", "--devices", "4", "--broker",
+                                    broker, "--truth", "steady.json", cwd=tmp_path)  # fmt: skip
+        assert s.returncode == 0, s.stderr
+        sent = len(json.loads((tmp_path / "steady.json").read_text())["deliveries"])
+        await _until_taken(gw, sent + json.loads((tmp_path / "run.json").read_text())["counts"]["messages"])
+    # defect 7: the two runs' boards are apart, so the second verifies too
+    v2 = await asyncio.to_thread(sim, "verify", "--truth", "steady.json", *influx, cwd=tmp_path)
+    assert v2.returncode == 0, v2.stdout + v2.stderr
+    assert "verdict: OK" in v2.stdout
+
+
+@pytest.mark.integration
+async def test_verify_names_watermarks_already_past_as_the_likely_cause(
+    mosquitto: Proc, influxdb_v1: Proc, influx_db: str, tmp_path: Path
+) -> None:
+    broker = f"mqtt://{mosquitto.host}:{mosquitto.port}"
+    influx = ["--influx-url", influxdb_v1.url, "--database", influx_db]
+    later, earlier = "1764072000000", str(1764072000000 - 3 * 3_600_000)
+    async with running_gateway(_gateway_cfg(mosquitto, influxdb_v1, influx_db, uuid.uuid4().hex[:8])) as gw:
+        taken = 0
+        for start, truth in ((later, "a.json"), (earlier, "b.json")):
+            argv = ["simulate", "steady", "--duration", "20m", "--devices", "3", "--start-ms", start, "--broker",
+                    broker, "--truth", truth]  # fmt: skip
+            s = await asyncio.to_thread(sim, *argv, cwd=tmp_path)
+            assert s.returncode == 0, s.stderr
+            taken += len(json.loads((tmp_path / truth).read_text())["deliveries"])
+            await _until_taken(gw, taken)
+    v = await asyncio.to_thread(sim, "verify", "--truth", "b.json", *influx, cwd=tmp_path)
+    assert v.returncode == 1, v.stdout + v.stderr
+    assert "MISMATCH" in v.stdout
+    hint = v.stdout[v.stdout.index("MISMATCH") :]
+    assert "already past" in hint and "dev-0001" in hint and "another run" in hint, v.stdout
