@@ -7,6 +7,7 @@ Every data mark carries ``class="mark"``, so a test can count what was drawn.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 from html import escape
 from typing import Final, Literal
 
-__all__ = ["PALETTE", "Chart"]
+__all__ = ["PALETTE", "Chart", "Shape"]
 
 PALETTE: Final = (
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
@@ -72,7 +73,9 @@ class Chart:
         xs += [x for x, _, _ in self.vlines]
         ys = [y for s in self.series for y in s.ys]
         left, right, top, bottom = 78, 16, 30, 46
-        legend_h = 18 * math.ceil(len(self.series) / 4) if self.series else 0
+        # legend entries four to a row, or two when a label is long (a window named with its kind)
+        per_row = 4 if all(len(s.label) <= 28 for s in self.series) else 2
+        legend_h = 18 * math.ceil(len(self.series) / per_row) if self.series else 0
         h = self.height + legend_h
         pw, ph = self.width - left - right, self.height - top - bottom
         out = [
@@ -135,14 +138,29 @@ class Chart:
             )
             out.append(f'<text x="{sx(x) + 3:.1f}" y="{top + 12}" font-size="10" fill="{color}">{escape(label)}</text>')
         for i, s in enumerate(self.series):
-            lx, ly = left + (i % 4) * (pw / 4), self.height + 4 + 18 * (i // 4)
+            lx, ly = left + (i % per_row) * (pw / per_row), self.height + 4 + 18 * (i // per_row)
             out.append(f'<rect x="{lx:.1f}" y="{ly - 9}" width="10" height="10" fill="{s.color}"/>')
             out.append(f'<text x="{lx + 14:.1f}" y="{ly}" font-size="11">{escape(s.label)} ({len(s.xs)})</text>')
         out.append("</svg>")
         return "".join(out)
 
 
+def _line_breaks(xs: list[float]) -> set[int]:
+    """Indexes ``i`` of a line's points that start a new stroke: more than three times the median step after
+    the point before (a sensor that dropped out leaves a gap rather than a straight line across it)."""
+    steps = sorted(b - a for a, b in itertools.pairwise(xs))
+    if not steps:
+        return set()
+    limit = 3 * steps[len(steps) // 2]
+    return {i for i in range(1, len(xs)) if xs[i] - xs[i - 1] > limit > 0}
+
+
 def _draw(s: _Series, fx: Callable[[float], float], fy: Callable[[float], float]) -> str:
+    if s.kind == "line" and _line_breaks(s.xs):
+        cuts = [0, *sorted(_line_breaks(s.xs)), len(s.xs)]
+        return "".join(
+            _draw(_Series(s.label, s.color, s.xs[a:b], s.ys[a:b], "line"), fx, fy) for a, b in itertools.pairwise(cuts)
+        )
     if s.kind in ("step", "line") and s.xs:
         pts: list[str] = []
         for i, (x, y) in enumerate(zip(s.xs, s.ys, strict=True)):

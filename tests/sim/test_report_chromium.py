@@ -1,4 +1,4 @@
-"""The report page renders in headless Chromium (Debian's ``chromium``) with its five plots drawn.
+"""The report page renders in headless Chromium (Debian's ``chromium``) with its six plots drawn.
 
 The run mixes every kind of event the plots show: a flaky network (late readings, re-fired windows), a
 sleepy board, unsynced clocks (refused readings), an injected anomaly and scripted sequences. Chromium
@@ -112,7 +112,7 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
             [exe, *FLAGS, f"--user-data-dir={profile}", "--dump-dom", page.as_uri()],
             capture_output=True, text=True, timeout=120, check=True,
         ).stdout  # fmt: skip
-    for plot in ("arrival", "watermarks", "windows", "late", "anomalies"):
+    for plot in ("arrival", "watermarks", "windows", "late", "anomalies-temp_c", "sequences"):
         start = dom.index(f'data-plot="{plot}"')
         figure = dom[start : dom.index("</figure>", start)]
         assert "<svg" in figure and figure.count('class="mark"') >= 1, plot

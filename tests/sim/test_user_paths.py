@@ -169,3 +169,57 @@ async def test_verify_names_watermarks_already_past_as_the_likely_cause(
     assert "MISMATCH" in v.stdout
     hint = v.stdout[v.stdout.index("MISMATCH") :]
     assert "already past" in hint and "dev-0001" in hint and "another run" in hint, v.stdout
+
+
+# --- defect 12: the report page ----------------------------------------------------------------------------
+
+
+def figures(page: str) -> dict[str, str]:
+    """Each figure of a report page by its ``data-plot`` key: its HTML up to ``</figure>``."""
+    out: dict[str, str] = {}
+    for part in page.split("<figure data-plot='")[1:]:
+        key, _, rest = part.partition("'")
+        out[key] = rest[: rest.index("</figure>")]
+    return out
+
+
+def labels(figure: str) -> list[str]:
+    """The texts of a figure's chart at font size 11: tick labels and legend entries ("label (count)")."""
+    return [t.split("<")[0] for t in figure.split('font-size="11">')[1:]]
+
+
+def test_the_report_says_which_devices_it_draws_and_keeps_metrics_and_window_kinds_apart(tmp_path: Path) -> None:
+    p = sim("simulate", "flaky-network", "--in-process", "--start-ms", START, "--report", "f.html", cwd=tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    page = (tmp_path / "f.html").read_text(encoding="utf-8")
+    figs = figures(page)
+    # all ten boards are drawn (the plots used to keep eight, silently)
+    shown = {e.split(" (")[0] for e in labels(figs["arrival"]) if e.startswith("dev-")}
+    assert shown == {f"dev-{i:04d}" for i in range(1, 11)}, shown
+    # the tumbling and the session window are told apart, each named with its kind
+    kinds = labels(figs["windows"])
+    assert any("temp_5m" in x and "tumbling" in x for x in kinds), kinds
+    assert any("rh_session" in x and "session" in x for x in kinds), kinds
+
+    many = sim("simulate", "flaky-network", "--in-process", "--start-ms", START, "--devices", "30", "--report",
+               "m.html", cwd=tmp_path)  # fmt: skip
+    assert many.returncode == 0, many.stdout + many.stderr
+    assert "10 of 30 devices are drawn" in (tmp_path / "m.html").read_text(encoding="utf-8")
+
+    s = sim("simulate", "sensor-faults", "--in-process", "--start-ms", START, "--report", "s.html", cwd=tmp_path)
+    assert s.returncode == 0, s.stdout + s.stderr
+    figs = figures((tmp_path / "s.html").read_text(encoding="utf-8"))
+    # temp_c (15-25) and rh (35-60) each on their own axis
+    assert {"anomalies-temp_c", "anomalies-rh"} <= set(figs), sorted(figs)
+    assert "anomalies" not in figs
+
+
+def test_an_empty_section_says_none_instead_of_a_blank_box(tmp_path: Path) -> None:
+    p = sim("simulate", "steady", "--in-process", "--start-ms", START, "--report", "r.html", cwd=tmp_path)
+    assert p.returncode == 0, p.stdout + p.stderr
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "no data" not in page
+    for key, fig in figures(page).items():
+        assert int(fig.split("data-marks='")[1].split("'")[0]) > 0, key
+    late = page[page.index("id='late'") :]
+    assert "None:" in late[: late.index("<h2")], late[:400]
