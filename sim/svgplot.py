@@ -46,6 +46,7 @@ class Chart:
     series: list[_Series] = field(default_factory=list)
     spans: list[tuple[float, float, str, str]] = field(default_factory=list)
     vlines: list[tuple[float, str, str]] = field(default_factory=list)
+    hspans: list[tuple[float, float, str, str]] = field(default_factory=list)
     diagonal: bool = False
 
     def points(self, label: str, xs: list[float], ys: list[float], color: str, shape: Shape = "circle",
@@ -64,14 +65,18 @@ class Chart:
     def vline(self, x: float, color: str, label: str) -> None:
         self.vlines.append((x, color, label))
 
+    def hspan(self, y0: float, y1: float, color: str, label: str) -> None:
+        """A shaded band across the chart from ``y0`` to ``y1`` (a window in event time), labelled at its left."""
+        self.hspans.append((y0, y1, color, label))
+
     @property
     def marks(self) -> int:
-        return sum(len(s.xs) for s in self.series) + len(self.spans) + len(self.vlines)
+        return sum(len(s.xs) for s in self.series) + len(self.spans) + len(self.vlines) + len(self.hspans)
 
     def svg(self) -> str:
         xs = [x for s in self.series for x in s.xs] + [v for a, b, _, _ in self.spans for v in (a, b)]
         xs += [x for x, _, _ in self.vlines]
-        ys = [y for s in self.series for y in s.ys]
+        ys = [y for s in self.series for y in s.ys] + [v for a, b, _, _ in self.hspans for v in (a, b)]
         left, right, top, bottom = 78, 16, 30, 46
         # legend entries four to a row, or two when a label is long (a window named with its kind)
         per_row = 4 if all(len(s.label) <= 28 for s in self.series) else 2
@@ -80,6 +85,7 @@ class Chart:
         pw, ph = self.width - left - right, self.height - top - bottom
         out = [
             f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" width="{self.width}" height="{h}" '
+            'font-family="system-ui, sans-serif" '
             f'viewBox="0 0 {self.width} {h}" role="img" aria-label="{escape(self.title)}">',
             f'<rect x="0" y="0" width="{self.width}" height="{h}" fill="#fff"/>',
             f'<text x="{left}" y="18" font-size="14" font-weight="bold">{escape(self.title)}</text>',
@@ -124,6 +130,12 @@ class Chart:
                 f'<rect class="mark" x="{sx(a):.1f}" y="{top}" width="{max(1.0, sx(b) - sx(a)):.1f}" height="{ph}" '
                 f'fill="{color}" fill-opacity="0.18"><title>{escape(label)}</title></rect>'
             )
+        for a, b, color, label in self.hspans:
+            out.append(
+                f'<rect class="mark" x="{left}" y="{sy(b):.1f}" width="{pw}" height="{max(1.0, sy(a) - sy(b)):.1f}" '
+                f'fill="{color}" fill-opacity="0.12"><title>{escape(label)}</title></rect>'
+            )
+            out.append(f'<text x="{left + 4}" y="{sy(b) + 12:.1f}" font-size="10" fill="#555">{escape(label)}</text>')
         if self.diagonal:
             out.append(
                 f'<line x1="{sx(x0):.1f}" y1="{sy(x0):.1f}" x2="{sx(x1):.1f}" y2="{sy(x1):.1f}" '
