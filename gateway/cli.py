@@ -50,8 +50,48 @@ def _describe(cfg: Config) -> str:
             + ("any" if cfg.devices.allow_unknown else f"only {len(cfg.devices.known)} known devices")
             + f", state for at most {cfg.devices.max_devices}",
             *_describe_windows(cfg),
+            _describe_watermark(cfg),
             f"patterns:  {', '.join(p.name for p in cfg.patterns) or 'none'}",
+            _describe_anomaly(cfg),
+            f"state:     {state_path(cfg)} (ingest log, checkpoint every {cfg.state.checkpoint_interval_s:g} s, "
+            f"spool up to {cfg.state.spool_max_bytes / 2**20:g} MiB), sync {cfg.state.sync}",
+            "metrics:   "
+            + (
+                f"http://{cfg.metrics.host}:{cfg.metrics.port}/metrics and /healthz"
+                if cfg.metrics.port
+                else "off (metrics.port = 0)"
+            ),
+            f"log:       {cfg.log.level}, {cfg.log.format}",
         ]
+    )
+
+
+def _seconds(ms: int) -> str:
+    return f"{ms / 1000:g} s"
+
+
+def _describe_watermark(cfg: Config) -> str:
+    w = cfg.engine.watermark
+    line = (
+        f"watermark: {w.mode} (per {'device' if w.mode == 'device' else 'whole fleet'}), out of orderness "
+        f"{_seconds(w.out_of_orderness_ms)}, idle after {_seconds(w.idle_timeout_ms)} (or {w.idle_factor:g} x the "
+        f"sleep cycle, + {_seconds(w.idle_grace_ms)}); unsynced readings: {cfg.engine.unsynced}"
+    )
+    for c in w.classes:
+        bound = _seconds(c.out_of_orderness_ms)
+        line += f"\n           class {c.name} ({', '.join(c.devices)}): out of orderness {bound}"
+    return line
+
+
+def _describe_anomaly(cfg: Config) -> str:
+    a = cfg.anomaly
+    if not a.enabled:
+        return "anomaly:   off (no [anomaly] section)"
+    d = a.detector
+    return (
+        f"anomaly:   on, {', '.join(a.metrics) or 'every numeric metric'}: {d.baseline} baseline, z-score threshold "
+        f"{d.threshold:g} after {d.warmup} readings, stuck after {d.stuck_points or 'never'}; writes {a.write}"
+        + (f"; overrides for {', '.join(sorted(a.overrides))}" if a.overrides else "")
     )
 
 
