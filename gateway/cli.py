@@ -33,6 +33,7 @@ def _describe(cfg: Config) -> str:
     m, i = cfg.mqtt, cfg.influx
     target = (
         f"InfluxDB 1.x at {i.url}, database {i.database!r}"
+        + (" (created if missing)" if i.create_database else " (must exist)")
         + (f", rp {i.retention_policy!r}" if i.retention_policy else "")
         + (f", user {i.username!r} (password {'set' if i.password else 'NOT set'})" if i.username else "")
         if i.target == "v1"
@@ -112,12 +113,20 @@ def _describe_windows(cfg: Config) -> list[str]:
     return lines
 
 
-async def _run(cfg: Config, stats_file: Path | None, record: Path | None) -> None:
+async def _run(cfg: Config, stats_file: Path | None, record: Path | None) -> int:
+    """Run until SIGINT or SIGTERM; the exit code: 130 after SIGINT (interrupted, as a shell counts it), else 0."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    got: list[int] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        got.append(sig)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
     await Gateway(cfg, stats_file=stats_file, record=record).run(stop)
+    return 130 if got and got[0] == signal.SIGINT else 0
 
 
 # --- deploy: the command line (run, check, plan, replay, top) ------------------------------------------
@@ -163,7 +172,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="append every received MQTT message to FILE (JSON lines: topic, payload base64, received_ms)",
     )
-    command("check", "validate a configuration and say what it will do", "Validate a configuration; print the plan.")
+    check = command(
+        "check",
+        "validate a configuration and say what it will do",
+        "Validate a configuration and say everything the gateway will run. With --probe, also try the broker's "
+        "login and a write to the database or bucket (an empty one: nothing is written); exit 1 when one fails.",
+    )
+    check.add_argument(
+        "--probe", action="store_true", help="connect to the broker and InfluxDB: login, database, write permission"
+    )
     command(
         "recover",
         "salvage a damaged state file into a fresh one, say what was kept and what is lost",
@@ -330,8 +347,17 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"configuration error: {exc}", 2)
     try:
         if args.command == "check":
-            print(Redactor(secret_values(cfg))(_describe(cfg)))  # it names no secret; and if it ever did
-            return 0
+            redact = Redactor(secret_values(cfg))
+            print(redact(_describe(cfg)))  # it names no secret; and if it ever did
+            if not args.probe:
+                return 0
+            from .probe import probe_all
+
+            found = asyncio.run(probe_all(cfg))
+            print("probe:")
+            for p in found:
+                print(redact(p.line()))
+            return 0 if all(p.ok for p in found) else 1
         if args.command == "plan":
             return _plan(cfg, args)
         if args.command == "replay":
@@ -340,7 +366,9 @@ def main(argv: list[str] | None = None) -> int:
             return _recover(cfg)
         setup_logging(cfg.log.level, cfg.log.format, secret_values(cfg))
         try:
-            asyncio.run(_run(cfg, args.stats_file, args.record))
+            return asyncio.run(_run(cfg, args.stats_file, args.record))
+        except ConfigError as exc:  # found at start: the database does not exist, say
+            return _fail(f"configuration error: {exc}", 2)
         except RecordError as exc:
             return _fail(str(exc))
         except StateError as exc:
@@ -353,6 +381,5 @@ def main(argv: list[str] | None = None) -> int:
                 "gateway stopped by an unexpected error", exc_info=True, extra={"event": "crash"}
             )
             return 1
-        return 0
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
