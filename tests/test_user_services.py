@@ -217,3 +217,19 @@ def test_the_json_stop_line_explains_drained(tmp_path: Path, mosquitto: Any, inf
     stop = [json.loads(line) for line in run.text().splitlines() if '"event": "stop"' in line]
     assert len(stop) == 1 and stop[0]["drained"] is False
     assert "spool" in stop[0]["drained_means"] and "next start" in stop[0]["drained_means"], stop[0]
+
+
+def test_simulate_to_a_broker_in_real_time_shows_its_progress(tmp_path: Path, mosquitto: Any) -> None:
+    """`edgekit-sim simulate SCENARIO --broker URL --speed N` says at once how long it will take, then shows
+    progress (on stderr, a line every 10 % when not on a terminal) instead of a silent minute."""
+    done = subprocess.run(
+        [sys.executable, "-m", "sim", "simulate", "steady", "--broker", f"mqtt://127.0.0.1:{mosquitto.port}",
+         "--speed", "1200", "--truth", str(tmp_path / "t.json")],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("EDGEKIT_")}, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    start = [line for line in done.stdout.splitlines() if line.startswith("publishing ")]
+    assert len(start) == 1 and "1h of virtual time at 1200x: about 3 s" in start[0], done.stdout
+    steps = [line for line in done.stderr.splitlines() if line.startswith("simulate: messages: ")]
+    assert steps and steps[-1].endswith("(100%)"), done.stderr
