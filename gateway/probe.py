@@ -82,7 +82,7 @@ async def probe_database(cfg: InfluxConfig, timeout_s: float = 10.0) -> Probe:
         async with aiohttp.ClientSession(timeout=timeout, auth=auth) as session:
             async with session.post(cfg.url + path, params=params, data=b"", headers=headers) as resp:
                 status, body = resp.status, (await resp.text()).strip()
-            if status == 404 and cfg.target == "v1":
+            if status == 404 and cfg.target == "v1" and "database not found" in body:
                 known = await _databases(session, cfg)
                 listed = f" (it has: {', '.join(known) or 'none'})" if known is not None else ""
                 if cfg.create_database:
@@ -99,6 +99,11 @@ async def probe_database(cfg: InfluxConfig, timeout_s: float = 10.0) -> Probe:
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
         return Probe("database", "unreachable", f"InfluxDB at {url} unreachable: {exc or type(exc).__name__}")
     reason = _words(body)
+    if cfg.target == "v1" and "retention policy not found" in body:  # InfluxDB 1.6 answers this with HTTP 500
+        return Probe(
+            "database", "missing", f"{url}: database {cfg.database!r} has no retention policy "
+            f"{cfg.retention_policy!r} (InfluxDB: {reason}); create it or change influx.retention_policy",
+        )  # fmt: skip
     if 200 <= status < 300:
         return Probe("database", "ok", f"{url} takes writes to {name}{who}")
     if status == 404:

@@ -67,6 +67,19 @@ def test_check_probe_names_a_missing_database_and_what_exists(tmp_path: Path, mo
     assert typo not in databases(influxdb_v1.url)  # the probe wrote nothing, created nothing
 
 
+def test_check_probe_names_a_missing_retention_policy(tmp_path: Path, mosquitto: Any, influxdb_v1: Any,
+                                                      influx_db: str) -> None:  # fmt: skip
+    """InfluxDB 1.6 answers a write to a retention policy that does not exist with HTTP 500."""
+    cfg = write(
+        tmp_path,
+        f'[mqtt]\nurl = "mqtt://127.0.0.1:{mosquitto.port}"\n'
+        f'[influx]\nurl = "{influxdb_v1.url}"\ndatabase = "{influx_db}"\nretention_policy = "nope"\n',
+    )
+    done = gateway("check", "--probe", "--config", str(cfg))
+    assert done.returncode == 1
+    assert f"database:  FAILED: {influxdb_v1.url}: database '{influx_db}' has no retention policy 'nope'" in done.stdout
+
+
 def test_check_probe_refused_login_and_unreachable_services(tmp_path: Path) -> None:
     passwd = tmp_path / "passwd"
     subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwd), "gw", "right"], check=True, capture_output=True)
