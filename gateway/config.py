@@ -292,7 +292,7 @@ def _overlay(doc: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any
 def _blamed(exc: ConfigError, names: Mapping[str, Any]) -> str | None:
     """The variable whose key ``exc`` is about (its message starts with ``table.key``), if one is set."""
     text = str(exc)
-    for name in names:
+    for name in sorted(names, key=len, reverse=True):  # engine.watermark.mode before engine.watermark
         path, key = ENV_KEYS[name]
         if re.match(rf"{re.escape(path)}\.{re.escape(key)}\b", text):
             return name
