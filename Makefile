@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 
 help:
 	@echo "make demo           simulated fleet -> Mosquitto -> gateway -> InfluxDB, then a summary"
+	@echo "                    (ports: EDGEKIT_DEMO_MQTT_PORT=... _INFLUX_PORT _INFLUX_RPC_PORT _VM_PORT)"
 	@echo "make test           the whole test suite against real services (what CI runs)"
 	@echo "make services       start Mosquitto, InfluxDB 1.x and VictoriaMetrics on 127.0.0.1"
 	@echo "make services-stop  stop them"
