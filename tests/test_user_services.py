@@ -167,67 +167,49 @@ def test_run_with_a_missing_database_stops_at_once_and_says_so(
     assert "unreachable" not in run.text()
 
 
-def test_run_creates_a_missing_database_and_says_it_did(
+def test_run_creates_a_missing_database_says_it_did_and_sigint_exits_130_with_a_plain_stop_line(
     tmp_path: Path, mosquitto: Any, influxdb_v1: Any, influx_db: str
 ) -> None:
+    """Defect 3 with create_database (the default) and defect 11's text stop line and SIGINT, in one run."""
     typo = influx_db + "y"
     run = Run(config(tmp_path, mosquitto, influxdb_v1.url, typo), tmp_path)
     try:
         run.wait_for(f"has no database '{typo}'")
         run.wait_for("connected to broker")
     finally:
-        code = run.stop()
-    assert code == 0, run.text()
+        code = run.stop(signal.SIGINT)
+    assert code == 130, run.text()
     assert "creates it at its first write (influx.create_database = true)" in run.text()
     assert typo in databases(influxdb_v1.url)
     influx_query(influxdb_v1.url, "", f'DROP DATABASE "{typo}"')
-
-
-# --- defect 11: logs and exit codes -------------------------------------------------------------------
-
-
-def test_an_unreachable_broker_at_start_is_called_unreachable(tmp_path: Path, influxdb_v1: Any, influx_db: str) -> None:
-    class Closed:
-        port = services.free_port()
-
-    run = Run(config(tmp_path, Closed, influxdb_v1.url, influx_db), tmp_path)
-    try:
-        run.wait_for("broker")
-        run.wait_for("retrying in")
-    finally:
-        code = run.stop()
-    text = run.text()
-    assert f"broker unreachable at mqtt://127.0.0.1:{Closed.port}" in text, text
-    assert "connection lost" not in text
-    assert code == 0
-
-
-def test_the_text_stop_line_is_plain_words_and_sigint_exits_130(
-    tmp_path: Path, mosquitto: Any, influxdb_v1: Any, influx_db: str
-) -> None:
-    run = Run(config(tmp_path, mosquitto, influxdb_v1.url, influx_db), tmp_path)
-    try:
-        run.wait_for("connected to broker")
-    finally:
-        code = run.stop(signal.SIGINT)
-    assert code == 130, run.text()
     stop = [line for line in run.text().splitlines() if "gateway stopped" in line]
     assert len(stop) == 1, run.text()
     assert "{" not in stop[0] and "[" not in stop[0], stop[0]  # no Python dicts or lists
     assert "drained" in stop[0] and "every point written" in stop[0], stop[0]
 
 
-def test_the_json_stop_line_explains_drained(tmp_path: Path, mosquitto: Any, influx_db: str) -> None:
-    """InfluxDB away at the stop: drained is false, and the line says where the points are."""
+# --- defect 11: logs and exit codes -------------------------------------------------------------------
+
+
+def test_an_unreachable_broker_is_called_unreachable_and_the_json_stop_line_explains_drained(tmp_path: Path) -> None:
+    """Neither the broker nor InfluxDB answers: the log says the broker is unreachable (not "connection lost"),
+    and at the stop drained is false and the line says where the points are."""
+
+    class Closed:
+        port = services.free_port()
+
     closed = f"http://127.0.0.1:{services.free_port()}"
-    run = Run(config(tmp_path, mosquitto, closed, influx_db, fmt="json"), tmp_path)
+    run = Run(config(tmp_path, Closed, closed, "edgekit", fmt="json"), tmp_path)
     try:
-        run.wait_for("connected to broker")
+        run.wait_for("retrying in")
         run.wait_for("spooling")
     finally:
         code = run.stop()
-    assert code == 0
-    stop = [json.loads(line) for line in run.text().splitlines() if '"event": "stop"' in line]
+    text = run.text()
+    assert code == 0, text
+    assert f"broker unreachable at mqtt://127.0.0.1:{Closed.port}" in text, text
+    assert "connection lost" not in text
+    stop = [json.loads(line) for line in text.splitlines() if '"event": "stop"' in line]
     assert len(stop) == 1 and stop[0]["drained"] is False
     assert "spool" in stop[0]["drained_means"] and "next start" in stop[0]["drained_means"], stop[0]
 
@@ -237,12 +219,12 @@ def test_simulate_to_a_broker_in_real_time_shows_its_progress(tmp_path: Path, mo
     progress (on stderr, a line every 10 % when not on a terminal) instead of a silent minute."""
     done = subprocess.run(
         [sys.executable, "-m", "sim", "simulate", "steady", "--broker", f"mqtt://127.0.0.1:{mosquitto.port}",
-         "--speed", "1200", "--truth", str(tmp_path / "t.json")],
+         "--speed", "1000", "--duration", "40m", "--truth", str(tmp_path / "t.json")],
         capture_output=True, text=True, timeout=120, cwd=REPO,
         env={**{k: v for k, v in os.environ.items() if not k.startswith("EDGEKIT_")}, "PYTHONPATH": str(REPO)},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     start = [line for line in done.stdout.splitlines() if line.startswith("publishing ")]
-    assert len(start) == 1 and "1h of virtual time at 1200x: about 3 s" in start[0], done.stdout
+    assert len(start) == 1 and "40m of virtual time at 1000x: about 2 s" in start[0], done.stdout
     steps = [line for line in done.stderr.splitlines() if line.startswith("simulate: messages: ")]
     assert steps and steps[-1].endswith("(100%)"), done.stderr
