@@ -33,8 +33,7 @@ from gateway import schema  # noqa: E402
 OUT = REPO / "dashboards"
 LANGS = ("flux", "influxql")
 DATASOURCE = {lang: {"type": "influxdb", "uid": f"edgekit-{lang}"} for lang in LANGS}
-METRICS = ("temp_c", "rh")  # what the simulator and the example firmware send (sim/devices.py)
-WINDOW = "temp_10m"  # the window of deploy/gateway.toml
+NOT_METRICS = ("boot", "seq", "q")  # the reading's fields that are not metrics (docs/measurements.md)
 
 PIVOT_LAST = '  |> last()\n  |> pivot(rowKey: ["device"], columnKey: ["_field"], valueColumn: "_value")\n'
 RANGE = "from(bucket: v.defaultBucket)\n  |> range(start: v.timeRangeStart, stop: v.timeRangeStop)\n"
@@ -80,35 +79,59 @@ class Board:
     description: str
     panels: list[Panel]
     annotations: list[Annotation] = field(default_factory=list)
-    variables: list[str] = field(default_factory=list)  # of: device, device_one, metric
+    variables: list[str] = field(default_factory=list)  # of: site, device, device_one, window, metric
 
 
 def _variable(name: str, lang: str) -> dict[str, Any]:
-    if name == "metric":
-        return {
-            "name": "metric",
-            "type": "custom",
-            "query": ",".join(METRICS),
-            "current": {"text": METRICS[0], "value": METRICS[0]},
-            "options": [{"text": m, "value": m, "selected": i == 0} for i, m in enumerate(METRICS)],
-        }
-    multi = name == "device"
-    query = (
-        'import "influxdata/influxdb/schema"\n'
-        'schema.measurementTagValues(bucket: v.defaultBucket, measurement: "reading", tag: "device")'
-        if lang == "flux"
-        else 'SHOW TAG VALUES FROM "reading" WITH KEY = "device"'
-    )
+    """A query variable filled from the data, so that the dashboards follow any configuration: the sites and
+    devices that sent readings (devices of the chosen sites), the windows that wrote points, the metrics the
+    readings carry (their fields but boot, seq and q). Grafana resolves them in order, so site comes first."""
+    regex = ""
+    if name == "site":
+        query = (
+            _SCHEMA + 'schema.measurementTagValues(bucket: v.defaultBucket, measurement: "reading", tag: "site")'
+            if lang == "flux"
+            else 'SHOW TAG VALUES FROM "reading" WITH KEY = "site"'
+        )
+    elif name in ("device", "device_one"):
+        query = (
+            _SCHEMA + 'schema.tagValues(bucket: v.defaultBucket, tag: "device", predicate: (r) => '
+            'r._measurement == "reading" and r.site =~ /^${site:regex}$/)'
+            if lang == "flux"
+            else 'SHOW TAG VALUES FROM "reading" WITH KEY = "device" WHERE "site" =~ /^$site$/'
+        )
+    elif name == "window":
+        query = (
+            _SCHEMA + 'schema.measurementTagValues(bucket: v.defaultBucket, measurement: "window", tag: "window")'
+            if lang == "flux"
+            else 'SHOW TAG VALUES FROM "window" WITH KEY = "window"'
+        )
+    elif name == "metric":
+        query = (
+            _SCHEMA + 'schema.measurementFieldKeys(bucket: v.defaultBucket, measurement: "reading")'
+            if lang == "flux"
+            else 'SHOW FIELD KEYS FROM "reading"'
+        )
+        regex = f"/^(?!(?:{'|'.join(NOT_METRICS)})$).+$/"  # no capturing group: Grafana would take its match
+    else:
+        raise ValueError(f"unknown variable {name!r}")
+    multi = name in ("site", "device")
     return {
-        "name": "device",
+        "name": "device" if name == "device_one" else name,
+        "label": name.removesuffix("_one"),
         "type": "query",
         "datasource": DATASOURCE[lang],
         "query": query,
-        "refresh": 2,
+        "definition": query,
+        "regex": regex,
+        "refresh": 2,  # on time range change: a new device or window appears without reloading
         "multi": multi,
         "includeAll": multi,
         "sort": 1,
     }
+
+
+_SCHEMA = 'import "influxdata/influxdb/schema"\n'
 
 
 def _panel(p: Panel, lang: str, pid: int, x: int, y: int) -> dict[str, Any]:
@@ -189,7 +212,7 @@ def boards() -> list[Board]:
         "fleet",
         "fleet overview",
         "Devices online, last seen, battery, buffer fill and clock quality of every board.",
-        variables=["device"],
+        variables=["site", "device"],
         panels=[
             Panel(
                 "Devices online (active as the gateway sees them)",
@@ -326,10 +349,10 @@ def boards() -> list[Board]:
         "device",
         "per device",
         "One board's readings with its window results overlaid; anomalies and pattern alerts as annotations.",
-        variables=["device_one", "metric"],
+        variables=["site", "device_one", "window", "metric"],
         panels=[
             Panel(
-                "$metric: readings (points) and window results (mean, min, max)",
+                "$metric: readings (points) and the window $window (mean, min, max)",
                 [
                     (
                         flux("reading", f'r._field == "${{metric}}" and {DEV}'),
@@ -339,9 +362,10 @@ def boards() -> list[Board]:
                         (
                             flux(
                                 "window",
-                                f'r.window == "{WINDOW}" and r.metric == "${{metric}}" and r._field == "{a}" and {DEV}',
+                                f'r.window == "${{window}}" and r.metric == "${{metric}}" and r._field == "{a}" '
+                                f"and {DEV}",
                             ),
-                            f'SELECT "{a}" FROM "window" {TF} AND "window" = \'{WINDOW}\' AND "metric" = \'$metric\' '
+                            f'SELECT "{a}" FROM "window" {TF} AND "window" = \'$window\' AND "metric" = \'$metric\' '
                             f"AND {IDEV}",
                         )
                         for a in ("mean", "min", "max")
@@ -358,10 +382,10 @@ def boards() -> list[Board]:
                     (
                         flux(
                             "window",
-                            f'r.window == "{WINDOW}" and r.metric == "${{metric}}" '
+                            f'r.window == "${{window}}" and r.metric == "${{metric}}" '
                             f'and r._field == "revision" and {DEV}',
                         ),
-                        f'SELECT "revision" FROM "window" {TF} AND "window" = \'{WINDOW}\' AND "metric" = \'$metric\' '
+                        f'SELECT "revision" FROM "window" {TF} AND "window" = \'$window\' AND "metric" = \'$metric\' '
                         f"AND {IDEV}",
                     ),
                 ],
@@ -412,7 +436,7 @@ def boards() -> list[Board]:
         "lateness",
         "late readings and watermarks",
         "Late readings by device and reason, and how far each device's watermark lags the gateway's clock.",
-        variables=["device"],
+        variables=["site", "device"],
         panels=[
             Panel(
                 "Watermark lag per device (gateway clock - device watermark)",

@@ -72,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     fleet.add_argument("--no-flush", action="store_true", help="no flushed marker on each device's last batch")
     fleet.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     fleet.add_argument("--prefix", default="edgekit", help="topic prefix (default edgekit)")
+    fleet.add_argument(
+        "--id-prefix",
+        default="run",
+        help="device ids are ID_PREFIX-0001... (default run: apart from the scenarios' dev-0001...)",
+    )
     mqtt = run.add_argument_group("publishing")
     mqtt.add_argument(
         "--broker",
@@ -137,11 +142,14 @@ def _spec(args: argparse.Namespace) -> FleetSpec:
         flush_last=not args.no_flush,
         seed=args.seed,
         prefix=args.prefix,
+        id_prefix=args.id_prefix,
     )
 
 
 def _write_truth(path: Path, plan: Plan, broker: BrokerConfig, result: PublishResult | None) -> None:
-    doc = plan.truth()
+    from .verify import plan_truth_doc  # the scenario side's module: imported only when a truth is written
+
+    doc = plan_truth_doc(plan)
     doc["broker"] = broker.describe()
     doc["published"] = asdict(result) if result is not None else None
     tmp = path.with_name(path.name + ".tmp")

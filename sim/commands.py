@@ -14,7 +14,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from .errors import SimError, SpecError
 from .inprocess import gateway_config, run_in_process
@@ -26,7 +26,12 @@ from .scenario import Scenario, check_metric_types, load_scenario, parse_duratio
 from .verify import Verdict, compare, influx_rows, truth_doc
 from .world import Run, simulate
 
-__all__ = ["Prepared", "prepare", "report_scenario", "run_command"]
+__all__ = ["SERVICE_SECTIONS", "Prepared", "prepare", "report_scenario", "run_command"]
+
+SERVICE_SECTIONS: Final = frozenset({"mqtt", "influx", "log", "state", "metrics"})
+"""Sections of a gateway configuration that say where it connects, logs and keeps state: ``simulate
+--gateway-config`` applies every other one (windows, watermarks, patterns, anomaly detection, metric types,
+devices, limits)."""
 
 
 @dataclass(slots=True)
@@ -74,7 +79,8 @@ def _load_gateway(path: Path) -> dict[str, Any]:
         raise SimError(f"cannot read the gateway configuration {str(path)!r}: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(f"{path}: not valid TOML: {exc}") from exc
-    return {k: doc[k] for k in ("engine", "windows", "metric_types") if k in doc}
+    # everything that shapes what the gateway makes of the traffic; where it connects and logs does not matter
+    return {k: v for k, v in doc.items() if k not in SERVICE_SECTIONS}
 
 
 def _write_json(path: Path, doc: object) -> None:

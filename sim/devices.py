@@ -67,14 +67,16 @@ METRIC_GENERATORS: Final[Mapping[str, MetricGenerator]] = {
 """The metrics a simulated board can measure, by name."""
 
 
-def make_devices(count: int, sites: Sequence[str], interval_ms: int, rng: random.Random) -> list[Device]:
-    """``count`` boards with ids ``dev-0001``..., spread over ``sites`` round-robin, with random boot
-    counters, first sequence numbers, phases within ``interval_ms`` and sensor baselines."""
+def make_devices(
+    count: int, sites: Sequence[str], interval_ms: int, rng: random.Random, id_prefix: str = "dev"
+) -> list[Device]:
+    """``count`` boards with ids ``<id_prefix>-0001``... (``dev-0001``), spread over ``sites`` round-robin, with
+    random boot counters, first sequence numbers, phases within ``interval_ms`` and sensor baselines."""
     return [
         Device(
             index=i,
             site=sites[i % len(sites)],
-            device=f"dev-{i + 1:04d}",
+            device=f"{id_prefix}-{i + 1:04d}",
             boot=rng.randint(1, 40),
             first_seq=rng.randrange(0, 5000),
             phase_ms=rng.randrange(interval_ms),

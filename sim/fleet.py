@@ -109,6 +109,9 @@ class FleetSpec:
     """Mark each device's last batch with ``flushed`` (its last reading's event time)."""
     seed: int = 0
     prefix: str = "edgekit"
+    id_prefix: str = "dev"
+    """Device ids are ``<id_prefix>-0001``...; ``edgekit-sim run`` uses ``run``, so that its boards are not
+    the scenarios' ``dev-0001``... (a gateway binds an id to its first site and keeps its watermark)."""
     anomalies: tuple[InjectedAnomaly, ...] = ()
     """Sensor faults (:mod:`sim.faults`) on devices' metrics; ``start_ms``/``end_ms`` are offsets from the
     fleet's start."""
@@ -156,11 +159,18 @@ class FleetSpec:
             bool(self.prefix) and not any(c in self.prefix for c in "/+#\0"),
             f"prefix {self.prefix!r} must be one non-empty topic level without / + #",
         )
-        last = f"dev-{self.devices:04d}"
+        need(
+            bool(NAME_RE.fullmatch(f"{self.id_prefix}-0001")) and len(self.id_prefix) <= 27,
+            f"id_prefix {self.id_prefix!r} must be 1-27 of [A-Za-z0-9_-] starting alnum",
+        )
+        first, last = f"{self.id_prefix}-0001", f"{self.id_prefix}-{self.devices:04d}"
         for i, a in enumerate(self.anomalies):
             where = f"anomalies[{i}]"
             need(a.kind in ANOMALY_KINDS, f"{where}.kind: expected one of {', '.join(ANOMALY_KINDS)}, got {a.kind!r}")
-            need(_is_device(a.device, self.devices), f"{where}.device: {a.device!r} is not one of dev-0001..{last}")
+            need(
+                _is_device(a.device, self.devices, self.id_prefix),
+                f"{where}.device: {a.device!r} is not one of {first}..{last}",
+            )
             need(a.metric in self.metrics, f"{where}.metric: {a.metric!r} is not one of the fleet's {self.metrics}")
             need(
                 0 <= a.start_ms < a.end_ms <= self.span_ms,
@@ -169,7 +179,10 @@ class FleetSpec:
         for i, q in enumerate(self.sequences):
             where = f"sequences[{i}]"
             need(q.kind in SEQUENCE_KINDS, f"{where}.kind: expected one of {', '.join(SEQUENCE_KINDS)}, got {q.kind!r}")
-            need(_is_device(q.device, self.devices), f"{where}.device: {q.device!r} is not one of dev-0001..{last}")
+            need(
+                _is_device(q.device, self.devices, self.id_prefix),
+                f"{where}.device: {q.device!r} is not one of {first}..{last}",
+            )
             need(0 <= q.at_ms < self.span_ms, f"{where}.at_ms: must be within 0..{self.span_ms}, got {q.at_ms}")
 
     @property
@@ -178,9 +191,10 @@ class FleetSpec:
         return self.readings_per_device * self.interval_ms
 
 
-def _is_device(name: str, devices: int) -> bool:
+def _is_device(name: str, devices: int, id_prefix: str = "dev") -> bool:
     """Whether ``name`` is one of the ids :func:`make_devices` gives ``devices`` boards."""
-    return name.startswith("dev-") and name[4:].isdigit() and len(name) == 8 and 1 <= int(name[4:]) <= devices
+    head, _, number = name.rpartition("-")
+    return head == id_prefix and number.isdigit() and len(number) == 4 and 1 <= int(number) <= devices
 
 
 @dataclass(frozen=True, slots=True)
@@ -446,7 +460,7 @@ def generate(spec: FleetSpec, now_ms: Callable[[], int] = wall_clock_ms) -> Plan
     def stream(name: str) -> random.Random:
         return random.Random(f"edgekit-sim:{spec.seed}:{name}")
 
-    devices = make_devices(spec.devices, spec.sites, spec.interval_ms, stream("devices"))
+    devices = make_devices(spec.devices, spec.sites, spec.interval_ms, stream("devices"), spec.id_prefix)
     values, dups, defects = stream("values"), stream("duplicates"), stream("defects")
     total = spec.devices * spec.readings_per_device
     chosen = defects.sample(range(total), spec.nan_readings + spec.old_readings)

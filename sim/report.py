@@ -5,9 +5,15 @@ alerts the gateway raised, it draws (inline SVG, :mod:`sim.svgplot`; no scripts,
 
 1. event time against arrival time per device (on the diagonal: on time; below it: delivered late);
 2. the devices' watermarks as the gateway advances them;
-3. window firings (revision 1) and updates (late re-fires, superseded sessions) by the time they happen;
+3. window firings (revision 1) and updates (late re-fires, superseded sessions) by the time they happen, a
+   colour per window, each named with its kind (tumbling, sliding, session);
 4. late readings and refused readings, by when they arrived and their event time;
-5. each injected anomaly over its device's metric with its labelled span, the scripted sequences, and alerts.
+5. each injected anomaly over its device's metric with its labelled span and the anomaly alerts, one chart
+   per metric (each on its own axis);
+6. the scripted sequences' readings and the pattern alerts, a row per device.
+
+At most :data:`MAX_DEVICES` devices are drawn in the per-device plots (the most eventful first), and the page
+says so when it leaves some out. A plot with nothing to draw is replaced by a line that says "None" and why.
 """
 
 from __future__ import annotations
@@ -19,20 +25,20 @@ from html import escape
 from pathlib import Path
 from typing import Any, Final
 
-from .svgplot import PALETTE, Chart
+from .svgplot import PALETTE, Chart, Shape
 from .verify import Verdict
 
 __all__ = ["render_report", "write_report"]
 
-MAX_DEVICES: Final = 8
-"""Devices drawn in the per-device plots (the most eventful ones first)."""
+MAX_DEVICES: Final = len(PALETTE)
+"""Devices drawn in the per-device plots, one colour each (the most eventful ones first)."""
 
 _CSS: Final = """
 body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1000px}
 h1{font-size:22px}h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;font-size:13px;margin:8px 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th{background:#f0f0f0}td.l,th.l{text-align:left}.ok{color:#176c17;font-weight:bold}.bad{color:#b00;font-weight:bold}
-p.note{font-size:13px;color:#555}figure{margin:10px 0}
+p.note{font-size:13px;color:#555}figure{margin:10px 0}p.none{font-size:14px;color:#444;font-style:italic}
 """
 
 
@@ -49,7 +55,8 @@ def _table(head: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     return f"<table><tr>{th}</tr>{body}</table>"
 
 
-def _pick_devices(truth: Mapping[str, Any]) -> list[str]:
+def _pick_devices(truth: Mapping[str, Any]) -> tuple[list[str], str]:
+    """The devices the per-device plots draw, and a sentence saying which when not all of them."""
     score: Counter[str] = Counter()
     for b in truth["boards"]:
         score[b["device"]] += 0
@@ -62,7 +69,110 @@ def _pick_devices(truth: Mapping[str, Any]) -> list[str]:
     for b in truth["boards"]:
         if b["sleep_s"]:
             score[b["device"]] += 2
-    return [d for d, _ in sorted(score.items(), key=lambda kv: (-kv[1], kv[0]))[:MAX_DEVICES]]
+    ranked = [d for d, _ in sorted(score.items(), key=lambda kv: (-kv[1], kv[0]))]
+    if len(ranked) <= MAX_DEVICES:
+        return ranked, ""
+    return ranked[:MAX_DEVICES], (
+        f"{MAX_DEVICES} of {len(ranked)} devices are drawn (one colour each): the most eventful first - late "
+        "readings, injected anomalies and sequences, sleepy boards - then by id. The tables count every device."
+    )
+
+
+def _window_kinds(truth: Mapping[str, Any]) -> dict[str, str]:
+    """Each configured window's name -> its kind and sizes as configured ("tumbling 5m", "session, gap 3m")."""
+    out: dict[str, str] = {}
+    for w in truth.get("gateway", {}).get("windows", []):
+        kind = str(w.get("kind", "tumbling"))
+        if kind == "session":
+            out[str(w["name"])] = f"session, gap {w.get('gap')}"
+        elif kind == "sliding":
+            out[str(w["name"])] = f"sliding {w.get('size')} every {w.get('slide')}"
+        else:
+            out[str(w["name"])] = f"{kind} {w.get('size')}"
+    return out
+
+
+def _anomaly_charts(truth: Mapping[str, Any], alerts: Sequence[Mapping[str, Any]]) -> list[tuple[str, Chart, str]]:
+    """One chart per metric with injected anomalies (each metric on its own axis): the faulty devices' values,
+    the anomalies' labelled spans, and the anomaly alerts on that metric at their value."""
+    readings = truth["readings"]
+    out: list[tuple[str, Chart, str]] = []
+    for metric in sorted({a["metric"] for a in truth["anomalies"]}):
+        mine = [a for a in truth["anomalies"] if a["metric"] == metric]
+        devices = sorted({a["device"] for a in mine})
+        chart = Chart(f"Injected anomalies on {metric}", "event time (UTC)", metric)
+        for i, dev in enumerate(devices):
+            pts = [
+                (r[5], float(r[7][metric]))
+                for r in readings
+                if r[1] == dev and r[6] != "u" and isinstance(r[7].get(metric), (int, float))
+            ]
+            chart.line(dev, [x for x, _ in pts], [y for _, y in pts], PALETTE[i % len(PALETTE)])
+        for a in mine:
+            color = PALETTE[devices.index(a["device"]) % len(PALETTE)]
+            chart.span(a["start_ms"], a["end_ms"], color, f"{a['kind']} {a['device']} {metric}")
+        raised = [
+            a
+            for a in alerts
+            if a.get("source") == "anomaly"
+            and a.get("details", {}).get("metric") == metric
+            and isinstance(a.get("details", {}).get("value"), (int, float))
+        ]
+        if raised:
+            xs = [float(a["last_ms"]) for a in raised]
+            chart.points("anomaly alert", xs, [float(a["details"]["value"]) for a in raised], "#000", "triangle", 5)
+        kinds = ", ".join(f"{a['kind'].replace('_', ' ')} on {a['device']}" for a in mine)
+        note = (
+            f"{kinds}; shaded: the labelled spans; black triangles: the {len(raised)} anomaly alerts the gateway "
+            f"raised on {metric}, at the value that raised them."
+        )
+        out.append((f"anomalies-{metric}", chart, note))
+    return out
+
+
+def _sequence_chart(truth: Mapping[str, Any], alerts: Sequence[Mapping[str, Any]]) -> tuple[str, Chart, str]:
+    """The scripted sequences' readings and the pattern alerts, a row per device (y: the device's number)."""
+    chart = Chart("Scripted sequences and pattern alerts", "event time (UTC)", "device number")
+    raised = [a for a in alerts if a.get("source") == "pattern"]
+    rows = sorted({s["device"] for s in truth["sequences"]} | {str(a["key"]) for a in raised})
+
+    def row(device: str) -> float:
+        digits = device.rpartition("-")[2]
+        return float(int(digits)) if digits.isdigit() else float(rows.index(device) + 1)
+
+    by_value: dict[str, tuple[list[float], list[float]]] = defaultdict(lambda: ([], []))
+    for s in truth["sequences"]:
+        for at, metric, value in s["events"]:
+            by_value[f"{metric}={value}"][0].append(at)
+            by_value[f"{metric}={value}"][1].append(row(s["device"]))
+    for i, (label, (xs, ys)) in enumerate(sorted(by_value.items())):
+        chart.points(label, xs, ys, PALETTE[(i + 4) % len(PALETTE)], "circle", 3.5)
+    for expect, label, color in ((True, "start: alert expected", "#d62728"), (False, "start: near miss", "#2ca02c")):
+        starts = [s for s in truth["sequences"] if bool(s["expect_alert"]) == expect]
+        if starts:
+            xs = [float(s["at_ms"]) for s in starts]
+            chart.points(label, xs, [row(s["device"]) + 0.3 for s in starts], color, "square", 3.5)
+    if raised:
+        xs = [float(a["last_ms"]) for a in raised]
+        chart.points("pattern alert", xs, [row(str(a["key"])) for a in raised], "#000", "triangle", 6)
+    must = sum(1 for s in truth["sequences"] if s["expect_alert"])
+    note = (
+        f"{len(truth['sequences'])} scripted sequences, a row per device: their readings by value, a square just "
+        f"above where each starts (red: should raise a pattern alert, {must} of them; green: a near miss that "
+        f"should not), and the {len(raised)} pattern alerts the gateway raised (black triangles, at the event time "
+        "of the last reading they are about)."
+    )
+    return "sequences", chart, note
+
+
+_NONE: Final = {
+    "arrival": "this truth has no arrival times (edgekit-sim run publishes as fast as the broker takes its "
+    "messages; a scenario's simulate records when each reading arrives).",
+    "watermarks": "the gateway configuration has no windows, so it keeps no watermark.",
+    "windows": "no window point was written (the gateway configuration has no windows, or no window closed).",
+    "late": "no reading came later than its window's allowed lateness, and none was refused before a window.",
+}
+"""What an empty plot's line says instead of a blank box."""
 
 
 def render_report(
@@ -74,7 +184,7 @@ def render_report(
     """The report page as a string."""
     exp = truth["expected"]
     readings = truth["readings"]
-    devices = _pick_devices(truth)
+    devices, picked = _pick_devices(truth)
     color = {d: PALETTE[i % len(PALETTE)] for i, d in enumerate(devices)}
     sc = truth["scenario"]
     charts: list[tuple[str, Chart, str]] = []
@@ -122,25 +232,35 @@ def render_report(
         )
     )
 
-    # 3. window firings and updates
+    # 3. window firings and updates, a colour per window, named with its kind
     c3 = Chart("Window firings and updates", "when the gateway wrote the point (UTC)", "window start (UTC)",
                y_time=True)  # fmt: skip
+    kinds = _window_kinds(truth)
     fired = [f for f in exp["firings"] if f[7] == 1]
     updated = [f for f in exp["firings"] if f[7] > 1 and f[6] > 0]
     superseded = [f for f in exp["firings"] if f[6] == 0]
-    c3.points("first firing (revision 1)", [f[0] for f in fired], [f[3] for f in fired], "#1f77b4", size=2.2)
+    for i, name in enumerate(sorted({f[1] for f in exp["firings"]} | set(kinds))):
+        mine = [f for f in fired if f[1] == name]
+        shape: Shape = "square" if kinds.get(name, "").startswith("session") else "circle"
+        if mine:
+            c3.points(f"{name}: {kinds.get(name, 'window')}", [f[0] for f in mine], [f[3] for f in mine],
+                      PALETTE[i % len(PALETTE)], shape, 2.4)  # fmt: skip
     if updated:
         c3.points("update by a late reading", [f[0] for f in updated], [f[3] for f in updated], "#d62728",
                   "triangle", 4)  # fmt: skip
     if superseded:
         c3.points("superseded session", [f[0] for f in superseded], [f[3] for f in superseded], "#7f7f7f",
-                  "square", 3)  # fmt: skip
+                  "cross", 3)  # fmt: skip
+    described = "; ".join(f"{n}: {k}" for n, k in kinds.items())
     charts.append(
         (
             "windows",
             c3,
-            f"{len(fired)} window points fired, {len(updated)} updated in place by late readings within the "
-            f"allowed lateness (same series and time, revision + 1), {len(superseded)} superseded sessions.",
+            f"Windows: {described or 'none configured'}. A tumbling or sliding window starts on its grid; a "
+            "session starts at its first reading and ends at its last + the gap, so sessions (squares) lie off the "
+            f"grid. {len(fired)} window points fired, {len(updated)} updated in place by late readings within the "
+            f"allowed lateness (same series and time, revision + 1), {len(superseded)} superseded sessions (merged "
+            "into a larger one: written again with count 0).",
         )
     )
 
@@ -161,34 +281,10 @@ def render_report(
         )
     )
 
-    # 5. anomalies, sequences and alerts
-    c5 = Chart("Injected anomalies, scripted sequences and alerts", "event time (UTC)", "value")
-    series: dict[tuple[str, str], tuple[list[float], list[float]]] = {}
-    for a in truth["anomalies"]:
-        series.setdefault((a["device"], a["metric"]), ([], []))
-    for r in readings:
-        for (dev, metric), (xs, ys) in series.items():
-            v = r[7].get(metric)
-            if r[1] == dev and isinstance(v, (int, float)) and r[6] != "u":
-                xs.append(r[5])
-                ys.append(float(v))
-    for i, ((dev, metric), (xs, ys)) in enumerate(sorted(series.items())):
-        c5.line(f"{dev} {metric}", xs, ys, PALETTE[i % len(PALETTE)])
-    for i, a in enumerate(truth["anomalies"]):
-        c5.span(a["start_ms"], a["end_ms"], PALETTE[i % len(PALETTE)], f"{a['kind']} {a['device']} {a['metric']}")
-    for s in truth["sequences"]:
-        c5.vline(s["at_ms"], "#d62728" if s["expect_alert"] else "#2ca02c", f"{s['kind']} {s['device']}")
-    if alerts:
-        c5.points("alert", [float(a["last_ms"]) for a in alerts], [0.0 for _ in alerts], "#000", "triangle", 5)
-    charts.append(
-        (
-            "anomalies",
-            c5,
-            f"{len(truth['anomalies'])} injected anomalies (shaded: their labelled spans), "
-            f"{len(truth['sequences'])} scripted sequences (dashed; red: should raise a pattern alert, green: a near "
-            f"miss that should not), {len(alerts)} alerts raised by the gateway.",
-        )
-    )
+    # 5. anomalies, one chart per metric; 6. sequences and pattern alerts
+    charts += _anomaly_charts(truth, alerts)
+    if truth["sequences"]:
+        charts.append(_sequence_chart(truth, alerts))
 
     counts = truth["counts"]
     heading = title or f"edgekit simulator: {sc['name']}"
@@ -211,10 +307,23 @@ def render_report(
                 [[t.output, t.expected, t.found, t.missing, t.extra, t.differ, t.routed_late] for t in verdict.tables],
             )
         )
+    if picked:
+        parts.append(f"<p class='note' id='devices-drawn'>{escape(picked)}</p>")
+    if alerts or truth["anomalies"] or truth["sequences"]:
+        parts.append(f"<p class='note'>{len(alerts)} alerts raised by the gateway.</p>")
     for key, chart, note in charts:
         parts.append(f"<h2 id='{key}'>{escape(chart.title)}</h2>")
-        parts.append(f"<figure data-plot='{key}' data-marks='{chart.marks}'>{chart.svg()}</figure>")
-        parts.append(f"<p class='note'>{escape(note)}</p>")
+        if chart.marks:
+            parts.append(f"<figure data-plot='{key}' data-marks='{chart.marks}'>{chart.svg()}</figure>")
+            parts.append(f"<p class='note'>{escape(note)}</p>")
+        else:
+            parts.append(f"<p class='none'>None: {escape(_NONE.get(key, 'nothing to draw in this run.'))}</p>")
+    if not truth["anomalies"]:
+        parts.append("<h2 id='anomalies'>Injected anomalies</h2>")
+        parts.append("<p class='none'>None: this run injected no sensor anomaly.</p>")
+    if not truth["sequences"]:
+        parts.append("<h2 id='sequences'>Scripted sequences</h2>")
+        parts.append("<p class='none'>None: this run scripted no event sequence.</p>")
     if truth["anomalies"]:
         parts.append("<h2>Anomalies injected</h2>")
         parts.append(
@@ -245,9 +354,11 @@ def render_report(
             )
         )
     dead = exp["dead_letters"]
+    parts.append("<h2>Dead letters expected</h2>")
     if dead:
-        parts.append("<h2>Dead letters expected</h2>")
         parts.append(_table(["reason", "device", "records"], dead))
+    else:
+        parts.append("<p class='none'>None: every message of this run is valid.</p>")
     parts.append("</body></html>\n")
     return "".join(parts)
 

@@ -57,7 +57,8 @@ A scenario file (``sim/scenarios/*.toml``) has these tables; every key is option
     device = "dev-0001"
     at = "15m"
 
-    [gateway]                       # optional: the gateway's [engine], [[windows]] and [metric_types]
+    [gateway]                       # optional: the gateway's [engine], [[windows]], [metric_types],
+                                    # [anomaly] and [[patterns]] (as in its TOML file)
     metric_types = { string = ["door", "status"] }   # needed with [[sequences]]: their metrics are strings
     [[gateway.windows]]
     name = "temp_1m"
@@ -101,6 +102,8 @@ __all__ = [
 ]
 
 SCENARIO_DIR: Final = Path(__file__).resolve().parent / "scenarios"
+GATEWAY_SECTIONS: Final = frozenset({"engine", "windows", "metric_types", "anomaly", "patterns"})
+"""The gateway configuration's sections a scenario's ``[gateway]`` table may hold."""
 DelayDist = Literal["fixed", "uniform", "exponential", "lognormal"]
 SequenceKind = str
 
@@ -198,7 +201,7 @@ class Scenario:
     anomalies: tuple[InjectedAnomaly, ...] = ()
     sequences: tuple[ScriptedSequence, ...] = ()
     gateway: Mapping[str, Any] = field(default_factory=dict)
-    """The gateway's ``engine`` and ``windows`` tables (as in its TOML file), or empty."""
+    """The gateway configuration's sections (``GATEWAY_SECTIONS``, as in its TOML file), or empty."""
 
     @property
     def devices(self) -> int:
@@ -495,8 +498,9 @@ def parse_scenario(doc: Mapping[str, Any]) -> Scenario:
             raise SpecError(f"sequences[{i}].device: {seq.device!r} is not one of dev-0001..dev-{devices:04d}")
         sequences.append(seq)
     gateway = doc.get("gateway", {})
-    if not isinstance(gateway, Mapping) or set(gateway) - {"engine", "windows", "metric_types"}:
-        raise SpecError(f"gateway: expected a table with only 'engine', 'windows' and 'metric_types', got {gateway!r}")
+    if not isinstance(gateway, Mapping) or set(gateway) - GATEWAY_SECTIONS:
+        known = ", ".join(repr(k) for k in sorted(GATEWAY_SECTIONS))
+        raise SpecError(f"gateway: expected a table with only {known}, got {gateway!r}")
     check_metric_types(sequences, gateway)
     return replace(
         scenario,

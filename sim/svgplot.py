@@ -7,6 +7,7 @@ Every data mark carries ``class="mark"``, so a test can count what was drawn.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 from html import escape
 from typing import Final, Literal
 
-__all__ = ["PALETTE", "Chart"]
+__all__ = ["PALETTE", "Chart", "Shape"]
 
 PALETTE: Final = (
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
@@ -45,6 +46,7 @@ class Chart:
     series: list[_Series] = field(default_factory=list)
     spans: list[tuple[float, float, str, str]] = field(default_factory=list)
     vlines: list[tuple[float, str, str]] = field(default_factory=list)
+    hspans: list[tuple[float, float, str, str]] = field(default_factory=list)
     diagonal: bool = False
 
     def points(self, label: str, xs: list[float], ys: list[float], color: str, shape: Shape = "circle",
@@ -63,20 +65,27 @@ class Chart:
     def vline(self, x: float, color: str, label: str) -> None:
         self.vlines.append((x, color, label))
 
+    def hspan(self, y0: float, y1: float, color: str, label: str) -> None:
+        """A shaded band across the chart from ``y0`` to ``y1`` (a window in event time), labelled at its left."""
+        self.hspans.append((y0, y1, color, label))
+
     @property
     def marks(self) -> int:
-        return sum(len(s.xs) for s in self.series) + len(self.spans) + len(self.vlines)
+        return sum(len(s.xs) for s in self.series) + len(self.spans) + len(self.vlines) + len(self.hspans)
 
     def svg(self) -> str:
         xs = [x for s in self.series for x in s.xs] + [v for a, b, _, _ in self.spans for v in (a, b)]
         xs += [x for x, _, _ in self.vlines]
-        ys = [y for s in self.series for y in s.ys]
+        ys = [y for s in self.series for y in s.ys] + [v for a, b, _, _ in self.hspans for v in (a, b)]
         left, right, top, bottom = 78, 16, 30, 46
-        legend_h = 18 * math.ceil(len(self.series) / 4) if self.series else 0
+        # legend entries four to a row, or two when a label is long (a window named with its kind)
+        per_row = 4 if all(len(s.label) <= 28 for s in self.series) else 2
+        legend_h = 18 * math.ceil(len(self.series) / per_row) if self.series else 0
         h = self.height + legend_h
         pw, ph = self.width - left - right, self.height - top - bottom
         out = [
             f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" width="{self.width}" height="{h}" '
+            'font-family="system-ui, sans-serif" '
             f'viewBox="0 0 {self.width} {h}" role="img" aria-label="{escape(self.title)}">',
             f'<rect x="0" y="0" width="{self.width}" height="{h}" fill="#fff"/>',
             f'<text x="{left}" y="18" font-size="14" font-weight="bold">{escape(self.title)}</text>',
@@ -121,6 +130,12 @@ class Chart:
                 f'<rect class="mark" x="{sx(a):.1f}" y="{top}" width="{max(1.0, sx(b) - sx(a)):.1f}" height="{ph}" '
                 f'fill="{color}" fill-opacity="0.18"><title>{escape(label)}</title></rect>'
             )
+        for a, b, color, label in self.hspans:
+            out.append(
+                f'<rect class="mark" x="{left}" y="{sy(b):.1f}" width="{pw}" height="{max(1.0, sy(a) - sy(b)):.1f}" '
+                f'fill="{color}" fill-opacity="0.12"><title>{escape(label)}</title></rect>'
+            )
+            out.append(f'<text x="{left + 4}" y="{sy(b) + 12:.1f}" font-size="10" fill="#555">{escape(label)}</text>')
         if self.diagonal:
             out.append(
                 f'<line x1="{sx(x0):.1f}" y1="{sy(x0):.1f}" x2="{sx(x1):.1f}" y2="{sy(x1):.1f}" '
@@ -135,14 +150,29 @@ class Chart:
             )
             out.append(f'<text x="{sx(x) + 3:.1f}" y="{top + 12}" font-size="10" fill="{color}">{escape(label)}</text>')
         for i, s in enumerate(self.series):
-            lx, ly = left + (i % 4) * (pw / 4), self.height + 4 + 18 * (i // 4)
+            lx, ly = left + (i % per_row) * (pw / per_row), self.height + 4 + 18 * (i // per_row)
             out.append(f'<rect x="{lx:.1f}" y="{ly - 9}" width="10" height="10" fill="{s.color}"/>')
             out.append(f'<text x="{lx + 14:.1f}" y="{ly}" font-size="11">{escape(s.label)} ({len(s.xs)})</text>')
         out.append("</svg>")
         return "".join(out)
 
 
+def _line_breaks(xs: list[float]) -> set[int]:
+    """Indexes ``i`` of a line's points that start a new stroke: more than three times the median step after
+    the point before (a sensor that dropped out leaves a gap rather than a straight line across it)."""
+    steps = sorted(b - a for a, b in itertools.pairwise(xs))
+    if not steps:
+        return set()
+    limit = 3 * steps[len(steps) // 2]
+    return {i for i in range(1, len(xs)) if xs[i] - xs[i - 1] > limit > 0}
+
+
 def _draw(s: _Series, fx: Callable[[float], float], fy: Callable[[float], float]) -> str:
+    if s.kind == "line" and _line_breaks(s.xs):
+        cuts = [0, *sorted(_line_breaks(s.xs)), len(s.xs)]
+        return "".join(
+            _draw(_Series(s.label, s.color, s.xs[a:b], s.ys[a:b], "line"), fx, fy) for a, b in itertools.pairwise(cuts)
+        )
     if s.kind in ("step", "line") and s.xs:
         pts: list[str] = []
         for i, (x, y) in enumerate(zip(s.xs, s.ys, strict=True)):

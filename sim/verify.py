@@ -6,9 +6,17 @@ that keeps the gateway's line protocol with InfluxDB's rule that a point written
 and timestamp overwrites (merges) the fields of the earlier one.
 
 Tables: raw readings (``reading``), window results (``window``, the last revision of each point), late
-readings (``late_reading``) and dead letters (``dead_letter``): expected, found, missing, extra, differ
-(found with other values), and routed late (readings whose values went to the late output; window points
-whose last write is a late re-fire; late records).
+readings (``late_reading``), dead letters (``dead_letter``) and alerts (``alert``): expected, found, missing,
+extra, differ (found with other values), and routed late (readings whose values went to the late output;
+window points whose last write is a late re-fire; late records).
+
+The ``alert`` table holds the alerts the injected events must raise (:func:`expected_alerts`): a scripted
+sequence its pattern's alert, a spike or level shift a ``zscore.<metric>`` alert, a stuck sensor a
+``stuck.<metric>`` one, each on its device with its last reading within the event's span or
+:data:`ALERT_TOLERANCE_MS` after it. A missing one fails the verdict, and so does an alert of a near miss's
+pattern (a sequence that must not raise one); an anomaly alert no injected event explains is a false alarm,
+counted (``unexplained``) but not a failure, since plain noise sometimes crosses the threshold
+(docs/anomaly.md).
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -25,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
 from .errors import SimError
+from .fleet import Plan
 from .reference import Expected
 from .world import Run
 
@@ -35,13 +45,20 @@ __all__ = [
     "Table",
     "Verdict",
     "compare",
+    "expected_alerts",
     "influx_rows",
     "parse_line",
+    "plan_truth_doc",
     "truth_doc",
 ]
 
 TRUTH_FORMAT: Final = "edgekit-sim-truth/2"
-MEASUREMENTS: Final = ("reading", "window", "late_reading", "dead_letter")
+MEASUREMENTS: Final = ("reading", "window", "late_reading", "dead_letter", "alert")
+ALERT_TOLERANCE_MS: Final = 600_000
+"""An alert counts for an injected event when its last reading lies in the event's span or this soon after."""
+ANOMALY_ALERTS: Final = {"spike": "zscore", "level_shift": "zscore", "stuck": "stuck"}
+"""The detector that must raise an alert for each kind of injected anomaly; drift, dropout and noise bursts
+need not raise one (an alert within their span is explained, not a false alarm)."""
 
 Row = dict[str, Any]
 
@@ -74,6 +91,87 @@ def truth_doc(run: Run, expected: Expected, gateway: Mapping[str, Any] | None = 
             "firings": [list(asdict(f).values()) for f in expected.firings],
             "watermarks": [list(w) for w in expected.watermarks],
         },
+    }
+
+
+def _board(device: str, site: str, boot: int) -> dict[str, Any]:
+    return {
+        "device": device,
+        "site": site,
+        "group": "run",
+        "boot": boot,
+        "drift_ppm": 0.0,
+        "skew_ms": 0,
+        "sleep_s": None,
+    }
+
+
+def plan_truth_doc(plan: Plan) -> dict[str, Any]:
+    """The truth of ``edgekit-sim run`` (a :class:`~sim.fleet.Plan`) in the same format as a scenario's, so
+    that ``verify`` and ``report`` read both. ``run`` knows no gateway configuration, so its truth checks the
+    raw readings, the dead letters and the alerts (``checks``), not windows nor late readings; its readings have
+    no arrival times (``run`` publishes as fast as the broker takes them). The run's own keys (``spec``,
+    ``rejected``, ``malformed``, ``flushed``) are kept beside."""
+    spec = plan.spec
+    extra = plan.truth()
+    readings: list[list[object]] = [
+        [r.site, r.device, r.boot, r.seq, r.t_ms, r.t_ms, r.quality, dict(r.metrics), -1, -1, 1, 1, None]
+        for r in plan.readings
+    ]
+    dead: Counter[tuple[str, str]] = Counter()
+    unattributed = 0
+    for m in plan.messages:
+        for reason in m.rejects:
+            dead[(reason, m.device)] += 1
+        if m.kind == "malformed":
+            if m.expect_reason == "bad_topic":  # the gateway cannot tell its site or device: not this run's to count
+                unattributed += 1
+            else:
+                dead[(str(m.expect_reason), m.device)] += 1
+    end = max((r.t_ms for r in plan.readings), default=plan.start_ms) + 1
+    sites = {d.device: d.site for d in plan.devices}
+    return {
+        "format": TRUTH_FORMAT,
+        "scenario": {
+            "name": "edgekit-sim run",
+            "description": f"{spec.devices} boards x {spec.readings_per_device} readings every {spec.interval_ms} ms "
+            f"(seed {spec.seed})",
+            "seed": spec.seed,
+            "prefix": spec.prefix,
+        },
+        "checks": ["reading", "dead_letter", "alert"],
+        "start_ms": plan.start_ms,
+        "end_ms": end,
+        "sites": list(spec.sites),
+        "boards": [
+            {
+                "device": d.device,
+                "site": sites[d.device],
+                "group": "run",
+                "boot": d.boot,
+                "drift_ppm": 0.0,
+                "skew_ms": 0,
+                "sleep_s": None,
+            }
+            for d in plan.devices
+        ],
+        "counts": asdict(plan.counts()),
+        "gateway": {},
+        "readings": readings,
+        "deliveries": [],
+        "anomalies": extra["anomalies"],
+        "sequences": extra["sequences"],
+        "expected": {
+            "readings": list(range(len(readings))),
+            "duplicates": plan.counts().duplicate_readings,
+            "dead_letters": [[reason, dev, n] for (reason, dev), n in sorted(dead.items())],
+            "unattributed_dead_letters": unattributed,
+            "windows": [],
+            "late": [],
+            "firings": [],
+            "watermarks": [],
+        },
+        **{k: extra[k] for k in ("spec", "rejected", "malformed", "flushed")},
     }
 
 
@@ -214,19 +312,23 @@ class Table:
     differ: int = 0
     routed_late: int = 0
     examples: list[str] = field(default_factory=list)
+    unexplained: int = 0
+    """Alerts only: anomaly alerts no injected event explains (false alarms), counted but not a mismatch."""
 
     @property
     def ok(self) -> bool:
         return self.missing == 0 and self.extra == 0 and self.differ == 0
 
     def note(self, text: str) -> None:
-        if len(self.examples) < 5:
+        if len(self.examples) < 5 and text not in self.examples:
             self.examples.append(text)
 
 
 @dataclass(slots=True)
 class Verdict:
     tables: list[Table]
+    hints: list[str] = field(default_factory=list)
+    """The likely causes of a mismatch, found in the database (another run's readings of the same devices)."""
 
     @property
     def ok(self) -> bool:
@@ -245,10 +347,12 @@ class Verdict:
         for t in self.tables:
             lines += [f"  {t.output}: {e}" for e in t.examples]
         lines.append("verdict: " + ("OK, everything expected found and nothing else" if self.ok else "MISMATCH"))
+        if not self.ok:
+            lines += [f"likely cause: {h}" for h in self.hints]
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, "tables": [asdict(t) for t in self.tables]}
+        return {"ok": self.ok, "tables": [asdict(t) for t in self.tables], "hints": self.hints}
 
 
 def _close(a: Any, b: Any) -> bool:
@@ -359,4 +463,154 @@ def compare(truth: Mapping[str, Any], found: Found) -> Verdict:
         t.extra += n
         t.note(f"extra {n} x {dk}")
     tables.append(t)
-    return Verdict(tables)
+    tables.append(_alert_table(truth, mine("alert")))
+    checks = truth.get("checks")
+    if checks is not None:
+        tables = [t for t in tables if t.output in checks]
+    return Verdict(tables, hints=_hints(truth, found))
+
+
+def _hints(truth: Mapping[str, Any], found: Found) -> list[str]:
+    """What in the database points at another run of the same device ids: readings of this run's devices that
+    are not this run's (the gateway kept their watermarks), and readings refused because the ids were bound to
+    another site."""
+    devices = {b["device"] for b in truth["boards"]}
+    mine = {(r[1], r[2], r[3]): r[5] for r in truth["readings"]}
+    start, end = truth["start_ms"], truth["end_ms"]
+    foreign = [
+        r
+        for r in found.rows["reading"]
+        if r.get("device") in devices and mine.get((r.get("device"), r.get("boot"), r.get("seq"))) != r["time"]
+    ]
+    out: list[str] = []
+    if foreign:
+        names = sorted({str(r["device"]) for r in foreign})
+        shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+        latest = max(int(r["time"]) for r in foreign)
+        past = (
+            f"up to {_utc(latest)}, after this run's first reading ({_utc(start)}): the gateway's watermarks for "
+            "these devices were already past this run's event times, so its windows did not fire and its "
+            "readings went to late_reading"
+            if latest > start
+            else f"up to {_utc(latest)}, before this run ({_utc(start)} to {_utc(end)})"
+        )
+        same = sum(1 for r in foreign if (r.get("device"), r.get("boot"), r.get("seq")) in mine)
+        if same:
+            past += (
+                f"; {same} of them carry this run's (boot, seq) identities, so the gateway dropped this run's "
+                "readings as their duplicates"
+            )
+        out.append(
+            f"another run wrote {len(foreign)} readings of the same device ids ({shown}) to this database, {past}. "
+            "Give each run its own device ids (edgekit-sim run names its boards run-0001..., --id-prefix) or its "
+            "own database and a gateway started with a fresh state."
+        )
+    bound = Counter(
+        str(r.get("device"))
+        for r in found.rows["dead_letter"]
+        if r.get("reason") == "site_mismatch" and r.get("device") in devices
+    )
+    if bound:
+        out.append(
+            f"{sum(bound.values())} readings of {', '.join(sorted(bound)[:4])}{' ...' if len(bound) > 4 else ''} "
+            f"were dead letters site_mismatch: the gateway had bound these ids to another site, heard first from "
+            f"another run; give each run its own device ids or its own gateway state."
+        )
+    return out
+
+
+# --- alerts ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ExpectedAlert:
+    """An injected event and the alert it must raise (``alert`` None: it need not raise one; ``must_not``: a
+    near miss, whose pattern must not fire on the device in its span)."""
+
+    label: str
+    source: str
+    alert: str | None
+    device: str
+    start_ms: int
+    end_ms: int
+    must_not: bool = False
+
+
+def _utc(ms: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ms / 1000))
+
+
+def expected_alerts(truth: Mapping[str, Any]) -> list[ExpectedAlert]:
+    """What a truth's injected anomalies and scripted sequences must (and must not) raise."""
+    out: list[ExpectedAlert] = []
+    for a in truth.get("anomalies", []):
+        detector = ANOMALY_ALERTS.get(a["kind"])
+        label = f"{a['kind']} {a['metric']}"
+        alert = None if detector is None else f"{detector}.{a['metric']}"
+        out.append(ExpectedAlert(label, "anomaly", alert, a["device"], a["start_ms"], a["end_ms"]))
+    for s in truth.get("sequences", []):
+        last = max((e[0] for e in s["events"]), default=s["at_ms"])
+        must = bool(s["expect_alert"])
+        out.append(ExpectedAlert(s["kind"], "pattern", s["pattern"], s["device"], s["at_ms"], last, not must))
+    return out
+
+
+def _alert_causes(gateway: Mapping[str, Any], e: ExpectedAlert) -> str:
+    """The likely reason the gateway configuration could not raise ``e``'s alert, or ''."""
+    if e.source == "pattern":
+        names = [p.get("name") for p in gateway.get("patterns", []) if isinstance(p, Mapping)]
+        if e.alert not in names:
+            has = ", ".join(map(str, names)) or "none"
+            return f"the gateway configuration has no pattern named {e.alert!r} (it has: {has})"
+        return ""
+    anomaly = gateway.get("anomaly")
+    if not isinstance(anomaly, Mapping):
+        return "the gateway configuration has no [anomaly] section: nothing detects anomalies"
+    metric = (e.alert or "").partition(".")[2]
+    metrics = anomaly.get("metrics")
+    if isinstance(metrics, list) and metric not in metrics:
+        return f"anomaly.metrics does not list {metric!r}"
+    return ""
+
+
+def _alert_table(truth: Mapping[str, Any], rows: list[Row]) -> Table:
+    t = Table("alert")
+    gateway = truth.get("gateway", {})
+    alerts = sorted(rows, key=lambda r: (r.get("last_ms", r["time"]), r.get("name", ""), r.get("key", "")))
+    used = [False] * len(alerts)
+
+    def last(r: Row) -> int:
+        return int(r["last_ms"] if "last_ms" in r else r["time"])
+
+    def within(e: ExpectedAlert, r: Row) -> bool:
+        return r.get("key") == e.device and e.start_ms <= last(r) < e.end_ms + ALERT_TOLERANCE_MS
+
+    expects = expected_alerts(truth)
+    t.found = len(alerts)
+    for e in sorted(expects, key=lambda e: (e.alert or "", e.start_ms)):
+        if e.alert is None or e.must_not:
+            continue
+        t.expected += 1
+        for k, r in enumerate(alerts):
+            if not used[k] and r.get("source") == e.source and r.get("name") == e.alert and within(e, r):
+                used[k] = True
+                break
+        else:
+            t.missing += 1
+            cause = _alert_causes(gateway, e)
+            why = f": {cause}" if cause else ""
+            t.note(f"missing {e.alert} on {e.device} for the {e.label} at {_utc(e.start_ms)}{why}")
+    for k, r in enumerate(alerts):
+        if used[k] or str(r.get("name", "")).startswith("rebaseline."):
+            continue
+        near = [e for e in expects if e.must_not and r.get("name") == e.alert and within(e, r)]
+        if near:
+            t.extra += 1
+            t.note(f"extra {r.get('name')} on {r.get('key')} at {_utc(last(r))}: the {near[0].label} must not raise it")
+        elif r.get("source") == "pattern":
+            t.extra += 1
+            t.note(f"extra {r.get('name')} on {r.get('key')} at {_utc(last(r))}: no scripted sequence explains it")
+        elif not any(e.source == "anomaly" and within(e, r) for e in expects):
+            t.unexplained += 1
+            t.note(f"false alarm {r.get('name')} on {r.get('key')} at {_utc(last(r))} (no mismatch: docs/anomaly.md)")
+    return t

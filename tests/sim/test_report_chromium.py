@@ -1,4 +1,4 @@
-"""The report page renders in headless Chromium (Debian's ``chromium``) with its five plots drawn.
+"""The report page renders in headless Chromium (Debian's ``chromium``) with its six plots drawn.
 
 The run mixes every kind of event the plots show: a flaky network (late readings, re-fired windows), a
 sleepy board, unsynced clocks (refused readings), an injected anomaly and scripted sequences. Chromium
@@ -36,7 +36,13 @@ SCENARIO = {
     "sequences": [{"kind": "door_left_open", "device": "dev-0001", "at": "5m"},
                   {"kind": "two_failures", "device": "dev-0003", "at": "12m"}],
     "gateway": {"windows": [{"name": "t5", "kind": "tumbling", "size": "5m", "metrics": ["temp_c"],
-                             "allowed_lateness": "2m"}], "metric_types": {"string": ["door", "status"]}},
+                             "allowed_lateness": "2m"}], "metric_types": {"string": ["door", "status"]},
+                "anomaly": {"metrics": ["temp_c"], "warmup": 5},
+                "patterns": [{"name": "door_left_open", "steps": [
+                    {"name": "opened", "where": 'door == "open"'},
+                    {"name": "closed", "follow": "not_followed_by", "where": 'door == "closed"', "within": "5m"}]},
+                    {"name": "failed_3x_5m", "within": "5m", "steps": [
+                        {"name": "failed", "where": 'status == "FAILED"', "at_least": 3}]}]},
 }  # fmt: skip
 
 FLAGS = [
@@ -106,7 +112,7 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
             [exe, *FLAGS, f"--user-data-dir={profile}", "--dump-dom", page.as_uri()],
             capture_output=True, text=True, timeout=120, check=True,
         ).stdout  # fmt: skip
-    for plot in ("arrival", "watermarks", "windows", "late", "anomalies"):
+    for plot in ("arrival", "watermarks", "windows", "late", "anomalies-temp_c", "sequences"):
         start = dom.index(f'data-plot="{plot}"')
         figure = dom[start : dom.index("</figure>", start)]
         assert "<svg" in figure and figure.count('class="mark"') >= 1, plot

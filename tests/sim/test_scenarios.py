@@ -171,13 +171,19 @@ def test_sensor_faults_are_injected_with_labelled_spans() -> None:
 def test_pattern_sequences_are_in_the_stream_with_their_truth() -> None:
     prep = prepared("pattern-sequences")
     truth = prep.truth()
-    assert [(s["kind"], s["expect_alert"]) for s in truth["sequences"]] == [
-        ("door_left_open", True), ("door_closed", False), ("three_failures", True), ("two_failures", False),
-        ("door_left_open", True),
+    # each door is closed once before it is left open: the example pattern's "opened" follows a "closed"
+    assert [(s["kind"], s["device"], s["expect_alert"]) for s in truth["sequences"]] == [
+        ("door_closed", "dev-0001", False), ("door_left_open", "dev-0001", True),
+        ("door_closed", "dev-0002", False), ("door_closed", "dev-0002", False),
+        ("three_failures", "dev-0003", True), ("two_failures", "dev-0004", False),
+        ("door_closed", "dev-0005", False), ("door_left_open", "dev-0005", True),
     ]  # fmt: skip
     example = tomllib.loads((ROOT / "gateway" / "examples" / "gateway.toml").read_text())
     names = {p["name"] for p in example["patterns"]}
     assert {s["pattern"] for s in truth["sequences"]} == {"door_left_open", "failed_3x_5m"} <= names
+    # the scenario carries the example's patterns themselves, so it raises the same alerts without the file
+    mine = {p["name"]: p for p in prep.gateway["patterns"]}
+    assert all(mine[n] == next(p for p in example["patterns"] if p["name"] == n) for n in mine), mine
     for seq in prep.run.sequences:
         mine = [r for r in prep.run.readings if r.device == seq.device]
         sent = [(r.true_ms, r.metrics) for r in mine if "temp_c" not in r.metrics]
@@ -245,6 +251,8 @@ def test_cli_simulate_in_process_writes_truth_and_report(tmp_path: Any, capsys: 
     assert "verdict: OK" in out
     doc = json.loads(truth.read_text())
     assert doc["format"] == "edgekit-sim-truth/2" and len(doc["boards"]) == 3
-    assert report.read_text().count("<svg") == 5
+    page = report.read_text()
+    # arrivals, watermarks, windows; a storm has no late reading, anomaly or sequence: those say "None"
+    assert page.count("<svg") == 3 and page.count("<p class='none'>None:") == 4
     assert main(["simulate", "no-such-scenario", "--in-process"]) == 2
     assert main(["report", "--truth", str(tmp_path / "missing.json"), "--out", str(report)]) == 1

@@ -37,8 +37,10 @@ def test_dry_run_writes_the_truth_and_a_summary(tmp_path: Path, capsys: pytest.C
     assert doc["counts"]["readings"] == len(doc["readings"]) == 5 * 12 - 3
     assert len(doc["rejected"]) == 3 and len(doc["malformed"]) == 9
     assert doc["start_ms"] == NOW - 12 * 60_000
-    assert {r["site"] for r in doc["readings"]} == {"north", "south"}
-    assert set(doc["readings"][0]["m"]) == {"temp_c", "vib"}
+    assert doc["format"] == "edgekit-sim-truth/2"  # the scenarios' format: verify and report read it
+    assert {r[0] for r in doc["readings"]} == {"north", "south"}
+    assert set(doc["readings"][0][7]) == {"temp_c", "vib"}
+    assert {r[1] for r in doc["readings"]} == {"run-0001", "run-0002", "run-0003", "run-0004", "run-0005"}
     assert doc["spec"]["seed"] == 3 and doc["broker"] == "mqtt://127.0.0.1:1883"
     assert not list(tmp_path.glob("*.tmp"))
 
