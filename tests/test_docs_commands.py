@@ -4,7 +4,8 @@ The commands are the lines of the ```sh and ```bash blocks (a line ending in a b
 two commands). Each one is, in order of preference:
 
 - **run here**: ``edgekit-gateway check --config FILE`` on the file the docs name (or the one they copy it from),
-  ``edgekit-sim scenarios``, ``cp`` of a file the repository has, and a pytest command whose files exist;
+  ``edgekit-sim scenarios``, ``cp`` of a file the repository has, a pytest command whose files exist, and a
+  benchmark's ``--help`` (a benchmark runs for minutes: ``make bench``);
 - **mapped** to the test that runs it (:data:`MAPPED`): the test must exist and its body must use the command's
   words (its subcommand and the option that matters);
 - **marked**: a comment ``# needs hardware`` (a board, a Raspberry Pi), ``# needs root`` (it installs into the
@@ -21,6 +22,8 @@ import contextlib
 import io
 import re
 import shlex
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -187,6 +190,10 @@ def _run_here(c: Command, copies: dict[str, str]) -> str | None:
             code = main(["scenarios"])
         ok = code == 0 and "flaky-network" in out.getvalue()
         return "" if ok else f"{c.where}: {c.text}: exit {code}"
+    if re.fullmatch(r"python3?", a[0]) and len(a) > 1 and a[1].startswith("bench/"):
+        # a benchmark runs for minutes and prints numbers (``make bench``): here, its --help form
+        done = subprocess.run([sys.executable, a[1], "--help"], capture_output=True, text=True, cwd=REPO, timeout=60)
+        return "" if done.returncode == 0 else f"{c.where}: {a[1]} --help: exit {done.returncode}: {done.stderr}"
     if a[0] == "pytest":
         paths = [p for p in a[1:] if p.startswith("tests/")]
         missing = [p for p in paths if not (REPO / p).exists()]
