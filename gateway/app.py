@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config, redact_url
-from .errors import StateError
+from .errors import ConfigError, StateError
 from .ingest import (
     Incoming,
     IngestStats,
@@ -431,6 +431,24 @@ class Gateway:
 
         await self._every_interval(stop, step, "stats")
 
+    async def _probe_database(self) -> None:
+        """Say at start whether InfluxDB takes writes to the configured database; a database that does not exist
+        (and that the gateway is not to create) is a configuration error. InfluxDB away: spool until it is back."""
+        from .probe import probe_database
+
+        found = await probe_database(self.config.influx, timeout_s=5.0)
+        if found.outcome == "missing" and self.config.influx.target == "v1":
+            raise ConfigError(found.message)
+        if found.ok:
+            level = logging.WARNING if "creates it" in found.message else logging.INFO
+            log.log(level, found.message, extra={"event": "influx_probe", "outcome": found.outcome})
+        else:
+            log.error(
+                "%s; the gateway runs on and spools what it cannot write",
+                found.message,
+                extra={"event": "influx_probe", "outcome": found.outcome},
+            )
+
     async def run(self, stop: asyncio.Event) -> None:
         cfg = self.config
         log.info(
@@ -443,6 +461,7 @@ class Gateway:
         watcher = asyncio.create_task(self._watch_stop(stop), name="stop-watch")
         status_task = asyncio.create_task(self._status_loop(stop), name="status")  # from the start: the replay too
         try:
+            await self._probe_database()
             await self.sink.start()
             await self.recover()
             await self.checkpoint()
@@ -475,7 +494,23 @@ class Gateway:
                         extra={"event": "checkpoint_error"},
                     )
                 self._write_stats()
-                log.info("gateway stopped", extra={"event": "stop", "drained": drained, **self.snapshot_stats()})
+                stats: dict[str, Any] = self.snapshot_stats()
+                p, s = stats["pipeline"], stats["sink"]
+                means = (
+                    "every point written to InfluxDB"
+                    if drained
+                    else "InfluxDB did not take every point before the stop: the rest are in the spool of the "
+                    "state file and are written at the next start"
+                )
+                log.info(
+                    "gateway stopped: %d messages, %d readings accepted, %d duplicates, %d dead letters; %d points "
+                    "written; drained=%s: %s",
+                    p["messages"], p["readings_accepted"], p["duplicates"], p["dead_letters"], s["points_written"],
+                    drained, means,
+                    # the live view (every device) is the stats file's, not a log line's
+                    extra={"event": "stop", "drained": drained, "drained_means": means,
+                           **{k: v for k, v in stats.items() if k != "live"}},
+                )  # fmt: skip
         finally:
             watcher.cancel()
             status_task.cancel()

@@ -33,6 +33,7 @@ def _describe(cfg: Config) -> str:
     m, i = cfg.mqtt, cfg.influx
     target = (
         f"InfluxDB 1.x at {i.url}, database {i.database!r}"
+        + (" (created if missing)" if i.create_database else " (must exist)")
         + (f", rp {i.retention_policy!r}" if i.retention_policy else "")
         + (f", user {i.username!r} (password {'set' if i.password else 'NOT set'})" if i.username else "")
         if i.target == "v1"
@@ -50,8 +51,48 @@ def _describe(cfg: Config) -> str:
             + ("any" if cfg.devices.allow_unknown else f"only {len(cfg.devices.known)} known devices")
             + f", state for at most {cfg.devices.max_devices}",
             *_describe_windows(cfg),
+            _describe_watermark(cfg),
             f"patterns:  {', '.join(p.name for p in cfg.patterns) or 'none'}",
+            _describe_anomaly(cfg),
+            f"state:     {state_path(cfg)} (ingest log, checkpoint every {cfg.state.checkpoint_interval_s:g} s, "
+            f"spool up to {cfg.state.spool_max_bytes / 2**20:g} MiB), sync {cfg.state.sync}",
+            "metrics:   "
+            + (
+                f"http://{cfg.metrics.host}:{cfg.metrics.port}/metrics and /healthz"
+                if cfg.metrics.port
+                else "off (metrics.port = 0)"
+            ),
+            f"log:       {cfg.log.level}, {cfg.log.format}",
         ]
+    )
+
+
+def _seconds(ms: int) -> str:
+    return f"{ms / 1000:g} s"
+
+
+def _describe_watermark(cfg: Config) -> str:
+    w = cfg.engine.watermark
+    line = (
+        f"watermark: {w.mode} (per {'device' if w.mode == 'device' else 'whole fleet'}), out of orderness "
+        f"{_seconds(w.out_of_orderness_ms)}, idle after {_seconds(w.idle_timeout_ms)} (or {w.idle_factor:g} x the "
+        f"sleep cycle, + {_seconds(w.idle_grace_ms)}); unsynced readings: {cfg.engine.unsynced}"
+    )
+    for c in w.classes:
+        bound = _seconds(c.out_of_orderness_ms)
+        line += f"\n           class {c.name} ({', '.join(c.devices)}): out of orderness {bound}"
+    return line
+
+
+def _describe_anomaly(cfg: Config) -> str:
+    a = cfg.anomaly
+    if not a.enabled:
+        return "anomaly:   off (no [anomaly] section)"
+    d = a.detector
+    return (
+        f"anomaly:   on, {', '.join(a.metrics) or 'every numeric metric'}: {d.baseline} baseline, z-score threshold "
+        f"{d.threshold:g} after {d.warmup} readings, stuck after {d.stuck_points or 'never'}; writes {a.write}"
+        + (f"; overrides for {', '.join(sorted(a.overrides))}" if a.overrides else "")
     )
 
 
@@ -72,12 +113,20 @@ def _describe_windows(cfg: Config) -> list[str]:
     return lines
 
 
-async def _run(cfg: Config, stats_file: Path | None, record: Path | None) -> None:
+async def _run(cfg: Config, stats_file: Path | None, record: Path | None) -> int:
+    """Run until SIGINT or SIGTERM; the exit code: 130 after SIGINT (interrupted, as a shell counts it), else 0."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    got: list[int] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        got.append(sig)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
     await Gateway(cfg, stats_file=stats_file, record=record).run(stop)
+    return 130 if got and got[0] == signal.SIGINT else 0
 
 
 # --- deploy: the command line (run, check, plan, replay, top) ------------------------------------------
@@ -123,7 +172,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="append every received MQTT message to FILE (JSON lines: topic, payload base64, received_ms)",
     )
-    command("check", "validate a configuration and say what it will do", "Validate a configuration; print the plan.")
+    check = command(
+        "check",
+        "validate a configuration and say what it will do",
+        "Validate a configuration and say everything the gateway will run. With --probe, also try the broker's "
+        "login and a write to the database or bucket (an empty one: nothing is written); exit 1 when one fails.",
+    )
+    check.add_argument(
+        "--probe", action="store_true", help="connect to the broker and InfluxDB: login, database, write permission"
+    )
     command(
         "recover",
         "salvage a damaged state file into a fresh one, say what was kept and what is lost",
@@ -290,8 +347,17 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"configuration error: {exc}", 2)
     try:
         if args.command == "check":
-            print(Redactor(secret_values(cfg))(_describe(cfg)))  # it names no secret; and if it ever did
-            return 0
+            redact = Redactor(secret_values(cfg))
+            print(redact(_describe(cfg)))  # it names no secret; and if it ever did
+            if not args.probe:
+                return 0
+            from .probe import probe_all
+
+            found = asyncio.run(probe_all(cfg))
+            print("probe:")
+            for p in found:
+                print(redact(p.line()))
+            return 0 if all(p.ok for p in found) else 1
         if args.command == "plan":
             return _plan(cfg, args)
         if args.command == "replay":
@@ -300,7 +366,9 @@ def main(argv: list[str] | None = None) -> int:
             return _recover(cfg)
         setup_logging(cfg.log.level, cfg.log.format, secret_values(cfg))
         try:
-            asyncio.run(_run(cfg, args.stats_file, args.record))
+            return asyncio.run(_run(cfg, args.stats_file, args.record))
+        except ConfigError as exc:  # found at start: the database does not exist, say
+            return _fail(f"configuration error: {exc}", 2)
         except RecordError as exc:
             return _fail(str(exc))
         except StateError as exc:
@@ -313,6 +381,5 @@ def main(argv: list[str] | None = None) -> int:
                 "gateway stopped by an unexpected error", exc_info=True, extra={"event": "crash"}
             )
             return 1
-        return 0
     except KeyboardInterrupt:
         return _fail("interrupted", 130)

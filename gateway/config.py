@@ -7,25 +7,32 @@ Every error names the key and the value, e.g. ``influx.target: 'v3' is not one o
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import SplitResult, unquote, urlsplit
 
+from .anomaly.config import _DETECTOR_KEYS as ANOMALY_DETECTOR_KEYS
+from .anomaly.config import _TOP_KEYS as ANOMALY_TOP_KEYS
 from .anomaly.config import AnomalySpec, parse_anomaly
 from .cep.config import parse_patterns
 from .cep.expr import Ref
 from .cep.pattern import PatternSpec
-from .engine.config import EngineSpec, parse_engine
+from .engine.config import ENGINE_KEYS, WATERMARK_KEYS, EngineSpec, parse_engine
 from .errors import ConfigError
 from .protocol import METRIC_RE, NAME_RE, RESERVED_METRICS, Limits
 from .schema import MetricTypes
 
 __all__ = [
+    "ENV_KEYS",
+    "NOT_CONFIG",
+    "SECTION_KEYS",
     "Config",
     "DevicesConfig",
     "InfluxConfig",
@@ -155,10 +162,147 @@ class Config:
     """The whole parsed document, for sections other modules own (such as ``windows``)."""
 
 
+# --- the schema: every table and its keys --------------------------------------------------------------
+
+MQTT_KEYS: frozenset[str] = frozenset({
+    "url", "username", "password", "password_file", "client_id", "prefix", "topics", "qos",
+    "clean_session", "keepalive_s", "reconnect_min_s", "reconnect_max_s", "max_inflight", "ca_file",
+    "session_expiry_s",
+})  # fmt: skip
+INFLUX_KEYS: frozenset[str] = frozenset({
+    "target", "url", "database", "retention_policy", "username", "password", "password_file",
+    "create_database", "org", "bucket", "token", "token_file", "batch_size", "flush_interval_ms",
+    "max_buffered", "timeout_s", "retry_max_s",
+})  # fmt: skip
+LIMITS_KEYS = frozenset({"max_bytes", "max_readings", "max_metrics", "max_string", "min_time_ms", "max_future_ms"})
+DEVICES_KEYS = frozenset({"allow_unknown", "known", "max_devices", "max_metric_names", "sites"})
+LOG_KEYS = frozenset({"level", "format"})
+STATE_KEYS = frozenset(
+    {"dir", "sync", "checkpoint_interval_s", "checkpoint_max_log_rows", "spool_max_bytes", "ingest_batch"}
+)
+METRICS_KEYS = frozenset({"host", "port"})
+METRIC_TYPES_KEYS = frozenset({"integer", "boolean", "string"})
+
+SECTION_KEYS: Mapping[str, frozenset[str]] = {
+    "mqtt": MQTT_KEYS,
+    "influx": INFLUX_KEYS,
+    "limits": LIMITS_KEYS,
+    "devices": DEVICES_KEYS,
+    "log": LOG_KEYS,
+    "state": STATE_KEYS,
+    "metrics": METRICS_KEYS,
+    "metric_types": METRIC_TYPES_KEYS,
+    "engine": ENGINE_KEYS,
+    "engine.watermark": WATERMARK_KEYS,
+    "anomaly": frozenset(ANOMALY_TOP_KEYS | ANOMALY_DETECTOR_KEYS),
+}
+"""Every table of the file with the keys its parser accepts (``windows`` and ``patterns``, lists of tables,
+are set in the file only)."""
+
+SECRET_KEYS = frozenset({"mqtt.password", "influx.password", "influx.token"})
+"""Read from ``EDGEKIT_MQTT_PASSWORD``, ``EDGEKIT_INFLUX_PASSWORD``, ``EDGEKIT_INFLUX_TOKEN`` (or a file), never
+from the configuration file."""
+
+
+def _env_keys() -> dict[str, tuple[str, str]]:
+    names: dict[str, tuple[str, str]] = {}
+    for path, keys in SECTION_KEYS.items():
+        for key in keys:
+            name = f"{ENV_PREFIX}{path.replace('.', '_')}_{key}".upper()
+            assert name not in names, f"{name} would name both {names[name]} and {(path, key)}"
+            names[name] = (path, key)
+    return names
+
+
+ENV_KEYS: Mapping[str, tuple[str, str]] = _env_keys()
+"""``EDGEKIT_<SECTION>_<KEY>`` -> (table, key), for every key of :data:`SECTION_KEYS`."""
+
+NOT_CONFIG: Mapping[str, str] = {
+    "EDGEKIT_STATS_FILE": "the default of edgekit-gateway run/top --stats-file",
+    "EDGEKIT_ENGINE": "pure or compiled: which build of the window engine to load",
+    "EDGEKIT_COMPILE": "0: scripts/setup.sh skips the compiled window engine",
+    "EDGEKIT_DEMO_*": "make demo's ports (EDGEKIT_DEMO_MQTT_PORT, EDGEKIT_DEMO_INFLUX_PORT, ...)",
+    "EDGEKIT_BROKER_AUTH": "docker-compose.yml's .env: the broker's access",
+    "EDGEKIT_GATEWAY_*": "docker-compose.yml's .env: the gateway's broker login",
+    "EDGEKIT_SIM_*": "docker-compose.yml's .env: the simulator's broker",
+    "EDGEKIT_SIM": "the simulated board's hardware file (sim/board)",
+    "EDGEKIT_CLOCK": "the simulated board's clock file (sim/board)",
+    "EDGEKIT_MICROPYTHON": "the MicroPython unix port the firmware tests run",
+    "EDGEKIT_ACCOUNTING_*": "the accounting test's seed, examples and shrinking",
+    "EDGEKIT_PROPERTY_EXAMPLES": "the decoder property tests' examples",
+}
+"""``EDGEKIT_*`` variables that are not configuration keys (a trailing ``*``: every name with that prefix). Any
+other ``EDGEKIT_*`` variable that names no key is refused, as an unknown key in the file is."""
+
+
+def _not_config(name: str) -> bool:
+    return any(name == k or (k.endswith("*") and name.startswith(k[:-1])) for k in NOT_CONFIG)
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, str]:
+    """The ``EDGEKIT_*`` variables of ``env`` that set configuration keys; an unknown one is an error."""
+    secrets = {f"{ENV_PREFIX}{k.replace('.', '_').upper()}" for k in SECRET_KEYS}
+    out: dict[str, str] = {}
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX) or name in secrets or _not_config(name):
+            continue
+        if name not in ENV_KEYS:
+            near = difflib.get_close_matches(name, [*ENV_KEYS, *secrets], n=1)
+            raise ConfigError(
+                f"unknown environment variable {name}: no configuration key is called that"
+                + (f" (did you mean {near[0]}?)" if near else "")
+                + "; a key is set as EDGEKIT_<SECTION>_<KEY>, e.g. EDGEKIT_INFLUX_BATCH_SIZE (the README lists "
+                "the EDGEKIT_* variables that are not configuration)"
+            )
+        out[name] = env[name]
+    return out
+
+
+def _env_values(raw: str) -> list[Any]:
+    """What an environment value may stand for, in the order tried: the text itself; the TOML value it spells
+    (``5``, ``2.5``, ``true``, ``["a", "b"]``, ``{dev-0001 = "north"}``); a comma-separated list."""
+    out: list[Any] = [raw]
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        pass
+    else:
+        if value != raw:
+            out.append(value)
+    out.append([v.strip() for v in raw.split(",") if v.strip()])
+    return out
+
+
+def _overlay(doc: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """``doc`` with each (table, key) of ``values`` (by variable name) set, the file's value replaced."""
+    out = dict(doc)
+    for name, value in values.items():
+        path, key = ENV_KEYS[name]
+        node = out
+        for part in path.split("."):
+            child = node.get(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{path}: expected a table, got {child!r}")
+            node[part] = child = dict(child)
+            node = child
+        node[key] = value
+    return out
+
+
+def _blamed(exc: ConfigError, names: Mapping[str, Any]) -> str | None:
+    """The variable whose key ``exc`` is about (its message starts with ``table.key``), if one is set."""
+    text = str(exc)
+    for name in sorted(names, key=len, reverse=True):  # engine.watermark.mode before engine.watermark
+        path, key = ENV_KEYS[name]
+        if re.match(rf"{re.escape(path)}\.{re.escape(key)}\b", text):
+            return name
+    return None
+
+
 # --- small typed readers -------------------------------------------------------------------------
 
 
-def _section(doc: Mapping[str, Any], name: str, allowed: set[str]) -> dict[str, Any]:
+def _section(doc: Mapping[str, Any], name: str, allowed: AbstractSet[str]) -> dict[str, Any]:
     value = doc.get(name, {})
     if not isinstance(value, dict):
         raise ConfigError(f"[{name}] must be a table, got {value!r}")
@@ -259,24 +403,11 @@ def secret_values(config: Config) -> tuple[str, ...]:
     return tuple(sorted((f for f in forms if len(f) >= 4), key=len, reverse=True))
 
 
-def _apply_env(sec: dict[str, Any], name: str, keys: tuple[str, ...], env: Mapping[str, str]) -> None:
-    for key in keys:
-        env_name = f"{ENV_PREFIX}{name.upper()}_{key.upper()}"
-        if env_name in env:
-            sec[key] = env[env_name]
-
-
 # --- sections --------------------------------------------------------------------------------------
 
 
 def _mqtt(doc: Mapping[str, Any], env: Mapping[str, str]) -> MqttConfig:
-    allowed = {
-        "url", "username", "password", "password_file", "client_id", "prefix", "topics", "qos",
-        "clean_session", "keepalive_s", "reconnect_min_s", "reconnect_max_s", "max_inflight", "ca_file",
-        "session_expiry_s",
-    }  # fmt: skip
-    sec = _section(doc, "mqtt", allowed)
-    _apply_env(sec, "mqtt", ("url", "username", "client_id", "prefix"), env)
+    sec = _section(doc, "mqtt", MQTT_KEYS)
     url = _get(sec, "mqtt", "url", str, "mqtt://127.0.0.1:1883")
     userinfo = _USERINFO.match(url)
     if (userinfo is not None and ":" in userinfo[2]) or "?" in url:
@@ -332,13 +463,7 @@ def _mqtt(doc: Mapping[str, Any], env: Mapping[str, str]) -> MqttConfig:
 
 
 def _influx(doc: Mapping[str, Any], env: Mapping[str, str]) -> InfluxConfig:
-    allowed = {
-        "target", "url", "database", "retention_policy", "username", "password", "password_file",
-        "create_database", "org", "bucket", "token", "token_file", "batch_size", "flush_interval_ms",
-        "max_buffered", "timeout_s", "retry_max_s",
-    }  # fmt: skip
-    sec = _section(doc, "influx", allowed)
-    _apply_env(sec, "influx", ("target", "url", "database", "retention_policy", "username", "org", "bucket"), env)
+    sec = _section(doc, "influx", INFLUX_KEYS)
     target = _get(sec, "influx", "target", str, "v1")
     if target not in ("v1", "v2"):
         raise ConfigError(f"influx.target: {target!r} is not one of v1, v2")
@@ -385,16 +510,15 @@ def _influx(doc: Mapping[str, Any], env: Mapping[str, str]) -> InfluxConfig:
 
 def _limits(doc: Mapping[str, Any]) -> Limits:
     defaults = Limits()
-    allowed = {"max_bytes", "max_readings", "max_metrics", "max_string", "min_time_ms", "max_future_ms"}
-    sec = _section(doc, "limits", allowed)
+    sec = _section(doc, "limits", LIMITS_KEYS)
     values = {
-        key: int(_positive("limits", key, _get(sec, "limits", key, int, getattr(defaults, key)))) for key in allowed
+        key: int(_positive("limits", key, _get(sec, "limits", key, int, getattr(defaults, key)))) for key in LIMITS_KEYS
     }
     return Limits(**values)
 
 
 def _devices(doc: Mapping[str, Any]) -> DevicesConfig:
-    sec = _section(doc, "devices", {"allow_unknown", "known", "max_devices", "max_metric_names", "sites"})
+    sec = _section(doc, "devices", DEVICES_KEYS)
     known = _get(sec, "devices", "known", list, [])
     bad = [d for d in known if not isinstance(d, str) or not NAME_RE.fullmatch(d)]
     if bad:
@@ -422,8 +546,7 @@ def _devices(doc: Mapping[str, Any]) -> DevicesConfig:
 
 
 def _log(doc: Mapping[str, Any], env: Mapping[str, str]) -> LogConfig:
-    sec = _section(doc, "log", {"level", "format"})
-    _apply_env(sec, "log", ("level", "format"), env)
+    sec = _section(doc, "log", LOG_KEYS)
     level = str(_get(sec, "log", "level", str, "INFO")).upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"log.level: {level!r} is not one of DEBUG, INFO, WARNING, ERROR")
@@ -435,9 +558,7 @@ def _log(doc: Mapping[str, Any], env: Mapping[str, str]) -> LogConfig:
 
 def _state(doc: Mapping[str, Any], env: Mapping[str, str]) -> StateConfig:
     d = StateConfig()
-    allowed = {"dir", "sync", "checkpoint_interval_s", "checkpoint_max_log_rows", "spool_max_bytes", "ingest_batch"}
-    sec = _section(doc, "state", allowed)
-    _apply_env(sec, "state", ("dir",), env)
+    sec = _section(doc, "state", STATE_KEYS)
     sync = _get(sec, "state", "sync", str, d.sync)
     if sync not in ("normal", "full"):
         raise ConfigError(f"state.sync: {sync!r} is not one of normal, full")
@@ -456,8 +577,7 @@ def _state(doc: Mapping[str, Any], env: Mapping[str, str]) -> StateConfig:
 
 
 def _metrics(doc: Mapping[str, Any], env: Mapping[str, str]) -> MetricsConfig:
-    sec = _section(doc, "metrics", {"host", "port"})
-    _apply_env(sec, "metrics", ("host", "port"), env)
+    sec = _section(doc, "metrics", METRICS_KEYS)
     port = sec.get("port", 0)
     try:
         port = int(port)
@@ -474,16 +594,12 @@ _TYPE_KINDS = ("integer", "boolean", "string")
 def _metric_types(doc: Mapping[str, Any], env: Mapping[str, str]) -> MetricTypes:
     """``[metric_types]``: lists of metric names per type (``integer``, ``boolean``, ``string``); every other
     metric is a float. ``EDGEKIT_METRIC_TYPES_<KIND>`` (comma-separated names) replaces a list."""
-    sec = _section(doc, "metric_types", set(_TYPE_KINDS))
+    sec = _section(doc, "metric_types", METRIC_TYPES_KEYS)
     # a documented status field keeps its documented type whatever is declared here (docs/protocol.md)
     lists: dict[str, frozenset[str]] = {}
     owner: dict[str, str] = {}
     for kind in _TYPE_KINDS:
-        env_name = f"{ENV_PREFIX}METRIC_TYPES_{kind.upper()}"
-        if env_name in env:
-            names: object = [n.strip() for n in env[env_name].split(",") if n.strip()]
-        else:
-            names = sec.get(kind, [])
+        names = sec.get(kind, [])
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise ConfigError(f"metric_types.{kind}: expected a list of metric names, got {names!r}")
         for name in names:
@@ -554,8 +670,35 @@ KNOWN_SECTIONS = {
 
 
 def parse_config(doc: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Config:
-    """Validate a parsed TOML document (plus environment overrides) into a :class:`Config`."""
+    """Validate a parsed TOML document (plus environment overrides) into a :class:`Config`.
+
+    Every key of :data:`SECTION_KEYS` can be set as ``EDGEKIT_<TABLE>_<KEY>`` (``EDGEKIT_INFLUX_BATCH_SIZE``,
+    ``EDGEKIT_ENGINE_WATERMARK_MODE``), replacing the file's value, and is validated as the file's would be:
+    the value is taken as text where the key takes text, else as the TOML value it spells (``5``, ``true``,
+    ``["a", "b"]``) or as a comma-separated list. An ``EDGEKIT_*`` variable that names no key is refused
+    (except those of :data:`NOT_CONFIG`)."""
     env = os.environ if env is None else env
+    raws = _env_overrides(env)
+    values: dict[str, Any] = dict(raws)
+    errors: dict[str, list[ConfigError]] = {name: [] for name in raws}
+    while True:
+        try:
+            return _parse(_overlay(doc, values), env)
+        except ConfigError as exc:
+            name = _blamed(exc, values)
+            if name is None:
+                raise
+            choices = _env_values(raws[name])
+            errors[name].append(exc)
+            if len(errors[name]) < len(choices):
+                values[name] = choices[len(errors[name])]
+                continue
+            # every reading failed: say why the TOML value it spells does (the text's, when it spells none)
+            shown = errors[name][1 if len(choices) == 3 else 0]
+            raise ConfigError(f"{shown} (from {name})") from None
+
+
+def _parse(doc: Mapping[str, Any], env: Mapping[str, str]) -> Config:
     unknown = sorted(set(doc) - KNOWN_SECTIONS)
     if unknown:
         raise ConfigError(f"unknown section(s) {', '.join(unknown)}; known: {', '.join(sorted(KNOWN_SECTIONS))}")

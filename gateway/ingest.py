@@ -350,12 +350,22 @@ async def run_durable_ingest(
                             await outbox.flush(5.0)  # a clean stop sends the alerts already queued first
                         sender.cancel()
         except aiomqtt.MqttError as exc:
+            was_connected = stats.connected
             if stats.connected:
                 stats.disconnects += 1
             stats.connected = False
             wait = delay * (0.5 + random.random())
+            where = f"mqtt{'s' if cfg.tls else ''}://{cfg.host}:{cfg.port}"
+            if was_connected:
+                what = f"broker connection lost ({exc})"
+            elif isinstance(exc, aiomqtt.MqttCodeError):
+                what = f"broker at {where} refused the connection: {exc}"
+            else:
+                what = f"broker unreachable at {where}: {exc}"
             log.warning(
-                "broker connection lost, reconnecting",
+                "%s; retrying in %.1f s",
+                what,
+                wait,
                 extra={"event": "mqtt_disconnected", "error": str(exc), "retry_in_s": round(wait, 2)},
             )
             try:

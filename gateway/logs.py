@@ -73,9 +73,24 @@ class TextFormatter(logging.Formatter):
         self.redact = redact or Redactor()
 
     def format(self, record: logging.LogRecord) -> str:
-        extras = " ".join(f"{k}={v}" for k, v in record.__dict__.items() if k not in _STANDARD)
+        extras = " ".join(_pairs({k: v for k, v in record.__dict__.items() if k not in _STANDARD}))
         base = f"{self.formatTime(record, '%H:%M:%S')} {record.levelname:<7} {record.getMessage()}"
         return self.redact(f"{base} {extras}".rstrip())
+
+
+def _pairs(fields: dict[str, object], prefix: str = "") -> list[str]:
+    """``key=value`` words for a text line: a table as ``key.sub=value``, a list as ``a,b`` (a table in a list as
+    JSON): plain words, no Python reprs."""
+    out: list[str] = []
+    for key, value in fields.items():
+        if isinstance(value, dict):
+            out += _pairs({str(k): v for k, v in value.items()}, f"{prefix}{key}.")
+        elif isinstance(value, (list, tuple)):
+            items = (json.dumps(v, default=str) if isinstance(v, (dict, list)) else str(v) for v in value)
+            out.append(f"{prefix}{key}={','.join(items)}")
+        else:
+            out.append(f"{prefix}{key}={value}")
+    return out
 
 
 def setup_logging(level: str = "INFO", fmt: str = "json", secrets: Iterable[str] = ()) -> None:

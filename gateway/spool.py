@@ -254,7 +254,11 @@ class SpoolingSink:
 
         def down(err: SinkError) -> None:
             if self.healthy:
-                log.warning("influx unreachable: spooling", extra={"event": "sink_down", "error": str(err)})
+                log.warning(
+                    "InfluxDB write failed (%s): spooling until it takes writes again",
+                    err,
+                    extra={"event": "sink_down", "error": str(err)},
+                )
             self.healthy = False
 
         def up(elapsed: float) -> None:

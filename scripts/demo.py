@@ -1,7 +1,11 @@
 #!/usr/bin/env python3
 """``make demo``: a simulated fleet through a real broker and the gateway into InfluxDB, then a summary.
 
-1. starts Mosquitto, InfluxDB 1.x and VictoriaMetrics on 127.0.0.1 (``scripts/services.py``; kept running);
+1. starts Mosquitto, InfluxDB 1.x and VictoriaMetrics on 127.0.0.1 (``scripts/services.py``; kept running), on
+   the default ports or, where another program holds one, the next free port (``make demo`` says so before any
+   set-up; ``EDGEKIT_DEMO_MQTT_PORT``, ``EDGEKIT_DEMO_INFLUX_PORT``, ``EDGEKIT_DEMO_INFLUX_RPC_PORT`` and
+   ``EDGEKIT_DEMO_VM_PORT`` choose them). Every address the demo uses is read from those services' own state
+   (``.run/services/<name>/state.json``), and only a server the demo started is ever written to or emptied;
 2. starts the gateway as its own process (``python -m gateway run``) with ``.run/demo/gateway.toml``;
 3. publishes a fleet (``sim``): readings with re-sent duplicates and malformed messages mixed in, and a
    few injected events (``sim/faults.py``): sensor spikes, a level shift, a stuck sensor, vibration ramps,
@@ -47,9 +51,8 @@ from sim.faults import InjectedAnomaly, ScriptedSequence, sequence_events, seque
 from sim.fleet import FleetSpec, Plan, generate  # noqa: E402
 from sim.publish import BrokerConfig, PublishResult, publish  # noqa: E402
 
-RUN = REPO / ".run" / "demo"
+RUN = services.RUN_ROOT / "demo"
 DB = "edgekit_demo"
-INFLUX = "http://127.0.0.1:8086"
 EXAMPLE = REPO / "gateway" / "examples" / "gateway.toml"
 M = 60_000
 
@@ -86,7 +89,8 @@ class Target:
     """Where the demo runs: the broker, the database, its own folder, the topic prefix."""
 
     mqtt_port: int
-    influx: str = INFLUX
+    influx: str
+    """InfluxDB's URL: the demo's own server (``demo_target``), never one it did not start."""
     db: str = DB
     run_dir: Path = RUN
     prefix: str = "edgekit"
@@ -105,10 +109,20 @@ class Target:
                     rows.append({**series.get("tags", {}), **dict(zip(series["columns"], values, strict=True))})
         return rows
 
+    def post_query(self, q: str) -> None:
+        data = urllib.parse.urlencode({"q": q}).encode()
+        urllib.request.urlopen(urllib.request.Request(f"{self.influx}/query", data=data), timeout=10).close()
 
-def post_query(q: str) -> None:
-    data = urllib.parse.urlencode({"q": q}).encode()
-    urllib.request.urlopen(urllib.request.Request(f"{INFLUX}/query", data=data), timeout=10).close()
+
+def demo_target(run_dir: Path) -> Target:
+    """The demo's broker and InfluxDB, from the state of the services it started (and that are running)."""
+    found = {}
+    for name in ("mosquitto", "influxdb"):
+        proc = services.Proc.load(run_dir / name, name)
+        if proc is None or not proc.alive():
+            raise SystemExit(f"the demo's {name} is not running (see {run_dir / name})")
+        found[name] = proc
+    return Target(mqtt_port=found["mosquitto"].port, influx=found["influxdb"].url)
 
 
 def clear_retained(port: int, prefix: str = "edgekit") -> int:
@@ -576,25 +590,40 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--readings", type=int, default=120, help="readings per device (one a minute of event time)")
     ap.add_argument("--rate", type=float, default=100.0, help="messages per second (0: as fast as possible)")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--no-report", action="store_true", help="skip the flaky-network scenario's report")
     args = ap.parse_args(argv)
     started = time.monotonic()
 
-    print("==> starting Mosquitto, InfluxDB and VictoriaMetrics on 127.0.0.1 (kept running afterwards)")
-    if services.main(["start"]) != 0:
+    run_dir = services.DEFAULT_RUN_DIR
+    try:
+        ports, notes = services.plan_ports(run_dir, os.environ)
+    except services.ServiceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for note in notes:
+        print(note)
+    print(
+        f"==> starting Mosquitto (port {ports['mqtt']}), InfluxDB ({ports['influx']}) and VictoriaMetrics "
+        f"({ports['vm']}) on 127.0.0.1 (kept running afterwards)"
+    )
+    start = ["start", "--run-dir", str(run_dir), "--mqtt-port", str(ports["mqtt"])]
+    start += ["--influx-port", str(ports["influx"]), "--influx-rpc-port", str(ports["influx_rpc"])]
+    if services.main([*start, "--vm-port", str(ports["vm"])]) != 0:
         return 1
-    state = json.loads((services.DEFAULT_RUN_DIR / "mosquitto" / "state.json").read_text())
-    target = Target(mqtt_port=int(state["port"]))
-    post_query(f'DROP DATABASE "{DB}"')
-    post_query(f'CREATE DATABASE "{DB}"')
+    target = demo_target(run_dir)  # every address from the services the demo started
+    target.post_query(f'DROP DATABASE "{DB}"')
+    target.post_query(f'CREATE DATABASE "{DB}"')
     cleared = clear_retained(target.mqtt_port)
     if cleared:
         print(f"==> cleared {cleared} retained status messages left by an earlier run")
 
     run = run_fleet(target, fleet_spec(args.devices, args.readings, args.seed), args.rate)
-    # simulator report (sim/report.py): a scenario in virtual time through the gateway's pipeline
-    report, verdict = report_scenario(RUN / "report.html")
     ok = print_summary(target, run, read_back(target, run.plan), time.monotonic() - started)
-    print(f"Report of the 'flaky-network' scenario ({'matches' if verdict.ok else 'DIFFERS FROM'} its truth): {report}")
+    if not args.no_report:
+        # simulator report (sim/report.py): a scenario in virtual time through the gateway's pipeline
+        report, verdict = report_scenario(RUN / "report.html")
+        status = "matches" if verdict.ok else "DIFFERS FROM"
+        print(f"Report of the 'flaky-network' scenario ({status} its truth): {report}")
     return 0 if ok else 1
 
 

@@ -6,6 +6,7 @@ Importable module (used by ``tests/conftest.py``) and a CLI for the demo::
     python scripts/services.py start|stop|status [--run-dir .run/services] [--mqtt-port 1883]
                                                   [--influx-port 8086] [--influx-rpc-port 8088]
                                                   [--vm-port 8428]
+    python scripts/services.py ports    # the demo's ports (EDGEKIT_DEMO_*_PORT), checked before any set-up
 
 Standard library only, so it works before the project's virtualenv exists.  Every service listens on
 127.0.0.1 only and keeps its config, data and log under ``RUN_DIR/<name>/``; we track the pid of our own
@@ -54,7 +55,9 @@ from pathlib import Path
 HOST = "127.0.0.1"
 INSTALL_CMD = "sudo apt-get install -y mosquitto mosquitto-clients influxdb victoria-metrics socat"
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_RUN_DIR = REPO_ROOT / ".run" / "services"
+RUN_ROOT = Path(os.environ.get("EDGEKIT_DEMO_RUN_DIR") or REPO_ROOT / ".run")
+"""Where the demo's services and the demo keep their files (``EDGEKIT_DEMO_RUN_DIR``, default ``.run``)."""
+DEFAULT_RUN_DIR = RUN_ROOT / "services"
 DEFAULT_TIMEOUT = 30.0
 # mosquitto lives in /usr/sbin, which is not on an ordinary user's PATH on Debian.
 _EXTRA_PATH = ("/usr/local/sbin", "/usr/sbin", "/sbin")
@@ -616,6 +619,83 @@ def vm_force_flush(url: str) -> None:
         raise ServiceError(f"force_flush failed: HTTP {status} {body[:300]!r}")
 
 
+# ---------------------------------------------------------------------------------------- demo ports
+
+
+@dataclass(frozen=True)
+class DemoPort:
+    service: str
+    key: str
+    """The port's name in :func:`plan_ports`'s answer (``rpc`` for InfluxDB's second port)."""
+    variable: str
+    default: int
+
+
+DEMO_PORTS: tuple[DemoPort, ...] = (
+    DemoPort("mosquitto", "mqtt", "EDGEKIT_DEMO_MQTT_PORT", 1883),
+    DemoPort("influxdb", "influx", "EDGEKIT_DEMO_INFLUX_PORT", 8086),
+    DemoPort("influxdb", "influx_rpc", "EDGEKIT_DEMO_INFLUX_RPC_PORT", 8088),
+    DemoPort("victoria-metrics", "vm", "EDGEKIT_DEMO_VM_PORT", 8428),
+)
+"""The demo's ports: each can be chosen with its variable (``make demo EDGEKIT_DEMO_MQTT_PORT=1884``)."""
+
+
+def plan_ports(run_dir: Path, env: dict[str, str] | os._Environ[str]) -> tuple[dict[str, int], list[str]]:
+    """The ports the demo's services use, and a line for each default port that was taken.
+
+    A service of the demo already running (its PID file in ``run_dir``) keeps its ports. Otherwise a port
+    chosen with its variable must be free (else :class:`ServiceError`, one line that says how to choose
+    another); a default port that another program holds is replaced by the next free one above it, and said.
+    Nothing is started and nothing is written."""
+    ports: dict[str, int] = {}
+    notes: list[str] = []
+    for p in DEMO_PORTS:
+        running = Proc.load(run_dir / p.service, p.service)
+        if running is not None and running.alive():
+            have = running.rpc_port if p.key == "influx_rpc" else running.port
+            wanted = env.get(p.variable)
+            if wanted and int(wanted) != have:
+                raise ServiceError(
+                    f"the demo's {p.service} already runs on port {have} ({p.variable}={wanted} asks for another): "
+                    "'make services-stop' first"
+                )
+            ports[p.key] = int(have or p.default)
+            continue
+        taken = set(ports.values())
+        raw = env.get(p.variable, "").strip()
+        if raw:
+            try:
+                port = int(raw)
+            except ValueError:
+                raise ServiceError(f"{p.variable}={raw!r} is not a port number") from None
+            if not 0 < port < 65536 or port in taken or port_in_use(port):
+                free = _free_from(port + 1, taken)
+                raise ServiceError(
+                    f"port {HOST}:{port} ({p.variable}) is in use by another program: choose a free one, "
+                    f"e.g. make demo {p.variable}={free}"
+                )
+            ports[p.key] = port
+            continue
+        if p.default not in taken and not port_in_use(p.default):
+            ports[p.key] = p.default
+            continue
+        port = _free_from(p.default + 1, taken)
+        ports[p.key] = port
+        notes.append(
+            f"==> port {p.default} is in use by another program: the demo's {p.service} uses {port} instead "
+            f"({p.variable}={port} chooses it; any free port will do)"
+        )
+    return ports, notes
+
+
+def _free_from(start: int, taken: set[int]) -> int:
+    """The first port from ``start`` up that is free and not ``taken``."""
+    for port in range(start, 65536):
+        if port not in taken and not port_in_use(port):
+            return port
+    raise ServiceError(f"no free port above {start}")
+
+
 # ------------------------------------------------------------------------------------------------ CLI
 
 
@@ -688,10 +768,21 @@ def _cli_status(args: argparse.Namespace) -> int:
     return 0 if all_ok else 3
 
 
+def _cli_ports(args: argparse.Namespace) -> int:
+    try:
+        _ports, notes = plan_ports(args.run_dir, os.environ)
+    except ServiceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for note in notes:
+        print(note)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit status."""
     parser = argparse.ArgumentParser(description="Manage the local Mosquitto, InfluxDB and VictoriaMetrics.")
-    parser.add_argument("command", choices=("start", "stop", "status"))
+    parser.add_argument("command", choices=("start", "stop", "status", "ports"))
     parser.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR, help="state dir (default %(default)s)")
     parser.add_argument("--mqtt-port", type=int, default=1883)
     parser.add_argument("--influx-port", type=int, default=8086, help="InfluxDB HTTP port")
@@ -704,6 +795,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "start": _cli_start,
         "stop": _cli_stop,
         "status": _cli_status,
+        "ports": _cli_ports,
     }
     return handlers[args.command](args)
 

@@ -133,6 +133,14 @@ def run_command(args: argparse.Namespace, env: Mapping[str, str], now_ms: Callab
     raise SpecError(f"unknown command {args.command!r}")  # pragma: no cover - argparse checks
 
 
+def _span(ms: int) -> str:
+    """``1h``, ``90m``, ``45s``: a scenario's span as its files write it."""
+    for unit, size in (("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if ms >= size and ms % size == 0:
+            return f"{ms // size}{unit}"
+    return f"{ms / 1000:g}s"
+
+
 def _simulate(args: argparse.Namespace, env: Mapping[str, str], now_ms: Callable[[], int]) -> int:
     sc = load_scenario(args.scenario).scaled(
         devices=args.devices,
@@ -161,11 +169,20 @@ def _simulate(args: argparse.Namespace, env: Mapping[str, str], now_ms: Callable
         if args.report is not None:
             print(f"report: {write_report(args.report, truth, verdict, res.alerts).resolve()}")
     else:
+        from gateway.progress import Progress
+
         broker = parse_broker_url(args.broker, env)
-        took = asyncio.run(
-            replay(run.deliveries, broker, client_id=args.client_id or f"edgekit-sim-{os.getpid()}", speed=args.speed)
-        )
-        print(f"published {len(run.deliveries)} messages to {broker.describe()} in {took:.2f} s")
+        n = len(run.deliveries)
+        pace = "as fast as the broker takes them"
+        if args.speed > 0:
+            secs = sc.duration_ms / 1000 / args.speed
+            pace = f"{_span(sc.duration_ms)} of virtual time at {args.speed:g}x: about {secs:.0f} s"
+        print(f"publishing {n} messages to {broker.describe()} ({pace})", flush=True)
+        bar = Progress("simulate: messages", n)
+        client_id = args.client_id or f"edgekit-sim-{os.getpid()}"
+        took = asyncio.run(replay(run.deliveries, broker, client_id=client_id, speed=args.speed, progress=bar.update))
+        bar.done()
+        print(f"published {n} messages to {broker.describe()} in {took:.2f} s")
     if args.truth is not None:
         _write_json(args.truth, truth)
         print(f"truth: {args.truth}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import aiomqtt
 
@@ -29,8 +29,10 @@ async def replay(
     speed: float = 0.0,
     max_in_flight: int = 64,
     timeout_s: float = 10.0,
+    progress: Callable[[int, int], None] | None = None,
 ) -> float:
-    """Publish every delivery; returns the seconds it took. Raises :class:`PublishError` on failure."""
+    """Publish every delivery; returns the seconds it took. Raises :class:`PublishError` on failure.
+    ``progress(done, total)`` is called as each delivery is handed to the client."""
     if speed < 0:
         raise SpecError(f"speed must not be negative, got {speed}")
     started = time.monotonic()
@@ -39,7 +41,7 @@ async def replay(
     try:
         async with client:
             first = deliveries[0].arrival_ms if deliveries else 0
-            for d in deliveries:
+            for n, d in enumerate(deliveries, 1):
                 if speed > 0:
                     due = started + (d.arrival_ms - first) / 1000 / speed
                     wait = due - time.monotonic()
@@ -50,6 +52,8 @@ async def replay(
                     for task in done:
                         task.result()
                 pending.add(asyncio.create_task(client.publish(d.topic, d.payload, qos=1, retain=d.retain)))
+                if progress is not None:
+                    progress(n, len(deliveries))
             if pending:
                 for result in await asyncio.gather(*pending, return_exceptions=True):
                     if isinstance(result, BaseException):

@@ -75,7 +75,7 @@ def test_the_env_example_has_every_setting_compose_requires() -> None:
 @pytest.mark.parametrize("auth", AUTH_MODES)
 def test_every_mounted_file_exists(auth: str) -> None:
     binds = [v for s in model(auth)["services"].values() for v in s.get("volumes", []) if v["type"] == "bind"]
-    assert len(binds) == 4
+    assert len(binds) == 5
     for bind in binds:
         assert Path(bind["source"]).exists(), bind["source"]
 
@@ -102,10 +102,13 @@ def test_broker_configuration_is_the_chosen_one_and_its_files_are_mounted(auth: 
 
 def test_services_have_health_checks_restart_policies_and_volumes() -> None:
     services = model()["services"]
-    assert set(services) == {"mosquitto", "influxdb", "grafana", "gateway", "sim"}
+    assert set(services) == {"preflight", "mosquitto", "influxdb", "grafana", "gateway", "sim"}
     for name, svc in services.items():
         if name == "sim":  # a one-shot demo
             assert svc["restart"] == "no" and svc["profiles"] == ["demo"]
+            continue
+        if name == "preflight":  # a one-shot check of .env
+            assert svc["restart"] == "no"
             continue
         assert svc["restart"] == "unless-stopped", name
         assert svc["healthcheck"]["test"][0] in ("CMD", "CMD-SHELL"), name
@@ -169,3 +172,48 @@ def test_broker_health_check_passes_on_a_running_broker_in_both_modes(tmp_path: 
         secured.stop()
     done = health(secured.port)
     assert done.returncode == 1, done.stdout  # and down is down
+
+
+# --- issue 21, defect 9: the CHANGE-me placeholders of deploy/env.example are refused ------------------------
+
+
+def env_example() -> dict[str, str]:
+    text = (REPO / "deploy" / "env.example").read_text(encoding="utf-8")
+    return dict(re.findall(r"^([A-Z_]+)=(.*)$", text, re.M))
+
+
+def run_preflight(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The compose file's preflight service as `docker compose up` would run it (its entrypoint, its environment
+    from `.env`), here with the host's sh and the script it mounts."""
+    done = compose_config("--format", "json", env=env)
+    assert done.returncode == 0, done.stderr
+    svc = json.loads(done.stdout)["services"]["preflight"]
+    mounts = {v["target"]: v["source"] for v in svc["volumes"] if v["type"] == "bind"}
+    argv = [mounts.get(a, a) for a in [*svc["entrypoint"], *(svc.get("command") or [])]]
+    clean = {k: v for k, v in os.environ.items() if k not in env and not k.startswith("EDGEKIT_")}
+    return subprocess.run(argv, capture_output=True, text=True, env={**clean, **svc["environment"]}, timeout=30)
+
+
+def test_compose_refuses_to_start_with_the_placeholder_secrets() -> None:
+    """`cp deploy/env.example .env && docker compose up -d` without changing the secrets: the preflight service
+    fails, naming each placeholder (never showing a value), and nothing that takes a secret starts."""
+    example = env_example()
+    assert sum("CHANGE" in v for v in example.values()) >= 3
+    done = run_preflight(example)
+    assert done.returncode != 0
+    said = done.stdout + done.stderr
+    for name in ("INFLUXDB_ADMIN_PASSWORD", "INFLUXDB_TOKEN", "GRAFANA_ADMIN_PASSWORD"):
+        assert name in said, said
+    assert "CHANGE-me" not in said
+    services = model()["services"]
+    for name in ("influxdb", "grafana", "gateway"):
+        assert services[name]["depends_on"]["preflight"]["condition"] == "service_completed_successfully", name
+
+
+def test_compose_starts_once_every_secret_is_changed() -> None:
+    env = {**env_example(), "INFLUXDB_ADMIN_PASSWORD": "a-long-pass", "INFLUXDB_TOKEN": "0f3c9a",
+           "GRAFANA_ADMIN_PASSWORD": "s3cret-9"}  # fmt: skip
+    done = run_preflight(env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    one_left = run_preflight({**env, "GRAFANA_ADMIN_PASSWORD": "change-ME-too"})
+    assert one_left.returncode != 0 and "GRAFANA_ADMIN_PASSWORD" in one_left.stdout + one_left.stderr

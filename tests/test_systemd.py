@@ -82,11 +82,11 @@ def test_no_restart_on_the_exit_codes_that_a_restart_cannot_fix() -> None:
 
 
 def test_the_unit_commands_run_with_the_shipped_configuration(unit: Path) -> None:
-    """ExecStartPre (check) succeeds on deploy/systemd/gateway.toml placed where the unit reads it."""
-    lines = dict(re.findall(r"^(ExecStartPre|ExecStart)=(.+)$", unit.read_text(encoding="utf-8"), re.M))
-    pre = shlex.split(lines["ExecStartPre"])
+    """The README's `check` of /etc/edgekit/gateway.toml succeeds on deploy/systemd/gateway.toml, with the unit's
+    program, and the unit runs that configuration."""
+    lines = dict(re.findall(r"^(ExecStart)=(.+)$", unit.read_text(encoding="utf-8"), re.M))
     shipped = str(REPO / "deploy" / "systemd" / "gateway.toml")
-    cmd = [shipped if a == "/etc/edgekit/gateway.toml" else a for a in pre]
+    cmd = [shlex.split(lines["ExecStart"])[0], "check", "--config", shipped]
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEKIT_")}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 0, done.stderr
@@ -94,3 +94,64 @@ def test_the_unit_commands_run_with_the_shipped_configuration(unit: Path) -> Non
     assert "window:    temp_10m" in done.stdout
     run = shlex.split(lines["ExecStart"])
     assert run[1:] == ["run", "--config", "/etc/edgekit/gateway.toml", "--stats-file", "/run/edgekit/stats.json"]
+
+
+# --- issue 21, defect 4: a configuration error must not restart-loop -------------------------------------
+# systemd.service(5): Restart=on-failure restarts the unit when any of its processes fails, ExecStartPre= ones
+# included; RestartPreventExitStatus= lists exit statuses "returned by the main service process" that prevent
+# the restart (systemd's service_shall_restart() compares only main_exec_status). So an ExecStartPre= that can
+# exit 2 loops on a configuration error whatever RestartPreventExitStatus= says.
+
+
+def _settings(text: str) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for key, value in re.findall(r"^(\w+)=(.*)$", text, re.M):
+        out.setdefault(key, []).append(value)
+    return out
+
+
+def restarts(unit_text: str, process: str, code: int) -> bool:
+    """systemd's decision, as documented, after ``process`` (an Exec* setting) exits with ``code``."""
+    s = _settings(unit_text)
+    restart = s.get("Restart", ["no"])[-1]
+    prevent = {int(c) for v in s.get("RestartPreventExitStatus", []) for c in v.split()}
+    if code == 0 or restart == "no":
+        return False
+    if process != "ExecStart":
+        commands = s.get(process, [])
+        if commands and all(c.startswith("-") for c in commands):  # "-": a failure is ignored, the start goes on
+            return False
+        return restart in ("on-failure", "always")
+    return code not in prevent and restart in ("on-failure", "always")
+
+
+def test_the_restart_model_reads_the_documented_rules() -> None:
+    unit = "Restart=on-failure\nRestartPreventExitStatus=2 3\nExecStartPre=/bin/check\nExecStart=/bin/run\n"
+    assert restarts(unit, "ExecStartPre", 2) and not restarts(unit, "ExecStart", 2) and restarts(unit, "ExecStart", 1)
+    assert not restarts(unit.replace("=/bin/check", "=-/bin/check"), "ExecStartPre", 2)
+
+
+def test_a_configuration_error_stops_the_unit_without_a_restart(unit: Path, tmp_path: Path) -> None:
+    """Every command the unit runs, on a broken configuration: the first that fails, and whether systemd would
+    restart after it (the README: "a configuration error, exit code 2, is not restarted in a loop")."""
+    text = unit.read_text(encoding="utf-8")
+    broken = tmp_path / "gateway.toml"
+    broken.write_text('[influx]\nbatch_size = "many"\n', encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEKIT_")}
+    for setting in ("ExecCondition", "ExecStartPre", "ExecStart"):
+        for command in _settings(text).get(setting, []):
+            argv = [str(broken) if a == "/etc/edgekit/gateway.toml" else a for a in shlex.split(command.lstrip("-"))]
+            done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60)
+            if done.returncode != 0 and not command.startswith("-"):
+                assert done.returncode == 2 and "influx.batch_size" in done.stderr, done.stderr
+                assert not restarts(text, setting, done.returncode), f"{setting} exits 2: systemd restarts the unit"
+                return
+    raise AssertionError("no command of the unit failed on a broken configuration")
+
+
+def test_no_command_before_the_main_process_can_fail_the_start() -> None:
+    """Only the main process's exit status is read by RestartPreventExitStatus=: nothing runs before it that
+    could fail the unit (a '-' prefix would make a failure ignored)."""
+    text = UNIT.read_text(encoding="utf-8")
+    for setting in ("ExecCondition", "ExecStartPre", "ExecStartPost"):
+        assert all(c.startswith("-") for c in _settings(text).get(setting, [])), setting

@@ -220,13 +220,18 @@ def parse_windows(section: object) -> tuple[WindowSpec, ...]:
     return parse_named_tables(section, "windows", _parse_window)
 
 
+ENGINE_KEYS: Final = frozenset({"unsynced", "max_future", "min_time_ms", "watermark"})
+"""The keys of ``[engine]`` (``gateway.config`` derives the environment variables from them)."""
+WATERMARK_KEYS: Final = frozenset({"mode", "out_of_orderness", "idle_timeout", "idle_factor", "idle_grace", "classes"})
+"""The keys of ``[engine.watermark]``."""
+
+
 def _parse_watermark(raw: object) -> WatermarkSpec:
     if raw is None:
         return WatermarkSpec()
     if not isinstance(raw, Mapping):
         raise ConfigError(f"engine.watermark: expected a table, got {raw!r}")
-    allowed = {"mode", "out_of_orderness", "idle_timeout", "idle_factor", "idle_grace", "classes"}
-    unknown = set(raw) - allowed
+    unknown = set(raw) - WATERMARK_KEYS
     if unknown:
         raise ConfigError(f"engine.watermark: unknown key(s) {', '.join(sorted(unknown))}")
     mode = raw.get("mode", "device")
@@ -269,7 +274,7 @@ def parse_engine(doc: Mapping[str, Any]) -> EngineSpec:
     raw = doc.get("engine", {})
     if not isinstance(raw, Mapping):
         raise ConfigError(f"engine: expected a table, got {raw!r}")
-    unknown = set(raw) - {"unsynced", "max_future", "min_time_ms", "watermark"}
+    unknown = set(raw) - ENGINE_KEYS
     if unknown:
         raise ConfigError(f"engine: unknown key(s) {', '.join(sorted(unknown))}")
     unsynced = raw.get("unsynced", "reject")

@@ -180,10 +180,10 @@ def test_run_record_top_in_tmux_then_replay(tmp_path: Path, mosquitto: Any, infl
         # top, in a real terminal (tmux), over the running gateway's stats file
         cmd = f"cd {REPO} && {sys.executable} -m gateway top --stats-file {stats}; echo top-exited-$?; sleep 30"
         _tmux("new-session", "-d", "-s", session, "-x", "130", "-y", "45", cmd)
-        screen = poll(lambda: _tmux("capture-pane", "-p", "-t", session), until=lambda s: "dev-0005" in s, timeout=15)
+        screen = poll(lambda: _tmux("capture-pane", "-p", "-t", session), until=lambda s: "run-0005" in s, timeout=15)
         assert "WM LAG" in screen and "LATEST WINDOWS" in screen and "t1m" in screen, screen
         assert "mqtt connected" in screen and "devices: 6 (6 active)" in screen, screen
-        assert all(f"dev-000{i}" in screen for i in range(1, 7)), screen  # 45 lines: room for every device
+        assert all(f"run-000{i}" in screen for i in range(1, 7)), screen  # 45 lines: room for every device
         _tmux("send-keys", "-t", session, "q")
         screen = poll(lambda: _tmux("capture-pane", "-p", "-t", session), until=lambda s: "top-exited" in s)
         assert "top-exited-0" in screen, screen
