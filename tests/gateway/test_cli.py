@@ -9,11 +9,12 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import influx_query, poll
+from helpers import influx_query, poll, start_or_fail
 
 from gateway.cli import main
 from gateway.record import Recorder
@@ -131,10 +132,23 @@ def _tmux(*args: str) -> str:
     return subprocess.run(["tmux", *args], capture_output=True, text=True, check=True).stdout
 
 
-@pytest.mark.integration
-def test_run_record_top_in_tmux_then_replay(tmp_path: Path, mosquitto: Any, influxdb_v1: Any) -> None:
+@pytest.fixture
+def own_mosquitto(tmp_path: Path) -> Iterator[Any]:
+    """A broker of the test's own: the session's broker holds other tests' retained statuses, whose devices
+    the gateway (and so top) would list beside the test's."""
     import services
 
+    (tmp_path / "broker").mkdir()
+    proc = start_or_fail(lambda: services.start_mosquitto(tmp_path / "broker", services.free_port()))
+    yield proc
+    proc.stop()
+
+
+@pytest.mark.integration
+def test_run_record_top_in_tmux_then_replay(tmp_path: Path, own_mosquitto: Any, influxdb_v1: Any) -> None:
+    import services
+
+    mosquitto = own_mosquitto
     db1, db2 = f"cli_{uuid.uuid4().hex[:8]}", f"cli_{uuid.uuid4().hex[:8]}"
     broker = f"mqtt://{mosquitto.host}:{mosquitto.port}"
     cfg = config(tmp_path, influxdb_v1.url, db1, broker)
