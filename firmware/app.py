@@ -257,9 +257,13 @@ class Wake:
                 total = buf.fill()
                 g = buf.pending(codec.MAX_READINGS + 1)
                 ndrop = 0
+                fz_ring = []  # the time each reading goes out with, kept for a re-send (buffer.freeze)
+                fz_log = []
                 for src, r in g:
                     if r is not None:
-                        w = self.clk.fix(r)
+                        w = buf.sent_as(r) if src == 0 and r[3] == 'n' else None
+                        if w is None:
+                            w = self.clk.fix(r)
                         if w is None:  # this clock era has no time yet: it and all after it wait
                             held = True
                             break
@@ -268,8 +272,14 @@ class Wake:
                         elif not bat.add((w[0], w[1], w[2], w[3], self.pairs(w[4]))):
                             more = True
                             break
-                        elif w[2] > last_t:
-                            last_t = w[2]
+                        else:
+                            if r[3] == 'n':
+                                if src == 0:
+                                    fz_log.append((w[0], w[1], w[2], w[3]))
+                                else:
+                                    fz_ring.append((nring, w[2], w[3]))
+                            if w[2] > last_t:
+                                last_t = w[2]
                     if src == 0:
                         nlog += 1
                     else:
@@ -283,6 +293,7 @@ class Wake:
                     t, q = self.clk.now()
                     flushed = t if q == 's' and t > last_t else (last_t or None)
                 if bat.count or flushed is not None:
+                    buf.freeze(fz_ring, fz_log)
                     msg = bat.finish(flushed)
                     up.publish(up.t_readings, msg)  # returns after PUBACK
                     log('pub', bat.count, len(msg), 'flushed', flushed)
