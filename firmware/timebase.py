@@ -6,10 +6,12 @@
 # - between two sync points: interpolated ('s'). The ESP32's default deep-sleep clock is an RC
 #   oscillator that runs percent fast or slow and wanders with temperature; interpolation cancels its rate
 #   error, so a board that syncs at every publishing wake sends readings timed to ~the NTP error.
-# - after the last point: extrapolated at the last interval's rate ('s' up to max_age, then 'u').
+# - after the last point: extrapolated at the rate over the points kept ('s').
 # - before the first point of its clock era: extrapolated back ('c': corrected when the sync came).
+# - further than max_age from the nearest point: 'u' (the RC clock's rate change makes the error grow
+#   with that distance, interpolated or not).
 # While an era has a single point its rate is unknown (percent, on an RC clock): its readings wait for the
-# second point (the next publishing wake syncs again), for at most max_age.
+# second point (the next publishing wake syncs again), for at most max_age, then go out 'u'.
 # - a point from the gateway (no NTP) makes the readings it times 'u'.
 #
 # A clock era is a stretch of boots over which the RTC ran without being reset: it starts at power-on
@@ -78,7 +80,9 @@ def rate_ppb(ra, ta, rb, tb):
 def map_time(pts, raw, ppb, max_age):
     """(Unix ms, quality) of raw RTC ms through the sync points pts [(raw, true, from_gateway)]:
     interpolated between two points, else extrapolated from the nearest point at the rate ppb (the rate
-    over all the points kept: one bad point moves it little)."""
+    over all the points kept: one bad point moves it little). 's' (or 'c' before the first point) only
+    within max_age of an NTP point, with the rate known (two points): the error grows with the RC clock's
+    rate change times the distance to the nearest point, so further away, or at an unknown rate, 'u'."""
     n = len(pts)
     if n >= 2 and pts[0][0] <= raw <= pts[-1][0]:
         i = 0
@@ -87,15 +91,16 @@ def map_time(pts, raw, ppb, max_age):
         ra, ta, ga = pts[i]
         rb, tb, gb = pts[i + 1]
         t = ta + (raw - ra) * (tb - ta) // (rb - ra)
-        return t, ('u' if ga or gb else 's')
+        near = raw - ra if raw - ra < rb - raw else rb - raw
+        return t, ('u' if ga or gb or near > max_age else 's')
     r0, t0, g = pts[-1] if raw > pts[-1][0] else pts[0]
     el = raw - r0
     t = t0 + el - el * ppb // (1000000000 + ppb)
-    if el < 0:
-        q = 'c'
+    if g or n < 2 or (el if el > 0 else -el) > max_age:
+        q = 'u'
     else:
-        q = 's' if el <= max_age else 'u'
-    return t, ('u' if g else q)
+        q = 'c' if el < 0 else 's'
+    return t, q
 
 
 def load_eras():

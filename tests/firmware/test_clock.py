@@ -232,3 +232,40 @@ def test_ntp_blocked_readings_are_timed_by_the_gateway(
     wakes = [w for w in r.wakes if w.board == "clk-g"]
     assert r.radio_wakes("clk-g") <= len(wakes) // 3 + 2
     print(f"\n{len(got)} readings timed by the gateway, worst |t - truth| {worst} ms")
+
+
+# -- a long gap between two syncs (clock_max_age_s) ------------------------------------------------------
+
+
+def test_readings_far_from_every_sync_are_not_marked_synced(
+    micropython: str, broker: Broker, tmp_path: Path
+) -> None:
+    """The battery below batt_low_mv for 4 hours keeps the radio off: no NTP. The readings of the gap are
+    interpolated between the syncs before and after it, but those more than clock_max_age_s (1 h) from both
+    are not "synced": their error grows with the RC clock's rate change over hours (29 s in
+    bench/soak_fleet.py, marked 's'). docs/firmware.md: readings further than clock_max_age_s from a sync
+    are 'u'. Every reading still arrives, and 's'/'c' ones lie within clock_max_age_s of an NTP answer (the
+    server's own log)."""
+    dur = 7 * HOUR
+    start = past_start(dur)
+    low = [start + HOUR, start + 5 * HOUR]
+    values = {**VALUES, "adc35": {"base": 1.95, "steps": [[low[0], 1.55], [low[1], 1.95]]}}  # 3.1 V, then 3.9 V
+    spec = BoardSpec("clk-gap", config(broker), {"values": values}, drift_ppm=20000, wander_ppm=5000,
+                     wander_period_s=4 * 3600)  # fmt: skip
+    r = run(tmp_path, broker, [spec], start, start + dur)
+    assert not r.rejected(), r.rejected()[:5]
+    truth = r.truth()
+    got = r.readings("clk-gap")
+    taken = [k for k, t in truth.items() if t < start + dur - 30 * MIN]
+    assert taken and all(k in got for k in taken), f"{sum(k in got for k in taken)} of {len(taken)} arrived"
+    answers = sorted(v for v, kind, _ in r.fleet.ntp.log if not kind)
+    assert not [v for v in answers if low[0] + 10 * MIN < v < low[1]], "NTP was asked with the battery low"
+    far = []
+    for k, rd in got.items():
+        d = min(abs(truth[k] - v) for v in answers)
+        if rd.quality in ("s", "c") and d > HOUR + 5 * MIN:
+            far.append((k[2], rd.quality, d // MIN, abs(rd.t_ms - truth[k])))
+    in_gap = [k for k in got if low[0] + 2 * HOUR < truth[k] < low[1] - 2 * HOUR + 10 * MIN]
+    assert in_gap, "no reading in the middle of the gap"
+    assert not far, f"{len(far)} readings s/c over an hour from any NTP answer (seq, q, min, |err| ms): {far[:6]}"
+
