@@ -199,13 +199,15 @@ class Wake:
         self.save()
 
     def want_gateway_time(self):
-        """NTP failed twice in a row and this clock era has no recent NTP time: ask the gateway."""
+        """Ask the gateway for its time when this era's NTP time has not been checked against it yet, when
+        the era is timed by the gateway, or when NTP failed twice in a row and there is no recent NTP time."""
         st = self.st
-        if st.ntp_fails < 2:
-            return False
         pts = st.points()
-        if pts and not pts[-1][2] and self.clk.raw() - pts[-1][0] <= self.clk.max_age:
-            return False
+        if self.clk.checked() and not (pts and pts[-1][2]):
+            if st.ntp_fails < 2:
+                return False
+            if pts and self.clk.raw() - pts[-1][0] <= self.clk.max_age:
+                return False
         if st.gw_skip:  # it did not answer lately (an older gateway?): ask less often
             st.gw_skip -= 1
             return False
@@ -216,6 +218,7 @@ class Wake:
         That instant lies between sending the status and receiving the answer; take the middle."""
         if got is None:
             self.st.gw_skip = 7
+            self.st.flags |= 2  # timebase.CHECKED: nothing to check this era's NTP time against
             log('gwtime', 'none')
             return
         import json

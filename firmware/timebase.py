@@ -40,6 +40,7 @@ ADOPT_MS = const(21600000)  # 6 h
 ADOPT_N = const(6)
 _COR = 'clock.cor'
 _COR_KEEP = const(8)
+CHECKED = const(2)  # st.flags bit: this era's NTP time agreed with the gateway's (or the gateway did not answer)
 
 
 def days_from_civil(y, m, d):
@@ -147,7 +148,13 @@ class Clock:
         st.era_boot = st.boot
         st.set_points([])
         st.cand_n = 0
+        st.flags &= ~CHECKED
         st.last_raw = self.raw()
+
+    def checked(self):
+        """False while this era's NTP time has not been compared with the gateway's (app.py asks it)."""
+        pts = self.st.points()
+        return not pts or pts[-1][2] or bool(self.st.flags & CHECKED)
 
     def stamp(self):
         """Raw RTC ms for a reading taken now (stored with quality 'n', mapped when sent)."""
@@ -179,13 +186,21 @@ class Clock:
 
     def sync(self, true_ms, raw, rtt=0, gateway=False):
         """Offer a time (Unix ms at raw RTC ms). Returns what was done: 'first', 'ok', 'close', 'kept',
-        'implausible', 'conflict' or 'adopted'."""
+        'checked', 'overruled', 'implausible', 'conflict' or 'adopted'.
+
+        The first NTP answer of an era has nothing on the board to be checked against (the RTC may have
+        restarted at 2000-01-01): the gateway's time checks it before any reading is sent with it (app.py
+        asks while checked() is False; its readings wait for a second point anyway). If they disagree, the
+        era's NTP time is dropped ('disputed') and its readings wait for the next answer, checked the same
+        way; if NTP keeps giving the same time (ADOPT_N answers over ADOPT_MS), NTP wins: the gateway's clock
+        is the wrong one then."""
         st = self.st
         if true_ms < MIN_T:
             return 'implausible'
         pts = st.points()
         if not pts:
             st.set_points([(raw, true_ms, gateway)])
+            st.flags &= ~CHECKED
             self.save_era()
             return 'first'
         last = pts[-1]
@@ -196,18 +211,38 @@ class Clock:
         if gateway or last[2]:
             tol += 5 * TOL_MS  # the gateway's time crosses a broker and a queue
         off = true_ms - pred
-        if (off if off > 0 else -off) > tol:
+        bad = (off if off > 0 else -off) > tol
+        if gateway and not self.checked():
+            if bad:  # the era's NTP time is not the gateway's: drop it, its readings wait
+                r1, t1 = last[0], last[1]
+                if self._agrees(r1, t1):
+                    st.cand_n += 1
+                    if st.cand_n >= ADOPT_N and r1 - st.cand_raw >= ADOPT_MS:
+                        st.cand_n = 0
+                        st.flags |= CHECKED
+                        return 'adopted'  # the same NTP time for six hours: the gateway's clock is wrong
+                else:
+                    st.cand_n, st.cand_raw, st.cand_true = 1, r1, t1
+                st.set_points([])
+                self.save_era()
+                return 'disputed'
+            st.cand_n = 0
+            st.flags |= CHECKED
+            return 'checked'
+        if bad:
             if last[2] and not gateway:
-                pts = []  # an NTP answer overrules times that came from the gateway
+                pts = []  # an NTP answer overrules times that came from the gateway (and is checked next)
             elif gateway:
-                return 'conflict'  # and the gateway's time never overrules NTP
+                return 'conflict'  # the gateway's time never overrules NTP time it has checked
             else:
                 return self._conflict(raw, true_ms)
         st.cand_n = 0
         if gateway and pts and not last[2] and el <= self.max_age:
             return 'kept'  # the gateway's time adds nothing to a recent NTP time
         if not gateway:
-            pts = [p for p in pts if not p[2]]
+            pts = [p for p in pts if not p[2]]  # an NTP answer that agrees replaces the gateway's times
+            if not pts:
+                st.flags &= ~CHECKED  # the era's first NTP time: the gateway checks it next
         if pts and raw - pts[-1][0] < MIN_INTERVAL_MS:
             return 'close'
         pts.append((raw, true_ms, gateway))
@@ -219,17 +254,26 @@ class Clock:
         self.save_era()
         return 'ok'
 
+    def _agrees(self, raw, true_ms):
+        """Whether an answer agrees with the candidate (an earlier answer that disagreed with the points)."""
+        st = self.st
+        if not st.cand_n:
+            return False
+        d = (true_ms - st.cand_true) - (raw - st.cand_raw)
+        el = raw - st.cand_raw
+        return (d if d > 0 else -d) <= TOL_MS + (el if el > 0 else -el) * MAX_RATE_PPM // 1000000
+
     def _conflict(self, raw, true_ms):
         st = self.st
         if st.cand_n:
-            d = (true_ms - st.cand_true) - (raw - st.cand_raw)
             el = raw - st.cand_raw
-            if (d if d > 0 else -d) <= TOL_MS + (el if el > 0 else -el) * MAX_RATE_PPM // 1000000:
+            if self._agrees(raw, true_ms):
                 st.cand_n += 1
                 if st.cand_n >= ADOPT_N and el >= ADOPT_MS:
                     st.set_points([(st.cand_raw, st.cand_true, False), (raw, true_ms, False)])
                     st.drift_ppb = rate_ppb(st.cand_raw, st.cand_true, raw, true_ms)
                     st.cand_n = 0
+                    st.flags &= ~CHECKED
                     self.save_era()
                     return 'adopted'
                 return 'conflict'

@@ -269,3 +269,43 @@ def test_readings_far_from_every_sync_are_not_marked_synced(
     assert in_gap, "no reading in the middle of the gap"
     assert not far, f"{len(far)} readings s/c over an hour from any NTP answer (seq, q, min, |err| ms): {far[:6]}"
 
+
+# -- the first answer of a clock era (defect 3, found by bench/soak_fleet.py) ----------------------------
+
+
+def test_a_lying_ntp_server_at_power_on_is_caught_by_the_gateways_time(
+    micropython: str, broker: Broker, tmp_path: Path, influxdb_v1: Proc, influx_db: str
+) -> None:
+    """A board powers on while its NTP server answers a day ahead (for 70 minutes). The first answer of a
+    clock era has nothing to be checked against on the board (the RTC restarted at 2000-01-01), so it became
+    the era's time and every reading went out a day ahead: the gateway dead-lettered them all
+    (time_in_future; 48 readings of one board in bench/soak_fleet.py). The gateway's time (its answer to the
+    board's 'online', already used when NTP is unreachable) checks an era's NTP time before any reading is
+    sent with it: readings wait until NTP and the gateway agree, then arrive, none dead-lettered."""
+    dur = 4 * HOUR
+    start = past_start(dur)
+    lie = NtpFault(start - MIN, start + 70 * MIN, "offset", offset_ms=86_400_000)
+    spec = BoardSpec("clk-p", config(broker), {"values": VALUES}, drift_ppm=-30000, wander_ppm=3000,
+                     wander_period_s=6 * 3600)  # fmt: skip
+    gws: list[GatewayThread] = []
+
+    def prepare(f: Fleet) -> None:
+        f.ntp.faults.append(lie)
+        gws.append(GatewayThread(broker.port, influxdb_v1.url, influx_db, tmp_path / "gw", now_ms=f.vt))
+
+    try:
+        r = run(tmp_path, broker, [spec], start, start + dur, prepare=prepare)
+    finally:
+        gw = gws[0].close() if gws else None
+    assert gw is not None
+    assert lie.applied >= 2, "the server never lied: the test did not exercise the fault"
+    assert not r.rejected(), f"{len(r.rejected())} readings refused by the decoder: {r.rejected()[:2]}"
+    assert gw.pipeline.stats.dead_letters == 0, gw.pipeline.stats.dead_by_reason
+    got = r.readings("clk-p")
+    truth = r.truth()
+    taken = [k for k, t in truth.items() if t < start + dur - 30 * MIN]
+    assert taken and all(k in got for k in taken), f"{sum(k in got for k in taken)} of {len(taken)} arrived"
+    worst = max(abs(got[k].t_ms - truth[k]) for k in taken)
+    assert worst <= 60_000, worst
+    rows = influx_query(influxdb_v1.url, influx_db, "SELECT * FROM reading WHERE device = 'clk-p'", epoch="ms")
+    assert len(rows) == len(got)
