@@ -87,6 +87,7 @@ class Wake:
             st.flags |= 1
             self.problems.append(('adc', 'the metric count changed: %d buffered readings dropped' % lost))
         self.clk = clk
+        clk.before_drop = self.fix_before
         self.vals = [None] * nm
         for _, msg in self.problems:
             log('config', msg)
@@ -173,6 +174,30 @@ class Wake:
         if keys:
             f.append(('cfg', ','.join(keys)[:64]))
         return f
+
+    def fix_before(self, pts, upto):
+        """The clock is about to drop its oldest sync point: every buffered reading of this era taken before
+        raw RTC ms `upto` gets its time now, through pts (still all of them), and keeps it (buffer.freeze)."""
+        st, buf = self.st, self.buf
+        ring = []
+        flash = []
+        k = 0
+        g = buf.pending(buf.fill())
+        for src, r in g:
+            if r is not None and r[3] == 'n' and r[0] >= st.era_boot and r[2] < upto:
+                if src == 0:  # (those fixed before go along unchanged: freeze keeps what it is given)
+                    w = buf.sent_as(r)
+                    t, q = (w[2], w[3]) if w is not None else self.clk.map(pts, r[2])
+                    flash.append((r[0], r[1], t, q))
+                else:
+                    t, q = self.clk.map(pts, r[2])
+                    ring.append((k, t, q))
+            if src == 1:
+                k += 1
+        g.close()
+        if ring or flash:
+            buf.freeze(ring, flash)
+            log('fixed', len(ring) + len(flash))
 
     def sync_clock(self):
         st, cfg = self.st, self.cfg

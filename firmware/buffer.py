@@ -239,13 +239,15 @@ class Buffer:
         return self._sent
 
     def sent_as(self, r):
-        """A flash record as it went out the first time (None: never sent)."""
+        """A flash record with the time it went out with the first time, or was fixed at when its sync points
+        were about to be dropped (app.py fix_before); None: neither."""
         v = self.sent().get((r[0], r[1]))
         return None if v is None else (r[0], r[1], v[0], v[1], r[4])
 
     def freeze(self, ring, flash):
-        """Before a message goes out: ring [(k, t, q)] (k-th ring record from the head) and flash
-        [(boot, seq, t, q)] keep the time they are sent with now, for any later re-send."""
+        """Before a message goes out (or its sync points are dropped): ring [(k, t, q)] (k-th ring record from
+        the head) and flash [(boot, seq, t, q)] keep the time they are sent with now, for any later re-send.
+        flash must hold every pending flash record up to the newest in it (older entries are forgotten)."""
         st = self.st
         for k, t, q in ring:
             struct.pack_into('<qB', st.buf, st.slot((st.head + k) % st.cap) + 8, t, ord(q))

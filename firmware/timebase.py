@@ -26,6 +26,11 @@
 # the prediction but agree with each other (ADOPT_N of them over at least ADOPT_MS, longer than a server
 # lies for a while) replace the points: then the earlier answers (the first of an era cannot be checked),
 # or the RTC, were wrong. The rate estimate is clamped to MAX_RATE_PPM.
+#
+# RTC memory keeps NPTS points. A reading buffered for longer than they span (an outage of the broker while
+# NTP answers) would be mapped from points hours away: before the oldest point is dropped, before_drop
+# (app.py) fixes the time of every buffered reading of the era taken before the next point, through the
+# points around it (buffer.freeze: in the ring itself, in 'buf.sent' for flash records).
 import time
 from micropython import const
 
@@ -127,6 +132,11 @@ class Clock:
         self.hw = hw
         self.max_age = max_age_ms
         self._eras = None
+        self.before_drop = None  # f(pts, raw): points are about to be dropped; readings before raw need them
+
+    def map(self, pts, raw):
+        """(Unix ms, quality) of raw RTC ms of this era through the points pts."""
+        return map_time(pts, raw, self.st.drift_ppb, self.max_age)
 
     def raw(self):
         return tuple_to_ms(self.hw.rtc_tuple())
@@ -246,6 +256,10 @@ class Clock:
         if pts and raw - pts[-1][0] < MIN_INTERVAL_MS:
             return 'close'
         pts.append((raw, true_ms, gateway))
+        if len(pts) > NPTS and self.before_drop is not None:
+            # the oldest point goes: readings still buffered from before the next one would lose the
+            # points around them (an outage outlasts the 4 kept), so their time is fixed now (app.py)
+            self.before_drop(pts, pts[len(pts) - NPTS][0])
         pts = pts[-NPTS:]
         if len(pts) >= 2:
             a, b = pts[0], pts[-1]

@@ -11,7 +11,7 @@ from pathlib import Path
 from helpers import influx_query
 from services import Proc
 
-from sim.board.runner import BoardSpec, Fleet, NtpFault, NtpServer, PowerLoss, Reset, host_ms
+from sim.board.runner import BoardSpec, Fleet, Hook, NtpFault, NtpServer, PowerLoss, Reset, host_ms
 
 from .conftest import Broker, run_mpy
 from .fitl import HOUR, MIN, VALUES, Run, config, past_start, ring_ids, run
@@ -309,3 +309,44 @@ def test_a_lying_ntp_server_at_power_on_is_caught_by_the_gateways_time(
     assert worst <= 60_000, worst
     rows = influx_query(influxdb_v1.url, influx_db, "SELECT * FROM reading WHERE device = 'clk-p'", epoch="ms")
     assert len(rows) == len(got)
+
+
+# -- readings buffered for longer than the sync points kept span (found by bench/soak_fleet.py) ----------
+
+
+def test_readings_buffered_through_an_outage_keep_their_sync_points(
+    micropython: str, broker: Broker, tmp_path: Path
+) -> None:
+    """The broker is down for 3 hours while NTP answers: the board keeps syncing on the wakes its backoff
+    lets the radio on, and buffers its readings (raw RTC time, mapped when sent). RTC memory keeps 4 sync
+    points, so by the time the broker is back the points around the outage's first readings are gone, and
+    those readings were extrapolated from points hours away: 'u', 9 s off although NTP had answered within
+    minutes of them (bench/soak_fleet.py). The time of a reading must come from the points around it:
+    every reading within clock_max_age_s of an NTP answer is 's' or 'c' and within 2 s + 1.5 % of the
+    distance to that answer (docs/firmware.md "Clock error bound")."""
+    dur = 5 * HOUR
+    start = past_start(dur)
+    down = (start + 30 * MIN, start + 3 * HOUR + 30 * MIN)
+    spec = BoardSpec("clk-o", config(broker), {"values": VALUES}, drift_ppm=-35000, wander_ppm=5000,
+                     wander_period_s=3 * 3600)  # fmt: skip
+    hooks = [Hook(down[0], lambda f: broker.stop()), Hook(down[1], lambda f: broker.start())]
+    r = run(tmp_path, broker, [spec], start, start + dur, hooks=hooks)
+    assert not r.rejected(), r.rejected()[:5]
+    truth = r.truth()
+    got = r.readings("clk-o")
+    taken = [k for k, t in truth.items() if t < start + dur - 30 * MIN]
+    assert taken and all(k in got for k in taken), f"{sum(k in got for k in taken)} of {len(taken)} arrived"
+    answers = sorted(v for v, kind, _ in r.fleet.ntp.log if not kind)
+    assert len([v for v in answers if down[0] < v < down[1]]) >= 5, "too few syncs in the outage to drop points"
+    bad = []
+    outage = 0
+    for k in taken:
+        d = min(abs(truth[k] - v) for v in answers)
+        if d > HOUR:
+            continue
+        outage += down[0] <= truth[k] < down[1]
+        err = abs(got[k].t_ms - truth[k])
+        if got[k].quality not in ("s", "c") or err > 2000 + d * 15 // 1000:
+            bad.append((k[2], got[k].quality, d // 1000, err))
+    assert outage >= 30, outage
+    assert not bad, f"{len(bad)} readings near an NTP answer mistimed (seq, q, s to the answer, |err| ms): {bad[:8]}"
