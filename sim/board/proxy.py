@@ -87,8 +87,10 @@ class BrokerProxy:
         self.clock = clock or (lambda: time.time_ns() // 1_000_000)
         self.delivered: list[tuple[str, str, int]] = []
         """(client id, topic, clock ms) of every PUBLISH the broker sent a board (e.g. the gateway's time)."""
-        self.published: list[tuple[str, str, int, bytes]] = []
-        """(client id, topic, clock ms, payload) of every PUBLISH a board sent (whether it got through or not)."""
+        self.published: list[tuple[str, str, int, bytes, bool]] = []
+        """(client id, topic, clock ms, payload, stalled) of every PUBLISH a board sent, whether it got through
+        or not; stalled: sent on a connection gone half-open, so its PUBACK never reached the board (with
+        ``"acks"`` the broker still got it)."""
         self.lsock = socket.create_server(("127.0.0.1", 0))
         self.port = int(self.lsock.getsockname()[1])
         self.half_open: str | None = None
@@ -147,7 +149,7 @@ class BrokerProxy:
             for pkt in _packets(buf):
                 if pkt[0] >> 4 == 3:  # PUBLISH
                     topic, payload = _publish(pkt)
-                    self.published.append((state["client"], topic, self.clock(), payload))
+                    self.published.append((state["client"], topic, self.clock(), payload, state["stalled"]))
             if state["stalled"] and state["half_open"] == "silent":
                 continue  # swallowed: the board's packets go nowhere
             try:
@@ -173,15 +175,17 @@ class BrokerProxy:
                 continue
             buf += chunk
             for pkt in _packets(buf):
+                stall = pkt[0] == 0x40 and state["half_open"]  # the first PUBACK goes through: stall after it
+                if stall:  # (marked before the board can answer it with its next PUBLISH)
+                    state["stalled"] = True
+                    self.stalls += 1
                 try:
                     down.sendall(pkt)
                 except OSError:
                     return
                 if pkt[0] >> 4 == 3:  # PUBLISH
                     self.delivered.append((state["client"], _publish(pkt)[0], self.clock()))
-                if pkt[0] == 0x40 and state["half_open"]:  # the first PUBACK went through: stall here
-                    state["stalled"] = True
-                    self.stalls += 1
+                if stall:
                     break
 
     def close(self) -> None:
