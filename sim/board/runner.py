@@ -361,6 +361,7 @@ class Fleet:
         lib_dir: Path | None = None,
         compiled: bool = True,
         ntp_faults: Iterable[NtpFault] = (),
+        compiled_shims: bool = False,
     ) -> None:
         mp = micropython or find_micropython()
         if not mp:
@@ -375,6 +376,10 @@ class Fleet:
         # deploy .mpy (mpy-cross bytecode) as scripts/deploy.py --compile does (the default): loaded from
         # source, the firmware compiles on the board's heap, which 112K on the 64-bit unix port cannot spare
         self.compiled = compiled
+        # the host shims (machine, network, socket, ...) as .mpy too: a real board has them built in, so they
+        # take no compile time or heap there (bench/soak_fleet.py wakes boards tens of thousands of times)
+        self.compiled_shims = compiled_shims
+        self.shims = SHIMS
         self.clock_file = self.root / "clock"
         self.skip = start_vt - host_ms()
         self.wakes: list[WakeRecord] = []
@@ -407,6 +412,15 @@ class Fleet:
         if not self.ntp_port:
             self.start_ntp()
         start = self.vt()
+        built = self.root / ".mpy"  # each firmware file compiled once, copied to every board
+        if self.compiled_shims:
+            self.shims = self.root / ".shims"
+            self.shims.mkdir(parents=True, exist_ok=True)
+            for f in SHIMS.glob("*.py"):
+                if f.name == "start.py":  # run as the script: stays source
+                    shutil.copy2(f, self.shims / f.name)
+                else:
+                    subprocess.run(["mpy-cross", "-o", str(self.shims / (f.stem + ".mpy")), str(f)], check=True)
         for spec in self.boards.values():
             fl, hw = self.flash(spec.name), self.hwdir(spec.name)
             fl.mkdir(parents=True, exist_ok=True)
@@ -415,7 +429,11 @@ class Fleet:
                 if f.name in ("config_local.py", "secrets.py"):
                     continue
                 if self.compiled and f.name not in ("boot.py", "main.py"):
-                    subprocess.run(["mpy-cross", "-o", str(fl / (f.stem + ".mpy")), str(f)], check=True)
+                    mpy = built / (f.stem + ".mpy")
+                    if not mpy.exists():
+                        built.mkdir(parents=True, exist_ok=True)
+                        subprocess.run(["mpy-cross", "-o", str(mpy), str(f)], check=True)
+                    shutil.copy2(mpy, fl / mpy.name)
                 else:
                     shutil.copy2(f, fl / f.name)
             if self.lib_dir is not None:  # extra MicroPython libraries for lib/ (the firmware itself needs none)
@@ -484,7 +502,7 @@ class Fleet:
         out = hw / "wake.out"
         with out.open("wb") as fo:
             proc = subprocess.Popen(
-                [self.mp, "-X", f"heapsize={self.heap}", str(SHIMS / "start.py")],
+                [self.mp, "-X", f"heapsize={self.heap}", str(self.shims / "start.py")],
                 cwd=fl,
                 env=env,
                 stdout=fo,
