@@ -162,7 +162,7 @@ class Plan:
             boards=boards,
             days=days,
             half_open_h=(26 * f, 26 * f + 1),
-            ntp_blocked_h=(40 * f, 40 * f + min(24, 20 * f)),
+            ntp_blocked_h=(40 * f, 40 * f + min(24, 24 * f)),  # a day
             broker_down_h=(100 * f, 100 * f + min(6, 12 * f)),
             liars=tuple(sorted({b(4), b(9), b(14), b(19)})),
             lies=(
