@@ -19,6 +19,7 @@ Needs the MicroPython unix port, mpy-cross, mosquitto and influxd (scripts/setup
 from __future__ import annotations
 
 import argparse
+import pickle
 import shutil
 import signal
 import sys
@@ -57,6 +58,9 @@ def main() -> int:
     finally:
         broker.stop()
         influx.stop()
+    if a.root:  # the result itself, to print it again (python -c "import pickle; ...; print(report(r))")
+        with (root / "result.pkl").open("wb") as f:
+            pickle.dump(res, f)
     print(report(res))
     print(f"total wall time {time.monotonic() - t0:.0f} s")
     if not a.root:

@@ -903,6 +903,48 @@ def _pct(xs: list[int], q: float) -> int:
     return s[min(len(s) - 1, int(len(s) * q))] if s else 0
 
 
+def _day_faults(p: Plan, d: int) -> str:
+    """What the plan did on day d (0-based) of the run."""
+    lo, hi = d * 24, (d + 1) * 24
+    names = []
+    for label, span in (("half-open broker", p.half_open_h), ("NTP blocked", p.ntp_blocked_h),
+                        ("broker down", p.broker_down_h)):  # fmt: skip
+        if span and span[0] < hi and span[1] > lo:
+            names.append(f"{label} {max(lo, span[0]) - lo:g}-{min(hi, span[1]) - lo:g} h")
+    names += [f"NTP lies ({x.kind})" for x in p.lies if x.start_h < hi and x.end_h > lo]
+    names += ["low battery" for _, a, b in p.low_battery if a < hi and b > lo]
+    for label, evs in (("brown-out", p.brownouts), ("watchdog", p.watchdogs), ("power loss", p.power_losses)):
+        n = sum(1 for e in evs if lo <= e.at_h < hi)
+        if n:
+            names.append(f"{n} {label}")
+    if d * 24 >= p.days * 24:
+        names.append("drain")
+    return ", ".join(names) or "normal"
+
+
+def radio_days(res: SoakResult) -> list[str]:
+    """Radio-on time per board and day: measured on the host (the network shim's radio on/off), and with
+    ASSOC_S of Wi-Fi association and DHCP per radio wake added (what a board on a real access point spends),
+    against the documented budget (docs/firmware.md "Power budget")."""
+    p = res.plan
+    ndays = math.ceil(p.hours / 24)
+    out = ["radio on per board and day (median / max over the boards): host-measured s, with association"
+           f" (+{ASSOC_S:g} s per radio wake), radio wakes; budget = the smallest of the boards' budgets",
+           "day  radio s (host)   with assoc   radio wakes   budget  what happened"]  # fmt: skip
+    for d in range(ndays):
+        ms = sorted(a.radio_day_ms[d] / 1000 for a in res.boards)
+        wk = sorted(a.radio_day_wakes[d] for a in res.boards)
+        est = sorted(a.radio_day_ms[d] / 1000 + ASSOC_S * a.radio_day_wakes[d] for a in res.boards)
+        hours = min(24.0, p.hours - d * 24)
+        part = f" ({hours:g} h)" if hours < 24 else ""
+        out.append(
+            f"{d + 1:3d}  {ms[len(ms) // 2]:6.1f} / {ms[-1]:5.1f}  {est[len(est) // 2]:5.0f} / {est[-1]:4.0f}"
+            f"  {wk[len(wk) // 2]:5d} / {wk[-1]:3d}  {min(a.budget_s() for a in res.boards):6.0f}  "
+            f"{_day_faults(p, d)}{part}"
+        )
+    return out
+
+
 def report(res: SoakResult) -> str:
     p = res.plan
     days = p.hours / 24
@@ -954,6 +996,7 @@ def report(res: SoakResult) -> str:
             f"{q} {len(xs):10d} {_pct(xs, 0.5):6d}ms {_pct(xs, 0.9):6d}ms {_pct(xs, 0.99):6d}ms {_pct(xs, 1.0):6d}ms"
             f" {sorted(bs)[len(bs) // 2]:6d}/{min(bs):5d}ms {over:5d}   {ratio:.2f}"
         )
+    out += ["", *radio_days(res)]
     out += ["", "per board, max |error| by quality (ms):"]
     for a in res.boards:
         qs = "  ".join(f"{q}: {len(xs)} max {_pct(xs, 1.0)}" for q, xs in sorted(a.errors.items()))
