@@ -581,8 +581,10 @@ class Soak:
                 )
             )
         # the same MicroPython, started without a CPython interpreter around it (sim/board/launcher.py): tens of
-        # thousands of wakes
-        native = native_micropython(REPO / ".run" / "micropython-native") if find_micropython() else None
+        # thousands of wakes ($EDGEKIT_MICROPYTHON, a binary of one's own, wins)
+        native = None
+        if not os.environ.get("EDGEKIT_MICROPYTHON") and find_micropython():
+            native = native_micropython(REPO / ".run" / "micropython-native")
         self.fleet = Fleet(self.root / "fleet", self.specs, start_vt=self.start, heap="112K", wdt_ms=45_000,
                            micropython=native, compiled_shims=True)  # fmt: skip
         self.cut_images: dict[int, set[int]] = {}
