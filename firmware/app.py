@@ -87,6 +87,7 @@ class Wake:
             st.flags |= 1
             self.problems.append(('adc', 'the metric count changed: %d buffered readings dropped' % lost))
         self.clk = clk
+        clk.before_drop = self.fix_before
         self.vals = [None] * nm
         for _, msg in self.problems:
             log('config', msg)
@@ -174,6 +175,30 @@ class Wake:
             f.append(('cfg', ','.join(keys)[:64]))
         return f
 
+    def fix_before(self, pts, upto):
+        """The clock is about to drop its oldest sync point: every buffered reading of this era taken before
+        raw RTC ms `upto` gets its time now, through pts (still all of them), and keeps it (buffer.freeze)."""
+        st, buf = self.st, self.buf
+        ring = []
+        flash = []
+        k = 0
+        g = buf.pending(buf.fill())
+        for src, r in g:
+            if r is not None and r[3] == 'n' and r[0] >= st.era_boot and r[2] < upto:
+                if src == 0:  # (those fixed before go along unchanged: freeze keeps what it is given)
+                    w = buf.sent_as(r)
+                    t, q = (w[2], w[3]) if w is not None else self.clk.map(pts, r[2])
+                    flash.append((r[0], r[1], t, q))
+                else:
+                    t, q = self.clk.map(pts, r[2])
+                    ring.append((k, t, q))
+            if src == 1:
+                k += 1
+        g.close()
+        if ring or flash:
+            buf.freeze(ring, flash)
+            log('fixed', len(ring) + len(flash))
+
     def sync_clock(self):
         st, cfg = self.st, self.cfg
         if not self.clk.need_sync(cfg['sync_every_s'] * 1000):
@@ -199,13 +224,15 @@ class Wake:
         self.save()
 
     def want_gateway_time(self):
-        """NTP failed twice in a row and this clock era has no recent NTP time: ask the gateway."""
+        """Ask the gateway for its time when this era's NTP time has not been checked against it yet, when
+        the era is timed by the gateway, or when NTP failed twice in a row and there is no recent NTP time."""
         st = self.st
-        if st.ntp_fails < 2:
-            return False
         pts = st.points()
-        if pts and not pts[-1][2] and self.clk.raw() - pts[-1][0] <= self.clk.max_age:
-            return False
+        if self.clk.checked() and not (pts and pts[-1][2]):
+            if st.ntp_fails < 2:
+                return False
+            if pts and self.clk.raw() - pts[-1][0] <= self.clk.max_age:
+                return False
         if st.gw_skip:  # it did not answer lately (an older gateway?): ask less often
             st.gw_skip -= 1
             return False
@@ -216,6 +243,7 @@ class Wake:
         That instant lies between sending the status and receiving the answer; take the middle."""
         if got is None:
             self.st.gw_skip = 7
+            self.st.flags |= 2  # timebase.CHECKED: nothing to check this era's NTP time against
             log('gwtime', 'none')
             return
         import json
@@ -257,9 +285,13 @@ class Wake:
                 total = buf.fill()
                 g = buf.pending(codec.MAX_READINGS + 1)
                 ndrop = 0
+                fz_ring = []  # the time each reading goes out with, kept for a re-send (buffer.freeze)
+                fz_log = []
                 for src, r in g:
                     if r is not None:
-                        w = self.clk.fix(r)
+                        w = buf.sent_as(r) if src == 0 and r[3] == 'n' else None
+                        if w is None:
+                            w = self.clk.fix(r)
                         if w is None:  # this clock era has no time yet: it and all after it wait
                             held = True
                             break
@@ -268,8 +300,14 @@ class Wake:
                         elif not bat.add((w[0], w[1], w[2], w[3], self.pairs(w[4]))):
                             more = True
                             break
-                        elif w[2] > last_t:
-                            last_t = w[2]
+                        else:
+                            if r[3] == 'n':
+                                if src == 0:
+                                    fz_log.append((w[0], w[1], w[2], w[3]))
+                                else:
+                                    fz_ring.append((nring, w[2], w[3]))
+                            if w[2] > last_t:
+                                last_t = w[2]
                     if src == 0:
                         nlog += 1
                     else:
@@ -283,6 +321,7 @@ class Wake:
                     t, q = self.clk.now()
                     flushed = t if q == 's' and t > last_t else (last_t or None)
                 if bat.count or flushed is not None:
+                    buf.freeze(fz_ring, fz_log)
                     msg = bat.finish(flushed)
                     up.publish(up.t_readings, msg)  # returns after PUBACK
                     log('pub', bat.count, len(msg), 'flushed', flushed)

@@ -18,6 +18,13 @@
 #
 # The ack file also records the record size: a log written with another metric count is not misread
 # (its readings are counted as discarded: FlashLog.discarded; app.py reports it).
+#
+# A reading is stored with its raw RTC time (quality 'n') and mapped to Unix time when it is sent
+# (timebase.py); once sent, it must keep that time (docs/protocol.md: a re-send carries the t it had the
+# first time, the gateway tells re-sends from a restarted boot counter by it). freeze() records the time a
+# reading goes out with before the message is written: in the ring in RTC memory itself (the record's t
+# and quality byte), and for flash records, which are never rewritten, in 'buf.sent' ("boot seq t q" lines,
+# replaced atomically; one small write per message that carries flash records not sent before).
 import os
 import struct
 from binascii import crc32
@@ -26,6 +33,7 @@ from micropython import const
 ABSENT = const(-2147483648)
 _ACK = 'buf.ack'
 _ACK_TMP = 'buf.ack.tmp'
+_SENT = 'buf.sent'
 
 
 def rec_size(nmetrics):
@@ -159,6 +167,7 @@ class Buffer:
         self.rec = rec_size(nmetrics)
         self.log = FlashLog(self.rec, log_max)
         self.save = save  # writes st to RTC memory
+        self._sent = None  # (boot, seq) -> (t, q) of flash records already sent once (buf.sent)
 
     def fill(self):
         return self.st.count + self.log.pending()
@@ -214,6 +223,58 @@ class Buffer:
             yield 1, self.decode(st.mv[st.slot((st.head + k) % st.cap):])
             k += 1
             n += 1
+
+    def sent(self):
+        if self._sent is None:
+            d = {}
+            try:
+                with open(_SENT) as f:
+                    for line in f:
+                        p = line.split()
+                        if len(p) == 4:
+                            d[(int(p[0]), int(p[1]))] = (int(p[2]), p[3])
+            except (OSError, ValueError):
+                pass
+            self._sent = d
+        return self._sent
+
+    def sent_as(self, r):
+        """A flash record with the time it went out with the first time, or was fixed at when its sync points
+        were about to be dropped (app.py fix_before); None: neither."""
+        v = self.sent().get((r[0], r[1]))
+        return None if v is None else (r[0], r[1], v[0], v[1], r[4])
+
+    def freeze(self, ring, flash):
+        """Before a message goes out (or its sync points are dropped): ring [(k, t, q)] (k-th ring record from
+        the head) and flash [(boot, seq, t, q)] keep the time they are sent with now, for any later re-send.
+        flash must hold every pending flash record up to the newest in it (older entries are forgotten)."""
+        st = self.st
+        for k, t, q in ring:
+            struct.pack_into('<qB', st.buf, st.slot((st.head + k) % st.cap) + 8, t, ord(q))
+        if ring:
+            self.save()
+        if not flash:
+            return
+        d = self.sent()
+        new = False
+        for b, s, t, q in flash:
+            if d.get((b, s)) != (t, q):
+                new = True
+        if not new:
+            return
+        lo = min([(b, s) for b, s, _, _ in flash])
+        keep = {}
+        for k in d:
+            if k >= lo:  # older entries belong to readings acknowledged since
+                keep[k] = d[k]
+        for b, s, t, q in flash:
+            keep[(b, s)] = (t, q)
+        with open(_SENT + '.tmp', 'w') as f:
+            for k in keep:
+                v = keep[k]
+                f.write('%d %d %d %s\n' % (k[0], k[1], v[0], v[1]))
+        os.rename(_SENT + '.tmp', _SENT)
+        self._sent = keep
 
     def consume(self, nlog, nring):
         if nlog:

@@ -6,10 +6,12 @@
 # - between two sync points: interpolated ('s'). The ESP32's default deep-sleep clock is an RC
 #   oscillator that runs percent fast or slow and wanders with temperature; interpolation cancels its rate
 #   error, so a board that syncs at every publishing wake sends readings timed to ~the NTP error.
-# - after the last point: extrapolated at the last interval's rate ('s' up to max_age, then 'u').
+# - after the last point: extrapolated at the rate over the points kept ('s').
 # - before the first point of its clock era: extrapolated back ('c': corrected when the sync came).
+# - further than max_age from the nearest point: 'u' (the RC clock's rate change makes the error grow
+#   with that distance, interpolated or not).
 # While an era has a single point its rate is unknown (percent, on an RC clock): its readings wait for the
-# second point (the next publishing wake syncs again), for at most max_age.
+# second point (the next publishing wake syncs again), for at most max_age, then go out 'u'.
 # - a point from the gateway (no NTP) makes the readings it times 'u'.
 #
 # A clock era is a stretch of boots over which the RTC ran without being reset: it starts at power-on
@@ -24,6 +26,11 @@
 # the prediction but agree with each other (ADOPT_N of them over at least ADOPT_MS, longer than a server
 # lies for a while) replace the points: then the earlier answers (the first of an era cannot be checked),
 # or the RTC, were wrong. The rate estimate is clamped to MAX_RATE_PPM.
+#
+# RTC memory keeps NPTS points. A reading buffered for longer than they span (an outage of the broker while
+# NTP answers) would be mapped from points hours away: before the oldest point is dropped, before_drop
+# (app.py) fixes the time of every buffered reading of the era taken before the next point, through the
+# points around it (buffer.freeze: in the ring itself, in 'buf.sent' for flash records).
 import time
 from micropython import const
 
@@ -38,6 +45,7 @@ ADOPT_MS = const(21600000)  # 6 h
 ADOPT_N = const(6)
 _COR = 'clock.cor'
 _COR_KEEP = const(8)
+CHECKED = const(2)  # st.flags bit: this era's NTP time agreed with the gateway's (or the gateway did not answer)
 
 
 def days_from_civil(y, m, d):
@@ -78,7 +86,9 @@ def rate_ppb(ra, ta, rb, tb):
 def map_time(pts, raw, ppb, max_age):
     """(Unix ms, quality) of raw RTC ms through the sync points pts [(raw, true, from_gateway)]:
     interpolated between two points, else extrapolated from the nearest point at the rate ppb (the rate
-    over all the points kept: one bad point moves it little)."""
+    over all the points kept: one bad point moves it little). 's' (or 'c' before the first point) only
+    within max_age of an NTP point, with the rate known (two points): the error grows with the RC clock's
+    rate change times the distance to the nearest point, so further away, or at an unknown rate, 'u'."""
     n = len(pts)
     if n >= 2 and pts[0][0] <= raw <= pts[-1][0]:
         i = 0
@@ -87,15 +97,16 @@ def map_time(pts, raw, ppb, max_age):
         ra, ta, ga = pts[i]
         rb, tb, gb = pts[i + 1]
         t = ta + (raw - ra) * (tb - ta) // (rb - ra)
-        return t, ('u' if ga or gb else 's')
+        near = raw - ra if raw - ra < rb - raw else rb - raw
+        return t, ('u' if ga or gb or near > max_age else 's')
     r0, t0, g = pts[-1] if raw > pts[-1][0] else pts[0]
     el = raw - r0
     t = t0 + el - el * ppb // (1000000000 + ppb)
-    if el < 0:
-        q = 'c'
+    if g or n < 2 or (el if el > 0 else -el) > max_age:
+        q = 'u'
     else:
-        q = 's' if el <= max_age else 'u'
-    return t, ('u' if g else q)
+        q = 'c' if el < 0 else 's'
+    return t, q
 
 
 def load_eras():
@@ -121,6 +132,11 @@ class Clock:
         self.hw = hw
         self.max_age = max_age_ms
         self._eras = None
+        self.before_drop = None  # f(pts, raw): points are about to be dropped; readings before raw need them
+
+    def map(self, pts, raw):
+        """(Unix ms, quality) of raw RTC ms of this era through the points pts."""
+        return map_time(pts, raw, self.st.drift_ppb, self.max_age)
 
     def raw(self):
         return tuple_to_ms(self.hw.rtc_tuple())
@@ -142,7 +158,13 @@ class Clock:
         st.era_boot = st.boot
         st.set_points([])
         st.cand_n = 0
+        st.flags &= ~CHECKED
         st.last_raw = self.raw()
+
+    def checked(self):
+        """False while this era's NTP time has not been compared with the gateway's (app.py asks it)."""
+        pts = self.st.points()
+        return not pts or pts[-1][2] or bool(self.st.flags & CHECKED)
 
     def stamp(self):
         """Raw RTC ms for a reading taken now (stored with quality 'n', mapped when sent)."""
@@ -174,13 +196,21 @@ class Clock:
 
     def sync(self, true_ms, raw, rtt=0, gateway=False):
         """Offer a time (Unix ms at raw RTC ms). Returns what was done: 'first', 'ok', 'close', 'kept',
-        'implausible', 'conflict' or 'adopted'."""
+        'checked', 'overruled', 'implausible', 'conflict' or 'adopted'.
+
+        The first NTP answer of an era has nothing on the board to be checked against (the RTC may have
+        restarted at 2000-01-01): the gateway's time checks it before any reading is sent with it (app.py
+        asks while checked() is False; its readings wait for a second point anyway). If they disagree, the
+        era's NTP time is dropped ('disputed') and its readings wait for the next answer, checked the same
+        way; if NTP keeps giving the same time (ADOPT_N answers over ADOPT_MS), NTP wins: the gateway's clock
+        is the wrong one then."""
         st = self.st
         if true_ms < MIN_T:
             return 'implausible'
         pts = st.points()
         if not pts:
             st.set_points([(raw, true_ms, gateway)])
+            st.flags &= ~CHECKED
             self.save_era()
             return 'first'
         last = pts[-1]
@@ -191,21 +221,45 @@ class Clock:
         if gateway or last[2]:
             tol += 5 * TOL_MS  # the gateway's time crosses a broker and a queue
         off = true_ms - pred
-        if (off if off > 0 else -off) > tol:
+        bad = (off if off > 0 else -off) > tol
+        if gateway and not self.checked():
+            if bad:  # the era's NTP time is not the gateway's: drop it, its readings wait
+                r1, t1 = last[0], last[1]
+                if self._agrees(r1, t1):
+                    st.cand_n += 1
+                    if st.cand_n >= ADOPT_N and r1 - st.cand_raw >= ADOPT_MS:
+                        st.cand_n = 0
+                        st.flags |= CHECKED
+                        return 'adopted'  # the same NTP time for six hours: the gateway's clock is wrong
+                else:
+                    st.cand_n, st.cand_raw, st.cand_true = 1, r1, t1
+                st.set_points([])
+                self.save_era()
+                return 'disputed'
+            st.cand_n = 0
+            st.flags |= CHECKED
+            return 'checked'
+        if bad:
             if last[2] and not gateway:
-                pts = []  # an NTP answer overrules times that came from the gateway
+                pts = []  # an NTP answer overrules times that came from the gateway (and is checked next)
             elif gateway:
-                return 'conflict'  # and the gateway's time never overrules NTP
+                return 'conflict'  # the gateway's time never overrules NTP time it has checked
             else:
                 return self._conflict(raw, true_ms)
         st.cand_n = 0
         if gateway and pts and not last[2] and el <= self.max_age:
             return 'kept'  # the gateway's time adds nothing to a recent NTP time
         if not gateway:
-            pts = [p for p in pts if not p[2]]
+            pts = [p for p in pts if not p[2]]  # an NTP answer that agrees replaces the gateway's times
+            if not pts:
+                st.flags &= ~CHECKED  # the era's first NTP time: the gateway checks it next
         if pts and raw - pts[-1][0] < MIN_INTERVAL_MS:
             return 'close'
         pts.append((raw, true_ms, gateway))
+        if len(pts) > NPTS and self.before_drop is not None:
+            # the oldest point goes: readings still buffered from before the next one would lose the
+            # points around them (an outage outlasts the 4 kept), so their time is fixed now (app.py)
+            self.before_drop(pts, pts[len(pts) - NPTS][0])
         pts = pts[-NPTS:]
         if len(pts) >= 2:
             a, b = pts[0], pts[-1]
@@ -214,17 +268,26 @@ class Clock:
         self.save_era()
         return 'ok'
 
+    def _agrees(self, raw, true_ms):
+        """Whether an answer agrees with the candidate (an earlier answer that disagreed with the points)."""
+        st = self.st
+        if not st.cand_n:
+            return False
+        d = (true_ms - st.cand_true) - (raw - st.cand_raw)
+        el = raw - st.cand_raw
+        return (d if d > 0 else -d) <= TOL_MS + (el if el > 0 else -el) * MAX_RATE_PPM // 1000000
+
     def _conflict(self, raw, true_ms):
         st = self.st
         if st.cand_n:
-            d = (true_ms - st.cand_true) - (raw - st.cand_raw)
             el = raw - st.cand_raw
-            if (d if d > 0 else -d) <= TOL_MS + (el if el > 0 else -el) * MAX_RATE_PPM // 1000000:
+            if self._agrees(raw, true_ms):
                 st.cand_n += 1
                 if st.cand_n >= ADOPT_N and el >= ADOPT_MS:
                     st.set_points([(st.cand_raw, st.cand_true, False), (raw, true_ms, False)])
                     st.drift_ppb = rate_ppb(st.cand_raw, st.cand_true, raw, true_ms)
                     st.cand_n = 0
+                    st.flags &= ~CHECKED
                     self.save_era()
                     return 'adopted'
                 return 'conflict'

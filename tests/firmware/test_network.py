@@ -339,3 +339,63 @@ def test_dns_that_does_not_answer_costs_one_timeout_and_the_answer_is_kept(
         f" radio-on ms of the wakes that met the silent server"
         f" {[w.radio_ms() for w in attempts(wakes) if w.start_vt < dns_down[1]]}"
     )
+
+
+def test_a_reading_sent_again_carries_the_time_it_was_first_sent_with(
+    micropython: str, broker: Broker, tmp_path: Path
+) -> None:
+    """docs/protocol.md: the board re-sends a reading until the broker acknowledged it, "always with the t it
+    had the first time" (the gateway tells a re-send from a board whose boot counter restarted by that time,
+    docs/reliability.md). For an hour the board's messages reach the broker but the PUBACKs are lost (the
+    link back to the board dies, sim/board/proxy.py "acks"): every reading of those messages is sent again
+    later, after several NTP syncs have moved the sync points it was timed by. Each identity must arrive with
+    one (t, q) only. Found by bench/soak_fleet.py: a reading sent as 's' came again as 'c' 1 ms later, so the
+    gateway took it for a new reading and InfluxDB held it twice."""
+    from sim.board.proxy import BrokerProxy
+
+    start = host_ms() - 4 * 3_600_000
+    holder: list[Fleet] = []
+    proxy = BrokerProxy(broker.port, clock=lambda: holder[0].vt())
+    cfg = {
+        "site": "lab",
+        "broker": "127.0.0.1",
+        "port": proxy.port,
+        "wifi_ssid": "sim",
+        "publish_every": 1,
+        "sleep_s": 300,
+        "sync_every_s": 300,
+        "wake_timeout_s": 20,
+        "wifi_timeout_s": 1,
+        "net_timeout_s": 2,
+    }
+    lossy = (start + 30 * MIN, start + 90 * MIN)
+    fleet = Fleet(tmp_path / "fleet", [BoardSpec("fw-ack", cfg, VALUES, drift_ppm=20000)], start_vt=start,
+                  wdt_ms=25_000)  # fmt: skip
+    holder.append(fleet)
+    fleet.prepare()
+    sub = Subscriber(broker.port)
+    hooks = [Hook(lossy[0], lambda f: setattr(proxy, "half_open", "acks")),
+             Hook(lossy[1], lambda f: setattr(proxy, "half_open", None))]  # fmt: skip
+    try:
+        fleet.run(lossy[1] + 60 * MIN, hooks=hooks, on_wake=no_watchdog)
+        time.sleep(1.0)
+    finally:
+        sub.close()
+        fleet.stop_ntp()
+        proxy.close()
+    assert proxy.stalls >= 2, "no PUBACK was lost: the test did not exercise the fault"
+    sent: dict[tuple[str, int, int], set[tuple[int, str]]] = {}
+    copies: dict[tuple[str, int, int], int] = {}
+    with sub.lock:
+        for topic, payload, rcv in sub.msgs:
+            msg = decode(topic, payload, rcv)
+            if isinstance(msg, Batch):
+                for r in msg.readings:
+                    sent.setdefault(r.key, set()).add((r.t_ms, r.quality))
+                    copies[r.key] = copies.get(r.key, 0) + 1
+    again = [k for k, n in copies.items() if n > 1]
+    assert again, "no reading was sent twice: the test did not exercise the fault"
+    moved = {k: sorted(v) for k, v in sent.items() if len(v) > 1}
+    assert not moved, f"{len(moved)} of {len(again)} readings sent again with another time: {list(moved.items())[:3]}"
+    taken = {(r.board, r.boot, r.seq) for r in fleet.readings_taken()}
+    assert set(sent) == taken, sorted(taken - set(sent))

@@ -117,3 +117,60 @@ def test_clock_model(micropython: str, tmp_path: Path) -> None:
     cor = out["COR"][0].split()
     assert cor[0] == "c" and cor[1] == "False"  # an era on flash still maps; one without points never will
     assert int(out["CLAMP"][0]) == 100_000_000  # a rate beyond 10 % is clamped (no int32 wrap)
+
+
+GATEWAY_CHECK = """
+from timebase import Clock, ms_to_tuple
+from state import State
+
+class FakeRTC:
+    def __init__(self, ppm):
+        self.true = 0; self.ppm = ppm
+    def rtc_tuple(self):
+        el = self.true - T0
+        return ms_to_tuple(946684800000 + el + el * self.ppm // 1000000)
+
+T0 = 1764072000000
+DAY = 86400000
+hw = FakeRTC(-30000); hw.true = T0
+st = State(2048, 33); st.boot = 1; st.era_boot = 1
+clk = Clock(st, hw, 3600000)
+r = (1, 0, clk.stamp(), 'n', [])
+out = []
+out.append(clk.sync(T0 + DAY, clk.raw()))                # the era's first NTP answer: a day ahead
+out.append(str(clk.checked()))
+out.append(clk.sync(T0 + 50, clk.raw() + 50, 100, True))  # the gateway disagrees: dropped, the reading waits
+out.append(str(clk.fix(r)))
+hw.true += 900000
+out.append(clk.sync(hw.true, clk.raw()))                 # a true answer: the era's first again
+out.append(clk.sync(hw.true + 200, clk.raw() + 200, 100, True))  # agrees with the gateway
+out.append(str(clk.checked()))
+hw.true += 900000
+out.append(clk.sync(hw.true, clk.raw()))
+w = clk.fix(r)
+out.append('%s %d' % (w[3], w[2] - T0))
+print('A', ' '.join(out))
+# a gateway whose clock is wrong: NTP keeps giving the same time, and wins after six answers over six hours
+hw2 = FakeRTC(20000); hw2.true = T0
+st2 = State(2048, 33); st2.boot = 1; st2.era_boot = 1
+c2 = Clock(st2, hw2, 3600000)
+res = []
+for k in range(8):
+    hw2.true = T0 + k * 3600000
+    res.append(c2.sync(hw2.true, c2.raw()))
+    res.append(c2.sync(hw2.true + 600000, c2.raw(), 100, True))  # the gateway is 10 minutes ahead
+print('B', ' '.join(res), c2.checked())
+"""
+
+
+def test_an_eras_ntp_time_is_checked_against_the_gateways(micropython: str, tmp_path: Path) -> None:
+    r = run_mpy(micropython, GATEWAY_CHECK, tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = {ln.split(" ", 1)[0]: ln.split(" ", 1)[1] for ln in r.stdout.splitlines() if ln[:2] in ("A ", "B ")}
+    a = out["A"].split()
+    assert a[:4] == ["first", "False", "disputed", "None"], a
+    assert a[4:8] == ["first", "checked", "True", "ok"], a
+    assert a[8] == "c" and abs(int(a[9])) <= 2, a  # timed by NTP once the gateway agreed
+    b = out["B"].split()
+    assert b[:2] == ["first", "disputed"] and b[-1] == "True", b
+    assert "adopted" in b and b.index("adopted") >= 11, b  # not before six answers over six hours

@@ -94,6 +94,24 @@ def truth(line):
         f.write(line + '\n')
 
 
+def tag():
+    """The next number of the world's measurement counter (hw/tag.n, 1, 2, ...): the scenario's "tag_pin"
+    ADC reads it, so every reading carries, in its values, which measurement it is, whatever the firmware
+    makes of its identity. The counter is the world's (it survives power losses); the number is persisted
+    before the truth line is written and before the firmware sees it."""
+    p = DIR + '/tag.n'
+    try:
+        with open(p) as f:
+            n = int(f.read()) + 1
+    except (OSError, ValueError):
+        n = 1
+    with open(p + '.tmp', 'w') as f:
+        f.write(str(n))
+    os.rename(p + '.tmp', p)
+    truth('tag %d %d' % (n, vt()))
+    return n
+
+
 def end_process(sleep_ms):
     """Deep sleep: record when to wake, then end the process (the runner starts it again)."""
     write_json('sleep.json', {'at': vt(), 'ms': int(sleep_ms)})

@@ -195,7 +195,9 @@ class I2C:
 
 
 class ADC:
-    """ADC answering the scenario value named 'adc<pin>' in microvolts at the pin."""
+    """ADC answering the scenario value named 'adc<pin>' in microvolts at the pin; on the scenario's
+    "tag_pin" it reads the world's measurement counter (_simboard.tag) as that many millivolts (+ 0.5 mV, so
+    the firmware's integer millivolts are exactly the number)."""
     ATTN_0DB = 0
     ATTN_2_5DB = 1
     ATTN_6DB = 2
@@ -212,6 +214,8 @@ class ADC:
         pass
 
     def read_uv(self):
+        if self.pin == _sb.SCN.get('tag_pin'):
+            return _sb.tag() * 1000 + 500
         return int(_sb.value('adc%d' % self.pin, 1.0) * 1000000)
 
     def read_u16(self):
