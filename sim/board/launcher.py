@@ -64,7 +64,7 @@ def native_micropython(cache: Path) -> str | None:
     if exe.exists():
         return str(exe)
     exe.parent.mkdir(parents=True, exist_ok=True)
-    src = exe.with_suffix(".cpp")
+    src = exe.with_suffix(f".{os.getpid()}.cpp")  # per process: test workers may build at once
     src.write_text(SOURCE)
     lib = ldlib[3:-3] if ldlib.startswith("lib") else ldlib  # libpython3.11.so -> python3.11
     tmp = exe.with_suffix(f".tmp{os.getpid()}")
@@ -76,6 +76,8 @@ def native_micropython(cache: Path) -> str | None:
     except (OSError, subprocess.SubprocessError):
         tmp.unlink(missing_ok=True)
         return None
+    finally:
+        src.unlink(missing_ok=True)
     if probe.returncode != 0 or probe.stdout.strip() != b"42":
         tmp.unlink(missing_ok=True)
         return None
