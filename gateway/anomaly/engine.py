@@ -27,7 +27,14 @@ from ..schema import declare
 from .config import AnomalySpec, GroupSpec
 from .detector import Detector, Event, Result
 
-__all__ = ["ANOMALY_MEASUREMENT", "MAX_ABS_VALUE", "SNAPSHOT_VERSION", "AnomalyEngine", "AnomalyOutput"]
+__all__ = [
+    "ANOMALY_MEASUREMENT",
+    "MAX_ABS_VALUE",
+    "SNAPSHOT_VERSION",
+    "AnomalyEngine",
+    "AnomalyOutput",
+    "ReadingResult",
+]
 
 ANOMALY_MEASUREMENT: Final = declare(
     "anomaly",
@@ -55,6 +62,23 @@ _Opening = tuple[int, ReadingKey]
 class AnomalyOutput:
     lines: list[str] = field(default_factory=list)
     alerts: list[Alert] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class ReadingResult:
+    """What one reading did: each scored metric's result, and the reading as a whole."""
+
+    results: dict[str, Result] = field(default_factory=dict)
+
+    @property
+    def anomalous(self) -> bool:
+        """Some metric of the reading is inside an open anomaly."""
+        return any(r.anomalous for r in self.results.values())
+
+    @property
+    def score(self) -> float:
+        """The highest score of the reading's metrics (0 when none was scored)."""
+        return max((r.scored.score for r in self.results.values()), default=0.0)
 
 
 def anomaly_line(site: str, device: str, metric: str, r: Result, boot: int = 0, seq: int = 0) -> str:
@@ -179,7 +203,13 @@ class AnomalyEngine:
         else:
             del self._mine[device]
 
-    def _reading(self, r: Reading, out: AnomalyOutput) -> None:
+    def score_reading(self, r: Reading, out: AnomalyOutput | None = None) -> ReadingResult:
+        """Score one reading (the next of its device in event time; ``process`` sorts them) and say what it
+        did; its lines and alerts go to ``out`` when given."""
+        return self._reading(r, AnomalyOutput() if out is None else out)
+
+    def _reading(self, r: Reading, out: AnomalyOutput) -> ReadingResult:
+        done = ReadingResult()
         self.sites[r.device] = r.site
         gap_seen = False
         for metric, x in self._metrics(r):
@@ -191,6 +221,7 @@ class AnomalyEngine:
                 self.stats["out_of_order"] += 1
                 continue
             res = det.process(r.t_ms, x)
+            done.results[metric] = res
             self.stats["scored"] += 1
             if res.anomalous:
                 self.stats["anomalous"] += 1
@@ -205,6 +236,7 @@ class AnomalyEngine:
                     self._emit(out, self._alert(r, metric, res, ev))
                     if ev.kind != "rebaselined":
                         self._compound(r, metric, ev, out)
+        return done
 
     # -- alerts -------------------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ python -m gateway.anomaly.evaluate                      # the simulator's defaul
 python -m gateway.anomaly.evaluate sim --seed 3 --scenario sim/labelled/anomaly_default.toml
 python -m gateway.anomaly.evaluate nab path/to/NAB      # data/**/*.csv + labels/combined_windows.json
 python -m gateway.anomaly.evaluate export-nab OUT       # write a simulated scenario in that layout
+python -m gateway.anomaly.evaluate skab ../shared/data/skab   # SKAB's two leaderboard tables (gateway/anomaly/skab.py)
 ```
 
 ``--config gateway.toml`` scores with that file's ``[anomaly]`` settings (default: the built-in defaults).
@@ -332,8 +333,8 @@ def _describe(scenario: object) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gateway.anomaly.evaluate", description=__doc__.split("\n")[0])
-    parser.add_argument("source", nargs="?", default="sim", choices=["sim", "nab", "export-nab"])
-    parser.add_argument("path", nargs="?", help="nab: the NAB folder; export-nab: where to write it")
+    parser.add_argument("source", nargs="?", default="sim", choices=["sim", "nab", "export-nab", "skab"])
+    parser.add_argument("path", nargs="?", help="nab, skab: the data folder; export-nab: where to write it")
     parser.add_argument("--config", type=Path, help="a gateway TOML file: its [anomaly] settings are scored")
     parser.add_argument("--scenario", help="sim: a scenario TOML (sim/labelled/anomaly_*.toml)")
     parser.add_argument("--seed", type=int, help="sim: the scenario's seed")
@@ -346,6 +347,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         anomaly = _spec_from(args.config)
         tolerance = parse_duration(args.tolerance, "--tolerance")
+        if args.source == "skab":
+            from .skab import evaluate_skab, format_tables, load_skab
+
+            if not args.path:
+                parser.error("skab needs the SKAB data folder (e.g. ../shared/data/skab)")
+            files = load_skab(Path(args.path))
+            print(f"SKAB at {args.path}; detector: {anomaly.detector}\n")
+            print(format_tables(evaluate_skab(files, anomaly)))
+            return 0
         if args.source == "nab":
             if not args.path:
                 parser.error("nab needs the NAB folder")
