@@ -52,7 +52,11 @@ def test_full_section() -> None:
         ({"clear_threshold": 5.0}, "anomaly.clear_threshold: must be in (0, threshold=4.5], got 5.0"),
         ({"baseline": "median"}, "anomaly.baseline: expected 'ewma' or 'window', got 'median'"),
         ({"protection": "ignore"}, "anomaly.protection: expected 'exclude', 'downweight' or 'off', got 'ignore'"),
-        ({"baseline": "window", "window": "1h"}, "anomaly.rebaseline_after: 3600000 ms must be shorter than window"),
+        (
+            {"baseline": "window", "window": "1h", "rebaseline_after": "1h"},
+            "anomaly.rebaseline_after: 3600000 ms must be set and shorter than window",
+        ),
+        ({"baseline": "window", "window": "1h"}, "anomaly.rebaseline_after: 0 ms must be set and shorter than window"),
         ({"window": "soon"}, "anomaly.window: expected milliseconds or a string"),
         ({"metrics": ["Temp"]}, "anomaly.metrics: expected a list of metric names"),
         ({"overrides": {"rh": {"alpha": 2}}}, "anomaly.overrides.rh.alpha: must be in (0, 1], got 2.0"),

@@ -124,7 +124,7 @@ def test_write_flagged_only() -> None:
 
 
 def test_rebaseline_alert_says_so() -> None:
-    eng = engine({"metrics": ["temp_c"]})
+    eng = engine({"metrics": ["temp_c"], "rebaseline_after": "1h"})
     rng = random.Random(5)
     rs = [reading("d1", i, {"temp_c": 20 + rng.gauss(0, 0.2) + (5.0 if i >= 60 else 0.0)}) for i in range(200)]
     alerts = eng.process(rs, T0 + 200 * MIN).alerts
