@@ -29,16 +29,21 @@ the series has moved to a new level: points are then scored against that level (
 lasting change scores high where it starts, not for its whole length), while the anomaly stays open until
 the series comes back to its reference (``clear_points`` points below ``clear_threshold``) or has been away
 for ``rebaseline_after`` (``rebaseline_points`` readings when 0): then the new level becomes the reference
-and a ``rebaselined`` event says so. A fault never becomes the baseline silently.
+and a ``rebaselined`` event says so. A fault never becomes the baseline silently. A run of points that steps
+back towards the reference, past half-way between the new level and the reference, closes the anomaly (the
+reference takes the level it came back to: a daily cycle may have moved it meanwhile). While shifted, a new
+excursion from the new level that is also beyond the threshold from the reference opens a new anomaly.
 
 Recurring patterns: an excursion (|z| at or above the threshold) whose size is within a factor of 2 of
 ``recurring - 1`` earlier excursions in the last ``recur_points`` readings, evenly spaced (the spacings
-within 10 % of each other), is a pattern (a spike every hour): such excursions, and smaller ones, no longer open an anomaly, and their score is that of
-``clear_threshold``; larger ones are scored by how far they go beyond the pattern.
+within 10 % of each other), is a pattern (a spike every hour): for ``recur_points`` readings after it, an
+excursion up to twice the pattern's size scores as ``clear_threshold`` (it opens nothing), and a larger one
+by how far it goes beyond that. So the ``recurring + 1``-th spike of a regular series is not flagged.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import deque
 from dataclasses import dataclass, field
@@ -514,7 +519,7 @@ class Detector:
         if len(similar) + 1 < spec.recurring:
             return
         times = [n for n, _ in similar] + [st.seen]
-        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(times)]
         if max(gaps) - min(gaps) > max(2.0, 0.1 * max(gaps)):
             return
         if st.seen >= st.pattern_until:
@@ -583,7 +588,8 @@ class Detector:
             "held_n": st.held_n, "held_mean": st.held_mean, "held_m2": st.held_m2, "held": [list(p) for p in st.held],
             "side": st.side, "side_n": st.side_n, "side_mean": st.side_mean, "side_m2": st.side_m2,
             "shifted": st.shifted, "shift_n": st.shift_n, "shift_mean": st.shift_mean, "shift_var": st.shift_var,
-            "excursions": [list(p) for p in st.excursions], "pattern": st.pattern, "pattern_until": st.pattern_until, "exc_prev": st.exc_prev,
+            "excursions": [list(p) for p in st.excursions], "pattern": st.pattern,
+            "pattern_until": st.pattern_until, "exc_prev": st.exc_prev,
             "bins": [list(b) for b in st.bins],
             "last_value": st.last_value, "repeats": st.repeats, "stuck": st.stuck, "stuck_since": st.stuck_since,
             "stalled": st.stalled,

@@ -15,6 +15,7 @@ fresh anomalies.
 from __future__ import annotations
 
 import fnmatch
+import logging
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from ..model import MetricValue, Reading, ReadingKey
 from ..schema import declare
 from .config import AnomalySpec, GroupSpec
 from .detector import Detector, Event, Result
+from .multivariate import MultiDetector, MultiResult
 
 __all__ = [
     "ANOMALY_MEASUREMENT",
@@ -51,11 +53,14 @@ ANOMALY_MEASUREMENT: Final = declare(
     time="the reading's event time (+ a sub-millisecond offset from its boot and sequence number)",
     module=__name__,
 )
-SNAPSHOT_VERSION: Final = 1
+SNAPSHOT_VERSION: Final = 2
+MULTIVARIATE: Final = "_multivariate"
+"""The ``metric`` tag of the multivariate score's points in the ``anomaly`` measurement."""
 MAX_ABS_VALUE: Final = 1e15
 """Values beyond this (in absolute value) are not scored: their squares would overflow the variance."""
 
 _Opening = tuple[int, ReadingKey]
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -69,16 +74,18 @@ class ReadingResult:
     """What one reading did: each scored metric's result, and the reading as a whole."""
 
     results: dict[str, Result] = field(default_factory=dict)
+    multi: MultiResult | None = None
 
     @property
     def anomalous(self) -> bool:
-        """Some metric of the reading is inside an open anomaly."""
-        return any(r.anomalous for r in self.results.values())
+        """Some metric of the reading, or the device's metrics together, inside an open anomaly."""
+        return any(r.anomalous for r in self.results.values()) or (self.multi is not None and self.multi.anomalous)
 
     @property
     def score(self) -> float:
-        """The highest score of the reading's metrics (0 when none was scored)."""
-        return max((r.scored.score for r in self.results.values()), default=0.0)
+        """The highest score of the reading's metrics and of the multivariate score (0 when none was scored)."""
+        best = max((r.scored.score for r in self.results.values()), default=0.0)
+        return max(best, self.multi.score) if self.multi is not None else best
 
 
 def anomaly_line(site: str, device: str, metric: str, r: Result, boot: int = 0, seq: int = 0) -> str:
@@ -108,6 +115,8 @@ class AnomalyEngine:
         self.max_future_ms = max_future_ms
         self.min_time_ms = min_time_ms
         self.detectors: dict[tuple[str, str], Detector] = {}
+        self.multi: dict[str, MultiDetector] = {}
+        """device -> its multivariate (T^2) detector."""
         self.recent: dict[str, dict[str, _Opening]] = {}
         """device -> metric -> the latest anomaly opening not yet used by a compound alert."""
         self.group_recent: dict[str, dict[str, _Opening]] = {}
@@ -128,6 +137,8 @@ class AnomalyEngine:
             "alerts": 0,
             "compound_alerts": 0,
             "rebaselined": 0,
+            "multivariate_alerts": 0,
+            "stalled": 0,
         }
 
     # -- input --------------------------------------------------------------------------------------
@@ -228,7 +239,14 @@ class AnomalyEngine:
             if res.anomalous or self.spec.write == "all":
                 out.lines.append(anomaly_line(r.site, r.device, metric, res, r.boot, r.seq))
             for ev in res.events:
-                if ev.kind == "gap":
+                if ev.kind == "stalled":
+                    self.stats["stalled"] += 1
+                    log.warning(
+                        "anomaly: %s of %s never leaves its warm-up: its window holds fewer than %d readings "
+                        "(window %d ms); widen window or lower warmup",
+                        metric, r.device, det.spec.warmup, det.spec.window_ms,
+                    )  # fmt: skip
+                elif ev.kind == "gap":
                     if self.spec.gap_alerts and not gap_seen:
                         gap_seen = True
                         self._emit(out, self._gap_alert(r, ev))
@@ -236,7 +254,47 @@ class AnomalyEngine:
                     self._emit(out, self._alert(r, metric, res, ev))
                     if ev.kind != "rebaselined":
                         self._compound(r, metric, ev, out)
+        if self.spec.multivariate and len(done.results) >= 2:
+            self._multivariate(r, done, out)
         return done
+
+    def _multivariate(self, r: Reading, done: ReadingResult, out: AnomalyOutput) -> None:
+        md = self.multi.get(r.device)
+        if md is None:
+            if len(self.multi) >= self.spec.max_series:
+                return
+            md = self.multi[r.device] = MultiDetector(self.spec.detector)
+        values = {m: res.scored.value for m, res in done.results.items()}
+        mres = md.process(r.t_ms, values)
+        if mres is None:
+            return
+        done.multi = mres
+        if mres.anomalous or self.spec.write == "all":
+            fields: dict[str, MetricValue] = {
+                "value": float(mres.t2), "score": float(mres.score), "anomalous": mres.anomalous, "phase": mres.phase
+            }  # fmt: skip
+            if mres.z is not None:
+                fields["z"] = float(mres.z)
+            tags = {"site": r.site, "device": r.device, "metric": MULTIVARIATE}
+            out.lines.append(line(ANOMALY_MEASUREMENT, tags, fields, reading_time_ns(r.t_ms, r.boot, r.seq)))
+        for ev in mres.events:
+            if ev.kind == "opened":
+                self.stats["multivariate_alerts"] += 1
+                names = ", ".join(md.state.names)
+                message = (
+                    f"the metrics of {r.device} ({names}) left their usual relation: T^2 = {_fmt(mres.t2)} "
+                    f"(as a z-score {_fmt(mres.z)}); {mres.top} contributes {100 * mres.share:.0f} %"
+                )
+                details: dict[str, MetricValue] = {
+                    "t2": float(mres.t2), "z": float(mres.z or 0.0), "score": float(mres.score),
+                    "metrics": ",".join(md.state.names), "top": mres.top, "share": float(mres.share),
+                }  # fmt: skip
+                self._emit(
+                    out, Alert("anomaly", "multivariate", r.site, r.device, "warning", ev.since_ms, r.t_ms, (r.key,),
+                               message, details),
+                )  # fmt: skip
+            elif ev.kind == "rebaselined":
+                self.stats["rebaselined"] += 1
 
     # -- alerts -------------------------------------------------------------------------------------
 
@@ -348,6 +406,7 @@ class AnomalyEngine:
         return {
             "version": SNAPSHOT_VERSION,
             "detectors": [[d, m, det.snapshot()] for (d, m), det in self.detectors.items()],
+            "multi": {d: md.snapshot() for d, md in self.multi.items()},
             "recent": {d: {m: [t, list(k)] for m, (t, k) in ms.items()} for d, ms in self.recent.items()},
             "group_recent": {g: {d: [t, list(k)] for d, (t, k) in ds.items()} for g, ds in self.group_recent.items()},
             "sites": dict(self.sites),
@@ -356,8 +415,8 @@ class AnomalyEngine:
 
     def restore(self, snap: dict[str, Any]) -> None:
         """Take back a :meth:`snapshot` (from an engine with the same configuration)."""
-        if snap.get("version") != SNAPSHOT_VERSION:
-            raise ValueError(f"anomaly snapshot version {snap.get('version')!r}, expected {SNAPSHOT_VERSION}")
+        if snap.get("version") not in (1, SNAPSHOT_VERSION):
+            raise ValueError(f"anomaly snapshot version {snap.get('version')!r}, expected 1 or {SNAPSHOT_VERSION}")
         self.detectors = {}
         self._mine, self._by_count = {}, {}
         for device, metric, state in snap["detectors"]:
@@ -365,6 +424,10 @@ class AnomalyEngine:
             det.restore(state)
             self.detectors[(device, metric)] = det
             self._own(device, metric, True)
+        self.multi = {}
+        for device, state in snap.get("multi", {}).items():  # version 1 had none: they start afresh
+            md = self.multi[device] = MultiDetector(self.spec.detector)
+            md.restore(state)
 
         def openings(raw: dict[str, dict[str, Any]]) -> dict[str, dict[str, _Opening]]:
             return {

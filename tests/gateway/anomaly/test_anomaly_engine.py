@@ -31,7 +31,7 @@ def engine(section: dict[str, Any] | None = None) -> AnomalyEngine:
 
 
 def test_one_point_per_scored_value_and_alerts_for_each_metric_plus_one_compound() -> None:
-    eng = engine()
+    eng = engine({"multivariate": False})  # its own points and alert: test_anomaly_multivariate.py
     out = eng.process(history("d1"), T0 + 60 * MIN)
     assert len(out.lines) == 120 and not out.alerts
     assert all(ln.startswith("anomaly,device=d1,metric=") for ln in out.lines)
@@ -55,7 +55,7 @@ def test_one_point_per_scored_value_and_alerts_for_each_metric_plus_one_compound
 
 
 def test_compound_needs_the_metrics_within_the_span() -> None:
-    eng = engine({"compound": {"span": "5m"}, "gap_factor": 20.0})
+    eng = engine({"compound": {"span": "5m"}, "gap_factor": 20.0, "multivariate": False})
     eng.process(history("d1"), T0 + 60 * MIN)
     out = eng.process([reading("d1", 60, {"temp_c": 30.0, "rh": 50.0})], T0 + 60 * MIN)
     out2 = eng.process([reading("d1", 70, {"temp_c": 20.0, "rh": 80.0})], T0 + 70 * MIN)  # 10 min later: too late

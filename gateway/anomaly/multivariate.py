@@ -1,0 +1,224 @@
+"""Per device, a Mahalanobis (Hotelling T^2) score over its metrics: a z-score generalised to a vector.
+
+A pump whose current, pressure and flow move against their usual relation is flagged even when each metric
+alone is inside its band. The metrics are those of the device's first reading that carried at least two
+scored metrics; a reading without all of them is not scored here (the single-metric detectors still are).
+
+- Mean: an ewma per metric (weight ``max(alpha, 1/n)``); covariance: an ewma of the outer products of the
+  deviations (weight ``max(var_alpha, 1/n)``, West's form), both learned from readings outside an anomaly.
+- ``T^2 = u' (R + ridge I)^-1 u`` with ``u`` the deviations divided by each metric's deviation and ``R``
+  the correlation matrix (``ridge`` = 0.01 keeps it invertible when two metrics move as one, or one is
+  constant). The inverse is recomputed (Cholesky) every 16 readings, and at every reading of the warm-up.
+- Under normal data T^2 follows a chi-square law with k degrees of freedom (k metrics); the Wilson-Hilferty
+  transform ``z = ((T^2/k)^(1/3) - (1 - 2/(9k))) / sqrt(2/(9k))`` turns it into a normal deviate, so the
+  score, the threshold and the hysteresis are those of a single metric (``score_of(z, threshold)``).
+- Warm-up: ``max(warmup, 10 k)`` readings. An anomaly opens at ``z >= threshold`` and closes after
+  ``clear_points`` readings below ``clear_threshold``; while it is open nothing is learned; one still open
+  after ``rebaseline_after`` (``rebaseline_points`` readings when 0) is taken as normal: the mean becomes
+  the mean of its readings, and a ``rebaselined`` event says so.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from .config import DetectorSpec
+from .detector import FLOOR, Event, score_of
+
+__all__ = ["MultiDetector", "MultiResult", "chi2_z"]
+
+RIDGE: Final = 0.01
+_REFRESH: Final = 16
+
+
+def chi2_z(t2: float, k: int) -> float:
+    """A chi-square value with ``k`` degrees of freedom as a standard normal deviate (Wilson-Hilferty), >= 0."""
+    if t2 <= 0.0:
+        return 0.0
+    c = 2.0 / (9.0 * k)
+    return max(0.0, (math.pow(t2 / k, 1.0 / 3.0) - (1.0 - c)) / math.sqrt(c))
+
+
+def _cholesky_inverse(a: list[list[float]]) -> list[list[float]]:
+    """The inverse of a symmetric positive definite matrix (Cholesky, then two triangular solves)."""
+    k = len(a)
+    low = [[0.0] * k for _ in range(k)]
+    for i in range(k):
+        for j in range(i + 1):
+            s = a[i][j] - sum(low[i][m] * low[j][m] for m in range(j))
+            if i == j:
+                low[i][i] = math.sqrt(max(s, FLOOR))
+            else:
+                low[i][j] = s / low[j][j]
+    inv = [[0.0] * k for _ in range(k)]
+    for col in range(k):
+        y = [0.0] * k
+        for i in range(k):  # L y = e_col
+            y[i] = ((1.0 if i == col else 0.0) - sum(low[i][m] * y[m] for m in range(i))) / low[i][i]
+        for i in reversed(range(k)):  # L' x = y
+            inv[i][col] = (y[i] - sum(low[m][i] * inv[m][col] for m in range(i + 1, k))) / low[i][i]
+    return inv
+
+
+@dataclass(frozen=True, slots=True)
+class MultiResult:
+    """One reading's multivariate score. ``z`` is ``None`` in warm-up; ``top`` is the metric that contributes
+    most to ``t2`` (its share in ``share``)."""
+
+    t_ms: int
+    t2: float
+    z: float | None
+    score: float
+    anomalous: bool
+    phase: str
+    events: tuple[Event, ...] = ()
+    top: str = ""
+    share: float = 0.0
+
+
+@dataclass(slots=True)
+class MultiState:
+    names: list[str] = field(default_factory=list)
+    n: int = 0
+    mean: list[float] = field(default_factory=list)
+    cov: list[list[float]] = field(default_factory=list)
+    inv: list[list[float]] = field(default_factory=list)
+    stale: int = 0
+    seen: int = 0
+    active: bool = False
+    calm: int = 0
+    since: int = 0
+    since_seen: int = 0
+    held_n: int = 0
+    held_mean: list[float] = field(default_factory=list)
+
+
+class MultiDetector:
+    """The T^2 detector of one device. ``process(t_ms, values)`` per reading, in event-time order."""
+
+    __slots__ = ("spec", "state")
+
+    def __init__(self, spec: DetectorSpec) -> None:
+        self.spec = spec
+        self.state = MultiState()
+
+    def warmup(self) -> int:
+        return max(self.spec.warmup, 10 * len(self.state.names))
+
+    def _u(self, xs: Sequence[float]) -> tuple[list[float], list[float]]:
+        st, spec = self.state, self.spec
+        d = [x - m for x, m in zip(xs, st.mean, strict=True)]
+        sd = [
+            max(math.sqrt(max(st.cov[i][i], 0.0)), spec.min_std, spec.rel_min_std * abs(st.mean[i]), FLOOR)
+            for i in range(len(xs))
+        ]
+        return d, [di / si for di, si in zip(d, sd, strict=True)]
+
+    def _refresh(self) -> None:
+        st = self.state
+        k = len(st.names)
+        sd = [math.sqrt(max(st.cov[i][i], FLOOR * FLOOR)) for i in range(k)]
+        r = [[st.cov[i][j] / (sd[i] * sd[j]) + (RIDGE if i == j else 0.0) for j in range(k)] for i in range(k)]
+        st.inv = _cholesky_inverse(r)
+        st.stale = 0
+
+    def _learn(self, xs: Sequence[float]) -> None:
+        st, spec = self.state, self.spec
+        st.n += 1
+        a = max(spec.alpha, 1.0 / st.n)
+        b = max(spec.var_alpha, 1.0 / st.n)
+        d = [x - m for x, m in zip(xs, st.mean, strict=True)]
+        k = len(d)
+        for i in range(k):
+            st.mean[i] += a * d[i]
+        for i in range(k):
+            row, di = st.cov[i], d[i]
+            for j in range(i, k):
+                v = (1.0 - b) * (row[j] + b * di * d[j])
+                row[j] = v
+                st.cov[j][i] = v
+        st.stale += 1
+        if st.n <= self.warmup() or st.stale >= _REFRESH:
+            self._refresh()
+
+    def process(self, t_ms: int, values: Mapping[str, float]) -> MultiResult | None:
+        """Score and learn one reading; ``None`` when it does not carry all of the device's metrics."""
+        st, spec = self.state, self.spec
+        if not st.names:
+            if len(values) < 2:
+                return None
+            st.names = sorted(values)
+            k = len(st.names)
+            st.mean = [0.0] * k
+            st.cov = [[0.0] * k for _ in range(k)]
+        try:
+            xs = [values[m] for m in st.names]
+        except KeyError:
+            return None
+        st.seen += 1
+        k = len(xs)
+        if st.n < self.warmup():
+            self._learn(xs)
+            return MultiResult(t_ms, 0.0, None, 0.0, False, "warmup")
+        _, u = self._u(xs)
+        w = [sum(row[j] * u[j] for j in range(k)) for row in st.inv]
+        parts = [u[i] * w[i] for i in range(k)]
+        t2 = max(0.0, sum(parts))
+        z = chi2_z(t2, k)
+        score = score_of(z, spec.threshold)
+        events: list[Event] = []
+        anomalous = st.active
+        if st.active:
+            st.calm = st.calm + 1 if z < spec.clear_threshold else 0
+            if st.calm >= spec.clear_points:
+                events.append(Event("closed", t_ms, st.since))
+                st.active = False
+            else:
+                st.held_n += 1
+                for i in range(k):
+                    st.held_mean[i] += (xs[i] - st.held_mean[i]) / st.held_n
+                overdue = (
+                    t_ms - st.since >= spec.rebaseline_after_ms
+                    if spec.rebaseline_after_ms
+                    else st.seen - st.since_seen >= spec.rebaseline_points
+                )
+                if overdue:
+                    old = list(st.mean)
+                    st.mean = list(st.held_mean)
+                    events.append(
+                        Event("rebaselined", t_ms, st.since, z=z, old_mean=old[0], new_mean=st.mean[0],
+                              after_ms=t_ms - st.since)
+                    )  # fmt: skip
+                    st.active = False
+        elif z >= spec.threshold:
+            st.active, st.calm, st.since, st.since_seen = True, 0, t_ms, st.seen
+            st.held_n, st.held_mean = 1, list(xs)
+            anomalous = True
+            events.append(Event("opened", t_ms, t_ms, z=z))
+        else:
+            self._learn(xs)
+        i_top = max(range(k), key=lambda i: parts[i])
+        share = parts[i_top] / t2 if t2 > 0 else 0.0
+        return MultiResult(t_ms, t2, z, score, anomalous, "scored", tuple(events), st.names[i_top], share)
+
+    def snapshot(self) -> dict[str, Any]:
+        st = self.state
+        return {
+            "names": list(st.names), "n": st.n, "mean": list(st.mean), "cov": [list(r) for r in st.cov],
+            "inv": [list(r) for r in st.inv], "stale": st.stale,
+            "seen": st.seen, "active": st.active, "calm": st.calm, "since": st.since, "since_seen": st.since_seen,
+            "held_n": st.held_n, "held_mean": list(st.held_mean),
+        }  # fmt: skip
+
+    def restore(self, snap: Mapping[str, Any]) -> None:
+        st = MultiState(
+            names=[str(m) for m in snap["names"]], n=int(snap["n"]), mean=[float(v) for v in snap["mean"]],
+            cov=[[float(v) for v in r] for r in snap["cov"]], inv=[[float(v) for v in r] for r in snap["inv"]],
+            stale=int(snap["stale"]), seen=int(snap["seen"]), active=bool(snap["active"]),
+            calm=int(snap["calm"]), since=int(snap["since"]), since_seen=int(snap["since_seen"]),
+            held_n=int(snap["held_n"]), held_mean=[float(v) for v in snap["held_mean"]],
+        )  # fmt: skip
+        self.state = st

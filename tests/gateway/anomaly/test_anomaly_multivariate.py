@@ -1,0 +1,104 @@
+"""The per-device multivariate (T^2) score: checked against NumPy's Mahalanobis distance, flags a broken
+relation that no single metric sees, writes its points and alert, and survives snapshot/restore."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import numpy as np
+
+from gateway.anomaly import AnomalyEngine, DetectorSpec, parse_anomaly
+from gateway.anomaly.multivariate import RIDGE, MultiDetector, chi2_z
+from gateway.model import Reading
+
+MIN = 60_000
+T0 = 1_704_067_200_000
+
+
+def pump(n: int, seed: int = 3) -> list[dict[str, float]]:
+    """current and flow move together (flow = 10 * current + noise), pressure on its own."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        c = 5.0 + rng.gauss(0, 1.0)
+        out.append({"current": c, "flow": 10.0 * c + rng.gauss(0, 1.0), "pressure": 2.0 + rng.gauss(0, 0.1)})
+    return out
+
+
+def test_t2_matches_numpy_mahalanobis_over_the_learned_statistics() -> None:
+    spec = DetectorSpec(alpha=0.01, var_alpha=0.01)
+    md = MultiDetector(spec)
+    rows = pump(400)
+    for i, row in enumerate(rows):
+        md.process(i * MIN, row)
+    md._refresh()  # the inverse as of now (it is otherwise refreshed every 16 readings)
+    st = md.state
+    x = {"current": 7.0, "flow": 52.0, "pressure": 2.05}
+    res = md.process(400 * MIN, x)
+    assert res is not None and res.z is not None
+    cov = np.array(st.cov)
+    sd = np.sqrt(np.diag(cov))
+    corr = cov / np.outer(sd, sd) + RIDGE * np.eye(3)
+    u = (np.array([x[m] for m in st.names]) - np.array(st.mean)) / sd
+    want = float(u @ np.linalg.inv(corr) @ u)
+    assert math.isclose(res.t2, want, rel_tol=1e-9)
+    assert math.isclose(res.z, chi2_z(want, 3))
+
+
+def test_wilson_hilferty_against_known_chi_square_quantiles() -> None:
+    # chi-square upper quantiles (p = 0.001): k=2: 13.816, k=8: 26.124 -> the normal deviate 3.090
+    assert abs(chi2_z(13.816, 2) - 3.090) < 0.08
+    assert abs(chi2_z(26.124, 8) - 3.090) < 0.03  # Wilson-Hilferty is an approximation
+    assert chi2_z(0.0, 3) == 0.0
+
+
+def test_a_broken_relation_is_flagged_when_no_single_metric_is() -> None:
+    eng = AnomalyEngine(parse_anomaly({"anomaly": {}}))
+    rows = pump(300)
+    for i, row in enumerate(rows):
+        eng.process([Reading("s", "p1", 1, i, T0 + i * MIN, "s", row)], T0 + i * MIN)
+    # current high, flow low: each within 2.5 of its own deviation, together far outside the relation
+    odd = Reading("s", "p1", 1, 300, T0 + 300 * MIN, "s", {"current": 7.0, "flow": 30.0, "pressure": 2.0})
+    out = eng.process([odd], odd.t_ms)
+    names = [a.name for a in out.alerts]
+    assert names == ["multivariate"], names
+    alert = out.alerts[0]
+    assert alert.severity == "warning" and alert.details["metrics"] == "current,flow,pressure"
+    assert float(alert.details["z"]) >= 4.5 and alert.details["top"] in ("current", "flow")
+    mv = [ln for ln in out.lines if "metric=_multivariate" in ln]
+    assert len(mv) == 1 and "anomalous=true" in mv[0]
+    singles = [ln for ln in out.lines if "metric=_multivariate" not in ln]
+    assert singles and all("anomalous=false" in ln for ln in singles)
+
+
+def test_multivariate_state_survives_snapshot_and_restore() -> None:
+    section = {"anomaly": {}}
+    rows = pump(200)
+    rs = [Reading("s", "p1", 1, i, T0 + i * MIN, "s", row) for i, row in enumerate(rows)]
+    rs.append(Reading("s", "p1", 1, 200, T0 + 200 * MIN, "s", {"current": 7.0, "flow": 30.0, "pressure": 2.0}))
+    whole = AnomalyEngine(parse_anomaly(section))
+    want = [whole.process([r], r.t_ms) for r in rs]
+    first = AnomalyEngine(parse_anomaly(section))
+    got = [first.process([r], r.t_ms) for r in rs[:120]]
+    second = AnomalyEngine(parse_anomaly(section))
+    second.restore(json.loads(json.dumps(first.snapshot())))
+    got += [second.process([r], r.t_ms) for r in rs[120:]]
+    assert [(o.lines, o.alerts) for o in got] == [(o.lines, o.alerts) for o in want]
+    assert any(a.name == "multivariate" for o in want for a in o.alerts)
+
+
+def test_a_version_1_engine_snapshot_restores() -> None:
+    eng = AnomalyEngine(parse_anomaly({"anomaly": {}}))
+    rs = [Reading("s", "p1", 1, i, T0 + i * MIN, "s", row) for i, row in enumerate(pump(50))]
+    eng.process(rs, T0 + 50 * MIN)
+    snap = json.loads(json.dumps(eng.snapshot()))
+    old = {**snap, "version": 1}
+    del old["multi"]
+    for _, _, state in old["detectors"]:
+        del state["v"]
+    again = AnomalyEngine(parse_anomaly({"anomaly": {}}))
+    again.restore(old)
+    assert set(again.detectors) == set(eng.detectors) and again.multi == {}
+    assert again.detectors[("p1", "flow")].state.mean == eng.detectors[("p1", "flow")].state.mean
