@@ -103,6 +103,20 @@ def anomaly_line(site: str, device: str, metric: str, r: Result, boot: int = 0, 
     return line(ANOMALY_MEASUREMENT, tags, fields, reading_time_ns(s.t_ms, boot, seq))
 
 
+def anomaly_fields(r: Result) -> str:
+    """The field set of :func:`anomaly_line`, written directly (the engine's path: one point per value)."""
+    s = r.scored
+    value = s.value if math.isfinite(s.value) else 0.0
+    out = f'value={value!r},score={s.score!r},anomalous={"true" if r.anomalous else "false"},phase="{s.phase}"'
+    if s.mean is not None and math.isfinite(s.mean):
+        out += f",mean={s.mean!r}"
+    if s.std is not None and math.isfinite(s.std):
+        out += f",std={s.std!r}"
+    if s.z is not None and math.isfinite(s.z):
+        out += f",z={s.z!r}"
+    return out
+
+
 def _fmt(x: float | None) -> str:
     return "?" if x is None else f"{x:.4g}"
 
@@ -123,6 +137,7 @@ class AnomalyEngine:
         """group -> device -> the latest anomaly opening not yet used by a group alert."""
         self.sites: dict[str, str] = {}
         self._groups_of: dict[str, tuple[GroupSpec, ...]] = {}
+        self._heads: dict[tuple[str, str, str], str] = {}  # the anomaly points' escaped measurement and tags
         self._mine: dict[str, set[str]] = {}  # device -> the metrics of its series (derived from ``detectors``)
         self._by_count: dict[int, set[str]] = {}  # series count -> the devices with that many
         self.stats: dict[str, int] = {
@@ -237,7 +252,13 @@ class AnomalyEngine:
             if res.anomalous:
                 self.stats["anomalous"] += 1
             if res.anomalous or self.spec.write == "all":
-                out.lines.append(anomaly_line(r.site, r.device, metric, res, r.boot, r.seq))
+                head = self._heads.get((r.site, r.device, metric))
+                if head is None:
+                    head = line(ANOMALY_MEASUREMENT, {"site": r.site, "device": r.device, "metric": metric}, {"x": 0},
+                                0).rsplit(" ", 2)[0]  # fmt: skip
+                    if len(self._heads) < self.spec.max_series:
+                        self._heads[(r.site, r.device, metric)] = head
+                out.lines.append(f"{head} {anomaly_fields(res)} {reading_time_ns(r.t_ms, r.boot, r.seq)}")
             for ev in res.events:
                 if ev.kind == "stalled":
                     self.stats["stalled"] += 1

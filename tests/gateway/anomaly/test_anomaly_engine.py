@@ -180,3 +180,19 @@ def test_pipeline_scores_new_readings_and_publishes_alerts() -> None:
     assert off.anomaly is None
     quiet = off.handle(topic, json.dumps({"v": 1, "dev": "d1", "r": rows[:5]}).encode(), T0 + 70 * MIN)
     assert not any(ln.startswith("anomaly,") for ln in quiet.lines)
+
+
+def test_the_engine_writes_exactly_what_anomaly_line_writes() -> None:
+    """The engine builds its points directly (one per value); they must be line() output, byte for byte."""
+    from gateway.anomaly import Detector
+    from gateway.anomaly.engine import anomaly_line
+
+    eng = engine({"multivariate": False})
+    rs = history("d 1,x=y", 80, seed=4) + [reading("d 1,x=y", 80, {"temp_c": 35.0, "rh": 50.0}, site="a\\b")]
+    out = eng.process(rs, T0 + 90 * MIN)
+    dets = {m: Detector(eng.spec.detector_for(m)) for m in ("temp_c", "rh")}
+    want = []
+    for r in rs:
+        for m, v in r.metrics.items():
+            want.append(anomaly_line(r.site, r.device, m, dets[m].process(r.t_ms, float(v)), r.boot, r.seq))  # type: ignore[arg-type]
+    assert out.lines == want
