@@ -2,11 +2,16 @@
 
 Reproduce (from the repository root)::
 
-    python bench/bench_anomaly.py            # 1,000 devices x 3 metrics, 100 readings each
-    python bench/bench_anomaly.py -n 50      # quicker
+    python bench/bench_anomaly.py                     # 1,000 devices x 3 metrics, 100 readings each
+    python bench/bench_anomaly.py -n 50               # quicker
+    python bench/bench_anomaly.py --against main -r 5 # side by side with another revision, 5 rounds
 
-Each device sends batches of 20 readings; the time is that of ``AnomalyEngine.process`` only, for the
-``ewma`` and the ``window`` (2 h) baselines. State is the size of the engine's JSON snapshot.
+Each device sends batches of 20 readings; the time is that of ``AnomalyEngine.process`` only (scoring,
+learning and writing the ``anomaly`` points), for the ``ewma`` baseline univariate (``multivariate =
+false``), with the per-device multivariate score, and for the ``window`` baseline. State is the size of the
+engine's JSON snapshot. ``--against REV`` runs the same workload on ``gateway/`` of that git revision (in a
+subprocess, from a temporary copy), alternating with this tree round by round, and prints each variant's
+median and spread (min-max) over the rounds.
 """
 
 from __future__ import annotations
@@ -14,21 +19,29 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import statistics
+import subprocess
 import sys
+import tarfile
+import tempfile
 import time
+from io import BytesIO
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from gateway.anomaly import AnomalyEngine, parse_anomaly
-from gateway.model import Reading
-
+ROOT = Path(__file__).resolve().parent.parent
 T0 = 1_704_067_200_000
+VARIANTS = {
+    "ewma": {"multivariate": False},
+    "ewma+mv": {},
+    "window": {"baseline": "window", "multivariate": False},
+}
 
 
-def batches(devices: int, per_device: int) -> list[list[Reading]]:
+def batches(devices: int, per_device: int) -> list[list[object]]:
+    from gateway.model import Reading
+
     rng = random.Random(1)
-    out = []
+    out: list[list[object]] = []
     for start in range(0, per_device, 20):
         for d in range(devices):
             rows = [
@@ -40,27 +53,69 @@ def batches(devices: int, per_device: int) -> list[list[Reading]]:
     return out
 
 
+def measure(devices: int, readings: int) -> dict[str, tuple[float, int]]:
+    """us per value and snapshot bytes of each variant (the code imported from ``sys.path``)."""
+    from gateway.anomaly import AnomalyEngine, parse_anomaly
+
+    work = batches(devices, readings)
+    values = sum(len(b) for b in work) * 3
+    out = {}
+    for name, section in VARIANTS.items():
+        try:
+            eng = AnomalyEngine(parse_anomaly({"anomaly": section}))
+        except Exception:  # an older revision without the key: skip that variant
+            continue
+        now = T0 + readings * 60_000
+        start = time.perf_counter()
+        for b in work:
+            eng.process(b, now)  # type: ignore[arg-type]
+        elapsed = time.perf_counter() - start
+        out[name] = (elapsed / values * 1e6, len(json.dumps(eng.snapshot())))
+    return out
+
+
+def _child(path: str, devices: int, readings: int) -> None:
+    sys.path.insert(0, path)
+    print(json.dumps(measure(devices, readings)))
+
+
+def _run(path: Path, devices: int, readings: int) -> dict[str, list[float]]:
+    code = f"import sys; sys.path.insert(0, {str(ROOT / 'bench')!r}); import bench_anomaly as b; "
+    code += f"b._child({str(path)!r}, {devices}, {readings})"
+    done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=path)
+    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("-d", "--devices", type=int, default=1000)
     parser.add_argument("-n", "--readings", type=int, default=100, help="readings per device")
+    parser.add_argument("--against", help="a git revision to measure side by side (e.g. main)")
+    parser.add_argument("-r", "--rounds", type=int, default=3)
     args = parser.parse_args()
-    work = batches(args.devices, args.readings)
-    values = sum(len(b) for b in work) * 3
-    for baseline in ("ewma", "window"):
-        eng = AnomalyEngine(parse_anomaly({"anomaly": {"baseline": baseline}}))
-        now = T0 + args.readings * 60_000
-        start = time.perf_counter()
-        lines = 0
-        for b in work:
-            lines += len(eng.process(b, now).lines)
-        elapsed = time.perf_counter() - start
-        state = len(json.dumps(eng.snapshot()))
+    values = args.devices * args.readings * 3
+    if not args.against:
+        sys.path.insert(0, str(ROOT))
+        for name, (us, state) in measure(args.devices, args.readings).items():
+            print(f"{name:>8}: {values:,} values ({args.devices} devices x 3 metrics): {us:.1f} us each, "
+                  f"{1e6 / us:,.0f} values/s; state {state / 1e6:.2f} MB JSON")  # fmt: skip
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = subprocess.run(["git", "archive", args.against, "gateway"], cwd=ROOT, check=True,
+                                 capture_output=True).stdout  # fmt: skip
+        tarfile.open(fileobj=BytesIO(archive)).extractall(tmp, filter="data")
+        results: dict[str, dict[str, list[float]]] = {"this tree": {}, args.against: {}}
+        for _ in range(args.rounds):
+            for label, path in (("this tree", ROOT), (args.against, Path(tmp))):
+                for name, (us, _state) in _run(path, args.devices, args.readings).items():
+                    results[label].setdefault(name, []).append(us)
         print(
-            f"{baseline:>6}: {values:,} values ({args.devices} devices x 3 metrics) in {elapsed:.2f} s = "
-            f"{values / elapsed:,.0f} values/s, {elapsed / values * 1e6:.1f} us each; {lines:,} anomaly points; "
-            f"state {state / 1e6:.1f} MB JSON"
+            f"{values:,} values per variant ({args.devices} devices x 3 metrics), {args.rounds} rounds, us per value:"
         )
+        for label, per in results.items():
+            for name, xs in per.items():
+                print(f"  {label:>10} {name:>8}: median {statistics.median(xs):5.1f}  min {min(xs):5.1f}  "
+                      f"max {max(xs):5.1f}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -188,7 +188,8 @@ def test_the_engine_writes_exactly_what_anomaly_line_writes() -> None:
     from gateway.anomaly.engine import anomaly_line
 
     eng = engine({"multivariate": False})
-    rs = history("d 1,x=y", 80, seed=4) + [reading("d 1,x=y", 80, {"temp_c": 35.0, "rh": 50.0}, site="a\\b")]
+    last = reading("d 1,x=y", 80, {"temp_c": 35.0, "rh": 50.0}, site="a\\b")
+    rs = [*history("d 1,x=y", 80, seed=4), last]
     out = eng.process(rs, T0 + 90 * MIN)
     dets = {m: Detector(eng.spec.detector_for(m)) for m in ("temp_c", "rh")}
     want = []
