@@ -6,6 +6,9 @@ import sys
 import time
 from micropython import const
 
+from timebase import Clock  # the biggest module first, while the heap is least fragmented
+from state import State
+from buffer import Buffer, rec_size
 import codec
 import hw
 
@@ -39,32 +42,54 @@ def bump_boot():
 
 
 class Wake:
-    def __init__(self, cfg, t0, wdt, msgbuf):
-        from state import State
-        from buffer import Buffer, rec_size
-        from timebase import Clock
+    def __init__(self, cfg, t0, wdt, msgbuf, problems=(), rtcbuf=None):
         self.cfg = cfg
         self.t0 = t0
         self.wdt = wdt
         self.msgbuf = msgbuf
+        self.problems = list(problems)  # [(config key, message)] from cfgcheck.check()
         self.names = ['temp_c', 'rh'] + [a[0] for a in cfg['adc']]
         self.dec = [2, 1] + [0 for _ in cfg['adc']]
         nm = len(self.names)
-        st = State(cfg['rtc_mem'], rec_size(nm))
-        ok = st.load(hw.mem_read())
+        st = State(cfg['rtc_mem'], rec_size(nm), rtcbuf)
+        raw = hw.mem_read()
+        ok = st.load(raw)
+        lost = 0
+        if not ok:
+            pk = State.peek(raw)
+            if pk is not None and pk[1] != st.rec:  # RTC memory is intact, but its records have another size
+                lost = pk[2]
         woke = hw.woke_from_sleep()
-        if not (ok and woke):  # power-on, reset, crash or watchdog: a new boot
-            boot = bump_boot()
+        self.brown = hw.brownout()
+        clk = Clock(st, hw, cfg['clock_max_age_s'] * 1000)
+        back = ok and clk.went_back()  # the RTC was reset or set back: its era ends (kept on flash)
+        new = back or not (ok and woke)
+        if new:  # power-on, reset, crash, watchdog, brown-out, or a clock that went back: a new boot
             if not ok:  # RTC memory lost (power-on): the RTC lost its time too
                 st.fresh()
-                st.era_boot = boot
-            st.boot = boot
+            st.boot = bump_boot()
             st.seq = 0
-            log('boot', boot, 'cause', hw.reset_cause(), 'rtcmem', ok)
+            log('boot', st.boot, 'cause', hw.reset_cause(), 'rtcmem', ok, 'brownout', self.brown)
+        if not ok or back:
+            clk.begin_era()
+            if back:
+                log('clock', 'went back: new clock era from boot', st.boot)
+        elif new and st.npts:
+            clk.save_era()  # the same clock era goes on in a new boot
+        if self.brown:
+            st.brownouts += 1
+            st.radio_skip = 4 * cfg['publish_every']  # the radio's current draw is what browns it out
         self.st = st
         self.buf = Buffer(st, nm, cfg['log_max'], self.save)
-        self.clk = Clock(st, hw, cfg['clock_max_age_s'] * 1000)
+        lost += self.buf.log.discarded
+        if lost:  # the metric count changed: what was buffered with the old one cannot be sent
+            st.dropped += lost
+            st.flags |= 1
+            self.problems.append(('adc', 'the metric count changed: %d buffered readings dropped' % lost))
+        self.clk = clk
         self.vals = [None] * nm
+        for _, msg in self.problems:
+            log('config', msg)
 
     def save(self):
         hw.mem_write(self.st.pack())
@@ -83,17 +108,38 @@ class Wake:
         if all(x is None for x in v):
             log('nosensor')
             return
-        t, q = self.clk.now()
+        raw = self.clk.stamp()  # raw RTC ms, quality 'n': mapped to Unix time when sent (timebase.py)
         b, s = st.boot, st.seq
         st.seq += 1
-        st.last_t = t
-        self.buf.append(b, s, t, q, v)  # one RTC-memory write covers the reading and the new seq
-        log('read', b, s, t, q, *v)
+        st.last_t = raw
+        self.buf.append(b, s, raw, 'n', v)  # one RTC-memory write covers the reading and the new seq
+        log('read', b, s, raw, 'n', *v)
+
+    def battery_mv(self):
+        if 'batt_mv' in self.names:
+            return self.vals[self.names.index('batt_mv')]
+        return None
+
+    def radio_allowed(self):
+        """No radio after a brown-out (for a few publishing intervals) or below batt_low_mv: the
+        readings stay buffered."""
+        st = self.st
+        mv = self.battery_mv()
+        if mv is not None and mv < self.cfg['batt_low_mv']:
+            log('power', 'low', mv, 'radio off')
+            return False
+        if st.radio_skip:
+            st.radio_skip -= 1
+            log('power', 'brownout', 'radio off for', st.radio_skip + 1, 'wakes')
+            return False
+        return True
 
     def due(self):
         st, cfg = self.st, self.cfg
-        if not self.clk.synced():
-            return True  # get the time as early as possible: fewer readings need correcting
+        if not st.npts:
+            # no time in this clock era yet: the backlog cannot go out; ask NTP at once after power-on,
+            # later only on the publishing schedule (and its backoff)
+            return st.ntp_fails == 0 or st.wakes % cfg['publish_every'] == 0
         if st.wakes % cfg['publish_every'] == 0:
             return True
         return st.count * 100 >= st.cap * cfg['publish_fill_pct'] or self.buf.log.pending() > 0
@@ -108,31 +154,83 @@ class Wake:
     def status_fields(self):
         st = self.st
         t, q = self.clk.now()
-        f = [('boot', st.boot), ('t', t), ('clock', 's' if q == 's' else 'u'),
-             ('sleep_s', self.cfg['sleep_s'])]
-        if 'batt_mv' in self.names:
-            v = self.vals[self.names.index('batt_mv')]
-            if v is not None:
-                f.append(('battery_mv', v))
+        f = [('boot', st.boot)]  # type: list  # (name, value) pairs of assorted types
+        if q != 'n':
+            f.append(('t', t))
+        f.extend((('clock', 's' if q == 's' else 'u'), ('sleep_s', self.cfg['sleep_s'])))
+        v = self.battery_mv()
+        if v is not None:
+            f.append(('battery_mv', v))
         f.extend((('buf', self.buf.fill()), ('buf_cap', self.buf.capacity()), ('dropped', st.dropped),
-                  ('fw', self.cfg['fw']), ('drift_ppm', (st.drift_ppb // 1000, 3))))
+                  ('fw', self.cfg['fw']), ('drift_ppm', (st.drift_ppb, 3))))  # ppb -> ppm, 3 decimals
+        if st.untimed:
+            f.append(('untimed', st.untimed))
+        if st.brownouts:
+            f.append(('brownouts', st.brownouts))
+        keys = [k for k, _ in self.problems]
+        if st.flags & 1 and 'adc' not in keys:
+            keys.append('adc')
+        if keys:
+            f.append(('cfg', ','.join(keys)[:64]))
         return f
 
     def sync_clock(self):
         st, cfg = self.st, self.cfg
-        if self.clk.synced() and self.clk.rtc_ms() - st.sync_rtc < cfg['sync_every_s'] * 1000:
+        if not self.clk.need_sync(cfg['sync_every_s'] * 1000):
+            return
+        if st.ntp_skip:  # NTP failed lately: back off
+            st.ntp_skip -= 1
+            log('ntp', 'backoff', st.ntp_skip)
             return
         import sntp
         for _ in range(2):  # bounded retry
             try:
-                true = sntp.query(cfg['ntp_host'], cfg['ntp_port'], cfg['net_timeout_s'])
+                true, rtt = sntp.query(cfg['ntp_host'], cfg['ntp_port'], cfg['ntp_timeout_s'])
             except OSError as e:
                 log('ntp', 'fail', e)
                 continue
-            step = self.clk.sync(true)
+            res = self.clk.sync(true, self.clk.raw(), rtt)
+            st.ntp_fails = 0
             self.save()
-            log('ntp', 'step', step, 'drift_ppb', st.drift_ppb)
+            log('ntp', res, 'rtt', rtt, 'drift_ppb', st.drift_ppb)
             return
+        st.ntp_fails = min(st.ntp_fails + 1, 8)
+        st.ntp_skip = (1 << min(st.ntp_fails, 4)) - 1  # publishing wakes to skip: 1, 3, 7, 15
+        self.save()
+
+    def want_gateway_time(self):
+        """NTP failed twice in a row and this clock era has no recent NTP time: ask the gateway."""
+        st = self.st
+        if st.ntp_fails < 2:
+            return False
+        pts = st.points()
+        if pts and not pts[-1][2] and self.clk.raw() - pts[-1][0] <= self.clk.max_age:
+            return False
+        if st.gw_skip:  # it did not answer lately (an older gateway?): ask less often
+            st.gw_skip -= 1
+            return False
+        return True
+
+    def gateway_time(self, got, t0, raw0):
+        """The gateway's answer to our 'online' status: {"v":1,"t":<its Unix ms when the status came>}.
+        That instant lies between sending the status and receiving the answer; take the middle."""
+        if got is None:
+            self.st.gw_skip = 7
+            log('gwtime', 'none')
+            return
+        import json
+        try:
+            d = json.loads(got[1])
+            t = d['t']
+            if d.get('v') != 1 or type(t) is not int:
+                raise ValueError
+        except (ValueError, KeyError, TypeError):
+            log('gwtime', 'bad', got[1])
+            return
+        rtt = time.ticks_diff(got[0], t0)
+        res = self.clk.sync(t, raw0 + rtt // 2, rtt, True)
+        self.save()
+        log('gwtime', res, 'rtt', rtt)
 
     def publish(self):
         from uplink import Uplink
@@ -140,7 +238,13 @@ class Wake:
         up = Uplink(cfg, self.left_ms, st, hw.wifi_dns())  # bounded by the wake; DNS cache in st
         up.connect()
         try:
+            ask = self.want_gateway_time()
+            if ask:
+                up.listen()
+            t0, raw0 = time.ticks_ms(), self.clk.raw()
             up.status('online', self.status_fields())
+            if ask:
+                self.gateway_time(up.poll(3000), t0, raw0)
             bat = codec.Batcher(cfg['device'], buf=self.msgbuf)
             sent = 0
             final = False
@@ -152,16 +256,19 @@ class Wake:
                 last_t = 0
                 total = buf.fill()
                 g = buf.pending(codec.MAX_READINGS + 1)
+                ndrop = 0
                 for src, r in g:
                     if r is not None:
                         w = self.clk.fix(r)
-                        if w is None:
+                        if w is None:  # this clock era has no time yet: it and all after it wait
                             held = True
                             break
-                        if not bat.add((w[0], w[1], w[2], w[3], self.pairs(w[4]))):
+                        if w is False:  # its time can never be known: dropped and counted, not sent
+                            ndrop += 1
+                        elif not bat.add((w[0], w[1], w[2], w[3], self.pairs(w[4]))):
                             more = True
                             break
-                        if w[2] > last_t:
+                        elif w[2] > last_t:
                             last_t = w[2]
                     if src == 0:
                         nlog += 1
@@ -174,11 +281,15 @@ class Wake:
                 flushed = None
                 if final:
                     t, q = self.clk.now()
-                    flushed = t if q == 's' and t > last_t else last_t
-                if bat.count or final:
+                    flushed = t if q == 's' and t > last_t else (last_t or None)
+                if bat.count or flushed is not None:
                     msg = bat.finish(flushed)
                     up.publish(up.t_readings, msg)  # returns after PUBACK
                     log('pub', bat.count, len(msg), 'flushed', flushed)
+                if ndrop:
+                    st.dropped += ndrop
+                    st.untimed += ndrop
+                    log('untimed', ndrop)
                 buf.consume(nlog, nring)  # only now do the readings leave the buffer
                 sent += bat.count
                 if final or held:
@@ -201,7 +312,8 @@ class Wake:
         self.feed()
         import backoff
         held = backoff.hold(st)  # after failed uplinks the radio stays off for a few wakes
-        if held or not self.due():
+        power = self.radio_allowed()  # and after a brown-out, and on a low battery
+        if held or not power or not self.due():
             if held:
                 log('net', 'backoff', st.net_skip, 'fails', st.fails)
             self.save()
@@ -241,14 +353,21 @@ def main():
     t0 = time.ticks_ms()
     gc.collect()
     msgbuf = bytearray(4096)  # the message buffer first, while the heap is still unfragmented
+    rtcbuf = bytearray(2048)  # and the RTC-memory image (cfgcheck.RTC_MEM_MAX)
     from config import CFG as cfg
+    import cfgcheck
+    problems = cfgcheck.check(cfg)  # fixes what cannot work; the messages go to the REPL and the status
+    del sys.modules['cfgcheck']  # not needed again in this wake: let its code be collected
+    del cfgcheck
     if maintenance(cfg):
+        for _, msg in problems:
+            log('config', msg)
         log('maintenance: not sleeping')
         return
     wdt = hw.watchdog((cfg['wake_timeout_s'] + 5) * 1000)
     sleep_ms = cfg['sleep_s'] * 1000
     try:
-        Wake(cfg, t0, wdt, msgbuf).run()
+        Wake(cfg, t0, wdt, msgbuf, problems, rtcbuf).run()
     except KeyboardInterrupt:  # a host (mpremote) interrupted: stay awake for it
         raise
     except Exception as e:

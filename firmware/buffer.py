@@ -13,8 +13,11 @@
 # and the RTC save can send a reading twice; the gateway removes duplicates by (device, boot, seq).
 #
 # Overflow policy: the flash log holds at most log_max readings; beyond that the OLDEST are discarded
-# (the newest data is kept), and each discarded reading adds one to the discard counter (status
-# "dropped").
+# (the newest data is kept, from the ring too when log_max is smaller than the ring), and each discarded
+# reading adds one to the discard counter (status "dropped").
+#
+# The ack file also records the record size: a log written with another metric count is not misread
+# (its readings are counted as discarded: FlashLog.discarded; app.py reports it).
 import os
 import struct
 from binascii import crc32
@@ -51,12 +54,20 @@ class FlashLog:
         self.max = log_max
         self.sbuf = bytearray(self.slot)
         self.gen, self.off = 0, 0
+        self.discarded = 0
+        rec_was = rec
         try:
             with open(_ACK) as f:
-                g, o = f.read().split()
-            self.gen, self.off = int(g), int(o)
-        except (OSError, ValueError):
-            pass
+                p = f.read().split()
+            self.gen, self.off = int(p[0]), int(p[1])
+            if len(p) > 2:
+                rec_was = int(p[2])
+        except (OSError, ValueError, IndexError):
+            self._commit(self.gen, self.off)  # from the start on, the ack file names the record size
+        if rec_was != rec:  # written with another metric count: count what it held, start a new log
+            n = _size(self.path()) - self.off
+            self.discarded = max(0, (n + rec_was + 3) // (rec_was + 4))
+            self._commit(self.gen + 1, 0)
         keep = self.path()
         for name in os.listdir():
             if name.startswith('buf.') and name.endswith('.log') and name != keep:
@@ -77,7 +88,7 @@ class FlashLog:
 
     def _commit(self, gen, off):
         with open(_ACK_TMP, 'w') as f:
-            f.write('%d %d\n' % (gen, off))
+            f.write('%d %d %d\n' % (gen, off, self.rec))
         os.rename(_ACK_TMP, _ACK)
         self.gen, self.off = gen, off
 
@@ -171,10 +182,17 @@ class Buffer:
         if not st.count:
             return
         over = self.log.pending() + st.count - self.log.max
-        if over > 0:  # overflow: discard the oldest on flash
-            self.log.consume(over)
+        if over > 0:  # overflow: discard the oldest, on flash first, then from the ring
+            nl = min(over, self.log.pending())
+            if nl:
+                self.log.consume(nl)
+            nr = over - nl
+            if nr:
+                st.head = (st.head + nr) % st.cap
+                st.count -= nr
             st.dropped += over
-        self.log.append(st.buf, [st.slot((st.head + k) % st.cap) for k in range(st.count)])
+        if st.count:
+            self.log.append(st.buf, [st.slot((st.head + k) % st.cap) for k in range(st.count)])
         st.head = 0
         st.count = 0
         self.save()

@@ -22,12 +22,15 @@ CFG = {  # type: dict  # values of assorted types, read by key
     'wake_timeout_s': 40,    # the whole wake; the watchdog gets a few seconds more
     'wifi_timeout_s': 10,
     'net_timeout_s': 5,      # the longest wait of one network step: DNS, connect, one publish and its PUBACK
+    'ntp_timeout_s': 2,      # one NTP request; two are tried, then NTP backs off (1, 3, 7, 15 publishing wakes)
     'backoff_max_s': 3600,   # after failed uplinks the radio rests up to this long (see backoff.py)
     'dns_cache_s': 86400,    # a broker name's address is looked up again after this (or a failed connect)
     'dns_port': 53,
     'keepalive_s': 10,       # MQTT keepalive; after a silent drop the broker sends the will 1.5x this later
-    'sync_every_s': 21600,   # re-sync NTP after 6 hours
-    'clock_max_age_s': 86400,  # readings later than this after a sync are marked 'u'
+    'sync_every_s': 600,     # NTP at every publishing wake: readings are then timed between two syncs
+    'clock_max_age_s': 3600,  # readings later than this after the last sync are marked 'u'
+    # power
+    'batt_low_mv': 3300,     # below this (batt_mv) the board keeps buffering without the radio
     # buffer
     'rtc_mem': 2048,         # bytes of RTC memory used (header + ring); an ESP32 offers 2048
     'log_max': 2000,         # readings kept on flash before the oldest are discarded

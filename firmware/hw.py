@@ -3,6 +3,8 @@
 # timebase, uplink) import nothing from the board.
 import time
 import machine
+import network  # built into the ESP32 port; loaded here, on a clean heap, where it is a host shim
+from micropython import const
 
 _rtc = machine.RTC()
 _wlan = None
@@ -13,10 +15,6 @@ _adcs = []  # type: list[tuple[machine.ADC, float]]  # (input, divider factor), 
 
 def rtc_tuple():
     return _rtc.datetime()
-
-
-def rtc_set(tup):
-    _rtc.datetime(tup)
 
 
 def mem_read():
@@ -33,6 +31,24 @@ def woke_from_sleep():
 
 def reset_cause():
     return machine.reset_cause()
+
+
+_RESET_STATE = const(0x3FF48034)  # ESP32 RTC_CNTL_RESET_STATE_REG: raw reset reason, PRO CPU bits 0-5
+_BROWN_OUT = const(15)  # RTCWDT_BROWN_OUT_RESET (ESP-IDF rom/rtc.h)
+
+
+def brownout():
+    """True on the boot after a brown-out reset. MicroPython's ESP32 port folds ESP_RST_BROWNOUT into
+    PWRON_RESET (ports/esp32/modmachine.c), so read the chip's raw reset reason. The register address is
+    the ESP32's (the S2/S3/C3 keep it elsewhere: there this says False)."""
+    import sys
+    m = getattr(sys.implementation, '_machine', '')  # e.g. 'Generic ESP32 module with ESP32'
+    if 'ESP32S' in m or 'ESP32C' in m:
+        return False
+    try:
+        return machine.mem32[_RESET_STATE] & 0x3F == _BROWN_OUT
+    except (AttributeError, ValueError, OSError, IndexError):
+        return False
 
 
 def watchdog(ms):
@@ -86,7 +102,6 @@ def sample(out):
 def wifi_connect(ssid, password, timeout_ms):
     """True once associated with an address, False after timeout_ms."""
     global _wlan
-    import network
     _wlan = network.WLAN(network.STA_IF)
     _wlan.active(True)
     if _wlan.isconnected():

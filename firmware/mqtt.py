@@ -1,5 +1,6 @@
 # A small MQTT 3.1.1 client for one wake: CONNECT with a last will, QoS 1 PUBLISH that returns after its
-# PUBACK, DISCONNECT. Nothing else (no subscriptions, no QoS 2, no pings: a wake is short).
+# PUBACK, one QoS 0 SUBSCRIBE (the gateway's time on the board's cmd topic), DISCONNECT. Nothing else (no
+# QoS 2, no pings: a wake is short).
 #
 # Every wait is bounded. The socket is non-blocking from the start and never made blocking again; each
 # connect, read and write waits in select.poll for at most what is left of the operation's deadline, so a
@@ -16,6 +17,8 @@ from micropython import const
 ETIMEDOUT = const(110)
 _CONNACK = const(0x20)
 _PUBACK = const(0x40)
+_SUBACK = const(0x90)
+_MSG_MAX = const(512)  # a PUBLISH to our subscription larger than this is skipped
 _OUT = const(512)  # a packet up to this size goes out in one write (one TCP segment, no Nagle wait)
 
 
@@ -42,6 +45,7 @@ class Client:
         self.pswd = _b(password or '')
         self.keepalive = keepalive
         self.will = None  # (topic, msg, retain, qos)
+        self.on_msg = None  # on_msg(topic, payload) for a PUBLISH to our subscription
         self.sock = None
         self.poll = None
         self.pid = 0
@@ -209,7 +213,57 @@ class Client:
                 if struct.unpack_from('!H', self._read(h, 2), 0)[0] == pid:
                     return
             else:
-                self._skip(n)  # anything else (a PINGRESP, a retained message) is not ours
+                self._other(op, n)  # a message to our subscription, or something that is not ours
+
+    def _other(self, op, n):
+        """A packet that is not the one awaited: a (QoS 0) PUBLISH goes to on_msg, the rest is skipped."""
+        if op & 0xF0 == 0x30 and not op & 6 and self.on_msg is not None and 2 <= n <= _MSG_MAX:
+            buf = self._read(bytearray(n), n)
+            tl = buf[0] << 8 | buf[1]
+            if 2 + tl <= n:
+                self.on_msg(bytes(buf[2:2 + tl]), bytes(buf[2 + tl:]))
+            return
+        self._skip(n)
+
+    def subscribe(self, topic, timeout_ms):
+        """SUBSCRIBE at QoS 0 and return once the SUBACK came; at most timeout_ms."""
+        self._deadline(timeout_ms)
+        topic = _b(topic)
+        self.pid = self.pid % 65535 + 1
+        pid = self.pid
+        h = self.hdr
+        h[0] = 0x82
+        i = _varlen(h, 1, 2 + 2 + len(topic) + 1)
+        self.n = 0
+        self._put(memoryview(h)[:i])
+        struct.pack_into('!H', h, 0, pid)
+        self._put(memoryview(h)[:2])
+        self._send_str(topic)
+        self._put(b'\x00')
+        self._flush()
+        while True:
+            op, n = self._packet()
+            if op == _SUBACK and n == 3:
+                self._read(h, 3)
+                if struct.unpack_from('!H', h, 0)[0] == pid:
+                    if h[2] == 0x80:
+                        raise OSError('mqtt subscribe refused')
+                    return
+            else:
+                self._other(op, n)
+
+    def wait_msg(self, timeout_ms):
+        """Wait at most timeout_ms for one packet and handle it (a PUBLISH goes to on_msg); False when none
+        came."""
+        self._deadline(timeout_ms)
+        try:
+            op, n = self._packet()
+        except OSError as e:
+            if e.args and e.args[0] == ETIMEDOUT:
+                return False
+            raise
+        self._other(op, n)
+        return True
 
     def disconnect(self, timeout_ms):
         """A clean DISCONNECT (the broker discards the will), then close."""

@@ -34,12 +34,14 @@ class Uplink:
         p = '%s/%s/%s/' % (cfg['prefix'], cfg['site'], cfg['device'])
         self.t_readings = p + 'readings'
         self.t_status = p + 'status'
+        self.t_cmd = p + 'cmd'
         self.cfg = cfg
         self.dev = cfg['device']
         self.left_ms = left_ms
         self.st = st
         self.dns_server = dns_server
         self.c = None
+        self.got = None  # (ticks_ms, payload) of the first message on the cmd topic
 
     def ms(self):
         """The time one network operation may take now."""
@@ -102,6 +104,41 @@ class Uplink:
             c.close()
             self.c = None
             raise
+
+    def listen(self):
+        """Subscribe to this board's cmd topic (QoS 0): the gateway answers an 'online' status there with
+        its time (docs/protocol.md). A message that arrives while we wait for a PUBACK is kept too."""
+        c = self.c
+        if c is None:
+            raise OSError('mqtt subscribe: not connected')
+        self.got = None
+        c.on_msg = self._on_cmd
+        try:
+            c.subscribe(self.t_cmd, self.ms())
+        except OSError:
+            c.close()
+            self.c = None
+            raise
+
+    def _on_cmd(self, topic, msg):
+        if self.got is None:
+            self.got = (time.ticks_ms(), msg)
+
+    def poll(self, ms):
+        """The first cmd message, waiting at most ms for it: (ticks_ms when it came, payload) or None."""
+        c = self.c
+        t0 = time.ticks_ms()
+        while self.got is None and c is not None:
+            left = ms - time.ticks_diff(time.ticks_ms(), t0)
+            if left <= 0:
+                break
+            try:
+                c.wait_msg(min(left, self.ms()))
+            except OSError:
+                c.close()
+                self.c = None
+                raise
+        return self.got
 
     def status(self, state, fields):
         self.publish(self.t_status, codec.status(self.dev, state, fields), True)

@@ -52,7 +52,7 @@ from .state import (
     file_error,
 )
 
-__all__ = ["Gateway", "StateError", "state_path", "wall_clock_ms"]
+__all__ = ["Gateway", "StateError", "state_path", "time_reply", "wall_clock_ms"]
 
 log = logging.getLogger("gateway")
 
@@ -73,6 +73,12 @@ def _fingerprint(config: Config) -> str:
     """What the checkpointed state depends on: windows, watermarks, patterns, detectors and the topic prefix."""
     text = repr((config.engine, config.patterns, config.anomaly, config.mqtt.prefix))
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def time_reply(now_ms: int) -> bytes:
+    """The gateway's answer on ``<prefix>/<site>/<device>/cmd`` to a board's ``online`` status: its clock
+    (docs/protocol.md, "Time from the gateway")."""
+    return b'{"v":1,"t":%d}' % now_ms
 
 
 def _digest(topic: str, payload: bytes) -> bytes:
@@ -154,6 +160,8 @@ class Gateway:
         received: list[tuple[str, bytes]] = []
         digests = []
         for topic, payload, dup in msgs:
+            if topic.endswith("/cmd"):
+                continue  # the gateway's own messages to boards (time replies) come back: nothing to keep
             kind, logged = (KIND_MESSAGE, payload) if len(payload) <= limit else (KIND_OVERSIZE, oversize_stub(payload))
             digest = _digest(topic, logged)
             if dup and (digest in self.recent or digest in digests):
@@ -162,6 +170,9 @@ class Gateway:
             digests.append(digest)
             rows.append((kind, topic, logged, now))
             received.append((topic, payload))
+            if kind == KIND_MESSAGE and topic.endswith("/status") and b'"state":"online"' in payload:
+                # a board that just connected: tell it the time (it may have no NTP; docs/protocol.md)
+                self.outbox.put_now(topic[: -len("status")] + "cmd", time_reply(now))
         positions = self.store.append(rows)
         # remembered only once committed: a failed append leaves them unacknowledged, and their redelivery
         # must then be logged, not taken for a copy of something logged

@@ -150,15 +150,19 @@ class Outbox:
     """Messages the gateway publishes (alerts), bounded: when full, the oldest is shed and counted.
 
     They are sent at QoS 1 while the broker connection is up, and wait (in order) while it is down.
+    Messages that are only worth something at once (a time reply to a board, ``put_now``) go first, at
+    QoS 0, on the current connection only: never queued across a reconnect, never checkpointed.
     """
 
     def __init__(self, limit: int = 10_000) -> None:
         self.limit = limit
         self.queue: deque[tuple[str, bytes]] = deque()
+        self.now: deque[tuple[str, bytes]] = deque(maxlen=1000)
         self.ready = asyncio.Event()
         self.empty = asyncio.Event()
         self.empty.set()
         self.sent = 0
+        self.sent_now = 0
         self.shed = 0
         self.too_large = 0
         """Messages not published because the broker would refuse them (over its Maximum Packet Size)."""
@@ -176,10 +180,19 @@ class Outbox:
         self.ready.set()
         self.empty.clear()
 
+    def put_now(self, topic: str, payload: bytes) -> None:
+        self.now.append((topic, payload))
+        self.ready.set()
+
     async def drain_into(self, client: aiomqtt.Client) -> None:
         """Publish queued messages for as long as the connection lasts (a failure leaves them queued)."""
+        self.now.clear()  # put while there was no connection: stale now
         while True:
             await self.ready.wait()
+            while self.now:
+                topic, payload = self.now.popleft()
+                await client.publish(topic, payload, qos=0)
+                self.sent_now += 1
             while self.queue:
                 topic, payload = self.queue[0]
                 if self.max_packet is not None and publish_packet_size(topic, payload) > self.max_packet:

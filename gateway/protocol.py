@@ -55,6 +55,10 @@ STATUS_FIELDS: Final[dict[str, FieldType]] = {
     "buf_cap": "integer",
     "dropped": "integer",
     "fw": "string",
+    "drift_ppm": "float",
+    "untimed": "integer",
+    "brownouts": "integer",
+    "cfg": "string",
 }
 """The status fields docs/protocol.md documents, with their types; any other takes its type from the
 ``[metric_types]`` declarations (a float unless declared otherwise)."""

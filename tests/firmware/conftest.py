@@ -40,7 +40,7 @@ def run_mpy(
     code: str,
     cwd: Path,
     *,
-    heap: str = "96K",
+    heap: str = "112K",
     sim: Path | None = None,
     timeout: float = 60,
     extra_path: tuple[Path, ...] = (),

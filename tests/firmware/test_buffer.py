@@ -17,10 +17,10 @@ from .conftest import FIRMWARE, SHIMS
 # record cannot pass as a good one.
 WRITER = """
 import machine, sys
-from state import State
+from state import State, HDR
 from buffer import Buffer, rec_size
 rtc = machine.RTC()
-st = State(17 + 64 + 3 * 12, rec_size(3))
+st = State(HDR + 3 * rec_size(3), rec_size(3))
 ok = st.load(rtc.memory())
 try:
     boot = int(open('boot.cnt').read()) + 1
@@ -67,10 +67,10 @@ def _split(k):
 
 DRAIN = """
 import machine
-from state import State
+from state import State, HDR
 from buffer import Buffer, rec_size
 rtc = machine.RTC()
-st = State(17 + 64 + 3 * 12, rec_size(3))
+st = State(HDR + 3 * rec_size(3), rec_size(3))
 ok = st.load(rtc.memory())
 buf = Buffer(st, 3, 100000, lambda: rtc.memory(st.pack()))
 for src, r in buf.pending(100000):
@@ -108,9 +108,21 @@ def test_power_loss_at_random_points(micropython: str, tmp_path: Path) -> None:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
-        time.sleep(rng.uniform(0.03, 0.25))
+        # kill it after a random amount of progress (counted in output lines, so a loaded machine does
+        # not turn every round into a kill during start-up), or now and then while it starts
+        target = rng.choice([0, *range(3, 80)])
+        head = b""
+        if target == 0:
+            time.sleep(rng.uniform(0.0, 0.02))
+        else:
+            assert p.stdout is not None
+            for _ in range(target):
+                ln = p.stdout.readline()
+                if not ln:
+                    break
+                head += ln
         p.send_signal(signal.SIGKILL)
-        out = p.communicate()[0].decode(errors="replace")
+        out = (head + p.communicate()[0]).decode(errors="replace")
         assert "Traceback" not in out, out[-2000:]
         if not out.endswith("\n"):
             out = out.rpartition("\n")[0]  # the kill cut the last line short
@@ -208,3 +220,40 @@ def test_overflow_drops_oldest_and_counts(micropython: str, tmp_path: Path) -> N
     assert ids == sorted(ids) and ids[-1] == 19
     assert int(cap[6]) == 20 - len(ids)
     assert len(ids) <= 7
+
+
+SMALL_LOG = """
+import machine
+from state import State, HDR
+from buffer import Buffer, rec_size
+rtc = machine.RTC()
+st = State(HDR + 4 * rec_size(1), rec_size(1))   # a 4-slot ring ...
+buf = Buffer(st, 1, 3, lambda: rtc.memory(st.pack()))  # ... and log_max 3, smaller than the ring
+for s in range(30):
+    buf.append(1, s, s, 's', [s])
+    if buf.log.pending() > 3:
+        print('OVER', s, buf.log.pending())
+print('CAP', st.cap, 'FILL', buf.fill(), 'LOG', buf.log.pending(), 'DROPPED', st.dropped)
+print('IDS', ' '.join(str(r[1]) for _, r in buf.pending(100)))
+"""
+
+
+def test_log_max_smaller_than_the_ring(micropython: str, tmp_path: Path) -> None:
+    """log_max is enforced even when it is smaller than the ring, and `dropped` counts exactly the
+    readings that were discarded: kept + dropped == appended."""
+    (tmp_path / "hw").mkdir()
+    r = subprocess.run(
+        [micropython, "-X", "heapsize=96K", "-c", SMALL_LOG],
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "OVER" not in r.stdout, r.stdout
+    head = r.stdout.split("IDS")[0].split()
+    ids = [int(x) for x in r.stdout.split("IDS")[1].split()]
+    dropped = int(head[head.index("DROPPED") + 1])
+    assert ids == sorted(ids) and ids[-1] == 29  # the newest are kept, in order
+    assert len(ids) + dropped == 30, (ids, dropped)

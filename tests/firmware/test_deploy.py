@@ -101,7 +101,7 @@ def test_deploy_through_a_pty(
     env = dict(os.environ, MICROPYPATH=f"{flash}:{flash}/lib:.frozen", EDGEKIT_SIM=str(hw))
     env.pop("EDGEKIT_CLOCK", None)
     run = subprocess.run(
-        [micropython, "-X", "heapsize=96K", str(SHIMS / "start.py")],
+        [micropython, "-X", "heapsize=112K", str(SHIMS / "start.py")],
         cwd=flash,
         env=env,
         capture_output=True,

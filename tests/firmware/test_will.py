@@ -189,7 +189,7 @@ def test_last_will_on_power_loss_and_sleeping_on_clean_sleep(
     ]
     topic = {b.name: f"edgekit/lab/{b.name}/status" for b in boards}
     watcher = Watcher(broker.port)
-    fleet = Fleet(tmp_path / "fleet", boards, start_vt=start, heap="96K")
+    fleet = Fleet(tmp_path / "fleet", boards, start_vt=start, heap="112K")
     fleet.prepare()
     # cut both proxied boards 2.5 s into their first wake: long after "online" (~0.2 s), while they wait
     # for the PUBACK of their readings; power returns after the test has ended

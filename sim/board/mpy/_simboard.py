@@ -2,7 +2,7 @@
 # ntptime). Runs under the MicroPython unix port.
 #
 # Environment (set by sim/board/runner.py):
-#   EDGEKIT_SIM    the board's hardware directory: hw.json (RTC, reset cause, drift), rtcmem.bin (RTC
+#   EDGEKIT_SIM    the board's hardware directory: hw.json (RTC, reset cause, RC-oscillator drift), rtcmem.bin (RTC
 #                  memory), scenario.json (sensor values, Wi-Fi outages, pins), sleep.json (written by
 #                  deepsleep), truth.log (virtual time of each sensor measurement)
 #   EDGEKIT_CLOCK  a file holding skip_ms: virtual time = host time + skip_ms. The runner changes it
@@ -45,6 +45,22 @@ def vt():
     return time.time_ns() // 1000000 + SKIP
 
 
+def drift_ms(t0, t1):
+    """How much the RTC gains over the virtual interval [t0, t1] (ms). The ESP32's default deep-sleep clock
+    is its internal ~150 kHz RC oscillator: a rate error of drift_ppm (thousands of ppm) plus a wander of
+    wander_ppm over wander_period_s (temperature). Same formula as sim/board/runner.py rtc_gain_ms."""
+    el = t1 - t0
+    d = el * HW.get('drift_ppm', 0) // 1000000
+    w = HW.get('wander_ppm', 0)
+    if w:
+        import math
+        per = HW.get('wander_period_s', 86400) * 1000
+        a = 2 * math.pi * (t0 % per) / per
+        b = 2 * math.pi * (t1 % per) / per
+        d += int(w * per / (2 * math.pi) * (math.cos(a) - math.cos(b)) / 1000000)
+    return d
+
+
 def in_window(key):
     t = vt()
     for a, b in SCN.get(key, ()):
@@ -54,13 +70,21 @@ def in_window(key):
 
 
 def value(name, default=0.0):
-    """A scenario quantity at the current virtual time: base + amp * sin(2 pi t / period)."""
+    """A scenario quantity at the current virtual time: a number, base + amp * sin(2 pi t / period), or
+    steps of [vt, value]."""
     import math
     spec = SCN.get('values', {}).get(name)
     if spec is None:
         return default
     if not isinstance(spec, dict):
         return float(spec)
+    if 'steps' in spec:  # [[vt, value], ...]: the value of the last step at or before now (else base)
+        v = spec.get('base', default)
+        t = vt()
+        for at, x in spec['steps']:
+            if at <= t:
+                v = x
+        return float(v)
     per = spec.get('period_s', 3600) * 1000
     return spec.get('base', 0.0) + spec.get('amp', 0.0) * math.sin(2 * math.pi * (vt() % per) / per)
 

@@ -15,7 +15,25 @@ _RTC_MEM_MAX = 2048
 
 
 def reset_cause():
+    # as MicroPython's ESP32 port reports it: a brown-out is folded into PWRON_RESET
     return _sb.HW.get('reset_cause', PWRON_RESET)
+
+
+_RTC_RESET_STATE = 0x3FF48034  # ESP32 RTC_CNTL_RESET_STATE_REG: raw reset reason, PRO CPU bits 0-5
+
+
+class _Mem32:
+    """machine.mem32 for the one register the firmware reads (the raw reset reason); any other address
+    would read the host process's memory, so it is refused."""
+
+    def __getitem__(self, addr):
+        if addr == _RTC_RESET_STATE:
+            r = _sb.HW.get('rst_raw', 1)
+            return r | (r << 6)  # PRO CPU and APP CPU reset reasons
+        raise ValueError('mem32[0x%x] is not emulated' % addr)
+
+
+mem32 = _Mem32()
 
 
 def unique_id():
@@ -48,16 +66,16 @@ def _civil(y, m, d):
 
 
 class RTC:
-    """RTC driven by the virtual clock with the board's drift; its memory persists in rtcmem.bin
-    (survives deep sleep and resets, wiped by the runner on a power loss)."""
+    """RTC driven by the virtual clock with the board's RC-oscillator drift; its memory persists in
+    rtcmem.bin (survives deep sleep and resets, wiped by the runner on a power loss)."""
 
     def __init__(self, id=0):
         pass
 
     def _ms(self):
         hw = _sb.HW
-        el = _sb.vt() - hw.get('rtc_set_vt', 0)
-        return hw.get('rtc_set_val', 946684800000) + el + el * hw.get('drift_ppm', 0) // 1000000
+        t0, t = hw.get('rtc_set_vt', 0), _sb.vt()
+        return hw.get('rtc_set_val', 946684800000) + (t - t0) + _sb.drift_ms(t0, t)
 
     def datetime(self, t=None):
         if t is None:

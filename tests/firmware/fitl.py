@@ -1,0 +1,214 @@
+"""Helpers for the clock, buffer and configuration tests that run the real firmware on simulated boards
+(sim/board) under the MicroPython unix port against a real Mosquitto: a subscriber that decodes every
+message with the gateway's own decoder, and a short way to run a fleet."""
+
+from __future__ import annotations
+
+import json
+import struct
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from gateway.model import Batch, Reading, StatusUpdate
+from gateway.protocol import decode
+from sim.board.runner import BoardSpec, Fleet, Hook, PowerLoss, Reset, WakeRecord, host_ms
+
+from .conftest import Broker, run_mpy
+
+MIN = 60_000
+HOUR = 60 * MIN
+
+VALUES = {
+    "temp_c": {"base": 21.0, "amp": 3.0, "period_s": 5400},
+    "rh": {"base": 45.0, "amp": 8.0, "period_s": 3600},
+    "adc35": 1.95,
+    "adc34": {"base": 1.2, "amp": 0.6, "period_s": 2700},
+}
+
+
+class Collector:
+    """Subscribes to edgekit/# and keeps (topic, payload, host ms of arrival, retained)."""
+
+    def __init__(self, port: int, client_id: str = "fitl-sub") -> None:
+        self.msgs: list[tuple[str, bytes, int, bool]] = []
+        self.lock = threading.Lock()
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
+        self.c.on_connect = lambda c, u, f, rc, p: c.subscribe("edgekit/#", qos=1)
+        self.c.on_message = self._on
+        self.c.reconnect_delay_set(0.05, 0.5)
+        self.c.connect("127.0.0.1", port)
+        self.c.loop_start()
+        deadline = time.monotonic() + 5
+        while not self.c.is_connected() and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def _on(self, c: Any, u: Any, m: mqtt.MQTTMessage) -> None:
+        with self.lock:
+            self.msgs.append((m.topic, bytes(m.payload), host_ms(), bool(m.retain)))
+
+    def settle(self, quiet_s: float = 1.0) -> None:
+        n, t = -1, time.monotonic()
+        while time.monotonic() - t < 15:
+            time.sleep(quiet_s)
+            if len(self.msgs) == n:
+                return
+            n = len(self.msgs)
+
+    def close(self) -> None:
+        self.c.loop_stop()
+        self.c.disconnect()
+
+    def decoded(self, received_ms: int | None = None) -> tuple[list[Batch], list[StatusUpdate]]:
+        """Every message through gateway.protocol.decode. received_ms: the gateway's clock to judge
+        future times against (default: the host's clock when the message arrived)."""
+        batches: list[Batch] = []
+        statuses: list[StatusUpdate] = []
+        for topic, payload, rcv, _ in self.msgs:
+            if not payload or topic.endswith("/cmd"):  # cmd: the gateway's time replies to the boards
+                continue
+            m = decode(topic, payload, rcv if received_ms is None else received_ms)
+            if isinstance(m, StatusUpdate):
+                statuses.append(m)
+            elif isinstance(m, Batch):
+                batches.append(m)
+        return batches, statuses
+
+    def status_json(self, device: str) -> list[dict[str, Any]]:
+        out = []
+        for topic, payload, _, _ in self.msgs:
+            if topic.endswith(f"/{device}/status") and payload:
+                out.append(json.loads(payload))
+        return out
+
+
+@dataclass
+class Run:
+    fleet: Fleet
+    wakes: list[WakeRecord]
+    sub: Collector
+    batches: list[Batch] = field(default_factory=list)
+    statuses: list[StatusUpdate] = field(default_factory=list)
+
+    def readings(self, device: str | None = None) -> dict[tuple[str, int, int], Reading]:
+        got: dict[tuple[str, int, int], Reading] = {}
+        for b in self.batches:
+            for r in b.readings:
+                if device is None or r.device == device:
+                    got[(r.device, r.boot, r.seq)] = r
+        return got
+
+    def rejected(self) -> list[Any]:
+        return [x for b in self.batches for x in b.rejected]
+
+    def lines(self, board: str, kind: str) -> list[list[str]]:
+        return [p for w in self.wakes if w.board == board for p in w.lines(kind)]
+
+    def radio_ms(self, board: str) -> int:
+        """Virtual ms the board's Wi-Fi radio was on (the network shim's 'radio on/off' lines)."""
+        total = 0
+        for w in self.wakes:
+            if w.board != board:
+                continue
+            on = None
+            for ln in w.truth:
+                p = ln.split()
+                if p[:2] == ["radio", "on"]:
+                    on = int(p[2])
+                elif p[:2] == ["radio", "off"] and on is not None:
+                    total += int(p[2]) - on
+                    on = None
+            if on is not None:
+                total += w.end_vt - on
+        return total
+
+    def radio_wakes(self, board: str) -> int:
+        return sum(1 for w in self.wakes if w.board == board and any(x.startswith("radio on") for x in w.truth))
+
+    def truth(self) -> dict[tuple[str, int, int], int]:
+        """(board, boot, seq) -> virtual time of the sensor measurement."""
+        return {(r.board, r.boot, r.seq): r.true_vt for r in self.fleet.readings_taken() if r.true_vt is not None}
+
+
+def config(broker: Broker, **kw: Any) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "site": "lab",
+        "broker": "127.0.0.1",
+        "port": broker.port,
+        "sleep_s": 300,
+        "publish_every": 3,
+        "wifi_ssid": "sim",
+        "wifi_timeout_s": 1,
+        "net_timeout_s": 2,
+        "wake_timeout_s": 30,
+    }
+    cfg.update(kw)
+    return cfg
+
+
+def run(
+    tmp_path: Path,
+    broker: Broker,
+    boards: Sequence[BoardSpec],
+    start: int,
+    until: int,
+    *,
+    hooks: Iterable[Hook] = (),
+    power_losses: Iterable[PowerLoss] = (),
+    resets: Iterable[Reset] = (),
+    prepare: Any = None,
+    wdt_ms: int = 30_000,
+) -> Run:
+    fleet = Fleet(tmp_path / "fleet", boards, start_vt=start, heap="112K", wdt_ms=wdt_ms)
+    fleet.prepare()
+    if prepare is not None:
+        prepare(fleet)
+    sub = Collector(broker.port)
+    try:
+        wakes = fleet.run(until, hooks=hooks, power_losses=power_losses, resets=resets)
+        sub.settle()
+    finally:
+        sub.close()
+        fleet.stop_ntp()
+    r = Run(fleet, wakes, sub)
+    r.batches, r.statuses = sub.decoded()
+    return r
+
+
+def past_start(dur_ms: int) -> int:
+    """A start time such that the whole run lies in the past of the host's clock (so the gateway's
+    decoder does not see future times)."""
+    return host_ms() - dur_ms - 10 * MIN
+
+
+def ring_ids(raw: bytes) -> set[tuple[int, int]]:
+    """(boot, seq) of the readings in an RTC-memory image (firmware/state.py): the header says where the
+    ring starts (bytes 4-5, from layout 2 on) and its head, count and capacity (bytes 6-11); layout 1 had
+    them at 20-25 and the ring at 60."""
+    if len(raw) < 12:
+        return set()
+    if raw[2] >= 2:
+        hdr, head, count, cap = struct.unpack_from("<HHHH", raw, 4)
+    else:
+        hdr = 60
+        head, count, cap = struct.unpack_from("<HHH", raw, 20)
+    rec = raw[3]
+    out = set()
+    for k in range(count):
+        b, s = struct.unpack_from("<II", raw, hdr + ((head + k) % cap) * rec)
+        out.add((b, s))
+    return out
+
+
+def state_hdr(micropython: str, tmp_path: Path) -> int:
+    """The RTC-memory header size (firmware/state.py HDR), as the firmware computes it."""
+    d = tmp_path / "hdr"
+    d.mkdir(exist_ok=True)
+    r = run_mpy(micropython, "import state; print(state.HDR)", d)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return int(r.stdout.split()[-1])
