@@ -62,6 +62,9 @@ _DT_ALPHA: Final = 0.1
 _DAY_MS: Final = 86_400_000
 _RECUR_KEEP: Final = 32
 """Excursions remembered for the recurring-pattern rule (the most recent ones)."""
+_CALM_HI: Final = 0.1
+"""Between the excursions of a pattern, at most this fraction of the points lie beyond ``clear_threshold``
+(Gaussian noise: 1.2 % at 2.5; inside a noise burst of four times the noise, about half)."""
 STATE_VERSION: Final = 2
 
 
@@ -153,11 +156,14 @@ class State:
     shift_n: int = 0
     shift_mean: float = 0.0
     shift_var: float = 0.0
-    # recurring excursions: (seen, |z|) of recent ones; a learned pattern's size and when it lapses
-    excursions: deque[tuple[int, float]] = field(default_factory=deque)
+    # recurring excursions: (seen, |z|, calm before it) of recent ones; a learned pattern's size and when it lapses
+    excursions: deque[tuple[int, float, bool]] = field(default_factory=deque)
     pattern: float = 0.0
     pattern_until: int = 0
     exc_prev: bool = False
+    # points scored since the last excursion remembered, and how many of them beyond clear_threshold
+    gap_n: int = 0
+    gap_hi: int = 0
     # the seasonal baseline: n, mean, variance per bin
     bins: list[list[float]] = field(default_factory=list)
     # the stuck-sensor check
@@ -386,6 +392,9 @@ class Detector:
         if fresh and not st.active and spec.recurring:
             self._excursion(az)
         st.exc_prev = excursion
+        st.gap_n += 1
+        if az >= spec.clear_threshold:
+            st.gap_hi += 1
         anomalous = False
         if st.active:
             anomalous = True
@@ -506,25 +515,29 @@ class Detector:
 
     def _excursion(self, az: float) -> None:
         """Remember an excursion; ``recurring`` of one size (within a factor of 2), evenly spaced (within 10 %),
-        within ``recur_points`` readings make a pattern."""
+        within ``recur_points`` readings, with the series calm between them (at most ``_CALM_HI`` of the points
+        since the previous one beyond ``clear_threshold``: a noise burst's openings are not a pattern), make a
+        pattern."""
         st, spec = self.state, self.spec
+        calm = st.gap_hi <= _CALM_HI * st.gap_n
+        st.gap_n = st.gap_hi = 0
         ex = st.excursions
         horizon = st.seen - spec.recur_points
         while ex and ex[0][0] <= horizon:
             ex.popleft()
-        similar = [(n, z) for n, z in ex if az / 2.0 <= z <= az * 2.0][-(spec.recurring - 1) :]
-        ex.append((st.seen, az))
+        similar = [e for e in ex if az / 2.0 <= e[1] <= az * 2.0][-(spec.recurring - 1) :]
+        ex.append((st.seen, az, calm))
         while len(ex) > _RECUR_KEEP:
             ex.popleft()
-        if len(similar) + 1 < spec.recurring:
+        if len(similar) + 1 < spec.recurring or not calm or not all(c for _, _, c in similar[1:]):
             return
-        times = [n for n, _ in similar] + [st.seen]
+        times = [n for n, _, _ in similar] + [st.seen]
         gaps = [b - a for a, b in itertools.pairwise(times)]
         if max(gaps) - min(gaps) > max(2.0, 0.1 * max(gaps)):
             return
         if st.seen >= st.pattern_until:
             st.pattern = 0.0
-        st.pattern = max(st.pattern, az, *(z for _, z in similar))
+        st.pattern = max(st.pattern, az, *(z for _, z, _ in similar))
         st.pattern_until = st.seen + spec.recur_points
 
     def _rebin(self, mean: float, var: float) -> None:
@@ -589,7 +602,7 @@ class Detector:
             "side": st.side, "side_n": st.side_n, "side_mean": st.side_mean, "side_m2": st.side_m2,
             "shifted": st.shifted, "shift_n": st.shift_n, "shift_mean": st.shift_mean, "shift_var": st.shift_var,
             "excursions": [list(p) for p in st.excursions], "pattern": st.pattern,
-            "pattern_until": st.pattern_until, "exc_prev": st.exc_prev,
+            "pattern_until": st.pattern_until, "exc_prev": st.exc_prev, "gap_n": st.gap_n, "gap_hi": st.gap_hi,
             "bins": [list(b) for b in st.bins],
             "last_value": st.last_value, "repeats": st.repeats, "stuck": st.stuck, "stuck_since": st.stuck_since,
             "stalled": st.stalled,
@@ -608,6 +621,8 @@ class Detector:
             raise ValueError(f"anomaly detector state version {version!r}, expected 1 or {STATE_VERSION}")
         values["window"] = deque((int(t), float(x)) for t, x in values["window"])
         values["held"] = deque((int(t), float(x)) for t, x in values["held"])
-        values["excursions"] = deque((int(n), float(z)) for n, z in values.get("excursions", []))
+        values["excursions"] = deque(
+            (int(e[0]), float(e[1]), bool(e[2]) if len(e) > 2 else True) for e in values.get("excursions", [])
+        )
         values["bins"] = [[float(v) for v in b] for b in values.get("bins", [])]
         self.state = State(**values)
