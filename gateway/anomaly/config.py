@@ -5,7 +5,7 @@
 metrics = ["temp_c", "rh"]     # default: every numeric metric
 baseline = "ewma"              # or "window": an event-time rolling window of `window`
 alpha = 0.07                   # ewma: weight of a new point in the mean (per point, after the warm-up)
-var_alpha = 0.02               # ewma: weight of a new point in the variance (a longer memory than the mean's)
+var_alpha = 0.005              # ewma: weight of a new point in the variance (about 200 readings: a stable spread)
 window = "0s"                  # window: its length in event time; 0: the last window_max_points points
 window_max_points = 1000
 warmup = 30                    # points learned before any point is flagged
@@ -74,7 +74,7 @@ class DetectorSpec:
 
     baseline: Baseline = "ewma"
     alpha: float = 0.07
-    var_alpha: float = 0.02
+    var_alpha: float = 0.005
     window_ms: int = 0
     window_max_points: int = 1_000
     warmup: int = 30
