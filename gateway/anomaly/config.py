@@ -30,7 +30,8 @@ after_gap = "reanchor"         # first point after a gap: not flagged, the mean 
 gap_alerts = false             # raise an alert for a device's first reading after a gap
 stuck_points = 20              # this many identical values in a row is a stuck sensor (0: off)
 write = "all"                  # the anomaly measurement: a point per scored value, or "flagged" only
-multivariate = true            # per device, a Mahalanobis (Hotelling T^2) score over its metrics
+multivariate = true            # per device, a Mahalanobis (Hotelling T^2) score over its metrics ...
+multivariate_memory = 200      # ... whose mean and covariance have a memory of this many readings
 max_series = 100000            # series (device, metric) tracked at most; more are counted, not scored
 
 [anomaly.compound]
@@ -184,6 +185,8 @@ class AnomalySpec:
     max_series: int = 100_000
     multivariate: bool = True
     """Per device, a Mahalanobis (Hotelling T^2) score over its scored metrics (``gateway/anomaly/multivariate.py``)."""
+    multivariate_memory: int = 200
+    """The memory, in readings, of the multivariate score's mean and covariance after its warm-up."""
 
     def detector_for(self, metric: str) -> DetectorSpec:
         return self.overrides.get(metric, self.detector)
@@ -196,7 +199,8 @@ _COMPOUND: Final = CompoundSpec()
 _DURATIONS: Final = {"window": "window_ms", "rebaseline_after": "rebaseline_after_ms", "gap": "gap_ms"}
 _DETECTOR_KEYS: Final = {f.name for f in fields(DetectorSpec)} - set(_DURATIONS.values()) | set(_DURATIONS)
 _TOP_KEYS: Final = {
-    "enabled", "metrics", "write", "gap_alerts", "max_series", "multivariate", "compound", "groups", "overrides"
+    "enabled", "metrics", "write", "gap_alerts", "max_series", "multivariate", "multivariate_memory", "compound",
+    "groups", "overrides",
 }  # fmt: skip
 
 
@@ -308,6 +312,9 @@ def parse_anomaly(doc: Mapping[str, Any]) -> AnomalySpec:
     multivariate = raw.get("multivariate", True)
     if not isinstance(multivariate, bool):
         raise ConfigError(f"anomaly.multivariate: expected true or false, got {multivariate!r}")
+    memory = _number(raw.get("multivariate_memory", 200), "anomaly.multivariate_memory", int)
+    if memory < 2:
+        raise ConfigError(f"anomaly.multivariate_memory: must be at least 2 readings, got {memory!r}")
     max_series = _number(raw.get("max_series", 100_000), "anomaly.max_series", int)
     if max_series < 1:
         raise ConfigError(f"anomaly.max_series: must be at least 1, got {max_series!r}")
@@ -322,4 +329,5 @@ def parse_anomaly(doc: Mapping[str, Any]) -> AnomalySpec:
         gap_alerts=gap_alerts,
         max_series=max_series,
         multivariate=multivariate,
+        multivariate_memory=memory,
     )

@@ -284,7 +284,7 @@ class AnomalyEngine:
         if md is None:
             if len(self.multi) >= self.spec.max_series:
                 return
-            md = self.multi[r.device] = MultiDetector(self.spec.detector)
+            md = self.multi[r.device] = MultiDetector(self.spec.detector, self.spec.multivariate_memory)
         values = {m: res.scored.value for m, res in done.results.items()}
         mres = md.process(r.t_ms, values)
         if mres is None:
@@ -447,7 +447,7 @@ class AnomalyEngine:
             self._own(device, metric, True)
         self.multi = {}
         for device, state in snap.get("multi", {}).items():  # version 1 had none: they start afresh
-            md = self.multi[device] = MultiDetector(self.spec.detector)
+            md = self.multi[device] = MultiDetector(self.spec.detector, self.spec.multivariate_memory)
             md.restore(state)
 
         def openings(raw: dict[str, dict[str, Any]]) -> dict[str, dict[str, _Opening]]:

@@ -4,18 +4,26 @@ A pump whose current, pressure and flow move against their usual relation is fla
 alone is inside its band. The metrics are those of the device's first reading that carried at least two
 scored metrics; a reading without all of them is not scored here (the single-metric detectors still are).
 
-- Mean: an ewma per metric (weight ``max(alpha, 1/n)``); covariance: an ewma of the outer products of the
-  deviations (weight ``max(var_alpha, 1/n)``, West's form), both learned from readings outside an anomaly.
+- The reference (what is normal): a mean per metric and the covariance of the deviations, learned with
+  equal weights through the warm-up (``max(warmup, 10 k)`` readings for k metrics) and then as ewmas with
+  a memory of ``memory`` readings (weight ``max(1/n, 1/memory)``, West's form; default 200): the online
+  analogue of fitting on a training part, adapted slowly afterwards. A reading is learned only outside an
+  anomaly and when its own z is below ``clear_threshold``, so a fault that sets in slowly does not drag
+  the reference along before it is flagged.
 - ``T^2 = u' (R + ridge I)^-1 u`` with ``u`` the deviations divided by each metric's deviation and ``R``
   the correlation matrix (``ridge`` = 0.01 keeps it invertible when two metrics move as one, or one is
   constant). The inverse is recomputed (Cholesky) every 16 readings, and at every reading of the warm-up.
-- Under normal data T^2 follows a chi-square law with k degrees of freedom (k metrics); the Wilson-Hilferty
-  transform ``z = ((T^2/k)^(1/3) - (1 - 2/(9k))) / sqrt(2/(9k))`` turns it into a normal deviate, so the
-  score, the threshold and the hysteresis are those of a single metric (``score_of(z, threshold)``).
-- Warm-up: ``max(warmup, 10 k)`` readings. An anomaly opens at ``z >= threshold`` and closes after
-  ``clear_points`` readings below ``clear_threshold``; while it is open nothing is learned; one still open
-  after ``rebaseline_after`` (``rebaseline_points`` readings when 0) is taken as normal: the mean becomes
-  the mean of its readings, and a ``rebaselined`` event says so.
+- The threshold comes from T^2's distribution, with the right degrees of freedom: for a new reading
+  against a mean and covariance estimated from n readings, ``T^2 n (n - k) / (k (n + 1) (n - 1))``
+  follows F(k, n - k) (Tracy, Young and Mason 1992), with n the reference's effective sample size
+  (``min(learned, 2 memory - 1)``); Paulson's normal approximation of F turns it into a normal deviate z
+  (for large n it is the Wilson-Hilferty transform of chi-square(k)), so the score, the threshold and the
+  hysteresis are those of a single metric (``score_of(z, threshold)``), at the same false-alarm rate per
+  reading whatever k is.
+- An anomaly opens at ``z >= threshold`` and closes after ``clear_points`` readings below
+  ``clear_threshold``; while it is open nothing is learned; one still open after ``rebaseline_after``
+  (``rebaseline_points`` readings when 0) is taken as normal: the mean becomes the mean of its readings,
+  and a ``rebaselined`` event says so.
 """
 
 from __future__ import annotations
@@ -28,9 +36,11 @@ from typing import Any, Final
 from .config import DetectorSpec
 from .detector import FLOOR, Event, score_of
 
-__all__ = ["MultiDetector", "MultiResult", "chi2_z"]
+__all__ = ["MEMORY", "MultiDetector", "MultiResult", "chi2_z", "t2_z"]
 
 RIDGE: Final = 0.01
+MEMORY: Final = 200
+"""The reference's memory in readings after the warm-up (``anomaly.multivariate_memory``)."""
 _REFRESH: Final = 16
 
 
@@ -40,6 +50,23 @@ def chi2_z(t2: float, k: int) -> float:
         return 0.0
     c = 2.0 / (9.0 * k)
     return max(0.0, (math.pow(t2 / k, 1.0 / 3.0) - (1.0 - c)) / math.sqrt(c))
+
+
+def t2_z(t2: float, k: int, n: float) -> float:
+    """A T^2 of ``k`` metrics against a reference of ``n`` readings as a standard normal deviate, >= 0.
+
+    ``f = T^2 n (n - k) / (k (n + 1) (n - 1))`` follows F(k, n - k); Paulson's approximation
+    ``z = ((1 - 2/(9 d2)) f^(1/3) - (1 - 2/(9 d1))) / sqrt(2/(9 d1) + 2/(9 d2) f^(2/3))``. As n grows this is
+    :func:`chi2_z`; fewer than ``k + 3`` readings fall back to it (never reached after the warm-up)."""
+    d2 = n - k
+    if d2 < 3.0:
+        return chi2_z(t2, k)
+    if t2 <= 0.0:
+        return 0.0
+    f = t2 * n * d2 / (k * (n + 1.0) * (n - 1.0))
+    a1, a2 = 2.0 / (9.0 * k), 2.0 / (9.0 * d2)
+    f3 = math.pow(f, 1.0 / 3.0)
+    return max(0.0, ((1.0 - a2) * f3 - (1.0 - a1)) / math.sqrt(a1 + a2 * f3 * f3))
 
 
 def _cholesky_inverse(a: list[list[float]]) -> list[list[float]]:
@@ -99,10 +126,11 @@ class MultiState:
 class MultiDetector:
     """The T^2 detector of one device. ``process(t_ms, values)`` per reading, in event-time order."""
 
-    __slots__ = ("spec", "state")
+    __slots__ = ("memory", "spec", "state")
 
-    def __init__(self, spec: DetectorSpec) -> None:
+    def __init__(self, spec: DetectorSpec, memory: int = MEMORY) -> None:
         self.spec = spec
+        self.memory = memory
         self.state = MultiState()
 
     def warmup(self) -> int:
@@ -126,10 +154,9 @@ class MultiDetector:
         st.stale = 0
 
     def _learn(self, xs: Sequence[float]) -> None:
-        st, spec = self.state, self.spec
+        st = self.state
         st.n += 1
-        a = max(spec.alpha, 1.0 / st.n)
-        b = max(spec.var_alpha, 1.0 / st.n)
+        a = b = max(1.0 / self.memory, 1.0 / st.n)
         d = [x - m for x, m in zip(xs, st.mean, strict=True)]
         k = len(d)
         for i in range(k):
@@ -167,7 +194,7 @@ class MultiDetector:
         w = [sum(row[j] * u[j] for j in range(k)) for row in st.inv]
         parts = [u[i] * w[i] for i in range(k)]
         t2 = max(0.0, sum(parts))
-        z = chi2_z(t2, k)
+        z = t2_z(t2, k, min(st.n, 2 * self.memory - 1))
         score = score_of(z, spec.threshold)
         events: list[Event] = []
         anomalous = st.active
@@ -198,7 +225,7 @@ class MultiDetector:
             st.held_n, st.held_mean = 1, list(xs)
             anomalous = True
             events.append(Event("opened", t_ms, t_ms, z=z))
-        else:
+        elif z < spec.clear_threshold:
             self._learn(xs)
         i_top = max(range(k), key=lambda i: parts[i])
         share = parts[i_top] / t2 if t2 > 0 else 0.0

@@ -3,6 +3,7 @@ relation that no single metric sees, writes its points and alert, and survives s
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import random
@@ -10,7 +11,7 @@ import random
 import numpy as np
 
 from gateway.anomaly import AnomalyEngine, DetectorSpec, parse_anomaly
-from gateway.anomaly.multivariate import RIDGE, MultiDetector, chi2_z
+from gateway.anomaly.multivariate import MEMORY, RIDGE, MultiDetector, chi2_z, t2_z
 from gateway.model import Reading
 
 MIN = 60_000
@@ -28,7 +29,7 @@ def pump(n: int, seed: int = 3) -> list[dict[str, float]]:
 
 
 def test_t2_matches_numpy_mahalanobis_over_the_learned_statistics() -> None:
-    spec = DetectorSpec(alpha=0.01, var_alpha=0.01)
+    spec = DetectorSpec()
     md = MultiDetector(spec)
     rows = pump(400)
     for i, row in enumerate(rows):
@@ -44,7 +45,73 @@ def test_t2_matches_numpy_mahalanobis_over_the_learned_statistics() -> None:
     u = (np.array([x[m] for m in st.names]) - np.array(st.mean)) / sd
     want = float(u @ np.linalg.inv(corr) @ u)
     assert math.isclose(res.t2, want, rel_tol=1e-9)
-    assert math.isclose(res.z, chi2_z(want, 3))
+    assert math.isclose(res.z, t2_z(want, 3, min(st.n, 2 * MEMORY - 1)))
+
+
+def test_the_reference_is_the_plain_mean_and_covariance_through_the_warm_up_then_has_a_long_memory() -> None:
+    rows = pump(400)
+    md = MultiDetector(DetectorSpec())
+    k = 3
+    for i, row in enumerate(rows[: 10 * k]):
+        md.process(i * MIN, row)
+    x = np.array([[r[m] for m in md.state.names] for r in rows[: 10 * k]])
+    assert np.allclose(md.state.mean, x.mean(0)) and np.allclose(md.state.cov, np.cov(x.T, bias=True))
+    for i, row in enumerate(rows[10 * k :], start=10 * k):
+        md.process(i * MIN, row)
+    st = md.state
+    assert 390 <= st.n <= 400  # readings with a z beyond clear_threshold (rare in noise) are not learned
+    assert st.n >= MEMORY
+    # after the warm-up each learned reading weighs max(1/n, 1/memory): here 1/200
+    before = list(st.mean)
+    calm = {m: v + 0.01 for m, v in zip(st.names, before, strict=True)}
+    res = md.process(400 * MIN, calm)
+    assert res is not None and res.z is not None and res.z < 2.5
+    assert np.allclose(np.array(st.mean) - np.array(before), 0.01 / MEMORY, rtol=1e-9, atol=0)
+    # a reading beyond clear_threshold (but below the threshold) is not learned
+    before = list(st.mean)
+    mean = dict(zip(st.names, before, strict=True))
+    for off in (x / 4 for x in range(40)):  # flow below its relation with current, further and further
+        probe = copy.deepcopy(md)
+        row = {**mean, "flow": mean["flow"] - off}
+        r = probe.process(401 * MIN, row)
+        assert r is not None and r.z is not None
+        if 2.5 <= r.z < 4.5:
+            break
+    odd = md.process(401 * MIN, row)
+    assert odd is not None and odd.z is not None and 2.5 <= odd.z < 4.5, odd.z
+    assert st.mean == before and not odd.anomalous
+
+
+def test_paulson_against_the_f_distribution() -> None:
+    """t2_z turns T^2 against a reference of n readings into a normal deviate through F(k, n - k): at the
+    exact 0.999 quantile of F (computed here by integrating its density) it gives 3.09, the normal one."""
+    for k, n in ((8, 80), (3, 30), (8, 399), (2, 200)):
+        q = f_quantile(0.999, k, n - k)
+        t2 = q * k * (n + 1) * (n - 1) / (n * (n - k))
+        assert abs(t2_z(t2, k, n) - 3.090) < 0.04, (k, n, t2_z(t2, k, n))
+    assert abs(t2_z(26.124, 8, 1e9) - chi2_z(26.124, 8)) < 1e-6  # a large reference: chi-square(k)
+    assert t2_z(30.0, 8, 80) < chi2_z(30.0, 8)  # a small one: the same T^2 is less surprising
+
+
+def f_cdf(x: float, d1: int, d2: int) -> float:
+    if x <= 0:
+        return 0.0
+    t = np.linspace(0.0, x, 40_001)
+    lg = math.lgamma((d1 + d2) / 2) - math.lgamma(d1 / 2) - math.lgamma(d2 / 2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logpdf = lg + (d1 / 2) * math.log(d1 / d2) + (d1 / 2 - 1) * np.log(t) - ((d1 + d2) / 2) * np.log1p(d1 * t / d2)
+    pdf = np.exp(logpdf)
+    pdf[0] = 0.0 if d1 > 2 else 1.0
+    h = x / 40_000
+    return float(h / 3 * (pdf[0] + pdf[-1] + 4 * pdf[1:-1:2].sum() + 2 * pdf[2:-1:2].sum()))
+
+
+def f_quantile(p: float, d1: int, d2: int) -> float:
+    lo, hi = 0.0, 100.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if f_cdf(mid, d1, d2) < p else (lo, mid)
+    return (lo + hi) / 2
 
 
 def test_wilson_hilferty_against_known_chi_square_quantiles() -> None:
