@@ -120,6 +120,8 @@ class Result:
     anomalous: bool
     """Inside an open anomaly (z-score or stuck sensor), this point included."""
     events: tuple[Event, ...] = ()
+    stuck: bool = False
+    """Inside a stuck-sensor anomaly (the value has not changed for ``stuck_points`` readings)."""
 
 
 @dataclass(slots=True)
@@ -370,7 +372,7 @@ class Detector:
             else:
                 st.mean = x
                 st.n += 1
-            return Result(s, st.stuck, tuple(events))
+            return Result(s, st.stuck, tuple(events), st.stuck)
         if s.phase == "warmup":
             if not repeated:
                 self._learn(t, x, 1.0)
@@ -382,7 +384,7 @@ class Detector:
             ):
                 st.stalled = True
                 events.append(Event("stalled", t, st.window[0][0] if st.window else t))
-            return Result(s, st.stuck, tuple(events))
+            return Result(s, st.stuck, tuple(events), st.stuck)
 
         z = s.z if s.z is not None else 0.0
         ref_z = s.ref_z if s.ref_z is not None else z
@@ -452,7 +454,7 @@ class Detector:
             self._close()
         if stuck_event:
             anomalous = True
-        return Result(s, anomalous or st.stuck, tuple(events))
+        return Result(s, anomalous or st.stuck, tuple(events), st.stuck)
 
     def process(self, t_ms: int, x: float) -> Result:
         """``learn_one(score_one(t_ms, x))``."""

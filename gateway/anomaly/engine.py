@@ -78,8 +78,17 @@ class ReadingResult:
 
     @property
     def anomalous(self) -> bool:
-        """Some metric of the reading, or the device's metrics together, inside an open anomaly."""
-        return any(r.anomalous for r in self.results.values()) or (self.multi is not None and self.multi.anomalous)
+        """The device's verdict on the reading: once the device's multivariate detector has warmed up, its own
+        (it weighs every metric at once, at one false-alarm rate for the device) or a stuck sensor; before
+        that, and for a device without one, whether any metric is inside an open anomaly."""
+        if self.multi is not None and self.multi.phase == "scored":
+            return self.multi.anomalous or any(r.stuck for r in self.results.values())
+        return self.any_metric
+
+    @property
+    def any_metric(self) -> bool:
+        """Some metric of the reading inside an open anomaly (z-score or stuck)."""
+        return any(r.anomalous for r in self.results.values())
 
     @property
     def score(self) -> float:

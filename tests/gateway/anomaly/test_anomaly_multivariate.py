@@ -11,6 +11,7 @@ import random
 import numpy as np
 
 from gateway.anomaly import AnomalyEngine, DetectorSpec, parse_anomaly
+from gateway.anomaly.engine import AnomalyOutput
 from gateway.anomaly.multivariate import MEMORY, RIDGE, MultiDetector, chi2_z, t2_z
 from gateway.model import Reading
 
@@ -169,3 +170,34 @@ def test_a_version_1_engine_snapshot_restores() -> None:
     again.restore(old)
     assert set(again.detectors) == set(eng.detectors) and again.multi == {}
     assert again.detectors[("p1", "flow")].state.mean == eng.detectors[("p1", "flow")].state.mean
+
+
+def test_the_device_verdict_is_the_multivariate_one_once_it_has_warmed_up() -> None:
+    """A reading's verdict (``ReadingResult.anomalous``, what SKAB scores) is the device's multivariate one:
+    one metric a little beyond its own threshold is an anomaly of that metric (its alert is raised), not of
+    the device, whose T^2 over three metrics is held to the same false-alarm rate; a stuck sensor is."""
+    eng = AnomalyEngine(parse_anomaly({"anomaly": {}}))
+    rows = pump(300)
+    for i, row in enumerate(rows):
+        res = eng.score_reading(Reading("s", "p1", 1, i, T0 + i * MIN, "s", row))
+    assert res.multi is not None and res.multi.phase == "scored"
+    det = eng.detectors[("p1", "pressure")]
+    mean, sd = det.state.mean, math.sqrt(det.state.var)
+    for k in (x / 10 for x in range(45, 80)):  # pressure alone, further and further out
+        probe = copy.deepcopy(eng)
+        row = {"current": 5.0, "flow": 50.0, "pressure": mean + k * sd}
+        got = probe.score_reading(Reading("s", "p1", 1, 300, T0 + 300 * MIN, "s", row))
+        if got.results["pressure"].anomalous and got.multi is not None and not got.multi.anomalous:
+            break
+    else:
+        raise AssertionError("no single-metric excursion below the multivariate threshold")
+    out = AnomalyOutput()
+    got = eng.score_reading(Reading("s", "p1", 1, 300, T0 + 300 * MIN, "s", row), out)
+    assert got.any_metric and not got.anomalous
+    assert [a.name for a in out.alerts] == ["zscore.pressure"]
+    stuck = 0
+    for i in range(301, 340):  # pressure frozen at its mean: a stuck sensor
+        rowi = {**rows[i - 300], "pressure": 2.0}
+        got = eng.score_reading(Reading("s", "p1", 1, i, T0 + i * MIN, "s", rowi))
+        stuck += got.anomalous
+    assert got.results["pressure"].stuck and got.anomalous and stuck >= 10
