@@ -33,6 +33,7 @@ from ..engine.config import parse_duration
 from ..errors import ConfigError
 from .config import AnomalySpec, DetectorSpec, parse_anomaly
 from .detector import Detector
+from .nabscore import NAB_PROFILES, NabSweep, sweep
 
 __all__ = [
     "DAY_MS",
@@ -134,6 +135,8 @@ class Report:
     total: Row
     device_days: float
     rebaselines: int
+    outcomes: list[Outcome] = field(default_factory=list)
+    """Per case, in order: what the detector did (its per-point scores among it)."""
 
     @property
     def false_alarms_per_device_day(self) -> float:
@@ -161,8 +164,10 @@ def evaluate(
     total = Row("all")
     span_by_device: dict[str, tuple[int, int]] = {}
     rebaselines = 0
+    outcomes: list[Outcome] = []
     for case in cases:
         out = run_case(case, spec, gap_alerts=gap_alerts)
+        outcomes.append(out)
         rebaselines += out.rebaselines
         delays, fa = score_case(case, out.alerts, tolerance_ms)
         if case.t_ms:
@@ -179,7 +184,39 @@ def evaluate(
                     r.detected += 1
                     r.delays_ms.append(d)
     device_days = sum((hi - lo) / DAY_MS for lo, hi in span_by_device.values())
-    return Report(rows, total, device_days, rebaselines)
+    return Report(rows, total, device_days, rebaselines, outcomes)
+
+
+def nab_sweep(cases: Sequence[Case], report: Report) -> NabSweep:
+    """NAB's threshold sweep (:mod:`gateway.anomaly.nabscore`) over the per-point scores of ``report``."""
+    files = [
+        (case.t_ms, out.scores, [(w.start_ms, w.end_ms) for w in case.windows])
+        for case, out in zip(cases, report.outcomes, strict=True)
+    ]
+    return sweep(files)
+
+
+def format_nab(sw: NabSweep, own: float = 0.5) -> str:
+    head = f"{'profile':<20}{'best threshold':>15}{'score':>8}{'windows found':>15}{'FP points':>11}"
+    head += f"{'at ' + format(own, 'g'):>10}{'windows found':>15}{'FP points':>11}"
+    lines = [
+        f"NAB scoring (numenta/NAB's sweeper: per-point scores, a threshold swept, each window worth its earliest "
+        f"detection, false positives by their distance after a window; {sw.points} points scored after the "
+        f"probation, {sw.windows} windows):",
+        "",
+        head,
+        "-" * len(head),
+    ]
+    at = sw.at(own)
+    for profile in NAB_PROFILES:
+        best = sw.best(profile)
+        thr = "-" if math.isinf(best.threshold) else f"{best.threshold:.4f}"
+        lines.append(
+            f"{profile:<20}{thr:>15}{sw.normalised(profile, best):>8.2f}{f'{best.detected}/{sw.windows}':>15}"
+            f"{best.fp_points:>11}{sw.normalised(profile, at):>10.2f}"
+            f"{f'{at.detected}/{sw.windows}':>15}{at.fp_points:>11}"
+        )
+    return "\n".join(lines)
 
 
 def _f(x: float, digits: int = 3) -> str:
@@ -441,6 +478,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(title)
     print(f"detector: {anomaly.detector}; tolerance after a window {tolerance / 60_000:g} min\n")
     print(format_table(report))
+    if args.source == "nab":
+        print()
+        print(format_nab(nab_sweep(cases, report)))
     if args.source == "sim" and anomaly.multivariate:
         print(format_devices(evaluate_devices(cases, anomaly, tolerance_ms=tolerance)))
     return 0
