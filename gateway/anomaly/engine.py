@@ -311,9 +311,15 @@ class AnomalyEngine:
             if ev.kind == "opened":
                 self.stats["multivariate_alerts"] += 1
                 names = ", ".join(md.state.names)
+                own = [
+                    f"{m} {_fmt(z)}"
+                    for m in mres.ranked[:3]
+                    if (z := done.results[m].scored.ref_z if m in done.results else None) is not None
+                ]
                 message = (
                     f"the metrics of {r.device} ({names}) left their usual relation: T^2 = {_fmt(mres.t2)} "
-                    f"(as a z-score {_fmt(mres.z)}); {mres.top} contributes {100 * mres.share:.0f} %"
+                    f"(as a z-score {_fmt(mres.z)}), most of it from {mres.top}; each against its own baseline "
+                    f"(z): {', '.join(own)}"
                 )
                 details: dict[str, MetricValue] = {
                     "t2": float(mres.t2), "z": float(mres.z or 0.0), "score": float(mres.score),

@@ -93,7 +93,8 @@ def _cholesky_inverse(a: list[list[float]]) -> list[list[float]]:
 @dataclass(frozen=True, slots=True)
 class MultiResult:
     """One reading's multivariate score. ``z`` is ``None`` in warm-up; ``top`` is the metric that contributes
-    most to ``t2`` (its share in ``share``)."""
+    most to ``t2`` (its share in ``share``: a term of ``u_i (R^-1 u)_i``, which can exceed 1 when another
+    term is negative), ``ranked`` every metric by its term, largest first (when the reading caused an event)."""
 
     t_ms: int
     t2: float
@@ -104,6 +105,7 @@ class MultiResult:
     events: tuple[Event, ...] = ()
     top: str = ""
     share: float = 0.0
+    ranked: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -229,7 +231,8 @@ class MultiDetector:
             self._learn(xs)
         i_top = max(range(k), key=lambda i: parts[i])
         share = parts[i_top] / t2 if t2 > 0 else 0.0
-        return MultiResult(t_ms, t2, z, score, anomalous, "scored", tuple(events), st.names[i_top], share)
+        ranked = tuple(st.names[i] for i in sorted(range(k), key=lambda i: -parts[i])) if events else ()
+        return MultiResult(t_ms, t2, z, score, anomalous, "scored", tuple(events), st.names[i_top], share, ranked)
 
     def snapshot(self) -> dict[str, Any]:
         st = self.state
