@@ -57,12 +57,14 @@ def test_demo_reads_back_every_reading_and_the_alerts_its_injected_events_raise(
     assert a.injected == {"spike": 3, "level shift": 1, "stuck sensor": 1}
     assert (a.raised, a.missed) == (a.injected, [])
     assert len(a.unexplained) <= MAX_FALSE_ALARMS, a.unexplained
-    assert all(x["name"].startswith("zscore.") for x in a.unexplained)
-    assert sum(a.by_name.values()) == a.found + len(a.unexplained)  # no re-baseline, gap or compound alert
+    assert all(x["name"].startswith("zscore.") or x["name"] == "multivariate" for x in a.unexplained)
+    assert 1 <= a.device_views <= a.found  # the spikes and the shift, seen by their device's multivariate score
+    views = a.device_views
+    assert sum(a.by_name.values()) == a.found + views + len(a.unexplained)  # no re-baseline, gap or compound
 
     # the same alerts on MQTT as in InfluxDB, and as the gateway counted
     assert sorted(x["id"] for x in run.mqtt_alerts) == sorted(x["id"] for x in sm.alerts)
-    assert run.stats["pipeline"]["alerts"] == len(sm.alerts) == p.found + a.found + len(a.unexplained)
+    assert run.stats["pipeline"]["alerts"] == len(sm.alerts) == p.found + a.found + views + len(a.unexplained)
 
     # the summary prints these numbers, read back
     capsys.readouterr()
@@ -72,7 +74,8 @@ def test_demo_reads_back_every_reading_and_the_alerts_its_injected_events_raise(
     assert "injected: 2 doors left open, 2 × three FAILED in 5 min, 2 vibration ramps; 4 near misses" in out
     assert "injected: 1 stuck sensor, 3 spikes, 1 level shift\n" in out
     false = len(a.unexplained)
-    assert f"-> 5 of 5 detected, {false} false alarm{'' if false == 1 else 's'}" in out
+    seen = f" (and {views} seen by their device's multivariate score)"
+    assert f"-> 5 of 5 detected{seen}, {false} false alarm{'' if false == 1 else 's'}" in out
     n = len(sm.alerts)
     assert f"{n} in measurement 'alert', {n} received on MQTT {target.prefix}/_gateway/alerts/# (the same ids)" in out
 
