@@ -350,7 +350,10 @@ class Detector:
         spec, st = self.spec, self.state
         t, x = s.t_ms, s.value
         events: list[Event] = []
-        gap = st.last_t is not None and self.is_gap(t)
+        if spec.after_gap == "reanchor" and s.phase != "warmup":
+            gap = s.phase == "gap"  # score_one has looked already
+        else:
+            gap = st.last_t is not None and self.is_gap(t)
         if gap and st.last_t is not None:
             events.append(Event("gap", t, st.last_t, after_ms=t - st.last_t))
         if st.last_t is not None:
