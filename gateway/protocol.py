@@ -16,7 +16,7 @@ from typing import Any, Final
 
 from .errors import DecodeError
 from .model import QUALITIES, Batch, DeadLetter, MetricValue, Quality, Reading, StatusUpdate
-from .schema import NO_TYPES, FieldType, MetricTypes
+from .schema import NO_TYPES, FieldType, MetricTypes, type_of_value
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -226,7 +226,9 @@ def _decode_batch(
 ) -> Batch:
     flushed: int | None = None
     if "flushed" in doc:
-        flushed = _int_field(doc, "flushed", 0, INT64_MAX, "")
+        # any 64-bit integer is a marker; one before limits.min_time_ms (negative too) or in the future is
+        # ignored by the engine (docs/semantics.md), and costs the readings beside it nothing
+        flushed = _int_field(doc, "flushed", -INT64_MAX - 1, INT64_MAX, "")
     raw = doc.get("r")
     if not isinstance(raw, list):
         raise DecodeError("schema", f"r must be a list of readings, got {type(raw).__name__}")
@@ -382,7 +384,7 @@ def typed_value(
         if len(value) > max_string:
             raise DecodeError("schema", f"{where} is a string of {len(value)} > {max_string}")
         return value
-    kind = _natural(value)
+    kind = type_of_value(value)
     said = why or {"boolean": "a boolean", "integer": "an integer", "float": "a float", "string": "a string"}[kind]
     article = "an" if want == "integer" else "a"
     if documented:
@@ -390,17 +392,6 @@ def typed_value(
     else:
         how = metric_hint(name, want, kind)
     raise DecodeError("type_mismatch", f"{where}={_short(value)} is {said}, not {article} {want}; {how}")
-
-
-def _natural(value: bool | int | float | str) -> FieldType:
-    """The type a value would need: a float that is not whole needs a float field."""
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "float"
-    return "string"
 
 
 def _short(value: object, limit: int = 80) -> str:

@@ -87,6 +87,12 @@ add(
     encode=True,
 )
 add(
+    "valid_flushed_before_2020",
+    "a flushed marker before 2020, negative too, is a marker the gateway ignores: the readings are taken",
+    enc({"v": 1, "dev": "dev-1", "r": [{"b": 1, "s": 0, "t": T, "q": "s", "m": {"temp_c": 20.5}}], "flushed": -5}),
+    {"kind": "readings", "readings": [rd(1, 0, T, "s", {"temp_c": 20.5})], "rejected": [], "flushed": -5},
+)
+add(
     "valid_spaces_and_key_order",
     "whitespace and another key order are accepted",
     '{ "r": [ {"m": {"temp_c": 20.25}, "q": "s", "t": %d, "s": 0, "b": 0} ], "dev": "dev-1", "v": 1 }' % T,
