@@ -201,3 +201,20 @@ def test_the_device_verdict_is_the_multivariate_one_once_it_has_warmed_up() -> N
         got = eng.score_reading(Reading("s", "p1", 1, i, T0 + i * MIN, "s", rowi))
         stuck += got.anomalous
     assert got.results["pressure"].stuck and got.anomalous and stuck >= 10
+
+
+def test_a_small_lasting_shift_that_no_single_reading_shows_is_flagged() -> None:
+    """pressure 4 deviations low for 60 readings: one reading's T^2 (z about 3) rarely reaches the threshold,
+    the evidence of the last few readings (the MEWMA) does, soon after the shift starts and not before."""
+    rows = pump(1000, seed=5)
+    for row in rows[800:860]:
+        row["pressure"] -= 0.4
+    md = MultiDetector(DetectorSpec())
+    flags = []
+    for i, row in enumerate(rows):
+        res = md.process(i * MIN, row)
+        assert res is not None
+        flags.append(res.anomalous)
+    assert not any(flags[:800])
+    assert sum(flags[800:860]) >= 50 and any(flags[800:810])
+    assert not any(flags[880:])
