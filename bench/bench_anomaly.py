@@ -11,13 +11,15 @@ learning and writing the ``anomaly`` points), for the ``ewma`` baseline univaria
 false``), with the per-device multivariate score, and for the ``window`` baseline. State is the size of the
 engine's JSON snapshot. ``--against REV`` runs the same workload on ``gateway/`` of that git revision (in a
 subprocess, from a temporary copy), alternating with this tree round by round, and prints each variant's
-median and spread (min-max) over the rounds.
+median and spread (min-max) over the rounds, of the wall-clock time and of the process's CPU time (on a
+machine shared with other work the CPU time is the steadier: waiting for a core is not counted).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import statistics
 import subprocess
@@ -53,8 +55,9 @@ def batches(devices: int, per_device: int) -> list[list[object]]:
     return out
 
 
-def measure(devices: int, readings: int) -> dict[str, tuple[float, int]]:
-    """us per value and snapshot bytes of each variant (the code imported from ``sys.path``)."""
+def measure(devices: int, readings: int) -> dict[str, tuple[float, int, float]]:
+    """us per value (wall clock), snapshot bytes and us per value of the process's CPU time, of each variant
+    (the code imported from ``sys.path``). On a shared machine the CPU time is the steadier of the two."""
     from gateway.anomaly import AnomalyEngine, AnomalySpec, parse_anomaly
 
     has_mv = "multivariate" in AnomalySpec.__dataclass_fields__
@@ -68,11 +71,11 @@ def measure(devices: int, readings: int) -> dict[str, tuple[float, int]]:
             section = {k: v for k, v in section.items() if k != "multivariate"}
         eng = AnomalyEngine(parse_anomaly({"anomaly": section}))
         now = T0 + readings * 60_000
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for b in work:
             eng.process(b, now)  # type: ignore[arg-type]
-        elapsed = time.perf_counter() - start
-        out[name] = (elapsed / values * 1e6, len(json.dumps(eng.snapshot())))
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+        out[name] = (elapsed / values * 1e6, len(json.dumps(eng.snapshot())), cpu / values * 1e6)
     return out
 
 
@@ -82,6 +85,7 @@ def _child(path: str, devices: int, readings: int) -> None:
 
 
 def _run(path: Path, devices: int, readings: int) -> dict[str, list[float]]:
+    """``measure`` in a subprocess on the ``gateway/`` at ``path``."""
     code = f"import sys; sys.path.insert(0, {str(ROOT / 'bench')!r}); import bench_anomaly as b; "
     code += f"b._child({str(path)!r}, {devices}, {readings})"
     done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=path)
@@ -98,26 +102,30 @@ def main() -> None:
     values = args.devices * args.readings * 3
     if not args.against:
         sys.path.insert(0, str(ROOT))
-        for name, (us, state) in measure(args.devices, args.readings).items():
-            print(f"{name:>8}: {values:,} values ({args.devices} devices x 3 metrics): {us:.1f} us each, "
-                  f"{1e6 / us:,.0f} values/s; state {state / 1e6:.2f} MB JSON")  # fmt: skip
+        for name, (us, state, cpu) in measure(args.devices, args.readings).items():
+            print(f"{name:>8}: {values:,} values ({args.devices} devices x 3 metrics): {us:.1f} us each "
+                  f"({cpu:.1f} us of CPU), {1e6 / us:,.0f} values/s; state {state / 1e6:.2f} MB JSON")  # fmt: skip
         return
     with tempfile.TemporaryDirectory() as tmp:
         archive = subprocess.run(["git", "archive", args.against, "gateway"], cwd=ROOT, check=True,
                                  capture_output=True).stdout  # fmt: skip
         tarfile.open(fileobj=BytesIO(archive)).extractall(tmp, filter="data")
         results: dict[str, dict[str, list[float]]] = {"this tree": {}, args.against: {}}
+        cpus: dict[str, dict[str, list[float]]] = {"this tree": {}, args.against: {}}
         for _ in range(args.rounds):
             for label, path in (("this tree", ROOT), (args.against, Path(tmp))):
-                for name, (us, _state) in _run(path, args.devices, args.readings).items():
+                for name, (us, _state, *cpu) in _run(path, args.devices, args.readings).items():
                     results[label].setdefault(name, []).append(us)
+                    cpus[label].setdefault(name, []).append(cpu[0] if cpu else math.nan)
         print(
             f"{values:,} values per variant ({args.devices} devices x 3 metrics), {args.rounds} rounds, us per value:"
         )
         for label, per in results.items():
             for name, xs in per.items():
+                cs = cpus[label][name]
                 print(f"  {label:>10} {name:>8}: median {statistics.median(xs):5.1f}  min {min(xs):5.1f}  "
-                      f"max {max(xs):5.1f}")  # fmt: skip
+                      f"max {max(xs):5.1f}   CPU time: median {statistics.median(cs):5.1f}  min {min(cs):5.1f}  "
+                      f"max {max(cs):5.1f}")  # fmt: skip
 
 
 if __name__ == "__main__":
