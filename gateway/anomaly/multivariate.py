@@ -31,7 +31,10 @@ scored metrics; a reading without all of them is not scored here (the single-met
   device-day were 0.33 undivided, 0.13 halved) and turned into a z like ``T^2``; the reading's z is the
   larger of the two.
 - An anomaly opens at ``z >= threshold`` and closes after ``clear_points`` readings below
-  ``clear_threshold``; while it is open nothing is learned; one still open after ``rebaseline_after``
+  ``clear_threshold``; while it is open nothing is learned, but the reference's mean goes on along the trend
+  it had (per metric, an ewma of how far each learned reading moved the mean, with a memory of ``memory / 2``
+  readings): a sensor that drifts steadily (a pump's temperature as it warms up) does not carry T^2 away from
+  a frozen reference and hold the anomaly open long after the fault is over; one still open after ``rebaseline_after``
   (``rebaseline_points`` readings when 0) is taken as normal: the mean becomes the mean of its readings,
   and a ``rebaselined`` event says so.
 """
@@ -143,6 +146,8 @@ class MultiState:
     """The second moments of ``e`` over the learned readings, and the inverse of their correlation."""
     einv: list[list[float]] = field(default_factory=list)
     n_e: int = 0
+    trend: list[float] = field(default_factory=list)
+    """Per metric, how far a learned reading moves the mean (an ewma): the mean moves on by it while frozen."""
 
 
 class MultiDetector:
@@ -181,8 +186,13 @@ class MultiDetector:
         a = b = max(1.0 / self.memory, 1.0 / st.n)
         d = [x - m for x, m in zip(xs, st.mean, strict=True)]
         k = len(d)
+        if len(st.trend) != k:
+            st.trend = [0.0] * k
+        c = 2.0 / self.memory
         for i in range(k):
             st.mean[i] += a * d[i]
+            if st.n > self.warmup():
+                st.trend[i] += c * (a * d[i] - st.trend[i])
         for i in range(k):
             row, di = st.cov[i], d[i]
             for j in range(i, k):
@@ -247,6 +257,9 @@ class MultiDetector:
         if st.n < self.warmup():
             self._learn(xs)
             return MultiResult(t_ms, 0.0, None, 0.0, False, "warmup")
+        if st.active and st.trend:  # frozen: the mean goes on along its trend
+            for i in range(k):
+                st.mean[i] += st.trend[i]
         _, u = self._u(xs)
         w = [sum(row[j] * u[j] for j in range(k)) for row in st.inv]
         parts = [u[i] * w[i] for i in range(k)]
@@ -299,6 +312,7 @@ class MultiDetector:
             "seen": st.seen, "active": st.active, "calm": st.calm, "since": st.since, "since_seen": st.since_seen,
             "held_n": st.held_n, "held_mean": list(st.held_mean),
             "ew": list(st.ew), "ecov": [list(r) for r in st.ecov], "einv": [list(r) for r in st.einv], "n_e": st.n_e,
+            "trend": list(st.trend),
         }  # fmt: skip
 
     def restore(self, snap: Mapping[str, Any]) -> None:
@@ -310,5 +324,6 @@ class MultiDetector:
             held_n=int(snap["held_n"]), held_mean=[float(v) for v in snap["held_mean"]],
             ew=[float(v) for v in snap.get("ew", [])], ecov=[[float(v) for v in r] for r in snap.get("ecov", [])],
             einv=[[float(v) for v in r] for r in snap.get("einv", [])], n_e=int(snap.get("n_e", 0)),
+            trend=[float(v) for v in snap.get("trend", [])],
         )  # fmt: skip
         self.state = st

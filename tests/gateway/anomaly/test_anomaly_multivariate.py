@@ -218,3 +218,25 @@ def test_a_small_lasting_shift_that_no_single_reading_shows_is_flagged() -> None
     assert not any(flags[:800])
     assert sum(flags[800:860]) >= 50 and any(flags[800:810])
     assert not any(flags[880:])
+
+
+def test_a_steady_drift_does_not_hold_the_anomaly_open_after_the_fault() -> None:
+    """temp rises steadily for the whole run (a pump warming up); flow is 8 deviations off for 500 readings.
+    While the anomaly is open the reference's mean goes on along temp's trend, so the anomaly closes within a
+    few readings of the fault's end; a frozen mean would fall ever further behind temp and hold it open."""
+    rng = random.Random(4)
+    rows = []
+    for i in range(1500):
+        c = 5.0 + rng.gauss(0, 1.0)
+        rows.append({"current": c, "flow": 10.0 * c + rng.gauss(0, 1.0), "temp": 20.0 + 0.005 * i + rng.gauss(0, 0.1)})
+    for row in rows[600:1100]:
+        row["flow"] += 8.0
+    md = MultiDetector(DetectorSpec())
+    flags = []
+    for i, row in enumerate(rows):
+        res = md.process(i * MIN, row)
+        assert res is not None
+        flags.append(res.anomalous)
+    assert not any(flags[:600])
+    assert sum(flags[600:1100]) >= 490
+    assert sum(flags[1100:]) <= 10 and not any(flags[1120:])
