@@ -5,7 +5,7 @@ alerts held to the simulator's ground truth. Also the matching of alerts to inje
 Tolerance (integration test): every injected event that should raise an alert raises it, and no pattern
 alert is raised that no injection explains (the near misses included). The z-score detector also flags
 the odd point of plain noise: docs/anomaly.md measures 0.02 to 0.04 false alarms per device-day for a
-metric and 0.125 for a device's multivariate score, and the demo's fleet is 50 devices x 2 h, about 4.2
+metric and 0.06 to 0.17 for a device's multivariate score, and the demo's fleet is 50 devices x 2 h, about 4.2
 device-days; at most 3 false alarms are allowed. A device's multivariate alert during an injected event on
 it is that event seen by the device (counted apart).
 """
