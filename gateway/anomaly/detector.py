@@ -446,13 +446,15 @@ class Detector:
             self._learn(t, x, 1.0)
         if st.active and self._overdue(t):
             old = self.reference(t)[1]
-            if st.shifted:
-                held_mean, held_var = st.shift_mean, st.shift_var
-            else:
-                held_mean, held_var = st.held_mean, (st.held_m2 / st.held_n if st.held_n else st.var)
-            self._reset_baseline(list(st.held), held_mean, held_var)
-            self._rebin(held_mean, held_var)
-            new = self.reference(t)[1] if spec.baseline == "window" else held_mean
+            new = old  # nothing held back (protection "off"): the baseline has learned the anomaly and is kept
+            if st.shifted or st.held_n:
+                if st.shifted:
+                    held_mean, held_var = st.shift_mean, st.shift_var
+                else:
+                    held_mean, held_var = st.held_mean, st.held_m2 / st.held_n
+                self._reset_baseline(list(st.held), held_mean, held_var)
+                self._rebin(held_mean, held_var)
+                new = self.reference(t)[1] if spec.baseline == "window" else held_mean
             events.append(Event("rebaselined", t, st.since, z=z, old_mean=old, new_mean=new, after_ms=t - st.since))
             self._close()
         if stuck_event:

@@ -7,6 +7,7 @@ import json
 import random
 from dataclasses import replace
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -186,3 +187,20 @@ def test_snapshot_restore_round_trip(
     got += run(second, ts[cut:])
     assert got == want
     assert second.snapshot() == whole.snapshot()
+
+
+@pytest.mark.parametrize("baseline", ["ewma", "window"])
+def test_rebaselining_with_protection_off_keeps_the_baseline_it_learned(baseline: str) -> None:
+    """protection = "off" learns every point, so an anomaly held open past rebaseline_points has held nothing
+    back: the baseline that learned it is kept (it was reset to an empty hold: mean 0.0, an empty window that
+    then said it had stalled). Found by test_anomaly_stats' window property (hypothesis)."""
+    det = Detector(DetectorSpec(baseline=baseline, protection="off", rebaseline_points=20))
+    rng = random.Random(2)
+    xs = [100 + rng.gauss(0, 1) for _ in range(60)] + [100 + (1 if i % 2 else -1) * 20 * 1.2**i for i in range(30)]
+    events = []
+    for i, x in enumerate(xs):
+        events += det.process(i * MIN, x).events
+    rebased = [e for e in events if e.kind == "rebaselined"]
+    assert rebased and all(e.new_mean == e.old_mean for e in rebased)
+    assert "stalled" not in [e.kind for e in events]
+    assert det.reference(len(xs) * MIN)[0] >= 30
