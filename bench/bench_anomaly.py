@@ -2,33 +2,48 @@
 
 Reproduce (from the repository root)::
 
-    python bench/bench_anomaly.py            # 1,000 devices x 3 metrics, 100 readings each
-    python bench/bench_anomaly.py -n 50      # quicker
+    python bench/bench_anomaly.py                     # 1,000 devices x 3 metrics, 100 readings each
+    python bench/bench_anomaly.py -n 50               # quicker
+    python bench/bench_anomaly.py --against main -r 5 # side by side with another revision, 5 rounds
 
-Each device sends batches of 20 readings; the time is that of ``AnomalyEngine.process`` only, for the
-``ewma`` and the ``window`` (2 h) baselines. State is the size of the engine's JSON snapshot.
+Each device sends batches of 20 readings; the time is that of ``AnomalyEngine.process`` only (scoring,
+learning and writing the ``anomaly`` points), for the ``ewma`` baseline univariate (``multivariate =
+false``), with the per-device multivariate score, and for the ``window`` baseline. State is the size of the
+engine's JSON snapshot. ``--against REV`` runs the same workload on ``gateway/`` of that git revision (in a
+subprocess, from a temporary copy), alternating with this tree round by round, and prints each variant's
+median and spread (min-max) over the rounds, of the wall-clock time and of the process's CPU time (on a
+machine shared with other work the CPU time is the steadier: waiting for a core is not counted).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
+import statistics
+import subprocess
 import sys
+import tarfile
+import tempfile
 import time
+from io import BytesIO
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from gateway.anomaly import AnomalyEngine, parse_anomaly
-from gateway.model import Reading
-
+ROOT = Path(__file__).resolve().parent.parent
 T0 = 1_704_067_200_000
+VARIANTS = {
+    "ewma": {"multivariate": False},
+    "ewma+mv": {},
+    "window": {"baseline": "window", "multivariate": False},
+}
 
 
-def batches(devices: int, per_device: int) -> list[list[Reading]]:
+def batches(devices: int, per_device: int) -> list[list[object]]:
+    from gateway.model import Reading
+
     rng = random.Random(1)
-    out = []
+    out: list[list[object]] = []
     for start in range(0, per_device, 20):
         for d in range(devices):
             rows = [
@@ -40,27 +55,77 @@ def batches(devices: int, per_device: int) -> list[list[Reading]]:
     return out
 
 
+def measure(devices: int, readings: int) -> dict[str, tuple[float, int, float]]:
+    """us per value (wall clock), snapshot bytes and us per value of the process's CPU time, of each variant
+    (the code imported from ``sys.path``). On a shared machine the CPU time is the steadier of the two."""
+    from gateway.anomaly import AnomalyEngine, AnomalySpec, parse_anomaly
+
+    has_mv = "multivariate" in AnomalySpec.__dataclass_fields__
+    work = batches(devices, readings)
+    values = sum(len(b) for b in work) * 3
+    out = {}
+    for name, section in VARIANTS.items():
+        if not has_mv:  # an older revision: no multivariate score, its single-metric variants as they are
+            if name == "ewma+mv":
+                continue
+            section = {k: v for k, v in section.items() if k != "multivariate"}
+        eng = AnomalyEngine(parse_anomaly({"anomaly": section}))
+        now = T0 + readings * 60_000
+        start, cpu = time.perf_counter(), time.process_time()
+        for b in work:
+            eng.process(b, now)  # type: ignore[arg-type]
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+        out[name] = (elapsed / values * 1e6, len(json.dumps(eng.snapshot())), cpu / values * 1e6)
+    return out
+
+
+def _child(path: str, devices: int, readings: int) -> None:
+    sys.path.insert(0, path)
+    print(json.dumps(measure(devices, readings)))
+
+
+def _run(path: Path, devices: int, readings: int) -> dict[str, list[float]]:
+    """``measure`` in a subprocess on the ``gateway/`` at ``path``."""
+    code = f"import sys; sys.path.insert(0, {str(ROOT / 'bench')!r}); import bench_anomaly as b; "
+    code += f"b._child({str(path)!r}, {devices}, {readings})"
+    done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=path)
+    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("-d", "--devices", type=int, default=1000)
     parser.add_argument("-n", "--readings", type=int, default=100, help="readings per device")
+    parser.add_argument("--against", help="a git revision to measure side by side (e.g. main)")
+    parser.add_argument("-r", "--rounds", type=int, default=3)
     args = parser.parse_args()
-    work = batches(args.devices, args.readings)
-    values = sum(len(b) for b in work) * 3
-    for baseline in ("ewma", "window"):
-        eng = AnomalyEngine(parse_anomaly({"anomaly": {"baseline": baseline}}))
-        now = T0 + args.readings * 60_000
-        start = time.perf_counter()
-        lines = 0
-        for b in work:
-            lines += len(eng.process(b, now).lines)
-        elapsed = time.perf_counter() - start
-        state = len(json.dumps(eng.snapshot()))
+    values = args.devices * args.readings * 3
+    if not args.against:
+        sys.path.insert(0, str(ROOT))
+        for name, (us, state, cpu) in measure(args.devices, args.readings).items():
+            print(f"{name:>8}: {values:,} values ({args.devices} devices x 3 metrics): {us:.1f} us each "
+                  f"({cpu:.1f} us of CPU), {1e6 / us:,.0f} values/s; state {state / 1e6:.2f} MB JSON")  # fmt: skip
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = subprocess.run(["git", "archive", args.against, "gateway"], cwd=ROOT, check=True,
+                                 capture_output=True).stdout  # fmt: skip
+        tarfile.open(fileobj=BytesIO(archive)).extractall(tmp, filter="data")
+        results: dict[str, dict[str, list[float]]] = {"this tree": {}, args.against: {}}
+        cpus: dict[str, dict[str, list[float]]] = {"this tree": {}, args.against: {}}
+        for _ in range(args.rounds):
+            for label, path in (("this tree", ROOT), (args.against, Path(tmp))):
+                for name, (us, _state, *cpu) in _run(path, args.devices, args.readings).items():
+                    results[label].setdefault(name, []).append(us)
+                    cpus[label].setdefault(name, []).append(cpu[0] if cpu else math.nan)
         print(
-            f"{baseline:>6}: {values:,} values ({args.devices} devices x 3 metrics) in {elapsed:.2f} s = "
-            f"{values / elapsed:,.0f} values/s, {elapsed / values * 1e6:.1f} us each; {lines:,} anomaly points; "
-            f"state {state / 1e6:.1f} MB JSON"
+            f"{values:,} values per variant ({args.devices} devices x 3 metrics), {args.rounds} rounds, us per value:"
         )
+        for label, per in results.items():
+            for name, xs in per.items():
+                cs = cpus[label][name]
+                print(f"  {label:>10} {name:>8}: median {statistics.median(xs):5.1f}  min {min(xs):5.1f}  "
+                      f"max {max(xs):5.1f}   CPU time: median {statistics.median(cs):5.1f}  min {min(cs):5.1f}  "
+                      f"max {max(cs):5.1f}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -409,6 +409,8 @@ class AlertCheck:
     missed: list[Expected] = field(default_factory=list)
     unexplained: list[dict[str, Any]] = field(default_factory=list)
     """Alerts no injected event accounts for (a false alarm, or an alert raised by a near miss)."""
+    device_views: int = 0
+    """``multivariate`` alerts that are an injected event's device-level view (docs/anomaly.md)."""
 
     @property
     def expected(self) -> int:
@@ -425,7 +427,9 @@ def check_alerts(
     """Match ``alerts`` (``source``, ``name``, ``key``, ``last_ms``: InfluxDB rows or MQTT documents) of
     ``source`` to the injected events: an event is raised by an alert of its name on its device whose last
     reading lies in ``[start, end + tolerance)``; each alert accounts for one event at most. Re-baseline
-    alerts follow an anomaly already counted, and count neither way (docs/anomaly.md)."""
+    alerts follow an anomaly already counted, and count neither way (docs/anomaly.md). A ``multivariate``
+    alert (the device's metrics together) in the same span on the event's device is that event seen by the
+    device: one per event, counted apart, neither a detection nor a false alarm."""
     check = AlertCheck(source)
     mine = sorted((a for a in alerts if a["source"] == source), key=lambda a: (a["last_ms"], a["name"], a["key"]))
     used = [False] * len(mine)
@@ -444,6 +448,15 @@ def check_alerts(
                 break
         else:
             check.missed.append(e)
+    for e in expects:
+        if e.source != source or e.alert is None:
+            continue
+        for k, a in enumerate(mine):
+            hit = a["name"] == "multivariate" and a["key"] == e.device
+            if not used[k] and hit and e.start_ms <= a["last_ms"] < e.end_ms + tolerance_ms:
+                used[k] = True
+                check.device_views += 1
+                break
     check.unexplained = [a for k, a in enumerate(mine) if not used[k] and not a["name"].startswith("rebaseline.")]
     return check
 
@@ -518,6 +531,8 @@ def _alert_lines(check: AlertCheck, found_word: str, false_word: str) -> tuple[s
     if check.near_misses:
         injected += f"; {sum(check.near_misses.values())} near misses that must not alert"
     result = f"{check.found} of {check.expected} {found_word}"
+    if check.device_views:
+        result += f" (and {check.device_views} seen by their device's multivariate score)"
     if check.missed:
         result += " (missed: " + ", ".join(f"{e.label} on {e.device}" for e in check.missed[:3]) + ")"
     n = len(check.unexplained)

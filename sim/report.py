@@ -10,7 +10,10 @@ alerts the gateway raised, it draws (inline SVG, :mod:`sim.svgplot`; no scripts,
 4. late readings and refused readings, by when they arrived and their event time;
 5. each injected anomaly over its device's metric with its labelled span and the anomaly alerts, one chart
    per metric (each on its own axis);
-6. the scripted sequences' readings and the pattern alerts, a row per device.
+6. the scripted sequences' readings and the pattern alerts, a row per device;
+7. per injected anomaly, the anomaly score the gateway's detector gives its series reading by reading (and
+   its device's multivariate score), the threshold, the readings inside an open anomaly and where one
+   opened: why an alert came, or did not.
 
 At most :data:`MAX_DEVICES` devices are drawn in the per-device plots (the most eventful first), and the page
 says so when it leaves some out. A plot with nothing to draw is replaced by a line that says "None" and why.
@@ -21,14 +24,18 @@ from __future__ import annotations
 import time
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
 from typing import Any, Final
 
+from gateway.anomaly import AnomalyEngine, AnomalySpec
+from gateway.model import Reading
+
 from .svgplot import PALETTE, Chart, Shape
 from .verify import Verdict
 
-__all__ = ["render_report", "write_report"]
+__all__ = ["ScoreTrace", "anomaly_scores", "render_report", "write_report"]
 
 MAX_DEVICES: Final = len(PALETTE)
 """Devices drawn in the per-device plots, one colour each (the most eventful ones first)."""
@@ -40,6 +47,81 @@ table{border-collapse:collapse;font-size:13px;margin:8px 0}td,th{border:1px soli
 th{background:#f0f0f0}td.l,th.l{text-align:left}.ok{color:#176c17;font-weight:bold}.bad{color:#b00;font-weight:bold}
 p.note{font-size:13px;color:#555}figure{margin:10px 0}p.none{font-size:14px;color:#444;font-style:italic}
 """
+
+
+@dataclass(slots=True)
+class ScoreTrace:
+    """One series' scores as the detector gave them, reading by reading, and its device's multivariate ones."""
+
+    t: list[float] = field(default_factory=list)
+    score: list[float] = field(default_factory=list)
+    anomalous: list[bool] = field(default_factory=list)
+    opened: list[tuple[float, float]] = field(default_factory=list)
+    """(event time, score) of the readings where an anomaly (z-score or stuck sensor) opened."""
+    warm: list[float] = field(default_factory=list)
+    """Event times of the readings learned in the detector's warm-up (never flagged)."""
+    multi_t: list[float] = field(default_factory=list)
+    multi_score: list[float] = field(default_factory=list)
+    multi_opened: list[tuple[float, float]] = field(default_factory=list)
+
+
+def anomaly_scores(truth: Mapping[str, Any], spec: AnomalySpec | None = None) -> dict[tuple[str, str], ScoreTrace]:
+    """Score the readings the gateway accepted of every device with an injected anomaly, as the gateway's
+    anomaly detection does (one engine, each device's readings in event-time order; ``spec``: the default
+    ``[anomaly]`` settings), and keep the traces of the injected anomalies' series."""
+    wanted = {(a["device"], a["metric"]) for a in truth["anomalies"]}
+    devices = {d for d, _ in wanted}
+    rows = sorted(
+        (r for r in truth["readings"] if r[1] in devices and r[9] >= 0 and r[12] is None and r[6] != "u"),
+        key=lambda r: (r[1], r[5], r[2], r[3]),
+    )
+    eng = AnomalyEngine(spec or AnomalySpec(enabled=True))
+    traces = {key: ScoreTrace() for key in wanted}
+    multi: dict[str, ScoreTrace] = defaultdict(ScoreTrace)
+    for r in rows:
+        res = eng.score_reading(Reading(r[0], r[1], r[2], r[3], r[5], r[6], dict(r[7])))
+        for metric, m in res.results.items():
+            tr = traces.get((r[1], metric))
+            if tr is None:
+                continue
+            tr.t.append(r[5])
+            if m.scored.phase == "warmup":
+                tr.warm.append(r[5])
+            tr.score.append(m.scored.score)
+            tr.anomalous.append(m.anomalous)
+            if any(e.kind in ("opened", "stuck") for e in m.events):
+                tr.opened.append((r[5], m.scored.score))
+        if res.multi is not None and res.multi.phase == "scored":
+            mt = multi[r[1]]
+            mt.t.append(r[5])
+            mt.score.append(res.multi.score)
+            if any(e.kind == "opened" for e in res.multi.events):
+                mt.opened.append((r[5], res.multi.score))
+    for (dev, _), tr in traces.items():
+        if dev in multi:
+            tr.multi_t, tr.multi_score, tr.multi_opened = multi[dev].t, multi[dev].score, multi[dev].opened
+    return traces
+
+
+def _score_chart(a: Mapping[str, Any], tr: ScoreTrace, color: str) -> Chart:
+    c = Chart(f"{a['kind'].replace('_', ' ')} on {a['device']} {a['metric']}: anomaly score", "event time (UTC)",
+              "score", height=230)  # fmt: skip
+    c.y_fixed = (0.0, 1.05)
+    if tr.warm:
+        c.span(tr.warm[0], tr.warm[-1], "#555", "warm-up: learned, not scored")
+        c.vline(tr.warm[-1], "#777", "warm-up ends")
+    c.span(a["start_ms"], a["end_ms"], color, f"injected {a['kind']}")
+    if tr.multi_t:
+        c.line(f"{a['device']} multivariate (T^2)", tr.multi_t, tr.multi_score, "#9a9a9a")
+    c.line(f"{a['metric']} score", tr.t, tr.score, color)
+    flagged = [(t, s) for t, s, f in zip(tr.t, tr.score, tr.anomalous, strict=True) if f]
+    if flagged:
+        c.points("inside an open anomaly", [p[0] for p in flagged], [p[1] for p in flagged], "#d62728", "circle", 1.8)
+    opened = tr.opened + tr.multi_opened
+    if opened:
+        c.points("anomaly opened (alert)", [p[0] for p in opened], [p[1] for p in opened], "#000", "triangle", 5)
+    c.hline(0.5, "#d62728", "threshold: score 0.5 (|z| = 4.5)")
+    return c
 
 
 def _utc(ms: int) -> str:
@@ -286,6 +368,14 @@ def render_report(
     if truth["sequences"]:
         charts.append(_sequence_chart(truth, alerts))
 
+    # 6. the anomaly scores behind it
+    score_charts: list[Chart] = []
+    if truth["anomalies"]:
+        traces = anomaly_scores(truth)
+        for i, a in enumerate(truth["anomalies"][:MAX_DEVICES]):
+            tr = traces[(a["device"], a["metric"])]
+            score_charts.append(_score_chart(a, tr, PALETTE[i % len(PALETTE)]))
+
     counts = truth["counts"]
     heading = title or f"edgekit simulator: {sc['name']}"
     parts = [
@@ -324,6 +414,20 @@ def render_report(
     if not truth["sequences"]:
         parts.append("<h2 id='sequences'>Scripted sequences</h2>")
         parts.append("<p class='none'>None: this run scripted no event sequence.</p>")
+    if score_charts:
+        parts.append("<h2 id='scores'>Anomaly scores</h2>")
+        parts.append(
+            "<p class='note'>The score the gateway's anomaly detection (gateway.anomaly, default settings) gives "
+            "each reading of the series, in [0, 1): r&#178;/(1 + r&#178;) with r = |z| / 4.5, so 0.5 at the "
+            "threshold. Red dots: readings inside an open anomaly; black triangles: an anomaly opened (an "
+            "alert); grey: the device's multivariate (Hotelling T&#178;) score over all its metrics; shaded in "
+            "colour: the injected span; in grey: the detector's warm-up (its readings are learned, never flagged: "
+            "an anomaly there goes unseen). A lasting change scores high where it starts and is then scored "
+            "against its new level, flagged until the series is back (or re-baselined).</p>"
+        )
+        parts.append("<figure data-plot='scores' data-marks='" + str(sum(c.marks for c in score_charts)) + "'>")
+        parts += [c.svg() for c in score_charts]
+        parts.append("</figure>")
     if truth["anomalies"]:
         parts.append("<h2>Anomalies injected</h2>")
         parts.append(

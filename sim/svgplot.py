@@ -1,7 +1,8 @@
 """Small self-contained SVG charts for the report page: no plotting library, no JavaScript.
 
 A :class:`Chart` has two linear axes (times in ms are labelled ``HH:MM`` UTC), and takes series of
-points (markers), step lines and shaded spans; :meth:`Chart.svg` renders it with ticks and a legend.
+points (markers), step lines, shaded spans, vertical and horizontal reference lines; :meth:`Chart.svg`
+renders it with ticks and a legend. ``y_fixed`` pins the y axis (a score from 0 to 1).
 Every data mark carries ``class="mark"``, so a test can count what was drawn.
 """
 
@@ -47,7 +48,9 @@ class Chart:
     spans: list[tuple[float, float, str, str]] = field(default_factory=list)
     vlines: list[tuple[float, str, str]] = field(default_factory=list)
     hspans: list[tuple[float, float, str, str]] = field(default_factory=list)
+    hlines: list[tuple[float, str, str]] = field(default_factory=list)
     diagonal: bool = False
+    y_fixed: tuple[float, float] | None = None
 
     def points(self, label: str, xs: list[float], ys: list[float], color: str, shape: Shape = "circle",
                size: float = 2.5) -> None:  # fmt: skip
@@ -69,9 +72,13 @@ class Chart:
         """A shaded band across the chart from ``y0`` to ``y1`` (a window in event time), labelled at its left."""
         self.hspans.append((y0, y1, color, label))
 
+    def hline(self, y: float, color: str, label: str) -> None:
+        self.hlines.append((y, color, label))
+
     @property
     def marks(self) -> int:
-        return sum(len(s.xs) for s in self.series) + len(self.spans) + len(self.vlines) + len(self.hspans)
+        lines = len(self.spans) + len(self.vlines) + len(self.hspans) + len(self.hlines)
+        return sum(len(s.xs) for s in self.series) + lines
 
     def svg(self) -> str:
         xs = [x for s in self.series for x in s.xs] + [v for a, b, _, _ in self.spans for v in (a, b)]
@@ -95,6 +102,8 @@ class Chart:
             return "".join(out)
         x0, x1 = _range(xs)
         y0, y1 = _range(ys) if ys else (0.0, 1.0)
+        if self.y_fixed is not None:
+            y0, y1 = self.y_fixed
         if self.diagonal:
             y0, y1 = min(x0, y0), max(x1, y1)
 
@@ -140,6 +149,15 @@ class Chart:
             out.append(
                 f'<line x1="{sx(x0):.1f}" y1="{sy(x0):.1f}" x2="{sx(x1):.1f}" y2="{sy(x1):.1f}" '
                 'stroke="#bbb" stroke-dasharray="4 3"/>'
+            )
+        for y, color, label in self.hlines:
+            out.append(
+                f'<line class="mark" x1="{left}" y1="{sy(y):.1f}" x2="{left + pw}" y2="{sy(y):.1f}" stroke="{color}" '
+                f'stroke-width="1.2" stroke-dasharray="6 4"><title>{escape(label)}</title></line>'
+            )
+            out.append(
+                f'<text x="{left + pw - 4}" y="{sy(y) - 4:.1f}" font-size="10" text-anchor="end" fill="{color}">'
+                f"{escape(label)}</text>"
             )
         for s in self.series:
             out.append(_draw(s, sx, sy))

@@ -4,8 +4,10 @@ alerts held to the simulator's ground truth. Also the matching of alerts to inje
 
 Tolerance (integration test): every injected event that should raise an alert raises it, and no pattern
 alert is raised that no injection explains (the near misses included). The z-score detector also flags
-the odd point of plain noise: docs/anomaly.md measures 0.19 to 0.29 false alarms per device-day, and the
-demo's fleet is 50 devices x 2 h, about 4.2 device-days; at most 3 false alarms are allowed.
+the odd point of plain noise: docs/anomaly.md measures 0.02 to 0.04 false alarms per device-day for a
+metric and 0.06 to 0.17 for a device's multivariate score, and the demo's fleet is 50 devices x 2 h, about 4.2
+device-days; at most 3 false alarms are allowed. A device's multivariate alert during an injected event on
+it is that event seen by the device (counted apart).
 """
 
 from __future__ import annotations
@@ -55,12 +57,14 @@ def test_demo_reads_back_every_reading_and_the_alerts_its_injected_events_raise(
     assert a.injected == {"spike": 3, "level shift": 1, "stuck sensor": 1}
     assert (a.raised, a.missed) == (a.injected, [])
     assert len(a.unexplained) <= MAX_FALSE_ALARMS, a.unexplained
-    assert all(x["name"].startswith("zscore.") for x in a.unexplained)
-    assert sum(a.by_name.values()) == a.found + len(a.unexplained)  # no re-baseline, gap or compound alert
+    assert all(x["name"].startswith("zscore.") or x["name"] == "multivariate" for x in a.unexplained)
+    assert 1 <= a.device_views <= a.found  # the spikes and the shift, seen by their device's multivariate score
+    views = a.device_views
+    assert sum(a.by_name.values()) == a.found + views + len(a.unexplained)  # no re-baseline, gap or compound
 
     # the same alerts on MQTT as in InfluxDB, and as the gateway counted
     assert sorted(x["id"] for x in run.mqtt_alerts) == sorted(x["id"] for x in sm.alerts)
-    assert run.stats["pipeline"]["alerts"] == len(sm.alerts) == p.found + a.found + len(a.unexplained)
+    assert run.stats["pipeline"]["alerts"] == len(sm.alerts) == p.found + a.found + views + len(a.unexplained)
 
     # the summary prints these numbers, read back
     capsys.readouterr()
@@ -70,7 +74,8 @@ def test_demo_reads_back_every_reading_and_the_alerts_its_injected_events_raise(
     assert "injected: 2 doors left open, 2 × three FAILED in 5 min, 2 vibration ramps; 4 near misses" in out
     assert "injected: 1 stuck sensor, 3 spikes, 1 level shift\n" in out
     false = len(a.unexplained)
-    assert f"-> 5 of 5 detected, {false} false alarm{'' if false == 1 else 's'}" in out
+    seen = f" (and {views} seen by their device's multivariate score)"
+    assert f"-> 5 of 5 detected{seen}, {false} false alarm{'' if false == 1 else 's'}" in out
     n = len(sm.alerts)
     assert f"{n} in measurement 'alert', {n} received on MQTT {target.prefix}/_gateway/alerts/# (the same ids)" in out
 
@@ -128,17 +133,23 @@ def test_alerts_are_matched_to_injected_events_one_to_one_within_the_tolerance()
         alert("rebaseline.rh", "dev-0002", t0 + 100 * M),  # follows an anomaly: counts neither way
         alert("vibration_rising", "dev-0003", t0 + 63 * M, "pattern"),
         alert("failed_3x_5m", "dev-0004", t0 + 77 * M, "pattern"),  # raised by a near miss: unexplained
+        alert("multivariate", "dev-0001", t0 + 40 * M + 500),  # the first spike, seen by the device
+        alert("multivariate", "dev-0001", t0 + 40 * M + 600),  # one device view per event: unexplained
+        alert("multivariate", "dev-0004", t0 + 61 * M),  # raised by a near miss (the noise burst): unexplained
     ]
     anomalies = demo.check_alerts(expects, alerts, "anomaly")
     assert anomalies.injected == {"spike": 2, "stuck sensor": 1}
     assert anomalies.raised == {"spike": 1, "stuck sensor": 1}
     assert [(e.label, e.start_ms - t0) for e in anomalies.missed] == [("spike", 90 * M)]
     assert anomalies.near_misses == {"noise burst": 1}
-    assert [(x["key"], x["last_ms"] - t0) for x in anomalies.unexplained] == [
-        ("dev-0001", 41 * M),
-        ("dev-0002", 90 * M + 5),
+    assert [(x["name"], x["key"], x["last_ms"] - t0) for x in anomalies.unexplained] == [
+        ("multivariate", "dev-0001", 40 * M + 600),
+        ("zscore.temp_c", "dev-0001", 41 * M),
+        ("multivariate", "dev-0004", 61 * M),
+        ("zscore.temp_c", "dev-0002", 90 * M + 5),
     ]
-    assert anomalies.by_name == {"zscore.temp_c": 3, "stuck.rh": 1, "rebaseline.rh": 1}
+    assert anomalies.device_views == 1
+    assert anomalies.by_name == {"zscore.temp_c": 3, "stuck.rh": 1, "rebaseline.rh": 1, "multivariate": 3}
 
     patterns = demo.check_alerts(expects, alerts, "pattern")
     assert patterns.injected == {"vibration ramp": 1, "door left open": 1}

@@ -4,8 +4,10 @@
 [anomaly]                      # present: detection is on (enabled = false turns it off again)
 metrics = ["temp_c", "rh"]     # default: every numeric metric
 baseline = "ewma"              # or "window": an event-time rolling window of `window`
-alpha = 0.07                   # ewma: weight of a new point (per point, after the warm-up)
-window = "2h"                  # window: its length in event time (longer than rebaseline_after)
+alpha = 0.07                   # ewma: weight of a new point in the mean (per point, after the warm-up)
+var_alpha = 0.005              # ewma: weight of a new point in the variance (about 200 readings: a stable spread)
+window = "0s"                  # window: its length in event time; 0: the last window_max_points points
+window_max_points = 1000
 warmup = 30                    # points learned before any point is flagged
 threshold = 4.5                # |z| at or above it is anomalous
 clear_threshold = 2.5          # hysteresis: an open anomaly closes after clear_points points below it
@@ -15,13 +17,21 @@ min_std = 0.0                  # floor on the deviation, in the metric's unit ..
 rel_min_std = 0.0001           # ... and as a fraction of |mean|; never below 1e-9
 protection = "exclude"         # anomalous points: "exclude" from the baseline, "downweight", or "off"
 downweight = 0.1               # downweight: alpha * downweight for a protected point
-rebaseline_after = "1h"        # an anomaly still open after this is a new normal: re-learn, say so
+shift_points = 5               # a run of this many points on one side of the baseline is a new level: score against it
+rebaseline_after = "0s"        # an anomaly still open after this is a new normal: re-learn, say so ...
+rebaseline_points = 600        # ... or after this many readings when rebaseline_after is 0
+recurring = 3                  # an excursion of a size seen this many times within recur_points is a pattern (0: off)
+recur_points = 1000
+season = "none"                # "day" or "week": a baseline per time-of-day (and day-of-week) bin, learned online
+season_bins = 24               # bins per day
 gap_factor = 5.0               # a gap is dt > gap_factor * the series' typical interval ...
 gap = "0s"                     # ... or dt > gap when it is set (> 0)
 after_gap = "reanchor"         # first point after a gap: not flagged, the mean moves to it; or "score"
 gap_alerts = false             # raise an alert for a device's first reading after a gap
 stuck_points = 20              # this many identical values in a row is a stuck sensor (0: off)
 write = "all"                  # the anomaly measurement: a point per scored value, or "flagged" only
+multivariate = true            # per device, a Mahalanobis (Hotelling T^2) score over its metrics ...
+multivariate_memory = 200      # ... whose mean and covariance have a memory of this many readings
 max_series = 100000            # series (device, metric) tracked at most; more are counted, not scored
 
 [anomaly.compound]
@@ -51,6 +61,7 @@ from ..errors import ConfigError
 __all__ = ["AnomalySpec", "CompoundSpec", "DetectorSpec", "GroupSpec", "parse_anomaly"]
 
 Baseline = Literal["ewma", "window"]
+Season = Literal["none", "day", "week"]
 Protection = Literal["exclude", "downweight", "off"]
 AfterGap = Literal["reanchor", "score"]
 
@@ -64,8 +75,9 @@ class DetectorSpec:
 
     baseline: Baseline = "ewma"
     alpha: float = 0.07
-    window_ms: int = 7_200_000
-    window_max_points: int = 2_000
+    var_alpha: float = 0.005
+    window_ms: int = 0
+    window_max_points: int = 1_000
     warmup: int = 30
     threshold: float = 4.5
     clear_threshold: float = 2.5
@@ -75,7 +87,13 @@ class DetectorSpec:
     rel_min_std: float = 0.0001
     protection: Protection = "exclude"
     downweight: float = 0.1
-    rebaseline_after_ms: int = 3_600_000
+    shift_points: int = 5
+    rebaseline_after_ms: int = 0
+    rebaseline_points: int = 600
+    recurring: int = 3
+    recur_points: int = 1_000
+    season: Season = "none"
+    season_bins: int = 24
     gap_factor: float = 5.0
     gap_ms: int = 0
     after_gap: AfterGap = "reanchor"
@@ -88,7 +106,11 @@ class DetectorSpec:
 
         need(self.baseline in ("ewma", "window"), f"baseline: expected 'ewma' or 'window', got {self.baseline!r}")
         need(0.0 < self.alpha <= 1.0, f"alpha: must be in (0, 1], got {self.alpha!r}")
-        need(self.window_ms > 0, f"window: must be positive, got {self.window_ms!r} ms")
+        need(0.0 < self.var_alpha <= 1.0, f"var_alpha: must be in (0, 1], got {self.var_alpha!r}")
+        need(
+            self.window_ms >= 0,
+            f"window: must be >= 0 (0: the last window_max_points points), got {self.window_ms!r} ms",
+        )
         need(self.window_max_points >= 2, f"window_max_points: must be at least 2, got {self.window_max_points!r}")
         need(self.warmup >= 2, f"warmup: must be at least 2 points, got {self.warmup!r}")
         need(self.threshold > 0, f"threshold: must be > 0, got {self.threshold!r}")
@@ -105,12 +127,23 @@ class DetectorSpec:
             f"protection: expected 'exclude', 'downweight' or 'off', got {self.protection!r}",
         )
         need(0.0 <= self.downweight < 1.0, f"downweight: must be in [0, 1), got {self.downweight!r}")
-        need(self.rebaseline_after_ms > 0, f"rebaseline_after: must be positive, got {self.rebaseline_after_ms!r} ms")
+        need(self.shift_points >= 2, f"shift_points: must be at least 2, got {self.shift_points!r}")
+        need(self.rebaseline_after_ms >= 0, f"rebaseline_after: must be >= 0, got {self.rebaseline_after_ms!r} ms")
+        need(self.rebaseline_points >= 1, f"rebaseline_points: must be at least 1, got {self.rebaseline_points!r}")
         need(
-            self.baseline != "window" or self.rebaseline_after_ms < self.window_ms,
-            f"rebaseline_after: {self.rebaseline_after_ms} ms must be shorter than window {self.window_ms} ms, or the"
-            " window empties during a long anomaly",
+            self.baseline != "window" or not self.window_ms or 0 < self.rebaseline_after_ms < self.window_ms,
+            f"rebaseline_after: {self.rebaseline_after_ms} ms must be set and shorter than window {self.window_ms} ms,"
+            " or the window empties during a long anomaly",
         )
+        need(
+            self.baseline != "window" or bool(self.window_ms) or self.rebaseline_points < self.window_max_points,
+            f"rebaseline_points: {self.rebaseline_points} must be fewer than window_max_points "
+            f"{self.window_max_points}, or the window empties during a long anomaly",
+        )
+        need(self.recurring == 0 or self.recurring >= 2, f"recurring: 0 (off) or >= 2, got {self.recurring!r}")
+        need(self.recur_points >= 1, f"recur_points: must be at least 1, got {self.recur_points!r}")
+        need(self.season in ("none", "day", "week"), f"season: expected 'none', 'day' or 'week', got {self.season!r}")
+        need(1 <= self.season_bins <= 1440, f"season_bins: must be in [1, 1440] per day, got {self.season_bins!r}")
         need(self.gap_factor > 1.0, f"gap_factor: must be > 1, got {self.gap_factor!r}")
         need(self.gap_ms >= 0, f"gap: must be >= 0, got {self.gap_ms!r}")
         need(
@@ -150,6 +183,10 @@ class AnomalySpec:
     write: Literal["all", "flagged"] = "all"
     gap_alerts: bool = False
     max_series: int = 100_000
+    multivariate: bool = True
+    """Per device, a Mahalanobis (Hotelling T^2) score over its scored metrics (``gateway/anomaly/multivariate.py``)."""
+    multivariate_memory: int = 200
+    """The memory, in readings, of the multivariate score's mean and covariance after its warm-up."""
 
     def detector_for(self, metric: str) -> DetectorSpec:
         return self.overrides.get(metric, self.detector)
@@ -161,7 +198,10 @@ _COMPOUND: Final = CompoundSpec()
 
 _DURATIONS: Final = {"window": "window_ms", "rebaseline_after": "rebaseline_after_ms", "gap": "gap_ms"}
 _DETECTOR_KEYS: Final = {f.name for f in fields(DetectorSpec)} - set(_DURATIONS.values()) | set(_DURATIONS)
-_TOP_KEYS: Final = {"enabled", "metrics", "write", "gap_alerts", "max_series", "compound", "groups", "overrides"}
+_TOP_KEYS: Final = {
+    "enabled", "metrics", "write", "gap_alerts", "max_series", "multivariate", "multivariate_memory", "compound",
+    "groups", "overrides",
+}  # fmt: skip
 
 
 def _number(value: object, where: str, kind: type) -> Any:
@@ -269,6 +309,12 @@ def parse_anomaly(doc: Mapping[str, Any]) -> AnomalySpec:
     gap_alerts = raw.get("gap_alerts", False)
     if not isinstance(gap_alerts, bool):
         raise ConfigError(f"anomaly.gap_alerts: expected true or false, got {gap_alerts!r}")
+    multivariate = raw.get("multivariate", True)
+    if not isinstance(multivariate, bool):
+        raise ConfigError(f"anomaly.multivariate: expected true or false, got {multivariate!r}")
+    memory = _number(raw.get("multivariate_memory", 200), "anomaly.multivariate_memory", int)
+    if memory < 2:
+        raise ConfigError(f"anomaly.multivariate_memory: must be at least 2 readings, got {memory!r}")
     max_series = _number(raw.get("max_series", 100_000), "anomaly.max_series", int)
     if max_series < 1:
         raise ConfigError(f"anomaly.max_series: must be at least 1, got {max_series!r}")
@@ -282,4 +328,6 @@ def parse_anomaly(doc: Mapping[str, Any]) -> AnomalySpec:
         write=write,
         gap_alerts=gap_alerts,
         max_series=max_series,
+        multivariate=multivariate,
+        multivariate_memory=memory,
     )

@@ -1,24 +1,49 @@
-"""One series (a device's metric): an adaptive z-score with warm-up, hysteresis, protection and re-baselining.
+"""One series (a device's metric): an adaptive z-score with warm-up, hysteresis, change points, recurring
+patterns, an optional seasonal baseline and re-baselining.
 
 The online-learning contract: :meth:`Detector.score_one` looks at a point against the baseline without
 changing anything; :meth:`Detector.learn_one` then updates the state with that point and says what happened
-(an anomaly opened or closed, the baseline was re-learned, a gap). :meth:`Detector.process` does both.
-Points must come in event-time order; the caller (``AnomalyEngine``) refuses older ones.
+(an anomaly opened or closed, a new level was found, the baseline was re-learned, a gap).
+:meth:`Detector.process` does both. Points must come in event-time order; the caller (``AnomalyEngine``)
+refuses older ones.
 
-The baseline is either
+The reference baseline (what is normal) is either
 
-- ``ewma``: exponentially weighted mean and variance (West's incremental form), with the weight of the
-  n-th point ``a = max(alpha, 1/n)``: the plain mean during the first ``1/alpha`` points, then an EWMA;
-  exactly the weighted mean and (population) variance with weights ``a_i * prod_{j>i} (1 - a_j)``; or
-- ``window``: the plain mean and (population) variance of the learned points of the last ``window_ms``
-  of event time.
+- ``ewma``: an exponentially weighted mean (weight ``max(alpha, 1/n)`` for the n-th point) and variance
+  (weight ``max(var_alpha, 1/n)``, a longer memory: a level that moves is followed by the mean while the
+  spread stays stable), West's incremental form; or
+- ``window``: the plain mean and (population) variance of the learned points of the last ``window_ms`` of
+  event time, or of the last ``window_max_points`` points when ``window_ms`` is 0;
 
-A point's z is ``(x - mean) / max(std, min_std, rel_min_std * |mean|, 1e-9)``; its score in [0, 1] is
-``1 - 2 ** -((|z| / threshold) ** 2)``: 0 at the mean, 0.5 at the threshold, 0.94 at twice the threshold.
+and, with ``season = "day"`` or ``"week"``, an ewma mean and variance per time-of-day (and day-of-week)
+bin, used once the bin has seen ``warmup`` points.
+
+A point's z is ``(x - mean) / max(std, min_std, rel_min_std * |mean|, 1e-9)``; its score in [0, 1) is
+``r^2 / (1 + r^2)`` with ``r = |z| / threshold``: 0.5 at the threshold, 0.8 at twice it, 0.94 at four
+times, and strictly increasing for every |z| a double can tell apart (it does not saturate: 1.0 only beyond
+|z| ~ 1e8 * threshold). A recurring pattern (below) lowers r for excursions of its size only.
+
+An anomaly opens when ``min_points`` points in a row reach the threshold; while it is open the reference
+is frozen (``protection``). When ``shift_points`` points in a row lie beyond ``clear_threshold`` on one side,
+the series has moved to a new level: points are then scored against that level (phase ``shifted``: a
+lasting change scores high where it starts, not for its whole length), while the anomaly stays open until
+the series comes back to its reference (``clear_points`` points below ``clear_threshold``) or has been away
+for ``rebaseline_after`` (``rebaseline_points`` readings when 0): then the new level becomes the reference
+and a ``rebaselined`` event says so. A fault never becomes the baseline silently. A run of points that steps
+back towards the reference, past half-way between the new level and the reference, closes the anomaly (the
+reference takes the level it came back to: a daily cycle may have moved it meanwhile). While shifted, a new
+excursion from the new level that is also beyond the threshold from the reference opens a new anomaly.
+
+Recurring patterns: an excursion (|z| at or above the threshold) whose size is within a factor of 2 of
+``recurring - 1`` earlier excursions in the last ``recur_points`` readings, evenly spaced (the spacings
+within 10 % of each other), is a pattern (a spike every hour): for ``recur_points`` readings after it, an
+excursion up to twice the pattern's size scores as ``clear_threshold`` (it opens nothing), and a larger one
+by how far it goes beyond that. So the ``recurring + 1``-th spike of a regular series is not flagged.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import deque
 from dataclasses import dataclass, field
@@ -31,22 +56,31 @@ __all__ = ["FLOOR", "Detector", "Event", "EventKind", "Phase", "Result", "Scored
 FLOOR: Final = 1e-9
 """The deviation is never below this, whatever the configuration: a constant series cannot divide by 0."""
 
-Phase = Literal["warmup", "gap", "scored"]
-EventKind = Literal["opened", "closed", "rebaselined", "stuck", "unstuck", "gap"]
+Phase = Literal["warmup", "gap", "scored", "shifted"]
+EventKind = Literal["opened", "closed", "shifted", "rebaselined", "stuck", "unstuck", "gap", "stalled"]
 _DT_ALPHA: Final = 0.1
+_DAY_MS: Final = 86_400_000
+_RECUR_KEEP: Final = 32
+"""Excursions remembered for the recurring-pattern rule (the most recent ones)."""
+_CALM_HI: Final = 0.1
+"""Between the excursions of a pattern, at most this fraction of the points lie beyond ``clear_threshold``
+(Gaussian noise: 1.2 % at 2.5; inside a noise burst of four times the noise, about half)."""
+STATE_VERSION: Final = 2
 
 
 def score_of(z: float, threshold: float) -> float:
-    """The anomaly score in [0, 1] of a z-score: 0.5 at the threshold, monotone in ``|z|``."""
-    r = abs(z) / threshold
-    if r > 8.0:
-        return 1.0
-    return 1.0 - math.pow(2.0, -(r * r))
+    """The anomaly score in [0, 1) of a z-score: 0.5 at the threshold, strictly increasing in ``|z|``."""
+    r = z / threshold
+    r2 = r * r
+    return r2 / (1.0 + r2)
 
 
 @dataclass(frozen=True, slots=True)
 class Scored:
-    """What :meth:`Detector.score_one` says about a point; ``mean``/``std``/``z`` are ``None`` in warm-up."""
+    """What :meth:`Detector.score_one` says about a point; ``mean``/``std``/``z`` are ``None`` in warm-up.
+
+    ``mean``/``std``/``z`` are against the level the point is scored against (the new level in phase
+    ``shifted``); ``ref_z`` against the reference (what is normal), the same outside ``shifted``."""
 
     t_ms: int
     value: float
@@ -56,14 +90,17 @@ class Scored:
     z: float | None
     score: float
     over: bool
-    """|z| at or above the threshold (never in warm-up, nor for the first point after a gap)."""
+    """The score reached 0.5 (|z| at or above the threshold, not a recurring pattern); never in warm-up, nor
+    for the first point after a gap."""
+    ref_z: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """Something worth saying: an anomaly ``opened`` (``z``), ``closed``, the baseline ``rebaselined``
-    (``old_mean`` -> ``new_mean`` after ``after_ms`` of anomaly), a sensor ``stuck``/``unstuck`` at a value,
-    or a ``gap`` of ``after_ms`` before this point."""
+    """Something worth saying: an anomaly ``opened`` (``z``), ``closed``, the series ``shifted`` to a new level
+    (``new_mean``), the baseline ``rebaselined`` (``old_mean`` -> ``new_mean`` after ``after_ms`` of anomaly),
+    a sensor ``stuck``/``unstuck`` at a value, a ``gap`` of ``after_ms`` before this point, or ``stalled``:
+    the window holds fewer than ``warmup`` points however many come (the series can never be scored)."""
 
     kind: EventKind
     t_ms: int
@@ -83,6 +120,8 @@ class Result:
     anomalous: bool
     """Inside an open anomaly (z-score or stuck sensor), this point included."""
     events: tuple[Event, ...] = ()
+    stuck: bool = False
+    """Inside a stuck-sensor anomaly (the value has not changed for ``stuck_points`` readings)."""
 
 
 @dataclass(slots=True)
@@ -90,7 +129,7 @@ class State:
     """All of a detector's mutable data (snapshot: :meth:`Detector.snapshot`)."""
 
     n: int = 0
-    """Points learned into the baseline (ewma) or in the window (window)."""
+    """Points learned into the reference (ewma) or in the window (window)."""
     mean: float = 0.0
     var: float = 0.0
     window: deque[tuple[int, float]] = field(default_factory=deque)
@@ -105,25 +144,47 @@ class State:
     active: bool = False
     calm: int = 0
     since: int = 0
+    since_seen: int = 0
     held_n: int = 0
     held_mean: float = 0.0
     held_m2: float = 0.0
     held: deque[tuple[int, float]] = field(default_factory=deque)
+    # a run of points on one side, and the new level it found
+    side: int = 0
+    side_n: int = 0
+    side_mean: float = 0.0
+    side_m2: float = 0.0
+    shifted: bool = False
+    shift_n: int = 0
+    shift_mean: float = 0.0
+    shift_var: float = 0.0
+    # recurring excursions: (seen, |z|, calm before it) of recent ones; a learned pattern's size and when it lapses
+    excursions: deque[tuple[int, float, bool]] = field(default_factory=deque)
+    pattern: float = 0.0
+    pattern_until: int = 0
+    exc_prev: bool = False
+    # points scored since the last excursion remembered, and how many of them beyond clear_threshold
+    gap_n: int = 0
+    gap_hi: int = 0
+    # the seasonal baseline: n, mean, variance per bin
+    bins: list[list[float]] = field(default_factory=list)
     # the stuck-sensor check
     last_value: float | None = None
     repeats: int = 0
     stuck: bool = False
     stuck_since: int = 0
+    stalled: bool = False
 
 
 class Detector:
     """A z-score detector for one series. ``Detector(spec)``; ``process(t_ms, x)`` per point, in order."""
 
-    __slots__ = ("spec", "state")
+    __slots__ = ("_nbins", "spec", "state")
 
     def __init__(self, spec: DetectorSpec) -> None:
         self.spec = spec
         self.state = State()
+        self._nbins = 0 if spec.season == "none" else spec.season_bins * (7 if spec.season == "week" else 1)
 
     # -- the baseline -------------------------------------------------------------------------------
 
@@ -131,9 +192,9 @@ class Detector:
         """n, mean, variance of the window as it is at ``t_ms`` (older points left out, nothing changed)."""
         st = self.state
         n, s1, s2 = len(st.window), st.s1, st.s2
-        horizon = t_ms - self.spec.window_ms
+        horizon = t_ms - self.spec.window_ms if self.spec.window_ms else None
         for t, x in st.window:
-            if t > horizon and n <= self.spec.window_max_points:
+            if (horizon is None or t > horizon) and n <= self.spec.window_max_points:
                 break
             d = x - st.anchor
             n, s1, s2 = n - 1, s1 - d, s2 - d * d
@@ -142,16 +203,46 @@ class Detector:
         m = s1 / n
         return n, st.anchor + m, max(0.0, s2 / n - m * m)
 
-    def baseline(self, t_ms: int) -> tuple[int, float, float]:
-        """``(n, mean, variance)`` the point at ``t_ms`` is scored against."""
+    def _bin(self, t_ms: int) -> int:
+        per_day = self.spec.season_bins
+        day, ms = divmod(t_ms, _DAY_MS)
+        b = ms * per_day // _DAY_MS
+        return b + per_day * ((day + 3) % 7) if self.spec.season == "week" else b  # day 0 (1970-01-01) is a Thursday
+
+    def reference(self, t_ms: int) -> tuple[int, float, float]:
+        """``(n, mean, variance)`` of what is normal at ``t_ms`` (the seasonal bin's, once it has warmed up)."""
         st = self.state
         if self.spec.baseline == "window":
-            return self._window_stats(t_ms)
-        return st.n, st.mean, st.var
+            n, mean, var = self._window_stats(t_ms)
+        else:
+            n, mean, var = st.n, st.mean, st.var
+        if self._nbins and st.bins and n >= self.spec.warmup:
+            bn, bmean, bvar = st.bins[self._bin(t_ms)]
+            if bn >= self.spec.warmup:
+                return n, bmean, bvar
+        return n, mean, var
+
+    def baseline(self, t_ms: int) -> tuple[int, float, float]:
+        """``(n, mean, variance)`` the point at ``t_ms`` is scored against (the new level when shifted)."""
+        st = self.state
+        n, mean, var = self.reference(t_ms)
+        if st.shifted:
+            return n, st.shift_mean, st.shift_var
+        return n, mean, var
 
     def _learn(self, t_ms: int, x: float, weight: float) -> None:
-        st = self.state
-        if self.spec.baseline == "window":
+        st, spec = self.state, self.spec
+        if self._nbins:
+            if not st.bins:
+                st.bins = [[0.0, 0.0, 0.0] for _ in range(self._nbins)]
+            b = st.bins[self._bin(t_ms)]
+            b[0] += 1
+            a = max(spec.alpha, 1.0 / b[0]) * weight
+            av = max(spec.var_alpha, 1.0 / b[0]) * weight
+            d = x - b[1]
+            b[1] += a * d
+            b[2] = (1.0 - av) * (b[2] + av * d * d)
+        if spec.baseline == "window":
             self._evict(t_ms)
             if not st.window:
                 st.anchor, st.s1, st.s2 = x, 0.0, 0.0
@@ -162,22 +253,31 @@ class Detector:
             self._evict(t_ms)
             st.n = len(st.window)
             return
-        a = max(self.spec.alpha, 1.0 / (st.n + 1)) * weight
+        n1 = st.n + 1
+        a = max(spec.alpha, 1.0 / n1) * weight
+        av = max(spec.var_alpha, 1.0 / n1) * weight
         diff = x - st.mean
-        incr = a * diff
-        st.mean += incr
-        st.var = (1.0 - a) * (st.var + diff * incr)
-        st.n += 1
+        st.mean += a * diff
+        st.var = (1.0 - av) * (st.var + av * diff * diff)
+        st.n = n1
 
     def _evict(self, t_ms: int) -> None:
         st = self.state
-        horizon = t_ms - self.spec.window_ms
+        cap = self.spec.window_max_points
         w = st.window
-        while w and (w[0][0] <= horizon or len(w) > self.spec.window_max_points):
-            _, x = w.popleft()
-            d = x - st.anchor
-            st.s1 -= d
-            st.s2 -= d * d
+        if self.spec.window_ms:
+            horizon = t_ms - self.spec.window_ms
+            while w and (w[0][0] <= horizon or len(w) > cap):
+                _, x = w.popleft()
+                d = x - st.anchor
+                st.s1 -= d
+                st.s2 -= d * d
+        else:
+            while len(w) > cap:
+                _, x = w.popleft()
+                d = x - st.anchor
+                st.s1 -= d
+                st.s2 -= d * d
         if not w:
             st.s1 = st.s2 = 0.0
         elif st.seen % 512 == 0:  # keep the shifted sums exact
@@ -208,27 +308,52 @@ class Detector:
             return dt > self.spec.gap_ms
         return st.log_dt is not None and dt > self.spec.gap_factor * math.exp(st.log_dt)
 
+    def _effective(self, az: float) -> float:
+        """``|z|`` after the recurring pattern: excursions up to twice its size count as ``clear_threshold``,
+        larger ones by how far they go beyond that (monotone in ``|z|``)."""
+        st, spec = self.state, self.spec
+        p = st.pattern
+        if p <= 0.0 or st.seen >= st.pattern_until or az <= spec.clear_threshold:
+            return az
+        top = 2.0 * p
+        if az <= top:
+            return spec.clear_threshold
+        return az - top + spec.clear_threshold
+
     def score_one(self, t_ms: int, x: float) -> Scored:
         """Score ``x`` at ``t_ms`` against the baseline. Changes nothing."""
-        spec = self.spec
-        n, mean, var = self.baseline(t_ms)
+        spec, st = self.spec, self.state
+        n, mean, var = self.reference(t_ms)
         if n < spec.warmup:
             return Scored(t_ms, x, "warmup", mean if n else None, math.sqrt(var) if n else None, None, 0.0, False)
         std = max(math.sqrt(var), spec.min_std, spec.rel_min_std * abs(mean), FLOOR)
-        z = (x - mean) / std
-        if not math.isfinite(z):
-            z = math.copysign(1e12, z) if not math.isnan(z) else 0.0
-        score = score_of(z, spec.threshold)
+        ref_z = (x - mean) / std
+        if not math.isfinite(ref_z):
+            ref_z = math.copysign(1e12, ref_z) if not math.isnan(ref_z) else 0.0
+        phase: Phase = "scored"
+        z = ref_z
+        if st.shifted:
+            phase = "shifted"
+            mean = st.shift_mean
+            std = max(math.sqrt(st.shift_var), spec.min_std, spec.rel_min_std * abs(mean), FLOOR)
+            z = (x - mean) / std
+            if not math.isfinite(z):
+                z = math.copysign(1e12, z) if not math.isnan(z) else 0.0
+        eff = self._effective(abs(z))
+        score = score_of(eff, spec.threshold)
         if spec.after_gap == "reanchor" and self.is_gap(t_ms):
-            return Scored(t_ms, x, "gap", mean, std, z, score, False)
-        return Scored(t_ms, x, "scored", mean, std, z, score, abs(z) >= spec.threshold)
+            return Scored(t_ms, x, "gap", mean, std, z, score, False, ref_z)
+        return Scored(t_ms, x, phase, mean, std, z, score, eff >= spec.threshold, ref_z)
 
     def learn_one(self, s: Scored) -> Result:
         """Learn the point ``score_one`` gave (the same one, next in event time) and say what happened."""
         spec, st = self.spec, self.state
         t, x = s.t_ms, s.value
         events: list[Event] = []
-        gap = st.last_t is not None and self.is_gap(t)
+        if spec.after_gap == "reanchor" and s.phase != "warmup":
+            gap = s.phase == "gap"  # score_one has looked already
+        else:
+            gap = st.last_t is not None and self.is_gap(t)
         if gap and st.last_t is not None:
             events.append(Event("gap", t, st.last_t, after_ms=t - st.last_t))
         if st.last_t is not None:
@@ -239,6 +364,7 @@ class Detector:
 
         # stuck sensor: the same value again and again
         stuck_event = self._stuck_step(t, x, gap, events)
+        repeated = spec.stuck_points and st.repeats >= 3
 
         if s.phase == "gap":
             if st.active:
@@ -248,53 +374,92 @@ class Detector:
                 self._reset_baseline([(t, x)], x, 0.0)
             else:
                 st.mean = x
-                self._learn_count_only()
-            return Result(s, st.stuck, tuple(events))
+                st.n += 1
+            return Result(s, st.stuck, tuple(events), st.stuck)
         if s.phase == "warmup":
-            if not (spec.stuck_points and st.repeats >= 3):
+            if not repeated:
                 self._learn(t, x, 1.0)
-            return Result(s, st.stuck, tuple(events))
+            if (
+                not st.stalled
+                and spec.baseline == "window"
+                and st.seen >= 2 * spec.warmup
+                and len(st.window) < spec.warmup
+            ):
+                st.stalled = True
+                events.append(Event("stalled", t, st.window[0][0] if st.window else t))
+            return Result(s, st.stuck, tuple(events), st.stuck)
 
         z = s.z if s.z is not None else 0.0
+        ref_z = s.ref_z if s.ref_z is not None else z
+        az = abs(z)
+        excursion = az >= spec.threshold
+        fresh = excursion and not st.exc_prev
+        if fresh and not st.active and spec.recurring:
+            self._excursion(az)
+        st.exc_prev = excursion
+        st.gap_n += 1
+        if az >= spec.clear_threshold:
+            st.gap_hi += 1
         anomalous = False
         if st.active:
             anomalous = True
-            if abs(z) < spec.clear_threshold:
+            if st.shifted and fresh and s.over and abs(ref_z) >= spec.threshold:
+                # a new excursion from the new level, and away from the reference: a new anomaly in the open one
+                events.append(Event("opened", t, t, z=z))
+            back = abs(ref_z) < spec.clear_threshold
+            if back:
                 st.calm += 1
-                if st.calm >= spec.clear_points:
-                    events.append(Event("closed", t, st.since))
-                    self._close()
             else:
                 st.calm = 0
+            if back and st.calm >= spec.clear_points:
+                events.append(Event("closed", t, st.since))
+                self._close()
+            else:
+                self._side_step(t, x, z, events)
         elif s.over:
             st.run += 1
             if st.run == 1:
-                st.since = t
+                st.since, st.since_seen = t, st.seen
             if st.run >= spec.min_points:
                 st.active, st.calm = True, 0
                 anomalous = True
                 events.append(Event("opened", t, st.since, z=z))
+            self._side_step(t, x, z, events)
         else:
             st.run = 0
             self._clear_held()
+            self._clear_side()
 
-        protected = abs(z) >= spec.clear_threshold and (st.active or st.run > 0)
-        if protected and spec.protection != "off":
-            self._hold(t, x)
-            if spec.protection == "downweight" and spec.downweight > 0:
-                self._learn(t, x, spec.downweight)
-            if st.active and t - st.since >= spec.rebaseline_after_ms:
-                old = st.mean if spec.baseline == "ewma" else self.baseline(t)[1]
-                held_var = st.held_m2 / st.held_n if st.held_n else 0.0
-                self._reset_baseline(list(st.held), st.held_mean, held_var)
-                new = st.mean if spec.baseline == "ewma" else self.baseline(t)[1]
-                events.append(Event("rebaselined", t, st.since, z=z, old_mean=old, new_mean=new, after_ms=t - st.since))
-                self._close()
-        elif not (spec.stuck_points and st.repeats >= 3):
+        if st.shifted:
+            if st.active and not excursion:  # the new level is followed; a spike on it is not learned
+                self._learn_shift(x)
+                if spec.baseline == "window":
+                    self._hold(t, x)
+        elif st.active or st.run > 0 or excursion:
+            if spec.protection != "off" and (abs(ref_z) >= spec.clear_threshold or excursion):
+                self._hold(t, x)
+                if spec.protection == "downweight" and spec.downweight > 0:
+                    self._learn(t, x, spec.downweight)
+            elif not repeated:
+                self._learn(t, x, 1.0)
+        elif not repeated:
             self._learn(t, x, 1.0)
+        if st.active and self._overdue(t):
+            old = self.reference(t)[1]
+            new = old  # nothing held back (protection "off"): the baseline has learned the anomaly and is kept
+            if st.shifted or st.held_n:
+                if st.shifted:
+                    held_mean, held_var = st.shift_mean, st.shift_var
+                else:
+                    held_mean, held_var = st.held_mean, st.held_m2 / st.held_n
+                self._reset_baseline(list(st.held), held_mean, held_var)
+                self._rebin(held_mean, held_var)
+                new = self.reference(t)[1] if spec.baseline == "window" else held_mean
+            events.append(Event("rebaselined", t, st.since, z=z, old_mean=old, new_mean=new, after_ms=t - st.since))
+            self._close()
         if stuck_event:
             anomalous = True
-        return Result(s, anomalous or st.stuck, tuple(events))
+        return Result(s, anomalous or st.stuck, tuple(events), st.stuck)
 
     def process(self, t_ms: int, x: float) -> Result:
         """``learn_one(score_one(t_ms, x))``."""
@@ -302,8 +467,90 @@ class Detector:
 
     # -- helpers ------------------------------------------------------------------------------------
 
-    def _learn_count_only(self) -> None:
-        self.state.n += 1
+    def _overdue(self, t: int) -> bool:
+        st, spec = self.state, self.spec
+        if spec.rebaseline_after_ms:
+            return t - st.since >= spec.rebaseline_after_ms
+        return st.seen - st.since_seen >= spec.rebaseline_points
+
+    def _side_step(self, t: int, x: float, z: float, events: list[Event]) -> None:
+        """Count a run of points beyond ``clear_threshold`` on one side; ``shift_points`` of them are a new level."""
+        st, spec = self.state, self.spec
+        side = 1 if z >= spec.clear_threshold else -1 if z <= -spec.clear_threshold else 0
+        if side == 0 or side != st.side:
+            self._clear_side()
+            if side == 0:
+                return
+            st.side = side
+        st.side_n += 1
+        d = x - st.side_mean
+        st.side_mean += d / st.side_n
+        st.side_m2 += d * (x - st.side_mean)
+        if st.side_n >= spec.shift_points:
+            _, ref_mean, ref_var = self.reference(t)
+            if st.shifted and (
+                (st.side_mean - ref_mean) * (st.shift_mean - ref_mean) < 0.0
+                or abs(st.side_mean - ref_mean) < 0.5 * abs(st.shift_mean - ref_mean)
+            ):
+                # a step back towards the reference, past half-way: the anomaly is over. The reference,
+                # frozen since it opened, takes the level it came back to (a cycle may have moved it).
+                events.append(Event("closed", t, st.since, z=z, new_mean=st.side_mean))
+                if spec.baseline == "ewma" and not self._nbins:
+                    st.mean = st.side_mean
+                self._close()
+                return
+            st.shifted = True
+            st.shift_n = st.side_n
+            st.shift_mean = st.side_mean
+            st.shift_var = max(st.side_m2 / st.side_n, ref_var)
+            events.append(Event("shifted", t, st.since, z=z, new_mean=st.shift_mean))
+            self._clear_side()
+            self._clear_held()
+
+    def _clear_side(self) -> None:
+        st = self.state
+        st.side, st.side_n, st.side_mean, st.side_m2 = 0, 0, 0.0, 0.0
+
+    def _learn_shift(self, x: float) -> None:
+        st, spec = self.state, self.spec
+        st.shift_n += 1
+        a = max(spec.alpha, 1.0 / st.shift_n)
+        av = max(spec.var_alpha, 1.0 / st.shift_n)
+        d = x - st.shift_mean
+        st.shift_mean += a * d
+        st.shift_var = (1.0 - av) * (st.shift_var + av * d * d)
+
+    def _excursion(self, az: float) -> None:
+        """Remember an excursion; ``recurring`` of one size (within a factor of 2), evenly spaced (within 10 %),
+        within ``recur_points`` readings, with the series calm between them (at most ``_CALM_HI`` of the points
+        since the previous one beyond ``clear_threshold``: a noise burst's openings are not a pattern), make a
+        pattern."""
+        st, spec = self.state, self.spec
+        calm = st.gap_hi <= _CALM_HI * st.gap_n
+        st.gap_n = st.gap_hi = 0
+        ex = st.excursions
+        horizon = st.seen - spec.recur_points
+        while ex and ex[0][0] <= horizon:
+            ex.popleft()
+        similar = [e for e in ex if az / 2.0 <= e[1] <= az * 2.0][-(spec.recurring - 1) :]
+        ex.append((st.seen, az, calm))
+        while len(ex) > _RECUR_KEEP:
+            ex.popleft()
+        if len(similar) + 1 < spec.recurring or not calm or not all(c for _, _, c in similar[1:]):
+            return
+        times = [n for n, _, _ in similar] + [st.seen]
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        if max(gaps) - min(gaps) > max(2.0, 0.1 * max(gaps)):
+            return
+        if st.seen >= st.pattern_until:
+            st.pattern = 0.0
+        st.pattern = max(st.pattern, az, *(z for _, z, _ in similar))
+        st.pattern_until = st.seen + spec.recur_points
+
+    def _rebin(self, mean: float, var: float) -> None:
+        """After a re-baseline, the seasonal bins start again from the new level."""
+        if self._nbins:
+            self.state.bins = [[0.0, 0.0, 0.0] for _ in range(self._nbins)]
 
     def _stuck_step(self, t: int, x: float, gap: bool, events: list[Event]) -> bool:
         spec, st = self.spec, self.state
@@ -343,7 +590,9 @@ class Detector:
     def _close(self) -> None:
         st = self.state
         st.active, st.run, st.calm = False, 0, 0
+        st.shifted, st.shift_n, st.shift_mean, st.shift_var = False, 0, 0.0, 0.0
         self._clear_held()
+        self._clear_side()
 
     # -- state --------------------------------------------------------------------------------------
 
@@ -351,17 +600,36 @@ class Detector:
         """All state as plain JSON-able values."""
         st = self.state
         return {
+            "v": STATE_VERSION,
             "n": st.n, "mean": st.mean, "var": st.var,
             "window": [list(p) for p in st.window], "anchor": st.anchor, "s1": st.s1, "s2": st.s2,
             "seen": st.seen, "last_t": st.last_t, "log_dt": st.log_dt,
-            "run": st.run, "active": st.active, "calm": st.calm, "since": st.since,
+            "run": st.run, "active": st.active, "calm": st.calm, "since": st.since, "since_seen": st.since_seen,
             "held_n": st.held_n, "held_mean": st.held_mean, "held_m2": st.held_m2, "held": [list(p) for p in st.held],
+            "side": st.side, "side_n": st.side_n, "side_mean": st.side_mean, "side_m2": st.side_m2,
+            "shifted": st.shifted, "shift_n": st.shift_n, "shift_mean": st.shift_mean, "shift_var": st.shift_var,
+            "excursions": [list(p) for p in st.excursions], "pattern": st.pattern,
+            "pattern_until": st.pattern_until, "exc_prev": st.exc_prev, "gap_n": st.gap_n, "gap_hi": st.gap_hi,
+            "bins": [list(b) for b in st.bins],
             "last_value": st.last_value, "repeats": st.repeats, "stuck": st.stuck, "stuck_since": st.stuck_since,
+            "stalled": st.stalled,
         }  # fmt: skip
 
     def restore(self, snap: dict[str, Any]) -> None:
-        """Take back a :meth:`snapshot`."""
+        """Take back a :meth:`snapshot`. A snapshot of the first version (before change points and patterns)
+        keeps its baseline, window, timing and stuck-sensor state; an anomaly it had open is closed."""
         values = dict(snap)
-        values["window"] = deque((int(t), float(x)) for t, x in snap["window"])
-        values["held"] = deque((int(t), float(x)) for t, x in snap["held"])
+        version = values.pop("v", 1)
+        if version == 1:
+            for key in ("run", "active", "calm", "since", "held_n", "held_mean", "held_m2", "held"):
+                values.pop(key, None)
+            values["held"] = []
+        elif version != STATE_VERSION:
+            raise ValueError(f"anomaly detector state version {version!r}, expected 1 or {STATE_VERSION}")
+        values["window"] = deque((int(t), float(x)) for t, x in values["window"])
+        values["held"] = deque((int(t), float(x)) for t, x in values["held"])
+        values["excursions"] = deque(
+            (int(e[0]), float(e[1]), bool(e[2]) if len(e) > 2 else True) for e in values.get("excursions", [])
+        )
+        values["bins"] = [[float(v) for v in b] for b in values.get("bins", [])]
         self.state = State(**values)

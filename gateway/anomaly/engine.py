@@ -15,6 +15,7 @@ fresh anomalies.
 from __future__ import annotations
 
 import fnmatch
+import logging
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -26,8 +27,16 @@ from ..model import MetricValue, Reading, ReadingKey
 from ..schema import declare
 from .config import AnomalySpec, GroupSpec
 from .detector import Detector, Event, Result
+from .multivariate import MultiDetector, MultiResult
 
-__all__ = ["ANOMALY_MEASUREMENT", "MAX_ABS_VALUE", "SNAPSHOT_VERSION", "AnomalyEngine", "AnomalyOutput"]
+__all__ = [
+    "ANOMALY_MEASUREMENT",
+    "MAX_ABS_VALUE",
+    "SNAPSHOT_VERSION",
+    "AnomalyEngine",
+    "AnomalyOutput",
+    "ReadingResult",
+]
 
 ANOMALY_MEASUREMENT: Final = declare(
     "anomaly",
@@ -44,17 +53,48 @@ ANOMALY_MEASUREMENT: Final = declare(
     time="the reading's event time (+ a sub-millisecond offset from its boot and sequence number)",
     module=__name__,
 )
-SNAPSHOT_VERSION: Final = 1
+SNAPSHOT_VERSION: Final = 2
+MULTIVARIATE: Final = "_multivariate"
+"""The ``metric`` tag of the multivariate score's points in the ``anomaly`` measurement."""
 MAX_ABS_VALUE: Final = 1e15
 """Values beyond this (in absolute value) are not scored: their squares would overflow the variance."""
 
 _Opening = tuple[int, ReadingKey]
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
 class AnomalyOutput:
     lines: list[str] = field(default_factory=list)
     alerts: list[Alert] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class ReadingResult:
+    """What one reading did: each scored metric's result, and the reading as a whole."""
+
+    results: dict[str, Result] = field(default_factory=dict)
+    multi: MultiResult | None = None
+
+    @property
+    def anomalous(self) -> bool:
+        """The device's verdict on the reading: once the device's multivariate detector has warmed up, its own
+        (it weighs every metric at once, at one false-alarm rate for the device) or a stuck sensor; before
+        that, and for a device without one, whether any metric is inside an open anomaly."""
+        if self.multi is not None and self.multi.phase == "scored":
+            return self.multi.anomalous or any(r.stuck for r in self.results.values())
+        return self.any_metric
+
+    @property
+    def any_metric(self) -> bool:
+        """Some metric of the reading inside an open anomaly (z-score or stuck)."""
+        return any(r.anomalous for r in self.results.values())
+
+    @property
+    def score(self) -> float:
+        """The highest score of the reading's metrics and of the multivariate score (0 when none was scored)."""
+        best = max((r.scored.score for r in self.results.values()), default=0.0)
+        return max(best, self.multi.score) if self.multi is not None else best
 
 
 def anomaly_line(site: str, device: str, metric: str, r: Result, boot: int = 0, seq: int = 0) -> str:
@@ -72,6 +112,20 @@ def anomaly_line(site: str, device: str, metric: str, r: Result, boot: int = 0, 
     return line(ANOMALY_MEASUREMENT, tags, fields, reading_time_ns(s.t_ms, boot, seq))
 
 
+def anomaly_fields(r: Result) -> str:
+    """The field set of :func:`anomaly_line`, written directly (the engine's path: one point per value)."""
+    s = r.scored
+    value = s.value if math.isfinite(s.value) else 0.0
+    out = f'value={value!r},score={s.score!r},anomalous={"true" if r.anomalous else "false"},phase="{s.phase}"'
+    if s.mean is not None and math.isfinite(s.mean):
+        out += f",mean={s.mean!r}"
+    if s.std is not None and math.isfinite(s.std):
+        out += f",std={s.std!r}"
+    if s.z is not None and math.isfinite(s.z):
+        out += f",z={s.z!r}"
+    return out
+
+
 def _fmt(x: float | None) -> str:
     return "?" if x is None else f"{x:.4g}"
 
@@ -84,12 +138,15 @@ class AnomalyEngine:
         self.max_future_ms = max_future_ms
         self.min_time_ms = min_time_ms
         self.detectors: dict[tuple[str, str], Detector] = {}
+        self.multi: dict[str, MultiDetector] = {}
+        """device -> its multivariate (T^2) detector."""
         self.recent: dict[str, dict[str, _Opening]] = {}
         """device -> metric -> the latest anomaly opening not yet used by a compound alert."""
         self.group_recent: dict[str, dict[str, _Opening]] = {}
         """group -> device -> the latest anomaly opening not yet used by a group alert."""
         self.sites: dict[str, str] = {}
         self._groups_of: dict[str, tuple[GroupSpec, ...]] = {}
+        self._heads: dict[tuple[str, str, str], str] = {}  # the anomaly points' escaped measurement and tags
         self._mine: dict[str, set[str]] = {}  # device -> the metrics of its series (derived from ``detectors``)
         self._by_count: dict[int, set[str]] = {}  # series count -> the devices with that many
         self.stats: dict[str, int] = {
@@ -104,6 +161,8 @@ class AnomalyEngine:
             "alerts": 0,
             "compound_alerts": 0,
             "rebaselined": 0,
+            "multivariate_alerts": 0,
+            "stalled": 0,
         }
 
     # -- input --------------------------------------------------------------------------------------
@@ -179,7 +238,13 @@ class AnomalyEngine:
         else:
             del self._mine[device]
 
-    def _reading(self, r: Reading, out: AnomalyOutput) -> None:
+    def score_reading(self, r: Reading, out: AnomalyOutput | None = None) -> ReadingResult:
+        """Score one reading (the next of its device in event time; ``process`` sorts them) and say what it
+        did; its lines and alerts go to ``out`` when given."""
+        return self._reading(r, AnomalyOutput() if out is None else out)
+
+    def _reading(self, r: Reading, out: AnomalyOutput) -> ReadingResult:
+        done = ReadingResult()
         self.sites[r.device] = r.site
         gap_seen = False
         for metric, x in self._metrics(r):
@@ -191,13 +256,27 @@ class AnomalyEngine:
                 self.stats["out_of_order"] += 1
                 continue
             res = det.process(r.t_ms, x)
+            done.results[metric] = res
             self.stats["scored"] += 1
             if res.anomalous:
                 self.stats["anomalous"] += 1
             if res.anomalous or self.spec.write == "all":
-                out.lines.append(anomaly_line(r.site, r.device, metric, res, r.boot, r.seq))
+                head = self._heads.get((r.site, r.device, metric))
+                if head is None:
+                    head = line(ANOMALY_MEASUREMENT, {"site": r.site, "device": r.device, "metric": metric}, {"x": 0},
+                                0).rsplit(" ", 2)[0]  # fmt: skip
+                    if len(self._heads) < self.spec.max_series:
+                        self._heads[(r.site, r.device, metric)] = head
+                out.lines.append(f"{head} {anomaly_fields(res)} {reading_time_ns(r.t_ms, r.boot, r.seq)}")
             for ev in res.events:
-                if ev.kind == "gap":
+                if ev.kind == "stalled":
+                    self.stats["stalled"] += 1
+                    log.warning(
+                        "anomaly: %s of %s never leaves its warm-up: its window holds fewer than %d readings "
+                        "(window %d ms); widen window or lower warmup",
+                        metric, r.device, det.spec.warmup, det.spec.window_ms,
+                    )  # fmt: skip
+                elif ev.kind == "gap":
                     if self.spec.gap_alerts and not gap_seen:
                         gap_seen = True
                         self._emit(out, self._gap_alert(r, ev))
@@ -205,6 +284,53 @@ class AnomalyEngine:
                     self._emit(out, self._alert(r, metric, res, ev))
                     if ev.kind != "rebaselined":
                         self._compound(r, metric, ev, out)
+        if self.spec.multivariate and len(done.results) >= 2:
+            self._multivariate(r, done, out)
+        return done
+
+    def _multivariate(self, r: Reading, done: ReadingResult, out: AnomalyOutput) -> None:
+        md = self.multi.get(r.device)
+        if md is None:
+            if len(self.multi) >= self.spec.max_series:
+                return
+            md = self.multi[r.device] = MultiDetector(self.spec.detector, self.spec.multivariate_memory)
+        values = {m: res.scored.value for m, res in done.results.items()}
+        mres = md.process(r.t_ms, values)
+        if mres is None:
+            return
+        done.multi = mres
+        if mres.anomalous or self.spec.write == "all":
+            fields: dict[str, MetricValue] = {
+                "value": float(mres.t2), "score": float(mres.score), "anomalous": mres.anomalous, "phase": mres.phase
+            }  # fmt: skip
+            if mres.z is not None:
+                fields["z"] = float(mres.z)
+            tags = {"site": r.site, "device": r.device, "metric": MULTIVARIATE}
+            out.lines.append(line(ANOMALY_MEASUREMENT, tags, fields, reading_time_ns(r.t_ms, r.boot, r.seq)))
+        for ev in mres.events:
+            if ev.kind == "opened":
+                self.stats["multivariate_alerts"] += 1
+                names = ", ".join(md.state.names)
+                own = [
+                    f"{m} {_fmt(z)}"
+                    for m in mres.ranked[:3]
+                    if (z := done.results[m].scored.ref_z if m in done.results else None) is not None
+                ]
+                message = (
+                    f"the metrics of {r.device} ({names}) left their usual relation: T^2 = {_fmt(mres.t2)} "
+                    f"(as a z-score {_fmt(mres.z)}), most of it from {mres.top}; each against its own baseline "
+                    f"(z): {', '.join(own)}"
+                )
+                details: dict[str, MetricValue] = {
+                    "t2": float(mres.t2), "z": float(mres.z or 0.0), "score": float(mres.score),
+                    "metrics": ",".join(md.state.names), "top": mres.top, "share": float(mres.share),
+                }  # fmt: skip
+                self._emit(
+                    out, Alert("anomaly", "multivariate", r.site, r.device, "warning", ev.since_ms, r.t_ms, (r.key,),
+                               message, details),
+                )  # fmt: skip
+            elif ev.kind == "rebaselined":
+                self.stats["rebaselined"] += 1
 
     # -- alerts -------------------------------------------------------------------------------------
 
@@ -316,6 +442,7 @@ class AnomalyEngine:
         return {
             "version": SNAPSHOT_VERSION,
             "detectors": [[d, m, det.snapshot()] for (d, m), det in self.detectors.items()],
+            "multi": {d: md.snapshot() for d, md in self.multi.items()},
             "recent": {d: {m: [t, list(k)] for m, (t, k) in ms.items()} for d, ms in self.recent.items()},
             "group_recent": {g: {d: [t, list(k)] for d, (t, k) in ds.items()} for g, ds in self.group_recent.items()},
             "sites": dict(self.sites),
@@ -324,8 +451,8 @@ class AnomalyEngine:
 
     def restore(self, snap: dict[str, Any]) -> None:
         """Take back a :meth:`snapshot` (from an engine with the same configuration)."""
-        if snap.get("version") != SNAPSHOT_VERSION:
-            raise ValueError(f"anomaly snapshot version {snap.get('version')!r}, expected {SNAPSHOT_VERSION}")
+        if snap.get("version") not in (1, SNAPSHOT_VERSION):
+            raise ValueError(f"anomaly snapshot version {snap.get('version')!r}, expected 1 or {SNAPSHOT_VERSION}")
         self.detectors = {}
         self._mine, self._by_count = {}, {}
         for device, metric, state in snap["detectors"]:
@@ -333,6 +460,10 @@ class AnomalyEngine:
             det.restore(state)
             self.detectors[(device, metric)] = det
             self._own(device, metric, True)
+        self.multi = {}
+        for device, state in snap.get("multi", {}).items():  # version 1 had none: they start afresh
+            md = self.multi[device] = MultiDetector(self.spec.detector, self.spec.multivariate_memory)
+            md.restore(state)
 
         def openings(raw: dict[str, dict[str, Any]]) -> dict[str, dict[str, _Opening]]:
             return {

@@ -6,6 +6,7 @@ python -m gateway.anomaly.evaluate                      # the simulator's defaul
 python -m gateway.anomaly.evaluate sim --seed 3 --scenario sim/labelled/anomaly_default.toml
 python -m gateway.anomaly.evaluate nab path/to/NAB      # data/**/*.csv + labels/combined_windows.json
 python -m gateway.anomaly.evaluate export-nab OUT       # write a simulated scenario in that layout
+python -m gateway.anomaly.evaluate skab ../shared/data/skab   # SKAB's two leaderboard tables (gateway/anomaly/skab.py)
 ```
 
 ``--config gateway.toml`` scores with that file's ``[anomaly]`` settings (default: the built-in defaults).
@@ -32,6 +33,7 @@ from ..engine.config import parse_duration
 from ..errors import ConfigError
 from .config import AnomalySpec, DetectorSpec, parse_anomaly
 from .detector import Detector
+from .nabscore import NAB_PROFILES, NabSweep, sweep
 
 __all__ = [
     "DAY_MS",
@@ -133,6 +135,8 @@ class Report:
     total: Row
     device_days: float
     rebaselines: int
+    outcomes: list[Outcome] = field(default_factory=list)
+    """Per case, in order: what the detector did (its per-point scores among it)."""
 
     @property
     def false_alarms_per_device_day(self) -> float:
@@ -160,8 +164,10 @@ def evaluate(
     total = Row("all")
     span_by_device: dict[str, tuple[int, int]] = {}
     rebaselines = 0
+    outcomes: list[Outcome] = []
     for case in cases:
         out = run_case(case, spec, gap_alerts=gap_alerts)
+        outcomes.append(out)
         rebaselines += out.rebaselines
         delays, fa = score_case(case, out.alerts, tolerance_ms)
         if case.t_ms:
@@ -178,7 +184,39 @@ def evaluate(
                     r.detected += 1
                     r.delays_ms.append(d)
     device_days = sum((hi - lo) / DAY_MS for lo, hi in span_by_device.values())
-    return Report(rows, total, device_days, rebaselines)
+    return Report(rows, total, device_days, rebaselines, outcomes)
+
+
+def nab_sweep(cases: Sequence[Case], report: Report) -> NabSweep:
+    """NAB's threshold sweep (:mod:`gateway.anomaly.nabscore`) over the per-point scores of ``report``."""
+    files = [
+        (case.t_ms, out.scores, [(w.start_ms, w.end_ms) for w in case.windows])
+        for case, out in zip(cases, report.outcomes, strict=True)
+    ]
+    return sweep(files)
+
+
+def format_nab(sw: NabSweep, own: float = 0.5) -> str:
+    head = f"{'profile':<20}{'best threshold':>15}{'score':>8}{'windows found':>15}{'FP points':>11}"
+    head += f"{'at ' + format(own, 'g'):>10}{'windows found':>15}{'FP points':>11}"
+    lines = [
+        f"NAB scoring (numenta/NAB's sweeper: per-point scores, a threshold swept, each window worth its earliest "
+        f"detection, false positives by their distance after a window; {sw.points} points scored after the "
+        f"probation, {sw.windows} windows):",
+        "",
+        head,
+        "-" * len(head),
+    ]
+    at = sw.at(own)
+    for profile in NAB_PROFILES:
+        best = sw.best(profile)
+        thr = "-" if math.isinf(best.threshold) else f"{best.threshold:.4f}"
+        lines.append(
+            f"{profile:<20}{thr:>15}{sw.normalised(profile, best):>8.2f}{f'{best.detected}/{sw.windows}':>15}"
+            f"{best.fp_points:>11}{sw.normalised(profile, at):>10.2f}"
+            f"{f'{at.detected}/{sw.windows}':>15}{at.fp_points:>11}"
+        )
+    return "\n".join(lines)
 
 
 def _f(x: float, digits: int = 3) -> str:
@@ -209,6 +247,69 @@ def format_table(report: Report) -> str:
         f"baselines re-learned after a lasting anomaly: {report.rebaselines}"
     )
     return "\n".join(lines)
+
+
+# --- the device's multivariate score ---------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class DeviceReport:
+    """The multivariate (T^2) score per device: its openings against every labelled window of the device's
+    metrics (a window counts as detected when an opening lies in ``[start, end + tolerance)``)."""
+
+    devices: int = 0
+    windows: int = 0
+    detected: int = 0
+    openings: int = 0
+    false_alarms: int = 0
+    device_days: float = 0.0
+
+    @property
+    def false_alarms_per_device_day(self) -> float:
+        return self.false_alarms / self.device_days if self.device_days else math.nan
+
+
+def evaluate_devices(
+    cases: Iterable[Case], spec: AnomalySpec, *, tolerance_ms: int = DEFAULT_TOLERANCE_MS
+) -> DeviceReport:
+    """Feed each device's metrics together, reading by reading (the values that share an event time), to a
+    fresh :class:`~gateway.anomaly.engine.AnomalyEngine` and count its ``multivariate`` openings."""
+    from ..model import Reading
+    from .engine import AnomalyEngine
+
+    by_device: dict[str, list[Case]] = {}
+    for case in cases:
+        by_device.setdefault(case.device, []).append(case)
+    rep = DeviceReport()
+    for device, mine in sorted(by_device.items()):
+        rows: dict[int, dict[str, float]] = {}
+        for case in mine:
+            metric = case.name.rsplit("/", 1)[-1]
+            for t, x in zip(case.t_ms, case.values, strict=True):
+                rows.setdefault(t, {})[metric] = x
+        eng = AnomalyEngine(spec)
+        opened: list[int] = []
+        for seq, t in enumerate(sorted(rows)):
+            res = eng.score_reading(Reading("eval", device, 0, seq, t, "s", dict(rows[t])))
+            if res.multi is not None:
+                opened += [t for ev in res.multi.events if ev.kind == "opened"]
+        spans = [(w.start_ms, w.end_ms + tolerance_ms) for case in mine for w in case.windows]
+        rep.devices += 1
+        rep.windows += len(spans)
+        rep.detected += sum(1 for a, b in spans if any(a <= t < b for t in opened))
+        rep.openings += len(opened)
+        rep.false_alarms += sum(1 for t in opened if not any(a <= t < b for a, b in spans))
+        if rows:
+            rep.device_days += (max(rows) - min(rows)) / DAY_MS
+    return rep
+
+
+def format_devices(rep: DeviceReport) -> str:
+    return (
+        f"multivariate (T^2 per device over its {rep.devices} devices' metrics): {rep.openings} openings; "
+        f"{rep.detected} of {rep.windows} labelled windows had one; {rep.false_alarms} false alarms, "
+        f"{_f(rep.false_alarms_per_device_day)} per device-day"
+    )
 
 
 # --- sources ---------------------------------------------------------------------------------------
@@ -332,8 +433,8 @@ def _describe(scenario: object) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gateway.anomaly.evaluate", description=__doc__.split("\n")[0])
-    parser.add_argument("source", nargs="?", default="sim", choices=["sim", "nab", "export-nab"])
-    parser.add_argument("path", nargs="?", help="nab: the NAB folder; export-nab: where to write it")
+    parser.add_argument("source", nargs="?", default="sim", choices=["sim", "nab", "export-nab", "skab"])
+    parser.add_argument("path", nargs="?", help="nab, skab: the data folder; export-nab: where to write it")
     parser.add_argument("--config", type=Path, help="a gateway TOML file: its [anomaly] settings are scored")
     parser.add_argument("--scenario", help="sim: a scenario TOML (sim/labelled/anomaly_*.toml)")
     parser.add_argument("--seed", type=int, help="sim: the scenario's seed")
@@ -346,6 +447,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         anomaly = _spec_from(args.config)
         tolerance = parse_duration(args.tolerance, "--tolerance")
+        if args.source == "skab":
+            from .skab import evaluate_skab, format_tables, load_skab
+
+            if not args.path:
+                parser.error("skab needs the SKAB data folder (e.g. ../shared/data/skab)")
+            files = load_skab(Path(args.path))
+            print(f"SKAB at {args.path}; detector: {anomaly.detector}\n")
+            print(format_tables(evaluate_skab(files, anomaly)))
+            return 0
         if args.source == "nab":
             if not args.path:
                 parser.error("nab needs the NAB folder")
@@ -368,6 +478,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(title)
     print(f"detector: {anomaly.detector}; tolerance after a window {tolerance / 60_000:g} min\n")
     print(format_table(report))
+    if args.source == "nab":
+        print()
+        print(format_nab(nab_sweep(cases, report)))
+    if args.source == "sim" and anomaly.multivariate:
+        print(format_devices(evaluate_devices(cases, anomaly, tolerance_ms=tolerance)))
     return 0
 
 

@@ -2,7 +2,7 @@
 
 The run mixes every kind of event the plots show: a flaky network (late readings, re-fired windows), a
 sleepy board, unsynced clocks (refused readings), an injected anomaly and scripted sequences. Chromium
-must parse the page into five figures with their SVG marks (``--dump-dom``) and paint it
+must parse the page into six figures with their SVG marks (``--dump-dom``) and paint it
 (``--screenshot``); the PNG is decoded here and must hold the plots' colours, not a blank page.
 """
 
@@ -31,8 +31,8 @@ SCENARIO = {
                          "sleep": True}, {"name": "unsynced", "devices": 1, "unsynced_for": "8m", "publish_every": 2}]},
     "network": {"delay": {"dist": "lognormal", "median": "100ms", "sigma": 1.0}, "loss": 0.1, "ack_loss": 0.1,
                 "duplicate": 0.05, "reorder": 0.15, "reorder_delay": "4m"},
-    "anomalies": [{"kind": "level_shift", "device": "dev-0002", "metric": "temp_c", "start": "10m", "end": "20m",
-                   "magnitude": 8.0}],
+    "anomalies": [{"kind": "level_shift", "device": "dev-0002", "metric": "temp_c", "start": "32m", "end": "38m",
+                   "magnitude": 8.0}],  # after the detector's warm-up (30 readings), so the score plot shows it
     "sequences": [{"kind": "door_left_open", "device": "dev-0001", "at": "5m"},
                   {"kind": "two_failures", "device": "dev-0003", "at": "12m"}],
     "gateway": {"windows": [{"name": "t5", "kind": "tumbling", "size": "5m", "metrics": ["temp_c"],
@@ -112,13 +112,17 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
             [exe, *FLAGS, f"--user-data-dir={profile}", "--dump-dom", page.as_uri()],
             capture_output=True, text=True, timeout=120, check=True,
         ).stdout  # fmt: skip
-    for plot in ("arrival", "watermarks", "windows", "late", "anomalies-temp_c", "sequences"):
+    for plot in ("arrival", "watermarks", "windows", "late", "anomalies-temp_c", "sequences", "scores"):
         start = dom.index(f'data-plot="{plot}"')
         figure = dom[start : dom.index("</figure>", start)]
         assert "<svg" in figure and figure.count('class="mark"') >= 1, plot
         assert "no data" not in figure, plot
         marks = int(figure.split('data-marks="')[1].split('"')[0])
         assert marks > 0, plot
+    scores = dom[dom.index('data-plot="scores"') :]
+    scores = scores[: scores.index("</figure>")]
+    assert "level shift on dev-0002 temp_c: anomaly score" in scores
+    assert "threshold: score 0.5" in scores and "anomaly opened (alert) (" in scores  # the shift opened one
 
     shot = tmp_path / "report.png"
     with tempfile.TemporaryDirectory(prefix="edgekit-chromium-") as profile:

@@ -19,14 +19,14 @@ def test_full_section() -> None:
     doc = {
         "anomaly": {
             "metrics": ["temp_c", "rh"], "baseline": "window", "window": "3h", "rebaseline_after": "90m",
-            "threshold": 5, "warmup": 10, "write": "flagged", "gap_alerts": True,
+            "threshold": 5, "warmup": 10, "write": "flagged", "gap_alerts": True, "multivariate_memory": 500,
             "compound": {"span": "2m", "min_metrics": 3},
             "groups": [{"name": "gh", "devices": ["gh-*"], "min_devices": 3}],
             "overrides": {"rh": {"min_std": 0.5, "threshold": 6.0}},
         }
     }  # fmt: skip
     a = parse_config(doc, env={}).anomaly
-    assert a.metrics == ("temp_c", "rh") and a.write == "flagged" and a.gap_alerts
+    assert a.metrics == ("temp_c", "rh") and a.write == "flagged" and a.gap_alerts and a.multivariate_memory == 500
     assert (a.detector.baseline, a.detector.window_ms, a.detector.rebaseline_after_ms) == (
         "window",
         10_800_000,
@@ -52,7 +52,11 @@ def test_full_section() -> None:
         ({"clear_threshold": 5.0}, "anomaly.clear_threshold: must be in (0, threshold=4.5], got 5.0"),
         ({"baseline": "median"}, "anomaly.baseline: expected 'ewma' or 'window', got 'median'"),
         ({"protection": "ignore"}, "anomaly.protection: expected 'exclude', 'downweight' or 'off', got 'ignore'"),
-        ({"baseline": "window", "window": "1h"}, "anomaly.rebaseline_after: 3600000 ms must be shorter than window"),
+        (
+            {"baseline": "window", "window": "1h", "rebaseline_after": "1h"},
+            "anomaly.rebaseline_after: 3600000 ms must be set and shorter than window",
+        ),
+        ({"baseline": "window", "window": "1h"}, "anomaly.rebaseline_after: 0 ms must be set and shorter than window"),
         ({"window": "soon"}, "anomaly.window: expected milliseconds or a string"),
         ({"metrics": ["Temp"]}, "anomaly.metrics: expected a list of metric names"),
         ({"overrides": {"rh": {"alpha": 2}}}, "anomaly.overrides.rh.alpha: must be in (0, 1], got 2.0"),
@@ -63,6 +67,8 @@ def test_full_section() -> None:
         ({"groups": [{"name": "g", "devices": ["a"]}, {"name": "g", "devices": ["b"]}]}, "declared twice"),
         ({"write": "some"}, "anomaly.write: expected 'all' or 'flagged', got 'some'"),
         ({"stuck_points": 2}, "anomaly.stuck_points: 0 (off) or >= 3, got 2"),
+        ({"multivariate_memory": 1}, "anomaly.multivariate_memory: must be at least 2 readings, got 1"),
+        ({"multivariate_memory": 2.5}, "anomaly.multivariate_memory: expected an integer, got 2.5"),
     ],
 )
 def test_errors_name_the_key_and_the_value(section: dict[str, object], message: str) -> None:

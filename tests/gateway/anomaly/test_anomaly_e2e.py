@@ -6,7 +6,9 @@ Three boards of a declared group, two metrics each, 4 h at one reading a minute.
 - gh-1: a spike on temp_c and on rh in the same reading -> two z-score alerts and one compound.device;
 - gh-2: a permanent level shift on temp_c -> a z-score alert, and after rebaseline_after (60 min) a
   rebaseline alert; then nothing more (not locked out);
-- gh-3: a temp_c spike 2 min after gh-2's shift began -> a z-score alert and one compound.group.
+- gh-3: a temp_c spike 2 min after gh-2's shift began -> a z-score alert and one compound.group;
+- and on each board, the same reading seen by the device's multivariate score (both metrics together):
+  one ``multivariate`` alert, its ``_multivariate`` points flagged like the metric's (re-baselined with it).
 
 Every alert must arrive on MQTT and in the ``alert`` measurement, nothing else; the ``anomaly`` measurement
 must hold a point per reading and metric, flagged exactly on the labelled spans (plus the few calm points a
@@ -35,6 +37,7 @@ from sim.wire import Outgoing
 pytestmark = pytest.mark.integration
 
 MIN = 60_000
+DAY = 86_400_000
 N = 240
 SITE = "greenhouse-a"
 CLEAR_POINTS = 3
@@ -86,13 +89,19 @@ def expected_alerts(t0: int) -> set[tuple[str, str, int, int]]:
         ("rebaseline.temp_c", "gh-2", shift, shift + 60 * MIN),
         ("zscore.temp_c", "gh-3", t0 + 152 * MIN, t0 + 152 * MIN),
         ("compound.group", "greenhouse", shift, t0 + 152 * MIN),
+        ("multivariate", "gh-1", t0 + 120 * MIN, t0 + 120 * MIN),
+        ("multivariate", "gh-2", shift, shift),
+        ("multivariate", "gh-3", t0 + 152 * MIN, t0 + 152 * MIN),
     }
 
 
 async def test_anomalies_and_compound_alerts_land_as_the_ground_truth_says(
     mosquitto: Proc, influxdb_v1: Proc, influx_db: str
 ) -> None:
-    t0 = (time.time_ns() // 1_000_000 - 6 * 3_600_000) // MIN * MIN
+    # the midnight (UTC) at least 6 h ago: the signals follow the day (sim.anomalies.SIGNALS), so the readings
+    # must start at the same time of day whenever the test runs (from 04:00 or 17:00, say, the multivariate
+    # score's alerts differ: the test passed or failed by the hour)
+    t0 = (time.time_ns() // 1_000_000 - 6 * 3_600_000) // DAY * DAY
     prefix = f"an{uuid.uuid4().hex[:8]}"
     cfg = parse_config(
         {
@@ -124,7 +133,7 @@ async def test_anomalies_and_compound_alerts_land_as_the_ground_truth_says(
     got = {(d["name"], d["key"], d["first_ms"], d["last_ms"]) for _, d in received}
     assert got == want and len(received) == len(want)
     assert {t for t, _ in received} == {f"{prefix}/_gateway/alerts/{SITE}/anomaly"}
-    by_name = {d["name"]: d for _, d in received if d["key"] != "gh-1"}
+    by_name = {d["name"]: d for _, d in received if d["key"] != "gh-1" and d["name"] != "multivariate"}
     assert by_name["compound.group"]["severity"] == "critical"
     assert by_name["compound.group"]["details"]["devices"] == "gh-2,gh-3"
     assert by_name["rebaseline.temp_c"]["severity"] == "info"
@@ -138,7 +147,7 @@ async def test_anomalies_and_compound_alerts_land_as_the_ground_truth_says(
 
     counts = influx_query(influxdb_v1.url, influx_db, 'SELECT count("score") FROM anomaly GROUP BY "device", "metric"')
     assert sorted((r["device"], r["metric"], r["count"]) for r in counts) == sorted(
-        (d, m, N) for d in ("gh-1", "gh-2", "gh-3") for m in ("temp_c", "rh")
+        (d, m, N) for d in ("gh-1", "gh-2", "gh-3") for m in ("temp_c", "rh", "_multivariate")
     )
     flagged = influx_query(
         influxdb_v1.url, influx_db, 'SELECT "z", "anomalous", "device", "metric" FROM anomaly WHERE "anomalous" = true',
@@ -153,4 +162,7 @@ async def test_anomalies_and_compound_alerts_land_as_the_ground_truth_says(
         ("gh-1", "rh"): spike_run,
         ("gh-2", "temp_c"): list(range(150, 211)),  # from the shift until it is re-baselined, 60 min later
         ("gh-3", "temp_c"): list(range(152, 153 + CLEAR_POINTS)),
+        ("gh-1", "_multivariate"): spike_run,
+        ("gh-2", "_multivariate"): list(range(150, 211)),
+        ("gh-3", "_multivariate"): list(range(152, 153 + CLEAR_POINTS)),
     }

@@ -31,7 +31,7 @@ def engine(section: dict[str, Any] | None = None) -> AnomalyEngine:
 
 
 def test_one_point_per_scored_value_and_alerts_for_each_metric_plus_one_compound() -> None:
-    eng = engine()
+    eng = engine({"multivariate": False})  # its own points and alert: test_anomaly_multivariate.py
     out = eng.process(history("d1"), T0 + 60 * MIN)
     assert len(out.lines) == 120 and not out.alerts
     assert all(ln.startswith("anomaly,device=d1,metric=") for ln in out.lines)
@@ -55,7 +55,7 @@ def test_one_point_per_scored_value_and_alerts_for_each_metric_plus_one_compound
 
 
 def test_compound_needs_the_metrics_within_the_span() -> None:
-    eng = engine({"compound": {"span": "5m"}, "gap_factor": 20.0})
+    eng = engine({"compound": {"span": "5m"}, "gap_factor": 20.0, "multivariate": False})
     eng.process(history("d1"), T0 + 60 * MIN)
     out = eng.process([reading("d1", 60, {"temp_c": 30.0, "rh": 50.0})], T0 + 60 * MIN)
     out2 = eng.process([reading("d1", 70, {"temp_c": 20.0, "rh": 80.0})], T0 + 70 * MIN)  # 10 min later: too late
@@ -124,7 +124,7 @@ def test_write_flagged_only() -> None:
 
 
 def test_rebaseline_alert_says_so() -> None:
-    eng = engine({"metrics": ["temp_c"]})
+    eng = engine({"metrics": ["temp_c"], "rebaseline_after": "1h"})
     rng = random.Random(5)
     rs = [reading("d1", i, {"temp_c": 20 + rng.gauss(0, 0.2) + (5.0 if i >= 60 else 0.0)}) for i in range(200)]
     alerts = eng.process(rs, T0 + 200 * MIN).alerts
@@ -180,3 +180,20 @@ def test_pipeline_scores_new_readings_and_publishes_alerts() -> None:
     assert off.anomaly is None
     quiet = off.handle(topic, json.dumps({"v": 1, "dev": "d1", "r": rows[:5]}).encode(), T0 + 70 * MIN)
     assert not any(ln.startswith("anomaly,") for ln in quiet.lines)
+
+
+def test_the_engine_writes_exactly_what_anomaly_line_writes() -> None:
+    """The engine builds its points directly (one per value); they must be line() output, byte for byte."""
+    from gateway.anomaly import Detector
+    from gateway.anomaly.engine import anomaly_line
+
+    eng = engine({"multivariate": False})
+    last = reading("d 1,x=y", 80, {"temp_c": 35.0, "rh": 50.0}, site="a\\b")
+    rs = [*history("d 1,x=y", 80, seed=4), last]
+    out = eng.process(rs, T0 + 90 * MIN)
+    dets = {m: Detector(eng.spec.detector_for(m)) for m in ("temp_c", "rh")}
+    want = []
+    for r in rs:
+        for m, v in r.metrics.items():
+            want.append(anomaly_line(r.site, r.device, m, dets[m].process(r.t_ms, float(v)), r.boot, r.seq))  # type: ignore[arg-type]
+    assert out.lines == want

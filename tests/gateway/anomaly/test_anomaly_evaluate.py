@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import filecmp
 import math
+import random
 from pathlib import Path
 
 import pytest
 
-from gateway.anomaly import DetectorSpec
-from gateway.anomaly.evaluate import Case, Window, evaluate, load_nab, main, score_case, sim_cases
+from gateway.anomaly import AnomalySpec, DetectorSpec
+from gateway.anomaly.evaluate import Case, Window, evaluate, evaluate_devices, load_nab, main, score_case, sim_cases
 
 ROOT = Path(__file__).resolve().parents[3]
 FIXTURE = Path(__file__).resolve().parent / "nab_fixture"
@@ -33,6 +34,26 @@ def test_default_settings_reach_f1_0_9_for_spikes_and_level_shifts(capsys: pytes
     assert "false alarms per device-day:" in printed
     per_day = float(printed.split("false alarms per device-day:")[1].split()[0])
     assert per_day < 0.5, printed
+    # the device's multivariate score over its three metrics: the bound of 0.2 false alarms a day
+    line = next(ln for ln in printed.splitlines() if ln.startswith("multivariate"))
+    assert float(line.split(" per device-day")[0].rsplit(", ", 1)[1]) <= 0.2, line
+
+
+def test_the_multivariate_score_per_device_counts_its_openings_against_every_window() -> None:
+    t = [i * 60_000 for i in range(600)]
+    rng = random.Random(5)
+    a = [10.0 + rng.gauss(0, 0.5) for _ in t]
+    b = [2.0 * v + rng.gauss(0, 0.2) for v in a]  # b follows a
+    b[400] -= 6.0  # the relation broken once, each metric inside its own band
+    b[500] += 40.0  # and a plain spike
+    cases = [
+        Case("dev/a", "dev", "spike", t, a, []),
+        Case("dev/b", "dev", "spike", t, b, [Window("spike", t[500], t[500] + 1)]),
+    ]
+    rep = evaluate_devices(cases, AnomalySpec(enabled=True), tolerance_ms=60_000)
+    assert (rep.devices, rep.windows, rep.detected) == (1, 1, 1)
+    assert rep.openings == 2 and rep.false_alarms == 1  # the broken relation is not labelled here
+    assert math.isclose(rep.device_days, 599 / 1440)
 
 
 def test_scoring_rules() -> None:

@@ -15,21 +15,40 @@ from gateway.anomaly import Detector, DetectorSpec, score_of
 values = st.lists(st.floats(-1e3, 1e3, allow_nan=False), min_size=2, max_size=120)
 
 
-def ewma_reference(xs: np.ndarray, alpha: float) -> tuple[float, float]:
-    """Weights a_i * prod_{j>i}(1 - a_j) with a_i = max(alpha, 1/(i+1)): the plain mean first, then an EWMA."""
-    n = len(xs)
+def weights(n: int, alpha: float) -> np.ndarray:
+    """a_i * prod_{j>i}(1 - a_j) with a_i = max(alpha, 1/(i+1)): the plain mean first, then an EWMA."""
     a = np.maximum(alpha, 1.0 / np.arange(1, n + 1))
     tail = np.append(np.cumprod((1.0 - a)[::-1])[::-1][1:], 1.0)
     w = a * tail
     assert math.isclose(w.sum(), 1.0, rel_tol=1e-9)
+    return w
+
+
+def ewma_reference(xs: np.ndarray, alpha: float) -> tuple[float, float]:
+    """The weighted mean and variance with one weight for both (alpha = var_alpha)."""
+    w = weights(len(xs), alpha)
     mean = float(np.dot(w, xs))
     return mean, float(np.dot(w, (xs - mean) ** 2))
+
+
+def ewmv_reference(xs: np.ndarray, alpha: float, var_alpha: float) -> float:
+    """West's recursion with its own weight for the variance: v_n = (1 - b_n) (v_{n-1} + b_n d_n^2), where
+    d_n is the new point's distance from the previous mean (written out, not the detector's code)."""
+    mean, var = 0.0, 0.0
+    for i, x in enumerate(xs, start=1):
+        a, b = max(alpha, 1.0 / i), max(var_alpha, 1.0 / i)
+        d = float(x) - mean
+        mean += a * d
+        var = (1.0 - b) * (var + b * d * d)
+    return var
 
 
 @settings(max_examples=150, deadline=None)
 @given(xs=values, alpha=st.sampled_from([0.01, 0.07, 0.3, 1.0]))
 def test_ewma_mean_and_variance_match_the_weighted_reference(xs: list[float], alpha: float) -> None:
-    spec = DetectorSpec(alpha=alpha, protection="off", stuck_points=0, warmup=2, threshold=1e9, clear_threshold=1e9)
+    spec = DetectorSpec(
+        alpha=alpha, var_alpha=alpha, protection="off", stuck_points=0, warmup=2, threshold=1e9, clear_threshold=1e9
+    )
     det = Detector(replace(spec, after_gap="score"))
     for i, x in enumerate(xs):
         det.process(i * 1000, x)
@@ -37,6 +56,23 @@ def test_ewma_mean_and_variance_match_the_weighted_reference(xs: list[float], al
         scale = max(1.0, float(np.max(np.abs(xs[: i + 1]))))
         assert math.isclose(det.state.mean, mean, rel_tol=1e-9, abs_tol=1e-9 * scale)
         assert math.isclose(det.state.var, var, rel_tol=1e-7, abs_tol=1e-9 * scale * scale)
+
+
+@settings(max_examples=100, deadline=None)
+@given(xs=values, var_alpha=st.sampled_from([0.005, 0.02, 0.3]))
+def test_the_variance_has_its_own_memory(xs: list[float], var_alpha: float) -> None:
+    spec = DetectorSpec(
+        alpha=0.07, var_alpha=var_alpha, protection="off", stuck_points=0, warmup=2, threshold=1e9,
+        clear_threshold=1e9, after_gap="score",
+    )  # fmt: skip
+    det = Detector(spec)
+    for i, x in enumerate(xs):
+        det.process(i * 1000, x)
+    mean, _ = ewma_reference(np.array(xs), 0.07)
+    scale = max(1.0, float(np.max(np.abs(xs))))
+    assert math.isclose(det.state.mean, mean, rel_tol=1e-9, abs_tol=1e-9 * scale)
+    want = ewmv_reference(np.array(xs), 0.07, var_alpha)
+    assert math.isclose(det.state.var, want, rel_tol=1e-7, abs_tol=1e-9 * scale * scale)
 
 
 def test_ewma_is_the_plain_mean_during_the_first_points() -> None:
@@ -80,7 +116,8 @@ def test_z_and_score_of_a_scored_point() -> None:
     s = det.score_one(4, 14.0)
     assert s.phase == "scored" and s.mean is not None and s.std is not None
     assert math.isclose(s.z or 0.0, (14.0 - s.mean) / s.std)
-    assert math.isclose(s.score, 1 - 2 ** -(((s.z or 0.0) / 4.5) ** 2))
+    r = (s.z or 0.0) / 4.5
+    assert math.isclose(s.score, r * r / (1 + r * r))
     assert s.over == (abs(s.z or 0.0) >= 4.5)
 
 
