@@ -10,6 +10,11 @@ per key (a device or a site). The engine drives it with two calls:
   shared mode: one watermark for every key), re-fires windows that late readings changed (``revision + 1``),
   fires windows whose end the watermark reached, and drops state past ``end + allowed_lateness``.
 
+In shared mode (the global watermark) an advance visits only the keys that have something to do: each key
+has a time in a queue of due times (a heap), at or before the first watermark at which it fires, re-fires or
+drops anything (``NO_WM``: at the next advance, for a late change), and the keys whose time the watermark
+reached are visited in the order their state was made, as a walk over every key would visit them.
+
 Each key's watermark lives in a :class:`WmCell`. ``add_at`` and ``advance_at`` are the same two calls
 with the key's cell passed in (``key_cell(key)`` for ``add``, ``cell(key)`` for ``advance``): the engine
 keeps each device's cells, so that a reading does not look its key up twice in every operator.
@@ -90,6 +95,14 @@ class WindowOperator:
         self.wm: dict[str, WmCell] = {}
         self.sites: dict[str, str] = {}
         self.late_count = 0
+        # shared mode only: (due watermark, key), the smallest due time queued per key, and each key's place in
+        # the order its state was made (the order a walk over every key would visit them in)
+        self.due_q: list[tuple[int, str]] = []
+        self.queued: dict[str, int] = {}
+        self.korder: dict[str, int] = {}
+        self.kseq = 0
+        self.visits = 0  # keys visited by advances in shared mode (to show that an advance does not walk every key)
+        self.scan_all = False  # shared mode: visit every key at each advance, as before the queue (tests compare)
 
     def add(self, key: str, site: str, device: str, t: int, b: int, s: int, values: Values) -> tuple[Output, ...]:
         return self.add_at(self.key_cell(key), key, site, device, t, b, s, values)
@@ -129,6 +142,56 @@ class WindowOperator:
 
     def restore(self, snap: dict[str, Any]) -> None:
         raise NotImplementedError
+
+    def _new_key(self, key: str) -> None:
+        """Shared mode: ``key``'s state was just made (it comes last in the visiting order)."""
+        self.korder[key] = self.kseq
+        self.kseq += 1
+
+    def _due(self, key: str, t: int) -> None:
+        """Shared mode: ``key`` has something to do once the watermark reaches ``t`` (``NO_WM``: at once)."""
+        q = self.queued.get(key)
+        if q is None or t < q:
+            self.queued[key] = t
+            heappush(self.due_q, (t, key))
+
+    def _due_keys(self, wm: int, live: dict[str, Any]) -> list[str]:
+        """Shared mode: the keys of ``live`` whose due time ``wm`` reached, in the order their state was made."""
+        q = self.due_q
+        if self.scan_all:
+            self.visits += len(live)
+            return list(live)
+        if not q or q[0][0] > wm:
+            return []
+        queued = self.queued
+        keys: dict[str, None] = {}
+        while q and q[0][0] <= wm:
+            t, k = heappop(q)
+            if queued.get(k) == t:
+                del queued[k]
+            if k in live:
+                keys[k] = None
+        found = list(keys)
+        if len(found) > 1:
+            found.sort(key=self.korder.__getitem__)
+        self.visits += len(found)
+        return found
+
+    def _drop_key(self, key: str) -> None:
+        """Shared mode: ``key``'s state is gone."""
+        self.korder.pop(key, None)
+        self.queued.pop(key, None)
+
+    def _requeue_all(self, keys: list[str]) -> None:
+        """After a restore in shared mode: every key is visited at the next advance (its state says what is due)."""
+        self.due_q = []
+        self.queued = {}
+        self.korder = {}
+        self.kseq = 0
+        if self.shared:
+            for k in keys:
+                self._new_key(k)
+                self._due(k, NO_WM)
 
     def _add_values(self, acc: Acc, values: Values, t: int, b: int, s: int) -> None:
         if self.var:
@@ -211,16 +274,24 @@ class TumblingOperator(WindowOperator):
             wins = self.wins[key] = {}
             self.timers[key] = []
             self.sites[key] = site
+            if self.shared:
+                self._new_key(key)
         w = wins.get(start)
         if w is None:
             w = wins[start] = [0, acc_empty(self.nm)]
             if end <= wm:  # a window the watermark passed while it was empty
                 self.dirty.setdefault(key, set()).add(start)
                 heappush(self.timers[key], (end + self.lateness, start, 1))
+                if self.shared:
+                    self._due(key, NO_WM)
             else:
                 heappush(self.timers[key], (end, start, 0))
+                if self.shared:
+                    self._due(key, end)
         elif w[0]:
             self.dirty.setdefault(key, set()).add(start)
+            if self.shared:
+                self._due(key, NO_WM)
         acc: Acc = w[1]
         self._add_values(acc, values, t, b, s)
         return _NONE
@@ -233,7 +304,9 @@ class TumblingOperator(WindowOperator):
                 return  # nothing due: the common case, checked without touching the windows
             keys = [key]
         else:
-            keys = list(self.wins)
+            keys = self._due_keys(wm, self.wins)
+            if not keys:
+                return
         size = self.size
         for k in keys:
             wins = self.wins[k]
@@ -255,6 +328,10 @@ class TumblingOperator(WindowOperator):
                     del wins[start]
             if not wins:
                 del self.wins[k], self.timers[k], self.sites[k]
+                if self.shared:
+                    self._drop_key(k)
+            elif key is None:
+                self._due(k, heap[0][0])
 
     def snapshot(self) -> dict[str, Any]:
         snap = self._base_snapshot()
@@ -268,6 +345,7 @@ class TumblingOperator(WindowOperator):
         self.wins = {k: {s: [r, acc_from_json(a)] for s, r, a in v} for k, v in snap["wins"].items()}
         self.timers = {k: [(x[0], x[1], x[2]) for x in v] for k, v in snap["timers"].items()}
         self.dirty = {k: set(v) for k, v in snap["dirty"].items()}
+        self._requeue_all(list(self.wins))
 
 
 class _SlideKey:
@@ -385,6 +463,8 @@ class SlidingOperator(WindowOperator):
         if ks is None:
             ks = self.keys[key] = _SlideKey()
             self.sites[key] = site
+            if self.shared:
+                self._new_key(key)
         p = t - (t - off) % self.pane
         accs = ks.accs
         n = len(accs)
@@ -399,8 +479,13 @@ class SlidingOperator(WindowOperator):
                 acc = self._new_acc(p)
                 accs.insert(i, acc)
         # some window containing this pane has already been fired (or passed empty): first_window_end_after, inlined
-        if p + 1 + (off + size - p - 1) % slide <= wm:
+        e = p + 1 + (off + size - p - 1) % slide
+        if e <= wm:
             ks.dirty.add(p)
+            if self.shared:
+                self._due(key, NO_WM)
+        elif self.shared:
+            self._due(key, e)
         self._add_values(acc, values, t, b, s)
         return _NONE
 
@@ -508,12 +593,34 @@ class SlidingOperator(WindowOperator):
     def advance_at(self, wmc: WmCell, key: str | None, wm: int, out: list[Output]) -> None:
         old = self._move(wmc, key, wm)
         if key is None:
-            for k in list(self.keys):
-                self._advance_key(out, k, self.keys[k], old, wm)
+            keys = self.keys
+            for k in self._due_keys(wm, keys):
+                kst = keys[k]
+                self._advance_key(out, k, kst, old, wm)
+                if k in keys:
+                    self._due(k, self._next_due(kst, wm))
+                else:
+                    self._drop_key(k)
         else:
             ks = self.keys.get(key)
             if ks is not None:
                 self._advance_key(out, key, ks, old, wm)
+
+    def _next_due(self, ks: _SlideKey, wm: int) -> int:
+        """After an advance to ``wm``: at or before the first watermark at which ``ks`` fires or drops anything."""
+        size, slide, off = self.size, self.slide, self.offset
+        accs = ks.accs
+        due = NO_WM
+        if accs:
+            p = accs[0].start
+            # the next window end (a window with a pane ends there or later), and when the oldest pane goes
+            due = first_window_end_after(wm if wm > p else p, size, slide, off)
+            drop = p - (p - off) % slide + size + self.lateness
+            if drop < due:
+                due = drop
+        if ks.cleanup and (due == NO_WM or ks.cleanup[0][0] < due):
+            due = ks.cleanup[0][0]
+        return due if due > wm else wm + 1
 
     def _advance_key(self, out: list[Output], k: str, ks: _SlideKey, old: int, wm: int) -> None:
         size, slide, off, lateness = self.size, self.slide, self.offset, self.lateness
@@ -565,6 +672,7 @@ class SlidingOperator(WindowOperator):
     def restore(self, snap: dict[str, Any]) -> None:
         self._base_restore(snap)
         self.keys = {k: _SlideKey.from_json(d) for k, d in snap["keys"].items()}
+        self._requeue_all(list(self.keys))
 
 
 class _Session:
@@ -612,6 +720,8 @@ class SessionOperator(WindowOperator):
         if sessions is None:
             sessions = self.sessions[key] = []
             self.sites[key] = site
+            if self.shared:
+                self._new_key(key)
         elif sessions:
             # The common case: the reading falls inside the newest session. Sessions are disjoint and sorted,
             # so that one is the only session it touches, and the general path below would only extend it.
@@ -622,6 +732,8 @@ class SessionOperator(WindowOperator):
                 x.pending = True
                 if not x.late and (x.rev > 0 or x.end <= wm):
                     x.late = True
+                if self.shared:
+                    self._due(key, x.end if x.end > wm else NO_WM)
                 self._add_values(x.acc, values, t, b, s)
                 return _NONE
         hits = [x for x in sessions if x.start < hi and x.end > lo]
@@ -631,7 +743,11 @@ class SessionOperator(WindowOperator):
         if hi + self.lateness <= wm and (not hits or lo < hits[0].start):
             if not sessions:
                 del self.sessions[key], self.sites[key]
+                if self.shared:
+                    self._drop_key(key)
             return self._late(site, device, t, b, s, values, wm)
+        if self.shared:  # a new or changed session: due at its end, or at once if the watermark passed it
+            self._due(key, hi if hi > wm and not hits else NO_WM)
         if not hits:
             acc = acc_empty(self.nm)
             self._add_values(acc, values, t, b, s)
@@ -665,8 +781,19 @@ class SessionOperator(WindowOperator):
     def advance_at(self, wmc: WmCell, key: str | None, wm: int, out: list[Output]) -> None:
         self._move(wmc, key, wm)
         if key is None:
-            for k in list(self.sessions):
-                self._advance_key(out, k, self.sessions[k], wm)
+            live = self.sessions
+            for k in self._due_keys(wm, live):
+                self._advance_key(out, k, live[k], wm)
+                sessions = live.get(k)
+                if sessions is None:
+                    self._drop_key(k)
+                else:
+                    due = sessions[0].end if sessions[0].end > wm else sessions[0].end + self.lateness
+                    for x in sessions:
+                        d = x.end if x.end > wm else x.end + self.lateness
+                        if d < due:
+                            due = d
+                    self._due(k, due if due > wm else wm + 1)
         else:
             sessions = self.sessions.get(key)
             if sessions is not None:
@@ -721,6 +848,7 @@ class SessionOperator(WindowOperator):
         self._base_restore(snap)
         self.sessions = {k: [_Session.from_json(x) for x in v] for k, v in snap["sessions"].items()}
         self.tombs = {k: [list(x) for x in v] for k, v in snap["tombs"].items()}
+        self._requeue_all(list(self.sessions))
 
 
 def _left_from_front(a: list[Acc], x: int) -> int:
