@@ -14,7 +14,7 @@ Pure and synchronous; the only clock is the ``now_ms`` the caller passes. Per ba
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from heapq import heapify, heappop, heappush
 from typing import Any, Final
 
@@ -121,6 +121,7 @@ class Engine:
         self._devs: dict[str, _Device] = {}  # a cache over the tracker's entries (cleared on restore)
         self._site_windows = [w for w in self.windows if w.key_site]
         self._sites_of: dict[str, list[str]] = {}  # device -> the sites whose fleet it counts for (tracker.sites)
+        self.snapshot_pause: Callable[[], None] | None = None  # see snapshot()
         self.fleet_walk = False  # walk every device of a site for its fleet watermark, as before the heaps (tests)
         self._max_future = spec.max_future_ms
         self._min_time = spec.min_time_ms
@@ -413,12 +414,23 @@ class Engine:
         raise KeyError(name)
 
     def snapshot(self) -> dict[str, Any]:
-        """All state as plain JSON-able values (dict keys are strings)."""
+        """All state as plain JSON-able values (dict keys are strings).
+
+        ``snapshot_pause``, if set, is called every few keys: a gateway that takes the snapshot in a worker
+        thread sets it to something that lets the event loop have the GIL (compiled, the operators' loops would
+        otherwise hold it for the whole snapshot)."""
+        ops = []
+        for w in self.windows:
+            w.op.pause = self.snapshot_pause
+            try:
+                ops.append(w.op.snapshot())
+            finally:
+                w.op.pause = None
         return {
             "version": SNAPSHOT_VERSION,
             "tracker": self.tracker.snapshot(),
             "stats": self.stats,
-            "windows": {w.spec.name: w.op.snapshot() for w in self.windows},
+            "windows": {w.spec.name: op for w, op in zip(self.windows, ops, strict=True)},
         }
 
     def restore(self, snap: dict[str, Any]) -> None:

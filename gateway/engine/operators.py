@@ -25,6 +25,7 @@ keeps each device's cells, so that a reading does not look its key up twice in e
 from __future__ import annotations
 
 from bisect import insort
+from collections.abc import Callable
 from heapq import heappop, heappush
 from typing import Any, Final, Protocol
 
@@ -58,6 +59,62 @@ class WmCell:
 
     def __init__(self, v: int) -> None:
         self.v = v
+
+
+@mypyc_attr(acyclic=True)
+class Single(Acc):
+    """A sliding window's pane that holds one reading (of up to four metrics): the reading itself, about a
+    quarter of the size of an accumulator. A pane of a board that reads once per pane - the common case of a
+    60 s/1 s window - stays one of these; a second reading turns it into an accumulator. As a source (merged,
+    copied, in a snapshot) it is exactly the accumulator one ``add`` of its reading makes, which
+    :meth:`fill` writes into a scratch accumulator."""
+
+    __slots__ = ("b", "mask", "s", "t", "v0", "v1", "v2", "v3")
+
+    def __init__(self, start: int, values: Values, t: int, b: int, s: int) -> None:
+        self.start = start
+        self.t = t
+        self.b = b
+        self.s = s
+        mask = 0
+        self.v0 = self.v1 = self.v2 = self.v3 = 0.0
+        n = len(values)
+        for i in range(n):
+            v = values[i]
+            if v is not None:
+                mask |= 1 << i
+                if i == 0:
+                    self.v0 = v
+                elif i == 1:
+                    self.v1 = v
+                elif i == 2:
+                    self.v2 = v
+                else:
+                    self.v3 = v
+        self.mask = mask
+
+    def values(self, nm: int) -> Values:
+        """The reading's values, ``nm`` metrics (``None``: none for that metric)."""
+        m = self.mask
+        out: Values = []
+        for i in range(nm):
+            if not m & (1 << i):
+                out.append(None)
+            elif i == 0:
+                out.append(self.v0)
+            elif i == 1:
+                out.append(self.v1)
+            elif i == 2:
+                out.append(self.v2)
+            else:
+                out.append(self.v3)
+        return out
+
+    def fill(self, acc: Acc, nm: int) -> Acc:
+        """``acc`` (of ``nm`` metrics) becomes the accumulator of this one reading; returns it."""
+        acc.clear()
+        acc.add(self.values(nm), self.t, self.b, self.s)
+        return acc
 
 
 class Operator(Protocol):
@@ -101,6 +158,9 @@ class WindowOperator:
         self.queued: dict[str, int] = {}
         self.korder: dict[str, int] = {}
         self.kseq = 0
+        # called every few keys while a snapshot is taken (Engine.snapshot's ``pause``): compiled code never lets
+        # another thread have the GIL on its own, so a snapshot in a worker thread would stall the event loop
+        self.pause: Callable[[], None] | None = None
         self.visits = 0  # keys visited by advances in shared mode (to show that an advance does not walk every key)
         self.scan_all = False  # shared mode: visit every key at each advance, as before the queue (tests compare)
 
@@ -231,6 +291,12 @@ class WindowOperator:
                 acc.put(i, r)
                 out.append(r)
 
+    def _every_few(self, i: int) -> None:
+        """Called for the ``i``-th key of a snapshot: ``pause`` every 4 keys."""
+        pause = self.pause
+        if pause is not None and i & 3 == 3:
+            pause()
+
     def _base_snapshot(self) -> dict[str, Any]:
         return {
             "wm": {k: c.v for k, c in self.wm.items() if c.v != NO_WM},
@@ -335,7 +401,13 @@ class TumblingOperator(WindowOperator):
 
     def snapshot(self) -> dict[str, Any]:
         snap = self._base_snapshot()
-        snap["wins"] = {k: [[s, w[0], w[1].to_json()] for s, w in v.items()] for k, v in self.wins.items()}
+        wins: dict[str, Any] = {}
+        i = 0
+        for k, v in self.wins.items():
+            wins[k] = [[s, w[0], w[1].to_json()] for s, w in v.items()]
+            self._every_few(i)
+            i += 1
+        snap["wins"] = wins
         snap["timers"] = {k: [list(x) for x in v] for k, v in self.timers.items()}
         snap["dirty"] = {k: sorted(v) for k, v in self.dirty.items()}
         return snap
@@ -377,7 +449,7 @@ class _SlideKey:
         self.hi: int | None = None  # panes below this have been pushed; None: stacks empty/invalid
         self.hint = 0  # where the first pane at or after ``hi`` was last seen in ``accs`` (checked before use)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, nm: int) -> dict[str, Any]:
         hi = self.hi
         back = (
             []
@@ -385,7 +457,7 @@ class _SlideKey:
             else [a.start for a in self.accs if self.back_from <= a.start < hi]
         )
         return {
-            "panes": [[a.start, a.to_json()] for a in self.accs],
+            "panes": [[a.start, _pane_json(a, nm)] for a in self.accs],
             "revs": [[s, r] for s, r in self.revs.items()],
             "cleanup": [list(x) for x in self.cleanup],
             "dirty": sorted(self.dirty),
@@ -432,11 +504,20 @@ class SlidingOperator(WindowOperator):
         # readings) must not stay allocated for good.
         self.spare: list[Acc] = []
         self.spare_max = 4 * (spec.size_ms // self.pane) + 64
+        self.singles = self.nm <= 4  # panes of one reading kept as a Single (tests turn it off to compare)
+        self.scratch = acc_empty(self.nm)  # a Single as an accumulator, for a moment (see _src)
 
     def _give_back(self, acc: Acc) -> None:
         """Keep an accumulator no longer used, for a next pane or stack entry (up to ``spare_max``)."""
-        if len(self.spare) < self.spare_max:
+        if len(self.spare) < self.spare_max and not isinstance(acc, Single):
             self.spare.append(acc)
+
+    def _src(self, pane: Acc) -> Acc:
+        """A pane as an accumulator to read from (merge, copy): itself, or a Single's reading in the scratch one,
+        valid until the next call."""
+        if isinstance(pane, Single):
+            return pane.fill(self.scratch, self.nm)
+        return pane
 
     def _take(self) -> Acc:
         """A spare accumulator (holding old values) or a new one, for a pane or stack entry."""
@@ -469,15 +550,17 @@ class SlidingOperator(WindowOperator):
         accs = ks.accs
         n = len(accs)
         acc = accs[n - 1] if n else None
+        i = n - 1
+        new: Acc | None = None  # the pane made for this reading, if it had none
         if acc is None or p > acc.start:
-            acc = self._new_acc(p)
-            accs.append(acc)
+            new = Single(p, values, t, b, s) if self.singles else self._new_acc(p)
+            accs.append(new)
         elif p != acc.start:
             i = _left_from_back(accs, p)
             acc = accs[i]
             if acc.start != p:
-                acc = self._new_acc(p)
-                accs.insert(i, acc)
+                new = Single(p, values, t, b, s) if self.singles else self._new_acc(p)
+                accs.insert(i, new)
         # some window containing this pane has already been fired (or passed empty): first_window_end_after, inlined
         e = p + 1 + (off + size - p - 1) % slide
         if e <= wm:
@@ -486,7 +569,15 @@ class SlidingOperator(WindowOperator):
                 self._due(key, NO_WM)
         elif self.shared:
             self._due(key, e)
-        self._add_values(acc, values, t, b, s)
+        if new is None and acc is not None:
+            if isinstance(acc, Single):  # its second reading: an accumulator of the two, added in their order
+                one = acc
+                acc = self._new_acc(p)
+                self._add_values(acc, one.values(self.nm), one.t, one.b, one.s)
+                accs[i] = acc
+            self._add_values(acc, values, t, b, s)
+        elif new is not None and not self.singles:
+            self._add_values(new, values, t, b, s)
         return _NONE
 
     def _window(self, ks: _SlideKey, start: int, end: int) -> Acc:
@@ -495,7 +586,7 @@ class SlidingOperator(WindowOperator):
         acc = acc_empty(self.nm)
         i = _left_from_front(accs, start)
         while i < len(accs) and accs[i].start < end:
-            acc.merge_from(accs[i])
+            acc.merge_from(self._src(accs[i]))
             i += 1
         return acc
 
@@ -523,10 +614,10 @@ class SlidingOperator(WindowOperator):
                 pa = accs[i]
                 f = self._take()
                 if prev is None:
-                    f.set(pa)
+                    f.set(self._src(pa))
                 else:
                     f.set(prev)
-                    f.merge_from(pa)
+                    f.merge_from(self._src(pa))
                 f.start = pa.start
                 front_a.append(f)
                 prev = f
@@ -542,9 +633,9 @@ class SlidingOperator(WindowOperator):
                 break
             if back_acc is None:
                 back_acc = self._take()
-                back_acc.set(pa)
+                back_acc.set(self._src(pa))
             else:
-                back_acc.merge_from(pa)  # in place: back_acc itself is never handed out
+                back_acc.merge_from(self._src(pa))  # in place: back_acc itself is never handed out
             i += 1
         ks.back_acc = back_acc
         ks.hi = end
@@ -666,7 +757,13 @@ class SlidingOperator(WindowOperator):
 
     def snapshot(self) -> dict[str, Any]:
         snap = self._base_snapshot()
-        snap["keys"] = {k: ks.to_json() for k, ks in self.keys.items()}
+        keys: dict[str, Any] = {}
+        i = 0
+        for k, ks in self.keys.items():
+            keys[k] = ks.to_json(self.nm)
+            self._every_few(i)
+            i += 1
+        snap["keys"] = keys
         return snap
 
     def restore(self, snap: dict[str, Any]) -> None:
@@ -840,7 +937,13 @@ class SessionOperator(WindowOperator):
 
     def snapshot(self) -> dict[str, Any]:
         snap = self._base_snapshot()
-        snap["sessions"] = {k: [x.to_json() for x in v] for k, v in self.sessions.items()}
+        sessions: dict[str, Any] = {}
+        i = 0
+        for k, v in self.sessions.items():
+            sessions[k] = [x.to_json() for x in v]
+            self._every_few(i)
+            i += 1
+        snap["sessions"] = sessions
         snap["tombs"] = {k: [list(x) for x in v] for k, v in self.tombs.items()}
         return snap
 
@@ -885,6 +988,13 @@ def _bisect(a: list[Acc], x: int, lo: int, hi: int) -> int:
         else:
             hi = mid
     return lo
+
+
+def _pane_json(a: Acc, nm: int) -> list[Any]:
+    """A pane's snapshot: a Single's is that of the accumulator of its one reading (as it always was)."""
+    if isinstance(a, Single):
+        return a.fill(acc_empty(nm), nm).to_json()
+    return a.to_json()
 
 
 def _acc_at(p: int, flat: list[Any]) -> Acc:
