@@ -17,6 +17,13 @@ Workloads:
     a 10 s tumbling mean per device, 5 s out-of-orderness bound.
 (b) 1,000 devices x 3 metrics through tumbling 60 s + sliding 60 s/1 s + session 30 s together.
 (c) sliding windows with size/slide = 1, 10, 60, 600: the cost per reading should not grow with it.
+(g) the watermark modes side by side, 1,000 devices (``--devices`` to change): each of tumbling 60 s, sliding
+    60 s/1 s and session 30 s (one metric) keyed by device with per-device watermarks (``device``), keyed by
+    device with the one global watermark (``global``), and keyed by site on the fleet watermark (``fleet``:
+    all devices at one site).
+
+``--devices N`` runs a workload with N devices instead of its own number (for example ``--only b --devices
+10000`` for the state of 10,000 devices).
 
 How input is fed. Every reading is its own MQTT message (a one-reading ``Batch`` with its own arrival
 time): the delays above are per reading, so no reading waits for another on the wire. Two feeds:
@@ -116,9 +123,16 @@ def deep_size(root: object) -> int:
 
 
 def run(
-    name: str, windows: list[dict[str, Any]], n: int, devices: int, metrics: tuple[str, ...], feed: str, drain: int
+    name: str,
+    windows: list[dict[str, Any]],
+    n: int,
+    devices: int,
+    metrics: tuple[str, ...],
+    feed: str,
+    drain: int,
+    engine_doc: dict[str, Any] | None = None,
 ) -> None:
-    engine = Engine(parse_engine({"windows": windows}))
+    engine = Engine(parse_engine({"windows": windows, "engine": engine_doc or {}}))
     total = 0.0
     render = 0.0
     outputs = 0
@@ -166,7 +180,7 @@ def run(
 
     build = "compiled" if ENGINE_BUILD == "compiled" else "pure"
     print(
-        f"{name:<24} engine={build:<8} feed={feed:<7} {count:>9,} readings {rate:>9,.0f} /s"
+        f"{name:<24} {devices:>6,} devices engine={build:<8} feed={feed:<7} {count:>9,} readings {rate:>9,.0f} /s"
         f" {total * 1e6 / count:6.2f} us/reading"
         f"  outputs {outputs:>9,}  late {late:>4,}  state {state / 2**20:6.1f} MiB  peak RSS {peak:5.0f} MiB",
         flush=True,
@@ -216,6 +230,16 @@ CASES["c-session"] = (
     100,
     ("temp_c",),
 )
+MODES: dict[str, dict[str, Any]] = {}
+for _kind, _w in (
+    ("tumbling", {"kind": "tumbling", "size": "60s"}),
+    ("sliding", {"kind": "sliding", "size": "60s", "slide": "1s"}),
+    ("session", {"kind": "session", "gap": "30s"}),
+):
+    for _mode in ("device", "global", "fleet"):
+        _spec = {"name": "w", **_w, "metrics": ["temp_c"], "key": "site" if _mode == "fleet" else "device"}
+        CASES[f"g-{_kind}-{_mode}"] = (f"(g) {_kind} {_mode}", [_spec], 1000, ("temp_c",))
+        MODES[f"g-{_kind}-{_mode}"] = {"watermark": {"mode": "global" if _mode == "global" else "device"}}
 RENDER = False
 
 
@@ -228,12 +252,14 @@ def main() -> None:
     ap.add_argument("--drain", type=int, default=256, help="messages per process_batches call (feed=drain)")
     ap.add_argument("--engine", choices=["pure", "compiled", "both"], default="both")
     ap.add_argument("--render", action="store_true", help="also time to_line() of every output")
+    ap.add_argument("--devices", type=int, default=None, help="devices (default: the workload's own number)")
     ap.add_argument("--case", default=None, help=argparse.SUPPRESS)  # one case in this process
     args = ap.parse_args()
     if args.case is not None:
         RENDER = args.render
         name, windows, devices, metrics = CASES[args.case]
-        run(name, windows, args.readings, devices, metrics, args.feed, args.drain)
+        devices = args.devices or devices
+        run(name, windows, args.readings, devices, metrics, args.feed, args.drain, MODES.get(args.case))
         return
     feeds = ["message", "drain"] if args.feed == "both" else [args.feed]
     engines = ["pure", "compiled"] if args.engine == "both" else [args.engine]
@@ -250,6 +276,7 @@ def main() -> None:
             for feed in feeds:
                 cmd = [sys.executable, __file__, "--case", case, "-n", str(args.readings), "--feed", feed]
                 cmd += ["--drain", str(args.drain)] + (["--render"] if args.render else [])
+                cmd += ["--devices", str(args.devices)] if args.devices else []
                 subprocess.run(cmd, check=True, env={**os.environ, "EDGEKIT_ENGINE": engine})
 
 

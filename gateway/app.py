@@ -48,6 +48,7 @@ from .state import (
     LogRecord,
     StateFileError,
     StateStore,
+    compress_checkpoint,
     dumps_in_pieces,
     file_error,
 )
@@ -57,6 +58,11 @@ __all__ = ["Gateway", "StateError", "state_path", "time_reply", "wall_clock_ms"]
 log = logging.getLogger("gateway")
 
 STATE_VERSION = 1
+
+
+def _let_others_run() -> None:
+    """Release the GIL for a moment: a thread waiting for it (the event loop) gets it if it has asked."""
+    time.sleep(0)
 
 
 def wall_clock_ms() -> int:
@@ -263,8 +269,8 @@ class Gateway:
         if self.checkpoints % 10 == 0:
             self.store.compact()
 
-    def _encode_state(self, outbox: list[list[str]], recent: list[str]) -> str:
-        """In a worker thread, while no input is applied: the checkpoint's JSON text.
+    def _encode_state(self, outbox: list[list[str]], recent: list[str]) -> bytes:
+        """In a worker thread, while no input is applied: the checkpoint's JSON text, compressed.
 
         The snapshot is a copy of the whole state in new containers; while it is alive, the cyclic garbage
         collector would count them as long-lived and scan the whole heap, holding the GIL (about 55 ms for
@@ -273,6 +279,8 @@ class Gateway:
         """
         was_enabled = gc.isenabled()
         gc.disable()
+        engine = self.pipeline.engine
+        engine.snapshot_pause = _let_others_run  # the compiled engine holds the GIL through its loops otherwise
         try:
             state: dict[str, Any] = {
                 "version": STATE_VERSION,
@@ -281,8 +289,9 @@ class Gateway:
                 "outbox": outbox,
                 "recent": recent,
             }
-            return dumps_in_pieces(state)
+            return compress_checkpoint(dumps_in_pieces(state))
         finally:
+            engine.snapshot_pause = None
             if was_enabled:
                 gc.enable()
 

@@ -17,7 +17,6 @@ where it was. :class:`Salvage` says exactly what was kept and what is lost.
 from __future__ import annotations
 
 import base64
-import json
 import os
 import shutil
 import sqlite3
@@ -38,6 +37,7 @@ from .state import (
     KIND_OVERSIZE,
     KIND_TICK,
     StateStore,
+    decode_checkpoint,
     expected_columns,
     file_error,
     lock_file,
@@ -389,11 +389,11 @@ def _salvage_checkpoint(
         return 0
     if row is None:
         return 0
-    pos, text, saved_ms = row
+    pos, text, saved_ms = row  # text: compressed JSON (bytes), or JSON text from before compression
     try:
-        if not isinstance(pos, int) or not isinstance(saved_ms, int) or not isinstance(text, str):
+        if not isinstance(pos, int) or not isinstance(saved_ms, int) or not isinstance(text, (str, bytes)):
             raise ValueError("a column holds a value of the wrong type")
-        state = json.loads(text)
+        state = decode_checkpoint(text)
         if not isinstance(state, dict):
             raise ValueError("not a JSON object")
     except ValueError as exc:

@@ -14,14 +14,15 @@ Pure and synchronous; the only clock is the ``now_ms`` the caller passes. Per ba
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from heapq import heapify, heappop, heappush
 from typing import Any, Final
 
 from ..model import Batch, MetricValue, Reading, StatusUpdate
 from .config import EngineSpec, WindowSpec
 from .operators import NO_WM, Values, WindowOperator, WmCell, build_operator
 from .outputs import LateReading, Output
-from .watermark import DeviceTracker
+from .watermark import DeviceTracker, WatermarkSpec
 
 __all__ = ["SNAPSHOT_VERSION", "Engine"]
 
@@ -30,10 +31,46 @@ _UNUSED: Final = WmCell(NO_WM)  # a site window's place in _Device.cells
 SNAPSHOT_VERSION: Final = 2  # 2: flat accumulators (one list per window, metrics side by side: Stat.to_json)
 
 
+def _entry_wm(e: list[Any], bound: int) -> int | None:
+    """``DeviceTracker.device_wm`` of the device whose tracker entry is ``e``."""
+    top: int | None = e[1]
+    fl: int | None = e[2]
+    wm = None if top is None else top - bound
+    if fl is not None and (wm is None or fl + 1 > wm):
+        wm = fl + 1
+    return wm
+
+
+def _entry_active(e: list[Any], now_ms: int, spec: WatermarkSpec) -> bool:
+    """``DeviceTracker.is_active`` of the device whose tracker entry is ``e``."""
+    last: int | None = e[3]
+    if e[5] or last is None:
+        return False
+    sleep: int | None = e[4]
+    timeout = spec.idle_timeout_ms if sleep is None else int(spec.idle_factor * sleep + spec.idle_grace_ms)
+    return now_ms - last <= timeout
+
+
+class _Fleet:
+    """A site's devices by watermark, for one site window: a heap of ``(device watermark, device)``.
+
+    An entry whose device has a newer watermark since (pushed too) or has turned idle is dropped when it comes to
+    the top, so the top is the fleet watermark: the minimum over the active devices, in O(log n) per message
+    instead of a walk over the site's devices. ``now`` is the latest time idleness was judged at: if time goes
+    back the heap is made again from every device of the site (an idle device may be active again).
+    """
+
+    __slots__ = ("heap", "now")
+
+    def __init__(self, heap: list[tuple[int, str]], now: int) -> None:
+        self.heap = heap
+        self.now = now
+
+
 class _Window:
     """A window spec with its operator and the watermark bound it uses for each device."""
 
-    __slots__ = ("_wm_spec", "bounds", "group", "key_site", "metrics", "op", "spec")
+    __slots__ = ("_wm_spec", "bounds", "fleets", "group", "key_site", "metrics", "op", "spec")
 
     def __init__(self, spec: WindowSpec, engine: EngineSpec) -> None:
         self.spec = spec
@@ -43,6 +80,7 @@ class _Window:
         self.bounds: dict[str, int] = {}
         self._wm_spec = engine.watermark
         self.group = 0  # windows with the same metrics have the same group (the engine numbers them)
+        self.fleets: dict[str, _Fleet] = {}  # a site window's fleet heaps (made when first needed)
 
     def bound(self, device: str) -> int:
         b = self.bounds.get(device)
@@ -81,6 +119,10 @@ class Engine:
             w.group = metrics.index(w.metrics)
         self._groups = len(metrics)
         self._devs: dict[str, _Device] = {}  # a cache over the tracker's entries (cleared on restore)
+        self._site_windows = [w for w in self.windows if w.key_site]
+        self._sites_of: dict[str, list[str]] = {}  # device -> the sites whose fleet it counts for (tracker.sites)
+        self.snapshot_pause: Callable[[], None] | None = None  # see snapshot()
+        self.fleet_walk = False  # walk every device of a site for its fleet watermark, as before the heaps (tests)
         self._max_future = spec.max_future_ms
         self._min_time = spec.min_time_ms
         self._reject_unsynced = spec.unsynced == "reject"
@@ -179,6 +221,9 @@ class Engine:
         # the device tracker (DeviceTracker.seen, inlined): entry = [site, max_t, flushed, last_seen, ...]
         e = dev.entry
         last: int | None = e[3]
+        was_idle = bool(self._site_windows) and not _entry_active(e, now_ms, self.spec.watermark)
+        old_top: int | None = e[1]
+        old_fl: int | None = e[2]
         if last is None or now_ms > last:
             e[3] = now_ms
         e[5] = False
@@ -188,6 +233,8 @@ class Engine:
         fl: int | None = e[2]
         if flushed is not None and (fl is None or flushed > fl):
             e[2] = fl = flushed
+        if self._site_windows and (was_idle or top != old_top or fl != old_fl) and not self.global_mode:
+            self._push_fleets(device)
         if self.global_mode:
             for w in windows:
                 out.extend(self._advance_window(w, site, device, max_t if has_max else None, now_ms))
@@ -210,6 +257,8 @@ class Engine:
             w.op.advance_at(cells[i], device, wm, out)
 
     def _dev(self, site: str, device: str) -> _Device:
+        if device not in self.tracker.state:
+            self._sites_of[device] = [site]
         ws = self.windows
         cells = [_UNUSED if w.key_site else w.op.key_cell(device) for w in ws]
         dev = self._devs[device] = _Device(self.tracker.entry(site, device), [w.bound(device) for w in ws], cells)
@@ -261,8 +310,49 @@ class Engine:
         dwm = self.tracker.device_wm(device, w.bound(device))
         return op.advance(device, dwm) if dwm is not None else []
 
+    def _push_fleets(self, device: str) -> None:
+        """The device's watermark moved, or it may be active again: into the fleet heaps of its sites."""
+        sites = self._sites_of.get(device, ())
+        e = self.tracker.state[device]
+        for w in self._site_windows:
+            wm = _entry_wm(e, w.bound(device))
+            if wm is None:
+                continue
+            for site in sites:
+                f = w.fleets.get(site)
+                if f is not None:
+                    heappush(f.heap, (wm, device))
+                    if len(f.heap) > 64 + 4 * len(self.tracker.sites.get(site, ())):
+                        del w.fleets[site]  # too many entries left behind: made again when next needed
+
+    def _fleet_wm(self, w: _Window, site: str, now_ms: int) -> int | None:
+        """``DeviceTracker.fleet_wm`` of the site for window ``w``, from the site's fleet heap."""
+        tracker = self.tracker
+        if self.fleet_walk:
+            return tracker.fleet_wm(site, w.bound, now_ms)
+        f = w.fleets.get(site)
+        if f is None or now_ms < f.now:
+            heap: list[tuple[int, str]] = []
+            for d in tracker.sites.get(site, ()):
+                dwm = tracker.device_wm(d, w.bound(d))
+                if dwm is not None:
+                    heap.append((dwm, d))
+            heapify(heap)
+            f = w.fleets[site] = _Fleet(heap, now_ms)
+        f.now = now_ms
+        heap = f.heap
+        state = tracker.state
+        spec = self.spec.watermark
+        while heap:
+            wm, d = heap[0]
+            e = state[d]
+            if _entry_wm(e, w.bound(d)) == wm and _entry_active(e, now_ms, spec):
+                return wm
+            heappop(heap)
+        return tracker.fleet_wm(site, w.bound, now_ms)  # no device active: the largest watermark (a walk)
+
     def _advance_site(self, w: _Window, site: str, now_ms: int) -> list[Output]:
-        fleet = self.tracker.fleet_wm(site, w.bound, now_ms)
+        fleet = self._fleet_wm(w, site, now_ms)
         if fleet is None:
             return []
         old = w.op.watermark(site)
@@ -272,7 +362,10 @@ class Engine:
         """Note the device's state and announced ``sleep_s``; may release site windows (device offline)."""
         sleep = status.fields.get("sleep_s")
         sleep_s = float(sleep) if isinstance(sleep, (int, float)) and not isinstance(sleep, bool) else None
+        if status.device not in self.tracker.state:
+            self._sites_of[status.device] = [status.site]
         self.tracker.status(status.site, status.device, status.received_ms, status.state, sleep_s)
+        self._push_fleets(status.device)  # it may be active again, or idle now
         out: list[Output] = []
         if not self.global_mode:
             for w in self.windows:
@@ -284,6 +377,11 @@ class Engine:
         """The device belongs to ``site`` from now on: its device windows carry the new site from their next
         reading, its readings go to the new site's windows, and its event time still closes the old site's."""
         self.tracker.move(device, site)
+        sites = self._sites_of.setdefault(device, [])
+        if device in self.tracker.sites.get(site, ()) and site not in sites:
+            sites.append(site)
+            for w in self._site_windows:
+                w.fleets.pop(site, None)  # made again with the device when next needed
 
     def advance(self, now_ms: int) -> list[Output]:
         """Time-driven progress: devices that fell silent turn idle and stop holding site windows back."""
@@ -316,12 +414,23 @@ class Engine:
         raise KeyError(name)
 
     def snapshot(self) -> dict[str, Any]:
-        """All state as plain JSON-able values (dict keys are strings)."""
+        """All state as plain JSON-able values (dict keys are strings).
+
+        ``snapshot_pause``, if set, is called every few keys: a gateway that takes the snapshot in a worker
+        thread sets it to something that lets the event loop have the GIL (compiled, the operators' loops would
+        otherwise hold it for the whole snapshot)."""
+        ops = []
+        for w in self.windows:
+            w.op.pause = self.snapshot_pause
+            try:
+                ops.append(w.op.snapshot())
+            finally:
+                w.op.pause = None
         return {
             "version": SNAPSHOT_VERSION,
             "tracker": self.tracker.snapshot(),
             "stats": self.stats,
-            "windows": {w.spec.name: w.op.snapshot() for w in self.windows},
+            "windows": {w.spec.name: op for w, op in zip(self.windows, ops, strict=True)},
         }
 
     def restore(self, snap: dict[str, Any]) -> None:
@@ -333,6 +442,12 @@ class Engine:
             raise ValueError(f"snapshot has windows {sorted(snap['windows'])}, engine has {sorted(names)}")
         self.tracker.restore(snap["tracker"])
         self._devs.clear()
+        self._sites_of = {}
+        for site, devices in self.tracker.sites.items():
+            for d in devices:
+                self._sites_of.setdefault(d, []).append(site)
+        for w in self.windows:
+            w.fleets.clear()
         stats = dict(snap["stats"])
         self._readings = stats.pop("readings")
         self._stats = stats

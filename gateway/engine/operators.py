@@ -10,6 +10,11 @@ per key (a device or a site). The engine drives it with two calls:
   shared mode: one watermark for every key), re-fires windows that late readings changed (``revision + 1``),
   fires windows whose end the watermark reached, and drops state past ``end + allowed_lateness``.
 
+In shared mode (the global watermark) an advance visits only the keys that have something to do: each key
+has a time in a queue of due times (a heap), at or before the first watermark at which it fires, re-fires or
+drops anything (``NO_WM``: at the next advance, for a late change), and the keys whose time the watermark
+reached are visited in the order their state was made, as a walk over every key would visit them.
+
 Each key's watermark lives in a :class:`WmCell`. ``add_at`` and ``advance_at`` are the same two calls
 with the key's cell passed in (``key_cell(key)`` for ``add``, ``cell(key)`` for ``advance``): the engine
 keeps each device's cells, so that a reading does not look its key up twice in every operator.
@@ -20,6 +25,7 @@ keeps each device's cells, so that a reading does not look its key up twice in e
 from __future__ import annotations
 
 from bisect import insort
+from collections.abc import Callable
 from heapq import heappop, heappush
 from typing import Any, Final, Protocol
 
@@ -53,6 +59,62 @@ class WmCell:
 
     def __init__(self, v: int) -> None:
         self.v = v
+
+
+@mypyc_attr(acyclic=True)
+class Single(Acc):
+    """A sliding window's pane that holds one reading (of up to four metrics): the reading itself, about a
+    quarter of the size of an accumulator. A pane of a board that reads once per pane - the common case of a
+    60 s/1 s window - stays one of these; a second reading turns it into an accumulator. As a source (merged,
+    copied, in a snapshot) it is exactly the accumulator one ``add`` of its reading makes, which
+    :meth:`fill` writes into a scratch accumulator."""
+
+    __slots__ = ("b", "mask", "s", "t", "v0", "v1", "v2", "v3")
+
+    def __init__(self, start: int, values: Values, t: int, b: int, s: int) -> None:
+        self.start = start
+        self.t = t
+        self.b = b
+        self.s = s
+        mask = 0
+        self.v0 = self.v1 = self.v2 = self.v3 = 0.0
+        n = len(values)
+        for i in range(n):
+            v = values[i]
+            if v is not None:
+                mask |= 1 << i
+                if i == 0:
+                    self.v0 = v
+                elif i == 1:
+                    self.v1 = v
+                elif i == 2:
+                    self.v2 = v
+                else:
+                    self.v3 = v
+        self.mask = mask
+
+    def values(self, nm: int) -> Values:
+        """The reading's values, ``nm`` metrics (``None``: none for that metric)."""
+        m = self.mask
+        out: Values = []
+        for i in range(nm):
+            if not m & (1 << i):
+                out.append(None)
+            elif i == 0:
+                out.append(self.v0)
+            elif i == 1:
+                out.append(self.v1)
+            elif i == 2:
+                out.append(self.v2)
+            else:
+                out.append(self.v3)
+        return out
+
+    def fill(self, acc: Acc, nm: int) -> Acc:
+        """``acc`` (of ``nm`` metrics) becomes the accumulator of this one reading; returns it."""
+        acc.clear()
+        acc.add(self.values(nm), self.t, self.b, self.s)
+        return acc
 
 
 class Operator(Protocol):
@@ -90,6 +152,17 @@ class WindowOperator:
         self.wm: dict[str, WmCell] = {}
         self.sites: dict[str, str] = {}
         self.late_count = 0
+        # shared mode only: (due watermark, key), the smallest due time queued per key, and each key's place in
+        # the order its state was made (the order a walk over every key would visit them in)
+        self.due_q: list[tuple[int, str]] = []
+        self.queued: dict[str, int] = {}
+        self.korder: dict[str, int] = {}
+        self.kseq = 0
+        # called every few keys while a snapshot is taken (Engine.snapshot's ``pause``): compiled code never lets
+        # another thread have the GIL on its own, so a snapshot in a worker thread would stall the event loop
+        self.pause: Callable[[], None] | None = None
+        self.visits = 0  # keys visited by advances in shared mode (to show that an advance does not walk every key)
+        self.scan_all = False  # shared mode: visit every key at each advance, as before the queue (tests compare)
 
     def add(self, key: str, site: str, device: str, t: int, b: int, s: int, values: Values) -> tuple[Output, ...]:
         return self.add_at(self.key_cell(key), key, site, device, t, b, s, values)
@@ -130,6 +203,56 @@ class WindowOperator:
     def restore(self, snap: dict[str, Any]) -> None:
         raise NotImplementedError
 
+    def _new_key(self, key: str) -> None:
+        """Shared mode: ``key``'s state was just made (it comes last in the visiting order)."""
+        self.korder[key] = self.kseq
+        self.kseq += 1
+
+    def _due(self, key: str, t: int) -> None:
+        """Shared mode: ``key`` has something to do once the watermark reaches ``t`` (``NO_WM``: at once)."""
+        q = self.queued.get(key)
+        if q is None or t < q:
+            self.queued[key] = t
+            heappush(self.due_q, (t, key))
+
+    def _due_keys(self, wm: int, live: dict[str, Any]) -> list[str]:
+        """Shared mode: the keys of ``live`` whose due time ``wm`` reached, in the order their state was made."""
+        q = self.due_q
+        if self.scan_all:
+            self.visits += len(live)
+            return list(live)
+        if not q or q[0][0] > wm:
+            return []
+        queued = self.queued
+        keys: dict[str, None] = {}
+        while q and q[0][0] <= wm:
+            t, k = heappop(q)
+            if queued.get(k) == t:
+                del queued[k]
+            if k in live:
+                keys[k] = None
+        found = list(keys)
+        if len(found) > 1:
+            found.sort(key=self.korder.__getitem__)
+        self.visits += len(found)
+        return found
+
+    def _drop_key(self, key: str) -> None:
+        """Shared mode: ``key``'s state is gone."""
+        self.korder.pop(key, None)
+        self.queued.pop(key, None)
+
+    def _requeue_all(self, keys: list[str]) -> None:
+        """After a restore in shared mode: every key is visited at the next advance (its state says what is due)."""
+        self.due_q = []
+        self.queued = {}
+        self.korder = {}
+        self.kseq = 0
+        if self.shared:
+            for k in keys:
+                self._new_key(k)
+                self._due(k, NO_WM)
+
     def _add_values(self, acc: Acc, values: Values, t: int, b: int, s: int) -> None:
         if self.var:
             acc.add_var(values, t, b, s)
@@ -167,6 +290,12 @@ class WindowOperator:
                 r = WindowResult(name, kind, key, site, start, end, metric, n, None, rev, fired, aggs)
                 acc.put(i, r)
                 out.append(r)
+
+    def _every_few(self, i: int) -> None:
+        """Called for the ``i``-th key of a snapshot: ``pause`` every 4 keys."""
+        pause = self.pause
+        if pause is not None and i & 3 == 3:
+            pause()
 
     def _base_snapshot(self) -> dict[str, Any]:
         return {
@@ -211,16 +340,24 @@ class TumblingOperator(WindowOperator):
             wins = self.wins[key] = {}
             self.timers[key] = []
             self.sites[key] = site
+            if self.shared:
+                self._new_key(key)
         w = wins.get(start)
         if w is None:
             w = wins[start] = [0, acc_empty(self.nm)]
             if end <= wm:  # a window the watermark passed while it was empty
                 self.dirty.setdefault(key, set()).add(start)
                 heappush(self.timers[key], (end + self.lateness, start, 1))
+                if self.shared:
+                    self._due(key, NO_WM)
             else:
                 heappush(self.timers[key], (end, start, 0))
+                if self.shared:
+                    self._due(key, end)
         elif w[0]:
             self.dirty.setdefault(key, set()).add(start)
+            if self.shared:
+                self._due(key, NO_WM)
         acc: Acc = w[1]
         self._add_values(acc, values, t, b, s)
         return _NONE
@@ -233,7 +370,9 @@ class TumblingOperator(WindowOperator):
                 return  # nothing due: the common case, checked without touching the windows
             keys = [key]
         else:
-            keys = list(self.wins)
+            keys = self._due_keys(wm, self.wins)
+            if not keys:
+                return
         size = self.size
         for k in keys:
             wins = self.wins[k]
@@ -255,10 +394,20 @@ class TumblingOperator(WindowOperator):
                     del wins[start]
             if not wins:
                 del self.wins[k], self.timers[k], self.sites[k]
+                if self.shared:
+                    self._drop_key(k)
+            elif key is None:
+                self._due(k, heap[0][0])
 
     def snapshot(self) -> dict[str, Any]:
         snap = self._base_snapshot()
-        snap["wins"] = {k: [[s, w[0], w[1].to_json()] for s, w in v.items()] for k, v in self.wins.items()}
+        wins: dict[str, Any] = {}
+        i = 0
+        for k, v in self.wins.items():
+            wins[k] = [[s, w[0], w[1].to_json()] for s, w in v.items()]
+            self._every_few(i)
+            i += 1
+        snap["wins"] = wins
         snap["timers"] = {k: [list(x) for x in v] for k, v in self.timers.items()}
         snap["dirty"] = {k: sorted(v) for k, v in self.dirty.items()}
         return snap
@@ -268,6 +417,7 @@ class TumblingOperator(WindowOperator):
         self.wins = {k: {s: [r, acc_from_json(a)] for s, r, a in v} for k, v in snap["wins"].items()}
         self.timers = {k: [(x[0], x[1], x[2]) for x in v] for k, v in snap["timers"].items()}
         self.dirty = {k: set(v) for k, v in snap["dirty"].items()}
+        self._requeue_all(list(self.wins))
 
 
 class _SlideKey:
@@ -299,7 +449,7 @@ class _SlideKey:
         self.hi: int | None = None  # panes below this have been pushed; None: stacks empty/invalid
         self.hint = 0  # where the first pane at or after ``hi`` was last seen in ``accs`` (checked before use)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, nm: int) -> dict[str, Any]:
         hi = self.hi
         back = (
             []
@@ -307,7 +457,7 @@ class _SlideKey:
             else [a.start for a in self.accs if self.back_from <= a.start < hi]
         )
         return {
-            "panes": [[a.start, a.to_json()] for a in self.accs],
+            "panes": [[a.start, _pane_json(a, nm)] for a in self.accs],
             "revs": [[s, r] for s, r in self.revs.items()],
             "cleanup": [list(x) for x in self.cleanup],
             "dirty": sorted(self.dirty),
@@ -354,11 +504,20 @@ class SlidingOperator(WindowOperator):
         # readings) must not stay allocated for good.
         self.spare: list[Acc] = []
         self.spare_max = 4 * (spec.size_ms // self.pane) + 64
+        self.singles = self.nm <= 4  # panes of one reading kept as a Single (tests turn it off to compare)
+        self.scratch = acc_empty(self.nm)  # a Single as an accumulator, for a moment (see _src)
 
     def _give_back(self, acc: Acc) -> None:
         """Keep an accumulator no longer used, for a next pane or stack entry (up to ``spare_max``)."""
-        if len(self.spare) < self.spare_max:
+        if len(self.spare) < self.spare_max and not isinstance(acc, Single):
             self.spare.append(acc)
+
+    def _src(self, pane: Acc) -> Acc:
+        """A pane as an accumulator to read from (merge, copy): itself, or a Single's reading in the scratch one,
+        valid until the next call."""
+        if isinstance(pane, Single):
+            return pane.fill(self.scratch, self.nm)
+        return pane
 
     def _take(self) -> Acc:
         """A spare accumulator (holding old values) or a new one, for a pane or stack entry."""
@@ -385,23 +544,40 @@ class SlidingOperator(WindowOperator):
         if ks is None:
             ks = self.keys[key] = _SlideKey()
             self.sites[key] = site
+            if self.shared:
+                self._new_key(key)
         p = t - (t - off) % self.pane
         accs = ks.accs
         n = len(accs)
         acc = accs[n - 1] if n else None
+        i = n - 1
+        new: Acc | None = None  # the pane made for this reading, if it had none
         if acc is None or p > acc.start:
-            acc = self._new_acc(p)
-            accs.append(acc)
+            new = Single(p, values, t, b, s) if self.singles else self._new_acc(p)
+            accs.append(new)
         elif p != acc.start:
             i = _left_from_back(accs, p)
             acc = accs[i]
             if acc.start != p:
-                acc = self._new_acc(p)
-                accs.insert(i, acc)
+                new = Single(p, values, t, b, s) if self.singles else self._new_acc(p)
+                accs.insert(i, new)
         # some window containing this pane has already been fired (or passed empty): first_window_end_after, inlined
-        if p + 1 + (off + size - p - 1) % slide <= wm:
+        e = p + 1 + (off + size - p - 1) % slide
+        if e <= wm:
             ks.dirty.add(p)
-        self._add_values(acc, values, t, b, s)
+            if self.shared:
+                self._due(key, NO_WM)
+        elif self.shared:
+            self._due(key, e)
+        if new is None and acc is not None:
+            if isinstance(acc, Single):  # its second reading: an accumulator of the two, added in their order
+                one = acc
+                acc = self._new_acc(p)
+                self._add_values(acc, one.values(self.nm), one.t, one.b, one.s)
+                accs[i] = acc
+            self._add_values(acc, values, t, b, s)
+        elif new is not None and not self.singles:
+            self._add_values(new, values, t, b, s)
         return _NONE
 
     def _window(self, ks: _SlideKey, start: int, end: int) -> Acc:
@@ -410,7 +586,7 @@ class SlidingOperator(WindowOperator):
         acc = acc_empty(self.nm)
         i = _left_from_front(accs, start)
         while i < len(accs) and accs[i].start < end:
-            acc.merge_from(accs[i])
+            acc.merge_from(self._src(accs[i]))
             i += 1
         return acc
 
@@ -438,10 +614,10 @@ class SlidingOperator(WindowOperator):
                 pa = accs[i]
                 f = self._take()
                 if prev is None:
-                    f.set(pa)
+                    f.set(self._src(pa))
                 else:
                     f.set(prev)
-                    f.merge_from(pa)
+                    f.merge_from(self._src(pa))
                 f.start = pa.start
                 front_a.append(f)
                 prev = f
@@ -457,9 +633,9 @@ class SlidingOperator(WindowOperator):
                 break
             if back_acc is None:
                 back_acc = self._take()
-                back_acc.set(pa)
+                back_acc.set(self._src(pa))
             else:
-                back_acc.merge_from(pa)  # in place: back_acc itself is never handed out
+                back_acc.merge_from(self._src(pa))  # in place: back_acc itself is never handed out
             i += 1
         ks.back_acc = back_acc
         ks.hi = end
@@ -508,12 +684,34 @@ class SlidingOperator(WindowOperator):
     def advance_at(self, wmc: WmCell, key: str | None, wm: int, out: list[Output]) -> None:
         old = self._move(wmc, key, wm)
         if key is None:
-            for k in list(self.keys):
-                self._advance_key(out, k, self.keys[k], old, wm)
+            keys = self.keys
+            for k in self._due_keys(wm, keys):
+                kst = keys[k]
+                self._advance_key(out, k, kst, old, wm)
+                if k in keys:
+                    self._due(k, self._next_due(kst, wm))
+                else:
+                    self._drop_key(k)
         else:
             ks = self.keys.get(key)
             if ks is not None:
                 self._advance_key(out, key, ks, old, wm)
+
+    def _next_due(self, ks: _SlideKey, wm: int) -> int:
+        """After an advance to ``wm``: at or before the first watermark at which ``ks`` fires or drops anything."""
+        size, slide, off = self.size, self.slide, self.offset
+        accs = ks.accs
+        due = NO_WM
+        if accs:
+            p = accs[0].start
+            # the next window end (a window with a pane ends there or later), and when the oldest pane goes
+            due = first_window_end_after(wm if wm > p else p, size, slide, off)
+            drop = p - (p - off) % slide + size + self.lateness
+            if drop < due:
+                due = drop
+        if ks.cleanup and (due == NO_WM or ks.cleanup[0][0] < due):
+            due = ks.cleanup[0][0]
+        return due if due > wm else wm + 1
 
     def _advance_key(self, out: list[Output], k: str, ks: _SlideKey, old: int, wm: int) -> None:
         size, slide, off, lateness = self.size, self.slide, self.offset, self.lateness
@@ -559,12 +757,19 @@ class SlidingOperator(WindowOperator):
 
     def snapshot(self) -> dict[str, Any]:
         snap = self._base_snapshot()
-        snap["keys"] = {k: ks.to_json() for k, ks in self.keys.items()}
+        keys: dict[str, Any] = {}
+        i = 0
+        for k, ks in self.keys.items():
+            keys[k] = ks.to_json(self.nm)
+            self._every_few(i)
+            i += 1
+        snap["keys"] = keys
         return snap
 
     def restore(self, snap: dict[str, Any]) -> None:
         self._base_restore(snap)
         self.keys = {k: _SlideKey.from_json(d) for k, d in snap["keys"].items()}
+        self._requeue_all(list(self.keys))
 
 
 class _Session:
@@ -612,6 +817,8 @@ class SessionOperator(WindowOperator):
         if sessions is None:
             sessions = self.sessions[key] = []
             self.sites[key] = site
+            if self.shared:
+                self._new_key(key)
         elif sessions:
             # The common case: the reading falls inside the newest session. Sessions are disjoint and sorted,
             # so that one is the only session it touches, and the general path below would only extend it.
@@ -622,6 +829,8 @@ class SessionOperator(WindowOperator):
                 x.pending = True
                 if not x.late and (x.rev > 0 or x.end <= wm):
                     x.late = True
+                if self.shared:
+                    self._due(key, x.end if x.end > wm else NO_WM)
                 self._add_values(x.acc, values, t, b, s)
                 return _NONE
         hits = [x for x in sessions if x.start < hi and x.end > lo]
@@ -631,7 +840,11 @@ class SessionOperator(WindowOperator):
         if hi + self.lateness <= wm and (not hits or lo < hits[0].start):
             if not sessions:
                 del self.sessions[key], self.sites[key]
+                if self.shared:
+                    self._drop_key(key)
             return self._late(site, device, t, b, s, values, wm)
+        if self.shared:  # a new or changed session: due at its end, or at once if the watermark passed it
+            self._due(key, hi if hi > wm and not hits else NO_WM)
         if not hits:
             acc = acc_empty(self.nm)
             self._add_values(acc, values, t, b, s)
@@ -665,8 +878,19 @@ class SessionOperator(WindowOperator):
     def advance_at(self, wmc: WmCell, key: str | None, wm: int, out: list[Output]) -> None:
         self._move(wmc, key, wm)
         if key is None:
-            for k in list(self.sessions):
-                self._advance_key(out, k, self.sessions[k], wm)
+            live = self.sessions
+            for k in self._due_keys(wm, live):
+                self._advance_key(out, k, live[k], wm)
+                sessions = live.get(k)
+                if sessions is None:
+                    self._drop_key(k)
+                else:
+                    due = sessions[0].end if sessions[0].end > wm else sessions[0].end + self.lateness
+                    for x in sessions:
+                        d = x.end if x.end > wm else x.end + self.lateness
+                        if d < due:
+                            due = d
+                    self._due(k, due if due > wm else wm + 1)
         else:
             sessions = self.sessions.get(key)
             if sessions is not None:
@@ -713,7 +937,13 @@ class SessionOperator(WindowOperator):
 
     def snapshot(self) -> dict[str, Any]:
         snap = self._base_snapshot()
-        snap["sessions"] = {k: [x.to_json() for x in v] for k, v in self.sessions.items()}
+        sessions: dict[str, Any] = {}
+        i = 0
+        for k, v in self.sessions.items():
+            sessions[k] = [x.to_json() for x in v]
+            self._every_few(i)
+            i += 1
+        snap["sessions"] = sessions
         snap["tombs"] = {k: [list(x) for x in v] for k, v in self.tombs.items()}
         return snap
 
@@ -721,6 +951,7 @@ class SessionOperator(WindowOperator):
         self._base_restore(snap)
         self.sessions = {k: [_Session.from_json(x) for x in v] for k, v in snap["sessions"].items()}
         self.tombs = {k: [list(x) for x in v] for k, v in snap["tombs"].items()}
+        self._requeue_all(list(self.sessions))
 
 
 def _left_from_front(a: list[Acc], x: int) -> int:
@@ -757,6 +988,13 @@ def _bisect(a: list[Acc], x: int, lo: int, hi: int) -> int:
         else:
             hi = mid
     return lo
+
+
+def _pane_json(a: Acc, nm: int) -> list[Any]:
+    """A pane's snapshot: a Single's is that of the accumulator of its one reading (as it always was)."""
+    if isinstance(a, Single):
+        return a.fill(acc_empty(nm), nm).to_json()
+    return a.to_json()
 
 
 def _acc_at(p: int, flat: list[Any]) -> Acc:

@@ -83,3 +83,32 @@ async def test_no_input_is_taken_while_a_checkpoint_reads_the_state(tmp_path: Pa
         assert ck.state["pipeline"] == json.loads(json.dumps(gw.pipeline.snapshot()))
     finally:
         gw.store.close()
+
+
+async def test_a_checkpoint_is_stored_compressed_and_an_older_json_one_still_restores(tmp_path: Path) -> None:
+    """The state is stored as zlib-compressed JSON (a BLOB), far smaller than its JSON text; a checkpoint of the
+    format before (JSON text) restores into the same state, so an upgrade keeps the window state."""
+    gw = _gateway(tmp_path)
+    try:
+        await gw._process(gw._accept([_message(i) for i in range(20)]))
+        await gw.checkpoint()
+        stored = gw.store.db.execute("SELECT state FROM checkpoint").fetchone()[0]
+        ck = gw.store.load_checkpoint()
+        assert ck is not None
+        text = json.dumps(ck.state, separators=(",", ":"))
+        assert isinstance(stored, bytes) and len(stored) * 3 < len(text) * 2, (type(stored), len(stored), len(text))
+        assert ck.state["pipeline"] == json.loads(json.dumps(gw.pipeline.snapshot()))
+        pos = ck.pos
+    finally:
+        gw.store.close()
+    # the same state as JSON text, as gateways before wrote it: a fresh gateway restores it and goes on
+    old = _gateway(tmp_path)
+    try:
+        old.store.db.execute("UPDATE checkpoint SET state = ?", (text,))
+        await old.recover()
+        assert old.pos == pos
+        assert old.pipeline.snapshot() == gw.pipeline.snapshot()
+        await old._process(old._accept([_message(20)]))
+        assert old.pipeline.stats.readings_accepted == 210
+    finally:
+        old.store.close()

@@ -1,0 +1,148 @@
+"""How much memory the window state takes, and how big its checkpoint is, for a large fleet.
+
+Reproduce (from the repository root)::
+
+    python bench/bench_state.py                          # 10,000 devices x 3 metrics, 90 s of readings
+    python bench/bench_state.py --against ../main        # the same, side by side with another checkout
+    python bench/bench_state.py -d 1000 --engine pure    # smaller, the pure-Python engine
+
+The workload is bench_engine.py's (b): every device reads temp_c, rh and lux once a second (10 % of readings
+delayed 0-3 s, 0.05 % 8-12 s), one reading per message, through a tumbling 60 s, a sliding 60 s/1 s and a
+session 30 s window (every aggregate: count sum mean min max stddev first last). After ``--seconds`` of
+readings (past the 60 s windows' first firing), printed:
+
+- ``state``: the deep size of the engine's object graph (``sys.getsizeof`` over ``gc.get_referents``), and
+  that of the sliding window alone;
+- ``RSS``: the process's resident memory then (the input is generated one second at a time and dropped), and
+  its peak;
+- the engine's snapshot as JSON (what a checkpoint held) and compressed as a checkpoint stores it now, with
+  the time of each step.
+
+Each checkout runs in a fresh process (``--against PATH`` adds one for PATH, which must be importable as the
+repository root: a worktree of another commit, for example). Its compiled engine is used if it has a
+current build, unless ``--engine pure``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import time
+import types
+import zlib
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+T0 = 1_764_072_000_000
+METRICS = ("temp_c", "rh", "lux")
+WINDOWS: list[dict[str, Any]] = [
+    {"name": "t60", "kind": "tumbling", "size": "60s", "metrics": list(METRICS)},
+    {"name": "s60", "kind": "sliding", "size": "60s", "slide": "1s", "metrics": list(METRICS)},
+    {"name": "ses", "kind": "session", "gap": "30s", "metrics": list(METRICS)},
+]
+
+
+def deep_size(root: object) -> int:
+    """Bytes held by ``root`` and everything it references (classes, modules and functions excluded)."""
+    skip = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType)
+    seen: set[int] = set()
+    stack = [root]
+    total = 0
+    while stack:
+        o = stack.pop()
+        if id(o) in seen or isinstance(o, skip):
+            continue
+        seen.add(id(o))
+        total += sys.getsizeof(o)
+        stack.extend(gc.get_referents(o))
+    return total
+
+
+def rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def child(root: str, devices: int, seconds: int) -> None:
+    sys.path.insert(0, root)
+    from gateway.engine import ENGINE_BUILD, Engine, parse_engine
+    from gateway.model import Batch, Reading
+
+    engine = Engine(parse_engine({"windows": WINDOWS}))
+    rng = random.Random(1)
+    names = [f"dev-{i:05d}" for i in range(devices)]
+    pending: list[tuple[int, int, Batch]] = []
+    order = 0
+    start = time.process_time()
+    for second in range(seconds):
+        for i, dev in enumerate(names):
+            t = T0 + second * 1000 + i * 7 % 1000
+            u = rng.random()
+            delay = rng.randint(0, 3000) if u < 0.10 else rng.randint(8000, 12000) if u < 0.1005 else 0
+            r = Reading("site-a", dev, 1, second, t, "s", {m: 20.0 + rng.random() for m in METRICS})
+            order += 1
+            pending.append((t + delay + 50, order, Batch("site-a", dev, "", t, (r,), ())))
+        pending.sort(key=lambda x: (x[0], x[1]))
+        horizon = T0 + (second + 1) * 1000 - 13_000 if second + 1 < seconds else None
+        keep = []
+        for arrival, o, b in pending:
+            if horizon is None or arrival < horizon:
+                engine.process_batch(b, arrival)
+            else:
+                keep.append((arrival, o, b))
+        pending = keep
+    feed = time.process_time() - start
+    gc.collect()
+    state = deep_size(engine)
+    sliding = deep_size(engine.windows[1].op)
+    rss = rss_mib()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t = time.perf_counter()
+    snap = engine.snapshot()
+    t_snap = time.perf_counter() - t
+    t = time.perf_counter()
+    text = json.dumps(snap, separators=(",", ":"))
+    t_json = time.perf_counter() - t
+    t = time.perf_counter()
+    packed = zlib.compress(text.encode(), 1)
+    t_zip = time.perf_counter() - t
+    build = "compiled" if ENGINE_BUILD == "compiled" else "pure"
+    print(
+        f"{root}: engine={build} {devices:,} devices x {len(METRICS)} metrics, {seconds} s of readings "
+        f"({seconds * devices:,}, fed in {feed:.1f} s CPU)\n"
+        f"  state {state / 2**20:7.1f} MiB (sliding 60 s/1 s: {sliding / 2**20:.1f} MiB); "
+        f"RSS {rss:.0f} MiB, peak {peak:.0f} MiB\n"
+        f"  snapshot {t_snap * 1e3:.0f} ms; as JSON {len(text) / 2**20:.1f} MiB ({t_json * 1e3:.0f} ms), "
+        f"zlib level 1 {len(packed) / 2**20:.1f} MiB ({t_zip * 1e3:.0f} ms)",
+        flush=True,
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("-d", "--devices", type=int, default=10_000)
+    ap.add_argument("-s", "--seconds", type=int, default=90, help="seconds of readings (one per device)")
+    ap.add_argument("--against", action="append", default=[], help="another checkout to measure beside this one")
+    ap.add_argument("--engine", choices=["default", "pure"], default="default")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child is not None:
+        child(args.child, args.devices, args.seconds)
+        return
+    env = {**os.environ}
+    if args.engine == "pure":
+        env["EDGEKIT_ENGINE"] = "pure"
+    for root in [*args.against, str(ROOT)]:
+        cmd = [sys.executable, __file__, "--child", str(Path(root).resolve()), "-d", str(args.devices)]
+        subprocess.run([*cmd, "-s", str(args.seconds)], check=True, env=env, cwd=root)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""A sliding window's pane of one reading is kept as the reading (``Single``), not as an accumulator: outputs and
+snapshots are exactly those of the accumulators (``singles`` off, the representation before), floats included,
+and the state of the benchmark's workload is far smaller."""
+
+from __future__ import annotations
+
+import gc
+import random
+import sys
+import types
+from typing import Any
+
+from engine_helpers import batch
+
+from gateway.engine import Engine, parse_engine
+from gateway.engine.operators import SlidingOperator
+
+
+def deep_size(root: object) -> int:
+    """Bytes held by ``root`` and everything it references (as bench/bench_engine.py measures state)."""
+    skip = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType)
+    seen: set[int] = set()
+    stack = [root]
+    total = 0
+    while stack:
+        o = stack.pop()
+        if id(o) in seen or isinstance(o, skip):
+            continue
+        seen.add(id(o))
+        total += sys.getsizeof(o)
+        stack.extend(gc.get_referents(o))
+    return total
+
+
+T0 = 1_764_072_000_000
+WINDOWS: list[dict[str, Any]] = [
+    {"name": "s", "kind": "sliding", "size": "10s", "slide": "1s", "metrics": ["x", "y", "z"]},
+    {"name": "v", "kind": "sliding", "size": "9s", "slide": "3s", "metrics": ["x"], "allowed_lateness": "4s",
+     "aggregates": ["count", "stddev", "first", "last"]},
+    {"name": "w", "kind": "sliding", "size": "6s", "slide": "2s", "metrics": ["x", "y", "z", "u", "q"]},
+]  # fmt: skip
+
+
+def _engine(singles: bool) -> Engine:
+    engine = Engine(parse_engine({"windows": WINDOWS}))
+    for w in engine.windows:
+        assert isinstance(w.op, SlidingOperator)
+        w.op.singles = singles and w.op.nm <= 4
+    return engine
+
+
+def _stream(seed: int) -> list[tuple[Any, int]]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(2500):
+        dev = f"d{rng.randrange(4)}"
+        now = T0 + i * 250
+        t = now - rng.choice([0, 0, 0, 100, 700, 3000, 9000, 14000])
+        names = rng.sample(["x", "y", "z", "u", "q"], rng.randrange(1, 5))
+        vals = {m: rng.uniform(-100, 100) for m in names}
+        out.append((batch(dev, [(t, 1, i, vals)], received_ms=now), now + 5))
+    return out
+
+
+def _run(engine: Engine, stream: list[tuple[Any, int]]) -> tuple[list[str], list[dict[str, Any]]]:
+    outs: list[str] = []
+    snaps = []
+    for i, (b, now) in enumerate(stream):
+        outs += [repr(o) for o in engine.process_batch(b, now)]
+        if i % 500 == 499:
+            snaps.append(engine.snapshot())
+    return outs, snaps
+
+
+def test_single_reading_panes_give_exactly_what_accumulators_give() -> None:
+    for seed in range(3):
+        stream = _stream(seed)
+        singles = _run(_engine(True), stream)
+        accs = _run(_engine(False), stream)
+        assert len(singles[0]) > 2000
+        assert singles == accs
+
+
+def test_a_snapshot_with_single_panes_restores_and_goes_on_the_same() -> None:
+    stream = _stream(5)
+    whole, _ = _run(_engine(True), stream)
+    head, snaps = _run(_engine(True), stream[:1000])
+    again = _engine(True)
+    again.restore(snaps[-1])
+    tail, _ = _run(again, stream[1000:])
+    assert head + tail == whole
+
+
+def test_a_board_reading_once_a_second_keeps_a_small_sliding_window() -> None:
+    """20 devices, one reading each per second, 60 s/1 s over three metrics: the panes are Singles (before, each
+    pane was an accumulator of 3 x 14 fields)."""
+    windows = [{"name": "s", "kind": "sliding", "size": "60s", "slide": "1s", "metrics": ["x", "y", "z"]}]
+    sizes = []
+    for singles in (True, False):
+        engine = Engine(parse_engine({"windows": windows}))
+        engine.windows[0].op.singles = singles  # type: ignore[union-attr]
+        for sec in range(90):
+            for d in range(20):
+                t = T0 + sec * 1000 + d
+                engine.process_batch(batch(f"d{d}", [(t, 1, sec, {"x": 1.0, "y": 2.0, "z": float(sec)})]), t)
+        sizes.append(deep_size(engine.windows[0].op))
+    assert sizes[0] * 5 < sizes[1] * 4, sizes  # a fifth smaller at least (pure Python; compiled, nearly half)
+
+
+def test_a_snapshot_lets_other_threads_run_every_few_keys() -> None:
+    """Compiled, the operators' loops never hand the GIL to another thread: a snapshot taken in a worker thread
+    held it throughout (bench/bench_checkpoint.py: the event loop stalled for the whole snapshot). It calls its
+    ``snapshot_pause`` every few keys, and the snapshot is the same."""
+    stream = _stream(3)
+    engine = _engine(True)
+    _run(engine, stream)
+    keys = sum(len(w.op.keys) for w in engine.windows)  # type: ignore[union-attr]
+    plain = engine.snapshot()
+    calls: list[int] = []
+    engine.snapshot_pause = lambda: calls.append(1)
+    assert engine.snapshot() == plain
+    assert keys >= 8 and len(calls) >= keys // 4 - len(engine.windows), (keys, len(calls))
