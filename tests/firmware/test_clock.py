@@ -94,9 +94,7 @@ def test_status_drift_ppm_is_the_rtc_rate(micropython: str, broker: Broker, tmp_
 # -- one lying NTP answer (defect 3) ------------------------------------------------------------------
 
 
-def test_one_lying_ntp_answer_does_not_poison_the_clock(
-    micropython: str, broker: Broker, tmp_path: Path
-) -> None:
+def test_one_lying_ntp_answer_does_not_poison_the_clock(micropython: str, broker: Broker, tmp_path: Path) -> None:
     """A well-formed NTP reply one day ahead, once: the board must not adopt it. Every reading arrives
     (none dead-lettered), within the bound, and the drift estimate stays that of the RTC."""
     dur = 2 * HOUR
@@ -117,9 +115,7 @@ def test_one_lying_ntp_answer_does_not_poison_the_clock(
 # -- RTC rewound, RTC memory kept (defect 4) -----------------------------------------------------------
 
 
-def test_rtc_rewound_while_rtc_memory_survives(
-    micropython: str, broker: Broker, tmp_path: Path
-) -> None:
+def test_rtc_rewound_while_rtc_memory_survives(micropython: str, broker: Broker, tmp_path: Path) -> None:
     """A reset that restarts the RTC at 2000-01-01 but keeps RTC memory (which says 'synced'): no reading
     goes out with a year-2000 time (or marked 's' on one), the board notices and re-syncs, and the readings
     after the reset arrive with correct times."""
@@ -143,9 +139,7 @@ def test_rtc_rewound_while_rtc_memory_survives(
 # -- a reading that cannot be re-timed (defect 2) -------------------------------------------------------
 
 
-def test_uncorrectable_readings_do_not_block_publishing(
-    micropython: str, broker: Broker, tmp_path: Path
-) -> None:
+def test_uncorrectable_readings_do_not_block_publishing(micropython: str, broker: Broker, tmp_path: Path) -> None:
     """Readings spilled to flash before any NTP sync, then a power loss: their clock era can never be
     corrected. They must not block the readings after them: those arrive, and every missing reading is
     either one the power loss destroyed (RTC memory) or counted in the status's `dropped`."""
@@ -237,9 +231,7 @@ def test_ntp_blocked_readings_are_timed_by_the_gateway(
 # -- a long gap between two syncs (clock_max_age_s) ------------------------------------------------------
 
 
-def test_readings_far_from_every_sync_are_not_marked_synced(
-    micropython: str, broker: Broker, tmp_path: Path
-) -> None:
+def test_readings_far_from_every_sync_are_not_marked_synced(micropython: str, broker: Broker, tmp_path: Path) -> None:
     """The battery below batt_low_mv for 4 hours keeps the radio off: no NTP. The readings of the gap are
     interpolated between the syncs before and after it, but those more than clock_max_age_s (1 h) from both
     are not "synced": their error grows with the RC clock's rate change over hours (29 s in

@@ -19,9 +19,7 @@ def _out(r: Any, board: str) -> str:
     return "".join(w.output for w in r.wakes if w.board == board)
 
 
-def test_rtc_mem_over_2048_is_fixed_and_reported(
-    micropython: str, broker: Broker, tmp_path: Path
-) -> None:
+def test_rtc_mem_over_2048_is_fixed_and_reported(micropython: str, broker: Broker, tmp_path: Path) -> None:
     dur = 40 * MIN
     start = past_start(dur)
     spec = BoardSpec("cfg-m", config(broker, rtc_mem=4096, publish_every=1), {"values": VALUES}, drift_ppm=8000)
@@ -52,9 +50,7 @@ def _set_local(fleet: Fleet, board: str, **kw: Any) -> None:
     p.write_text(f"CFG = {cfg!r}\n")
 
 
-def test_changed_metric_count_is_counted_and_reported(
-    micropython: str, broker: Broker, tmp_path: Path
-) -> None:
+def test_changed_metric_count_is_counted_and_reported(micropython: str, broker: Broker, tmp_path: Path) -> None:
     """Readings buffered (ring and flash) with 4 metrics, then the configuration drops an ADC input: the
     old records cannot be read with the new size. The board says so, counts them in `dropped`, and goes on
     with the new size."""
@@ -80,9 +76,7 @@ def test_changed_metric_count_is_counted_and_reported(
     assert all(set(got[k].metrics) == {"temp_c", "rh", "batt_mv"} for k in after)
 
 
-def test_brownout_and_low_battery_keep_the_radio_off(
-    micropython: str, broker: Broker, tmp_path: Path
-) -> None:
+def test_brownout_and_low_battery_keep_the_radio_off(micropython: str, broker: Broker, tmp_path: Path) -> None:
     """The battery (batt_mv = 2 x the divider's voltage) sags below batt_low_mv for 40 minutes, later a
     brown-out resets the board (RTC and RTC memory kept). No wake in either stretch uses the radio; every
     reading is kept and arrives once the radio is allowed again; the status counts the brown-out."""

@@ -199,10 +199,14 @@ step('unknown', lambda: dns.resolve('nope.lab', '127.0.0.1', {dns.port}, 2000))
     try:
         out = run(micropython, tmp_path, code)
         now[0] = 5  # the server falls silent
-        silent = run(micropython, tmp_path, f"""
+        silent = run(
+            micropython,
+            tmp_path,
+            f"""
 import dns
 step('silent', lambda: dns.resolve('broker.lab', '127.0.0.1', {dns.port}, 2500))
-""")
+""",
+        )
     finally:
         dns.close()
     assert out["known"] == ("OK", "('10.1.2.3',")

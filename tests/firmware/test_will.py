@@ -173,9 +173,7 @@ def retained(port: int, topic: str) -> tuple[bytes, bool]:
     return got[0]
 
 
-def test_last_will_on_power_loss_and_sleeping_on_clean_sleep(
-    micropython: str, broker: Broker, tmp_path: Path
-) -> None:
+def test_last_will_on_power_loss_and_sleeping_on_clean_sleep(micropython: str, broker: Broker, tmp_path: Path) -> None:
     keepalive = default_keepalive_s()
     assert keepalive <= 15, "a board that dies connected must be declared offline soon"
     closed_proxy = HoldingProxy(broker.port, "close")
