@@ -5,8 +5,16 @@ on the wrapped paho client before connecting): :func:`run_durable_ingest` takes 
 arrived (up to ``batch``), calls ``accept`` with them, which returns only once they are durable, then
 sends the PUBACKs, then calls ``process``. A message the gateway has not made durable is never
 acknowledged, so the broker re-sends it after a crash or a lost connection. The session is MQTT 5 with a
-fixed client id, ``clean_start = false`` and a session expiry; its Receive Maximum (``max_inflight``)
-bounds how many unacknowledged messages the broker sends at once, which bounds the client's queue.
+fixed client id, ``clean_start = false`` and a session expiry, and asks for a Receive Maximum
+(``max_inflight``).
+
+The Receive Maximum alone does not bound what the gateway holds: Mosquitto 2.0.11 sends far more
+unacknowledged messages than it once acknowledgements flow (measured: with a Receive Maximum of 10, over
+10,000 received and not yet acknowledged, bench/bench_e2e.py and tests/gateway/test_ingest_backpressure.py).
+So the gateway applies its own backpressure (:class:`ReadGate`): once ``max_inflight`` messages are
+received and not yet taken, it stops reading the broker's socket until the pipeline has taken half of
+them. TCP flow control then stops the broker, which keeps the backlog in the session, not in the gateway's
+memory.
 
 The gateway asks for an MQTT 5 Maximum Packet Size (:func:`max_packet_size`: the payload limit
 ``limits.max_bytes`` plus :data:`PACKET_ROOM` for the topic and headers), so a broker never sends it a
@@ -46,6 +54,7 @@ __all__ = [
     "PACKET_ROOM",
     "IngestStats",
     "Outbox",
+    "ReadGate",
     "make_client",
     "max_packet_size",
     "oversize_stub",
@@ -115,6 +124,8 @@ class IngestStats:
         "log_failing",
         "log_failures",
         "queued",
+        "queued_most",
+        "read_pauses",
         "received",
     )
 
@@ -125,7 +136,11 @@ class IngestStats:
         self.received = 0
         self.acked = 0
         self.queued = 0
-        """Messages received from the broker and not yet taken by the gateway (bounded by max_inflight)."""
+        """Messages received from the broker and not yet taken by the gateway (at most max_inflight: ReadGate)."""
+        self.queued_most = 0
+        """The most there have been on any connection."""
+        self.read_pauses = 0
+        """Times the gateway stopped reading the broker's socket on the current connection (the queue was full)."""
         self.broker_max_packet: int | None = None
         """The Maximum Packet Size in the broker's last CONNACK (None: the broker states no limit)."""
         self.log_failures = 0
@@ -140,6 +155,9 @@ class IngestStats:
             "disconnects": self.disconnects,
             "received": self.received,
             "acked": self.acked,
+            "queued": self.queued,
+            "queued_most": self.queued_most,
+            "read_pauses": self.read_pauses,
             "broker_max_packet": self.broker_max_packet,
             "log_failures": self.log_failures,
             "log_failing": self.log_failing,
@@ -289,6 +307,86 @@ def make_client(
     return client
 
 
+class ReadGate:
+    """Backpressure on the broker's socket: stop reading it while ``bound`` messages are received and not taken.
+
+    aiomqtt reads the socket whenever it is readable and queues every message, however many; the broker
+    does not keep to the Receive Maximum (see the module's docstring). The gate takes over the socket's
+    reader (the same callback as aiomqtt's: paho's ``loop_read``, a failure ends the connection), removes it
+    once the queue holds ``bound`` messages and puts it back by :meth:`taken` when it holds fewer than half.
+    While the reader is off, nothing is read from the socket: the kernel's buffers fill, then TCP holds the
+    broker back, which keeps the rest in the session. A pause longer than about twice the keepalive ends
+    the connection (paho sees no PINGRESP); the messages not acknowledged are sent again after the reconnect.
+    """
+
+    def __init__(self, client: aiomqtt.Client, bound: int) -> None:
+        self.client = client
+        self.bound = max(1, bound)
+        self.resume_below = max(1, self.bound // 2)
+        self.fd = -1
+        self.paused = False
+        self.pauses = 0
+        self.most = 0
+        """The most messages held received and not taken (at most ``bound``)."""
+        self._loop = asyncio.get_running_loop()
+        paho = client._client
+        aiomqtt_open: Any = paho.on_socket_open
+
+        def on_open(c: Any, userdata: Any, sock: Any) -> None:
+            aiomqtt_open(c, userdata, sock)  # schedules aiomqtt's reader (and its misc loop) on the event loop
+            fd = sock.fileno()
+            self._loop.call_soon_threadsafe(self._take_over, fd)  # runs after aiomqtt's add_reader: replaces it
+
+        aiomqtt_close: Any = paho.on_socket_close
+
+        def on_close(c: Any, userdata: Any, sock: Any) -> None:
+            self.fd = -1
+            self.paused = False
+            aiomqtt_close(c, userdata, sock)
+
+        paho.on_socket_open = on_open
+        paho.on_socket_close = on_close
+
+    def _take_over(self, fd: int) -> None:
+        if self.client._client._sock is None:  # closed meanwhile
+            return
+        self.fd = fd
+        self.paused = False
+        self._loop.add_reader(fd, self._read)
+
+    def _queued(self) -> int:
+        return len(self.client.messages)
+
+    def _read(self) -> None:
+        paho = self.client._client
+        try:
+            while True:
+                paho.loop_read()
+                sock: Any = paho._sock
+                # paho's loop_read does not always consume the bytes an SSL socket has already decrypted
+                if hasattr(sock, "pending") and sock.pending() > 0 and self._queued() < self.bound:
+                    continue
+                break
+        except Exception as exc:  # a broken connection (aiomqtt's own reader does the same)
+            disconnected = self.client._disconnected
+            if not disconnected.done():
+                disconnected.set_exception(exc)
+            return
+        queued = self._queued()
+        self.most = max(self.most, queued)
+        if queued >= self.bound and not self.paused and self.fd >= 0:
+            self._loop.remove_reader(self.fd)
+            self.paused = True
+            self.pauses += 1
+
+    def taken(self) -> None:
+        """Messages were taken from the queue: read the socket again if there is room."""
+        if self.paused and self.fd >= 0 and self._queued() < self.resume_below:
+            self.paused = False
+            self._loop.add_reader(self.fd, self._read)
+            self._loop.call_soon(self._read)  # bytes already buffered (SSL) do not make the socket readable
+
+
 async def run_ingest(
     cfg: MqttConfig, handle: Handler, stats: IngestStats, stop: asyncio.Event, outbox: Outbox | None = None
 ) -> None:
@@ -327,7 +425,9 @@ async def run_durable_ingest(
         try:
             dup_mids: set[int] = set()
             connack: list[Any] = []
-            async with make_client(cfg, dup_mids, max_packet=max_packet, connack=connack) as client:
+            client = make_client(cfg, dup_mids, max_packet=max_packet, connack=connack)
+            gate = ReadGate(client, cfg.max_inflight)
+            async with client:
                 _note_broker_limit(connack, stats, outbox, max_packet)
                 # retained messages (board statuses) only for a new subscription: a resumed session already had them
                 options = SubscribeOptions(qos=cfg.qos, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
@@ -343,7 +443,9 @@ async def run_durable_ingest(
                 )  # fmt: skip
                 sender = asyncio.create_task(outbox.drain_into(client)) if outbox is not None else None
                 try:
-                    await _consume(client, dup_mids, accept, process, stats, stop, sender, batch, ack_after_process)
+                    await _consume(
+                        client, gate, dup_mids, accept, process, stats, stop, sender, batch, ack_after_process
+                    )
                 finally:
                     if sender is not None:
                         if stop.is_set() and not sender.done() and outbox is not None:
@@ -383,6 +485,7 @@ def _note_broker_limit(connack: list[Any], stats: IngestStats, outbox: Outbox | 
 
 async def _consume(
     client: aiomqtt.Client,
+    gate: ReadGate,
     dup_mids: set[int],
     accept: Callable[[list[Incoming]], T],
     process: Callable[[T], Awaitable[None]],
@@ -413,6 +516,9 @@ async def _consume(
                 got.append(await anext(messages))
             stats.received += len(got)
             stats.queued = len(client.messages)
+            stats.queued_most = max(stats.queued_most, gate.most)
+            stats.read_pauses = gate.pauses
+            gate.taken()
             incoming: list[Incoming] = []
             for m in got:
                 dup = m.mid in dup_mids
