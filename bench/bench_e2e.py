@@ -312,6 +312,12 @@ def proc_cpu_s(pid: int) -> float:
     return (int(parts[11]) + int(parts[12])) / CLK_TCK
 
 
+def proc_wait_s(pid: int) -> float:
+    """Seconds the process's main thread was runnable but waited for a CPU (``/proc/<pid>/schedstat``)."""
+    with open(f"/proc/{pid}/schedstat") as f:
+        return int(f.read().split()[1]) / 1e9
+
+
 def proc_mem_mb(pid: int) -> tuple[float, float]:
     """(VmRSS, VmHWM) in MiB."""
     rss = hwm = 0.0
@@ -553,6 +559,61 @@ def cmd_throughput(args: argparse.Namespace) -> None:
         )
 
 
+# --------------------------------------------------------------------------------------------- capacity
+
+
+def cmd_capacity(args: argparse.Namespace) -> None:
+    """Offer more than the gateway takes; measure what it takes per second of its own CPU time.
+
+    On a machine shared with other work the gateway gets only part of its core (the run-queue wait says how
+    much it waited for it); readings per CPU-second is what it would take with the core to itself."""
+    configs = ["default", "example"] if args.config == "both" else [args.config]
+    codes = [("this", ROOT)] + [(f"code{i + 1}", Path(c).resolve()) for i, c in enumerate(args.code or [])]
+    rate = {"default": args.rate or 60_000, "example": (args.rate or 60_000) // 2}
+    got: dict[tuple[str, str], list[tuple[float, float, float, float]]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp, running_services(Path(tmp) / "svc") as svc:
+        for rnd in range(args.rounds):
+            for config in configs:
+                for label, code in codes:
+                    db = f"cap_{config}_{label}_{rnd}"
+                    services.influx_create_database(svc.influx_url, db)
+                    work = Path(tempfile.mkdtemp(prefix=f"cap-{config}-", dir=tmp))
+                    gw = Gateway(code, work, svc.mqtt_port, svc.influx_url, db, config, args.core)
+                    try:
+                        gw.wait_connected()
+                        pubs = Publishers(args.publishers, svc.mqtt_port, rate[config], args.seconds)
+                        time.sleep(max(0.0, pubs.start_at - time.time()) + 3.0)  # past the start
+                        t0, c0, w0, n0 = time.monotonic(), proc_cpu_s(gw.pid), proc_wait_s(gw.pid), gw.taken()
+                        time.sleep(args.seconds - 4.0)
+                        t1, c1, w1, n1 = time.monotonic(), proc_cpu_s(gw.pid), proc_wait_s(gw.pid), gw.taken()
+                        rss, hwm = proc_mem_mb(gw.pid)
+                        pubs.kill()
+                        el = t1 - t0
+                        taken = (n1 - n0) * PER_MESSAGE / el
+                        cpu = (c1 - c0) / el
+                        per_cpu = (n1 - n0) * PER_MESSAGE / (c1 - c0) if c1 > c0 else 0.0
+                        got.setdefault((config, label), []).append((per_cpu, taken, cpu, (w1 - w0) / el))
+                        print(
+                            f"round {rnd + 1} {config:8} {label:6} offered {rate[config]:,}/s: took {taken:,.0f} "
+                            f"readings/s on {100 * cpu:.0f} % of a core (waited for it {100 * (w1 - w0) / el:.0f} % "
+                            f"of the time) = {per_cpu:,.0f} readings per CPU-second; rss {rss:.0f} MiB "
+                            f"(peak {hwm:.0f})",
+                            flush=True,
+                        )
+                    finally:
+                        gw.stop()
+                        shutil.rmtree(work, ignore_errors=True)
+                        influx_query(svc.influx_url, db, f'DROP DATABASE "{db}"')
+    print("\nreadings per gateway CPU-second (median, range over rounds):")
+    for (config, label), xs in got.items():
+        per = [x[0] for x in xs]
+        print(
+            f"  {config:8} {label:6} median {statistics.median(per):,.0f}  range {min(per):,.0f}-{max(per):,.0f}  "
+            f"({len(per)} rounds; took {statistics.median(x[1] for x in xs):,.0f} readings/s on a median "
+            f"{100 * statistics.median(x[2] for x in xs):.0f} % of the core)"
+        )
+
+
 # --------------------------------------------------------------------------------------------- ceilings
 
 
@@ -712,7 +773,12 @@ def prober(port: int, seconds: float, start_at: float, results: Any, probes: int
             if hot:
                 time.sleep(0.002)
         time.sleep(every_s)
-    time.sleep(3.0)
+    deadline = time.monotonic() + 60.0  # a gateway that fell behind sends them late: wait for them
+    while time.monotonic() < deadline:
+        with lock:
+            if not sent_at:
+                break
+        time.sleep(0.1)
     with lock:
         results.put({"latencies": list(got), "missing": len(sent_at)})
     pub.loop_stop()
@@ -720,6 +786,8 @@ def prober(port: int, seconds: float, start_at: float, results: Any, probes: int
 
 
 def pct(xs: Sequence[float], p: float) -> float:
+    if not xs:
+        return float("nan")
     s = sorted(xs)
     return s[min(len(s) - 1, int(p / 100 * len(s)))]
 
@@ -742,7 +810,9 @@ def cmd_latency(args: argparse.Namespace) -> None:
                 probe.start()
                 cpu0 = proc_cpu_s(gw.pid)
                 t0 = time.monotonic()
-                res = q.get(timeout=args.seconds + 120)
+                time.sleep(max(0.0, pubs.start_at - time.time()) + args.seconds)
+                backlog = pubs.expected_msgs - gw.taken()
+                res = q.get(timeout=args.seconds + 180)
                 probe.join(10)
                 pub = pubs.wait()
                 pubs.kill()
@@ -752,7 +822,8 @@ def cmd_latency(args: argparse.Namespace) -> None:
                 print(
                     f"round {rnd + 1}: {args.rate:,} readings/s offered (+ probes), {len(lat)} alerts timed, "
                     f"{res['missing']} without an alert; publish -> alert ms: p50 {pct(lat, 50):.1f}  p95 "
-                    f"{pct(lat, 95):.1f}  p99 {pct(lat, 99):.1f}  max {max(lat):.1f}; gateway cpu {cpu:.0f} %, "
+                    f"{pct(lat, 95):.1f}  p99 {pct(lat, 99):.1f}  max {max(lat, default=float('nan')):.1f}; "
+                    f"gateway cpu {cpu:.0f} %, backlog at the end {backlog:,} messages, "
                     f"checkpoints {s.get('state', {}).get('checkpoints')}, pub lag {pub['lag_s']:.2f}s",
                     flush=True,
                 )
@@ -829,6 +900,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     t.add_argument("--rates", type=int, nargs="+", help="readings/s steps, ascending")
     t.add_argument("--code", nargs="*", help="other checkouts whose gateway runs the same steps, alternating")
     t.add_argument("--profile", help="a folder: record each step's gateway with py-spy (raw collapsed stacks)")
+    cap = sub.add_parser("capacity")
+    common(cap, 0, 20.0)
+    cap.add_argument("--config", choices=["default", "example", "both"], default="both")
+    cap.add_argument("--code", nargs="*", help="other checkouts measured the same way, alternating")
     c = sub.add_parser("ceilings")
     common(c, 300_000, 10.0)
     c.add_argument("--influx-points", type=int, default=300_000)
@@ -846,9 +921,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         OTHER_CORES.update(c for c in os.sched_getaffinity(0) if c != args.core)
     else:
         args.core = None
-    {"throughput": cmd_throughput, "ceilings": cmd_ceilings, "latency": cmd_latency, "overload": cmd_overload}[
-        args.mode
-    ](args)
+    modes = {"throughput": cmd_throughput, "capacity": cmd_capacity, "ceilings": cmd_ceilings}
+    modes.update(latency=cmd_latency, overload=cmd_overload)
+    modes[args.mode](args)
 
 
 if __name__ == "__main__":
