@@ -341,7 +341,9 @@ class ReadGate:
     aiomqtt reads the socket whenever it is readable and queues every message, however many; the broker
     does not keep to the Receive Maximum (see the module's docstring). The gate takes over the socket's
     reader (the same callback as aiomqtt's: paho's ``loop_read``, a failure ends the connection), removes it
-    once the queue holds ``bound`` messages and puts it back by :meth:`taken` when it holds fewer than half.
+    once the queue holds ``bound`` messages and puts it back by :meth:`taken` when it holds fewer than half,
+    from the moment the gateway takes messages (:meth:`arm`; before, the replies to the CONNECT and SUBSCRIBE
+    must be read whatever comes before them, and what arrives meanwhile is not bounded).
     While the reader is off, nothing is read from the socket: the kernel's buffers fill, then TCP holds the
     broker back, which keeps the rest in the session. A pause longer than about twice the keepalive ends
     the connection (paho sees no PINGRESP); the messages not acknowledged are sent again after the reconnect.
@@ -353,6 +355,9 @@ class ReadGate:
         self.resume_below = max(1, self.bound // 2)
         self.fd = -1
         self.paused = False
+        self.armed = False
+        """Set by :meth:`arm` once the gateway takes messages: until then (the CONNACK, the SUBACK, which a
+        broker sends after the backlog of a resumed session) reading never stops."""
         self.pauses = 0
         self.most = 0
         """The most messages held received and not taken (at most ``bound``)."""
@@ -402,10 +407,20 @@ class ReadGate:
             return
         queued = self._queued()
         self.most = max(self.most, queued)
-        if queued >= self.bound and not self.paused and self.fd >= 0:
+        if queued >= self.bound and self.armed:
+            self._pause()
+
+    def _pause(self) -> None:
+        if not self.paused and self.fd >= 0:
             self._loop.remove_reader(self.fd)
             self.paused = True
             self.pauses += 1
+
+    def arm(self) -> None:
+        """The gateway takes messages from now on: stop reading while ``bound`` of them wait."""
+        self.armed = True
+        if self._queued() >= self.bound:
+            self._pause()
 
     def taken(self) -> None:
         """Messages were taken from the queue: read the socket again if there is room."""
@@ -524,6 +539,7 @@ async def _consume(
     ack_after_process: bool,
 ) -> None:
     messages = aiter(client.messages)
+    gate.arm()
     stopper = asyncio.ensure_future(stop.wait())
     watch: set[asyncio.Future[Any]] = {stopper}
     if sender is not None:
