@@ -5,8 +5,16 @@ on the wrapped paho client before connecting): :func:`run_durable_ingest` takes 
 arrived (up to ``batch``), calls ``accept`` with them, which returns only once they are durable, then
 sends the PUBACKs, then calls ``process``. A message the gateway has not made durable is never
 acknowledged, so the broker re-sends it after a crash or a lost connection. The session is MQTT 5 with a
-fixed client id, ``clean_start = false`` and a session expiry; its Receive Maximum (``max_inflight``)
-bounds how many unacknowledged messages the broker sends at once, which bounds the client's queue.
+fixed client id, ``clean_start = false`` and a session expiry, and asks for a Receive Maximum
+(``max_inflight``).
+
+The Receive Maximum alone does not bound what the gateway holds: Mosquitto 2.0.11 sends far more
+unacknowledged messages than it once acknowledgements flow (measured: with a Receive Maximum of 10, over
+10,000 received and not yet acknowledged, bench/bench_e2e.py and tests/gateway/test_ingest_backpressure.py).
+So the gateway applies its own backpressure (:class:`ReadGate`): once ``max_inflight`` messages are
+received and not yet taken, it stops reading the broker's socket until the pipeline has taken half of
+them. TCP flow control then stops the broker, which keeps the backlog in the session, not in the gateway's
+memory.
 
 The gateway asks for an MQTT 5 Maximum Packet Size (:func:`max_packet_size`: the payload limit
 ``limits.max_bytes`` plus :data:`PACKET_ROOM` for the topic and headers), so a broker never sends it a
@@ -46,6 +54,7 @@ __all__ = [
     "PACKET_ROOM",
     "IngestStats",
     "Outbox",
+    "ReadGate",
     "make_client",
     "max_packet_size",
     "oversize_stub",
@@ -53,6 +62,7 @@ __all__ = [
     "read_oversize_stub",
     "run_durable_ingest",
     "run_ingest",
+    "share_property_tables",
 ]
 
 log = logging.getLogger("gateway.ingest")
@@ -115,6 +125,8 @@ class IngestStats:
         "log_failing",
         "log_failures",
         "queued",
+        "queued_most",
+        "read_pauses",
         "received",
     )
 
@@ -125,7 +137,11 @@ class IngestStats:
         self.received = 0
         self.acked = 0
         self.queued = 0
-        """Messages received from the broker and not yet taken by the gateway (bounded by max_inflight)."""
+        """Messages received from the broker and not yet taken by the gateway (at most max_inflight: ReadGate)."""
+        self.queued_most = 0
+        """The most there have been on any connection."""
+        self.read_pauses = 0
+        """Times the gateway stopped reading the broker's socket on the current connection (the queue was full)."""
         self.broker_max_packet: int | None = None
         """The Maximum Packet Size in the broker's last CONNACK (None: the broker states no limit)."""
         self.log_failures = 0
@@ -140,6 +156,9 @@ class IngestStats:
             "disconnects": self.disconnects,
             "received": self.received,
             "acked": self.acked,
+            "queued": self.queued,
+            "queued_most": self.queued_most,
+            "read_pauses": self.read_pauses,
             "broker_max_packet": self.broker_max_packet,
             "log_failures": self.log_failures,
             "log_failing": self.log_failing,
@@ -232,6 +251,32 @@ def _payload_bytes(payload: object) -> bytes:
     return str(payload).encode("utf-8")
 
 
+def share_property_tables() -> None:
+    """Make paho's MQTT 5 ``Properties`` objects share their tables (idempotent).
+
+    paho 2.x builds the tables of property names, identifiers and types anew in every ``Properties``
+    object, and makes one for every PUBLISH received: about a fifth of the gateway's time at its ceiling
+    (issue 19's profile). The tables are constants that paho only reads; they are built once here and every
+    new object refers to them. ``tests/gateway/test_ingest_properties.py`` checks that the objects pack and
+    read every property exactly as paho's own do.
+    """
+    cls: Any = Properties
+    if getattr(cls, "_edgekit_shared_tables", False):
+        return
+    model = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    types, names, table = model.types, model.names, model.properties
+
+    def __init__(self: Any, packetType: int) -> None:
+        object.__setattr__(self, "packetType", packetType)
+        object.__setattr__(self, "types", types)
+        object.__setattr__(self, "names", names)
+        object.__setattr__(self, "properties", table)
+
+    cls._edgekit_own_init = cls.__init__  # paho's, for the test that compares the two
+    cls.__init__ = __init__
+    cls._edgekit_shared_tables = True
+
+
 def make_client(
     cfg: MqttConfig,
     dup_mids: set[int] | None = None,
@@ -245,6 +290,7 @@ def make_client(
     drops the flag, so it is read in paho's callback before aiomqtt sees the message). ``max_packet`` is
     sent as the Maximum Packet Size; ``connack`` receives the properties of the broker's CONNACK.
     """
+    share_property_tables()
     props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     props.ReceiveMaximum = cfg.max_inflight
     if max_packet is not None:
@@ -289,6 +335,101 @@ def make_client(
     return client
 
 
+class ReadGate:
+    """Backpressure on the broker's socket: stop reading it while ``bound`` messages are received and not taken.
+
+    aiomqtt reads the socket whenever it is readable and queues every message, however many; the broker
+    does not keep to the Receive Maximum (see the module's docstring). The gate takes over the socket's
+    reader (the same callback as aiomqtt's: paho's ``loop_read``, a failure ends the connection), removes it
+    once the queue holds ``bound`` messages and puts it back by :meth:`taken` when it holds fewer than half,
+    from the moment the gateway takes messages (:meth:`arm`; before, the replies to the CONNECT and SUBSCRIBE
+    must be read whatever comes before them, and what arrives meanwhile is not bounded).
+    While the reader is off, nothing is read from the socket: the kernel's buffers fill, then TCP holds the
+    broker back, which keeps the rest in the session. A pause longer than about twice the keepalive ends
+    the connection (paho sees no PINGRESP); the messages not acknowledged are sent again after the reconnect.
+    """
+
+    def __init__(self, client: aiomqtt.Client, bound: int) -> None:
+        self.client = client
+        self.bound = max(1, bound)
+        self.resume_below = max(1, self.bound // 2)
+        self.fd = -1
+        self.paused = False
+        self.armed = False
+        """Set by :meth:`arm` once the gateway takes messages: until then (the CONNACK, the SUBACK, which a
+        broker sends after the backlog of a resumed session) reading never stops."""
+        self.pauses = 0
+        self.most = 0
+        """The most messages held received and not taken (at most ``bound``)."""
+        self._loop = asyncio.get_running_loop()
+        paho = client._client
+        aiomqtt_open: Any = paho.on_socket_open
+
+        def on_open(c: Any, userdata: Any, sock: Any) -> None:
+            aiomqtt_open(c, userdata, sock)  # schedules aiomqtt's reader (and its misc loop) on the event loop
+            fd = sock.fileno()
+            self._loop.call_soon_threadsafe(self._take_over, fd)  # runs after aiomqtt's add_reader: replaces it
+
+        aiomqtt_close: Any = paho.on_socket_close
+
+        def on_close(c: Any, userdata: Any, sock: Any) -> None:
+            self.fd = -1
+            self.paused = False
+            aiomqtt_close(c, userdata, sock)
+
+        paho.on_socket_open = on_open
+        paho.on_socket_close = on_close
+
+    def _take_over(self, fd: int) -> None:
+        if self.client._client._sock is None:  # closed meanwhile
+            return
+        self.fd = fd
+        self.paused = False
+        self._loop.add_reader(fd, self._read)
+
+    def _queued(self) -> int:
+        return len(self.client.messages)
+
+    def _read(self) -> None:
+        paho = self.client._client
+        try:
+            while True:
+                paho.loop_read()
+                sock: Any = paho._sock
+                # paho's loop_read does not always consume the bytes an SSL socket has already decrypted
+                if hasattr(sock, "pending") and sock.pending() > 0 and self._queued() < self.bound:
+                    continue
+                break
+        except Exception as exc:  # a broken connection (aiomqtt's own reader does the same)
+            disconnected = self.client._disconnected
+            if not disconnected.done():
+                disconnected.set_exception(exc)
+            return
+        queued = self._queued()
+        self.most = max(self.most, queued)
+        if queued >= self.bound and self.armed:
+            self._pause()
+
+    def _pause(self) -> None:
+        if not self.paused and self.fd >= 0:
+            self._loop.remove_reader(self.fd)
+            self.paused = True
+            self.pauses += 1
+
+    def arm(self) -> None:
+        """The gateway takes messages from now on: stop reading while ``bound`` of them wait."""
+        self.armed = True
+        if self._queued() >= self.bound:
+            self._pause()
+
+    def taken(self) -> None:
+        """Messages were taken from the queue: read the socket again if there is room."""
+        if self.paused and self.fd >= 0 and self._queued() < self.resume_below:
+            self.paused = False
+            self._loop.add_reader(self.fd, self._read)
+            self._loop.call_soon(self._read)  # bytes already buffered (SSL) do not make the socket readable
+
+
 async def run_ingest(
     cfg: MqttConfig, handle: Handler, stats: IngestStats, stop: asyncio.Event, outbox: Outbox | None = None
 ) -> None:
@@ -327,7 +468,9 @@ async def run_durable_ingest(
         try:
             dup_mids: set[int] = set()
             connack: list[Any] = []
-            async with make_client(cfg, dup_mids, max_packet=max_packet, connack=connack) as client:
+            client = make_client(cfg, dup_mids, max_packet=max_packet, connack=connack)
+            gate = ReadGate(client, cfg.max_inflight)
+            async with client:
                 _note_broker_limit(connack, stats, outbox, max_packet)
                 # retained messages (board statuses) only for a new subscription: a resumed session already had them
                 options = SubscribeOptions(qos=cfg.qos, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
@@ -343,7 +486,9 @@ async def run_durable_ingest(
                 )  # fmt: skip
                 sender = asyncio.create_task(outbox.drain_into(client)) if outbox is not None else None
                 try:
-                    await _consume(client, dup_mids, accept, process, stats, stop, sender, batch, ack_after_process)
+                    await _consume(
+                        client, gate, dup_mids, accept, process, stats, stop, sender, batch, ack_after_process
+                    )
                 finally:
                     if sender is not None:
                         if stop.is_set() and not sender.done() and outbox is not None:
@@ -393,6 +538,7 @@ def _note_broker_limit(connack: list[Any], stats: IngestStats, outbox: Outbox | 
 
 async def _consume(
     client: aiomqtt.Client,
+    gate: ReadGate,
     dup_mids: set[int],
     accept: Callable[[list[Incoming]], T],
     process: Callable[[T], Awaitable[None]],
@@ -403,6 +549,7 @@ async def _consume(
     ack_after_process: bool,
 ) -> None:
     messages = aiter(client.messages)
+    gate.arm()
     stopper = asyncio.ensure_future(stop.wait())
     watch: set[asyncio.Future[Any]] = {stopper}
     if sender is not None:
@@ -423,6 +570,9 @@ async def _consume(
                 got.append(await anext(messages))
             stats.received += len(got)
             stats.queued = len(client.messages)
+            stats.queued_most = max(stats.queued_most, gate.most)
+            stats.read_pauses = gate.pauses
+            gate.taken()
             incoming: list[Incoming] = []
             for m in got:
                 dup = m.mid in dup_mids

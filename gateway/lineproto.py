@@ -23,7 +23,7 @@ from typing import Final
 
 from .model import MetricValue
 
-__all__ = ["INT64_MAX", "INT64_MIN", "NS_PER_MS", "line", "reading_time_ns", "visible"]
+__all__ = ["INT64_MAX", "INT64_MIN", "NS_PER_MS", "field", "line", "reading_time_ns", "series", "visible"]
 
 NS_PER_MS: Final = 1_000_000
 """The gateway writes every timestamp in nanoseconds (``precision=ns``); event times are milliseconds."""
@@ -109,10 +109,23 @@ def line(
     """One point in line protocol. Tags with empty values are left out (InfluxDB rejects them)."""
     if not fields:
         raise ValueError(f"point {measurement!r} has no fields")
+    body = ",".join(f"{_key(k)}={_field_value(v)}" for k, v in fields.items())
+    return f"{series(measurement, tags)} {body} {timestamp}"
+
+
+def series(measurement: str, tags: Mapping[str, str]) -> str:
+    """The measurement and tags of a point (what comes before the fields): the same for every point of a
+    series, so a writer of many points may keep it (``gateway.points.reading_line``)."""
     head = visible(measurement).translate(_MEASUREMENT)
     for key in sorted(tags):
         value = tags[key]
         if value:
             head += f",{_key(key)}={_key(value)}"
-    body = ",".join(f"{_key(k)}={_field_value(v)}" for k, v in fields.items())
-    return f"{head} {body} {timestamp}"
+    return head
+
+
+def field(key: str, value: MetricValue) -> str:
+    """One field of a point, ``key=value``, as :func:`line` writes it."""
+    if type(value) is float and math.isfinite(value):  # the common case, first
+        return f"{_key(key)}={value!r}"
+    return f"{_key(key)}={_field_value(value)}"

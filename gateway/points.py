@@ -12,12 +12,20 @@ from __future__ import annotations
 
 from typing import Final
 
-from .lineproto import NS_PER_MS, line, reading_time_ns
-from .model import DeadLetter, MetricValue, Reading, StatusUpdate
+from .lineproto import NS_PER_MS, field, line, reading_time_ns, series
+from .model import QUALITIES, DeadLetter, MetricValue, Reading, StatusUpdate
 from .protocol import STATUS_FIELDS
 from .schema import METRIC, METRIC_PATTERN, declare
 
-__all__ = ["DEAD_LETTER", "READING", "STATUS", "dead_letter_line", "reading_line", "status_line"]
+__all__ = [
+    "DEAD_LETTER",
+    "READING",
+    "STATUS",
+    "dead_letter_line",
+    "reading_line",
+    "reading_line_reference",
+    "status_line",
+]
 
 READING: Final = declare(
     "reading",
@@ -47,7 +55,50 @@ STATUS: Final = declare(
 )
 
 
+_SERIES: dict[tuple[str, str], str] = {}
+"""The measurement and tags of each device's ``reading`` points, rendered once (up to _SERIES_MAX devices)."""
+_SERIES_MAX: Final = 100_000
+_OWN: Final = frozenset({"boot", "seq", "q"})
+_NAMES: dict[str, str] = {}
+"""``<escaped metric name>=``, per metric name (up to _SERIES_MAX)."""
+_HUGE: Final = float("inf")
+_ID_MAX: Final = 2**31 - 1
+_Q: Final = {q: field("q", q) for q in QUALITIES}
+
+
 def reading_line(r: Reading) -> str:
+    """The ``reading`` point of ``r``: the same text as :func:`reading_line_reference` (a test compares them),
+    from the device's series rendered once and each field as :func:`~gateway.lineproto.line` writes it."""
+    metrics = r.metrics
+    if not metrics or not _OWN.isdisjoint(metrics):  # never from the decoder (reserved names): the reference's order
+        return reading_line_reference(r)
+    key = (r.site, r.device)
+    head = _SERIES.get(key)
+    if head is None:
+        head = series(READING, {"site": r.site, "device": r.device})
+        if len(_SERIES) < _SERIES_MAX:
+            _SERIES[key] = head
+    parts = []
+    for k, v in metrics.items():
+        if type(v) is float and -_HUGE < v < _HUGE:  # finite: the common case, written as line() writes it
+            name = _NAMES.get(k)
+            if name is None:
+                name = field(k, 0.0)[:-3]  # "<escaped name>=" + "0.0"
+                if len(_NAMES) < _SERIES_MAX:
+                    _NAMES[k] = name
+            parts.append(name + repr(v))
+        else:
+            parts.append(field(k, v))
+    boot, seq = r.boot, r.seq
+    if type(boot) is int and type(seq) is int and 0 <= boot <= _ID_MAX and 0 <= seq <= _ID_MAX and r.quality in _Q:
+        own = f"boot={boot}i,seq={seq}i,{_Q[r.quality]}"
+    else:
+        own = f"{field('boot', boot)},{field('seq', seq)},{field('q', r.quality)}"
+    return f"{head} {','.join(parts)},{own} {reading_time_ns(r.t_ms, boot, seq)}"
+
+
+def reading_line_reference(r: Reading) -> str:
+    """The ``reading`` point of ``r`` through the generic :func:`~gateway.lineproto.line` (the reference)."""
     fields: dict[str, MetricValue] = dict(r.metrics)
     fields["boot"] = r.boot
     fields["seq"] = r.seq

@@ -123,6 +123,10 @@ def _parse_constant(token: str) -> float:
     return _NonFinite(math.nan)
 
 
+_JSON: Final = json.JSONDecoder(parse_constant=_parse_constant)
+"""``json.loads(text, parse_constant=...)`` without a new decoder for every message."""
+
+
 def parse_topic(topic: str, prefix: str = "edgekit") -> TopicInfo:
     parts = topic.split("/")
     if len(parts) != 4 or parts[0] != prefix:
@@ -188,7 +192,7 @@ def decode(
     except UnicodeDecodeError as exc:
         raise DecodeError("bad_utf8", f"invalid byte at offset {exc.start}") from exc
     try:
-        doc = json.loads(text, parse_constant=_parse_constant)
+        doc = _JSON.decode(text)
     except RecursionError as exc:
         raise DecodeError("bad_json", "nested too deeply") from exc
     except ValueError as exc:
@@ -208,6 +212,8 @@ def decode(
 
 def _int_field(obj: dict[str, Any], key: str, lo: int, hi: int, where: str) -> int:
     value = obj.get(key)
+    if type(value) is int and lo <= value <= hi:  # the common case, first (bool is not of type int)
+        return value
     if not isinstance(value, int) or isinstance(value, bool):
         raise DecodeError("schema", f"{where}{key} must be an integer, got {_short(value)}")
     if not lo <= value <= hi:
@@ -305,14 +311,28 @@ def _decode_metrics(raw: object, where: str, limits: Limits, types: MetricTypes)
         raise DecodeError("schema", f"{where}m has {len(raw)} metrics > {limits.max_metrics}")
     metrics: dict[str, MetricValue] = {}
     for name, value in raw.items():
-        if not METRIC_RE.fullmatch(name):
-            raise DecodeError("schema", f"{where}m: bad metric name {_short(name)}")
-        if name in RESERVED_METRICS:
-            raise DecodeError(
-                "schema", f"{where}m: the metric name {name!r} is reserved ({', '.join(sorted(RESERVED_METRICS))})"
-            )
-        metrics[name] = typed_value(value, types.of(name), f"{where}m.{name}", limits.max_string, name)
+        if name not in _GOOD_NAMES:
+            if not METRIC_RE.fullmatch(name):
+                raise DecodeError("schema", f"{where}m: bad metric name {_short(name)}")
+            if name in RESERVED_METRICS:
+                raise DecodeError(
+                    "schema",
+                    f"{where}m: the metric name {name!r} is reserved ({', '.join(sorted(RESERVED_METRICS))})",
+                )
+            if len(_GOOD_NAMES) < _GOOD_NAMES_MAX:
+                _GOOD_NAMES.add(name)
+        want = types.of(name)
+        if type(value) is float and want == "float" and -_INF < value < _INF:  # the common case: what typed_value gives
+            metrics[name] = value
+        else:
+            metrics[name] = typed_value(value, want, f"{where}m.{name}", limits.max_string, name)
     return metrics
+
+
+_GOOD_NAMES: Final[set[str]] = set()
+"""Metric names already found valid and not reserved (a fleet has few), up to _GOOD_NAMES_MAX."""
+_GOOD_NAMES_MAX: Final = 10_000
+_INF: Final = math.inf
 
 
 _BAD_CHAR: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")

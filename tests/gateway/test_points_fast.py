@@ -1,0 +1,62 @@
+"""The ``reading`` line from a device's series rendered once (``points.reading_line``) is the reference's text.
+
+``reading_line_reference`` goes through the generic ``lineproto.line``; the fast path keeps each device's
+measurement and tags, each metric's ``name=`` and writes finite floats directly. Both are run on the same
+readings, including what the decoder never lets through (odd names, non-finite values, huge integers,
+control characters, reserved metric names), and must give the same line or the same error.
+"""
+
+from __future__ import annotations
+
+import math
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.model import Reading
+from gateway.points import reading_line, reading_line_reference
+
+NAMES = st.one_of(
+    st.sampled_from(["temp_c", "rh", "boot", "seq", "q", "a,b", "a b", "a=b", "é", "x\ny", "t\\", "\ud800"]),
+    st.text(min_size=0, max_size=6),
+)
+VALUES = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.booleans(),
+    st.text(max_size=8),
+    st.sampled_from([0.0, -0.0, 1e300, 5e-324, 21.5, 2**53 + 1.0]),
+)
+IDS = st.one_of(st.integers(min_value=0, max_value=2**31 - 1), st.integers(min_value=-(2**65), max_value=2**65))
+
+
+def outcome(f: object, r: Reading) -> tuple[str, str]:
+    try:
+        return "line", f(r)  # type: ignore[operator]
+    except (ValueError, TypeError) as exc:
+        return type(exc).__name__, str(exc)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    site=st.one_of(st.sampled_from(["s", "site-a", ""]), st.text(max_size=5)),
+    device=st.one_of(st.sampled_from(["d1", "gh-07"]), st.text(max_size=5)),
+    boot=IDS,
+    seq=IDS,
+    t_ms=st.integers(min_value=0, max_value=2**50),
+    quality=st.sampled_from(["s", "c", "u", 'x"', ""]),
+    metrics=st.dictionaries(NAMES, VALUES, max_size=5),
+)
+def test_the_fast_reading_line_is_the_references(
+    site: str, device: str, boot: int, seq: int, t_ms: int, quality: str, metrics: dict[str, object]
+) -> None:
+    r = Reading(site, device, boot, seq, t_ms, quality, metrics)  # type: ignore[arg-type]
+    assert outcome(reading_line, r) == outcome(reading_line_reference, r)
+    assert outcome(reading_line, r) == outcome(reading_line_reference, r)  # the second time from the caches
+
+
+def test_the_common_reading() -> None:
+    r = Reading("site-a", "gh-07", 3, 41, 1_764_072_000_123, "s", {"temp_c": 21.5, "rh": 40.0, "door": "open"})
+    assert reading_line(r) == reading_line_reference(r)
+    assert reading_line(r).startswith('reading,device=gh-07,site=site-a temp_c=21.5,rh=40.0,door="open",boot=3i,')
+    assert not math.isnan(float(reading_line(r).rsplit(" ", 1)[1]))
