@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import services
+from harness import kill_leftovers
 from helpers import start_or_fail
 from services import Proc
 
@@ -24,3 +25,11 @@ def broker(tmp_path: Path) -> Iterator[Proc]:
     proc = start_or_fail(lambda: services.start_mosquitto(run_dir, services.free_port(), persistence=True))
     yield proc
     proc.stop()
+
+
+@pytest.fixture(autouse=True)
+def no_gateway_left_running() -> Iterator[None]:
+    """A test that fails before it stops its gateway leaves no process behind (it would hold ports and a core
+    for the rest of the run)."""
+    yield
+    kill_leftovers()

@@ -58,6 +58,18 @@ def write_config(path: Path, sections: Mapping[str, Mapping[str, object]], extra
     return path
 
 
+RUNNING: set[GatewayProcess] = set()
+"""Gateways started and not yet stopped: conftest's ``no_gateway_left_running`` kills them after each test, so
+a test that fails half-way leaves no gateway process behind."""
+
+
+def kill_leftovers() -> None:
+    for gw in list(RUNNING):
+        if gw.alive():
+            gw.kill()
+        RUNNING.discard(gw)
+
+
 class GatewayProcess:
     """The gateway CLI in a subprocess; logs go to ``<dir>/gateway-<n>.log``."""
 
@@ -91,6 +103,7 @@ class GatewayProcess:
             env=self.env,
         )
         log.close()
+        RUNNING.add(self)
 
     def kill(self) -> None:
         assert self.proc is not None
