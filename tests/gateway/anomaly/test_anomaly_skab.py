@@ -2,13 +2,14 @@
 T-squared row reproduced exactly from the data (the benchmark's Hotelling T^2 recipe, written here with NumPy:
 fit on the first 400 rows, scaled, a rolling median of 5, twice the F-distribution control limit).
 
-The data is never in this repository: ``EDGEKIT_SKAB`` or ``../shared/data/skab`` next to the repository;
-a missing folder fails the test (it is not skipped)."""
+The data is never in this repository: ``EDGEKIT_SKAB``, or ``shared/data/skab`` next to the repository (or
+next to the checkout it was cloned from); a missing folder fails the test (it is not skipped)."""
 
 from __future__ import annotations
 
 import math
 import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -28,13 +29,32 @@ from gateway.anomaly.skab import (
 )
 
 ROOT = Path(__file__).resolve().parents[3]
-SKAB = Path(os.environ.get("EDGEKIT_SKAB", ROOT.parent / "shared" / "data" / "skab"))
+
+
+def skab_candidates() -> list[Path]:
+    """``$EDGEKIT_SKAB`` alone when set; else ``shared/data/skab`` beside the repository or any folder above it,
+    and beside the checkout this one was cloned from (a clean clone of a checkout that sits next to the data)."""
+    env = os.environ.get("EDGEKIT_SKAB")
+    if env:
+        return [Path(env)]
+    bases = list(ROOT.parents)
+    origin = subprocess.run(
+        ["git", "-C", str(ROOT), "config", "--get", "remote.origin.url"], capture_output=True, text=True
+    ).stdout.strip()
+    if origin.startswith("file://"):
+        origin = origin[len("file://") :]
+    if origin.startswith("/"):
+        bases += list(Path(origin).resolve().parents)
+    return [b / "shared" / "data" / "skab" for b in bases]
 
 
 def skab_dir() -> Path:
-    if not (SKAB / "valve1").is_dir():
-        pytest.fail(f"SKAB data not found at {SKAB} (set EDGEKIT_SKAB to the folder)", pytrace=False)
-    return SKAB
+    candidates = skab_candidates()
+    for path in candidates:
+        if (path / "valve1").is_dir():
+            return path
+    looked = ", ".join(str(p) for p in candidates)
+    pytest.fail(f"SKAB data not found (looked in {looked}; set EDGEKIT_SKAB to the folder)", pytrace=False)
 
 
 def test_outlier_counts_and_rates() -> None:
