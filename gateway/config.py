@@ -7,6 +7,7 @@ Every error names the key and the value, e.g. ``influx.target: 'v3' is not one o
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import re
@@ -160,6 +161,8 @@ class Config:
     """The type of each metric (``[metric_types]``, see docs/protocol.md): a float unless declared otherwise."""
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
     """The whole parsed document, for sections other modules own (such as ``windows``)."""
+    from_env: Mapping[str, str] = field(default_factory=dict)
+    """``table.key`` -> the ``EDGEKIT_*`` variable that set it, for each key set from the environment."""
 
 
 # --- the schema: every table and its keys --------------------------------------------------------------
@@ -743,7 +746,7 @@ def parse_config(doc: Mapping[str, Any], env: Mapping[str, str] | None = None) -
     errors: dict[str, list[ConfigError]] = {name: [] for name in raws}
     while True:
         try:
-            return _parse(_overlay(doc, values), env)
+            cfg = _parse(_overlay(doc, values), env)
         except ConfigError as exc:
             name = _blamed(exc, values)
             if name is None:
@@ -758,6 +761,8 @@ def parse_config(doc: Mapping[str, Any], env: Mapping[str, str] | None = None) -
                 continue
             # every reading failed: say why the TOML value it spells does (the text's, when it spells none)
             raise ConfigError(f"{errors[name][shown]} (from {name})") from None
+        from_env = {".".join(ENV_KEYS[name]): name for name in sorted(values)}
+        return dataclasses.replace(cfg, from_env=from_env)
 
 
 def _causes(doc: Mapping[str, Any], env: Mapping[str, str], values: Mapping[str, Any], exc: ConfigError) -> list[str]:

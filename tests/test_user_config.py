@@ -310,3 +310,21 @@ def test_an_error_about_another_key_names_the_variable_that_caused_it(env: dict[
     done = gateway("check", "--config", str(REPO / "gateway/examples/gateway.toml"), env=env)
     assert done.returncode == 2, done.stdout
     assert about in done.stderr and next(iter(env)) in done.stderr, done.stderr
+
+
+def test_check_shows_the_effective_time_limits_and_what_the_environment_set() -> None:
+    """engine.max_future and engine.min_time_ms refuse readings as the decoder's limits do: `check` shows the
+    limit that holds, and every key set from the environment, with its variable."""
+    done = gateway(
+        "check",
+        env={"EDGEKIT_ENGINE_MAX_FUTURE": "1s", "EDGEKIT_ENGINE_MIN_TIME_MS": "1700000000000",
+             "EDGEKIT_INFLUX_BATCH_SIZE": "5"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "more than 1 s ahead" in out and "before 2023-11-14T22:13:20Z" in out, out
+    assert "engine.max_future 1 s" in out and "engine.min_time_ms 1700000000000" in out, out
+    assert "from env:  influx.batch_size = 5 (EDGEKIT_INFLUX_BATCH_SIZE)" in out, out
+    assert "engine.max_future = '1s' (EDGEKIT_ENGINE_MAX_FUTURE)" in out, out
+    plain = gateway("check")
+    assert plain.returncode == 0 and "from env" not in plain.stdout and "more than 300 s ahead" in plain.stdout
