@@ -735,10 +735,12 @@ def parse_config(doc: Mapping[str, Any], env: Mapping[str, str] | None = None) -
     """Validate a parsed TOML document (plus environment overrides) into a :class:`Config`.
 
     Every key of :data:`SECTION_KEYS` can be set as ``EDGEKIT_<TABLE>_<KEY>`` (``EDGEKIT_INFLUX_BATCH_SIZE``,
-    ``EDGEKIT_ENGINE_WATERMARK_MODE``), replacing the file's value, and is validated as the file's would be:
-    the value is taken as text where the key takes text, else as the TOML value it spells (``5``, ``true``,
-    ``["a", "b"]``) or as a comma-separated list. An ``EDGEKIT_*`` variable that names no key is refused
-    (except those of :data:`NOT_CONFIG`)."""
+    ``EDGEKIT_ENGINE_WATERMARK_MODE``), replacing the file's value, and is validated as the file's would be
+    (:func:`_env_values`): a complete TOML string literal is that string for every key; otherwise the text
+    where the key takes text, else the one TOML value it spells (``5``, ``true``, ``["a", "b"]``, ``[]``) or a
+    comma-separated list. Nothing may follow the value; an empty value is ``""``. An error names the variable,
+    also when it is about another key the variable made wrong. An ``EDGEKIT_*`` variable that names no key is
+    refused (except those of :data:`NOT_CONFIG`); :attr:`Config.from_env` says which keys the environment set."""
     env = os.environ if env is None else env
     raws = _env_overrides(env)
     readings = {name: _env_values(name, raw) for name, raw in raws.items()}
