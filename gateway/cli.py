@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import json
 import logging
 import os
@@ -11,9 +12,10 @@ import signal
 import sqlite3
 import sys
 from pathlib import Path
+from typing import Any
 
 from .app import Gateway, state_path
-from .config import Config, load_config, secret_values
+from .config import Config, load_config, redact_url, secret_values
 from .engine.config import parse_duration
 from .errors import ConfigError, StateError
 from .logs import Redactor, setup_logging
@@ -45,8 +47,8 @@ def _describe(cfg: Config) -> str:
             + (f" (user {m.username!r}, password {'set' if m.password else 'NOT set'})" if m.username else ""),
             f"subscribe: {', '.join(m.subscriptions)} at QoS {m.qos}, persistent session: {not m.clean_session}",
             f"write to:  {target}, batches of {i.batch_size} every {i.flush_interval_ms} ms",
-            f"limits:    {cfg.limits.max_bytes} bytes, {cfg.limits.max_readings} readings a message, "
-            f"{cfg.limits.max_future_ms} ms future tolerance",
+            f"limits:    {cfg.limits.max_bytes} bytes, {cfg.limits.max_readings} readings a message",
+            _describe_times(cfg),
             "devices:   "
             + ("any" if cfg.devices.allow_unknown else f"only {len(cfg.devices.known)} known devices")
             + f", state for at most {cfg.devices.max_devices}",
@@ -63,8 +65,35 @@ def _describe(cfg: Config) -> str:
                 else "off (metrics.port = 0)"
             ),
             f"log:       {cfg.log.level}, {cfg.log.format}",
+            *_describe_env(cfg),
         ]
     )
+
+
+def _describe_times(cfg: Config) -> str:
+    """Both the decoder (``[limits]``) and the engine (``[engine]``) refuse readings with impossible times: the
+    tighter of each pair is what holds."""
+    lim, eng = cfg.limits, cfg.engine
+    ahead = min(lim.max_future_ms, eng.max_future_ms)
+    before = max(lim.min_time_ms, eng.min_time_ms)
+    since = datetime.datetime.fromtimestamp(before / 1000, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return (
+        f"times:     a reading more than {_seconds(ahead)} ahead of the gateway clock or before {since} is refused "
+        f" (limits.max_future_ms {lim.max_future_ms}, engine.max_future "
+        f"{_seconds(eng.max_future_ms)}; limits.min_time_ms {lim.min_time_ms}, engine.min_time_ms {eng.min_time_ms})"
+    )
+
+
+def _describe_env(cfg: Config) -> list[str]:
+    """Each key set from the environment, with the variable and the value it gave (a URL shown redacted)."""
+    lines = []
+    for key, name in cfg.from_env.items():
+        node: Any = cfg.raw
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        value = redact_url(node) if key.endswith(".url") and isinstance(node, str) else node
+        lines.append(f"from env:  {key} = {value!r} ({name})")
+    return lines
 
 
 def _seconds(ms: int) -> str:

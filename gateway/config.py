@@ -7,6 +7,7 @@ Every error names the key and the value, e.g. ``influx.target: 'v3' is not one o
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import re
@@ -160,6 +161,8 @@ class Config:
     """The type of each metric (``[metric_types]``, see docs/protocol.md): a float unless declared otherwise."""
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
     """The whole parsed document, for sections other modules own (such as ``windows``)."""
+    from_env: Mapping[str, str] = field(default_factory=dict)
+    """``table.key`` -> the ``EDGEKIT_*`` variable that set it, for each key set from the environment."""
 
 
 # --- the schema: every table and its keys --------------------------------------------------------------
@@ -230,6 +233,7 @@ NOT_CONFIG: Mapping[str, str] = {
     "EDGEKIT_MICROPYTHON": "the MicroPython unix port the firmware tests run",
     "EDGEKIT_ACCOUNTING_*": "the accounting test's seed, examples and shrinking",
     "EDGEKIT_PROPERTY_EXAMPLES": "the decoder property tests' examples",
+    "EDGEKIT_SKAB": "the SKAB data folder the anomaly tests read (docs/anomaly.md)",
 }
 """``EDGEKIT_*`` variables that are not configuration keys (a trailing ``*``: every name with that prefix). Any
 other ``EDGEKIT_*`` variable that names no key is refused, as an unknown key in the file is."""
@@ -258,19 +262,52 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
-def _env_values(raw: str) -> list[Any]:
-    """What an environment value may stand for, in the order tried: the text itself; the TOML value it spells
-    (``5``, ``2.5``, ``true``, ``["a", "b"]``, ``{dev-0001 = "north"}``); a comma-separated list."""
-    out: list[Any] = [raw]
+_NO_VALUE: Any = object()
+
+
+def _toml_value(text: str) -> Any:
+    """The one TOML value ``text`` spells, with nothing before or after it (no comment, no second line, no
+    second value), or ``_NO_VALUE``."""
+    text = text.strip()
+    if not text or text.endswith(",") or "\n" in text:
+        return _NO_VALUE
     try:
-        value = tomllib.loads(f"v = {raw}")["v"]
+        # inside brackets on one line: a comment would swallow the closing bracket, a second value makes two
+        items = tomllib.loads(f"v = [{text}]")["v"]
     except tomllib.TOMLDecodeError:
-        pass
-    else:
-        if value != raw:
-            out.append(value)
-    out.append([v.strip() for v in raw.split(",") if v.strip()])
-    return out
+        return _NO_VALUE
+    return items[0] if len(items) == 1 else _NO_VALUE
+
+
+def _string_literal(text: str) -> str | None:
+    """``text`` as a string, when it is one complete TOML string literal (``"edgekit"``, ``'x'``)."""
+    value = _toml_value(text)
+    return value if isinstance(value, str) and text.strip()[:1] in "\"'" else None
+
+
+def _env_values(name: str, raw: str) -> tuple[list[Any], int]:
+    """What the value ``raw`` of variable ``name`` may stand for, in the order tried, and which one's error to
+    show when none fits. A complete TOML string literal (``"edgekit"``) is that string, for every key.
+    Otherwise: the text itself; the one TOML value it spells (``5``, ``2.5``, ``true``, ``["a", "b"]``, ``[]``,
+    ``{dev-0001 = "north"}``), nothing after it; a comma-separated list of one or more non-empty items. An empty
+    value is the empty text, as ``key = ""`` in the file."""
+    path, key = ENV_KEYS[name]
+    if any(ord(c) < 32 or ord(c) == 127 for c in raw):  # the value is not shown: it may be a URL with a password
+        raise ConfigError(
+            f"{path}.{key} (from {name}): the value contains a control character (a second line?); "
+            "an environment value is one line"
+        )
+    literal = _string_literal(raw)
+    if literal is not None:
+        return [literal], 0
+    out: list[Any] = [raw]
+    value = _toml_value(raw)
+    if value is not _NO_VALUE and value != raw:
+        out.append(value)
+    items = [item.strip() for item in raw.split(",")]
+    if all(items):
+        out.append([s if (s := _string_literal(item)) is not None else item for item in items])
+    return out, (1 if len(out) > 1 and out[1] is value else 0)
 
 
 def _overlay(doc: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
@@ -349,26 +386,51 @@ def _secret(sec: dict[str, Any], where: str, key: str, env: Mapping[str, str], e
     return value
 
 
-_USERINFO = re.compile(r"^((?:[A-Za-z][A-Za-z0-9+.-]*:)?//)?([^/?#@]*)@")
-
-
 def redact_url(url: str) -> str:
-    """``url`` fit to show: a password in it becomes ``***`` (and a query, which may carry ``p=``, ``token=``),
-    even when the URL is malformed."""
-    m = _USERINFO.match(url)
-    if m is not None:
-        user = m[2].split(":", 1)[0]
-        url = f"{m[1] or ''}{user}{':***' if ':' in m[2] else ''}@" + url[m.end() :]
-    head, sep, _ = url.partition("?")
-    return head + (sep + "***" if sep else "")
+    """``url`` fit to show: a password in it becomes ``***`` (and a query or fragment, which may carry ``p=``,
+    ``token=``), even when the URL is malformed: the user information is everything before the last ``@`` (a
+    password may contain ``@``, ``/``, ``#`` or ``?``), spaces, quotes and ``<>`` around it are dropped."""
+    text = url.strip().strip("<>\"'").strip()
+    head, sep, rest = text.partition("//")
+    if not sep:
+        head, rest = "", text
+    if "@" in rest:
+        userinfo, _, host = rest.rpartition("@")
+        user = re.split(r"[:/?#]", userinfo, maxsplit=1)[0]
+        rest = f"{user}{':***' if user != userinfo else ''}@{host}"
+    cut = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=-1)
+    if cut >= 0:
+        rest = rest[: cut + 1] + "***"
+    return head + sep + rest
+
+
+_NOT_SHOWN = "(the URL is not shown: it may hold a password)"
+
+
+def _url(sec: dict[str, Any], where: str, default: str, expected: str) -> tuple[str, str | None]:
+    """The URL of ``sec`` and its user information (everything before the last ``@``, or ``None``), checked
+    without ever showing it: an error describes what is wrong instead."""
+    url = sec.get("url", default)
+    if not isinstance(url, str):
+        raise ConfigError(f"{where}: expected a string, {expected}, got a {type(url).__name__} {_NOT_SHOWN}")
+    if not url:
+        raise ConfigError(f"{where}: empty; expected {expected}")
+    if url != url.strip() or any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
+        raise ConfigError(f"{where}: the URL has a space or control character in or around it; write it bare, "
+                          f"as {expected} {_NOT_SHOWN}")  # fmt: skip
+    if url.startswith(("<", '"', "'")) or url.endswith((">", '"', "'")):
+        raise ConfigError(f"{where}: the URL has quotes or <> around it; write it bare, as {expected} {_NOT_SHOWN}")
+    rest = url.partition("//")[2] if "//" in url else url
+    return url, (rest.rpartition("@")[0] if "@" in rest else None)
 
 
 def _split_url(where: str, url: str, expected: str) -> SplitResult:
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018  (raises for a bad port)
-    except ValueError as exc:
-        raise ConfigError(f"{where}: expected {expected}, got {redact_url(url)!r} ({exc})") from None
+    except ValueError:
+        # Python's message quotes the part it could not read, which may be a piece of a password
+        raise ConfigError(f"{where}: expected {expected}; the host or port cannot be read {_NOT_SHOWN}") from None
     return parts
 
 
@@ -408,21 +470,20 @@ def secret_values(config: Config) -> tuple[str, ...]:
 
 def _mqtt(doc: Mapping[str, Any], env: Mapping[str, str]) -> MqttConfig:
     sec = _section(doc, "mqtt", MQTT_KEYS)
-    url = _get(sec, "mqtt", "url", str, "mqtt://127.0.0.1:1883")
-    userinfo = _USERINFO.match(url)
-    if (userinfo is not None and ":" in userinfo[2]) or "?" in url:
+    expected = "mqtt://host[:port] or mqtts://host[:port]"
+    url, userinfo = _url(sec, "mqtt.url", "mqtt://127.0.0.1:1883", expected)
+    if (userinfo is not None and any(c in userinfo for c in ":/?#")) or "?" in url or "#" in url:
         raise ConfigError(
-            f"mqtt.url: put no password in the URL (nor a query): {redact_url(url)!r}; set mqtt.username and "
+            f"mqtt.url: put no password in the URL (nor a query): {_NOT_SHOWN}; set mqtt.username and "
             "EDGEKIT_MQTT_PASSWORD (or mqtt.password_file)"
         )
     password = _secret(sec, "mqtt", "password", env, "EDGEKIT_MQTT_PASSWORD")
-    expected = "mqtt://host[:port] or mqtts://host[:port]"
     parts = _split_url("mqtt.url", url, expected)
     if parts.scheme not in ("mqtt", "tcp", "mqtts") or not parts.hostname:
-        raise ConfigError(f"mqtt.url: expected {expected}, got {url!r}")
+        raise ConfigError(f"mqtt.url: expected {expected}: a scheme mqtt, tcp or mqtts and a host {_NOT_SHOWN}")
     tls = parts.scheme == "mqtts"
     if not tls and "ca_file" in sec:
-        raise ConfigError(f"mqtt.ca_file: set, but mqtt.url {url!r} is not mqtts://: the connection would be plaintext")
+        raise ConfigError("mqtt.ca_file: set, but mqtt.url is not mqtts://: the connection would be plaintext")
     port = parts.port or (8883 if tls else 1883)
     username = _get(sec, "mqtt", "username", str, None) or (unquote(parts.username) if parts.username else None)
     prefix = _get(sec, "mqtt", "prefix", str, "edgekit")
@@ -467,17 +528,18 @@ def _influx(doc: Mapping[str, Any], env: Mapping[str, str]) -> InfluxConfig:
     target = _get(sec, "influx", "target", str, "v1")
     if target not in ("v1", "v2"):
         raise ConfigError(f"influx.target: {target!r} is not one of v1, v2")
-    url = _get(sec, "influx", "url", str, "http://127.0.0.1:8086")
-    if "@" in url.partition("?")[0].partition("#")[0] or "?" in url or "#" in url:
+    expected = "http(s)://host:port"
+    url, userinfo = _url(sec, "influx.url", "http://127.0.0.1:8086", expected)
+    if userinfo is not None or "?" in url or "#" in url:
         # the writer sends the user and password as HTTP Basic credentials (v1) or the token (v2): a URL that
         # carried them would show them in every message that names the URL
         raise ConfigError(
-            f"influx.url: put no user, password, token or query in the URL {redact_url(url)!r}; set "
+            f"influx.url: put no user, password, token or query in the URL {_NOT_SHOWN}; set "
             "influx.username and EDGEKIT_INFLUX_PASSWORD (or influx.password_file), or EDGEKIT_INFLUX_TOKEN"
         )
-    parts = _split_url("influx.url", url, "http(s)://host:port")
+    parts = _split_url("influx.url", url, expected)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"influx.url: expected http(s)://host:port, got {url!r}")
+        raise ConfigError(f"influx.url: expected {expected}: a scheme http or https and a host {_NOT_SHOWN}")
     password = _secret(sec, "influx", "password", env, "EDGEKIT_INFLUX_PASSWORD")
     token = _secret(sec, "influx", "token", env, "EDGEKIT_INFLUX_TOKEN")
     cfg = InfluxConfig(
@@ -673,29 +735,49 @@ def parse_config(doc: Mapping[str, Any], env: Mapping[str, str] | None = None) -
     """Validate a parsed TOML document (plus environment overrides) into a :class:`Config`.
 
     Every key of :data:`SECTION_KEYS` can be set as ``EDGEKIT_<TABLE>_<KEY>`` (``EDGEKIT_INFLUX_BATCH_SIZE``,
-    ``EDGEKIT_ENGINE_WATERMARK_MODE``), replacing the file's value, and is validated as the file's would be:
-    the value is taken as text where the key takes text, else as the TOML value it spells (``5``, ``true``,
-    ``["a", "b"]``) or as a comma-separated list. An ``EDGEKIT_*`` variable that names no key is refused
-    (except those of :data:`NOT_CONFIG`)."""
+    ``EDGEKIT_ENGINE_WATERMARK_MODE``), replacing the file's value, and is validated as the file's would be
+    (:func:`_env_values`): a complete TOML string literal is that string for every key; otherwise the text
+    where the key takes text, else the one TOML value it spells (``5``, ``true``, ``["a", "b"]``, ``[]``) or a
+    comma-separated list. Nothing may follow the value; an empty value is ``""``. An error names the variable,
+    also when it is about another key the variable made wrong. An ``EDGEKIT_*`` variable that names no key is
+    refused (except those of :data:`NOT_CONFIG`); :attr:`Config.from_env` says which keys the environment set."""
     env = os.environ if env is None else env
     raws = _env_overrides(env)
-    values: dict[str, Any] = dict(raws)
+    readings = {name: _env_values(name, raw) for name, raw in raws.items()}
+    values: dict[str, Any] = {name: choices[0] for name, (choices, _) in readings.items()}
     errors: dict[str, list[ConfigError]] = {name: [] for name in raws}
     while True:
         try:
-            return _parse(_overlay(doc, values), env)
+            cfg = _parse(_overlay(doc, values), env)
         except ConfigError as exc:
             name = _blamed(exc, values)
             if name is None:
-                raise
-            choices = _env_values(raws[name])
+                causes = _causes(doc, env, values, exc)
+                if not causes:
+                    raise
+                raise ConfigError(f"{exc} (with {', '.join(causes)} from the environment)") from None
+            choices, shown = readings[name]
             errors[name].append(exc)
             if len(errors[name]) < len(choices):
                 values[name] = choices[len(errors[name])]
                 continue
             # every reading failed: say why the TOML value it spells does (the text's, when it spells none)
-            shown = errors[name][1 if len(choices) == 3 else 0]
-            raise ConfigError(f"{shown} (from {name})") from None
+            raise ConfigError(f"{errors[name][shown]} (from {name})") from None
+        from_env = {".".join(ENV_KEYS[name]): name for name in sorted(values)}
+        return dataclasses.replace(cfg, from_env=from_env)
+
+
+def _causes(doc: Mapping[str, Any], env: Mapping[str, str], values: Mapping[str, Any], exc: ConfigError) -> list[str]:
+    """The variables without which ``exc`` (an error about another key than theirs) goes away or changes."""
+    causes = []
+    for name in values:
+        try:
+            _parse(_overlay(doc, {n: v for n, v in values.items() if n != name}), env)
+        except ConfigError as other:
+            if str(other) == str(exc):
+                continue
+        causes.append(name)
+    return causes
 
 
 def _parse(doc: Mapping[str, Any], env: Mapping[str, str]) -> Config:

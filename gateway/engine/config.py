@@ -241,7 +241,12 @@ def _parse_watermark(raw: object) -> WatermarkSpec:
     if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor <= 0:
         raise ConfigError(f"engine.watermark.idle_factor: expected a positive number, got {factor!r}")
     classes: list[DeviceClass] = []
-    for i, c in enumerate(raw.get("classes", [])):
+    raw_classes = raw.get("classes", [])
+    if not isinstance(raw_classes, list):
+        raise ConfigError(
+            f"engine.watermark.classes: expected a list of tables ([[engine.watermark.classes]]), got {raw_classes!r}"
+        )
+    for i, c in enumerate(raw_classes):
         w = f"engine.watermark.classes[{i}]"
         if not isinstance(c, Mapping) or set(c) - {"name", "devices", "out_of_orderness"}:
             raise ConfigError(f"{w}: expected a table with name, devices, out_of_orderness, got {c!r}")
