@@ -439,7 +439,8 @@ class _SlideKey:
         self.accs: list[Acc] = []  # the panes' accumulators, sorted by their ``start`` (the pane's start)
         self.revs: dict[int, int] = {}  # window start -> revision, for fired windows not yet dropped (lateness > 0)
         self.cleanup: list[tuple[int, int]] = []  # (end + lateness, window start)
-        self.dirty: set[int] = set()  # panes changed after a window containing them fired
+        # panes changed after a window containing them fired (None: none; an empty set is 216 bytes a key)
+        self.dirty: set[int] | None = None
         # Two-stack sliding aggregation over the panes of the last window fired. Front: panes, oldest last, each
         # with the aggregate of it and every newer front pane; back: the panes in [back_from, hi), pushed since
         # the last transfer, with their aggregate.
@@ -460,7 +461,7 @@ class _SlideKey:
             "panes": [[a.start, _pane_json(a, nm)] for a in self.accs],
             "revs": [[s, r] for s, r in self.revs.items()],
             "cleanup": [list(x) for x in self.cleanup],
-            "dirty": sorted(self.dirty),
+            "dirty": [] if self.dirty is None else sorted(self.dirty),
             "front": [[a.start, a.to_json()] for a in self.front_a],
             "back": back,
             "back_acc": None if self.back_acc is None else self.back_acc.to_json(),
@@ -473,7 +474,7 @@ class _SlideKey:
         ks.accs = [_acc_at(p, a) for p, a in d["panes"]]
         ks.revs = {s: r for s, r in d["revs"]}
         ks.cleanup = [(x[0], x[1]) for x in d["cleanup"]]
-        ks.dirty = set(d["dirty"])
+        ks.dirty = set(d["dirty"]) if d["dirty"] else None
         ks.front_a = [_acc_at(p, a) for p, a in d["front"]]
         ks.back_acc = None if d["back_acc"] is None else acc_from_json(d["back_acc"])
         ks.hi = d["hi"]
@@ -564,7 +565,10 @@ class SlidingOperator(WindowOperator):
         # some window containing this pane has already been fired (or passed empty): first_window_end_after, inlined
         e = p + 1 + (off + size - p - 1) % slide
         if e <= wm:
-            ks.dirty.add(p)
+            if ks.dirty is None:
+                ks.dirty = {p}
+            else:
+                ks.dirty.add(p)
             if self.shared:
                 self._due(key, NO_WM)
         elif self.shared:
@@ -666,13 +670,13 @@ class SlidingOperator(WindowOperator):
     def _refire(self, out: list[Output], k: str, ks: _SlideKey, old: int) -> None:
         size, slide, off = self.size, self.slide, self.offset
         starts: set[int] = set()
-        for p in ks.dirty:
+        for p in ks.dirty or ():
             last = p - (p - off) % slide
             lo = p - size + 1
             for s in range(lo + (off - lo) % slide, last + 1, slide):
                 if s + size <= old < s + size + self.lateness:
                     starts.add(s)
-        ks.dirty.clear()
+        ks.dirty = None
         self._release_stacks(ks)  # the stacks may hold stale aggregates
         for s in sorted(starts):
             rev = ks.revs.get(s, 0) + 1
