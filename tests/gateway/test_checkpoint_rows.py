@@ -16,6 +16,7 @@ from gateway.app import Gateway
 from gateway.ckpt_rows import join_state, split_state
 from gateway.config import parse_config
 from gateway.errors import StateError
+from gateway.salvage import recover_state
 from gateway.state import RowDelta, StateFileError, StateStore, compress_checkpoint
 
 T0 = 1_764_072_000_000
@@ -188,5 +189,34 @@ async def test_a_damaged_or_missing_row_is_damaged_state(tmp_path: Path, damage:
         with pytest.raises(StateFileError) as info:
             await again.recover()
         assert info.value.damaged and "checkpoint" in str(info.value) and isinstance(info.value, StateError)
+    finally:
+        again.store.close()
+
+
+@pytest.mark.parametrize("damage", ["none", "garbled"])
+async def test_recover_keeps_a_checkpoint_in_rows_or_reports_it_lost(tmp_path: Path, damage: str) -> None:
+    """``edgekit-gateway recover`` on the rows layout: the rows are joined and kept (as one value, which the
+    gateway restores), or, a row garbled, the checkpoint is reported lost and the log kept."""
+    config = _config(tmp_path)
+    gw = _gateway(tmp_path)
+    try:
+        await gw._process(gw._accept([_message(d, 1, 10) for d in range(3)]))
+        await gw.checkpoint()
+        await gw._process(gw._accept([_message(1, 2, 20)]))  # in the log after the checkpoint
+        if damage == "garbled":
+            gw.store.db.execute("UPDATE ckpt_row SET data = x'789c0102' WHERE name = 'kd2'")
+    finally:
+        gw.store.close()
+    report = recover_state(config, now_ms=T0)
+    text = "\n".join(report.lines())
+    again = _gateway(tmp_path)
+    try:
+        await again.recover()
+        if damage == "none":
+            assert report.checkpoint == "kept" and again.replayed == 1
+            assert again.pipeline.snapshot() == gw.pipeline.snapshot()
+        else:
+            assert report.checkpoint == "lost" and "checkpoint row 'kd2'" in report.checkpoint_why, text
+            assert again.replayed == 1 and again.pipeline.stats.readings_accepted == 1
     finally:
         again.store.close()
