@@ -1,7 +1,8 @@
 """A checkpoint's state in rows: one per key (device or site), an order row and the rest (the global part).
 
-The bulk of a gateway's state is per key: each window operator's per-key maps, the watermark tracker's and the
-dedup's per-device entries. :func:`split_state` takes each such map out of the state and files its entries under
+The bulk of a gateway's state is per key: each window operator's per-key maps, the watermark tracker's, the
+dedup's, the pattern operator's and the anomaly detectors' per-device maps (the univariate detectors, a list,
+stay in the global part). :func:`split_state` takes each such map out of the state and files its entries under
 their key: the row of key ``k`` is ``{container: {field: value}}`` with the value each map holds for ``k``. The
 global part is what is left, with those maps emptied; the order row gives each map's keys in their order (dict
 order is state: the window operators visit keys in it). :func:`join_state` is the exact inverse.
@@ -25,8 +26,12 @@ ORDER: Final = ""
 dumps_row = json.JSONEncoder(separators=(",", ":")).encode
 
 
-def _containers(state: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """``(id, container)`` for each part of ``state`` whose dict-valued fields are maps by key."""
+_ALL: Final = None
+
+
+def _containers(state: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], tuple[str, ...] | None]]:
+    """``(id, container, fields)`` for each part of ``state`` whose fields ``fields`` (None: every dict-valued
+    one) are maps by key."""
     pipeline = state.get("pipeline")
     if not isinstance(pipeline, dict):
         return
@@ -34,15 +39,23 @@ def _containers(state: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
     if isinstance(engine, dict):
         tracker = engine.get("tracker")
         if isinstance(tracker, dict):
-            yield "t", tracker
+            yield "t", tracker, _ALL
         windows = engine.get("windows")
         if isinstance(windows, dict):
             for name, op in windows.items():
                 if isinstance(op, dict):
-                    yield "w" + name, op
+                    yield "w" + name, op, _ALL
     dedup = pipeline.get("dedup")
     if isinstance(dedup, dict):
-        yield "d", dedup
+        yield "d", dedup, ("devices",)
+    cep = pipeline.get("cep")
+    if isinstance(cep, dict):
+        yield "c", cep, ("keys",)
+        if isinstance(cep.get("tracker"), dict):
+            yield "ct", cep["tracker"], ("state", "sites")
+    anomaly = pipeline.get("anomaly")
+    if isinstance(anomaly, dict):
+        yield "a", anomaly, ("multi", "recent", "sites")
 
 
 def split_state(state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -52,9 +65,9 @@ def split_state(state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     lists: list[list[str]] = []
     seen: dict[tuple[str, ...], int] = {}
     refs: dict[str, dict[str, int]] = {}
-    for cid, cont in _containers(state):
+    for cid, cont, only in _containers(state):
         for field, value in cont.items():
-            if not isinstance(value, dict):
+            if not isinstance(value, dict) or (only is not None and field not in only):
                 continue
             keys = list(value)
             t = tuple(keys)
@@ -84,7 +97,7 @@ def join_state(state: dict[str, Any], rows: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(order, dict):
         raise ValueError("the checkpoint's order row is missing")
     lists, refs = order["lists"], order["refs"]
-    conts = dict(_containers(state))
+    conts = {cid: cont for cid, cont, _ in _containers(state)}
     for cid, fields in refs.items():
         cont = conts.get(cid)
         if cont is None:
