@@ -255,6 +255,10 @@ class Gateway:
         loop goes on (MQTT, PUBACKs of logged messages, the writer, metrics); the SQLite transaction is on
         the loop, like every other use of the connection.
 
+        The state is stored as a global part and a row per key (``gateway.ckpt_rows``); only the rows whose
+        JSON changed since the last committed checkpoint are compressed and written, and those of keys gone are
+        deleted, in the same transaction.
+
         Two phases: the sink's lines leave memory only after the transaction that spools them (and truncates
         the log) is committed. If it fails - a locked database, a full disk, anything - it raises, and the
         lines are still in memory and the log still holds everything after the previous checkpoint.
