@@ -62,7 +62,10 @@ __all__ = ["Gateway", "StateError", "state_path", "time_reply", "wall_clock_ms"]
 
 log = logging.getLogger("gateway")
 
-STATE_VERSION = 1
+STATE_VERSION = 2
+"""2: the checkpoint in per-key rows (``gateway.ckpt_rows``); a gateway of version 1 refuses it (it would read
+only the global part). Version 1 (the whole state in one value) is still restored."""
+READ_VERSIONS = (1, STATE_VERSION)
 
 
 def _let_others_run() -> None:
@@ -333,7 +336,7 @@ class Gateway:
         path = self.store.path
         ck = self.store.load_checkpoint()
         if ck is not None:
-            if ck.state.get("version") != STATE_VERSION or ck.state.get("fingerprint") != self.fingerprint:
+            if ck.state.get("version") not in READ_VERSIONS or ck.state.get("fingerprint") != self.fingerprint:
                 raise StateError(
                     f"state file {path}: the checkpoint was written with other windows, watermarks or prefix "
                     f"(fingerprint {ck.state.get('fingerprint')!r}, now {self.fingerprint!r}); run with the "

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .app import STATE_VERSION, _fingerprint, state_path
+from .app import READ_VERSIONS, _fingerprint, state_path
 from .config import Config
 from .errors import StateError
 from .pipeline import Pipeline
@@ -410,7 +410,7 @@ def _salvage_checkpoint(
     except ValueError as exc:
         report.checkpoint, report.checkpoint_why = "lost", f"it does not parse: {exc}"
         return 0
-    if state.get("version") != STATE_VERSION or state.get("fingerprint") != _fingerprint(config):
+    if state.get("version") not in READ_VERSIONS or state.get("fingerprint") != _fingerprint(config):
         raise StateError(
             f"state file {report.path}: the checkpoint was written with other windows, watermarks or prefix "
             f"(fingerprint {state.get('fingerprint')!r}, now {_fingerprint(config)!r}): run recover with the "

@@ -153,7 +153,7 @@ async def test_a_checkpoint_of_the_one_value_layout_restores_and_the_next_one_wr
         await gw.checkpoint()
         ck = gw.store.load_checkpoint()
         assert ck is not None and "rows" not in ck.state
-        whole = compress_checkpoint(json.dumps(ck.state, separators=(",", ":")))
+        whole = compress_checkpoint(json.dumps({**ck.state, "version": 1}, separators=(",", ":")))
         gw.store.db.execute("UPDATE checkpoint SET state = ?", (whole,))  # as the gateway before wrote it
         gw.store.db.execute("DELETE FROM ckpt_row")
     finally:
