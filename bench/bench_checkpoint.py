@@ -15,8 +15,10 @@ temp_c, rh and pressure_hpa, with 2 min allowed lateness) and anomaly detection 
 Each checkpoint runs in an event loop beside a heartbeat task that sleeps 1 ms at a time; the stall is the
 longest gap between two heartbeats, less the 1 ms. Printed: the state size (its JSON text and what is stored,
 zlib-compressed), the time of each part done by a synchronous checkpoint (snapshot, JSON, compression, SQLite
-transaction), and per checkpoint the duration and the stall (median and max over ``-r`` runs). State file in
-a temporary directory (``--dir`` to choose its disk).
+transaction), and per checkpoint at steady state (after a first one; before each, ``-c`` devices, a tenth by
+default, send ten readings each) the duration, the stall and the bytes written (the WAL's size after the
+checkpoint's transaction, the WAL emptied before it), median, min and max over ``-r`` runs. State file in a
+temporary directory (``--dir`` to choose its disk).
 """
 
 from __future__ import annotations
@@ -97,16 +99,19 @@ def config(state_dir: Path) -> Config:
     return parse_config(doc, env={})
 
 
-def warm_up(gw: Gateway, devices: int, per_device: int, t0: int) -> list[str]:
-    """Feed ``per_device`` readings of each device through the pipeline; the lines it produced, in order."""
-    rng = random.Random(7)
+def warm_up(
+    gw: Gateway, devices: int, per_device: int, t0: int, first: int = 0, only: range | None = None
+) -> list[str]:
+    """Feed ``per_device`` readings of each device (of ``only``; from reading ``first``) through the pipeline;
+    the lines it produced, in order."""
+    rng = random.Random(7 + first)
     lines: list[str] = []
     base = {d: (20 + rng.random() * 5, 1000 + rng.random() * 20) for d in range(devices)}
-    for start in range(0, per_device, 10):
-        for d in range(devices):
+    for start in range(first, first + per_device, 10):
+        for d in only if only is not None else range(devices):
             temp, hpa = base[d]
             rows = []
-            for s in range(start, min(per_device, start + 10)):
+            for s in range(start, min(first + per_device, start + 10)):
                 rows.append({
                     "b": 1, "s": s, "t": t0 + s * STEP_MS, "q": "s",
                     "m": {"temp_c": round(temp + rng.gauss(0, 0.3), 2), "rh": round(50 + rng.gauss(0, 2), 1),
@@ -172,6 +177,10 @@ def parts(gw: Gateway, spill_lines: list[str]) -> dict[str, float]:
     }
 
 
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
+
+
 async def main_async(args: argparse.Namespace, state_dir: Path) -> None:
     gw = Gateway(config(state_dir))
     t0 = (time.time_ns() // 1_000_000 // 60_000) * 60_000 - args.readings * STEP_MS - 3_600_000
@@ -191,16 +200,33 @@ async def main_async(args: argparse.Namespace, state_dir: Path) -> None:
         f"compression {p['compress'] * 1e3:.0f} ms, "
         f"SQLite transaction with {len(spill):,} spilled lines {p['sqlite'] * 1e3:.0f} ms"
     )
-    durations, stalls = [], []
-    for _ in range(args.runs):
+    durations, stalls, written = [], [], []
+    wal = Path(f"{gw.store.path}-wal")
+    changed = args.devices // 10 if args.changed is None else args.changed
+    await gw.checkpoint()  # the first one writes everything; the runs are the steady state after it
+    for run in range(args.runs):
+        # between two checkpoints, ``changed`` devices (a different tenth each time) send ten readings each
+        group = range((run * changed) % max(1, args.devices), (run * changed) % max(1, args.devices) + changed)
+        warm_up(
+            gw,
+            args.devices,
+            10,
+            t0,
+            first=args.readings + 10 * run,
+            only=range(group.start, min(group.stop, args.devices)),
+        )
         gw.sink.memory[RAW].extend(spill)
+        gw.store.compact()  # an empty WAL: what the checkpoint's transaction writes is what the WAL then holds
         d, s = await timed_checkpoint(gw)
         durations.append(d)
         stalls.append(s)
+        written.append(_size(wal))
     print(
-        f"checkpoint ({args.runs} runs): duration median {statistics.median(durations) * 1e3:.0f} ms, "
-        f"max {max(durations) * 1e3:.0f} ms; event-loop stall median {statistics.median(stalls) * 1e3:.0f} ms, "
-        f"max {max(stalls) * 1e3:.0f} ms"
+        f"checkpoint ({args.runs} runs, {changed:,} devices with new readings before each): duration median "
+        f"{statistics.median(durations) * 1e3:.0f} ms (min {min(durations) * 1e3:.0f}, max "
+        f"{max(durations) * 1e3:.0f}); event-loop stall median {statistics.median(stalls) * 1e3:.0f} ms (min "
+        f"{min(stalls) * 1e3:.0f}, max {max(stalls) * 1e3:.0f}); written (WAL) median "
+        f"{statistics.median(written) / 1e6:.2f} MB (min {min(written) / 1e6:.2f}, max {max(written) / 1e6:.2f})"
     )
     gw.store.close()
 
@@ -211,6 +237,9 @@ def main() -> None:
     parser.add_argument("-n", "--readings", type=int, default=60, help="readings per device in the warm-up")
     parser.add_argument("-s", "--spill", type=int, default=10_000, help="lines in the sink's memory at a checkpoint")
     parser.add_argument("-r", "--runs", type=int, default=10)
+    parser.add_argument(
+        "-c", "--changed", type=int, default=None, help="devices with new readings before each checkpoint (a tenth)"
+    )
     parser.add_argument("--dir", type=Path, default=None, help="directory for the state file (default: a temp dir)")
     args = parser.parse_args()
     if args.dir is not None:

@@ -20,11 +20,13 @@ import os
 import re
 import sqlite3
 import time
+import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from .ckpt_rows import dumps_row, split_state
 from .config import Config, redact_url
 from .errors import ConfigError, StateError
 from .ingest import (
@@ -42,22 +44,28 @@ from .record import Recorder
 from .sinks import make_writer
 from .spool import OTHER, RAW, SpoolingSink
 from .state import (
+    CHECKPOINT_LEVEL,
     KIND_MESSAGE,
     KIND_OVERSIZE,
     KIND_TICK,
     LogRecord,
+    RowDelta,
     StateFileError,
     StateStore,
     compress_checkpoint,
     dumps_in_pieces,
     file_error,
+    row_digest,
 )
 
 __all__ = ["Gateway", "StateError", "state_path", "time_reply", "wall_clock_ms"]
 
 log = logging.getLogger("gateway")
 
-STATE_VERSION = 1
+STATE_VERSION = 2
+"""2: the checkpoint in per-key rows (``gateway.ckpt_rows``); a gateway of version 1 refuses it (it would read
+only the global part). Version 1 (the whole state in one value) is still restored."""
+READ_VERSIONS = (1, STATE_VERSION)
 
 
 def _let_others_run() -> None:
@@ -146,6 +154,8 @@ class Gateway:
         self._checkpointing = asyncio.Lock()
         self.checkpoint_failures = 0
         self._retry_checkpoint = 0.0
+        self._row_digests: dict[str, bytes] | None = None
+        """The digest of each checkpoint row stored (None: not known, the next checkpoint rewrites them all)."""
         """Monotonic time before which the log's size asks for no checkpoint (one has just failed)."""
 
     # ------------------------------------------------------------------------------------ inputs
@@ -248,6 +258,10 @@ class Gateway:
         loop goes on (MQTT, PUBACKs of logged messages, the writer, metrics); the SQLite transaction is on
         the loop, like every other use of the connection.
 
+        The state is stored as a global part and a row per key (``gateway.ckpt_rows``); only the rows whose
+        JSON changed since the last committed checkpoint are compressed and written, and those of keys gone are
+        deleted, in the same transaction.
+
         Two phases: the sink's lines leave memory only after the transaction that spools them (and truncates
         the log) is committed. If it fails - a locked database, a full disk, anything - it raises, and the
         lines are still in memory and the log still holds everything after the previous checkpoint.
@@ -258,8 +272,9 @@ class Gateway:
                 pos = self.pos
                 outbox = [[t, base64.b64encode(p).decode()] for t, p in self.outbox.queue]
                 recent = [d.hex() for d in self.recent]  # the loop's ingest appends to these: copied here
-                blob = await asyncio.to_thread(self._encode_state, outbox, recent)
-                self.sink.spill(lambda chunks: self.store.checkpoint(pos, blob, self.now_ms(), chunks))
+                blob, delta, digests = await asyncio.to_thread(self._encode_state, outbox, recent)
+                self.sink.spill(lambda chunks: self.store.checkpoint(pos, blob, self.now_ms(), chunks, delta))
+                self._row_digests = digests  # only once committed: a failed checkpoint changed no row
             except Exception:
                 self.checkpoint_failures += 1
                 raise
@@ -269,8 +284,10 @@ class Gateway:
         if self.checkpoints % 10 == 0:
             self.store.compact()
 
-    def _encode_state(self, outbox: list[list[str]], recent: list[str]) -> bytes:
-        """In a worker thread, while no input is applied: the checkpoint's JSON text, compressed.
+    def _encode_state(self, outbox: list[list[str]], recent: list[str]) -> tuple[bytes, RowDelta, dict[str, bytes]]:
+        """In a worker thread, while no input is applied: the checkpoint's global part (compressed JSON), the
+        rows to rewrite (those whose JSON text differs from the last checkpoint's; all after a start from the
+        older layout) and to delete, and the digest of every row.
 
         The snapshot is a copy of the whole state in new containers; while it is alive, the cyclic garbage
         collector would count them as long-lived and scan the whole heap, holding the GIL (about 55 ms for
@@ -289,7 +306,22 @@ class Gateway:
                 "outbox": outbox,
                 "recent": recent,
             }
-            return compress_checkpoint(dumps_in_pieces(state))
+            engine.snapshot_pause = None
+            state, rows = split_state(state)
+            state["rows"] = 1
+            old = self._row_digests
+            digests: dict[str, bytes] = {}
+            put: list[tuple[str, bytes]] = []
+            for i, (name, row) in enumerate(rows.items()):
+                text = dumps_row(row).encode()
+                d = digests[name] = row_digest(text)
+                if old is None or old.get(name) != d:
+                    put.append((name, zlib.compress(text, CHECKPOINT_LEVEL)))
+                if i % 64 == 63:
+                    _let_others_run()
+            gone = [] if old is None else [n for n in old if n not in digests]
+            delta = RowDelta(put, gone, replace=old is None)
+            return compress_checkpoint(dumps_in_pieces(state)), delta, digests
         finally:
             engine.snapshot_pause = None
             if was_enabled:
@@ -304,7 +336,7 @@ class Gateway:
         path = self.store.path
         ck = self.store.load_checkpoint()
         if ck is not None:
-            if ck.state.get("version") != STATE_VERSION or ck.state.get("fingerprint") != self.fingerprint:
+            if ck.state.get("version") not in READ_VERSIONS or ck.state.get("fingerprint") != self.fingerprint:
                 raise StateError(
                     f"state file {path}: the checkpoint was written with other windows, watermarks or prefix "
                     f"(fingerprint {ck.state.get('fingerprint')!r}, now {self.fingerprint!r}); run with the "
@@ -322,6 +354,7 @@ class Gateway:
                 self.outbox.put(topic, payload)
             self.recent.extend(recent)
             self.pos = self.recovered_from = ck.pos
+            self._row_digests = ck.row_digests or None  # None after the older layout: the next one rewrites all
         try:
             for rec in self.store.tail(self.pos):
                 if self._stopping:  # stopped during the replay: the next start goes on from the checkpoint

@@ -17,6 +17,7 @@ where it was. :class:`Salvage` says exactly what was kept and what is lost.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import shutil
 import sqlite3
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .app import STATE_VERSION, _fingerprint, state_path
+from .app import READ_VERSIONS, _fingerprint, state_path
 from .config import Config
 from .errors import StateError
 from .pipeline import Pipeline
@@ -37,10 +38,12 @@ from .state import (
     KIND_OVERSIZE,
     KIND_TICK,
     StateStore,
+    compress_checkpoint,
     decode_checkpoint,
     expected_columns,
     file_error,
     lock_file,
+    read_rows,
     wal_identity,
 )
 
@@ -396,10 +399,18 @@ def _salvage_checkpoint(
         state = decode_checkpoint(text)
         if not isinstance(state, dict):
             raise ValueError("not a JSON object")
+        if state.get("rows") == 1:  # the per-key rows: kept joined, as one value (the older layout)
+            if "ckpt_row" not in tables:
+                raise ValueError("its per-key rows are missing (no ckpt_row table)")
+            try:
+                state, _ = read_rows(db, state)
+            except (sqlite3.DatabaseError, KeyError, TypeError) as exc:
+                raise ValueError(f"its per-key rows cannot be read: {exc}") from exc
+            text = compress_checkpoint(json.dumps(state, separators=(",", ":")))
     except ValueError as exc:
         report.checkpoint, report.checkpoint_why = "lost", f"it does not parse: {exc}"
         return 0
-    if state.get("version") != STATE_VERSION or state.get("fingerprint") != _fingerprint(config):
+    if state.get("version") not in READ_VERSIONS or state.get("fingerprint") != _fingerprint(config):
         raise StateError(
             f"state file {report.path}: the checkpoint was written with other windows, watermarks or prefix "
             f"(fingerprint {state.get('fingerprint')!r}, now {_fingerprint(config)!r}): run recover with the "

@@ -7,6 +7,10 @@
   JSON text, is still read). Written in the same transaction that moves the sink's unwritten lines into the
   spool and deletes the log up to that position, so after a crash the state, the spool and the log tail
   always agree.
+- ``ckpt_row``: the checkpoint's per-key rows (``gateway.ckpt_rows``): when the checkpoint's state says
+  ``"rows": 1`` it is the global part, and the per-key maps are in these rows, one compressed JSON text per key
+  plus the order row. A checkpoint rewrites only the rows that changed and deletes those of keys gone, in the
+  same transaction. A checkpoint of the older layout (the whole state in one value) has no rows and still reads.
 - ``spool``: lines for InfluxDB that are not written yet, in chunks, oldest first, with a priority class
   (0 raw readings, 1 everything else). Bounded by ``spool_max_bytes``. A chunk is stored as a JSON array of
   its lines (``fmt`` 1), so any list of strings comes back exactly: a raw newline inside a quoted string
@@ -25,6 +29,7 @@ All calls are synchronous and short (one transaction each); the gateway calls th
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import secrets
@@ -32,20 +37,23 @@ import sqlite3
 import struct
 import zlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
 
+from .ckpt_rows import join_state
 from .errors import StateError
 
 __all__ = [
     "APPLICATION_ID",
+    "CHECKPOINT_LEVEL",
     "HOLDS",
     "KIND_MESSAGE",
     "KIND_OVERSIZE",
     "KIND_TICK",
     "Checkpoint",
     "LogRecord",
+    "RowDelta",
     "StateFileError",
     "StateStore",
     "dumps_in_pieces",
@@ -53,6 +61,8 @@ __all__ = [
     "file_error",
     "lock_file",
     "read_header",
+    "read_rows",
+    "row_digest",
     "wal_identity",
 ]
 
@@ -85,6 +95,10 @@ CREATE TABLE IF NOT EXISTS spool (
     fmt INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS spool_prio ON spool (prio, id);
+CREATE TABLE IF NOT EXISTS ckpt_row (
+    name TEXT PRIMARY KEY,
+    data BLOB NOT NULL
+);
 """
 
 SPOOL_NEWLINES: Final = 0
@@ -282,6 +296,24 @@ def decode_checkpoint(value: object) -> Any:
     raise ValueError(f"a checkpoint is bytes or text, not {type(value).__name__}")
 
 
+def read_rows(db: sqlite3.Connection, state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """The whole state from a checkpoint's global part ``state`` and the rows of ``db``'s ``ckpt_row``, and the
+    digest of each row. ``ValueError`` when a row cannot be read or the rows do not fit the state."""
+    rows: dict[str, Any] = {}
+    digests: dict[str, bytes] = {}
+    for name, data in db.execute("SELECT name, data FROM ckpt_row"):
+        if not isinstance(name, str) or not isinstance(data, bytes):
+            raise ValueError(f"checkpoint row {name!r} is not a compressed JSON text")
+        try:
+            text = zlib.decompress(data)
+        except zlib.error as exc:
+            raise ValueError(f"checkpoint row {name!r}: zlib: {exc}") from exc
+        rows[name] = json.loads(text)
+        digests[name] = row_digest(text)
+    del state["rows"]
+    return join_state(state, rows), digests
+
+
 @dataclass(frozen=True, slots=True)
 class LogRecord:
     """One logged input: a message (``kind`` 0), a tick (``kind`` 1, ``received_ms`` is its ``now``) or an
@@ -296,9 +328,29 @@ class LogRecord:
 
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
+    """A checkpoint read back: ``state`` whole (rows joined in); ``row_digests``: the digest of each row's JSON
+    text as stored (:func:`row_digest`; empty for a checkpoint of the older, one-value layout)."""
+
     pos: int
     state: dict[str, Any]
     saved_ms: int
+    row_digests: dict[str, bytes] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RowDelta:
+    """What a checkpoint changes in ``ckpt_row``: rows to write ``(name, compressed JSON)``, names to delete,
+    and ``replace``: delete every row first (the rows stored are not known, e.g. the first checkpoint after
+    a start from the older layout)."""
+
+    put: Sequence[tuple[str, bytes]]
+    delete: Sequence[str] = ()
+    replace: bool = False
+
+
+def row_digest(text: bytes) -> bytes:
+    """The digest a checkpoint compares a row's JSON text (UTF-8) by, to tell whether it must be rewritten."""
+    return hashlib.blake2b(text, digest_size=16).digest()
 
 
 class StateStore:
@@ -422,13 +474,20 @@ class StateStore:
             if row is None:
                 return None
             state = decode_checkpoint(row[1])
-        except (sqlite3.DatabaseError, ValueError, TypeError) as exc:
+            digests: dict[str, bytes] = {}
+            if isinstance(state, dict) and state.get("rows") == 1:
+                state, digests = self._join_rows(state)
+        except (sqlite3.DatabaseError, ValueError, TypeError, KeyError) as exc:
             if isinstance(exc, sqlite3.DatabaseError) and not file_error(self.path, exc).damaged:
                 raise
             raise StateFileError(self.path, f"damaged: its checkpoint cannot be read ({exc})", damaged=True) from exc
         if not isinstance(state, dict) or not isinstance(row[0], int):
             raise StateFileError(self.path, "damaged: its checkpoint is not a gateway checkpoint", damaged=True)
-        return Checkpoint(pos=row[0], state=state, saved_ms=row[2])
+        return Checkpoint(pos=row[0], state=state, saved_ms=row[2], row_digests=digests)
+
+    def _join_rows(self, state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, bytes]]:
+        """The whole state from the global part ``state`` and the rows of ``ckpt_row``, and the rows' digests."""
+        return read_rows(self.db, state)
 
     def checkpoint(
         self,
@@ -436,11 +495,14 @@ class StateStore:
         state: dict[str, Any] | str | bytes,
         saved_ms: int,
         spill: Sequence[tuple[int, list[str]]] = (),
+        rows: RowDelta | None = None,
     ) -> None:
         """Atomically: spool ``spill`` chunks ``(prio, lines)``, save ``state`` at ``pos``, drop the log to ``pos``.
 
         ``state`` is a JSON-able dict, its JSON text (:func:`dumps_in_pieces`), or that text already compressed
-        (:func:`compress_checkpoint`, as the gateway does in a worker thread).
+        (:func:`compress_checkpoint`, as the gateway does in a worker thread). With ``rows`` it is the global part
+        of a state split into rows (``"rows": 1``; ``gateway.ckpt_rows``) and ``rows`` changes the stored rows in
+        the same transaction; without, it is the whole state and any stored rows are deleted.
         """
         if isinstance(state, bytes):
             blob = state
@@ -452,6 +514,12 @@ class StateStore:
                 "INSERT OR REPLACE INTO checkpoint (id, pos, state, saved_ms) VALUES (1, ?, ?, ?)",
                 (pos, blob, saved_ms),
             )
+            if rows is None or rows.replace:
+                self.db.execute("DELETE FROM ckpt_row")
+            if rows is not None:
+                if rows.delete and not rows.replace:
+                    self.db.executemany("DELETE FROM ckpt_row WHERE name = ?", [(n,) for n in rows.delete])
+                self.db.executemany("INSERT OR REPLACE INTO ckpt_row (name, data) VALUES (?, ?)", rows.put)
             deleted = self.db.execute("DELETE FROM log WHERE pos <= ?", (pos,)).rowcount
         self.log_rows -= deleted
         self._spool_count(spill)

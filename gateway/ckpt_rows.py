@@ -1,0 +1,113 @@
+"""A checkpoint's state in rows: one per key (device or site), an order row and the rest (the global part).
+
+The bulk of a gateway's state is per key: each window operator's per-key maps, the watermark tracker's, the
+dedup's, the pattern operator's and the anomaly detectors' per-device maps (the univariate detectors, a list,
+stay in the global part). :func:`split_state` takes each such map out of the state and files its entries under
+their key: the row of key ``k`` is ``{container: {field: value}}`` with the value each map holds for ``k``. The
+global part is what is left, with those maps emptied; the order row gives each map's keys in their order (dict
+order is state: the window operators visit keys in it). :func:`join_state` is the exact inverse.
+
+A checkpoint stores each row's JSON text compressed and rewrites only the rows whose text changed since the
+checkpoint before (``StateStore.checkpoint``), so between two checkpoints one device's readings cost its own
+row, not the whole state.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any, Final
+
+__all__ = ["ORDER", "dumps_row", "join_state", "split_state"]
+
+ORDER: Final = ""
+"""The order row's name; a key's row is named ``"k" + key``."""
+
+dumps_row = json.JSONEncoder(separators=(",", ":")).encode
+
+
+_ALL: Final = None
+
+
+def _containers(state: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], tuple[str, ...] | None]]:
+    """``(id, container, fields)`` for each part of ``state`` whose fields ``fields`` (None: every dict-valued
+    one) are maps by key."""
+    pipeline = state.get("pipeline")
+    if not isinstance(pipeline, dict):
+        return
+    engine = pipeline.get("engine")
+    if isinstance(engine, dict):
+        tracker = engine.get("tracker")
+        if isinstance(tracker, dict):
+            yield "t", tracker, _ALL
+        windows = engine.get("windows")
+        if isinstance(windows, dict):
+            for name, op in windows.items():
+                if isinstance(op, dict):
+                    yield "w" + name, op, _ALL
+    dedup = pipeline.get("dedup")
+    if isinstance(dedup, dict):
+        yield "d", dedup, ("devices",)
+    cep = pipeline.get("cep")
+    if isinstance(cep, dict):
+        yield "c", cep, ("keys",)
+        if isinstance(cep.get("tracker"), dict):
+            yield "ct", cep["tracker"], ("state", "sites")
+    anomaly = pipeline.get("anomaly")
+    if isinstance(anomaly, dict):
+        yield "a", anomaly, ("multi", "recent", "sites")
+
+
+def split_state(state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(global part, rows)``: rows by name (``"k" + key`` and :data:`ORDER`). Empties the maps in ``state``
+    (which becomes the global part): pass a snapshot, not live state."""
+    rows: dict[str, dict[str, dict[str, Any]]] = {}
+    lists: list[list[str]] = []
+    seen: dict[tuple[str, ...], int] = {}
+    refs: dict[str, dict[str, int]] = {}
+    for cid, cont, only in _containers(state):
+        for field, value in cont.items():
+            if not isinstance(value, dict) or (only is not None and field not in only):
+                continue
+            keys = list(value)
+            t = tuple(keys)
+            i = seen.get(t)
+            if i is None:
+                i = seen[t] = len(lists)
+                lists.append(keys)
+            refs.setdefault(cid, {})[field] = i
+            for k, v in value.items():
+                row = rows.get("k" + k)
+                if row is None:
+                    row = rows["k" + k] = {}
+                c = row.get(cid)
+                if c is None:
+                    c = row[cid] = {}
+                c[field] = v
+            cont[field] = {}
+    out: dict[str, Any] = dict(rows)
+    out[ORDER] = {"lists": lists, "refs": refs}
+    return state, out
+
+
+def join_state(state: dict[str, Any], rows: dict[str, Any]) -> dict[str, Any]:
+    """The state :func:`split_state` took apart (``state`` is filled in place). ``ValueError`` if the rows do
+    not fit it (a row missing, a map the state does not have)."""
+    order = rows.get(ORDER)
+    if not isinstance(order, dict):
+        raise ValueError("the checkpoint's order row is missing")
+    lists, refs = order["lists"], order["refs"]
+    conts = {cid: cont for cid, cont, _ in _containers(state)}
+    for cid, fields in refs.items():
+        cont = conts.get(cid)
+        if cont is None:
+            raise ValueError(f"the checkpoint's rows name a part {cid!r} that its state does not have")
+        for field, i in fields.items():
+            m: dict[str, Any] = {}
+            for k in lists[i]:
+                row = rows.get("k" + k)
+                if not isinstance(row, dict) or field not in row.get(cid, {}):
+                    raise ValueError(f"the checkpoint's row of key {k!r} is missing or lacks {cid}.{field}")
+                m[k] = row[cid][field]
+            cont[field] = m
+    return state

@@ -1,0 +1,222 @@
+"""A checkpoint in per-key rows: only the rows that changed are written, and what is restored is the state of a
+run that was never interrupted."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway.app import Gateway
+from gateway.ckpt_rows import join_state, split_state
+from gateway.config import parse_config
+from gateway.errors import StateError
+from gateway.salvage import recover_state
+from gateway.state import RowDelta, StateFileError, StateStore, compress_checkpoint
+
+T0 = 1_764_072_000_000
+
+leaf = st.none() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=3)
+values = st.recursive(leaf, lambda inner: st.lists(inner, max_size=3), max_leaves=6)
+keyed = st.dictionaries(st.text(max_size=3), values, max_size=5)
+
+
+@given(
+    st.dictionaries(st.text(min_size=1, max_size=3), st.fixed_dictionaries({"a": keyed, "b": keyed, "n": leaf})),
+    st.fixed_dictionaries({"state": keyed, "sites": keyed}),
+    st.fixed_dictionaries({"devices": keyed, "f": leaf}),
+)
+def test_split_then_join_gives_back_the_state_with_its_key_order(windows: Any, tracker: Any, dedup: Any) -> None:
+    state = {"version": 1, "pipeline": {"engine": {"tracker": tracker, "windows": windows}, "dedup": dedup, "x": 1}}
+    want = copy.deepcopy(state)
+    glob, rows = split_state(copy.deepcopy(state))
+    glob, rows = json.loads(json.dumps(glob)), json.loads(json.dumps(rows))  # as stored
+    got = join_state(glob, rows)
+    assert got == want
+    for name, op in want["pipeline"]["engine"]["windows"].items():  # dict order is state (visiting order)
+        for field in ("a", "b"):
+            assert list(got["pipeline"]["engine"]["windows"][name][field]) == list(op[field])
+    assert list(got["pipeline"]["dedup"]["devices"]) == list(dedup["devices"])
+
+
+def _config(tmp_path: Path) -> Any:
+    doc = {
+        "mqtt": {"prefix": "ck", "client_id": "gw-ck"},
+        "influx": {"target": "v1", "url": "http://127.0.0.1:9", "database": "db"},  # never written to here
+        "state": {"dir": str(tmp_path / "state")},
+        "windows": [
+            {"name": "t1m", "kind": "tumbling", "size": "1m", "metrics": ["x"], "allowed_lateness": "30s"},
+            {"name": "s5m", "kind": "sliding", "size": "2m", "slide": "1m", "metrics": ["x"]},
+            {"name": "ses", "kind": "session", "gap": "30s", "metrics": ["x"]},
+            {"name": "site", "kind": "tumbling", "size": "1m", "metrics": ["x"], "key": "site"},
+        ],
+        "anomaly": {"metrics": ["x"]},
+    }
+    return parse_config(doc, env={})
+
+
+def _gateway(tmp_path: Path) -> Gateway:
+    return Gateway(_config(tmp_path), now_ms=lambda: T0 + 36_000_000)
+
+
+def _message(dev: int, i: int, t_s: int) -> tuple[str, bytes, bool]:
+    rows = [{"b": 1, "s": i, "t": T0 + t_s * 1000, "q": "s", "m": {"x": float(i % 7)}}]
+    site = f"s{dev % 2}"
+    return f"ck/{site}/d{dev}/readings", json.dumps({"v": 1, "dev": f"d{dev}", "r": rows}).encode(), False
+
+
+class _Spy:
+    """Records the row changes of each checkpoint the store commits."""
+
+    def __init__(self, store: StateStore) -> None:
+        self.deltas: list[RowDelta | None] = []
+        inner = store.checkpoint
+
+        def checkpoint(*args: Any, **kwargs: Any) -> None:
+            inner(*args, **kwargs)
+            self.deltas.append(args[4] if len(args) > 4 else kwargs.get("rows"))
+
+        store.checkpoint = checkpoint  # type: ignore[method-assign]
+
+
+async def test_a_checkpoint_after_one_devices_reading_writes_only_its_rows(tmp_path: Path) -> None:
+    gw = _gateway(tmp_path)
+    spy = _Spy(gw.store)
+    try:
+        await gw._process(gw._accept([_message(d, 1, 10) for d in range(60)]))
+        await gw.checkpoint()
+        first = spy.deltas[-1]
+        assert first is not None and first.replace and len(first.put) > 60  # every key's row, and the order row
+        stored = gw.store.db.execute("SELECT COUNT(*) FROM ckpt_row").fetchone()[0]
+        await gw._process(gw._accept([_message(7, 2, 12)]))
+        await gw.checkpoint()
+        delta = spy.deltas[-1]
+        assert delta is not None and not delta.replace and not delta.delete
+        assert sorted(name for name, _ in delta.put) == ["kd7", "ks1"]  # the device's row and its site's
+        assert gw.store.db.execute("SELECT COUNT(*) FROM ckpt_row").fetchone()[0] == stored
+        await gw.checkpoint()  # nothing changed: no row written
+        assert spy.deltas[-1] == RowDelta([], [], replace=False)
+    finally:
+        gw.store.close()
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 4), st.integers(0, 40), st.sampled_from(["msg", "ckpt", "restart"])),
+        min_size=5,
+        max_size=40,
+    )
+)
+async def test_a_restored_run_equals_one_never_interrupted(
+    tmp_path_factory: pytest.TempPathFactory, steps: list[tuple[int, int, str]]
+) -> None:
+    """Checkpoints (incremental: rows rewritten, keys gone deleted) and restarts at any points of a stream give
+    the state of the same stream taken in one go."""
+    base = tmp_path_factory.mktemp("rows")
+    ref, gw = _gateway(base / "ref"), _gateway(base / "run")
+    t = 0
+    try:
+        for i, (dev, dt, what) in enumerate(steps):
+            t += dt * 5  # minutes go by: windows close and keys are dropped, and come back later
+            msg = [_message(dev, i, t)]
+            await ref._process(ref._accept(msg))
+            await gw._process(gw._accept(msg))
+            if what == "ckpt":
+                await gw.checkpoint()
+            elif what == "restart":
+                await gw.checkpoint()
+                gw.store.close()
+                gw = _gateway(base / "run")
+                await gw.recover()
+                assert gw.replayed == 0  # the state came wholly from the rows
+            assert gw.pipeline.snapshot() == ref.pipeline.snapshot()
+        await gw.checkpoint()
+        gw.store.close()
+        gw = _gateway(base / "run")
+        await gw.recover()
+        assert json.dumps(gw.pipeline.snapshot()) == json.dumps(ref.pipeline.snapshot())  # key order too
+    finally:
+        ref.store.close()
+        gw.store.close()
+
+
+async def test_a_checkpoint_of_the_one_value_layout_restores_and_the_next_one_writes_rows(tmp_path: Path) -> None:
+    gw = _gateway(tmp_path)
+    try:
+        await gw._process(gw._accept([_message(d, 1, 10) for d in range(5)]))
+        await gw.checkpoint()
+        ck = gw.store.load_checkpoint()
+        assert ck is not None and "rows" not in ck.state
+        whole = compress_checkpoint(json.dumps({**ck.state, "version": 1}, separators=(",", ":")))
+        gw.store.db.execute("UPDATE checkpoint SET state = ?", (whole,))  # as the gateway before wrote it
+        gw.store.db.execute("DELETE FROM ckpt_row")
+    finally:
+        gw.store.close()
+    old = _gateway(tmp_path)
+    try:
+        await old.recover()
+        assert old.pipeline.snapshot() == gw.pipeline.snapshot()
+        await old._process(old._accept([_message(1, 2, 20)]))
+        await old.checkpoint()  # the stored rows are not known: all written
+        rows = old.store.db.execute("SELECT COUNT(*) FROM ckpt_row").fetchone()[0]
+        assert rows == 8  # five devices' rows, two sites' and the order row
+        ck = old.store.load_checkpoint()
+        assert ck is not None and ck.state["pipeline"] == json.loads(json.dumps(old.pipeline.snapshot()))
+    finally:
+        old.store.close()
+
+
+@pytest.mark.parametrize("damage", ["missing", "garbled"])
+async def test_a_damaged_or_missing_row_is_damaged_state(tmp_path: Path, damage: str) -> None:
+    gw = _gateway(tmp_path)
+    try:
+        await gw._process(gw._accept([_message(d, 1, 10) for d in range(3)]))
+        await gw.checkpoint()
+        if damage == "missing":
+            gw.store.db.execute("DELETE FROM ckpt_row WHERE name = 'kd1'")
+        else:
+            gw.store.db.execute("UPDATE ckpt_row SET data = x'789c0102' WHERE name = 'kd1'")
+    finally:
+        gw.store.close()
+    again = _gateway(tmp_path)
+    try:
+        with pytest.raises(StateFileError) as info:
+            await again.recover()
+        assert info.value.damaged and "checkpoint" in str(info.value) and isinstance(info.value, StateError)
+    finally:
+        again.store.close()
+
+
+@pytest.mark.parametrize("damage", ["none", "garbled"])
+async def test_recover_keeps_a_checkpoint_in_rows_or_reports_it_lost(tmp_path: Path, damage: str) -> None:
+    """``edgekit-gateway recover`` on the rows layout: the rows are joined and kept (as one value, which the
+    gateway restores), or, a row garbled, the checkpoint is reported lost and the log kept."""
+    config = _config(tmp_path)
+    gw = _gateway(tmp_path)
+    try:
+        await gw._process(gw._accept([_message(d, 1, 10) for d in range(3)]))
+        await gw.checkpoint()
+        await gw._process(gw._accept([_message(1, 2, 20)]))  # in the log after the checkpoint
+        if damage == "garbled":
+            gw.store.db.execute("UPDATE ckpt_row SET data = x'789c0102' WHERE name = 'kd2'")
+    finally:
+        gw.store.close()
+    report = recover_state(config, now_ms=T0)
+    text = "\n".join(report.lines())
+    again = _gateway(tmp_path)
+    try:
+        await again.recover()
+        if damage == "none":
+            assert report.checkpoint == "kept" and again.replayed == 1
+            assert again.pipeline.snapshot() == gw.pipeline.snapshot()
+        else:
+            assert report.checkpoint == "lost" and "checkpoint row 'kd2'" in report.checkpoint_why, text
+            assert again.replayed == 1 and again.pipeline.stats.readings_accepted == 1
+    finally:
+        again.store.close()
