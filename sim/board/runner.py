@@ -48,6 +48,7 @@ __all__ = [
     "WakeRecord",
     "find_micropython",
     "rtc_gain_ms",
+    "serve_datagrams",
 ]
 
 HERE = Path(__file__).resolve().parent
@@ -167,6 +168,30 @@ class NtpFault:
     applied: int = 0
 
 
+def serve_datagrams(
+    s: socket.socket, serving: Callable[[], bool], answer: Callable[[bytes], tuple[bytes, Callable[[], None]] | None]
+) -> None:
+    """Answer the datagrams that reach s (a UDP socket with a timeout) while serving() holds and s is open:
+    answer(request) gives the reply and what to do once it has been sent, or None for no reply. The loop of the
+    simulated network's UDP servers (NTP here, DNS in sim/board/dns.py)."""
+    while serving():
+        try:
+            req, addr = s.recvfrom(512)
+        except TimeoutError:
+            continue
+        except OSError:
+            return
+        got = answer(req)
+        if got is None:
+            continue
+        resp, sent = got
+        try:
+            s.sendto(resp, addr)
+        except OSError:
+            continue
+        sent()
+
+
 class NtpServer:
     """SNTP (RFC 4330) on a loopback UDP port, answering from a clock function (virtual Unix ms)."""
 
@@ -229,27 +254,23 @@ class NtpServer:
         return bytes(resp)
 
     def _loop(self, s: socket.socket) -> None:
-        while self._sock is s:
-            try:
-                req, addr = s.recvfrom(512)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            if len(req) < 48:
-                continue
-            self.requests += 1
-            vt = self.clock()
-            f = self.fault(vt)
-            resp = self.reply(req, vt, f)
-            if resp is None:
-                continue
-            try:
-                s.sendto(resp, addr)
-                self.answered += 1
-                self.log.append((vt, f.kind if f is not None else "", f.offset_ms if f is not None else 0))
-            except OSError:
-                pass
+        serve_datagrams(s, lambda: self._sock is s, self._answer)
+
+    def _answer(self, req: bytes) -> tuple[bytes, Callable[[], None]] | None:
+        if len(req) < 48:
+            return None
+        self.requests += 1
+        vt = self.clock()
+        f = self.fault(vt)
+        resp = self.reply(req, vt, f)
+        if resp is None:
+            return None
+
+        def sent() -> None:
+            self.answered += 1
+            self.log.append((vt, f.kind if f is not None else "", f.offset_ms if f is not None else 0))
+
+        return resp, sent
 
 
 @dataclass
