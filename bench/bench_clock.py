@@ -128,14 +128,7 @@ def main() -> None:
             if w.board != b.name:
                 continue
             rw += any(x.startswith("radio on") for x in w.truth)
-            t_on = None
-            for ln in w.truth:
-                p_ = ln.split()
-                if p_[:2] == ["radio", "on"]:
-                    t_on = int(p_[2])
-                elif p_[:2] == ["radio", "off"] and t_on is not None:
-                    on += int(p_[2]) - t_on
-                    t_on = None
+            on += w.radio_ms()
         n = sum(1 for w in wakes if w.board == b.name)
         print(
             f"  {b.name} (RTC {b.drift_ppm / 10000:+.1f} %): {n / days:.0f} wakes/day, {rw / days:.0f} with the"

@@ -111,21 +111,7 @@ class Run:
 
     def radio_ms(self, board: str) -> int:
         """Virtual ms the board's Wi-Fi radio was on (the network shim's 'radio on/off' lines)."""
-        total = 0
-        for w in self.wakes:
-            if w.board != board:
-                continue
-            on = None
-            for ln in w.truth:
-                p = ln.split()
-                if p[:2] == ["radio", "on"]:
-                    on = int(p[2])
-                elif p[:2] == ["radio", "off"] and on is not None:
-                    total += int(p[2]) - on
-                    on = None
-            if on is not None:
-                total += w.end_vt - on
-        return total
+        return sum(w.radio_ms() for w in self.wakes if w.board == board)
 
     def radio_wakes(self, board: str) -> int:
         return sum(1 for w in self.wakes if w.board == board and any(x.startswith("radio on") for x in w.truth))
