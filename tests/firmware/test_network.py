@@ -1,15 +1,14 @@
 """The network side of a wake under the real MicroPython unix port, with the ESP32's socket semantics
 (sim/board/mpy/_espnet.py: setblocking(True) waits forever, a name lookup can hang):
 
-- a half-open broker connection: a real TCP peer on loopback passes the board's traffic to a real Mosquitto
-  until the first PUBACK has gone back to the board, then goes silent with the connection left open (as a
-  connection at the edge of Wi-Fi range does). Every wake must still end in deep sleep before the watchdog,
+- a half-open broker connection: sim/board/proxy.py's proxy on loopback passes the board's traffic to a real
+  Mosquitto until the first PUBACK has gone back to the board, then goes silent with the connection left open
+  (as a connection at the edge of Wi-Fi range does). Every wake must still end in deep sleep before the watchdog,
   keep the unacknowledged readings, and deliver each exactly once after the connection heals.
 """
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from pathlib import Path
@@ -20,119 +19,13 @@ import paho.mqtt.client as mqtt
 from gateway.model import Batch
 from gateway.protocol import decode
 from sim.board.dns import DnsServer
+from sim.board.proxy import BrokerProxy
 from sim.board.runner import BoardSpec, Fleet, Hook, WakeRecord, host_ms
 
 from .conftest import Broker
 
 MIN = 60_000
 VALUES = {"values": {"temp_c": {"base": 21.0, "amp": 2.0, "period_s": 3600}, "adc35": 1.9, "adc34": 1.0}}
-
-
-def _close(s: socket.socket) -> None:
-    try:
-        s.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    s.close()
-
-
-def _packets(buf: bytearray) -> list[bytes]:
-    """Cut whole MQTT control packets off the front of buf (fixed header + remaining length)."""
-    out = []
-    while len(buf) >= 2:
-        n, mul, i = 0, 1, 1
-        while True:
-            if i >= len(buf):
-                return out
-            b = buf[i]
-            n += (b & 0x7F) * mul
-            mul *= 128
-            i += 1
-            if not b & 0x80:
-                break
-        if len(buf) < i + n:
-            return out
-        out.append(bytes(buf[: i + n]))
-        del buf[: i + n]
-    return out
-
-
-class HalfOpenProxy:
-    """board <-> proxy <-> Mosquitto. Until heal(), each connection passes traffic both ways until the
-    broker's first PUBACK has reached the board, then stalls: nothing more goes either way, and the board's
-    side stays open (it is closed only when the board closes it). After heal() new connections pass
-    everything."""
-
-    def __init__(self, broker_port: int) -> None:
-        self.broker_port = broker_port
-        self.lsock = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self.lsock.getsockname()[1])
-        self.healed = False
-        self.connections = 0
-        self.stalls = 0
-        self.closed = False
-        self.socks: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def heal(self) -> None:
-        self.healed = True
-
-    def _accept(self) -> None:
-        while not self.closed:
-            try:
-                down, _ = self.lsock.accept()
-            except OSError:
-                return
-            up = socket.create_connection(("127.0.0.1", self.broker_port))
-            self.socks += [down, up]
-            self.connections += 1
-            state = {"stalled": False, "healthy": self.healed}
-            threading.Thread(target=self._board_to_broker, args=(down, up, state), daemon=True).start()
-            threading.Thread(target=self._broker_to_board, args=(up, down, state), daemon=True).start()
-
-    def _board_to_broker(self, down: socket.socket, up: socket.socket, state: dict[str, bool]) -> None:
-        while True:
-            try:
-                chunk = down.recv(4096)
-            except OSError:
-                chunk = b""
-            if not chunk:
-                break
-            if state["stalled"]:
-                continue  # swallowed: the board's packets go nowhere
-            try:
-                up.sendall(chunk)
-            except OSError:
-                break
-        _close(up)  # the board closed (or was killed): the broker sees the connection drop
-
-    def _broker_to_board(self, up: socket.socket, down: socket.socket, state: dict[str, bool]) -> None:
-        buf = bytearray()
-        while True:
-            try:
-                chunk = up.recv(4096)
-            except OSError:
-                return
-            if not chunk:
-                return
-            if state["stalled"]:
-                continue
-            buf += chunk
-            for pkt in _packets(buf):
-                try:
-                    down.sendall(pkt)
-                except OSError:
-                    return
-                if pkt[0] == 0x40 and not state["healthy"]:  # the first PUBACK went through: stall here
-                    state["stalled"] = True
-                    self.stalls += 1
-                    break
-
-    def close(self) -> None:
-        self.closed = True
-        self.lsock.close()
-        for s in self.socks:
-            _close(s)
 
 
 class Subscriber:
@@ -179,7 +72,7 @@ def test_half_open_broker_ends_every_wake_in_sleep_and_loses_nothing(
 ) -> None:
     wake_s = 20
     start = host_ms() - 3 * 3_600_000
-    proxy = HalfOpenProxy(broker.port)
+    proxy = BrokerProxy(broker.port, half_open="silent")
     cfg = {
         "site": "lab",
         "broker": "127.0.0.1",
@@ -196,7 +89,8 @@ def test_half_open_broker_ends_every_wake_in_sleep_and_loses_nothing(
     fleet.prepare()
     sub = Subscriber(broker.port)
     try:
-        wakes = fleet.run(heal_at + 90 * MIN, hooks=[Hook(heal_at, lambda f: proxy.heal())], on_wake=no_watchdog)
+        heal = Hook(heal_at, lambda f: setattr(proxy, "half_open", None))  # new connections pass everything
+        wakes = fleet.run(heal_at + 90 * MIN, hooks=[heal], on_wake=no_watchdog)
         time.sleep(1.0)
     finally:
         sub.close()
@@ -351,8 +245,6 @@ def test_a_reading_sent_again_carries_the_time_it_was_first_sent_with(
     later, after several NTP syncs have moved the sync points it was timed by. Each identity must arrive with
     one (t, q) only. Found by bench/soak_fleet.py: a reading sent as 's' came again as 'c' 1 ms later, so the
     gateway took it for a new reading and InfluxDB held it twice."""
-    from sim.board.proxy import BrokerProxy
-
     start = host_ms() - 4 * 3_600_000
     holder: list[Fleet] = []
     proxy = BrokerProxy(broker.port, clock=lambda: holder[0].vt())
