@@ -33,7 +33,8 @@ VALUES = {
 
 
 class Collector:
-    """Subscribes to edgekit/# and keeps (topic, payload, host ms of arrival, retained)."""
+    """Subscribes to edgekit/# and keeps (topic, payload, host ms of arrival, retained); ready once the broker
+    has acknowledged the subscription."""
 
     def __init__(self, port: int, client_id: str = "fitl-sub") -> None:
         self.msgs: list[tuple[str, bytes, int, bool]] = []
@@ -41,12 +42,12 @@ class Collector:
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
         self.c.on_connect = lambda c, u, f, rc, p: c.subscribe("edgekit/#", qos=1)
         self.c.on_message = self._on
+        self.subscribed = threading.Event()
+        self.c.on_subscribe = lambda c, u, mid, rc, p: self.subscribed.set()
         self.c.reconnect_delay_set(0.05, 0.5)
         self.c.connect("127.0.0.1", port)
         self.c.loop_start()
-        deadline = time.monotonic() + 5
-        while not self.c.is_connected() and time.monotonic() < deadline:
-            time.sleep(0.02)
+        self.subscribed.wait(5)
 
     def _on(self, c: Any, u: Any, m: mqtt.MQTTMessage) -> None:
         with self.lock:
@@ -69,7 +70,9 @@ class Collector:
         future times against (default: the host's clock when the message arrived)."""
         batches: list[Batch] = []
         statuses: list[StatusUpdate] = []
-        for topic, payload, rcv, _ in self.msgs:
+        with self.lock:
+            msgs = list(self.msgs)
+        for topic, payload, rcv, _ in msgs:
             if not payload or topic.endswith("/cmd"):  # cmd: the gateway's time replies to the boards
                 continue
             m = decode(topic, payload, rcv if received_ms is None else received_ms)
@@ -78,6 +81,16 @@ class Collector:
             elif isinstance(m, Batch):
                 batches.append(m)
         return batches, statuses
+
+    def keys(self) -> list[tuple[str, int, int]]:
+        """(device, boot, seq) of every reading received, in order of arrival, a reading sent twice twice;
+        no message may have had a reading rejected."""
+        batches, _ = self.decoded()
+        out: list[tuple[str, int, int]] = []
+        for b in batches:
+            assert not b.rejected, b.rejected
+            out.extend(r.key for r in b.readings)
+        return out
 
     def status_json(self, device: str) -> list[dict[str, Any]]:
         out = []

@@ -9,56 +9,18 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
-from typing import Any
 
-import paho.mqtt.client as mqtt
-
-from gateway.model import Batch
-from gateway.protocol import decode
 from sim.board.dns import DnsServer
 from sim.board.proxy import BrokerProxy
 from sim.board.runner import BoardSpec, Fleet, Hook, WakeRecord, host_ms
 
 from .conftest import Broker
+from .fitl import Collector
 
 MIN = 60_000
 VALUES = {"values": {"temp_c": {"base": 21.0, "amp": 2.0, "period_s": 3600}, "adc35": 1.9, "adc34": 1.0}}
-
-
-class Subscriber:
-    def __init__(self, port: int) -> None:
-        self.msgs: list[tuple[str, bytes, int]] = []
-        self.lock = threading.Lock()
-        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"net-sub-{time.monotonic_ns()}")
-        self.c.on_connect = lambda c, u, f, rc, p: c.subscribe("edgekit/#", qos=1)
-        self.c.on_message = self._on
-        self.c.connect("127.0.0.1", port)
-        self.c.loop_start()
-        deadline = time.monotonic() + 5
-        while not self.c.is_connected() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        time.sleep(0.2)
-
-    def _on(self, c: Any, u: Any, m: mqtt.MQTTMessage) -> None:
-        with self.lock:
-            self.msgs.append((m.topic, bytes(m.payload), host_ms()))
-
-    def readings(self) -> list[tuple[str, int, int]]:
-        out = []
-        with self.lock:
-            for topic, payload, rcv in self.msgs:
-                msg = decode(topic, payload, rcv)
-                if isinstance(msg, Batch):
-                    assert not msg.rejected, msg.rejected
-                    out.extend(r.key for r in msg.readings)
-        return out
-
-    def close(self) -> None:
-        self.c.loop_stop()
-        self.c.disconnect()
 
 
 def no_watchdog(w: WakeRecord) -> None:
@@ -87,7 +49,7 @@ def test_half_open_broker_ends_every_wake_in_sleep_and_loses_nothing(
     heal_at = start + 40 * MIN
     fleet = Fleet(tmp_path / "fleet", [BoardSpec("fw-ho", cfg, VALUES)], start_vt=start, wdt_ms=(wake_s + 5) * 1000)
     fleet.prepare()
-    sub = Subscriber(broker.port)
+    sub = Collector(broker.port)
     try:
         heal = Hook(heal_at, lambda f: setattr(proxy, "half_open", None))  # new connections pass everything
         wakes = fleet.run(heal_at + 90 * MIN, hooks=[heal], on_wake=no_watchdog)
@@ -101,7 +63,7 @@ def test_half_open_broker_ends_every_wake_in_sleep_and_loses_nothing(
         assert "Traceback" not in w.output, w.output
 
     taken = {(r.board, r.boot, r.seq) for r in fleet.readings_taken()}
-    got = sub.readings()
+    got = sub.keys()
     assert len(got) == len(set(got)), "a reading arrived twice"
     assert set(got) == taken, f"not delivered: {sorted(taken - set(got))}"
 
@@ -147,11 +109,11 @@ def test_backoff_keeps_the_radio_off_in_an_outage_and_delivers_soon_after(
     ]
     fleet = Fleet(tmp_path / "fleet", boards, start_vt=start, wdt_ms=25_000)
     broker.stop()
-    subs: list[Subscriber] = []
+    subs: list[Collector] = []
 
     def back(f: Fleet) -> None:
         broker.start()
-        subs.append(Subscriber(broker.port))
+        subs.append(Collector(broker.port))
 
     fleet.prepare()
     try:
@@ -162,7 +124,7 @@ def test_backoff_keeps_the_radio_off_in_an_outage_and_delivers_soon_after(
             s.close()
         fleet.stop_ntp()
     assert subs, "the broker never came back"
-    got = subs[0].readings()
+    got = subs[0].keys()
     taken = {(r.board, r.boot, r.seq) for r in fleet.readings_taken()}
     assert len(got) == len(set(got)) and set(got) == taken, sorted(taken - set(got))
 
@@ -213,7 +175,7 @@ def test_dns_that_does_not_answer_costs_one_timeout_and_the_answer_is_kept(
     fleet = Fleet(tmp_path / "fleet", [BoardSpec("fw-dns", cfg, scenario)], start_vt=start, wdt_ms=25_000)
     fleet_holder.append(fleet)
     fleet.prepare()
-    sub = Subscriber(broker.port)
+    sub = Collector(broker.port)
     try:
         wakes = fleet.run(start + 3 * 3_600_000, on_wake=no_watchdog)
         time.sleep(1.0)
@@ -221,7 +183,7 @@ def test_dns_that_does_not_answer_costs_one_timeout_and_the_answer_is_kept(
         sub.close()
         fleet.stop_ntp()
         dns.close()
-    got = sub.readings()
+    got = sub.keys()
     taken = {(r.board, r.boot, r.seq) for r in fleet.readings_taken()}
     assert len(got) == len(set(got)) and set(got) == taken, sorted(taken - set(got))
     unanswered = [q for q in dns.queries if not q[2]]
@@ -265,7 +227,7 @@ def test_a_reading_sent_again_carries_the_time_it_was_first_sent_with(
                   wdt_ms=25_000)  # fmt: skip
     holder.append(fleet)
     fleet.prepare()
-    sub = Subscriber(broker.port)
+    sub = Collector(broker.port)
     hooks = [Hook(lossy[0], lambda f: setattr(proxy, "half_open", "acks")),
              Hook(lossy[1], lambda f: setattr(proxy, "half_open", None))]  # fmt: skip
     try:
@@ -278,13 +240,10 @@ def test_a_reading_sent_again_carries_the_time_it_was_first_sent_with(
     assert proxy.stalls >= 2, "no PUBACK was lost: the test did not exercise the fault"
     sent: dict[tuple[str, int, int], set[tuple[int, str]]] = {}
     copies: dict[tuple[str, int, int], int] = {}
-    with sub.lock:
-        for topic, payload, rcv in sub.msgs:
-            msg = decode(topic, payload, rcv)
-            if isinstance(msg, Batch):
-                for r in msg.readings:
-                    sent.setdefault(r.key, set()).add((r.t_ms, r.quality))
-                    copies[r.key] = copies.get(r.key, 0) + 1
+    for b in sub.decoded()[0]:
+        for r in b.readings:
+            sent.setdefault(r.key, set()).add((r.t_ms, r.quality))
+            copies[r.key] = copies.get(r.key, 0) + 1
     again = [k for k, n in copies.items() if n > 1]
     assert again, "no reading was sent twice: the test did not exercise the fault"
     moved = {k: sorted(v) for k, v in sent.items() if len(v) > 1}
