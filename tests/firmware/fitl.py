@@ -31,6 +31,9 @@ VALUES = {
     "adc34": {"base": 1.2, "amp": 0.6, "period_s": 2700},
 }
 
+FW_GATEWAY: dict[str, Any] = {"client_id": "fw-test-gateway", "flush_interval_ms": 100}
+"""How the firmware tests run sim/board/soak.py's GatewayThread (its other settings are the soak's)."""
+
 
 class Collector:
     """Subscribes to edgekit/# and keeps (topic, payload, host ms of arrival, retained); ready once the broker
