@@ -25,16 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import paho.mqtt.client as mqtt
 
-from sim.board.runner import BoardSpec, Fleet, NtpFault, PowerLoss, Reset, host_ms
+from sim.board.runner import BOARD_VALUES, BoardSpec, Fleet, NtpFault, PowerLoss, Reset, host_ms
 
 MIN = 60_000
 HOUR = 60 * MIN
-VALUES = {
-    "temp_c": {"base": 21.0, "amp": 3.0, "period_s": 5400},
-    "rh": {"base": 45.0, "amp": 8.0, "period_s": 3600},
-    "adc35": 1.95,
-    "adc34": {"base": 1.2, "amp": 0.6, "period_s": 2700},
-}
+VALUES = BOARD_VALUES
 
 
 def free_port() -> int:

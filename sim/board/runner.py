@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "BOARD_VALUES",
     "BoardSpec",
     "Fleet",
     "Hook",
@@ -56,6 +57,14 @@ SHIMS = HERE / "mpy"
 REPO = HERE.parent.parent
 FIRMWARE = REPO / "firmware"
 RTC_POWER_ON_MS = 946_684_800_000  # an ESP32's RTC starts at 2000-01-01 after power-on
+BOARD_VALUES: dict[str, Any] = {
+    "temp_c": {"base": 21.0, "amp": 3.0, "period_s": 5400},
+    "rh": {"base": 45.0, "amp": 8.0, "period_s": 3600},
+    "adc35": 1.95,
+    "adc34": {"base": 1.2, "amp": 0.6, "period_s": 2700},
+}
+"""A scenario's ``"values"`` for a board with every sensor, as the firmware tests and bench/bench_clock.py run
+it: temperature and humidity waves, the battery ADC (1.95 V: 3.9 V through the 2:1 divider), the light ADC."""
 PWRON_RESET, HARD_RESET, WDT_RESET, DEEPSLEEP_RESET, SOFT_RESET = 1, 2, 3, 4, 5
 # The ESP32's raw reset reason (RTC_CNTL_RESET_STATE_REG bits 0-5, ESP-IDF rom/rtc.h RESET_REASON):
 # MicroPython's machine.reset_cause() folds a brown-out (15) into PWRON_RESET, so the firmware reads the

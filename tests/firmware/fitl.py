@@ -17,19 +17,14 @@ import paho.mqtt.client as mqtt
 
 from gateway.model import Batch, Reading, StatusUpdate
 from gateway.protocol import decode
-from sim.board.runner import BoardSpec, Fleet, Hook, PowerLoss, Reset, WakeRecord, host_ms
+from sim.board.runner import BOARD_VALUES, BoardSpec, Fleet, Hook, PowerLoss, Reset, WakeRecord, host_ms
 
 from .conftest import Broker, run_mpy
 
 MIN = 60_000
 HOUR = 60 * MIN
 
-VALUES = {
-    "temp_c": {"base": 21.0, "amp": 3.0, "period_s": 5400},
-    "rh": {"base": 45.0, "amp": 8.0, "period_s": 3600},
-    "adc35": 1.95,
-    "adc34": {"base": 1.2, "amp": 0.6, "period_s": 2700},
-}
+VALUES = BOARD_VALUES
 
 FW_GATEWAY: dict[str, Any] = {"client_id": "fw-test-gateway", "flush_interval_ms": 100}
 """How the firmware tests run sim/board/soak.py's GatewayThread (its other settings are the soak's)."""
