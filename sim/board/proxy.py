@@ -31,6 +31,14 @@ def _close(s: socket.socket) -> None:
     s.close()
 
 
+def _recv(s: socket.socket) -> bytes:
+    """The next bytes from s; b"" once it is closed, reset or shut down."""
+    try:
+        return s.recv(4096)
+    except OSError:
+        return b""
+
+
 def _packets(buf: bytearray) -> list[bytes]:
     """Cut whole MQTT control packets off the front of buf (fixed header + remaining length)."""
     out: list[bytes] = []
@@ -150,13 +158,7 @@ class BrokerProxy:
     def _board_to_broker(self, down: socket.socket, up: socket.socket, state: dict[str, Any]) -> None:
         first = True
         buf = bytearray()
-        while True:
-            try:
-                chunk = down.recv(4096)
-            except OSError:
-                chunk = b""
-            if not chunk:
-                break
+        while chunk := _recv(down):
             if first:
                 first = False
                 state["client"] = _client_id(chunk)
@@ -183,15 +185,7 @@ class BrokerProxy:
 
     def _broker_to_board(self, up: socket.socket, down: socket.socket, state: dict[str, Any]) -> None:
         buf = bytearray()
-        while True:
-            try:
-                chunk = up.recv(4096)
-            except OSError:
-                chunk = b""
-            if not chunk:
-                if not state["stalled"]:
-                    _close(down)  # the broker went away: so does the board's connection
-                return
+        while chunk := _recv(up):
             if state["stalled"]:
                 continue
             buf += chunk
@@ -208,6 +202,8 @@ class BrokerProxy:
                     self.delivered.append((state["client"], _publish(pkt)[0], self.clock()))
                 if stall:
                     break
+        if not state["stalled"]:
+            _close(down)  # the broker went away: so does the board's connection
 
     def close(self) -> None:
         self.closed = True
