@@ -25,16 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import paho.mqtt.client as mqtt
 
-from sim.board.runner import BoardSpec, Fleet, NtpFault, PowerLoss, Reset, host_ms
+from sim.board.runner import BOARD_VALUES, BoardSpec, Fleet, NtpFault, PowerLoss, Reset, host_ms
 
 MIN = 60_000
 HOUR = 60 * MIN
-VALUES = {
-    "temp_c": {"base": 21.0, "amp": 3.0, "period_s": 5400},
-    "rh": {"base": 45.0, "amp": 8.0, "period_s": 3600},
-    "adc35": 1.95,
-    "adc34": {"base": 1.2, "amp": 0.6, "period_s": 2700},
-}
+VALUES = BOARD_VALUES
 
 
 def free_port() -> int:
@@ -128,14 +123,7 @@ def main() -> None:
             if w.board != b.name:
                 continue
             rw += any(x.startswith("radio on") for x in w.truth)
-            t_on = None
-            for ln in w.truth:
-                p_ = ln.split()
-                if p_[:2] == ["radio", "on"]:
-                    t_on = int(p_[2])
-                elif p_[:2] == ["radio", "off"] and t_on is not None:
-                    on += int(p_[2]) - t_on
-                    t_on = None
+            on += w.radio_ms()
         n = sum(1 for w in wakes if w.board == b.name)
         print(
             f"  {b.name} (RTC {b.drift_ppm / 10000:+.1f} %): {n / days:.0f} wakes/day, {rw / days:.0f} with the"

@@ -37,9 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-import paho.mqtt.client as mqtt  # noqa: E402
 import services  # noqa: E402
-from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 from sim.fleet import FleetSpec, generate  # noqa: E402
 from sim.publish import BrokerConfig, publish  # noqa: E402
@@ -106,23 +104,6 @@ def wait(cond: Any, what: str, timeout: float = 300) -> None:
         time.sleep(0.2)
 
 
-def publish_big(broker: services.Proc, topic: str, size: int, client_id: str) -> bool:
-    head = b'{"v":1,"dev":"big","r":[],"pad":"'
-    payload = head + b"p" * (size - len(head) - 2) + b'"}'
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
-    client.connect(broker.host, broker.port)
-    client.loop_start()
-    try:
-        info = client.publish(topic, payload, qos=1)
-        del payload
-        refused = f"Client {client_id} disconnected due to oversize packet"
-        wait(lambda: info.is_published() or refused in broker.log_file.read_text(errors="replace"), "the broker")
-        return info.is_published()
-    finally:
-        client.disconnect()
-        client.loop_stop()
-
-
 def run_case(kind: str, args: argparse.Namespace, work: Path, influx: services.Proc) -> None:
     prefix = f"ov{kind[:2]}{os.getpid() % 10000}"
     db = prefix
@@ -165,7 +146,7 @@ def run_case(kind: str, args: argparse.Namespace, work: Path, influx: services.P
         through(0)
         rss_before, state_before = status_kb(gw.pid, "VmRSS") / 1024, folder_bytes(state)
         acked = [
-            publish_big(broker, f"{prefix}/{SITE}/big/readings", args.mb * 2**20, f"big-{prefix}-{i}")
+            services.publish_big(broker, f"{prefix}/{SITE}/big/readings", args.mb * 2**20, f"big-{prefix}-{i}")
             for i in range(args.n)
         ]
         asyncio.run(publish(plan.messages[half:], cfg, client_id=f"h-{prefix}"))

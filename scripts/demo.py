@@ -50,6 +50,7 @@ from sim.commands import report_scenario  # noqa: E402
 from sim.faults import InjectedAnomaly, ScriptedSequence, sequence_events, sequence_metric_types  # noqa: E402
 from sim.fleet import FleetSpec, Plan, generate  # noqa: E402
 from sim.publish import BrokerConfig, PublishResult, publish  # noqa: E402
+from sim.verify import ANOMALY_ALERTS, ExpectedAlert  # noqa: E402
 
 RUN = services.RUN_ROOT / "demo"
 DB = "edgekit_demo"
@@ -354,46 +355,36 @@ def run_fleet(target: Target, spec: FleetSpec, rate: float, say: Callable[[str],
 
 # --- alerts against the injected ground truth ---------------------------------------------------------
 
-ANOMALY_EXPECT = {
-    "spike": ("spike", "zscore"),
-    "level_shift": ("level shift", "zscore"),
-    "stuck": ("stuck sensor", "stuck"),
-}
-SEQUENCE_EXPECT: dict[str, tuple[str, str | None]] = {
-    "door_left_open": ("door left open", "door_left_open"),
-    "three_failures": ("three FAILED in 5 min", "failed_3x_5m"),
-    "door_closed": ("door closed in time", None),
-    "two_failures": ("three FAILED over 7 min", None),
+ANOMALY_LABELS = {"spike": "spike", "level_shift": "level shift", "stuck": "stuck sensor"}
+"""How the summary names the injected anomalies that must raise an alert (the detector that must raise it:
+sim/verify.py ``ANOMALY_ALERTS``, shared with ``edgekit-sim verify``)."""
+SEQUENCE_LABELS = {
+    "door_left_open": "door left open",
+    "three_failures": "three FAILED in 5 min",
+    "door_closed": "door closed in time",
+    "two_failures": "three FAILED over 7 min",
 }
 
-
-@dataclass(frozen=True, slots=True)
-class Expected:
-    """An injected event and the alert it should raise (``alert`` None: a near miss that should raise none)."""
-
-    label: str
-    source: str
-    alert: str | None
-    device: str
-    start_ms: int
-    end_ms: int
+Expected = ExpectedAlert
+"""An injected event and the alert it should raise (``alert`` None: a near miss that should raise none)."""
 
 
 def expectations(plan: Plan) -> list[Expected]:
-    """What the plan's injected events should raise, with the demo's configuration."""
+    """What the plan's injected events should raise, with the demo's configuration (the detectors and patterns
+    as sim/verify.py and sim/faults.py name them)."""
     out: list[Expected] = []
     for a, _labelled in plan.anomalies:
         if a.kind == "drift" and a.metric == "vib":
             out.append(Expected("vibration ramp", "pattern", "vibration_rising", a.device, a.start_ms, a.end_ms))
-        elif a.kind in ANOMALY_EXPECT:
-            label, detector = ANOMALY_EXPECT[a.kind]
-            out.append(Expected(label, "anomaly", f"{detector}.{a.metric}", a.device, a.start_ms, a.end_ms))
+        elif a.kind in ANOMALY_ALERTS:
+            alert = f"{ANOMALY_ALERTS[a.kind]}.{a.metric}"
+            out.append(Expected(ANOMALY_LABELS[a.kind], "anomaly", alert, a.device, a.start_ms, a.end_ms))
         else:
             out.append(Expected(a.kind.replace("_", " "), "anomaly", None, a.device, a.start_ms, a.end_ms))
     for q in plan.sequences:
-        label, pattern = SEQUENCE_EXPECT[q.kind]
         last = q.at_ms + max(e.offset_ms for e in sequence_events(q.kind))
-        out.append(Expected(label, "pattern", pattern, q.device, q.at_ms, last))
+        pattern = q.pattern if q.expect_alert else None
+        out.append(Expected(SEQUENCE_LABELS[q.kind], "pattern", pattern, q.device, q.at_ms, last))
     return out
 
 

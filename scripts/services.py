@@ -530,6 +530,33 @@ def start_mosquitto(
     return _launch(MOSQUITTO, [binary, "-c", str(conf)], sdir, port, timeout=timeout)
 
 
+def publish_big(broker: Proc, topic: str, size: int, client_id: str, timeout: float = 300) -> bool:
+    """Publish one ``size``-byte message to ``broker`` (a Mosquitto of :func:`start_mosquitto`) at QoS 1 as
+    a board would (MQTT 3.1.1); True if the broker acknowledged it, False once the broker has disconnected
+    the client for it (its log says so). Raises TimeoutError when neither happens within ``timeout`` s."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    head = b'{"v":1,"dev":"big","r":[],"pad":"'
+    payload = head + b"p" * (size - len(head) - 2) + b'"}'
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    try:
+        info = client.publish(topic, payload, qos=1)
+        del payload
+        refused = f"Client {client_id} disconnected due to oversize packet"
+        deadline = time.monotonic() + timeout
+        while not (info.is_published() or refused in broker.log_file.read_text(errors="replace")):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"timed out waiting for the broker's answer to {size} bytes from {client_id}")
+            time.sleep(0.2)
+        return info.is_published()
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
 def start_influxdb(
     run_dir: Path,
     http_port: int,

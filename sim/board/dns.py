@@ -10,6 +10,8 @@ import struct
 import threading
 from collections.abc import Callable, Sequence
 
+from sim.board.runner import serve_datagrams
+
 __all__ = ["DnsServer"]
 
 
@@ -36,20 +38,11 @@ class DnsServer:
         return any(a <= vt < b for a, b in self.down)
 
     def _loop(self, s: socket.socket) -> None:
-        while self._sock is s:
-            try:
-                req, addr = s.recvfrom(512)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
+        def answer(req: bytes) -> tuple[bytes, Callable[[], None]] | None:
             resp = self.answer(req)
-            if resp is None:
-                continue
-            try:
-                s.sendto(resp, addr)
-            except OSError:
-                pass
+            return None if resp is None else (resp, lambda: None)
+
+        serve_datagrams(s, lambda: self._sock is s, answer)
 
     def answer(self, req: bytes) -> bytes | None:
         """The reply to one query datagram, or None for no reply (garbage, or a silent window)."""

@@ -6,7 +6,9 @@ side stays open until the board closes it (a connection at the edge of Wi-Fi ran
 packets without a FIN or RST): with ``"silent"`` nothing more goes either way, with ``"acks"`` the board's
 packets still reach the broker but nothing comes back (its messages arrive, their PUBACKs are lost). When the
 broker cannot be reached (it is stopped), the board's connection is closed at once, as a refused connection
-would end.
+would end. When the board's side closes, the broker's side is closed too (the kernel's FIN for a killed
+process), unless ``keep_broker_side`` is set: then it stays open and quiet, as a board that lost power leaves
+it (the broker finds out only by its keepalive).
 """
 
 from __future__ import annotations
@@ -27,6 +29,14 @@ def _close(s: socket.socket) -> None:
     except OSError:
         pass
     s.close()
+
+
+def _recv(s: socket.socket) -> bytes:
+    """The next bytes from s; b"" once it is closed, reset or shut down."""
+    try:
+        return s.recv(4096)
+    except OSError:
+        return b""
 
 
 def _packets(buf: bytearray) -> list[bytes]:
@@ -82,7 +92,14 @@ def _publish(pkt: bytes) -> tuple[str, bytes]:
 class BrokerProxy:
     """Listens on a loopback port of its own (``port``) and forwards to ``127.0.0.1:broker_port``."""
 
-    def __init__(self, broker_port: int, clock: Callable[[], int] | None = None) -> None:
+    def __init__(
+        self,
+        broker_port: int,
+        clock: Callable[[], int] | None = None,
+        *,
+        half_open: str | None = None,
+        keep_broker_side: bool = False,
+    ) -> None:
         self.broker_port = broker_port
         self.clock = clock or (lambda: time.time_ns() // 1_000_000)
         self.delivered: list[tuple[str, str, int]] = []
@@ -93,13 +110,19 @@ class BrokerProxy:
         ``"acks"`` the broker still got it)."""
         self.lsock = socket.create_server(("127.0.0.1", 0))
         self.port = int(self.lsock.getsockname()[1])
-        self.half_open: str | None = None
+        self.half_open: str | None = half_open
         """None, "silent" or "acks" (see the module's doc), for connections made from now on."""
+        self.keep_broker_side = keep_broker_side
+        """Leave the broker's side open when the board's side closes (see the module's doc)."""
         self.connections = 0
         self.refused = 0
         """Connections closed at once because the broker could not be reached."""
         self.stalls = 0
         """Connections that went half-open."""
+        self.held = 0
+        """Bytes a board sent on a connection gone half-open with ``"silent"`` (they went nowhere)."""
+        self.board_gone = threading.Event()
+        """Set once the board's side of a connection has closed (the board closed it, or was killed)."""
         self.closed = False
         self._lock = threading.Lock()
         self._socks: set[socket.socket] = set()
@@ -135,13 +158,7 @@ class BrokerProxy:
     def _board_to_broker(self, down: socket.socket, up: socket.socket, state: dict[str, Any]) -> None:
         first = True
         buf = bytearray()
-        while True:
-            try:
-                chunk = down.recv(4096)
-            except OSError:
-                chunk = b""
-            if not chunk:
-                break
+        while chunk := _recv(down):
             if first:
                 first = False
                 state["client"] = _client_id(chunk)
@@ -151,26 +168,24 @@ class BrokerProxy:
                     topic, payload = _publish(pkt)
                     self.published.append((state["client"], topic, self.clock(), payload, state["stalled"]))
             if state["stalled"] and state["half_open"] == "silent":
+                self.held += len(chunk)
                 continue  # swallowed: the board's packets go nowhere
             try:
                 up.sendall(chunk)
             except OSError:
                 break
+        self.board_gone.set()
+        if self.keep_broker_side:
+            _close(down)
+            self._forget(down)  # the broker's side stays open and quiet until close()
+            return
         _close(up)  # the board closed (or was killed): the broker sees the connection drop
         _close(down)
         self._forget(down, up)
 
     def _broker_to_board(self, up: socket.socket, down: socket.socket, state: dict[str, Any]) -> None:
         buf = bytearray()
-        while True:
-            try:
-                chunk = up.recv(4096)
-            except OSError:
-                chunk = b""
-            if not chunk:
-                if not state["stalled"]:
-                    _close(down)  # the broker went away: so does the board's connection
-                return
+        while chunk := _recv(up):
             if state["stalled"]:
                 continue
             buf += chunk
@@ -187,6 +202,8 @@ class BrokerProxy:
                     self.delivered.append((state["client"], _publish(pkt)[0], self.clock()))
                 if stall:
                     break
+        if not state["stalled"]:
+            _close(down)  # the broker went away: so does the board's connection
 
     def close(self) -> None:
         self.closed = True

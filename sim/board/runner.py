@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "BOARD_VALUES",
     "BoardSpec",
     "Fleet",
     "Hook",
@@ -48,6 +49,7 @@ __all__ = [
     "WakeRecord",
     "find_micropython",
     "rtc_gain_ms",
+    "serve_datagrams",
 ]
 
 HERE = Path(__file__).resolve().parent
@@ -55,6 +57,14 @@ SHIMS = HERE / "mpy"
 REPO = HERE.parent.parent
 FIRMWARE = REPO / "firmware"
 RTC_POWER_ON_MS = 946_684_800_000  # an ESP32's RTC starts at 2000-01-01 after power-on
+BOARD_VALUES: dict[str, Any] = {
+    "temp_c": {"base": 21.0, "amp": 3.0, "period_s": 5400},
+    "rh": {"base": 45.0, "amp": 8.0, "period_s": 3600},
+    "adc35": 1.95,
+    "adc34": {"base": 1.2, "amp": 0.6, "period_s": 2700},
+}
+"""A scenario's ``"values"`` for a board with every sensor, as the firmware tests and bench/bench_clock.py run
+it: temperature and humidity waves, the battery ADC (1.95 V: 3.9 V through the 2:1 divider), the light ADC."""
 PWRON_RESET, HARD_RESET, WDT_RESET, DEEPSLEEP_RESET, SOFT_RESET = 1, 2, 3, 4, 5
 # The ESP32's raw reset reason (RTC_CNTL_RESET_STATE_REG bits 0-5, ESP-IDF rom/rtc.h RESET_REASON):
 # MicroPython's machine.reset_cause() folds a brown-out (15) into PWRON_RESET, so the firmware reads the
@@ -167,6 +177,30 @@ class NtpFault:
     applied: int = 0
 
 
+def serve_datagrams(
+    s: socket.socket, serving: Callable[[], bool], answer: Callable[[bytes], tuple[bytes, Callable[[], None]] | None]
+) -> None:
+    """Answer the datagrams that reach s (a UDP socket with a timeout) while serving() holds and s is open:
+    answer(request) gives the reply and what to do once it has been sent, or None for no reply. The loop of the
+    simulated network's UDP servers (NTP here, DNS in sim/board/dns.py)."""
+    while serving():
+        try:
+            req, addr = s.recvfrom(512)
+        except TimeoutError:
+            continue
+        except OSError:
+            return
+        got = answer(req)
+        if got is None:
+            continue
+        resp, sent = got
+        try:
+            s.sendto(resp, addr)
+        except OSError:
+            continue
+        sent()
+
+
 class NtpServer:
     """SNTP (RFC 4330) on a loopback UDP port, answering from a clock function (virtual Unix ms)."""
 
@@ -229,27 +263,23 @@ class NtpServer:
         return bytes(resp)
 
     def _loop(self, s: socket.socket) -> None:
-        while self._sock is s:
-            try:
-                req, addr = s.recvfrom(512)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            if len(req) < 48:
-                continue
-            self.requests += 1
-            vt = self.clock()
-            f = self.fault(vt)
-            resp = self.reply(req, vt, f)
-            if resp is None:
-                continue
-            try:
-                s.sendto(resp, addr)
-                self.answered += 1
-                self.log.append((vt, f.kind if f is not None else "", f.offset_ms if f is not None else 0))
-            except OSError:
-                pass
+        serve_datagrams(s, lambda: self._sock is s, self._answer)
+
+    def _answer(self, req: bytes) -> tuple[bytes, Callable[[], None]] | None:
+        if len(req) < 48:
+            return None
+        self.requests += 1
+        vt = self.clock()
+        f = self.fault(vt)
+        resp = self.reply(req, vt, f)
+        if resp is None:
+            return None
+
+        def sent() -> None:
+            self.answered += 1
+            self.log.append((vt, f.kind if f is not None else "", f.offset_ms if f is not None else 0))
+
+        return resp, sent
 
 
 @dataclass

@@ -271,14 +271,26 @@ class Mosquitto:
 
 class GatewayThread:
     """The gateway on its own event loop in a thread (the fleet runner blocks the caller's thread), on the
-    fleet's virtual clock, writing to InfluxDB 1.x."""
+    fleet's virtual clock (``now_ms``; None: the host's), writing to InfluxDB 1.x. Also the firmware tests'
+    gateway (tests/firmware/test_fleet.py)."""
 
-    def __init__(self, broker_port: int, influx_url: str, database: str, state_dir: Path, now_ms: Callable[[], int]):
+    def __init__(
+        self,
+        broker_port: int,
+        influx_url: str,
+        database: str,
+        state_dir: Path,
+        now_ms: Callable[[], int] | None,
+        *,
+        client_id: str = "soak-gateway",
+        flush_interval_ms: int = 200,
+    ) -> None:
         self.cfg = parse_config(
             {
-                "mqtt": {"url": f"mqtt://127.0.0.1:{broker_port}", "client_id": "soak-gateway",
+                "mqtt": {"url": f"mqtt://127.0.0.1:{broker_port}", "client_id": client_id,
                          "reconnect_min_s": 0.1, "reconnect_max_s": 1.0},
-                "influx": {"target": "v1", "url": influx_url, "database": database, "flush_interval_ms": 200},
+                "influx": {"target": "v1", "url": influx_url, "database": database,
+                           "flush_interval_ms": flush_interval_ms},
                 "state": {"dir": str(state_dir)},
             },
             env={},
@@ -297,7 +309,7 @@ class GatewayThread:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
-        self.gw = Gateway(self.cfg, now_ms=self.now_ms)
+        self.gw = Gateway(self.cfg) if self.now_ms is None else Gateway(self.cfg, now_ms=self.now_ms)
         self.loop.run_until_complete(self.gw.run(self.stop_event))
 
     def settle(self, quiet_s: float = 1.0, limit_s: float = 60) -> None:

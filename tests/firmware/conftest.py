@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from sim.board.runner import INSTALL_HINT, REPO, SHIMS, find_micropython
+from sim.board.soak import Mosquitto
 
 FIRMWARE = REPO / "firmware"
 VECTORS = REPO / "tests" / "vectors"
@@ -59,52 +58,16 @@ def run_mpy(
     )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Broker:
-    """A Mosquitto of the test's own (persistent, so queued QoS 1 messages survive a restart)."""
-
-    def __init__(self, exe: str, workdir: Path) -> None:
-        self.exe = exe
-        self.dir = workdir
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.conf = workdir / "mosquitto.conf"
-        self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\nuser root\n"
-            f"persistence true\npersistence_location {workdir}/\nautosave_interval 1\n"
-            f"log_dest file {workdir}/mosquitto.log\nmax_inflight_messages 0\n"
-        )
+class Broker(Mosquitto):
+    """A Mosquitto of the test's own (persistent, so queued QoS 1 messages survive a restart): the soak's
+    (sim/board/soak.py), failing the test when it does not start."""
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [self.exe, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                if self.proc.poll() is not None:
-                    break
-                time.sleep(0.05)
-        log = self.dir / "mosquitto.log"
-        pytest.fail(f"mosquitto did not start on {self.port}: {log.read_text() if log.exists() else ''}")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            self.proc = None
+        try:
+            super().start()
+        except RuntimeError as e:
+            log = self.dir / "mosquitto.log"
+            pytest.fail(f"{e}: {log.read_text() if log.exists() else ''}")
 
 
 @pytest.fixture
@@ -114,7 +77,7 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
         pytest.fail("mosquitto not found: apt-get install mosquitto")
     d = tmp_path / "mosquitto"
     d.mkdir()
-    b = Broker(exe, d)
+    b = Broker(d, exe)
     b.start()
     yield b
     b.stop()

@@ -17,23 +17,22 @@ import paho.mqtt.client as mqtt
 
 from gateway.model import Batch, Reading, StatusUpdate
 from gateway.protocol import decode
-from sim.board.runner import BoardSpec, Fleet, Hook, PowerLoss, Reset, WakeRecord, host_ms
+from sim.board.runner import BOARD_VALUES, BoardSpec, Fleet, Hook, PowerLoss, Reset, WakeRecord, host_ms
 
 from .conftest import Broker, run_mpy
 
 MIN = 60_000
 HOUR = 60 * MIN
 
-VALUES = {
-    "temp_c": {"base": 21.0, "amp": 3.0, "period_s": 5400},
-    "rh": {"base": 45.0, "amp": 8.0, "period_s": 3600},
-    "adc35": 1.95,
-    "adc34": {"base": 1.2, "amp": 0.6, "period_s": 2700},
-}
+VALUES = BOARD_VALUES
+
+FW_GATEWAY: dict[str, Any] = {"client_id": "fw-test-gateway", "flush_interval_ms": 100}
+"""How the firmware tests run sim/board/soak.py's GatewayThread (its other settings are the soak's)."""
 
 
 class Collector:
-    """Subscribes to edgekit/# and keeps (topic, payload, host ms of arrival, retained)."""
+    """Subscribes to edgekit/# and keeps (topic, payload, host ms of arrival, retained); ready once the broker
+    has acknowledged the subscription."""
 
     def __init__(self, port: int, client_id: str = "fitl-sub") -> None:
         self.msgs: list[tuple[str, bytes, int, bool]] = []
@@ -41,12 +40,12 @@ class Collector:
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
         self.c.on_connect = lambda c, u, f, rc, p: c.subscribe("edgekit/#", qos=1)
         self.c.on_message = self._on
+        self.subscribed = threading.Event()
+        self.c.on_subscribe = lambda c, u, mid, rc, p: self.subscribed.set()
         self.c.reconnect_delay_set(0.05, 0.5)
         self.c.connect("127.0.0.1", port)
         self.c.loop_start()
-        deadline = time.monotonic() + 5
-        while not self.c.is_connected() and time.monotonic() < deadline:
-            time.sleep(0.02)
+        self.subscribed.wait(5)
 
     def _on(self, c: Any, u: Any, m: mqtt.MQTTMessage) -> None:
         with self.lock:
@@ -69,7 +68,9 @@ class Collector:
         future times against (default: the host's clock when the message arrived)."""
         batches: list[Batch] = []
         statuses: list[StatusUpdate] = []
-        for topic, payload, rcv, _ in self.msgs:
+        with self.lock:
+            msgs = list(self.msgs)
+        for topic, payload, rcv, _ in msgs:
             if not payload or topic.endswith("/cmd"):  # cmd: the gateway's time replies to the boards
                 continue
             m = decode(topic, payload, rcv if received_ms is None else received_ms)
@@ -78,6 +79,16 @@ class Collector:
             elif isinstance(m, Batch):
                 batches.append(m)
         return batches, statuses
+
+    def keys(self) -> list[tuple[str, int, int]]:
+        """(device, boot, seq) of every reading received, in order of arrival, a reading sent twice twice;
+        no message may have had a reading rejected."""
+        batches, _ = self.decoded()
+        out: list[tuple[str, int, int]] = []
+        for b in batches:
+            assert not b.rejected, b.rejected
+            out.extend(r.key for r in b.readings)
+        return out
 
     def status_json(self, device: str) -> list[dict[str, Any]]:
         out = []
@@ -111,21 +122,7 @@ class Run:
 
     def radio_ms(self, board: str) -> int:
         """Virtual ms the board's Wi-Fi radio was on (the network shim's 'radio on/off' lines)."""
-        total = 0
-        for w in self.wakes:
-            if w.board != board:
-                continue
-            on = None
-            for ln in w.truth:
-                p = ln.split()
-                if p[:2] == ["radio", "on"]:
-                    on = int(p[2])
-                elif p[:2] == ["radio", "off"] and on is not None:
-                    total += int(p[2]) - on
-                    on = None
-            if on is not None:
-                total += w.end_vt - on
-        return total
+        return sum(w.radio_ms() for w in self.wakes if w.board == board)
 
     def radio_wakes(self, board: str) -> int:
         return sum(1 for w in self.wakes if w.board == board and any(x.startswith("radio on") for x in w.truth))

@@ -12,10 +12,10 @@ from helpers import influx_query
 from services import Proc
 
 from sim.board.runner import BoardSpec, Fleet, Hook, NtpFault, NtpServer, PowerLoss, Reset, host_ms
+from sim.board.soak import GatewayThread
 
 from .conftest import Broker, run_mpy
-from .fitl import HOUR, MIN, VALUES, Run, config, past_start, ring_ids, run
-from .test_fleet import GatewayThread
+from .fitl import FW_GATEWAY, HOUR, MIN, VALUES, Run, config, past_start, ring_ids, run
 
 # Event-time error bound for readings timed between two NTP syncs (interpolated on the RC clock): see
 # docs/firmware.md "Clock error bound". Loopback NTP, so the round trip adds next to nothing here.
@@ -203,7 +203,7 @@ def test_ntp_blocked_readings_are_timed_by_the_gateway(
 
     def prepare(f: Fleet) -> None:
         f.ntp.faults.append(blocked)
-        gws.append(GatewayThread(broker.port, influxdb_v1.url, influx_db, tmp_path / "gw", now_ms=f.vt))
+        gws.append(GatewayThread(broker.port, influxdb_v1.url, influx_db, tmp_path / "gw", now_ms=f.vt, **FW_GATEWAY))
 
     try:
         r = run(tmp_path, broker, [spec], start, start + dur, prepare=prepare)
@@ -283,7 +283,7 @@ def test_a_lying_ntp_server_at_power_on_is_caught_by_the_gateways_time(
 
     def prepare(f: Fleet) -> None:
         f.ntp.faults.append(lie)
-        gws.append(GatewayThread(broker.port, influxdb_v1.url, influx_db, tmp_path / "gw", now_ms=f.vt))
+        gws.append(GatewayThread(broker.port, influxdb_v1.url, influx_db, tmp_path / "gw", now_ms=f.vt, **FW_GATEWAY))
 
     try:
         r = run(tmp_path, broker, [spec], start, start + dur, prepare=prepare)

@@ -6,8 +6,6 @@ once, at its event time, except those the power loss destroyed."""
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -16,14 +14,13 @@ import pytest
 from helpers import influx_query
 from services import Proc
 
-from gateway.app import Gateway
-from gateway.config import parse_config
 from gateway.model import Batch, StatusUpdate
 from gateway.protocol import decode
 from sim.board.runner import BoardSpec, Fleet, Hook, PowerLoss, host_ms
+from sim.board.soak import GatewayThread
 
 from .conftest import Broker
-from .fitl import Collector, ring_ids, state_hdr
+from .fitl import FW_GATEWAY, Collector, ring_ids, state_hdr
 
 pytestmark = pytest.mark.integration
 
@@ -31,42 +28,6 @@ MIN = 60_000
 HOUR = 60 * MIN
 TOLERANCE_MS = 300  # event time vs the virtual clock (interpolated between syncs: ~20 ms measured)
 NM = 4  # metrics per record: temp_c, rh, batt_mv, light_mv
-
-
-class GatewayThread:
-    """The gateway on its own event loop in a thread, while the fleet runner blocks the test's thread."""
-
-    def __init__(self, broker_port: int, influx_url: str, database: str, state_dir: Path, now_ms: Any = None) -> None:
-        self.now_ms = now_ms
-        self.cfg = parse_config(
-            {
-                "mqtt": {"url": f"mqtt://127.0.0.1:{broker_port}", "client_id": "fw-test-gateway",
-                         "reconnect_min_s": 0.1, "reconnect_max_s": 1.0},
-                "influx": {"target": "v1", "url": influx_url, "database": database, "flush_interval_ms": 100},
-                "state": {"dir": str(state_dir)},
-            },
-            env={},
-        )  # fmt: skip
-        self.gw: Gateway | None = None
-        self.loop = asyncio.new_event_loop()
-        self.stop = asyncio.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not (self.gw and self.gw.ingest_stats.connected) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert self.gw is not None and self.gw.ingest_stats.connected, "gateway did not connect"
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.gw = Gateway(self.cfg) if self.now_ms is None else Gateway(self.cfg, now_ms=self.now_ms)
-        self.loop.run_until_complete(self.gw.run(self.stop))
-
-    def close(self) -> Gateway:
-        self.loop.call_soon_threadsafe(self.stop.set)
-        self.thread.join(60)
-        assert not self.thread.is_alive() and self.gw is not None
-        return self.gw
 
 
 def test_three_boards_two_hours(
@@ -112,7 +73,8 @@ def test_three_boards_two_hours(
     sub = Collector(broker.port, client_id="fw-test-sub")
     # the gateway on the world's clock: it answers each board's "online" with its time, which checks the NTP
     # time of every clock era (the host's clock is hours ahead of the virtual one)
-    gateway = GatewayThread(broker.port, influxdb_v1.url, influx_db, tmp_path / "gateway-state", now_ms=fleet.vt)
+    gateway = GatewayThread(broker.port, influxdb_v1.url, influx_db, tmp_path / "gateway-state", now_ms=fleet.vt,
+                            **FW_GATEWAY)  # fmt: skip
     hooks = [
         Hook(start + 50 * MIN + 30_000, lambda f: broker.stop()),
         Hook(start + 62 * MIN, lambda f: broker.start()),

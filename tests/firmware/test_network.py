@@ -1,171 +1,26 @@
 """The network side of a wake under the real MicroPython unix port, with the ESP32's socket semantics
 (sim/board/mpy/_espnet.py: setblocking(True) waits forever, a name lookup can hang):
 
-- a half-open broker connection: a real TCP peer on loopback passes the board's traffic to a real Mosquitto
-  until the first PUBACK has gone back to the board, then goes silent with the connection left open (as a
-  connection at the edge of Wi-Fi range does). Every wake must still end in deep sleep before the watchdog,
+- a half-open broker connection: sim/board/proxy.py's proxy on loopback passes the board's traffic to a real
+  Mosquitto until the first PUBACK has gone back to the board, then goes silent with the connection left open
+  (as a connection at the edge of Wi-Fi range does). Every wake must still end in deep sleep before the watchdog,
   keep the unacknowledged readings, and deliver each exactly once after the connection heals.
 """
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from pathlib import Path
-from typing import Any
 
-import paho.mqtt.client as mqtt
-
-from gateway.model import Batch
-from gateway.protocol import decode
 from sim.board.dns import DnsServer
+from sim.board.proxy import BrokerProxy
 from sim.board.runner import BoardSpec, Fleet, Hook, WakeRecord, host_ms
 
 from .conftest import Broker
+from .fitl import Collector
 
 MIN = 60_000
 VALUES = {"values": {"temp_c": {"base": 21.0, "amp": 2.0, "period_s": 3600}, "adc35": 1.9, "adc34": 1.0}}
-
-
-def _close(s: socket.socket) -> None:
-    try:
-        s.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    s.close()
-
-
-def _packets(buf: bytearray) -> list[bytes]:
-    """Cut whole MQTT control packets off the front of buf (fixed header + remaining length)."""
-    out = []
-    while len(buf) >= 2:
-        n, mul, i = 0, 1, 1
-        while True:
-            if i >= len(buf):
-                return out
-            b = buf[i]
-            n += (b & 0x7F) * mul
-            mul *= 128
-            i += 1
-            if not b & 0x80:
-                break
-        if len(buf) < i + n:
-            return out
-        out.append(bytes(buf[: i + n]))
-        del buf[: i + n]
-    return out
-
-
-class HalfOpenProxy:
-    """board <-> proxy <-> Mosquitto. Until heal(), each connection passes traffic both ways until the
-    broker's first PUBACK has reached the board, then stalls: nothing more goes either way, and the board's
-    side stays open (it is closed only when the board closes it). After heal() new connections pass
-    everything."""
-
-    def __init__(self, broker_port: int) -> None:
-        self.broker_port = broker_port
-        self.lsock = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self.lsock.getsockname()[1])
-        self.healed = False
-        self.connections = 0
-        self.stalls = 0
-        self.closed = False
-        self.socks: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def heal(self) -> None:
-        self.healed = True
-
-    def _accept(self) -> None:
-        while not self.closed:
-            try:
-                down, _ = self.lsock.accept()
-            except OSError:
-                return
-            up = socket.create_connection(("127.0.0.1", self.broker_port))
-            self.socks += [down, up]
-            self.connections += 1
-            state = {"stalled": False, "healthy": self.healed}
-            threading.Thread(target=self._board_to_broker, args=(down, up, state), daemon=True).start()
-            threading.Thread(target=self._broker_to_board, args=(up, down, state), daemon=True).start()
-
-    def _board_to_broker(self, down: socket.socket, up: socket.socket, state: dict[str, bool]) -> None:
-        while True:
-            try:
-                chunk = down.recv(4096)
-            except OSError:
-                chunk = b""
-            if not chunk:
-                break
-            if state["stalled"]:
-                continue  # swallowed: the board's packets go nowhere
-            try:
-                up.sendall(chunk)
-            except OSError:
-                break
-        _close(up)  # the board closed (or was killed): the broker sees the connection drop
-
-    def _broker_to_board(self, up: socket.socket, down: socket.socket, state: dict[str, bool]) -> None:
-        buf = bytearray()
-        while True:
-            try:
-                chunk = up.recv(4096)
-            except OSError:
-                return
-            if not chunk:
-                return
-            if state["stalled"]:
-                continue
-            buf += chunk
-            for pkt in _packets(buf):
-                try:
-                    down.sendall(pkt)
-                except OSError:
-                    return
-                if pkt[0] == 0x40 and not state["healthy"]:  # the first PUBACK went through: stall here
-                    state["stalled"] = True
-                    self.stalls += 1
-                    break
-
-    def close(self) -> None:
-        self.closed = True
-        self.lsock.close()
-        for s in self.socks:
-            _close(s)
-
-
-class Subscriber:
-    def __init__(self, port: int) -> None:
-        self.msgs: list[tuple[str, bytes, int]] = []
-        self.lock = threading.Lock()
-        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"net-sub-{time.monotonic_ns()}")
-        self.c.on_connect = lambda c, u, f, rc, p: c.subscribe("edgekit/#", qos=1)
-        self.c.on_message = self._on
-        self.c.connect("127.0.0.1", port)
-        self.c.loop_start()
-        deadline = time.monotonic() + 5
-        while not self.c.is_connected() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        time.sleep(0.2)
-
-    def _on(self, c: Any, u: Any, m: mqtt.MQTTMessage) -> None:
-        with self.lock:
-            self.msgs.append((m.topic, bytes(m.payload), host_ms()))
-
-    def readings(self) -> list[tuple[str, int, int]]:
-        out = []
-        with self.lock:
-            for topic, payload, rcv in self.msgs:
-                msg = decode(topic, payload, rcv)
-                if isinstance(msg, Batch):
-                    assert not msg.rejected, msg.rejected
-                    out.extend(r.key for r in msg.readings)
-        return out
-
-    def close(self) -> None:
-        self.c.loop_stop()
-        self.c.disconnect()
 
 
 def no_watchdog(w: WakeRecord) -> None:
@@ -179,7 +34,7 @@ def test_half_open_broker_ends_every_wake_in_sleep_and_loses_nothing(
 ) -> None:
     wake_s = 20
     start = host_ms() - 3 * 3_600_000
-    proxy = HalfOpenProxy(broker.port)
+    proxy = BrokerProxy(broker.port, half_open="silent")
     cfg = {
         "site": "lab",
         "broker": "127.0.0.1",
@@ -194,9 +49,10 @@ def test_half_open_broker_ends_every_wake_in_sleep_and_loses_nothing(
     heal_at = start + 40 * MIN
     fleet = Fleet(tmp_path / "fleet", [BoardSpec("fw-ho", cfg, VALUES)], start_vt=start, wdt_ms=(wake_s + 5) * 1000)
     fleet.prepare()
-    sub = Subscriber(broker.port)
+    sub = Collector(broker.port)
     try:
-        wakes = fleet.run(heal_at + 90 * MIN, hooks=[Hook(heal_at, lambda f: proxy.heal())], on_wake=no_watchdog)
+        heal = Hook(heal_at, lambda f: setattr(proxy, "half_open", None))  # new connections pass everything
+        wakes = fleet.run(heal_at + 90 * MIN, hooks=[heal], on_wake=no_watchdog)
         time.sleep(1.0)
     finally:
         sub.close()
@@ -207,7 +63,7 @@ def test_half_open_broker_ends_every_wake_in_sleep_and_loses_nothing(
         assert "Traceback" not in w.output, w.output
 
     taken = {(r.board, r.boot, r.seq) for r in fleet.readings_taken()}
-    got = sub.readings()
+    got = sub.keys()
     assert len(got) == len(set(got)), "a reading arrived twice"
     assert set(got) == taken, f"not delivered: {sorted(taken - set(got))}"
 
@@ -253,11 +109,11 @@ def test_backoff_keeps_the_radio_off_in_an_outage_and_delivers_soon_after(
     ]
     fleet = Fleet(tmp_path / "fleet", boards, start_vt=start, wdt_ms=25_000)
     broker.stop()
-    subs: list[Subscriber] = []
+    subs: list[Collector] = []
 
     def back(f: Fleet) -> None:
         broker.start()
-        subs.append(Subscriber(broker.port))
+        subs.append(Collector(broker.port))
 
     fleet.prepare()
     try:
@@ -268,7 +124,7 @@ def test_backoff_keeps_the_radio_off_in_an_outage_and_delivers_soon_after(
             s.close()
         fleet.stop_ntp()
     assert subs, "the broker never came back"
-    got = subs[0].readings()
+    got = subs[0].keys()
     taken = {(r.board, r.boot, r.seq) for r in fleet.readings_taken()}
     assert len(got) == len(set(got)) and set(got) == taken, sorted(taken - set(got))
 
@@ -319,7 +175,7 @@ def test_dns_that_does_not_answer_costs_one_timeout_and_the_answer_is_kept(
     fleet = Fleet(tmp_path / "fleet", [BoardSpec("fw-dns", cfg, scenario)], start_vt=start, wdt_ms=25_000)
     fleet_holder.append(fleet)
     fleet.prepare()
-    sub = Subscriber(broker.port)
+    sub = Collector(broker.port)
     try:
         wakes = fleet.run(start + 3 * 3_600_000, on_wake=no_watchdog)
         time.sleep(1.0)
@@ -327,7 +183,7 @@ def test_dns_that_does_not_answer_costs_one_timeout_and_the_answer_is_kept(
         sub.close()
         fleet.stop_ntp()
         dns.close()
-    got = sub.readings()
+    got = sub.keys()
     taken = {(r.board, r.boot, r.seq) for r in fleet.readings_taken()}
     assert len(got) == len(set(got)) and set(got) == taken, sorted(taken - set(got))
     unanswered = [q for q in dns.queries if not q[2]]
@@ -351,8 +207,6 @@ def test_a_reading_sent_again_carries_the_time_it_was_first_sent_with(
     later, after several NTP syncs have moved the sync points it was timed by. Each identity must arrive with
     one (t, q) only. Found by bench/soak_fleet.py: a reading sent as 's' came again as 'c' 1 ms later, so the
     gateway took it for a new reading and InfluxDB held it twice."""
-    from sim.board.proxy import BrokerProxy
-
     start = host_ms() - 4 * 3_600_000
     holder: list[Fleet] = []
     proxy = BrokerProxy(broker.port, clock=lambda: holder[0].vt())
@@ -373,7 +227,7 @@ def test_a_reading_sent_again_carries_the_time_it_was_first_sent_with(
                   wdt_ms=25_000)  # fmt: skip
     holder.append(fleet)
     fleet.prepare()
-    sub = Subscriber(broker.port)
+    sub = Collector(broker.port)
     hooks = [Hook(lossy[0], lambda f: setattr(proxy, "half_open", "acks")),
              Hook(lossy[1], lambda f: setattr(proxy, "half_open", None))]  # fmt: skip
     try:
@@ -386,13 +240,10 @@ def test_a_reading_sent_again_carries_the_time_it_was_first_sent_with(
     assert proxy.stalls >= 2, "no PUBACK was lost: the test did not exercise the fault"
     sent: dict[tuple[str, int, int], set[tuple[int, str]]] = {}
     copies: dict[tuple[str, int, int], int] = {}
-    with sub.lock:
-        for topic, payload, rcv in sub.msgs:
-            msg = decode(topic, payload, rcv)
-            if isinstance(msg, Batch):
-                for r in msg.readings:
-                    sent.setdefault(r.key, set()).add((r.t_ms, r.quality))
-                    copies[r.key] = copies.get(r.key, 0) + 1
+    for b in sub.decoded()[0]:
+        for r in b.readings:
+            sent.setdefault(r.key, set()).add((r.t_ms, r.quality))
+            copies[r.key] = copies.get(r.key, 0) + 1
     again = [k for k, n in copies.items() if n > 1]
     assert again, "no reading was sent twice: the test did not exercise the fault"
     moved = {k: sorted(v) for k, v in sent.items() if len(v) > 1}

@@ -7,15 +7,16 @@
 - a clean wake ending in deep sleep -> the retained status is "sleeping" (the DISCONNECT discards the will).
 
 A publishing wake is connected for only ~0.1 s, too short to cut the power into reliably, so the powered-off
-boards talk through a proxy that passes everything until the "online" status has reached the broker and
-then holds the board's further packets: the board waits for a PUBACK that never comes, and the runner's
-PowerLoss cuts it there, connected. The clean board talks to the broker directly."""
+boards talk through sim/board/proxy.py's half-open proxy ("silent"): it passes everything until the broker's
+PUBACK of the "online" status has reached the board and then holds the board's further packets: the board
+waits for a PUBACK that never comes, and the runner's PowerLoss cuts it there, connected. When the board is
+gone, one proxy closes the broker's side at once, the other leaves it open and quiet (keep_broker_side). The
+clean board talks to the broker directly."""
 
 from __future__ import annotations
 
 import ast
 import json
-import socket
 import threading
 import time
 from pathlib import Path
@@ -25,6 +26,7 @@ import paho.mqtt.client as mqtt
 
 from gateway.model import StatusUpdate
 from gateway.protocol import decode
+from sim.board.proxy import BrokerProxy
 from sim.board.runner import BoardSpec, Fleet, PowerLoss, host_ms
 
 from .conftest import FIRMWARE, Broker
@@ -40,81 +42,6 @@ def default_keepalive_s() -> int:
             cfg = ast.literal_eval(node.value)
             return int(cfg["keepalive_s"])
     raise AssertionError("no CFG in firmware/config.py")
-
-
-def _drop(s: socket.socket) -> None:
-    """Close a connection for real (FIN), even while another thread is blocked in recv() on it."""
-    try:
-        s.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    s.close()
-
-
-class HoldingProxy:
-    """TCP proxy board -> broker for one connection at a time. Passes both directions until the board's
-    "online" status went through, then holds (drops) whatever the board sends. When the board's side
-    closes: mode "close" closes the broker side at once, mode "silent" leaves it open and quiet."""
-
-    def __init__(self, broker_port: int, mode: str) -> None:
-        self.broker_port = broker_port
-        self.mode = mode
-        self.lsock = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self.lsock.getsockname()[1])
-        self.online_passed = threading.Event()
-        self.board_gone = threading.Event()
-        self.held = 0
-        self.upstreams: list[socket.socket] = []
-        self.closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self.closed:
-            try:
-                down, _ = self.lsock.accept()
-            except OSError:
-                return
-            up = socket.create_connection(("127.0.0.1", self.broker_port))
-            self.upstreams.append(up)
-            threading.Thread(target=self._board_to_broker, args=(down, up), daemon=True).start()
-            threading.Thread(target=self._broker_to_board, args=(up, down), daemon=True).start()
-
-    def _board_to_broker(self, down: socket.socket, up: socket.socket) -> None:
-        seen = b""
-        while True:
-            try:
-                chunk = down.recv(4096)
-            except OSError:
-                chunk = b""
-            if not chunk:
-                break
-            if self.online_passed.is_set():
-                self.held += len(chunk)
-                continue
-            up.sendall(chunk)
-            seen += chunk
-            if ONLINE in seen:
-                self.online_passed.set()
-        self.board_gone.set()
-        down.close()
-        if self.mode == "close":
-            _drop(up)  # what the kernel does with a killed process's socket
-
-    def _broker_to_board(self, up: socket.socket, down: socket.socket) -> None:
-        while True:
-            try:
-                chunk = up.recv(4096)
-                if not chunk:
-                    return
-                down.sendall(chunk)
-            except OSError:
-                return
-
-    def close(self) -> None:
-        self.closed = True
-        self.lsock.close()
-        for s in self.upstreams:
-            _drop(s)
 
 
 class Watcher:
@@ -176,8 +103,8 @@ def retained(port: int, topic: str) -> tuple[bytes, bool]:
 def test_last_will_on_power_loss_and_sleeping_on_clean_sleep(micropython: str, broker: Broker, tmp_path: Path) -> None:
     keepalive = default_keepalive_s()
     assert keepalive <= 15, "a board that dies connected must be declared offline soon"
-    closed_proxy = HoldingProxy(broker.port, "close")
-    silent_proxy = HoldingProxy(broker.port, "silent")
+    closed_proxy = BrokerProxy(broker.port, half_open="silent")
+    silent_proxy = BrokerProxy(broker.port, half_open="silent", keep_broker_side=True)
     start = host_ms() - 3_600_000
     common = {"site": "lab", "broker": "127.0.0.1", "wifi_ssid": "sim", "publish_every": 1, "net_timeout_s": 20}
     boards = [
@@ -204,7 +131,8 @@ def test_last_will_on_power_loss_and_sleeping_on_clean_sleep(micropython: str, b
         for p in (closed_proxy, silent_proxy):
             # the proxy's thread sees the board's socket close a moment after the process is gone
             assert p.board_gone.wait(10), "the proxy never saw the board's connection end"
-            assert p.online_passed.is_set() and p.held > 0, "not cut while connected"
+            online_passed = any(ONLINE in payload and not stalled for *_, payload, stalled in p.published)
+            assert online_passed and p.held > 0, "not cut while connected"
 
         # closed connection: the will at once
         at = watcher.wait_for(topic["fw-closed"], "offline", 5)

@@ -23,12 +23,10 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
 import services
 from harness import GatewayProcess, wait_until, write_config
 from helpers import influx_query, start_or_fail
-from paho.mqtt.enums import CallbackAPIVersion
 from services import Proc
 
 from sim.fleet import FleetSpec, Plan, generate
@@ -155,24 +153,6 @@ async def test_broker_sigkill_keeps_the_readings_it_queued(
 # ---------------------------------------------------------------------------------------------- oversize
 
 
-def publish_big(broker: Proc, topic: str, size: int, client_id: str) -> bool:
-    """Publish one ``size``-byte message at QoS 1 as a board would (MQTT 3.1.1); True if the broker
-    acknowledged it, False once the broker has disconnected the client for it."""
-    head = b'{"v":1,"dev":"big","r":[],"pad":"'
-    payload = head + b"p" * (size - len(head) - 2) + b'"}'
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
-    client.connect(broker.host, broker.port)
-    client.loop_start()
-    try:
-        info = client.publish(topic, payload, qos=1)
-        refused = f"Client {client_id} disconnected due to oversize packet"
-        wait_until(lambda: info.is_published() or refused in broker_log(broker), "the broker's answer", 120)
-        return info.is_published()
-    finally:
-        client.disconnect()
-        client.loop_stop()
-
-
 def unlimited_broker(tmp_path: Path) -> Proc:
     return services.start_mosquitto(
         tmp_path / "unlimited", services.free_port(), persistence=True, max_packet_size=None
@@ -197,7 +177,7 @@ async def test_a_100_mb_message_is_not_stored_and_the_rest_arrives(
         await through(gw, used, influxdb_v1.url, influx_db, prefix, 0)
         before = folder_bytes(tmp_path / "state")
 
-        acked = publish_big(used, f"{prefix}/{SITE}/big/readings", BIG, f"big-{prefix}")
+        acked = services.publish_big(used, f"{prefix}/{SITE}/big/readings", BIG, f"big-{prefix}", timeout=120)
         await publish(plan.messages[half:], cfg, client_id=f"h-{prefix}")
         await through(gw, used, influxdb_v1.url, influx_db, prefix, 1)
 
