@@ -35,9 +35,12 @@ def test_the_section_declares_types_and_every_other_metric_is_a_float() -> None:
 
 def test_the_environment_replaces_a_list() -> None:
     doc = {"metric_types": {"string": ["door"], "integer": ["count"]}}
-    env = {"EDGEKIT_METRIC_TYPES_STRING": "door, status", "EDGEKIT_METRIC_TYPES_INTEGER": ""}
+    env = {"EDGEKIT_METRIC_TYPES_STRING": "door, status", "EDGEKIT_METRIC_TYPES_INTEGER": "[]"}
     t = parse_config(doc, env=env).metric_types
     assert t.string == {"door", "status"} and t.integer == frozenset()
+    # an empty value is "", refused as the file refuses it: an empty list is written []
+    with pytest.raises(ConfigError, match=r"metric_types\.integer.*EDGEKIT_METRIC_TYPES_INTEGER"):
+        parse_config(doc, env={"EDGEKIT_METRIC_TYPES_INTEGER": ""})
 
 
 @pytest.mark.parametrize(
