@@ -193,8 +193,9 @@ def read_header(fd: int) -> tuple[int, int] | None:
 
 
 def wal_identity(wal: Path) -> tuple[int, int] | None:
-    """``(application_id, user_version)`` of the last valid copy of the first page in the WAL file ``wal``
-    (https://www.sqlite.org/fileformat.html#the_write_ahead_log), or None when it holds none.
+    """``(application_id, user_version)`` of the last committed copy of the first page in the WAL file ``wal``
+    (https://www.sqlite.org/fileformat.html#the_write_ahead_log), or None when it holds none: frames count as
+    SQLite counts them (the header's salts, the cumulative checksum, up to the last commit frame).
 
     Read by hand, before SQLite sees the WAL: SQLite applies any WAL file beside a database, even one left by
     another database, and then reads a mix of the two (or calls it malformed)."""
@@ -205,15 +206,41 @@ def wal_identity(wal: Path) -> tuple[int, int] | None:
         return None
     if len(data) < 32 or data[:4] not in (b"\x37\x7f\x06\x82", b"\x37\x7f\x06\x83"):
         return None
+    big = data[3] == 0x83  # the checksums' byte order
     page_size = int.from_bytes(data[8:12], "big")
+    if page_size < 512 or page_size & (page_size - 1):
+        return None
     salts = data[16:24]
+    sums = _wal_checksum(data[:24], 0, 0, big)
+    if sums != struct.unpack(">II", data[24:32]):
+        return None
     found = None
+    pending = None  # page 1 as written by a transaction not yet seen committed
     frame = 24 + page_size
     for at in range(32, len(data) - frame + 1, frame):
-        if data[at + 8 : at + 16] == salts and int.from_bytes(data[at : at + 4], "big") == 1:
+        head = data[at : at + 24]
+        if head[8:16] != salts:
+            break
+        sums = _wal_checksum(data[at + 24 : at + frame], *_wal_checksum(head[:8], *sums, big), big)
+        if sums != struct.unpack(">II", head[16:24]):
+            break  # SQLite stops at the first frame whose checksum is wrong (a torn or stale frame)
+        if int.from_bytes(head[0:4], "big") == 1:
             page = data[at + 24 : at + 24 + 100]
-            found = int.from_bytes(page[68:72], "big"), int.from_bytes(page[60:64], "big")
+            pending = int.from_bytes(page[68:72], "big"), int.from_bytes(page[60:64], "big")
+        if int.from_bytes(head[4:8], "big"):  # a commit frame: what its transaction wrote counts
+            if pending is not None:
+                found, pending = pending, None
     return found
+
+
+def _wal_checksum(data: bytes, s0: int, s1: int, big: bool) -> tuple[int, int]:
+    """SQLite's WAL checksum of ``data`` (a multiple of 8 bytes) continued from ``(s0, s1)``."""
+    words = struct.unpack(f"{'>' if big else '<'}{len(data) // 4}I", data)
+    mask = 0xFFFFFFFF
+    for i in range(0, len(words), 2):
+        s0 = (s0 + words[i] + s1) & mask
+        s1 = (s1 + words[i + 1] + s0) & mask
+    return s0, s1
 
 
 def _columns(db: sqlite3.Connection, table: str) -> list[str]:
