@@ -55,12 +55,13 @@ import resource
 import subprocess
 import sys
 import time
-import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from memsize import deep_size  # bench/memsize.py
 
 from gateway.engine import Engine, parse_engine
 from gateway.model import Batch, Reading
@@ -104,22 +105,6 @@ def stream(n: int, devices: int, metrics: tuple[str, ...], seed: int = 1) -> Ite
                     keep.append((arrival, o, b))
             pending = keep
         yield out
-
-
-def deep_size(root: object) -> int:
-    """Bytes held by ``root`` and everything it references (classes, modules and functions excluded)."""
-    skip = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType)
-    seen: set[int] = set()
-    stack = [root]
-    total = 0
-    while stack:
-        o = stack.pop()
-        if id(o) in seen or isinstance(o, skip):
-            continue
-        seen.add(id(o))
-        total += sys.getsizeof(o)
-        stack.extend(gc.get_referents(o))
-    return total
 
 
 def run(

@@ -34,10 +34,11 @@ import resource
 import subprocess
 import sys
 import time
-import types
 import zlib
 from pathlib import Path
 from typing import Any
+
+from memsize import deep_size  # bench/memsize.py (standard library only: imported before any checkout)
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = 1_764_072_000_000
@@ -47,22 +48,6 @@ WINDOWS: list[dict[str, Any]] = [
     {"name": "s60", "kind": "sliding", "size": "60s", "slide": "1s", "metrics": list(METRICS)},
     {"name": "ses", "kind": "session", "gap": "30s", "metrics": list(METRICS)},
 ]
-
-
-def deep_size(root: object) -> int:
-    """Bytes held by ``root`` and everything it references (classes, modules and functions excluded)."""
-    skip = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType)
-    seen: set[int] = set()
-    stack = [root]
-    total = 0
-    while stack:
-        o = stack.pop()
-        if id(o) in seen or isinstance(o, skip):
-            continue
-        seen.add(id(o))
-        total += sys.getsizeof(o)
-        stack.extend(gc.get_referents(o))
-    return total
 
 
 def rss_mib() -> float:
