@@ -289,9 +289,10 @@ class MultiDetector:
         t2 = max(0.0, sum(parts))
         n_eff = min(st.n, 2 * self.memory - 1)
         t2e, vmax = self._evidence(u)
-        z = max(
-            t2_z(t2, k, n_eff), t2_z(t2e / EVIDENCE_DIVISOR, k, n_eff), max_z(vmax / math.sqrt(EVIDENCE_DIVISOR), k)
-        )
+        z = max(t2_z(t2, k, n_eff), t2_z(t2e / EVIDENCE_DIVISOR, k, n_eff))
+        v = vmax / math.sqrt(EVIDENCE_DIVISOR)
+        if v > z:  # max_z(v, k) <= v: only then can it be the largest
+            z = max(z, max_z(v, k))
         score = score_of(z, spec.threshold)
         events: list[Event] = []
         anomalous = st.active
