@@ -31,9 +31,12 @@ from ..model import Reading
 from .config import AnomalySpec
 from .engine import AnomalyEngine, AnomalyOutput
 
-__all__ = ["PATHS_VERSION", "AnomalyPaths"]
+__all__ = ["MAX_BUFFERED", "PATHS_VERSION", "AnomalyPaths"]
 
 PATHS_VERSION: Final = 1
+MAX_BUFFERED: Final = 10_000
+"""Readings waiting per device at most (as CEP's ``max_buffered``): beyond it the earliest is scored at once
+(counted as ``forced``), so a device cannot grow the buffer without bound inside its out-of-orderness bound."""
 
 _Held = tuple[int, int, int, int, Reading]
 """``(t, boot, seq, arrival, reading)``: the event-time path's buffer, in the order it scores."""
@@ -82,7 +85,9 @@ class AnomalyPaths:
         """Arrival alerts waiting for their verdict (``both``), in the order they were raised."""
         self._arrival = 0
         self._bounds: dict[str, int] = {}
-        self.stats: dict[str, int] = dict.fromkeys(("late", "fast_alerts", "confirmed", "retracted", "missed_fast"), 0)
+        self.stats: dict[str, int] = dict.fromkeys(
+            ("late", "forced", "fast_alerts", "confirmed", "retracted", "missed_fast"), 0
+        )
 
     @property
     def engine(self) -> AnomalyEngine:
@@ -137,7 +142,11 @@ class AnomalyPaths:
             if marks[0] is None or r.t_ms > marks[0]:
                 marks[0] = r.t_ms
             self._arrival += 1
-            heapq.heappush(self.buf.setdefault(r.device, []), (r.t_ms, r.boot, r.seq, self._arrival, r))
+            buf = self.buf.setdefault(r.device, [])
+            heapq.heappush(buf, (r.t_ms, r.boot, r.seq, self._arrival, r))
+            if len(buf) > MAX_BUFFERED:
+                self.stats["forced"] += 1
+                passed.append(heapq.heappop(buf)[4])
             touched.add(r.device)
         if (
             device is not None
@@ -150,10 +159,10 @@ class AnomalyPaths:
             touched.add(device)
         for d in sorted(touched):
             wm = self.wm(d)
-            buf = self.buf.get(d)
-            while buf and wm is not None and buf[0][0] < wm:
-                passed.append(heapq.heappop(buf)[4])
-            if buf == []:
+            held = self.buf.get(d)
+            while held and wm is not None and held[0][0] < wm:
+                passed.append(heapq.heappop(held)[4])
+            if held == []:
                 del self.buf[d]
         if passed:
             found = self.exact.process(passed, now_ms)

@@ -186,3 +186,13 @@ def test_pipeline_publishes_the_verdicts_and_counts_them() -> None:
     ]
     s = pipe.stats
     assert (s.fast_alerts, s.alerts_confirmed, s.alerts_retracted, s.alerts_missed_fast) == (1, 1, 0, 0)
+
+
+def test_the_event_time_buffer_is_bounded(monkeypatch: Any) -> None:
+    import gateway.anomaly.paths as paths_module
+
+    monkeypatch.setattr(paths_module, "MAX_BUFFERED", 3)
+    p = paths("event_time")
+    for i in range(5):  # all inside the bound of the latest: nothing passes the watermark
+        p.process([Reading("s1", "d1", 1, i, T0 + i * 100, "s", {"temp_c": 20.0})], NOW, device="d1")
+    assert p.buffered() == 3 and p.stats["forced"] == 2 and p.engine.stats["scored"] == 2
