@@ -29,7 +29,7 @@ S = 1_000
 NOW = T0 + 86_400_000
 BOUND = 5 * S
 SECTION: dict[str, Any] = {"warmup": 5, "multivariate": False, "compound": {"span": "20s"}, "gap_factor": 50.0}
-SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def paths(on: str) -> AnomalyPaths:

@@ -23,7 +23,7 @@ from gateway.cep import Cep, Match, Pattern, PatternError, PatternSpec, parse_pa
 from gateway.model import Batch, Reading
 
 SETTINGS = settings(
-    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow]
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow]
 )
 
 
