@@ -75,14 +75,31 @@ class Uplink:
                 # the address we had is still worth a try
         return socket.getaddrinfo(ip, port)[0][-1]
 
+    def tls(self):
+        """(context, name) for TLS to the broker, verified against the fleet's CA; None without 'tls'."""
+        cfg = self.cfg
+        if not cfg.get('tls'):
+            return None
+        import ssl
+        try:
+            with open(cfg.get('ca') or 'ca.der', 'rb') as f:
+                ca = f.read()
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.verify_mode = ssl.CERT_REQUIRED  # micropython-lib's ssl.SSLContext starts at CERT_NONE
+            ctx.load_verify_locations(cadata=ca)
+        except (OSError, ValueError) as e:
+            raise OSError('tls ca %s: %r' % (cfg.get('ca'), e))
+        return ctx, cfg.get('tls_name') or cfg['broker']
+
     def connect(self):
         cfg = self.cfg
         err = None
+        tls = self.tls()
         for i in range(_RETRIES):  # bounded retry
             c = Client(self.dev, cfg.get('mqtt_user'), cfg.get('mqtt_password'), cfg['keepalive_s'])
             c.set_last_will(self.t_status, codec.will(self.dev), True, 1)
             try:
-                c.connect(self.address(), self.ms())
+                c.connect(self.address(), self.ms(), True, tls)
                 self.c = c
                 return
             except OSError as e:
