@@ -360,8 +360,9 @@ class Wake:
         gc.collect()
         import sntp  # noqa: F401  (load the network modules before the heap fragments)
         import mqtt  # noqa: F401
-        import uplink  # noqa: F401
+        import uplink
         import dns  # noqa: F401
+        uplink.prepare(cfg)  # the TLS context, while the heap is still whole
         if not hw.wifi_connect(cfg['wifi_ssid'], cfg['wifi_password'], cfg['wifi_timeout_s'] * 1000):
             backoff.failed(st, cfg)
             self.save()

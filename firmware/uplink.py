@@ -8,6 +8,7 @@
 # dns_cache_s worth of wakes, so most wakes send no DNS query at all; when the lookup fails an older
 # address is still tried, and a connect that fails drops it.
 import socket
+import ssl  # frozen on the board; imported with the other network modules, before the heap fragments
 import time
 from micropython import const
 
@@ -27,6 +28,29 @@ def _aton(ip):
     for x in ip.split('.'):
         n = n << 8 | int(x)
     return n
+
+
+_tls = None  # (context, name) or the OSError of making it: prepare()
+
+
+def _context(cfg):
+    try:
+        with open(cfg.get('ca') or 'ca.der', 'rb') as f:
+            ca = f.read()
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.verify_mode = ssl.CERT_REQUIRED  # micropython-lib's ssl.SSLContext starts at CERT_NONE
+        ctx.load_verify_locations(cadata=ca)
+    except (OSError, ValueError, MemoryError) as e:
+        return OSError('tls ca %s: %r' % (cfg.get('ca'), e))
+    return ctx, cfg.get('tls_name') or cfg['broker']
+
+
+def prepare(cfg):
+    """With 'tls', make the TLS context now, early in the wake: its mbedTLS state is one object of some KB
+    (3 KB on the 64-bit unix port) that a heap fragmented by the wake may not have in one piece. A failure
+    (no CA file, a bad one) is kept and raised by the connect, where network failures are handled."""
+    global _tls
+    _tls = _context(cfg) if cfg.get('tls') else None
 
 
 class Uplink:
@@ -77,19 +101,12 @@ class Uplink:
 
     def tls(self):
         """(context, name) for TLS to the broker, verified against the fleet's CA; None without 'tls'."""
-        cfg = self.cfg
-        if not cfg.get('tls'):
-            return None
-        import ssl
-        try:
-            with open(cfg.get('ca') or 'ca.der', 'rb') as f:
-                ca = f.read()
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            ctx.verify_mode = ssl.CERT_REQUIRED  # micropython-lib's ssl.SSLContext starts at CERT_NONE
-            ctx.load_verify_locations(cadata=ca)
-        except (OSError, ValueError) as e:
-            raise OSError('tls ca %s: %r' % (cfg.get('ca'), e))
-        return ctx, cfg.get('tls_name') or cfg['broker']
+        t = _tls
+        if t is None and self.cfg.get('tls'):
+            t = _context(self.cfg)
+        if isinstance(t, OSError):
+            raise t
+        return t
 
     def connect(self):
         cfg = self.cfg

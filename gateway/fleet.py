@@ -128,8 +128,10 @@ def _settings(where: str, raw: Any) -> dict[str, Any]:
         if key not in known:
             raise FleetError(f"{where}: {key!r} is not a firmware setting (firmware/config.py)")
         dflt = known[key]
-        if dflt is not None and not isinstance(value, type(dflt)) and not (
-            isinstance(dflt, (list, tuple)) and isinstance(value, list)
+        if (
+            dflt is not None
+            and not isinstance(value, type(dflt))
+            and not (isinstance(dflt, (list, tuple)) and isinstance(value, list))
         ):
             raise FleetError(f"{where}: {key} = {value!r} is not a {type(dflt).__name__} like its default {dflt!r}")
         out[key] = value
