@@ -468,7 +468,9 @@ class Fleet:
                     shutil.copy2(f, fl / f.name)
             if self.lib_dir is not None:  # extra MicroPython libraries for lib/ (the firmware itself needs none)
                 shutil.copytree(self.lib_dir, fl / "lib", dirs_exist_ok=True)
-            cfg = {"device": spec.name, "ntp_host": "127.0.0.1", "ntp_port": self.ntp_port, **spec.config}
+            # no maintenance window at power-on (3 s of real time each) unless the board's config asks for one
+            cfg = {"device": spec.name, "ntp_host": "127.0.0.1", "ntp_port": self.ntp_port, "maint_window_ms": 0,
+                   **spec.config}  # fmt: skip
             (fl / "config_local.py").write_text(f"CFG = {cfg!r}\n")
             self._write_hw(
                 spec.name,
