@@ -133,7 +133,7 @@ def _settings(where: str, raw: Any) -> dict[str, Any]:
             and not isinstance(value, type(dflt))
             and not (isinstance(dflt, (list, tuple)) and isinstance(value, list))
         ):
-            raise FleetError(f"{where}: {key} = {value!r} is not a {type(dflt).__name__} like its default {dflt!r}")
+            raise FleetError(f"{where}: {key} = {value!r} is not of type {type(dflt).__name__} (default {dflt!r})")
         out[key] = value
     return out
 

@@ -270,6 +270,12 @@ def test_redeploy_source_compiled_source_runs_exactly_the_last_build(field: Fiel
         truth = hw / "truth.log"
         truth.unlink(missing_ok=True)
         with pty_board(micropython, fl, port, start=True, sim=hw, heap="256K"):
+            if compiled:  # the id the board gives itself without one configured, read over the serial line
+                ident = subprocess.run([sys.executable, str(REPO / "scripts" / "deploy.py"), "--port", str(port),
+                                        "--identify"], capture_output=True, text=True, timeout=60)  # fmt: skip
+                own = run_mpy(micropython, "import hw; print(hw.board_id())", fl, heap="256K", sim=hw)
+                assert ident.stdout.split()[-1] == own.stdout.split()[-1] and own.stdout.startswith("esp32-"), (
+                    ident.stdout + ident.stderr + own.stdout + own.stderr)  # fmt: skip
             r = deploy(f, port, REDEPLOYED, compiled=compiled)
         assert r.returncode == 0, r.stdout + r.stderr
         assert "wdt" not in (truth.read_text() if truth.exists() else ""), "the wake began: the window was missed"
