@@ -102,9 +102,13 @@ def _check_name(what: str, value: str) -> str:
     return value
 
 
-def firmware_keys() -> dict[str, Any]:
-    """The firmware's settings and their defaults, read from firmware/config.py (not imported: MicroPython)."""
-    tree = ast.parse((FIRMWARE / "config.py").read_text(encoding="utf-8"))
+def firmware_keys() -> dict[str, Any] | None:
+    """The firmware's settings and their defaults, read from firmware/config.py (not imported: MicroPython);
+    None where the firmware is not beside the package (an installed wheel: settings are then not checked)."""
+    path = FIRMWARE / "config.py"
+    if not path.is_file():
+        return None
+    tree = ast.parse(path.read_text(encoding="utf-8"))
     for node in tree.body:
         if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "CFG":
             value = ast.literal_eval(node.value)
@@ -125,6 +129,9 @@ def _settings(where: str, raw: Any) -> dict[str, Any]:
             raise FleetError(f"{where}: {key} is a secret: it never goes in the fleet file (see 'wifi', 'credentials')")
         if key in FLEET_KEYS:
             raise FleetError(f"{where}: {key} is set at the top of the fleet file or on the device, not in settings")
+        if known is None:
+            out[key] = value
+            continue
         if key not in known:
             raise FleetError(f"{where}: {key!r} is not a firmware setting (firmware/config.py)")
         dflt = known[key]

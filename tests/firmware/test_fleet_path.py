@@ -89,10 +89,10 @@ def field(micropython: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     root = tmp_path_factory.mktemp("field")
     start = past_start(60 * MIN)
     runner = Fleet(root / "boards", [BoardSpec(b, {}, {"values": VALUES}) for b in BOARDS], start_vt=start,
-                   heap="112K", wdt_ms=30_000, compiled_shims=True)  # fmt: skip
+                   heap="112K", wdt_ms=30_000, compiled=False, compiled_shims=True)  # fmt: skip
     runner.prepare()  # the boards' hardware and an NTP server on their clock; their flash stays empty
     solo = Fleet(root / "solo", [BoardSpec(REDEPLOYED, {}, {"values": VALUES})], start_vt=start, heap="256K",
-                 wdt_ms=30_000)  # fmt: skip
+                 wdt_ms=30_000, compiled=False)  # fmt: skip
     solo.prepare()
     for fl in [runner.flash(b) for b in BOARDS] + [solo.flash(REDEPLOYED)]:
         shutil.rmtree(fl)
@@ -101,15 +101,18 @@ def field(micropython: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     tls_port = services.free_port()
     fleet_file, out, certs = root / "fleet.toml", root / ".run" / "fleet", root / ".run" / "certs"
     printed = fleet_cmd(root, "init", "--broker", "127.0.0.1", "--port", str(tls_port))
+    settings = {"ntp_host": '"127.0.0.1"', "ntp_port": runner.ntp_port, "publish_every": 1, "wifi_timeout_s": 1,
+                "net_timeout_s": 3, "wake_timeout_s": 30, "adc": "[]", "maint_window_ms": 500}  # fmt: skip
     with fleet_file.open("a") as fh:  # the fleet's firmware settings, as a person writes them in the file
-        fh.write(f'\n[settings]\nntp_host = "127.0.0.1"\nntp_port = {runner.ntp_port}\npublish_every = 1\n'
-                 "wifi_timeout_s = 1\nnet_timeout_s = 3\nwake_timeout_s = 30\nadc = []\n")  # fmt: skip
+        fh.write("\n[settings]\n" + "".join(f"{k} = {v}\n" for k, v in settings.items()))
     printed += fleet_cmd(root, "add", "--site", "greenhouse", *BOARDS)
     printed += fleet_cmd(root, "add", "--site", "orchard", REDEPLOYED)
-    text = fleet_file.read_text()  # the redeployed board has its own clock: its own NTP server
-    fleet_file.write_text(text.replace(f'id = "{REDEPLOYED}"\nsite = "orchard"\n',
-                                       f'id = "{REDEPLOYED}"\nsite = "orchard"\n'
-                                       f"settings = {{ ntp_port = {solo.ntp_port} }}\n"))  # fmt: skip
+    # the redeployed board has its own clock (its own NTP server) and the default maintenance window
+    text = fleet_file.read_text()
+    mine = f"settings = {{ ntp_port = {solo.ntp_port}, maint_window_ms = 3000 }}\n"
+    fleet_file.write_text(
+        text.replace(f'id = "{REDEPLOYED}"\nsite = "orchard"\n', f'id = "{REDEPLOYED}"\nsite = "orchard"\n{mine}')
+    )
     printed += fleet_cmd(root, "wifi", "--ssid", "sim", env={"EDGEKIT_WIFI_PASSWORD": WIFI_PASSWORD})
     printed += fleet_cmd(root, "credentials", "--out", str(out))
     subprocess.run(["bash", str(REPO / "scripts" / "make_certs.sh"), str(certs)], check=True, capture_output=True)
