@@ -8,7 +8,6 @@
 # dns_cache_s worth of wakes, so most wakes send no DNS query at all; when the lookup fails an older
 # address is still tried, and a connect that fails drops it.
 import socket
-import ssl  # frozen on the board; imported with the other network modules, before the heap fragments
 import time
 from micropython import const
 
@@ -34,6 +33,7 @@ _tls = None  # (context, name) or the OSError of making it: prepare()
 
 
 def _context(cfg):
+    import ssl  # only with TLS (frozen on the board; the host shim takes KBs of heap)
     try:
         with open(cfg.get('ca') or 'ca.der', 'rb') as f:
             ca = f.read()
