@@ -129,8 +129,17 @@ def test_deploy_builds_from_the_fleet_and_tells_how_to_install_micropython(
     main(["--fleet", str(fleet), "init", "--broker", "10.0.0.2"])
     main(["--fleet", str(fleet), "add", "--site", "north", "gh-1"])
     main(["--fleet", str(fleet), "credentials", "--out", str(out)])
-    subprocess.run(["bash", str(deploy.REPO / "scripts" / "make_certs.sh"), str(certs)], check=True,
-                   capture_output=True)  # fmt: skip
+    make_certs = ["bash", str(deploy.REPO / "scripts" / "make_certs.sh"), str(certs), "pi.lan", "10.0.0.2"]
+    printed = subprocess.run(make_certs, check=True, capture_output=True, text=True).stdout
+    assert str(certs) in printed  # the directory it wrote, in full
+    ca_before = (certs / "ca.crt").read_bytes()
+    subprocess.run([*make_certs[:3], "broker.lan"], check=True, capture_output=True)
+    assert (certs / "ca.crt").read_bytes() == ca_before  # the boards' CA is kept; a new server certificate
+    san = subprocess.run(["openssl", "x509", "-in", str(certs / "server.crt"), "-noout", "-ext", "subjectAltName"],
+                         check=True, capture_output=True, text=True).stdout  # fmt: skip
+    assert "DNS:broker.lan" in san and "IP Address:127.0.0.1" in san and "DNS:localhost" in san
+    verify = ["openssl", "verify", "-CAfile", str(certs / "ca.crt"), str(certs / "server.crt")]
+    assert subprocess.run(verify, capture_output=True).returncode == 0
     capsys.readouterr()
     args = ["--device", "gh-1", "--fleet", str(fleet), "--out", str(out), "--certs", str(certs), "--dry-run"]
     assert deploy.main([*args, "--compile"]) == 0
