@@ -74,11 +74,11 @@ MAPPED: list[tuple[str, str, tuple[str, ...]]] = [
      "print_no_secret", ('"password"',)),
     (r"^edgekit-fleet (.* )?init ", "tests/firmware/test_fleet_path.py::field", ('"init"', '"--broker"')),
     (r"^edgekit-fleet (.* )?wifi ", "tests/firmware/test_fleet_path.py::field", ('"wifi"', '"--ssid"')),
-    (r"^python scripts/deploy\.py --install-help", "tests/gateway/test_fleet_tool.py::test_deploy_builds_from_the_"
-     "fleet_and_tells_how_to_install_micropython", ('"--install-help"',)),
-    (r"^python scripts/deploy\.py .*--identify", "tests/firmware/test_fleet_path.py::test_redeploy_source_compiled_"
-     "source_runs_exactly_the_last_build", ('"--identify"',)),
-    (r"^python scripts/deploy\.py .*--device", "tests/firmware/test_fleet_path.py::deploy",
+    (r"^(\.venv/bin/)?python scripts/deploy\.py --install-help", "tests/gateway/test_fleet_tool.py::test_deploy_"
+     "builds_from_the_fleet_and_tells_how_to_install_micropython", ('"--install-help"',)),
+    (r"^(\.venv/bin/)?python scripts/deploy\.py .*--identify", "tests/firmware/test_fleet_path.py::test_redeploy_"
+     "source_compiled_source_runs_exactly_the_last_build", ('"--identify"',)),
+    (r"^(\.venv/bin/)?python scripts/deploy\.py .*--device", "tests/firmware/test_fleet_path.py::deploy",
      ('"--port"', '"--device"', '"--compile"')),
     (r"^evaluate( |$)", "tests/gateway/anomaly/test_anomaly_evaluate.py::test_default_settings_reach_f1_0_9_for_"
      "spikes_and_level_shifts", ("main(",)),
