@@ -360,8 +360,9 @@ class Wake:
         gc.collect()
         import sntp  # noqa: F401  (load the network modules before the heap fragments)
         import mqtt  # noqa: F401
-        import uplink  # noqa: F401
+        import uplink
         import dns  # noqa: F401
+        uplink.prepare(cfg)  # the TLS context, while the heap is still whole
         if not hw.wifi_connect(cfg['wifi_ssid'], cfg['wifi_password'], cfg['wifi_timeout_s'] * 1000):
             backoff.failed(st, cfg)
             self.save()
@@ -380,10 +381,23 @@ class Wake:
         self.save()
 
 
+_MAINT_WDT_MS = const(3600000)
+
+
 def maintenance(cfg):
+    """True when maint_pin (never GPIO0, which at reset means the ROM bootloader) is held low. After a reset
+    (not a deep-sleep wake) wait maint_window_ms first: a Ctrl-C from the host (mpremote) then raises
+    KeyboardInterrupt, which main.py passes on to the REPL, before the watchdog was started."""
+    ms = cfg.get('maint_window_ms') or 0
+    if ms > 0 and not hw.woke_from_sleep():
+        log('maintenance window', ms, 'ms: Ctrl-C for the REPL')
+        time.sleep_ms(ms)
+    pin = cfg.get('maint_pin')
+    if not pin:
+        return False
     try:
         import machine
-        return machine.Pin(cfg['maint_pin'], machine.Pin.IN, machine.Pin.PULL_UP).value() == 0
+        return machine.Pin(pin, machine.Pin.IN, machine.Pin.PULL_UP).value() == 0
     except (AttributeError, ValueError, OSError):
         return False
 
@@ -394,6 +408,8 @@ def main():
     msgbuf = bytearray(4096)  # the message buffer first, while the heap is still unfragmented
     rtcbuf = bytearray(2048)  # and the RTC-memory image (cfgcheck.RTC_MEM_MAX)
     from config import CFG as cfg
+    if not cfg.get('device'):
+        cfg['device'] = hw.board_id()
     import cfgcheck
     problems = cfgcheck.check(cfg)  # fixes what cannot work; the messages go to the REPL and the status
     del sys.modules['cfgcheck']  # not needed again in this wake: let its code be collected
@@ -407,7 +423,8 @@ def main():
     sleep_ms = cfg['sleep_s'] * 1000
     try:
         Wake(cfg, t0, wdt, msgbuf, problems, rtcbuf).run()
-    except KeyboardInterrupt:  # a host (mpremote) interrupted: stay awake for it
+    except KeyboardInterrupt:  # a host (mpremote) interrupted: stay awake for it; the ESP32's watchdog
+        hw.watchdog(_MAINT_WDT_MS)  # cannot be stopped, only given a longer timeout (for a deploy)
         raise
     except Exception as e:
         log('error', repr(e))

@@ -145,19 +145,33 @@ class Client:
 
     # -- MQTT --------------------------------------------------------------------------------------
 
-    def connect(self, addr, timeout_ms, clean=True):
-        """Open the TCP connection to addr (from socket.getaddrinfo) and log in; at most timeout_ms."""
+    def connect(self, addr, timeout_ms, clean=True, tls=None):
+        """Open the TCP connection to addr (from socket.getaddrinfo) and log in; at most timeout_ms.
+        tls: (ssl.SSLContext, server_hostname): the connection is wrapped before the first byte; the
+        handshake runs inside the bounded writes and reads below (extmod/modtls_mbedtls.c: a non-blocking
+        socket gives EAGAIN, and poll asks for the direction the handshake needs). A certificate that does
+        not verify is an OSError like any other network failure."""
         self.close()
         self._deadline(timeout_ms)
         s = socket.socket()
         self.sock = s
         s.setblocking(False)
-        self.poll = select.poll()
-        self.poll.register(s, select.POLLOUT)
         try:
             s.connect(addr)
         except OSError:
             pass  # EINPROGRESS (its number differs between ports); a real failure shows at the first write
+        if tls is not None:
+            s = tls[0].wrap_socket(s, server_hostname=tls[1], do_handshake_on_connect=False)
+            self.sock = s
+        self.poll = select.poll()
+        self.poll.register(s, select.POLLOUT)
+        try:
+            self._login(clean)
+        except ValueError as e:  # modtls: a certificate that does not verify
+            self.close()
+            raise OSError('tls: %s' % e)
+
+    def _login(self, clean):
         will = self.will
         sz = 10 + 2 + len(self.id)
         flags = 0x02 if clean else 0

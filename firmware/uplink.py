@@ -29,6 +29,31 @@ def _aton(ip):
     return n
 
 
+_tls = None  # (context, name) or the OSError of making it: prepare()
+
+
+def _context(cfg):
+    import ssl  # only with TLS (frozen on the board; the host shim takes KBs of heap)
+    try:
+        with open(cfg.get('ca') or 'ca.der', 'rb') as f:
+            ca = f.read()
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        # micropython-lib's ssl.SSLContext starts at CERT_NONE (the ESP32 stubs lack its verify_mode)
+        ctx.verify_mode = ssl.CERT_REQUIRED  # type: ignore[attr-defined]
+        ctx.load_verify_locations(cadata=ca)
+    except (OSError, ValueError, MemoryError) as e:
+        return OSError('tls ca %s: %r' % (cfg.get('ca'), e))
+    return ctx, cfg.get('tls_name') or cfg['broker']
+
+
+def prepare(cfg):
+    """With 'tls', make the TLS context now, early in the wake: its mbedTLS state is one object of some KB
+    (3 KB on the 64-bit unix port) that a heap fragmented by the wake may not have in one piece. A failure
+    (no CA file, a bad one) is kept and raised by the connect, where network failures are handled."""
+    global _tls
+    _tls = _context(cfg) if cfg.get('tls') else None
+
+
 class Uplink:
     def __init__(self, cfg, left_ms=None, st=None, dns_server=None):
         p = '%s/%s/%s/' % (cfg['prefix'], cfg['site'], cfg['device'])
@@ -75,14 +100,24 @@ class Uplink:
                 # the address we had is still worth a try
         return socket.getaddrinfo(ip, port)[0][-1]
 
+    def tls(self):
+        """(context, name) for TLS to the broker, verified against the fleet's CA; None without 'tls'."""
+        t = _tls
+        if t is None and self.cfg.get('tls'):
+            t = _context(self.cfg)
+        if isinstance(t, OSError):
+            raise t
+        return t
+
     def connect(self):
         cfg = self.cfg
         err = None
+        tls = self.tls()
         for i in range(_RETRIES):  # bounded retry
             c = Client(self.dev, cfg.get('mqtt_user'), cfg.get('mqtt_password'), cfg['keepalive_s'])
             c.set_last_will(self.t_status, codec.will(self.dev), True, 1)
             try:
-                c.connect(self.address(), self.ms())
+                c.connect(self.address(), self.ms(), True, tls)
                 self.c = c
                 return
             except OSError as e:

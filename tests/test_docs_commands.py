@@ -63,11 +63,23 @@ MAPPED: list[tuple[str, str, tuple[str, ...]]] = [
      ('"verify"', '"--truth"', '"--influx-url"', '"--database"')),
     (r"^edgekit-sim report ", "tests/sim/test_scenarios.py::test_cli_simulate_in_process_writes_truth_and_report",
      ('"report"', '"--truth"', '"--out"')),
-    (r"^edgekit-fleet .* (add|list)( |$)", "tests/gateway/test_fleet_tool.py::test_move_changes_the_site_and_prints_"
+    (r"^edgekit-fleet (.* )?(add|list)( |$)", "tests/gateway/test_fleet_tool.py::test_move_changes_the_site_and_prints_"
      "what_the_gateway_needs", ('"add"', '"--site"')),
-    (r"^edgekit-fleet .* move ", "tests/gateway/test_fleet_tool.py::test_move_changes_the_site_and_prints_what_the_"
+    (r"^edgekit-fleet (.* )?move ", "tests/gateway/test_fleet_tool.py::test_move_changes_the_site_and_prints_what_the_"
      "gateway_needs", ('"move"', '"--site"')),
-    (r"^edgekit-fleet .* credentials", "tests/reliability/test_security.py::locked", ('"credentials"', '"--out"')),
+    (r"^edgekit-fleet (.* )?credentials", "tests/reliability/test_security.py::locked", ('"credentials"', '"--out"')),
+    (r"^edgekit-fleet (.* )?credentials .*--broker-dir", "tests/gateway/test_fleet_tool.py::test_credentials_write_"
+     "private_files_and_print_no_secret", ('"credentials"', '"--broker-dir"')),
+    (r"^edgekit-fleet (.* )?password ", "tests/gateway/test_fleet_tool.py::test_credentials_write_private_files_and_"
+     "print_no_secret", ('"password"',)),
+    (r"^edgekit-fleet (.* )?init ", "tests/firmware/test_fleet_path.py::field", ('"init"', '"--broker"')),
+    (r"^edgekit-fleet (.* )?wifi ", "tests/firmware/test_fleet_path.py::field", ('"wifi"', '"--ssid"')),
+    (r"^(\.venv/bin/)?python scripts/deploy\.py --install-help", "tests/gateway/test_fleet_tool.py::test_deploy_"
+     "builds_from_the_fleet_and_tells_how_to_install_micropython", ('"--install-help"',)),
+    (r"^(\.venv/bin/)?python scripts/deploy\.py .*--identify", "tests/firmware/test_fleet_path.py::test_redeploy_"
+     "source_compiled_source_runs_exactly_the_last_build", ('"--identify"',)),
+    (r"^(\.venv/bin/)?python scripts/deploy\.py .*--device", "tests/firmware/test_fleet_path.py::deploy",
+     ('"--port"', '"--device"', '"--compile"')),
     (r"^evaluate( |$)", "tests/gateway/anomaly/test_anomaly_evaluate.py::test_default_settings_reach_f1_0_9_for_"
      "spikes_and_level_shifts", ("main(",)),
     (r"^evaluate nab ", "tests/gateway/anomaly/test_anomaly_evaluate.py::test_nab_layout_scores_like_the_series_it_"

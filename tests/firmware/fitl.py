@@ -34,10 +34,22 @@ class Collector:
     """Subscribes to edgekit/# and keeps (topic, payload, host ms of arrival, retained); ready once the broker
     has acknowledged the subscription."""
 
-    def __init__(self, port: int, client_id: str = "fitl-sub") -> None:
+    def __init__(
+        self,
+        port: int,
+        client_id: str = "fitl-sub",
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        ca: Path | None = None,
+    ) -> None:
         self.msgs: list[tuple[str, bytes, int, bool]] = []
         self.lock = threading.Lock()
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
+        if username is not None:
+            self.c.username_pw_set(username, password)
+        if ca is not None:
+            self.c.tls_set(ca_certs=str(ca))
         self.c.on_connect = lambda c, u, f, rc, p: c.subscribe("edgekit/#", qos=1)
         self.c.on_message = self._on
         self.subscribed = threading.Event()
