@@ -11,6 +11,7 @@ from state import State
 from buffer import Buffer, rec_size
 import codec
 import hw
+import otaboot
 
 _MARGIN_MS = const(5000)
 _BOOT = 'boot.cnt'
@@ -89,6 +90,9 @@ class Wake:
         self.clk = clk
         clk.before_drop = self.fix_before
         self.vals = [None] * nm
+        self.acts = []  # actions a command asked for at an earlier wake (cmds.py): sync, status, update
+        self.ack = None  # (id, reason) of the last command handled
+        self.ota_note = ''  # what an update did this wake (ota.py)
         for _, msg in self.problems:
             log('config', msg)
 
@@ -137,6 +141,8 @@ class Wake:
 
     def due(self):
         st, cfg = self.st, self.cfg
+        if self.acts or otaboot.TRIAL is not None:  # a command waits, or a new build must prove itself
+            return True
         if not st.npts:
             # no time in this clock era yet: the backlog cannot go out; ask NTP at once after power-on,
             # later only on the publishing schedule (and its backoff)
@@ -163,7 +169,14 @@ class Wake:
         if v is not None:
             f.append(('battery_mv', v))
         f.extend((('buf', self.buf.fill()), ('buf_cap', self.buf.capacity()), ('dropped', st.dropped),
-                  ('fw', self.cfg['fw']), ('drift_ppm', (st.drift_ppb, 3))))  # ppb -> ppm, 3 decimals
+                  ('fw', otaboot.VERSION or self.cfg['fw']), ('drift_ppm', (st.drift_ppb, 3))))  # ppb -> ppm
+        o = self.ota_state()
+        if o:
+            f.append(('ota', o))
+        if self.ack is not None:
+            f.append(('ack', self.ack[0]))
+            if self.ack[1]:
+                f.append(('ack_err', self.ack[1]))
         if st.untimed:
             f.append(('untimed', st.untimed))
         if st.brownouts:
@@ -174,6 +187,57 @@ class Wake:
         if keys:
             f.append(('cfg', ','.join(keys)[:64]))
         return f
+
+    def ota_state(self):
+        """The status's `ota` field: an update's progress this wake, the trial of a new build, or the build
+        this board refuses (rolled back, or a wrong hash); '' when there is nothing to say."""
+        if self.ota_note:
+            return self.ota_note
+        if otaboot.TRIAL is not None:
+            return 'trial %d/%d' % otaboot.TRIAL
+        try:
+            with open(otaboot.BAD) as f:
+                p = f.read().split()
+            return ('%s %s' % (p[2], p[1]))[:64]
+        except (OSError, IndexError):
+            return ''
+
+    def inbox(self, up):
+        """What came on the subscriptions: a new command (kept for the next wake, or refused) and the
+        manifest of a build to fetch, while the wake has time."""
+        msg = up.inbox.get(up.t_cmd)
+        if msg is not None:
+            import cmds
+            r = cmds.handle(msg)
+            if r is not None:
+                self.ack = r
+                log('cmd', r[0], 'refused: ' + r[1] if r[1] else 'taken')
+        msg = up.inbox.get(up.t_ota[1]) or up.inbox.get(up.t_ota[0])
+        if msg is None:
+            return
+        import json
+        try:
+            m = json.loads(msg)
+            build = m['build']
+        except (ValueError, KeyError, TypeError):
+            self.ota_note = 'bad manifest'
+            return
+        if build == otaboot.BUILD or otaboot.TRIAL is not None:
+            return
+        gc.collect()
+        import ota
+        if 'update' in self.acts:
+            ota.forgive()
+        u = ota.Updater(up, self.cfg, self.left_ms, self.feed, self.msgbuf)  # the readings are out: lend it
+        try:
+            u.run(m)
+            self.ota_note = u.note
+        except (KeyError, TypeError, ValueError) as e:
+            self.ota_note = 'bad manifest'
+            log('ota', 'manifest', repr(e))
+        except OSError as e:  # a chunk that did not come: the connection may still be good for the status
+            self.ota_note = 'fetch failed'
+            log('ota', 'fail', e)
 
     def fix_before(self, pts, upto):
         """The clock is about to drop its oldest sync point: every buffered reading of this era taken before
@@ -201,7 +265,9 @@ class Wake:
 
     def sync_clock(self):
         st, cfg = self.st, self.cfg
-        if not self.clk.need_sync(cfg['sync_every_s'] * 1000):
+        if 'sync' in self.acts:  # the sync command: NTP now, whatever the schedule and its backoff
+            st.ntp_skip = 0
+        elif not self.clk.need_sync(cfg['sync_every_s'] * 1000):
             return
         if st.ntp_skip:  # NTP failed lately: back off
             st.ntp_skip -= 1
@@ -267,8 +333,7 @@ class Wake:
         up.connect()
         try:
             ask = self.want_gateway_time()
-            if ask:
-                up.listen()
+            up.listen()  # the gateway's time, a command, an update's manifest
             t0, raw0 = time.ticks_ms(), self.clk.raw()
             up.status('online', self.status_fields())
             if ask:
@@ -337,6 +402,10 @@ class Wake:
                 t, q = self.clk.now()
                 up.publish(up.t_readings, codec.readings(cfg['device'], (), t))
                 log('pub', 0, 'flushed', t)
+            if otaboot.TRIAL is not None:  # a build on trial has published: keep it
+                import ota
+                ota.confirm()
+            self.inbox(up)
             mem('publish')
             up.status('sleeping', self.status_fields())
             up.close(True)
@@ -350,7 +419,7 @@ class Wake:
         self.sample()
         self.feed()
         import backoff
-        held = backoff.hold(st)  # after failed uplinks the radio stays off for a few wakes
+        held = backoff.hold(st) and otaboot.TRIAL is None  # after failed uplinks the radio stays off a few wakes
         power = self.radio_allowed()  # and after a brown-out, and on a low battery
         if held or not power or not self.due():
             if held:
@@ -373,6 +442,9 @@ class Wake:
         try:
             n = self.publish()
             backoff.ok(st)
+            if self.acts:
+                import cmds
+                cmds.done()
             log('sent', n, 'left', self.buf.fill())
         except OSError as e:
             backoff.failed(st, cfg)
@@ -394,6 +466,11 @@ def main():
     msgbuf = bytearray(4096)  # the message buffer first, while the heap is still unfragmented
     rtcbuf = bytearray(2048)  # and the RTC-memory image (cfgcheck.RTC_MEM_MAX)
     from config import CFG as cfg
+    import cmds
+    cmds.load(cfg)  # settings received on the cmd topic
+    acts, ack = cmds.pending(), cmds.ack()
+    del sys.modules['cmds']
+    del cmds
     import cfgcheck
     problems = cfgcheck.check(cfg)  # fixes what cannot work; the messages go to the REPL and the status
     del sys.modules['cfgcheck']  # not needed again in this wake: let its code be collected
@@ -406,7 +483,9 @@ def main():
     wdt = hw.watchdog((cfg['wake_timeout_s'] + 5) * 1000)
     sleep_ms = cfg['sleep_s'] * 1000
     try:
-        Wake(cfg, t0, wdt, msgbuf, problems, rtcbuf).run()
+        w = Wake(cfg, t0, wdt, msgbuf, problems, rtcbuf)
+        w.acts, w.ack = acts, ack
+        w.run()
     except KeyboardInterrupt:  # a host (mpremote) interrupted: stay awake for it
         raise
     except Exception as e:

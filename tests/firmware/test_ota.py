@@ -1,0 +1,126 @@
+"""Updates over the air and settings over the cmd topic, with the real firmware under the MicroPython unix
+port, a real Mosquitto and the gateway's own ``edgekit-ota``: a build is published, fetched in chunks,
+checked by sha256, staged and switched to; a build that cannot publish is rolled back by the board itself;
+a command changes the sampling interval at the next wake and is acknowledged, a bad one refused with a
+reason. Readings are counted where they land (the broker's subscribers), as the other firmware tests do."""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+from collections import Counter
+from pathlib import Path
+
+from gateway.config import MqttConfig
+from gateway.ota import build_files, publish_build
+from gateway.ota import main as ota_main
+from sim.board.runner import BoardSpec, Fleet, Hook
+
+from .conftest import FIRMWARE, Broker
+from .fitl import MIN, VALUES, config, past_start, run
+
+
+def _broken_firmware(tmp_path: Path) -> Path:
+    """The firmware with an uplink that cannot publish (a build that passes its hashes and boots, then
+    never gets a PUBACK): what the board must roll back by itself."""
+    d = tmp_path / "broken"
+    shutil.copytree(FIRMWARE, d, ignore=shutil.ignore_patterns("config_local.py", "secrets.py", "__pycache__"))
+    p = d / "uplink.py"
+    src = p.read_text()
+    marker = "    def publish(self, topic, msg, retain=False):\n"
+    assert marker in src
+    p.write_text(src.replace(marker, marker + "        raise OSError('this build cannot publish')\n"))
+    return d
+
+
+def _wakes_of(r: object, board: str) -> list[str]:
+    return [w.output for w in r.wakes if w.board == board]  # type: ignore[attr-defined]
+
+
+def test_update_two_boards_and_roll_back_a_third(micropython: str, broker: Broker, tmp_path: Path) -> None:
+    dur = 50 * MIN
+    start = past_start(dur)
+    names = ["ota-1", "ota-2", "ota-3"]
+    boards = [
+        BoardSpec(n, config(broker, publish_every=1, ota_trials=3), {"values": VALUES}, stagger_ms=i * 1000)
+        for i, n in enumerate(names)
+    ]
+    m = MqttConfig(host="127.0.0.1", port=broker.port)
+    good = build_files(FIRMWARE, "0.2.0")
+    bad = build_files(_broken_firmware(tmp_path), "0.3.0-bad")
+    assert good.id != bad.id
+
+    def publish(_f: Fleet) -> None:
+        publish_build(m, good, ["ota-1", "ota-2"])
+        publish_build(m, bad, ["ota-3"])
+
+    r = run(tmp_path, broker, boards, start, start + dur, hooks=[Hook(start + 7 * MIN, publish)], fast=True)
+
+    for w in r.wakes:
+        assert w.outcome == "sleep", (w.board, w.outcome, w.output[-2000:])
+        assert "EK error" not in w.output and "EK fatal" not in w.output, w.output[-2000:]
+    final = {n: r.sub.status_json(n)[-1] for n in names}
+    for n in ("ota-1", "ota-2"):
+        out = "".join(_wakes_of(r, n))
+        assert "EK ota staged 0.2.0 in fwa" in out, out[-3000:]
+        assert "EK ota confirmed 0.2.0" in out
+        assert final[n]["fw"] == "0.2.0", final[n]
+        assert "ota" not in final[n], final[n]
+        # the first status of the new build shows it on trial, the ones after without
+        fws = [s.get("fw") for s in r.sub.status_json(n) if s["state"] == "online"]
+        assert fws[0] == "0.1.0" and fws[-1] == "0.2.0" and fws.index("0.2.0") >= 2, fws
+    out3 = _wakes_of(r, "ota-3")
+    joined = "".join(out3)
+    assert "EK ota staged 0.3.0-bad in fwa" in joined, joined[-3000:]
+    assert "EK ota rollback to 0.1.0" in joined
+    trial = [o for o in out3 if "this build cannot publish" in o]
+    assert len(trial) == 3, len(trial)  # ota_trials wakes on the new build, then back
+    assert "EK ota confirmed" not in joined
+    assert final["ota-3"]["fw"] == "0.1.0", final["ota-3"]
+    assert final["ota-3"]["ota"] == "rollback 0.3.0-bad", final["ota-3"]
+    states = [s.get("ota") for s in r.sub.status_json("ota-3")]
+    assert "rollback 0.3.0-bad" in states
+    # the rolled-back build is not fetched again
+    assert joined.count("EK ota staged") == 1
+    # no reading lost or sent twice across the update and the rollback: every reading a board stored
+    # reached the broker exactly once
+    taken = Counter((x.board, x.boot, x.seq) for x in r.fleet.readings_taken())
+    got = Counter(r.sub.keys())
+    assert not [k for k, c in got.items() if c > 1], "sent twice"
+    assert set(got) == set(taken), (sorted(set(taken) - set(got)), sorted(set(got) - set(taken)))
+    per = Counter(k[0] for k in got)
+    assert all(per[n] >= 9 for n in names), per
+    # ota-3 buffered through its trial and sent the backlog after the rollback: one boot, nothing lost
+    assert {k[1] for k in got if k[0] == "ota-3"} == {1}
+
+
+def test_cmd_sets_the_sampling_interval_and_refuses_a_bad_one(micropython: str, broker: Broker, tmp_path: Path) -> None:
+    dur = 40 * MIN
+    start = past_start(dur)
+    spec = BoardSpec("cmd-1", config(broker, publish_every=1, site="lab"), {"values": VALUES})
+    base = ["--broker", f"127.0.0.1:{broker.port}", "cmd", "--site", "lab", "--device", "cmd-1"]
+    hooks = [
+        Hook(start + 10 * MIN, lambda _f: ota_main([*base, "--id", "c1", "--set", "sleep_s=120"])),
+        Hook(start + 24 * MIN, lambda _f: ota_main([*base, "--id", "c2", "--set", "sleep_s=5"])),
+    ]
+    r = run(tmp_path, broker, [spec], start, start + dur, hooks=hooks, fast=True)
+    for w in r.wakes:
+        assert w.outcome == "sleep", (w.outcome, w.output[-2000:])
+    sts = r.sub.status_json("cmd-1")
+    acks = [(s.get("ack"), s.get("ack_err")) for s in sts if s["state"] == "sleeping"]
+    assert ("c1", None) in acks, acks
+    assert ("c2", "sleep_s: 5 not in 10..86400") in acks, acks
+    assert acks[-1] == ("c2", "sleep_s: 5 not in 10..86400"), acks
+    # the wake that took c1 still slept 300 s; from the next wake on the interval is 120 s, also after c2
+    starts = [w.start_vt for w in r.wakes]
+    took = next(i for i, w in enumerate(r.wakes) if "EK cmd c1 taken" in w.output)
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert all(abs(g - 300_000) < 5_000 for g in gaps[:took]), gaps
+    assert all(abs(g - 120_000) < 5_000 for g in gaps[took + 1 :]), gaps
+    assert len(gaps) - took - 1 >= 8, gaps
+    assert [s["sleep_s"] for s in sts if s["state"] == "sleeping"][-1] == 120
+    refused = next(w.output for w in r.wakes if "EK cmd c2" in w.output)
+    assert "refused: sleep_s: 5 not in 10..86400" in refused, refused
+    # each command is handled once, though it stays retained
+    assert sum("EK cmd c1" in w.output for w in r.wakes) == 1
+    assert sum("EK cmd c2" in w.output for w in r.wakes) == 1
