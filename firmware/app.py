@@ -93,6 +93,7 @@ class Wake:
         self.acts = []  # actions a command asked for at an earlier wake (cmds.py): sync, status, update
         self.ack = None  # (id, reason) of the last command handled
         self.ota_note = ''  # what an update did this wake (ota.py)
+        self.bad = None  # the build this board refuses (fw.bad, read for the status)
         for _, msg in self.problems:
             log('config', msg)
 
@@ -170,13 +171,11 @@ class Wake:
             f.append(('battery_mv', v))
         f.extend((('buf', self.buf.fill()), ('buf_cap', self.buf.capacity()), ('dropped', st.dropped),
                   ('fw', otaboot.VERSION or self.cfg['fw']), ('drift_ppm', (st.drift_ppb, 3))))  # ppb -> ppm
-        o = self.ota_state()
-        if o:
-            f.append(('ota', o))
+        o, self.bad = otaboot.state()
+        f.append(('ota', self.ota_note or o))  # always, '' when idle: a dashboard's last() then shows now
         if self.ack is not None:
             f.append(('ack', self.ack[0]))
-            if self.ack[1]:
-                f.append(('ack_err', self.ack[1]))
+            f.append(('ack_err', self.ack[1]))  # '' when it was taken
         if st.untimed:
             f.append(('untimed', st.untimed))
         if st.brownouts:
@@ -188,56 +187,20 @@ class Wake:
             f.append(('cfg', ','.join(keys)[:64]))
         return f
 
-    def ota_state(self):
-        """The status's `ota` field: an update's progress this wake, the trial of a new build, or the build
-        this board refuses (rolled back, or a wrong hash); '' when there is nothing to say."""
-        if self.ota_note:
-            return self.ota_note
-        if otaboot.TRIAL is not None:
-            return 'trial %d/%d' % otaboot.TRIAL
-        try:
-            with open(otaboot.BAD) as f:
-                p = f.read().split()
-            return ('%s %s' % (p[2], p[1]))[:64]
-        except (OSError, IndexError):
-            return ''
-
-    def inbox(self, up):
-        """What came on the subscriptions: a new command (kept for the next wake, or refused) and the
-        manifest of a build to fetch, while the wake has time."""
-        msg = up.inbox.get(up.t_cmd)
-        if msg is not None:
-            import cmds
-            r = cmds.handle(msg)
-            if r is not None:
-                self.ack = r
-                log('cmd', r[0], 'refused: ' + r[1] if r[1] else 'taken')
-        msg = up.inbox.get(up.t_ota[1]) or up.inbox.get(up.t_ota[0])
-        if msg is None:
-            return
-        import json
-        try:
-            m = json.loads(msg)
-            build = m['build']
-        except (ValueError, KeyError, TypeError):
-            self.ota_note = 'bad manifest'
-            return
-        if build == otaboot.BUILD or otaboot.TRIAL is not None:
-            return
-        gc.collect()
-        import ota
-        if 'update' in self.acts:
-            ota.forgive()
-        u = ota.Updater(up, self.cfg, self.left_ms, self.feed, self.msgbuf)  # the readings are out: lend it
-        try:
-            u.run(m)
-            self.ota_note = u.note
-        except (KeyError, TypeError, ValueError) as e:
-            self.ota_note = 'bad manifest'
-            log('ota', 'manifest', repr(e))
-        except OSError as e:  # a chunk that did not come: the connection may still be good for the status
-            self.ota_note = 'fetch failed'
-            log('ota', 'fail', e)
+    def news(self, got, t_cmd):
+        """Whether what came on the subscriptions needs inbox.py: a command not handled before, a build
+        neither running nor refused (both stay retained: most wakes find nothing new)."""
+        for t in got:
+            m = got[t]
+            if t == t_cmd:
+                if not (self.ack and ('"id":"%s"' % self.ack[0]).encode() in m):
+                    return True
+            else:
+                b = m.find(b'"build":"')  # the manifest's build id, compared without parsing it
+                b = m[b + 9:b + 73] if b >= 0 else b''
+                if not (b == otaboot.BUILD.encode() or self.bad and b == self.bad.encode() and 'update' not in self.acts):
+                    return True
+        return False
 
     def fix_before(self, pts, upto):
         """The clock is about to drop its oldest sync point: every buffered reading of this era taken before
@@ -405,7 +368,10 @@ class Wake:
             if otaboot.TRIAL is not None:  # a build on trial has published: keep it
                 import ota
                 ota.confirm()
-            self.inbox(up)
+            if self.news(up.inbox, up.t_cmd):  # a new command, a new build's manifest (inbox.py)
+                gc.collect()
+                import inbox
+                inbox.handle(self, up)
             mem('publish')
             up.status('sleeping', self.status_fields())
             up.close(True)
@@ -442,9 +408,12 @@ class Wake:
         try:
             n = self.publish()
             backoff.ok(st)
-            if self.acts:
-                import cmds
-                cmds.done()
+            if self.acts:  # done: cmd.do (cfgcheck.py) goes
+                import os
+                try:
+                    os.remove('cmd.do')
+                except OSError:
+                    pass
             log('sent', n, 'left', self.buf.fill())
         except OSError as e:
             backoff.failed(st, cfg)
@@ -466,12 +435,8 @@ def main():
     msgbuf = bytearray(4096)  # the message buffer first, while the heap is still unfragmented
     rtcbuf = bytearray(2048)  # and the RTC-memory image (cfgcheck.RTC_MEM_MAX)
     from config import CFG as cfg
-    import cmds
-    cmds.load(cfg)  # settings received on the cmd topic
-    acts, ack = cmds.pending(), cmds.ack()
-    del sys.modules['cmds']
-    del cmds
     import cfgcheck
+    acts, ack = cfgcheck.received(cfg)  # settings from the cmd topic, checked with the rest
     problems = cfgcheck.check(cfg)  # fixes what cannot work; the messages go to the REPL and the status
     del sys.modules['cfgcheck']  # not needed again in this wake: let its code be collected
     del cfgcheck

@@ -9,9 +9,14 @@
 import json
 import os
 
-CFG_FILE = 'cfg.json'
-ACK_FILE = 'cmd.ack'  # '<id>\n<reason or nothing>'
-DO_FILE = 'cmd.do'  # actions for the next wake, space-separated
+from cfgcheck import ACK_FILE, CFG_FILE, DO_FILE, _read
+
+
+def _write(name, text):
+    with open(name + '.tmp', 'w') as f:
+        f.write(text)
+    os.rename(name + '.tmp', name)
+
 
 # what may be changed at run time, with the range of values taken (integers only)
 LIMITS = {
@@ -25,58 +30,6 @@ LIMITS = {
     'ota_trials': (1, 20),
 }
 ACTIONS = ('sync', 'status', 'update')
-
-
-def _read(name):
-    try:
-        with open(name) as f:
-            return f.read()
-    except OSError:
-        return None
-
-
-def _write(name, text):
-    with open(name + '.tmp', 'w') as f:
-        f.write(text)
-    os.rename(name + '.tmp', name)
-
-
-def load(cfg):
-    """Merge the settings received earlier (cfg.json) over cfg."""
-    s = _read(CFG_FILE)
-    if not s:
-        return
-    try:
-        d = json.loads(s)
-    except ValueError:
-        return
-    if isinstance(d, dict):
-        for k in d:
-            if k in LIMITS:
-                cfg[k] = d[k]
-
-
-def ack():
-    """(id, reason) of the last command handled, or None."""
-    s = _read(ACK_FILE)
-    if not s:
-        return None
-    p = s.split('\n', 1)
-    return p[0], (p[1] if len(p) > 1 else '')
-
-
-def pending():
-    """The actions for this wake (a command received at an earlier wake)."""
-    s = _read(DO_FILE)
-    return s.split() if s else []
-
-
-def done():
-    """The actions were carried out (after a publish the broker acknowledged)."""
-    try:
-        os.remove(DO_FILE)
-    except OSError:
-        pass
 
 
 def check(d):
@@ -117,8 +70,8 @@ def handle(payload):
     cid = d.get('id') if isinstance(d, dict) else None
     if not isinstance(cid, str) or not cid or len(cid) > 32:
         return None
-    old = ack()
-    if old is not None and old[0] == cid:
+    old = _read(ACK_FILE)
+    if old is not None and old.split('\n', 1)[0] == cid:
         return None
     why = check(d)
     if why is None:
@@ -135,7 +88,8 @@ def handle(payload):
             _write(CFG_FILE, json.dumps(cur))
         do = d.get('do', [])
         if do:
-            have = pending()
+            s = _read(DO_FILE)
+            have = s.split() if s else []
             _write(DO_FILE, ' '.join(have + [a for a in do if a not in have]))
         why = ''
     _write(ACK_FILE, cid + '\n' + why[:60])

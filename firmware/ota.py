@@ -14,6 +14,7 @@
 # it back from flash). Staging: the directory not in use (fwa/ or fwb/) is emptied and named for the build
 # (.want), filled, checked, and only then fw.sel is replaced (tmp + rename): a power loss at any step leaves
 # the running build selected, or the new one whole.
+import gc
 import os
 import time
 from binascii import hexlify
@@ -106,16 +107,6 @@ def confirm():
         otaboot.write(p)
         print('EK ota confirmed', p[1])
     otaboot.TRIAL = None
-
-
-def state():
-    """The status's `ota` field: what the update machinery is doing, or ''."""
-    if otaboot.TRIAL is not None:
-        return 'trial %d/%d' % otaboot.TRIAL
-    r = refused()
-    if r is not None:
-        return ('%s %s' % (r[2], r[1]))[:64]
-    return ''
 
 
 class Updater:
@@ -225,22 +216,22 @@ class Updater:
         r = self._fetch(idx, build, size, chunk)
         if r is not True:
             return self._failed(r, build, ver, 'index')
-        files = []
-        with open(idx) as f:
-            for line in f:
+        done = 0
+        with open(idx) as fi:  # one line at a time: the heap is at its fullest in a publishing wake
+            while True:
+                line = fi.readline()
+                if not line:
+                    break
                 p = line.split()
                 if len(p) != 3 or '/' in p[0] or p[0][0] == '.' or len(p[2]) != 64:
                     refuse(build, ver, 'bad-index')
                     self.note = 'bad index'
                     return False
-                files.append((p[0], int(p[1]), p[2]))
-        done = 0
-        for name, n, sha in files:
-            path = slot + '/' + name
-            r = self._fetch(path, sha, n, chunk)
-            if r is not True:
-                return self._failed(r, build, ver, name)
-            done += 1
+                gc.collect()
+                r = self._fetch(slot + '/' + p[0], p[2], int(p[1]), chunk)
+                if r is not True:
+                    return self._failed(r, build, ver, p[0])
+                done += 1
         # every file is on flash and checked: switch (one rename), with the current build as the way back
         prev = sel[0:3] if sel is not None else ['-', self.cfg['fw'], '-']
         otaboot.write([slot, ver, build, 0] + prev + [self.cfg.get('ota_trials', 3)])

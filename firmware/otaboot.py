@@ -81,3 +81,16 @@ def select():
     elif p[1] != '-':
         VERSION = p[1]
         BUILD = p[2]
+
+
+def state():
+    """(the status's `ota` field, the build refused or None): the running build's trial, or the build this
+    board refuses (rolled back, or a wrong hash: fw.bad) with why; '' when there is nothing to say."""
+    if TRIAL is not None:
+        return 'trial %d/%d' % TRIAL, None
+    try:
+        with open(BAD) as f:
+            p = f.read().split()
+        return ('%s %s' % (p[2], p[1]))[:64], p[0]
+    except (OSError, IndexError):
+        return '', None

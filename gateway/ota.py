@@ -40,7 +40,9 @@ __all__ = [
     "Build",
     "OtaError",
     "build_files",
+    "build_parser",
     "chunk_topic",
+    "chunks",
     "command_payload",
     "main",
     "manifest_topic",
@@ -183,6 +185,11 @@ def publish_retained(m: MqttConfig, messages: list[tuple[str, bytes]], timeout_s
         c.loop_stop()
 
 
+def chunks(data: bytes, chunk: int) -> list[bytes]:
+    """The pieces a file travels in: chunk bytes each, the last one shorter (a board checks each length)."""
+    return [data[k : k + chunk] for k in range(0, len(data), chunk)]
+
+
 def publish_build(m: MqttConfig, build: Build, devices: list[str] | None = None, chunk: int = CHUNK) -> int:
     """The chunks of every file and of the index, then the manifest(s). Returns the messages sent."""
     if not 64 <= chunk <= 4096:
@@ -190,8 +197,7 @@ def publish_build(m: MqttConfig, build: Build, devices: list[str] | None = None,
     msgs: list[tuple[str, bytes]] = []
     for data in [*build.files.values(), build.index]:
         sha = hashlib.sha256(data).hexdigest()
-        for k in range(0, max(1, (len(data) + chunk - 1) // chunk)):
-            msgs.append((chunk_topic(m.prefix, sha, k), data[k * chunk : (k + 1) * chunk]))
+        msgs.extend((chunk_topic(m.prefix, sha, k), part) for k, part in enumerate(chunks(data, chunk)))
     for d in devices or [None]:  # type: ignore[list-item]
         msgs.append((manifest_topic(m.prefix, d), build.manifest(chunk)))
     publish_retained(m, msgs)
@@ -219,7 +225,7 @@ def _mqtt_config(args: argparse.Namespace) -> MqttConfig:
     return cfg
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="edgekit-ota", description="firmware updates and settings for the boards")
     ap.add_argument("--config", type=Path, default=None, help="the gateway's configuration (its MQTT connection)")
     ap.add_argument("--broker", help="host:port, instead of the configuration's")
@@ -240,7 +246,11 @@ def main(argv: list[str] | None = None) -> int:
     cl.add_argument("--device", help="the board (default: the fleet's manifest)")
     cl.add_argument("--site", help="with --device and --cmd")
     cl.add_argument("--cmd", action="store_true", help="the board's command, not its manifest")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         m = _mqtt_config(args)
         if args.command == "publish-build":
