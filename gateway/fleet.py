@@ -14,7 +14,8 @@ The fleet file (TOML, safe to commit) lists devices and sites::
   and kept on later runs;
 - ``passwd``: the Mosquitto password file, PBKDF2-SHA512 hashes in Mosquitto 2's ``$7$`` format;
 - ``acl``: each device may write only ``<prefix>/<site>/<device>/readings`` and ``.../status`` and read only
-  its ``.../cmd``; the gateway reads ``<prefix>/#`` and writes the command topics and ``<prefix>/_gateway/#``.
+  its ``.../cmd`` and the firmware builds (``<prefix>/_gateway/ota/...``: the fleet's and its own manifest);
+  the gateway reads ``<prefix>/#`` and writes the command topics and ``<prefix>/_gateway/#``.
 
 ``move --site S DEV...`` changes devices' site in the fleet file and prints the ``[devices.sites]`` lines the
 gateway needs to accept them there (it binds a device id to one site: docs/reliability.md).
@@ -110,6 +111,9 @@ def acl_text(fleet: Fleet) -> str:
             f"topic write {base}/readings",
             f"topic write {base}/status",
             f"topic read {base}/cmd",
+            f"topic read {p}/_gateway/ota/manifest",  # firmware updates (edgekit-ota, firmware/ota.py)
+            f"topic read {p}/_gateway/ota/manifest/{d.id}",
+            f"topic read {p}/_gateway/ota/f/#",
             "",
         ]
     return "\n".join(out)

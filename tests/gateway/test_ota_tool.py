@@ -4,7 +4,10 @@ tests/firmware/test_ota.py."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -79,3 +82,55 @@ def test_top_shows_each_boards_firmware_and_update() -> None:
     b2 = next(line for line in screen if line.startswith("b2"))
     assert "0.2.0" in b1 and "ota:" not in b1, b1
     assert "0.1.0" in b2 and "ota: rollback 0.3.0" in b2, b2
+
+
+@pytest.mark.integration
+def test_fleet_acl_lets_a_board_read_builds_and_only_its_own_manifest(tmp_path: Path) -> None:
+    """edgekit-fleet's ACL in a real Mosquitto: the gateway's user publishes a build for one board; that
+    board reads the fleet's manifest, its own and the chunks, another board's manifest never reaches it."""
+    import queue
+
+    import paho.mqtt.client as mqtt
+    import services
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from gateway.config import MqttConfig
+    from gateway.fleet import main as fleet_main
+    from gateway.ota import chunk_topic, manifest_topic, publish_build
+
+    run_dir = Path(tempfile.mkdtemp(prefix="edgekit-ota-acl-"))
+    run_dir.chmod(0o755)  # so that mosquitto can drop root and still read it
+    fleet, out = run_dir / "fleet.toml", run_dir / "creds"
+    assert fleet_main(["--fleet", str(fleet), "add", "--site", "north", "b1", "b2"]) == 0
+    assert fleet_main(["--fleet", str(fleet), "credentials", "--out", str(out)]) == 0
+    pw = {u: (out / "passwords" / f"{u}.txt").read_text().strip() for u in ("gateway", "b1")}
+    proc = services.start_mosquitto(run_dir, services.free_port(), password_file=out / "passwd", acl_file=out / "acl")
+    try:
+        build = build_files(REPO / "firmware", "0.2.0", compiled=False)
+        gw = MqttConfig(host=proc.host, port=proc.port, username="gateway", password=pw["gateway"])
+        publish_build(gw, build, ["b1", "b2"])
+        got: queue.Queue[str] = queue.Queue()
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="b1")
+        c.username_pw_set("b1", pw["b1"])
+        c.on_message = lambda _c, _u, m: got.put(m.topic)
+        c.connect(proc.host, proc.port)
+        c.loop_start()
+        try:
+            index_sha = build.id
+            for t in (
+                manifest_topic("edgekit", "b1"),
+                manifest_topic("edgekit", "b2"),
+                chunk_topic("edgekit", index_sha, 0),
+            ):
+                c.subscribe(t, qos=0)
+            seen = set()
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    seen.add(got.get(timeout=1.5))
+        finally:
+            c.disconnect()
+            c.loop_stop()
+    finally:
+        proc.stop()
+        shutil.rmtree(run_dir, ignore_errors=True)
+    assert seen == {manifest_topic("edgekit", "b1"), chunk_topic("edgekit", index_sha, 0)}
