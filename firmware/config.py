@@ -39,6 +39,8 @@ CFG = {  # type: dict  # values of assorted types, read by key
     'i2c_sda': 21,
     'sht_addr': 0x44,
     'adc': [('batt_mv', 35, 2.0), ('light_mv', 34, 1.0)],  # (metric, pin, divider factor)
+    # updates over the air (ota.py, otaboot.py)
+    'ota_trials': 3,         # wakes a new build gets to publish before the board goes back to the previous one
     'maint_pin': 0,          # held low at reset: stay awake with the REPL (BOOT button)
 }
 
