@@ -12,9 +12,10 @@ from collections import Counter
 from pathlib import Path
 
 from gateway.ota import main as ota_main
-from sim.board.runner import BoardSpec, Fleet, Hook
+from sim.board.launcher import native_micropython
+from sim.board.runner import REPO, BoardSpec, Fleet, Hook
 
-from .conftest import FIRMWARE, Broker
+from .conftest import FIRMWARE, Broker, run_mpy
 from .fitl import MIN, VALUES, config, past_start, run
 
 
@@ -121,3 +122,44 @@ def test_cmd_sets_the_sampling_interval_and_refuses_a_bad_one(micropython: str, 
     # each command is handled once, though it stays retained
     assert sum("EK cmd c1" in w.output for w in r.wakes) == 1
     assert sum("EK cmd c2" in w.output for w in r.wakes) == 1
+
+
+def test_selector_counts_trial_starts_rolls_back_and_survives_a_damaged_file(micropython: str, tmp_path: Path) -> None:
+    """otaboot.select() at each start, as main.py calls it, on a flash directory of the test's own: a build on
+    trial gets ota_trials starts, then the previous one is selected and the failed one refused; a damaged or
+    half-written selector runs the deployed build; a slot that vanished is not run."""
+    fl = tmp_path / "flash"
+    (fl / "fwa").mkdir(parents=True)
+    code = (
+        "import sys, otaboot; otaboot.select(); "
+        "print('SEL|' + '|'.join([str(x) for x in (sys.path[0], otaboot.VERSION, otaboot.BUILD, otaboot.TRIAL, "
+        "otaboot.ROLLED)]))"
+    )
+
+    mp = native_micropython(REPO / ".run" / "micropython-native") or micropython  # the console script is slow
+
+    def start() -> list[str]:
+        r = run_mpy(mp, code, fl)
+        assert r.returncode == 0, r.stdout + r.stderr
+        return next(line for line in r.stdout.splitlines() if line.startswith("SEL|")).split("|")[1:]
+
+    sel = fl / "fw.sel"
+    sel.write_text("fwa 0.2.0 " + "b" * 64 + " 0 - 0.1.0 - 2\n")
+    assert start() == ["fwa", "0.2.0", "b" * 64, "(1, 2)", "None"]
+    assert start() == ["fwa", "0.2.0", "b" * 64, "(2, 2)", "None"]
+    back = start()  # the third start: two were allowed, and no confirmation came
+    assert back[1:] == ["0.1.0", "-", "None", "0.2.0"] and back[0] != "fwa", back
+    assert (fl / "fw.bad").read_text() == "b" * 64 + " 0.2.0 rollback\n"
+    assert sel.read_text() == "- 0.1.0 - -1 - - - 2\n"
+    assert start()[1:] == ["0.1.0", "-", "None", "None"]  # and it stays there
+    # a confirmed build runs without counting
+    sel.write_text("fwa 0.2.0 " + "c" * 64 + " -1 - 0.1.0 - 3\n")
+    assert start()[:4] == ["fwa", "0.2.0", "c" * 64, "None"] and sel.read_text().split()[3] == "-1"
+    # a selector cut short by a power loss (only tmp + rename write it, but a damaged flash can), or garbage
+    for text in ("fwa 0.2.0 " + "c" * 10, "", "x y z w v u t s\n"):
+        sel.write_text(text)
+        assert start()[1:4] == ["None", "-", "None"], text
+    # a build on trial whose directory is gone is rolled back at once, not imported from the root
+    sel.write_text("fwb 0.3.0 " + "d" * 64 + " 0 fwa 0.2.0 " + "c" * 64 + " 3\n")
+    assert start()[:3] == ["fwa", "0.2.0", "c" * 64]
+    assert (fl / "fw.bad").read_text().startswith("d" * 64 + " 0.3.0")
