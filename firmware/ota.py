@@ -181,6 +181,8 @@ class Updater:
             c.on_msg = self.up.on_cmd
             c.rbuf = None
         if sha256_file(path, self.rbuf) == sha:
+            if have < size:
+                print('EK ota file', path, size - have)  # fetched this wake (a resumed one: the rest)
             return True
         os.remove(path)
         return False

@@ -13,10 +13,10 @@ from pathlib import Path
 
 from gateway.ota import main as ota_main
 from sim.board.launcher import native_micropython
-from sim.board.runner import REPO, BoardSpec, Fleet, Hook
+from sim.board.runner import REPO, BoardSpec, Fleet, Hook, PowerLoss
 
 from .conftest import FIRMWARE, Broker, run_mpy
-from .fitl import MIN, VALUES, config, past_start, run
+from .fitl import MIN, VALUES, config, past_start, ring_ids, run
 
 
 def _broken_firmware(tmp_path: Path) -> Path:
@@ -163,3 +163,44 @@ def test_selector_counts_trial_starts_rolls_back_and_survives_a_damaged_file(mic
     sel.write_text("fwb 0.3.0 " + "d" * 64 + " 0 fwa 0.2.0 " + "c" * 64 + " 3\n")
     assert start()[:3] == ["fwa", "0.2.0", "c" * 64]
     assert (fl / "fw.bad").read_text().startswith("d" * 64 + " 0.3.0")
+
+
+def test_power_loss_during_an_update_leaves_a_board_that_finishes_it(
+    micropython: str, broker: Broker, tmp_path: Path
+) -> None:
+    """The power goes at different points of the wake that fetches a build (counted from the moment the radio
+    came on): each board starts again with the build it had, goes on with the files it had not finished (the
+    ones it had are not fetched again), switches once, and no reading is sent twice; the only readings missing
+    are those RTC memory held when the power went."""
+    dur = 30 * MIN
+    start = past_start(dur)
+    cuts = {"pl-1": 150, "pl-2": 400, "pl-3": 700}
+    boards = [
+        BoardSpec(n, config(broker, publish_every=1), {"values": VALUES}, stagger_ms=i * 1000)
+        for i, n in enumerate(cuts)
+    ]
+    cli = ["--broker", f"127.0.0.1:{broker.port}", "publish-build", "--version", "0.2.0", "--firmware", str(FIRMWARE)]
+    hooks = [Hook(start + 7 * MIN, lambda _f: ota_main(cli))]  # for the whole fleet this time
+    losses = [PowerLoss(n, start + 8 * MIN, after_ms=ms, after_radio=True) for n, ms in cuts.items()]
+    r = run(tmp_path, broker, boards, start, start + dur, hooks=hooks, power_losses=losses, fast=True)
+    mid = 0
+    lost: set[tuple[str, int, int]] = set()
+    for n in cuts:
+        ws = [w for w in r.wakes if w.board == n]
+        i = next(k for k, w in enumerate(ws) if w.outcome == "power_loss")
+        assert all(w.outcome == "sleep" for k, w in enumerate(ws) if k != i), [w.outcome for w in ws]
+        assert all("EK error" not in w.output and "EK fatal" not in w.output for w in ws)
+        out = "".join(w.output for w in ws)
+        assert out.count("EK ota staged 0.2.0") == 1 and out.count("EK ota confirmed 0.2.0") == 1, out[-3000:]
+        assert "EK ota staged" not in ws[i].output
+        before = {x.split()[3] for x in ws[i].output.splitlines() if x.startswith("EK ota file")}
+        after = {x.split()[3] for w in ws[i + 1 :] for x in w.output.splitlines() if x.startswith("EK ota file")}
+        assert not before & after, (before, after)  # what was whole on flash was not fetched again
+        mid += bool(before)
+        assert r.sub.status_json(n)[-1]["fw"] == "0.2.0"
+        lost |= {(n, b, s) for b, s in ring_ids(ws[i].rtcmem_lost or b"")}
+    assert mid >= 1, "no power loss fell inside the download"
+    taken = {(x.board, x.boot, x.seq) for x in r.fleet.readings_taken()}
+    got = Counter(r.sub.keys())
+    assert not [k for k, c in got.items() if c > 1], "sent twice"
+    assert set(got) == taken - lost, (sorted(taken - lost - set(got)), sorted(set(got) - taken))
