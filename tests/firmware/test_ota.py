@@ -11,6 +11,8 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from gateway.ota import main as ota_main
 from sim.board.launcher import native_micropython
 from sim.board.runner import REPO, BoardSpec, Fleet, Hook, PowerLoss
@@ -36,6 +38,7 @@ def _wakes_of(r: object, board: str) -> list[str]:
     return [w.output for w in r.wakes if w.board == board]  # type: ignore[attr-defined]
 
 
+@pytest.mark.integration
 def test_update_two_boards_and_roll_back_a_third(micropython: str, broker: Broker, tmp_path: Path) -> None:
     dur = 50 * MIN
     start = past_start(dur)
@@ -92,6 +95,7 @@ def test_update_two_boards_and_roll_back_a_third(micropython: str, broker: Broke
     assert {k[1] for k in got if k[0] == "ota-3"} == {1}
 
 
+@pytest.mark.integration
 def test_cmd_sets_the_sampling_interval_and_refuses_a_bad_one(micropython: str, broker: Broker, tmp_path: Path) -> None:
     dur = 40 * MIN
     start = past_start(dur)
@@ -165,6 +169,7 @@ def test_selector_counts_trial_starts_rolls_back_and_survives_a_damaged_file(mic
     assert (fl / "fw.bad").read_text().startswith("d" * 64 + " 0.3.0")
 
 
+@pytest.mark.integration
 def test_power_loss_during_an_update_leaves_a_board_that_finishes_it(
     micropython: str, broker: Broker, tmp_path: Path
 ) -> None:
