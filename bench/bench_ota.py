@@ -86,9 +86,8 @@ def main() -> None:
     finally:
         broker.stop()
     print(f"one board, {a.runs} runs per chunk size; awake ms of a wake (radio on for most of it), heap in use")
-    print(
-        f"{'chunk':>6} {'build B':>8} {'staging wake ms':>22} {'other wakes ms':>18} {'heap staging':>14} {'heap other':>11}"
-    )
+    head = f"{'chunk':>6} {'build B':>8} {'staging wake ms':>22} {'other wakes ms':>18} {'heap staging':>14}"
+    print(head + f" {'heap other':>11}")
     for c, rs in res.items():
         st = sorted(r["stage_ms"] for r in rs)
         no = sorted(r["normal_ms"] for r in rs)
