@@ -8,12 +8,12 @@
 #   <prefix>/_gateway/ota/f/<sha256[:16]>/<k>   chunk k (bytes k*chunk ..) of the file with that hash
 # The index is a file too (its hash is the build id): one line per file, '<name> <size> <sha256>'.
 #
-# Chunks come one small retained message at a time (a few subscriptions in flight), each written to flash
-# at once, so the download needs about chunk x 4 bytes of heap whatever the build's size, and goes on at the
-# next publishing wake where a wake's time ran out (a file's chunks are appended; a file is checked by reading
-# it back from flash). Staging: the directory not in use (fwa/ or fwb/) is emptied and named for the build
-# (.want), filled, checked, and only then fw.sel is replaced (tmp + rename): a power loss at any step leaves
-# the running build selected, or the new one whole.
+# Chunks come as small retained messages (four subscriptions in flight), each read into one buffer (the
+# wake's message buffer, idle once the readings are out) and written to flash at once, so the download needs
+# no heap in proportion to the build; it goes on at the next publishing wake where a wake's time ran out (a
+# file's chunks are appended; a file is checked by reading it back from flash). Staging: the directory not in
+# use (fwa/ or fwb/) is emptied and named for the build (.want), filled, checked, and only then fw.sel is
+# replaced (tmp + rename): a power loss at any step leaves the running build selected, or the new one whole.
 import gc
 import os
 import time
