@@ -123,9 +123,35 @@ def test_cmd_sets_the_sampling_interval_and_refuses_a_bad_one(micropython: str, 
     assert [s["sleep_s"] for s in sts if s["state"] == "sleeping"][-1] == 120
     refused = next(w.output for w in r.wakes if "EK cmd c2" in w.output)
     assert "refused: sleep_s: 5 not in 10..86400" in refused, refused
-    # each command is handled once, though it stays retained
+    # each command is handled once, though it stays retained; clear takes it off the broker
     assert sum("EK cmd c1" in w.output for w in r.wakes) == 1
     assert sum("EK cmd c2" in w.output for w in r.wakes) == 1
+    topic = "edgekit/lab/cmd-1/cmd"
+    assert _retained(broker.port, topic) == b'{"v":1,"id":"c2","set":{"sleep_s":5}}'
+    assert ota_main([*base[:2], "clear", "--cmd", "--site", "lab", "--device", "cmd-1"]) == 0
+    assert _retained(broker.port, topic) is None
+
+
+def _retained(port: int, topic: str) -> bytes | None:
+    """The retained message on topic, as a new subscriber gets it (None when there is none)."""
+    import queue
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    got: queue.Queue[bytes] = queue.Queue()
+    c = mqtt.Client(CallbackAPIVersion.VERSION2)
+    c.on_message = lambda _c, _u, m: got.put(bytes(m.payload))
+    c.on_connect = lambda _c, _u, _f, _rc, _p: c.subscribe(topic, qos=1)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    try:
+        return got.get(timeout=1.0)
+    except queue.Empty:
+        return None
+    finally:
+        c.disconnect()
+        c.loop_stop()
 
 
 def test_selector_counts_trial_starts_rolls_back_and_survives_a_damaged_file(micropython: str, tmp_path: Path) -> None:
