@@ -2,7 +2,8 @@
 and stages a build, against the publishing wakes around it, with the real firmware under the MicroPython
 unix port (the native launcher) and a Mosquitto of its own on loopback. Each run is one board on a fresh
 flash: a few publishing wakes, then ``edgekit-ota publish-build`` for it, the staging wake, the wake that runs
-the new build and confirms it. The chunk size alternates between runs (in one process, side by side).
+the new build and confirms it. Two brokers, Mosquitto's default (Nagle's algorithm on) and with deploy/'s
+``set_tcp_nodelay true``, and the chunk sizes alternate between runs (in one process, side by side).
 
     python bench/bench_ota.py [--runs 6] [--chunks 512,1024,2048]
 
@@ -70,30 +71,35 @@ def one_run(root: Path, port: int, chunk: int, k: int) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=6)
-    ap.add_argument("--chunks", default="512,1024,2048")
+    ap.add_argument("--chunks", default="1024")
     a = ap.parse_args()
     chunks = [int(x) for x in a.chunks.split(",")]
     root = Path(tempfile.mkdtemp(prefix="edgekit-bench-ota-"))
-    broker = Mosquitto(root / "mosquitto")
-    broker.start()
-    res: dict[int, list[dict[str, float]]] = {c: [] for c in chunks}
+    brokers = {}
+    for nodelay in (False, True):  # Mosquitto's default (Nagle on), and deploy/'s set_tcp_nodelay true
+        b = brokers[nodelay] = Mosquitto(root / f"mosquitto-{nodelay}")
+        if nodelay:
+            b.conf.write_text(b.conf.read_text() + "set_tcp_nodelay true\n")
+        b.start()
+    res: dict[tuple[int, bool], list[dict[str, float]]] = {(c, n): [] for c in chunks for n in brokers}
     try:
         k = 0
         for _ in range(a.runs):
-            for c in chunks:  # alternating, so that the machine's load falls on every size alike
+            for c, n in res:  # alternating, so that the machine's load falls on every case alike
                 k += 1
-                res[c].append(one_run(root, broker.port, c, k))
+                res[(c, n)].append(one_run(root, brokers[n].port, c, k))
     finally:
-        broker.stop()
+        for b in brokers.values():
+            b.stop()
     print(f"one board, {a.runs} runs per chunk size; awake ms of a wake (radio on for most of it), heap in use")
-    head = f"{'chunk':>6} {'build B':>8} {'staging wake ms':>22} {'other wakes ms':>18} {'heap staging':>14}"
-    print(head + f" {'heap other':>11}")
-    for c, rs in res.items():
+    head = f"{'chunk':>6} {'nodelay':>7} {'build B':>8} {'staging wake ms':>22} {'other wakes ms':>18}"
+    print(head + f" {'heap staging':>14} {'heap other':>11}")
+    for (c, n), rs in res.items():
         st = sorted(r["stage_ms"] for r in rs)
         no = sorted(r["normal_ms"] for r in rs)
         heap_s = statistics.median(r["stage_heap"] for r in rs)
         heap_n = statistics.median(r["normal_heap"] for r in rs)
-        print(f"{c:>6} {int(rs[0]['bytes']):>8} {statistics.median(st):>8.0f} ({st[0]:.0f}-{st[-1]:.0f}) "
+        print(f"{c:>6} {n!s:>7} {int(rs[0]['bytes']):>8} {statistics.median(st):>8.0f} ({st[0]:.0f}-{st[-1]:.0f}) "
               f"{statistics.median(no):>8.0f} ({no[0]:.0f}-{no[-1]:.0f}) {heap_s:>14.0f} {heap_n:>11.0f}")  # fmt: skip
 
 

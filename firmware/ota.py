@@ -167,6 +167,7 @@ class Updater:
                     n = min(_WINDOW, (size - self.have + chunk - 1) // chunk)
                     self.expect = [(pre + str(k + i)).encode() for i in range(n)]
                     c.subscribe(self.expect, self.up.ms())
+                    c.ping(self.up.ms())  # acknowledges the SUBACK now (mqtt.py): no Nagle stall per window
                     t0 = time.ticks_ms()
                     while self.expect and self.err is None:
                         if time.ticks_diff(time.ticks_ms(), t0) > self.up.ms():
