@@ -204,7 +204,7 @@ def test_power_loss_during_an_update_leaves_a_board_that_finishes_it(
     inside): each board starts again with the build it had or the new one whole, goes on with the files it had
     not finished (the ones it had are not fetched again), switches once, and no reading is sent twice; the only
     readings missing are those RTC memory held when the power went."""
-    dur = 30 * MIN
+    dur = 20 * MIN
     start = past_start(dur)
     cuts = {"pl-1": 100, "pl-2": 400, "pl-3": 800}
     boards = [
