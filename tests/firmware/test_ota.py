@@ -99,10 +99,10 @@ def test_update_two_boards_and_roll_back_a_third(micropython: str, broker: Broke
 def test_cmd_sets_the_sampling_interval_and_refuses_a_bad_one(micropython: str, broker: Broker, tmp_path: Path) -> None:
     dur = 40 * MIN
     start = past_start(dur)
-    spec = BoardSpec("cmd-1", config(broker, publish_every=1, site="lab"), {"values": VALUES})
+    spec = BoardSpec("cmd-1", config(broker, publish_every=1, site="lab", sync_every_s=3600), {"values": VALUES})
     base = ["--broker", f"127.0.0.1:{broker.port}", "cmd", "--site", "lab", "--device", "cmd-1"]
     hooks = [
-        Hook(start + 10 * MIN, lambda _f: ota_main([*base, "--id", "c1", "--set", "sleep_s=120"])),
+        Hook(start + 10 * MIN, lambda _f: ota_main([*base, "--id", "c1", "--set", "sleep_s=120", "--do", "sync"])),
         Hook(start + 24 * MIN, lambda _f: ota_main([*base, "--id", "c2", "--set", "sleep_s=5"])),
     ]
     r = run(tmp_path, broker, [spec], start, start + dur, hooks=hooks, fast=True)
@@ -120,6 +120,9 @@ def test_cmd_sets_the_sampling_interval_and_refuses_a_bad_one(micropython: str, 
     assert all(abs(g - 300_000) < 5_000 for g in gaps[:took]), gaps
     assert all(abs(g - 120_000) < 5_000 for g in gaps[took + 1 :]), gaps
     assert len(gaps) - took - 1 >= 8, gaps
+    # sync: NTP at the next wake, though the last answer is minutes old (sync_every_s 3600); not the one after
+    ntp = ["EK ntp" in w.output for w in r.wakes]
+    assert ntp[took + 1] and not ntp[took + 2], ntp
     assert [s["sleep_s"] for s in sts if s["state"] == "sleeping"][-1] == 120
     refused = next(w.output for w in r.wakes if "EK cmd c2" in w.output)
     assert "refused: sleep_s: 5 not in 10..86400" in refused, refused
