@@ -47,6 +47,8 @@ CFG = {  # type: dict  # values of assorted types, read by key
     # Never GPIO0: held low through a reset it starts the ESP32's ROM bootloader instead of MicroPython.
     'maint_window_ms': 3000,
     'maint_pin': None,
+    # updates over the air (ota.py, otaboot.py)
+    'ota_trials': 3,         # wakes a new build gets to publish before the board goes back to the previous one
 }
 
 try:

