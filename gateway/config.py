@@ -234,6 +234,7 @@ NOT_CONFIG: Mapping[str, str] = {
     "EDGEKIT_ACCOUNTING_*": "the accounting test's seed, examples and shrinking",
     "EDGEKIT_PROPERTY_EXAMPLES": "the decoder property tests' examples",
     "EDGEKIT_SKAB": "the SKAB data folder the anomaly tests read (docs/anomaly.md)",
+    "EDGEKIT_WIFI_PASSWORD": "edgekit-fleet wifi: the boards' Wi-Fi password, instead of asking for it",
 }
 """``EDGEKIT_*`` variables that are not configuration keys (a trailing ``*``: every name with that prefix). Any
 other ``EDGEKIT_*`` variable that names no key is refused, as an unknown key in the file is."""
