@@ -70,16 +70,27 @@ class Early:
     def finished(self, r: WindowResult) -> None:
         """A result the window emitted: a final one (or a later one) ends its window's provisional run."""
         if r.revision:
-            prov = self.prov.get(r.key)
+            key = r.key
+            prov = self.prov.get(key)
             if prov is not None and prov.pop(r.start_ms, None) is not None and not prov:
-                del self.prov[r.key]
+                del self.prov[key]
+            pend = self.pend.get(key)
+            if pend:  # its readings are in the final result: nothing pending for it any more
+                if self.kind == "session":
+                    for at in [at for at in pend if r.start_ms <= at < r.end_ms]:
+                        del pend[at]
+                else:
+                    pend.pop(r.start_ms, None)
+                if not pend:
+                    del self.pend[key]
 
     # -- output ---------------------------------------------------------------------------------------------
 
     def check(self, key: str, out: list[Output]) -> None:
         """After a message of ``key``: provisional results of its windows that took ``early_count`` readings
         since their last one; superseded marks for provisional sessions that merged away."""
-        self._emit(key, out, self.count if self.count else None)
+        if self.count:
+            self._emit(key, out, self.count)
         if self.kind == "session":
             self._superseded(key, out)
 
@@ -93,30 +104,43 @@ class Early:
         for key in list(self.pend):
             self._emit(key, out, 0)
 
-    def _emit(self, key: str, out: list[Output], least: int | None) -> None:
+    def _emit(self, key: str, out: list[Output], least: int) -> None:
         """Provisional results of ``key``'s pending windows with at least ``least`` readings since their last
-        one (``None``: none, only forget the windows no longer open)."""
+        one; windows no longer open are forgotten."""
         pend = self.pend.get(key)
         if not pend:
             return
         op = self.op
         groups: dict[int, list[Any]] = {}  # window start -> [end, acc, readings, pending entries]
-        for at, n in pend.items():
-            found = op.early_acc(key, at)
-            if found is None:
-                continue  # fired (or too late for it): the final result and updates take it from here
-            start, end, acc = found
-            g = groups.get(start)
-            if g is None:
-                groups[start] = [end, acc, n, [at]]
-            else:
-                g[2] += n
-                g[3].append(at)
         keep: dict[int, int] = {}
+        if self.kind == "session":  # a session by its readings' times: the one holding them now
+            for at, n in pend.items():
+                found = op.early_acc(key, at)
+                if found is None:
+                    continue  # fired (or too late for it): the final result and updates take it from here
+                start, end, acc = found
+                g = groups.get(start)
+                if g is None:
+                    groups[start] = [end, acc, n, [at]]
+                else:
+                    g[2] += n
+                    g[3].append(at)
+        else:  # fixed windows: whether one is open and due is known before its aggregate is made
+            wm = op.watermark(key)
+            size = self.spec.size_ms
+            for at, n in pend.items():
+                if wm is not None and at + size <= wm:
+                    continue
+                if n < least:
+                    keep[at] = n
+                    continue
+                found = op.early_acc(key, at)
+                if found is not None:
+                    groups[at] = [found[1], found[2], n, [at]]
         prov = self.prov.get(key)
         for start in sorted(groups):
             end, acc, n, ats = groups[start]
-            if least is None or n < least:
+            if n < least:
                 for at in ats:
                     keep[at] = pend[at]
                 continue

@@ -101,6 +101,7 @@ def run(
         assert 0 not in revs or 1 in revs, f"a provisional point never made final: {(key, start, metric, revs)}"
     for (key, start), revs in per_window.items():
         assert revs == sorted(revs) and revs.count(1) <= len(spec.metrics), (key, start, revs)
+    assert not [o for o in engine.on_processing_time(now + 10**6) if isinstance(o, WindowResult)]
     snap = engine.snapshot()["early"]["w"]
     assert not snap["pend"] and not snap["prov"], "trigger state left after every window closed"
 
