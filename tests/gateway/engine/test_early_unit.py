@@ -147,3 +147,13 @@ def test_trigger_state_goes_into_checkpoint_rows_per_key_and_back() -> None:
     again = _pipeline(early_count=100)
     again.restore(json.loads(json.dumps(want["pipeline"])))
     assert len(again.tick(T0 + 2_000).lines) == 2  # both devices' windows pending: two provisional points
+
+
+def test_check_describes_the_triggers() -> None:
+    from gateway.cli import _describe_windows
+
+    cfg = parse_config({"windows": [{**BASE, "early_every": "10s", "early_count": 50, "publish": True}]}, env={})
+    assert _describe_windows(cfg)[1].split() == (
+        "provisional results every 10 s and every 50 readings (overwrite), published on MQTT".split()
+    )
+    assert len(_describe_windows(parse_config({"windows": [BASE]}, env={}))) == 1
