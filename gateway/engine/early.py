@@ -55,6 +55,7 @@ class Early:
         pend = self.pend.get(key)
         if pend is None:
             pend = self.pend[key] = {}
+            self.prov.setdefault(key, {})
         spec = self.spec
         if self.kind == "session":
             for t in times:
@@ -64,16 +65,15 @@ class Early:
             for start, end in window_ranges(t, spec.size_ms, spec.slide_ms, spec.offset_ms):
                 if wm is None or end > wm:  # a window already fired takes it as an update, not provisionally
                     pend[start] = pend.get(start, 0) + 1
-        if not pend:
-            del self.pend[key]
+        self._tidy(key)
 
     def finished(self, r: WindowResult) -> None:
         """A result the window emitted: a final one (or a later one) ends its window's provisional run."""
         if r.revision:
             key = r.key
             prov = self.prov.get(key)
-            if prov is not None and prov.pop(r.start_ms, None) is not None and not prov:
-                del self.prov[key]
+            if prov:
+                prov.pop(r.start_ms, None)
             pend = self.pend.get(key)
             if pend:  # its readings are in the final result: nothing pending for it any more
                 if self.kind == "session":
@@ -81,8 +81,6 @@ class Early:
                         del pend[at]
                 else:
                     pend.pop(r.start_ms, None)
-                if not pend:
-                    del self.pend[key]
 
     # -- output ---------------------------------------------------------------------------------------------
 
@@ -96,13 +94,13 @@ class Early:
 
     def tick(self, now_ms: int, out: list[Output]) -> None:
         """Gateway time ``now_ms``: if an ``early_every`` period ended, a provisional result of every open window
-        that took readings since its last result."""
+        that took readings since its last result; then forget the keys whose window state is gone."""
         every = self.every
-        if not every or (self.next_fire is not None and now_ms < self.next_fire):
-            return
-        self.next_fire = now_ms + every
-        for key in list(self.pend):
-            self._emit(key, out, 0)
+        if every and (self.next_fire is None or now_ms >= self.next_fire):
+            self.next_fire = now_ms + every
+            for key in list(self.pend):
+                self._emit(key, out, 0)
+        self.sweep()
 
     def _emit(self, key: str, out: list[Output], least: int) -> None:
         """Provisional results of ``key``'s pending windows with at least ``least`` readings since their last
@@ -145,7 +143,7 @@ class Early:
                     keep[at] = pend[at]
                 continue
             if prov is None:
-                prov = self.prov[key] = {}
+                prov = self.prov.setdefault(key, {})
             p = prov.get(start)
             if p is None:
                 p = prov[start] = [0, end]
@@ -157,10 +155,7 @@ class Early:
                 r = out[i]
                 assert isinstance(r, WindowResult)
                 r.provisional_n = p[0]
-        if keep:
-            self.pend[key] = keep
-        else:
-            del self.pend[key]
+        self.pend[key] = keep
 
     def _superseded(self, key: str, out: list[Output]) -> None:
         """Provisional sessions of ``key`` that are no session's start any more (a reading moved the start
@@ -180,8 +175,22 @@ class Early:
             site = op.sites.get(key, "")
             for metric in spec.metrics:
                 out.append(WindowResult(spec.name, spec.key, key, site, start, end, metric, 0, {}, 1, "superseded"))
-        if not prov:
-            del self.prov[key]
+
+    def _tidy(self, key: str) -> None:
+        """Forget ``key`` once nothing is pending or provisional for it and its window holds no state for it.
+
+        Until then its (maybe empty) entries stay: the key sets of ``pend`` and ``prov`` change only when the
+        operator's do, so a checkpoint rewrites the key's own row, not the order row of every key
+        (``gateway/ckpt_rows.py``)."""
+        if key in self.op.sites or self.pend.get(key) or self.prov.get(key):
+            return
+        self.pend.pop(key, None)
+        self.prov.pop(key, None)
+
+    def sweep(self) -> None:
+        """Forget every key :meth:`_tidy` would (the gateway's tick: keys whose window state was dropped)."""
+        for key in [k for k, v in self.pend.items() if not v]:
+            self._tidy(key)
 
     # -- state ----------------------------------------------------------------------------------------------
 

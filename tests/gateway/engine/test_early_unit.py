@@ -77,6 +77,9 @@ def test_a_session_whose_start_moves_marks_its_provisional_point_superseded() ->
     assert (moved.start_ms, moved.result, moved.count, moved.aggregates["mean"]) == (T0 + 1_000, "provisional", 2, 2.0)
     (final,) = e.process_batch(batch("d", [], flushed=T0 + 60_000), now_ms=T0 + 61_000)
     assert (final.start_ms, final.result, final.count, final.fired) == (T0 + 1_000, "final", 2, "watermark")
+    # the key's (empty) trigger entries stay until a tick finds its window state gone (a stable key set)
+    assert e.snapshot()["early"]["g"] == {"next_fire": None, "pend": {"d": []}, "prov": {"d": []}}
+    assert e.on_processing_time(T0 + 62_000) == []
     assert e.snapshot()["early"]["g"] == {"next_fire": None, "pend": {}, "prov": {}}
 
 
