@@ -238,7 +238,7 @@ class Gateway:
     async def _emit(self, out: Handled) -> None:
         for topic, payload in out.publish:
             self.outbox.put(topic, payload)
-        self.live.observe(out.readings, out.outputs, out.alerts)  # deploy
+        self.live.observe(out.readings, out.outputs, out.alerts, out.status)  # deploy
         await self.sink.add(out.lines)
 
     async def _tick(self) -> None:
