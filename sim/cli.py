@@ -114,6 +114,18 @@ def _scenario_parsers(sub: Any) -> None:
     sim.add_argument("--client-id", help="MQTT client id (default edgekit-sim-<pid>)")
     sim.add_argument("--truth", type=Path, metavar="PATH", help="write the ground truth JSON here")
     sim.add_argument("--report", type=Path, metavar="PATH", help="with --in-process: also write the report")
+    sim.add_argument(
+        "--measure",
+        action="store_true",
+        help="with --in-process: also measure latency and accuracy per window and result kind (kept in the truth "
+        "as 'latency', drawn by the report)",
+    )
+    sim.add_argument(
+        "--triggers",
+        metavar="LIST",
+        default="",
+        help="with --measure: early-trigger intervals to measure the provisional error at, e.g. 10s,1m,5m",
+    )
     ver = sub.add_parser("verify", help="compare what landed in InfluxDB 1.x with a run's ground truth")
     ver.add_argument("--truth", type=Path, required=True, metavar="PATH")
     ver.add_argument("--influx-url", default="http://127.0.0.1:8086")

@@ -18,6 +18,7 @@ from typing import Any, Final
 
 from .errors import SimError, SpecError
 from .inprocess import gateway_config, run_in_process
+from .latency import latency_doc
 from .publish import parse_broker_url
 from .realtime import replay
 from .reference import Expected, engine_spec, expect
@@ -141,6 +142,23 @@ def _span(ms: int) -> str:
     return f"{ms / 1000:g}s"
 
 
+def _latency_summary(doc: Mapping[str, Any]) -> str:
+    """A line per window and result kind: how many, and their median latency from event time and from arrival."""
+    lines = [f"latency ({doc['setting']}):"]
+    for r in doc["measurement"]["latency"]:
+        lines.append(
+            f"  {r['window']:<16} {r['kind']:<12} {r['results']:>6} results, from event time p50 "
+            f"{r['event_p50'] / 1000:.1f} s p95 {r['event_p95'] / 1000:.1f} s, from arrival p50 "
+            f"{r['arrival_p50'] / 1000:.1f} s p95 {r['arrival_p95'] / 1000:.1f} s"
+        )
+    for w, c in doc["measurement"]["windows"].items():
+        lines.append(
+            f"  {w:<16} {c['late']} of {c['readings']} readings too late for any result "
+            f"({100 * c['late_share']:.2f} %), {c['pending']} pending at the end"
+        )
+    return "\n".join(lines)
+
+
 def _simulate(args: argparse.Namespace, env: Mapping[str, str], now_ms: Callable[[], int]) -> int:
     sc = load_scenario(args.scenario).scaled(
         devices=args.devices,
@@ -160,7 +178,13 @@ def _simulate(args: argparse.Namespace, env: Mapping[str, str], now_ms: Callable
     )
     truth = prep.truth()
     verdict: Verdict | None = None
+    if (args.measure or args.triggers) and not args.in_process:
+        raise SpecError("--measure and --triggers need --in-process (the measurement runs in simulated gateway time)")
     if args.in_process:
+        if args.measure or args.triggers:
+            triggers = [parse_duration(t.strip(), "--triggers") for t in args.triggers.split(",") if t.strip()]
+            truth["latency"] = latency_doc(run, prep.gateway, triggers)
+            print(_latency_summary(truth["latency"]))
         res = run_in_process(run, gateway_config(prep.gateway, sc.prefix))
         assert res.store is not None
         verdict = compare(truth, res.store.found())

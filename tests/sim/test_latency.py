@@ -1,0 +1,141 @@
+"""The latency and accuracy measurement (sim/latency.py) on runs small enough to check by hand.
+
+One board, a 60 s tumbling mean with no out-of-orderness, readings whose arrival times are chosen here: every
+latency, late reading, pending reading and error below is worked out in the comments from the rules of
+docs/semantics.md, not taken from the code.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sim.cli import main
+from sim.latency import Setting, eventful_instance, measure, sweep
+from sim.scenario import Scenario
+from sim.wire import WireReading, encode_batch
+from sim.world import Delivery, Run
+
+T0 = 1_764_072_000_000  # 2025-11-25 12:00:00 UTC, on the minute
+
+
+def run_of(
+    *msgs: tuple[int, Sequence[tuple[int, int, float]]] | tuple[int, Sequence[tuple[int, int, float]], int],
+) -> Run:
+    """A run of one board (dev-1 at site a): each message (arrival, [(seq, t, temp_c)], [flushed]), times from T0."""
+    deliveries = []
+    for order, msg in enumerate(msgs):
+        arrival, readings = msg[0], msg[1]
+        flushed = T0 + msg[2] if len(msg) > 2 else None  # type: ignore[misc]
+        wire = [WireReading(1, seq, T0 + t, "s", {"temp_c": v}) for seq, t, v in readings]
+        payload = encode_batch("dev-1", wire, flushed)
+        deliveries.append(Delivery(T0 + arrival, order, "edgekit/a/dev-1/readings", payload, "batch", "dev-1",
+                                   T0 + arrival, 1, (), flushed))  # fmt: skip
+    return Run(Scenario("hand"), T0, T0 + 600_000, [], [], deliveries, [], [])
+
+
+def gateway(lateness: str = "0s", **extra: Any) -> dict[str, Any]:
+    return {"windows": [{"name": "m1", "kind": "tumbling", "size": "60s", "metrics": ["temp_c"],
+                         "aggregates": ["count", "mean"], "allowed_lateness": lateness, "out_of_orderness": "0s",
+                         **extra}]}  # fmt: skip
+
+
+# seq 1 and 2 fall in [T0, T0+60s); seq 3 at T0+60s closes it (watermark T0+60s, bound 0); seq 4 at T0+45s comes
+# after that; seq 5 at T0+120s closes [T0+60s, T0+120s); nothing closes [T0+120s, T0+180s).
+RUN = run_of(
+    (1_000, [(1, 0, 10.0)]),
+    (31_000, [(2, 30_000, 20.0)]),
+    (61_000, [(3, 60_000, 30.0)]),
+    (62_000, [(4, 45_000, 99.0)]),
+    (125_000, [(5, 120_000, 40.0)]),
+)
+
+
+def test_a_known_late_reading_is_counted_late_and_the_latencies_are_the_hand_computed_ones() -> None:
+    m = measure(RUN, gateway("0s"))
+    assert m.mismatches == 0
+    finals = [r for r in m.results if r.kind == "final"]
+    assert [(r.start_ms - T0, r.at_ms - T0, r.count, r.value) for r in finals] == [
+        (0, 61_000, 2, 15.0),  # (10 + 20) / 2, fired by seq 3's arrival
+        (60_000, 125_000, 1, 30.0),  # fired by seq 5's arrival
+    ]
+    # from the newest reading's event time: 61 s - 30 s, 125 s - 60 s; from the last arrival: 61 s - 31 s, 125 - 61 s
+    assert [(r.since_event_ms, r.since_arrival_ms) for r in finals] == [(31_000, 30_000), (65_000, 64_000)]
+    assert [r.kind for r in m.results] == ["final", "final"]  # no lateness: seq 4 changes nothing
+    c = m.windows["m1"]
+    assert (c.readings, c.in_result, c.late, c.pending) == (5, 3, 1, 1)  # seq 4 late, seq 5 pending
+    assert m.late_share == pytest.approx(1 / 5)
+    # the truth of [T0, T0+60s) holds seq 4 too: mean (10 + 20 + 99) / 3 = 43, 3 readings; the final says 15 from 2
+    err = m.truth_error("final")
+    assert (err.n, err.exact) == (2, 1)
+    assert err.mae == pytest.approx(28 / 2)  # |15 - 43| on the first window, 0 on the second
+    assert err.mre == pytest.approx((28 / 43 + 0) / 2)
+    assert err.count_error == pytest.approx(0.5)
+    assert m.state_max_bytes >= m.state_end_bytes > 0
+
+
+def test_allowed_lateness_turns_the_late_reading_into_an_update_and_the_last_result_is_exact() -> None:
+    m = measure(RUN, gateway("60s"))
+    kinds = [(r.kind, r.start_ms - T0, r.at_ms - T0, r.count, r.value) for r in m.results]
+    assert kinds == [
+        ("final", 0, 61_000, 2, 15.0),
+        ("update", 0, 62_000, 3, 43.0),  # seq 4 arrived at 62 s: the window re-fires at once
+        ("final", 60_000, 125_000, 1, 30.0),
+    ]
+    update = m.results[1]
+    assert (update.since_event_ms, update.since_arrival_ms) == (62_000 - 45_000, 0)
+    assert m.windows["m1"].late == 0 and m.late_share == 0
+    assert m.truth_error("last").exact == 2 and m.truth_error("final").exact == 1
+    assert m.latency_table()[0]["kind"] == "final" and m.latency_table()[1]["kind"] == "update"
+
+
+def test_a_flushed_marker_makes_the_final_come_with_the_burst() -> None:
+    # a sleepy board: three readings taken over two minutes, sent at once at 150 s with flushed = its last reading
+    run = run_of((150_000, [(1, 0, 1.0), (2, 30_000, 2.0), (3, 70_000, 4.0)], 70_000))
+    m = measure(run, gateway("0s"))
+    # watermark max(70 s - 0, flushed + 1 ms): [T0, T0+60s) fires at 150 s, [T0+60s, T0+120s) waits
+    assert [(r.start_ms - T0, r.count, r.since_event_ms, r.since_arrival_ms) for r in m.results] == [
+        (0, 2, 150_000 - 30_000, 0)  # the newest reading was taken at 30 s and arrived with the result
+    ]
+    assert (m.windows["m1"].in_result, m.windows["m1"].pending) == (2, 1)
+    assert m.windows["m1"].late == 0
+
+
+def test_the_sweep_applies_each_setting_to_every_window() -> None:
+    rows = sweep(RUN, gateway("0s"), [Setting(lateness_ms=0), Setting(lateness_ms=60_000)])
+    assert [r.late for r in rows] == [1, 0]
+    assert [r.final_error.exact for r in rows] == [1, 1]
+    assert [r.last_error.exact for r in rows] == [1, 2]
+    assert rows[0].final_event_p50 == 31_000 and rows[0].final_event_p95 == 65_000
+    assert eventful_instance([r.to_json() for r in measure(RUN, gateway("60s")).results]) == (
+        "m1",
+        "dev-1",
+        T0,
+        "temp_c",
+    )
+
+
+def test_simulate_measure_keeps_the_measurement_in_the_truth_and_the_report_draws_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    truth, page = tmp_path / "t.json", tmp_path / "r.html"
+    argv = ["simulate", "flaky-network", "--in-process", "--measure", "--duration", "40m", "--start-ms", str(T0),
+            "--truth", str(truth), "--report", str(page)]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "latency (as configured):" in out and "too late for any result" in out
+    doc = json.loads(truth.read_text())["latency"]
+    m = doc["measurement"]
+    assert m["mismatches"] == 0 and m["results"]
+    # every reading of a window is in a result, too late for all, or still pending: nothing unaccounted
+    for c in m["windows"].values():
+        assert c["in_result"] + c["late"] + c["pending"] == c["readings"] > 0
+    html = page.read_text()
+    for plot in ("latency-event", "latency-arrival", "window-value"):
+        assert f"data-plot='{plot}'" in html
+    assert main(["simulate", "steady", "--broker", "mqtt://127.0.0.1:1", "--measure"]) == 2
+    assert "need --in-process" in capsys.readouterr().err
