@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from gateway.alerts import Alert
 from gateway.engine import LateReading, WindowResult
 from gateway.engine.config import WindowSpec
 from gateway.pipeline import Pipeline
@@ -43,9 +44,11 @@ from .world import Run
 
 __all__ = [
     "KINDS",
+    "AlertRecord",
     "ErrorStats",
     "Measurement",
     "ResultRecord",
+    "RuleStats",
     "Setting",
     "SweepRow",
     "WindowCounts",
@@ -193,6 +196,58 @@ def _errors(pairs: Iterable[tuple[float | None, int, float | None, int]]) -> Err
     )
 
 
+@dataclass(frozen=True, slots=True)
+class AlertRecord:
+    """One alert record as the gateway published it."""
+
+    at_ms: int
+    source: str
+    name: str
+    key: str
+    path: str
+    """``arrival`` (the fast path) or ``event_time`` (after the watermark; every alert of a rule with one path)."""
+    verdict: str
+    """``confirmed`` / ``missed_fast`` on an event-time alert, ``retracted`` on a record withdrawing an arrival
+    alert, empty otherwise."""
+    id: str
+    refers: str
+    since_event_ms: int
+    """``at_ms`` - the event time of the last reading it is about."""
+    since_arrival_ms: int
+    """``at_ms`` - the arrival of the last of its readings to arrive."""
+
+    def to_json(self) -> list[object]:
+        return [self.at_ms, self.source, self.name, self.key, self.path, self.verdict, self.id, self.refers,
+                self.since_event_ms, self.since_arrival_ms]  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class RuleStats:
+    """Per rule: the fast path against the exact one."""
+
+    fast: int
+    """Alerts raised on arrival."""
+    exact: int
+    """Alerts raised in event time (retraction records not counted)."""
+    confirmed: int
+    """Event-time alerts confirming a fast one."""
+    false: int
+    """Fast alerts retracted: the exact path did not find them."""
+    missed: int
+    """Event-time alerts the fast path had not raised (``missed_fast``)."""
+    fast_p50_ms: float | None
+    """Median latency of the fast alerts from the arrival of their last reading."""
+    exact_p50_ms: float | None
+    """Median latency of the event-time alerts from the arrival of their last reading."""
+    head_start_p50_ms: float | None
+    """Median, over confirmed alerts, of how much earlier the fast alert came."""
+
+    def as_dict(self) -> dict[str, object]:
+        return {"fast": self.fast, "exact": self.exact, "confirmed": self.confirmed, "false": self.false,
+                "missed": self.missed, "fast_p50_ms": self.fast_p50_ms, "exact_p50_ms": self.exact_p50_ms,
+                "head_start_p50_ms": self.head_start_p50_ms}  # fmt: skip
+
+
 @dataclass(slots=True)
 class WindowCounts:
     """Per window: what became of the readings it should hold."""
@@ -220,6 +275,7 @@ class Measurement:
     """What :func:`measure` found: every result, the readings' fate per window, the state's size."""
 
     results: list[ResultRecord] = field(default_factory=list)
+    alerts: list[AlertRecord] = field(default_factory=list)
     windows: dict[str, WindowCounts] = field(default_factory=dict)
     kinds: dict[str, str] = field(default_factory=dict)
     """Window name -> kind and size as configured (``tumbling 10m``)."""
@@ -291,6 +347,24 @@ class Measurement:
             pairs.append((r.value, r.count, ref, rc))
         return _errors(pairs)
 
+    # --- alerts ----------------------------------------------------------------------------------------
+    def rules(self) -> dict[str, RuleStats]:
+        """Per rule (``source/name``): fast and exact alerts, the fast path's false and missed alerts, latencies."""
+        out: dict[str, RuleStats] = {}
+        for rule in sorted({f"{a.source}/{a.name}" for a in self.alerts}):
+            mine = [a for a in self.alerts if f"{a.source}/{a.name}" == rule]
+            fast = [a for a in mine if a.path == "arrival" and a.verdict != "retracted"]
+            exact = [a for a in mine if a.path == "event_time"]
+            when = {a.id: a.at_ms for a in fast}
+            heads = [a.at_ms - when[a.refers] for a in exact if a.verdict == "confirmed" and a.refers in when]
+            out[rule] = RuleStats(
+                len(fast), len(exact), sum(1 for a in exact if a.verdict == "confirmed"),
+                sum(1 for a in mine if a.verdict == "retracted"), sum(1 for a in exact if a.verdict == "missed_fast"),
+                _pct([a.since_arrival_ms for a in fast], 0.5), _pct([a.since_arrival_ms for a in exact], 0.5),
+                _pct(heads, 0.5),
+            )  # fmt: skip
+        return out
+
     # --- totals ----------------------------------------------------------------------------------------
     @property
     def readings(self) -> int:
@@ -329,6 +403,8 @@ class Measurement:
             "state_end_bytes": self.state_end_bytes,
             "mismatches": self.mismatches,
             "results": [r.to_json() for r in self.results],
+            "rules": {k: v.as_dict() for k, v in self.rules().items()},
+            "alerts": [a.to_json() for a in self.alerts],
         }
 
 
@@ -382,8 +458,8 @@ def measure(
     """Feed ``run`` through a pipeline configured by ``gateway`` (a gateway TOML's tables) in gateway time."""
     config = gateway_config(gateway, prefix or run.scenario.prefix)
     specs = config.engine.windows
-    if not specs:
-        raise SpecError("the gateway configuration has no windows: nothing to measure")
+    if not specs and not config.patterns and not config.anomaly.enabled:
+        raise SpecError("the gateway configuration has no windows, patterns or anomaly detection: nothing to measure")
     pipe = Pipeline(config)
     tr = _Tracker(specs)
     m = Measurement()
@@ -414,6 +490,19 @@ def measure(
                     )
                 )  # fmt: skip
 
+    arrived: dict[tuple[str, int, int], int] = {}  # reading id -> when the gateway accepted it
+
+    def take_alerts(alerts: Sequence[Alert], at_ms: int) -> None:
+        for a in alerts:
+            path = str(getattr(a, "path", "")) or "event_time"  # a rule with one path: today's, in event time
+            got = [arrived[k] for k in a.readings if k in arrived]
+            m.alerts.append(
+                AlertRecord(
+                    at_ms, a.source, a.name, a.key, path, str(getattr(a, "verdict", "")), a.id,
+                    str(getattr(a, "refers", "")), at_ms - a.last_ms, at_ms - max(got, default=at_ms),
+                )
+            )  # fmt: skip
+
     def size_state(now: int) -> None:
         nonlocal next_state
         if now >= next_state:
@@ -426,7 +515,9 @@ def measure(
         while next_tick <= d.arrival_ms:
             if on_tick is not None:
                 on_tick(pipe, next_tick)
-            take(pipe.tick(next_tick).outputs, next_tick)
+            ticked = pipe.tick(next_tick)
+            take(ticked.outputs, next_tick)
+            take_alerts(ticked.alerts, next_tick)
             size_state(next_tick)
             next_tick += tick_ms
         out = pipe.handle(d.topic, d.payload, d.arrival_ms)
@@ -438,9 +529,11 @@ def measure(
                 else:
                     refused.add((o.device, o.boot, o.seq))
         for r in out.readings:
+            arrived.setdefault((r.device, r.boot, r.seq), d.arrival_ms)
             if (r.device, r.boot, r.seq) not in refused:
                 tr.add(r.site, r.device, r.t_ms, r.boot, r.seq, d.arrival_ms, _numeric(r.metrics))
         take(out.outputs, d.arrival_ms)
+        take_alerts(out.alerts, d.arrival_ms)
         m.end_ms = d.arrival_ms
     m.state_end_bytes = len(json.dumps(pipe.engine.snapshot(), separators=(",", ":")))
     m.state_max_bytes = max(m.state_max_bytes, m.state_end_bytes)
