@@ -52,6 +52,15 @@ class Stats:
     window_results: int = 0
     late_readings: int = 0
     alerts: int = 0
+    """Alert records published (fast alerts and retraction records included)."""
+    fast_alerts: int = 0
+    """Alerts of the fast path (``path = arrival``: rules with ``on`` = ``arrival`` or ``both``)."""
+    alerts_confirmed: int = 0
+    """Event-time alerts that confirmed an earlier fast alert (``on = "both"``)."""
+    alerts_retracted: int = 0
+    """Fast alerts the event-time path did not confirm once its watermark passed them: the fast path was wrong."""
+    alerts_missed_fast: int = 0
+    """Event-time alerts with no fast alert to confirm: the fast path missed them."""
     flush_markers: int = 0
     moved: int = 0
     """Devices moved to the site ``devices.sites`` declares for them."""
@@ -71,6 +80,10 @@ class Stats:
             "window_results": self.window_results,
             "late_readings": self.late_readings,
             "alerts": self.alerts,
+            "fast_alerts": self.fast_alerts,
+            "alerts_confirmed": self.alerts_confirmed,
+            "alerts_retracted": self.alerts_retracted,
+            "alerts_missed_fast": self.alerts_missed_fast,
             "flush_markers": self.flush_markers,
             "moved": self.moved,
             "ignored": self.ignored,
@@ -336,6 +349,16 @@ class Pipeline:
 
     def _alert(self, alert: Alert, out: Handled) -> None:
         self.stats.alerts += 1
+        if alert.path:
+            verdict = alert.verdict
+            if verdict == "retracted":
+                self.stats.alerts_retracted += 1
+            elif alert.path == "arrival":
+                self.stats.fast_alerts += 1
+            elif verdict == "confirmed":
+                self.stats.alerts_confirmed += 1
+            elif verdict == "missed_fast":
+                self.stats.alerts_missed_fast += 1
         out.alerts.append(alert)
         out.lines.append(alert.to_line())
         out.publish.append((alert_topic(self.config.mqtt.prefix, alert.site, alert.source), alert.to_json()))
