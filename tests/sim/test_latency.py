@@ -139,3 +139,35 @@ def test_simulate_measure_keeps_the_measurement_in_the_truth_and_the_report_draw
         assert f"data-plot='{plot}'" in html
     assert main(["simulate", "steady", "--broker", "mqtt://127.0.0.1:1", "--measure"]) == 2
     assert "need --in-process" in capsys.readouterr().err
+
+
+HOT_THEN_COLD = {"name": "hot_cold", "on": "both", "within": "5m", "steps": [
+    {"name": "hot", "where": "temp_c > 80"}, {"name": "cold", "follow": "next", "where": "temp_c < 20"}]}  # fmt: skip
+
+
+def test_the_fast_paths_false_and_missed_alerts_are_counted_against_the_exact_path() -> None:
+    # hot at 0 s, cold at 20 s: in order, the fast alert comes on cold's arrival (21 s) and is confirmed
+    # once the watermark passes 20 s (the reading at 60 s, arriving at 61 s: 40 s later).
+    # hot at 100 s, mild at 110 s, cold at 120 s, mild arriving last: on arrival hot -> cold matches (false),
+    # in event time mild sits between them ("next"): no match, the fast alert is retracted.
+    # cold at 200 s arriving before hot at 190 s: on arrival cold -> hot is no match; in event time it is (missed).
+    run = run_of(
+        (1_000, [(1, 0, 90.0)]),
+        (21_000, [(2, 20_000, 10.0)]),
+        (61_000, [(3, 60_000, 50.0)]),
+        (101_000, [(4, 100_000, 90.0)]),
+        (121_000, [(6, 120_000, 10.0)]),
+        (122_000, [(5, 110_000, 50.0)]),
+        (201_000, [(8, 200_000, 10.0)]),
+        (202_000, [(7, 190_000, 90.0)]),
+        (300_000, [(9, 290_000, 50.0)]),
+        (800_000, [(10, 790_000, 50.0)]),  # the watermark passes the false alert's span + within: its verdict
+    )
+    m = measure(run, {"patterns": [HOT_THEN_COLD], "engine": {"watermark": {"out_of_orderness": "15s"}}})
+    rule = m.rules()["pattern/hot_cold"]
+    assert (rule.fast, rule.exact, rule.confirmed, rule.false, rule.missed) == (2, 2, 1, 1, 1)
+    fast = [a for a in m.alerts if a.path == "arrival" and not a.verdict]
+    assert [(a.at_ms - T0, a.since_arrival_ms) for a in fast] == [(21_000, 0), (121_000, 0)]
+    assert rule.fast_p50_ms == 0
+    confirmed = next(a for a in m.alerts if a.verdict == "confirmed")
+    assert confirmed.at_ms - T0 == 61_000 and rule.head_start_p50_ms == 40_000
