@@ -657,6 +657,8 @@ class SweepRow:
     missed: int
     state_max_bytes: int
     results: int
+    alerts: tuple[int, int, int, int] = (0, 0, 0, 0)
+    """Over every rule: fast alerts, event-time alerts, the fast path's false ones and its missed ones."""
 
     def as_dict(self) -> dict[str, object]:
         s = self.setting
@@ -668,6 +670,7 @@ class SweepRow:
             "last_error": self.last_error.as_dict(), "late_share": self.late_share, "late": self.late,
             "readings": self.readings, "missed_windows": self.missed, "state_max_bytes": self.state_max_bytes,
             "results": self.results,
+            "alerts": dict(zip(("fast", "exact", "false", "missed"), self.alerts, strict=True)),
         }  # fmt: skip
 
 
@@ -676,6 +679,7 @@ def row_of(setting: Setting, m: Measurement) -> SweepRow:
     first: dict[tuple[str, str, int, str], ResultRecord] = {}
     for r in m.results:
         first.setdefault(r.instance, r)
+    rules = m.rules()
     return SweepRow(
         setting,
         _pct(fin_ev, 0.5),
@@ -691,6 +695,12 @@ def row_of(setting: Setting, m: Measurement) -> SweepRow:
         sum(c.missed for c in m.windows.values()),
         m.state_max_bytes,
         len(m.results),
+        (
+            sum(r.fast for r in rules.values()),
+            sum(r.exact for r in rules.values()),
+            sum(r.false for r in rules.values()),
+            sum(r.missed for r in rules.values()),
+        ),
     )
 
 
@@ -727,26 +737,39 @@ def _ms(v: float | None) -> str:
 
 
 def _err(e: ErrorStats) -> str:
+    """``mean relative error, readings missing on average``."""
     if e.n == 0:
         return "-"
     rel = "-" if e.mre is None else f"{100 * e.mre:.2f} %"
     cnt = "-" if e.count_error is None else f"{e.count_error:.2f}"
-    return f"{rel} ({cnt})"
+    return f"{rel}, {cnt} missing"
+
+
+def _off(e: ErrorStats) -> str:
+    """``windows off/compared (mean relative error, readings missing)``."""
+    if e.n == 0:
+        return "-"
+    return f"{e.n - e.exact}/{e.n} ({_err(e)})"
 
 
 def render_table(rows: Sequence[SweepRow]) -> str:
     """The trade-off table as text: a row per setting."""
-    head = ("setting", "final p50/p95", "final from arrival", "first value", "provisional err (count)",
-            "final err (count)", "windows off", "late share", "state max")  # fmt: skip
-    body = []
+    head: tuple[str, ...] = ("setting", "final p50/p95", "from arrival", "first value", "provisional err",
+                             "finals off (err)", "after updates off (err)", "late share", "state max")  # fmt: skip
+    body: list[tuple[str, ...]] = []
     for r in rows:
-        off = r.final_error.n - r.final_error.exact
         body.append((
             r.setting.label(), f"{_ms(r.final_event_p50)} / {_ms(r.final_event_p95)}", _ms(r.final_arrival_p50),
-            _ms(r.first_event_p50), _err(r.provisional), _err(r.final_error),
-            f"{off}/{r.final_error.n}" + (f" +{r.missed} none" if r.missed else ""),
+            _ms(r.first_event_p50), _err(r.provisional),
+            _off(r.final_error) + (f" +{r.missed} none" if r.missed else ""), _off(r.last_error),
             f"{100 * r.late_share:.2f} % ({r.late}/{r.readings})", f"{r.state_max_bytes / 1024:.1f} KiB",
         ))  # fmt: skip
+    if any(r.alerts[0] for r in rows):  # a rule with a fast path
+        head = (*head, "fast alerts: false / missed")
+        body = [
+            (*b, f"{r.alerts[0]}: {r.alerts[2]} / {r.alerts[3]} of {r.alerts[1]}")
+            for b, r in zip(body, rows, strict=True)
+        ]
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))

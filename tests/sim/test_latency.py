@@ -171,3 +171,22 @@ def test_the_fast_paths_false_and_missed_alerts_are_counted_against_the_exact_pa
     assert rule.fast_p50_ms == 0
     confirmed = next(a for a in m.alerts if a.verdict == "confirmed")
     assert confirmed.at_ms - T0 == 61_000 and rule.head_start_p50_ms == 40_000
+
+
+def test_plan_with_a_scenario_prints_the_trade_off_table(capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.cli import main as gateway_main
+
+    argv = ["plan", "--scenario", "flaky-network", "--duration", "40m", "--bound", "0,1m", "--lateness", "0,5m"]
+    assert gateway_main([*argv, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    rows = {(r["bound_ms"], r["lateness_ms"]): r for r in doc["rows"]}
+    assert list(rows) == [(0, 0), (0, 300_000), (60_000, 0), (60_000, 300_000)]
+    # a longer bound or lateness never makes more readings late, and this network delays some beyond 0 and 1 min
+    assert rows[(0, 0)]["late"] > rows[(60_000, 0)]["late"] >= rows[(60_000, 300_000)]["late"]
+    assert rows[(0, 0)]["late"] > rows[(0, 300_000)]["late"]
+    # waiting longer costs delay: the final's median latency grows with the bound
+    assert rows[(60_000, 0)]["final_event_p50_ms"] > rows[(0, 0)]["final_event_p50_ms"]
+    assert gateway_main(argv) == 0
+    out = capsys.readouterr().out
+    assert "bound 1m, lateness 5m, trigger as set" in out and "late share" in out
+    assert gateway_main(["plan", "--scenario", "no-such-scenario"]) == 2
