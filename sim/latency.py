@@ -102,12 +102,12 @@ def _agg(name: str, vals: Sequence[tuple[int, int, int, float, str]]) -> float |
 
 
 def _kind(o: WindowResult) -> str:
-    """The result kind: the engine's own (``result``) where it says one, else final on the first emission and
-    update after it."""
+    """The result kind: the engine's own (``result``) where it says one, else by the revision (0 provisional,
+    1 final, more an update)."""
     kind = getattr(o, "result", None)
     if isinstance(kind, str) and kind in KINDS:
         return kind
-    return "final" if o.revision == 1 else "update"
+    return "provisional" if o.revision == 0 else "final" if o.revision == 1 else "update"
 
 
 @dataclass(frozen=True, slots=True)
@@ -657,6 +657,7 @@ class SweepRow:
     missed: int
     state_max_bytes: int
     results: int
+    """Window instances with a result."""
     alerts: tuple[int, int, int, int] = (0, 0, 0, 0)
     """Over every rule: fast alerts, event-time alerts, the fast path's false ones and its missed ones."""
 
@@ -674,27 +675,32 @@ class SweepRow:
         }  # fmt: skip
 
 
-def row_of(setting: Setting, m: Measurement) -> SweepRow:
-    fin_ev = m.latencies("final")
+def row_of(setting: Setting, m: Measurement, window: str | None = None) -> SweepRow:
+    """One setting's costs, over every window or one (the state is the whole engine's either way)."""
+    fin_ev = m.latencies("final", window=window)
     first: dict[tuple[str, str, int, str], ResultRecord] = {}
     for r in m.results:
-        first.setdefault(r.instance, r)
+        if window is None or r.window == window:
+            first.setdefault(r.instance, r)
     rules = m.rules()
+    counts = [c for w, c in m.windows.items() if window is None or w == window]
+    readings = sum(c.readings for c in counts)
+    late = sum(c.late for c in counts)
     return SweepRow(
         setting,
         _pct(fin_ev, 0.5),
         _pct(fin_ev, 0.95),
-        _pct(m.latencies("final", "arrival"), 0.5),
+        _pct(m.latencies("final", "arrival", window), 0.5),
         _pct([r.since_event_ms for r in first.values()], 0.5),
-        m.provisional_error(),
-        m.truth_error("final"),
-        m.truth_error("last"),
-        m.late_share,
-        sum(c.late for c in m.windows.values()),
-        m.readings,
-        sum(c.missed for c in m.windows.values()),
+        m.provisional_error(window),
+        m.truth_error("final", window),
+        m.truth_error("last", window),
+        late / readings if readings else 0.0,
+        late,
+        readings,
+        sum(c.missed for c in counts),
         m.state_max_bytes,
-        len(m.results),
+        len(first),
         (
             sum(r.fast for r in rules.values()),
             sum(r.exact for r in rules.values()),

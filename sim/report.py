@@ -566,7 +566,7 @@ def latency_charts(doc: Mapping[str, Any]) -> list[tuple[str, Chart, str]]:
     if pick is not None:
         mine = [r for r in results if (r[1], r[2], r[3], r[5]) == pick]
         c = Chart(
-            f"{pick[0]} of {pick[1]} {pick[3]}, window from {_utc(pick[2])[11:]}: its value as results arrive",
+            f"{pick[0]} {pick[1]} {pick[3]}, window from {_utc(pick[2])[11:16]}: value as results arrive",
             "gateway time (UTC)",
             f"{mine[0][5]} ({doc.get('aggregates', {}).get(pick[0], 'value')})",
             height=260,
