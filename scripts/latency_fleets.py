@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from sim.latency import Setting, SweepRow, grid, latency_doc, measure, row_of  # noqa: E402
+from sim.latency import Measurement, Setting, SweepRow, grid, latency_doc, measure, row_of  # noqa: E402
 from sim.report import latency_charts  # noqa: E402
 from sim.scenario import parse_scenario  # noqa: E402
 from sim.world import simulate  # noqa: E402
@@ -57,6 +57,11 @@ WINDOWS = [
     {"name": "site_temp_10m", "kind": "tumbling", "size": "10m", "metrics": ["temp_c"],
      "aggregates": ["count", "mean"], "key": "site"},
 ]  # fmt: skip
+PATTERNS = [
+    {"name": "hot_spell_ends", "on": "both", "within": "5m", "severity": "warning", "steps": [
+        {"name": "hot", "where": "temp_c > 23.5"}, {"name": "cooler", "follow": "next", "where": "temp_c < 23.3"}]},
+]  # fmt: skip
+"""An alert on both paths: a board's reading above 23.5 degrees, and its very next one (in event time) below 23.3."""
 FLEETS: dict[str, tuple[str, int]] = {
     "always-on": ("Always-on boards: every reading published at once", 1),
     "sleep-5m": ("Boards sleeping 5 minutes: a reading a minute, sent every 5 minutes", 5),
@@ -77,7 +82,7 @@ def scenario(name: str) -> dict[str, Any]:
         "fleet": {"sites": ["greenhouse"], "metrics": ["temp_c"], "interval": "60s", "batch_size": 32,
                   "groups": [group]},
         "network": NETWORK,
-        "gateway": {"windows": WINDOWS},
+        "gateway": {"windows": WINDOWS, "patterns": PATTERNS},
     }  # fmt: skip
 
 
@@ -146,6 +151,19 @@ def markdown(rows: Sequence[SweepRow], pick: SweepRow | None) -> str:
     return "\n".join(out)
 
 
+def alerts_markdown(measured: Mapping[Setting, Measurement]) -> str:
+    """The pattern's fast path against its event-time path, per watermark bound."""
+    head = ("bound", "fast alerts", "event-time alerts", "false (retracted)", "missed", "fast p50 after arrival",
+            "event-time p50 after arrival", "head start p50")  # fmt: skip
+    out = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for s, m in measured.items():
+        for r in m.rules().values():
+            out.append("| " + " | ".join((
+                _span(s.bound_ms), str(r.fast), str(r.exact), str(r.false), str(r.missed), _ms(r.fast_p50_ms),
+                _ms(r.exact_p50_ms), _ms(r.head_start_p50_ms))) + " |")  # fmt: skip
+    return "\n".join(out) + "\n"
+
+
 def png(svg: str, path: Path) -> None:
     """Draw one SVG chart to a PNG with headless Chromium, at the chart's size."""
     width = int(svg.split('width="', 1)[1].split('"', 1)[0])
@@ -186,6 +204,7 @@ def fleet(name: str, draw: bool) -> None:
             print(f"\nwith early results, at {pick.setting.label().rsplit(',', 1)[0]}:\n")
             print(markdown(early, None))
         print(f"\nrecommended for {w['name']}: {pick.setting.label()}\n")
+    print(alerts_markdown({s: m for s, m in measured.items() if not s.trigger_ms and s.lateness_ms == 0}))
     if not draw:
         return
     site = picks[WINDOWS[1]["name"]].setting

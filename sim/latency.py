@@ -599,7 +599,8 @@ class Setting:
     """Settings applied to every window of a configuration; None leaves the configured value."""
 
     bound_ms: int | None = None
-    """The watermark's out-of-orderness bound (each window's ``out_of_orderness``)."""
+    """The watermark's out-of-orderness bound (each window's ``out_of_orderness``, and the engine's default,
+    which the patterns' event-time path uses)."""
     lateness_ms: int | None = None
     """``allowed_lateness``."""
     trigger_ms: int | None = None
@@ -621,6 +622,10 @@ class Setting:
                     w.pop("early_every", None)
             windows.append(w)
         doc["windows"] = windows
+        if self.bound_ms is not None:  # the patterns' watermark: the engine's default bound
+            engine = dict(doc.get("engine", {}))
+            engine["watermark"] = {**engine.get("watermark", {}), "out_of_orderness": self.bound_ms}
+            doc["engine"] = engine
         return doc
 
     def label(self) -> str:
