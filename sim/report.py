@@ -664,6 +664,37 @@ def latency_html(doc: Mapping[str, Any]) -> str:
         f"<p class='note'>Engine state (JSON, as a checkpoint stores it): at most "
         f"{m['state_max_bytes'] / 1024:.1f} KiB, {m['state_end_bytes'] / 1024:.1f} KiB at the end.</p>"
     )
+    if m.get("rules"):
+        rules = [
+            [
+                name,
+                r["fast"],
+                r["exact"],
+                r["confirmed"],
+                r["false"],
+                r["missed"],
+                _ms_text(r["fast_p50_ms"]),
+                _ms_text(r["exact_p50_ms"]),
+                _ms_text(r["head_start_p50_ms"]),
+            ]
+            for name, r in m["rules"].items()
+        ]
+        parts.append(
+            _table(
+                [
+                    "rule",
+                    "fast alerts",
+                    "event-time alerts",
+                    "confirmed",
+                    "false (retracted)",
+                    "missed by the fast path",
+                    "fast p50 after arrival",
+                    "event-time p50 after arrival",
+                    "head start p50",
+                ],
+                rules,
+            )
+        )
     if doc.get("sweep"):
         sw = [
             [

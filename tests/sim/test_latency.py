@@ -16,6 +16,7 @@ import pytest
 
 from sim.cli import main
 from sim.latency import Setting, eventful_instance, measure, sweep
+from sim.report import latency_html
 from sim.scenario import Scenario
 from sim.wire import WireReading, encode_batch
 from sim.world import Delivery, Run
@@ -171,6 +172,8 @@ def test_the_fast_paths_false_and_missed_alerts_are_counted_against_the_exact_pa
     assert rule.fast_p50_ms == 0
     confirmed = next(a for a in m.alerts if a.verdict == "confirmed")
     assert confirmed.at_ms - T0 == 61_000 and rule.head_start_p50_ms == 40_000
+    html = latency_html({"setting": "as configured", "measurement": m.as_dict(), "sweep": []})
+    assert '<td class="l">pattern/hot_cold</td><td class="">2</td><td class="">2</td><td class="">1</td>' in html
 
 
 def test_plan_with_a_scenario_prints_the_trade_off_table(capsys: pytest.CaptureFixture[str]) -> None:
