@@ -139,6 +139,15 @@ def _describe_windows(cfg: Config) -> list[str]:
             f"window:    {w.name}: {shape} per {w.key} over {', '.join(w.metrics)} "
             f"({', '.join(w.aggregates)}), allowed lateness {w.allowed_lateness_ms / 1000:g} s"
         )
+        early = [f"every {w.early_every_ms / 1000:g} s"] if w.early_every_ms else []
+        early += [f"every {w.early_count} readings"] if w.early_count else []
+        if early:
+            lines.append(
+                f"           provisional results {' and '.join(early)} ({w.provisional})"
+                + (", published on MQTT" if w.publish else "")
+            )
+        elif w.publish:
+            lines.append("           results published on MQTT")
     return lines
 
 
