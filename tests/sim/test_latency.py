@@ -106,6 +106,46 @@ def test_a_flushed_marker_makes_the_final_come_with_the_burst() -> None:
     assert m.windows["m1"].late == 0
 
 
+def test_provisional_error_is_zero_when_no_reading_arrives_after_the_trigger() -> None:
+    # both readings of [T0, T0+60s) arrive before the first tick (2 s): the provisional result there already
+    # holds them, the final (on seq 3, 61 s) says the same
+    run = run_of((1_000, [(1, 0, 10.0)]), (1_500, [(2, 500, 20.0)]), (61_000, [(3, 60_000, 30.0)]))
+    m = measure(run, gateway("0s", early_every="10s"))
+    first = [r for r in m.results if r.start_ms == T0]
+    assert [(r.kind, r.at_ms - T0, r.count, r.value) for r in first] == [
+        ("provisional", 2_000, 2, 15.0),
+        ("final", 61_000, 2, 15.0),
+    ]
+    assert (first[0].since_event_ms, first[0].since_arrival_ms) == (1_500, 500)
+    err = m.provisional_error()
+    assert (err.n, err.exact, err.mae, err.mre, err.count_error) == (2 - 1, 1, 0.0, 0.0, 0.0)
+
+
+def test_provisional_results_before_the_final_and_their_error_against_it() -> None:
+    # early_every 10 s fires at the first tick after a window took readings, then at least 10 s later:
+    # [T0, T0+60s) at 2 s (seq 1: 10) and at 32 s (seq 1, 2: 15), final at 61 s (15), update at 62 s (seq 4: 43);
+    # [T0+60s, T0+120s) at 62 s (seq 3: 30), final at 125 s (30)
+    m = measure(RUN, gateway("60s", early_every="10s"))
+    assert [(r.kind, r.start_ms - T0, r.at_ms - T0, r.count, r.value) for r in m.results] == [
+        ("provisional", 0, 2_000, 1, 10.0),
+        ("provisional", 0, 32_000, 2, 15.0),
+        ("final", 0, 61_000, 2, 15.0),
+        ("provisional", 60_000, 62_000, 1, 30.0),  # the tick at 62 s runs before the message that arrives then
+        ("update", 0, 62_000, 3, 43.0),
+        ("final", 60_000, 125_000, 1, 30.0),
+    ]
+    assert [(r.since_event_ms, r.since_arrival_ms) for r in m.results if r.kind == "provisional"] == [
+        (2_000, 1_000), (2_000, 1_000), (2_000, 1_000)
+    ]  # fmt: skip
+    # against the finals: |10 - 15| = 5 (a third of 15, one reading short), then exact twice
+    err = m.provisional_error()
+    assert (err.n, err.exact) == (3, 2)
+    assert (
+        err.mae == pytest.approx(5 / 3) and err.mre == pytest.approx(1 / 9) and err.count_error == pytest.approx(1 / 3)
+    )
+    assert m.latency_table()[0]["kind"] == "provisional"  # provisional, final, update in that order per window
+
+
 def test_the_sweep_applies_each_setting_to_every_window() -> None:
     rows = sweep(RUN, gateway("0s"), [Setting(lateness_ms=0), Setting(lateness_ms=60_000)])
     assert [r.late for r in rows] == [1, 0]
@@ -124,8 +164,8 @@ def test_simulate_measure_keeps_the_measurement_in_the_truth_and_the_report_draw
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     truth, page = tmp_path / "t.json", tmp_path / "r.html"
-    argv = ["simulate", "flaky-network", "--in-process", "--measure", "--duration", "40m", "--start-ms", str(T0),
-            "--truth", str(truth), "--report", str(page)]  # fmt: skip
+    argv = ["simulate", "flaky-network", "--in-process", "--measure", "--triggers", "30s,5m", "--duration", "40m",
+            "--start-ms", str(T0), "--truth", str(truth), "--report", str(page)]  # fmt: skip
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "latency (as configured):" in out and "too late for any result" in out
@@ -136,8 +176,12 @@ def test_simulate_measure_keeps_the_measurement_in_the_truth_and_the_report_draw
     for c in m["windows"].values():
         assert c["in_result"] + c["late"] + c["pending"] == c["readings"] > 0
     html = page.read_text()
-    for plot in ("latency-event", "latency-arrival", "window-value"):
+    for plot in ("latency-event", "latency-arrival", "error-trigger", "window-value"):
         assert f"data-plot='{plot}'" in html
+    # the longer trigger interval gives fewer provisional results
+    short, long = doc["sweep"]
+    assert (short["trigger_ms"], long["trigger_ms"]) == (30_000, 300_000)
+    assert short["provisional_error"]["n"] > long["provisional_error"]["n"] > 0
     assert main(["simulate", "steady", "--broker", "mqtt://127.0.0.1:1", "--measure"]) == 2
     assert "need --in-process" in capsys.readouterr().err
 
@@ -193,3 +237,16 @@ def test_plan_with_a_scenario_prints_the_trade_off_table(capsys: pytest.CaptureF
     out = capsys.readouterr().out
     assert "bound 1m, lateness 5m, trigger as set" in out and "late share" in out
     assert gateway_main(["plan", "--scenario", "no-such-scenario"]) == 2
+
+
+def test_plan_with_triggers_adds_provisional_results_and_changes_no_final(capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.cli import main as gateway_main
+
+    argv = ["plan", "--scenario", "flaky-network", "--duration", "40m", "--trigger", "off,1m", "--json"]
+    assert gateway_main(argv) == 0
+    off, every = json.loads(capsys.readouterr().out)["rows"]
+    assert (off["trigger_ms"], every["trigger_ms"]) == (0, 60_000)
+    assert off["provisional_error"]["n"] == 0 < every["provisional_error"]["n"]
+    assert every["first_event_p50_ms"] < off["first_event_p50_ms"]  # a first value sooner
+    for same in ("final_event_p50_ms", "final_event_p95_ms", "final_error", "last_error", "late", "missed_windows"):
+        assert off[same] == every[same], same
