@@ -67,6 +67,12 @@ FLEETS: dict[str, tuple[str, int]] = {
     "sleep-5m": ("Boards sleeping 5 minutes: a reading a minute, sent every 5 minutes", 5),
     "flush-30m": ("Boards flushing every 30 minutes: a reading a minute, sent every 30 minutes", 30),
 }
+DRAWN: dict[str, tuple[str, ...]] = {
+    "always-on": ("event", "window-value"),
+    "sleep-5m": ("event", "error-trigger"),
+    "flush-30m": ("event", "window-value", "error-trigger"),
+}
+"""The plots docs/semantics.md shows of each fleet."""
 BOUNDS = (0, 30_000, 120_000)
 LATENESS = (0, 600_000, 2_400_000)
 TRIGGERS = (0, 10_000, 60_000, 300_000)
@@ -140,7 +146,7 @@ def markdown(rows: Sequence[SweepRow], pick: SweepRow | None) -> str:
         cells = (
             _span(s.bound_ms), _span(s.lateness_ms), "off" if not s.trigger_ms else _span(s.trigger_ms),
             f"{_ms(r.final_event_p50)} / {_ms(r.final_event_p95)}", _ms(r.first_event_p50),
-            "-" if pe.mre is None else f"{100 * pe.mre:.2f} % ({pe.count_error:.1f} missing)",
+            "-" if pe.mre is None else f"{pe.mae:.3f} °C, {100 * pe.mre:.2f} % ({pe.count_error:.1f} missing)",
             f"{r.final_error.n - r.final_error.exact} of {r.final_error.n}"
             + (f" (+{r.missed} none)" if r.missed else ""),
             f"{r.last_error.n - r.last_error.exact} of {r.last_error.n}",
@@ -210,10 +216,10 @@ def fleet(name: str, draw: bool) -> None:
     site = picks[WINDOWS[1]["name"]].setting
     trig = [t for t in triggers if t]
     best = Setting(site.bound_ms, site.lateness_ms, trig[0] if trig else None)
-    ldoc = latency_doc(run, best.apply(gw), trig)
+    ldoc = latency_doc(run, best.apply(gw), trig, window=WINDOWS[1]["name"])
     ldoc["setting"] = best.label()
-    for key, chart, _note in latency_charts(ldoc):
-        if key == "latency-arrival":
+    for key, chart, _note in latency_charts(ldoc, WINDOWS[1]["name"]):
+        if key.removeprefix("latency-") not in DRAWN[name]:
             continue
         chart.width, chart.height = 760, 240
         chart.title = f"{name}: {chart.title}"

@@ -805,19 +805,28 @@ def latency_doc(
     triggers: Sequence[int] = (),
     *,
     prefix: str | None = None,
+    window: str | None = None,
 ) -> dict[str, Any]:
-    """The measurement of ``gateway`` as configured, and of each early-trigger interval in ``triggers`` (ms), as
-    JSON values: what a truth file keeps under ``latency`` and ``edgekit-sim report`` draws."""
+    """The measurement of ``gateway`` as configured, and of each early-trigger interval in ``triggers`` (ms) per
+    window, as JSON values: what a truth file keeps under ``latency`` and ``edgekit-sim report`` draws. The
+    window instance whose values are drawn over time is ``window``'s most eventful (default: any window's but a
+    session's)."""
     m = measure(run, gateway, prefix=prefix)
     doc = m.as_dict()
     spec = gateway_config(gateway, prefix or run.scenario.prefix).engine.windows
     sessions = {s.name for s in spec if s.kind == "session"}  # no truth to draw beside a session's values
-    pick = eventful_instance([r for r in doc["results"] if r[1] not in sessions]) or eventful_instance(doc["results"])
-    rows = sweep(run, gateway, [Setting(trigger_ms=t) for t in triggers]) if triggers else []
+    pick = eventful_instance(
+        [r for r in doc["results"] if (r[1] == window if window else r[1] not in sessions)]
+    ) or eventful_instance(doc["results"])
+    rows: list[dict[str, Any]] = []
+    for t in triggers:
+        setting = Setting(trigger_ms=t)
+        mt = measure(run, setting.apply(gateway), prefix=prefix)
+        rows += [{**row_of(setting, mt, w.name).as_dict(), "label": setting.label(), "window": w.name} for w in spec]
     return {
         "setting": "as configured",
         "measurement": doc,
         "aggregates": {s.name: main_aggregate(s) for s in spec},
         "truth": {} if pick is None or pick not in m.truth else {"|".join(map(str, pick)): list(m.truth[pick])},
-        "sweep": [{**r.as_dict(), "label": r.setting.label()} for r in rows],
+        "sweep": rows,
     }

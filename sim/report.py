@@ -498,14 +498,14 @@ def _unit(values: Sequence[float]) -> tuple[float, str]:
     return (1000.0, "s") if not values or max(values) <= 600_000 else (60_000.0, "min")
 
 
-def latency_charts(doc: Mapping[str, Any]) -> list[tuple[str, Chart, str]]:
+def latency_charts(doc: Mapping[str, Any], window: str | None = None) -> list[tuple[str, Chart, str]]:
     """The plots of a latency measurement (:func:`sim.latency.latency_doc`): the latency of each result kind
     (distribution, from the newest reading's event time and from the last arrival), the provisional error
-    against the trigger interval (when a sweep over intervals was measured), and one window's value over time."""
+    against the trigger interval (when a sweep over intervals was measured), and one window's value over time;
+    of every window, or only of ``window``."""
     m = doc["measurement"]
-    results = m[
-        "results"
-    ]  # at, window, key, start, end, metric, kind, revision, count, value, since_event, since_arrival
+    # at, window, key, start, end, metric, kind, revision, count, value, since_event, since_arrival
+    results = [r for r in m["results"] if window is None or r[1] == window]
     out: list[tuple[str, Chart, str]] = []
     for since, col, what in (
         ("event", 10, "the event time of its newest reading"),
@@ -535,29 +535,29 @@ def latency_charts(doc: Mapping[str, Any]) -> list[tuple[str, Chart, str]]:
                 ),
             )
         )
-    rows = [r for r in doc.get("sweep", []) if r.get("trigger_ms")]
+    rows = [r for r in doc.get("sweep", []) if r.get("trigger_ms") and (window is None or r.get("window") == window)]
     if rows:
         c = Chart(
             "Error of provisional results against the trigger interval",
             "early trigger every (s)",
-            "mean error against the final (%)",
+            "mean relative error (%)",
             x_time=False,
             height=260,
         )
-        xs = [r["trigger_ms"] / 1000 for r in rows]
-        rel = [100 * (r["provisional_error"]["mre"] or 0.0) for r in rows]
-        c.line("mean relative error of the main aggregate", xs, rel, "#ff7f0e")
-        c.points("at the interval measured", xs, rel, "#ff7f0e", "circle", 3.5)
-        share = [100 * (r["provisional_error"]["count_error"] or 0.0) / max(1.0, _mean_count(m)) for r in rows]
-        c.line("readings missing (% of a final's count)", xs, share, "#7f7f7f")
+        for i, name in enumerate(dict.fromkeys(str(r.get("window", "")) for r in rows)):
+            mine = [r for r in rows if str(r.get("window", "")) == name]
+            xs = [r["trigger_ms"] / 1000 for r in mine]
+            rel = [100 * (r["provisional_error"]["mre"] or 0.0) for r in mine]
+            color = PALETTE[i % len(PALETTE)]
+            c.line(f"{name or 'every window'}", xs, rel, color)
+            c.points(f"{name or 'every window'}: measured", xs, rel, color, "circle", 3.5)
         out.append(
             (
                 "error-trigger",
                 c,
                 (
                     "Each early-trigger interval measured over the same run: the mean relative error of the "
-                    "provisional results' main aggregate against the window's final result, and the readings they "
-                    "lacked. A longer "
+                    "provisional results' main aggregate against their window's final result, per window. A longer "
                     "interval gives fewer provisional results; those it gives come later and miss less."
                 ),
             )
@@ -566,7 +566,7 @@ def latency_charts(doc: Mapping[str, Any]) -> list[tuple[str, Chart, str]]:
     if pick is not None:
         mine = [r for r in results if (r[1], r[2], r[3], r[5]) == pick]
         c = Chart(
-            f"{pick[0]} {pick[1]} {pick[3]}, window from {_utc(pick[2])[11:16]}: value as results arrive",
+            f"{pick[0]} {pick[1]} {pick[3]} from {_utc(pick[2])[11:16]}: its value as results come",
             "gateway time (UTC)",
             f"{mine[0][5]} ({doc.get('aggregates', {}).get(pick[0], 'value')})",
             height=260,
@@ -596,11 +596,6 @@ def latency_charts(doc: Mapping[str, Any]) -> list[tuple[str, Chart, str]]:
             )
         )
     return out
-
-
-def _mean_count(m: Mapping[str, Any]) -> float:
-    finals = [r[8] for r in m["results"] if r[6] == "final"]
-    return sum(finals) / len(finals) if finals else 1.0
 
 
 def _ms_text(v: float | None) -> str:
@@ -698,7 +693,7 @@ def latency_html(doc: Mapping[str, Any]) -> str:
     if doc.get("sweep"):
         sw = [
             [
-                r["label"],
+                f"{r.get('window', '')}: {r['label']}",
                 _ms_text(r["final_event_p50_ms"]),
                 _ms_text(r["first_event_p50_ms"]),
                 "-" if r["provisional_error"]["mre"] is None else f"{100 * r['provisional_error']['mre']:.2f} %",
