@@ -815,18 +815,34 @@ def latency_doc(
     doc = m.as_dict()
     spec = gateway_config(gateway, prefix or run.scenario.prefix).engine.windows
     sessions = {s.name for s in spec if s.kind == "session"}  # no truth to draw beside a session's values
-    pick = eventful_instance(
-        [r for r in doc["results"] if (r[1] == window if window else r[1] not in sessions)]
-    ) or eventful_instance(doc["results"])
     rows: list[dict[str, Any]] = []
+    runs: list[tuple[str, Measurement]] = [("as configured", m)]
     for t in triggers:
         setting = Setting(trigger_ms=t)
         mt = measure(run, setting.apply(gateway), prefix=prefix)
+        runs.append((setting.label(), mt))
         rows += [{**row_of(setting, mt, w.name).as_dict(), "label": setting.label(), "window": w.name} for w in spec]
+    # the window drawn over time: the most eventful one of the run (as configured, or at a trigger) that has
+    # the most kinds of result
+    history: dict[str, Any] = {}
+    best: tuple[int, int] = (0, 0)
+    for label, mm in runs:
+        recs = [r.to_json() for r in mm.results]
+        mine = [r for r in recs if (r[1] == window if window else r[1] not in sessions)] or recs
+        pick = eventful_instance(mine)
+        if pick is None:
+            continue
+        held = [r for r in mine if (r[1], r[2], r[3], r[5]) == pick]
+        score = (len({r[6] for r in held}), len(held))
+        if score > best:
+            best = score
+            truth = mm.truth.get(pick)
+            history = {"setting": label, "instance": list(pick), "results": held,
+                       "truth": None if truth is None else list(truth)}  # fmt: skip
     return {
         "setting": "as configured",
         "measurement": doc,
         "aggregates": {s.name: main_aggregate(s) for s in spec},
-        "truth": {} if pick is None or pick not in m.truth else {"|".join(map(str, pick)): list(m.truth[pick])},
+        "history": history,
         "sweep": rows,
     }

@@ -562,9 +562,15 @@ def latency_charts(doc: Mapping[str, Any], window: str | None = None) -> list[tu
                 ),
             )
         )
-    pick = eventful_instance(results)
-    if pick is not None:
-        mine = [r for r in results if (r[1], r[2], r[3], r[5]) == pick]
+    hist = doc.get("history") or {}
+    if hist.get("results") and (window is None or hist["instance"][0] == window):
+        pick: tuple[str, str, int, str] | None = tuple(hist["instance"])
+        mine, truth, setting = hist["results"], hist.get("truth"), str(hist.get("setting", ""))
+    else:
+        pick = eventful_instance(results)
+        mine = [r for r in results if pick is not None and (r[1], r[2], r[3], r[5]) == pick]
+        truth, setting = None, str(doc.get("setting", ""))
+    if pick is not None and mine:
         c = Chart(
             f"{pick[0]} {pick[1]} {pick[3]} from {_utc(pick[2])[11:16]}: its value as results come",
             "gateway time (UTC)",
@@ -580,7 +586,6 @@ def latency_charts(doc: Mapping[str, Any], window: str | None = None) -> list[tu
             if pts:
                 c.points(kind, [p[0] for p in pts], [p[1] for p in pts], color, shape, 4.5)
         c.vline(float(mine[0][4]), "#555", "window end (event time)")
-        truth = doc.get("truth", {}).get("|".join(map(str, pick)))
         if truth is not None and truth[0] is not None:
             c.hline(float(truth[0]), "#2ca02c", "every reading of the window")
         out.append(
@@ -588,10 +593,10 @@ def latency_charts(doc: Mapping[str, Any], window: str | None = None) -> list[tu
                 "window-value",
                 c,
                 (
-                    "The window with the most results: each provisional, final and updated value at the gateway "
-                    "time it was emitted (the point in InfluxDB holds the latest; grey: the best value known), the "
-                    "window's end in event time, and in green the value over every reading of the window that "
-                    "reached the gateway, late ones included."
+                    f"The window with the most kinds of result ({setting}): each provisional, final and updated "
+                    "value at the gateway time it was emitted (the point in InfluxDB holds the latest; grey: the "
+                    "best value known), the window's end in event time, and in green the value over every reading "
+                    "of the window that reached the gateway, late ones included."
                 ),
             )
         )
