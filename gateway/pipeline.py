@@ -377,6 +377,8 @@ class Pipeline:
 
     def _engine_out(self, outputs: list[EngineOutput], out: Handled) -> None:
         for o in outputs:
+            out.outputs.append(o)
+            out.lines.append(o.to_line())
             if isinstance(o, WindowResult):
                 self.stats.window_results += 1
                 if o.revision == 0:
@@ -388,8 +390,6 @@ class Pipeline:
                     out.publish.append((topic, o.to_payload()))
             elif isinstance(o, LateReading):
                 self.stats.late_readings += 1
-            out.outputs.append(o)
-            out.lines.append(o.to_line())
 
     def _dead(self, dead: DeadLetter, out: Handled) -> None:
         self.stats.dead_letters += 1

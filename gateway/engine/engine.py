@@ -154,7 +154,8 @@ class Engine:
         self._process(batch, now_ms, out)
         if self._early:
             self._early_after(out, 0, batch.site, batch.device)
-        self._stamp(out, 0, now_ms)
+        if out:  # most messages emit nothing: no call then
+            self._stamp(out, 0, now_ms)
         return out
 
     def process_batches(self, batches: Iterable[tuple[Batch, int]]) -> list[Output]:
@@ -168,7 +169,8 @@ class Engine:
             process(batch, now_ms, out)
             if early:
                 self._early_after(out, n0, batch.site, batch.device)
-            self._stamp(out, n0, now_ms)
+            if len(out) > n0:
+                self._stamp(out, n0, now_ms)
         return out
 
     def on_processing_time(self, now_ms: int) -> list[Output]:
