@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .alerts import Alert, alert_topic
-from .anomaly import AnomalyEngine
+from .anomaly.paths import AnomalyPaths
 from .cep import Cep, CepSpec
 from .cep import Match as CepMatch
 from .config import Config
@@ -116,8 +116,11 @@ class Pipeline:
         self.dedup = dedup or DedupSpec().build()
         self.engine = Engine(config.engine)
         self.anomaly = (  # anomaly detection (gateway/anomaly), off without an [anomaly] section
-            AnomalyEngine(
-                config.anomaly, max_future_ms=config.engine.max_future_ms, min_time_ms=config.engine.min_time_ms
+            AnomalyPaths(
+                config.anomaly,
+                config.engine.watermark,
+                max_future_ms=config.engine.max_future_ms,
+                min_time_ms=config.engine.min_time_ms,
             )
             if config.anomaly.enabled
             else None
@@ -243,8 +246,9 @@ class Pipeline:
         if out.readings or msg.flushed_ms is not None:
             self._engine_out(self.engine.process_batch(out.batch, received_ms), out)
             self._cep_out(self.cep.process_batch(out.batch, received_ms), out)
-        if self.anomaly is not None and out.readings:  # anomaly detection: new readings, event-time order per device
-            found = self.anomaly.process(out.readings, received_ms)
+        if self.anomaly is not None and (out.readings or msg.flushed_ms is not None):
+            # anomaly detection: new readings, event-time order per device (on arrival, or after the watermark)
+            found = self.anomaly.process(out.readings, received_ms, device=msg.device, flushed_ms=msg.flushed_ms)
             out.lines.extend(found.lines)
             for alert in found.alerts:
                 self._alert(alert, out)

@@ -385,7 +385,8 @@ class Cep:
                     runs = k.fast[i] = self._complete_pending(i, k, runs, clock, out, True)
                 if a.within_ms is not None:
                     limit = clock - a.within_ms
-                    k.fast[i] = [r for r in runs if r.deadline is not None or r.start[0] >= limit]
+                    if any(r.start[0] < limit and r.deadline is None for r in runs):
+                        k.fast[i] = [r for r in runs if r.deadline is not None or r.start[0] >= limit]
 
     def _take(self, i: int, k: _Key, runs: list[Run], e: Event, out: list[Match], fast: bool) -> list[Run]:
         """Let pattern ``i``'s runs of key ``k`` read ``e``, start a run at ``e``; return the runs left."""
@@ -441,8 +442,11 @@ class Cep:
         """An event-time match of an ``on = "both"`` pattern confirms the first open arrival match of its key
         on the same readings, or else the first whose span overlaps its own; or it says ``missed_fast``."""
         opens = k.open[i]
-        same = set(m.readings)
-        pick = next((j for j, o in enumerate(opens) if set(o.match.readings) == same), None)
+        readings = m.readings
+        pick = next((j for j, o in enumerate(opens) if o.match.readings == readings), None)
+        if pick is None:
+            same = set(readings)  # the arrival path may have taken them in another order
+            pick = next((j for j, o in enumerate(opens) if set(o.match.readings) == same), None)
         if pick is None:
             lo, hi = m.span
             pick = next((j for j, o in enumerate(opens) if o.lo <= hi and lo <= o.hi), None)

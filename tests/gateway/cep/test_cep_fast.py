@@ -23,7 +23,7 @@ from gateway.cep import Cep, Match, Pattern, PatternError, PatternSpec, parse_pa
 from gateway.model import Batch, Reading
 
 SETTINGS = settings(
-    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow]
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow]
 )
 
 
@@ -166,3 +166,12 @@ def test_on_is_validated_and_parsed() -> None:
         assert str(exc) == "patterns[p].on: expected one of event_time, arrival, both, got 'soon'"
     else:
         raise AssertionError("on = 'soon' was accepted")
+
+
+def test_top_shows_how_often_the_fast_path_was_wrong() -> None:
+    from gateway.top import render
+
+    pipeline = {"alerts": 9, "fast_alerts": 4, "alerts_confirmed": 3, "alerts_retracted": 1, "alerts_missed_fast": 1}
+    frame = render({"pipeline": pipeline, "live": {"now_ms": NOW}}, None)
+    assert frame[2] == "fast alerts 4: confirmed 3, retracted 1; event-time alerts it missed 1"
+    assert not any("fast" in ln for ln in render({"pipeline": {"alerts": 2}, "live": {"now_ms": NOW}}, None))
