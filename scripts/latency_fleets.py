@@ -216,7 +216,7 @@ def fleet(name: str, draw: bool) -> None:
     site = picks[WINDOWS[1]["name"]].setting
     trig = [t for t in triggers if t]
     best = Setting(site.bound_ms, site.lateness_ms, trig[0] if trig else None)
-    ldoc = latency_doc(run, best.apply(gw), trig, window=WINDOWS[1]["name"])
+    ldoc = latency_doc(run, best.apply(gw), [Setting(trigger_ms=t) for t in trig], window=WINDOWS[1]["name"])
     ldoc["setting"] = best.label()
     for key, chart, _note in latency_charts(ldoc, WINDOWS[1]["name"]):
         if key.removeprefix("latency-") not in DRAWN[name]:

@@ -121,11 +121,14 @@ def _scenario_parsers(sub: Any) -> None:
         "as 'latency', drawn by the report)",
     )
     sim.add_argument(
-        "--triggers",
+        "--trigger",
         metavar="LIST",
         default="",
-        help="with --measure: early-trigger intervals to measure the provisional error at, e.g. 10s,1m,5m",
+        help="with --measure: early-trigger intervals to measure too, e.g. off,10s,1m (the trade-off table and the "
+        "error against the trigger interval in the report)",
     )
+    sim.add_argument("--bound", metavar="LIST", default="", help="with --measure: watermark bounds to measure too")
+    sim.add_argument("--lateness", metavar="LIST", default="", help="with --measure: allowed lateness to measure too")
     ver = sub.add_parser("verify", help="compare what landed in InfluxDB 1.x with a run's ground truth")
     ver.add_argument("--truth", type=Path, required=True, metavar="PATH")
     ver.add_argument("--influx-url", default="http://127.0.0.1:8086")

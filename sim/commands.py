@@ -18,7 +18,7 @@ from typing import Any, Final
 
 from .errors import SimError, SpecError
 from .inprocess import gateway_config, run_in_process
-from .latency import Setting, SweepRow, latency_doc, sweep
+from .latency import Setting, SweepRow, grid, latency_doc, sweep
 from .publish import parse_broker_url
 from .realtime import replay
 from .reference import Expected, engine_spec, expect
@@ -193,12 +193,22 @@ def _simulate(args: argparse.Namespace, env: Mapping[str, str], now_ms: Callable
     )
     truth = prep.truth()
     verdict: Verdict | None = None
-    if (args.measure or args.triggers) and not args.in_process:
-        raise SpecError("--measure and --triggers need --in-process (the measurement runs in simulated gateway time)")
+    sweep_asked = bool(args.trigger or args.bound or args.lateness)
+    if (args.measure or sweep_asked) and not args.in_process:
+        raise SpecError("--measure (and --bound, --lateness, --trigger) need --in-process: the measurement runs in "
+                        "simulated gateway time")  # fmt: skip
     if args.in_process:
-        if args.measure or args.triggers:
-            triggers = [parse_duration(t.strip(), "--triggers") for t in args.triggers.split(",") if t.strip()]
-            truth["latency"] = latency_doc(run, prep.gateway, triggers)
+        if args.measure or sweep_asked:
+            settings = (
+                grid(
+                    parse_setting_list(args.bound, "--bound"),
+                    parse_setting_list(args.lateness, "--lateness"),
+                    parse_setting_list(args.trigger, "--trigger", off=True),
+                )
+                if sweep_asked
+                else []
+            )
+            truth["latency"] = latency_doc(run, prep.gateway, settings)
             print(_latency_summary(truth["latency"]))
         res = run_in_process(run, gateway_config(prep.gateway, sc.prefix))
         assert res.store is not None

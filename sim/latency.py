@@ -802,13 +802,13 @@ def eventful_instance(results: Sequence[Sequence[Any]]) -> tuple[str, str, int, 
 def latency_doc(
     run: Run,
     gateway: Mapping[str, Any],
-    triggers: Sequence[int] = (),
+    settings: Sequence[Setting] = (),
     *,
     prefix: str | None = None,
     window: str | None = None,
 ) -> dict[str, Any]:
-    """The measurement of ``gateway`` as configured, and of each early-trigger interval in ``triggers`` (ms) per
-    window, as JSON values: what a truth file keeps under ``latency`` and ``edgekit-sim report`` draws. The
+    """The measurement of ``gateway`` as configured, and of each setting of ``settings`` (the trade-off table, per
+    window), as JSON values: what a truth file keeps under ``latency`` and ``edgekit-sim report`` draws. The
     window instance whose values are drawn over time is ``window``'s most eventful (default: any window's but a
     session's)."""
     m = measure(run, gateway, prefix=prefix)
@@ -817,8 +817,7 @@ def latency_doc(
     sessions = {s.name for s in spec if s.kind == "session"}  # no truth to draw beside a session's values
     rows: list[dict[str, Any]] = []
     runs: list[tuple[str, Measurement]] = [("as configured", m)]
-    for t in triggers:
-        setting = Setting(trigger_ms=t)
+    for setting in settings:
         mt = measure(run, setting.apply(gateway), prefix=prefix)
         runs.append((setting.label(), mt))
         rows += [{**row_of(setting, mt, w.name).as_dict(), "label": setting.label(), "window": w.name} for w in spec]

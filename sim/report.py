@@ -544,13 +544,25 @@ def latency_charts(doc: Mapping[str, Any], window: str | None = None) -> list[tu
             x_time=False,
             height=260,
         )
-        for i, name in enumerate(dict.fromkeys(str(r.get("window", "")) for r in rows)):
-            mine = [r for r in rows if str(r.get("window", "")) == name]
+        groups = list(dict.fromkeys((str(r.get("window", "")), r["bound_ms"], r["lateness_ms"]) for r in rows))
+        several = len({(b, la) for _, b, la in groups}) > 1
+        for i, (name, bound, lateness) in enumerate(groups):
+            mine = sorted(
+                (
+                    r
+                    for r in rows
+                    if (str(r.get("window", "")), r["bound_ms"], r["lateness_ms"]) == (name, bound, lateness)
+                ),
+                key=lambda r: int(r["trigger_ms"]),
+            )
             xs = [r["trigger_ms"] / 1000 for r in mine]
             rel = [100 * (r["provisional_error"]["mre"] or 0.0) for r in mine]
             color = PALETTE[i % len(PALETTE)]
-            c.line(f"{name or 'every window'}", xs, rel, color)
-            c.points(f"{name or 'every window'}: measured", xs, rel, color, "circle", 3.5)
+            label = name or "every window"
+            if several:
+                label += f", bound {_setting_text(bound)}, lateness {_setting_text(lateness)}"
+            c.line(label, xs, rel, color)
+            c.points(f"{label}: measured", xs, rel, color, "circle", 3.5)
         out.append(
             (
                 "error-trigger",
@@ -601,6 +613,11 @@ def latency_charts(doc: Mapping[str, Any], window: str | None = None) -> list[tu
             )
         )
     return out
+
+
+def _setting_text(v: float | None) -> str:
+    """A setting of a measured row: None is the configured value."""
+    return "as set" if v is None else "0" if v == 0 else _ms_text(v)
 
 
 def _ms_text(v: float | None) -> str:

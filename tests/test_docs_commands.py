@@ -60,7 +60,7 @@ MAPPED: list[tuple[str, str, tuple[str, ...]]] = [
     (r"^edgekit-sim simulate .*--in-process", "tests/sim/test_scenarios.py::test_cli_simulate_in_process_writes_"
      "truth_and_report", ('"simulate"', '"--in-process"', '"--truth"', '"--report"')),
     (r"^edgekit-sim simulate .*--measure", "tests/sim/test_latency.py::test_simulate_measure_keeps_the_measurement_"
-     "in_the_truth_and_the_report_draws_it", ('"simulate"', '"--measure"', '"--triggers"', '"--report"')),
+     "in_the_truth_and_the_report_draws_it", ('"simulate"', '"--measure"', '"--trigger"', '"--report"')),
     (r"^edgekit-sim simulate .*--broker", "tests/test_user_services.py::test_simulate_to_a_broker_in_real_time_"
      "shows_its_progress", ('"simulate"', '"--broker"', '"--truth"')),
     (r"^edgekit-sim verify ", "tests/sim/test_scenarios_e2e.py::test_scenario_through_broker_gateway_and_influxdb",

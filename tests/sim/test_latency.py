@@ -165,7 +165,7 @@ def test_simulate_measure_keeps_the_measurement_in_the_truth_and_the_report_draw
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     truth, page = tmp_path / "t.json", tmp_path / "r.html"
-    argv = ["simulate", "flaky-network", "--in-process", "--measure", "--triggers", "30s,5m", "--duration", "40m",
+    argv = ["simulate", "flaky-network", "--in-process", "--measure", "--trigger", "30s,5m", "--duration", "40m",
             "--start-ms", str(T0), "--truth", str(truth), "--report", str(page)]  # fmt: skip
     assert main(argv) == 0
     out = capsys.readouterr().out
@@ -186,6 +186,18 @@ def test_simulate_measure_keeps_the_measurement_in_the_truth_and_the_report_draw
     short, long = (r for r in doc["sweep"] if r["window"] == "temp_5m")
     assert (short["trigger_ms"], long["trigger_ms"]) == (30_000, 300_000)
     assert short["provisional_error"]["n"] > long["provisional_error"]["n"] > 0
+    # the whole trade-off table: every combination, per window; the error chart has a line per bound
+    argv = ["simulate", "steady", "--in-process", "--duration", "20m", "--start-ms", str(T0), "--bound", "0,1m",
+            "--trigger", "30s,1m", "--truth", str(truth), "--report", str(page)]  # fmt: skip
+    assert main(argv) == 0
+    rows = json.loads(truth.read_text())["latency"]["sweep"]
+    assert [(r["bound_ms"], r["trigger_ms"]) for r in rows] == [
+        (0, 30_000),
+        (0, 60_000),
+        (60_000, 30_000),
+        (60_000, 60_000),
+    ]
+    assert "temp_5m, bound 1.0 min, lateness as set" in page.read_text()
     assert main(["simulate", "steady", "--broker", "mqtt://127.0.0.1:1", "--measure"]) == 2
     assert "need --in-process" in capsys.readouterr().err
 
