@@ -720,6 +720,7 @@ def latency_html(doc: Mapping[str, Any]) -> str:
                 _ms_text(r["first_event_p50_ms"]),
                 "-" if r["provisional_error"]["mre"] is None else f"{100 * r['provisional_error']['mre']:.2f} %",
                 f"{r['final_error']['n'] - r['final_error']['exact']} of {r['final_error']['n']}",
+                f"{r['last_error']['n'] - r['last_error']['exact']} of {r['last_error']['n']}",
                 f"{100 * r['late_share']:.2f} %",
                 f"{r['state_max_bytes'] / 1024:.1f} KiB",
             ]
@@ -733,6 +734,7 @@ def latency_html(doc: Mapping[str, Any]) -> str:
                     "first value p50",
                     "provisional error",
                     "finals off",
+                    "after updates off",
                     "late share",
                     "state max",
                 ],
