@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import json
+import logging
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -299,3 +300,33 @@ async def test_over_the_rate_limit_what_waits_goes_out_as_one(receiver: Receiver
     finally:
         stop.set()
         await task
+
+
+async def test_no_log_line_shows_a_secret_of_the_url(receiver: Receiver, capsys: pytest.CaptureFixture[str]) -> None:
+    """Failed deliveries with Apprise logging at DEBUG: its lines and ours name the target, never the URL's
+    secrets (the password, the token in the path and the query)."""
+    from gateway.logs import setup_logging
+
+    pw, token, key = "pw-Zk9madeUpSecret", "tok-Zk9madeUpPath", "key-Zk9madeUpQuery"
+    url = f"json://gw:{pw}@127.0.0.1:{receiver.port}/{token}?-X-Api-Key={key}"  # the receiver is down
+    cfg = parse_config({"notify": [{"name": "hook", "group_wait_s": 0, "retry_min_s": 0.05}]},
+                       env={"EDGEKIT_NOTIFY_HOOK_URL": url})  # fmt: skip
+    setup_logging("DEBUG", "json", secret_values(cfg))
+    try:
+        clock = [0]
+        n = Notifier(cfg.notify, lambda: clock[0], tick_s=0.02)
+        stop = asyncio.Event()
+        task = asyncio.create_task(n.run(stop))
+        n.offer([alert()])
+        async with asyncio.timeout(20):
+            while n.targets[0].stats.failures < 2:
+                clock[0] += 100
+                await asyncio.sleep(0.02)
+        stop.set()
+        await task
+    finally:
+        logging.getLogger().handlers.clear()
+    err = capsys.readouterr().err
+    assert '"event": "notify_failed"' in err and '"target": "hook"' in err and "apprise" in err.lower()
+    for secret in (pw, token, key, url, "Zk9madeUp"):
+        assert secret not in err, secret
