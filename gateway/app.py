@@ -142,7 +142,8 @@ class Gateway:
         # deploy: the live view (stats file for `top`, health points) and `run --record FILE`
         self.live = LiveView(self.pipeline.engine, config.mqtt.client_id, now_ms())
         self.recorder = Recorder(record) if record is not None else None
-        self.notifier = Notifier(config.notify, now_ms) if config.notify else None
+        both = any(p.on == "both" for p in config.patterns) or config.anomaly.on == "both"
+        self.notifier = Notifier(config.notify, now_ms, retractions=both) if config.notify else None
         """``[[notify]]``: alerts to people (docs/notify.md); its own task, fed without waiting from ``_emit``."""
         self.pos = 0
         """Log position of the last input the pipeline has taken."""

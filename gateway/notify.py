@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import functools
 import logging
 import re
 from collections import Counter, deque
@@ -101,7 +102,14 @@ class NotifySpec:
 
 
 def _any_match(patterns: tuple[str, ...], values: Iterable[str]) -> bool:
-    return any(fnmatch.fnmatchcase(v, p) for v in values for p in patterns)
+    match = _matcher(patterns)
+    return any(match(v) for v in values)
+
+
+@functools.lru_cache(maxsize=256)
+def _matcher(patterns: tuple[str, ...]) -> Callable[[str], re.Match[str] | None]:
+    """The shell patterns as one compiled regular expression (``fnmatch.fnmatchcase`` of any of them)."""
+    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns)).match
 
 
 def notify_url_env(name: str) -> str:
@@ -286,9 +294,20 @@ class Router:
         self.suppressed = 0
         self.retracted_unsent = 0
         self._out: list[Message] = []
+        self._matches: dict[tuple[str, str, str, str, str], bool] = {}
+        """The filter's verdict by (source, name, site, key, severity): an alert storm repeats a few of them."""
 
-    def offer(self, alert: Alert, now_ms: int) -> None:
-        if not self.spec.matches(alert):
+    def offer(self, alert: Alert, now_ms: int, alert_id: str | None = None) -> None:
+        """Take one alert. ``alert_id``: its id when the caller has it (a hash: computed once for every target), or
+        ``""`` when no retraction can come (no rule has ``on = "both"``): arrival alerts need not be told apart."""
+        ck = (alert.source, alert.name, alert.site, alert.key, alert.severity)
+        ok = self._matches.get(ck)
+        if ok is None or self.spec.devices:  # a devices filter also looks at the readings' devices
+            ok = self.spec.matches(alert)
+            if len(self._matches) >= 10_000:
+                self._matches.clear()
+            self._matches[ck] = ok
+        if not ok:
             return
         self.matched += 1
         k = _key(alert)
@@ -308,7 +327,8 @@ class Router:
             inc.severity = _max_severity(inc.severity, alert.severity)
             self.suppressed += 1
         if alert.path == "arrival":
-            inc.fast.add(alert.id)
+            if alert_id != "":
+                inc.fast.add(alert_id or alert.id)
         else:
             inc.solid = True
 
@@ -459,7 +479,8 @@ class Notifier:
     """The running notifications: ``offer()`` from ingest (never waits), ``run()`` as a task of its own.
 
     ``send`` delivers one message to one target and says whether it went (by default through Apprise, in its
-    worker threads, bounded by ``timeout_s``); ``now_ms`` is the gateway's clock."""
+    worker threads, bounded by ``timeout_s``); ``now_ms`` is the gateway's clock; ``retractions``: whether a rule
+    has ``on = "both"`` (its fast alerts may be retracted)."""
 
     def __init__(
         self,
@@ -468,6 +489,7 @@ class Notifier:
         *,
         send: Callable[[NotifySpec, Message], Any] | None = None,
         tick_s: float = 0.2,
+        retractions: bool = True,
     ) -> None:
         self.targets = [_Target(s) for s in specs]
         self.now_ms = now_ms
@@ -476,7 +498,8 @@ class Notifier:
         self.shed = 0
         self.tick_s = tick_s
         self._send = send or self._send_apprise
-        self._wake = asyncio.Event()
+        self.retractions = retractions
+        """False when no rule has ``on = "both"``: no alert is ever retracted, so none's id is needed."""
 
     def offer(self, alerts: Iterable[Alert]) -> None:
         """From ingest: queue the alerts for the notifier's task. Never waits; over :data:`INBOX_MAX` waiting,
@@ -487,22 +510,22 @@ class Notifier:
                 continue
             self.inbox.append(a)
             self.offered += 1
-        if self.inbox:
-            self._wake.set()
 
     def step(self) -> None:
         """Route what the inbox holds and queue what is due (no I/O)."""
         now = self.now_ms()
         while self.inbox:
             a = self.inbox.popleft()
+            aid = a.id if a.path == "arrival" and self.retractions else ""  # the only ids routing needs
             for t in self.targets:
-                t.router.offer(a, now)
+                t.router.offer(a, now, aid)
         for t in self.targets:
             t.queue(t.router.due(now))
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Until ``stop``: route, and deliver each target's messages in a task of its own (a slow or dead receiver
-        holds up no other)."""
+        """Until ``stop``: every ``tick_s``, route what the inbox holds and deliver each target's messages in a task
+        of its own (a slow or dead receiver holds up no other). Routing once a tick, not once an alert, keeps its
+        cost on the event loop small in an alert storm; a notification waits at most a tick for it."""
         try:
             while not stop.is_set():
                 self.step()
@@ -510,9 +533,8 @@ class Notifier:
                 for t in self.targets:
                     if (t.sending is None or t.sending.done()) and t.may_send(now):
                         t.sending = asyncio.create_task(self._deliver(t), name=f"notify-{t.spec.name}")
-                self._wake.clear()
                 try:
-                    await asyncio.wait_for(self._wake.wait(), self.tick_s)
+                    await asyncio.wait_for(stop.wait(), self.tick_s)
                 except TimeoutError:
                     pass
         finally:
