@@ -330,3 +330,13 @@ async def test_no_log_line_shows_a_secret_of_the_url(receiver: Receiver, capsys:
     assert '"event": "notify_failed"' in err and '"target": "hook"' in err and "apprise" in err.lower()
     for secret in (pw, token, key, url, "Zk9madeUp"):
         assert secret not in err, secret
+
+
+def test_top_shows_each_target() -> None:
+    from gateway.top import render
+
+    targets = {"phone": {"sent": 3, "pending": 1, "failures": 2, "dropped": {"expired": 1}},
+               "mail": {"sent": 2, "pending": 0, "failures": 0, "dropped": {}}}  # fmt: skip
+    frame = render({"notify": {"shed": 4, "targets": targets}, "live": {"now_ms": 1}}, None)
+    assert "notify: phone sent 3 pending 1 failures 2 dropped 1; mail sent 2; shed 4 (inbox full)" in frame
+    assert not any(ln.startswith("notify") for ln in render({"live": {"now_ms": 1}}, None))
