@@ -340,3 +340,22 @@ def test_top_shows_each_target() -> None:
     frame = render({"notify": {"shed": 4, "targets": targets}, "live": {"now_ms": 1}}, None)
     assert "notify: phone sent 3 pending 1 failures 2 dropped 1; mail sent 2; shed 4 (inbox full)" in frame
     assert not any(ln.startswith("notify") for ln in render({"live": {"now_ms": 1}}, None))
+
+
+def test_the_notifier_tells_fast_alerts_apart_only_when_they_can_be_retracted() -> None:
+    clock = [0]
+    fast = alert(path="arrival")
+    retraction = alert(path="arrival", verdict="retracted", refers=fast.id)
+    n = Notifier([spec(group_wait_s=1.0)], lambda: clock[0])  # a rule has on = "both"
+    n.offer([fast, retraction])
+    n.step()
+    clock[0] = 1_000
+    n.step()
+    assert len(n.targets[0].pending) == 0 and n.targets[0].router.retracted_unsent == 1
+    n = Notifier([spec(group_wait_s=1.0)], lambda: clock[0], retractions=False)  # none has: ids not hashed
+    clock[0] = 0
+    n.offer([fast])
+    n.step()
+    clock[0] = 1_000
+    n.step()
+    assert [m.alert_ids for m in n.targets[0].pending] == [(fast.id,)]
