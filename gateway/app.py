@@ -242,7 +242,7 @@ class Gateway:
     async def _emit(self, out: Handled) -> None:
         for topic, payload in out.publish:
             self.outbox.put(topic, payload)
-        self.live.observe(out.readings, out.outputs, out.alerts)  # deploy
+        self.live.observe(out.readings, out.outputs, out.alerts, out.status)  # deploy
         if out.alerts and self.notifier is not None:
             self.notifier.offer(out.alerts)  # never waits: a full inbox is counted (notify.shed)
         await self.sink.add(out.lines)

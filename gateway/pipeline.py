@@ -29,7 +29,7 @@ from .engine import Engine
 from .engine.outputs import LateReading, WindowResult
 from .engine.outputs import Output as EngineOutput
 from .errors import DecodeError
-from .model import Batch, DeadLetter, Reading
+from .model import Batch, DeadLetter, Reading, StatusUpdate
 from .points import READING, dead_letter_line, reading_line, status_line
 from .protocol import dead_letter_for, decode, excerpt, parse_topic
 from .schema import get as measurement
@@ -102,6 +102,7 @@ class Handled:
     # deploy: the engine's outputs and the alerts as values, for the live view (gateway/live.py)
     outputs: list[EngineOutput] = field(default_factory=list)
     alerts: list[Alert] = field(default_factory=list)
+    status: StatusUpdate | None = None  # a device's status (the live view shows its firmware version)
 
 
 class Pipeline:
@@ -200,6 +201,7 @@ class Pipeline:
             self.stats.status_updates += 1
             self._unique += 1
             out.lines.append(status_line(msg, self._unique))
+            out.status = msg
             self._engine_out(self.engine.process_status(msg), out)
             self._cep_out(self.cep.process_status(msg), out)
             return out

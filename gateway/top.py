@@ -100,7 +100,7 @@ def render(stats: dict[str, Any], prev: dict[str, Any] | None, *, width: int = 1
     old: dict[str, dict[str, Any]] = (prev or {}).get("live", {}).get("devices", {})
     head = (
         f"{'DEVICE':<20} {'SITE':<12} {'WM LAG':>8} {'LAST EVENT':>10} {'SEEN':>8} {'READINGS':>9} {'/MIN':>7} "
-        f"{'LATE':>6}"
+        f"{'LATE':>6} {'FW':<10}"
     )
     windows = list(reversed(live.get("windows", [])))[:8]
     alerts = list(reversed(live.get("alerts", [])))[:8]
@@ -117,7 +117,9 @@ def render(stats: dict[str, Any], prev: dict[str, Any] | None, *, width: int = 1
         out.append(
             f"{name[:20]:<20} {d.get('site', '')[:12]:<12} {_dur(d.get('watermark_lag_ms')):>8} "
             f"{_clock(d.get('last_event_ms')):>10} {_dur(seen):>8} {d.get('readings', 0):>9} {rate:>7} "
-            f"{d.get('late', 0):>6}" + ("" if d.get("active") else "  idle")
+            f"{d.get('late', 0):>6} {(d.get('fw') or '-')[:10]:<10}"
+            + ("" if d.get("active") else "  idle")
+            + (f"  ota: {d['ota']}" if d.get("ota") else "")
         )
     if len(rows) > budget:
         out.append(f"... {len(rows) - budget} more")
