@@ -56,6 +56,7 @@ def _describe(cfg: Config) -> str:
             _describe_watermark(cfg),
             f"patterns:  {', '.join(p.name for p in cfg.patterns) or 'none'}",
             _describe_anomaly(cfg),
+            *_describe_notify(cfg),
             f"state:     {state_path(cfg)} (ingest log, checkpoint every {cfg.state.checkpoint_interval_s:g} s, "
             f"spool up to {cfg.state.spool_max_bytes / 2**20:g} MiB), sync {cfg.state.sync}",
             "metrics:   "
@@ -68,6 +69,20 @@ def _describe(cfg: Config) -> str:
             *_describe_env(cfg),
         ]
     )
+
+
+def _describe_notify(cfg: Config) -> list[str]:
+    """Each ``[[notify]]`` target with its service (the URL's scheme: the rest may be secret) and its filter."""
+    if not cfg.notify:
+        return []
+    items = []
+    for n in cfg.notify:
+        only = [f"{n.min_severity} and above"] if n.min_severity != "info" else []
+        for what, pats in (("sources", n.sources), ("names", n.names), ("sites", n.sites), ("devices", n.devices)):
+            if pats:
+                only.append(f"{what} {'|'.join(pats)}")
+        items.append(f"{n.name} ({n.url.partition(':')[0]}://..., {', '.join(only) or 'every alert'})")
+    return [f"notify:    {'; '.join(items)}"]
 
 
 def _describe_times(cfg: Config) -> str:
