@@ -392,6 +392,23 @@ def boards() -> list[Board]:
                 ],
             ),
             Panel(
+                'Early results of $window: each provisional $metric mean, kept (provisional = "audit")',
+                [
+                    (
+                        flux(
+                            "window_provisional",
+                            f'r.window == "${{window}}" and r.metric == "${{metric}}" and r._field == "mean" and {DEV}',
+                        ),
+                        f'SELECT "mean" FROM "window_provisional" {TF} AND "window" = \'$window\' '
+                        f"AND \"metric\" = '$metric' AND {IDEV}",
+                    ),
+                ],
+                description="A window with early_every or early_count emits provisional results before the watermark "
+                "closes it; the final result overwrites them in the window panel above. With provisional = "
+                '"audit" each provisional result is also kept here, a few nanoseconds after the window\'s start, so '
+                "a person sees how far the early values were from the final one (docs/semantics.md).",
+            ),
+            Panel(
                 "Late readings of this device",
                 [
                     (
