@@ -48,7 +48,8 @@ from mypy_extensions import mypyc_attr
 
 from .aggregates import FIELDS, Stat, order_key, order_parts
 
-__all__ = ["Acc", {names}, "AccN", "Values", "acc_empty", "acc_from_json"]
+__all__ = [
+{all}]
 
 Values = list[float | None]
 """One reading's values for a window, one per metric of the window in its order (``None``: no value)."""
@@ -96,6 +97,14 @@ class Acc:
 
     def merge_put(self, i: int, r: Stat) -> None:
         """Merge metric ``i`` into ``r`` (``Stat.merge_from``)."""
+        raise NotImplementedError
+
+    def put_first(self, i: int, r: Stat) -> None:
+        """``r``'s first reading (``ft, fb, fs, fv``) becomes metric ``i``'s."""
+        raise NotImplementedError
+
+    def put_last(self, i: int, r: Stat) -> None:
+        """``r``'s last reading (``lt, lb, ls, lv``) becomes metric ``i``'s."""
         raise NotImplementedError
 
     def to_json(self) -> list[Any]:
@@ -154,6 +163,20 @@ class AccN(Acc):
     def merge_put(self, i: int, r: Stat) -> None:
         r.merge_from(self.stats[i])
 
+    def put_first(self, i: int, r: Stat) -> None:
+        x = self.stats[i]
+        r.ft = x.ft
+        r.fb = x.fb
+        r.fs = x.fs
+        r.fv = x.fv
+
+    def put_last(self, i: int, r: Stat) -> None:
+        x = self.stats[i]
+        r.lt = x.lt
+        r.lb = x.lb
+        r.ls = x.ls
+        r.lv = x.lv
+
     def to_json(self) -> list[Any]:
         flat: list[Any] = []
         for x in self.stats:
@@ -162,6 +185,61 @@ class AccN(Acc):
 
     def load(self, x: list[Any]) -> None:
         self.stats = tuple([Stat.from_json(x, i) for i in range(0, len(x), FIELDS)])
+
+
+@mypyc_attr(acyclic=True)
+class Part:
+    """What a sliding window's front stack entry keeps of an accumulator: per metric the count, sum, min, max
+    and Welford's mean and M2, not the first and last readings (the operator reads those from the panes:
+    see ``SlidingOperator``). ``start`` is the start of the entry's pane."""
+
+    __slots__ = ("start",)
+
+    start: int
+
+    def take(self, a: Acc) -> None:
+        """Become what this keeps of ``a`` (of the same width)."""
+        raise NotImplementedError
+
+    def count(self, i: int) -> int:
+        """How many values metric ``i`` has."""
+        raise NotImplementedError
+
+    def put(self, i: int, r: Stat) -> None:
+        """``r`` becomes metric ``i`` with no first and last reading (zeros, as a cleared ``Stat``)."""
+        raise NotImplementedError
+
+
+@mypyc_attr(acyclic=True)
+class PartN(Part):
+    """Any number of metrics: a count and five floats each, in two lists."""
+
+    __slots__ = ("f", "n")
+
+    def __init__(self, metrics: int) -> None:
+        self.start = 0
+        self.n = [0] * metrics
+        self.f = [0.0] * (5 * metrics)
+
+    def take(self, a: Acc) -> None:
+        stats = cast(AccN, a).stats
+        n, f = self.n, self.f
+        for i in range(len(stats)):
+            x = stats[i]
+            n[i] = x.n
+            j = 5 * i
+            f[j] = x.total
+            f[j + 1] = x.lo
+            f[j + 2] = x.hi
+            f[j + 3] = x.mean
+            f[j + 4] = x.m2
+
+    def count(self, i: int) -> int:
+        return self.n[i]
+
+    def put(self, i: int, r: Stat) -> None:
+        f, j = self.f, 5 * i
+        r.set_fields(self.n[i], f[j], f[j + 1], f[j + 2], f[j + 3], f[j + 4], 0, 0, 0, 0.0, 0, 0, 0, 0.0)
 '''
 
 FOOTER = '''
@@ -176,6 +254,11 @@ def acc_from_json(flat: list[Any]) -> Acc:
     acc = acc_empty(len(flat) // FIELDS)
     acc.load(flat)
     return acc
+
+
+def part_empty(metrics: int) -> Part:
+    """A new front stack entry for ``metrics`` metrics (its values to be set by :meth:`Part.take`)."""
+{pdispatch}    return PartN(metrics)
 '''
 
 
@@ -363,6 +446,11 @@ def gen_class(k: int) -> str:
         lines.append("")
         lines.append(f"    def {meth}(self, i: int, r: Stat) -> None:")
         lines.extend(_by_metric(k, [_fields_call(call, i) for i in range(k)]))
+    for meth, pre in (("put_first", "f"), ("put_last", "l")):
+        lines.append("")
+        lines.append(f"    def {meth}(self, i: int, r: Stat) -> None:")
+        body = [[f"            r.{pre}{x} = self.{pre}{x}_{i}" for x in "tbsv"] for i in range(k)]
+        lines.extend(_by_metric(k, body))
     lines.append("")
     lines.append("    def to_json(self) -> list[Any]:")
     lines.append("        return [")
@@ -395,12 +483,77 @@ def gen_class(k: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+PART_FIELDS = ("n", "total", "lo", "hi", "mean", "m2")
+
+
+def gen_part(k: int) -> str:
+    name = f"Part{k}"
+    slots = sorted(f"{f}_{i}" for i in range(k) for f in PART_FIELDS)
+    lines = ["", "", "@mypyc_attr(acyclic=True)", f"class {name}(Part):"]
+    lines.append(f'    """{k} metric{"s" if k > 1 else ""} in one object."""')
+    lines.append("")
+    lines.append("    __slots__ = (")
+    lines.extend(f'        "{s}",' for s in slots)
+    lines.append("    )")
+    lines.append("")
+    for i in range(k):
+        for f in PART_FIELDS:
+            lines.append(f"    {f}_{i}: {'int' if f in INTS else 'float'}")
+    lines.append("")
+    lines.append("    def __init__(self) -> None:")
+    lines.append("        self.start = 0")
+    for i in range(k):
+        lines.append(f"        self.n_{i} = 0")
+        lines.append(f"        self.total_{i} = self.lo_{i} = self.hi_{i} = self.mean_{i} = self.m2_{i} = 0.0")
+    lines.append("")
+    lines.append("    def take(self, a: Acc) -> None:")
+    lines.append(f"        x = cast(Acc{k}, a)")
+    for i in range(k):
+        lines.extend(f"        self.{f}_{i} = x.{f}_{i}" for f in PART_FIELDS)
+    lines.append("")
+    lines.append("    def count(self, i: int) -> int:")
+    if k == 1:
+        lines.append("        return self.n_0")
+    else:
+        lines.extend(_by_metric(k, [[f"            return self.n_{i}"] for i in range(k)]))
+    lines.append("")
+    lines.append("    def put(self, i: int, r: Stat) -> None:")
+    body = [
+        [
+            "            r.set_fields(",
+            *[f"                self.{f}_{i}," for f in PART_FIELDS],
+            "                0,",
+            "                0,",
+            "                0,",
+            "                0.0,",
+            "                0,",
+            "                0,",
+            "                0,",
+            "                0.0,",
+            "            )",
+        ]
+        for i in range(k)
+    ]
+    lines.extend(_by_metric(k, body))
+    return "\n".join(lines) + "\n"
+
+
 def generate() -> str:
-    names = ", ".join(f'"Acc{k}"' for k in range(1, MAX + 1))
-    parts = [HEADER.replace("{names}", names)]
+    exported = ["Acc", *[f"Acc{k}" for k in range(1, MAX + 1)], "AccN", "Part"]
+    exported += [
+        *[f"Part{k}" for k in range(1, MAX + 1)],
+        "PartN",
+        "Values",
+        "acc_empty",
+        "acc_from_json",
+        "part_empty",
+    ]
+    parts = [HEADER.replace("{all}", "".join(f'    "{x}",\n' for x in exported))]
     parts.extend(gen_class(k) for k in range(1, MAX + 1))
+    parts.extend(gen_part(k) for k in range(1, MAX + 1))
     dispatch = "".join(f"    if metrics == {k}:\n        return Acc{k}()\n" for k in range(1, MAX + 1))
-    parts.append(FOOTER.replace("{dispatch}", dispatch))
+    pdispatch = "".join(f"    if metrics == {k}:\n        return Part{k}()\n" for k in range(1, MAX + 1))
+    parts.append(FOOTER.replace("{dispatch}", dispatch).replace("{pdispatch}", pdispatch))
     return "".join(parts)
 
 

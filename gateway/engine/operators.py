@@ -31,7 +31,8 @@ from typing import Any, Final, Protocol
 
 from mypy_extensions import mypyc_attr
 
-from .accs import Acc, Values, acc_empty, acc_from_json
+from .accs import Acc, Part, Values, acc_empty, acc_from_json, part_empty
+from .aggregates import FIELDS, Stat
 from .config import WindowSpec
 from .outputs import Fired, LateReading, Output, WindowResult
 from .windows import first_window_end_after, pane_size
@@ -109,6 +110,16 @@ class Single(Acc):
             else:
                 out.append(self.v3)
         return out
+
+    def value(self, i: int) -> float:
+        """Metric ``i``'s value (one the reading has: see ``mask``)."""
+        if i == 0:
+            return self.v0
+        if i == 1:
+            return self.v1
+        if i == 2:
+            return self.v2
+        return self.v3
 
     def fill(self, acc: Acc, nm: int) -> Acc:
         """``acc`` (of ``nm`` metrics) becomes the accumulator of this one reading; returns it."""
@@ -432,6 +443,7 @@ class _SlideKey:
         "front_a",
         "hi",
         "hint",
+        "last",
         "revs",
     )
 
@@ -443,14 +455,21 @@ class _SlideKey:
         self.dirty: set[int] | None = None
         # Two-stack sliding aggregation over the panes of the last window fired. Front: panes, oldest last, each
         # with the aggregate of it and every newer front pane; back: the panes in [back_from, hi), pushed since
-        # the last transfer, with their aggregate.
-        self.front_a: list[Acc] = []
+        # the last transfer, with their aggregate. A front entry keeps no first or last reading (a Part): an
+        # entry's first reading of a metric is that of its oldest pane with a value of it (panes hold disjoint
+        # times), and its last that of the newest front pane with one, the same for every entry: ``last``, the
+        # aggregate of the whole front made when it was built. A pane changed after the front was built is dirty,
+        # and the next advance throws the stacks away before reading them; a front entry whose pane was dropped
+        # is dropped with it (no window still to fire contains it).
+        self.front_a: list[Part] = []
+        self.last: Acc | None = None
         self.back_from = 0
         self.back_acc: Acc | None = None
         self.hi: int | None = None  # panes below this have been pushed; None: stacks empty/invalid
         self.hint = 0  # where the first pane at or after ``hi`` was last seen in ``accs`` (checked before use)
 
     def to_json(self, nm: int) -> dict[str, Any]:
+        """As it always was: a front entry as the whole accumulator, its first and last readings from the panes."""
         hi = self.hi
         back = (
             []
@@ -462,11 +481,24 @@ class _SlideKey:
             "revs": [[s, r] for s, r in self.revs.items()],
             "cleanup": [list(x) for x in self.cleanup],
             "dirty": [] if self.dirty is None else sorted(self.dirty),
-            "front": [[a.start, a.to_json()] for a in self.front_a],
+            "front": [[a.start, self._entry_json(a, nm)] for a in self.front_a],
             "back": back,
             "back_acc": None if self.back_acc is None else self.back_acc.to_json(),
             "hi": hi,
         }
+
+    def _entry_json(self, f: Part, nm: int) -> list[Any]:
+        accs, last = self.accs, self.last
+        j = _left_from_front(accs, f.start)
+        flat: list[Any] = []
+        for m in range(nm):
+            st = Stat()
+            f.put(m, st)
+            if f.count(m) and last is not None:
+                _put_first(accs, j, m, st)
+                last.put_last(m, st)
+            flat.extend(st.to_json())
+        return flat
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> _SlideKey:
@@ -475,7 +507,19 @@ class _SlideKey:
         ks.revs = {s: r for s, r in d["revs"]}
         ks.cleanup = [(x[0], x[1]) for x in d["cleanup"]]
         ks.dirty = set(d["dirty"]) if d["dirty"] else None
-        ks.front_a = [_acc_at(p, a) for p, a in d["front"]]
+        front = d["front"]
+        # entries of panes already dropped (in checkpoints written before they were dropped with their panes)
+        # are never read again: the next window to fire starts after them
+        oldest = ks.accs[0].start if ks.accs else None
+        for p, a in front:
+            if oldest is not None and p >= oldest:
+                acc = acc_from_json(a)
+                f = part_empty(len(a) // FIELDS)
+                f.take(acc)
+                f.start = p
+                ks.front_a.append(f)
+        if ks.front_a:
+            ks.last = acc_from_json(front[-1][1])  # the whole front's aggregate: its last readings
         ks.back_acc = None if d["back_acc"] is None else acc_from_json(d["back_acc"])
         ks.hi = d["hi"]
         back = d["back"]
@@ -504,6 +548,7 @@ class SlidingOperator(WindowOperator):
         # cache. At most ``spare_max``, a few windows' worth of panes: a burst (a board flushing half an hour of
         # readings) must not stay allocated for good.
         self.spare: list[Acc] = []
+        self.spare_parts: list[Part] = []  # the same for front stack entries
         self.spare_max = 4 * (spec.size_ms // self.pane) + 64
         self.singles = self.nm <= 4  # panes of one reading kept as a Single (tests turn it off to compare)
         self.scratch = acc_empty(self.nm)  # a Single as an accumulator, for a moment (see _src)
@@ -512,6 +557,23 @@ class SlidingOperator(WindowOperator):
         """Keep an accumulator no longer used, for a next pane or stack entry (up to ``spare_max``)."""
         if len(self.spare) < self.spare_max and not isinstance(acc, Single):
             self.spare.append(acc)
+
+    def _give_part(self, f: Part) -> None:
+        if len(self.spare_parts) < self.spare_max:
+            self.spare_parts.append(f)
+
+    def _take_part(self) -> Part:
+        spare = self.spare_parts
+        return spare.pop() if spare else part_empty(self.nm)
+
+    def _drop_front(self, ks: _SlideKey, below: int | None) -> None:
+        """Drop the front entries whose pane starts before ``below`` (None: all), and ``last`` with the last one."""
+        fr = ks.front_a
+        while fr and (below is None or fr[-1].start < below):
+            self._give_part(fr.pop())
+        if not fr and ks.last is not None:
+            self._give_back(ks.last)
+            ks.last = None
 
     def _src(self, pane: Acc) -> Acc:
         """A pane as an accumulator to read from (merge, copy): itself, or a Single's reading in the scratch one,
@@ -606,26 +668,26 @@ class SlidingOperator(WindowOperator):
             self._release_stacks(ks)
             back_acc = None
             ks.back_from = hi = start
-        while front_a and front_a[-1].start < start:  # evict panes older than start
-            self._give_back(front_a.pop())
+        if front_a and front_a[-1].start < start:  # evict panes older than start
+            self._drop_front(ks, start)
         accs = ks.accs
         if not front_a and back_acc is not None:  # transfer: the back's panes (from start on) become the front
             lo = ks.back_from if ks.back_from > start else start
             i = _left_from_back(accs, hi, ks.hint) - 1
             j = _left_from_front(accs, lo)
-            prev: Acc | None = None
-            while i >= j:
-                pa = accs[i]
-                f = self._take()
-                if prev is None:
-                    f.set(self._src(pa))
-                else:
-                    f.set(prev)
-                    f.merge_from(self._src(pa))
-                f.start = pa.start
-                front_a.append(f)
-                prev = f
-                i -= 1
+            if i >= j:
+                run = self._take()  # the aggregate of the panes so far, newest first: each entry keeps a Part of it
+                run.set(self._src(accs[i]))
+                while True:
+                    f = self._take_part()
+                    f.take(run)
+                    f.start = accs[i].start
+                    front_a.append(f)
+                    i -= 1
+                    if i < j:
+                        break
+                    run.merge_from(self._src(accs[i]))
+                ks.last = run
             self._give_back(back_acc)
             back_acc = None
             ks.back_from = hi
@@ -647,21 +709,25 @@ class SlidingOperator(WindowOperator):
         site = self.sites[k]
         name, kind, aggs = self.name, self.kind, self.aggs
         fa = front_a[-1] if front_a else None
+        j = 0 if fa is None else _left_from_front(accs, fa.start)
+        last = ks.last
         for m, metric in self.bases:  # each result: the front's top, then the back merged in (either may be empty)
-            n = (0 if fa is None else fa.count(m)) + (0 if back_acc is None else back_acc.count(m))
+            nf = 0 if fa is None else fa.count(m)
+            n = nf + (0 if back_acc is None else back_acc.count(m))
             if n:
                 r = WindowResult(name, kind, k, site, start, end, metric, n, None, 1, "watermark", aggs)
                 if fa is not None:
                     fa.put(m, r)
+                    if nf and last is not None:
+                        _put_first(accs, j, m, r)
+                        last.put_last(m, r)
                 if back_acc is not None:
                     back_acc.merge_put(m, r)
                 out.append(r)
 
     def _release_stacks(self, ks: _SlideKey) -> None:
         """Empty the two stacks, their accumulators back to the spares."""
-        for a in ks.front_a:
-            self._give_back(a)
-        ks.front_a.clear()
+        self._drop_front(ks, None)
         if ks.back_acc is not None:
             self._give_back(ks.back_acc)
         ks.back_acc = None
@@ -756,6 +822,8 @@ class SlidingOperator(WindowOperator):
                 self._give_back(accs[j])
             ks.hint -= n
             del accs[:n]
+            if ks.front_a:  # entries of dropped panes: the next window to fire starts after them
+                self._drop_front(ks, accs[0].start if accs else None)
         if not accs and not ks.revs:
             del self.keys[k], self.sites[k]
 
@@ -992,6 +1060,25 @@ def _bisect(a: list[Acc], x: int, lo: int, hi: int) -> int:
         else:
             hi = mid
     return lo
+
+
+def _put_first(accs: list[Acc], j: int, m: int, r: Stat) -> None:
+    """``r``'s first reading of metric ``m`` becomes that of the oldest pane from ``accs[j]`` on with a value of it
+    (there must be one): panes hold disjoint times, so it is the first of the panes together."""
+    bit = 1 << m
+    while True:
+        pa = accs[j]
+        if isinstance(pa, Single):
+            if pa.mask & bit:
+                r.ft = pa.t
+                r.fb = pa.b
+                r.fs = pa.s
+                r.fv = pa.value(m)
+                return
+        elif pa.count(m):
+            pa.put_first(m, r)
+            return
+        j += 1
 
 
 def _pane_json(a: Acc, nm: int) -> list[Any]:
