@@ -201,6 +201,10 @@ class Part:
         """Become what this keeps of ``a`` (of the same width)."""
         raise NotImplementedError
 
+    def put_acc(self, a: Acc) -> None:
+        """The inverse of :meth:`take`: ``a``'s fields that this keeps become this one's (the others stay)."""
+        raise NotImplementedError
+
     def count(self, i: int) -> int:
         """How many values metric ``i`` has."""
         raise NotImplementedError
@@ -233,6 +237,19 @@ class PartN(Part):
             f[j + 2] = x.hi
             f[j + 3] = x.mean
             f[j + 4] = x.m2
+
+    def put_acc(self, a: Acc) -> None:
+        stats = cast(AccN, a).stats
+        n, f = self.n, self.f
+        for i in range(len(stats)):
+            x = stats[i]
+            x.n = n[i]
+            j = 5 * i
+            x.total = f[j]
+            x.lo = f[j + 1]
+            x.hi = f[j + 2]
+            x.mean = f[j + 3]
+            x.m2 = f[j + 4]
 
     def count(self, i: int) -> int:
         return self.n[i]
@@ -510,6 +527,11 @@ def gen_part(k: int) -> str:
     lines.append(f"        x = cast(Acc{k}, a)")
     for i in range(k):
         lines.extend(f"        self.{f}_{i} = x.{f}_{i}" for f in PART_FIELDS)
+    lines.append("")
+    lines.append("    def put_acc(self, a: Acc) -> None:")
+    lines.append(f"        x = cast(Acc{k}, a)")
+    for i in range(k):
+        lines.extend(f"        x.{f}_{i} = self.{f}_{i}" for f in PART_FIELDS)
     lines.append("")
     lines.append("    def count(self, i: int) -> int:")
     if k == 1:

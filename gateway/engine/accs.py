@@ -186,6 +186,10 @@ class Part:
         """Become what this keeps of ``a`` (of the same width)."""
         raise NotImplementedError
 
+    def put_acc(self, a: Acc) -> None:
+        """The inverse of :meth:`take`: ``a``'s fields that this keeps become this one's (the others stay)."""
+        raise NotImplementedError
+
     def count(self, i: int) -> int:
         """How many values metric ``i`` has."""
         raise NotImplementedError
@@ -218,6 +222,19 @@ class PartN(Part):
             f[j + 2] = x.hi
             f[j + 3] = x.mean
             f[j + 4] = x.m2
+
+    def put_acc(self, a: Acc) -> None:
+        stats = cast(AccN, a).stats
+        n, f = self.n, self.f
+        for i in range(len(stats)):
+            x = stats[i]
+            x.n = n[i]
+            j = 5 * i
+            x.total = f[j]
+            x.lo = f[j + 1]
+            x.hi = f[j + 2]
+            x.mean = f[j + 3]
+            x.m2 = f[j + 4]
 
     def count(self, i: int) -> int:
         return self.n[i]
@@ -2666,6 +2683,15 @@ class Part1(Part):
         self.mean_0 = x.mean_0
         self.m2_0 = x.m2_0
 
+    def put_acc(self, a: Acc) -> None:
+        x = cast(Acc1, a)
+        x.n_0 = self.n_0
+        x.total_0 = self.total_0
+        x.lo_0 = self.lo_0
+        x.hi_0 = self.hi_0
+        x.mean_0 = self.mean_0
+        x.m2_0 = self.m2_0
+
     def count(self, i: int) -> int:
         return self.n_0
 
@@ -2741,6 +2767,21 @@ class Part2(Part):
         self.hi_1 = x.hi_1
         self.mean_1 = x.mean_1
         self.m2_1 = x.m2_1
+
+    def put_acc(self, a: Acc) -> None:
+        x = cast(Acc2, a)
+        x.n_0 = self.n_0
+        x.total_0 = self.total_0
+        x.lo_0 = self.lo_0
+        x.hi_0 = self.hi_0
+        x.mean_0 = self.mean_0
+        x.m2_0 = self.m2_0
+        x.n_1 = self.n_1
+        x.total_1 = self.total_1
+        x.lo_1 = self.lo_1
+        x.hi_1 = self.hi_1
+        x.mean_1 = self.mean_1
+        x.m2_1 = self.m2_1
 
     def count(self, i: int) -> int:
         if i == 0:
@@ -2858,6 +2899,27 @@ class Part3(Part):
         self.hi_2 = x.hi_2
         self.mean_2 = x.mean_2
         self.m2_2 = x.m2_2
+
+    def put_acc(self, a: Acc) -> None:
+        x = cast(Acc3, a)
+        x.n_0 = self.n_0
+        x.total_0 = self.total_0
+        x.lo_0 = self.lo_0
+        x.hi_0 = self.hi_0
+        x.mean_0 = self.mean_0
+        x.m2_0 = self.m2_0
+        x.n_1 = self.n_1
+        x.total_1 = self.total_1
+        x.lo_1 = self.lo_1
+        x.hi_1 = self.hi_1
+        x.mean_1 = self.mean_1
+        x.m2_1 = self.m2_1
+        x.n_2 = self.n_2
+        x.total_2 = self.total_2
+        x.lo_2 = self.lo_2
+        x.hi_2 = self.hi_2
+        x.mean_2 = self.mean_2
+        x.m2_2 = self.m2_2
 
     def count(self, i: int) -> int:
         if i == 0:
@@ -3014,6 +3076,33 @@ class Part4(Part):
         self.hi_3 = x.hi_3
         self.mean_3 = x.mean_3
         self.m2_3 = x.m2_3
+
+    def put_acc(self, a: Acc) -> None:
+        x = cast(Acc4, a)
+        x.n_0 = self.n_0
+        x.total_0 = self.total_0
+        x.lo_0 = self.lo_0
+        x.hi_0 = self.hi_0
+        x.mean_0 = self.mean_0
+        x.m2_0 = self.m2_0
+        x.n_1 = self.n_1
+        x.total_1 = self.total_1
+        x.lo_1 = self.lo_1
+        x.hi_1 = self.hi_1
+        x.mean_1 = self.mean_1
+        x.m2_1 = self.m2_1
+        x.n_2 = self.n_2
+        x.total_2 = self.total_2
+        x.lo_2 = self.lo_2
+        x.hi_2 = self.hi_2
+        x.mean_2 = self.mean_2
+        x.m2_2 = self.m2_2
+        x.n_3 = self.n_3
+        x.total_3 = self.total_3
+        x.lo_3 = self.lo_3
+        x.hi_3 = self.hi_3
+        x.mean_3 = self.mean_3
+        x.m2_3 = self.m2_3
 
     def count(self, i: int) -> int:
         if i == 0:

@@ -455,7 +455,10 @@ class _SlideKey:
         self.dirty: set[int] | None = None
         # Two-stack sliding aggregation over the panes of the last window fired. Front: panes, oldest last, each
         # with the aggregate of it and every newer front pane; back: the panes in [back_from, hi), pushed since
-        # the last transfer, with their aggregate. A front entry keeps no first or last reading (a Part): an
+        # the last transfer, with their aggregate. Of the front's entries only every ``stride``-th from the
+        # newest is kept, and those above the highest of them; when the top is popped, the entries between the
+        # next kept one and the first pane of the next window are made again from it and the panes, in the same
+        # order as the first time (so to the bit). A front entry keeps no first or last reading (a Part): an
         # entry's first reading of a metric is that of its oldest pane with a value of it (panes hold disjoint
         # times), and its last that of the newest front pane with one, the same for every entry: ``last``, the
         # aggregate of the whole front made when it was built. A pane changed after the front was built is dirty,
@@ -468,7 +471,7 @@ class _SlideKey:
         self.hi: int | None = None  # panes below this have been pushed; None: stacks empty/invalid
         self.hint = 0  # where the first pane at or after ``hi`` was last seen in ``accs`` (checked before use)
 
-    def to_json(self, nm: int) -> dict[str, Any]:
+    def to_json(self, nm: int, front: list[Part]) -> dict[str, Any]:
         """As it always was: a front entry as the whole accumulator, its first and last readings from the panes."""
         hi = self.hi
         back = (
@@ -481,7 +484,7 @@ class _SlideKey:
             "revs": [[s, r] for s, r in self.revs.items()],
             "cleanup": [list(x) for x in self.cleanup],
             "dirty": [] if self.dirty is None else sorted(self.dirty),
-            "front": [[a.start, self._entry_json(a, nm)] for a in self.front_a],
+            "front": [[a.start, self._entry_json(a, nm)] for a in front],
             "back": back,
             "back_acc": None if self.back_acc is None else self.back_acc.to_json(),
             "hi": hi,
@@ -551,6 +554,7 @@ class SlidingOperator(WindowOperator):
         self.spare_parts: list[Part] = []  # the same for front stack entries
         self.spare_max = 4 * (spec.size_ms // self.pane) + 64
         self.singles = self.nm <= 4  # panes of one reading kept as a Single (tests turn it off to compare)
+        self.sparse = True  # keep about 2 sqrt(n) of a front's n entries (tests turn it off to compare)
         self.scratch = acc_empty(self.nm)  # a Single as an accumulator, for a moment (see _src)
 
     def _give_back(self, acc: Acc) -> None:
@@ -574,6 +578,54 @@ class SlidingOperator(WindowOperator):
         if not fr and ks.last is not None:
             self._give_back(ks.last)
             ks.last = None
+
+    def _refill(self, ks: _SlideKey, start: int) -> None:
+        """Make again the front entries of the panes from ``start`` up to the top entry (not kept: see _SlideKey),
+        from the top entry and the panes, as the transfer made them."""
+        front_a, accs = ks.front_a, ks.accs
+        top = front_a[-1]
+        jt = _left_from_front(accs, top.start)
+        js = _left_from_front(accs, start)
+        if js >= jt:
+            return
+        run = self._take()
+        run.clear()
+        top.put_acc(run)
+        for q in range(jt - 1, js - 1, -1):
+            run.merge_from(self._src(accs[q]))
+            f = self._take_part()
+            f.take(run)
+            f.start = accs[q].start
+            front_a.append(f)
+        self._give_back(run)
+
+    def _dense_front(self, ks: _SlideKey) -> list[Part]:
+        """Every front entry, as the transfer made them (the kept ones and the others made again), newest first:
+        what a snapshot holds (a new list; the key's state is not changed)."""
+        front_a, accs = ks.front_a, ks.accs
+        out: list[Part] = []
+        if not front_a or ks.hi is None:
+            return out
+        run = acc_empty(self.nm)
+        q = _left_from_front(accs, front_a[0].start)  # the pane of front_a[u]
+        bottom = _left_from_front(accs, ks.hi - self.size)  # the first pane of the last window fired
+        n = len(front_a)
+        for u in range(n):
+            f = front_a[u]
+            out.append(f)
+            # the entries between this one and the next kept one (below the top: down to that first pane)
+            lo = _left_from_front(accs, front_a[u + 1].start) + 1 if u + 1 < n else bottom
+            if q > lo:
+                run.clear()
+                f.put_acc(run)
+                for r in range(q - 1, lo - 1, -1):
+                    run.merge_from(self._src(accs[r]))
+                    g = part_empty(self.nm)
+                    g.take(run)
+                    g.start = accs[r].start
+                    out.append(g)
+            q = lo - 1
+        return out
 
     def _src(self, pane: Acc) -> Acc:
         """A pane as an accumulator to read from (merge, copy): itself, or a Single's reading in the scratch one,
@@ -676,21 +728,29 @@ class SlidingOperator(WindowOperator):
             i = _left_from_back(accs, hi, ks.hint) - 1
             j = _left_from_front(accs, lo)
             if i >= j:
-                run = self._take()  # the aggregate of the panes so far, newest first: each entry keeps a Part of it
+                # the aggregate of the panes so far, newest first: entries q = 0, k, 2k, ... (from the newest) keep
+                # a Part of it, and every entry from the highest of those on
+                stride = _stride(i - j + 1) if self.sparse else 1
+                top = i - (i - j) // stride * stride  # the oldest kept entry below the top segment
+                run = self._take()
                 run.set(self._src(accs[i]))
+                q = i
                 while True:
-                    f = self._take_part()
-                    f.take(run)
-                    f.start = accs[i].start
-                    front_a.append(f)
-                    i -= 1
-                    if i < j:
+                    if q <= top or (i - q) % stride == 0:
+                        f = self._take_part()
+                        f.take(run)
+                        f.start = accs[q].start
+                        front_a.append(f)
+                    q -= 1
+                    if q < j:
                         break
-                    run.merge_from(self._src(accs[i]))
+                    run.merge_from(self._src(accs[q]))
                 ks.last = run
             self._give_back(back_acc)
             back_acc = None
             ks.back_from = hi
+        elif front_a:  # entries popped (or dropped with their panes) since the last window
+            self._refill(ks, start)
         i = _left_from_back(accs, hi if hi > start else start, ks.hint)
         n = len(accs)
         while i < n:
@@ -832,7 +892,7 @@ class SlidingOperator(WindowOperator):
         keys: dict[str, Any] = {}
         i = 0
         for k, ks in self.keys.items():
-            keys[k] = ks.to_json(self.nm)
+            keys[k] = ks.to_json(self.nm, self._dense_front(ks))
             self._every_few(i)
             i += 1
         snap["keys"] = keys
@@ -1079,6 +1139,15 @@ def _put_first(accs: list[Acc], j: int, m: int, r: Stat) -> None:
             pa.put_first(m, r)
             return
         j += 1
+
+
+def _stride(n: int) -> int:
+    """Of a front of ``n`` entries, every how many-th is kept: about sqrt(n), so that about 2 sqrt(n) are kept at
+    a time, for one more merge per pane."""
+    k = 1
+    while k * k < n:
+        k += 1
+    return k
 
 
 def _pane_json(a: Acc, nm: int) -> list[Any]:
