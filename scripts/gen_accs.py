@@ -87,6 +87,11 @@ class Acc:
         """Merge ``o`` (of the same width) into this one; ``o`` is not changed."""
         raise NotImplementedError
 
+    def merge_reading(self, mask: int, v0: float, v1: float, v2: float, v3: float, t: int, b: int, s: int) -> None:
+        """Merge in the accumulator that one ``add`` of a reading makes (up to four metrics: metric ``i``'s value
+        ``v<i>`` where bit ``i`` of ``mask`` is set), as :meth:`merge_from` of it would, to the bit."""
+        raise NotImplementedError
+
     def count(self, i: int) -> int:
         """How many values metric ``i`` has."""
         raise NotImplementedError
@@ -153,6 +158,15 @@ class AccN(Acc):
         mine, theirs = self.stats, cast(AccN, o).stats
         for i in range(len(mine)):
             mine[i].merge_from(theirs[i])
+
+    def merge_reading(self, mask: int, v0: float, v1: float, v2: float, v3: float, t: int, b: int, s: int) -> None:
+        vs = (v0, v1, v2, v3)
+        stats = self.stats
+        for i in range(4):
+            if mask & (1 << i):
+                one = Stat()
+                one.add(vs[i], t, b, s)
+                stats[i].merge_from(one)
 
     def count(self, i: int) -> int:
         return self.stats[i].n
@@ -335,6 +349,43 @@ else:
         self.lv@ = v
 """
 
+# MERGE below with the source the accumulator of one reading (``add``: n 1, sum, min, max and mean v, M2 0.0, first
+# and last the reading), written out: the same operations on the same values.
+MERGE_ONE = """
+na = self.n@
+if not na:
+    self.n@ = 1
+    self.total@ = self.lo@ = self.hi@ = self.mean@ = self.fv@ = self.lv@ = v
+    self.m2@ = 0.0
+    self.ft@ = self.lt@ = t
+    self.fb@ = self.lb@ = b
+    self.fs@ = self.ls@ = s
+else:
+    nb = 1
+    n = na + nb
+    self.n@ = n
+    self.total@ += v
+    if v < self.lo@:
+        self.lo@ = v
+    if v > self.hi@:
+        self.hi@ = v
+    d = v - self.mean@
+    self.mean@ += d * nb / n
+    self.m2@ += 0.0 + d * d * na * nb / n
+    ft = self.ft@
+    if t < ft or (t == ft and (b < self.fb@ or (b == self.fb@ and s < self.fs@))):
+        self.ft@ = t
+        self.fb@ = b
+        self.fs@ = s
+        self.fv@ = v
+    lt = self.lt@
+    if t > lt or (t == lt and (b > self.lb@ or (b == self.lb@ and s > self.ls@))):
+        self.lt@ = t
+        self.lb@ = b
+        self.ls@ = s
+        self.lv@ = v
+"""
+
 # Stat.merge_fields, with ``dst`` the accumulator merged into and ``src`` the one merged from.
 MERGE = """
 nb = SRC.n%
@@ -453,6 +504,15 @@ def gen_class(k: int) -> str:
     lines.append(f"        x = cast({name}, o)")
     for i in range(k):
         lines.extend(_merge("self", f"_{i}", "x", f"_{i}", 8))
+    lines.append("")
+    lines.append(
+        "    def merge_reading(self, mask: int, v0: float, v1: float, v2: float, v3: float, t: int, b: int, s: int)"
+        " -> None:"
+    )
+    for i in range(k):
+        lines.append(f"        if mask & {1 << i}:")
+        lines.append(f"            v{': float' if i == 0 else ''} = v{i}")
+        lines.extend(_sub(MERGE_ONE, i, 12))
     lines.append("")
     lines.append("    def count(self, i: int) -> int:")
     if k == 1:

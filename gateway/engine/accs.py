@@ -72,6 +72,11 @@ class Acc:
         """Merge ``o`` (of the same width) into this one; ``o`` is not changed."""
         raise NotImplementedError
 
+    def merge_reading(self, mask: int, v0: float, v1: float, v2: float, v3: float, t: int, b: int, s: int) -> None:
+        """Merge in the accumulator that one ``add`` of a reading makes (up to four metrics: metric ``i``'s value
+        ``v<i>`` where bit ``i`` of ``mask`` is set), as :meth:`merge_from` of it would, to the bit."""
+        raise NotImplementedError
+
     def count(self, i: int) -> int:
         """How many values metric ``i`` has."""
         raise NotImplementedError
@@ -138,6 +143,15 @@ class AccN(Acc):
         mine, theirs = self.stats, cast(AccN, o).stats
         for i in range(len(mine)):
             mine[i].merge_from(theirs[i])
+
+    def merge_reading(self, mask: int, v0: float, v1: float, v2: float, v3: float, t: int, b: int, s: int) -> None:
+        vs = (v0, v1, v2, v3)
+        stats = self.stats
+        for i in range(4):
+            if mask & (1 << i):
+                one = Stat()
+                one.add(vs[i], t, b, s)
+                stats[i].merge_from(one)
 
     def count(self, i: int) -> int:
         return self.stats[i].n
@@ -425,6 +439,42 @@ class Acc1(Acc):
                     self.lb_0 = b
                     self.ls_0 = s
                     self.lv_0 = x.lv_0
+
+    def merge_reading(self, mask: int, v0: float, v1: float, v2: float, v3: float, t: int, b: int, s: int) -> None:
+        if mask & 1:
+            v: float = v0
+            na = self.n_0
+            if not na:
+                self.n_0 = 1
+                self.total_0 = self.lo_0 = self.hi_0 = self.mean_0 = self.fv_0 = self.lv_0 = v
+                self.m2_0 = 0.0
+                self.ft_0 = self.lt_0 = t
+                self.fb_0 = self.lb_0 = b
+                self.fs_0 = self.ls_0 = s
+            else:
+                nb = 1
+                n = na + nb
+                self.n_0 = n
+                self.total_0 += v
+                if v < self.lo_0:
+                    self.lo_0 = v
+                if v > self.hi_0:
+                    self.hi_0 = v
+                d = v - self.mean_0
+                self.mean_0 += d * nb / n
+                self.m2_0 += 0.0 + d * d * na * nb / n
+                ft = self.ft_0
+                if t < ft or (t == ft and (b < self.fb_0 or (b == self.fb_0 and s < self.fs_0))):
+                    self.ft_0 = t
+                    self.fb_0 = b
+                    self.fs_0 = s
+                    self.fv_0 = v
+                lt = self.lt_0
+                if t > lt or (t == lt and (b > self.lb_0 or (b == self.lb_0 and s > self.ls_0))):
+                    self.lt_0 = t
+                    self.lb_0 = b
+                    self.ls_0 = s
+                    self.lv_0 = v
 
     def count(self, i: int) -> int:
         return self.n_0
@@ -844,6 +894,76 @@ class Acc2(Acc):
                     self.lb_1 = b
                     self.ls_1 = s
                     self.lv_1 = x.lv_1
+
+    def merge_reading(self, mask: int, v0: float, v1: float, v2: float, v3: float, t: int, b: int, s: int) -> None:
+        if mask & 1:
+            v: float = v0
+            na = self.n_0
+            if not na:
+                self.n_0 = 1
+                self.total_0 = self.lo_0 = self.hi_0 = self.mean_0 = self.fv_0 = self.lv_0 = v
+                self.m2_0 = 0.0
+                self.ft_0 = self.lt_0 = t
+                self.fb_0 = self.lb_0 = b
+                self.fs_0 = self.ls_0 = s
+            else:
+                nb = 1
+                n = na + nb
+                self.n_0 = n
+                self.total_0 += v
+                if v < self.lo_0:
+                    self.lo_0 = v
+                if v > self.hi_0:
+                    self.hi_0 = v
+                d = v - self.mean_0
+                self.mean_0 += d * nb / n
+                self.m2_0 += 0.0 + d * d * na * nb / n
+                ft = self.ft_0
+                if t < ft or (t == ft and (b < self.fb_0 or (b == self.fb_0 and s < self.fs_0))):
+                    self.ft_0 = t
+                    self.fb_0 = b
+                    self.fs_0 = s
+                    self.fv_0 = v
+                lt = self.lt_0
+                if t > lt or (t == lt and (b > self.lb_0 or (b == self.lb_0 and s > self.ls_0))):
+                    self.lt_0 = t
+                    self.lb_0 = b
+                    self.ls_0 = s
+                    self.lv_0 = v
+        if mask & 2:
+            v = v1
+            na = self.n_1
+            if not na:
+                self.n_1 = 1
+                self.total_1 = self.lo_1 = self.hi_1 = self.mean_1 = self.fv_1 = self.lv_1 = v
+                self.m2_1 = 0.0
+                self.ft_1 = self.lt_1 = t
+                self.fb_1 = self.lb_1 = b
+                self.fs_1 = self.ls_1 = s
+            else:
+                nb = 1
+                n = na + nb
+                self.n_1 = n
+                self.total_1 += v
+                if v < self.lo_1:
+                    self.lo_1 = v
+                if v > self.hi_1:
+                    self.hi_1 = v
+                d = v - self.mean_1
+                self.mean_1 += d * nb / n
+                self.m2_1 += 0.0 + d * d * na * nb / n
+                ft = self.ft_1
+                if t < ft or (t == ft and (b < self.fb_1 or (b == self.fb_1 and s < self.fs_1))):
+                    self.ft_1 = t
+                    self.fb_1 = b
+                    self.fs_1 = s
+                    self.fv_1 = v
+                lt = self.lt_1
+                if t > lt or (t == lt and (b > self.lb_1 or (b == self.lb_1 and s > self.ls_1))):
+                    self.lt_1 = t
+                    self.lb_1 = b
+                    self.ls_1 = s
+                    self.lv_1 = v
 
     def count(self, i: int) -> int:
         if i == 0:
@@ -1493,6 +1613,110 @@ class Acc3(Acc):
                     self.lb_2 = b
                     self.ls_2 = s
                     self.lv_2 = x.lv_2
+
+    def merge_reading(self, mask: int, v0: float, v1: float, v2: float, v3: float, t: int, b: int, s: int) -> None:
+        if mask & 1:
+            v: float = v0
+            na = self.n_0
+            if not na:
+                self.n_0 = 1
+                self.total_0 = self.lo_0 = self.hi_0 = self.mean_0 = self.fv_0 = self.lv_0 = v
+                self.m2_0 = 0.0
+                self.ft_0 = self.lt_0 = t
+                self.fb_0 = self.lb_0 = b
+                self.fs_0 = self.ls_0 = s
+            else:
+                nb = 1
+                n = na + nb
+                self.n_0 = n
+                self.total_0 += v
+                if v < self.lo_0:
+                    self.lo_0 = v
+                if v > self.hi_0:
+                    self.hi_0 = v
+                d = v - self.mean_0
+                self.mean_0 += d * nb / n
+                self.m2_0 += 0.0 + d * d * na * nb / n
+                ft = self.ft_0
+                if t < ft or (t == ft and (b < self.fb_0 or (b == self.fb_0 and s < self.fs_0))):
+                    self.ft_0 = t
+                    self.fb_0 = b
+                    self.fs_0 = s
+                    self.fv_0 = v
+                lt = self.lt_0
+                if t > lt or (t == lt and (b > self.lb_0 or (b == self.lb_0 and s > self.ls_0))):
+                    self.lt_0 = t
+                    self.lb_0 = b
+                    self.ls_0 = s
+                    self.lv_0 = v
+        if mask & 2:
+            v = v1
+            na = self.n_1
+            if not na:
+                self.n_1 = 1
+                self.total_1 = self.lo_1 = self.hi_1 = self.mean_1 = self.fv_1 = self.lv_1 = v
+                self.m2_1 = 0.0
+                self.ft_1 = self.lt_1 = t
+                self.fb_1 = self.lb_1 = b
+                self.fs_1 = self.ls_1 = s
+            else:
+                nb = 1
+                n = na + nb
+                self.n_1 = n
+                self.total_1 += v
+                if v < self.lo_1:
+                    self.lo_1 = v
+                if v > self.hi_1:
+                    self.hi_1 = v
+                d = v - self.mean_1
+                self.mean_1 += d * nb / n
+                self.m2_1 += 0.0 + d * d * na * nb / n
+                ft = self.ft_1
+                if t < ft or (t == ft and (b < self.fb_1 or (b == self.fb_1 and s < self.fs_1))):
+                    self.ft_1 = t
+                    self.fb_1 = b
+                    self.fs_1 = s
+                    self.fv_1 = v
+                lt = self.lt_1
+                if t > lt or (t == lt and (b > self.lb_1 or (b == self.lb_1 and s > self.ls_1))):
+                    self.lt_1 = t
+                    self.lb_1 = b
+                    self.ls_1 = s
+                    self.lv_1 = v
+        if mask & 4:
+            v = v2
+            na = self.n_2
+            if not na:
+                self.n_2 = 1
+                self.total_2 = self.lo_2 = self.hi_2 = self.mean_2 = self.fv_2 = self.lv_2 = v
+                self.m2_2 = 0.0
+                self.ft_2 = self.lt_2 = t
+                self.fb_2 = self.lb_2 = b
+                self.fs_2 = self.ls_2 = s
+            else:
+                nb = 1
+                n = na + nb
+                self.n_2 = n
+                self.total_2 += v
+                if v < self.lo_2:
+                    self.lo_2 = v
+                if v > self.hi_2:
+                    self.hi_2 = v
+                d = v - self.mean_2
+                self.mean_2 += d * nb / n
+                self.m2_2 += 0.0 + d * d * na * nb / n
+                ft = self.ft_2
+                if t < ft or (t == ft and (b < self.fb_2 or (b == self.fb_2 and s < self.fs_2))):
+                    self.ft_2 = t
+                    self.fb_2 = b
+                    self.fs_2 = s
+                    self.fv_2 = v
+                lt = self.lt_2
+                if t > lt or (t == lt and (b > self.lb_2 or (b == self.lb_2 and s > self.ls_2))):
+                    self.lt_2 = t
+                    self.lb_2 = b
+                    self.ls_2 = s
+                    self.lv_2 = v
 
     def count(self, i: int) -> int:
         if i == 0:
@@ -2367,6 +2591,144 @@ class Acc4(Acc):
                     self.lb_3 = b
                     self.ls_3 = s
                     self.lv_3 = x.lv_3
+
+    def merge_reading(self, mask: int, v0: float, v1: float, v2: float, v3: float, t: int, b: int, s: int) -> None:
+        if mask & 1:
+            v: float = v0
+            na = self.n_0
+            if not na:
+                self.n_0 = 1
+                self.total_0 = self.lo_0 = self.hi_0 = self.mean_0 = self.fv_0 = self.lv_0 = v
+                self.m2_0 = 0.0
+                self.ft_0 = self.lt_0 = t
+                self.fb_0 = self.lb_0 = b
+                self.fs_0 = self.ls_0 = s
+            else:
+                nb = 1
+                n = na + nb
+                self.n_0 = n
+                self.total_0 += v
+                if v < self.lo_0:
+                    self.lo_0 = v
+                if v > self.hi_0:
+                    self.hi_0 = v
+                d = v - self.mean_0
+                self.mean_0 += d * nb / n
+                self.m2_0 += 0.0 + d * d * na * nb / n
+                ft = self.ft_0
+                if t < ft or (t == ft and (b < self.fb_0 or (b == self.fb_0 and s < self.fs_0))):
+                    self.ft_0 = t
+                    self.fb_0 = b
+                    self.fs_0 = s
+                    self.fv_0 = v
+                lt = self.lt_0
+                if t > lt or (t == lt and (b > self.lb_0 or (b == self.lb_0 and s > self.ls_0))):
+                    self.lt_0 = t
+                    self.lb_0 = b
+                    self.ls_0 = s
+                    self.lv_0 = v
+        if mask & 2:
+            v = v1
+            na = self.n_1
+            if not na:
+                self.n_1 = 1
+                self.total_1 = self.lo_1 = self.hi_1 = self.mean_1 = self.fv_1 = self.lv_1 = v
+                self.m2_1 = 0.0
+                self.ft_1 = self.lt_1 = t
+                self.fb_1 = self.lb_1 = b
+                self.fs_1 = self.ls_1 = s
+            else:
+                nb = 1
+                n = na + nb
+                self.n_1 = n
+                self.total_1 += v
+                if v < self.lo_1:
+                    self.lo_1 = v
+                if v > self.hi_1:
+                    self.hi_1 = v
+                d = v - self.mean_1
+                self.mean_1 += d * nb / n
+                self.m2_1 += 0.0 + d * d * na * nb / n
+                ft = self.ft_1
+                if t < ft or (t == ft and (b < self.fb_1 or (b == self.fb_1 and s < self.fs_1))):
+                    self.ft_1 = t
+                    self.fb_1 = b
+                    self.fs_1 = s
+                    self.fv_1 = v
+                lt = self.lt_1
+                if t > lt or (t == lt and (b > self.lb_1 or (b == self.lb_1 and s > self.ls_1))):
+                    self.lt_1 = t
+                    self.lb_1 = b
+                    self.ls_1 = s
+                    self.lv_1 = v
+        if mask & 4:
+            v = v2
+            na = self.n_2
+            if not na:
+                self.n_2 = 1
+                self.total_2 = self.lo_2 = self.hi_2 = self.mean_2 = self.fv_2 = self.lv_2 = v
+                self.m2_2 = 0.0
+                self.ft_2 = self.lt_2 = t
+                self.fb_2 = self.lb_2 = b
+                self.fs_2 = self.ls_2 = s
+            else:
+                nb = 1
+                n = na + nb
+                self.n_2 = n
+                self.total_2 += v
+                if v < self.lo_2:
+                    self.lo_2 = v
+                if v > self.hi_2:
+                    self.hi_2 = v
+                d = v - self.mean_2
+                self.mean_2 += d * nb / n
+                self.m2_2 += 0.0 + d * d * na * nb / n
+                ft = self.ft_2
+                if t < ft or (t == ft and (b < self.fb_2 or (b == self.fb_2 and s < self.fs_2))):
+                    self.ft_2 = t
+                    self.fb_2 = b
+                    self.fs_2 = s
+                    self.fv_2 = v
+                lt = self.lt_2
+                if t > lt or (t == lt and (b > self.lb_2 or (b == self.lb_2 and s > self.ls_2))):
+                    self.lt_2 = t
+                    self.lb_2 = b
+                    self.ls_2 = s
+                    self.lv_2 = v
+        if mask & 8:
+            v = v3
+            na = self.n_3
+            if not na:
+                self.n_3 = 1
+                self.total_3 = self.lo_3 = self.hi_3 = self.mean_3 = self.fv_3 = self.lv_3 = v
+                self.m2_3 = 0.0
+                self.ft_3 = self.lt_3 = t
+                self.fb_3 = self.lb_3 = b
+                self.fs_3 = self.ls_3 = s
+            else:
+                nb = 1
+                n = na + nb
+                self.n_3 = n
+                self.total_3 += v
+                if v < self.lo_3:
+                    self.lo_3 = v
+                if v > self.hi_3:
+                    self.hi_3 = v
+                d = v - self.mean_3
+                self.mean_3 += d * nb / n
+                self.m2_3 += 0.0 + d * d * na * nb / n
+                ft = self.ft_3
+                if t < ft or (t == ft and (b < self.fb_3 or (b == self.fb_3 and s < self.fs_3))):
+                    self.ft_3 = t
+                    self.fb_3 = b
+                    self.fs_3 = s
+                    self.fv_3 = v
+                lt = self.lt_3
+                if t > lt or (t == lt and (b > self.lb_3 or (b == self.lb_3 and s > self.ls_3))):
+                    self.lt_3 = t
+                    self.lb_3 = b
+                    self.ls_3 = s
+                    self.lv_3 = v
 
     def count(self, i: int) -> int:
         if i == 0:

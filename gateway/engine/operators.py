@@ -555,7 +555,6 @@ class SlidingOperator(WindowOperator):
         self.spare_max = 4 * (spec.size_ms // self.pane) + 64
         self.singles = self.nm <= 4  # panes of one reading kept as a Single (tests turn it off to compare)
         self.sparse = True  # keep about 2 sqrt(n) of a front's n entries (tests turn it off to compare)
-        self.scratch = acc_empty(self.nm)  # a Single as an accumulator, for a moment (see _src)
 
     def _give_back(self, acc: Acc) -> None:
         """Keep an accumulator no longer used, for a next pane or stack entry (up to ``spare_max``)."""
@@ -592,7 +591,7 @@ class SlidingOperator(WindowOperator):
         run.clear()
         top.put_acc(run)
         for q in range(jt - 1, js - 1, -1):
-            run.merge_from(self._src(accs[q]))
+            self._merge_pane(run, accs[q])
             f = self._take_part()
             f.take(run)
             f.start = accs[q].start
@@ -619,7 +618,7 @@ class SlidingOperator(WindowOperator):
                 run.clear()
                 f.put_acc(run)
                 for r in range(q - 1, lo - 1, -1):
-                    run.merge_from(self._src(accs[r]))
+                    self._merge_pane(run, accs[r])
                     g = part_empty(self.nm)
                     g.take(run)
                     g.start = accs[r].start
@@ -627,12 +626,20 @@ class SlidingOperator(WindowOperator):
             q = lo - 1
         return out
 
-    def _src(self, pane: Acc) -> Acc:
-        """A pane as an accumulator to read from (merge, copy): itself, or a Single's reading in the scratch one,
-        valid until the next call."""
+    def _merge_pane(self, acc: Acc, pane: Acc) -> None:
+        """Merge the pane ``pane`` into ``acc`` (a Single as the accumulator of its reading, without making it)."""
         if isinstance(pane, Single):
-            return pane.fill(self.scratch, self.nm)
-        return pane
+            acc.merge_reading(pane.mask, pane.v0, pane.v1, pane.v2, pane.v3, pane.t, pane.b, pane.s)
+        else:
+            acc.merge_from(pane)
+
+    def _set_pane(self, acc: Acc, pane: Acc) -> None:
+        """``acc`` becomes a copy of the pane ``pane`` (as :meth:`_merge_pane`)."""
+        if isinstance(pane, Single):
+            acc.clear()
+            acc.merge_reading(pane.mask, pane.v0, pane.v1, pane.v2, pane.v3, pane.t, pane.b, pane.s)
+        else:
+            acc.set(pane)
 
     def _take(self) -> Acc:
         """A spare accumulator (holding old values) or a new one, for a pane or stack entry."""
@@ -704,7 +711,7 @@ class SlidingOperator(WindowOperator):
         acc = acc_empty(self.nm)
         i = _left_from_front(accs, start)
         while i < len(accs) and accs[i].start < end:
-            acc.merge_from(self._src(accs[i]))
+            self._merge_pane(acc, accs[i])
             i += 1
         return acc
 
@@ -733,7 +740,7 @@ class SlidingOperator(WindowOperator):
                 stride = _stride(i - j + 1) if self.sparse else 1
                 top = i - (i - j) // stride * stride  # the oldest kept entry below the top segment
                 run = self._take()
-                run.set(self._src(accs[i]))
+                self._set_pane(run, accs[i])
                 q = i
                 while True:
                     if q <= top or (i - q) % stride == 0:
@@ -744,7 +751,7 @@ class SlidingOperator(WindowOperator):
                     q -= 1
                     if q < j:
                         break
-                    run.merge_from(self._src(accs[q]))
+                    self._merge_pane(run, accs[q])
                 ks.last = run
             self._give_back(back_acc)
             back_acc = None
@@ -759,9 +766,9 @@ class SlidingOperator(WindowOperator):
                 break
             if back_acc is None:
                 back_acc = self._take()
-                back_acc.set(self._src(pa))
+                self._set_pane(back_acc, pa)
             else:
-                back_acc.merge_from(self._src(pa))  # in place: back_acc itself is never handed out
+                self._merge_pane(back_acc, pa)  # in place: back_acc itself is never handed out
             i += 1
         ks.back_acc = back_acc
         ks.hi = end
