@@ -86,6 +86,11 @@ def state_path(config: Config) -> Path:
 def _fingerprint(config: Config) -> str:
     """What the checkpointed state depends on: windows, watermarks, patterns, detectors and the topic prefix."""
     text = repr((config.engine, config.patterns, config.anomaly, config.mqtt.prefix))
+    paths: list[tuple[str, str]] = [(p.name, p.on) for p in config.patterns if p.on != "event_time"]
+    if config.anomaly.on != "arrival":
+        paths.append(("[anomaly]", config.anomaly.on))
+    if paths:  # left out of the patterns' repr so that a configuration without fast alerts keeps its fingerprint
+        text += repr(paths)
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
@@ -233,7 +238,7 @@ class Gateway:
     async def _emit(self, out: Handled) -> None:
         for topic, payload in out.publish:
             self.outbox.put(topic, payload)
-        self.live.observe(out.readings, out.outputs, out.alerts)  # deploy
+        self.live.observe(out.readings, out.outputs, out.alerts, out.status)  # deploy
         await self.sink.add(out.lines)
 
     async def _tick(self) -> None:

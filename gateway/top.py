@@ -77,11 +77,17 @@ def render(stats: dict[str, Any], prev: dict[str, Any] | None, *, width: int = 1
         f"  last write {s.get('last_write_ms', 0)} ms",
         "",
     ]
+    if p.get("fast_alerts"):  # rules with on = "both" (or "arrival"): how often the fast path was wrong
+        fast = (
+            f"fast alerts {p['fast_alerts']}: confirmed {p.get('alerts_confirmed', 0)}, retracted "
+            f"{p.get('alerts_retracted', 0)}; event-time alerts it missed {p.get('alerts_missed_fast', 0)}"
+        )
+        out.insert(2, fast)
     devices: dict[str, dict[str, Any]] = live.get("devices", {})
     old: dict[str, dict[str, Any]] = (prev or {}).get("live", {}).get("devices", {})
     head = (
         f"{'DEVICE':<20} {'SITE':<12} {'WM LAG':>8} {'LAST EVENT':>10} {'SEEN':>8} {'READINGS':>9} {'/MIN':>7} "
-        f"{'LATE':>6}"
+        f"{'LATE':>6} {'FW':<10}"
     )
     windows = list(reversed(live.get("windows", [])))[:8]
     alerts = list(reversed(live.get("alerts", [])))[:8]
@@ -98,7 +104,9 @@ def render(stats: dict[str, Any], prev: dict[str, Any] | None, *, width: int = 1
         out.append(
             f"{name[:20]:<20} {d.get('site', '')[:12]:<12} {_dur(d.get('watermark_lag_ms')):>8} "
             f"{_clock(d.get('last_event_ms')):>10} {_dur(seen):>8} {d.get('readings', 0):>9} {rate:>7} "
-            f"{d.get('late', 0):>6}" + ("" if d.get("active") else "  idle")
+            f"{d.get('late', 0):>6} {(d.get('fw') or '-')[:10]:<10}"
+            + ("" if d.get("active") else "  idle")
+            + (f"  ota: {d['ota']}" if d.get("ota") else "")
         )
     if len(rows) > budget:
         out.append(f"... {len(rows) - budget} more")

@@ -33,14 +33,20 @@ from user_path import gateway
 REPO = Path(__file__).resolve().parent.parent
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 MARKERS = ("needs hardware", "needs root", "needs Docker")
-PROGRAMS = {"edgekit-gateway": "edgekit-gateway", "edgekit-sim": "edgekit-sim", "edgekit-fleet": "edgekit-fleet"}
+PROGRAMS = {"edgekit-gateway": "edgekit-gateway", "edgekit-sim": "edgekit-sim", "edgekit-fleet": "edgekit-fleet",
+            "edgekit-ota": "edgekit-ota"}  # fmt: skip
 MODULES = {"gateway": "edgekit-gateway", "sim": "edgekit-sim", "gateway.fleet": "edgekit-fleet",
+           "gateway.ota": "edgekit-ota",
            "gateway.anomaly.evaluate": "evaluate", "pytest": "pytest"}  # fmt: skip
 
 MAPPED: list[tuple[str, str, tuple[str, ...]]] = [
     # (a regular expression the normalised command matches, the test that runs it, words its body must use)
     (r"^make demo\b", "tests/first_hour.py::main", ('"make"', '"demo"')),  # run by tests/test_first_hour.py
     (r"^make test\b", ".ci/run", ("make test",)),
+    (r"^edgekit-ota .*publish-build", "tests/firmware/test_ota.py::test_update_two_boards_and_roll_back_a_third",
+     ('"publish-build"', '"--version"', '"--firmware"', '"--device"')),
+    (r"^edgekit-ota .*cmd", "tests/firmware/test_ota.py::test_cmd_sets_the_sampling_interval_and_refuses_a_bad_one",
+     ('"cmd"', '"--site"', '"--device"', '"--set"')),
     (r"^edgekit-gateway check .*--probe", "tests/test_user_services.py::test_check_probe_says_the_broker_and_the_"
      "database_are_usable", ('"--probe"',)),
     (r"^edgekit-gateway run ", "tests/gateway/test_cli.py::test_run_record_top_in_tmux_then_replay",
@@ -63,11 +69,23 @@ MAPPED: list[tuple[str, str, tuple[str, ...]]] = [
      ('"verify"', '"--truth"', '"--influx-url"', '"--database"')),
     (r"^edgekit-sim report ", "tests/sim/test_scenarios.py::test_cli_simulate_in_process_writes_truth_and_report",
      ('"report"', '"--truth"', '"--out"')),
-    (r"^edgekit-fleet .* (add|list)( |$)", "tests/gateway/test_fleet_tool.py::test_move_changes_the_site_and_prints_"
+    (r"^edgekit-fleet (.* )?(add|list)( |$)", "tests/gateway/test_fleet_tool.py::test_move_changes_the_site_and_prints_"
      "what_the_gateway_needs", ('"add"', '"--site"')),
-    (r"^edgekit-fleet .* move ", "tests/gateway/test_fleet_tool.py::test_move_changes_the_site_and_prints_what_the_"
+    (r"^edgekit-fleet (.* )?move ", "tests/gateway/test_fleet_tool.py::test_move_changes_the_site_and_prints_what_the_"
      "gateway_needs", ('"move"', '"--site"')),
-    (r"^edgekit-fleet .* credentials", "tests/reliability/test_security.py::locked", ('"credentials"', '"--out"')),
+    (r"^edgekit-fleet (.* )?credentials", "tests/reliability/test_security.py::locked", ('"credentials"', '"--out"')),
+    (r"^edgekit-fleet (.* )?credentials .*--broker-dir", "tests/gateway/test_fleet_tool.py::test_credentials_write_"
+     "private_files_and_print_no_secret", ('"credentials"', '"--broker-dir"')),
+    (r"^edgekit-fleet (.* )?password ", "tests/gateway/test_fleet_tool.py::test_credentials_write_private_files_and_"
+     "print_no_secret", ('"password"',)),
+    (r"^edgekit-fleet (.* )?init ", "tests/firmware/test_fleet_path.py::field", ('"init"', '"--broker"')),
+    (r"^edgekit-fleet (.* )?wifi ", "tests/firmware/test_fleet_path.py::field", ('"wifi"', '"--ssid"')),
+    (r"^(\.venv/bin/)?python scripts/deploy\.py --install-help", "tests/gateway/test_fleet_tool.py::test_deploy_"
+     "builds_from_the_fleet_and_tells_how_to_install_micropython", ('"--install-help"',)),
+    (r"^(\.venv/bin/)?python scripts/deploy\.py .*--identify", "tests/firmware/test_fleet_path.py::test_redeploy_"
+     "source_compiled_source_runs_exactly_the_last_build", ('"--identify"',)),
+    (r"^(\.venv/bin/)?python scripts/deploy\.py .*--device", "tests/firmware/test_fleet_path.py::deploy",
+     ('"--port"', '"--device"', '"--compile"')),
     (r"^evaluate( |$)", "tests/gateway/anomaly/test_anomaly_evaluate.py::test_default_settings_reach_f1_0_9_for_"
      "spikes_and_level_shifts", ("main(",)),
     (r"^evaluate nab ", "tests/gateway/anomaly/test_anomaly_evaluate.py::test_nab_layout_scores_like_the_series_it_"
@@ -234,12 +252,14 @@ def test_every_mapping_is_used() -> None:
     assert unused == [], unused
 
 
-@pytest.mark.parametrize("program", ["edgekit-gateway", "edgekit-sim"])
+@pytest.mark.parametrize("program", ["edgekit-gateway", "edgekit-sim", "edgekit-ota"])
 def test_the_programs_take_every_option_the_docs_give_them(program: str) -> None:
     from gateway.cli import build_parser as gateway_parser
+    from gateway.ota import build_parser as ota_parser
     from sim.cli import build_parser as sim_parser
 
-    parser = gateway_parser() if program == "edgekit-gateway" else sim_parser()
+    parsers = {"edgekit-gateway": gateway_parser, "edgekit-sim": sim_parser, "edgekit-ota": ota_parser}
+    parser = parsers[program]()
     used = [c for c in ALL if c.argv[0] == program]
     assert used
     for c in used:
