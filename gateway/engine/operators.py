@@ -64,23 +64,22 @@ class WmCell:
 
 @mypyc_attr(acyclic=True)
 class Single(Acc):
-    """A sliding window's pane that holds one reading (of up to four metrics): the reading itself, about a
-    quarter of the size of an accumulator. A pane of a board that reads once per pane - the common case of a
-    60 s/1 s window - stays one of these; a second reading turns it into an accumulator. As a source (merged,
-    copied, in a snapshot) it is exactly the accumulator one ``add`` of its reading makes, which
-    :meth:`fill` writes into a scratch accumulator."""
+    """A sliding window's pane that holds one reading (of up to three metrics; :class:`Single4`: four): the reading
+    itself, 80 bytes compiled, less than a quarter of an accumulator. A pane of a board that reads once per pane -
+    the common case of a 60 s/1 s window - stays one of these; a second reading turns it into an accumulator. As
+    a source (merged, copied, in a snapshot) it is exactly the accumulator one ``add`` of its reading makes
+    (``Acc.merge_reading``; :meth:`fill` for a snapshot). Boot and seq (each below 2**31) share one int."""
 
-    __slots__ = ("b", "mask", "s", "t", "v0", "v1", "v2", "v3")
+    __slots__ = ("bs", "mask", "t", "v0", "v1", "v2")
 
     def __init__(self, start: int, values: Values, t: int, b: int, s: int) -> None:
         self.start = start
         self.t = t
-        self.b = b
-        self.s = s
+        self.bs = b << 31 | s
         mask = 0
-        self.v0 = self.v1 = self.v2 = self.v3 = 0.0
+        self.v0 = self.v1 = self.v2 = 0.0
         n = len(values)
-        for i in range(n):
+        for i in range(n if n < 3 else 3):
             v = values[i]
             if v is not None:
                 mask |= 1 << i
@@ -88,27 +87,20 @@ class Single(Acc):
                     self.v0 = v
                 elif i == 1:
                     self.v1 = v
-                elif i == 2:
-                    self.v2 = v
                 else:
-                    self.v3 = v
+                    self.v2 = v
         self.mask = mask
+
+    def v3(self) -> float:
+        """Metric 3's value (none below four metrics)."""
+        return 0.0
 
     def values(self, nm: int) -> Values:
         """The reading's values, ``nm`` metrics (``None``: none for that metric)."""
         m = self.mask
         out: Values = []
         for i in range(nm):
-            if not m & (1 << i):
-                out.append(None)
-            elif i == 0:
-                out.append(self.v0)
-            elif i == 1:
-                out.append(self.v1)
-            elif i == 2:
-                out.append(self.v2)
-            else:
-                out.append(self.v3)
+            out.append(self.value(i) if m & (1 << i) else None)
         return out
 
     def value(self, i: int) -> float:
@@ -119,13 +111,39 @@ class Single(Acc):
             return self.v1
         if i == 2:
             return self.v2
-        return self.v3
+        return self.v3()
 
     def fill(self, acc: Acc, nm: int) -> Acc:
         """``acc`` (of ``nm`` metrics) becomes the accumulator of this one reading; returns it."""
         acc.clear()
-        acc.add(self.values(nm), self.t, self.b, self.s)
+        bs = self.bs
+        acc.add(self.values(nm), self.t, bs >> 31, bs & 0x7FFFFFFF)
         return acc
+
+
+@mypyc_attr(acyclic=True)
+class Single4(Single):
+    """:class:`Single` of four metrics."""
+
+    __slots__ = ("w3",)
+
+    def __init__(self, start: int, values: Values, t: int, b: int, s: int) -> None:
+        super().__init__(start, values, t, b, s)
+        self.w3 = 0.0
+        v = values[3]
+        if v is not None:
+            self.w3 = v
+            self.mask |= 8
+
+    def v3(self) -> float:
+        return self.w3
+
+
+def _single(start: int, values: Values, t: int, b: int, s: int) -> Single:
+    """The pane of one reading."""
+    if len(values) == 4:
+        return Single4(start, values, t, b, s)
+    return Single(start, values, t, b, s)
 
 
 class Operator(Protocol):
@@ -629,7 +647,8 @@ class SlidingOperator(WindowOperator):
     def _merge_pane(self, acc: Acc, pane: Acc) -> None:
         """Merge the pane ``pane`` into ``acc`` (a Single as the accumulator of its reading, without making it)."""
         if isinstance(pane, Single):
-            acc.merge_reading(pane.mask, pane.v0, pane.v1, pane.v2, pane.v3, pane.t, pane.b, pane.s)
+            bs = pane.bs
+            acc.merge_reading(pane.mask, pane.v0, pane.v1, pane.v2, pane.v3(), pane.t, bs >> 31, bs & 0x7FFFFFFF)
         else:
             acc.merge_from(pane)
 
@@ -637,7 +656,8 @@ class SlidingOperator(WindowOperator):
         """``acc`` becomes a copy of the pane ``pane`` (as :meth:`_merge_pane`)."""
         if isinstance(pane, Single):
             acc.clear()
-            acc.merge_reading(pane.mask, pane.v0, pane.v1, pane.v2, pane.v3, pane.t, pane.b, pane.s)
+            bs = pane.bs
+            acc.merge_reading(pane.mask, pane.v0, pane.v1, pane.v2, pane.v3(), pane.t, bs >> 31, bs & 0x7FFFFFFF)
         else:
             acc.set(pane)
 
@@ -675,13 +695,13 @@ class SlidingOperator(WindowOperator):
         i = n - 1
         new: Acc | None = None  # the pane made for this reading, if it had none
         if acc is None or p > acc.start:
-            new = Single(p, values, t, b, s) if self.singles else self._new_acc(p)
+            new = _single(p, values, t, b, s) if self.singles else self._new_acc(p)
             accs.append(new)
         elif p != acc.start:
             i = _left_from_back(accs, p)
             acc = accs[i]
             if acc.start != p:
-                new = Single(p, values, t, b, s) if self.singles else self._new_acc(p)
+                new = _single(p, values, t, b, s) if self.singles else self._new_acc(p)
                 accs.insert(i, new)
         # some window containing this pane has already been fired (or passed empty): first_window_end_after, inlined
         e = p + 1 + (off + size - p - 1) % slide
@@ -698,7 +718,7 @@ class SlidingOperator(WindowOperator):
             if isinstance(acc, Single):  # its second reading: an accumulator of the two, added in their order
                 one = acc
                 acc = self._new_acc(p)
-                self._add_values(acc, one.values(self.nm), one.t, one.b, one.s)
+                self._add_values(acc, one.values(self.nm), one.t, one.bs >> 31, one.bs & 0x7FFFFFFF)
                 accs[i] = acc
             self._add_values(acc, values, t, b, s)
         elif new is not None and not self.singles:
@@ -1138,8 +1158,8 @@ def _put_first(accs: list[Acc], j: int, m: int, r: Stat) -> None:
         if isinstance(pa, Single):
             if pa.mask & bit:
                 r.ft = pa.t
-                r.fb = pa.b
-                r.fs = pa.s
+                r.fb = pa.bs >> 31
+                r.fs = pa.bs & 0x7FFFFFFF
                 r.fv = pa.value(m)
                 return
         elif pa.count(m):

@@ -39,6 +39,8 @@ WINDOWS: list[dict[str, Any]] = [
     {"name": "v", "kind": "sliding", "size": "9s", "slide": "3s", "metrics": ["x"], "allowed_lateness": "4s",
      "aggregates": ["count", "stddev", "first", "last"]},
     {"name": "w", "kind": "sliding", "size": "6s", "slide": "2s", "metrics": ["x", "y", "z", "u", "q"]},
+    {"name": "f", "kind": "sliding", "size": "5s", "slide": "1s", "metrics": ["u", "x", "y", "z"],
+     "aggregates": ["count", "sum", "first", "last"]},
 ]  # fmt: skip
 
 
