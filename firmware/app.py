@@ -366,12 +366,15 @@ class Wake:
                 up.publish(up.t_readings, codec.readings(cfg['device'], (), t))
                 log('pub', 0, 'flushed', t)
             if otaboot.TRIAL is not None:  # a build on trial has published: keep it
-                import ota
-                ota.confirm()
+                otaboot.confirm()
             if self.news(up.inbox, up.t_cmd):  # a new command, a new build's manifest (inbox.py)
                 gc.collect()
                 import inbox
                 inbox.handle(self, up)
+                del inbox
+                for m in ('inbox', 'ota', 'cmds'):  # not needed again this wake: their code and the
+                    sys.modules.pop(m, None)  # updater's buffers go back to the heap before the status is built
+                gc.collect()
             mem('publish')
             up.status('sleeping', self.status_fields())
             up.close(True)

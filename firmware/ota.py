@@ -97,18 +97,6 @@ def forgive():
         pass
 
 
-def confirm():
-    """The build on trial has published: keep it."""
-    if otaboot.TRIAL is None:
-        return
-    p = otaboot.read()
-    if p is not None and int(p[3]) >= 0:
-        p[3] = -1
-        otaboot.write(p)
-        print('EK ota confirmed', p[1])
-    otaboot.TRIAL = None
-
-
 class Updater:
     def __init__(self, up, cfg, left_ms, feed=None, rbuf=None):
         self.up = up  # a connected uplink.Uplink

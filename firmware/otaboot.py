@@ -4,7 +4,7 @@
 # files at the root are the build scripts/deploy.py put there. The selector fw.sel says which one runs:
 #   '<dir> <version> <build> <tries> <prev dir> <prev version> <prev build> <trials>'
 # dir '-' is the root. tries -1: the build is confirmed (it has published). tries >= 0: it is on trial;
-# every start counts one, and once `trials` starts have gone by without ota.confirm() (a publish that the
+# every start counts one, and once `trials` starts have gone by without confirm() (a publish that the
 # broker acknowledged), the previous build is selected again and the failed one written to fw.bad, which
 # ota.py reads to refuse that build until the `update` command clears it.
 #
@@ -81,6 +81,20 @@ def select():
     elif p[1] != '-':
         VERSION = p[1]
         BUILD = p[2]
+
+
+def confirm():
+    """The build on trial has published: keep it. Here, not in ota.py: the wake that confirms a build has
+    published its readings and fragmented the heap; loading ota.py's code then could fail for want of a block."""
+    global TRIAL
+    if TRIAL is None:
+        return
+    p = read()
+    if p is not None and int(p[3]) >= 0:
+        p[3] = -1
+        write(p)
+        print('EK ota confirmed', p[1])
+    TRIAL = None
 
 
 def state():

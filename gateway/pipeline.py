@@ -34,7 +34,7 @@ from .points import READING, dead_letter_line, reading_line, status_line
 from .protocol import dead_letter_for, decode, excerpt, parse_topic
 from .schema import get as measurement
 
-__all__ = ["Pipeline", "Stats", "reading_field_bound"]
+__all__ = ["Pipeline", "Stats", "reading_field_bound", "window_topic"]
 
 log = logging.getLogger("gateway.pipeline")
 
@@ -50,6 +50,8 @@ class Stats:
     dead_letters: int = 0
     status_updates: int = 0
     window_results: int = 0
+    provisional_results: int = 0
+    """Of ``window_results``, the provisional ones (windows with early triggers)."""
     late_readings: int = 0
     alerts: int = 0
     """Alert records published (fast alerts and retraction records included)."""
@@ -78,6 +80,7 @@ class Stats:
             "dead_letters": self.dead_letters,
             "status_updates": self.status_updates,
             "window_results": self.window_results,
+            "provisional_results": self.provisional_results,
             "late_readings": self.late_readings,
             "alerts": self.alerts,
             "fast_alerts": self.fast_alerts,
@@ -132,6 +135,9 @@ class Pipeline:
         """Per device, the metric names of its accepted readings (at most ``devices.max_metric_names``)."""
         self._unique = 0
         self._own = (f"{config.mqtt.prefix}/_gateway/", "/cmd")
+        windows = config.engine.windows
+        self._audit = frozenset(w.name for w in windows if w.early and w.provisional == "audit")
+        self._publish = frozenset(w.name for w in windows if w.publish)
 
     def is_own_topic(self, topic: str) -> bool:
         """Topics the gateway publishes to (commands to boards, its own outputs) are not ingested."""
@@ -307,10 +313,12 @@ class Pipeline:
         )
 
     def tick(self, now_ms: int) -> Handled:
-        """Time-driven progress (devices turning idle release site windows). Never raises, like :meth:`handle`."""
+        """Time-driven progress (devices turning idle release site windows, early results of windows with
+        ``early_every``). Never raises, like :meth:`handle`."""
         out = Handled()
         try:
             self._engine_out(self.engine.advance(now_ms), out)
+            self._engine_out(self.engine.on_processing_time(now_ms), out)
             self._cep_out(self.cep.advance(now_ms), out)
         except Exception:
             log.exception("internal error in a tick", extra={"event": "internal_error"})
@@ -375,12 +383,19 @@ class Pipeline:
 
     def _engine_out(self, outputs: list[EngineOutput], out: Handled) -> None:
         for o in outputs:
-            if isinstance(o, WindowResult):
-                self.stats.window_results += 1
-            elif isinstance(o, LateReading):
-                self.stats.late_readings += 1
             out.outputs.append(o)
             out.lines.append(o.to_line())
+            if isinstance(o, WindowResult):
+                self.stats.window_results += 1
+                if o.revision == 0:
+                    self.stats.provisional_results += 1
+                    if o.window in self._audit:
+                        out.lines.append(o.to_audit_line())
+                if o.window in self._publish:
+                    topic = window_topic(self.config.mqtt.prefix, o.site, o.window)
+                    out.publish.append((topic, o.to_payload()))
+            elif isinstance(o, LateReading):
+                self.stats.late_readings += 1
 
     def _dead(self, dead: DeadLetter, out: Handled) -> None:
         self.stats.dead_letters += 1
@@ -401,6 +416,11 @@ class Pipeline:
                 "size": dead.size,
             },
         )
+
+
+def window_topic(prefix: str, site: str, window: str) -> str:
+    """Where a window with ``publish = true`` publishes its results (JSON, ``WindowResult.to_payload``)."""
+    return f"{prefix}/_gateway/windows/{site}/{window}"
 
 
 def reading_field_bound(config: Config) -> int:

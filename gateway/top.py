@@ -83,6 +83,19 @@ def render(stats: dict[str, Any], prev: dict[str, Any] | None, *, width: int = 1
             f"{p.get('alerts_retracted', 0)}; event-time alerts it missed {p.get('alerts_missed_fast', 0)}"
         )
         out.insert(2, fast)
+    notify = stats.get("notify")
+    if notify:  # [[notify]] targets (docs/notify.md): what went out, what waits, what failed or was given up
+        parts = []
+        for name, t in notify.get("targets", {}).items():
+            dropped = sum(t.get("dropped", {}).values())
+            parts.append(
+                f"{name} sent {t.get('sent', 0)}"
+                + (f" pending {t['pending']}" if t.get("pending") else "")
+                + (f" failures {t['failures']}" if t.get("failures") else "")
+                + (f" dropped {dropped}" if dropped else "")
+            )
+        shed = f"; shed {notify['shed']} (inbox full)" if notify.get("shed") else ""
+        out.insert(len(out) - 1, "notify: " + "; ".join(parts) + shed)
     devices: dict[str, dict[str, Any]] = live.get("devices", {})
     old: dict[str, dict[str, Any]] = (prev or {}).get("live", {}).get("devices", {})
     head = (

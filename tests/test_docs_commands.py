@@ -57,12 +57,16 @@ MAPPED: list[tuple[str, str, tuple[str, ...]]] = [
      ('"replay"',)),
     (r"^edgekit-gateway plan ", "tests/gateway/test_cli.py::test_plan_measures_points_per_hour_and_state",
      ('"plan"', '"--devices"', '"--interval"')),
+    (r"^edgekit-gateway plan .*--scenario", "tests/sim/test_latency.py::test_plan_with_a_scenario_prints_the_trade_"
+     "off_table", ('"plan"', '"--scenario"', '"--bound"', '"--lateness"')),
     (r"^edgekit-gateway recover ", "tests/reliability/test_damaged_state.py::test_recovered_state_is_replayed_into_"
      "influxdb", ('"recover"',)),
     (r"^edgekit-sim run .*--broker", "tests/sim/test_sim_cli.py::test_run_publishes_to_a_real_broker",
      ('"run"', '"--broker"', '"--truth"', '"--duplicates"', '"--malformed"')),
     (r"^edgekit-sim simulate .*--in-process", "tests/sim/test_scenarios.py::test_cli_simulate_in_process_writes_"
      "truth_and_report", ('"simulate"', '"--in-process"', '"--truth"', '"--report"')),
+    (r"^edgekit-sim simulate .*--measure", "tests/sim/test_latency.py::test_simulate_measure_keeps_the_measurement_"
+     "in_the_truth_and_the_report_draws_it", ('"simulate"', '"--measure"', '"--trigger"', '"--report"')),
     (r"^edgekit-sim simulate .*--broker", "tests/test_user_services.py::test_simulate_to_a_broker_in_real_time_"
      "shows_its_progress", ('"simulate"', '"--broker"', '"--truth"')),
     (r"^edgekit-sim verify ", "tests/sim/test_scenarios_e2e.py::test_scenario_through_broker_gateway_and_influxdb",
