@@ -12,7 +12,7 @@ session 30 s window (every aggregate: count sum mean min max stddev first last).
 readings (past the 60 s windows' first firing), printed:
 
 - ``state``: the deep size of the engine's object graph (``sys.getsizeof`` over ``gc.get_referents``), and
-  that of the sliding window alone;
+  that of the sliding window alone; per device, the whole and each window's operator;
 - ``RSS``: the process's resident memory then (the input is generated one second at a time and dropped), and
   its peak;
 - the engine's snapshot as JSON (what a checkpoint held) and compressed as a checkpoint stores it now, with
@@ -87,6 +87,7 @@ def child(root: str, devices: int, seconds: int) -> None:
     gc.collect()
     state = deep_size(engine)
     sliding = deep_size(engine.windows[1].op)
+    per_window = ", ".join(f"{w.op.name} {deep_size(w.op) / devices:,.0f}" for w in engine.windows)
     rss = rss_mib()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t = time.perf_counter()
@@ -104,6 +105,7 @@ def child(root: str, devices: int, seconds: int) -> None:
         f"({seconds * devices:,}, fed in {feed:.1f} s CPU)\n"
         f"  state {state / 2**20:7.1f} MiB (sliding 60 s/1 s: {sliding / 2**20:.1f} MiB); "
         f"RSS {rss:.0f} MiB, peak {peak:.0f} MiB\n"
+        f"  per device: {state / devices:,.0f} bytes, of which the windows' operators {per_window}\n"
         f"  snapshot {t_snap * 1e3:.0f} ms; as JSON {len(text) / 2**20:.1f} MiB ({t_json * 1e3:.0f} ms), "
         f"zlib level 1 {len(packed) / 2**20:.1f} MiB ({t_zip * 1e3:.0f} ms)",
         flush=True,

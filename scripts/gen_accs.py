@@ -48,7 +48,8 @@ from mypy_extensions import mypyc_attr
 
 from .aggregates import FIELDS, Stat, order_key, order_parts
 
-__all__ = ["Acc", {names}, "AccN", "Values", "acc_empty", "acc_from_json"]
+__all__ = [
+{all}]
 
 Values = list[float | None]
 """One reading's values for a window, one per metric of the window in its order (``None``: no value)."""
@@ -86,6 +87,11 @@ class Acc:
         """Merge ``o`` (of the same width) into this one; ``o`` is not changed."""
         raise NotImplementedError
 
+    def merge_reading(self, mask: int, v0: float, v1: float, v2: float, v3: float, t: int, b: int, s: int) -> None:
+        """Merge in the accumulator that one ``add`` of a reading makes (up to four metrics: metric ``i``'s value
+        ``v<i>`` where bit ``i`` of ``mask`` is set), as :meth:`merge_from` of it would, to the bit."""
+        raise NotImplementedError
+
     def count(self, i: int) -> int:
         """How many values metric ``i`` has."""
         raise NotImplementedError
@@ -96,6 +102,14 @@ class Acc:
 
     def merge_put(self, i: int, r: Stat) -> None:
         """Merge metric ``i`` into ``r`` (``Stat.merge_from``)."""
+        raise NotImplementedError
+
+    def put_first(self, i: int, r: Stat) -> None:
+        """``r``'s first reading (``ft, fb, fs, fv``) becomes metric ``i``'s."""
+        raise NotImplementedError
+
+    def put_last(self, i: int, r: Stat) -> None:
+        """``r``'s last reading (``lt, lb, ls, lv``) becomes metric ``i``'s."""
         raise NotImplementedError
 
     def to_json(self) -> list[Any]:
@@ -145,6 +159,15 @@ class AccN(Acc):
         for i in range(len(mine)):
             mine[i].merge_from(theirs[i])
 
+    def merge_reading(self, mask: int, v0: float, v1: float, v2: float, v3: float, t: int, b: int, s: int) -> None:
+        vs = (v0, v1, v2, v3)
+        stats = self.stats
+        for i in range(4):
+            if mask & (1 << i):
+                one = Stat()
+                one.add(vs[i], t, b, s)
+                stats[i].merge_from(one)
+
     def count(self, i: int) -> int:
         return self.stats[i].n
 
@@ -154,6 +177,20 @@ class AccN(Acc):
     def merge_put(self, i: int, r: Stat) -> None:
         r.merge_from(self.stats[i])
 
+    def put_first(self, i: int, r: Stat) -> None:
+        x = self.stats[i]
+        r.ft = x.ft
+        r.fb = x.fb
+        r.fs = x.fs
+        r.fv = x.fv
+
+    def put_last(self, i: int, r: Stat) -> None:
+        x = self.stats[i]
+        r.lt = x.lt
+        r.lb = x.lb
+        r.ls = x.ls
+        r.lv = x.lv
+
     def to_json(self) -> list[Any]:
         flat: list[Any] = []
         for x in self.stats:
@@ -162,6 +199,78 @@ class AccN(Acc):
 
     def load(self, x: list[Any]) -> None:
         self.stats = tuple([Stat.from_json(x, i) for i in range(0, len(x), FIELDS)])
+
+
+@mypyc_attr(acyclic=True)
+class Part:
+    """What a sliding window's front stack entry keeps of an accumulator: per metric the count, sum, min, max
+    and Welford's mean and M2, not the first and last readings (the operator reads those from the panes:
+    see ``SlidingOperator``). ``start`` is the start of the entry's pane."""
+
+    __slots__ = ("start",)
+
+    start: int
+
+    def take(self, a: Acc) -> None:
+        """Become what this keeps of ``a`` (of the same width)."""
+        raise NotImplementedError
+
+    def put_acc(self, a: Acc) -> None:
+        """The inverse of :meth:`take`: ``a``'s fields that this keeps become this one's (the others stay)."""
+        raise NotImplementedError
+
+    def count(self, i: int) -> int:
+        """How many values metric ``i`` has."""
+        raise NotImplementedError
+
+    def put(self, i: int, r: Stat) -> None:
+        """``r`` becomes metric ``i`` with no first and last reading (zeros, as a cleared ``Stat``)."""
+        raise NotImplementedError
+
+
+@mypyc_attr(acyclic=True)
+class PartN(Part):
+    """Any number of metrics: a count and five floats each, in two lists."""
+
+    __slots__ = ("f", "n")
+
+    def __init__(self, metrics: int) -> None:
+        self.start = 0
+        self.n = [0] * metrics
+        self.f = [0.0] * (5 * metrics)
+
+    def take(self, a: Acc) -> None:
+        stats = cast(AccN, a).stats
+        n, f = self.n, self.f
+        for i in range(len(stats)):
+            x = stats[i]
+            n[i] = x.n
+            j = 5 * i
+            f[j] = x.total
+            f[j + 1] = x.lo
+            f[j + 2] = x.hi
+            f[j + 3] = x.mean
+            f[j + 4] = x.m2
+
+    def put_acc(self, a: Acc) -> None:
+        stats = cast(AccN, a).stats
+        n, f = self.n, self.f
+        for i in range(len(stats)):
+            x = stats[i]
+            x.n = n[i]
+            j = 5 * i
+            x.total = f[j]
+            x.lo = f[j + 1]
+            x.hi = f[j + 2]
+            x.mean = f[j + 3]
+            x.m2 = f[j + 4]
+
+    def count(self, i: int) -> int:
+        return self.n[i]
+
+    def put(self, i: int, r: Stat) -> None:
+        f, j = self.f, 5 * i
+        r.set_fields(self.n[i], f[j], f[j + 1], f[j + 2], f[j + 3], f[j + 4], 0, 0, 0, 0.0, 0, 0, 0, 0.0)
 '''
 
 FOOTER = '''
@@ -176,6 +285,11 @@ def acc_from_json(flat: list[Any]) -> Acc:
     acc = acc_empty(len(flat) // FIELDS)
     acc.load(flat)
     return acc
+
+
+def part_empty(metrics: int) -> Part:
+    """A new front stack entry for ``metrics`` metrics (its values to be set by :meth:`Part.take`)."""
+{pdispatch}    return PartN(metrics)
 '''
 
 
@@ -227,6 +341,43 @@ if t < ft or (t == ft and (b < self.fb@ or (b == self.fb@ and s < self.fs@))):
     self.fs@ = s
     self.fv@ = v
 else:
+    lt = self.lt@
+    if t > lt or (t == lt and (b > self.lb@ or (b == self.lb@ and s > self.ls@))):
+        self.lt@ = t
+        self.lb@ = b
+        self.ls@ = s
+        self.lv@ = v
+"""
+
+# MERGE below with the source the accumulator of one reading (``add``: n 1, sum, min, max and mean v, M2 0.0, first
+# and last the reading), written out: the same operations on the same values.
+MERGE_ONE = """
+na = self.n@
+if not na:
+    self.n@ = 1
+    self.total@ = self.lo@ = self.hi@ = self.mean@ = self.fv@ = self.lv@ = v
+    self.m2@ = 0.0
+    self.ft@ = self.lt@ = t
+    self.fb@ = self.lb@ = b
+    self.fs@ = self.ls@ = s
+else:
+    nb = 1
+    n = na + nb
+    self.n@ = n
+    self.total@ += v
+    if v < self.lo@:
+        self.lo@ = v
+    if v > self.hi@:
+        self.hi@ = v
+    d = v - self.mean@
+    self.mean@ += d * nb / n
+    self.m2@ += 0.0 + d * d * na * nb / n
+    ft = self.ft@
+    if t < ft or (t == ft and (b < self.fb@ or (b == self.fb@ and s < self.fs@))):
+        self.ft@ = t
+        self.fb@ = b
+        self.fs@ = s
+        self.fv@ = v
     lt = self.lt@
     if t > lt or (t == lt and (b > self.lb@ or (b == self.lb@ and s > self.ls@))):
         self.lt@ = t
@@ -354,6 +505,15 @@ def gen_class(k: int) -> str:
     for i in range(k):
         lines.extend(_merge("self", f"_{i}", "x", f"_{i}", 8))
     lines.append("")
+    lines.append(
+        "    def merge_reading(self, mask: int, v0: float, v1: float, v2: float, v3: float, t: int, b: int, s: int)"
+        " -> None:"
+    )
+    for i in range(k):
+        lines.append(f"        if mask & {1 << i}:")
+        lines.append(f"            v{': float' if i == 0 else ''} = v{i}")
+        lines.extend(_sub(MERGE_ONE, i, 12))
+    lines.append("")
     lines.append("    def count(self, i: int) -> int:")
     if k == 1:
         lines.append("        return self.n_0")
@@ -363,6 +523,11 @@ def gen_class(k: int) -> str:
         lines.append("")
         lines.append(f"    def {meth}(self, i: int, r: Stat) -> None:")
         lines.extend(_by_metric(k, [_fields_call(call, i) for i in range(k)]))
+    for meth, pre in (("put_first", "f"), ("put_last", "l")):
+        lines.append("")
+        lines.append(f"    def {meth}(self, i: int, r: Stat) -> None:")
+        body = [[f"            r.{pre}{x} = self.{pre}{x}_{i}" for x in "tbsv"] for i in range(k)]
+        lines.extend(_by_metric(k, body))
     lines.append("")
     lines.append("    def to_json(self) -> list[Any]:")
     lines.append("        return [")
@@ -395,12 +560,82 @@ def gen_class(k: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+PART_FIELDS = ("n", "total", "lo", "hi", "mean", "m2")
+
+
+def gen_part(k: int) -> str:
+    name = f"Part{k}"
+    slots = sorted(f"{f}_{i}" for i in range(k) for f in PART_FIELDS)
+    lines = ["", "", "@mypyc_attr(acyclic=True)", f"class {name}(Part):"]
+    lines.append(f'    """{k} metric{"s" if k > 1 else ""} in one object."""')
+    lines.append("")
+    lines.append("    __slots__ = (")
+    lines.extend(f'        "{s}",' for s in slots)
+    lines.append("    )")
+    lines.append("")
+    for i in range(k):
+        for f in PART_FIELDS:
+            lines.append(f"    {f}_{i}: {'int' if f in INTS else 'float'}")
+    lines.append("")
+    lines.append("    def __init__(self) -> None:")
+    lines.append("        self.start = 0")
+    for i in range(k):
+        lines.append(f"        self.n_{i} = 0")
+        lines.append(f"        self.total_{i} = self.lo_{i} = self.hi_{i} = self.mean_{i} = self.m2_{i} = 0.0")
+    lines.append("")
+    lines.append("    def take(self, a: Acc) -> None:")
+    lines.append(f"        x = cast(Acc{k}, a)")
+    for i in range(k):
+        lines.extend(f"        self.{f}_{i} = x.{f}_{i}" for f in PART_FIELDS)
+    lines.append("")
+    lines.append("    def put_acc(self, a: Acc) -> None:")
+    lines.append(f"        x = cast(Acc{k}, a)")
+    for i in range(k):
+        lines.extend(f"        x.{f}_{i} = self.{f}_{i}" for f in PART_FIELDS)
+    lines.append("")
+    lines.append("    def count(self, i: int) -> int:")
+    if k == 1:
+        lines.append("        return self.n_0")
+    else:
+        lines.extend(_by_metric(k, [[f"            return self.n_{i}"] for i in range(k)]))
+    lines.append("")
+    lines.append("    def put(self, i: int, r: Stat) -> None:")
+    body = [
+        [
+            "            r.set_fields(",
+            *[f"                self.{f}_{i}," for f in PART_FIELDS],
+            "                0,",
+            "                0,",
+            "                0,",
+            "                0.0,",
+            "                0,",
+            "                0,",
+            "                0,",
+            "                0.0,",
+            "            )",
+        ]
+        for i in range(k)
+    ]
+    lines.extend(_by_metric(k, body))
+    return "\n".join(lines) + "\n"
+
+
 def generate() -> str:
-    names = ", ".join(f'"Acc{k}"' for k in range(1, MAX + 1))
-    parts = [HEADER.replace("{names}", names)]
+    exported = ["Acc", *[f"Acc{k}" for k in range(1, MAX + 1)], "AccN", "Part"]
+    exported += [
+        *[f"Part{k}" for k in range(1, MAX + 1)],
+        "PartN",
+        "Values",
+        "acc_empty",
+        "acc_from_json",
+        "part_empty",
+    ]
+    parts = [HEADER.replace("{all}", "".join(f'    "{x}",\n' for x in exported))]
     parts.extend(gen_class(k) for k in range(1, MAX + 1))
+    parts.extend(gen_part(k) for k in range(1, MAX + 1))
     dispatch = "".join(f"    if metrics == {k}:\n        return Acc{k}()\n" for k in range(1, MAX + 1))
-    parts.append(FOOTER.replace("{dispatch}", dispatch))
+    pdispatch = "".join(f"    if metrics == {k}:\n        return Part{k}()\n" for k in range(1, MAX + 1))
+    parts.append(FOOTER.replace("{dispatch}", dispatch).replace("{pdispatch}", pdispatch))
     return "".join(parts)
 
 

@@ -17,7 +17,24 @@ from mypy_extensions import mypyc_attr
 
 from .aggregates import FIELDS, Stat, order_key, order_parts
 
-__all__ = ["Acc", "Acc1", "Acc2", "Acc3", "Acc4", "AccN", "Values", "acc_empty", "acc_from_json"]
+__all__ = [
+    "Acc",
+    "Acc1",
+    "Acc2",
+    "Acc3",
+    "Acc4",
+    "AccN",
+    "Part",
+    "Part1",
+    "Part2",
+    "Part3",
+    "Part4",
+    "PartN",
+    "Values",
+    "acc_empty",
+    "acc_from_json",
+    "part_empty",
+]
 
 Values = list[float | None]
 """One reading's values for a window, one per metric of the window in its order (``None``: no value)."""
@@ -55,6 +72,11 @@ class Acc:
         """Merge ``o`` (of the same width) into this one; ``o`` is not changed."""
         raise NotImplementedError
 
+    def merge_reading(self, mask: int, v0: float, v1: float, v2: float, v3: float, t: int, b: int, s: int) -> None:
+        """Merge in the accumulator that one ``add`` of a reading makes (up to four metrics: metric ``i``'s value
+        ``v<i>`` where bit ``i`` of ``mask`` is set), as :meth:`merge_from` of it would, to the bit."""
+        raise NotImplementedError
+
     def count(self, i: int) -> int:
         """How many values metric ``i`` has."""
         raise NotImplementedError
@@ -65,6 +87,14 @@ class Acc:
 
     def merge_put(self, i: int, r: Stat) -> None:
         """Merge metric ``i`` into ``r`` (``Stat.merge_from``)."""
+        raise NotImplementedError
+
+    def put_first(self, i: int, r: Stat) -> None:
+        """``r``'s first reading (``ft, fb, fs, fv``) becomes metric ``i``'s."""
+        raise NotImplementedError
+
+    def put_last(self, i: int, r: Stat) -> None:
+        """``r``'s last reading (``lt, lb, ls, lv``) becomes metric ``i``'s."""
         raise NotImplementedError
 
     def to_json(self) -> list[Any]:
@@ -114,6 +144,15 @@ class AccN(Acc):
         for i in range(len(mine)):
             mine[i].merge_from(theirs[i])
 
+    def merge_reading(self, mask: int, v0: float, v1: float, v2: float, v3: float, t: int, b: int, s: int) -> None:
+        vs = (v0, v1, v2, v3)
+        stats = self.stats
+        for i in range(4):
+            if mask & (1 << i):
+                one = Stat()
+                one.add(vs[i], t, b, s)
+                stats[i].merge_from(one)
+
     def count(self, i: int) -> int:
         return self.stats[i].n
 
@@ -123,6 +162,20 @@ class AccN(Acc):
     def merge_put(self, i: int, r: Stat) -> None:
         r.merge_from(self.stats[i])
 
+    def put_first(self, i: int, r: Stat) -> None:
+        x = self.stats[i]
+        r.ft = x.ft
+        r.fb = x.fb
+        r.fs = x.fs
+        r.fv = x.fv
+
+    def put_last(self, i: int, r: Stat) -> None:
+        x = self.stats[i]
+        r.lt = x.lt
+        r.lb = x.lb
+        r.ls = x.ls
+        r.lv = x.lv
+
     def to_json(self) -> list[Any]:
         flat: list[Any] = []
         for x in self.stats:
@@ -131,6 +184,78 @@ class AccN(Acc):
 
     def load(self, x: list[Any]) -> None:
         self.stats = tuple([Stat.from_json(x, i) for i in range(0, len(x), FIELDS)])
+
+
+@mypyc_attr(acyclic=True)
+class Part:
+    """What a sliding window's front stack entry keeps of an accumulator: per metric the count, sum, min, max
+    and Welford's mean and M2, not the first and last readings (the operator reads those from the panes:
+    see ``SlidingOperator``). ``start`` is the start of the entry's pane."""
+
+    __slots__ = ("start",)
+
+    start: int
+
+    def take(self, a: Acc) -> None:
+        """Become what this keeps of ``a`` (of the same width)."""
+        raise NotImplementedError
+
+    def put_acc(self, a: Acc) -> None:
+        """The inverse of :meth:`take`: ``a``'s fields that this keeps become this one's (the others stay)."""
+        raise NotImplementedError
+
+    def count(self, i: int) -> int:
+        """How many values metric ``i`` has."""
+        raise NotImplementedError
+
+    def put(self, i: int, r: Stat) -> None:
+        """``r`` becomes metric ``i`` with no first and last reading (zeros, as a cleared ``Stat``)."""
+        raise NotImplementedError
+
+
+@mypyc_attr(acyclic=True)
+class PartN(Part):
+    """Any number of metrics: a count and five floats each, in two lists."""
+
+    __slots__ = ("f", "n")
+
+    def __init__(self, metrics: int) -> None:
+        self.start = 0
+        self.n = [0] * metrics
+        self.f = [0.0] * (5 * metrics)
+
+    def take(self, a: Acc) -> None:
+        stats = cast(AccN, a).stats
+        n, f = self.n, self.f
+        for i in range(len(stats)):
+            x = stats[i]
+            n[i] = x.n
+            j = 5 * i
+            f[j] = x.total
+            f[j + 1] = x.lo
+            f[j + 2] = x.hi
+            f[j + 3] = x.mean
+            f[j + 4] = x.m2
+
+    def put_acc(self, a: Acc) -> None:
+        stats = cast(AccN, a).stats
+        n, f = self.n, self.f
+        for i in range(len(stats)):
+            x = stats[i]
+            x.n = n[i]
+            j = 5 * i
+            x.total = f[j]
+            x.lo = f[j + 1]
+            x.hi = f[j + 2]
+            x.mean = f[j + 3]
+            x.m2 = f[j + 4]
+
+    def count(self, i: int) -> int:
+        return self.n[i]
+
+    def put(self, i: int, r: Stat) -> None:
+        f, j = self.f, 5 * i
+        r.set_fields(self.n[i], f[j], f[j + 1], f[j + 2], f[j + 3], f[j + 4], 0, 0, 0, 0.0, 0, 0, 0, 0.0)
 
 
 @mypyc_attr(acyclic=True)
@@ -315,6 +440,42 @@ class Acc1(Acc):
                     self.ls_0 = s
                     self.lv_0 = x.lv_0
 
+    def merge_reading(self, mask: int, v0: float, v1: float, v2: float, v3: float, t: int, b: int, s: int) -> None:
+        if mask & 1:
+            v: float = v0
+            na = self.n_0
+            if not na:
+                self.n_0 = 1
+                self.total_0 = self.lo_0 = self.hi_0 = self.mean_0 = self.fv_0 = self.lv_0 = v
+                self.m2_0 = 0.0
+                self.ft_0 = self.lt_0 = t
+                self.fb_0 = self.lb_0 = b
+                self.fs_0 = self.ls_0 = s
+            else:
+                nb = 1
+                n = na + nb
+                self.n_0 = n
+                self.total_0 += v
+                if v < self.lo_0:
+                    self.lo_0 = v
+                if v > self.hi_0:
+                    self.hi_0 = v
+                d = v - self.mean_0
+                self.mean_0 += d * nb / n
+                self.m2_0 += 0.0 + d * d * na * nb / n
+                ft = self.ft_0
+                if t < ft or (t == ft and (b < self.fb_0 or (b == self.fb_0 and s < self.fs_0))):
+                    self.ft_0 = t
+                    self.fb_0 = b
+                    self.fs_0 = s
+                    self.fv_0 = v
+                lt = self.lt_0
+                if t > lt or (t == lt and (b > self.lb_0 or (b == self.lb_0 and s > self.ls_0))):
+                    self.lt_0 = t
+                    self.lb_0 = b
+                    self.ls_0 = s
+                    self.lv_0 = v
+
     def count(self, i: int) -> int:
         return self.n_0
 
@@ -353,6 +514,18 @@ class Acc1(Acc):
             self.ls_0,
             self.lv_0,
         )
+
+    def put_first(self, i: int, r: Stat) -> None:
+        r.ft = self.ft_0
+        r.fb = self.fb_0
+        r.fs = self.fs_0
+        r.fv = self.fv_0
+
+    def put_last(self, i: int, r: Stat) -> None:
+        r.lt = self.lt_0
+        r.lb = self.lb_0
+        r.ls = self.ls_0
+        r.lv = self.lv_0
 
     def to_json(self) -> list[Any]:
         return [
@@ -722,6 +895,76 @@ class Acc2(Acc):
                     self.ls_1 = s
                     self.lv_1 = x.lv_1
 
+    def merge_reading(self, mask: int, v0: float, v1: float, v2: float, v3: float, t: int, b: int, s: int) -> None:
+        if mask & 1:
+            v: float = v0
+            na = self.n_0
+            if not na:
+                self.n_0 = 1
+                self.total_0 = self.lo_0 = self.hi_0 = self.mean_0 = self.fv_0 = self.lv_0 = v
+                self.m2_0 = 0.0
+                self.ft_0 = self.lt_0 = t
+                self.fb_0 = self.lb_0 = b
+                self.fs_0 = self.ls_0 = s
+            else:
+                nb = 1
+                n = na + nb
+                self.n_0 = n
+                self.total_0 += v
+                if v < self.lo_0:
+                    self.lo_0 = v
+                if v > self.hi_0:
+                    self.hi_0 = v
+                d = v - self.mean_0
+                self.mean_0 += d * nb / n
+                self.m2_0 += 0.0 + d * d * na * nb / n
+                ft = self.ft_0
+                if t < ft or (t == ft and (b < self.fb_0 or (b == self.fb_0 and s < self.fs_0))):
+                    self.ft_0 = t
+                    self.fb_0 = b
+                    self.fs_0 = s
+                    self.fv_0 = v
+                lt = self.lt_0
+                if t > lt or (t == lt and (b > self.lb_0 or (b == self.lb_0 and s > self.ls_0))):
+                    self.lt_0 = t
+                    self.lb_0 = b
+                    self.ls_0 = s
+                    self.lv_0 = v
+        if mask & 2:
+            v = v1
+            na = self.n_1
+            if not na:
+                self.n_1 = 1
+                self.total_1 = self.lo_1 = self.hi_1 = self.mean_1 = self.fv_1 = self.lv_1 = v
+                self.m2_1 = 0.0
+                self.ft_1 = self.lt_1 = t
+                self.fb_1 = self.lb_1 = b
+                self.fs_1 = self.ls_1 = s
+            else:
+                nb = 1
+                n = na + nb
+                self.n_1 = n
+                self.total_1 += v
+                if v < self.lo_1:
+                    self.lo_1 = v
+                if v > self.hi_1:
+                    self.hi_1 = v
+                d = v - self.mean_1
+                self.mean_1 += d * nb / n
+                self.m2_1 += 0.0 + d * d * na * nb / n
+                ft = self.ft_1
+                if t < ft or (t == ft and (b < self.fb_1 or (b == self.fb_1 and s < self.fs_1))):
+                    self.ft_1 = t
+                    self.fb_1 = b
+                    self.fs_1 = s
+                    self.fv_1 = v
+                lt = self.lt_1
+                if t > lt or (t == lt and (b > self.lb_1 or (b == self.lb_1 and s > self.ls_1))):
+                    self.lt_1 = t
+                    self.lb_1 = b
+                    self.ls_1 = s
+                    self.lv_1 = v
+
     def count(self, i: int) -> int:
         if i == 0:
             return self.n_0
@@ -799,6 +1042,30 @@ class Acc2(Acc):
                 self.ls_1,
                 self.lv_1,
             )
+
+    def put_first(self, i: int, r: Stat) -> None:
+        if i == 0:
+            r.ft = self.ft_0
+            r.fb = self.fb_0
+            r.fs = self.fs_0
+            r.fv = self.fv_0
+        else:
+            r.ft = self.ft_1
+            r.fb = self.fb_1
+            r.fs = self.fs_1
+            r.fv = self.fv_1
+
+    def put_last(self, i: int, r: Stat) -> None:
+        if i == 0:
+            r.lt = self.lt_0
+            r.lb = self.lb_0
+            r.ls = self.ls_0
+            r.lv = self.lv_0
+        else:
+            r.lt = self.lt_1
+            r.lb = self.lb_1
+            r.ls = self.ls_1
+            r.lv = self.lv_1
 
     def to_json(self) -> list[Any]:
         return [
@@ -1347,6 +1614,110 @@ class Acc3(Acc):
                     self.ls_2 = s
                     self.lv_2 = x.lv_2
 
+    def merge_reading(self, mask: int, v0: float, v1: float, v2: float, v3: float, t: int, b: int, s: int) -> None:
+        if mask & 1:
+            v: float = v0
+            na = self.n_0
+            if not na:
+                self.n_0 = 1
+                self.total_0 = self.lo_0 = self.hi_0 = self.mean_0 = self.fv_0 = self.lv_0 = v
+                self.m2_0 = 0.0
+                self.ft_0 = self.lt_0 = t
+                self.fb_0 = self.lb_0 = b
+                self.fs_0 = self.ls_0 = s
+            else:
+                nb = 1
+                n = na + nb
+                self.n_0 = n
+                self.total_0 += v
+                if v < self.lo_0:
+                    self.lo_0 = v
+                if v > self.hi_0:
+                    self.hi_0 = v
+                d = v - self.mean_0
+                self.mean_0 += d * nb / n
+                self.m2_0 += 0.0 + d * d * na * nb / n
+                ft = self.ft_0
+                if t < ft or (t == ft and (b < self.fb_0 or (b == self.fb_0 and s < self.fs_0))):
+                    self.ft_0 = t
+                    self.fb_0 = b
+                    self.fs_0 = s
+                    self.fv_0 = v
+                lt = self.lt_0
+                if t > lt or (t == lt and (b > self.lb_0 or (b == self.lb_0 and s > self.ls_0))):
+                    self.lt_0 = t
+                    self.lb_0 = b
+                    self.ls_0 = s
+                    self.lv_0 = v
+        if mask & 2:
+            v = v1
+            na = self.n_1
+            if not na:
+                self.n_1 = 1
+                self.total_1 = self.lo_1 = self.hi_1 = self.mean_1 = self.fv_1 = self.lv_1 = v
+                self.m2_1 = 0.0
+                self.ft_1 = self.lt_1 = t
+                self.fb_1 = self.lb_1 = b
+                self.fs_1 = self.ls_1 = s
+            else:
+                nb = 1
+                n = na + nb
+                self.n_1 = n
+                self.total_1 += v
+                if v < self.lo_1:
+                    self.lo_1 = v
+                if v > self.hi_1:
+                    self.hi_1 = v
+                d = v - self.mean_1
+                self.mean_1 += d * nb / n
+                self.m2_1 += 0.0 + d * d * na * nb / n
+                ft = self.ft_1
+                if t < ft or (t == ft and (b < self.fb_1 or (b == self.fb_1 and s < self.fs_1))):
+                    self.ft_1 = t
+                    self.fb_1 = b
+                    self.fs_1 = s
+                    self.fv_1 = v
+                lt = self.lt_1
+                if t > lt or (t == lt and (b > self.lb_1 or (b == self.lb_1 and s > self.ls_1))):
+                    self.lt_1 = t
+                    self.lb_1 = b
+                    self.ls_1 = s
+                    self.lv_1 = v
+        if mask & 4:
+            v = v2
+            na = self.n_2
+            if not na:
+                self.n_2 = 1
+                self.total_2 = self.lo_2 = self.hi_2 = self.mean_2 = self.fv_2 = self.lv_2 = v
+                self.m2_2 = 0.0
+                self.ft_2 = self.lt_2 = t
+                self.fb_2 = self.lb_2 = b
+                self.fs_2 = self.ls_2 = s
+            else:
+                nb = 1
+                n = na + nb
+                self.n_2 = n
+                self.total_2 += v
+                if v < self.lo_2:
+                    self.lo_2 = v
+                if v > self.hi_2:
+                    self.hi_2 = v
+                d = v - self.mean_2
+                self.mean_2 += d * nb / n
+                self.m2_2 += 0.0 + d * d * na * nb / n
+                ft = self.ft_2
+                if t < ft or (t == ft and (b < self.fb_2 or (b == self.fb_2 and s < self.fs_2))):
+                    self.ft_2 = t
+                    self.fb_2 = b
+                    self.fs_2 = s
+                    self.fv_2 = v
+                lt = self.lt_2
+                if t > lt or (t == lt and (b > self.lb_2 or (b == self.lb_2 and s > self.ls_2))):
+                    self.lt_2 = t
+                    self.lb_2 = b
+                    self.ls_2 = s
+                    self.lv_2 = v
+
     def count(self, i: int) -> int:
         if i == 0:
             return self.n_0
@@ -1460,6 +1831,40 @@ class Acc3(Acc):
                 self.ls_2,
                 self.lv_2,
             )
+
+    def put_first(self, i: int, r: Stat) -> None:
+        if i == 0:
+            r.ft = self.ft_0
+            r.fb = self.fb_0
+            r.fs = self.fs_0
+            r.fv = self.fv_0
+        elif i == 1:
+            r.ft = self.ft_1
+            r.fb = self.fb_1
+            r.fs = self.fs_1
+            r.fv = self.fv_1
+        else:
+            r.ft = self.ft_2
+            r.fb = self.fb_2
+            r.fs = self.fs_2
+            r.fv = self.fv_2
+
+    def put_last(self, i: int, r: Stat) -> None:
+        if i == 0:
+            r.lt = self.lt_0
+            r.lb = self.lb_0
+            r.ls = self.ls_0
+            r.lv = self.lv_0
+        elif i == 1:
+            r.lt = self.lt_1
+            r.lb = self.lb_1
+            r.ls = self.ls_1
+            r.lv = self.lv_1
+        else:
+            r.lt = self.lt_2
+            r.lb = self.lb_2
+            r.ls = self.ls_2
+            r.lv = self.lv_2
 
     def to_json(self) -> list[Any]:
         return [
@@ -2187,6 +2592,144 @@ class Acc4(Acc):
                     self.ls_3 = s
                     self.lv_3 = x.lv_3
 
+    def merge_reading(self, mask: int, v0: float, v1: float, v2: float, v3: float, t: int, b: int, s: int) -> None:
+        if mask & 1:
+            v: float = v0
+            na = self.n_0
+            if not na:
+                self.n_0 = 1
+                self.total_0 = self.lo_0 = self.hi_0 = self.mean_0 = self.fv_0 = self.lv_0 = v
+                self.m2_0 = 0.0
+                self.ft_0 = self.lt_0 = t
+                self.fb_0 = self.lb_0 = b
+                self.fs_0 = self.ls_0 = s
+            else:
+                nb = 1
+                n = na + nb
+                self.n_0 = n
+                self.total_0 += v
+                if v < self.lo_0:
+                    self.lo_0 = v
+                if v > self.hi_0:
+                    self.hi_0 = v
+                d = v - self.mean_0
+                self.mean_0 += d * nb / n
+                self.m2_0 += 0.0 + d * d * na * nb / n
+                ft = self.ft_0
+                if t < ft or (t == ft and (b < self.fb_0 or (b == self.fb_0 and s < self.fs_0))):
+                    self.ft_0 = t
+                    self.fb_0 = b
+                    self.fs_0 = s
+                    self.fv_0 = v
+                lt = self.lt_0
+                if t > lt or (t == lt and (b > self.lb_0 or (b == self.lb_0 and s > self.ls_0))):
+                    self.lt_0 = t
+                    self.lb_0 = b
+                    self.ls_0 = s
+                    self.lv_0 = v
+        if mask & 2:
+            v = v1
+            na = self.n_1
+            if not na:
+                self.n_1 = 1
+                self.total_1 = self.lo_1 = self.hi_1 = self.mean_1 = self.fv_1 = self.lv_1 = v
+                self.m2_1 = 0.0
+                self.ft_1 = self.lt_1 = t
+                self.fb_1 = self.lb_1 = b
+                self.fs_1 = self.ls_1 = s
+            else:
+                nb = 1
+                n = na + nb
+                self.n_1 = n
+                self.total_1 += v
+                if v < self.lo_1:
+                    self.lo_1 = v
+                if v > self.hi_1:
+                    self.hi_1 = v
+                d = v - self.mean_1
+                self.mean_1 += d * nb / n
+                self.m2_1 += 0.0 + d * d * na * nb / n
+                ft = self.ft_1
+                if t < ft or (t == ft and (b < self.fb_1 or (b == self.fb_1 and s < self.fs_1))):
+                    self.ft_1 = t
+                    self.fb_1 = b
+                    self.fs_1 = s
+                    self.fv_1 = v
+                lt = self.lt_1
+                if t > lt or (t == lt and (b > self.lb_1 or (b == self.lb_1 and s > self.ls_1))):
+                    self.lt_1 = t
+                    self.lb_1 = b
+                    self.ls_1 = s
+                    self.lv_1 = v
+        if mask & 4:
+            v = v2
+            na = self.n_2
+            if not na:
+                self.n_2 = 1
+                self.total_2 = self.lo_2 = self.hi_2 = self.mean_2 = self.fv_2 = self.lv_2 = v
+                self.m2_2 = 0.0
+                self.ft_2 = self.lt_2 = t
+                self.fb_2 = self.lb_2 = b
+                self.fs_2 = self.ls_2 = s
+            else:
+                nb = 1
+                n = na + nb
+                self.n_2 = n
+                self.total_2 += v
+                if v < self.lo_2:
+                    self.lo_2 = v
+                if v > self.hi_2:
+                    self.hi_2 = v
+                d = v - self.mean_2
+                self.mean_2 += d * nb / n
+                self.m2_2 += 0.0 + d * d * na * nb / n
+                ft = self.ft_2
+                if t < ft or (t == ft and (b < self.fb_2 or (b == self.fb_2 and s < self.fs_2))):
+                    self.ft_2 = t
+                    self.fb_2 = b
+                    self.fs_2 = s
+                    self.fv_2 = v
+                lt = self.lt_2
+                if t > lt or (t == lt and (b > self.lb_2 or (b == self.lb_2 and s > self.ls_2))):
+                    self.lt_2 = t
+                    self.lb_2 = b
+                    self.ls_2 = s
+                    self.lv_2 = v
+        if mask & 8:
+            v = v3
+            na = self.n_3
+            if not na:
+                self.n_3 = 1
+                self.total_3 = self.lo_3 = self.hi_3 = self.mean_3 = self.fv_3 = self.lv_3 = v
+                self.m2_3 = 0.0
+                self.ft_3 = self.lt_3 = t
+                self.fb_3 = self.lb_3 = b
+                self.fs_3 = self.ls_3 = s
+            else:
+                nb = 1
+                n = na + nb
+                self.n_3 = n
+                self.total_3 += v
+                if v < self.lo_3:
+                    self.lo_3 = v
+                if v > self.hi_3:
+                    self.hi_3 = v
+                d = v - self.mean_3
+                self.mean_3 += d * nb / n
+                self.m2_3 += 0.0 + d * d * na * nb / n
+                ft = self.ft_3
+                if t < ft or (t == ft and (b < self.fb_3 or (b == self.fb_3 and s < self.fs_3))):
+                    self.ft_3 = t
+                    self.fb_3 = b
+                    self.fs_3 = s
+                    self.fv_3 = v
+                lt = self.lt_3
+                if t > lt or (t == lt and (b > self.lb_3 or (b == self.lb_3 and s > self.ls_3))):
+                    self.lt_3 = t
+                    self.lb_3 = b
+                    self.ls_3 = s
+                    self.lv_3 = v
+
     def count(self, i: int) -> int:
         if i == 0:
             return self.n_0
@@ -2337,6 +2880,50 @@ class Acc4(Acc):
                 self.lv_3,
             )
 
+    def put_first(self, i: int, r: Stat) -> None:
+        if i == 0:
+            r.ft = self.ft_0
+            r.fb = self.fb_0
+            r.fs = self.fs_0
+            r.fv = self.fv_0
+        elif i == 1:
+            r.ft = self.ft_1
+            r.fb = self.fb_1
+            r.fs = self.fs_1
+            r.fv = self.fv_1
+        elif i == 2:
+            r.ft = self.ft_2
+            r.fb = self.fb_2
+            r.fs = self.fs_2
+            r.fv = self.fv_2
+        else:
+            r.ft = self.ft_3
+            r.fb = self.fb_3
+            r.fs = self.fs_3
+            r.fv = self.fv_3
+
+    def put_last(self, i: int, r: Stat) -> None:
+        if i == 0:
+            r.lt = self.lt_0
+            r.lb = self.lb_0
+            r.ls = self.ls_0
+            r.lv = self.lv_0
+        elif i == 1:
+            r.lt = self.lt_1
+            r.lb = self.lb_1
+            r.ls = self.ls_1
+            r.lv = self.lv_1
+        elif i == 2:
+            r.lt = self.lt_2
+            r.lb = self.lb_2
+            r.ls = self.ls_2
+            r.lv = self.lv_2
+        else:
+            r.lt = self.lt_3
+            r.lb = self.lb_3
+            r.ls = self.ls_3
+            r.lv = self.lv_3
+
     def to_json(self) -> list[Any]:
         return [
             self.n_0,
@@ -2424,6 +3011,542 @@ class Acc4(Acc):
         self.lv_3 = float(x[39])
 
 
+@mypyc_attr(acyclic=True)
+class Part1(Part):
+    """1 metric in one object."""
+
+    __slots__ = (
+        "hi_0",
+        "lo_0",
+        "m2_0",
+        "mean_0",
+        "n_0",
+        "total_0",
+    )
+
+    n_0: int
+    total_0: float
+    lo_0: float
+    hi_0: float
+    mean_0: float
+    m2_0: float
+
+    def __init__(self) -> None:
+        self.start = 0
+        self.n_0 = 0
+        self.total_0 = self.lo_0 = self.hi_0 = self.mean_0 = self.m2_0 = 0.0
+
+    def take(self, a: Acc) -> None:
+        x = cast(Acc1, a)
+        self.n_0 = x.n_0
+        self.total_0 = x.total_0
+        self.lo_0 = x.lo_0
+        self.hi_0 = x.hi_0
+        self.mean_0 = x.mean_0
+        self.m2_0 = x.m2_0
+
+    def put_acc(self, a: Acc) -> None:
+        x = cast(Acc1, a)
+        x.n_0 = self.n_0
+        x.total_0 = self.total_0
+        x.lo_0 = self.lo_0
+        x.hi_0 = self.hi_0
+        x.mean_0 = self.mean_0
+        x.m2_0 = self.m2_0
+
+    def count(self, i: int) -> int:
+        return self.n_0
+
+    def put(self, i: int, r: Stat) -> None:
+        r.set_fields(
+            self.n_0,
+            self.total_0,
+            self.lo_0,
+            self.hi_0,
+            self.mean_0,
+            self.m2_0,
+            0,
+            0,
+            0,
+            0.0,
+            0,
+            0,
+            0,
+            0.0,
+        )
+
+
+@mypyc_attr(acyclic=True)
+class Part2(Part):
+    """2 metrics in one object."""
+
+    __slots__ = (
+        "hi_0",
+        "hi_1",
+        "lo_0",
+        "lo_1",
+        "m2_0",
+        "m2_1",
+        "mean_0",
+        "mean_1",
+        "n_0",
+        "n_1",
+        "total_0",
+        "total_1",
+    )
+
+    n_0: int
+    total_0: float
+    lo_0: float
+    hi_0: float
+    mean_0: float
+    m2_0: float
+    n_1: int
+    total_1: float
+    lo_1: float
+    hi_1: float
+    mean_1: float
+    m2_1: float
+
+    def __init__(self) -> None:
+        self.start = 0
+        self.n_0 = 0
+        self.total_0 = self.lo_0 = self.hi_0 = self.mean_0 = self.m2_0 = 0.0
+        self.n_1 = 0
+        self.total_1 = self.lo_1 = self.hi_1 = self.mean_1 = self.m2_1 = 0.0
+
+    def take(self, a: Acc) -> None:
+        x = cast(Acc2, a)
+        self.n_0 = x.n_0
+        self.total_0 = x.total_0
+        self.lo_0 = x.lo_0
+        self.hi_0 = x.hi_0
+        self.mean_0 = x.mean_0
+        self.m2_0 = x.m2_0
+        self.n_1 = x.n_1
+        self.total_1 = x.total_1
+        self.lo_1 = x.lo_1
+        self.hi_1 = x.hi_1
+        self.mean_1 = x.mean_1
+        self.m2_1 = x.m2_1
+
+    def put_acc(self, a: Acc) -> None:
+        x = cast(Acc2, a)
+        x.n_0 = self.n_0
+        x.total_0 = self.total_0
+        x.lo_0 = self.lo_0
+        x.hi_0 = self.hi_0
+        x.mean_0 = self.mean_0
+        x.m2_0 = self.m2_0
+        x.n_1 = self.n_1
+        x.total_1 = self.total_1
+        x.lo_1 = self.lo_1
+        x.hi_1 = self.hi_1
+        x.mean_1 = self.mean_1
+        x.m2_1 = self.m2_1
+
+    def count(self, i: int) -> int:
+        if i == 0:
+            return self.n_0
+        else:
+            return self.n_1
+
+    def put(self, i: int, r: Stat) -> None:
+        if i == 0:
+            r.set_fields(
+                self.n_0,
+                self.total_0,
+                self.lo_0,
+                self.hi_0,
+                self.mean_0,
+                self.m2_0,
+                0,
+                0,
+                0,
+                0.0,
+                0,
+                0,
+                0,
+                0.0,
+            )
+        else:
+            r.set_fields(
+                self.n_1,
+                self.total_1,
+                self.lo_1,
+                self.hi_1,
+                self.mean_1,
+                self.m2_1,
+                0,
+                0,
+                0,
+                0.0,
+                0,
+                0,
+                0,
+                0.0,
+            )
+
+
+@mypyc_attr(acyclic=True)
+class Part3(Part):
+    """3 metrics in one object."""
+
+    __slots__ = (
+        "hi_0",
+        "hi_1",
+        "hi_2",
+        "lo_0",
+        "lo_1",
+        "lo_2",
+        "m2_0",
+        "m2_1",
+        "m2_2",
+        "mean_0",
+        "mean_1",
+        "mean_2",
+        "n_0",
+        "n_1",
+        "n_2",
+        "total_0",
+        "total_1",
+        "total_2",
+    )
+
+    n_0: int
+    total_0: float
+    lo_0: float
+    hi_0: float
+    mean_0: float
+    m2_0: float
+    n_1: int
+    total_1: float
+    lo_1: float
+    hi_1: float
+    mean_1: float
+    m2_1: float
+    n_2: int
+    total_2: float
+    lo_2: float
+    hi_2: float
+    mean_2: float
+    m2_2: float
+
+    def __init__(self) -> None:
+        self.start = 0
+        self.n_0 = 0
+        self.total_0 = self.lo_0 = self.hi_0 = self.mean_0 = self.m2_0 = 0.0
+        self.n_1 = 0
+        self.total_1 = self.lo_1 = self.hi_1 = self.mean_1 = self.m2_1 = 0.0
+        self.n_2 = 0
+        self.total_2 = self.lo_2 = self.hi_2 = self.mean_2 = self.m2_2 = 0.0
+
+    def take(self, a: Acc) -> None:
+        x = cast(Acc3, a)
+        self.n_0 = x.n_0
+        self.total_0 = x.total_0
+        self.lo_0 = x.lo_0
+        self.hi_0 = x.hi_0
+        self.mean_0 = x.mean_0
+        self.m2_0 = x.m2_0
+        self.n_1 = x.n_1
+        self.total_1 = x.total_1
+        self.lo_1 = x.lo_1
+        self.hi_1 = x.hi_1
+        self.mean_1 = x.mean_1
+        self.m2_1 = x.m2_1
+        self.n_2 = x.n_2
+        self.total_2 = x.total_2
+        self.lo_2 = x.lo_2
+        self.hi_2 = x.hi_2
+        self.mean_2 = x.mean_2
+        self.m2_2 = x.m2_2
+
+    def put_acc(self, a: Acc) -> None:
+        x = cast(Acc3, a)
+        x.n_0 = self.n_0
+        x.total_0 = self.total_0
+        x.lo_0 = self.lo_0
+        x.hi_0 = self.hi_0
+        x.mean_0 = self.mean_0
+        x.m2_0 = self.m2_0
+        x.n_1 = self.n_1
+        x.total_1 = self.total_1
+        x.lo_1 = self.lo_1
+        x.hi_1 = self.hi_1
+        x.mean_1 = self.mean_1
+        x.m2_1 = self.m2_1
+        x.n_2 = self.n_2
+        x.total_2 = self.total_2
+        x.lo_2 = self.lo_2
+        x.hi_2 = self.hi_2
+        x.mean_2 = self.mean_2
+        x.m2_2 = self.m2_2
+
+    def count(self, i: int) -> int:
+        if i == 0:
+            return self.n_0
+        elif i == 1:
+            return self.n_1
+        else:
+            return self.n_2
+
+    def put(self, i: int, r: Stat) -> None:
+        if i == 0:
+            r.set_fields(
+                self.n_0,
+                self.total_0,
+                self.lo_0,
+                self.hi_0,
+                self.mean_0,
+                self.m2_0,
+                0,
+                0,
+                0,
+                0.0,
+                0,
+                0,
+                0,
+                0.0,
+            )
+        elif i == 1:
+            r.set_fields(
+                self.n_1,
+                self.total_1,
+                self.lo_1,
+                self.hi_1,
+                self.mean_1,
+                self.m2_1,
+                0,
+                0,
+                0,
+                0.0,
+                0,
+                0,
+                0,
+                0.0,
+            )
+        else:
+            r.set_fields(
+                self.n_2,
+                self.total_2,
+                self.lo_2,
+                self.hi_2,
+                self.mean_2,
+                self.m2_2,
+                0,
+                0,
+                0,
+                0.0,
+                0,
+                0,
+                0,
+                0.0,
+            )
+
+
+@mypyc_attr(acyclic=True)
+class Part4(Part):
+    """4 metrics in one object."""
+
+    __slots__ = (
+        "hi_0",
+        "hi_1",
+        "hi_2",
+        "hi_3",
+        "lo_0",
+        "lo_1",
+        "lo_2",
+        "lo_3",
+        "m2_0",
+        "m2_1",
+        "m2_2",
+        "m2_3",
+        "mean_0",
+        "mean_1",
+        "mean_2",
+        "mean_3",
+        "n_0",
+        "n_1",
+        "n_2",
+        "n_3",
+        "total_0",
+        "total_1",
+        "total_2",
+        "total_3",
+    )
+
+    n_0: int
+    total_0: float
+    lo_0: float
+    hi_0: float
+    mean_0: float
+    m2_0: float
+    n_1: int
+    total_1: float
+    lo_1: float
+    hi_1: float
+    mean_1: float
+    m2_1: float
+    n_2: int
+    total_2: float
+    lo_2: float
+    hi_2: float
+    mean_2: float
+    m2_2: float
+    n_3: int
+    total_3: float
+    lo_3: float
+    hi_3: float
+    mean_3: float
+    m2_3: float
+
+    def __init__(self) -> None:
+        self.start = 0
+        self.n_0 = 0
+        self.total_0 = self.lo_0 = self.hi_0 = self.mean_0 = self.m2_0 = 0.0
+        self.n_1 = 0
+        self.total_1 = self.lo_1 = self.hi_1 = self.mean_1 = self.m2_1 = 0.0
+        self.n_2 = 0
+        self.total_2 = self.lo_2 = self.hi_2 = self.mean_2 = self.m2_2 = 0.0
+        self.n_3 = 0
+        self.total_3 = self.lo_3 = self.hi_3 = self.mean_3 = self.m2_3 = 0.0
+
+    def take(self, a: Acc) -> None:
+        x = cast(Acc4, a)
+        self.n_0 = x.n_0
+        self.total_0 = x.total_0
+        self.lo_0 = x.lo_0
+        self.hi_0 = x.hi_0
+        self.mean_0 = x.mean_0
+        self.m2_0 = x.m2_0
+        self.n_1 = x.n_1
+        self.total_1 = x.total_1
+        self.lo_1 = x.lo_1
+        self.hi_1 = x.hi_1
+        self.mean_1 = x.mean_1
+        self.m2_1 = x.m2_1
+        self.n_2 = x.n_2
+        self.total_2 = x.total_2
+        self.lo_2 = x.lo_2
+        self.hi_2 = x.hi_2
+        self.mean_2 = x.mean_2
+        self.m2_2 = x.m2_2
+        self.n_3 = x.n_3
+        self.total_3 = x.total_3
+        self.lo_3 = x.lo_3
+        self.hi_3 = x.hi_3
+        self.mean_3 = x.mean_3
+        self.m2_3 = x.m2_3
+
+    def put_acc(self, a: Acc) -> None:
+        x = cast(Acc4, a)
+        x.n_0 = self.n_0
+        x.total_0 = self.total_0
+        x.lo_0 = self.lo_0
+        x.hi_0 = self.hi_0
+        x.mean_0 = self.mean_0
+        x.m2_0 = self.m2_0
+        x.n_1 = self.n_1
+        x.total_1 = self.total_1
+        x.lo_1 = self.lo_1
+        x.hi_1 = self.hi_1
+        x.mean_1 = self.mean_1
+        x.m2_1 = self.m2_1
+        x.n_2 = self.n_2
+        x.total_2 = self.total_2
+        x.lo_2 = self.lo_2
+        x.hi_2 = self.hi_2
+        x.mean_2 = self.mean_2
+        x.m2_2 = self.m2_2
+        x.n_3 = self.n_3
+        x.total_3 = self.total_3
+        x.lo_3 = self.lo_3
+        x.hi_3 = self.hi_3
+        x.mean_3 = self.mean_3
+        x.m2_3 = self.m2_3
+
+    def count(self, i: int) -> int:
+        if i == 0:
+            return self.n_0
+        elif i == 1:
+            return self.n_1
+        elif i == 2:
+            return self.n_2
+        else:
+            return self.n_3
+
+    def put(self, i: int, r: Stat) -> None:
+        if i == 0:
+            r.set_fields(
+                self.n_0,
+                self.total_0,
+                self.lo_0,
+                self.hi_0,
+                self.mean_0,
+                self.m2_0,
+                0,
+                0,
+                0,
+                0.0,
+                0,
+                0,
+                0,
+                0.0,
+            )
+        elif i == 1:
+            r.set_fields(
+                self.n_1,
+                self.total_1,
+                self.lo_1,
+                self.hi_1,
+                self.mean_1,
+                self.m2_1,
+                0,
+                0,
+                0,
+                0.0,
+                0,
+                0,
+                0,
+                0.0,
+            )
+        elif i == 2:
+            r.set_fields(
+                self.n_2,
+                self.total_2,
+                self.lo_2,
+                self.hi_2,
+                self.mean_2,
+                self.m2_2,
+                0,
+                0,
+                0,
+                0.0,
+                0,
+                0,
+                0,
+                0.0,
+            )
+        else:
+            r.set_fields(
+                self.n_3,
+                self.total_3,
+                self.lo_3,
+                self.hi_3,
+                self.mean_3,
+                self.m2_3,
+                0,
+                0,
+                0,
+                0.0,
+                0,
+                0,
+                0,
+                0.0,
+            )
+
+
 def acc_empty(metrics: int) -> Acc:
     """A new accumulator for ``metrics`` metrics, every one without a value."""
     if metrics == 1:
@@ -2442,3 +3565,16 @@ def acc_from_json(flat: list[Any]) -> Acc:
     acc = acc_empty(len(flat) // FIELDS)
     acc.load(flat)
     return acc
+
+
+def part_empty(metrics: int) -> Part:
+    """A new front stack entry for ``metrics`` metrics (its values to be set by :meth:`Part.take`)."""
+    if metrics == 1:
+        return Part1()
+    if metrics == 2:
+        return Part2()
+    if metrics == 3:
+        return Part3()
+    if metrics == 4:
+        return Part4()
+    return PartN(metrics)

@@ -31,7 +31,8 @@ from typing import Any, Final, Protocol
 
 from mypy_extensions import mypyc_attr
 
-from .accs import Acc, Values, acc_empty, acc_from_json
+from .accs import Acc, Part, Values, acc_empty, acc_from_json, part_empty
+from .aggregates import FIELDS, Stat
 from .config import WindowSpec
 from .outputs import Fired, LateReading, Output, WindowResult
 from .windows import first_window_end_after, pane_size
@@ -63,23 +64,22 @@ class WmCell:
 
 @mypyc_attr(acyclic=True)
 class Single(Acc):
-    """A sliding window's pane that holds one reading (of up to four metrics): the reading itself, about a
-    quarter of the size of an accumulator. A pane of a board that reads once per pane - the common case of a
-    60 s/1 s window - stays one of these; a second reading turns it into an accumulator. As a source (merged,
-    copied, in a snapshot) it is exactly the accumulator one ``add`` of its reading makes, which
-    :meth:`fill` writes into a scratch accumulator."""
+    """A sliding window's pane that holds one reading (of up to three metrics; :class:`Single4`: four): the reading
+    itself, 80 bytes compiled, less than a quarter of an accumulator. A pane of a board that reads once per pane -
+    the common case of a 60 s/1 s window - stays one of these; a second reading turns it into an accumulator. As
+    a source (merged, copied, in a snapshot) it is exactly the accumulator one ``add`` of its reading makes
+    (``Acc.merge_reading``; :meth:`fill` for a snapshot). Boot and seq (each below 2**31) share one int."""
 
-    __slots__ = ("b", "mask", "s", "t", "v0", "v1", "v2", "v3")
+    __slots__ = ("bs", "mask", "t", "v0", "v1", "v2")
 
     def __init__(self, start: int, values: Values, t: int, b: int, s: int) -> None:
         self.start = start
         self.t = t
-        self.b = b
-        self.s = s
+        self.bs = b << 31 | s
         mask = 0
-        self.v0 = self.v1 = self.v2 = self.v3 = 0.0
+        self.v0 = self.v1 = self.v2 = 0.0
         n = len(values)
-        for i in range(n):
+        for i in range(n if n < 3 else 3):
             v = values[i]
             if v is not None:
                 mask |= 1 << i
@@ -87,34 +87,63 @@ class Single(Acc):
                     self.v0 = v
                 elif i == 1:
                     self.v1 = v
-                elif i == 2:
-                    self.v2 = v
                 else:
-                    self.v3 = v
+                    self.v2 = v
         self.mask = mask
+
+    def v3(self) -> float:
+        """Metric 3's value (none below four metrics)."""
+        return 0.0
 
     def values(self, nm: int) -> Values:
         """The reading's values, ``nm`` metrics (``None``: none for that metric)."""
         m = self.mask
         out: Values = []
         for i in range(nm):
-            if not m & (1 << i):
-                out.append(None)
-            elif i == 0:
-                out.append(self.v0)
-            elif i == 1:
-                out.append(self.v1)
-            elif i == 2:
-                out.append(self.v2)
-            else:
-                out.append(self.v3)
+            out.append(self.value(i) if m & (1 << i) else None)
         return out
+
+    def value(self, i: int) -> float:
+        """Metric ``i``'s value (one the reading has: see ``mask``)."""
+        if i == 0:
+            return self.v0
+        if i == 1:
+            return self.v1
+        if i == 2:
+            return self.v2
+        return self.v3()
 
     def fill(self, acc: Acc, nm: int) -> Acc:
         """``acc`` (of ``nm`` metrics) becomes the accumulator of this one reading; returns it."""
         acc.clear()
-        acc.add(self.values(nm), self.t, self.b, self.s)
+        bs = self.bs
+        acc.add(self.values(nm), self.t, bs >> 31, bs & 0x7FFFFFFF)
         return acc
+
+
+@mypyc_attr(acyclic=True)
+class Single4(Single):
+    """:class:`Single` of four metrics."""
+
+    __slots__ = ("w3",)
+
+    def __init__(self, start: int, values: Values, t: int, b: int, s: int) -> None:
+        super().__init__(start, values, t, b, s)
+        self.w3 = 0.0
+        v = values[3]
+        if v is not None:
+            self.w3 = v
+            self.mask |= 8
+
+    def v3(self) -> float:
+        return self.w3
+
+
+def _single(start: int, values: Values, t: int, b: int, s: int) -> Single:
+    """The pane of one reading."""
+    if len(values) == 4:
+        return Single4(start, values, t, b, s)
+    return Single(start, values, t, b, s)
 
 
 class Operator(Protocol):
@@ -452,6 +481,7 @@ class _SlideKey:
         "front_a",
         "hi",
         "hint",
+        "last",
         "revs",
     )
 
@@ -463,14 +493,24 @@ class _SlideKey:
         self.dirty: set[int] | None = None
         # Two-stack sliding aggregation over the panes of the last window fired. Front: panes, oldest last, each
         # with the aggregate of it and every newer front pane; back: the panes in [back_from, hi), pushed since
-        # the last transfer, with their aggregate.
-        self.front_a: list[Acc] = []
+        # the last transfer, with their aggregate. Of the front's entries only every ``stride``-th from the
+        # newest is kept, and those above the highest of them; when the top is popped, the entries between the
+        # next kept one and the first pane of the next window are made again from it and the panes, in the same
+        # order as the first time (so to the bit). A front entry keeps no first or last reading (a Part): an
+        # entry's first reading of a metric is that of its oldest pane with a value of it (panes hold disjoint
+        # times), and its last that of the newest front pane with one, the same for every entry: ``last``, the
+        # aggregate of the whole front made when it was built. A pane changed after the front was built is dirty,
+        # and the next advance throws the stacks away before reading them; a front entry whose pane was dropped
+        # is dropped with it (no window still to fire contains it).
+        self.front_a: list[Part] = []
+        self.last: Acc | None = None
         self.back_from = 0
         self.back_acc: Acc | None = None
         self.hi: int | None = None  # panes below this have been pushed; None: stacks empty/invalid
         self.hint = 0  # where the first pane at or after ``hi`` was last seen in ``accs`` (checked before use)
 
-    def to_json(self, nm: int) -> dict[str, Any]:
+    def to_json(self, nm: int, front: list[Part]) -> dict[str, Any]:
+        """As it always was: a front entry as the whole accumulator, its first and last readings from the panes."""
         hi = self.hi
         back = (
             []
@@ -482,11 +522,24 @@ class _SlideKey:
             "revs": [[s, r] for s, r in self.revs.items()],
             "cleanup": [list(x) for x in self.cleanup],
             "dirty": [] if self.dirty is None else sorted(self.dirty),
-            "front": [[a.start, a.to_json()] for a in self.front_a],
+            "front": [[a.start, self._entry_json(a, nm)] for a in front],
             "back": back,
             "back_acc": None if self.back_acc is None else self.back_acc.to_json(),
             "hi": hi,
         }
+
+    def _entry_json(self, f: Part, nm: int) -> list[Any]:
+        accs, last = self.accs, self.last
+        j = _left_from_front(accs, f.start)
+        flat: list[Any] = []
+        for m in range(nm):
+            st = Stat()
+            f.put(m, st)
+            if f.count(m) and last is not None:
+                _put_first(accs, j, m, st)
+                last.put_last(m, st)
+            flat.extend(st.to_json())
+        return flat
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> _SlideKey:
@@ -495,7 +548,19 @@ class _SlideKey:
         ks.revs = {s: r for s, r in d["revs"]}
         ks.cleanup = [(x[0], x[1]) for x in d["cleanup"]]
         ks.dirty = set(d["dirty"]) if d["dirty"] else None
-        ks.front_a = [_acc_at(p, a) for p, a in d["front"]]
+        front = d["front"]
+        # entries of panes already dropped (in checkpoints written before they were dropped with their panes)
+        # are never read again: the next window to fire starts after them
+        oldest = ks.accs[0].start if ks.accs else None
+        for p, a in front:
+            if oldest is not None and p >= oldest:
+                acc = acc_from_json(a)
+                f = part_empty(len(a) // FIELDS)
+                f.take(acc)
+                f.start = p
+                ks.front_a.append(f)
+        if ks.front_a:
+            ks.last = acc_from_json(front[-1][1])  # the whole front's aggregate: its last readings
         ks.back_acc = None if d["back_acc"] is None else acc_from_json(d["back_acc"])
         ks.hi = d["hi"]
         back = d["back"]
@@ -524,21 +589,97 @@ class SlidingOperator(WindowOperator):
         # cache. At most ``spare_max``, a few windows' worth of panes: a burst (a board flushing half an hour of
         # readings) must not stay allocated for good.
         self.spare: list[Acc] = []
+        self.spare_parts: list[Part] = []  # the same for front stack entries
         self.spare_max = 4 * (spec.size_ms // self.pane) + 64
         self.singles = self.nm <= 4  # panes of one reading kept as a Single (tests turn it off to compare)
-        self.scratch = acc_empty(self.nm)  # a Single as an accumulator, for a moment (see _src)
+        self.sparse = True  # keep about 2 sqrt(n) of a front's n entries (tests turn it off to compare)
 
     def _give_back(self, acc: Acc) -> None:
         """Keep an accumulator no longer used, for a next pane or stack entry (up to ``spare_max``)."""
         if len(self.spare) < self.spare_max and not isinstance(acc, Single):
             self.spare.append(acc)
 
-    def _src(self, pane: Acc) -> Acc:
-        """A pane as an accumulator to read from (merge, copy): itself, or a Single's reading in the scratch one,
-        valid until the next call."""
+    def _give_part(self, f: Part) -> None:
+        if len(self.spare_parts) < self.spare_max:
+            self.spare_parts.append(f)
+
+    def _take_part(self) -> Part:
+        spare = self.spare_parts
+        return spare.pop() if spare else part_empty(self.nm)
+
+    def _drop_front(self, ks: _SlideKey, below: int | None) -> None:
+        """Drop the front entries whose pane starts before ``below`` (None: all), and ``last`` with the last one."""
+        fr = ks.front_a
+        while fr and (below is None or fr[-1].start < below):
+            self._give_part(fr.pop())
+        if not fr and ks.last is not None:
+            self._give_back(ks.last)
+            ks.last = None
+
+    def _refill(self, ks: _SlideKey, start: int) -> None:
+        """Make again the front entries of the panes from ``start`` up to the top entry (not kept: see _SlideKey),
+        from the top entry and the panes, as the transfer made them."""
+        front_a, accs = ks.front_a, ks.accs
+        top = front_a[-1]
+        jt = _left_from_front(accs, top.start)
+        js = _left_from_front(accs, start)
+        if js >= jt:
+            return
+        run = self._take()
+        run.clear()
+        top.put_acc(run)
+        for q in range(jt - 1, js - 1, -1):
+            self._merge_pane(run, accs[q])
+            f = self._take_part()
+            f.take(run)
+            f.start = accs[q].start
+            front_a.append(f)
+        self._give_back(run)
+
+    def _dense_front(self, ks: _SlideKey) -> list[Part]:
+        """Every front entry, as the transfer made them (the kept ones and the others made again), newest first:
+        what a snapshot holds (a new list; the key's state is not changed)."""
+        front_a, accs = ks.front_a, ks.accs
+        out: list[Part] = []
+        if not front_a or ks.hi is None:
+            return out
+        run = acc_empty(self.nm)
+        q = _left_from_front(accs, front_a[0].start)  # the pane of front_a[u]
+        bottom = _left_from_front(accs, ks.hi - self.size)  # the first pane of the last window fired
+        n = len(front_a)
+        for u in range(n):
+            f = front_a[u]
+            out.append(f)
+            # the entries between this one and the next kept one (below the top: down to that first pane)
+            lo = _left_from_front(accs, front_a[u + 1].start) + 1 if u + 1 < n else bottom
+            if q > lo:
+                run.clear()
+                f.put_acc(run)
+                for r in range(q - 1, lo - 1, -1):
+                    self._merge_pane(run, accs[r])
+                    g = part_empty(self.nm)
+                    g.take(run)
+                    g.start = accs[r].start
+                    out.append(g)
+            q = lo - 1
+        return out
+
+    def _merge_pane(self, acc: Acc, pane: Acc) -> None:
+        """Merge the pane ``pane`` into ``acc`` (a Single as the accumulator of its reading, without making it)."""
         if isinstance(pane, Single):
-            return pane.fill(self.scratch, self.nm)
-        return pane
+            bs = pane.bs
+            acc.merge_reading(pane.mask, pane.v0, pane.v1, pane.v2, pane.v3(), pane.t, bs >> 31, bs & 0x7FFFFFFF)
+        else:
+            acc.merge_from(pane)
+
+    def _set_pane(self, acc: Acc, pane: Acc) -> None:
+        """``acc`` becomes a copy of the pane ``pane`` (as :meth:`_merge_pane`)."""
+        if isinstance(pane, Single):
+            acc.clear()
+            bs = pane.bs
+            acc.merge_reading(pane.mask, pane.v0, pane.v1, pane.v2, pane.v3(), pane.t, bs >> 31, bs & 0x7FFFFFFF)
+        else:
+            acc.set(pane)
 
     def _take(self) -> Acc:
         """A spare accumulator (holding old values) or a new one, for a pane or stack entry."""
@@ -574,13 +715,13 @@ class SlidingOperator(WindowOperator):
         i = n - 1
         new: Acc | None = None  # the pane made for this reading, if it had none
         if acc is None or p > acc.start:
-            new = Single(p, values, t, b, s) if self.singles else self._new_acc(p)
+            new = _single(p, values, t, b, s) if self.singles else self._new_acc(p)
             accs.append(new)
         elif p != acc.start:
             i = _left_from_back(accs, p)
             acc = accs[i]
             if acc.start != p:
-                new = Single(p, values, t, b, s) if self.singles else self._new_acc(p)
+                new = _single(p, values, t, b, s) if self.singles else self._new_acc(p)
                 accs.insert(i, new)
         # some window containing this pane has already been fired (or passed empty): first_window_end_after, inlined
         e = p + 1 + (off + size - p - 1) % slide
@@ -597,7 +738,7 @@ class SlidingOperator(WindowOperator):
             if isinstance(acc, Single):  # its second reading: an accumulator of the two, added in their order
                 one = acc
                 acc = self._new_acc(p)
-                self._add_values(acc, one.values(self.nm), one.t, one.b, one.s)
+                self._add_values(acc, one.values(self.nm), one.t, one.bs >> 31, one.bs & 0x7FFFFFFF)
                 accs[i] = acc
             self._add_values(acc, values, t, b, s)
         elif new is not None and not self.singles:
@@ -610,7 +751,7 @@ class SlidingOperator(WindowOperator):
         acc = acc_empty(self.nm)
         i = _left_from_front(accs, start)
         while i < len(accs) and accs[i].start < end:
-            acc.merge_from(self._src(accs[i]))
+            self._merge_pane(acc, accs[i])
             i += 1
         return acc
 
@@ -626,29 +767,37 @@ class SlidingOperator(WindowOperator):
             self._release_stacks(ks)
             back_acc = None
             ks.back_from = hi = start
-        while front_a and front_a[-1].start < start:  # evict panes older than start
-            self._give_back(front_a.pop())
+        if front_a and front_a[-1].start < start:  # evict panes older than start
+            self._drop_front(ks, start)
         accs = ks.accs
         if not front_a and back_acc is not None:  # transfer: the back's panes (from start on) become the front
             lo = ks.back_from if ks.back_from > start else start
             i = _left_from_back(accs, hi, ks.hint) - 1
             j = _left_from_front(accs, lo)
-            prev: Acc | None = None
-            while i >= j:
-                pa = accs[i]
-                f = self._take()
-                if prev is None:
-                    f.set(self._src(pa))
-                else:
-                    f.set(prev)
-                    f.merge_from(self._src(pa))
-                f.start = pa.start
-                front_a.append(f)
-                prev = f
-                i -= 1
+            if i >= j:
+                # the aggregate of the panes so far, newest first: entries q = 0, k, 2k, ... (from the newest) keep
+                # a Part of it, and every entry from the highest of those on
+                stride = _stride(i - j + 1) if self.sparse else 1
+                top = i - (i - j) // stride * stride  # the oldest kept entry below the top segment
+                run = self._take()
+                self._set_pane(run, accs[i])
+                q = i
+                while True:
+                    if q <= top or (i - q) % stride == 0:
+                        f = self._take_part()
+                        f.take(run)
+                        f.start = accs[q].start
+                        front_a.append(f)
+                    q -= 1
+                    if q < j:
+                        break
+                    self._merge_pane(run, accs[q])
+                ks.last = run
             self._give_back(back_acc)
             back_acc = None
             ks.back_from = hi
+        elif front_a:  # entries popped (or dropped with their panes) since the last window
+            self._refill(ks, start)
         i = _left_from_back(accs, hi if hi > start else start, ks.hint)
         n = len(accs)
         while i < n:
@@ -657,9 +806,9 @@ class SlidingOperator(WindowOperator):
                 break
             if back_acc is None:
                 back_acc = self._take()
-                back_acc.set(self._src(pa))
+                self._set_pane(back_acc, pa)
             else:
-                back_acc.merge_from(self._src(pa))  # in place: back_acc itself is never handed out
+                self._merge_pane(back_acc, pa)  # in place: back_acc itself is never handed out
             i += 1
         ks.back_acc = back_acc
         ks.hi = end
@@ -667,21 +816,25 @@ class SlidingOperator(WindowOperator):
         site = self.sites[k]
         name, kind, aggs = self.name, self.kind, self.aggs
         fa = front_a[-1] if front_a else None
+        j = 0 if fa is None else _left_from_front(accs, fa.start)
+        last = ks.last
         for m, metric in self.bases:  # each result: the front's top, then the back merged in (either may be empty)
-            n = (0 if fa is None else fa.count(m)) + (0 if back_acc is None else back_acc.count(m))
+            nf = 0 if fa is None else fa.count(m)
+            n = nf + (0 if back_acc is None else back_acc.count(m))
             if n:
                 r = WindowResult(name, kind, k, site, start, end, metric, n, None, 1, "watermark", aggs)
                 if fa is not None:
                     fa.put(m, r)
+                    if nf and last is not None:
+                        _put_first(accs, j, m, r)
+                        last.put_last(m, r)
                 if back_acc is not None:
                     back_acc.merge_put(m, r)
                 out.append(r)
 
     def _release_stacks(self, ks: _SlideKey) -> None:
         """Empty the two stacks, their accumulators back to the spares."""
-        for a in ks.front_a:
-            self._give_back(a)
-        ks.front_a.clear()
+        self._drop_front(ks, None)
         if ks.back_acc is not None:
             self._give_back(ks.back_acc)
         ks.back_acc = None
@@ -776,6 +929,8 @@ class SlidingOperator(WindowOperator):
                 self._give_back(accs[j])
             ks.hint -= n
             del accs[:n]
+            if ks.front_a:  # entries of dropped panes: the next window to fire starts after them
+                self._drop_front(ks, accs[0].start if accs else None)
         if not accs and not ks.revs:
             del self.keys[k], self.sites[k]
 
@@ -784,7 +939,7 @@ class SlidingOperator(WindowOperator):
         keys: dict[str, Any] = {}
         i = 0
         for k, ks in self.keys.items():
-            keys[k] = ks.to_json(self.nm)
+            keys[k] = ks.to_json(self.nm, self._dense_front(ks))
             self._every_few(i)
             i += 1
         snap["keys"] = keys
@@ -1029,6 +1184,34 @@ def _bisect(a: list[Acc], x: int, lo: int, hi: int) -> int:
         else:
             hi = mid
     return lo
+
+
+def _put_first(accs: list[Acc], j: int, m: int, r: Stat) -> None:
+    """``r``'s first reading of metric ``m`` becomes that of the oldest pane from ``accs[j]`` on with a value of it
+    (there must be one): panes hold disjoint times, so it is the first of the panes together."""
+    bit = 1 << m
+    while True:
+        pa = accs[j]
+        if isinstance(pa, Single):
+            if pa.mask & bit:
+                r.ft = pa.t
+                r.fb = pa.bs >> 31
+                r.fs = pa.bs & 0x7FFFFFFF
+                r.fv = pa.value(m)
+                return
+        elif pa.count(m):
+            pa.put_first(m, r)
+            return
+        j += 1
+
+
+def _stride(n: int) -> int:
+    """Of a front of ``n`` entries, every how many-th is kept: about sqrt(n), so that about 2 sqrt(n) are kept at
+    a time, for one more merge per pane."""
+    k = 1
+    while k * k < n:
+        k += 1
+    return k
 
 
 def _pane_json(a: Acc, nm: int) -> list[Any]:

@@ -28,6 +28,7 @@ op = st.one_of(
     st.tuples(st.just("merge"), st.integers(0, 2), st.integers(0, 2)),
     st.tuples(st.just("set"), st.integers(0, 2), st.integers(0, 2)),
     st.tuples(st.just("clear"), st.integers(0, 2)),
+    st.tuples(st.just("one"), st.integers(0, 2), stamp, st.lists(value, min_size=4, max_size=4)),
 )
 
 
@@ -63,6 +64,16 @@ def _apply(accs: list[Acc], refs: list[list[Stat]], o: tuple[object, ...]) -> No
         accs[j].set(accs[k])  # type: ignore[index]
         for i in range(width):
             refs[j][i].set(refs[k][i])  # type: ignore[index]
+    elif kind == "one":  # merge in the accumulator of one reading of up to four metrics, without making it
+        _, j, (t, b, s), vals = o
+        vs = [0.0 if v is None else v for v in vals]  # type: ignore[attr-defined]
+        mask = sum(1 << i for i, v in enumerate(vals) if v is not None and i < width)  # type: ignore[arg-type]
+        accs[j].merge_reading(mask, vs[0], vs[1], vs[2], vs[3], t, b, s)  # type: ignore[index]
+        for i in range(min(width, 4)):
+            if mask & (1 << i):
+                one = Stat()
+                one.add(vs[i], t, b, s)
+                refs[j][i].merge_from(one)  # type: ignore[index]
     else:
         accs[o[1]].clear()  # type: ignore[index]
         for x in refs[o[1]]:  # type: ignore[index]

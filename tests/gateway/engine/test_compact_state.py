@@ -39,14 +39,17 @@ WINDOWS: list[dict[str, Any]] = [
     {"name": "v", "kind": "sliding", "size": "9s", "slide": "3s", "metrics": ["x"], "allowed_lateness": "4s",
      "aggregates": ["count", "stddev", "first", "last"]},
     {"name": "w", "kind": "sliding", "size": "6s", "slide": "2s", "metrics": ["x", "y", "z", "u", "q"]},
+    {"name": "f", "kind": "sliding", "size": "5s", "slide": "1s", "metrics": ["u", "x", "y", "z"],
+     "aggregates": ["count", "sum", "first", "last"]},
 ]  # fmt: skip
 
 
-def _engine(singles: bool) -> Engine:
+def _engine(singles: bool, sparse: bool = True) -> Engine:
     engine = Engine(parse_engine({"windows": WINDOWS}))
     for w in engine.windows:
         assert isinstance(w.op, SlidingOperator)
         w.op.singles = singles and w.op.nm <= 4
+        w.op.sparse = sparse
     return engine
 
 
@@ -80,6 +83,36 @@ def test_single_reading_panes_give_exactly_what_accumulators_give() -> None:
         accs = _run(_engine(False), stream)
         assert len(singles[0]) > 2000
         assert singles == accs
+
+
+def test_a_front_stack_keeping_some_entries_gives_exactly_what_keeping_all_gives() -> None:
+    """A sliding window's front stack keeps about 2 sqrt(n) of its n entries and makes the others again from the
+    panes when the top reaches them: outputs and snapshots (which hold every entry) are those of the stack that
+    keeps all, floats included."""
+    for seed in range(3):
+        stream = _stream(seed)
+        sparse = _run(_engine(True), stream)
+        dense = _run(_engine(True, sparse=False), stream)
+        assert len(sparse[0]) > 2000
+        assert sparse == dense
+
+
+def test_a_front_stack_keeps_few_entries() -> None:
+    """60 s/1 s read every second: of the front's up to 60 entries a key keeps a handful, not dozens."""
+    windows = [{"name": "s", "kind": "sliding", "size": "60s", "slide": "1s", "metrics": ["x", "y", "z"]}]
+    kept = []
+    for sparse in (True, False):
+        engine = Engine(parse_engine({"windows": windows}))
+        op = engine.windows[0].op
+        assert isinstance(op, SlidingOperator)
+        op.sparse = sparse
+        most = 0
+        for sec in range(150):
+            t = T0 + sec * 1000
+            engine.process_batch(batch("d0", [(t, 1, sec, {"x": 1.0, "y": 2.0, "z": float(sec)})]), t)
+            most = max(most, len(op.keys["d0"].front_a))
+        kept.append(most)
+    assert kept[1] >= 55 and kept[0] <= 16, kept
 
 
 def test_a_snapshot_with_single_panes_restores_and_goes_on_the_same() -> None:
