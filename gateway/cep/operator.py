@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Set
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -349,23 +349,29 @@ class Cep:
     def buffered(self) -> int:
         return sum(len(k.buf) for k in self.keys.values())
 
-    def snapshot(self) -> dict[str, Any]:
-        """All state as plain JSON-able values."""
+    def snapshot(self, keys: Set[str] | None = None, order: bool = False) -> dict[str, Any]:
+        """All state as plain JSON-able values; ``keys`` and ``order`` select the keys' entries (and the
+        tracker's) as in ``Engine.snapshot``."""
         names = [a.name for a in self.automata]
-        return {
-            "version": SNAPSHOT_VERSION,
-            "patterns": names,
-            "tracker": self.tracker.snapshot(),
-            "stats": dict(self.stats),
-            "keys": {
+        live = self.keys
+        if order:
+            per_key: dict[str, Any] = dict.fromkeys(live)
+        else:
+            per_key = {
                 name: {
                     "site": k.site,
                     "wm": k.wm,
                     "buf": [[e[0], e[1], e[2], e[3], dict(e[5])] for e in sorted(k.buf)],
                     "runs": {names[i]: [r.to_json() for r in runs] for i, runs in enumerate(k.runs) if runs},
                 }
-                for name, k in self.keys.items()
-            },
+                for name, k in (live.items() if keys is None else ((n, live[n]) for n in keys if n in live))
+            }
+        return {
+            "version": SNAPSHOT_VERSION,
+            "patterns": names,
+            "tracker": self.tracker.snapshot(keys, order),
+            "stats": dict(self.stats),
+            "keys": per_key,
         }
 
     def restore(self, snap: dict[str, Any]) -> None:

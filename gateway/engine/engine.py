@@ -14,7 +14,7 @@ Pure and synchronous; the only clock is the ``now_ms`` the caller passes. Per ba
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Set
 from heapq import heapify, heappop, heappush
 from typing import Any, Final
 
@@ -122,6 +122,12 @@ class Engine:
         self._site_windows = [w for w in self.windows if w.key_site]
         self._sites_of: dict[str, list[str]] = {}  # device -> the sites whose fleet it counts for (tracker.sites)
         self.snapshot_pause: Callable[[], None] | None = None  # see snapshot()
+        self.touched: set[str] = set()
+        """Keys whose state an advance in global mode changed without its caller naming them (the keys due in a
+        shared watermark's advance), since the owner last emptied it; the gateway's checkpoint snapshots the keys
+        that changed, and the keys a message or tick names are the caller's to note."""
+        for w in self.windows:
+            w.op.touched = self.touched
         self.fleet_walk = False  # walk every device of a site for its fleet watermark, as before the heaps (tests)
         self._max_future = spec.max_future_ms
         self._min_time = spec.min_time_ms
@@ -413,8 +419,13 @@ class Engine:
                 return w
         raise KeyError(name)
 
-    def snapshot(self) -> dict[str, Any]:
-        """All state as plain JSON-able values (dict keys are strings).
+    def snapshot(self, keys: Set[str] | None = None, order: bool = False) -> dict[str, Any]:
+        """All state as plain JSON-able values (dict keys are strings), in fresh containers.
+
+        The per-key maps (the tracker's, each window's) hold every key's entry; with ``keys``, only those keys'
+        entries; with ``order``, every key with the value None (the keys in their order, which is state: the
+        operators visit keys in it). The rest (counters) is whole in each. ``gateway.ckpt_rows`` files the entries
+        under their keys.
 
         ``snapshot_pause``, if set, is called every few keys: a gateway that takes the snapshot in a worker
         thread sets it to something that lets the event loop have the GIL (compiled, the operators' loops would
@@ -423,12 +434,12 @@ class Engine:
         for w in self.windows:
             w.op.pause = self.snapshot_pause
             try:
-                ops.append(w.op.snapshot())
+                ops.append(w.op.snapshot(keys, order))
             finally:
                 w.op.pause = None
         return {
             "version": SNAPSHOT_VERSION,
-            "tracker": self.tracker.snapshot(),
+            "tracker": self.tracker.snapshot(keys, order),
             "stats": self.stats,
             "windows": {w.spec.name: op for w, op in zip(self.windows, ops, strict=True)},
         }
