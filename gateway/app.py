@@ -314,59 +314,67 @@ class Gateway:
         taken count as changed again.
         """
         async with self._checkpointing:
-            pipeline = self.pipeline
-            started = time.perf_counter()
+            # the snapshot's new containers would set off collections of the whole heap (see _encode); they are all
+            # gone when _checkpoint returns, before the collector runs again
             was_enabled = gc.isenabled()
-            gc.disable()  # the snapshot's new containers would set off a full collection (see _encode)
-            cap: _Capture | None = None
-            committed = False
+            gc.disable()
             try:
-                pos = self.pos
-                state: dict[str, Any] = {
-                    "version": STATE_VERSION,
-                    "fingerprint": self.fingerprint,
-                    "pipeline": pipeline.snapshot(order=True),
-                    "outbox": [[t, base64.b64encode(p).decode()] for t, p in self.outbox.queue],
-                    "recent": [d.hex() for d in self.recent],
-                }
-                glob, order = split_order(state)
-                glob["rows"] = 1
-                keys = set(pipeline.dirty)
-                pipeline.dirty.clear()
-                full = self._row_digests is None
-                if full:
-                    keys |= key_names(order)
-                cap = self._capture = _Capture(pipeline, keys)
-                on_loop = time.perf_counter() - started
-                while cap.pending:
-                    t = time.perf_counter()
-                    cap.take(CAPTURE_SLICE)
-                    on_loop += time.perf_counter() - t
-                    if cap.pending:
-                        await asyncio.sleep(0)
-                self._capture = None
-                blob, delta, digests = await asyncio.to_thread(self._encode, glob, order, cap.rows, full)
-                t = time.perf_counter()
-                self.sink.spill(lambda chunks: self.store.checkpoint(pos, blob, self.now_ms(), chunks, delta))
-                on_loop += time.perf_counter() - t
-                self._row_digests = digests  # only once committed: a failed checkpoint changed no row
-                committed = True
-                self.last_checkpoint = {
-                    "keys": len(keys), "slices": cap.slices, "rows_written": len(delta.put),
-                    "rows_deleted": len(delta.delete), "loop_s": on_loop, "total_s": time.perf_counter() - started,
-                }  # fmt: skip
-            except Exception:
-                self.checkpoint_failures += 1
-                raise
+                await self._checkpoint()
             finally:
-                self._capture = None
-                if not committed and cap is not None:
-                    pipeline.dirty.update(cap.keys)  # the stored rows are still the last checkpoint's
                 if was_enabled:
                     gc.enable()
         self.checkpoints += 1
         if self.checkpoints % 10 == 0:
             self.store.compact()
+
+    async def _checkpoint(self) -> None:
+        """:meth:`checkpoint`'s work, with the collector paused: every snapshot container goes with its frame."""
+        pipeline = self.pipeline
+        started = time.perf_counter()
+        cap: _Capture | None = None
+        committed = False
+        try:
+            pos = self.pos
+            state: dict[str, Any] = {
+                "version": STATE_VERSION,
+                "fingerprint": self.fingerprint,
+                "pipeline": pipeline.snapshot(order=True),
+                "outbox": [[t, base64.b64encode(p).decode()] for t, p in self.outbox.queue],
+                "recent": [d.hex() for d in self.recent],
+            }
+            glob, order = split_order(state)
+            glob["rows"] = 1
+            keys = set(pipeline.dirty)
+            pipeline.dirty.clear()
+            full = self._row_digests is None
+            if full:
+                keys |= key_names(order)
+            cap = self._capture = _Capture(pipeline, keys)
+            on_loop = time.perf_counter() - started
+            while cap.pending:
+                t = time.perf_counter()
+                cap.take(CAPTURE_SLICE)
+                on_loop += time.perf_counter() - t
+                if cap.pending:
+                    await asyncio.sleep(0)
+            self._capture = None
+            blob, delta, digests = await asyncio.to_thread(self._encode, glob, order, cap.rows, full)
+            t = time.perf_counter()
+            self.sink.spill(lambda chunks: self.store.checkpoint(pos, blob, self.now_ms(), chunks, delta))
+            on_loop += time.perf_counter() - t
+            self._row_digests = digests  # only once committed: a failed checkpoint changed no row
+            committed = True
+            self.last_checkpoint = {
+                "keys": len(keys), "slices": cap.slices, "rows_written": len(delta.put),
+                "rows_deleted": len(delta.delete), "loop_s": on_loop, "total_s": time.perf_counter() - started,
+            }  # fmt: skip
+        except Exception:
+            self.checkpoint_failures += 1
+            raise
+        finally:
+            self._capture = None
+            if not committed and cap is not None:
+                pipeline.dirty.update(cap.keys)  # the stored rows are still the last checkpoint's
 
     def _encode(
         self, glob: dict[str, Any], order: dict[str, Any], rows: dict[str, Any], full: bool
@@ -392,7 +400,7 @@ class Gateway:
             if full or digests.get(name) != d:
                 put.append((name, zlib.compress(text, CHECKPOINT_LEVEL)))
             digests[name] = d
-            if i % 64 == 63:
+            if i % 8 == 7:
                 _let_others_run()
         live = {"k" + k for k in key_names(order)}
         live.add(ORDER)
