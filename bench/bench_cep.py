@@ -4,6 +4,8 @@ Reproduce (from the repository root)::
 
     python bench/bench_cep.py              # 1,000,000 readings through ten patterns over 1,000 devices
     python bench/bench_cep.py -n 200000    # quicker
+    python bench/bench_cep.py -n 100000 --against main -r 5   # (a) side by side with another revision, and
+                                                              # with the ten patterns on = "both"
 
 (a) ten patterns (the four examples of docs/cep.md and six more: thresholds, ranges, relative changes,
     quantifiers, a middle and a final negation) over 1,000 devices, one reading per device per second with
@@ -17,16 +19,25 @@ Reproduce (from the repository root)::
 Peak RSS includes the pre-generated readings of (a) (about 0.5 GB for 1,000,000).
 
 Readings are generated outside the timed loop; the time is that of ``Cep.process_batch`` only.
+``--against REV`` runs (a) in subprocesses, alternating round by round: this tree, ``gateway/`` of REV (from a
+temporary copy), and this tree with every pattern ``on = "both"`` (the fast path and its verdicts too); it
+prints each variant's median and spread (min-max) of the process's CPU time per reading.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import resource
+import statistics
+import subprocess
 import sys
+import tarfile
+import tempfile
 import time
+from io import BytesIO
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -112,6 +123,42 @@ def throughput(n: int) -> None:
           f"stats {cep.stats}, peak RSS {maxrss_mb():.0f} MB")  # fmt: skip
 
 
+def cpu_per_reading(n: int, on: str) -> float:
+    """(a) once: the process's CPU time per reading, in microseconds (``on``: every pattern's path)."""
+    batches = stream(n, 1_000)
+    patterns = ten_patterns()
+    if on != "event_time":
+        patterns = tuple(dataclasses.replace(p, on=on) for p in patterns)  # type: ignore[call-arg]
+    cep = Cep(spec(patterns))
+    cpu = time.process_time()
+    for b in batches:
+        cep.process_batch(b, NOW)
+    return (time.process_time() - cpu) / sum(len(b.readings) for b in batches) * 1e6
+
+
+def _run(path: Path, n: int, on: str) -> float:
+    """:func:`cpu_per_reading` in a subprocess, on the ``gateway/`` package at ``path``."""
+    code = (f"import sys; sys.path.insert(0, {str(path)!r}); import gateway; "  # this gateway/, before bench's own
+            f"sys.path.insert(0, {str(ROOT / 'bench')!r}); import bench_cep as b; "
+            f"print(b.cpu_per_reading({n}, {on!r}))")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=path)
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def against(rev: str, n: int, rounds: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = subprocess.run(["git", "archive", rev, "gateway"], cwd=ROOT, check=True, capture_output=True).stdout
+        tarfile.open(fileobj=BytesIO(archive)).extractall(tmp, filter="data")
+        variants = {"this tree": (ROOT, "event_time"), rev: (Path(tmp), "event_time"), "on = both": (ROOT, "both")}
+        times: dict[str, list[float]] = {name: [] for name in variants}
+        for _ in range(rounds):
+            for name, (path, on) in variants.items():
+                times[name].append(_run(path, n, on))
+    print(f"(a) ten patterns x 1,000 devices, {n:,} readings, {rounds} rounds: CPU us per reading")
+    for name, xs in times.items():
+        print(f"    {name:>12}: median {statistics.median(xs):6.1f}  min {min(xs):6.1f}  max {max(xs):6.1f}")
+
+
 def flood(n: int, max_runs: int) -> None:
     never = Pattern.begin("a").where("x >= 0").followed_by("b").where("x < 0").build("never")
     cep = Cep(spec((never,), max_runs=max_runs))
@@ -137,7 +184,12 @@ def flood(n: int, max_runs: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("-n", type=int, default=1_000_000, help="readings per workload")
+    parser.add_argument("--against", help="a git revision to measure (a) against, side by side (e.g. main)")
+    parser.add_argument("-r", "--rounds", type=int, default=3)
     args = parser.parse_args()
+    if args.against:
+        against(args.against, args.n, args.rounds)
+        return
     throughput(args.n)
     flood(min(args.n, 50_000), 1_000)  # each reading visits every live run of its key: O(max_runs) per reading
     flood(min(args.n, 200_000), 100)

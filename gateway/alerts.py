@@ -18,7 +18,18 @@ from .lineproto import NS_PER_MS, line
 from .model import MetricValue, ReadingKey
 from .schema import METRIC, METRIC_PATTERN, FieldType, declare
 
-__all__ = ["ALERT_FIELDS", "ALERT_MEASUREMENT", "ANOMALY_DETAILS", "PATTERN_DETAIL", "Alert", "alert_id", "alert_topic"]
+__all__ = [
+    "ALERT_FIELDS",
+    "ALERT_MEASUREMENT",
+    "ANOMALY_DETAILS",
+    "PATTERN_DETAIL",
+    "VERDICTS",
+    "Alert",
+    "Path",
+    "Verdict",
+    "alert_id",
+    "alert_topic",
+]
 
 ALERT_FIELDS: Final[dict[str, FieldType]] = {
     "id": "string",
@@ -27,8 +38,10 @@ ALERT_FIELDS: Final[dict[str, FieldType]] = {
     "last_ms": "integer",
     "readings": "integer",
     "reading_ids": "string",
+    "verdict": "string",
+    "refers": "string",
 }
-"""The fields of every alert."""
+"""The fields of every alert (``verdict`` and ``refers`` only on a rule with ``on = "both"``)."""
 ANOMALY_DETAILS: Final[dict[str, FieldType]] = {
     "metric": "string",
     "value": "float",
@@ -52,7 +65,7 @@ metric's declared type). The dot keeps them apart from every other field and fro
 
 ALERT_MEASUREMENT: Final = declare(
     "alert",
-    tags=("source", "name", "site", "key", "severity"),
+    tags=("source", "name", "site", "key", "severity", "path"),
     fields={**ALERT_FIELDS, **ANOMALY_DETAILS},
     open_fields=PATTERN_DETAIL,
     open_type=METRIC,
@@ -60,12 +73,27 @@ ALERT_MEASUREMENT: Final = declare(
     module=__name__,
 )
 Severity = Literal["info", "warning", "critical"]
+Path = Literal["", "arrival", "event_time"]
+"""Which path raised an alert: ``arrival`` (fast: processing order), ``event_time`` (after the watermark) on a
+rule with ``on = "both"``; empty on a rule with one path, ``event_time`` (today's alerts, unchanged)."""
+Verdict = Literal["", "confirmed", "retracted", "missed_fast"]
+VERDICTS: Final[tuple[Verdict, ...]] = ("confirmed", "retracted", "missed_fast")
+"""On a rule with ``on = "both"``: an event-time alert ``confirmed`` an earlier arrival alert, or says it was
+``missed_fast`` (no arrival alert to confirm); a ``retracted`` record (``path = arrival``) withdraws an arrival
+alert that the event-time path did not confirm once its watermark passed (docs/cep.md, "Fast alerts")."""
 
 
-def alert_id(source: str, name: str, key: str, readings: Sequence[ReadingKey]) -> str:
-    """16 hex digits that depend only on what the alert is about, never on when it was raised."""
+def alert_id(
+    source: str, name: str, key: str, readings: Sequence[ReadingKey], path: Path = "", verdict: Verdict = ""
+) -> str:
+    """16 hex digits that depend only on what the alert is about, never on when it was raised.
+
+    An arrival alert (and its retraction) gets its own id; an event-time alert keeps the id it has without the
+    fast path, so turning ``on = "both"`` on changes no event-time alert."""
     h = hashlib.blake2b(digest_size=8)
     h.update(f"{source}\0{name}\0{key}\0".encode())
+    if path == "arrival":
+        h.update(b"arrival\0retracted\0" if verdict == "retracted" else b"arrival\0")
     for device, boot, seq in sorted(readings):
         h.update(f"{device}/{boot}/{seq};".encode())
     return h.hexdigest()
@@ -95,10 +123,14 @@ class Alert:
     readings: tuple[ReadingKey, ...]
     message: str = ""
     details: Mapping[str, MetricValue] = field(default_factory=dict)
+    path: Path = ""
+    verdict: Verdict = ""
+    refers: str = ""
+    """The id of the arrival alert a ``confirmed`` alert confirms or a ``retracted`` record retracts."""
 
     @property
     def id(self) -> str:
-        return alert_id(self.source, self.name, self.key, self.readings)
+        return alert_id(self.source, self.name, self.key, self.readings, self.path, self.verdict)
 
     def to_line(self) -> str:
         fields: dict[str, MetricValue] = dict(self.details)
@@ -110,8 +142,14 @@ class Alert:
             "readings": len(self.readings),
             "reading_ids": ",".join(f"{d}/{b}/{s}" for d, b, s in self.readings)[:1000],
         })  # fmt: skip
+        if self.verdict:
+            fields["verdict"] = self.verdict
+        if self.refers:
+            fields["refers"] = self.refers
         tags = {"source": self.source, "name": self.name, "site": self.site, "key": self.key,
                 "severity": self.severity}  # fmt: skip
+        if self.path:
+            tags["path"] = self.path
         # at the last reading's event time, plus a sub-millisecond offset taken from the id: two alerts of
         # one series in the same millisecond stay apart, and a replayed alert lands on itself
         offset = int(self.id[:8], 16) % NS_PER_MS
@@ -132,4 +170,10 @@ class Alert:
             "message": self.message,
             "details": dict(self.details),
         }
+        if self.path:
+            doc["path"] = self.path
+        if self.verdict:
+            doc["verdict"] = self.verdict
+        if self.refers:
+            doc["refers"] = self.refers
         return json.dumps(doc, separators=(",", ":")).encode()

@@ -91,6 +91,11 @@ def state_path(config: Config) -> Path:
 def _fingerprint(config: Config) -> str:
     """What the checkpointed state depends on: windows, watermarks, patterns, detectors and the topic prefix."""
     text = repr((config.engine, config.patterns, config.anomaly, config.mqtt.prefix))
+    paths: list[tuple[str, str]] = [(p.name, p.on) for p in config.patterns if p.on != "event_time"]
+    if config.anomaly.on != "arrival":
+        paths.append(("[anomaly]", config.anomaly.on))
+    if paths:  # left out of the patterns' repr so that a configuration without fast alerts keeps its fingerprint
+        text += repr(paths)
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 

@@ -159,6 +159,14 @@ class _Collector(Collector):
         yield counter("edgekit_late_readings", "Readings routed to late_reading", s.late_readings)
         yield counter("edgekit_window_results", "Window results emitted", s.window_results)
         yield counter("edgekit_alerts", "Alerts emitted", s.alerts)
+        yield counter("edgekit_fast_alerts", "Alerts of the fast (arrival-time) path", s.fast_alerts)
+        verdicts = CounterMetricFamily(
+            "edgekit_alert_verdicts", "Verdicts of the event-time path on fast alerts (on = both)", labels=["verdict"]
+        )
+        verdicts.add_metric(["confirmed"], s.alerts_confirmed)
+        verdicts.add_metric(["retracted"], s.alerts_retracted)
+        verdicts.add_metric(["missed_fast"], s.alerts_missed_fast)
+        yield verdicts
         depth = GaugeMetricFamily("edgekit_queue_depth", "Items waiting, by queue", labels=["queue"])
         depth.add_metric(["mqtt_received"], gw.ingest_stats.queued)
         depth.add_metric(["sink_memory_raw"], len(sink.memory[RAW]))

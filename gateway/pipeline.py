@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .alerts import Alert, alert_topic
-from .anomaly import AnomalyEngine
+from .anomaly.paths import AnomalyPaths
 from .cep import Cep, CepSpec
 from .cep import Match as CepMatch
 from .config import Config
@@ -52,6 +52,15 @@ class Stats:
     window_results: int = 0
     late_readings: int = 0
     alerts: int = 0
+    """Alert records published (fast alerts and retraction records included)."""
+    fast_alerts: int = 0
+    """Alerts of the fast path (``path = arrival``: rules with ``on`` = ``arrival`` or ``both``)."""
+    alerts_confirmed: int = 0
+    """Event-time alerts that confirmed an earlier fast alert (``on = "both"``)."""
+    alerts_retracted: int = 0
+    """Fast alerts the event-time path did not confirm once its watermark passed them: the fast path was wrong."""
+    alerts_missed_fast: int = 0
+    """Event-time alerts with no fast alert to confirm: the fast path missed them."""
     flush_markers: int = 0
     moved: int = 0
     """Devices moved to the site ``devices.sites`` declares for them."""
@@ -71,6 +80,10 @@ class Stats:
             "window_results": self.window_results,
             "late_readings": self.late_readings,
             "alerts": self.alerts,
+            "fast_alerts": self.fast_alerts,
+            "alerts_confirmed": self.alerts_confirmed,
+            "alerts_retracted": self.alerts_retracted,
+            "alerts_missed_fast": self.alerts_missed_fast,
             "flush_markers": self.flush_markers,
             "moved": self.moved,
             "ignored": self.ignored,
@@ -100,8 +113,11 @@ class Pipeline:
         self.dedup = dedup or DedupSpec().build()
         self.engine = Engine(config.engine)
         self.anomaly = (  # anomaly detection (gateway/anomaly), off without an [anomaly] section
-            AnomalyEngine(
-                config.anomaly, max_future_ms=config.engine.max_future_ms, min_time_ms=config.engine.min_time_ms
+            AnomalyPaths(
+                config.anomaly,
+                config.engine.watermark,
+                max_future_ms=config.engine.max_future_ms,
+                min_time_ms=config.engine.min_time_ms,
             )
             if config.anomaly.enabled
             else None
@@ -122,7 +138,8 @@ class Pipeline:
         engine and the anomaly detectors add the keys they change on their own (a shared watermark's advance, a
         series taken by ``max_series``)."""
         if self.anomaly is not None:
-            self.anomaly.touched = self.dirty
+            for e in self.anomaly.engines:
+                e.touched = self.dirty
         self._site_ticks = any(w.key_site for w in self.engine.windows) or bool(self.cep.by_kind["site"])
 
     def is_own_topic(self, topic: str) -> bool:
@@ -234,8 +251,9 @@ class Pipeline:
         if out.readings or msg.flushed_ms is not None:
             self._engine_out(self.engine.process_batch(out.batch, received_ms), out)
             self._cep_out(self.cep.process_batch(out.batch, received_ms), out)
-        if self.anomaly is not None and out.readings:  # anomaly detection: new readings, event-time order per device
-            found = self.anomaly.process(out.readings, received_ms)
+        if self.anomaly is not None and (out.readings or msg.flushed_ms is not None):
+            # anomaly detection: new readings, event-time order per device (on arrival, or after the watermark)
+            found = self.anomaly.process(out.readings, received_ms, device=msg.device, flushed_ms=msg.flushed_ms)
             out.lines.extend(found.lines)
             for alert in found.alerts:
                 self._alert(alert, out)
@@ -302,7 +320,8 @@ class Pipeline:
         anomaly = self.anomaly
         if (
             anomaly is not None
-            and len(anomaly.detectors) + self.config.devices.max_metric_names >= anomaly.spec.max_series
+            and max(len(e.detectors) for e in anomaly.engines) + self.config.devices.max_metric_names
+            >= anomaly.spec.max_series
         ):
             return None
         parts = topic.split("/")
@@ -400,6 +419,16 @@ class Pipeline:
 
     def _alert(self, alert: Alert, out: Handled) -> None:
         self.stats.alerts += 1
+        if alert.path:
+            verdict = alert.verdict
+            if verdict == "retracted":
+                self.stats.alerts_retracted += 1
+            elif alert.path == "arrival":
+                self.stats.fast_alerts += 1
+            elif verdict == "confirmed":
+                self.stats.alerts_confirmed += 1
+            elif verdict == "missed_fast":
+                self.stats.alerts_missed_fast += 1
         out.alerts.append(alert)
         out.lines.append(alert.to_line())
         out.publish.append((alert_topic(self.config.mqtt.prefix, alert.site, alert.source), alert.to_json()))

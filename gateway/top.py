@@ -77,6 +77,12 @@ def render(stats: dict[str, Any], prev: dict[str, Any] | None, *, width: int = 1
         f"  last write {s.get('last_write_ms', 0)} ms",
         "",
     ]
+    if p.get("fast_alerts"):  # rules with on = "both" (or "arrival"): how often the fast path was wrong
+        fast = (
+            f"fast alerts {p['fast_alerts']}: confirmed {p.get('alerts_confirmed', 0)}, retracted "
+            f"{p.get('alerts_retracted', 0)}; event-time alerts it missed {p.get('alerts_missed_fast', 0)}"
+        )
+        out.insert(2, fast)
     devices: dict[str, dict[str, Any]] = live.get("devices", {})
     old: dict[str, dict[str, Any]] = (prev or {}).get("live", {}).get("devices", {})
     head = (

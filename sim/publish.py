@@ -14,6 +14,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
@@ -122,9 +123,40 @@ class Pacer:
             await self.sleep(due - now)
 
 
+class _Client(aiomqtt.Client):
+    """aiomqtt's client, registering write readiness only for a socket that is still open.
+
+    paho asks for write readiness from the thread it runs in; aiomqtt 2.5 has the event loop register
+    the socket's descriptor later (``call_soon_threadsafe(add_writer, fileno, ...)``). When the broker is
+    lost in between, the socket is closed by the time the loop runs that: ``add_writer`` raised inside the
+    loop ("Exception in callback BaseSelectorEventLoop.add_writer"), or could have watched a descriptor
+    reused by another socket. Here the loop checks, when it registers, that paho still has that socket and
+    that it is open; the writing itself is aiomqtt's (its callback, which reports a failed write as the
+    disconnection).
+    """
+
+    def _on_socket_register_write(self, client: Any, userdata: Any, sock: Any) -> None:
+        loop = self._loop
+        disconnected = self._disconnected
+
+        def write() -> None:  # as aiomqtt's: a failed write is the disconnection
+            try:
+                client.loop_write()
+            except Exception as exc:
+                if not disconnected.done():
+                    disconnected.set_exception(exc)
+
+        def register() -> None:
+            if client.socket() is not sock or sock.fileno() < 0:
+                return  # closed or replaced meanwhile: nothing to write to
+            loop.add_writer(sock.fileno(), write)
+
+        loop.call_soon_threadsafe(register)
+
+
 def make_client(broker: BrokerConfig, client_id: str, timeout_s: float, max_in_flight: int) -> aiomqtt.Client:
     """One publishing client for a fleet: QoS 1 with at most ``max_in_flight`` unacknowledged messages."""
-    client = aiomqtt.Client(
+    client = _Client(
         hostname=broker.host,
         port=broker.port,
         username=broker.username,

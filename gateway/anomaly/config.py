@@ -33,6 +33,7 @@ write = "all"                  # the anomaly measurement: a point per scored val
 multivariate = true            # per device, a Mahalanobis (Hotelling T^2) score over its metrics ...
 multivariate_memory = 200      # ... whose mean and covariance have a memory of this many readings
 max_series = 100000            # series (device, metric) tracked at most; more are counted, not scored
+on = "arrival"                 # score as readings arrive (today's); "event_time": after the watermark; "both"
 
 [anomaly.compound]
 span = "5m"                    # anomalies opening within this much event time of each other ...
@@ -187,6 +188,12 @@ class AnomalySpec:
     """Per device, a Mahalanobis (Hotelling T^2) score over its scored metrics (``gateway/anomaly/multivariate.py``)."""
     multivariate_memory: int = 200
     """The memory, in readings, of the multivariate score's mean and covariance after its warm-up."""
+    on: Literal["arrival", "event_time", "both"] = field(default="arrival", repr=False)
+    """``arrival`` (the default, what detection has always done): each message's new readings at once, in
+    event-time order within the message, a reading older than its series' last scored one skipped;
+    ``event_time``: held until the device's watermark passes them, then scored in event-time order; ``both``:
+    the two, the event-time path giving each arrival alert its verdict (``gateway/anomaly/paths.py``). Left out
+    of the repr (the checkpoint fingerprint's): ``gateway.app`` adds it when it is not the default."""
 
     def detector_for(self, metric: str) -> DetectorSpec:
         return self.overrides.get(metric, self.detector)
@@ -199,7 +206,7 @@ _COMPOUND: Final = CompoundSpec()
 _DURATIONS: Final = {"window": "window_ms", "rebaseline_after": "rebaseline_after_ms", "gap": "gap_ms"}
 _DETECTOR_KEYS: Final = {f.name for f in fields(DetectorSpec)} - set(_DURATIONS.values()) | set(_DURATIONS)
 _TOP_KEYS: Final = {
-    "enabled", "metrics", "write", "gap_alerts", "max_series", "multivariate", "multivariate_memory", "compound",
+    "enabled", "on", "metrics", "write", "gap_alerts", "max_series", "multivariate", "multivariate_memory", "compound",
     "groups", "overrides",
 }  # fmt: skip
 
@@ -318,6 +325,9 @@ def parse_anomaly(doc: Mapping[str, Any]) -> AnomalySpec:
     max_series = _number(raw.get("max_series", 100_000), "anomaly.max_series", int)
     if max_series < 1:
         raise ConfigError(f"anomaly.max_series: must be at least 1, got {max_series!r}")
+    on = raw.get("on", "arrival")
+    if on not in ("arrival", "event_time", "both"):
+        raise ConfigError(f"anomaly.on: expected 'arrival', 'event_time' or 'both', got {on!r}")
     return AnomalySpec(
         enabled=enabled,
         metrics=tuple(metrics),
@@ -330,4 +340,5 @@ def parse_anomaly(doc: Mapping[str, Any]) -> AnomalySpec:
         max_series=max_series,
         multivariate=multivariate,
         multivariate_memory=memory,
+        on=on,
     )

@@ -9,6 +9,7 @@ severity = "critical"          # info | warning | critical
 skip = "skip_past_last_event"  # or "no_skip"
 devices = ["boiler-*"]         # optional glob patterns on the device id
 message = "temperature above 80 then a pressure drop"   # optional
+on = "event_time"              # or "arrival" (fast, may be wrong under disorder) or "both" (fast + verdicts)
 
 [[patterns.steps]]
 name = "hot"
@@ -35,7 +36,7 @@ from .pattern import Follow, PatternError, PatternSpec, StepSpec, validate
 
 __all__ = ["parse_pattern", "parse_patterns"]
 
-_PATTERN_KEYS: Final = {"name", "key", "within", "severity", "skip", "devices", "message", "steps"}
+_PATTERN_KEYS: Final = {"name", "key", "within", "severity", "skip", "devices", "message", "on", "steps"}
 _STEP_KEYS: Final = {"name", "where", "follow", "times", "at_least", "one_or_more", "within"}
 
 
@@ -124,6 +125,7 @@ def parse_pattern(raw: object, index: int = 0) -> PatternSpec:
         skip=raw.get("skip", "skip_past_last_event"),
         devices=tuple(devices),
         message=message,
+        on=raw.get("on", "event_time"),
     )
     return validate(spec)
 

@@ -26,10 +26,10 @@ from __future__ import annotations
 import heapq
 from collections import Counter
 from collections.abc import Iterable, Set
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
-from ..alerts import Alert
+from ..alerts import Alert, Path, Verdict, alert_id
 from ..engine.config import EngineSpec
 from ..engine.watermark import DeviceTracker
 from ..model import Batch, Reading, ReadingKey, StatusUpdate
@@ -39,6 +39,8 @@ from .pattern import PatternSpec
 __all__ = ["SNAPSHOT_VERSION", "Cep", "CepSpec", "Match"]
 
 SNAPSHOT_VERSION: Final = 1
+FAST_STATS: Final = ("fast_alerts", "confirmed", "retracted", "missed_fast")
+"""Counters of an operator with fast patterns: arrival matches, and the verdicts (docs/cep.md, "Fast alerts")."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,33 +64,70 @@ class Match:
     readings: tuple[ReadingKey, ...]
     times: tuple[int, ...]
     details: dict[str, Any]
+    path: Path = ""
+    """``arrival`` for the fast path's matches, ``event_time`` for the exact path's of an ``on = "both"``
+    pattern, empty for a pattern with one path (``event_time``: today's matches)."""
+    verdict: Verdict = ""
+    refers: str = ""
+    """The id of the arrival alert this one confirms (``confirmed``) or retracts (``retracted``)."""
+
+    @property
+    def span(self) -> tuple[int, int]:
+        """The earliest and latest event time of the matched readings (the fast path takes them in arrival
+        order, so its first reading need not be the earliest)."""
+        return min(self.times), max(self.times)
 
     def to_alert(self) -> Alert:
         p = self.pattern
         message = p.message or f"{p.name}: " + " -> ".join(dict.fromkeys(self.steps)) + f" on {self.key}"
+        first, last = self.span
         return Alert(
             source="pattern",
             name=p.name,
             site=self.site,
             key=self.key,
             severity=p.severity,
-            first_ms=self.times[0],
-            last_ms=self.times[-1],
+            first_ms=first,
+            last_ms=last,
             readings=self.readings,
             message=message,
             details=self.details,
+            path=self.path,
+            verdict=self.verdict,
+            refers=self.refers,
         )
+
+    def alert_id(self) -> str:
+        return alert_id("pattern", self.pattern.name, self.key, self.readings, self.path, self.verdict)
+
+
+@dataclass(slots=True)
+class _Open:
+    """An arrival match of an ``on = "both"`` pattern waiting for its verdict."""
+
+    match: Match
+    lo: int
+    hi: int
+    due: int
+    """Once the key's watermark passes it, the event-time path has emitted every match that can overlap."""
+    id: str
 
 
 class _Key:
-    __slots__ = ("buf", "name", "runs", "site", "wm")
+    __slots__ = ("buf", "clock", "fast", "name", "open", "runs", "site", "wm")
 
-    def __init__(self, name: str, site: str, n_patterns: int) -> None:
+    def __init__(self, name: str, site: str, n_patterns: int, fast: bool) -> None:
         self.name = name
         self.site = site
         self.buf: list[Event] = []
         self.wm: int | None = None
         self.runs: list[list[Run]] = [[] for _ in range(n_patterns)]
+        self.clock: int | None = None
+        """The fast path's clock: the latest event time (or flushed marker + 1) that arrived for the key."""
+        self.fast: list[list[Run]] = [[] for _ in range(n_patterns)] if fast else []
+        """The fast path's partial matches (patterns with ``on`` = ``arrival`` or ``both``)."""
+        self.open: list[list[_Open]] = [[] for _ in range(n_patterns)] if fast else []
+        """Arrival matches of ``on = "both"`` patterns waiting for their verdict, in emission order."""
 
 
 class Cep:
@@ -97,14 +136,23 @@ class Cep:
     def __init__(self, spec: CepSpec) -> None:
         self.spec = spec
         self.automata = tuple(compile_pattern(p) for p in spec.patterns)
-        self.by_kind = {
-            kind: tuple(i for i, a in enumerate(self.automata) if a.spec.key == kind) for kind in ("device", "site")
+        self.by_kind = {  # the event-time path's patterns
+            kind: tuple(i for i, a in enumerate(self.automata) if a.spec.key == kind and a.spec.on != "arrival")
+            for kind in ("device", "site")
         }
+        self.fast_by_kind = {  # the arrival path's
+            kind: tuple(i for i, a in enumerate(self.automata) if a.spec.key == kind and a.spec.on != "event_time")
+            for kind in ("device", "site")
+        }
+        self.keyed = {kind: bool(self.by_kind[kind] or self.fast_by_kind[kind]) for kind in ("device", "site")}
+        self.has_fast = any(self.fast_by_kind.values())
+        self.both = tuple(i for i, a in enumerate(self.automata) if a.spec.on == "both")
         self.tracker = DeviceTracker(spec.engine.watermark)
         self.keys: dict[str, _Key] = {}
         self._arrival = 0
         self._bounds: dict[str, int] = {}
         self._routes: dict[tuple[str, str, frozenset[str]], tuple[int, ...]] = {}
+        self._fast_routes: dict[tuple[str, str, frozenset[str]], tuple[int, ...]] = {}
         self.stats: dict[str, int] = {
             "readings": 0,
             "refused": 0,
@@ -115,6 +163,8 @@ class Cep:
             "overflow": 0,
             "forced": 0,
         }
+        if self.has_fast:
+            self.stats.update(dict.fromkeys(FAST_STATS, 0))
 
     # -- input ------------------------------------------------------------------------------------
 
@@ -133,7 +183,7 @@ class Cep:
     def _key(self, name: str, site: str) -> _Key:
         k = self.keys.get(name)
         if k is None:
-            k = self.keys[name] = _Key(name, site, len(self.automata))
+            k = self.keys[name] = _Key(name, site, len(self.automata), self.has_fast)
         return k
 
     def _route(self, kind: str, device: str, metrics: Iterable[str]) -> tuple[int, ...]:
@@ -147,6 +197,17 @@ class Cep:
             self._routes[cache_key] = route
         return route
 
+    def _fast_route(self, kind: str, device: str, metrics: Iterable[str]) -> tuple[int, ...]:
+        names = frozenset(metrics)
+        cache_key = (kind, device, names)
+        route = self._fast_routes.get(cache_key)
+        if route is None:
+            route = tuple(i for i in self.fast_by_kind[kind] if self.automata[i].accepts(device, names))
+            if len(self._fast_routes) > 100_000:
+                self._fast_routes.clear()
+            self._fast_routes[cache_key] = route
+        return route
+
     def process_batch(self, batch: Batch, now_ms: int) -> list[Match]:
         """Buffer the batch's readings, advance the device's (and its site's) watermark, return the matches."""
         if not self.automata:
@@ -154,8 +215,9 @@ class Cep:
         out: list[Match] = []
         site, device = batch.site, batch.device
         max_t: int | None = None
-        dkey = self._key(f"d:{device}", site) if self.by_kind["device"] else None
-        skey = self._key(f"s:{site}", site) if self.by_kind["site"] else None
+        dkey = self._key(f"d:{device}", site) if self.keyed["device"] else None
+        skey = self._key(f"s:{site}", site) if self.keyed["site"] else None
+        fast = self.has_fast
         for r in batch.readings:
             if self._refused(r, now_ms):
                 self.stats["refused"] += 1
@@ -165,13 +227,21 @@ class Cep:
                 max_t = r.t_ms
             self._arrival += 1
             e: Event = (r.t_ms, device, r.boot, r.seq, self._arrival, r.metrics)
-            for key in (dkey, skey):
-                if key is not None:
+            if fast:  # the arrival path first: its alerts come before any event-time alert they may get
+                for key, kind in ((dkey, "device"), (skey, "site")):
+                    if key is not None and self.fast_by_kind[kind]:
+                        self._feed_fast(key, kind, e, r.quality != "u", out)
+            for key, kind in ((dkey, "device"), (skey, "site")):
+                if key is not None and self.by_kind[kind]:
                     self._buffer(key, e, out)
         flushed = batch.flushed_ms
         e_spec = self.spec.engine
         if flushed is not None and (flushed > now_ms + e_spec.max_future_ms or flushed < e_spec.min_time_ms):
             flushed = None
+        if fast and flushed is not None:
+            for key, kind in ((dkey, "device"), (skey, "site")):
+                if key is not None and self.fast_by_kind[kind]:
+                    self._tick_fast(key, flushed + 1, out)
         self.tracker.seen(site, device, now_ms, max_t, flushed)
         if dkey is not None:
             wm = self.tracker.device_wm(device, self._bound(device))
@@ -245,74 +315,148 @@ class Cep:
             if runs:
                 a = self.automata[i]
                 if a.final_guard is not None:
-                    self._complete_pending(i, k, wm, out)
+                    k.runs[i] = self._complete_pending(i, k, k.runs[i], wm, out)
                 if a.within_ms is not None:
                     limit = wm - a.within_ms
                     kept = [r for r in k.runs[i] if r.deadline is not None or r.start[0] >= limit]
                     self.stats["timeouts"] += len(k.runs[i]) - len(kept)
                     k.runs[i] = kept
+        if self.both:
+            self._retract(k, wm, out)
 
-    def _complete_pending(self, i: int, k: _Key, before: int, out: list[Match]) -> None:
-        """Emit, in start order, the runs whose quiet period ended before ``before``; apply the skip strategy."""
+    def _retract(self, k: _Key, wm: int, out: list[Match]) -> None:
+        """Retract the arrival matches whose verdict is due (``due < wm``) and that nothing confirmed."""
+        for i in self.both:
+            opens = k.open[i]
+            if opens and any(o.due < wm for o in opens):
+                for o in opens:
+                    if o.due < wm:
+                        self.stats["retracted"] += 1
+                        out.append(replace(o.match, verdict="retracted", refers=o.id))
+                k.open[i] = [o for o in opens if o.due >= wm]
+
+    def _complete_pending(
+        self, i: int, k: _Key, runs: list[Run], before: int, out: list[Match], fast: bool = False
+    ) -> list[Run]:
+        """Emit, in start order, the runs whose quiet period ended before ``before``; apply the skip strategy;
+        return the runs left."""
         a = self.automata[i]
         remaining: list[Run] = []
         cut: tuple[int, str, int, int] | None = None
-        for run in k.runs[i]:
+        for run in runs:
             if cut is not None and run.start <= cut:
                 continue
             if run.deadline is not None and run.deadline < before:
-                out.append(self._match(a, k, run))
+                self._emit(i, k, run, out, fast)
                 if a.skip_past:
                     # skip past the last event: runs that started at or before it are discarded
                     cut = run.last_key
                     remaining = [r for r in remaining if r.start > cut]
                 continue
             remaining.append(run)
-        k.runs[i] = remaining
+        return remaining
 
     def _feed(self, k: _Key, e: Event, out: list[Match]) -> None:
         """One reading, in event-time order, through every pattern of the key that looks at it."""
         kind = "site" if k.name[0] == "s" else "device"
+        runs = k.runs
         for i in self._route(kind, e[1], e[5]):
-            a = self.automata[i]
-            if k.runs[i] and a.final_guard is not None:
-                self._complete_pending(i, k, e[0], out)
-            runs = k.runs[i]
-            kept: list[Run] = []
-            consumed = False
-            for run in runs:
-                status = a.feed(run, e)
-                if status == DEAD:
-                    continue
-                if status == DONE:
-                    out.append(self._match(a, k, run))
-                    if a.skip_past:
-                        kept = []
-                        consumed = True
-                        break
-                    continue
-                if len(run.taken) > self.spec.max_run_readings:
-                    self.stats["overflow"] += 1
-                    continue
-                kept.append(run)
-            if consumed:
-                # skip past the last event: every run started at or before ``e`` is discarded, and ``e``
-                # starts nothing
-                k.runs[i] = kept
-                continue
-            new = a.start(e)
-            if new is not None:
-                if new.status == DONE:
-                    out.append(self._match(a, k, new))
-                    if a.skip_past:
-                        kept = []
-                else:
-                    if len(kept) >= self.spec.max_runs:
-                        self._evict(k, kept, e[1])
-                    kept.append(new)
-            k.runs[i] = kept
+            runs[i] = self._take(i, k, runs[i], e, out, False)
 
-    def _evict(self, k: _Key, runs: list[Run], device: str) -> None:
+    def _feed_fast(self, k: _Key, kind: str, e: Event, clocked: bool, out: list[Match]) -> None:
+        """One reading, as it arrives, through every fast pattern of the key that looks at it; a synced
+        reading's event time moves the key's fast clock first."""
+        if clocked and (k.clock is None or e[0] > k.clock):
+            self._tick_fast(k, e[0], out)
+        fast = k.fast
+        for i in self._fast_route(kind, e[1], e[5]):
+            fast[i] = self._take(i, k, fast[i], e, out, True)
+
+    def _tick_fast(self, k: _Key, clock: int, out: list[Match]) -> None:
+        """The fast path's time: quiet periods that ended before ``clock`` complete, runs that can no longer
+        finish within ``within`` are dropped (as the watermark does on the event-time path)."""
+        if k.clock is not None and clock <= k.clock:
+            return
+        k.clock = clock
+        for i, runs in enumerate(k.fast):
+            if runs:
+                a = self.automata[i]
+                if a.final_guard is not None:
+                    runs = k.fast[i] = self._complete_pending(i, k, runs, clock, out, True)
+                if a.within_ms is not None:
+                    limit = clock - a.within_ms
+                    if any(r.start[0] < limit and r.deadline is None for r in runs):
+                        k.fast[i] = [r for r in runs if r.deadline is not None or r.start[0] >= limit]
+
+    def _take(self, i: int, k: _Key, runs: list[Run], e: Event, out: list[Match], fast: bool) -> list[Run]:
+        """Let pattern ``i``'s runs of key ``k`` read ``e``, start a run at ``e``; return the runs left."""
+        a = self.automata[i]
+        if runs and a.final_guard is not None:
+            runs = self._complete_pending(i, k, runs, e[0], out, fast)
+        kept: list[Run] = []
+        for run in runs:
+            status = a.feed(run, e)
+            if status == DEAD:
+                continue
+            if status == DONE:
+                self._emit(i, k, run, out, fast)
+                if a.skip_past:
+                    # skip past the last event: every run started at or before ``e`` is discarded, and ``e``
+                    # starts nothing
+                    return []
+                continue
+            if len(run.taken) > self.spec.max_run_readings:
+                if not fast:
+                    self.stats["overflow"] += 1
+                continue
+            kept.append(run)
+        new = a.start(e)
+        if new is not None:
+            if new.status == DONE:
+                self._emit(i, k, new, out, fast)
+                if a.skip_past:
+                    kept = []
+            else:
+                if len(kept) >= self.spec.max_runs:
+                    self._evict(k, kept, e[1], fast)
+                kept.append(new)
+        return kept
+
+    def _emit(self, i: int, k: _Key, run: Run, out: list[Match], fast: bool) -> None:
+        a = self.automata[i]
+        if fast:
+            self.stats["fast_alerts"] += 1
+            m = self._match(a, k, run, "arrival")
+            if a.spec.on == "both":
+                lo, hi = m.span
+                due = hi + (a.within_ms or 0) + a.final_span_ms
+                k.open[i].append(_Open(m, lo, hi, due, m.alert_id()))
+        else:
+            self.stats["matches"] += 1
+            m = self._match(a, k, run, "")
+            if a.spec.on == "both":
+                m = self._verdict(i, k, m)
+        out.append(m)
+
+    def _verdict(self, i: int, k: _Key, m: Match) -> Match:
+        """An event-time match of an ``on = "both"`` pattern confirms the first open arrival match of its key
+        on the same readings, or else the first whose span overlaps its own; or it says ``missed_fast``."""
+        opens = k.open[i]
+        readings = m.readings
+        pick = next((j for j, o in enumerate(opens) if o.match.readings == readings), None)
+        if pick is None:
+            same = set(readings)  # the arrival path may have taken them in another order
+            pick = next((j for j, o in enumerate(opens) if set(o.match.readings) == same), None)
+        if pick is None:
+            lo, hi = m.span
+            pick = next((j for j, o in enumerate(opens) if o.lo <= hi and lo <= o.hi), None)
+        if pick is None:
+            self.stats["missed_fast"] += 1
+            return replace(m, path="event_time", verdict="missed_fast")
+        self.stats["confirmed"] += 1
+        return replace(m, path="event_time", verdict="confirmed", refers=opens.pop(pick).id)
+
+    def _evict(self, k: _Key, runs: list[Run], device: str, fast: bool = False) -> None:
         """Make room for a run ``device`` starts. A device key's oldest run goes; in a site key, shared by its
         devices, ``max_runs`` is shared fairly (max-min): the oldest run of the device that started the most
         goes, and a device that has started the most (or as many) loses its own oldest, never another's."""
@@ -325,10 +469,10 @@ class Cep:
             else:
                 i = next(j for j, r in enumerate(runs) if r.start[1] == device)
         del runs[i]
-        self.stats["evicted"] += 1
+        if not fast:
+            self.stats["evicted"] += 1
 
-    def _match(self, a: Automaton, k: _Key, run: Run) -> Match:
-        self.stats["matches"] += 1
+    def _match(self, a: Automaton, k: _Key, run: Run, path: Path) -> Match:
         names = [a.states[j].name for j, _ in run.taken]
         return Match(
             pattern=a.spec,
@@ -338,16 +482,39 @@ class Cep:
             readings=tuple((e[1], e[2], e[3]) for _, e in run.taken),
             times=tuple(e[0] for _, e in run.taken),
             details=a.details(run),
+            path=path,
         )
 
     # -- state ------------------------------------------------------------------------------------
 
     def partial_matches(self) -> int:
-        """Runs alive over every key and pattern (a gauge)."""
-        return sum(len(r) for k in self.keys.values() for r in k.runs)
+        """Runs alive over every key and pattern, of both paths (a gauge)."""
+        return sum(len(r) for k in self.keys.values() for r in (*k.runs, *k.fast))
 
     def buffered(self) -> int:
         return sum(len(k.buf) for k in self.keys.values())
+
+    def _key_doc(self, k: _Key, names: list[str]) -> dict[str, Any]:
+        """One key's state in a snapshot."""
+        doc: dict[str, Any] = {
+            "site": k.site,
+            "wm": k.wm,
+            "buf": [[e[0], e[1], e[2], e[3], dict(e[5])] for e in sorted(k.buf)],
+            "runs": {names[i]: [r.to_json() for r in runs] for i, runs in enumerate(k.runs) if runs},
+        }
+        if self.has_fast:  # the arrival path's state (absent without fast patterns: the snapshot is unchanged)
+            doc["clock"] = k.clock
+            doc["fast"] = {names[i]: [r.to_json() for r in runs] for i, runs in enumerate(k.fast) if runs}
+            doc["open"] = {
+                names[i]: [
+                    [list(o.match.steps), [list(r) for r in o.match.readings], list(o.match.times),
+                     o.match.details, o.due]
+                    for o in opens
+                ]
+                for i, opens in enumerate(k.open)
+                if opens
+            }  # fmt: skip
+        return doc
 
     def snapshot(self, keys: Set[str] | None = None, order: bool = False) -> dict[str, Any]:
         """All state as plain JSON-able values; ``keys`` and ``order`` select the keys' entries (and the
@@ -358,12 +525,7 @@ class Cep:
             per_key: dict[str, Any] = dict.fromkeys(live)
         else:
             per_key = {
-                name: {
-                    "site": k.site,
-                    "wm": k.wm,
-                    "buf": [[e[0], e[1], e[2], e[3], dict(e[5])] for e in sorted(k.buf)],
-                    "runs": {names[i]: [r.to_json() for r in runs] for i, runs in enumerate(k.runs) if runs},
-                }
+                name: self._key_doc(k, names)
                 for name, k in (live.items() if keys is None else ((n, live[n]) for n in keys if n in live))
             }
         return {
@@ -382,7 +544,8 @@ class Cep:
         if list(snap["patterns"]) != names:
             raise ValueError(f"snapshot has patterns {snap['patterns']}, operator has {names}")
         self.tracker.restore(snap["tracker"])
-        self.stats = dict(snap["stats"])
+        # counters the snapshot lacks (fast patterns added since) start at zero
+        self.stats = {**dict.fromkeys(self.stats, 0), **snap["stats"]}
         self.keys = {}
         arrival = 0
         for name, doc in snap["keys"].items():
@@ -395,4 +558,29 @@ class Cep:
             for pname, runs in doc["runs"].items():
                 i = names.index(pname)
                 k.runs[i] = [Run.from_json(r, len(self.automata[i].states)) for r in runs]
+            if not self.has_fast:
+                continue
+            # a snapshot from before a pattern got a fast path has no arrival state: the path starts afresh
+            k.clock = doc.get("clock")
+            for pname, runs in doc.get("fast", {}).items():
+                i = names.index(pname)
+                if self.automata[i].spec.on != "event_time":
+                    k.fast[i] = [Run.from_json(r, len(self.automata[i].states)) for r in runs]
+            for pname, opens in doc.get("open", {}).items():
+                i = names.index(pname)
+                if self.automata[i].spec.on != "both":
+                    continue
+                for steps, readings, times, details, due in opens:
+                    m = Match(
+                        pattern=self.automata[i].spec,
+                        site=k.site,
+                        key=name[2:],
+                        steps=tuple(steps),
+                        readings=tuple((str(d), int(b), int(q)) for d, b, q in readings),
+                        times=tuple(times),
+                        details=dict(details),
+                        path="arrival",
+                    )
+                    lo, hi = m.span
+                    k.open[i].append(_Open(m, lo, hi, int(due), m.alert_id()))
         self._arrival = arrival

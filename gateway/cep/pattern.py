@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Final, Literal
 
 from ..engine.config import parse_duration
@@ -25,7 +25,9 @@ from ..errors import ConfigError
 from .expr import PREV, Comparison, ExprError, Ref, parse_condition
 
 __all__ = [
+    "ALERT_PATHS",
     "SKIP_STRATEGIES",
+    "AlertPath",
     "Follow",
     "KeyKind",
     "Pattern",
@@ -41,6 +43,11 @@ KeyKind = Literal["device", "site"]
 SkipStrategy = Literal["skip_past_last_event", "no_skip"]
 SKIP_STRATEGIES: Final = ("skip_past_last_event", "no_skip")
 SEVERITIES: Final = ("info", "warning", "critical")
+AlertPath = Literal["event_time", "arrival", "both"]
+ALERT_PATHS: Final = ("event_time", "arrival", "both")
+"""``on``: after the watermark, in event-time order (exact; the default); on arrival, reading by reading in
+processing order (fast, may be wrong under disorder); or both, the event-time path giving each fast alert its
+verdict (docs/cep.md, "Fast alerts")."""
 UNBOUNDED: Final = None
 _STEP_RE: Final = re.compile(r"[a-z][a-z0-9_]{0,31}")
 _PATTERN_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -87,7 +94,9 @@ class PatternSpec:
 
     ``devices`` (glob patterns) limits the pattern to some devices (empty: all). ``within_ms`` bounds the
     event time from the first to the last positive reading of a match. ``skip`` is the after-match skip
-    strategy (see ``docs/cep.md``).
+    strategy (see ``docs/cep.md``). ``on`` chooses the path(s) that raise its alerts (:data:`ALERT_PATHS`); it
+    is left out of the repr, which the checkpoint's configuration fingerprint reads: the event-time state does
+    not depend on it (``gateway.app`` adds it to the fingerprint when it is not the default).
     """
 
     name: str
@@ -98,6 +107,7 @@ class PatternSpec:
     skip: SkipStrategy = "skip_past_last_event"
     devices: tuple[str, ...] = ()
     message: str = ""
+    on: AlertPath = field(default="event_time", repr=False)
 
     def metrics(self) -> frozenset[str]:
         """The metrics the conditions name: the pattern sees only readings that carry one of them."""
@@ -119,6 +129,8 @@ def validate(spec: PatternSpec) -> PatternSpec:
         raise PatternError(f"{where}.severity: expected one of {', '.join(SEVERITIES)}, got {spec.severity!r}")
     if spec.skip not in SKIP_STRATEGIES:
         raise PatternError(f"{where}.skip: expected one of {', '.join(SKIP_STRATEGIES)}, got {spec.skip!r}")
+    if spec.on not in ALERT_PATHS:
+        raise PatternError(f"{where}.on: expected one of {', '.join(ALERT_PATHS)}, got {spec.on!r}")
     if spec.within_ms is not None and spec.within_ms <= 0:
         raise PatternError(f"{where}.within: must be positive, got {spec.within_ms}")
     if not spec.steps:
@@ -259,6 +271,7 @@ class Pattern:
         skip: SkipStrategy = "skip_past_last_event",
         devices: Sequence[str] = (),
         message: str = "",
+        on: AlertPath = "event_time",
     ) -> PatternSpec:
         """The validated :class:`PatternSpec`; raises :class:`PatternError` if it is malformed."""
-        return validate(PatternSpec(name, self.steps, key, self.within_ms, severity, skip, tuple(devices), message))
+        return validate(PatternSpec(name, self.steps, key, self.within_ms, severity, skip, tuple(devices), message, on))

@@ -37,7 +37,7 @@ times = 2
 """
 
 
-def _config(state_dir: Path, mode: str, max_series: int) -> Config:
+def _config(state_dir: Path, mode: str, max_series: int, on: str = "arrival") -> Config:
     doc = tomllib.loads((ROOT / "gateway" / "examples" / "gateway.toml").read_text() + SITE_PATTERN)
     doc["mqtt"] = {"prefix": "ci", "client_id": "gw-ci"}
     doc["influx"] = {"target": "v1", "url": "http://127.0.0.1:9", "database": "db"}  # never written to here
@@ -56,6 +56,7 @@ def _config(state_dir: Path, mode: str, max_series: int) -> Config:
         "metrics": ["temp_c", "vib"],
         "max_series": max_series,
         "compound": {"span": "1m", "min_metrics": 2},
+        "on": on,
     }
     return parse_config(doc, env={})
 
@@ -93,7 +94,10 @@ step = st.tuples(
 )
 
 
-@pytest.mark.parametrize(("mode", "max_series"), [("device", 100_000), ("device", 7), ("global", 100_000)])
+@pytest.mark.parametrize(
+    ("mode", "max_series", "on"),
+    [("device", 100_000, "arrival"), ("device", 7, "arrival"), ("global", 100_000, "arrival"), ("device", 7, "both")],
+)
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(steps=st.lists(step, min_size=5, max_size=45))
 async def test_incremental_checkpoints_restore_the_uninterrupted_state(
@@ -101,16 +105,18 @@ async def test_incremental_checkpoints_restore_the_uninterrupted_state(
     monkeypatch: pytest.MonkeyPatch,
     mode: str,
     max_series: int,
+    on: str,
     steps: list[tuple[str, int, int, bool]],
 ) -> None:
     """Checkpoints taken while inputs go on (one key snapshotted at a time, inputs in between) and restarts at
     any points give the state of the same inputs taken in one go, key order included. ``max_series`` 7 makes the
-    anomaly detectors take series from other devices (a change no message of theirs notes)."""
+    anomaly detectors take series from other devices (a change no message of theirs notes); ``on = "both"`` runs
+    anomaly detection on arrival and in event time."""
     monkeypatch.setattr(gateway.app, "CAPTURE_SLICE", 1)
     base = tmp_path_factory.mktemp("inc")
     clock = _Clock()
-    ref, gw = Gateway(_config(base / "ref", mode, max_series), now_ms=clock), None
-    gw = Gateway(_config(base / "run", mode, max_series), now_ms=clock)
+    ref, gw = Gateway(_config(base / "ref", mode, max_series, on), now_ms=clock), None
+    gw = Gateway(_config(base / "run", mode, max_series, on), now_ms=clock)
     t = 0
     pending: asyncio.Task[None] | None = None
     try:
@@ -135,7 +141,7 @@ async def test_incremental_checkpoints_restore_the_uninterrupted_state(
                 await gw.checkpoint()
             if what == "restart":
                 gw.store.close()
-                gw = Gateway(_config(base / "run", mode, max_series), now_ms=clock)
+                gw = Gateway(_config(base / "run", mode, max_series, on), now_ms=clock)
                 await gw.recover()
                 assert gw.replayed == 0  # the state came wholly from the rows
                 assert json.dumps(gw.pipeline.snapshot()) == json.dumps(ref.pipeline.snapshot())
@@ -143,7 +149,7 @@ async def test_incremental_checkpoints_restore_the_uninterrupted_state(
             await pending
         await gw.checkpoint()
         gw.store.close()
-        gw = Gateway(_config(base / "run", mode, max_series), now_ms=clock)
+        gw = Gateway(_config(base / "run", mode, max_series, on), now_ms=clock)
         await gw.recover()
         assert json.dumps(gw.pipeline.snapshot()) == json.dumps(ref.pipeline.snapshot())  # key order too
     finally:

@@ -220,3 +220,27 @@ async def test_losing_the_broker_mid_run_is_one_clean_publish_error(private_dir:
     await asyncio.sleep(0.05)
     loop.set_exception_handler(None)
     assert unhandled == []
+
+
+async def test_a_socket_closed_before_its_write_is_registered_raises_nothing() -> None:
+    """paho asks for write readiness from its own thread; the loop registers it later. When the broker is
+    lost in between, the socket is closed by then: registering it anyway raised inside the event loop
+    ("Exception in callback BaseSelectorEventLoop.add_writer"), seen once in the test above under load."""
+    import socket
+
+    from sim.publish import make_client
+
+    loop = asyncio.get_running_loop()
+    unhandled: list[str] = []
+    loop.set_exception_handler(lambda _loop, context: unhandled.append(str(context.get("message"))))
+    try:
+        client = make_client(BrokerConfig("127.0.0.1", 1), "sim-closed-socket", 1.0, 4)
+        a, b = socket.socketpair()
+        b.close()
+        paho = client._client
+        paho.on_socket_register_write(paho, None, a)  # what paho calls ...
+        a.close()  # ... and the connection is lost before the loop runs the registration
+        await asyncio.sleep(0.05)
+    finally:
+        loop.set_exception_handler(None)
+    assert unhandled == []

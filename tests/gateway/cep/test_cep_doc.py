@@ -35,3 +35,13 @@ def test_doc_builder_gives_the_same_patterns() -> None:
     assert [(s.name, s.follow, s.within_ms, s.where) for s in ns["door"].steps] == [
         (s.name, s.follow, s.within_ms, s.where) for s in shipped["door_left_open"].steps
     ]
+
+
+def test_doc_fast_alert_example_parses() -> None:
+    (spec,) = parse_patterns(tomllib.loads(blocks("toml")[1])["patterns"])
+    assert (spec.name, spec.on, spec.within_ms, [s.follow for s in spec.steps]) == (
+        "heat_rising",
+        "both",
+        10_000,
+        ["begin", "next"],
+    )
