@@ -399,8 +399,10 @@ class Gateway:
         digests: dict[str, bytes] = {} if full or old is None else dict(old)
         put: list[tuple[str, bytes]] = []
         rows[ORDER] = order
-        for i, (name, row) in enumerate(rows.items()):
-            text = dumps_row(row).encode()
+        for i, name in enumerate(list(rows)):
+            # each row's containers are freed here, a row at a time: freed at once (on the loop, after the
+            # checkpoint) the snapshot of every key held the GIL for hundreds of milliseconds
+            text = dumps_row(rows.pop(name)).encode()
             d = row_digest(text)
             if full or digests.get(name) != d:
                 put.append((name, zlib.compress(text, CHECKPOINT_LEVEL)))
