@@ -11,6 +11,7 @@ from state import State
 from buffer import Buffer, rec_size
 import codec
 import hw
+import otaboot
 
 _MARGIN_MS = const(5000)
 _BOOT = 'boot.cnt'
@@ -89,6 +90,10 @@ class Wake:
         self.clk = clk
         clk.before_drop = self.fix_before
         self.vals = [None] * nm
+        self.acts = []  # actions a command asked for at an earlier wake (cmds.py): sync, status, update
+        self.ack = None  # (id, reason) of the last command handled
+        self.ota_note = ''  # what an update did this wake (ota.py)
+        self.bad = None  # the build this board refuses (fw.bad, read for the status)
         for _, msg in self.problems:
             log('config', msg)
 
@@ -137,6 +142,8 @@ class Wake:
 
     def due(self):
         st, cfg = self.st, self.cfg
+        if self.acts or otaboot.TRIAL is not None:  # a command waits, or a new build must prove itself
+            return True
         if not st.npts:
             # no time in this clock era yet: the backlog cannot go out; ask NTP at once after power-on,
             # later only on the publishing schedule (and its backoff)
@@ -163,7 +170,12 @@ class Wake:
         if v is not None:
             f.append(('battery_mv', v))
         f.extend((('buf', self.buf.fill()), ('buf_cap', self.buf.capacity()), ('dropped', st.dropped),
-                  ('fw', self.cfg['fw']), ('drift_ppm', (st.drift_ppb, 3))))  # ppb -> ppm, 3 decimals
+                  ('fw', otaboot.VERSION or self.cfg['fw']), ('drift_ppm', (st.drift_ppb, 3))))  # ppb -> ppm
+        o, self.bad = otaboot.state()
+        f.append(('ota', self.ota_note or o))  # always, '' when idle: a dashboard's last() then shows now
+        if self.ack is not None:
+            f.append(('ack', self.ack[0]))
+            f.append(('ack_err', self.ack[1]))  # '' when it was taken
         if st.untimed:
             f.append(('untimed', st.untimed))
         if st.brownouts:
@@ -174,6 +186,21 @@ class Wake:
         if keys:
             f.append(('cfg', ','.join(keys)[:64]))
         return f
+
+    def news(self, got, t_cmd):
+        """Whether what came on the subscriptions needs inbox.py: a command not handled before, a build
+        neither running nor refused (both stay retained: most wakes find nothing new)."""
+        for t in got:
+            m = got[t]
+            if t == t_cmd:
+                if not (self.ack and ('"id":"%s"' % self.ack[0]).encode() in m):
+                    return True
+            else:
+                b = m.find(b'"build":"')  # the manifest's build id, compared without parsing it
+                b = m[b + 9:b + 73] if b >= 0 else b''
+                if not (b == otaboot.BUILD.encode() or self.bad and b == self.bad.encode() and 'update' not in self.acts):
+                    return True
+        return False
 
     def fix_before(self, pts, upto):
         """The clock is about to drop its oldest sync point: every buffered reading of this era taken before
@@ -201,7 +228,9 @@ class Wake:
 
     def sync_clock(self):
         st, cfg = self.st, self.cfg
-        if not self.clk.need_sync(cfg['sync_every_s'] * 1000):
+        if 'sync' in self.acts:  # the sync command: NTP now, whatever the schedule and its backoff
+            st.ntp_skip = 0
+        elif not self.clk.need_sync(cfg['sync_every_s'] * 1000):
             return
         if st.ntp_skip:  # NTP failed lately: back off
             st.ntp_skip -= 1
@@ -267,8 +296,7 @@ class Wake:
         up.connect()
         try:
             ask = self.want_gateway_time()
-            if ask:
-                up.listen()
+            up.listen()  # the gateway's time, a command, an update's manifest
             t0, raw0 = time.ticks_ms(), self.clk.raw()
             up.status('online', self.status_fields())
             if ask:
@@ -337,6 +365,16 @@ class Wake:
                 t, q = self.clk.now()
                 up.publish(up.t_readings, codec.readings(cfg['device'], (), t))
                 log('pub', 0, 'flushed', t)
+            if otaboot.TRIAL is not None:  # a build on trial has published: keep it
+                otaboot.confirm()
+            if self.news(up.inbox, up.t_cmd):  # a new command, a new build's manifest (inbox.py)
+                gc.collect()
+                import inbox
+                inbox.handle(self, up)
+                del inbox
+                for m in ('inbox', 'ota', 'cmds'):  # not needed again this wake: their code and the
+                    sys.modules.pop(m, None)  # updater's buffers go back to the heap before the status is built
+                gc.collect()
             mem('publish')
             up.status('sleeping', self.status_fields())
             up.close(True)
@@ -350,7 +388,7 @@ class Wake:
         self.sample()
         self.feed()
         import backoff
-        held = backoff.hold(st)  # after failed uplinks the radio stays off for a few wakes
+        held = backoff.hold(st) and otaboot.TRIAL is None  # after failed uplinks the radio stays off a few wakes
         power = self.radio_allowed()  # and after a brown-out, and on a low battery
         if held or not power or not self.due():
             if held:
@@ -360,8 +398,9 @@ class Wake:
         gc.collect()
         import sntp  # noqa: F401  (load the network modules before the heap fragments)
         import mqtt  # noqa: F401
-        import uplink  # noqa: F401
+        import uplink
         import dns  # noqa: F401
+        uplink.prepare(cfg)  # the TLS context, while the heap is still whole
         if not hw.wifi_connect(cfg['wifi_ssid'], cfg['wifi_password'], cfg['wifi_timeout_s'] * 1000):
             backoff.failed(st, cfg)
             self.save()
@@ -373,6 +412,12 @@ class Wake:
         try:
             n = self.publish()
             backoff.ok(st)
+            if self.acts:  # done: cmd.do (cfgcheck.py) goes
+                import os
+                try:
+                    os.remove('cmd.do')
+                except OSError:
+                    pass
             log('sent', n, 'left', self.buf.fill())
         except OSError as e:
             backoff.failed(st, cfg)
@@ -380,10 +425,23 @@ class Wake:
         self.save()
 
 
+_MAINT_WDT_MS = const(3600000)
+
+
 def maintenance(cfg):
+    """True when maint_pin (never GPIO0, which at reset means the ROM bootloader) is held low. After a reset
+    (not a deep-sleep wake) wait maint_window_ms first: a Ctrl-C from the host (mpremote) then raises
+    KeyboardInterrupt, which main.py passes on to the REPL, before the watchdog was started."""
+    ms = cfg.get('maint_window_ms') or 0
+    if ms > 0 and not hw.woke_from_sleep():
+        log('maintenance window', ms, 'ms: Ctrl-C for the REPL')
+        time.sleep_ms(ms)
+    pin = cfg.get('maint_pin')
+    if not pin:
+        return False
     try:
         import machine
-        return machine.Pin(cfg['maint_pin'], machine.Pin.IN, machine.Pin.PULL_UP).value() == 0
+        return machine.Pin(pin, machine.Pin.IN, machine.Pin.PULL_UP).value() == 0
     except (AttributeError, ValueError, OSError):
         return False
 
@@ -394,7 +452,10 @@ def main():
     msgbuf = bytearray(4096)  # the message buffer first, while the heap is still unfragmented
     rtcbuf = bytearray(2048)  # and the RTC-memory image (cfgcheck.RTC_MEM_MAX)
     from config import CFG as cfg
+    if not cfg.get('device'):
+        cfg['device'] = hw.board_id()
     import cfgcheck
+    acts, ack = cfgcheck.received(cfg)  # settings from the cmd topic, checked with the rest
     problems = cfgcheck.check(cfg)  # fixes what cannot work; the messages go to the REPL and the status
     del sys.modules['cfgcheck']  # not needed again in this wake: let its code be collected
     del cfgcheck
@@ -406,8 +467,11 @@ def main():
     wdt = hw.watchdog((cfg['wake_timeout_s'] + 5) * 1000)
     sleep_ms = cfg['sleep_s'] * 1000
     try:
-        Wake(cfg, t0, wdt, msgbuf, problems, rtcbuf).run()
-    except KeyboardInterrupt:  # a host (mpremote) interrupted: stay awake for it
+        w = Wake(cfg, t0, wdt, msgbuf, problems, rtcbuf)
+        w.acts, w.ack = acts, ack
+        w.run()
+    except KeyboardInterrupt:  # a host (mpremote) interrupted: stay awake for it; the ESP32's watchdog
+        hw.watchdog(_MAINT_WDT_MS)  # cannot be stopped, only given a longer timeout (for a deploy)
         raise
     except Exception as e:
         log('error', repr(e))

@@ -1,6 +1,40 @@
 # Checks the configuration at every start: fixes what cannot work and says what it changed. A module of
-# its own so that main() can unload it once it has run (it is not needed again in the wake).
+# its own so that main() can unload it once it has run (it is not needed again in the wake). Also reads
+# what the cmd topic left on flash (cmds.py writes it): the settings to merge over the configuration first,
+# the actions for this wake, the last command's acknowledgement.
 RTC_MEM_MAX = 2048  # an ESP32's RTC slow memory for machine.RTC().memory()
+CFG_FILE = 'cfg.json'
+ACK_FILE = 'cmd.ack'  # '<id>\n<reason or nothing>'
+DO_FILE = 'cmd.do'  # actions for the next wake, space-separated (app.py removes it once they are done)
+
+
+def _read(name):
+    try:
+        with open(name) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def received(cfg):
+    """Merge the settings received on the cmd topic (cfg.json, checked by cmds.py) over cfg; return the
+    actions for this wake and (id, reason) of the last command handled (or None)."""
+    s = _read(CFG_FILE)
+    if s:
+        import json
+        try:
+            d = json.loads(s)
+        except ValueError:
+            d = None
+        if isinstance(d, dict):
+            cfg.update(d)
+    s = _read(DO_FILE)
+    acts = s.split() if s else []
+    s = _read(ACK_FILE)
+    if not s:
+        return acts, None
+    p = s.split('\n', 1)
+    return acts, (p[0], p[1] if len(p) > 1 else '')
 
 
 def check(cfg):

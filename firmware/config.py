@@ -2,7 +2,7 @@
 # from the fleet file, not tracked) and secrets from secrets.py (not tracked; see secrets_example.py).
 # One plain dict: the firmware reads it once per wake.
 CFG = {  # type: dict  # values of assorted types, read by key
-    'device': 'dev-1',
+    'device': None,          # None: 'esp32-' and the hex of machine.unique_id() (hw.board_id)
     'site': 'site-a',
     'prefix': 'edgekit',
     'fw': '0.1.0',
@@ -11,7 +11,10 @@ CFG = {  # type: dict  # values of assorted types, read by key
     'wifi_password': '',
     'broker': '192.168.1.10',
     'port': 1883,
-    'mqtt_user': None,
+    'tls': False,            # TLS to the broker, the server verified against the fleet's CA (edgekit-fleet sets it)
+    'ca': 'ca.der',          # that CA on flash, DER (both ports' mbedTLS parse DER; the unix port's no PEM)
+    'tls_name': None,        # the name checked against the broker's certificate; None: 'broker'
+    'mqtt_user': None,       # None: the device id
     'mqtt_password': None,
     'ntp_host': 'pool.ntp.org',
     'ntp_port': 123,
@@ -39,7 +42,13 @@ CFG = {  # type: dict  # values of assorted types, read by key
     'i2c_sda': 21,
     'sht_addr': 0x44,
     'adc': [('batt_mv', 35, 2.0), ('light_mv', 34, 1.0)],  # (metric, pin, divider factor)
-    'maint_pin': 0,          # held low at reset: stay awake with the REPL (BOOT button)
+    # maintenance: after a reset (not a deep-sleep wake) the board waits maint_window_ms for a Ctrl-C (mpremote
+    # sends one) before it starts the watchdog; or, with maint_pin set, a pin held low at start keeps it awake.
+    # Never GPIO0: held low through a reset it starts the ESP32's ROM bootloader instead of MicroPython.
+    'maint_window_ms': 3000,
+    'maint_pin': None,
+    # updates over the air (ota.py, otaboot.py)
+    'ota_trials': 3,         # wakes a new build gets to publish before the board goes back to the previous one
 }
 
 try:

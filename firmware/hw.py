@@ -13,6 +13,12 @@ _sht = None
 _adcs = []  # type: list[tuple[machine.ADC, float]]  # (input, divider factor), set by sensors_init
 
 
+def board_id():
+    """The id of a board without a configured one: 'esp32-' and its unique id (the base MAC) in hex."""
+    import binascii
+    return 'esp32-' + binascii.hexlify(machine.unique_id()).decode()
+
+
 def rtc_tuple():
     return _rtc.datetime()
 

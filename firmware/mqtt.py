@@ -46,6 +46,8 @@ class Client:
         self.keepalive = keepalive
         self.will = None  # (topic, msg, retain, qos)
         self.on_msg = None  # on_msg(topic, payload) for a PUBLISH to our subscription
+        self.msg_max = _MSG_MAX  # a larger one is skipped (ota.py raises it while it fetches chunks)
+        self.rbuf = None  # a preallocated buffer for received messages (ota.py), else one per message
         self.sock = None
         self.poll = None
         self.pid = 0
@@ -145,19 +147,33 @@ class Client:
 
     # -- MQTT --------------------------------------------------------------------------------------
 
-    def connect(self, addr, timeout_ms, clean=True):
-        """Open the TCP connection to addr (from socket.getaddrinfo) and log in; at most timeout_ms."""
+    def connect(self, addr, timeout_ms, clean=True, tls=None):
+        """Open the TCP connection to addr (from socket.getaddrinfo) and log in; at most timeout_ms.
+        tls: (ssl.SSLContext, server_hostname): the connection is wrapped before the first byte; the
+        handshake runs inside the bounded writes and reads below (extmod/modtls_mbedtls.c: a non-blocking
+        socket gives EAGAIN, and poll asks for the direction the handshake needs). A certificate that does
+        not verify is an OSError like any other network failure."""
         self.close()
         self._deadline(timeout_ms)
         s = socket.socket()
         self.sock = s
         s.setblocking(False)
-        self.poll = select.poll()
-        self.poll.register(s, select.POLLOUT)
         try:
             s.connect(addr)
         except OSError:
             pass  # EINPROGRESS (its number differs between ports); a real failure shows at the first write
+        if tls is not None:
+            s = tls[0].wrap_socket(s, server_hostname=tls[1], do_handshake_on_connect=False)
+            self.sock = s
+        self.poll = select.poll()
+        self.poll.register(s, select.POLLOUT)
+        try:
+            self._login(clean)
+        except ValueError as e:  # modtls: a certificate that does not verify
+            self.close()
+            raise OSError('tls: %s' % e)
+
+    def _login(self, clean):
         will = self.will
         sz = 10 + 2 + len(self.id)
         flags = 0x02 if clean else 0
@@ -217,7 +233,14 @@ class Client:
 
     def _other(self, op, n):
         """A packet that is not the one awaited: a (QoS 0) PUBLISH goes to on_msg, the rest is skipped."""
-        if op & 0xF0 == 0x30 and not op & 6 and self.on_msg is not None and 2 <= n <= _MSG_MAX:
+        if op & 0xF0 == 0x30 and not op & 6 and self.on_msg is not None and 2 <= n <= self.msg_max:
+            rb = self.rbuf
+            if rb is not None and n <= len(rb):  # into the caller's buffer: on_msg gets a memoryview of it
+                mv = memoryview(self._read(rb, n))
+                tl = rb[0] << 8 | rb[1]
+                if 2 + tl <= n:
+                    self.on_msg(bytes(mv[2:2 + tl]), mv[2 + tl:n])
+                return
             buf = self._read(bytearray(n), n)
             tl = buf[0] << 8 | buf[1]
             if 2 + tl <= n:
@@ -226,31 +249,46 @@ class Client:
         self._skip(n)
 
     def subscribe(self, topic, timeout_ms):
-        """SUBSCRIBE at QoS 0 and return once the SUBACK came; at most timeout_ms."""
+        """SUBSCRIBE at QoS 0 to a topic, or to a list of them in one packet, and return once the SUBACK
+        came; at most timeout_ms. A refused filter is an OSError."""
         self._deadline(timeout_ms)
-        topic = _b(topic)
+        topics = [_b(t) for t in topic] if isinstance(topic, (list, tuple)) else [_b(topic)]
         self.pid = self.pid % 65535 + 1
         pid = self.pid
         h = self.hdr
         h[0] = 0x82
-        i = _varlen(h, 1, 2 + 2 + len(topic) + 1)
+        sz = 2
+        for t in topics:
+            sz += 2 + len(t) + 1
+        i = _varlen(h, 1, sz)
         self.n = 0
         self._put(memoryview(h)[:i])
         struct.pack_into('!H', h, 0, pid)
         self._put(memoryview(h)[:2])
-        self._send_str(topic)
-        self._put(b'\x00')
+        for t in topics:
+            self._send_str(t)
+            self._put(b'\x00')
         self._flush()
+        k = len(topics)
         while True:
             op, n = self._packet()
-            if op == _SUBACK and n == 3:
-                self._read(h, 3)
+            if op == _SUBACK and n == 2 + k and k <= len(h) - 2:
+                self._read(h, n)
                 if struct.unpack_from('!H', h, 0)[0] == pid:
-                    if h[2] == 0x80:
-                        raise OSError('mqtt subscribe refused')
+                    for j in range(k):
+                        if h[2 + j] == 0x80:
+                            raise OSError('mqtt subscribe refused')
                     return
             else:
                 self._other(op, n)
+
+    def ping(self, timeout_ms):
+        """Send a PINGREQ (its PINGRESP is skipped when it comes). Sent right after a SUBACK it carries the
+        TCP acknowledgement of it at once: a broker with Nagle's algorithm on (Mosquitto's default) holds
+        the retained messages that follow a SUBACK until that acknowledgement, which the receiver's stack
+        otherwise delays (40 ms on Linux, up to 250 ms in lwIP) once per SUBSCRIBE."""
+        self._deadline(timeout_ms)
+        self._write(b'\xc0\x00')
 
     def wait_msg(self, timeout_ms):
         """Wait at most timeout_ms for one packet and handle it (a PUBLISH goes to on_msg); False when none

@@ -29,19 +29,47 @@ def _aton(ip):
     return n
 
 
+_tls = None  # (context, name) or the OSError of making it: prepare()
+
+
+def _context(cfg):
+    import ssl  # only with TLS (frozen on the board; the host shim takes KBs of heap)
+    try:
+        with open(cfg.get('ca') or 'ca.der', 'rb') as f:
+            ca = f.read()
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        # micropython-lib's ssl.SSLContext starts at CERT_NONE (the ESP32 stubs lack its verify_mode)
+        ctx.verify_mode = ssl.CERT_REQUIRED  # type: ignore[attr-defined]
+        ctx.load_verify_locations(cadata=ca)
+    except (OSError, ValueError, MemoryError) as e:
+        return OSError('tls ca %s: %r' % (cfg.get('ca'), e))
+    return ctx, cfg.get('tls_name') or cfg['broker']
+
+
+def prepare(cfg):
+    """With 'tls', make the TLS context now, early in the wake: its mbedTLS state is one object of some KB
+    (3 KB on the 64-bit unix port) that a heap fragmented by the wake may not have in one piece. A failure
+    (no CA file, a bad one) is kept and raised by the connect, where network failures are handled."""
+    global _tls
+    _tls = _context(cfg) if cfg.get('tls') else None
+
+
 class Uplink:
     def __init__(self, cfg, left_ms=None, st=None, dns_server=None):
         p = '%s/%s/%s/' % (cfg['prefix'], cfg['site'], cfg['device'])
         self.t_readings = p + 'readings'
         self.t_status = p + 'status'
         self.t_cmd = p + 'cmd'
+        m = '%s/_gateway/ota/manifest' % cfg['prefix']
+        self.t_ota = (m, m + '/' + cfg['device'])  # the fleet's build, this board's own (ota.py)
         self.cfg = cfg
         self.dev = cfg['device']
         self.left_ms = left_ms
         self.st = st
         self.dns_server = dns_server
         self.c = None
-        self.got = None  # (ticks_ms, payload) of the first message on the cmd topic
+        self.got = None  # (ticks_ms, payload) of the gateway's first time reply on the cmd topic
+        self.inbox = {}  # topic -> payload: a command (retained on cmd, with an id), the OTA manifests
 
     def ms(self):
         """The time one network operation may take now."""
@@ -75,14 +103,24 @@ class Uplink:
                 # the address we had is still worth a try
         return socket.getaddrinfo(ip, port)[0][-1]
 
+    def tls(self):
+        """(context, name) for TLS to the broker, verified against the fleet's CA; None without 'tls'."""
+        t = _tls
+        if t is None and self.cfg.get('tls'):
+            t = _context(self.cfg)
+        if isinstance(t, OSError):
+            raise t
+        return t
+
     def connect(self):
         cfg = self.cfg
         err = None
+        tls = self.tls()
         for i in range(_RETRIES):  # bounded retry
             c = Client(self.dev, cfg.get('mqtt_user'), cfg.get('mqtt_password'), cfg['keepalive_s'])
             c.set_last_will(self.t_status, codec.will(self.dev), True, 1)
             try:
-                c.connect(self.address(), self.ms())
+                c.connect(self.address(), self.ms(), True, tls)
                 self.c = c
                 return
             except OSError as e:
@@ -106,23 +144,31 @@ class Uplink:
             raise
 
     def listen(self):
-        """Subscribe to this board's cmd topic (QoS 0): the gateway answers an 'online' status there with
-        its time (docs/protocol.md). A message that arrives while we wait for a PUBACK is kept too."""
+        """Subscribe (QoS 0) to this board's cmd topic and the OTA manifests, in one packet. On cmd the
+        gateway answers an 'online' status with its time (docs/protocol.md), and a retained command waits
+        (cmds.py); the retained manifests come with the SUBACK. Whatever is retained has arrived by the
+        time the PUBACK of the next publish does (the broker answers in order). A message that arrives while
+        we wait for a PUBACK is kept too."""
         c = self.c
         if c is None:
             raise OSError('mqtt subscribe: not connected')
         self.got = None
-        c.on_msg = self._on_cmd
+        self.inbox = {}
+        c.on_msg = self.on_cmd
         try:
-            c.subscribe(self.t_cmd, self.ms())
+            c.subscribe((self.t_cmd,) + self.t_ota, self.ms())
         except OSError:
             c.close()
             self.c = None
             raise
 
-    def _on_cmd(self, topic, msg):
-        if self.got is None:
-            self.got = (time.ticks_ms(), msg)
+    def on_cmd(self, topic, msg):
+        topic = topic.decode()
+        if topic == self.t_cmd and b'"id"' not in msg:  # the gateway's time
+            if self.got is None:
+                self.got = (time.ticks_ms(), msg)
+        else:
+            self.inbox[topic] = msg
 
     def poll(self, ms):
         """The first cmd message, waiting at most ms for it: (ticks_ms when it came, payload) or None."""

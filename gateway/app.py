@@ -39,6 +39,7 @@ from .ingest import (
     run_durable_ingest,
 )
 from .live import LiveView
+from .notify import Notifier
 from .pipeline import Handled, Pipeline
 from .record import Recorder
 from .sinks import make_writer
@@ -177,6 +178,9 @@ class Gateway:
         # deploy: the live view (stats file for `top`, health points) and `run --record FILE`
         self.live = LiveView(self.pipeline.engine, config.mqtt.client_id, now_ms())
         self.recorder = Recorder(record) if record is not None else None
+        both = any(p.on == "both" for p in config.patterns) or config.anomaly.on == "both"
+        self.notifier = Notifier(config.notify, now_ms, retractions=both) if config.notify else None
+        """``[[notify]]``: alerts to people (docs/notify.md); its own task, fed without waiting from ``_emit``."""
         self.pos = 0
         """Log position of the last input the pipeline has taken."""
         self.recovered_from = 0
@@ -280,7 +284,9 @@ class Gateway:
     async def _emit(self, out: Handled) -> None:
         for topic, payload in out.publish:
             self.outbox.put(topic, payload)
-        self.live.observe(out.readings, out.outputs, out.alerts)  # deploy
+        self.live.observe(out.readings, out.outputs, out.alerts, out.status)  # deploy
+        if out.alerts and self.notifier is not None:
+            self.notifier.offer(out.alerts)  # never waits: a full inbox is counted (notify.shed)
         await self.sink.add(out.lines)
 
     async def _tick(self) -> None:
@@ -503,6 +509,7 @@ class Gateway:
                 "outbox_too_large": self.outbox.too_large,
             },
             "live": self.live.as_dict(self.now_ms()),  # deploy
+            **({"notify": self.notifier.stats()} if self.notifier is not None else {}),
             "state": {
                 "log_pos": self.pos,
                 "log_rows": self.store.log_rows,
@@ -602,6 +609,10 @@ class Gateway:
         # a stop is seen at once, even while the replay or ingest waits for room in a full spool
         watcher = asyncio.create_task(self._watch_stop(stop), name="stop-watch")
         status_task = asyncio.create_task(self._status_loop(stop), name="status")  # from the start: the replay too
+        notify_stop = asyncio.Event()
+        notify_task = (
+            asyncio.create_task(self.notifier.run(notify_stop), name="notify") if self.notifier is not None else None
+        )
         try:
             await self._probe_database()
             await self.sink.start()
@@ -656,6 +667,9 @@ class Gateway:
         finally:
             watcher.cancel()
             status_task.cancel()
+            if notify_task is not None:
+                notify_stop.set()
+                await notify_task
             if self.recorder is not None:  # deploy
                 self.recorder.close()
             if server is not None:

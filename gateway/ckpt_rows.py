@@ -51,6 +51,11 @@ def _containers(state: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], tu
             for name, op in windows.items():
                 if isinstance(op, dict):
                     yield "w" + name, op, _ALL
+        early = engine.get("early")  # windows with early triggers (gateway/engine/early.py)
+        if isinstance(early, dict):
+            for name, e in early.items():
+                if isinstance(e, dict):
+                    yield "e" + name, e, ("pend", "prov")
     yield "p", pipeline, ("devices", "metric_names")
     dedup = pipeline.get("dedup")
     if isinstance(dedup, dict):

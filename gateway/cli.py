@@ -56,6 +56,7 @@ def _describe(cfg: Config) -> str:
             _describe_watermark(cfg),
             f"patterns:  {', '.join(p.name for p in cfg.patterns) or 'none'}",
             _describe_anomaly(cfg),
+            *_describe_notify(cfg),
             f"state:     {state_path(cfg)} (ingest log, checkpoint every {cfg.state.checkpoint_interval_s:g} s, "
             f"spool up to {cfg.state.spool_max_bytes / 2**20:g} MiB), sync {cfg.state.sync}",
             "metrics:   "
@@ -68,6 +69,20 @@ def _describe(cfg: Config) -> str:
             *_describe_env(cfg),
         ]
     )
+
+
+def _describe_notify(cfg: Config) -> list[str]:
+    """Each ``[[notify]]`` target with its service (the URL's scheme: the rest may be secret) and its filter."""
+    if not cfg.notify:
+        return []
+    items = []
+    for n in cfg.notify:
+        only = [f"{n.min_severity} and above"] if n.min_severity != "info" else []
+        for what, pats in (("sources", n.sources), ("names", n.names), ("sites", n.sites), ("devices", n.devices)):
+            if pats:
+                only.append(f"{what} {'|'.join(pats)}")
+        items.append(f"{n.name} ({n.url.partition(':')[0]}://..., {', '.join(only) or 'every alert'})")
+    return [f"notify:    {'; '.join(items)}"]
 
 
 def _describe_times(cfg: Config) -> str:
@@ -139,6 +154,15 @@ def _describe_windows(cfg: Config) -> list[str]:
             f"window:    {w.name}: {shape} per {w.key} over {', '.join(w.metrics)} "
             f"({', '.join(w.aggregates)}), allowed lateness {w.allowed_lateness_ms / 1000:g} s"
         )
+        early = [f"every {w.early_every_ms / 1000:g} s"] if w.early_every_ms else []
+        early += [f"every {w.early_count} readings"] if w.early_count else []
+        if early:
+            lines.append(
+                f"           provisional results {' and '.join(early)} ({w.provisional})"
+                + (", published on MQTT" if w.publish else "")
+            )
+        elif w.publish:
+            lines.append("           results published on MQTT")
     return lines
 
 
@@ -220,16 +244,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plan = command(
         "plan",
-        "measure what a configuration does for a fleet: points per hour, state size",
+        "measure what a configuration does for a fleet: points per hour, state size; or, with --scenario, its "
+        "latency against its accuracy",
         "Run a synthetic fleet through the real pipeline and report points per hour by measurement and the "
-        "size of the state (what a checkpoint holds).",
+        "size of the state (what a checkpoint holds). With --scenario: run a simulator scenario (sleepy boards, "
+        "delays, disorder) through the configuration's windows in simulated gateway time, once per setting of "
+        "--bound, --lateness and --trigger, and print the trade-off table: how long results take, how wrong "
+        "they are, the share of readings too late for any result, the state's size.",
     )
-    plan.add_argument("--devices", type=int, default=100, help="boards in the fleet (default 100)")
+    plan.add_argument("--devices", type=int, default=None, help="boards in the fleet (default 100; with --scenario: "
+                      "the scenario's)")  # fmt: skip
     plan.add_argument("--interval", default="60s", help="event time between readings of a board (default 60s)")
     plan.add_argument("--batch", type=int, default=10, help="readings per message, 1-64 (default 10)")
     plan.add_argument("--metrics", default="temp_c,rh", help="comma-separated metric names (default temp_c,rh)")
     plan.add_argument("--hours", type=float, default=1.0, help="event time to measure, after the warm-up (default 1)")
     plan.add_argument("--json", action="store_true", help="print the result as JSON")
+    tr = plan.add_argument_group("latency against accuracy (--scenario)")
+    tr.add_argument("--scenario", metavar="NAME", help="a simulator scenario (edgekit-sim scenarios) or its TOML file")
+    tr.add_argument("--bound", default="", metavar="LIST", help="watermark bounds to try, e.g. 0,5s,1m (default: "
+                    "each window's as configured)")  # fmt: skip
+    tr.add_argument("--lateness", default="", metavar="LIST", help="allowed lateness to try, e.g. 0,5m,30m")
+    tr.add_argument("--trigger", default="", metavar="LIST", help="early-trigger intervals to try, e.g. off,10s,1m")
+    tr.add_argument("--duration", metavar="SPAN", help="event time to simulate (default: the scenario's)")
+    tr.add_argument("--seed", type=int, help="the scenario's random seed (default: its own)")
     replay = command(
         "replay",
         "feed a recording of MQTT messages through the pipeline into InfluxDB",
@@ -288,7 +325,59 @@ def _recover(cfg: Config) -> int:
     return 0
 
 
+def _plan_scenario(args: argparse.Namespace) -> int:
+    """``plan --scenario``: the trade-off table (sim/latency.py)."""
+    from sim.commands import load_gateway, parse_setting_list, plan_tradeoff
+    from sim.errors import SimError, SpecError
+    from sim.latency import grid, render_table
+
+    try:
+        settings = grid(
+            parse_setting_list(args.bound, "--bound"),
+            parse_setting_list(args.lateness, "--lateness"),
+            parse_setting_list(args.trigger, "--trigger", off=True),
+        )
+        gateway = load_gateway(args.config) if args.config is not None else None
+        duration = None if args.duration is None else parse_duration(args.duration, "--duration")
+        bar = Progress("plan: settings", len(settings), enabled=not args.json)
+        res = plan_tradeoff(
+            args.scenario, gateway, settings, devices=args.devices, duration_ms=duration, seed=args.seed,
+            progress=lambda done, total: bar.update(done, total),
+        )  # fmt: skip
+        bar.done()
+    except (SpecError, ConfigError) as exc:
+        return _fail(str(exc), 2)
+    except SimError as exc:
+        return _fail(str(exc))
+    if args.json:
+        print(json.dumps(res.as_dict(), indent=1))
+        return 0
+    sc = res.scenario
+    print(
+        f"plan: scenario {sc.name} ({sc.description}): {sc.devices} devices, {sc.duration_ms / 60_000:g} min of "
+        f"event time, seed {sc.seed}; {res.readings} readings in {res.deliveries} messages, through the pipeline "
+        f"once per setting in simulated gateway time"
+    )
+    for w in res.gateway.get("windows", []):
+        print(f"window {w.get('name')}: {w.get('kind', 'tumbling')} {w.get('size', w.get('gap', ''))}, "
+              f"metrics {', '.join(w.get('metrics', []))}")  # fmt: skip
+    print(render_table(res.rows))
+    print(
+        "final p50/p95: a window's final result after the event time of its newest reading; from arrival: after "
+        "its last reading arrived; first value: a window's first result of any kind (a provisional one with a "
+        "trigger). provisional err: against the window's final, mean relative error of its main aggregate and the "
+        "readings it lacked. finals off: finals not equal to the window over every reading that reached the "
+        "gateway (late ones included), + windows with no result at all; after updates: the same for the last "
+        "result. late share: readings too late for any result. state max: the engine's state as JSON."
+    )
+    return 0
+
+
 def _plan(cfg: Config, args: argparse.Namespace) -> int:
+    if args.scenario is not None:
+        return _plan_scenario(args)
+    if args.devices is None:
+        args.devices = 100
     try:
         interval_ms = parse_duration(args.interval, "--interval")
     except ConfigError as exc:

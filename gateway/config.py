@@ -1,7 +1,8 @@
 """Gateway configuration: a TOML file, overridden by ``EDGEKIT_*`` environment variables, validated at start.
 
-Secrets (the MQTT password, the InfluxDB password or token) are never read from the TOML file: they come
-from the environment or from a file named by ``password_file`` / ``token_file`` (keep it untracked).
+Secrets (the MQTT password, the InfluxDB password or token, a ``[[notify]]`` target's URL) are never read from the
+TOML file: they come from the environment or from a file named by ``password_file`` / ``token_file`` /
+``url_file`` (keep it untracked).
 Every error names the key and the value, e.g. ``influx.target: 'v3' is not one of v1, v2``.
 """
 
@@ -27,6 +28,7 @@ from .cep.expr import Ref
 from .cep.pattern import PatternSpec
 from .engine.config import ENGINE_KEYS, WATERMARK_KEYS, EngineSpec, parse_engine
 from .errors import ConfigError
+from .notify import NotifySpec, parse_notify, url_secret_parts
 from .protocol import METRIC_RE, NAME_RE, RESERVED_METRICS, Limits
 from .schema import MetricTypes
 
@@ -159,6 +161,8 @@ class Config:
     """CEP patterns (``[[patterns]]``, see docs/cep.md), validated at start."""
     metric_types: MetricTypes = MetricTypes()
     """The type of each metric (``[metric_types]``, see docs/protocol.md): a float unless declared otherwise."""
+    notify: tuple[NotifySpec, ...] = ()
+    """Notification targets (``[[notify]]``, see docs/notify.md)."""
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
     """The whole parsed document, for sections other modules own (such as ``windows``)."""
     from_env: Mapping[str, str] = field(default_factory=dict)
@@ -234,6 +238,8 @@ NOT_CONFIG: Mapping[str, str] = {
     "EDGEKIT_ACCOUNTING_*": "the accounting test's seed, examples and shrinking",
     "EDGEKIT_PROPERTY_EXAMPLES": "the decoder property tests' examples",
     "EDGEKIT_SKAB": "the SKAB data folder the anomaly tests read (docs/anomaly.md)",
+    "EDGEKIT_WIFI_PASSWORD": "edgekit-fleet wifi: the boards' Wi-Fi password, instead of asking for it",
+    "EDGEKIT_NOTIFY_*": "a [[notify]] target's URL, a secret: EDGEKIT_NOTIFY_<NAME>_URL (docs/notify.md)",
 }
 """``EDGEKIT_*`` variables that are not configuration keys (a trailing ``*``: every name with that prefix). Any
 other ``EDGEKIT_*`` variable that names no key is refused, as an unknown key in the file is."""
@@ -435,7 +441,8 @@ def _split_url(where: str, url: str, expected: str) -> SplitResult:
 
 
 def secret_values(config: Config) -> tuple[str, ...]:
-    """Every secret of ``config`` (MQTT password, InfluxDB password and token) in each form it may take on the
+    """Every secret of ``config`` (MQTT password, InfluxDB password and token, the parts of each notification URL
+    that may be secret: ``gateway.notify.url_secret_parts``) in each form it may take on the
     way out: as given, JSON- and repr-escaped, percent-encoded, and as the HTTP Basic credentials it makes.
     The log formatter removes each of them from every line (``gateway.logs``)."""
     import base64
@@ -447,6 +454,7 @@ def secret_values(config: Config) -> tuple[str, ...]:
         (config.mqtt.username, config.mqtt.password),
         (config.influx.username, config.influx.password),
         (None, config.influx.token),
+        *((None, part) for spec in config.notify for part in url_secret_parts(spec.url)),
     ):
         if not secret:
             continue
@@ -728,6 +736,7 @@ KNOWN_SECTIONS = {
     "state",
     "metrics",
     "metric_types",
+    "notify",
 }
 
 
@@ -796,6 +805,7 @@ def _parse(doc: Mapping[str, Any], env: Mapping[str, str]) -> Config:
         anomaly=parse_anomaly(doc),
         patterns=parse_patterns(doc.get("patterns")),
         metric_types=_metric_types(doc, env),
+        notify=parse_notify(doc.get("notify"), env),
         raw=doc,
     )
     _check_metric_types(cfg)

@@ -21,7 +21,7 @@ from .alerts import Alert
 from .engine import Engine
 from .engine.outputs import LateReading, WindowResult
 from .lineproto import NS_PER_MS, line
-from .model import MetricValue, Reading
+from .model import MetricValue, Reading, StatusUpdate
 from .schema import FieldType, declare
 
 __all__ = [
@@ -94,6 +94,8 @@ class _Device:
     site: str
     readings: int = 0
     late: int = 0
+    fw: str | None = None  # from the device's latest status: its firmware version ...
+    ota: str | None = None  # ... and what its update is doing (firmware/ota.py)
 
 
 class LiveView:
@@ -109,7 +111,20 @@ class LiveView:
         self._next_health = 0
         self._next_devices = 0
 
-    def observe(self, readings: list[Reading], outputs: list[WindowResult | LateReading], alerts: list[Alert]) -> None:
+    def observe(
+        self,
+        readings: list[Reading],
+        outputs: list[WindowResult | LateReading],
+        alerts: list[Alert],
+        status: StatusUpdate | None = None,
+    ) -> None:
+        if status is not None and status.state != "offline":  # the last will carries no fields
+            d = self.devices.get(status.device)
+            if d is None:
+                d = self.devices[status.device] = _Device(status.site)
+            fw, ota = status.fields.get("fw"), status.fields.get("ota")
+            d.fw = fw if isinstance(fw, str) else d.fw
+            d.ota = ota if isinstance(ota, str) else None
         for r in readings:
             d = self.devices.get(r.device)
             if d is None:
@@ -151,6 +166,8 @@ class LiveView:
                 "watermark_ms": wm,
                 "watermark_lag_ms": None if wm is None else now_ms - wm,
                 "active": bool(e and tracker.is_active(device, now_ms)),
+                "fw": d.fw if d else None,
+                "ota": d.ota if d else None,
             }
         return rows
 

@@ -19,6 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .ingest import IngestStats, Outbox
+from .notify import Notifier
 from .pipeline import Pipeline
 from .spool import OTHER, RAW, SpoolingSink
 from .state import StateStore
@@ -53,6 +54,8 @@ class GatewayView(Protocol):
     def replayed(self) -> int: ...
     @property
     def now_ms(self) -> Callable[[], int]: ...
+    @property
+    def notifier(self) -> Notifier | None: ...
 
 
 class GatewayMetrics:
@@ -223,3 +226,32 @@ class _Collector(Collector):
             if marks:
                 lag.add_metric([device], (now - max(marks)) / 1000)
         yield lag
+        if gw.notifier is not None:
+            yield from _notify_metrics(gw.notifier)
+
+
+def _notify_metrics(n: Notifier) -> Iterator[Metric]:
+    """``[[notify]]`` (docs/notify.md): per target, what was sent, what failed (and was retried), what was given
+    up, what waits; and the alerts the full inbox shed."""
+    yield CounterMetricFamily("edgekit_notify_shed", "Alerts not notified because the notifier's inbox was full",
+                              value=n.shed)  # fmt: skip
+    sent = CounterMetricFamily("edgekit_notify_sent", "Notification messages delivered", labels=["target"])
+    failed = CounterMetricFamily(
+        "edgekit_notify_failures", "Failed notification deliveries (retried with backoff)", labels=["target"]
+    )
+    dropped = CounterMetricFamily(
+        "edgekit_notify_dropped", "Notification messages given up, by reason", labels=["target", "reason"]
+    )
+    suppressed = CounterMetricFamily(
+        "edgekit_notify_suppressed", "Alerts of an open incident not sent again (repeats)", labels=["target"]
+    )
+    pending = GaugeMetricFamily("edgekit_notify_pending", "Notification messages waiting to go", labels=["target"])
+    for t in n.targets:
+        name = t.spec.name
+        sent.add_metric([name], t.stats.sent)
+        failed.add_metric([name], t.stats.failures)
+        for reason in ("expired", "overflow"):
+            dropped.add_metric([name, reason], t.stats.dropped[reason])
+        suppressed.add_metric([name], t.router.suppressed)
+        pending.add_metric([name], len(t.pending))
+    yield from (sent, failed, dropped, suppressed, pending)

@@ -29,12 +29,12 @@ from .engine import Engine
 from .engine.outputs import LateReading, WindowResult
 from .engine.outputs import Output as EngineOutput
 from .errors import DecodeError
-from .model import Batch, DeadLetter, Reading
+from .model import Batch, DeadLetter, Reading, StatusUpdate
 from .points import READING, dead_letter_line, reading_line, status_line
 from .protocol import dead_letter_for, decode, excerpt, parse_topic
 from .schema import get as measurement
 
-__all__ = ["Pipeline", "Stats", "reading_field_bound"]
+__all__ = ["Pipeline", "Stats", "reading_field_bound", "window_topic"]
 
 log = logging.getLogger("gateway.pipeline")
 
@@ -50,6 +50,8 @@ class Stats:
     dead_letters: int = 0
     status_updates: int = 0
     window_results: int = 0
+    provisional_results: int = 0
+    """Of ``window_results``, the provisional ones (windows with early triggers)."""
     late_readings: int = 0
     alerts: int = 0
     """Alert records published (fast alerts and retraction records included)."""
@@ -78,6 +80,7 @@ class Stats:
             "dead_letters": self.dead_letters,
             "status_updates": self.status_updates,
             "window_results": self.window_results,
+            "provisional_results": self.provisional_results,
             "late_readings": self.late_readings,
             "alerts": self.alerts,
             "fast_alerts": self.fast_alerts,
@@ -102,6 +105,7 @@ class Handled:
     # deploy: the engine's outputs and the alerts as values, for the live view (gateway/live.py)
     outputs: list[EngineOutput] = field(default_factory=list)
     alerts: list[Alert] = field(default_factory=list)
+    status: StatusUpdate | None = None  # a device's status (the live view shows its firmware version)
 
 
 class Pipeline:
@@ -131,6 +135,9 @@ class Pipeline:
         """Per device, the metric names of its accepted readings (at most ``devices.max_metric_names``)."""
         self._unique = 0
         self._own = (f"{config.mqtt.prefix}/_gateway/", "/cmd")
+        windows = config.engine.windows
+        self._audit = frozenset(w.name for w in windows if w.early and w.provisional == "audit")
+        self._publish = frozenset(w.name for w in windows if w.publish)
         self.dirty: set[str] = self.engine.touched
         """The keys (``gateway.ckpt_rows``: devices, sites, pattern keys ``d:<device>`` and ``s:<site>``, ``""``
         for a shared watermark) whose state may have changed since the owner (the gateway's checkpoint) last
@@ -211,6 +218,7 @@ class Pipeline:
             self.stats.status_updates += 1
             self._unique += 1
             out.lines.append(status_line(msg, self._unique))
+            out.status = msg
             self._engine_out(self.engine.process_status(msg), out)
             self._cep_out(self.cep.process_status(msg), out)
             return out
@@ -335,11 +343,13 @@ class Pipeline:
         return keys
 
     def tick_reach(self) -> Sequence[str]:
-        """The keys a :meth:`tick` may change: every site's, when there are windows or patterns keyed by site."""
+        """The keys a :meth:`tick` may change: every site's, when there are windows or patterns keyed by site, and
+        those of the windows with early triggers that have pending or provisional results."""
+        keys = self.engine.early_keys()
         if not self._site_ticks:
-            return ()
+            return keys
         sites = set(self.engine.tracker.sites) | set(self.cep.tracker.sites)
-        return [*sites, *("s:" + s for s in sites)]
+        return [*keys, *sites, *("s:" + s for s in sites)]
 
     def _move(self, device: str, old: str, new: str) -> None:
         """The device's first message under its declared site: its state follows it there."""
@@ -357,11 +367,13 @@ class Pipeline:
         )
 
     def tick(self, now_ms: int) -> Handled:
-        """Time-driven progress (devices turning idle release site windows). Never raises, like :meth:`handle`."""
+        """Time-driven progress (devices turning idle release site windows, early results of windows with
+        ``early_every``). Never raises, like :meth:`handle`."""
         out = Handled()
         self.dirty.update(self.tick_reach())
         try:
             self._engine_out(self.engine.advance(now_ms), out)
+            self._engine_out(self.engine.on_processing_time(now_ms), out)
             self._cep_out(self.cep.advance(now_ms), out)
         except Exception:
             log.exception("internal error in a tick", extra={"event": "internal_error"})
@@ -439,12 +451,19 @@ class Pipeline:
 
     def _engine_out(self, outputs: list[EngineOutput], out: Handled) -> None:
         for o in outputs:
-            if isinstance(o, WindowResult):
-                self.stats.window_results += 1
-            elif isinstance(o, LateReading):
-                self.stats.late_readings += 1
             out.outputs.append(o)
             out.lines.append(o.to_line())
+            if isinstance(o, WindowResult):
+                self.stats.window_results += 1
+                if o.revision == 0:
+                    self.stats.provisional_results += 1
+                    if o.window in self._audit:
+                        out.lines.append(o.to_audit_line())
+                if o.window in self._publish:
+                    topic = window_topic(self.config.mqtt.prefix, o.site, o.window)
+                    out.publish.append((topic, o.to_payload()))
+            elif isinstance(o, LateReading):
+                self.stats.late_readings += 1
 
     def _dead(self, dead: DeadLetter, out: Handled) -> None:
         self.stats.dead_letters += 1
@@ -465,6 +484,11 @@ class Pipeline:
                 "size": dead.size,
             },
         )
+
+
+def window_topic(prefix: str, site: str, window: str) -> str:
+    """Where a window with ``publish = true`` publishes its results (JSON, ``WindowResult.to_payload``)."""
+    return f"{prefix}/_gateway/windows/{site}/{window}"
 
 
 def reading_field_bound(config: Config) -> int:

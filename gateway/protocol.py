@@ -59,6 +59,9 @@ STATUS_FIELDS: Final[dict[str, FieldType]] = {
     "untimed": "integer",
     "brownouts": "integer",
     "cfg": "string",
+    "ota": "string",
+    "ack": "string",
+    "ack_err": "string",
 }
 """The status fields docs/protocol.md documents, with their types; any other takes its type from the
 ``[metric_types]`` declarations (a float unless declared otherwise)."""

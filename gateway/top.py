@@ -83,11 +83,24 @@ def render(stats: dict[str, Any], prev: dict[str, Any] | None, *, width: int = 1
             f"{p.get('alerts_retracted', 0)}; event-time alerts it missed {p.get('alerts_missed_fast', 0)}"
         )
         out.insert(2, fast)
+    notify = stats.get("notify")
+    if notify:  # [[notify]] targets (docs/notify.md): what went out, what waits, what failed or was given up
+        parts = []
+        for name, t in notify.get("targets", {}).items():
+            dropped = sum(t.get("dropped", {}).values())
+            parts.append(
+                f"{name} sent {t.get('sent', 0)}"
+                + (f" pending {t['pending']}" if t.get("pending") else "")
+                + (f" failures {t['failures']}" if t.get("failures") else "")
+                + (f" dropped {dropped}" if dropped else "")
+            )
+        shed = f"; shed {notify['shed']} (inbox full)" if notify.get("shed") else ""
+        out.insert(len(out) - 1, "notify: " + "; ".join(parts) + shed)
     devices: dict[str, dict[str, Any]] = live.get("devices", {})
     old: dict[str, dict[str, Any]] = (prev or {}).get("live", {}).get("devices", {})
     head = (
         f"{'DEVICE':<20} {'SITE':<12} {'WM LAG':>8} {'LAST EVENT':>10} {'SEEN':>8} {'READINGS':>9} {'/MIN':>7} "
-        f"{'LATE':>6}"
+        f"{'LATE':>6} {'FW':<10}"
     )
     windows = list(reversed(live.get("windows", [])))[:8]
     alerts = list(reversed(live.get("alerts", [])))[:8]
@@ -104,7 +117,9 @@ def render(stats: dict[str, Any], prev: dict[str, Any] | None, *, width: int = 1
         out.append(
             f"{name[:20]:<20} {d.get('site', '')[:12]:<12} {_dur(d.get('watermark_lag_ms')):>8} "
             f"{_clock(d.get('last_event_ms')):>10} {_dur(seen):>8} {d.get('readings', 0):>9} {rate:>7} "
-            f"{d.get('late', 0):>6}" + ("" if d.get("active") else "  idle")
+            f"{d.get('late', 0):>6} {(d.get('fw') or '-')[:10]:<10}"
+            + ("" if d.get("active") else "  idle")
+            + (f"  ota: {d['ota']}" if d.get("ota") else "")
         )
     if len(rows) > budget:
         out.append(f"... {len(rows) - budget} more")

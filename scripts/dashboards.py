@@ -277,7 +277,7 @@ def boards() -> list[Board]:
                 description="last_seen_ms and last_event_ms are epoch milliseconds (gateway clock, board clock).",
             ),
             Panel(
-                "Device status (last report): battery, buffer, clock",
+                "Device status (last report): battery, buffer, clock, firmware, commands",
                 [
                     (
                         flux(
@@ -285,10 +285,11 @@ def boards() -> list[Board]:
                             DEV,
                             PIVOT_LAST
                             + '  |> keep(columns: ["site", "device", "state", "battery_mv", "buf", "buf_cap", '
-                            '"dropped", "clock", "fw"])\n',
+                            '"dropped", "clock", "fw", "ota", "ack", "ack_err"])\n',
                         ),
                         'SELECT last("state") AS "state", last("battery_mv") AS "battery_mv", last("buf") AS "buf", '
-                        'last("buf_cap") AS "buf_cap", last("dropped") AS "dropped", last("clock") AS "clock" '
+                        'last("buf_cap") AS "buf_cap", last("dropped") AS "dropped", last("clock") AS "clock", '
+                        'last("fw") AS "fw", last("ota") AS "ota", last("ack") AS "ack", last("ack_err") AS "ack_err" '
                         f'FROM "device_status" {TF} AND {IDEV} GROUP BY "site", "device"',
                     ),
                 ],

@@ -114,6 +114,21 @@ def _scenario_parsers(sub: Any) -> None:
     sim.add_argument("--client-id", help="MQTT client id (default edgekit-sim-<pid>)")
     sim.add_argument("--truth", type=Path, metavar="PATH", help="write the ground truth JSON here")
     sim.add_argument("--report", type=Path, metavar="PATH", help="with --in-process: also write the report")
+    sim.add_argument(
+        "--measure",
+        action="store_true",
+        help="with --in-process: also measure latency and accuracy per window and result kind (kept in the truth "
+        "as 'latency', drawn by the report)",
+    )
+    sim.add_argument(
+        "--trigger",
+        metavar="LIST",
+        default="",
+        help="with --measure: early-trigger intervals to measure too, e.g. off,10s,1m (the trade-off table and the "
+        "error against the trigger interval in the report)",
+    )
+    sim.add_argument("--bound", metavar="LIST", default="", help="with --measure: watermark bounds to measure too")
+    sim.add_argument("--lateness", metavar="LIST", default="", help="with --measure: allowed lateness to measure too")
     ver = sub.add_parser("verify", help="compare what landed in InfluxDB 1.x with a run's ground truth")
     ver.add_argument("--truth", type=Path, required=True, metavar="PATH")
     ver.add_argument("--influx-url", default="http://127.0.0.1:8086")

@@ -18,6 +18,7 @@ from typing import Any, Final
 
 from .errors import SimError, SpecError
 from .inprocess import gateway_config, run_in_process
+from .latency import Setting, SweepRow, grid, latency_doc, sweep
 from .publish import parse_broker_url
 from .realtime import replay
 from .reference import Expected, engine_spec, expect
@@ -26,7 +27,17 @@ from .scenario import Scenario, check_metric_types, load_scenario, parse_duratio
 from .verify import Verdict, compare, influx_rows, truth_doc
 from .world import Run, simulate
 
-__all__ = ["SERVICE_SECTIONS", "Prepared", "prepare", "report_scenario", "run_command"]
+__all__ = [
+    "SERVICE_SECTIONS",
+    "Prepared",
+    "TradeOff",
+    "load_gateway",
+    "parse_setting_list",
+    "plan_tradeoff",
+    "prepare",
+    "report_scenario",
+    "run_command",
+]
 
 SERVICE_SECTIONS: Final = frozenset({"mqtt", "influx", "log", "state", "metrics"})
 """Sections of a gateway configuration that say where it connects, logs and keeps state: ``simulate
@@ -69,6 +80,11 @@ def report_scenario(path: Path, name: str = "flaky-network") -> tuple[Path, Verd
     truth = prep.truth()
     verdict = compare(truth, res.store.found())
     return write_report(path, truth, verdict, res.alerts).resolve(), verdict
+
+
+def load_gateway(path: Path) -> dict[str, Any]:
+    """A gateway TOML's tables that shape what it makes of the traffic (every one but :data:`SERVICE_SECTIONS`)."""
+    return _load_gateway(path)
 
 
 def _load_gateway(path: Path) -> dict[str, Any]:
@@ -141,6 +157,23 @@ def _span(ms: int) -> str:
     return f"{ms / 1000:g}s"
 
 
+def _latency_summary(doc: Mapping[str, Any]) -> str:
+    """A line per window and result kind: how many, and their median latency from event time and from arrival."""
+    lines = [f"latency ({doc['setting']}):"]
+    for r in doc["measurement"]["latency"]:
+        lines.append(
+            f"  {r['window']:<16} {r['kind']:<12} {r['results']:>6} results, from event time p50 "
+            f"{r['event_p50'] / 1000:.1f} s p95 {r['event_p95'] / 1000:.1f} s, from arrival p50 "
+            f"{r['arrival_p50'] / 1000:.1f} s p95 {r['arrival_p95'] / 1000:.1f} s"
+        )
+    for w, c in doc["measurement"]["windows"].items():
+        lines.append(
+            f"  {w:<16} {c['late']} of {c['readings']} readings too late for any result "
+            f"({100 * c['late_share']:.2f} %), {c['pending']} pending at the end"
+        )
+    return "\n".join(lines)
+
+
 def _simulate(args: argparse.Namespace, env: Mapping[str, str], now_ms: Callable[[], int]) -> int:
     sc = load_scenario(args.scenario).scaled(
         devices=args.devices,
@@ -160,7 +193,23 @@ def _simulate(args: argparse.Namespace, env: Mapping[str, str], now_ms: Callable
     )
     truth = prep.truth()
     verdict: Verdict | None = None
+    sweep_asked = bool(args.trigger or args.bound or args.lateness)
+    if (args.measure or sweep_asked) and not args.in_process:
+        raise SpecError("--measure (and --bound, --lateness, --trigger) need --in-process: the measurement runs in "
+                        "simulated gateway time")  # fmt: skip
     if args.in_process:
+        if args.measure or sweep_asked:
+            settings = (
+                grid(
+                    parse_setting_list(args.bound, "--bound"),
+                    parse_setting_list(args.lateness, "--lateness"),
+                    parse_setting_list(args.trigger, "--trigger", off=True),
+                )
+                if sweep_asked
+                else []
+            )
+            truth["latency"] = latency_doc(run, prep.gateway, settings)
+            print(_latency_summary(truth["latency"]))
         res = run_in_process(run, gateway_config(prep.gateway, sc.prefix))
         assert res.store is not None
         verdict = compare(truth, res.store.found())
@@ -187,3 +236,66 @@ def _simulate(args: argparse.Namespace, env: Mapping[str, str], now_ms: Callable
         _write_json(args.truth, truth)
         print(f"truth: {args.truth}")
     return 0 if verdict is None or verdict.ok else 1
+
+
+def parse_setting_list(value: str, where: str, *, off: bool = False) -> list[int | None]:
+    """``"0,5s,1m"`` -> ``[0, 5000, 60000]``; an empty value -> ``[None]`` (as configured); with ``off``, the word
+    ``off`` is 0 (no early trigger)."""
+    out: list[int | None] = []
+    for item in (v.strip() for v in value.split(",")):
+        if not item:
+            continue
+        if item == "0" or (off and item == "off"):
+            out.append(0)
+        else:
+            out.append(parse_duration(item, where))
+    return out or [None]
+
+
+@dataclass(slots=True)
+class TradeOff:
+    """The trade-off table of a scenario: what was run and a row per setting."""
+
+    scenario: Scenario
+    gateway: dict[str, Any]
+    readings: int
+    deliveries: int
+    rows: list[SweepRow]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "scenario": self.scenario.name,
+            "devices": self.scenario.devices,
+            "duration_ms": self.scenario.duration_ms,
+            "seed": self.scenario.seed,
+            "readings": self.readings,
+            "deliveries": self.deliveries,
+            "windows": self.gateway.get("windows", []),
+            "rows": [{**r.as_dict(), "label": r.setting.label()} for r in self.rows],
+        }
+
+
+def plan_tradeoff(
+    scenario: str,
+    gateway: Mapping[str, Any] | None,
+    settings: list[Setting],
+    *,
+    devices: int | None = None,
+    duration_ms: int | None = None,
+    seed: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> TradeOff:
+    """Simulate ``scenario`` (a name or a TOML path) once and measure it for every setting, applied to every window
+    of ``gateway`` (the scenario's own ``[gateway]`` tables when None or when it has no windows nor patterns)."""
+    sc = load_scenario(scenario).scaled(devices=devices, duration_ms=duration_ms, seed=seed, start_ms=PLAN_START_MS)
+    gw = dict(gateway or {})
+    if not gw.get("windows") and not gw.get("patterns"):
+        gw = {**dict(sc.gateway), **{k: v for k, v in gw.items() if k not in ("windows", "patterns")}}
+    check_metric_types(sc.sequences, gw)
+    run = simulate(sc)
+    rows = sweep(run, gw, settings, progress=progress)
+    return TradeOff(sc, gw, len(run.readings), len(run.deliveries), rows)
+
+
+PLAN_START_MS: Final = 1_767_225_600_000
+"""2026-01-01T00:00:00Z: the scenario's start for a plan, so that the same command gives the same table."""

@@ -32,6 +32,7 @@ from typing import Any, Final
 from gateway.anomaly import AnomalyEngine, AnomalySpec
 from gateway.model import Reading
 
+from .latency import eventful_instance
 from .svgplot import PALETTE, Chart, Shape
 from .verify import Verdict
 
@@ -457,6 +458,8 @@ def render_report(
                 ],
             )
         )
+    if truth.get("latency"):
+        parts.append(latency_html(truth["latency"]))
     dead = exp["dead_letters"]
     parts.append("<h2>Dead letters expected</h2>")
     if dead:
@@ -478,3 +481,268 @@ def write_report(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render_report(truth, verdict, alerts, title), encoding="utf-8")
     return path
+
+
+# --- latency or accuracy (sim/latency.py's measurement, kept in the truth as "latency") ------------------------
+
+KIND_STYLE: Final[dict[str, tuple[str, Shape]]] = {
+    "provisional": ("#ff7f0e", "circle"),
+    "final": ("#1f77b4", "square"),
+    "update": ("#d62728", "triangle"),
+}
+"""Colour and marker of each result kind, the same in every latency plot."""
+
+
+def _unit(values: Sequence[float]) -> tuple[float, str]:
+    """Seconds for latencies up to ten minutes, minutes beyond."""
+    return (1000.0, "s") if not values or max(values) <= 600_000 else (60_000.0, "min")
+
+
+def latency_charts(doc: Mapping[str, Any], window: str | None = None) -> list[tuple[str, Chart, str]]:
+    """The plots of a latency measurement (:func:`sim.latency.latency_doc`): the latency of each result kind
+    (distribution, from the newest reading's event time and from the last arrival), the provisional error
+    against the trigger interval (when a sweep over intervals was measured), and one window's value over time;
+    of every window, or only of ``window``."""
+    m = doc["measurement"]
+    # at, window, key, start, end, metric, kind, revision, count, value, since_event, since_arrival
+    results = [r for r in m["results"] if window is None or r[1] == window]
+    out: list[tuple[str, Chart, str]] = []
+    for since, col, what in (
+        ("event", 10, "the event time of its newest reading"),
+        ("arrival", 11, "the arrival of its last reading"),
+    ):
+        div, unit = _unit([float(r[col]) for r in results])
+        c = Chart(
+            f"Latency of each result kind, from {what}",
+            f"latency ({unit})",
+            "share of results at most this",
+            x_time=False,
+            height=260,
+        )
+        c.y_fixed = (0.0, 1.02)
+        for kind, (color, _shape) in KIND_STYLE.items():
+            xs = sorted(r[col] / div for r in results if r[6] == kind)
+            if xs:
+                c.step(kind, [xs[0], *xs], [0.0, *((i + 1) / len(xs) for i in range(len(xs)))], color)
+        out.append(
+            (
+                f"latency-{since}",
+                c,
+                (
+                    f"For each result kind, the share of results (y) that came at most x after {what}: a provisional "
+                    "result comes on the early trigger, a final one when the watermark passes the window's end, an "
+                    "update when a late reading within the allowed lateness changes a window that already fired."
+                ),
+            )
+        )
+    rows = [r for r in doc.get("sweep", []) if r.get("trigger_ms") and (window is None or r.get("window") == window)]
+    if rows:
+        c = Chart(
+            "Error of provisional results against the trigger interval",
+            "early trigger every (s)",
+            "mean relative error (%)",
+            x_time=False,
+            height=260,
+        )
+        groups = list(dict.fromkeys((str(r.get("window", "")), r["bound_ms"], r["lateness_ms"]) for r in rows))
+        several = len({(b, la) for _, b, la in groups}) > 1
+        for i, (name, bound, lateness) in enumerate(groups):
+            mine = sorted(
+                (
+                    r
+                    for r in rows
+                    if (str(r.get("window", "")), r["bound_ms"], r["lateness_ms"]) == (name, bound, lateness)
+                ),
+                key=lambda r: int(r["trigger_ms"]),
+            )
+            xs = [r["trigger_ms"] / 1000 for r in mine]
+            rel = [100 * (r["provisional_error"]["mre"] or 0.0) for r in mine]
+            color = PALETTE[i % len(PALETTE)]
+            label = name or "every window"
+            if several:
+                label += f", bound {_setting_text(bound)}, lateness {_setting_text(lateness)}"
+            c.line(label, xs, rel, color)
+            c.points(f"{label}: measured", xs, rel, color, "circle", 3.5)
+        out.append(
+            (
+                "error-trigger",
+                c,
+                (
+                    "Each early-trigger interval measured over the same run: the mean relative error of the "
+                    "provisional results' main aggregate against their window's final result, per window. A longer "
+                    "interval gives fewer provisional results; those it gives come later and miss less."
+                ),
+            )
+        )
+    hist = doc.get("history") or {}
+    if hist.get("results") and (window is None or hist["instance"][0] == window):
+        pick: tuple[str, str, int, str] | None = tuple(hist["instance"])
+        mine, truth, setting = hist["results"], hist.get("truth"), str(hist.get("setting", ""))
+    else:
+        pick = eventful_instance(results)
+        mine = [r for r in results if pick is not None and (r[1], r[2], r[3], r[5]) == pick]
+        truth, setting = None, str(doc.get("setting", ""))
+    if pick is not None and mine:
+        c = Chart(
+            f"{pick[0]} {pick[1]} {pick[3]} from {_utc(pick[2])[11:16]}: its value as results come",
+            "gateway time (UTC)",
+            f"{mine[0][5]} ({doc.get('aggregates', {}).get(pick[0], 'value')})",
+            height=260,
+        )
+        xs = [float(r[0]) for r in mine if r[9] is not None]
+        ys = [float(r[9]) for r in mine if r[9] is not None]
+        if xs:
+            c.step("best value known", xs, ys, "#999")
+        for kind, (color, shape) in KIND_STYLE.items():
+            pts = [(float(r[0]), float(r[9])) for r in mine if r[6] == kind and r[9] is not None]
+            if pts:
+                c.points(kind, [p[0] for p in pts], [p[1] for p in pts], color, shape, 4.5)
+        c.vline(float(mine[0][4]), "#555", "window end (event time)")
+        if truth is not None and truth[0] is not None:
+            c.hline(float(truth[0]), "#2ca02c", "every reading of the window")
+        out.append(
+            (
+                "window-value",
+                c,
+                (
+                    f"The window with the most kinds of result ({setting}): each provisional, final and updated "
+                    "value at the gateway time it was emitted (the point in InfluxDB holds the latest; grey: the "
+                    "best value known), the window's end in event time, and in green the value over every reading "
+                    "of the window that reached the gateway, late ones included."
+                ),
+            )
+        )
+    return out
+
+
+def _setting_text(v: float | None) -> str:
+    """A setting of a measured row: None is the configured value."""
+    return "as set" if v is None else "0" if v == 0 else _ms_text(v)
+
+
+def _ms_text(v: float | None) -> str:
+    if v is None:
+        return "-"
+    return f"{v / 60_000:.1f} min" if abs(v) >= 60_000 else f"{v / 1000:.1f} s"
+
+
+def latency_html(doc: Mapping[str, Any]) -> str:
+    """The report's section "Latency and accuracy": tables and plots of a latency measurement."""
+    m = doc["measurement"]
+    parts = [
+        "<h2 id='latency'>Latency and accuracy</h2>",
+        f"<p class='note'>The run through the gateway's pipeline in simulated gateway time ({escape(doc['setting'])}; "
+        "arrival times from the simulator's network, sleep and flush model, a tick every second).</p>",
+    ]
+    lat = [
+        [
+            r["window"],
+            r["kind"],
+            r["results"],
+            _ms_text(r["event_p50"]),
+            _ms_text(r["event_p95"]),
+            _ms_text(r["arrival_p50"]),
+            _ms_text(r["arrival_p95"]),
+        ]
+        for r in m["latency"]
+    ]
+    parts.append(_table(["window", "result", "results", "from event p50", "p95", "from arrival p50", "p95"], lat))
+    rows = []
+    for w, c in m["windows"].items():
+        pe, fe, le = c["provisional_error"], c["final_error"], c["last_error"]
+        rows.append(
+            [
+                f"{w} ({c['kind']})",
+                c["readings"],
+                f"{c['late']} ({100 * c['late_share']:.2f} %)",
+                c["pending"],
+                "-" if pe["mre"] is None else f"{100 * pe['mre']:.2f} % ({pe['count_error']:.2f})",
+                "-" if fe["n"] == 0 else f"{fe['n'] - fe['exact']} of {fe['n']}",
+                "-" if le["n"] == 0 else f"{le['n'] - le['exact']} of {le['n']}",
+                c["missed"],
+            ]
+        )
+    parts.append(
+        _table(
+            [
+                "window",
+                "readings",
+                "too late for any result",
+                "pending at the end",
+                "provisional error (count)",
+                "finals off",
+                "last results off",
+                "windows with none",
+            ],
+            rows,
+        )
+    )
+    parts.append(
+        f"<p class='note'>Engine state (JSON, as a checkpoint stores it): at most "
+        f"{m['state_max_bytes'] / 1024:.1f} KiB, {m['state_end_bytes'] / 1024:.1f} KiB at the end.</p>"
+    )
+    if m.get("rules"):
+        rules = [
+            [
+                name,
+                r["fast"],
+                r["exact"],
+                r["confirmed"],
+                r["false"],
+                r["missed"],
+                _ms_text(r["fast_p50_ms"]),
+                _ms_text(r["exact_p50_ms"]),
+                _ms_text(r["head_start_p50_ms"]),
+            ]
+            for name, r in m["rules"].items()
+        ]
+        parts.append(
+            _table(
+                [
+                    "rule",
+                    "fast alerts",
+                    "event-time alerts",
+                    "confirmed",
+                    "false (retracted)",
+                    "missed by the fast path",
+                    "fast p50 after arrival",
+                    "event-time p50 after arrival",
+                    "head start p50",
+                ],
+                rules,
+            )
+        )
+    if doc.get("sweep"):
+        sw = [
+            [
+                f"{r.get('window', '')}: {r['label']}",
+                _ms_text(r["final_event_p50_ms"]),
+                _ms_text(r["first_event_p50_ms"]),
+                "-" if r["provisional_error"]["mre"] is None else f"{100 * r['provisional_error']['mre']:.2f} %",
+                f"{r['final_error']['n'] - r['final_error']['exact']} of {r['final_error']['n']}",
+                f"{r['last_error']['n'] - r['last_error']['exact']} of {r['last_error']['n']}",
+                f"{100 * r['late_share']:.2f} %",
+                f"{r['state_max_bytes'] / 1024:.1f} KiB",
+            ]
+            for r in doc["sweep"]
+        ]
+        parts.append(
+            _table(
+                [
+                    "setting",
+                    "final p50",
+                    "first value p50",
+                    "provisional error",
+                    "finals off",
+                    "after updates off",
+                    "late share",
+                    "state max",
+                ],
+                sw,
+            )
+        )
+    for key, chart, note in latency_charts(doc):
+        parts.append(f"<h3 id='{key}'>{escape(chart.title)}</h3>")
+        parts.append(f"<figure data-plot='{key}' data-marks='{chart.marks}'>{chart.svg()}</figure>")
+        parts.append(f"<p class='note'>{escape(note)}</p>")
+    return "".join(parts)

@@ -12,6 +12,7 @@ import os
 import queue
 import re
 import socket
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -90,6 +91,10 @@ def _copy_for_test(name: str, tmp: Path, port: int) -> Path:
     """The shipped file with its port, paths and (as root) user changed to fit this test; nothing else."""
     text = SHIPPED[name].read_text(encoding="utf-8")
     text = text.replace("listener 1883", f"listener {port} 127.0.0.1")
+    if "listener 8883" in text:  # the boards' TLS listener, with certificates as scripts/make_certs.sh makes them
+        text = text.replace("listener 8883", f"listener {services.free_port()} 127.0.0.1")
+        subprocess.run(["bash", str(REPO / "scripts" / "make_certs.sh"), str(tmp / "certs")], check=True,
+                       capture_output=True)  # fmt: skip
     text = text.replace("/mosquitto/data/", f"{tmp}/data/").replace("/mosquitto/config/", f"{tmp}/")
     (tmp / "data").mkdir()
     (tmp / "passwd").write_text("")

@@ -33,14 +33,20 @@ from user_path import gateway
 REPO = Path(__file__).resolve().parent.parent
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 MARKERS = ("needs hardware", "needs root", "needs Docker")
-PROGRAMS = {"edgekit-gateway": "edgekit-gateway", "edgekit-sim": "edgekit-sim", "edgekit-fleet": "edgekit-fleet"}
+PROGRAMS = {"edgekit-gateway": "edgekit-gateway", "edgekit-sim": "edgekit-sim", "edgekit-fleet": "edgekit-fleet",
+            "edgekit-ota": "edgekit-ota"}  # fmt: skip
 MODULES = {"gateway": "edgekit-gateway", "sim": "edgekit-sim", "gateway.fleet": "edgekit-fleet",
+           "gateway.ota": "edgekit-ota",
            "gateway.anomaly.evaluate": "evaluate", "pytest": "pytest"}  # fmt: skip
 
 MAPPED: list[tuple[str, str, tuple[str, ...]]] = [
     # (a regular expression the normalised command matches, the test that runs it, words its body must use)
     (r"^make demo\b", "tests/first_hour.py::main", ('"make"', '"demo"')),  # run by tests/test_first_hour.py
     (r"^make test\b", ".ci/run", ("make test",)),
+    (r"^edgekit-ota .*publish-build", "tests/firmware/test_ota.py::test_update_two_boards_and_roll_back_a_third",
+     ('"publish-build"', '"--version"', '"--firmware"', '"--device"')),
+    (r"^edgekit-ota .*cmd", "tests/firmware/test_ota.py::test_cmd_sets_the_sampling_interval_and_refuses_a_bad_one",
+     ('"cmd"', '"--site"', '"--device"', '"--set"')),
     (r"^edgekit-gateway check .*--probe", "tests/test_user_services.py::test_check_probe_says_the_broker_and_the_"
      "database_are_usable", ('"--probe"',)),
     (r"^edgekit-gateway run ", "tests/gateway/test_cli.py::test_run_record_top_in_tmux_then_replay",
@@ -51,23 +57,39 @@ MAPPED: list[tuple[str, str, tuple[str, ...]]] = [
      ('"replay"',)),
     (r"^edgekit-gateway plan ", "tests/gateway/test_cli.py::test_plan_measures_points_per_hour_and_state",
      ('"plan"', '"--devices"', '"--interval"')),
+    (r"^edgekit-gateway plan .*--scenario", "tests/sim/test_latency.py::test_plan_with_a_scenario_prints_the_trade_"
+     "off_table", ('"plan"', '"--scenario"', '"--bound"', '"--lateness"')),
     (r"^edgekit-gateway recover ", "tests/reliability/test_damaged_state.py::test_recovered_state_is_replayed_into_"
      "influxdb", ('"recover"',)),
     (r"^edgekit-sim run .*--broker", "tests/sim/test_sim_cli.py::test_run_publishes_to_a_real_broker",
      ('"run"', '"--broker"', '"--truth"', '"--duplicates"', '"--malformed"')),
     (r"^edgekit-sim simulate .*--in-process", "tests/sim/test_scenarios.py::test_cli_simulate_in_process_writes_"
      "truth_and_report", ('"simulate"', '"--in-process"', '"--truth"', '"--report"')),
+    (r"^edgekit-sim simulate .*--measure", "tests/sim/test_latency.py::test_simulate_measure_keeps_the_measurement_"
+     "in_the_truth_and_the_report_draws_it", ('"simulate"', '"--measure"', '"--trigger"', '"--report"')),
     (r"^edgekit-sim simulate .*--broker", "tests/test_user_services.py::test_simulate_to_a_broker_in_real_time_"
      "shows_its_progress", ('"simulate"', '"--broker"', '"--truth"')),
     (r"^edgekit-sim verify ", "tests/sim/test_scenarios_e2e.py::test_scenario_through_broker_gateway_and_influxdb",
      ('"verify"', '"--truth"', '"--influx-url"', '"--database"')),
     (r"^edgekit-sim report ", "tests/sim/test_scenarios.py::test_cli_simulate_in_process_writes_truth_and_report",
      ('"report"', '"--truth"', '"--out"')),
-    (r"^edgekit-fleet .* (add|list)( |$)", "tests/gateway/test_fleet_tool.py::test_move_changes_the_site_and_prints_"
+    (r"^edgekit-fleet (.* )?(add|list)( |$)", "tests/gateway/test_fleet_tool.py::test_move_changes_the_site_and_prints_"
      "what_the_gateway_needs", ('"add"', '"--site"')),
-    (r"^edgekit-fleet .* move ", "tests/gateway/test_fleet_tool.py::test_move_changes_the_site_and_prints_what_the_"
+    (r"^edgekit-fleet (.* )?move ", "tests/gateway/test_fleet_tool.py::test_move_changes_the_site_and_prints_what_the_"
      "gateway_needs", ('"move"', '"--site"')),
-    (r"^edgekit-fleet .* credentials", "tests/reliability/test_security.py::locked", ('"credentials"', '"--out"')),
+    (r"^edgekit-fleet (.* )?credentials", "tests/reliability/test_security.py::locked", ('"credentials"', '"--out"')),
+    (r"^edgekit-fleet (.* )?credentials .*--broker-dir", "tests/gateway/test_fleet_tool.py::test_credentials_write_"
+     "private_files_and_print_no_secret", ('"credentials"', '"--broker-dir"')),
+    (r"^edgekit-fleet (.* )?password ", "tests/gateway/test_fleet_tool.py::test_credentials_write_private_files_and_"
+     "print_no_secret", ('"password"',)),
+    (r"^edgekit-fleet (.* )?init ", "tests/firmware/test_fleet_path.py::field", ('"init"', '"--broker"')),
+    (r"^edgekit-fleet (.* )?wifi ", "tests/firmware/test_fleet_path.py::field", ('"wifi"', '"--ssid"')),
+    (r"^(\.venv/bin/)?python scripts/deploy\.py --install-help", "tests/gateway/test_fleet_tool.py::test_deploy_"
+     "builds_from_the_fleet_and_tells_how_to_install_micropython", ('"--install-help"',)),
+    (r"^(\.venv/bin/)?python scripts/deploy\.py .*--identify", "tests/firmware/test_fleet_path.py::test_redeploy_"
+     "source_compiled_source_runs_exactly_the_last_build", ('"--identify"',)),
+    (r"^(\.venv/bin/)?python scripts/deploy\.py .*--device", "tests/firmware/test_fleet_path.py::deploy",
+     ('"--port"', '"--device"', '"--compile"')),
     (r"^evaluate( |$)", "tests/gateway/anomaly/test_anomaly_evaluate.py::test_default_settings_reach_f1_0_9_for_"
      "spikes_and_level_shifts", ("main(",)),
     (r"^evaluate nab ", "tests/gateway/anomaly/test_anomaly_evaluate.py::test_nab_layout_scores_like_the_series_it_"
@@ -234,12 +256,14 @@ def test_every_mapping_is_used() -> None:
     assert unused == [], unused
 
 
-@pytest.mark.parametrize("program", ["edgekit-gateway", "edgekit-sim"])
+@pytest.mark.parametrize("program", ["edgekit-gateway", "edgekit-sim", "edgekit-ota"])
 def test_the_programs_take_every_option_the_docs_give_them(program: str) -> None:
     from gateway.cli import build_parser as gateway_parser
+    from gateway.ota import build_parser as ota_parser
     from sim.cli import build_parser as sim_parser
 
-    parser = gateway_parser() if program == "edgekit-gateway" else sim_parser()
+    parsers = {"edgekit-gateway": gateway_parser, "edgekit-sim": sim_parser, "edgekit-ota": ota_parser}
+    parser = parsers[program]()
     used = [c for c in ALL if c.argv[0] == program]
     assert used
     for c in used:

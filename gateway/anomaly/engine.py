@@ -91,6 +91,11 @@ class ReadingResult:
         return any(r.anomalous for r in self.results.values())
 
     @property
+    def shifted(self) -> bool:
+        """Some metric moved to a new level on this reading (its change-point rule raised a ``shifted`` event)."""
+        return any(e.kind == "shifted" for r in self.results.values() for e in r.events)
+
+    @property
     def score(self) -> float:
         """The highest score of the reading's metrics and of the multivariate score (0 when none was scored)."""
         best = max((r.scored.score for r in self.results.values()), default=0.0)

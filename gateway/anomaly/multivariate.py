@@ -21,15 +21,20 @@ scored metrics; a reading without all of them is not scored here (the single-met
   hysteresis are those of a single metric (``score_of(z, threshold)``), at the same false-alarm rate per
   reading whatever k is.
 - Evidence over a few readings (a MEWMA chart, Lowry et al. 1992): the standardised deviations are also
-  smoothed, ``e = LAMBDA u + (1 - LAMBDA) e`` (``LAMBDA`` = 0.3: about the last six readings), and
+  smoothed, ``e = LAMBDA u + (1 - LAMBDA) e`` (``LAMBDA`` = 0.2: about the last nine readings), and
   ``T_e^2 = e' (R_e + ridge I)^-1 e`` with ``R_e`` the correlation of ``e`` itself, learned from the same
   readings as the reference (so a sensor whose readings are correlated in time, as a temperature is, does
   not look like a shift). A small lasting shift that no single reading shows (a flow 3.5 deviations lower
-  for minutes: each reading at z ~ 3.5, the average of six at 8.6) is found by ``T_e^2``. It is used once
+  for minutes: each reading at z ~ 3.5, the average of nine far more) is found by ``T_e^2``. It is used once
   ``memory`` readings have taught ``R_e``, halved (``EVIDENCE_DIVISOR``: consecutive values of ``e`` are not
   independent, so its exceedances come in runs; on the simulator the device score's false alarms per
-  device-day were 0.33 undivided, 0.13 halved) and turned into a z like ``T^2``; the reading's z is the
-  larger of the two.
+  device-day were 0.33 undivided, 0.13 halved) and turned into a z like ``T^2``.
+- The same evidence one metric at a time: ``T_e^2`` spreads its power over all k metrics, so a shift in
+  one of eight (a flow a few deviations low, nothing else moving) needs to be large before the chi-square(8)
+  tail reaches the threshold. Each metric's ``e_i / sd(e_i)`` is a standard normal deviate too; the largest
+  in absolute value, its square halved like ``T_e^2``, is turned into one z by Bonferroni (its two-sided
+  tail probability times k, :func:`max_z`), so k metrics tested one by one still hold the device to one
+  false-alarm rate. The reading's z is the largest of the three.
 - An anomaly opens at ``z >= threshold`` and closes after ``clear_points`` readings below
   ``clear_threshold``; while it is open nothing is learned, but the reference's mean goes on along the trend
   it had (per metric, an ewma of how far each learned reading moved the mean, with a memory of ``memory / 2``
@@ -44,21 +49,25 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from statistics import NormalDist
 from typing import Any, Final
 
 from .config import DetectorSpec
 from .detector import FLOOR, Event, score_of
 
-__all__ = ["MEMORY", "MultiDetector", "MultiResult", "chi2_z", "t2_z"]
+__all__ = ["MEMORY", "MultiDetector", "MultiResult", "chi2_z", "max_z", "t2_z"]
 
 RIDGE: Final = 0.01
-LAMBDA: Final = 0.3
+LAMBDA: Final = 0.2
 """The weight of a new reading in the smoothed deviations ``e`` (the MEWMA chart's lambda)."""
 EVIDENCE_DIVISOR: Final = 2.0
-"""``T_e^2`` is divided by this before its z (its values come in runs; see the module's docstring)."""
+"""``T_e^2`` and the square of each metric's standardised ``e`` are divided by this before their z (their values
+come in runs; see the module's docstring)."""
 MEMORY: Final = 200
 """The reference's memory in readings after the warm-up (``anomaly.multivariate_memory``)."""
 _REFRESH: Final = 16
+_ND: Final = NormalDist()
+_V_EXACT: Final = 37.0
 
 
 def chi2_z(t2: float, k: int) -> float:
@@ -84,6 +93,18 @@ def t2_z(t2: float, k: int, n: float) -> float:
     a1, a2 = 2.0 / (9.0 * k), 2.0 / (9.0 * d2)
     f3 = math.pow(f, 1.0 / 3.0)
     return max(0.0, ((1.0 - a2) * f3 - (1.0 - a1)) / math.sqrt(a1 + a2 * f3 * f3))
+
+
+def max_z(v: float, k: int) -> float:
+    """The largest of ``k`` standard normal deviates in absolute value, ``v``, as one standard normal deviate,
+    >= 0: its two-sided tail probability times ``k`` (Bonferroni), turned back into a z. Increasing in ``v``;
+    ``v`` itself for ``k`` = 1. Beyond ``v`` = 37 (a tail below 1e-299) it goes on parallel to ``v``."""
+    if v > _V_EXACT:
+        return v - _V_EXACT + max_z(_V_EXACT, k)
+    p = k * math.erfc(v / math.sqrt(2.0))
+    if p >= 1.0:
+        return 0.0
+    return max(0.0, -_ND.inv_cdf(p / 2.0))
 
 
 def _cholesky_inverse(a: list[list[float]]) -> list[list[float]]:
@@ -203,8 +224,9 @@ class MultiDetector:
         if st.n <= self.warmup() or st.stale >= _REFRESH:
             self._refresh()
 
-    def _evidence(self, u: Sequence[float]) -> float:
-        """Smooth ``u`` into ``e`` and return ``T_e^2`` (0 until ``memory`` readings have taught ``R_e``)."""
+    def _evidence(self, u: Sequence[float]) -> tuple[float, float]:
+        """Smooth ``u`` into ``e``; return ``T_e^2`` and the largest ``|e_i| / sd(e_i)`` (both 0 until ``memory``
+        readings have taught ``R_e``)."""
         st = self.state
         k = len(u)
         if not st.ew:
@@ -215,10 +237,11 @@ class MultiDetector:
         for i in range(k):
             e[i] += LAMBDA * (u[i] - e[i])
         if st.n_e < self.memory:
-            return 0.0
+            return 0.0, 0.0
         esd = [math.sqrt(max(st.ecov[i][i], FLOOR * FLOOR)) for i in range(k)]
         v = [e[i] / esd[i] for i in range(k)]
-        return max(0.0, sum(v[i] * sum(st.einv[i][j] * v[j] for j in range(k)) for i in range(k)))
+        t2e = max(0.0, sum(v[i] * sum(st.einv[i][j] * v[j] for j in range(k)) for i in range(k)))
+        return t2e, max(abs(x) for x in v)
 
     def _learn_evidence(self) -> None:
         st = self.state
@@ -265,7 +288,11 @@ class MultiDetector:
         parts = [u[i] * w[i] for i in range(k)]
         t2 = max(0.0, sum(parts))
         n_eff = min(st.n, 2 * self.memory - 1)
-        z = max(t2_z(t2, k, n_eff), t2_z(self._evidence(u) / EVIDENCE_DIVISOR, k, n_eff))
+        t2e, vmax = self._evidence(u)
+        z = max(t2_z(t2, k, n_eff), t2_z(t2e / EVIDENCE_DIVISOR, k, n_eff))
+        v = vmax / math.sqrt(EVIDENCE_DIVISOR)
+        if v > z:  # max_z(v, k) <= v: only then can it be the largest
+            z = max(z, max_z(v, k))
         score = score_of(z, spec.threshold)
         events: list[Event] = []
         anomalous = st.active

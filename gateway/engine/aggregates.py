@@ -319,7 +319,7 @@ class Stat:
         c.set(self)
         return c
 
-    def result(self, names: tuple[str, ...]) -> dict[str, float]:
+    def aggregate(self, names: tuple[str, ...]) -> dict[str, float]:
         """The requested aggregates (other than ``count``) in ``names`` order.
 
         ``mean`` is ``sum / n``; ``stddev`` (sample, n - 1) comes from Welford's M2 and is absent below n = 2.

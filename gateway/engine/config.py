@@ -29,6 +29,10 @@ aggregates = ["count", "mean", "min", "max"]   # default: all eight
 allowed_lateness = "2m"      # default 0
 out_of_orderness = "5s"      # optional: overrides the device-class bound for this window
 key = "device"               # or "site"
+early_every = "10s"          # optional: provisional results every 10 s of gateway time (docs/semantics.md)
+early_count = 100            # optional: a provisional result after every 100 readings into a window
+provisional = "overwrite"    # or "audit": provisional points also kept in `window_provisional`
+publish = false              # true: every result also as JSON on <prefix>/_gateway/windows/<site>/<window>
 ```
 
 Durations are integers (ms) or strings ``<number><unit>``, unit ``ms``, ``s``, ``m``, ``h`` or ``d``.
@@ -48,6 +52,7 @@ from .watermark import DeviceClass, WatermarkSpec
 __all__ = [
     "AGGREGATE_NAMES",
     "EngineSpec",
+    "Provisional",
     "WindowKind",
     "WindowSpec",
     "parse_duration",
@@ -56,6 +61,7 @@ __all__ = [
 ]
 
 WindowKind = Literal["tumbling", "sliding", "session"]
+Provisional = Literal["overwrite", "audit"]
 AGGREGATE_NAMES: Final = tuple(AGGREGATES)
 _METRIC_RE: Final = re.compile(r"[a-z][a-z0-9_]{0,31}")
 _NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -78,6 +84,21 @@ class WindowSpec:
     allowed_lateness_ms: int = 0
     out_of_orderness_ms: int | None = None
     key: Literal["device", "site"] = "device"
+    # Left out of the repr, which the state file's fingerprint hashes: they decide when results are emitted, not
+    # what the window holds, so a checkpoint stays usable when they change (the trigger state is then started anew).
+    early_every_ms: int = field(default=0, repr=False)
+    """Early (provisional) results every this much gateway time (``Engine.on_processing_time``); 0: none."""
+    early_count: int = field(default=0, repr=False)
+    """An early result of a window after every this many readings into it; 0: none."""
+    provisional: Provisional = field(default="overwrite", repr=False)
+    """``audit``: provisional points are also written to ``window_provisional``, where nothing overwrites them."""
+    publish: bool = field(default=False, repr=False)
+    """Every result of this window also on MQTT (``<prefix>/_gateway/windows/<site>/<window>``)."""
+
+    @property
+    def early(self) -> bool:
+        """Whether the window has an early trigger (provisional results before the final one)."""
+        return self.early_every_ms > 0 or self.early_count > 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +146,19 @@ _WINDOW_KEYS: Final = {
     "sliding": {"size", "slide", "offset"},
     "session": {"gap"},
 }
-_COMMON_KEYS: Final = {"name", "kind", "metrics", "aggregates", "allowed_lateness", "out_of_orderness", "key"}
+_COMMON_KEYS: Final = {
+    "name",
+    "kind",
+    "metrics",
+    "aggregates",
+    "allowed_lateness",
+    "out_of_orderness",
+    "key",
+    "early_every",
+    "early_count",
+    "provisional",
+    "publish",
+}
 
 
 def _parse_window(raw: object, index: int) -> WindowSpec:
@@ -151,6 +184,22 @@ def _parse_window(raw: object, index: int) -> WindowSpec:
     lateness = parse_duration(raw.get("allowed_lateness", 0), f"{where}.allowed_lateness")
     ooo = raw.get("out_of_orderness")
     bound = None if ooo is None else parse_duration(ooo, f"{where}.out_of_orderness")
+
+    every = parse_duration(raw.get("early_every", 0), f"{where}.early_every")
+    count = raw.get("early_count", 0)
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise ConfigError(f"{where}.early_count: expected a whole number of readings (0: none), got {count!r}")
+    provisional = raw.get("provisional", "overwrite")
+    if provisional not in ("overwrite", "audit"):
+        raise ConfigError(f"{where}.provisional: expected 'overwrite' or 'audit', got {provisional!r}")
+    if provisional == "audit" and not every and not count:
+        raise ConfigError(
+            f"{where}.provisional: 'audit' keeps provisional results, but early_every and early_count "
+            "are not set: the window makes none"
+        )
+    publish = raw.get("publish", False)
+    if not isinstance(publish, bool):
+        raise ConfigError(f"{where}.publish: expected true or false, got {publish!r}")
 
     def positive(k: str) -> int:
         if k not in raw:
@@ -183,6 +232,10 @@ def _parse_window(raw: object, index: int) -> WindowSpec:
         allowed_lateness_ms=lateness,
         out_of_orderness_ms=bound,
         key=key,
+        early_every_ms=every,
+        early_count=count,
+        provisional=provisional,
+        publish=publish,
     )
 
 

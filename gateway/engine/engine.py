@@ -9,7 +9,9 @@ Pure and synchronous; the only clock is the ``now_ms`` the caller passes. Per ba
 3. the device's watermark advances (max event time - bound, flushed marker), and the operators fire,
    re-fire and clean up.
 
-``advance(now_ms)`` lets time alone move the fleet watermarks of site windows (devices turning idle).
+``advance(now_ms)`` lets time alone move the fleet watermarks of site windows (devices turning idle);
+``on_processing_time(now_ms)`` fires the ``early_every`` triggers (provisional results, ``early.py``). Every
+window result carries the ``now_ms`` it was emitted at (``emitted_ms``).
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from typing import Any, Final
 
 from ..model import Batch, MetricValue, Reading, StatusUpdate
 from .config import EngineSpec, WindowSpec
+from .early import Early
 from .operators import NO_WM, Values, WindowOperator, WmCell, build_operator
-from .outputs import LateReading, Output
+from .outputs import LateReading, Output, WindowResult
 from .watermark import DeviceTracker, WatermarkSpec
 
 __all__ = ["SNAPSHOT_VERSION", "Engine"]
@@ -70,7 +73,7 @@ class _Fleet:
 class _Window:
     """A window spec with its operator and the watermark bound it uses for each device."""
 
-    __slots__ = ("_wm_spec", "bounds", "fleets", "group", "key_site", "metrics", "op", "spec")
+    __slots__ = ("_wm_spec", "bounds", "early", "fleets", "group", "key_site", "metrics", "op", "spec")
 
     def __init__(self, spec: WindowSpec, engine: EngineSpec) -> None:
         self.spec = spec
@@ -81,6 +84,7 @@ class _Window:
         self._wm_spec = engine.watermark
         self.group = 0  # windows with the same metrics have the same group (the engine numbers them)
         self.fleets: dict[str, _Fleet] = {}  # a site window's fleet heaps (made when first needed)
+        self.early: Early | None = Early(spec, self.op) if spec.early else None  # its early triggers
 
     def bound(self, device: str) -> int:
         b = self.bounds.get(device)
@@ -120,6 +124,8 @@ class Engine:
         self._groups = len(metrics)
         self._devs: dict[str, _Device] = {}  # a cache over the tracker's entries (cleared on restore)
         self._site_windows = [w for w in self.windows if w.key_site]
+        self._early = [w for w in self.windows if w.early is not None]  # windows with early triggers
+        self._early_by_name = {w.spec.name: w.early for w in self._early if w.early is not None}
         self._sites_of: dict[str, list[str]] = {}  # device -> the sites whose fleet it counts for (tracker.sites)
         self.snapshot_pause: Callable[[], None] | None = None  # see snapshot()
         self.touched: set[str] = set()
@@ -152,6 +158,10 @@ class Engine:
         """Window the batch's readings; returns late readings and every window fired or re-fired."""
         out: list[Output] = []
         self._process(batch, now_ms, out)
+        if self._early:
+            self._early_after(out, 0, batch.site, batch.device)
+        if out:  # most messages emit nothing: no call then
+            self._stamp(out, 0, now_ms)
         return out
 
     def process_batches(self, batches: Iterable[tuple[Batch, int]]) -> list[Output]:
@@ -159,9 +169,75 @@ class Engine:
         concatenated - for a gateway that drains several messages before calling the engine."""
         out: list[Output] = []
         process = self._process
+        early = bool(self._early)
         for batch, now_ms in batches:
+            n0 = len(out)
             process(batch, now_ms, out)
+            if early:
+                self._early_after(out, n0, batch.site, batch.device)
+            if len(out) > n0:
+                self._stamp(out, n0, now_ms)
         return out
+
+    def early_keys(self) -> list[str]:
+        """The keys whose early-trigger state :meth:`on_processing_time` may change."""
+        keys: list[str] = []
+        for w in self._early:
+            if w.early is not None:
+                keys += w.early.keys()
+        return keys
+
+    def on_processing_time(self, now_ms: int) -> list[Output]:
+        """Gateway time ``now_ms`` (the caller's timer): the ``early_every`` triggers whose period ended emit a
+        provisional result of every open window that took readings since its last result."""
+        out: list[Output] = []
+        for w in self._early:
+            if w.early is not None:
+                w.early.tick(now_ms, out)
+        self._stamp(out, 0, now_ms)
+        return out
+
+    def _stamp(self, out: list[Output], n0: int, now_ms: int) -> None:
+        """The window results from ``out[n0]`` on were emitted at ``now_ms``."""
+        for i in range(n0, len(out)):
+            o = out[i]
+            if isinstance(o, WindowResult):
+                o.emitted_ms = now_ms
+
+    def _finished(self, out: list[Output], n0: int) -> None:
+        """Final results and updates from ``out[n0]`` on end their windows' provisional runs."""
+        by_name = self._early_by_name
+        for i in range(n0, len(out)):
+            o = out[i]
+            if isinstance(o, WindowResult) and o.revision:
+                e = by_name.get(o.window)
+                if e is not None:
+                    e.finished(o)
+
+    def _note_early(self, site: str, device: str, rows: list[Reading]) -> None:
+        """The readings the windows with early triggers took (before the watermark moves)."""
+        for w in self._early:
+            e = w.early
+            if e is None:
+                continue
+            key = site if w.key_site else device
+            times = []
+            for r in rows:
+                m = r.metrics
+                for name in w.metrics:
+                    v = m.get(name)
+                    if v is not None and not isinstance(v, str):
+                        times.append(r.t_ms)
+                        break
+            if times:
+                e.note(key, times, w.op.watermark(key))
+
+    def _early_after(self, out: list[Output], n0: int, site: str, device: str) -> None:
+        """After a message: end provisional runs, then the ``early_count`` triggers of the message's keys."""
+        self._finished(out, n0)
+        for w in self._early:
+            if w.early is not None:
+                w.early.check(site if w.key_site else device, out)
 
     def _process(self, batch: Batch, now_ms: int, out: list[Output]) -> None:
         fut = now_ms + self._max_future
@@ -224,6 +300,8 @@ class Engine:
                             late = op.add_at(wmc, key, site, device, r.t_ms, r.boot, r.seq, values)
                             if late:
                                 out.extend(late)
+            if self._early:
+                self._note_early(site, device, rows)
         # the device tracker (DeviceTracker.seen, inlined): entry = [site, max_t, flushed, last_seen, ...]
         e = dev.entry
         last: int | None = e[3]
@@ -377,6 +455,9 @@ class Engine:
             for w in self.windows:
                 if w.key_site:
                     out.extend(self._advance_site(w, status.site, status.received_ms))
+        if out:
+            self._finished(out, 0)
+            self._stamp(out, 0, status.received_ms)
         return out
 
     def move_device(self, device: str, site: str) -> None:
@@ -398,6 +479,9 @@ class Engine:
             if w.key_site:
                 for site in sorted(self.tracker.sites):
                     out.extend(self._advance_site(w, site, now_ms))
+        if out:
+            self._finished(out, 0)
+            self._stamp(out, 0, now_ms)
         return out
 
     # -- introspection and state ------------------------------------------------------------------
@@ -437,12 +521,15 @@ class Engine:
                 ops.append(w.op.snapshot(keys, order))
             finally:
                 w.op.pause = None
-        return {
+        snap: dict[str, Any] = {
             "version": SNAPSHOT_VERSION,
             "tracker": self.tracker.snapshot(keys, order),
             "stats": self.stats,
             "windows": {w.spec.name: op for w, op in zip(self.windows, ops, strict=True)},
         }
+        if self._early:  # only then: a checkpoint of windows without early triggers is as it was
+            snap["early"] = {name: e.snapshot(keys, order) for name, e in self._early_by_name.items()}
+        return snap
 
     def restore(self, snap: dict[str, Any]) -> None:
         """Take back a :meth:`snapshot` (from an engine with the same windows)."""
@@ -464,3 +551,6 @@ class Engine:
         self._stats = stats
         for w in self.windows:
             w.op.restore(snap["windows"][w.spec.name])
+        early = snap.get("early", {})
+        for name, e in self._early_by_name.items():
+            e.restore(early.get(name))  # a checkpoint from before the window had early triggers: none pending

@@ -196,6 +196,16 @@ class WindowOperator:
         """:meth:`advance_into`, with ``wmc`` the key's watermark cell (``cell()`` of the key, "" for None)."""
         raise NotImplementedError
 
+    def early_acc(self, key: str, start: int) -> tuple[int, int, Acc] | None:
+        """For early (provisional) results: the window of ``key`` that starts at ``start`` (a session: the one
+        containing ``start``), if it holds readings and has not fired yet - its start, end and accumulator
+        (read it, never change it) - else ``None``."""
+        raise NotImplementedError
+
+    def emit_early(self, out: list[Output], key: str, start: int, end: int, acc: Acc) -> None:
+        """A provisional result (revision 0, ``fired = "early"``) of every metric with values in ``acc``."""
+        self._emit(out, key, start, end, acc, 0, "early")
+
     def key_cell(self, key: str) -> WmCell:
         """The watermark cell a reading of ``key`` is judged against (the shared one in shared mode)."""
         return self.cell("" if self.shared else key)
@@ -453,6 +463,16 @@ class TumblingOperator(WindowOperator):
         self.timers = {k: [(x[0], x[1], x[2]) for x in v] for k, v in snap["timers"].items()}
         self.dirty = {k: set(v) for k, v in snap["dirty"].items()}
         self._requeue_all(list(self.wins))
+
+    def early_acc(self, key: str, start: int) -> tuple[int, int, Acc] | None:
+        wins = self.wins.get(key)
+        w = None if wins is None else wins.get(start)
+        end = start + self.size
+        wm = self.watermark(key)
+        if w is None or w[0] or (wm is not None and end <= wm):
+            return None
+        acc: Acc = w[1]
+        return start, end, acc
 
 
 class _SlideKey:
@@ -813,6 +833,14 @@ class SlidingOperator(WindowOperator):
         self.keys = {k: _SlideKey.from_json(d) for k, d in snap["keys"].items()}
         self._requeue_all(list(self.keys))
 
+    def early_acc(self, key: str, start: int) -> tuple[int, int, Acc] | None:
+        ks = self.keys.get(key)
+        end = start + self.size
+        wm = self.watermark(key)
+        if ks is None or (wm is not None and end <= wm):  # windows fire in order of their end: this one has not
+            return None
+        return start, end, self._window(ks, start, end)
+
 
 class _Session:
     """One session of one key (in snapshots: ``[start, end, revision, acc, pending, late]``)."""
@@ -998,6 +1026,15 @@ class SessionOperator(WindowOperator):
         self.sessions = {k: [_Session.from_json(x) for x in v] for k, v in snap["sessions"].items()}
         self.tombs = {k: [list(x) for x in v] for k, v in snap["tombs"].items()}
         self._requeue_all(list(self.sessions))
+
+    def early_acc(self, key: str, start: int) -> tuple[int, int, Acc] | None:
+        wm = self.watermark(key)
+        for x in self.sessions.get(key, ()):
+            if x.start <= start < x.end:
+                if x.rev or (wm is not None and x.end <= wm):
+                    return None
+                return x.start, x.end, x.acc
+        return None
 
 
 def _left_from_front(a: list[Acc], x: int) -> int:

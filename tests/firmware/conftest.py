@@ -3,9 +3,11 @@ own on a free loopback port. Missing tools fail the tests loudly, never skip."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -81,3 +83,37 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
     b.start()
     yield b
     b.stop()
+
+
+@contextlib.contextmanager
+def pty_board(
+    micropython: str, flash: Path, dev: Path, *, start: bool = False, sim: Path | None = None, heap: str = "112K"
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A board on a pseudo-terminal (socat) at ``dev``, as mpremote finds one on a serial port: the MicroPython
+    unix port with ``flash`` as its file system (cwd). ``start``: it boots as a board does after a reset (boot.py,
+    main.py through the shims' start.py, ``sim`` its hardware directory), then stays at the REPL (``-i``);
+    otherwise it is a board with nothing on it yet, at the REPL. The terminal is raw, as a UART is, but a Ctrl-C
+    interrupts running code (``isig``), as the ESP32's UART does."""
+    socat = shutil.which("socat")
+    if not socat:
+        pytest.fail("socat not found: apt-get install socat")
+    env = dict(os.environ)
+    cmd = f"{micropython} -X heapsize={heap} -i"
+    if start:
+        env.update(MICROPYPATH=f"{flash}:{SHIMS}:.frozen", EDGEKIT_SIM=str(sim or flash))
+        env.pop("EDGEKIT_CLOCK", None)
+        cmd += f" {SHIMS / 'start.py'}"
+    dev.unlink(missing_ok=True)
+    p = subprocess.Popen(
+        [socat, f"PTY,link={dev},raw,echo=0", f"EXEC:{cmd},pty,setsid,ctty,stderr,raw,echo=0,isig=1"],
+        cwd=flash,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 5
+        while not dev.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        yield p
+    finally:
+        p.terminate()
+        p.wait(5)

@@ -17,7 +17,8 @@ import paho.mqtt.client as mqtt
 
 from gateway.model import Batch, Reading, StatusUpdate
 from gateway.protocol import decode
-from sim.board.runner import BOARD_VALUES, BoardSpec, Fleet, Hook, PowerLoss, Reset, WakeRecord, host_ms
+from sim.board.launcher import native_micropython
+from sim.board.runner import BOARD_VALUES, REPO, BoardSpec, Fleet, Hook, PowerLoss, Reset, WakeRecord, host_ms
 
 from .conftest import Broker, run_mpy
 
@@ -34,10 +35,22 @@ class Collector:
     """Subscribes to edgekit/# and keeps (topic, payload, host ms of arrival, retained); ready once the broker
     has acknowledged the subscription."""
 
-    def __init__(self, port: int, client_id: str = "fitl-sub") -> None:
+    def __init__(
+        self,
+        port: int,
+        client_id: str = "fitl-sub",
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        ca: Path | None = None,
+    ) -> None:
         self.msgs: list[tuple[str, bytes, int, bool]] = []
         self.lock = threading.Lock()
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
+        if username is not None:
+            self.c.username_pw_set(username, password)
+        if ca is not None:
+            self.c.tls_set(ca_certs=str(ca))
         self.c.on_connect = lambda c, u, f, rc, p: c.subscribe("edgekit/#", qos=1)
         self.c.on_message = self._on
         self.subscribed = threading.Event()
@@ -71,8 +84,8 @@ class Collector:
         with self.lock:
             msgs = list(self.msgs)
         for topic, payload, rcv, _ in msgs:
-            if not payload or topic.endswith("/cmd"):  # cmd: the gateway's time replies to the boards
-                continue
+            if not payload or topic.endswith("/cmd") or "/_gateway/" in topic:
+                continue  # cmd: the gateway's time and commands; _gateway: what edgekit-ota leaves (builds)
             m = decode(topic, payload, rcv if received_ms is None else received_ms)
             if isinstance(m, StatusUpdate):
                 statuses.append(m)
@@ -160,8 +173,13 @@ def run(
     resets: Iterable[Reset] = (),
     prepare: Any = None,
     wdt_ms: int = 30_000,
+    fast: bool = False,
 ) -> Run:
-    fleet = Fleet(tmp_path / "fleet", boards, start_vt=start, heap="112K", wdt_ms=wdt_ms)
+    """fast: the native launcher and the shims as .mpy, as the soak runs them (sim/board/launcher.py)."""
+    kw: dict[str, Any] = {}
+    if fast:
+        kw = {"micropython": native_micropython(REPO / ".run" / "micropython-native"), "compiled_shims": True}
+    fleet = Fleet(tmp_path / "fleet", boards, start_vt=start, heap="112K", wdt_ms=wdt_ms, **kw)
     fleet.prepare()
     if prepare is not None:
         prepare(fleet)

@@ -1,7 +1,7 @@
 """An incremental checkpoint: only the keys whose state changed are snapshotted, a slice at a time while the
 pipeline goes on taking input, and what a restart restores is the state of a run that was never interrupted -
-with patterns keyed by device and by site, windows keyed by device and by site, anomaly detectors, statuses,
-ticks, and a shared (global) watermark."""
+with patterns keyed by device and by site, windows keyed by device and by site, a window with early triggers,
+anomaly detectors, statuses, ticks, and a shared (global) watermark."""
 
 from __future__ import annotations
 
@@ -47,6 +47,7 @@ def _config(state_dir: Path, mode: str, max_series: int, on: str = "arrival") ->
         {"name": "t1m", "kind": "tumbling", "size": "1m", "metrics": ["temp_c"], "allowed_lateness": "30s"},
         {"name": "s2m", "kind": "sliding", "size": "2m", "slide": "1m", "metrics": ["temp_c", "vib"]},
         {"name": "ses", "kind": "session", "gap": "40s", "metrics": ["temp_c"], "allowed_lateness": "20s"},
+        {"name": "early", "kind": "tumbling", "size": "2m", "metrics": ["vib"], "early_every": "10s", "early_count": 3},
     ]
     if mode == "device":
         doc["windows"].append({"name": "site", "kind": "tumbling", "size": "1m", "metrics": ["vib"], "key": "site"})

@@ -50,9 +50,16 @@ def _config(tmp_path: Path) -> Any:
         "influx": {"target": "v1", "url": "http://127.0.0.1:9", "database": "db"},  # never written to here
         "state": {"dir": str(tmp_path / "state")},
         "windows": [
-            {"name": "t1m", "kind": "tumbling", "size": "1m", "metrics": ["x"], "allowed_lateness": "30s"},
+            {
+                "name": "t1m",
+                "kind": "tumbling",
+                "size": "1m",
+                "metrics": ["x"],
+                "allowed_lateness": "30s",
+                "early_every": "1m",
+            },
             {"name": "s5m", "kind": "sliding", "size": "2m", "slide": "1m", "metrics": ["x"]},
-            {"name": "ses", "kind": "session", "gap": "30s", "metrics": ["x"]},
+            {"name": "ses", "kind": "session", "gap": "30s", "metrics": ["x"], "early_count": 2},
             {"name": "site", "kind": "tumbling", "size": "1m", "metrics": ["x"], "key": "site"},
         ],
         "anomaly": {"metrics": ["x"]},

@@ -37,7 +37,14 @@ mem32 = _Mem32()
 
 
 def unique_id():
-    return _sb.HW.get('name', 'board').encode()
+    # the ESP32's is its 6-byte base MAC address; here the hardware file's 'uid' (hex), else 6 bytes derived
+    # from the board's name, so that every simulated board has its own, stable across boots
+    uid = _sb.HW.get('uid')
+    if uid:
+        import binascii
+        return binascii.unhexlify(uid)
+    import hashlib
+    return hashlib.sha256(_sb.HW.get('name', 'board').encode()).digest()[:6]
 
 
 def freq(*a):

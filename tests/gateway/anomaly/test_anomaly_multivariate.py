@@ -9,10 +9,12 @@ import math
 import random
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.anomaly import AnomalyEngine, DetectorSpec, parse_anomaly
 from gateway.anomaly.engine import AnomalyOutput
-from gateway.anomaly.multivariate import MEMORY, RIDGE, MultiDetector, chi2_z, t2_z
+from gateway.anomaly.multivariate import MEMORY, RIDGE, MultiDetector, chi2_z, max_z, t2_z
 from gateway.model import Reading
 
 MIN = 60_000
@@ -240,3 +242,54 @@ def test_a_steady_drift_does_not_hold_the_anomaly_open_after_the_fault() -> None
     assert not any(flags[:600])
     assert sum(flags[600:1100]) >= 490
     assert sum(flags[1100:]) <= 10 and not any(flags[1120:])
+
+
+@settings(max_examples=150, deadline=None)
+@given(v=st.floats(0.0, 60.0), dv=st.floats(0.0, 5.0), k=st.integers(1, 32))
+def test_max_z_is_a_bonferroni_normal_deviate(v: float, dv: float, k: int) -> None:
+    """max_z(v, k) is >= 0, increasing in v, v itself for one metric, and where the tail is representable
+    its two-sided tail probability is k times that of v (the Bonferroni bound for the largest of k)."""
+    z = max_z(v, k)
+    assert z >= 0.0 and max_z(v + dv, k) >= z - 1e-9
+    assert z <= v + 1e-9
+    if k == 1:
+        assert math.isclose(z, v, abs_tol=1e-6) or (v < 1e-6 and z == 0.0)
+    p = k * math.erfc(v / math.sqrt(2.0))
+    if 1e-280 < p < 0.9:
+        assert math.isclose(math.erfc(z / math.sqrt(2.0)), p, rel_tol=1e-6)
+
+
+def test_max_z_at_the_quantile_of_the_largest_of_eight() -> None:
+    # the largest |N(0,1)| of 8 independent ones passes v with probability 1 - (1 - erfc(v/sqrt 2))^8: 0.002 at
+    # v = 3.662; a two-sided 0.002 tail of one normal deviate is 3.090 (Bonferroni is exact to first order)
+    v = 3.66204
+    assert abs(1 - (1 - math.erfc(v / math.sqrt(2))) ** 8 - 0.002) < 1e-5
+    assert abs(max_z(v, 8) - 3.090) < 0.01
+
+
+def test_a_slow_shift_of_one_metric_in_eight_is_flagged_for_its_length() -> None:
+    """Eight independent metrics; one of them (flow) drifts 3 deviations low over 60 readings and stays there
+    for 300 more, nothing else moving (a valve closing slowly). One reading's T^2 (about chi-square(8) + 9)
+    never reaches the threshold and the joint evidence T_e^2 spreads itself over eight metrics; the evidence of
+    flow alone, taken as the largest of eight, finds it before the drift ends and holds it to the end. The
+    same 8 metrics without the shift raise nothing in 2,000 readings."""
+    rng = random.Random(11)
+    names = [f"m{i}" for i in range(7)] + ["flow"]
+    rows = [{m: rng.gauss(0.0, 1.0) for m in names} for _ in range(2000)]
+    quiet = copy.deepcopy(rows)
+    rows = rows[:1500]
+    for i in range(1000, 1360):
+        rows[i]["flow"] -= 3.0 * min(1.0, (i - 1000) / 60)
+    for data, expect_fault in ((rows, True), (quiet, False)):
+        md = MultiDetector(DetectorSpec())
+        flags = []
+        for i, row in enumerate(data):
+            res = md.process(i * MIN, row)
+            assert res is not None
+            flags.append(res.anomalous)
+        assert not any(flags[:1000])
+        if expect_fault:
+            assert any(flags[1000:1060]) and sum(flags[1060:1360]) >= 270, (flags.index(True), sum(flags[1060:1360]))
+            assert not any(flags[1400:])
+        else:
+            assert not any(flags)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -64,8 +65,13 @@ def test_outlier_counts_and_rates() -> None:
 
 
 def test_changepoints_windows_and_nab_profiles() -> None:
+    # SKAB's notebooks (waico/SKAB notebooks/Conv_AE.ipynb and the others of the strict leaderboard):
+    # prediction_cp = abs(prediction.diff()); prediction_cp[0] = prediction[0] -> every rise and every fall
     assert predicted_changepoints([1, 1, 0, 0, 1]) == [0, 2, 4]
     assert predicted_changepoints([0, 0, 1]) == [2]
+    # the gateway's level shifts are change points too, once each, wherever the verdict stands
+    assert predicted_changepoints([0, 0, 1, 1, 0, 0], [0, 1, 1, 0, 0, 1]) == [1, 2, 4, 5]
+    # chp_score(..., window_width="60s", anomaly_window_destination="righter"), "cut right window" on overlaps
     assert nab_windows([0, 30_000, 200_000]) == [[0, 60_000], [60_000, 90_000], [200_000, 260_000]]
     # a detection at a window's start scores A_tp, at its end A_fp; one outside costs A_fp; a miss A_fn
     s = changepoint_score([[0, 1_000_000]], [[0, 500_000]])
@@ -130,6 +136,13 @@ def test_the_command_prints_both_tables(capsys: pytest.CaptureFixture[str]) -> N
     assert "| Algorithm | F1 | FAR, % | MAR, % |" in out and "| Conv-AE | 0.78 | 13.55 | 28.02 |" in out
     assert "| Algorithm | NAB (standard) | NAB (lowFP) | NAB (LowFN) |" in out and "| MSCRED | 32.42 |" in out
     assert "127 change points scored" in out
+    assert "| edgekit, change points from the verdict's rises and falls only |" in out
+    # the targets, with the default settings: outlier F1 >= 0.78, changepoint NAB (standard) >= 33
+    m = re.search(r"\(edgekit \(defaults\): TP .*; F1 ([0-9.]+)\)", out)
+    assert m is not None
+    f1 = float(m.group(1))
+    nab = [line for line in out.splitlines() if line.startswith("| **edgekit (defaults)**")][1]
+    assert f1 >= 0.78 and float(nab.split("|")[2].strip(" *")) >= 33.0, (f1, nab)
 
 
 def test_a_missing_folder_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

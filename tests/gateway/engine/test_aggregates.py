@@ -46,21 +46,21 @@ def test_fused_stat_adds_and_merges(raw: list[tuple[int, int]], cut: int, shuffl
     feed = sorted(items, key=lambda x: (-x[0], x[1])) if shuffle else items  # arrival order must not matter
     whole = fold(feed)
     assert whole.n == len(items)
-    assert close(whole.result(NAMES), expected(items))
+    assert close(whole.aggregate(NAMES), expected(items))
     restored = Stat.from_json(whole.to_json())  # the snapshot form keeps everything
-    assert restored.result(NAMES) == whole.result(NAMES) and restored.n == whole.n
+    assert restored.aggregate(NAMES) == whole.aggregate(NAMES) and restored.n == whole.n
     cut = min(max(cut, 1), len(items) - 1) if len(items) > 1 else 0
     if cut:
         left, right = fold(feed[:cut]), fold(feed[cut:])
-        before = right.result(NAMES)
+        before = right.aggregate(NAMES)
         merged = left.copy()
         merged.merge_from(right)
-        assert right.result(NAMES) == before  # the merged-in side is not changed
+        assert right.aggregate(NAMES) == before  # the merged-in side is not changed
         assert merged.n == len(items)
-        assert close(merged.result(NAMES), expected(items))
+        assert close(merged.aggregate(NAMES), expected(items))
         into_empty = Stat()
         into_empty.merge_from(whole)
-        assert into_empty.result(NAMES) == whole.result(NAMES)
+        assert into_empty.aggregate(NAMES) == whole.aggregate(NAMES)
 
 
 @given(values, values)
@@ -90,4 +90,4 @@ def test_each_aggregator_merges_like_one_pass(a: list[tuple[int, int]], b: list[
 def test_welford_is_stable_with_a_large_offset() -> None:
     xs = [1e9 + x for x in (4.0, 7.0, 13.0, 16.0)]
     acc = fold([(i, i, x) for i, x in enumerate(xs)])
-    assert math.isclose(acc.result(("stddev",))["stddev"], statistics.stdev(xs), rel_tol=1e-9)
+    assert math.isclose(acc.aggregate(("stddev",))["stddev"], statistics.stdev(xs), rel_tol=1e-9)

@@ -32,6 +32,9 @@ engine = Engine(parse_engine({"windows": [
     {"name": "s", "kind": "sliding", "size": "30s", "slide": "5s", "metrics": ["x", "y"], "allowed_lateness": "5s"},
     {"name": "g", "kind": "session", "gap": "7s", "metrics": ["x"], "allowed_lateness": "3s"},
     {"name": "site", "kind": "tumbling", "size": "20s", "metrics": ["x"], "key": "site"},
+    {"name": "te", "kind": "tumbling", "size": "10s", "metrics": ["x", "y"], "early_every": "2s", "early_count": 4},
+    {"name": "se", "kind": "sliding", "size": "30s", "slide": "10s", "metrics": ["x"], "early_every": "5s"},
+    {"name": "ge", "kind": "session", "gap": "7s", "metrics": ["x"], "allowed_lateness": "3s", "early_count": 2},
 ]}))
 rng = random.Random(7)
 T0 = 1_764_072_000_000
@@ -45,7 +48,10 @@ for i in range(3000):
     out += engine.process_batch(Batch("a", dev, "", T0 + i * 300, (r,), (), flushed), T0 + i * 300 + 50)
     if i % 100 == 0:
         out += engine.advance(T0 + i * 300 + 60_000)
-json.dump({"build": ENGINE_BUILD, "outputs": [repr(o) for o in out], "snapshot": engine.snapshot()}, sys.stdout)
+    if i % 7 == 0:
+        out += engine.on_processing_time(T0 + i * 300 + 100)
+lines = [repr(o) + " " + o.to_line() for o in out]  # to_line: emitted_ms too
+json.dump({"build": ENGINE_BUILD, "outputs": lines, "snapshot": engine.snapshot()}, sys.stdout)
 """
 
 

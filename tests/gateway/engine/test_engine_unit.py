@@ -71,7 +71,7 @@ def test_line_protocol_of_outputs() -> None:
     w = WindowResult("m1", "device", "gh-07", "a", T0, T0 + 60_000, "temp_c", 2, {"mean": 21.5}, 1, "watermark")
     assert w.to_line() == (
         "window,device=gh-07,metric=temp_c,site=a,window=m1 count=2i,mean=21.5,revision=1i,"
-        f'end_ms={T0 + 60_000}i,fired="watermark" {T0 * 1_000_000}'
+        f'end_ms={T0 + 60_000}i,fired="watermark",result="final" {T0 * 1_000_000}'
     )
     late = LateReading("m1", "a", "gh-07", "temp_c", T0, 17, 3, 5_000, T0 + 5_000, "too_late", 21.0)
     assert late.to_line() == (
