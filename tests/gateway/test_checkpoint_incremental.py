@@ -212,3 +212,29 @@ async def test_a_snapshot_shares_nothing_with_the_live_state(tmp_path: Path) -> 
         assert (whole, some) == copies
     finally:
         gw.store.close()
+
+
+async def test_a_tick_that_fires_early_results_is_in_the_next_checkpoint(tmp_path: Path) -> None:
+    """An ``early_every`` trigger changes a key's state on a tick, without a message of the key: the next
+    checkpoint takes that key again."""
+    clock = _Clock()
+    ref = Gateway(_config(tmp_path / "ref", "device", 100_000), now_ms=clock)
+    gw = Gateway(_config(tmp_path / "run", "device", 100_000), now_ms=clock)
+    try:
+        for i in range(2):
+            for g in (ref, gw):
+                await g._process(g._accept([_message(d, i, i, False) for d in range(3)]))
+        await gw.checkpoint()
+        clock.now += 20_000  # past the early_every period: the tick emits provisional results
+        for g in (ref, gw):
+            await g._tick()
+        assert ref.pipeline.stats.window_results > 0 or ref.pipeline.engine.early_keys() != []
+        await gw.checkpoint()
+        gw.store.close()
+        gw = Gateway(_config(tmp_path / "run", "device", 100_000), now_ms=clock)
+        await gw.recover()
+        assert gw.replayed == 0
+        assert json.dumps(gw.pipeline.snapshot()) == json.dumps(ref.pipeline.snapshot())
+    finally:
+        ref.store.close()
+        gw.store.close()
