@@ -4,6 +4,7 @@ Reproduce (from the repository root)::
 
     python bench/bench_checkpoint.py                  # 1,000 devices, 10,000 lines to spill, 10 checkpoints
     python bench/bench_checkpoint.py -d 5000 -s 50000 # bigger
+    python bench/bench_checkpoint.py -r 5 -s 0 --feed 500 [--code /path/to/other/checkout]
 
 The state is the pipeline of a gateway that runs the four example patterns (gateway/examples/gateway.toml),
 three windows per device (tumbling 1 min, sliding 10 min every minute, session with a 5 min gap, over
@@ -12,8 +13,12 @@ temp_c, rh and pressure_hpa, with 2 min allowed lateness) and anomaly detection 
 10; past the detectors' warm-up of 30). Before each checkpoint the sink holds ``-s`` lines in memory
 (InfluxDB away), which the checkpoint moves to the spool in the same transaction, as in the gateway.
 
-Each checkpoint runs in an event loop beside a heartbeat task that sleeps 1 ms at a time; the stall is the
-longest gap between two heartbeats, less the 1 ms. Printed: the state size (its JSON text and what is stored,
+Each checkpoint runs in an event loop beside a heartbeat task that sleeps 1 ms at a time; its lag is each gap
+between two heartbeats less the 1 ms, the stall the longest. With ``--feed N``, N messages a second (one reading
+of a random device each) are logged and taken as the gateway does while each checkpoint runs, and the time each
+waited to be taken is printed (a checkpoint that stops the pipeline's input makes them wait for all of it).
+``--code PATH`` measures the gateway of another checkout with this file (run both, alternating, to compare).
+Printed: the state size (its JSON text and what is stored,
 zlib-compressed), the time of each part done by a synchronous checkpoint (snapshot, JSON, compression, SQLite
 transaction), and per checkpoint at steady state (after a first one; before each, ``-c`` devices, a tenth by
 default, send ten readings each) the duration, the stall and the bytes written (the WAL's size after the
@@ -36,12 +41,20 @@ import time
 import tomllib
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.app import Gateway
-from gateway.config import Config, parse_config
-from gateway.engine import ENGINE_BUILD
-from gateway.spool import RAW
+def _code() -> Path:
+    """The checkout whose gateway is measured: ``--code PATH`` (read before the imports), else this one."""
+    if "--code" in sys.argv:
+        return Path(sys.argv[sys.argv.index("--code") + 1]).resolve()
+    return Path(__file__).resolve().parent.parent
+
+
+sys.path.insert(0, str(_code()))
+
+from gateway.app import Gateway  # noqa: E402
+from gateway.config import Config, parse_config  # noqa: E402
+from gateway.engine import ENGINE_BUILD  # noqa: E402
+from gateway.spool import RAW  # noqa: E402
 
 try:
     from gateway.state import compress_checkpoint
@@ -127,9 +140,32 @@ def warm_up(
     return lines
 
 
-async def timed_checkpoint(gw: Gateway) -> tuple[float, float]:
-    """(duration, longest event-loop stall) of one ``gw.checkpoint()``, in seconds."""
+class Feed:
+    """Messages offered to the gateway while a checkpoint runs (``--feed`` per second, from random devices, as a
+    broker would hand them over): each logged and taken as the gateway does (``_accept`` then ``_process``), and
+    the time each one waited to be taken recorded."""
+
+    def __init__(self, devices: int, per_s: float, t_ms: int) -> None:
+        self.devices = devices
+        self.period = 1.0 / per_s if per_s > 0 else 0.0
+        self.t_ms = t_ms
+        self.seq = 0
+        self.rng = random.Random(11)
+
+    def message(self) -> tuple[str, bytes, bool]:
+        d = self.rng.randrange(self.devices)
+        self.seq += 1
+        dev = f"dev-{d:04d}"
+        metrics = {"temp_c": 21.0, "rh": 50.0, "pressure_hpa": 1000.0, "vib": 0.5, "status": "OK", "door": "closed"}
+        row = {"b": 2, "s": self.seq, "t": self.t_ms, "q": "s", "m": metrics}
+        return f"{PREFIX}/site-{d % 10}/{dev}/readings", json.dumps({"v": 1, "dev": dev, "r": [row]}).encode(), False
+
+
+async def timed_checkpoint(gw: Gateway, feed: Feed | None) -> tuple[float, list[float], list[float]]:
+    """One ``gw.checkpoint()``: its duration, the event loop's lags (each gap between two heartbeats of 1 ms less
+    the 1 ms) and the time each fed message waited to be taken, in seconds."""
     beats: list[float] = []
+    waits: list[float] = []
     running = True
 
     async def heartbeat() -> None:
@@ -137,7 +173,16 @@ async def timed_checkpoint(gw: Gateway) -> tuple[float, float]:
             beats.append(time.perf_counter())
             await asyncio.sleep(0.001)
 
+    async def feeder() -> None:
+        assert feed is not None
+        while running:
+            t = time.perf_counter()
+            await gw._process(gw._accept([feed.message()]))
+            waits.append(time.perf_counter() - t)
+            await asyncio.sleep(max(0.0, feed.period - (time.perf_counter() - t)))
+
     hb = asyncio.create_task(heartbeat())
+    fd = asyncio.create_task(feeder()) if feed is not None and feed.period else None
     await asyncio.sleep(0.02)  # the heartbeat is going
     start = time.perf_counter()
     result = gw.checkpoint()
@@ -147,8 +192,10 @@ async def timed_checkpoint(gw: Gateway) -> tuple[float, float]:
     await asyncio.sleep(0.02)
     running = False
     await hb
-    gaps = [b - a for a, b in itertools.pairwise(beats)]
-    return duration, max(0.0, max(gaps) - 0.001)
+    if fd is not None:
+        await fd
+    lags = [max(0.0, b - a - 0.001) for a, b in itertools.pairwise(beats) if b >= start and a <= start + duration]
+    return duration, lags, waits
 
 
 def parts(gw: Gateway, spill_lines: list[str]) -> dict[str, float]:
@@ -177,6 +224,13 @@ def parts(gw: Gateway, spill_lines: list[str]) -> dict[str, float]:
     }
 
 
+def _pct(xs: list[float], p: float) -> float:
+    if not xs:
+        return float("nan")
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(p / 100 * len(s)))]
+
+
 def _size(path: Path) -> int:
     return path.stat().st_size if path.exists() else 0
 
@@ -200,7 +254,8 @@ async def main_async(args: argparse.Namespace, state_dir: Path) -> None:
         f"compression {p['compress'] * 1e3:.0f} ms, "
         f"SQLite transaction with {len(spill):,} spilled lines {p['sqlite'] * 1e3:.0f} ms"
     )
-    durations, stalls, written = [], [], []
+    durations, stalls, written, all_lags, all_waits, max_waits = [], [], [], [], [], []
+    feed = Feed(args.devices, args.feed, t0 + (args.readings + 10 * args.runs) * STEP_MS)
     wal = Path(f"{gw.store.path}-wal")
     changed = args.devices // 10 if args.changed is None else args.changed
     await gw.checkpoint()  # the first one writes everything; the runs are the steady state after it
@@ -217,17 +272,28 @@ async def main_async(args: argparse.Namespace, state_dir: Path) -> None:
         )
         gw.sink.memory[RAW].extend(spill)
         gw.store.compact()  # an empty WAL: what the checkpoint's transaction writes is what the WAL then holds
-        d, s = await timed_checkpoint(gw)
+        d, lags, waits = await timed_checkpoint(gw, feed)
         durations.append(d)
-        stalls.append(s)
+        stalls.append(max(lags, default=0.0))
+        all_lags += lags
+        all_waits += waits
+        max_waits.append(max(waits, default=0.0))
         written.append(_size(wal))
     print(
         f"checkpoint ({args.runs} runs, {changed:,} devices with new readings before each): duration median "
         f"{statistics.median(durations) * 1e3:.0f} ms (min {min(durations) * 1e3:.0f}, max "
-        f"{max(durations) * 1e3:.0f}); event-loop stall median {statistics.median(stalls) * 1e3:.0f} ms (min "
-        f"{min(stalls) * 1e3:.0f}, max {max(stalls) * 1e3:.0f}); written (WAL) median "
+        f"{max(durations) * 1e3:.0f}); event-loop stall (longest lag) median {statistics.median(stalls) * 1e3:.0f} "
+        f"ms (min {min(stalls) * 1e3:.0f}, max {max(stalls) * 1e3:.0f}), lag p99 over all checkpoints "
+        f"{_pct(all_lags, 99) * 1e3:.1f} ms; written (WAL) median "
         f"{statistics.median(written) / 1e6:.2f} MB (min {min(written) / 1e6:.2f}, max {max(written) / 1e6:.2f})"
     )
+    if all_waits:
+        print(
+            f"messages fed during the checkpoints ({args.feed:g}/s, {len(all_waits):,} in all): wait to be taken p50 "
+            f"{_pct(all_waits, 50) * 1e3:.1f} ms, p99 {_pct(all_waits, 99) * 1e3:.1f} ms, longest per checkpoint "
+            f"median {statistics.median(max_waits) * 1e3:.0f} ms (min {min(max_waits) * 1e3:.0f}, max "
+            f"{max(max_waits) * 1e3:.0f})"
+        )
     gw.store.close()
 
 
@@ -241,6 +307,10 @@ def main() -> None:
         "-c", "--changed", type=int, default=None, help="devices with new readings before each checkpoint (a tenth)"
     )
     parser.add_argument("--dir", type=Path, default=None, help="directory for the state file (default: a temp dir)")
+    parser.add_argument(
+        "--feed", type=float, default=0.0, help="messages per second offered during each checkpoint (default none)"
+    )
+    parser.add_argument("--code", type=Path, default=None, help="the checkout whose gateway is measured (default this)")
     args = parser.parse_args()
     if args.dir is not None:
         args.dir.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ taskset, as for the tests)::
     python bench/bench_e2e.py throughput --code /path/to/old   # the gateway of another checkout, same load
     python bench/bench_e2e.py ceilings                         # Mosquitto alone, InfluxDB alone, the publisher
     python bench/bench_e2e.py latency                          # alert latency at 10,000 readings/s
+    python bench/bench_e2e.py latency --rounds 4 --code /path/to/old  # side by side, alternating
     python bench/bench_e2e.py overload                         # 100,000 readings/s for 40 s: RSS over time
 
 Every mode starts its own Mosquitto (the project's broker settings) and InfluxDB 1.x on free loopback ports
@@ -793,43 +794,54 @@ def pct(xs: Sequence[float], p: float) -> float:
 
 
 def cmd_latency(args: argparse.Namespace) -> None:
+    codes = [ROOT, *(Path(c).resolve() for c in args.code or ())]
+    results: dict[Path, list[tuple[float, float, float, float]]] = {c: [] for c in codes}
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp, running_services(Path(tmp) / "svc") as svc:
         for rnd in range(args.rounds):
-            db = f"lat_{rnd}"
-            services.influx_create_database(svc.influx_url, db)
-            work = Path(tempfile.mkdtemp(prefix="latency-", dir=tmp))
-            gw = Gateway(
-                Path(args.code or ROOT).resolve(), work, svc.mqtt_port, svc.influx_url, db, "example", args.core
-            )
-            try:
-                gw.wait_connected()
-                pubs = Publishers(args.publishers, svc.mqtt_port, args.rate, args.seconds)
-                ctx = mp.get_context("fork")
-                q = ctx.Queue()
-                probe = ctx.Process(target=prober, args=(svc.mqtt_port, args.seconds, pubs.start_at, q), daemon=True)
-                probe.start()
-                cpu0 = proc_cpu_s(gw.pid)
-                t0 = time.monotonic()
-                time.sleep(max(0.0, pubs.start_at - time.time()) + args.seconds)
-                backlog = pubs.expected_msgs - gw.taken()
-                res = q.get(timeout=args.seconds + 180)
-                probe.join(10)
-                pub = pubs.wait()
-                pubs.kill()
-                cpu = 100 * (proc_cpu_s(gw.pid) - cpu0) / (time.monotonic() - t0)
-                lat = [x * 1000 for x in res["latencies"]]
-                s = gw.stats()
-                print(
-                    f"round {rnd + 1}: {args.rate:,} readings/s offered (+ probes), {len(lat)} alerts timed, "
-                    f"{res['missing']} without an alert; publish -> alert ms: p50 {pct(lat, 50):.1f}  p95 "
-                    f"{pct(lat, 95):.1f}  p99 {pct(lat, 99):.1f}  max {max(lat, default=float('nan')):.1f}; "
-                    f"gateway cpu {cpu:.0f} %, backlog at the end {backlog:,} messages, "
-                    f"checkpoints {s.get('state', {}).get('checkpoints')}, pub lag {pub['lag_s']:.2f}s",
-                    flush=True,
-                )
-            finally:
-                gw.stop()
-                shutil.rmtree(work, ignore_errors=True)
+            for code in codes if rnd % 2 == 0 else codes[::-1]:  # alternating, each first in turn
+                db = f"lat_{rnd}_{codes.index(code)}"
+                services.influx_create_database(svc.influx_url, db)
+                work = Path(tempfile.mkdtemp(prefix="latency-", dir=tmp))
+                gw = Gateway(code, work, svc.mqtt_port, svc.influx_url, db, "example", args.core)
+                try:
+                    gw.wait_connected()
+                    pubs = Publishers(args.publishers, svc.mqtt_port, args.rate, args.seconds)
+                    ctx = mp.get_context("fork")
+                    q = ctx.Queue()
+                    probe = ctx.Process(
+                        target=prober, args=(svc.mqtt_port, args.seconds, pubs.start_at, q), daemon=True
+                    )
+                    probe.start()
+                    cpu0 = proc_cpu_s(gw.pid)
+                    t0 = time.monotonic()
+                    time.sleep(max(0.0, pubs.start_at - time.time()) + args.seconds)
+                    backlog = pubs.expected_msgs - gw.taken()
+                    res = q.get(timeout=args.seconds + 180)
+                    probe.join(10)
+                    pub = pubs.wait()
+                    pubs.kill()
+                    cpu = 100 * (proc_cpu_s(gw.pid) - cpu0) / (time.monotonic() - t0)
+                    lat = [x * 1000 for x in res["latencies"]]
+                    s = gw.stats()
+                    results[code].append((pct(lat, 50), pct(lat, 95), pct(lat, 99), max(lat, default=float("nan"))))
+                    print(
+                        f"round {rnd + 1}, {code}: {args.rate:,} readings/s offered (+ probes), {len(lat)} alerts "
+                        f"timed, {res['missing']} without an alert; publish -> alert ms: p50 {pct(lat, 50):.1f}  p95 "
+                        f"{pct(lat, 95):.1f}  p99 {pct(lat, 99):.1f}  max {max(lat, default=float('nan')):.1f}; "
+                        f"gateway cpu {cpu:.0f} %, backlog at the end {backlog:,} messages, "
+                        f"checkpoints {s.get('state', {}).get('checkpoints')}, pub lag {pub['lag_s']:.2f}s",
+                        flush=True,
+                    )
+                finally:
+                    gw.stop()
+                    shutil.rmtree(work, ignore_errors=True)
+    print(f"\npublish -> alert ms over {args.rounds} rounds, median (min-max) of each round's percentile:")
+    for code, rows in results.items():
+        cols = []
+        for name, i in (("p50", 0), ("p95", 1), ("p99", 2), ("max", 3)):
+            xs = [r[i] for r in rows]
+            cols.append(f"{name} {statistics.median(xs):.1f} ({min(xs):.1f}-{max(xs):.1f})" if xs else f"{name} -")
+        print(f"  {code}: " + ", ".join(cols))
 
 
 # --------------------------------------------------------------------------------------------- overload
@@ -909,7 +921,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     c.add_argument("--influx-points", type=int, default=300_000)
     lat = sub.add_parser("latency")
     common(lat, 10_000, 30.0)
-    lat.add_argument("--code")
+    lat.add_argument("--code", nargs="*", help="other checkouts measured the same way, alternating")
     o = sub.add_parser("overload")
     common(o, 100_000, 40.0)
     o.add_argument("--code")

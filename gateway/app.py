@@ -22,11 +22,11 @@ import sqlite3
 import time
 import zlib
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .ckpt_rows import dumps_row, split_state
+from .ckpt_rows import ORDER, dumps_row, key_names, split_order, split_rows
 from .config import Config, redact_url
 from .errors import ConfigError, StateError
 from .ingest import (
@@ -63,10 +63,15 @@ __all__ = ["Gateway", "StateError", "state_path", "time_reply", "wall_clock_ms"]
 
 log = logging.getLogger("gateway")
 
-STATE_VERSION = 2
-"""2: the checkpoint in per-key rows (``gateway.ckpt_rows``); a gateway of version 1 refuses it (it would read
-only the global part). Version 1 (the whole state in one value) is still restored."""
-READ_VERSIONS = (1, STATE_VERSION)
+STATE_VERSION = 3
+"""3: the admitted devices, their metric names and the anomaly detectors in the per-key rows too; 2: the
+checkpoint in per-key rows (``gateway.ckpt_rows``); a gateway of an older version refuses a newer one (it would
+read only part of it). Versions 1 (the whole state in one value) and 2 are still restored (the first checkpoint
+after them writes every row)."""
+READ_VERSIONS = (1, 2, STATE_VERSION)
+
+CAPTURE_SLICE = 32
+"""Keys a checkpoint snapshots at a time on the event loop before it lets other work run."""
 
 
 def _let_others_run() -> None:
@@ -106,6 +111,37 @@ def _digest(topic: str, payload: bytes) -> bytes:
     h.update(b"\0")
     h.update(payload)  # not concatenated: no copy of the payload
     return h.digest()
+
+
+class _Capture:
+    """The keys a checkpoint takes, snapshotted as they were at its position: a slice at a time between the
+    inputs taken meanwhile, and before an input that may change them (copy on write, at the key level)."""
+
+    def __init__(self, pipeline: Pipeline, keys: set[str]) -> None:
+        self.pipeline = pipeline
+        self.keys = keys
+        self.pending = set(keys)
+        self.rows: dict[str, Any] = {}
+        self.slices = 0
+
+    def take(self, n: int) -> None:
+        pending = self.pending
+        chunk = {pending.pop() for _ in range(min(n, len(pending)))}
+        self._snap(chunk)
+
+    def before(self, reach: Sequence[str] | None) -> None:
+        """An input that may change the keys ``reach`` (None: any) is about to be taken."""
+        if reach is None:
+            chunk, self.pending = self.pending, set()
+        else:
+            chunk = self.pending.intersection(reach)
+            self.pending.difference_update(chunk)
+        if chunk:
+            self._snap(chunk)
+
+    def _snap(self, keys: set[str]) -> None:
+        self.slices += 1
+        self.rows.update(split_rows({"pipeline": self.pipeline.snapshot(keys)}))
 
 
 class Gateway:
@@ -157,15 +193,16 @@ class Gateway:
         self._caught_up = asyncio.Event()
         self._stopping = False
         """Set by a clean stop: take no further input (what is logged and not taken is replayed after a restart)."""
-        self._inputs_open = asyncio.Event()
-        self._inputs_open.set()
-        """Cleared while a checkpoint reads the pipeline's state in a worker thread: no input is applied then."""
+        self._capture: _Capture | None = None
+        """While a checkpoint snapshots its keys: an input first has the keys it may change taken."""
         self._checkpointing = asyncio.Lock()
         self.checkpoint_failures = 0
         self._retry_checkpoint = 0.0
+        """Monotonic time before which the log's size asks for no checkpoint (one has just failed)."""
         self._row_digests: dict[str, bytes] | None = None
         """The digest of each checkpoint row stored (None: not known, the next checkpoint rewrites them all)."""
-        """Monotonic time before which the log's size asks for no checkpoint (one has just failed)."""
+        self.last_checkpoint: dict[str, float] = {}
+        """What the last checkpoint did: keys snapshotted, slices, rows written, seconds on the loop and in all."""
 
     # ------------------------------------------------------------------------------------ inputs
 
@@ -223,8 +260,13 @@ class Gateway:
                 log.exception("checkpoint failed; trying again later", extra={"event": "checkpoint_error"})
 
     async def _apply(self, rec: LogRecord) -> None:
-        while not self._inputs_open.is_set():  # a checkpoint is reading the state
-            await self._inputs_open.wait()
+        cap = self._capture
+        if cap is not None:  # a checkpoint is taking keys: those this input may change are taken first
+            if rec.kind == KIND_MESSAGE:
+                cap.before(self.pipeline.reach(rec.topic))
+            elif rec.kind == KIND_TICK:
+                cap.before(self.pipeline.tick_reach())
+            # an oversize message changes only counters (the global part, taken already)
         if rec.kind == KIND_TICK:
             out = self.pipeline.tick(rec.received_ms)
         elif rec.kind == KIND_OVERSIZE:
@@ -264,79 +306,126 @@ class Gateway:
     async def checkpoint(self) -> None:
         """Save the state at ``pos`` with the sink's memory moved to the spool, and truncate the log.
 
-        The pipeline takes no input meanwhile, so the state, ``pos`` and the lines in memory describe one
-        instant. Its state is read and encoded to JSON in a worker thread, a piece at a time, so the event
-        loop goes on (MQTT, PUBACKs of logged messages, the writer, metrics); the SQLite transaction is on
-        the loop, like every other use of the connection.
+        The state is stored as a global part and a row per key (``gateway.ckpt_rows``), and only the keys whose
+        state changed since the last committed checkpoint (the pipeline's ``dirty`` set) are snapshotted and
+        written; rows of keys gone are deleted, in the same transaction.
 
-        The state is stored as a global part and a row per key (``gateway.ckpt_rows``); only the rows whose
-        JSON changed since the last committed checkpoint are compressed and written, and those of keys gone are
-        deleted, in the same transaction.
+        On the event loop, at once: the position, the global part and the order of every key (no values), and
+        the set of changed keys. Then those keys are snapshotted on the loop a slice at a time while the pipeline
+        goes on taking input: an input first has the keys it may change snapshotted (``Pipeline.reach``; a tick,
+        or a message whose reach is not known beforehand, takes every key left), so each key is taken as it was at
+        the checkpoint's position. The rows are encoded, compared with the stored rows' digests and compressed in
+        a worker thread; the SQLite transaction is on the loop, like every other use of the connection.
 
         Two phases: the sink's lines leave memory only after the transaction that spools them (and truncates
-        the log) is committed. If it fails - a locked database, a full disk, anything - it raises, and the
-        lines are still in memory and the log still holds everything after the previous checkpoint.
+        the log) is committed. The lines spooled are all that are in memory then, the checkpoint's and those of
+        inputs taken after its position, which the log still holds: a replay gives the same points again, which
+        overwrite themselves. If the transaction fails - a locked database, a full disk, anything - it raises,
+        the lines are still in memory, the log still holds everything after the previous checkpoint, and the keys
+        taken count as changed again.
         """
         async with self._checkpointing:
-            self._inputs_open.clear()
+            # the snapshot's new containers would set off collections of the whole heap (see _encode); they are all
+            # gone when _checkpoint returns, before the collector runs again
+            was_enabled = gc.isenabled()
+            gc.disable()
             try:
-                pos = self.pos
-                outbox = [[t, base64.b64encode(p).decode()] for t, p in self.outbox.queue]
-                recent = [d.hex() for d in self.recent]  # the loop's ingest appends to these: copied here
-                blob, delta, digests = await asyncio.to_thread(self._encode_state, outbox, recent)
-                self.sink.spill(lambda chunks: self.store.checkpoint(pos, blob, self.now_ms(), chunks, delta))
-                self._row_digests = digests  # only once committed: a failed checkpoint changed no row
-            except Exception:
-                self.checkpoint_failures += 1
-                raise
+                await self._checkpoint()
             finally:
-                self._inputs_open.set()
+                if was_enabled:
+                    gc.enable()
         self.checkpoints += 1
         if self.checkpoints % 10 == 0:
             self.store.compact()
 
-    def _encode_state(self, outbox: list[list[str]], recent: list[str]) -> tuple[bytes, RowDelta, dict[str, bytes]]:
-        """In a worker thread, while no input is applied: the checkpoint's global part (compressed JSON), the
-        rows to rewrite (those whose JSON text differs from the last checkpoint's; all after a start from the
-        older layout) and to delete, and the digest of every row.
-
-        The snapshot is a copy of the whole state in new containers; while it is alive, the cyclic garbage
-        collector would count them as long-lived and scan the whole heap, holding the GIL (about 55 ms for
-        1,000 devices, bench/bench_checkpoint.py). It is paused meanwhile: the copy has no cycles and goes
-        with its last reference.
-        """
-        was_enabled = gc.isenabled()
-        gc.disable()
-        engine = self.pipeline.engine
-        engine.snapshot_pause = _let_others_run  # the compiled engine holds the GIL through its loops otherwise
+    async def _checkpoint(self) -> None:
+        """:meth:`checkpoint`'s work, with the collector paused: every snapshot container goes with its frame."""
+        pipeline = self.pipeline
+        started = time.perf_counter()
+        cap: _Capture | None = None
+        committed = False
         try:
+            pos = self.pos
             state: dict[str, Any] = {
                 "version": STATE_VERSION,
                 "fingerprint": self.fingerprint,
-                "pipeline": self.pipeline.snapshot(),
-                "outbox": outbox,
-                "recent": recent,
+                "pipeline": pipeline.snapshot(order=True),
+                "outbox": [[t, base64.b64encode(p).decode()] for t, p in self.outbox.queue],
+                "recent": [d.hex() for d in self.recent],
             }
-            engine.snapshot_pause = None
-            state, rows = split_state(state)
-            state["rows"] = 1
-            old = self._row_digests
-            digests: dict[str, bytes] = {}
-            put: list[tuple[str, bytes]] = []
-            for i, (name, row) in enumerate(rows.items()):
-                text = dumps_row(row).encode()
-                d = digests[name] = row_digest(text)
-                if old is None or old.get(name) != d:
-                    put.append((name, zlib.compress(text, CHECKPOINT_LEVEL)))
-                if i % 64 == 63:
-                    _let_others_run()
-            gone = [] if old is None else [n for n in old if n not in digests]
-            delta = RowDelta(put, gone, replace=old is None)
-            return compress_checkpoint(dumps_in_pieces(state)), delta, digests
+            glob, order = split_order(state)
+            glob["rows"] = 1
+            keys = set(pipeline.dirty)
+            pipeline.dirty.clear()
+            full = self._row_digests is None
+            if full:
+                keys |= key_names(order)
+            cap = self._capture = _Capture(pipeline, keys)
+            on_loop = time.perf_counter() - started
+            while cap.pending:
+                t = time.perf_counter()
+                cap.take(CAPTURE_SLICE)
+                on_loop += time.perf_counter() - t
+                if cap.pending:
+                    await asyncio.sleep(0)
+            self._capture = None
+            blob, delta, digests = await asyncio.to_thread(self._encode, glob, order, cap.rows, full)
+            t = time.perf_counter()
+            self.sink.spill(lambda chunks: self.store.checkpoint(pos, blob, self.now_ms(), chunks, delta))
+            on_loop += time.perf_counter() - t
+            self._row_digests = digests  # only once committed: a failed checkpoint changed no row
+            committed = True
+            self.last_checkpoint = {
+                "keys": len(keys), "slices": cap.slices, "rows_written": len(delta.put),
+                "rows_deleted": len(delta.delete), "loop_s": on_loop, "total_s": time.perf_counter() - started,
+            }  # fmt: skip
+        except Exception:
+            self.checkpoint_failures += 1
+            raise
         finally:
-            engine.snapshot_pause = None
-            if was_enabled:
-                gc.enable()
+            self._capture = None
+            if not committed and cap is not None:
+                pipeline.dirty.update(cap.keys)  # the stored rows are still the last checkpoint's
+
+    def _encode(
+        self, glob: dict[str, Any], order: dict[str, Any], rows: dict[str, Any], full: bool
+    ) -> tuple[bytes, RowDelta, dict[str, bytes]]:
+        """In a worker thread: the global part (compressed JSON), the rows to write (those whose JSON text differs
+        from the stored one's; all when ``full``) and to delete (stored rows of keys the order row no longer
+        names), and the digest of every row stored after the checkpoint.
+
+        Raises, and the next checkpoint writes every row, if the order row names a key whose row is neither
+        taken nor stored (a key changed without being noted: the checkpoint would not restore).
+
+        The cyclic garbage collector is paused meanwhile (by the caller): while the snapshot is alive its new
+        containers would count as long-lived and set off a scan of the whole heap, holding the GIL (about 55 ms
+        for 1,000 devices, bench/bench_checkpoint.py); the copy has no cycles and goes with its last reference.
+        """
+        old = self._row_digests
+        digests: dict[str, bytes] = {} if full or old is None else dict(old)
+        put: list[tuple[str, bytes]] = []
+        rows[ORDER] = order
+        for i, name in enumerate(list(rows)):
+            # each row's containers are freed here, a row at a time: freed at once (on the loop, after the
+            # checkpoint) the snapshot of every key held the GIL for hundreds of milliseconds
+            text = dumps_row(rows.pop(name)).encode()
+            d = row_digest(text)
+            if full or digests.get(name) != d:
+                put.append((name, zlib.compress(text, CHECKPOINT_LEVEL)))
+            digests[name] = d
+            if i % 8 == 7:
+                _let_others_run()
+        live = {"k" + k for k in key_names(order)}
+        live.add(ORDER)
+        gone = [n for n in digests if n not in live]
+        for n in gone:
+            del digests[n]
+        missing = live.difference(digests)
+        if missing:
+            self._row_digests = None
+            raise StateError(f"checkpoint: no row taken or stored for keys {sorted(missing)[:5]}; the next writes all")
+        delta = RowDelta(put, [] if full else gone, replace=full)
+        return compress_checkpoint(dumps_in_pieces(glob)), delta, digests
 
     async def recover(self) -> None:
         """Restore the last checkpoint and replay the log after it through the pipeline.
@@ -365,7 +454,10 @@ class Gateway:
                 self.outbox.put(topic, payload)
             self.recent.extend(recent)
             self.pos = self.recovered_from = ck.pos
-            self._row_digests = ck.row_digests or None  # None after the older layout: the next one rewrites all
+            # the rows stored hold what the state holds; after an older layout (no rows, or fewer parts in them)
+            # the next checkpoint rewrites every row
+            self._row_digests = (ck.row_digests or None) if ck.state.get("version") == STATE_VERSION else None
+            self.pipeline.dirty.clear()
         try:
             for rec in self.store.tail(self.pos):
                 if self._stopping:  # stopped during the replay: the next start goes on from the checkpoint

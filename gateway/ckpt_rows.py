@@ -7,9 +7,15 @@ their key: the row of key ``k`` is ``{container: {field: value}}`` with the valu
 global part is what is left, with those maps emptied; the order row gives each map's keys in their order (dict
 order is state: the window operators visit keys in it). :func:`join_state` is the exact inverse.
 
-A checkpoint stores each row's JSON text compressed and rewrites only the rows whose text changed since the
-checkpoint before (``StateStore.checkpoint``), so between two checkpoints one device's readings cost its own
-row, not the whole state.
+The pipeline's admitted devices and their metric names, and the univariate anomaly detectors (a list of
+``[device, metric, state]``, filed under the device as ``{"ad": {"d": {metric: state}}}``, their order in the
+order row's ``"det"``) are per key too.
+
+A checkpoint stores each row's JSON text compressed and rewrites only the rows of the keys whose state changed
+since the checkpoint before (``StateStore.checkpoint``), so between two checkpoints one device's readings cost
+its own row, not the whole state. The gateway takes the two halves apart: :func:`split_order` of a snapshot
+taken with ``order=True`` (every key, no values: the global part and the order row) and :func:`split_rows` of
+snapshots taken with ``keys`` (the rows of those keys); :func:`split_state` does both for a whole snapshot.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import json
 from collections.abc import Iterator
 from typing import Any, Final
 
-__all__ = ["ORDER", "dumps_row", "join_state", "split_state"]
+__all__ = ["ORDER", "dumps_row", "join_state", "key_names", "split_order", "split_rows", "split_state"]
 
 ORDER: Final = ""
 """The order row's name; a key's row is named ``"k" + key``."""
@@ -50,6 +56,7 @@ def _containers(state: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], tu
             for name, e in early.items():
                 if isinstance(e, dict):
                     yield "e" + name, e, ("pend", "prov")
+    yield "p", pipeline, ("devices", "metric_names")
     dedup = pipeline.get("dedup")
     if isinstance(dedup, dict):
         yield "d", dedup, ("devices",)
@@ -63,10 +70,18 @@ def _containers(state: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], tu
         yield "a", anomaly, ("multi", "recent", "sites")
 
 
-def split_state(state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(global part, rows)``: rows by name (``"k" + key`` and :data:`ORDER`). Empties the maps in ``state``
-    (which becomes the global part): pass a snapshot, not live state."""
-    rows: dict[str, dict[str, dict[str, Any]]] = {}
+def _detectors(state: dict[str, Any]) -> tuple[dict[str, Any] | None, list[Any]]:
+    """The anomaly part of ``state`` and its detectors list (``[]`` when none)."""
+    pipeline = state.get("pipeline")
+    anomaly = pipeline.get("anomaly") if isinstance(pipeline, dict) else None
+    if isinstance(anomaly, dict) and isinstance(anomaly.get("detectors"), list):
+        return anomaly, anomaly["detectors"]
+    return None, []
+
+
+def split_order(state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(global part, order row)`` of ``state`` (emptied in place: the global part). The maps' values are not
+    looked at: ``state`` may be a snapshot taken with ``order=True``."""
     lists: list[list[str]] = []
     seen: dict[tuple[str, ...], int] = {}
     refs: dict[str, dict[str, int]] = {}
@@ -81,6 +96,23 @@ def split_state(state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
                 i = seen[t] = len(lists)
                 lists.append(keys)
             refs.setdefault(cid, {})[field] = i
+            cont[field] = {}
+    order: dict[str, Any] = {"lists": lists, "refs": refs}
+    anomaly, dets = _detectors(state)
+    if anomaly is not None:
+        order["det"] = [[d[0], d[1]] for d in dets]
+        anomaly["detectors"] = []
+    return state, order
+
+
+def split_rows(state: dict[str, Any]) -> dict[str, Any]:
+    """The rows (by name, ``"k" + key``) of the keys whose entries ``state``'s maps hold: a whole snapshot, or one
+    taken with ``keys`` (the rows of those keys that have state; a key with none has no row)."""
+    rows: dict[str, dict[str, dict[str, Any]]] = {}
+    for cid, cont, only in _containers(state):
+        for field, value in cont.items():
+            if not isinstance(value, dict) or (only is not None and field not in only):
+                continue
             for k, v in value.items():
                 row = rows.get("k" + k)
                 if row is None:
@@ -89,10 +121,32 @@ def split_state(state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
                 if c is None:
                     c = row[cid] = {}
                 c[field] = v
-            cont[field] = {}
+    for device, metric, det in _detectors(state)[1]:
+        row = rows.get("k" + device)
+        if row is None:
+            row = rows["k" + device] = {}
+        row.setdefault("ad", {}).setdefault("d", {})[metric] = det
+    return rows
+
+
+def key_names(order: dict[str, Any]) -> set[str]:
+    """Every key the order row names."""
+    names: set[str] = set()
+    for keys in order["lists"]:
+        names.update(keys)
+    for d, _ in order.get("det", ()):
+        names.add(d)
+    return names
+
+
+def split_state(state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(global part, rows)``: rows by name (``"k" + key`` and :data:`ORDER`). Empties the maps in ``state``
+    (which becomes the global part): pass a snapshot, not live state."""
+    rows = split_rows(state)
+    glob, order = split_order(state)
     out: dict[str, Any] = dict(rows)
-    out[ORDER] = {"lists": lists, "refs": refs}
-    return state, out
+    out[ORDER] = order
+    return glob, out
 
 
 def join_state(state: dict[str, Any], rows: dict[str, Any]) -> dict[str, Any]:
@@ -115,4 +169,17 @@ def join_state(state: dict[str, Any], rows: dict[str, Any]) -> dict[str, Any]:
                     raise ValueError(f"the checkpoint's row of key {k!r} is missing or lacks {cid}.{field}")
                 m[k] = row[cid][field]
             cont[field] = m
+    det = order.get("det")
+    if det is not None:
+        anomaly, _ = _detectors(state)
+        if anomaly is None:
+            raise ValueError("the checkpoint's rows hold anomaly detectors that its state does not have")
+        dets: list[Any] = []
+        for device, metric in det:
+            row = rows.get("k" + device)
+            try:
+                dets.append([device, metric, row["ad"]["d"][metric]])  # type: ignore[index]
+            except (KeyError, TypeError):
+                raise ValueError(f"the checkpoint's row of key {device!r} lacks the detector of {metric!r}") from None
+        anomaly["detectors"] = dets
     return state

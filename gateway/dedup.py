@@ -29,6 +29,7 @@ never locked out, and its readings are never taken for duplicates.
 from __future__ import annotations
 
 from bisect import bisect_right
+from collections.abc import Set
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -165,13 +166,20 @@ class Dedup:
             "it may have been accepted already"
         )
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self, keys: Set[str] | None = None, order: bool = False) -> dict[str, Any]:
+        """All state as plain JSON-able values; ``keys`` and ``order`` select the devices' entries as in
+        ``Engine.snapshot``."""
+        state = self.state
+        if order:
+            devices: dict[str, Any] = dict.fromkeys(state)
+        else:
+            devices = {
+                dev: [h, {str(b): [e[0], e[1], e[2], [list(r) for r in e[3]]] for b, e in boots.items()}]
+                for dev, (h, boots) in (state.items() if keys is None else ((d, state[d]) for d in keys if d in state))
+            }
         return {
             "version": SNAPSHOT_VERSION,
-            "devices": {
-                dev: [h, {str(b): [e[0], e[1], e[2], [list(r) for r in e[3]]] for b, e in boots.items()}]
-                for dev, (h, boots) in self.state.items()
-            },
+            "devices": devices,
             "forgotten": self.forgotten,
             "forgotten_boots": self.forgotten_boots,
         }

@@ -32,16 +32,19 @@ subscription and queues QoS 1 messages while the gateway is away.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
 import logging
 import random
 import ssl
 import struct
+import termios
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
 
 import aiomqtt
+from paho.mqtt.client import time_func as mqtt_time
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -345,8 +348,14 @@ class ReadGate:
     from the moment the gateway takes messages (:meth:`arm`; before, the replies to the CONNECT and SUBSCRIBE
     must be read whatever comes before them, and what arrives meanwhile is not bounded).
     While the reader is off, nothing is read from the socket: the kernel's buffers fill, then TCP holds the
-    broker back, which keeps the rest in the session. A pause longer than about twice the keepalive ends
-    the connection (paho sees no PINGRESP); the messages not acknowledged are sent again after the reconnect.
+    broker back, which keeps the rest in the session.
+
+    The broker's PINGRESP then waits unread behind the backlog, and paho would close the connection one keepalive
+    after its PINGREQ (it judges the connection by the bytes it has read). So while reading is stopped, every half
+    keepalive the gate tells paho that bytes came in (its ``_last_bytes_received``) when the socket does hold
+    unread bytes from the broker: paho goes on sending PINGREQs, which keep the broker's side alive, and the
+    replies are read with the rest once reading resumes. A broker that is gone shows when paho's writes fail, or
+    at the latest one keepalive after reading resumes.
     """
 
     def __init__(self, client: aiomqtt.Client, bound: int) -> None:
@@ -359,6 +368,9 @@ class ReadGate:
         """Set by :meth:`arm` once the gateway takes messages: until then (the CONNACK, the SUBACK, which a
         broker sends after the backlog of a resumed session) reading never stops."""
         self.pauses = 0
+        self.kept_alive = 0
+        """Times the gate told paho the connection is alive while reading was stopped."""
+        self._keep: asyncio.TimerHandle | None = None
         self.most = 0
         """The most messages held received and not taken (at most ``bound``)."""
         self._loop = asyncio.get_running_loop()
@@ -375,6 +387,7 @@ class ReadGate:
         def on_close(c: Any, userdata: Any, sock: Any) -> None:
             self.fd = -1
             self.paused = False
+            self._stop_keeping()
             aiomqtt_close(c, userdata, sock)
 
         paho.on_socket_open = on_open
@@ -415,6 +428,33 @@ class ReadGate:
             self._loop.remove_reader(self.fd)
             self.paused = True
             self.pauses += 1
+            self._keep_alive_later()
+
+    def _keep_alive_later(self) -> None:
+        keepalive = float(self.client._client.keepalive or 0)
+        if keepalive > 0 and self._keep is None:
+            self._keep = self._loop.call_later(keepalive / 2, self._keep_alive)
+
+    def _keep_alive(self) -> None:
+        """Reading is stopped: bytes from the broker waiting in the socket count as the connection being alive."""
+        self._keep = None
+        if not self.paused or self.fd < 0:
+            return
+        try:
+            waiting = struct.unpack("i", fcntl.ioctl(self.fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+        except OSError:
+            return  # the socket is gone: paho's next read or write says so
+        if waiting > 0:
+            paho: Any = self.client._client
+            with paho._msgtime_mutex:
+                paho._last_bytes_received = mqtt_time()
+            self.kept_alive += 1
+        self._keep_alive_later()
+
+    def _stop_keeping(self) -> None:
+        if self._keep is not None:
+            self._keep.cancel()
+            self._keep = None
 
     def arm(self) -> None:
         """The gateway takes messages from now on: stop reading while ``bound`` of them wait."""
@@ -426,6 +466,7 @@ class ReadGate:
         """Messages were taken from the queue: read the socket again if there is room."""
         if self.paused and self.fd >= 0 and self._queued() < self.resume_below:
             self.paused = False
+            self._stop_keeping()
             self._loop.add_reader(self.fd, self._read)
             self._loop.call_soon(self._read)  # bytes already buffered (SSL) do not make the socket readable
 

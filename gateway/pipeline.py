@@ -15,7 +15,7 @@ import json
 import logging
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -138,6 +138,16 @@ class Pipeline:
         windows = config.engine.windows
         self._audit = frozenset(w.name for w in windows if w.early and w.provisional == "audit")
         self._publish = frozenset(w.name for w in windows if w.publish)
+        self.dirty: set[str] = self.engine.touched
+        """The keys (``gateway.ckpt_rows``: devices, sites, pattern keys ``d:<device>`` and ``s:<site>``, ``""``
+        for a shared watermark) whose state may have changed since the owner (the gateway's checkpoint) last
+        emptied it. A message notes its device's and site's keys before it is taken, a tick its sites'; the
+        engine and the anomaly detectors add the keys they change on their own (a shared watermark's advance, a
+        series taken by ``max_series``)."""
+        if self.anomaly is not None:
+            for e in self.anomaly.engines:
+                e.touched = self.dirty
+        self._site_ticks = any(w.key_site for w in self.engine.windows) or bool(self.cep.by_kind["site"])
 
     def is_own_topic(self, topic: str) -> bool:
         """Topics the gateway publishes to (commands to boards, its own outputs) are not ingested."""
@@ -198,6 +208,7 @@ class Pipeline:
             # a new device is admitted by a message that leaves state: a status, or a batch with a valid
             # reading or a flushed marker (one whose every reading is rejected only brings its dead letters)
             keeps = not isinstance(msg, Batch) or bool(msg.readings) or msg.flushed_ms is not None
+            self._touch(msg.device, msg.site)
             if self.devices.get(msg.device) != msg.site:  # not admitted yet, or bound elsewhere
                 self._admit(msg.device, msg.site, keeps)
         except DecodeError as err:
@@ -298,8 +309,51 @@ class Pipeline:
             if keeps:
                 self._move(device, bound, site)
 
+    def _touch(self, device: str, site: str) -> None:
+        """Note the keys a message of ``device`` under ``site`` may change (:attr:`dirty`)."""
+        dirty = self.dirty
+        dirty.add(device)
+        dirty.add(site)
+        dirty.add("d:" + device)
+        dirty.add("s:" + site)
+        if self.engine.global_mode:
+            dirty.add("")
+
+    def reach(self, topic: str) -> Sequence[str] | None:
+        """The keys that taking a message on ``topic`` may change (what :meth:`handle` notes in :attr:`dirty`),
+        or None when that is not known beforehand: the windows' watermark is shared (an advance visits any key
+        due), or the anomaly detectors are at ``max_series`` (a series may be taken from another device)."""
+        if self.engine.global_mode:
+            return None
+        anomaly = self.anomaly
+        if (
+            anomaly is not None
+            and max(len(e.detectors) for e in anomaly.engines) + self.config.devices.max_metric_names
+            >= anomaly.spec.max_series
+        ):
+            return None
+        parts = topic.split("/")
+        if len(parts) != 4:
+            return ()  # not a device's topic: a dead letter, or ignored
+        site, device = parts[1], parts[2]
+        keys = [device, site, "d:" + device, "s:" + site]
+        bound = self.devices.get(device)
+        if bound is not None and bound != site:  # a move: the old site's keys change too
+            keys += [bound, "s:" + bound]
+        return keys
+
+    def tick_reach(self) -> Sequence[str]:
+        """The keys a :meth:`tick` may change: every site's, when there are windows or patterns keyed by site, and
+        those of the windows with early triggers that have pending or provisional results."""
+        keys = self.engine.early_keys()
+        if not self._site_ticks:
+            return keys
+        sites = set(self.engine.tracker.sites) | set(self.cep.tracker.sites)
+        return [*keys, *sites, *("s:" + s for s in sites)]
+
     def _move(self, device: str, old: str, new: str) -> None:
         """The device's first message under its declared site: its state follows it there."""
+        self._touch(device, old)
         self.devices[device] = new
         self.engine.move_device(device, new)
         self.cep.move_device(device, new)
@@ -316,6 +370,7 @@ class Pipeline:
         """Time-driven progress (devices turning idle release site windows, early results of windows with
         ``early_every``). Never raises, like :meth:`handle`."""
         out = Handled()
+        self.dirty.update(self.tick_reach())
         try:
             self._engine_out(self.engine.advance(now_ms), out)
             self._engine_out(self.engine.on_processing_time(now_ms), out)
@@ -324,15 +379,28 @@ class Pipeline:
             log.exception("internal error in a tick", extra={"event": "internal_error"})
         return out
 
-    def snapshot(self) -> dict[str, Any]:
-        """All state that decides future output: devices, dedup, windows, patterns, detectors, counters, stats."""
+    def snapshot(self, keys: Set[str] | None = None, order: bool = False) -> dict[str, Any]:
+        """All state that decides future output: devices, dedup, windows, patterns, detectors, counters, stats.
+
+        In fresh containers (nothing in it changes when the pipeline takes more input). With ``keys``, the
+        per-key maps hold only those keys' entries; with ``order``, every key with the value None
+        (``Engine.snapshot``; ``gateway.ckpt_rows`` files them)."""
+        if order:
+            devices: dict[str, Any] = dict.fromkeys(sorted(self.devices))
+            names: dict[str, Any] = dict.fromkeys(sorted(self.metric_names))
+        elif keys is None:
+            devices = dict(sorted(self.devices.items()))
+            names = {d: sorted(ms) for d, ms in sorted(self.metric_names.items())}
+        else:
+            devices = {d: self.devices[d] for d in keys if d in self.devices}
+            names = {d: sorted(self.metric_names[d]) for d in keys if d in self.metric_names}
         return {
-            "devices": dict(sorted(self.devices.items())),
-            "dedup": self.dedup.snapshot(),
-            "metric_names": {d: sorted(names) for d, names in sorted(self.metric_names.items())},
-            "engine": self.engine.snapshot(),
-            "cep": self.cep.snapshot(),
-            "anomaly": self.anomaly.snapshot() if self.anomaly is not None else None,
+            "devices": devices,
+            "dedup": self.dedup.snapshot(keys, order),
+            "metric_names": names,
+            "engine": self.engine.snapshot(keys, order),
+            "cep": self.cep.snapshot(keys, order),
+            "anomaly": self.anomaly.snapshot(keys, order) if self.anomaly is not None else None,
             "unique": self._unique,
             "stats": self.stats.as_dict(),
         }

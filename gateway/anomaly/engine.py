@@ -17,7 +17,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -154,6 +154,9 @@ class AnomalyEngine:
         self._heads: dict[tuple[str, str, str], str] = {}  # the anomaly points' escaped measurement and tags
         self._mine: dict[str, set[str]] = {}  # device -> the metrics of its series (derived from ``detectors``)
         self._by_count: dict[int, set[str]] = {}  # series count -> the devices with that many
+        self.touched: set[str] | None = None
+        """If set, a device whose state changed without a reading of its own (a series taken from it by
+        ``max_series``) is added: the gateway's checkpoint snapshots the devices that changed."""
         self.stats: dict[str, int] = {
             "scored": 0,
             "anomalous": 0,
@@ -224,6 +227,8 @@ class AnomalyEngine:
         last = {m: self.detectors[(victim, m)].state.last_t for m in self._mine[victim]}
         metric = min(last, key=lambda m: (-math.inf if last[m] is None else last[m], m))
         del self.detectors[(victim, metric)]
+        if self.touched is not None:
+            self.touched.add(victim)
         self.recent.get(victim, {}).pop(metric, None)
         self._own(victim, metric, False)
         self.stats["series_evicted"] += 1
@@ -442,17 +447,43 @@ class AnomalyEngine:
 
     # -- state --------------------------------------------------------------------------------------
 
-    def snapshot(self) -> dict[str, Any]:
-        """All state as plain JSON-able values."""
+    def snapshot(self, keys: Set[str] | None = None, order: bool = False) -> dict[str, Any]:
+        """All state as plain JSON-able values. ``keys`` and ``order`` select the devices' entries as in
+        ``Engine.snapshot``: those of ``detectors`` (a list of ``[device, metric, state]``), ``multi``, ``recent``
+        and ``sites``; with ``order`` a detector's state is None."""
+        if order:
+            return {
+                "version": SNAPSHOT_VERSION,
+                "detectors": [[d, m, None] for d, m in self.detectors],
+                "multi": dict.fromkeys(self.multi),
+                "recent": dict.fromkeys(self.recent),
+                "group_recent": self._group_recent(),
+                "sites": dict.fromkeys(self.sites),
+                "stats": dict(self.stats),
+            }
+        if keys is None:
+            return {
+                "version": SNAPSHOT_VERSION,
+                "detectors": [[d, m, det.snapshot()] for (d, m), det in self.detectors.items()],
+                "multi": {d: md.snapshot() for d, md in self.multi.items()},
+                "recent": {d: {m: [t, list(k)] for m, (t, k) in ms.items()} for d, ms in self.recent.items()},
+                "group_recent": self._group_recent(),
+                "sites": dict(self.sites),
+                "stats": dict(self.stats),
+            }
+        dets = self.detectors
         return {
             "version": SNAPSHOT_VERSION,
-            "detectors": [[d, m, det.snapshot()] for (d, m), det in self.detectors.items()],
-            "multi": {d: md.snapshot() for d, md in self.multi.items()},
-            "recent": {d: {m: [t, list(k)] for m, (t, k) in ms.items()} for d, ms in self.recent.items()},
-            "group_recent": {g: {d: [t, list(k)] for d, (t, k) in ds.items()} for g, ds in self.group_recent.items()},
-            "sites": dict(self.sites),
+            "detectors": [[d, m, dets[(d, m)].snapshot()] for d in keys for m in self._mine.get(d, ())],
+            "multi": {d: self.multi[d].snapshot() for d in keys if d in self.multi},
+            "recent": {d: {m: [t, list(k)] for m, (t, k) in self.recent[d].items()} for d in keys if d in self.recent},
+            "group_recent": self._group_recent(),
+            "sites": {d: self.sites[d] for d in keys if d in self.sites},
             "stats": dict(self.stats),
         }
+
+    def _group_recent(self) -> dict[str, Any]:
+        return {g: {d: [t, list(k)] for d, (t, k) in ds.items()} for g, ds in self.group_recent.items()}
 
     def restore(self, snap: dict[str, Any]) -> None:
         """Take back a :meth:`snapshot` (from an engine with the same configuration)."""

@@ -21,7 +21,7 @@ path's (one per reading and metric, as with one path); the arrival path gives al
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable
+from collections.abc import Iterable, Set
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
@@ -200,9 +200,18 @@ class AnomalyPaths:
     def buffered(self) -> int:
         return sum(len(b) for b in self.buf.values())
 
-    def snapshot(self) -> dict[str, Any]:
+    @property
+    def engines(self) -> list[AnomalyEngine]:
+        return [e for e in (self.fast, self.exact) if e is not None]
+
+    def snapshot(self, keys: Set[str] | None = None, order: bool = False) -> dict[str, Any]:
+        """All state as plain JSON-able values. With ``on = "arrival"`` the engine's snapshot, with ``keys`` and
+        ``order`` as in ``AnomalyEngine.snapshot``; otherwise the whole state (``order``, or no ``keys``: a
+        checkpoint keeps it in its global part) or, with ``keys``, nothing per key (a stub)."""
         if self.exact is None:
-            return self.engine.snapshot()  # on = "arrival": the engine's snapshot, as it always was
+            return self.engine.snapshot(keys, order)  # on = "arrival": the engine's snapshot, as it always was
+        if keys is not None and not order:
+            return {"paths": PATHS_VERSION}
         return {
             "paths": PATHS_VERSION,
             "fast": None if self.fast is None else self.fast.snapshot(),

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Set
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
@@ -494,36 +494,46 @@ class Cep:
     def buffered(self) -> int:
         return sum(len(k.buf) for k in self.keys.values())
 
-    def snapshot(self) -> dict[str, Any]:
-        """All state as plain JSON-able values."""
+    def _key_doc(self, k: _Key, names: list[str]) -> dict[str, Any]:
+        """One key's state in a snapshot."""
+        doc: dict[str, Any] = {
+            "site": k.site,
+            "wm": k.wm,
+            "buf": [[e[0], e[1], e[2], e[3], dict(e[5])] for e in sorted(k.buf)],
+            "runs": {names[i]: [r.to_json() for r in runs] for i, runs in enumerate(k.runs) if runs},
+        }
+        if self.has_fast:  # the arrival path's state (absent without fast patterns: the snapshot is unchanged)
+            doc["clock"] = k.clock
+            doc["fast"] = {names[i]: [r.to_json() for r in runs] for i, runs in enumerate(k.fast) if runs}
+            doc["open"] = {
+                names[i]: [
+                    [list(o.match.steps), [list(r) for r in o.match.readings], list(o.match.times),
+                     o.match.details, o.due]
+                    for o in opens
+                ]
+                for i, opens in enumerate(k.open)
+                if opens
+            }  # fmt: skip
+        return doc
+
+    def snapshot(self, keys: Set[str] | None = None, order: bool = False) -> dict[str, Any]:
+        """All state as plain JSON-able values; ``keys`` and ``order`` select the keys' entries (and the
+        tracker's) as in ``Engine.snapshot``."""
         names = [a.name for a in self.automata]
-        keys: dict[str, Any] = {}
-        for name, k in self.keys.items():
-            doc: dict[str, Any] = {
-                "site": k.site,
-                "wm": k.wm,
-                "buf": [[e[0], e[1], e[2], e[3], dict(e[5])] for e in sorted(k.buf)],
-                "runs": {names[i]: [r.to_json() for r in runs] for i, runs in enumerate(k.runs) if runs},
+        live = self.keys
+        if order:
+            per_key: dict[str, Any] = dict.fromkeys(live)
+        else:
+            per_key = {
+                name: self._key_doc(k, names)
+                for name, k in (live.items() if keys is None else ((n, live[n]) for n in keys if n in live))
             }
-            keys[name] = doc
-            if self.has_fast:  # the arrival path's state (absent without fast patterns: the snapshot is unchanged)
-                doc["clock"] = k.clock
-                doc["fast"] = {names[i]: [r.to_json() for r in runs] for i, runs in enumerate(k.fast) if runs}
-                doc["open"] = {
-                    names[i]: [
-                        [list(o.match.steps), [list(r) for r in o.match.readings], list(o.match.times),
-                         o.match.details, o.due]
-                        for o in opens
-                    ]
-                    for i, opens in enumerate(k.open)
-                    if opens
-                }  # fmt: skip
         return {
             "version": SNAPSHOT_VERSION,
             "patterns": names,
-            "tracker": self.tracker.snapshot(),
+            "tracker": self.tracker.snapshot(keys, order),
             "stats": dict(self.stats),
-            "keys": keys,
+            "keys": per_key,
         }
 
     def restore(self, snap: dict[str, Any]) -> None:

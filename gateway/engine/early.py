@@ -23,10 +23,11 @@ passed its end): a window's results come as provisional*, final, update*.
 
 from __future__ import annotations
 
+from collections.abc import Set
 from typing import Any
 
 from .config import WindowSpec
-from .operators import WindowOperator
+from .operators import WindowOperator, key_list
 from .outputs import Output, WindowResult
 from .windows import window_ranges
 
@@ -194,11 +195,19 @@ class Early:
 
     # -- state ----------------------------------------------------------------------------------------------
 
-    def snapshot(self) -> dict[str, Any]:
+    def keys(self) -> list[str]:
+        """The keys with pending or provisional results (what a :meth:`tick` may change)."""
+        return [*self.pend, *(k for k in self.prov if k not in self.pend)]
+
+    def snapshot(self, keys: Set[str] | None = None, order: bool = False) -> dict[str, Any]:
+        """``keys`` and ``order`` select the per-key entries as in ``Engine.snapshot``."""
+        if order:
+            return {"next_fire": self.next_fire, "pend": dict.fromkeys(self.pend), "prov": dict.fromkeys(self.prov)}
+        pend, prov = self.pend, self.prov
         return {
             "next_fire": self.next_fire,
-            "pend": {k: [[at, n] for at, n in v.items()] for k, v in self.pend.items()},
-            "prov": {k: [[s, p[0], p[1]] for s, p in v.items()] for k, v in self.prov.items()},
+            "pend": {k: [[at, n] for at, n in pend[k].items()] for k in key_list(pend, keys)},
+            "prov": {k: [[s, p[0], p[1]] for s, p in prov[k].items()] for k in key_list(prov, keys)},
         }
 
     def restore(self, snap: dict[str, Any] | None) -> None:

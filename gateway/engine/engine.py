@@ -16,7 +16,7 @@ window result carries the ``now_ms`` it was emitted at (``emitted_ms``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Set
 from heapq import heapify, heappop, heappush
 from typing import Any, Final
 
@@ -128,6 +128,12 @@ class Engine:
         self._early_by_name = {w.spec.name: w.early for w in self._early if w.early is not None}
         self._sites_of: dict[str, list[str]] = {}  # device -> the sites whose fleet it counts for (tracker.sites)
         self.snapshot_pause: Callable[[], None] | None = None  # see snapshot()
+        self.touched: set[str] = set()
+        """Keys whose state an advance in global mode changed without its caller naming them (the keys due in a
+        shared watermark's advance), since the owner last emptied it; the gateway's checkpoint snapshots the keys
+        that changed, and the keys a message or tick names are the caller's to note."""
+        for w in self.windows:
+            w.op.touched = self.touched
         self.fleet_walk = False  # walk every device of a site for its fleet watermark, as before the heaps (tests)
         self._max_future = spec.max_future_ms
         self._min_time = spec.min_time_ms
@@ -172,6 +178,14 @@ class Engine:
             if len(out) > n0:
                 self._stamp(out, n0, now_ms)
         return out
+
+    def early_keys(self) -> list[str]:
+        """The keys whose early-trigger state :meth:`on_processing_time` may change."""
+        keys: list[str] = []
+        for w in self._early:
+            if w.early is not None:
+                keys += w.early.keys()
+        return keys
 
     def on_processing_time(self, now_ms: int) -> list[Output]:
         """Gateway time ``now_ms`` (the caller's timer): the ``early_every`` triggers whose period ended emit a
@@ -489,8 +503,13 @@ class Engine:
                 return w
         raise KeyError(name)
 
-    def snapshot(self) -> dict[str, Any]:
-        """All state as plain JSON-able values (dict keys are strings).
+    def snapshot(self, keys: Set[str] | None = None, order: bool = False) -> dict[str, Any]:
+        """All state as plain JSON-able values (dict keys are strings), in fresh containers.
+
+        The per-key maps (the tracker's, each window's) hold every key's entry; with ``keys``, only those keys'
+        entries; with ``order``, every key with the value None (the keys in their order, which is state: the
+        operators visit keys in it). The rest (counters) is whole in each. ``gateway.ckpt_rows`` files the entries
+        under their keys.
 
         ``snapshot_pause``, if set, is called every few keys: a gateway that takes the snapshot in a worker
         thread sets it to something that lets the event loop have the GIL (compiled, the operators' loops would
@@ -499,17 +518,17 @@ class Engine:
         for w in self.windows:
             w.op.pause = self.snapshot_pause
             try:
-                ops.append(w.op.snapshot())
+                ops.append(w.op.snapshot(keys, order))
             finally:
                 w.op.pause = None
         snap: dict[str, Any] = {
             "version": SNAPSHOT_VERSION,
-            "tracker": self.tracker.snapshot(),
+            "tracker": self.tracker.snapshot(keys, order),
             "stats": self.stats,
             "windows": {w.spec.name: op for w, op in zip(self.windows, ops, strict=True)},
         }
         if self._early:  # only then: a checkpoint of windows without early triggers is as it was
-            snap["early"] = {name: e.snapshot() for name, e in self._early_by_name.items()}
+            snap["early"] = {name: e.snapshot(keys, order) for name, e in self._early_by_name.items()}
         return snap
 
     def restore(self, snap: dict[str, Any]) -> None:

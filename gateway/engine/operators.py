@@ -25,7 +25,7 @@ keeps each device's cells, so that a reading does not look its key up twice in e
 from __future__ import annotations
 
 from bisect import insort
-from collections.abc import Callable
+from collections.abc import Callable, Set
 from heapq import heappop, heappush
 from typing import Any, Final, Protocol
 
@@ -53,6 +53,13 @@ NO_WM: Final = -(1 << 62)
 
 
 @mypyc_attr(acyclic=True)
+def key_list(m: dict[str, Any], keys: Set[str] | None) -> list[str]:
+    """The keys of ``m`` a snapshot takes: every one in ``m``'s order (``keys`` None), or those of ``keys`` in ``m``."""
+    if keys is None:
+        return list(m)
+    return [k for k in keys if k in m]
+
+
 class WmCell:
     """A key's watermark, updated in place (compiled: an unboxed int, no int object made per update)."""
 
@@ -158,7 +165,7 @@ class Operator(Protocol):
 
     def watermark(self, key: str) -> int | None: ...
 
-    def snapshot(self) -> dict[str, Any]: ...
+    def snapshot(self, keys: Set[str] | None = None, order: bool = False) -> dict[str, Any]: ...
 
     def restore(self, snap: dict[str, Any]) -> None: ...
 
@@ -191,6 +198,9 @@ class WindowOperator:
         # another thread have the GIL on its own, so a snapshot in a worker thread would stall the event loop
         self.pause: Callable[[], None] | None = None
         self.visits = 0  # keys visited by advances in shared mode (to show that an advance does not walk every key)
+        # the engine's set of keys whose state changed since the last checkpoint (Engine.touched): an advance in
+        # shared mode visits keys its caller does not name, and notes them here
+        self.touched: set[str] | None = None
         self.scan_all = False  # shared mode: visit every key at each advance, as before the queue (tests compare)
 
     def add(self, key: str, site: str, device: str, t: int, b: int, s: int, values: Values) -> tuple[Output, ...]:
@@ -236,7 +246,9 @@ class WindowOperator:
             c = self.wm[hk] = WmCell(NO_WM)
         return c
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self, keys: Set[str] | None = None, order: bool = False) -> dict[str, Any]:
+        """All state as plain JSON-able values (fresh containers); ``keys`` and ``order`` select the per-key
+        entries as in :meth:`Engine.snapshot`."""
         raise NotImplementedError
 
     def restore(self, snap: dict[str, Any]) -> None:
@@ -257,8 +269,11 @@ class WindowOperator:
     def _due_keys(self, wm: int, live: dict[str, Any]) -> list[str]:
         """Shared mode: the keys of ``live`` whose due time ``wm`` reached, in the order their state was made."""
         q = self.due_q
+        touched = self.touched
         if self.scan_all:
             self.visits += len(live)
+            if touched is not None:
+                touched.update(live)
             return list(live)
         if not q or q[0][0] > wm:
             return []
@@ -274,6 +289,8 @@ class WindowOperator:
         if len(found) > 1:
             found.sort(key=self.korder.__getitem__)
         self.visits += len(found)
+        if touched is not None:
+            touched.update(found)
         return found
 
     def _drop_key(self, key: str) -> None:
@@ -336,10 +353,22 @@ class WindowOperator:
         if pause is not None and i & 3 == 3:
             pause()
 
-    def _base_snapshot(self) -> dict[str, Any]:
+    def _base_snapshot(self, keys: Set[str] | None, order: bool) -> dict[str, Any]:
+        """The state shared by the three operators; ``keys`` and ``order`` as in :meth:`Engine.snapshot`."""
+        if order:
+            return {
+                "wm": {k: None for k, c in self.wm.items() if c.v != NO_WM},
+                "sites": dict.fromkeys(self.sites),
+                "late_count": self.late_count,
+            }
+        wm: dict[str, int] = {}
+        for k in key_list(self.wm, keys):
+            v = self.wm[k].v
+            if v != NO_WM:
+                wm[k] = v
         return {
-            "wm": {k: c.v for k, c in self.wm.items() if c.v != NO_WM},
-            "sites": dict(self.sites),
+            "wm": wm,
+            "sites": {k: self.sites[k] for k in key_list(self.sites, keys)},
             "late_count": self.late_count,
         }
 
@@ -438,17 +467,23 @@ class TumblingOperator(WindowOperator):
             elif key is None:
                 self._due(k, heap[0][0])
 
-    def snapshot(self) -> dict[str, Any]:
-        snap = self._base_snapshot()
+    def snapshot(self, keys: Set[str] | None = None, order: bool = False) -> dict[str, Any]:
+        snap = self._base_snapshot(keys, order)
+        if order:
+            snap["wins"] = dict.fromkeys(self.wins)
+            snap["timers"] = dict.fromkeys(self.timers)
+            snap["dirty"] = dict.fromkeys(self.dirty)
+            return snap
         wins: dict[str, Any] = {}
         i = 0
-        for k, v in self.wins.items():
+        for k in key_list(self.wins, keys):
+            v = self.wins[k]
             wins[k] = [[s, w[0], w[1].to_json()] for s, w in v.items()]
             self._every_few(i)
             i += 1
         snap["wins"] = wins
-        snap["timers"] = {k: [list(x) for x in v] for k, v in self.timers.items()}
-        snap["dirty"] = {k: sorted(v) for k, v in self.dirty.items()}
+        snap["timers"] = {k: [list(x) for x in self.timers[k]] for k in key_list(self.timers, keys)}
+        snap["dirty"] = {k: sorted(self.dirty[k]) for k in key_list(self.dirty, keys)}
         return snap
 
     def restore(self, snap: dict[str, Any]) -> None:
@@ -934,15 +969,19 @@ class SlidingOperator(WindowOperator):
         if not accs and not ks.revs:
             del self.keys[k], self.sites[k]
 
-    def snapshot(self) -> dict[str, Any]:
-        snap = self._base_snapshot()
-        keys: dict[str, Any] = {}
+    def snapshot(self, keys: Set[str] | None = None, order: bool = False) -> dict[str, Any]:
+        snap = self._base_snapshot(keys, order)
+        if order:
+            snap["keys"] = dict.fromkeys(self.keys)
+            return snap
+        out: dict[str, Any] = {}
         i = 0
-        for k, ks in self.keys.items():
-            keys[k] = ks.to_json(self.nm, self._dense_front(ks))
+        for k in key_list(self.keys, keys):
+            ks = self.keys[k]
+            out[k] = ks.to_json(self.nm, self._dense_front(ks))
             self._every_few(i)
             i += 1
-        snap["keys"] = keys
+        snap["keys"] = out
         return snap
 
     def restore(self, snap: dict[str, Any]) -> None:
@@ -1122,16 +1161,20 @@ class SessionOperator(WindowOperator):
             else:
                 del self.sessions[k], self.sites[k]
 
-    def snapshot(self) -> dict[str, Any]:
-        snap = self._base_snapshot()
+    def snapshot(self, keys: Set[str] | None = None, order: bool = False) -> dict[str, Any]:
+        snap = self._base_snapshot(keys, order)
+        if order:
+            snap["sessions"] = dict.fromkeys(self.sessions)
+            snap["tombs"] = dict.fromkeys(self.tombs)
+            return snap
         sessions: dict[str, Any] = {}
         i = 0
-        for k, v in self.sessions.items():
-            sessions[k] = [x.to_json() for x in v]
+        for k in key_list(self.sessions, keys):
+            sessions[k] = [x.to_json() for x in self.sessions[k]]
             self._every_few(i)
             i += 1
         snap["sessions"] = sessions
-        snap["tombs"] = {k: [list(x) for x in v] for k, v in self.tombs.items()}
+        snap["tombs"] = {k: [list(x) for x in self.tombs[k]] for k in key_list(self.tombs, keys)}
         return snap
 
     def restore(self, snap: dict[str, Any]) -> None:

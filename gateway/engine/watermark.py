@@ -19,6 +19,7 @@ last acted on per key and assert it never decreases.
 
 from __future__ import annotations
 
+from collections.abc import Set
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any, Literal
@@ -137,10 +138,18 @@ class DeviceTracker:
                 idle = wm if idle is None else max(idle, wm)
         return active if active is not None else idle
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self, keys: Set[str] | None = None, order: bool = False) -> dict[str, Any]:
+        """``keys`` and ``order`` select the per-key entries as in :meth:`Engine.snapshot`."""
+        if order:
+            return {"state": dict.fromkeys(self.state), "sites": dict.fromkeys(self.sites)}
+        if keys is None:
+            return {
+                "state": {k: list(v) for k, v in self.state.items()},
+                "sites": {k: list(v) for k, v in self.sites.items()},
+            }
         return {
-            "state": {k: list(v) for k, v in self.state.items()},
-            "sites": {k: list(v) for k, v in self.sites.items()},
+            "state": {k: list(self.state[k]) for k in keys if k in self.state},
+            "sites": {k: list(self.sites[k]) for k in keys if k in self.sites},
         }
 
     def restore(self, snap: dict[str, Any]) -> None:

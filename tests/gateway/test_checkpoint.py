@@ -1,4 +1,5 @@
-"""The checkpoint's state and its log position agree although the state is encoded in a worker thread."""
+"""The checkpoint's state and its log position agree although the state is encoded in a worker thread while the
+pipeline goes on."""
 
 from __future__ import annotations
 
@@ -50,32 +51,32 @@ def _message(i: int) -> tuple[str, bytes, bool]:
     return "ck/site/d1/readings", json.dumps({"v": 1, "dev": "d1", "r": rows}).encode(), False
 
 
-async def test_no_input_is_taken_while_a_checkpoint_reads_the_state(tmp_path: Path) -> None:
+async def test_inputs_taken_while_a_checkpoint_encodes_leave_its_state_at_its_position(tmp_path: Path) -> None:
+    """The pipeline goes on taking input while a checkpoint encodes its snapshot in a worker thread; the checkpoint
+    stores the state and position of the moment it began, and the next one the rest."""
     gw = _gateway(tmp_path)
     try:
         await gw._process(gw._accept([_message(0)]))
         records = gw._accept([_message(i) for i in range(1, 5)])
-        reading, release = threading.Event(), threading.Event()
-        snapshot = gw.pipeline.snapshot
+        encoding, release = threading.Event(), threading.Event()
+        encode = gw._encode
 
-        def slow_snapshot() -> dict[str, Any]:  # holds the worker thread until the test lets it go
-            reading.set()
+        def slow_encode(*args: Any) -> Any:  # holds the worker thread until the test lets it go
+            encoding.set()
             release.wait(10)
-            return snapshot()
+            return encode(*args)
 
-        gw.pipeline.snapshot = slow_snapshot  # type: ignore[method-assign]
+        gw._encode = slow_encode  # type: ignore[method-assign]
         checkpoint = asyncio.create_task(gw.checkpoint())
-        assert await asyncio.to_thread(reading.wait, 10)
-        process = asyncio.create_task(gw._process(records))
-        await asyncio.sleep(0.05)  # time enough to take the four messages, were the input open
-        assert not process.done() and gw.pos == 1
+        assert await asyncio.to_thread(encoding.wait, 10)
+        await asyncio.wait_for(gw._process(records), 5)  # taken while the checkpoint is encoding
+        assert gw.pos == records[-1].pos and gw.pipeline.stats.readings_accepted == 50
         release.set()
         await checkpoint
         ck = gw.store.load_checkpoint()  # the state of exactly the first message, at its position
         assert ck is not None and ck.pos == 1
         assert ck.state["pipeline"]["stats"]["readings_accepted"] == 10
-        await process
-        assert gw.pos == records[-1].pos
+        assert [r.pos for r in gw.store.tail(ck.pos)] == [r.pos for r in records]  # the log keeps the rest
         await gw.checkpoint()
         ck = gw.store.load_checkpoint()
         assert ck is not None and ck.pos == records[-1].pos

@@ -118,3 +118,50 @@ async def test_a_backlog_waiting_in_the_session_does_not_stop_the_connect(mosqui
         await second.wait()
     assert sorted(int(p) for p in seen) == list(range(want))
     assert stats.connects == 1
+
+
+async def test_a_long_pause_of_reading_keeps_the_connection(mosquitto: Proc) -> None:
+    """While the gate stops reading, the broker's PINGRESP waits unread behind the backlog: the client must not
+    take the missing reply for a dead connection (paho's keepalive check would close it after one keepalive).
+    The pipeline here waits three keepalives on its first batch, as it does on a full spool."""
+    prefix = f"bk{uuid.uuid4().hex[:8]}"
+    cfg = parse_config(
+        {"mqtt": {"url": f"mqtt://{mosquitto.host}:{mosquitto.port}", "prefix": prefix, "client_id": prefix,
+                  "max_inflight": MAX_INFLIGHT, "keepalive_s": 1}},
+        env={},
+    )  # fmt: skip
+    stats = IngestStats()
+    stop = asyncio.Event()
+    seen: list[bytes] = []
+    total = 20 * MAX_INFLIGHT
+    published = asyncio.Event()
+
+    def accept(msgs: list[Incoming]) -> list[Incoming]:
+        return msgs
+
+    async def process(msgs: list[Incoming]) -> None:
+        if not seen:
+            await published.wait()
+            await asyncio.sleep(3.5)  # three keepalives with reading stopped (the gate holds max_inflight)
+        seen.extend(p for _, p, _ in msgs)
+        if len(set(seen)) >= total:
+            stop.set()
+
+    task = asyncio.create_task(run_durable_ingest(cfg.mqtt, accept, process, stats, stop, batch=10))
+    async with asyncio.timeout(60):
+        while not stats.connected:
+            await asyncio.sleep(0.05)
+        pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{prefix}-pub")
+        pub.max_inflight_messages_set(1000)
+        pub.connect(mosquitto.host, mosquitto.port)
+        pub.loop_start()
+        try:
+            infos = [pub.publish(f"{prefix}/s/d/readings", b"%d" % i, qos=1) for i in range(total)]
+            await asyncio.to_thread(lambda: [info.wait_for_publish(10) for info in infos])
+            published.set()
+            await task
+        finally:
+            pub.loop_stop()
+            pub.disconnect()
+    assert sorted({int(p) for p in seen}) == list(range(total)), "every message taken"
+    assert (stats.connects, stats.disconnects) == (1, 0), "the connection held through the pause"
