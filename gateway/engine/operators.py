@@ -98,6 +98,14 @@ class Single(Acc):
                     self.v2 = v
         self.tm = t << 4 | mask
 
+    def time(self) -> int:
+        """The reading's time."""
+        return self.tm >> 4
+
+    def mask(self) -> int:
+        """Bit i set: the reading has a value of metric i."""
+        return self.tm & 15
+
     def v3(self) -> float:
         """Metric 3's value (none below four metrics)."""
         return 0.0
@@ -516,7 +524,7 @@ class _SlideKey:
         "front_a",
         "hi",
         "hint",
-        "last",
+        "newest",
         "revs",
     )
 
@@ -533,12 +541,12 @@ class _SlideKey:
         # next kept one and the first pane of the next window are made again from it and the panes, in the same
         # order as the first time (so to the bit). A front entry keeps no first or last reading (a Part): an
         # entry's first reading of a metric is that of its oldest pane with a value of it (panes hold disjoint
-        # times), and its last that of the newest front pane with one, the same for every entry: ``last``, the
-        # aggregate of the whole front made when it was built. A pane changed after the front was built is dirty,
-        # and the next advance throws the stacks away before reading them; a front entry whose pane was dropped
-        # is dropped with it (no window still to fire contains it).
+        # times), and its last that of the newest front pane with one (that of ``front_a[0]`` or older), the same
+        # for every entry. A pane changed after the front was built is dirty, and the next advance throws the
+        # stacks away before reading them; a front entry whose pane was dropped is dropped with it (no window
+        # still to fire contains it).
         self.front_a: list[Part] = []
-        self.last: Acc | None = None
+        self.newest: Acc | None = None  # the newest front pane (that of front_a[0]) while there is a front
         self.back_from = 0
         self.back_acc: Acc | None = None
         self.hi: int | None = None  # panes below this have been pushed; None: stacks empty/invalid
@@ -564,15 +572,16 @@ class _SlideKey:
         }
 
     def _entry_json(self, f: Part, nm: int) -> list[Any]:
-        accs, last = self.accs, self.last
+        accs = self.accs
         j = _left_from_front(accs, f.start)
+        jn = _left_from_front(accs, self.front_a[0].start)  # the newest front pane
         flat: list[Any] = []
         for m in range(nm):
             st = Stat()
             f.put(m, st)
-            if f.count(m) and last is not None:
+            if f.count(m):
                 _put_first(accs, j, m, st)
-                last.put_last(m, st)
+                _put_last(accs, jn, m, st)
             flat.extend(st.to_json())
         return flat
 
@@ -595,7 +604,7 @@ class _SlideKey:
                 f.start = p
                 ks.front_a.append(f)
         if ks.front_a:
-            ks.last = acc_from_json(front[-1][1])  # the whole front's aggregate: its last readings
+            ks.newest = ks.accs[_left_from_front(ks.accs, ks.front_a[0].start)]
         ks.back_acc = None if d["back_acc"] is None else acc_from_json(d["back_acc"])
         ks.hi = d["hi"]
         back = d["back"]
@@ -643,13 +652,12 @@ class SlidingOperator(WindowOperator):
         return spare.pop() if spare else part_empty(self.nm)
 
     def _drop_front(self, ks: _SlideKey, below: int | None) -> None:
-        """Drop the front entries whose pane starts before ``below`` (None: all), and ``last`` with the last one."""
+        """Drop the front entries whose pane starts before ``below`` (None: all)."""
         fr = ks.front_a
         while fr and (below is None or fr[-1].start < below):
             self._give_part(fr.pop())
-        if not fr and ks.last is not None:
-            self._give_back(ks.last)
-            ks.last = None
+        if not fr:
+            ks.newest = None
 
     def _refill(self, ks: _SlideKey, start: int) -> None:
         """Make again the front entries of the panes from ``start`` up to the top entry (not kept: see _SlideKey),
@@ -829,7 +837,8 @@ class SlidingOperator(WindowOperator):
                     if q < j:
                         break
                     self._merge_pane(run, accs[q])
-                ks.last = run
+                self._give_back(run)
+                ks.newest = accs[i]
             self._give_back(back_acc)
             back_acc = None
             ks.back_from = hi
@@ -854,7 +863,7 @@ class SlidingOperator(WindowOperator):
         name, kind, aggs = self.name, self.kind, self.aggs
         fa = front_a[-1] if front_a else None
         j = 0 if fa is None else _left_from_front(accs, fa.start)
-        last = ks.last
+        newest = ks.newest
         for m, metric in self.bases:  # each result: the front's top, then the back merged in (either may be empty)
             nf = 0 if fa is None else fa.count(m)
             n = nf + (0 if back_acc is None else back_acc.count(m))
@@ -862,9 +871,10 @@ class SlidingOperator(WindowOperator):
                 r = WindowResult(name, kind, k, site, start, end, metric, n, None, 1, "watermark", aggs)
                 if fa is not None:
                     fa.put(m, r)
-                    if nf and last is not None:
+                    if nf:
                         _put_first(accs, j, m, r)
-                        last.put_last(m, r)
+                        if newest is None or not _last_of(newest, m, r):  # not in the newest pane: search
+                            _put_last(accs, _left_from_back(accs, front_a[0].start), m, r)
                 if back_acc is not None:
                     back_acc.merge_put(m, r)
                 out.append(r)
@@ -1248,6 +1258,41 @@ def _put_first(accs: list[Acc], j: int, m: int, r: Stat) -> None:
             pa.put_first(m, r)
             return
         j += 1
+
+
+def _last_of(pa: Acc, m: int, r: Stat) -> bool:
+    """``r``'s last reading of metric ``m`` becomes the pane ``pa``'s, if it has a value of it."""
+    if isinstance(pa, Single):
+        if pa.tm & (1 << m):
+            r.lt = pa.tm >> 4
+            r.lb = pa.bs >> 31
+            r.ls = pa.bs & 0x7FFFFFFF
+            r.lv = pa.value(m)
+            return True
+        return False
+    if pa.count(m):
+        pa.put_last(m, r)
+        return True
+    return False
+
+
+def _put_last(accs: list[Acc], j: int, m: int, r: Stat) -> None:
+    """``r``'s last reading of metric ``m`` becomes that of the newest pane from ``accs[j]`` back with a value of it
+    (there must be one): panes hold disjoint times, so it is the last of the panes together."""
+    bit = 1 << m
+    while True:
+        pa = accs[j]
+        if isinstance(pa, Single):
+            if pa.tm & bit:
+                r.lt = pa.tm >> 4
+                r.lb = pa.bs >> 31
+                r.ls = pa.bs & 0x7FFFFFFF
+                r.lv = pa.value(m)
+                return
+        elif pa.count(m):
+            pa.put_last(m, r)
+            return
+        j -= 1
 
 
 def _stride(n: int) -> int:
