@@ -15,10 +15,10 @@ Panels for a measurement the gateway does not declare (gateway/schema.py) are le
 dashboard never asks for data nobody writes; once it is declared, --check says to regenerate.
 
 The same description holds Grafana's alert rules (``rules()``: a device silent past its sleep cycle plus
-grace, watermark lag, the write backlog growing, dead letters rising), written as file-provisioned alert rules
-(apiVersion 1, Grafana's "Use configuration files to provision alerting resources"): the Flux variant to
-deploy/grafana/provisioning/alerting/ (docker-compose.yml mounts it), the InfluxQL one to
-deploy/grafana/pi/alerting/ (installed into /etc/grafana/provisioning/alerting/ on a Pi).
+grace, watermark lag, the write backlog growing, dead letters rising, the gateway not reporting), written
+as file-provisioned alert rules (apiVersion 1, Grafana's "Use configuration files to provision alerting
+resources"): the Flux variant to deploy/grafana/provisioning/alerting/ (docker-compose.yml mounts it), the
+InfluxQL one to deploy/grafana/pi/alerting/ (installed into /etc/grafana/provisioning/alerting/ on a Pi).
 """
 
 from __future__ import annotations
@@ -667,6 +667,8 @@ class Rule:
     panel: str
     pending: str = "0s"  # Grafana's "for": how long the condition must hold before the rule fires
     severity: str = "warning"
+    below: bool = False  # fire when the value is below the threshold (instead of above)
+    no_data: str = "OK"  # the rule's state when the query returns no series at all
     needs: str | None = None
 
 
@@ -746,6 +748,24 @@ def rules() -> list[Rule]:
             board="gateway",
             panel="Dead letters by reason",
         ),
+        Rule(
+            "edgekit-gateway-silent",
+            "Gateway not reporting",
+            flux("gateway_health", 'r._field == "uptime_s"', "  |> count()\n"),
+            'SELECT count("uptime_s") FROM "gateway_health" WHERE $timeFilter GROUP BY "gateway"',
+            range_s=180,  # gateway_health comes every 10 s
+            above=1,
+            below=True,
+            no_data="Alerting",  # the point of this rule: no health point at all in 3 min
+            pending="1m",
+            severity="critical",
+            summary="No health point from the gateway for 3 minutes",
+            description="The gateway writes gateway_health every 10 s. Nothing came: the gateway is stopped or "
+            "cannot write (InfluxDB unreachable: its spool keeps everything). While it is silent, the other "
+            "rules see no data and stay quiet. systemctl status edgekit-gateway, or docker compose ps.",
+            board="gateway",
+            panel="Uptime",
+        ),
     ]
 
 
@@ -798,13 +818,13 @@ def render_rules(lang: str, declared: set[str], boards_by_slug: dict[str, dict[s
                             "datasource": EXPR,
                             "type": "threshold",
                             "expression": "B",
-                            "conditions": [{"evaluator": {"type": "gt", "params": [r.above]}}],
+                            "conditions": [{"evaluator": {"type": "lt" if r.below else "gt", "params": [r.above]}}],
                         },
                     },
                 ],
                 "dashboardUid": board["uid"],
                 "panelId": panel_id,
-                "noDataState": "OK",  # no series at all: nothing is wrong (no silent device, no dead letter)
+                "noDataState": r.no_data,  # OK: no series is nothing wrong (no silent device, no dead letter)
                 "execErrState": "Error",
                 "for": r.pending,
                 "annotations": {"summary": r.summary, "description": r.description},

@@ -203,7 +203,8 @@ def test_alert_rule_files_follow_grafanas_provisioning_format(lang: str) -> None
     assert rule_file_problems(doc, provisioned_uids(lang)) == []
     names = {r["uid"].removesuffix(f"-{lang}") for r in rules_of(doc)}
     assert names == {
-        "edgekit-device-silent", "edgekit-watermark-lag", "edgekit-backlog-growing", "edgekit-dead-letters"
+        "edgekit-device-silent", "edgekit-watermark-lag", "edgekit-backlog-growing", "edgekit-dead-letters",
+        "edgekit-gateway-silent",
     }  # fmt: skip
     for r in rules_of(doc):
         q, model = query_of(r)
@@ -389,6 +390,7 @@ def test_influxql_alert_rules_fire_on_faults_and_only_on_them(influxdb_v1: Any, 
         "edgekit-watermark-lag-influxql": {(("device", "d3"), ("gateway", "gw"), ("site", "gh"))},
         "edgekit-backlog-growing-influxql": {(("gateway", "gw"),)},
         "edgekit-dead-letters-influxql": {(("reason", "bad_json"),)},
+        "edgekit-gateway-silent-influxql": set(),  # both gateways report
     }
     doc = rule_file("influxql")
     assert {r["uid"] for r in rules_of(doc)} == set(expected)
@@ -398,6 +400,16 @@ def test_influxql_alert_rules_fire_on_faults_and_only_on_them(influxdb_v1: Any, 
         calm = evaluate(r, influxdb_v1.url, influx_db, at["quiet"])
         # nothing fires in the quiet fleet: no series at all is "OK" by the rule's noDataState
         assert calm == {} or (calm is None and r["noDataState"] == "OK"), (r["uid"], calm)
+        if r["noDataState"] == "Alerting":  # the gateway rule: series in both fleets, none below the threshold
+            assert calm == {} and fired == {}, (r["uid"], calm, fired)
+    # an hour after the quiet fleet's gateway stopped: no data anywhere, and only the gateway rule says so
+    gone = {
+        r["uid"]: (evaluate(r, influxdb_v1.url, influx_db, quiet + 3_600_000), r["noDataState"]) for r in rules_of(doc)
+    }
+    assert {uid for uid, (result, no_data) in gone.items() if result is None and no_data == "Alerting"} == {
+        "edgekit-gateway-silent-influxql"
+    }
+    assert all(result is None for result, _ in gone.values())
     # not vacuous: where the quiet fleet has series, they are there and below the threshold
     lag = next(r for r in rules_of(doc) if r["uid"] == "edgekit-watermark-lag-influxql")
     _, model = query_of(lag)
