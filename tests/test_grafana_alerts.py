@@ -53,10 +53,10 @@ RULE_KEYS = {
     "notification_settings", "record",
 }  # fmt: skip
 QUERY_KEYS = {"refId", "queryType", "relativeTimeRange", "datasourceUid", "model"}
-NO_DATA_STATES = {"NoData", "Alerting", "OK", "KeepLast"}
-EXEC_ERR_STATES = {"Error", "Alerting", "OK", "KeepLast"}
+NO_DATA_STATES = {"NoData", "Alerting", "OK"}  # as the file-provisioning page lists them
+EXEC_ERR_STATES = {"Error", "Alerting", "OK"}
 EXPRESSION_TYPES = {"math", "reduce", "resample", "classic_conditions", "threshold"}
-REDUCERS = {"sum", "mean", "min", "max", "count", "last", "median"}
+REDUCERS = {"sum", "mean", "min", "max", "count", "last"}  # pkg/expr/mathexp/reduce.go GetReduceFunc
 THRESHOLDS_ONE = {"gt", "lt", "eq", "ne", "gte", "lte"}
 THRESHOLDS_TWO = {"within_range", "outside_range", "within_range_included", "outside_range_included"}
 DURATION = re.compile(r"0|(?=\d)(\d+y)?(\d+w)?(\d+d)?(\d+h)?(\d+m)?(\d+s)?(\d+ms)?")  # Prometheus' ParseDuration
