@@ -361,6 +361,9 @@ class Gateway:
                 "outbox": [[t, base64.b64encode(p).decode()] for t, p in self.outbox.queue],
                 "recent": [d.hex() for d in self.recent],
             }
+            if self.discovery is not None:  # [homeassistant]: the device states and what is waiting to be sent
+                state["homeassistant"] = self.discovery.snapshot()
+                state["retained"] = [[t, base64.b64encode(p).decode()] for t, p in self.outbox.retained.items()]
             glob, order = split_order(state)
             glob["rows"] = 1
             keys = set(pipeline.dirty)
@@ -454,6 +457,10 @@ class Gateway:
                 self.pipeline.restore(ck.state["pipeline"])
                 outbox = [(topic, base64.b64decode(payload)) for topic, payload in ck.state.get("outbox", [])]
                 recent = [bytes.fromhex(d) for d in ck.state.get("recent", [])]
+                if self.discovery is not None and "homeassistant" in ck.state:
+                    self.discovery.restore(ck.state["homeassistant"])
+                    for topic, payload in ck.state.get("retained", []):
+                        self.outbox.put_retained(topic, base64.b64decode(payload))
             except (KeyError, ValueError, TypeError, AttributeError) as exc:
                 raise StateFileError(
                     path, f"damaged: its checkpoint cannot be restored ({type(exc).__name__}: {exc})", damaged=True

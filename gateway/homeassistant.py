@@ -10,7 +10,8 @@ renders ``ON`` for an alert of its rule and key (``OFF`` for a retraction) and n
 Assistant ignores; ``off_delay`` turns it off again.
 
 A discovery message (retained, ``<discovery_prefix>/<component>/<node_id>/<object_id>/config``) is published when
-the gateway first sees a device's metric, status figure or alert rule; after a restart, again at first sight.
+the gateway first sees a device's metric, status figure or alert rule. :meth:`Discovery.snapshot` goes into the
+gateway's checkpoint, so a restart goes on with the states and the rules announced.
 """
 
 from __future__ import annotations
@@ -112,9 +113,9 @@ class Entity:
 class _Device:
     site: str
     state: dict[str, Any]
+    """What its state topic carries: ``m`` (metric -> latest value), ``t``, ``clock`` and the status figures."""
     metric_t: dict[str, int]
-    entities: set[str]
-    """The object ids announced for it."""
+    """The event time of each metric's value in ``state``."""
 
 
 class Discovery:
@@ -215,6 +216,21 @@ class Discovery:
         node = object_id(f"{self._node}_site_{site}_{key}")
         return Entity("binary_sensor", node, oid, {**body, **self._common(f"{node}_{oid}", self._site_block(site))})
 
+    # ------------------------------------------------------------------------------------------- state
+
+    def snapshot(self) -> dict[str, Any]:
+        """Plain JSON values (copies): each device's state and the rules announced, for the checkpoint. Restored,
+        the states go on from where they were, so a restart never publishes a state without a metric announced."""
+        return {
+            "devices": {d: [v.site, {**v.state, "m": dict(v.state["m"])}, dict(v.metric_t)]
+                        for d, v in self.devices.items()},
+            "rules": sorted(list(r) for r in self._rules),
+        }  # fmt: skip
+
+    def restore(self, snap: Mapping[str, Any]) -> None:
+        self.devices = {d: _Device(site, state, metric_t) for d, (site, state, metric_t) in snap["devices"].items()}
+        self._rules = {(a, b, c, d) for a, b, c, d in snap["rules"]}
+
     # ------------------------------------------------------------------------------------------- input
 
     def observe(
@@ -263,7 +279,7 @@ class Discovery:
     def _device(self, device: str, site: str, new: list[Entity]) -> _Device:
         dev = self.devices.get(device)
         if dev is None:
-            dev = self.devices[device] = _Device(site, {"m": {}}, {}, set())
+            dev = self.devices[device] = _Device(site, {"m": {}}, {})
             for p in self.patterns:  # its patterns' binary sensors from the start: off until an alert
                 if p.devices and not any(fnmatchcase(device, g) for g in p.devices):
                     continue

@@ -177,7 +177,7 @@ class Outbox:
 
     Retained messages (``put_retained``: Home Assistant discovery and device states) are kept per topic, only the
     latest payload of each (a newer one replaces one not yet sent), and go before the queue, at QoS 1 with the
-    retain flag; they are not checkpointed (the gateway derives them again from what it sees after a restart).
+    retain flag; the gateway's checkpoint keeps them with the device states they come from.
     """
 
     def __init__(self, limit: int = 10_000) -> None:

@@ -229,3 +229,28 @@ def test_the_section_is_off_by_default_and_validated() -> None:
                 {"alert_off_delay_s": 0}, {"enabled": "yes"}, {"colour": 1}):  # fmt: skip
         with pytest.raises(ConfigError, match="homeassistant"):
             parse_config({"homeassistant": bad}, env={})
+
+
+def test_a_snapshot_restored_at_any_point_goes_on_with_the_same_messages() -> None:
+    cfg = config(patterns=PATTERNS, anomaly={"enabled": True})
+    plan = generate(FleetSpec(devices=3, sites=("north", "south"), readings_per_device=6, batch_size=3,
+                              metrics=("temp_c", "rh"), prefix="ek", seed=5))  # fmt: skip
+    pipeline, now = Pipeline(cfg), time.time_ns() // 1_000_000
+    handled = [pipeline.handle(m.topic, m.payload, now + i) for i, m in enumerate(plan.messages)]
+    alert = Alert("anomaly", "gap", "north", plan.devices[0].device, "info", now, now, ())
+    inputs = [(h.readings, h.status, h.alerts) for h in handled] + [([], None, [alert])]
+
+    def run(cut: int | None) -> list[tuple[str, bytes]]:
+        disc, out = Discovery(cfg), []
+        for i, (readings, status, alerts) in enumerate(inputs):
+            if i == cut:
+                snap = json.loads(json.dumps(disc.snapshot()))  # as the checkpoint stores it
+                disc = Discovery(cfg)
+                disc.restore(snap)
+            out += disc.observe(readings, status, alerts)
+        return out
+
+    whole = run(None)
+    assert any("/alert_anomaly_gap/" in t for t, _ in whole)
+    for cut in range(len(inputs)):
+        assert run(cut) == whole, cut

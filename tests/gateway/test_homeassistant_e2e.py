@@ -25,6 +25,7 @@ from helpers import running_gateway, wait_for
 from services import Proc
 from test_homeassistant import render
 
+from gateway.app import Gateway
 from gateway.config import parse_config
 from gateway.ingest import Outbox
 from sim.fleet import FleetSpec, generate
@@ -114,6 +115,14 @@ async def test_every_discovered_entity_has_a_state_it_can_render_and_availabilit
                 assert gw.pipeline.stats.dead_letters == 0
         finally:
             collector.cancel()
+    # a restart goes on from the checkpoint's device states (never a state that lacks a metric announced)
+    again = Gateway(cfg)
+    try:
+        await again.recover()
+        assert again.discovery is not None and gw.discovery is not None
+        assert again.discovery.snapshot() == gw.discovery.snapshot() and again.discovery.devices
+    finally:
+        again.store.close()
 
     assert fleet_problems(configs.items(), "homeassistant") == []
     devices = {d.device for d in plan.devices}
