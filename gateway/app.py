@@ -29,6 +29,7 @@ from typing import Any
 from .ckpt_rows import ORDER, dumps_row, key_names, split_order, split_rows
 from .config import Config, redact_url
 from .errors import ConfigError, StateError
+from .homeassistant import Discovery
 from .ingest import (
     Incoming,
     IngestStats,
@@ -181,6 +182,9 @@ class Gateway:
         both = any(p.on == "both" for p in config.patterns) or config.anomaly.on == "both"
         self.notifier = Notifier(config.notify, now_ms, retractions=both) if config.notify else None
         """``[[notify]]``: alerts to people (docs/notify.md); its own task, fed without waiting from ``_emit``."""
+        self.discovery = Discovery(config) if config.homeassistant.enabled else None
+        """``[homeassistant]``: discovery messages and device states, retained (docs/homeassistant.md)."""
+        self._own_state = f"{config.mqtt.prefix}/_gateway/state/"
         self.pos = 0
         """Log position of the last input the pipeline has taken."""
         self.recovered_from = 0
@@ -222,8 +226,9 @@ class Gateway:
         received: list[tuple[str, bytes]] = []
         digests = []
         for topic, payload, dup in msgs:
-            if topic.endswith("/cmd"):
-                continue  # the gateway's own messages to boards (time replies) come back: nothing to keep
+            if topic.endswith("/cmd") or topic.startswith(self._own_state):
+                # the gateway's own messages come back (time replies to boards, device states): nothing to keep
+                continue
             kind, logged = (KIND_MESSAGE, payload) if len(payload) <= limit else (KIND_OVERSIZE, oversize_stub(payload))
             digest = _digest(topic, logged)
             if dup and (digest in self.recent or digest in digests):
@@ -282,6 +287,9 @@ class Gateway:
         await self._emit(out)
 
     async def _emit(self, out: Handled) -> None:
+        if self.discovery is not None:  # before the alerts: an entity's discovery message goes first
+            for topic, payload in self.discovery.observe(out.readings, out.status, out.alerts):
+                self.outbox.put_retained(topic, payload)
         for topic, payload in out.publish:
             self.outbox.put(topic, payload)
         self.live.observe(out.readings, out.outputs, out.alerts, out.status)  # deploy
@@ -353,6 +361,9 @@ class Gateway:
                 "outbox": [[t, base64.b64encode(p).decode()] for t, p in self.outbox.queue],
                 "recent": [d.hex() for d in self.recent],
             }
+            if self.discovery is not None:  # [homeassistant]: the device states and what is waiting to be sent
+                state["homeassistant"] = self.discovery.snapshot()
+                state["retained"] = [[t, base64.b64encode(p).decode()] for t, p in self.outbox.retained.items()]
             glob, order = split_order(state)
             glob["rows"] = 1
             keys = set(pipeline.dirty)
@@ -446,6 +457,10 @@ class Gateway:
                 self.pipeline.restore(ck.state["pipeline"])
                 outbox = [(topic, base64.b64decode(payload)) for topic, payload in ck.state.get("outbox", [])]
                 recent = [bytes.fromhex(d) for d in ck.state.get("recent", [])]
+                if self.discovery is not None and "homeassistant" in ck.state:
+                    self.discovery.restore(ck.state["homeassistant"])
+                    for topic, payload in ck.state.get("retained", []):
+                        self.outbox.put_retained(topic, base64.b64decode(payload))
             except (KeyError, ValueError, TypeError, AttributeError) as exc:
                 raise StateFileError(
                     path, f"damaged: its checkpoint cannot be restored ({type(exc).__name__}: {exc})", damaged=True
@@ -507,6 +522,15 @@ class Gateway:
                 "outbox": len(self.outbox.queue),
                 "outbox_shed": self.outbox.shed,
                 "outbox_too_large": self.outbox.too_large,
+                **(
+                    {
+                        "published_retained": self.outbox.sent_retained,
+                        "retained_pending": len(self.outbox.retained),
+                        "ha_entities": self.discovery.announced,
+                    }
+                    if self.discovery is not None
+                    else {}
+                ),
             },
             "live": self.live.as_dict(self.now_ms()),  # deploy
             **({"notify": self.notifier.stats()} if self.notifier is not None else {}),

@@ -38,6 +38,7 @@ __all__ = [
     "SECTION_KEYS",
     "Config",
     "DevicesConfig",
+    "HomeAssistantConfig",
     "InfluxConfig",
     "LogConfig",
     "MetricTypes",
@@ -145,6 +146,16 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HomeAssistantConfig:
+    """``[homeassistant]``: MQTT discovery messages for Home Assistant (docs/homeassistant.md); off by default."""
+
+    enabled: bool = False
+    discovery_prefix: str = "homeassistant"
+    alert_off_delay_s: int = 600
+    """An alert's binary sensor goes back to off this long after its last alert (Home Assistant's ``off_delay``)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     mqtt: MqttConfig = MqttConfig()
     influx: InfluxConfig = InfluxConfig()
@@ -163,6 +174,8 @@ class Config:
     """The type of each metric (``[metric_types]``, see docs/protocol.md): a float unless declared otherwise."""
     notify: tuple[NotifySpec, ...] = ()
     """Notification targets (``[[notify]]``, see docs/notify.md)."""
+    homeassistant: HomeAssistantConfig = HomeAssistantConfig()
+    """Home Assistant MQTT discovery (``[homeassistant]``, see docs/homeassistant.md)."""
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
     """The whole parsed document, for sections other modules own (such as ``windows``)."""
     from_env: Mapping[str, str] = field(default_factory=dict)
@@ -188,6 +201,7 @@ STATE_KEYS = frozenset(
     {"dir", "sync", "checkpoint_interval_s", "checkpoint_max_log_rows", "spool_max_bytes", "ingest_batch"}
 )
 METRICS_KEYS = frozenset({"host", "port"})
+HOMEASSISTANT_KEYS = frozenset({"enabled", "discovery_prefix", "alert_off_delay_s"})
 METRIC_TYPES_KEYS = frozenset({"integer", "boolean", "string"})
 
 SECTION_KEYS: Mapping[str, frozenset[str]] = {
@@ -198,6 +212,7 @@ SECTION_KEYS: Mapping[str, frozenset[str]] = {
     "log": LOG_KEYS,
     "state": STATE_KEYS,
     "metrics": METRICS_KEYS,
+    "homeassistant": HOMEASSISTANT_KEYS,
     "metric_types": METRIC_TYPES_KEYS,
     "engine": ENGINE_KEYS,
     "engine.watermark": WATERMARK_KEYS,
@@ -658,6 +673,23 @@ def _metrics(doc: Mapping[str, Any], env: Mapping[str, str]) -> MetricsConfig:
     return MetricsConfig(host=_get(sec, "metrics", "host", str, "127.0.0.1"), port=port)
 
 
+def _homeassistant(doc: Mapping[str, Any]) -> HomeAssistantConfig:
+    sec = _section(doc, "homeassistant", HOMEASSISTANT_KEYS)
+    d = HomeAssistantConfig()
+    prefix = _get(sec, "homeassistant", "discovery_prefix", str, d.discovery_prefix)
+    if not prefix or prefix.startswith("/") or prefix.endswith("/") or any(c in prefix for c in "+#\0"):
+        raise ConfigError(
+            f"homeassistant.discovery_prefix: {prefix!r} must be a non-empty topic without + # and without a "
+            "leading or trailing /"
+        )
+    off = _get(sec, "homeassistant", "alert_off_delay_s", int, d.alert_off_delay_s)
+    if off < 1:
+        raise ConfigError(f"homeassistant.alert_off_delay_s: must be at least 1, got {off}")
+    return HomeAssistantConfig(
+        enabled=_get(sec, "homeassistant", "enabled", bool, d.enabled), discovery_prefix=prefix, alert_off_delay_s=off
+    )
+
+
 _TYPE_KINDS = ("integer", "boolean", "string")
 
 
@@ -737,6 +769,7 @@ KNOWN_SECTIONS = {
     "metrics",
     "metric_types",
     "notify",
+    "homeassistant",
 }
 
 
@@ -806,6 +839,7 @@ def _parse(doc: Mapping[str, Any], env: Mapping[str, str]) -> Config:
         patterns=parse_patterns(doc.get("patterns")),
         metric_types=_metric_types(doc, env),
         notify=parse_notify(doc.get("notify"), env),
+        homeassistant=_homeassistant(doc),
         raw=doc,
     )
     _check_metric_types(cfg)

@@ -24,7 +24,8 @@ are never printed unless asked (``password USER``):
 - ``passwd`` (Mosquitto 2's ``$7$`` PBKDF2-SHA512 hashes) and ``acl``: each board may write only
   ``<prefix>/<site>/<board>/readings`` and ``.../status`` and read only its ``.../cmd`` and the firmware
   builds (``<prefix>/_gateway/ota/...``: the fleet's and its own manifest); the gateway reads
-  ``<prefix>/#`` and writes the command topics and ``<prefix>/_gateway/#``; ``sim_user`` writes ``<prefix>/#``;
+  ``<prefix>/#`` and writes the command topics, ``<prefix>/_gateway/#`` and ``homeassistant/#`` (discovery);
+  ``sim_user`` writes ``<prefix>/#``;
 - ``gateway-devices.toml``: the gateway's ``[devices]`` section (the known boards and their sites).
 
 ``scripts/deploy.py`` takes each board's configuration and secrets from here (:func:`board_files`).
@@ -232,6 +233,7 @@ def acl_text(fleet: Fleet) -> str:
         f"topic read {p}/#",
         f"topic write {p}/_gateway/#",
         f"topic write {p}/+/+/cmd",
+        "topic write homeassistant/#",  # [homeassistant] discovery, when it is on (docs/homeassistant.md)
         "",
     ]
     if fleet.sim_user:  # the simulator (docker-compose's demo profile) publishes as any simulated device

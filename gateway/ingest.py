@@ -174,12 +174,19 @@ class Outbox:
     They are sent at QoS 1 while the broker connection is up, and wait (in order) while it is down.
     Messages that are only worth something at once (a time reply to a board, ``put_now``) go first, at
     QoS 0, on the current connection only: never queued across a reconnect, never checkpointed.
+
+    Retained messages (``put_retained``: Home Assistant discovery and device states) are kept per topic, only the
+    latest payload of each (a newer one replaces one not yet sent), and go before the queue, at QoS 1 with the
+    retain flag; the gateway's checkpoint keeps them with the device states they come from.
     """
 
     def __init__(self, limit: int = 10_000) -> None:
         self.limit = limit
         self.queue: deque[tuple[str, bytes]] = deque()
         self.now: deque[tuple[str, bytes]] = deque(maxlen=1000)
+        self.retained: dict[str, bytes] = {}
+        """Retained messages to publish, the latest payload per topic, in the order their topics were first put."""
+        self.sent_retained = 0
         self.ready = asyncio.Event()
         self.empty = asyncio.Event()
         self.empty.set()
@@ -202,6 +209,11 @@ class Outbox:
         self.ready.set()
         self.empty.clear()
 
+    def put_retained(self, topic: str, payload: bytes) -> None:
+        self.retained[topic] = payload
+        self.ready.set()
+        self.empty.clear()
+
     def put_now(self, topic: str, payload: bytes) -> None:
         self.now.append((topic, payload))
         self.ready.set()
@@ -215,7 +227,10 @@ class Outbox:
                 topic, payload = self.now.popleft()
                 await client.publish(topic, payload, qos=0)
                 self.sent_now += 1
-            while self.queue:
+            while self.retained or self.queue:
+                if self.retained:  # before the queue: a discovery message before the alerts its entity shows
+                    await self._send_retained(client)
+                    continue
                 topic, payload = self.queue[0]
                 if self.max_packet is not None and publish_packet_size(topic, payload) > self.max_packet:
                     # the broker would end the connection for it, at every try: the alert stays in InfluxDB
@@ -236,6 +251,22 @@ class Outbox:
                 self.sent += 1
             self.ready.clear()
             self.empty.set()
+
+    async def _send_retained(self, client: aiomqtt.Client) -> None:
+        topic, payload = next(iter(self.retained.items()))
+        if self.max_packet is not None and publish_packet_size(topic, payload) > self.max_packet:
+            del self.retained[topic]
+            self.too_large += 1
+            log.error(
+                "message larger than the broker takes: not published",
+                extra={"event": "outbox_too_large", "topic": topic, "bytes": len(payload),
+                       "broker_max_packet": self.max_packet},
+            )  # fmt: skip
+            return
+        await client.publish(topic, payload, qos=1, retain=True)
+        if self.retained.get(topic) is payload:  # not replaced meanwhile (else the newer one goes next)
+            del self.retained[topic]
+        self.sent_retained += 1
 
     async def flush(self, limit_s: float) -> bool:
         """Wait (at most ``limit_s``) until every queued message was acknowledged; False if time ran out."""

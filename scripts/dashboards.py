@@ -13,12 +13,19 @@ DBRP mapping); InfluxDB 1.x (a 32-bit Raspberry Pi, Debian's `influxdb` package)
 
 Panels for a measurement the gateway does not declare (gateway/schema.py) are left out, so a
 dashboard never asks for data nobody writes; once it is declared, --check says to regenerate.
+
+The same description holds Grafana's alert rules (``rules()``: a device silent past its sleep cycle plus
+grace, watermark lag, the write backlog growing, dead letters rising, the gateway not reporting), written
+as file-provisioned alert rules (apiVersion 1, Grafana's "Use configuration files to provision alerting
+resources"): the Flux variant to deploy/grafana/provisioning/alerting/ (docker-compose.yml mounts it), the
+InfluxQL one to deploy/grafana/pi/alerting/ (installed into /etc/grafana/provisioning/alerting/ on a Pi).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -626,15 +633,276 @@ def boards() -> list[Board]:
     return [fleet, device, lateness, gateway]
 
 
+# --- the alert rules -----------------------------------------------------------------------------------
+
+ALERT_FILES = {
+    "flux": REPO / "deploy" / "grafana" / "provisioning" / "alerting" / "edgekit.yml",  # docker-compose.yml
+    "influxql": REPO / "deploy" / "grafana" / "pi" / "alerting" / "edgekit.yml",  # a Pi with InfluxDB 1.x
+}
+ALERT_FOLDER = "edgekit"
+ALERT_GROUP = "edgekit"
+ALERT_INTERVAL = "1m"  # how often Grafana evaluates the group
+EXPR = {"type": "__expr__", "uid": "__expr__"}  # Grafana's server-side expressions
+
+# the thresholds, in one place (docs/grafana.md explains each)
+WATERMARK_LAG_MS = 600_000  # an online board whose watermark is 10 min behind the gateway's clock
+BACKLOG_GROWTH = 1_000  # lines not yet written to InfluxDB, added over 15 min
+DEAD_LETTERS = 10  # dead letters of one reason in 15 min
+
+
+@dataclass
+class Rule:
+    """One alert rule: a query per language that returns one series per thing watched (its tags become the
+    alert's labels), reduced to its last value, which fires the rule when it is above ``above``."""
+
+    uid: str
+    title: str
+    flux: str
+    influxql: str
+    range_s: int  # how far back the query looks (relativeTimeRange.from)
+    above: float
+    summary: str  # Grafana templates: {{ $labels.device }}, {{ $values.B }} (the reduced value)
+    description: str
+    board: str  # the dashboard (slug) and panel (title) the rule links to
+    panel: str
+    pending: str = "0s"  # Grafana's "for": how long the condition must hold before the rule fires
+    severity: str = "warning"
+    below: bool = False  # fire when the value is below the threshold (instead of above)
+    no_data: str = "OK"  # the rule's state when the query returns no series at all
+    needs: str | None = None
+
+
+def rules() -> list[Rule]:
+    return [
+        Rule(
+            "edgekit-device-silent",
+            "Device silent past its sleep cycle plus grace",
+            flux(
+                "device_watermark",
+                'r._field == "active"',
+                "  |> last()\n  |> map(fn: (r) => ({r with _value: if r._value then 0 else 1}))\n",
+            ),
+            'SELECT count("readings") AS "inactive" FROM "device_watermark" WHERE $timeFilter AND "active" = false '
+            'GROUP BY "gateway", "site", "device"',
+            range_s=90,  # device_watermark comes every 60 s: the last one or two
+            above=0,
+            summary="{{ $labels.site }}/{{ $labels.device }} has not been heard from for longer than it may be",
+            description="The gateway counts a board as active while it is heard from within idle_factor x its "
+            "announced sleep_s plus idle_grace (idle_timeout without sleep_s), and not offline (last will); "
+            "device_watermark.active says so every 60 s. This board is past that: check its battery, Wi-Fi "
+            "and the broker.",
+            board="fleet",
+            panel="Devices: last seen, event time and watermark lag",
+        ),
+        Rule(
+            "edgekit-watermark-lag",
+            "Watermark lag of an online device",
+            flux(
+                "device_watermark",
+                '(r._field == "watermark_lag_ms" or r._field == "active")',
+                "  |> last()\n"
+                '  |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")\n'
+                "  |> filter(fn: (r) => r.active)\n"
+                "  |> map(fn: (r) => ({r with _value: r.watermark_lag_ms}))\n"
+                '  |> keep(columns: ["_time", "_value", "gateway", "site", "device"])\n',
+            ),
+            'SELECT last("watermark_lag_ms") FROM "device_watermark" WHERE $timeFilter AND "active" = true '
+            'GROUP BY "gateway", "site", "device"',
+            range_s=300,
+            above=WATERMARK_LAG_MS,
+            pending="5m",
+            summary="{{ $labels.site }}/{{ $labels.device }}: watermark {{ $values.B }} ms behind the gateway's "
+            "clock while the board is online",
+            description="An online board whose event time stays far behind the gateway's clock holds its windows "
+            "open (they fire late): its clock is wrong (unsynced, a bad RTC) or it is replaying an old buffer. "
+            "A sleeping board's lag is expected and left to the silent-device rule.",
+            board="lateness",
+            panel="Watermark lag per device (gateway clock - device watermark)",
+        ),
+        Rule(
+            "edgekit-backlog-growing",
+            "Write backlog (memory and spool) growing",
+            flux("gateway_health", 'r._field == "pending"', "  |> difference()\n  |> sum()\n"),
+            'SELECT last("pending") - first("pending") AS "growth" FROM "gateway_health" WHERE $timeFilter '
+            'GROUP BY "gateway"',
+            range_s=900,
+            above=BACKLOG_GROWTH,
+            pending="5m",
+            summary="{{ $labels.gateway }}: {{ $values.B }} more lines waiting for InfluxDB than 15 min ago",
+            description="gateway_health.pending counts the lines not yet written (memory plus the on-disk spool). "
+            "It grows while InfluxDB is slow, refusing or unreachable; nothing is lost, but the spool fills "
+            "the disk and, when full, the gateway stops reading from the broker (docs/reliability.md).",
+            board="gateway",
+            panel="Backlog: points pending, MQTT outbox",
+        ),
+        Rule(
+            "edgekit-dead-letters",
+            "Dead letters rising",
+            flux("dead_letter", 'r._field == "size"', '  |> group(columns: ["reason"])\n  |> count()\n'),
+            'SELECT count("size") FROM "dead_letter" WHERE $timeFilter GROUP BY "reason"',
+            range_s=900,
+            above=DEAD_LETTERS,
+            summary="{{ $values.B }} dead letters ({{ $labels.reason }}) in 15 min",
+            description="Messages or readings the gateway rejected (docs/protocol.md, validation and dead letters), "
+            "or lines InfluxDB refused: the dashboard's Latest dead letters table shows which and why.",
+            board="gateway",
+            panel="Dead letters by reason",
+        ),
+        Rule(
+            "edgekit-gateway-silent",
+            "Gateway not reporting",
+            flux("gateway_health", 'r._field == "uptime_s"', "  |> count()\n"),
+            'SELECT count("uptime_s") FROM "gateway_health" WHERE $timeFilter GROUP BY "gateway"',
+            range_s=180,  # gateway_health comes every 10 s
+            above=1,
+            below=True,
+            no_data="Alerting",  # the point of this rule: no health point at all in 3 min
+            pending="1m",
+            severity="critical",
+            summary="No health point from the gateway for 3 minutes",
+            description="The gateway writes gateway_health every 10 s. Nothing came: the gateway is stopped or "
+            "cannot write (InfluxDB unreachable: its spool keeps everything). While it is silent, the other "
+            "rules see no data and stay quiet. systemctl status edgekit-gateway, or docker compose ps.",
+            board="gateway",
+            panel="Uptime",
+        ),
+    ]
+
+
+def render_rules(lang: str, declared: set[str], boards_by_slug: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The provisioning file of one language: one rule group with a query (A), a reduce (B) and a threshold (C)
+    per rule, as Grafana's file provisioning documents them."""
+    out = []
+    for r in rules():
+        if r.needs is not None and r.needs not in declared:
+            continue
+        board = boards_by_slug[r.board]
+        (panel_id,) = [p["id"] for p in board["panels"] if p["title"] == r.panel]
+        query: dict[str, Any] = {"refId": "A", "datasource": DATASOURCE[lang]}
+        if lang == "flux":
+            query["query"] = r.flux
+        else:
+            query.update(query=r.influxql, rawQuery=True, resultFormat="time_series")
+        query.update(intervalMs=1000, maxDataPoints=43200)
+        out.append(
+            {
+                "uid": f"{r.uid}-{lang}",
+                "title": r.title,
+                "condition": "C",
+                "data": [
+                    {
+                        "refId": "A",
+                        "relativeTimeRange": {"from": r.range_s, "to": 0},
+                        "datasourceUid": DATASOURCE[lang]["uid"],
+                        "model": query,
+                    },
+                    {
+                        "refId": "B",
+                        "relativeTimeRange": {"from": 0, "to": 0},
+                        "datasourceUid": EXPR["uid"],
+                        "model": {
+                            "refId": "B",
+                            "datasource": EXPR,
+                            "type": "reduce",
+                            "expression": "A",
+                            "reducer": "last",
+                            "settings": {"mode": "dropNN"},
+                        },
+                    },
+                    {
+                        "refId": "C",
+                        "relativeTimeRange": {"from": 0, "to": 0},
+                        "datasourceUid": EXPR["uid"],
+                        "model": {
+                            "refId": "C",
+                            "datasource": EXPR,
+                            "type": "threshold",
+                            "expression": "B",
+                            "conditions": [{"evaluator": {"type": "lt" if r.below else "gt", "params": [r.above]}}],
+                        },
+                    },
+                ],
+                "dashboardUid": board["uid"],
+                "panelId": panel_id,
+                "noDataState": r.no_data,  # OK: no series is nothing wrong (no silent device, no dead letter)
+                "execErrState": "Error",
+                "for": r.pending,
+                "annotations": {"summary": r.summary, "description": r.description},
+                "labels": {"severity": r.severity, "source": "edgekit"},
+                "isPaused": False,
+            }
+        )
+    return {
+        "apiVersion": 1,
+        "groups": [{"orgId": 1, "name": ALERT_GROUP, "folder": ALERT_FOLDER, "interval": ALERT_INTERVAL, "rules": out}],
+    }
+
+
+_PLAIN = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+_YAML_WORDS = {"true", "false", "yes", "no", "on", "off", "null", "y", "n", "~"}
+
+
+def to_yaml(value: Any, indent: int = 0) -> str:
+    """Block-style YAML for the generated files (pyyaml is a test dependency only; the tests read every file
+    back with it and compare): a name plain, a line single-quoted, a text of several lines as a literal block."""
+    pad = " " * indent
+    if isinstance(value, dict) and value:
+        return "\n".join(
+            f"{pad}{k}:\n{to_yaml(v, indent + 2)}"
+            if isinstance(v, (dict, list)) and v
+            else f"{pad}{k}: {to_yaml(v, indent + 2)}"
+            for k, v in value.items()
+        )
+    if isinstance(value, list) and value:
+        return "\n".join(
+            f"{pad}- {to_yaml(v, indent + 2).lstrip()}"
+            if isinstance(v, (dict, list)) and v
+            else f"{pad}- {to_yaml(v, indent + 2)}"
+            for v in value
+        )
+    if isinstance(value, (dict, list)):
+        return "{}" if isinstance(value, dict) else "[]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return json.dumps(value)
+    if not isinstance(value, str):
+        raise TypeError(f"no YAML for {value!r}")
+    if "\n" in value.rstrip("\n") and value.endswith("\n") and not value.endswith("\n\n"):
+        body = value[:-1].split("\n")
+        if all(ln and ln == ln.rstrip() and ln.isprintable() for ln in body) and not body[0].startswith(" "):
+            return "|\n" + "\n".join(f"{pad}{ln}" for ln in body)
+    if _PLAIN.fullmatch(value) and value.lower() not in _YAML_WORDS:
+        return value
+    if value.isprintable():
+        return "'" + value.replace("'", "''") + "'"
+    return json.dumps(value, ensure_ascii=False)
+
+
+ALERT_HEADER = {
+    "flux": "# Grafana alert rules for docker-compose.yml (InfluxDB 2.x, the Flux data source edgekit-flux), read\n"
+    "# from /etc/grafana/provisioning/alerting at start. Generated by scripts/dashboards.py: do not edit.\n",
+    "influxql": "# Grafana alert rules for a Raspberry Pi with InfluxDB 1.x (InfluxQL data source edgekit-influxql):\n"
+    "#   sudo install -D -m 0644 -t /etc/grafana/provisioning/alerting/ deploy/grafana/pi/alerting/edgekit.yml\n"
+    "# Generated by scripts/dashboards.py: do not edit.\n",
+}
+
+
 def generate() -> dict[Path, str]:
     """Every dashboard file, by path, as it should be on disk."""
     declared = set(schema.load_all())
     files = {}
     for lang in LANGS:
+        rendered = {}
         for b in boards():
-            doc = render(b, lang, declared)
+            doc = rendered[b.slug] = render(b, lang, declared)
             files[OUT / lang / f"edgekit-{b.slug}.json"] = json.dumps(doc, indent=1, ensure_ascii=False) + "\n"
+        files[ALERT_FILES[lang]] = ALERT_HEADER[lang] + to_yaml(render_rules(lang, declared, rendered)) + "\n"
     return files
+
+
+def _shown(p: Path) -> Path:
+    return p.relative_to(REPO) if p.is_relative_to(REPO) else p
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -646,19 +914,19 @@ def main(argv: list[str] | None = None) -> int:
     extra = sorted(p for lang in LANGS for p in (OUT / lang).glob("*.json") if p not in files)
     if args.check:
         for p in stale:
-            print(f"out of date: {p.relative_to(REPO)}", file=sys.stderr)
+            print(f"out of date: {_shown(p)}", file=sys.stderr)
         for p in extra:
-            print(f"not generated: {p.relative_to(REPO)}", file=sys.stderr)
+            print(f"not generated: {_shown(p)}", file=sys.stderr)
         if stale or extra:
             print("run: python scripts/dashboards.py", file=sys.stderr)
         return 1 if stale or extra else 0
     for p in stale:
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(files[p], encoding="utf-8")
-        print(f"wrote {p.relative_to(REPO)}")
+        print(f"wrote {_shown(p)}")
     for p in extra:
         p.unlink()
-        print(f"removed {p.relative_to(REPO)}")
+        print(f"removed {_shown(p)}")
     return 0
 
 

@@ -39,6 +39,8 @@ kind = "tumbling"
 size = "15m"
 metrics = ["moisture", "lux"]
 aggregates = ["count", "mean", "min", "max"]
+early_count = 1          # early results, kept for audit: the device board's window_provisional panel
+provisional = "audit"
 
 [anomaly]
 metrics = ["moisture"]

@@ -39,10 +39,13 @@ MODULES = {"gateway": "edgekit-gateway", "sim": "edgekit-sim", "gateway.fleet": 
            "gateway.ota": "edgekit-ota",
            "gateway.anomaly.evaluate": "evaluate", "pytest": "pytest"}  # fmt: skip
 
+ALERT_CHECK = "tests/test_grafana_alerts.py::test_alert_files_are_covered_by_the_check"
 MAPPED: list[tuple[str, str, tuple[str, ...]]] = [
     # (a regular expression the normalised command matches, the test that runs it, words its body must use)
     (r"^make demo\b", "tests/first_hour.py::main", ('"make"', '"demo"')),  # run by tests/test_first_hour.py
     (r"^make test\b", ".ci/run", ("make test",)),
+    (r"^python scripts/dashboards\.py --check$", ALERT_CHECK, ('gen.main(["--check"])',)),
+    (r"^python scripts/dashboards\.py$", ALERT_CHECK, ("gen.main([])",)),
     (r"^edgekit-ota .*publish-build", "tests/firmware/test_ota.py::test_update_two_boards_and_roll_back_a_third",
      ('"publish-build"', '"--version"', '"--firmware"', '"--device"')),
     (r"^edgekit-ota .*cmd", "tests/firmware/test_ota.py::test_cmd_sets_the_sampling_interval_and_refuses_a_bad_one",

@@ -23,6 +23,8 @@ def test_move_changes_the_site_and_prints_what_the_gateway_needs(
     printed = capsys.readouterr().out
     assert [(d.id, d.site) for d in load_fleet(fleet).devices] == [("dev-1", "north"), ("dev-2", "south")]
     assert "topic write edgekit/south/dev-2/readings" in acl_text(load_fleet(fleet))
+    assert "user gateway\ntopic read edgekit/#" in acl_text(load_fleet(fleet))
+    assert acl_text(load_fleet(fleet)).split("\n\n")[0].endswith("\ntopic write homeassistant/#")  # the gateway only
     section = printed[printed.rindex("[devices.sites]") :]
     cfg = parse_config({"devices": tomllib.loads(section)["devices"]}, env={})
     assert dict(cfg.devices.sites) == {"dev-2": "south"}

@@ -20,11 +20,12 @@ import time
 import _simboard as _sb
 
 
-def _builtin(name):
-    """The unix port's built-in module `name`, even while a shim of that name is on the path."""
+def _builtin(name, path=()):
+    """The unix port's built-in module `name` (or the one found on `path`, e.g. ['.frozen']), even while a shim
+    of that name is on the path; the select and ssl shims take theirs from here too."""
     saved_path = sys.path[:]
     saved = sys.modules.pop(name, None)
-    sys.path[:] = []
+    sys.path[:] = list(path)
     try:
         return __import__(name)
     finally:

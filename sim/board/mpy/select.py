@@ -2,24 +2,9 @@
 # through a Python subclass of its socket (it takes the instance for the native object and reports POLLNVAL
 # at once, so every wait became a busy loop); the ESP32's poll waits on lwIP's select. Here a shim socket is
 # registered by its file descriptor and the results name the objects that were registered, as on the board.
-import sys
-
 import _espnet
 
-
-def _builtin(name):
-    saved_path = sys.path[:]
-    saved = sys.modules.pop(name, None)
-    sys.path[:] = []
-    try:
-        return __import__(name)
-    finally:
-        sys.path[:] = saved_path
-        if saved is not None:
-            sys.modules[name] = saved
-
-
-_real = _builtin('select')
+_real = _espnet._builtin('select')
 
 POLLIN = _real.POLLIN
 POLLOUT = _real.POLLOUT

@@ -4,24 +4,10 @@
 # ESP32 socket shim, _espnet.py) does not carry. wrap_socket() hands it a small stream over the shim socket
 # instead, so reads, writes, setblocking() and poll keep the ESP32's semantics under TLS too.
 import io
-import sys
 
 import _espnet
 
-
-def _frozen(name):
-    saved_path = sys.path[:]
-    saved = sys.modules.pop(name, None)
-    sys.path[:] = ['.frozen']
-    try:
-        return __import__(name)
-    finally:
-        sys.path[:] = saved_path
-        if saved is not None:
-            sys.modules[name] = saved
-
-
-_real = _frozen('ssl')
+_real = _espnet._builtin('ssl', ['.frozen'])
 _sel = __import__('select')  # the select shim (by fd)
 
 CERT_NONE = _real.CERT_NONE
