@@ -1279,19 +1279,7 @@ def _last_of(pa: Acc, m: int, r: Stat) -> bool:
 def _put_last(accs: list[Acc], j: int, m: int, r: Stat) -> None:
     """``r``'s last reading of metric ``m`` becomes that of the newest pane from ``accs[j]`` back with a value of it
     (there must be one): panes hold disjoint times, so it is the last of the panes together."""
-    bit = 1 << m
-    while True:
-        pa = accs[j]
-        if isinstance(pa, Single):
-            if pa.tm & bit:
-                r.lt = pa.tm >> 4
-                r.lb = pa.bs >> 31
-                r.ls = pa.bs & 0x7FFFFFFF
-                r.lv = pa.value(m)
-                return
-        elif pa.count(m):
-            pa.put_last(m, r)
-            return
+    while not _last_of(accs[j], m, r):
         j -= 1
 
 
