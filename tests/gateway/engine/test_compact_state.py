@@ -4,34 +4,15 @@ and the state of the benchmark's workload is far smaller."""
 
 from __future__ import annotations
 
-import gc
 import random
-import sys
-import types
 from typing import Any
 
 from engine_helpers import batch
 
+from bench.memsize import deep_size  # as the benchmarks measure state
 from gateway.engine import Engine, parse_engine
 from gateway.engine.operators import SlidingOperator
 from gateway.engine.outputs import WindowResult
-
-
-def deep_size(root: object) -> int:
-    """Bytes held by ``root`` and everything it references (as bench/bench_engine.py measures state)."""
-    skip = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType)
-    seen: set[int] = set()
-    stack = [root]
-    total = 0
-    while stack:
-        o = stack.pop()
-        if id(o) in seen or isinstance(o, skip):
-            continue
-        seen.add(id(o))
-        total += sys.getsizeof(o)
-        stack.extend(gc.get_referents(o))
-    return total
-
 
 T0 = 1_764_072_000_000
 WINDOWS: list[dict[str, Any]] = [
