@@ -232,15 +232,8 @@ class Outbox:
                     await self._send_retained(client)
                     continue
                 topic, payload = self.queue[0]
-                if self.max_packet is not None and publish_packet_size(topic, payload) > self.max_packet:
-                    # the broker would end the connection for it, at every try: the alert stays in InfluxDB
+                if self._too_large(topic, payload):  # the alert stays in InfluxDB
                     self.queue.popleft()
-                    self.too_large += 1
-                    log.error(
-                        "message larger than the broker takes: not published",
-                        extra={"event": "outbox_too_large", "topic": topic, "bytes": len(payload),
-                               "broker_max_packet": self.max_packet},
-                    )  # fmt: skip
                     continue
                 self.sending = True
                 try:
@@ -252,16 +245,23 @@ class Outbox:
             self.ready.clear()
             self.empty.set()
 
+    def _too_large(self, topic: str, payload: bytes) -> bool:
+        """Whether the broker would refuse this message (it would end the connection for it, at every try):
+        then it is counted and logged, and the caller drops it."""
+        if self.max_packet is None or publish_packet_size(topic, payload) <= self.max_packet:
+            return False
+        self.too_large += 1
+        log.error(
+            "message larger than the broker takes: not published",
+            extra={"event": "outbox_too_large", "topic": topic, "bytes": len(payload),
+                   "broker_max_packet": self.max_packet},
+        )  # fmt: skip
+        return True
+
     async def _send_retained(self, client: aiomqtt.Client) -> None:
         topic, payload = next(iter(self.retained.items()))
-        if self.max_packet is not None and publish_packet_size(topic, payload) > self.max_packet:
+        if self._too_large(topic, payload):
             del self.retained[topic]
-            self.too_large += 1
-            log.error(
-                "message larger than the broker takes: not published",
-                extra={"event": "outbox_too_large", "topic": topic, "bytes": len(payload),
-                       "broker_max_packet": self.max_packet},
-            )  # fmt: skip
             return
         await client.publish(topic, payload, qos=1, retain=True)
         if self.retained.get(topic) is payload:  # not replaced meanwhile (else the newer one goes next)
