@@ -43,6 +43,7 @@ def _describe(cfg: Config) -> str:
     )
     return "\n".join(
         [
+            _describe_mode(cfg),
             f"broker:    mqtt://{m.host}:{m.port} as {m.client_id!r}"
             + (f" (user {m.username!r}, password {'set' if m.password else 'NOT set'})" if m.username else ""),
             f"subscribe: {', '.join(m.subscriptions)} at QoS {m.qos}, persistent session: {not m.clean_session}",
@@ -69,6 +70,29 @@ def _describe(cfg: Config) -> str:
             *_describe_env(cfg),
         ]
     )
+
+
+def _describe_mode(cfg: Config) -> str:
+    """Standalone, bridge or sink-only (docs/scale-out.md)."""
+    b, so = cfg.bridge, cfg.sink_only
+    if b.enabled:
+        where = (
+            f"files in {b.dir} for the Flink job's files source"
+            if b.to == "files"
+            else f"Kafka topic {b.kafka_topic!r} at {', '.join(b.kafka_servers)} (outbox {b.dir})"
+        )
+        return (
+            f"mode:      bridge: every accepted reading to {where}, a file complete at {b.roll_bytes} bytes or "
+            f"{b.roll_interval_s:g} s, committed with the checkpoint; the windows, patterns and anomaly rules below "
+            "run on the cluster (compile --target flink-sql), not here; readings, statuses and dead letters still "
+            "go to InfluxDB"
+        )
+    if so.enabled:
+        return (
+            f"mode:      sink-only: the Flink job's results in {so.dir} (windows/, late/, alerts/, every "
+            f"{so.poll_interval_s:g} s) to InfluxDB, each file once; no broker (the [mqtt] lines below are not used)"
+        )
+    return "mode:      standalone: ingest, windows, patterns and anomaly detection in this process"
 
 
 def _describe_notify(cfg: Config) -> list[str]:
