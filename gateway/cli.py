@@ -202,7 +202,12 @@ async def _run(cfg: Config, stats_file: Path | None, record: Path | None) -> int
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
-    await Gateway(cfg, stats_file=stats_file, record=record).run(stop)
+    if cfg.sink_only.enabled:
+        from .sinkonly import SinkOnly
+
+        await SinkOnly(cfg, stats_file=stats_file).run(stop)
+    else:
+        await Gateway(cfg, stats_file=stats_file, record=record).run(stop)
     return 130 if got and got[0] == signal.SIGINT else 0
 
 
