@@ -25,6 +25,7 @@ from .protocol import METRIC_RE
 from .record import RecordError, count_records
 from .replay import replay
 from .salvage import recover_state
+from .sizing import Sizing, calibrate, size_fleet
 from .state import HOLDS, StateFileError, file_error
 from .top import run_top
 
@@ -288,6 +289,19 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--metrics", default="temp_c,rh", help="comma-separated metric names (default temp_c,rh)")
     plan.add_argument("--hours", type=float, default=1.0, help="event time to measure, after the warm-up (default 1)")
     plan.add_argument("--json", action="store_true", help="print the result as JSON")
+    sz = plan.add_argument_group(
+        "sizing: has the fleet outgrown one gateway, and what Flink needs instead (run plan on the target machine: "
+        "it measures there)"
+    )
+    sz.add_argument("--max-cpu", type=float, default=0.5, metavar="SHARE",
+                    help="the share of one core a gateway may use at the fleet's rate (default 0.5: the rest drains a "
+                    "backlog after an outage)")  # fmt: skip
+    sz.add_argument("--memory", default="512MiB", metavar="SIZE",
+                    help="the state a gateway may hold in memory (default 512MiB; KiB, MiB, GiB)")  # fmt: skip
+    sz.add_argument("--flink-slot-rate", type=float, default=None, metavar="N",
+                    help="readings per second one Flink slot takes for this job (measured: docs/scale-out.md); "
+                    "gives the parallelism, TaskManagers and Kafka partitions")  # fmt: skip
+    sz.add_argument("--slots-per-tm", type=int, default=2, metavar="N", help="slots per TaskManager (default 2)")
     tr = plan.add_argument_group("latency against accuracy (--scenario)")
     tr.add_argument("--scenario", metavar="NAME", help="a simulator scenario (edgekit-sim scenarios) or its TOML file")
     tr.add_argument("--bound", default="", metavar="LIST", help="watermark bounds to try, e.g. 0,5s,1m (default: "
@@ -431,8 +445,31 @@ def _plan(cfg: Config, args: argparse.Namespace) -> int:
         progress=lambda done, total: bar.update(done, total),
     )
     bar.done()
+    memory = _size_bytes(args.memory)
+    if (
+        memory is None
+        or not 0 < args.max_cpu <= 1
+        or args.slots_per_tm < 1
+        or (args.flink_slot_rate is not None and args.flink_slot_rate <= 0)
+    ):
+        return _fail(
+            f"--max-cpu 0-1, --memory like 512MiB, --slots-per-tm >= 1, --flink-slot-rate > 0; got {args.max_cpu}, "
+            f"{args.memory!r}, {args.slots_per_tm}, {args.flink_slot_rate}",
+            2,
+        )
+    sizing = size_fleet(
+        readings_per_s=res.devices * 1000 / interval_ms,
+        messages_per_s=res.devices * 1000 / interval_ms / res.batch,
+        pipeline_us=res.pipeline_us,
+        calibration=calibrate(),
+        state_bytes=res.memory_bytes,
+        max_cpu=args.max_cpu,
+        memory=memory,
+        flink_slot_rate=args.flink_slot_rate,
+        slots_per_tm=args.slots_per_tm,
+    )
     if args.json:
-        print(json.dumps(res.as_dict(), indent=1))
+        print(json.dumps({**res.as_dict(), "sizing": sizing.as_dict()}, indent=1))
         return 0
     total = res.total_per_hour
     print(
@@ -451,7 +488,63 @@ def _plan(cfg: Config, args: argparse.Namespace) -> int:
         f"state: engine {res.engine_state_bytes / 1024:.1f} KiB, deduplication {res.dedup_state_bytes / 1024:.1f} KiB "
         f"(as JSON, what a checkpoint stores), {res.engine_state_bytes // res.devices} bytes of engine state a device"
     )
+    print("\n".join(_describe_sizing(sizing)))
     return 0
+
+
+_UNITS = {"": 1, "B": 1, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "KB": 10**3, "MB": 10**6, "GB": 10**9}
+
+
+def _size_bytes(text: str) -> int | None:
+    """``512MiB`` -> bytes (KiB/MiB/GiB, kB/MB/GB, or a plain number of bytes); None if it is not one."""
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", text)
+    if m is None or m.group(2).upper() not in _UNITS:
+        return None
+    value = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    return value if value > 0 else None
+
+
+def _describe_sizing(s: Sizing) -> list[str]:
+    f = s.flink
+    lines = [
+        f"sizing:    {s.readings_per_s:,.1f} readings/s ({s.messages_per_s:,.1f} messages/s). This machine runs the "
+        f"default pipeline at {s.calibration_us:.1f} us a reading, {s.speed:.2f} x the benchmark machine of "
+        "docs/performance.md;",
+        f"           this configuration's pipeline {s.pipeline_us:.1f} us a reading, the whole gateway about "
+        f"{s.gateway_us:.1f} us (the rest measured there, scaled): about {s.capacity:,.0f} readings per CPU-second",
+        f"           at the fleet's rate: {s.cpu_share:.1%} of one core (at most {s.max_cpu:.0%}); state in memory "
+        f"{s.state_bytes / 2**20:,.1f} MiB (at most {s.memory / 2**20:,.0f} MiB); a backlog of one hour drains in "
+        + (
+            "never (the gateway is behind for good)"
+            if s.catch_up_s is None
+            else f"{s.catch_up_s:.0f} s"
+            if s.catch_up_s < 120
+            else f"{s.catch_up_s / 60:,.0f} min"
+        ),
+    ]
+    if not s.outgrown:
+        lines.append("verdict:   one gateway is enough")
+    else:
+        lines.append("verdict:   OUTGROWN one gateway: " + "; ".join(s.reasons))
+    lines.append(
+        f"flink:     {f.bridges} bridge gateway{'s' if f.bridges != 1 else ''} (about "
+        f"{f.bridge_readings_per_cpu_s:,.0f} readings per CPU-second each: ingest, dedup, log, forward; "
+        "split the fleet by site), then Kafka"
+    )
+    if f.parallelism is not None:
+        lines.append(
+            f"           job parallelism {f.parallelism} ({f.task_managers} TaskManager"
+            f"{'s' if f.task_managers != 1 else ''}), {f.kafka_partitions} Kafka partitions (key site/device), "
+            f"about {(f.state_per_slot_bytes or 0) / 2**20:,.1f} MiB of state a slot, state backend {f.state_backend}"
+        )
+    else:
+        lines.append(
+            "           job parallelism: the rate over what one slot takes for this job (--flink-slot-rate, measured "
+            f"on the cluster: docs/scale-out.md); state backend {f.state_backend}"
+        )
+    return lines
 
 
 def _replay(cfg: Config, args: argparse.Namespace) -> int:
