@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime
 import json
 import logging
@@ -463,11 +464,15 @@ def _plan(cfg: Config, args: argparse.Namespace) -> int:
         pipeline_us=res.pipeline_us,
         calibration=calibrate(),
         state_bytes=res.memory_bytes,
+        checkpoint_cpu_s=res.checkpoint_cpu_s,
+        checkpoint_interval_s=cfg.state.checkpoint_interval_s,
         max_cpu=args.max_cpu,
         memory=memory,
         flink_slot_rate=args.flink_slot_rate,
         slots_per_tm=args.slots_per_tm,
     )
+    if cfg.patterns or cfg.anomaly.enabled:
+        sizing = dataclasses.replace(sizing, notes=(STATEFUL_NOTE,))
     if args.json:
         print(json.dumps({**res.as_dict(), "sizing": sizing.as_dict()}, indent=1))
         return 0
@@ -492,6 +497,13 @@ def _plan(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+STATEFUL_NOTE = (
+    "with patterns or anomaly detection the whole gateway measured end to end costs up to twice what this model "
+    "gives (the example configuration: 7,600-11,000 readings per CPU-second in docs/performance.md, about "
+    "15,000-17,000 here scaled to that machine): take the CPU share as a lower bound, or measure with "
+    "bench/bench_e2e.py"
+)
+
 _UNITS = {"": 1, "B": 1, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "KB": 10**3, "MB": 10**6, "GB": 10**9}
 
 
@@ -513,7 +525,8 @@ def _describe_sizing(s: Sizing) -> list[str]:
         f"default pipeline at {s.calibration_us:.1f} us a reading, {s.speed:.2f} x the benchmark machine of "
         "docs/performance.md;",
         f"           this configuration's pipeline {s.pipeline_us:.1f} us a reading, the whole gateway about "
-        f"{s.gateway_us:.1f} us (the rest measured there, scaled): about {s.capacity:,.0f} readings per CPU-second",
+        f"{s.gateway_us:.1f} us (the rest measured there, scaled); checkpoints {s.checkpoint_share:.1%} of a core: "
+        f"about {s.capacity:,.0f} readings/s on one core",
         f"           at the fleet's rate: {s.cpu_share:.1%} of one core (at most {s.max_cpu:.0%}); state in memory "
         f"{s.state_bytes / 2**20:,.1f} MiB (at most {s.memory / 2**20:,.0f} MiB); a backlog of one hour drains in "
         + (
@@ -524,6 +537,8 @@ def _describe_sizing(s: Sizing) -> list[str]:
             else f"{s.catch_up_s / 60:,.0f} min"
         ),
     ]
+    for note in s.notes:
+        lines.append(f"note:      {note}")
     if not s.outgrown:
         lines.append("verdict:   one gateway is enough")
     else:

@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import json
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from .ckpt_rows import dumps_row, key_names, split_order, split_rows
 from .config import Config, DevicesConfig
 from .live import DEVICE_INTERVAL_MS, DEVICE_WATERMARK, GATEWAY_HEALTH, HEALTH_INTERVAL_MS
 from .memsize import deep_size
 from .pipeline import Pipeline
+from .state import CHECKPOINT_LEVEL
 
 __all__ = ["PlanResult", "run_plan"]
 
@@ -49,6 +52,10 @@ class PlanResult:
     readings_measured: int = 0
     memory_bytes: int = 0
     """The pipeline's state in memory at the end (engine, deduplication, patterns, detectors, devices)."""
+    checkpoint_cpu_s: float = 0.0
+    """CPU time of one checkpoint of every key (snapshot, JSON, compression), as at a high rate every key changes
+    between two checkpoints."""
+    checkpoint_bytes: int = 0
 
     @property
     def pipeline_us(self) -> float:
@@ -75,6 +82,8 @@ class PlanResult:
             "devices_note": self.devices_note,
             "pipeline_us_per_reading": round(self.pipeline_us, 2),
             "memory_bytes": self.memory_bytes,
+            "checkpoint_cpu_s": round(self.checkpoint_cpu_s, 4),
+            "checkpoint_bytes": self.checkpoint_bytes,
         }
 
 
@@ -164,4 +173,9 @@ def run_plan(
     res.engine_state_bytes = len(json.dumps(pipe.engine.snapshot(), separators=(",", ":")))
     res.dedup_state_bytes = len(json.dumps(pipe.dedup.state, separators=(",", ":")))
     res.memory_bytes = deep_size(pipe)
+    t = time.process_time()
+    _, order = split_order({"pipeline": pipe.snapshot(order=True)})
+    rows = split_rows({"pipeline": pipe.snapshot(key_names(order))})
+    res.checkpoint_bytes = sum(len(zlib.compress(dumps_row(v).encode(), CHECKPOINT_LEVEL)) for v in rows.values())
+    res.checkpoint_cpu_s = time.process_time() - t
     return res

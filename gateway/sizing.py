@@ -128,9 +128,11 @@ class Sizing:
     gateway_us: float
     """The whole gateway per reading on this machine: the pipeline plus :data:`REST_US` / speed."""
     capacity: float
-    """Readings per CPU-second of one core."""
+    """Readings per second one core takes, what the checkpoints leave of it."""
+    checkpoint_share: float
+    """The share of one core the checkpoints take (one of every key every ``state.checkpoint_interval_s``)."""
     cpu_share: float
-    """The share of one core the fleet's rate takes."""
+    """The share of one core the fleet's rate and the checkpoints take."""
     max_cpu: float
     state_bytes: int
     memory: int
@@ -152,6 +154,8 @@ def size_fleet(
     pipeline_us: float,
     calibration: Calibration,
     state_bytes: int,
+    checkpoint_cpu_s: float = 0.0,
+    checkpoint_interval_s: float = 2.0,
     max_cpu: float = 0.5,
     memory: int = 512 * 2**20,
     flink_slot_rate: float | None = None,
@@ -161,8 +165,9 @@ def size_fleet(
     speed = calibration.speed
     rest = REST_US / speed
     gateway_us = pipeline_us + rest
-    capacity = 1e6 / gateway_us
-    share = readings_per_s / capacity
+    checkpoints = checkpoint_cpu_s / checkpoint_interval_s  # of a core, whatever the rate (every key changed)
+    capacity = (1 - checkpoints) * 1e6 / gateway_us if checkpoints < 1 else 0.0
+    share = readings_per_s * gateway_us / 1e6 + checkpoints
     reasons = []
     if share > max_cpu:
         reasons.append(
@@ -186,6 +191,7 @@ def size_fleet(
     backend = "hashmap (state on the heap)" if per_tm <= 1 << 30 else "rocksdb (state on local disk; heap too small)"
     flink = FlinkSetup(bridges, bridge_capacity, parallelism, task_managers, partitions, per_slot, backend)
     return Sizing(
-        readings_per_s, messages_per_s, pipeline_us, calibration.pipeline_us, speed, gateway_us, capacity, share,
+        readings_per_s, messages_per_s, pipeline_us, calibration.pipeline_us, speed, gateway_us, capacity, checkpoints,
+        share,
         max_cpu, state_bytes, memory, catch_up, bool(reasons), tuple(reasons), flink,
     )  # fmt: skip

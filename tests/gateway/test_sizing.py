@@ -31,6 +31,15 @@ def test_on_the_benchmark_machine_the_default_gateway_takes_what_was_measured() 
     assert never.outgrown and never.catch_up_s is None
 
 
+def test_checkpoints_take_their_share_whatever_the_rate() -> None:
+    s = size_fleet(readings_per_s=5_250, messages_per_s=525, pipeline_us=PIPELINE_US, calibration=BENCH,
+                   state_bytes=0, checkpoint_cpu_s=0.5, checkpoint_interval_s=2.0)  # fmt: skip
+    assert s.checkpoint_share == 0.25 and math.isclose(s.cpu_share, 0.5) and not s.outgrown
+    assert math.isclose(s.capacity, 0.75 * GATEWAY_READINGS_PER_CPU_S)
+    assert size_fleet(readings_per_s=5_300, messages_per_s=530, pipeline_us=PIPELINE_US, calibration=BENCH,
+                      state_bytes=0, checkpoint_cpu_s=0.5, checkpoint_interval_s=2.0).outgrown  # fmt: skip
+
+
 def test_a_slower_machine_scales_the_rest_of_the_gateway_and_state_counts_too() -> None:
     pi = Calibration(pipeline_us=4 * PIPELINE_US, encode_us=8.0)  # a core a quarter as fast
     s = size_fleet(readings_per_s=1000, messages_per_s=100, pipeline_us=100.0, calibration=pi,
@@ -54,7 +63,7 @@ def test_flink_setup_covers_the_rate(rate: float, max_cpu: float, slot: float, p
     assert f.task_managers * per_tm >= f.parallelism > (f.task_managers - 1) * per_tm
     assert f.kafka_partitions == f.parallelism and f.state_per_slot_bytes == state // f.parallelism
     assert f.bridges * f.bridge_readings_per_cpu_s * max_cpu >= rate
-    assert s.outgrown == (rate / s.capacity > max_cpu or state > s.memory)
+    assert s.outgrown == (s.cpu_share > max_cpu or state > s.memory)
 
 
 def test_calibration_measures_this_machine() -> None:
@@ -80,7 +89,9 @@ def test_plan_prints_the_sizing(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert math.isclose(s["readings_per_s"], 20 / 30) and math.isclose(s["messages_per_s"], 20 / 30 / 10)
     assert math.isclose(s["pipeline_us"], doc["pipeline_us_per_reading"], rel_tol=0.01)
     assert math.isclose(s["gateway_us"], s["pipeline_us"] + REST_US / s["speed"])
-    assert math.isclose(s["capacity"], 1e6 / s["gateway_us"]) and not s["outgrown"]
+    assert math.isclose(s["checkpoint_share"], doc["checkpoint_cpu_s"] / 2.0, abs_tol=1e-4)
+    assert doc["checkpoint_bytes"] > 0
+    assert math.isclose(s["capacity"], (1 - s["checkpoint_share"]) * 1e6 / s["gateway_us"]) and not s["outgrown"]
     assert s["state_bytes"] == doc["memory_bytes"] > doc["engine_state_bytes"]
     args = ["plan", "--config", cfg, "--devices", "20", "--interval", "30s", "--hours", "0.1"]
     assert main([*args, "--memory", "1KiB", "--flink-slot-rate", "1000"]) == 0
