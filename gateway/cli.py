@@ -84,7 +84,7 @@ def _describe_mode(cfg: Config) -> str:
             else f"Kafka topic {b.kafka_topic!r} at {', '.join(b.kafka_servers)} (outbox {b.dir})"
         )
         return (
-            f"mode:      bridge: every accepted reading to {where}, a file complete at {b.roll_bytes} bytes or "
+            f"mode:      bridge: every accepted reading to {where}, a file complete at {b.roll_bytes / 2**20:g} MiB or "
             f"{b.roll_interval_s:g} s, committed with the checkpoint; the windows, patterns and anomaly rules below "
             "run on the cluster (compile --target flink-sql), not here; readings, statuses and dead letters still "
             "go to InfluxDB"
@@ -465,6 +465,7 @@ def _plan(cfg: Config, args: argparse.Namespace) -> int:
         calibration=calibrate(),
         state_bytes=res.memory_bytes,
         checkpoint_cpu_s=res.checkpoint_cpu_s,
+        devices=res.devices,
         checkpoint_interval_s=cfg.state.checkpoint_interval_s,
         max_cpu=args.max_cpu,
         memory=memory,

@@ -130,7 +130,8 @@ class Sizing:
     capacity: float
     """Readings per second one core takes, what the checkpoints leave of it."""
     checkpoint_share: float
-    """The share of one core the checkpoints take (one of every key every ``state.checkpoint_interval_s``)."""
+    """The share of one core the checkpoints take: every ``state.checkpoint_interval_s``, the keys of the devices
+    that sent since the one before."""
     cpu_share: float
     """The share of one core the fleet's rate and the checkpoints take."""
     max_cpu: float
@@ -155,6 +156,7 @@ def size_fleet(
     calibration: Calibration,
     state_bytes: int,
     checkpoint_cpu_s: float = 0.0,
+    devices: int = 1,
     checkpoint_interval_s: float = 2.0,
     max_cpu: float = 0.5,
     memory: int = 512 * 2**20,
@@ -165,7 +167,10 @@ def size_fleet(
     speed = calibration.speed
     rest = REST_US / speed
     gateway_us = pipeline_us + rest
-    checkpoints = checkpoint_cpu_s / checkpoint_interval_s  # of a core, whatever the rate (every key changed)
+    # a checkpoint snapshots the keys changed since the one before: each device sending in between (its own keys,
+    # its site's); ``checkpoint_cpu_s`` is one checkpoint of every key
+    changed_per_s = min(devices / checkpoint_interval_s, messages_per_s)
+    checkpoints = checkpoint_cpu_s / max(1, devices) * changed_per_s
     capacity = (1 - checkpoints) * 1e6 / gateway_us if checkpoints < 1 else 0.0
     share = readings_per_s * gateway_us / 1e6 + checkpoints
     reasons = []

@@ -32,12 +32,17 @@ def test_on_the_benchmark_machine_the_default_gateway_takes_what_was_measured() 
 
 
 def test_checkpoints_take_their_share_whatever_the_rate() -> None:
+    # 100 devices sending 525 messages a second: every device's keys in every checkpoint (every 2 s)
     s = size_fleet(readings_per_s=5_250, messages_per_s=525, pipeline_us=PIPELINE_US, calibration=BENCH,
-                   state_bytes=0, checkpoint_cpu_s=0.5, checkpoint_interval_s=2.0)  # fmt: skip
+                   state_bytes=0, checkpoint_cpu_s=0.5, devices=100, checkpoint_interval_s=2.0)  # fmt: skip
     assert s.checkpoint_share == 0.25 and math.isclose(s.cpu_share, 0.5) and not s.outgrown
     assert math.isclose(s.capacity, 0.75 * GATEWAY_READINGS_PER_CPU_S)
     assert size_fleet(readings_per_s=5_300, messages_per_s=530, pipeline_us=PIPELINE_US, calibration=BENCH,
-                      state_bytes=0, checkpoint_cpu_s=0.5, checkpoint_interval_s=2.0).outgrown  # fmt: skip
+                      state_bytes=0, checkpoint_cpu_s=0.5, devices=100, checkpoint_interval_s=2.0).outgrown  # fmt: skip
+    # 10,000 devices sending 525 messages a second: 1,050 of them in a checkpoint, not all
+    big = size_fleet(readings_per_s=5_250, messages_per_s=525, pipeline_us=PIPELINE_US, calibration=BENCH,
+                     state_bytes=0, checkpoint_cpu_s=50.0, devices=10_000, checkpoint_interval_s=2.0)  # fmt: skip
+    assert math.isclose(big.checkpoint_share, 50.0 / 10_000 * 525)
 
 
 def test_a_slower_machine_scales_the_rest_of_the_gateway_and_state_counts_too() -> None:
@@ -89,7 +94,8 @@ def test_plan_prints_the_sizing(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert math.isclose(s["readings_per_s"], 20 / 30) and math.isclose(s["messages_per_s"], 20 / 30 / 10)
     assert math.isclose(s["pipeline_us"], doc["pipeline_us_per_reading"], rel_tol=0.01)
     assert math.isclose(s["gateway_us"], s["pipeline_us"] + REST_US / s["speed"])
-    assert math.isclose(s["checkpoint_share"], doc["checkpoint_cpu_s"] / 2.0, abs_tol=1e-4)
+    # 20 devices, 0.067 messages a second: each checkpoint holds the keys of those that sent since the one before
+    assert math.isclose(s["checkpoint_share"], doc["checkpoint_cpu_s"] / 20 * s["messages_per_s"], abs_tol=1e-4)
     assert doc["checkpoint_bytes"] > 0
     assert math.isclose(s["capacity"], (1 - s["checkpoint_share"]) * 1e6 / s["gateway_us"]) and not s["outgrown"]
     assert s["state_bytes"] == doc["memory_bytes"] > doc["engine_state_bytes"]
