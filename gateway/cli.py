@@ -26,7 +26,7 @@ from .protocol import METRIC_RE
 from .record import RecordError, count_records
 from .replay import replay
 from .salvage import recover_state
-from .sizing import Sizing, calibrate, size_fleet
+from .sizing import Sizing, bridge_pipeline_us, calibrate, size_fleet
 from .state import HOLDS, StateFileError, file_error
 from .top import run_top
 
@@ -471,6 +471,7 @@ def _plan(cfg: Config, args: argparse.Namespace) -> int:
         memory=memory,
         flink_slot_rate=args.flink_slot_rate,
         slots_per_tm=args.slots_per_tm,
+        bridge_us=bridge_pipeline_us(cfg, metrics, args.batch),
     )
     if cfg.patterns or cfg.anomaly.enabled:
         sizing = dataclasses.replace(sizing, notes=(STATEFUL_NOTE,))

@@ -23,7 +23,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Final
 
-from .bridge import message_records
+from .bridge import bridge_pipeline_config, message_records
 from .config import Config
 from .pipeline import Pipeline
 
@@ -34,6 +34,7 @@ __all__ = [
     "Calibration",
     "FlinkSetup",
     "Sizing",
+    "bridge_pipeline_us",
     "calibrate",
     "size_fleet",
 ]
@@ -66,40 +67,58 @@ class Calibration:
         return PIPELINE_US / self.pipeline_us
 
 
-def _cal_message(device: int, batch: int) -> tuple[str, bytes, int]:
-    t0 = 1_767_225_600_000 + batch * 10_000
+BENCH_METRICS: Final = ("temp_c", "rh", "pressure_hpa", "vib")
+"""The benchmark's messages: 10 readings of these four float metrics and a flushed marker."""
+
+
+def _message(device: int, n: int, metrics: tuple[str, ...], batch: int) -> tuple[str, bytes, int]:
+    t0 = 1_767_225_600_000 + n * batch * 1000
     readings = [
-        {"b": 1, "s": batch * 10 + i, "t": t0 + i * 1000, "q": "s",
-         "m": {"temp_c": 21.5 + i * 0.01, "rh": 40.25, "pressure_hpa": 1013.2, "vib": 0.125 + device * 1e-4}}
-        for i in range(10)
+        {"b": 1, "s": n * batch + i, "t": t0 + i * 1000, "q": "s",
+         "m": {m: round(21.5 + i * 0.01 + k + device * 1e-4, 4) for k, m in enumerate(metrics)}}
+        for i in range(batch)
     ]  # fmt: skip
     name = f"cal-{device:04d}"
-    payload = json.dumps({"v": 1, "dev": name, "r": readings, "flushed": t0 + 9000}, separators=(",", ":"))
-    return f"edgekit/site-{device % 4}/{name}/readings", payload.encode(), t0 + 10_000
+    doc = {"v": 1, "dev": name, "r": readings, "flushed": t0 + (batch - 1) * 1000}
+    payload = json.dumps(doc, separators=(",", ":")).encode()
+    return f"edgekit/site-{device % 4}/{name}/readings", payload, t0 + batch * 1000
 
 
-def calibrate(rounds: int = 3) -> Calibration:
-    """The default configuration's pipeline on the benchmark's message shape, on this machine: the median over
-    ``rounds`` (CPU time of this process); and the bridge's encoding of the accepted readings."""
-    per_reading: list[float] = []
-    encode: list[float] = []
-    for _ in range(rounds):
-        pipe = Pipeline(Config())
-        msgs = [_cal_message(d, b) for b in range(CAL_MESSAGES // CAL_DEVICES + 1) for d in range(CAL_DEVICES)]
-        for topic, payload, now in msgs[:CAL_DEVICES]:  # warm up: every device admitted
-            pipe.handle(topic, payload, now)
-        outs = []
-        t = time.process_time()
-        for topic, payload, now in msgs[CAL_DEVICES:]:
-            outs.append(pipe.handle(topic, payload, now))
-        spent = time.process_time() - t
-        readings = sum(len(o.readings) for o in outs)
+def _run(config: Config, metrics: tuple[str, ...], batch: int, encode: bool) -> tuple[float, float]:
+    """One round: us per reading of ``config``'s pipeline on :data:`CAL_MESSAGES` messages of this shape (after
+    one message per device to admit them), and of the bridge's encoding of what it accepted."""
+    pipe = Pipeline(config)
+    per = CAL_MESSAGES // CAL_DEVICES + 1
+    msgs = [_message(d, n, metrics, batch) for n in range(per) for d in range(CAL_DEVICES)]
+    for topic, payload, now in msgs[:CAL_DEVICES]:
+        pipe.handle(topic, payload, now)
+    outs = []
+    t = time.process_time()
+    for topic, payload, now in msgs[CAL_DEVICES:]:
+        outs.append(pipe.handle(topic, payload, now))
+    spent = time.process_time() - t
+    readings = max(1, sum(len(o.readings) for o in outs))
+    enc = 0.0
+    if encode:
         t = time.process_time()
         for pos, o in enumerate(outs, 1):
             message_records(o.readings, pos, 0, min_time_ms=0, max_future_ms=1 << 62)
-        encode.append((time.process_time() - t) * 1e6 / readings)
-        per_reading.append(spent * 1e6 / readings)
-    return Calibration(statistics.median(per_reading), statistics.median(encode), tuple(per_reading))
+        enc = (time.process_time() - t) * 1e6 / readings
+    return spent * 1e6 / readings, enc
+
+
+def calibrate(rounds: int = 3) -> Calibration:
+    """The default configuration's pipeline on the benchmark's messages, on this machine: the median over ``rounds``
+    (CPU time of this process); and the bridge's encoding of the accepted readings."""
+    runs = [_run(Config(), BENCH_METRICS, 10, True) for _ in range(rounds)]
+    per_reading = [r[0] for r in runs]
+    return Calibration(statistics.median(per_reading), statistics.median(r[1] for r in runs), tuple(per_reading))
+
+
+def bridge_pipeline_us(config: Config, metrics: tuple[str, ...], batch: int, rounds: int = 3) -> float:
+    """A bridge's pipeline (``config`` without windows, patterns and detectors) on messages of the fleet's shape, on
+    this machine: the median over ``rounds``."""
+    return statistics.median(_run(bridge_pipeline_config(config), metrics, batch, False)[0] for _ in range(rounds))
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +181,7 @@ def size_fleet(
     memory: int = 512 * 2**20,
     flink_slot_rate: float | None = None,
     slots_per_tm: int = 2,
+    bridge_us: float | None = None,
 ) -> Sizing:
     """The rules of this module over measured numbers (pure: ``plan`` measures, this decides)."""
     speed = calibration.speed
@@ -183,7 +203,8 @@ def size_fleet(
         reasons.append(f"state: {state_bytes / 2**20:,.0f} MiB in memory, over the {memory / 2**20:,.0f} MiB allowed")
     spare = capacity - readings_per_s
     catch_up = readings_per_s * 3600 / spare if spare > 0 else None
-    bridge_us = calibration.pipeline_us + calibration.encode_us + rest
+    # a bridge: its pipeline (measured on the fleet's messages; without, the default one), the encoding, the rest
+    bridge_us = (calibration.pipeline_us if bridge_us is None else bridge_us) + calibration.encode_us + rest
     bridge_capacity = 1e6 / bridge_us
     bridges = max(1, math.ceil(readings_per_s / (bridge_capacity * max_cpu)))
     parallelism = task_managers = partitions = per_slot = None

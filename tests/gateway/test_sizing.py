@@ -12,7 +12,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.cli import main
-from gateway.sizing import GATEWAY_READINGS_PER_CPU_S, PIPELINE_US, REST_US, Calibration, calibrate, size_fleet
+from gateway.config import Config
+from gateway.sizing import (
+    GATEWAY_READINGS_PER_CPU_S,
+    PIPELINE_US,
+    REST_US,
+    Calibration,
+    bridge_pipeline_us,
+    calibrate,
+    size_fleet,
+)
 
 BENCH = Calibration(pipeline_us=PIPELINE_US, encode_us=2.0)  # a machine as fast as the benchmark's
 
@@ -52,6 +61,9 @@ def test_a_slower_machine_scales_the_rest_of_the_gateway_and_state_counts_too() 
     assert s.speed == 0.25 and math.isclose(s.gateway_us, 100.0 + 4 * REST_US)
     assert s.outgrown and s.reasons == ("state: 600 MiB in memory, over the 512 MiB allowed",)
     assert math.isclose(s.flink.bridge_readings_per_cpu_s, 1e6 / (4 * PIPELINE_US + 8.0 + 4 * REST_US))
+    measured = size_fleet(readings_per_s=1000, messages_per_s=100, pipeline_us=100.0, calibration=pi,
+                          state_bytes=0, bridge_us=50.0)  # fmt: skip
+    assert math.isclose(measured.flink.bridge_readings_per_cpu_s, 1e6 / (50.0 + 8.0 + 4 * REST_US))
 
 
 @settings(max_examples=200, deadline=None)
@@ -74,6 +86,7 @@ def test_flink_setup_covers_the_rate(rate: float, max_cpu: float, slot: float, p
 def test_calibration_measures_this_machine() -> None:
     c = calibrate(rounds=1)
     assert c.pipeline_us > 0 and c.encode_us > 0 and math.isclose(c.speed, PIPELINE_US / c.pipeline_us)
+    assert bridge_pipeline_us(Config(), ("temp_c",), 5, rounds=1) > 0
 
 
 def _config(tmp_path: Path) -> str:
