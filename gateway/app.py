@@ -698,8 +698,9 @@ class Gateway:
                 stop.set()
                 self._begin_stop()
                 await tick_task
-                if self.kafka is not None:
-                    await kafka_task
+                if self.kafka is not None:  # a send in flight is cut off: its file is sent again from its progress
+                    await asyncio.wait({kafka_task}, timeout=5.0)
+                    kafka_task.cancel()
                 # with InfluxDB away there is nothing to wait for: the final checkpoint spools what is left
                 drained = await self.sink.drain(30.0) if self.sink.healthy else False
                 await self.sink.close()

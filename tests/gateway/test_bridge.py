@@ -221,3 +221,33 @@ def test_committed_files_skip_what_is_in_progress(tmp_path: Path) -> None:
     assert committed_files(tmp_path) == []  # complete, but the checkpoint has not committed
     fw.commit()
     assert [p.name for p in committed_files(tmp_path)] == [f"readings-{N_PER_POS:020d}.jsonl"]
+
+
+async def test_with_kafka_away_the_files_wait_and_a_stop_is_prompt(tmp_path: Path) -> None:
+    """aiokafka's real producer against a port where no broker listens: the failure is counted, the committed file
+    stays in the outbox (nothing is lost), and the forwarder stops when told."""
+    import asyncio
+    import socket
+
+    from gateway.bridge import KafkaForwarder
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    fw = FileForwarder(tmp_path, roll_bytes=1, roll_interval_ms=0)
+    fw.recover(None, 0)
+    fw.append(_lines(N_PER_POS, 2), N_PER_POS, 0)
+    fw.prepare(0)
+    fw.commit()
+    (waiting,) = committed_files(tmp_path)
+    cfg = BridgeConfig(enabled=True, to="kafka", dir=str(tmp_path), kafka_servers=(f"127.0.0.1:{port}",))
+    kafka = KafkaForwarder(cfg, tmp_path, "site-a")
+    stop = asyncio.Event()
+    task = asyncio.create_task(kafka.run(stop))
+    for _ in range(200):
+        if kafka.failures:
+            break
+        await asyncio.sleep(0.05)
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    assert kafka.failures >= 1 and kafka.sent == 0 and committed_files(tmp_path) == [waiting]
