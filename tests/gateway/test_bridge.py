@@ -251,3 +251,25 @@ async def test_with_kafka_away_the_files_wait_and_a_stop_is_prompt(tmp_path: Pat
     stop.set()
     await asyncio.wait_for(task, 10)
     assert kafka.failures >= 1 and kafka.sent == 0 and committed_files(tmp_path) == [waiting]
+
+
+async def test_probe_in_each_mode_looks_at_what_that_mode_uses(tmp_path: Path) -> None:
+    """``check --probe``: sink-only probes no broker but the results folder; bridge mode its folder as well."""
+    import socket
+
+    from gateway.probe import probe_all
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens: the database probe fails, quickly
+    url = f"http://127.0.0.1:{port}"
+    sink = parse_config({"influx": {"url": url}, "sink_only": {"dir": str(tmp_path / "out")}}, env={})
+    found = await probe_all(sink, timeout_s=2.0)
+    assert [p.what for p in found] == ["database", "results"] and found[1].outcome == "missing"
+    (tmp_path / "out").mkdir()
+    assert (await probe_all(sink, timeout_s=2.0))[1].ok
+    bridge = parse_config({"influx": {"url": url}, "mqtt": {"url": f"mqtt://127.0.0.1:{port}"},
+                           "bridge": {"dir": str(tmp_path / "in" / "new")}}, env={})  # fmt: skip
+    found = await probe_all(bridge, timeout_s=2.0)
+    assert [p.what for p in found] == ["broker", "database", "bridge"] and found[2].ok, found
+    assert "creates it" in found[2].message
