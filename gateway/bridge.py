@@ -188,6 +188,16 @@ class FileForwarder:
                             "away to start afresh"
                         )
                     path.touch()
+                have = path.stat().st_size
+                if have < size:  # a power cut with state.sync = "normal": the file lost what the OS had not written
+                    with open(path, "rb") as f:
+                        size = f.read(have).rfind(b"\n") + 1  # its last whole line
+                    log.error(
+                        "bridge: the in-progress file is shorter than the checkpoint says: the readings after its "
+                        "last whole line are lost (state.sync = \"full\" keeps them)",
+                        extra={"event": "bridge_file_short", "file": str(path), "bytes": int(state["bytes"]),
+                               "kept": size},
+                    )  # fmt: skip
                 fh = open(path, "r+b")
                 fh.truncate(size)
                 fh.seek(size)
@@ -239,13 +249,15 @@ class FileForwarder:
     def commit(self) -> None:
         """The checkpoint that named :attr:`committing` is committed: rename them into the job's sight."""
         for name in self.committing:
+            self.pending.remove(name)  # first: a file that cannot be renamed is not tried at every checkpoint
             self._rename(name)
-            self.pending.remove(name)
         if self.committing:
             _fsync_dir(self.dir)
         self.committing = []
 
     def _rename(self, final: str, *, recovering: bool = False) -> None:
+        """Into the job's sight. After a crash the checkpoint may name a file renamed already, and gone since: sent
+        to Kafka and deleted, or removed once the job had read it."""
         src, dst = self.dir / hidden_name(final), self.dir / final
         if src.exists():
             if recovering:
@@ -253,8 +265,11 @@ class FileForwarder:
                     os.fsync(fh.fileno())
             os.replace(src, dst)
             self.files += 1
-        elif not dst.exists():
-            raise StateError(f"bridge: the complete file {dst} is neither in progress nor in place")
+        elif not recovering and not dst.exists():
+            log.error(
+                "bridge: a complete file is gone before its rename: its readings are lost",
+                extra={"event": "bridge_file_gone", "file": str(src)},
+            )
 
     def close(self) -> None:
         if self.current is not None:

@@ -273,3 +273,36 @@ async def test_probe_in_each_mode_looks_at_what_that_mode_uses(tmp_path: Path) -
     found = await probe_all(bridge, timeout_s=2.0)
     assert [p.what for p in found] == ["broker", "database", "bridge"] and found[2].ok, found
     assert "creates it" in found[2].message
+
+
+def test_a_file_sent_and_deleted_before_a_crash_is_not_an_error(tmp_path: Path) -> None:
+    """Kafka mode deletes a file once sent; the last checkpoint may still name it complete-to-rename."""
+    fw = FileForwarder(tmp_path, roll_bytes=1 << 20, roll_interval_ms=10**9)
+    fw.recover(None, 0)
+    fw.append(_lines(N_PER_POS, 2), N_PER_POS, 0)
+    saved = fw.prepare(0, roll=True)
+    fw.commit()
+    (sent,) = committed_files(tmp_path)
+    sent.unlink()  # sent to Kafka; then a crash before the next checkpoint
+    fw.close()
+    again = FileForwarder(tmp_path, roll_bytes=1 << 20, roll_interval_ms=10**9)
+    again.recover(saved, 0)
+    assert committed_files(tmp_path) == [] and again.files == 0
+
+
+def test_an_in_progress_file_cut_short_by_a_power_cut_keeps_its_whole_lines(tmp_path: Path) -> None:
+    fw = FileForwarder(tmp_path, roll_bytes=1 << 20, roll_interval_ms=10**9)
+    fw.recover(None, 0)
+    fw.append(_lines(N_PER_POS, 3), N_PER_POS, 0)
+    saved = fw.prepare(0)
+    fw.close()
+    (hidden,) = [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    data = hidden.read_bytes()
+    hidden.write_bytes(data[: len(data) // 2])  # what the disk kept of it
+    again = FileForwarder(tmp_path, roll_bytes=1 << 20, roll_interval_ms=10**9)
+    again.recover(saved, 0)
+    again.append(_lines(2 * N_PER_POS, 1), 2 * N_PER_POS, 0)
+    again.prepare(0, roll=True)
+    again.commit()
+    (done,) = committed_files(tmp_path)
+    assert [json.loads(x)["n"] for x in done.read_bytes().splitlines()] == [N_PER_POS, 2 * N_PER_POS]
