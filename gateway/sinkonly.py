@@ -42,6 +42,8 @@ KINDS: Final = ("windows", "late", "alerts")
 """The job's output folders under ``sink_only.dir``, each read in this order."""
 
 STATE_VERSION: Final = 1
+CHUNK_BYTES: Final = 1 << 20
+"""A result file is read and converted about this many bytes at a time."""
 
 
 def window_line(doc: dict[str, Any], emitted_ms: int) -> str:
@@ -154,10 +156,11 @@ class SinkOnly:
                 if rel not in self.done:
                     yield kind, p
 
-    def _convert(self, kind: str, path: Path) -> list[str]:
+    def _convert(self, kind: str, path: Path, raw: list[bytes], first: int) -> list[str]:
+        """The points of a file's lines ``raw`` (its line ``first`` on)."""
         now = self.now_ms()
         lines: list[str] = []
-        for i, text in enumerate(path.read_bytes().splitlines(), 1):
+        for i, text in enumerate(raw, first):
             if not text.strip():
                 continue
             try:
@@ -216,6 +219,19 @@ class SinkOnly:
         tmp.write_text(json.dumps(self.snapshot_stats(), separators=(",", ":")) + "\n", encoding="utf-8")
         os.replace(tmp, self.stats_file)
 
+    async def _consume(self, kind: str, path: Path) -> None:
+        """A file's points into the sink, about :data:`CHUNK_BYTES` at a time (a part file may be large)."""
+        fh = await asyncio.to_thread(open, path, "rb")
+        with fh:
+            first = 1
+            while True:
+                raw = await asyncio.to_thread(fh.readlines, CHUNK_BYTES)
+                if not raw:
+                    return
+                lines = await asyncio.to_thread(self._convert, kind, path, raw, first)
+                first += len(raw)
+                await self.sink.add(lines)  # waits while memory and spool are full
+
     async def run(self, stop: asyncio.Event) -> None:
         cfg = self.config
         log.info("sink-only gateway starting", extra={"event": "start", "dir": str(self.root)})
@@ -233,8 +249,7 @@ class SinkOnly:
             last = time.monotonic()
             while not stop.is_set():
                 for kind, path in self._scan():
-                    lines = await asyncio.to_thread(self._convert, kind, path)
-                    await self.sink.add(lines)  # waits while memory and spool are full
+                    await self._consume(kind, path)
                     self.done.add(path.relative_to(self.root).as_posix())
                     self.files += 1
                     if stop.is_set():
