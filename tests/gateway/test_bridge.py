@@ -111,7 +111,7 @@ def _lines(start: int, count: int) -> list[bytes]:
     return [b'{"n":%d}\n' % n for n in range(start, start + count)]
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(["msg", "ckpt", "fail", "crash", "crash_prepared"]), st.integers(1, 5)),
                 max_size=40))  # fmt: skip
 def test_the_files_hold_every_line_once_whatever_crashes(tmp_path_factory: pytest.TempPathFactory,
@@ -306,3 +306,32 @@ def test_an_in_progress_file_cut_short_by_a_power_cut_keeps_its_whole_lines(tmp_
     again.commit()
     (done,) = committed_files(tmp_path)
     assert [json.loads(x)["n"] for x in done.read_bytes().splitlines()] == [N_PER_POS, 2 * N_PER_POS]
+
+
+async def test_the_gateway_in_bridge_mode_forwards_counts_and_does_not_window(tmp_path: Path) -> None:
+    from gateway.app import Gateway
+
+    now = 1_764_072_100_000
+    doc = {
+        "influx": {"url": "http://127.0.0.1:9"},  # never written to here
+        "state": {"dir": str(tmp_path / "state")},
+        "bridge": {"dir": str(tmp_path / "in"), "roll_bytes": 1},
+        "windows": [{"name": "w", "kind": "tumbling", "size": "1m", "metrics": ["x"], "aggregates": ["count"]}],
+    }
+    gw = Gateway(parse_config(doc, env={}), now_ms=lambda: now)
+    try:
+        await gw.recover()
+        rs = [{"b": 1, "s": s, "t": now - 300_000 + s * 60_000, "q": "s", "m": {"x": s}} for s in range(4)]
+        payload = json.dumps({"v": 1, "dev": "d1", "r": rs}).encode()
+        await gw._process(gw._accept([("edgekit/north/d1/readings", payload, False)]))  # a file due: a checkpoint
+        (done,) = committed_files(tmp_path / "in")
+        docs = [json.loads(x) for x in done.read_bytes().splitlines()]
+        assert [(d["seq"], d["num"]["x"]) for d in docs] == [(s, float(s)) for s in range(4)]
+        assert docs[-1]["wm_ms"] == now - 300_000 + 3 * 60_000 and gw.pipeline.stats.window_results == 0
+        text = gw.metrics.render().decode()
+        assert "\nedgekit_bridge_lines_total 4.0\n" in text and "\nedgekit_bridge_files_total 1.0\n" in text
+        assert gw.snapshot_stats()["bridge"] == {"lines": 4, "files": 1, "in_progress_bytes": 0}
+    finally:
+        assert gw.bridge is not None
+        gw.bridge.close()
+        gw.store.close()
