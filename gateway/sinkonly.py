@@ -29,7 +29,8 @@ from .app import state_path, wall_clock_ms
 from .config import Config
 from .engine.outputs import LateReading, WindowResult
 from .errors import StateError
-from .model import MetricValue
+from .model import DeadLetter, MetricValue
+from .points import dead_letter_line
 from .sinks import make_writer
 from .spool import SpoolingSink
 from .state import StateStore
@@ -160,7 +161,8 @@ class SinkOnly:
         """The points of a file's lines ``raw`` (its line ``first`` on)."""
         now = self.now_ms()
         lines: list[str] = []
-        for i, text in enumerate(raw, first):
+        for i, line in enumerate(raw, first):
+            text = line.rstrip(b"\r\n")
             if not text.strip():
                 continue
             try:
@@ -173,13 +175,28 @@ class SinkOnly:
                     lines.append(alert_line(doc, self.config))
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 self.bad_records += 1
+                lines.append(self._bad(path, i, text, f"{type(exc).__name__}: {exc}"))
                 log.error(
-                    "a result record not in the documented schema: skipped",
+                    "a result record not in the documented schema: a dead letter bad_result",
                     extra={"event": "bad_result", "file": str(path), "line": i, "error": f"{type(exc).__name__}: {exc}",
                            "excerpt": text[:200].decode("utf-8", "replace")},
                 )  # fmt: skip
         self.records += len(lines)
         return lines
+
+    def _bad(self, path: Path, number: int, text: bytes, error: str) -> str:
+        """The ``bad_result`` dead letter of a line: the same point again when the file is read again (timestamped at
+        the file's modification time, kept apart by the line's number)."""
+        rel = path.relative_to(self.root).as_posix()
+        try:
+            mtime_ms = int(path.stat().st_mtime * 1000)
+        except OSError:
+            mtime_ms = self.now_ms()
+        dead = DeadLetter(
+            reason="bad_result", detail=error[:500], topic=rel, received_ms=mtime_ms, size=len(text),
+            excerpt=text[:200].decode("utf-8", "replace"), index=number,
+        )  # fmt: skip
+        return dead_letter_line(dead, number)
 
     def recover(self) -> None:
         ck = self.store.load_checkpoint()

@@ -116,7 +116,7 @@ def test_sink_only_writes_the_gateways_points_once_through_an_outage(tmp_path: P
     _write(results / "windows" / "part-aa-0-0", w[:third])
     _write(results / "windows" / "2026-12-02--16" / "part-aa-1-0", w[third : 2 * third])  # a bucket folder
     _write(results / "windows" / ".part-aa-0-1.inprogress.0f3e", w[2 * third :])  # not committed yet: never read
-    _write(results / "late" / "part-bb-0-0", records["late"])
+    _write(results / "late" / "part-bb-0-0", [*records["late"], b'{"v":1,"window":"t10m"}'])  # one line amiss
     _write(results / "alerts" / "part-cc-0-0", records["alerts"])
 
     influx_dir = tmp_path / "influx"
@@ -156,7 +156,11 @@ def test_sink_only_writes_the_gateways_points_once_through_an_outage(tmp_path: P
         influx = start_or_fail(lambda: services.start_influxdb(influx_dir, http_port, rpc_port))
         wait_until(lambda: stat("sink", "pending") == 0 and stat("sink", "spool_lines") == 0, "drained", 60, gw)
         assert gw.stop() == 0, gw.logs()
-        assert stat("files", "bad_records") == 0 and stat("files", "consumed") == 0
+        assert stat("files", "bad_records") == 0 and stat("files", "consumed") == 0  # this run read no file
+        (dead,) = influx_query(influx.url, "results", "SELECT * FROM dead_letter", epoch="ms")
+        assert (dead["reason"], dead["topic"], dead["index"]) == ("bad_result", "late/part-bb-0-0",
+                                                                  len(records["late"]) + 1)  # fmt: skip
+        assert dead["payload"] == '{"v":1,"window":"t10m"}' and "KeyError" in dead["detail"]
         got = _stored(influx.url, "results")
         for m in MEASUREMENTS:
             for k in want[m]:
