@@ -51,6 +51,7 @@ __all__ = [
     "message_records",
     "producer_config",
     "reading_record",
+    "reading_record_reference",
 ]
 
 log = logging.getLogger("gateway.bridge")
@@ -75,9 +76,67 @@ def hidden_name(final: str) -> str:
     return f".{final}{HIDDEN_SUFFIX}"
 
 
+_HEADS: dict[tuple[str, str], str] = {}
+_KEYS: dict[str, str] = {}
+_CACHE_MAX: Final = 100_000
+_HUGE: Final = 1.7976931348623157e308
+_Q: Final = {"s": '"s"', "c": '"c"', "u": '"u"'}
+
+
+def _key(name: str) -> str:
+    k = _KEYS.get(name)
+    if k is None:
+        k = json.dumps(name, ensure_ascii=False) + ":"
+        if len(_KEYS) < _CACHE_MAX:
+            _KEYS[name] = k
+    return k
+
+
 def reading_record(reading: Reading, n: int, received_ms: int, wm_ms: int | None = None) -> bytes:
     """One line of the input schema (docs/scale-out.md): the reading, its place ``n``, and on the last reading of a
-    message the watermark field. Booleans are in ``num`` as 1.0 / 0.0 and in ``bool``; strings only in ``str``."""
+    message the watermark field. Booleans are in ``num`` as 1.0 / 0.0 and in ``bool``; strings only in ``str``.
+
+    The same bytes as :func:`reading_record_reference` (a test compares them), with each device's head and each
+    metric's key rendered once, and numbers written as ``json.dumps`` writes them."""
+    num: list[str] = []
+    text: list[str] = []
+    flags: list[str] = []
+    for name, v in reading.metrics.items():
+        if type(v) is float:
+            if not -_HUGE <= v <= _HUGE:  # NaN, infinity: the reference refuses them
+                return reading_record_reference(reading, n, received_ms, wm_ms)
+            num.append(_key(name) + repr(v))
+        elif type(v) is bool:
+            k = _key(name)
+            num.append(k + ("1.0" if v else "0.0"))
+            flags.append(k + ("true" if v else "false"))
+        elif type(v) is str:
+            text.append(_key(name) + json.dumps(v, ensure_ascii=False))
+        elif type(v) is int and -(2**63) <= v < 2**64:
+            num.append(_key(name) + repr(float(v)))
+        else:
+            return reading_record_reference(reading, n, received_ms, wm_ms)
+    q = _Q.get(reading.quality)
+    boot, seq, t_ms = reading.boot, reading.seq, reading.t_ms
+    if q is None or type(boot) is not int or type(seq) is not int or type(t_ms) is not int:
+        return reading_record_reference(reading, n, received_ms, wm_ms)
+    where = (reading.site, reading.device)
+    head = _HEADS.get(where)
+    if head is None:
+        head = f'{{"v":1,"site":{json.dumps(where[0], ensure_ascii=False)},"device":' + json.dumps(
+            where[1], ensure_ascii=False
+        )
+        if len(_HEADS) < _CACHE_MAX:
+            _HEADS[where] = head
+    wm = "" if wm_ms is None else f',"wm_ms":{int(wm_ms)}'
+    return (
+        f'{head},"boot":{boot},"seq":{seq},"t_ms":{t_ms},"q":{q},"num":{{{",".join(num)}}},"str":{{{",".join(text)}}},'
+        f'"bool":{{{",".join(flags)}}},"n":{int(n)}{wm},"received_ms":{int(received_ms)}}}\n'
+    ).encode()
+
+
+def reading_record_reference(reading: Reading, n: int, received_ms: int, wm_ms: int | None = None) -> bytes:
+    """:func:`reading_record` through ``json.dumps`` of the whole object (the reference)."""
     num: dict[str, float] = {}
     text: dict[str, str] = {}
     flags: dict[str, bool] = {}

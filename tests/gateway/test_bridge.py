@@ -70,6 +70,36 @@ def test_a_line_is_the_documented_object(r: Reading, n: int, wm: int | None) -> 
     assert set(doc["num"]) | set(doc["str"]) == set(r.metrics)
 
 
+ANY_READINGS = st.builds(
+    Reading,
+    site=st.text(max_size=6),
+    device=st.text(max_size=6),
+    boot=st.integers(0, 2**31 - 1),
+    seq=st.integers(0, 2**31 - 1),
+    t_ms=st.integers(0, 2**62),
+    quality=st.sampled_from(["s", "c", "u"]),
+    metrics=st.dictionaries(st.text(max_size=6), st.one_of(VALUES, st.floats(), st.integers()), max_size=5),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ANY_READINGS, st.integers(0, 2**62), st.integers(0, 2**62), st.one_of(st.none(), st.integers(0, 2**62)))
+def test_the_fast_line_is_the_references(r: Reading, n: int, received: int, wm: int | None) -> None:
+    """Any names (quotes, backslashes, control characters, non-ASCII), any values (NaN and huge integers included):
+    the same bytes as ``json.dumps`` of the whole object, or the same error."""
+    from gateway.bridge import reading_record_reference
+
+    try:
+        want: bytes | type[Exception] = reading_record_reference(r, n, received, wm)
+    except (ValueError, OverflowError) as exc:
+        want = type(exc)
+    try:
+        got: bytes | type[Exception] = reading_record(r, n, received, wm)
+    except (ValueError, OverflowError) as exc:
+        got = type(exc)
+    assert got == want
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(READINGS, min_size=1, max_size=20), st.integers(1, 2**30))
 def test_n_and_the_watermark_field_of_a_message(readings: list[Reading], pos: int) -> None:
