@@ -40,6 +40,7 @@ from .anomaly.config import AnomalySpec
 from .config import BridgeConfig, Config
 from .errors import StateError
 from .model import Reading
+from .state import fsync_dir
 
 __all__ = [
     "N_PER_POS",
@@ -187,14 +188,6 @@ def message_records(
     return [reading_record(r, base + i, received_ms, wm if i == last else None) for i, r in enumerate(readings)]
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @dataclass
 class _Open:
     """The in-progress file."""
@@ -311,7 +304,7 @@ class FileForwarder:
             self.pending.remove(name)  # first: a file that cannot be renamed is not tried at every checkpoint
             self._rename(name)
         if self.committing:
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
         self.committing = []
 
     def _rename(self, final: str, *, recovering: bool = False) -> None:
