@@ -22,6 +22,7 @@ RATE = 80.0  # messages per second: publishing lasts about 3 s
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 async def test_bridge_files_hold_every_reading_once_across_a_sigkill(
     broker: Proc, influxdb_v1: Proc, influx_db: str, tmp_path: Path
 ) -> None:
