@@ -500,10 +500,9 @@ def _plan(cfg: Config, args: argparse.Namespace) -> int:
 
 
 STATEFUL_NOTE = (
-    "with patterns or anomaly detection the whole gateway measured end to end costs up to twice what this model "
-    "gives (the example configuration: 7,600-11,000 readings per CPU-second in docs/performance.md, about "
-    "15,000-17,000 here scaled to that machine): take the CPU share as a lower bound, or measure with "
-    "bench/bench_e2e.py"
+    "with patterns or anomaly detection the whole gateway measured end to end costs more than this model gives: "
+    "the example configuration 5,700-11,000 readings per CPU-second where the model gives 15,000-20,000 "
+    "(docs/scale-out.md, 'Known gap'): take the CPU share as a lower bound, or measure with bench/bench_e2e.py"
 )
 
 _UNITS = {"": 1, "B": 1, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "KB": 10**3, "MB": 10**6, "GB": 10**9}
