@@ -98,6 +98,8 @@ def _fingerprint(config: Config) -> str:
         paths.append(("[anomaly]", config.anomaly.on))
     if paths:  # left out of the patterns' repr so that a configuration without fast alerts keeps its fingerprint
         text += repr(paths)
+    if config.groups.groups:  # group-keyed state depends on who is in which group; no groups, no change
+        text += repr(config.groups)
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 

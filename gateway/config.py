@@ -28,6 +28,7 @@ from .cep.expr import Ref
 from .cep.pattern import PatternSpec
 from .engine.config import ENGINE_KEYS, WATERMARK_KEYS, EngineSpec, parse_engine
 from .errors import ConfigError
+from .groups import GroupsSpec, check_groups, parse_groups
 from .joins.config import JoinSpec, check_joins, parse_joins
 from .notify import NotifySpec, parse_notify, url_secret_parts
 from .protocol import METRIC_RE, NAME_RE, RESERVED_METRICS, Limits
@@ -182,6 +183,8 @@ class Config:
     """Notification targets (``[[notify]]``, see docs/notify.md)."""
     homeassistant: HomeAssistantConfig = HomeAssistantConfig()
     """Home Assistant MQTT discovery (``[homeassistant]``, see docs/homeassistant.md)."""
+    groups: GroupsSpec = GroupsSpec()
+    """Declared device groups (``[groups]``, see docs/cep.md "Groups"); ``groups.index().groups_of(device, site)``."""
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
     """The whole parsed document, for sections other modules own (such as ``windows``)."""
     from_env: Mapping[str, str] = field(default_factory=dict)
@@ -225,7 +228,7 @@ SECTION_KEYS: Mapping[str, frozenset[str]] = {
     "anomaly": frozenset(ANOMALY_TOP_KEYS | ANOMALY_DETECTOR_KEYS),
 }
 """Every table of the file with the keys its parser accepts (``windows``, ``patterns`` and ``joins``, lists of
-tables, are set in the file only)."""
+tables, and ``groups``, whose keys are the user's names, are set in the file only)."""
 
 SECRET_KEYS = frozenset({"mqtt.password", "influx.password", "influx.token"})
 """Read from ``EDGEKIT_MQTT_PASSWORD``, ``EDGEKIT_INFLUX_PASSWORD``, ``EDGEKIT_INFLUX_TOKEN`` (or a file), never
@@ -794,6 +797,7 @@ KNOWN_SECTIONS = {
     "metric_types",
     "notify",
     "homeassistant",
+    "groups",
 }
 
 
@@ -865,9 +869,11 @@ def _parse(doc: Mapping[str, Any], env: Mapping[str, str]) -> Config:
         metric_types=_metric_types(doc, env),
         notify=parse_notify(doc.get("notify"), env),
         homeassistant=_homeassistant(doc),
+        groups=parse_groups(doc.get("groups")),
         raw=doc,
     )
     _check_metric_types(cfg)
+    check_groups(cfg.groups, cfg.devices.known, cfg.devices.sites, not cfg.devices.allow_unknown)
     check_joins(cfg.joins, cfg.devices.properties)
     return cfg
 
