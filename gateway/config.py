@@ -874,7 +874,7 @@ def _parse(doc: Mapping[str, Any], env: Mapping[str, str]) -> Config:
     )
     _check_metric_types(cfg)
     check_groups(cfg.groups, cfg.devices.known, cfg.devices.sites, not cfg.devices.allow_unknown)
-    check_joins(cfg.joins, cfg.devices.properties)
+    check_joins(cfg.joins, cfg.devices.properties, cfg.groups.names)
     return cfg
 
 

@@ -131,7 +131,7 @@ class Pipeline:
             else None
         )
         self.cep = Cep(CepSpec(config.patterns, config.engine))
-        self.joins = Joins(JoinsSpec(config.joins, config.engine, config.devices.properties))
+        self.joins = Joins(JoinsSpec(config.joins, config.engine, config.devices.properties, config.groups))
         self.stats = Stats()
         self.devices: dict[str, str] = {}
         """The devices admitted so far (at most ``devices.max_devices``), each with the site it is bound to:

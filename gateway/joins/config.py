@@ -3,7 +3,7 @@
 ```toml
 [[joins]]
 name = "door_then_cold"
-key = "site"                  # or "property:<name>" (a [devices.properties] value shared by both devices)
+key = "site"                  # or "property:<name>" ([devices.properties]) or "group:<name>" ([groups])
 between = "b.t BETWEEN a.t AND a.t + 2m"   # the event-time interval, as Flink SQL writes it
 allowed_lateness = "0s"       # optional: readings up to this much behind the key's watermark still join
 max_events = 10000            # optional: events one key may hold (waiting + kept); the oldest beyond it is shed
@@ -29,7 +29,7 @@ and when.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -78,7 +78,7 @@ class JoinSpec:
     lower_ms: int
     upper_ms: int
     key: str = "site"
-    """``site``, or ``property:<name>``."""
+    """``site``, ``property:<name>`` or ``group:<name>``."""
     allowed_lateness_ms: int = 0
     max_events: int = 10_000
     alert: Literal["", "info", "warning", "critical"] = ""
@@ -185,12 +185,15 @@ def parse_join(raw: object, index: int = 0) -> JoinSpec:
         raise JoinError(f"{at}.between: required, e.g. 'b.t BETWEEN a.t - 2m AND a.t + 30s'")
     lower, upper = parse_between(raw["between"], f"{at}.between")
     key = raw.get("key", "site")
+    expected = "'site', 'property:<name>' ([devices.properties]) or 'group:<name>' ([groups])"
     if not isinstance(key, str):
-        raise JoinError(f"{at}.key: expected 'site' or 'property:<name>', got {key!r}")
+        raise JoinError(f"{at}.key: expected {expected}, got {key!r}")
     if key != "site":
         kind, _, arg = key.partition(":")
-        if kind != "property" or not _PROPERTY_RE.fullmatch(arg):
-            raise JoinError(f"{at}.key: expected 'site' or 'property:<name>' ([devices.properties]), got {key!r}")
+        if not (kind == "property" and _PROPERTY_RE.fullmatch(arg)) and not (
+            kind == "group" and _NAME_RE.fullmatch(arg)
+        ):
+            raise JoinError(f"{at}.key: expected {expected}, got {key!r}")
     try:
         lateness = parse_duration(raw.get("allowed_lateness", 0), f"{at}.allowed_lateness")
     except JoinError:
@@ -225,9 +228,16 @@ def parse_joins(section: object) -> tuple[JoinSpec, ...]:
     return parse_named_tables(section, "joins", parse_join, JoinError)
 
 
-def check_joins(joins: tuple[JoinSpec, ...], properties: Mapping[str, Mapping[str, str]]) -> None:
-    """A join keyed by a property needs that property declared for at least one device."""
+def check_joins(
+    joins: tuple[JoinSpec, ...], properties: Mapping[str, Mapping[str, str]], groups: Sequence[str] = ()
+) -> None:
+    """A join keyed by a property needs that property declared for at least one device; one keyed by a group, the
+    group declared."""
     for j in joins:
+        if j.key_kind == "group" and j.key_arg not in groups:
+            raise JoinError(
+                f"joins[{j.name}].key: no group {j.key_arg!r} in [groups] (declared: {', '.join(groups) or 'none'})"
+            )
         if j.key_kind == "property" and not any(j.key_arg in p for p in properties.values()):
             raise JoinError(
                 f"joins[{j.name}].key: no device declares property {j.key_arg!r} "

@@ -3,7 +3,7 @@
 Pure and synchronous; the only clock is the ``now_ms`` the caller passes (to refuse readings with impossible
 times, as the engine does, and to tell idle devices).
 
-Per join and key (the devices' site, or a declared device property; ``docs/correlation.md``):
+Per join and key (the devices' site, a declared device property, or a declared group; ``docs/correlation.md``):
 
 1. a reading of a side (its device matches the side's globs, it carries one of the side's metrics and meets
    the side's literal conditions) becomes an *event* of that side. An event at or after the key's watermark
@@ -36,6 +36,7 @@ from ..alerts import Alert, alert_id
 from ..cep.expr import Condition, compile_condition
 from ..engine.config import EngineSpec
 from ..engine.watermark import DeviceTracker
+from ..groups import GroupsSpec
 from ..lineproto import NS_PER_MS, line
 from ..model import Batch, MetricValue, Reading, ReadingKey, StatusUpdate
 from ..schema import METRIC, METRIC_PATTERN, declare
@@ -76,6 +77,8 @@ class JoinsSpec:
     """Watermark mode and bounds, and the refusal rules (``max_future``, ``min_time_ms``, ``unsynced``)."""
     properties: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     """``[devices.properties]``: device -> property -> value, for joins keyed by a property."""
+    groups: GroupsSpec = field(default_factory=GroupsSpec)
+    """``[groups]``, for joins keyed by a group."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,14 +201,18 @@ class Joins:
         self._bounds: dict[str, int] = {}
         self._gwm: int | None = None
         self._warned: set[str] = set()
+        self._groups = spec.groups.index()
 
     # -- keys ------------------------------------------------------------------------------------
 
     def key_value(self, j: int, device: str, site: str) -> str | None:
         """The key ``device`` (bound to ``site``) has in join ``j``, or None (no such property)."""
         spec = self.joins[j]
-        if spec.key_kind == "site":
+        kind = spec.key_kind
+        if kind == "site":
             return site
+        if kind == "group":
+            return spec.key_arg if spec.key_arg in self._groups.groups_of(device, site) else None
         return self.spec.properties.get(device, {}).get(spec.key_arg)
 
     def key_names(self, device: str, site: str) -> list[str]:

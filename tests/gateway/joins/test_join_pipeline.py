@@ -41,7 +41,8 @@ def msg(
     [
         ({"between": "a.t - 2m .. a.t"}, "joins[door_cold].between: expected 'b.t BETWEEN a.t"),
         ({"between": "b.t BETWEEN a.t + 1m AND a.t"}, "lower end a.t + 1m is after the upper end a.t"),
-        ({"key": "group"}, "joins[door_cold].key: expected 'site' or 'property:<name>'"),
+        ({"key": "group"}, "joins[door_cold].key: expected 'site', 'property:<name>' ([devices.properties]) or 'gr"),
+        ({"key": "group:greenhouse"}, "joins[door_cold].key: no group 'greenhouse' in [groups] (declared: none)"),
         ({"key": "property:line"}, "no device declares property 'line'"),
         ({"b": {"metrics": ["temp_c"], "where": "temp_c < prev.temp_c"}}, "may refer to the other side only"),
         ({"b": {"metrics": ["temp_c"], "where": "temp_c <"}}, "joins[door_cold].b.where:"),

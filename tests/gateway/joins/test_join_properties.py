@@ -127,6 +127,31 @@ def test_a_property_key_joins_devices_of_different_sites() -> None:
     assert op.stats["unkeyed"] == 1
 
 
+def test_a_group_key_joins_the_groups_devices_across_sites_and_no_others() -> None:
+    from gateway.engine import parse_engine
+    from gateway.groups import parse_groups
+    from gateway.joins import Joins, JoinsSpec
+
+    spec = make_join({
+        "name": "gh", "key": "group:greenhouse", "between": "b.t BETWEEN a.t - 1m AND a.t + 1m",
+        "a": {"metrics": ["door"], "where": "door == 1"}, "b": {"metrics": ["temp_c"], "where": "temp_c < 10"},
+    })  # fmt: skip
+    groups = parse_groups({"greenhouse": ["gh-*", "site:annex"]})
+    op = Joins(JoinsSpec((spec,), parse_engine({}), {}, groups))
+    rows: list[Row] = [
+        ("north", "gh-door", 0, T0, {"door": 1}),
+        ("south", "gh-th", 0, T0 + 10_000, {"temp_c": 5.0}),  # another site, same group: joins
+        ("annex", "th-9", 0, T0 + 20_000, {"temp_c": 4.0}),  # in the group by its site: joins
+        ("north", "th-1", 0, T0 + 5_000, {"temp_c": 3.0}),  # not in the group
+    ]
+    out, op = run(op, schedule(rows, {}, None), T0 + 3_600_000)
+    assert pairs(out) == [
+        ("greenhouse", ("gh-door", 1, 0), ("gh-th", 1, 0)),
+        ("greenhouse", ("gh-door", 1, 0), ("th-9", 1, 0)),
+    ]
+    assert list(op.keys) == ["j:gh:greenhouse"]
+
+
 def test_late_readings_within_the_allowed_lateness_still_join() -> None:
     spec = make_join({
         "name": "j", "between": "b.t BETWEEN a.t AND a.t + 1m", "allowed_lateness": "2m",
