@@ -63,7 +63,7 @@ def fleets(draw: st.DrawFn) -> tuple[list[Row], dict[str, int]]:
     return rows, sleepy
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(raw=joins(), fleet=fleets(), seed=st.integers(0, 2**32 - 1), mode=st.sampled_from(["device", "global"]))
 def test_every_join_result_in_order(
     raw: dict[str, Any], fleet: tuple[list[Row], dict[str, int]], seed: int, mode: str
@@ -83,6 +83,23 @@ def test_every_join_result_in_order(
     assert op.stats["late"] == 0 and op.stats["joined"] == len(want)
     # everything passed: nothing is kept that could still join
     assert all(not k.buf for k in op.keys.values())
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(raw=joins(), fleet=fleets(), seed=st.integers(0, 2**32 - 1), mode=st.sampled_from(["device", "global"]))
+def test_readings_later_than_the_bound_but_within_the_allowed_lateness_join_all_the_same(
+    raw: dict[str, Any], fleet: tuple[list[Row], dict[str, int]], seed: int, mode: str
+) -> None:
+    """Delays up to the bound plus the allowed lateness: some readings arrive behind their key's watermark, join at
+    once what is kept, and no pair is lost nor emitted twice (the order is then the arrival's)."""
+    rows, sleepy = fleet
+    raw = {**raw, "allowed_lateness": "30s"}
+    spec = make_join(raw)
+    msgs = schedule(rows, {} if mode == "global" else sleepy, random.Random(seed), BOUND_MS + 30_000)
+    out, op = run(make_joins([spec], mode), msgs, T0 + 3_600_000)
+    want = reference(spec, rows)
+    assert sorted(pairs(out)) == sorted(want) and len(pairs(out)) == len(set(pairs(out)))
+    assert op.stats["late"] == 0
 
 
 def test_a_door_then_a_cold_reading_joins_once_per_pair() -> None:
