@@ -100,6 +100,8 @@ def _fingerprint(config: Config) -> str:
         text += repr(paths)
     if config.groups.groups:  # group-keyed state depends on who is in which group; no groups, no change
         text += repr(config.groups)
+    if config.joins:  # join state depends on the joins and the device properties they key on; no joins, no change
+        text += repr((config.joins, sorted((d, sorted(p.items())) for d, p in config.devices.properties.items())))
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 

@@ -105,3 +105,14 @@ def test_the_pipeline_writes_joined_records_and_alerts_and_restores_join_state()
         assert alert.details == {"a.door": 1.0, "b.temp_c": 17.5}
         assert check_line(alert.to_line()) == []
         assert pipe.stats.joined == 1
+
+
+def test_the_state_files_fingerprint_follows_the_joins_and_only_with_joins() -> None:
+    from gateway.app import _fingerprint
+
+    plain = parse_config({}, env={})
+    props = parse_config({"devices": {"properties": {"pump-1": {"line": "l1"}}}}, env={})
+    assert _fingerprint(plain) == _fingerprint(props)  # no joins: the state file of before stays usable
+    one = parse_config({"joins": [JOIN]}, env={})
+    wider = parse_config({"joins": [{**JOIN, "between": "b.t BETWEEN a.t AND a.t + 3m"}]}, env={})
+    assert len({_fingerprint(plain), _fingerprint(one), _fingerprint(wider)}) == 3
