@@ -1,4 +1,4 @@
-"""Interval joins (``[[joins]]``): two streams joined per key (site or device property) in event time."""
+"""Interval joins (``[[joins]]``): two streams joined per key (site, device property or group) in event time."""
 
 from .config import JoinError, JoinSide, JoinSpec, check_joins, parse_between, parse_join, parse_joins
 from .operator import JOIN_MEASUREMENT, Joined, Joins, JoinsSpec

@@ -8,7 +8,7 @@ Per join and key (the devices' site, a declared device property, or a declared g
 1. a reading of a side (its device matches the side's globs, it carries one of the side's metrics and meets
    the side's literal conditions) becomes an *event* of that side. An event at or after the key's watermark
    waits in a heap on ``(t, side, device, boot, seq)``;
-2. the key's watermark advances: in ``device`` mode the fleet rule over the devices that sent the key events
+2. the key's watermark advances: in ``device`` mode the fleet rule over the devices the key's sides take
    (the minimum over the active ones, the largest when all are idle, never backwards), in ``global`` mode the
    one global watermark. Waiting events below it are released in that order; each released event is joined
    with the *kept* events of the other side in its interval and then kept itself. So every pair is emitted
