@@ -351,7 +351,7 @@ class Pipeline:
         if self.joins.joins:
             # the join keys it feeds now, and those it fed before (a status can release any of them)
             keys += self.joins.key_names(device, site)
-            keys += [n for n, k in self.joins.keys.items() if device in k.members]
+            keys += [k.name for k in self.joins.member_of.get(device, ())]
         return keys
 
     def tick_reach(self) -> Sequence[str]:

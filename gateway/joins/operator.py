@@ -165,9 +165,11 @@ class _Side:
 
 
 class _Key:
-    __slots__ = ("buf", "j", "kept", "members", "name", "value", "wm")
+    __slots__ = ("buf", "j", "kept", "members", "n", "name", "value", "wm")
 
-    def __init__(self, name: str, j: int, value: str) -> None:
+    def __init__(self, name: str, j: int, value: str, n: int) -> None:
+        self.n = n
+        """Its place in the order keys were made (the order of ``Joins.keys``, kept through a restore)."""
         self.name = name
         self.j = j
         self.value = value
@@ -202,6 +204,8 @@ class Joins:
         self._gwm: int | None = None
         self._warned: set[str] = set()
         self._groups = spec.groups.index()
+        self.member_of: dict[str, list[_Key]] = {}
+        """Per device, the keys it is a member of (whose watermark waits for it), in the order of :attr:`keys`."""
 
     # -- keys ------------------------------------------------------------------------------------
 
@@ -228,7 +232,7 @@ class Joins:
         name = f"j:{self.joins[j].name}:{value}"
         k = self.keys.get(name)
         if k is None:
-            k = self.keys[name] = _Key(name, j, value)
+            k = self.keys[name] = _Key(name, j, value, len(self.keys))
             if self.global_mode:
                 k.wm = self._gwm  # one watermark for every key: a new key starts where it is
         return k
@@ -267,6 +271,7 @@ class Joins:
             k = self._key(j, value)
             if device not in k.members:
                 k.members.append(device)
+                bisect.insort(self.member_of.setdefault(device, []), k, key=lambda x: x.n)
             touched.append(k)
             self.touched.add(k.name)
             for r in batch.readings:
@@ -296,10 +301,9 @@ class Joins:
             return out
         for k in touched:
             self._advance_fleet(k, now_ms, out)
-        # the device's watermark moved: every key it feeds may move (its other keys, of other joins or before)
-        for name in self.key_names(device, site):
-            k2 = self.keys.get(name)
-            if k2 is not None and k2 not in touched and device in k2.members:
+        # the device's watermark moved: every key it is a member of may move (those of its site before a move too)
+        for k2 in self.member_of.get(device, ()):
+            if k2 not in touched:
                 self._advance_fleet(k2, now_ms, out)
         return out
 
@@ -312,9 +316,8 @@ class Joins:
         self.tracker.status(status.site, status.device, status.received_ms, status.state, sleep_s)
         out: list[Joined] = []
         if not self.global_mode:
-            for k in self.keys.values():
-                if status.device in k.members:
-                    self._advance_fleet(k, status.received_ms, out)
+            for k in self.member_of.get(status.device, ()):
+                self._advance_fleet(k, status.received_ms, out)
         return out
 
     def advance(self, now_ms: int) -> list[Joined]:
@@ -476,6 +479,7 @@ class Joins:
         self._gwm = snap.get("gwm")
         self.stats = {**dict.fromkeys(STATS, 0), **{k: int(v) for k, v in snap["stats"].items()}}
         self.keys = {}
+        self.member_of = {}
         for name, doc in snap["keys"].items():
             jname = name.split(":", 2)[1]
             if jname not in names:
@@ -484,6 +488,8 @@ class Joins:
             k = self._key(j, str(doc["value"]))
             k.wm = doc["wm"]
             k.members = [str(d) for d in doc["members"]]
+            for d in k.members:
+                self.member_of.setdefault(d, []).append(k)
             k.buf = [_event(e) for e in doc["buf"]]
             heapq.heapify(k.buf)
             k.kept = ([_event(e) for e in doc["a"]], [_event(e) for e in doc["b"]])
