@@ -274,7 +274,7 @@ class Gateway:
             if rec.kind == KIND_MESSAGE:
                 cap.before(self.pipeline.reach(rec.topic))
             elif rec.kind == KIND_TICK:
-                cap.before(self.pipeline.tick_reach())
+                cap.before(self.pipeline.tick_reach(rec.received_ms))
             # an oversize message changes only counters (the global part, taken already)
         if rec.kind == KIND_TICK:
             out = self.pipeline.tick(rec.received_ms)

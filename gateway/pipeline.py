@@ -354,12 +354,13 @@ class Pipeline:
             keys += [k.name for k in self.joins.member_of.get(device, ())]
         return keys
 
-    def tick_reach(self) -> Sequence[str]:
-        """The keys a :meth:`tick` may change: every site's, when there are windows or patterns keyed by site, and
-        those of the windows with early triggers that have pending or provisional results."""
+    def tick_reach(self, now_ms: int | None = None) -> Sequence[str]:
+        """The keys a :meth:`tick` (at ``now_ms``) may change: every site's, when there are windows or patterns keyed
+        by site, those of the windows with early triggers that have pending or provisional results, and the join
+        keys whose watermark the tick moves (every join key when ``now_ms`` is not given)."""
         keys = self.engine.early_keys()
         if self.joins.joins:
-            keys = [*keys, *self.joins.keys]
+            keys = [*keys, *(self.joins.keys if now_ms is None else self.joins.due(now_ms))]
         if not self._site_ticks:
             return keys
         sites = set(self.engine.tracker.sites) | set(self.cep.tracker.sites)
@@ -385,7 +386,7 @@ class Pipeline:
         """Time-driven progress (devices turning idle release site windows, early results of windows with
         ``early_every``). Never raises, like :meth:`handle`."""
         out = Handled()
-        self.dirty.update(self.tick_reach())
+        self.dirty.update(self.tick_reach(now_ms))
         try:
             self._engine_out(self.engine.advance(now_ms), out)
             self._engine_out(self.engine.on_processing_time(now_ms), out)

@@ -328,6 +328,17 @@ class Joins:
                 self._advance_fleet(k, now_ms, out)
         return out
 
+    def due(self, now_ms: int) -> list[str]:
+        """The names of the keys :meth:`advance` at ``now_ms`` would move (their watermark went up: a device idle)."""
+        if self.global_mode:
+            return []
+        out = []
+        for name, k in self.keys.items():
+            wm = self._fleet_wm(k, now_ms)
+            if wm is not None and (k.wm is None or wm > k.wm):
+                out.append(name)
+        return out
+
     def flush(self, watermark: int) -> list[Joined]:
         """Advance every key to ``watermark`` by hand (tests, shutdown)."""
         out: list[Joined] = []

@@ -116,3 +116,36 @@ def test_the_state_files_fingerprint_follows_the_joins_and_only_with_joins() -> 
     one = parse_config({"joins": [JOIN]}, env={})
     wider = parse_config({"joins": [{**JOIN, "between": "b.t BETWEEN a.t AND a.t + 3m"}]}, env={})
     assert len({_fingerprint(plain), _fingerprint(one), _fingerprint(wider)}) == 3
+
+
+def test_a_status_or_a_tick_that_moves_a_join_key_marks_it_for_the_next_checkpoint() -> None:
+    """The incremental checkpoint rewrites the rows of the keys in ``Pipeline.dirty``: a key whose watermark moves
+    because a device went offline (a status) or idle (a tick) is there, and so is it in ``tick_reach`` before the
+    tick (taken first by a checkpoint in progress); a tick that moves nothing leaves the join keys alone."""
+    p = Pipeline(parse_config({"joins": [JOIN]}, env={}))
+    t = NOW - 3_600_000
+    p.handle(*msg("s1", "door-1", [(0, t, {"door": 1})]), NOW)
+    p.handle(*msg("s1", "th-1", [(0, t + 60_000, {"temp_c": 17.0})]), NOW)
+    p.handle(*msg("s1", "th-1", [(1, t + 600_000, {"temp_c": 21.0})]), NOW)  # the door holds the key back
+    key = "j:door_cold:s1"
+    wm = p.joins.keys[key].wm
+    p.dirty.clear()
+    assert key not in p.tick_reach(NOW + 1_000)
+    p.tick(NOW + 1_000)
+    assert key not in p.dirty and p.joins.keys[key].wm == wm
+    status = json.dumps({"v": 1, "dev": "door-1", "state": "offline"}).encode()
+    out = p.handle("edgekit/s1/door-1/status", status, NOW + 2_000)  # the door is idle at once: the key moves
+    assert key in p.dirty and p.joins.keys[key].wm != wm
+    assert [x for x in out.lines if x.startswith("join,")]  # the pair, released
+    # another site: the thermometer falls silent past the idle timeout (10 min); a tick releases the key
+    p.handle(*msg("s2", "door-2", [(0, t, {"door": 1})]), NOW)
+    p.handle(*msg("s2", "th-2", [(0, t + 30_000, {"temp_c": 12.0})]), NOW)
+    p.handle(*msg("s2", "door-2", [(1, t + 900_000, {"door": 0})]), NOW + 300_000)
+    key2 = "j:door_cold:s2"
+    wm2 = p.joins.keys[key2].wm
+    p.dirty.clear()
+    later = NOW + 700_000
+    assert key2 in p.tick_reach(later)
+    out = p.tick(later)
+    assert key2 in p.dirty and p.joins.keys[key2].wm != wm2
+    assert [x for x in out.lines if x.startswith("join,")]
