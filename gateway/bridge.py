@@ -444,7 +444,7 @@ class KafkaForwarder:
 
 def bridge_pipeline_config(config: Config) -> Config:
     """The configuration of a bridge's pipeline: decoding, validation, deduplication, the engine's time limits;
-    no windows, patterns or anomaly detection (the cluster runs them, ``compile --target flink-sql``)."""
+    no windows, patterns, joins or anomaly detection (the cluster's: ``compile --target flink-sql``)."""
     return dataclasses.replace(
-        config, engine=dataclasses.replace(config.engine, windows=()), patterns=(), anomaly=AnomalySpec()
+        config, engine=dataclasses.replace(config.engine, windows=()), patterns=(), joins=(), anomaly=AnomalySpec()
     )
