@@ -1,7 +1,8 @@
 """Bridge mode: every accepted reading forwarded to an Apache Flink job, exactly once (docs/scale-out.md).
 
-The gateway at a site runs ingest, decoding, validation, deduplication and the durable log as in standalone mode;
-the windows, patterns and anomaly rules of its configuration run on the cluster instead. Each accepted reading
+The gateway at a site runs ingest, decoding, validation, deduplication and the durable log as in standalone mode,
+and the per-device rules that ``compile --target flink-sql`` leaves to the site (patterns, joins, anomaly
+detection); the windows of its configuration run on the cluster instead. Each accepted reading
 becomes one line of the input schema (:func:`reading_record`, docs/scale-out.md "Input"), appended to a file.
 
 **Files, committed with the checkpoint** (:class:`FileForwarder`, the two phases of Flink's own file sink). Lines
@@ -36,7 +37,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from .anomaly.config import AnomalySpec
 from .config import BridgeConfig, Config
 from .errors import StateError
 from .model import Reading
@@ -444,7 +444,6 @@ class KafkaForwarder:
 
 def bridge_pipeline_config(config: Config) -> Config:
     """The configuration of a bridge's pipeline: decoding, validation, deduplication, the engine's time limits;
-    no windows, patterns, joins or anomaly detection (the cluster's: ``compile --target flink-sql``)."""
-    return dataclasses.replace(
-        config, engine=dataclasses.replace(config.engine, windows=()), patterns=(), joins=(), anomaly=AnomalySpec()
-    )
+    the patterns, joins and anomaly detection, which ``compile --target flink-sql`` leaves to the site; no windows
+    (the cluster's)."""
+    return dataclasses.replace(config, engine=dataclasses.replace(config.engine, windows=()))

@@ -87,9 +87,9 @@ def _describe_mode(cfg: Config) -> str:
         )
         return (
             f"mode:      bridge: every accepted reading to {where}, a file complete at {b.roll_bytes / 2**20:g} MiB or "
-            f"{b.roll_interval_s:g} s, committed with the checkpoint; the windows, patterns, joins and anomaly rules "
-            "below run on the cluster (compile --target flink-sql), not here; readings, statuses and dead letters "
-            "still go to InfluxDB"
+            f"{b.roll_interval_s:g} s, committed with the checkpoint; the windows below run on the cluster (compile "
+            "--target flink-sql), not here; the patterns, joins and anomaly detection run here, and readings, "
+            "statuses, alerts and dead letters go to InfluxDB"
         )
     if so.enabled:
         return (

@@ -338,7 +338,8 @@ def test_an_in_progress_file_cut_short_by_a_power_cut_keeps_its_whole_lines(tmp_
     assert [json.loads(x)["n"] for x in done.read_bytes().splitlines()] == [N_PER_POS, 2 * N_PER_POS]
 
 
-async def test_the_gateway_in_bridge_mode_forwards_counts_and_does_not_window(tmp_path: Path) -> None:
+async def test_the_gateway_in_bridge_mode_forwards_counts_runs_patterns_and_does_not_window(tmp_path: Path) -> None:
+    """The windows are the job's; the patterns, which ``compile`` leaves to the site, run at the bridge."""
     from gateway.app import Gateway
 
     now = 1_764_072_100_000
@@ -347,17 +348,20 @@ async def test_the_gateway_in_bridge_mode_forwards_counts_and_does_not_window(tm
         "state": {"dir": str(tmp_path / "state")},
         "bridge": {"dir": str(tmp_path / "in"), "roll_bytes": 1},
         "windows": [{"name": "w", "kind": "tumbling", "size": "1m", "metrics": ["x"], "aggregates": ["count"]}],
+        "patterns": [{"name": "high", "steps": [{"name": "h", "where": "x > 2"}]}],
     }
     gw = Gateway(parse_config(doc, env={}), now_ms=lambda: now)
     try:
         await gw.recover()
         rs = [{"b": 1, "s": s, "t": now - 300_000 + s * 60_000, "q": "s", "m": {"x": s}} for s in range(4)]
-        payload = json.dumps({"v": 1, "dev": "d1", "r": rs}).encode()
+        payload = json.dumps({"v": 1, "dev": "d1", "r": rs, "flushed": rs[-1]["t"]}).encode()
         await gw._process(gw._accept([("edgekit/north/d1/readings", payload, False)]))  # a file due: a checkpoint
         (done,) = committed_files(tmp_path / "in")
         docs = [json.loads(x) for x in done.read_bytes().splitlines()]
         assert [(d["seq"], d["num"]["x"]) for d in docs] == [(s, float(s)) for s in range(4)]
         assert docs[-1]["wm_ms"] == now - 300_000 + 3 * 60_000 and gw.pipeline.stats.window_results == 0
+        # the flushed marker moved the device's watermark past the reading x = 3: its alert is out
+        assert gw.pipeline.stats.alerts == 1 and gw.outbox.queue[0][0] == "edgekit/_gateway/alerts/north/pattern"
         text = gw.metrics.render().decode()
         assert "\nedgekit_bridge_lines_total 4.0\n" in text and "\nedgekit_bridge_files_total 1.0\n" in text
         assert gw.snapshot_stats()["bridge"] == {"lines": 4, "files": 1, "in_progress_bytes": 0}
