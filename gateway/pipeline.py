@@ -147,6 +147,7 @@ class Pipeline:
         if self.anomaly is not None:
             for e in self.anomaly.engines:
                 e.touched = self.dirty
+        self.cep.touched = self.dirty  # in global mode an advance changes any key
         self._site_ticks = any(w.key_site for w in self.engine.windows) or bool(self.cep.by_kind["site"])
 
     def is_own_topic(self, topic: str) -> bool:

@@ -148,7 +148,12 @@ class Cep:
         self.has_fast = any(self.fast_by_kind.values())
         self.both = tuple(i for i, a in enumerate(self.automata) if a.spec.on == "both")
         self.tracker = DeviceTracker(spec.engine.watermark)
+        self.global_mode = spec.engine.watermark.mode == "global"
+        self.global_wm: int | None = None
+        """In ``global`` mode, the one watermark of every key: max over devices of (max t - bound)."""
         self.keys: dict[str, _Key] = {}
+        self.touched: set[str] = set()
+        """Names of the keys whose state changed (the owner empties it; the pipeline shares its ``dirty``)."""
         self._arrival = 0
         self._bounds: dict[str, int] = {}
         self._routes: dict[tuple[str, str, frozenset[str]], tuple[int, ...]] = {}
@@ -184,6 +189,8 @@ class Cep:
         k = self.keys.get(name)
         if k is None:
             k = self.keys[name] = _Key(name, site, len(self.automata), self.has_fast)
+            if self.global_mode:
+                k.wm = self.global_wm  # older readings are late for a new key too
         return k
 
     def _route(self, kind: str, device: str, metrics: Iterable[str]) -> tuple[int, ...]:
@@ -243,6 +250,14 @@ class Cep:
                 if key is not None and self.fast_by_kind[kind]:
                     self._tick_fast(key, flushed + 1, out)
         self.tracker.seen(site, device, now_ms, max_t, flushed)
+        if self.global_mode:  # one watermark, moved by any device's time; flushed markers carry nothing
+            if max_t is not None:
+                cand = max_t - self._bound(device)
+                if self.global_wm is None or cand > self.global_wm:
+                    self.global_wm = cand
+                    for k in self.keys.values():
+                        self._advance(k, cand, out)
+            return out
         if dkey is not None:
             wm = self.tracker.device_wm(device, self._bound(device))
             if wm is not None:
@@ -257,7 +272,7 @@ class Cep:
         sleep_s = float(sleep) if isinstance(sleep, (int, float)) and not isinstance(sleep, bool) else None
         self.tracker.status(status.site, status.device, status.received_ms, status.state, sleep_s)
         out: list[Match] = []
-        if self.by_kind["site"]:
+        if self.by_kind["site"] and not self.global_mode:
             self._advance_site(status.site, status.received_ms, out)
         return out
 
@@ -272,7 +287,7 @@ class Cep:
     def advance(self, now_ms: int) -> list[Match]:
         """Time-driven progress: silent devices turn idle and stop holding their site's key back."""
         out: list[Match] = []
-        if self.by_kind["site"]:
+        if self.by_kind["site"] and not self.global_mode:
             for site in sorted(self.tracker.sites):
                 self._advance_site(site, now_ms, out)
         return out
@@ -291,6 +306,7 @@ class Cep:
         if k.wm is not None and e[0] < k.wm:
             self.stats["late"] += 1
             return
+        self.touched.add(k.name)
         heapq.heappush(k.buf, e)
         if len(k.buf) > self.spec.max_buffered:
             first = heapq.heappop(k.buf)
@@ -307,6 +323,7 @@ class Cep:
     def _advance(self, k: _Key, wm: int, out: list[Match]) -> None:
         if k.wm is not None and wm <= k.wm:
             return
+        self.touched.add(k.name)
         buf = k.buf
         while buf and buf[0][0] < wm:
             self._feed(k, heapq.heappop(buf), out)
@@ -368,6 +385,7 @@ class Cep:
         reading's event time moves the key's fast clock first."""
         if clocked and (k.clock is None or e[0] > k.clock):
             self._tick_fast(k, e[0], out)
+        self.touched.add(k.name)
         fast = k.fast
         for i in self._fast_route(kind, e[1], e[5]):
             fast[i] = self._take(i, k, fast[i], e, out, True)
@@ -377,6 +395,7 @@ class Cep:
         finish within ``within`` are dropped (as the watermark does on the event-time path)."""
         if k.clock is not None and clock <= k.clock:
             return
+        self.touched.add(k.name)
         k.clock = clock
         for i, runs in enumerate(k.fast):
             if runs:
@@ -528,13 +547,16 @@ class Cep:
                 name: self._key_doc(k, names)
                 for name, k in (live.items() if keys is None else ((n, live[n]) for n in keys if n in live))
             }
-        return {
+        snap = {
             "version": SNAPSHOT_VERSION,
             "patterns": names,
             "tracker": self.tracker.snapshot(keys, order),
             "stats": dict(self.stats),
             "keys": per_key,
         }
+        if self.global_mode:
+            snap["global_wm"] = self.global_wm
+        return snap
 
     def restore(self, snap: dict[str, Any]) -> None:
         """Take back a :meth:`snapshot` from an operator with the same patterns."""
@@ -544,6 +566,7 @@ class Cep:
         if list(snap["patterns"]) != names:
             raise ValueError(f"snapshot has patterns {snap['patterns']}, operator has {names}")
         self.tracker.restore(snap["tracker"])
+        self.global_wm = snap.get("global_wm") if self.global_mode else None
         # counters the snapshot lacks (fast patterns added since) start at zero
         self.stats = {**dict.fromkeys(self.stats, 0), **snap["stats"]}
         self.keys = {}
