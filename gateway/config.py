@@ -849,6 +849,12 @@ def _parse(doc: Mapping[str, Any], env: Mapping[str, str]) -> Config:
     )
     _check_metric_types(cfg)
     check_groups(cfg.groups, cfg.devices.known, cfg.devices.sites, not cfg.devices.allow_unknown)
+    for p in cfg.patterns:
+        if p.key.startswith("group:") and cfg.groups.get(p.key[6:]) is None:
+            raise ConfigError(
+                f"patterns[{p.name}].key: {p.key!r} names no declared group; declared: "
+                f"{', '.join(cfg.groups.names) or 'none (add a [groups] table)'}"
+            )
     return cfg
 
 

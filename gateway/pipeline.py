@@ -126,7 +126,7 @@ class Pipeline:
             if config.anomaly.enabled
             else None
         )
-        self.cep = Cep(CepSpec(config.patterns, config.engine))
+        self.cep = Cep(CepSpec(config.patterns, config.engine, groups=config.groups))
         self.stats = Stats()
         self.devices: dict[str, str] = {}
         """The devices admitted so far (at most ``devices.max_devices``), each with the site it is bound to:
@@ -148,7 +148,9 @@ class Pipeline:
             for e in self.anomaly.engines:
                 e.touched = self.dirty
         self.cep.touched = self.dirty  # in global mode an advance changes any key
-        self._site_ticks = any(w.key_site for w in self.engine.windows) or bool(self.cep.by_kind["site"])
+        self._site_ticks = (
+            any(w.key_site for w in self.engine.windows) or bool(self.cep.by_kind["site"]) or bool(self.cep.members)
+        )
 
     def is_own_topic(self, topic: str) -> bool:
         """Topics the gateway publishes to (commands to boards, its own outputs) are not ingested."""
@@ -317,6 +319,10 @@ class Pipeline:
         dirty.add(site)
         dirty.add("d:" + device)
         dirty.add("s:" + site)
+        if self.cep.members:
+            for g in self.cep.index.groups_of(device, site):
+                if g in self.cep.members:
+                    dirty.add("g:" + g)
         if self.engine.global_mode:
             dirty.add("")
 
@@ -341,6 +347,8 @@ class Pipeline:
         bound = self.devices.get(device)
         if bound is not None and bound != site:  # a move: the old site's keys change too
             keys += [bound, "s:" + bound]
+        if self.cep.members:
+            keys += ["g:" + g for g in self.cep.index.groups_of(device, site) if g in self.cep.members]
         return keys
 
     def tick_reach(self) -> Sequence[str]:
@@ -350,7 +358,7 @@ class Pipeline:
         if not self._site_ticks:
             return keys
         sites = set(self.engine.tracker.sites) | set(self.cep.tracker.sites)
-        return [*keys, *sites, *("s:" + s for s in sites)]
+        return [*keys, *sites, *("s:" + s for s in sites), *("g:" + g for g in self.cep.group_names)]
 
     def _move(self, device: str, old: str, new: str) -> None:
         """The device's first message under its declared site: its state follows it there."""

@@ -1,6 +1,6 @@
 """An incremental checkpoint: only the keys whose state changed are snapshotted, a slice at a time while the
 pipeline goes on taking input, and what a restart restores is the state of a run that was never interrupted -
-with patterns keyed by device and by site, windows keyed by device and by site, a window with early triggers,
+with patterns keyed by device, by site and by group, windows keyed by device and by site, a window with early triggers,
 anomaly detectors, statuses, ticks, and a shared (global) watermark."""
 
 from __future__ import annotations
@@ -51,8 +51,12 @@ def _config(state_dir: Path, mode: str, max_series: int, on: str = "arrival") ->
     ]
     if mode == "device":
         doc["windows"].append({"name": "site", "kind": "tumbling", "size": "1m", "metrics": ["vib"], "key": "site"})
-    else:
-        del doc["patterns"][-1]  # patterns keyed by site need per-device watermarks
+    # a group across both sites (d0, d1, d2 and every device of s1): its key changes with any member's message
+    doc["groups"] = {"g": ["d[012]", "site:s1"]}
+    doc["patterns"].append({
+        "name": "group_hot_twice", "key": "group:g", "within": "2m",
+        "steps": [{"name": "hot", "where": "temp_c > 25", "times": 2}],
+    })  # fmt: skip
     doc["anomaly"] = {
         "metrics": ["temp_c", "vib"],
         "max_series": max_series,
