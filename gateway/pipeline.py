@@ -32,6 +32,7 @@ from .errors import DecodeError
 from .model import Batch, DeadLetter, Reading, StatusUpdate
 from .points import READING, dead_letter_line, reading_line, status_line
 from .protocol import dead_letter_for, decode, excerpt, parse_topic
+from .relative import GroupRelative, RelativeResult
 from .schema import get as measurement
 
 __all__ = ["Pipeline", "Stats", "reading_field_bound", "window_topic"]
@@ -127,6 +128,8 @@ class Pipeline:
             else None
         )
         self.cep = Cep(CepSpec(config.patterns, config.engine, groups=config.groups))
+        self.relative = GroupRelative(config.engine, config.groups)
+        """Group-relative values of the windows with ``[windows.relative]`` (gateway/relative.py)."""
         self.stats = Stats()
         self.devices: dict[str, str] = {}
         """The devices admitted so far (at most ``devices.max_devices``), each with the site it is bound to:
@@ -222,7 +225,10 @@ class Pipeline:
             self._unique += 1
             out.lines.append(status_line(msg, self._unique))
             out.status = msg
-            self._engine_out(self.engine.process_status(msg), out)
+            results = self.engine.process_status(msg)
+            self._engine_out(results, out)
+            if self.relative:
+                self._relative_out(self.relative.process_status(msg, results), out)
             self._cep_out(self.cep.process_status(msg), out)
             return out
         if msg.flushed_ms is not None:
@@ -260,7 +266,10 @@ class Pipeline:
         # the engine sees each reading once: duplicates and rejected readings are already accounted for
         out.batch = dataclasses.replace(msg, readings=tuple(out.readings), rejected=())
         if out.readings or msg.flushed_ms is not None:
-            self._engine_out(self.engine.process_batch(out.batch, received_ms), out)
+            results = self.engine.process_batch(out.batch, received_ms)
+            self._engine_out(results, out)
+            if self.relative:
+                self._relative_out(self.relative.process_batch(out.batch, results, received_ms), out)
             self._cep_out(self.cep.process_batch(out.batch, received_ms), out)
         if self.anomaly is not None and (out.readings or msg.flushed_ms is not None):
             # anomaly detection: new readings, event-time order per device (on arrival, or after the watermark)
@@ -365,6 +374,8 @@ class Pipeline:
         self._touch(device, old)
         self.devices[device] = new
         self.engine.move_device(device, new)
+        if self.relative:
+            self.relative.move_device(device, new)
         self.cep.move_device(device, new)
         self.stats.moved += 1
         log.info(
@@ -381,7 +392,10 @@ class Pipeline:
         out = Handled()
         self.dirty.update(self.tick_reach())
         try:
-            self._engine_out(self.engine.advance(now_ms), out)
+            results = self.engine.advance(now_ms)
+            self._engine_out(results, out)
+            if self.relative:
+                self._relative_out(self.relative.advance(now_ms, results), out)
             self._engine_out(self.engine.on_processing_time(now_ms), out)
             self._cep_out(self.cep.advance(now_ms), out)
         except Exception:
@@ -410,6 +424,7 @@ class Pipeline:
             "engine": self.engine.snapshot(keys, order),
             "cep": self.cep.snapshot(keys, order),
             "anomaly": self.anomaly.snapshot(keys, order) if self.anomaly is not None else None,
+            **({"relative": self.relative.snapshot()} if self.relative else {}),
             "unique": self._unique,
             "stats": self.stats.as_dict(),
         }
@@ -420,6 +435,8 @@ class Pipeline:
         # an old dedup snapshot has no event times: a device's latest one (the watermark tracker's) stands in
         self.dedup.restore(snap["dedup"], {d: e[1] for d, e in self.engine.tracker.state.items()})
         self.cep.restore(snap["cep"])
+        if self.relative and "relative" in snap:
+            self.relative.restore(snap["relative"])
         if self.anomaly is not None:
             self.anomaly.restore(snap["anomaly"])
         devices = snap.get("devices")
@@ -453,6 +470,12 @@ class Pipeline:
         out.alerts.append(alert)
         out.lines.append(alert.to_line())
         out.publish.append((alert_topic(self.config.mqtt.prefix, alert.site, alert.source), alert.to_json()))
+
+    def _relative_out(self, results: list[RelativeResult], out: Handled) -> None:
+        for r in results:
+            out.lines.append(r.to_line())
+        for alert in self.relative.alerts(results):
+            self._alert(alert, out)
 
     def _cep_out(self, matches: list[CepMatch], out: Handled) -> None:
         for m in matches:

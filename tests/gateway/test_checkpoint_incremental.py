@@ -1,7 +1,7 @@
 """An incremental checkpoint: only the keys whose state changed are snapshotted, a slice at a time while the
 pipeline goes on taking input, and what a restart restores is the state of a run that was never interrupted -
-with patterns keyed by device, by site and by group, windows keyed by device and by site, a window with early triggers,
-anomaly detectors, statuses, ticks, and a shared (global) watermark."""
+with patterns keyed by device, by site and by group, group-relative values, windows keyed by device and by site,
+a window with early triggers, anomaly detectors, statuses, ticks, and a shared (global) watermark."""
 
 from __future__ import annotations
 
@@ -44,7 +44,14 @@ def _config(state_dir: Path, mode: str, max_series: int, on: str = "arrival") ->
     doc["state"] = {"dir": str(state_dir)}
     doc["engine"]["watermark"]["mode"] = mode
     doc["windows"] = [
-        {"name": "t1m", "kind": "tumbling", "size": "1m", "metrics": ["temp_c"], "allowed_lateness": "30s"},
+        {
+            "name": "t1m",
+            "kind": "tumbling",
+            "size": "1m",
+            "metrics": ["temp_c"],
+            "allowed_lateness": "30s",
+            "relative": {"baseline": "mean"},
+        },  # each device against the others of group g
         {"name": "s2m", "kind": "sliding", "size": "2m", "slide": "1m", "metrics": ["temp_c", "vib"]},
         {"name": "ses", "kind": "session", "gap": "40s", "metrics": ["temp_c"], "allowed_lateness": "20s"},
         {"name": "early", "kind": "tumbling", "size": "2m", "metrics": ["vib"], "early_every": "10s", "early_count": 3},
