@@ -861,6 +861,9 @@ def _parse(doc: Mapping[str, Any], env: Mapping[str, str]) -> Config:
                 f"{', '.join(cfg.groups.names) or 'none (add a [groups] table)'}"
             )
     for p in cfg.patterns:
+        if p.key == "group" and not cfg.groups.groups:
+            raise ConfigError(f"patterns[{p.name}].key: 'group' runs the pattern in every declared group, and none "
+                              "is declared (add a [groups] table)")  # fmt: skip
         if p.key.startswith("group:") and cfg.groups.get(p.key[6:]) is None:
             raise ConfigError(
                 f"patterns[{p.name}].key: {p.key!r} names no declared group; declared: "

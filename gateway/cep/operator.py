@@ -148,13 +148,20 @@ class Cep:
     def __init__(self, spec: CepSpec) -> None:
         self.spec = spec
         self.automata = tuple(compile_pattern(p) for p in spec.patterns)
-        kinds = ("device", "site", *dict.fromkeys(a.spec.key for a in self.automata if a.spec.key[0] == "g"))
+        # a key = "group" pattern runs in every declared group, a key = "group:<name>" one in that group
+        every = any(a.spec.key == "group" for a in self.automata)
+        named = [a.spec.key for a in self.automata if a.spec.key.startswith("group:")]
+        kinds = ("device", "site", *dict.fromkeys([*named, *(f"group:{g}" for g in spec.groups.names if every)]))
+
+        def runs_in(a: Automaton, kind: str) -> bool:
+            return a.spec.key == kind or (a.spec.key == "group" and kind.startswith("group:"))
+
         self.by_kind = {  # the event-time path's patterns
-            kind: tuple(i for i, a in enumerate(self.automata) if a.spec.key == kind and a.spec.on != "arrival")
+            kind: tuple(i for i, a in enumerate(self.automata) if runs_in(a, kind) and a.spec.on != "arrival")
             for kind in kinds
         }
         self.fast_by_kind = {  # the arrival path's
-            kind: tuple(i for i, a in enumerate(self.automata) if a.spec.key == kind and a.spec.on != "event_time")
+            kind: tuple(i for i, a in enumerate(self.automata) if runs_in(a, kind) and a.spec.on != "event_time")
             for kind in kinds
         }
         self.keyed = {kind: bool(self.by_kind[kind] or self.fast_by_kind[kind]) for kind in kinds}

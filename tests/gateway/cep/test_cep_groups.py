@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import pytest
 from cep_helpers import NOW, T0, Row, events
 from cep_reference import reference_matches
 from hypothesis import HealthCheck, given, settings
@@ -91,14 +92,16 @@ def group_streams(draw: st.DrawFn) -> list[Row]:
     return rows
 
 
-def group_pattern(spec: PatternSpec) -> PatternSpec:
-    return PatternSpec(spec.name, spec.steps, "group:g", spec.within_ms, spec.severity, spec.skip)
+def group_pattern(spec: PatternSpec, key: str = "group:g") -> PatternSpec:
+    return PatternSpec(spec.name, spec.steps, key, spec.within_ms, spec.severity, spec.skip)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
-@given(patterns(), group_streams(), st.integers(0, 2**32 - 1), st.booleans())
-def test_group_pattern_equals_brute_force(spec: PatternSpec, rows: list[Row], seed: int, disorder: bool) -> None:
-    spec = group_pattern(spec)
+@given(patterns(), group_streams(), st.integers(0, 2**32 - 1), st.booleans(), st.sampled_from(["group:g", "group"]))
+def test_group_pattern_equals_brute_force(
+    spec: PatternSpec, rows: list[Row], seed: int, disorder: bool, key: str
+) -> None:
+    spec = group_pattern(spec, key)
     cep = make((spec,))
     got = run(cep, rows, random.Random(seed) if disorder else None)
     members = [r for r in rows if r[0] in MEMBERS]
@@ -213,6 +216,29 @@ def test_config_refuses_a_pattern_on_an_undeclared_group() -> None:
         raise AssertionError("accepted")
     cfg = parse_config({**doc, "groups": {"pumps": ["p-*"]}}, env={})
     assert cfg.patterns[0].key == "group:pumps"
+
+
+def test_key_group_runs_the_pattern_in_every_declared_group() -> None:
+    groups = parse_groups({"p1": ["a*"], "p2": ["b*"]})
+    engine = parse_engine({"engine": {"watermark": {"out_of_orderness": f"{BOUND}ms"}}})
+    spec = (
+        Pattern.begin("current").where("current_a > 10").followed_by("flow").where("flow_lpm < 2")
+        .within("30s").build("pump_fault", key="group")
+    )  # fmt: skip
+    cep = Cep(CepSpec((spec,), engine, groups=groups))
+    assert cep.group_names == ("p1", "p2")
+    out = []
+    for d, seq, t, m in [("a1", 0, 1_000, {"current_a": 12.0}), ("b1", 0, 2_000, {"flow_lpm": 1.0}),
+                         ("a2", 0, 3_000, {"flow_lpm": 1.0}), ("b2", 0, 4_000, {"current_a": 11.0}),
+                         ("b1", 1, 5_000, {"flow_lpm": 0.5})]:  # fmt: skip
+        r = Reading("s", d, 1, seq, T0 + t, "s", m)
+        out += cep.process_batch(Batch("s", d, "t", NOW, (r,), (), T0 + t), NOW)
+    for d in ("a1", "a2", "b1", "b2"):
+        out += cep.process_batch(Batch("s", d, "t", NOW, (), (), T0 + 60_000), NOW)
+    assert [(m.key, m.readings) for m in out] == [("p1", (("a1", 1, 0), ("a2", 1, 0))),
+                                                  ("p2", (("b2", 1, 0), ("b1", 1, 1)))]  # fmt: skip
+    with pytest.raises(ConfigError, match="'group' runs the pattern in every declared group, and none"):
+        parse_config({"patterns": [{"name": "p", "key": "group", "steps": [{"name": "a", "where": "x > 1"}]}]}, env={})
 
 
 def test_the_documented_group_pattern_is_valid() -> None:
