@@ -69,7 +69,9 @@ def deliveries(rows: list[Row], rng: random.Random | None) -> list[tuple[int, in
         chunk = sleepy[i : i + size]
         i += size
         sent = max(sent, chunk[-1][2] + (rng.randint(0, 60_000) if rng else 0))
-        out.append((sent, 10_000 + i, SLEEPY, chunk, chunk[-1][2]))
+        # flushed up to the burst's last reading, or to just before the next burst's first (at the same time)
+        flushed = chunk[-1][2] if i >= len(sleepy) else min(chunk[-1][2], sleepy[i][2] - 1)
+        out.append((sent, 10_000 + i, SLEEPY, chunk, flushed))
     return sorted(out, key=lambda x: (x[0], x[1]))
 
 
