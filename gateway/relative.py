@@ -12,8 +12,8 @@ other values gets no point (counted as ``alone``).
 
 Event time: the group's value of a window is computed once, when every member's window is final, i.e. when the
 group's watermark passes the window's end. In ``device`` mode that is the fleet rule over the group's members
-(docs/semantics.md): the minimum watermark of its active members (the largest when all are idle; members that
-never sent a reading are not waited for), with each member's bound for this window, so a member asleep holds the
+(docs/semantics.md): the minimum watermark of its active members (the largest when all are idle; a member heard
+from but without readings yet holds the group), with each member's bound for this window, so a member asleep holds the
 group only until it turns idle. In ``global`` mode it is the window's global watermark. The members' results
 are the engine's final ones (``result = "final"``); a member's final result that comes after the group's window
 closed (an idle member back with old readings, a window opened by a late reading within the allowed lateness) is
@@ -168,6 +168,8 @@ class GroupRelative:
         for device in self.members.get(group, ()):
             wm = tracker.device_wm(device, self._bound(w, device))
             if wm is None:
+                if tracker.is_active(device, now_ms):
+                    return None  # heard from (a status), no reading yet: it holds the group, as in Cep.group_wm
                 continue
             if tracker.is_active(device, now_ms):
                 active = wm if active is None else min(active, wm)

@@ -32,7 +32,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final
 
 from .devices import METRIC_GENERATORS, Device
@@ -250,7 +250,7 @@ def simulate(scenario: Scenario, now_ms: Callable[[], int] | None = None) -> Run
     by_device: dict[str, list[int]] = {}
     for i, a in enumerate(anomalies):
         by_device.setdefault(a.device, []).append(i)
-    sequences = [ScriptedSequence(s.kind, s.device, start + s.at_ms) for s in scenario.sequences]
+    sequences = [replace(s, at_ms=start + s.at_ms) for s in scenario.sequences]
     net = _Net(
         scenario,
         stream("network"),
@@ -289,7 +289,7 @@ def simulate(scenario: Scenario, now_ms: Callable[[], int] | None = None) -> Run
             board.last_sync = start
             _run_board(
                 board, scenario, start, end, storms, anomalies, anomaly_states, by_device.get(name, []),
-                [s for s in sequences if s.device == name], futures, stream(f"values:{name}"), net,
+                [s for s in sequences if name in (s.device, s.partner)], futures, stream(f"values:{name}"), net,
                 readings, deliveries,
             )  # fmt: skip
             index += 1
@@ -343,7 +343,7 @@ def _run_board(
         (t, None) for t in _sample_times(first, end, group.interval_ms, storms)
     ]
     for s in sequences:
-        for e in s.events():
+        for e in s.events_of(info.device):
             if s.at_ms + e.offset_ms < end:
                 bisect.insort(samples, (s.at_ms + e.offset_ms, {e.metric: e.value}), key=lambda x: x[0])
     future_slots = set(rng.sample(range(len(samples)), min(futures, len(samples)))) if futures else set()

@@ -383,11 +383,15 @@ class Cep:
 
     def group_wm(self, group: str, now_ms: int) -> int | None:
         """The fleet rule over the group's members: the minimum device watermark of its active members (the
-        largest if every member is idle); members that never sent a reading are left out."""
+        largest if every member is idle). A member that said it is online (a status) but sent no reading yet holds
+        the group (``None``) until its first reading or until it is idle: a sleepy board's first flush is not late
+        for its group."""
         tracker, active, idle = self.tracker, None, None
         for device in self.members[group]:
             wm = tracker.device_wm(device, self._bound(device))
             if wm is None:
+                if tracker.is_active(device, now_ms):
+                    return None
                 continue
             if tracker.is_active(device, now_ms):
                 active = wm if active is None else min(active, wm)

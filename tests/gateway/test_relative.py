@@ -164,6 +164,23 @@ def test_the_group_waits_for_a_sleeping_member_until_it_is_idle() -> None:
     assert rel.stats["late"] == 1
 
 
+def test_a_member_that_said_online_but_sent_nothing_yet_holds_the_group() -> None:
+    engine, rel = setup()
+    st_ = StatusUpdate("b", "d3", "t", NOW, "online", {"sleep_s": 600})
+    rel.process_status(st_, engine.process_status(st_))
+    for d in ("d0", "d1", "d2"):
+        send(engine, rel, batch(d, [], T0 - 1))
+    out = []
+    for d, v in (("d0", 20.0), ("d1", 22.0), ("d2", 30.0)):
+        out += send(engine, rel, batch(d, [(d, 0, T0 + 1_000, v)], T0 + SIZE))
+    assert sorted((r.group, r.device) for r in out) == [("g1", "d0"), ("g1", "d1"), ("g1", "d2")]
+    # g2 (d2, d3; d4 unheard of) waits for d3's first flush, ten minutes later: then d3's window counts
+    t = NOW + 600_000
+    out = send(engine, rel, batch("d3", [("d3", 0, T0 + 2_000, 26.0)], T0 + SIZE, now=t), t)
+    assert sorted((r.group, r.device, r.deviation) for r in out) == [("g2", "d2", 4.0), ("g2", "d3", -4.0)]
+    assert rel.stats["late"] == 0
+
+
 def test_global_mode_closes_every_group_on_the_global_watermark() -> None:
     engine, rel = setup("mean", mode="global")
     send(engine, rel, batch("d0", [("d0", 0, T0 + 1_000, 20.0)]))

@@ -155,6 +155,24 @@ def test_a_member_asleep_past_its_idle_time_does_not_hold_the_group() -> None:
     assert [m.readings for m in late] == [(("d0", 1, 0), ("d2", 1, 0))]
 
 
+def test_a_member_that_said_online_but_sent_nothing_yet_holds_the_group() -> None:
+    """A sleepy board says online, then takes readings for 10 minutes before its first flush: the group waits for
+    that flush (its readings are not late), until the board would count as idle."""
+    cep = make((pump(),))
+    t = NOW
+    cep.process_status(StatusUpdate("site-b", "d3", "t", t, "online", {"sleep_s": 600}))
+    out = cep.process_batch(batch("d0", [("d0", 0, T0 + 1_000, {"current_a": 12.0})], T0 + 300_000, now=t), t)
+    out += cep.process_batch(batch("d2", [], T0 + 300_000, now=t), t)
+    assert out == [] and cep.group_wm("g", t) is None
+    t += 600_000  # the first flush: the flow fell 20 s after the overcurrent
+    out = cep.process_batch(batch("d3", [("d3", 0, T0 + 21_000, {"flow_lpm": 1.0})], T0 + 600_000, now=t), t)
+    assert [m.readings for m in out] == [(("d0", 1, 0), ("d3", 1, 0))] and cep.stats["late"] == 0
+    # one that never sends anything stops holding it once idle (2 x 600 s + 30 s after its status)
+    cep.process_status(StatusUpdate("site-b", "d1x", "t", t, "online", {"sleep_s": 600}))
+    assert cep.group_wm("g", t + 1_230_000) is None
+    assert cep.group_wm("g", t + 1_231_000) is not None
+
+
 def test_group_keys_in_global_mode_use_the_global_watermark() -> None:
     cep = make((pump(),), mode="global")
     cep.process_batch(batch("d0", [("d0", 0, T0 + 1_000, {"current_a": 12.0})]), NOW)
