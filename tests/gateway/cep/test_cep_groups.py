@@ -8,6 +8,7 @@ change anything."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from typing import Any
 
@@ -112,6 +113,26 @@ def test_group_pattern_equals_brute_force(
     assert cep.stats["late"] == 0
     assert cep.partial_matches() == 0 or spec.within_ms is None
     assert cep.buffered() == 0
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
+@given(patterns(), group_streams(), st.integers(0, 2**32 - 1), st.booleans())
+def test_group_pattern_fast_path_every_arrival_alert_gets_one_verdict(
+    spec: PatternSpec, rows: list[Row], seed: int, disorder: bool
+) -> None:
+    """``on = "both"`` on a group key: the event-time alerts are the brute force's, and every arrival alert ends
+    confirmed or retracted, exactly once (the sleepy member's bursts make arrival order differ from event time)."""
+    spec = dataclasses.replace(group_pattern(spec), on="both")
+    cep = make((spec,))
+    out = run(cep, rows, random.Random(seed) if disorder else None)
+    fast = [m for m in out if m.path == "arrival" and not m.verdict]
+    retracted = [m for m in out if m.verdict == "retracted"]
+    slow = [m for m in out if m.path == "event_time"]
+    assert len(fast) + len(retracted) + len(slow) == len(out)
+    assert [m.readings for m in slow] == reference_matches(spec, events([r for r in rows if r[0] in MEMBERS]))
+    settled = [m.refers for m in slow if m.verdict == "confirmed"] + [m.refers for m in retracted]
+    assert sorted(settled) == sorted(m.alert_id() for m in fast)
+    assert all(m.key == "g" for m in out)
 
 
 def pump(name: str = "pump_fault", within: str = "30s") -> PatternSpec:
