@@ -20,11 +20,16 @@ below 2 (a pump fault across two boards).
 (b) a tumbling 1-minute window of ``current_a`` with and without ``[windows.relative]`` (median of the other
     three boards), alternating: CPU time per reading of engine + relative values against the engine alone, the
     values written per CPU second, and the values held per group at the end.
+(c) patterns in ``global`` watermark mode: bench_cep.py's ten patterns over 1,000 devices (its workload (a),
+    each device's times a few milliseconds apart from the others', so the global watermark moves on nearly
+    every message), per-device watermarks against the global one visiting only the keys due (a heap of due
+    times) and against the global one walking every key (``Cep.scan_all``), alternating.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import statistics
@@ -34,6 +39,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_cep import stream, ten_patterns  # bench/ is on the path (above)
 
 from gateway.cep import Cep, CepSpec, Pattern
 from gateway.engine import Engine, parse_engine
@@ -134,6 +142,18 @@ def run_relative(batches: list[Batch], relative: bool) -> tuple[float, int, floa
     return spent, values, rel.open_values() / GROUPS if rel else 0.0
 
 
+def run_global(batches: list[Batch], variant: str) -> float:
+    mode = "device" if variant == "device" else "global"
+    cep = Cep(
+        CepSpec(ten_patterns(), parse_engine({"engine": {"watermark": {"mode": mode, "out_of_orderness": "5s"}}}))
+    )
+    cep.scan_all = variant == "global, every key"
+    cpu = time.process_time()
+    for b in batches:
+        cep.process_batch(b, NOW)
+    return (time.process_time() - cpu) / sum(len(b.readings) for b in batches) * 1e6
+
+
 def spread(xs: list[float]) -> str:
     return f"{statistics.median(xs):,.1f} ({min(xs):,.1f}-{max(xs):,.1f})"
 
@@ -151,7 +171,15 @@ def main() -> None:
     found: dict[str, int] = {}
     states: dict[str, dict[str, float]] = {}
     held = 0.0
+    jittered = [
+        dataclasses.replace(b, readings=tuple(dataclasses.replace(r, t_ms=r.t_ms + int(b.device[-4:]) % 1000)
+                                              for r in b.readings))
+        for b in stream(min(args.n, 100_000), 1_000)
+    ]  # fmt: skip
+    modes: dict[str, list[float]] = {"device": [], "global, keys due": [], "global, every key": []}
     for _ in range(args.rounds):
+        for variant in modes:
+            modes[variant].append(run_global(jittered, variant))
         for key, batches in (("group", by_group), ("site", by_site)):
             spent, matches, state = run_pattern(batches, key)
             us[key].append(spent / n * 1e6)
@@ -179,6 +207,8 @@ def main() -> None:
         f"(b) with [windows.relative] median: {spread(us['window+relative'])} us CPU per reading, "
         f"{spread(rate['window+relative'])} values per CPU second; {held:.1f} member values held per group at the end"
     )
+    for variant, xs in modes.items():
+        print(f"(c) ten patterns, 1,000 devices, watermark {variant:17}: {spread(xs)} us CPU per reading")
 
 
 if __name__ == "__main__":

@@ -125,7 +125,7 @@ def _kind(name: str) -> str:
 
 
 class _Key:
-    __slots__ = ("buf", "clock", "fast", "kind", "name", "open", "runs", "site", "wm")
+    __slots__ = ("buf", "clock", "due", "fast", "kind", "name", "open", "order", "runs", "site", "wm")
 
     def __init__(self, name: str, site: str, n_patterns: int, fast: bool) -> None:
         self.name = name
@@ -133,6 +133,10 @@ class _Key:
         self.site = site
         self.buf: list[Event] = []
         self.wm: int | None = None
+        self.order = 0
+        """The key's place in creation order (global mode visits the keys due in this order)."""
+        self.due: int | None = None
+        """Global mode: the smallest watermark at which an advance changes the key (None: none would)."""
         self.runs: list[list[Run]] = [[] for _ in range(n_patterns)]
         self.clock: int | None = None
         """The fast path's clock: the latest event time (or flushed marker + 1) that arrived for the key."""
@@ -178,6 +182,10 @@ class Cep:
         self.global_wm: int | None = None
         """In ``global`` mode, the one watermark of every key: max over devices of (max t - bound)."""
         self.keys: dict[str, _Key] = {}
+        self._due: list[tuple[int, int, str]] = []
+        """Global mode: a heap of ``(due, order, key)``, an entry for each key's current ``due`` (and stale ones)."""
+        self.scan_all = False
+        """Global mode: visit every key on each advance instead of the keys due (tests compare the two)."""
         self.touched: set[str] = set()
         """Names of the keys whose state changed (the owner empties it; the pipeline shares its ``dirty``)."""
         self._arrival = 0
@@ -215,6 +223,7 @@ class Cep:
         k = self.keys.get(name)
         if k is None:
             k = self.keys[name] = _Key(name, site, len(self.automata), self.has_fast)
+            k.order = len(self.keys)
             if self.global_mode:
                 k.wm = self.global_wm  # older readings are late for a new key too
         return k
@@ -305,8 +314,9 @@ class Cep:
                 cand = max_t - self._bound(device)
                 if self.global_wm is None or cand > self.global_wm:
                     self.global_wm = cand
-                    for k in self.keys.values():
-                        self._advance(k, cand, out)
+                    self._advance_global(cand, out)
+            for k in keys:
+                self._schedule(k)
             return out
         if self.keyed["device"]:
             wm = self.tracker.device_wm(device, self._bound(device))
@@ -359,12 +369,15 @@ class Cep:
         k = self.keys.get(key)
         if k is not None:
             self._advance(k, watermark, out)
+            if self.global_mode:
+                self._schedule(k)
         return out
 
     # -- the work ---------------------------------------------------------------------------------
 
     def _buffer(self, k: _Key, e: Event, out: list[Match]) -> None:
-        if k.wm is not None and e[0] < k.wm:
+        wm = self.global_wm if self.global_mode and self.global_wm is not None else k.wm
+        if wm is not None and e[0] < wm:
             self.stats["late"] += 1
             return
         self.touched.add(k.name)
@@ -380,6 +393,56 @@ class Cep:
         k = self.keys.get(f"s:{site}")
         if wm is not None and k is not None:
             self._advance(k, wm, out)
+
+    def _due_of(self, k: _Key) -> int | None:
+        """The smallest watermark at which :meth:`_advance` changes ``k``: it releases a buffered reading
+        (``t < wm``), completes a quiet period (``deadline < wm``), drops a run out of ``within``
+        (``start + within < wm``) or retracts an arrival alert (``due < wm``)."""
+        due: int | None = k.buf[0][0] + 1 if k.buf else None
+        for i, runs in enumerate(k.runs):
+            if not runs:
+                continue
+            a = self.automata[i]
+            for r in runs:
+                if r.deadline is not None:
+                    d = r.deadline + 1 if a.final_guard is not None else None
+                elif a.within_ms is not None:
+                    d = r.start[0] + a.within_ms + 1
+                else:
+                    continue
+                if d is not None and (due is None or d < due):
+                    due = d
+        if self.both:
+            for i in self.both:
+                for o in k.open[i]:
+                    if due is None or o.due + 1 < due:
+                        due = o.due + 1
+        return due
+
+    def _schedule(self, k: _Key) -> None:
+        """Global mode: note ``k``'s due watermark (an entry in the heap when it changed)."""
+        due = self._due_of(k)
+        if due != k.due:
+            k.due = due
+            if due is not None:
+                heapq.heappush(self._due, (due, k.order, k.name))
+
+    def _advance_global(self, wm: int, out: list[Match]) -> None:
+        """The global watermark moved to ``wm``: advance the keys it reaches, in creation order (the order a
+        walk over every key visits them in, so the output is the same; a key not due has nothing to release)."""
+        if self.scan_all:
+            due_keys = list(self.keys.values())
+        else:
+            heap, found = self._due, {}
+            while heap and heap[0][0] <= wm:
+                d, order, name = heapq.heappop(heap)
+                k = self.keys.get(name)
+                if k is not None and k.due == d:
+                    found[order] = k
+            due_keys = [found[o] for o in sorted(found)]
+        for k in due_keys:
+            self._advance(k, wm, out)
+            self._schedule(k)
 
     def group_wm(self, group: str, now_ms: int) -> int | None:
         """The fleet rule over the group's members: the minimum device watermark of its active members (the
@@ -703,3 +766,8 @@ class Cep:
                     lo, hi = m.span
                     k.open[i].append(_Open(m, lo, hi, int(due), m.alert_id()))
         self._arrival = arrival
+        self._due = []
+        if self.global_mode:
+            for k in self.keys.values():
+                k.due = None
+                self._schedule(k)
