@@ -103,6 +103,8 @@ def _fingerprint(config: Config) -> str:
     relative = [(w.name, w.relative) for w in config.engine.windows if w.relative is not None]
     if relative:  # left out of the windows' repr: a configuration without group-relative values keeps its fingerprint
         text += repr(relative)
+    if config.joins:  # join state depends on the joins and the device properties they key on; no joins, no change
+        text += repr((config.joins, sorted((d, sorted(p.items())) for d, p in config.devices.properties.items())))
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
@@ -275,7 +277,7 @@ class Gateway:
             if rec.kind == KIND_MESSAGE:
                 cap.before(self.pipeline.reach(rec.topic))
             elif rec.kind == KIND_TICK:
-                cap.before(self.pipeline.tick_reach())
+                cap.before(self.pipeline.tick_reach(rec.received_ms))
             # an oversize message changes only counters (the global part, taken already)
         if rec.kind == KIND_TICK:
             out = self.pipeline.tick(rec.received_ms)

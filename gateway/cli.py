@@ -55,6 +55,7 @@ def _describe(cfg: Config) -> str:
             *_describe_windows(cfg),
             _describe_watermark(cfg),
             f"patterns:  {', '.join(p.name for p in cfg.patterns) or 'none'}",
+            *_describe_joins(cfg),
             *_describe_groups(cfg),
             _describe_anomaly(cfg),
             *_describe_notify(cfg),
@@ -134,6 +135,15 @@ def _describe_env(cfg: Config) -> list[str]:
 
 def _seconds(ms: int) -> str:
     return f"{ms / 1000:g} s"
+
+
+def _describe_joins(cfg: Config) -> list[str]:
+    return [
+        f"join:      {j.name} on {j.key}: {j.between}"
+        + (f", allowed lateness {j.allowed_lateness_ms} ms" if j.allowed_lateness_ms else "")
+        + f", at most {j.max_events} events a key"
+        for j in cfg.joins
+    ]
 
 
 def _describe_watermark(cfg: Config) -> str:

@@ -29,6 +29,7 @@ from .engine import Engine
 from .engine.outputs import LateReading, WindowResult
 from .engine.outputs import Output as EngineOutput
 from .errors import DecodeError
+from .joins import Joined, Joins, JoinsSpec
 from .model import Batch, DeadLetter, Reading, StatusUpdate
 from .points import READING, dead_letter_line, reading_line, status_line
 from .protocol import dead_letter_for, decode, excerpt, parse_topic
@@ -65,6 +66,8 @@ class Stats:
     alerts_missed_fast: int = 0
     """Event-time alerts with no fast alert to confirm: the fast path missed them."""
     flush_markers: int = 0
+    joined: int = 0
+    """Joined records (``[[joins]]``) written to the ``join`` measurement."""
     moved: int = 0
     """Devices moved to the site ``devices.sites`` declares for them."""
     ignored: int = 0
@@ -89,6 +92,7 @@ class Stats:
             "alerts_retracted": self.alerts_retracted,
             "alerts_missed_fast": self.alerts_missed_fast,
             "flush_markers": self.flush_markers,
+            "joined": self.joined,
             "moved": self.moved,
             "ignored": self.ignored,
             "dead_by_reason": dict(sorted(self.dead_by_reason.items())),
@@ -130,6 +134,7 @@ class Pipeline:
         self.cep = Cep(CepSpec(config.patterns, config.engine, groups=config.groups))
         self.relative = GroupRelative(config.engine, config.groups)
         """Group-relative values of the windows with ``[windows.relative]`` (gateway/relative.py)."""
+        self.joins = Joins(JoinsSpec(config.joins, config.engine, config.devices.properties, config.groups))
         self.stats = Stats()
         self.devices: dict[str, str] = {}
         """The devices admitted so far (at most ``devices.max_devices``), each with the site it is bound to:
@@ -151,6 +156,7 @@ class Pipeline:
             for e in self.anomaly.engines:
                 e.touched = self.dirty
         self.cep.touched = self.dirty  # in global mode an advance changes any key
+        self.joins.touched = self.dirty
         self._site_ticks = (
             any(w.key_site for w in self.engine.windows) or bool(self.cep.by_kind["site"]) or bool(self.cep.members)
         )
@@ -230,6 +236,7 @@ class Pipeline:
             if self.relative:
                 self._relative_out(self.relative.process_status(msg, results), out)
             self._cep_out(self.cep.process_status(msg), out)
+            self._join_out(self.joins.process_status(msg), out)
             return out
         if msg.flushed_ms is not None:
             self.stats.flush_markers += 1
@@ -271,6 +278,7 @@ class Pipeline:
             if self.relative:
                 self._relative_out(self.relative.process_batch(out.batch, results, received_ms), out)
             self._cep_out(self.cep.process_batch(out.batch, received_ms), out)
+            self._join_out(self.joins.process_batch(out.batch, received_ms), out)
         if self.anomaly is not None and (out.readings or msg.flushed_ms is not None):
             # anomaly detection: new readings, event-time order per device (on arrival, or after the watermark)
             found = self.anomaly.process(out.readings, received_ms, device=msg.device, flushed_ms=msg.flushed_ms)
@@ -358,12 +366,19 @@ class Pipeline:
             keys += [bound, "s:" + bound]
         if self.cep.members:
             keys += ["g:" + g for g in self.cep.index.groups_of(device, site) if g in self.cep.members]
+        if self.joins.joins:
+            # the join keys it feeds now, and those it fed before (a status can release any of them)
+            keys += self.joins.key_names(device, site)
+            keys += [k.name for k in self.joins.member_of.get(device, ())]
         return keys
 
-    def tick_reach(self) -> Sequence[str]:
-        """The keys a :meth:`tick` may change: every site's, when there are windows or patterns keyed by site, and
-        those of the windows with early triggers that have pending or provisional results."""
+    def tick_reach(self, now_ms: int | None = None) -> Sequence[str]:
+        """The keys a :meth:`tick` (at ``now_ms``) may change: every site's, when there are windows or patterns keyed
+        by site, those of the windows with early triggers that have pending or provisional results, and the join
+        keys whose watermark the tick moves (every join key when ``now_ms`` is not given)."""
         keys = self.engine.early_keys()
+        if self.joins.joins:
+            keys = [*keys, *(self.joins.keys if now_ms is None else self.joins.due(now_ms))]
         if not self._site_ticks:
             return keys
         sites = set(self.engine.tracker.sites) | set(self.cep.tracker.sites)
@@ -377,6 +392,7 @@ class Pipeline:
         if self.relative:
             self.relative.move_device(device, new)
         self.cep.move_device(device, new)
+        self.joins.move_device(device, new)
         self.stats.moved += 1
         log.info(
             "device %s moved from site %s to %s",
@@ -390,7 +406,7 @@ class Pipeline:
         """Time-driven progress (devices turning idle release site windows, early results of windows with
         ``early_every``). Never raises, like :meth:`handle`."""
         out = Handled()
-        self.dirty.update(self.tick_reach())
+        self.dirty.update(self.tick_reach(now_ms))
         try:
             results = self.engine.advance(now_ms)
             self._engine_out(results, out)
@@ -398,6 +414,7 @@ class Pipeline:
                 self._relative_out(self.relative.advance(now_ms, results), out)
             self._engine_out(self.engine.on_processing_time(now_ms), out)
             self._cep_out(self.cep.advance(now_ms), out)
+            self._join_out(self.joins.advance(now_ms), out)
         except Exception:
             log.exception("internal error in a tick", extra={"event": "internal_error"})
         return out
@@ -425,6 +442,7 @@ class Pipeline:
             "cep": self.cep.snapshot(keys, order),
             "anomaly": self.anomaly.snapshot(keys, order) if self.anomaly is not None else None,
             **({"relative": self.relative.snapshot()} if self.relative else {}),
+            "joins": self.joins.snapshot(keys, order),
             "unique": self._unique,
             "stats": self.stats.as_dict(),
         }
@@ -437,6 +455,8 @@ class Pipeline:
         self.cep.restore(snap["cep"])
         if self.relative and "relative" in snap:
             self.relative.restore(snap["relative"])
+        if "joins" in snap:  # a checkpoint from before joins has none: they start empty
+            self.joins.restore(snap["joins"])
         if self.anomaly is not None:
             self.anomaly.restore(snap["anomaly"])
         devices = snap.get("devices")
@@ -480,6 +500,13 @@ class Pipeline:
     def _cep_out(self, matches: list[CepMatch], out: Handled) -> None:
         for m in matches:
             self._alert(m.to_alert(), out)
+
+    def _join_out(self, joined: list[Joined], out: Handled) -> None:
+        for r in joined:
+            self.stats.joined += 1
+            out.lines.append(r.to_line())
+            if r.join.alert:
+                self._alert(r.to_alert(), out)
 
     def _engine_out(self, outputs: list[EngineOutput], out: Handled) -> None:
         for o in outputs:

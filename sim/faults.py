@@ -19,9 +19,12 @@ from typing import Final
 
 __all__ = [
     "ANOMALY_KINDS",
+    "COLD_C",
+    "CORRELATION_KINDS",
     "PAIRED_KINDS",
     "SEQUENCE_KINDS",
     "AnomalyState",
+    "Correlation",
     "InjectedAnomaly",
     "ScriptedSequence",
     "SequenceEvent",
@@ -39,6 +42,9 @@ PAIRED_KINDS: Final = ("pump_fault", "pump_fault_apart")
 the alert is the group's (``key = "group"`` pattern ``pump_fault``), keyed by ``group``."""
 PUMP_FAULT_WITHIN_MS: Final = 60_000
 """The pump_fault pattern's span: the flow must fall within a minute of the overcurrent."""
+CORRELATION_KINDS: Final = ("door_then_cold",)
+COLD_C: Final = 5.0
+"""The temperature a ``door_then_cold`` correlation's thermometer reads (far below the simulated 17-25 degrees)."""
 
 DOOR_OPEN_LIMIT_MS: Final = 300_000
 """A door open for longer than this (5 minutes) with no "closed" is a door left open."""
@@ -177,6 +183,37 @@ class ScriptedSequence:
             doc["key"] = self.group
             doc["devices"] = [self.partner if e.partner else self.device for e in self.events()]
         return doc
+
+
+@dataclass(frozen=True, slots=True)
+class Correlation:
+    """Correlated events on two devices: ``door_then_cold`` opens a door on ``device`` at ``at_ms`` (a run offset,
+    then an event time) and, ``after_ms`` later, the thermometer ``other`` reads :data:`COLD_C`. Each is an extra
+    reading carrying only that metric. Whether a join pairs them is for the gateway's ``[[joins]]`` to say (the
+    ground truth is the brute-force join of the readings, ``sim/joinref.py``)."""
+
+    kind: str
+    device: str
+    other: str
+    at_ms: int
+    after_ms: int
+
+    def events(self) -> tuple[tuple[str, int, dict[str, str | float]], ...]:
+        """``(device, event time, metrics)`` of each reading it adds."""
+        return (
+            (self.device, self.at_ms, {"door": "open"}),
+            (self.other, self.at_ms + self.after_ms, {"temp_c": COLD_C}),
+        )
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "kind": self.kind,
+            "device": self.device,
+            "other": self.other,
+            "at_ms": self.at_ms,
+            "after_ms": self.after_ms,
+            "events": [[d, t, m] for d, t, m in self.events()],
+        }
 
 
 def sequence_metric_types(sequences: Iterable[ScriptedSequence]) -> dict[str, list[str]]:
