@@ -68,6 +68,8 @@ class Stats:
     flush_markers: int = 0
     joined: int = 0
     """Joined records (``[[joins]]``) written to the ``join`` measurement."""
+    relative_values: int = 0
+    """Group-relative values (``[windows.relative]``) written to the ``window_relative`` measurement."""
     moved: int = 0
     """Devices moved to the site ``devices.sites`` declares for them."""
     ignored: int = 0
@@ -93,6 +95,7 @@ class Stats:
             "alerts_missed_fast": self.alerts_missed_fast,
             "flush_markers": self.flush_markers,
             "joined": self.joined,
+            "relative_values": self.relative_values,
             "moved": self.moved,
             "ignored": self.ignored,
             "dead_by_reason": dict(sorted(self.dead_by_reason.items())),
@@ -494,6 +497,7 @@ class Pipeline:
     def _relative_out(self, results: list[RelativeResult], out: Handled) -> None:
         for r in results:
             out.lines.append(r.to_line())
+        self.stats.relative_values += len(results)
         for alert in self.relative.alerts(results):
             self._alert(alert, out)
 
