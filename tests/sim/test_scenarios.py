@@ -223,6 +223,24 @@ def test_pump_group_correlates_two_boards_with_its_truth() -> None:
     assert verdict.ok and verdict.table("alert").expected == 2
 
 
+def test_the_report_draws_a_correlated_sequence_on_both_boards_and_a_group_alert_on_a_board() -> None:
+    from sim.report import _sequence_chart, render_report
+
+    prep = prepared("pump-group")
+    truth = prep.truth()
+    _, store = in_process(prep)
+    alerts = store.found().rows["alert"]
+    _, chart, _ = _sequence_chart(truth, alerts)
+    by_label = {x.label: x for x in chart.series}
+    # the flow drops are on the partners' rows (3 and 4, and 2 for the pump_fault with dev-0004 first)
+    flow = by_label["flow=low"]
+    assert sorted(flow.ys) == [2.0, 2.0, 3.0, 4.0]
+    assert sorted(by_label["pump=overcurrent"].ys) == [1.0, 1.0, 2.0, 4.0]
+    # each group alert on the row of its first reading's board (pump_1: dev-0001, pump_2: dev-0004)
+    assert sorted(by_label["pattern alert"].ys) == [1.0, 4.0]
+    assert "pump_fault" in render_report(truth, None, alerts)
+
+
 def test_clock_chaos_marks_unsynced_corrects_and_dead_letters() -> None:
     prep = prepared("clock-chaos")
     q = Counter(r.quality for r in prep.run.readings)
