@@ -249,6 +249,12 @@ class Gateway:
                 self.recorder.write(topic, payload, now)
         return [LogRecord(p, k, t, b, now) for p, (k, t, b, _) in zip(positions, rows, strict=True)]
 
+    async def _accept_logged(self, msgs: list[Incoming]) -> list[LogRecord]:
+        """:meth:`_accept` once no checkpoint is writing (the state file's ``write_gate``): the loop goes on
+        meanwhile, and the messages are acknowledged only once their own commit is done."""
+        async with self.store.write_gate:
+            return self._accept(msgs)
+
     async def _process(self, records: list[LogRecord]) -> None:
         for rec in records:
             if self._stopping:  # the rest is logged (and acknowledged): the restart replays it
@@ -300,13 +306,19 @@ class Gateway:
     async def _tick(self) -> None:
         # the pipeline takes inputs strictly in log order: a tick waits for logged messages to be taken,
         # else a checkpoint at the tick's position would drop them from the log unprocessed
-        while self.pos < self.store.last_pos:
-            if self._stopping:  # the logged messages wait for the restart; so does this tick
-                return
-            self._caught_up.clear()
-            await self._caught_up.wait()
-        now = self.now_ms()
-        (pos,) = self.store.append([(KIND_TICK, "", b"", now)])
+        while True:
+            while self.pos < self.store.last_pos:
+                if self._stopping:  # the logged messages wait for the restart; so does this tick
+                    return
+                self._caught_up.clear()
+                await self._caught_up.wait()
+            async with self.store.write_gate:  # not while a checkpoint writes
+                if self.pos < self.store.last_pos:
+                    continue  # messages were logged while it waited: they are taken first
+                now = self.now_ms()
+                (pos,) = self.store.append([(KIND_TICK, "", b"", now)])
+            break
+        # taken at once (no await before the pipeline has it): nothing is logged in between
         await self._apply(LogRecord(pos, KIND_TICK, "", b"", now))
 
     # --------------------------------------------------------------------------- checkpoint/recovery
@@ -323,7 +335,9 @@ class Gateway:
         goes on taking input: an input first has the keys it may change snapshotted (``Pipeline.reach``; a tick,
         or a message whose reach is not known beforehand, takes every key left), so each key is taken as it was at
         the checkpoint's position. The rows are encoded, compared with the stored rows' digests and compressed in
-        a worker thread; the SQLite transaction is on the loop, like every other use of the connection.
+        a worker thread; so is the SQLite transaction, on the checkpoint's own connection, while the loop goes on:
+        it holds the state file's ``write_gate``, so messages wait for its commit to be logged (and acknowledged),
+        without the loop waiting (``StateStore.checkpoint_async``, ``SpoolingSink.spill_async``).
 
         Two phases: the sink's lines leave memory only after the transaction that spools them (and truncates
         the log) is committed. The lines spooled are all that are in memory then, the checkpoint's and those of
@@ -344,7 +358,7 @@ class Gateway:
                     gc.enable()
         self.checkpoints += 1
         if self.checkpoints % 10 == 0:
-            self.store.compact()
+            await self.store.compact_async()
 
     async def _checkpoint(self) -> None:
         """:meth:`checkpoint`'s work, with the collector paused: every snapshot container goes with its frame."""
@@ -381,14 +395,16 @@ class Gateway:
                     await asyncio.sleep(0)
             self._capture = None
             blob, delta, digests = await asyncio.to_thread(self._encode, glob, order, cap.rows, full)
+            saved_ms = self.now_ms()
             t = time.perf_counter()
-            self.sink.spill(lambda chunks: self.store.checkpoint(pos, blob, self.now_ms(), chunks, delta))
-            on_loop += time.perf_counter() - t
+            await self.sink.spill_async(lambda chunks: self.store.checkpoint_async(pos, blob, saved_ms, chunks, delta))
+            commit_s = time.perf_counter() - t
             self._row_digests = digests  # only once committed: a failed checkpoint changed no row
             committed = True
             self.last_checkpoint = {
                 "keys": len(keys), "slices": cap.slices, "rows_written": len(delta.put),
-                "rows_deleted": len(delta.delete), "loop_s": on_loop, "total_s": time.perf_counter() - started,
+                "rows_deleted": len(delta.delete), "loop_s": on_loop, "commit_s": commit_s,
+                "total_s": time.perf_counter() - started,
             }  # fmt: skip
         except Exception:
             self.checkpoint_failures += 1
@@ -647,7 +663,7 @@ class Gateway:
             try:
                 await run_durable_ingest(
                     cfg.mqtt,
-                    self._accept,
+                    self._accept_logged,
                     self._process,
                     self.ingest_stats,
                     stop,

@@ -78,17 +78,24 @@ def _message(dev: int, i: int, t_s: int) -> tuple[str, bytes, bool]:
 
 
 class _Spy:
-    """Records the row changes of each checkpoint the store commits."""
+    """Records the row changes of each checkpoint the store commits (the gateway's, off the event loop, and a
+    synchronous one)."""
 
     def __init__(self, store: StateStore) -> None:
         self.deltas: list[RowDelta | None] = []
         inner = store.checkpoint
+        inner_async = store.checkpoint_async
 
         def checkpoint(*args: Any, **kwargs: Any) -> None:
             inner(*args, **kwargs)
             self.deltas.append(args[4] if len(args) > 4 else kwargs.get("rows"))
 
+        async def checkpoint_async(*args: Any, **kwargs: Any) -> None:
+            await inner_async(*args, **kwargs)
+            self.deltas.append(args[4] if len(args) > 4 else kwargs.get("rows"))
+
         store.checkpoint = checkpoint  # type: ignore[method-assign]
+        store.checkpoint_async = checkpoint_async  # type: ignore[method-assign]
 
 
 async def test_a_checkpoint_after_one_devices_reading_writes_only_its_rows(tmp_path: Path) -> None:
