@@ -74,6 +74,10 @@ READ_VERSIONS = (1, 2, STATE_VERSION)
 CAPTURE_SLICE = 32
 """Keys a checkpoint snapshots at a time on the event loop before it lets other work run."""
 
+PROCESS_SLICE_S = 0.005
+"""Longest the pipeline takes a batch of logged messages without letting other work run (the outbox's sender, the
+sink, the broker's socket); it also lets them run after each input that gave something to publish (an alert)."""
+
 
 def _let_others_run() -> None:
     """Release the GIL for a moment: a thread waiting for it (the event loop) gets it if it has asked."""
@@ -256,10 +260,14 @@ class Gateway:
             return self._accept(msgs)
 
     async def _process(self, records: list[LogRecord]) -> None:
+        held = time.perf_counter()
         for rec in records:
             if self._stopping:  # the rest is logged (and acknowledged): the restart replays it
                 return
-            await self._apply(rec)
+            if await self._apply(rec) or time.perf_counter() - held >= PROCESS_SLICE_S:
+                # an alert goes out now, not after the rest of the batch (up to ingest_batch messages)
+                await asyncio.sleep(0)
+                held = time.perf_counter()
         if (
             self.store.log_rows >= self.config.state.checkpoint_max_log_rows
             and time.monotonic() >= self._retry_checkpoint
@@ -270,7 +278,8 @@ class Gateway:
                 self._retry_checkpoint = time.monotonic() + 1.0
                 log.exception("checkpoint failed; trying again later", extra={"event": "checkpoint_error"})
 
-    async def _apply(self, rec: LogRecord) -> None:
+    async def _apply(self, rec: LogRecord) -> bool:
+        """Take one logged input; whether it gave messages to publish."""
         cap = self._capture
         if cap is not None:  # a checkpoint is taking keys: those this input may change are taken first
             if rec.kind == KIND_MESSAGE:
@@ -291,6 +300,7 @@ class Gateway:
         if self.pos >= self.store.last_pos:
             self._caught_up.set()
         await self._emit(out)
+        return bool(out.publish)
 
     async def _emit(self, out: Handled) -> None:
         if self.discovery is not None:  # before the alerts: an entity's discovery message goes first
@@ -518,8 +528,10 @@ class Gateway:
 
     # ------------------------------------------------------------------------------------- stats
 
-    def snapshot_stats(self) -> dict[str, object]:
-        return {
+    def snapshot_stats(self, live: bool = True) -> dict[str, object]:
+        """The stats file's content; without ``live`` (every device's row, the recent windows and alerts), only the
+        counters (what the health points need, every second)."""
+        stats: dict[str, object] = {
             "pipeline": {**self.pipeline.stats.as_dict(), "devices": len(self.pipeline.devices)},
             "sink": {
                 **self.sink.stats.as_dict(),
@@ -548,7 +560,7 @@ class Gateway:
                     else {}
                 ),
             },
-            "live": self.live.as_dict(self.now_ms()),  # deploy
+            **({"live": self.live.as_dict(self.now_ms())} if live else {}),  # deploy
             **({"notify": self.notifier.stats()} if self.notifier is not None else {}),
             "state": {
                 "log_pos": self.pos,
@@ -560,6 +572,7 @@ class Gateway:
                 "redelivered": self.redelivered,
             },
         }
+        return stats
 
     def _write_stats(self, stats: dict[str, object] | None = None) -> None:
         if self.stats_file is None:
@@ -603,7 +616,7 @@ class Gateway:
         async def step() -> None:
             nonlocal last_checkpoint
             await self._tick()
-            await self.sink.add(self.live.health_lines(self.now_ms(), self.snapshot_stats()))  # deploy
+            await self.sink.add(self.live.health_lines(self.now_ms(), self.snapshot_stats(live=False)))  # deploy
             if time.monotonic() - last_checkpoint >= self.config.state.checkpoint_interval_s:
                 await self.checkpoint()
                 last_checkpoint = time.monotonic()
