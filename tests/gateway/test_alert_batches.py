@@ -1,13 +1,16 @@
-"""An alert goes to the outbox's sender as soon as the message that raised it is taken, not after the rest of the
-batch of messages it arrived with (the ingest takes up to ``state.ingest_batch`` messages at a time)."""
+"""What stood between a message and its alert: an alert goes to the outbox's sender as soon as the message that
+raised it is taken, not after the rest of the batch of messages it arrived with (the ingest takes up to
+``state.ingest_batch`` messages at a time); and the garbage collector's full scans of the heap are paced."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import weakref
 from pathlib import Path
 
-from gateway.app import Gateway
+from gateway.app import CollectorPacing, Gateway
 from gateway.config import parse_config
 
 T0 = 1_764_072_000_000
@@ -51,3 +54,34 @@ async def test_an_alert_reaches_the_sender_before_the_rest_of_its_batch_is_taken
         )
     finally:
         gw.store.close()
+
+
+class _Node:
+    def __init__(self) -> None:
+        self.me = self  # a reference cycle: only the cyclic collector frees it
+
+
+def test_the_collector_pacing_freezes_after_a_full_collection_and_gives_the_objects_back() -> None:
+    """After a full collection what is alive is frozen (not scanned again), and given back every ``every_s``: a
+    cycle that became garbage while frozen is collected then, so frozen garbage does not accumulate."""
+    pacing = CollectorPacing(every_s=3600.0)
+    pacing.install()
+    try:
+        holder = [_Node()]
+        gone = weakref.ref(holder[0])
+        gc.collect()
+        assert pacing.freezes == 1 and gc.get_freeze_count() > 0
+        holder.clear()  # now garbage, in a cycle, frozen
+        gc.collect()
+        assert gone() is not None, "a frozen object was scanned"
+        pacing.tick()  # not yet time: still frozen
+        gc.collect()
+        assert gone() is not None
+        pacing.every_s = 0.0
+        pacing.tick()
+        assert gc.get_freeze_count() == 0
+        gc.collect()
+        assert gone() is None, "the cycle frozen while alive was not collected after the objects were given back"
+    finally:
+        pacing.remove()
+    assert gc.get_freeze_count() == 0 and pacing._after not in gc.callbacks
