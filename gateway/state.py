@@ -385,6 +385,10 @@ def row_digest(text: bytes) -> bytes:
     return hashlib.blake2b(text, digest_size=16).digest()
 
 
+_ROWS_PER_STATEMENT: Final = 250
+"""Checkpoint rows written (or deleted) by one SQL statement: 500 parameters, under the 999 of old SQLite builds."""
+
+
 class StateStore:
     """The SQLite file ``path`` (created with its directory). ``close()`` when done.
 
@@ -600,9 +604,18 @@ class StateStore:
             if rows is None or rows.replace:
                 db.execute("DELETE FROM ckpt_row")
             if rows is not None:
+                # many rows a statement: each statement is one wait for the GIL in the checkpoint's worker thread,
+                # which a busy event loop can make last its whole switch interval (5 ms), one per row with executemany
                 if rows.delete and not rows.replace:
-                    db.executemany("DELETE FROM ckpt_row WHERE name = ?", [(n,) for n in rows.delete])
-                db.executemany("INSERT OR REPLACE INTO ckpt_row (name, data) VALUES (?, ?)", rows.put)
+                    for i in range(0, len(rows.delete), _ROWS_PER_STATEMENT):
+                        names = rows.delete[i : i + _ROWS_PER_STATEMENT]
+                        db.execute(f"DELETE FROM ckpt_row WHERE name IN ({','.join('?' * len(names))})", names)
+                for i in range(0, len(rows.put), _ROWS_PER_STATEMENT):
+                    put = rows.put[i : i + _ROWS_PER_STATEMENT]
+                    db.execute(
+                        f"INSERT OR REPLACE INTO ckpt_row (name, data) VALUES {','.join(['(?,?)'] * len(put))}",
+                        [x for row in put for x in row],
+                    )
             deleted: int = db.execute("DELETE FROM log WHERE pos <= ?", (pos,)).rowcount
         return deleted
 

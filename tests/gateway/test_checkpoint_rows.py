@@ -234,3 +234,27 @@ async def test_recover_keeps_a_checkpoint_in_rows_or_reports_it_lost(tmp_path: P
             assert again.replayed == 1 and again.pipeline.stats.readings_accepted == 1
     finally:
         again.store.close()
+
+
+@pytest.mark.parametrize("sync", [True, False])
+async def test_many_rows_are_written_and_deleted_exactly(tmp_path: Path, sync: bool) -> None:
+    """The rows go in statements of several rows each: every row written, replaced and deleted as asked, however
+    many (past one statement's worth), by the checkpoint on the event loop and the one in a worker thread."""
+    store = StateStore(tmp_path / "state.db")
+    try:
+
+        async def checkpoint(pos: int, delta: RowDelta) -> None:
+            if sync:
+                store.checkpoint(pos, {"rows": 1}, 0, rows=delta)
+            else:
+                await store.checkpoint_async(pos, {"rows": 1}, 0, rows=delta)
+
+        first = {f"k{i}": f"v{i}".encode() for i in range(600)}
+        await checkpoint(1, RowDelta(list(first.items()), replace=True))
+        changed = {f"k{i}": f"w{i}".encode() for i in range(0, 600, 7)}
+        gone = [f"k{i}" for i in range(1, 600, 2) if f"k{i}" not in changed]
+        await checkpoint(2, RowDelta(list(changed.items()), gone))
+        want = {**{n: d for n, d in first.items() if n not in gone}, **changed}
+        assert dict(store.db.execute("SELECT name, data FROM ckpt_row").fetchall()) == want
+    finally:
+        store.close()
