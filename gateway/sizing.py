@@ -167,6 +167,12 @@ class Sizing:
         return asdict(self)
 
 
+def _at_least(ratio: float) -> int:
+    """The whole number of machines or slots a ``ratio`` of load needs (at least 1); a ratio a rounding error over a
+    whole number (3.0000000000000004) is that number."""
+    return max(1, math.ceil(ratio * (1 - 1e-12)))
+
+
 def size_fleet(
     *,
     readings_per_s: float,
@@ -206,10 +212,10 @@ def size_fleet(
     # a bridge: its pipeline (measured on the fleet's messages; without, the default one), the encoding, the rest
     bridge_us = (calibration.pipeline_us if bridge_us is None else bridge_us) + calibration.encode_us + rest
     bridge_capacity = 1e6 / bridge_us
-    bridges = max(1, math.ceil(readings_per_s / (bridge_capacity * max_cpu)))
+    bridges = _at_least(readings_per_s / (bridge_capacity * max_cpu))
     parallelism = task_managers = partitions = per_slot = None
     if flink_slot_rate is not None:
-        parallelism = max(1, math.ceil(readings_per_s / (flink_slot_rate * max_cpu)))
+        parallelism = _at_least(readings_per_s / (flink_slot_rate * max_cpu))
         task_managers = math.ceil(parallelism / slots_per_tm)
         partitions = parallelism
         per_slot = state_bytes // parallelism
