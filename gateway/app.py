@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .bridge import N_PER_POS, FileForwarder, KafkaForwarder, bridge_pipeline_config, message_records
 from .ckpt_rows import ORDER, dumps_row, key_names, split_order, split_rows
 from .config import Config, redact_url
 from .errors import ConfigError, StateError
@@ -212,7 +213,18 @@ class Gateway:
 
         self.config = config
         self.now_ms = now_ms
-        self.pipeline = Pipeline(config)
+        self.bridge: FileForwarder | None = None
+        """``[bridge]``: the accepted readings to the Flink job's files (docs/scale-out.md); the windows, patterns
+        and anomaly rules run there, not here."""
+        self.kafka: KafkaForwarder | None = None
+        if config.bridge.enabled:
+            b = config.bridge
+            self.bridge = FileForwarder(
+                Path(b.dir), b.roll_bytes, int(b.roll_interval_s * 1000), sync=config.state.sync == "full"
+            )
+            if b.to == "kafka":
+                self.kafka = KafkaForwarder(b, Path(b.dir), config.mqtt.client_id)
+        self.pipeline = Pipeline(bridge_pipeline_config(config) if self.bridge is not None else config)
         self.store = StateStore(state_path(config), sync=config.state.sync)
         self.metrics = GatewayMetrics(self)
         self.sink = SpoolingSink(
@@ -241,7 +253,7 @@ class Gateway:
         self.recovered_from = 0
         self.replayed = 0
         self.checkpoints = 0
-        self.fingerprint = _fingerprint(config)
+        self.fingerprint = _fingerprint(self.pipeline.config) + ("-bridge" if self.bridge is not None else "")
         self.recent: deque[bytes] = deque(maxlen=max(1000, 4 * (config.mqtt.max_inflight + config.state.ingest_batch)))
         """Digests of the last logged messages: a re-sent (DUP) message found here was logged already."""
         self.redelivered = 0
@@ -318,8 +330,8 @@ class Gateway:
                 held = time.perf_counter()
         if (
             self.store.log_rows >= self.config.state.checkpoint_max_log_rows
-            and time.monotonic() >= self._retry_checkpoint
-        ):
+            or (self.bridge is not None and self.bridge.size >= self.bridge.roll_bytes)
+        ) and time.monotonic() >= self._retry_checkpoint:
             try:
                 await self.checkpoint()
             except Exception:  # a full disk, a lock: everything stays where it was; the tick's checkpoint tries again
@@ -344,6 +356,12 @@ class Gateway:
         else:
             out = self.pipeline.handle(rec.topic, rec.payload, rec.received_ms)
             self.metrics.messages_in += 1
+            if self.bridge is not None and out.readings:  # before the position moves: a checkpoint sees both agree
+                eng = self.pipeline.config.engine
+                lines = message_records(
+                    out.readings, rec.pos, rec.received_ms, min_time_ms=eng.min_time_ms, max_future_ms=eng.max_future_ms
+                )
+                self.bridge.append(lines, rec.pos * N_PER_POS, self.now_ms())
         self.pos = rec.pos  # before any await: a checkpoint in between sees state and position agree
         if self.pos >= self.store.last_pos:
             self._caught_up.set()
@@ -433,6 +451,8 @@ class Gateway:
                 "outbox": [[t, base64.b64encode(p).decode()] for t, p in self.outbox.queue],
                 "recent": [d.hex() for d in self.recent],
             }
+            if self.bridge is not None:  # the first phase: the lines so far handed over, a file due complete
+                state["bridge"] = self.bridge.prepare(self.now_ms(), roll=self._stopping)
             if self.discovery is not None:  # [homeassistant]: the device states and what is waiting to be sent
                 state["homeassistant"] = self.discovery.snapshot()
                 state["retained"] = [[t, base64.b64encode(p).decode()] for t, p in self.outbox.retained.items()]
@@ -459,6 +479,8 @@ class Gateway:
             commit_s = time.perf_counter() - t
             self._row_digests = digests  # only once committed: a failed checkpoint changed no row
             committed = True
+            if self.bridge is not None:  # the second phase: the complete files into the job's sight
+                self.bridge.commit()
             self.last_checkpoint = {
                 "keys": len(keys), "slices": cap.slices, "rows_written": len(delta.put),
                 "rows_deleted": len(delta.delete), "loop_s": on_loop, "commit_s": commit_s,
@@ -547,6 +569,8 @@ class Gateway:
             # the next checkpoint rewrites every row
             self._row_digests = (ck.row_digests or None) if ck.state.get("version") == STATE_VERSION else None
             self.pipeline.dirty.clear()
+        if self.bridge is not None:
+            self.bridge.recover(ck.state.get("bridge") if ck is not None else None, self.now_ms())
         try:
             for rec in self.store.tail(self.pos):
                 if self._stopping:  # stopped during the replay: the next start goes on from the checkpoint
@@ -608,6 +632,7 @@ class Gateway:
                     else {}
                 ),
             },
+            **self._bridge_stats(),
             **({"live": self.live.as_dict(self.now_ms())} if live else {}),  # deploy
             **({"notify": self.notifier.stats()} if self.notifier is not None else {}),
             "state": {
@@ -621,6 +646,18 @@ class Gateway:
             },
         }
         return stats
+
+    def _bridge_stats(self) -> dict[str, object]:
+        if self.bridge is None:
+            return {}
+        b: dict[str, object] = {
+            "lines": self.bridge.lines,
+            "files": self.bridge.files,
+            "in_progress_bytes": self.bridge.size,
+        }
+        if self.kafka is not None:
+            b.update(kafka_sent=self.kafka.sent, kafka_files=self.kafka.files, kafka_failures=self.kafka.failures)
+        return {"bridge": b}
 
     def _write_stats(self, stats: dict[str, object] | None = None) -> None:
         if self.stats_file is None:
@@ -723,6 +760,8 @@ class Gateway:
             await self.checkpoint()
             self.started.set()
             tick_task = asyncio.create_task(self._tick_loop(stop), name="tick")
+            if self.kafka is not None:
+                kafka_task = asyncio.create_task(self.kafka.run(stop), name="kafka")
             try:
                 await run_durable_ingest(
                     cfg.mqtt,
@@ -738,6 +777,9 @@ class Gateway:
                 stop.set()
                 self._begin_stop()
                 await tick_task
+                if self.kafka is not None:  # a send in flight is cut off: its file is sent again from its progress
+                    await asyncio.wait({kafka_task}, timeout=5.0)
+                    kafka_task.cancel()
                 # with InfluxDB away there is nothing to wait for: the final checkpoint spools what is left
                 drained = await self.sink.drain(30.0) if self.sink.healthy else False
                 await self.sink.close()
@@ -778,4 +820,6 @@ class Gateway:
                 self.recorder.close()
             if server is not None:
                 await server.cleanup()
+            if self.bridge is not None:
+                self.bridge.close()
             self.store.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime
 import json
 import logging
@@ -25,6 +26,7 @@ from .protocol import METRIC_RE
 from .record import RecordError, count_records
 from .replay import replay
 from .salvage import recover_state
+from .sizing import Sizing, bridge_pipeline_us, calibrate, size_fleet
 from .state import HOLDS, StateFileError, file_error
 from .top import run_top
 
@@ -43,6 +45,7 @@ def _describe(cfg: Config) -> str:
     )
     return "\n".join(
         [
+            _describe_mode(cfg),
             f"broker:    mqtt://{m.host}:{m.port} as {m.client_id!r}"
             + (f" (user {m.username!r}, password {'set' if m.password else 'NOT set'})" if m.username else ""),
             f"subscribe: {', '.join(m.subscriptions)} at QoS {m.qos}, persistent session: {not m.clean_session}",
@@ -71,6 +74,29 @@ def _describe(cfg: Config) -> str:
             *_describe_env(cfg),
         ]
     )
+
+
+def _describe_mode(cfg: Config) -> str:
+    """Standalone, bridge or sink-only (docs/scale-out.md)."""
+    b, so = cfg.bridge, cfg.sink_only
+    if b.enabled:
+        where = (
+            f"files in {b.dir} for the Flink job's files source"
+            if b.to == "files"
+            else f"Kafka topic {b.kafka_topic!r} at {', '.join(b.kafka_servers)} (outbox {b.dir})"
+        )
+        return (
+            f"mode:      bridge: every accepted reading to {where}, a file complete at {b.roll_bytes / 2**20:g} MiB or "
+            f"{b.roll_interval_s:g} s, committed with the checkpoint; the windows below run on the cluster (compile "
+            "--target flink-sql), not here; the patterns, joins and anomaly detection run here, and readings, "
+            "statuses, alerts and dead letters go to InfluxDB"
+        )
+    if so.enabled:
+        return (
+            f"mode:      sink-only: the Flink job's results in {so.dir} (windows/, late/, alerts/, every "
+            f"{so.poll_interval_s:g} s) to InfluxDB, each file once; no broker (the [mqtt] lines below are not used)"
+        )
+    return "mode:      standalone: ingest, windows, patterns and anomaly detection in this process"
 
 
 def _describe_groups(cfg: Config) -> list[str]:
@@ -216,7 +242,12 @@ async def _run(cfg: Config, stats_file: Path | None, record: Path | None) -> int
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
-    await Gateway(cfg, stats_file=stats_file, record=record).run(stop)
+    if cfg.sink_only.enabled:
+        from .sinkonly import SinkOnly
+
+        await SinkOnly(cfg, stats_file=stats_file).run(stop)
+    else:
+        await Gateway(cfg, stats_file=stats_file, record=record).run(stop)
     return 130 if got and got[0] == signal.SIGINT else 0
 
 
@@ -297,6 +328,19 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--metrics", default="temp_c,rh", help="comma-separated metric names (default temp_c,rh)")
     plan.add_argument("--hours", type=float, default=1.0, help="event time to measure, after the warm-up (default 1)")
     plan.add_argument("--json", action="store_true", help="print the result as JSON")
+    sz = plan.add_argument_group(
+        "sizing: has the fleet outgrown one gateway, and what Flink needs instead (run plan on the target machine: "
+        "it measures there)"
+    )
+    sz.add_argument("--max-cpu", type=float, default=0.5, metavar="SHARE",
+                    help="the share of one core a gateway may use at the fleet's rate (default 0.5: the rest drains a "
+                    "backlog after an outage)")  # fmt: skip
+    sz.add_argument("--memory", default="512MiB", metavar="SIZE",
+                    help="the state a gateway may hold in memory (default 512MiB; KiB, MiB, GiB)")  # fmt: skip
+    sz.add_argument("--flink-slot-rate", type=float, default=None, metavar="N",
+                    help="readings per second one Flink slot takes for this job (measured: docs/scale-out.md); "
+                    "gives the parallelism, TaskManagers and Kafka partitions")  # fmt: skip
+    sz.add_argument("--slots-per-tm", type=int, default=2, metavar="N", help="slots per TaskManager (default 2)")
     tr = plan.add_argument_group("latency against accuracy (--scenario)")
     tr.add_argument("--scenario", metavar="NAME", help="a simulator scenario (edgekit-sim scenarios) or its TOML file")
     tr.add_argument("--bound", default="", metavar="LIST", help="watermark bounds to try, e.g. 0,5s,1m (default: "
@@ -440,8 +484,37 @@ def _plan(cfg: Config, args: argparse.Namespace) -> int:
         progress=lambda done, total: bar.update(done, total),
     )
     bar.done()
+    memory = _size_bytes(args.memory)
+    if (
+        memory is None
+        or not 0 < args.max_cpu <= 1
+        or args.slots_per_tm < 1
+        or (args.flink_slot_rate is not None and args.flink_slot_rate <= 0)
+    ):
+        return _fail(
+            f"--max-cpu 0-1, --memory like 512MiB, --slots-per-tm >= 1, --flink-slot-rate > 0; got {args.max_cpu}, "
+            f"{args.memory!r}, {args.slots_per_tm}, {args.flink_slot_rate}",
+            2,
+        )
+    sizing = size_fleet(
+        readings_per_s=res.devices * 1000 / interval_ms,
+        messages_per_s=res.devices * 1000 / interval_ms / res.batch,
+        pipeline_us=res.pipeline_us,
+        calibration=calibrate(),
+        state_bytes=res.memory_bytes,
+        checkpoint_cpu_s=res.checkpoint_cpu_s,
+        devices=res.devices,
+        checkpoint_interval_s=cfg.state.checkpoint_interval_s,
+        max_cpu=args.max_cpu,
+        memory=memory,
+        flink_slot_rate=args.flink_slot_rate,
+        slots_per_tm=args.slots_per_tm,
+        bridge_us=bridge_pipeline_us(cfg, metrics, args.batch),
+    )
+    if cfg.patterns or cfg.anomaly.enabled:
+        sizing = dataclasses.replace(sizing, notes=(STATEFUL_NOTE,))
     if args.json:
-        print(json.dumps(res.as_dict(), indent=1))
+        print(json.dumps({**res.as_dict(), "sizing": sizing.as_dict()}, indent=1))
         return 0
     total = res.total_per_hour
     print(
@@ -460,7 +533,72 @@ def _plan(cfg: Config, args: argparse.Namespace) -> int:
         f"state: engine {res.engine_state_bytes / 1024:.1f} KiB, deduplication {res.dedup_state_bytes / 1024:.1f} KiB "
         f"(as JSON, what a checkpoint stores), {res.engine_state_bytes // res.devices} bytes of engine state a device"
     )
+    print("\n".join(_describe_sizing(sizing)))
     return 0
+
+
+STATEFUL_NOTE = (
+    "with patterns or anomaly detection the whole gateway measured end to end costs more than this model gives: "
+    "the example configuration 5,700-11,000 readings per CPU-second where the model gives 15,000-20,000 "
+    "(docs/scale-out.md, 'Known gap'): take the CPU share as a lower bound, or measure with bench/bench_e2e.py"
+)
+
+_UNITS = {"": 1, "B": 1, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "KB": 10**3, "MB": 10**6, "GB": 10**9}
+
+
+def _size_bytes(text: str) -> int | None:
+    """``512MiB`` -> bytes (KiB/MiB/GiB, kB/MB/GB, or a plain number of bytes); None if it is not one."""
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", text)
+    if m is None or m.group(2).upper() not in _UNITS:
+        return None
+    value = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    return value if value > 0 else None
+
+
+def _describe_sizing(s: Sizing) -> list[str]:
+    f = s.flink
+    lines = [
+        f"sizing:    {s.readings_per_s:,.1f} readings/s ({s.messages_per_s:,.1f} messages/s). This machine runs the "
+        f"default pipeline at {s.calibration_us:.1f} us a reading, {s.speed:.2f} x the benchmark machine of "
+        "docs/performance.md;",
+        f"           this configuration's pipeline {s.pipeline_us:.1f} us a reading, the whole gateway about "
+        f"{s.gateway_us:.1f} us (the rest measured there, scaled); checkpoints {s.checkpoint_share:.1%} of a core: "
+        f"about {s.capacity:,.0f} readings/s on one core",
+        f"           at the fleet's rate: {s.cpu_share:.1%} of one core (at most {s.max_cpu:.0%}); state in memory "
+        f"{s.state_bytes / 2**20:,.1f} MiB (at most {s.memory / 2**20:,.0f} MiB); a backlog of one hour drains in "
+        + (
+            "never (the gateway is behind for good)"
+            if s.catch_up_s is None
+            else f"{s.catch_up_s:.0f} s"
+            if s.catch_up_s < 120
+            else f"{s.catch_up_s / 60:,.0f} min"
+        ),
+    ]
+    for note in s.notes:
+        lines.append(f"note:      {note}")
+    if not s.outgrown:
+        lines.append("verdict:   one gateway is enough")
+    else:
+        lines.append("verdict:   OUTGROWN one gateway: " + "; ".join(s.reasons))
+    lines.append(
+        f"flink:     {f.bridges} bridge gateway{'s' if f.bridges != 1 else ''} (about "
+        f"{f.bridge_readings_per_cpu_s:,.0f} readings per CPU-second each: ingest, dedup, log, forward; "
+        "split the fleet by site), then Kafka"
+    )
+    if f.parallelism is not None:
+        lines.append(
+            f"           job parallelism {f.parallelism} ({f.task_managers} TaskManager"
+            f"{'s' if f.task_managers != 1 else ''}), {f.kafka_partitions} Kafka partitions (key site/device), "
+            f"about {(f.state_per_slot_bytes or 0) / 2**20:,.1f} MiB of state a slot, state backend {f.state_backend}"
+        )
+    else:
+        lines.append(
+            "           job parallelism: the rate over what one slot takes for this job (--flink-slot-rate, measured "
+            f"on the cluster: docs/scale-out.md); state backend {f.state_backend}"
+        )
+    return lines
 
 
 def _replay(cfg: Config, args: argparse.Namespace) -> int:

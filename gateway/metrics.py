@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from .bridge import FileForwarder, KafkaForwarder
 from .ingest import IngestStats, Outbox
 from .notify import Notifier
 from .pipeline import Pipeline
@@ -56,6 +57,10 @@ class GatewayView(Protocol):
     def now_ms(self) -> Callable[[], int]: ...
     @property
     def notifier(self) -> Notifier | None: ...
+    @property
+    def bridge(self) -> FileForwarder | None: ...
+    @property
+    def kafka(self) -> KafkaForwarder | None: ...
 
 
 class GatewayMetrics:
@@ -252,6 +257,14 @@ class _Collector(Collector):
         yield lag
         if gw.notifier is not None:
             yield from _notify_metrics(gw.notifier)
+        if gw.bridge is not None:  # bridge mode (docs/scale-out.md)
+            b = gw.bridge
+            yield counter("edgekit_bridge_lines", "Readings written to the bridge's files (a replay's again)", b.lines)
+            yield counter("edgekit_bridge_files", "Files renamed into the Flink job's sight", b.files)
+            yield gauge("edgekit_bridge_in_progress_bytes", "Bytes of the file in progress", b.size)
+            if gw.kafka is not None:
+                yield counter("edgekit_kafka_sent", "Readings acknowledged by Kafka (acks=all)", gw.kafka.sent)
+                yield counter("edgekit_kafka_failures", "Times Kafka could not be reached (retried)", gw.kafka.failures)
 
 
 def _notify_metrics(n: Notifier) -> Iterator[Metric]:

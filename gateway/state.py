@@ -64,6 +64,7 @@ __all__ = [
     "dumps_in_pieces",
     "expected_columns",
     "file_error",
+    "fsync_dir",
     "lock_file",
     "read_header",
     "read_rows",
@@ -163,6 +164,15 @@ def file_error(path: Path, exc: BaseException) -> StateFileError:
     if isinstance(exc, OSError) and exc.strerror:
         what = exc.strerror
     return StateFileError(path, f"cannot be used: {what}", damaged=False, lasting=False)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a directory's entries (a rename, a new file) durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def lock_file(path: Path) -> int:

@@ -298,6 +298,8 @@ def test_one_example_configuration_per_use_each_passing_check_as_shipped() -> No
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     shipped = {
         "gateway/examples/gateway.toml": {},
+        "gateway/examples/bridge.toml": {},
+        "gateway/examples/sink-only.toml": {},
         "deploy/systemd/gateway.toml": {},
         "deploy/gateway.toml": {k: v for k, v in model()["services"]["gateway"]["environment"].items() if v},
     }
