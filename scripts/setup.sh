@@ -111,6 +111,23 @@ else
     fi
 fi
 # --- optional compiled engine (end) ---------------------------------------------------------------------
+# --- Apache Flink (scale-out tests, docs/scale-out.md) ---------------------------------------------------
+# The apache-flink wheel carries the bin/ scripts (standalone JobManager and TaskManagers, `flink run`) and
+# apache-flink-libraries the runtime's jars (flink-dist, the table planner, flink-cep, the files and JSON
+# connectors); installed without their Python dependencies (PyFlink's API pins apache-beam and pandas < 2.3,
+# which the tests do not use: they submit SQL with scripts/flink/SqlRunner.java). Java 17 runs it. Only the
+# scale-out tests need it; the Pi path never does. EDGEKIT_FLINK=0 skips it.
+FLINK_VERSION=2.3.0
+if [[ "${EDGEKIT_FLINK:-1}" == 0 ]]; then
+    step "Apache Flink: skipped (EDGEKIT_FLINK=0)"
+elif [[ "$(.venv/bin/python -c 'from importlib.metadata import version as v; print(v("apache-flink"), v("apache-flink-libraries"))' 2>/dev/null)" == "$FLINK_VERSION $FLINK_VERSION" ]]; then
+    step "Apache Flink $FLINK_VERSION: present"
+else
+    step "pip install apache-flink==$FLINK_VERSION (runtime and scripts, no PyFlink dependencies) into .venv"
+    .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps \
+        "apache-flink==$FLINK_VERSION" "apache-flink-libraries==$FLINK_VERSION"
+fi
+command -v javac >/dev/null 2>&1 || printf 'warning: no JDK (javac); the Flink tests need one: apt-get install openjdk-17-jdk-headless\n' >&2
 # --- 3. firmware test tools -----------------------------------------------------------------------------
 # micropython-esp32-stubs for the firmware's type check, in .run/esp32-stubs (not in .venv)
 PYTHON=.venv/bin/python sh scripts/typecheck_firmware.sh --install >/dev/null && step "micropython-esp32-stubs for the firmware type check: ready"
