@@ -147,14 +147,20 @@ class Cluster:
     def checkpoints(self, jid: str) -> int:
         return int(self.rest(f"/jobs/{jid}/checkpoints")["counts"]["completed"])
 
-    def stop(self, jid: str, savepoints: Path) -> None:
-        """Stop with a final savepoint after draining: every window fires (rule E), the sinks commit."""
-        proc = self.flink("stop", "--drain", "-p", f"file://{savepoints}", "-m", self.address, jid)
-        assert proc.returncode == 0, f"flink stop failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
-        deadline = time.monotonic() + 60
-        while self.rest(f"/jobs/{jid}")["state"] != "FINISHED":
-            assert time.monotonic() < deadline, f"job {jid} did not finish after stop"
-            time.sleep(0.3)
+    def stop(self, jids: list[str], savepoints: Path) -> None:
+        """Stop the jobs with a final savepoint after draining: every window fires (rule E), the sinks commit."""
+        body = json.dumps({"drain": True, "targetDirectory": f"file://{savepoints}"}).encode()
+        for jid in jids:
+            req = urllib.request.Request(f"http://{self.address}/jobs/{jid}/stop", data=body, method="POST")
+            req.add_header("Content-Type", "application/json")
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                assert resp.status == 202, resp.read()
+        deadline = time.monotonic() + 90
+        for jid in jids:
+            while (state := self.rest(f"/jobs/{jid}")["state"]) != "FINISHED":
+                assert state not in ("FAILED", "CANCELED"), f"job {jid} is {state} after stop"
+                assert time.monotonic() < deadline, f"job {jid} did not finish after stop"
+                time.sleep(0.3)
 
 
 def _config_yaml(tmp: Path, rpc_port: int, rest_port: int) -> str:
@@ -166,7 +172,7 @@ jobmanager:
 taskmanager:
   bind-host: 127.0.0.1
   host: 127.0.0.1
-  numberOfTaskSlots: 2
+  numberOfTaskSlots: 3
   memory: {{process: {{size: 1024m}}, managed: {{size: 64m}}}}
 parallelism: {{default: 1}}
 cluster: {{evenly-spread-out-slots: true}}
@@ -175,6 +181,7 @@ blob: {{server: {{port: 0}}}}
 execution:
   checkpointing: {{dir: "file://{tmp / "checkpoints"}", interval: 1s}}
 restart-strategy: {{type: fixed-delay, fixed-delay: {{attempts: 5, delay: 1s}}}}
+heartbeat: {{interval: 1000, timeout: 5000}}
 env:
   java:
     opts:
@@ -326,36 +333,13 @@ class JobSide:
     script: str
 
 
-def job_sides(cluster: Cluster, work: Path, sides: dict[str, GatewaySide], parallelism: int) -> dict[str, JobSide]:
-    """Run the compiled jobs of every scenario (one submission: the jobs run side by side) and read their output."""
+def streaming_job_sides(cluster: Cluster, work: Path, runs: dict[str, tuple[GatewaySide, int]]) -> dict[str, JobSide]:
+    """Jobs that monitor their directories, one per run (label: the gateway's side and a parallelism), submitted
+    together: the input appears once they run (a reader without a file is then idle, and does not hold the
+    watermark back). When every reading has been read, the jobs are stopped, drained (rule E)."""
     scripts: dict[str, str] = {}
-    for i, (name, side) in enumerate(sides.items()):
-        base = work / name
-        inp = base / "in"
-        inp.mkdir(parents=True)
-        (inp / f"readings-{1:020d}.jsonl").write_text("".join(line + "\n" for line in side.lines))
-        paths = SinkPaths(
-            readings=f"file://{inp}", windows=f"file://{base / 'windows'}", late=f"file://{base / 'late'}"
-        )
-        scripts[name] = compile_flink_sql(side.config, paths, parallelism=parallelism, prefix=f"s{i}_")
-    (work / "jobs.sql").write_text("".join(scripts.values()))
-    cluster.run_sql(work / "jobs.sql")
-    return {
-        name: JobSide(_read_dir(work / name / "windows"), _read_dir(work / name / "late"), script)
-        for name, script in scripts.items()
-    }
-
-
-def streaming_job_sides(
-    cluster: Cluster, work: Path, sides: dict[str, GatewaySide], parallelism: int, kill: str | None = None
-) -> dict[str, JobSide]:
-    """As :func:`job_sides` with jobs that monitor their directories: the input appears once the jobs run (a
-    reader without a file is then idle), and with ``kill`` that TaskManager is killed (SIGKILL) once a
-    checkpoint has completed while the input is read, and started again. When every reading has been read,
-    the jobs are stopped, drained."""
-    scripts: dict[str, str] = {}
-    for i, (name, side) in enumerate(sides.items()):
-        base = work / name
+    for i, (label, (side, parallelism)) in enumerate(runs.items()):
+        base = work / f"run{i}"
         (base / "in").mkdir(parents=True)
         paths = SinkPaths(
             readings=f"file://{base / 'in'}",
@@ -363,46 +347,34 @@ def streaming_job_sides(
             late=f"file://{base / 'late'}",
             monitor_interval="1s",
         )
-        scripts[name] = compile_flink_sql(side.config, paths, parallelism=parallelism, prefix=f"s{i}_")
+        scripts[label] = compile_flink_sql(side.config, paths, parallelism=parallelism, prefix=f"s{i}_")
     (work / "jobs.sql").write_text("".join(scripts.values()))
-    ids = dict(zip(sides, cluster.run_sql(work / "jobs.sql", wait=False), strict=True))
+    ids = dict(zip(runs, cluster.run_sql(work / "jobs.sql", wait=False), strict=True))
     for jid in ids.values():
         cluster.wait_running(jid)
     time.sleep(2)  # longer than the idle timeout: every reader is idle before any input exists
-    for name, side in sides.items():
-        hidden = work / name / "in" / ".readings.jsonl"  # Flink's file source skips names starting with '.'
+    for i, (side, _) in enumerate(runs.values()):
+        hidden = work / f"run{i}" / "in" / ".readings.jsonl"  # Flink's file source skips names starting with '.'
         hidden.write_text("".join(line + "\n" for line in side.lines))
         hidden.rename(hidden.with_name(f"readings-{1:020d}.jsonl"))
-    if kill is not None:
-        deadline = time.monotonic() + 120
-        while not all(cluster.checkpoints(j) >= 1 and cluster.source_records(j) > 0 for j in ids.values()):
-            assert time.monotonic() < deadline, "no checkpoint while reading the input"
-            time.sleep(0.2)
-        cluster.kill(kill)
-        cluster.start(kill, "taskmanager.sh")
-        cluster.wait_taskmanagers(2)
     deadline = time.monotonic() + 180
-    for name, jid in ids.items():
-        want = len(sides[name].lines)
-        while True:
-            try:
+    counts: dict[str, int] = {}
+    while True:  # every job runs, and its source has emitted nothing new for 3 s
+        try:
+            for jid in ids.values():
                 cluster.wait_running(jid)
-                if kill is None and cluster.source_records(jid) >= want:
-                    break
-                if kill is not None and cluster.checkpoints(jid) >= 1:
-                    # after a restore the counter starts again: wait until it stands still for 3 s
-                    before = cluster.source_records(jid)
-                    time.sleep(3)
-                    if cluster.source_records(jid) == before:
-                        break
-            except (OSError, StopIteration, KeyError):
-                pass
-            assert time.monotonic() < deadline, f"{name}: the job did not read its input"
-            time.sleep(0.3)
-        cluster.stop(jid, work / "savepoints")
+            now = {label: cluster.source_records(j) for label, j in ids.items()}
+            if now == counts and all(n >= len(runs[label][0].lines) for label, n in now.items()):
+                break
+            counts = now
+        except (OSError, StopIteration, KeyError):
+            pass
+        assert time.monotonic() < deadline, f"the jobs did not read their input: {counts}"
+        time.sleep(3)
+    cluster.stop(list(ids.values()), work / "savepoints")
     return {
-        name: JobSide(_read_dir(work / name / "windows"), _read_dir(work / name / "late"), script)
-        for name, script in scripts.items()
+        label: JobSide(_read_dir(work / f"run{i}" / "windows"), _read_dir(work / f"run{i}" / "late"), script)
+        for i, (label, script) in enumerate(scripts.items())
     }
 
 
@@ -526,16 +498,20 @@ def _check(name: str, side: GatewaySide, job: JobSide, label: str) -> list[str]:
 
 
 @pytest.mark.integration
-def test_job_equals_gateway(flink: Cluster, gateway_runs: dict[str, GatewaySide], tmp_path: Path) -> None:
-    """Parallelism 1, the input read whole (a bounded job): every window and late record equal, but for rules
-    E (end of input), S (a session extended backwards) and R (rounding)."""
-    jobs = job_sides(flink, tmp_path, gateway_runs, parallelism=1)
+def test_job_equals_gateway_at_parallelism_1_and_2(
+    flink: Cluster, gateway_runs: dict[str, GatewaySide], tmp_path: Path
+) -> None:
+    """Each scenario at parallelism 1 and 2, the input arriving while the jobs run: every window and late
+    record equal to the gateway's, but for rules E (end of input), S (a session extended backwards) and R
+    (rounding), each of which occurs."""
+    runs = {f"{name} p{p}": (side, p) for name, side in gateway_runs.items() for p in (1, 2)}
+    got = streaming_job_sides(flink, tmp_path, runs)
     rules: dict[str, set[str]] = {}
-    for name, side in gateway_runs.items():
-        rules[name] = {e.split(" ", 2)[1] for e in _check(name, side, jobs[name], "parallelism 1")}
-    # the rules are real: each occurs (rule S only with sessions, which flaky-network has)
-    assert rules["flaky-network"] >= {"E", "S", "R"}
-    assert "S" not in rules["sleepy"]
+    for label, (side, _) in runs.items():
+        rules[label] = {e.split(" ", 2)[1] for e in _check(label, side, got[label], "")}
+    for p in (1, 2):  # the rules are real: each occurs (rule S only with sessions, which flaky-network has)
+        assert rules[f"flaky-network p{p}"] >= {"E", "S", "R"}
+        assert "S" not in rules[f"sleepy p{p}"]
 
 
 def test_compile_refuses_what_flink_sql_cannot_do() -> None:
@@ -545,3 +521,32 @@ def test_compile_refuses_what_flink_sql_cannot_do() -> None:
     text = str(exc.value)
     assert "engine.watermark.mode" in text and 'mode = "global"' in text
     assert "windows[temp_5m].allowed_lateness" in text and "windows[rh_session].allowed_lateness" in text
+
+
+def test_cli_compile_writes_the_job_and_refuses_with_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``edgekit-gateway compile --target flink-sql``: the script (files or Kafka), or exit 2 naming each setting."""
+    from gateway.cli import main
+
+    conf = tmp_path / "gateway.toml"
+    conf.write_text(
+        '[engine.watermark]\nmode = "global"\nout_of_orderness = "7s"\n'
+        '[[windows]]\nname = "temp_1m"\nkind = "tumbling"\nsize = "60s"\nmetrics = ["temp_c"]\n'
+        '[[windows]]\nname = "rh_hop"\nkind = "sliding"\nsize = "60s"\nslide = "20s"\nmetrics = ["rh"]\n'
+    )
+    out = tmp_path / "job.sql"
+    assert main(["compile", "--target", "flink-sql", "--config", str(conf), "--output", str(out)]) == 0
+    script = out.read_text()
+    assert "WATERMARK FOR ts AS TO_TIMESTAMP_LTZ(wm_ms - 7001, 3)" in script
+    assert "TUMBLE(TABLE readings_in, DESCRIPTOR(ts), INTERVAL '60' SECOND(9))" in script
+    assert "HOP(TABLE readings_in, DESCRIPTOR(ts), INTERVAL '20' SECOND(9), INTERVAL '60' SECOND(9))" in script
+    assert "'source.monitor-interval' = '10s'" in script and "table.exec.source.idle-timeout" in script
+    # the Kafka variant (generated, not run: no broker here)
+    assert main(["compile", "--target", "flink-sql", "--config", str(conf), "--source", "kafka"]) == 0
+    kafka = capsys.readouterr().out
+    assert kafka.count("'connector' = 'kafka'") == 3 and "'sink.delivery-guarantee' = 'exactly-once'" in kafka
+    assert "filesystem" not in kafka
+    # refused: the example configuration (per-device watermarks, patterns, no window)
+    example = REPO / "gateway" / "examples" / "gateway.toml"
+    assert main(["compile", "--target", "flink-sql", "--config", str(example)]) == 2
+    err = capsys.readouterr().err
+    assert "engine.watermark.mode" in err and "patterns[door_left_open]" in err and "[[windows]]" in err
