@@ -181,6 +181,11 @@ def refusals(cfg: Config) -> list[str]:
             f"patterns[{p.name}]: patterns are not compiled to MATCH_RECOGNIZE yet; keep them on the gateway "
             "(bridge and CEP at the site), or remove the pattern from the job's configuration"
         )
+    for j in cfg.joins:
+        out.append(
+            f"joins[{j.name}]: interval joins are not compiled yet (Flink SQL has interval joins, with their own "
+            "rules for late rows); keep the join on the gateway, or remove it from the job's configuration"
+        )
     if cfg.anomaly.enabled:
         out.append(
             "[anomaly]: EWMA baselines, seasonal and multivariate scores have no Flink SQL form; keep anomaly "

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from gateway.config import Config
+from gateway.config import Config, parse_config
 from gateway.engine import LateReading, WindowResult
 from gateway.flinksql import FlinkRefused, SinkPaths, compile_flink_sql, input_lines
 from gateway.pipeline import Pipeline
@@ -521,6 +521,17 @@ def test_compile_refuses_what_flink_sql_cannot_do() -> None:
     text = str(exc.value)
     assert "engine.watermark.mode" in text and 'mode = "global"' in text
     assert "windows[temp_5m].allowed_lateness" in text and "windows[rh_session].allowed_lateness" in text
+    # an interval join (docs/correlation.md) is refused too, the windows being fine
+    doc = {
+        "engine": {"watermark": {"mode": "global"}},
+        "windows": [{"name": "t", "kind": "tumbling", "size": "60s", "metrics": ["temp_c"]}],
+        "joins": [{"name": "door_then_cold", "between": "b.t BETWEEN a.t AND a.t + 2m",
+                   "a": {"metrics": ["door"]}, "b": {"metrics": ["temp_c"]}}],
+        "metric_types": {"string": ["door"]},
+    }  # fmt: skip
+    with pytest.raises(FlinkRefused) as exc:
+        compile_flink_sql(parse_config(doc, env={}))
+    assert [p.split(":")[0] for p in exc.value.problems] == ["joins[door_then_cold]"]
 
 
 def test_cli_compile_writes_the_job_and_refuses_with_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
