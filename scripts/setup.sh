@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up of a Debian 12 / Raspberry Pi OS (bookworm) machine for edgekit:
-#   1. the Debian packages of the services (mosquitto, mosquitto-clients, influxdb, victoria-metrics, socat)
-#      and chromium (headless, renders the simulator's report page in a test),
+#   1. the Debian packages of the services (mosquitto, mosquitto-clients, influxdb, victoria-metrics, socat),
+#      chromium (headless, renders the simulator's report page in a test) and a JDK 17 (the Flink tests),
 #      installed with apt-get when run as root, otherwise the exact sudo command is printed;
 #   2. .venv with edgekit installed editable plus its dev extras (redone when pyproject.toml changes).
 # The services themselves are run by scripts/services.py, never by the distribution's systemd units.
@@ -15,10 +15,10 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
 # binary -> Debian package; "unit:port" of the distribution service each package ships.
-BINARIES=(mosquitto mosquitto_pub influxd victoria-metrics socat chromium)
+BINARIES=(mosquitto mosquitto_pub influxd victoria-metrics socat chromium javac)
 declare -A PACKAGE=(
     [mosquitto]=mosquitto [mosquitto_pub]=mosquitto-clients [influxd]=influxdb
-    [victoria-metrics]=victoria-metrics [socat]=socat [chromium]=chromium
+    [victoria-metrics]=victoria-metrics [socat]=socat [chromium]=chromium [javac]=openjdk-17-jdk-headless
 )
 declare -A UNIT_PORT=([mosquitto]=1883 [influxdb]=8086 [victoria-metrics]=8428)
 
@@ -127,7 +127,6 @@ else
     .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps \
         "apache-flink==$FLINK_VERSION" "apache-flink-libraries==$FLINK_VERSION"
 fi
-command -v javac >/dev/null 2>&1 || printf 'warning: no JDK (javac); the Flink tests need one: apt-get install openjdk-17-jdk-headless\n' >&2
 # --- 3. firmware test tools -----------------------------------------------------------------------------
 # micropython-esp32-stubs for the firmware's type check, in .run/esp32-stubs (not in .venv)
 PYTHON=.venv/bin/python sh scripts/typecheck_firmware.sh --install >/dev/null && step "micropython-esp32-stubs for the firmware type check: ready"

@@ -171,7 +171,7 @@ def streaming_job_sides(cluster: Cluster, work: Path, runs: dict[str, tuple[Gate
     ids = dict(zip(runs, cluster.run_sql(work / "jobs.sql", wait=False), strict=True))
     for jid in ids.values():
         cluster.wait_running(jid)
-    time.sleep(2)  # longer than the idle timeout: every reader is idle before any input exists
+    time.sleep(3)  # well past the idle timeout: every reader is idle before any input exists
     for i, (side, _) in enumerate(runs.values()):
         hidden = work / f"run{i}" / "in" / ".readings.jsonl"  # Flink's file source skips names starting with '.'
         hidden.write_text("".join(line + "\n" for line in side.lines))
