@@ -380,3 +380,27 @@ def test_cli_compile_writes_the_job_and_refuses_with_exit_2(tmp_path: Path, caps
     assert main(["compile", "--target", "flink-sql", "--config", str(example)]) == 2
     err = capsys.readouterr().err
     assert "engine.watermark.mode" in err and "patterns[door_left_open]" in err and "[[windows]]" in err
+
+
+def test_input_lines_follow_the_schema() -> None:
+    """The bridge's lines (docs/scale-out.md, Input): types split into num/str/bool, ``wm_ms`` on the last
+    reading of a message only, the largest event time of the readings that move a watermark (not ``u``)."""
+    from gateway.model import Reading
+    from gateway.schema import MetricTypes
+
+    types = MetricTypes(integer=frozenset({"count"}), boolean=frozenset({"door"}), string=frozenset({"fw"}))
+    rs = [
+        Reading("a", "d1", 3, 7, 1_764_072_003_000, "s", {"temp_c": 21.5, "count": 4, "door": True, "fw": "1.2"}),
+        Reading("a", "d1", 3, 8, 1_764_072_009_000, "u", {"temp_c": 22.0}),
+        Reading("a", "d1", 3, 9, 1_764_072_005_000, "c", {"temp_c": 22.5}),
+    ]
+    docs = [json.loads(line) for line in input_lines(rs, 41, 1_764_072_010_000, types)]
+    assert [d["n"] for d in docs] == [41, 42, 43]
+    assert [d.get("wm_ms") for d in docs] == [None, None, 1_764_072_005_000]  # the u reading does not count
+    first = docs[0]
+    assert first["num"] == {"temp_c": 21.5, "count": 4, "door": 1.0}
+    assert first["str"] == {"fw": "1.2"} and first["bool"] == {"door": True}
+    assert isinstance(first["num"]["count"], int) and first["q"] == "s" and first["received_ms"] == 1_764_072_010_000
+    assert set(first) == {"v", "site", "device", "boot", "seq", "t_ms", "q", "num", "str", "bool", "n", "received_ms"}
+    only_u = input_lines(rs[1:2], 1, 0, types)
+    assert "wm_ms" not in json.loads(only_u[0])
