@@ -60,7 +60,7 @@ from .state import (
     row_digest,
 )
 
-__all__ = ["Gateway", "StateError", "state_path", "time_reply", "wall_clock_ms"]
+__all__ = ["CollectorPacing", "Gateway", "StateError", "state_path", "time_reply", "wall_clock_ms"]
 
 log = logging.getLogger("gateway")
 
@@ -73,6 +73,50 @@ READ_VERSIONS = (1, 2, STATE_VERSION)
 
 CAPTURE_SLICE = 32
 """Keys a checkpoint snapshots at a time on the event loop before it lets other work run."""
+
+PROCESS_SLICE_S = 0.005
+"""Longest the pipeline takes a batch of logged messages without letting other work run (the outbox's sender, the
+sink, the broker's socket); it also lets them run after each input that gave something to publish (an alert)."""
+
+
+FULL_COLLECTION_EVERY_S = 600.0
+"""How often the cyclic garbage collector may scan the whole heap (see :class:`CollectorPacing`)."""
+
+
+class CollectorPacing:
+    """Keeps the cyclic garbage collector's full collections short: after each one, everything alive is moved out
+    of the generations it scans (``gc.freeze``), so the next scan only the objects made since; every
+    ``every_s`` they are given back (``gc.unfreeze``), and the full collection after that scans the whole heap.
+
+    A full collection scans every container object: for the window, pattern and detector state of 1,000 devices
+    that is 90-110 ms (``gc.collect()`` on bench/bench_checkpoint.py's state) and up to 360 ms seen in the
+    gateway on a loaded machine, every 10-30 s at 1,000 messages a second - a pause of the event loop that
+    every alert then waiting took. Cycles that became garbage while frozen are collected after the next
+    ``unfreeze``, so what frozen garbage can hold is bounded by what ``every_s`` of running makes."""
+
+    def __init__(self, every_s: float = FULL_COLLECTION_EVERY_S) -> None:
+        self.every_s = every_s
+        self.freezes = 0
+        self._given_back = time.monotonic()
+
+    def install(self) -> None:
+        gc.callbacks.append(self._after)
+
+    def remove(self) -> None:
+        if self._after in gc.callbacks:
+            gc.callbacks.remove(self._after)
+        gc.unfreeze()
+
+    def _after(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "stop" and info["generation"] == 2:
+            gc.freeze()
+            self.freezes += 1
+
+    def tick(self) -> None:
+        """Called every second: give the frozen objects back every ``every_s``."""
+        if time.monotonic() - self._given_back >= self.every_s:
+            gc.unfreeze()
+            self._given_back = time.monotonic()
 
 
 def _let_others_run() -> None:
@@ -100,6 +144,9 @@ def _fingerprint(config: Config) -> str:
         text += repr(paths)
     if config.groups.groups:  # group-keyed state depends on who is in which group; no groups, no change
         text += repr(config.groups)
+    relative = [(w.name, w.relative) for w in config.engine.windows if w.relative is not None]
+    if relative:  # left out of the windows' repr: a configuration without group-relative values keeps its fingerprint
+        text += repr(relative)
     if config.joins:  # join state depends on the joins and the device properties they key on; no joins, no change
         text += repr((config.joins, sorted((d, sorted(p.items())) for d, p in config.devices.properties.items())))
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
@@ -211,6 +258,7 @@ class Gateway:
         """The digest of each checkpoint row stored (None: not known, the next checkpoint rewrites them all)."""
         self.last_checkpoint: dict[str, float] = {}
         """What the last checkpoint did: keys snapshotted, slices, rows written, seconds on the loop and in all."""
+        self.collector = CollectorPacing()
 
     # ------------------------------------------------------------------------------------ inputs
 
@@ -253,11 +301,21 @@ class Gateway:
                 self.recorder.write(topic, payload, now)
         return [LogRecord(p, k, t, b, now) for p, (k, t, b, _) in zip(positions, rows, strict=True)]
 
+    async def _accept_logged(self, msgs: list[Incoming]) -> list[LogRecord]:
+        """:meth:`_accept` once no checkpoint is writing (the state file's ``write_gate``): the loop goes on
+        meanwhile, and the messages are acknowledged only once their own commit is done."""
+        async with self.store.write_gate:
+            return self._accept(msgs)
+
     async def _process(self, records: list[LogRecord]) -> None:
+        held = time.perf_counter()
         for rec in records:
             if self._stopping:  # the rest is logged (and acknowledged): the restart replays it
                 return
-            await self._apply(rec)
+            if await self._apply(rec) or time.perf_counter() - held >= PROCESS_SLICE_S:
+                # an alert goes out now, not after the rest of the batch (up to ingest_batch messages)
+                await asyncio.sleep(0)
+                held = time.perf_counter()
         if (
             self.store.log_rows >= self.config.state.checkpoint_max_log_rows
             and time.monotonic() >= self._retry_checkpoint
@@ -268,7 +326,8 @@ class Gateway:
                 self._retry_checkpoint = time.monotonic() + 1.0
                 log.exception("checkpoint failed; trying again later", extra={"event": "checkpoint_error"})
 
-    async def _apply(self, rec: LogRecord) -> None:
+    async def _apply(self, rec: LogRecord) -> bool:
+        """Take one logged input; whether it gave messages to publish."""
         cap = self._capture
         if cap is not None:  # a checkpoint is taking keys: those this input may change are taken first
             if rec.kind == KIND_MESSAGE:
@@ -289,6 +348,7 @@ class Gateway:
         if self.pos >= self.store.last_pos:
             self._caught_up.set()
         await self._emit(out)
+        return bool(out.publish)
 
     async def _emit(self, out: Handled) -> None:
         if self.discovery is not None:  # before the alerts: an entity's discovery message goes first
@@ -304,13 +364,19 @@ class Gateway:
     async def _tick(self) -> None:
         # the pipeline takes inputs strictly in log order: a tick waits for logged messages to be taken,
         # else a checkpoint at the tick's position would drop them from the log unprocessed
-        while self.pos < self.store.last_pos:
-            if self._stopping:  # the logged messages wait for the restart; so does this tick
-                return
-            self._caught_up.clear()
-            await self._caught_up.wait()
-        now = self.now_ms()
-        (pos,) = self.store.append([(KIND_TICK, "", b"", now)])
+        while True:
+            while self.pos < self.store.last_pos:
+                if self._stopping:  # the logged messages wait for the restart; so does this tick
+                    return
+                self._caught_up.clear()
+                await self._caught_up.wait()
+            async with self.store.write_gate:  # not while a checkpoint writes
+                if self.pos < self.store.last_pos:
+                    continue  # messages were logged while it waited: they are taken first
+                now = self.now_ms()
+                (pos,) = self.store.append([(KIND_TICK, "", b"", now)])
+            break
+        # taken at once (no await before the pipeline has it): nothing is logged in between
         await self._apply(LogRecord(pos, KIND_TICK, "", b"", now))
 
     # --------------------------------------------------------------------------- checkpoint/recovery
@@ -327,7 +393,9 @@ class Gateway:
         goes on taking input: an input first has the keys it may change snapshotted (``Pipeline.reach``; a tick,
         or a message whose reach is not known beforehand, takes every key left), so each key is taken as it was at
         the checkpoint's position. The rows are encoded, compared with the stored rows' digests and compressed in
-        a worker thread; the SQLite transaction is on the loop, like every other use of the connection.
+        a worker thread; so is the SQLite transaction, on the checkpoint's own connection, while the loop goes on:
+        it holds the state file's ``write_gate``, so messages wait for its commit to be logged (and acknowledged),
+        without the loop waiting (``StateStore.checkpoint_async``, ``SpoolingSink.spill_async``).
 
         Two phases: the sink's lines leave memory only after the transaction that spools them (and truncates
         the log) is committed. The lines spooled are all that are in memory then, the checkpoint's and those of
@@ -348,7 +416,7 @@ class Gateway:
                     gc.enable()
         self.checkpoints += 1
         if self.checkpoints % 10 == 0:
-            self.store.compact()
+            await self.store.compact_async()
 
     async def _checkpoint(self) -> None:
         """:meth:`checkpoint`'s work, with the collector paused: every snapshot container goes with its frame."""
@@ -385,14 +453,16 @@ class Gateway:
                     await asyncio.sleep(0)
             self._capture = None
             blob, delta, digests = await asyncio.to_thread(self._encode, glob, order, cap.rows, full)
+            saved_ms = self.now_ms()
             t = time.perf_counter()
-            self.sink.spill(lambda chunks: self.store.checkpoint(pos, blob, self.now_ms(), chunks, delta))
-            on_loop += time.perf_counter() - t
+            await self.sink.spill_async(lambda chunks: self.store.checkpoint_async(pos, blob, saved_ms, chunks, delta))
+            commit_s = time.perf_counter() - t
             self._row_digests = digests  # only once committed: a failed checkpoint changed no row
             committed = True
             self.last_checkpoint = {
                 "keys": len(keys), "slices": cap.slices, "rows_written": len(delta.put),
-                "rows_deleted": len(delta.delete), "loop_s": on_loop, "total_s": time.perf_counter() - started,
+                "rows_deleted": len(delta.delete), "loop_s": on_loop, "commit_s": commit_s,
+                "total_s": time.perf_counter() - started,
             }  # fmt: skip
         except Exception:
             self.checkpoint_failures += 1
@@ -506,8 +576,10 @@ class Gateway:
 
     # ------------------------------------------------------------------------------------- stats
 
-    def snapshot_stats(self) -> dict[str, object]:
-        return {
+    def snapshot_stats(self, live: bool = True) -> dict[str, object]:
+        """The stats file's content; without ``live`` (every device's row, the recent windows and alerts), only the
+        counters (what the health points need, every second)."""
+        stats: dict[str, object] = {
             "pipeline": {**self.pipeline.stats.as_dict(), "devices": len(self.pipeline.devices)},
             "sink": {
                 **self.sink.stats.as_dict(),
@@ -536,7 +608,7 @@ class Gateway:
                     else {}
                 ),
             },
-            "live": self.live.as_dict(self.now_ms()),  # deploy
+            **({"live": self.live.as_dict(self.now_ms())} if live else {}),  # deploy
             **({"notify": self.notifier.stats()} if self.notifier is not None else {}),
             "state": {
                 "log_pos": self.pos,
@@ -548,6 +620,7 @@ class Gateway:
                 "redelivered": self.redelivered,
             },
         }
+        return stats
 
     def _write_stats(self, stats: dict[str, object] | None = None) -> None:
         if self.stats_file is None:
@@ -591,7 +664,7 @@ class Gateway:
         async def step() -> None:
             nonlocal last_checkpoint
             await self._tick()
-            await self.sink.add(self.live.health_lines(self.now_ms(), self.snapshot_stats()))  # deploy
+            await self.sink.add(self.live.health_lines(self.now_ms(), self.snapshot_stats(live=False)))  # deploy
             if time.monotonic() - last_checkpoint >= self.config.state.checkpoint_interval_s:
                 await self.checkpoint()
                 last_checkpoint = time.monotonic()
@@ -604,6 +677,7 @@ class Gateway:
 
         async def step() -> None:
             self.metrics.sample()
+            self.collector.tick()
             self._write_stats()
 
         await self._every_interval(stop, step, "stats")
@@ -637,6 +711,7 @@ class Gateway:
         # a stop is seen at once, even while the replay or ingest waits for room in a full spool
         watcher = asyncio.create_task(self._watch_stop(stop), name="stop-watch")
         status_task = asyncio.create_task(self._status_loop(stop), name="status")  # from the start: the replay too
+        self.collector.install()
         notify_stop = asyncio.Event()
         notify_task = (
             asyncio.create_task(self.notifier.run(notify_stop), name="notify") if self.notifier is not None else None
@@ -651,7 +726,7 @@ class Gateway:
             try:
                 await run_durable_ingest(
                     cfg.mqtt,
-                    self._accept,
+                    self._accept_logged,
                     self._process,
                     self.ingest_stats,
                     stop,
@@ -695,6 +770,7 @@ class Gateway:
         finally:
             watcher.cancel()
             status_task.cancel()
+            self.collector.remove()
             if notify_task is not None:
                 notify_stop.set()
                 await notify_task

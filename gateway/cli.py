@@ -195,6 +195,13 @@ def _describe_windows(cfg: Config) -> list[str]:
             )
         elif w.publish:
             lines.append("           results published on MQTT")
+        rel = w.relative
+        if rel is not None:
+            lines.append(
+                f"           each device's {rel.value} against the {rel.baseline} of the others in "
+                f"{', '.join(rel.groups) or 'each of its groups'} (window_relative)"
+                + (f", alert above {rel.alert_above:g}" if rel.alert_above is not None else "")
+            )
     return lines
 
 

@@ -875,6 +875,26 @@ def _parse(doc: Mapping[str, Any], env: Mapping[str, str]) -> Config:
     )
     _check_metric_types(cfg)
     check_groups(cfg.groups, cfg.devices.known, cfg.devices.sites, not cfg.devices.allow_unknown)
+    for w in cfg.engine.windows:
+        rel = w.relative
+        if rel is None:
+            continue
+        unknown = [g for g in rel.groups if cfg.groups.get(g) is None]
+        if unknown or not cfg.groups.groups:
+            raise ConfigError(
+                f"windows[{w.name}].relative.groups: {', '.join(map(repr, unknown)) or 'the device groups'} "
+                f"{'is' if len(unknown) == 1 else 'are'} not declared; declared: "
+                f"{', '.join(cfg.groups.names) or 'none (add a [groups] table)'}"
+            )
+    for p in cfg.patterns:
+        if p.key == "group" and not cfg.groups.groups:
+            raise ConfigError(f"patterns[{p.name}].key: 'group' runs the pattern in every declared group, and none "
+                              "is declared (add a [groups] table)")  # fmt: skip
+        if p.key.startswith("group:") and cfg.groups.get(p.key[6:]) is None:
+            raise ConfigError(
+                f"patterns[{p.name}].key: {p.key!r} names no declared group; declared: "
+                f"{', '.join(cfg.groups.names) or 'none (add a [groups] table)'}"
+            )
     check_joins(cfg.joins, cfg.devices.properties, cfg.groups.names)
     return cfg
 

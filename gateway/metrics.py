@@ -180,6 +180,20 @@ class _Collector(Collector):
             for reason in ("late", "shed", "forced"):
                 dropped.add_metric([reason], joins.stats[reason])
             yield dropped
+        relative = gw.pipeline.relative
+        if relative:  # group-relative values (docs/cep.md)
+            yield counter("edgekit_relative_values", "Group-relative values written ([windows.relative])",
+                          s.relative_values)  # fmt: skip
+            yield gauge("edgekit_relative_held", "Member values waiting for their group's window to close",
+                        relative.open_values())  # fmt: skip
+            skipped = CounterMetricFamily(
+                "edgekit_relative_skipped",
+                "Member results not compared: late for their group, updates, or without enough others",
+                labels=["reason"],
+            )
+            for reason in ("late", "updates", "alone"):
+                skipped.add_metric([reason], relative.stats[reason])
+            yield skipped
         depth = GaugeMetricFamily("edgekit_queue_depth", "Items waiting, by queue", labels=["queue"])
         depth.add_metric(["mqtt_received"], gw.ingest_stats.queued)
         depth.add_metric(["sink_memory_raw"], len(sink.memory[RAW]))
