@@ -169,6 +169,12 @@ def refusals(cfg: Config) -> list[str]:
                 f"{where}.early_every / early_count: Flink SQL's window functions have no early (provisional) "
                 "results. Remove the trigger, or keep this window on the gateway"
             )
+        if w.relative is not None:
+            out.append(
+                f"{where}.relative: group-relative values are computed by the gateway from a window's final "
+                "results and group declarations; not compiled. Remove [windows.relative] from the job's "
+                "configuration, or keep this window on the gateway"
+            )
         if w.kind == "sliding" and w.size_ms % w.slide_ms:
             out.append(
                 f"{where}: size {w.size_ms} ms is not a multiple of slide {w.slide_ms} ms, which Flink's HOP "

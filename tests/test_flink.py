@@ -351,6 +351,16 @@ def test_compile_refuses_what_flink_sql_cannot_do() -> None:
     with pytest.raises(FlinkRefused) as exc:
         compile_flink_sql(parse_config(doc, env={}))
     assert [p.split(":")[0] for p in exc.value.problems] == ["joins[door_then_cold]"]
+    # group-relative values of a window (docs/cep.md) too
+    doc = {
+        "engine": {"watermark": {"mode": "global"}},
+        "groups": {"greenhouse": ["gh-*"]},
+        "windows": [{"name": "temp_5m", "kind": "tumbling", "size": "5m", "metrics": ["temp_c"],
+                     "aggregates": ["count", "mean"], "relative": {"baseline": "median"}}],
+    }  # fmt: skip
+    with pytest.raises(FlinkRefused) as exc:
+        compile_flink_sql(parse_config(doc, env={}))
+    assert [p.split(":")[0] for p in exc.value.problems] == ["windows[temp_5m].relative"]
 
 
 def test_cli_compile_writes_the_job_and_refuses_with_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
