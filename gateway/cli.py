@@ -19,6 +19,7 @@ from .app import Gateway, state_path
 from .config import Config, load_config, redact_url, secret_values
 from .engine.config import parse_duration
 from .errors import ConfigError, StateError
+from .flinksql import DEFAULT_DIR, DEFAULT_KAFKA, FlinkRefused, SinkPaths, compile_flink_sql
 from .logs import Redactor, setup_logging
 from .plan import run_plan
 from .progress import Progress
@@ -358,6 +359,31 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("file", type=Path, metavar="FILE", help="JSON lines: topic, payload (base64), received_ms")
     replay.add_argument("--dry-run", action="store_true", help="run the pipeline, write nothing")
     replay.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+    comp = command(
+        "compile",
+        "turn the configuration's windows into a job for another engine (Apache Flink SQL)",
+        "Print the configuration's windows as an Apache Flink SQL script (docs/scale-out.md): a source table on "
+        "the readings a bridge forwards, with WATERMARK FOR the configured bound, a window table-valued function "
+        "per window, and sinks of window results and late records in the gateway's own JSON. A setting the job "
+        "cannot run as the gateway does is refused (exit 2), each named with what to do.",
+    )
+    comp.add_argument("--target", required=True, choices=["flink-sql"], help="what to compile to")
+    comp.add_argument("--source", choices=["files", "kafka"], default="files",
+                      help="files: directories the job reads and writes (default); kafka: topics")  # fmt: skip
+    comp.add_argument("--readings", default=f"{DEFAULT_DIR}/readings", metavar="URI",
+                      help=f"the readings directory (file://...) or Kafka topic (default {DEFAULT_DIR}/readings)"
+                      )  # fmt: skip
+    comp.add_argument("--windows-out", default=f"{DEFAULT_DIR}/out/windows", metavar="URI",
+                      help="window results: directory or topic")  # fmt: skip
+    comp.add_argument(
+        "--late-out", default=f"{DEFAULT_DIR}/out/late", metavar="URI", help="late records: directory or topic"
+    )
+    comp.add_argument("--bootstrap-servers", default=DEFAULT_KAFKA, help="Kafka brokers (--source kafka)")
+    comp.add_argument("--monitor-interval", default="10s", metavar="SPAN",
+                      help="files: how often the job looks for new files (default 10s; '' reads what is there and "
+                      "ends)")  # fmt: skip
+    comp.add_argument("--parallelism", type=int, default=None, help="the job's parallelism (default: the cluster's)")
+    comp.add_argument("--output", "-o", type=Path, metavar="FILE", help="write the script here (default: stdout)")
     top = command(
         "top",
         "live terminal view of a running gateway (watermarks, rates, windows, alerts)",
@@ -394,6 +420,25 @@ def _state_failure(exc: StateError, config: Path | None) -> int:
         )
     lasting = not isinstance(exc, StateFileError) or exc.lasting
     return _fail("\n".join(lines), EXIT_STATE if lasting else 1)
+
+
+def _compile(cfg: Config, args: argparse.Namespace) -> int:
+    paths = SinkPaths(
+        readings=args.readings,
+        windows=args.windows_out,
+        late=args.late_out,
+        bootstrap_servers=args.bootstrap_servers,
+        monitor_interval=args.monitor_interval,
+    )
+    try:
+        script = compile_flink_sql(cfg, paths, source=args.source, parallelism=args.parallelism)
+    except FlinkRefused as exc:
+        return _fail(str(exc), 2)
+    if args.output is None:
+        sys.stdout.write(script)
+    else:
+        args.output.write_text(script, encoding="utf-8")
+    return 0
 
 
 def _recover(cfg: Config) -> int:
@@ -654,6 +699,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if all(p.ok for p in found) else 1
         if args.command == "plan":
             return _plan(cfg, args)
+        if args.command == "compile":
+            return _compile(cfg, args)
         if args.command == "replay":
             return _replay(cfg, args)
         if args.command == "recover":

@@ -294,6 +294,7 @@ NOT_CONFIG: Mapping[str, str] = {
     "EDGEKIT_STATS_FILE": "the default of edgekit-gateway run/top --stats-file",
     "EDGEKIT_ENGINE": "pure or compiled: which build of the window engine to load",
     "EDGEKIT_COMPILE": "0: scripts/setup.sh skips the compiled window engine",
+    "EDGEKIT_FLINK": "0: scripts/setup.sh skips Apache Flink (the scale-out tests need it)",
     "EDGEKIT_DEMO_*": "make demo's ports (EDGEKIT_DEMO_MQTT_PORT, EDGEKIT_DEMO_INFLUX_PORT, ...)",
     "EDGEKIT_BROKER_AUTH": "docker-compose.yml's .env: the broker's access",
     "EDGEKIT_GATEWAY_*": "docker-compose.yml's .env: the gateway's broker login",
