@@ -748,7 +748,11 @@ class Gateway:
                 "recovered_from": self.recovered_from,
                 "replayed": self.replayed,
                 "redelivered": self.redelivered,
+                "fingerprint": self.fingerprint,
+                "reloads": self.reloads,
+                "reloads_refused": self.reload_failures,
             },
+            **({"last_reload": self.last_reload} if self.last_reload else {}),
         }
 
     def _write_stats(self, stats: dict[str, object] | None = None) -> None:
