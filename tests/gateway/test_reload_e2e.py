@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import signal
 import time
 import uuid
 from pathlib import Path
@@ -22,6 +24,7 @@ from helpers import influx_query, running_gateway, wait_for
 from services import Proc, free_port
 from test_reload import toml
 
+from gateway.cli import _run
 from gateway.cli import main as cli
 from gateway.config import load_config
 from gateway.engine.outputs import WindowResult
@@ -142,3 +145,36 @@ async def test_a_reload_under_load_loses_nothing_and_keeps_unchanged_windows(
     )
     spans = {r["end_ms"] - r["time"] for r in sizes}
     assert spans == {60_000, 120_000}
+
+
+async def test_sighup_makes_run_reload_and_sigterm_stops_it(
+    mosquitto: Proc, influxdb_v1: Proc, influx_db: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``run`` (``gateway.cli._run``, as systemd's ``ExecReload=`` or ``kill -HUP`` reach it): SIGHUP reads the file
+    again and applies it; SIGTERM then stops the gateway cleanly (exit 0)."""
+    prefix = f"h{uuid.uuid4().hex[:8]}"
+    doc: dict[str, Any] = {
+        "mqtt": {"url": f"mqtt://{mosquitto.host}:{mosquitto.port}", "prefix": prefix, "client_id": f"gw-{prefix}",
+                 "clean_session": True},
+        "influx": {"target": "v1", "url": influxdb_v1.url, "database": influx_db},
+        "state": {"dir": str(tmp_path / "state")},
+        "windows": [{"name": "w", "kind": "tumbling", "size": "1m", "metrics": ["temp_c"]}],
+    }  # fmt: skip
+    path = tmp_path / "gateway.toml"
+    path.write_text(toml(doc))
+    caplog.set_level(logging.INFO, logger="gateway")
+    loop = asyncio.get_running_loop()
+    run = asyncio.create_task(_run(load_config(path), None, None, path))
+    try:
+        await wait_for(lambda: "connected to broker" in caplog.text or run.done(), "the gateway connected")
+        path.write_text(toml({**doc, "windows": [{**doc["windows"][0], "size": "2m"}]}))
+        os.kill(os.getpid(), signal.SIGHUP)
+        await wait_for(lambda: "reload: applied" in caplog.text or run.done(), "the reload")
+        assert "window w restarted: its definition changed" in caplog.text
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert await asyncio.wait_for(run, 60) == 0
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        if not run.done():
+            run.cancel()
