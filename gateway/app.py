@@ -44,6 +44,7 @@ from .notify import Notifier
 from .pipeline import Handled, Pipeline
 from .record import Recorder
 from .reload import (
+    ReloadPlan,
     plan_reload,
     read_payload,
     reload_payload,
@@ -226,6 +227,9 @@ class Gateway:
         """Operators a reload restarted because their definition (or the engine-wide settings) changed."""
         self.last_reload: dict[str, Any] = {}
         self._reloading = asyncio.Lock()
+        self._input_open = asyncio.Event()
+        """Cleared while a reload builds its pipeline: the pipeline takes no input meanwhile (inputs are logged)."""
+        self._input_open.set()
         self._notify_stop = asyncio.Event()
         self._notify_task: asyncio.Task[None] | None = None
         self._full_next = False
@@ -304,6 +308,8 @@ class Gateway:
                 log.exception("checkpoint failed; trying again later", extra={"event": "checkpoint_error"})
 
     async def _apply(self, rec: LogRecord) -> None:
+        if not self._input_open.is_set():  # a reload is building the pipeline that takes this input
+            await self._input_open.wait()
         cap = self._capture
         if cap is not None:  # a checkpoint is taking keys: those this input may change are taken first
             if rec.kind == KIND_MESSAGE:
@@ -406,16 +412,27 @@ class Gateway:
                 return ReloadResult(False, "the gateway is stopping; nothing was changed")
             self._caught_up.clear()
             await self._caught_up.wait()
-        # from here to the switch nothing waits: no input is taken in between
-        pipeline = reloaded_pipeline(self.pipeline, new, plan) if plan.changes_state else None
-        now = self.now_ms()
-        (pos,) = self.store.append([(KIND_RELOAD, "", payload, now)])
-        if self._capture is not None:
+        # the record right after the last input taken; the inputs logged after it wait for the new pipeline, which
+        # is built in a worker thread meanwhile (the old one does not change: no input is taken), while the event
+        # loop goes on logging and acknowledging messages, answering /metrics and keeping the broker's connection
+        (pos,) = self.store.append([(KIND_RELOAD, "", payload, self.now_ms())])
+        self._input_open.clear()
+        try:
+            pipeline = await asyncio.to_thread(self._build, new, plan) if plan.changes_state else None
+        except BaseException:
+            # the record must not make a restart take the configuration it did not take: it now names the running one
+            back = reload_payload(previous, previous, state_sections(self.pipeline.config), plan_reload(new, new))
+            self.store.replace_payload(pos, back)
+            self._input_open.set()
+            raise
+        if self._capture is not None:  # a checkpoint under way takes the old pipeline's keys
             self._capture.before(None)
         if pipeline is not None:
             self._switch(pipeline)
         self.pos = pos
-        self._caught_up.set()
+        if self.pos >= self.store.last_pos:
+            self._caught_up.set()
+        self._input_open.set()
         self.config = new
         self.fingerprint = fingerprint
         if self.notifier is not None or new.notify:
@@ -441,6 +458,15 @@ class Gateway:
             f"applied {where} (configuration {fingerprint}, was {previous}): " + "; ".join(plan.lines()),
             {"fingerprint": fingerprint, "log_pos": pos, **plan.as_dict()},
         )
+
+    def _build(self, config: Config, plan: ReloadPlan) -> Pipeline:
+        """In a worker thread, while no input is taken: the pipeline of ``config`` with the kept operators' state."""
+        engine = self.pipeline.engine
+        engine.snapshot_pause = _let_others_run  # compiled, the snapshot would hold the GIL from the event loop
+        try:
+            return reloaded_pipeline(self.pipeline, config, plan)
+        finally:
+            engine.snapshot_pause = None
 
     def _replay_reload(self, rec: LogRecord) -> None:
         """A reload record in the log's replay: the pipeline of the configuration it names carries on."""

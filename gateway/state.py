@@ -492,6 +492,11 @@ class StateStore:
         for pos, kind, topic, payload, received_ms in cur:
             yield LogRecord(pos, kind, topic, bytes(payload), received_ms)
 
+    def replace_payload(self, pos: int, payload: bytes) -> None:
+        """Rewrite the payload of the logged record at ``pos`` (a reload record whose reload failed)."""
+        with self._tx():
+            self.db.execute("UPDATE log SET payload = ? WHERE pos = ?", (payload, pos))
+
     def last_of_kind(self, after: int, kind: int) -> LogRecord | None:
         """The last logged record of ``kind`` after position ``after``, if any."""
         row = self.db.execute(
