@@ -417,6 +417,10 @@ class Gateway:
         # loop goes on logging and acknowledging messages, answering /metrics and keeping the broker's connection
         (pos,) = self.store.append([(KIND_RELOAD, "", payload, self.now_ms())])
         self._input_open.clear()
+        # as in a checkpoint: the copies' new containers would set off collections of the whole heap, which hold the
+        # GIL from the event loop for hundreds of milliseconds (bench/bench_reload.py)
+        was_enabled = gc.isenabled()
+        gc.disable()
         try:
             pipeline = await asyncio.to_thread(self._build, new, plan) if plan.changes_state else None
         except BaseException:
@@ -425,6 +429,9 @@ class Gateway:
             self.store.replace_payload(pos, back)
             self._input_open.set()
             raise
+        finally:
+            if was_enabled:
+                gc.enable()
         if self._capture is not None:  # a checkpoint under way takes the old pipeline's keys
             self._capture.before(None)
         if pipeline is not None:
