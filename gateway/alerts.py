@@ -105,7 +105,7 @@ def alert_topic(prefix: str, site: str, source: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Alert:
-    """One alert. ``key`` is what it is keyed by (a device, or a group such as a site).
+    """One alert. ``key`` is what it is keyed by (a device, or a group such as a site; a join's key).
 
     ``readings`` are the identities (device, boot, seq) of the readings that caused it; ``first_ms``
     and ``last_ms`` their first and last event times. ``details`` carries source-specific values: for
@@ -113,7 +113,7 @@ class Alert:
     matched steps' values. A detail never replaces one of the alert's own fields.
     """
 
-    source: Literal["pattern", "anomaly"]
+    source: Literal["pattern", "anomaly", "join"]
     name: str
     site: str
     key: str

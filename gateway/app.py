@@ -109,6 +109,10 @@ def _fingerprint(config: Config) -> str:
         paths.append(("[anomaly]", config.anomaly.on))
     if paths:  # left out of the patterns' repr so that a configuration without fast alerts keeps its fingerprint
         text += repr(paths)
+    if config.groups.groups:  # group-keyed state depends on who is in which group; no groups, no change
+        text += repr(config.groups)
+    if config.joins:  # join state depends on the joins and the device properties they key on; no joins, no change
+        text += repr((config.joins, sorted((d, sorted(p.items())) for d, p in config.devices.properties.items())))
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
@@ -315,7 +319,7 @@ class Gateway:
             if rec.kind == KIND_MESSAGE:
                 cap.before(self.pipeline.reach(rec.topic))
             elif rec.kind == KIND_TICK:
-                cap.before(self.pipeline.tick_reach())
+                cap.before(self.pipeline.tick_reach(rec.received_ms))
             elif rec.kind == KIND_RELOAD:
                 cap.before(None)  # the checkpoint takes the old pipeline's keys; the new one replaces it
             # an oversize message changes only counters (the global part, taken already)

@@ -68,6 +68,11 @@ def _containers(state: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], tu
     anomaly = pipeline.get("anomaly")
     if isinstance(anomaly, dict):
         yield "a", anomaly, ("multi", "recent", "sites")
+    joins = pipeline.get("joins")  # interval joins (gateway/joins): keys ``j:<join>:<key>``, the tracker by device
+    if isinstance(joins, dict):
+        yield "j", joins, ("keys",)
+        if isinstance(joins.get("tracker"), dict):
+            yield "jt", joins["tracker"], ("state", "sites")
 
 
 def _detectors(state: dict[str, Any]) -> tuple[dict[str, Any] | None, list[Any]]:

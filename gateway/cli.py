@@ -57,6 +57,8 @@ def _describe(cfg: Config) -> str:
             *_describe_windows(cfg),
             _describe_watermark(cfg),
             f"patterns:  {', '.join(p.name for p in cfg.patterns) or 'none'}",
+            *_describe_joins(cfg),
+            *_describe_groups(cfg),
             _describe_anomaly(cfg),
             *_describe_notify(cfg),
             f"state:     {state_path(cfg)} (ingest log, checkpoint every {cfg.state.checkpoint_interval_s:g} s, "
@@ -71,6 +73,26 @@ def _describe(cfg: Config) -> str:
             *_describe_env(cfg),
         ]
     )
+
+
+def _describe_groups(cfg: Config) -> list[str]:
+    """Each ``[groups]`` group with its members and, for the declared devices, which of them it takes now."""
+    if not cfg.groups.groups:
+        return []
+    index = cfg.groups.index()
+    declared = sorted(set(cfg.devices.known) | set(cfg.devices.sites))
+    lines = []
+    for g in cfg.groups.groups:
+        taken = [d for d in declared if g.name in index.groups_of(d, cfg.devices.sites.get(d))]
+        line = f"group:     {g.name} = {', '.join(g.members)}"
+        if declared:
+            line += f" (declared devices in it: {', '.join(taken) or 'none'})"
+        lines.append(line)
+    if declared:
+        none = [d for d in declared if not index.groups_of(d, cfg.devices.sites.get(d))]
+        if none:
+            lines.append(f"group:     in no group (group operators ignore them): {', '.join(none)}")
+    return lines
 
 
 def _describe_notify(cfg: Config) -> list[str]:
@@ -115,6 +137,15 @@ def _describe_env(cfg: Config) -> list[str]:
 
 def _seconds(ms: int) -> str:
     return f"{ms / 1000:g} s"
+
+
+def _describe_joins(cfg: Config) -> list[str]:
+    return [
+        f"join:      {j.name} on {j.key}: {j.between}"
+        + (f", allowed lateness {j.allowed_lateness_ms} ms" if j.allowed_lateness_ms else "")
+        + f", at most {j.max_events} events a key"
+        for j in cfg.joins
+    ]
 
 
 def _describe_watermark(cfg: Config) -> str:

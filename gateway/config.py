@@ -28,6 +28,8 @@ from .cep.expr import Ref
 from .cep.pattern import PatternSpec
 from .engine.config import ENGINE_KEYS, WATERMARK_KEYS, EngineSpec, parse_engine
 from .errors import ConfigError
+from .groups import GroupsSpec, check_groups, parse_groups
+from .joins.config import JoinSpec, check_joins, parse_joins
 from .notify import NotifySpec, parse_notify, url_secret_parts
 from .protocol import METRIC_RE, NAME_RE, RESERVED_METRICS, Limits
 from .schema import MetricTypes
@@ -115,6 +117,9 @@ class DevicesConfig:
     """Declared sites (``[devices.sites]``, device id -> site). A device is bound to the site it is first
     admitted under; a declared device only to its declared one. A message under another site is a dead letter
     (``site_mismatch``), except under the declared site: that moves the device there (docs/reliability.md)."""
+    properties: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    """Declared device properties (``[devices.properties]``, device id -> {name: value}): what joins keyed by
+    ``property:<name>`` join on (docs/correlation.md)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,12 +175,16 @@ class Config:
     """Anomaly detection (``[anomaly]``, see docs/anomaly.md); off when the section is absent."""
     patterns: tuple[PatternSpec, ...] = ()
     """CEP patterns (``[[patterns]]``, see docs/cep.md), validated at start."""
+    joins: tuple[JoinSpec, ...] = ()
+    """Interval joins (``[[joins]]``, see docs/correlation.md), validated at start."""
     metric_types: MetricTypes = MetricTypes()
     """The type of each metric (``[metric_types]``, see docs/protocol.md): a float unless declared otherwise."""
     notify: tuple[NotifySpec, ...] = ()
     """Notification targets (``[[notify]]``, see docs/notify.md)."""
     homeassistant: HomeAssistantConfig = HomeAssistantConfig()
     """Home Assistant MQTT discovery (``[homeassistant]``, see docs/homeassistant.md)."""
+    groups: GroupsSpec = GroupsSpec()
+    """Declared device groups (``[groups]``, see docs/cep.md "Groups"); ``groups.index().groups_of(device, site)``."""
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
     """The whole parsed document, for sections other modules own (such as ``windows``)."""
     from_env: Mapping[str, str] = field(default_factory=dict)
@@ -195,7 +204,7 @@ INFLUX_KEYS: frozenset[str] = frozenset({
     "max_buffered", "timeout_s", "retry_max_s",
 })  # fmt: skip
 LIMITS_KEYS = frozenset({"max_bytes", "max_readings", "max_metrics", "max_string", "min_time_ms", "max_future_ms"})
-DEVICES_KEYS = frozenset({"allow_unknown", "known", "max_devices", "max_metric_names", "sites"})
+DEVICES_KEYS = frozenset({"allow_unknown", "known", "max_devices", "max_metric_names", "sites", "properties"})
 LOG_KEYS = frozenset({"level", "format"})
 STATE_KEYS = frozenset(
     {"dir", "sync", "checkpoint_interval_s", "checkpoint_max_log_rows", "spool_max_bytes", "ingest_batch"}
@@ -218,8 +227,8 @@ SECTION_KEYS: Mapping[str, frozenset[str]] = {
     "engine.watermark": WATERMARK_KEYS,
     "anomaly": frozenset(ANOMALY_TOP_KEYS | ANOMALY_DETECTOR_KEYS),
 }
-"""Every table of the file with the keys its parser accepts (``windows`` and ``patterns``, lists of tables,
-are set in the file only)."""
+"""Every table of the file with the keys its parser accepts (``windows``, ``patterns`` and ``joins``, lists of
+tables, and ``groups``, whose keys are the user's names, are set in the file only)."""
 
 SECRET_KEYS = frozenset({"mqtt.password", "influx.password", "influx.token"})
 """Read from ``EDGEKIT_MQTT_PASSWORD``, ``EDGEKIT_INFLUX_PASSWORD``, ``EDGEKIT_INFLUX_TOKEN`` (or a file), never
@@ -621,12 +630,29 @@ def _devices(doc: Mapping[str, Any]) -> DevicesConfig:
     }
     if wrong:
         raise ConfigError(f"devices.sites: expected device id = site, both 1-32 of [A-Za-z0-9_-], got {wrong!r}")
+    properties: dict[str, Any] = _get(sec, "devices", "properties", dict, {})
+    for d, props in properties.items():
+        if not NAME_RE.fullmatch(d) or not isinstance(props, dict):
+            raise ConfigError(
+                f'devices.properties: expected device id = {{ name = "value", ... }}, got {d} = {props!r}'
+            )
+        wrong_props = {
+            k: v
+            for k, v in props.items()
+            if not (METRIC_RE.fullmatch(k) and isinstance(v, str) and NAME_RE.fullmatch(v))
+        }
+        if wrong_props:
+            raise ConfigError(
+                f"devices.properties.{d}: expected name = value, names of [a-z0-9_], values 1-32 of [A-Za-z0-9_-], "
+                f"got {wrong_props!r}"
+            )
     return DevicesConfig(
         allow_unknown=allow_unknown,
         known=frozenset(known),
         max_devices=max_devices,
         max_metric_names=max_metric_names,
         sites=dict(sites),
+        properties={d: dict(p) for d, p in properties.items()},
     )
 
 
@@ -765,11 +791,13 @@ KNOWN_SECTIONS = {
     "windows",
     "anomaly",
     "patterns",
+    "joins",
     "state",
     "metrics",
     "metric_types",
     "notify",
     "homeassistant",
+    "groups",
 }
 
 
@@ -837,12 +865,16 @@ def _parse(doc: Mapping[str, Any], env: Mapping[str, str]) -> Config:
         engine=parse_engine(doc),
         anomaly=parse_anomaly(doc),
         patterns=parse_patterns(doc.get("patterns")),
+        joins=parse_joins(doc.get("joins")),
         metric_types=_metric_types(doc, env),
         notify=parse_notify(doc.get("notify"), env),
         homeassistant=_homeassistant(doc),
+        groups=parse_groups(doc.get("groups")),
         raw=doc,
     )
     _check_metric_types(cfg)
+    check_groups(cfg.groups, cfg.devices.known, cfg.devices.sites, not cfg.devices.allow_unknown)
+    check_joins(cfg.joins, cfg.devices.properties, cfg.groups.names)
     return cfg
 
 

@@ -198,6 +198,16 @@ class _Collector(Collector):
         verdicts.add_metric(["retracted"], s.alerts_retracted)
         verdicts.add_metric(["missed_fast"], s.alerts_missed_fast)
         yield verdicts
+        joins = gw.pipeline.joins
+        if joins.joins:  # interval joins (docs/correlation.md)
+            yield counter("edgekit_joined", "Joined records written ([[joins]])", s.joined)
+            yield gauge("edgekit_join_events", "Events the joins hold (waiting and kept)", joins.events())
+            dropped = CounterMetricFamily(
+                "edgekit_join_dropped", "Join events not joined: late, or over max_events", labels=["reason"]
+            )
+            for reason in ("late", "shed", "forced"):
+                dropped.add_metric([reason], joins.stats[reason])
+            yield dropped
         depth = GaugeMetricFamily("edgekit_queue_depth", "Items waiting, by queue", labels=["queue"])
         depth.add_metric(["mqtt_received"], gw.ingest_stats.queued)
         depth.add_metric(["sink_memory_raw"], len(sink.memory[RAW]))

@@ -29,6 +29,7 @@ from .engine import Engine
 from .engine.outputs import LateReading, WindowResult
 from .engine.outputs import Output as EngineOutput
 from .errors import DecodeError
+from .joins import Joined, Joins, JoinsSpec
 from .model import Batch, DeadLetter, Reading, StatusUpdate
 from .points import READING, dead_letter_line, reading_line, status_line
 from .protocol import dead_letter_for, decode, excerpt, parse_topic
@@ -64,6 +65,8 @@ class Stats:
     alerts_missed_fast: int = 0
     """Event-time alerts with no fast alert to confirm: the fast path missed them."""
     flush_markers: int = 0
+    joined: int = 0
+    """Joined records (``[[joins]]``) written to the ``join`` measurement."""
     moved: int = 0
     """Devices moved to the site ``devices.sites`` declares for them."""
     ignored: int = 0
@@ -88,6 +91,7 @@ class Stats:
             "alerts_retracted": self.alerts_retracted,
             "alerts_missed_fast": self.alerts_missed_fast,
             "flush_markers": self.flush_markers,
+            "joined": self.joined,
             "moved": self.moved,
             "ignored": self.ignored,
             "dead_by_reason": dict(sorted(self.dead_by_reason.items())),
@@ -127,6 +131,7 @@ class Pipeline:
             else None
         )
         self.cep = Cep(CepSpec(config.patterns, config.engine))
+        self.joins = Joins(JoinsSpec(config.joins, config.engine, config.devices.properties, config.groups))
         self.stats = Stats()
         self.devices: dict[str, str] = {}
         """The devices admitted so far (at most ``devices.max_devices``), each with the site it is bound to:
@@ -147,6 +152,7 @@ class Pipeline:
         if self.anomaly is not None:
             for e in self.anomaly.engines:
                 e.touched = self.dirty
+        self.joins.touched = self.dirty
         self._site_ticks = any(w.key_site for w in self.engine.windows) or bool(self.cep.by_kind["site"])
 
     def is_own_topic(self, topic: str) -> bool:
@@ -221,6 +227,7 @@ class Pipeline:
             out.status = msg
             self._engine_out(self.engine.process_status(msg), out)
             self._cep_out(self.cep.process_status(msg), out)
+            self._join_out(self.joins.process_status(msg), out)
             return out
         if msg.flushed_ms is not None:
             self.stats.flush_markers += 1
@@ -259,6 +266,7 @@ class Pipeline:
         if out.readings or msg.flushed_ms is not None:
             self._engine_out(self.engine.process_batch(out.batch, received_ms), out)
             self._cep_out(self.cep.process_batch(out.batch, received_ms), out)
+            self._join_out(self.joins.process_batch(out.batch, received_ms), out)
         if self.anomaly is not None and (out.readings or msg.flushed_ms is not None):
             # anomaly detection: new readings, event-time order per device (on arrival, or after the watermark)
             found = self.anomaly.process(out.readings, received_ms, device=msg.device, flushed_ms=msg.flushed_ms)
@@ -340,12 +348,19 @@ class Pipeline:
         bound = self.devices.get(device)
         if bound is not None and bound != site:  # a move: the old site's keys change too
             keys += [bound, "s:" + bound]
+        if self.joins.joins:
+            # the join keys it feeds now, and those it fed before (a status can release any of them)
+            keys += self.joins.key_names(device, site)
+            keys += [k.name for k in self.joins.member_of.get(device, ())]
         return keys
 
-    def tick_reach(self) -> Sequence[str]:
-        """The keys a :meth:`tick` may change: every site's, when there are windows or patterns keyed by site, and
-        those of the windows with early triggers that have pending or provisional results."""
+    def tick_reach(self, now_ms: int | None = None) -> Sequence[str]:
+        """The keys a :meth:`tick` (at ``now_ms``) may change: every site's, when there are windows or patterns keyed
+        by site, those of the windows with early triggers that have pending or provisional results, and the join
+        keys whose watermark the tick moves (every join key when ``now_ms`` is not given)."""
         keys = self.engine.early_keys()
+        if self.joins.joins:
+            keys = [*keys, *(self.joins.keys if now_ms is None else self.joins.due(now_ms))]
         if not self._site_ticks:
             return keys
         sites = set(self.engine.tracker.sites) | set(self.cep.tracker.sites)
@@ -357,6 +372,7 @@ class Pipeline:
         self.devices[device] = new
         self.engine.move_device(device, new)
         self.cep.move_device(device, new)
+        self.joins.move_device(device, new)
         self.stats.moved += 1
         log.info(
             "device %s moved from site %s to %s",
@@ -370,11 +386,12 @@ class Pipeline:
         """Time-driven progress (devices turning idle release site windows, early results of windows with
         ``early_every``). Never raises, like :meth:`handle`."""
         out = Handled()
-        self.dirty.update(self.tick_reach())
+        self.dirty.update(self.tick_reach(now_ms))
         try:
             self._engine_out(self.engine.advance(now_ms), out)
             self._engine_out(self.engine.on_processing_time(now_ms), out)
             self._cep_out(self.cep.advance(now_ms), out)
+            self._join_out(self.joins.advance(now_ms), out)
         except Exception:
             log.exception("internal error in a tick", extra={"event": "internal_error"})
         return out
@@ -401,6 +418,7 @@ class Pipeline:
             "engine": self.engine.snapshot(keys, order),
             "cep": self.cep.snapshot(keys, order),
             "anomaly": self.anomaly.snapshot(keys, order) if self.anomaly is not None else None,
+            "joins": self.joins.snapshot(keys, order),
             "unique": self._unique,
             "stats": self.stats.as_dict(),
         }
@@ -411,6 +429,8 @@ class Pipeline:
         # an old dedup snapshot has no event times: a device's latest one (the watermark tracker's) stands in
         self.dedup.restore(snap["dedup"], {d: e[1] for d, e in self.engine.tracker.state.items()})
         self.cep.restore(snap["cep"])
+        if "joins" in snap:  # a checkpoint from before joins has none: they start empty
+            self.joins.restore(snap["joins"])
         if self.anomaly is not None:
             self.anomaly.restore(snap["anomaly"])
         devices = snap.get("devices")
@@ -448,6 +468,13 @@ class Pipeline:
     def _cep_out(self, matches: list[CepMatch], out: Handled) -> None:
         for m in matches:
             self._alert(m.to_alert(), out)
+
+    def _join_out(self, joined: list[Joined], out: Handled) -> None:
+        for r in joined:
+            self.stats.joined += 1
+            out.lines.append(r.to_line())
+            if r.join.alert:
+                self._alert(r.to_alert(), out)
 
     def _engine_out(self, outputs: list[EngineOutput], out: Handled) -> None:
         for o in outputs:

@@ -16,6 +16,9 @@ restarted operators: empty). An operator is kept when its definition and everyth
 - the anomaly detectors, when ``[anomaly]`` and the engine-wide settings are the same (a change anywhere in
   ``[anomaly]`` restarts every detector: their baselines learn again).
 
+Interval joins (``[[joins]]``) and ``[groups]`` need a restart to change; their state carries on, unless the
+engine-wide settings change, which restarts the joins too.
+
 The durable log holds a reload record at the position where the new configuration took over (its state
 sections and fingerprint, :func:`reload_payload`), and each checkpoint its own configuration's, so that a restart
 after a crash restores the checkpoint with the configuration that wrote it and replays the reload where it was.
@@ -194,6 +197,8 @@ def reloaded_pipeline(old: Pipeline, config: Config, plan: ReloadPlan) -> Pipeli
     merged["engine"] = _engine(snap["engine"], fresh["engine"], set(plan.windows.kept), set(plan.retriggered))
     merged["cep"] = _cep(snap["cep"], fresh["cep"], set(plan.patterns.kept), config)
     merged["anomaly"] = snap["anomaly"] if plan.anomaly.kept else fresh["anomaly"]
+    if "joins" in fresh and _engine_wide(old.config) != _engine_wide(config):
+        merged["joins"] = fresh["joins"]  # [[joins]] need a restart to change, but they wait on the watermark too
     new.restore(merged)
     return new
 
@@ -245,7 +250,9 @@ def with_sections(base: Config, sections: Mapping[str, Any]) -> Config:
     declare. Raises :class:`~gateway.errors.ConfigError` if they no longer parse."""
     raw = {k: v for k, v in base.raw.items() if k not in STATE_SECTIONS}
     raw.update(sections)
-    doc = {k: raw[k] for k in (*STATE_SECTIONS, "metric_types") if k in raw}
+    # with the tables they are checked against (metric types, groups, devices and their properties, joins), which a
+    # reload does not change; none holds a secret
+    doc = {k: raw[k] for k in (*STATE_SECTIONS, "metric_types", "groups", "devices", "joins") if k in raw}
     part = parse_config(doc, env={})
     return dataclasses.replace(base, engine=part.engine, patterns=part.patterns, anomaly=part.anomaly, raw=raw)
 

@@ -351,6 +351,26 @@ def boards() -> list[Board]:
                 table=True,
                 w=24,
             ),
+            Panel(
+                "Joined records (interval joins)",
+                [
+                    (
+                        flux(
+                            "join",
+                            "",
+                            '  |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")\n'
+                            '  |> group()\n  |> sort(columns: ["_time"], desc: true)\n  |> limit(n: 50)\n'
+                            '  |> keep(columns: ["_time", "name", "key", "a_reading", "b_reading", "offset_ms"])\n',
+                        ),
+                        'SELECT "name", "key", "a_reading", "b_reading", "offset_ms" FROM "join" '
+                        f"{TF} ORDER BY time DESC LIMIT 50",
+                    ),
+                ],
+                kind="table",
+                table=True,
+                w=24,
+                description="Pairs of readings a [[joins]] rule joined (docs/correlation.md), at the a side's time.",
+            ),
         ],
     )
     device = Board(

@@ -10,7 +10,9 @@
   the numbers the gateway's pipeline is checked against (``edgekit-sim verify``) - drawn with the report's
   charts (``sim/svgplot.py``);
 - ``automaton.svg``: the automata the CEP compiler builds (``gateway.cep.compile_pattern``) for two example
-  patterns of ``gateway/examples/gateway.toml``.
+  patterns of ``gateway/examples/gateway.toml``;
+- ``interval-join.svg``: an interval join's event-time interval (``b.t BETWEEN a.t - 2m AND a.t + 30s``) over a
+  small stream, the pairs the join operator (``gateway.joins``) emits, and when the watermark drops a kept event.
 
 Everything is deterministic, so ``tests/test_docs_pictures.py`` regenerates each picture and compares.
 """
@@ -31,6 +33,9 @@ if str(REPO) not in sys.path:
 
 from gateway.cep.automaton import compile_pattern  # noqa: E402
 from gateway.cep.config import parse_patterns  # noqa: E402
+from gateway.engine import parse_engine  # noqa: E402
+from gateway.joins import Joins, JoinsSpec, parse_join  # noqa: E402
+from gateway.model import Batch, Reading  # noqa: E402
 from sim.commands import prepare  # noqa: E402
 from sim.scenario import parse_scenario  # noqa: E402
 from sim.svgplot import PALETTE, Chart  # noqa: E402
@@ -245,12 +250,109 @@ def automaton() -> str:
     return "".join(out)
 
 
+def interval_join() -> str:
+    """Two streams on one key, each ``a`` reading's interval shaded on ``b``'s row, the pairs the join operator emits
+    drawn between them; the key's watermark at the end, and the ``a`` readings it no longer keeps."""
+    spec = parse_join({
+        "name": "door_then_cold", "between": "b.t BETWEEN a.t - 2m AND a.t + 30s",
+        "a": {"devices": ["door-*"], "metrics": ["door"]}, "b": {"devices": ["th-*"], "metrics": ["temp_c"]},
+    })  # fmt: skip
+    minute = 60_000
+    a_times = [2 * minute, 5 * minute + 20_000, 6 * minute + 40_000]
+    b_times = [30_000, minute + 10_000, 3 * minute, 4 * minute + 30_000, 5 * minute + 40_000, 8 * minute + 30_000]
+    op = Joins(JoinsSpec((spec,), parse_engine({"engine": {"watermark": {"out_of_orderness": "5s"}}})))
+    pairs = []
+    now = START + 10 * minute
+    # the thermometer's first reading, then the door's (flushed up to 7 min), then the thermometer's others: the
+    # key knows both boards before either moves its watermark
+    batches = [("th-1", b_times[:1], "temp_c", None, 0), ("door-1", a_times, "door", 7 * minute, 0)]
+    batches.append(("th-1", b_times[1:], "temp_c", None, 1))
+    for dev, times, metric, flushed, first in batches:
+        rs = tuple(Reading("s", dev, 1, first + i, START + t, "s", {metric: 1.0}) for i, t in enumerate(times))
+        mark = None if flushed is None else START + flushed
+        pairs += op.process_batch(Batch("s", dev, "t", now, rs, (), mark), now)
+    key = op.keys["j:door_then_cold:s"]
+    assert key.wm is not None
+    wm = key.wm - START  # the smaller of the two boards' watermarks: the door's flushed marker + 1
+    kept_a = [e[0] - START for e in key.kept[0]]
+    w, h, left, right = 960, 300, 90, 40
+    span = 10 * minute
+
+    def x(t: int) -> float:
+        return round(left + (w - left - right) * t / span, 1)
+
+    ya, yb = 95, 205
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" role="img" '
+        'aria-label="An interval join in event time" font-family="system-ui, sans-serif">',
+        f'<rect x="0" y="0" width="{w}" height="{h}" fill="#fff"/>',
+        f'<text x="20" y="24" font-size="14" font-weight="bold">{escape(spec.between)}: each a reading joins the b '
+        "readings of its key in its interval</text>",
+        f'<text x="20" y="{ya + 4}" font-size="12">a: door</text>',
+        f'<text x="20" y="{yb + 4}" font-size="12">b: temp</text>',
+        f'<line x1="{left}" y1="{ya}" x2="{w - right}" y2="{ya}" stroke="#bbb"/>',
+        f'<line x1="{left}" y1="{yb}" x2="{w - right}" y2="{yb}" stroke="#bbb"/>',
+    ]
+    for k in range(0, 11):
+        tick = x(k * minute)
+        out.append(f'<line x1="{tick}" y1="{yb + 30}" x2="{tick}" y2="{yb + 36}" stroke="#444"/>')
+        out.append(f'<text x="{tick}" y="{yb + 50}" font-size="10" text-anchor="middle">{k} min</text>')
+    out.append(f'<text x="{w - right}" y="{h - 12}" font-size="11" text-anchor="end">event time</text>')
+    for i, ta in enumerate(a_times):
+        color = PALETTE[i]
+        lo, hi = ta + spec.lower_ms, ta + spec.upper_ms
+        y = yb - 16 - 4 * i
+        tip = f"a at {ta // 1000} s: b.t from {lo // 1000} s to {hi // 1000} s"
+        out.append(
+            f'<rect class="mark" x="{x(lo)}" y="{y}" width="{x(hi) - x(lo)}" height="8" fill="{color}" '
+            f'fill-opacity="0.25" stroke="{color}"><title>{tip}</title></rect>'
+        )
+        for end in (lo, hi):
+            out.append(f'<line x1="{x(ta)}" y1="{ya}" x2="{x(end)}" y2="{y}" stroke="{color}" stroke-dasharray="2,3"/>')
+        kept = ta in kept_a
+        state = "kept" if kept else "dropped: its interval ends before the watermark"
+        faded = "" if kept else ' fill-opacity="0.35"'
+        out.append(
+            f'<circle class="mark" cx="{x(ta)}" cy="{ya}" r="7" fill="{color}"{faded}>'
+            f"<title>a at {ta // 1000} s ({state})</title></circle>"
+        )
+    for p in pairs:
+        ta, tb = p.a[0] - START, p.b[0] - START
+        color = PALETTE[a_times.index(ta)]
+        tip = f"joined: a {ta // 1000} s, b {tb // 1000} s ({tb - ta:+d} ms)"
+        out.append(
+            f'<line class="mark" x1="{x(ta)}" y1="{ya + 7}" x2="{x(tb)}" y2="{yb - 7}" stroke="{color}" '
+            f'stroke-width="2"><title>{tip}</title></line>'
+        )
+    joined_b = {p.b[0] - START for p in pairs}
+    for tb in b_times:
+        fill, what = ("#444", "joined") if tb in joined_b else ("#fff", "joins nothing")
+        out.append(
+            f'<circle class="mark" cx="{x(tb)}" cy="{yb}" r="6" fill="{fill}" stroke="#444">'
+            f"<title>b at {tb // 1000} s ({what})</title></circle>"
+        )
+    out.append(
+        f'<line x1="{x(wm)}" y1="{ya - 40}" x2="{x(wm)}" y2="{yb + 28}" stroke="#d62728" stroke-dasharray="5,4"/>'
+    )
+    out.append(
+        f'<text x="{x(wm) - 6}" y="{ya - 30}" font-size="11" fill="#d62728" text-anchor="end">watermark W: an a '
+        "reading is kept while a.t + 30s &gt;= W - allowed lateness</text>"
+    )
+    out.append(
+        f'<text x="{left}" y="{h - 12}" font-size="11" fill="#444">lines: the {len(pairs)} pairs the join emits '
+        "(each once the watermark passes both readings); filled b: joined; faded a: no longer kept</text>"
+    )
+    out.append("</svg>")
+    return "".join(out)
+
+
 PICTURES: dict[str, Callable[[], str]] = {
     "dataflow.svg": dataflow,
     "watermark.svg": watermark,
     "sleepy.svg": sleepy,
     "lateness.svg": lateness,
     "automaton.svg": automaton,
+    "interval-join.svg": interval_join,
 }
 
 

@@ -19,8 +19,11 @@ from typing import Final
 
 __all__ = [
     "ANOMALY_KINDS",
+    "COLD_C",
+    "CORRELATION_KINDS",
     "SEQUENCE_KINDS",
     "AnomalyState",
+    "Correlation",
     "InjectedAnomaly",
     "ScriptedSequence",
     "SequenceEvent",
@@ -31,6 +34,9 @@ __all__ = [
 
 ANOMALY_KINDS: Final = ("spike", "level_shift", "drift", "stuck", "dropout", "noise_burst")
 SEQUENCE_KINDS: Final = ("door_left_open", "door_closed", "three_failures", "two_failures")
+CORRELATION_KINDS: Final = ("door_then_cold",)
+COLD_C: Final = 5.0
+"""The temperature a ``door_then_cold`` correlation's thermometer reads (far below the simulated 17-25 degrees)."""
 
 DOOR_OPEN_LIMIT_MS: Final = 300_000
 """A door open for longer than this (5 minutes) with no "closed" is a door left open."""
@@ -149,6 +155,37 @@ class ScriptedSequence:
             "at_ms": self.at_ms,
             "expect_alert": self.expect_alert,
             "events": [[self.at_ms + e.offset_ms, e.metric, e.value] for e in self.events()],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Correlation:
+    """Correlated events on two devices: ``door_then_cold`` opens a door on ``device`` at ``at_ms`` (a run offset,
+    then an event time) and, ``after_ms`` later, the thermometer ``other`` reads :data:`COLD_C`. Each is an extra
+    reading carrying only that metric. Whether a join pairs them is for the gateway's ``[[joins]]`` to say (the
+    ground truth is the brute-force join of the readings, ``sim/joinref.py``)."""
+
+    kind: str
+    device: str
+    other: str
+    at_ms: int
+    after_ms: int
+
+    def events(self) -> tuple[tuple[str, int, dict[str, str | float]], ...]:
+        """``(device, event time, metrics)`` of each reading it adds."""
+        return (
+            (self.device, self.at_ms, {"door": "open"}),
+            (self.other, self.at_ms + self.after_ms, {"temp_c": COLD_C}),
+        )
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "kind": self.kind,
+            "device": self.device,
+            "other": self.other,
+            "at_ms": self.at_ms,
+            "after_ms": self.after_ms,
+            "events": [[d, t, m] for d, t, m in self.events()],
         }
 
 

@@ -57,8 +57,15 @@ A scenario file (``sim/scenarios/*.toml``) has these tables; every key is option
     device = "dev-0001"
     at = "15m"
 
+    [[correlations]]                # correlated events on two devices, for [[joins]] (docs/correlation.md)
+    kind = "door_then_cold"         # a door opens on `device`, `after` later `other` reads a cold temperature
+    device = "dev-0001"
+    other = "dev-0003"
+    at = "10m"
+    after = "90s"
+
     [gateway]                       # optional: the gateway's [engine], [[windows]], [metric_types],
-                                    # [anomaly] and [[patterns]] (as in its TOML file)
+                                    # [anomaly], [[patterns]] and [[joins]] (as in its TOML file)
     metric_types = { string = ["door", "status"] }   # needed with [[sequences]]: their metrics are strings
     [[gateway.windows]]
     name = "temp_1m"
@@ -83,7 +90,15 @@ from gateway.errors import ConfigError
 
 from .devices import METRIC_GENERATORS
 from .errors import SpecError
-from .faults import ANOMALY_KINDS, SEQUENCE_KINDS, InjectedAnomaly, ScriptedSequence, sequence_metric_types
+from .faults import (
+    ANOMALY_KINDS,
+    CORRELATION_KINDS,
+    SEQUENCE_KINDS,
+    Correlation,
+    InjectedAnomaly,
+    ScriptedSequence,
+    sequence_metric_types,
+)
 from .wire import MAX_READINGS, NAME_RE
 
 __all__ = [
@@ -102,7 +117,7 @@ __all__ = [
 ]
 
 SCENARIO_DIR: Final = Path(__file__).resolve().parent / "scenarios"
-GATEWAY_SECTIONS: Final = frozenset({"engine", "windows", "metric_types", "anomaly", "patterns"})
+GATEWAY_SECTIONS: Final = frozenset({"engine", "windows", "metric_types", "anomaly", "patterns", "joins"})
 """The gateway configuration's sections a scenario's ``[gateway]`` table may hold."""
 DelayDist = Literal["fixed", "uniform", "exponential", "lognormal"]
 SequenceKind = str
@@ -200,6 +215,7 @@ class Scenario:
     storms: tuple[Storm, ...] = ()
     anomalies: tuple[InjectedAnomaly, ...] = ()
     sequences: tuple[ScriptedSequence, ...] = ()
+    correlations: tuple[Correlation, ...] = ()
     gateway: Mapping[str, Any] = field(default_factory=dict)
     """The gateway configuration's sections (``GATEWAY_SECTIONS``, as in its TOML file), or empty."""
 
@@ -414,7 +430,8 @@ def _network(raw: object) -> NetworkSpec:
 
 def parse_scenario(doc: Mapping[str, Any]) -> Scenario:
     """A :class:`Scenario` from a parsed TOML document; raises :class:`SpecError` naming the bad key."""
-    unknown = sorted(set(doc) - {"scenario", "fleet", "network", "storms", "anomalies", "sequences", "gateway"})
+    tables = {"scenario", "fleet", "network", "storms", "anomalies", "sequences", "correlations", "gateway"}
+    unknown = sorted(set(doc) - tables)
     if unknown:
         raise SpecError(f"unknown table(s) {', '.join(unknown)}")
     head = _Table(doc.get("scenario", {}), "scenario")
@@ -497,11 +514,26 @@ def parse_scenario(doc: Mapping[str, Any]) -> Scenario:
         if seq.device not in ids:
             raise SpecError(f"sequences[{i}].device: {seq.device!r} is not one of dev-0001..dev-{devices:04d}")
         sequences.append(seq)
+    correlations: list[Correlation] = []
+    for i, raw in enumerate(doc.get("correlations", [])):
+        ct = _Table(raw, f"correlations[{i}]")
+        kind = ct.get("kind", str, "")
+        if kind not in CORRELATION_KINDS:
+            raise SpecError(f"correlations[{i}].kind: expected one of {', '.join(CORRELATION_KINDS)}, got {kind!r}")
+        c = Correlation(kind, ct.get("device", str, ""), ct.get("other", str, ""), ct.duration("at", 0),
+                        ct.duration("after", 0))  # fmt: skip
+        ct.done()
+        for key in ("device", "other"):
+            if getattr(c, key) not in ids:
+                raise SpecError(
+                    f"correlations[{i}].{key}: {getattr(c, key)!r} is not one of dev-0001..dev-{devices:04d}"
+                )
+        correlations.append(c)
     gateway = doc.get("gateway", {})
     if not isinstance(gateway, Mapping) or set(gateway) - GATEWAY_SECTIONS:
         known = ", ".join(repr(k) for k in sorted(GATEWAY_SECTIONS))
         raise SpecError(f"gateway: expected a table with only {known}, got {gateway!r}")
-    check_metric_types(sequences, gateway)
+    check_metric_types(sequences, gateway, correlations)
     return replace(
         scenario,
         groups=tuple(groups),
@@ -509,16 +541,22 @@ def parse_scenario(doc: Mapping[str, Any]) -> Scenario:
         storms=tuple(storms),
         anomalies=tuple(anomalies),
         sequences=tuple(sequences),
+        correlations=tuple(correlations),
         gateway=dict(gateway),
     )
 
 
-def check_metric_types(sequences: Iterable[ScriptedSequence], gateway: Mapping[str, Any]) -> None:
-    """The sequences' string metrics must be declared strings in the gateway's ``metric_types`` (a gateway takes
-    an undeclared metric for a float and dead-letters a string as ``type_mismatch``); raises :class:`SpecError`."""
+def check_metric_types(
+    sequences: Iterable[ScriptedSequence], gateway: Mapping[str, Any], correlations: Iterable[Correlation] = ()
+) -> None:
+    """The sequences' (and correlations') string metrics must be declared strings in the gateway's
+    ``metric_types`` (a gateway takes an undeclared metric for a float and dead-letters a string as
+    ``type_mismatch``); raises :class:`SpecError`."""
     declared = gateway.get("metric_types", {})
     strings = declared.get("string", []) if isinstance(declared, Mapping) else []
-    for metric in sequence_metric_types(sequences).get("string", []):
+    used = set(sequence_metric_types(sequences).get("string", []))
+    used |= {m for c in correlations for _, _, ms in c.events() for m, v in ms.items() if isinstance(v, str)}
+    for metric in sorted(used):
         if not isinstance(strings, list) or metric not in strings:
             raise SpecError(
                 f"gateway.metric_types.string: the sequences send {metric!r} as a string, and the gateway takes "

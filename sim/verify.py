@@ -6,9 +6,11 @@ that keeps the gateway's line protocol with InfluxDB's rule that a point written
 and timestamp overwrites (merges) the fields of the earlier one.
 
 Tables: raw readings (``reading``), window results (``window``, the last revision of each point), late
-readings (``late_reading``), dead letters (``dead_letter``) and alerts (``alert``): expected, found, missing,
-extra, differ (found with other values), and routed late (readings whose values went to the late output;
-window points whose last write is a late re-fire; late records).
+readings (``late_reading``), dead letters (``dead_letter``), alerts (``alert``) and, for a configuration with
+``[[joins]]``, joined records (``join``, against the brute-force join of ``sim/joinref.py``): expected, found,
+missing, extra, differ (found with other values), and routed late (readings whose values went to the late
+output; window points whose last write is a late re-fire; late records). A join with ``alert`` set must raise
+one alert per joined record, with the two readings' ids.
 
 The ``alert`` table holds the alerts the injected events must raise (:func:`expected_alerts`): a scripted
 sequence its pattern's alert, a spike or level shift a ``zscore.<metric>`` alert, a stuck sensor a
@@ -33,8 +35,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
+from gateway.engine.config import parse_engine
+
 from .errors import SimError
 from .fleet import Plan
+from .joinref import expected_joins
 from .reference import Expected
 from .world import Run
 
@@ -53,7 +58,7 @@ __all__ = [
 ]
 
 TRUTH_FORMAT: Final = "edgekit-sim-truth/2"
-MEASUREMENTS: Final = ("reading", "window", "late_reading", "dead_letter", "alert")
+MEASUREMENTS: Final = ("reading", "window", "late_reading", "dead_letter", "alert", "join")
 ALERT_TOLERANCE_MS: Final = 600_000
 """An alert counts for an injected event when its last reading lies in the event's span or this soon after."""
 ANOMALY_ALERTS: Final = {"spike": "zscore", "level_shift": "zscore", "stuck": "stuck"}
@@ -82,7 +87,13 @@ def truth_doc(run: Run, expected: Expected, gateway: Mapping[str, Any] | None = 
         "deliveries": [[d.arrival_ms, d.kind, d.device, d.sent_ms, d.attempt, len(d.readings)] for d in run.deliveries],
         "anomalies": [{**a.to_json(), "labelled": labelled} for a, labelled in run.anomalies],
         "sequences": [s.to_json() for s in run.sequences],
+        "correlations": [c.to_json() for c in run.correlations],
         "expected": {
+            **(
+                {"joins": expected_joins(run, expected.readings, gateway, parse_engine(gateway))}
+                if gateway and gateway.get("joins")
+                else {}
+            ),
             "readings": expected.readings,
             "duplicates": expected.duplicates,
             "dead_letters": [[reason, dev, n] for (reason, dev), n in sorted(expected.dead_letters.items())],
@@ -464,10 +475,39 @@ def compare(truth: Mapping[str, Any], found: Found) -> Verdict:
         t.note(f"extra {n} x {dk}")
     tables.append(t)
     tables.append(_alert_table(truth, mine("alert")))
+    if "joins" in exp:
+        tables.append(_join_table(exp["joins"], mine("join")))
     checks = truth.get("checks")
     if checks is not None:
         tables = [t for t in tables if t.output in checks]
     return Verdict(tables, hints=_hints(truth, found))
+
+
+def _join_table(expected: list[list[Any]], rows: list[Row]) -> Table:
+    """Joined records: each expected pair once (by join, key and the two readings' ids), with its event times."""
+    t = Table("join")
+    want = {(j[0], j[1], j[2], j[3]): (j[4], j[5]) for j in expected}
+    t.expected = len(want)
+    got: dict[tuple[Any, ...], Row] = {}
+    for r in rows:
+        k = (r.get("name"), r.get("key"), r.get("a_reading"), r.get("b_reading"))
+        if k in got:
+            t.extra += 1
+            t.note(f"twice: {k}")
+        got[k] = r
+    t.found = len(rows)
+    for k, (a_ms, b_ms) in want.items():
+        row = got.get(k)
+        if row is None:
+            t.missing += 1
+            t.note(f"missing {k}")
+        elif (row.get("a_ms"), row.get("b_ms"), row.get("offset_ms")) != (a_ms, b_ms, b_ms - a_ms):
+            t.differ += 1
+            t.note(f"differs {k}: want a_ms={a_ms} b_ms={b_ms}, got {row}")
+    for k in got.keys() - want.keys():
+        t.extra += 1
+        t.note(f"extra {k}")
+    return t
 
 
 def _hints(truth: Mapping[str, Any], found: Found) -> list[str]:
@@ -587,6 +627,20 @@ def _alert_table(truth: Mapping[str, Any], rows: list[Row]) -> Table:
 
     expects = expected_alerts(truth)
     t.found = len(alerts)
+    # a join with ``alert`` set: one alert per expected joined record, its readings the pair's
+    alerting = {j.get("name") for j in gateway.get("joins", []) if isinstance(j, Mapping) and j.get("alert")}
+    for j in truth["expected"].get("joins", []):
+        if j[0] not in alerting:
+            continue
+        t.expected += 1
+        ids = f"{j[2]},{j[3]}"
+        for k, r in enumerate(alerts):
+            if not used[k] and r.get("source") == "join" and r.get("name") == j[0] and r.get("reading_ids") == ids:
+                used[k] = True
+                break
+        else:
+            t.missing += 1
+            t.note(f"missing join alert {j[0]} on {j[1]} for {ids}")
     for e in sorted(expects, key=lambda e: (e.alert or "", e.start_ms)):
         if e.alert is None or e.must_not:
             continue
@@ -610,6 +664,9 @@ def _alert_table(truth: Mapping[str, Any], rows: list[Row]) -> Table:
         elif r.get("source") == "pattern":
             t.extra += 1
             t.note(f"extra {r.get('name')} on {r.get('key')} at {_utc(last(r))}: no scripted sequence explains it")
+        elif r.get("source") == "join":
+            t.extra += 1
+            t.note(f"extra join alert {r.get('name')} on {r.get('key')} for {r.get('reading_ids')}: no expected record")
         elif not any(e.source == "anomaly" and within(e, r) for e in expects):
             t.unexplained += 1
             t.note(f"false alarm {r.get('name')} on {r.get('key')} at {_utc(last(r))} (no mismatch: docs/anomaly.md)")

@@ -31,13 +31,13 @@ import bisect
 import math
 import random
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Final
 
 from .devices import METRIC_GENERATORS, Device
 from .errors import SpecError
-from .faults import AnomalyState, InjectedAnomaly, ScriptedSequence, apply_anomaly
+from .faults import AnomalyState, Correlation, InjectedAnomaly, ScriptedSequence, apply_anomaly
 from .scenario import DelaySpec, GroupSpec, Scenario
 from .wire import MIN_TIME_MS, UNSET_RTC_MS, MetricValue, WireReading, encode_batch, encode_status
 
@@ -144,6 +144,8 @@ class Run:
     """Each injected anomaly (event times) with the event times of the readings it changed."""
     sequences: list[ScriptedSequence]
     """The scripted sequences, ``at_ms`` as event time."""
+    correlations: list[Correlation] = field(default_factory=list)
+    """The correlated events (``[[correlations]]``), ``at_ms`` as event time."""
     network: dict[str, int] = field(default_factory=dict)
     """What the network did: attempts lost, acks lost, broker duplicates, held back, outage failures."""
     elapsed_s: float = 0.0
@@ -251,6 +253,11 @@ def simulate(scenario: Scenario, now_ms: Callable[[], int] | None = None) -> Run
     for i, a in enumerate(anomalies):
         by_device.setdefault(a.device, []).append(i)
     sequences = [ScriptedSequence(s.kind, s.device, start + s.at_ms) for s in scenario.sequences]
+    correlations = [replace(c, at_ms=start + c.at_ms) for c in scenario.correlations]
+    extra: dict[str, list[tuple[int, dict[str, MetricValue]]]] = {}
+    for c in correlations:
+        for device, t, metrics in c.events():
+            extra.setdefault(device, []).append((t, dict(metrics)))
     net = _Net(
         scenario,
         stream("network"),
@@ -290,7 +297,7 @@ def simulate(scenario: Scenario, now_ms: Callable[[], int] | None = None) -> Run
             _run_board(
                 board, scenario, start, end, storms, anomalies, anomaly_states, by_device.get(name, []),
                 [s for s in sequences if s.device == name], futures, stream(f"values:{name}"), net,
-                readings, deliveries,
+                readings, deliveries, extra.get(name, []),
             )  # fmt: skip
             index += 1
 
@@ -304,6 +311,7 @@ def simulate(scenario: Scenario, now_ms: Callable[[], int] | None = None) -> Run
         deliveries=deliveries,
         anomalies=[(a, st.labelled) for a, st in zip(anomalies, anomaly_states, strict=True)],
         sequences=sequences,
+        correlations=correlations,
         network=net.stats,
     )
     run.elapsed_s = time.perf_counter() - started
@@ -325,6 +333,7 @@ def _run_board(
     net: _Net,
     readings: list[SentReading],
     deliveries: list[Delivery],
+    extra: Sequence[tuple[int, dict[str, MetricValue]]] = (),
 ) -> None:
     info, dev, group = board.info, board.dev, board.group
     topic = f"{sc.prefix}/{info.site}/{info.device}/readings"
@@ -339,13 +348,17 @@ def _run_board(
             encode_status(info.device, "online", status), "status", info.device, first - 1, 1,
         )
     )  # fmt: skip
-    samples: list[tuple[int, dict[str, str] | None]] = [
+    samples: list[tuple[int, dict[str, MetricValue] | None]] = [
         (t, None) for t in _sample_times(first, end, group.interval_ms, storms)
     ]
     for s in sequences:
         for e in s.events():
             if s.at_ms + e.offset_ms < end:
-                bisect.insort(samples, (s.at_ms + e.offset_ms, {e.metric: e.value}), key=lambda x: x[0])
+                event: dict[str, MetricValue] = {e.metric: e.value}
+                bisect.insort(samples, (s.at_ms + e.offset_ms, event), key=lambda x: x[0])
+    for t_extra, metrics_extra in extra:  # a correlated event's reading (``[[correlations]]``)
+        if t_extra < end:
+            bisect.insort(samples, (t_extra, metrics_extra), key=lambda x: x[0])
     future_slots = set(rng.sample(range(len(samples)), min(futures, len(samples)))) if futures else set()
     taken = 0
     for n, (true_t, scripted) in enumerate(samples):

@@ -229,6 +229,14 @@ def test_influxql_queries_run_on_influxdb_1x_over_what_the_gateway_writes(influx
     now = 1_764_072_000_000
     doc = tomllib.loads((REPO / "deploy" / "gateway.toml").read_text(encoding="utf-8"))
     doc["windows"][0] |= {"early_count": 1, "provisional": "audit"}  # its early results, kept in window_provisional
+    doc["joins"] = [  # the board's warm readings joined with its humidity a minute either side: `join` points
+        {
+            "name": "warm_humid",
+            "between": "b.t BETWEEN a.t - 1m AND a.t + 1m",
+            "a": {"metrics": ["temp_c"], "where": "temp_c > 30"},
+            "b": {"metrics": ["rh"]},
+        }
+    ]
     cfg = parse_config(doc, {"EDGEKIT_INFLUX_BUCKET": "b"})
     pipe = Pipeline(cfg)
     live = LiveView(pipe.engine, "gw", now)

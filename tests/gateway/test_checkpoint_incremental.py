@@ -59,6 +59,12 @@ def _config(state_dir: Path, mode: str, max_series: int, on: str = "arrival") ->
         "compound": {"span": "1m", "min_metrics": 2},
         "on": on,
     }
+    # an interval join per site: its keys' watermarks move with messages, statuses and ticks (an idle device)
+    doc["joins"] = [{
+        "name": "door_hot", "between": "b.t BETWEEN a.t - 1m AND a.t + 1m", "allowed_lateness": "20s",
+        "a": {"devices": ["d[0-2]"], "metrics": ["door"], "where": 'door == "open"'},
+        "b": {"devices": ["d[2-5]"], "metrics": ["temp_c"], "where": "temp_c > 25"},
+    }]  # fmt: skip
     return parse_config(doc, env={})
 
 

@@ -63,6 +63,15 @@ def _config(tmp_path: Path) -> Any:
             {"name": "site", "kind": "tumbling", "size": "1m", "metrics": ["x"], "key": "site"},
         ],
         "anomaly": {"metrics": ["x"]},
+        "joins": [  # an interval join between some devices of each site (not d7: its rows stay its own)
+            {
+                "name": "j",
+                "between": "b.t BETWEEN a.t - 10m AND a.t + 10m",
+                "allowed_lateness": "5m",
+                "a": {"devices": ["d[02]"], "metrics": ["x"], "where": "x > 2"},
+                "b": {"devices": ["d[13]"], "metrics": ["x"]},
+            }
+        ],
     }
     return parse_config(doc, env={})
 
@@ -172,7 +181,7 @@ async def test_a_checkpoint_of_the_one_value_layout_restores_and_the_next_one_wr
         await old._process(old._accept([_message(1, 2, 20)]))
         await old.checkpoint()  # the stored rows are not known: all written
         rows = old.store.db.execute("SELECT COUNT(*) FROM ckpt_row").fetchone()[0]
-        assert rows == 8  # five devices' rows, two sites' and the order row
+        assert rows == 10  # five devices' rows, two sites', two join keys' (j:j:s0, j:j:s1) and the order row
         ck = old.store.load_checkpoint()
         assert ck is not None and ck.state["pipeline"] == json.loads(json.dumps(old.pipeline.snapshot()))
     finally:

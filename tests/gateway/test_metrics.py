@@ -27,3 +27,31 @@ def test_the_number_of_devices_with_state_is_shown(tmp_path: Path) -> None:
         assert "\nedgekit_devices 2.0\n" in gw.metrics.render().decode()
     finally:
         gw.store.close()
+
+
+def test_the_joins_counters_are_on_metrics(tmp_path: Path) -> None:
+    doc = {
+        "influx": {"url": "http://127.0.0.1:9"},  # never written to here
+        "state": {"dir": str(tmp_path / "state")},
+        "joins": [{"name": "j", "between": "b.t BETWEEN a.t AND a.t + 1m",
+                   "a": {"devices": ["a-*"], "metrics": ["x"]}, "b": {"devices": ["b-*"], "metrics": ["y"]}}],
+    }  # fmt: skip
+    gw = Gateway(parse_config(doc, env={}), now_ms=lambda: NOW)
+
+    def send(dev: str, seq: int, t: int, m: dict[str, float]) -> None:
+        body = {"v": 1, "dev": dev, "r": [{"b": 1, "s": seq, "t": t, "q": "s", "m": m}]}
+        gw.pipeline.handle(f"edgekit/s/{dev}/readings", json.dumps(body).encode(), NOW)
+
+    try:
+        t = NOW - 600_000
+        send("a-1", 0, t, {"x": 1.0})
+        send("b-1", 0, t + 1_000, {"y": 1.0})
+        send("a-1", 1, t + 120_000, {"x": 1.0})
+        send("b-1", 1, t + 120_000, {"y": 1.0})  # both watermarks past the first pair: joined
+        send("b-1", 2, t, {"y": 1.0})  # two minutes behind: late
+        text = gw.metrics.render().decode()
+        assert "\nedgekit_joined_total 1.0\n" in text
+        assert "\nedgekit_join_events 2.0\n" in text  # the second pair waits; the first is past its interval
+        assert 'edgekit_join_dropped_total{reason="late"} 1.0' in text
+    finally:
+        gw.store.close()

@@ -41,9 +41,10 @@ def in_process(prep: Prepared) -> tuple[Any, LineStore]:
     return res, res.store
 
 
-def test_the_seven_scenarios_are_shipped() -> None:
+def test_the_eight_scenarios_are_shipped() -> None:
     assert scenario_names() == [
-        "clock-chaos", "flaky-network", "pattern-sequences", "sensor-faults", "sleepy", "steady", "storm",
+        "clock-chaos", "correlated", "flaky-network", "pattern-sequences", "sensor-faults", "sleepy", "steady",
+        "storm",
     ]  # fmt: skip
 
 
@@ -256,3 +257,27 @@ def test_cli_simulate_in_process_writes_truth_and_report(tmp_path: Any, capsys: 
     assert page.count("<svg") == 3 and page.count("<p class='none'>None:") == 4
     assert main(["simulate", "no-such-scenario", "--in-process"]) == 2
     assert main(["report", "--truth", str(tmp_path / "missing.json"), "--out", str(report)]) == 1
+
+
+def test_correlated_doors_and_cold_readings_join_at_their_site_within_two_minutes() -> None:
+    """The ground truth's joined records are the injected correlations within 2 minutes at one site (one with a
+    sleepy thermometer), not the one 3 minutes late nor the one at the other site; the pipeline writes exactly
+    them, each with its alert; and verify sees a gateway that joins over a wider interval."""
+    prep = prepared("correlated")
+    truth = prep.truth()
+    sites = {b["device"]: b["site"] for b in truth["boards"]}
+    pairs = [(j[2].split("/")[0], j[3].split("/")[0], j[5] - j[4]) for j in truth["expected"]["joins"]]
+    joined = [(c["device"], c["other"], c["after_ms"]) for c in truth["correlations"]]
+    assert pairs == [c for c in joined if c[2] <= 120_000 and sites[c[0]] == sites[c[1]]]
+    assert len(pairs) == 2 and any(truth["boards"][int(o[-4:]) - 1]["sleep_s"] for _, o, _ in pairs)
+    res, store = in_process(prep)
+    verdict = compare(truth, store.found())
+    assert verdict.ok, verdict.render()
+    assert verdict.table("join").found == verdict.table("join").expected == 2 == res.stats["joined"]
+    assert sum(1 for a in res.alerts if a["source"] == "join") == 2
+    wide = dict(prep.gateway)
+    wide["joins"] = [{**wide["joins"][0], "between": "b.t BETWEEN a.t AND a.t + 4m"}]
+    res, store = run_in_process(prep.run, gateway_config(wide, prep.scenario.prefix)), None
+    assert res.store is not None
+    wrong = compare(truth, res.store.found())
+    assert (wrong.table("join").extra, wrong.table("alert").extra) == (1, 1) and not wrong.ok

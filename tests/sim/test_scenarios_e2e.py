@@ -67,3 +67,7 @@ async def test_scenario_through_broker_gateway_and_influxdb(
     assert tables["window"]["found"] == len(prep.expected.windows) > 0
     assert tables["late_reading"]["found"] == len(prep.expected.late)
     assert tables["dead_letter"]["found"] == sum(prep.expected.dead_letters.values())
+    if name == "correlated":  # the interval join (docs/correlation.md): exactly its joined records, and their alerts
+        joins = prep.truth()["expected"]["joins"]
+        assert tables["join"]["found"] == tables["join"]["expected"] == len(joins) == 2
+        assert tables["alert"]["found"] == 2 and gw.pipeline.stats.joined == 2
