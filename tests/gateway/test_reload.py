@@ -40,6 +40,12 @@ PATTERNS = {
     "rise": [{"name": "a", "where": "x < 3"}, {"name": "b", "where": "x > 6"}],
     "rise3": [{"name": "a", "where": "x < 2"}, {"name": "b", "where": "x > 8", "times": 2}],
 }
+JOIN = {
+    "name": "hot_then_cold",
+    "between": "b.t BETWEEN a.t AND a.t + 30s",
+    "a": {"devices": ["d1"], "metrics": ["x"], "where": "x > 7"},
+    "b": {"devices": ["d2"], "metrics": ["x"], "where": "x < 3"},
+}
 NAMES = ["w1", "w2", "w3", "w4"]
 PNAMES = ["p1", "p2", "p3"]
 
@@ -56,6 +62,7 @@ def doc(windows: dict[str, str], patterns: dict[str, str], anomaly: bool, bound:
         d["patterns"] = [{"name": n, "within": "1m", "steps": PATTERNS[p]} for n, p in patterns.items()]
     if anomaly:
         d["anomaly"] = {"metrics": ["x"], "warmup": 5}
+    d["joins"] = [JOIN]  # [[joins]] need a restart to change: in every configuration here, its state carries on
     return d
 
 
@@ -179,6 +186,8 @@ def test_kept_operators_give_what_an_uninterrupted_run_gives(
     gone = set(plan.windows.dropped) | set(plan.windows.restarted)
     assert not [o for out in after for o in out.outputs if isinstance(o, WindowResult) and o.window not in set(w_new)]
     assert not results(after, gone - set(w_new), set(plan.patterns.dropped))
+    joined = [[ln for ln in o.lines if ln.startswith("join,")] for o in before + after]
+    assert any(joined) and joined == [[ln for ln in o.lines if ln.startswith("join,")] for o in straight]
     if anomaly:  # unchanged [anomaly]: the same scores, point for point
         scored = [[ln for ln in o.lines if ln.startswith("anomaly")] for o in before + after]
         assert scored == [[ln for ln in o.lines if ln.startswith("anomaly")] for o in straight]
