@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .bridge import N_PER_POS, FileForwarder, KafkaForwarder, bridge_pipeline_config, message_records
 from .ckpt_rows import ORDER, dumps_row, key_names, split_order, split_rows
 from .config import Config, load_config, redact_url
 from .errors import ConfigError, StateError
@@ -71,7 +72,7 @@ from .state import (
     row_digest,
 )
 
-__all__ = ["Gateway", "ReloadResult", "StateError", "state_path", "time_reply", "wall_clock_ms"]
+__all__ = ["CollectorPacing", "Gateway", "ReloadResult", "StateError", "state_path", "time_reply", "wall_clock_ms"]
 
 log = logging.getLogger("gateway")
 
@@ -84,6 +85,50 @@ READ_VERSIONS = (1, 2, STATE_VERSION)
 
 CAPTURE_SLICE = 32
 """Keys a checkpoint snapshots at a time on the event loop before it lets other work run."""
+
+PROCESS_SLICE_S = 0.005
+"""Longest the pipeline takes a batch of logged messages without letting other work run (the outbox's sender, the
+sink, the broker's socket); it also lets them run after each input that gave something to publish (an alert)."""
+
+
+FULL_COLLECTION_EVERY_S = 600.0
+"""How often the cyclic garbage collector may scan the whole heap (see :class:`CollectorPacing`)."""
+
+
+class CollectorPacing:
+    """Keeps the cyclic garbage collector's full collections short: after each one, everything alive is moved out
+    of the generations it scans (``gc.freeze``), so the next scan only the objects made since; every
+    ``every_s`` they are given back (``gc.unfreeze``), and the full collection after that scans the whole heap.
+
+    A full collection scans every container object: for the window, pattern and detector state of 1,000 devices
+    that is 90-110 ms (``gc.collect()`` on bench/bench_checkpoint.py's state) and up to 360 ms seen in the
+    gateway on a loaded machine, every 10-30 s at 1,000 messages a second - a pause of the event loop that
+    every alert then waiting took. Cycles that became garbage while frozen are collected after the next
+    ``unfreeze``, so what frozen garbage can hold is bounded by what ``every_s`` of running makes."""
+
+    def __init__(self, every_s: float = FULL_COLLECTION_EVERY_S) -> None:
+        self.every_s = every_s
+        self.freezes = 0
+        self._given_back = time.monotonic()
+
+    def install(self) -> None:
+        gc.callbacks.append(self._after)
+
+    def remove(self) -> None:
+        if self._after in gc.callbacks:
+            gc.callbacks.remove(self._after)
+        gc.unfreeze()
+
+    def _after(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "stop" and info["generation"] == 2:
+            gc.freeze()
+            self.freezes += 1
+
+    def tick(self) -> None:
+        """Called every second: give the frozen objects back every ``every_s``."""
+        if time.monotonic() - self._given_back >= self.every_s:
+            gc.unfreeze()
+            self._given_back = time.monotonic()
 
 
 def _let_others_run() -> None:
@@ -111,6 +156,9 @@ def _fingerprint(config: Config) -> str:
         text += repr(paths)
     if config.groups.groups:  # group-keyed state depends on who is in which group; no groups, no change
         text += repr(config.groups)
+    relative = [(w.name, w.relative) for w in config.engine.windows if w.relative is not None]
+    if relative:  # left out of the windows' repr: a configuration without group-relative values keeps its fingerprint
+        text += repr(relative)
     if config.joins:  # join state depends on the joins and the device properties they key on; no joins, no change
         text += repr((config.joins, sorted((d, sorted(p.items())) for d, p in config.devices.properties.items())))
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
@@ -193,7 +241,18 @@ class Gateway:
         self.config_path = config_path
         """The file a reload reads again (None: only the environment and defaults, as at start)."""
         self.now_ms = now_ms
-        self.pipeline = Pipeline(config)
+        self.bridge: FileForwarder | None = None
+        """``[bridge]``: the accepted readings to the Flink job's files (docs/scale-out.md); the windows, patterns
+        and anomaly rules run there, not here."""
+        self.kafka: KafkaForwarder | None = None
+        if config.bridge.enabled:
+            b = config.bridge
+            self.bridge = FileForwarder(
+                Path(b.dir), b.roll_bytes, int(b.roll_interval_s * 1000), sync=config.state.sync == "full"
+            )
+            if b.to == "kafka":
+                self.kafka = KafkaForwarder(b, Path(b.dir), config.mqtt.client_id)
+        self.pipeline = Pipeline(bridge_pipeline_config(config) if self.bridge is not None else config)
         self.store = StateStore(state_path(config), sync=config.state.sync)
         self.metrics = GatewayMetrics(self)
         self.sink = SpoolingSink(
@@ -222,7 +281,7 @@ class Gateway:
         self.recovered_from = 0
         self.replayed = 0
         self.checkpoints = 0
-        self.fingerprint = _fingerprint(config)
+        self.fingerprint = _fingerprint(self.pipeline.config) + ("-bridge" if self.bridge is not None else "")
         """The fingerprint of the configuration the pipeline's state belongs to (a reload changes it)."""
         self.reloads = 0
         self.reload_failures = 0
@@ -254,6 +313,7 @@ class Gateway:
         """The digest of each checkpoint row stored (None: not known, the next checkpoint rewrites them all)."""
         self.last_checkpoint: dict[str, float] = {}
         """What the last checkpoint did: keys snapshotted, slices, rows written, seconds on the loop and in all."""
+        self.collector = CollectorPacing()
 
     # ------------------------------------------------------------------------------------ inputs
 
@@ -296,22 +356,33 @@ class Gateway:
                 self.recorder.write(topic, payload, now)
         return [LogRecord(p, k, t, b, now) for p, (k, t, b, _) in zip(positions, rows, strict=True)]
 
+    async def _accept_logged(self, msgs: list[Incoming]) -> list[LogRecord]:
+        """:meth:`_accept` once no checkpoint is writing (the state file's ``write_gate``): the loop goes on
+        meanwhile, and the messages are acknowledged only once their own commit is done."""
+        async with self.store.write_gate:
+            return self._accept(msgs)
+
     async def _process(self, records: list[LogRecord]) -> None:
+        held = time.perf_counter()
         for rec in records:
             if self._stopping:  # the rest is logged (and acknowledged): the restart replays it
                 return
-            await self._apply(rec)
+            if await self._apply(rec) or time.perf_counter() - held >= PROCESS_SLICE_S:
+                # an alert goes out now, not after the rest of the batch (up to ingest_batch messages)
+                await asyncio.sleep(0)
+                held = time.perf_counter()
         if (
             self.store.log_rows >= self.config.state.checkpoint_max_log_rows
-            and time.monotonic() >= self._retry_checkpoint
-        ):
+            or (self.bridge is not None and self.bridge.size >= self.bridge.roll_bytes)
+        ) and time.monotonic() >= self._retry_checkpoint:
             try:
                 await self.checkpoint()
             except Exception:  # a full disk, a lock: everything stays where it was; the tick's checkpoint tries again
                 self._retry_checkpoint = time.monotonic() + 1.0
                 log.exception("checkpoint failed; trying again later", extra={"event": "checkpoint_error"})
 
-    async def _apply(self, rec: LogRecord) -> None:
+    async def _apply(self, rec: LogRecord) -> bool:
+        """Take one logged input; whether it gave messages to publish."""
         if not self._input_open.is_set():  # a reload is building the pipeline that takes this input
             await self._input_open.wait()
         cap = self._capture
@@ -328,7 +399,7 @@ class Gateway:
             self.pos = rec.pos
             if self.pos >= self.store.last_pos:
                 self._caught_up.set()
-            return
+            return False
         if rec.kind == KIND_TICK:
             out = self.pipeline.tick(rec.received_ms)
         elif rec.kind == KIND_OVERSIZE:
@@ -338,10 +409,17 @@ class Gateway:
         else:
             out = self.pipeline.handle(rec.topic, rec.payload, rec.received_ms)
             self.metrics.messages_in += 1
+            if self.bridge is not None and out.readings:  # before the position moves: a checkpoint sees both agree
+                eng = self.pipeline.config.engine
+                lines = message_records(
+                    out.readings, rec.pos, rec.received_ms, min_time_ms=eng.min_time_ms, max_future_ms=eng.max_future_ms
+                )
+                self.bridge.append(lines, rec.pos * N_PER_POS, self.now_ms())
         self.pos = rec.pos  # before any await: a checkpoint in between sees state and position agree
         if self.pos >= self.store.last_pos:
             self._caught_up.set()
         await self._emit(out)
+        return bool(out.publish)
 
     async def _emit(self, out: Handled) -> None:
         if self.discovery is not None:  # before the alerts: an entity's discovery message goes first
@@ -357,13 +435,19 @@ class Gateway:
     async def _tick(self) -> None:
         # the pipeline takes inputs strictly in log order: a tick waits for logged messages to be taken,
         # else a checkpoint at the tick's position would drop them from the log unprocessed
-        while self.pos < self.store.last_pos:
-            if self._stopping:  # the logged messages wait for the restart; so does this tick
-                return
-            self._caught_up.clear()
-            await self._caught_up.wait()
-        now = self.now_ms()
-        (pos,) = self.store.append([(KIND_TICK, "", b"", now)])
+        while True:
+            while self.pos < self.store.last_pos:
+                if self._stopping:  # the logged messages wait for the restart; so does this tick
+                    return
+                self._caught_up.clear()
+                await self._caught_up.wait()
+            async with self.store.write_gate:  # not while a checkpoint writes
+                if self.pos < self.store.last_pos:
+                    continue  # messages were logged while it waited: they are taken first
+                now = self.now_ms()
+                (pos,) = self.store.append([(KIND_TICK, "", b"", now)])
+            break
+        # taken at once (no await before the pipeline has it): nothing is logged in between
         await self._apply(LogRecord(pos, KIND_TICK, "", b"", now))
 
     # ------------------------------------------------------------------------------------- reload
@@ -394,6 +478,12 @@ class Gateway:
     async def _reload(self) -> ReloadResult:
         if not self.started.is_set() or self._stopping:
             return ReloadResult(False, "the gateway is starting (replaying its log) or stopping; nothing was changed")
+        if self.bridge is not None:
+            return ReloadResult(
+                False,
+                "with [bridge] the windows run in the Flink job (docs/scale-out.md): restart the gateway and "
+                "the job to change the rules; nothing was changed",
+            )
         where = str(self.config_path) if self.config_path is not None else "the environment"
         try:
             new = await asyncio.to_thread(load_config, self.config_path)
@@ -410,17 +500,22 @@ class Gateway:
         plan = plan_reload(self.config, new)
         fingerprint, previous = _fingerprint(new), self.fingerprint
         payload = reload_payload(fingerprint, previous, state_sections(new), plan)
-        # like a tick: once every logged input is taken, so that the new configuration takes over at one position
-        while self.pos < self.store.last_pos:
-            if self._stopping:
-                return ReloadResult(False, "the gateway is stopping; nothing was changed")
-            self._caught_up.clear()
-            await self._caught_up.wait()
+        # like a tick: once every logged input is taken, so that the new configuration takes over at one position;
         # the record right after the last input taken; the inputs logged after it wait for the new pipeline, which
         # is built in a worker thread meanwhile (the old one does not change: no input is taken), while the event
         # loop goes on logging and acknowledging messages, answering /metrics and keeping the broker's connection
-        (pos,) = self.store.append([(KIND_RELOAD, "", payload, self.now_ms())])
-        self._input_open.clear()
+        while True:
+            while self.pos < self.store.last_pos:
+                if self._stopping:
+                    return ReloadResult(False, "the gateway is stopping; nothing was changed")
+                self._caught_up.clear()
+                await self._caught_up.wait()
+            async with self.store.write_gate:  # not while a checkpoint writes
+                if self.pos < self.store.last_pos:
+                    continue  # messages were logged while it waited: they are taken first
+                (pos,) = self.store.append([(KIND_RELOAD, "", payload, self.now_ms())])
+                self._input_open.clear()
+            break
         # as in a checkpoint: the copies' new containers would set off collections of the whole heap, which hold the
         # GIL from the event loop for hundreds of milliseconds (bench/bench_reload.py)
         was_enabled = gc.isenabled()
@@ -430,7 +525,8 @@ class Gateway:
         except BaseException:
             # the record must not make a restart take the configuration it did not take: it now names the running one
             back = reload_payload(previous, previous, state_sections(self.pipeline.config), plan_reload(new, new))
-            self.store.replace_payload(pos, back)
+            async with self.store.write_gate:
+                self.store.replace_payload(pos, back)
             self._input_open.set()
             raise
         finally:
@@ -539,7 +635,9 @@ class Gateway:
         goes on taking input: an input first has the keys it may change snapshotted (``Pipeline.reach``; a tick,
         or a message whose reach is not known beforehand, takes every key left), so each key is taken as it was at
         the checkpoint's position. The rows are encoded, compared with the stored rows' digests and compressed in
-        a worker thread; the SQLite transaction is on the loop, like every other use of the connection.
+        a worker thread; so is the SQLite transaction, on the checkpoint's own connection, while the loop goes on:
+        it holds the state file's ``write_gate``, so messages wait for its commit to be logged (and acknowledged),
+        without the loop waiting (``StateStore.checkpoint_async``, ``SpoolingSink.spill_async``).
 
         Two phases: the sink's lines leave memory only after the transaction that spools them (and truncates
         the log) is committed. The lines spooled are all that are in memory then, the checkpoint's and those of
@@ -560,7 +658,7 @@ class Gateway:
                     gc.enable()
         self.checkpoints += 1
         if self.checkpoints % 10 == 0:
-            self.store.compact()
+            await self.store.compact_async()
 
     async def _checkpoint(self) -> None:
         """:meth:`checkpoint`'s work, with the collector paused: every snapshot container goes with its frame."""
@@ -578,6 +676,8 @@ class Gateway:
                 "outbox": [[t, base64.b64encode(p).decode()] for t, p in self.outbox.queue],
                 "recent": [d.hex() for d in self.recent],
             }
+            if self.bridge is not None:  # the first phase: the lines so far handed over, a file due complete
+                state["bridge"] = self.bridge.prepare(self.now_ms(), roll=self._stopping)
             if self.discovery is not None:  # [homeassistant]: the device states and what is waiting to be sent
                 state["homeassistant"] = self.discovery.snapshot()
                 state["retained"] = [[t, base64.b64encode(p).decode()] for t, p in self.outbox.retained.items()]
@@ -599,14 +699,18 @@ class Gateway:
                     await asyncio.sleep(0)
             self._capture = None
             blob, delta, digests = await asyncio.to_thread(self._encode, glob, order, cap.rows, full)
+            saved_ms = self.now_ms()
             t = time.perf_counter()
-            self.sink.spill(lambda chunks: self.store.checkpoint(pos, blob, self.now_ms(), chunks, delta))
-            on_loop += time.perf_counter() - t
+            await self.sink.spill_async(lambda chunks: self.store.checkpoint_async(pos, blob, saved_ms, chunks, delta))
+            commit_s = time.perf_counter() - t
             self._row_digests = digests  # only once committed: a failed checkpoint changed no row
             committed = True
+            if self.bridge is not None:  # the second phase: the complete files into the job's sight
+                self.bridge.commit()
             self.last_checkpoint = {
                 "keys": len(keys), "slices": cap.slices, "rows_written": len(delta.put),
-                "rows_deleted": len(delta.delete), "loop_s": on_loop, "total_s": time.perf_counter() - started,
+                "rows_deleted": len(delta.delete), "loop_s": on_loop, "commit_s": commit_s,
+                "total_s": time.perf_counter() - started,
             }  # fmt: skip
         except Exception:
             self.checkpoint_failures += 1
@@ -699,6 +803,8 @@ class Gateway:
             # the next checkpoint rewrites every row
             self._row_digests = (ck.row_digests or None) if ck.state.get("version") == STATE_VERSION else None
             self.pipeline.dirty.clear()
+        if self.bridge is not None:
+            self.bridge.recover(ck.state.get("bridge") if ck is not None else None, self.now_ms())
         try:
             for rec in self.store.tail(self.pos):
                 if self._stopping:  # stopped during the replay: the next start goes on from the checkpoint
@@ -745,8 +851,10 @@ class Gateway:
 
     # ------------------------------------------------------------------------------------- stats
 
-    def snapshot_stats(self) -> dict[str, object]:
-        return {
+    def snapshot_stats(self, live: bool = True) -> dict[str, object]:
+        """The stats file's content; without ``live`` (every device's row, the recent windows and alerts), only the
+        counters (what the health points need, every second)."""
+        stats: dict[str, object] = {
             "pipeline": {**self.pipeline.stats.as_dict(), "devices": len(self.pipeline.devices)},
             "sink": {
                 **self.sink.stats.as_dict(),
@@ -775,7 +883,8 @@ class Gateway:
                     else {}
                 ),
             },
-            "live": self.live.as_dict(self.now_ms()),  # deploy
+            **self._bridge_stats(),
+            **({"live": self.live.as_dict(self.now_ms())} if live else {}),  # deploy
             **({"notify": self.notifier.stats()} if self.notifier is not None else {}),
             "state": {
                 "log_pos": self.pos,
@@ -791,6 +900,19 @@ class Gateway:
             },
             **({"last_reload": self.last_reload} if self.last_reload else {}),
         }
+        return stats
+
+    def _bridge_stats(self) -> dict[str, object]:
+        if self.bridge is None:
+            return {}
+        b: dict[str, object] = {
+            "lines": self.bridge.lines,
+            "files": self.bridge.files,
+            "in_progress_bytes": self.bridge.size,
+        }
+        if self.kafka is not None:
+            b.update(kafka_sent=self.kafka.sent, kafka_files=self.kafka.files, kafka_failures=self.kafka.failures)
+        return {"bridge": b}
 
     def _write_stats(self, stats: dict[str, object] | None = None) -> None:
         if self.stats_file is None:
@@ -834,7 +956,7 @@ class Gateway:
         async def step() -> None:
             nonlocal last_checkpoint
             await self._tick()
-            await self.sink.add(self.live.health_lines(self.now_ms(), self.snapshot_stats()))  # deploy
+            await self.sink.add(self.live.health_lines(self.now_ms(), self.snapshot_stats(live=False)))  # deploy
             if time.monotonic() - last_checkpoint >= self.config.state.checkpoint_interval_s:
                 await self.checkpoint()
                 last_checkpoint = time.monotonic()
@@ -847,6 +969,7 @@ class Gateway:
 
         async def step() -> None:
             self.metrics.sample()
+            self.collector.tick()
             self._write_stats()
 
         await self._every_interval(stop, step, "stats")
@@ -884,6 +1007,7 @@ class Gateway:
         # a stop is seen at once, even while the replay or ingest waits for room in a full spool
         watcher = asyncio.create_task(self._watch_stop(stop), name="stop-watch")
         status_task = asyncio.create_task(self._status_loop(stop), name="status")  # from the start: the replay too
+        self.collector.install()
         notify_stop = self._notify_stop
         if self.notifier is not None:
             self._notify_task = asyncio.create_task(self.notifier.run(notify_stop), name="notify")
@@ -894,10 +1018,12 @@ class Gateway:
             await self.checkpoint()
             self.started.set()
             tick_task = asyncio.create_task(self._tick_loop(stop), name="tick")
+            if self.kafka is not None:
+                kafka_task = asyncio.create_task(self.kafka.run(stop), name="kafka")
             try:
                 await run_durable_ingest(
                     cfg.mqtt,
-                    self._accept,
+                    self._accept_logged,
                     self._process,
                     self.ingest_stats,
                     stop,
@@ -909,6 +1035,9 @@ class Gateway:
                 stop.set()
                 self._begin_stop()
                 await tick_task
+                if self.kafka is not None:  # a send in flight is cut off: its file is sent again from its progress
+                    await asyncio.wait({kafka_task}, timeout=5.0)
+                    kafka_task.cancel()
                 # with InfluxDB away there is nothing to wait for: the final checkpoint spools what is left
                 drained = await self.sink.drain(30.0) if self.sink.healthy else False
                 await self.sink.close()
@@ -941,6 +1070,7 @@ class Gateway:
         finally:
             watcher.cancel()
             status_task.cancel()
+            self.collector.remove()
             if self._notify_task is not None:  # a reload may have made one
                 notify_stop.set()
                 await self._notify_task
@@ -948,4 +1078,6 @@ class Gateway:
                 self.recorder.close()
             if server is not None:
                 await server.cleanup()
+            if self.bridge is not None:
+                self.bridge.close()
             self.store.close()

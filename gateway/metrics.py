@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from .bridge import FileForwarder, KafkaForwarder
 from .ingest import IngestStats, Outbox
 from .notify import Notifier
 from .pipeline import Pipeline
@@ -63,6 +64,10 @@ class GatewayView(Protocol):
     def reload_failures(self) -> int: ...
     @property
     def restarted(self) -> dict[str, int]: ...
+    @property
+    def bridge(self) -> FileForwarder | None: ...
+    @property
+    def kafka(self) -> KafkaForwarder | None: ...
 
 
 class GatewayMetrics:
@@ -208,6 +213,20 @@ class _Collector(Collector):
             for reason in ("late", "shed", "forced"):
                 dropped.add_metric([reason], joins.stats[reason])
             yield dropped
+        relative = gw.pipeline.relative
+        if relative:  # group-relative values (docs/cep.md)
+            yield counter("edgekit_relative_values", "Group-relative values written ([windows.relative])",
+                          s.relative_values)  # fmt: skip
+            yield gauge("edgekit_relative_held", "Member values waiting for their group's window to close",
+                        relative.open_values())  # fmt: skip
+            skipped = CounterMetricFamily(
+                "edgekit_relative_skipped",
+                "Member results not compared: late for their group, updates, or without enough others",
+                labels=["reason"],
+            )
+            for reason in ("late", "updates", "alone"):
+                skipped.add_metric([reason], relative.stats[reason])
+            yield skipped
         depth = GaugeMetricFamily("edgekit_queue_depth", "Items waiting, by queue", labels=["queue"])
         depth.add_metric(["mqtt_received"], gw.ingest_stats.queued)
         depth.add_metric(["sink_memory_raw"], len(sink.memory[RAW]))
@@ -276,6 +295,14 @@ class _Collector(Collector):
         yield lag
         if gw.notifier is not None:
             yield from _notify_metrics(gw.notifier)
+        if gw.bridge is not None:  # bridge mode (docs/scale-out.md)
+            b = gw.bridge
+            yield counter("edgekit_bridge_lines", "Readings written to the bridge's files (a replay's again)", b.lines)
+            yield counter("edgekit_bridge_files", "Files renamed into the Flink job's sight", b.files)
+            yield gauge("edgekit_bridge_in_progress_bytes", "Bytes of the file in progress", b.size)
+            if gw.kafka is not None:
+                yield counter("edgekit_kafka_sent", "Readings acknowledged by Kafka (acks=all)", gw.kafka.sent)
+                yield counter("edgekit_kafka_failures", "Times Kafka could not be reached (retried)", gw.kafka.failures)
 
 
 def _notify_metrics(n: Notifier) -> Iterator[Metric]:

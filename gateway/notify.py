@@ -49,7 +49,7 @@ __all__ = [
 log = logging.getLogger("gateway.notify")
 
 SEVERITY_RANK: Final[dict[str, int]] = {"info": 0, "warning": 1, "critical": 2}
-SOURCES: Final = ("pattern", "anomaly", "join")
+SOURCES: Final = ("pattern", "anomaly", "join", "relative")
 INBOX_MAX: Final = 1000
 """Alerts waiting for the notifier's task; more are counted (``notify.shed``) and not notified (they are in
 InfluxDB and on MQTT all the same)."""

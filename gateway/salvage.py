@@ -43,6 +43,7 @@ from .state import (
     decode_checkpoint,
     expected_columns,
     file_error,
+    fsync_dir,
     lock_file,
     read_rows,
     wal_identity,
@@ -283,7 +284,7 @@ def recover_state(config: Config, *, now_ms: int | None = None) -> Salvage:
         for suffix in ("-wal", "-shm"):
             Path(f"{path}{suffix}").unlink(missing_ok=True)
         os.replace(fresh, path)
-        _fsync_dir(directory)
+        fsync_dir(directory)
         return report
     except BaseException:
         for p in made:
@@ -518,12 +519,4 @@ def _fsync_all(paths: list[Path]) -> None:
         with open(p, "rb") as f:
             os.fsync(f.fileno())
     if paths:
-        _fsync_dir(paths[0].parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_dir(paths[0].parent)

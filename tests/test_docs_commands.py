@@ -52,6 +52,8 @@ MAPPED: list[tuple[str, str, tuple[str, ...]]] = [
      ('"cmd"', '"--site"', '"--device"', '"--set"')),
     (r"^edgekit-gateway check .*--probe", "tests/test_user_services.py::test_check_probe_says_the_broker_and_the_"
      "database_are_usable", ('"--probe"',)),
+    (r"^edgekit-gateway compile --target flink-sql", "tests/test_flink.py::test_cli_compile_writes_the_job_and_"
+     "refuses_with_exit_2", ('"compile"', '"--target"', '"flink-sql"', '"--output"')),
     (r"^edgekit-gateway run ", "tests/gateway/test_cli.py::test_run_record_top_in_tmux_then_replay",
      ('"run"', '"--stats-file"', '"--record"')),
     (r"^edgekit-gateway top ", "tests/gateway/test_cli.py::test_run_record_top_in_tmux_then_replay",
@@ -300,6 +302,8 @@ def test_one_example_configuration_per_use_each_passing_check_as_shipped() -> No
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     shipped = {
         "gateway/examples/gateway.toml": {},
+        "gateway/examples/bridge.toml": {},
+        "gateway/examples/sink-only.toml": {},
         "deploy/systemd/gateway.toml": {},
         "deploy/gateway.toml": {k: v for k, v in model()["services"]["gateway"]["environment"].items() if v},
     }
