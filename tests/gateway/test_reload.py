@@ -403,3 +403,17 @@ async def test_a_reload_that_fails_while_building_changes_nothing_and_a_restart_
         assert again.pipeline.snapshot() == crashed and again.fingerprint == fp
     finally:
         again.store.close()
+
+
+async def test_with_a_bridge_a_reload_is_refused(tmp_path: Path) -> None:
+    """``[bridge]``: the windows run in the Flink job, which a reload of the gateway cannot change."""
+    d = {**doc({"w1": "t1m"}, {}, False), "bridge": {"dir": str(tmp_path / "bridge")}}
+    gw = gateway_on(tmp_path, d)
+    try:
+        rewrite(gw, {**doc({"w1": "t2m"}, {}, False), "bridge": d["bridge"]})
+        pipeline = gw.pipeline
+        res = await gw.reload()
+        assert not res.ok and "[bridge]" in res.message and gw.pipeline is pipeline
+        assert gw.store.last_of_kind(0, KIND_RELOAD) is None
+    finally:
+        gw.store.close()
