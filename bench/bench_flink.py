@@ -31,9 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_engine import stream  # bench/bench_engine.py: workload (a)'s readings
 from flink_cluster import start_cluster  # scripts/flink_cluster.py
 
+from gateway.bridge import message_records
 from gateway.config import parse_config
 from gateway.engine import Engine
-from gateway.flinksql import SinkPaths, compile_flink_sql, input_lines
+from gateway.flinksql import SinkPaths, compile_flink_sql
 
 WINDOW = {"name": "t10", "kind": "tumbling", "size": "10s", "metrics": ["temp_c"], "aggregates": ["count", "mean"]}
 
@@ -50,12 +51,14 @@ def main() -> None:
         tmp = Path(tmp_name)
         inp = tmp / "in"
         inp.mkdir()
-        n = 1
-        with (inp / f"readings-{1:020d}.jsonl").open("w") as f:
-            for arrival, b in messages:
-                for line in input_lines(b.readings, n, arrival, cfg.metric_types):
-                    f.write(line + "\n")
-                n += len(b.readings)
+        eng = cfg.engine
+        with (inp / f"readings-{1:020d}.jsonl").open("wb") as f:
+            for pos, (arrival, b) in enumerate(messages, 1):
+                f.writelines(
+                    message_records(
+                        b.readings, pos, arrival, min_time_ms=eng.min_time_ms, max_future_ms=eng.max_future_ms
+                    )
+                )
         print(f"workload (a), global watermark: {len(messages):,} readings, {args.devices} devices", flush=True)
         cluster = start_cluster(tmp / "cluster", slots=1)
         rates: dict[str, list[float]] = {"gateway engine": [], "Flink p1": [], "Flink p2": []}

@@ -7,14 +7,12 @@ records in the gateway's own JSON (docs/scale-out.md "Output"). What Flink SQL c
 refused with a message that names the setting and what to do (:class:`FlinkRefused`): nothing is approximated
 without a word.
 
-Pure functions, no I/O: :func:`compile_flink_sql` makes the script, :func:`input_lines` the bridge's lines for
-one message's accepted readings.
+Pure functions, no I/O: :func:`compile_flink_sql` makes the script; the bridge's lines are
+:func:`gateway.bridge.message_records`.
 """
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
@@ -22,8 +20,6 @@ from typing import Final, Literal
 from .config import Config
 from .engine.config import WindowSpec
 from .errors import ConfigError
-from .model import Reading
-from .schema import MetricTypes
 
 __all__ = [
     "DEFAULT_DIR",
@@ -31,8 +27,6 @@ __all__ = [
     "FlinkRefused",
     "SinkPaths",
     "compile_flink_sql",
-    "input_lines",
-    "reading_record",
     "refusals",
 ]
 
@@ -73,60 +67,6 @@ class SinkPaths:
     bootstrap_servers: str = DEFAULT_KAFKA
     monitor_interval: str = ""
     """Files connector: how often the job looks for new files (``10s``); empty: read what is there, then end."""
-
-
-# --- the input records ------------------------------------------------------------------------------------
-
-
-def reading_record(r: Reading, n: int, wm_ms: int | None, received_ms: int, types: MetricTypes) -> dict[str, object]:
-    """The input record of one accepted reading (docs/scale-out.md "Input")."""
-    num: dict[str, float] = {}
-    text: dict[str, str] = {}
-    flags: dict[str, bool] = {}
-    for name, v in r.metrics.items():
-        if isinstance(v, str):
-            text[name] = v
-        elif isinstance(v, bool):
-            flags[name] = v
-            num[name] = 1.0 if v else 0.0
-        else:
-            if not math.isfinite(v):
-                raise ValueError(f"metric {name!r} of {r.device}/{r.boot}/{r.seq} is not finite: {v!r}")
-            num[name] = v if types.of(name) == "integer" and isinstance(v, int) else float(v)
-    doc: dict[str, object] = {
-        "v": 1,
-        "site": r.site,
-        "device": r.device,
-        "boot": r.boot,
-        "seq": r.seq,
-        "t_ms": r.t_ms,
-        "q": r.quality,
-        "num": num,
-        "str": text,
-        "bool": flags,
-        "n": n,
-    }
-    if wm_ms is not None:
-        doc["wm_ms"] = wm_ms
-    doc["received_ms"] = received_ms
-    return doc
-
-
-def input_lines(readings: Sequence[Reading], first_n: int, received_ms: int, types: MetricTypes) -> list[str]:
-    """The lines of one message's accepted readings, numbered from ``first_n``: the last one carries ``wm_ms``,
-    the largest event time among those that move a watermark (not ``u``), so the job's watermark moves once per
-    message, after all its readings, as the gateway's does."""
-    moving = [r.t_ms for r in readings if r.quality != "u"]
-    wm = max(moving) if moving else None
-    last = len(readings) - 1
-    return [
-        json.dumps(
-            reading_record(r, first_n + i, wm if i == last else None, received_ms, types),
-            separators=(",", ":"),
-            allow_nan=False,
-        )
-        for i, r in enumerate(readings)
-    ]
 
 
 # --- what cannot be compiled ------------------------------------------------------------------------------

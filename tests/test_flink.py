@@ -20,9 +20,10 @@ from typing import Any
 
 import pytest
 
+from gateway.bridge import message_records
 from gateway.config import Config, parse_config
 from gateway.engine import LateReading, WindowResult
-from gateway.flinksql import FlinkRefused, SinkPaths, compile_flink_sql, input_lines
+from gateway.flinksql import FlinkRefused, SinkPaths, compile_flink_sql
 from gateway.pipeline import Pipeline
 from sim.commands import prepare
 from sim.inprocess import gateway_config
@@ -105,7 +106,7 @@ def gateway_side(name: str, windows: list[dict[str, Any]] | None = None) -> Gate
     lines: list[str] = []
     results: list[dict[str, Any]] = []
     late: list[dict[str, Any]] = []
-    n = 1
+    pos = 1
     wm = -(2**62)
     bound = cfg.engine.watermark.out_of_orderness_ms
     deliveries = prep.run.deliveries
@@ -127,8 +128,12 @@ def gateway_side(name: str, windows: list[dict[str, Any]] | None = None) -> Gate
         out = pipeline.handle(d.topic, d.payload, d.arrival_ms)
         collect(out.outputs)
         if out.readings:
-            lines += input_lines(out.readings, n, d.arrival_ms, cfg.metric_types)
-            n += len(out.readings)
+            eng = cfg.engine
+            recs = message_records(
+                out.readings, pos, d.arrival_ms, min_time_ms=eng.min_time_ms, max_future_ms=eng.max_future_ms
+            )
+            lines += [rec.decode().rstrip("\n") for rec in recs]
+            pos += 1
             wm = max([wm] + [r.t_ms - bound for r in out.readings if r.quality != "u"])
     return GatewaySide(cfg, lines, results, late, wm)
 
@@ -390,27 +395,3 @@ def test_cli_compile_writes_the_job_and_refuses_with_exit_2(tmp_path: Path, caps
     assert main(["compile", "--target", "flink-sql", "--config", str(example)]) == 2
     err = capsys.readouterr().err
     assert "engine.watermark.mode" in err and "patterns[door_left_open]" in err and "[[windows]]" in err
-
-
-def test_input_lines_follow_the_schema() -> None:
-    """The bridge's lines (docs/scale-out.md, Input): types split into num/str/bool, ``wm_ms`` on the last
-    reading of a message only, the largest event time of the readings that move a watermark (not ``u``)."""
-    from gateway.model import Reading
-    from gateway.schema import MetricTypes
-
-    types = MetricTypes(integer=frozenset({"count"}), boolean=frozenset({"door"}), string=frozenset({"fw"}))
-    rs = [
-        Reading("a", "d1", 3, 7, 1_764_072_003_000, "s", {"temp_c": 21.5, "count": 4, "door": True, "fw": "1.2"}),
-        Reading("a", "d1", 3, 8, 1_764_072_009_000, "u", {"temp_c": 22.0}),
-        Reading("a", "d1", 3, 9, 1_764_072_005_000, "c", {"temp_c": 22.5}),
-    ]
-    docs = [json.loads(line) for line in input_lines(rs, 41, 1_764_072_010_000, types)]
-    assert [d["n"] for d in docs] == [41, 42, 43]
-    assert [d.get("wm_ms") for d in docs] == [None, None, 1_764_072_005_000]  # the u reading does not count
-    first = docs[0]
-    assert first["num"] == {"temp_c": 21.5, "count": 4, "door": 1.0}
-    assert first["str"] == {"fw": "1.2"} and first["bool"] == {"door": True}
-    assert isinstance(first["num"]["count"], int) and first["q"] == "s" and first["received_ms"] == 1_764_072_010_000
-    assert set(first) == {"v", "site", "device", "boot", "seq", "t_ms", "q", "num", "str", "bool", "n", "received_ms"}
-    only_u = input_lines(rs[1:2], 1, 0, types)
-    assert "wm_ms" not in json.loads(only_u[0])
