@@ -27,6 +27,7 @@ from __future__ import annotations
 from bisect import insort
 from collections.abc import Callable, Set
 from heapq import heappop, heappush
+from math import copysign
 from typing import Any, Final, Protocol
 
 from mypy_extensions import mypyc_attr
@@ -586,9 +587,11 @@ class _SlideKey:
         return flat
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> _SlideKey:
+    def from_json(cls, d: dict[str, Any], singles: bool) -> _SlideKey:
+        """The key from its snapshot; ``singles``: a pane that is exactly the accumulator of one reading becomes that
+        reading again (a :class:`Single`)."""
         ks = cls()
-        ks.accs = [_acc_at(p, a) for p, a in d["panes"]]
+        ks.accs = [_pane_at(p, a) if singles else _acc_at(p, a) for p, a in d["panes"]]
         ks.revs = {s: r for s, r in d["revs"]}
         ks.cleanup = [(x[0], x[1]) for x in d["cleanup"]]
         ks.dirty = set(d["dirty"]) if d["dirty"] else None
@@ -998,7 +1001,7 @@ class SlidingOperator(WindowOperator):
 
     def restore(self, snap: dict[str, Any]) -> None:
         self._base_restore(snap)
-        self.keys = {k: _SlideKey.from_json(d) for k, d in snap["keys"].items()}
+        self.keys = {k: _SlideKey.from_json(d, self.singles) for k, d in snap["keys"].items()}
         self._requeue_all(list(self.keys))
 
     def early_acc(self, key: str, start: int) -> tuple[int, int, Acc] | None:
@@ -1304,6 +1307,40 @@ def _acc_at(p: int, flat: list[Any]) -> Acc:
     acc = acc_from_json(flat)
     acc.start = p
     return acc
+
+
+def _pane_at(p: int, flat: list[Any]) -> Acc:
+    """A pane from its snapshot, starting at ``p``: the :class:`Single` of its reading if it is exactly the
+    accumulator of one reading (what a snapshot of a Single is), else the accumulator."""
+    acc = _acc_at(p, flat)
+    nm = len(flat) // FIELDS
+    values: Values = []
+    t = b = s = 0
+    seen = False
+    st = Stat()
+    for m in range(nm):
+        c = acc.count(m)
+        if c == 0:
+            values.append(None)
+            continue
+        acc.put_first(m, st)
+        if c > 1 or (seen and (st.ft != t or st.fb != b or st.fs != s)):
+            return acc
+        seen = True
+        t, b, s = st.ft, st.fb, st.fs
+        values.append(st.fv)
+    if not seen:
+        return acc
+    one = _single(p, values, t, b, s)
+    ref = _pane_json(one, nm)  # what a snapshot of the Single holds: the same values to the bit, or not one
+    if ref != flat:
+        return acc
+    for i in range(len(ref)):  # == does not tell -0.0 from 0.0, nor 1 from 1.0
+        x = ref[i]
+        y = flat[i]
+        if type(x) is not type(y) or (isinstance(x, float) and x == 0.0 and copysign(1.0, x) != copysign(1.0, y)):
+            return acc
+    return one
 
 
 def _session_start(x: _Session) -> int:
