@@ -587,9 +587,10 @@ class _SlideKey:
         return flat
 
     @classmethod
-    def from_json(cls, d: dict[str, Any], singles: bool) -> _SlideKey:
+    def from_json(cls, d: dict[str, Any], singles: bool, sparse: bool) -> _SlideKey:
         """The key from its snapshot; ``singles``: a pane that is exactly the accumulator of one reading becomes that
-        reading again (a :class:`Single`)."""
+        reading again (a :class:`Single`); ``sparse``: of the front's entries (a snapshot holds every one) only
+        those a transfer keeps are kept (see ``SlidingOperator._fire``)."""
         ks = cls()
         ks.accs = [_pane_at(p, a) if singles else _acc_at(p, a) for p, a in d["panes"]]
         ks.revs = {s: r for s, r in d["revs"]}
@@ -607,7 +608,10 @@ class _SlideKey:
                 f.start = p
                 ks.front_a.append(f)
         if ks.front_a:
-            ks.newest = ks.accs[_left_from_front(ks.accs, ks.front_a[0].start)]
+            jn = _left_from_front(ks.accs, ks.front_a[0].start)
+            ks.newest = ks.accs[jn]
+            if sparse and ks.dirty is None:
+                ks.front_a = _sparse(ks.front_a, ks.accs, jn)
         ks.back_acc = None if d["back_acc"] is None else acc_from_json(d["back_acc"])
         ks.hi = d["hi"]
         back = d["back"]
@@ -1001,7 +1005,7 @@ class SlidingOperator(WindowOperator):
 
     def restore(self, snap: dict[str, Any]) -> None:
         self._base_restore(snap)
-        self.keys = {k: _SlideKey.from_json(d, self.singles) for k, d in snap["keys"].items()}
+        self.keys = {k: _SlideKey.from_json(d, self.singles, self.sparse) for k, d in snap["keys"].items()}
         self._requeue_all(list(self.keys))
 
     def early_acc(self, key: str, start: int) -> tuple[int, int, Acc] | None:
@@ -1284,6 +1288,22 @@ def _put_last(accs: list[Acc], j: int, m: int, r: Stat) -> None:
     (there must be one): panes hold disjoint times, so it is the last of the panes together."""
     while not _last_of(accs[j], m, r):
         j -= 1
+
+
+def _sparse(front: list[Part], accs: list[Acc], jn: int) -> list[Part]:
+    """Of a front's every entry, newest first, one a pane from the pane ``accs[jn]`` down (as a snapshot holds them),
+    those a transfer of as many panes keeps: every ``_stride(n)``-th from the newest and those above the highest of
+    them. The others are made again from the panes when needed, to the bit, as after a transfer. A front whose
+    entries are not one a pane in a row (a pane added since it was built) is kept whole."""
+    n = len(front)
+    if n < 3 or jn - n + 1 < 0:
+        return front
+    for u in range(n):
+        if accs[jn - u].start != front[u].start:
+            return front
+    stride = _stride(n)
+    top = (n - 1) // stride * stride
+    return [front[u] for u in range(n) if u % stride == 0 or u >= top]
 
 
 def _stride(n: int) -> int:
