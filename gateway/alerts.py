@@ -57,8 +57,11 @@ ANOMALY_DETAILS: Final[dict[str, FieldType]] = {
     "devices": "string",
     "count": "integer",
     "group": "string",
+    "baseline": "float",
+    "deviation": "float",
 }
-"""The details anomaly alerts may carry (docs/anomaly.md), each with its one type."""
+"""The details anomaly alerts (docs/anomaly.md) and group-relative alerts (docs/cep.md: ``metric``, ``group``,
+``value``, ``baseline``, ``deviation``, ``count``) may carry, each with its one type."""
 PATTERN_DETAIL: Final = rf"(?P<step>{METRIC_PATTERN})\.(?P<metric>{METRIC_PATTERN})"
 """A pattern alert's details: ``<step>.<metric>``, the value of a metric its conditions looked at (of the
 metric's declared type). The dot keeps them apart from every other field and from each other."""
@@ -84,7 +87,13 @@ alert that the event-time path did not confirm once its watermark passed (docs/c
 
 
 def alert_id(
-    source: str, name: str, key: str, readings: Sequence[ReadingKey], path: Path = "", verdict: Verdict = ""
+    source: str,
+    name: str,
+    key: str,
+    readings: Sequence[ReadingKey],
+    path: Path = "",
+    verdict: Verdict = "",
+    about: str = "",
 ) -> str:
     """16 hex digits that depend only on what the alert is about, never on when it was raised.
 
@@ -96,6 +105,8 @@ def alert_id(
         h.update(b"arrival\0retracted\0" if verdict == "retracted" else b"arrival\0")
     for device, boot, seq in sorted(readings):
         h.update(f"{device}/{boot}/{seq};".encode())
+    if about:  # what an alert without readings is about (a group-relative alert: its window and group)
+        h.update(f"@{about}".encode())
     return h.hexdigest()
 
 
@@ -113,7 +124,7 @@ class Alert:
     matched steps' values. A detail never replaces one of the alert's own fields.
     """
 
-    source: Literal["pattern", "anomaly", "join"]
+    source: Literal["pattern", "anomaly", "join", "relative"]
     name: str
     site: str
     key: str
@@ -130,7 +141,9 @@ class Alert:
 
     @property
     def id(self) -> str:
-        return alert_id(self.source, self.name, self.key, self.readings, self.path, self.verdict)
+        # a group-relative alert is about a window, not about readings: its window and group say which
+        about = f"{self.first_ms}/{self.details.get('group', '')}" if self.source == "relative" else ""
+        return alert_id(self.source, self.name, self.key, self.readings, self.path, self.verdict, about)
 
     def to_line(self) -> str:
         fields: dict[str, MetricValue] = dict(self.details)

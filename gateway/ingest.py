@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import hashlib
+import inspect
 import logging
 import random
 import ssl
@@ -519,7 +520,7 @@ async def run_ingest(
 
 async def run_durable_ingest(
     cfg: MqttConfig,
-    accept: Callable[[list[Incoming]], T],
+    accept: Callable[[list[Incoming]], T | Awaitable[T]],
     process: Callable[[T], Awaitable[None]],
     stats: IngestStats,
     stop: asyncio.Event,
@@ -531,9 +532,9 @@ async def run_durable_ingest(
 ) -> None:
     """Run until ``stop`` is set: connect, subscribe, accept + acknowledge + process; reconnect on failure.
 
-    ``accept`` must make the messages durable before it returns (it runs synchronously, so nothing else
-    happens between it and the acknowledgements). ``max_packet`` is the Maximum Packet Size the gateway
-    asks for (:func:`max_packet_size`; None: no limit).
+    ``accept`` must make the messages durable before it returns (or, when it is a coroutine function, before
+    its coroutine returns: nothing else happens between its return and the acknowledgements). ``max_packet``
+    is the Maximum Packet Size the gateway asks for (:func:`max_packet_size`; None: no limit).
     """
     delay = cfg.reconnect_min_s
     while not stop.is_set():
@@ -612,7 +613,7 @@ async def _consume(
     client: aiomqtt.Client,
     gate: ReadGate,
     dup_mids: set[int],
-    accept: Callable[[list[Incoming]], T],
+    accept: Callable[[list[Incoming]], T | Awaitable[T]],
     process: Callable[[T], Awaitable[None]],
     stats: IngestStats,
     stop: asyncio.Event,
@@ -671,7 +672,10 @@ class _Stopped:
 
 
 async def _accept_until_durable(
-    accept: Callable[[list[Incoming]], T], incoming: list[Incoming], stats: IngestStats, stop: asyncio.Event
+    accept: Callable[[list[Incoming]], T | Awaitable[T]],
+    incoming: list[Incoming],
+    stats: IngestStats,
+    stop: asyncio.Event,
 ) -> T | _Stopped:
     """``accept(incoming)``; when it fails (the log's disk is full, an I/O error, a lock held too long), the
     messages are not acknowledged and the gateway does not stop: it says so, waits (1 s doubling to 30 s) and
@@ -680,7 +684,8 @@ async def _accept_until_durable(
     delay = 1.0
     while True:
         try:
-            accepted = accept(incoming)
+            result = accept(incoming)
+            accepted = await result if inspect.isawaitable(result) else result
         except Exception as exc:
             stats.log_failures += 1
             if not stats.log_failing:

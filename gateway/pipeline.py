@@ -33,6 +33,7 @@ from .joins import Joined, Joins, JoinsSpec
 from .model import Batch, DeadLetter, Reading, StatusUpdate
 from .points import READING, dead_letter_line, reading_line, status_line
 from .protocol import dead_letter_for, decode, excerpt, parse_topic
+from .relative import GroupRelative, RelativeResult
 from .schema import get as measurement
 
 __all__ = ["Pipeline", "Stats", "reading_field_bound", "window_topic"]
@@ -67,6 +68,8 @@ class Stats:
     flush_markers: int = 0
     joined: int = 0
     """Joined records (``[[joins]]``) written to the ``join`` measurement."""
+    relative_values: int = 0
+    """Group-relative values (``[windows.relative]``) written to the ``window_relative`` measurement."""
     moved: int = 0
     """Devices moved to the site ``devices.sites`` declares for them."""
     ignored: int = 0
@@ -92,6 +95,7 @@ class Stats:
             "alerts_missed_fast": self.alerts_missed_fast,
             "flush_markers": self.flush_markers,
             "joined": self.joined,
+            "relative_values": self.relative_values,
             "moved": self.moved,
             "ignored": self.ignored,
             "dead_by_reason": dict(sorted(self.dead_by_reason.items())),
@@ -130,7 +134,9 @@ class Pipeline:
             if config.anomaly.enabled
             else None
         )
-        self.cep = Cep(CepSpec(config.patterns, config.engine))
+        self.cep = Cep(CepSpec(config.patterns, config.engine, groups=config.groups))
+        self.relative = GroupRelative(config.engine, config.groups)
+        """Group-relative values of the windows with ``[windows.relative]`` (gateway/relative.py)."""
         self.joins = Joins(JoinsSpec(config.joins, config.engine, config.devices.properties, config.groups))
         self.stats = Stats()
         self.devices: dict[str, str] = {}
@@ -152,8 +158,11 @@ class Pipeline:
         if self.anomaly is not None:
             for e in self.anomaly.engines:
                 e.touched = self.dirty
+        self.cep.touched = self.dirty  # in global mode an advance changes any key
         self.joins.touched = self.dirty
-        self._site_ticks = any(w.key_site for w in self.engine.windows) or bool(self.cep.by_kind["site"])
+        self._site_ticks = (
+            any(w.key_site for w in self.engine.windows) or bool(self.cep.by_kind["site"]) or bool(self.cep.members)
+        )
 
     def is_own_topic(self, topic: str) -> bool:
         """Topics the gateway publishes to (commands to boards, its own outputs) are not ingested."""
@@ -225,7 +234,10 @@ class Pipeline:
             self._unique += 1
             out.lines.append(status_line(msg, self._unique))
             out.status = msg
-            self._engine_out(self.engine.process_status(msg), out)
+            results = self.engine.process_status(msg)
+            self._engine_out(results, out)
+            if self.relative:
+                self._relative_out(self.relative.process_status(msg, results), out)
             self._cep_out(self.cep.process_status(msg), out)
             self._join_out(self.joins.process_status(msg), out)
             return out
@@ -264,7 +276,10 @@ class Pipeline:
         # the engine sees each reading once: duplicates and rejected readings are already accounted for
         out.batch = dataclasses.replace(msg, readings=tuple(out.readings), rejected=())
         if out.readings or msg.flushed_ms is not None:
-            self._engine_out(self.engine.process_batch(out.batch, received_ms), out)
+            results = self.engine.process_batch(out.batch, received_ms)
+            self._engine_out(results, out)
+            if self.relative:
+                self._relative_out(self.relative.process_batch(out.batch, results, received_ms), out)
             self._cep_out(self.cep.process_batch(out.batch, received_ms), out)
             self._join_out(self.joins.process_batch(out.batch, received_ms), out)
         if self.anomaly is not None and (out.readings or msg.flushed_ms is not None):
@@ -324,6 +339,10 @@ class Pipeline:
         dirty.add(site)
         dirty.add("d:" + device)
         dirty.add("s:" + site)
+        if self.cep.members:
+            for g in self.cep.index.groups_of(device, site):
+                if g in self.cep.members:
+                    dirty.add("g:" + g)
         if self.engine.global_mode:
             dirty.add("")
 
@@ -348,6 +367,8 @@ class Pipeline:
         bound = self.devices.get(device)
         if bound is not None and bound != site:  # a move: the old site's keys change too
             keys += [bound, "s:" + bound]
+        if self.cep.members:
+            keys += ["g:" + g for g in self.cep.index.groups_of(device, site) if g in self.cep.members]
         if self.joins.joins:
             # the join keys it feeds now, and those it fed before (a status can release any of them)
             keys += self.joins.key_names(device, site)
@@ -364,13 +385,15 @@ class Pipeline:
         if not self._site_ticks:
             return keys
         sites = set(self.engine.tracker.sites) | set(self.cep.tracker.sites)
-        return [*keys, *sites, *("s:" + s for s in sites)]
+        return [*keys, *sites, *("s:" + s for s in sites), *("g:" + g for g in self.cep.group_names)]
 
     def _move(self, device: str, old: str, new: str) -> None:
         """The device's first message under its declared site: its state follows it there."""
         self._touch(device, old)
         self.devices[device] = new
         self.engine.move_device(device, new)
+        if self.relative:
+            self.relative.move_device(device, new)
         self.cep.move_device(device, new)
         self.joins.move_device(device, new)
         self.stats.moved += 1
@@ -388,7 +411,10 @@ class Pipeline:
         out = Handled()
         self.dirty.update(self.tick_reach(now_ms))
         try:
-            self._engine_out(self.engine.advance(now_ms), out)
+            results = self.engine.advance(now_ms)
+            self._engine_out(results, out)
+            if self.relative:
+                self._relative_out(self.relative.advance(now_ms, results), out)
             self._engine_out(self.engine.on_processing_time(now_ms), out)
             self._cep_out(self.cep.advance(now_ms), out)
             self._join_out(self.joins.advance(now_ms), out)
@@ -418,6 +444,7 @@ class Pipeline:
             "engine": self.engine.snapshot(keys, order),
             "cep": self.cep.snapshot(keys, order),
             "anomaly": self.anomaly.snapshot(keys, order) if self.anomaly is not None else None,
+            **({"relative": self.relative.snapshot()} if self.relative else {}),
             "joins": self.joins.snapshot(keys, order),
             "unique": self._unique,
             "stats": self.stats.as_dict(),
@@ -429,6 +456,8 @@ class Pipeline:
         # an old dedup snapshot has no event times: a device's latest one (the watermark tracker's) stands in
         self.dedup.restore(snap["dedup"], {d: e[1] for d, e in self.engine.tracker.state.items()})
         self.cep.restore(snap["cep"])
+        if self.relative and "relative" in snap:
+            self.relative.restore(snap["relative"])
         if "joins" in snap:  # a checkpoint from before joins has none: they start empty
             self.joins.restore(snap["joins"])
         if self.anomaly is not None:
@@ -464,6 +493,13 @@ class Pipeline:
         out.alerts.append(alert)
         out.lines.append(alert.to_line())
         out.publish.append((alert_topic(self.config.mqtt.prefix, alert.site, alert.source), alert.to_json()))
+
+    def _relative_out(self, results: list[RelativeResult], out: Handled) -> None:
+        for r in results:
+            out.lines.append(r.to_line())
+        self.stats.relative_values += len(results)
+        for alert in self.relative.alerts(results):
+            self._alert(alert, out)
 
     def _cep_out(self, matches: list[CepMatch], out: Handled) -> None:
         for m in matches:

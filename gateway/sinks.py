@@ -25,7 +25,7 @@ import random
 import re
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -313,6 +313,28 @@ def _wall_ms() -> int:
     return time.time_ns() // NS_PER_MS
 
 
+class _HeldWriter:
+    """A writer whose ``write`` returns (or raises) only once ``hold()`` has returned too."""
+
+    def __init__(self, writer: Writer, hold: Callable[[], Awaitable[None]]) -> None:
+        self.writer = writer
+        self.hold = hold
+
+    async def start(self) -> None:
+        await self.writer.start()
+
+    async def write(self, lines: list[str]) -> None:
+        try:
+            await self.writer.write(lines)
+        except Exception:
+            await self.hold()
+            raise
+        await self.hold()
+
+    async def close(self) -> None:
+        await self.writer.close()
+
+
 async def _attempt(
     writer: Writer,
     lines: list[str],
@@ -359,10 +381,13 @@ async def write_batch(
     on_retry: Callable[[SinkError], None] | None = None,
     on_written: Callable[[float], None] | None = None,
     now_ms: Callable[[], int] = _wall_ms,
+    hold: Callable[[], Awaitable[None]] | None = None,
 ) -> bool:
     """Write ``pending`` until each of its lines is written or dead-lettered (True), or ``give_up()`` says to stop
     (False: what is left is in ``pending``; a result that arrives after ``give_up()`` turned true is not counted,
-    the lines are written again from wherever they were moved to).
+    the lines are written again from wherever they were moved to). ``hold()`` is awaited after each write, before
+    its result is looked at and ``give_up()`` asked (a checkpoint that is moving the batch to the spool decides
+    first whether the result counts).
 
     A refused or unsendable part is cut in halves until single lines are left. A single line InfluxDB refuses
     is dead-lettered ``influx_refused``; one that raises something unexpected, ``unwritable``, but only once
@@ -373,6 +398,9 @@ async def write_batch(
 
     def stop() -> bool:
         return give_up is not None and give_up()
+
+    if hold is not None:
+        writer = _HeldWriter(writer, hold)
 
     def written(elapsed: float, points: int) -> None:
         pending.reached = True

@@ -17,7 +17,10 @@ reading from the broker (no acknowledgements, so the broker keeps the messages f
 it in the spool in the same transaction as the pipeline state; only once that transaction is committed are
 the lines dropped from memory, so a checkpoint that fails (a locked or full disk, anything) leaves them
 where they were. A batch written twice (once from memory, once from the spool) is harmless: every point
-is deterministic.
+is deterministic. ``spill_async(commit)`` does the same with a transaction that runs off the event loop: while it
+runs, the writer takes no new batch, the result of a write in flight waits for its outcome (not counted when the
+transaction took the batch's lines, counted as usual when it failed), memory is not moved to the spool, and new
+lines are only added after the ones handed over; once it is committed exactly those are dropped.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from .config import InfluxConfig
 from .errors import SinkError
@@ -97,6 +100,9 @@ class SpoolingSink:
         self._closing = False
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
+        self._spilling: asyncio.Event | None = None
+        """Set (and replaced by None) when the transaction of ``spill_async`` has ended: until then the lines it was
+        handed are in memory and perhaps in the spool, and nothing may take them from either."""
 
     # ----------------------------------------------------------------------------------------- views
 
@@ -125,9 +131,11 @@ class SpoolingSink:
             (raw if ln.startswith(_RAW_PREFIX) else other).append(ln)
         limit = self.cfg.max_buffered
         while len(raw) + len(other) > limit:
+            await self._spilled()
             if self.store.spool_bytes < self.spool_max_bytes:
                 try:
-                    self._overflow()
+                    async with self.store.write_gate:
+                        self._overflow()
                     break
                 except Exception:  # a full or locked disk: the lines stay in memory, ingest waits as if it were full
                     log.exception("could not move lines to the spool", extra={"event": "sink_spill_error"})
@@ -190,6 +198,40 @@ class SpoolingSink:
             self.memory[cls].clear()
         self._wake.set()
 
+    async def spill_async(self, commit: Callable[[list[tuple[int, list[str]]]], Awaitable[None]]) -> None:
+        """:meth:`spill` with a ``commit`` that awaits its transaction (run off the event loop). Meanwhile the
+        pipeline may add lines: they go after those handed over and stay. The writer holds off: it takes no new
+        batch, and the result of the batch in flight waits for the outcome (committed: the lines are in the spool
+        and the result is not counted; failed: it is counted and the batch goes on), so no line is written and
+        counted from both memory and spool; memory is not moved to the spool meanwhile either."""
+        await self._spilled()  # one at a time
+        batch = self._batch if self._batch is not None and self._batch.in_memory else None
+        chunks: list[tuple[int, list[str]]] = []
+        if batch is not None:
+            chunks += self._chunks(batch.cls, batch.pending.lines())
+        handed = [0, 0]
+        for cls in (OTHER, RAW):
+            handed[cls] = len(self.memory[cls])
+            chunks += self._chunks(cls, self.memory[cls])
+        done = self._spilling = asyncio.Event()
+        try:
+            await commit(chunks)
+            if batch is not None:
+                batch.spilled = True
+            for cls in (OTHER, RAW):
+                mem = self.memory[cls]
+                for _ in range(handed[cls]):  # those handed over are the oldest: later ones were appended
+                    mem.popleft()
+            self._wake.set()
+        finally:
+            self._spilling = None
+            done.set()
+
+    async def _spilled(self) -> None:
+        """Wait until no ``spill_async`` transaction is running."""
+        while self._spilling is not None:
+            await self._spilling.wait()
+
     def _chunks(self, cls: int, lines: deque[str] | list[str]) -> list[tuple[int, list[str]]]:
         items = list(lines)
         n = self.cfg.batch_size
@@ -229,6 +271,7 @@ class SpoolingSink:
 
     async def _step(self, interval: float) -> bool:
         """Write one batch, or wait for lines; True when closing and nothing is left."""
+        await self._spilled()  # memory and the spool are being handed to a checkpoint: wait for its outcome
         batch = self._next()
         if batch is None:
             self._progress.set()
@@ -243,7 +286,8 @@ class SpoolingSink:
         if await self._write(batch):
             # every line written or dead-lettered: only now does the batch leave the spool (or memory)
             if batch.chunk_id is not None:
-                self.store.spool_delete(batch.chunk_id)
+                async with self.store.write_gate:
+                    self.store.spool_delete(batch.chunk_id)
             self._batch = None
         self._progress.set()
         return False
@@ -276,6 +320,7 @@ class SpoolingSink:
             give_up=moved_to_spool,
             on_retry=down,
             on_written=up,
+            hold=self._spilled,
         )
 
     async def drain(self, timeout_s: float) -> bool:

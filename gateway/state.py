@@ -23,11 +23,16 @@ the OS page cache before the message is acknowledged. Only a power loss or kerne
 commits. ``sync = "full"`` (``synchronous=FULL``) fsyncs the WAL at each commit and survives a power loss
 too, at the price of one fsync per acknowledged batch of messages.
 
-All calls are synchronous and short (one transaction each); the gateway calls them from its event loop.
+All calls are synchronous and short (one transaction each). The gateway calls them from its event loop, except
+the checkpoint's transaction and the WAL's truncation (:meth:`StateStore.checkpoint_async`,
+:meth:`StateStore.compact_async`): they run in a worker thread on a second connection, holding
+:attr:`StateStore.write_gate`, which every other write from the loop takes too (``append_async``), so the loop
+never waits on SQLite's lock while the checkpoint writes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import hashlib
 import json
@@ -50,6 +55,7 @@ __all__ = [
     "HOLDS",
     "KIND_MESSAGE",
     "KIND_OVERSIZE",
+    "KIND_RELOAD",
     "KIND_TICK",
     "Checkpoint",
     "LogRecord",
@@ -59,6 +65,7 @@ __all__ = [
     "dumps_in_pieces",
     "expected_columns",
     "file_error",
+    "fsync_dir",
     "lock_file",
     "read_header",
     "read_rows",
@@ -71,6 +78,9 @@ KIND_TICK: Final = 1
 KIND_OVERSIZE: Final = 2
 """A message over ``limits.max_bytes``: the payload column holds only its size, a digest and its head
 (``gateway.ingest.oversize_stub``), enough for its ``oversize`` dead letter."""
+KIND_RELOAD: Final = 3
+"""A reload (``edgekit-gateway reload``, SIGHUP): the inputs after it were taken with the configuration whose state
+sections and fingerprint its payload holds (``gateway.reload.reload_payload``); its topic is empty."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS log (
@@ -158,6 +168,15 @@ def file_error(path: Path, exc: BaseException) -> StateFileError:
     if isinstance(exc, OSError) and exc.strerror:
         what = exc.strerror
     return StateFileError(path, f"cannot be used: {what}", damaged=False, lasting=False)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a directory's entries (a rename, a new file) durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def lock_file(path: Path) -> int:
@@ -343,8 +362,8 @@ def read_rows(db: sqlite3.Connection, state: dict[str, Any]) -> tuple[dict[str, 
 
 @dataclass(frozen=True, slots=True)
 class LogRecord:
-    """One logged input: a message (``kind`` 0), a tick (``kind`` 1, ``received_ms`` is its ``now``) or an
-    oversize message (``kind`` 2, ``payload`` is its stub)."""
+    """One logged input: a message (``kind`` 0), a tick (``kind`` 1, ``received_ms`` is its ``now``), an
+    oversize message (``kind`` 2, ``payload`` is its stub) or a reload (``kind`` 3, :data:`KIND_RELOAD`)."""
 
     pos: int
     kind: int
@@ -380,6 +399,10 @@ def row_digest(text: bytes) -> bytes:
     return hashlib.blake2b(text, digest_size=16).digest()
 
 
+_ROWS_PER_STATEMENT: Final = 250
+"""Checkpoint rows written (or deleted) by one SQL statement: 500 parameters, under the 999 of old SQLite builds."""
+
+
 class StateStore:
     """The SQLite file ``path`` (created with its directory). ``close()`` when done.
 
@@ -400,12 +423,22 @@ class StateStore:
         except sqlite3.Error as exc:
             os.close(self._lock)
             raise file_error(path, exc) from exc
+        self._ckpt_db: sqlite3.Connection | None = None
         try:
             self._open(sync, verify)
+            # the checkpoint's own connection, used only in a worker thread (checkpoint_async, compact_async)
+            self._ckpt_db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._ckpt_db.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
         except (sqlite3.Error, OSError, StateFileError) as exc:
+            if self._ckpt_db is not None:
+                self._ckpt_db.close()
             self.db.close()
             os.close(self._lock)
             raise file_error(path, exc) from exc
+        self.write_gate = asyncio.Lock()
+        """Held by every write of the event loop's asynchronous callers (``append_async``, the sink's spool writes)
+        and by the checkpoint's transaction in its worker thread: SQLite takes one writer at a time, and a write on
+        the loop's connection while the thread writes would block the loop on SQLite's lock."""
 
     def _open(self, sync: str, verify: bool) -> None:
         db = self.db
@@ -457,6 +490,9 @@ class StateStore:
         self.log_rows: int = db.execute("SELECT COUNT(*) FROM log").fetchone()[0]
 
     def close(self) -> None:
+        if self._ckpt_db is not None:
+            self._ckpt_db.close()
+            self._ckpt_db = None
         self.db.close()
         if self._lock >= 0:
             os.close(self._lock)  # after the database: closing it drops the process's POSIX locks on the file
@@ -480,6 +516,11 @@ class StateStore:
             self.log_rows += len(positions)
         return positions
 
+    async def append_async(self, records: Sequence[tuple[int, str, bytes, int]]) -> list[int]:
+        """:meth:`append` once no checkpoint is writing (:attr:`write_gate`); committed when it returns."""
+        async with self.write_gate:
+            return self.append(records)
+
     def tail(self, after: int) -> Iterator[LogRecord]:
         """Logged records after position ``after``, in order."""
         cur = self.db.execute(
@@ -487,6 +528,20 @@ class StateStore:
         )
         for pos, kind, topic, payload, received_ms in cur:
             yield LogRecord(pos, kind, topic, bytes(payload), received_ms)
+
+    def replace_payload(self, pos: int, payload: bytes) -> None:
+        """Rewrite the payload of the logged record at ``pos`` (a reload record whose reload failed)."""
+        with self._tx():
+            self.db.execute("UPDATE log SET payload = ? WHERE pos = ?", (payload, pos))
+
+    def last_of_kind(self, after: int, kind: int) -> LogRecord | None:
+        """The last logged record of ``kind`` after position ``after``, if any."""
+        row = self.db.execute(
+            "SELECT pos, kind, topic, payload, received_ms FROM log WHERE pos > ? AND kind = ? ORDER BY pos DESC "
+            "LIMIT 1",
+            (after, kind),
+        ).fetchone()
+        return None if row is None else LogRecord(row[0], row[1], row[2], bytes(row[3]), row[4])
 
     def log_bytes(self) -> int:
         row = self.db.execute("SELECT COALESCE(SUM(LENGTH(payload) + LENGTH(topic)), 0) FROM log").fetchone()
@@ -531,35 +586,84 @@ class StateStore:
         of a state split into rows (``"rows": 1``; ``gateway.ckpt_rows``) and ``rows`` changes the stored rows in
         the same transaction; without, it is the whole state and any stored rows are deleted.
         """
+        deleted = self._write_checkpoint(self.db, pos, state, saved_ms, spill, rows)
+        self.log_rows -= deleted
+        self._spool_count(spill)
+
+    async def checkpoint_async(
+        self,
+        pos: int,
+        state: dict[str, Any] | str | bytes,
+        saved_ms: int,
+        spill: Sequence[tuple[int, list[str]]] = (),
+        rows: RowDelta | None = None,
+    ) -> None:
+        """:meth:`checkpoint`, its transaction in a worker thread on the checkpoint's own connection, while the
+        event loop goes on: it holds :attr:`write_gate`, so the loop's other writes wait for its commit (without
+        blocking the loop), and its reads see the state before the commit until then. Committed when it returns;
+        raises, with nothing changed, when the transaction fails."""
+        db = self._ckpt_db
+        assert db is not None, "the state file is closed"
+        async with self.write_gate:
+            deleted = await asyncio.to_thread(self._write_checkpoint, db, pos, state, saved_ms, spill, rows)
+        self.log_rows -= deleted
+        self._spool_count(spill)
+
+    def _write_checkpoint(
+        self,
+        db: sqlite3.Connection,
+        pos: int,
+        state: dict[str, Any] | str | bytes,
+        saved_ms: int,
+        spill: Sequence[tuple[int, list[str]]],
+        rows: RowDelta | None,
+    ) -> int:
+        """The checkpoint's transaction on ``db``; the number of log rows it deleted. Changes no counter."""
         if isinstance(state, bytes):
             blob = state
         else:
             blob = compress_checkpoint(state if isinstance(state, str) else json.dumps(state, separators=(",", ":")))
-        with self._tx():
-            self._spool_insert(spill)
-            self.db.execute(
+        with _Tx(db):
+            _spool_insert(db, spill)
+            db.execute(
                 "INSERT OR REPLACE INTO checkpoint (id, pos, state, saved_ms) VALUES (1, ?, ?, ?)",
                 (pos, blob, saved_ms),
             )
             if rows is None or rows.replace:
-                self.db.execute("DELETE FROM ckpt_row")
+                db.execute("DELETE FROM ckpt_row")
             if rows is not None:
+                # many rows a statement: each statement is one wait for the GIL in the checkpoint's worker thread,
+                # which a busy event loop can make last its whole switch interval (5 ms), one per row with executemany
                 if rows.delete and not rows.replace:
-                    self.db.executemany("DELETE FROM ckpt_row WHERE name = ?", [(n,) for n in rows.delete])
-                self.db.executemany("INSERT OR REPLACE INTO ckpt_row (name, data) VALUES (?, ?)", rows.put)
-            deleted = self.db.execute("DELETE FROM log WHERE pos <= ?", (pos,)).rowcount
-        self.log_rows -= deleted
-        self._spool_count(spill)
+                    for i in range(0, len(rows.delete), _ROWS_PER_STATEMENT):
+                        names = rows.delete[i : i + _ROWS_PER_STATEMENT]
+                        db.execute(f"DELETE FROM ckpt_row WHERE name IN ({','.join('?' * len(names))})", names)
+                for i in range(0, len(rows.put), _ROWS_PER_STATEMENT):
+                    put = rows.put[i : i + _ROWS_PER_STATEMENT]
+                    db.execute(
+                        f"INSERT OR REPLACE INTO ckpt_row (name, data) VALUES {','.join(['(?,?)'] * len(put))}",
+                        [x for row in put for x in row],
+                    )
+            deleted: int = db.execute("DELETE FROM log WHERE pos <= ?", (pos,)).rowcount
+        return deleted
 
     def compact(self) -> None:
         """Give the WAL's pages back (after a checkpoint truncated the log)."""
         self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
+    async def compact_async(self) -> None:
+        """:meth:`compact` in a worker thread on the checkpoint's connection, holding :attr:`write_gate` (it copies
+        the WAL into the file: tens of milliseconds after a few checkpoints)."""
+        db = self._ckpt_db
+        assert db is not None, "the state file is closed"
+        async with self.write_gate:
+            await asyncio.to_thread(db.execute, "PRAGMA wal_checkpoint(TRUNCATE)")
+
     # ----------------------------------------------------------------------------------------- spool
 
     def spool(self, chunks: Sequence[tuple[int, list[str]]]) -> None:
         with self._tx():
-            self._spool_insert(chunks)
+            _spool_insert(self.db, chunks)
         self._spool_count(chunks)
 
     def spool_head(self, prio: int) -> tuple[int, list[str]] | None:
@@ -591,14 +695,6 @@ class StateStore:
         if "fmt" not in columns:
             self.db.execute(f"ALTER TABLE spool ADD COLUMN fmt INTEGER NOT NULL DEFAULT {SPOOL_NEWLINES}")
 
-    def _spool_insert(self, chunks: Sequence[tuple[int, list[str]]]) -> None:
-        for prio, lines in chunks:
-            if lines:
-                self.db.execute(
-                    "INSERT INTO spool (prio, n, bytes, lines, fmt) VALUES (?, ?, ?, ?, ?)",
-                    (prio, len(lines), _size(lines), _spool_json(lines), SPOOL_JSON),
-                )
-
     def _spool_count(self, chunks: Sequence[tuple[int, list[str]]]) -> None:
         for _, lines in chunks:
             if lines:
@@ -614,6 +710,15 @@ class StateStore:
 
 _spool_json = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
 """A chunk's text: ASCII, so SQLite stores it whatever the lines hold (a lone surrogate cannot be UTF-8)."""
+
+
+def _spool_insert(db: sqlite3.Connection, chunks: Sequence[tuple[int, list[str]]]) -> None:
+    for prio, lines in chunks:
+        if lines:
+            db.execute(
+                "INSERT INTO spool (prio, n, bytes, lines, fmt) VALUES (?, ?, ?, ?, ?)",
+                (prio, len(lines), _size(lines), _spool_json(lines), SPOOL_JSON),
+            )
 
 
 def _size(lines: Sequence[str]) -> int:

@@ -436,6 +436,23 @@ def boards() -> list[Board]:
                 "a person sees how far the early values were from the final one (docs/semantics.md).",
             ),
             Panel(
+                "This device against its group: $metric deviation from the other members ($window)",
+                [
+                    (
+                        flux(
+                            "window_relative",
+                            f'r.window == "${{window}}" and r.metric == "${{metric}}" and r._field == "deviation" '
+                            f"and {DEV}",
+                        ),
+                        f'SELECT "deviation" FROM "window_relative" {TF} AND "window" = \'$window\' '
+                        f'AND "metric" = \'$metric\' AND {IDEV} GROUP BY "group"',
+                    ),
+                ],
+                description="A window with [windows.relative] compares each device's value in each window with the "
+                "median (or mean) of the other members of its groups in the same window (docs/cep.md, Group-relative "
+                "values): 0 is in line with the group, +3 three above the others. One series per group.",
+            ),
+            Panel(
                 "Late readings of this device",
                 [
                     (

@@ -21,6 +21,7 @@ __all__ = [
     "ANOMALY_KINDS",
     "COLD_C",
     "CORRELATION_KINDS",
+    "PAIRED_KINDS",
     "SEQUENCE_KINDS",
     "AnomalyState",
     "Correlation",
@@ -33,7 +34,14 @@ __all__ = [
 ]
 
 ANOMALY_KINDS: Final = ("spike", "level_shift", "drift", "stuck", "dropout", "noise_burst")
-SEQUENCE_KINDS: Final = ("door_left_open", "door_closed", "three_failures", "two_failures")
+SEQUENCE_KINDS: Final = (
+    "door_left_open", "door_closed", "three_failures", "two_failures", "pump_fault", "pump_fault_apart",
+)  # fmt: skip
+PAIRED_KINDS: Final = ("pump_fault", "pump_fault_apart")
+"""Correlated sequences seen by two boards: ``device`` reads the pump's overcurrent, ``partner`` the flow falling;
+the alert is the group's (``key = "group"`` pattern ``pump_fault``), keyed by ``group``."""
+PUMP_FAULT_WITHIN_MS: Final = 60_000
+"""The pump_fault pattern's span: the flow must fall within a minute of the overcurrent."""
 CORRELATION_KINDS: Final = ("door_then_cold",)
 COLD_C: Final = 5.0
 """The temperature a ``door_then_cold`` correlation's thermometer reads (far below the simulated 17-25 degrees)."""
@@ -124,6 +132,8 @@ class SequenceEvent:
     offset_ms: int
     metric: str
     value: str
+    partner: bool = False
+    """Read by the sequence's partner board, not its device (a correlated sequence)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,22 +143,34 @@ class ScriptedSequence:
     kind: str
     device: str
     at_ms: int
+    partner: str = ""
+    """A correlated sequence's second board (:data:`PAIRED_KINDS`)."""
+    group: str = ""
+    """A correlated sequence's group: the key of the alert it must (or must not) raise."""
 
     @property
     def expect_alert(self) -> bool:
         """Whether the sequence should raise a pattern alert (the others are near misses)."""
-        return self.kind in ("door_left_open", "three_failures")
+        return self.kind in ("door_left_open", "three_failures", "pump_fault")
 
     @property
     def pattern(self) -> str:
-        """The example pattern this sequence exercises (``gateway/examples/gateway.toml``)."""
+        """The pattern this sequence exercises (``gateway/examples/gateway.toml``'s, or the group pattern
+        ``pump_fault`` of the ``pump-group`` scenario)."""
+        if self.kind.startswith("pump"):
+            return "pump_fault"
         return "door_left_open" if self.kind.startswith("door") else "failed_3x_5m"
 
     def events(self) -> tuple[SequenceEvent, ...]:
         return sequence_events(self.kind)
 
+    def events_of(self, device: str) -> tuple[SequenceEvent, ...]:
+        """The readings ``device`` takes for this sequence (its device's, or its partner's)."""
+        return tuple(e for e in self.events() if (e.partner and device == self.partner) or
+                     (not e.partner and device == self.device))  # fmt: skip
+
     def to_json(self) -> dict[str, object]:
-        return {
+        doc: dict[str, object] = {
             "kind": self.kind,
             "pattern": self.pattern,
             "device": self.device,
@@ -156,6 +178,11 @@ class ScriptedSequence:
             "expect_alert": self.expect_alert,
             "events": [[self.at_ms + e.offset_ms, e.metric, e.value] for e in self.events()],
         }
+        if self.partner:  # a correlated sequence: its alert is its group's
+            doc["partner"] = self.partner
+            doc["key"] = self.group
+            doc["devices"] = [self.partner if e.partner else self.device for e in self.events()]
+        return doc
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,4 +242,8 @@ def sequence_events(kind: str) -> tuple[SequenceEvent, ...]:
             SequenceEvent(60_000, "status", "FAILED"),
             SequenceEvent(420_000, "status", "FAILED"),
         )
+    if kind == "pump_fault":  # overcurrent on one board, the flow falls 20 s later on the other: an alert
+        return (SequenceEvent(0, "pump", "overcurrent"), SequenceEvent(20_000, "flow", "low", partner=True))
+    if kind == "pump_fault_apart":  # the flow falls 3 minutes later, past the pattern's minute: no alert
+        return (SequenceEvent(0, "pump", "overcurrent"), SequenceEvent(180_000, "flow", "low", partner=True))
     raise ValueError(f"unknown sequence kind {kind!r}")

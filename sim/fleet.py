@@ -184,6 +184,10 @@ class FleetSpec:
                 f"{where}.device: {q.device!r} is not one of {first}..{last}",
             )
             need(0 <= q.at_ms < self.span_ms, f"{where}.at_ms: must be within 0..{self.span_ms}, got {q.at_ms}")
+            need(
+                not q.partner or _is_device(q.partner, self.devices, self.id_prefix),
+                f"{where}.partner: {q.partner!r} is not one of {first}..{last}",
+            )
 
     @property
     def span_ms(self) -> int:
@@ -377,7 +381,7 @@ def _device_batches(
         (start_ms + dev.phase_ms + i * spec.interval_ms, i, {}) for i in range(n)
     ]
     for q in faults.sequences.get(dev.device, ()):
-        for e in q.events():
+        for e in q.events_of(dev.device):
             if q.at_ms + e.offset_ms < start_ms + spec.span_ms:
                 samples.append((q.at_ms + e.offset_ms, -1, {e.metric: e.value}))
     samples.sort(key=lambda x: (x[0], x[1] < 0))
@@ -472,7 +476,8 @@ def generate(spec: FleetSpec, now_ms: Callable[[], int] = wall_clock_ms) -> Plan
         faults.anomalies.setdefault(a.device, []).append((a, state))
     sequences = [replace(q, at_ms=start_ms + q.at_ms) for q in spec.sequences]
     for q in sequences:
-        faults.sequences.setdefault(q.device, []).append(q)
+        for d in dict.fromkeys(x for x in (q.device, q.partner) if x):
+            faults.sequences.setdefault(d, []).append(q)
 
     drafts: list[_Draft] = [_status_draft(spec, dev, start_ms) for dev in devices]
     flushed: dict[str, int] = {}

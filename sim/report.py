@@ -148,7 +148,8 @@ def _pick_devices(truth: Mapping[str, Any]) -> tuple[list[str], str]:
     for a in truth["anomalies"]:
         score[a["device"]] += 5
     for s in truth["sequences"]:
-        score[s["device"]] += 5
+        for d in dict.fromkeys([s["device"], *s.get("devices", ())]):  # a correlated sequence's two boards
+            score[d] += 5
     for b in truth["boards"]:
         if b["sleep_s"]:
             score[b["device"]] += 2
@@ -217,7 +218,15 @@ def _sequence_chart(truth: Mapping[str, Any], alerts: Sequence[Mapping[str, Any]
     """The scripted sequences' readings and the pattern alerts, a row per device (y: the device's number)."""
     chart = Chart("Scripted sequences and pattern alerts", "event time (UTC)", "device number")
     raised = [a for a in alerts if a.get("source") == "pattern"]
-    rows = sorted({s["device"] for s in truth["sequences"]} | {str(a["key"]) for a in raised})
+
+    def board(a: Mapping[str, Any]) -> str:
+        """An alert's row: its key, or for a group's alert (a group pattern) the board of its first reading."""
+        ids = str(a.get("reading_ids", ""))
+        boards = {b["device"] for b in truth["boards"]}
+        return str(a["key"]) if str(a["key"]) in boards or not ids else ids.split(",")[0].split("/")[0]
+
+    rows = sorted({d for s in truth["sequences"] for d in [s["device"], *s.get("devices", ())]} |
+                  {board(a) for a in raised})  # fmt: skip
 
     def row(device: str) -> float:
         digits = device.rpartition("-")[2]
@@ -225,9 +234,9 @@ def _sequence_chart(truth: Mapping[str, Any], alerts: Sequence[Mapping[str, Any]
 
     by_value: dict[str, tuple[list[float], list[float]]] = defaultdict(lambda: ([], []))
     for s in truth["sequences"]:
-        for at, metric, value in s["events"]:
+        for k, (at, metric, value) in enumerate(s["events"]):
             by_value[f"{metric}={value}"][0].append(at)
-            by_value[f"{metric}={value}"][1].append(row(s["device"]))
+            by_value[f"{metric}={value}"][1].append(row(s["devices"][k] if "devices" in s else s["device"]))
     for i, (label, (xs, ys)) in enumerate(sorted(by_value.items())):
         chart.points(label, xs, ys, PALETTE[(i + 4) % len(PALETTE)], "circle", 3.5)
     for expect, label, color in ((True, "start: alert expected", "#d62728"), (False, "start: near miss", "#2ca02c")):
@@ -237,7 +246,7 @@ def _sequence_chart(truth: Mapping[str, Any], alerts: Sequence[Mapping[str, Any]
             chart.points(label, xs, [row(s["device"]) + 0.3 for s in starts], color, "square", 3.5)
     if raised:
         xs = [float(a["last_ms"]) for a in raised]
-        chart.points("pattern alert", xs, [row(str(a["key"])) for a in raised], "#000", "triangle", 6)
+        chart.points("pattern alert", xs, [row(board(a)) for a in raised], "#000", "triangle", 6)
     must = sum(1 for s in truth["sequences"] if s["expect_alert"])
     note = (
         f"{len(truth['sequences'])} scripted sequences, a row per device: their readings by value, a square just "

@@ -57,6 +57,13 @@ A scenario file (``sim/scenarios/*.toml``) has these tables; every key is option
     device = "dev-0001"
     at = "15m"
 
+    [[sequences]]                   # a correlated one, seen by two boards of a group (pump-group.toml)
+    kind = "pump_fault"             # pump_fault|pump_fault_apart
+    device = "dev-0002"             # reads the overcurrent
+    partner = "dev-0003"            # reads the flow falling
+    group = "pump_1"                # the [gateway.groups] group: the key of the alert
+    at = "20m"
+
     [[correlations]]                # correlated events on two devices, for [[joins]] (docs/correlation.md)
     kind = "door_then_cold"         # a door opens on `device`, `after` later `other` reads a cold temperature
     device = "dev-0001"
@@ -93,6 +100,7 @@ from .errors import SpecError
 from .faults import (
     ANOMALY_KINDS,
     CORRELATION_KINDS,
+    PAIRED_KINDS,
     SEQUENCE_KINDS,
     Correlation,
     InjectedAnomaly,
@@ -117,7 +125,7 @@ __all__ = [
 ]
 
 SCENARIO_DIR: Final = Path(__file__).resolve().parent / "scenarios"
-GATEWAY_SECTIONS: Final = frozenset({"engine", "windows", "metric_types", "anomaly", "patterns", "joins"})
+GATEWAY_SECTIONS: Final = frozenset({"engine", "windows", "metric_types", "anomaly", "patterns", "joins", "groups"})
 """The gateway configuration's sections a scenario's ``[gateway]`` table may hold."""
 DelayDist = Literal["fixed", "uniform", "exponential", "lognormal"]
 SequenceKind = str
@@ -509,10 +517,20 @@ def parse_scenario(doc: Mapping[str, Any]) -> Scenario:
         kind = qt.get("kind", str, "")
         if kind not in SEQUENCE_KINDS:
             raise SpecError(f"sequences[{i}].kind: expected one of {', '.join(SEQUENCE_KINDS)}, got {kind!r}")
-        seq = ScriptedSequence(kind, qt.get("device", str, ""), qt.duration("at", 0))
+        seq = ScriptedSequence(
+            kind, qt.get("device", str, ""), qt.duration("at", 0), qt.get("partner", str, ""), qt.get("group", str, "")
+        )
         qt.done()
-        if seq.device not in ids:
-            raise SpecError(f"sequences[{i}].device: {seq.device!r} is not one of dev-0001..dev-{devices:04d}")
+        for what, name in (("device", seq.device), ("partner", seq.partner)):
+            if (name or what == "device") and name not in ids:
+                raise SpecError(f"sequences[{i}].{what}: {name!r} is not one of dev-0001..dev-{devices:04d}")
+        paired = kind in PAIRED_KINDS
+        if paired != bool(seq.partner) or paired != bool(seq.group) or seq.partner == seq.device:
+            raise SpecError(
+                f"sequences[{i}]: {kind} needs "
+                + ("a partner board (not its device) and the group whose alert it is" if paired else
+                   "no partner and no group")
+            )  # fmt: skip
         sequences.append(seq)
     correlations: list[Correlation] = []
     for i, raw in enumerate(doc.get("correlations", [])):

@@ -591,7 +591,9 @@ def expected_alerts(truth: Mapping[str, Any]) -> list[ExpectedAlert]:
     for s in truth.get("sequences", []):
         last = max((e[0] for e in s["events"]), default=s["at_ms"])
         must = bool(s["expect_alert"])
-        out.append(ExpectedAlert(s["kind"], "pattern", s["pattern"], s["device"], s["at_ms"], last, not must))
+        # a correlated sequence's alert is keyed by its group (a key = "group" pattern), the others' by the device
+        key = str(s.get("key") or s["device"])
+        out.append(ExpectedAlert(s["kind"], "pattern", s["pattern"], key, s["at_ms"], last, not must))
     return out
 
 

@@ -252,7 +252,7 @@ def simulate(scenario: Scenario, now_ms: Callable[[], int] | None = None) -> Run
     by_device: dict[str, list[int]] = {}
     for i, a in enumerate(anomalies):
         by_device.setdefault(a.device, []).append(i)
-    sequences = [ScriptedSequence(s.kind, s.device, start + s.at_ms) for s in scenario.sequences]
+    sequences = [replace(s, at_ms=start + s.at_ms) for s in scenario.sequences]
     correlations = [replace(c, at_ms=start + c.at_ms) for c in scenario.correlations]
     extra: dict[str, list[tuple[int, dict[str, MetricValue]]]] = {}
     for c in correlations:
@@ -296,7 +296,7 @@ def simulate(scenario: Scenario, now_ms: Callable[[], int] | None = None) -> Run
             board.last_sync = start
             _run_board(
                 board, scenario, start, end, storms, anomalies, anomaly_states, by_device.get(name, []),
-                [s for s in sequences if s.device == name], futures, stream(f"values:{name}"), net,
+                [s for s in sequences if name in (s.device, s.partner)], futures, stream(f"values:{name}"), net,
                 readings, deliveries, extra.get(name, []),
             )  # fmt: skip
             index += 1
@@ -352,7 +352,7 @@ def _run_board(
         (t, None) for t in _sample_times(first, end, group.interval_ms, storms)
     ]
     for s in sequences:
-        for e in s.events():
+        for e in s.events_of(info.device):
             if s.at_ms + e.offset_ms < end:
                 event: dict[str, MetricValue] = {e.metric: e.value}
                 bisect.insort(samples, (s.at_ms + e.offset_ms, event), key=lambda x: x[0])

@@ -42,6 +42,12 @@ aggregates = ["count", "mean", "min", "max"]
 early_count = 1          # early results, kept for audit: the device board's window_provisional panel
 provisional = "audit"
 
+[windows.relative]       # each probe against the other: the device board's group panel
+baseline = "median"
+
+[groups]
+field = ["probe-*"]
+
 [anomaly]
 metrics = ["moisture"]
 warmup = 5
@@ -126,13 +132,14 @@ def write_fixture(url: str, db: str) -> None:
     pipe = Pipeline(parse_config(tomllib.loads(CONFIG), {}))
     live = LiveView(pipe.engine, "gw", NOW)
     lines: list[str] = []
-    for k, dev in enumerate(DEVICES):
+    for dev in DEVICES:  # both say online first: the group waits for both boards' windows
         status = (
             b'{"v":1,"dev":"%s","state":"online","clock":"s","sleep_s":60,"battery_mv":3900,"buf":3,"buf_cap":256}'
             % dev.encode()
         )
         lines += pipe.handle(f"edgekit/{SITE}/{dev}/status", status, NOW).lines
-        for i in range(70):  # 70 minutes: four 15-minute windows fire; the last reading comes too late
+    for i in range(70):  # 70 minutes: four 15-minute windows fire; the last reading comes too late
+        for k, dev in enumerate(DEVICES):  # the two boards side by side, as a group's members report
             t = NOW + i * 60_000 if i < 69 else NOW + 60_000
             moisture = 30.0 + k + (i % 7) * 0.1 + (25.0 if i == 40 else 0.0)
             q = "c" if i == 10 else "u" if i == 11 else "s"

@@ -229,6 +229,8 @@ def test_influxql_queries_run_on_influxdb_1x_over_what_the_gateway_writes(influx
     now = 1_764_072_000_000
     doc = tomllib.loads((REPO / "deploy" / "gateway.toml").read_text(encoding="utf-8"))
     doc["windows"][0] |= {"early_count": 1, "provisional": "audit"}  # its early results, kept in window_provisional
+    doc["windows"][0]["relative"] = {}  # d1 against the other board of its group, in window_relative
+    doc["groups"] = {"gh": ["site:gh"]}
     doc["joins"] = [  # the board's warm readings joined with its humidity a minute either side: `join` points
         {
             "name": "warm_humid",
@@ -249,6 +251,9 @@ def test_influxql_queries_run_on_influxdb_1x_over_what_the_gateway_writes(influx
         out = pipe.handle("edgekit/gh/d1/readings", body, now + i * 60_000 + 500)
         live.observe(out.readings, out.outputs, out.alerts)
         lines += out.lines
+        if i < 38:  # a second board of the group, a degree cooler
+            other = body.replace(b'"d1"', b'"d2"').replace(b'"temp_c":%d.5' % i, b'"temp_c":%d.5' % (i - 1))
+            lines += pipe.handle("edgekit/gh/d2/readings", other, now + i * 60_000 + 600).lines
     lines += pipe.handle("edgekit/gh/d1/status", status, now).lines
     lines += pipe.handle("edgekit/gh/d1/readings", b"{not json", now).lines
     from gateway.alerts import Alert

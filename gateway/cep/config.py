@@ -3,7 +3,9 @@
 ```toml
 [[patterns]]
 name = "overheat_pressure_drop"
-key = "device"                 # or "site": one match state per site, over all its devices' readings
+key = "device"                 # or "site": one match state per site, over all its devices' readings;
+                               # or "group:NAME": one for that declared group ([groups]), over its members'
+                               # readings; or "group": one per declared group
 within = "30s"                 # first to last reading of a match, event time (optional)
 severity = "critical"          # info | warning | critical
 skip = "skip_past_last_event"  # or "no_skip"

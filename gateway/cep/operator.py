@@ -3,14 +3,16 @@
 Pure and synchronous; the only clock is the ``now_ms`` the caller passes (it is used, as the engine
 uses it, to refuse readings with impossible times and to tell idle devices for site keys).
 
-Per key (a device, or a site for ``key = "site"`` patterns):
+Per key (a device, a site for ``key = "site"`` patterns, a declared group for ``key = "group:<name>"``):
 
 1. readings go into a buffer (a heap on ``(t, device, boot, seq)``), unless they are older than the
    key's watermark: those are *late* and counted, never matched out of order;
 2. the key's watermark advances: for a device, ``max event time - out_of_orderness`` (the bound of its
    device class, as in the engine) or ``flushed + 1`` after a flushed marker; for a site, the minimum
-   over its active devices (``DeviceTracker.fleet_wm``). Buffered readings below the watermark are
-   released in order and fed to every pattern of the key, so disorder within the bound is undone;
+   over its active devices (``DeviceTracker.fleet_wm``); for a group, the same rule over its members
+   (:meth:`Cep.group_wm`); in ``global`` mode, for every key, the one global watermark. Buffered readings
+   below the watermark are released in order and fed to every pattern of the key, so disorder within the
+   bound is undone;
 3. the watermark then completes the runs waiting out a final negation (``deadline < watermark``) and
    drops the runs that can no longer finish within ``within`` (counted as ``timeouts``).
 
@@ -32,6 +34,7 @@ from typing import Any, Final
 from ..alerts import Alert, Path, Verdict, alert_id
 from ..engine.config import EngineSpec
 from ..engine.watermark import DeviceTracker
+from ..groups import GroupIndex, GroupsSpec
 from ..model import Batch, Reading, ReadingKey, StatusUpdate
 from .automaton import DEAD, DONE, Automaton, Event, Run, compile_pattern
 from .pattern import PatternSpec
@@ -51,6 +54,8 @@ class CepSpec:
     max_runs: int = 1_000
     max_run_readings: int = 1_000
     max_buffered: int = 10_000
+    groups: GroupsSpec = field(default_factory=GroupsSpec)
+    """The declared groups (``[groups]``) that ``key = "group:<name>"`` patterns key on."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,14 +118,25 @@ class _Open:
     id: str
 
 
+def _kind(name: str) -> str:
+    """The pattern key kind of a key name: ``d:<device>``, ``s:<site>``, ``g:<group>``."""
+    c = name[0]
+    return "device" if c == "d" else "site" if c == "s" else "group:" + name[2:]
+
+
 class _Key:
-    __slots__ = ("buf", "clock", "fast", "name", "open", "runs", "site", "wm")
+    __slots__ = ("buf", "clock", "due", "fast", "kind", "name", "open", "order", "runs", "site", "wm")
 
     def __init__(self, name: str, site: str, n_patterns: int, fast: bool) -> None:
         self.name = name
+        self.kind = _kind(name)
         self.site = site
         self.buf: list[Event] = []
         self.wm: int | None = None
+        self.order = 0
+        """The key's place in creation order (global mode visits the keys due in this order)."""
+        self.due: int | None = None
+        """Global mode: the smallest watermark at which an advance changes the key (None: none would)."""
         self.runs: list[list[Run]] = [[] for _ in range(n_patterns)]
         self.clock: int | None = None
         """The fast path's clock: the latest event time (or flushed marker + 1) that arrived for the key."""
@@ -136,19 +152,42 @@ class Cep:
     def __init__(self, spec: CepSpec) -> None:
         self.spec = spec
         self.automata = tuple(compile_pattern(p) for p in spec.patterns)
+        # a key = "group" pattern runs in every declared group, a key = "group:<name>" one in that group
+        every = any(a.spec.key == "group" for a in self.automata)
+        named = [a.spec.key for a in self.automata if a.spec.key.startswith("group:")]
+        kinds = ("device", "site", *dict.fromkeys([*named, *(f"group:{g}" for g in spec.groups.names if every)]))
+
+        def runs_in(a: Automaton, kind: str) -> bool:
+            return a.spec.key == kind or (a.spec.key == "group" and kind.startswith("group:"))
+
         self.by_kind = {  # the event-time path's patterns
-            kind: tuple(i for i, a in enumerate(self.automata) if a.spec.key == kind and a.spec.on != "arrival")
-            for kind in ("device", "site")
+            kind: tuple(i for i, a in enumerate(self.automata) if runs_in(a, kind) and a.spec.on != "arrival")
+            for kind in kinds
         }
         self.fast_by_kind = {  # the arrival path's
-            kind: tuple(i for i, a in enumerate(self.automata) if a.spec.key == kind and a.spec.on != "event_time")
-            for kind in ("device", "site")
+            kind: tuple(i for i, a in enumerate(self.automata) if runs_in(a, kind) and a.spec.on != "event_time")
+            for kind in kinds
         }
-        self.keyed = {kind: bool(self.by_kind[kind] or self.fast_by_kind[kind]) for kind in ("device", "site")}
+        self.keyed = {kind: bool(self.by_kind[kind] or self.fast_by_kind[kind]) for kind in kinds}
+        self.group_names = tuple(k[6:] for k in kinds[2:])
+        """The groups some pattern is keyed by (``key = "group:<name>"``)."""
+        self.index: GroupIndex = spec.groups.index()
+        self.members: dict[str, list[str]] = {g: [] for g in self.group_names}
+        """Per keyed group, the devices seen in it (in the order first seen): whose watermarks the key waits for."""
+        self._in_groups: dict[tuple[str, str], tuple[str, ...]] = {}
         self.has_fast = any(self.fast_by_kind.values())
         self.both = tuple(i for i, a in enumerate(self.automata) if a.spec.on == "both")
         self.tracker = DeviceTracker(spec.engine.watermark)
+        self.global_mode = spec.engine.watermark.mode == "global"
+        self.global_wm: int | None = None
+        """In ``global`` mode, the one watermark of every key: max over devices of (max t - bound)."""
         self.keys: dict[str, _Key] = {}
+        self._due: list[tuple[int, int, str]] = []
+        """Global mode: a heap of ``(due, order, key)``, an entry for each key's current ``due`` (and stale ones)."""
+        self.scan_all = False
+        """Global mode: visit every key on each advance instead of the keys due (tests compare the two)."""
+        self.touched: set[str] = set()
+        """Names of the keys whose state changed (the owner empties it; the pipeline shares its ``dirty``)."""
         self._arrival = 0
         self._bounds: dict[str, int] = {}
         self._routes: dict[tuple[str, str, frozenset[str]], tuple[int, ...]] = {}
@@ -184,6 +223,9 @@ class Cep:
         k = self.keys.get(name)
         if k is None:
             k = self.keys[name] = _Key(name, site, len(self.automata), self.has_fast)
+            k.order = len(self.keys)
+            if self.global_mode:
+                k.wm = self.global_wm  # older readings are late for a new key too
         return k
 
     def _route(self, kind: str, device: str, metrics: Iterable[str]) -> tuple[int, ...]:
@@ -208,16 +250,40 @@ class Cep:
             self._fast_routes[cache_key] = route
         return route
 
+    def groups_of(self, device: str, site: str) -> tuple[str, ...]:
+        """The keyed groups ``device`` (bound to ``site``) is in; a first look notes it as their member."""
+        ck = (device, site)
+        found = self._in_groups.get(ck)
+        if found is None:
+            found = tuple(g for g in self.index.groups_of(device, site) if g in self.members)
+            for g in found:
+                if device not in self.members[g]:
+                    self.members[g].append(device)
+            if len(self._in_groups) > 100_000:
+                self._in_groups.clear()
+            self._in_groups[ck] = found
+        return found
+
     def process_batch(self, batch: Batch, now_ms: int) -> list[Match]:
-        """Buffer the batch's readings, advance the device's (and its site's) watermark, return the matches."""
+        """Buffer the batch's readings, advance the device's (and its site's and groups') watermark, return the
+        matches."""
         if not self.automata:
             return []
         out: list[Match] = []
         site, device = batch.site, batch.device
         max_t: int | None = None
-        dkey = self._key(f"d:{device}", site) if self.keyed["device"] else None
-        skey = self._key(f"s:{site}", site) if self.keyed["site"] else None
+        keys: list[_Key] = []
+        if self.keyed["device"]:
+            keys.append(self._key(f"d:{device}", site))
+        if self.keyed["site"]:
+            keys.append(self._key(f"s:{site}", site))
+        groups = self.groups_of(device, site) if self.members else ()
+        if groups:
+            self.tracker.entry(site, device)  # its site names the group matches it starts
+        for g in groups:
+            keys.append(self._key(f"g:{g}", ""))
         fast = self.has_fast
+        by_kind, fast_by_kind = self.by_kind, self.fast_by_kind
         for r in batch.readings:
             if self._refused(r, now_ms):
                 self.stats["refused"] += 1
@@ -228,27 +294,38 @@ class Cep:
             self._arrival += 1
             e: Event = (r.t_ms, device, r.boot, r.seq, self._arrival, r.metrics)
             if fast:  # the arrival path first: its alerts come before any event-time alert they may get
-                for key, kind in ((dkey, "device"), (skey, "site")):
-                    if key is not None and self.fast_by_kind[kind]:
-                        self._feed_fast(key, kind, e, r.quality != "u", out)
-            for key, kind in ((dkey, "device"), (skey, "site")):
-                if key is not None and self.by_kind[kind]:
+                for key in keys:
+                    if fast_by_kind[key.kind]:
+                        self._feed_fast(key, key.kind, e, r.quality != "u", out)
+            for key in keys:
+                if by_kind[key.kind]:
                     self._buffer(key, e, out)
         flushed = batch.flushed_ms
         e_spec = self.spec.engine
         if flushed is not None and (flushed > now_ms + e_spec.max_future_ms or flushed < e_spec.min_time_ms):
             flushed = None
         if fast and flushed is not None:
-            for key, kind in ((dkey, "device"), (skey, "site")):
-                if key is not None and self.fast_by_kind[kind]:
+            for key in keys:
+                if fast_by_kind[key.kind]:
                     self._tick_fast(key, flushed + 1, out)
         self.tracker.seen(site, device, now_ms, max_t, flushed)
-        if dkey is not None:
+        if self.global_mode:  # one watermark, moved by any device's time; flushed markers carry nothing
+            if max_t is not None:
+                cand = max_t - self._bound(device)
+                if self.global_wm is None or cand > self.global_wm:
+                    self.global_wm = cand
+                    self._advance_global(cand, out)
+            for k in keys:
+                self._schedule(k)
+            return out
+        if self.keyed["device"]:
             wm = self.tracker.device_wm(device, self._bound(device))
             if wm is not None:
-                self._advance(dkey, wm, out)
-        if skey is not None:
+                self._advance(keys[0], wm, out)
+        if self.keyed["site"]:
             self._advance_site(site, now_ms, out)
+        for g in groups:
+            self._advance_group(g, now_ms, out)
         return out
 
     def process_status(self, status: StatusUpdate) -> list[Match]:
@@ -257,8 +334,11 @@ class Cep:
         sleep_s = float(sleep) if isinstance(sleep, (int, float)) and not isinstance(sleep, bool) else None
         self.tracker.status(status.site, status.device, status.received_ms, status.state, sleep_s)
         out: list[Match] = []
-        if self.by_kind["site"]:
-            self._advance_site(status.site, status.received_ms, out)
+        if not self.global_mode:
+            if self.by_kind["site"]:
+                self._advance_site(status.site, status.received_ms, out)
+            for g in self.groups_of(status.device, status.site) if self.members else ():
+                self._advance_group(g, status.received_ms, out)
         return out
 
     def move_device(self, device: str, site: str) -> None:
@@ -268,13 +348,19 @@ class Cep:
         k = self.keys.get(f"d:{device}")
         if k is not None:
             k.site = site
+        if self.members:
+            self.groups_of(device, site)  # a site: member may take it into more groups (it stays in the old ones)
 
     def advance(self, now_ms: int) -> list[Match]:
         """Time-driven progress: silent devices turn idle and stop holding their site's key back."""
         out: list[Match] = []
+        if self.global_mode:
+            return out
         if self.by_kind["site"]:
             for site in sorted(self.tracker.sites):
                 self._advance_site(site, now_ms, out)
+        for g in self.group_names:
+            self._advance_group(g, now_ms, out)
         return out
 
     def flush_key(self, key: str, watermark: int) -> list[Match]:
@@ -283,14 +369,18 @@ class Cep:
         k = self.keys.get(key)
         if k is not None:
             self._advance(k, watermark, out)
+            if self.global_mode:
+                self._schedule(k)
         return out
 
     # -- the work ---------------------------------------------------------------------------------
 
     def _buffer(self, k: _Key, e: Event, out: list[Match]) -> None:
-        if k.wm is not None and e[0] < k.wm:
+        wm = self.global_wm if self.global_mode and self.global_wm is not None else k.wm
+        if wm is not None and e[0] < wm:
             self.stats["late"] += 1
             return
+        self.touched.add(k.name)
         heapq.heappush(k.buf, e)
         if len(k.buf) > self.spec.max_buffered:
             first = heapq.heappop(k.buf)
@@ -304,9 +394,85 @@ class Cep:
         if wm is not None and k is not None:
             self._advance(k, wm, out)
 
+    def _due_of(self, k: _Key) -> int | None:
+        """The smallest watermark at which :meth:`_advance` changes ``k``: it releases a buffered reading
+        (``t < wm``), completes a quiet period (``deadline < wm``), drops a run out of ``within``
+        (``start + within < wm``) or retracts an arrival alert (``due < wm``)."""
+        due: int | None = k.buf[0][0] + 1 if k.buf else None
+        for i, runs in enumerate(k.runs):
+            if not runs:
+                continue
+            a = self.automata[i]
+            for r in runs:
+                if r.deadline is not None:
+                    d = r.deadline + 1 if a.final_guard is not None else None
+                elif a.within_ms is not None:
+                    d = r.start[0] + a.within_ms + 1
+                else:
+                    continue
+                if d is not None and (due is None or d < due):
+                    due = d
+        if self.both:
+            for i in self.both:
+                for o in k.open[i]:
+                    if due is None or o.due + 1 < due:
+                        due = o.due + 1
+        return due
+
+    def _schedule(self, k: _Key) -> None:
+        """Global mode: note ``k``'s due watermark (an entry in the heap when it changed)."""
+        due = self._due_of(k)
+        if due != k.due:
+            k.due = due
+            if due is not None:
+                heapq.heappush(self._due, (due, k.order, k.name))
+
+    def _advance_global(self, wm: int, out: list[Match]) -> None:
+        """The global watermark moved to ``wm``: advance the keys it reaches, in creation order (the order a
+        walk over every key visits them in, so the output is the same; a key not due has nothing to release)."""
+        if self.scan_all:
+            due_keys = list(self.keys.values())
+        else:
+            heap, found = self._due, {}
+            while heap and heap[0][0] <= wm:
+                d, order, name = heapq.heappop(heap)
+                k = self.keys.get(name)
+                if k is not None and k.due == d:
+                    found[order] = k
+            due_keys = [found[o] for o in sorted(found)]
+        for k in due_keys:
+            self._advance(k, wm, out)
+            self._schedule(k)
+
+    def group_wm(self, group: str, now_ms: int) -> int | None:
+        """The fleet rule over the group's members: the minimum device watermark of its active members (the
+        largest if every member is idle). A member that said it is online (a status) but sent no reading yet holds
+        the group (``None``) until its first reading or until it is idle: a sleepy board's first flush is not late
+        for its group."""
+        tracker, active, idle = self.tracker, None, None
+        for device in self.members[group]:
+            wm = tracker.device_wm(device, self._bound(device))
+            if wm is None:
+                if tracker.is_active(device, now_ms):
+                    return None
+                continue
+            if tracker.is_active(device, now_ms):
+                active = wm if active is None else min(active, wm)
+            else:
+                idle = wm if idle is None else max(idle, wm)
+        return active if active is not None else idle
+
+    def _advance_group(self, group: str, now_ms: int, out: list[Match]) -> None:
+        k = self.keys.get(f"g:{group}")
+        if k is not None:
+            wm = self.group_wm(group, now_ms)
+            if wm is not None:
+                self._advance(k, wm, out)
+
     def _advance(self, k: _Key, wm: int, out: list[Match]) -> None:
         if k.wm is not None and wm <= k.wm:
             return
+        self.touched.add(k.name)
         buf = k.buf
         while buf and buf[0][0] < wm:
             self._feed(k, heapq.heappop(buf), out)
@@ -358,9 +524,8 @@ class Cep:
 
     def _feed(self, k: _Key, e: Event, out: list[Match]) -> None:
         """One reading, in event-time order, through every pattern of the key that looks at it."""
-        kind = "site" if k.name[0] == "s" else "device"
         runs = k.runs
-        for i in self._route(kind, e[1], e[5]):
+        for i in self._route(k.kind, e[1], e[5]):
             runs[i] = self._take(i, k, runs[i], e, out, False)
 
     def _feed_fast(self, k: _Key, kind: str, e: Event, clocked: bool, out: list[Match]) -> None:
@@ -368,6 +533,7 @@ class Cep:
         reading's event time moves the key's fast clock first."""
         if clocked and (k.clock is None or e[0] > k.clock):
             self._tick_fast(k, e[0], out)
+        self.touched.add(k.name)
         fast = k.fast
         for i in self._fast_route(kind, e[1], e[5]):
             fast[i] = self._take(i, k, fast[i], e, out, True)
@@ -377,6 +543,7 @@ class Cep:
         finish within ``within`` are dropped (as the watermark does on the event-time path)."""
         if k.clock is not None and clock <= k.clock:
             return
+        self.touched.add(k.name)
         k.clock = clock
         for i, runs in enumerate(k.fast):
             if runs:
@@ -461,7 +628,7 @@ class Cep:
         devices, ``max_runs`` is shared fairly (max-min): the oldest run of the device that started the most
         goes, and a device that has started the most (or as many) loses its own oldest, never another's."""
         i = 0
-        if k.name[0] == "s":
+        if k.name[0] != "d":
             counts = Counter(r.start[1] for r in runs)
             top = max(counts.values())
             if counts[device] < top:
@@ -472,11 +639,18 @@ class Cep:
         if not fast:
             self.stats["evicted"] += 1
 
+    def _site_for(self, k: _Key, device: str) -> str:
+        """A match's site: its key's; a group key spans sites, so there the site of the match's first device."""
+        if k.name[0] != "g":
+            return k.site
+        e = self.tracker.state.get(device)
+        return "" if e is None else str(e[0])
+
     def _match(self, a: Automaton, k: _Key, run: Run, path: Path) -> Match:
         names = [a.states[j].name for j, _ in run.taken]
         return Match(
             pattern=a.spec,
-            site=k.site,
+            site=self._site_for(k, run.taken[0][1][1]),
             key=k.name[2:],
             steps=tuple(names),
             readings=tuple((e[1], e[2], e[3]) for _, e in run.taken),
@@ -528,13 +702,16 @@ class Cep:
                 name: self._key_doc(k, names)
                 for name, k in (live.items() if keys is None else ((n, live[n]) for n in keys if n in live))
             }
-        return {
+        snap = {
             "version": SNAPSHOT_VERSION,
             "patterns": names,
             "tracker": self.tracker.snapshot(keys, order),
             "stats": dict(self.stats),
             "keys": per_key,
         }
+        if self.global_mode:
+            snap["global_wm"] = self.global_wm
+        return snap
 
     def restore(self, snap: dict[str, Any]) -> None:
         """Take back a :meth:`snapshot` from an operator with the same patterns."""
@@ -544,6 +721,11 @@ class Cep:
         if list(snap["patterns"]) != names:
             raise ValueError(f"snapshot has patterns {snap['patterns']}, operator has {names}")
         self.tracker.restore(snap["tracker"])
+        self.members = {g: [] for g in self.group_names}
+        self._in_groups = {}
+        for device, entry in self.tracker.state.items():
+            self.groups_of(device, str(entry[0]))
+        self.global_wm = snap.get("global_wm") if self.global_mode else None
         # counters the snapshot lacks (fast patterns added since) start at zero
         self.stats = {**dict.fromkeys(self.stats, 0), **snap["stats"]}
         self.keys = {}
@@ -573,7 +755,7 @@ class Cep:
                 for steps, readings, times, details, due in opens:
                     m = Match(
                         pattern=self.automata[i].spec,
-                        site=k.site,
+                        site=self._site_for(k, str(readings[0][0])),
                         key=name[2:],
                         steps=tuple(steps),
                         readings=tuple((str(d), int(b), int(q)) for d, b, q in readings),
@@ -584,3 +766,8 @@ class Cep:
                     lo, hi = m.span
                     k.open[i].append(_Open(m, lo, hi, int(due), m.alert_id()))
         self._arrival = arrival
+        self._due = []
+        if self.global_mode:
+            for k in self.keys.values():
+                k.due = None
+                self._schedule(k)

@@ -26,6 +26,7 @@ from .expr import PREV, Comparison, ExprError, Ref, parse_condition
 
 __all__ = [
     "ALERT_PATHS",
+    "GROUP_PREFIX",
     "SKIP_STRATEGIES",
     "AlertPath",
     "Follow",
@@ -39,7 +40,11 @@ __all__ = [
 ]
 
 Follow = Literal["begin", "next", "followed_by", "not_followed_by"]
-KeyKind = Literal["device", "site"]
+KeyKind = str
+"""``device``, ``site``, ``group`` (each declared group) or ``group:<name>`` (one group of ``[groups]``, docs/cep.md
+"Groups")."""
+GROUP_PREFIX: Final = "group:"
+_GROUP_NAME_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,32}")
 SkipStrategy = Literal["skip_past_last_event", "no_skip"]
 SKIP_STRATEGIES: Final = ("skip_past_last_event", "no_skip")
 SEVERITIES: Final = ("info", "warning", "critical")
@@ -123,8 +128,12 @@ def validate(spec: PatternSpec) -> PatternSpec:
     where = f"patterns[{spec.name}]"
     if not isinstance(spec.name, str) or not _PATTERN_RE.fullmatch(spec.name):
         raise PatternError(f"patterns[{spec.name!r}].name: expected 1-64 of [A-Za-z0-9_.-]")
-    if spec.key not in ("device", "site"):
-        raise PatternError(f"{where}.key: expected 'device' or 'site', got {spec.key!r}")
+    if spec.key not in ("device", "site", "group") and not (
+        isinstance(spec.key, str)
+        and spec.key.startswith(GROUP_PREFIX)
+        and _GROUP_NAME_RE.fullmatch(spec.key[len(GROUP_PREFIX) :])
+    ):
+        raise PatternError(f"{where}.key: expected 'device', 'site', 'group' or 'group:<name>', got {spec.key!r}")
     if spec.severity not in SEVERITIES:
         raise PatternError(f"{where}.severity: expected one of {', '.join(SEVERITIES)}, got {spec.severity!r}")
     if spec.skip not in SKIP_STRATEGIES:

@@ -33,6 +33,13 @@ early_every = "10s"          # optional: provisional results every 10 s of gatew
 early_count = 100            # optional: a provisional result after every 100 readings into a window
 provisional = "overwrite"    # or "audit": provisional points also kept in `window_provisional`
 publish = false              # true: every result also as JSON on <prefix>/_gateway/windows/<site>/<window>
+
+[windows.relative]           # optional (tumbling, sliding; key = "device"): each device against its group
+baseline = "median"          # or "mean": of the other members' values in the same window (leave-one-out)
+value = "mean"               # which of the window's aggregates is compared (default mean)
+groups = ["greenhouse"]      # default: every declared group the device is in
+min_others = 1               # a device's deviation needs at least this many other members with a value
+alert_above = 3.0            # optional: an alert when |deviation| > 3.0 (severity = "warning" by default)
 ```
 
 Durations are integers (ms) or strings ``<number><unit>``, unit ``ms``, ``s``, ``m``, ``h`` or ``d``.
@@ -51,8 +58,10 @@ from .watermark import DeviceClass, WatermarkSpec
 
 __all__ = [
     "AGGREGATE_NAMES",
+    "Baseline",
     "EngineSpec",
     "Provisional",
+    "RelativeSpec",
     "WindowKind",
     "WindowSpec",
     "parse_duration",
@@ -61,12 +70,27 @@ __all__ = [
 ]
 
 WindowKind = Literal["tumbling", "sliding", "session"]
+Baseline = Literal["median", "mean"]
 Provisional = Literal["overwrite", "audit"]
 AGGREGATE_NAMES: Final = tuple(AGGREGATES)
 _METRIC_RE: Final = re.compile(r"[a-z][a-z0-9_]{0,31}")
 _NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _DURATION_RE: Final = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*")
 _UNITS: Final = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+@dataclass(frozen=True, slots=True)
+class RelativeSpec:
+    """``[windows.relative]``: per window, each device's value against its group's (docs/cep.md, "Group-relative
+    values"). The engine does not read it; ``gateway.relative`` does, from the window's final results."""
+
+    baseline: Baseline = "median"
+    value: str = "mean"
+    groups: tuple[str, ...] = ()
+    """The groups compared within (empty: every declared group the device is in)."""
+    min_others: int = 1
+    alert_above: float | None = None
+    severity: Literal["info", "warning", "critical"] = "warning"
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +118,8 @@ class WindowSpec:
     """``audit``: provisional points are also written to ``window_provisional``, where nothing overwrites them."""
     publish: bool = field(default=False, repr=False)
     """Every result of this window also on MQTT (``<prefix>/_gateway/windows/<site>/<window>``)."""
+    relative: RelativeSpec | None = field(default=None, repr=False)
+    """Group-relative values of this window (``[windows.relative]``); the fingerprint adds it when set."""
 
     @property
     def early(self) -> bool:
@@ -158,7 +184,47 @@ _COMMON_KEYS: Final = {
     "early_count",
     "provisional",
     "publish",
+    "relative",
 }
+_RELATIVE_KEYS: Final = {"baseline", "value", "groups", "min_others", "alert_above", "severity"}
+
+
+def _parse_relative(raw: object, where: str, kind: str, key: str, aggregates: tuple[str, ...]) -> RelativeSpec:
+    at = f"{where}.relative"
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{at}: expected a table ([windows.relative]), got {raw!r}")
+    unknown = sorted(set(raw) - _RELATIVE_KEYS)
+    if unknown:
+        raise ConfigError(f"{at}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(_RELATIVE_KEYS))}")
+    if kind == "session" or key != "device":
+        raise ConfigError(f"{at}: needs a tumbling or sliding window keyed by device (the members' windows must "
+                          f"be the same), this one is a {kind} window keyed by {key}")  # fmt: skip
+    baseline = raw.get("baseline", "median")
+    if baseline not in ("median", "mean"):
+        raise ConfigError(f"{at}.baseline: expected 'median' or 'mean', got {baseline!r}")
+    value = raw.get("value", "mean")
+    if value not in aggregates:
+        raise ConfigError(f"{at}.value: {value!r} is not one of the window's aggregates ({', '.join(aggregates)})")
+    groups = raw.get("groups", [])
+    if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
+        raise ConfigError(f"{at}.groups: expected a list of group names, got {groups!r}")
+    others = raw.get("min_others", 1)
+    if isinstance(others, bool) or not isinstance(others, int) or others < 1:
+        raise ConfigError(f"{at}.min_others: expected a positive integer, got {others!r}")
+    above = raw.get("alert_above")
+    if above is not None and (isinstance(above, bool) or not isinstance(above, (int, float)) or not above >= 0):
+        raise ConfigError(f"{at}.alert_above: expected a number >= 0, got {above!r}")
+    severity = raw.get("severity", "warning")
+    if severity not in ("info", "warning", "critical"):
+        raise ConfigError(f"{at}.severity: expected info, warning or critical, got {severity!r}")
+    return RelativeSpec(
+        baseline=baseline,
+        value=value,
+        groups=tuple(groups),
+        min_others=others,
+        alert_above=None if above is None else float(above),
+        severity=severity,
+    )
 
 
 def _parse_window(raw: object, index: int) -> WindowSpec:
@@ -200,6 +266,7 @@ def _parse_window(raw: object, index: int) -> WindowSpec:
     publish = raw.get("publish", False)
     if not isinstance(publish, bool):
         raise ConfigError(f"{where}.publish: expected true or false, got {publish!r}")
+    relative = None if "relative" not in raw else _parse_relative(raw["relative"], where, kind, key, aggregates)
 
     def positive(k: str) -> int:
         if k not in raw:
@@ -236,6 +303,7 @@ def _parse_window(raw: object, index: int) -> WindowSpec:
         early_count=count,
         provisional=provisional,
         publish=publish,
+        relative=relative,
     )
 
 

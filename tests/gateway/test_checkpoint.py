@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,49 @@ async def test_inputs_taken_while_a_checkpoint_encodes_leave_its_state_at_its_po
         assert ck.state["pipeline"]["stats"]["readings_accepted"] == 50
         assert ck.state["pipeline"] == json.loads(json.dumps(gw.pipeline.snapshot()))
     finally:
+        gw.store.close()
+
+
+async def test_the_checkpoints_transaction_waits_off_the_event_loop(tmp_path: Path) -> None:
+    """The checkpoint's SQLite transaction runs off the event loop: while it waits for the state file's write lock
+    (held here by another connection, as a long write would hold it) the loop goes on, and a message offered
+    meanwhile is logged - and so acknowledged - only after the checkpoint's commit, at a later position."""
+    gw = _gateway(tmp_path)
+    other = sqlite3.connect(gw.store.path, isolation_level=None)
+    try:
+        await gw._process(gw._accept([_message(0)]))
+        encoded = threading.Event()
+        encode = gw._encode
+
+        def noted_encode(*args: Any) -> Any:
+            try:
+                return encode(*args)
+            finally:
+                encoded.set()
+
+        gw._encode = noted_encode  # type: ignore[method-assign]
+        other.execute("BEGIN IMMEDIATE")  # the write lock, until the test lets it go
+        checkpoint = asyncio.create_task(gw.checkpoint())
+        assert await asyncio.to_thread(encoded.wait, 10)
+        for _ in range(20):  # the loop runs while the transaction waits for the lock (SQLite gives up after 5 s)
+            await asyncio.sleep(0.01)
+        assert not checkpoint.done(), "the checkpoint's transaction held the event loop while it waited for the lock"
+        offered = asyncio.create_task(gw._accept_logged([_message(1)]))
+        for _ in range(5):
+            await asyncio.sleep(0.01)
+        assert not offered.done(), "a message was logged while the checkpoint's transaction was not committed"
+        other.execute("COMMIT")
+        await asyncio.wait_for(checkpoint, 10)
+        (record,) = await asyncio.wait_for(offered, 10)
+        ck = gw.store.load_checkpoint()
+        assert ck is not None and ck.pos == 1 and record.pos > ck.pos
+        assert [r.pos for r in gw.store.tail(ck.pos)] == [record.pos]
+        await gw._process([record])
+        await gw.checkpoint()
+        ck = gw.store.load_checkpoint()
+        assert ck is not None and ck.state["pipeline"]["stats"]["readings_accepted"] == 20
+    finally:
+        other.close()
         gw.store.close()
 
 

@@ -1,7 +1,7 @@
 """An incremental checkpoint: only the keys whose state changed are snapshotted, a slice at a time while the
 pipeline goes on taking input, and what a restart restores is the state of a run that was never interrupted -
-with patterns keyed by device and by site, windows keyed by device and by site, a window with early triggers,
-anomaly detectors, statuses, ticks, and a shared (global) watermark."""
+with patterns keyed by device, by site and by group, group-relative values, windows keyed by device and by site,
+a window with early triggers, anomaly detectors, statuses, ticks, and a shared (global) watermark."""
 
 from __future__ import annotations
 
@@ -44,15 +44,26 @@ def _config(state_dir: Path, mode: str, max_series: int, on: str = "arrival") ->
     doc["state"] = {"dir": str(state_dir)}
     doc["engine"]["watermark"]["mode"] = mode
     doc["windows"] = [
-        {"name": "t1m", "kind": "tumbling", "size": "1m", "metrics": ["temp_c"], "allowed_lateness": "30s"},
+        {
+            "name": "t1m",
+            "kind": "tumbling",
+            "size": "1m",
+            "metrics": ["temp_c"],
+            "allowed_lateness": "30s",
+            "relative": {"baseline": "mean"},
+        },  # each device against the others of group g
         {"name": "s2m", "kind": "sliding", "size": "2m", "slide": "1m", "metrics": ["temp_c", "vib"]},
         {"name": "ses", "kind": "session", "gap": "40s", "metrics": ["temp_c"], "allowed_lateness": "20s"},
         {"name": "early", "kind": "tumbling", "size": "2m", "metrics": ["vib"], "early_every": "10s", "early_count": 3},
     ]
     if mode == "device":
         doc["windows"].append({"name": "site", "kind": "tumbling", "size": "1m", "metrics": ["vib"], "key": "site"})
-    else:
-        del doc["patterns"][-1]  # patterns keyed by site need per-device watermarks
+    # a group across both sites (d0, d1, d2 and every device of s1): its key changes with any member's message
+    doc["groups"] = {"g": ["d[012]", "site:s1"]}
+    doc["patterns"].append({
+        "name": "group_hot_twice", "key": "group:g", "within": "2m",
+        "steps": [{"name": "hot", "where": "temp_c > 25", "times": 2}],
+    })  # fmt: skip
     doc["anomaly"] = {
         "metrics": ["temp_c", "vib"],
         "max_series": max_series,

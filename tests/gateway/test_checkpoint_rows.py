@@ -87,17 +87,24 @@ def _message(dev: int, i: int, t_s: int) -> tuple[str, bytes, bool]:
 
 
 class _Spy:
-    """Records the row changes of each checkpoint the store commits."""
+    """Records the row changes of each checkpoint the store commits (the gateway's, off the event loop, and a
+    synchronous one)."""
 
     def __init__(self, store: StateStore) -> None:
         self.deltas: list[RowDelta | None] = []
         inner = store.checkpoint
+        inner_async = store.checkpoint_async
 
         def checkpoint(*args: Any, **kwargs: Any) -> None:
             inner(*args, **kwargs)
             self.deltas.append(args[4] if len(args) > 4 else kwargs.get("rows"))
 
+        async def checkpoint_async(*args: Any, **kwargs: Any) -> None:
+            await inner_async(*args, **kwargs)
+            self.deltas.append(args[4] if len(args) > 4 else kwargs.get("rows"))
+
         store.checkpoint = checkpoint  # type: ignore[method-assign]
+        store.checkpoint_async = checkpoint_async  # type: ignore[method-assign]
 
 
 async def test_a_checkpoint_after_one_devices_reading_writes_only_its_rows(tmp_path: Path) -> None:
@@ -236,3 +243,27 @@ async def test_recover_keeps_a_checkpoint_in_rows_or_reports_it_lost(tmp_path: P
             assert again.replayed == 1 and again.pipeline.stats.readings_accepted == 1
     finally:
         again.store.close()
+
+
+@pytest.mark.parametrize("sync", [True, False])
+async def test_many_rows_are_written_and_deleted_exactly(tmp_path: Path, sync: bool) -> None:
+    """The rows go in statements of several rows each: every row written, replaced and deleted as asked, however
+    many (past one statement's worth), by the checkpoint on the event loop and the one in a worker thread."""
+    store = StateStore(tmp_path / "state.db")
+    try:
+
+        async def checkpoint(pos: int, delta: RowDelta) -> None:
+            if sync:
+                store.checkpoint(pos, {"rows": 1}, 0, rows=delta)
+            else:
+                await store.checkpoint_async(pos, {"rows": 1}, 0, rows=delta)
+
+        first = {f"k{i}": f"v{i}".encode() for i in range(600)}
+        await checkpoint(1, RowDelta(list(first.items()), replace=True))
+        changed = {f"k{i}": f"w{i}".encode() for i in range(0, 600, 7)}
+        gone = [f"k{i}" for i in range(1, 600, 2) if f"k{i}" not in changed]
+        await checkpoint(2, RowDelta(list(changed.items()), gone))
+        want = {**{n: d for n, d in first.items() if n not in gone}, **changed}
+        assert dict(store.db.execute("SELECT name, data FROM ckpt_row").fetchall()) == want
+    finally:
+        store.close()

@@ -73,11 +73,14 @@ def test_check_prints_groups_and_refuses_a_bad_one(tmp_path: Path, capsys: pytes
     good.write_text(
         '[devices]\nknown = ["gh-1", "gh-2", "dev-7", "p-1"]\n[devices.sites]\np-1 = "plant"\n'
         '[groups]\ngreenhouse = ["gh-*", "dev-7"]\npumps = ["site:plant"]\n'
+        '[[windows]]\nname = "t5m"\nkind = "tumbling"\nsize = "5m"\nmetrics = ["temp_c"]\n'
+        '[windows.relative]\ngroups = ["greenhouse"]\nalert_above = 3\n'
     )
     assert main(["check", "--config", str(good)]) == 0
     out = capsys.readouterr().out
     assert "group:     greenhouse = gh-*, dev-7 (declared devices in it: dev-7, gh-1, gh-2)" in out
     assert "group:     pumps = site:plant (declared devices in it: p-1)" in out
+    assert "each device's mean against the median of the others in greenhouse (window_relative), alert above 3" in out
     bad = tmp_path / "bad.toml"
     bad.write_text('[groups]\ngreenhouse = "gh-*"\n')
     assert main(["check", "--config", str(bad)]) == 2

@@ -306,3 +306,63 @@ async def test_a_checkpoint_during_the_isolation_spools_only_what_is_left(
     assert len(influx_query(influxdb_v1.url, influx_db, "SELECT * FROM reading WHERE device =~ /d[13]/")) == 40
     (d,) = influx_query(influxdb_v1.url, influx_db, "SELECT * FROM dead_letter")
     assert d["device"] == "d2"
+
+
+class FinishingWriter(PausingWriter):
+    """A :class:`PausingWriter` that also says when its paused request has returned from InfluxDB."""
+
+    def __init__(self, cfg: InfluxConfig, pause_at: int) -> None:
+        super().__init__(cfg, pause_at)
+        self.finished = asyncio.Event()
+
+    async def write(self, lines: list[str]) -> None:
+        try:
+            await super().write(lines)
+        finally:
+            if self.requests == self.pause_at:
+                self.finished.set()
+
+
+@pytest.mark.parametrize("commits", [True, False])
+async def test_a_write_that_returns_during_a_checkpoint_off_the_loop_is_counted_once(
+    influxdb_v1: Proc, influx_db: str, tmp_path: Path, commits: bool
+) -> None:
+    """The checkpoint's transaction runs off the event loop (``spill_async``): a write of the batch it takes that
+    returns meanwhile waits for its outcome - not counted when the spool took the lines, counted when the
+    transaction failed - and lines added meanwhile stay in memory. Either way every line is counted once."""
+    influx_write(influxdb_v1.url, influx_db, f"reading,device=old,site=s level=1i {T0 * NS}")
+    lines = [*honest("d1", 30), f"reading,device=d2,site=s level=2.5 {T0 * NS}", *honest("d3", 10)]
+    cfg = v1(influxdb_v1.url, influx_db)
+    writer = FinishingWriter(cfg, pause_at=3)  # 1: the batch (refused), 2: its first half (written), 3: the second
+    store = StateStore(tmp_path / "state.db")
+    sink = SpoolingSink(writer, cfg, store, spool_max_bytes=10**9)
+    await sink.add(lines)
+    await sink.start()
+
+    async def commit(chunks: list[tuple[int, list[str]]]) -> None:
+        assert sum(len(c) for _, c in chunks) == 21
+        writer.go.set()
+        await asyncio.wait_for(writer.finished.wait(), 30)  # InfluxDB took the 21 lines during the transaction
+        await sink.add(honest("d4", 5))  # the pipeline goes on meanwhile
+        assert sink.stats.points_written == 20  # the result waits for the transaction's outcome
+        if not commits:
+            raise OSError("disk full")
+        await store.checkpoint_async(0, {}, 0, chunks)
+
+    try:
+        await asyncio.wait_for(writer.paused.wait(), 30)
+        assert sink.stats.points_written == 20 and sink.in_memory == 21
+        if commits:
+            await sink.spill_async(commit)
+            assert store.spool_lines == 21 and sink.in_memory == 5
+        else:
+            with pytest.raises(OSError):
+                await sink.spill_async(commit)
+            assert store.spool_lines == 0
+        await wait_for(lambda: sink.pending == 0, lambda: f"everything written ({sink.pending} pending)")
+    finally:
+        await sink.close()
+        store.close()
+    s = sink.stats
+    assert (s.points_written, s.points_refused, s.dead_letters_written) == (45, 1, 1)
+    assert len(influx_query(influxdb_v1.url, influx_db, "SELECT * FROM reading WHERE device =~ /d[134]/")) == 45

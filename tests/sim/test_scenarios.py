@@ -41,10 +41,10 @@ def in_process(prep: Prepared) -> tuple[Any, LineStore]:
     return res, res.store
 
 
-def test_the_eight_scenarios_are_shipped() -> None:
+def test_the_nine_scenarios_are_shipped() -> None:
     assert scenario_names() == [
-        "clock-chaos", "correlated", "flaky-network", "pattern-sequences", "sensor-faults", "sleepy", "steady",
-        "storm",
+        "clock-chaos", "correlated", "flaky-network", "pattern-sequences", "pump-group", "sensor-faults", "sleepy",
+        "steady", "storm",
     ]  # fmt: skip
 
 
@@ -194,6 +194,51 @@ def test_pattern_sequences_are_in_the_stream_with_their_truth() -> None:
     assert opened[0].offset_ms > 300_000
     fails = [e.offset_ms for e in sequence_events("three_failures") if e.value == "FAILED"]
     assert len(fails) == 3 and fails[-1] - fails[0] < 300_000
+
+
+def test_pump_group_correlates_two_boards_with_its_truth() -> None:
+    """Each correlated sequence puts its overcurrent on its device and its flow drop on its partner; the truth
+    keys its alert by the group; in process, exactly the two pump_fault alerts come out, one per pump, each on
+    the readings of two boards."""
+    prep = prepared("pump-group")
+    truth = prep.truth()
+    assert [(s["kind"], s["device"], s["partner"], s["key"], s["expect_alert"]) for s in truth["sequences"]] == [
+        ("pump_fault", "dev-0001", "dev-0003", "pump_1", True),
+        ("pump_fault_apart", "dev-0002", "dev-0004", "pump_2", False),
+        ("pump_fault_apart", "dev-0001", "dev-0002", "pump_1", False),
+        ("pump_fault", "dev-0004", "dev-0002", "pump_2", True),
+    ]
+    for seq in prep.run.sequences:
+        for e in sequence_events(seq.kind):
+            board = seq.partner if e.partner else seq.device
+            assert any(r.device == board and r.true_ms == seq.at_ms + e.offset_ms and r.metrics == {e.metric: e.value}
+                       for r in prep.run.readings)  # fmt: skip
+    assert {b.device: b.sleep_s for b in prep.run.boards} == {"dev-0001": None, "dev-0002": None,
+                                                             "dev-0003": 600, "dev-0004": 600}  # fmt: skip
+    _, store = in_process(prep)
+    alerts = store.found().rows["alert"]
+    assert sorted((a["name"], a["key"]) for a in alerts) == [("pump_fault", "pump_1"), ("pump_fault", "pump_2")]
+    assert all(len({x.split("/")[0] for x in a["reading_ids"].split(",")}) == 2 for a in alerts)
+    verdict = compare(truth, store.found())
+    assert verdict.ok and verdict.table("alert").expected == 2
+
+
+def test_the_report_draws_a_correlated_sequence_on_both_boards_and_a_group_alert_on_a_board() -> None:
+    from sim.report import _sequence_chart, render_report
+
+    prep = prepared("pump-group")
+    truth = prep.truth()
+    _, store = in_process(prep)
+    alerts = store.found().rows["alert"]
+    _, chart, _ = _sequence_chart(truth, alerts)
+    by_label = {x.label: x for x in chart.series}
+    # the flow drops are on the partners' rows (3 and 4, and 2 for the pump_fault with dev-0004 first)
+    flow = by_label["flow=low"]
+    assert sorted(flow.ys) == [2.0, 2.0, 3.0, 4.0]
+    assert sorted(by_label["pump=overcurrent"].ys) == [1.0, 1.0, 2.0, 4.0]
+    # each group alert on the row of its first reading's board (pump_1: dev-0001, pump_2: dev-0004)
+    assert sorted(by_label["pattern alert"].ys) == [1.0, 4.0]
+    assert "pump_fault" in render_report(truth, None, alerts)
 
 
 def test_clock_chaos_marks_unsynced_corrects_and_dead_letters() -> None:
