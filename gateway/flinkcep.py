@@ -19,6 +19,7 @@ started before a match's first reading, the gateway keeps them), the fast alerts
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from .cep.expr import PREV, Comparison, Ref
@@ -55,6 +56,14 @@ def pattern_refusals(cfg: Config) -> list[str]:
                 f'{where}.key = "{p.key}": group keys are not compiled (membership by device and site globs); use '
                 f'key = "device" or "site", {keep}'
             )
+        for g in p.devices:
+            try:
+                re.compile(_glob(g))
+            except re.error:
+                out.append(
+                    f"{where}.devices: {g!r} has a character class with an empty or reversed range, which the "
+                    f"regular expression the job matches devices with cannot hold. Write the class without it, {keep}"
+                )
         steps = p.steps
         for i, s in enumerate(steps):
             last = i == len(steps) - 1
@@ -139,7 +148,9 @@ def _glob(g: str) -> str:
             if j >= len(g):
                 out.append("\\[")
                 continue
-            body = g[i:j].replace("\\", "\\\\")
+            # backslash, '[' (a nested class in Java), '&' (Java's intersection) and the other characters Python may
+            # read as set operators are literal in a glob's class: escaped, they are literal in both syntaxes
+            body = "".join("\\" + c if c in "\\[&~|" else c for c in g[i:j])
             i = j + 1
             if body.startswith("!"):
                 body = "^" + body[1:]
