@@ -1,4 +1,4 @@
-"""``edgekit-gateway`` / ``python -m gateway``: run, check, plan, replay and top."""
+"""``edgekit-gateway`` / ``python -m gateway``: run, check, reload, plan, replay and top."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import os
 import signal
 import sqlite3
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -231,11 +233,13 @@ def _describe_windows(cfg: Config) -> list[str]:
     return lines
 
 
-async def _run(cfg: Config, stats_file: Path | None, record: Path | None) -> int:
-    """Run until SIGINT or SIGTERM; the exit code: 130 after SIGINT (interrupted, as a shell counts it), else 0."""
+async def _run(cfg: Config, stats_file: Path | None, record: Path | None, config_path: Path | None = None) -> int:
+    """Run until SIGINT or SIGTERM (SIGHUP: read the configuration again, ``reload``); the exit code: 130 after
+    SIGINT (interrupted, as a shell counts it), else 0."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     got: list[int] = []
+    reloading: set[asyncio.Task[Any]] = set()
 
     def on_signal(sig: signal.Signals) -> None:
         got.append(sig)
@@ -248,8 +252,56 @@ async def _run(cfg: Config, stats_file: Path | None, record: Path | None) -> int
 
         await SinkOnly(cfg, stats_file=stats_file).run(stop)
     else:
-        await Gateway(cfg, stats_file=stats_file, record=record).run(stop)
+        gw = Gateway(cfg, stats_file=stats_file, record=record, config_path=config_path)
+
+        def on_hangup() -> None:  # the outcome is in the log (the `reload` command also prints it)
+            task = asyncio.create_task(gw.reload(), name="reload")
+            reloading.add(task)
+            task.add_done_callback(reloading.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_hangup)
+        await gw.run(stop)
     return 130 if got and got[0] == signal.SIGINT else 0
+
+
+def _reload(cfg: Config, args: argparse.Namespace) -> int:
+    """``reload``: ask the running gateway to read its file again (its metrics endpoint answers with what it did),
+    or send it SIGHUP (``--pid``; under systemd ``$MAINPID``) when it has no endpoint."""
+    pid = args.pid
+    if pid is None and args.url is None and not cfg.metrics.port and os.environ.get("MAINPID", "").isdigit():
+        pid = int(os.environ["MAINPID"])  # systemd's ExecReload=
+    if pid is not None:
+        try:
+            os.kill(pid, signal.SIGHUP)
+        except OSError as exc:
+            return _fail(f"reload: cannot signal process {pid}: {exc.strerror}")
+        print(f"sent SIGHUP to process {pid}: the gateway's log says what it applied or why it refused")
+        return 0
+    url = args.url
+    if url is None:
+        if not cfg.metrics.port:
+            return _fail(
+                "reload: metrics.port = 0, so the gateway has no local endpoint to ask: give --pid PID (it is sent "
+                "SIGHUP), or set metrics.port (restart needed)",
+                2,
+            )
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(cfg.metrics.host, cfg.metrics.host)
+        url = f"http://{f'[{host}]' if ':' in host else host}:{cfg.metrics.port}"
+    req = urllib.request.Request(url.rstrip("/") + "/reload", data=b"", method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=args.timeout) as resp:
+            body = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            body = json.loads(exc.read())
+        except ValueError:
+            return _fail(f"reload: {url} answered {exc.code} {exc.reason}")
+    except (OSError, ValueError) as exc:
+        return _fail(f"reload: no running gateway answered at {url} ({exc})")
+    if body.get("ok"):
+        print(f"reloaded: {body.get('message', '')}")
+        return 0
+    return _fail(f"reload refused: {body.get('message', body)}", 2)
 
 
 # --- deploy: the command line (run, check, plan, replay, top) ------------------------------------------
@@ -359,6 +411,20 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("file", type=Path, metavar="FILE", help="JSON lines: topic, payload (base64), received_ms")
     replay.add_argument("--dry-run", action="store_true", help="run the pipeline, write nothing")
     replay.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+    reload = command(
+        "reload",
+        "make the running gateway read its configuration again and apply it (also: SIGHUP)",
+        "Ask the running gateway (through its metrics endpoint, or with SIGHUP) to read its configuration file "
+        "again, validate it as 'check' does and apply it: unchanged windows, patterns and detectors keep their "
+        "state, new ones start empty, removed ones are dropped, changed ones restart. An invalid file, or one "
+        "that changes a setting only a restart applies (broker, database, state), changes nothing: exit 2 with "
+        "the reason. Give the same --config the gateway runs with.",
+    )
+    reload.add_argument("--url", metavar="URL", help="the gateway's metrics endpoint (default: from metrics.host "
+                        "and metrics.port)")  # fmt: skip
+    reload.add_argument("--pid", type=int, metavar="PID", help="send SIGHUP to this process instead (the outcome is "
+                        "in its log); under systemd's ExecReload= $MAINPID when metrics.port = 0")  # fmt: skip
+    reload.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the answer (default 60)")
     comp = command(
         "compile",
         "turn the configuration's windows into a job for another engine (Apache Flink SQL)",
@@ -687,8 +753,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
+        if args.command == "reload":
+            return _fail(f"configuration error: {exc}\nreload: the running gateway was not asked: it keeps its "
+                         "configuration", 2)  # fmt: skip
         return _fail(f"configuration error: {exc}", 2)
     try:
+        if args.command == "reload":
+            return _reload(cfg, args)
         if args.command == "check":
             redact = Redactor(secret_values(cfg))
             print(redact(_describe(cfg)))  # it names no secret; and if it ever did
@@ -711,7 +782,7 @@ def main(argv: list[str] | None = None) -> int:
             return _recover(cfg)
         setup_logging(cfg.log.level, cfg.log.format, secret_values(cfg))
         try:
-            return asyncio.run(_run(cfg, args.stats_file, args.record))
+            return asyncio.run(_run(cfg, args.stats_file, args.record, args.config))
         except ConfigError as exc:  # found at start: the database does not exist, say
             return _fail(f"configuration error: {exc}", 2)
         except RecordError as exc:

@@ -36,6 +36,7 @@ from .state import (
     APPLICATION_ID,
     KIND_MESSAGE,
     KIND_OVERSIZE,
+    KIND_RELOAD,
     KIND_TICK,
     StateStore,
     compress_checkpoint,
@@ -448,19 +449,22 @@ def _salvage_log(db: sqlite3.Connection, tables: set[str], report: Salvage, out:
         if pos <= after:
             return  # taken into the checkpoint already (a checkpoint deletes these in its own transaction)
         if (
-            kind not in (KIND_MESSAGE, KIND_OVERSIZE, KIND_TICK)
+            kind not in (KIND_MESSAGE, KIND_OVERSIZE, KIND_TICK, KIND_RELOAD)
             or not isinstance(topic, str)
             or not isinstance(payload, bytes)
             or not isinstance(received_ms, int)
             or received_ms <= 0  # a gateway's wall clock; zeros are a page read past its end
-            or (kind != KIND_TICK) != bool(topic)
+            or (kind in (KIND_MESSAGE, KIND_OVERSIZE)) != bool(topic)
         ):
             report.log_invalid += 1
             return
         out.execute(insert, row)
-        if kind != KIND_TICK:  # a message, or the stub of an oversize one (its dead letter on replay)
+        if kind in (
+            KIND_MESSAGE,
+            KIND_OVERSIZE,
+        ):  # a message, or the stub of an oversize one (its dead letter on replay)
             report.messages += 1
-        else:
+        else:  # a tick, or a reload (counted with them: neither is a reading)
             report.ticks += 1
 
     holes = _read_rows(db, "log", "pos", ["kind", "topic", "payload", "received_ms"], take)

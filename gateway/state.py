@@ -55,6 +55,7 @@ __all__ = [
     "HOLDS",
     "KIND_MESSAGE",
     "KIND_OVERSIZE",
+    "KIND_RELOAD",
     "KIND_TICK",
     "Checkpoint",
     "LogRecord",
@@ -77,6 +78,9 @@ KIND_TICK: Final = 1
 KIND_OVERSIZE: Final = 2
 """A message over ``limits.max_bytes``: the payload column holds only its size, a digest and its head
 (``gateway.ingest.oversize_stub``), enough for its ``oversize`` dead letter."""
+KIND_RELOAD: Final = 3
+"""A reload (``edgekit-gateway reload``, SIGHUP): the inputs after it were taken with the configuration whose state
+sections and fingerprint its payload holds (``gateway.reload.reload_payload``); its topic is empty."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS log (
@@ -358,8 +362,8 @@ def read_rows(db: sqlite3.Connection, state: dict[str, Any]) -> tuple[dict[str, 
 
 @dataclass(frozen=True, slots=True)
 class LogRecord:
-    """One logged input: a message (``kind`` 0), a tick (``kind`` 1, ``received_ms`` is its ``now``) or an
-    oversize message (``kind`` 2, ``payload`` is its stub)."""
+    """One logged input: a message (``kind`` 0), a tick (``kind`` 1, ``received_ms`` is its ``now``), an
+    oversize message (``kind`` 2, ``payload`` is its stub) or a reload (``kind`` 3, :data:`KIND_RELOAD`)."""
 
     pos: int
     kind: int
@@ -524,6 +528,20 @@ class StateStore:
         )
         for pos, kind, topic, payload, received_ms in cur:
             yield LogRecord(pos, kind, topic, bytes(payload), received_ms)
+
+    def replace_payload(self, pos: int, payload: bytes) -> None:
+        """Rewrite the payload of the logged record at ``pos`` (a reload record whose reload failed)."""
+        with self._tx():
+            self.db.execute("UPDATE log SET payload = ? WHERE pos = ?", (payload, pos))
+
+    def last_of_kind(self, after: int, kind: int) -> LogRecord | None:
+        """The last logged record of ``kind`` after position ``after``, if any."""
+        row = self.db.execute(
+            "SELECT pos, kind, topic, payload, received_ms FROM log WHERE pos > ? AND kind = ? ORDER BY pos DESC "
+            "LIMIT 1",
+            (after, kind),
+        ).fetchone()
+        return None if row is None else LogRecord(row[0], row[1], row[2], bytes(row[3]), row[4])
 
     def log_bytes(self) -> int:
         row = self.db.execute("SELECT COALESCE(SUM(LENGTH(payload) + LENGTH(topic)), 0) FROM log").fetchone()

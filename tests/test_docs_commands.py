@@ -64,6 +64,8 @@ MAPPED: list[tuple[str, str, tuple[str, ...]]] = [
      ('"plan"', '"--devices"', '"--interval"')),
     (r"^edgekit-gateway plan .*--scenario", "tests/sim/test_latency.py::test_plan_with_a_scenario_prints_the_trade_"
      "off_table", ('"plan"', '"--scenario"', '"--bound"', '"--lateness"')),
+    (r"^edgekit-gateway reload ", "tests/gateway/test_reload_e2e.py::test_a_reload_under_load_loses_nothing_and_"
+     "keeps_unchanged_windows", ('"reload"', '"--config"')),
     (r"^edgekit-gateway recover ", "tests/reliability/test_damaged_state.py::test_recovered_state_is_replayed_into_"
      "influxdb", ('"recover"',)),
     (r"^edgekit-sim run .*--broker", "tests/sim/test_sim_cli.py::test_run_publishes_to_a_real_broker",
