@@ -445,6 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument(
         "--late-out", default=f"{DEFAULT_DIR}/out/late", metavar="URI", help="late records: directory or topic"
     )
+    comp.add_argument(
+        "--alerts-out", default=f"{DEFAULT_DIR}/out/alerts", metavar="URI", help="pattern alerts: directory or topic"
+    )
     comp.add_argument("--bootstrap-servers", default=DEFAULT_KAFKA, help="Kafka brokers (--source kafka)")
     comp.add_argument("--monitor-interval", default="10s", metavar="SPAN",
                       help="files: how often the job looks for new files (default 10s; '' reads what is there and "
@@ -494,6 +497,7 @@ def _compile(cfg: Config, args: argparse.Namespace) -> int:
         readings=args.readings,
         windows=args.windows_out,
         late=args.late_out,
+        alerts=args.alerts_out,
         bootstrap_servers=args.bootstrap_servers,
         monitor_interval=args.monitor_interval,
     )
