@@ -310,13 +310,13 @@ class Cep:
                     self._tick_fast(key, flushed + 1, out)
         self.tracker.seen(site, device, now_ms, max_t, flushed)
         if self.global_mode:  # one watermark, moved by any device's time; flushed markers carry nothing
+            for k in keys:  # before the advance: this batch's readings and arrival alerts may be due at once
+                self._schedule(k)
             if max_t is not None:
                 cand = max_t - self._bound(device)
                 if self.global_wm is None or cand > self.global_wm:
                     self.global_wm = cand
                     self._advance_global(cand, out)
-            for k in keys:
-                self._schedule(k)
             return out
         if self.keyed["device"]:
             wm = self.tracker.device_wm(device, self._bound(device))

@@ -143,6 +143,26 @@ def test_global_mode_visits_only_the_keys_due_with_the_same_output(
     assert got == want
 
 
+def test_an_arrival_alert_due_in_the_batch_that_raised_it_is_retracted_there_as_a_walk_does() -> None:
+    """Found by the property above: a reading that raises an arrival alert and moves the global watermark past
+    the alert's verdict time. The key's new due time must be in the heap before the advance, or the retraction
+    comes one message late (a walk over every key retracts at once)."""
+    spec = (
+        Pattern.begin("s0").where("a > 1").followed_by("s1").where("a <= 1").followed_by("s2").where("a > 1")
+        .not_followed_by("quiet", within="2s").where("a > 1").build("p", on="both")
+    )  # fmt: skip
+    rows = [("d0", i, T0, {"a": 2} if i in (0, 6) else {"k": "x"}) for i in range(12)]
+    rows += [("d0", 12, T0 + 400, {"a": 0}), ("d1", 0, T0 + 4_400, {"k": "x"}), ("d1", 1, T0 + 8_400, {"k": "x"})]
+    engine = parse_engine({"engine": {"watermark": {"mode": "global", "out_of_orderness": "5s"}}})
+    walk = Cep(CepSpec((spec,), engine))
+    walk.scan_all = True
+    want = global_run(walk, rows, random.Random(0))
+    assert any(m[7] == "retracted" for per in want for m in per)  # the case: a retraction
+    heap = Cep(CepSpec((spec,), engine))
+    assert global_run(heap, rows, random.Random(0)) == want
+    assert heap.stats == walk.stats
+
+
 def test_global_mode_completes_a_quiet_period_of_a_key_with_nothing_buffered() -> None:
     """d0's run waits out its quiet period with nothing buffered: the advance that passes its end (on d1's time)
     must visit d0's key and raise the alert then, not later; and an arrival alert is retracted on time."""
