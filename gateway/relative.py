@@ -162,20 +162,10 @@ class GroupRelative:
         """The group's watermark for ``window``: the global one, or the fleet rule over its members."""
         if self.global_mode:
             return self.global_wm.get(window)
-        w, tracker = self.windows[window], self.tracker
-        active: int | None = None
-        idle: int | None = None
-        for device in self.members.get(group, ()):
-            wm = tracker.device_wm(device, self._bound(w, device))
-            if wm is None:
-                if tracker.is_active(device, now_ms):
-                    return None  # heard from (a status), no reading yet: it holds the group, as in Cep.group_wm
-                continue
-            if tracker.is_active(device, now_ms):
-                active = wm if active is None else min(active, wm)
-            else:
-                idle = wm if idle is None else max(idle, wm)
-        return active if active is not None else idle
+        w = self.windows[window]
+        return self.tracker.members_wm(
+            self.members.get(group, ()), lambda device: self._bound(w, device), now_ms, hold_unread=True
+        )
 
     # -- input ----------------------------------------------------------------------------------
 

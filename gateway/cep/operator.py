@@ -449,18 +449,7 @@ class Cep:
         largest if every member is idle). A member that said it is online (a status) but sent no reading yet holds
         the group (``None``) until its first reading or until it is idle: a sleepy board's first flush is not late
         for its group."""
-        tracker, active, idle = self.tracker, None, None
-        for device in self.members[group]:
-            wm = tracker.device_wm(device, self._bound(device))
-            if wm is None:
-                if tracker.is_active(device, now_ms):
-                    return None
-                continue
-            if tracker.is_active(device, now_ms):
-                active = wm if active is None else min(active, wm)
-            else:
-                idle = wm if idle is None else max(idle, wm)
-        return active if active is not None else idle
+        return self.tracker.members_wm(self.members[group], self._bound, now_ms, hold_unread=True)
 
     def _advance_group(self, group: str, now_ms: int, out: list[Match]) -> None:
         k = self.keys.get(f"g:{group}")

@@ -19,7 +19,7 @@ last acted on per key and assert it never decreases.
 
 from __future__ import annotations
 
-from collections.abc import Set
+from collections.abc import Iterable, Set
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any, Literal
@@ -126,11 +126,24 @@ class DeviceTracker:
 
         ``bound_of(device)`` gives the bound to use. Devices that never sent a reading are ignored.
         """
+        return self.members_wm(self.sites.get(site, ()), bound_of, now_ms)
+
+    def members_wm(
+        self, devices: Iterable[str], bound_of: Any, now_ms: int, *, hold_unread: bool = False
+    ) -> int | None:
+        """The fleet rule over ``devices``: the minimum device watermark of the active ones (the largest if every
+        one is idle; ``None`` if none has sent a reading). ``bound_of(device)`` gives the bound to use.
+
+        A device that never sent a reading is ignored, except with ``hold_unread``: then one that is active (it
+        said it is online, a status) holds the result (``None``) until its first reading or until it is idle, so
+        that a sleepy board's first flush is not late for the group it belongs to (groups, docs/cep.md)."""
         active: int | None = None
         idle: int | None = None
-        for device in self.sites.get(site, ()):
+        for device in devices:
             wm = self.device_wm(device, bound_of(device))
             if wm is None:
+                if hold_unread and self.is_active(device, now_ms):
+                    return None
                 continue
             if self.is_active(device, now_ms):
                 active = wm if active is None else min(active, wm)

@@ -354,18 +354,7 @@ class Joins:
     # -- the work --------------------------------------------------------------------------------
 
     def _fleet_wm(self, k: _Key, now_ms: int) -> int | None:
-        tracker = self.tracker
-        active: int | None = None
-        idle: int | None = None
-        for d in k.members:
-            wm = tracker.device_wm(d, self._bound(d))
-            if wm is None:
-                continue
-            if tracker.is_active(d, now_ms):
-                active = wm if active is None else min(active, wm)
-            else:
-                idle = wm if idle is None else max(idle, wm)
-        return active if active is not None else idle
+        return self.tracker.members_wm(k.members, self._bound, now_ms)
 
     def _advance_fleet(self, k: _Key, now_ms: int, out: list[Joined]) -> None:
         wm = self._fleet_wm(k, now_ms)
