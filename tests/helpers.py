@@ -18,6 +18,10 @@ import services  # scripts/services.py (tests/conftest.py puts scripts/ on the p
 
 from gateway.app import Gateway
 from gateway.config import Config
+from sim.commands import Prepared
+from sim.inprocess import gateway_config
+from sim.publish import BrokerConfig
+from sim.realtime import replay
 
 T = TypeVar("T")
 
@@ -175,3 +179,29 @@ async def running_gateway(
     finally:
         stop.set()
         await asyncio.wait_for(task, stop_s)
+
+
+async def scenario_through_gateway(
+    prep: Prepared, mosquitto: services.Proc, influx_url: str, influx_db: str, tag: str
+) -> Gateway:
+    """A prepared scenario's deliveries published to the real broker and taken by a gateway writing to InfluxDB
+    1.x at ``influx_url``; returns the stopped gateway once it took every delivery and wrote every point."""
+    cfg = gateway_config(
+        prep.gateway,
+        prep.scenario.prefix,
+        {
+            "mqtt": {"url": f"mqtt://{mosquitto.host}:{mosquitto.port}", "client_id": f"gw-{tag}",
+                     "clean_session": True},
+            "influx": {"target": "v1", "url": influx_url, "database": influx_db, "batch_size": 500},
+        },
+    )  # fmt: skip
+    deliveries = prep.run.deliveries
+    async with running_gateway(cfg) as gw:
+        await replay(deliveries, BrokerConfig(mosquitto.host, mosquitto.port), client_id=f"sim-{tag}")
+        await wait_for(
+            lambda: gw.pipeline.stats.messages + gw.pipeline.stats.ignored >= len(deliveries),
+            "the gateway to take every delivery",
+            120,
+        )
+    assert gw.sink.stats.points_refused == 0 and gw.sink.pending == 0
+    return gw

@@ -9,13 +9,10 @@ import uuid
 from typing import Any
 
 import pytest
-from helpers import influx_query, running_gateway, wait_for
+from helpers import influx_query, scenario_through_gateway
 from services import Proc
 
 from sim.commands import prepare
-from sim.inprocess import gateway_config
-from sim.publish import BrokerConfig
-from sim.realtime import replay
 from sim.scenario import load_scenario
 
 pytestmark = pytest.mark.integration
@@ -29,24 +26,7 @@ async def test_pump_faults_and_relative_values_through_broker_gateway_and_influx
     tag = uuid.uuid4().hex[:8]
     base = load_scenario("pump-group")
     prep = prepare(base.scaled(prefix=f"g{tag}", sites=(f"plant-{tag}",)))
-    cfg = gateway_config(
-        prep.gateway,
-        prep.scenario.prefix,
-        {
-            "mqtt": {"url": f"mqtt://{mosquitto.host}:{mosquitto.port}", "client_id": f"gw-{tag}",
-                     "clean_session": True},
-            "influx": {"target": "v1", "url": influxdb_v1.url, "database": influx_db, "batch_size": 500},
-        },
-    )  # fmt: skip
-    deliveries = prep.run.deliveries
-    async with running_gateway(cfg) as gw:
-        await replay(deliveries, BrokerConfig(mosquitto.host, mosquitto.port), client_id=f"sim-{tag}")
-        await wait_for(
-            lambda: gw.pipeline.stats.messages + gw.pipeline.stats.ignored >= len(deliveries),
-            "the gateway to take every delivery",
-            120,
-        )
-    assert gw.sink.stats.points_refused == 0 and gw.sink.pending == 0
+    await scenario_through_gateway(prep, mosquitto, influxdb_v1.url, influx_db, tag)
 
     alerts = influx_query(influxdb_v1.url, influx_db, 'SELECT * FROM "alert" WHERE "source" = \'pattern\'')
     assert sorted((a["name"], a["key"], a["severity"]) for a in alerts) == [

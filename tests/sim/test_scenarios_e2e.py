@@ -9,14 +9,11 @@ import uuid
 from pathlib import Path
 
 import pytest
-from helpers import running_gateway, wait_for
+from helpers import scenario_through_gateway
 from services import Proc
 
 from sim.cli import main
 from sim.commands import prepare
-from sim.inprocess import gateway_config
-from sim.publish import BrokerConfig
-from sim.realtime import replay
 from sim.scenario import load_scenario, scenario_names
 
 pytestmark = pytest.mark.integration
@@ -33,24 +30,7 @@ async def test_scenario_through_broker_gateway_and_influxdb(
     truth_file = tmp_path / "truth.json"
     truth_file.write_text(json.dumps(prep.truth()))
 
-    cfg = gateway_config(
-        prep.gateway,
-        prep.scenario.prefix,
-        {
-            "mqtt": {"url": f"mqtt://{mosquitto.host}:{mosquitto.port}", "client_id": f"gw-{tag}",
-                     "clean_session": True},
-            "influx": {"target": "v1", "url": influxdb_v1.url, "database": influx_db, "batch_size": 500},
-        },
-    )  # fmt: skip
-    deliveries = prep.run.deliveries
-    async with running_gateway(cfg) as gw:
-        await replay(deliveries, BrokerConfig(mosquitto.host, mosquitto.port), client_id=f"sim-{tag}")
-        await wait_for(
-            lambda: gw.pipeline.stats.messages + gw.pipeline.stats.ignored >= len(deliveries),
-            "the gateway to take every delivery",
-            120,
-        )
-    assert gw.sink.stats.points_refused == 0 and gw.sink.pending == 0
+    gw = await scenario_through_gateway(prep, mosquitto, influxdb_v1.url, influx_db, tag)
     assert gw.pipeline.stats.readings_accepted == len(prep.expected.readings)
     assert gw.pipeline.stats.duplicates == prep.expected.duplicates
 
