@@ -302,9 +302,10 @@ class Gateway:
         return [LogRecord(p, k, t, b, now) for p, (k, t, b, _) in zip(positions, rows, strict=True)]
 
     async def _accept_logged(self, msgs: list[Incoming]) -> list[LogRecord]:
-        """:meth:`_accept` once no checkpoint is writing (the state file's ``write_gate``): the loop goes on
-        meanwhile, and the messages are acknowledged only once their own commit is done."""
-        async with self.store.write_gate:
+        """:meth:`_accept` once the log is not being cut (the log file's ``log_gate``, held for a few milliseconds
+        at most): the loop goes on meanwhile, and the messages are acknowledged only once their own commit is done.
+        A checkpoint's transaction (on the state file) does not hold it up."""
+        async with self.store.log_gate:
             return self._accept(msgs)
 
     async def _process(self, records: list[LogRecord]) -> None:
@@ -370,7 +371,7 @@ class Gateway:
                     return
                 self._caught_up.clear()
                 await self._caught_up.wait()
-            async with self.store.write_gate:  # not while a checkpoint writes
+            async with self.store.log_gate:  # not while the log is being cut
                 if self.pos < self.store.last_pos:
                     continue  # messages were logged while it waited: they are taken first
                 now = self.now_ms()
@@ -394,13 +395,16 @@ class Gateway:
         or a message whose reach is not known beforehand, takes every key left), so each key is taken as it was at
         the checkpoint's position. The rows are encoded, compared with the stored rows' digests and compressed in
         a worker thread; so is the SQLite transaction, on the checkpoint's own connection, while the loop goes on:
-        it holds the state file's ``write_gate``, so messages wait for its commit to be logged (and acknowledged),
-        without the loop waiting (``StateStore.checkpoint_async``, ``SpoolingSink.spill_async``).
+        it holds the state file's ``write_gate`` (the sink's spool writes wait for its commit, without the loop
+        waiting: ``StateStore.checkpoint_async``, ``SpoolingSink.spill_async``), while messages go on being
+        logged, and so acknowledged, in the log file. Once it is committed, the log rows up to its position are
+        dropped (``StateStore.trim_async``); a crash before that leaves rows the replay skips (it starts after the
+        checkpoint's position) and the next start drops.
 
-        Two phases: the sink's lines leave memory only after the transaction that spools them (and truncates
-        the log) is committed. The lines spooled are all that are in memory then, the checkpoint's and those of
-        inputs taken after its position, which the log still holds: a replay gives the same points again, which
-        overwrite themselves. If the transaction fails - a locked database, a full disk, anything - it raises,
+        Two phases: the sink's lines leave memory only after the transaction that spools them is committed. The
+        lines spooled are all that are in memory then, the checkpoint's and those of inputs taken after its
+        position, which the log still holds: a replay gives the same points again, which overwrite themselves.
+        If the transaction fails - a locked database, a full disk, anything - it raises,
         the lines are still in memory, the log still holds everything after the previous checkpoint, and the keys
         taken count as changed again.
         """
@@ -459,6 +463,13 @@ class Gateway:
             commit_s = time.perf_counter() - t
             self._row_digests = digests  # only once committed: a failed checkpoint changed no row
             committed = True
+            try:
+                await self.store.trim_async(pos)
+            except Exception:  # a full disk: the rows stay, the replay skips them, the next checkpoint drops them
+                log.warning(
+                    "could not drop the log rows the checkpoint covers; the next checkpoint does",
+                    exc_info=True, extra={"event": "log_trim_error"},
+                )  # fmt: skip
             self.last_checkpoint = {
                 "keys": len(keys), "slices": cap.slices, "rows_written": len(delta.put),
                 "rows_deleted": len(delta.delete), "loop_s": on_loop, "commit_s": commit_s,

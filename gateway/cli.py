@@ -25,7 +25,7 @@ from .protocol import METRIC_RE
 from .record import RecordError, count_records
 from .replay import replay
 from .salvage import recover_state
-from .state import HOLDS, StateFileError, file_error
+from .state import HOLDS, LOG_HOLDS, StateFileError, file_error
 from .top import run_top
 
 __all__ = ["build_parser", "main"]
@@ -343,8 +343,9 @@ def _state_failure(exc: StateError, config: Path | None) -> int:
     lines = [str(exc)]
     if isinstance(exc, StateFileError) and exc.damaged:
         where = f" --config {config}" if config is not None else ""
+        holds = LOG_HOLDS if exc.path.name.endswith("-log") else HOLDS
         lines.append(
-            f"it holds {HOLDS}. The gateway does not start on a damaged state file: '{PROG} recover{where}' "
+            f"it holds {holds}. The gateway does not start on a damaged state file: '{PROG} recover{where}' "
             "salvages what is readable into a fresh file, keeps this one aside and says what is lost "
             "(docs/reliability.md, 'Damaged state file')."
         )
