@@ -64,12 +64,17 @@ __all__ = ["CollectorPacing", "Gateway", "StateError", "state_path", "time_reply
 
 log = logging.getLogger("gateway")
 
-STATE_VERSION = 3
-"""3: the admitted devices, their metric names and the anomaly detectors in the per-key rows too; 2: the
+STATE_VERSION = 4
+"""4: the ingest log in a file of its own beside the state file (``gateway.state.log_path``): a gateway of version
+3 would not read it and would lose the messages logged there, so it refuses the checkpoint; the rows are those
+of 3. 3: the admitted devices, their metric names and the anomaly detectors in the per-key rows too; 2: the
 checkpoint in per-key rows (``gateway.ckpt_rows``); a gateway of an older version refuses a newer one (it would
 read only part of it). Versions 1 (the whole state in one value) and 2 are still restored (the first checkpoint
 after them writes every row)."""
-READ_VERSIONS = (1, 2, STATE_VERSION)
+ROW_VERSIONS = (3, STATE_VERSION)
+"""Versions whose per-key rows are those this version writes: the first checkpoint after them writes only what
+changed."""
+READ_VERSIONS = (1, 2, *ROW_VERSIONS)
 
 CAPTURE_SLICE = 32
 """Keys a checkpoint snapshots at a time on the event loop before it lets other work run."""
@@ -556,7 +561,7 @@ class Gateway:
             self.pos = self.recovered_from = ck.pos
             # the rows stored hold what the state holds; after an older layout (no rows, or fewer parts in them)
             # the next checkpoint rewrites every row
-            self._row_digests = (ck.row_digests or None) if ck.state.get("version") == STATE_VERSION else None
+            self._row_digests = (ck.row_digests or None) if ck.state.get("version") in ROW_VERSIONS else None
             self.pipeline.dirty.clear()
         try:
             for rec in self.store.tail(self.pos):

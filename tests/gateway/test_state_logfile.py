@@ -4,13 +4,26 @@ a state file of the layout before (the log inside it) opens and keeps every logg
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.state import _SCHEMA, APPLICATION_ID, KIND_MESSAGE, KIND_TICK, StateFileError, StateStore, log_path
+from gateway.app import STATE_VERSION, Gateway
+from gateway.config import parse_config
+from gateway.state import (
+    _SCHEMA,
+    APPLICATION_ID,
+    KIND_MESSAGE,
+    KIND_TICK,
+    StateFileError,
+    StateStore,
+    compress_checkpoint,
+    decode_checkpoint,
+    log_path,
+)
 
 T0 = 1_764_072_000_000
 
@@ -141,3 +154,77 @@ def test_a_log_file_of_another_state_file_is_refused(tmp_path: Path) -> None:
         assert exc.path == log_path(b) and "belongs to another state file" in str(exc) and exc.lasting
     else:
         raise AssertionError("a log file of another state file was opened")
+
+
+def _gateway(state_dir: Path) -> Gateway:
+    doc = {
+        "mqtt": {"prefix": "lf", "client_id": "gw-lf"},
+        "influx": {"target": "v1", "url": "http://127.0.0.1:9", "database": "db"},  # never written to here
+        "state": {"dir": str(state_dir)},
+        "windows": [{"name": "t1m", "kind": "tumbling", "size": "1m", "metrics": ["x"]}],
+        "anomaly": {"metrics": ["x"]},
+    }
+    return Gateway(parse_config(doc, env={}), now_ms=lambda: T0 + 3_600_000)
+
+
+def _message(i: int) -> tuple[str, bytes, bool]:
+    rows = [{"b": 1, "s": i * 10 + j, "t": T0 + (i * 10 + j) * 1000, "q": "s", "m": {"x": j}} for j in range(10)]
+    return f"lf/site/d{i % 3}/readings", json.dumps({"v": 1, "dev": f"d{i % 3}", "r": rows}).encode(), False
+
+
+def _to_layout_before(path: Path) -> int:
+    """Rewrite the pair at ``path`` as the gateway before wrote it: the log rows into the state file, the checkpoint
+    marked version 3 (its rows are the same), no log file. Returns the log's sequence."""
+    with sqlite3.connect(log_path(path)) as log_db:
+        rows = log_db.execute("SELECT pos, kind, topic, payload, received_ms FROM log ORDER BY pos").fetchall()
+        seq = log_db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'log'").fetchone()[0]
+    log_db.close()
+    assert len(rows) == 5
+    db = sqlite3.connect(path, isolation_level=None)
+    db.executemany("INSERT INTO log (pos, kind, topic, payload, received_ms) VALUES (?, ?, ?, ?, ?)", rows)
+    db.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'log'", (seq,))
+    (blob,) = db.execute("SELECT state FROM checkpoint").fetchone()
+    state = decode_checkpoint(blob)
+    assert state["version"] == STATE_VERSION == 4
+    state["version"] = 3
+    db.execute("UPDATE checkpoint SET state = ?", (compress_checkpoint(json.dumps(state)),))
+    db.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{log_path(path)}{suffix}").unlink(missing_ok=True)
+    return int(seq)
+
+
+async def test_a_gateway_starts_on_a_state_directory_of_the_layout_before(tmp_path: Path) -> None:
+    """A state directory as the gateway before wrote it (a version-3 checkpoint, the log inside the state file,
+    no log file): the gateway restores it and replays the messages logged after the checkpoint, once, to exactly
+    the state of the same messages taken in one go; the log has moved to the log file and new checkpoints are
+    version 4."""
+    reference = _gateway(tmp_path / "reference")
+    try:
+        await reference._process(reference._accept([_message(i) for i in range(10)]))
+        want = reference.pipeline.snapshot()
+    finally:
+        reference.store.close()
+    gw = _gateway(tmp_path / "state")
+    path = gw.store.path
+    try:
+        await gw._process(gw._accept([_message(i) for i in range(5)]))
+        await gw.checkpoint()
+        gw._accept([_message(i) for i in range(5, 10)])  # logged and acknowledged, not taken yet
+    finally:
+        gw.store.close()
+    seq = _to_layout_before(path)
+
+    again = _gateway(tmp_path / "state")
+    try:
+        assert again.store.db.execute("SELECT COUNT(*) FROM log").fetchone() == (0,)
+        await again.recover()
+        assert again.replayed == 5 and again.pipeline.snapshot() == want
+        assert again._row_digests, "the rows of a version-3 checkpoint are this version's: kept, not rewritten"
+        await again.checkpoint()
+        ck = again.store.load_checkpoint()
+        assert ck is not None and ck.state["version"] == 4 and list(again.store.tail(ck.pos)) == []
+        (pos,) = again.store.append([(KIND_TICK, "", b"", T0)])
+        assert pos == seq + 1
+    finally:
+        again.store.close()
