@@ -25,7 +25,7 @@ from .protocol import METRIC_RE
 from .record import RecordError, count_records
 from .replay import replay
 from .salvage import recover_state
-from .state import HOLDS, LOG_HOLDS, StateFileError, file_error
+from .state import HOLDS, LOG_HOLDS, StateFileError, file_error, log_path
 from .top import run_top
 
 __all__ = ["build_parser", "main"]
@@ -59,7 +59,8 @@ def _describe(cfg: Config) -> str:
             *_describe_groups(cfg),
             _describe_anomaly(cfg),
             *_describe_notify(cfg),
-            f"state:     {state_path(cfg)} (ingest log, checkpoint every {cfg.state.checkpoint_interval_s:g} s, "
+            f"state:     {state_path(cfg)} and its ingest log {log_path(state_path(cfg)).name} (checkpoint every "
+            f"{cfg.state.checkpoint_interval_s:g} s, "
             f"spool up to {cfg.state.spool_max_bytes / 2**20:g} MiB), sync {cfg.state.sync}",
             "metrics:   "
             + (

@@ -1,12 +1,18 @@
-"""The gateway's durable state: one SQLite file with the ingest log, the checkpoint and the sink spool.
+"""The gateway's durable state: two SQLite files, the state file (the checkpoint and the sink spool) and beside it
+the log file ``<state file>-log`` (the ingest log). SQLite takes one writer per file: with the log in a file of
+its own, messages are logged (and acknowledged) while a checkpoint's transaction writes the state file.
 
-- ``log``: every accepted MQTT message (topic, payload, arrival time) and every engine tick, appended and
-  committed *before* the message is acknowledged to the broker. Positions grow monotonically.
+- ``log`` (the log file): every accepted MQTT message (topic, payload, arrival time) and every engine tick,
+  appended and committed *before* the message is acknowledged to the broker. Positions grow monotonically, and
+  always past the checkpoint's. The log file carries the state file's id (``user_version``): a log file of
+  another state file is refused. A state file of the layout before has the log in its own ``log`` table: its
+  rows move to the log file at open (the same positions; the move is repeated, not doubled, after a crash).
 - ``checkpoint``: one row, the pipeline state (dedup, engine, dead-letter counter, stats) and the log
   position it includes. The state is compact JSON compressed with zlib (a BLOB; a checkpoint written before,
   JSON text, is still read). Written in the same transaction that moves the sink's unwritten lines into the
-  spool and deletes the log up to that position, so after a crash the state, the spool and the log tail
-  always agree.
+  spool, so after a crash the state and the spool always agree; the log rows up to its position are deleted
+  only after that commit (a crash in between leaves rows the replay skips, as it starts after the checkpoint's
+  position, and the next open deletes).
 - ``ckpt_row``: the checkpoint's per-key rows (``gateway.ckpt_rows``): when the checkpoint's state says
   ``"rows": 1`` it is the global part, and the per-key maps are in these rows, one compressed JSON text per key
   plus the order row. A checkpoint rewrites only the rows that changed and deletes those of keys gone, in the
@@ -24,10 +30,11 @@ commits. ``sync = "full"`` (``synchronous=FULL``) fsyncs the WAL at each commit 
 too, at the price of one fsync per acknowledged batch of messages.
 
 All calls are synchronous and short (one transaction each). The gateway calls them from its event loop, except
-the checkpoint's transaction and the WAL's truncation (:meth:`StateStore.checkpoint_async`,
-:meth:`StateStore.compact_async`): they run in a worker thread on a second connection, holding
-:attr:`StateStore.write_gate`, which every other write from the loop takes too (``append_async``), so the loop
-never waits on SQLite's lock while the checkpoint writes.
+the checkpoint's transaction, the log's cutting and the WALs' truncation (:meth:`StateStore.checkpoint_async`,
+:meth:`StateStore.trim_async`, :meth:`StateStore.compact_async`): they run in a worker thread on second
+connections, holding the file's gate (:attr:`StateStore.write_gate` for the state file, which the spool's
+writes from the loop take too; :attr:`StateStore.log_gate` for the log file, which the appends take), so the loop
+never waits on SQLite's lock.
 """
 
 from __future__ import annotations
