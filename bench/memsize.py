@@ -1,24 +1,17 @@
-"""Bytes an object graph holds, as the engine benchmarks measure state (standard library only, so a benchmark
-that measures another checkout can import it before that checkout's gateway)."""
+"""``deep_size``: the bytes an object graph holds (``gateway/memsize.py`` of this checkout, loaded by its path, so a
+benchmark that measures another checkout can import it before that checkout's gateway)."""
 
 from __future__ import annotations
 
-import gc
-import sys
-import types
+import importlib.util
+from pathlib import Path
 
+_spec = importlib.util.spec_from_file_location(
+    "_edgekit_memsize", Path(__file__).resolve().parent.parent / "gateway" / "memsize.py"
+)
+assert _spec is not None and _spec.loader is not None
+_module = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_module)
+deep_size = _module.deep_size
 
-def deep_size(root: object) -> int:
-    """Bytes held by ``root`` and everything it references (classes, modules and functions excluded)."""
-    skip = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType)
-    seen: set[int] = set()
-    stack = [root]
-    total = 0
-    while stack:
-        o = stack.pop()
-        if id(o) in seen or isinstance(o, skip):
-            continue
-        seen.add(id(o))
-        total += sys.getsizeof(o)
-        stack.extend(gc.get_referents(o))
-    return total
+__all__ = ["deep_size"]

@@ -26,8 +26,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .bridge import N_PER_POS, FileForwarder, KafkaForwarder, bridge_pipeline_config, message_records
 from .ckpt_rows import ORDER, dumps_row, key_names, split_order, split_rows
-from .config import Config, redact_url
+from .config import Config, load_config, redact_url
 from .errors import ConfigError, StateError
 from .homeassistant import Discovery
 from .ingest import (
@@ -43,12 +44,23 @@ from .live import LiveView
 from .notify import Notifier
 from .pipeline import Handled, Pipeline
 from .record import Recorder
+from .reload import (
+    ReloadPlan,
+    plan_reload,
+    read_payload,
+    reload_payload,
+    reloaded_pipeline,
+    restart_only,
+    state_sections,
+    with_sections,
+)
 from .sinks import make_writer
 from .spool import OTHER, RAW, SpoolingSink
 from .state import (
     CHECKPOINT_LEVEL,
     KIND_MESSAGE,
     KIND_OVERSIZE,
+    KIND_RELOAD,
     KIND_TICK,
     LogRecord,
     RowDelta,
@@ -60,7 +72,7 @@ from .state import (
     row_digest,
 )
 
-__all__ = ["CollectorPacing", "Gateway", "StateError", "state_path", "time_reply", "wall_clock_ms"]
+__all__ = ["CollectorPacing", "Gateway", "ReloadResult", "StateError", "state_path", "time_reply", "wall_clock_ms"]
 
 log = logging.getLogger("gateway")
 
@@ -157,6 +169,20 @@ def _fingerprint(config: Config) -> str:
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
+class ReloadResult:
+    """What a reload did: ``ok`` (applied) or not, with the message a person reads and the plan's details."""
+
+    __slots__ = ("details", "message", "ok")
+
+    def __init__(self, ok: bool, message: str, details: dict[str, Any] | None = None) -> None:
+        self.ok = ok
+        self.message = message
+        self.details = details or {}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "message": self.message, **self.details}
+
+
 def time_reply(now_ms: int) -> bytes:
     """The gateway's answer on ``<prefix>/<site>/<device>/cmd`` to a board's ``online`` status: its clock
     (docs/protocol.md, "Time from the gateway")."""
@@ -212,12 +238,26 @@ class Gateway:
         stats_file: Path | None = None,
         stats_interval_s: float = 1.0,
         record: Path | None = None,
+        config_path: Path | None = None,
     ) -> None:
         from .metrics import GatewayMetrics
 
         self.config = config
+        self.config_path = config_path
+        """The file a reload reads again (None: only the environment and defaults, as at start)."""
         self.now_ms = now_ms
-        self.pipeline = Pipeline(config)
+        self.bridge: FileForwarder | None = None
+        """``[bridge]``: the accepted readings to the Flink job's files (docs/scale-out.md); the windows, patterns
+        and anomaly rules run there, not here."""
+        self.kafka: KafkaForwarder | None = None
+        if config.bridge.enabled:
+            b = config.bridge
+            self.bridge = FileForwarder(
+                Path(b.dir), b.roll_bytes, int(b.roll_interval_s * 1000), sync=config.state.sync == "full"
+            )
+            if b.to == "kafka":
+                self.kafka = KafkaForwarder(b, Path(b.dir), config.mqtt.client_id)
+        self.pipeline = Pipeline(bridge_pipeline_config(config) if self.bridge is not None else config)
         self.store = StateStore(state_path(config), sync=config.state.sync)
         self.metrics = GatewayMetrics(self)
         self.sink = SpoolingSink(
@@ -246,7 +286,22 @@ class Gateway:
         self.recovered_from = 0
         self.replayed = 0
         self.checkpoints = 0
-        self.fingerprint = _fingerprint(config)
+        self.fingerprint = _fingerprint(self.pipeline.config) + ("-bridge" if self.bridge is not None else "")
+        """The fingerprint of the configuration the pipeline's state belongs to (a reload changes it)."""
+        self.reloads = 0
+        self.reload_failures = 0
+        """Reloads refused (an invalid file, a setting that needs a restart, a failure while applying)."""
+        self.restarted: dict[str, int] = {"window": 0, "pattern": 0, "detectors": 0}
+        """Operators a reload restarted because their definition (or the engine-wide settings) changed."""
+        self.last_reload: dict[str, Any] = {}
+        self._reloading = asyncio.Lock()
+        self._input_open = asyncio.Event()
+        """Cleared while a reload builds its pipeline: the pipeline takes no input meanwhile (inputs are logged)."""
+        self._input_open.set()
+        self._notify_stop = asyncio.Event()
+        self._notify_task: asyncio.Task[None] | None = None
+        self._full_next = False
+        """Set by a reload: the next checkpoint writes every row (the keys' rows have another layout)."""
         self.recent: deque[bytes] = deque(maxlen=max(1000, 4 * (config.mqtt.max_inflight + config.state.ingest_batch)))
         """Digests of the last logged messages: a re-sent (DUP) message found here was logged already."""
         self.redelivered = 0
@@ -324,8 +379,8 @@ class Gateway:
                 held = time.perf_counter()
         if (
             self.store.log_rows >= self.config.state.checkpoint_max_log_rows
-            and time.monotonic() >= self._retry_checkpoint
-        ):
+            or (self.bridge is not None and self.bridge.size >= self.bridge.roll_bytes)
+        ) and time.monotonic() >= self._retry_checkpoint:
             try:
                 await self.checkpoint()
             except Exception:  # a full disk, a lock: everything stays where it was; the tick's checkpoint tries again
@@ -334,13 +389,23 @@ class Gateway:
 
     async def _apply(self, rec: LogRecord) -> bool:
         """Take one logged input; whether it gave messages to publish."""
+        if not self._input_open.is_set():  # a reload is building the pipeline that takes this input
+            await self._input_open.wait()
         cap = self._capture
         if cap is not None:  # a checkpoint is taking keys: those this input may change are taken first
             if rec.kind == KIND_MESSAGE:
                 cap.before(self.pipeline.reach(rec.topic))
             elif rec.kind == KIND_TICK:
                 cap.before(self.pipeline.tick_reach(rec.received_ms))
+            elif rec.kind == KIND_RELOAD:
+                cap.before(None)  # the checkpoint takes the old pipeline's keys; the new one replaces it
             # an oversize message changes only counters (the global part, taken already)
+        if rec.kind == KIND_RELOAD:  # in a replay: a live reload takes its record in reload()
+            self._replay_reload(rec)
+            self.pos = rec.pos
+            if self.pos >= self.store.last_pos:
+                self._caught_up.set()
+            return False
         if rec.kind == KIND_TICK:
             out = self.pipeline.tick(rec.received_ms)
         elif rec.kind == KIND_OVERSIZE:
@@ -350,6 +415,12 @@ class Gateway:
         else:
             out = self.pipeline.handle(rec.topic, rec.payload, rec.received_ms)
             self.metrics.messages_in += 1
+            if self.bridge is not None and out.readings:  # before the position moves: a checkpoint sees both agree
+                eng = self.pipeline.config.engine
+                lines = message_records(
+                    out.readings, rec.pos, rec.received_ms, min_time_ms=eng.min_time_ms, max_future_ms=eng.max_future_ms
+                )
+                self.bridge.append(lines, rec.pos * N_PER_POS, self.now_ms())
         self.pos = rec.pos  # before any await: a checkpoint in between sees state and position agree
         if self.pos >= self.store.last_pos:
             self._caught_up.set()
@@ -384,6 +455,177 @@ class Gateway:
             break
         # taken at once (no await before the pipeline has it): nothing is logged in between
         await self._apply(LogRecord(pos, KIND_TICK, "", b"", now))
+
+    # ------------------------------------------------------------------------------------- reload
+
+    async def reload(self) -> ReloadResult:
+        """Read the configuration file again and apply it (``edgekit-gateway reload``, SIGHUP; docs/semantics.md,
+        "Changing rules while running"). An invalid file, or one that changes a setting a reload cannot apply,
+        changes nothing and says why."""
+        async with self._reloading:
+            try:
+                result = await self._reload()
+            except Exception as exc:  # a failure while building the new pipeline: the old one goes on
+                log.exception("reload failed", extra={"event": "reload_error"})
+                result = ReloadResult(False, f"reload failed ({type(exc).__name__}: {exc}); nothing was changed")
+        if result.ok:
+            self.reloads += 1
+            log.info("reload: %s", result.message, extra={"event": "reload", **result.details})
+        else:
+            self.reload_failures += 1
+            log.error("reload refused: %s", result.message, extra={"event": "reload_refused", **result.details})
+        self.last_reload = {"at_ms": self.now_ms(), **result.as_dict()}
+        return result
+
+    async def _reload_http(self) -> tuple[bool, dict[str, Any]]:
+        result = await self.reload()
+        return result.ok, result.as_dict()
+
+    async def _reload(self) -> ReloadResult:
+        if not self.started.is_set() or self._stopping:
+            return ReloadResult(False, "the gateway is starting (replaying its log) or stopping; nothing was changed")
+        if self.bridge is not None:
+            return ReloadResult(
+                False,
+                "with [bridge] the windows run in the Flink job (docs/scale-out.md): restart the gateway and "
+                "the job to change the rules; nothing was changed",
+            )
+        where = str(self.config_path) if self.config_path is not None else "the environment"
+        try:
+            new = await asyncio.to_thread(load_config, self.config_path)
+        except ConfigError as exc:
+            return ReloadResult(False, f"configuration error: {exc}; nothing was changed ({where})")
+        fixed = restart_only(self.config, new)
+        if fixed:
+            return ReloadResult(
+                False,
+                f"{', '.join(fixed)} changed, which a reload cannot apply: restart the gateway for that "
+                "(docs/semantics.md, 'Changing rules while running'); nothing was changed",
+                {"restart_only": fixed},
+            )
+        plan = plan_reload(self.config, new)
+        fingerprint, previous = _fingerprint(new), self.fingerprint
+        payload = reload_payload(fingerprint, previous, state_sections(new), plan)
+        # like a tick: once every logged input is taken, so that the new configuration takes over at one position;
+        # the record right after the last input taken; the inputs logged after it wait for the new pipeline, which
+        # is built in a worker thread meanwhile (the old one does not change: no input is taken), while the event
+        # loop goes on logging and acknowledging messages, answering /metrics and keeping the broker's connection
+        while True:
+            while self.pos < self.store.last_pos:
+                if self._stopping:
+                    return ReloadResult(False, "the gateway is stopping; nothing was changed")
+                self._caught_up.clear()
+                await self._caught_up.wait()
+            async with self.store.log_gate:  # not while the log is being cut
+                if self.pos < self.store.last_pos:
+                    continue  # messages were logged while it waited: they are taken first
+                (pos,) = self.store.append([(KIND_RELOAD, "", payload, self.now_ms())])
+                self._input_open.clear()
+            break
+        # as in a checkpoint: the copies' new containers would set off collections of the whole heap, which hold the
+        # GIL from the event loop for hundreds of milliseconds (bench/bench_reload.py)
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            pipeline = await asyncio.to_thread(self._build, new, plan) if plan.changes_state else None
+        except BaseException:
+            # the record must not make a restart take the configuration it did not take: it now names the running one
+            back = reload_payload(previous, previous, state_sections(self.pipeline.config), plan_reload(new, new))
+            async with self.store.log_gate:
+                self.store.replace_payload(pos, back)
+            self._input_open.set()
+            raise
+        finally:
+            if was_enabled:
+                gc.enable()
+        if self._capture is not None:  # a checkpoint under way takes the old pipeline's keys
+            self._capture.before(None)
+        if pipeline is not None:
+            self._switch(pipeline)
+        self.pos = pos
+        if self.pos >= self.store.last_pos:
+            self._caught_up.set()
+        self._input_open.set()
+        self.config = new
+        self.fingerprint = fingerprint
+        if self.notifier is not None or new.notify:
+            self._renotify(new)
+        for what, n in (("window", plan.windows), ("pattern", plan.patterns), ("detectors", plan.anomaly)):
+            self.restarted[what] += len(n.restarted)
+        for what, why in plan.reasons.items():
+            if not what.startswith("notify"):
+                log.warning(
+                    "%s restarted: %s; it starts empty",
+                    what,
+                    why,
+                    extra={"event": "restarted", "what": what, "why": why},
+                )
+        try:  # the new configuration's state at once; failed, the log's reload record is replayed after a restart
+            await self.checkpoint()
+        except Exception:
+            log.exception(
+                "the checkpoint after a reload failed; trying again later", extra={"event": "checkpoint_error"}
+            )
+        return ReloadResult(
+            True,
+            f"applied {where} (configuration {fingerprint}, was {previous}): " + "; ".join(plan.lines()),
+            {"fingerprint": fingerprint, "log_pos": pos, **plan.as_dict()},
+        )
+
+    def _build(self, config: Config, plan: ReloadPlan) -> Pipeline:
+        """In a worker thread, while no input is taken: the pipeline of ``config`` with the kept operators' state."""
+        engine = self.pipeline.engine
+        engine.snapshot_pause = _let_others_run  # compiled, the snapshot would hold the GIL from the event loop
+        try:
+            return reloaded_pipeline(self.pipeline, config, plan)
+        finally:
+            engine.snapshot_pause = None
+
+    def _replay_reload(self, rec: LogRecord) -> None:
+        """A reload record in the log's replay: the pipeline of the configuration it names carries on."""
+        fingerprint, sections = read_payload(rec.payload)
+        try:
+            config = with_sections(self.config, sections)
+        except ConfigError as exc:
+            raise StateError(
+                f"state file {self.store.path}: the reload at log position {rec.pos} names a configuration that no "
+                f"longer parses ({exc}); move the file away to start afresh"
+            ) from exc
+        if _fingerprint(config) != fingerprint:
+            raise StateError(
+                f"state file {self.store.path}: the reload at log position {rec.pos} was to configuration "
+                f"{fingerprint}, made again it is {_fingerprint(config)} (another mqtt.prefix?); run with the "
+                "configuration that wrote it, or move the file away to start afresh"
+            )
+        plan = plan_reload(self.pipeline.config, config)
+        if plan.changes_state:
+            self._switch(reloaded_pipeline(self.pipeline, config, plan))
+        self.fingerprint = fingerprint
+        log.info(
+            "replayed a reload: configuration %s from log position %d",
+            fingerprint,
+            rec.pos,
+            extra={"event": "reload_replayed", "fingerprint": fingerprint, "log_pos": rec.pos},
+        )
+
+    def _switch(self, pipeline: Pipeline) -> None:
+        """``pipeline`` (of a reloaded configuration) takes the inputs from now on."""
+        self.pipeline = pipeline
+        self.live.engine = pipeline.engine
+        self._full_next = True  # its keys' rows differ from the stored ones (windows, patterns gone or new)
+        if self.discovery is not None:  # alert rules: each announced when it first raises
+            self.discovery.patterns = pipeline.config.patterns
+            self.discovery.anomaly = pipeline.config.anomaly
+
+    def _renotify(self, config: Config) -> None:
+        """``[[notify]]`` after a reload: unchanged targets keep their incidents and queues; new ones start afresh."""
+        both = any(p.on == "both" for p in config.patterns) or config.anomaly.on == "both"
+        if self.notifier is None:
+            self.notifier = Notifier(config.notify, self.now_ms, retractions=both)
+            self._notify_task = asyncio.create_task(self.notifier.run(self._notify_stop), name="notify")
+        else:
+            self.notifier.reconfigure(config.notify)
+            self.notifier.retractions = both
 
     # --------------------------------------------------------------------------- checkpoint/recovery
 
@@ -438,10 +680,13 @@ class Gateway:
             state: dict[str, Any] = {
                 "version": STATE_VERSION,
                 "fingerprint": self.fingerprint,
+                "config": state_sections(pipeline.config),  # a restart after a reload restores with these
                 "pipeline": pipeline.snapshot(order=True),
                 "outbox": [[t, base64.b64encode(p).decode()] for t, p in self.outbox.queue],
                 "recent": [d.hex() for d in self.recent],
             }
+            if self.bridge is not None:  # the first phase: the lines so far handed over, a file due complete
+                state["bridge"] = self.bridge.prepare(self.now_ms(), roll=self._stopping)
             if self.discovery is not None:  # [homeassistant]: the device states and what is waiting to be sent
                 state["homeassistant"] = self.discovery.snapshot()
                 state["retained"] = [[t, base64.b64encode(p).decode()] for t, p in self.outbox.retained.items()]
@@ -449,7 +694,8 @@ class Gateway:
             glob["rows"] = 1
             keys = set(pipeline.dirty)
             pipeline.dirty.clear()
-            full = self._row_digests is None
+            full = self._row_digests is None or self._full_next
+            self._full_next = False
             if full:
                 keys |= key_names(order)
             cap = self._capture = _Capture(pipeline, keys)
@@ -468,6 +714,8 @@ class Gateway:
             commit_s = time.perf_counter() - t
             self._row_digests = digests  # only once committed: a failed checkpoint changed no row
             committed = True
+            if self.bridge is not None:  # the second phase: the complete files into the job's sight
+                self.bridge.commit()
             try:
                 await self.store.trim_async(pos)
             except Exception:  # a full disk: the rows stay, the replay skips them, the next checkpoint drops them
@@ -537,12 +785,20 @@ class Gateway:
         path = self.store.path
         ck = self.store.load_checkpoint()
         if ck is not None:
-            if ck.state.get("version") not in READ_VERSIONS or ck.state.get("fingerprint") != self.fingerprint:
+            written = ck.state.get("fingerprint")
+            # a reload logged after the checkpoint: the state goes on with its configuration, which must be this one
+            reload = self.store.last_of_kind(ck.pos, KIND_RELOAD)
+            final = read_payload(reload.payload)[0] if reload is not None else written
+            if ck.state.get("version") not in READ_VERSIONS or final != self.fingerprint:
                 raise StateError(
                     f"state file {path}: the checkpoint was written with other windows, watermarks or prefix "
-                    f"(fingerprint {ck.state.get('fingerprint')!r}, now {self.fingerprint!r}); run with the "
-                    "configuration that wrote it, or move the file away to start afresh"
+                    f"(fingerprint {final!r}"
+                    + (f", after a reload at log position {reload.pos}" if reload is not None else "")
+                    + f", now {self.fingerprint!r}); run with the configuration that wrote it, or move the file "
+                    "away to start afresh"
                 )
+            if written != self.fingerprint:  # written before that reload: restored with the configuration it names
+                self._before_reload(ck.state.get("config"), written)
             try:
                 self.pipeline.restore(ck.state["pipeline"])
                 outbox = [(topic, base64.b64decode(payload)) for topic, payload in ck.state.get("outbox", [])]
@@ -563,6 +819,8 @@ class Gateway:
             # the next checkpoint rewrites every row
             self._row_digests = (ck.row_digests or None) if ck.state.get("version") in ROW_VERSIONS else None
             self.pipeline.dirty.clear()
+        if self.bridge is not None:
+            self.bridge.recover(ck.state.get("bridge") if ck is not None else None, self.now_ms())
         try:
             for rec in self.store.tail(self.pos):
                 if self._stopping:  # stopped during the replay: the next start goes on from the checkpoint
@@ -579,6 +837,23 @@ class Gateway:
                 extra={"event": "recovered", "checkpoint_pos": self.recovered_from, "replayed": self.replayed,
                        "spool_lines": self.store.spool_lines},
             )  # fmt: skip
+
+    def _before_reload(self, sections: object, fingerprint: object) -> None:
+        """At recovery: the pipeline of the configuration a checkpoint was written with (``sections``, what
+        :func:`~gateway.reload.state_sections` gave), which a reload in the log's tail replaced."""
+        config = None
+        if isinstance(sections, dict):
+            try:
+                config = with_sections(self.config, sections)
+            except ConfigError:
+                config = None
+        if config is None or _fingerprint(config) != fingerprint:
+            raise StateError(
+                f"state file {self.store.path}: the checkpoint (configuration {fingerprint!r}) comes before a reload "
+                "and does not say its configuration; move the file away to start afresh"
+            )
+        self._switch(Pipeline(config))
+        self.fingerprint = str(fingerprint)
 
     def _begin_stop(self) -> None:
         """A clean stop: take no more input and let whatever waits for InfluxDB (a full spool) go on."""
@@ -624,6 +899,7 @@ class Gateway:
                     else {}
                 ),
             },
+            **self._bridge_stats(),
             **({"live": self.live.as_dict(self.now_ms())} if live else {}),  # deploy
             **({"notify": self.notifier.stats()} if self.notifier is not None else {}),
             "state": {
@@ -634,9 +910,25 @@ class Gateway:
                 "recovered_from": self.recovered_from,
                 "replayed": self.replayed,
                 "redelivered": self.redelivered,
+                "fingerprint": self.fingerprint,
+                "reloads": self.reloads,
+                "reloads_refused": self.reload_failures,
             },
+            **({"last_reload": self.last_reload} if self.last_reload else {}),
         }
         return stats
+
+    def _bridge_stats(self) -> dict[str, object]:
+        if self.bridge is None:
+            return {}
+        b: dict[str, object] = {
+            "lines": self.bridge.lines,
+            "files": self.bridge.files,
+            "in_progress_bytes": self.bridge.size,
+        }
+        if self.kafka is not None:
+            b.update(kafka_sent=self.kafka.sent, kafka_files=self.kafka.files, kafka_failures=self.kafka.failures)
+        return {"bridge": b}
 
     def _write_stats(self, stats: dict[str, object] | None = None) -> None:
         if self.stats_file is None:
@@ -723,15 +1015,18 @@ class Gateway:
             extra={"event": "start", "influx": cfg.influx.target, "influx_url": redact_url(cfg.influx.url),
                    "broker": f"{cfg.mqtt.host}:{cfg.mqtt.port}", "state": str(self.store.path)},
         )  # fmt: skip
-        server = await self.metrics.serve(cfg.metrics.host, cfg.metrics.port) if cfg.metrics.port else None
+        server = (
+            await self.metrics.serve(cfg.metrics.host, cfg.metrics.port, self._reload_http)
+            if cfg.metrics.port
+            else None
+        )
         # a stop is seen at once, even while the replay or ingest waits for room in a full spool
         watcher = asyncio.create_task(self._watch_stop(stop), name="stop-watch")
         status_task = asyncio.create_task(self._status_loop(stop), name="status")  # from the start: the replay too
         self.collector.install()
-        notify_stop = asyncio.Event()
-        notify_task = (
-            asyncio.create_task(self.notifier.run(notify_stop), name="notify") if self.notifier is not None else None
-        )
+        notify_stop = self._notify_stop
+        if self.notifier is not None:
+            self._notify_task = asyncio.create_task(self.notifier.run(notify_stop), name="notify")
         try:
             await self._probe_database()
             await self.sink.start()
@@ -739,6 +1034,8 @@ class Gateway:
             await self.checkpoint()
             self.started.set()
             tick_task = asyncio.create_task(self._tick_loop(stop), name="tick")
+            if self.kafka is not None:
+                kafka_task = asyncio.create_task(self.kafka.run(stop), name="kafka")
             try:
                 await run_durable_ingest(
                     cfg.mqtt,
@@ -754,6 +1051,9 @@ class Gateway:
                 stop.set()
                 self._begin_stop()
                 await tick_task
+                if self.kafka is not None:  # a send in flight is cut off: its file is sent again from its progress
+                    await asyncio.wait({kafka_task}, timeout=5.0)
+                    kafka_task.cancel()
                 # with InfluxDB away there is nothing to wait for: the final checkpoint spools what is left
                 drained = await self.sink.drain(30.0) if self.sink.healthy else False
                 await self.sink.close()
@@ -787,11 +1087,13 @@ class Gateway:
             watcher.cancel()
             status_task.cancel()
             self.collector.remove()
-            if notify_task is not None:
+            if self._notify_task is not None:  # a reload may have made one
                 notify_stop.set()
-                await notify_task
+                await self._notify_task
             if self.recorder is not None:  # deploy
                 self.recorder.close()
             if server is not None:
                 await server.cleanup()
+            if self.bridge is not None:
+                self.bridge.close()
             self.store.close()

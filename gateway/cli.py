@@ -1,9 +1,10 @@
-"""``edgekit-gateway`` / ``python -m gateway``: run, check, plan, replay and top."""
+"""``edgekit-gateway`` / ``python -m gateway``: run, check, reload, plan, replay and top."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime
 import json
 import logging
@@ -11,6 +12,8 @@ import os
 import signal
 import sqlite3
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,7 @@ from .app import Gateway, state_path
 from .config import Config, load_config, redact_url, secret_values
 from .engine.config import parse_duration
 from .errors import ConfigError, StateError
+from .flinksql import DEFAULT_DIR, DEFAULT_KAFKA, FlinkRefused, SinkPaths, compile_flink_sql
 from .logs import Redactor, setup_logging
 from .plan import run_plan
 from .progress import Progress
@@ -25,6 +29,7 @@ from .protocol import METRIC_RE
 from .record import RecordError, count_records
 from .replay import replay
 from .salvage import recover_state
+from .sizing import Sizing, bridge_pipeline_us, calibrate, size_fleet
 from .state import HOLDS, LOG_HOLDS, StateFileError, file_error, log_path
 from .top import run_top
 
@@ -43,6 +48,7 @@ def _describe(cfg: Config) -> str:
     )
     return "\n".join(
         [
+            _describe_mode(cfg),
             f"broker:    mqtt://{m.host}:{m.port} as {m.client_id!r}"
             + (f" (user {m.username!r}, password {'set' if m.password else 'NOT set'})" if m.username else ""),
             f"subscribe: {', '.join(m.subscriptions)} at QoS {m.qos}, persistent session: {not m.clean_session}",
@@ -72,6 +78,29 @@ def _describe(cfg: Config) -> str:
             *_describe_env(cfg),
         ]
     )
+
+
+def _describe_mode(cfg: Config) -> str:
+    """Standalone, bridge or sink-only (docs/scale-out.md)."""
+    b, so = cfg.bridge, cfg.sink_only
+    if b.enabled:
+        where = (
+            f"files in {b.dir} for the Flink job's files source"
+            if b.to == "files"
+            else f"Kafka topic {b.kafka_topic!r} at {', '.join(b.kafka_servers)} (outbox {b.dir})"
+        )
+        return (
+            f"mode:      bridge: every accepted reading to {where}, a file complete at {b.roll_bytes / 2**20:g} MiB or "
+            f"{b.roll_interval_s:g} s, committed with the checkpoint; the windows below run on the cluster (compile "
+            "--target flink-sql), not here; the patterns, joins and anomaly detection run here, and readings, "
+            "statuses, alerts and dead letters go to InfluxDB"
+        )
+    if so.enabled:
+        return (
+            f"mode:      sink-only: the Flink job's results in {so.dir} (windows/, late/, alerts/, every "
+            f"{so.poll_interval_s:g} s) to InfluxDB, each file once; no broker (the [mqtt] lines below are not used)"
+        )
+    return "mode:      standalone: ingest, windows, patterns and anomaly detection in this process"
 
 
 def _describe_groups(cfg: Config) -> list[str]:
@@ -205,11 +234,13 @@ def _describe_windows(cfg: Config) -> list[str]:
     return lines
 
 
-async def _run(cfg: Config, stats_file: Path | None, record: Path | None) -> int:
-    """Run until SIGINT or SIGTERM; the exit code: 130 after SIGINT (interrupted, as a shell counts it), else 0."""
+async def _run(cfg: Config, stats_file: Path | None, record: Path | None, config_path: Path | None = None) -> int:
+    """Run until SIGINT or SIGTERM (SIGHUP: read the configuration again, ``reload``); the exit code: 130 after
+    SIGINT (interrupted, as a shell counts it), else 0."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     got: list[int] = []
+    reloading: set[asyncio.Task[Any]] = set()
 
     def on_signal(sig: signal.Signals) -> None:
         got.append(sig)
@@ -217,8 +248,61 @@ async def _run(cfg: Config, stats_file: Path | None, record: Path | None) -> int
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
-    await Gateway(cfg, stats_file=stats_file, record=record).run(stop)
+    if cfg.sink_only.enabled:
+        from .sinkonly import SinkOnly
+
+        await SinkOnly(cfg, stats_file=stats_file).run(stop)
+    else:
+        gw = Gateway(cfg, stats_file=stats_file, record=record, config_path=config_path)
+
+        def on_hangup() -> None:  # the outcome is in the log (the `reload` command also prints it)
+            task = asyncio.create_task(gw.reload(), name="reload")
+            reloading.add(task)
+            task.add_done_callback(reloading.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_hangup)
+        await gw.run(stop)
     return 130 if got and got[0] == signal.SIGINT else 0
+
+
+def _reload(cfg: Config, args: argparse.Namespace) -> int:
+    """``reload``: ask the running gateway to read its file again (its metrics endpoint answers with what it did),
+    or send it SIGHUP (``--pid``; under systemd ``$MAINPID``) when it has no endpoint."""
+    pid = args.pid
+    if pid is None and args.url is None and not cfg.metrics.port and os.environ.get("MAINPID", "").isdigit():
+        pid = int(os.environ["MAINPID"])  # systemd's ExecReload=
+    if pid is not None:
+        try:
+            os.kill(pid, signal.SIGHUP)
+        except OSError as exc:
+            return _fail(f"reload: cannot signal process {pid}: {exc.strerror}")
+        print(f"sent SIGHUP to process {pid}: the gateway's log says what it applied or why it refused")
+        return 0
+    url = args.url
+    if url is None:
+        if not cfg.metrics.port:
+            return _fail(
+                "reload: metrics.port = 0, so the gateway has no local endpoint to ask: give --pid PID (it is sent "
+                "SIGHUP), or set metrics.port (restart needed)",
+                2,
+            )
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(cfg.metrics.host, cfg.metrics.host)
+        url = f"http://{f'[{host}]' if ':' in host else host}:{cfg.metrics.port}"
+    req = urllib.request.Request(url.rstrip("/") + "/reload", data=b"", method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=args.timeout) as resp:
+            body = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            body = json.loads(exc.read())
+        except ValueError:
+            return _fail(f"reload: {url} answered {exc.code} {exc.reason}")
+    except (OSError, ValueError) as exc:
+        return _fail(f"reload: no running gateway answered at {url} ({exc})")
+    if body.get("ok"):
+        print(f"reloaded: {body.get('message', '')}")
+        return 0
+    return _fail(f"reload refused: {body.get('message', body)}", 2)
 
 
 # --- deploy: the command line (run, check, plan, replay, top) ------------------------------------------
@@ -298,6 +382,19 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--metrics", default="temp_c,rh", help="comma-separated metric names (default temp_c,rh)")
     plan.add_argument("--hours", type=float, default=1.0, help="event time to measure, after the warm-up (default 1)")
     plan.add_argument("--json", action="store_true", help="print the result as JSON")
+    sz = plan.add_argument_group(
+        "sizing: has the fleet outgrown one gateway, and what Flink needs instead (run plan on the target machine: "
+        "it measures there)"
+    )
+    sz.add_argument("--max-cpu", type=float, default=0.5, metavar="SHARE",
+                    help="the share of one core a gateway may use at the fleet's rate (default 0.5: the rest drains a "
+                    "backlog after an outage)")  # fmt: skip
+    sz.add_argument("--memory", default="512MiB", metavar="SIZE",
+                    help="the state a gateway may hold in memory (default 512MiB; KiB, MiB, GiB)")  # fmt: skip
+    sz.add_argument("--flink-slot-rate", type=float, default=None, metavar="N",
+                    help="readings per second one Flink slot takes for this job (measured: docs/scale-out.md); "
+                    "gives the parallelism, TaskManagers and Kafka partitions")  # fmt: skip
+    sz.add_argument("--slots-per-tm", type=int, default=2, metavar="N", help="slots per TaskManager (default 2)")
     tr = plan.add_argument_group("latency against accuracy (--scenario)")
     tr.add_argument("--scenario", metavar="NAME", help="a simulator scenario (edgekit-sim scenarios) or its TOML file")
     tr.add_argument("--bound", default="", metavar="LIST", help="watermark bounds to try, e.g. 0,5s,1m (default: "
@@ -315,6 +412,45 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("file", type=Path, metavar="FILE", help="JSON lines: topic, payload (base64), received_ms")
     replay.add_argument("--dry-run", action="store_true", help="run the pipeline, write nothing")
     replay.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+    reload = command(
+        "reload",
+        "make the running gateway read its configuration again and apply it (also: SIGHUP)",
+        "Ask the running gateway (through its metrics endpoint, or with SIGHUP) to read its configuration file "
+        "again, validate it as 'check' does and apply it: unchanged windows, patterns and detectors keep their "
+        "state, new ones start empty, removed ones are dropped, changed ones restart. An invalid file, or one "
+        "that changes a setting only a restart applies (broker, database, state), changes nothing: exit 2 with "
+        "the reason. Give the same --config the gateway runs with.",
+    )
+    reload.add_argument("--url", metavar="URL", help="the gateway's metrics endpoint (default: from metrics.host "
+                        "and metrics.port)")  # fmt: skip
+    reload.add_argument("--pid", type=int, metavar="PID", help="send SIGHUP to this process instead (the outcome is "
+                        "in its log); under systemd's ExecReload= $MAINPID when metrics.port = 0")  # fmt: skip
+    reload.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the answer (default 60)")
+    comp = command(
+        "compile",
+        "turn the configuration's windows into a job for another engine (Apache Flink SQL)",
+        "Print the configuration's windows as an Apache Flink SQL script (docs/scale-out.md): a source table on "
+        "the readings a bridge forwards, with WATERMARK FOR the configured bound, a window table-valued function "
+        "per window, and sinks of window results and late records in the gateway's own JSON. A setting the job "
+        "cannot run as the gateway does is refused (exit 2), each named with what to do.",
+    )
+    comp.add_argument("--target", required=True, choices=["flink-sql"], help="what to compile to")
+    comp.add_argument("--source", choices=["files", "kafka"], default="files",
+                      help="files: directories the job reads and writes (default); kafka: topics")  # fmt: skip
+    comp.add_argument("--readings", default=f"{DEFAULT_DIR}/readings", metavar="URI",
+                      help=f"the readings directory (file://...) or Kafka topic (default {DEFAULT_DIR}/readings)"
+                      )  # fmt: skip
+    comp.add_argument("--windows-out", default=f"{DEFAULT_DIR}/out/windows", metavar="URI",
+                      help="window results: directory or topic")  # fmt: skip
+    comp.add_argument(
+        "--late-out", default=f"{DEFAULT_DIR}/out/late", metavar="URI", help="late records: directory or topic"
+    )
+    comp.add_argument("--bootstrap-servers", default=DEFAULT_KAFKA, help="Kafka brokers (--source kafka)")
+    comp.add_argument("--monitor-interval", default="10s", metavar="SPAN",
+                      help="files: how often the job looks for new files (default 10s; '' reads what is there and "
+                      "ends)")  # fmt: skip
+    comp.add_argument("--parallelism", type=int, default=None, help="the job's parallelism (default: the cluster's)")
+    comp.add_argument("--output", "-o", type=Path, metavar="FILE", help="write the script here (default: stdout)")
     top = command(
         "top",
         "live terminal view of a running gateway (watermarks, rates, windows, alerts)",
@@ -352,6 +488,25 @@ def _state_failure(exc: StateError, config: Path | None) -> int:
         )
     lasting = not isinstance(exc, StateFileError) or exc.lasting
     return _fail("\n".join(lines), EXIT_STATE if lasting else 1)
+
+
+def _compile(cfg: Config, args: argparse.Namespace) -> int:
+    paths = SinkPaths(
+        readings=args.readings,
+        windows=args.windows_out,
+        late=args.late_out,
+        bootstrap_servers=args.bootstrap_servers,
+        monitor_interval=args.monitor_interval,
+    )
+    try:
+        script = compile_flink_sql(cfg, paths, source=args.source, parallelism=args.parallelism)
+    except FlinkRefused as exc:
+        return _fail(str(exc), 2)
+    if args.output is None:
+        sys.stdout.write(script)
+    else:
+        args.output.write_text(script, encoding="utf-8")
+    return 0
 
 
 def _recover(cfg: Config) -> int:
@@ -442,8 +597,37 @@ def _plan(cfg: Config, args: argparse.Namespace) -> int:
         progress=lambda done, total: bar.update(done, total),
     )
     bar.done()
+    memory = _size_bytes(args.memory)
+    if (
+        memory is None
+        or not 0 < args.max_cpu <= 1
+        or args.slots_per_tm < 1
+        or (args.flink_slot_rate is not None and args.flink_slot_rate <= 0)
+    ):
+        return _fail(
+            f"--max-cpu 0-1, --memory like 512MiB, --slots-per-tm >= 1, --flink-slot-rate > 0; got {args.max_cpu}, "
+            f"{args.memory!r}, {args.slots_per_tm}, {args.flink_slot_rate}",
+            2,
+        )
+    sizing = size_fleet(
+        readings_per_s=res.devices * 1000 / interval_ms,
+        messages_per_s=res.devices * 1000 / interval_ms / res.batch,
+        pipeline_us=res.pipeline_us,
+        calibration=calibrate(),
+        state_bytes=res.memory_bytes,
+        checkpoint_cpu_s=res.checkpoint_cpu_s,
+        devices=res.devices,
+        checkpoint_interval_s=cfg.state.checkpoint_interval_s,
+        max_cpu=args.max_cpu,
+        memory=memory,
+        flink_slot_rate=args.flink_slot_rate,
+        slots_per_tm=args.slots_per_tm,
+        bridge_us=bridge_pipeline_us(cfg, metrics, args.batch),
+    )
+    if cfg.patterns or cfg.anomaly.enabled:
+        sizing = dataclasses.replace(sizing, notes=(STATEFUL_NOTE,))
     if args.json:
-        print(json.dumps(res.as_dict(), indent=1))
+        print(json.dumps({**res.as_dict(), "sizing": sizing.as_dict()}, indent=1))
         return 0
     total = res.total_per_hour
     print(
@@ -462,7 +646,72 @@ def _plan(cfg: Config, args: argparse.Namespace) -> int:
         f"state: engine {res.engine_state_bytes / 1024:.1f} KiB, deduplication {res.dedup_state_bytes / 1024:.1f} KiB "
         f"(as JSON, what a checkpoint stores), {res.engine_state_bytes // res.devices} bytes of engine state a device"
     )
+    print("\n".join(_describe_sizing(sizing)))
     return 0
+
+
+STATEFUL_NOTE = (
+    "with patterns or anomaly detection the whole gateway measured end to end costs more than this model gives: "
+    "the example configuration 5,700-11,000 readings per CPU-second where the model gives 15,000-20,000 "
+    "(docs/scale-out.md, 'Known gap'): take the CPU share as a lower bound, or measure with bench/bench_e2e.py"
+)
+
+_UNITS = {"": 1, "B": 1, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "KB": 10**3, "MB": 10**6, "GB": 10**9}
+
+
+def _size_bytes(text: str) -> int | None:
+    """``512MiB`` -> bytes (KiB/MiB/GiB, kB/MB/GB, or a plain number of bytes); None if it is not one."""
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", text)
+    if m is None or m.group(2).upper() not in _UNITS:
+        return None
+    value = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    return value if value > 0 else None
+
+
+def _describe_sizing(s: Sizing) -> list[str]:
+    f = s.flink
+    lines = [
+        f"sizing:    {s.readings_per_s:,.1f} readings/s ({s.messages_per_s:,.1f} messages/s). This machine runs the "
+        f"default pipeline at {s.calibration_us:.1f} us a reading, {s.speed:.2f} x the benchmark machine of "
+        "docs/performance.md;",
+        f"           this configuration's pipeline {s.pipeline_us:.1f} us a reading, the whole gateway about "
+        f"{s.gateway_us:.1f} us (the rest measured there, scaled); checkpoints {s.checkpoint_share:.1%} of a core: "
+        f"about {s.capacity:,.0f} readings/s on one core",
+        f"           at the fleet's rate: {s.cpu_share:.1%} of one core (at most {s.max_cpu:.0%}); state in memory "
+        f"{s.state_bytes / 2**20:,.1f} MiB (at most {s.memory / 2**20:,.0f} MiB); a backlog of one hour drains in "
+        + (
+            "never (the gateway is behind for good)"
+            if s.catch_up_s is None
+            else f"{s.catch_up_s:.0f} s"
+            if s.catch_up_s < 120
+            else f"{s.catch_up_s / 60:,.0f} min"
+        ),
+    ]
+    for note in s.notes:
+        lines.append(f"note:      {note}")
+    if not s.outgrown:
+        lines.append("verdict:   one gateway is enough")
+    else:
+        lines.append("verdict:   OUTGROWN one gateway: " + "; ".join(s.reasons))
+    lines.append(
+        f"flink:     {f.bridges} bridge gateway{'s' if f.bridges != 1 else ''} (about "
+        f"{f.bridge_readings_per_cpu_s:,.0f} readings per CPU-second each: ingest, dedup, log, forward; "
+        "split the fleet by site), then Kafka"
+    )
+    if f.parallelism is not None:
+        lines.append(
+            f"           job parallelism {f.parallelism} ({f.task_managers} TaskManager"
+            f"{'s' if f.task_managers != 1 else ''}), {f.kafka_partitions} Kafka partitions (key site/device), "
+            f"about {(f.state_per_slot_bytes or 0) / 2**20:,.1f} MiB of state a slot, state backend {f.state_backend}"
+        )
+    else:
+        lines.append(
+            "           job parallelism: the rate over what one slot takes for this job (--flink-slot-rate, measured "
+            f"on the cluster: docs/scale-out.md); state backend {f.state_backend}"
+        )
+    return lines
 
 
 def _replay(cfg: Config, args: argparse.Namespace) -> int:
@@ -502,8 +751,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
+        if args.command == "reload":
+            return _fail(f"configuration error: {exc}\nreload: the running gateway was not asked: it keeps its "
+                         "configuration", 2)  # fmt: skip
         return _fail(f"configuration error: {exc}", 2)
     try:
+        if args.command == "reload":
+            return _reload(cfg, args)
         if args.command == "check":
             redact = Redactor(secret_values(cfg))
             print(redact(_describe(cfg)))  # it names no secret; and if it ever did
@@ -518,13 +772,15 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if all(p.ok for p in found) else 1
         if args.command == "plan":
             return _plan(cfg, args)
+        if args.command == "compile":
+            return _compile(cfg, args)
         if args.command == "replay":
             return _replay(cfg, args)
         if args.command == "recover":
             return _recover(cfg)
         setup_logging(cfg.log.level, cfg.log.format, secret_values(cfg))
         try:
-            return asyncio.run(_run(cfg, args.stats_file, args.record))
+            return asyncio.run(_run(cfg, args.stats_file, args.record, args.config))
         except ConfigError as exc:  # found at start: the database does not exist, say
             return _fail(f"configuration error: {exc}", 2)
         except RecordError as exc:

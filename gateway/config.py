@@ -38,6 +38,7 @@ __all__ = [
     "ENV_KEYS",
     "NOT_CONFIG",
     "SECTION_KEYS",
+    "BridgeConfig",
     "Config",
     "DevicesConfig",
     "HomeAssistantConfig",
@@ -46,6 +47,7 @@ __all__ = [
     "MetricTypes",
     "MetricsConfig",
     "MqttConfig",
+    "SinkOnlyConfig",
     "StateConfig",
     "load_config",
     "parse_config",
@@ -161,6 +163,36 @@ class HomeAssistantConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class BridgeConfig:
+    """``[bridge]``: bridge mode (docs/scale-out.md): forward every accepted reading to a Flink job; the windows,
+    patterns and anomaly rules run there. Off when the section is absent."""
+
+    enabled: bool = False
+    to: Literal["files", "kafka"] = "files"
+    """``files``: the directory is the one the job's files source monitors; ``kafka``: it is the local outbox the
+    files are sent to Kafka from."""
+    dir: str = ""
+    roll_bytes: int = 8 * 1024 * 1024
+    """A file is complete (renamed into the job's sight) at the first checkpoint once it has this many bytes..."""
+    roll_interval_s: float = 10.0
+    """... or once it is this old."""
+    kafka_servers: tuple[str, ...] = ()
+    kafka_topic: str = "edgekit-readings"
+    kafka_client_id: str = ""
+    kafka_linger_ms: int = 20
+
+
+@dataclass(frozen=True, slots=True)
+class SinkOnlyConfig:
+    """``[sink_only]``: sink-only mode (docs/scale-out.md): write a Flink job's results (files under ``dir``:
+    ``windows/``, ``late/``, ``alerts/``) to InfluxDB with the spool and retries. Off when the section is absent."""
+
+    enabled: bool = False
+    dir: str = ""
+    poll_interval_s: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     mqtt: MqttConfig = MqttConfig()
     influx: InfluxConfig = InfluxConfig()
@@ -183,6 +215,10 @@ class Config:
     """Notification targets (``[[notify]]``, see docs/notify.md)."""
     homeassistant: HomeAssistantConfig = HomeAssistantConfig()
     """Home Assistant MQTT discovery (``[homeassistant]``, see docs/homeassistant.md)."""
+    bridge: BridgeConfig = BridgeConfig()
+    """Bridge mode (``[bridge]``, docs/scale-out.md); off when the section is absent."""
+    sink_only: SinkOnlyConfig = SinkOnlyConfig()
+    """Sink-only mode (``[sink_only]``, docs/scale-out.md); off when the section is absent."""
     groups: GroupsSpec = GroupsSpec()
     """Declared device groups (``[groups]``, see docs/cep.md "Groups"); ``groups.index().groups_of(device, site)``."""
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
@@ -212,6 +248,10 @@ STATE_KEYS = frozenset(
 METRICS_KEYS = frozenset({"host", "port"})
 HOMEASSISTANT_KEYS = frozenset({"enabled", "discovery_prefix", "alert_off_delay_s"})
 METRIC_TYPES_KEYS = frozenset({"integer", "boolean", "string"})
+BRIDGE_KEYS = frozenset(
+    {"to", "dir", "roll_bytes", "roll_interval_s", "kafka_servers", "kafka_topic", "kafka_client_id", "kafka_linger_ms"}
+)
+SINK_ONLY_KEYS = frozenset({"dir", "poll_interval_s"})
 
 SECTION_KEYS: Mapping[str, frozenset[str]] = {
     "mqtt": MQTT_KEYS,
@@ -223,6 +263,8 @@ SECTION_KEYS: Mapping[str, frozenset[str]] = {
     "metrics": METRICS_KEYS,
     "homeassistant": HOMEASSISTANT_KEYS,
     "metric_types": METRIC_TYPES_KEYS,
+    "bridge": BRIDGE_KEYS,
+    "sink_only": SINK_ONLY_KEYS,
     "engine": ENGINE_KEYS,
     "engine.watermark": WATERMARK_KEYS,
     "anomaly": frozenset(ANOMALY_TOP_KEYS | ANOMALY_DETECTOR_KEYS),
@@ -252,6 +294,7 @@ NOT_CONFIG: Mapping[str, str] = {
     "EDGEKIT_STATS_FILE": "the default of edgekit-gateway run/top --stats-file",
     "EDGEKIT_ENGINE": "pure or compiled: which build of the window engine to load",
     "EDGEKIT_COMPILE": "0: scripts/setup.sh skips the compiled window engine",
+    "EDGEKIT_FLINK": "0: scripts/setup.sh skips Apache Flink (the scale-out tests need it)",
     "EDGEKIT_DEMO_*": "make demo's ports (EDGEKIT_DEMO_MQTT_PORT, EDGEKIT_DEMO_INFLUX_PORT, ...)",
     "EDGEKIT_BROKER_AUTH": "docker-compose.yml's .env: the broker's access",
     "EDGEKIT_GATEWAY_*": "docker-compose.yml's .env: the gateway's broker login",
@@ -716,6 +759,83 @@ def _homeassistant(doc: Mapping[str, Any]) -> HomeAssistantConfig:
     )
 
 
+def _bridge(doc: Mapping[str, Any]) -> BridgeConfig:
+    if "bridge" not in doc:
+        return BridgeConfig()
+    sec = _section(doc, "bridge", BRIDGE_KEYS)
+    d = BridgeConfig()
+    to = _get(sec, "bridge", "to", str, d.to)
+    if to not in ("files", "kafka"):
+        raise ConfigError(f"bridge.to: {to!r} is not one of files, kafka")
+    directory = _get(sec, "bridge", "dir", str, "")
+    if not directory:
+        raise ConfigError(
+            "bridge.dir: required: the directory the Flink job's files source monitors (to = files), or the local "
+            "outbox the files are sent to Kafka from (to = kafka)"
+        )
+    servers = sec.get("kafka_servers", [])
+    if isinstance(servers, str):
+        servers = [s.strip() for s in servers.split(",") if s.strip()]
+    if not isinstance(servers, list) or not all(isinstance(s, str) and re.fullmatch(r"[^\s:/]+:[0-9]{1,5}", s)
+                                                for s in servers):  # fmt: skip
+        raise ConfigError(f"bridge.kafka_servers: expected a list of host:port, got {servers!r}")
+    if to == "kafka":
+        if not servers:
+            raise ConfigError('bridge.kafka_servers: required with bridge.to = "kafka" (a list of host:port)')
+        import importlib.util
+
+        if importlib.util.find_spec("aiokafka") is None:
+            raise ConfigError(
+                "bridge.to = \"kafka\" needs aiokafka, which is not installed: pip install 'edgekit[kafka]'"
+            )
+    topic = _get(sec, "bridge", "kafka_topic", str, d.kafka_topic)
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", topic):
+        raise ConfigError(f"bridge.kafka_topic: {topic!r} is not a Kafka topic name (1-249 of [A-Za-z0-9._-])")
+    linger = _get(sec, "bridge", "kafka_linger_ms", int, d.kafka_linger_ms)
+    if linger < 0:
+        raise ConfigError(f"bridge.kafka_linger_ms: must be >= 0, got {linger}")
+    return BridgeConfig(
+        enabled=True,
+        to=to,
+        dir=directory,
+        roll_bytes=int(_positive("bridge", "roll_bytes", _get(sec, "bridge", "roll_bytes", int, d.roll_bytes))),
+        roll_interval_s=float(
+            _positive("bridge", "roll_interval_s", _get(sec, "bridge", "roll_interval_s", (int, float), 10.0))
+        ),
+        kafka_servers=tuple(servers),
+        kafka_topic=topic,
+        kafka_client_id=_get(sec, "bridge", "kafka_client_id", str, ""),
+        kafka_linger_ms=linger,
+    )
+
+
+def _sink_only(doc: Mapping[str, Any]) -> SinkOnlyConfig:
+    if "sink_only" not in doc:
+        return SinkOnlyConfig()
+    sec = _section(doc, "sink_only", SINK_ONLY_KEYS)
+    directory = _get(sec, "sink_only", "dir", str, "")
+    if not directory:
+        raise ConfigError("sink_only.dir: required: the directory the Flink job writes windows/, late/, alerts/ to")
+    poll = float(
+        _positive("sink_only", "poll_interval_s", _get(sec, "sink_only", "poll_interval_s", (int, float), 1.0))
+    )
+    return SinkOnlyConfig(enabled=True, dir=directory, poll_interval_s=poll)
+
+
+def _check_modes(cfg: Config) -> None:
+    """Bridge and sink-only are two ends of one set-up, each a gateway of its own."""
+    if cfg.bridge.enabled and cfg.sink_only.enabled:
+        raise ConfigError(
+            "[bridge] and [sink_only]: a gateway runs in one mode; run the sink-only gateway as a process of its own "
+            "with its own configuration (docs/scale-out.md)"
+        )
+    if cfg.bridge.enabled and cfg.limits.max_readings > 65536:
+        raise ConfigError(
+            f"limits.max_readings: {cfg.limits.max_readings} is over 65536, the most readings of one message bridge "
+            "mode numbers (n in docs/scale-out.md)"
+        )
+
+
 _TYPE_KINDS = ("integer", "boolean", "string")
 
 
@@ -797,6 +917,8 @@ KNOWN_SECTIONS = {
     "metric_types",
     "notify",
     "homeassistant",
+    "bridge",
+    "sink_only",
     "groups",
 }
 
@@ -869,10 +991,13 @@ def _parse(doc: Mapping[str, Any], env: Mapping[str, str]) -> Config:
         metric_types=_metric_types(doc, env),
         notify=parse_notify(doc.get("notify"), env),
         homeassistant=_homeassistant(doc),
+        bridge=_bridge(doc),
+        sink_only=_sink_only(doc),
         groups=parse_groups(doc.get("groups")),
         raw=doc,
     )
     _check_metric_types(cfg)
+    _check_modes(cfg)
     check_groups(cfg.groups, cfg.devices.known, cfg.devices.sites, not cfg.devices.allow_unknown)
     for w in cfg.engine.windows:
         rel = w.relative

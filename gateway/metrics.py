@@ -7,17 +7,19 @@ path touches prometheus-client except the InfluxDB write-latency histogram. Wate
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from .bridge import FileForwarder, KafkaForwarder
 from .ingest import IngestStats, Outbox
 from .notify import Notifier
 from .pipeline import Pipeline
@@ -56,6 +58,16 @@ class GatewayView(Protocol):
     def now_ms(self) -> Callable[[], int]: ...
     @property
     def notifier(self) -> Notifier | None: ...
+    @property
+    def reloads(self) -> int: ...
+    @property
+    def reload_failures(self) -> int: ...
+    @property
+    def restarted(self) -> dict[str, int]: ...
+    @property
+    def bridge(self) -> FileForwarder | None: ...
+    @property
+    def kafka(self) -> KafkaForwarder | None: ...
 
 
 class GatewayMetrics:
@@ -106,7 +118,12 @@ class GatewayMetrics:
             "log_pos": gw.pos,
         }
 
-    async def serve(self, host: str, port: int) -> web.AppRunner:
+    async def serve(
+        self, host: str, port: int, reload: Callable[[], Awaitable[tuple[bool, dict[str, Any]]]] | None = None
+    ) -> web.AppRunner:
+        """``/metrics``, ``/healthz``, ``/readyz``; and with ``reload``, ``POST /reload`` for clients on this host
+        (``edgekit-gateway reload``): 200 when applied, 422 when refused, the outcome as JSON either way."""
+
         async def metrics(_: web.Request) -> web.Response:
             resp = web.Response(body=self.render())
             resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
@@ -122,7 +139,16 @@ class GatewayMetrics:
                 text=json.dumps(body), content_type="application/json", status=200 if body["mqtt_connected"] else 503
             )
 
+        async def do_reload(request: web.Request) -> web.Response:
+            if not _local(request.remote):  # only a local user or the service manager may make it re-read its file
+                return web.Response(status=403, text="reload: only from this host (loopback)\n")
+            assert reload is not None
+            ok, body = await reload()
+            return web.Response(text=json.dumps(body), content_type="application/json", status=200 if ok else 422)
+
         app = web.Application()
+        if reload is not None:
+            app.router.add_post("/reload", do_reload)
         app.router.add_get("/metrics", metrics)
         app.router.add_get("/healthz", healthz)
         app.router.add_get("/readyz", readyz)
@@ -130,6 +156,13 @@ class GatewayMetrics:
         await runner.setup()
         await web.TCPSite(runner, host, port).start()
         return runner
+
+
+def _local(remote: str | None) -> bool:
+    try:
+        return remote is not None and ipaddress.ip_address(remote.split("%")[0]).is_loopback
+    except ValueError:
+        return False
 
 
 class _Collector(Collector):
@@ -237,6 +270,16 @@ class _Collector(Collector):
             gw.ingest_stats.log_failures,
         )  # fmt: skip
         yield gauge("edgekit_replayed", "Log records replayed at the last start", gw.replayed)
+        reloads = CounterMetricFamily("edgekit_reloads", "Configuration reloads, by outcome", labels=["outcome"])
+        reloads.add_metric(["applied"], gw.reloads)
+        reloads.add_metric(["refused"], gw.reload_failures)
+        yield reloads
+        restarted = CounterMetricFamily(
+            "edgekit_reload_restarted", "Operators a reload restarted (their definition changed)", labels=["kind"]
+        )
+        for kind, n in sorted(gw.restarted.items()):
+            restarted.add_metric([kind], n)
+        yield restarted
         lag = GaugeMetricFamily(
             "edgekit_watermark_lag_seconds", "Wall clock minus the device's event-time watermark", labels=["device"]
         )
@@ -252,6 +295,14 @@ class _Collector(Collector):
         yield lag
         if gw.notifier is not None:
             yield from _notify_metrics(gw.notifier)
+        if gw.bridge is not None:  # bridge mode (docs/scale-out.md)
+            b = gw.bridge
+            yield counter("edgekit_bridge_lines", "Readings written to the bridge's files (a replay's again)", b.lines)
+            yield counter("edgekit_bridge_files", "Files renamed into the Flink job's sight", b.files)
+            yield gauge("edgekit_bridge_in_progress_bytes", "Bytes of the file in progress", b.size)
+            if gw.kafka is not None:
+                yield counter("edgekit_kafka_sent", "Readings acknowledged by Kafka (acks=all)", gw.kafka.sent)
+                yield counter("edgekit_kafka_failures", "Times Kafka could not be reached (retried)", gw.kafka.failures)
 
 
 def _notify_metrics(n: Notifier) -> Iterator[Metric]:

@@ -511,6 +511,17 @@ class Notifier:
             self.inbox.append(a)
             self.offered += 1
 
+    def reconfigure(self, specs: Iterable[NotifySpec]) -> None:
+        """After a reload: the targets of ``specs``. A target whose spec is unchanged keeps its open incidents,
+        waiting messages and counters; a new or changed one starts afresh; a removed one sends nothing more (a
+        delivery under way finishes)."""
+        old = {t.spec.name: t for t in self.targets}
+        targets = []
+        for spec in specs:
+            t = old.get(spec.name)
+            targets.append(t if t is not None and t.spec == spec else _Target(spec))
+        self.targets = targets
+
     def step(self) -> None:
         """Route what the inbox holds and queue what is due (no I/O)."""
         now = self.now_ms()

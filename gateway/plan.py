@@ -13,13 +13,18 @@ The synthetic boards are always admitted (their ids are made up, and the plan si
 from __future__ import annotations
 
 import json
+import time
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from .ckpt_rows import dumps_row, key_names, split_order, split_rows
 from .config import Config, DevicesConfig
 from .live import DEVICE_INTERVAL_MS, DEVICE_WATERMARK, GATEWAY_HEALTH, HEALTH_INTERVAL_MS
+from .memsize import deep_size
 from .pipeline import Pipeline
+from .state import CHECKPOINT_LEVEL
 
 __all__ = ["PlanResult", "run_plan"]
 
@@ -42,6 +47,20 @@ class PlanResult:
     dedup_state_bytes: int = 0
     devices_note: str | None = None
     """Set when the configuration would not give every board of the fleet state (``[devices]``)."""
+    pipeline_cpu_s: float = 0.0
+    """CPU time of this process in the pipeline (``handle`` and ``tick``) over the measured part."""
+    readings_measured: int = 0
+    memory_bytes: int = 0
+    """The pipeline's state in memory at the end (engine, deduplication, patterns, detectors, devices)."""
+    checkpoint_cpu_s: float = 0.0
+    """CPU time of one checkpoint of every key (snapshot, JSON, compression), as at a high rate every key changes
+    between two checkpoints."""
+    checkpoint_bytes: int = 0
+
+    @property
+    def pipeline_us(self) -> float:
+        """The configuration's pipeline per reading on this machine."""
+        return self.pipeline_cpu_s * 1e6 / max(1, self.readings_measured)
 
     @property
     def total_per_hour(self) -> int:
@@ -61,6 +80,10 @@ class PlanResult:
             "engine_state_bytes": self.engine_state_bytes,
             "dedup_state_bytes": self.dedup_state_bytes,
             "devices_note": self.devices_note,
+            "pipeline_us_per_reading": round(self.pipeline_us, 2),
+            "memory_bytes": self.memory_bytes,
+            "checkpoint_cpu_s": round(self.checkpoint_cpu_s, 4),
+            "checkpoint_bytes": self.checkpoint_bytes,
         }
 
 
@@ -126,14 +149,19 @@ def run_plan(
             received = times[-1] + 1000
             device = f"dev-{d:05d}"
             payload = json.dumps({"v": 1, "dev": device, "r": readings}, separators=(",", ":")).encode()
+            topic = f"{prefix}/site-{d % 4}/{device}/readings"
+            t = time.process_time()
             if received // 1000 != last_tick:
                 last_tick = received // 1000
                 lines = pipe.tick(received).lines
             else:
                 lines = []
-            lines += pipe.handle(f"{prefix}/site-{d % 4}/{device}/readings", payload, received).lines
+            lines += pipe.handle(topic, payload, received).lines
+            spent = time.process_time() - t
             res.messages += 1
             if b >= warm_batches:
+                res.pipeline_cpu_s += spent
+                res.readings_measured += len(readings)
                 for text in lines:
                     counts[text.split(" ", 1)[0].split(",", 1)[0]] += 1
         if progress is not None:
@@ -144,4 +172,10 @@ def run_plan(
     res.points[DEVICE_WATERMARK] = devices * (HOUR_MS // DEVICE_INTERVAL_MS)
     res.engine_state_bytes = len(json.dumps(pipe.engine.snapshot(), separators=(",", ":")))
     res.dedup_state_bytes = len(json.dumps(pipe.dedup.state, separators=(",", ":")))
+    res.memory_bytes = deep_size(pipe)
+    t = time.process_time()
+    _, order = split_order({"pipeline": pipe.snapshot(order=True)})
+    rows = split_rows({"pipeline": pipe.snapshot(key_names(order))})
+    res.checkpoint_bytes = sum(len(zlib.compress(dumps_row(v).encode(), CHECKPOINT_LEVEL)) for v in rows.values())
+    res.checkpoint_cpu_s = time.process_time() - t
     return res

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Literal
 
 import aiohttp
@@ -20,7 +22,7 @@ import aiomqtt
 from .config import Config, InfluxConfig, MqttConfig, redact_url
 from .ingest import make_client
 
-__all__ = ["Probe", "probe_all", "probe_broker", "probe_database"]
+__all__ = ["Probe", "probe_all", "probe_broker", "probe_database", "probe_dir"]
 
 Outcome = Literal["ok", "missing", "refused", "unreachable", "error"]
 
@@ -125,6 +127,34 @@ def _words(body: str) -> str:
     return body[:300]
 
 
+def probe_dir(what: str, path: str, *, write: bool) -> Probe:
+    """Bridge mode's directory (the gateway writes files there) or sink-only mode's (it reads the job's results)."""
+    p = Path(path)
+    if not p.exists():
+        if write and os.access(_existing_parent(p), os.W_OK):
+            return Probe(what, "ok", f"{p} does not exist yet; the gateway creates it")
+        return Probe(what, "missing", f"{p} does not exist" + ("" if write else " (the job writes it)"))
+    if not p.is_dir():
+        return Probe(what, "error", f"{p} is not a directory")
+    mode = os.W_OK | os.X_OK if write else os.R_OK | os.X_OK
+    if not os.access(p, mode):
+        return Probe(what, "refused", f"{p} cannot be {'written' if write else 'read'} by this user")
+    return Probe(what, "ok", f"{p} can be {'written' if write else 'read'}")
+
+
+def _existing_parent(p: Path) -> Path:
+    for q in p.absolute().parents:
+        if q.exists():
+            return q
+    return Path("/")
+
+
 async def probe_all(cfg: Config, timeout_s: float = 10.0) -> list[Probe]:
+    """The broker (not in sink-only mode: it uses none), the database, and the directory of bridge or sink-only mode."""
+    if cfg.sink_only.enabled:
+        database = await probe_database(cfg.influx, timeout_s)
+        return [database, probe_dir("results", cfg.sink_only.dir, write=False)]
     broker, database = await asyncio.gather(probe_broker(cfg.mqtt, timeout_s), probe_database(cfg.influx, timeout_s))
+    if cfg.bridge.enabled:
+        return [broker, database, probe_dir("bridge", cfg.bridge.dir, write=True)]
     return [broker, database]

@@ -94,6 +94,7 @@ REASONS: Final[dict[str, str]] = {
     "internal": "the gateway failed on this message (a bug: the log line has the traceback)",
     "influx_refused": "InfluxDB refused the point (its message is the detail; the payload is the line)",
     "unwritable": "the InfluxDB writer could not send the point (the error is the detail; the payload is the line)",
+    "bad_result": "sink-only mode: a line of a Flink job's result file that is not a record of the documented schema",
 }
 """Every reason code a dead letter can carry, with its meaning."""
 

@@ -37,12 +37,14 @@ from .state import (
     APPLICATION_ID,
     KIND_MESSAGE,
     KIND_OVERSIZE,
+    KIND_RELOAD,
     KIND_TICK,
     StateStore,
     compress_checkpoint,
     decode_checkpoint,
     expected_columns,
     file_error,
+    fsync_dir,
     lock_file,
     log_path,
     read_rows,
@@ -291,7 +293,7 @@ def recover_state(config: Config, *, now_ms: int | None = None) -> Salvage:
         # file) and recover runs again on what is there
         os.replace(fresh_log, log_path(path))
         os.replace(fresh, path)
-        _fsync_dir(directory)
+        fsync_dir(directory)
         return report
     except BaseException:
         for p in made:
@@ -500,19 +502,22 @@ def _salvage_log(db: sqlite3.Connection, tables: set[str], report: Salvage, out:
         if pos <= after:
             return  # taken into the checkpoint already (a checkpoint deletes these in its own transaction)
         if (
-            kind not in (KIND_MESSAGE, KIND_OVERSIZE, KIND_TICK)
+            kind not in (KIND_MESSAGE, KIND_OVERSIZE, KIND_TICK, KIND_RELOAD)
             or not isinstance(topic, str)
             or not isinstance(payload, bytes)
             or not isinstance(received_ms, int)
             or received_ms <= 0  # a gateway's wall clock; zeros are a page read past its end
-            or (kind != KIND_TICK) != bool(topic)
+            or (kind in (KIND_MESSAGE, KIND_OVERSIZE)) != bool(topic)
         ):
             report.log_invalid += 1
             return
         out.execute(insert, row)
-        if kind != KIND_TICK:  # a message, or the stub of an oversize one (its dead letter on replay)
+        if kind in (
+            KIND_MESSAGE,
+            KIND_OVERSIZE,
+        ):  # a message, or the stub of an oversize one (its dead letter on replay)
             report.messages += 1
-        else:
+        else:  # a tick, or a reload (counted with them: neither is a reading)
             report.ticks += 1
 
     holes = _read_rows(db, "log", "pos", ["kind", "topic", "payload", "received_ms"], take)
@@ -567,12 +572,4 @@ def _fsync_all(paths: list[Path]) -> None:
         with open(p, "rb") as f:
             os.fsync(f.fileno())
     if paths:
-        _fsync_dir(paths[0].parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_dir(paths[0].parent)

@@ -62,6 +62,7 @@ __all__ = [
     "HOLDS",
     "KIND_MESSAGE",
     "KIND_OVERSIZE",
+    "KIND_RELOAD",
     "KIND_TICK",
     "Checkpoint",
     "LogRecord",
@@ -71,6 +72,7 @@ __all__ = [
     "dumps_in_pieces",
     "expected_columns",
     "file_error",
+    "fsync_dir",
     "lock_file",
     "read_header",
     "read_rows",
@@ -83,6 +85,9 @@ KIND_TICK: Final = 1
 KIND_OVERSIZE: Final = 2
 """A message over ``limits.max_bytes``: the payload column holds only its size, a digest and its head
 (``gateway.ingest.oversize_stub``), enough for its ``oversize`` dead letter."""
+KIND_RELOAD: Final = 3
+"""A reload (``edgekit-gateway reload``, SIGHUP): the inputs after it were taken with the configuration whose state
+sections and fingerprint its payload holds (``gateway.reload.reload_payload``); its topic is empty."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS log (
@@ -190,6 +195,15 @@ def file_error(path: Path, exc: BaseException) -> StateFileError:
     if isinstance(exc, OSError) and exc.strerror:
         what = exc.strerror
     return StateFileError(path, f"cannot be used: {what}", damaged=False, lasting=False)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a directory's entries (a rename, a new file) durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def lock_file(path: Path) -> int:
@@ -375,8 +389,8 @@ def read_rows(db: sqlite3.Connection, state: dict[str, Any]) -> tuple[dict[str, 
 
 @dataclass(frozen=True, slots=True)
 class LogRecord:
-    """One logged input: a message (``kind`` 0), a tick (``kind`` 1, ``received_ms`` is its ``now``) or an
-    oversize message (``kind`` 2, ``payload`` is its stub)."""
+    """One logged input: a message (``kind`` 0), a tick (``kind`` 1, ``received_ms`` is its ``now``), an
+    oversize message (``kind`` 2, ``payload`` is its stub) or a reload (``kind`` 3, :data:`KIND_RELOAD`)."""
 
     pos: int
     kind: int
@@ -597,6 +611,22 @@ class StateStore:
         )
         for pos, kind, topic, payload, received_ms in cur:
             yield LogRecord(pos, kind, topic, bytes(payload), received_ms)
+
+    def replace_payload(self, pos: int, payload: bytes) -> None:
+        """Rewrite the payload of the logged record at ``pos`` (a reload record whose reload failed)."""
+        assert self.log_db is not None, "the state file is closed"
+        with _Tx(self.log_db):
+            self.log_db.execute("UPDATE log SET payload = ? WHERE pos = ?", (payload, pos))
+
+    def last_of_kind(self, after: int, kind: int) -> LogRecord | None:
+        """The last logged record of ``kind`` after position ``after``, if any."""
+        assert self.log_db is not None, "the state file is closed"
+        row = self.log_db.execute(
+            "SELECT pos, kind, topic, payload, received_ms FROM log WHERE pos > ? AND kind = ? ORDER BY pos DESC "
+            "LIMIT 1",
+            (after, kind),
+        ).fetchone()
+        return None if row is None else LogRecord(row[0], row[1], row[2], bytes(row[3]), row[4])
 
     def log_bytes(self) -> int:
         assert self.log_db is not None, "the state file is closed"

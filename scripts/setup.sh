@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up of a Debian 12 / Raspberry Pi OS (bookworm) machine for edgekit:
-#   1. the Debian packages of the services (mosquitto, mosquitto-clients, influxdb, victoria-metrics, socat)
-#      and chromium (headless, renders the simulator's report page in a test),
+#   1. the Debian packages of the services (mosquitto, mosquitto-clients, influxdb, victoria-metrics, socat),
+#      chromium (headless, renders the simulator's report page in a test) and a JDK 17 (the Flink tests),
 #      installed with apt-get when run as root, otherwise the exact sudo command is printed;
 #   2. .venv with edgekit installed editable plus its dev extras (redone when pyproject.toml changes).
 # The services themselves are run by scripts/services.py, never by the distribution's systemd units.
@@ -15,10 +15,10 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
 # binary -> Debian package; "unit:port" of the distribution service each package ships.
-BINARIES=(mosquitto mosquitto_pub influxd victoria-metrics socat chromium)
+BINARIES=(mosquitto mosquitto_pub influxd victoria-metrics socat chromium javac)
 declare -A PACKAGE=(
     [mosquitto]=mosquitto [mosquitto_pub]=mosquitto-clients [influxd]=influxdb
-    [victoria-metrics]=victoria-metrics [socat]=socat [chromium]=chromium
+    [victoria-metrics]=victoria-metrics [socat]=socat [chromium]=chromium [javac]=openjdk-17-jdk-headless
 )
 declare -A UNIT_PORT=([mosquitto]=1883 [influxdb]=8086 [victoria-metrics]=8428)
 
@@ -111,6 +111,22 @@ else
     fi
 fi
 # --- optional compiled engine (end) ---------------------------------------------------------------------
+# --- Apache Flink (scale-out tests, docs/scale-out.md) ---------------------------------------------------
+# The apache-flink wheel carries the bin/ scripts (standalone JobManager and TaskManagers, `flink run`) and
+# apache-flink-libraries the runtime's jars (flink-dist, the table planner, flink-cep, the files and JSON
+# connectors); installed without their Python dependencies (PyFlink's API pins apache-beam and pandas < 2.3,
+# which the tests do not use: they submit SQL with scripts/flink/SqlRunner.java). Java 17 runs it. Only the
+# scale-out tests need it; the Pi path never does. EDGEKIT_FLINK=0 skips it.
+FLINK_VERSION=2.3.0
+if [[ "${EDGEKIT_FLINK:-1}" == 0 ]]; then
+    step "Apache Flink: skipped (EDGEKIT_FLINK=0)"
+elif [[ "$(.venv/bin/python -c 'from importlib.metadata import version as v; print(v("apache-flink"), v("apache-flink-libraries"))' 2>/dev/null)" == "$FLINK_VERSION $FLINK_VERSION" ]]; then
+    step "Apache Flink $FLINK_VERSION: present"
+else
+    step "pip install apache-flink==$FLINK_VERSION (runtime and scripts, no PyFlink dependencies) into .venv"
+    .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps \
+        "apache-flink==$FLINK_VERSION" "apache-flink-libraries==$FLINK_VERSION"
+fi
 # --- 3. firmware test tools -----------------------------------------------------------------------------
 # micropython-esp32-stubs for the firmware's type check, in .run/esp32-stubs (not in .venv)
 PYTHON=.venv/bin/python sh scripts/typecheck_firmware.sh --install >/dev/null && step "micropython-esp32-stubs for the firmware type check: ready"

@@ -10,6 +10,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -158,10 +159,12 @@ async def wait_for(
 
 
 @asynccontextmanager
-async def running_gateway(cfg: Config, connect_s: float = 30.0, stop_s: float = 60.0) -> AsyncIterator[Gateway]:
+async def running_gateway(
+    cfg: Config, connect_s: float = 30.0, stop_s: float = 60.0, config_path: Path | None = None
+) -> AsyncIterator[Gateway]:
     """A gateway running in this event loop, connected to its broker; stopped cleanly on the way out (an
-    exception from its run, say a crash, is raised there)."""
-    gw = Gateway(cfg)
+    exception from its run, say a crash, is raised there). ``config_path``: the file a reload reads."""
+    gw = Gateway(cfg, config_path=config_path)
     stop = asyncio.Event()
     task = asyncio.create_task(gw.run(stop))
     try:

@@ -217,3 +217,21 @@ def test_compose_starts_once_every_secret_is_changed() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     one_left = run_preflight({**env, "GRAFANA_ADMIN_PASSWORD": "change-ME-too"})
     assert one_left.returncode != 0 and "GRAFANA_ADMIN_PASSWORD" in one_left.stdout + one_left.stderr
+
+
+def test_the_gateway_gets_the_notify_urls_of_notify_env_and_starts_without_it(tmp_path: Path) -> None:
+    """``[[notify]]`` URLs are secrets in their own untracked file, ``notify.env`` beside docker-compose.yml: its
+    ``EDGEKIT_NOTIFY_*`` reach the gateway (and no other service); without the file compose starts as before."""
+    assert "notify" not in str(model()["services"]["gateway"].get("environment", {})).lower()
+    (tmp_path / "docker-compose.yml").write_text((REPO / "docker-compose.yml").read_text(encoding="utf-8"))
+    (tmp_path / "notify.env").write_text("EDGEKIT_NOTIFY_PHONE_URL=ntfy://ntfy.sh/edgekit-7f3a9c2e\n")
+    base = {k: v for k, v in os.environ.items() if k not in ENV and not k.startswith("EDGEKIT_")}
+    done = subprocess.run(
+        [str(BINARY), "-f", str(tmp_path / "docker-compose.yml"), "config", "--format", "json"],
+        capture_output=True, text=True, env={**base, **ENV}, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    services = json.loads(done.stdout)["services"]
+    assert services["gateway"]["environment"]["EDGEKIT_NOTIFY_PHONE_URL"] == "ntfy://ntfy.sh/edgekit-7f3a9c2e"
+    assert not [s for s, d in services.items() if s != "gateway" and "EDGEKIT_NOTIFY_PHONE_URL" in str(d)]
+    assert "notify.env" in (REPO / ".gitignore").read_text(encoding="utf-8").split()

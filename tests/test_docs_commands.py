@@ -52,6 +52,8 @@ MAPPED: list[tuple[str, str, tuple[str, ...]]] = [
      ('"cmd"', '"--site"', '"--device"', '"--set"')),
     (r"^edgekit-gateway check .*--probe", "tests/test_user_services.py::test_check_probe_says_the_broker_and_the_"
      "database_are_usable", ('"--probe"',)),
+    (r"^edgekit-gateway compile --target flink-sql", "tests/test_flink.py::test_cli_compile_writes_the_job_and_"
+     "refuses_with_exit_2", ('"compile"', '"--target"', '"flink-sql"', '"--output"')),
     (r"^edgekit-gateway run ", "tests/gateway/test_cli.py::test_run_record_top_in_tmux_then_replay",
      ('"run"', '"--stats-file"', '"--record"')),
     (r"^edgekit-gateway top ", "tests/gateway/test_cli.py::test_run_record_top_in_tmux_then_replay",
@@ -62,6 +64,8 @@ MAPPED: list[tuple[str, str, tuple[str, ...]]] = [
      ('"plan"', '"--devices"', '"--interval"')),
     (r"^edgekit-gateway plan .*--scenario", "tests/sim/test_latency.py::test_plan_with_a_scenario_prints_the_trade_"
      "off_table", ('"plan"', '"--scenario"', '"--bound"', '"--lateness"')),
+    (r"^edgekit-gateway reload ", "tests/gateway/test_reload_e2e.py::test_a_reload_under_load_loses_nothing_and_"
+     "keeps_unchanged_windows", ('"reload"', '"--config"')),
     (r"^edgekit-gateway recover ", "tests/reliability/test_damaged_state.py::test_recovered_state_is_replayed_into_"
      "influxdb", ('"recover"',)),
     (r"^edgekit-sim run .*--broker", "tests/sim/test_sim_cli.py::test_run_publishes_to_a_real_broker",
@@ -298,6 +302,8 @@ def test_one_example_configuration_per_use_each_passing_check_as_shipped() -> No
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     shipped = {
         "gateway/examples/gateway.toml": {},
+        "gateway/examples/bridge.toml": {},
+        "gateway/examples/sink-only.toml": {},
         "deploy/systemd/gateway.toml": {},
         "deploy/gateway.toml": {k: v for k, v in model()["services"]["gateway"]["environment"].items() if v},
     }

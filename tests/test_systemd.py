@@ -155,3 +155,28 @@ def test_no_command_before_the_main_process_can_fail_the_start() -> None:
     text = UNIT.read_text(encoding="utf-8")
     for setting in ("ExecCondition", "ExecStartPre", "ExecStartPost"):
         assert all(c.startswith("-") for c in _settings(text).get(setting, [])), setting
+
+
+def test_the_reload_command_sends_sighup_to_the_main_process_with_the_shipped_configuration(unit: Path) -> None:
+    """``systemctl reload``: ExecReload= runs with ``$MAINPID`` set; with the shipped configuration (no metrics
+    endpoint) the command sends the gateway SIGHUP, which ``run`` takes as a reload."""
+    lines = dict(re.findall(r"^(ExecReload)=(.+)$", unit.read_text(encoding="utf-8"), re.M))
+    cmd = shlex.split(lines["ExecReload"])
+    assert cmd[1:] == ["reload", "--config", "/etc/edgekit/gateway.toml"]
+    cmd[3] = str(REPO / "deploy" / "systemd" / "gateway.toml")
+    main = subprocess.Popen(  # stands in for the gateway: says when it got SIGHUP
+        [sys.executable, "-c", "import signal; signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGHUP]); "
+         "print('ready', flush=True); signal.sigwait([signal.SIGHUP]); "
+         "print('hup', flush=True)"],
+        stdout=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert main.stdout is not None and main.stdout.readline() == "ready\n"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEKIT_")} | {"MAINPID": str(main.pid)}
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert f"sent SIGHUP to process {main.pid}" in done.stdout
+        assert main.stdout.readline() == "hup\n" and main.wait(10) == 0
+    finally:
+        if main.poll() is None:
+            main.kill()

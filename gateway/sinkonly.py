@@ -1,0 +1,299 @@
+"""Sink-only mode: a Flink job's results to InfluxDB, each committed file once (docs/scale-out.md).
+
+The job writes its results in the output schema of docs/scale-out.md ("Output") as part files under
+``sink_only.dir``: ``windows/``, ``late/`` and ``alerts/`` (a files sink commits a part file by renaming it to a
+name without a leading ``.``; names starting with ``.`` or ``_`` are never read, in any folder). Each record
+becomes the very point the gateway itself writes for the same result (:class:`~gateway.engine.outputs.WindowResult`,
+:class:`~gateway.engine.outputs.LateReading`, :class:`~gateway.alerts.Alert`), in the same measurements, through
+the gateway's spooling sink: memory, then the on-disk spool while InfluxDB is away or slow, retries with backoff.
+
+Which files are consumed is part of the checkpoint (in the state file, ``<state.dir>/<client id>.db``), taken with
+the sink's unwritten lines moved to the spool in one transaction, every ``state.checkpoint_interval_s`` and at a
+clean stop. A crash after the last checkpoint reads the files taken since once more: their points are written
+again onto themselves (every point is deterministic; a window's ``emitted_ms`` is this gateway's clock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Final
+
+from .alerts import Alert
+from .app import state_path, wall_clock_ms
+from .config import Config
+from .engine.outputs import LateReading, WindowResult
+from .errors import StateError
+from .model import DeadLetter, MetricValue
+from .points import dead_letter_line
+from .sinks import make_writer
+from .spool import SpoolingSink
+from .state import StateStore
+
+__all__ = ["KINDS", "SinkOnly", "alert_line", "late_line", "window_line"]
+
+log = logging.getLogger("gateway.sink_only")
+
+KINDS: Final = ("windows", "late", "alerts")
+"""The job's output folders under ``sink_only.dir``, each read in this order."""
+
+STATE_VERSION: Final = 1
+CHUNK_BYTES: Final = 1 << 20
+"""A result file is read and converted about this many bytes at a time."""
+
+
+def window_line(doc: dict[str, Any], emitted_ms: int) -> str:
+    """The ``window`` point of a window result record (``WindowResult.to_payload``'s object)."""
+    device = doc.get("device")
+    aggs = {str(k): float(v) for k, v in dict(doc["aggregates"]).items() if v is not None}
+    key = str(device if device is not None else doc["site"])
+    res = WindowResult(
+        str(doc["window"]), "device" if device is not None else "site", key, str(doc["site"]), int(doc["start_ms"]),
+        int(doc["end_ms"]), str(doc["metric"]), int(doc["count"]), aggs,
+        int(doc["revision"]), doc["fired"],
+    )  # fmt: skip
+    if res.fired not in ("watermark", "late", "superseded", "early"):
+        raise ValueError(f"fired {res.fired!r}")
+    res.emitted_ms = emitted_ms
+    return res.to_line()
+
+
+def late_line(doc: dict[str, Any]) -> str:
+    """The ``late_reading`` point of a late record."""
+    value = doc.get("value")
+    wm = doc.get("watermark_ms")
+    return LateReading(
+        str(doc["window"]), str(doc["site"]), str(doc["device"]), str(doc["metric"]), int(doc["t_ms"]),
+        int(doc["boot"]), int(doc["seq"]), int(doc["late_by_ms"]), None if wm is None else int(wm), str(doc["reason"]),
+        None if value is None else float(value),
+    ).to_line()  # fmt: skip
+
+
+def alert_line(doc: dict[str, Any], config: Config) -> str:
+    """The ``alert`` point of a pattern alert record: its id from the readings (``alerts.alert_id``), its details
+    in their metrics' declared types, its message as the gateway writes it (the pattern's ``message``, or its name
+    and the steps the alert's details name, or every required step when they name none)."""
+    readings = []
+    for text in doc["readings"]:
+        device, boot, seq = str(text).rsplit("/", 2)
+        readings.append((device, int(boot), int(seq)))
+    details: dict[str, MetricValue] = {}
+    for name, raw in dict(doc.get("details") or {}).items():
+        metric = str(name).rpartition(".")[2]
+        details[str(name)] = _typed(str(raw), config.metric_types.of(metric))
+    name = str(doc["name"])
+    pattern = next((p for p in config.patterns if p.name == name), None)
+    message = str(doc.get("message") or "")
+    if not message and pattern is not None:
+        named = {k.partition(".")[0] for k in details}
+        steps = [s.name for s in pattern.steps if not s.negated and (s.name in named or (s.min_count and not named))]
+        message = pattern.message or f"{name}: " + " -> ".join(dict.fromkeys(steps)) + f" on {doc['key']}"
+    return Alert(
+        source="pattern", name=name, site=str(doc["site"]), key=str(doc["key"]), severity=doc["severity"],
+        first_ms=int(doc["first_ms"]), last_ms=int(doc["last_ms"]), readings=tuple(readings), message=message,
+        details=details,
+    ).to_line()  # fmt: skip
+
+
+def _typed(raw: str, kind: str) -> MetricValue:
+    """A detail written as a string by the job (``CAST(... AS STRING)``) as the gateway's value of that type."""
+    if kind == "string":
+        return raw
+    if kind == "boolean":
+        low = raw.strip().lower()
+        if low not in ("true", "false"):
+            raise ValueError(f"not a boolean: {raw!r}")
+        return low == "true"
+    if kind == "integer":
+        return int(float(raw)) if "." in raw or "e" in raw.lower() else int(raw)
+    return float(raw)
+
+
+def _visible(path: Path, root: Path) -> bool:
+    return not any(part.startswith((".", "_")) for part in path.relative_to(root).parts)
+
+
+class SinkOnly:
+    """The sink-only gateway: ``await SinkOnly(config).run(stop)`` until ``stop`` is set."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        now_ms: Callable[[], int] = wall_clock_ms,
+        stats_file: Path | None = None,
+        stats_interval_s: float = 1.0,
+    ) -> None:
+        self.config = config
+        self.now_ms = now_ms
+        self.root = Path(config.sink_only.dir)
+        self.store = StateStore(state_path(config), sync=config.state.sync)
+        self.sink = SpoolingSink(
+            make_writer(config.influx), config.influx, self.store, spool_max_bytes=config.state.spool_max_bytes
+        )
+        self.stats_file = stats_file
+        self.stats_interval_s = stats_interval_s
+        self.done: set[str] = set()
+        """Files consumed (paths relative to ``sink_only.dir``), as of the last checkpoint and since."""
+        self.files = 0
+        self.records = 0
+        self.bad_records = 0
+        self.checkpoints = 0
+        self.recovered = 0
+
+    def _scan(self) -> Iterator[tuple[str, Path]]:
+        for kind in KINDS:
+            base = self.root / kind
+            if not base.is_dir():
+                continue
+            found = [p for p in base.rglob("*") if p.is_file() and _visible(p, self.root)]
+            for p in sorted(found):
+                rel = p.relative_to(self.root).as_posix()
+                if rel not in self.done:
+                    yield kind, p
+
+    def _convert(self, kind: str, path: Path, raw: list[bytes], first: int) -> list[str]:
+        """The points of a file's lines ``raw`` (its line ``first`` on)."""
+        now = self.now_ms()
+        lines: list[str] = []
+        for i, line in enumerate(raw, first):
+            text = line.rstrip(b"\r\n")
+            if not text.strip():
+                continue
+            try:
+                doc = json.loads(text)
+                if kind == "windows":
+                    lines.append(window_line(doc, now))
+                elif kind == "late":
+                    lines.append(late_line(doc))
+                else:
+                    lines.append(alert_line(doc, self.config))
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                self.bad_records += 1
+                lines.append(self._bad(path, i, text, f"{type(exc).__name__}: {exc}"))
+                log.error(
+                    "a result record not in the documented schema: a dead letter bad_result",
+                    extra={"event": "bad_result", "file": str(path), "line": i, "error": f"{type(exc).__name__}: {exc}",
+                           "excerpt": text[:200].decode("utf-8", "replace")},
+                )  # fmt: skip
+        self.records += len(lines)
+        return lines
+
+    def _bad(self, path: Path, number: int, text: bytes, error: str) -> str:
+        """The ``bad_result`` dead letter of a line: the same point again when the file is read again (timestamped at
+        the file's modification time, kept apart by the line's number)."""
+        rel = path.relative_to(self.root).as_posix()
+        try:
+            mtime_ms = int(path.stat().st_mtime * 1000)
+        except OSError:
+            mtime_ms = self.now_ms()
+        dead = DeadLetter(
+            reason="bad_result", detail=error[:500], topic=rel, received_ms=mtime_ms, size=len(text),
+            excerpt=text[:200].decode("utf-8", "replace"), index=number,
+        )  # fmt: skip
+        return dead_letter_line(dead, number)
+
+    def recover(self) -> None:
+        ck = self.store.load_checkpoint()
+        if ck is None:
+            return
+        if ck.state.get("mode") != "sink_only" or ck.state.get("version") != STATE_VERSION:
+            raise StateError(
+                f"state file {self.store.path}: written by a gateway in another mode; give the sink-only gateway a "
+                "client id (mqtt.client_id) or state.dir of its own"
+            )
+        self.done = set(ck.state.get("done", []))
+        self.recovered = len(self.done)
+
+    async def checkpoint(self) -> None:
+        """The files consumed, and the sink's lines in memory moved to the spool, in one transaction. Names of files
+        no longer in the folder are dropped (the job's old output removed)."""
+        present = {p.relative_to(self.root).as_posix() for kind in KINDS for p in (self.root / kind).rglob("*")}
+        self.done &= present
+        state = {"version": STATE_VERSION, "mode": "sink_only", "done": sorted(self.done)}
+        self.sink.spill(lambda chunks: self.store.checkpoint(0, state, self.now_ms(), chunks))
+        self.checkpoints += 1
+
+    def snapshot_stats(self) -> dict[str, object]:
+        return {
+            "mode": "sink_only",
+            "files": {"consumed": self.files, "known": len(self.done), "records": self.records,
+                      "bad_records": self.bad_records, "recovered": self.recovered},
+            "sink": {**self.sink.stats.as_dict(), "pending": self.sink.pending, "healthy": self.sink.healthy,
+                     "spool_lines": self.store.spool_lines},
+            "state": {"checkpoints": self.checkpoints},
+        }  # fmt: skip
+
+    def _write_stats(self) -> None:
+        if self.stats_file is None:
+            return
+        tmp = self.stats_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.snapshot_stats(), separators=(",", ":")) + "\n", encoding="utf-8")
+        os.replace(tmp, self.stats_file)
+
+    async def _consume(self, kind: str, path: Path) -> None:
+        """A file's points into the sink, about :data:`CHUNK_BYTES` at a time (a part file may be large)."""
+        fh = await asyncio.to_thread(open, path, "rb")
+        with fh:
+            first = 1
+            while True:
+                raw = await asyncio.to_thread(fh.readlines, CHUNK_BYTES)
+                if not raw:
+                    return
+                lines = await asyncio.to_thread(self._convert, kind, path, raw, first)
+                first += len(raw)
+                await self.sink.add(lines)  # waits while memory and spool are full
+
+    async def run(self, stop: asyncio.Event) -> None:
+        cfg = self.config
+        log.info("sink-only gateway starting", extra={"event": "start", "dir": str(self.root)})
+
+        async def watch() -> None:  # a stop is seen at once, also while a full spool holds the reader back
+            await stop.wait()
+            self.sink.stop_waiting()
+
+        watcher = asyncio.create_task(watch())
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            await self.sink.start()
+            self.recover()
+            await self.checkpoint()
+            last = time.monotonic()
+            while not stop.is_set():
+                for kind, path in self._scan():
+                    await self._consume(kind, path)
+                    self.done.add(path.relative_to(self.root).as_posix())
+                    self.files += 1
+                    if stop.is_set():
+                        break
+                    if time.monotonic() - last >= cfg.state.checkpoint_interval_s:
+                        await self.checkpoint()
+                        last = time.monotonic()
+                if time.monotonic() - last >= cfg.state.checkpoint_interval_s:
+                    await self.checkpoint()
+                    last = time.monotonic()
+                self._write_stats()
+                try:
+                    await asyncio.wait_for(stop.wait(), cfg.sink_only.poll_interval_s)
+                except TimeoutError:
+                    pass
+        finally:
+            watcher.cancel()
+            self.sink.stop_waiting()
+            drained = await self.sink.drain(30.0) if self.sink.healthy else False
+            await self.sink.close()
+            try:
+                await self.checkpoint()
+            except Exception:
+                log.exception("the final checkpoint failed", extra={"event": "checkpoint_error"})
+            self._write_stats()
+            log.info(
+                "sink-only gateway stopped: %d files, %d records; drained=%s",
+                self.files, self.records, drained, extra={"event": "stop", "drained": drained},
+            )  # fmt: skip
+            self.store.close()
