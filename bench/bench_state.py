@@ -5,6 +5,7 @@ Reproduce (from the repository root)::
     python bench/bench_state.py                          # 10,000 devices x 3 metrics, 90 s of readings
     python bench/bench_state.py --against ../main        # the same, side by side with another checkout
     python bench/bench_state.py -d 1000 --engine pure    # smaller, the pure-Python engine
+    python bench/bench_state.py --restore                # also the state right after a restore of the snapshot
 
 The workload is bench_engine.py's (b): every device reads temp_c, rh and lux once a second (10 % of readings
 delayed 0-3 s, 0.05 % 8-12 s), one reading per message, through a tumbling 60 s, a sliding 60 s/1 s and a
@@ -16,7 +17,9 @@ readings (past the 60 s windows' first firing), printed:
 - ``RSS``: the process's resident memory then (the input is generated one second at a time and dropped), and
   its peak;
 - the engine's snapshot as JSON (what a checkpoint held) and compressed as a checkpoint stores it now, with
-  the time of each step.
+  the time of each step;
+- with ``--restore``: the deep size of a fresh engine right after restoring that JSON (what a restarted gateway
+  holds until its windows move on), and the CPU time of ``Engine.restore``.
 
 Each checkout runs in a fresh process (``--against PATH`` adds one for PATH, which must be importable as the
 repository root: a worktree of another commit, for example). Its compiled engine is used if it has a
@@ -55,7 +58,7 @@ def rss_mib() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def child(root: str, devices: int, seconds: int) -> None:
+def child(root: str, devices: int, seconds: int, restore: bool) -> None:
     sys.path.insert(0, root)
     from gateway.engine import ENGINE_BUILD, Engine, parse_engine
     from gateway.model import Batch, Reading
@@ -110,6 +113,21 @@ def child(root: str, devices: int, seconds: int) -> None:
         f"zlib level 1 {len(packed) / 2**20:.1f} MiB ({t_zip * 1e3:.0f} ms)",
         flush=True,
     )
+    if restore:
+        del snap, packed
+        engine = Engine(parse_engine({"windows": WINDOWS}))
+        loaded = json.loads(text)
+        del text
+        gc.collect()
+        t = time.process_time()
+        engine.restore(loaded)
+        t_restore = time.process_time() - t
+        del loaded
+        gc.collect()
+        print(
+            f"  restored from it: state {deep_size(engine) / 2**20:7.1f} MiB (restore {t_restore:.2f} s CPU)",
+            flush=True,
+        )
 
 
 def main() -> None:
@@ -118,17 +136,19 @@ def main() -> None:
     ap.add_argument("-s", "--seconds", type=int, default=90, help="seconds of readings (one per device)")
     ap.add_argument("--against", action="append", default=[], help="another checkout to measure beside this one")
     ap.add_argument("--engine", choices=["default", "pure"], default="default")
+    ap.add_argument("--restore", action="store_true", help="also restore the snapshot and measure the state then")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child is not None:
-        child(args.child, args.devices, args.seconds)
+        child(args.child, args.devices, args.seconds, args.restore)
         return
     env = {**os.environ}
     if args.engine == "pure":
         env["EDGEKIT_ENGINE"] = "pure"
     for root in [*args.against, str(ROOT)]:
         cmd = [sys.executable, __file__, "--child", str(Path(root).resolve()), "-d", str(args.devices)]
-        subprocess.run([*cmd, "-s", str(args.seconds)], check=True, env=env, cwd=root)
+        cmd += ["-s", str(args.seconds)] + (["--restore"] if args.restore else [])
+        subprocess.run(cmd, check=True, env=env, cwd=root)
 
 
 if __name__ == "__main__":

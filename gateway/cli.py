@@ -29,7 +29,7 @@ from .protocol import METRIC_RE
 from .record import RecordError, count_records
 from .replay import replay
 from .salvage import recover_state
-from .sizing import Sizing, bridge_pipeline_us, calibrate, size_fleet
+from .sizing import FLINK_SLOT_RATE, Sizing, bridge_pipeline_us, calibrate, size_fleet
 from .state import HOLDS, LOG_HOLDS, StateFileError, file_error, log_path
 from .top import run_top
 
@@ -391,9 +391,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "backlog after an outage)")  # fmt: skip
     sz.add_argument("--memory", default="512MiB", metavar="SIZE",
                     help="the state a gateway may hold in memory (default 512MiB; KiB, MiB, GiB)")  # fmt: skip
-    sz.add_argument("--flink-slot-rate", type=float, default=None, metavar="N",
-                    help="readings per second one Flink slot takes for this job (measured: docs/scale-out.md); "
-                    "gives the parallelism, TaskManagers and Kafka partitions")  # fmt: skip
+    sz.add_argument("--flink-slot-rate", type=float, default=FLINK_SLOT_RATE, metavar="N",
+                    help="readings per second one Flink slot takes for this job, measured on your cluster with "
+                    f"bench/bench_flink.py (default {FLINK_SLOT_RATE:,}: measured on a 2-core test machine, "
+                    "docs/scale-out.md); gives the parallelism, TaskManagers and Kafka partitions")  # fmt: skip
     sz.add_argument("--slots-per-tm", type=int, default=2, metavar="N", help="slots per TaskManager (default 2)")
     tr = plan.add_argument_group("latency against accuracy (--scenario)")
     tr.add_argument("--scenario", metavar="NAME", help="a simulator scenario (edgekit-sim scenarios) or its TOML file")
@@ -445,6 +446,9 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument(
         "--late-out", default=f"{DEFAULT_DIR}/out/late", metavar="URI", help="late records: directory or topic"
     )
+    comp.add_argument(
+        "--alerts-out", default=f"{DEFAULT_DIR}/out/alerts", metavar="URI", help="pattern alerts: directory or topic"
+    )
     comp.add_argument("--bootstrap-servers", default=DEFAULT_KAFKA, help="Kafka brokers (--source kafka)")
     comp.add_argument("--monitor-interval", default="10s", metavar="SPAN",
                       help="files: how often the job looks for new files (default 10s; '' reads what is there and "
@@ -495,6 +499,7 @@ def _compile(cfg: Config, args: argparse.Namespace) -> int:
         readings=args.readings,
         windows=args.windows_out,
         late=args.late_out,
+        alerts=args.alerts_out,
         bootstrap_servers=args.bootstrap_servers,
         monitor_interval=args.monitor_interval,
     )
@@ -705,6 +710,10 @@ def _describe_sizing(s: Sizing) -> list[str]:
             f"           job parallelism {f.parallelism} ({f.task_managers} TaskManager"
             f"{'s' if f.task_managers != 1 else ''}), {f.kafka_partitions} Kafka partitions (key site/device), "
             f"about {(f.state_per_slot_bytes or 0) / 2**20:,.1f} MiB of state a slot, state backend {f.state_backend}"
+        )
+        lines.append(
+            f"           at {f.slot_rate or 0:,.0f} readings/s a slot (--flink-slot-rate; the default was measured on "
+            "a 2-core test machine: docs/scale-out.md)"
         )
     else:
         lines.append(

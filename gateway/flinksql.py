@@ -20,6 +20,7 @@ from typing import Final, Literal
 from .config import Config
 from .engine.config import WindowSpec
 from .errors import ConfigError
+from .flinkcep import ALERT_COLUMNS, pattern_refusals, pattern_selects
 
 __all__ = [
     "DEFAULT_DIR",
@@ -64,6 +65,7 @@ class SinkPaths:
     readings: str = f"{DEFAULT_DIR}/readings"
     windows: str = f"{DEFAULT_DIR}/out/windows"
     late: str = f"{DEFAULT_DIR}/out/late"
+    alerts: str = f"{DEFAULT_DIR}/out/alerts"
     bootstrap_servers: str = DEFAULT_KAFKA
     monitor_interval: str = ""
     """Files connector: how often the job looks for new files (``10s``); empty: read what is there, then end."""
@@ -89,8 +91,8 @@ def refusals(cfg: Config) -> list[str]:
             "engine.watermark.classes: one out-of-orderness bound per job (the WATERMARK FOR clause); "
             "remove the classes and set engine.watermark.out_of_orderness to the largest bound"
         )
-    if not eng.windows:
-        out.append("[[windows]]: none declared; a job needs at least one window")
+    if not eng.windows and not cfg.patterns:
+        out.append("[[windows]]: none declared; a job needs at least one window or pattern")
     for w in eng.windows:
         where = f"windows[{w.name}]"
         if w.out_of_orderness_ms is not None and w.out_of_orderness_ms != wm.out_of_orderness_ms:
@@ -122,11 +124,7 @@ def refusals(cfg: Config) -> list[str]:
             )
     if eng.unsynced not in ("reject", "window"):  # pragma: no cover - the parser allows only these
         out.append(f"engine.unsynced = {eng.unsynced!r}")
-    for p in cfg.patterns:
-        out.append(
-            f"patterns[{p.name}]: patterns are not compiled to MATCH_RECOGNIZE yet; keep them on the gateway "
-            "(bridge and CEP at the site), or remove the pattern from the job's configuration"
-        )
+    out += pattern_refusals(cfg)
     for j in cfg.joins:
         out.append(
             f"joins[{j.name}]: interval joins are not compiled yet (Flink SQL has interval joins, with their own "
@@ -369,13 +367,19 @@ def compile_flink_sql(
             "SELECT 1, '', site, device, '', t_ms, boot, seq, 0, CAST(NULL AS BIGINT), 'unsynced', "
             f"CAST(NULL AS DOUBLE) FROM {prefix}readings WHERE q = 'u'"
         )
-    out.append(
-        "EXECUTE STATEMENT SET\nBEGIN\n"
-        f"INSERT INTO {prefix}window_results\nWITH "
-        + ",\n".join(queries)
-        + "\n"
-        + "\nUNION ALL\n".join(windows)
-        + ";\n"
-        f"INSERT INTO {prefix}late_records\n" + "\nUNION ALL\n".join(late) + ";\nEND;"
-    )
+    inserts: list[str] = []
+    if windows:
+        inserts.append(
+            f"INSERT INTO {prefix}window_results\nWITH "
+            + ",\n".join(queries)
+            + "\n"
+            + "\nUNION ALL\n".join(windows)
+            + ";"
+        )
+    if late:
+        inserts.append(f"INSERT INTO {prefix}late_records\n" + "\nUNION ALL\n".join(late) + ";")
+    if cfg.patterns:
+        out.append(sink("alerts", ALERT_COLUMNS, p.alerts))
+        inserts.append(f"INSERT INTO {prefix}alerts\n" + "\nUNION ALL\n".join(pattern_selects(cfg, prefix)) + ";")
+    out.append("EXECUTE STATEMENT SET\nBEGIN\n" + "\n".join(inserts) + "\nEND;")
     return "\n".join(out) + "\n"

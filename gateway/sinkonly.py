@@ -84,6 +84,8 @@ def alert_line(doc: dict[str, Any], config: Config) -> str:
         readings.append((device, int(boot), int(seq)))
     details: dict[str, MetricValue] = {}
     for name, raw in dict(doc.get("details") or {}).items():
+        if raw is None:  # the step's reading lacks the metric: the gateway shows no value either
+            continue
         metric = str(name).rpartition(".")[2]
         details[str(name)] = _typed(str(raw), config.metric_types.of(metric))
     name = str(doc["name"])

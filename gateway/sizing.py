@@ -47,6 +47,12 @@ PIPELINE_US: Final = 16.0
 about 160 us per message on the benchmark machine (docs/performance.md, "Where the time goes")."""
 REST_US: Final = 1e6 / GATEWAY_READINGS_PER_CPU_S - PIPELINE_US
 """What the gateway spends per reading outside the pipeline on the benchmark machine (about 31.6 us)."""
+FLINK_SLOT_RATE: Final = 26_000
+"""Readings per second one Flink slot took for the compiled job of workload (a) (a 10 s tumbling mean per device,
+global watermark, 100 devices): ``bench/bench_flink.py``'s parallelism-1 wall-clock figure on the 2-core test
+machine, the median over rounds, the lower of its two message sizes (1 and 10 readings a message; they did not
+differ beyond the rounds' spread). ``plan``'s default for ``--flink-slot-rate`` (docs/scale-out.md, "Throughput,
+measured")."""
 
 CAL_DEVICES: Final = 100
 CAL_MESSAGES: Final = 300
@@ -134,6 +140,8 @@ class FlinkSetup:
     kafka_partitions: int | None
     state_per_slot_bytes: int | None
     state_backend: str
+    slot_rate: float | None = None
+    """The readings per second a slot takes that ``parallelism`` is computed with."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,7 +229,9 @@ def size_fleet(
         per_slot = state_bytes // parallelism
     per_tm = state_bytes / (task_managers or 1)
     backend = "hashmap (state on the heap)" if per_tm <= 1 << 30 else "rocksdb (state on local disk; heap too small)"
-    flink = FlinkSetup(bridges, bridge_capacity, parallelism, task_managers, partitions, per_slot, backend)
+    flink = FlinkSetup(
+        bridges, bridge_capacity, parallelism, task_managers, partitions, per_slot, backend, flink_slot_rate
+    )
     return Sizing(
         readings_per_s, messages_per_s, pipeline_us, calibration.pipeline_us, speed, gateway_us, capacity, checkpoints,
         share,

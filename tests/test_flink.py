@@ -13,17 +13,21 @@ import json
 import math
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from gateway.alerts import Alert
 from gateway.bridge import message_records
 from gateway.config import Config, parse_config
 from gateway.engine import LateReading, WindowResult
-from gateway.flinksql import FlinkRefused, SinkPaths, compile_flink_sql
+from gateway.flinksql import FlinkRefused, SinkPaths, compile_flink_sql, refusals
 from gateway.pipeline import Pipeline
 from sim.commands import prepare
 from sim.inprocess import gateway_config
@@ -46,10 +50,10 @@ ROUNDING = {"sum": 1e-9, "mean": 1e-9, "stddev": 1e-6}
 
 @pytest.fixture(scope="session")
 def flink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """A standalone Flink cluster on loopback: one JobManager and two TaskManagers (three slots each), separate
+    """A standalone Flink cluster on loopback: one JobManager and two TaskManagers (five slots each), separate
     processes, checkpoints in a local directory (scripts/flink_cluster.py)."""
     try:
-        cluster = start_cluster(tmp_path_factory.mktemp("flink"))
+        cluster = start_cluster(tmp_path_factory.mktemp("flink"), slots=5)  # the six jobs need 9 slots
     except FlinkMissing as exc:
         pytest.fail(str(exc))
     try:
@@ -68,6 +72,7 @@ class GatewaySide:
     windows: list[dict[str, Any]]
     late: list[dict[str, Any]]
     final_watermark: int
+    alerts: list[Alert] = field(default_factory=list)
 
 
 def _late_doc(o: LateReading) -> dict[str, Any]:
@@ -90,15 +95,24 @@ def _late_doc(o: LateReading) -> dict[str, Any]:
     return doc
 
 
-def gateway_side(name: str, windows: list[dict[str, Any]] | None = None) -> GatewaySide:
+def gateway_side(
+    name: str,
+    windows: list[dict[str, Any]] | None = None,
+    patterns: list[dict[str, Any]] | None = None,
+    bound: str | None = None,
+) -> GatewaySide:
     """Simulate the scenario, run it through the gateway's pipeline in the global watermark mode; what the
     gateway emitted and the bridge's input lines for the job."""
     scenario = load_scenario(name)
     gw = dict(scenario.gateway)
     if windows is not None:
         gw["windows"] = windows
+    if patterns is not None:
+        gw["patterns"] = patterns
     engine = dict(gw.get("engine", {}))
     engine["watermark"] = {**engine.get("watermark", {}), "mode": "global"}
+    if bound is not None:
+        engine["watermark"]["out_of_orderness"] = bound
     gw["engine"] = engine
     prep = prepare(scenario, gw, now_ms=lambda: 1_764_072_000_000)
     cfg = gateway_config(gw, scenario.prefix)
@@ -106,6 +120,7 @@ def gateway_side(name: str, windows: list[dict[str, Any]] | None = None) -> Gate
     lines: list[str] = []
     results: list[dict[str, Any]] = []
     late: list[dict[str, Any]] = []
+    alerts: list[Alert] = []
     pos = 1
     wm = -(2**62)
     bound = cfg.engine.watermark.out_of_orderness_ms
@@ -123,10 +138,13 @@ def gateway_side(name: str, windows: list[dict[str, Any]] | None = None) -> Gate
 
     for d in deliveries:
         while next_tick <= d.arrival_ms:
-            collect(pipeline.tick(next_tick).outputs)
+            ticked = pipeline.tick(next_tick)
+            collect(ticked.outputs)
+            alerts += ticked.alerts
             next_tick += 1_000
         out = pipeline.handle(d.topic, d.payload, d.arrival_ms)
         collect(out.outputs)
+        alerts += out.alerts
         if out.readings:
             eng = cfg.engine
             recs = message_records(
@@ -135,7 +153,7 @@ def gateway_side(name: str, windows: list[dict[str, Any]] | None = None) -> Gate
             lines += [rec.decode().rstrip("\n") for rec in recs]
             pos += 1
             wm = max([wm] + [r.t_ms - bound for r in out.readings if r.quality != "u"])
-    return GatewaySide(cfg, lines, results, late, wm)
+    return GatewaySide(cfg, lines, results, late, wm, alerts)
 
 
 # --- the job's side ---------------------------------------------------------------------------------------
@@ -155,6 +173,7 @@ class JobSide:
     windows: list[dict[str, Any]]
     late: list[dict[str, Any]]
     script: str
+    alerts: list[dict[str, Any]] = field(default_factory=list)
 
 
 def streaming_job_sides(cluster: Cluster, work: Path, runs: dict[str, tuple[GatewaySide, int]]) -> dict[str, JobSide]:
@@ -169,6 +188,7 @@ def streaming_job_sides(cluster: Cluster, work: Path, runs: dict[str, tuple[Gate
             readings=f"file://{base / 'in'}",
             windows=f"file://{base / 'windows'}",
             late=f"file://{base / 'late'}",
+            alerts=f"file://{base / 'alerts'}",
             monitor_interval="1s",
         )
         scripts[label] = compile_flink_sql(side.config, paths, parallelism=parallelism, prefix=f"s{i}_")
@@ -197,7 +217,12 @@ def streaming_job_sides(cluster: Cluster, work: Path, runs: dict[str, tuple[Gate
         time.sleep(3)
     cluster.stop(list(ids.values()), work / "savepoints")
     return {
-        label: JobSide(_read_dir(work / f"run{i}" / "windows"), _read_dir(work / f"run{i}" / "late"), script)
+        label: JobSide(
+            _read_dir(work / f"run{i}" / "windows"),
+            _read_dir(work / f"run{i}" / "late"),
+            script,
+            _read_dir(work / f"run{i}" / "alerts") if (work / f"run{i}" / "alerts").exists() else [],
+        )
         for i, (label, script) in enumerate(scripts.items())
     }
 
@@ -311,6 +336,27 @@ def gateway_runs() -> dict[str, GatewaySide]:
     return {name: gateway_side(name, windows) for name, windows in SCENARIOS.items()}
 
 
+@pytest.fixture(scope="session")
+def pattern_side() -> GatewaySide:
+    """pattern-sequences with the PATTERNS below and no window, in global mode with a 60 s bound (its status and
+    door readings come up to 49 s after their time: on time then, so that every pattern matches)."""
+    return gateway_side("pattern-sequences", [], PATTERNS, "60s")
+
+
+@pytest.fixture(scope="session")
+def jobs(
+    flink: Cluster,
+    gateway_runs: dict[str, GatewaySide],
+    pattern_side: GatewaySide,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[dict[str, tuple[GatewaySide, int]], dict[str, JobSide]]:
+    """Every run of the window scenarios and of the patterns, at parallelism 1 and 2, submitted once together
+    (a submission's fixed costs, the client's planning and the drain, are paid once)."""
+    runs = {f"{name} p{p}": (side, p) for name, side in gateway_runs.items() for p in (1, 2)}
+    runs |= {f"patterns p{p}": (pattern_side, p) for p in (1, 2)}
+    return runs, streaming_job_sides(flink, tmp_path_factory.mktemp("jobs"), runs)
+
+
 def _check(name: str, side: GatewaySide, job: JobSide, label: str) -> list[str]:
     assert side.windows and side.late and side.lines, f"{name}: the gateway emitted nothing to compare"
     diffs, explained = window_differences(side.windows, job.windows, side.final_watermark, side.late)
@@ -323,13 +369,13 @@ def _check(name: str, side: GatewaySide, job: JobSide, label: str) -> list[str]:
 
 @pytest.mark.integration
 def test_job_equals_gateway_at_parallelism_1_and_2(
-    flink: Cluster, gateway_runs: dict[str, GatewaySide], tmp_path: Path
+    gateway_runs: dict[str, GatewaySide], jobs: tuple[dict[str, tuple[GatewaySide, int]], dict[str, JobSide]]
 ) -> None:
     """Each scenario at parallelism 1 and 2, the input arriving while the jobs run: every window and late
     record equal to the gateway's, but for rules E (end of input), S (a session extended backwards) and R
     (rounding), each of which occurs."""
     runs = {f"{name} p{p}": (side, p) for name, side in gateway_runs.items() for p in (1, 2)}
-    got = streaming_job_sides(flink, tmp_path, runs)
+    got = jobs[1]
     rules: dict[str, set[str]] = {}
     for label, (side, _) in runs.items():
         rules[label] = {e.split(" ", 2)[1] for e in _check(label, side, got[label], "")}
@@ -390,8 +436,126 @@ def test_cli_compile_writes_the_job_and_refuses_with_exit_2(tmp_path: Path, caps
     kafka = capsys.readouterr().out
     assert kafka.count("'connector' = 'kafka'") == 3 and "'sink.delivery-guarantee' = 'exactly-once'" in kafka
     assert "filesystem" not in kafka
-    # refused: the example configuration (per-device watermarks, patterns, no window)
+    # refused: the example configuration (per-device watermarks, a quiet period, fast alerts; its patterns are a job)
     example = REPO / "gateway" / "examples" / "gateway.toml"
     assert main(["compile", "--target", "flink-sql", "--config", str(example)]) == 2
     err = capsys.readouterr().err
-    assert "engine.watermark.mode" in err and "patterns[door_left_open]" in err and "[[windows]]" in err
+    assert "engine.watermark.mode" in err and "patterns[door_left_open].steps[closed]" in err
+    assert "[[windows]]" not in err
+
+
+# --- patterns (MATCH_RECOGNIZE) ---------------------------------------------------------------------------
+
+PATTERNS: list[dict[str, Any]] = [
+    # at_least on the last step (it completes at its minimum), within
+    {"name": "failed_3x_5m", "within": "5m", "severity": "critical",
+     "steps": [{"name": "failed", "where": 'status == "FAILED"', "at_least": 3}]},
+    # strict next
+    {"name": "door_opened", "steps": [{"name": "closed_before", "where": 'door == "closed"'},
+                                      {"name": "opened", "follow": "next", "where": 'door == "open"'}]},
+    # a negation in the middle, followed_by
+    {"name": "open_then_closed", "within": "5m",
+     "steps": [{"name": "opened", "where": 'door == "open"'},
+               {"name": "no_fail", "follow": "not_followed_by", "where": 'status == "FAILED"'},
+               {"name": "closed", "where": 'door == "closed"'}]},
+    # times on a strict step, prev references
+    {"name": "temp_rising", "within": "3m", "severity": "info",
+     "steps": [{"name": "base", "where": "temp_c > -50"},
+               {"name": "rise", "follow": "next", "times": 2, "where": "temp_c > prev.temp_c + 0.05"}]},
+    # a site key (readings of several devices in (t, device, boot, seq) order), a step reference with a factor
+    {"name": "site_warm_then_cool", "key": "site", "within": "2m",
+     "steps": [{"name": "warm", "where": "temp_c >= 21.5 and temp_c in [15, 30]"},
+               {"name": "cool", "where": "temp_c < 0.98 * warm.temp_c - 0.1"}]},
+    # device globs, strings compared with != too
+    {"name": "failed_then_door", "key": "site", "devices": ["dev-000[!4]", "dev-0005"],
+     "steps": [{"name": "failed", "where": 'status == "FAILED"'},
+               {"name": "door", "where": 'door == "open" and door != "closed"'}]},
+]  # fmt: skip
+
+
+def alert_differences(side: GatewaySide, job: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """The job's alert records, as the sink-only gateway writes them (``sinkonly.alert_line``), against the
+    gateway's own ``alert`` points; a job alert whose last reading the gateway's final watermark has not passed
+    is rule E (end of input)."""
+    from gateway.sinkonly import alert_line
+
+    gw = Counter(a.to_line() for a in side.alerts)
+    explained: list[str] = []
+    mine: Counter[str] = Counter()
+    for doc in job:
+        if doc["last_ms"] >= side.final_watermark:
+            explained.append(f"rule E (end of input): {doc['name']} {doc['readings']}")
+        else:
+            mine[alert_line(doc, side.config)] += 1
+    diffs = [f"alert only in the gateway: {x}" for x in (gw - mine).elements()]
+    diffs += [f"alert only in the job: {x}" for x in (mine - gw).elements()]
+    return diffs, explained
+
+
+@pytest.mark.integration
+def test_patterns_equal_the_gateways_at_parallelism_1_and_2(
+    pattern_side: GatewaySide, jobs: tuple[dict[str, tuple[GatewaySide, int]], dict[str, JobSide]]
+) -> None:
+    """pattern-sequences in global mode, six patterns compiled to MATCH_RECOGNIZE in one job, at parallelism 1
+    and 2 (submitted with the window scenarios' jobs): every alert of the job, written as the sink-only gateway
+    writes it, equals the gateway's point, but for rule E (end of input), which occurs."""
+    side = pattern_side
+    names = Counter(a.name for a in side.alerts)
+    assert set(names) == {p["name"] for p in PATTERNS}, f"a pattern raised no alert on the gateway: {names}"
+    got = jobs[1]
+    for label in ("patterns p1", "patterns p2"):
+        diffs, explained = alert_differences(side, got[label].alerts)
+        print(f"{label}: {len(side.alerts)} alerts equal; {len(explained)} explained:", *explained[:12], sep="\n  ")
+        assert not diffs, f"{label}: {len(diffs)} differences:\n" + "\n".join(diffs[:40])
+        assert explained, "rule E does not occur: the end of input left no match open"
+
+
+def test_compile_refuses_the_patterns_match_recognize_cannot_run() -> None:
+    """Each pattern setting without an exact MATCH_RECOGNIZE form is refused, named, with what to do; the
+    patterns that map compile (one MATCH_RECOGNIZE each, WITHIN one ms more than the gateway's within)."""
+    base = {"engine": {"watermark": {"mode": "global"}}, "metric_types": {"string": ["door", "status"]},
+            "groups": {"g": ["dev-*"]}}  # fmt: skip
+    bad = [
+        {"name": "left_open", "steps": [{"name": "o", "where": 'door == "open"'},
+                                        {"name": "c", "follow": "not_followed_by", "where": 'door == "closed"',
+                                         "within": "5m"}]},
+        {"name": "fast", "on": "both", "steps": [{"name": "a", "where": "temp_c > 80"}]},
+        {"name": "noskip", "skip": "no_skip", "steps": [{"name": "a", "where": "temp_c > 80"}]},
+        {"name": "grouped", "key": "group:g", "steps": [{"name": "a", "where": "temp_c > 80"}]},
+        {"name": "loop", "steps": [{"name": "a", "where": "temp_c > 80", "at_least": 2},
+                                   {"name": "b", "where": "temp_c < 10"}]},
+    ]  # fmt: skip
+    with pytest.raises(FlinkRefused) as exc:
+        compile_flink_sql(parse_config({**base, "patterns": bad}, env={}))
+    assert [p.split(":")[0] for p in exc.value.problems] == [
+        "patterns[left_open].steps[c]", "patterns[fast].on = \"both\"", "patterns[noskip].skip = \"no_skip\"",
+        "patterns[grouped].key = \"group", "patterns[loop].steps[a]",
+    ]  # fmt: skip
+    text = str(exc.value)
+    assert "FLINK-18642" in text and "times = 2" in text and "skip_past_last_event" in text
+    script = compile_flink_sql(parse_config({**base, "patterns": PATTERNS}, env={}))
+    assert script.count("MATCH_RECOGNIZE (") == len(PATTERNS) and "[[windows]]" not in script
+    assert "WITHIN INTERVAL '300.001' SECOND(9, 3)" in script and "AFTER MATCH SKIP PAST LAST ROW" in script
+    assert "INSERT INTO window_results" not in script and "INSERT INTO alerts" in script
+
+
+@given(
+    st.text("ab-*?[]!^.\\&~|", max_size=8),
+    st.text("ab-.!^[]\\&~|", max_size=6),
+)
+def test_device_globs_become_the_regex_fnmatch_means(glob: str, device: str) -> None:
+    """A pattern's ``devices`` globs go into the job as regular expressions (Java's syntax agrees with Python's
+    on what is generated: ``.``, ``.*``, classes, backslash escapes): the same devices as ``fnmatchcase``."""
+    import re
+    from fnmatch import fnmatchcase
+
+    from gateway.flinkcep import _glob
+
+    try:
+        regex = re.compile(f"(?:{_glob(glob)})", re.S)
+    except re.error:  # a reversed range ('[b-a]'): compile refuses the pattern (patterns[p].devices)
+        cfg = parse_config({"patterns": [{"name": "p", "devices": [glob], "steps": [{"name": "a", "where": "x > 1"}]}]},
+                           env={})  # fmt: skip
+        assert any(x.startswith("patterns[p].devices") for x in refusals(cfg))
+        return
+    assert (regex.fullmatch(device) is not None) == fnmatchcase(device, glob)

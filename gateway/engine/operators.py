@@ -27,6 +27,7 @@ from __future__ import annotations
 from bisect import insort
 from collections.abc import Callable, Set
 from heapq import heappop, heappush
+from math import copysign
 from typing import Any, Final, Protocol
 
 from mypy_extensions import mypyc_attr
@@ -586,9 +587,12 @@ class _SlideKey:
         return flat
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> _SlideKey:
+    def from_json(cls, d: dict[str, Any], singles: bool, sparse: bool) -> _SlideKey:
+        """The key from its snapshot; ``singles``: a pane that is exactly the accumulator of one reading becomes that
+        reading again (a :class:`Single`); ``sparse``: of the front's entries (a snapshot holds every one) only
+        those a transfer keeps are kept (see ``SlidingOperator._fire``)."""
         ks = cls()
-        ks.accs = [_acc_at(p, a) for p, a in d["panes"]]
+        ks.accs = [_pane_at(p, a) if singles else _acc_at(p, a) for p, a in d["panes"]]
         ks.revs = {s: r for s, r in d["revs"]}
         ks.cleanup = [(x[0], x[1]) for x in d["cleanup"]]
         ks.dirty = set(d["dirty"]) if d["dirty"] else None
@@ -604,7 +608,10 @@ class _SlideKey:
                 f.start = p
                 ks.front_a.append(f)
         if ks.front_a:
-            ks.newest = ks.accs[_left_from_front(ks.accs, ks.front_a[0].start)]
+            jn = _left_from_front(ks.accs, ks.front_a[0].start)
+            ks.newest = ks.accs[jn]
+            if sparse and ks.dirty is None:
+                ks.front_a = _sparse(ks.front_a, ks.accs, jn)
         ks.back_acc = None if d["back_acc"] is None else acc_from_json(d["back_acc"])
         ks.hi = d["hi"]
         back = d["back"]
@@ -998,7 +1005,7 @@ class SlidingOperator(WindowOperator):
 
     def restore(self, snap: dict[str, Any]) -> None:
         self._base_restore(snap)
-        self.keys = {k: _SlideKey.from_json(d) for k, d in snap["keys"].items()}
+        self.keys = {k: _SlideKey.from_json(d, self.singles, self.sparse) for k, d in snap["keys"].items()}
         self._requeue_all(list(self.keys))
 
     def early_acc(self, key: str, start: int) -> tuple[int, int, Acc] | None:
@@ -1283,6 +1290,22 @@ def _put_last(accs: list[Acc], j: int, m: int, r: Stat) -> None:
         j -= 1
 
 
+def _sparse(front: list[Part], accs: list[Acc], jn: int) -> list[Part]:
+    """Of a front's every entry, newest first, one a pane from the pane ``accs[jn]`` down (as a snapshot holds them),
+    those a transfer of as many panes keeps: every ``_stride(n)``-th from the newest and those above the highest of
+    them. The others are made again from the panes when needed, to the bit, as after a transfer. A front whose
+    entries are not one a pane in a row (a pane added since it was built) is kept whole."""
+    n = len(front)
+    if n < 3 or jn - n + 1 < 0:
+        return front
+    for u in range(n):
+        if accs[jn - u].start != front[u].start:
+            return front
+    stride = _stride(n)
+    top = (n - 1) // stride * stride
+    return [front[u] for u in range(n) if u % stride == 0 or u >= top]
+
+
 def _stride(n: int) -> int:
     """Of a front of ``n`` entries, every how many-th is kept: about sqrt(n), so that about 2 sqrt(n) are kept at
     a time, for one more merge per pane."""
@@ -1304,6 +1327,40 @@ def _acc_at(p: int, flat: list[Any]) -> Acc:
     acc = acc_from_json(flat)
     acc.start = p
     return acc
+
+
+def _pane_at(p: int, flat: list[Any]) -> Acc:
+    """A pane from its snapshot, starting at ``p``: the :class:`Single` of its reading if it is exactly the
+    accumulator of one reading (what a snapshot of a Single is), else the accumulator."""
+    acc = _acc_at(p, flat)
+    nm = len(flat) // FIELDS
+    values: Values = []
+    t = b = s = 0
+    seen = False
+    st = Stat()
+    for m in range(nm):
+        c = acc.count(m)
+        if c == 0:
+            values.append(None)
+            continue
+        acc.put_first(m, st)
+        if c > 1 or (seen and (st.ft != t or st.fb != b or st.fs != s)):
+            return acc
+        seen = True
+        t, b, s = st.ft, st.fb, st.fs
+        values.append(st.fv)
+    if not seen:
+        return acc
+    one = _single(p, values, t, b, s)
+    ref = _pane_json(one, nm)  # what a snapshot of the Single holds: the same values to the bit, or not one
+    if ref != flat:
+        return acc
+    for i in range(len(ref)):  # == does not tell -0.0 from 0.0, nor 1 from 1.0
+        x = ref[i]
+        y = flat[i]
+        if type(x) is not type(y) or (isinstance(x, float) and x == 0.0 and copysign(1.0, x) != copysign(1.0, y)):
+            return acc
+    return one
 
 
 def _session_start(x: _Session) -> int:

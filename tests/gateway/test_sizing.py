@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from gateway.cli import main
 from gateway.config import Config
 from gateway.sizing import (
+    FLINK_SLOT_RATE,
     GATEWAY_READINGS_PER_CPU_S,
     PIPELINE_US,
     REST_US,
@@ -119,3 +120,18 @@ def test_plan_prints_the_sizing(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert "verdict:   OUTGROWN one gateway: state:" in text and "MiB in memory, over the 0 MiB allowed" in text
     assert "job parallelism 1 (1 TaskManager), 1 Kafka partitions" in text
     assert main([*args, "--max-cpu", "0"]) == 2 and main([*args, "--memory", "lots"]) == 2
+
+
+def test_plan_takes_the_measured_slot_rate_by_default(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Without --flink-slot-rate the parallelism comes from the per-slot rate bench_flink.py measured."""
+    assert FLINK_SLOT_RATE > 0
+    cfg = _config(tmp_path)
+    args = ["plan", "--config", cfg, "--devices", "20", "--interval", "30s", "--hours", "0.1", "--json"]
+    assert main(args) == 0
+    f = json.loads(capsys.readouterr().out)["sizing"]["flink"]
+    assert f["slot_rate"] == FLINK_SLOT_RATE and f["parallelism"] == 1
+    assert main([*args, "--flink-slot-rate", "0.01"]) == 0
+    f = json.loads(capsys.readouterr().out)["sizing"]["flink"]
+    assert f["slot_rate"] == 0.01 and f["parallelism"] == math.ceil(20 / 30 / (0.01 * 0.5))
+    assert main(args[:-1]) == 0
+    assert f"at {FLINK_SLOT_RATE:,} readings/s a slot" in capsys.readouterr().out
