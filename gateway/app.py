@@ -76,12 +76,17 @@ __all__ = ["CollectorPacing", "Gateway", "ReloadResult", "StateError", "state_pa
 
 log = logging.getLogger("gateway")
 
-STATE_VERSION = 3
-"""3: the admitted devices, their metric names and the anomaly detectors in the per-key rows too; 2: the
+STATE_VERSION = 4
+"""4: the ingest log in a file of its own beside the state file (``gateway.state.log_path``): a gateway of version
+3 would not read it and would lose the messages logged there, so it refuses the checkpoint; the rows are those
+of 3. 3: the admitted devices, their metric names and the anomaly detectors in the per-key rows too; 2: the
 checkpoint in per-key rows (``gateway.ckpt_rows``); a gateway of an older version refuses a newer one (it would
 read only part of it). Versions 1 (the whole state in one value) and 2 are still restored (the first checkpoint
 after them writes every row)."""
-READ_VERSIONS = (1, 2, STATE_VERSION)
+ROW_VERSIONS = (3, STATE_VERSION)
+"""Versions whose per-key rows are those this version writes: the first checkpoint after them writes only what
+changed."""
+READ_VERSIONS = (1, 2, *ROW_VERSIONS)
 
 CAPTURE_SLICE = 32
 """Keys a checkpoint snapshots at a time on the event loop before it lets other work run."""
@@ -357,9 +362,10 @@ class Gateway:
         return [LogRecord(p, k, t, b, now) for p, (k, t, b, _) in zip(positions, rows, strict=True)]
 
     async def _accept_logged(self, msgs: list[Incoming]) -> list[LogRecord]:
-        """:meth:`_accept` once no checkpoint is writing (the state file's ``write_gate``): the loop goes on
-        meanwhile, and the messages are acknowledged only once their own commit is done."""
-        async with self.store.write_gate:
+        """:meth:`_accept` once the log is not being cut (the log file's ``log_gate``, held for a few milliseconds
+        at most): the loop goes on meanwhile, and the messages are acknowledged only once their own commit is done.
+        A checkpoint's transaction (on the state file) does not hold it up."""
+        async with self.store.log_gate:
             return self._accept(msgs)
 
     async def _process(self, records: list[LogRecord]) -> None:
@@ -441,7 +447,7 @@ class Gateway:
                     return
                 self._caught_up.clear()
                 await self._caught_up.wait()
-            async with self.store.write_gate:  # not while a checkpoint writes
+            async with self.store.log_gate:  # not while the log is being cut
                 if self.pos < self.store.last_pos:
                     continue  # messages were logged while it waited: they are taken first
                 now = self.now_ms()
@@ -510,7 +516,7 @@ class Gateway:
                     return ReloadResult(False, "the gateway is stopping; nothing was changed")
                 self._caught_up.clear()
                 await self._caught_up.wait()
-            async with self.store.write_gate:  # not while a checkpoint writes
+            async with self.store.log_gate:  # not while the log is being cut
                 if self.pos < self.store.last_pos:
                     continue  # messages were logged while it waited: they are taken first
                 (pos,) = self.store.append([(KIND_RELOAD, "", payload, self.now_ms())])
@@ -525,7 +531,7 @@ class Gateway:
         except BaseException:
             # the record must not make a restart take the configuration it did not take: it now names the running one
             back = reload_payload(previous, previous, state_sections(self.pipeline.config), plan_reload(new, new))
-            async with self.store.write_gate:
+            async with self.store.log_gate:
                 self.store.replace_payload(pos, back)
             self._input_open.set()
             raise
@@ -636,13 +642,16 @@ class Gateway:
         or a message whose reach is not known beforehand, takes every key left), so each key is taken as it was at
         the checkpoint's position. The rows are encoded, compared with the stored rows' digests and compressed in
         a worker thread; so is the SQLite transaction, on the checkpoint's own connection, while the loop goes on:
-        it holds the state file's ``write_gate``, so messages wait for its commit to be logged (and acknowledged),
-        without the loop waiting (``StateStore.checkpoint_async``, ``SpoolingSink.spill_async``).
+        it holds the state file's ``write_gate`` (the sink's spool writes wait for its commit, without the loop
+        waiting: ``StateStore.checkpoint_async``, ``SpoolingSink.spill_async``), while messages go on being
+        logged, and so acknowledged, in the log file. Once it is committed, the log rows up to its position are
+        dropped (``StateStore.trim_async``); a crash before that leaves rows the replay skips (it starts after the
+        checkpoint's position) and the next start drops.
 
-        Two phases: the sink's lines leave memory only after the transaction that spools them (and truncates
-        the log) is committed. The lines spooled are all that are in memory then, the checkpoint's and those of
-        inputs taken after its position, which the log still holds: a replay gives the same points again, which
-        overwrite themselves. If the transaction fails - a locked database, a full disk, anything - it raises,
+        Two phases: the sink's lines leave memory only after the transaction that spools them is committed. The
+        lines spooled are all that are in memory then, the checkpoint's and those of inputs taken after its
+        position, which the log still holds: a replay gives the same points again, which overwrite themselves.
+        If the transaction fails - a locked database, a full disk, anything - it raises,
         the lines are still in memory, the log still holds everything after the previous checkpoint, and the keys
         taken count as changed again.
         """
@@ -707,6 +716,13 @@ class Gateway:
             committed = True
             if self.bridge is not None:  # the second phase: the complete files into the job's sight
                 self.bridge.commit()
+            try:
+                await self.store.trim_async(pos)
+            except Exception:  # a full disk: the rows stay, the replay skips them, the next checkpoint drops them
+                log.warning(
+                    "could not drop the log rows the checkpoint covers; the next checkpoint does",
+                    exc_info=True, extra={"event": "log_trim_error"},
+                )  # fmt: skip
             self.last_checkpoint = {
                 "keys": len(keys), "slices": cap.slices, "rows_written": len(delta.put),
                 "rows_deleted": len(delta.delete), "loop_s": on_loop, "commit_s": commit_s,
@@ -801,7 +817,7 @@ class Gateway:
             self.pos = self.recovered_from = ck.pos
             # the rows stored hold what the state holds; after an older layout (no rows, or fewer parts in them)
             # the next checkpoint rewrites every row
-            self._row_digests = (ck.row_digests or None) if ck.state.get("version") == STATE_VERSION else None
+            self._row_digests = (ck.row_digests or None) if ck.state.get("version") in ROW_VERSIONS else None
             self.pipeline.dirty.clear()
         if self.bridge is not None:
             self.bridge.recover(ck.state.get("bridge") if ck is not None else None, self.now_ms())

@@ -30,7 +30,7 @@ from .record import RecordError, count_records
 from .replay import replay
 from .salvage import recover_state
 from .sizing import FLINK_SLOT_RATE, Sizing, bridge_pipeline_us, calibrate, size_fleet
-from .state import HOLDS, StateFileError, file_error
+from .state import HOLDS, LOG_HOLDS, StateFileError, file_error, log_path
 from .top import run_top
 
 __all__ = ["build_parser", "main"]
@@ -65,7 +65,8 @@ def _describe(cfg: Config) -> str:
             *_describe_groups(cfg),
             _describe_anomaly(cfg),
             *_describe_notify(cfg),
-            f"state:     {state_path(cfg)} (ingest log, checkpoint every {cfg.state.checkpoint_interval_s:g} s, "
+            f"state:     {state_path(cfg)} and its ingest log {log_path(state_path(cfg)).name} (checkpoint every "
+            f"{cfg.state.checkpoint_interval_s:g} s, "
             f"spool up to {cfg.state.spool_max_bytes / 2**20:g} MiB), sync {cfg.state.sync}",
             "metrics:   "
             + (
@@ -483,8 +484,9 @@ def _state_failure(exc: StateError, config: Path | None) -> int:
     lines = [str(exc)]
     if isinstance(exc, StateFileError) and exc.damaged:
         where = f" --config {config}" if config is not None else ""
+        holds = LOG_HOLDS if exc.path.name.endswith("-log") else HOLDS
         lines.append(
-            f"it holds {HOLDS}. The gateway does not start on a damaged state file: '{PROG} recover{where}' "
+            f"it holds {holds}. The gateway does not start on a damaged state file: '{PROG} recover{where}' "
             "salvages what is readable into a fresh file, keeps this one aside and says what is lost "
             "(docs/reliability.md, 'Damaged state file')."
         )

@@ -1,6 +1,7 @@
 """``edgekit-gateway recover``: salvage what is readable of a damaged state file into a fresh one.
 
-The damaged file (and its ``-wal``) is copied aside, byte for byte, to ``<file>.damaged-<UTC time>`` before
+The state file and its log file (``<file>-log``) are salvaged together, into a fresh pair. The damaged files
+(and their ``-wal``) are copied aside, byte for byte, to ``<file>.damaged-<UTC time>`` before
 anything else; the salvage reads a scratch copy, so that SQLite's own recovery of the WAL changes nothing that
 is kept. Every row is read on its own through SQLite's b-tree, in key order; where a page cannot be read, the
 reader finds the next readable key (probing forward, then bisecting back) and counts the hole. Kept:
@@ -45,6 +46,7 @@ from .state import (
     file_error,
     fsync_dir,
     lock_file,
+    log_path,
     read_rows,
     wal_identity,
 )
@@ -266,7 +268,7 @@ def recover_state(config: Config, *, now_ms: int | None = None) -> Salvage:
         while (directory / aside).exists():  # recovered twice in one second: keep the first copy too
             n += 1
             aside = f"{path.name}.damaged-{stamp}-{n}"
-        for suffix in ("", "-wal"):
+        for suffix in ("", "-wal", "-log", "-log-wal"):
             src = Path(f"{path}{suffix}")
             if src.exists():
                 dst = directory / f"{aside}{suffix}"
@@ -281,15 +283,23 @@ def recover_state(config: Config, *, now_ms: int | None = None) -> Salvage:
         if os.geteuid() == 0:
             os.chown(fresh, st.st_uid, st.st_gid)
         fresh.chmod(st.st_mode & 0o777)
-        for suffix in ("-wal", "-shm"):
+        fresh_log = log_path(fresh)
+        if os.geteuid() == 0:
+            os.chown(fresh_log, st.st_uid, st.st_gid)
+        fresh_log.chmod(st.st_mode & 0o777)
+        for suffix in ("-wal", "-shm", "-log-wal", "-log-shm"):
             Path(f"{path}{suffix}").unlink(missing_ok=True)
+        # the log first: interrupted between the two, the gateway refuses the pair (the log names the fresh state
+        # file) and recover runs again on what is there
+        os.replace(fresh_log, log_path(path))
         os.replace(fresh, path)
         fsync_dir(directory)
         return report
     except BaseException:
         for p in made:
             p.unlink(missing_ok=True)
-        fresh.unlink(missing_ok=True)
+        for suffix in ("", "-wal", "-shm", "-log", "-log-wal", "-log-shm"):
+            Path(f"{fresh}{suffix}").unlink(missing_ok=True)
         raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -299,33 +309,42 @@ def recover_state(config: Config, *, now_ms: int | None = None) -> Salvage:
 def _salvage_into(fresh: Path, config: Config, scratch: Path, report: Salvage) -> None:
     """Read the scratch copy, writing what is kept into the fresh file as it is read (one transaction)."""
     store = StateStore(fresh, sync=config.state.sync)
-    out = store.db
+    out, out_log = store.db, store.log_db
+    assert out_log is not None
     try:
         out.execute("BEGIN IMMEDIATE")
-        floor = _salvage(config, scratch, report, out)
+        out_log.execute("BEGIN IMMEDIATE")
+        floor = _salvage(config, scratch, report, out, out_log)
         # new log rows must come after every position the checkpoint or a lost row may have used
         if floor:
-            if out.execute("SELECT 1 FROM sqlite_sequence WHERE name = 'log'").fetchone() is None:
-                out.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('log', ?)", (floor,))
+            if out_log.execute("SELECT 1 FROM sqlite_sequence WHERE name = 'log'").fetchone() is None:
+                out_log.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('log', ?)", (floor,))
             else:
-                out.execute("UPDATE sqlite_sequence SET seq = MAX(seq, ?) WHERE name = 'log'", (floor,))
+                out_log.execute("UPDATE sqlite_sequence SET seq = MAX(seq, ?) WHERE name = 'log'", (floor,))
+        out_log.execute("COMMIT")
         out.execute("COMMIT")
     except sqlite3.Error as exc:
-        if out.in_transaction:
-            out.execute("ROLLBACK")
+        for db in (out_log, out):
+            if db.in_transaction:
+                db.execute("ROLLBACK")
         raise file_error(fresh, exc) from exc
     except BaseException:
-        if out.in_transaction:
-            out.execute("ROLLBACK")
+        for db in (out_log, out):
+            if db.in_transaction:
+                db.execute("ROLLBACK")
         raise
     finally:
         store.close()
-    with open(fresh, "rb+") as f:
-        os.fsync(f.fileno())
+    for p in (fresh, log_path(fresh)):
+        with open(p, "rb+") as f:
+            os.fsync(f.fileno())
 
 
-def _salvage(config: Config, scratch: Path, report: Salvage, out: sqlite3.Connection) -> int:
-    """Salvage into ``out``; returns the lowest position the log's counter must keep."""
+def _salvage(
+    config: Config, scratch: Path, report: Salvage, out: sqlite3.Connection, out_log: sqlite3.Connection
+) -> int:
+    """Salvage into ``out`` (the fresh state file) and ``out_log`` (its log file); returns the lowest position the
+    log's counter must keep."""
     header = _header(scratch)
     if header is None:
         report.readable = False
@@ -345,11 +364,45 @@ def _salvage(config: Config, scratch: Path, report: Salvage, out: sqlite3.Connec
             report.unreadable_why = "its schema page cannot be read"
             return 0
         after = _salvage_checkpoint(config, db, tables, report, out)
-        floor = _salvage_log(db, tables, report, out, after)
+        floor = _salvage_log(db, tables, report, out_log, after)  # a state file of the layout before the log file
         _salvage_spool(db, tables, report, out)
     finally:
         db.close()
-    return max(floor, after)
+    return max(floor, after, _salvage_log_file(log_path(scratch), report, out_log, after))
+
+
+def _salvage_log_file(scratch: Path, report: Salvage, out: sqlite3.Connection, after: int) -> int:
+    """The log rows of the log file's scratch copy (as :func:`_salvage_log`, its holes and losses added to what
+    the state file's own log table gave); returns the highest position its log had used."""
+    if not scratch.exists():
+        return 0  # none: the layout before
+    if _header(scratch) is None:
+        if scratch.stat().st_size:
+            report.log_rows_lost = None  # nothing readable: its rows after the checkpoint are lost, uncounted
+        return 0
+    _drop_partial_page(scratch)
+    wal = Path(f"{scratch}-wal")
+    foreign = wal_identity(wal)
+    header = _header(scratch)
+    if header is not None and header[0] == APPLICATION_ID and foreign is not None and foreign != header:
+        wal.unlink()
+        report.wal_ignored = "it belongs to another database (its first page carries another file id)"
+    db = _connect(scratch)
+    try:
+        tables = _try(lambda: {r[0] for r in db.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")})
+        if tables is None:
+            return 0
+        lost, holes = report.log_rows_lost, list(report.log_holes)
+        report.log_holes = []
+        floor = _salvage_log(db, tables, report, out, after)
+        report.log_holes = holes + report.log_holes
+        if lost is None or report.log_rows_lost is None:
+            report.log_rows_lost = None
+        else:
+            report.log_rows_lost += lost
+        return floor
+    finally:
+        db.close()
 
 
 def _connect(scratch: Path) -> sqlite3.Connection:

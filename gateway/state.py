@@ -1,12 +1,18 @@
-"""The gateway's durable state: one SQLite file with the ingest log, the checkpoint and the sink spool.
+"""The gateway's durable state: two SQLite files, the state file (the checkpoint and the sink spool) and beside it
+the log file ``<state file>-log`` (the ingest log). SQLite takes one writer per file: with the log in a file of
+its own, messages are logged (and acknowledged) while a checkpoint's transaction writes the state file.
 
-- ``log``: every accepted MQTT message (topic, payload, arrival time) and every engine tick, appended and
-  committed *before* the message is acknowledged to the broker. Positions grow monotonically.
+- ``log`` (the log file): every accepted MQTT message (topic, payload, arrival time) and every engine tick,
+  appended and committed *before* the message is acknowledged to the broker. Positions grow monotonically, and
+  always past the checkpoint's. The log file carries the state file's id (``user_version``): a log file of
+  another state file is refused. A state file of the layout before has the log in its own ``log`` table: its
+  rows move to the log file at open (the same positions; the move is repeated, not doubled, after a crash).
 - ``checkpoint``: one row, the pipeline state (dedup, engine, dead-letter counter, stats) and the log
   position it includes. The state is compact JSON compressed with zlib (a BLOB; a checkpoint written before,
   JSON text, is still read). Written in the same transaction that moves the sink's unwritten lines into the
-  spool and deletes the log up to that position, so after a crash the state, the spool and the log tail
-  always agree.
+  spool, so after a crash the state and the spool always agree; the log rows up to its position are deleted
+  only after that commit (a crash in between leaves rows the replay skips, as it starts after the checkpoint's
+  position, and the next open deletes).
 - ``ckpt_row``: the checkpoint's per-key rows (``gateway.ckpt_rows``): when the checkpoint's state says
   ``"rows": 1`` it is the global part, and the per-key maps are in these rows, one compressed JSON text per key
   plus the order row. A checkpoint rewrites only the rows that changed and deletes those of keys gone, in the
@@ -24,10 +30,11 @@ commits. ``sync = "full"`` (``synchronous=FULL``) fsyncs the WAL at each commit 
 too, at the price of one fsync per acknowledged batch of messages.
 
 All calls are synchronous and short (one transaction each). The gateway calls them from its event loop, except
-the checkpoint's transaction and the WAL's truncation (:meth:`StateStore.checkpoint_async`,
-:meth:`StateStore.compact_async`): they run in a worker thread on a second connection, holding
-:attr:`StateStore.write_gate`, which every other write from the loop takes too (``append_async``), so the loop
-never waits on SQLite's lock while the checkpoint writes.
+the checkpoint's transaction, the log's cutting and the WALs' truncation (:meth:`StateStore.checkpoint_async`,
+:meth:`StateStore.trim_async`, :meth:`StateStore.compact_async`): they run in a worker thread on second
+connections, holding the file's gate (:attr:`StateStore.write_gate` for the state file, which the spool's
+writes from the loop take too; :attr:`StateStore.log_gate` for the log file, which the appends take), so the loop
+never waits on SQLite's lock.
 """
 
 from __future__ import annotations
@@ -111,6 +118,23 @@ CREATE TABLE IF NOT EXISTS ckpt_row (
 );
 """
 
+_LOG_SCHEMA = """
+CREATE TABLE IF NOT EXISTS log (
+    pos INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind INTEGER NOT NULL,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    received_ms INTEGER NOT NULL
+);
+"""
+"""The log file's one table (``log_path``): the same ``log`` table as the state file's of the layout before."""
+
+
+def log_path(path: Path) -> Path:
+    """The log file beside the state file ``path``: ``<path>-log`` (a name no other state file can have)."""
+    return Path(f"{path}-log")
+
+
 SPOOL_NEWLINES: Final = 0
 """Spool chunk format 0: the lines joined by newlines (files written before the JSON format)."""
 SPOOL_JSON: Final = 1
@@ -119,6 +143,9 @@ SPOOL_JSON: Final = 1
 APPLICATION_ID: Final = 0x65646B67
 """``PRAGMA application_id`` of a state file ("edkg"). Its ``user_version`` is a random id of the file, set when
 the file is made: a WAL file whose first page carries another id belongs to another database."""
+
+LOG_HOLDS: Final = "the ingest log (messages already acknowledged to the broker and not yet in a checkpoint)"
+"""What a log file holds."""
 
 HOLDS: Final = (
     "the ingest log (messages already acknowledged to the broker and not yet in a checkpoint), the checkpoint "
@@ -424,47 +451,43 @@ class StateStore:
             os.close(self._lock)
             raise file_error(path, exc) from exc
         self._ckpt_db: sqlite3.Connection | None = None
+        self.log_path = log_path(path)
+        self.log_db: sqlite3.Connection | None = None
+        self._trim_db: sqlite3.Connection | None = None
+        at = path
         try:
             self._open(sync, verify)
             # the checkpoint's own connection, used only in a worker thread (checkpoint_async, compact_async)
             self._ckpt_db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._ckpt_db.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
+            at = self.log_path
+            # its header read before SQLite opens it: closing a descriptor of a file drops the process's POSIX
+            # locks on it, SQLite's included
+            header = _peek_header(self.log_path)
+            self.log_db = sqlite3.connect(self.log_path, isolation_level=None, check_same_thread=False)
+            self._open_log(header, sync, verify)
+            # the log's connection for cutting it after a checkpoint, in a worker thread (trim_async)
+            self._trim_db = sqlite3.connect(self.log_path, isolation_level=None, check_same_thread=False)
+            self._trim_db.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
         except (sqlite3.Error, OSError, StateFileError) as exc:
-            if self._ckpt_db is not None:
-                self._ckpt_db.close()
+            for conn in (self._trim_db, self.log_db, self._ckpt_db):
+                if conn is not None:
+                    conn.close()
             self.db.close()
             os.close(self._lock)
-            raise file_error(path, exc) from exc
+            raise file_error(at, exc) from exc
         self.write_gate = asyncio.Lock()
-        """Held by every write of the event loop's asynchronous callers (``append_async``, the sink's spool writes)
-        and by the checkpoint's transaction in its worker thread: SQLite takes one writer at a time, and a write on
-        the loop's connection while the thread writes would block the loop on SQLite's lock."""
+        """The state file's: held by every write of the event loop's asynchronous callers to it (the sink's spool
+        writes) and by the checkpoint's transaction in its worker thread: SQLite takes one writer at a time, and a
+        write on the loop's connection while the thread writes would block the loop on SQLite's lock."""
+        self.log_gate = asyncio.Lock()
+        """The log file's, the same way: held by every append (``append_async``, the ticks) and by the cutting of the
+        log after a checkpoint (``trim_async``), never for long. A checkpoint's transaction does not hold it: the
+        log is a file of its own, so messages are logged (and acknowledged) while a checkpoint writes."""
 
     def _open(self, sync: str, verify: bool) -> None:
         db = self.db
-        header = read_header(self._lock)
-        wal = wal_identity(Path(f"{self.path}-wal"))
-        if header is not None and header[0] == APPLICATION_ID and wal is not None and wal != header:
-            raise StateFileError(
-                self.path,
-                f"damaged: its WAL file ({self.path.name}-wal) belongs to another database (the file's id is "
-                f"{header[1]:#x}, the WAL's first page says {wal[1]:#x}); SQLite would mix the two",
-                damaged=True,
-            )
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
-        application_id = db.execute("PRAGMA application_id").fetchone()[0]
-        if verify:
-            said = [str(row[0]) for row in db.execute("PRAGMA quick_check(3)")]
-            if said != ["ok"]:
-                problems = [ln for text in said for ln in text.splitlines() if not ln.startswith("***")]
-                raise StateFileError(
-                    self.path, "damaged: SQLite's quick_check says: " + "; ".join(problems), damaged=True
-                )
-        if application_id not in (0, APPLICATION_ID):
-            raise StateFileError(
-                self.path, f"not a gateway state file (SQLite application_id {application_id:#x})", damaged=False
-            )
+        application_id = _check_file(db, self.path, read_header(self._lock), sync, verify)
         db.executescript(_SCHEMA)
         self._upgrade_spool()
         for table in ("log", "checkpoint"):
@@ -483,16 +506,72 @@ class StateStore:
         self.spool_bytes: int = row[0]
         self.spool_chunks: int = row[1]
         self.spool_lines: int = row[2]
-        self.last_pos: int = db.execute("SELECT COALESCE(MAX(pos), 0) FROM log").fetchone()[0]
-        seq = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'log'").fetchone()
-        if seq is not None:
-            self.last_pos = max(self.last_pos, seq[0])
+        self.file_id: int = db.execute("PRAGMA user_version").fetchone()[0]
+
+    def _open_log(self, header: tuple[int, int] | None, sync: str, verify: bool) -> None:
+        """Open the log file (made if missing, stamped with the state file's id), move the rows of a state file
+        of the layout before into it, and drop the rows a committed checkpoint covers."""
+        path, db = self.log_path, self.log_db
+        assert db is not None
+        application_id = _check_file(db, path, header, sync, verify)
+        db.executescript(_LOG_SCHEMA)
+        if _columns(db, "log") != expected_columns("log"):
+            raise StateFileError(
+                path, f"not a gateway log file: its table 'log' has columns {_columns(db, 'log')}", damaged=False
+            )
+        if application_id == 0:  # a new file: it belongs to this state file
+            with _Tx(db):
+                db.execute(f"PRAGMA application_id={APPLICATION_ID}")
+                db.execute(f"PRAGMA user_version={self.file_id}")
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        else:
+            owner = db.execute("PRAGMA user_version").fetchone()[0]
+            if owner != self.file_id:
+                raise StateFileError(
+                    path,
+                    f"belongs to another state file (its id is {owner:#x}, the state file {self.path.name}'s "
+                    f"{self.file_id:#x}): replaying it would take another gateway's messages; move it away",
+                    damaged=False,
+                )
+        ckpt = self.db.execute("SELECT pos FROM checkpoint WHERE id = 1").fetchone()
+        covered = ckpt[0] if ckpt is not None and isinstance(ckpt[0], int) else 0
+        old_seq = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'log'").fetchone()
+        floor = max(covered, old_seq[0] if old_seq is not None else 0)
+        # the layout before: the log in the state file. Its rows go to the log file first (a crash in between
+        # finds them in both, the same rows at the same positions, and moves them again), then leave the state file
+        old = self.db.execute(
+            "SELECT pos, kind, topic, payload, received_ms FROM log WHERE pos > ? ORDER BY pos", (covered,)
+        )
+        with _Tx(db):
+            for rows in iter(lambda: old.fetchmany(1000), []):
+                db.executemany(
+                    "INSERT OR IGNORE INTO log (pos, kind, topic, payload, received_ms) VALUES (?, ?, ?, ?, ?)", rows
+                )
+            # new positions come after every one the checkpoint or the state file's log has used, whatever
+            # happened to this file
+            seq = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'log'").fetchone()
+            if seq is None:
+                db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('log', ?)", (floor,))
+            elif seq[0] < floor:
+                db.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'log'", (floor,))
+            # a crash after a checkpoint's commit, before the log was cut: those rows are in the checkpoint
+            db.execute("DELETE FROM log WHERE pos <= ?", (covered,))
+        if self.db.execute("SELECT 1 FROM log LIMIT 1").fetchone() is not None:
+            with self._tx():
+                self.db.execute("DELETE FROM log")
+        self.last_pos: int = max(floor, db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'log'").fetchone()[0])
         self.log_rows: int = db.execute("SELECT COUNT(*) FROM log").fetchone()[0]
 
     def close(self) -> None:
         if self._ckpt_db is not None:
             self._ckpt_db.close()
             self._ckpt_db = None
+        if self._trim_db is not None:
+            self._trim_db.close()
+            self._trim_db = None
+        if self.log_db is not None:
+            self.log_db.close()
+            self.log_db = None
         self.db.close()
         if self._lock >= 0:
             os.close(self._lock)  # after the database: closing it drops the process's POSIX locks on the file
@@ -503,9 +582,11 @@ class StateStore:
     def append(self, records: Sequence[tuple[int, str, bytes, int]]) -> list[int]:
         """Append ``(kind, topic, payload, received_ms)`` records in one committed transaction."""
         positions: list[int] = []
-        with self._tx():
+        db = self.log_db
+        assert db is not None, "the state file is closed"
+        with _Tx(db):
             for kind, topic, payload, received_ms in records:
-                cur = self.db.execute(
+                cur = db.execute(
                     "INSERT INTO log (kind, topic, payload, received_ms) VALUES (?, ?, ?, ?)",
                     (kind, topic, payload, received_ms),
                 )
@@ -517,13 +598,15 @@ class StateStore:
         return positions
 
     async def append_async(self, records: Sequence[tuple[int, str, bytes, int]]) -> list[int]:
-        """:meth:`append` once no checkpoint is writing (:attr:`write_gate`); committed when it returns."""
-        async with self.write_gate:
+        """:meth:`append` once the log is not being cut (:attr:`log_gate`); committed when it returns. A checkpoint's
+        transaction does not hold it up."""
+        async with self.log_gate:
             return self.append(records)
 
     def tail(self, after: int) -> Iterator[LogRecord]:
         """Logged records after position ``after``, in order."""
-        cur = self.db.execute(
+        assert self.log_db is not None, "the state file is closed"
+        cur = self.log_db.execute(
             "SELECT pos, kind, topic, payload, received_ms FROM log WHERE pos > ? ORDER BY pos", (after,)
         )
         for pos, kind, topic, payload, received_ms in cur:
@@ -531,12 +614,14 @@ class StateStore:
 
     def replace_payload(self, pos: int, payload: bytes) -> None:
         """Rewrite the payload of the logged record at ``pos`` (a reload record whose reload failed)."""
-        with self._tx():
-            self.db.execute("UPDATE log SET payload = ? WHERE pos = ?", (payload, pos))
+        assert self.log_db is not None, "the state file is closed"
+        with _Tx(self.log_db):
+            self.log_db.execute("UPDATE log SET payload = ? WHERE pos = ?", (payload, pos))
 
     def last_of_kind(self, after: int, kind: int) -> LogRecord | None:
         """The last logged record of ``kind`` after position ``after``, if any."""
-        row = self.db.execute(
+        assert self.log_db is not None, "the state file is closed"
+        row = self.log_db.execute(
             "SELECT pos, kind, topic, payload, received_ms FROM log WHERE pos > ? AND kind = ? ORDER BY pos DESC "
             "LIMIT 1",
             (after, kind),
@@ -544,7 +629,8 @@ class StateStore:
         return None if row is None else LogRecord(row[0], row[1], row[2], bytes(row[3]), row[4])
 
     def log_bytes(self) -> int:
-        row = self.db.execute("SELECT COALESCE(SUM(LENGTH(payload) + LENGTH(topic)), 0) FROM log").fetchone()
+        assert self.log_db is not None, "the state file is closed"
+        row = self.log_db.execute("SELECT COALESCE(SUM(LENGTH(payload) + LENGTH(topic)), 0) FROM log").fetchone()
         return int(row[0])
 
     # ------------------------------------------------------------------------------------ checkpoint
@@ -579,16 +665,17 @@ class StateStore:
         spill: Sequence[tuple[int, list[str]]] = (),
         rows: RowDelta | None = None,
     ) -> None:
-        """Atomically: spool ``spill`` chunks ``(prio, lines)``, save ``state`` at ``pos``, drop the log to ``pos``.
+        """Atomically: spool ``spill`` chunks ``(prio, lines)``, save ``state`` at ``pos``; then, once that is
+        committed, drop the log up to ``pos`` (:meth:`trim`).
 
         ``state`` is a JSON-able dict, its JSON text (:func:`dumps_in_pieces`), or that text already compressed
         (:func:`compress_checkpoint`, as the gateway does in a worker thread). With ``rows`` it is the global part
         of a state split into rows (``"rows": 1``; ``gateway.ckpt_rows``) and ``rows`` changes the stored rows in
         the same transaction; without, it is the whole state and any stored rows are deleted.
         """
-        deleted = self._write_checkpoint(self.db, pos, state, saved_ms, spill, rows)
-        self.log_rows -= deleted
+        self._write_checkpoint(self.db, pos, state, saved_ms, spill, rows)
         self._spool_count(spill)
+        self.trim(pos)
 
     async def checkpoint_async(
         self,
@@ -598,15 +685,15 @@ class StateStore:
         spill: Sequence[tuple[int, list[str]]] = (),
         rows: RowDelta | None = None,
     ) -> None:
-        """:meth:`checkpoint`, its transaction in a worker thread on the checkpoint's own connection, while the
-        event loop goes on: it holds :attr:`write_gate`, so the loop's other writes wait for its commit (without
-        blocking the loop), and its reads see the state before the commit until then. Committed when it returns;
-        raises, with nothing changed, when the transaction fails."""
+        """:meth:`checkpoint`'s transaction, in a worker thread on the checkpoint's own connection, while the
+        event loop goes on: it holds :attr:`write_gate`, so the loop's other writes to the state file (the spool)
+        wait for its commit (without blocking the loop), and its reads see the state before the commit until then.
+        Appends to the log go on meanwhile (another file). Committed when it returns; raises, with nothing changed,
+        when the transaction fails. The log is not cut here: :meth:`trim_async` does that after the commit."""
         db = self._ckpt_db
         assert db is not None, "the state file is closed"
         async with self.write_gate:
-            deleted = await asyncio.to_thread(self._write_checkpoint, db, pos, state, saved_ms, spill, rows)
-        self.log_rows -= deleted
+            await asyncio.to_thread(self._write_checkpoint, db, pos, state, saved_ms, spill, rows)
         self._spool_count(spill)
 
     def _write_checkpoint(
@@ -617,8 +704,8 @@ class StateStore:
         saved_ms: int,
         spill: Sequence[tuple[int, list[str]]],
         rows: RowDelta | None,
-    ) -> int:
-        """The checkpoint's transaction on ``db``; the number of log rows it deleted. Changes no counter."""
+    ) -> None:
+        """The checkpoint's transaction on ``db``. Changes no counter."""
         if isinstance(state, bytes):
             blob = state
         else:
@@ -644,20 +731,42 @@ class StateStore:
                         f"INSERT OR REPLACE INTO ckpt_row (name, data) VALUES {','.join(['(?,?)'] * len(put))}",
                         [x for row in put for x in row],
                     )
-            deleted: int = db.execute("DELETE FROM log WHERE pos <= ?", (pos,)).rowcount
-        return deleted
+
+    def trim(self, pos: int) -> None:
+        """Drop the log's rows up to ``pos``, which a committed checkpoint covers (never before its commit: a crash
+        in between leaves rows the replay skips, as it starts after the checkpoint's position, and the next open
+        drops them)."""
+        assert self.log_db is not None, "the state file is closed"
+        while _trim_some(self.log_db, pos) == _TRIM_ROWS:
+            pass
+        self.log_rows = self.log_db.execute("SELECT COUNT(*) FROM log").fetchone()[0]
+
+    async def trim_async(self, pos: int) -> None:
+        """:meth:`trim` in a worker thread on the log's second connection, :data:`_TRIM_ROWS` rows a transaction,
+        each holding :attr:`log_gate` (an append waits for one of them at most)."""
+        db = self._trim_db
+        assert db is not None, "the state file is closed"
+        deleted = _TRIM_ROWS
+        while deleted == _TRIM_ROWS:
+            async with self.log_gate:
+                deleted = await asyncio.to_thread(_trim_some, db, pos)
+                self.log_rows -= deleted
 
     def compact(self) -> None:
-        """Give the WAL's pages back (after a checkpoint truncated the log)."""
+        """Give the WALs' pages back (after checkpoints cut the log)."""
         self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        if self.log_db is not None:
+            self.log_db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     async def compact_async(self) -> None:
-        """:meth:`compact` in a worker thread on the checkpoint's connection, holding :attr:`write_gate` (it copies
-        the WAL into the file: tens of milliseconds after a few checkpoints)."""
-        db = self._ckpt_db
-        assert db is not None, "the state file is closed"
+        """:meth:`compact` in a worker thread on the checkpoint's and trim's connections, holding :attr:`write_gate`
+        and then :attr:`log_gate` (it copies a WAL into its file: tens of milliseconds after a few checkpoints)."""
+        db, log_db = self._ckpt_db, self._trim_db
+        assert db is not None and log_db is not None, "the state file is closed"
         async with self.write_gate:
             await asyncio.to_thread(db.execute, "PRAGMA wal_checkpoint(TRUNCATE)")
+        async with self.log_gate:
+            await asyncio.to_thread(log_db.execute, "PRAGMA wal_checkpoint(TRUNCATE)")
 
     # ----------------------------------------------------------------------------------------- spool
 
@@ -706,6 +815,57 @@ class StateStore:
 
     def _tx(self) -> _Tx:
         return _Tx(self.db)
+
+
+_TRIM_ROWS: Final = 2000
+"""Log rows dropped by one transaction of :meth:`StateStore.trim_async`."""
+
+
+def _trim_some(db: sqlite3.Connection, pos: int) -> int:
+    """Drop up to :data:`_TRIM_ROWS` of the oldest log rows at or before ``pos``; how many were dropped."""
+    with _Tx(db):
+        n: int = db.execute(
+            "DELETE FROM log WHERE pos IN (SELECT pos FROM log WHERE pos <= ? ORDER BY pos LIMIT ?)", (pos, _TRIM_ROWS)
+        ).rowcount
+    return n
+
+
+def _peek_header(path: Path) -> tuple[int, int] | None:
+    """:func:`read_header` of ``path``, None when it does not exist."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        return read_header(fd)
+    finally:
+        os.close(fd)
+
+
+def _check_file(db: sqlite3.Connection, path: Path, header: tuple[int, int] | None, sync: str, verify: bool) -> int:
+    """The checks of a state or log file at open: its WAL file is its own, SQLite's quick_check, its application
+    id; sets the journal and sync mode. Returns the file's application id (0: new)."""
+    wal = wal_identity(Path(f"{path}-wal"))
+    if header is not None and header[0] == APPLICATION_ID and wal is not None and wal != header:
+        raise StateFileError(
+            path,
+            f"damaged: its WAL file ({path.name}-wal) belongs to another database (the file's id is "
+            f"{header[1]:#x}, the WAL's first page says {wal[1]:#x}); SQLite would mix the two",
+            damaged=True,
+        )
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
+    application_id: int = db.execute("PRAGMA application_id").fetchone()[0]
+    if verify:
+        said = [str(row[0]) for row in db.execute("PRAGMA quick_check(3)")]
+        if said != ["ok"]:
+            problems = [ln for text in said for ln in text.splitlines() if not ln.startswith("***")]
+            raise StateFileError(path, "damaged: SQLite's quick_check says: " + "; ".join(problems), damaged=True)
+    if application_id not in (0, APPLICATION_ID):
+        raise StateFileError(
+            path, f"not a gateway state file (SQLite application_id {application_id:#x})", damaged=False
+        )
+    return application_id
 
 
 _spool_json = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode

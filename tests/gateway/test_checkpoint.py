@@ -87,12 +87,16 @@ async def test_inputs_taken_while_a_checkpoint_encodes_leave_its_state_at_its_po
         gw.store.close()
 
 
-async def test_the_checkpoints_transaction_waits_off_the_event_loop(tmp_path: Path) -> None:
+async def test_the_checkpoints_transaction_waits_off_the_event_loop_and_messages_are_logged_meanwhile(
+    tmp_path: Path,
+) -> None:
     """The checkpoint's SQLite transaction runs off the event loop: while it waits for the state file's write lock
     (held here by another connection, as a long write would hold it) the loop goes on, and a message offered
-    meanwhile is logged - and so acknowledged - only after the checkpoint's commit, at a later position."""
+    meanwhile is logged - and so acknowledged - at once: the log is a file of its own, whose writes do not wait
+    for the state file's. The log rows the checkpoint covers are dropped only after its commit."""
     gw = _gateway(tmp_path)
     other = sqlite3.connect(gw.store.path, isolation_level=None)
+    checkpoint: asyncio.Task[None] | None = None
     try:
         await gw._process(gw._accept([_message(0)]))
         encoded = threading.Event()
@@ -111,22 +115,25 @@ async def test_the_checkpoints_transaction_waits_off_the_event_loop(tmp_path: Pa
         for _ in range(20):  # the loop runs while the transaction waits for the lock (SQLite gives up after 5 s)
             await asyncio.sleep(0.01)
         assert not checkpoint.done(), "the checkpoint's transaction held the event loop while it waited for the lock"
-        offered = asyncio.create_task(gw._accept_logged([_message(1)]))
-        for _ in range(5):
-            await asyncio.sleep(0.01)
-        assert not offered.done(), "a message was logged while the checkpoint's transaction was not committed"
+        # logged (committed) while the checkpoint's transaction is still open: SQLite gives up after 5 s
+        (record,) = await asyncio.wait_for(gw._accept_logged([_message(1)]), 2.5)
+        assert not checkpoint.done()
+        assert [r.pos for r in gw.store.tail(0)] == [1, record.pos], "the log was cut before the checkpoint's commit"
         other.execute("COMMIT")
         await asyncio.wait_for(checkpoint, 10)
-        (record,) = await asyncio.wait_for(offered, 10)
         ck = gw.store.load_checkpoint()
         assert ck is not None and ck.pos == 1 and record.pos > ck.pos
-        assert [r.pos for r in gw.store.tail(ck.pos)] == [record.pos]
+        assert [r.pos for r in gw.store.tail(0)] == [record.pos], "the rows the checkpoint covers stay in the log"
+        assert gw.store.log_rows == 1
         await gw._process([record])
         await gw.checkpoint()
         ck = gw.store.load_checkpoint()
         assert ck is not None and ck.state["pipeline"]["stats"]["readings_accepted"] == 20
+        assert list(gw.store.tail(0)) == [] and gw.store.log_rows == 0
     finally:
-        other.close()
+        other.close()  # the lock goes; the checkpoint's thread ends before its connection is closed
+        if checkpoint is not None:
+            await asyncio.wait([checkpoint], timeout=10)
         gw.store.close()
 
 

@@ -41,7 +41,8 @@ def _other_lines(gw: Gateway) -> list[str]:
 
 
 def _logged(gw: Gateway) -> list[tuple[int, int]]:
-    return gw.store.db.execute("SELECT kind, length(payload) FROM log ORDER BY pos").fetchall()
+    assert gw.store.log_db is not None
+    return gw.store.log_db.execute("SELECT kind, length(payload) FROM log ORDER BY pos").fetchall()
 
 
 @pytest.mark.parametrize("topic", ["ov/site/d1/readings", "ov/site/d1/telemetry", "elsewhere/x"])

@@ -30,7 +30,7 @@ from helpers import influx_query, poll
 
 from gateway.app import Gateway, state_path
 from gateway.config import load_config
-from gateway.state import KIND_MESSAGE, KIND_OVERSIZE, StateStore
+from gateway.state import KIND_MESSAGE, KIND_OVERSIZE, StateStore, log_path
 
 pytestmark = pytest.mark.integration
 
@@ -92,16 +92,24 @@ def make_state(config: Path) -> dict[str, Any]:
     asyncio.run(build())
     path = state_path(load_config(config, env={}))
     db = sqlite3.connect(path)
+    log_db = sqlite3.connect(log_path(path))
     held = {
         "path": path,
-        "log": {r[0]: r for r in db.execute("SELECT pos, kind, topic, payload, received_ms FROM log")},
+        "log": _log(log_db),
         "spool": {r[0]: r for r in db.execute("SELECT id, prio, n, bytes, lines FROM spool")},
         "checkpoint": db.execute("SELECT pos, state FROM checkpoint").fetchone(),
         "pages": _pages(db),
+        "log_pages": _pages(log_db),
     }
+    assert db.execute("SELECT COUNT(*) FROM log").fetchone() == (0,)  # the log is in its own file
     db.close()
+    log_db.close()
     assert len(held["log"]) == LOGGED and held["checkpoint"][0] == CHECKPOINTED
     return held
+
+
+def _log(db: sqlite3.Connection) -> dict[int, tuple[Any, ...]]:
+    return {r[0]: r for r in db.execute("SELECT pos, kind, topic, payload, received_ms FROM log")}
 
 
 def _pages(db: sqlite3.Connection) -> dict[str, list[tuple[int, int]]]:
@@ -122,25 +130,34 @@ def cli(*args: str, user: str | None = None, timeout: float = 60) -> subprocess.
 
 
 def assert_refused(done: subprocess.CompletedProcess[str], path: Path, config: Path, problem: str) -> None:
+    """Refused, naming ``path`` (the state file or its log file) and what that file holds."""
     out = done.stdout + done.stderr
     assert done.returncode == 3, out
     assert "Traceback" not in out, out
     assert f"state file {path}: damaged" in done.stderr and problem in done.stderr, out
     assert "ingest log (messages already acknowledged to the broker" in done.stderr
-    assert "the checkpoint" in done.stderr and "the spool (lines not yet written to InfluxDB)" in done.stderr
+    whole = "the checkpoint" in done.stderr and "the spool (lines not yet written to InfluxDB)" in done.stderr
+    assert whole != path.name.endswith("-log"), out  # the log file holds the log only
     assert f"edgekit-gateway recover --config {config}" in done.stderr
 
 
-def recovered(config: Path, path: Path, damaged: bytes) -> tuple[str, sqlite3.Connection]:
+def recovered(
+    config: Path, path: Path, damaged: bytes, *, log_damaged: bytes | None = None
+) -> tuple[str, sqlite3.Connection, sqlite3.Connection]:
+    """Run recover; the report, and connections to the fresh state file and its fresh log file."""
     done = cli("recover", "--config", str(config))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Traceback" not in done.stdout + done.stderr
     aside = sorted(path.parent.glob(f"{path.name}.damaged-*"))
-    assert [p.name for p in aside if not p.name.endswith("-wal")], aside
-    assert aside[0].read_bytes() == damaged  # kept aside byte for byte
-    store = StateStore(path)  # the fresh file opens (quick_check and all)
+    state_aside = [p for p in aside if not p.name.endswith(("-wal", "-log"))]
+    log_aside = [p for p in aside if p.name.endswith("-log")]
+    assert len(state_aside) == 1 and len(log_aside) == 1, aside
+    assert state_aside[0].read_bytes() == damaged  # kept aside byte for byte
+    if log_damaged is not None:
+        assert log_aside[0].read_bytes() == log_damaged
+    store = StateStore(path)  # the fresh pair opens (quick_check and all)
     store.close()
-    return done.stdout, sqlite3.connect(path)
+    return done.stdout, sqlite3.connect(path), sqlite3.connect(log_path(path))
 
 
 @pytest.fixture
@@ -153,17 +170,18 @@ def state(tmp_path: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
 def test_pages_of_the_log_overwritten(state: tuple[Path, dict[str, Any]]) -> None:
     config, held = state
     path: Path = held["path"]
-    leaves = sorted(held["pages"]["log"])
+    logfile = log_path(path)
+    leaves = sorted(held["log_pages"]["log"])
     hit = leaves[len(leaves) // 3 : len(leaves) // 3 + 3]  # three consecutive leaf pages in the middle
-    with open(path, "r+b") as f:
+    with open(logfile, "r+b") as f:
         for page, _ in hit:
             f.seek((page - 1) * 4096)
             f.write(random.Random(page).randbytes(4096))
-    damaged = path.read_bytes()
-    assert_refused(cli("run", "--config", str(config)), path, config, "quick_check says: Page")
+    damaged = logfile.read_bytes()
+    assert_refused(cli("run", "--config", str(config)), logfile, config, "quick_check says: Page")
 
-    report, db = recovered(config, path, damaged)
-    log = {r[0]: r for r in db.execute("SELECT pos, kind, topic, payload, received_ms FROM log")}
+    report, db, log_db = recovered(config, path, path.read_bytes(), log_damaged=damaged)
+    log = _log(log_db)
     lost = sum(cells for _, cells in hit)
     assert set(log) < set(held["log"]) and all(log[p] == held["log"][p] for p in log)  # byte for byte
     assert len(log) == LOGGED - lost
@@ -175,26 +193,37 @@ def test_pages_of_the_log_overwritten(state: tuple[Path, dict[str, Any]]) -> Non
     assert {r[0]: r for r in db.execute("SELECT id, prio, n, bytes, lines FROM spool")} == held["spool"]
     assert "no chunk lost" in report
     # new log rows come after every old position
-    assert db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'log'").fetchone()[0] >= max(held["log"])
+    assert log_db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'log'").fetchone()[0] >= max(held["log"])
 
 
-def test_file_cut_mid_page(state: tuple[Path, dict[str, Any]]) -> None:
+@pytest.mark.parametrize("which", ["state", "log"])
+def test_file_cut_mid_page(state: tuple[Path, dict[str, Any]], which: str) -> None:
     config, held = state
     path: Path = held["path"]
-    size = path.stat().st_size
+    cut_path = path if which == "state" else log_path(path)
+    size = cut_path.stat().st_size
     cut = (size // 4096 // 2) * 4096 + 1234  # half the file, in the middle of a page
-    os.truncate(path, cut)
-    damaged = path.read_bytes()
+    os.truncate(cut_path, cut)
+    damaged = cut_path.read_bytes()
     done = cli("run", "--config", str(config))
-    assert_refused(done, path, config, "malformed")
+    assert_refused(done, cut_path, config, "malformed")
 
-    report, db = recovered(config, path, damaged)
-    log = {r[0]: r for r in db.execute("SELECT pos, kind, topic, payload, received_ms FROM log")}
+    if which == "state":
+        report, db, log_db = recovered(config, path, damaged)
+    else:
+        report, db, log_db = recovered(config, path, path.read_bytes(), log_damaged=damaged)
+    log = _log(log_db)
     spool = {r[0]: r for r in db.execute("SELECT id, prio, n, bytes, lines FROM spool")}
     assert all(log[p] == held["log"][p] for p in log) and all(spool[i] == held["spool"][i] for i in spool)
     kept_pages = {p for p in range(1, cut // 4096 + 1)}
-    log_cells = sum(c for p, c in held["pages"]["log"] if p in kept_pages)
-    assert len(log) == log_cells  # every row on a page before the cut, none after
+    if which == "log":
+        log_cells = sum(c for p, c in held["log_pages"]["log"] if p in kept_pages)
+        assert len(log) == log_cells  # every row on a page before the cut, none after
+        assert len(spool) == len(held["spool"]) and "no chunk lost" in report, report
+    else:
+        assert log == held["log"]
+        spool_cells = sum(c for p, c in held["pages"]["spool"] if p in kept_pages)
+        assert len(spool) == spool_cells  # every chunk on a page before the cut, none after
     assert f"log: {len(log):,} logged messages kept" in report, report
     assert ("no row lost" in report) == (len(log) == LOGGED), report
     if len(spool) < len(held["spool"]):
@@ -211,12 +240,12 @@ def test_checkpoint_cut(state: tuple[Path, dict[str, Any]]) -> None:
     damaged = path.read_bytes()
     assert_refused(cli("run", "--config", str(config)), path, config, "its checkpoint cannot be read")
 
-    report, db = recovered(config, path, damaged)
+    report, db, log_db = recovered(config, path, damaged)
     assert db.execute("SELECT COUNT(*) FROM checkpoint").fetchone()[0] == 0
     assert "checkpoint unreadable (it does not parse" in report, report
     assert "window, dedup, pattern and anomaly state start empty" in report
     assert "re-sent by the boards may be counted again in windows" in report
-    assert {r[0]: r for r in db.execute("SELECT pos, kind, topic, payload, received_ms FROM log")} == held["log"]
+    assert _log(log_db) == held["log"]
     assert f"log: {LOGGED} logged messages kept and will be replayed; no row lost" in report, report
     assert f"spool: {len(held['spool'])} chunks" in report
 
@@ -227,10 +256,10 @@ def test_not_sqlite_at_all(state: tuple[Path, dict[str, Any]]) -> None:
     path.write_bytes(random.Random(7).randbytes(50_000))
     damaged = path.read_bytes()
     assert_refused(cli("run", "--config", str(config)), path, config, "not an SQLite database")
-    report, db = recovered(config, path, damaged)
+    report, _db, log_db = recovered(config, path, damaged)
     assert "nothing could be read (not an SQLite database" in report, report
     assert "the logged messages and the spooled lines are lost" in report
-    assert db.execute("SELECT COUNT(*) FROM log").fetchone()[0] == 0
+    assert log_db.execute("SELECT COUNT(*) FROM log").fetchone()[0] == 0
 
 
 def test_wal_file_of_another_database(tmp_path: Path, state: tuple[Path, dict[str, Any]]) -> None:
@@ -241,17 +270,17 @@ def test_wal_file_of_another_database(tmp_path: Path, state: tuple[Path, dict[st
     other = StateStore(state_path(load_config(other_config, env={})))
     # left in its WAL: a gateway's WAL holds the first page once its file grew or freed pages (here: grew)
     other.append([(0, "dmg/site/x/readings", b"not ours" * 100, NOW)] * 30)
-    wal = Path(f"{other.path}-wal")
-    shutil.copy(wal, f"{path}-wal")
+    shutil.copy(f"{other.log_path}-wal", f"{log_path(path)}-wal")  # the log file's: an append grew it
     other.close()
     damaged = path.read_bytes()
-    assert_refused(cli("run", "--config", str(config)), path, config, "belongs to another database")
+    assert_refused(cli("run", "--config", str(config)), log_path(path), config, "belongs to another database")
 
-    report, db = recovered(config, path, damaged)
+    report, _db, log_db = recovered(config, path, damaged)
     assert "WAL file ignored: it belongs to another database" in report, report
-    assert {r[0]: r for r in db.execute("SELECT pos, kind, topic, payload, received_ms FROM log")} == held["log"]
+    assert _log(log_db) == held["log"]
     assert "nothing was lost" in report, report
-    assert not Path(f"{path}-wal").exists() or b"not ours" not in Path(f"{path}-wal").read_bytes()
+    for ours in (path, log_path(path)):
+        assert not Path(f"{ours}-wal").exists() or b"not ours" not in Path(f"{ours}-wal").read_bytes()
 
 
 def test_read_only_directory() -> None:
@@ -269,7 +298,7 @@ def test_read_only_directory() -> None:
         user = None
         if os.geteuid() == 0:
             user = "nobody"
-            for p in (state_dir, path):
+            for p in (state_dir, path, log_path(path)):
                 shutil.chown(p, user="nobody")
         before = path.read_bytes()
         state_dir.chmod(0o555)
@@ -282,7 +311,8 @@ def test_read_only_directory() -> None:
         out = done.stdout + done.stderr
         assert done.returncode == 1 and "Traceback" not in out, out
         assert f"cannot write in {state_dir} (Permission denied); nothing was changed" in done.stderr, out
-        assert sorted(p.name for p in state_dir.iterdir()) == [path.name] and path.read_bytes() == before
+        assert sorted(p.name for p in state_dir.iterdir()) == [path.name, f"{path.name}-log"]
+        assert path.read_bytes() == before
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
@@ -302,12 +332,13 @@ def test_recover_refuses_a_running_gateway_and_another_configuration(state: tupl
     done = cli("recover", "--config", str(other))
     assert done.returncode == 1 and "written with other windows" in done.stderr, done.stderr
     assert "nothing was changed" in done.stderr
-    assert sorted(p.name for p in path.parent.iterdir()) == [path.name] and path.read_bytes() == before
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name, f"{path.name}-log"]
+    assert path.read_bytes() == before
     done = cli("recover", "--config", str(config))  # an intact file: everything kept
     assert done.returncode == 0 and "nothing was lost" in done.stdout, done.stdout + done.stderr
     assert f"log: {LOGGED} logged messages kept" in done.stdout
     assert cli("recover", "--config", str(config)).returncode == 0  # again: the first copy aside is kept too
-    aside = sorted(path.parent.glob(f"{path.name}.damaged-*"))
+    aside = sorted(p for p in path.parent.glob(f"{path.name}.damaged-*") if not p.name.endswith(("-log", "-wal")))
     assert len(aside) == 2 and aside[0].read_bytes() == before, aside
 
 
@@ -318,9 +349,9 @@ def test_recovered_state_is_replayed_into_influxdb(
     file and writes exactly what recover said it kept: the spooled lines and the replayed messages' readings."""
     _, held = state
     path: Path = held["path"]
-    hit = [sorted(held["pages"]["log"])[5], sorted(held["pages"]["spool"])[-2]]
-    with open(path, "r+b") as f:
-        for page, _ in hit:
+    hit = [(log_path(path), sorted(held["log_pages"]["log"])[5]), (path, sorted(held["pages"]["spool"])[-2])]
+    for file, (page, _) in hit:
+        with open(file, "r+b") as f:
             f.seek((page - 1) * 4096 + 8)  # past the page header's first bytes: the cell pointers
             f.write(b"\xff" * 4000)
     db_name = f"dmg_{uuid.uuid4().hex[:8]}"
@@ -389,12 +420,12 @@ def test_recover_keeps_the_stub_of_an_oversize_message(tmp_path: Path) -> None:
 
     asyncio.run(build())
     path = state_path(cfg)
-    with sqlite3.connect(path) as db:
+    with sqlite3.connect(log_path(path)) as db:
         before = db.execute("SELECT pos, kind, topic, payload, received_ms FROM log ORDER BY pos").fetchall()
     assert [r[1] for r in before] == [KIND_MESSAGE, KIND_OVERSIZE, KIND_MESSAGE]
     done = cli("recover", "--config", str(config))
     assert done.returncode == 0 and "nothing was lost" in done.stdout, done.stdout + done.stderr
     assert "log: 3 logged messages kept" in done.stdout, done.stdout
-    with sqlite3.connect(path) as db:
+    with sqlite3.connect(log_path(path)) as db:
         after = db.execute("SELECT pos, kind, topic, payload, received_ms FROM log ORDER BY pos").fetchall()
     assert after == before
