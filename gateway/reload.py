@@ -92,11 +92,20 @@ class ReloadPlan:
     """``"window <name>"`` (``pattern``, ``anomaly``) -> why it is restarted."""
     retriggered: tuple[str, ...] = ()
     """Kept windows whose triggers or ``publish`` changed: their trigger state starts afresh."""
+    reordered: bool = False
+    """The kept patterns are declared in another order: the operator, whose state follows the declaration order
+    (a snapshot restores only into the same order), is rebuilt with the kept state moved by name."""
 
     @property
     def changes_state(self) -> bool:
         """Whether the pipeline changes (else only notification targets, or nothing, change)."""
-        return self.windows.changed or self.patterns.changed or self.anomaly.changed or bool(self.retriggered)
+        return (
+            self.windows.changed
+            or self.patterns.changed
+            or self.anomaly.changed
+            or bool(self.retriggered)
+            or self.reordered
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -106,6 +115,7 @@ class ReloadPlan:
             "notify": self.notify.as_dict(),
             "reasons": dict(self.reasons),
             "retriggered": list(self.retriggered),
+            "reordered": self.reordered,
         }
 
     def lines(self) -> list[str]:
@@ -184,7 +194,9 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
     if "detectors anomaly" in reasons:
         reasons["detectors anomaly"] = reasons["detectors anomaly"].replace("its definition", "[anomaly]")
     notify = _diff({n.name: n for n in old.notify}, {n.name: n for n in new.notify}, None, "notify", reasons)
-    return ReloadPlan(windows, patterns, anomaly, notify, reasons, retriggered)
+    kept = set(patterns.kept)
+    reordered = [p.name for p in old.patterns if p.name in kept] != [p.name for p in new.patterns if p.name in kept]
+    return ReloadPlan(windows, patterns, anomaly, notify, reasons, retriggered, reordered)
 
 
 def reloaded_pipeline(old: Pipeline, config: Config, plan: ReloadPlan) -> Pipeline:
@@ -228,12 +240,15 @@ def _cep(old: dict[str, Any], fresh: dict[str, Any], kept: set[str], config: Con
             if part in d:
                 d[part] = {p: v for p, v in d[part].items() if p in kept}
         keys[name] = d
-    return {
+    out = {
         **fresh,
         "tracker": old["tracker"],
         "stats": {k: old["stats"].get(k, 0) for k in fresh["stats"]},
         "keys": keys,
     }
+    if "global_wm" in fresh and "global_wm" in old:  # the one watermark of global mode: a fact, as the tracker's
+        out["global_wm"] = old["global_wm"]
+    return out
 
 
 # --- what the log and the checkpoints keep of a configuration ----------------------------------------------

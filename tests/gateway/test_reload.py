@@ -47,14 +47,17 @@ JOIN = {
     "b": {"devices": ["d2"], "metrics": ["x"], "where": "x < 3"},
 }
 NAMES = ["w1", "w2", "w3", "w4"]
+MODES = ["device", "global"]
 PNAMES = ["p1", "p2", "p3"]
 
 
-def doc(windows: dict[str, str], patterns: dict[str, str], anomaly: bool, bound: str = "5s") -> dict[str, Any]:
+def doc(
+    windows: dict[str, str], patterns: dict[str, str], anomaly: bool, bound: str = "5s", mode: str = "device"
+) -> dict[str, Any]:
     d: dict[str, Any] = {
         "mqtt": {"prefix": "rl", "client_id": "gw-rl"},
         "influx": {"url": "http://127.0.0.1:9", "database": "db"},  # never written to here
-        "engine": {"watermark": {"out_of_orderness": bound}},
+        "engine": {"watermark": {"out_of_orderness": bound, "mode": mode}},
     }
     if windows:
         d["windows"] = [{"name": n, "metrics": ["x"], **WINDOWS[w]} for n, w in windows.items()]
@@ -66,8 +69,10 @@ def doc(windows: dict[str, str], patterns: dict[str, str], anomaly: bool, bound:
     return d
 
 
-def config(windows: dict[str, str], patterns: dict[str, str], anomaly: bool = False, bound: str = "5s") -> Config:
-    return parse_config(doc(windows, patterns, anomaly, bound), env={})
+def config(
+    windows: dict[str, str], patterns: dict[str, str], anomaly: bool = False, bound: str = "5s", mode: str = "device"
+) -> Config:
+    return parse_config(doc(windows, patterns, anomaly, bound, mode), env={})
 
 
 defs = st.dictionaries(st.sampled_from(NAMES), st.sampled_from(sorted(WINDOWS)), max_size=4)
@@ -106,6 +111,22 @@ def test_the_plan_keeps_restarts_adds_and_drops_by_name_and_definition(
         why = plan.reasons[f"window {name}"]
         assert "engine-wide settings" in why if bound_changes else why == "its definition changed"
     assert plan.changes_state == (plan.windows.changed or plan.patterns.changed or plan.anomaly.changed)
+
+
+def test_patterns_declared_in_another_order_are_kept_and_the_state_restores_in_the_new_order() -> None:
+    """Only the order of two kept patterns changes: the operator is rebuilt (its snapshot follows the declaration
+    order), so that the next checkpoint, saved with the new configuration's fingerprint, restores after a restart
+    with the same file (it failed: the pipeline was kept in the old order under the new fingerprint)."""
+    old, new = config({}, {"p1": "hot", "p2": "rise"}), config({}, {"p2": "rise", "p1": "hot"})
+    plan = plan_reload(old, new)
+    assert set(plan.patterns.kept) == {"p1", "p2"}
+    assert plan.reordered and plan.changes_state
+    p = Pipeline(old)
+    for t, pl, r in stream(3, 20):
+        p.handle(t, pl, r)
+    p2 = reloaded_pipeline(p, new, plan)
+    Pipeline(new).restore(json.loads(json.dumps(p2.snapshot())))  # a restart with the new file takes it
+    assert not plan_reload(old, config({}, {"p1": "hot", "p2": "rise", "p3": "rise3"})).reordered
 
 
 def test_a_trigger_change_keeps_the_window_and_restarts_only_its_triggers() -> None:
@@ -158,7 +179,7 @@ def results(outs: list[Handled], windows: set[str], patterns: set[str]) -> list[
 
 
 @settings(max_examples=40, deadline=None)
-@given(defs, defs, pdefs, pdefs, st.booleans(), st.integers(0, 2**16), st.integers(1, 59))
+@given(defs, defs, pdefs, pdefs, st.booleans(), st.integers(0, 2**16), st.integers(1, 59), st.sampled_from(MODES))
 def test_kept_operators_give_what_an_uninterrupted_run_gives(
     w_old: dict[str, str],
     w_new: dict[str, str],
@@ -167,11 +188,13 @@ def test_kept_operators_give_what_an_uninterrupted_run_gives(
     anomaly: bool,
     seed: int,
     cut: int,
+    mode: str,
 ) -> None:
     """A reload in the middle of a stream: the kept windows' results and kept patterns' alerts (and, with
     ``[anomaly]`` unchanged, the detectors' output) are those of a run of the old configuration that never
-    stopped; the dropped ones give nothing after it; every reading is accepted exactly once."""
-    old, new = config(w_old, p_old, anomaly), config(w_new, p_new, anomaly)
+    stopped; the dropped ones give nothing after it; every reading is accepted exactly once. In either
+    watermark mode: in global mode the kept patterns keep the one global watermark."""
+    old, new = config(w_old, p_old, anomaly, mode=mode), config(w_new, p_new, anomaly, mode=mode)
     plan = plan_reload(old, new)
     inputs = stream(seed)
     ref = Pipeline(old)
@@ -187,7 +210,9 @@ def test_kept_operators_give_what_an_uninterrupted_run_gives(
     assert not [o for out in after for o in out.outputs if isinstance(o, WindowResult) and o.window not in set(w_new)]
     assert not results(after, gone - set(w_new), set(plan.patterns.dropped))
     joined = [[ln for ln in o.lines if ln.startswith("join,")] for o in before + after]
-    assert any(joined) and joined == [[ln for ln in o.lines if ln.startswith("join,")] for o in straight]
+    assert joined == [[ln for ln in o.lines if ln.startswith("join,")] for o in straight]
+    # (in global mode the board whose event time runs ahead makes most of the other's readings late: few pairs)
+    assert any(joined) or mode == "global"
     if anomaly:  # unchanged [anomaly]: the same scores, point for point
         scored = [[ln for ln in o.lines if ln.startswith("anomaly")] for o in before + after]
         assert scored == [[ln for ln in o.lines if ln.startswith("anomaly")] for o in straight]
