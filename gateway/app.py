@@ -533,6 +533,9 @@ class Gateway:
             back = reload_payload(previous, previous, state_sections(self.pipeline.config), plan_reload(new, new))
             async with self.store.log_gate:
                 self.store.replace_payload(pos, back)
+            self.pos = pos  # the record is taken (as nothing): ticks and checkpoints go on past it
+            if self.pos >= self.store.last_pos:
+                self._caught_up.set()
             self._input_open.set()
             raise
         finally:

@@ -384,6 +384,29 @@ async def test_a_crash_before_the_checkpoint_with_the_old_file_is_refused(tmp_pa
         old.store.close()
 
 
+async def test_after_a_reload_that_fails_while_building_ticks_go_on_with_no_message_coming(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The failed reload's record is taken as nothing: with no message after it, the next tick (and so the next
+    checkpoint) does not wait for one (it waited until a message came)."""
+    gw = gateway_on(tmp_path, doc({"w1": "t1m"}, {}, False))
+    try:
+        await feed(gw, stream(5, 5))
+        rewrite(gw, doc({"w1": "t2m"}, {}, False))
+
+        def broken(*args: Any) -> Any:
+            raise RuntimeError("a bug")
+
+        monkeypatch.setattr("gateway.app.reloaded_pipeline", broken)
+        assert not (await gw.reload()).ok
+        assert gw.pos == gw.store.last_pos
+        async with asyncio.timeout(10):
+            await gw._tick()
+        assert gw.pos == gw.store.last_pos
+    finally:
+        gw.store.close()
+
+
 async def test_a_reload_that_fails_while_building_changes_nothing_and_a_restart_goes_on_as_before(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
