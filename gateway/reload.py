@@ -209,6 +209,11 @@ def reloaded_pipeline(old: Pipeline, config: Config, plan: ReloadPlan) -> Pipeli
     merged["engine"] = _engine(snap["engine"], fresh["engine"], set(plan.windows.kept), set(plan.retriggered))
     merged["cep"] = _cep(snap["cep"], fresh["cep"], set(plan.patterns.kept), config)
     merged["anomaly"] = snap["anomaly"] if plan.anomaly.kept else fresh["anomaly"]
+    if "relative" in fresh and "relative" in snap:  # a restarted window's open comparisons start empty with it
+        kept, rel = set(plan.windows.kept), dict(snap["relative"])
+        for part in ("open", "wm", "global_wm"):
+            rel[part] = {w: v for w, v in rel[part].items() if w in kept}
+        merged["relative"] = rel
     if "joins" in fresh and _engine_wide(old.config) != _engine_wide(config):
         merged["joins"] = fresh["joins"]  # [[joins]] need a restart to change, but they wait on the watermark too
     new.restore(merged)

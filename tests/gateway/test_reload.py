@@ -110,7 +110,11 @@ def test_the_plan_keeps_restarts_adds_and_drops_by_name_and_definition(
     for name in plan.windows.restarted:  # each restart says why
         why = plan.reasons[f"window {name}"]
         assert "engine-wide settings" in why if bound_changes else why == "its definition changed"
-    assert plan.changes_state == (plan.windows.changed or plan.patterns.changed or plan.anomaly.changed)
+    kept_order = ([n for n in p_old if n in plan.patterns.kept], [n for n in p_new if n in plan.patterns.kept])
+    assert plan.reordered == (kept_order[0] != kept_order[1])
+    assert plan.changes_state == (
+        plan.windows.changed or plan.patterns.changed or plan.anomaly.changed or plan.reordered
+    )
 
 
 def test_patterns_declared_in_another_order_are_kept_and_the_state_restores_in_the_new_order() -> None:
@@ -127,6 +131,33 @@ def test_patterns_declared_in_another_order_are_kept_and_the_state_restores_in_t
     p2 = reloaded_pipeline(p, new, plan)
     Pipeline(new).restore(json.loads(json.dumps(p2.snapshot())))  # a restart with the new file takes it
     assert not plan_reload(old, config({}, {"p1": "hot", "p2": "rise", "p3": "rise3"})).reordered
+
+
+def test_a_restarted_window_starts_its_group_relative_comparisons_empty() -> None:
+    """A window with ``[windows.relative]`` whose size changes is restarted: the comparisons it had open (its
+    members' results of the old size) are not completed under the new definition; a kept one keeps its own."""
+
+    def cfg(size_w1: str) -> Config:
+        d = doc({}, {}, False)
+        rel = {"groups": ["both"], "min_others": 1}
+        d["groups"] = {"both": ["d1", "d2"]}
+        d["windows"] = [
+            {"name": n, "kind": "tumbling", "size": size, "metrics": ["x"], "aggregates": ["count", "mean"],
+             "relative": rel}
+            for n, size in (("w1", size_w1), ("w2", "1m"))
+        ]  # fmt: skip
+        return parse_config(d, env={})
+
+    old, new = cfg("1m"), cfg("2m")
+    plan = plan_reload(old, new)
+    assert plan.windows.restarted == ("w1",) and plan.windows.kept == ("w2",)
+    p = Pipeline(old)
+    for t, pl, r in stream(7, 30):
+        p.handle(t, pl, r)
+    assert p.relative is not None and p.relative.open["w1"] and p.relative.open["w2"]
+    p2 = reloaded_pipeline(p, new, plan)
+    assert p2.relative is not None
+    assert p2.relative.open["w1"] == {} and p2.relative.open["w2"] == p.relative.open["w2"]
 
 
 def test_a_trigger_change_keeps_the_window_and_restarts_only_its_triggers() -> None:
