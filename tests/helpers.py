@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
 import urllib.error
 import urllib.parse
@@ -205,3 +206,26 @@ async def scenario_through_gateway(
         )
     assert gw.sink.stats.points_refused == 0 and gw.sink.pending == 0
     return gw
+
+
+def sleepy_deliveries(
+    rows: list[Any], rng: random.Random | None, devices: Iterable[str], sleepy: str, bound_ms: int, t0: int
+) -> list[tuple[int, int, str, list[Any], int | None]]:
+    """A stream of rows ``(device, seq, t, ...)`` as a fleet with one sleepy board delivers it:
+    ``(arrival, order, device, rows, flushed)``, sorted by arrival. Every device says hello first (flushed before
+    ``t0``); the others' readings one by one, each delayed 0..``bound_ms`` under disorder (``rng``; none without);
+    ``sleepy``'s in bursts of 1-4 (2 without ``rng``) sent 0-60 s after the burst's last reading, with a flushed
+    marker at that reading, or just before the next burst's first when that has the same time."""
+    out: list[tuple[int, int, str, list[Any], int | None]] = [(t0 - 1, i, d, [], t0 - 1) for i, d in enumerate(devices)]
+    for i, r in enumerate(r for r in rows if r[0] != sleepy):
+        out.append((r[2] + (rng.randint(0, bound_ms) if rng else 0), 10 + i, r[0], [r], None))
+    burst = [r for r in rows if r[0] == sleepy]
+    i, sent = 0, t0
+    while i < len(burst):  # bursts in the order taken: a flushed marker covers everything before it
+        size = rng.randint(1, 4) if rng else 2
+        chunk = burst[i : i + size]
+        i += size
+        sent = max(sent, chunk[-1][2] + (rng.randint(0, 60_000) if rng else 0))
+        flushed = chunk[-1][2] if i >= len(burst) else min(chunk[-1][2], burst[i][2] - 1)
+        out.append((sent, 10_000 + i, sleepy, chunk, flushed))
+    return sorted(out, key=lambda x: (x[0], x[1]))

@@ -11,6 +11,7 @@ import statistics
 from typing import Any
 
 import pytest
+from helpers import sleepy_deliveries
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -57,22 +58,8 @@ def send(engine: Engine, rel: GroupRelative, b: Batch, now: int = NOW) -> list[R
 
 
 def deliveries(rows: list[Row], rng: random.Random | None) -> list[tuple[int, int, str, list[Row], int | None]]:
-    """Every device says hello (flushed before T0); others' readings one by one, delayed 0..bound under disorder;
-    the sleepy one's in bursts sent up to a minute after the burst's last reading, with a flushed marker."""
-    out: list[tuple[int, int, str, list[Row], int | None]] = [(T0 - 1, i, d, [], T0 - 1) for i, d in enumerate(SITES)]
-    for i, r in enumerate(r for r in rows if r[0] != SLEEPY):
-        out.append((r[2] + (rng.randint(0, BOUND) if rng else 0), 10 + i, r[0], [r], None))
-    sleepy = [r for r in rows if r[0] == SLEEPY]
-    i, sent = 0, T0
-    while i < len(sleepy):
-        size = rng.randint(1, 4) if rng else 2
-        chunk = sleepy[i : i + size]
-        i += size
-        sent = max(sent, chunk[-1][2] + (rng.randint(0, 60_000) if rng else 0))
-        # flushed up to the burst's last reading, or to just before the next burst's first (at the same time)
-        flushed = chunk[-1][2] if i >= len(sleepy) else min(chunk[-1][2], sleepy[i][2] - 1)
-        out.append((sent, 10_000 + i, SLEEPY, chunk, flushed))
-    return sorted(out, key=lambda x: (x[0], x[1]))
+    """The rows as this file's fleet delivers them, ``SLEEPY`` in bursts (:func:`helpers.sleepy_deliveries`)."""
+    return sleepy_deliveries(rows, rng, SITES, SLEEPY, BOUND, T0)
 
 
 def run(engine: Engine, rel: GroupRelative, rows: list[Row], rng: random.Random | None) -> list[RelativeResult]:

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from cep_helpers import NOW, T0, Row, events
 from cep_reference import reference_matches
+from helpers import sleepy_deliveries
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_cep_properties import patterns
@@ -45,23 +46,8 @@ def batch(device: str, rows: list[Row], flushed: int | None = None, now: int = N
 
 
 def deliveries(rows: list[Row], rng: random.Random | None) -> list[tuple[int, int, str, list[Row], int | None]]:
-    """(arrival, order, device, rows, flushed): every device says hello first (flushed before T0); the others'
-    readings one by one, each delayed 0..bound under disorder; the sleepy one's in bursts of 1-4 sent 0-60 s
-    after the burst's last reading, with a flushed marker at that reading."""
-    out: list[tuple[int, int, str, list[Row], int | None]] = [(T0 - 1, i, d, [], T0 - 1) for i, d in enumerate(SITES)]
-    sleepy = [r for r in rows if r[0] == SLEEPY]
-    for i, r in enumerate(r for r in rows if r[0] != SLEEPY):
-        out.append((r[2] + (rng.randint(0, BOUND) if rng else 0), 10 + i, r[0], [r], None))
-    i, sent = 0, T0
-    while i < len(sleepy):  # bursts in the order taken: a flushed marker covers everything before it
-        size = rng.randint(1, 4) if rng else 2
-        chunk = sleepy[i : i + size]
-        i += size
-        sent = max(sent, chunk[-1][2] + (rng.randint(0, 60_000) if rng else 0))
-        # flushed up to the burst's last reading, or to just before the next burst's first (at the same time)
-        flushed = chunk[-1][2] if i >= len(sleepy) else min(chunk[-1][2], sleepy[i][2] - 1)
-        out.append((sent, 10_000 + i, SLEEPY, chunk, flushed))
-    return sorted(out, key=lambda x: (x[0], x[1]))
+    """The rows as this file's fleet delivers them, ``SLEEPY`` in bursts (:func:`helpers.sleepy_deliveries`)."""
+    return sleepy_deliveries(rows, rng, SITES, SLEEPY, BOUND, T0)
 
 
 def run(cep: Cep, rows: list[Row], rng: random.Random | None) -> list[Match]:
