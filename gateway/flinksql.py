@@ -167,20 +167,21 @@ def _order_key(first: bool) -> str:
     )
 
 
+_SQL_AGGS: Final = (
+    ("sum", "SUM", "sum"),
+    ("mean", "AVG", "mean"),
+    ("min", "MIN", "min"),
+    ("max", "MAX", "max"),
+    ("stddev", "STDDEV_SAMP", "sd"),
+)
+"""A window's aggregate, the Flink SQL function that computes it, and its column's prefix."""
+
+
 def _aggs(w: WindowSpec, i: int, metric: str) -> list[str]:
     v = f"num[{_q(metric)}]"
     cols = [f"COUNT({v}) AS c{i}"]
     names = set(w.aggregates)
-    if "sum" in names:
-        cols.append(f"SUM({v}) AS sum{i}")
-    if "mean" in names:
-        cols.append(f"AVG({v}) AS mean{i}")
-    if "min" in names:
-        cols.append(f"MIN({v}) AS min{i}")
-    if "max" in names:
-        cols.append(f"MAX({v}) AS max{i}")
-    if "stddev" in names:
-        cols.append(f"STDDEV_SAMP({v}) AS sd{i}")
+    cols += [f"{fn}({v}) AS {col}{i}" for agg, fn, col in _SQL_AGGS if agg in names]
     if "first" in names:
         cols.append(f"MIN(CASE WHEN {v} IS NULL THEN NULL ELSE {_order_key(True)} || CAST({v} AS STRING) END) AS f{i}")
     if "last" in names:
@@ -189,20 +190,14 @@ def _aggs(w: WindowSpec, i: int, metric: str) -> list[str]:
 
 
 def _agg_map(w: WindowSpec, i: int) -> str:
+    column = {agg: f"{col}{i}" for agg, _, col in _SQL_AGGS}
+    column["first"] = f"CAST(SUBSTRING(f{i} FROM {KEY_LEN + 1}) AS DOUBLE)"
+    column["last"] = f"CAST(SUBSTRING(l{i} FROM {KEY_LEN + 1}) AS DOUBLE)"
     parts: list[str] = []
     for name in w.aggregates:
         if name == "count":  # a field of its own, as in the gateway's result
             continue
-        expr = {
-            "sum": f"sum{i}",
-            "mean": f"mean{i}",
-            "min": f"min{i}",
-            "max": f"max{i}",
-            "stddev": f"sd{i}",
-            "first": f"CAST(SUBSTRING(f{i} FROM {KEY_LEN + 1}) AS DOUBLE)",
-            "last": f"CAST(SUBSTRING(l{i} FROM {KEY_LEN + 1}) AS DOUBLE)",
-        }[name]
-        parts += [_q(name), expr]
+        parts += [_q(name), column[name]]
     return "MAP[" + ", ".join(parts) + "]"
 
 
