@@ -5,14 +5,20 @@ Reproduce (from the repository root)::
     python bench/bench_anomaly.py                     # 1,000 devices x 3 metrics, 100 readings each
     python bench/bench_anomaly.py -n 50               # quicker
     python bench/bench_anomaly.py --against main -r 5 # side by side with another revision, 5 rounds
+    python bench/bench_anomaly.py --against main --builds -r 5  # ... this tree both pure and compiled
 
 Each device sends batches of 20 readings; the time is that of ``AnomalyEngine.process`` only (scoring,
 learning and writing the ``anomaly`` points), for the ``ewma`` baseline univariate (``multivariate =
-false``), with the per-device multivariate score, and for the ``window`` baseline. State is the size of the
-engine's JSON snapshot. ``--against REV`` runs the same workload on ``gateway/`` of that git revision (in a
-subprocess, from a temporary copy), alternating with this tree round by round, and prints each variant's
-median and spread (min-max) over the rounds, of the wall-clock time and of the process's CPU time (on a
-machine shared with other work the CPU time is the steadier: waiting for a core is not counted).
+false``), with the per-device multivariate score, for the ``window`` baseline, and as ``bench/bench_e2e.py``'s
+example configuration has it (``temp_c`` and ``vib`` scored, the multivariate score over the two, only
+anomalous points written). State is the size of the engine's JSON snapshot. ``--against REV`` runs the same
+workload on ``gateway/`` of that git revision (in a subprocess, from a temporary copy), alternating with this
+tree round by round, and prints each variant's median and spread (min-max) over the rounds, of the wall-clock
+time and of the process's CPU time (on a machine shared with other work the CPU time is the steadier: waiting
+for a core is not counted). With
+``--builds`` this tree runs twice a round, with ``EDGEKIT_ENGINE=pure`` and ``EDGEKIT_ENGINE=compiled`` (the
+mypyc build of ``scripts/build_compiled.py``, which must be there); the other revision runs as its ``gateway/``
+is in git, pure.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import statistics
 import subprocess
@@ -36,6 +43,7 @@ VARIANTS = {
     "ewma": {"multivariate": False},
     "ewma+mv": {},
     "window": {"baseline": "window", "multivariate": False},
+    "example": {"metrics": ["temp_c", "vib"], "write": "flagged"},
 }
 
 
@@ -84,11 +92,12 @@ def _child(path: str, devices: int, readings: int) -> None:
     print(json.dumps(measure(devices, readings)))
 
 
-def _run(path: Path, devices: int, readings: int) -> dict[str, list[float]]:
-    """``measure`` in a subprocess on the ``gateway/`` at ``path``."""
+def _run(path: Path, devices: int, readings: int, build: str = "") -> dict[str, list[float]]:
+    """``measure`` in a subprocess on the ``gateway/`` at ``path`` (``build``: its ``EDGEKIT_ENGINE``)."""
     code = f"import sys; sys.path.insert(0, {str(ROOT / 'bench')!r}); import bench_anomaly as b; "
     code += f"b._child({str(path)!r}, {devices}, {readings})"
-    done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=path)
+    env = {**os.environ, "EDGEKIT_ENGINE": build} if build else None
+    done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=path, env=env)
     return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
@@ -98,6 +107,7 @@ def main() -> None:
     parser.add_argument("-n", "--readings", type=int, default=100, help="readings per device")
     parser.add_argument("--against", help="a git revision to measure side by side (e.g. main)")
     parser.add_argument("-r", "--rounds", type=int, default=3)
+    parser.add_argument("--builds", action="store_true", help="with --against: this tree pure and compiled")
     args = parser.parse_args()
     values = args.devices * args.readings * 3
     if not args.against:
@@ -110,11 +120,14 @@ def main() -> None:
         archive = subprocess.run(["git", "archive", args.against, "gateway"], cwd=ROOT, check=True,
                                  capture_output=True).stdout  # fmt: skip
         tarfile.open(fileobj=BytesIO(archive)).extractall(tmp, filter="data")
-        results: dict[str, dict[str, list[float]]] = {"this tree": {}, args.against: {}}
-        cpus: dict[str, dict[str, list[float]]] = {"this tree": {}, args.against: {}}
+        runs = [("this tree", ROOT, ""), (args.against, Path(tmp), "")]
+        if args.builds:
+            runs = [("pure", ROOT, "pure"), ("compiled", ROOT, "compiled"), (args.against, Path(tmp), "pure")]
+        results: dict[str, dict[str, list[float]]] = {label: {} for label, _, _ in runs}
+        cpus: dict[str, dict[str, list[float]]] = {label: {} for label, _, _ in runs}
         for _ in range(args.rounds):
-            for label, path in (("this tree", ROOT), (args.against, Path(tmp))):
-                for name, (us, _state, *cpu) in _run(path, args.devices, args.readings).items():
+            for label, path, build in runs:
+                for name, (us, _state, *cpu) in _run(path, args.devices, args.readings, build).items():
                     results[label].setdefault(name, []).append(us)
                     cpus[label].setdefault(name, []).append(cpu[0] if cpu else math.nan)
         print(

@@ -1,20 +1,26 @@
-"""Build (or remove) the optional compiled engine: the hot modules of ``gateway/engine`` through mypyc.
+"""Build (or remove) the optional compiled modules: the window engine's and the anomaly detector's hot modules
+through mypyc.
 
     python scripts/build_compiled.py          # build: needs a C compiler, mypy (ships mypyc) and setuptools
-    python scripts/build_compiled.py --clean  # remove it: the pure-Python engine is used again
+    python scripts/build_compiled.py --clean  # remove it: the pure-Python modules are used again
 
 The pure-Python modules stay the reference and the source: mypyc compiles them as they are (they are
-``mypy --strict`` clean) into extension modules next to them (``gateway/engine/<module>.cpython-*.so``)
-plus their shared library (``gateway/engine/_native__mypyc.cpython-*.so``), all git-ignored.
-``gateway/engine/_compiled.json`` records the sha256 of each compiled source; ``gateway.engine`` uses the
-compiled modules only while the sources still match it (otherwise it warns and imports the .py files), and
-never when ``EDGEKIT_ENGINE=pure`` is set. ``gateway.engine.ENGINE_BUILD`` says which one was loaded.
+``mypy --strict`` clean) into extension modules next to them (``gateway/engine/<module>.cpython-*.so``,
+``gateway/anomaly/<module>.cpython-*.so``) plus each package's shared library
+(``gateway/<package>/_native__mypyc.cpython-*.so``), all git-ignored; ``gateway._compiled.COMPILED`` lists
+the modules. ``gateway/<package>/_compiled.json`` records the sha256 of each compiled source; each package
+uses its compiled modules only while its sources still match it (otherwise it warns and imports the .py
+files), and never when ``EDGEKIT_ENGINE=pure`` is set. ``gateway.engine.ENGINE_BUILD`` and
+``gateway.anomaly.ANOMALY_BUILD`` say which one was loaded.
+
+The C code is compiled with ``-ffp-contract=off``: a compiler may otherwise fuse a multiplication and an
+addition into one instruction with a single rounding (GCC does by default wherever the CPU has one, as on
+the Raspberry Pi's ARM cores), and the compiled modules' floats would no longer be the interpreter's.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -23,22 +29,26 @@ import sysconfig
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-ENGINE = ROOT / "gateway" / "engine"
-# keep in step with COMPILED_MODULES in gateway/engine/_build.py
-MODULES = ("aggregates", "accs", "windows", "outputs", "operators", "engine")
-GROUP = "gateway.engine._native"  # the shared library lives in the package: no top-level module
-STAMP = ENGINE / "_compiled.json"
+sys.path.insert(0, str(ROOT))
+
+from gateway._compiled import COMPILED, STAMP, package_dir, source_hashes  # noqa: E402
+
+CFLAGS = ["-ffp-contract=off"]
 
 
-def built_files() -> list[Path]:
+def built_files(package: str) -> list[Path]:
+    here = package_dir(package)
     suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
-    files = [ENGINE / f"{m}{suffix}" for m in [*MODULES, "_native__mypyc"]]
-    return [*files, STAMP]
+    return [*(here / f"{m}{suffix}" for m in [*COMPILED[package], "_native__mypyc"]), here / STAMP]
 
 
 def clean() -> None:
-    for f in [*ENGINE.glob("*.so"), *ROOT.glob("gateway_engine__mypyc*.so"), STAMP]:  # and an older layout's
-        f.unlink(missing_ok=True)
+    for package in COMPILED:
+        here = package_dir(package)
+        for f in [*here.glob("*.so"), here / STAMP]:
+            f.unlink(missing_ok=True)
+    for f in ROOT.glob("gateway_engine__mypyc*.so"):  # an older layout's
+        f.unlink()
     shutil.rmtree(ROOT / "build" / "mypyc", ignore_errors=True)
 
 
@@ -47,23 +57,39 @@ def build() -> None:
         from mypyc.build import mypycify
         from setuptools import Distribution
     except ImportError as e:  # pragma: no cover - depends on the machine
-        sys.exit(f"cannot build the compiled engine: {e} (pip install mypy setuptools)")
+        sys.exit(f"cannot build the compiled modules: {e} (pip install mypy setuptools)")
     clean()
     os.chdir(ROOT)  # mypyc names modules by their path from here
-    paths = [f"gateway/engine/{m}.py" for m in MODULES]
-    # strip_asserts=False: the operators assert that watermarks never go back, compiled or not
-    exts = mypycify(paths, opt_level="3", strip_asserts=False, group_name=GROUP, target_dir="build/mypyc")
-    dist = Distribution({"name": "edgekit-engine-compiled", "ext_modules": exts})
+    exts = []
+    for package, modules in COMPILED.items():
+        folder = package.replace(".", "/")
+        # one group per package: its shared library lives in the package (no top-level module), and a
+        # package whose build is stale does not take the other's with it.
+        # strip_asserts=False: the operators assert that watermarks never go back, compiled or not
+        group = mypycify(
+            [f"{folder}/{m}.py" for m in modules],
+            opt_level="3",
+            strip_asserts=False,
+            group_name=f"{package}._native",
+            target_dir=f"build/mypyc/{package}",
+        )
+        exts += group
+    if sys.platform != "win32":
+        for ext in exts:
+            ext.extra_compile_args = [*ext.extra_compile_args, *CFLAGS]
+    dist = Distribution({"name": "edgekit-compiled", "ext_modules": exts})
     cmd = dist.get_command_obj("build_ext")
     cmd.inplace = True
     cmd.build_temp = "build/mypyc/temp"
     dist.run_command("build_ext")
-    sources = {m: hashlib.sha256((ENGINE / f"{m}.py").read_bytes()).hexdigest() for m in MODULES}
-    STAMP.write_text(json.dumps({"python": sys.implementation.cache_tag, "sources": sources}, indent=1) + "\n")
-    missing = [str(f) for f in built_files() if not f.exists()]
+    for package in COMPILED:
+        stamp = {"python": sys.implementation.cache_tag, "sources": source_hashes(package)}
+        (package_dir(package) / STAMP).write_text(json.dumps(stamp, indent=1) + "\n")
+    missing = [str(f) for package in COMPILED for f in built_files(package) if not f.exists()]
     if missing:
         sys.exit(f"build incomplete, missing: {missing}")
-    print(f"compiled engine built: {', '.join(MODULES)} ({sys.implementation.cache_tag})")
+    for package, modules in COMPILED.items():
+        print(f"compiled {package}: {', '.join(modules)} ({sys.implementation.cache_tag})")
 
 
 def main() -> None:
@@ -72,7 +98,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.clean:
         clean()
-        print("compiled engine removed: the pure-Python modules are used")
+        print("compiled modules removed: the pure-Python modules are used")
     else:
         build()
 

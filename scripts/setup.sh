@@ -93,21 +93,22 @@ else
     step ".venv is up to date"
 fi
 # --- optional compiled engine (begin) -------------------------------------------------------------------
-# mypyc-compiled hot modules of gateway/engine (scripts/build_compiled.py), built only where a C compiler
-# exists; without one (e.g. a Raspberry Pi without gcc) the pure-Python engine runs: same results, slower.
-# EDGEKIT_COMPILE=0 skips the build; python scripts/build_compiled.py --clean removes it.
+# mypyc-compiled hot modules of gateway/engine and gateway/anomaly (scripts/build_compiled.py), built only where
+# a C compiler exists; without one (e.g. a Raspberry Pi without gcc) the pure-Python modules run: same results,
+# slower. EDGEKIT_COMPILE=0 skips the build; python scripts/build_compiled.py --clean removes it.
 if [[ "${EDGEKIT_COMPILE:-1}" == 0 ]]; then
-    step "compiled engine: skipped (EDGEKIT_COMPILE=0)"
+    step "compiled engine and detectors: skipped (EDGEKIT_COMPILE=0)"
 elif ! command -v "${CC:-cc}" >/dev/null 2>&1 || ! .venv/bin/python -c 'import mypyc, setuptools' 2>/dev/null; then
-    step "compiled engine: no C compiler or mypyc here - the pure-Python engine is used"
-elif .venv/bin/python -c 'import gateway.engine as e; raise SystemExit(e.ENGINE_BUILD != "compiled")' 2>/dev/null; then
-    step "compiled engine: up to date"
+    step "compiled engine and detectors: no C compiler or mypyc here - the pure-Python modules are used"
+elif .venv/bin/python -c 'import gateway.engine as e, gateway.anomaly as a
+raise SystemExit(e.ENGINE_BUILD != "compiled" or a.ANOMALY_BUILD != "compiled")' 2>/dev/null; then
+    step "compiled engine and detectors: up to date"
 else
     mkdir -p .run
     if .venv/bin/python scripts/build_compiled.py >.run/build_compiled.log 2>&1; then
-        step "compiled engine: built (gateway.engine.ENGINE_BUILD == 'compiled')"
+        step "compiled engine and detectors: built (gateway.engine.ENGINE_BUILD == gateway.anomaly.ANOMALY_BUILD == 'compiled')"
     else
-        printf 'warning: compiled engine build failed (see .run/build_compiled.log); the pure-Python engine is used\n' >&2
+        printf 'warning: compiled build failed (see .run/build_compiled.log); the pure-Python modules are used\n' >&2
     fi
 fi
 # --- optional compiled engine (end) ---------------------------------------------------------------------

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -25,6 +28,7 @@ from sim.publish import BrokerConfig
 from sim.realtime import replay
 
 T = TypeVar("T")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class HttpError(RuntimeError):
@@ -229,3 +233,133 @@ def sleepy_deliveries(
         flushed = chunk[-1][2] if i >= len(burst) else min(chunk[-1][2], burst[i][2] - 1)
         out.append((sent, 10_000 + i, sleepy, chunk, flushed))
     return sorted(out, key=lambda x: (x[0], x[1]))
+
+
+# ------------------------------------------------------------------------------- pure and compiled builds
+
+
+class BuildProcess:
+    """A Python process from the repository root running ``script`` with ``EDGEKIT_ENGINE=build`` (``pure`` or
+    ``compiled``: which build of the compiled packages, ``gateway._compiled``, it imports). ``ask`` writes one
+    line of JSON to its stdin and returns the line it answers: the script serves requests until stdin ends,
+    so one process can answer many (a property test's examples) without starting again."""
+
+    def __init__(self, build: str, script: str, *args: str) -> None:
+        self.build = build
+        env = {**os.environ, "EDGEKIT_ENGINE": build}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", script, *args], cwd=ROOT, env=env, text=True,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+
+    def ask(self, request: object) -> str:
+        self.send(request)
+        return self.receive()
+
+    def send(self, request: object) -> None:
+        """Write a request without waiting for the answer (:meth:`receive`): two processes can work at once."""
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(json.dumps(request) + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            pass  # it has stopped: receive says why
+
+    def receive(self) -> str:
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        answer = self.proc.stdout.readline()
+        if not answer:
+            error = self.proc.stderr.read()
+            self.close()
+            raise AssertionError(f"EDGEKIT_ENGINE={self.build}: {error}")
+        return answer
+
+    def close(self) -> None:
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+        for f in (self.proc.stdout, self.proc.stderr):
+            if f is not None:
+                f.close()
+
+
+def _no_compiled_build(e: AssertionError) -> None:
+    if "EDGEKIT_ENGINE=compiled but" in str(e):
+        pytest.fail(
+            "no compiled build: scripts/setup.sh makes it where a C compiler exists "
+            "(python scripts/build_compiled.py; see .run/build_compiled.log); EDGEKIT_COMPILE=0 opts out",
+            pytrace=False,
+        )
+
+
+def compiled_process(script: str, *args: str) -> BuildProcess | None:
+    """A :class:`BuildProcess` on the compiled build, checked to have loaded it (``script`` answers a request
+    ``null`` with the build it runs), or None where set-up was told not to build it (``EDGEKIT_COMPILE=0``). A
+    missing build fails the test: ``scripts/setup.sh`` makes it wherever a C compiler exists."""
+    if os.environ.get("EDGEKIT_COMPILE") == "0":
+        return None
+    proc = BuildProcess("compiled", script, *args)
+    try:
+        build = proc.ask(None)
+    except AssertionError as e:
+        _no_compiled_build(e)
+        raise
+    assert json.loads(build) == "compiled", build
+    return proc
+
+
+def run_build(build: str, script: str, *args: str) -> dict[str, Any]:
+    """Run ``script`` once with ``EDGEKIT_ENGINE=build`` (its stdin empty) and return the JSON object it prints."""
+    env = {**os.environ, "EDGEKIT_ENGINE": build}
+    done = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, f"EDGEKIT_ENGINE={build}: {done.stderr}"
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def run_compiled(script: str, *args: str) -> dict[str, Any] | None:
+    """:func:`run_build` on the compiled build, or None where set-up was told not to build it
+    (``EDGEKIT_COMPILE=0``); a missing build fails the test."""
+    if os.environ.get("EDGEKIT_COMPILE") == "0":
+        return None
+    try:
+        return run_build("compiled", script, *args)
+    except AssertionError as e:
+        _no_compiled_build(e)
+        raise
+
+
+# ------------------------------------------------------------------------------- public data
+
+
+def skab_candidates() -> list[Path]:
+    """``$EDGEKIT_SKAB`` alone when set; else ``shared/data/skab`` beside the repository or any folder above it,
+    and beside the checkout this one was cloned from (a clean clone of a checkout that sits next to the data)."""
+    env = os.environ.get("EDGEKIT_SKAB")
+    if env:
+        return [Path(env)]
+    bases = list(ROOT.parents)
+    origin = subprocess.run(
+        ["git", "-C", str(ROOT), "config", "--get", "remote.origin.url"], capture_output=True, text=True
+    ).stdout.strip()
+    if origin.startswith("file://"):
+        origin = origin[len("file://") :]
+    if origin.startswith("/"):
+        bases += list(Path(origin).resolve().parents)
+    return [b / "shared" / "data" / "skab" for b in bases]
+
+
+def skab_dir() -> Path:
+    candidates = skab_candidates()
+    for path in candidates:
+        if (path / "valve1").is_dir():
+            return path
+    looked = ", ".join(str(p) for p in candidates)
+    pytest.fail(f"SKAB data not found (looked in {looked}; set EDGEKIT_SKAB to the folder)", pytrace=False)

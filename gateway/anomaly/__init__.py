@@ -10,12 +10,15 @@ Pure and synchronous (no I/O, no asyncio, no wall clock). See ``docs/anomaly.md`
 
 from __future__ import annotations
 
+from ._build import ANOMALY_BUILD, COMPILED_MODULES
 from .config import AnomalySpec, CompoundSpec, DetectorSpec, GroupSpec, parse_anomaly
 from .detector import Detector, Event, Result, Scored, score_of
 from .engine import ANOMALY_MEASUREMENT, AnomalyEngine, AnomalyOutput, anomaly_line
 
 __all__ = [
+    "ANOMALY_BUILD",
     "ANOMALY_MEASUREMENT",
+    "COMPILED_MODULES",
     "AnomalyEngine",
     "AnomalyOutput",
     "AnomalySpec",

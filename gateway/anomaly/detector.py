@@ -46,7 +46,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Final, Literal
 
 from .config import DetectorSpec
@@ -66,6 +66,12 @@ _CALM_HI: Final = 0.1
 """Between the excursions of a pattern, at most this fraction of the points lie beyond ``clear_threshold``
 (Gaussian noise: 1.2 % at 2.5; inside a noise burst of four times the noise, about half)."""
 STATE_VERSION: Final = 2
+
+
+def by_fields(obj: Any) -> tuple[type[Any], tuple[Any, ...]]:
+    """``__reduce__`` of a frozen dataclass: its class and its fields, for copy and pickle. The dataclass's own
+    way (``__setstate__`` through ``object.__setattr__``) fails once mypyc has compiled the class."""
+    return type(obj), tuple(getattr(obj, f.name) for f in fields(obj))
 
 
 def score_of(z: float, threshold: float) -> float:
@@ -94,6 +100,9 @@ class Scored:
     for the first point after a gap."""
     ref_z: float | None = None
 
+    def __reduce__(self) -> tuple[type[Any], tuple[Any, ...]]:
+        return by_fields(self)
+
 
 @dataclass(frozen=True, slots=True)
 class Event:
@@ -111,6 +120,9 @@ class Event:
     new_mean: float | None = None
     after_ms: int = 0
 
+    def __reduce__(self) -> tuple[type[Any], tuple[Any, ...]]:
+        return by_fields(self)
+
 
 @dataclass(frozen=True, slots=True)
 class Result:
@@ -122,6 +134,9 @@ class Result:
     events: tuple[Event, ...] = ()
     stuck: bool = False
     """Inside a stuck-sensor anomaly (the value has not changed for ``stuck_points`` readings)."""
+
+    def __reduce__(self) -> tuple[type[Any], tuple[Any, ...]]:
+        return by_fields(self)
 
 
 @dataclass(slots=True)
@@ -185,6 +200,13 @@ class Detector:
         self.spec = spec
         self.state = State()
         self._nbins = 0 if spec.season == "none" else spec.season_bins * (7 if spec.season == "week" else 1)
+
+    def __reduce__(self) -> tuple[type[Detector], tuple[DetectorSpec], dict[str, State]]:
+        """For copy and pickle, compiled or not (a compiled class is not made without its arguments)."""
+        return Detector, (self.spec,), {"state": self.state}
+
+    def __setstate__(self, state: dict[str, State]) -> None:
+        self.state = state["state"]
 
     # -- the baseline -------------------------------------------------------------------------------
 

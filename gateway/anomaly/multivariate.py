@@ -53,7 +53,7 @@ from statistics import NormalDist
 from typing import Any, Final
 
 from .config import DetectorSpec
-from .detector import FLOOR, Event, score_of
+from .detector import FLOOR, Event, by_fields, score_of
 
 __all__ = ["MEMORY", "MultiDetector", "MultiResult", "chi2_z", "max_z", "t2_z"]
 
@@ -145,6 +145,9 @@ class MultiResult:
     share: float = 0.0
     ranked: tuple[str, ...] = ()
 
+    def __reduce__(self) -> tuple[type[Any], tuple[Any, ...]]:
+        return by_fields(self)
+
 
 @dataclass(slots=True)
 class MultiState:
@@ -180,6 +183,13 @@ class MultiDetector:
         self.spec = spec
         self.memory = memory
         self.state = MultiState()
+
+    def __reduce__(self) -> tuple[type[MultiDetector], tuple[DetectorSpec, int], dict[str, MultiState]]:
+        """For copy and pickle, compiled or not (a compiled class is not made without its arguments)."""
+        return MultiDetector, (self.spec, self.memory), {"state": self.state}
+
+    def __setstate__(self, state: dict[str, MultiState]) -> None:
+        self.state = state["state"]
 
     def warmup(self) -> int:
         return max(self.spec.warmup, 10 * len(self.state.names))

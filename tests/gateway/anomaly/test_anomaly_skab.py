@@ -8,13 +8,12 @@ next to the checkout it was cloned from); a missing folder fails the test (it is
 from __future__ import annotations
 
 import math
-import os
 import re
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import skab_dir
 
 from gateway.anomaly import AnomalySpec
 from gateway.anomaly.evaluate import main
@@ -30,32 +29,6 @@ from gateway.anomaly.skab import (
 )
 
 ROOT = Path(__file__).resolve().parents[3]
-
-
-def skab_candidates() -> list[Path]:
-    """``$EDGEKIT_SKAB`` alone when set; else ``shared/data/skab`` beside the repository or any folder above it,
-    and beside the checkout this one was cloned from (a clean clone of a checkout that sits next to the data)."""
-    env = os.environ.get("EDGEKIT_SKAB")
-    if env:
-        return [Path(env)]
-    bases = list(ROOT.parents)
-    origin = subprocess.run(
-        ["git", "-C", str(ROOT), "config", "--get", "remote.origin.url"], capture_output=True, text=True
-    ).stdout.strip()
-    if origin.startswith("file://"):
-        origin = origin[len("file://") :]
-    if origin.startswith("/"):
-        bases += list(Path(origin).resolve().parents)
-    return [b / "shared" / "data" / "skab" for b in bases]
-
-
-def skab_dir() -> Path:
-    candidates = skab_candidates()
-    for path in candidates:
-        if (path / "valve1").is_dir():
-            return path
-    looked = ", ".join(str(p) for p in candidates)
-    pytest.fail(f"SKAB data not found (looked in {looked}; set EDGEKIT_SKAB to the folder)", pytrace=False)
 
 
 def test_outlier_counts_and_rates() -> None:
