@@ -5,6 +5,11 @@ docs/scale-out.md).
 Reproduce (from the repository root)::
 
     python bench/bench_inprocess.py            # 3 rounds, 1,000 boards, 11 messages of 10 readings each
+    python bench/bench_inprocess.py --code /path/to/main   # the gateway of another checkout, same load
+    python bench/bench_inprocess.py --config e2e -r 5      # one configuration
+
+The configurations: ``default`` (raw readings), ``example`` (gateway/examples/gateway.toml: its patterns) and
+``e2e`` (bench_e2e.py's example configuration: those patterns, a 10-minute window and anomaly detection).
 
 The messages are bench_e2e.py's (four float metrics with noise, a flushed marker); a checkpoint is taken every 2 s
 of their time, as ``state.checkpoint_interval_s`` does. Printed per configuration: microseconds of CPU per reading,
@@ -26,10 +31,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from gateway.app import Gateway  # noqa: E402
-from gateway.config import parse_config  # noqa: E402
+sys.path.insert(0, str(REPO / "bench"))
 
 
 def _payload(device: str, seq0: int, t0: int, rnd: random.Random) -> bytes:
@@ -43,6 +45,9 @@ def _payload(device: str, seq0: int, t0: int, rnd: random.Random) -> bytes:
 
 
 async def _round(doc: dict[str, Any], boards: int, messages: int) -> tuple[float, float]:
+    from gateway.app import Gateway
+    from gateway.config import parse_config
+
     with tempfile.TemporaryDirectory() as d:
         doc = {**doc, "influx": {"url": "http://127.0.0.1:9", "max_buffered": 10_000_000}, "state": {"dir": d}}
         rnd = random.Random(1)
@@ -80,12 +85,21 @@ def main() -> None:
     ap.add_argument("-r", "--rounds", type=int, default=3)
     ap.add_argument("-b", "--boards", type=int, default=1000)
     ap.add_argument("-m", "--messages", type=int, default=11)
+    ap.add_argument("--config", nargs="+", choices=["default", "example", "e2e"], help="only these configurations")
+    ap.add_argument("--code", type=Path, default=REPO, help="the checkout whose gateway runs (default: this one)")
     args = ap.parse_args()
+    from bench_e2e import example_toml  # the e2e bench's configuration (it puts this checkout on the path)
+
+    sys.path.insert(0, str(args.code.resolve()))
+    import gateway
+
+    print(f"gateway from {Path(gateway.__file__).parent}", flush=True)
     logging.disable(logging.WARNING)
     example = tomllib.loads((REPO / "gateway/examples/gateway.toml").read_text(encoding="utf-8"))
     example.pop("mqtt", None)
     example.pop("influx", None)
-    configs = {"default": {}, "example": example}
+    configs = {"default": {}, "example": example, "e2e": tomllib.loads(example_toml())}
+    configs = {k: v for k, v in configs.items() if not args.config or k in args.config}
     got: dict[str, list[tuple[float, float]]] = {k: [] for k in configs}
     for r in range(args.rounds):
         for name in configs if r % 2 == 0 else reversed(list(configs)):

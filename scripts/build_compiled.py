@@ -14,8 +14,8 @@ files), and never when ``EDGEKIT_ENGINE=pure`` is set. ``gateway.engine.ENGINE_B
 ``gateway.anomaly.ANOMALY_BUILD`` say which one was loaded.
 
 The C code is compiled with ``-ffp-contract=off``: a compiler may otherwise fuse a multiplication and an
-addition into one instruction with a single rounding (GCC does by default wherever the CPU has one, as on
-the Raspberry Pi's ARM cores), and the compiled modules' floats would no longer be the interpreter's.
+addition into one instruction with a single rounding (GCC does by default wherever the target has one, as
+64-bit ARM has: a Raspberry Pi with a 64-bit OS), and the compiled modules' floats would no longer be the interpreter's.
 """
 
 from __future__ import annotations
