@@ -37,14 +37,16 @@ PATTERNS: list[dict[str, object]] = [
      "steps": [{"name": "warm", "where": "temp_c > 20.5"}, {"name": "dry", "where": "rh < 40"}]},
 ]  # fmt: skip
 MEASUREMENTS = ("window", "late_reading", "alert")
+AFTERNOON_MS = 1_780_326_000_000  # 2026-06-01 15:00 UTC
 
 
 def _results(prefix: str) -> tuple[dict[str, list[bytes]], dict[str, dict[Any, dict[str, object]]]]:
     """The documented output records of the gateway's own results, by folder, and the gateway's own points."""
     doc = {"mqtt": {"prefix": prefix}, "windows": WINDOWS, "patterns": PATTERNS}
     pipe = Pipeline(parse_config(doc, env={}))
+    # a fixed afternoon: the simulated climate follows the time of day, and the pattern's alerts need warm readings
     plan = generate(FleetSpec(devices=6, readings_per_device=60, batch_size=10, sites=("north", "south"), seed=5,
-                              prefix=prefix))  # fmt: skip
+                              prefix=prefix, start_ms=AFTERNOON_MS))  # fmt: skip
     now = int(time.time() * 1000)
     records: dict[str, list[bytes]] = {"windows": [], "late": [], "alerts": []}
     points: dict[str, dict[Any, dict[str, object]]] = {m: {} for m in MEASUREMENTS}
