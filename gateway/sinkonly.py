@@ -16,6 +16,7 @@ again onto themselves (every point is deterministic; a window's ``emitted_ms`` i
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import os
@@ -24,18 +25,21 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Final
 
-from .alerts import Alert
+from .alerts import Alert, alert_topic
 from .app import state_path, wall_clock_ms
 from .config import Config
 from .engine.outputs import LateReading, WindowResult
 from .errors import StateError
+from .ingest import IngestStats, Outbox, run_publisher
 from .model import DeadLetter, MetricValue
+from .notify import Notifier
+from .pipeline import window_topic
 from .points import dead_letter_line
 from .sinks import make_writer
 from .spool import SpoolingSink
 from .state import StateStore
 
-__all__ = ["KINDS", "SinkOnly", "alert_line", "late_line", "window_line"]
+__all__ = ["KINDS", "SinkOnly", "alert_from_record", "alert_line", "late_line", "window_from_record", "window_line"]
 
 log = logging.getLogger("gateway.sink_only")
 
@@ -49,6 +53,11 @@ CHUNK_BYTES: Final = 1 << 20
 
 def window_line(doc: dict[str, Any], emitted_ms: int) -> str:
     """The ``window`` point of a window result record (``WindowResult.to_payload``'s object)."""
+    return window_from_record(doc, emitted_ms).to_line()
+
+
+def window_from_record(doc: dict[str, Any], emitted_ms: int) -> WindowResult:
+    """The gateway's :class:`WindowResult` of a window result record, stamped ``emitted_ms``."""
     device = doc.get("device")
     aggs = {str(k): float(v) for k, v in dict(doc["aggregates"]).items() if v is not None}
     key = str(device if device is not None else doc["site"])
@@ -60,7 +69,7 @@ def window_line(doc: dict[str, Any], emitted_ms: int) -> str:
     if res.fired not in ("watermark", "late", "superseded", "early"):
         raise ValueError(f"fired {res.fired!r}")
     res.emitted_ms = emitted_ms
-    return res.to_line()
+    return res
 
 
 def late_line(doc: dict[str, Any]) -> str:
@@ -75,9 +84,14 @@ def late_line(doc: dict[str, Any]) -> str:
 
 
 def alert_line(doc: dict[str, Any], config: Config) -> str:
-    """The ``alert`` point of a pattern alert record: its id from the readings (``alerts.alert_id``), its details
-    in their metrics' declared types, its message as the gateway writes it (the pattern's ``message``, or its name
-    and the steps the alert's details name, or every required step when they name none)."""
+    """The ``alert`` point of a pattern alert record (:func:`alert_from_record`)."""
+    return alert_from_record(doc, config).to_line()
+
+
+def alert_from_record(doc: dict[str, Any], config: Config) -> Alert:
+    """The gateway's :class:`Alert` of a pattern alert record: its id from the readings (``alerts.alert_id``), its
+    details in their metrics' declared types, its message as the gateway writes it (the pattern's ``message``, or
+    its name and the steps the alert's details name, or every required step when they name none)."""
     readings = []
     for text in doc["readings"]:
         device, boot, seq = str(text).rsplit("/", 2)
@@ -99,7 +113,7 @@ def alert_line(doc: dict[str, Any], config: Config) -> str:
         source="pattern", name=name, site=str(doc["site"]), key=str(doc["key"]), severity=doc["severity"],
         first_ms=int(doc["first_ms"]), last_ms=int(doc["last_ms"]), readings=tuple(readings), message=message,
         details=details,
-    ).to_line()  # fmt: skip
+    )  # fmt: skip
 
 
 def _typed(raw: str, kind: str) -> MetricValue:
@@ -147,6 +161,13 @@ class SinkOnly:
         self.bad_records = 0
         self.checkpoints = 0
         self.recovered = 0
+        self.outbox = Outbox()
+        """What to publish (``sink_only.publish``): the job's alerts, and the results of windows with ``publish``;
+        what is unsent is in the checkpoint."""
+        self._published = frozenset(w.name for w in config.engine.windows if w.publish)
+        self.mqtt_stats = IngestStats()
+        self.notifier = Notifier(config.notify, now_ms) if config.notify else None
+        """``[[notify]]``: the job's alerts to people, as a standalone gateway sends its own (docs/notify.md)."""
 
     def _scan(self) -> Iterator[tuple[str, Path]]:
         for kind in KINDS:
@@ -159,10 +180,16 @@ class SinkOnly:
                 if rel not in self.done:
                     yield kind, p
 
-    def _convert(self, kind: str, path: Path, raw: list[bytes], first: int) -> list[str]:
-        """The points of a file's lines ``raw`` (its line ``first`` on)."""
+    def _convert(
+        self, kind: str, path: Path, raw: list[bytes], first: int
+    ) -> tuple[list[str], list[Alert], list[tuple[str, bytes]]]:
+        """The points of a file's lines ``raw`` (its line ``first`` on), the alerts among them, and what to publish
+        (``sink_only.publish``: alerts, results of windows with ``publish``) as a standalone gateway does."""
         now = self.now_ms()
         lines: list[str] = []
+        alerts: list[Alert] = []
+        messages: list[tuple[str, bytes]] = []
+        publish, prefix = self.config.sink_only.publish, self.config.mqtt.prefix
         for i, line in enumerate(raw, first):
             text = line.rstrip(b"\r\n")
             if not text.strip():
@@ -170,11 +197,18 @@ class SinkOnly:
             try:
                 doc = json.loads(text)
                 if kind == "windows":
-                    lines.append(window_line(doc, now))
+                    res = window_from_record(doc, now)
+                    lines.append(res.to_line())
+                    if publish and res.window in self._published:
+                        messages.append((window_topic(prefix, res.site, res.window), res.to_payload()))
                 elif kind == "late":
                     lines.append(late_line(doc))
                 else:
-                    lines.append(alert_line(doc, self.config))
+                    alert = alert_from_record(doc, self.config)
+                    lines.append(alert.to_line())
+                    alerts.append(alert)
+                    if publish:
+                        messages.append((alert_topic(prefix, alert.site, alert.source), alert.to_json()))
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 self.bad_records += 1
                 lines.append(self._bad(path, i, text, f"{type(exc).__name__}: {exc}"))
@@ -184,7 +218,7 @@ class SinkOnly:
                            "excerpt": text[:200].decode("utf-8", "replace")},
                 )  # fmt: skip
         self.records += len(lines)
-        return lines
+        return lines, alerts, messages
 
     def _bad(self, path: Path, number: int, text: bytes, error: str) -> str:
         """The ``bad_result`` dead letter of a line: the same point again when the file is read again (timestamped at
@@ -211,13 +245,17 @@ class SinkOnly:
             )
         self.done = set(ck.state.get("done", []))
         self.recovered = len(self.done)
+        for topic, payload in ck.state.get("outbox", []):  # alerts not yet acknowledged by the broker
+            self.outbox.put(str(topic), base64.b64decode(payload))
 
     async def checkpoint(self) -> None:
         """The files consumed, and the sink's lines in memory moved to the spool, in one transaction. Names of files
         no longer in the folder are dropped (the job's old output removed)."""
         present = {p.relative_to(self.root).as_posix() for kind in KINDS for p in (self.root / kind).rglob("*")}
         self.done &= present
-        state = {"version": STATE_VERSION, "mode": "sink_only", "done": sorted(self.done)}
+        state: dict[str, Any] = {"version": STATE_VERSION, "mode": "sink_only", "done": sorted(self.done)}
+        if self.outbox.queue:  # the files they came from are done: unsent alerts go with them
+            state["outbox"] = [[t, base64.b64encode(p).decode()] for t, p in self.outbox.queue]
         self.sink.spill(lambda chunks: self.store.checkpoint(0, state, self.now_ms(), chunks))
         self.checkpoints += 1
 
@@ -229,6 +267,11 @@ class SinkOnly:
             "sink": {**self.sink.stats.as_dict(), "pending": self.sink.pending, "healthy": self.sink.healthy,
                      "spool_lines": self.store.spool_lines},
             "state": {"checkpoints": self.checkpoints},
+            **({"mqtt": {"connected": self.mqtt_stats.connected, "connects": self.mqtt_stats.connects,
+                         "published": self.outbox.sent, "outbox": len(self.outbox.queue),
+                         "outbox_shed": self.outbox.shed, "outbox_too_large": self.outbox.too_large}}
+               if self.config.sink_only.publish else {}),
+            **({"notify": self.notifier.stats()} if self.notifier is not None else {}),
         }  # fmt: skip
 
     def _write_stats(self) -> None:
@@ -247,8 +290,12 @@ class SinkOnly:
                 raw = await asyncio.to_thread(fh.readlines, CHUNK_BYTES)
                 if not raw:
                     return
-                lines = await asyncio.to_thread(self._convert, kind, path, raw, first)
+                lines, alerts, messages = await asyncio.to_thread(self._convert, kind, path, raw, first)
                 first += len(raw)
+                for topic, payload in messages:
+                    self.outbox.put(topic, payload)
+                if alerts and self.notifier is not None:
+                    self.notifier.offer(alerts)  # never waits: a full inbox is counted (notify.shed)
                 await self.sink.add(lines)  # waits while memory and spool are full
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -260,11 +307,17 @@ class SinkOnly:
             self.sink.stop_waiting()
 
         watcher = asyncio.create_task(watch())
+        tasks: list[asyncio.Task[None]] = []
+        notify_stop = asyncio.Event()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             await self.sink.start()
             self.recover()
             await self.checkpoint()
+            if cfg.sink_only.publish:
+                tasks.append(asyncio.create_task(run_publisher(cfg.mqtt, self.outbox, self.mqtt_stats, stop)))
+            if self.notifier is not None:
+                tasks.append(asyncio.create_task(self.notifier.run(notify_stop)))
             last = time.monotonic()
             while not stop.is_set():
                 for kind, path in self._scan():
@@ -287,6 +340,12 @@ class SinkOnly:
         finally:
             watcher.cancel()
             self.sink.stop_waiting()
+            stop.set()  # the publisher sends what is queued (5 s at most) and ends
+            notify_stop.set()
+            if tasks:
+                await asyncio.wait(tasks, timeout=10.0)
+                for t in tasks:
+                    t.cancel()
             drained = await self.sink.drain(30.0) if self.sink.healthy else False
             await self.sink.close()
             try:
