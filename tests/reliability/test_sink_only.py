@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import os
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 import services
-from harness import PROCESSING_TIME_FIELDS, GatewayProcess, wait_until, write_config
+from harness import PROCESSING_TIME_FIELDS, GatewayProcess, scrape, wait_until, write_config
 from helpers import influx_query, start_or_fail
 
 from gateway.alerts import Alert
@@ -192,7 +193,8 @@ def test_sink_only_publishes_the_jobs_alerts_as_the_gateway_does_through_a_broke
 ) -> None:
     """``publish``: each alert record, and each result of a window with ``publish``, goes out on MQTT with the
     topic and payload the gateway itself publishes for it. While the broker is away they wait in the outbox, which
-    the checkpoint keeps: a SIGKILL after their file was consumed loses none of them."""
+    the checkpoint keeps: a SIGKILL after their file was consumed loses none of them. ``/metrics``, ``/healthz``
+    and the ``gateway_health`` points say so."""
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
@@ -221,6 +223,8 @@ def test_sink_only_publishes_the_jobs_alerts_as_the_gateway_does_through_a_broke
     sub.connect("127.0.0.1", port)
     sub.loop_start()
     gw: GatewayProcess | None = None
+    metrics_port = services.free_port()
+    metrics_url = f"http://127.0.0.1:{metrics_port}"
     try:
         wait_until(lambda: bool(subscribed), "watcher subscribed", 15)
         sections: dict[str, dict[str, object]] = {
@@ -229,6 +233,7 @@ def test_sink_only_publishes_the_jobs_alerts_as_the_gateway_does_through_a_broke
             "influx": {"target": "v1", "url": influxdb_v1.url, "database": f"alerts_{prefix}"},
             "state": {"dir": str(tmp_path / "state"), "checkpoint_interval_s": 0.3},
             "sink_only": {"dir": str(results), "poll_interval_s": 0.2, "publish": True},
+            "metrics": {"port": metrics_port},
         }  # fmt: skip
         pattern = '[[patterns]]\nname = "warm_then_dry"\nwithin = "10m"\nseverity = "warning"\n'
         pattern += '[[patterns.steps]]\nname = "warm"\nwhere = "temp_c > 20.5"\n'
@@ -247,12 +252,19 @@ def test_sink_only_publishes_the_jobs_alerts_as_the_gateway_does_through_a_broke
         wait_until(lambda: len(got) >= half and len(got_windows) >= len(windows), "the first files on MQTT", 30, gw)
         assert got == published[:half]  # the gateway's own topic and payload, in order
         assert [(t, _no_emitted(p)) for t, p in got_windows] == windows  # emitted_ms: the sink's own clock
+        m = scrape(f"{metrics_url}/metrics")
+        assert m["edgekit_alerts_total"] == half and m["edgekit_window_results_total"] == len(records["windows"])
+        assert m["edgekit_mqtt_connected"] == 1 and m["edgekit_sink_only_files_total"] == 2
+        assert json.loads(urllib.request.urlopen(f"{metrics_url}/healthz", timeout=5).read())["status"] == "ok"
 
         broker.stop()  # the outage: the subscriber's session is saved with the broker's persistence
         wait_until(lambda: stat("mqtt", "connected") is False, "the sink saw the outage", 30, gw)
         _write(results / "alerts" / "part-cc-0-1", alerts[half:])
         wait_until(lambda: stat("files", "consumed") == 3 and stat("mqtt", "outbox") == len(alerts) - half,
                    "the second file's alerts waiting", 30, gw)  # fmt: skip
+        health = json.loads(urllib.request.urlopen(f"{metrics_url}/healthz", timeout=5).read())
+        assert health["status"] == "degraded" and health["mqtt_connected"] is False
+        assert scrape(f"{metrics_url}/metrics")['edgekit_queue_depth{queue="outbox"}'] == len(alerts) - half
         ckpts = stat("state", "checkpoints")
         wait_until(lambda: stat("state", "checkpoints") > ckpts, "a checkpoint with them", 30, gw)
         gw.kill()
@@ -269,6 +281,10 @@ def test_sink_only_publishes_the_jobs_alerts_as_the_gateway_does_through_a_broke
         assert len(got_windows) == len(windows)
         rows = influx_query(influxdb_v1.url, f"alerts_{prefix}", "SELECT count(reading_ids) FROM alert")
         assert rows and rows[0]["count"] == len(alerts)  # and each once in InfluxDB
+        health_rows = influx_query(influxdb_v1.url, f"alerts_{prefix}", "SELECT * FROM gateway_health")
+        assert {r["gateway"] for r in health_rows} == {f"sink-{prefix}"}
+        last = health_rows[-1]  # written at the clean stop
+        assert last["mqtt_connected"] is True and last["outbox"] == 0 and last["points_written"] > 0
     finally:
         sub.loop_stop()
         sub.disconnect()
