@@ -339,6 +339,11 @@ class SinkOnly:
             await stop.wait()
             self.sink.stop_waiting()
 
+        try:
+            self.recover()  # first: the state file of a gateway in another mode is left as it is (its spool too)
+        except BaseException:
+            self.store.close()
+            raise
         watcher = asyncio.create_task(watch())
         tasks: list[asyncio.Task[None]] = []
         server = None
@@ -346,7 +351,6 @@ class SinkOnly:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             await self.sink.start()
-            self.recover()
             await self.checkpoint()
             if cfg.sink_only.publish:
                 tasks.append(asyncio.create_task(run_publisher(cfg.mqtt, self.outbox, self.mqtt_stats, stop)))

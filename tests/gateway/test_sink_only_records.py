@@ -10,14 +10,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import services
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.alerts import Alert
+from gateway.app import state_path
 from gateway.config import parse_config
 from gateway.engine.outputs import LateReading, WindowResult
+from gateway.errors import StateError
 from gateway.sinkonly import SinkOnly, alert_line, late_line, window_line
+from gateway.state import StateStore
 
 NAME = st.from_regex(r"[a-z][a-z0-9_-]{0,7}", fullmatch=True)
 TIME = st.integers(1_600_000_000_000, 1_900_000_000_000)
@@ -151,3 +155,33 @@ def test_a_failed_checkpoint_is_tried_again_and_the_sink_only_gateway_goes_on(
     again = SinkOnly(cfg)
     asyncio.run(run_until(again, lambda: again.checkpoints >= 2))
     assert again.recovered == 1 and again.files == 0  # the file is known: not read twice
+
+
+def test_a_state_file_of_another_mode_is_left_as_it_was(tmp_path: Path, influxdb_v1: services.Proc) -> None:
+    """A sink-only gateway given the state file of a standalone gateway (the same client id and state.dir) refuses
+    to start and leaves that gateway's checkpoint and spool as they were: no checkpoint or health point of its own
+    in them, their spooled points not written to its database (the error says to give it a client id of its own;
+    the other gateway must still find its state)."""
+    doc = {
+        "mqtt": {"client_id": "shared-id"},
+        "influx": {"target": "v1", "url": influxdb_v1.url, "database": "sink_other_mode"},
+        "state": {"dir": str(tmp_path / "state")},
+        "sink_only": {"dir": str(tmp_path / "out"), "poll_interval_s": 0.05},
+    }
+    cfg = parse_config(doc, env={})
+    theirs = {"version": 9, "engine": {"keys": ["the standalone gateway's state"]}}
+    store = StateStore(state_path(cfg))
+    store.checkpoint(42, theirs, 1_780_000_000_000)
+    store.spool([(1, ["theirs,site=s v=1i 1780000000000000000"])])  # a point it has not written yet
+    store.close()
+
+    with pytest.raises(StateError, match="another mode"):
+        asyncio.run(SinkOnly(cfg).run(asyncio.Event()))
+
+    store = StateStore(state_path(cfg))
+    try:
+        ck = store.load_checkpoint()
+        assert ck is not None and (ck.pos, ck.state) == (42, theirs)
+        assert store.spool_lines == 1  # not written into this gateway's database
+    finally:
+        store.close()
