@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -183,5 +186,57 @@ def test_a_state_file_of_another_mode_is_left_as_it_was(tmp_path: Path, influxdb
         ck = store.load_checkpoint()
         assert ck is not None and (ck.pos, ck.state) == (42, theirs)
         assert store.spool_lines == 1  # not written into this gateway's database
+    finally:
+        store.close()
+
+
+def test_a_stop_does_not_wait_for_a_hung_broker(tmp_path: Path, influxdb_v1: services.Proc) -> None:
+    """``publish``: a stop while the publisher waits for a broker that took the TCP connection and never answers (a
+    hung Mosquitto: SIGSTOP) ends at once, as without ``publish``, not after the connection attempt times out
+    (10 s); the message not sent is in the final checkpoint."""
+    broker = services.start_mosquitto(tmp_path / "broker", services.free_port())
+    results = tmp_path / "out"
+    rec = {"v": 1, "window": "w", "site": "s", "device": "d", "metric": "m", "start_ms": 1_780_000_000_000,
+           "end_ms": 1_780_000_060_000, "count": 1, "aggregates": {"mean": 1.5}, "revision": 1,
+           "fired": "watermark"}  # fmt: skip
+    (results / "windows").mkdir(parents=True)
+    (results / "windows" / "part-0").write_text(json.dumps(rec) + "\n")
+    doc = {
+        "mqtt": {"client_id": "sink-hung-broker", "url": f"mqtt://127.0.0.1:{broker.port}", "reconnect_min_s": 0.1},
+        "influx": {"target": "v1", "url": influxdb_v1.url, "database": "sink_hung_broker"},
+        "state": {"dir": str(tmp_path / "state")},
+        "sink_only": {"dir": str(results), "poll_interval_s": 0.05, "publish": True},
+        "windows": [{"name": "w", "kind": "tumbling", "size": "1m", "metrics": ["m"], "aggregates": ["mean"],
+                     "publish": True}],
+    }  # fmt: skip
+    cfg = parse_config(doc, env={})
+    so = SinkOnly(cfg)
+    took: list[float] = []
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(so.run(stop))
+        for _ in range(400):
+            if so.files == 1 or task.done():
+                break
+            await asyncio.sleep(0.025)
+        await asyncio.sleep(0.3)  # the publisher's connection attempt is under way
+        t0 = time.monotonic()
+        stop.set()
+        await task
+        took.append(time.monotonic() - t0)
+
+    os.kill(broker.pid, signal.SIGSTOP)
+    try:
+        asyncio.run(main())
+    finally:
+        os.kill(broker.pid, signal.SIGCONT)
+        broker.stop()
+    assert so.files == 1 and so.mqtt_stats.connects == 0
+    assert took[0] < 5.0, took  # 10 s: the attempt's time-out; a stop takes about 0.1 s here
+    store = StateStore(state_path(cfg))
+    try:
+        ck = store.load_checkpoint()
+        assert ck is not None and [t for t, _ in ck.state["outbox"]] == ["edgekit/_gateway/windows/s/w"]
     finally:
         store.close()
