@@ -51,7 +51,9 @@ def _describe(cfg: Config) -> str:
             _describe_mode(cfg),
             f"broker:    mqtt://{m.host}:{m.port} as {m.client_id!r}"
             + (f" (user {m.username!r}, password {'set' if m.password else 'NOT set'})" if m.username else ""),
-            f"subscribe: {', '.join(m.subscriptions)} at QoS {m.qos}, persistent session: {not m.clean_session}",
+            "subscribe: nothing (sink-only mode)"
+            if cfg.sink_only.enabled
+            else f"subscribe: {', '.join(m.subscriptions)} at QoS {m.qos}, persistent session: {not m.clean_session}",
             f"write to:  {target}, batches of {i.batch_size} every {i.flush_interval_ms} ms",
             f"limits:    {cfg.limits.max_bytes} bytes, {cfg.limits.max_readings} readings a message",
             _describe_times(cfg),
@@ -98,7 +100,9 @@ def _describe_mode(cfg: Config) -> str:
     if so.enabled:
         alerts = "; no broker (the [mqtt] lines below name only the state file)"
         if so.publish:
-            alerts = f"; the job's alerts also on MQTT at {cfg.mqtt.host}:{cfg.mqtt.port} (publish)"
+            alerts = (
+                f"; the job's alerts and published windows also on MQTT at {cfg.mqtt.host}:{cfg.mqtt.port} (publish)"
+            )
         if cfg.notify:
             alerts += f" and to {len(cfg.notify)} [[notify]] target(s)"
         return (

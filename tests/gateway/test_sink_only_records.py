@@ -240,3 +240,30 @@ def test_a_stop_does_not_wait_for_a_hung_broker(tmp_path: Path, influxdb_v1: ser
         assert ck is not None and [t for t, _ in ck.state["outbox"]] == ["edgekit/_gateway/windows/s/w"]
     finally:
         store.close()
+
+
+def test_check_says_what_a_sink_only_gateway_uses_of_the_broker(
+    tmp_path: Path, mosquitto: services.Proc, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``check``: a sink-only gateway subscribes to nothing; with ``publish`` it connects to the broker, so
+    ``check --probe`` logs in there as well (with a real Mosquitto), and without it probes no broker."""
+    from gateway.cli import main
+    from gateway.probe import probe_all
+
+    (tmp_path / "out").mkdir()
+    text = (
+        f'[mqtt]\nclient_id = "sink-check"\nurl = "mqtt://127.0.0.1:{mosquitto.port}"\n'
+        f'[influx]\ntarget = "v1"\nurl = "http://127.0.0.1:9"\ndatabase = "x"\n'
+        f'[sink_only]\ndir = "{tmp_path / "out"}"\npublish = true\n'
+    )
+    path = tmp_path / "sink.toml"
+    path.write_text(text, encoding="utf-8")
+    assert main(["check", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "publish" in out and "subscribe: nothing (sink-only mode)\n" in out, out
+    found = asyncio.run(probe_all(parse_config({"mqtt": {"url": f"mqtt://127.0.0.1:{mosquitto.port}"},
+                                                "sink_only": {"dir": str(tmp_path / "out"), "publish": True}},
+                                               env={}), timeout_s=2.0))  # fmt: skip
+    assert [p.what for p in found] == ["broker", "database", "results"] and found[0].ok, found
+    quiet = parse_config({"sink_only": {"dir": str(tmp_path / "out")}}, env={})
+    assert [p.what for p in asyncio.run(probe_all(quiet, timeout_s=2.0))] == ["database", "results"]
