@@ -224,7 +224,8 @@ class SinkOnly:
                     if publish:
                         messages.append((alert_topic(prefix, alert.site, alert.source), alert.to_json()))
                 self.by_kind[kind] += 1
-            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            # a number too large for an integer (1e400), JSON nested deeper than Python recurses: also amiss
+            except (ValueError, KeyError, TypeError, AttributeError, ArithmeticError, RecursionError) as exc:
                 self.bad_records += 1
                 lines.append(self._bad(path, i, text, f"{type(exc).__name__}: {exc}"))
                 log.error(

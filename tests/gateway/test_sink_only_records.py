@@ -267,3 +267,62 @@ def test_check_says_what_a_sink_only_gateway_uses_of_the_broker(
     assert [p.what for p in found] == ["broker", "database", "results"] and found[0].ok, found
     quiet = parse_config({"sink_only": {"dir": str(tmp_path / "out")}}, env={})
     assert [p.what for p in asyncio.run(probe_all(quiet, timeout_s=2.0))] == ["database", "results"]
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=6,
+)
+RECORDS: dict[str, dict[str, object]] = {
+    "windows": {"v": 1, "window": "w", "site": "s", "device": "d", "metric": "m", "start_ms": 1_780_000_000_000,
+                "end_ms": 1_780_000_060_000, "count": 1, "aggregates": {"mean": 1.5}, "revision": 1,
+                "fired": "watermark"},
+    "late": {"v": 1, "window": "w", "site": "s", "device": "d", "metric": "m", "t_ms": 1_780_000_000_000, "boot": 1,
+             "seq": 2, "late_by_ms": 5, "watermark_ms": 1_780_000_000_005, "reason": "too_late", "value": 1.0},
+    "alerts": {"v": 1, "source": "pattern", "name": "p", "site": "s", "key": "k", "severity": "warning",
+               "first_ms": 1_780_000_000_000, "last_ms": 1_780_000_000_001, "readings": ["d/1/2"],
+               "details": {"a.temp_c": "2.5"}},
+}  # fmt: skip
+
+
+@st.composite
+def result_lines(draw: st.DrawFn) -> tuple[str, bytes]:
+    """A record of the schema with one field replaced by any JSON value (``Infinity`` and ``NaN`` too, as Python's
+    and Java's encoders write them), or nested past Python's recursion limit, or any bytes."""
+    kind = draw(st.sampled_from(sorted(RECORDS)))
+    how = draw(st.sampled_from(["field", "deep", "bytes"]))
+    if how == "deep":
+        depth = draw(st.integers(1, 200_000))
+        return kind, b"[" * depth + b"]" * depth
+    if how == "bytes":
+        return kind, draw(st.binary(max_size=64)).replace(b"\n", b" ")
+    rec = dict(RECORDS[kind])
+    rec[draw(st.sampled_from(sorted(rec)))] = draw(JSON_VALUES | st.sampled_from([1e400, -1e400, 2**80]))
+    return kind, json.dumps(rec).encode()
+
+
+@pytest.fixture(scope="module")
+def sink_only(tmp_path_factory: pytest.TempPathFactory) -> SinkOnly:
+    base = tmp_path_factory.mktemp("sink-only-lines")
+    return SinkOnly(parse_config({
+        "state": {"dir": str(base / "state")}, "sink_only": {"dir": str(base / "out"), "publish": True},
+        "patterns": [{"name": "p", "steps": [{"name": "a", "where": "temp_c > 1"}, {"name": "b", "where": "rh < 2"}]}],
+        "windows": [{"name": "w", "kind": "tumbling", "size": "1m", "metrics": ["m"], "aggregates": ["mean"],
+                     "publish": True}]}, env={}))  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(line=result_lines())
+def test_any_line_becomes_one_point_or_one_dead_letter_and_never_stops_the_gateway(
+    sink_only: SinkOnly, line: tuple[str, bytes]
+) -> None:
+    """Whatever a result file holds, each line that is not blank gives exactly one line to write (its point, or a
+    ``bad_result`` dead letter): an error escaping here would end the process, and the restart would read the same
+    file again, forever."""
+    kind, text = line
+    so = sink_only
+    before = so.bad_records
+    points, _, _ = so._convert(kind, so.root / kind / "part-0", [text + b"\n"], 1)
+    assert len(points) == (1 if text.strip() else 0)
+    assert (so.bad_records > before) == (points[0].startswith("dead_letter,") if points else False)
