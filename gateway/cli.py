@@ -260,6 +260,13 @@ async def _run(cfg: Config, stats_file: Path | None, record: Path | None, config
     if cfg.sink_only.enabled:
         from .sinkonly import SinkOnly
 
+        def no_reload() -> None:  # SIGHUP's default action would end the process without its final checkpoint
+            logging.getLogger("gateway.sink_only").warning(
+                "SIGHUP: a sink-only gateway does not reload its configuration; restart it to apply a change",
+                extra={"event": "reload_refused"},
+            )
+
+        loop.add_signal_handler(signal.SIGHUP, no_reload)
         await SinkOnly(cfg, stats_file=stats_file).run(stop)
     else:
         gw = Gateway(cfg, stats_file=stats_file, record=record, config_path=config_path)
@@ -277,6 +284,8 @@ async def _run(cfg: Config, stats_file: Path | None, record: Path | None, config
 def _reload(cfg: Config, args: argparse.Namespace) -> int:
     """``reload``: ask the running gateway to read its file again (its metrics endpoint answers with what it did),
     or send it SIGHUP (``--pid``; under systemd ``$MAINPID``) when it has no endpoint."""
+    if cfg.sink_only.enabled:  # its configuration is read at start only
+        return _fail("reload: a sink-only gateway does not reload its configuration: restart it to apply a change", 2)
     pid = args.pid
     if pid is None and args.url is None and not cfg.metrics.port and os.environ.get("MAINPID", "").isdigit():
         pid = int(os.environ["MAINPID"])  # systemd's ExecReload=

@@ -326,3 +326,57 @@ def test_any_line_becomes_one_point_or_one_dead_letter_and_never_stops_the_gatew
     points, _, _ = so._convert(kind, so.root / kind / "part-0", [text + b"\n"], 1)
     assert len(points) == (1 if text.strip() else 0)
     assert (so.bad_records > before) == (points[0].startswith("dead_letter,") if points else False)
+
+
+def test_a_reload_is_refused_and_does_not_end_a_sink_only_gateway(
+    tmp_path: Path, influxdb_v1: services.Proc, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SIGHUP (``edgekit-gateway reload --pid``, systemd's ``ExecReload=`` without a metrics port) asks a gateway to
+    read its configuration again; a sink-only gateway does not reload: it says so and goes on, and stops cleanly
+    later (SIGHUP's default action would end it as a crash does, without its final checkpoint). ``reload`` with its
+    configuration says so without asking it."""
+    import subprocess
+    import sys
+
+    from gateway.cli import main
+
+    results = tmp_path / "out"
+    (results / "windows").mkdir(parents=True)
+    text = (
+        f'[mqtt]\nclient_id = "sink-hup"\n[influx]\ntarget = "v1"\nurl = "{influxdb_v1.url}"\ndatabase = "sink_hup"\n'
+        f'[state]\ndir = "{tmp_path / "state"}"\n[sink_only]\ndir = "{results}"\npoll_interval_s = 0.05\n'
+        '[log]\nformat = "text"\n'
+    )
+    path = tmp_path / "sink.toml"
+    path.write_text(text, encoding="utf-8")
+    bystander = subprocess.Popen(["sleep", "30"])  # SIGHUP ends it: whether one was sent
+    try:
+        assert main(["reload", "--config", str(path), "--pid", str(bystander.pid)]) == 2
+        assert "sink-only" in capsys.readouterr().err
+        time.sleep(0.1)
+        assert bystander.poll() is None  # no SIGHUP sent
+    finally:
+        bystander.kill()
+        bystander.wait()
+    stats, out = tmp_path / "stats.json", tmp_path / "gateway.log"
+    with open(out, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "gateway", "run", "--config", str(path), "--stats-file",
+                                 str(stats)], stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        for _ in range(400):
+            if stats.exists() or proc.poll() is not None:
+                break
+            time.sleep(0.025)
+        proc.send_signal(signal.SIGHUP)
+        for _ in range(400):
+            if b"does not reload" in out.read_bytes() or proc.poll() is not None:
+                break
+            time.sleep(0.025)
+        assert proc.poll() is None, out.read_text(errors="replace")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, out.read_text(errors="replace")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert b"sink-only gateway stopped" in out.read_bytes()
