@@ -308,6 +308,30 @@ class SinkOnly:
             self.checkpoint_failures += 1
             log.exception("checkpoint failed; trying again later", extra={"event": "checkpoint_error"})
 
+    async def _status_loop(self, stop: asyncio.Event) -> None:
+        """Every ``stats_interval_s`` the stats file, every 10 s a ``gateway_health`` point, beside the reader: both go
+        on while it waits for room in a full spool or reads a long backlog (the point itself then waits in a task of
+        its own, as the gateway's does). A failure (a full disk) is logged and tried again next time."""
+        health: asyncio.Task[None] | None = None
+        next_health = 0
+        try:
+            while not stop.is_set():
+                try:
+                    self._write_stats()
+                    now = self.now_ms()
+                    if now >= next_health and (health is None or health.done()):
+                        health = asyncio.create_task(self._health())
+                        next_health = now - now % HEALTH_INTERVAL_MS + HEALTH_INTERVAL_MS
+                except Exception:
+                    log.exception("stats failed; trying again", extra={"event": "stats_error"})
+                try:
+                    await asyncio.wait_for(stop.wait(), self.stats_interval_s)
+                except TimeoutError:
+                    pass
+        finally:
+            if health is not None:
+                health.cancel()
+
     def _write_stats(self) -> None:
         if self.stats_file is None:
             return
@@ -348,6 +372,7 @@ class SinkOnly:
         watcher = asyncio.create_task(watch())
         tasks: list[asyncio.Task[None]] = []
         server = None
+        status: asyncio.Task[None] | None = None
         notify_stop = asyncio.Event()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -359,8 +384,8 @@ class SinkOnly:
                 tasks.append(asyncio.create_task(self.notifier.run(notify_stop)))
             if cfg.metrics.port:
                 server = await SinkOnlyMetrics(self).serve(cfg.metrics.host, cfg.metrics.port)
+            status = asyncio.create_task(self._status_loop(stop))
             last = time.monotonic()
-            next_health = 0
             while not stop.is_set():
                 for kind, path in self._scan():
                     await self._consume(kind, path)
@@ -374,16 +399,14 @@ class SinkOnly:
                 if time.monotonic() - last >= cfg.state.checkpoint_interval_s:
                     await self._checkpoint_or_later()
                     last = time.monotonic()
-                if self.now_ms() >= next_health:
-                    await self._health()
-                    next_health = self.now_ms() + HEALTH_INTERVAL_MS
-                self._write_stats()
                 try:
                     await asyncio.wait_for(stop.wait(), cfg.sink_only.poll_interval_s)
                 except TimeoutError:
                     pass
         finally:
             watcher.cancel()
+            if status is not None:
+                status.cancel()
             self.sink.stop_waiting()  # from here on, add never waits
             await self._health()  # the counts and the connection at the stop
             stop.set()  # the publisher sends what is queued (5 s at most) and ends

@@ -380,3 +380,54 @@ def test_a_reload_is_refused_and_does_not_end_a_sink_only_gateway(
             proc.kill()
             proc.wait()
     assert b"sink-only gateway stopped" in out.read_bytes()
+
+
+def test_the_stats_file_goes_on_while_the_reader_waits_for_a_full_spool(tmp_path: Path) -> None:
+    """InfluxDB away (nothing listens at its address) and the spool full: the reader waits in the middle of its
+    backlog for room. The stats file (``top``) goes on saying so meanwhile, as the gateway's does, instead of stopping
+    with the reader until the whole backlog is read."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: InfluxDB is away
+    results = tmp_path / "out"
+    (results / "windows").mkdir(parents=True)
+    rec = {"v": 1, "window": "w", "site": "s", "device": "d", "metric": "m", "start_ms": 1_780_000_000_000,
+           "end_ms": 1_780_000_060_000, "count": 1, "aggregates": {"mean": 1.5}, "revision": 1,
+           "fired": "watermark"}  # fmt: skip
+    lines = [json.dumps({**rec, "start_ms": rec["start_ms"] + i}) for i in range(300)]  # type: ignore[operator]
+    for n in range(3):  # the first fills the spool past its limit: the reader waits in the second
+        (results / "windows" / f"part-{n}").write_text("\n".join(lines[n * 100 : n * 100 + 100]) + "\n")
+    doc = {
+        "mqtt": {"client_id": "sink-full-spool"},
+        "influx": {"target": "v1", "url": f"http://127.0.0.1:{port}", "database": "x", "batch_size": 10,
+                   "max_buffered": 10, "retry_max_s": 0.2, "timeout_s": 0.5},
+        "state": {"dir": str(tmp_path / "state"), "spool_max_bytes": 2000},
+        "sink_only": {"dir": str(results), "poll_interval_s": 0.05},
+    }  # fmt: skip
+    stats = tmp_path / "stats.json"
+    so = SinkOnly(parse_config(doc, env={}), stats_file=stats, stats_interval_s=0.05)
+    seen: list[dict[str, Any]] = []
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(so.run(stop))
+        for _ in range(400):
+            if so.sink.waits >= 1 or task.done():
+                break
+            await asyncio.sleep(0.025)
+        assert so.sink.waits >= 1 and so.files < 3  # the reader waits for room, in the middle of the backlog
+        stats.unlink(missing_ok=True)  # one written before does not count
+        for _ in range(200):
+            if stats.exists():
+                seen.append(json.loads(stats.read_text()))
+                break
+            await asyncio.sleep(0.025)
+        assert so.files < 3  # still waiting
+        stop.set()
+        await task
+
+    asyncio.run(main())
+    assert seen, "no stats file while the reader waited"
+    assert seen[0]["sink"]["healthy"] is False and seen[0]["files"]["consumed"] < 3, seen[0]
