@@ -42,6 +42,7 @@ from .model import DeadLetter, MetricValue
 from .notify import Notifier
 from .pipeline import window_topic
 from .points import dead_letter_line
+from .protocol import NAME_RE
 from .sinks import make_writer
 from .spool import OTHER, RAW, SpoolingSink
 from .state import StateStore
@@ -66,13 +67,23 @@ def window_line(doc: dict[str, Any], emitted_ms: int) -> str:
     return window_from_record(doc, emitted_ms).to_line()
 
 
+def _site(doc: dict[str, Any]) -> str:
+    """The record's site: a topic level, as the gateway's sites are (docs/protocol.md); else the record is amiss (the
+    site names the topic its alert or window result is published on, which MQTT would refuse)."""
+    site = str(doc["site"])
+    if not NAME_RE.fullmatch(site):
+        raise ValueError(f"site {site!r}: not a site name (1 to 32 of A-Z a-z 0-9 _ -)")
+    return site
+
+
 def window_from_record(doc: dict[str, Any], emitted_ms: int) -> WindowResult:
     """The gateway's :class:`WindowResult` of a window result record, stamped ``emitted_ms``."""
     device = doc.get("device")
     aggs = {str(k): float(v) for k, v in dict(doc["aggregates"]).items() if v is not None}
-    key = str(device if device is not None else doc["site"])
+    site = _site(doc)
+    key = str(device if device is not None else site)
     res = WindowResult(
-        str(doc["window"]), "device" if device is not None else "site", key, str(doc["site"]), int(doc["start_ms"]),
+        str(doc["window"]), "device" if device is not None else "site", key, site, int(doc["start_ms"]),
         int(doc["end_ms"]), str(doc["metric"]), int(doc["count"]), aggs,
         int(doc["revision"]), doc["fired"],
     )  # fmt: skip
@@ -87,7 +98,7 @@ def late_line(doc: dict[str, Any]) -> str:
     value = doc.get("value")
     wm = doc.get("watermark_ms")
     return LateReading(
-        str(doc["window"]), str(doc["site"]), str(doc["device"]), str(doc["metric"]), int(doc["t_ms"]),
+        str(doc["window"]), _site(doc), str(doc["device"]), str(doc["metric"]), int(doc["t_ms"]),
         int(doc["boot"]), int(doc["seq"]), int(doc["late_by_ms"]), None if wm is None else int(wm), str(doc["reason"]),
         None if value is None else float(value),
     ).to_line()  # fmt: skip
@@ -120,7 +131,7 @@ def alert_from_record(doc: dict[str, Any], config: Config) -> Alert:
         steps = [s.name for s in pattern.steps if not s.negated and (s.name in named or (s.min_count and not named))]
         message = pattern.message or f"{name}: " + " -> ".join(dict.fromkeys(steps)) + f" on {doc['key']}"
     return Alert(
-        source="pattern", name=name, site=str(doc["site"]), key=str(doc["key"]), severity=doc["severity"],
+        source="pattern", name=name, site=_site(doc), key=str(doc["key"]), severity=doc["severity"],
         first_ms=int(doc["first_ms"]), last_ms=int(doc["last_ms"]), readings=tuple(readings), message=message,
         details=details,
     )  # fmt: skip

@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -431,3 +432,60 @@ def test_the_stats_file_goes_on_while_the_reader_waits_for_a_full_spool(tmp_path
     asyncio.run(main())
     assert seen, "no stats file while the reader waited"
     assert seen[0]["sink"]["healthy"] is False and seen[0]["files"]["consumed"] < 3, seen[0]
+
+
+def test_a_record_whose_site_is_no_topic_level_is_a_dead_letter_and_publishing_goes_on(
+    tmp_path: Path, mosquitto: services.Proc, influxdb_v1: services.Proc
+) -> None:
+    """``publish``: a site is a topic level (docs/protocol.md: 1 to 32 of ``A-Z a-z 0-9 _ -``). An alert record whose
+    site is not one (``+``, ``#``, ``/``, an unpaired surrogate: a topic MQTT refuses) is a dead letter
+    ``bad_result``, as any record amiss, and the alerts after it are published (with a real Mosquitto); such a
+    topic used to end the publisher for good, and after a restart again, the message first in the checkpoint."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    good = dict(RECORDS["alerts"])
+    bad = [{**good, "site": site} for site in ("no+rth", "a#", "a/b", "\ud800")]
+    results = tmp_path / "out"
+    (results / "alerts").mkdir(parents=True)
+    lines = [json.dumps(r) for r in (*bad, good)]
+    (results / "alerts" / "part-0").write_text("\n".join(lines) + "\n")
+    prefix = "bad-site"
+    got: list[str] = []
+    subscribed: list[int] = []
+    sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="watch-bad-site")
+    sub.on_message = lambda c, u, m: got.append(m.topic)
+    sub.on_subscribe = lambda *a: subscribed.append(1)
+    sub.connect("127.0.0.1", mosquitto.port)
+    sub.subscribe(f"{prefix}/#", qos=1)
+    sub.loop_start()
+    doc = {
+        "mqtt": {"client_id": "sink-bad-site", "prefix": prefix, "url": f"mqtt://127.0.0.1:{mosquitto.port}"},
+        "influx": {"target": "v1", "url": influxdb_v1.url, "database": "sink_bad_site"},
+        "state": {"dir": str(tmp_path / "state")},
+        "sink_only": {"dir": str(results), "poll_interval_s": 0.05, "publish": True},
+        "patterns": [{"name": "p", "steps": [{"name": "a", "where": "temp_c > 1"}, {"name": "b", "where": "rh < 2"}]}],
+    }  # fmt: skip
+    so = SinkOnly(parse_config(doc, env={}))
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(so.run(stop))
+        for _ in range(200):
+            if got or task.done():
+                break
+            await asyncio.sleep(0.025)
+        stop.set()
+        await task
+
+    try:
+        for _ in range(200):
+            if subscribed:
+                break
+            time.sleep(0.025)
+        asyncio.run(main())
+    finally:
+        sub.loop_stop()
+        sub.disconnect()
+    assert got == [f"{prefix}/_gateway/alerts/s/pattern"] and so.bad_records == len(bad)
+    assert so.outbox.queue == deque() and so.outbox.sent == 1
