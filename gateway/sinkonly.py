@@ -57,7 +57,8 @@ log = logging.getLogger("gateway.sink_only")
 KINDS: Final = ("windows", "late", "alerts")
 """The job's output folders under ``sink_only.dir``, each read in this order."""
 
-STATE_VERSION: Final = 1
+STATE_VERSION: Final = 2
+"""1: the files consumed; 2: and the publish queue (``outbox``). A version 1 state is taken as it is."""
 CHUNK_BYTES: Final = 1 << 20
 """A result file is read and converted about this many bytes at a time."""
 
@@ -182,6 +183,9 @@ class SinkOnly:
         self.bad_records = 0
         self.checkpoints = 0
         self.checkpoint_failures = 0
+        self.unreadable = 0
+        """Times a committed result file could not be read (tried again at the next poll)."""
+        self._unreadable_logged: set[str] = set()
         self.recovered = 0
         self.by_kind = dict.fromkeys(KINDS, 0)
         """Records taken (and not dead letters), by output folder."""
@@ -265,10 +269,17 @@ class SinkOnly:
         ck = self.store.load_checkpoint()
         if ck is None:
             return
-        if ck.state.get("mode") != "sink_only" or ck.state.get("version") != STATE_VERSION:
+        version = ck.state.get("version")
+        if ck.state.get("mode") != "sink_only" or not isinstance(version, int):
             raise StateError(
                 f"state file {self.store.path}: written by a gateway in another mode; give the sink-only gateway a "
                 "client id (mqtt.client_id) or state.dir of its own"
+            )
+        if version > STATE_VERSION:
+            raise StateError(
+                f"state file {self.store.path}: written by a newer edgekit (sink-only state version {version}, this "
+                f"one reads up to {STATE_VERSION}); run that version, or move the file away to start afresh (the "
+                "files it consumed would be read again)"
             )
         self.done = set(ck.state.get("done", []))
         self.recovered = len(self.done)
@@ -290,7 +301,7 @@ class SinkOnly:
         return {
             "mode": "sink_only",
             "files": {"consumed": self.files, "known": len(self.done), "records": self.records,
-                      "bad_records": self.bad_records, "recovered": self.recovered},
+                      "bad_records": self.bad_records, "recovered": self.recovered, "unreadable": self.unreadable},
             "sink": {**self.sink.stats.as_dict(), "pending": self.sink.pending, "healthy": self.sink.healthy,
                      "spool_lines": self.store.spool_lines},
             "pipeline": {"window_results": self.by_kind["windows"], "late_readings": self.by_kind["late"],
@@ -399,8 +410,21 @@ class SinkOnly:
             last = time.monotonic()
             while not stop.is_set():
                 for kind, path in self._scan():
-                    await self._consume(kind, path)
-                    self.done.add(path.relative_to(self.root).as_posix())
+                    rel = path.relative_to(self.root).as_posix()
+                    try:
+                        await self._consume(kind, path)
+                    except OSError as exc:  # removed meanwhile, an I/O error: not consumed; read at a later poll
+                        self.unreadable += 1
+                        if rel not in self._unreadable_logged:  # once a file, not at every poll
+                            self._unreadable_logged.add(rel)
+                            log.error(
+                                "a result file cannot be read: tried again at each poll",
+                                extra={"event": "result_unreadable", "file": str(path),
+                                       "error": f"{type(exc).__name__}: {exc}"},
+                            )  # fmt: skip
+                        continue
+                    self._unreadable_logged.discard(rel)
+                    self.done.add(rel)
                     self.files += 1
                     if stop.is_set():
                         break

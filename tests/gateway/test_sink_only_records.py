@@ -489,3 +489,71 @@ def test_a_record_whose_site_is_no_topic_level_is_a_dead_letter_and_publishing_g
         sub.disconnect()
     assert got == [f"{prefix}/_gateway/alerts/s/pattern"] and so.bad_records == len(bad)
     assert so.outbox.queue == deque() and so.outbox.sent == 1
+
+
+def test_an_unreadable_result_file_is_tried_again_and_the_others_go_on(
+    tmp_path: Path, influxdb_v1: services.Proc
+) -> None:
+    """A committed file that cannot be read (here a read that fails with EIO: a link to /proc/self/mem, which even
+    root cannot read from its start) does not end the sink-only gateway: it is counted, not marked consumed, the
+    other files are read, and it is read at a later poll once it can be."""
+    results = tmp_path / "out"
+    rec = {"v": 1, "window": "w", "site": "s", "device": "d", "metric": "m", "start_ms": 1_780_000_000_000,
+           "end_ms": 1_780_000_060_000, "count": 1, "aggregates": {"mean": 1.5}, "revision": 1,
+           "fired": "watermark"}  # fmt: skip
+    (results / "windows").mkdir(parents=True)
+    (results / "windows" / "part-a").symlink_to("/proc/self/mem")
+    (results / "windows" / "part-b").write_text(json.dumps(rec) + "\n")
+    doc = {
+        "mqtt": {"client_id": "sink-unreadable"},
+        "influx": {"target": "v1", "url": influxdb_v1.url, "database": "sink_unreadable"},
+        "state": {"dir": str(tmp_path / "state"), "checkpoint_interval_s": 0.05},
+        "sink_only": {"dir": str(results), "poll_interval_s": 0.05},
+    }
+    so = SinkOnly(parse_config(doc, env={}))
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(so.run(stop))
+        for _ in range(400):
+            if so.unreadable >= 2 or task.done():  # tried at two polls
+                break
+            await asyncio.sleep(0.025)
+        assert not task.done() and so.files == 1 and "windows/part-a" not in so.done
+        (results / "windows" / "part-a").unlink()
+        (results / "windows" / "part-a").write_text(json.dumps({**rec, "device": "e"}) + "\n")
+        for _ in range(400):
+            if so.files == 2 or task.done():
+                break
+            await asyncio.sleep(0.025)
+        stop.set()
+        await task
+
+    asyncio.run(run())
+    assert so.files == 2 and {"windows/part-a", "windows/part-b"} <= so.done
+    assert so.snapshot_stats()["files"]["unreadable"] >= 2  # type: ignore[index]
+
+
+def test_the_state_of_the_previous_version_is_taken_and_a_newer_one_refused(
+    tmp_path: Path, influxdb_v1: services.Proc
+) -> None:
+    """State version 2 added the publish queue: a version 1 state file (without it) is taken as it is; a state
+    file of a later version is refused with what to do, not read without the parts it does not know (an older
+    gateway would drop the queued messages)."""
+    doc = {
+        "mqtt": {"client_id": "sink-versions"},
+        "influx": {"target": "v1", "url": influxdb_v1.url, "database": "sink_versions"},
+        "state": {"dir": str(tmp_path / "state")},
+        "sink_only": {"dir": str(tmp_path / "out"), "poll_interval_s": 0.05},
+    }
+    cfg = parse_config(doc, env={})
+    store = StateStore(state_path(cfg))
+    store.checkpoint(0, {"version": 1, "mode": "sink_only", "done": ["windows/part-0"]}, 1_780_000_000_000)
+    store.close()
+    so = SinkOnly(cfg)
+    so.recover()
+    assert so.done == {"windows/part-0"}
+    so.store.checkpoint(0, {"version": 3, "mode": "sink_only", "done": []}, 1_780_000_000_000)
+    with pytest.raises(StateError, match="newer"):
+        SinkOnly.recover(so)
+    so.store.close()
