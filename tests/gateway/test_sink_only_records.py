@@ -23,7 +23,7 @@ from gateway.alerts import Alert
 from gateway.app import state_path
 from gateway.config import parse_config
 from gateway.engine.outputs import LateReading, WindowResult
-from gateway.errors import StateError
+from gateway.errors import ConfigError, StateError
 from gateway.sinkonly import SinkOnly, alert_line, late_line, window_line
 from gateway.state import StateStore
 
@@ -262,7 +262,8 @@ def test_check_says_what_a_sink_only_gateway_uses_of_the_broker(
     assert main(["check", "--config", str(path)]) == 0
     out = capsys.readouterr().out
     assert "publish" in out and "subscribe: nothing (sink-only mode)\n" in out, out
-    found = asyncio.run(probe_all(parse_config({"mqtt": {"url": f"mqtt://127.0.0.1:{mosquitto.port}"},
+    found = asyncio.run(probe_all(parse_config({"mqtt": {"url": f"mqtt://127.0.0.1:{mosquitto.port}",
+                                                         "client_id": "edgekit-sink"},
                                                 "sink_only": {"dir": str(tmp_path / "out"), "publish": True}},
                                                env={}), timeout_s=2.0))  # fmt: skip
     assert [p.what for p in found] == ["broker", "database", "results"] and found[0].ok, found
@@ -307,7 +308,8 @@ def result_lines(draw: st.DrawFn) -> tuple[str, bytes]:
 def sink_only(tmp_path_factory: pytest.TempPathFactory) -> SinkOnly:
     base = tmp_path_factory.mktemp("sink-only-lines")
     return SinkOnly(parse_config({
-        "state": {"dir": str(base / "state")}, "sink_only": {"dir": str(base / "out"), "publish": True},
+        "mqtt": {"client_id": "edgekit-sink"}, "state": {"dir": str(base / "state")},
+        "sink_only": {"dir": str(base / "out"), "publish": True},
         "patterns": [{"name": "p", "steps": [{"name": "a", "where": "temp_c > 1"}, {"name": "b", "where": "rh < 2"}]}],
         "windows": [{"name": "w", "kind": "tumbling", "size": "1m", "metrics": ["m"], "aggregates": ["mean"],
                      "publish": True}]}, env={}))  # fmt: skip
@@ -557,3 +559,12 @@ def test_the_state_of_the_previous_version_is_taken_and_a_newer_one_refused(
     with pytest.raises(StateError, match="newer"):
         SinkOnly.recover(so)
     so.store.close()
+
+
+def test_a_publishing_sink_only_gateway_needs_a_client_id_of_its_own() -> None:
+    """Two MQTT clients with one id knock each other off the broker, again and again: a sink-only gateway that
+    publishes must not take the default id, which the site's own gateway (or bridge) has."""
+    with pytest.raises(ConfigError, match=r"mqtt\.client_id"):
+        parse_config({"sink_only": {"dir": "out", "publish": True}}, env={})
+    parse_config({"mqtt": {"client_id": "edgekit-sink"}, "sink_only": {"dir": "out", "publish": True}}, env={})
+    parse_config({"sink_only": {"dir": "out"}}, env={})  # publishing nothing, it connects to no broker
