@@ -131,6 +131,19 @@ OTHER_CORES: set[int] = set()
 """The cores everything but the gateway runs on (all but the gateway's ``--core``; set by main)."""
 
 
+def _settings(settings: Sequence[str], section: str) -> str:
+    """The ``section.key=value`` settings (values as TOML) of one section, as its lines."""
+    out = []
+    for s in settings:
+        key, _, value = s.partition("=")
+        sec, _, name = key.partition(".")
+        if not name or not value:
+            raise SystemExit(f"a setting is section.key=value (TOML value), not {s!r}")
+        if sec == section:
+            out.append(f"{name} = {value}\n")
+    return "".join(out)
+
+
 def pin_all_threads(pid: int, cores: set[int]) -> None:
     if not cores:
         return
@@ -333,11 +346,22 @@ def proc_mem_mb(pid: int) -> tuple[float, float]:
 
 class Gateway:
     def __init__(
-        self, code: Path, workdir: Path, mqtt_port: int, influx_url: str, db: str, config: str, core: int | None
+        self,
+        code: Path,
+        workdir: Path,
+        mqtt_port: int,
+        influx_url: str,
+        db: str,
+        config: str,
+        core: int | None,
+        settings: Sequence[str] = (),
     ) -> None:
         self.workdir = workdir
         self.stats_file = workdir / "stats.json"
         extra = example_toml() if config == "example" else ""
+        state_extra, log_extra = _settings(settings, "state"), _settings(settings, "log")
+        other = sorted({s.split(".", 1)[0] for s in settings} - {"state", "log"})
+        extra = "".join(f"\n[{sec}]\n{_settings(settings, sec)}" for sec in other) + extra
         cfg = workdir / "gateway.toml"
         cfg.write_text(
             f"""
@@ -352,9 +376,10 @@ database = "{db}"
 
 [state]
 dir = "{workdir / "state"}"
-
+{state_extra}
 [log]
 level = "WARNING"
+{log_extra}
 {extra}
 """,
             encoding="utf-8",
@@ -794,15 +819,19 @@ def pct(xs: Sequence[float], p: float) -> float:
 
 
 def cmd_latency(args: argparse.Namespace) -> None:
-    codes = [ROOT, *(Path(c).resolve() for c in args.code or ())]
-    results: dict[Path, list[tuple[float, float, float, float]]] = {c: [] for c in codes}
+    runs: list[tuple[str, Path, list[str]]] = [(str(ROOT), ROOT, [])]
+    runs += [(str(Path(c).resolve()), Path(c).resolve(), []) for c in args.code or ()]
+    for v in args.variant or ():  # this checkout with other settings
+        label, _, sets = v.partition(":")
+        runs.append((f"{ROOT} [{label}]", ROOT, [x for x in sets.split(",") if x]))
+    results: dict[str, list[tuple[float, float, float, float]]] = {label: [] for label, _, _ in runs}
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp, running_services(Path(tmp) / "svc") as svc:
         for rnd in range(args.rounds):
-            for code in codes if rnd % 2 == 0 else codes[::-1]:  # alternating, each first in turn
-                db = f"lat_{rnd}_{codes.index(code)}"
+            for code_label, code, sets in runs if rnd % 2 == 0 else runs[::-1]:  # alternating, each first in turn
+                db = f"lat_{rnd}_{[r[0] for r in runs].index(code_label)}"
                 services.influx_create_database(svc.influx_url, db)
                 work = Path(tempfile.mkdtemp(prefix="latency-", dir=tmp))
-                gw = Gateway(code, work, svc.mqtt_port, svc.influx_url, db, "example", args.core)
+                gw = Gateway(code, work, svc.mqtt_port, svc.influx_url, db, "example", args.core, sets)
                 try:
                     gw.wait_connected()
                     pubs = Publishers(args.publishers, svc.mqtt_port, args.rate, args.seconds)
@@ -823,10 +852,12 @@ def cmd_latency(args: argparse.Namespace) -> None:
                     cpu = 100 * (proc_cpu_s(gw.pid) - cpu0) / (time.monotonic() - t0)
                     lat = [x * 1000 for x in res["latencies"]]
                     s = gw.stats()
-                    results[code].append((pct(lat, 50), pct(lat, 95), pct(lat, 99), max(lat, default=float("nan"))))
+                    row = (pct(lat, 50), pct(lat, 95), pct(lat, 99), max(lat, default=float("nan")))
+                    results[code_label].append(row)
                     print(
-                        f"round {rnd + 1}, {code}: {args.rate:,} readings/s offered (+ probes), {len(lat)} alerts "
-                        f"timed, {res['missing']} without an alert; publish -> alert ms: p50 {pct(lat, 50):.1f}  p95 "
+                        f"round {rnd + 1}, {code_label}: {args.rate:,} readings/s offered (+ probes), "
+                        f"{len(lat)} alerts timed, {res['missing']} without an alert; publish -> alert ms: "
+                        f"p50 {pct(lat, 50):.1f}  p95 "
                         f"{pct(lat, 95):.1f}  p99 {pct(lat, 99):.1f}  max {max(lat, default=float('nan')):.1f}; "
                         f"gateway cpu {cpu:.0f} %, backlog at the end {backlog:,} messages, "
                         f"checkpoints {s.get('state', {}).get('checkpoints')}, pub lag {pub['lag_s']:.2f}s",
@@ -836,12 +867,12 @@ def cmd_latency(args: argparse.Namespace) -> None:
                     gw.stop()
                     shutil.rmtree(work, ignore_errors=True)
     print(f"\npublish -> alert ms over {args.rounds} rounds, median (min-max) of each round's percentile:")
-    for code, rows in results.items():
+    for label, rows in results.items():
         cols = []
         for name, i in (("p50", 0), ("p95", 1), ("p99", 2), ("max", 3)):
             xs = [r[i] for r in rows]
             cols.append(f"{name} {statistics.median(xs):.1f} ({min(xs):.1f}-{max(xs):.1f})" if xs else f"{name} -")
-        print(f"  {code}: " + ", ".join(cols))
+        print(f"  {label}: " + ", ".join(cols))
 
 
 # --------------------------------------------------------------------------------------------- overload
@@ -922,6 +953,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     lat = sub.add_parser("latency")
     common(lat, 10_000, 30.0)
     lat.add_argument("--code", nargs="*", help="other checkouts measured the same way, alternating")
+    lat.add_argument(
+        "--variant",
+        action="append",
+        help="LABEL:section.key=value,...: this checkout again with those settings (TOML values), alternating; "
+        "for example nockpt:state.checkpoint_interval_s=3600",
+    )
     o = sub.add_parser("overload")
     common(o, 100_000, 40.0)
     o.add_argument("--code")

@@ -96,9 +96,14 @@ def _describe_mode(cfg: Config) -> str:
             "statuses, alerts and dead letters go to InfluxDB"
         )
     if so.enabled:
+        alerts = "; no broker (the [mqtt] lines below name only the state file)"
+        if so.publish:
+            alerts = f"; the job's alerts also on MQTT at {cfg.mqtt.host}:{cfg.mqtt.port} (publish)"
+        if cfg.notify:
+            alerts += f" and to {len(cfg.notify)} [[notify]] target(s)"
         return (
             f"mode:      sink-only: the Flink job's results in {so.dir} (windows/, late/, alerts/, every "
-            f"{so.poll_interval_s:g} s) to InfluxDB, each file once; no broker (the [mqtt] lines below are not used)"
+            f"{so.poll_interval_s:g} s) to InfluxDB, each file once{alerts}"
         )
     return "mode:      standalone: ingest, windows, patterns and anomaly detection in this process"
 

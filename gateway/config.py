@@ -190,6 +190,9 @@ class SinkOnlyConfig:
     enabled: bool = False
     dir: str = ""
     poll_interval_s: float = 1.0
+    publish: bool = False
+    """The job's alerts also on MQTT (``<prefix>/_gateway/alerts/<site>/<source>``, QoS 1, as a standalone gateway
+    publishes them) through the broker ``[mqtt]`` names; off: InfluxDB (and ``[[notify]]``) only."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,7 +254,7 @@ METRIC_TYPES_KEYS = frozenset({"integer", "boolean", "string"})
 BRIDGE_KEYS = frozenset(
     {"to", "dir", "roll_bytes", "roll_interval_s", "kafka_servers", "kafka_topic", "kafka_client_id", "kafka_linger_ms"}
 )
-SINK_ONLY_KEYS = frozenset({"dir", "poll_interval_s"})
+SINK_ONLY_KEYS = frozenset({"dir", "poll_interval_s", "publish"})
 
 SECTION_KEYS: Mapping[str, frozenset[str]] = {
     "mqtt": MQTT_KEYS,
@@ -819,7 +822,8 @@ def _sink_only(doc: Mapping[str, Any]) -> SinkOnlyConfig:
     poll = float(
         _positive("sink_only", "poll_interval_s", _get(sec, "sink_only", "poll_interval_s", (int, float), 1.0))
     )
-    return SinkOnlyConfig(enabled=True, dir=directory, poll_interval_s=poll)
+    publish = bool(_get(sec, "sink_only", "publish", bool, False))
+    return SinkOnlyConfig(enabled=True, dir=directory, poll_interval_s=poll, publish=publish)
 
 
 def _check_modes(cfg: Config) -> None:

@@ -536,41 +536,90 @@ async def run_durable_ingest(
     its coroutine returns: nothing else happens between its return and the acknowledgements). ``max_packet``
     is the Maximum Packet Size the gateway asks for (:func:`max_packet_size`; None: no limit).
     """
+
+    async def session() -> None:
+        dup_mids: set[int] = set()
+        connack: list[Any] = []
+        client = make_client(cfg, dup_mids, max_packet=max_packet, connack=connack)
+        gate = ReadGate(client, cfg.max_inflight)
+        async with client:
+            _note_broker_limit(connack, stats, outbox, max_packet)
+            # retained messages (board statuses) only for a new subscription: a resumed session already had them
+            options = SubscribeOptions(qos=cfg.qos, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
+            for topic in cfg.subscriptions:
+                await client.subscribe(topic, options=options)
+            _connected(cfg, stats, list(cfg.subscriptions))
+            sender = asyncio.create_task(outbox.drain_into(client)) if outbox is not None else None
+            try:
+                await _consume(client, gate, dup_mids, accept, process, stats, stop, sender, batch, ack_after_process)
+            finally:
+                if sender is not None:
+                    if stop.is_set() and not sender.done() and outbox is not None:
+                        await outbox.flush(5.0)  # a clean stop sends the alerts already queued first
+                    sender.cancel()
+
+    await _reconnecting(cfg, stats, stop, session)
+
+
+async def run_publisher(cfg: MqttConfig, outbox: Outbox, stats: IngestStats, stop: asyncio.Event) -> None:
+    """Run until ``stop`` is set: connect, publish what ``outbox`` holds (QoS 1: a message leaves the queue once
+    the broker has acknowledged it); reconnect on failure. Subscribes to nothing (the sink-only gateway's alerts)."""
+
+    async def session() -> None:
+        connack: list[Any] = []
+        async with make_client(cfg, connack=connack) as client:
+            _note_broker_limit(connack, stats, outbox, None)
+            _connected(cfg, stats, [])
+            sender = asyncio.create_task(outbox.drain_into(client))
+            lost = asyncio.create_task(_until_lost(client))  # an idle sender would not see the connection go
+            stopper = asyncio.ensure_future(stop.wait())
+            try:
+                await asyncio.wait({sender, lost, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                for t in (sender, lost):
+                    if t.done():
+                        t.result()  # raises the MqttError that ended it: reconnect
+                await outbox.flush(5.0)  # a clean stop sends what is queued first
+            finally:
+                stopper.cancel()
+                lost.cancel()
+                sender.cancel()
+
+    await _reconnecting(cfg, stats, stop, session)
+
+
+async def _until_lost(client: aiomqtt.Client) -> None:
+    """Returns never: raises aiomqtt's MqttError once the connection is lost (the client subscribes to nothing, so
+    no message comes; aiomqtt ends its message iterator with the error)."""
+    async for _ in client.messages:
+        pass
+    raise aiomqtt.MqttError("the connection ended")
+
+
+def _connected(cfg: MqttConfig, stats: IngestStats, topics: list[str]) -> None:
+    stats.connects += 1
+    stats.connected = True
+    log.info(
+        "connected to broker",
+        extra={"event": "mqtt_connected", "broker": f"{cfg.host}:{cfg.port}", "topics": topics,
+               "max_inflight": cfg.max_inflight},
+    )  # fmt: skip
+
+
+async def _reconnecting(
+    cfg: MqttConfig, stats: IngestStats, stop: asyncio.Event, session: Callable[[], Awaitable[None]]
+) -> None:
+    """``session()`` (one connection) again and again until ``stop`` is set, waiting after a failure
+    (``reconnect_min_s`` doubling to ``reconnect_max_s``, with jitter; back to the minimum once connected)."""
     delay = cfg.reconnect_min_s
     while not stop.is_set():
         try:
-            dup_mids: set[int] = set()
-            connack: list[Any] = []
-            client = make_client(cfg, dup_mids, max_packet=max_packet, connack=connack)
-            gate = ReadGate(client, cfg.max_inflight)
-            async with client:
-                _note_broker_limit(connack, stats, outbox, max_packet)
-                # retained messages (board statuses) only for a new subscription: a resumed session already had them
-                options = SubscribeOptions(qos=cfg.qos, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
-                for topic in cfg.subscriptions:
-                    await client.subscribe(topic, options=options)
-                stats.connects += 1
-                stats.connected = True
-                delay = cfg.reconnect_min_s
-                log.info(
-                    "connected to broker",
-                    extra={"event": "mqtt_connected", "broker": f"{cfg.host}:{cfg.port}",
-                           "topics": list(cfg.subscriptions), "max_inflight": cfg.max_inflight},
-                )  # fmt: skip
-                sender = asyncio.create_task(outbox.drain_into(client)) if outbox is not None else None
-                try:
-                    await _consume(
-                        client, gate, dup_mids, accept, process, stats, stop, sender, batch, ack_after_process
-                    )
-                finally:
-                    if sender is not None:
-                        if stop.is_set() and not sender.done() and outbox is not None:
-                            await outbox.flush(5.0)  # a clean stop sends the alerts already queued first
-                        sender.cancel()
+            await session()
+            delay = cfg.reconnect_min_s
         except aiomqtt.MqttError as exc:
             was_connected = stats.connected
             if stats.connected:
                 stats.disconnects += 1
+                delay = cfg.reconnect_min_s
             stats.connected = False
             wait = delay * (0.5 + random.random())
             where = f"mqtt{'s' if cfg.tls else ''}://{cfg.host}:{cfg.port}"

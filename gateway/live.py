@@ -31,6 +31,7 @@ __all__ = [
     "HEALTH_FIELDS",
     "HEALTH_INTERVAL_MS",
     "LiveView",
+    "health_fields",
 ]
 
 HEALTH_INTERVAL_MS: Final = 10_000
@@ -64,6 +65,19 @@ HEALTH_TYPES: Final[dict[str, FieldType]] = {"last_write_ms": "float", "mqtt_con
 _HEALTH_DECLARED: Final[dict[str, FieldType]] = {
     name: HEALTH_TYPES.get(name, "integer") for name in (*HEALTH_FIELDS, "devices", "devices_active", "uptime_s")
 }
+
+
+def health_fields(stats: Mapping[str, Any]) -> dict[str, MetricValue]:
+    """The fields of a ``gateway_health`` point from the stats file's sections (:data:`HEALTH_FIELDS`; those the
+    stats lack are left out), in their declared types."""
+    fields: dict[str, MetricValue] = {}
+    for name, (section, key) in HEALTH_FIELDS.items():
+        value = stats.get(section, {}).get(key)
+        if isinstance(value, (bool, int, float)):
+            kind = _HEALTH_DECLARED[name]
+            fields[name] = bool(value) if kind == "boolean" else float(value) if kind == "float" else int(value)
+    return fields
+
 
 GATEWAY_HEALTH: Final = declare(
     "gateway_health",
@@ -188,12 +202,7 @@ class LiveView:
         if now_ms >= self._next_health:
             self._next_health = now_ms - now_ms % HEALTH_INTERVAL_MS + HEALTH_INTERVAL_MS
             rows = self.device_rows(now_ms)
-            fields: dict[str, MetricValue] = {}
-            for name, (section, key) in HEALTH_FIELDS.items():
-                value = stats.get(section, {}).get(key)
-                if isinstance(value, (bool, int, float)):
-                    kind = _HEALTH_DECLARED[name]
-                    fields[name] = bool(value) if kind == "boolean" else float(value) if kind == "float" else int(value)
+            fields = health_fields(stats)
             fields["devices"] = len(rows)
             fields["devices_active"] = sum(1 for r in rows.values() if r["active"])
             fields["uptime_s"] = (now_ms - self.started_ms) // 1000

@@ -29,7 +29,7 @@ from .state import StateStore
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
-__all__ = ["GatewayMetrics", "GatewayView"]
+__all__ = ["GatewayMetrics", "GatewayView", "Served", "notify_metrics", "sink_metrics"]
 
 
 class GatewayView(Protocol):
@@ -70,7 +70,60 @@ class GatewayView(Protocol):
     def kafka(self) -> KafkaForwarder | None: ...
 
 
-class GatewayMetrics:
+class Served:
+    """``/metrics``, ``/healthz`` and ``/readyz`` over aiohttp, from :meth:`render`, :meth:`health` and
+    :meth:`ready`."""
+
+    def render(self) -> bytes:
+        raise NotImplementedError
+
+    def health(self) -> dict[str, object]:
+        raise NotImplementedError
+
+    def ready(self, health: dict[str, object]) -> bool:
+        raise NotImplementedError
+
+    async def serve(
+        self, host: str, port: int, reload: Callable[[], Awaitable[tuple[bool, dict[str, Any]]]] | None = None
+    ) -> web.AppRunner:
+        """``/metrics``, ``/healthz``, ``/readyz``; and with ``reload``, ``POST /reload`` for clients on this host
+        (``edgekit-gateway reload``): 200 when applied, 422 when refused, the outcome as JSON either way."""
+
+        async def metrics(_: web.Request) -> web.Response:
+            resp = web.Response(body=self.render())
+            resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+            return resp
+
+        async def healthz(_: web.Request) -> web.Response:
+            # liveness: 200 while the process answers; the body says whether it is degraded
+            return web.Response(text=json.dumps(self.health()), content_type="application/json")
+
+        async def readyz(_: web.Request) -> web.Response:
+            body = self.health()
+            return web.Response(
+                text=json.dumps(body), content_type="application/json", status=200 if self.ready(body) else 503
+            )
+
+        async def do_reload(request: web.Request) -> web.Response:
+            if not _local(request.remote):  # only a local user or the service manager may make it re-read its file
+                return web.Response(status=403, text="reload: only from this host (loopback)\n")
+            assert reload is not None
+            ok, body = await reload()
+            return web.Response(text=json.dumps(body), content_type="application/json", status=200 if ok else 422)
+
+        app = web.Application()
+        if reload is not None:
+            app.router.add_post("/reload", do_reload)
+        app.router.add_get("/metrics", metrics)
+        app.router.add_get("/healthz", healthz)
+        app.router.add_get("/readyz", readyz)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, host, port).start()
+        return runner
+
+
+class GatewayMetrics(Served):
     def __init__(self, gw: GatewayView) -> None:
         self.gw = gw
         self.registry = CollectorRegistry(auto_describe=False)
@@ -118,44 +171,16 @@ class GatewayMetrics:
             "log_pos": gw.pos,
         }
 
-    async def serve(
-        self, host: str, port: int, reload: Callable[[], Awaitable[tuple[bool, dict[str, Any]]]] | None = None
-    ) -> web.AppRunner:
-        """``/metrics``, ``/healthz``, ``/readyz``; and with ``reload``, ``POST /reload`` for clients on this host
-        (``edgekit-gateway reload``): 200 when applied, 422 when refused, the outcome as JSON either way."""
+    def ready(self, health: dict[str, object]) -> bool:
+        return bool(health["mqtt_connected"])
 
-        async def metrics(_: web.Request) -> web.Response:
-            resp = web.Response(body=self.render())
-            resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
-            return resp
 
-        async def healthz(_: web.Request) -> web.Response:
-            # liveness: 200 while the process answers; the body says whether it is degraded
-            return web.Response(text=json.dumps(self.health()), content_type="application/json")
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, value=value)
 
-        async def readyz(_: web.Request) -> web.Response:
-            body = self.health()
-            return web.Response(
-                text=json.dumps(body), content_type="application/json", status=200 if body["mqtt_connected"] else 503
-            )
 
-        async def do_reload(request: web.Request) -> web.Response:
-            if not _local(request.remote):  # only a local user or the service manager may make it re-read its file
-                return web.Response(status=403, text="reload: only from this host (loopback)\n")
-            assert reload is not None
-            ok, body = await reload()
-            return web.Response(text=json.dumps(body), content_type="application/json", status=200 if ok else 422)
-
-        app = web.Application()
-        if reload is not None:
-            app.router.add_post("/reload", do_reload)
-        app.router.add_get("/metrics", metrics)
-        app.router.add_get("/healthz", healthz)
-        app.router.add_get("/readyz", readyz)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, host, port).start()
-        return runner
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=value)
 
 
 def _local(remote: str | None) -> bool:
@@ -173,12 +198,7 @@ class _Collector(Collector):
         gw = self.m.gw
         s = gw.pipeline.stats
         sink = gw.sink
-
-        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
-            return CounterMetricFamily(name, doc, value=value)
-
-        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
-            return GaugeMetricFamily(name, doc, value=value)
+        counter, gauge = _counter, _gauge
 
         yield counter("edgekit_messages", "MQTT messages taken by the pipeline (replays included)", s.messages)
         yield gauge("edgekit_devices", "Devices with state (at most devices.max_devices)", len(gw.pipeline.devices))
@@ -234,31 +254,7 @@ class _Collector(Collector):
         depth.add_metric(["outbox"], len(gw.outbox.queue))
         depth.add_metric(["log"], gw.store.log_rows)
         yield depth
-        yield gauge("edgekit_spool_lines", "Lines in the on-disk spool", gw.store.spool_lines)
-        yield gauge("edgekit_spool_bytes", "Bytes of line protocol in the on-disk spool", gw.store.spool_bytes)
-        spilled = CounterMetricFamily(
-            "edgekit_sink_spilled_lines", "Lines moved to the spool because memory was full", labels=["class"]
-        )
-        spilled.add_metric(["raw"], sink.spilled_lines[RAW])
-        spilled.add_metric(["other"], sink.spilled_lines[OTHER])
-        yield spilled
-        yield counter("edgekit_sink_full_waits", "Times ingest waited because memory and spool were full", sink.waits)
-        st = sink.stats
-        yield counter("edgekit_points_written", "Points written to InfluxDB", st.points_written)
-        yield counter("edgekit_points_refused", "Points InfluxDB refused, each a dead letter", st.points_refused)
-        yield counter(
-            "edgekit_points_unwritable", "Points the writer could not send, each a dead letter unwritable",
-            st.points_unwritable,
-        )  # fmt: skip
-        sink_dead = CounterMetricFamily(
-            "edgekit_sink_dead_letters", "Dead letters of refused or unwritable points, by outcome", labels=["outcome"]
-        )
-        sink_dead.add_metric(["written"], st.dead_letters_written)
-        sink_dead.add_metric(["lost"], st.dead_letters_lost)  # InfluxDB refused the dead letter too
-        yield sink_dead
-        yield counter("edgekit_sink_isolations", "Batches cut up to find refused points", st.isolations)
-        yield counter("edgekit_write_failures", "Failed InfluxDB writes (retried)", st.write_failures)
-        yield gauge("edgekit_influx_up", "1 when the last InfluxDB write succeeded", 1.0 if sink.healthy else 0.0)
+        yield from sink_metrics(gw.store, sink)
         yield gauge("edgekit_mqtt_connected", "1 while connected to the broker", float(gw.ingest_stats.connected))
         yield counter("edgekit_checkpoints", "Checkpoints taken", gw.checkpoints)
         yield counter(
@@ -294,7 +290,7 @@ class _Collector(Collector):
                 lag.add_metric([device], (now - max(marks)) / 1000)
         yield lag
         if gw.notifier is not None:
-            yield from _notify_metrics(gw.notifier)
+            yield from notify_metrics(gw.notifier)
         if gw.bridge is not None:  # bridge mode (docs/scale-out.md)
             b = gw.bridge
             yield counter("edgekit_bridge_lines", "Readings written to the bridge's files (a replay's again)", b.lines)
@@ -305,7 +301,38 @@ class _Collector(Collector):
                 yield counter("edgekit_kafka_failures", "Times Kafka could not be reached (retried)", gw.kafka.failures)
 
 
-def _notify_metrics(n: Notifier) -> Iterator[Metric]:
+def sink_metrics(store: StateStore, sink: SpoolingSink) -> Iterator[Metric]:
+    """The spooling sink's metrics (InfluxDB writes, memory, spool), the same in every mode."""
+    counter, gauge = _counter, _gauge
+
+    yield gauge("edgekit_spool_lines", "Lines in the on-disk spool", store.spool_lines)
+    yield gauge("edgekit_spool_bytes", "Bytes of line protocol in the on-disk spool", store.spool_bytes)
+    spilled = CounterMetricFamily(
+        "edgekit_sink_spilled_lines", "Lines moved to the spool because memory was full", labels=["class"]
+    )
+    spilled.add_metric(["raw"], sink.spilled_lines[RAW])
+    spilled.add_metric(["other"], sink.spilled_lines[OTHER])
+    yield spilled
+    yield counter("edgekit_sink_full_waits", "Times ingest waited because memory and spool were full", sink.waits)
+    st = sink.stats
+    yield counter("edgekit_points_written", "Points written to InfluxDB", st.points_written)
+    yield counter("edgekit_points_refused", "Points InfluxDB refused, each a dead letter", st.points_refused)
+    yield counter(
+        "edgekit_points_unwritable", "Points the writer could not send, each a dead letter unwritable",
+        st.points_unwritable,
+    )  # fmt: skip
+    sink_dead = CounterMetricFamily(
+        "edgekit_sink_dead_letters", "Dead letters of refused or unwritable points, by outcome", labels=["outcome"]
+    )
+    sink_dead.add_metric(["written"], st.dead_letters_written)
+    sink_dead.add_metric(["lost"], st.dead_letters_lost)  # InfluxDB refused the dead letter too
+    yield sink_dead
+    yield counter("edgekit_sink_isolations", "Batches cut up to find refused points", st.isolations)
+    yield counter("edgekit_write_failures", "Failed InfluxDB writes (retried)", st.write_failures)
+    yield gauge("edgekit_influx_up", "1 when the last InfluxDB write succeeded", 1.0 if sink.healthy else 0.0)
+
+
+def notify_metrics(n: Notifier) -> Iterator[Metric]:
     """``[[notify]]`` (docs/notify.md): per target, what was sent, what failed (and was retried), what was given
     up, what waits; and the alerts the full inbox shed."""
     yield CounterMetricFamily("edgekit_notify_shed", "Alerts not notified because the notifier's inbox was full",

@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from .anomaly.engine import ANOMALY_MEASUREMENT
 from .ckpt_rows import dumps_row, key_names, split_order, split_rows
 from .config import Config, DevicesConfig
 from .live import DEVICE_INTERVAL_MS, DEVICE_WATERMARK, GATEWAY_HEALTH, HEALTH_INTERVAL_MS
@@ -56,6 +57,10 @@ class PlanResult:
     """CPU time of one checkpoint of every key (snapshot, JSON, compression), as at a high rate every key changes
     between two checkpoints."""
     checkpoint_bytes: int = 0
+    anomaly_points_measured: int = 0
+    anomaly_warming: int = 0
+    """Of the measured part's ``anomaly`` points, those of a detector still in its warm-up (learning, not scoring:
+    cheaper); ``plan``'s warm-up covers the detectors', so 0 unless ``max_series`` or a gap restarts one."""
 
     @property
     def pipeline_us(self) -> float:
@@ -81,6 +86,8 @@ class PlanResult:
             "dedup_state_bytes": self.dedup_state_bytes,
             "devices_note": self.devices_note,
             "pipeline_us_per_reading": round(self.pipeline_us, 2),
+            "anomaly_points_measured": self.anomaly_points_measured,
+            "anomaly_warming": self.anomaly_warming,
             "memory_bytes": self.memory_bytes,
             "checkpoint_cpu_s": round(self.checkpoint_cpu_s, 4),
             "checkpoint_bytes": self.checkpoint_bytes,
@@ -93,6 +100,19 @@ def _warmup_ms(cfg: Config) -> int:
         span = max(w.size_ms, w.gap_ms) + w.allowed_lateness_ms + (w.out_of_orderness_ms or 0)
         longest = max(longest, span)
     return longest + cfg.engine.watermark.out_of_orderness_ms
+
+
+def _warmup_readings(cfg: Config, metrics: tuple[str, ...]) -> int:
+    """Readings a board sends before every anomaly detector of the plan's metrics scores (they learn until then,
+    which costs less than scoring); 0 without ``[anomaly]``."""
+    an = cfg.anomaly
+    if not an.enabled:
+        return 0
+    scored = [m for m in metrics if not an.metrics or m in an.metrics]
+    need = max((an.detector_for(m).warmup for m in scored), default=0)
+    if an.multivariate and len(scored) >= 2:  # MultiDetector.warmup
+        need = max(need, an.detector.warmup, 10 * len(scored))
+    return need
 
 
 def devices_note(dc: DevicesConfig, devices: int) -> str | None:
@@ -123,7 +143,9 @@ def run_plan(
 ) -> PlanResult:
     """Feed the synthetic fleet through a fresh pipeline; count what the measured ``hours`` produce."""
     step = interval_ms * batch  # event time one message of a board covers
-    warm_batches = -(-_warmup_ms(cfg) // step)
+    # the windows' longest span, and the anomaly detectors' warm-up (a detector that learns is cheaper than one
+    # that scores: a short plan would measure the wrong one)
+    warm_batches = max(-(-_warmup_ms(cfg) // step), -(-_warmup_readings(cfg, metrics) // batch))
     measured_batches = max(1, round(hours * HOUR_MS / step))
     hours = measured_batches * step / HOUR_MS  # whole messages: what is measured is exactly this
     res = PlanResult(devices, metrics, interval_ms, batch, hours, warm_batches * step)
@@ -163,7 +185,11 @@ def run_plan(
                 res.pipeline_cpu_s += spent
                 res.readings_measured += len(readings)
                 for text in lines:
-                    counts[text.split(" ", 1)[0].split(",", 1)[0]] += 1
+                    measurement = text.split(" ", 1)[0].split(",", 1)[0]
+                    counts[measurement] += 1
+                    if measurement == ANOMALY_MEASUREMENT:
+                        res.anomaly_points_measured += 1
+                        res.anomaly_warming += 'phase="warmup"' in text
         if progress is not None:
             progress((b + 1) * devices, total)
     per_hour = 1 / hours

@@ -16,26 +16,40 @@ again onto themselves (every point is deterministic; a window's ``emitted_ms`` i
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from .alerts import Alert
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from .alerts import Alert, alert_topic
 from .app import state_path, wall_clock_ms
 from .config import Config
 from .engine.outputs import LateReading, WindowResult
 from .errors import StateError
+from .ingest import IngestStats, Outbox, run_publisher
+from .lineproto import NS_PER_MS, line
+from .live import GATEWAY_HEALTH, HEALTH_INTERVAL_MS, health_fields
+from .metrics import Served, notify_metrics, sink_metrics
 from .model import DeadLetter, MetricValue
+from .notify import Notifier
+from .pipeline import window_topic
 from .points import dead_letter_line
 from .sinks import make_writer
-from .spool import SpoolingSink
+from .spool import OTHER, RAW, SpoolingSink
 from .state import StateStore
 
-__all__ = ["KINDS", "SinkOnly", "alert_line", "late_line", "window_line"]
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+
+__all__ = ["KINDS", "SinkOnly", "alert_from_record", "alert_line", "late_line", "window_from_record", "window_line"]
 
 log = logging.getLogger("gateway.sink_only")
 
@@ -49,6 +63,11 @@ CHUNK_BYTES: Final = 1 << 20
 
 def window_line(doc: dict[str, Any], emitted_ms: int) -> str:
     """The ``window`` point of a window result record (``WindowResult.to_payload``'s object)."""
+    return window_from_record(doc, emitted_ms).to_line()
+
+
+def window_from_record(doc: dict[str, Any], emitted_ms: int) -> WindowResult:
+    """The gateway's :class:`WindowResult` of a window result record, stamped ``emitted_ms``."""
     device = doc.get("device")
     aggs = {str(k): float(v) for k, v in dict(doc["aggregates"]).items() if v is not None}
     key = str(device if device is not None else doc["site"])
@@ -60,7 +79,7 @@ def window_line(doc: dict[str, Any], emitted_ms: int) -> str:
     if res.fired not in ("watermark", "late", "superseded", "early"):
         raise ValueError(f"fired {res.fired!r}")
     res.emitted_ms = emitted_ms
-    return res.to_line()
+    return res
 
 
 def late_line(doc: dict[str, Any]) -> str:
@@ -75,9 +94,14 @@ def late_line(doc: dict[str, Any]) -> str:
 
 
 def alert_line(doc: dict[str, Any], config: Config) -> str:
-    """The ``alert`` point of a pattern alert record: its id from the readings (``alerts.alert_id``), its details
-    in their metrics' declared types, its message as the gateway writes it (the pattern's ``message``, or its name
-    and the steps the alert's details name, or every required step when they name none)."""
+    """The ``alert`` point of a pattern alert record (:func:`alert_from_record`)."""
+    return alert_from_record(doc, config).to_line()
+
+
+def alert_from_record(doc: dict[str, Any], config: Config) -> Alert:
+    """The gateway's :class:`Alert` of a pattern alert record: its id from the readings (``alerts.alert_id``), its
+    details in their metrics' declared types, its message as the gateway writes it (the pattern's ``message``, or
+    its name and the steps the alert's details name, or every required step when they name none)."""
     readings = []
     for text in doc["readings"]:
         device, boot, seq = str(text).rsplit("/", 2)
@@ -99,7 +123,7 @@ def alert_line(doc: dict[str, Any], config: Config) -> str:
         source="pattern", name=name, site=str(doc["site"]), key=str(doc["key"]), severity=doc["severity"],
         first_ms=int(doc["first_ms"]), last_ms=int(doc["last_ms"]), readings=tuple(readings), message=message,
         details=details,
-    ).to_line()  # fmt: skip
+    )  # fmt: skip
 
 
 def _typed(raw: str, kind: str) -> MetricValue:
@@ -146,7 +170,18 @@ class SinkOnly:
         self.records = 0
         self.bad_records = 0
         self.checkpoints = 0
+        self.checkpoint_failures = 0
         self.recovered = 0
+        self.by_kind = dict.fromkeys(KINDS, 0)
+        """Records taken (and not dead letters), by output folder."""
+        self.started_ms = now_ms()
+        self.outbox = Outbox()
+        """What to publish (``sink_only.publish``): the job's alerts, and the results of windows with ``publish``;
+        what is unsent is in the checkpoint."""
+        self._published = frozenset(w.name for w in config.engine.windows if w.publish)
+        self.mqtt_stats = IngestStats()
+        self.notifier = Notifier(config.notify, now_ms) if config.notify else None
+        """``[[notify]]``: the job's alerts to people, as a standalone gateway sends its own (docs/notify.md)."""
 
     def _scan(self) -> Iterator[tuple[str, Path]]:
         for kind in KINDS:
@@ -159,22 +194,36 @@ class SinkOnly:
                 if rel not in self.done:
                     yield kind, p
 
-    def _convert(self, kind: str, path: Path, raw: list[bytes], first: int) -> list[str]:
-        """The points of a file's lines ``raw`` (its line ``first`` on)."""
+    def _convert(
+        self, kind: str, path: Path, raw: list[bytes], first: int
+    ) -> tuple[list[str], list[Alert], list[tuple[str, bytes]]]:
+        """The points of a file's lines ``raw`` (its line ``first`` on), the alerts among them, and what to publish
+        (``sink_only.publish``: alerts, results of windows with ``publish``) as a standalone gateway does."""
         now = self.now_ms()
         lines: list[str] = []
-        for i, line in enumerate(raw, first):
-            text = line.rstrip(b"\r\n")
+        alerts: list[Alert] = []
+        messages: list[tuple[str, bytes]] = []
+        publish, prefix = self.config.sink_only.publish, self.config.mqtt.prefix
+        for i, raw_line in enumerate(raw, first):
+            text = raw_line.rstrip(b"\r\n")
             if not text.strip():
                 continue
             try:
                 doc = json.loads(text)
                 if kind == "windows":
-                    lines.append(window_line(doc, now))
+                    res = window_from_record(doc, now)
+                    lines.append(res.to_line())
+                    if publish and res.window in self._published:
+                        messages.append((window_topic(prefix, res.site, res.window), res.to_payload()))
                 elif kind == "late":
                     lines.append(late_line(doc))
                 else:
-                    lines.append(alert_line(doc, self.config))
+                    alert = alert_from_record(doc, self.config)
+                    lines.append(alert.to_line())
+                    alerts.append(alert)
+                    if publish:
+                        messages.append((alert_topic(prefix, alert.site, alert.source), alert.to_json()))
+                self.by_kind[kind] += 1
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 self.bad_records += 1
                 lines.append(self._bad(path, i, text, f"{type(exc).__name__}: {exc}"))
@@ -184,7 +233,7 @@ class SinkOnly:
                            "excerpt": text[:200].decode("utf-8", "replace")},
                 )  # fmt: skip
         self.records += len(lines)
-        return lines
+        return lines, alerts, messages
 
     def _bad(self, path: Path, number: int, text: bytes, error: str) -> str:
         """The ``bad_result`` dead letter of a line: the same point again when the file is read again (timestamped at
@@ -211,13 +260,17 @@ class SinkOnly:
             )
         self.done = set(ck.state.get("done", []))
         self.recovered = len(self.done)
+        for topic, payload in ck.state.get("outbox", []):  # alerts not yet acknowledged by the broker
+            self.outbox.put(str(topic), base64.b64decode(payload))
 
     async def checkpoint(self) -> None:
         """The files consumed, and the sink's lines in memory moved to the spool, in one transaction. Names of files
         no longer in the folder are dropped (the job's old output removed)."""
         present = {p.relative_to(self.root).as_posix() for kind in KINDS for p in (self.root / kind).rglob("*")}
         self.done &= present
-        state = {"version": STATE_VERSION, "mode": "sink_only", "done": sorted(self.done)}
+        state: dict[str, Any] = {"version": STATE_VERSION, "mode": "sink_only", "done": sorted(self.done)}
+        if self.outbox.queue:  # the files they came from are done: unsent alerts go with them
+            state["outbox"] = [[t, base64.b64encode(p).decode()] for t, p in self.outbox.queue]
         self.sink.spill(lambda chunks: self.store.checkpoint(0, state, self.now_ms(), chunks))
         self.checkpoints += 1
 
@@ -228,8 +281,31 @@ class SinkOnly:
                       "bad_records": self.bad_records, "recovered": self.recovered},
             "sink": {**self.sink.stats.as_dict(), "pending": self.sink.pending, "healthy": self.sink.healthy,
                      "spool_lines": self.store.spool_lines},
-            "state": {"checkpoints": self.checkpoints},
+            "pipeline": {"window_results": self.by_kind["windows"], "late_readings": self.by_kind["late"],
+                         "alerts": self.by_kind["alerts"], "dead_letters": self.bad_records},
+            "state": {"checkpoints": self.checkpoints, "checkpoint_failures": self.checkpoint_failures},
+            **({"mqtt": {"connected": self.mqtt_stats.connected, "connects": self.mqtt_stats.connects,
+                         "published": self.outbox.sent, "outbox": len(self.outbox.queue),
+                         "outbox_shed": self.outbox.shed, "outbox_too_large": self.outbox.too_large}}
+               if self.config.sink_only.publish else {}),
+            **({"notify": self.notifier.stats()} if self.notifier is not None else {}),
         }  # fmt: skip
+
+    async def _health(self) -> None:
+        """A ``gateway_health`` point (the fields the gateway's have that this mode counts), in processing time."""
+        now = self.now_ms()
+        fields = health_fields(self.snapshot_stats())
+        fields["uptime_s"] = (now - self.started_ms) // 1000
+        await self.sink.add([line(GATEWAY_HEALTH, {"gateway": self.config.mqtt.client_id}, fields, now * NS_PER_MS)])
+
+    async def _checkpoint_or_later(self) -> None:
+        """A checkpoint; one that fails (a full disk, a lock) changes nothing and is tried again at the next interval:
+        the files since the last one are read again after a crash."""
+        try:
+            await self.checkpoint()
+        except Exception:
+            self.checkpoint_failures += 1
+            log.exception("checkpoint failed; trying again later", extra={"event": "checkpoint_error"})
 
     def _write_stats(self) -> None:
         if self.stats_file is None:
@@ -247,8 +323,12 @@ class SinkOnly:
                 raw = await asyncio.to_thread(fh.readlines, CHUNK_BYTES)
                 if not raw:
                     return
-                lines = await asyncio.to_thread(self._convert, kind, path, raw, first)
+                lines, alerts, messages = await asyncio.to_thread(self._convert, kind, path, raw, first)
                 first += len(raw)
+                for topic, payload in messages:
+                    self.outbox.put(topic, payload)
+                if alerts and self.notifier is not None:
+                    self.notifier.offer(alerts)  # never waits: a full inbox is counted (notify.shed)
                 await self.sink.add(lines)  # waits while memory and spool are full
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -260,12 +340,22 @@ class SinkOnly:
             self.sink.stop_waiting()
 
         watcher = asyncio.create_task(watch())
+        tasks: list[asyncio.Task[None]] = []
+        server = None
+        notify_stop = asyncio.Event()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             await self.sink.start()
             self.recover()
             await self.checkpoint()
+            if cfg.sink_only.publish:
+                tasks.append(asyncio.create_task(run_publisher(cfg.mqtt, self.outbox, self.mqtt_stats, stop)))
+            if self.notifier is not None:
+                tasks.append(asyncio.create_task(self.notifier.run(notify_stop)))
+            if cfg.metrics.port:
+                server = await SinkOnlyMetrics(self).serve(cfg.metrics.host, cfg.metrics.port)
             last = time.monotonic()
+            next_health = 0
             while not stop.is_set():
                 for kind, path in self._scan():
                     await self._consume(kind, path)
@@ -274,11 +364,14 @@ class SinkOnly:
                     if stop.is_set():
                         break
                     if time.monotonic() - last >= cfg.state.checkpoint_interval_s:
-                        await self.checkpoint()
+                        await self._checkpoint_or_later()
                         last = time.monotonic()
                 if time.monotonic() - last >= cfg.state.checkpoint_interval_s:
-                    await self.checkpoint()
+                    await self._checkpoint_or_later()
                     last = time.monotonic()
+                if self.now_ms() >= next_health:
+                    await self._health()
+                    next_health = self.now_ms() + HEALTH_INTERVAL_MS
                 self._write_stats()
                 try:
                     await asyncio.wait_for(stop.wait(), cfg.sink_only.poll_interval_s)
@@ -286,7 +379,14 @@ class SinkOnly:
                     pass
         finally:
             watcher.cancel()
-            self.sink.stop_waiting()
+            self.sink.stop_waiting()  # from here on, add never waits
+            await self._health()  # the counts and the connection at the stop
+            stop.set()  # the publisher sends what is queued (5 s at most) and ends
+            notify_stop.set()
+            if tasks:
+                await asyncio.wait(tasks, timeout=10.0)
+                for t in tasks:
+                    t.cancel()
             drained = await self.sink.drain(30.0) if self.sink.healthy else False
             await self.sink.close()
             try:
@@ -294,8 +394,75 @@ class SinkOnly:
             except Exception:
                 log.exception("the final checkpoint failed", extra={"event": "checkpoint_error"})
             self._write_stats()
+            if server is not None:
+                await server.cleanup()
             log.info(
                 "sink-only gateway stopped: %d files, %d records; drained=%s",
                 self.files, self.records, drained, extra={"event": "stop", "drained": drained},
             )  # fmt: skip
             self.store.close()
+
+
+class SinkOnlyMetrics(Served):
+    """``[metrics] port``: ``/metrics`` (Prometheus: the gateway's names where the meaning is the same), ``/healthz``
+    and ``/readyz`` (ready while InfluxDB takes writes) of a sink-only gateway."""
+
+    def __init__(self, so: SinkOnly) -> None:
+        self.so = so
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_SinkOnlyCollector(so))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def health(self) -> dict[str, object]:
+        so = self.so
+        publish = so.config.sink_only.publish
+        ok = so.sink.healthy and (so.mqtt_stats.connected or not publish)
+        return {
+            "status": "ok" if ok else "degraded",
+            "mode": "sink_only",
+            "influx_healthy": so.sink.healthy,
+            "mqtt_connected": so.mqtt_stats.connected if publish else None,
+            "spool_lines": so.store.spool_lines,
+            "files_known": len(so.done),
+        }
+
+    def ready(self, health: dict[str, object]) -> bool:
+        return bool(health["influx_healthy"])
+
+
+class _SinkOnlyCollector(Collector):
+    def __init__(self, so: SinkOnly) -> None:
+        self.so = so
+
+    def collect(self) -> Iterator[Metric]:
+        so = self.so
+        files = CounterMetricFamily("edgekit_sink_only_files", "Result files consumed in this run", value=so.files)
+        yield files
+        yield GaugeMetricFamily("edgekit_sink_only_files_known", "Result files consumed, as checkpointed and since",
+                                value=len(so.done))  # fmt: skip
+        yield CounterMetricFamily("edgekit_window_results", "Window results written (the job's)",
+                                  value=so.by_kind["windows"])  # fmt: skip
+        yield CounterMetricFamily("edgekit_late_readings", "Late records written (the job's)", value=so.by_kind["late"])
+        yield CounterMetricFamily("edgekit_alerts", "Alerts written (the job's)", value=so.by_kind["alerts"])
+        dead = CounterMetricFamily("edgekit_dead_letters", "Dead letters by reason", labels=["reason"])
+        by_reason = {"bad_result": so.bad_records, **so.sink.stats.by_reason()}
+        for reason, n in sorted(by_reason.items()):
+            dead.add_metric([reason], n)
+        yield dead
+        depth = GaugeMetricFamily("edgekit_queue_depth", "Items waiting, by queue", labels=["queue"])
+        depth.add_metric(["sink_memory_raw"], len(so.sink.memory[RAW]))
+        depth.add_metric(["sink_memory_other"], len(so.sink.memory[OTHER]))
+        depth.add_metric(["outbox"], len(so.outbox.queue))
+        yield depth
+        yield from sink_metrics(so.store, so.sink)
+        if so.config.sink_only.publish:
+            yield GaugeMetricFamily("edgekit_mqtt_connected", "1 while connected to the broker",
+                                    value=float(so.mqtt_stats.connected))  # fmt: skip
+        yield CounterMetricFamily("edgekit_checkpoints", "Checkpoints taken", value=so.checkpoints)
+        yield CounterMetricFamily("edgekit_checkpoint_failures",
+                                  "Checkpoints that failed (tried again later; nothing moved)",
+                                  value=so.checkpoint_failures)  # fmt: skip
+        if so.notifier is not None:
+            yield from notify_metrics(so.notifier)

@@ -4,15 +4,20 @@ gives the gateway's own line."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
+import services
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.alerts import Alert
 from gateway.config import parse_config
 from gateway.engine.outputs import LateReading, WindowResult
-from gateway.sinkonly import alert_line, late_line, window_line
+from gateway.sinkonly import SinkOnly, alert_line, late_line, window_line
 
 NAME = st.from_regex(r"[a-z][a-z0-9_-]{0,7}", fullmatch=True)
 TIME = st.integers(1_600_000_000_000, 1_900_000_000_000)
@@ -99,3 +104,50 @@ def test_an_alert_record_gives_the_gateways_alert_point(a: Alert) -> None:
            "first_ms": a.first_ms, "last_ms": a.last_ms, "readings": [f"{d}/{b}/{s}" for d, b, s in a.readings],
            "details": {k: _flink_string(v) for k, v in a.details.items()}}  # fmt: skip
     assert alert_line(json.loads(json.dumps(doc)), CONFIG) == a.to_line()
+
+
+def test_a_failed_checkpoint_is_tried_again_and_the_sink_only_gateway_goes_on(
+    tmp_path: Path, influxdb_v1: services.Proc
+) -> None:
+    """A checkpoint that fails (here the state file's transaction raises, as on a full disk) changes nothing: the
+    gateway goes on reading files and takes the checkpoint at the next interval; after a restart no file is read
+    again."""
+    results = tmp_path / "out"
+    rec = {"v": 1, "window": "w", "site": "s", "device": "d", "metric": "m", "start_ms": 1_780_000_000_000,
+           "end_ms": 1_780_000_060_000, "count": 1, "aggregates": {"mean": 1.5}, "revision": 1,
+           "fired": "watermark"}  # fmt: skip
+    (results / "windows").mkdir(parents=True)
+    (results / "windows" / "part-0").write_text(json.dumps(rec) + "\n")
+    doc = {
+        "mqtt": {"client_id": "sink-ckpt-fail"},
+        "influx": {"target": "v1", "url": influxdb_v1.url, "database": "sink_ckpt_fail"},
+        "state": {"dir": str(tmp_path / "state"), "checkpoint_interval_s": 0.05},
+        "sink_only": {"dir": str(results), "poll_interval_s": 0.05},
+    }
+    cfg = parse_config(doc, env={})
+
+    async def run_until(so: SinkOnly, done: Callable[[], bool]) -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(so.run(stop))
+        for _ in range(400):
+            if done() or task.done():
+                break
+            await asyncio.sleep(0.025)
+        stop.set()
+        await task  # raises if the run ended with an error
+
+    so = SinkOnly(cfg)
+    real, calls = so.store.checkpoint, [0]
+
+    def failing_once(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        if calls[0] == 2:  # the first after the start
+            raise OSError(28, "No space left on device")
+        return real(*args, **kwargs)
+
+    so.store.checkpoint = failing_once  # type: ignore[method-assign]
+    asyncio.run(run_until(so, lambda: so.checkpoint_failures == 1 and so.checkpoints >= 3))
+    assert so.checkpoint_failures == 1 and so.checkpoints >= 3 and so.files == 1
+    again = SinkOnly(cfg)
+    asyncio.run(run_until(again, lambda: again.checkpoints >= 2))
+    assert again.recovered == 1 and again.files == 0  # the file is known: not read twice

@@ -12,7 +12,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gateway.cli import main
-from gateway.config import Config
+from gateway.config import Config, parse_config
+from gateway.plan import run_plan
 from gateway.sizing import (
     FLINK_SLOT_RATE,
     GATEWAY_READINGS_PER_CPU_S,
@@ -135,3 +136,16 @@ def test_plan_takes_the_measured_slot_rate_by_default(tmp_path: Path, capsys: py
     assert f["slot_rate"] == 0.01 and f["parallelism"] == math.ceil(20 / 30 / (0.01 * 0.5))
     assert main(args[:-1]) == 0
     assert f"at {FLINK_SLOT_RATE:,} readings/s a slot" in capsys.readouterr().out
+
+
+def test_the_plan_measures_anomaly_detection_past_its_warm_up() -> None:
+    """A detector learns ``warmup`` readings before it scores (cheaper than scoring): ``plan``'s warm-up must cover
+    it, or a short plan measures detectors that never score (the model was low with ``[anomaly]``: measured with
+    ``--hours 0.05`` at a reading every 10 s, 20 readings a board, all in the detectors' warm-up of 30)."""
+    doc = {"anomaly": {"metrics": ["temp_c", "rh"], "write": "all"}}
+    cfg = parse_config(doc, env={})
+    res = run_plan(cfg, devices=3, metrics=("temp_c", "rh"), interval_ms=10_000, batch=10, hours=0.05)
+    assert res.readings_measured == 3 * 20  # two whole messages of 10 a board
+    assert res.anomaly_points_measured >= 3 * 20 * 2  # each metric's point, and the multivariate ones
+    assert res.anomaly_warming == 0, res.as_dict()
+    assert res.warmup_ms >= 30 * 10_000

@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import os
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 import services
-from harness import PROCESSING_TIME_FIELDS, GatewayProcess, wait_until, write_config
+from harness import PROCESSING_TIME_FIELDS, GatewayProcess, scrape, wait_until, write_config
 from helpers import influx_query, start_or_fail
 
 from gateway.alerts import Alert
@@ -30,24 +31,30 @@ WINDOWS: list[dict[str, object]] = [
     {"name": "t10m", "kind": "tumbling", "size": "10m", "metrics": ["temp_c", "rh"],
      "aggregates": ["count", "sum", "mean", "min", "max", "stddev", "first", "last"], "allowed_lateness": "0s"},
     {"name": "site5m", "kind": "tumbling", "size": "5m", "metrics": ["temp_c"], "aggregates": ["count", "mean"],
-     "key": "site", "allowed_lateness": "0s"},
+     "key": "site", "allowed_lateness": "0s", "publish": True},
 ]  # fmt: skip
 PATTERNS: list[dict[str, object]] = [
     {"name": "warm_then_dry", "within": "10m", "severity": "warning",
      "steps": [{"name": "warm", "where": "temp_c > 20.5"}, {"name": "dry", "where": "rh < 40"}]},
 ]  # fmt: skip
 MEASUREMENTS = ("window", "late_reading", "alert")
+AFTERNOON_MS = 1_780_326_000_000  # 2026-06-01 15:00 UTC
 
 
-def _results(prefix: str) -> tuple[dict[str, list[bytes]], dict[str, dict[Any, dict[str, object]]]]:
-    """The documented output records of the gateway's own results, by folder, and the gateway's own points."""
+def _results(
+    prefix: str,
+) -> tuple[dict[str, list[bytes]], dict[str, dict[Any, dict[str, object]]], list[tuple[str, bytes]]]:
+    """The documented output records of the gateway's own results, by folder, the gateway's own points, and the
+    alerts and window results it publishes on MQTT (topic, payload) in their order."""
     doc = {"mqtt": {"prefix": prefix}, "windows": WINDOWS, "patterns": PATTERNS}
     pipe = Pipeline(parse_config(doc, env={}))
+    # a fixed afternoon: the simulated climate follows the time of day, and the pattern's alerts need warm readings
     plan = generate(FleetSpec(devices=6, readings_per_device=60, batch_size=10, sites=("north", "south"), seed=5,
-                              prefix=prefix))  # fmt: skip
+                              prefix=prefix, start_ms=AFTERNOON_MS))  # fmt: skip
     now = int(time.time() * 1000)
     records: dict[str, list[bytes]] = {"windows": [], "late": [], "alerts": []}
     points: dict[str, dict[Any, dict[str, object]]] = {m: {} for m in MEASUREMENTS}
+    published: list[tuple[str, bytes]] = []
     msgs = [(m.topic, m.payload) for m in plan.messages]
     r0 = plan.readings[0]  # one reading re-sent long after its windows closed: late records
     late = {"v": 1, "dev": r0.device, "r": [{"b": r0.boot, "s": 99_999, "t": r0.t_ms, "q": "s", "m": {"temp_c": 9.0}}]}
@@ -66,6 +73,7 @@ def _results(prefix: str) -> tuple[dict[str, list[bytes]], dict[str, dict[Any, d
                     "reason": o.reason, "value": o.value}).encode())  # fmt: skip
         for a in out.alerts:
             records["alerts"].append(_alert_record(a))
+        published += [(t, p) for t, p in out.publish if "/_gateway/alerts/" in t or "/_gateway/windows/" in t]
         for ln in out.lines:
             m, tags, fields, ts = parse_point(ln)
             if m in points and (m != "late_reading" or tags["reason"] == "too_late"):
@@ -74,7 +82,8 @@ def _results(prefix: str) -> tuple[dict[str, list[bytes]], dict[str, dict[Any, d
     assert len(records["windows"]) > 20 and records["late"] and records["alerts"], {
         k: len(v) for k, v in records.items()
     }
-    return records, points
+    assert len([t for t, _ in published if "/alerts/" in t]) == len(records["alerts"])
+    return records, points, published
 
 
 def _alert_record(a: Alert) -> bytes:
@@ -82,6 +91,12 @@ def _alert_record(a: Alert) -> bytes:
         "v": 1, "source": a.source, "name": a.name, "site": a.site, "key": a.key, "severity": a.severity,
         "first_ms": a.first_ms, "last_ms": a.last_ms, "readings": [f"{d}/{b}/{s}" for d, b, s in a.readings],
         "details": {k: str(v) for k, v in a.details.items()}}).encode()  # fmt: skip
+
+
+def _no_emitted(payload: bytes) -> bytes:
+    doc = json.loads(payload)
+    doc.pop("emitted_ms")
+    return json.dumps(doc, sort_keys=True).encode()
 
 
 def _write(path: Path, lines: list[bytes]) -> None:
@@ -109,7 +124,7 @@ def _stored(url: str, db: str) -> dict[str, dict[Any, dict[str, object]]]:
 @pytest.mark.slow
 def test_sink_only_writes_the_gateways_points_once_through_an_outage(tmp_path: Path) -> None:
     prefix = f"s{uuid.uuid4().hex[:6]}"
-    records, want = _results(prefix)
+    records, want, _ = _results(prefix)
     results = tmp_path / "flink-out"
     w = records["windows"]
     third = len(w) // 3
@@ -169,3 +184,110 @@ def test_sink_only_writes_the_gateways_points_once_through_an_outage(tmp_path: P
         print({m: len(v) for m, v in got.items()})
     finally:
         influx.stop()
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_sink_only_publishes_the_jobs_alerts_as_the_gateway_does_through_a_broker_outage(
+    tmp_path: Path, influxdb_v1: services.Proc
+) -> None:
+    """``publish``: each alert record, and each result of a window with ``publish``, goes out on MQTT with the
+    topic and payload the gateway itself publishes for it. While the broker is away they wait in the outbox, which
+    the checkpoint keeps: a SIGKILL after their file was consumed loses none of them. ``/metrics``, ``/healthz``
+    and the ``gateway_health`` points say so."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    prefix = f"a{uuid.uuid4().hex[:6]}"
+    records, _, every = _results(prefix)
+    published = [(t, p) for t, p in every if "/alerts/" in t]
+    windows = [(t, _no_emitted(p)) for t, p in every if "/windows/" in t]
+    assert windows and all("/site5m" in t for t, _ in windows)  # only the window with publish = true
+    alerts = records["alerts"]
+    half = len(alerts) // 2
+    assert half >= 1, len(alerts)
+    results = tmp_path / "flink-out"
+    _write(results / "alerts" / "part-cc-0-0", alerts[:half])
+    _write(results / "windows" / "part-aa-0-0", records["windows"])
+    broker_dir, port = tmp_path / "broker", services.free_port()
+    broker = start_or_fail(lambda: services.start_mosquitto(broker_dir, port, persistence=True))
+
+    got: list[tuple[str, bytes]] = []
+    subscribed: list[int] = []
+    sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"watch-{prefix}", clean_session=False)
+    got_windows: list[tuple[str, bytes]] = []
+    sub.on_message = lambda c, u, m: (got_windows if "/windows/" in m.topic else got).append((m.topic, m.payload))
+    sub.on_subscribe = lambda *a: subscribed.append(1)
+    sub.on_connect = lambda c, u, f, rc, p=None: c.subscribe(f"{prefix}/_gateway/#", qos=1)
+    sub.reconnect_delay_set(0.2, 1.0)
+    sub.connect("127.0.0.1", port)
+    sub.loop_start()
+    gw: GatewayProcess | None = None
+    metrics_port = services.free_port()
+    metrics_url = f"http://127.0.0.1:{metrics_port}"
+    try:
+        wait_until(lambda: bool(subscribed), "watcher subscribed", 15)
+        sections: dict[str, dict[str, object]] = {
+            "mqtt": {"prefix": prefix, "client_id": f"sink-{prefix}", "url": f"mqtt://127.0.0.1:{port}",
+                     "reconnect_min_s": 0.2, "reconnect_max_s": 1.0},
+            "influx": {"target": "v1", "url": influxdb_v1.url, "database": f"alerts_{prefix}"},
+            "state": {"dir": str(tmp_path / "state"), "checkpoint_interval_s": 0.3},
+            "sink_only": {"dir": str(results), "poll_interval_s": 0.2, "publish": True},
+            "metrics": {"port": metrics_port},
+        }  # fmt: skip
+        pattern = '[[patterns]]\nname = "warm_then_dry"\nwithin = "10m"\nseverity = "warning"\n'
+        pattern += '[[patterns.steps]]\nname = "warm"\nwhere = "temp_c > 20.5"\n'
+        pattern += '[[patterns.steps]]\nname = "dry"\nwhere = "rh < 40"\n'
+        pattern += '[[windows]]\nname = "site5m"\nkind = "tumbling"\nsize = "5m"\nmetrics = ["temp_c"]\n'
+        pattern += 'aggregates = ["count", "mean"]\nkey = "site"\npublish = true\n'  # the job's: publish = true
+        gw = GatewayProcess(write_config(tmp_path / "gateway.toml", sections, extra=pattern), tmp_path)
+        gw.start()
+
+        def stat(*path: str) -> Any:
+            node: Any = gw.stats() if gw is not None else {}
+            for p in path:
+                node = node.get(p, {}) if isinstance(node, dict) else {}
+            return node
+
+        wait_until(lambda: len(got) >= half and len(got_windows) >= len(windows), "the first files on MQTT", 30, gw)
+        assert got == published[:half]  # the gateway's own topic and payload, in order
+        assert [(t, _no_emitted(p)) for t, p in got_windows] == windows  # emitted_ms: the sink's own clock
+        m = scrape(f"{metrics_url}/metrics")
+        assert m["edgekit_alerts_total"] == half and m["edgekit_window_results_total"] == len(records["windows"])
+        assert m["edgekit_mqtt_connected"] == 1 and m["edgekit_sink_only_files_total"] == 2
+        assert json.loads(urllib.request.urlopen(f"{metrics_url}/healthz", timeout=5).read())["status"] == "ok"
+
+        broker.stop()  # the outage: the subscriber's session is saved with the broker's persistence
+        wait_until(lambda: stat("mqtt", "connected") is False, "the sink saw the outage", 30, gw)
+        _write(results / "alerts" / "part-cc-0-1", alerts[half:])
+        wait_until(lambda: stat("files", "consumed") == 3 and stat("mqtt", "outbox") == len(alerts) - half,
+                   "the second file's alerts waiting", 30, gw)  # fmt: skip
+        health = json.loads(urllib.request.urlopen(f"{metrics_url}/healthz", timeout=5).read())
+        assert health["status"] == "degraded" and health["mqtt_connected"] is False
+        assert scrape(f"{metrics_url}/metrics")['edgekit_queue_depth{queue="outbox"}'] == len(alerts) - half
+        ckpts = stat("state", "checkpoints")
+        wait_until(lambda: stat("state", "checkpoints") > ckpts, "a checkpoint with them", 30, gw)
+        gw.kill()
+        gw.start()  # the broker is still away: the alerts come back from the checkpoint, the files are not read
+        wait_until(lambda: stat("files", "recovered") == 3, "restarted", 30, gw)
+        assert stat("files", "consumed") == 0 and stat("mqtt", "outbox") == len(alerts) - half
+
+        broker = start_or_fail(lambda: services.start_mosquitto(broker_dir, port, persistence=True))
+        wait_until(lambda: len(got) >= len(alerts), "every alert on MQTT", 60, gw)
+        wait_until(lambda: stat("mqtt", "outbox") == 0, "outbox empty", 30, gw)
+        assert gw.stop() == 0, gw.logs()
+        assert sorted(set(got)) == sorted(set(published))  # every alert, as the gateway publishes it
+        assert len(got) == len(published), "an alert published twice (no file was read twice here)"
+        assert len(got_windows) == len(windows)
+        rows = influx_query(influxdb_v1.url, f"alerts_{prefix}", "SELECT count(reading_ids) FROM alert")
+        assert rows and rows[0]["count"] == len(alerts)  # and each once in InfluxDB
+        health_rows = influx_query(influxdb_v1.url, f"alerts_{prefix}", "SELECT * FROM gateway_health")
+        assert {r["gateway"] for r in health_rows} == {f"sink-{prefix}"}
+        last = health_rows[-1]  # written at the clean stop
+        assert last["mqtt_connected"] is True and last["outbox"] == 0 and last["points_written"] > 0
+    finally:
+        sub.loop_stop()
+        sub.disconnect()
+        if gw is not None:
+            gw.kill()
+        broker.stop()
