@@ -138,10 +138,18 @@ def refusals(cfg: Config) -> list[str]:
             "rules for late rows); keep the join on the gateway, or remove it from the job's configuration"
         )
     if cfg.anomaly.enabled:
+        window = (
+            ' (baseline = "window" too: an OVER window\'s AVG and STDDEV over the preceding rows would take every '
+            "point, where the gateway's rolling window holds only the points it learned - it freezes while an "
+            "anomaly is open, scores a shifted level against itself, re-learns after gaps and re-baselines - so "
+            "its z-scores, and the anomalies they open and close, would differ)"
+            if any(d.baseline == "window" for d in (cfg.anomaly.detector, *cfg.anomaly.overrides.values()))
+            else ""
+        )
         out.append(
-            "[anomaly]: EWMA baselines, seasonal and multivariate scores have no Flink SQL form; keep anomaly "
-            "detection on the gateway (it runs per device at the site), or remove the section from the job's "
-            "configuration"
+            "[anomaly]: EWMA and rolling-window baselines, seasonal and multivariate scores have no exact Flink SQL "
+            f"form{window}; keep anomaly detection on the gateway (the bridge runs it per device at the site), or "
+            "remove the section from the job's configuration"
         )
     return out
 

@@ -454,6 +454,17 @@ def test_compile_refuses_what_flink_sql_cannot_do() -> None:
     with pytest.raises(FlinkRefused) as exc:
         compile_flink_sql(parse_config(doc, env={}))
     assert [p.split(":")[0] for p in exc.value.problems] == ["joins[door_then_cold]"]
+    # anomaly detection, with its rolling-window baseline too: named, with why an OVER window is not it
+    doc = {
+        "engine": {"watermark": {"mode": "global"}},
+        "windows": [{"name": "t", "kind": "tumbling", "size": "60s", "metrics": ["temp_c"]}],
+        "anomaly": {"baseline": "window", "window": "10m", "rebaseline_after": "5m"},
+    }
+    with pytest.raises(FlinkRefused) as exc:
+        compile_flink_sql(parse_config(doc, env={}))
+    assert [p.split(":")[0] for p in exc.value.problems] == ["[anomaly]"]
+    assert 'baseline = "window"' in str(exc.value) and "OVER window" in str(exc.value)
+    assert "keep anomaly detection on the gateway" in str(exc.value)
     # group-relative values of a window (docs/cep.md) too
     doc = {
         "engine": {"watermark": {"mode": "global"}},
