@@ -51,7 +51,9 @@ def _describe(cfg: Config) -> str:
             _describe_mode(cfg),
             f"broker:    mqtt://{m.host}:{m.port} as {m.client_id!r}"
             + (f" (user {m.username!r}, password {'set' if m.password else 'NOT set'})" if m.username else ""),
-            f"subscribe: {', '.join(m.subscriptions)} at QoS {m.qos}, persistent session: {not m.clean_session}",
+            "subscribe: nothing (sink-only mode)"
+            if cfg.sink_only.enabled
+            else f"subscribe: {', '.join(m.subscriptions)} at QoS {m.qos}, persistent session: {not m.clean_session}",
             f"write to:  {target}, batches of {i.batch_size} every {i.flush_interval_ms} ms",
             f"limits:    {cfg.limits.max_bytes} bytes, {cfg.limits.max_readings} readings a message",
             _describe_times(cfg),
@@ -98,7 +100,9 @@ def _describe_mode(cfg: Config) -> str:
     if so.enabled:
         alerts = "; no broker (the [mqtt] lines below name only the state file)"
         if so.publish:
-            alerts = f"; the job's alerts also on MQTT at {cfg.mqtt.host}:{cfg.mqtt.port} (publish)"
+            alerts = (
+                f"; the job's alerts and published windows also on MQTT at {cfg.mqtt.host}:{cfg.mqtt.port} (publish)"
+            )
         if cfg.notify:
             alerts += f" and to {len(cfg.notify)} [[notify]] target(s)"
         return (
@@ -256,6 +260,13 @@ async def _run(cfg: Config, stats_file: Path | None, record: Path | None, config
     if cfg.sink_only.enabled:
         from .sinkonly import SinkOnly
 
+        def no_reload() -> None:  # SIGHUP's default action would end the process without its final checkpoint
+            logging.getLogger("gateway.sink_only").warning(
+                "SIGHUP: a sink-only gateway does not reload its configuration; restart it to apply a change",
+                extra={"event": "reload_refused"},
+            )
+
+        loop.add_signal_handler(signal.SIGHUP, no_reload)
         await SinkOnly(cfg, stats_file=stats_file).run(stop)
     else:
         gw = Gateway(cfg, stats_file=stats_file, record=record, config_path=config_path)
@@ -273,6 +284,8 @@ async def _run(cfg: Config, stats_file: Path | None, record: Path | None, config
 def _reload(cfg: Config, args: argparse.Namespace) -> int:
     """``reload``: ask the running gateway to read its file again (its metrics endpoint answers with what it did),
     or send it SIGHUP (``--pid``; under systemd ``$MAINPID``) when it has no endpoint."""
+    if cfg.sink_only.enabled:  # its configuration is read at start only
+        return _fail("reload: a sink-only gateway does not reload its configuration: restart it to apply a change", 2)
     pid = args.pid
     if pid is None and args.url is None and not cfg.metrics.port and os.environ.get("MAINPID", "").isdigit():
         pid = int(os.environ["MAINPID"])  # systemd's ExecReload=

@@ -833,6 +833,12 @@ def _check_modes(cfg: Config) -> None:
             "[bridge] and [sink_only]: a gateway runs in one mode; run the sink-only gateway as a process of its own "
             "with its own configuration (docs/scale-out.md)"
         )
+    if cfg.sink_only.publish and cfg.mqtt.client_id == MqttConfig().client_id:
+        raise ConfigError(
+            f"mqtt.client_id: a sink-only gateway that publishes needs a client id of its own, not the default "
+            f"{MqttConfig().client_id!r} the site's gateway has (two clients with one id knock each other off the "
+            'broker, again and again); for example client_id = "edgekit-sink"'
+        )
     if cfg.bridge.enabled and cfg.limits.max_readings > 65536:
         raise ConfigError(
             f"limits.max_readings: {cfg.limits.max_readings} is over 65536, the most readings of one message bridge "

@@ -563,7 +563,8 @@ async def run_durable_ingest(
 
 async def run_publisher(cfg: MqttConfig, outbox: Outbox, stats: IngestStats, stop: asyncio.Event) -> None:
     """Run until ``stop`` is set: connect, publish what ``outbox`` holds (QoS 1: a message leaves the queue once
-    the broker has acknowledged it); reconnect on failure. Subscribes to nothing (the sink-only gateway's alerts)."""
+    the broker has acknowledged it); reconnect on failure. Subscribes to nothing (the sink-only gateway's alerts).
+    A stop while connected sends what is queued first (5 s at most); while not connected it ends at once."""
 
     async def session() -> None:
         connack: list[Any] = []
@@ -584,7 +585,21 @@ async def run_publisher(cfg: MqttConfig, outbox: Outbox, stats: IngestStats, sto
                 lost.cancel()
                 sender.cancel()
 
-    await _reconnecting(cfg, stats, stop, session)
+    # a stop while not connected (connecting to a broker that does not answer, or waiting to try again) ends at
+    # once: there is nothing to flush, and what is queued stays queued (the caller checkpoints it)
+    runner = asyncio.ensure_future(_reconnecting(cfg, stats, stop, session))
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if not runner.done() and not stats.connected:
+            runner.cancel()
+        await asyncio.wait({runner})
+        if not runner.cancelled():
+            runner.result()
+    finally:
+        stopper.cancel()
+        runner.cancel()
+        stats.connected = False
 
 
 async def _until_lost(client: aiomqtt.Client) -> None:

@@ -150,10 +150,16 @@ def _existing_parent(p: Path) -> Path:
 
 
 async def probe_all(cfg: Config, timeout_s: float = 10.0) -> list[Probe]:
-    """The broker (not in sink-only mode: it uses none), the database, and the directory of bridge or sink-only mode."""
+    """The broker (in sink-only mode only with ``publish``: else it uses none), the database, and the directory of
+    bridge or sink-only mode."""
     if cfg.sink_only.enabled:
-        database = await probe_database(cfg.influx, timeout_s)
-        return [database, probe_dir("results", cfg.sink_only.dir, write=False)]
+        results = probe_dir("results", cfg.sink_only.dir, write=False)
+        if cfg.sink_only.publish:
+            broker, database = await asyncio.gather(
+                probe_broker(cfg.mqtt, timeout_s), probe_database(cfg.influx, timeout_s)
+            )
+            return [broker, database, results]
+        return [await probe_database(cfg.influx, timeout_s), results]
     broker, database = await asyncio.gather(probe_broker(cfg.mqtt, timeout_s), probe_database(cfg.influx, timeout_s))
     if cfg.bridge.enabled:
         return [broker, database, probe_dir("bridge", cfg.bridge.dir, write=True)]

@@ -42,6 +42,7 @@ from .model import DeadLetter, MetricValue
 from .notify import Notifier
 from .pipeline import window_topic
 from .points import dead_letter_line
+from .protocol import NAME_RE
 from .sinks import make_writer
 from .spool import OTHER, RAW, SpoolingSink
 from .state import StateStore
@@ -56,7 +57,8 @@ log = logging.getLogger("gateway.sink_only")
 KINDS: Final = ("windows", "late", "alerts")
 """The job's output folders under ``sink_only.dir``, each read in this order."""
 
-STATE_VERSION: Final = 1
+STATE_VERSION: Final = 2
+"""1: the files consumed; 2: and the publish queue (``outbox``). A version 1 state is taken as it is."""
 CHUNK_BYTES: Final = 1 << 20
 """A result file is read and converted about this many bytes at a time."""
 
@@ -66,13 +68,23 @@ def window_line(doc: dict[str, Any], emitted_ms: int) -> str:
     return window_from_record(doc, emitted_ms).to_line()
 
 
+def _site(doc: dict[str, Any]) -> str:
+    """The record's site: a topic level, as the gateway's sites are (docs/protocol.md); else the record is amiss (the
+    site names the topic its alert or window result is published on, which MQTT would refuse)."""
+    site = str(doc["site"])
+    if not NAME_RE.fullmatch(site):
+        raise ValueError(f"site {site!r}: not a site name (1 to 32 of A-Z a-z 0-9 _ -)")
+    return site
+
+
 def window_from_record(doc: dict[str, Any], emitted_ms: int) -> WindowResult:
     """The gateway's :class:`WindowResult` of a window result record, stamped ``emitted_ms``."""
     device = doc.get("device")
     aggs = {str(k): float(v) for k, v in dict(doc["aggregates"]).items() if v is not None}
-    key = str(device if device is not None else doc["site"])
+    site = _site(doc)
+    key = str(device if device is not None else site)
     res = WindowResult(
-        str(doc["window"]), "device" if device is not None else "site", key, str(doc["site"]), int(doc["start_ms"]),
+        str(doc["window"]), "device" if device is not None else "site", key, site, int(doc["start_ms"]),
         int(doc["end_ms"]), str(doc["metric"]), int(doc["count"]), aggs,
         int(doc["revision"]), doc["fired"],
     )  # fmt: skip
@@ -87,7 +99,7 @@ def late_line(doc: dict[str, Any]) -> str:
     value = doc.get("value")
     wm = doc.get("watermark_ms")
     return LateReading(
-        str(doc["window"]), str(doc["site"]), str(doc["device"]), str(doc["metric"]), int(doc["t_ms"]),
+        str(doc["window"]), _site(doc), str(doc["device"]), str(doc["metric"]), int(doc["t_ms"]),
         int(doc["boot"]), int(doc["seq"]), int(doc["late_by_ms"]), None if wm is None else int(wm), str(doc["reason"]),
         None if value is None else float(value),
     ).to_line()  # fmt: skip
@@ -120,7 +132,7 @@ def alert_from_record(doc: dict[str, Any], config: Config) -> Alert:
         steps = [s.name for s in pattern.steps if not s.negated and (s.name in named or (s.min_count and not named))]
         message = pattern.message or f"{name}: " + " -> ".join(dict.fromkeys(steps)) + f" on {doc['key']}"
     return Alert(
-        source="pattern", name=name, site=str(doc["site"]), key=str(doc["key"]), severity=doc["severity"],
+        source="pattern", name=name, site=_site(doc), key=str(doc["key"]), severity=doc["severity"],
         first_ms=int(doc["first_ms"]), last_ms=int(doc["last_ms"]), readings=tuple(readings), message=message,
         details=details,
     )  # fmt: skip
@@ -171,6 +183,9 @@ class SinkOnly:
         self.bad_records = 0
         self.checkpoints = 0
         self.checkpoint_failures = 0
+        self.unreadable = 0
+        """Times a committed result file could not be read (tried again at the next poll)."""
+        self._unreadable_logged: set[str] = set()
         self.recovered = 0
         self.by_kind = dict.fromkeys(KINDS, 0)
         """Records taken (and not dead letters), by output folder."""
@@ -224,7 +239,8 @@ class SinkOnly:
                     if publish:
                         messages.append((alert_topic(prefix, alert.site, alert.source), alert.to_json()))
                 self.by_kind[kind] += 1
-            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            # a number too large for an integer (1e400), JSON nested deeper than Python recurses: also amiss
+            except (ValueError, KeyError, TypeError, AttributeError, ArithmeticError, RecursionError) as exc:
                 self.bad_records += 1
                 lines.append(self._bad(path, i, text, f"{type(exc).__name__}: {exc}"))
                 log.error(
@@ -253,10 +269,17 @@ class SinkOnly:
         ck = self.store.load_checkpoint()
         if ck is None:
             return
-        if ck.state.get("mode") != "sink_only" or ck.state.get("version") != STATE_VERSION:
+        version = ck.state.get("version")
+        if ck.state.get("mode") != "sink_only" or not isinstance(version, int):
             raise StateError(
                 f"state file {self.store.path}: written by a gateway in another mode; give the sink-only gateway a "
                 "client id (mqtt.client_id) or state.dir of its own"
+            )
+        if version > STATE_VERSION:
+            raise StateError(
+                f"state file {self.store.path}: written by a newer edgekit (sink-only state version {version}, this "
+                f"one reads up to {STATE_VERSION}); run that version, or move the file away to start afresh (the "
+                "files it consumed would be read again)"
             )
         self.done = set(ck.state.get("done", []))
         self.recovered = len(self.done)
@@ -278,7 +301,7 @@ class SinkOnly:
         return {
             "mode": "sink_only",
             "files": {"consumed": self.files, "known": len(self.done), "records": self.records,
-                      "bad_records": self.bad_records, "recovered": self.recovered},
+                      "bad_records": self.bad_records, "recovered": self.recovered, "unreadable": self.unreadable},
             "sink": {**self.sink.stats.as_dict(), "pending": self.sink.pending, "healthy": self.sink.healthy,
                      "spool_lines": self.store.spool_lines},
             "pipeline": {"window_results": self.by_kind["windows"], "late_readings": self.by_kind["late"],
@@ -306,6 +329,30 @@ class SinkOnly:
         except Exception:
             self.checkpoint_failures += 1
             log.exception("checkpoint failed; trying again later", extra={"event": "checkpoint_error"})
+
+    async def _status_loop(self, stop: asyncio.Event) -> None:
+        """Every ``stats_interval_s`` the stats file, every 10 s a ``gateway_health`` point, beside the reader: both go
+        on while it waits for room in a full spool or reads a long backlog (the point itself then waits in a task of
+        its own, as the gateway's does). A failure (a full disk) is logged and tried again next time."""
+        health: asyncio.Task[None] | None = None
+        next_health = 0
+        try:
+            while not stop.is_set():
+                try:
+                    self._write_stats()
+                    now = self.now_ms()
+                    if now >= next_health and (health is None or health.done()):
+                        health = asyncio.create_task(self._health())
+                        next_health = now - now % HEALTH_INTERVAL_MS + HEALTH_INTERVAL_MS
+                except Exception:
+                    log.exception("stats failed; trying again", extra={"event": "stats_error"})
+                try:
+                    await asyncio.wait_for(stop.wait(), self.stats_interval_s)
+                except TimeoutError:
+                    pass
+        finally:
+            if health is not None:
+                health.cancel()
 
     def _write_stats(self) -> None:
         if self.stats_file is None:
@@ -339,14 +386,19 @@ class SinkOnly:
             await stop.wait()
             self.sink.stop_waiting()
 
+        try:
+            self.recover()  # first: the state file of a gateway in another mode is left as it is (its spool too)
+        except BaseException:
+            self.store.close()
+            raise
         watcher = asyncio.create_task(watch())
         tasks: list[asyncio.Task[None]] = []
         server = None
+        status: asyncio.Task[None] | None = None
         notify_stop = asyncio.Event()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             await self.sink.start()
-            self.recover()
             await self.checkpoint()
             if cfg.sink_only.publish:
                 tasks.append(asyncio.create_task(run_publisher(cfg.mqtt, self.outbox, self.mqtt_stats, stop)))
@@ -354,12 +406,25 @@ class SinkOnly:
                 tasks.append(asyncio.create_task(self.notifier.run(notify_stop)))
             if cfg.metrics.port:
                 server = await SinkOnlyMetrics(self).serve(cfg.metrics.host, cfg.metrics.port)
+            status = asyncio.create_task(self._status_loop(stop))
             last = time.monotonic()
-            next_health = 0
             while not stop.is_set():
                 for kind, path in self._scan():
-                    await self._consume(kind, path)
-                    self.done.add(path.relative_to(self.root).as_posix())
+                    rel = path.relative_to(self.root).as_posix()
+                    try:
+                        await self._consume(kind, path)
+                    except OSError as exc:  # removed meanwhile, an I/O error: not consumed; read at a later poll
+                        self.unreadable += 1
+                        if rel not in self._unreadable_logged:  # once a file, not at every poll
+                            self._unreadable_logged.add(rel)
+                            log.error(
+                                "a result file cannot be read: tried again at each poll",
+                                extra={"event": "result_unreadable", "file": str(path),
+                                       "error": f"{type(exc).__name__}: {exc}"},
+                            )  # fmt: skip
+                        continue
+                    self._unreadable_logged.discard(rel)
+                    self.done.add(rel)
                     self.files += 1
                     if stop.is_set():
                         break
@@ -369,16 +434,14 @@ class SinkOnly:
                 if time.monotonic() - last >= cfg.state.checkpoint_interval_s:
                     await self._checkpoint_or_later()
                     last = time.monotonic()
-                if self.now_ms() >= next_health:
-                    await self._health()
-                    next_health = self.now_ms() + HEALTH_INTERVAL_MS
-                self._write_stats()
                 try:
                     await asyncio.wait_for(stop.wait(), cfg.sink_only.poll_interval_s)
                 except TimeoutError:
                     pass
         finally:
             watcher.cancel()
+            if status is not None:
+                status.cancel()
             self.sink.stop_waiting()  # from here on, add never waits
             await self._health()  # the counts and the connection at the stop
             stop.set()  # the publisher sends what is queued (5 s at most) and ends
