@@ -10,7 +10,8 @@ a 10 s tumbling mean per device, 5 s bound) in the global watermark mode. bench_
 as its own message; ``--per-message K`` also groups each device's readings K at a time into one message (as a
 board that buffers and sends K readings at once; the message arrives with its last reading). Both sides get
 the same messages: the job reads them as the bridge writes them (``wm_ms`` on each message's last line, so
-the job's watermark moves once per message, as the gateway's does).
+the job's watermark moves once per message, as the gateway's does; ``wm0_ms`` on every line, from which the job
+decides lateness).
 
 After one warm-up job per K at parallelism 2 (not counted: the first jobs on fresh JVMs run before the JIT
 compiler has compiled Flink's code, and were up to 10 times slower here), each round runs, alternating, for
@@ -46,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_engine import stream  # bench/bench_engine.py: workload (a)'s readings
 from flink_cluster import Cluster, start_cluster  # scripts/flink_cluster.py
 
-from gateway.bridge import message_records
+from gateway.bridge import message_records, watermark_top
 from gateway.config import parse_config
 from gateway.engine import Engine
 from gateway.flinksql import SinkPaths, compile_flink_sql
@@ -92,11 +93,15 @@ def cluster_cpu_s(cluster: Cluster) -> float:
 
 
 def write_input(path: Path, messages: Iterable[tuple[int, Batch]], min_time_ms: int, max_future_ms: int) -> None:
+    """The lines as the bridge writes them: ``wm0_ms`` on every line, ``wm_ms`` on each message's last."""
+    limits = {"min_time_ms": min_time_ms, "max_future_ms": max_future_ms}
+    top: int | None = None
     with path.open("wb") as f:
         for pos, (arrival, b) in enumerate(messages, 1):
-            f.writelines(
-                message_records(b.readings, pos, arrival, min_time_ms=min_time_ms, max_future_ms=max_future_ms)
-            )
+            f.writelines(message_records(b.readings, pos, arrival, wm0_ms=top, **limits))
+            mt = watermark_top(b.readings, arrival, **limits)
+            if mt is not None and (top is None or mt > top):
+                top = mt
 
 
 def main() -> None:

@@ -26,7 +26,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .bridge import N_PER_POS, FileForwarder, KafkaForwarder, bridge_pipeline_config, message_records
+from .bridge import (
+    N_PER_POS,
+    FileForwarder,
+    KafkaForwarder,
+    bridge_pipeline_config,
+    message_records,
+    watermark_top,
+)
 from .ckpt_rows import ORDER, dumps_row, key_names, split_order, split_rows
 from .config import Config, load_config, redact_url
 from .errors import ConfigError, StateError
@@ -417,10 +424,10 @@ class Gateway:
             self.metrics.messages_in += 1
             if self.bridge is not None and out.readings:  # before the position moves: a checkpoint sees both agree
                 eng = self.pipeline.config.engine
-                lines = message_records(
-                    out.readings, rec.pos, rec.received_ms, min_time_ms=eng.min_time_ms, max_future_ms=eng.max_future_ms
-                )
-                self.bridge.append(lines, rec.pos * N_PER_POS, self.now_ms())
+                limits = {"min_time_ms": eng.min_time_ms, "max_future_ms": eng.max_future_ms}
+                lines = message_records(out.readings, rec.pos, rec.received_ms, wm0_ms=self.bridge.top, **limits)
+                top = watermark_top(out.readings, rec.received_ms, **limits)
+                self.bridge.append(lines, rec.pos * N_PER_POS, self.now_ms(), top)
         self.pos = rec.pos  # before any await: a checkpoint in between sees state and position agree
         if self.pos >= self.store.last_pos:
             self._caught_up.set()

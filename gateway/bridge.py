@@ -53,6 +53,7 @@ __all__ = [
     "producer_config",
     "reading_record",
     "reading_record_reference",
+    "watermark_top",
 ]
 
 log = logging.getLogger("gateway.bridge")
@@ -93,9 +94,12 @@ def _key(name: str) -> str:
     return k
 
 
-def reading_record(reading: Reading, n: int, received_ms: int, wm_ms: int | None = None) -> bytes:
-    """One line of the input schema (docs/scale-out.md): the reading, its place ``n``, and on the last reading of a
-    message the watermark field. Booleans are in ``num`` as 1.0 / 0.0 and in ``bool``; strings only in ``str``.
+def reading_record(
+    reading: Reading, n: int, received_ms: int, wm_ms: int | None = None, wm0_ms: int | None = None
+) -> bytes:
+    """One line of the input schema (docs/scale-out.md): the reading, its place ``n``, the watermark field of the
+    earlier messages (``wm0_ms``) and, on the last reading of a message, its own (``wm_ms``). Booleans are in
+    ``num`` as 1.0 / 0.0 and in ``bool``; strings only in ``str``.
 
     The same bytes as :func:`reading_record_reference` (a test compares them), with each device's head and each
     metric's key rendered once, and numbers written as ``json.dumps`` writes them."""
@@ -105,7 +109,7 @@ def reading_record(reading: Reading, n: int, received_ms: int, wm_ms: int | None
     for name, v in reading.metrics.items():
         if type(v) is float:
             if not -_HUGE <= v <= _HUGE:  # NaN, infinity: the reference refuses them
-                return reading_record_reference(reading, n, received_ms, wm_ms)
+                return reading_record_reference(reading, n, received_ms, wm_ms, wm0_ms)
             num.append(_key(name) + repr(v))
         elif type(v) is bool:
             k = _key(name)
@@ -116,11 +120,11 @@ def reading_record(reading: Reading, n: int, received_ms: int, wm_ms: int | None
         elif type(v) is int and -(2**63) <= v < 2**64:
             num.append(_key(name) + repr(float(v)))
         else:
-            return reading_record_reference(reading, n, received_ms, wm_ms)
+            return reading_record_reference(reading, n, received_ms, wm_ms, wm0_ms)
     q = _Q.get(reading.quality)
     boot, seq, t_ms = reading.boot, reading.seq, reading.t_ms
     if q is None or type(boot) is not int or type(seq) is not int or type(t_ms) is not int:
-        return reading_record_reference(reading, n, received_ms, wm_ms)
+        return reading_record_reference(reading, n, received_ms, wm_ms, wm0_ms)
     where = (reading.site, reading.device)
     head = _HEADS.get(where)
     if head is None:
@@ -129,14 +133,18 @@ def reading_record(reading: Reading, n: int, received_ms: int, wm_ms: int | None
         )
         if len(_HEADS) < _CACHE_MAX:
             _HEADS[where] = head
-    wm = "" if wm_ms is None else f',"wm_ms":{int(wm_ms)}'
+    wm = "" if wm0_ms is None else f',"wm0_ms":{int(wm0_ms)}'
+    if wm_ms is not None:
+        wm += f',"wm_ms":{int(wm_ms)}'
     return (
         f'{head},"boot":{boot},"seq":{seq},"t_ms":{t_ms},"q":{q},"num":{{{",".join(num)}}},"str":{{{",".join(text)}}},'
         f'"bool":{{{",".join(flags)}}},"n":{int(n)}{wm},"received_ms":{int(received_ms)}}}\n'
     ).encode()
 
 
-def reading_record_reference(reading: Reading, n: int, received_ms: int, wm_ms: int | None = None) -> bytes:
+def reading_record_reference(
+    reading: Reading, n: int, received_ms: int, wm_ms: int | None = None, wm0_ms: int | None = None
+) -> bytes:
     """:func:`reading_record` through ``json.dumps`` of the whole object (the reference)."""
     num: dict[str, float] = {}
     text: dict[str, str] = {}
@@ -162,30 +170,46 @@ def reading_record_reference(reading: Reading, n: int, received_ms: int, wm_ms: 
         "bool": flags,
         "n": n,
     }
+    if wm0_ms is not None:
+        doc["wm0_ms"] = wm0_ms
     if wm_ms is not None:
         doc["wm_ms"] = wm_ms
     doc["received_ms"] = received_ms
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode() + b"\n"
 
 
-def message_records(
-    readings: Sequence[Reading], pos: int, received_ms: int, *, min_time_ms: int, max_future_ms: int
-) -> list[bytes]:
-    """The lines of one message's accepted readings, in order, logged at ``pos``.
-
-    ``wm_ms`` goes on the last line: the largest event time of the message's readings that move a watermark, as
-    the gateway's engine has it - not unsynced (``q`` = ``u``), and within the engine's time limits
-    (``engine.min_time_ms``, ``received_ms + engine.max_future``), which refuse a reading before any window."""
-    if len(readings) > N_PER_POS:
-        raise ValueError(f"{len(readings)} readings in one message: bridge mode takes at most {N_PER_POS}")
+def watermark_top(readings: Sequence[Reading], received_ms: int, *, min_time_ms: int, max_future_ms: int) -> int | None:
+    """The largest event time of a message's readings that move a watermark, as the gateway's engine has it - not
+    unsynced (``q`` = ``u``), and within the engine's time limits (``engine.min_time_ms``, ``received_ms +
+    engine.max_future``), which refuse a reading before any window; None when none does."""
     fut = received_ms + max_future_ms
     wm: int | None = None
     for r in readings:
         if r.quality != "u" and min_time_ms <= r.t_ms <= fut and (wm is None or r.t_ms > wm):
             wm = r.t_ms
+    return wm
+
+
+def message_records(
+    readings: Sequence[Reading],
+    pos: int,
+    received_ms: int,
+    *,
+    min_time_ms: int,
+    max_future_ms: int,
+    wm0_ms: int | None = None,
+) -> list[bytes]:
+    """The lines of one message's accepted readings, in order, logged at ``pos``.
+
+    ``wm_ms`` goes on the last line: the message's :func:`watermark_top`. ``wm0_ms`` goes on every line: the
+    largest ``wm_ms`` of the earlier messages (:attr:`FileForwarder.top`), so that the job knows the gateway's
+    watermark before the message (``wm0_ms`` - bound) on every reading, whatever its own watermark is."""
+    if len(readings) > N_PER_POS:
+        raise ValueError(f"{len(readings)} readings in one message: bridge mode takes at most {N_PER_POS}")
+    wm = watermark_top(readings, received_ms, min_time_ms=min_time_ms, max_future_ms=max_future_ms)
     last = len(readings) - 1
     base = pos * N_PER_POS
-    return [reading_record(r, base + i, received_ms, wm if i == last else None) for i, r in enumerate(readings)]
+    return [reading_record(r, base + i, received_ms, wm if i == last else None, wm0_ms) for i, r in enumerate(readings)]
 
 
 @dataclass
@@ -219,12 +243,18 @@ class FileForwarder:
     """The complete files of the last prepared checkpoint: renamed by :meth:`commit`."""
     files: int = 0
     lines: int = 0
+    top: int | None = None
+    """The largest ``wm_ms`` of the messages appended so far (the next message's ``wm0_ms``): saved with each
+    checkpoint, so that the replay after a crash writes the same ``wm0_ms`` again."""
 
     def recover(self, state: dict[str, Any] | None, now_ms: int) -> None:
         """Back to the files as the checkpoint ``state`` left them (None: no checkpoint yet)."""
         self.dir.mkdir(parents=True, exist_ok=True)
         keep: str | None = None
+        self.top = None
         if state is not None:
+            top = state.get("top")
+            self.top = None if top is None else int(top)
             for name in state.get("pending", []):
                 self._rename(str(name), recovering=True)
             cur = state.get("file")
@@ -260,7 +290,10 @@ class FileForwarder:
         self.pending = []
         self.committing = []
 
-    def append(self, lines: Iterable[bytes], first_n: int, now_ms: int) -> None:
+    def append(self, lines: Iterable[bytes], first_n: int, now_ms: int, top: int | None = None) -> None:
+        """A message's lines; ``top`` its :func:`watermark_top`, which moves :attr:`top`."""
+        if top is not None and (self.top is None or top > self.top):
+            self.top = top
         cur = self.current
         if cur is None:
             final = final_name(first_n)
@@ -293,7 +326,7 @@ class FileForwarder:
             elif self.sync:
                 os.fsync(cur.fh.fileno())
         self.committing = list(self.pending)
-        state: dict[str, Any] = {"pending": list(self.pending), "file": None, "bytes": 0}
+        state: dict[str, Any] = {"pending": list(self.pending), "file": None, "bytes": 0, "top": self.top}
         if cur is not None:
             state.update(file=cur.final, bytes=cur.size, opened_ms=cur.opened_ms)
         return state

@@ -226,7 +226,9 @@ def _pattern_select(cfg: Config, p: PatternSpec, idx: int, prefix: str) -> str:
             details += [f"'{s.name}.{m}'", alias]
     key = "device" if p.key == "device" else "site"
     carries = " OR ".join(f"num['{m}'] IS NOT NULL OR str['{m}'] IS NOT NULL" for m in sorted(p.metrics()))
-    where = f"({carries})"
+    # on time as the gateway's pattern has it (gateway/cep/operator.py: late when t < the watermark), by the gateway's
+    # watermark before the reading's message: the job's own may be behind after a restore
+    where = f"({carries}) AND (gw_wm0 IS NULL OR t_ms >= gw_wm0)"
     if p.devices:
         where += " AND (" + " OR ".join(f"REGEXP(device, '^(?:{_glob(g)})$')" for g in p.devices) + ")"
     cols = ", ".join(f"{_metric_value(cfg, m)} AS {_col(m)}" for m in metrics)

@@ -2,8 +2,11 @@
 
 The job reads the readings a bridge forwards (one JSON object per reading, docs/scale-out.md "Input") from a
 directory (Flink's files connector) or a Kafka topic, runs the configuration's windows with Flink's window
-table-valued functions (TUMBLE, HOP, SESSION) on one event-time watermark, and writes window results and late
-records in the gateway's own JSON (docs/scale-out.md "Output"). What Flink SQL cannot do as the gateway does is
+table-valued functions (TUMBLE, SESSION; a sliding window as tumbling ones) on one event-time watermark, and
+writes window results and late records in the gateway's own JSON (docs/scale-out.md "Output"). Which readings a
+window takes and which are late is decided from each line's ``wm0_ms`` (the gateway's watermark before its
+message), by the gateway's rules, never from the job's own watermark, which after a restore from a checkpoint
+starts again from nothing (docs/scale-out.md, "A TaskManager killed"). What Flink SQL cannot do as the gateway does is
 refused with a message that names the setting and what to do (:class:`FlinkRefused`): nothing is approximated
 without a word.
 
@@ -39,6 +42,10 @@ PAD_N: Final = 20  # arrival order: a BIGINT
 KEY_LEN: Final = PAD_T + 2 * PAD_ID + PAD_N
 """Length of the sortable prefix that ``first`` and ``last`` order readings by (then the value as text)."""
 N_MAX: Final = 2**63 - 1
+_WM_TOP: Final = "CASE WHEN wm_ms IS NULL OR wm_ms < wm0_ms THEN wm0_ms ELSE wm_ms END"
+"""The largest event time that moved the gateway's watermark up to this reading: ``wm0_ms`` on every line (after
+a restore the job's watermark is back where the gateway's was at the first line it reads), ``wm_ms`` after a
+message's last reading."""
 IDLE_TIMEOUT: Final = "500 ms"
 """How long a source reader without input waits before it is idle (its watermark no longer counts)."""
 
@@ -131,10 +138,18 @@ def refusals(cfg: Config) -> list[str]:
             "rules for late rows); keep the join on the gateway, or remove it from the job's configuration"
         )
     if cfg.anomaly.enabled:
+        window = (
+            ' (baseline = "window" too: an OVER window\'s AVG and STDDEV over the preceding rows would take every '
+            "point, where the gateway's rolling window holds only the points it learned - it freezes while an "
+            "anomaly is open, scores a shifted level against itself, re-learns after gaps and re-baselines - so "
+            "its z-scores, and the anomalies they open and close, would differ)"
+            if any(d.baseline == "window" for d in (cfg.anomaly.detector, *cfg.anomaly.overrides.values()))
+            else ""
+        )
         out.append(
-            "[anomaly]: EWMA baselines, seasonal and multivariate scores have no Flink SQL form; keep anomaly "
-            "detection on the gateway (it runs per device at the site), or remove the section from the job's "
-            "configuration"
+            "[anomaly]: EWMA and rolling-window baselines, seasonal and multivariate scores have no exact Flink SQL "
+            f"form{window}; keep anomaly detection on the gateway (the bridge runs it per device at the site), or "
+            "remove the section from the job's configuration"
         )
     return out
 
@@ -201,64 +216,93 @@ def _agg_map(w: WindowSpec, i: int) -> str:
     return "MAP[" + ", ".join(parts) + "]"
 
 
-def _tvf(w: WindowSpec, prefix: str) -> str:
-    keys = "site" if w.key == "site" else "site, device"
-    if w.kind == "tumbling":
-        args = f"DESCRIPTOR(ts), {_interval(w.size_ms)}"
-        if w.offset_ms:
-            args += f", {_interval(w.offset_ms)}"
-        return f"TUMBLE(TABLE {prefix}readings_in, {args})"
+WM0: Final = "gw_wm0"
+"""The column of ``readings_in`` holding the gateway's watermark before the reading's message (``wm0_ms`` - bound;
+NULL before the first): every decision on lateness is taken from it, never from the job's own watermark."""
+
+
+def _end(size_ms: int, offset_ms: int) -> str:
+    """The end of the window of a ``size``/``offset`` grid that contains ``t_ms``."""
+    return f"(t_ms - MOD(t_ms - {offset_ms}, {size_ms}) + {size_ms})"
+
+
+def _on_time(w: WindowSpec, offset_ms: int) -> str:
+    """The gateway's rule (allowed lateness 0, gateway/engine/operators.py): a reading goes into a window whose end
+    the watermark before its message has not reached; a session reading, when its own session ``[t, t + gap)``
+    has not passed it."""
+    if w.kind == "session":
+        return f"({WM0} IS NULL OR t_ms + {w.gap_ms} > {WM0})"
+    return f"({WM0} IS NULL OR {_end(w.size_ms, offset_ms)} > {WM0})"
+
+
+def _grids(w: WindowSpec) -> list[int]:
+    """The offsets of the tumbling grids a window is made of: a sliding window of ``size = k * slide`` is ``k``
+    tumbling windows of ``size``, offset by ``slide`` each; so each window gets exactly the readings on time for
+    it (Flink's HOP puts a reading into every window that contains it once its own watermark allows, and that
+    watermark starts again from nothing after a restore). Sessions and tumbling windows: one."""
     if w.kind == "sliding":
-        args = f"DESCRIPTOR(ts), {_interval(w.slide_ms)}, {_interval(w.size_ms)}"
-        if w.offset_ms:
-            args += f", {_interval(w.offset_ms)}"
-        return f"HOP(TABLE {prefix}readings_in, {args})"
-    # gap - 1 ms: Flink merges sessions that touch ([a, b) and [b, c)), the gateway only those that overlap;
-    # the end written is the window's end + 1 ms (docs/scale-out.md, rule S)
-    return f"SESSION(TABLE {prefix}readings_in PARTITION BY ({keys}), DESCRIPTOR(ts), {_interval(w.gap_ms - 1)})"
+        return [(w.offset_ms + j * w.slide_ms) % w.size_ms for j in range(w.size_ms // w.slide_ms)]
+    return [w.offset_ms]
 
 
-def _window_sql(w: WindowSpec, idx: int, prefix: str) -> tuple[str, list[str]]:
-    """One window's aggregates (a named query of the INSERT's WITH clause: a view of a SESSION with PARTITION BY
-    does not survive Flink 2.3's view expansion) and the SELECTs of its results, one per metric."""
+def _tvf(w: WindowSpec, table: str, offset_ms: int) -> str:
+    keys = "site" if w.key == "site" else "site, device"
+    if w.kind == "session":
+        # gap - 1 ms: Flink merges sessions that touch ([a, b) and [b, c)), the gateway only those that overlap;
+        # the end written is the window's end + 1 ms
+        return f"SESSION(TABLE {table} PARTITION BY ({keys}), DESCRIPTOR(ts), {_interval(w.gap_ms - 1)})"
+    args = f"DESCRIPTOR(ts), {_interval(w.size_ms)}"
+    if offset_ms:
+        args += f", {_interval(offset_ms)}"
+    return f"TUMBLE(TABLE {table}, {args})"
+
+
+def _window_sql(w: WindowSpec, idx: int, prefix: str) -> tuple[list[str], list[str], list[str]]:
+    """One window's input views (the readings on time for it, one per grid), its aggregates (a named query of the
+    INSERT's WITH clause per grid: a view of a SESSION with PARTITION BY does not survive Flink 2.3's view
+    expansion) and the SELECTs of its results, one per grid and metric."""
     keys = "site" if w.key == "site" else "site, device"
     cols: list[str] = []
     for i, m in enumerate(w.metrics):
         cols += _aggs(w, i, m)
-    view = f"w{idx}"
-    query = (
-        f"{view} AS (\n  -- window {w.name}: {w.kind}\n  SELECT {keys}, window_start, window_end,\n    "
-        + ",\n    ".join(cols)
-        + f"\n  FROM TABLE({_tvf(w, prefix)})\n  GROUP BY {keys}, window_start, window_end\n)"
-    )
+    views: list[str] = []
+    queries: list[str] = []
+    selects: list[str] = []
     end_extra = " + 1" if w.kind == "session" else ""
     device = "CAST(NULL AS STRING)" if w.key == "site" else "device"
-    selects = [
-        f"SELECT 1, {_q(w.name)}, site, {device}, {_q(m)}, {_ms('window_start')}, {_ms('window_end')}{end_extra}, "
-        f"'final', 1, 'watermark', c{i}, {_agg_map(w, i)} FROM {view} WHERE c{i} > 0"
-        for i, m in enumerate(w.metrics)
-    ]
-    return query, selects
+    grids = _grids(w)
+    for g, offset in enumerate(grids):
+        name = f"w{idx}" if len(grids) == 1 else f"w{idx}g{g}"
+        table = f"{prefix}{name}_in"
+        views.append(
+            f"-- window {w.name}: the readings on time for it"
+            + ("" if len(grids) == 1 else f" (grid {g + 1} of {len(grids)}, offset {offset} ms)")
+            + f"\nCREATE TEMPORARY VIEW {table} AS\nSELECT * FROM {prefix}readings_in WHERE {_on_time(w, offset)};"
+        )
+        queries.append(
+            f"{name} AS (\n  -- window {w.name}: {w.kind}\n  SELECT {keys}, window_start, window_end,\n    "
+            + ",\n    ".join(cols)
+            + f"\n  FROM TABLE({_tvf(w, table, offset)})\n  GROUP BY {keys}, window_start, window_end\n)"
+        )
+        selects += [
+            f"SELECT 1, {_q(w.name)}, site, {device}, {_q(m)}, {_ms('window_start')}, {_ms('window_end')}{end_extra}, "
+            f"'final', 1, 'watermark', c{i}, {_agg_map(w, i)} FROM {name} WHERE c{i} > 0"
+            for i, m in enumerate(w.metrics)
+        ]
+    return views, queries, selects
 
 
 def _late_selects(w: WindowSpec, prefix: str) -> list[str]:
-    """Late records: readings that reach the job after the watermark passed the last window containing them.
-
-    ``CURRENT_WATERMARK(ts)`` is the watermark the readings' operator has seen before the reading, the one the
-    window operator holds when the reading reaches it (one source reader; the watermark moves once per message,
-    after it). The gateway's watermark is the job's + 1 ms (the WATERMARK FOR clause subtracts the bound + 1)."""
-    wmark = f"({_ms('CURRENT_WATERMARK(ts)')} + 1)"
+    """Late records: readings whose last window the gateway's watermark before their message had passed (a
+    session reading: its own session), with that watermark: the same decision as :func:`_on_time`."""
     if w.kind == "session":
-        # a session reading is late when the window it would open, [t, t + gap), has passed the watermark
-        late_if = f"t_ms + {w.gap_ms} <= {wmark}"
+        late_if = f"t_ms + {w.gap_ms} <= {WM0}"
     else:
         slide = w.size_ms if w.kind == "tumbling" else w.slide_ms
-        last_start = f"(t_ms - MOD(t_ms - {w.offset_ms}, {slide}))"
-        late_if = f"{last_start} + {w.size_ms} <= {wmark}"
+        late_if = f"(t_ms - MOD(t_ms - {w.offset_ms}, {slide})) + {w.size_ms} <= {WM0}"
     return [
-        f"SELECT 1, {_q(w.name)}, site, device, {_q(m)}, t_ms, boot, seq, {wmark} - t_ms, {wmark}, 'too_late', "
-        f"num[{_q(m)}] FROM {prefix}readings_in WHERE num[{_q(m)}] IS NOT NULL AND CURRENT_WATERMARK(ts) IS NOT NULL "
-        f"AND {late_if}"
+        f"SELECT 1, {_q(w.name)}, site, device, {_q(m)}, t_ms, boot, seq, {WM0} - t_ms, {WM0}, 'too_late', "
+        f"num[{_q(m)}] FROM {prefix}readings_in WHERE num[{_q(m)}] IS NOT NULL AND {WM0} IS NOT NULL AND {late_if}"
         for m in w.metrics
     ]
 
@@ -285,7 +329,8 @@ def compile_flink_sql(
         "-- Generated by `edgekit-gateway compile --target flink-sql` (docs/scale-out.md). Do not edit: compile",
         "-- the gateway configuration again.",
         "SET 'table.local-time-zone' = 'UTC';",
-        "-- the watermark moves with every record that carries wm_ms (once per message), never on a timer",
+        "-- the watermark moves with the records (wm0_ms, and wm_ms once per message), never on a timer; it only",
+        "-- decides when a window fires: what a window takes, and what is late, is decided from wm0_ms",
         "SET 'pipeline.auto-watermark-interval' = '0';",
         "SET 'execution.checkpointing.mode' = 'EXACTLY_ONCE';",
     ]
@@ -313,13 +358,17 @@ def compile_flink_sql(
         f"CREATE TABLE {prefix}readings (\n"
         "  v INT, site STRING, device STRING, boot BIGINT, seq BIGINT, t_ms BIGINT, q STRING,\n"
         "  num MAP<STRING, DOUBLE>, str MAP<STRING, STRING>, bool MAP<STRING, BOOLEAN>,\n"
-        "  n BIGINT, wm_ms BIGINT, received_ms BIGINT,\n"
+        "  n BIGINT, wm0_ms BIGINT, wm_ms BIGINT, received_ms BIGINT,\n"
         "  ts AS TO_TIMESTAMP_LTZ(t_ms, 3),\n"
-        f"  WATERMARK FOR ts AS TO_TIMESTAMP_LTZ(wm_ms - {bound + 1}, 3)\n"
+        f"  WATERMARK FOR ts AS TO_TIMESTAMP_LTZ({_WM_TOP} - {bound + 1}, 3)\n"
         ") WITH (\n  " + ",\n  ".join(opts) + "\n);"
     )
     keep = "" if eng.unsynced == "window" else "\nWHERE q <> 'u'"
-    out.append(f"CREATE TEMPORARY VIEW {prefix}readings_in AS\nSELECT * FROM {prefix}readings{keep};")
+    out.append(
+        "-- gw_wm0: the gateway's watermark before the reading's message; lateness is decided from it alone\n"
+        f"CREATE TEMPORARY VIEW {prefix}readings_in AS\n"
+        f"SELECT *, wm0_ms - {bound} AS {WM0} FROM {prefix}readings{keep};"
+    )
     sink_opts = "'format' = 'json', 'json.encode.ignore-null-fields' = 'true'"
 
     def sink(name: str, cols: str, where: str) -> str:
@@ -353,8 +402,9 @@ def compile_flink_sql(
     windows: list[str] = []
     late: list[str] = []
     for idx, w in enumerate(eng.windows):
-        query, selects = _window_sql(w, idx, prefix)
-        queries.append(query)
+        views, query, selects = _window_sql(w, idx, prefix)
+        out += views
+        queries += query
         windows += selects
         late += _late_selects(w, prefix)
     if eng.unsynced == "reject":

@@ -23,7 +23,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Final
 
-from .bridge import bridge_pipeline_config, message_records
+from .bridge import bridge_pipeline_config, message_records, watermark_top
 from .config import Config
 from .pipeline import Pipeline
 
@@ -107,8 +107,11 @@ def _run(config: Config, metrics: tuple[str, ...], batch: int, encode: bool) -> 
     enc = 0.0
     if encode:
         t = time.process_time()
+        top: int | None = None  # as the bridge does (FileForwarder.top): wm0_ms on every line
         for pos, o in enumerate(outs, 1):
-            message_records(o.readings, pos, 0, min_time_ms=0, max_future_ms=1 << 62)
+            message_records(o.readings, pos, 0, min_time_ms=0, max_future_ms=1 << 62, wm0_ms=top)
+            mt = watermark_top(o.readings, 0, min_time_ms=0, max_future_ms=1 << 62)
+            top = mt if top is None or (mt is not None and mt > top) else top
         enc = (time.process_time() - t) * 1e6 / readings
     return spent * 1e6 / readings, enc
 

@@ -131,6 +131,28 @@ class Cluster:
     def checkpoints(self, jid: str) -> int:
         return int(self.rest(f"/jobs/{jid}/checkpoints")["counts"]["completed"])
 
+    def checkpoint_ids(self, jid: str) -> tuple[int, int]:
+        """The id of the job's latest completed checkpoint and the largest id triggered (0: none)."""
+        got = self.rest(f"/jobs/{jid}/checkpoints")
+        completed = (got.get("latest") or {}).get("completed") or {}
+        return int(completed.get("id", 0)), max([int(h["id"]) for h in got.get("history", [])], default=0)
+
+    def taskmanager_of(self, jid: str) -> str:
+        """The name (in :attr:`procs`) of a TaskManager that runs a task of the job: found by its resource id,
+        which the JobManager reports and the TaskManager writes into its own log."""
+        vid = self.rest(f"/jobs/{jid}")["vertices"][0]["id"]
+        tm_id = self.rest(f"/jobs/{jid}/vertices/{vid}/taskmanagers")["taskmanagers"][0]["taskmanager-id"]
+        log = self.conf.parent / "log"
+        for name in self.procs:
+            if name != "jobmanager" and tm_id in (log / f"{name}.out").read_text(errors="replace"):
+                return name
+        raise AssertionError(f"no TaskManager of this cluster has the resource id {tm_id}")
+
+    def restarts(self, jid: str) -> int:
+        """How often the job restarted (the JobManager's ``numRestarts`` metric)."""
+        got = self.rest(f"/jobs/{jid}/metrics?get=numRestarts")
+        return int(float(got[0]["value"])) if got else 0
+
     def stop(self, jids: list[str], savepoints: Path) -> None:
         """Stop the jobs with a final savepoint after draining: every window fires (rule E), the sinks commit."""
         body = json.dumps({"drain": True, "targetDirectory": f"file://{savepoints}"}).encode()
@@ -166,6 +188,7 @@ execution:
   checkpointing: {{dir: "file://{tmp / "checkpoints"}", interval: 1s}}
 restart-strategy: {{type: fixed-delay, fixed-delay: {{attempts: 5, delay: 1s}}}}
 heartbeat: {{interval: 1000, timeout: 5000}}
+metrics: {{fetcher: {{update-interval: 500}}}}
 env:
   java:
     opts:

@@ -14,7 +14,7 @@ import math
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.alerts import Alert
-from gateway.bridge import message_records
+from gateway.bridge import message_records, watermark_top
 from gateway.config import Config, parse_config
 from gateway.engine import LateReading, WindowResult
 from gateway.flinksql import FlinkRefused, SinkPaths, compile_flink_sql, refusals
@@ -73,6 +73,8 @@ class GatewaySide:
     late: list[dict[str, Any]]
     final_watermark: int
     alerts: list[Alert] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)
+    """Lines per message, in order (a file of the bridge holds whole messages)."""
 
 
 def _late_doc(o: LateReading) -> dict[str, Any]:
@@ -115,16 +117,22 @@ def gateway_side(
         engine["watermark"]["out_of_orderness"] = bound
     gw["engine"] = engine
     prep = prepare(scenario, gw, now_ms=lambda: 1_764_072_000_000)
-    cfg = gateway_config(gw, scenario.prefix)
+    return run_gateway(gateway_config(gw, scenario.prefix), prep.run.deliveries)
+
+
+def run_gateway(cfg: Config, deliveries: Sequence[Any]) -> GatewaySide:
+    """The deliveries (``topic``, ``payload``, ``arrival_ms``) through the gateway's pipeline, ticking every second;
+    what the gateway emitted and the bridge's input lines for the job."""
     pipeline = Pipeline(cfg)
     lines: list[str] = []
     results: list[dict[str, Any]] = []
     late: list[dict[str, Any]] = []
     alerts: list[Alert] = []
+    sizes: list[int] = []
     pos = 1
+    top: int | None = None  # the bridge's FileForwarder.top
     wm = -(2**62)
     bound = cfg.engine.watermark.out_of_orderness_ms
-    deliveries = prep.run.deliveries
     next_tick = deliveries[0].arrival_ms + 1_000 if deliveries else 0
 
     def collect(outputs: list[Any]) -> None:
@@ -142,18 +150,23 @@ def gateway_side(
             collect(ticked.outputs)
             alerts += ticked.alerts
             next_tick += 1_000
+        if cfg.engine.windows:  # wm0_ms is the engine's watermark before the message, plus the bound
+            before = pipeline.engine.device_watermark("")
+            assert before == (None if top is None else top - bound), (before, top)
         out = pipeline.handle(d.topic, d.payload, d.arrival_ms)
         collect(out.outputs)
         alerts += out.alerts
         if out.readings:
             eng = cfg.engine
-            recs = message_records(
-                out.readings, pos, d.arrival_ms, min_time_ms=eng.min_time_ms, max_future_ms=eng.max_future_ms
-            )
+            limits = {"min_time_ms": eng.min_time_ms, "max_future_ms": eng.max_future_ms}
+            recs = message_records(out.readings, pos, d.arrival_ms, wm0_ms=top, **limits)
             lines += [rec.decode().rstrip("\n") for rec in recs]
+            sizes.append(len(recs))
             pos += 1
+            mt = watermark_top(out.readings, d.arrival_ms, **limits)
+            top = top if mt is None or (top is not None and top >= mt) else mt
             wm = max([wm] + [r.t_ms - bound for r in out.readings if r.quality != "u"])
-    return GatewaySide(cfg, lines, results, late, wm, alerts)
+    return GatewaySide(cfg, lines, results, late, wm, alerts, sizes)
 
 
 # --- the job's side ---------------------------------------------------------------------------------------
@@ -238,13 +251,20 @@ def _lkey(doc: dict[str, Any]) -> tuple[Any, ...]:
     return tuple(sorted((k, v) for k, v in doc.items()))
 
 
+def _rkey(doc: dict[str, Any]) -> tuple[Any, ...]:
+    """A result's window, key and metric."""
+    return (doc["window"], doc["site"], doc.get("device"), doc["metric"])
+
+
 def window_differences(
-    gateway: list[dict[str, Any]], job: list[dict[str, Any]], final_wm: int, late: list[dict[str, Any]]
-) -> tuple[list[str], list[str]]:
-    """The differences between the two sides' window results that no rule of docs/scale-out.md explains, and
-    those a rule explains (each saying which)."""
+    gateway: list[dict[str, Any]], job: list[dict[str, Any]], final_wm: int, job_late: list[dict[str, Any]]
+) -> tuple[list[str], list[str], list[dict[str, Any]]]:
+    """The differences between the two sides' window results that no rule of docs/scale-out.md explains, those a
+    rule explains (each saying which), and the job's late records that rule S explains. ``job_late``: the job's
+    late records the gateway does not have."""
     diffs: list[str] = []
     explained: list[str] = []
+    pulled_all: list[dict[str, Any]] = []
     g = {_wkey(d): d for d in gateway}
     assert len(g) == len(gateway), "the gateway emitted a window twice (no lateness: it must not)"
     j: dict[tuple[Any, ...], dict[str, Any]] = {}
@@ -254,42 +274,27 @@ def window_differences(
             continue
         assert _wkey(d) not in j, f"the job emitted a window twice: {d}"
         j[_wkey(d)] = d
-    for k in set(j) - set(g):
-        # rule S: a late reading that touches a kept session starts it earlier in Flink; the gateway sends it to
-        # the late output and keeps the session's start
-        b = j[k]
-        same_end = [
-            a
-            for a in gateway
-            if _wkey(a)[:4] == k[:4] and a["end_ms"] == b["end_ms"] and a["start_ms"] > b["start_ms"]
-            and _wkey(a) not in j
-        ]  # fmt: skip
-        if len(same_end) != 1:
-            continue
-        a = same_end[0]
-        pulled = [
-            x
-            for x in late
-            if (x["window"], x["site"], x["device"], x["metric"]) == k[:4]
-            and b["start_ms"] <= x["t_ms"] < a["start_ms"]
-        ]  # fmt: skip
-        values = [x["value"] for x in pulled]
-        if (
-            pulled
-            and min(x["t_ms"] for x in pulled) == b["start_ms"]
-            and b["count"] == a["count"] + len(pulled)
-            and math.isclose(b["aggregates"]["sum"], a["aggregates"]["sum"] + sum(values), rel_tol=1e-9)
-            and b["aggregates"]["max"] == max([a["aggregates"]["max"], *values])
-            and b["aggregates"]["min"] == min([a["aggregates"]["min"], *values])
-        ):
-            explained.append(f"rule S (session extended backwards by {len(pulled)} late reading(s)): {k}")
-            del j[k]
-            del g[_wkey(a)]
     for k in sorted(set(g) | set(j), key=repr):
         a, b = g.get(k), j.get(k)
         if a is None or b is None:
             diffs.append(f"only in {'the job' if a is None else 'the gateway'}: {a or b}")
             continue
+        if a["count"] > b["count"] and a["end_ms"] == b["end_ms"]:
+            # rule S: a reading whose own session had passed the watermark, inside a session still open: the
+            # gateway adds it to the session, the job sends it to the late output
+            pulled = [x for x in job_late if _rkey(x) == k[:4] and a["start_ms"] <= x["t_ms"] < a["end_ms"]]
+            values = [x["value"] for x in pulled]
+            ga, ja = a["aggregates"], b["aggregates"]
+            if (
+                pulled
+                and a["count"] == b["count"] + len(pulled)
+                and math.isclose(ga["sum"], ja["sum"] + sum(values), rel_tol=1e-9)
+                and ga["max"] == max([ja["max"], *values])
+                and ga["min"] == min([ja["min"], *values])
+            ):
+                explained.append(f"rule S (late in the job, inside a session: {len(pulled)} reading(s)): {k}")
+                pulled_all += pulled
+                continue
         for f in ("end_ms", "count", "result", "revision", "fired"):
             if a[f] != b[f]:
                 diffs.append(f"{k} {f}: gateway {a[f]!r}, job {b[f]!r}")
@@ -305,7 +310,7 @@ def window_differences(
                 explained.append(f"rule R (rounding of {name}): {k} {v!r} {w!r}")
             else:
                 diffs.append(f"{k} {name}: gateway {v!r}, job {w!r}")
-    return diffs, explained
+    return diffs, explained, pulled_all
 
 
 def late_differences(gateway: list[dict[str, Any]], job: list[dict[str, Any]]) -> list[str]:
@@ -331,9 +336,43 @@ SCENARIOS = {
 }
 
 
+@dataclass(frozen=True)
+class _Delivery:
+    topic: str
+    payload: bytes
+    arrival_ms: int
+
+
+def session_rule_side() -> GatewaySide:
+    """Rule S made to happen, and what Flink's own session merging would do: device d1 reads every minute until
+    minute 12 (one session); a reading of d1 from minute 5.5 arrives at minute 11, its own session long past the
+    watermark but inside d1's open session (rule S: the gateway adds it, the job sends it to the late output).
+    Device d2 starts at minute 7; its reading from minute 5 arrives at minute 11.5: its own session has passed,
+    and it touches d2's session before its start (late in both: Flink's merging, before lateness was decided from
+    wm0_ms, took it into the session). Device d3's reading from minute 2, at minute 12: late in both."""
+    cfg = parse_config(
+        {"engine": {"watermark": {"mode": "global", "out_of_orderness": "5s"}},
+         "windows": [{"name": "x_session", "kind": "session", "gap": "3m", "metrics": ["x"]},
+                     {"name": "x_2m", "kind": "tumbling", "size": "2m", "metrics": ["x"]}]},
+        env={},
+    )  # fmt: skip
+    t0 = 1_764_072_000_000
+    sends = [("d1", i, t0 + i * 60_000, t0 + i * 60_000 + 100) for i in range(1, 13)]
+    sends += [("d2", 100 + i, t0 + i * 60_000 + 500, t0 + i * 60_000 + 600) for i in range(7, 21)]
+    sends += [("d1", 99, t0 + 330_000, t0 + 660_200), ("d2", 99, t0 + 300_000, t0 + 690_200)]
+    sends += [("d3", 1, t0 + 120_000, t0 + 720_200), ("d3", 2, t0 + 721_000, t0 + 721_100)]
+    out: list[_Delivery] = []
+    for dev, seq, t, arrival in sorted(sends, key=lambda x: x[3]):
+        r = {"b": 1, "s": seq, "t": t, "q": "s", "m": {"x": float(seq % 7) + t % 1000 / 1000}}
+        payload = json.dumps({"v": 1, "dev": dev, "r": [r]}).encode()
+        out.append(_Delivery(f"edgekit/lab/{dev}/readings", payload, arrival))
+    return run_gateway(cfg, out)
+
+
 @pytest.fixture(scope="session")
 def gateway_runs() -> dict[str, GatewaySide]:
-    return {name: gateway_side(name, windows) for name, windows in SCENARIOS.items()}
+    runs = {name: gateway_side(name, windows) for name, windows in SCENARIOS.items()}
+    return runs | {"session-rule": session_rule_side()}
 
 
 @pytest.fixture(scope="session")
@@ -350,17 +389,21 @@ def jobs(
     pattern_side: GatewaySide,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[dict[str, tuple[GatewaySide, int]], dict[str, JobSide]]:
-    """Every run of the window scenarios and of the patterns, at parallelism 1 and 2, submitted once together
-    (a submission's fixed costs, the client's planning and the drain, are paid once)."""
-    runs = {f"{name} p{p}": (side, p) for name, side in gateway_runs.items() for p in (1, 2)}
+    """Every run of the window scenarios and of the patterns at parallelism 1 and 2, and the made-up session-rule
+    input at parallelism 1, submitted once together (a submission's fixed costs, the client's planning and the
+    drain, are paid once)."""
+    runs = {f"{name} p{p}": (gateway_runs[name], p) for name in SCENARIOS for p in (1, 2)}
+    runs |= {"session-rule p1": (gateway_runs["session-rule"], 1)}
     runs |= {f"patterns p{p}": (pattern_side, p) for p in (1, 2)}
     return runs, streaming_job_sides(flink, tmp_path_factory.mktemp("jobs"), runs)
 
 
 def _check(name: str, side: GatewaySide, job: JobSide, label: str) -> list[str]:
     assert side.windows and side.late and side.lines, f"{name}: the gateway emitted nothing to compare"
-    diffs, explained = window_differences(side.windows, job.windows, side.final_watermark, side.late)
-    diffs += late_differences(side.late, job.late)
+    gl = Counter(map(_lkey, side.late))
+    job_late = [x for x in job.late if not gl[_lkey(x)]]
+    diffs, explained, pulled = window_differences(side.windows, job.windows, side.final_watermark, job_late)
+    diffs += late_differences(side.late + pulled, job.late)  # the late records rule S explains are the job's
     print(f"{name}, {label}: {len(side.windows)} windows, {len(side.late)} late records equal;",
           f"{len(explained)} differences explained by a rule:", *explained[:12], sep="\n  ")  # fmt: skip
     assert not diffs, f"{name}, {label}: {len(diffs)} differences:\n" + "\n".join(diffs[:40])
@@ -372,16 +415,25 @@ def test_job_equals_gateway_at_parallelism_1_and_2(
     gateway_runs: dict[str, GatewaySide], jobs: tuple[dict[str, tuple[GatewaySide, int]], dict[str, JobSide]]
 ) -> None:
     """Each scenario at parallelism 1 and 2, the input arriving while the jobs run: every window and late
-    record equal to the gateway's, but for rules E (end of input), S (a session extended backwards) and R
-    (rounding), each of which occurs."""
-    runs = {f"{name} p{p}": (side, p) for name, side in gateway_runs.items() for p in (1, 2)}
+    record equal to the gateway's, but for rules E (end of input), S (a reading inside an open session whose own
+    session had passed) and R (rounding), each of which occurs."""
+    runs = {label: run for label, run in jobs[0].items() if not label.startswith("patterns")}
+    assert len(runs) == 5
     got = jobs[1]
     rules: dict[str, set[str]] = {}
     for label, (side, _) in runs.items():
         rules[label] = {e.split(" ", 2)[1] for e in _check(label, side, got[label], "")}
-    for p in (1, 2):  # the rules are real: each occurs (rule S only with sessions, which flaky-network has)
-        assert rules[f"flaky-network p{p}"] >= {"E", "S", "R"}
-        assert "S" not in rules[f"sleepy p{p}"]
+    for p in (1, 2):  # the rules are real: each occurs
+        assert rules[f"flaky-network p{p}"] >= {"E", "R"}
+        # a session the job had extended backwards by a reading the gateway found late (Flink merges sessions
+        # before it decides lateness) is gone: the job decides lateness from wm0_ms, before its windows
+        assert "S" not in rules[f"flaky-network p{p}"] and "S" not in rules[f"sleepy p{p}"]
+    # rule S, made to happen: one of d1's sessions; d2's reading before its session and d3's are late in both
+    assert rules["session-rule p1"] >= {"S", "E"}, rules["session-rule p1"]
+    s_rule = [e for e in _check("session-rule", *runs["session-rule p1"][:1], got["session-rule p1"], "") if " S " in e]
+    assert len(s_rule) == 1 and "'x_session', 'lab', 'd1'" in s_rule[0], s_rule
+    late = {(x["window"], x["device"], x["seq"]) for x in gateway_runs["session-rule"].late}
+    assert {("x_session", "d2", 99), ("x_session", "d3", 1)} <= late and ("x_session", "d1", 99) not in late
 
 
 def test_compile_refuses_what_flink_sql_cannot_do() -> None:
@@ -402,6 +454,17 @@ def test_compile_refuses_what_flink_sql_cannot_do() -> None:
     with pytest.raises(FlinkRefused) as exc:
         compile_flink_sql(parse_config(doc, env={}))
     assert [p.split(":")[0] for p in exc.value.problems] == ["joins[door_then_cold]"]
+    # anomaly detection, with its rolling-window baseline too: named, with why an OVER window is not it
+    doc = {
+        "engine": {"watermark": {"mode": "global"}},
+        "windows": [{"name": "t", "kind": "tumbling", "size": "60s", "metrics": ["temp_c"]}],
+        "anomaly": {"baseline": "window", "window": "10m", "rebaseline_after": "5m"},
+    }
+    with pytest.raises(FlinkRefused) as exc:
+        compile_flink_sql(parse_config(doc, env={}))
+    assert [p.split(":")[0] for p in exc.value.problems] == ["[anomaly]"]
+    assert 'baseline = "window"' in str(exc.value) and "OVER window" in str(exc.value)
+    assert "keep anomaly detection on the gateway" in str(exc.value)
     # group-relative values of a window (docs/cep.md) too
     doc = {
         "engine": {"watermark": {"mode": "global"}},
@@ -427,9 +490,14 @@ def test_cli_compile_writes_the_job_and_refuses_with_exit_2(tmp_path: Path, caps
     out = tmp_path / "job.sql"
     assert main(["compile", "--target", "flink-sql", "--config", str(conf), "--output", str(out)]) == 0
     script = out.read_text()
-    assert "WATERMARK FOR ts AS TO_TIMESTAMP_LTZ(wm_ms - 7001, 3)" in script
-    assert "TUMBLE(TABLE readings_in, DESCRIPTOR(ts), INTERVAL '60' SECOND(9))" in script
-    assert "HOP(TABLE readings_in, DESCRIPTOR(ts), INTERVAL '20' SECOND(9), INTERVAL '60' SECOND(9))" in script
+    top = "CASE WHEN wm_ms IS NULL OR wm_ms < wm0_ms THEN wm0_ms ELSE wm_ms END"
+    assert f"WATERMARK FOR ts AS TO_TIMESTAMP_LTZ({top} - 7001, 3)" in script
+    assert "SELECT *, wm0_ms - 7000 AS gw_wm0 FROM readings" in script  # lateness: from wm0_ms alone
+    assert "TUMBLE(TABLE w0_in, DESCRIPTOR(ts), INTERVAL '60' SECOND(9))" in script
+    # the sliding window: three tumbling windows of 60 s, offset by 20 s each, on the readings on time for each
+    assert "TUMBLE(TABLE w1g0_in, DESCRIPTOR(ts), INTERVAL '60' SECOND(9))" in script
+    assert "TUMBLE(TABLE w1g2_in, DESCRIPTOR(ts), INTERVAL '60' SECOND(9), INTERVAL '40' SECOND(9))" in script
+    assert "(t_ms - MOD(t_ms - 40000, 60000) + 60000) > gw_wm0" in script and "HOP(" not in script
     assert "'source.monitor-interval' = '10s'" in script and "table.exec.source.idle-timeout" in script
     # the Kafka variant (generated, not run: no broker here)
     assert main(["compile", "--target", "flink-sql", "--config", str(conf), "--source", "kafka"]) == 0
@@ -508,6 +576,114 @@ def test_patterns_equal_the_gateways_at_parallelism_1_and_2(
         print(f"{label}: {len(side.alerts)} alerts equal; {len(explained)} explained:", *explained[:12], sep="\n  ")
         assert not diffs, f"{label}: {len(diffs)} differences:\n" + "\n".join(diffs[:40])
         assert explained, "rule E does not occur: the end of input left no match open"
+
+
+KILL_WINDOWS: list[dict[str, Any]] = [
+    {"name": "temp_10m", "kind": "tumbling", "size": "10m", "metrics": ["temp_c"]},
+    {"name": "rh_sliding", "kind": "sliding", "size": "10m", "slide": "5m", "metrics": ["rh"],
+     "aggregates": ["count", "mean", "max"]},
+    {"name": "temp_session", "kind": "session", "gap": "3m", "metrics": ["temp_c"]},
+]  # fmt: skip
+"""The sleepy scenario's two windows and a session window: every kind of window the job compiles."""
+
+
+@pytest.mark.integration
+def test_a_taskmanager_killed_mid_run_changes_nothing_in_the_committed_output(
+    flink: Cluster, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Exactly once into the results path: the sleepy scenario (most of its readings are late in the global
+    mode) reaches a job of parallelism 2 in 16 files, placed one by one; once a checkpoint has completed and one
+    more file has been read, the TaskManager that runs the job's source is SIGKILLed, a replacement is started, the
+    job restarts from its checkpoint on the TaskManager left (five slots: room for the job's two) and the rest of
+    the input arrives. The committed part files hold every window and late record of the gateway's, each once,
+    but for the documented rules."""
+    side = gateway_side("sleepy", KILL_WINDOWS)
+    work = tmp_path_factory.mktemp("kill")
+    (work / "in").mkdir()
+    paths = SinkPaths(
+        readings=f"file://{work / 'in'}",
+        windows=f"file://{work / 'windows'}",
+        late=f"file://{work / 'late'}",
+        monitor_interval="1s",
+    )
+    (work / "job.sql").write_text(compile_flink_sql(side.config, paths, parallelism=2, prefix="k_"))
+    # the input in 16 files of whole messages, in the order the bridge would write them
+    files: list[list[str]] = [[] for _ in range(16)]
+    per_file = -(-len(side.lines) // len(files))
+    i = 0
+    for size in side.sizes:
+        files[min(i // per_file, len(files) - 1)] += side.lines[i : i + size]
+        i += size
+    assert i == len(side.lines) and all(files)
+
+    def place(k: int) -> None:
+        hidden = work / "in" / f".readings-{k:020d}.jsonl"  # Flink's file source skips names starting with '.'
+        hidden.write_text("".join(line + "\n" for line in files[k]))
+        hidden.rename(hidden.with_name(f"readings-{k:020d}.jsonl"))
+
+    def records(jid: str) -> int:
+        try:
+            return flink.source_records(jid)
+        except (OSError, StopIteration, KeyError):  # metrics not there yet
+            return 0
+
+    def read_at_least(jid: str, n: int) -> None:
+        deadline = time.monotonic() + 60
+        while records(jid) < n:
+            assert time.monotonic() < deadline, f"the job did not read {n} readings"
+            time.sleep(0.1)
+
+    (jid,) = flink.run_sql(work / "job.sql", wait=False)
+    flink.wait_running(jid)
+    time.sleep(3)  # every reader idle before any input exists
+
+    def feed(ks: range, base: int) -> None:
+        """The files one at a time, each once the one before is read (docs/scale-out.md: the files source takes
+        the files that are there at once in no fixed order); ``base``: what the source has read since its start."""
+        for k in ks:
+            place(k)
+            read_at_least(jid, base + sum(map(len, files[ks.start : k + 1])))
+
+    feed(range(6), 0)
+    triggered = flink.checkpoint_ids(jid)[1]
+    deadline = time.monotonic() + 60
+    while flink.checkpoint_ids(jid)[0] <= triggered:  # a checkpoint triggered after these readings, completed
+        assert time.monotonic() < deadline, "no checkpoint completed"
+        time.sleep(0.1)
+    feed(range(6, 7), sum(map(len, files[:6])))  # read since that checkpoint: read again after the restore
+    before = flink.checkpoints(jid)
+    victim = flink.taskmanager_of(jid)  # one that runs the job's source (and maybe every task of the job)
+    flink.kill(victim)  # SIGKILL to its process group
+    flink.start(f"{victim}-replaced", "taskmanager.sh")  # the shared cluster keeps two TaskManagers
+    deadline = time.monotonic() + 120
+    while flink.restarts(jid) < 1:
+        assert time.monotonic() < deadline, "the job did not restart after the TaskManager was killed"
+        time.sleep(0.3)
+
+    def settled() -> int:
+        """What the source has read since the restart, once nothing new came for 3 s."""
+        counts: list[int] = []
+        deadline = time.monotonic() + 120
+        while len(counts) < 4 or len(set(counts[-4:])) > 1:
+            assert time.monotonic() < deadline, f"the job did not settle after the restart: {counts}"
+            flink.wait_running(jid)
+            counts.append(records(jid))
+            time.sleep(1)
+        return counts[-1]
+
+    # read again: what the source had read since the barrier of the checkpoint restored passed it (the file read
+    # since, or part of it; more would be files read together, in no fixed order: docs/scale-out.md)
+    replayed = settled()
+    assert 0 <= replayed <= len(files[6]), replayed
+    feed(range(7, len(files)), replayed)
+    assert settled() == replayed + sum(map(len, files[7:]))
+    restarts = flink.restarts(jid)
+    flink.stop([jid], work / "savepoints")
+    assert before >= 1 and restarts >= 1, f"checkpoints before the kill {before}, restarts {restarts}"
+    job = JobSide(_read_dir(work / "windows"), _read_dir(work / "late"), "")
+    explained = _check("sleepy, a TaskManager killed", side, job, f"{restarts} restart(s)")
+    rules = {e.split(" ", 2)[1] for e in explained}
+    assert "E" in rules, rules
 
 
 def test_compile_refuses_the_patterns_match_recognize_cannot_run() -> None:

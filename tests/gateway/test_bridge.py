@@ -23,6 +23,7 @@ from gateway.bridge import (
     message_records,
     producer_config,
     reading_record,
+    watermark_top,
 )
 from gateway.config import BridgeConfig, parse_config
 from gateway.errors import ConfigError
@@ -48,17 +49,19 @@ READINGS = st.builds(
 
 
 @settings(max_examples=200, deadline=None)
-@given(READINGS, st.integers(0, 2**40), st.one_of(st.none(), st.integers(0, 2**45)))
-def test_a_line_is_the_documented_object(r: Reading, n: int, wm: int | None) -> None:
-    line = reading_record(r, n, 1_764_072_003_040, wm)
+@given(READINGS, st.integers(0, 2**40), st.one_of(st.none(), st.integers(0, 2**45)),
+       st.one_of(st.none(), st.integers(0, 2**45)))  # fmt: skip
+def test_a_line_is_the_documented_object(r: Reading, n: int, wm: int | None, wm0: int | None) -> None:
+    line = reading_record(r, n, 1_764_072_003_040, wm, wm0)
     assert line.endswith(b"\n") and line.count(b"\n") == 1
     doc = json.loads(line)
     want = {"v", "site", "device", "boot", "seq", "t_ms", "q", "num", "str", "bool", "n", "received_ms"}
-    assert set(doc) == want | ({"wm_ms"} if wm is not None else set())
+    want |= {"wm_ms"} if wm is not None else set()
+    assert set(doc) == want | ({"wm0_ms"} if wm0 is not None else set())
     assert (doc["v"], doc["site"], doc["device"], doc["boot"], doc["seq"], doc["t_ms"], doc["q"], doc["n"]) == (
         1, r.site, r.device, r.boot, r.seq, r.t_ms, r.quality, n,
     )  # fmt: skip
-    assert doc.get("wm_ms") == wm and doc["received_ms"] == 1_764_072_003_040
+    assert doc.get("wm_ms") == wm and doc.get("wm0_ms") == wm0 and doc["received_ms"] == 1_764_072_003_040
     for name, v in r.metrics.items():
         if isinstance(v, str):  # a metric in exactly one of num and str
             assert doc["str"][name] == v and name not in doc["num"] and name not in doc["bool"]
@@ -83,34 +86,36 @@ ANY_READINGS = st.builds(
 
 
 @settings(max_examples=300, deadline=None)
-@given(ANY_READINGS, st.integers(0, 2**62), st.integers(0, 2**62), st.one_of(st.none(), st.integers(0, 2**62)))
-def test_the_fast_line_is_the_references(r: Reading, n: int, received: int, wm: int | None) -> None:
+@given(ANY_READINGS, st.integers(0, 2**62), st.integers(0, 2**62), st.one_of(st.none(), st.integers(0, 2**62)),
+       st.one_of(st.none(), st.integers(0, 2**62)))  # fmt: skip
+def test_the_fast_line_is_the_references(r: Reading, n: int, received: int, wm: int | None, wm0: int | None) -> None:
     """Any names (quotes, backslashes, control characters, non-ASCII), any values (NaN and huge integers included):
     the same bytes as ``json.dumps`` of the whole object, or the same error."""
     from gateway.bridge import reading_record_reference
 
     try:
-        want: bytes | type[Exception] = reading_record_reference(r, n, received, wm)
+        want: bytes | type[Exception] = reading_record_reference(r, n, received, wm, wm0)
     except (ValueError, OverflowError) as exc:
         want = type(exc)
     try:
-        got: bytes | type[Exception] = reading_record(r, n, received, wm)
+        got: bytes | type[Exception] = reading_record(r, n, received, wm, wm0)
     except (ValueError, OverflowError) as exc:
         got = type(exc)
     assert got == want
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(READINGS, min_size=1, max_size=20), st.integers(1, 2**30))
-def test_n_and_the_watermark_field_of_a_message(readings: list[Reading], pos: int) -> None:
+@given(st.lists(READINGS, min_size=1, max_size=20), st.integers(1, 2**30), st.one_of(st.none(), st.integers(0, 2**45)))
+def test_n_and_the_watermark_fields_of_a_message(readings: list[Reading], pos: int, wm0: int | None) -> None:
     received = 1_700_000_000_000
-    lines = [json.loads(x) for x in message_records(readings, pos, received, min_time_ms=1_600_000_000_000,
-                                                    max_future_ms=300_000)]  # fmt: skip
+    limits = {"min_time_ms": 1_600_000_000_000, "max_future_ms": 300_000}
+    lines = [json.loads(x) for x in message_records(readings, pos, received, wm0_ms=wm0, **limits)]
     assert [d["n"] for d in lines] == [pos * N_PER_POS + i for i in range(len(readings))]
     # brute force: the engine's rule (gateway/engine/engine.py _process) for what moves a watermark
     movers = [r.t_ms for r in readings if r.quality != "u" and 1_600_000_000_000 <= r.t_ms <= received + 300_000]
     assert all("wm_ms" not in d for d in lines[:-1])
-    assert lines[-1].get("wm_ms") == (max(movers) if movers else None)
+    assert lines[-1].get("wm_ms") == (max(movers) if movers else None) == watermark_top(readings, received, **limits)
+    assert all(d.get("wm0_ms") == wm0 for d in lines)  # every line: the watermark field of the earlier messages
 
 
 def test_the_engine_moves_its_watermark_to_wm_ms() -> None:
@@ -134,41 +139,87 @@ def test_the_engine_moves_its_watermark_to_wm_ms() -> None:
     assert json.loads(lines[-1])["wm_ms"] == now - 3000 == pipe.engine.device_watermark("d1")
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.lists(st.tuples(st.integers(-600, 600), st.sampled_from(["s", "c", "u"])), min_size=1, max_size=4),
+                min_size=1, max_size=8))  # fmt: skip
+def test_wm0_ms_is_the_global_engines_watermark_before_the_message(
+    tmp_path_factory: pytest.TempPathFactory, messages: list[list[tuple[int, str]]]
+) -> None:
+    """Against the gateway's own engine in the global mode (bound 5 s): before each message, its watermark is the
+    ``wm0_ms`` of that message's lines minus the bound (the largest ``wm_ms`` of the earlier messages), whatever
+    the messages' times, qualities and the time limits (a reading over 60 s in the future moves nothing)."""
+    from gateway.pipeline import Pipeline
+
+    cfg = parse_config(
+        {"engine": {"max_future": "60s", "watermark": {"mode": "global", "out_of_orderness": "5s"}},
+         "windows": [{"name": "w", "kind": "tumbling", "size": "1m", "metrics": ["x"], "aggregates": ["count"]}]},
+        env={},
+    )  # fmt: skip
+    pipe = Pipeline(cfg)
+    fw = FileForwarder(tmp_path_factory.mktemp("wm0"), 1 << 20, 1 << 30)
+    now = 1_700_000_000_000
+    seq = 0
+    for i, msg in enumerate(messages):
+        rs = []
+        for dt, q in msg:
+            seq += 1
+            rs.append({"b": 1, "s": seq, "t": now + dt * 1000, "q": q, "m": {"x": 1}})
+        before = pipe.engine.device_watermark("d1")
+        out = pipe.handle(f"edgekit/s/d{i % 2}/readings", json.dumps({"v": 1, "dev": f"d{i % 2}", "r": rs}).encode(),
+                          now)  # fmt: skip
+        limits = {"min_time_ms": cfg.engine.min_time_ms, "max_future_ms": cfg.engine.max_future_ms}
+        assert before == (None if fw.top is None else fw.top - 5000)
+        if not out.readings:  # every reading dead-lettered (over 300 s ahead): nothing forwarded, as in the bridge
+            continue
+        recs = message_records(out.readings, i + 1, now, wm0_ms=fw.top, **limits)
+        assert {json.loads(x).get("wm0_ms") for x in recs} == {fw.top}
+        fw.append(recs, (i + 1) * N_PER_POS, now, watermark_top(out.readings, now, **limits))
+    fw.close()
+
+
 # ----------------------------------------------------------------------------- files across crashes
 
 
-def _lines(start: int, count: int) -> list[bytes]:
-    return [b'{"n":%d}\n' % n for n in range(start, start + count)]
+def _lines(start: int, count: int, wm0: int | None = None) -> list[bytes]:
+    return [
+        b'{"n":%d,"wm0_ms":%s}\n' % (n, b"null" if wm0 is None else b"%d" % wm0) for n in range(start, start + count)
+    ]
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["msg", "ckpt", "fail", "crash", "crash_prepared"]), st.integers(1, 5)),
-                max_size=40))  # fmt: skip
-def test_the_files_hold_every_line_once_whatever_crashes(tmp_path_factory: pytest.TempPathFactory,
-                                                          steps: list[tuple[str, int]]) -> None:  # fmt: skip
+@given(st.lists(st.tuples(st.sampled_from(["msg", "ckpt", "fail", "crash", "crash_prepared"]), st.integers(1, 5),
+                          st.one_of(st.none(), st.integers(0, 50))), max_size=40))  # fmt: skip
+def test_the_files_hold_every_line_once_whatever_crashes(
+    tmp_path_factory: pytest.TempPathFactory, steps: list[tuple[str, int, int | None]]
+) -> None:
     """A model of the gateway: a log of messages, checkpoints (state saved, log truncated), checkpoints that fail
     after their first phase, crashes before and after a checkpoint's first phase. The committed files, after a
-    final clean stop, hold every logged line exactly once, in order, and no file is renamed twice."""
+    final clean stop, hold every logged line exactly once, in order, and no file is renamed twice; and each line's
+    ``wm0_ms`` is the largest watermark field of the messages before it, as without a crash (the forwarder's
+    ``top`` is restored from the checkpoint and moved again by the replay)."""
     d = tmp_path_factory.mktemp("bridge")
-    log: list[tuple[int, int]] = []  # (pos, lines) of each logged message
+    log: list[tuple[int, int, int | None]] = []  # (pos, lines, watermark field) of each logged message
     saved: tuple[int, dict[str, Any] | None] = (0, None)  # the committed checkpoint: position and bridge state
     clock = [0]
+
+    def take(fw: FileForwarder, pos: int, k: int, top: int | None) -> None:
+        fw.append(_lines(pos * N_PER_POS, k, fw.top), pos * N_PER_POS, clock[0], top)
 
     def start() -> FileForwarder:
         fw = FileForwarder(d, roll_bytes=40, roll_interval_ms=50)
         fw.recover(saved[1], clock[0])
-        for pos, k in log:  # the replay
+        for pos, k, top in log:  # the replay
             if pos > saved[0]:
-                fw.append(_lines(pos * N_PER_POS, k), pos * N_PER_POS, clock[0])
+                take(fw, pos, k, top)
         return fw
 
     fw = start()
-    for what, k in steps:
+    for what, k, top in steps:
         clock[0] += 10
         if what == "msg":
             pos = len(log) + 1
-            log.append((pos, k))
-            fw.append(_lines(pos * N_PER_POS, k), pos * N_PER_POS, clock[0])
+            log.append((pos, k, top))
+            take(fw, pos, k, top)
         elif what in ("ckpt", "fail"):
             state = fw.prepare(clock[0])
             if what == "ckpt":
@@ -183,8 +234,12 @@ def test_the_files_hold_every_line_once_whatever_crashes(tmp_path_factory: pytes
     fw.commit()
     fw.close()
     assert not [p for p in d.iterdir() if p.name.startswith(".")]
-    got = [json.loads(x)["n"] for p in committed_files(d) for x in p.read_bytes().splitlines()]
-    want = [pos * N_PER_POS + i for pos, k in log for i in range(k)]
+    got = [json.loads(x) for p in committed_files(d) for x in p.read_bytes().splitlines()]
+    want: list[dict[str, int | None]] = []
+    high: int | None = None
+    for pos, k, top in log:
+        want += [{"n": pos * N_PER_POS + i, "wm0_ms": high} for i in range(k)]
+        high = top if high is None or (top is not None and top > high) else high
     assert got == want
     for p in committed_files(d):  # named by the first n in it
         assert int(p.name[9:29]) == json.loads(p.read_bytes().splitlines()[0])["n"]

@@ -8,13 +8,14 @@ import asyncio
 import json
 import time
 import uuid
+from itertools import groupby
 from pathlib import Path
 
 import pytest
 from harness import GatewayProcess, wait_until, write_config
 from services import Proc
 
-from gateway.bridge import committed_files
+from gateway.bridge import N_PER_POS, committed_files
 from sim.fleet import FleetSpec, generate
 from sim.publish import BrokerConfig, publish
 
@@ -72,4 +73,14 @@ async def test_bridge_files_hold_every_reading_once_across_a_sigkill(
         d = got[(r.device, r.boot, r.seq)]
         assert (d["t_ms"], d["site"], d["q"], d["num"]) == (r.t_ms, r.site, r.quality, dict(r.metrics))
     assert any("wm_ms" in d for d in docs)
+    # every line carries the largest watermark field of the messages before it: across the SIGKILL too (the
+    # forwarder's top comes back from the checkpoint, the replay moves it again)
+    high: int | None = None
+    for _, group in groupby(docs, key=lambda d: d["n"] // N_PER_POS):
+        message = list(group)
+        assert [d.get("wm0_ms") for d in message] == [high] * len(message), (high, message)
+        assert all("wm_ms" not in d for d in message[:-1])
+        top = message[-1].get("wm_ms")
+        high = top if high is None or (top is not None and top > high) else high
+    assert high is not None and sum("wm0_ms" in d for d in docs) > len(docs) // 2
     print(f"bridge: {len(committed_files(out))} files, {len(docs)} readings, stats {stats['bridge']}")
