@@ -99,6 +99,12 @@ CAPTURE_SLICE = 32
 """Keys a checkpoint snapshots at a time on the event loop before it lets other work run."""
 
 PROCESS_SLICE_S = 0.005
+CHECKPOINT_YIELD_S = 0.02
+"""Longest a checkpoint waits, after each slice of keys it takes on the loop, for input that is waiting to be
+taken first; and in its worker thread, per row it encodes (about a tenth of that). A checkpoint runs in the time
+input leaves, so it does not hold alerts back (it still ends: these bound its wait)."""
+CHECKPOINT_WAIT_MAX_S = 5.0
+"""Longest a checkpoint's worker thread gives way to input in all (under overload it then goes on regardless)."""
 """Longest the pipeline takes a batch of logged messages without letting other work run (the outbox's sender, the
 sink, the broker's socket); it also lets them run after each input that gave something to publish (an alert)."""
 
@@ -715,7 +721,7 @@ class Gateway:
                 cap.take(CAPTURE_SLICE)
                 on_loop += time.perf_counter() - t
                 if cap.pending:
-                    await asyncio.sleep(0)
+                    await self._give_way()
             self._capture = None
             blob, delta, digests = await asyncio.to_thread(self._encode, glob, order, cap.rows, full)
             saved_ms = self.now_ms()
@@ -746,6 +752,23 @@ class Gateway:
             if not committed and cap is not None:
                 pipeline.dirty.update(cap.keys)  # the stored rows are still the last checkpoint's
 
+    def _input_waiting(self) -> bool:
+        """Input the pipeline has not taken yet: received and not logged, or logged and not taken (none once the
+        gateway stops: what is logged then waits for the restart)."""
+        if self._stopping:
+            return False
+        return self.ingest_stats.waiting() > 0 or self.pos < self.store.last_pos
+
+    async def _give_way(self) -> None:
+        """Between two slices of a checkpoint: let the input waiting be taken first (at most
+        :data:`CHECKPOINT_YIELD_S`)."""
+        until = time.perf_counter() + CHECKPOINT_YIELD_S
+        await asyncio.sleep(0)
+        for _ in range(10_000):  # each pass lets the ready input run once; the time bounds it first
+            if not self._input_waiting() or time.perf_counter() >= until:
+                return
+            await asyncio.sleep(0)
+
     def _encode(
         self, glob: dict[str, Any], order: dict[str, Any], rows: dict[str, Any], full: bool
     ) -> tuple[bytes, RowDelta, dict[str, bytes]]:
@@ -764,7 +787,13 @@ class Gateway:
         digests: dict[str, bytes] = {} if full or old is None else dict(old)
         put: list[tuple[str, bytes]] = []
         rows[ORDER] = order
+        waited, wait_max, row_wait = 0.0, CHECKPOINT_WAIT_MAX_S, CHECKPOINT_YIELD_S / 10
         for i, name in enumerate(list(rows)):
+            if waited < wait_max and self._input_waiting():  # the loop has input: it gets the core and the GIL
+                t = time.perf_counter()
+                while self._input_waiting() and time.perf_counter() - t < row_wait:
+                    time.sleep(0.0005)
+                waited += time.perf_counter() - t
             # each row's containers are freed here, a row at a time: freed at once (on the loop, after the
             # checkpoint) the snapshot of every key held the GIL for hundreds of milliseconds
             text = dumps_row(rows.pop(name)).encode()

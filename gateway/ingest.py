@@ -132,6 +132,7 @@ class IngestStats:
         "queued_most",
         "read_pauses",
         "received",
+        "waiting",
     )
 
     def __init__(self) -> None:
@@ -152,6 +153,8 @@ class IngestStats:
         """Times the durable log could not take messages (a full disk, an I/O error): they were not acknowledged."""
         self.log_failing = False
         """True from such a failure until the log takes messages again."""
+        self.waiting: Callable[[], int] = _none_waiting
+        """Messages received from the broker and not yet taken, right now (on the current connection)."""
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -276,6 +279,10 @@ class Outbox:
         except TimeoutError:
             return False
         return True
+
+
+def _none_waiting() -> int:
+    return 0
 
 
 def _payload_bytes(payload: object) -> bytes:
@@ -432,7 +439,8 @@ class ReadGate:
         self.paused = False
         self._loop.add_reader(fd, self._read)
 
-    def _queued(self) -> int:
+    def queued(self) -> int:
+        """Messages read from the socket and not yet taken."""
         return len(self.client.messages)
 
     def _read(self) -> None:
@@ -442,7 +450,7 @@ class ReadGate:
                 paho.loop_read()
                 sock: Any = paho._sock
                 # paho's loop_read does not always consume the bytes an SSL socket has already decrypted
-                if hasattr(sock, "pending") and sock.pending() > 0 and self._queued() < self.bound:
+                if hasattr(sock, "pending") and sock.pending() > 0 and self.queued() < self.bound:
                     continue
                 break
         except Exception as exc:  # a broken connection (aiomqtt's own reader does the same)
@@ -450,7 +458,7 @@ class ReadGate:
             if not disconnected.done():
                 disconnected.set_exception(exc)
             return
-        queued = self._queued()
+        queued = self.queued()
         self.most = max(self.most, queued)
         if queued >= self.bound and self.armed:
             self._pause()
@@ -491,12 +499,12 @@ class ReadGate:
     def arm(self) -> None:
         """The gateway takes messages from now on: stop reading while ``bound`` of them wait."""
         self.armed = True
-        if self._queued() >= self.bound:
+        if self.queued() >= self.bound:
             self._pause()
 
     def taken(self) -> None:
         """Messages were taken from the queue: read the socket again if there is room."""
-        if self.paused and self.fd >= 0 and self._queued() < self.resume_below:
+        if self.paused and self.fd >= 0 and self.queued() < self.resume_below:
             self.paused = False
             self._stop_keeping()
             self._loop.add_reader(self.fd, self._read)
@@ -542,6 +550,7 @@ async def run_durable_ingest(
         connack: list[Any] = []
         client = make_client(cfg, dup_mids, max_packet=max_packet, connack=connack)
         gate = ReadGate(client, cfg.max_inflight)
+        stats.waiting = gate.queued
         async with client:
             _note_broker_limit(connack, stats, outbox, max_packet)
             # retained messages (board statuses) only for a new subscription: a resumed session already had them
