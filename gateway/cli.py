@@ -675,8 +675,9 @@ def _plan(cfg: Config, args: argparse.Namespace) -> int:
 
 STATEFUL_NOTE = (
     "with patterns or anomaly detection the whole gateway measured end to end costs more than this model gives: "
-    "the example configuration 5,700-11,000 readings per CPU-second where the model gives 15,000-20,000 "
-    "(docs/scale-out.md, 'Known gap'): take the CPU share as a lower bound, or measure with bench/bench_e2e.py"
+    "with bench/bench_e2e.py's example configuration (patterns, a 10-minute window, anomaly detection) about "
+    "1.3-1.4 times (docs/scale-out.md, 'Known gap'): take the CPU share as a lower bound, or measure with "
+    "bench/bench_e2e.py"
 )
 
 _UNITS = {"": 1, "B": 1, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "KB": 10**3, "MB": 10**6, "GB": 10**9}
