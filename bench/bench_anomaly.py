@@ -6,6 +6,7 @@ Reproduce (from the repository root)::
     python bench/bench_anomaly.py -n 50               # quicker
     python bench/bench_anomaly.py --against main -r 5 # side by side with another revision, 5 rounds
     python bench/bench_anomaly.py --against main --builds -r 5  # ... this tree both pure and compiled
+    python bench/bench_anomaly.py --against /path/to/checkout --builds -r 5  # ... and that checkout compiled
 
 Each device sends batches of 20 readings; the time is that of ``AnomalyEngine.process`` only (scoring,
 learning and writing the ``anomaly`` points), for the ``ewma`` baseline univariate (``multivariate =
@@ -18,7 +19,8 @@ time and of the process's CPU time (on a machine shared with other work the CPU 
 for a core is not counted). With
 ``--builds`` this tree runs twice a round, with ``EDGEKIT_ENGINE=pure`` and ``EDGEKIT_ENGINE=compiled`` (the
 mypyc build of ``scripts/build_compiled.py``, which must be there); the other revision runs as its ``gateway/``
-is in git, pure.
+is in git, pure. ``--against`` a directory (a checkout with its own build) runs that checkout as it is, and with
+``--builds`` its compiled build (``EDGEKIT_ENGINE=compiled``).
 """
 
 from __future__ import annotations
@@ -105,7 +107,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("-d", "--devices", type=int, default=1000)
     parser.add_argument("-n", "--readings", type=int, default=100, help="readings per device")
-    parser.add_argument("--against", help="a git revision to measure side by side (e.g. main)")
+    parser.add_argument("--against", help="a git revision, or a checkout's directory, to measure side by side")
     parser.add_argument("-r", "--rounds", type=int, default=3)
     parser.add_argument("--builds", action="store_true", help="with --against: this tree pure and compiled")
     args = parser.parse_args()
@@ -117,12 +119,16 @@ def main() -> None:
                   f"({cpu:.1f} us of CPU), {1e6 / us:,.0f} values/s; state {state / 1e6:.2f} MB JSON")  # fmt: skip
         return
     with tempfile.TemporaryDirectory() as tmp:
-        archive = subprocess.run(["git", "archive", args.against, "gateway"], cwd=ROOT, check=True,
-                                 capture_output=True).stdout  # fmt: skip
-        tarfile.open(fileobj=BytesIO(archive)).extractall(tmp, filter="data")
-        runs = [("this tree", ROOT, ""), (args.against, Path(tmp), "")]
+        other, other_build = Path(args.against), "compiled" if args.builds else ""
+        if not other.is_dir():
+            archive = subprocess.run(["git", "archive", args.against, "gateway"], cwd=ROOT, check=True,
+                                     capture_output=True).stdout  # fmt: skip
+            tarfile.open(fileobj=BytesIO(archive)).extractall(tmp, filter="data")
+            other, other_build = Path(tmp), "pure"
+        label = other.name if other != Path(tmp) else args.against
+        runs = [("this tree", ROOT, ""), (label, other, other_build if args.builds else "")]
         if args.builds:
-            runs = [("pure", ROOT, "pure"), ("compiled", ROOT, "compiled"), (args.against, Path(tmp), "pure")]
+            runs = [("pure", ROOT, "pure"), ("compiled", ROOT, "compiled"), (label, other, other_build)]
         results: dict[str, dict[str, list[float]]] = {label: {} for label, _, _ in runs}
         cpus: dict[str, dict[str, list[float]]] = {label: {} for label, _, _ in runs}
         for _ in range(args.rounds):

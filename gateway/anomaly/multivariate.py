@@ -128,7 +128,7 @@ def _cholesky_inverse(a: list[list[float]]) -> list[list[float]]:
     return inv
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)  # its own __init__: see by_fields
 class MultiResult:
     """One reading's multivariate score. ``z`` is ``None`` in warm-up; ``top`` is the metric that contributes
     most to ``t2`` (its share in ``share``: a term of ``u_i (R^-1 u)_i``, which can exceed 1 when another
@@ -144,6 +144,30 @@ class MultiResult:
     top: str = ""
     share: float = 0.0
     ranked: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        t_ms: int,
+        t2: float,
+        z: float | None,
+        score: float,
+        anomalous: bool,
+        phase: str,
+        events: tuple[Event, ...] = (),
+        top: str = "",
+        share: float = 0.0,
+        ranked: tuple[str, ...] = (),
+    ) -> None:
+        object.__setattr__(self, "t_ms", t_ms)
+        object.__setattr__(self, "t2", t2)
+        object.__setattr__(self, "z", z)
+        object.__setattr__(self, "score", score)
+        object.__setattr__(self, "anomalous", anomalous)
+        object.__setattr__(self, "phase", phase)
+        object.__setattr__(self, "events", events)
+        object.__setattr__(self, "top", top)
+        object.__setattr__(self, "share", share)
+        object.__setattr__(self, "ranked", ranked)
 
     def __reduce__(self) -> tuple[type[Any], tuple[Any, ...]]:
         return by_fields(self)
