@@ -362,6 +362,8 @@ class Gateway:
         state_extra, log_extra = _settings(settings, "state"), _settings(settings, "log")
         other = sorted({s.split(".", 1)[0] for s in settings} - {"state", "log"})
         extra = "".join(f"\n[{sec}]\n{_settings(settings, sec)}" for sec in other) + extra
+        given = {s.partition("=")[0].strip() for s in settings}
+        state_dir = "" if "state.dir" in given else f'dir = "{workdir / "state"}"\n'  # a variant may put it elsewhere
         cfg = workdir / "gateway.toml"
         cfg.write_text(
             f"""
@@ -375,8 +377,7 @@ url = "{influx_url}"
 database = "{db}"
 
 [state]
-dir = "{workdir / "state"}"
-{state_extra}
+{state_dir}{state_extra}
 [log]
 level = "WARNING"
 {log_extra}
@@ -421,6 +422,61 @@ level = "WARNING"
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+        self.log.close()
+
+
+ECHO = r"""
+import json, sys, threading, time
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+port, stats_file = int(sys.argv[1]), sys.argv[2]
+count = [0]
+client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-echo", clean_session=True)
+client.max_inflight_messages_set(100)
+
+
+def on_message(c, userdata, msg):
+    count[0] += 1
+    dev = msg.topic.split("/")[2]
+    if dev.startswith("probe-") and b'"temp_c":21.0' in msg.payload:  # the probe's completing reading
+        doc = json.loads(msg.payload)
+        seq = doc["r"][-1]["s"]
+        alert = {"name": "overheat_pressure_drop", "readings": [[dev, 1, seq]]}
+        c.publish("edgekit/_gateway/alerts/echo", json.dumps(alert), qos=1)
+
+
+client.on_message = on_message
+client.on_connect = lambda c, u, f, rc, p: c.subscribe("edgekit/+/+/readings", qos=1)
+client.connect("127.0.0.1", port)
+client.loop_start()
+while True:
+    with open(stats_file + ".tmp", "w") as f:
+        json.dump({"mqtt": {"connected": client.is_connected()}, "pipeline": {"messages": count[0]}}, f)
+    import os
+    os.replace(stats_file + ".tmp", stats_file)
+    time.sleep(0.2)
+"""
+
+
+class Echo(Gateway):
+    """In the gateway's place for ``latency --echo``: a bare paho client on the gateway's core that takes every
+    reading at QoS 1, as the gateway subscribes, and answers each probe's completing reading with an alert at
+    once. What it measures is the path around the gateway (publisher, broker, probe on their cores): the floor
+    under any gateway's alert latency on this machine at this load."""
+
+    def __init__(self, workdir: Path, mqtt_port: int, core: int | None) -> None:
+        self.workdir = workdir
+        self.stats_file = workdir / "stats.json"
+        cmd = [sys.executable, "-c", ECHO, str(mqtt_port), str(self.stats_file)]
+        if core is not None:
+            cmd = ["taskset", "-c", str(core), *cmd]
+        self.log = open(workdir / "gateway.log", "wb")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
         self.log.close()
 
 
@@ -824,6 +880,8 @@ def cmd_latency(args: argparse.Namespace) -> None:
     for v in args.variant or ():  # this checkout with other settings
         label, _, sets = v.partition(":")
         runs.append((f"{ROOT} [{label}]", ROOT, [x for x in sets.split(",") if x]))
+    if args.echo:
+        runs.append(("echo (no gateway)", ROOT, []))
     results: dict[str, list[tuple[float, float, float, float]]] = {label: [] for label, _, _ in runs}
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp, running_services(Path(tmp) / "svc") as svc:
         for rnd in range(args.rounds):
@@ -831,7 +889,10 @@ def cmd_latency(args: argparse.Namespace) -> None:
                 db = f"lat_{rnd}_{[r[0] for r in runs].index(code_label)}"
                 services.influx_create_database(svc.influx_url, db)
                 work = Path(tempfile.mkdtemp(prefix="latency-", dir=tmp))
-                gw = Gateway(code, work, svc.mqtt_port, svc.influx_url, db, "example", args.core, sets)
+                if code_label.startswith("echo"):
+                    gw: Gateway = Echo(work, svc.mqtt_port, args.core)
+                else:
+                    gw = Gateway(code, work, svc.mqtt_port, svc.influx_url, db, "example", args.core, sets)
                 try:
                     gw.wait_connected()
                     pubs = Publishers(args.publishers, svc.mqtt_port, args.rate, args.seconds)
@@ -958,6 +1019,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         action="append",
         help="LABEL:section.key=value,...: this checkout again with those settings (TOML values), alternating; "
         "for example nockpt:state.checkpoint_interval_s=3600",
+    )
+    lat.add_argument(
+        "--echo",
+        action="store_true",
+        help="also a bare MQTT client in the gateway's place that answers each probe at once: the latency of the "
+        "path around the gateway (publishers, broker, probe), alternating with the others",
     )
     o = sub.add_parser("overload")
     common(o, 100_000, 40.0)
