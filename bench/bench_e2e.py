@@ -131,17 +131,16 @@ OTHER_CORES: set[int] = set()
 """The cores everything but the gateway runs on (all but the gateway's ``--core``; set by main)."""
 
 
-def _settings(settings: Sequence[str], section: str) -> str:
-    """The ``section.key=value`` settings (values as TOML) of one section, as its lines."""
+def _settings(settings: Sequence[str]) -> list[tuple[str, str, str]]:
+    """``(section, key, value)`` of each ``section.key=value`` setting (the value as TOML)."""
     out = []
     for s in settings:
         key, _, value = s.partition("=")
-        sec, _, name = key.partition(".")
+        sec, _, name = key.strip().partition(".")
         if not name or not value:
             raise SystemExit(f"a setting is section.key=value (TOML value), not {s!r}")
-        if sec == section:
-            out.append(f"{name} = {value}\n")
-    return "".join(out)
+        out.append((sec, name, value.strip()))
+    return out
 
 
 def pin_all_threads(pid: int, cores: set[int]) -> None:
@@ -358,33 +357,17 @@ class Gateway:
     ) -> None:
         self.workdir = workdir
         self.stats_file = workdir / "stats.json"
-        extra = example_toml() if config == "example" else ""
-        state_extra, log_extra = _settings(settings, "state"), _settings(settings, "log")
-        other = sorted({s.split(".", 1)[0] for s in settings} - {"state", "log"})
-        extra = "".join(f"\n[{sec}]\n{_settings(settings, sec)}" for sec in other) + extra
-        given = {s.partition("=")[0].strip() for s in settings}
-        state_dir = "" if "state.dir" in given else f'dir = "{workdir / "state"}"\n'  # a variant may put it elsewhere
+        base: dict[str, dict[str, str]] = {
+            "mqtt": {"url": f'"mqtt://127.0.0.1:{mqtt_port}"', "client_id": f'"bench-gw-{workdir.name}"'},
+            "influx": {"target": '"v1"', "url": f'"{influx_url}"', "database": f'"{db}"'},
+            "state": {"dir": f'"{workdir / "state"}"'},
+            "log": {"level": '"WARNING"'},
+        }
+        for sec, name, value in _settings(settings):  # a variant's settings replace or add to these
+            base.setdefault(sec, {})[name] = value
+        text = "".join(f"[{sec}]\n" + "".join(f"{k} = {v}\n" for k, v in kv.items()) + "\n" for sec, kv in base.items())
         cfg = workdir / "gateway.toml"
-        cfg.write_text(
-            f"""
-[mqtt]
-url = "mqtt://127.0.0.1:{mqtt_port}"
-client_id = "bench-gw-{workdir.name}"
-
-[influx]
-target = "v1"
-url = "{influx_url}"
-database = "{db}"
-
-[state]
-{state_dir}{state_extra}
-[log]
-level = "WARNING"
-{log_extra}
-{extra}
-""",
-            encoding="utf-8",
-        )
+        cfg.write_text(text + (example_toml() if config == "example" else ""), encoding="utf-8")
         cmd = [sys.executable, "-m", "gateway", "run", "--config", str(cfg), "--stats-file", str(self.stats_file)]
         if core is not None:
             cmd = ["taskset", "-c", str(core), *cmd]
