@@ -100,6 +100,12 @@ def alerts(draw: st.DrawFn) -> Alert:
                  readings=readings, message=message, details=details)  # fmt: skip
 
 
+WINDOW_RECORD = {"v": 1, "window": "w", "site": "s", "device": "d", "metric": "m", "start_ms": 1_780_000_000_000,
+                 "end_ms": 1_780_000_060_000, "count": 1, "aggregates": {"mean": 1.5}, "revision": 1,
+                 "fired": "watermark"}  # fmt: skip
+"""One result of window ``w`` (mean 1.5) in the job's schema, for the tests that run a sink-only gateway."""
+
+
 def _flink_string(v: object) -> str:
     """``CAST(v AS STRING)`` as Flink writes it: booleans in upper case."""
     return str(v).upper() if isinstance(v, bool) else str(v)
@@ -121,9 +127,7 @@ def test_a_failed_checkpoint_is_tried_again_and_the_sink_only_gateway_goes_on(
     gateway goes on reading files and takes the checkpoint at the next interval; after a restart no file is read
     again."""
     results = tmp_path / "out"
-    rec = {"v": 1, "window": "w", "site": "s", "device": "d", "metric": "m", "start_ms": 1_780_000_000_000,
-           "end_ms": 1_780_000_060_000, "count": 1, "aggregates": {"mean": 1.5}, "revision": 1,
-           "fired": "watermark"}  # fmt: skip
+    rec = dict(WINDOW_RECORD)
     (results / "windows").mkdir(parents=True)
     (results / "windows" / "part-0").write_text(json.dumps(rec) + "\n")
     doc = {
@@ -197,9 +201,7 @@ def test_a_stop_does_not_wait_for_a_hung_broker(tmp_path: Path, influxdb_v1: ser
     (10 s); the message not sent is in the final checkpoint."""
     broker = services.start_mosquitto(tmp_path / "broker", services.free_port())
     results = tmp_path / "out"
-    rec = {"v": 1, "window": "w", "site": "s", "device": "d", "metric": "m", "start_ms": 1_780_000_000_000,
-           "end_ms": 1_780_000_060_000, "count": 1, "aggregates": {"mean": 1.5}, "revision": 1,
-           "fired": "watermark"}  # fmt: skip
+    rec = dict(WINDOW_RECORD)
     (results / "windows").mkdir(parents=True)
     (results / "windows" / "part-0").write_text(json.dumps(rec) + "\n")
     doc = {
@@ -396,9 +398,7 @@ def test_the_stats_file_goes_on_while_the_reader_waits_for_a_full_spool(tmp_path
         port = s.getsockname()[1]  # closed again: InfluxDB is away
     results = tmp_path / "out"
     (results / "windows").mkdir(parents=True)
-    rec = {"v": 1, "window": "w", "site": "s", "device": "d", "metric": "m", "start_ms": 1_780_000_000_000,
-           "end_ms": 1_780_000_060_000, "count": 1, "aggregates": {"mean": 1.5}, "revision": 1,
-           "fired": "watermark"}  # fmt: skip
+    rec = dict(WINDOW_RECORD)
     lines = [json.dumps({**rec, "start_ms": rec["start_ms"] + i}) for i in range(300)]  # type: ignore[operator]
     for n in range(3):  # the first fills the spool past its limit: the reader waits in the second
         (results / "windows" / f"part-{n}").write_text("\n".join(lines[n * 100 : n * 100 + 100]) + "\n")
@@ -500,9 +500,7 @@ def test_an_unreadable_result_file_is_tried_again_and_the_others_go_on(
     root cannot read from its start) does not end the sink-only gateway: it is counted, not marked consumed, the
     other files are read, and it is read at a later poll once it can be."""
     results = tmp_path / "out"
-    rec = {"v": 1, "window": "w", "site": "s", "device": "d", "metric": "m", "start_ms": 1_780_000_000_000,
-           "end_ms": 1_780_000_060_000, "count": 1, "aggregates": {"mean": 1.5}, "revision": 1,
-           "fired": "watermark"}  # fmt: skip
+    rec = dict(WINDOW_RECORD)
     (results / "windows").mkdir(parents=True)
     (results / "windows" / "part-a").symlink_to("/proc/self/mem")
     (results / "windows" / "part-b").write_text(json.dumps(rec) + "\n")
