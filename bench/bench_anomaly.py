@@ -119,14 +119,14 @@ def main() -> None:
                   f"({cpu:.1f} us of CPU), {1e6 / us:,.0f} values/s; state {state / 1e6:.2f} MB JSON")  # fmt: skip
         return
     with tempfile.TemporaryDirectory() as tmp:
-        other, other_build = Path(args.against), "compiled" if args.builds else ""
-        if not other.is_dir():
+        if Path(args.against).is_dir():  # a checkout with its own build
+            other, label, other_build = Path(args.against), Path(args.against).name, "compiled"
+        else:  # a revision: its gateway/ from git, pure
             archive = subprocess.run(["git", "archive", args.against, "gateway"], cwd=ROOT, check=True,
                                      capture_output=True).stdout  # fmt: skip
             tarfile.open(fileobj=BytesIO(archive)).extractall(tmp, filter="data")
-            other, other_build = Path(tmp), "pure"
-        label = other.name if other != Path(tmp) else args.against
-        runs = [("this tree", ROOT, ""), (label, other, other_build if args.builds else "")]
+            other, label, other_build = Path(tmp), args.against, "pure"
+        runs = [("this tree", ROOT, ""), (label, other, "")]
         if args.builds:
             runs = [("pure", ROOT, "pure"), ("compiled", ROOT, "compiled"), (label, other, other_build)]
         results: dict[str, dict[str, list[float]]] = {label: {} for label, _, _ in runs}

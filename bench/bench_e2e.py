@@ -409,11 +409,11 @@ class Gateway:
 
 
 ECHO = r"""
-import json, sys, threading, time
+import json, os, sys, time
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-port, stats_file = int(sys.argv[1]), sys.argv[2]
+port, stats_file, drop = int(sys.argv[1]), sys.argv[2], sys.argv[3].encode()
 count = [0]
 client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-echo", clean_session=True)
 client.max_inflight_messages_set(100)
@@ -422,7 +422,7 @@ client.max_inflight_messages_set(100)
 def on_message(c, userdata, msg):
     count[0] += 1
     dev = msg.topic.split("/")[2]
-    if dev.startswith("probe-") and b'"temp_c":21.0' in msg.payload:  # the probe's completing reading
+    if dev.startswith("probe-") and drop in msg.payload:  # the probe's completing reading
         doc = json.loads(msg.payload)
         seq = doc["r"][-1]["s"]
         alert = {"name": "overheat_pressure_drop", "readings": [[dev, 1, seq]]}
@@ -436,7 +436,6 @@ client.loop_start()
 while True:
     with open(stats_file + ".tmp", "w") as f:
         json.dump({"mqtt": {"connected": client.is_connected()}, "pipeline": {"messages": count[0]}}, f)
-    import os
     os.replace(stats_file + ".tmp", stats_file)
     time.sleep(0.2)
 """
@@ -451,7 +450,7 @@ class Echo(Gateway):
     def __init__(self, workdir: Path, mqtt_port: int, core: int | None) -> None:
         self.workdir = workdir
         self.stats_file = workdir / "stats.json"
-        cmd = [sys.executable, "-c", ECHO, str(mqtt_port), str(self.stats_file)]
+        cmd = [sys.executable, "-c", ECHO, str(mqtt_port), str(self.stats_file), PROBE_DROP]
         if core is not None:
             cmd = ["taskset", "-c", str(core), *cmd]
         self.log = open(workdir / "gateway.log", "wb")
@@ -781,6 +780,11 @@ def influx_write_all(url: str, db: str, lines: Sequence[str], batch: int, writer
 # ---------------------------------------------------------------------------------------------- latency
 
 
+PROBE_HOT = '{"temp_c":85.0,"pressure_hpa":1000.0}'
+PROBE_DROP = '{"temp_c":21.0,"pressure_hpa":850.0}'
+"""The probe's two readings: above 80 °C, then the pressure drop that completes ``overheat_pressure_drop``."""
+
+
 def prober(port: int, seconds: float, start_at: float, results: Any, probes: int = 20, every_s: float = 0.05) -> None:
     """Complete ``overheat_pressure_drop`` on ``probes`` boards in turn every ``every_s``; time each alert."""
     import paho.mqtt.client as mqtt
@@ -828,7 +832,7 @@ def prober(port: int, seconds: float, start_at: float, results: Any, probes: int
             last_t[b] = t
             s = seq[b]
             seq[b] += 1
-            m = '{"temp_c":85.0,"pressure_hpa":1000.0}' if hot else '{"temp_c":21.0,"pressure_hpa":850.0}'
+            m = PROBE_HOT if hot else PROBE_DROP
             payload = b'{"v":1,"dev":"%s","r":[{"b":1,"s":%d,"t":%d,"q":"s","m":%s}],"flushed":%d}' % (
                 b.encode(), s, t, m.encode(), t)  # fmt: skip
             if not hot and n > warm:
