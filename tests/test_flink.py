@@ -504,6 +504,8 @@ def test_cli_compile_writes_the_job_and_refuses_with_exit_2(tmp_path: Path, caps
     kafka = capsys.readouterr().out
     assert kafka.count("'connector' = 'kafka'") == 3 and "'sink.delivery-guarantee' = 'exactly-once'" in kafka
     assert "filesystem" not in kafka
+    # one-phase window aggregation whatever the source (test_the_readers_taking_turns_lose_nothing)
+    assert "'table.optimizer.agg-phase-strategy' = 'ONE_PHASE'" in script and kafka.count("ONE_PHASE") == 1
     # refused: the example configuration (per-device watermarks, a quiet period, fast alerts; its patterns are a job)
     example = REPO / "gateway" / "examples" / "gateway.toml"
     assert main(["compile", "--target", "flink-sql", "--config", str(example)]) == 2
@@ -578,6 +580,59 @@ def test_patterns_equal_the_gateways_at_parallelism_1_and_2(
         assert explained, "rule E does not occur: the end of input left no match open"
 
 
+class FileFeed:
+    """A job's input placed one file at a time: the gateway's lines in ``n`` files of whole messages, in the order
+    the bridge would write them (Flink's file source takes the files that are there at once in no fixed order:
+    docs/scale-out.md)."""
+
+    def __init__(self, cluster: Cluster, side: GatewaySide, directory: Path, n: int) -> None:
+        self.cluster, self.dir = cluster, directory
+        self.files: list[list[str]] = [[] for _ in range(n)]
+        per_file = -(-len(side.lines) // n)
+        i = 0
+        for size in side.sizes:
+            self.files[min(i // per_file, n - 1)] += side.lines[i : i + size]
+            i += size
+        assert i == len(side.lines) and all(self.files)
+        self.jid = ""
+
+    def place(self, k: int) -> None:
+        hidden = self.dir / f".readings-{k:020d}.jsonl"  # Flink's file source skips names starting with '.'
+        hidden.write_text("".join(line + "\n" for line in self.files[k]))
+        hidden.rename(hidden.with_name(f"readings-{k:020d}.jsonl"))
+
+    def records(self) -> int:
+        """What the job's source has read since its (last) start."""
+        try:
+            return self.cluster.source_records(self.jid)
+        except (OSError, StopIteration, KeyError):  # metrics not there yet
+            return 0
+
+    def read_at_least(self, n: int) -> None:
+        deadline = time.monotonic() + 60
+        while self.records() < n:
+            assert time.monotonic() < deadline, f"the job did not read {n} readings"
+            time.sleep(0.1)
+
+    def feed(self, ks: range, base: int) -> None:
+        """The files ``ks`` one at a time, each once the one before is read; ``base``: what the source has read
+        since its start before the first of them."""
+        for k in ks:
+            self.place(k)
+            self.read_at_least(base + sum(map(len, self.files[ks.start : k + 1])))
+
+    def settled(self) -> int:
+        """What the source has read since its (last) start, once nothing new came for 3 s."""
+        counts: list[int] = []
+        deadline = time.monotonic() + 120
+        while len(counts) < 4 or len(set(counts[-4:])) > 1:
+            assert time.monotonic() < deadline, f"the job did not settle: {counts}"
+            self.cluster.wait_running(self.jid)
+            counts.append(self.records())
+            time.sleep(1)
+        return counts[-1]
+
+
 KILL_WINDOWS: list[dict[str, Any]] = [
     {"name": "temp_10m", "kind": "tumbling", "size": "10m", "metrics": ["temp_c"]},
     {"name": "rh_sliding", "kind": "sliding", "size": "10m", "slide": "5m", "metrics": ["rh"],
@@ -585,6 +640,38 @@ KILL_WINDOWS: list[dict[str, Any]] = [
     {"name": "temp_session", "kind": "session", "gap": "3m", "metrics": ["temp_c"]},
 ]  # fmt: skip
 """The sleepy scenario's two windows and a session window: every kind of window the job compiles."""
+
+
+@pytest.mark.integration
+def test_the_readers_taking_turns_lose_nothing(flink: Cluster, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The files source's two readers take the files in turns (each file goes to the reader that has waited
+    longest), and the one that read the last file turns idle: no reading of a window still open may be lost.
+    Flink's two-phase window aggregation keeps a reader's part of an open window in a local buffer until its
+    own watermark passes the window's end or a checkpoint flushes it; once the reader is idle, the other one's
+    watermark fires the window without that part, which then arrives late and is dropped (196 differences on
+    the compiled job before it asked for one-phase aggregation). Checkpoints an hour apart here, so that none
+    flushes the buffers between two files: the sleepy scenario in 16 files, one at a time, must give the
+    gateway's windows."""
+    side = gateway_side("sleepy", KILL_WINDOWS)
+    work = tmp_path_factory.mktemp("turns")
+    (work / "in").mkdir()
+    paths = SinkPaths(
+        readings=f"file://{work / 'in'}",
+        windows=f"file://{work / 'windows'}",
+        late=f"file://{work / 'late'}",
+        monitor_interval="1s",
+    )
+    script = compile_flink_sql(side.config, paths, parallelism=2, prefix="t_")
+    (work / "job.sql").write_text("SET 'execution.checkpointing.interval' = '1 h';\n" + script)
+    fed = FileFeed(flink, side, work / "in", 16)
+    (fed.jid,) = flink.run_sql(work / "job.sql", wait=False)
+    flink.wait_running(fed.jid)
+    time.sleep(3)  # every reader idle before any input exists
+    fed.feed(range(len(fed.files)), 0)
+    assert fed.settled() == len(side.lines)
+    flink.stop([fed.jid], work / "savepoints")
+    job = JobSide(_read_dir(work / "windows"), _read_dir(work / "late"), "")
+    _check("sleepy, the readers taking turns", side, job, "no checkpoint")
 
 
 @pytest.mark.integration
@@ -607,50 +694,18 @@ def test_a_taskmanager_killed_mid_run_changes_nothing_in_the_committed_output(
         monitor_interval="1s",
     )
     (work / "job.sql").write_text(compile_flink_sql(side.config, paths, parallelism=2, prefix="k_"))
-    # the input in 16 files of whole messages, in the order the bridge would write them
-    files: list[list[str]] = [[] for _ in range(16)]
-    per_file = -(-len(side.lines) // len(files))
-    i = 0
-    for size in side.sizes:
-        files[min(i // per_file, len(files) - 1)] += side.lines[i : i + size]
-        i += size
-    assert i == len(side.lines) and all(files)
-
-    def place(k: int) -> None:
-        hidden = work / "in" / f".readings-{k:020d}.jsonl"  # Flink's file source skips names starting with '.'
-        hidden.write_text("".join(line + "\n" for line in files[k]))
-        hidden.rename(hidden.with_name(f"readings-{k:020d}.jsonl"))
-
-    def records(jid: str) -> int:
-        try:
-            return flink.source_records(jid)
-        except (OSError, StopIteration, KeyError):  # metrics not there yet
-            return 0
-
-    def read_at_least(jid: str, n: int) -> None:
-        deadline = time.monotonic() + 60
-        while records(jid) < n:
-            assert time.monotonic() < deadline, f"the job did not read {n} readings"
-            time.sleep(0.1)
-
-    (jid,) = flink.run_sql(work / "job.sql", wait=False)
+    fed = FileFeed(flink, side, work / "in", 16)
+    files = fed.files
+    (fed.jid,) = (jid,) = flink.run_sql(work / "job.sql", wait=False)
     flink.wait_running(jid)
     time.sleep(3)  # every reader idle before any input exists
-
-    def feed(ks: range, base: int) -> None:
-        """The files one at a time, each once the one before is read (docs/scale-out.md: the files source takes
-        the files that are there at once in no fixed order); ``base``: what the source has read since its start."""
-        for k in ks:
-            place(k)
-            read_at_least(jid, base + sum(map(len, files[ks.start : k + 1])))
-
-    feed(range(6), 0)
+    fed.feed(range(6), 0)
     triggered = flink.checkpoint_ids(jid)[1]
     deadline = time.monotonic() + 60
     while flink.checkpoint_ids(jid)[0] <= triggered:  # a checkpoint triggered after these readings, completed
         assert time.monotonic() < deadline, "no checkpoint completed"
         time.sleep(0.1)
-    feed(range(6, 7), sum(map(len, files[:6])))  # read since that checkpoint: read again after the restore
+    fed.feed(range(6, 7), sum(map(len, files[:6])))  # read since that checkpoint: read again after the restore
     before = flink.checkpoints(jid)
     victim = flink.taskmanager_of(jid)  # one that runs the job's source (and maybe every task of the job)
     flink.kill(victim)  # SIGKILL to its process group
@@ -660,23 +715,12 @@ def test_a_taskmanager_killed_mid_run_changes_nothing_in_the_committed_output(
         assert time.monotonic() < deadline, "the job did not restart after the TaskManager was killed"
         time.sleep(0.3)
 
-    def settled() -> int:
-        """What the source has read since the restart, once nothing new came for 3 s."""
-        counts: list[int] = []
-        deadline = time.monotonic() + 120
-        while len(counts) < 4 or len(set(counts[-4:])) > 1:
-            assert time.monotonic() < deadline, f"the job did not settle after the restart: {counts}"
-            flink.wait_running(jid)
-            counts.append(records(jid))
-            time.sleep(1)
-        return counts[-1]
-
     # read again: what the source had read since the barrier of the checkpoint restored passed it (the file read
     # since, or part of it; more would be files read together, in no fixed order: docs/scale-out.md)
-    replayed = settled()
+    replayed = fed.settled()
     assert 0 <= replayed <= len(files[6]), replayed
-    feed(range(7, len(files)), replayed)
-    assert settled() == replayed + sum(map(len, files[7:]))
+    fed.feed(range(7, len(files)), replayed)
+    assert fed.settled() == replayed + sum(map(len, files[7:]))
     restarts = flink.restarts(jid)
     flink.stop([jid], work / "savepoints")
     assert before >= 1 and restarts >= 1, f"checkpoints before the kill {before}, restarts {restarts}"
