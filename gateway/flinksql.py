@@ -333,6 +333,10 @@ def compile_flink_sql(
         "-- decides when a window fires: what a window takes, and what is late, is decided from wm0_ms",
         "SET 'pipeline.auto-watermark-interval' = '0';",
         "SET 'execution.checkpointing.mode' = 'EXACTLY_ONCE';",
+        "-- one-phase window aggregation: the two-phase one keeps a source reader's part of an open window in a",
+        "-- local buffer until that reader's watermark passes the window's end; a reader turned idle never sends",
+        "-- it before another reader's watermark fires the window, and the part arrives late (docs/scale-out.md)",
+        "SET 'table.optimizer.agg-phase-strategy' = 'ONE_PHASE';",
     ]
     if parallelism is not None:
         out.append(f"SET 'parallelism.default' = '{parallelism}';")
