@@ -33,7 +33,7 @@ demo:
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 # four test processes (pytest-xdist), a file each at a time: most tests wait on services and subprocesses (with
-# two, the cores were idle 60 % of a CI run)
+# four, two cores were still idle a third of a CI run)
 test: setup
 	@$(PY) -m pytest -n 4 --dist loadfile
 
