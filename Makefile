@@ -33,7 +33,7 @@ demo:
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 # two test processes (pytest-xdist), a file each at a time: most tests wait on services and subprocesses (four
-# took 8.5 min instead of about 10, but test_damaged_state's replay test failed in two runs of four with them)
+# took 8.5 minutes of tests instead of 12.5, but test_damaged_state's replay test failed in two runs of four)
 test: setup
 	@$(PY) -m pytest -n 2 --dist loadfile
 

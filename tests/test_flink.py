@@ -189,6 +189,17 @@ class JobSide:
     alerts: list[dict[str, Any]] = field(default_factory=list)
 
 
+def _paths(base: Path) -> SinkPaths:
+    """A monitoring job's directories under ``base``: its input in ``in``, its results beside it."""
+    return SinkPaths(
+        readings=f"file://{base / 'in'}",
+        windows=f"file://{base / 'windows'}",
+        late=f"file://{base / 'late'}",
+        alerts=f"file://{base / 'alerts'}",
+        monitor_interval="1s",
+    )
+
+
 def streaming_job_sides(
     cluster: Cluster, work: Path, runs: dict[str, tuple[GatewaySide, int]], fed: Sequence[FileFeed] = ()
 ) -> dict[str, JobSide]:
@@ -200,14 +211,7 @@ def streaming_job_sides(
     for i, (label, (side, parallelism)) in enumerate(runs.items()):
         base = work / f"run{i}"
         (base / "in").mkdir(parents=True)
-        paths = SinkPaths(
-            readings=f"file://{base / 'in'}",
-            windows=f"file://{base / 'windows'}",
-            late=f"file://{base / 'late'}",
-            alerts=f"file://{base / 'alerts'}",
-            monitor_interval="1s",
-        )
-        scripts[label] = compile_flink_sql(side.config, paths, parallelism=parallelism, prefix=f"s{i}_")
+        scripts[label] = compile_flink_sql(side.config, _paths(base), parallelism=parallelism, prefix=f"s{i}_")
     (work / "jobs.sql").write_text("".join(scripts.values()) + "".join(f.script for f in fed))
     submitted = cluster.run_sql(work / "jobs.sql", wait=False)
     ids = dict(zip(runs, submitted[: len(runs)], strict=True))
@@ -255,13 +259,7 @@ class FileFeed:
     def __init__(self, side: GatewaySide, work: Path, n: int, prefix: str, head: str = "") -> None:
         self.side, self.work, self.dir = side, work, work / "in"
         self.dir.mkdir(parents=True)
-        paths = SinkPaths(
-            readings=f"file://{self.dir}",
-            windows=f"file://{work / 'windows'}",
-            late=f"file://{work / 'late'}",
-            monitor_interval="1s",
-        )
-        self.script = head + compile_flink_sql(side.config, paths, parallelism=2, prefix=prefix)
+        self.script = head + compile_flink_sql(side.config, _paths(work), parallelism=2, prefix=prefix)
         self.cluster: Cluster | None = None
         self.jid = ""
         self.files: list[list[str]] = [[] for _ in range(n)]
