@@ -78,11 +78,9 @@ class Salvage:
     log_lost_exact: bool = True
     """False when the checkpoint is lost: positions it had deleted cannot be told from lost rows."""
     log_holes: list[tuple[int, int | None]] = field(default_factory=list)
-    log_invalid: int = 0
     chunks: int = 0
     chunk_lines: int = 0
     spool_holes: list[tuple[int, int | None]] = field(default_factory=list)
-    spool_invalid: int = 0
 
     @property
     def lost_anything(self) -> bool:
@@ -92,8 +90,6 @@ class Salvage:
             or self.log_rows_lost != 0
             or bool(self.log_holes)
             or bool(self.spool_holes)
-            or self.log_invalid > 0
-            or self.spool_invalid > 0
         )
 
     def lines(self) -> list[str]:
@@ -130,8 +126,6 @@ class Salvage:
             )
         else:
             lost = "; no row lost"
-        if self.log_invalid:
-            lost += f"; {self.log_invalid:,} rows read but not valid, dropped"
         out.append(kept + lost)
         spool = f"spool: {self.chunks:,} chunks ({self.chunk_lines:,} lines) kept and will be written"
         if self.spool_holes:
@@ -141,8 +135,6 @@ class Salvage:
             spool += f"; chunks unreadable ({where}): their lines (not yet written to InfluxDB) are lost"
         else:
             spool += "; no chunk lost"
-        if self.spool_invalid:
-            spool += f"; {self.spool_invalid:,} chunks read but not valid, dropped"
         out.append(spool)
         if not self.lost_anything:
             out.append("nothing was lost")
@@ -163,62 +155,98 @@ def _select(table: str, key: str, columns: list[str]) -> str:
     return f"SELECT {', '.join([key, *columns])} FROM {table} WHERE {key} >= ? ORDER BY {key}"
 
 
-def _readable_from(db: sqlite3.Connection, select: str, start: int) -> bool:
-    """Whether the first row with a key from ``start`` on can be read whole (or there is none)."""
+_Good = Callable[[tuple[Any, ...], int], bool]
+"""Whether a row read from a key on can be kept: its key is a whole number from that key on, no higher than the
+table's counter, and its columns pass the table's checks."""
+
+
+def _forget(db: sqlite3.Connection) -> None:
+    """Drop the pages SQLite holds in memory after it met a damaged one. SQLite marks a page as read before it
+    checks the page's cells, and does not unmark it when the check fails: read again from its cache, the same
+    damaged page would pass unchecked and its made-up cells could lead a seek past it without an error."""
+    db.execute("PRAGMA shrink_memory")
+
+
+def _readable_from(db: sqlite3.Connection, select: str, start: int, good: _Good) -> bool:
+    """Whether the first row with a key from ``start`` on can be read whole and kept (or there is none)."""
     try:
         row = db.execute(select + " LIMIT 1", (start,)).fetchone()
     except sqlite3.DatabaseError:
+        _forget(db)
         return False
-    return row is None or (isinstance(row[0], int) and row[0] >= start)
+    return row is None or good(row, start)
 
 
-def _next_readable(db: sqlite3.Connection, select: str, start: int) -> int | None:
+def _next_readable(db: sqlite3.Connection, select: str, start: int, good: _Good, last: int) -> int | None:
     """The smallest ``x > start`` from which the table reads again (probing forward, then bisecting back), or
-    None when nothing from ``start`` on can be read."""
+    None when nothing from ``start`` on up to ``last`` can be read."""
     step = 1
-    while not _readable_from(db, select, start + step):
-        if start + step >= _MAX_KEY:
+    while not _readable_from(db, select, start + step, good):
+        if start + step >= last:
             return None
         step = min(step * 2, _MAX_KEY - start)
     lo, hi = start + step // 2, start + step  # unreadable from lo (or lo is ``start``), readable from hi
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if _readable_from(db, select, mid):
+        if _readable_from(db, select, mid, good):
             hi = mid
         else:
             lo = mid
     return hi
 
 
-class _OutOfOrder(Exception):
+class _Damaged(Exception):
     pass
 
 
 def _read_rows(
-    db: sqlite3.Connection, table: str, key: str, columns: list[str], take: Callable[[tuple[Any, ...]], None]
+    db: sqlite3.Connection,
+    table: str,
+    key: str,
+    columns: list[str],
+    take: Callable[[tuple[Any, ...]], None],
+    *,
+    valid: Callable[[tuple[Any, ...]], bool],
+    last: int | None,
 ) -> list[tuple[int, int | None]]:
     """Hand every readable row of ``table`` (``key`` first, then ``columns``) to ``take``, in key order; return
-    the holes ``(a, b)``: rows with ``a < key < b`` (``b`` None: to the end) could not be read."""
+    the holes ``(a, b)``: rows with ``a < key < b`` (``b`` None: to the end) could not be read.
+
+    A damaged page may still read as cells: SQLite follows its damaged cell pointers to whatever bytes they lead
+    to, and may read a made-up row with any key. So a row is kept only if its key comes after the last one kept
+    and is no higher than ``last`` (the table's AUTOINCREMENT counter, when it can be read) and ``valid`` says its
+    columns can be kept; any other row is damage, and the reader looks for the next key from which rows are kept
+    again, so that a made-up key never leads it past readable rows. (A made-up row that passes all of this, a
+    well-formed row with a key in the table's range, cannot be told from a real one.)"""
     select = _select(table, key, columns)
+    top = _MAX_KEY if last is None else last
+
+    def good(row: tuple[Any, ...], start: int) -> bool:
+        return isinstance(row[0], int) and start <= row[0] <= top and valid(row)
+
     holes: list[tuple[int, int | None]] = []
     start = 1  # AUTOINCREMENT keys start at 1
     while True:
         try:
             for row in db.execute(select, (start,)):
-                if not isinstance(row[0], int) or row[0] < start:
-                    raise _OutOfOrder  # a damaged page read as cells: its keys go back
+                if not good(row, start):
+                    raise _Damaged
                 take(row)
                 start = row[0] + 1
             return holes
-        except (sqlite3.DatabaseError, _OutOfOrder):
+        except sqlite3.DatabaseError:
+            _forget(db)
+        except _Damaged:
             pass
         # the module steps one row ahead, so the row just before a damaged page is not returned: read it alone
         try:
             one = db.execute(select + " LIMIT 1", (start,)).fetchone()
-            if one is not None and (not isinstance(one[0], int) or one[0] < start):
-                raise _OutOfOrder
-        except (sqlite3.DatabaseError, _OutOfOrder):
-            resume = _next_readable(db, select, start)
+            if one is not None and not good(one, start):
+                raise _Damaged
+        except (sqlite3.DatabaseError, _Damaged) as exc:
+            if isinstance(exc, sqlite3.DatabaseError):
+                _forget(db)
+            resume = _next_readable(db, select, start, good, top)
             one = None if resume is None else db.execute(select + " LIMIT 1", (resume,)).fetchone()
             holes.append((start - 1, None if one is None else one[0]))
         if one is None:
@@ -410,6 +438,9 @@ def _connect(scratch: Path) -> sqlite3.Connection:
     header says (cut mid-page) up to where it ends instead of refusing it whole. Nothing is written to it."""
     db = sqlite3.connect(f"file:{scratch}?mode=rw", uri=True, isolation_level=None)
     db.execute("PRAGMA writable_schema=ON")
+    # a page's cell pointers are checked when the page is read: a damaged one is an error, where SQLite would
+    # otherwise follow it, masked to the page size, even to bytes past the page's end (whatever memory holds)
+    db.execute("PRAGMA cell_size_check=ON")
     return db
 
 
@@ -495,32 +526,30 @@ def _salvage_log(db: sqlite3.Connection, tables: set[str], report: Salvage, out:
     highest = 0
     insert = "INSERT INTO log (pos, kind, topic, payload, received_ms) VALUES (?, ?, ?, ?, ?)"
 
+    def valid(row: tuple[Any, ...]) -> bool:
+        _, kind, topic, payload, received_ms = row
+        return (
+            kind in (KIND_MESSAGE, KIND_OVERSIZE, KIND_TICK, KIND_RELOAD)
+            and isinstance(topic, str)
+            and isinstance(payload, bytes)
+            and isinstance(received_ms, int)
+            and received_ms > 0  # a gateway's wall clock; zeros are a page read past its end
+            and (kind in (KIND_MESSAGE, KIND_OVERSIZE)) == bool(topic)
+        )
+
     def take(row: tuple[Any, ...]) -> None:
         nonlocal highest
-        pos, kind, topic, payload, received_ms = row
+        pos, kind = row[0], row[1]
         highest = max(highest, pos)
         if pos <= after:
             return  # taken into the checkpoint already (a checkpoint deletes these in its own transaction)
-        if (
-            kind not in (KIND_MESSAGE, KIND_OVERSIZE, KIND_TICK, KIND_RELOAD)
-            or not isinstance(topic, str)
-            or not isinstance(payload, bytes)
-            or not isinstance(received_ms, int)
-            or received_ms <= 0  # a gateway's wall clock; zeros are a page read past its end
-            or (kind in (KIND_MESSAGE, KIND_OVERSIZE)) != bool(topic)
-        ):
-            report.log_invalid += 1
-            return
         out.execute(insert, row)
-        if kind in (
-            KIND_MESSAGE,
-            KIND_OVERSIZE,
-        ):  # a message, or the stub of an oversize one (its dead letter on replay)
+        if kind in (KIND_MESSAGE, KIND_OVERSIZE):  # a message, or the stub of an oversize one (its dead letter)
             report.messages += 1
         else:  # a tick, or a reload (counted with them: neither is a reading)
             report.ticks += 1
 
-    holes = _read_rows(db, "log", "pos", ["kind", "topic", "payload", "received_ms"], take)
+    holes = _read_rows(db, "log", "pos", ["kind", "topic", "payload", "received_ms"], take, valid=valid, last=seq)
     # the positions after the checkpoint's are consecutive up to the sequence: each one not read is a lost row
     # (without the checkpoint, some may be positions a checkpoint had deleted: then "up to")
     lost: int | None = 0
@@ -550,21 +579,21 @@ def _salvage_spool(db: sqlite3.Connection, tables: set[str], report: Salvage, ou
     columns = [c for c in fresh if c in have and c != "id"]
     insert = f"INSERT INTO spool ({', '.join(['id', *columns])}) VALUES ({', '.join('?' * (1 + len(columns)))})"
 
-    def take(row: tuple[Any, ...]) -> None:
+    seq_row = _try(lambda: db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'spool'").fetchone())
+    seq = seq_row[0] if seq_row is not None and isinstance(seq_row[0], int) else None
+
+    def valid(row: tuple[Any, ...]) -> bool:
         values = dict(zip(columns, row[1:], strict=True))
         n = values.get("n")
-        if not isinstance(n, int) or n < 0 or not isinstance(values.get("prio"), int):
-            report.spool_invalid += 1
-            return
-        try:
-            out.execute(insert, row)
-        except sqlite3.IntegrityError:  # a NOT NULL column read as NULL
-            report.spool_invalid += 1
-            return
-        report.chunks += 1
-        report.chunk_lines += n
+        # every column is NOT NULL
+        return isinstance(n, int) and n >= 0 and isinstance(values.get("prio"), int) and None not in row
 
-    report.spool_holes = _read_rows(db, "spool", "id", columns, take)
+    def take(row: tuple[Any, ...]) -> None:
+        out.execute(insert, row)
+        report.chunks += 1
+        report.chunk_lines += row[1 + columns.index("n")]
+
+    report.spool_holes = _read_rows(db, "spool", "id", columns, take, valid=valid, last=seq)
 
 
 def _fsync_all(paths: list[Path]) -> None:

@@ -30,6 +30,7 @@ from helpers import influx_query, poll
 
 from gateway.app import Gateway, state_path
 from gateway.config import load_config
+from gateway.salvage import recover_state
 from gateway.state import KIND_MESSAGE, KIND_OVERSIZE, StateStore, log_path
 
 pytestmark = pytest.mark.integration
@@ -429,3 +430,148 @@ def test_recover_keeps_the_stub_of_an_oversize_message(tmp_path: Path) -> None:
     with sqlite3.connect(log_path(path)) as db:
         after = db.execute("SELECT pos, kind, topic, payload, received_ms FROM log ORDER BY pos").fetchall()
     assert after == before
+
+
+# --- a damaged page read as cells: the reader must not be led past readable rows -----------------------------
+
+
+def _varint(v: int) -> bytes:
+    """SQLite's varint (big-endian, seven bits a byte, up to nine bytes)."""
+    if v < 0x80:
+        return bytes([v])
+    out = [v & 0x7F]
+    v >>= 7
+    while v:
+        out.append((v & 0x7F) | 0x80)
+        v >>= 7
+    return bytes(reversed(out))
+
+
+# a row of each table that passes every check of recover (the key aside): (serial types, body)
+_FAKE_RECORD = {
+    "log": ([0, 8, 15, 14, 1], b"xy\x05"),  # pos (the rowid), kind 0, topic "x", payload b"y", received_ms 5
+    "spool": ([0, 8, 8, 8, 13, 8], b""),  # id (the rowid), prio 0, n 0, bytes 0, lines "", fmt 0
+}
+
+
+def _fake_cells(file: Path, page: int, table: str, key: int) -> None:
+    """Rewrite leaf ``page`` of ``file`` so that every cell pointer leads to one well-formed cell of ``table`` with
+    rowid ``key``: what a damaged page can look like to SQLite, and no check of SQLite's or of a row's catches it."""
+    types, body = _FAKE_RECORD[table]
+    record = bytes([1 + len(types), *types]) + body
+    cell = _varint(len(record)) + _varint(key) + record
+    with open(file, "r+b") as f:
+        f.seek((page - 1) * 4096)
+        data = bytearray(f.read(4096))
+        assert data[0] == 0x0D  # a table's leaf page
+        ncell = int.from_bytes(data[3:5], "big")
+        at = 2048
+        data[at : at + len(cell)] = cell
+        for i in range(ncell):
+            data[8 + 2 * i : 10 + 2 * i] = at.to_bytes(2, "big")
+        f.seek((page - 1) * 4096)
+        f.write(data)
+
+
+def _read_varint(data: bytes, at: int) -> tuple[int, int]:
+    v = 0
+    for i in range(8):
+        v = (v << 7) | (data[at + i] & 0x7F)
+        if not data[at + i] & 0x80:
+            return v, at + i + 1
+    return (v << 8) | data[at + 8], at + 9
+
+
+def _rows_by_page(file: Path, table: str) -> dict[int, list[int]]:
+    """The keys on each leaf page of ``table`` (pages from SQLite's dbstat, keys from each page's own cells)."""
+    db = sqlite3.connect(file)
+    pages = [p for p, _ in _pages(db)[table]]
+    db.close()
+    raw = file.read_bytes()
+    out: dict[int, list[int]] = {}
+    for p in pages:
+        data = raw[(p - 1) * 4096 : p * 4096]
+        keys = []
+        for i in range(int.from_bytes(data[3:5], "big")):
+            at = int.from_bytes(data[8 + 2 * i : 10 + 2 * i], "big")
+            _, at = _read_varint(data, at)  # the payload's size
+            keys.append(_read_varint(data, at)[0])
+        out[p] = sorted(keys)
+    return out
+
+
+@pytest.mark.parametrize("table", ["log", "spool"])
+def test_a_damaged_page_read_as_a_row_past_the_end_loses_no_readable_row(
+    state: tuple[Path, dict[str, Any]], table: str
+) -> None:
+    """A leaf page whose cell pointers lead to a well-formed cell with a key far past the table's last (what
+    SQLite reads from a page whose pointers were damaged): recover keeps every row of every other page, and
+    counts the damaged page's rows as lost."""
+    config, held = state
+    path: Path = held["path"]
+    file = log_path(path) if table == "log" else path
+    by_page = _rows_by_page(file, table)
+    page = sorted(by_page)[len(by_page) // 3]
+    hit = by_page[page]
+    _fake_cells(file, page, table, 10**9)
+
+    report = recover_state(load_config(config, env={}))
+    text = "\n".join(report.lines())
+    with sqlite3.connect(log_path(path)) as log_db, sqlite3.connect(path) as db:
+        if table == "log":
+            kept = _log(log_db)
+            assert set(kept) == set(held["log"]) - set(hit), text
+            assert report.log_rows_lost == len(hit) and report.log_holes == [(hit[0] - 1, hit[-1] + 1)], text
+            assert f"{len(hit)} rows unreadable (positions {hit[0]}-{hit[-1]})" in text, text
+        else:
+            kept = {r[0]: r for r in db.execute("SELECT id, prio, n, bytes, lines FROM spool")}
+            assert set(kept) == set(held["spool"]) - set(hit), text
+            assert report.spool_holes == [(hit[0] - 1, hit[-1] + 1)], text
+            assert "no chunk lost" not in text, text
+        assert all(kept[k] == (held["log"] if table == "log" else held["spool"])[k] for k in kept)
+        # new rows come after every real position, not after the damaged page's made-up key
+        seq = (
+            (log_db if table == "log" else db)
+            .execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (table,))
+            .fetchone()[0]
+        )
+        assert seq == max(held[table]), text
+
+
+def test_every_leaf_page_overwritten_in_turn_is_counted_exactly(tmp_path: Path) -> None:
+    """Each leaf page of the log and of the spool in turn has its cell pointers overwritten (what the replay test
+    below does to one): SQLite may then read a cell from bytes past the page's end, so the damage reads as a
+    made-up row or as an error depending on memory. Either way recover keeps every row of every other page and
+    counts exactly the damaged page's rows as lost."""
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "gw.toml").write_text(_toml(base / "state"), encoding="utf-8")
+    held = make_state(base / "gw.toml")
+    name = held["path"].name
+    log_pages = _rows_by_page(log_path(held["path"]), "log")
+    spool_pages = _rows_by_page(held["path"], "spool")
+    wrong: list[str] = []
+    for table, pages in (("log", log_pages), ("spool", spool_pages)):
+        for page, hit in sorted(pages.items()):
+            work = tmp_path / f"{table}-{page}"
+            shutil.copytree(base / "state", work / "state")
+            (work / "gw.toml").write_text(_toml(work / "state"), encoding="utf-8")
+            path = work / "state" / name
+            with open(log_path(path) if table == "log" else path, "r+b") as f:
+                f.seek((page - 1) * 4096 + 8)
+                f.write(b"\xff" * 4000)
+            report = recover_state(load_config(work / "gw.toml", env={}))
+            if table == "log":
+                with sqlite3.connect(log_path(path)) as db:
+                    kept = set(_log(db))
+                good = kept == set(held["log"]) - set(hit) and report.log_rows_lost == len(hit)
+            else:
+                with sqlite3.connect(path) as db:
+                    kept = {r[0] for r in db.execute("SELECT id FROM spool")}
+                after = hit[-1] + 1 if hit[-1] < max(held["spool"]) else None  # the last page: a hole to the end
+                good = kept == set(held["spool"]) - set(hit) and report.spool_holes == [(hit[0] - 1, after)]
+            if not good:
+                missing = sorted(set(held[table]) - kept)
+                wrong.append(f"{table} page {page} (keys {hit[0]}-{hit[-1]}): missing {missing}: {report.lines()[3:5]}")
+            shutil.rmtree(work)
+    assert not wrong, "\n".join(wrong)
