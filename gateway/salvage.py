@@ -39,6 +39,8 @@ from .state import (
     KIND_OVERSIZE,
     KIND_RELOAD,
     KIND_TICK,
+    SPOOL_JSON,
+    SPOOL_NEWLINES,
     StateStore,
     compress_checkpoint,
     decode_checkpoint,
@@ -81,6 +83,8 @@ class Salvage:
     chunks: int = 0
     chunk_lines: int = 0
     spool_holes: list[tuple[int, int | None]] = field(default_factory=list)
+    spool_lost: int | None = None
+    """Chunks lost, as the spool's index counts them (None: the index could not be read whole)."""
 
     @property
     def lost_anything(self) -> bool:
@@ -118,7 +122,7 @@ class Salvage:
             f" (and {self.ticks:,} ticks)" if self.ticks else ""
         )
         if self.log_rows_lost is None:
-            lost = "; rows after the last readable one could not be read and their number is unknown"
+            lost = "; rows could not be read and their number is unknown (a part of the log that tells it is lost)"
         elif self.log_rows_lost:
             lost = (
                 f"; {'' if self.log_lost_exact else 'up to '}{self.log_rows_lost:,} rows unreadable (positions "
@@ -132,7 +136,8 @@ class Salvage:
             where = ", ".join(
                 f"after chunk {a}" + (f" and before chunk {b}" if b is not None else "") for a, b in self.spool_holes
             )
-            spool += f"; chunks unreadable ({where}): their lines (not yet written to InfluxDB) are lost"
+            many = f"{self.spool_lost:,} " if self.spool_lost is not None else ""
+            spool += f"; {many}chunks unreadable ({where}): their lines (not yet written to InfluxDB) are lost"
         else:
             spool += "; no chunk lost"
         out.append(spool)
@@ -177,14 +182,14 @@ def _readable_from(db: sqlite3.Connection, select: str, start: int, good: _Good)
     return row is None or good(row, start)
 
 
-def _next_readable(db: sqlite3.Connection, select: str, start: int, good: _Good, last: int) -> int | None:
+def _next_readable(db: sqlite3.Connection, select: str, start: int, good: _Good, top: int) -> int | None:
     """The smallest ``x > start`` from which the table reads again (probing forward, then bisecting back), or
-    None when nothing from ``start`` on up to ``last`` can be read."""
+    None when nothing from ``start`` on up to ``top`` can be read."""
     step = 1
     while not _readable_from(db, select, start + step, good):
-        if start + step >= last:
+        if start + step >= top:
             return None
-        step = min(step * 2, _MAX_KEY - start)
+        step = min(step * 2, top - start)
     lo, hi = start + step // 2, start + step  # unreadable from lo (or lo is ``start``), readable from hi
     while hi - lo > 1:
         mid = (lo + hi) // 2
@@ -208,6 +213,7 @@ def _read_rows(
     *,
     valid: Callable[[tuple[Any, ...]], bool],
     last: int | None,
+    dense: bool = False,
 ) -> list[tuple[int, int | None]]:
     """Hand every readable row of ``table`` (``key`` first, then ``columns``) to ``take``, in key order; return
     the holes ``(a, b)``: rows with ``a < key < b`` (``b`` None: to the end) could not be read.
@@ -216,13 +222,27 @@ def _read_rows(
     to, and may read a made-up row with any key. So a row is kept only if its key comes after the last one kept
     and is no higher than ``last`` (the table's AUTOINCREMENT counter, when it can be read) and ``valid`` says its
     columns can be kept; any other row is damage, and the reader looks for the next key from which rows are kept
-    again, so that a made-up key never leads it past readable rows. (A made-up row that passes all of this, a
-    well-formed row with a key in the table's range, cannot be told from a real one.)"""
+    again, so that a made-up key never leads it past readable rows. With ``dense`` (keys that follow one by one,
+    as the log's positions do), a row is kept after the first only with the very next key. (A made-up row that
+    passes all of this cannot be told from a real one.) What the walk misses, :func:`_sweep` reads key by key."""
     select = _select(table, key, columns)
-    top = _MAX_KEY if last is None else last
+    top = _MAX_KEY if last is None else max(1, min(last, _MAX_KEY))
+
+    taken = False
 
     def good(row: tuple[Any, ...], start: int) -> bool:
-        return isinstance(row[0], int) and start <= row[0] <= top and valid(row)
+        key_ = row[0]
+        if not isinstance(key_, int) or key_ < start or not valid(row):
+            return False
+        if dense and taken:  # keys that follow one by one (the log's positions): a jump is damage
+            return key_ == start
+        # above the counter (one read low), only the very next key: a table's keys after it follow one by one
+        return key_ <= top or key_ == start
+
+    def keep(row: tuple[Any, ...]) -> None:
+        nonlocal taken
+        taken = True
+        take(row)
 
     holes: list[tuple[int, int | None]] = []
     start = 1  # AUTOINCREMENT keys start at 1
@@ -231,7 +251,7 @@ def _read_rows(
             for row in db.execute(select, (start,)):
                 if not good(row, start):
                     raise _Damaged
-                take(row)
+                keep(row)
                 start = row[0] + 1
             return holes
         except sqlite3.DatabaseError:
@@ -247,12 +267,49 @@ def _read_rows(
             if isinstance(exc, sqlite3.DatabaseError):
                 _forget(db)
             resume = _next_readable(db, select, start, good, top)
-            one = None if resume is None else db.execute(select + " LIMIT 1", (resume,)).fetchone()
+            try:
+                one = None if resume is None else db.execute(select + " LIMIT 1", (resume,)).fetchone()
+            except sqlite3.DatabaseError:
+                _forget(db)
+                one = None
+            if one is not None and (resume is None or not good(one, resume)):
+                one = None
             holes.append((start - 1, None if one is None else one[0]))
         if one is None:
             return holes
-        take(one)
+        keep(one)
         start = one[0] + 1
+
+
+def _sweep(
+    db: sqlite3.Connection,
+    table: str,
+    key: str,
+    columns: list[str],
+    keys: list[int],
+    take: Callable[[tuple[Any, ...]], None],
+    valid: Callable[[tuple[Any, ...]], bool],
+) -> set[int]:
+    """Read each of ``keys`` on its own (a seek to that key alone, through the interior pages); hand the rows
+    found whole and valid to ``take``; return their keys. What a walk in key order misses: a readable page
+    between damaged ones, where probing forward jumped over it, or a page a damaged one's made-up cells led the
+    walk past without an error."""
+    select = f"SELECT {', '.join([key, *columns])} FROM {table} WHERE {key} = ?"
+    found: set[int] = set()
+    for k in keys:
+        try:
+            row = db.execute(select, (k,)).fetchone()
+        except sqlite3.DatabaseError:
+            _forget(db)
+            continue
+        if row is not None and row[0] == k and valid(row):
+            take(row)
+            found.add(k)
+    return found
+
+
+_SWEEP_MOST = 100_000
+"""The most keys :func:`_sweep` reads one by one (about a second per ten thousand on a damaged page)."""
 
 
 def _try(fn: Callable[[], Any]) -> Any:
@@ -392,22 +449,24 @@ def _salvage(
             report.unreadable_why = "its schema page cannot be read"
             return 0
         after = _salvage_checkpoint(config, db, tables, report, out)
-        floor = _salvage_log(db, tables, report, out_log, after)  # a state file of the layout before the log file
+        acc = _LogRead(after=after, exact=report.checkpoint != "lost")
+        _salvage_log(db, tables, report, out_log, acc)  # a state file of the layout before the log file
         _salvage_spool(db, tables, report, out)
     finally:
         db.close()
-    return max(floor, after, _salvage_log_file(log_path(scratch), report, out_log, after))
+    _salvage_log_file(log_path(scratch), report, out_log, acc)
+    _count_lost_log(report, acc)
+    return max(after, acc.highest)
 
 
-def _salvage_log_file(scratch: Path, report: Salvage, out: sqlite3.Connection, after: int) -> int:
-    """The log rows of the log file's scratch copy (as :func:`_salvage_log`, its holes and losses added to what
-    the state file's own log table gave); returns the highest position its log had used."""
+def _salvage_log_file(scratch: Path, report: Salvage, out: sqlite3.Connection, acc: _LogRead) -> None:
+    """The log rows of the log file's scratch copy, added to what the state file's own log table gave."""
     if not scratch.exists():
-        return 0  # none: the layout before
+        return  # none: the layout before
     if _header(scratch) is None:
         if scratch.stat().st_size:
-            report.log_rows_lost = None  # nothing readable: its rows after the checkpoint are lost, uncounted
-        return 0
+            acc.unknown = True  # nothing readable: its rows after the checkpoint are lost, uncounted
+        return
     _drop_partial_page(scratch)
     wal = Path(f"{scratch}-wal")
     foreign = wal_identity(wal)
@@ -415,20 +474,16 @@ def _salvage_log_file(scratch: Path, report: Salvage, out: sqlite3.Connection, a
     if header is not None and header[0] == APPLICATION_ID and foreign is not None and foreign != header:
         wal.unlink()
         report.wal_ignored = "it belongs to another database (its first page carries another file id)"
+    if header is None:  # cut inside its first page: nothing of it is left
+        acc.unknown = True
+        return
     db = _connect(scratch)
     try:
         tables = _try(lambda: {r[0] for r in db.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")})
-        if tables is None:
-            return 0
-        lost, holes = report.log_rows_lost, list(report.log_holes)
-        report.log_holes = []
-        floor = _salvage_log(db, tables, report, out, after)
-        report.log_holes = holes + report.log_holes
-        if lost is None or report.log_rows_lost is None:
-            report.log_rows_lost = None
-        else:
-            report.log_rows_lost += lost
-        return floor
+        if tables is None or "log" not in tables:
+            acc.unknown = True  # its schema cannot be read: its rows are lost, uncounted
+            return
+        _salvage_log(db, tables, report, out, acc)
     finally:
         db.close()
 
@@ -516,15 +571,39 @@ def _salvage_checkpoint(
     return pos
 
 
-def _salvage_log(db: sqlite3.Connection, tables: set[str], report: Salvage, out: sqlite3.Connection, after: int) -> int:
-    """Keep every readable, valid log row after the checkpoint's position ``after``; returns the highest
-    position the log had used."""
+@dataclass
+class _LogRead:
+    """What the log's copies gave (the state file's own log table of the layout before, and the log file)."""
+
+    after: int
+    """The checkpoint's position (0 without one): rows up to it were taken into it."""
+    exact: bool
+    """The checkpoint was kept: every position after ``after`` up to the counter held a row."""
+    kept: set[int] = field(default_factory=set)
+    highest: int = 0
+    """The highest position either copy used (its counter, or a row read)."""
+    counters: list[int] = field(default_factory=list)
+    lowest_hole: int | None = None
+    """Without the checkpoint: the position after which the first hole of a walk began."""
+    open_end: bool = False
+    """A walk found no readable row after a hole, and no counter says where the log ended."""
+    unknown: bool = False
+    """A copy could not be read at all: its rows are lost and their number is unknown."""
+
+
+def _salvage_log(
+    db: sqlite3.Connection, tables: set[str], report: Salvage, out: sqlite3.Connection, acc: _LogRead
+) -> None:
+    """Keep every readable, valid log row after the checkpoint's position (each position once)."""
     if "log" not in tables:
-        return 0
+        return
     seq_row = _try(lambda: db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'log'").fetchone())
-    seq = seq_row[0] if seq_row is not None and isinstance(seq_row[0], int) else None
-    highest = 0
-    insert = "INSERT INTO log (pos, kind, topic, payload, received_ms) VALUES (?, ?, ?, ?, ?)"
+    seq = seq_row[0] if seq_row is not None and isinstance(seq_row[0], int) and seq_row[0] >= 0 else None
+    if seq is not None:
+        seq = min(seq, _MAX_KEY)
+        acc.counters.append(seq)
+    insert = "INSERT OR IGNORE INTO log (pos, kind, topic, payload, received_ms) VALUES (?, ?, ?, ?, ?)"
+    after = acc.after
 
     def valid(row: tuple[Any, ...]) -> bool:
         _, kind, topic, payload, received_ms = row
@@ -537,63 +616,137 @@ def _salvage_log(db: sqlite3.Connection, tables: set[str], report: Salvage, out:
             and (kind in (KIND_MESSAGE, KIND_OVERSIZE)) == bool(topic)
         )
 
+    seen: set[int] = set()
+
     def take(row: tuple[Any, ...]) -> None:
-        nonlocal highest
         pos, kind = row[0], row[1]
-        highest = max(highest, pos)
-        if pos <= after:
-            return  # taken into the checkpoint already (a checkpoint deletes these in its own transaction)
+        seen.add(pos)
+        acc.highest = max(acc.highest, pos)
+        if pos <= after or pos in acc.kept:
+            return  # taken into the checkpoint already, or kept from the other copy (a layout change cut short)
         out.execute(insert, row)
+        acc.kept.add(pos)
         if kind in (KIND_MESSAGE, KIND_OVERSIZE):  # a message, or the stub of an oversize one (its dead letter)
             report.messages += 1
         else:  # a tick, or a reload (counted with them: neither is a reading)
             report.ticks += 1
 
-    holes = _read_rows(db, "log", "pos", ["kind", "topic", "payload", "received_ms"], take, valid=valid, last=seq)
-    # the positions after the checkpoint's are consecutive up to the sequence: each one not read is a lost row
-    # (without the checkpoint, some may be positions a checkpoint had deleted: then "up to")
-    lost: int | None = 0
+    columns = ["kind", "topic", "payload", "received_ms"]
+    holes = _read_rows(db, "log", "pos", columns, take, valid=valid, last=seq, dense=True)
+    if seq is not None:
+        acc.highest = max(acc.highest, seq)
     for a, b in holes:
-        a = max(a, after)
-        if b is not None and b - a <= 1:
-            continue
-        report.log_holes.append((a, b))
-        if b is not None and lost is not None:
-            lost += b - a - 1
-        elif seq is not None and lost is not None:
-            lost += max(0, seq - a)
-            report.log_holes[-1] = (a, seq + 1)
-        else:
-            lost = None
-    report.log_rows_lost = lost
-    report.log_lost_exact = report.checkpoint != "lost"
-    return max(after, seq or 0, highest)
+        if not acc.exact and (acc.lowest_hole is None or a < acc.lowest_hole):
+            acc.lowest_hole = a
+        if b is None and seq is None:
+            acc.open_end = True
+    # positions after the checkpoint's are consecutive: read each one not yet kept on its own (a readable page
+    # the walk jumped over); the rest are counted by _count_lost_log
+    low = _low_position(acc, seen)
+    high = max([*seen, seq or 0])
+    if high - low <= _SWEEP_MOST:
+        _sweep(db, "log", "pos", columns, [p for p in range(low + 1, high + 1) if p not in acc.kept], take, valid)
+
+
+def _low_position(acc: _LogRead, seen: set[int]) -> int:
+    """The position after which every position up to the end held a row: the checkpoint's; without it, the
+    lowest one read (or where a walk's first hole began), as positions below it may have been deleted by an
+    earlier checkpoint."""
+    if acc.exact:
+        return acc.after
+    lows = [p - 1 for p in (seen or acc.kept)] + ([acc.lowest_hole] if acc.lowest_hole is not None else [])
+    return max(acc.after, min(lows)) if lows else acc.after
+
+
+def _count_lost_log(report: Salvage, acc: _LogRead) -> None:
+    """Every position after the low one up to the end (the highest counter or row) that no copy gave is a lost
+    row (without the checkpoint, "up to": some may be positions a checkpoint had deleted)."""
+    low = _low_position(acc, acc.kept)
+    high = max([acc.highest, *acc.counters])
+    lost_n = max(0, high - low) - sum(1 for p in acc.kept if low < p <= high)
+    holes: list[tuple[int, int | None]] = []
+    if lost_n and high - low <= 10 * _SWEEP_MOST:
+        run: int | None = None
+        for p in range(low + 1, high + 2):
+            if p <= high and p not in acc.kept:
+                if run is None:
+                    run = p
+            elif run is not None:
+                holes.append((run - 1, p))
+                run = None
+    elif lost_n:
+        holes.append((low, high + 1))
+    report.log_holes = holes
+    report.log_rows_lost = None if (acc.unknown or acc.open_end) else lost_n
+    if report.log_rows_lost is None and not holes:
+        report.log_holes = [(high, None)]
+    report.log_lost_exact = acc.exact
 
 
 def _salvage_spool(db: sqlite3.Connection, tables: set[str], report: Salvage, out: sqlite3.Connection) -> None:
-    """Keep every readable spool chunk as it was stored (whatever the encoding of its lines)."""
+    """Keep every readable spool chunk as it was stored (whatever the encoding of its lines). Chunk ids have gaps
+    (chunks are deleted once written), so what is lost is told by the spool's index (``spool_prio``, its own
+    pages), which lists every chunk's id: a chunk it lists that could not be read is lost."""
     if "spool" not in tables:
         return
     fresh = expected_columns("spool")
     have = _try(lambda: [r[1] for r in db.execute("PRAGMA table_info(spool)")]) or fresh
     columns = [c for c in fresh if c in have and c != "id"]
     insert = f"INSERT INTO spool ({', '.join(['id', *columns])}) VALUES ({', '.join('?' * (1 + len(columns)))})"
-
     seq_row = _try(lambda: db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'spool'").fetchone())
     seq = seq_row[0] if seq_row is not None and isinstance(seq_row[0], int) else None
 
     def valid(row: tuple[Any, ...]) -> bool:
         values = dict(zip(columns, row[1:], strict=True))
-        n = values.get("n")
-        # every column is NOT NULL
-        return isinstance(n, int) and n >= 0 and isinstance(values.get("prio"), int) and None not in row
+        n, text, fmt = values.get("n"), values.get("lines"), values.get("fmt", SPOOL_NEWLINES)
+        if None in row or not isinstance(n, int) or n < 0 or not isinstance(values.get("prio"), int):
+            return False  # every column is NOT NULL
+        if not isinstance(text, str) or fmt not in (SPOOL_NEWLINES, SPOOL_JSON):
+            return False
+        if fmt == SPOOL_NEWLINES:
+            return text.count("\n") + 1 == n
+        try:
+            lines = json.loads(text)
+        except ValueError:
+            return False
+        return isinstance(lines, list) and len(lines) == n and all(isinstance(ln, str) for ln in lines)
+
+    kept: set[int] = set()
 
     def take(row: tuple[Any, ...]) -> None:
+        if row[0] in kept:
+            return
         out.execute(insert, row)
+        kept.add(row[0])
         report.chunks += 1
         report.chunk_lines += row[1 + columns.index("n")]
 
-    report.spool_holes = _read_rows(db, "spool", "id", columns, take, valid=valid, last=seq)
+    walked = _read_rows(db, "spool", "id", columns, take, valid=valid, last=seq)
+    listed = _index_ids(db)
+    if listed is None:  # the index cannot be read whole: what the walk found is what is known
+        report.spool_holes = walked
+        return
+    missing = sorted(listed - kept)
+    if missing:
+        _sweep(db, "spool", "id", columns, missing[:_SWEEP_MOST], take, valid)
+    lost = sorted(listed - kept)
+    report.spool_lost = len(lost)
+    report.spool_holes = []
+    for i in lost:  # runs of consecutive lost ids: (the id before, the id after)
+        if report.spool_holes and report.spool_holes[-1][1] == i:
+            report.spool_holes[-1] = (report.spool_holes[-1][0], i + 1)
+        else:
+            report.spool_holes.append((i - 1, i + 1))
+
+
+def _index_ids(db: sqlite3.Connection) -> set[int] | None:
+    """Every chunk id the spool's index lists (read from the index's pages alone), or None when it cannot be read
+    whole."""
+    try:
+        return {r[0] for r in db.execute("SELECT id FROM spool INDEXED BY spool_prio WHERE prio >= -1000000000000")}
+    except sqlite3.DatabaseError:
+        _forget(db)
+        return None
 
 
 def _fsync_all(paths: list[Path]) -> None:
