@@ -37,6 +37,7 @@ import hashlib
 import inspect
 import logging
 import random
+import socket
 import ssl
 import struct
 import termios
@@ -373,8 +374,27 @@ def make_client(
             on_connect(c, userdata, flags, reason, properties)
 
         client._client.on_connect = note_connack
+    _no_delay(client)
     client.pending_calls_threshold = max(client.pending_calls_threshold, 1000)
     return client
+
+
+def _no_delay(client: aiomqtt.Client) -> None:
+    """Send each packet at once (TCP_NODELAY), as Mosquitto's ``set_tcp_nodelay`` does on the broker's side: the
+    gateway's packets are small (a PUBACK is 4 bytes, an alert a few hundred), and with Nagle's algorithm, which
+    paho leaves on, one waits while an earlier one is unacknowledged by the peer, whose acknowledgement may be
+    delayed: an alert behind a PUBACK. Set when paho opens the socket, before its CONNECT."""
+    paho = client._client
+    opened: Any = paho.on_socket_open
+
+    def on_open(c: Any, userdata: Any, sock: Any) -> None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (OSError, AttributeError):  # not TCP (a unix socket), or a transport without socket options
+            pass
+        opened(c, userdata, sock)
+
+    paho.on_socket_open = on_open
 
 
 class ReadGate:
