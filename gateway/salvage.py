@@ -125,7 +125,8 @@ class Salvage:
             lost = "; rows could not be read and their number is unknown (a part of the log that tells it is lost)"
         elif self.log_rows_lost:
             lost = (
-                f"; {'' if self.log_lost_exact else 'up to '}{self.log_rows_lost:,} rows unreadable (positions "
+                f"; {'' if self.log_lost_exact else 'up to '}{self.log_rows_lost:,} "
+                f"row{'s' if self.log_rows_lost != 1 else ''} unreadable (positions "
                 f"{_ranges(self.log_holes)}): the messages among them were acknowledged to the broker and are lost"
             )
         else:
@@ -136,8 +137,8 @@ class Salvage:
             where = ", ".join(
                 f"after chunk {a}" + (f" and before chunk {b}" if b is not None else "") for a, b in self.spool_holes
             )
-            many = f"{self.spool_lost:,} " if self.spool_lost is not None else ""
-            spool += f"; {many}chunks unreadable ({where}): their lines (not yet written to InfluxDB) are lost"
+            many = "" if self.spool_lost is None else f"{self.spool_lost:,} chunk{'s' if self.spool_lost != 1 else ''} "
+            spool += f"; {many or 'chunks '}unreadable ({where}): their lines (not yet written to InfluxDB) are lost"
         else:
             spool += "; no chunk lost"
         out.append(spool)
@@ -214,6 +215,7 @@ def _read_rows(
     valid: Callable[[tuple[Any, ...]], bool],
     last: int | None,
     dense: bool = False,
+    first: int = 1,
 ) -> list[tuple[int, int | None]]:
     """Hand every readable row of ``table`` (``key`` first, then ``columns``) to ``take``, in key order; return
     the holes ``(a, b)``: rows with ``a < key < b`` (``b`` None: to the end) could not be read.
@@ -228,7 +230,7 @@ def _read_rows(
     select = _select(table, key, columns)
     top = _MAX_KEY if last is None else max(1, min(last, _MAX_KEY))
 
-    taken = False
+    taken = dense and first > 1  # dense from ``first`` on: the first row kept must be ``first`` itself
 
     def good(row: tuple[Any, ...], start: int) -> bool:
         key_ = row[0]
@@ -245,7 +247,7 @@ def _read_rows(
         take(row)
 
     holes: list[tuple[int, int | None]] = []
-    start = 1  # AUTOINCREMENT keys start at 1
+    start = first  # AUTOINCREMENT keys start at 1
     while True:
         try:
             for row in db.execute(select, (start,)):
@@ -455,6 +457,14 @@ def _salvage(
     finally:
         db.close()
     _salvage_log_file(log_path(scratch), report, out_log, acc)
+    if report.checkpoint == "absent" and acc.kept:
+        lowest = min(acc.kept)
+        if lowest > 1 and not any(a < lowest - 1 for a, _ in acc.walk_holes):
+            # read cleanly from position 1, the log begins later: a checkpoint took the rows before, and its
+            # table now reads as empty (a stale or damaged page)
+            report.checkpoint = "lost"
+            report.checkpoint_why = f"its table reads as empty, but the log begins at position {lowest:,}"
+            acc.exact = False
     _count_lost_log(report, acc)
     return max(after, acc.highest)
 
@@ -585,6 +595,7 @@ class _LogRead:
     counters: list[int] = field(default_factory=list)
     lowest_hole: int | None = None
     """Without the checkpoint: the position after which the first hole of a walk began."""
+    walk_holes: list[tuple[int, int | None]] = field(default_factory=list)
     open_end: bool = False
     """A walk found no readable row after a hole, and no counter says where the log ended."""
     unknown: bool = False
@@ -632,9 +643,12 @@ def _salvage_log(
             report.ticks += 1
 
     columns = ["kind", "topic", "payload", "received_ms"]
-    holes = _read_rows(db, "log", "pos", columns, take, valid=valid, last=seq, dense=True)
+    # with the checkpoint, the positions after its own follow one by one from the very first
+    first = after + 1 if acc.exact and after > 0 else 1
+    holes = _read_rows(db, "log", "pos", columns, take, valid=valid, last=seq, dense=True, first=first)
     if seq is not None:
         acc.highest = max(acc.highest, seq)
+    acc.walk_holes += holes
     for a, b in holes:
         if not acc.exact and (acc.lowest_hole is None or a < acc.lowest_hole):
             acc.lowest_hole = a
@@ -642,40 +656,34 @@ def _salvage_log(
             acc.open_end = True
     # positions after the checkpoint's are consecutive: read each one not yet kept on its own (a readable page
     # the walk jumped over); the rest are counted by _count_lost_log
-    low = _low_position(acc, seen)
-    high = max([*seen, seq or 0])
-    if high - low <= _SWEEP_MOST:
-        _sweep(db, "log", "pos", columns, [p for p in range(low + 1, high + 1) if p not in acc.kept], take, valid)
+    # up to _SWEEP_MOST below the highest row read and as many above it up to the counter (a log holds far fewer)
+    read_top = max(seen) if seen else max(after, seq or 0)
+    low = max(_low_position(acc, seen, max(read_top, seq or 0)), read_top - _SWEEP_MOST)
+    high = max(read_top, min(seq or 0, read_top + _SWEEP_MOST))
+    _sweep(db, "log", "pos", columns, [p for p in range(low + 1, high + 1) if p not in acc.kept], take, valid)
 
 
-def _low_position(acc: _LogRead, seen: set[int]) -> int:
-    """The position after which every position up to the end held a row: the checkpoint's; without it, the
+def _low_position(acc: _LogRead, seen: set[int], high: int) -> int:
+    """The position after which every position up to ``high`` held a row: the checkpoint's; without it, the
     lowest one read (or where a walk's first hole began), as positions below it may have been deleted by an
-    earlier checkpoint."""
+    earlier checkpoint (nothing read and no hole: a log trimmed whole, ``high``)."""
     if acc.exact:
         return acc.after
     lows = [p - 1 for p in (seen or acc.kept)] + ([acc.lowest_hole] if acc.lowest_hole is not None else [])
-    return max(acc.after, min(lows)) if lows else acc.after
+    return max(acc.after, min(lows)) if lows else max(acc.after, high)
 
 
 def _count_lost_log(report: Salvage, acc: _LogRead) -> None:
     """Every position after the low one up to the end (the highest counter or row) that no copy gave is a lost
     row (without the checkpoint, "up to": some may be positions a checkpoint had deleted)."""
-    low = _low_position(acc, acc.kept)
     high = max([acc.highest, *acc.counters])
-    lost_n = max(0, high - low) - sum(1 for p in acc.kept if low < p <= high)
+    low = _low_position(acc, acc.kept, high)
+    inside = sorted(p for p in acc.kept if low < p <= high)
+    lost_n = max(0, high - low) - len(inside)
     holes: list[tuple[int, int | None]] = []
-    if lost_n and high - low <= 10 * _SWEEP_MOST:
-        run: int | None = None
-        for p in range(low + 1, high + 2):
-            if p <= high and p not in acc.kept:
-                if run is None:
-                    run = p
-            elif run is not None:
-                holes.append((run - 1, p))
-                run = None
-    elif lost_n:
-        holes.append((low, high + 1))
+    for a, b in zip([low, *inside], [*inside, high + 1], strict=True):  # the gaps between kept positions
+        if b - a > 1:
+            holes.append((a, b))
     report.log_holes = holes
     report.log_rows_lost = None if (acc.unknown or acc.open_end) else lost_n
     if report.log_rows_lost is None and not holes:
@@ -695,6 +703,7 @@ def _salvage_spool(db: sqlite3.Connection, tables: set[str], report: Salvage, ou
     insert = f"INSERT INTO spool ({', '.join(['id', *columns])}) VALUES ({', '.join('?' * (1 + len(columns)))})"
     seq_row = _try(lambda: db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'spool'").fetchone())
     seq = seq_row[0] if seq_row is not None and isinstance(seq_row[0], int) else None
+    select_tail = f"SELECT {', '.join(['id', *columns])} FROM spool ORDER BY id DESC LIMIT 1"
 
     def valid(row: tuple[Any, ...]) -> bool:
         values = dict(zip(columns, row[1:], strict=True))
@@ -721,9 +730,14 @@ def _salvage_spool(db: sqlite3.Connection, tables: set[str], report: Salvage, ou
         report.chunks += 1
         report.chunk_lines += row[1 + columns.index("n")]
 
+    # the chunk ids have gaps: a counter that reads low would stop the walk at the first gap above it, so the
+    # last chunk, if it reads whole and valid, bounds the keys too
+    tail = _try(lambda: db.execute(select_tail).fetchone())
+    if tail is not None and isinstance(tail[0], int) and valid(tail) and (seq is None or tail[0] > seq):
+        seq = tail[0]
     walked = _read_rows(db, "spool", "id", columns, take, valid=valid, last=seq)
     listed = _index_ids(db)
-    if listed is None:  # the index cannot be read whole: what the walk found is what is known
+    if listed is None or kept - listed:  # the index cannot be read whole, or misses chunks read: the walk's holes
         report.spool_holes = walked
         return
     missing = sorted(listed - kept)
