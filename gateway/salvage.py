@@ -3,13 +3,18 @@
 The state file and its log file (``<file>-log``) are salvaged together, into a fresh pair. The damaged files
 (and their ``-wal``) are copied aside, byte for byte, to ``<file>.damaged-<UTC time>`` before
 anything else; the salvage reads a scratch copy, so that SQLite's own recovery of the WAL changes nothing that
-is kept. Every row is read on its own through SQLite's b-tree, in key order; where a page cannot be read, the
-reader finds the next readable key (probing forward, then bisecting back) and counts the hole. Kept:
+is kept. Rows are read through SQLite's b-tree in key order; where a page cannot be read (or reads as rows that
+cannot be the gateway's), the reader finds the next readable key (probing forward, then bisecting back), then
+reads every key it did not get on its own. What is lost is counted from what must have been there: the log's
+positions after the checkpoint's follow one by one up to its counter, and the spool's index lists every chunk.
+Kept:
 
 - the checkpoint, if it can be read, parses, and restores into a pipeline of this configuration;
 - every readable log row after the checkpoint's position (messages already acknowledged to the broker: the
   next start replays them), with the log's position counter, so that new rows come after the checkpoint;
 - every readable spool chunk (lines not yet written to InfluxDB), as stored.
+
+A state file that cannot be read at all still gives its log file's rows (replayed into empty state).
 
 The fresh file replaces the damaged one only once it is complete and closed; until then the damaged file is
 where it was. :class:`Salvage` says exactly what was kept and what is lost.
@@ -101,9 +106,10 @@ class Salvage:
         out.append("damaged file kept as " + ", ".join(str(p) for p in self.aside))
         if not self.readable:
             out.append(
-                f"nothing could be read ({self.unreadable_why}): the checkpoint, the logged messages and the "
-                "spooled lines are lost; the gateway starts with empty state"
+                f"nothing of the state file could be read ({self.unreadable_why}): the checkpoint and the spooled "
+                "lines are lost; window, dedup, pattern and anomaly state start empty"
             )
+            out.append(self._log_line())
             return out
         if self.wal_ignored:
             out.append(f"WAL file ignored: {self.wal_ignored}")
@@ -118,20 +124,7 @@ class Salvage:
             )
         else:
             out.append("checkpoint: none (the gateway had not taken one yet)")
-        kept = f"log: {self.messages:,} logged messages kept and will be replayed" + (
-            f" (and {self.ticks:,} ticks)" if self.ticks else ""
-        )
-        if self.log_rows_lost is None:
-            lost = "; rows could not be read and their number is unknown (a part of the log that tells it is lost)"
-        elif self.log_rows_lost:
-            lost = (
-                f"; {'' if self.log_lost_exact else 'up to '}{self.log_rows_lost:,} "
-                f"row{'s' if self.log_rows_lost != 1 else ''} unreadable (positions "
-                f"{_ranges(self.log_holes)}): the messages among them were acknowledged to the broker and are lost"
-            )
-        else:
-            lost = "; no row lost"
-        out.append(kept + lost)
+        out.append(self._log_line())
         spool = f"spool: {self.chunks:,} chunks ({self.chunk_lines:,} lines) kept and will be written"
         if self.spool_holes:
             where = ", ".join(
@@ -145,6 +138,22 @@ class Salvage:
         if not self.lost_anything:
             out.append("nothing was lost")
         return out
+
+    def _log_line(self) -> str:
+        kept = f"log: {self.messages:,} logged messages kept and will be replayed" + (
+            f" (and {self.ticks:,} ticks)" if self.ticks else ""
+        )
+        if self.log_rows_lost is None:
+            lost = "; rows could not be read and their number is unknown (a part of the log that tells it is lost)"
+        elif self.log_rows_lost:
+            lost = (
+                f"; {'' if self.log_lost_exact else 'up to '}{self.log_rows_lost:,} "
+                f"row{'s' if self.log_rows_lost != 1 else ''} unreadable (positions "
+                f"{_ranges(self.log_holes)}): the messages among them were acknowledged to the broker and are lost"
+            )
+        else:
+            lost = "; no row lost"
+        return kept + lost
 
 
 def _ranges(holes: list[tuple[int, int | None]]) -> str:
@@ -436,7 +445,7 @@ def _salvage(
     if header is None:
         report.readable = False
         report.unreadable_why = "not an SQLite database: its header is missing or destroyed"
-        return 0
+        return _salvage_log_alone(scratch, report, out_log)
     _drop_partial_page(scratch)
     wal = Path(f"{scratch}-wal")
     foreign = wal_identity(wal)
@@ -446,10 +455,15 @@ def _salvage(
     db = _connect(scratch)
     try:
         tables = _try(lambda: {r[0] for r in db.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")})
-        if tables is None:
-            report.readable = False
-            report.unreadable_why = "its schema page cannot be read"
-            return 0
+    except BaseException:
+        db.close()
+        raise
+    if tables is None:
+        db.close()
+        report.readable = False
+        report.unreadable_why = "its schema page cannot be read"
+        return _salvage_log_alone(scratch, report, out_log)
+    try:
         after = _salvage_checkpoint(config, db, tables, report, out)
         acc = _LogRead(after=after, exact=report.checkpoint != "lost")
         _salvage_log(db, tables, report, out_log, acc)  # a state file of the layout before the log file
@@ -467,6 +481,15 @@ def _salvage(
             acc.exact = False
     _count_lost_log(report, acc)
     return max(after, acc.highest)
+
+
+def _salvage_log_alone(scratch: Path, report: Salvage, out_log: sqlite3.Connection) -> int:
+    """The state file cannot be read at all: the log file is another file, and its rows are messages already
+    acknowledged to the broker; without the checkpoint they are replayed into empty state."""
+    acc = _LogRead(after=0, exact=False)
+    _salvage_log_file(log_path(scratch), report, out_log, acc)
+    _count_lost_log(report, acc)
+    return acc.highest
 
 
 def _salvage_log_file(scratch: Path, report: Salvage, out: sqlite3.Connection, acc: _LogRead) -> None:
