@@ -90,6 +90,9 @@ class Salvage:
     spool_holes: list[tuple[int, int | None]] = field(default_factory=list)
     spool_lost: int | None = None
     """Chunks lost, as the spool's index counts them (None: the index could not be read whole)."""
+    log_begins: int = 0
+    """Without a checkpoint, the log's first position when it is not 1 and nothing before it could be damaged: a
+    checkpoint took the positions before, and the file has none."""
 
     @property
     def lost_anything(self) -> bool:
@@ -122,6 +125,13 @@ class Salvage:
                 "empty, so readings re-sent by the boards may be counted again in windows; alerts not yet "
                 "published are lost"
             )
+        elif self.log_begins:
+            out.append(
+                f"checkpoint: none, but the log begins at position {self.log_begins:,}: a checkpoint took the "
+                "positions before it and this file does not have it (a file recover wrote after losing the "
+                "checkpoint, or a checkpoint table that reads empty): window, dedup, pattern and anomaly state "
+                "start empty"
+            )
         else:
             out.append("checkpoint: none (the gateway had not taken one yet)")
         out.append(self._log_line())
@@ -135,7 +145,7 @@ class Salvage:
         else:
             spool += "; no chunk lost"
         out.append(spool)
-        if not self.lost_anything:
+        if not self.lost_anything and not self.log_begins:
             out.append("nothing was lost")
         return out
 
@@ -241,14 +251,25 @@ def _read_rows(
 
     taken = dense and first > 1  # dense from ``first`` on: the first row kept must be ``first`` itself
 
+    alone = f"SELECT {', '.join([key, *columns])} FROM {table} WHERE {key} = ?"
+
     def good(row: tuple[Any, ...], start: int) -> bool:
         key_ = row[0]
         if not isinstance(key_, int) or key_ < start or not valid(row):
             return False
         if dense and taken:  # keys that follow one by one (the log's positions): a jump is damage
             return key_ == start
-        # above the counter (one read low), only the very next key: a table's keys after it follow one by one
-        return key_ <= top or key_ == start
+        if not (key_ <= top or key_ == start):  # above the counter (one read low), only the very next key
+            return False
+        if dense and key_ != start:
+            # the first row, after a jump: a seek to its own key must find this very row (a damaged page's
+            # made-up row is found where the seek for ``start`` landed, not where its key belongs)
+            try:
+                return bool(db.execute(alone, (key_,)).fetchone() == row)
+            except sqlite3.DatabaseError:
+                _forget(db)
+                return False
+        return True
 
     def keep(row: tuple[Any, ...]) -> None:
         nonlocal taken
@@ -474,10 +495,9 @@ def _salvage(
     if report.checkpoint == "absent" and acc.kept:
         lowest = min(acc.kept)
         if lowest > 1 and not any(a < lowest - 1 for a, _ in acc.walk_holes):
-            # read cleanly from position 1, the log begins later: a checkpoint took the rows before, and its
-            # table now reads as empty (a stale or damaged page)
-            report.checkpoint = "lost"
-            report.checkpoint_why = f"its table reads as empty, but the log begins at position {lowest:,}"
+            # read cleanly from position 1, the log begins later: a checkpoint took the rows before, and this
+            # file has none (a file recover wrote after losing one, or a checkpoint table that reads empty)
+            report.log_begins = lowest
             acc.exact = False
     _count_lost_log(report, acc)
     return max(after, acc.highest)
@@ -487,6 +507,8 @@ def _salvage_log_alone(scratch: Path, report: Salvage, out_log: sqlite3.Connecti
     """The state file cannot be read at all: the log file is another file, and its rows are messages already
     acknowledged to the broker; without the checkpoint they are replayed into empty state."""
     acc = _LogRead(after=0, exact=False)
+    if not log_path(scratch).exists():  # the layout before: the log was in the state file, lost with it
+        acc.unknown = True
     _salvage_log_file(log_path(scratch), report, out_log, acc)
     _count_lost_log(report, acc)
     return acc.highest
@@ -497,8 +519,9 @@ def _salvage_log_file(scratch: Path, report: Salvage, out: sqlite3.Connection, a
     if not scratch.exists():
         return  # none: the layout before
     if _header(scratch) is None:
-        if scratch.stat().st_size:
-            acc.unknown = True  # nothing readable: its rows after the checkpoint are lost, uncounted
+        # nothing readable (a gateway's log file always has its header: empty, it is damaged too): its rows after
+        # the checkpoint are lost, uncounted
+        acc.unknown = True
         return
     _drop_partial_page(scratch)
     wal = Path(f"{scratch}-wal")
