@@ -140,8 +140,9 @@ class Salvage:
             where = ", ".join(
                 f"after chunk {a}" + (f" and before chunk {b}" if b is not None else "") for a, b in self.spool_holes
             )
-            many = "" if self.spool_lost is None else f"{self.spool_lost:,} chunk{'s' if self.spool_lost != 1 else ''} "
-            spool += f"; {many or 'chunks '}unreadable ({where}): their lines (not yet written to InfluxDB) are lost"
+            n = self.spool_lost
+            many = "chunks" if n is None else f"{n:,} chunk{'s' if n != 1 else ''}"
+            spool += f"; {many} unreadable ({where}): their lines (not yet written to InfluxDB) are lost"
         else:
             spool += "; no chunk lost"
         out.append(spool)
@@ -173,6 +174,11 @@ def _ranges(holes: list[tuple[int, int | None]]) -> str:
 
 
 # --- reading a damaged file row by row ---------------------------------------------------------------
+
+
+def _select_one(table: str, key: str, columns: list[str]) -> str:
+    """The row whose key is the parameter: a seek to that key alone, through the interior pages."""
+    return f"SELECT {', '.join([key, *columns])} FROM {table} WHERE {key} = ?"
 
 
 def _select(table: str, key: str, columns: list[str]) -> str:
@@ -251,7 +257,7 @@ def _read_rows(
 
     taken = dense and first > 1  # dense from ``first`` on: the first row kept must be ``first`` itself
 
-    alone = f"SELECT {', '.join([key, *columns])} FROM {table} WHERE {key} = ?"
+    alone = _select_one(table, key, columns)
 
     def good(row: tuple[Any, ...], start: int) -> bool:
         key_ = row[0]
@@ -321,13 +327,12 @@ def _sweep(
     keys: list[int],
     take: Callable[[tuple[Any, ...]], None],
     valid: Callable[[tuple[Any, ...]], bool],
-) -> set[int]:
+) -> None:
     """Read each of ``keys`` on its own (a seek to that key alone, through the interior pages); hand the rows
-    found whole and valid to ``take``; return their keys. What a walk in key order misses: a readable page
+    found whole and valid to ``take``. What a walk in key order misses: a readable page
     between damaged ones, where probing forward jumped over it, or a page a damaged one's made-up cells led the
     walk past without an error."""
-    select = f"SELECT {', '.join([key, *columns])} FROM {table} WHERE {key} = ?"
-    found: set[int] = set()
+    select = _select_one(table, key, columns)
     for k in keys:
         try:
             row = db.execute(select, (k,)).fetchone()
@@ -336,12 +341,16 @@ def _sweep(
             continue
         if row is not None and row[0] == k and valid(row):
             take(row)
-            found.add(k)
-    return found
 
 
 _SWEEP_MOST = 100_000
 """The most keys :func:`_sweep` reads one by one (all of them into a destroyed page: 2.3 s, measured)."""
+
+
+def _counter(db: sqlite3.Connection, table: str) -> int | None:
+    """The AUTOINCREMENT counter of ``table`` (``sqlite_sequence``), or None when it cannot be read."""
+    row = _try(lambda: db.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (table,)).fetchone())
+    return row[0] if row is not None and isinstance(row[0], int) else None
 
 
 def _try(fn: Callable[[], Any]) -> Any:
@@ -639,9 +648,8 @@ class _LogRead:
     highest: int = 0
     """The highest position either copy used (its counter, or a row read)."""
     counters: list[int] = field(default_factory=list)
-    lowest_hole: int | None = None
-    """Without the checkpoint: the position after which the first hole of a walk began."""
     walk_holes: list[tuple[int, int | None]] = field(default_factory=list)
+    """The holes the walks of both copies found."""
     open_end: bool = False
     """A walk found no readable row after a hole, and no counter says where the log ended."""
     unknown: bool = False
@@ -654,11 +662,12 @@ def _salvage_log(
     """Keep every readable, valid log row after the checkpoint's position (each position once)."""
     if "log" not in tables:
         return
-    seq_row = _try(lambda: db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'log'").fetchone())
-    seq = seq_row[0] if seq_row is not None and isinstance(seq_row[0], int) and seq_row[0] >= 0 else None
-    if seq is not None:
+    seq = _counter(db, "log")
+    if seq is not None and seq >= 0:
         seq = min(seq, _MAX_KEY)
         acc.counters.append(seq)
+    else:
+        seq = None
     insert = "INSERT OR IGNORE INTO log (pos, kind, topic, payload, received_ms) VALUES (?, ?, ?, ?, ?)"
     after = acc.after
 
@@ -695,11 +704,8 @@ def _salvage_log(
     if seq is not None:
         acc.highest = max(acc.highest, seq)
     acc.walk_holes += holes
-    for a, b in holes:
-        if not acc.exact and (acc.lowest_hole is None or a < acc.lowest_hole):
-            acc.lowest_hole = a
-        if b is None and seq is None:
-            acc.open_end = True
+    if seq is None and any(b is None for _, b in holes):
+        acc.open_end = True
     # positions after the checkpoint's are consecutive: read each one not yet kept on its own (a readable page
     # the walk jumped over); the rest are counted by _count_lost_log
     # up to _SWEEP_MOST below the highest row read and as many above it up to the counter (a log holds far fewer)
@@ -715,7 +721,7 @@ def _low_position(acc: _LogRead, seen: set[int], high: int) -> int:
     earlier checkpoint (nothing read and no hole: a log trimmed whole, ``high``)."""
     if acc.exact:
         return acc.after
-    lows = [p - 1 for p in (seen or acc.kept)] + ([acc.lowest_hole] if acc.lowest_hole is not None else [])
+    lows = [p - 1 for p in (seen or acc.kept)] + [a for a, _ in acc.walk_holes]
     return max(acc.after, min(lows)) if lows else max(acc.after, high)
 
 
@@ -747,8 +753,7 @@ def _salvage_spool(db: sqlite3.Connection, tables: set[str], report: Salvage, ou
     have = _try(lambda: [r[1] for r in db.execute("PRAGMA table_info(spool)")]) or fresh
     columns = [c for c in fresh if c in have and c != "id"]
     insert = f"INSERT INTO spool ({', '.join(['id', *columns])}) VALUES ({', '.join('?' * (1 + len(columns)))})"
-    seq_row = _try(lambda: db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'spool'").fetchone())
-    seq = seq_row[0] if seq_row is not None and isinstance(seq_row[0], int) else None
+    seq = _counter(db, "spool")
     select_tail = f"SELECT {', '.join(['id', *columns])} FROM spool ORDER BY id DESC LIMIT 1"
 
     def valid(row: tuple[Any, ...]) -> bool:

@@ -560,9 +560,7 @@ def test_every_leaf_page_overwritten_in_turn_is_counted_exactly(tmp_path: Path) 
             shutil.copytree(base / "state", work / "state")
             (work / "gw.toml").write_text(_toml(work / "state"), encoding="utf-8")
             path = work / "state" / name
-            with open(log_path(path) if table == "log" else path, "r+b") as f:
-                f.seek((page - 1) * 4096 + 8)
-                f.write(b"\xff" * 4000)
+            _overwrite(log_path(path) if table == "log" else path, page, 8, b"\xff" * 4000)
             report = recover_state(load_config(work / "gw.toml", env={}))
             if table == "log":
                 with sqlite3.connect(log_path(path)) as db:
@@ -870,12 +868,6 @@ def test_a_spool_counter_that_reads_low_with_gaps_in_the_ids_drops_no_chunk(tmp_
 # --- a third outside review (each case failed on the code before) ----------------------------------------------
 
 
-def _lose_checkpoint(path: Path) -> None:
-    with sqlite3.connect(path) as db:
-        db.execute("UPDATE checkpoint SET state = x'00112233'")
-    db.close()
-
-
 @pytest.mark.parametrize("how", ["checkpoint unreadable", "state file unreadable", "no counter, far key"])
 def test_a_made_up_first_row_without_the_checkpoint_is_not_kept(state: tuple[Path, dict[str, Any]], how: str) -> None:
     """Without the checkpoint the walk starts at position 1 and took a damaged first page's made-up row (key 150,
@@ -888,7 +880,7 @@ def test_a_made_up_first_row_without_the_checkpoint_is_not_kept(state: tuple[Pat
     if how == "state file unreadable":
         path.write_bytes(random.Random(7).randbytes(50_000))
     else:
-        _lose_checkpoint(path)
+        _shift_and_lose_checkpoint(held, 0)
     key = 150
     if how == "no counter, far key":
         with sqlite3.connect(logfile) as db:
@@ -907,7 +899,7 @@ def test_recover_again_on_a_file_it_wrote_after_losing_the_checkpoint(state: tup
     """A second recover on the intact file the first one wrote (no checkpoint, the log from 61) said 'checkpoint
     unreadable' and that something was lost."""
     config, held = state
-    _lose_checkpoint(held["path"])
+    _shift_and_lose_checkpoint(held, 0)
     _recover(config)
     report, log, _ = _recover(config)
     assert log == held["log"] and report.checkpoint == "absent" and not report.lost_anything, report.lines()
