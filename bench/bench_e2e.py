@@ -14,7 +14,7 @@ taskset, as for the tests)::
 Every mode starts its own Mosquitto (the project's broker settings) and InfluxDB 1.x on free loopback ports
 (``scripts/services.py``, as the tests do) and stops them at the end.
 
-The load: 1,000 simulated boards (``bench/<n>``), each message 10 readings of four float metrics (``temp_c``,
+The load: 1,000 simulated boards (``bench/<n>``; ``--boards``), each message 10 readings of four float metrics (``temp_c``,
 ``rh``, ``pressure_hpa``, ``vib``) with a ``flushed`` marker, as the firmware sends after draining its buffer,
 published at QoS 1 by ``--publishers`` processes, each a paho MQTT client publishing for its share of the
 boards (one connection per process, not per board), paced to the offered rate. The gateway runs as
@@ -984,6 +984,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         p.add_argument("--rounds", type=int, default=1)
         p.add_argument("--rate", type=int, default=rate, help="readings/s offered")
         p.add_argument("--seconds", type=float, default=seconds)
+        p.add_argument("--boards", type=int, default=BOARDS, help=f"simulated boards (default {BOARDS:,})")
 
     t = sub.add_parser("throughput")
     common(t, 0, 15.0)
@@ -1020,6 +1021,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     o.add_argument("--show-log", action="store_true", help="print the end of the gateway's log")
     o.add_argument("--after", type=float, default=10.0, help="seconds watched after the offered period")
     args = ap.parse_args(argv)
+    global BOARDS
+    BOARDS = args.boards  # the publisher processes are forked: they read it
     if args.core is not None and args.core >= 0:
         OTHER_CORES.update(c for c in os.sched_getaffinity(0) if c != args.core)
     else:
