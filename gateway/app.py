@@ -330,13 +330,7 @@ class Gateway:
         self._row_digests: dict[str, bytes] | None = None
         """The digest of each checkpoint row stored (None: not known, the next checkpoint rewrites them all)."""
         self.last_checkpoint: dict[str, float] = {}
-        """What the last checkpoint did: keys snapshotted, slices, rows written, seconds on the loop, of CPU in its
-        worker thread, of both (its cost), in all, and the gap it leaves before the next (``checkpoint_gap_s``)."""
-        self.checkpoint_gap_s = config.state.checkpoint_interval_s
-        """Seconds from the end of one checkpoint to the next the tick takes: ``state.checkpoint_interval_s``,
-        longer when the last checkpoint's cost would otherwise take more than ``state.checkpoint_max_share`` of the
-        time (a checkpoint's cost grows with the keys changed since the one before; the log's size still forces one
-        at ``state.checkpoint_max_log_rows``)."""
+        """What the last checkpoint did: keys snapshotted, slices, rows written, seconds on the loop and in all."""
         self.collector = CollectorPacing()
 
     # ------------------------------------------------------------------------------------ inputs
@@ -729,7 +723,7 @@ class Gateway:
                 if cap.pending:
                     await self._give_way()
             self._capture = None
-            blob, delta, digests, encode_cpu = await asyncio.to_thread(self._encode, glob, order, cap.rows, full)
+            blob, delta, digests = await asyncio.to_thread(self._encode, glob, order, cap.rows, full)
             saved_ms = self.now_ms()
             t = time.perf_counter()
             await self.sink.spill_async(lambda chunks: self.store.checkpoint_async(pos, blob, saved_ms, chunks, delta))
@@ -745,14 +739,10 @@ class Gateway:
                     "could not drop the log rows the checkpoint covers; the next checkpoint does",
                     exc_info=True, extra={"event": "log_trim_error"},
                 )  # fmt: skip
-            total = time.perf_counter() - started
-            cost = on_loop + encode_cpu
-            share = self.config.state.checkpoint_max_share
-            self.checkpoint_gap_s = max(self.config.state.checkpoint_interval_s, cost / share - total)
             self.last_checkpoint = {
                 "keys": len(keys), "slices": cap.slices, "rows_written": len(delta.put),
-                "rows_deleted": len(delta.delete), "loop_s": on_loop, "encode_cpu_s": encode_cpu,
-                "commit_s": commit_s, "cost_s": cost, "total_s": total, "gap_s": self.checkpoint_gap_s,
+                "rows_deleted": len(delta.delete), "loop_s": on_loop, "commit_s": commit_s,
+                "total_s": time.perf_counter() - started,
             }  # fmt: skip
         except Exception:
             self.checkpoint_failures += 1
@@ -781,11 +771,10 @@ class Gateway:
 
     def _encode(
         self, glob: dict[str, Any], order: dict[str, Any], rows: dict[str, Any], full: bool
-    ) -> tuple[bytes, RowDelta, dict[str, bytes], float]:
+    ) -> tuple[bytes, RowDelta, dict[str, bytes]]:
         """In a worker thread: the global part (compressed JSON), the rows to write (those whose JSON text differs
         from the stored one's; all when ``full``) and to delete (stored rows of keys the order row no longer
-        names), the digest of every row stored after the checkpoint, and the CPU time this took (this thread's:
-        not the waits for input).
+        names), and the digest of every row stored after the checkpoint.
 
         Raises, and the next checkpoint writes every row, if the order row names a key whose row is neither
         taken nor stored (a key changed without being noted: the checkpoint would not restore).
@@ -794,7 +783,6 @@ class Gateway:
         containers would count as long-lived and set off a scan of the whole heap, holding the GIL (about 55 ms
         for 1,000 devices, bench/bench_checkpoint.py); the copy has no cycles and goes with its last reference.
         """
-        cpu = time.thread_time()
         old = self._row_digests
         digests: dict[str, bytes] = {} if full or old is None else dict(old)
         put: list[tuple[str, bytes]] = []
@@ -825,8 +813,7 @@ class Gateway:
             self._row_digests = None
             raise StateError(f"checkpoint: no row taken or stored for keys {sorted(missing)[:5]}; the next writes all")
         delta = RowDelta(put, [] if full else gone, replace=full)
-        blob = compress_checkpoint(dumps_in_pieces(glob))
-        return blob, delta, digests, time.thread_time() - cpu
+        return compress_checkpoint(dumps_in_pieces(glob)), delta, digests
 
     async def recover(self) -> None:
         """Restore the last checkpoint and replay the log after it through the pipeline.
@@ -959,8 +946,6 @@ class Gateway:
                 "log_rows": self.store.log_rows,
                 "checkpoints": self.checkpoints,
                 "checkpoint_failures": self.checkpoint_failures,
-                "checkpoint_gap_s": round(self.checkpoint_gap_s, 3),
-                "checkpoint_cost_s": round(self.last_checkpoint.get("cost_s", 0.0), 4),
                 "recovered_from": self.recovered_from,
                 "replayed": self.replayed,
                 "redelivered": self.redelivered,
@@ -1027,7 +1012,7 @@ class Gateway:
             nonlocal last_checkpoint
             await self._tick()
             await self.sink.add(self.live.health_lines(self.now_ms(), self.snapshot_stats(live=False)))  # deploy
-            if time.monotonic() - last_checkpoint >= self.checkpoint_gap_s:
+            if time.monotonic() - last_checkpoint >= self.config.state.checkpoint_interval_s:
                 await self.checkpoint()
                 last_checkpoint = time.monotonic()
 

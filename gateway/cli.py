@@ -68,8 +68,7 @@ def _describe(cfg: Config) -> str:
             _describe_anomaly(cfg),
             *_describe_notify(cfg),
             f"state:     {state_path(cfg)} and its ingest log {log_path(state_path(cfg)).name} (checkpoint every "
-            f"{cfg.state.checkpoint_interval_s:g} s or longer, at most "
-            f"{cfg.state.checkpoint_max_share:.0%} of the time, "
+            f"{cfg.state.checkpoint_interval_s:g} s, "
             f"spool up to {cfg.state.spool_max_bytes / 2**20:g} MiB), sync {cfg.state.sync}",
             "metrics:   "
             + (
@@ -642,7 +641,6 @@ def _plan(cfg: Config, args: argparse.Namespace) -> int:
         checkpoint_cpu_s=res.checkpoint_cpu_s,
         devices=res.devices,
         checkpoint_interval_s=cfg.state.checkpoint_interval_s,
-        checkpoint_max_share=cfg.state.checkpoint_max_share,
         max_cpu=args.max_cpu,
         memory=memory,
         flink_slot_rate=args.flink_slot_rate,

@@ -137,12 +137,8 @@ class StateConfig:
     dir: str = ".run/gateway-state"
     sync: Literal["normal", "full"] = "normal"
     checkpoint_interval_s: float = 2.0
-    checkpoint_max_share: float = 0.1
-    """The most of the time its checkpoints may take (their own work on the loop and in their worker thread):
-    after a checkpoint that took ``c`` seconds of it and ``d`` in all, the next waits
-    ``max(checkpoint_interval_s, c / checkpoint_max_share - d)``. 1 turns the pacing off."""
     checkpoint_max_log_rows: int = 50_000
-    """A checkpoint is taken early when the log holds this many records (bounds its disk use and the replay)."""
+    """A checkpoint is taken early when the log holds this many records (bounds its disk use)."""
     spool_max_bytes: int = 512 * 1024 * 1024
     ingest_batch: int = 100
     """At most this many messages are appended (one transaction) and acknowledged together."""
@@ -250,15 +246,7 @@ LIMITS_KEYS = frozenset({"max_bytes", "max_readings", "max_metrics", "max_string
 DEVICES_KEYS = frozenset({"allow_unknown", "known", "max_devices", "max_metric_names", "sites", "properties"})
 LOG_KEYS = frozenset({"level", "format"})
 STATE_KEYS = frozenset(
-    {
-        "dir",
-        "sync",
-        "checkpoint_interval_s",
-        "checkpoint_max_share",
-        "checkpoint_max_log_rows",
-        "spool_max_bytes",
-        "ingest_batch",
-    }
+    {"dir", "sync", "checkpoint_interval_s", "checkpoint_max_log_rows", "spool_max_bytes", "ingest_batch"}
 )
 METRICS_KEYS = frozenset({"host", "port"})
 HOMEASSISTANT_KEYS = frozenset({"enabled", "discovery_prefix", "alert_off_delay_s"})
@@ -735,14 +723,10 @@ def _state(doc: Mapping[str, Any], env: Mapping[str, str]) -> StateConfig:
     def num(key: str, kind: type | tuple[type, ...]) -> Any:
         return _positive("state", key, _get(sec, "state", key, kind, getattr(d, key)))
 
-    share = float(num("checkpoint_max_share", (int, float)))
-    if not share <= 1:  # NaN too
-        raise ConfigError(f"state.checkpoint_max_share: {share!r} is not a share of the time, > 0 and <= 1 (1: off)")
     return StateConfig(
         dir=_get(sec, "state", "dir", str, d.dir),
         sync=sync,
         checkpoint_interval_s=float(num("checkpoint_interval_s", (int, float))),
-        checkpoint_max_share=share,
         checkpoint_max_log_rows=int(num("checkpoint_max_log_rows", int)),
         spool_max_bytes=int(num("spool_max_bytes", int)),
         ingest_batch=int(num("ingest_batch", int)),

@@ -161,7 +161,7 @@ class Sizing:
     """Readings per second one core takes, what the checkpoints leave of it."""
     checkpoint_share: float
     """The share of one core the checkpoints take: every ``state.checkpoint_interval_s``, the keys of the devices
-    that sent since the one before; at most ``state.checkpoint_max_share`` (the interval stretches)."""
+    that sent since the one before."""
     cpu_share: float
     """The share of one core the fleet's rate and the checkpoints take."""
     max_cpu: float
@@ -194,7 +194,6 @@ def size_fleet(
     checkpoint_cpu_s: float = 0.0,
     devices: int = 1,
     checkpoint_interval_s: float = 2.0,
-    checkpoint_max_share: float | None = None,
     max_cpu: float = 0.5,
     memory: int = 512 * 2**20,
     flink_slot_rate: float | None = None,
@@ -209,10 +208,6 @@ def size_fleet(
     # its site's); ``checkpoint_cpu_s`` is one checkpoint of every key
     changed_per_s = min(devices / checkpoint_interval_s, messages_per_s)
     checkpoints = checkpoint_cpu_s / max(1, devices) * changed_per_s
-    # the gateway stretches the interval so that they take at most ``state.checkpoint_max_share`` (the replay after
-    # a crash grows instead); None: not paced
-    if checkpoint_max_share is not None:
-        checkpoints = min(checkpoints, checkpoint_max_share)
     capacity = (1 - checkpoints) * 1e6 / gateway_us if checkpoints < 1 else 0.0
     share = readings_per_s * gateway_us / 1e6 + checkpoints
     reasons = []

@@ -54,11 +54,6 @@ def test_checkpoints_take_their_share_whatever_the_rate() -> None:
     big = size_fleet(readings_per_s=5_250, messages_per_s=525, pipeline_us=PIPELINE_US, calibration=BENCH,
                      state_bytes=0, checkpoint_cpu_s=50.0, devices=10_000, checkpoint_interval_s=2.0)  # fmt: skip
     assert math.isclose(big.checkpoint_share, 50.0 / 10_000 * 525)
-    # paced (state.checkpoint_max_share): the gateway stretches the interval, the share stops at the bound
-    paced = size_fleet(readings_per_s=5_250, messages_per_s=525, pipeline_us=PIPELINE_US, calibration=BENCH,
-                       state_bytes=0, checkpoint_cpu_s=0.5, devices=100, checkpoint_interval_s=2.0,
-                       checkpoint_max_share=0.1)  # fmt: skip
-    assert paced.checkpoint_share == 0.1 and math.isclose(paced.capacity, 0.9 * GATEWAY_READINGS_PER_CPU_S)
 
 
 def test_a_slower_machine_scales_the_rest_of_the_gateway_and_state_counts_too() -> None:
