@@ -14,9 +14,9 @@ taskset, as for the tests)::
 Every mode starts its own Mosquitto (the project's broker settings) and InfluxDB 1.x on free loopback ports
 (``scripts/services.py``, as the tests do) and stops them at the end.
 
-The load: 1,000 simulated boards (``bench/<n>``; ``--boards``), each message 10 readings of four float metrics (``temp_c``,
-``rh``, ``pressure_hpa``, ``vib``) with a ``flushed`` marker, as the firmware sends after draining its buffer,
-published at QoS 1 by ``--publishers`` processes, each a paho MQTT client publishing for its share of the
+The load: 1,000 simulated boards (``bench/<n>``; ``--boards``), each message 10 readings of four float metrics
+(``temp_c``, ``rh``, ``pressure_hpa``, ``vib``) with a ``flushed`` marker, as the firmware sends after draining
+its buffer, published at QoS 1 by ``--publishers`` processes, each a paho MQTT client publishing for its share of the
 boards (one connection per process, not per board), paced to the offered rate. The gateway runs as
 ``taskset -c <core> python -m gateway run`` (``--core``, default 0), with a fresh state folder and a fresh
 database for each step.
