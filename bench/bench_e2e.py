@@ -325,6 +325,12 @@ def proc_cpu_s(pid: int) -> float:
     return (int(parts[11]) + int(parts[12])) / CLK_TCK
 
 
+def proc_written(pid: int) -> int:
+    """Bytes the process has caused to be written to storage (``/proc/<pid>/io``'s ``write_bytes``)."""
+    with open(f"/proc/{pid}/io") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("write_bytes:"))
+
+
 def proc_wait_s(pid: int) -> float:
     """Seconds the process's main thread was runnable but waited for a CPU (``/proc/<pid>/schedstat``)."""
     with open(f"/proc/{pid}/schedstat") as f:
@@ -889,9 +895,10 @@ def cmd_latency(args: argparse.Namespace) -> None:
                         target=prober, args=(svc.mqtt_port, args.seconds, pubs.start_at, q), daemon=True
                     )
                     probe.start()
-                    cpu0 = proc_cpu_s(gw.pid)
+                    cpu0, written0 = proc_cpu_s(gw.pid), proc_written(gw.pid)
                     t0 = time.monotonic()
                     time.sleep(max(0.0, pubs.start_at - time.time()) + args.seconds)
+                    written = (proc_written(gw.pid) - written0) / (time.monotonic() - t0)
                     backlog = pubs.expected_msgs - gw.taken()
                     res = q.get(timeout=args.seconds + 180)
                     probe.join(10)
@@ -907,7 +914,8 @@ def cmd_latency(args: argparse.Namespace) -> None:
                         f"{len(lat)} alerts timed, {res['missing']} without an alert; publish -> alert ms: "
                         f"p50 {pct(lat, 50):.1f}  p95 "
                         f"{pct(lat, 95):.1f}  p99 {pct(lat, 99):.1f}  max {max(lat, default=float('nan')):.1f}; "
-                        f"gateway cpu {cpu:.0f} %, backlog at the end {backlog:,} messages, "
+                        f"gateway cpu {cpu:.0f} %, writes {written / 1e6:.1f} MB/s, "
+                        f"backlog at the end {backlog:,} messages, "
                         f"checkpoints {s.get('state', {}).get('checkpoints')}, pub lag {pub['lag_s']:.2f}s",
                         flush=True,
                     )
