@@ -10,7 +10,9 @@ Reproduce (from the repository root)::
 The log is written as the gateway writes it when it keeps up (WAL journal, ``synchronous=NORMAL``, one message a
 commit, the rows a checkpoint covers deleted every 200 messages); what is counted is the process's
 ``write_bytes`` (``/proc/self/io``: bytes it made dirty for the storage, WAL frames and the WAL's copies into the
-file alike), after an ``os.sync()``. Printed: KiB written a message and microseconds a commit, each the median
+file alike, counted when a page is first dirtied; the files start clean after an ``os.sync()``), so ``--dir``
+must be on real storage, not a tmpfs. A commit's microseconds include its share of the trims and of SQLite's
+automatic WAL checkpoints. Printed: KiB written a message and microseconds a commit, each the median
 and range over ``--rounds``. The gateway's own figures under load are printed by ``bench_e2e.py latency``
 (writes, MB/s); docs/reliability.md ("Disk writes") shows both.
 """
@@ -79,10 +81,17 @@ def main() -> None:
     ap.add_argument("-r", "--rounds", type=int, default=3)
     ap.add_argument("--sizes", type=int, nargs="+", default=[150, 1100, 3000], help="payload bytes")
     ap.add_argument("--pages", type=int, nargs="+", default=[4096, 2048, 1024])
+    ap.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        help="where the files are written (default: the system's temporary "
+        "folder; it must be on the storage measured, not a tmpfs)",
+    )
     args = ap.parse_args()
     cases = [(page, size, auto) for size in args.sizes for page in args.pages for auto in (True, False)]
     got: dict[tuple[int, int, bool], list[tuple[float, float]]] = {c: [] for c in cases}
-    with tempfile.TemporaryDirectory(prefix="log-writes-") as d:
+    with tempfile.TemporaryDirectory(prefix="log-writes-", dir=args.dir) as d:
         for r in range(args.rounds):  # interleaved, each case once a round
             for page, size, auto in cases if r % 2 == 0 else cases[::-1]:
                 got[(page, size, auto)].append(one(Path(d), page, size, args.messages, auto))
