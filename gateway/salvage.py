@@ -55,10 +55,11 @@ from .state import (
     lock_file,
     log_path,
     read_rows,
+    spool_lines,
     wal_identity,
 )
 
-__all__ = ["Salvage", "recover_state"]
+__all__ = ["Salvage", "page_size", "recover_state"]
 
 _MAX_KEY = 2**62
 
@@ -564,14 +565,19 @@ def _connect(scratch: Path) -> sqlite3.Connection:
     return db
 
 
+def page_size(path: Path) -> int:
+    """The page size an SQLite file's header gives (its bytes 16-17; 1 means 65,536), as written: a damaged header
+    can give any number, and 0 for a file shorter than that."""
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(18)[16:18], "big")
+    return 65536 if size == 1 else size
+
+
 def _drop_partial_page(scratch: Path) -> None:
     """A file cut in the middle of a page: SQLite would read the missing part of that page as zeros, and a cell
     that lay across the cut as a row with zeros in it. Cut the copy back to whole pages: the partial page then
     reads as damaged (a page holds its cells at its end, so almost nothing readable is lost with it)."""
-    with open(scratch, "rb") as f:
-        head = f.read(18)
-    size = int.from_bytes(head[16:18], "big")
-    page = 65536 if size == 1 else size
+    page = page_size(scratch)
     length = scratch.stat().st_size
     if page >= 512 and length % page:
         os.truncate(scratch, length - length % page)
@@ -763,13 +769,11 @@ def _salvage_spool(db: sqlite3.Connection, tables: set[str], report: Salvage, ou
             return False  # every column is NOT NULL
         if not isinstance(text, str) or fmt not in (SPOOL_NEWLINES, SPOOL_JSON):
             return False
-        if fmt == SPOOL_NEWLINES:
-            return text.count("\n") + 1 == n
         try:
-            lines = json.loads(text)
+            lines = spool_lines(text, fmt)
         except ValueError:
             return False
-        return isinstance(lines, list) and len(lines) == n and all(isinstance(ln, str) for ln in lines)
+        return lines is not None and len(lines) == n
 
     kept: set[int] = set()
 

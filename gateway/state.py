@@ -77,6 +77,7 @@ __all__ = [
     "read_header",
     "read_rows",
     "row_digest",
+    "spool_lines",
     "wal_identity",
 ]
 
@@ -781,10 +782,8 @@ class StateStore:
         if row is None:
             return None
         chunk_id, text, fmt = row
-        if fmt == SPOOL_NEWLINES:
-            return chunk_id, text.split("\n")
-        lines = json.loads(text)
-        if not isinstance(lines, list) or not all(isinstance(ln, str) for ln in lines):
+        lines = spool_lines(text, fmt)
+        if lines is None:
             raise ValueError(f"{self.path}: spool chunk {chunk_id} is not a list of lines")
         return chunk_id, lines
 
@@ -870,6 +869,18 @@ def _check_file(db: sqlite3.Connection, path: Path, header: tuple[int, int] | No
 
 _spool_json = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
 """A chunk's text: ASCII, so SQLite stores it whatever the lines hold (a lone surrogate cannot be UTF-8)."""
+
+
+def spool_lines(text: str, fmt: int) -> list[str] | None:
+    """A spool chunk's lines from its stored text: ``fmt`` 0 (:data:`SPOOL_NEWLINES`) the lines joined by
+    newlines, otherwise a JSON array of strings; None when the JSON is not one (raises ``ValueError`` when it is
+    not JSON)."""
+    if fmt == SPOOL_NEWLINES:
+        return text.split("\n")
+    lines = json.loads(text)
+    if not isinstance(lines, list) or not all(isinstance(ln, str) for ln in lines):
+        return None
+    return lines
 
 
 def _spool_insert(db: sqlite3.Connection, chunks: Sequence[tuple[int, list[str]]]) -> None:

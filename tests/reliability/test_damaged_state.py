@@ -30,7 +30,7 @@ from helpers import influx_query, poll
 
 from gateway.app import Gateway, state_path
 from gateway.config import load_config
-from gateway.salvage import recover_state
+from gateway.salvage import page_size, recover_state
 from gateway.state import KIND_MESSAGE, KIND_OVERSIZE, StateStore, log_path
 
 pytestmark = pytest.mark.integration
@@ -121,14 +121,6 @@ def _pages(db: sqlite3.Connection) -> dict[str, list[tuple[int, int]]]:
     return out
 
 
-def _psize(file: Path) -> int:
-    """The file's page size, from its header (the log file's pages are 1 KB since LOG_PAGE_SIZE, the state file's
-    4 KB)."""
-    with open(file, "rb") as f:
-        n = int.from_bytes(f.read(18)[16:18], "big")
-    return 65536 if n == 1 else n
-
-
 def cli(*args: str, user: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "gateway", *args]
     if user is not None:
@@ -182,7 +174,7 @@ def test_pages_of_the_log_overwritten(state: tuple[Path, dict[str, Any]]) -> Non
     logfile = log_path(path)
     leaves = sorted(held["log_pages"]["log"])
     hit = leaves[len(leaves) // 3 : len(leaves) // 3 + 3]  # three consecutive leaf pages in the middle
-    ps = _psize(logfile)
+    ps = page_size(logfile)
     with open(logfile, "r+b") as f:
         for page, _ in hit:
             f.seek((page - 1) * ps)
@@ -212,7 +204,7 @@ def test_file_cut_mid_page(state: tuple[Path, dict[str, Any]], which: str) -> No
     path: Path = held["path"]
     cut_path = path if which == "state" else log_path(path)
     size = cut_path.stat().st_size
-    ps = _psize(cut_path)
+    ps = page_size(cut_path)
     cut = (size // ps // 2) * ps + ps // 3  # half the file, in the middle of a page
     os.truncate(cut_path, cut)
     damaged = cut_path.read_bytes()
@@ -365,7 +357,7 @@ def test_recovered_state_is_replayed_into_influxdb(
     path: Path = held["path"]
     hit = [(log_path(path), sorted(held["log_pages"]["log"])[5]), (path, sorted(held["pages"]["spool"])[-2])]
     for file, (page, _) in hit:
-        ps = _psize(file)
+        ps = page_size(file)
         with open(file, "r+b") as f:
             f.seek((page - 1) * ps + 8)  # past the page header's first bytes: the cell pointers
             f.write(b"\xff" * (ps - 96))
@@ -474,7 +466,7 @@ def _fake_cells(file: Path, page: int, table: str, key: int) -> None:
     types, body = _FAKE_RECORD[table]
     record = bytes([1 + len(types), *types]) + body
     cell = _varint(len(record)) + _varint(key) + record
-    ps = _psize(file)
+    ps = page_size(file)
     with open(file, "r+b") as f:
         f.seek((page - 1) * ps)
         data = bytearray(f.read(ps))
@@ -502,7 +494,7 @@ def _rows_by_page(file: Path, table: str) -> dict[int, list[int]]:
     db = sqlite3.connect(file)
     pages = [p for p, _ in _pages(db)[table]]
     db.close()
-    raw, ps = file.read_bytes(), _psize(file)
+    raw, ps = file.read_bytes(), page_size(file)
     out: dict[int, list[int]] = {}
     for p in pages:
         data = raw[(p - 1) * ps : p * ps]
@@ -573,7 +565,7 @@ def test_every_leaf_page_overwritten_in_turn_is_counted_exactly(tmp_path: Path) 
             (work / "gw.toml").write_text(_toml(work / "state"), encoding="utf-8")
             path = work / "state" / name
             file = log_path(path) if table == "log" else path
-            _overwrite(file, page, 8, b"\xff" * min(4000, _psize(file) - 8))  # inside the page, whatever its size
+            _overwrite(file, page, 8, b"\xff" * min(4000, page_size(file) - 8))  # inside the page, whatever its size
             report = recover_state(load_config(work / "gw.toml", env={}))
             if table == "log":
                 with sqlite3.connect(log_path(path)) as db:
@@ -616,7 +608,7 @@ def _recover(config: Path) -> tuple[Any, dict[int, tuple[Any, ...]], dict[int, t
 
 def _overwrite(file: Path, page: int, at: int, data: bytes) -> None:
     with open(file, "r+b") as f:
-        f.seek((page - 1) * _psize(file) + at)
+        f.seek((page - 1) * page_size(file) + at)
         f.write(data)
 
 
@@ -627,7 +619,7 @@ def test_the_log_files_first_page_lost_is_not_nothing_lost(state: tuple[Path, di
     config, held = state
     logfile = log_path(held["path"])
     if how == "schema page":
-        _overwrite(logfile, 1, 100, random.Random(3).randbytes(_psize(logfile) - 100))
+        _overwrite(logfile, 1, 100, random.Random(3).randbytes(page_size(logfile) - 100))
     elif how == "its cell pointers":
         _overwrite(logfile, 1, 108, b"\xff" * 8)
     else:
@@ -672,7 +664,7 @@ def test_a_readable_page_between_damaged_ones_is_kept(state: tuple[Path, dict[st
     order = _by_key(logfile, "log")
     hit = [order[10], order[11], order[12], order[14]]
     for page, _ in hit:
-        _overwrite(logfile, page, 0, random.Random(page).randbytes(_psize(logfile)))
+        _overwrite(logfile, page, 0, random.Random(page).randbytes(page_size(logfile)))
     lost = {k for _, keys in hit for k in keys}
     report, log, _ = _recover(config)
     assert set(log) == set(held["log"]) - lost, report.lines()
@@ -688,7 +680,7 @@ def test_a_counter_that_reads_low_drops_no_row(state: tuple[Path, dict[str, Any]
     with sqlite3.connect(logfile) as db:
         db.execute("UPDATE sqlite_sequence SET seq = 230 WHERE name = 'log'")
     page, hit = _by_key(logfile, "log")[5]
-    _overwrite(logfile, page, 0, random.Random(1).randbytes(_psize(logfile)))
+    _overwrite(logfile, page, 0, random.Random(1).randbytes(page_size(logfile)))
     report, log, _ = _recover(config)
     assert set(log) == set(held["log"]) - set(hit), report.lines()
     assert report.log_rows_lost == len(hit), report.lines()
@@ -702,7 +694,7 @@ def test_a_counter_past_every_key_ends(state: tuple[Path, dict[str, Any]]) -> No
     with sqlite3.connect(logfile) as db:
         db.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'log'", (2**62 + 260,))
     page, hit = _by_key(logfile, "log")[-1]
-    _overwrite(logfile, page, 0, random.Random(1).randbytes(_psize(logfile)))
+    _overwrite(logfile, page, 0, random.Random(1).randbytes(page_size(logfile)))
     done = cli("recover", "--config", str(config), timeout=60)
     assert done.returncode == 0 and "rows unreadable" in done.stdout, done.stdout + done.stderr
     with sqlite3.connect(log_path(held["path"])) as db:
@@ -777,7 +769,7 @@ def test_checkpoint_lost_far_positions_and_the_first_and_last_pages_destroyed(
     order = _by_key(logfile, "log")
     lost: set[int] = set()
     for page, keys in (order[0], order[-1]):
-        _overwrite(logfile, page, 0, random.Random(page).randbytes(_psize(logfile)))
+        _overwrite(logfile, page, 0, random.Random(page).randbytes(page_size(logfile)))
         lost |= set(keys)
     report, log, _ = _recover(config)
     assert set(log) == {p + 1_000_000 for p in held["log"]} - lost, report.lines()
@@ -805,7 +797,7 @@ def test_an_index_that_misses_chunks_is_not_trusted(state: tuple[Path, dict[str,
         leaves = [p for (p,) in db.execute("SELECT pageno FROM dbstat WHERE name = 'spool_prio' AND pagetype = 'leaf'")]
     record = bytes([3, 1, 1, 1, 1])  # an index cell: (prio 1, id 1)
     cell = bytes([len(record)]) + record
-    ps = _psize(path)
+    ps = page_size(path)
     with open(path, "r+b") as f:
         f.seek((leaves[0] - 1) * ps)
         data = bytearray(f.read(ps))
@@ -816,7 +808,7 @@ def test_an_index_that_misses_chunks_is_not_trusted(state: tuple[Path, dict[str,
         f.seek((leaves[0] - 1) * ps)
         f.write(data)
     page, hit = _by_key(path, "spool")[20]
-    _overwrite(path, page, 0, random.Random(page).randbytes(_psize(path)))
+    _overwrite(path, page, 0, random.Random(page).randbytes(page_size(path)))
     report, _, spool = _recover(config)
     text = "\n".join(report.lines())
     assert set(spool) == set(held["spool"]) - set(hit), text
@@ -873,7 +865,7 @@ def test_a_spool_counter_that_reads_low_with_gaps_in_the_ids_drops_no_chunk(tmp_
         db.execute("UPDATE sqlite_sequence SET seq = 41 WHERE name = 'spool'")
         leaves = [p for (p,) in db.execute("SELECT pageno FROM dbstat WHERE name = 'spool_prio' AND pagetype = 'leaf'")]
     for p in leaves:
-        _overwrite(path, p, 0, random.Random(p).randbytes(_psize(path)))
+        _overwrite(path, p, 0, random.Random(p).randbytes(page_size(path)))
     report, _, spool = _recover(config)
     assert spool == want, report.lines()
     assert not report.spool_holes and "no chunk lost" in "\n".join(report.lines()), report.lines()  # no gap a loss
@@ -900,7 +892,7 @@ def test_a_made_up_first_row_without_the_checkpoint_is_not_kept(state: tuple[Pat
         with sqlite3.connect(logfile) as db:
             (seq_page,) = [p for (p,) in db.execute("SELECT pageno FROM dbstat WHERE name = 'sqlite_sequence'")]
         db.close()
-        _overwrite(logfile, seq_page, 0, random.Random(3).randbytes(_psize(logfile)))
+        _overwrite(logfile, seq_page, 0, random.Random(3).randbytes(page_size(logfile)))
         key = 10**9
     _fake_cells(logfile, page, "log", key)
     report, log, _ = _recover(config)
