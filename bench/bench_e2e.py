@@ -1030,7 +1030,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     o.add_argument("--after", type=float, default=10.0, help="seconds watched after the offered period")
     args = ap.parse_args(argv)
     global BOARDS
-    if args.boards < getattr(args, "publishers", 1):
+    if args.boards < args.publishers:  # every mode has both (common())
         ap.error(f"--boards {args.boards}: at least one board per publisher process")
     BOARDS = args.boards  # the publisher processes are forked: they read it
     if args.core is not None and args.core >= 0:
