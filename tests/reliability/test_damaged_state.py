@@ -596,8 +596,9 @@ def _by_key(file: Path, table: str) -> list[tuple[int, list[int]]]:
 
 def _recover(config: Path) -> tuple[Any, dict[int, tuple[Any, ...]], dict[int, tuple[Any, ...]]]:
     """recover in process; the report, and the log rows and spool chunks of the fresh files."""
-    report = recover_state(load_config(config, env={}))
-    path = state_path(load_config(config, env={}))
+    cfg = load_config(config, env={})
+    report = recover_state(cfg)
+    path = state_path(cfg)
     log_db, db = sqlite3.connect(log_path(path)), sqlite3.connect(path)
     try:
         return report, _log(log_db), {r[0]: r for r in db.execute("SELECT id, prio, n, bytes, lines FROM spool")}
