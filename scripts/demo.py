@@ -32,6 +32,7 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 import urllib.parse
 import urllib.request
 from collections import Counter
@@ -50,6 +51,7 @@ from sim.commands import report_scenario  # noqa: E402
 from sim.faults import InjectedAnomaly, ScriptedSequence, sequence_events, sequence_metric_types  # noqa: E402
 from sim.fleet import FleetSpec, Plan, generate  # noqa: E402
 from sim.publish import BrokerConfig, PublishResult, publish  # noqa: E402
+from sim.reference import WindowRef, device_watermark, engine_spec  # noqa: E402
 from sim.verify import ANOMALY_ALERTS, ExpectedAlert  # noqa: E402
 
 RUN = services.RUN_ROOT / "demo"
@@ -452,6 +454,133 @@ def check_alerts(
     return check
 
 
+# --- window results against two references ------------------------------------------------------------
+
+WindowKey = tuple[str, str, int, str]
+"""(window, device, start, metric): one point of measurement ``window``."""
+REL_TOL = 1e-9
+"""How far an aggregate may be from a reference's: the same readings summed in another order."""
+
+
+def expected_windows(plan: Plan, config: Path) -> tuple[dict[WindowKey, dict[str, float]], int]:
+    """Every window the watermark closed once every reading of ``plan`` is in, with the aggregates of its
+    readings (``count`` and the window's own), by the simulator's brute-force reference (``sim/reference.py``:
+    plain lists and :mod:`statistics`, no panes nor incremental updates); and how many windows hold readings
+    the watermark has not closed (each device's newest: it ends after the device's newest reading). The demo
+    publishes each device's
+    batches in event-time order, so every reading reaches its window before the window fires: the window's
+    last revision holds all of them."""
+    engine = engine_spec(tomllib.loads(config.read_text(encoding="utf-8")))
+    refs = [WindowRef(w, engine) for w in engine.windows]
+    by_device: dict[str, list[tuple[int, int, int, dict[str, float]]]] = {}
+    newest: dict[str, int] = {}
+    for r in plan.readings:
+        values = {m: float(v) for m, v in r.metrics.items() if not isinstance(v, str)}
+        by_device.setdefault(r.device, []).append((r.t_ms, r.boot, r.seq, values))
+        if r.quality != "u":  # an unsynced reading does not move the watermark
+            newest[r.device] = max(newest.get(r.device, r.t_ms), r.t_ms)
+    flushed = dict(plan.flushed)
+    closed: dict[WindowKey, dict[str, float]] = {}
+    still_open = 0
+    for ref in refs:
+        marks: dict[str, int] = {}
+        for device, events in sorted(by_device.items()):
+            ref.add(device, device, events)
+            wm = device_watermark(device, ref.bound(device), newest, flushed)
+            if wm is not None:
+                marks[device] = wm
+        if ref.shared:  # one watermark: the furthest any device took it
+            marks = {"": max(newest[d] - ref.bound(d) for d in newest)} if newest else {}
+        for key, wm in sorted(marks.items()):
+            for device, st, _end, metric, count, aggs, _rev in ref.advance(key, wm):
+                closed[(ref.spec.name, device, st, metric)] = {"count": count, **aggs}
+        still_open += len(ref.unfired())
+    return closed, still_open
+
+
+@dataclass(slots=True)
+class WindowCheck:
+    """The gateway's window points against the windows the watermark closed."""
+
+    closed: int
+    """Windows the reference closed."""
+    open: int
+    """Windows holding readings the watermark has not closed yet (the gateway keeps them; later readings close
+    them)."""
+    compared_influx: int = 0
+    """Closed windows also compared with InfluxDB's own ``GROUP BY time`` over ``reading`` (tumbling windows)."""
+    missing: list[WindowKey] = field(default_factory=list)
+    extra: list[WindowKey] = field(default_factory=list)
+    wrong: list[tuple[WindowKey, str, Any, Any, str]] = field(default_factory=list)
+    """(window, aggregate, the gateway's value, the other's, which reference)."""
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.extra or self.wrong)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if a is None or b is None:
+        return a is b
+    return bool(abs(float(a) - float(b)) <= REL_TOL * max(abs(float(a)), abs(float(b)), 1e-300))
+
+
+def _key(row: dict[str, Any]) -> WindowKey:
+    return (row["window"], row["device"], int(row["time"]), row["metric"])
+
+
+def check_windows(
+    expected: dict[WindowKey, dict[str, float]],
+    still_open: int,
+    gateway_rows: Sequence[dict[str, Any]],
+    influx_rows: Sequence[dict[str, Any]],
+) -> WindowCheck:
+    """``gateway_rows`` (measurement ``window``: ``window``, ``device``, ``time`` the start, ``metric`` and the
+    aggregates) against ``expected`` (:func:`expected_windows`), and against ``influx_rows``: the same
+    aggregates InfluxDB computes from the raw readings, a row per window in the same form (an aggregate
+    InfluxDB has no function for, ``first`` or ``last`` by reading time, is left out of them). Every expected
+    window must be written once with every aggregate equal to both references' (``stddev`` absent for a single
+    reading), and nothing else."""
+    check = WindowCheck(closed=len(expected), open=still_open)
+    found = {_key(r): r for r in gateway_rows}
+    influx = {_key(r): r for r in influx_rows}
+    check.missing = sorted(k for k in expected if k not in found)
+    check.extra = sorted(k for k in found if k not in expected)
+    for key in sorted(k for k in expected if k in found):
+        row = found[key]
+        refs = [("the reference", expected[key])]
+        if key in influx:
+            check.compared_influx += 1
+            refs.append(("InfluxDB", influx[key]))
+        for source, values in refs:
+            for name in sorted(expected[key]):
+                if name in values or source == "the reference":
+                    if not _same(row.get(name), values.get(name)):
+                        check.wrong.append((key, name, row.get(name), values.get(name), source))
+    return check
+
+
+def influx_windows(target: Target, config: Path) -> list[dict[str, Any]]:
+    """InfluxDB's own aggregates of ``reading`` over each tumbling window of ``config``, in the rows
+    :func:`check_windows` reads (``GROUP BY time(size, offset)``, the windows' grid; ``stddev`` is the sample
+    standard deviation, as the gateway's)."""
+    engine = engine_spec(tomllib.loads(config.read_text(encoding="utf-8")))
+    functions = {"count": "count", "mean": "mean", "min": "min", "max": "max", "stddev": "stddev", "sum": "sum"}
+    rows: list[dict[str, Any]] = []
+    for w in engine.windows:
+        if w.kind != "tumbling":
+            continue
+        names = [a for a in w.aggregates if a in functions]
+        for metric in w.metrics:
+            select = ", ".join(f'{functions[a]}("{metric}") AS "{a}"' for a in names)
+            q = (
+                f'SELECT {select} FROM "reading" WHERE time >= 0 GROUP BY time({w.size_ms}ms, {w.offset_ms}ms), '
+                '"device" fill(none)'
+            )
+            rows += [{**r, "window": w.name, "metric": metric} for r in target.query(q)]
+    return rows
+
+
 # --- the summary --------------------------------------------------------------------------------------
 
 
@@ -470,6 +599,7 @@ class Summary:
     alerts: list[dict[str, Any]]
     patterns: AlertCheck
     anomalies: AlertCheck
+    window_check: WindowCheck
 
     def readings_ok(self, plan: Plan) -> bool:
         dead_ok = Counter(self.dead_letters) == Counter(plan.counts().dead_letters_by_reason)
@@ -477,6 +607,7 @@ class Summary:
 
 
 def read_back(target: Target, plan: Plan) -> Summary:
+    config = target.run_dir / "gateway.toml"  # as run_fleet wrote it
     rows = target.query("SELECT count(seq) FROM reading GROUP BY device")
     dead_rows = target.query("SELECT count(size) FROM dead_letter GROUP BY reason")
     status_rows = target.query("SELECT count(state) FROM device_status")
@@ -487,6 +618,8 @@ def read_back(target: Target, plan: Plan) -> Summary:
     missing = [r for r in plan.readings if found.get((r.device, r.boot, r.seq)) != r.t_ms]
     alerts = target.query('SELECT "id", "last_ms" FROM "alert" GROUP BY "source", "name", "key"')
     expects = expectations(plan)
+    closed, still_open = expected_windows(plan, config)
+    gateway_windows = target.query('SELECT * FROM "window" GROUP BY "window", "device", "metric"')
     return Summary(
         readings=sum(r["count"] for r in rows),
         devices=len(rows),
@@ -499,6 +632,7 @@ def read_back(target: Target, plan: Plan) -> Summary:
         alerts=alerts,
         patterns=check_alerts(expects, alerts, "pattern"),
         anomalies=check_alerts(expects, alerts, "anomaly"),
+        window_check=check_windows(closed, still_open, gateway_windows, influx_windows(target, config)),
     )
 
 
@@ -560,6 +694,20 @@ def print_summary(target: Target, run: DemoRun, summary: Summary, total_s: float
           f"{sm.statuses} status points")  # fmt: skip
     print(f"  windows     {p['window_results']} results of the 10-minute window 'temp_10m' (temp_c, rh) "
           f"-> {sm.windows} points in 'window'; {p['late_readings']} late -> {sm.late} in 'late_reading'")  # fmt: skip
+    w = sm.window_check
+    if w.ok:
+        some = "" if w.compared_influx == w.closed else f" ({w.compared_influx} of them: its tumbling windows)"
+        print(f"              every window the watermark closed ({w.closed}) is in 'window' once, equal to InfluxDB's "
+              f"own")  # fmt: skip
+        print(f"              GROUP BY time over 'reading'{some} and to the simulator's brute-force reference; "
+              f"{w.open} more")  # fmt: skip
+        print("              are still open: they end after their device's newest reading, and its next readings "
+              "close them")  # fmt: skip
+    else:
+        print(f"              WINDOWS DIFFER from the {w.closed} the watermark closed: {len(w.missing)} missing, "
+              f"{len(w.extra)} not expected, {len(w.wrong)} values off")  # fmt: skip
+        for key, name, got, want, source in w.wrong[:3]:
+            print(f"              {key}: {name} {got!r}, {source} {want!r}")
     verdict = "every valid reading found exactly once, at its event time" if ok else "MISMATCH"
     print(f"  check       {verdict}: {sm.missing} missing, {sm.extra} extra; "
           f"dead letters {'match' if dead_ok else 'DIFFER'}")  # fmt: skip
@@ -587,7 +735,7 @@ def print_summary(target: Target, run: DemoRun, summary: Summary, total_s: float
         print(f'  curl -sG {target.influx}/query --data-urlencode db={db} --data-urlencode "q={q}"')
     print(f"Gateway log: {_shown(target.run_dir / 'gateway.log')}. "
           "The services keep running: 'make services-stop' stops them.")  # fmt: skip
-    return ok
+    return ok and w.ok
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -181,6 +181,16 @@ class WindowRef:
             return self._fire_sessions()
         return self._fire()
 
+    def unfired(self) -> list[tuple[str, int, str]]:
+        """(key, start, metric) of each window, tumbling or sliding, holding readings of the metric and whose
+        end its key's watermark has not reached: what the gateway still holds, unfired."""
+        out: list[tuple[str, int, str]] = []
+        for (key, st), evs in sorted(self.windows.items()):
+            wm = self._wm(key)
+            if wm is None or st + self.spec.size_ms > wm:
+                out += [(key, st, m) for m in self.spec.metrics if any(m in e[3] for e in evs)]
+        return out
+
     def _fire(self) -> list[tuple[str, int, int | None, str, int, dict[str, float], int]]:
         spec = self.spec
         out: list[tuple[str, int, int | None, str, int, dict[str, float], int]] = []

@@ -47,6 +47,15 @@ def test_demo_reads_back_every_reading_and_the_alerts_its_injected_events_raise(
 
     assert sm.readings_ok(run.plan) and sm.readings == run.plan.counts().readings
 
+    # every window the watermark closed is in InfluxDB once, with the aggregates of its readings as the simulator's
+    # brute-force reference and InfluxDB's own GROUP BY time make them; the rest are still open, not lost
+    w = sm.window_check
+    assert (w.missing, w.extra, w.wrong) == ([], [], []) and w.ok
+    assert w.closed == sm.windows == run.stats["pipeline"]["window_results"] and w.compared_influx == w.closed
+    # each device's newest window of each metric stays open: it ends after the device's newest reading (its last
+    # batch's flushed marker); 120 readings a minute apart fill 12 or 13 windows, by where the fleet's start falls
+    assert w.open == 2 * 50 and 2 * 50 * 11 <= w.closed <= 2 * 50 * 12
+
     p = sm.patterns
     assert p.injected == {"door left open": 2, "three FAILED in 5 min": 2, "vibration ramp": 2}
     assert (p.raised, p.missed, p.unexplained) == (p.injected, [], [])
@@ -76,6 +85,8 @@ def test_demo_reads_back_every_reading_and_the_alerts_its_injected_events_raise(
     false = len(a.unexplained)
     seen = f" (and {views} seen by their device's multivariate score)"
     assert f"-> 5 of 5 detected{seen}, {false} false alarm{'' if false == 1 else 's'}" in out
+    assert f"every window the watermark closed ({w.closed}) is in 'window' once, equal to InfluxDB's own\n" in out
+    assert f"to the simulator's brute-force reference; {w.open} more\n" in out
     n = len(sm.alerts)
     assert f"{n} in measurement 'alert', {n} received on MQTT {target.prefix}/_gateway/alerts/# (the same ids)" in out
 
@@ -159,3 +170,42 @@ def test_alerts_are_matched_to_injected_events_one_to_one_within_the_tolerance()
 
     late = demo.check_alerts(expects, [alert("stuck.rh", "dev-0002", t0 + 100 * M)], "anomaly")
     assert late.raised == {} and len(late.unexplained) == 1  # at end + tolerance: too late to count
+
+
+def _rows(expected: dict[demo.WindowKey, dict[str, float]]) -> list[dict[str, Any]]:
+    """Rows as ``read_back`` gives them (time: the window's start), with the values of ``expected``."""
+    return [{"window": k[0], "device": k[1], "time": k[2], "metric": k[3], **v} for k, v in expected.items()]
+
+
+def test_the_window_check_finds_a_window_missing_one_extra_and_a_value_off_in_either_reference(
+    tmp_path: Path,
+) -> None:
+    target = demo.Target(mqtt_port=1, influx="http://127.0.0.1:1", run_dir=tmp_path / "demo")
+    config = demo.write_config(target)
+    start = 1_764_000_000_000 // (10 * M) * (10 * M)  # on the 10-minute grid
+    plan = generate(demo.FleetSpec(devices=3, readings_per_device=60, metrics=("temp_c", "rh"), start_ms=start))
+    expected, still_open = demo.expected_windows(plan, config)
+    # readings a minute apart from the start (each device a phase under a minute later) fill 6 windows; the
+    # newest stays open: it ends after the newest reading
+    assert len(expected) == 3 * 2 * 5 and still_open == 3 * 2
+    assert {k[2] for k in expected} == {start + i * 10 * M for i in range(5)}
+    some = next(iter(expected.values()))
+    assert some["count"] == 10 and {"mean", "min", "max", "stddev"} <= set(some)
+
+    ok = demo.check_windows(expected, still_open, _rows(expected), _rows(expected))
+    assert ok.ok and (ok.closed, ok.open, ok.compared_influx) == (30, 6, 30)
+
+    keys = sorted(expected)
+    gw = _rows({k: expected[k] for k in keys})
+    del gw[0]  # a window the gateway never wrote
+    gw[0] = {**gw[0], "mean": gw[0]["mean"] * (1 + 1e-6)}  # a mean slightly off
+    gw.append({**gw[1], "time": start + 5 * 10 * M})  # a window still open
+    bad = demo.check_windows(expected, still_open, gw, _rows(expected))
+    assert not bad.ok and bad.missing == [keys[0]] and [k[2] for k in bad.extra] == [start + 5 * 10 * M]
+    off_by = [(w[0], w[1], w[4]) for w in bad.wrong]
+    assert off_by == [(keys[1], "mean", "the reference"), (keys[1], "mean", "InfluxDB")]
+
+    influx = _rows(expected)
+    influx[3] = {**influx[3], "count": influx[3]["count"] + 1}  # InfluxDB counts a reading the windows lack
+    off = demo.check_windows(expected, still_open, _rows(expected), influx)
+    assert not off.ok and [(w[1], w[4]) for w in off.wrong] == [("count", "InfluxDB")]
