@@ -516,11 +516,12 @@ def run_step(
         cpu0 = proc_cpu_s(gw.pid)
         taken0 = gw.taken()
         profile = None
-        if profile_to is not None:  # py-spy (pip install py-spy), over the offered period but its first 2 s
+        if profile_to is not None:  # py-spy (a dev dependency), over the offered period but its first 2 s
+            profile_to.parent.mkdir(parents=True, exist_ok=True)
             time.sleep(2.0)
             profile = subprocess.Popen(
                 ["py-spy", "record", "-p", str(gw.pid), "-d", str(int(seconds - 3)), "-r", "200", "-f", "raw",
-                 "-o", str(profile_to)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                 "-o", str(profile_to)], stdout=subprocess.DEVNULL,
             )  # fmt: skip
             time.sleep(seconds - 2.0)
         else:
