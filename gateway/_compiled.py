@@ -26,7 +26,7 @@ from typing import Final
 
 COMPILED: Final[dict[str, tuple[str, ...]]] = {
     "gateway.engine": ("aggregates", "accs", "windows", "outputs", "operators", "engine"),
-    "gateway.anomaly": ("detector", "multivariate"),
+    "gateway.anomaly": ("detector", "multivariate", "engine"),
 }
 """Package -> the hot modules ``scripts/build_compiled.py`` compiles with mypyc (the .py files are the reference)."""
 

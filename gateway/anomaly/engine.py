@@ -119,15 +119,18 @@ def anomaly_line(site: str, device: str, metric: str, r: Result, boot: int = 0, 
 
 def anomaly_fields(r: Result) -> str:
     """The field set of :func:`anomaly_line`, written directly (the engine's path: one point per value)."""
+    # repr() rather than !r: compiled (mypyc), an f-string of str values is one join, one with a conversion
+    # goes through str.format's machinery (about 6 % more instructions per value with write = "all")
     s = r.scored
     value = s.value if math.isfinite(s.value) else 0.0
-    out = f'value={value!r},score={s.score!r},anomalous={"true" if r.anomalous else "false"},phase="{s.phase}"'
+    flag = "true" if r.anomalous else "false"
+    out = f'value={repr(value)},score={repr(s.score)},anomalous={flag},phase="{s.phase}"'  # noqa: RUF010
     if s.mean is not None and math.isfinite(s.mean):
-        out += f",mean={s.mean!r}"
+        out += f",mean={repr(s.mean)}"  # noqa: RUF010
     if s.std is not None and math.isfinite(s.std):
-        out += f",std={s.std!r}"
+        out += f",std={repr(s.std)}"  # noqa: RUF010
     if s.z is not None and math.isfinite(s.z):
-        out += f",z={s.z!r}"
+        out += f",z={repr(s.z)}"  # noqa: RUF010
     return out
 
 
@@ -172,6 +175,23 @@ class AnomalyEngine:
             "multivariate_alerts": 0,
             "stalled": 0,
         }
+
+    def __reduce__(self) -> tuple[type[AnomalyEngine], tuple[AnomalySpec], dict[str, Any]]:
+        """For copy and pickle, compiled or not (a compiled class is not made without its arguments)."""
+        return AnomalyEngine, (self.spec,), {
+            "max_future_ms": self.max_future_ms, "min_time_ms": self.min_time_ms, "detectors": self.detectors,
+            "multi": self.multi, "recent": self.recent, "group_recent": self.group_recent, "sites": self.sites,
+            "groups_of": self._groups_of, "heads": self._heads, "mine": self._mine, "by_count": self._by_count,
+            "touched": self.touched, "stats": self.stats,
+        }  # fmt: skip
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.max_future_ms, self.min_time_ms = state["max_future_ms"], state["min_time_ms"]
+        self.detectors, self.multi = state["detectors"], state["multi"]
+        self.recent, self.group_recent, self.sites = state["recent"], state["group_recent"], state["sites"]
+        self._groups_of, self._heads = state["groups_of"], state["heads"]
+        self._mine, self._by_count = state["mine"], state["by_count"]
+        self.touched, self.stats = state["touched"], state["stats"]
 
     # -- input --------------------------------------------------------------------------------------
 
