@@ -36,7 +36,7 @@ import tomllib
 import urllib.parse
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 import services  # noqa: E402
 
 from gateway.config import load_config  # noqa: E402
+from gateway.engine.config import AGGREGATE_NAMES  # noqa: E402
 from sim.commands import report_scenario  # noqa: E402
 from sim.faults import InjectedAnomaly, ScriptedSequence, sequence_events, sequence_metric_types  # noqa: E402
 from sim.fleet import FleetSpec, Plan, generate  # noqa: E402
@@ -466,15 +467,20 @@ def expected_windows(plan: Plan, config: Path) -> tuple[dict[WindowKey, dict[str
     """Every window the watermark closed once every reading of ``plan`` is in, with the aggregates of its
     readings (``count`` and the window's own), by the simulator's brute-force reference (``sim/reference.py``:
     plain lists and :mod:`statistics`, no panes nor incremental updates); and how many windows hold readings
-    the watermark has not closed (each device's newest: it ends after the device's newest reading). The demo
-    publishes each device's
-    batches in event-time order, so every reading reaches its window before the window fires: the window's
-    last revision holds all of them."""
+    the watermark has not closed (each device's newest: it ends after the device's newest reading).
+
+    It assumes what the demo's fleet does: each device's batches are published in event-time order, so every
+    reading reaches its window before the window fires and the window's last revision holds all of them (no
+    reading is late: :func:`check_windows` fails when the gateway reports one), and no reading lies in the
+    future. Readings the engine refuses (unsynced ones under ``unsynced = "reject"``, those before
+    ``min_time_ms``) are left out, as the engine leaves them."""
     engine = engine_spec(tomllib.loads(config.read_text(encoding="utf-8")))
     refs = [WindowRef(w, engine) for w in engine.windows]
     by_device: dict[str, list[tuple[int, int, int, dict[str, float]]]] = {}
     newest: dict[str, int] = {}
     for r in plan.readings:
+        if (r.quality == "u" and engine.unsynced == "reject") or r.t_ms < engine.min_time_ms:
+            continue
         values = {m: float(v) for m, v in r.metrics.items() if not isinstance(v, str)}
         by_device.setdefault(r.device, []).append((r.t_ms, r.boot, r.seq, values))
         if r.quality != "u":  # an unsynced reading does not move the watermark
@@ -511,12 +517,16 @@ class WindowCheck:
     """Closed windows also compared with InfluxDB's own ``GROUP BY time`` over ``reading`` (tumbling windows)."""
     missing: list[WindowKey] = field(default_factory=list)
     extra: list[WindowKey] = field(default_factory=list)
+    twice: list[WindowKey] = field(default_factory=list)
+    """Windows written more than once (under two tag sets: InfluxDB overwrites a point with the same ones)."""
     wrong: list[tuple[WindowKey, str, Any, Any, str]] = field(default_factory=list)
-    """(window, aggregate, the gateway's value, the other's, which reference)."""
+    """(window, aggregate, the gateway's value, the other's, which reference); None where one has no value."""
+    late: int = 0
+    """Late readings the gateway reported: the reference assumes none (:func:`expected_windows`)."""
 
     @property
     def ok(self) -> bool:
-        return not (self.missing or self.extra or self.wrong)
+        return not (self.missing or self.extra or self.twice or self.wrong or self.late)
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -534,51 +544,63 @@ def check_windows(
     still_open: int,
     gateway_rows: Sequence[dict[str, Any]],
     influx_rows: Sequence[dict[str, Any]],
+    influx_windows: Set[str] = frozenset(),
+    late: int = 0,
 ) -> WindowCheck:
     """``gateway_rows`` (measurement ``window``: ``window``, ``device``, ``time`` the start, ``metric`` and the
-    aggregates) against ``expected`` (:func:`expected_windows`), and against ``influx_rows``: the same
-    aggregates InfluxDB computes from the raw readings, a row per window in the same form (an aggregate
-    InfluxDB has no function for, ``first`` or ``last`` by reading time, is left out of them). Every expected
-    window must be written once with every aggregate equal to both references' (``stddev`` absent for a single
-    reading), and nothing else."""
-    check = WindowCheck(closed=len(expected), open=still_open)
+    aggregates) against ``expected`` (:func:`expected_windows`), and against ``influx_rows``: the aggregates
+    InfluxDB computes from the raw readings, a row per window in the same form, for every window of
+    ``influx_windows`` (an aggregate InfluxDB has no function for, ``first`` or ``last`` by reading time, is
+    left out of its rows). Every expected window must be written once, with each aggregate the reference has
+    equal to both references' and none it has not (``stddev`` of a single reading), and nothing else; an
+    expected window of ``influx_windows`` that InfluxDB did not aggregate is a difference too. ``late``: the
+    gateway's count of late readings, which the reference does not model (any fails the check)."""
+    check = WindowCheck(closed=len(expected), open=still_open, late=late)
+    counts = Counter(_key(r) for r in gateway_rows)
     found = {_key(r): r for r in gateway_rows}
     influx = {_key(r): r for r in influx_rows}
     check.missing = sorted(k for k in expected if k not in found)
     check.extra = sorted(k for k in found if k not in expected)
+    check.twice = sorted(k for k, n in counts.items() if n > 1)
     for key in sorted(k for k in expected if k in found):
-        row = found[key]
-        refs = [("the reference", expected[key])]
-        if key in influx:
-            check.compared_influx += 1
-            refs.append(("InfluxDB", influx[key]))
-        for source, values in refs:
-            for name in sorted(expected[key]):
-                if name in values or source == "the reference":
-                    if not _same(row.get(name), values.get(name)):
-                        check.wrong.append((key, name, row.get(name), values.get(name), source))
+        row, want = found[key], expected[key]
+        names = sorted({*want, *(a for a in AGGREGATE_NAMES if row.get(a) is not None)})
+        for name in names:
+            if not _same(row.get(name), want.get(name)):
+                check.wrong.append((key, name, row.get(name), want.get(name), "the reference"))
+        if key[0] not in influx_windows:
+            continue
+        if key not in influx:
+            check.wrong.append((key, "count", row.get("count"), None, "InfluxDB"))
+            continue
+        check.compared_influx += 1
+        for name in names:
+            if name in influx[key] and not _same(row.get(name), influx[key].get(name)):
+                check.wrong.append((key, name, row.get(name), influx[key].get(name), "InfluxDB"))
     return check
 
 
-def influx_windows(target: Target, config: Path) -> list[dict[str, Any]]:
+def influx_windows(target: Target, config: Path) -> tuple[list[dict[str, Any]], set[str]]:
     """InfluxDB's own aggregates of ``reading`` over each tumbling window of ``config``, in the rows
     :func:`check_windows` reads (``GROUP BY time(size, offset)``, the windows' grid; ``stddev`` is the sample
-    standard deviation, as the gateway's)."""
+    standard deviation, as the gateway's), and the names of the windows aggregated."""
     engine = engine_spec(tomllib.loads(config.read_text(encoding="utf-8")))
     functions = {"count": "count", "mean": "mean", "min": "min", "max": "max", "stddev": "stddev", "sum": "sum"}
     rows: list[dict[str, Any]] = []
+    names: set[str] = set()
     for w in engine.windows:
         if w.kind != "tumbling":
             continue
-        names = [a for a in w.aggregates if a in functions]
+        names.add(w.name)
+        aggs = [a for a in w.aggregates if a in functions]
         for metric in w.metrics:
-            select = ", ".join(f'{functions[a]}("{metric}") AS "{a}"' for a in names)
+            select = ", ".join(f'{functions[a]}("{metric}") AS "{a}"' for a in aggs)
             q = (
                 f'SELECT {select} FROM "reading" WHERE time >= 0 GROUP BY time({w.size_ms}ms, {w.offset_ms}ms), '
                 '"device" fill(none)'
             )
             rows += [{**r, "window": w.name, "metric": metric} for r in target.query(q)]
-    return rows
+    return rows, names
 
 
 # --- the summary --------------------------------------------------------------------------------------
@@ -620,19 +642,20 @@ def read_back(target: Target, plan: Plan) -> Summary:
     expects = expectations(plan)
     closed, still_open = expected_windows(plan, config)
     gateway_windows = target.query('SELECT * FROM "window" GROUP BY "window", "device", "metric"')
+    late = late_rows[0]["count"] if late_rows else 0
     return Summary(
         readings=sum(r["count"] for r in rows),
         devices=len(rows),
         dead_letters={r["reason"]: r["count"] for r in dead_rows},
         statuses=status_rows[0]["count"] if status_rows else 0,
         windows=sum(r["count"] for r in window_rows),
-        late=late_rows[0]["count"] if late_rows else 0,
+        late=late,
         missing=len(missing),
         extra=len(found) - (len(plan.readings) - len(missing)),
         alerts=alerts,
         patterns=check_alerts(expects, alerts, "pattern"),
         anomalies=check_alerts(expects, alerts, "anomaly"),
-        window_check=check_windows(closed, still_open, gateway_windows, influx_windows(target, config)),
+        window_check=check_windows(closed, still_open, gateway_windows, *influx_windows(target, config), late=late),
     )
 
 
@@ -705,7 +728,8 @@ def print_summary(target: Target, run: DemoRun, summary: Summary, total_s: float
               "close them")  # fmt: skip
     else:
         print(f"              WINDOWS DIFFER from the {w.closed} the watermark closed: {len(w.missing)} missing, "
-              f"{len(w.extra)} not expected, {len(w.wrong)} values off")  # fmt: skip
+              f"{len(w.extra)} not expected, {len(w.twice)} written twice, {len(w.wrong)} values off"
+              + (f"; {w.late} late readings, which the check does not model" if w.late else ""))  # fmt: skip
         for key, name, got, want, source in w.wrong[:3]:
             print(f"              {key}: {name} {got!r}, {source} {want!r}")
     verdict = "every valid reading found exactly once, at its event time" if ok else "MISMATCH"

@@ -192,7 +192,8 @@ def test_the_window_check_finds_a_window_missing_one_extra_and_a_value_off_in_ei
     some = next(iter(expected.values()))
     assert some["count"] == 10 and {"mean", "min", "max", "stddev"} <= set(some)
 
-    ok = demo.check_windows(expected, still_open, _rows(expected), _rows(expected))
+    tumbling = {"temp_10m"}  # the windows InfluxDB aggregates itself
+    ok = demo.check_windows(expected, still_open, _rows(expected), _rows(expected), tumbling)
     assert ok.ok and (ok.closed, ok.open, ok.compared_influx) == (30, 6, 30)
 
     keys = sorted(expected)
@@ -200,12 +201,44 @@ def test_the_window_check_finds_a_window_missing_one_extra_and_a_value_off_in_ei
     del gw[0]  # a window the gateway never wrote
     gw[0] = {**gw[0], "mean": gw[0]["mean"] * (1 + 1e-6)}  # a mean slightly off
     gw.append({**gw[1], "time": start + 5 * 10 * M})  # a window still open
-    bad = demo.check_windows(expected, still_open, gw, _rows(expected))
+    gw.append({**gw[2], "site": "elsewhere"})  # one written twice (under another tag set)
+    gw[3] = {**gw[3], "first": 1.0}  # an aggregate the window does not have
+    bad = demo.check_windows(expected, still_open, gw, _rows(expected), tumbling)
     assert not bad.ok and bad.missing == [keys[0]] and [k[2] for k in bad.extra] == [start + 5 * 10 * M]
+    assert bad.twice == [keys[3]]
     off_by = [(w[0], w[1], w[4]) for w in bad.wrong]
-    assert off_by == [(keys[1], "mean", "the reference"), (keys[1], "mean", "InfluxDB")]
+    assert off_by == [
+        (keys[1], "mean", "the reference"),
+        (keys[1], "mean", "InfluxDB"),
+        (keys[4], "first", "the reference"),
+    ]
 
     influx = _rows(expected)
     influx[3] = {**influx[3], "count": influx[3]["count"] + 1}  # InfluxDB counts a reading the windows lack
-    off = demo.check_windows(expected, still_open, _rows(expected), influx)
-    assert not off.ok and [(w[1], w[4]) for w in off.wrong] == [("count", "InfluxDB")]
+    del influx[4]  # and has no row for another: the window is not compared, which is a difference too
+    off = demo.check_windows(expected, still_open, _rows(expected), influx, tumbling)
+    assert not off.ok and [(w[1], w[3], w[4]) for w in off.wrong] == [
+        ("count", influx[3]["count"], "InfluxDB"),
+        ("count", None, "InfluxDB"),
+    ]
+    assert off.compared_influx == 29
+    # not asked to compare with InfluxDB: its rows are not read
+    assert demo.check_windows(expected, still_open, _rows(expected), []).ok
+
+    late = demo.check_windows(expected, still_open, _rows(expected), _rows(expected), tumbling, late=1)
+    assert not late.ok  # the reference does not model a late reading: the check does not vouch for the windows
+
+
+def test_a_single_reading_window_has_no_stddev_and_the_check_says_so_when_one_is_written(tmp_path: Path) -> None:
+    target = demo.Target(mqtt_port=1, influx="http://127.0.0.1:1", run_dir=tmp_path / "demo")
+    config = demo.write_config(target)
+    start = 1_764_000_000_000 // (10 * M) * (10 * M)
+    plan = generate(  # a reading every 10 minutes: one a window
+        demo.FleetSpec(devices=1, readings_per_device=4, interval_ms=10 * M, metrics=("temp_c",), start_ms=start)
+    )
+    expected, _ = demo.expected_windows(plan, config)
+    assert expected and all(v["count"] == 1 and "stddev" not in v for v in expected.values())
+    rows = _rows(expected)
+    rows[0] = {**rows[0], "stddev": 0.0}
+    check = demo.check_windows(expected, 0, rows, _rows(expected), {"temp_10m"})
+    assert [(w[1], w[2], w[3]) for w in check.wrong] == [("stddev", 0.0, None)]
