@@ -519,8 +519,9 @@ def run_step(
         if profile_to is not None:  # py-spy (a dev dependency), over the offered period but its first 2 s
             profile_to.parent.mkdir(parents=True, exist_ok=True)
             time.sleep(2.0)
+            spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))  # the venv's, unactivated
             profile = subprocess.Popen(
-                ["py-spy", "record", "-p", str(gw.pid), "-d", str(int(seconds - 3)), "-r", "200", "-f", "raw",
+                [spy, "record", "-p", str(gw.pid), "-d", str(int(seconds - 3)), "-r", "200", "-f", "raw",
                  "-o", str(profile_to)], stdout=subprocess.DEVNULL,
             )  # fmt: skip
             time.sleep(seconds - 2.0)
@@ -531,8 +532,8 @@ def run_step(
         taken1 = gw.taken()
         rss, _ = proc_mem_mb(gw.pid)
         offered_by_now = pubs.expected_msgs
-        if profile is not None:
-            profile.wait()
+        if profile is not None and (profile.wait() != 0 or not profile_to or not profile_to.exists()):
+            print(f"py-spy recorded nothing (exit code {profile.returncode}); see its messages above", flush=True)
         pub = pubs.wait()
         time.sleep(2.0)  # the stats file is written every second: what was taken a second after the end
         backlog = int(pub["sent"]) - gw.taken()
