@@ -107,6 +107,28 @@ def max_z(v: float, k: int) -> float:
     return max(0.0, -_ND.inv_cdf(p / 2.0))
 
 
+def _terms(inv: list[list[float]], u: Sequence[float]) -> list[float]:
+    """``u_i (inv u)_i`` for each i: the terms of the quadratic form ``u' inv u``, each row's product summed from
+    the left from 0 as ``sum`` does (written out: compiled, a generator per row)."""
+    k = len(u)
+    out: list[float] = []
+    for i in range(k):
+        row = inv[i]
+        w = 0.0
+        for j in range(k):
+            w += row[j] * u[j]
+        out.append(u[i] * w)
+    return out
+
+
+def _quad(inv: list[list[float]], v: Sequence[float]) -> float:
+    """``max(0, v' inv v)``, the terms of :func:`_terms` summed from the left from 0."""
+    t = 0.0
+    for x in _terms(inv, v):
+        t += x
+    return t if t > 0.0 else 0.0
+
+
 def _cholesky_inverse(a: list[list[float]]) -> list[list[float]]:
     """The inverse of a symmetric positive definite matrix (Cholesky, then two triangular solves)."""
     k = len(a)
@@ -218,14 +240,30 @@ class MultiDetector:
     def warmup(self) -> int:
         return max(self.spec.warmup, 10 * len(self.state.names))
 
-    def _u(self, xs: Sequence[float]) -> tuple[list[float], list[float]]:
+    def _u(self, xs: Sequence[float]) -> list[float]:
+        """Each metric's deviation from the mean in its own deviations: ``(x - mean) / sd`` with ``sd`` the
+        largest of the covariance's root, ``min_std``, ``rel_min_std * |mean|`` and ``FLOOR`` (compared as
+        ``max`` compares, first kept on a tie; written out: compiled, ``max`` of four boxes each float)."""
         st, spec = self.state, self.spec
-        d = [x - m for x, m in zip(xs, st.mean, strict=True)]
-        sd = [
-            max(math.sqrt(max(st.cov[i][i], 0.0)), spec.min_std, spec.rel_min_std * abs(st.mean[i]), FLOOR)
-            for i in range(len(xs))
-        ]
-        return d, [di / si for di, si in zip(d, sd, strict=True)]
+        min_std, rel_min_std = spec.min_std, spec.rel_min_std
+        mean, cov = st.mean, st.cov
+        if len(xs) != len(mean):
+            raise ValueError("a reading's values and the reference's means differ in number")
+        u: list[float] = []
+        for i in range(len(xs)):
+            c = cov[i][i]
+            if 0.0 > c:
+                c = 0.0
+            sd = math.sqrt(c)
+            if min_std > sd:
+                sd = min_std
+            r = rel_min_std * abs(mean[i])
+            if r > sd:
+                sd = r
+            if FLOOR > sd:
+                sd = FLOOR
+            u.append((xs[i] - mean[i]) / sd)
+        return u
 
     def _refresh(self) -> None:
         st = self.state
@@ -274,8 +312,12 @@ class MultiDetector:
             return 0.0, 0.0
         esd = [math.sqrt(max(st.ecov[i][i], FLOOR * FLOOR)) for i in range(k)]
         v = [e[i] / esd[i] for i in range(k)]
-        t2e = max(0.0, sum(v[i] * sum(st.einv[i][j] * v[j] for j in range(k)) for i in range(k)))
-        return t2e, max(abs(x) for x in v)
+        t2e = _quad(st.einv, v)
+        vmax = abs(v[0])
+        for i in range(1, k):
+            if abs(v[i]) > vmax:
+                vmax = abs(v[i])
+        return t2e, vmax
 
     def _learn_evidence(self) -> None:
         st = self.state
@@ -317,10 +359,13 @@ class MultiDetector:
         if st.active and st.trend:  # frozen: the mean goes on along its trend
             for i in range(k):
                 st.mean[i] += st.trend[i]
-        _, u = self._u(xs)
-        w = [sum(row[j] * u[j] for j in range(k)) for row in st.inv]
-        parts = [u[i] * w[i] for i in range(k)]
-        t2 = max(0.0, sum(parts))
+        u = self._u(xs)
+        parts = _terms(st.inv, u)
+        t2 = 0.0
+        for p in parts:
+            t2 += p
+        if not t2 > 0.0:  # max(0.0, the sum), as max keeps its first on a tie or a NaN
+            t2 = 0.0
         n_eff = min(st.n, 2 * self.memory - 1)
         t2e, vmax = self._evidence(u)
         z = max(t2_z(t2, k, n_eff), t2_z(t2e / EVIDENCE_DIVISOR, k, n_eff))
@@ -360,7 +405,10 @@ class MultiDetector:
         elif z < spec.clear_threshold:
             self._learn(xs)
             self._learn_evidence()
-        i_top = max(range(k), key=lambda i: parts[i])
+        i_top = 0
+        for i in range(1, k):  # the first of the largest, as max(range(k), key=...) picks it
+            if parts[i] > parts[i_top]:
+                i_top = i
         share = parts[i_top] / t2 if t2 > 0 else 0.0
         ranked = tuple(st.names[i] for i in sorted(range(k), key=lambda i: -parts[i])) if events else ()
         return MultiResult(t_ms, t2, z, score, anomalous, "scored", tuple(events), st.names[i_top], share, ranked)
