@@ -212,8 +212,10 @@ class AnomalyEngine:
                 self._reading(r, out)
         return out
 
-    def _metrics(self, r: Reading) -> Iterable[tuple[str, float]]:
+    def _metrics(self, r: Reading) -> list[tuple[str, float]]:
+        """The reading's metrics to score, as floats (a list: compiled, a generator is an object per reading)."""
         wanted = self.spec.metrics
+        out: list[tuple[str, float]] = []
         for name, v in r.metrics.items():
             if isinstance(v, bool) or not isinstance(v, (int, float)) or (wanted and name not in wanted):
                 continue
@@ -224,7 +226,8 @@ class AnomalyEngine:
             if not math.isfinite(x) or abs(x) > MAX_ABS_VALUE:
                 self.stats["out_of_range"] += 1
                 continue
-            yield name, x
+            out.append((name, x))
+        return out
 
     def _detector(self, device: str, metric: str) -> Detector | None:
         det = self.detectors.get((device, metric))

@@ -130,23 +130,36 @@ def _quad(inv: list[list[float]], v: Sequence[float]) -> float:
 
 
 def _cholesky_inverse(a: list[list[float]]) -> list[list[float]]:
-    """The inverse of a symmetric positive definite matrix (Cholesky, then two triangular solves)."""
+    """The inverse of a symmetric positive definite matrix (Cholesky, then two triangular solves). Each sum of
+    products is added from the left from 0, as ``sum`` adds (written out: compiled, a generator per sum)."""
     k = len(a)
     low = [[0.0] * k for _ in range(k)]
     for i in range(k):
+        li = low[i]
         for j in range(i + 1):
-            s = a[i][j] - sum(low[i][m] * low[j][m] for m in range(j))
+            lj = low[j]
+            acc = 0.0
+            for m in range(j):
+                acc += li[m] * lj[m]
+            s = a[i][j] - acc
             if i == j:
-                low[i][i] = math.sqrt(max(s, FLOOR))
+                li[i] = math.sqrt(max(s, FLOOR))
             else:
-                low[i][j] = s / low[j][j]
+                li[j] = s / lj[j]
     inv = [[0.0] * k for _ in range(k)]
     for col in range(k):
         y = [0.0] * k
         for i in range(k):  # L y = e_col
-            y[i] = ((1.0 if i == col else 0.0) - sum(low[i][m] * y[m] for m in range(i))) / low[i][i]
+            li = low[i]
+            acc = 0.0
+            for m in range(i):
+                acc += li[m] * y[m]
+            y[i] = ((1.0 if i == col else 0.0) - acc) / li[i]
         for i in reversed(range(k)):  # L' x = y
-            inv[i][col] = (y[i] - sum(low[m][i] * inv[m][col] for m in range(i + 1, k))) / low[i][i]
+            acc = 0.0
+            for m in range(i + 1, k):
+                acc += low[m][i] * inv[m][col]
+            inv[i][col] = (y[i] - acc) / low[i][i]
     return inv
 
 
