@@ -47,13 +47,13 @@ sys.path.insert(0, str(REPO / "scripts"))
 import services  # noqa: E402
 
 from gateway.config import load_config  # noqa: E402
-from gateway.engine.config import AGGREGATE_NAMES  # noqa: E402
+from gateway.engine.config import AGGREGATE_NAMES, EngineSpec  # noqa: E402
 from sim.commands import report_scenario  # noqa: E402
 from sim.faults import InjectedAnomaly, ScriptedSequence, sequence_events, sequence_metric_types  # noqa: E402
 from sim.fleet import FleetSpec, Plan, generate  # noqa: E402
 from sim.publish import BrokerConfig, PublishResult, publish  # noqa: E402
 from sim.reference import WindowRef, device_watermark, engine_spec  # noqa: E402
-from sim.verify import ANOMALY_ALERTS, ExpectedAlert  # noqa: E402
+from sim.verify import ANOMALY_ALERTS, ExpectedAlert, values_close  # noqa: E402
 
 RUN = services.RUN_ROOT / "demo"
 DB = "edgekit_demo"
@@ -459,11 +459,14 @@ def check_alerts(
 
 WindowKey = tuple[str, str, int, str]
 """(window, device, start, metric): one point of measurement ``window``."""
-REL_TOL = 1e-9
-"""How far an aggregate may be from a reference's: the same readings summed in another order."""
 
 
-def expected_windows(plan: Plan, config: Path) -> tuple[dict[WindowKey, dict[str, float]], int]:
+def demo_engine(config: Path) -> EngineSpec:
+    """The windows and watermarks of the gateway configuration ``config`` (``write_config``'s file)."""
+    return engine_spec(tomllib.loads(config.read_text(encoding="utf-8")))
+
+
+def expected_windows(plan: Plan, engine: EngineSpec) -> tuple[dict[WindowKey, dict[str, float]], int]:
     """Every window the watermark closed once every reading of ``plan`` is in, with the aggregates of its
     readings (``count`` and the window's own), by the simulator's brute-force reference (``sim/reference.py``:
     plain lists and :mod:`statistics`, no panes nor incremental updates); and how many windows hold readings
@@ -474,7 +477,6 @@ def expected_windows(plan: Plan, config: Path) -> tuple[dict[WindowKey, dict[str
     reading is late: :func:`check_windows` fails when the gateway reports one), and no reading lies in the
     future. Readings the engine refuses (unsynced ones under ``unsynced = "reject"``, those before
     ``min_time_ms``) are left out, as the engine leaves them."""
-    engine = engine_spec(tomllib.loads(config.read_text(encoding="utf-8")))
     refs = [WindowRef(w, engine) for w in engine.windows]
     by_device: dict[str, list[tuple[int, int, int, dict[str, float]]]] = {}
     newest: dict[str, int] = {}
@@ -529,12 +531,6 @@ class WindowCheck:
         return not (self.missing or self.extra or self.twice or self.wrong or self.late)
 
 
-def _same(a: Any, b: Any) -> bool:
-    if a is None or b is None:
-        return a is b
-    return bool(abs(float(a) - float(b)) <= REL_TOL * max(abs(float(a)), abs(float(b)), 1e-300))
-
-
 def _key(row: dict[str, Any]) -> WindowKey:
     return (row["window"], row["device"], int(row["time"]), row["metric"])
 
@@ -544,16 +540,16 @@ def check_windows(
     still_open: int,
     gateway_rows: Sequence[dict[str, Any]],
     influx_rows: Sequence[dict[str, Any]],
-    influx_windows: Set[str] = frozenset(),
+    influx_names: Set[str] = frozenset(),
     late: int = 0,
 ) -> WindowCheck:
     """``gateway_rows`` (measurement ``window``: ``window``, ``device``, ``time`` the start, ``metric`` and the
     aggregates) against ``expected`` (:func:`expected_windows`), and against ``influx_rows``: the aggregates
     InfluxDB computes from the raw readings, a row per window in the same form, for every window of
-    ``influx_windows`` (an aggregate InfluxDB has no function for, ``first`` or ``last`` by reading time, is
+    ``influx_names`` (an aggregate InfluxDB has no function for, ``first`` or ``last`` by reading time, is
     left out of its rows). Every expected window must be written once, with each aggregate the reference has
     equal to both references' and none it has not (``stddev`` of a single reading), and nothing else; an
-    expected window of ``influx_windows`` that InfluxDB did not aggregate is a difference too. ``late``: the
+    expected window of ``influx_names`` that InfluxDB did not aggregate is a difference too. ``late``: the
     gateway's count of late readings, which the reference does not model (any fails the check)."""
     check = WindowCheck(closed=len(expected), open=still_open, late=late)
     counts = Counter(_key(r) for r in gateway_rows)
@@ -566,25 +562,24 @@ def check_windows(
         row, want = found[key], expected[key]
         names = sorted({*want, *(a for a in AGGREGATE_NAMES if row.get(a) is not None)})
         for name in names:
-            if not _same(row.get(name), want.get(name)):
+            if not values_close(row.get(name), want.get(name)):
                 check.wrong.append((key, name, row.get(name), want.get(name), "the reference"))
-        if key[0] not in influx_windows:
+        if key[0] not in influx_names:
             continue
         if key not in influx:
             check.wrong.append((key, "count", row.get("count"), None, "InfluxDB"))
             continue
         check.compared_influx += 1
         for name in names:
-            if name in influx[key] and not _same(row.get(name), influx[key].get(name)):
+            if name in influx[key] and not values_close(row.get(name), influx[key].get(name)):
                 check.wrong.append((key, name, row.get(name), influx[key].get(name), "InfluxDB"))
     return check
 
 
-def influx_windows(target: Target, config: Path) -> tuple[list[dict[str, Any]], set[str]]:
-    """InfluxDB's own aggregates of ``reading`` over each tumbling window of ``config``, in the rows
+def influx_windows(target: Target, engine: EngineSpec) -> tuple[list[dict[str, Any]], set[str]]:
+    """InfluxDB's own aggregates of ``reading`` over each tumbling window of ``engine``, in the rows
     :func:`check_windows` reads (``GROUP BY time(size, offset)``, the windows' grid; ``stddev`` is the sample
     standard deviation, as the gateway's), and the names of the windows aggregated."""
-    engine = engine_spec(tomllib.loads(config.read_text(encoding="utf-8")))
     functions = {"count": "count", "mean": "mean", "min": "min", "max": "max", "stddev": "stddev", "sum": "sum"}
     rows: list[dict[str, Any]] = []
     names: set[str] = set()
@@ -629,7 +624,7 @@ class Summary:
 
 
 def read_back(target: Target, plan: Plan) -> Summary:
-    config = target.run_dir / "gateway.toml"  # as run_fleet wrote it
+    engine = demo_engine(target.run_dir / "gateway.toml")  # as run_fleet wrote it
     rows = target.query("SELECT count(seq) FROM reading GROUP BY device")
     dead_rows = target.query("SELECT count(size) FROM dead_letter GROUP BY reason")
     status_rows = target.query("SELECT count(state) FROM device_status")
@@ -640,7 +635,7 @@ def read_back(target: Target, plan: Plan) -> Summary:
     missing = [r for r in plan.readings if found.get((r.device, r.boot, r.seq)) != r.t_ms]
     alerts = target.query('SELECT "id", "last_ms" FROM "alert" GROUP BY "source", "name", "key"')
     expects = expectations(plan)
-    closed, still_open = expected_windows(plan, config)
+    closed, still_open = expected_windows(plan, engine)
     gateway_windows = target.query('SELECT * FROM "window" GROUP BY "window", "device", "metric"')
     late = late_rows[0]["count"] if late_rows else 0
     return Summary(
@@ -655,7 +650,7 @@ def read_back(target: Target, plan: Plan) -> Summary:
         alerts=alerts,
         patterns=check_alerts(expects, alerts, "pattern"),
         anomalies=check_alerts(expects, alerts, "anomaly"),
-        window_check=check_windows(closed, still_open, gateway_windows, *influx_windows(target, config), late=late),
+        window_check=check_windows(closed, still_open, gateway_windows, *influx_windows(target, engine), late=late),
     )
 
 

@@ -55,6 +55,7 @@ __all__ = [
     "parse_line",
     "plan_truth_doc",
     "truth_doc",
+    "values_close",
 ]
 
 TRUTH_FORMAT: Final = "edgekit-sim-truth/2"
@@ -366,7 +367,9 @@ class Verdict:
         return {"ok": self.ok, "tables": [asdict(t) for t in self.tables], "hints": self.hints}
 
 
-def _close(a: Any, b: Any) -> bool:
+def values_close(a: Any, b: Any) -> bool:
+    """Two field values the same: equal, or floats within a relative 1e-9 (the same numbers summed in another
+    order); a float is never close to a value that is not a number (None included)."""
     if isinstance(a, float) or isinstance(b, float):
         return isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isclose(a, b, rel_tol=1e-9)
     return bool(a == b)
@@ -405,7 +408,9 @@ def compare(truth: Mapping[str, Any], found: Found) -> Verdict:
         if row is None:
             t.missing += 1
             t.note(f"missing {rk} at {tms}")
-        elif row["time"] != tms or row.get("q") != q or any(not _close(row.get(m), v) for m, v in metrics.items()):
+        elif (
+            row["time"] != tms or row.get("q") != q or any(not values_close(row.get(m), v) for m, v in metrics.items())
+        ):
             t.differ += 1
             t.note(f"differs {rk}: want t={tms} q={q} {metrics}, got {row}")
     for rk in got.keys() - want.keys():
@@ -428,7 +433,7 @@ def compare(truth: Mapping[str, Any], found: Found) -> Verdict:
         elif (
             row.get("count") != count
             or row.get("revision") != rev
-            or (count > 0 and any(not _close(row.get(a), v) for a, v in aggs.items()))
+            or (count > 0 and any(not values_close(row.get(a), v) for a, v in aggs.items()))
         ):
             t.differ += 1
             t.note(f"differs {wk}: want count={count} rev={rev} {aggs}, got {row}")

@@ -184,7 +184,7 @@ def test_the_window_check_finds_a_window_missing_one_extra_and_a_value_off_in_ei
     config = demo.write_config(target)
     start = 1_764_000_000_000 // (10 * M) * (10 * M)  # on the 10-minute grid
     plan = generate(demo.FleetSpec(devices=3, readings_per_device=60, metrics=("temp_c", "rh"), start_ms=start))
-    expected, still_open = demo.expected_windows(plan, config)
+    expected, still_open = demo.expected_windows(plan, demo.demo_engine(config))
     # readings a minute apart from the start (each device a phase under a minute later) fill 6 windows; the
     # newest stays open: it ends after the newest reading
     assert len(expected) == 3 * 2 * 5 and still_open == 3 * 2
@@ -236,7 +236,7 @@ def test_a_single_reading_window_has_no_stddev_and_the_check_says_so_when_one_is
     plan = generate(  # a reading every 10 minutes: one a window
         demo.FleetSpec(devices=1, readings_per_device=4, interval_ms=10 * M, metrics=("temp_c",), start_ms=start)
     )
-    expected, _ = demo.expected_windows(plan, config)
+    expected, _ = demo.expected_windows(plan, demo.demo_engine(config))
     assert expected and all(v["count"] == 1 and "stddev" not in v for v in expected.values())
     rows = _rows(expected)
     rows[0] = {**rows[0], "stddev": 0.0}
