@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -162,14 +162,24 @@ class LiveView:
                  "severity": a.severity, "last_ms": a.last_ms, "message": a.message}
             )  # fmt: skip
 
-    def device_rows(self, now_ms: int) -> dict[str, dict[str, Any]]:
-        """Per device: site, readings, late, last event time, last seen, watermark (with the device's bound)."""
+    def device_names(self) -> list[str]:
+        """Every device the rows have, in their order (sorted)."""
+        return sorted(set(self.engine.tracker.state) | set(self.devices))
+
+    def device_rows(self, now_ms: int, devices: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+        """Per device (``devices``, of :meth:`device_names`; None: all of them): site, readings, late, last event
+        time, last seen, watermark (with the device's bound)."""
         tracker = self.engine.tracker
         rows: dict[str, dict[str, Any]] = {}
-        for device in sorted(set(tracker.state) | set(self.devices)):
+        for device in self.device_names() if devices is None else devices:
             e = tracker.state.get(device)
             d = self.devices.get(device)
-            site = e[0] if e is not None else d.site if d is not None else ""
+            if e is not None:
+                site = e[0]
+            elif d is not None:
+                site = d.site
+            else:  # gone since its name was listed (a slice of the stats file later)
+                continue
             wm = tracker.device_wm(device, self.engine.spec.watermark.bound_for(device)) if e else None
             rows[device] = {
                 "site": site,
@@ -185,11 +195,12 @@ class LiveView:
             }
         return rows
 
-    def as_dict(self, now_ms: int) -> dict[str, object]:
+    def as_dict(self, now_ms: int, devices: object = None) -> dict[str, object]:
+        """``devices``: what to give as the devices' rows instead of :meth:`device_rows` (None: those)."""
         return {
             "now_ms": now_ms,
             "started_ms": self.started_ms,
-            "devices": self.device_rows(now_ms),
+            "devices": self.device_rows(now_ms) if devices is None else devices,
             "windows": list(self.windows),
             "alerts": list(self.alerts),
         }
