@@ -209,18 +209,17 @@ class LiveView:
         """The health points due at ``now_ms`` (none between intervals)."""
         out: list[str] = []
         ts = now_ms * NS_PER_MS
-        rows: dict[str, dict[str, Any]] | None = None
         if now_ms >= self._next_health:
             self._next_health = now_ms - now_ms % HEALTH_INTERVAL_MS + HEALTH_INTERVAL_MS
-            rows = self.device_rows(now_ms)
+            tracker = self.engine.tracker
             fields = health_fields(stats)
-            fields["devices"] = len(rows)
-            fields["devices_active"] = sum(1 for r in rows.values() if r["active"])
+            fields["devices"] = len(self.device_names())  # as many as rows, without making them (issue 19)
+            fields["devices_active"] = sum(1 for device in tracker.state if tracker.is_active(device, now_ms))
             fields["uptime_s"] = (now_ms - self.started_ms) // 1000
             out.append(line(GATEWAY_HEALTH, {"gateway": self.gateway}, fields, ts))
         if now_ms >= self._next_devices:
             self._next_devices = now_ms - now_ms % DEVICE_INTERVAL_MS + DEVICE_INTERVAL_MS
-            for device, r in (rows or self.device_rows(now_ms)).items():
+            for device, r in self.device_rows(now_ms).items():
                 f: dict[str, MetricValue] = {
                     "readings": int(r["readings"]), "late": int(r["late"]), "active": bool(r["active"])
                 }  # fmt: skip

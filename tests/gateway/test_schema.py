@@ -75,6 +75,32 @@ def test_health_lines_keep_to_their_declaration() -> None:
     assert row["readings"] == 1 and row["watermark_ms"] == now - 5000 and row["watermark_lag_ms"] == 5000
 
 
+def test_the_health_points_count_the_devices_as_their_rows_do() -> None:
+    """``devices`` and ``devices_active`` of ``gateway_health`` are counted without making every device's row (a
+    row per device every 10 s held the event loop; issue 19): the same numbers as the rows give, for devices that
+    read lately, one idle for an hour, and one known only by its status."""
+    from gateway.model import StatusUpdate
+
+    pipe = Pipeline(parse_config({"windows": [{"name": "w", "kind": "tumbling", "size": "1m", "metrics": ["t"]}]}, {}))
+    now = 1_764_072_060_000
+    live = LiveView(pipe.engine, "gw", now - 7_200_000)
+    for dev, at in (("dev-1", now), ("dev-2", now - 1000), ("old", now - 3_600_000)):
+        out = pipe.handle(
+            f"edgekit/gh/{dev}/readings",
+            b'{"v":1,"dev":"%s","r":[{"b":1,"s":1,"t":%d,"q":"s","m":{"t":1.5}}]}' % (dev.encode(), at),
+            at,
+        )
+        assert out.readings, out.lines
+        live.observe(out.readings, out.outputs, out.alerts)
+    live.observe([], [], [], StatusUpdate("gh", "quiet", "edgekit/gh/quiet/status", now, "online", {"fw": "1.2"}))
+    rows = live.device_rows(now)
+    assert len(rows) == 4 and 0 < sum(r["active"] for r in rows.values()) < 4, rows
+    health = [t for t in live.health_lines(now, {"pipeline": pipe.stats.as_dict()}) if t.startswith("gateway_health")]
+    fields = schema.parse_point(health[0])[2]
+    assert fields["devices"] == len(rows)
+    assert fields["devices_active"] == sum(r["active"] for r in rows.values())
+
+
 def test_check_line_reports_what_is_not_declared() -> None:
     schema.load_all()
     assert schema.check_line("reading,site=a,colour=red temp_c=1,Bad=2i 1") == [
