@@ -64,7 +64,6 @@ __all__ = [
     "KIND_OVERSIZE",
     "KIND_RELOAD",
     "KIND_TICK",
-    "LOG_WAL_PAGES",
     "Checkpoint",
     "LogRecord",
     "RowDelta",
@@ -561,8 +560,6 @@ class StateStore:
         if self.db.execute("SELECT 1 FROM log LIMIT 1").fetchone() is not None:
             with self._tx():
                 self.db.execute("DELETE FROM log")
-        # the appends (commits on the event loop) leave copying the WAL into the file to the cut after a checkpoint
-        db.execute(f"PRAGMA wal_autocheckpoint={LOG_WAL_PAGES}")
         self.last_pos: int = max(floor, db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'log'").fetchone()[0])
         self.log_rows: int = db.execute("SELECT COUNT(*) FROM log").fetchone()[0]
 
@@ -739,17 +736,15 @@ class StateStore:
     def trim(self, pos: int) -> None:
         """Drop the log's rows up to ``pos``, which a committed checkpoint covers (never before its commit: a crash
         in between leaves rows the replay skips, as it starts after the checkpoint's position, and the next open
-        drops them); then the log's WAL copied into its file (see :data:`LOG_WAL_PAGES`)."""
+        drops them)."""
         assert self.log_db is not None, "the state file is closed"
         while _trim_some(self.log_db, pos) == _TRIM_ROWS:
             pass
         self.log_rows = self.log_db.execute("SELECT COUNT(*) FROM log").fetchone()[0]
-        self.log_db.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     async def trim_async(self, pos: int) -> None:
         """:meth:`trim` in a worker thread on the log's second connection, :data:`_TRIM_ROWS` rows a transaction,
-        each holding :attr:`log_gate` (an append waits for one of them at most); then the log's WAL copied into its
-        file there too (a passive checkpoint: appends go on meanwhile; see :data:`LOG_WAL_PAGES`)."""
+        each holding :attr:`log_gate` (an append waits for one of them at most)."""
         db = self._trim_db
         assert db is not None, "the state file is closed"
         deleted = _TRIM_ROWS
@@ -757,7 +752,6 @@ class StateStore:
             async with self.log_gate:
                 deleted = await asyncio.to_thread(_trim_some, db, pos)
                 self.log_rows -= deleted
-        await asyncio.to_thread(db.execute, "PRAGMA wal_checkpoint(PASSIVE)")
 
     def compact(self) -> None:
         """Give the WALs' pages back (after checkpoints cut the log)."""
@@ -821,12 +815,6 @@ class StateStore:
     def _tx(self) -> _Tx:
         return _Tx(self.db)
 
-
-LOG_WAL_PAGES: Final = 16_384
-"""The log's WAL, in pages (64 MiB of 4 KiB), at which an append copies it into the log file itself (SQLite's
-automatic checkpoint, by default at 1,000 pages: a commit that crosses it copies and syncs the file, 10-15 ms
-on the event loop every few seconds at 10,000 readings/s). Below it the cut after each checkpoint
-(:meth:`StateStore.trim_async`) does it in a worker thread; only a gateway whose checkpoints fail comes here."""
 
 _TRIM_ROWS: Final = 2000
 """Log rows dropped by one transaction of :meth:`StateStore.trim_async`."""

@@ -4,7 +4,6 @@ a state file of the layout before (the log inside it) opens and keeps every logg
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
 from pathlib import Path
@@ -229,34 +228,3 @@ async def test_a_gateway_starts_on_a_state_directory_of_the_layout_before(tmp_pa
         assert pos == seq + 1
     finally:
         again.store.close()
-
-
-def test_the_logs_appends_never_copy_its_wal_into_the_file_the_cut_after_a_checkpoint_does(tmp_path: Path) -> None:
-    """An append is a commit on the event loop. SQLite's automatic checkpoint of the WAL (every 1,000 pages by
-    default) ran in the commit that crossed it: the pages copied into the log file and the file synced, 10-15 ms
-    of the loop every few seconds at 10,000 readings/s (issue 19). The loop's connection leaves that to the cut
-    after each checkpoint (:meth:`StateStore.trim_async`, a worker thread), up to a bound
-    (:data:`~gateway.state.LOG_WAL_PAGES`) that only a gateway whose checkpoints fail reaches."""
-    from gateway.state import LOG_WAL_PAGES
-
-    path = tmp_path / "state.db"
-    store = StateStore(path)
-    try:
-        log_file = log_path(path)
-        size0 = log_file.stat().st_size
-        payload = b"x" * 3000
-        pos = 0
-        for b in range(60):  # about 1,500 pages of 4 KB: past SQLite's default of 1,000
-            recs = [(KIND_MESSAGE, f"p/s/d{i}/readings", payload, T0 + i) for i in range(b * 25, b * 25 + 25)]
-            pos = store.append(recs)[-1]
-        wal = Path(f"{log_file}-wal")
-        assert wal.stat().st_size > 1_000 * 4096, "the appends' pages are not in the WAL"
-        assert log_file.stat().st_size == size0, "an append copied the WAL into the log file (on the event loop)"
-        assert LOG_WAL_PAGES * 4096 > 2 * wal.stat().st_size  # the bound is far from this test's appends
-        asyncio.run(store.trim_async(pos))
-        assert log_file.stat().st_size > size0, "the cut after a checkpoint did not copy the WAL into the log file"
-        busy, frames, copied = store.log_db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()  # type: ignore[union-attr]
-        assert busy == 0 and frames == copied
-        assert list(store.tail(0)) == []
-    finally:
-        store.close()
