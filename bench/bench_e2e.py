@@ -9,6 +9,7 @@ taskset, as for the tests)::
     python bench/bench_e2e.py ceilings                         # Mosquitto alone, InfluxDB alone, the publisher
     python bench/bench_e2e.py latency                          # alert latency at 10,000 readings/s
     python bench/bench_e2e.py latency --rounds 4 --code /path/to/old  # side by side, alternating
+    python bench/bench_e2e.py latency --rounds 2 --stalls /tmp/stalls   # and where the event loop stalled
     python bench/bench_e2e.py overload                         # 100,000 readings/s for 40 s: RSS over time
 
 Every mode starts its own Mosquitto (the project's broker settings) and InfluxDB 1.x on free loopback ports
@@ -40,7 +41,9 @@ printed per round, then the median and range over the rounds.
 (checkpoints every 2 s, the default) and, from another process, 20 probe boards that complete the
 ``overheat_pressure_drop`` pattern every 50 ms in all: a reading above 80 °C, then one whose pressure fell by
 more than 10 %. It prints p50/p95/p99/max of the time from the publish of the completing reading to the
-alert's arrival on MQTT (``<prefix>/_gateway/alerts/<site>/pattern``), taken in the probe process.
+alert's arrival on MQTT (``<prefix>/_gateway/alerts/<site>/pattern``), taken in the probe process. With
+``--stalls DIR`` each gateway also runs bench/stallprobe (its event loop's callbacks over 10 ms, with the stack of
+what ran, and the garbage collector's passes), summed up after each round.
 
 ``overload`` offers ``--rate`` (100,000) readings/s for ``--seconds`` (40) and prints the gateway's RSS,
 its backlog on the broker (published minus taken) and the messages received but not yet taken every two
@@ -360,6 +363,7 @@ class Gateway:
         config: str,
         core: int | None,
         settings: Sequence[str] = (),
+        stalls: Path | None = None,
     ) -> None:
         self.workdir = workdir
         self.stats_file = workdir / "stats.json"
@@ -378,6 +382,8 @@ class Gateway:
         if core is not None:
             cmd = ["taskset", "-c", str(core), *cmd]
         env = {**os.environ, "PYTHONPATH": str(code)}
+        if stalls is not None:  # bench/stallprobe's sitecustomize, loaded first: the stalls to <stalls>.<pid>.json
+            env.update(PYTHONPATH=f"{ROOT / 'bench' / 'stallprobe'}{os.pathsep}{code}", STALLPROBE_OUT=str(stalls))
         self.log = open(workdir / "gateway.log", "wb")
         self.proc = subprocess.Popen(cmd, cwd=code, stdout=self.log, stderr=subprocess.STDOUT, env=env)
 
@@ -869,6 +875,25 @@ def pct(xs: Sequence[float], p: float) -> float:
     return s[min(len(s) - 1, int(p / 100 * len(s)))]
 
 
+def stall_summary(out: Path, top: int = 4) -> str:
+    """What bench/stallprobe recorded in the gateway of one round (``<out>.<pid>.json``): the event loop's callbacks
+    over 10 ms, where the longest ran, and the garbage collector's passes over 10 ms."""
+    files = sorted(out.parent.glob(f"{out.name}.*.json"))
+    if not files:
+        return f"  stalls: nothing recorded at {out}.*.json (did the gateway stop cleanly?)"
+    got = json.loads(files[-1].read_text(encoding="utf-8"))
+    stalls, gcs = got["stalls"], [g for g in got["gc"] if g[1] > 0.010]
+    lines = [
+        f"  stalls: {len(stalls)} loop callbacks over 10 ms ({sum(s[1] for s in stalls) * 1000:.0f} ms in all, "
+        f"{sum(s[1] > 0.030 for s in stalls)} over 30 ms); {len(gcs)} collections over 10 ms "
+        f"({', '.join(f'{g[1] * 1000:.0f} ms gen {g[2]}' for g in gcs) or 'none'}); {files[-1]}"
+    ]
+    for t0, took, task, stack in sorted(stalls, key=lambda s: -s[1])[:top]:
+        where = " < ".join(reversed([f for f in stack or [] if "asyncio" not in f and "events.py" not in f][-3:]))
+        lines.append(f"    {took * 1000:6.1f} ms at {t0 - stalls[0][0]:6.1f} s  {task}: {where or '(not sampled)'}")
+    return "\n".join(lines)
+
+
 def cmd_latency(args: argparse.Namespace) -> None:
     runs: list[tuple[str, Path, list[str]]] = [(str(ROOT), ROOT, [])]
     runs += [(str(Path(c).resolve()), Path(c).resolve(), []) for c in args.code or ()]
@@ -884,10 +909,14 @@ def cmd_latency(args: argparse.Namespace) -> None:
                 db = f"lat_{rnd}_{[r[0] for r in runs].index(code_label)}"
                 services.influx_create_database(svc.influx_url, db)
                 work = Path(tempfile.mkdtemp(prefix="latency-", dir=tmp))
+                stalls = None
+                if args.stalls:
+                    Path(args.stalls).mkdir(parents=True, exist_ok=True)
+                    stalls = Path(args.stalls).resolve() / f"{[r[0] for r in runs].index(code_label)}-round{rnd + 1}"
                 if code_label.startswith("echo"):
                     gw: Gateway = Echo(work, svc.mqtt_port, args.core)
                 else:
-                    gw = Gateway(code, work, svc.mqtt_port, svc.influx_url, db, "example", args.core, sets)
+                    gw = Gateway(code, work, svc.mqtt_port, svc.influx_url, db, "example", args.core, sets, stalls)
                 try:
                     gw.wait_connected()
                     pubs = Publishers(args.publishers, svc.mqtt_port, args.rate, args.seconds)
@@ -924,6 +953,8 @@ def cmd_latency(args: argparse.Namespace) -> None:
                 finally:
                     gw.stop()
                     shutil.rmtree(work, ignore_errors=True)
+                if stalls is not None and not code_label.startswith("echo"):
+                    print(stall_summary(stalls), flush=True)
     print(f"\npublish -> alert ms over {args.rounds} rounds, median (min-max) of each round's percentile:")
     for label, rows in results.items():
         cols = []
@@ -1023,6 +1054,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         action="store_true",
         help="also a bare MQTT client in the gateway's place that answers each probe at once: the latency of the "
         "path around the gateway (publishers, broker, probe), alternating with the others",
+    )
+    lat.add_argument(
+        "--stalls",
+        metavar="DIR",
+        help="load bench/stallprobe into each gateway: its event loop's callbacks over 10 ms (with the stack of what "
+        "ran) and the collector's passes, summed up after each round and kept in DIR",
     )
     o = sub.add_parser("overload")
     common(o, 100_000, 40.0)
