@@ -274,7 +274,10 @@ class Pipeline:
                 positions = _positions(msg)
             self._dead(_reading_dead_letter(msg, reading, positions[n], reason, detail, len(payload)), out)
         # the engine sees each reading once: duplicates and rejected readings are already accounted for
-        out.batch = dataclasses.replace(msg, readings=tuple(out.readings), rejected=())
+        if msg.rejected or len(out.readings) != len(msg.readings):
+            out.batch = dataclasses.replace(msg, readings=tuple(out.readings), rejected=())
+        else:  # every reading taken, in order: the message as it is (replace() was about 1 % of the CPU)
+            out.batch = msg
         if out.readings or msg.flushed_ms is not None:
             results = self.engine.process_batch(out.batch, received_ms)
             self._engine_out(results, out)
