@@ -808,6 +808,7 @@ def prober(port: int, seconds: float, start_at: float, results: Any, probes: int
         os.sched_setaffinity(0, OTHER_CORES)
     sent_at: dict[tuple[str, int], float] = {}
     got: list[float] = []
+    sent: list[float] = []  # when each of them was published (time.monotonic(), the same clock in every process)
     lock = threading.Lock()
 
     def on_message(client: Any, userdata: Any, msg: Any) -> None:
@@ -820,6 +821,7 @@ def prober(port: int, seconds: float, start_at: float, results: Any, probes: int
             t = sent_at.pop((dev, seq), None)
             if t is not None:
                 got.append(now - t)
+                sent.append(t)
 
     sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-probe-sub-{os.getpid()}", clean_session=True)
     sub.on_message = on_message
@@ -863,7 +865,7 @@ def prober(port: int, seconds: float, start_at: float, results: Any, probes: int
                 break
         time.sleep(0.1)
     with lock:
-        results.put({"latencies": list(got), "missing": len(sent_at)})
+        results.put({"latencies": list(got), "sent": list(sent), "missing": len(sent_at)})
     pub.loop_stop()
     sub.loop_stop()
 
@@ -875,19 +877,32 @@ def pct(xs: Sequence[float], p: float) -> float:
     return s[min(len(s) - 1, int(p / 100 * len(s)))]
 
 
-def stall_summary(out: Path, top: int = 4) -> str:
+def stall_summary(out: Path, alerts: Sequence[tuple[float, float]] = (), top: int = 4) -> str:
     """What bench/stallprobe recorded in the gateway of one round (``<out>.<pid>.json``): the event loop's callbacks
-    over 10 ms, where the longest ran, and the garbage collector's passes over 10 ms."""
+    over 10 ms, where the longest ran, and the garbage collector's passes over 10 ms; and for the slowest 1 % of
+    ``alerts`` (publish time, seconds to the alert; the probe's clock, which is the gateway's), the stalls and
+    collections between their publish and their alert."""
     files = sorted(out.parent.glob(f"{out.name}.*.json"))
     if not files:
         return f"  stalls: nothing recorded at {out}.*.json (did the gateway stop cleanly?)"
     got = json.loads(files[-1].read_text(encoding="utf-8"))
     stalls, gcs = got["stalls"], [g for g in got["gc"] if g[1] > 0.010]
+    slow = sorted(alerts, key=lambda a: -a[1])[: max(1, len(alerts) // 100)] if alerts else []
+    during = []
+    for sent_t, took in slow:
+        hit = [s for s in stalls if s[0] < sent_t + took and s[0] + s[1] > sent_t]
+        col = [g for g in got["gc"] if g[0] < sent_t + took and g[0] + g[1] > sent_t]
+        during.append(
+            f"{took * 1000:.0f} ms: {sum(s[1] for s in hit) * 1000:.0f} ms of {len(hit)} stalls, "
+            f"{sum(g[1] for g in col) * 1000:.0f} ms of {len(col)} collections"
+        )
     lines = [
         f"  stalls: {len(stalls)} loop callbacks over 10 ms ({sum(s[1] for s in stalls) * 1000:.0f} ms in all, "
         f"{sum(s[1] > 0.030 for s in stalls)} over 30 ms); {len(gcs)} collections over 10 ms "
         f"({', '.join(f'{g[1] * 1000:.0f} ms gen {g[2]}' for g in gcs) or 'none'}); {files[-1]}"
     ]
+    if during:
+        lines.append(f"  the slowest 1 % of alerts, and the loop's stalls while each waited: {'; '.join(during)}")
     for t0, took, task, stack in sorted(stalls, key=lambda s: -s[1])[:top]:
         where = " < ".join(reversed([f for f in stack or [] if "asyncio" not in f and "events.py" not in f][-3:]))
         lines.append(f"    {took * 1000:6.1f} ms at {t0 - stalls[0][0]:6.1f} s  {task}: {where or '(not sampled)'}")
@@ -954,7 +969,7 @@ def cmd_latency(args: argparse.Namespace) -> None:
                     gw.stop()
                     shutil.rmtree(work, ignore_errors=True)
                 if stalls is not None and not code_label.startswith("echo"):
-                    print(stall_summary(stalls), flush=True)
+                    print(stall_summary(stalls, list(zip(res["sent"], res["latencies"], strict=True))), flush=True)
     print(f"\npublish -> alert ms over {args.rounds} rounds, median (min-max) of each round's percentile:")
     for label, rows in results.items():
         cols = []
