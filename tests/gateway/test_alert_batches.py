@@ -92,6 +92,43 @@ def test_the_collector_pacing_freezes_after_a_full_collection_and_gives_the_obje
     assert gc.get_freeze_count() == 0 and pacing._after not in gc.callbacks
 
 
+async def test_what_is_made_while_a_checkpoint_pauses_the_collector_is_frozen_not_scanned_at_once(
+    tmp_path: Path,
+) -> None:
+    """A checkpoint pauses the collector while input goes on being taken; resumed with all of that young, its first
+    collections held the loop 10-21 ms each (bench_e2e.py latency --stalls). What is alive then is frozen with the
+    rest (:meth:`CollectorPacing.after_pause`), and a cycle among it that becomes garbage is still collected once
+    the pacing gives the frozen objects back."""
+    gw = _gateway(tmp_path)
+    gw.collector.install()
+    try:
+        await gw._process(gw._accept([_message(d, 20.0) for d in range(50)]))
+        gc.collect()
+        made: list[_Node] = []
+        checkpoint = gw._checkpoint
+
+        async def checkpoint_while_input_is_taken() -> None:
+            await checkpoint()
+            made.extend(_Node() for _ in range(5000))  # as the input taken meanwhile makes state
+
+        gw._checkpoint = checkpoint_while_input_is_taken  # type: ignore[method-assign]
+        frozen = gc.get_freeze_count()
+        await gw.checkpoint()
+        assert gc.get_freeze_count() >= frozen + 5000, "what the checkpoint's pause left young was not frozen"
+        assert gc.get_count()[0] < 700
+        gone = weakref.ref(made[0])
+        made.clear()  # garbage now, each a cycle, frozen
+        gc.collect()
+        assert gone() is not None
+        gw.collector.every_s = 0.0
+        gw.collector.tick()
+        gc.collect()
+        assert gone() is None
+    finally:
+        gw.collector.remove()
+        gw.store.close()
+
+
 async def test_the_stats_file_is_made_a_slice_of_devices_at_a_time_between_inputs(tmp_path: Path) -> None:
     """The stats file (``run --stats-file``, written every second) holds a row per device: made and encoded in one
     callback, 1,000 devices held the event loop for 10-20 ms every second (and an alert waiting then). Its rows are
