@@ -1084,7 +1084,15 @@ class Gateway:
         async def step() -> None:
             nonlocal last_checkpoint
             await self._tick()
-            await self.sink.add(self.live.health_lines(self.now_ms(), self.snapshot_stats(live=False)))  # deploy
+            now, live = self.now_ms(), self.live
+            lines = live.health_lines(now, self.snapshot_stats(live=False), devices=False)  # deploy
+            if live.devices_due(now):  # every device's point, once a minute: a slice at a time, as the stats file
+                names = live.device_names()
+                for i in range(0, len(names), STATS_SLICE):
+                    if i:
+                        await asyncio.sleep(0)
+                    lines += live.device_lines(now, names[i : i + STATS_SLICE])
+            await self.sink.add(lines)
             if time.monotonic() - last_checkpoint >= self.config.state.checkpoint_interval_s:
                 await self.checkpoint()
                 last_checkpoint = time.monotonic()

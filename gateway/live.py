@@ -205,8 +205,10 @@ class LiveView:
             "alerts": list(self.alerts),
         }
 
-    def health_lines(self, now_ms: int, stats: Mapping[str, Any]) -> list[str]:
-        """The health points due at ``now_ms`` (none between intervals)."""
+    def health_lines(self, now_ms: int, stats: Mapping[str, Any], devices: bool = True) -> list[str]:
+        """The health points due at ``now_ms`` (none between intervals); without ``devices``, only
+        ``gateway_health``: the caller makes the ``device_watermark`` points when :meth:`devices_due`, with
+        :meth:`device_lines`, a slice of devices at a time."""
         out: list[str] = []
         ts = now_ms * NS_PER_MS
         if now_ms >= self._next_health:
@@ -217,15 +219,28 @@ class LiveView:
             fields["devices_active"] = sum(1 for device in tracker.state if tracker.is_active(device, now_ms))
             fields["uptime_s"] = (now_ms - self.started_ms) // 1000
             out.append(line(GATEWAY_HEALTH, {"gateway": self.gateway}, fields, ts))
-        if now_ms >= self._next_devices:
-            self._next_devices = now_ms - now_ms % DEVICE_INTERVAL_MS + DEVICE_INTERVAL_MS
-            for device, r in self.device_rows(now_ms).items():
-                f: dict[str, MetricValue] = {
-                    "readings": int(r["readings"]), "late": int(r["late"]), "active": bool(r["active"])
-                }  # fmt: skip
-                for key in ("watermark_ms", "watermark_lag_ms", "last_event_ms", "last_seen_ms"):
-                    if r[key] is not None:
-                        f[key] = int(r[key])
-                tags = {"gateway": self.gateway, "site": r["site"], "device": device}
-                out.append(line(DEVICE_WATERMARK, tags, f, ts))
+        if devices and self.devices_due(now_ms):
+            out += self.device_lines(now_ms)
+        return out
+
+    def devices_due(self, now_ms: int) -> bool:
+        """Whether the ``device_watermark`` points are due at ``now_ms``; if so, the next are due an interval on."""
+        if now_ms < self._next_devices:
+            return False
+        self._next_devices = now_ms - now_ms % DEVICE_INTERVAL_MS + DEVICE_INTERVAL_MS
+        return True
+
+    def device_lines(self, now_ms: int, devices: Sequence[str] | None = None) -> list[str]:
+        """The ``device_watermark`` point of each of ``devices`` (of :meth:`device_names`; None: all)."""
+        out: list[str] = []
+        ts = now_ms * NS_PER_MS
+        for device, r in self.device_rows(now_ms, devices).items():
+            f: dict[str, MetricValue] = {
+                "readings": int(r["readings"]), "late": int(r["late"]), "active": bool(r["active"])
+            }  # fmt: skip
+            for key in ("watermark_ms", "watermark_lag_ms", "last_event_ms", "last_seen_ms"):
+                if r[key] is not None:
+                    f[key] = int(r[key])
+            tags = {"gateway": self.gateway, "site": r["site"], "device": device}
+            out.append(line(DEVICE_WATERMARK, tags, f, ts))
         return out
