@@ -121,6 +121,7 @@ class CollectorPacing:
     """Keeps the cyclic garbage collector's full collections short: after each one, everything alive is moved out
     of the generations it scans (``gc.freeze``), so the next scan only the objects made since; every
     ``every_s`` they are given back (``gc.unfreeze``), and the full collection after that scans the whole heap.
+    The same after a pause of the collector (:meth:`after_pause`: a checkpoint's).
 
     A full collection scans every container object: for the window, pattern and detector state of 1,000 devices
     that is 90-110 ms (``gc.collect()`` on bench/bench_checkpoint.py's state) and up to 360 ms seen in the
