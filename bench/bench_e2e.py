@@ -877,15 +877,14 @@ def pct(xs: Sequence[float], p: float) -> float:
     return s[min(len(s) - 1, int(p / 100 * len(s)))]
 
 
-def stall_summary(out: Path, alerts: Sequence[tuple[float, float]] = (), top: int = 4) -> str:
-    """What bench/stallprobe recorded in the gateway of one round (``<out>.<pid>.json``): the event loop's callbacks
-    over 10 ms, where the longest ran, and the garbage collector's passes over 10 ms; and for the slowest 1 % of
-    ``alerts`` (publish time, seconds to the alert; the probe's clock, which is the gateway's), the stalls and
-    collections between their publish and their alert."""
-    files = sorted(out.parent.glob(f"{out.name}.*.json"))
-    if not files:
-        return f"  stalls: nothing recorded at {out}.*.json (did the gateway stop cleanly?)"
-    got = json.loads(files[-1].read_text(encoding="utf-8"))
+def stall_summary(found: Path, alerts: Sequence[tuple[float, float]] = (), top: int = 4) -> str:
+    """What bench/stallprobe recorded in the gateway of one round (``found``, its ``<out>.<pid>.json``): the event
+    loop's callbacks over 10 ms, where the longest ran, and the garbage collector's passes over 10 ms; and for the
+    slowest 1 % of ``alerts`` (publish time, seconds to the alert; the probe's clock, which is the gateway's), the
+    stalls and the collections over 3 ms between their publish and their alert."""
+    if not found.exists():
+        return f"  stalls: nothing recorded at {found} (did the gateway stop cleanly?)"
+    got = json.loads(found.read_text(encoding="utf-8"))
     stalls, gcs = got["stalls"], [g for g in got["gc"] if g[1] > 0.010]
     slow = sorted(alerts, key=lambda a: -a[1])[: max(1, len(alerts) // 100)] if alerts else []
     during = []
@@ -894,12 +893,12 @@ def stall_summary(out: Path, alerts: Sequence[tuple[float, float]] = (), top: in
         col = [g for g in got["gc"] if g[0] < sent_t + took and g[0] + g[1] > sent_t]
         during.append(
             f"{took * 1000:.0f} ms: {sum(s[1] for s in hit) * 1000:.0f} ms of {len(hit)} stalls, "
-            f"{sum(g[1] for g in col) * 1000:.0f} ms of {len(col)} collections"
+            f"{sum(g[1] for g in col) * 1000:.0f} ms of {len(col)} collections over 3 ms"
         )
     lines = [
         f"  stalls: {len(stalls)} loop callbacks over 10 ms ({sum(s[1] for s in stalls) * 1000:.0f} ms in all, "
         f"{sum(s[1] > 0.030 for s in stalls)} over 30 ms); {len(gcs)} collections over 10 ms "
-        f"({', '.join(f'{g[1] * 1000:.0f} ms gen {g[2]}' for g in gcs) or 'none'}); {files[-1]}"
+        f"({', '.join(f'{g[1] * 1000:.0f} ms gen {g[2]}' for g in gcs) or 'none'}); {found}"
     ]
     if during:
         lines.append(f"  the slowest 1 % of alerts, and the loop's stalls while each waited: {'; '.join(during)}")
@@ -969,7 +968,8 @@ def cmd_latency(args: argparse.Namespace) -> None:
                     gw.stop()
                     shutil.rmtree(work, ignore_errors=True)
                 if stalls is not None and not code_label.startswith("echo"):
-                    print(stall_summary(stalls, list(zip(res["sent"], res["latencies"], strict=True))), flush=True)
+                    found = stalls.with_name(f"{stalls.name}.{gw.pid}.json")  # taskset execs: the gateway's pid
+                    print(stall_summary(found, list(zip(res["sent"], res["latencies"], strict=True))), flush=True)
     print(f"\npublish -> alert ms over {args.rounds} rounds, median (min-max) of each round's percentile:")
     for label, rows in results.items():
         cols = []

@@ -121,7 +121,7 @@ class CollectorPacing:
     """Keeps the cyclic garbage collector's full collections short: after each one, everything alive is moved out
     of the generations it scans (``gc.freeze``), so the next scan only the objects made since; every
     ``every_s`` they are given back (``gc.unfreeze``), and the full collection after that scans the whole heap.
-    The same after a pause of the collector (:meth:`after_pause`: a checkpoint's).
+    The same after a checkpoint's pause of the collector (:meth:`after_pause`).
 
     A full collection scans every container object: for the window, pattern and detector state of 1,000 devices
     that is 90-110 ms (``gc.collect()`` on bench/bench_checkpoint.py's state) and up to 360 ms seen in the
@@ -234,18 +234,26 @@ _compact = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def _holds_raw(obj: object) -> bool:
-    return type(obj) is _Raw or (isinstance(obj, dict) and any(_holds_raw(v) for v in obj.values()))
+    if type(obj) is _Raw:
+        return True
+    if isinstance(obj, dict):
+        return any(_holds_raw(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return any(_holds_raw(v) for v in obj)
+    return False
 
 
 def _dumps_compact(obj: object) -> str:
-    """``json.dumps(obj, separators=(",", ":"))``, each :class:`_Raw` value (in dicts, at any depth) put in as
-    it is: the stats file's devices, encoded a slice at a time."""
+    """``json.dumps(obj, separators=(",", ":"))``, each :class:`_Raw` value (in dicts and lists, at any depth) put
+    in as it is: the stats file's devices, encoded a slice at a time."""
     if type(obj) is _Raw:
         return str(obj)
     if isinstance(obj, dict) and _holds_raw(obj):
-        if not all(type(k) is str for k in obj):
+        if not all(isinstance(k, str) for k in obj):
             raise TypeError("a dict holding raw JSON text must have string keys")
         return "{" + ",".join(f"{_compact(k)}:{_dumps_compact(v)}" for k, v in obj.items()) + "}"
+    if isinstance(obj, (list, tuple)) and _holds_raw(obj):
+        return "[" + ",".join(_dumps_compact(v) for v in obj) + "]"
     return _compact(obj)
 
 
@@ -950,10 +958,10 @@ class Gateway:
 
     # ------------------------------------------------------------------------------------- stats
 
-    def snapshot_stats(self, live: bool = True, devices: object = None) -> dict[str, object]:
+    def snapshot_stats(self, live: bool = True, devices: object = None, now_ms: int | None = None) -> dict[str, object]:
         """The stats file's content; without ``live`` (every device's row, the recent windows and alerts), only the
         counters (what the health points need, every second). ``devices``: the devices' rows to give (None: made
-        now)."""
+        now), made at ``now_ms`` (None: now)."""
         stats: dict[str, object] = {
             "pipeline": {**self.pipeline.stats.as_dict(), "devices": len(self.pipeline.devices)},
             "sink": {
@@ -984,7 +992,7 @@ class Gateway:
                 ),
             },
             **self._bridge_stats(),
-            **({"live": self.live.as_dict(self.now_ms(), devices)} if live else {}),  # deploy
+            **({"live": self.live.as_dict(self.now_ms() if now_ms is None else now_ms, devices)} if live else {}),
             **({"notify": self.notifier.stats()} if self.notifier is not None else {}),
             "state": {
                 "log_pos": self.pos,
@@ -1023,8 +1031,9 @@ class Gateway:
     async def _write_stats_async(self) -> None:
         """The stats file while the gateway runs: the devices' rows made and encoded :data:`STATS_SLICE` at a time,
         the loop running between two slices (1,000 devices at once held it for 10-20 ms every second, issue 19),
-        the file written in a worker thread. The same text as :meth:`_write_stats`' when nothing changes meanwhile;
-        else each device's row is as it was when its slice was made, the counters as they were after the last."""
+        the file written in a worker thread. Every row and the file's ``now_ms`` are of one time; the same text as
+        :meth:`_write_stats`' at that time when no input is taken meanwhile, else each device's row is as it was
+        when its slice was made, the counters as they were after the last."""
         if self.stats_file is None:
             return
         now = self.now_ms()
@@ -1039,7 +1048,8 @@ class Gateway:
         self._stats_seq += 1
         seq = self._stats_seq
         devices = _Raw("{" + ",".join(pieces) + "}")
-        await asyncio.to_thread(self._write_stats_text, _dumps_compact(self.snapshot_stats(devices=devices)), seq)
+        text = _dumps_compact(self.snapshot_stats(devices=devices, now_ms=now))
+        await asyncio.to_thread(self._write_stats_text, text, seq)
 
     def _write_stats_text(self, text: str, seq: int) -> None:
         """Write the stats file's ``text``, the ``seq``-th made, unless a later one is written already (the stop's

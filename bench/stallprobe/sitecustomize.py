@@ -38,8 +38,8 @@ if _OUT:
     def _timed_run(self: asyncio.events.Handle) -> None:
         _now["thread"] = threading.get_ident()
         _now["stack"] = None
+        t0 = _now["t0"] = _clock()  # before the handle: the watcher never pairs it with the last callback's start
         _now["handle"] = self
-        t0 = _now["t0"] = _clock()
         try:
             _run(self)
         finally:

@@ -142,7 +142,8 @@ async def test_the_stats_file_is_made_a_slice_of_devices_at_a_time_between_input
         "state": {"dir": str(tmp_path / "state")},
     }
     stats = tmp_path / "stats.json"
-    gw = Gateway(parse_config(doc, env={}), now_ms=lambda: T0 + 60_000, stats_file=stats, stats_interval_s=3600)
+    clock = itertools.count(T0 + 60_000)  # a millisecond later at each look
+    gw = Gateway(parse_config(doc, env={}), now_ms=lambda: next(clock), stats_file=stats, stats_interval_s=3600)
     try:
         n = 3 * STATS_SLICE + 7
         await gw._process(gw._accept([_message(d, 20.0) for d in range(n)]))
@@ -178,8 +179,11 @@ async def test_the_stats_file_is_made_a_slice_of_devices_at_a_time_between_input
         assert all(a[0] < b[0] for a, b in itertools.pairwise(calls)), f"the loop did not run between slices: {calls}"
         gw.live.device_rows = made  # type: ignore[method-assign]
         text = stats.read_text(encoding="utf-8")
-        assert text == json.dumps(gw.snapshot_stats(), separators=(",", ":")) + "\n"
-        assert len(json.loads(text)["live"]["devices"]) == n
+        live = json.loads(text)["live"]
+        assert len(live["devices"]) == n
+        # every row of the same time as the file's now_ms, and the whole the text made at once at that time
+        assert all(r["watermark_lag_ms"] == live["now_ms"] - r["watermark_ms"] for r in live["devices"].values())
+        assert text == json.dumps(gw.snapshot_stats(now_ms=live["now_ms"]), separators=(",", ":")) + "\n"
     finally:
         gw.store.close()
 
@@ -197,43 +201,53 @@ _values = st.recursive(
 
 
 def _with_raw(value: Any, pick: int) -> tuple[Any, bool]:
-    """``value`` with the ``pick``-th value of a dict with string keys reached through such dicts (depth first)
-    given as its JSON text (a :class:`_Raw`); and whether there was one to give."""
+    """``value`` with its ``pick``-th value (depth first) in a list or in a dict with string keys, reached through
+    such lists and dicts, given as its JSON text (a :class:`_Raw`); and whether there was one to give."""
     count = [pick]
 
+    def one(x: Any) -> Any:
+        count[0] -= 1
+        return _Raw(json.dumps(x, separators=(",", ":"))) if count[0] == -1 else walk(x)
+
     def walk(v: Any) -> Any:
-        if isinstance(v, dict) and all(type(k) is str for k in v):
-            out = {}
-            for k, x in v.items():
-                if count[0] == 0:
-                    out[k] = _Raw(json.dumps(x, separators=(",", ":")))
-                    count[0] -= 1
-                else:
-                    count[0] -= 1
-                    out[k] = walk(x)
-            return out
+        if count[0] < 0:
+            return v
+        if isinstance(v, dict) and all(isinstance(k, str) for k in v):
+            return {k: one(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [one(x) for x in v]
         return v
 
     got = walk(value)
     return got, count[0] < 0
 
 
+class _Key(str):
+    """A subclass of str as a key: json.dumps takes it as a string."""
+
+
 @given(st.dictionaries(_any_text, _values, max_size=5), st.integers(min_value=0, max_value=12))
 def test_the_stats_files_encoder_is_json_dumps_with_raw_text_put_in(value: dict[str, Any], pick: int) -> None:
-    """Every JSON value (NaN, infinities, big integers, lone surrogates, integer keys): the same text as
-    ``json.dumps`` of the value with each raw piece decoded in its place."""
+    """Every JSON value (NaN, infinities, big integers, lone surrogates, integer keys), a raw piece anywhere in
+    its dicts and lists: the same text as ``json.dumps`` of the value with each raw piece decoded in its place."""
     expected = json.dumps(value, separators=(",", ":"))
     assert _dumps_compact(value) == expected
     raw, replaced = _with_raw(value, pick)
     assert _dumps_compact(raw) == expected
     if replaced:
-        assert any(type(v) is _Raw for v in _flat(raw))
+        assert _has_raw(raw)
+    keyed = {_Key(k): v for k, v in raw.items()}
+    assert _dumps_compact(keyed) == expected
 
 
-def _flat(v: Any) -> list[Any]:
+def _has_raw(v: Any) -> bool:
+    if type(v) is _Raw:
+        return True
     if isinstance(v, dict):
-        return [x for y in v.values() for x in [y, *_flat(y)]]
-    return []
+        return any(_has_raw(x) for x in v.values())
+    if isinstance(v, list):
+        return any(_has_raw(x) for x in v)
+    return False
 
 
 async def test_the_device_points_are_made_a_slice_of_devices_at_a_time_between_inputs(tmp_path: Path) -> None:
@@ -285,8 +299,45 @@ async def test_the_device_points_are_made_a_slice_of_devices_at_a_time_between_i
         assert sum(k for _, k in calls) == n and max(k for _, k in calls) <= STATS_SLICE, calls
         assert all(a[0] < b[0] for a, b in itertools.pairwise(calls)), f"the loop did not run between slices: {calls}"
         points = [p for p in added if p.startswith("device_watermark,")]
-        assert points == made(gw.now_ms())
+        assert points == _device_points_reference(gw, gw.now_ms())
         assert len(points) == n
         assert sum(p.startswith("gateway_health,") for p in added) == 1
+    finally:
+        gw.store.close()
+
+
+def _device_points_reference(gw: Gateway, now_ms: int) -> list[str]:
+    """The ``device_watermark`` points as ``LiveView.health_lines`` made them before they were made in slices."""
+    from gateway.lineproto import NS_PER_MS, line
+    from gateway.live import DEVICE_WATERMARK
+
+    out = []
+    for device, r in gw.live.device_rows(now_ms).items():
+        f: dict[str, Any] = {"readings": int(r["readings"]), "late": int(r["late"]), "active": bool(r["active"])}
+        for key in ("watermark_ms", "watermark_lag_ms", "last_event_ms", "last_seen_ms"):
+            if r[key] is not None:
+                f[key] = int(r[key])
+        tags = {"gateway": gw.live.gateway, "site": r["site"], "device": device}
+        out.append(line(DEVICE_WATERMARK, tags, f, now_ms * NS_PER_MS))
+    return out
+
+
+def test_a_stats_file_made_earlier_never_replaces_a_later_one(tmp_path: Path) -> None:
+    """The running gateway writes the stats file in a worker thread; the stop writes the last one at once. Written
+    in either order, the file keeps the one made last."""
+    doc = {
+        "mqtt": {"prefix": "ab", "client_id": "gw-ab"},
+        "influx": {"target": "v1", "url": "http://127.0.0.1:9", "database": "db"},
+        "state": {"dir": str(tmp_path / "state")},
+    }
+    stats = tmp_path / "stats.json"
+    gw = Gateway(parse_config(doc, env={}), now_ms=lambda: T0, stats_file=stats)
+    try:
+        gw._write_stats_text('{"made":2}', 2)
+        gw._write_stats_text('{"made":1}', 1)  # made first, its thread late
+        assert stats.read_text(encoding="utf-8") == '{"made":2}\n'
+        gw._write_stats_text('{"made":3}', 3)
+        assert stats.read_text(encoding="utf-8") == '{"made":3}\n'
+        assert not stats.with_suffix(".tmp").exists()
     finally:
         gw.store.close()

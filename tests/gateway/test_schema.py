@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -11,7 +12,7 @@ from gateway import schema
 from gateway.alerts import Alert
 from gateway.config import parse_config
 from gateway.engine.outputs import LateReading, WindowResult
-from gateway.live import LiveView
+from gateway.live import HEALTH_INTERVAL_MS, LiveView
 from gateway.model import DeadLetter, Reading, StatusUpdate
 from gateway.pipeline import Pipeline
 from gateway.points import dead_letter_line, reading_line, status_line
@@ -93,9 +94,21 @@ def test_the_health_points_count_the_devices_as_their_rows_do() -> None:
         assert out.readings, out.lines
         live.observe(out.readings, out.outputs, out.alerts)
     live.observe([], [], [], StatusUpdate("gh", "quiet", "edgekit/gh/quiet/status", now, "online", {"fw": "1.2"}))
-    rows = live.device_rows(now)
+    assert len(live.health_lines(now, {"pipeline": pipe.stats.as_dict()})) == 5  # both due: health and 4 devices
+    later = now + HEALTH_INTERVAL_MS  # only gateway_health due
+    rows = live.device_rows(later)
     assert len(rows) == 4 and 0 < sum(r["active"] for r in rows.values()) < 4, rows
-    health = [t for t in live.health_lines(now, {"pipeline": pipe.stats.as_dict()}) if t.startswith("gateway_health")]
+    made = live.device_rows
+    calls: list[int] = []
+
+    def counted(*args: Any, **kwargs: Any) -> dict[str, dict[str, Any]]:
+        calls.append(1)
+        return made(*args, **kwargs)
+
+    live.device_rows = counted  # type: ignore[method-assign]
+    health = live.health_lines(later, {"pipeline": pipe.stats.as_dict()})
+    assert calls == [], "gateway_health made every device's row"
+    assert len(health) == 1 and health[0].startswith("gateway_health")
     fields = schema.parse_point(health[0])[2]
     assert fields["devices"] == len(rows)
     assert fields["devices_active"] == sum(r["active"] for r in rows.values())
