@@ -41,8 +41,9 @@ printed per round, then the median and range over the rounds.
 (checkpoints every 2 s, the default) and, from another process, 20 probe boards that complete the
 ``overheat_pressure_drop`` pattern every 50 ms in all: a reading above 80 °C, then one whose pressure fell by
 more than 10 %. It prints p50/p95/p99/max of the time from the publish of the completing reading to the
-alert's arrival on MQTT (``<prefix>/_gateway/alerts/<site>/pattern``), taken in the probe process. With
-``--stalls DIR`` each gateway also runs bench/stallprobe (its event loop's callbacks over 10 ms, with the stack of
+alert's arrival on MQTT (``<prefix>/_gateway/alerts/<site>/pattern``), taken in the probe process, and the
+gateway's CPU over the same period. ``--warmup S`` offers the load S seconds before that period (a gateway past
+its start). With ``--stalls DIR`` each gateway also runs bench/stallprobe (its event loop's callbacks over 10 ms, with the stack of
 what ran, and the garbage collector's passes), summed up after each round.
 
 ``overload`` offers ``--rate`` (100,000) readings/s for ``--seconds`` (40) and prints the gateway's RSS,
@@ -799,8 +800,11 @@ PROBE_DROP = '{"temp_c":21.0,"pressure_hpa":850.0}'
 """The probe's two readings: above 80 °C, then the pressure drop that completes ``overheat_pressure_drop``."""
 
 
-def prober(port: int, seconds: float, start_at: float, results: Any, probes: int = 20, every_s: float = 0.05) -> None:
-    """Complete ``overheat_pressure_drop`` on ``probes`` boards in turn every ``every_s``; time each alert."""
+def prober(
+    port: int, seconds: float, start_at: float, results: Any, probes: int = 20, every_s: float = 0.05, warmup: float = 0
+) -> None:
+    """Complete ``overheat_pressure_drop`` on ``probes`` boards in turn every ``every_s``; time each alert after the
+    first ``warmup`` seconds."""
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
@@ -837,6 +841,7 @@ def prober(port: int, seconds: float, start_at: float, results: Any, probes: int
     last_t = dict.fromkeys(boards, 0)
     time.sleep(max(0.0, start_at - time.time()))
     t_end = time.monotonic() + seconds
+    timed_from = time.monotonic() + warmup
     n = 0
     warm = 40  # each board's detector warm-up and first runs are not timed
     while time.monotonic() < t_end:
@@ -851,7 +856,7 @@ def prober(port: int, seconds: float, start_at: float, results: Any, probes: int
             m = PROBE_HOT if hot else PROBE_DROP
             payload = b'{"v":1,"dev":"%s","r":[{"b":1,"s":%d,"t":%d,"q":"s","m":%s}],"flushed":%d}' % (
                 b.encode(), s, t, m.encode(), t)  # fmt: skip
-            if not hot and n > warm:
+            if not hot and n > warm and time.monotonic() >= timed_from:
                 with lock:
                     sent_at[(b, s)] = time.monotonic()
             pub.publish(f"edgekit/{SITE}/{b}/readings", payload, qos=1)
@@ -933,16 +938,20 @@ def cmd_latency(args: argparse.Namespace) -> None:
                     gw = Gateway(code, work, svc.mqtt_port, svc.influx_url, db, "example", args.core, sets, stalls)
                 try:
                     gw.wait_connected()
-                    pubs = Publishers(args.publishers, svc.mqtt_port, args.rate, args.seconds)
+                    pubs = Publishers(args.publishers, svc.mqtt_port, args.rate, args.warmup + args.seconds)
                     ctx = mp.get_context("fork")
                     q = ctx.Queue()
                     probe = ctx.Process(
-                        target=prober, args=(svc.mqtt_port, args.seconds, pubs.start_at, q), daemon=True
+                        target=prober,
+                        args=(svc.mqtt_port, args.warmup + args.seconds, pubs.start_at, q),
+                        kwargs={"warmup": args.warmup},
+                        daemon=True,
                     )
                     probe.start()
-                    cpu0, written0 = proc_cpu_s(gw.pid), proc_written(gw.pid)
+                    time.sleep(max(0.0, pubs.start_at - time.time()) + args.warmup)
+                    cpu0, written0 = proc_cpu_s(gw.pid), proc_written(gw.pid)  # over the period alerts are timed
                     t0 = time.monotonic()
-                    time.sleep(max(0.0, pubs.start_at - time.time()) + args.seconds)
+                    time.sleep(args.seconds)
                     written = (proc_written(gw.pid) - written0) / (time.monotonic() - t0)
                     backlog = pubs.expected_msgs - gw.taken()
                     res = q.get(timeout=args.seconds + 180)
@@ -1069,6 +1078,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         action="store_true",
         help="also a bare MQTT client in the gateway's place that answers each probe at once: the latency of the "
         "path around the gateway (publishers, broker, probe), alternating with the others",
+    )
+    lat.add_argument(
+        "--warmup",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="offer the load for S seconds before the --seconds in which alerts are timed (a gateway past its start: "
+        "its state built, its first full collections done)",
     )
     lat.add_argument(
         "--stalls",
