@@ -43,8 +43,8 @@ printed per round, then the median and range over the rounds.
 more than 10 %. It prints p50/p95/p99/max of the time from the publish of the completing reading to the
 alert's arrival on MQTT (``<prefix>/_gateway/alerts/<site>/pattern``), taken in the probe process, and the
 gateway's CPU over the same period. ``--warmup S`` offers the load S seconds before that period (a gateway past
-its start). With ``--stalls DIR`` each gateway also runs bench/stallprobe (its event loop's callbacks over 10 ms, with the stack of
-what ran, and the garbage collector's passes), summed up after each round.
+its start). With ``--stalls DIR`` each gateway also runs bench/stallprobe (its event loop's callbacks over 10 ms,
+with the stack of what ran, and the garbage collector's passes), summed up after each round.
 
 ``overload`` offers ``--rate`` (100,000) readings/s for ``--seconds`` (40) and prints the gateway's RSS,
 its backlog on the broker (published minus taken) and the messages received but not yet taken every two
