@@ -129,6 +129,19 @@ async def test_what_is_made_while_a_checkpoint_pauses_the_collector_is_frozen_no
         gw.store.close()
 
 
+class _OtherWork:
+    """A task that counts its turns on the event loop: work that runs between two slices of something else."""
+
+    def __init__(self) -> None:
+        self.turns = 0
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            self.turns += 1
+            await asyncio.sleep(0)
+
+
 async def test_the_stats_file_is_made_a_slice_of_devices_at_a_time_between_inputs(tmp_path: Path) -> None:
     """The stats file (``run --stats-file``, written every second) holds a row per device: made and encoded in one
     callback, 1,000 devices held the event loop for 10-20 ms every second (and an alert waiting then). Its rows are
@@ -147,25 +160,17 @@ async def test_the_stats_file_is_made_a_slice_of_devices_at_a_time_between_input
     try:
         n = 3 * STATS_SLICE + 7
         await gw._process(gw._accept([_message(d, 20.0) for d in range(n)]))
-        ticks = 0
-
-        async def other_work() -> None:
-            nonlocal ticks
-            while True:
-                ticks += 1
-                await asyncio.sleep(0)
-
-        calls: list[tuple[int, int]] = []  # (ticks so far, rows made) at each call
+        other = _OtherWork()
+        calls: list[tuple[int, int]] = []  # (the other work's turns so far, rows made) at each call
         made = gw.live.device_rows
 
         def rows(*args: object, **kwargs: object) -> dict[str, dict[str, object]]:
             got = made(*args, **kwargs)  # type: ignore[arg-type]
-            calls.append((ticks, len(got)))
+            calls.append((other.turns, len(got)))
             return got
 
         gw.live.device_rows = rows  # type: ignore[method-assign]
         stop = asyncio.Event()
-        other = asyncio.create_task(other_work())
         status = asyncio.create_task(gw._status_loop(stop))
         for _ in range(1000):
             if stats.exists():
@@ -173,7 +178,7 @@ async def test_the_stats_file_is_made_a_slice_of_devices_at_a_time_between_input
             await asyncio.sleep(0.01)
         stop.set()
         await status
-        other.cancel()
+        other.task.cancel()
         assert sum(k for _, k in calls) == n, calls
         assert max(k for _, k in calls) <= STATS_SLICE, f"rows made {max(k for _, k in calls)} at once: {calls}"
         assert all(a[0] < b[0] for a, b in itertools.pairwise(calls)), f"the loop did not run between slices: {calls}"
@@ -260,20 +265,13 @@ async def test_the_device_points_are_made_a_slice_of_devices_at_a_time_between_i
     try:
         n = 2 * STATS_SLICE + 3
         await gw._process(gw._accept([_message(d, 20.0) for d in range(n)]))
-        ticks = 0
-
-        async def other_work() -> None:
-            nonlocal ticks
-            while True:
-                ticks += 1
-                await asyncio.sleep(0)
-
+        other = _OtherWork()
         calls: list[tuple[int, int]] = []
         made = gw.live.device_lines
 
         def device_lines(*args: Any, **kwargs: Any) -> list[str]:
             got = made(*args, **kwargs)
-            calls.append((ticks, len(got)))
+            calls.append((other.turns, len(got)))
             return got
 
         added: list[str] = []
@@ -287,7 +285,6 @@ async def test_the_device_points_are_made_a_slice_of_devices_at_a_time_between_i
         gw.sink.add = sink_add  # type: ignore[method-assign]
         gw.stats_interval_s = 3600
         stop = asyncio.Event()
-        other = asyncio.create_task(other_work())
         tick = asyncio.create_task(gw._tick_loop(stop))
         for _ in range(1000):
             if added:
@@ -295,7 +292,7 @@ async def test_the_device_points_are_made_a_slice_of_devices_at_a_time_between_i
             await asyncio.sleep(0.01)
         stop.set()
         await tick
-        other.cancel()
+        other.task.cancel()
         assert sum(k for _, k in calls) == n and max(k for _, k in calls) <= STATS_SLICE, calls
         assert all(a[0] < b[0] for a, b in itertools.pairwise(calls)), f"the loop did not run between slices: {calls}"
         points = [p for p in added if p.startswith("device_watermark,")]
