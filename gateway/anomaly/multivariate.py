@@ -121,12 +121,18 @@ def _terms(inv: list[list[float]], u: Sequence[float]) -> list[float]:
     return out
 
 
-def _quad(inv: list[list[float]], v: Sequence[float]) -> float:
-    """``max(0, v' inv v)``, the terms of :func:`_terms` summed from the left from 0."""
+def _sum_at_least_0(terms: list[float]) -> float:
+    """``max(0.0, sum(terms))``: added from the left from 0, as ``sum`` adds; 0 for a NaN, as ``max`` keeps its
+    first (written out: compiled, ``max`` boxes its floats)."""
     t = 0.0
-    for x in _terms(inv, v):
+    for x in terms:
         t += x
     return t if t > 0.0 else 0.0
+
+
+def _quad(inv: list[list[float]], v: Sequence[float]) -> float:
+    """``max(0, v' inv v)``: the terms of :func:`_terms`, summed."""
+    return _sum_at_least_0(_terms(inv, v))
 
 
 def _cholesky_inverse(a: list[list[float]]) -> list[list[float]]:
@@ -374,11 +380,7 @@ class MultiDetector:
                 st.mean[i] += st.trend[i]
         u = self._u(xs)
         parts = _terms(st.inv, u)
-        t2 = 0.0
-        for p in parts:
-            t2 += p
-        if not t2 > 0.0:  # max(0.0, the sum), as max keeps its first on a tie or a NaN
-            t2 = 0.0
+        t2 = _sum_at_least_0(parts)
         n_eff = min(st.n, 2 * self.memory - 1)
         t2e, vmax = self._evidence(u)
         z = max(t2_z(t2, k, n_eff), t2_z(t2e / EVIDENCE_DIVISOR, k, n_eff))
