@@ -23,7 +23,7 @@ import threading
 import time
 import zlib
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -1037,12 +1037,9 @@ class Gateway:
         if self.stats_file is None:
             return
         now = self.now_ms()
-        names = self.live.device_names()
         pieces: list[str] = []
-        for i in range(0, len(names), STATS_SLICE):
-            if i:
-                await asyncio.sleep(0)
-            text = _dumps_compact(self.live.device_rows(now, names[i : i + STATS_SLICE]))
+        async for names in self._device_slices():
+            text = _dumps_compact(self.live.device_rows(now, names))
             if text != "{}":
                 pieces.append(text[1:-1])
         self._stats_seq += 1
@@ -1050,6 +1047,14 @@ class Gateway:
         devices = _Raw("{" + ",".join(pieces) + "}")
         text = _dumps_compact(self.snapshot_stats(devices=devices, now_ms=now))
         await asyncio.to_thread(self._write_stats_text, text, seq)
+
+    async def _device_slices(self) -> AsyncIterator[list[str]]:
+        """The live view's devices, :data:`STATS_SLICE` at a time, the event loop running between two slices."""
+        names = self.live.device_names()
+        for i in range(0, len(names), STATS_SLICE):
+            if i:
+                await asyncio.sleep(0)
+            yield names[i : i + STATS_SLICE]
 
     def _write_stats_text(self, text: str, seq: int) -> None:
         """Write the stats file's ``text``, the ``seq``-th made, unless a later one is written already (the stop's
@@ -1098,11 +1103,8 @@ class Gateway:
             now, live = self.now_ms(), self.live
             lines = live.health_lines(now, self.snapshot_stats(live=False), devices=False)  # deploy
             if live.devices_due(now):  # every device's point, once a minute: a slice at a time, as the stats file
-                names = live.device_names()
-                for i in range(0, len(names), STATS_SLICE):
-                    if i:
-                        await asyncio.sleep(0)
-                    lines += live.device_lines(now, names[i : i + STATS_SLICE])
+                async for names in self._device_slices():
+                    lines += live.device_lines(now, names)
             await self.sink.add(lines)
             if time.monotonic() - last_checkpoint >= self.config.state.checkpoint_interval_s:
                 await self.checkpoint()
