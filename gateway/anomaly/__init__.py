@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from ._build import ANOMALY_BUILD, COMPILED_MODULES
 from .config import AnomalySpec, CompoundSpec, DetectorSpec, GroupSpec, parse_anomaly
-from .detector import Detector, Event, Result, Scored, score_of
+from .detector import Detector, Event, Result, Scored, score_of, t_z
 from .engine import ANOMALY_MEASUREMENT, AnomalyEngine, AnomalyOutput, anomaly_line
 
 __all__ = [
@@ -32,4 +32,5 @@ __all__ = [
     "anomaly_line",
     "parse_anomaly",
     "score_of",
+    "t_z",
 ]

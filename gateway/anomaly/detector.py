@@ -18,9 +18,13 @@ The reference baseline (what is normal) is either
 and, with ``season = "day"`` or ``"week"``, an ewma mean and variance per time-of-day (and day-of-week)
 bin, used once the bin has seen ``warmup`` points.
 
-A point's z is ``(x - mean) / max(std, min_std, rel_min_std * |mean|, 1e-9)``; its score in [0, 1) is
-``r^2 / (1 + r^2)`` with ``r = |z| / threshold``: 0.5 at the threshold, 0.8 at twice it, 0.94 at four
-times, and strictly increasing for every |z| a double can tell apart (it does not saturate: 1.0 only beyond
+A point's z is its distance from the mean in deviations, ``(x - mean) / std``, read through Student's t with
+the degrees of freedom the variance was learned with (``n - 1``, at most ``2 / var_alpha - 2`` for an ewma: its
+memory) and turned into the standard normal deviate of the same tail (:func:`t_z`): so a threshold means the
+same chance of a false alarm whether the deviation has 30 points behind it or thousands. It is never beyond
+``(x - mean) / max(std, min_std, rel_min_std * |mean|, 1e-9)``, the distance from the deviation's floors. Its
+score in [0, 1) is ``r^2 / (1 + r^2)`` with ``r = |z| / threshold``: 0.5 at the threshold, 0.8 at twice it,
+0.94 at four times, and strictly increasing for every |z| a double can tell apart (it does not saturate: 1.0 only beyond
 |z| ~ 1e8 * threshold). A recurring pattern (below) lowers r for excursions of its size only.
 
 An anomaly opens when ``min_points`` points in a row reach the threshold; while it is open the reference
@@ -51,7 +55,7 @@ from typing import Any, Final, Literal
 
 from .config import DetectorSpec
 
-__all__ = ["FLOOR", "Detector", "Event", "EventKind", "Phase", "Result", "Scored", "score_of"]
+__all__ = ["FLOOR", "Detector", "Event", "EventKind", "Phase", "Result", "Scored", "score_of", "t_z"]
 
 FLOOR: Final = 1e-9
 """The deviation is never below this, whatever the configuration: a constant series cannot divide by 0."""
@@ -78,6 +82,23 @@ def by_fields(obj: Any) -> tuple[type[Any], tuple[Any, ...]]:
     interpreted Python (about 600 ns; frozen, eq, hash and repr unchanged). ``tests/gateway/anomaly/
     test_result_init.py`` checks each against its fields."""
     return type(obj), tuple(getattr(obj, f.name) for f in fields(obj))
+
+
+def t_z(t: float, nu: float) -> float:
+    """A Student's t of ``nu`` degrees of freedom as a standard normal deviate of the same two-sided tail, with
+    ``t``'s sign: Wallace's approximation ``(8 nu + 1) / (8 nu + 3) sqrt(nu ln(1 + t^2 / nu))``. Against the exact
+    tail (tests/gateway/anomaly/test_anomaly_calibration.py) it is within 0.15 % from ``nu`` 29 on (the default
+    warm-up gives 29 or more), 1 % from 9 and 8 % from 1, where tails beyond 1e-13 are told apart. Increasing in
+    ``|t|``, never above it, and ``t`` itself as ``nu`` grows without bound."""
+    a = abs(t)
+    f = (8.0 * nu + 1.0) / (8.0 * nu + 3.0)
+    u = a / math.sqrt(nu)
+    if u < 1e-100:  # ln(1 + u^2) is u^2 to the last bit, and u * u would lose bits below the normal range
+        z = f * a
+    else:
+        lg = math.log1p(u * u) if u < 1e150 else 2.0 * math.log(u)  # u * u would overflow
+        z = f * math.sqrt(nu * lg)
+    return z if t >= 0.0 else -z
 
 
 def score_of(z: float, threshold: float) -> float:
@@ -394,25 +415,45 @@ class Detector:
             return spec.clear_threshold
         return az - top + spec.clear_threshold
 
+    def _dof(self, n: int) -> float:
+        """The degrees of freedom of a variance learned from ``n`` points: ``n - 1``, and for an ``ewma`` variance
+        at most ``2 / var_alpha - 2`` (its memory: an exponential weight ``a`` counts as ``(2 - a) / a`` points,
+        the multivariate score's ``2 memory - 1``); at least 1."""
+        cap = float(n) if self.spec.baseline == "window" and not self._nbins else 2.0 / self.spec.var_alpha - 1.0
+        return max(1.0, min(float(n), cap) - 1.0)
+
+    @staticmethod
+    def _z(x: float, mean: float, var: float, std: float, nu: float) -> float:
+        """``x``'s z against ``mean`` and a variance learned with ``nu`` degrees of freedom: ``(x - mean) / sd``
+        read through Student's t (:func:`t_z`), and never beyond ``(x - mean) / std``, the deviation with its
+        floors (a floor is set, not learned: a series whose spread is below it is scored against the floor)."""
+        z = (x - mean) / std
+        if not math.isfinite(z):
+            return math.copysign(1e12, z) if not math.isnan(z) else 0.0
+        sd = math.sqrt(var)
+        if sd >= std:
+            return t_z(z, nu)
+        if sd <= 0.0:
+            return z  # no spread learned at all: t is infinite, and the floor's z is the smaller
+        zt = t_z((x - mean) / sd, nu)
+        return zt if abs(zt) < abs(z) else z
+
     def score_one(self, t_ms: int, x: float) -> Scored:
         """Score ``x`` at ``t_ms`` against the baseline. Changes nothing."""
         spec, st = self.spec, self.state
         n, mean, var = self.reference(t_ms)
         if n < spec.warmup:
             return Scored(t_ms, x, "warmup", mean if n else None, math.sqrt(var) if n else None, None, 0.0, False)
+        nu = self._dof(n)
         std = max(math.sqrt(var), spec.min_std, spec.rel_min_std * abs(mean), FLOOR)
-        ref_z = (x - mean) / std
-        if not math.isfinite(ref_z):
-            ref_z = math.copysign(1e12, ref_z) if not math.isnan(ref_z) else 0.0
+        ref_z = self._z(x, mean, var, std, nu)
         phase: Phase = "scored"
         z = ref_z
         if st.shifted:
             phase = "shifted"
             mean = st.shift_mean
             std = max(math.sqrt(st.shift_var), spec.min_std, spec.rel_min_std * abs(mean), FLOOR)
-            z = (x - mean) / std
-            if not math.isfinite(z):
-                z = math.copysign(1e12, z) if not math.isnan(z) else 0.0
+            z = self._z(x, mean, st.shift_var, std, nu)
         eff = self._effective(abs(z))
         score = score_of(eff, spec.threshold)
         if spec.after_gap == "reanchor" and self.is_gap(t_ms):

@@ -56,7 +56,7 @@ def test_zero_deviation_is_guarded() -> None:
 
 def test_hysteresis_keeps_one_anomaly_open_across_a_noisy_boundary() -> None:
     base = [(i * MIN, 10.0 + (1.0 if i % 2 else -1.0)) for i in range(60)]  # mean 10, sd 1
-    wobble = [((60 + i) * MIN, 10.0 + (4.8 if i % 2 == 0 else 3.0)) for i in range(20)]
+    wobble = [((60 + i) * MIN, 10.0 + (5.2 if i % 2 == 0 else 3.0)) for i in range(20)]
     calm = [((80 + i) * MIN, 10.0) for i in range(10)]
     det = Detector(DetectorSpec(stuck_points=0))
     res = run(det, base + wobble + calm)

@@ -1,0 +1,123 @@
+"""A point's z read through Student's t: the variance it is scored against is learned from a few points at first,
+so its z is wider than a normal deviate's, and the threshold must mean the same tail at the 31st point as at the
+thousandth. ``t_z`` is held to the exact tail of Student's t (Abramowitz & Stegun 26.7.3 and 26.7.4, summed here,
+not the detector's code) and to published critical values; the detector's early false alarms to the rate the
+threshold promises."""
+
+from __future__ import annotations
+
+import math
+import random
+from statistics import NormalDist
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.anomaly import Detector, DetectorSpec
+from gateway.anomaly.detector import t_z
+
+_ND = NormalDist()
+
+
+def t_cdf_two_sided(t: float, nu: int) -> float:
+    """A(t | nu) = P(|T| <= t) for an integer ``nu`` (Abramowitz & Stegun 26.7.3 for even, 26.7.4 for odd)."""
+    th = math.atan(t / math.sqrt(nu))
+    c2 = math.cos(th) ** 2
+    if nu == 1:
+        return 2.0 * th / math.pi
+    term, total = 1.0, 1.0
+    if nu % 2 == 0:
+        for j in range(2, nu - 1, 2):  # 1 + 1/2 c^2 + 1*3/(2*4) c^4 + ... up to c^(nu-2)
+            term *= (j - 1) / j * c2
+            total += term
+        return math.sin(th) * total
+    for j in range(3, nu - 1, 2):  # 1 + 2/3 c^2 + 2*4/(3*5) c^4 + ... up to c^(nu-3)
+        term *= (j - 1) / j * c2
+        total += term
+    return 2.0 / math.pi * (th + math.sin(th) * math.cos(th) * total)
+
+
+def exact_z(t: float, nu: int) -> float:
+    return -_ND.inv_cdf((1.0 - t_cdf_two_sided(t, nu)) / 2.0)
+
+
+@pytest.mark.parametrize("nu", [2, 3, 4, 5, 9, 10, 29, 30, 59, 99, 199, 398])
+def test_t_z_is_the_normal_deviate_of_the_same_tail(nu: int) -> None:
+    tol = 0.0015 if nu >= 29 else 0.01 if nu >= 9 else 0.08  # as the docstring of t_z says
+    for k in range(1, 81):
+        t = k / 10.0
+        if 1.0 - t_cdf_two_sided(t, nu) < 1e-13:  # beyond what the subtraction can tell
+            break
+        want = exact_z(t, nu)
+        assert abs(t_z(t, nu) - want) <= tol * want, (nu, t)
+
+
+# two-sided 0.1 %, 1 % and 5 % points of Student's t from the printed tables (Fisher & Yates; any statistics
+# textbook), and the normal's for the same tails: 3.2905, 2.5758, 1.9600
+TABLE = {
+    10: (4.587, 3.169, 2.228),
+    20: (3.850, 2.845, 2.086),
+    30: (3.646, 2.750, 2.042),
+    60: (3.460, 2.660, 2.000),
+    120: (3.373, 2.617, 1.980),
+}
+
+
+@pytest.mark.parametrize("nu", sorted(TABLE))
+def test_t_z_of_the_printed_critical_values(nu: int) -> None:
+    for t, z in zip(TABLE[nu], (3.2905, 2.5758, 1.9600), strict=True):
+        assert t_z(t, nu) == pytest.approx(z, rel=0.01 if nu < 29 else 0.0015, abs=0.002)  # 3 printed decimals
+        assert t_z(-t, nu) == -t_z(t, nu)
+
+
+@given(a=st.floats(0.0, 1e300), b=st.floats(0.0, 1e300), nu=st.floats(1.0, 1e6))
+def test_t_z_is_increasing_in_t_never_above_it_and_finite(a: float, b: float, nu: float) -> None:
+    za, zb = t_z(a, nu), t_z(b, nu)
+    assert math.isfinite(za) and 0.0 <= za <= a
+    if a < b:
+        assert za <= zb
+
+
+def test_t_z_is_t_itself_for_a_variance_known_exactly() -> None:
+    for t in (0.1, 1.0, 4.5, 30.0):
+        assert t_z(t, 1e12) == pytest.approx(t, rel=1e-6)
+
+
+def test_the_early_false_alarms_of_plain_noise_are_at_the_rate_the_threshold_says() -> None:
+    """Fresh series of Gaussian noise, each scored from the end of its warm-up (30 points) for 15 points: with a
+    threshold of 3 a point should pass about 0.3 % of the time (0.27 % for a normal deviate, a little more for the
+    uncertainty of the moving mean). Read as a normal deviate, the z of a variance of 30 points passed it about
+    twice as often (162 here, against 81 promised)."""
+    rng = random.Random(7)
+    spec = DetectorSpec(threshold=3.0, stuck_points=0, recurring=0)
+    passed = scored = 0
+    for _ in range(2000):
+        det = Detector(spec)
+        for i in range(spec.warmup + 15):
+            r = det.process(i * 60_000, rng.gauss(20.0, 0.8))
+            if r.scored.phase == "scored":
+                scored += 1
+                passed += r.scored.over
+    promised = 2.0 * (1.0 - _ND.cdf(3.0)) * scored
+    assert scored == 2000 * 15
+    assert 0.6 * promised <= passed <= 1.4 * promised, (passed, promised)
+
+
+def test_a_variance_of_more_points_is_trusted_more() -> None:
+    """The same distance from the same mean and deviation scores higher when the variance has more points behind
+    it, up to the ewma's memory (2 / var_alpha - 1 points), and not beyond."""
+    zs = []
+    for n in (30, 60, 199, 399, 2000):
+        det = Detector(DetectorSpec(stuck_points=0))
+        det.state.n, det.state.mean, det.state.var = n, 10.0, 1.0
+        s = det.score_one(0, 14.5)
+        assert s.z is not None and s.mean == 10.0 and s.std == 1.0
+        zs.append(s.z)
+    assert zs[0] < zs[1] < zs[2] < zs[3] == zs[4] < 4.5
+    assert zs[3] == pytest.approx(t_z(4.5, 398.0))
+    window = Detector(DetectorSpec(baseline="window", stuck_points=0))
+    for i in range(1000):
+        window.process(i, 10.0 + (1.0 if i % 2 else -1.0))
+    s = window.score_one(1000, 14.5)
+    assert s.z == pytest.approx(t_z(4.5, 999.0))
