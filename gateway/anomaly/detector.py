@@ -305,7 +305,8 @@ class Detector:
         return b + per_day * ((day + 3) % 7) if self.spec.season == "week" else b  # day 0 (1970-01-01) is a Thursday
 
     def reference(self, t_ms: int) -> tuple[int, float, float]:
-        """``(n, mean, variance)`` of what is normal at ``t_ms`` (the seasonal bin's, once it has warmed up)."""
+        """``(n, mean, variance)`` of what is normal at ``t_ms`` (the seasonal bin's, once it has warmed up), ``n``
+        the points they were learned from."""
         st = self.state
         if self.spec.baseline == "window":
             n, mean, var = self._window_stats(t_ms)
@@ -314,7 +315,7 @@ class Detector:
         if self._nbins and st.bins and n >= self.spec.warmup:
             bn, bmean, bvar = st.bins[self._bin(t_ms)]
             if bn >= self.spec.warmup:
-                return n, bmean, bvar
+                return int(bn), bmean, bvar
         return n, mean, var
 
     def baseline(self, t_ms: int) -> tuple[int, float, float]:
@@ -417,8 +418,9 @@ class Detector:
 
     def _dof(self, n: int) -> float:
         """The degrees of freedom of a variance learned from ``n`` points: ``n - 1``, and for an ``ewma`` variance
-        at most ``2 / var_alpha - 2`` (its memory: an exponential weight ``a`` counts as ``(2 - a) / a`` points,
-        the multivariate score's ``2 memory - 1``); at least 1."""
+        or a seasonal bin's at most ``2 / var_alpha - 2`` (its memory: an exponential weight ``a`` counts as
+        ``(2 - a) / a`` points, the multivariate score's ``2 memory - 1``); at least 1. A shifted level's points
+        are scored with the reference's (its variance starts from the reference's at least)."""
         cap = float(n) if self.spec.baseline == "window" and not self._nbins else 2.0 / self.spec.var_alpha - 1.0
         return max(1.0, min(float(n), cap) - 1.0)
 

@@ -121,3 +121,9 @@ def test_a_variance_of_more_points_is_trusted_more() -> None:
         window.process(i, 10.0 + (1.0 if i % 2 else -1.0))
     s = window.score_one(1000, 14.5)
     assert s.z == pytest.approx(t_z(4.5, 999.0))
+    # a seasonal bin's variance has its own points behind it, however many the whole series has
+    daily = Detector(DetectorSpec(season="day", stuck_points=0))
+    daily.state.n, daily.state.mean, daily.state.var = 5000, 0.0, 100.0
+    daily.state.bins = [[30.0, 10.0, 1.0] for _ in range(24)]
+    s = daily.score_one(0, 14.5)
+    assert (s.mean, s.std) == (10.0, 1.0) and s.z == pytest.approx(t_z(4.5, 29.0))
