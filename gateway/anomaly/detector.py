@@ -18,14 +18,14 @@ The reference baseline (what is normal) is either
 and, with ``season = "day"`` or ``"week"``, an ewma mean and variance per time-of-day (and day-of-week)
 bin, used once the bin has seen ``warmup`` points.
 
-A point's z is its distance from the mean in deviations, ``(x - mean) / std``, read through Student's t with
-the degrees of freedom the variance was learned with (``n - 1``, at most ``2 / var_alpha - 2`` for an ewma: its
-memory) and turned into the standard normal deviate of the same tail (:func:`t_z`): so a threshold means the
-same chance of a false alarm whether the deviation has 30 points behind it or thousands. It is never beyond
-``(x - mean) / max(std, min_std, rel_min_std * |mean|, 1e-9)``, the distance from the deviation's floors. Its
-score in [0, 1) is ``r^2 / (1 + r^2)`` with ``r = |z| / threshold``: 0.5 at the threshold, 0.8 at twice it,
-0.94 at four times, and strictly increasing for every |z| a double can tell apart (it does not saturate: 1.0 only beyond
-|z| ~ 1e8 * threshold). A recurring pattern (below) lowers r for excursions of its size only.
+A point's distance is ``(x - mean) / max(std, min_std, rel_min_std * |mean|, 1e-9)``. Its z is that distance
+read as Student's t (times a factor for the mean's own uncertainty and the population variance,
+:func:`ewma_factor`) with the degrees of freedom the variance was learned with (``n - 1``, at most
+``2 / var_alpha - 2`` for an ewma: its memory), turned into the standard normal deviate of the same tail
+(:func:`t_z`): so a threshold means about the same chance of a false alarm whether the deviation has 30 points
+behind it or thousands. A floor is set, not learned: z is never beyond the distance. Its score in [0, 1) is
+``r^2 / (1 + r^2)`` with ``r = |z| / threshold``: 0.5 at the threshold, 0.8 at twice it, 0.94 at four times,
+and strictly increasing in |z|. A recurring pattern (below) lowers the distance of excursions of its size only.
 
 An anomaly opens when ``min_points`` points in a row reach the threshold; while it is open the reference
 is frozen (``protection``). When ``shift_points`` points in a row lie beyond ``clear_threshold`` on one side,
@@ -38,7 +38,7 @@ back towards the reference, past half-way between the new level and the referenc
 reference takes the level it came back to: a daily cycle may have moved it meanwhile). While shifted, a new
 excursion from the new level that is also beyond the threshold from the reference opens a new anomaly.
 
-Recurring patterns: an excursion (|z| at or above the threshold) whose size is within a factor of 2 of
+Recurring patterns: an excursion (|z| at or above the threshold) whose size (its distance) is within a factor of 2 of
 ``recurring - 1`` earlier excursions in the last ``recur_points`` readings, evenly spaced (the spacings
 within 10 % of each other), is a pattern (a spike every hour): for ``recur_points`` readings after it, an
 excursion up to twice the pattern's size scores as ``clear_threshold`` (it opens nothing), and a larger one
@@ -87,9 +87,10 @@ def by_fields(obj: Any) -> tuple[type[Any], tuple[Any, ...]]:
 def t_z(t: float, nu: float) -> float:
     """A Student's t of ``nu`` degrees of freedom as a standard normal deviate of the same two-sided tail, with
     ``t``'s sign: Wallace's approximation ``(8 nu + 1) / (8 nu + 3) sqrt(nu ln(1 + t^2 / nu))``. Against the exact
-    tail (tests/gateway/anomaly/test_anomaly_calibration.py) it is within 0.15 % from ``nu`` 29 on (the default
-    warm-up gives 29 or more), 1 % from 9 and 8 % from 1, where tails beyond 1e-13 are told apart. Increasing in
-    ``|t|``, never above it, and ``t`` itself as ``nu`` grows without bound."""
+    z (tests/gateway/anomaly/test_anomaly_calibration.py, for tails down to 1e-13) it is within 0.15 % from
+    ``nu`` 29 on (the default warm-up gives 29 or more), 0.5 % from 20, 1.2 % from 9 and 16 % from 1, and from
+    a t of 2 on never above it: a false alarm is never likelier than the threshold says (at ``nu`` 1 and 2, far
+    less likely). Increasing in ``|t|``, never above it, and ``t`` itself as ``nu`` grows without bound."""
     a = abs(t)
     f = (8.0 * nu + 1.0) / (8.0 * nu + 3.0)
     u = a / math.sqrt(nu)
@@ -99,6 +100,52 @@ def t_z(t: float, nu: float) -> float:
         lg = math.log1p(u * u) if u < 1e150 else 2.0 * math.log(u)  # u * u would overflow
         z = f * math.sqrt(nu * lg)
     return z if t >= 0.0 else -z
+
+
+def _distance(x: float, mean: float, std: float) -> float:
+    """``(x - mean) / std``; beyond what a double holds, +-1e300 (then read as a z like any distance); 0 for NaN."""
+    d = (x - mean) / std
+    if math.isfinite(d):
+        return d
+    return math.copysign(1e300, d) if not math.isnan(d) else 0.0
+
+
+def _calibrate(dist: float, scale: float, k: float, nu: float) -> float:
+    """The z of a distance ``dist`` >= 0 in deviations with their floors, ``scale`` the deviation with its floors
+    over the learned one (1 when no floor binds; infinite when nothing was learned): Student's t of the distance
+    in learned deviations times ``k`` (:func:`t_z`), never beyond ``dist`` (a floor is set, not learned)."""
+    if math.isinf(scale):
+        return dist  # no spread learned at all: t is infinite, and the floor's distance is the smaller
+    z = t_z(dist * scale * k, nu)
+    return z if z < dist else dist
+
+
+_FACTORS: dict[tuple[float, float], list[float]] = {}
+
+
+def ewma_factor(alpha: float, var_alpha: float, n: int) -> float:
+    """``k_n`` for a mean of weights ``max(alpha, 1/i)`` and a variance of weights ``max(var_alpha, 1/i)`` after
+    ``n`` points: ``sqrt(e_n / (1 + c_n))``, where ``c_n`` is the variance of the mean over the noise's
+    (``c <- (1 - a)^2 c + a^2``) and ``e_n`` the variance's expected value over the noise's
+    (``e <- (1 - b) (e + b (1 + c_prev))``, West's recursion on its expectation): a distance times ``k_n`` is
+    Student's t. Equal weights give ``sqrt((n - 1) / (n + 1))``. Made once per pair of weights, up to the ``n``
+    from which it no longer changes (``(1 - var_alpha)^n`` below 1e-12; at most 20,000 points, after which it
+    is within 1 % of its limit whatever the weights), and that value after."""
+    table = _FACTORS.get((alpha, var_alpha))
+    if table is None:
+        table = [0.0]
+        c, e = 0.0, 0.0
+        i = 0
+        limit = 2 + int(27.7 / max(-math.log1p(-min(var_alpha, 0.5)), 1e-9))  # (1 - var_alpha)^limit < 1e-12
+        while i < min(limit, 20_000):
+            i += 1
+            a = max(alpha, 1.0 / i)
+            b = max(var_alpha, 1.0 / i)
+            e = (1.0 - b) * (e + b * (1.0 + c))
+            c = (1.0 - a) * (1.0 - a) * c + a * a
+            table.append(math.sqrt(e / (1.0 + c)))
+        _FACTORS[(alpha, var_alpha)] = table
+    return table[n] if n < len(table) else table[-1]
 
 
 def score_of(z: float, threshold: float) -> float:
@@ -113,7 +160,9 @@ class Scored:
     """What :meth:`Detector.score_one` says about a point; ``mean``/``std``/``z`` are ``None`` in warm-up.
 
     ``mean``/``std``/``z`` are against the level the point is scored against (the new level in phase
-    ``shifted``); ``ref_z`` against the reference (what is normal), the same outside ``shifted``."""
+    ``shifted``); ``ref_z`` against the reference (what is normal), the same outside ``shifted``. ``dist`` is
+    the distance ``(value - mean) / std`` that ``z`` reads as a standard normal deviate (:meth:`Detector.score_one`).
+    """
 
     t_ms: int
     value: float
@@ -126,6 +175,7 @@ class Scored:
     """The score reached 0.5 (|z| at or above the threshold, not a recurring pattern); never in warm-up, nor
     for the first point after a gap."""
     ref_z: float | None = None
+    dist: float | None = None
 
     def __init__(
         self,
@@ -138,6 +188,7 @@ class Scored:
         score: float,
         over: bool,
         ref_z: float | None = None,
+        dist: float | None = None,
     ) -> None:
         object.__setattr__(self, "t_ms", t_ms)
         object.__setattr__(self, "value", value)
@@ -148,6 +199,7 @@ class Scored:
         object.__setattr__(self, "score", score)
         object.__setattr__(self, "over", over)
         object.__setattr__(self, "ref_z", ref_z)
+        object.__setattr__(self, "dist", dist)
 
     def __reduce__(self) -> tuple[type[Any], tuple[Any, ...]]:
         return by_fields(self)
@@ -307,16 +359,23 @@ class Detector:
     def reference(self, t_ms: int) -> tuple[int, float, float]:
         """``(n, mean, variance)`` of what is normal at ``t_ms`` (the seasonal bin's, once it has warmed up), ``n``
         the points they were learned from."""
+        n, mean, var, _ = self._reference(t_ms)
+        return n, mean, var
+
+    def _reference(self, t_ms: int) -> tuple[int, float, float, bool]:
+        """:meth:`reference`, and whether its mean and variance are a ``window``'s plain ones (else exponentially
+        weighted: the ``ewma``'s or a seasonal bin's)."""
         st = self.state
-        if self.spec.baseline == "window":
+        plain = self.spec.baseline == "window"
+        if plain:
             n, mean, var = self._window_stats(t_ms)
         else:
             n, mean, var = st.n, st.mean, st.var
         if self._nbins and st.bins and n >= self.spec.warmup:
             bn, bmean, bvar = st.bins[self._bin(t_ms)]
             if bn >= self.spec.warmup:
-                return int(bn), bmean, bvar
-        return n, mean, var
+                return int(bn), bmean, bvar, False
+        return n, mean, var, plain
 
     def baseline(self, t_ms: int) -> tuple[int, float, float]:
         """``(n, mean, variance)`` the point at ``t_ms`` is scored against (the new level when shifted)."""
@@ -405,8 +464,9 @@ class Detector:
         return st.log_dt is not None and dt > self.spec.gap_factor * math.exp(st.log_dt)
 
     def _effective(self, az: float) -> float:
-        """``|z|`` after the recurring pattern: excursions up to twice its size count as ``clear_threshold``,
-        larger ones by how far they go beyond that (monotone in ``|z|``)."""
+        """A distance ``|x - mean| / std`` after the recurring pattern (whose sizes are distances too): excursions
+        up to twice its size count as ``clear_threshold``, larger ones by how far they go beyond that (monotone
+        in the distance). :meth:`score_one` reads the result as a z like any distance."""
         st, spec = self.state, self.spec
         p = st.pattern
         if p <= 0.0 or st.seen >= st.pattern_until or az <= spec.clear_threshold:
@@ -416,51 +476,49 @@ class Detector:
             return spec.clear_threshold
         return az - top + spec.clear_threshold
 
-    def _dof(self, n: int) -> float:
-        """The degrees of freedom of a variance learned from ``n`` points: ``n - 1``, and for an ``ewma`` variance
-        or a seasonal bin's at most ``2 / var_alpha - 2`` (its memory: an exponential weight ``a`` counts as
-        ``(2 - a) / a`` points, the multivariate score's ``2 memory - 1``); at least 1. A shifted level's points
-        are scored with the reference's (its variance starts from the reference's at least)."""
-        cap = float(n) if self.spec.baseline == "window" and not self._nbins else 2.0 / self.spec.var_alpha - 1.0
-        return max(1.0, min(float(n), cap) - 1.0)
+    def _reading(self, n: int, plain: bool) -> tuple[float, float]:
+        """How a distance from a mean and variance learned from ``n`` points is read: ``(nu, k)``, Student's t with
+        ``nu`` degrees of freedom of the distance times ``k``.
 
-    @staticmethod
-    def _z(x: float, mean: float, var: float, std: float, nu: float) -> float:
-        """``x``'s z against ``mean`` and a variance learned with ``nu`` degrees of freedom: ``(x - mean) / sd``
-        read through Student's t (:func:`t_z`), and never beyond ``(x - mean) / std``, the deviation with its
-        floors (a floor is set, not learned: a series whose spread is below it is scored against the floor)."""
-        z = (x - mean) / std
-        if not math.isfinite(z):
-            return math.copysign(1e12, z) if not math.isnan(z) else 0.0
-        sd = math.sqrt(var)
-        if sd >= std:
-            return t_z(z, nu)
-        if sd <= 0.0:
-            return z  # no spread learned at all: t is infinite, and the floor's z is the smaller
-        zt = t_z((x - mean) / sd, nu)
-        return zt if abs(zt) < abs(z) else z
+        ``nu`` is ``n - 1``, and for exponential weights at most ``2 / var_alpha - 2`` (the variance's memory: a
+        weight ``a`` counts as ``(2 - a) / a`` points, the multivariate score's ``2 memory - 1``); at least 1.
+        ``k`` makes the distance a t: the new point's distance from the mean also carries the mean's own
+        uncertainty, and the variance is the population one. For a ``window``'s plain mean and variance
+        ``sqrt((n - 1) / (n + 1))``; for weights it is :func:`ewma_factor`."""
+        if plain:
+            return max(1.0, float(n) - 1.0), math.sqrt(max(0.0, float(n) - 1.0) / (float(n) + 1.0))
+        cap = 2.0 / self.spec.var_alpha - 1.0
+        return max(1.0, min(float(n), cap) - 1.0), ewma_factor(self.spec.alpha, self.spec.var_alpha, n)
 
     def score_one(self, t_ms: int, x: float) -> Scored:
         """Score ``x`` at ``t_ms`` against the baseline. Changes nothing."""
         spec, st = self.spec, self.state
-        n, mean, var = self.reference(t_ms)
+        n, mean, var, plain = self._reference(t_ms)
         if n < spec.warmup:
             return Scored(t_ms, x, "warmup", mean if n else None, math.sqrt(var) if n else None, None, 0.0, False)
-        nu = self._dof(n)
-        std = max(math.sqrt(var), spec.min_std, spec.rel_min_std * abs(mean), FLOOR)
-        ref_z = self._z(x, mean, var, std, nu)
+        nu, k = self._reading(n, plain)
+        sd = math.sqrt(var)
+        std = max(sd, spec.min_std, spec.rel_min_std * abs(mean), FLOOR)
+        dist = _distance(x, mean, std)
+        scale = std / sd if sd > 0.0 else math.inf
+        ref_z = math.copysign(_calibrate(abs(dist), scale, k, nu), dist)
         phase: Phase = "scored"
         z = ref_z
         if st.shifted:
             phase = "shifted"
             mean = st.shift_mean
-            std = max(math.sqrt(st.shift_var), spec.min_std, spec.rel_min_std * abs(mean), FLOOR)
-            z = self._z(x, mean, st.shift_var, std, nu)
-        eff = self._effective(abs(z))
+            sd = math.sqrt(st.shift_var)
+            std = max(sd, spec.min_std, spec.rel_min_std * abs(mean), FLOOR)
+            dist = _distance(x, mean, std)
+            scale = std / sd if sd > 0.0 else math.inf
+            z = math.copysign(_calibrate(abs(dist), scale, k, nu), dist)
+        ad = abs(dist)
+        eff_d = self._effective(ad)
+        eff = abs(z) if eff_d == ad else _calibrate(eff_d, scale, k, nu)
         score = score_of(eff, spec.threshold)
         if spec.after_gap == "reanchor" and self.is_gap(t_ms):
-            return Scored(t_ms, x, "gap", mean, std, z, score, False, ref_z)
-        return Scored(t_ms, x, phase, mean, std, z, score, eff >= spec.threshold, ref_z)
+            return Scored(t_ms, x, "gap", mean, std, z, score, False, ref_z, dist)
+        return Scored(t_ms, x, phase, mean, std, z, score, eff >= spec.threshold, ref_z, dist)
 
     def learn_one(self, s: Scored) -> Result:
         """Learn the point ``score_one`` gave (the same one, next in event time) and say what happened."""
@@ -512,7 +570,7 @@ class Detector:
         excursion = az >= spec.threshold
         fresh = excursion and not st.exc_prev
         if fresh and not st.active and spec.recurring:
-            self._excursion(az)
+            self._excursion(abs(s.dist) if s.dist is not None else az)  # a pattern's sizes are distances
         st.exc_prev = excursion
         st.gap_n += 1
         if az >= spec.clear_threshold:

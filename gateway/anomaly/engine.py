@@ -382,8 +382,8 @@ class AnomalyEngine:
             name = f"zscore.{metric}"
             where = "above" if (s.z or 0.0) > 0 else "below"
             message = (
-                f"{metric} = {_fmt(s.value)} on {r.device} is {_fmt(abs(s.z or 0.0))} deviations {where} its "
-                f"baseline {_fmt(s.mean)} ± {_fmt(s.std)}"
+                f"{metric} = {_fmt(s.value)} on {r.device} is {_fmt(abs(s.dist or 0.0))} deviations {where} its "
+                f"baseline {_fmt(s.mean)} ± {_fmt(s.std)} (z {_fmt(abs(s.z or 0.0))})"
             )
         elif ev.kind == "stuck":
             name = f"stuck.{metric}"

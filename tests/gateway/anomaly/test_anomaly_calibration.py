@@ -10,12 +10,13 @@ import math
 import random
 from statistics import NormalDist
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.anomaly import Detector, DetectorSpec
-from gateway.anomaly.detector import t_z
+from gateway.anomaly.detector import ewma_factor, t_z
 
 _ND = NormalDist()
 
@@ -42,15 +43,19 @@ def exact_z(t: float, nu: int) -> float:
     return -_ND.inv_cdf((1.0 - t_cdf_two_sided(t, nu)) / 2.0)
 
 
-@pytest.mark.parametrize("nu", [2, 3, 4, 5, 9, 10, 29, 30, 59, 99, 199, 398])
+@pytest.mark.parametrize("nu", [1, 2, 3, 4, 5, 9, 10, 20, 29, 30, 59, 99, 199, 398])
 def test_t_z_is_the_normal_deviate_of_the_same_tail(nu: int) -> None:
-    tol = 0.0015 if nu >= 29 else 0.01 if nu >= 9 else 0.08  # as the docstring of t_z says
-    for k in range(1, 81):
-        t = k / 10.0
-        if 1.0 - t_cdf_two_sided(t, nu) < 1e-13:  # beyond what the subtraction can tell
-            break
+    """Within what the docstring of t_z says, out to tails of 1e-13; from a t of 2 on, never above the exact z
+    (a false alarm is never more likely than the threshold says)."""
+    tol = 0.0015 if nu >= 29 else 0.005 if nu >= 20 else 0.012 if nu >= 9 else 0.16
+    t = 0.05
+    while 1.0 - t_cdf_two_sided(t, nu) > 1e-13:  # beyond, the subtraction cannot tell the tail
         want = exact_z(t, nu)
-        assert abs(t_z(t, nu) - want) <= tol * want, (nu, t)
+        got = t_z(t, nu)
+        assert abs(got - want) <= tol * want, (nu, t)
+        if t >= 2.0:
+            assert got <= want * (1.0 + 1e-12), (nu, t)
+        t *= 1.05
 
 
 # two-sided 0.1 %, 1 % and 5 % points of Student's t from the printed tables (Fisher & Yates; any statistics
@@ -86,9 +91,9 @@ def test_t_z_is_t_itself_for_a_variance_known_exactly() -> None:
 
 def test_the_early_false_alarms_of_plain_noise_are_at_the_rate_the_threshold_says() -> None:
     """Fresh series of Gaussian noise, each scored from the end of its warm-up (30 points) for 15 points: with a
-    threshold of 3 a point should pass about 0.3 % of the time (0.27 % for a normal deviate, a little more for the
-    uncertainty of the moving mean). Read as a normal deviate, the z of a variance of 30 points passed it about
-    twice as often (162 here, against 81 promised)."""
+    threshold of 3 a point should pass 0.27 % of the time. Read as a normal deviate, the distance from a mean and
+    variance of 30 points passed it about twice as often (165 here, against 81 promised); now 94 (71-101 over
+    seeds 0-19, mean 84)."""
     rng = random.Random(7)
     spec = DetectorSpec(threshold=3.0, stuck_points=0, recurring=0)
     passed = scored = 0
@@ -101,29 +106,85 @@ def test_the_early_false_alarms_of_plain_noise_are_at_the_rate_the_threshold_say
                 passed += r.scored.over
     promised = 2.0 * (1.0 - _ND.cdf(3.0)) * scored
     assert scored == 2000 * 15
-    assert 0.6 * promised <= passed <= 1.4 * promised, (passed, promised)
+    assert 0.7 * promised <= passed <= 1.3 * promised, (passed, promised)
 
 
 def test_a_variance_of_more_points_is_trusted_more() -> None:
     """The same distance from the same mean and deviation scores higher when the variance has more points behind
-    it, up to the ewma's memory (2 / var_alpha - 1 points), and not beyond."""
+    it: its degrees of freedom grow up to the ewma's memory (2 / var_alpha - 1 points), and the factor that makes
+    the distance a t (the mean's own uncertainty, the population variance) goes to its limit, sqrt(1 - var_alpha)."""
     zs = []
-    for n in (30, 60, 199, 399, 2000):
+    for n in (30, 60, 199, 399, 2000, 10**6):
         det = Detector(DetectorSpec(stuck_points=0))
         det.state.n, det.state.mean, det.state.var = n, 10.0, 1.0
         s = det.score_one(0, 14.5)
-        assert s.z is not None and s.mean == 10.0 and s.std == 1.0
+        assert s.z is not None and s.mean == 10.0 and s.std == 1.0 and s.dist == 4.5
         zs.append(s.z)
-    assert zs[0] < zs[1] < zs[2] < zs[3] == zs[4] < 4.5
-    assert zs[3] == pytest.approx(t_z(4.5, 398.0))
+    assert zs[0] < zs[1] < zs[2] < zs[3] < zs[4] <= zs[5] < 4.5
+    assert zs[3] == pytest.approx(t_z(4.5 * ewma_factor(0.07, 0.005, 399), 398.0))
+    assert zs[5] == pytest.approx(t_z(4.5 * math.sqrt(1.0 - 0.005), 398.0), rel=1e-12)
     window = Detector(DetectorSpec(baseline="window", stuck_points=0))
     for i in range(1000):
         window.process(i, 10.0 + (1.0 if i % 2 else -1.0))
     s = window.score_one(1000, 14.5)
-    assert s.z == pytest.approx(t_z(4.5, 999.0))
+    assert s.z == pytest.approx(t_z(4.5 * math.sqrt(999 / 1001), 999.0))
     # a seasonal bin's variance has its own points behind it, however many the whole series has
     daily = Detector(DetectorSpec(season="day", stuck_points=0))
     daily.state.n, daily.state.mean, daily.state.var = 5000, 0.0, 100.0
     daily.state.bins = [[30.0, 10.0, 1.0] for _ in range(24)]
     s = daily.score_one(0, 14.5)
-    assert (s.mean, s.std) == (10.0, 1.0) and s.z == pytest.approx(t_z(4.5, 29.0))
+    assert (s.mean, s.std) == (10.0, 1.0) and s.z == pytest.approx(t_z(4.5 * ewma_factor(0.07, 0.005, 30), 29.0))
+
+
+def t_threshold(z: float, nu: float) -> float:
+    """The t whose ``t_z`` is ``z`` (bisection)."""
+    lo, hi = 0.0, 1e6
+    for _ in range(200):
+        mid = (lo + hi) / 2.0
+        lo, hi = (mid, hi) if t_z(mid, nu) < z else (lo, mid)
+    return hi
+
+
+def test_the_threshold_means_the_same_tail_after_any_number_of_points() -> None:
+    """The ewma's mean and variance of plain noise, in 20,000 series at once (numpy, the recursions written out
+    here, not the detector's code): at each n the chance that the next point passes the threshold, given each
+    series' mean and variance, averaged over the series, against the normal tail the threshold names (now 0.91-1.04
+    times it). The distance read as a normal deviate gave 2.6 and 22.6 times the promise at 30 points (thresholds
+    3 and 4.5), 1.46 and 3.6 at 100, and 1.09 and 1.37 at 1,000."""
+    spec = DetectorSpec()
+    det = Detector(spec)
+    rng = np.random.default_rng(5)
+    m, v = np.zeros(20_000), np.zeros(20_000)
+    ratios: dict[tuple[int, float], float] = {}
+    for step in range(1, 1002):
+        n = step - 1
+        if n in (30, 44, 100, 200, 399, 1000):
+            nu, k = det._reading(n, False)
+            for z in (3.0, 4.5):
+                d = t_threshold(z, nu) / k * np.sqrt(v)  # the distance in learned deviations the threshold asks for
+                tail = np.array([_ND.cdf(float(x)) for x in np.concatenate([m - d, -(m + d)])]).reshape(2, -1).sum(0)
+                ratios[(n, z)] = float(tail.mean()) / (2.0 * _ND.cdf(-z))
+        x = rng.normal(0.0, 1.0, m.size)
+        a, b = max(spec.alpha, 1.0 / step), max(spec.var_alpha, 1.0 / step)
+        d1 = x - m
+        m = m + a * d1
+        v = (1.0 - b) * (v + b * d1 * d1)
+    for (n, z), r in ratios.items():
+        assert (0.9 if z == 3.0 else 0.8) <= r <= (1.1 if z == 3.0 else 1.2), (n, z, r)
+
+
+def test_a_spike_well_beyond_a_recurring_pattern_is_flagged() -> None:
+    """Hourly spikes of 20 deviations make a pattern; a spike of 50 goes 10 beyond twice its size and is an
+    anomaly, one of 30 is not. The pattern's sizes are distances, not the z they read as (read as z, 50 deviations
+    came to 28 against a pattern of 21: within twice its size)."""
+    for big, flagged in ((50.0, 20), (30.0, 0)):
+        seen = 0
+        for seed in range(20):
+            rng = random.Random(seed)
+            det = Detector(DetectorSpec(stuck_points=0))
+            for i in range(841):
+                x = rng.gauss(0.0, 1.0) + (20.0 if i in (600, 660, 720, 780) else big if i == 840 else 0.0)
+                r = det.process(i * 60_000, x)
+            assert det.state.pattern > 0.0
+            seen += r.scored.over and any(e.kind == "opened" for e in r.events)
+        assert seen == flagged, big

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.anomaly import Detector, DetectorSpec, score_of, t_z
+from gateway.anomaly.detector import ewma_factor
 
 MIN = 60_000
 
@@ -155,7 +156,8 @@ def test_version_1_state_restores_with_its_baseline() -> None:
     assert (det.state.n, det.state.mean, det.state.var, det.state.active) == (500, 10.0, 1.0, False)
     r = det.process(500 * MIN, 10.5)
     assert r.scored.phase == "scored" and r.scored.z is not None
-    assert abs(r.scored.z - t_z(0.5, 398.0)) < 1e-12  # 500 points: the ewma's memory, 399, less one
+    # 500 points: the ewma's memory, 399, less one
+    assert r.scored.dist == 0.5 and abs(r.scored.z - t_z(0.5 * ewma_factor(0.07, 0.005, 500), 398.0)) < 1e-12
     bad = dict(old, v=99)
     try:
         det.restore(bad)

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.anomaly import Detector, DetectorSpec, score_of, t_z
+from gateway.anomaly.detector import ewma_factor
 
 values = st.lists(st.floats(-1e3, 1e3, allow_nan=False), min_size=2, max_size=120)
 
@@ -115,9 +116,10 @@ def test_z_and_score_of_a_scored_point() -> None:
         det.process(i, x)
     s = det.score_one(4, 14.0)
     assert s.phase == "scored" and s.mean is not None and s.std is not None
-    # the deviation learned from 4 points: read through Student's t with 3 degrees of freedom
-    assert math.isclose(s.z or 0.0, t_z((14.0 - s.mean) / s.std, 3.0))
-    assert 0.0 < (s.z or 0.0) < 0.6 * (14.0 - s.mean) / s.std
+    # the distance in deviations learned from 4 points, read as Student's t with 3 degrees of freedom
+    assert s.dist == (14.0 - s.mean) / s.std
+    assert math.isclose(s.z or 0.0, t_z(s.dist * ewma_factor(0.5, 0.005, 4), 3.0))
+    assert 0.0 < (s.z or 0.0) < 0.6 * s.dist
     r = (s.z or 0.0) / 4.5
     assert math.isclose(s.score, r * r / (1 + r * r))
     assert s.over == (abs(s.z or 0.0) >= 4.5)
