@@ -70,6 +70,13 @@ _CALM_HI: Final = 0.1
 """Between the excursions of a pattern, at most this fraction of the points lie beyond ``clear_threshold``
 (Gaussian noise: 1.2 % at 2.5; inside a noise burst of four times the noise, about half)."""
 STATE_VERSION: Final = 2
+MIN_CAP_DOF: Final = 9.0
+"""The least the memory of an exponentially weighted variance counts for, in degrees of freedom. Such a variance
+is read as Student's t with ``2 / var_alpha - 2`` of them, which matches its tail up to ``var_alpha`` 0.1 (the
+distance the threshold 4.5 then asks for is 4.58 against the 4.59 that gives its tail at the default 0.005, 6.60
+against 6.06 at 0.1); a variance with a memory of a few points has a heavier tail than any t's, and below 9 the
+reading asked for distances of hundreds (1,115 at 0.5) where 24 would do. With this bound: 10.5 against 8.2 at
+0.2, 11.2 against 11.3 at 0.3, 13.3 against 23.6 at 0.5 (docs/anomaly.md)."""
 
 
 def by_fields(obj: Any) -> tuple[type[Any], tuple[Any, ...]]:
@@ -481,13 +488,16 @@ class Detector:
         ``nu`` degrees of freedom of the distance times ``k``.
 
         ``nu`` is ``n - 1``, and for exponential weights at most ``2 / var_alpha - 2`` (the variance's memory: a
-        weight ``a`` counts as ``(2 - a) / a`` points, the multivariate score's ``2 memory - 1``); at least 1.
+        weight ``a`` counts as ``(2 - a) / a`` points, the multivariate score's ``2 memory - 1``), but that bound
+        is never below 9 (:data:`MIN_CAP_DOF`); at least 1.
         ``k`` makes the distance a t: the new point's distance from the mean also carries the mean's own
         uncertainty, and the variance is the population one. For a ``window``'s plain mean and variance
-        ``sqrt((n - 1) / (n + 1))``; for weights it is :func:`ewma_factor`."""
+        ``sqrt((n - 1) / (n + 1))``; for weights it is :func:`ewma_factor`. A shifted level's points are read with
+        the reference's ``n`` (its variance starts from the reference's at least), and so is the first point after
+        a gap, whose mean is that one point (which makes its z too large, as it was before z was read as a t)."""
         if plain:
             return max(1.0, float(n) - 1.0), math.sqrt(max(0.0, float(n) - 1.0) / (float(n) + 1.0))
-        cap = 2.0 / self.spec.var_alpha - 1.0
+        cap = max(2.0 / self.spec.var_alpha - 1.0, MIN_CAP_DOF + 1.0)
         return max(1.0, min(float(n), cap) - 1.0), ewma_factor(self.spec.alpha, self.spec.var_alpha, n)
 
     def score_one(self, t_ms: int, x: float) -> Scored:

@@ -374,7 +374,7 @@ class AnomalyEngine:
     def _alert(self, r: Reading, metric: str, res: Result, ev: Event) -> Alert:
         s = res.scored
         details: dict[str, MetricValue] = {"metric": metric, "value": float(s.value), "score": float(s.score)}
-        for name, v in (("mean", s.mean), ("std", s.std), ("z", s.z)):
+        for name, v in (("mean", s.mean), ("std", s.std), ("z", s.z), ("dist", s.dist)):
             if v is not None and math.isfinite(v):
                 details[name] = float(v)
         severity: Severity = "warning"

@@ -188,3 +188,36 @@ def test_a_spike_well_beyond_a_recurring_pattern_is_flagged() -> None:
             assert det.state.pattern > 0.0
             seen += r.scored.over and any(e.kind == "opened" for e in r.events)
         assert seen == flagged, big
+
+
+@pytest.mark.parametrize(("var_alpha", "low", "high"), [(0.05, 0.4, 1.2), (0.1, 0.2, 1.2), (0.3, 0.5, 2.0)])
+def test_a_variance_of_a_short_memory_is_read_near_its_tail(var_alpha: float, low: float, high: float) -> None:
+    """A variance that remembers a few points has a heavier tail than a normal deviate's and than Student's t with
+    its memory's degrees of freedom. At 400 points of plain noise, the chance that the next point passes 4.5 against
+    the normal tail (as in the test above): now 0.76, 0.33 and 0.75 at 0.05, 0.1 and 0.3. Read as a normal deviate
+    it was 11, 48 and 980 times the promise; read with ``2 / var_alpha - 2`` degrees of freedom and no bound, at
+    0.3 it asked for 28 deviations (the tail's are 11) and never passed (0.0)."""
+    spec = DetectorSpec(var_alpha=var_alpha)
+    det = Detector(spec)
+    rng = np.random.default_rng(4)
+    m, v = np.zeros(20_000), np.zeros(20_000)
+    for step in range(1, 401):
+        x = rng.normal(0.0, 1.0, m.size)
+        a, b = max(spec.alpha, 1.0 / step), max(spec.var_alpha, 1.0 / step)
+        d1 = x - m
+        m = m + a * d1
+        v = (1.0 - b) * (v + b * d1 * d1)
+    nu, k = det._reading(400, False)
+    d = t_threshold(4.5, nu) / k * np.sqrt(v)
+    tail = np.array([_ND.cdf(float(x)) for x in np.concatenate([m - d, -(m + d)])]).reshape(2, -1).sum(0)
+    ratio = float(tail.mean()) / (2.0 * _ND.cdf(-4.5))
+    assert low <= ratio <= high, ratio
+
+
+def test_a_variance_of_two_points_memory_still_flags_a_spike() -> None:
+    det = Detector(DetectorSpec(var_alpha=0.5, stuck_points=0))
+    rng = random.Random(3)
+    for i in range(200):
+        det.process(i * 60_000, rng.gauss(0.0, 1.0))
+    r = det.process(200 * 60_000, 60.0)
+    assert r.scored.over and r.anomalous

@@ -48,6 +48,10 @@ def test_one_point_per_scored_value_and_alerts_for_each_metric_plus_one_compound
     assert all(a.source == "anomaly" and a.site == "s1" for a in out.alerts)
     z = out.alerts[0]
     assert float(z.details["z"]) > 4.5 and z.details["metric"] == "temp_c" and "above its baseline" in z.message
+    # the distance in deviations, and the z it reads as (smaller: the deviation was learned from a few points)
+    dist = (float(z.details["value"]) - float(z.details["mean"])) / float(z.details["std"])
+    assert float(z.details["dist"]) == dist > float(z.details["z"])
+    assert f"is {float(z.details['dist']):.4g} deviations above" in z.message and "(z " in z.message
     temp_line = next(ln for ln in out.lines if "metric=temp_c" in ln)
     assert "anomalous=true" in temp_line and 'phase="scored"' in temp_line
     assert temp_line.endswith(f" {reading_time_ns(bad.t_ms, bad.boot, bad.seq)}")  # the reading's own point time
