@@ -110,11 +110,13 @@ def t_z(t: float, nu: float) -> float:
 
 
 def _distance(x: float, mean: float, std: float) -> float:
-    """``(x - mean) / std``; beyond what a double holds, +-1e300 (then read as a z like any distance); 0 for NaN."""
+    """``(x - mean) / std``; beyond what a double holds, +-1e12 (as before z was read as a t: its score stays a
+    number, where one of 1e300 squared would not); 0 for NaN. (Scored values are within +-1e15 and ``std`` is at
+    least 1e-9, so a distance is at most about 2e24 and this is a guard.)"""
     d = (x - mean) / std
     if math.isfinite(d):
         return d
-    return math.copysign(1e300, d) if not math.isnan(d) else 0.0
+    return math.copysign(1e12, d) if not math.isnan(d) else 0.0
 
 
 def _calibrate(dist: float, scale: float, k: float, nu: float) -> float:
@@ -493,8 +495,9 @@ class Detector:
         ``k`` makes the distance a t: the new point's distance from the mean also carries the mean's own
         uncertainty, and the variance is the population one. For a ``window``'s plain mean and variance
         ``sqrt((n - 1) / (n + 1))``; for weights it is :func:`ewma_factor`. A shifted level's points are read with
-        the reference's ``n`` (its variance starts from the reference's at least), and so is the first point after
-        a gap, whose mean is that one point (which makes its z too large, as it was before z was read as a t)."""
+        the reference's ``n`` (its variance starts from the reference's at least), and so are the points after a
+        gap, whose mean the gap's first point set alone (their z comes out too large at first, as it did before z
+        was read as a t: docs/anomaly.md)."""
         if plain:
             return max(1.0, float(n) - 1.0), math.sqrt(max(0.0, float(n) - 1.0) / (float(n) + 1.0))
         cap = max(2.0 / self.spec.var_alpha - 1.0, MIN_CAP_DOF + 1.0)
