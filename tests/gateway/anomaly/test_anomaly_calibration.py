@@ -225,7 +225,8 @@ def test_a_variance_of_two_points_memory_still_flags_a_spike() -> None:
 
 def test_the_largest_distances_have_a_score_and_flag() -> None:
     """Values within +-1e15 against a deviation at its floor (1e-9): distances up to about 2e24, read with no spread
-    learned (a constant series) and with a tiny one; every score is a number in [0.5, 1], and every such point is over."""
+    learned (a constant series) and with a tiny one; every score is a number in [0.5, 1], and every such point is
+    over."""
     for var in (0.0, 1e-30):
         det = Detector(DetectorSpec(stuck_points=0, rel_min_std=0.0, warmup=30))
         det.state.n, det.state.mean, det.state.var = 100, -1e15, var
