@@ -134,12 +134,23 @@ _FACTORS: dict[tuple[float, float], list[float]] = {}
 
 def ewma_factor(alpha: float, var_alpha: float, n: int) -> float:
     """``k_n`` for a mean of weights ``max(alpha, 1/i)`` and a variance of weights ``max(var_alpha, 1/i)`` after
-    ``n`` points: ``sqrt(e_n / (1 + c_n))``, where ``c_n`` is the variance of the mean over the noise's
+    ``n`` points (:func:`factor_table`)."""
+    return _factor_at(factor_table(alpha, var_alpha), n)
+
+
+def _factor_at(table: list[float], n: int) -> float:
+    """``k_n`` from :func:`factor_table`'s table: its last value past its end."""
+    return table[n] if n < len(table) else table[-1]
+
+
+def factor_table(alpha: float, var_alpha: float) -> list[float]:
+    """``k_0 .. k_N`` for a mean of weights ``max(alpha, 1/i)`` and a variance of weights ``max(var_alpha, 1/i)``,
+    ``k_n`` after ``n`` points: ``sqrt(e_n / (1 + c_n))``, where ``c_n`` is the variance of the mean over the noise's
     (``c <- (1 - a)^2 c + a^2``) and ``e_n`` the variance's expected value over the noise's
     (``e <- (1 - b) (e + b (1 + c_prev))``, West's recursion on its expectation): a distance times ``k_n`` is
     Student's t. Equal weights give ``sqrt((n - 1) / (n + 1))``. Made once per pair of weights, up to the ``n``
     from which it no longer changes (``(1 - var_alpha)^n`` below 1e-12; at most 20,000 points, after which it
-    is within 1 % of its limit whatever the weights), and that value after."""
+    is within 1 % of its limit whatever the weights); one list for every caller of those weights."""
     table = _FACTORS.get((alpha, var_alpha))
     if table is None:
         table = [0.0]
@@ -154,7 +165,7 @@ def ewma_factor(alpha: float, var_alpha: float, n: int) -> float:
             c = (1.0 - a) * (1.0 - a) * c + a * a
             table.append(math.sqrt(e / (1.0 + c)))
         _FACTORS[(alpha, var_alpha)] = table
-    return table[n] if n < len(table) else table[-1]
+    return table
 
 
 def score_of(z: float, threshold: float) -> float:
@@ -328,12 +339,13 @@ class State:
 class Detector:
     """A z-score detector for one series. ``Detector(spec)``; ``process(t_ms, x)`` per point, in order."""
 
-    __slots__ = ("_nbins", "spec", "state")
+    __slots__ = ("_factors", "_nbins", "spec", "state")
 
     def __init__(self, spec: DetectorSpec) -> None:
         self.spec = spec
         self.state = State()
         self._nbins = 0 if spec.season == "none" else spec.season_bins * (7 if spec.season == "week" else 1)
+        self._factors = factor_table(spec.alpha, spec.var_alpha)  # shared by every detector of these weights
 
     def __reduce__(self) -> tuple[type[Detector], tuple[DetectorSpec], dict[str, State]]:
         """For copy and pickle, compiled or not (a compiled class is not made without its arguments)."""
@@ -501,7 +513,17 @@ class Detector:
         if plain:
             return max(1.0, float(n) - 1.0), math.sqrt(max(0.0, float(n) - 1.0) / (float(n) + 1.0))
         cap = max(2.0 / self.spec.var_alpha - 1.0, MIN_CAP_DOF + 1.0)
-        return max(1.0, min(float(n), cap) - 1.0), ewma_factor(self.spec.alpha, self.spec.var_alpha, n)
+        return max(1.0, min(float(n), cap) - 1.0), _factor_at(self._factors, n)
+
+    def _against(self, x: float, mean: float, var: float, k: float, nu: float) -> tuple[float, float, float, float]:
+        """``x`` against ``mean`` and ``var``: the deviation with its floors, the distance in it, that deviation over
+        the learned one (:func:`_calibrate`'s ``scale``) and the z the distance reads as."""
+        spec = self.spec
+        sd = math.sqrt(var)
+        std = max(sd, spec.min_std, spec.rel_min_std * abs(mean), FLOOR)
+        dist = _distance(x, mean, std)
+        scale = std / sd if sd > 0.0 else math.inf
+        return std, dist, scale, math.copysign(_calibrate(abs(dist), scale, k, nu), dist)
 
     def score_one(self, t_ms: int, x: float) -> Scored:
         """Score ``x`` at ``t_ms`` against the baseline. Changes nothing."""
@@ -510,21 +532,13 @@ class Detector:
         if n < spec.warmup:
             return Scored(t_ms, x, "warmup", mean if n else None, math.sqrt(var) if n else None, None, 0.0, False)
         nu, k = self._reading(n, plain)
-        sd = math.sqrt(var)
-        std = max(sd, spec.min_std, spec.rel_min_std * abs(mean), FLOOR)
-        dist = _distance(x, mean, std)
-        scale = std / sd if sd > 0.0 else math.inf
-        ref_z = math.copysign(_calibrate(abs(dist), scale, k, nu), dist)
+        std, dist, scale, ref_z = self._against(x, mean, var, k, nu)
         phase: Phase = "scored"
         z = ref_z
         if st.shifted:
             phase = "shifted"
             mean = st.shift_mean
-            sd = math.sqrt(st.shift_var)
-            std = max(sd, spec.min_std, spec.rel_min_std * abs(mean), FLOOR)
-            dist = _distance(x, mean, std)
-            scale = std / sd if sd > 0.0 else math.inf
-            z = math.copysign(_calibrate(abs(dist), scale, k, nu), dist)
+            std, dist, scale, z = self._against(x, mean, st.shift_var, k, nu)
         ad = abs(dist)
         eff_d = self._effective(ad)
         eff = abs(z) if eff_d == ad else _calibrate(eff_d, scale, k, nu)
