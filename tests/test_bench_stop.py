@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import poll
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,31 +52,32 @@ def names(pids: set[int]) -> set[str]:
     return out
 
 
+def cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 @pytest.mark.integration
 def test_a_sigterm_stops_the_services_and_the_gateway_it_started() -> None:
     cmd = [sys.executable, str(REPO / "bench" / "bench_e2e.py"), "latency", "--rounds", "1", "--seconds", "60"]
     cmd += ["--rate", "200", "--publishers", "1", "--boards", "20", "--core", "-1"]
     bench = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
     started: set[int] = set()
+
+    def running() -> bool:  # its services and its gateway
+        started.update(descendants(bench.pid))
+        return {"mosquitto", "influxd"} <= names(started) and any(b"gateway" in cmdline(p) for p in started)
+
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # until the services and the gateway run
-            started |= descendants(bench.pid)
-            if {"mosquitto", "influxd"} <= names(started) and any(
-                b"gateway" in Path(f"/proc/{p}/cmdline").read_bytes() for p in started if alive(p)
-            ):
-                break
-            time.sleep(0.2)
-        else:
-            pytest.fail(f"the benchmark did not start its services and gateway: {names(started)}")
+        assert poll(running, timeout=60, interval=0.2), f"the benchmark did not start them: {names(started)}"
         time.sleep(1.0)
         started |= descendants(bench.pid)
         bench.send_signal(signal.SIGTERM)
         assert bench.wait(timeout=60) != 0
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and any(alive(p) for p in started):
-            time.sleep(0.2)
-        assert not [p for p in started if alive(p)], names({p for p in started if alive(p)})
+        left = poll(lambda: {p for p in started if alive(p)}, until=lambda live: not live, timeout=20, interval=0.2)
+        assert not left, names(left)
     finally:  # nothing of it outlives the test, whatever happened
         if bench.poll() is None:
             started |= descendants(bench.pid)
