@@ -132,6 +132,84 @@ def _calibrate(dist: float, scale: float, k: float, nu: float) -> float:
 _FACTORS: dict[tuple[float, float], list[float]] = {}
 
 
+class Knobs:
+    """A :class:`DetectorSpec`'s fields as the detectors read them: copied once into a class of this module. Compiled,
+    a field of the frozen dataclass is a generic attribute look-up and a float boxed in an object (about 160
+    instructions each, dozens a point); one of these is a load. :func:`knobs` keeps one per spec."""
+
+    __slots__ = (
+        "after_gap",
+        "alpha",
+        "baseline",
+        "clear_points",
+        "clear_threshold",
+        "downweight",
+        "gap_factor",
+        "gap_ms",
+        "min_points",
+        "min_std",
+        "protection",
+        "rebaseline_after_ms",
+        "rebaseline_points",
+        "recur_points",
+        "recurring",
+        "rel_min_std",
+        "season",
+        "season_bins",
+        "shift_points",
+        "stuck_points",
+        "threshold",
+        "var_alpha",
+        "warmup",
+        "window_max_points",
+        "window_ms",
+    )
+
+    def __init__(self, spec: DetectorSpec) -> None:
+        self.baseline: str = spec.baseline
+        self.alpha: float = spec.alpha
+        self.var_alpha: float = spec.var_alpha
+        self.window_ms: int = spec.window_ms
+        self.window_max_points: int = spec.window_max_points
+        self.warmup: int = spec.warmup
+        self.threshold: float = spec.threshold
+        self.clear_threshold: float = spec.clear_threshold
+        self.min_points: int = spec.min_points
+        self.clear_points: int = spec.clear_points
+        self.min_std: float = spec.min_std
+        self.rel_min_std: float = spec.rel_min_std
+        self.protection: str = spec.protection
+        self.downweight: float = spec.downweight
+        self.shift_points: int = spec.shift_points
+        self.rebaseline_after_ms: int = spec.rebaseline_after_ms
+        self.rebaseline_points: int = spec.rebaseline_points
+        self.recurring: int = spec.recurring
+        self.recur_points: int = spec.recur_points
+        self.season: str = spec.season
+        self.season_bins: int = spec.season_bins
+        self.gap_factor: float = spec.gap_factor
+        self.gap_ms: int = spec.gap_ms
+        self.after_gap: str = spec.after_gap
+        self.stuck_points: int = spec.stuck_points
+
+
+_KNOBS: dict[int, tuple[DetectorSpec, Knobs]] = {}
+"""id(spec) -> (spec, its Knobs): the spec is kept, so its id is not another's while the entry lives."""
+_KNOBS_MAX: Final = 1_000
+
+
+def knobs(spec: DetectorSpec) -> Knobs:
+    """The :class:`Knobs` of ``spec``: one for every detector made with the same spec object (the engine gives
+    every detector of a metric the same one), kept for up to ``_KNOBS_MAX`` spec objects."""
+    kept = _KNOBS.get(id(spec))
+    if kept is not None and kept[0] is spec:
+        return kept[1]
+    k = Knobs(spec)
+    if len(_KNOBS) < _KNOBS_MAX:
+        _KNOBS[id(spec)] = (spec, k)
+    return k
+
+
 def ewma_factor(alpha: float, var_alpha: float, n: int) -> float:
     """``k_n`` for a mean of weights ``max(alpha, 1/i)`` and a variance of weights ``max(var_alpha, 1/i)`` after
     ``n`` points (:func:`factor_table`)."""
@@ -339,10 +417,11 @@ class State:
 class Detector:
     """A z-score detector for one series. ``Detector(spec)``; ``process(t_ms, x)`` per point, in order."""
 
-    __slots__ = ("_factors", "_nbins", "spec", "state")
+    __slots__ = ("_factors", "_nbins", "k", "spec", "state")
 
     def __init__(self, spec: DetectorSpec) -> None:
         self.spec = spec
+        self.k = knobs(spec)  # its fields, read at every point
         self.state = State()
         self._nbins = 0 if spec.season == "none" else spec.season_bins * (7 if spec.season == "week" else 1)
         self._factors = factor_table(spec.alpha, spec.var_alpha)  # shared by every detector of these weights
@@ -360,9 +439,9 @@ class Detector:
         """n, mean, variance of the window as it is at ``t_ms`` (older points left out, nothing changed)."""
         st = self.state
         n, s1, s2 = len(st.window), st.s1, st.s2
-        horizon = t_ms - self.spec.window_ms if self.spec.window_ms else None
+        horizon = t_ms - self.k.window_ms if self.k.window_ms else None
         for t, x in st.window:
-            if (horizon is None or t > horizon) and n <= self.spec.window_max_points:
+            if (horizon is None or t > horizon) and n <= self.k.window_max_points:
                 break
             d = x - st.anchor
             n, s1, s2 = n - 1, s1 - d, s2 - d * d
@@ -372,10 +451,10 @@ class Detector:
         return n, st.anchor + m, max(0.0, s2 / n - m * m)
 
     def _bin(self, t_ms: int) -> int:
-        per_day = self.spec.season_bins
+        per_day = self.k.season_bins
         day, ms = divmod(t_ms, _DAY_MS)
         b = ms * per_day // _DAY_MS
-        return b + per_day * ((day + 3) % 7) if self.spec.season == "week" else b  # day 0 (1970-01-01) is a Thursday
+        return b + per_day * ((day + 3) % 7) if self.k.season == "week" else b  # day 0 (1970-01-01) is a Thursday
 
     def reference(self, t_ms: int) -> tuple[int, float, float]:
         """``(n, mean, variance)`` of what is normal at ``t_ms`` (the seasonal bin's, once it has warmed up), ``n``
@@ -387,14 +466,14 @@ class Detector:
         """:meth:`reference`, and whether its mean and variance are a ``window``'s plain ones (else exponentially
         weighted: the ``ewma``'s or a seasonal bin's)."""
         st = self.state
-        plain = self.spec.baseline == "window"
+        plain = self.k.baseline == "window"
         if plain:
             n, mean, var = self._window_stats(t_ms)
         else:
             n, mean, var = st.n, st.mean, st.var
-        if self._nbins and st.bins and n >= self.spec.warmup:
+        if self._nbins and st.bins and n >= self.k.warmup:
             bn, bmean, bvar = st.bins[self._bin(t_ms)]
-            if bn >= self.spec.warmup:
+            if bn >= self.k.warmup:
                 return int(bn), bmean, bvar, False
         return n, mean, var, plain
 
@@ -407,7 +486,7 @@ class Detector:
         return n, mean, var
 
     def _learn(self, t_ms: int, x: float, weight: float) -> None:
-        st, spec = self.state, self.spec
+        st, spec = self.state, self.k
         if self._nbins:
             if not st.bins:
                 st.bins = [[0.0, 0.0, 0.0] for _ in range(self._nbins)]
@@ -439,10 +518,10 @@ class Detector:
 
     def _evict(self, t_ms: int) -> None:
         st = self.state
-        cap = self.spec.window_max_points
+        cap = self.k.window_max_points
         w = st.window
-        if self.spec.window_ms:
-            horizon = t_ms - self.spec.window_ms
+        if self.k.window_ms:
+            horizon = t_ms - self.k.window_ms
             while w and (w[0][0] <= horizon or len(w) > cap):
                 _, x = w.popleft()
                 d = x - st.anchor
@@ -464,7 +543,7 @@ class Detector:
 
     def _reset_baseline(self, points: list[tuple[int, float]], mean: float, var: float) -> None:
         st = self.state
-        if self.spec.baseline == "window":
+        if self.k.baseline == "window":
             st.window.clear()
             st.s1 = st.s2 = 0.0
             st.n = 0
@@ -480,15 +559,15 @@ class Detector:
         if st.last_t is None:
             return False
         dt = t_ms - st.last_t
-        if self.spec.gap_ms > 0:
-            return dt > self.spec.gap_ms
-        return st.log_dt is not None and dt > self.spec.gap_factor * math.exp(st.log_dt)
+        if self.k.gap_ms > 0:
+            return dt > self.k.gap_ms
+        return st.log_dt is not None and dt > self.k.gap_factor * math.exp(st.log_dt)
 
     def _effective(self, az: float) -> float:
         """A distance ``|x - mean| / std`` after the recurring pattern (whose sizes are distances too): excursions
         up to twice its size count as ``clear_threshold``, larger ones by how far they go beyond that (monotone
         in the distance). :meth:`score_one` reads the result as a z like any distance."""
-        st, spec = self.state, self.spec
+        st, spec = self.state, self.k
         p = st.pattern
         if p <= 0.0 or st.seen >= st.pattern_until or az <= spec.clear_threshold:
             return az
@@ -512,22 +591,22 @@ class Detector:
         was read as a t: docs/anomaly.md)."""
         if plain:
             return max(1.0, float(n) - 1.0), math.sqrt(max(0.0, float(n) - 1.0) / (float(n) + 1.0))
-        cap = max(2.0 / self.spec.var_alpha - 1.0, MIN_CAP_DOF + 1.0)
+        cap = max(2.0 / self.k.var_alpha - 1.0, MIN_CAP_DOF + 1.0)
         return max(1.0, min(float(n), cap) - 1.0), _factor_at(self._factors, n)
 
     def _against(self, x: float, mean: float, var: float, k: float, nu: float) -> tuple[float, float, float, float]:
         """``x`` against ``mean`` and ``var``: the deviation with its floors, the distance in it, that deviation over
         the learned one (:func:`_calibrate`'s ``scale``) and the z the distance reads as."""
-        spec = self.spec
+        spec = self.k
         sd = math.sqrt(var)
-        std = max(sd, spec.min_std, spec.rel_min_std * abs(mean), FLOOR)
+        std = max(max(max(sd, spec.min_std), spec.rel_min_std * abs(mean)), FLOOR)  # two at a time: compiled, inline
         dist = _distance(x, mean, std)
         scale = std / sd if sd > 0.0 else math.inf
         return std, dist, scale, math.copysign(_calibrate(abs(dist), scale, k, nu), dist)
 
     def score_one(self, t_ms: int, x: float) -> Scored:
         """Score ``x`` at ``t_ms`` against the baseline. Changes nothing."""
-        spec, st = self.spec, self.state
+        spec, st = self.k, self.state
         n, mean, var, plain = self._reference(t_ms)
         if n < spec.warmup:
             return Scored(t_ms, x, "warmup", mean if n else None, math.sqrt(var) if n else None, None, 0.0, False)
@@ -549,7 +628,7 @@ class Detector:
 
     def learn_one(self, s: Scored) -> Result:
         """Learn the point ``score_one`` gave (the same one, next in event time) and say what happened."""
-        spec, st = self.spec, self.state
+        spec, st = self.k, self.state
         t, x = s.t_ms, s.value
         events: list[Event] = []
         if spec.after_gap == "reanchor" and s.phase != "warmup":
@@ -670,14 +749,14 @@ class Detector:
     # -- helpers ------------------------------------------------------------------------------------
 
     def _overdue(self, t: int) -> bool:
-        st, spec = self.state, self.spec
+        st, spec = self.state, self.k
         if spec.rebaseline_after_ms:
             return t - st.since >= spec.rebaseline_after_ms
         return st.seen - st.since_seen >= spec.rebaseline_points
 
     def _side_step(self, t: int, x: float, z: float, events: list[Event]) -> None:
         """Count a run of points beyond ``clear_threshold`` on one side; ``shift_points`` of them are a new level."""
-        st, spec = self.state, self.spec
+        st, spec = self.state, self.k
         side = 1 if z >= spec.clear_threshold else -1 if z <= -spec.clear_threshold else 0
         if side == 0 or side != st.side:
             self._clear_side()
@@ -714,7 +793,7 @@ class Detector:
         st.side, st.side_n, st.side_mean, st.side_m2 = 0, 0, 0.0, 0.0
 
     def _learn_shift(self, x: float) -> None:
-        st, spec = self.state, self.spec
+        st, spec = self.state, self.k
         st.shift_n += 1
         a = max(spec.alpha, 1.0 / st.shift_n)
         av = max(spec.var_alpha, 1.0 / st.shift_n)
@@ -727,7 +806,7 @@ class Detector:
         within ``recur_points`` readings, with the series calm between them (at most ``_CALM_HI`` of the points
         since the previous one beyond ``clear_threshold``: a noise burst's openings are not a pattern), make a
         pattern."""
-        st, spec = self.state, self.spec
+        st, spec = self.state, self.k
         calm = st.gap_hi <= _CALM_HI * st.gap_n
         st.gap_n = st.gap_hi = 0
         ex = st.excursions
@@ -755,7 +834,7 @@ class Detector:
             self.state.bins = [[0.0, 0.0, 0.0] for _ in range(self._nbins)]
 
     def _stuck_step(self, t: int, x: float, gap: bool, events: list[Event]) -> bool:
-        spec, st = self.spec, self.state
+        spec, st = self.k, self.state
         if not spec.stuck_points:
             return False
         if st.last_value is not None and x == st.last_value and not gap:
@@ -779,9 +858,9 @@ class Detector:
         d = x - st.held_mean
         st.held_mean += d / st.held_n
         st.held_m2 += d * (x - st.held_mean)
-        if self.spec.baseline == "window":
+        if self.k.baseline == "window":
             st.held.append((t, x))
-            while len(st.held) > self.spec.window_max_points:
+            while len(st.held) > self.k.window_max_points:
                 st.held.popleft()
 
     def _clear_held(self) -> None:

@@ -18,7 +18,7 @@ import fnmatch
 import logging
 import math
 from collections.abc import Iterable, Sequence, Set
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final
 
 from ..alerts import Alert, Severity
@@ -63,18 +63,26 @@ _Opening = tuple[int, ReadingKey]
 log = logging.getLogger(__name__)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)  # its own __init__: compiled (the dataclasses module's stays interpreted Python)
 class AnomalyOutput:
-    lines: list[str] = field(default_factory=list)
-    alerts: list[Alert] = field(default_factory=list)
+    lines: list[str]
+    alerts: list[Alert]
+
+    def __init__(self, lines: list[str] | None = None, alerts: list[Alert] | None = None) -> None:
+        self.lines = [] if lines is None else lines
+        self.alerts = [] if alerts is None else alerts
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)  # its own __init__, as AnomalyOutput
 class ReadingResult:
     """What one reading did: each scored metric's result, and the reading as a whole."""
 
-    results: dict[str, Result] = field(default_factory=dict)
-    multi: MultiResult | None = None
+    results: dict[str, Result]
+    multi: MultiResult | None
+
+    def __init__(self, results: dict[str, Result] | None = None, multi: MultiResult | None = None) -> None:
+        self.results = {} if results is None else results
+        self.multi = multi
 
     @property
     def anomalous(self) -> bool:
@@ -134,6 +142,15 @@ def anomaly_fields(r: Result) -> str:
     return out
 
 
+def _in_order(rs: list[Reading]) -> bool:
+    """Whether ``rs`` is already in ``(t_ms, boot, seq)`` order (equal keys included: a stable sort keeps them)."""
+    for i in range(1, len(rs)):
+        a, b = rs[i - 1], rs[i]
+        if a.t_ms > b.t_ms or (a.t_ms == b.t_ms and (a.boot, a.seq) > (b.boot, b.seq)):
+            return False
+    return True
+
+
 def _fmt(x: float | None) -> str:
     return "?" if x is None else f"{x:.4g}"
 
@@ -145,6 +162,10 @@ class AnomalyEngine:
         self.spec = spec
         self.max_future_ms = max_future_ms
         self.min_time_ms = min_time_ms
+        # the spec's fields read at every reading, as attributes of this class (compiled: loads, not look-ups)
+        self._wanted: frozenset[str] = frozenset(spec.metrics)
+        self._write_all = spec.write == "all"
+        self._multi_on = spec.multivariate
         self.detectors: dict[tuple[str, str], Detector] = {}
         self.multi: dict[str, MultiDetector] = {}
         """device -> its multivariate (T^2) detector."""
@@ -207,23 +228,29 @@ class AnomalyEngine:
             else:
                 by_device.setdefault(r.device, []).append(r)
         for rs in by_device.values():
-            rs.sort(key=lambda r: (r.t_ms, r.boot, r.seq))
+            if not _in_order(rs):  # a device's readings mostly come in order: then sorting them changes nothing
+                rs.sort(key=lambda r: (r.t_ms, r.boot, r.seq))
             for r in rs:
                 self._reading(r, out)
         return out
 
     def _metrics(self, r: Reading) -> list[tuple[str, float]]:
         """The reading's metrics to score, as floats (a list: compiled, a generator is an object per reading)."""
-        wanted = self.spec.metrics
+        wanted = self._wanted
         out: list[tuple[str, float]] = []
         for name, v in r.metrics.items():
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or (wanted and name not in wanted):
+            if wanted and name not in wanted:
                 continue
-            try:
-                x = float(v)
-            except OverflowError:
-                x = math.inf
-            if not math.isfinite(x) or abs(x) > MAX_ABS_VALUE:
+            if type(v) is float:  # the common case
+                x = v
+            elif isinstance(v, bool) or not isinstance(v, (int, float)):
+                continue
+            else:
+                try:
+                    x = float(v)
+                except OverflowError:
+                    x = math.inf
+            if not -MAX_ABS_VALUE <= x <= MAX_ABS_VALUE:  # a NaN too
                 self.stats["out_of_range"] += 1
                 continue
             out.append((name, x))
@@ -278,22 +305,23 @@ class AnomalyEngine:
 
     def _reading(self, r: Reading, out: AnomalyOutput) -> ReadingResult:
         done = ReadingResult()
-        self.sites[r.device] = r.site
+        device, t = r.device, r.t_ms
+        self.sites[device] = r.site
         gap_seen = False
         for metric, x in self._metrics(r):
-            det = self._detector(r.device, metric)
+            det = self._detector(device, metric)
             if det is None:
                 continue
             last = det.state.last_t
-            if last is not None and r.t_ms < last:
+            if last is not None and t < last:
                 self.stats["out_of_order"] += 1
                 continue
-            res = det.process(r.t_ms, x)
+            res = det.process(t, x)
             done.results[metric] = res
             self.stats["scored"] += 1
             if res.anomalous:
                 self.stats["anomalous"] += 1
-            if res.anomalous or self.spec.write == "all":
+            if res.anomalous or self._write_all:
                 head = self._heads.get((r.site, r.device, metric))
                 if head is None:
                     head = line(ANOMALY_MEASUREMENT, {"site": r.site, "device": r.device, "metric": metric}, {"x": 0},
@@ -317,7 +345,7 @@ class AnomalyEngine:
                     self._emit(out, self._alert(r, metric, res, ev))
                     if ev.kind != "rebaselined":
                         self._compound(r, metric, ev, out)
-        if self.spec.multivariate and len(done.results) >= 2:
+        if self._multi_on and len(done.results) >= 2:
             self._multivariate(r, done, out)
         return done
 
@@ -332,7 +360,7 @@ class AnomalyEngine:
         if mres is None:
             return
         done.multi = mres
-        if mres.anomalous or self.spec.write == "all":
+        if mres.anomalous or self._write_all:
             fields: dict[str, MetricValue] = {
                 "value": float(mres.t2), "score": float(mres.score), "anomalous": mres.anomalous, "phase": mres.phase
             }  # fmt: skip

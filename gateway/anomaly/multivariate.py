@@ -53,7 +53,7 @@ from statistics import NormalDist
 from typing import Any, Final
 
 from .config import DetectorSpec
-from .detector import FLOOR, Event, by_fields, score_of
+from .detector import FLOOR, Event, by_fields, knobs, score_of
 
 __all__ = ["MEMORY", "MultiDetector", "MultiResult", "chi2_z", "max_z", "t2_z"]
 
@@ -242,10 +242,11 @@ class MultiState:
 class MultiDetector:
     """The T^2 detector of one device. ``process(t_ms, values)`` per reading, in event-time order."""
 
-    __slots__ = ("memory", "spec", "state")
+    __slots__ = ("k", "memory", "spec", "state")
 
     def __init__(self, spec: DetectorSpec, memory: int = MEMORY) -> None:
         self.spec = spec
+        self.k = knobs(spec)  # its fields, read at every point
         self.memory = memory
         self.state = MultiState()
 
@@ -257,13 +258,13 @@ class MultiDetector:
         self.state = state["state"]
 
     def warmup(self) -> int:
-        return max(self.spec.warmup, 10 * len(self.state.names))
+        return max(self.k.warmup, 10 * len(self.state.names))
 
     def _u(self, xs: Sequence[float]) -> list[float]:
         """Each metric's deviation from the mean in its own deviations: ``(x - mean) / sd`` with ``sd`` the
         largest of the covariance's root, ``min_std``, ``rel_min_std * |mean|`` and ``FLOOR`` (compared as
         ``max`` compares, first kept on a tie; written out: compiled, ``max`` of four boxes each float)."""
-        st, spec = self.state, self.spec
+        st, spec = self.state, self.k
         min_std, rel_min_std = spec.min_std, spec.rel_min_std
         mean, cov = st.mean, st.cov
         if len(xs) != len(mean):
@@ -296,8 +297,11 @@ class MultiDetector:
         st = self.state
         st.n += 1
         a = b = max(1.0 / self.memory, 1.0 / st.n)
-        d = [x - m for x, m in zip(xs, st.mean, strict=True)]
-        k = len(d)
+        mean = st.mean
+        k = len(xs)
+        if len(mean) != k:
+            raise ValueError(f"the multivariate state holds {len(mean)} means for {k} metrics")
+        d = [xs[i] - mean[i] for i in range(k)]  # not zip(..., strict=True): compiled, a call parsing its keyword
         if len(st.trend) != k:
             st.trend = [0.0] * k
         c = 2.0 / self.memory
@@ -358,7 +362,7 @@ class MultiDetector:
 
     def process(self, t_ms: int, values: Mapping[str, float]) -> MultiResult | None:
         """Score and learn one reading; ``None`` when it does not carry all of the device's metrics."""
-        st, spec = self.state, self.spec
+        st, spec = self.state, self.k
         if not st.names:
             if len(values) < 2:
                 return None
