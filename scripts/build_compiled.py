@@ -1,17 +1,17 @@
-"""Build (or remove) the optional compiled modules: the window engine's and the anomaly detector's hot modules
-through mypyc.
+"""Build (or remove) the optional compiled modules: the window engine's, the anomaly detector's and the pattern
+matcher's hot modules through mypyc.
 
     python scripts/build_compiled.py          # build: needs a C compiler, mypy (ships mypyc) and setuptools
     python scripts/build_compiled.py --clean  # remove it: the pure-Python modules are used again
 
 The pure-Python modules stay the reference and the source: mypyc compiles them as they are (they are
 ``mypy --strict`` clean) into extension modules next to them (``gateway/engine/<module>.cpython-*.so``,
-``gateway/anomaly/<module>.cpython-*.so``) plus each package's shared library
+``gateway/anomaly/...``, ``gateway/cep/...``) plus each package's shared library
 (``gateway/<package>/_native__mypyc.cpython-*.so``), all git-ignored; ``gateway._compiled.COMPILED`` lists
 the modules. ``gateway/<package>/_compiled.json`` records the sha256 of each compiled source; each package
 uses its compiled modules only while its sources still match it (otherwise it warns and imports the .py
-files), and never when ``EDGEKIT_ENGINE=pure`` is set. ``gateway.engine.ENGINE_BUILD`` and
-``gateway.anomaly.ANOMALY_BUILD`` say which one was loaded.
+files), and never when ``EDGEKIT_ENGINE=pure`` is set. ``gateway.engine.ENGINE_BUILD``,
+``gateway.anomaly.ANOMALY_BUILD`` and ``gateway.cep.CEP_BUILD`` say which one was loaded.
 
 The C code is compiled with ``-ffp-contract=off``: a compiler may otherwise fuse a multiplication and an
 addition into one instruction with a single rounding (GCC does by default wherever the target has one, as

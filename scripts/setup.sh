@@ -93,20 +93,20 @@ else
     step ".venv is up to date"
 fi
 # --- optional compiled engine (begin) -------------------------------------------------------------------
-# mypyc-compiled hot modules of gateway/engine and gateway/anomaly (scripts/build_compiled.py), built only where
-# a C compiler exists; without one (e.g. a Raspberry Pi without gcc) the pure-Python modules run: same results,
-# slower. EDGEKIT_COMPILE=0 skips the build; python scripts/build_compiled.py --clean removes it.
+# mypyc-compiled hot modules of gateway/engine, gateway/anomaly and gateway/cep (scripts/build_compiled.py),
+# built only where a C compiler exists; without one (e.g. a Raspberry Pi without gcc) the pure-Python modules
+# run: same results, slower. EDGEKIT_COMPILE=0 skips the build; python scripts/build_compiled.py --clean removes it.
 if [[ "${EDGEKIT_COMPILE:-1}" == 0 ]]; then
-    step "compiled engine and detectors: skipped (EDGEKIT_COMPILE=0)"
+    step "compiled engine, detectors and patterns: skipped (EDGEKIT_COMPILE=0)"
 elif ! command -v "${CC:-cc}" >/dev/null 2>&1 || ! .venv/bin/python -c 'import mypyc, setuptools' 2>/dev/null; then
-    step "compiled engine and detectors: no C compiler or mypyc here - the pure-Python modules are used"
-elif .venv/bin/python -c 'import gateway.engine as e, gateway.anomaly as a
-raise SystemExit(e.ENGINE_BUILD != "compiled" or a.ANOMALY_BUILD != "compiled")' 2>/dev/null; then
-    step "compiled engine and detectors: up to date"
+    step "compiled engine, detectors and patterns: no C compiler or mypyc here - the pure-Python modules are used"
+elif .venv/bin/python -c 'import gateway.engine as e, gateway.anomaly as a, gateway.cep as c
+raise SystemExit(e.ENGINE_BUILD != "compiled" or a.ANOMALY_BUILD != "compiled" or c.CEP_BUILD != "compiled")' 2>/dev/null; then
+    step "compiled engine, detectors and patterns: up to date"
 else
     mkdir -p .run
     if .venv/bin/python scripts/build_compiled.py >.run/build_compiled.log 2>&1; then
-        step "compiled engine and detectors: built (gateway.engine.ENGINE_BUILD == gateway.anomaly.ANOMALY_BUILD == 'compiled')"
+        step "compiled engine, detectors and patterns: built (ENGINE_BUILD, ANOMALY_BUILD and CEP_BUILD are 'compiled')"
     else
         printf 'warning: compiled build failed (see .run/build_compiled.log); the pure-Python modules are used\n' >&2
     fi

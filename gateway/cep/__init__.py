@@ -9,6 +9,7 @@ Pure and synchronous (no I/O, no asyncio, no wall clock). See ``docs/cep.md``.
 
 from __future__ import annotations
 
+from ._build import CEP_BUILD, COMPILED_MODULES
 from .automaton import Automaton, compile_pattern
 from .config import parse_pattern, parse_patterns
 from .expr import Comparison, ExprError, Ref, parse_condition
@@ -16,6 +17,8 @@ from .operator import Cep, CepSpec, Match
 from .pattern import SKIP_STRATEGIES, Pattern, PatternError, PatternSpec, StepSpec, validate
 
 __all__ = [
+    "CEP_BUILD",
+    "COMPILED_MODULES",
     "SKIP_STRATEGIES",
     "Automaton",
     "Cep",
