@@ -295,7 +295,10 @@ ENV_KEYS: Mapping[str, tuple[str, str]] = _env_keys()
 
 NOT_CONFIG: Mapping[str, str] = {
     "EDGEKIT_STATS_FILE": "the default of edgekit-gateway run/top --stats-file",
-    "EDGEKIT_ENGINE": "pure or compiled: which build of the window engine, anomaly detectors and patterns to load",
+    "EDGEKIT_ENGINE": (
+        "pure or compiled: which build of the window engine, anomaly detectors and patterns to load "
+        "(pure: the message decoder's reference alone too)"
+    ),
     "EDGEKIT_COMPILE": "0: scripts/setup.sh skips the compiled window engine, anomaly detectors and patterns",
     "EDGEKIT_FLINK": "0: scripts/setup.sh skips Apache Flink (the scale-out tests need it)",
     "EDGEKIT_DEMO_*": "make demo's ports (EDGEKIT_DEMO_MQTT_PORT, EDGEKIT_DEMO_INFLUX_PORT, ...)",
