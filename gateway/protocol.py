@@ -8,19 +8,22 @@ returned in ``Batch.rejected`` with its own reason.
 ``decode_reference`` is the decoder in plain Python (``json`` and checks field by field), and the
 definition of what a message decodes to. ``decode`` gives the same result: a readings message whose every
 reading is accepted is parsed and its fields' types and ranges checked in one pass by msgspec's JSON
-decoder against the contract's shape (``_WireBatch``), its metrics checked as the reference does; anything
-else - a message msgspec refuses (it is stricter: no NaN token, no lone surrogate, a float where an integer
-is wanted), a reading the reference would reject, a status - is decoded by ``decode_reference``, whose
-result or error is the answer. ``EDGEKIT_ENGINE=pure`` makes ``decode`` the reference alone.
-``tests/gateway/test_decode_fast.py`` compares the two over every JSON value.
+decoder against the contract's shape (``_FloatBatch``, ``_WireBatch``), its metrics checked as the reference
+does. Anything else is decoded by ``decode_reference``, whose result or error is the answer: a message msgspec
+refuses (it is stricter: no NaN token, no lone surrogate, a float where an integer is wanted), one it would
+read where ``json`` does not (an integer of more digits than Python's ``int`` converts, in a field msgspec
+skips), a reading the reference would reject, a status. ``EDGEKIT_ENGINE=pure`` makes ``decode`` the
+reference alone. ``tests/gateway/test_decode_fast.py`` compares the two over every JSON value.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import re
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Final, TypeAlias
@@ -265,6 +268,12 @@ the list of them, one the message), far fewer than the depth at which the refere
 deeply (``bad_json``, at Python's recursion limit) and msgspec too, at a depth of its own."""
 
 
+@functools.cache
+def _digit_run(digits: int) -> re.Pattern[bytes]:
+    """Finds more than ``digits`` digits in a row: an integer Python's ``int`` (so ``json``) will not convert."""
+    return re.compile(b"[0-9]{%d}" % (digits + 1))
+
+
 def _decode_fast(
     topic: str, payload: bytes, received_ms: int, limits: Limits, prefix: str, types: MetricTypes
 ) -> Batch | None:
@@ -279,6 +288,9 @@ def _decode_fast(
         return None
     if payload.count(b"[") + payload.count(b"{") > _MAX_NESTING:
         return None
+    digits = sys.get_int_max_str_digits()  # json refuses a longer integer anywhere; msgspec skips unread fields
+    if digits and len(payload) > digits and _digit_run(digits).search(payload):
+        return None
     doc: _FloatBatch | _WireBatch
     try:
         doc = _WIRE_FLOATS.decode(payload)
@@ -286,10 +298,10 @@ def _decode_fast(
     except msgspec.ValidationError:  # another kind of value (or a number beyond 2**53): the general shape
         try:
             doc = _WIRE.decode(payload)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             return None
         floats = False
-    except msgspec.DecodeError:  # not JSON as msgspec reads it
+    except (msgspec.DecodeError, RecursionError):  # not JSON as msgspec reads it, or the stack ran out
         return None
     if doc.v != PROTOCOL_VERSION or doc.dev != info.device:
         return None

@@ -325,6 +325,43 @@ def test_fast_path_is_taken_for_the_messages_boards_send() -> None:
     assert r is not None and exact(r.readings[0].metrics["temp_c"]) == exact(21.0)
 
 
+def test_fast_path_steps_aside_for_an_integer_longer_than_python_converts() -> None:
+    """Python's json refuses an integer of more digits than ``sys.get_int_max_str_digits()`` (bad_json), even in
+    a field nobody reads; msgspec skips such a field without converting it (found by an outside review)."""
+    old = sys.get_int_max_str_digits()
+    try:
+        for limit in (old, 640):
+            sys.set_int_max_str_digits(limit)
+            for digits in (limit, limit + 1):
+                n = "1" * digits
+                for extra in (f',"zz":{n}', f',"zz":-{n}', f',"zz":{{"a":[{n}]}}'):
+                    same(TOPIC, msg(R % (1, NOW, '{"rh":1.5}'), extra=extra))
+                same(TOPIC, msg('{"b":1,"s":1,"t":%d,"q":"s","zz":%s,"m":{"rh":1.5}}'.replace("%d", str(NOW)) % n))
+            want = outcome(decode_reference, TOPIC, msg(R % (1, NOW, '{"rh":1.5}'), extra=f',"zz":{"1" * (limit + 1)}'),
+                           Limits(), NO_TYPES)  # fmt: skip
+            assert want[:2] == ("error", "bad_json")
+    finally:
+        sys.set_int_max_str_digits(old)
+
+
+def test_fast_path_steps_aside_when_the_stack_runs_out() -> None:
+    """Called deep in a stack, msgspec's decoder runs out of recursion where json does too: the reference's
+    bad_json, not a RecursionError (found by an outside review)."""
+    payload = msg(R % (1, NOW, '{"rh":1.5}'), extra=',"zz":' + nested(250))
+    depth, frame = 0, sys._getframe()
+    while frame is not None:
+        depth, frame = depth + 1, frame.f_back
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(depth + 120)
+    try:
+        want = outcome(decode_reference, TOPIC, payload, Limits(), NO_TYPES)
+        got = outcome(decode, TOPIC, payload, Limits(), NO_TYPES)
+    finally:
+        sys.setrecursionlimit(old)
+    assert want == ("error", "bad_json", "nested too deeply")
+    assert got == want
+
+
 def test_pure_engine_decodes_with_the_reference_alone() -> None:
     code = "import gateway.protocol as p; print(p.FAST_DECODER)"
     for env, want in (({"EDGEKIT_ENGINE": "pure"}, "False"), ({"EDGEKIT_ENGINE": ""}, "True")):
