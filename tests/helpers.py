@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
+import importlib.machinery
 import json
 import os
 import random
@@ -12,7 +14,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -306,6 +308,51 @@ def compiled_process(script: str, *args: str) -> BuildProcess | None:
         raise
     assert json.loads(build) == "compiled", build
     return proc
+
+
+Builds = tuple[BuildProcess, BuildProcess] | None
+"""The pure and the compiled build of a package, each serving in its own process, or None where set-up was told
+not to make the compiled one."""
+
+
+def build_pair(script: str) -> Iterator[Builds]:
+    """For a module-scoped fixture: both builds serving ``script`` (which answers a request ``null`` with the build
+    it runs), closed after the module's tests."""
+    compiled = compiled_process(script)
+    if compiled is None:
+        yield None
+        return
+    pure = BuildProcess("pure", script)
+    try:
+        assert json.loads(pure.ask(None)) == "pure (EDGEKIT_ENGINE=pure)"
+        yield pure, compiled
+    finally:
+        pure.close()
+        compiled.close()
+
+
+def same_answer(builds: Builds, request: object, build: str) -> Any:
+    """Both builds' answer to ``request``, which must be the same text; the pure one, parsed. ``build`` is the
+    package's build state in this process (``gateway._compiled.state``): without a compiled build it must be pure."""
+    if builds is None:
+        assert build.startswith("pure"), build
+        return None
+    pure, compiled = builds
+    pure.send(request)
+    compiled.send(request)
+    expected = pure.receive()
+    assert compiled.receive() == expected
+    return json.loads(expected)
+
+
+def check_loaded_build(package: str, modules: Iterable[str], build: str) -> None:
+    """Each of ``package``'s compiled ``modules`` is loaded as the extension module exactly when ``build`` (its state
+    in this process) says compiled."""
+    suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+    for name in modules:
+        module = importlib.import_module(f"{package}.{name}")
+        compiled = str(module.__file__).endswith(suffixes)
+        assert compiled == (build == "compiled"), (name, module.__file__, build)
 
 
 def run_build(build: str, script: str, *args: str) -> dict[str, Any]:

@@ -11,14 +11,12 @@ readings of unknown time), each through the engine as the gateway calls it and t
 
 from __future__ import annotations
 
-import importlib.machinery
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import BuildProcess, compiled_process, skab_dir
+from helpers import Builds, build_pair, check_loaded_build, same_answer, skab_dir
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -97,40 +95,18 @@ for line in sys.stdin:
 
 
 @pytest.fixture(scope="module")
-def builds() -> Iterator[tuple[BuildProcess, BuildProcess] | None]:
+def builds() -> Iterator[Builds]:
     """The pure and the compiled build, each in its own process; None where set-up did not build it."""
-    compiled = compiled_process(SERVE)
-    if compiled is None:
-        yield None
-        return
-    pure = BuildProcess("pure", SERVE)
-    try:
-        assert json.loads(pure.ask(None)) == "pure (EDGEKIT_ENGINE=pure)"
-        yield pure, compiled
-    finally:
-        pure.close()
-        compiled.close()
+    yield from build_pair(SERVE)
 
 
-def same(builds: tuple[BuildProcess, BuildProcess] | None, request: dict[str, Any]) -> Any:
+def same(builds: Builds, request: dict[str, Any]) -> Any:
     """Both builds' answer to ``request``, which must be the same text; the pure one, parsed."""
-    if builds is None:  # set-up was told not to build it: then the pure modules must be the ones in use
-        assert ANOMALY_BUILD.startswith("pure"), ANOMALY_BUILD
-        return None
-    pure, compiled = builds
-    pure.send(request)
-    compiled.send(request)
-    expected = pure.receive()
-    assert compiled.receive() == expected
-    return json.loads(expected)
+    return same_answer(builds, request, ANOMALY_BUILD)
 
 
 def test_loaded_modules_are_the_reported_build() -> None:
-    suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
-    for name in COMPILED_MODULES:
-        module = __import__(f"gateway.anomaly.{name}", fromlist=["_"])
-        compiled = str(module.__file__).endswith(suffixes)
-        assert compiled == (ANOMALY_BUILD == "compiled"), (name, module.__file__, ANOMALY_BUILD)
+    check_loaded_build("gateway.anomaly", COMPILED_MODULES, ANOMALY_BUILD)
     assert gateway.anomaly.AnomalyEngine.__module__ == "gateway.anomaly.engine"
 
 
@@ -149,9 +125,7 @@ SKAB_FILES = [("valve1", ("0", "1", "2")), ("valve2", ("0", "1", "2")), ("other"
 
 
 @pytest.mark.parametrize("config", range(len(SKAB_CONFIGS)))
-def test_skab_gives_identical_outputs(
-    builds: tuple[BuildProcess, BuildProcess] | None, config: int, tmp_path: Path
-) -> None:
+def test_skab_gives_identical_outputs(builds: Builds, config: int, tmp_path: Path) -> None:
     folder, names = SKAB_FILES[config]
     files = [f"{folder}/{n}.csv" for n in names]
     for f in files:  # a folder of links to the few files (SKAB's loader reads a whole folder)
@@ -208,7 +182,7 @@ def engine_requests(draw: st.DrawFn) -> dict[str, Any]:
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(req=engine_requests())
-def test_engine_gives_identical_outputs(builds: tuple[BuildProcess, BuildProcess] | None, req: dict[str, Any]) -> None:
+def test_engine_gives_identical_outputs(builds: Builds, req: dict[str, Any]) -> None:
     same(builds, req)
 
 
@@ -246,7 +220,5 @@ def series_requests(draw: st.DrawFn) -> dict[str, Any]:
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(req=series_requests())
-def test_detectors_give_identical_outputs(
-    builds: tuple[BuildProcess, BuildProcess] | None, req: dict[str, Any]
-) -> None:
+def test_detectors_give_identical_outputs(builds: Builds, req: dict[str, Any]) -> None:
     same(builds, req)

@@ -13,13 +13,11 @@ watermark modes, both skip strategies, the arrival path and its verdicts, and li
 
 from __future__ import annotations
 
-import importlib.machinery
-import json
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from helpers import BuildProcess, compiled_process
+from helpers import Builds, build_pair, check_loaded_build, same_answer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -76,40 +74,18 @@ for line in sys.stdin:
 
 
 @pytest.fixture(scope="module")
-def builds() -> Iterator[tuple[BuildProcess, BuildProcess] | None]:
+def builds() -> Iterator[Builds]:
     """The pure and the compiled build, each in its own process; None where set-up did not build it."""
-    compiled = compiled_process(SERVE)
-    if compiled is None:
-        yield None
-        return
-    pure = BuildProcess("pure", SERVE)
-    try:
-        assert json.loads(pure.ask(None)) == "pure (EDGEKIT_ENGINE=pure)"
-        yield pure, compiled
-    finally:
-        pure.close()
-        compiled.close()
+    yield from build_pair(SERVE)
 
 
-def same(builds: tuple[BuildProcess, BuildProcess] | None, request: dict[str, Any]) -> Any:
+def same(builds: Builds, request: dict[str, Any]) -> Any:
     """Both builds' answer to ``request``, which must be the same text; the pure one, parsed."""
-    if builds is None:  # set-up was told not to build it: then the pure modules must be the ones in use
-        assert CEP_BUILD.startswith("pure"), CEP_BUILD
-        return None
-    pure, compiled = builds
-    pure.send(request)
-    compiled.send(request)
-    expected = pure.receive()
-    assert compiled.receive() == expected
-    return json.loads(expected)
+    return same_answer(builds, request, CEP_BUILD)
 
 
 def test_loaded_modules_are_the_reported_build() -> None:
-    suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
-    for name in COMPILED_MODULES:
-        module = __import__(f"gateway.cep.{name}", fromlist=["_"])
-        compiled = str(module.__file__).endswith(suffixes)
-        assert compiled == (CEP_BUILD == "compiled"), (name, module.__file__, CEP_BUILD)
+    check_loaded_build("gateway.cep", COMPILED_MODULES, CEP_BUILD)
     assert gateway.cep.Cep.__module__ == "gateway.cep.operator"
 
 
@@ -216,11 +192,11 @@ def requests(draw: st.DrawFn) -> dict[str, Any]:
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(req=requests())
-def test_patterns_give_identical_outputs(builds: tuple[BuildProcess, BuildProcess] | None, req: dict[str, Any]) -> None:
+def test_patterns_give_identical_outputs(builds: Builds, req: dict[str, Any]) -> None:
     same(builds, req)
 
 
-def test_a_long_stream_matches_alike(builds: tuple[BuildProcess, BuildProcess] | None) -> None:
+def test_a_long_stream_matches_alike(builds: Builds) -> None:
     """Every pattern of the pool at once over 3,000 readings of noise around the thresholds, with disorder: many
     matches, evictions and verdicts, the same in both builds."""
     import random
