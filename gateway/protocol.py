@@ -8,7 +8,7 @@ returned in ``Batch.rejected`` with its own reason.
 ``decode_reference`` is the decoder in plain Python (``json`` and checks field by field), and the
 definition of what a message decodes to. ``decode`` gives the same result: a readings message whose every
 reading is accepted is parsed and its fields' types and ranges checked in one pass by msgspec's JSON
-decoder against the contract's shape (``_FloatBatch``, ``_WireBatch``), its metrics checked as the reference
+decoder against the contract's shape (``_WireBatch``), its metrics checked as the reference
 does. Anything else is decoded by ``decode_reference``, whose result or error is the answer: a message msgspec
 refuses (it is stricter: no NaN token, no lone surrogate, a float where an integer is wanted), one it would
 read where ``json`` does not (an integer of more digits than Python's ``int`` converts, in a field msgspec
@@ -26,7 +26,7 @@ import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Final, TypeAlias
+from typing import Annotated, Any, Final, Generic, TypeAlias, TypeVar
 
 import msgspec
 
@@ -217,51 +217,40 @@ FAST_DECODER: bool = os.environ.get("EDGEKIT_ENGINE", "") != "pure"
 """Whether :func:`decode` tries msgspec's one-pass decoder first (not with ``EDGEKIT_ENGINE=pure``)."""
 
 _ID: TypeAlias = Annotated[int, msgspec.Meta(ge=0, le=ID_MAX)]
+_TIME: TypeAlias = Annotated[int, msgspec.Meta(ge=-INT64_MAX, le=INT64_MAX)]
+_MARK: TypeAlias = Annotated[int, msgspec.Meta(ge=-INT64_MAX - 1, le=INT64_MAX)]
 _EXACT: TypeAlias = Annotated[float, msgspec.Meta(gt=-(2.0**53), lt=2.0**53)]
 """A JSON number whose float is the reference's: a float, or an integer msgspec turns into one, below 2**53 in
 size, where every integer has an exact float (the reference refuses an integer that has none)."""
+_V = TypeVar("_V")
 
 
-class _WireReading(msgspec.Struct):
-    """A reading as the contract has it; what msgspec refuses goes to the reference decoder."""
+class _WireReading(msgspec.Struct, Generic[_V]):
+    """A reading as the contract has it, its metric values of kind ``_V``; what msgspec refuses goes to the
+    reference decoder."""
 
     b: _ID
     s: _ID
-    t: Annotated[int, msgspec.Meta(ge=-INT64_MAX, le=INT64_MAX)]
+    t: _TIME
     q: Quality
-    m: dict[str, int | float | str | bool]
+    m: dict[str, _V]
 
 
-class _WireBatch(msgspec.Struct):
+class _WireBatch(msgspec.Struct, Generic[_V]):
     """A readings message as the contract has it (other fields are skipped, as the reference ignores them)."""
 
     v: int
     dev: str
-    r: list[_WireReading]
-    flushed: Annotated[int, msgspec.Meta(ge=-INT64_MAX - 1, le=INT64_MAX)] | msgspec.UnsetType = msgspec.UNSET
+    r: list[_WireReading[_V]]
+    flushed: _MARK | msgspec.UnsetType = msgspec.UNSET
 
 
-class _FloatReading(msgspec.Struct):
-    """A reading whose every metric value is a number with an exact float: tried first. A declared metric's
-    value is then checked from its float, which gives what the reference gives from the number as written
-    (an integer metric: the same integer; another kind: an error, and the reference decodes the message)."""
-
-    b: _ID
-    s: _ID
-    t: Annotated[int, msgspec.Meta(ge=-INT64_MAX, le=INT64_MAX)]
-    q: Quality
-    m: dict[str, _EXACT]
-
-
-class _FloatBatch(msgspec.Struct):
-    v: int
-    dev: str
-    r: list[_FloatReading]
-    flushed: Annotated[int, msgspec.Meta(ge=-INT64_MAX - 1, le=INT64_MAX)] | msgspec.UnsetType = msgspec.UNSET
-
-
-_WIRE: Final = msgspec.json.Decoder(_WireBatch)
-_WIRE_FLOATS: Final = msgspec.json.Decoder(_FloatBatch)
+_WIRE_FLOATS: Final = msgspec.json.Decoder(_WireBatch[_EXACT])
+"""Tried first: every metric value a number with an exact float. A declared metric's value is then checked from
+its float, which gives what the reference gives from the number as written (an integer metric: the same
+integer; another kind: an error, and the reference decodes the message)."""
+_WIRE: Final = msgspec.json.Decoder(_WireBatch[int | float | str | bool])
+"""Then the values of every kind a metric may have."""
 _MAX_NESTING: Final = 300
 """Brackets a payload may hold for the fast path: more than a message of 64 readings has (two a reading, one
 the list of them, one the message), far fewer than the depth at which the reference refuses one as nested too
@@ -291,7 +280,7 @@ def _decode_fast(
     digits = sys.get_int_max_str_digits()  # json refuses a longer integer anywhere; msgspec skips unread fields
     if digits and len(payload) > digits and _digit_run(digits).search(payload):
         return None
-    doc: _FloatBatch | _WireBatch
+    doc: _WireBatch[float] | _WireBatch[int | float | str | bool]
     try:
         doc = _WIRE_FLOATS.decode(payload)
         floats = True
@@ -306,7 +295,7 @@ def _decode_fast(
     if doc.v != PROTOCOL_VERSION or doc.dev != info.device:
         return None
     flushed = None if isinstance(doc.flushed, msgspec.UnsetType) else doc.flushed
-    raw: Sequence[_FloatReading | _WireReading] = doc.r
+    raw: Sequence[_WireReading[float] | _WireReading[int | float | str | bool]] = doc.r
     if (not raw and flushed is None) or len(raw) > limits.max_readings:
         return None
     declared = (
@@ -320,19 +309,10 @@ def _decode_fast(
         m: dict[str, Any] = item.m
         if not oldest <= t_ms <= newest or not m or len(m) > max_metrics:
             return None
-        if floats:  # every value a float the reference would give a float metric
-            if m.keys() <= _GOOD_NAMES and (declared is None or m.keys().isdisjoint(declared)):
-                readings.append(Reading(site, device, item.b, item.s, t_ms, item.q, m))  # the reference's dict
-                continue
-        else:
-            for name, value in m.items():
-                if type(value) is not float or not -_INF < value < _INF or name not in _GOOD_NAMES:
-                    break
-                if declared is not None and name in declared:
-                    break
-            else:
-                readings.append(Reading(site, device, item.b, item.s, t_ms, item.q, m))
-                continue
+        if floats and m.keys() <= _GOOD_NAMES and (declared is None or m.keys().isdisjoint(declared)):
+            # every value a float the reference would give, of a float metric with a good name: its dict
+            readings.append(Reading(site, device, item.b, item.s, t_ms, item.q, m))
+            continue
         try:  # other names or kinds of value: checked as the reference checks them (any error: the reference)
             metrics = _decode_metrics(m, f"r[{index}].", limits, types)
         except DecodeError:
