@@ -17,7 +17,6 @@ window result carries the ``now_ms`` it was emitted at (``emitted_ms``).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Set
-from heapq import heapify, heappop, heappush
 from typing import Any, Final
 
 from ..model import Batch, MetricValue, Reading, StatusUpdate
@@ -25,7 +24,7 @@ from .config import EngineSpec, WindowSpec
 from .early import Early
 from .operators import NO_WM, Values, WindowOperator, WmCell, build_operator
 from .outputs import LateReading, Output, WindowResult
-from .watermark import DeviceTracker, WatermarkSpec
+from .watermark import DeviceTracker
 
 __all__ = ["SNAPSHOT_VERSION", "Engine"]
 
@@ -34,40 +33,117 @@ _UNUSED: Final = WmCell(NO_WM)  # a site window's place in _Device.cells
 SNAPSHOT_VERSION: Final = 2  # 2: flat accumulators (one list per window, metrics side by side: Stat.to_json)
 
 
-def _entry_wm(e: list[Any], bound: int) -> int | None:
-    """``DeviceTracker.device_wm`` of the device whose tracker entry is ``e``."""
+def _entry_wm(e: list[Any], bound: int) -> int:
+    """``DeviceTracker.device_wm`` of the device whose tracker entry is ``e`` (``NO_WM`` for None: an int that
+    compiled code need not box)."""
     top: int | None = e[1]
     fl: int | None = e[2]
-    wm = None if top is None else top - bound
-    if fl is not None and (wm is None or fl + 1 > wm):
+    wm = NO_WM if top is None else top - bound
+    if fl is not None and fl + 1 > wm:
         wm = fl + 1
     return wm
 
 
-def _entry_active(e: list[Any], now_ms: int, spec: WatermarkSpec) -> bool:
-    """``DeviceTracker.is_active`` of the device whose tracker entry is ``e``."""
+def _entry_active(e: list[Any], now_ms: int, idle_timeout: int, idle_factor: float, idle_grace: int) -> bool:
+    """``DeviceTracker.is_active`` of the device whose tracker entry is ``e`` (the spec's idle settings given)."""
     last: int | None = e[3]
     if e[5] or last is None:
         return False
     sleep: int | None = e[4]
-    timeout = spec.idle_timeout_ms if sleep is None else int(spec.idle_factor * sleep + spec.idle_grace_ms)
+    timeout = idle_timeout if sleep is None else int(idle_factor * sleep + idle_grace)
     return now_ms - last <= timeout
 
 
-class _Fleet:
-    """A site's devices by watermark, for one site window: a heap of ``(device watermark, device)``.
+class _Member:
+    """A device in a site's fleet heap (:class:`_Fleet`) for one window."""
 
-    An entry whose device has a newer watermark since (pushed too) or has turned idle is dropped when it comes to
-    the top, so the top is the fleet watermark: the minimum over the active devices, in O(log n) per message
-    instead of a walk over the site's devices. ``now`` is the latest time idleness was judged at: if time goes
-    back the heap is made again from every device of the site (an idle device may be active again).
+    __slots__ = ("bound", "entry", "queued", "wm")
+
+    def __init__(self, entry: list[Any], bound: int) -> None:
+        self.entry = entry  # the device's tracker entry (the tracker's own list)
+        self.bound = bound  # its bound in the window
+        self.queued = False  # it is in the heap ...
+        self.wm = 0  # ... at this watermark (recorded when it went in or was last refreshed)
+
+
+class _Fleet:
+    """A site's devices by watermark, for one site window: a binary heap of members (:class:`_Member`) by their
+    recorded watermark, at most one entry a device.
+
+    A device's recorded watermark is never above its watermark now (a device's watermark never goes back), so when
+    the top's device is active and its watermark is still the recorded one, that is the fleet watermark: the
+    minimum over the active devices. A top whose device moved on since is refreshed (its watermark now, sifted
+    down); one whose device turned idle is dropped, and put in again when the device is heard from. So a message
+    costs one sift at most, comparing native ints, instead of a walk over the site's devices. ``now`` is the latest
+    time idleness was judged at: if time goes back the heap is made again from every device of the site (an idle
+    device may be active again).
+
+    So a device with a watermark is missing from a heap only if it was idle when the heap last judged it: a heap is
+    made with every device of its site; a device joins a site only with its first message (or a move, which drops
+    the site's heaps); a device dropped as idle at ``now`` is still idle at any later time until it is heard from
+    (a message or a status, which put it back), and an earlier time makes the heap again. The engine puts a device
+    in after a message only when it was idle or had no watermark before it.
     """
 
-    __slots__ = ("heap", "now")
+    __slots__ = ("cell", "heap", "members", "now")
 
-    def __init__(self, heap: list[tuple[int, str]], now: int) -> None:
-        self.heap = heap
+    def __init__(self, now: int, cell: WmCell) -> None:
+        self.heap: list[_Member] = []
+        self.members: dict[str, _Member] = {}
         self.now = now
+        self.cell = cell  # the site's watermark cell in the window's operator
+
+    def member(self, device: str, entry: list[Any], bound: int) -> _Member:
+        m = self.members.get(device)
+        if m is None:
+            m = self.members[device] = _Member(entry, bound)
+        return m
+
+    def push(self, m: _Member, wm: int) -> None:
+        """Put ``m`` (not in the heap) in it at ``wm``."""
+        m.queued = True
+        m.wm = wm
+        heap = self.heap
+        i = len(heap)
+        heap.append(m)
+        while i > 0:
+            p = (i - 1) >> 1
+            parent = heap[p]
+            if parent.wm <= wm:
+                break
+            heap[i] = parent
+            i = p
+        heap[i] = m
+
+    def sift_down(self, m: _Member) -> None:
+        """Place ``m`` at the top and sift it down to its place (its ``wm`` set)."""
+        heap = self.heap
+        n = len(heap)
+        wm = m.wm
+        i = 0
+        while True:
+            c = 2 * i + 1
+            if c >= n:
+                break
+            child = heap[c]
+            if c + 1 < n:
+                right = heap[c + 1]
+                if right.wm < child.wm:
+                    c += 1
+                    child = right
+            if wm <= child.wm:
+                break
+            heap[i] = child
+            i = c
+        heap[i] = m
+
+    def pop_top(self) -> None:
+        """Drop the top member (its device turned idle)."""
+        heap = self.heap
+        heap[0].queued = False
+        last = heap.pop()
+        if heap:
+            self.sift_down(last)
 
 
 class _Window:
@@ -138,6 +214,10 @@ class Engine:
         self._max_future = spec.max_future_ms
         self._min_time = spec.min_time_ms
         self._reject_unsynced = spec.unsynced == "reject"
+        wms = spec.watermark  # its idle settings, read at each message of a site window's device
+        self._idle_timeout = wms.idle_timeout_ms
+        self._idle_factor = float(wms.idle_factor)
+        self._idle_grace = wms.idle_grace_ms
         self._readings = 0  # readings windowed (a field: counted per message, a dict entry would box the int)
         self._stats: dict[str, int] = {  # the rarer counts
             "time_in_future": 0,
@@ -305,7 +385,7 @@ class Engine:
         # the device tracker (DeviceTracker.seen, inlined): entry = [site, max_t, flushed, last_seen, ...]
         e = dev.entry
         last: int | None = e[3]
-        was_idle = bool(self._site_windows) and not _entry_active(e, now_ms, self.spec.watermark)
+        was_idle = bool(self._site_windows) and not self._active(e, now_ms)
         old_top: int | None = e[1]
         old_fl: int | None = e[2]
         if last is None or now_ms > last:
@@ -317,8 +397,8 @@ class Engine:
         fl: int | None = e[2]
         if flushed is not None and (fl is None or flushed > fl):
             e[2] = fl = flushed
-        if self._site_windows and (was_idle or top != old_top or fl != old_fl) and not self.global_mode:
-            self._push_fleets(device)
+        if self._site_windows and (was_idle or (old_top is None and old_fl is None)) and not self.global_mode:
+            self._push_fleets(device)  # only then may it be missing from a fleet heap (see _Fleet)
         if self.global_mode:
             for w in windows:
                 out.extend(self._advance_window(w, site, device, max_t if has_max else None, now_ms))
@@ -327,7 +407,7 @@ class Engine:
         for i in range(len(windows)):
             w = windows[i]
             if w.key_site:
-                out.extend(self._advance_site(w, site, now_ms))
+                self._advance_site_into(w, site, now_ms, out)
                 continue
             # the device's watermark (DeviceTracker.device_wm, inlined)
             if top is not None:
@@ -394,53 +474,78 @@ class Engine:
         dwm = self.tracker.device_wm(device, w.bound(device))
         return op.advance(device, dwm) if dwm is not None else []
 
+    def _active(self, e: list[Any], now_ms: int) -> bool:
+        return _entry_active(e, now_ms, self._idle_timeout, self._idle_factor, self._idle_grace)
+
     def _push_fleets(self, device: str) -> None:
-        """The device's watermark moved, or it may be active again: into the fleet heaps of its sites."""
+        """The device's watermark moved, or it may be active again: into the fleet heaps of its sites where it is
+        not (where it is, it is at most at its watermark now: ``_fleet_wm`` refreshes it when it is the top)."""
         sites = self._sites_of.get(device, ())
         e = self.tracker.state[device]
         for w in self._site_windows:
-            wm = _entry_wm(e, w.bound(device))
-            if wm is None:
-                continue
             for site in sites:
                 f = w.fleets.get(site)
                 if f is not None:
-                    heappush(f.heap, (wm, device))
-                    if len(f.heap) > 64 + 4 * len(self.tracker.sites.get(site, ())):
-                        del w.fleets[site]  # too many entries left behind: made again when next needed
+                    m = f.members.get(device)
+                    if m is None:
+                        m = f.member(device, e, w.bound(device))
+                    if not m.queued:
+                        wm = _entry_wm(e, m.bound)
+                        if wm != NO_WM:
+                            f.push(m, wm)
 
-    def _fleet_wm(self, w: _Window, site: str, now_ms: int) -> int | None:
-        """``DeviceTracker.fleet_wm`` of the site for window ``w``, from the site's fleet heap."""
-        tracker = self.tracker
-        if self.fleet_walk:
-            return tracker.fleet_wm(site, w.bound, now_ms)
+    def _fleet(self, w: _Window, site: str, now_ms: int) -> _Fleet:
+        """The site's fleet heap for window ``w``, made (again) if it has none or time went back."""
         f = w.fleets.get(site)
         if f is None or now_ms < f.now:
-            heap: list[tuple[int, str]] = []
-            for d in tracker.sites.get(site, ()):
-                dwm = tracker.device_wm(d, w.bound(d))
-                if dwm is not None:
-                    heap.append((dwm, d))
-            heapify(heap)
-            f = w.fleets[site] = _Fleet(heap, now_ms)
+            f = w.fleets[site] = _Fleet(now_ms, w.op.key_cell(site))
+            state = self.tracker.state
+            for d in self.tracker.sites.get(site, ()):
+                e = state[d]
+                m = f.member(d, e, w.bound(d))
+                dwm = _entry_wm(e, m.bound)
+                if dwm != NO_WM:
+                    f.push(m, dwm)
         f.now = now_ms
+        return f
+
+    def _fleet_wm(self, w: _Window, site: str, f: _Fleet, now_ms: int) -> int:
+        """``DeviceTracker.fleet_wm`` of the site for window ``w`` (``NO_WM`` for None), from its fleet heap."""
         heap = f.heap
-        state = tracker.state
-        spec = self.spec.watermark
+        timeout, factor, grace = self._idle_timeout, self._idle_factor, self._idle_grace
         while heap:
-            wm, d = heap[0]
-            e = state[d]
-            if _entry_wm(e, w.bound(d)) == wm and _entry_active(e, now_ms, spec):
+            m = heap[0]
+            e = m.entry
+            wm = _entry_wm(e, m.bound)
+            if wm == NO_WM or not _entry_active(e, now_ms, timeout, factor, grace):
+                f.pop_top()  # idle (or, not from a tracker that only moves forward, without a watermark)
+            elif wm != m.wm:
+                m.wm = wm
+                f.sift_down(m)
+            else:
                 return wm
-            heappop(heap)
-        return tracker.fleet_wm(site, w.bound, now_ms)  # no device active: the largest watermark (a walk)
+        walk = self.tracker.fleet_wm(site, w.bound, now_ms)  # no device active: the largest watermark (a walk)
+        return NO_WM if walk is None else walk
 
     def _advance_site(self, w: _Window, site: str, now_ms: int) -> list[Output]:
-        fleet = self._fleet_wm(w, site, now_ms)
-        if fleet is None:
-            return []
-        old = w.op.watermark(site)
-        return w.op.advance(site, fleet if old is None or fleet > old else old)
+        out: list[Output] = []
+        self._advance_site_into(w, site, now_ms, out)
+        return out
+
+    def _advance_site_into(self, w: _Window, site: str, now_ms: int, out: list[Output]) -> None:
+        op = w.op
+        if self.fleet_walk:
+            walk = self.tracker.fleet_wm(site, w.bound, now_ms)
+            fleet = NO_WM if walk is None else walk
+            cell = op.key_cell(site)
+        else:
+            f = self._fleet(w, site, now_ms)
+            fleet = self._fleet_wm(w, site, f, now_ms)
+            cell = f.cell
+        if fleet == NO_WM:
+            return
+        old = cell.v
+        op.advance_at(cell, site, fleet if fleet > old else old, out)
 
     def process_status(self, status: StatusUpdate) -> list[Output]:
         """Note the device's state and announced ``sleep_s``; may release site windows (device offline)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from engine_helpers import batch
+from engine_helpers import SITE, batch, window_rows
 
 from gateway.engine import Engine, parse_engine
 from gateway.engine.outputs import Output
@@ -122,21 +122,32 @@ SITE_WINDOWS: list[dict[str, Any]] = [
 ]
 
 
-def _fleet_run(seed: int, walk: bool) -> tuple[list[str], dict[str, Any]]:
-    """Site windows on fleet watermarks: devices that sleep, go offline, come back, move site; time alone."""
-    engine = Engine(
-        parse_engine({"engine": {"watermark": {"idle_timeout": "20s", "idle_grace": "2s"}}, "windows": SITE_WINDOWS})
-    )
-    engine.fleet_walk = walk
+def _fleet_run(
+    seed: int, walk: bool, devices: int = 10, restore_at: int | None = None
+) -> tuple[list[str], dict[str, Any]]:
+    """Site windows on fleet watermarks: devices that sleep, go offline, come back, move site; time alone.
+    ``restore_at``: the engine is replaced there by a new one restored from its snapshot."""
+
+    def new_engine() -> Engine:
+        spec = {"engine": {"watermark": {"idle_timeout": "20s", "idle_grace": "2s"}}, "windows": SITE_WINDOWS}
+        engine = Engine(parse_engine(spec))
+        engine.fleet_walk = walk
+        return engine
+
+    engine = new_engine()
     rng = random.Random(seed)
     outs: list[Output] = []
     clock = T0
-    sites = {f"d{i}": "ab"[i % 2] for i in range(10)}
+    sites = {f"d{i}": "ab"[i % 2] for i in range(devices)}
     for i in range(1200):
+        if i == restore_at:
+            snap = engine.snapshot()
+            engine = new_engine()
+            engine.restore(snap)
         clock += rng.choice([0, 100, 400, 1500])
         if rng.random() < 0.02:
             clock -= 3000  # the gateway's clock steps back
-        dev = f"d{rng.randrange(10 if rng.random() < 0.9 else 3)}"
+        dev = f"d{rng.randrange(devices if rng.random() < 0.9 else 3)}"
         u = rng.random()
         if u < 0.05:
             state = rng.choice(["online", "offline", "sleeping"])
@@ -161,3 +172,32 @@ def test_fleet_watermarks_from_heaps_give_what_walking_the_devices_gives() -> No
         walk = _fleet_run(seed, walk=True)
         assert len(heaps[0]) > 200
         assert heaps == walk
+
+
+def test_fleet_heaps_of_many_devices_give_what_walking_them_gives() -> None:
+    """Sites of 20-60 devices (a heap several levels deep), some of them restored from a snapshot half way."""
+    for seed in range(3, 9):
+        devices = 20 * (seed % 3 + 1)
+        restore_at = 600 if seed % 2 else None
+        heaps = _fleet_run(seed, walk=False, devices=devices, restore_at=restore_at)
+        walk = _fleet_run(seed, walk=True, devices=devices, restore_at=restore_at)
+        assert len(heaps[0]) > 150
+        assert heaps == walk
+
+
+def test_a_board_whose_first_reading_follows_its_status_holds_the_site_window() -> None:
+    """A board that said it is online before its first reading counts for the fleet watermark from that reading
+    on, as every other board of the site: a later reading of another board does not close the window its first
+    reading is in (the heaps, which had no watermark of it at the status, give what the walk gives)."""
+    for walk in (False, True):
+        spec = {"windows": [{"name": "t", "kind": "tumbling", "size": "10s", "metrics": ["x"], "key": "site"}]}
+        engine = Engine(parse_engine(spec))
+        engine.fleet_walk = walk
+        outs: list[Output] = []
+        outs += engine.process_batch(batch("a1", [(T0 + 1_000, 1, 1, {"x": 1.0})], received_ms=T0 + 1_000), T0 + 1_000)
+        outs += engine.process_status(StatusUpdate(SITE, "a2", "", T0 + 1_500, "online", {}))
+        outs += engine.process_batch(batch("a2", [(T0 + 2_000, 1, 1, {"x": 2.0})], received_ms=T0 + 2_000), T0 + 2_000)
+        outs += engine.process_batch(batch("a1", [(T0 + 30_000, 1, 2, {"x": 3.0})], received_ms=T0 + 3_000), T0 + 3_000)
+        assert window_rows(outs) == [], walk  # a2's watermark (T0 - 3 s) holds the window [T0, T0 + 10 s)
+        outs += engine.process_batch(batch("a2", [(T0 + 31_000, 1, 2, {"x": 4.0})], received_ms=T0 + 4_000), T0 + 4_000)
+        assert [(r[2], r[5]) for r in window_rows(outs)] == [(T0, 2)], walk  # both boards past it now
