@@ -399,11 +399,17 @@ class Engine:
             e[2] = fl = flushed
         if self._site_windows and (was_idle or (old_top is None and old_fl is None)) and not self.global_mode:
             self._push_fleets(device)  # only then may it be missing from a fleet heap (see _Fleet)
-        if self.global_mode:
-            for w in windows:
-                out.extend(self._advance_window(w, site, device, max_t if has_max else None, now_ms))
-            return
         bounds = dev.bounds
+        if self.global_mode:  # each window's shared watermark: the largest max_t - bound of any device so far
+            for i in range(len(windows)):
+                op = windows[i].op
+                cell = op.key_cell("")
+                wm = cell.v
+                if has_max and max_t - bounds[i] > wm:
+                    wm = max_t - bounds[i]
+                if wm != NO_WM:
+                    op.advance_at(cell, None, wm, out)
+            return
         for i in range(len(windows)):
             w = windows[i]
             if w.key_site:
@@ -459,20 +465,6 @@ class Engine:
                 values.append(float(v))
                 some = True
         return values if some else None
-
-    def _advance_window(self, w: _Window, site: str, device: str, max_t: int | None, now_ms: int) -> list[Output]:
-        op = w.op
-        if self.global_mode:
-            old = op.watermark("")
-            wm = old
-            if max_t is not None:
-                cand = max_t - w.bound(device)
-                wm = cand if old is None or cand > old else old
-            return op.advance(None, wm) if wm is not None else []
-        if w.key_site:
-            return self._advance_site(w, site, now_ms)
-        dwm = self.tracker.device_wm(device, w.bound(device))
-        return op.advance(device, dwm) if dwm is not None else []
 
     def _active(self, e: list[Any], now_ms: int) -> bool:
         return _entry_active(e, now_ms, self._idle_timeout, self._idle_factor, self._idle_grace)

@@ -179,6 +179,60 @@ class Operator(Protocol):
     def restore(self, snap: dict[str, Any]) -> None: ...
 
 
+class _Due:
+    """Shared mode: an entry of an operator's queue of due keys (``WindowOperator.due_q``, a binary heap by ``t``;
+    entries of one ``t`` in any order: an advance takes every entry due, and visits its keys in the order their
+    state was made)."""
+
+    __slots__ = ("key", "t")
+
+    def __init__(self, t: int, key: str) -> None:
+        self.t = t
+        self.key = key
+
+
+def _due_push(q: list[_Due], d: _Due) -> None:
+    """``heappush`` by ``t`` (compiled: native int compares, where tuples compared their ints and then their keys
+    through the C API)."""
+    t = d.t
+    i = len(q)
+    q.append(d)
+    while i > 0:
+        p = (i - 1) >> 1
+        up = q[p]
+        if up.t <= t:
+            break
+        q[i] = up
+        i = p
+    q[i] = d
+
+
+def _due_pop(q: list[_Due]) -> _Due:
+    """``heappop`` by ``t``."""
+    top = q[0]
+    last = q.pop()
+    n = len(q)
+    if n:
+        t = last.t
+        i = 0
+        while True:
+            c = 2 * i + 1
+            if c >= n:
+                break
+            child = q[c]
+            if c + 1 < n:
+                right = q[c + 1]
+                if right.t < child.t:
+                    c += 1
+                    child = right
+            if t <= child.t:
+                break
+            q[i] = child
+            i = c
+        q[i] = last
+    return top
+
+
 class WindowOperator:
     """What the three operators share; the engine calls them through it."""
 
@@ -199,7 +253,7 @@ class WindowOperator:
         self.late_count = 0
         # shared mode only: (due watermark, key), the smallest due time queued per key, and each key's place in
         # the order its state was made (the order a walk over every key would visit them in)
-        self.due_q: list[tuple[int, str]] = []
+        self.due_q: list[_Due] = []
         self.queued: dict[str, int] = {}
         self.korder: dict[str, int] = {}
         self.kseq = 0
@@ -273,7 +327,7 @@ class WindowOperator:
         q = self.queued.get(key)
         if q is None or t < q:
             self.queued[key] = t
-            heappush(self.due_q, (t, key))
+            _due_push(self.due_q, _Due(t, key))
 
     def _due_keys(self, wm: int, live: dict[str, Any]) -> list[str]:
         """Shared mode: the keys of ``live`` whose due time ``wm`` reached, in the order their state was made."""
@@ -284,12 +338,13 @@ class WindowOperator:
             if touched is not None:
                 touched.update(live)
             return list(live)
-        if not q or q[0][0] > wm:
+        if not q or q[0].t > wm:
             return []
         queued = self.queued
         keys: dict[str, None] = {}
-        while q and q[0][0] <= wm:
-            t, k = heappop(q)
+        while q and q[0].t <= wm:
+            d = _due_pop(q)
+            t, k = d.t, d.key
             if queued.get(k) == t:
                 del queued[k]
             if k in live:
