@@ -47,7 +47,7 @@ scored metrics; a reading without all of them is not scored here (the single-met
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Any, Final
@@ -107,7 +107,7 @@ def max_z(v: float, k: int) -> float:
     return max(0.0, -_ND.inv_cdf(p / 2.0))
 
 
-def _terms(inv: list[list[float]], u: Sequence[float]) -> list[float]:
+def _terms(inv: list[list[float]], u: list[float]) -> list[float]:
     """``u_i (inv u)_i`` for each i: the terms of the quadratic form ``u' inv u``, each row's product summed from
     the left from 0 as ``sum`` does (written out: compiled, a generator per row)."""
     k = len(u)
@@ -130,7 +130,7 @@ def _sum_at_least_0(terms: list[float]) -> float:
     return t if t > 0.0 else 0.0
 
 
-def _quad(inv: list[list[float]], v: Sequence[float]) -> float:
+def _quad(inv: list[list[float]], v: list[float]) -> float:
     """``max(0, v' inv v)``: the terms of :func:`_terms`, summed."""
     return _sum_at_least_0(_terms(inv, v))
 
@@ -260,7 +260,7 @@ class MultiDetector:
     def warmup(self) -> int:
         return max(self.k.warmup, 10 * len(self.state.names))
 
-    def _u(self, xs: Sequence[float]) -> list[float]:
+    def _u(self, xs: list[float]) -> list[float]:
         """Each metric's deviation from the mean in its own deviations: ``(x - mean) / sd`` with ``sd`` the
         largest of the covariance's root, ``min_std``, ``rel_min_std * |mean|`` and ``FLOOR`` (compared as
         ``max`` compares, first kept on a tie; written out: compiled, ``max`` of four boxes each float)."""
@@ -293,7 +293,7 @@ class MultiDetector:
         st.inv = _cholesky_inverse(r)
         st.stale = 0
 
-    def _learn(self, xs: Sequence[float]) -> None:
+    def _learn(self, xs: list[float]) -> None:
         st = self.state
         st.n += 1
         a = b = max(1.0 / self.memory, 1.0 / st.n)
@@ -305,9 +305,10 @@ class MultiDetector:
         if len(st.trend) != k:
             st.trend = [0.0] * k
         c = 2.0 / self.memory
+        warm = self.warmup()
         for i in range(k):
             st.mean[i] += a * d[i]
-            if st.n > self.warmup():
+            if st.n > warm:
                 st.trend[i] += c * (a * d[i] - st.trend[i])
         for i in range(k):
             row, di = st.cov[i], d[i]
@@ -316,10 +317,10 @@ class MultiDetector:
                 row[j] = v
                 st.cov[j][i] = v
         st.stale += 1
-        if st.n <= self.warmup() or st.stale >= _REFRESH:
+        if st.n <= warm or st.stale >= _REFRESH:
             self._refresh()
 
-    def _evidence(self, u: Sequence[float]) -> tuple[float, float]:
+    def _evidence(self, u: list[float]) -> tuple[float, float]:
         """Smooth ``u`` into ``e``; return ``T_e^2`` and the largest ``|e_i| / sd(e_i)`` (both 0 until ``memory``
         readings have taught ``R_e``)."""
         st = self.state
