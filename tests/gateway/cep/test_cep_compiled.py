@@ -224,3 +224,52 @@ def test_a_long_stream_matches_alike(builds: Builds) -> None:
         matches = [m for out in answer["out"] for m in out]
         assert len(matches) > 100
         assert {"arrival", "event_time"} <= {m.split("path='")[1].split("'")[0] for m in matches if "path='" in m}
+
+
+OPS: dict[str, Any] = {"<": float.__lt__, "<=": float.__le__, ">": float.__gt__, ">=": float.__ge__,
+                       "==": float.__eq__, "!=": float.__ne__}  # fmt: skip
+CONSTANTS = ["2", "2.0", "0", "-0.0", "0.5", "-1.5", "1e300", "5e-324", "9007199254740992"]
+TIE_VALUES: list[Any] = [2.0, 2, 0.0, -0.0, 0.5, -1.5, 1e300, 5e-324, 2**53, 2**53 + 1, float("nan"), float("inf")]
+
+
+def _matched(answer: dict[str, Any]) -> set[tuple[str, int]]:
+    """(pattern, sequence number of its last reading) of every match in an answer."""
+    found = set()
+    for out in answer["out"]:
+        for m in out:
+            name = m.split("PatternSpec(name='", 1)[1].split("'", 1)[0]
+            readings = m.split(" readings=(", 1)[1].split("), times=", 1)[0]
+            found.add((name, int(readings.rsplit(", ", 1)[1].rstrip(",)"))))
+    return found
+
+
+def _one_by_one(values: list[Any]) -> list[list[Any]]:
+    """A batch a reading, each released at once (its flushed marker)."""
+    return [["batch", T0 + i * 1_000, "s1", "d1", [[1, i + 1, T0 + i * 1_000, "s", {"a": v}]], T0 + i * 1_000 + 1]
+            for i, v in enumerate(values)]  # fmt: skip
+
+
+def _request(patterns: list[dict[str, Any]], steps: list[list[Any]]) -> dict[str, Any]:
+    return {"patterns": patterns, "watermark": {"mode": "device", "out_of_orderness": "0s"}, "groups": {"g": ["d*"]},
+            "max_runs": 1_000, "max_run_readings": 1_000, "max_buffered": 10_000, "restore_at": -1,
+            "steps": steps}  # fmt: skip
+
+
+def test_comparisons_at_ties_are_pythons(builds: Builds) -> None:
+    """Every comparison at and around exact ties (an integer against the same float, 0 against -0.0, 2**53 + 1,
+    which is 2**53 as a float, NaN, the smallest subnormal), against a constant and against an earlier step's value:
+    both builds match exactly where Python's own float comparison holds (the outside reference)."""
+    patterns = [{"name": f"c{i}", "steps": [step("x", f"a {op} {c}")]}
+                for i, (op, c) in enumerate((op, c) for op in OPS for c in CONSTANTS)]  # fmt: skip
+    answer = same(builds, _request(patterns, _one_by_one(TIE_VALUES)))
+    if answer is not None:
+        expected = {(f"c{i}", seq)
+                    for i, (op, c) in enumerate((op, c) for op in OPS for c in CONSTANTS)
+                    for seq, v in enumerate(TIE_VALUES, start=1) if OPS[op](float(v), float(c))}  # fmt: skip
+        assert _matched(answer) == expected
+        assert len(expected) > 150
+    relative = [{"name": f"r{i}", "steps": [step("on", "a > -1e308"), step("off", f"a {op} on.a - 0.5", "next")]}
+                for i, op in enumerate(OPS)]  # fmt: skip
+    answer = same(builds, _request(relative, _one_by_one([2.5, 2.0])))  # 2.0 against 2.5 - 0.5: a tie
+    if answer is not None:
+        assert _matched(answer) == {(f"r{i}", 2) for i, op in enumerate(OPS) if OPS[op](2.0, 2.0)}
