@@ -87,11 +87,11 @@ class _Fleet:
 
     __slots__ = ("cell", "heap", "members", "now")
 
-    def __init__(self, now: int, cell: WmCell) -> None:
+    def __init__(self, now: int) -> None:
         self.heap: list[_Member] = []
         self.members: dict[str, _Member] = {}
         self.now = now
-        self.cell = cell  # the site's watermark cell in the window's operator
+        self.cell: WmCell | None = None  # the site's watermark cell in the window's operator, once it has one
 
     def member(self, device: str, entry: list[Any], bound: int) -> _Member:
         m = self.members.get(device)
@@ -490,7 +490,7 @@ class Engine:
         """The site's fleet heap for window ``w``, made (again) if it has none or time went back."""
         f = w.fleets.get(site)
         if f is None or now_ms < f.now:
-            f = w.fleets[site] = _Fleet(now_ms, w.op.key_cell(site))
+            f = w.fleets[site] = _Fleet(now_ms)
             state = self.tracker.state
             for d in self.tracker.sites.get(site, ()):
                 e = state[d]
@@ -528,14 +528,19 @@ class Engine:
         op = w.op
         if self.fleet_walk:
             walk = self.tracker.fleet_wm(site, w.bound, now_ms)
-            fleet = NO_WM if walk is None else walk
+            if walk is None:
+                return
+            fleet = walk
             cell = op.key_cell(site)
         else:
             f = self._fleet(w, site, now_ms)
             fleet = self._fleet_wm(w, site, f, now_ms)
-            cell = f.cell
-        if fleet == NO_WM:
-            return
+            if fleet == NO_WM:
+                return  # no watermark yet: the site's cell is not made (nor is it in a snapshot's order)
+            c = f.cell
+            if c is None:
+                c = f.cell = op.key_cell(site)
+            cell = c
         old = cell.v
         op.advance_at(cell, site, fleet if fleet > old else old, out)
 

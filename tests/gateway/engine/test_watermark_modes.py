@@ -201,3 +201,18 @@ def test_a_board_whose_first_reading_follows_its_status_holds_the_site_window() 
         assert window_rows(outs) == [], walk  # a2's watermark (T0 - 3 s) holds the window [T0, T0 + 10 s)
         outs += engine.process_batch(batch("a2", [(T0 + 31_000, 1, 2, {"x": 4.0})], received_ms=T0 + 4_000), T0 + 4_000)
         assert [(r[2], r[5]) for r in window_rows(outs)] == [(T0, 2)], walk  # both boards past it now
+
+
+def test_a_site_enters_the_state_in_the_order_it_gets_a_watermark() -> None:
+    """A site heard from only by a status (no watermark yet) makes no state in a site window, whether time alone
+    moves the fleet watermarks or a message does: the order of the keys, which is state (``snapshot(order=True)``),
+    is the order the sites got a watermark in."""
+    for walk in (False, True):
+        spec = {"windows": [{"name": "t", "kind": "tumbling", "size": "10s", "metrics": ["x"], "key": "site"}]}
+        engine = Engine(parse_engine(spec))
+        engine.fleet_walk = walk
+        engine.process_status(StatusUpdate("c", "c1", "", T0, "online", {}))
+        engine.advance(T0 + 500)
+        for device, site, t in (("b1", "b", T0 + 1_000), ("c1", "c", T0 + 2_000)):
+            engine.process_batch(batch(device, [(t, 1, 1, {"x": 1.0})], site=site, received_ms=t), t)
+        assert list(engine.snapshot(order=True)["windows"]["t"]["wm"]) == ["b", "c"], walk
