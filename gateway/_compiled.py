@@ -26,7 +26,7 @@ from types import ModuleType
 from typing import Final
 
 COMPILED: Final[dict[str, tuple[str, ...]]] = {
-    "gateway.engine": ("aggregates", "accs", "windows", "outputs", "operators", "engine"),
+    "gateway.engine": ("aggregates", "accs", "windows", "outputs", "operators", "fleet", "engine"),
     "gateway.anomaly": ("detector", "multivariate", "engine"),
     "gateway.cep": ("expr", "automaton", "operator"),
 }

@@ -33,6 +33,7 @@ from typing import Any, Final
 
 from ..alerts import Alert, Path, Verdict, alert_id
 from ..engine.config import EngineSpec
+from ..engine.fleet import SiteFleets
 from ..engine.watermark import DeviceTracker
 from ..groups import GroupIndex, GroupsSpec
 from ..model import Batch, Reading, ReadingKey, StatusUpdate
@@ -178,6 +179,8 @@ class Cep:
         self.has_fast = any(self.fast_by_kind.values())
         self.both = tuple(i for i, a in enumerate(self.automata) if a.spec.on == "both")
         self.tracker = DeviceTracker(spec.engine.watermark)
+        self.fleets = SiteFleets(self.tracker, self._bound)
+        """The site keys' fleet watermarks, from a heap per site (``fleets.walk``: the tracker's walk, for tests)."""
         self.global_mode = spec.engine.watermark.mode == "global"
         self.global_wm: int | None = None
         """In ``global`` mode, the one watermark of every key: max over devices of (max t - bound)."""
@@ -309,6 +312,8 @@ class Cep:
                 if fast_by_kind[key.kind]:
                     self._tick_fast(key, flushed + 1, out)
         self.tracker.seen(site, device, now_ms, max_t, flushed)
+        if self.fleets.heaps:
+            self.fleets.heard(device)
         if self.global_mode:  # one watermark, moved by any device's time; flushed markers carry nothing
             for k in keys:  # before the advance: this batch's readings and arrival alerts may be due at once
                 self._schedule(k)
@@ -333,6 +338,8 @@ class Cep:
         sleep = status.fields.get("sleep_s")
         sleep_s = float(sleep) if isinstance(sleep, (int, float)) and not isinstance(sleep, bool) else None
         self.tracker.status(status.site, status.device, status.received_ms, status.state, sleep_s)
+        if self.fleets.heaps:
+            self.fleets.heard(status.device)
         out: list[Match] = []
         if not self.global_mode:
             if self.by_kind["site"]:
@@ -345,6 +352,7 @@ class Cep:
         """The device belongs to ``site`` from now on: its key's matches carry it; readings already buffered
         in its old site's key stay there, released on the device's event time as before."""
         self.tracker.move(device, site)
+        self.fleets.moved(device, site)
         k = self.keys.get(f"d:{device}")
         if k is not None:
             k.site = site
@@ -389,7 +397,7 @@ class Cep:
             k.wm = first[0] if k.wm is None else max(k.wm, first[0])
 
     def _advance_site(self, site: str, now_ms: int, out: list[Match]) -> None:
-        wm = self.tracker.fleet_wm(site, self._bound, now_ms)
+        wm = self.fleets.fleet_wm(site, now_ms)
         k = self.keys.get(f"s:{site}")
         if wm is not None and k is not None:
             self._advance(k, wm, out)
@@ -710,6 +718,7 @@ class Cep:
         if list(snap["patterns"]) != names:
             raise ValueError(f"snapshot has patterns {snap['patterns']}, operator has {names}")
         self.tracker.restore(snap["tracker"])
+        self.fleets.clear()
         self.members = {g: [] for g in self.group_names}
         self._in_groups = {}
         for device, entry in self.tracker.state.items():

@@ -22,6 +22,7 @@ from typing import Any, Final
 from ..model import Batch, MetricValue, Reading, StatusUpdate
 from .config import EngineSpec, WindowSpec
 from .early import Early
+from .fleet import FleetHeap, entry_active, entry_wm
 from .operators import NO_WM, Values, WindowOperator, WmCell, build_operator
 from .outputs import LateReading, Output, WindowResult
 from .watermark import DeviceTracker
@@ -31,119 +32,6 @@ __all__ = ["SNAPSHOT_VERSION", "Engine"]
 _UNUSED: Final = WmCell(NO_WM)  # a site window's place in _Device.cells
 
 SNAPSHOT_VERSION: Final = 2  # 2: flat accumulators (one list per window, metrics side by side: Stat.to_json)
-
-
-def _entry_wm(e: list[Any], bound: int) -> int:
-    """``DeviceTracker.device_wm`` of the device whose tracker entry is ``e`` (``NO_WM`` for None: an int that
-    compiled code need not box)."""
-    top: int | None = e[1]
-    fl: int | None = e[2]
-    wm = NO_WM if top is None else top - bound
-    if fl is not None and fl + 1 > wm:
-        wm = fl + 1
-    return wm
-
-
-def _entry_active(e: list[Any], now_ms: int, idle_timeout: int, idle_factor: float, idle_grace: int) -> bool:
-    """``DeviceTracker.is_active`` of the device whose tracker entry is ``e`` (the spec's idle settings given)."""
-    last: int | None = e[3]
-    if e[5] or last is None:
-        return False
-    sleep: int | None = e[4]
-    timeout = idle_timeout if sleep is None else int(idle_factor * sleep + idle_grace)
-    return now_ms - last <= timeout
-
-
-class _Member:
-    """A device in a site's fleet heap (:class:`_Fleet`) for one window."""
-
-    __slots__ = ("bound", "entry", "queued", "wm")
-
-    def __init__(self, entry: list[Any], bound: int) -> None:
-        self.entry = entry  # the device's tracker entry (the tracker's own list)
-        self.bound = bound  # its bound in the window
-        self.queued = False  # it is in the heap ...
-        self.wm = 0  # ... at this watermark (recorded when it went in or was last refreshed)
-
-
-class _Fleet:
-    """A site's devices by watermark, for one site window: a binary heap of members (:class:`_Member`) by their
-    recorded watermark, at most one entry a device.
-
-    A device's recorded watermark is never above its watermark now (a device's watermark never goes back), so when
-    the top's device is active and its watermark is still the recorded one, that is the fleet watermark: the
-    minimum over the active devices. A top whose device moved on since is refreshed (its watermark now, sifted
-    down); one whose device turned idle is dropped, and put in again when the device is heard from. So a message
-    costs one sift at most, comparing native ints, instead of a walk over the site's devices. ``now`` is the latest
-    time idleness was judged at: if time goes back the heap is made again from every device of the site (an idle
-    device may be active again).
-
-    So a device with a watermark is missing from a heap only if it was idle when the heap last judged it: a heap is
-    made with every device of its site; a device joins a site only with its first message (or a move, which drops
-    the site's heaps); a device dropped as idle at ``now`` is still idle at any later time until it is heard from
-    (a message or a status, which put it back), and an earlier time makes the heap again. The engine puts a device
-    in after a message only when it was idle or had no watermark before it.
-    """
-
-    __slots__ = ("cell", "heap", "members", "now")
-
-    def __init__(self, now: int) -> None:
-        self.heap: list[_Member] = []
-        self.members: dict[str, _Member] = {}
-        self.now = now
-        self.cell: WmCell | None = None  # the site's watermark cell in the window's operator, once it has one
-
-    def member(self, device: str, entry: list[Any], bound: int) -> _Member:
-        m = self.members.get(device)
-        if m is None:
-            m = self.members[device] = _Member(entry, bound)
-        return m
-
-    def push(self, m: _Member, wm: int) -> None:
-        """Put ``m`` (not in the heap) in it at ``wm``."""
-        m.queued = True
-        m.wm = wm
-        heap = self.heap
-        i = len(heap)
-        heap.append(m)
-        while i > 0:
-            p = (i - 1) >> 1
-            parent = heap[p]
-            if parent.wm <= wm:
-                break
-            heap[i] = parent
-            i = p
-        heap[i] = m
-
-    def sift_down(self, m: _Member) -> None:
-        """Place ``m`` at the top and sift it down to its place (its ``wm`` set)."""
-        heap = self.heap
-        n = len(heap)
-        wm = m.wm
-        i = 0
-        while True:
-            c = 2 * i + 1
-            if c >= n:
-                break
-            child = heap[c]
-            if c + 1 < n:
-                right = heap[c + 1]
-                if right.wm < child.wm:
-                    c += 1
-                    child = right
-            if wm <= child.wm:
-                break
-            heap[i] = child
-            i = c
-        heap[i] = m
-
-    def pop_top(self) -> None:
-        """Drop the top member (its device turned idle)."""
-        heap = self.heap
-        heap[0].queued = False
-        last = heap.pop()
-        if heap:
-            self.sift_down(last)
 
 
 class _Window:
@@ -159,7 +47,7 @@ class _Window:
         self.bounds: dict[str, int] = {}
         self._wm_spec = engine.watermark
         self.group = 0  # windows with the same metrics have the same group (the engine numbers them)
-        self.fleets: dict[str, _Fleet] = {}  # a site window's fleet heaps (made when first needed)
+        self.fleets: dict[str, FleetHeap] = {}  # a site window's fleet heaps (made when first needed)
         self.early: Early | None = Early(spec, self.op) if spec.early else None  # its early triggers
 
     def bound(self, device: str) -> int:
@@ -398,7 +286,7 @@ class Engine:
         if flushed is not None and (fl is None or flushed > fl):
             e[2] = fl = flushed
         if self._site_windows and (was_idle or (old_top is None and old_fl is None)) and not self.global_mode:
-            self._push_fleets(device)  # only then may it be missing from a fleet heap (see _Fleet)
+            self._push_fleets(device)  # only then may it be missing from a fleet heap (see FleetHeap)
         bounds = dev.bounds
         if self.global_mode:  # each window's shared watermark: the largest max_t - bound of any device so far
             for i in range(len(windows)):
@@ -467,7 +355,7 @@ class Engine:
         return values if some else None
 
     def _active(self, e: list[Any], now_ms: int) -> bool:
-        return _entry_active(e, now_ms, self._idle_timeout, self._idle_factor, self._idle_grace)
+        return entry_active(e, now_ms, self._idle_timeout, self._idle_factor, self._idle_grace)
 
     def _push_fleets(self, device: str) -> None:
         """The device's watermark moved, or it may be active again: into the fleet heaps of its sites where it is
@@ -482,40 +370,30 @@ class Engine:
                     if m is None:
                         m = f.member(device, e, w.bound(device))
                     if not m.queued:
-                        wm = _entry_wm(e, m.bound)
+                        wm = entry_wm(e, m.bound)
                         if wm != NO_WM:
                             f.push(m, wm)
 
-    def _fleet(self, w: _Window, site: str, now_ms: int) -> _Fleet:
+    def _fleet(self, w: _Window, site: str, now_ms: int) -> FleetHeap:
         """The site's fleet heap for window ``w``, made (again) if it has none or time went back."""
         f = w.fleets.get(site)
         if f is None or now_ms < f.now:
-            f = w.fleets[site] = _Fleet(now_ms)
+            f = w.fleets[site] = FleetHeap(now_ms)
             state = self.tracker.state
             for d in self.tracker.sites.get(site, ()):
                 e = state[d]
                 m = f.member(d, e, w.bound(d))
-                dwm = _entry_wm(e, m.bound)
+                dwm = entry_wm(e, m.bound)
                 if dwm != NO_WM:
                     f.push(m, dwm)
         f.now = now_ms
         return f
 
-    def _fleet_wm(self, w: _Window, site: str, f: _Fleet, now_ms: int) -> int:
+    def _fleet_wm(self, w: _Window, site: str, f: FleetHeap, now_ms: int) -> int:
         """``DeviceTracker.fleet_wm`` of the site for window ``w`` (``NO_WM`` for None), from its fleet heap."""
-        heap = f.heap
-        timeout, factor, grace = self._idle_timeout, self._idle_factor, self._idle_grace
-        while heap:
-            m = heap[0]
-            e = m.entry
-            wm = _entry_wm(e, m.bound)
-            if wm == NO_WM or not _entry_active(e, now_ms, timeout, factor, grace):
-                f.pop_top()  # idle (or, not from a tracker that only moves forward, without a watermark)
-            elif wm != m.wm:
-                m.wm = wm
-                f.sift_down(m)
-            else:
-                return wm
+        wm = f.top(now_ms, self._idle_timeout, self._idle_factor, self._idle_grace)
+        if wm != NO_WM:
+            return wm
         walk = self.tracker.fleet_wm(site, w.bound, now_ms)  # no device active: the largest watermark (a walk)
         return NO_WM if walk is None else walk
 
