@@ -33,7 +33,7 @@ from typing import Any, Final
 
 from ..alerts import Alert, Path, Verdict, alert_id
 from ..engine.config import EngineSpec
-from ..engine.fleet import SiteFleets
+from ..engine.fleet import MemberFleets, SiteFleets
 from ..engine.watermark import DeviceTracker
 from ..groups import GroupIndex, GroupsSpec
 from ..model import Batch, Reading, ReadingKey, StatusUpdate
@@ -181,6 +181,8 @@ class Cep:
         self.tracker = DeviceTracker(spec.engine.watermark)
         self.fleets = SiteFleets(self.tracker, self._bound)
         """The site keys' fleet watermarks, from a heap per site (``fleets.walk``: the tracker's walk, for tests)."""
+        self.group_fleets = MemberFleets(self.tracker, self._bound, hold_unread=True)
+        """The group keys' watermarks (:meth:`group_wm`), from a heap per group (``walk`` as for ``fleets``)."""
         self.global_mode = spec.engine.watermark.mode == "global"
         self.global_wm: int | None = None
         """In ``global`` mode, the one watermark of every key: max over devices of (max t - bound)."""
@@ -314,6 +316,8 @@ class Cep:
         self.tracker.seen(site, device, now_ms, max_t, flushed)
         if self.fleets.heaps:
             self.fleets.heard(device)
+        if self.group_fleets.heaps:
+            self.group_fleets.heard(device)
         if self.global_mode:  # one watermark, moved by any device's time; flushed markers carry nothing
             for k in keys:  # before the advance: this batch's readings and arrival alerts may be due at once
                 self._schedule(k)
@@ -340,11 +344,14 @@ class Cep:
         self.tracker.status(status.site, status.device, status.received_ms, status.state, sleep_s)
         if self.fleets.heaps:
             self.fleets.heard(status.device)
+        groups = self.groups_of(status.device, status.site) if self.members and not self.global_mode else ()
+        if self.group_fleets.heaps:
+            self.group_fleets.heard(status.device)
         out: list[Match] = []
         if not self.global_mode:
             if self.by_kind["site"]:
                 self._advance_site(status.site, status.received_ms, out)
-            for g in self.groups_of(status.device, status.site) if self.members else ():
+            for g in groups:
                 self._advance_group(g, status.received_ms, out)
         return out
 
@@ -457,7 +464,7 @@ class Cep:
         largest if every member is idle). A member that said it is online (a status) but sent no reading yet holds
         the group (``None``) until its first reading or until it is idle: a sleepy board's first flush is not late
         for its group."""
-        return self.tracker.members_wm(self.members[group], self._bound, now_ms, hold_unread=True)
+        return self.group_fleets.fleet_wm(group, self.members[group], now_ms)
 
     def _advance_group(self, group: str, now_ms: int, out: list[Match]) -> None:
         k = self.keys.get(f"g:{group}")
@@ -719,6 +726,7 @@ class Cep:
             raise ValueError(f"snapshot has patterns {snap['patterns']}, operator has {names}")
         self.tracker.restore(snap["tracker"])
         self.fleets.clear()
+        self.group_fleets.clear()
         self.members = {g: [] for g in self.group_names}
         self._in_groups = {}
         for device, entry in self.tracker.state.items():

@@ -12,7 +12,7 @@ from typing import Any
 from .operators import NO_WM, WmCell
 from .watermark import DeviceTracker
 
-__all__ = ["FleetHeap", "Member", "SiteFleets", "entry_active", "entry_wm"]
+__all__ = ["FleetHeap", "Member", "MemberFleets", "SiteFleets", "entry_active", "entry_wm"]
 
 
 def entry_wm(e: list[Any], bound: int) -> int:
@@ -218,4 +218,108 @@ class SiteFleets:
         wm = f.top(now_ms, self.idle_timeout, self.idle_factor, self.idle_grace)
         if wm == NO_WM:
             return tracker.fleet_wm(site, self.bound_of, now_ms)  # no device active: the largest watermark (a walk)
+        return wm
+
+
+class MemberFleets:
+    """The fleet rule over named lists of members that only grow (a pattern group's members, in the order first
+    seen): ``DeviceTracker.members_wm(members, bound_of, now_ms, hold_unread=...)`` from a heap per name. The owner
+    calls :meth:`heard` after the tracker took a message or status of a device, and :meth:`clear` after a restore
+    of the tracker; members appended to a list join its heap at the next
+    :meth:`fleet_wm`. With ``hold_unread``, members that have no watermark yet are kept aside (usually few: boards
+    that said they are online and have sent no reading) and an active one among them holds the result (None)."""
+
+    def __init__(self, tracker: DeviceTracker, bound_of: Callable[[str], int], hold_unread: bool) -> None:
+        self.tracker = tracker
+        self.bound_of = bound_of
+        self.hold_unread = hold_unread
+        spec = tracker.spec
+        self.idle_timeout = spec.idle_timeout_ms
+        self.idle_factor = float(spec.idle_factor)
+        self.idle_grace = spec.idle_grace_ms
+        self.heaps: dict[str, FleetHeap] = {}
+        self.taken: dict[str, int] = {}  # name -> how many of its members its heap has taken
+        self.unread: dict[str, dict[str, Member]] = {}  # name -> its members without a watermark yet
+        self.names_of: dict[str, list[str]] = {}  # device -> the lists whose heap took it (a member stays one)
+        self.absent: dict[str, list[str]] = {}  # name -> its members the tracker did not know when listed (rare)
+        self.walk = False  # walk every member instead, as the tracker does (tests compare the two)
+
+    def _take(self, name: str, f: FleetHeap, m: Member, device: str) -> None:
+        """Into the heap if ``m`` is not there and has a watermark; aside if it has none."""
+        if m.queued:
+            return
+        wm = entry_wm(m.entry, m.bound)
+        unread = self.unread[name]
+        if wm != NO_WM:
+            if device in unread:
+                del unread[device]
+            f.push(m, wm)
+        elif self.hold_unread:
+            unread[device] = m
+
+    def _join(self, name: str, f: FleetHeap, device: str, e: list[Any]) -> None:
+        names = self.names_of.setdefault(device, [])
+        if name not in names:
+            names.append(name)
+        self._take(name, f, f.member(device, e, self.bound_of(device)), device)
+
+    def heard(self, device: str) -> None:
+        """The tracker took a message or status of ``device``: into each heap that took it, where it is not (one
+        that has not taken it yet takes it at its next :meth:`fleet_wm`)."""
+        for name in self.names_of.get(device, ()):
+            f = self.heaps.get(name)
+            if f is not None:
+                m = f.members.get(device)
+                if m is not None:
+                    self._take(name, f, m, device)
+
+    def clear(self) -> None:
+        """The tracker was restored: every heap is made again when needed."""
+        self.heaps = {}
+        self.taken = {}
+        self.unread = {}
+        self.names_of = {}
+        self.absent = {}
+
+    def fleet_wm(self, name: str, members: list[str], now_ms: int) -> int | None:
+        """``DeviceTracker.members_wm(members, bound_of, now_ms, hold_unread=...)`` for the list ``name``."""
+        tracker = self.tracker
+        if self.walk:
+            return tracker.members_wm(members, self.bound_of, now_ms, hold_unread=self.hold_unread)
+        f = self.heaps.get(name)
+        if f is None or now_ms < f.now:
+            f = self.heaps[name] = FleetHeap(now_ms)
+            self.taken[name] = 0
+            self.unread[name] = {}
+            self.absent[name] = []
+        f.now = now_ms
+        state = tracker.state
+        absent = self.absent[name]
+        if absent:  # members the tracker did not know (a device moved before it was heard from): taken once known
+            todo = [d for d in absent if d in state]
+            if todo:
+                absent[:] = [d for d in absent if d not in state]
+                for d in todo:
+                    self._join(name, f, d, state[d])
+        n = self.taken[name]
+        while n < len(members):
+            d = members[n]
+            e = state.get(d)
+            if e is None:
+                absent.append(d)  # not active, as for the walk, until the tracker knows it
+            else:
+                self._join(name, f, d, e)
+            n += 1
+        self.taken[name] = n
+        timeout, factor, grace = self.idle_timeout, self.idle_factor, self.idle_grace
+        unread = self.unread[name]
+        if unread:
+            for d, m in list(unread.items()):
+                if entry_wm(m.entry, m.bound) != NO_WM:
+                    self._take(name, f, m, d)  # its first reading since: into the heap
+                elif entry_active(m.entry, now_ms, timeout, factor, grace):
+                    return None
+        wm = f.top(now_ms, timeout, factor, grace)
+        if wm == NO_WM:  # no member active with a watermark: the walk's answer (the largest, or None)
+            return tracker.members_wm(members, self.bound_of, now_ms, hold_unread=self.hold_unread)
         return wm

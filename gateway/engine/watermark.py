@@ -113,8 +113,9 @@ class DeviceTracker:
         return wm
 
     def is_active(self, device: str, now_ms: int) -> bool:
-        e = self.state[device]
-        if e[5] or e[3] is None:
+        """Heard from within its idle time and not offline (a device never heard from is not active)."""
+        e = self.state.get(device)
+        if e is None or e[5] or e[3] is None:
             return False
         timeout = (
             self.spec.idle_timeout_ms if e[4] is None else int(self.spec.idle_factor * e[4] + self.spec.idle_grace_ms)

@@ -278,3 +278,20 @@ def test_the_documented_group_pattern_is_valid() -> None:
     cfg = parse_config(tomllib.loads(block), env={})
     assert [(p.name, p.key) for p in cfg.patterns] == [("pump_fault", "group:pump_1")]
     assert cfg.groups.index().groups_of("pump1-a", "x") == ("pump_1",)
+
+
+def test_a_device_moved_into_a_group_before_it_was_heard_from_holds_nothing() -> None:
+    """A device the operator has never heard from, moved to a site that makes it a member of a keyed group, is not
+    active (nothing was heard from it): the group goes on on its other members' time, and neither the group's
+    watermark nor time alone raises (it did: the tracker looked the unknown device up)."""
+    p = Pattern.begin("hot").where("temp_c > 80").followed_by("cool").where("temp_c < 30").build("g", key="group:g")
+    c = Cep(CepSpec((p,), parse_engine({}), groups=parse_groups({"g": ["site:b"]})))
+    hot = Reading("b", "d1", 1, 1, T0, "s", {"temp_c": 90.0})
+    assert c.process_batch(Batch("b", "d1", "t", T0, (hot,), ()), T0) == []
+    c.move_device("dx", "b")
+    assert c.members["g"] == ["d1", "dx"]
+    assert c.advance(T0 + 60_000) == []
+    assert c.group_wm("g", T0 + 60_000) == c.tracker.device_wm("d1", 5_000)
+    cool = Reading("b", "d1", 1, 2, T0 + 1_000, "s", {"temp_c": 20.0})
+    got = c.process_batch(Batch("b", "d1", "t", T0 + 1_000, (cool,), (), T0 + 1_000), T0 + 60_000)
+    assert [m.readings for m in got] == [(("d1", 1, 1), ("d1", 1, 2))]
