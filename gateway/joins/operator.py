@@ -35,6 +35,7 @@ from typing import Any, Final
 from ..alerts import Alert, alert_id
 from ..cep.expr import Condition, compile_condition
 from ..engine.config import EngineSpec
+from ..engine.fleet import MemberFleets
 from ..engine.watermark import DeviceTracker
 from ..groups import GroupsSpec
 from ..lineproto import NS_PER_MS, line
@@ -196,6 +197,8 @@ class Joins:
         self.sides = tuple((_Side(j.a, "b"), _Side(j.b, "a")) for j in spec.joins)
         self.global_mode = spec.engine.watermark.mode == "global"
         self.tracker = DeviceTracker(spec.engine.watermark)
+        self.fleets = MemberFleets(self.tracker, self._bound, hold_unread=False)
+        """Each key's fleet watermark over its members, from a heap per key (``fleets.walk``: the tracker's walk)."""
         self.keys: dict[str, _Key] = {}
         self.stats: dict[str, int] = dict.fromkeys(STATS, 0)
         self.touched: set[str] = set()
@@ -269,7 +272,8 @@ class Joins:
             # a device its sides' globs take is a member of its key from its first message: the key's watermark
             # waits for it, whether or not its readings pass the conditions
             k = self._key(j, value)
-            if device not in k.members:
+            mine = self.member_of.get(device)
+            if mine is None or k not in mine:  # the keys it is a member of (a few), not the key's members (a fleet)
                 k.members.append(device)
                 bisect.insort(self.member_of.setdefault(device, []), k, key=lambda x: x.n)
             touched.append(k)
@@ -291,6 +295,8 @@ class Joins:
         if flushed is not None and (flushed > now_ms + e_spec.max_future_ms or flushed < e_spec.min_time_ms):
             flushed = None
         self.tracker.seen(site, device, now_ms, max_t, flushed)
+        if self.fleets.heaps:
+            self.fleets.heard(device)
         if self.global_mode:
             if max_t is not None:
                 wm = max_t - self._bound(device)
@@ -314,6 +320,8 @@ class Joins:
         sleep = status.fields.get("sleep_s")
         sleep_s = float(sleep) if isinstance(sleep, (int, float)) and not isinstance(sleep, bool) else None
         self.tracker.status(status.site, status.device, status.received_ms, status.state, sleep_s)
+        if self.fleets.heaps:
+            self.fleets.heard(status.device)
         out: list[Joined] = []
         if not self.global_mode:
             for k in self.member_of.get(status.device, ()):
@@ -354,7 +362,7 @@ class Joins:
     # -- the work --------------------------------------------------------------------------------
 
     def _fleet_wm(self, k: _Key, now_ms: int) -> int | None:
-        return self.tracker.members_wm(k.members, self._bound, now_ms)
+        return self.fleets.fleet_wm(k.name, k.members, now_ms)
 
     def _advance_fleet(self, k: _Key, now_ms: int, out: list[Joined]) -> None:
         wm = self._fleet_wm(k, now_ms)
@@ -476,6 +484,7 @@ class Joins:
             raise ValueError(f"join snapshot version {snap.get('version')!r}, expected {SNAPSHOT_VERSION}")
         names = [j.name for j in self.joins]
         self.tracker.restore(snap["tracker"])
+        self.fleets.clear()
         self._gwm = snap.get("gwm")
         self.stats = {**dict.fromkeys(STATS, 0), **{k: int(v) for k, v in snap["stats"].items()}}
         self.keys = {}
