@@ -33,6 +33,7 @@ from typing import Any, Final
 
 from .alerts import Alert
 from .engine.config import EngineSpec, RelativeSpec, WindowSpec
+from .engine.fleet import MemberFleets
 from .engine.outputs import WindowResult
 from .engine.watermark import DeviceTracker
 from .groups import GroupIndex, GroupsSpec
@@ -120,6 +121,9 @@ class GroupRelative:
         self.windows: dict[str, WindowSpec] = {w.name: w for w in engine.windows if w.relative is not None}
         self.global_mode = engine.watermark.mode == "global"
         self.tracker = DeviceTracker(engine.watermark)
+        self.fleets: dict[str, MemberFleets] = {name: self._fleets(w) for name, w in self.windows.items()}
+        """Per window, each group's fleet watermark from a heap of its members (``walk`` on each: the tracker's
+        walk, for tests)."""
         self.index: GroupIndex = groups.index()
         self.members: dict[str, list[str]] = {}
         """Per group, the devices seen in it (in the order first seen)."""
@@ -158,14 +162,22 @@ class GroupRelative:
     def _bound(self, w: WindowSpec, device: str) -> int:
         return w.out_of_orderness_ms if w.out_of_orderness_ms is not None else self.spec.watermark.bound_for(device)
 
+    def _fleets(self, w: WindowSpec) -> MemberFleets:
+        return MemberFleets(self.tracker, lambda device: self._bound(w, device), hold_unread=True)
+
     def group_wm(self, window: str, group: str, now_ms: int) -> int | None:
         """The group's watermark for ``window``: the global one, or the fleet rule over its members."""
         if self.global_mode:
             return self.global_wm.get(window)
-        w = self.windows[window]
-        return self.tracker.members_wm(
-            self.members.get(group, ()), lambda device: self._bound(w, device), now_ms, hold_unread=True
-        )
+        members = self.members.get(group)
+        if members is None:
+            return None  # no member seen yet (the fleet rule over none)
+        return self.fleets[window].fleet_wm(group, members, now_ms)
+
+    def _heard(self, device: str) -> None:
+        for f in self.fleets.values():
+            if f.heaps:
+                f.heard(device)
 
     # -- input ----------------------------------------------------------------------------------
 
@@ -182,6 +194,7 @@ class GroupRelative:
         if flushed is not None and (flushed > now_ms + e.max_future_ms or flushed < e.min_time_ms):
             flushed = None
         self.tracker.seen(batch.site, batch.device, now_ms, max_t, flushed)
+        self._heard(batch.device)
         for name in self.windows:
             self.groups_of(name, batch.device, batch.site)
         self._take(outputs)
@@ -206,6 +219,7 @@ class GroupRelative:
         sleep = status.fields.get("sleep_s")
         sleep_s = float(sleep) if isinstance(sleep, (int, float)) and not isinstance(sleep, bool) else None
         self.tracker.status(status.site, status.device, status.received_ms, status.state, sleep_s)
+        self._heard(status.device)
         self._take(outputs)
         out: list[RelativeResult] = []
         if not self.global_mode:
@@ -329,6 +343,8 @@ class GroupRelative:
         if snap.get("version") != SNAPSHOT_VERSION:
             raise ValueError(f"snapshot version {snap.get('version')!r}, expected {SNAPSHOT_VERSION}")
         self.tracker.restore(snap["tracker"])
+        for f in self.fleets.values():
+            f.clear()
         self.members, self._of = {}, {}
         for device, entry in self.tracker.state.items():
             for name in self.windows:

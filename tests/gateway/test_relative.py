@@ -284,3 +284,77 @@ def test_the_documented_example_is_valid() -> None:
         ("greenhouse",),
         3.0,
     )
+
+
+def _fleet_run(seed: int, walk: bool, devices: int) -> tuple[list[str], str]:
+    """Groups of many members (by name, by site, all) that sleep, go offline, come back and move site, with the
+    gateway's clock stepping back, time alone moving on, a restore half way and one in place: every result and the
+    state."""
+    import json
+
+    doc = {
+        "engine": {"watermark": {"out_of_orderness": "2s", "idle_timeout": "20s", "idle_grace": "2s"}},
+        "windows": [{"name": "w", "kind": "tumbling", "size": "5s", "metrics": ["temp_c"],
+                     "aggregates": ["count", "mean"], "relative": {"baseline": "median", "min_others": 1}},
+                    {"name": "v", "kind": "tumbling", "size": "3s", "metrics": ["temp_c"], "out_of_orderness": "0s",
+                     "aggregates": ["mean"], "relative": {"baseline": "mean", "min_others": 1}}],
+    }  # fmt: skip
+    spec = parse_engine(doc)
+    groups = parse_groups({"low": ["d1*", "d2", "d3"], "b": ["site:b"], "all": ["*"]})
+
+    def new() -> tuple[Engine, GroupRelative]:
+        rel = GroupRelative(spec, groups)
+        for f in rel.fleets.values():
+            f.walk = walk
+        return Engine(spec), rel
+
+    engine, rel = new()
+    rng = random.Random(seed)
+    outs: list[str] = []
+    clock = T0
+    sites = {f"d{i}": "abc"[i % 3] for i in range(devices)}
+    for i in range(1200):
+        if i == 600:
+            snaps = json.loads(json.dumps([engine.snapshot(), rel.snapshot()]))
+            engine, rel = new()
+            engine.restore(snaps[0])
+            rel.restore(snaps[1])
+        if i == 900:  # restored in place
+            rel.restore(json.loads(json.dumps(rel.snapshot())))
+        clock += rng.choice([0, 100, 400, 1500])
+        if rng.random() < 0.02:
+            clock -= 3000  # the gateway's clock steps back
+        dev = f"d{rng.randrange(devices if rng.random() < 0.9 else 3)}"
+        u = rng.random()
+        if u < 0.05:
+            state = rng.choice(["online", "offline", "sleeping"])
+            fields = {"sleep_s": float(rng.choice([1, 5, 30]))} if rng.random() < 0.5 else {}
+            status = StatusUpdate(sites[dev], dev, "", clock, state, fields)
+            got = rel.process_status(status, engine.process_status(status))
+        elif u < 0.07:
+            sites[dev] = rng.choice("abc")
+            engine.move_device(dev, sites[dev])
+            rel.move_device(dev, sites[dev])
+            got = []
+        elif u < 0.12:
+            when = clock + rng.choice([0, 5000, 30000])
+            got = rel.advance(when, engine.advance(when))
+        else:
+            t = clock - rng.choice([0, 0, 200, 2500, 9000])
+            flushed = t if rng.random() < 0.05 else None
+            r = Reading(sites[dev], dev, 1, i, t, rng.choice("sssu"), {"temp_c": rng.uniform(0, 30)})
+            b = Batch(sites[dev], dev, "t", clock, (r,), (), flushed)
+            got = rel.process_batch(b, engine.process_batch(b, clock + 10), clock + 10)
+        outs += [repr(x) for x in got]
+    return outs, json.dumps(rel.snapshot())
+
+
+def test_group_watermarks_from_fleet_heaps_give_what_walking_the_members_gives() -> None:
+    """Each group's watermark from a heap of its members (``GroupRelative.fleets``) against the tracker's walk over
+    every member, which it replaces (a walk at each message and window)."""
+    for seed in range(6):
+        devices = (5, 20, 50)[seed % 3]
+        heaps = _fleet_run(seed, walk=False, devices=devices)
+        walk = _fleet_run(seed, walk=True, devices=devices)
+        assert len(heaps[0]) > 100
+        assert heaps == walk
