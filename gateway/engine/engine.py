@@ -22,7 +22,7 @@ from typing import Any, Final
 from ..model import Batch, MetricValue, Reading, StatusUpdate
 from .config import EngineSpec, WindowSpec
 from .early import Early
-from .fleet import FleetHeap, entry_active, entry_wm
+from .fleet import FleetHeap, entry_wm
 from .operators import NO_WM, Values, WindowOperator, WmCell, build_operator
 from .outputs import LateReading, Output, WindowResult
 from .watermark import DeviceTracker
@@ -273,9 +273,6 @@ class Engine:
         # the device tracker (DeviceTracker.seen, inlined): entry = [site, max_t, flushed, last_seen, ...]
         e = dev.entry
         last: int | None = e[3]
-        was_idle = bool(self._site_windows) and not self._active(e, now_ms)
-        old_top: int | None = e[1]
-        old_fl: int | None = e[2]
         if last is None or now_ms > last:
             e[3] = now_ms
         e[5] = False
@@ -285,8 +282,8 @@ class Engine:
         fl: int | None = e[2]
         if flushed is not None and (fl is None or flushed > fl):
             e[2] = fl = flushed
-        if self._site_windows and (was_idle or (old_top is None and old_fl is None)) and not self.global_mode:
-            self._push_fleets(device)  # only then may it be missing from a fleet heap (see FleetHeap)
+        if self._site_windows and not self.global_mode:
+            self._push_fleets(device)  # heard from: into each fleet heap of its sites where it is not (see FleetHeap)
         bounds = dev.bounds
         if self.global_mode:  # each window's shared watermark: the largest max_t - bound of any device so far
             for i in range(len(windows)):
@@ -353,9 +350,6 @@ class Engine:
                 values.append(float(v))
                 some = True
         return values if some else None
-
-    def _active(self, e: list[Any], now_ms: int) -> bool:
-        return entry_active(e, now_ms, self._idle_timeout, self._idle_factor, self._idle_grace)
 
     def _push_fleets(self, device: str) -> None:
         """The device's watermark moved, or it may be active again: into the fleet heaps of its sites where it is

@@ -216,3 +216,26 @@ def test_a_site_enters_the_state_in_the_order_it_gets_a_watermark() -> None:
         for device, site, t in (("b1", "b", T0 + 1_000), ("c1", "c", T0 + 2_000)):
             engine.process_batch(batch(device, [(t, 1, 1, {"x": 1.0})], site=site, received_ms=t), t)
         assert list(engine.snapshot(order=True)["windows"]["t"]["wm"]) == ["b", "c"], walk
+
+
+def test_a_board_heard_at_an_earlier_gateway_time_than_its_site_last_judged_counts_again() -> None:
+    """A site judged at 150 finds a moved board idle; the board's next message carries an earlier gateway time (the
+    clock stepped back), when it was still active; the site judged again at 160 must count it: the walk does.
+    (Found by an outside review: the heaps put a board back only when it was idle at its message's own time.)"""
+    spec = {"engine": {"min_time_ms": 0, "watermark": {"idle_timeout": 100, "out_of_orderness": 0}},
+            "windows": [{"name": "t", "kind": "tumbling", "size": 100, "metrics": ["x"], "key": "site"}]}  # fmt: skip
+    results = []
+    for walk in (False, True):
+        engine = Engine(parse_engine(spec))
+        engine.fleet_walk = walk
+        outs: list[Output] = []
+        outs += engine.process_batch(batch("d1", [(10, 1, 1, {"x": 1.0})], site="A"), 0)
+        outs += engine.process_batch(batch("d2", [(500, 1, 1, {"x": 2.0})], site="A"), 100)
+        engine.move_device("d1", "B")  # d1 counts for A and for B
+        outs += engine.advance(150)  # A at 150: d1 idle (heard at 0)
+        outs += engine.process_batch(batch("d1", [(600, 1, 2, {"x": 3.0})], site="B"), 100)  # heard, at 100
+        rows = [(650, 1, 2, {"x": 4.0}), (900, 1, 3, {"x": 5.0})]
+        outs += engine.process_batch(batch("d2", rows, site="A"), 160)  # A at 160: d1 active, its watermark 600
+        assert engine.snapshot()["windows"]["t"]["wm"]["A"] == 600, walk
+        results.append([repr(o) for o in outs])
+    assert results[0] == results[1]
