@@ -61,8 +61,8 @@ class FleetHeap:
     device may be active again).
 
     So a device with a watermark is missing from a heap only if it was idle when the heap last judged it: a heap is
-    made with every device of its site; a device joins a site only with its first message (or a move, which drops
-    the site's heaps); a device dropped as idle at ``now`` is still idle at any later time until it is heard from,
+    made with every device of its site; a device joins a site only with its first message or status (or a move, which
+    drops the site's heaps); a device dropped as idle at ``now`` is still idle at any later time until it is heard from,
     and an earlier time makes the heap again. Its owner puts a device back into its heaps after each message or
     status of it, whatever the time: a message at an earlier gateway time than a heap last judged (the clock
     stepped back) may find the device active, and the heap judged at a later time again must count it.

@@ -251,8 +251,8 @@ class WindowOperator:
         self.wm: dict[str, WmCell] = {}
         self.sites: dict[str, str] = {}
         self.late_count = 0
-        # shared mode only: (due watermark, key), the smallest due time queued per key, and each key's place in
-        # the order its state was made (the order a walk over every key would visit them in)
+        # shared mode only: a heap of due entries (_Due: due watermark and key), the smallest due time queued per key,
+        # and each key's place in the order its state was made (the order a walk over every key would visit them in)
         self.due_q: list[_Due] = []
         self.queued: dict[str, int] = {}
         self.korder: dict[str, int] = {}

@@ -176,7 +176,7 @@ def test_fleet_watermarks_from_heaps_give_what_walking_the_devices_gives() -> No
 
 def test_fleet_heaps_of_many_devices_give_what_walking_them_gives() -> None:
     """Sites of 20-60 devices (a heap several levels deep), some of them restored from a snapshot half way."""
-    for seed in range(3, 9):
+    for seed in [*range(3, 9), 42]:  # 42: differed before a board was put back after every message (a review's find)
         devices = 20 * (seed % 3 + 1)
         restore_at = 600 if seed % 2 else None
         heaps = _fleet_run(seed, walk=False, devices=devices, restore_at=restore_at)
