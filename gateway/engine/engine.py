@@ -22,7 +22,7 @@ from typing import Any, Final
 from ..model import Batch, MetricValue, Reading, StatusUpdate
 from .config import EngineSpec, WindowSpec
 from .early import Early
-from .fleet import FleetHeap, entry_wm
+from .fleet import SiteFleets
 from .operators import NO_WM, Values, WindowOperator, WmCell, build_operator
 from .outputs import LateReading, Output, WindowResult
 from .watermark import DeviceTracker
@@ -47,7 +47,7 @@ class _Window:
         self.bounds: dict[str, int] = {}
         self._wm_spec = engine.watermark
         self.group = 0  # windows with the same metrics have the same group (the engine numbers them)
-        self.fleets: dict[str, FleetHeap] = {}  # a site window's fleet heaps (made when first needed)
+        self.fleets: SiteFleets | None = None  # a site window's fleet heaps (the engine gives it them)
         self.early: Early | None = Early(spec, self.op) if spec.early else None  # its early triggers
 
     def bound(self, device: str) -> int:
@@ -88,9 +88,10 @@ class Engine:
         self._groups = len(metrics)
         self._devs: dict[str, _Device] = {}  # a cache over the tracker's entries (cleared on restore)
         self._site_windows = [w for w in self.windows if w.key_site]
+        for w in self._site_windows:
+            w.fleets = SiteFleets(self.tracker, w.bound)
         self._early = [w for w in self.windows if w.early is not None]  # windows with early triggers
         self._early_by_name = {w.spec.name: w.early for w in self._early if w.early is not None}
-        self._sites_of: dict[str, list[str]] = {}  # device -> the sites whose fleet it counts for (tracker.sites)
         self.snapshot_pause: Callable[[], None] | None = None  # see snapshot()
         self.touched: set[str] = set()
         """Keys whose state an advance in global mode changed without its caller naming them (the keys due in a
@@ -102,10 +103,6 @@ class Engine:
         self._max_future = spec.max_future_ms
         self._min_time = spec.min_time_ms
         self._reject_unsynced = spec.unsynced == "reject"
-        wms = spec.watermark  # its idle settings, read at each message of a site window's device
-        self._idle_timeout = wms.idle_timeout_ms
-        self._idle_factor = float(wms.idle_factor)
-        self._idle_grace = wms.idle_grace_ms
         self._readings = 0  # readings windowed (a field: counted per message, a dict entry would box the int)
         self._stats: dict[str, int] = {  # the rarer counts
             "time_in_future": 0,
@@ -283,7 +280,7 @@ class Engine:
         if flushed is not None and (fl is None or flushed > fl):
             e[2] = fl = flushed
         if self._site_windows and not self.global_mode:
-            self._push_fleets(device)  # heard from: into each fleet heap of its sites where it is not (see FleetHeap)
+            self._heard(device)
         bounds = dev.bounds
         if self.global_mode:  # each window's shared watermark: the largest max_t - bound of any device so far
             for i in range(len(windows)):
@@ -312,8 +309,6 @@ class Engine:
             w.op.advance_at(cells[i], device, wm, out)
 
     def _dev(self, site: str, device: str) -> _Device:
-        if device not in self.tracker.state:
-            self._sites_of[device] = [site]
         ws = self.windows
         cells = [_UNUSED if w.key_site else w.op.key_cell(device) for w in ws]
         dev = self._devs[device] = _Device(self.tracker.entry(site, device), [w.bound(device) for w in ws], cells)
@@ -351,45 +346,13 @@ class Engine:
                 some = True
         return values if some else None
 
-    def _push_fleets(self, device: str) -> None:
-        """The device's watermark moved, or it may be active again: into the fleet heaps of its sites where it is
-        not (where it is, it is at most at its watermark now: ``_fleet_wm`` refreshes it when it is the top)."""
-        sites = self._sites_of.get(device, ())
-        e = self.tracker.state[device]
+    def _heard(self, device: str) -> None:
+        """A message or status of the device: into each site window's fleet heaps of its sites where it is not
+        (see :class:`~gateway.engine.fleet.FleetHeap`)."""
         for w in self._site_windows:
-            for site in sites:
-                f = w.fleets.get(site)
-                if f is not None:
-                    m = f.members.get(device)
-                    if m is None:
-                        m = f.member(device, e, w.bound(device))
-                    if not m.queued:
-                        wm = entry_wm(e, m.bound)
-                        if wm != NO_WM:
-                            f.push(m, wm)
-
-    def _fleet(self, w: _Window, site: str, now_ms: int) -> FleetHeap:
-        """The site's fleet heap for window ``w``, made (again) if it has none or time went back."""
-        f = w.fleets.get(site)
-        if f is None or now_ms < f.now:
-            f = w.fleets[site] = FleetHeap(now_ms)
-            state = self.tracker.state
-            for d in self.tracker.sites.get(site, ()):
-                e = state[d]
-                m = f.member(d, e, w.bound(d))
-                dwm = entry_wm(e, m.bound)
-                if dwm != NO_WM:
-                    f.push(m, dwm)
-        f.now = now_ms
-        return f
-
-    def _fleet_wm(self, w: _Window, site: str, f: FleetHeap, now_ms: int) -> int:
-        """``DeviceTracker.fleet_wm`` of the site for window ``w`` (``NO_WM`` for None), from its fleet heap."""
-        wm = f.top(now_ms, self._idle_timeout, self._idle_factor, self._idle_grace)
-        if wm != NO_WM:
-            return wm
-        walk = self.tracker.fleet_wm(site, w.bound, now_ms)  # no device active: the largest watermark (a walk)
-        return NO_WM if walk is None else walk
+            fleets = w.fleets
+            if fleets is not None:
+                fleets.heard(device)
 
     def _advance_site(self, w: _Window, site: str, now_ms: int) -> list[Output]:
         out: list[Output] = []
@@ -405,8 +368,10 @@ class Engine:
             fleet = walk
             cell = op.key_cell(site)
         else:
-            f = self._fleet(w, site, now_ms)
-            fleet = self._fleet_wm(w, site, f, now_ms)
+            fleets = w.fleets
+            assert fleets is not None
+            f = fleets.heap(site, now_ms)
+            fleet = fleets.fleet_wm_at(site, f, now_ms)
             if fleet == NO_WM:
                 return  # no watermark yet: the site's cell is not made (nor is it in a snapshot's order)
             c = f.cell
@@ -420,10 +385,8 @@ class Engine:
         """Note the device's state and announced ``sleep_s``; may release site windows (device offline)."""
         sleep = status.fields.get("sleep_s")
         sleep_s = float(sleep) if isinstance(sleep, (int, float)) and not isinstance(sleep, bool) else None
-        if status.device not in self.tracker.state:
-            self._sites_of[status.device] = [status.site]
         self.tracker.status(status.site, status.device, status.received_ms, status.state, sleep_s)
-        self._push_fleets(status.device)  # it may be active again, or idle now
+        self._heard(status.device)  # it may be active again, or idle now
         out: list[Output] = []
         if not self.global_mode:
             for w in self.windows:
@@ -438,11 +401,10 @@ class Engine:
         """The device belongs to ``site`` from now on: its device windows carry the new site from their next
         reading, its readings go to the new site's windows, and its event time still closes the old site's."""
         self.tracker.move(device, site)
-        sites = self._sites_of.setdefault(device, [])
-        if device in self.tracker.sites.get(site, ()) and site not in sites:
-            sites.append(site)
-            for w in self._site_windows:
-                w.fleets.pop(site, None)  # made again with the device when next needed
+        for w in self._site_windows:
+            fleets = w.fleets
+            if fleets is not None:
+                fleets.moved(device, site)  # the site's heap made again with the device when next needed
 
     def advance(self, now_ms: int) -> list[Output]:
         """Time-driven progress: devices that fell silent turn idle and stop holding site windows back."""
@@ -514,12 +476,10 @@ class Engine:
             raise ValueError(f"snapshot has windows {sorted(snap['windows'])}, engine has {sorted(names)}")
         self.tracker.restore(snap["tracker"])
         self._devs.clear()
-        self._sites_of = {}
-        for site, devices in self.tracker.sites.items():
-            for d in devices:
-                self._sites_of.setdefault(d, []).append(site)
-        for w in self.windows:
-            w.fleets.clear()
+        for w in self._site_windows:
+            fleets = w.fleets
+            if fleets is not None:
+                fleets.clear()
         stats = dict(snap["stats"])
         self._readings = stats.pop("readings")
         self._stats = stats

@@ -1,8 +1,8 @@
 """Fleet watermarks without a walk over the fleet: the minimum watermark of a site's active devices from a heap of
 them (``DeviceTracker.fleet_wm`` gives the same by visiting every device; see :class:`FleetHeap`).
 
-The window engine keeps a heap per site window (each window has its own bounds); :class:`SiteFleets` keeps one per
-site for an owner with one bound a device (the pattern matcher)."""
+:class:`SiteFleets` keeps a heap per site for an owner with one bound a device: the window engine one for each site
+window (each window has its own bounds), the pattern matcher one for its site keys."""
 
 from __future__ import annotations
 
@@ -197,14 +197,13 @@ class SiteFleets:
         self.heaps = {}
         self.sites_of = {}
 
-    def fleet_wm(self, site: str, now_ms: int) -> int | None:
-        """``DeviceTracker.fleet_wm(site, bound_of, now_ms)``."""
-        tracker = self.tracker
-        if self.walk:
-            return tracker.fleet_wm(site, self.bound_of, now_ms)
+    def heap(self, site: str, now_ms: int) -> FleetHeap:
+        """The site's heap, judged at ``now_ms``: made (again) from every device of the site if it has none or
+        time went back."""
         f = self.heaps.get(site)
         if f is None or now_ms < f.now:
             f = self.heaps[site] = FleetHeap(now_ms)
+            tracker = self.tracker
             state = tracker.state
             for d in tracker.sites.get(site, ()):
                 sites = self.sites_of.setdefault(d, [])
@@ -216,10 +215,22 @@ class SiteFleets:
                 if wm != NO_WM:
                     f.push(m, wm)
         f.now = now_ms
+        return f
+
+    def fleet_wm_at(self, site: str, f: FleetHeap, now_ms: int) -> int:
+        """``DeviceTracker.fleet_wm(site, bound_of, now_ms)`` from the site's heap ``f`` (``NO_WM`` for None)."""
         wm = f.top(now_ms, self.idle_timeout, self.idle_factor, self.idle_grace)
-        if wm == NO_WM:
-            return tracker.fleet_wm(site, self.bound_of, now_ms)  # no device active: the largest watermark (a walk)
-        return wm
+        if wm != NO_WM:
+            return wm
+        walk = self.tracker.fleet_wm(site, self.bound_of, now_ms)  # no device active: the largest watermark (a walk)
+        return NO_WM if walk is None else walk
+
+    def fleet_wm(self, site: str, now_ms: int) -> int | None:
+        """``DeviceTracker.fleet_wm(site, bound_of, now_ms)``."""
+        if self.walk:
+            return self.tracker.fleet_wm(site, self.bound_of, now_ms)
+        wm = self.fleet_wm_at(site, self.heap(site, now_ms), now_ms)
+        return None if wm == NO_WM else wm
 
 
 class MemberFleets:
