@@ -35,7 +35,7 @@ from .bridge import (
     message_records,
     watermark_top,
 )
-from .ckpt_rows import ORDER, dumps_row, key_names, split_order, split_rows
+from .ckpt_rows import ORDER, encode_row, key_names, split_order, split_rows
 from .config import Config, load_config, redact_url
 from .errors import ConfigError, StateError
 from .homeassistant import Discovery
@@ -848,7 +848,7 @@ class Gateway:
                 waited += time.perf_counter() - t
             # each row's containers are freed here, a row at a time: freed at once (on the loop, after the
             # checkpoint) the snapshot of every key held the GIL for hundreds of milliseconds
-            text = dumps_row(rows.pop(name)).encode()
+            text = encode_row(rows.pop(name))
             d = row_digest(text)
             if full or digests.get(name) != d:
                 put.append((name, zlib.compress(text, CHECKPOINT_LEVEL)))

@@ -21,15 +21,45 @@ snapshots taken with ``keys`` (the rows of those keys); :func:`split_state` does
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from typing import Any, Final
 
-__all__ = ["ORDER", "dumps_row", "join_state", "key_names", "split_order", "split_rows", "split_state"]
+import msgspec
+
+__all__ = ["ORDER", "dumps_row", "encode_row", "join_state", "key_names", "split_order", "split_rows", "split_state"]
 
 ORDER: Final = ""
 """The order row's name; a key's row is named ``"k" + key``."""
 
 dumps_row = json.JSONEncoder(separators=(",", ":")).encode
+"""A row's JSON text as the standard library writes it: the reference :func:`encode_row` falls back to."""
+
+FAST_ROWS: bool = os.environ.get("EDGEKIT_ENGINE", "") != "pure"
+"""Whether :func:`encode_row` tries msgspec's encoder first (not with ``EDGEKIT_ENGINE=pure``)."""
+
+_fast_encode = msgspec.json.Encoder().encode
+_fast_decode = msgspec.json.Decoder().decode
+
+
+def encode_row(row: Any) -> bytes:
+    """A row's JSON text (UTF-8) as a checkpoint stores it: what ``json.loads`` reads back is what it reads from
+    :func:`dumps_row`'s text, the same values of the same types, floats to the bit.
+
+    msgspec's encoder writes it about seven times as fast, but not every value as ``json`` does: a NaN or an
+    infinity becomes ``null``, a dict's int key a string. So its text is decoded again and compared with the row
+    (a third of the time ``json`` takes); any difference, or anything it cannot encode (a lone surrogate), and the
+    row is written by ``json``. Its floats are the shortest text that reads back to the same bits, always with a
+    ``.`` or an exponent, as ``json``'s are (``tests/gateway/test_ckpt_encode.py`` holds it to :func:`dumps_row`).
+    """
+    if FAST_ROWS:
+        try:
+            text = _fast_encode(row)
+            if _fast_decode(text) == row:
+                return text
+        except (TypeError, ValueError, OverflowError, UnicodeError, msgspec.MsgspecError, RecursionError):
+            pass
+    return dumps_row(row).encode()
 
 
 _ALL: Final = None

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from .anomaly.engine import ANOMALY_MEASUREMENT
-from .ckpt_rows import dumps_row, key_names, split_order, split_rows
+from .ckpt_rows import encode_row, key_names, split_order, split_rows
 from .config import Config, DevicesConfig
 from .live import DEVICE_INTERVAL_MS, DEVICE_WATERMARK, GATEWAY_HEALTH, HEALTH_INTERVAL_MS
 from .memsize import deep_size
@@ -202,6 +202,6 @@ def run_plan(
     t = time.process_time()
     _, order = split_order({"pipeline": pipe.snapshot(order=True)})
     rows = split_rows({"pipeline": pipe.snapshot(key_names(order))})
-    res.checkpoint_bytes = sum(len(zlib.compress(dumps_row(v).encode(), CHECKPOINT_LEVEL)) for v in rows.values())
+    res.checkpoint_bytes = sum(len(zlib.compress(encode_row(v), CHECKPOINT_LEVEL)) for v in rows.values())
     res.checkpoint_cpu_s = time.process_time() - t
     return res
