@@ -42,7 +42,8 @@ min_others = 1               # a device's deviation needs at least this many oth
 alert_above = 3.0            # optional: an alert when |deviation| > 3.0 (severity = "warning" by default)
 ```
 
-Durations are integers (ms) or strings ``<number><unit>``, unit ``ms``, ``s``, ``m``, ``h`` or ``d``.
+Durations are integers (ms) or strings ``<number><unit>``, unit ``ms``, ``s``, ``m``, ``h`` or ``d``, a whole number
+of milliseconds up to 2**53 (about 285,000 years).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any, Final, Literal, Protocol, TypeVar
 
 from ..errors import ConfigError
@@ -77,6 +79,10 @@ _METRIC_RE: Final = re.compile(r"[a-z][a-z0-9_]{0,31}")
 _NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _DURATION_RE: Final = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*")
 _UNITS: Final = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+TIME_LIMIT_MS: Final = 2**53
+"""The largest duration, and the largest ``min_time_ms`` either way: with every event time the engine takes and
+every bound within it, a watermark is never below -2**54, far above the operators' ``NO_WM`` sentinel (-2**62),
+which would be taken for "no watermark" where a walk over the devices would count it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,15 +149,26 @@ def parse_duration(value: object, where: str) -> int:
     if isinstance(value, int):
         if value < 0:
             raise ConfigError(f"{where}: duration must not be negative, got {value}")
-        return value
+        return _at_most(value, value, where)
     if isinstance(value, str):
         m = _DURATION_RE.fullmatch(value)
         if m:
-            ms = float(m.group(1)) * _UNITS[m.group(2)]
-            if ms != int(ms):
+            number = m.group(1)
+            digits = (number.rstrip("0").rstrip(".") if "." in number else number).lstrip("0")
+            if len(digits) > 40:  # more digits than a duration up to the limit needs (Fraction would take any)
+                raise ConfigError(f"{where}: {value[:40]!r}... has too many digits (at most {TIME_LIMIT_MS} ms)")
+            # exact: 1.001 s is 1001 ms (as a float 1.001 * 1000 is 1000.9999999999999)
+            ms = Fraction(number) * _UNITS[m.group(2)]
+            if ms.denominator != 1:
                 raise ConfigError(f"{where}: {value!r} is not a whole number of milliseconds")
-            return int(ms)
+            return _at_most(ms.numerator, value, where)
     raise ConfigError(f"{where}: expected milliseconds or a string like '60s', '5m', got {value!r}")
+
+
+def _at_most(ms: int, value: object, where: str) -> int:
+    if ms > TIME_LIMIT_MS:
+        raise ConfigError(f"{where}: {value!r} is longer than {TIME_LIMIT_MS} ms (about 285,000 years)")
+    return ms
 
 
 def _names(value: object, where: str, allowed: Sequence[str] | None = None) -> tuple[str, ...]:
@@ -410,6 +427,8 @@ def parse_engine(doc: Mapping[str, Any]) -> EngineSpec:
     min_time = raw.get("min_time_ms", d.min_time_ms)
     if isinstance(min_time, bool) or not isinstance(min_time, int):
         raise ConfigError(f"engine.min_time_ms: expected an integer (ms since the epoch), got {min_time!r}")
+    if not -TIME_LIMIT_MS <= min_time <= TIME_LIMIT_MS:
+        raise ConfigError(f"engine.min_time_ms: {min_time} is beyond ±{TIME_LIMIT_MS} ms (about 285,000 years)")
     return EngineSpec(
         windows=parse_windows(doc.get("windows")),
         watermark=_parse_watermark(raw.get("watermark")),
