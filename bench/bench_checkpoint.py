@@ -20,9 +20,10 @@ waited to be taken is printed (a checkpoint that stops the pipeline's input make
 ``--code PATH`` measures the gateway of another checkout with this file (run both, alternating, to compare).
 Printed: the state size (its JSON text and what is stored,
 zlib-compressed), the time of each part done by a synchronous checkpoint (snapshot, JSON, compression, SQLite
-transaction), and per checkpoint at steady state (after a first one; before each, ``-c`` devices, a tenth by
-default, send ten readings each) the duration, the stall and the bytes written (the WAL's size after the
-checkpoint's transaction, the WAL emptied before it), median, min and max over ``-r`` runs. State file in a
+transaction) and of every key's row as the gateway's checkpoint writes it (its JSON text and zlib), and per
+checkpoint at steady state (after a first one; before each, ``-c`` devices, a tenth by default, send ten readings
+each) the duration, the stall and the bytes written (the WAL's size after the checkpoint's transaction, the WAL
+emptied before it), median, min and max over ``-r`` runs. State file in a
 temporary directory (``--dir`` to choose its disk).
 """
 
@@ -39,7 +40,9 @@ import sys
 import tempfile
 import time
 import tomllib
+import zlib
 from pathlib import Path
+from typing import Any
 
 
 def _code() -> Path:
@@ -218,7 +221,7 @@ def parts(gw: Gateway, spill_lines: list[str]) -> dict[str, float]:
     t = time.perf_counter()
     gw.sink.spill(lambda chunks: gw.store.checkpoint(gw.pos, stored, 0, chunks))
     t_store = time.perf_counter() - t
-    return {
+    got = {
         "snapshot": t_snap,
         "json": t_json,
         "compress": t_pack if stored is packed else 0.0,
@@ -226,6 +229,31 @@ def parts(gw: Gateway, spill_lines: list[str]) -> dict[str, float]:
         "bytes": float(len(blob)),
         "stored": float(len(stored)),
     }
+    return got | _rows(snap)
+
+
+def _rows(snap: dict[str, Any]) -> dict[str, float]:
+    """Each key's row as the gateway's checkpoint writes it (``ckpt_rows.encode_row``, or ``json`` in a checkout
+    without it), then zlib: seconds for all rows, and their count (none in a checkout without rows)."""
+    try:
+        from gateway.ckpt_rows import split_state
+    except ImportError:
+        return {}
+    try:
+        from gateway.ckpt_rows import encode_row
+    except ImportError:
+
+        def encode_row(row: Any) -> bytes:
+            return json.dumps(row, separators=(",", ":")).encode()
+
+    _, rows = split_state({"pipeline": snap})
+    t = time.perf_counter()
+    texts = [encode_row(r) for r in rows.values()]
+    t_json = time.perf_counter() - t
+    t = time.perf_counter()
+    for text in texts:
+        zlib.compress(text, 1)  # the checkpoint's level (state.CHECKPOINT_LEVEL)
+    return {"rows": float(len(texts)), "rows_json": t_json, "rows_zlib": time.perf_counter() - t}
 
 
 def _pct(xs: list[float], p: float) -> float:
@@ -258,6 +286,11 @@ async def main_async(args: argparse.Namespace, state_dir: Path) -> None:
         f"compression {p['compress'] * 1e3:.0f} ms, "
         f"SQLite transaction with {len(spill):,} spilled lines {p['sqlite'] * 1e3:.0f} ms"
     )
+    if "rows" in p:
+        print(
+            f"the {p['rows']:,.0f} rows of every key as the checkpoint writes them: "
+            f"JSON {p['rows_json'] * 1e3:.0f} ms, zlib {p['rows_zlib'] * 1e3:.0f} ms"
+        )
     durations, stalls, written, all_lags, all_waits, max_waits = [], [], [], [], [], []
     feed = Feed(args.devices, args.feed, t0 + (args.readings + 10 * args.runs) * STEP_MS)
     wal = Path(f"{gw.store.path}-wal")
