@@ -51,6 +51,11 @@ def encode_row(row: Any) -> bytes:
     (a third of the time ``json`` takes); any difference, or anything it cannot encode (a lone surrogate), and the
     row is written by ``json``. Its floats are the shortest text that reads back to the same bits, always with a
     ``.`` or an exponent, as ``json``'s are (``tests/gateway/test_ckpt_encode.py`` holds it to :func:`dumps_row`).
+
+    For rows of plain values, as snapshots are made (``dict``, ``list``, ``str``, ``int``, ``float``, ``bool``,
+    ``None``; the test checks a gateway's rows hold nothing else): the comparison does not see a dict's order, and
+    for a dict subclass that iterates in another order than it stores (an ``OrderedDict`` after ``move_to_end``)
+    msgspec writes the stored order and ``json`` the iterated one.
     """
     if FAST_ROWS:
         try:

@@ -148,26 +148,44 @@ def parse_duration(value: object, where: str) -> int:
         raise ConfigError(f"{where}: expected a duration, got {value!r}")
     if isinstance(value, int):
         if value < 0:
-            raise ConfigError(f"{where}: duration must not be negative, got {value}")
+            raise ConfigError(f"{where}: duration must not be negative, got {_shown(value)}")
         return _at_most(value, value, where)
     if isinstance(value, str):
         m = _DURATION_RE.fullmatch(value)
         if m:
-            number = m.group(1)
-            digits = (number.rstrip("0").rstrip(".") if "." in number else number).lstrip("0")
-            if len(digits) > 40:  # more digits than a duration up to the limit needs (Fraction would take any)
+            ms = _exact(m.group(1), _UNITS[m.group(2)])
+            if ms is None:
                 raise ConfigError(f"{where}: {value[:40]!r}... has too many digits (at most {TIME_LIMIT_MS} ms)")
-            # exact: 1.001 s is 1001 ms (as a float 1.001 * 1000 is 1000.9999999999999)
-            ms = Fraction(number) * _UNITS[m.group(2)]
             if ms.denominator != 1:
                 raise ConfigError(f"{where}: {value!r} is not a whole number of milliseconds")
             return _at_most(ms.numerator, value, where)
-    raise ConfigError(f"{where}: expected milliseconds or a string like '60s', '5m', got {value!r}")
+    raise ConfigError(f"{where}: expected milliseconds or a string like '60s', '5m', got {_shown(value)}")
+
+
+def _exact(number: str, unit_ms: int) -> Fraction | None:
+    """``number`` (decimal digits, maybe a point and more; any script's digits, as ``\\d`` matches) units of
+    ``unit_ms``, exactly: 1.001 s is 1001 ms, where as floats 1.001 * 1000 is 1000.9999999999999. None if it has
+    more than 40 digits besides leading and trailing zeros: more than a duration up to the limit needs."""
+    if not number.isascii():
+        number = "".join(c if c == "." else str(int(c)) for c in number)
+    whole, _, frac = number.partition(".")
+    whole, frac = whole.lstrip("0"), frac.rstrip("0")
+    if len(whole) + len(frac) > 40:
+        return None
+    scale = 10 ** len(frac)
+    return Fraction(int(whole or "0") * scale + int(frac or "0"), scale) * unit_ms
+
+
+def _shown(value: object) -> str:
+    """``repr(value)``, or what it is when that is too long to print (an int of more than 4,300 digits)."""
+    if isinstance(value, int) and value.bit_length() > 1000:
+        return f"an integer of {value.bit_length()} bits"
+    return repr(value)[:80]
 
 
 def _at_most(ms: int, value: object, where: str) -> int:
     if ms > TIME_LIMIT_MS:
-        raise ConfigError(f"{where}: {value!r} is longer than {TIME_LIMIT_MS} ms (about 285,000 years)")
+        raise ConfigError(f"{where}: {_shown(value)} is longer than {TIME_LIMIT_MS} ms (about 285,000 years)")
     return ms
 
 
@@ -428,7 +446,7 @@ def parse_engine(doc: Mapping[str, Any]) -> EngineSpec:
     if isinstance(min_time, bool) or not isinstance(min_time, int):
         raise ConfigError(f"engine.min_time_ms: expected an integer (ms since the epoch), got {min_time!r}")
     if not -TIME_LIMIT_MS <= min_time <= TIME_LIMIT_MS:
-        raise ConfigError(f"engine.min_time_ms: {min_time} is beyond ±{TIME_LIMIT_MS} ms (about 285,000 years)")
+        raise ConfigError(f"engine.min_time_ms: {_shown(min_time)} is beyond ±{TIME_LIMIT_MS} ms (about 285,000 years)")
     return EngineSpec(
         windows=parse_windows(doc.get("windows")),
         watermark=_parse_watermark(raw.get("watermark")),

@@ -118,6 +118,30 @@ def test_a_duration_beyond_the_limit_is_a_clear_error(text: object, message: str
     assert parse_duration("1." + "0" * 60 + "s", "x") == 1000  # trailing zeros are not digits that count
 
 
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("0" * 5000 + "1s", 1000),  # ValueError (int's 4,300-digit limit) in 8b2d72a: an outside review's find
+        ("1." + "0" * 5000 + "s", 1000),
+        ("0" * 5000 + "." + "5" + "0" * 5000 + "s", 500),
+        ("1." + "\u0660" * 41 + "s", 1000),  # ARABIC-INDIC zeros: zeros all the same
+        ("\u0661\u0662s", 12_000),
+        ("\uff11.\uff15s", 1500),
+    ],
+)
+def test_zeros_before_or_after_the_digits_that_count_are_no_digits(text: str, value: int) -> None:
+    assert parse_duration(text, "x") == value
+
+
+def test_an_integer_too_long_to_print_is_still_a_clear_error() -> None:
+    for where in ("x", "engine.min_time_ms"):
+        with pytest.raises(ConfigError, match="an integer of 16610 bits"):
+            if where == "x":
+                parse_duration(10**5000, where)
+            else:
+                parse_engine({"engine": {"min_time_ms": 10**5000}, "windows": []})
+
+
 @pytest.mark.parametrize("min_time", [-(2**53) - 1, 2**53 + 1, -(2**62), -(2**63)])
 def test_a_min_time_beyond_the_limit_is_refused(min_time: int) -> None:
     """With event times down to -2**62 (``min_time_ms`` below it), a device's watermark could equal the operators'
