@@ -39,7 +39,7 @@ class _Window:
 
     __slots__ = ("_wm_spec", "bounds", "early", "fleets", "group", "key_site", "metrics", "op", "spec")
 
-    def __init__(self, spec: WindowSpec, engine: EngineSpec) -> None:
+    def __init__(self, spec: WindowSpec, engine: EngineSpec, tracker: DeviceTracker) -> None:
         self.spec = spec
         self.op: WindowOperator = build_operator(spec, shared=engine.watermark.mode == "global")
         self.key_site = spec.key == "site"
@@ -47,7 +47,7 @@ class _Window:
         self.bounds: dict[str, int] = {}
         self._wm_spec = engine.watermark
         self.group = 0  # windows with the same metrics have the same group (the engine numbers them)
-        self.fleets: SiteFleets | None = None  # a site window's fleet heaps (the engine gives it them)
+        self.fleets = SiteFleets(tracker, self.bound)  # a site window's fleet heaps (made when first needed)
         self.early: Early | None = Early(spec, self.op) if spec.early else None  # its early triggers
 
     def bound(self, device: str) -> int:
@@ -79,7 +79,7 @@ class Engine:
         self.spec = spec
         self.global_mode = spec.watermark.mode == "global"
         self.tracker = DeviceTracker(spec.watermark)
-        self.windows = [_Window(w, spec) for w in spec.windows]
+        self.windows = [_Window(w, spec, self.tracker) for w in spec.windows]
         metrics: list[tuple[str, ...]] = []
         for w in self.windows:
             if w.metrics not in metrics:
@@ -88,8 +88,6 @@ class Engine:
         self._groups = len(metrics)
         self._devs: dict[str, _Device] = {}  # a cache over the tracker's entries (cleared on restore)
         self._site_windows = [w for w in self.windows if w.key_site]
-        for w in self._site_windows:
-            w.fleets = SiteFleets(self.tracker, w.bound)
         self._early = [w for w in self.windows if w.early is not None]  # windows with early triggers
         self._early_by_name = {w.spec.name: w.early for w in self._early if w.early is not None}
         self.snapshot_pause: Callable[[], None] | None = None  # see snapshot()
@@ -350,9 +348,7 @@ class Engine:
         """A message or status of the device: into each site window's fleet heaps of its sites where it is not
         (see :class:`~gateway.engine.fleet.FleetHeap`)."""
         for w in self._site_windows:
-            fleets = w.fleets
-            if fleets is not None:
-                fleets.heard(device)
+            w.fleets.heard(device)
 
     def _advance_site(self, w: _Window, site: str, now_ms: int) -> list[Output]:
         out: list[Output] = []
@@ -369,7 +365,6 @@ class Engine:
             cell = op.key_cell(site)
         else:
             fleets = w.fleets
-            assert fleets is not None
             f = fleets.heap(site, now_ms)
             fleet = fleets.fleet_wm_at(site, f, now_ms)
             if fleet == NO_WM:
@@ -402,9 +397,7 @@ class Engine:
         reading, its readings go to the new site's windows, and its event time still closes the old site's."""
         self.tracker.move(device, site)
         for w in self._site_windows:
-            fleets = w.fleets
-            if fleets is not None:
-                fleets.moved(device, site)  # the site's heap made again with the device when next needed
+            w.fleets.moved(device, site)  # the site's heap made again with the device when next needed
 
     def advance(self, now_ms: int) -> list[Output]:
         """Time-driven progress: devices that fell silent turn idle and stop holding site windows back."""
@@ -477,9 +470,7 @@ class Engine:
         self.tracker.restore(snap["tracker"])
         self._devs.clear()
         for w in self._site_windows:
-            fleets = w.fleets
-            if fleets is not None:
-                fleets.clear()
+            w.fleets.clear()
         stats = dict(snap["stats"])
         self._readings = stats.pop("readings")
         self._stats = stats

@@ -146,10 +146,9 @@ class FleetHeap:
         return NO_WM
 
 
-class SiteFleets:
-    """The fleet watermark of each site (:meth:`DeviceTracker.fleet_wm` with one bound a device), from a heap per
-    site. Its owner calls :meth:`heard` after the tracker took each message or status of a device, :meth:`moved`
-    after a move, and :meth:`clear` after a restore of the tracker."""
+class _Fleets:
+    """What :class:`SiteFleets` and :class:`MemberFleets` both keep: the tracker, each device's bound, the idle
+    settings (read once, not from the spec at each message) and a heap by name."""
 
     def __init__(self, tracker: DeviceTracker, bound_of: Callable[[str], int]) -> None:
         self.tracker = tracker
@@ -159,8 +158,21 @@ class SiteFleets:
         self.idle_factor = float(spec.idle_factor)
         self.idle_grace = spec.idle_grace_ms
         self.heaps: dict[str, FleetHeap] = {}
+        self.walk = False  # walk every device instead, as the tracker does (tests compare the two)
+
+    def top(self, f: FleetHeap, now_ms: int) -> int:
+        """:meth:`FleetHeap.top` of ``f`` with the idle settings."""
+        return f.top(now_ms, self.idle_timeout, self.idle_factor, self.idle_grace)
+
+
+class SiteFleets(_Fleets):
+    """The fleet watermark of each site (:meth:`DeviceTracker.fleet_wm` with one bound a device), from a heap per
+    site. Its owner calls :meth:`heard` after the tracker took each message or status of a device, :meth:`moved`
+    after a move, and :meth:`clear` after a restore of the tracker."""
+
+    def __init__(self, tracker: DeviceTracker, bound_of: Callable[[str], int]) -> None:
+        super().__init__(tracker, bound_of)
         self.sites_of: dict[str, list[str]] = {}  # device -> the sites whose heap may hold it (tracker.sites)
-        self.walk = False  # walk every device of a site instead, as the tracker does (tests compare the two)
 
     def heard(self, device: str) -> None:
         """The tracker took a message or status of ``device``: into the heap of each of its sites where it is not."""
@@ -219,7 +231,7 @@ class SiteFleets:
 
     def fleet_wm_at(self, site: str, f: FleetHeap, now_ms: int) -> int:
         """``DeviceTracker.fleet_wm(site, bound_of, now_ms)`` from the site's heap ``f`` (``NO_WM`` for None)."""
-        wm = f.top(now_ms, self.idle_timeout, self.idle_factor, self.idle_grace)
+        wm = self.top(f, now_ms)
         if wm != NO_WM:
             return wm
         walk = self.tracker.fleet_wm(site, self.bound_of, now_ms)  # no device active: the largest watermark (a walk)
@@ -233,7 +245,7 @@ class SiteFleets:
         return None if wm == NO_WM else wm
 
 
-class MemberFleets:
+class MemberFleets(_Fleets):
     """The fleet rule over named lists of members that only grow (a pattern group's members, in the order first
     seen): ``DeviceTracker.members_wm(members, bound_of, now_ms, hold_unread=...)`` from a heap per name. The owner
     calls :meth:`heard` after the tracker took a message or status of a device, and :meth:`clear` after a restore
@@ -242,19 +254,12 @@ class MemberFleets:
     that said they are online and have sent no reading) and an active one among them holds the result (None)."""
 
     def __init__(self, tracker: DeviceTracker, bound_of: Callable[[str], int], hold_unread: bool) -> None:
-        self.tracker = tracker
-        self.bound_of = bound_of
+        super().__init__(tracker, bound_of)
         self.hold_unread = hold_unread
-        spec = tracker.spec
-        self.idle_timeout = spec.idle_timeout_ms
-        self.idle_factor = float(spec.idle_factor)
-        self.idle_grace = spec.idle_grace_ms
-        self.heaps: dict[str, FleetHeap] = {}
         self.taken: dict[str, int] = {}  # name -> how many of its members its heap has taken
         self.unread: dict[str, dict[str, Member]] = {}  # name -> its members without a watermark yet
         self.names_of: dict[str, list[str]] = {}  # device -> the lists whose heap took it (a member stays one)
         self.absent: dict[str, list[str]] = {}  # name -> its members the tracker did not know when listed (rare)
-        self.walk = False  # walk every member instead, as the tracker does (tests compare the two)
 
     def _take(self, name: str, f: FleetHeap, m: Member, device: str) -> None:
         """Into the heap if ``m`` is not there and has a watermark; aside if it has none."""
@@ -331,7 +336,7 @@ class MemberFleets:
                     self._take(name, f, m, d)  # its first reading since: into the heap
                 elif entry_active(m.entry, now_ms, timeout, factor, grace):
                     return None
-        wm = f.top(now_ms, timeout, factor, grace)
+        wm = self.top(f, now_ms)
         if wm == NO_WM:  # no member active with a watermark: the walk's answer (the largest, or None)
             return tracker.members_wm(members, self.bound_of, now_ms, hold_unread=self.hold_unread)
         return wm
