@@ -314,10 +314,8 @@ class Cep:
                 if fast_by_kind[key.kind]:
                     self._tick_fast(key, flushed + 1, out)
         self.tracker.seen(site, device, now_ms, max_t, flushed)
-        if self.fleets.heaps:
-            self.fleets.heard(device)
-        if self.group_fleets.heaps:
-            self.group_fleets.heard(device)
+        self.fleets.heard(device)
+        self.group_fleets.heard(device)
         if self.global_mode:  # one watermark, moved by any device's time; flushed markers carry nothing
             for k in keys:  # before the advance: this batch's readings and arrival alerts may be due at once
                 self._schedule(k)
@@ -342,11 +340,9 @@ class Cep:
         sleep = status.fields.get("sleep_s")
         sleep_s = float(sleep) if isinstance(sleep, (int, float)) and not isinstance(sleep, bool) else None
         self.tracker.status(status.site, status.device, status.received_ms, status.state, sleep_s)
-        if self.fleets.heaps:
-            self.fleets.heard(status.device)
+        self.fleets.heard(status.device)
         groups = self.groups_of(status.device, status.site) if self.members and not self.global_mode else ()
-        if self.group_fleets.heaps:
-            self.group_fleets.heard(status.device)
+        self.group_fleets.heard(status.device)
         out: list[Match] = []
         if not self.global_mode:
             if self.by_kind["site"]:

@@ -175,7 +175,10 @@ class SiteFleets(_Fleets):
         self.sites_of: dict[str, list[str]] = {}  # device -> the sites whose heap may hold it (tracker.sites)
 
     def heard(self, device: str) -> None:
-        """The tracker took a message or status of ``device``: into the heap of each of its sites where it is not."""
+        """The tracker took a message or status of ``device``: into the heap of each of its sites where it is not
+        (nothing to do before a heap is made: each is made with every device of its site)."""
+        if not self.heaps:
+            return
         e = self.tracker.state.get(device)
         if e is None:
             return

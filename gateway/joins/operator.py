@@ -295,8 +295,7 @@ class Joins:
         if flushed is not None and (flushed > now_ms + e_spec.max_future_ms or flushed < e_spec.min_time_ms):
             flushed = None
         self.tracker.seen(site, device, now_ms, max_t, flushed)
-        if self.fleets.heaps:
-            self.fleets.heard(device)
+        self.fleets.heard(device)
         if self.global_mode:
             if max_t is not None:
                 wm = max_t - self._bound(device)
@@ -320,8 +319,7 @@ class Joins:
         sleep = status.fields.get("sleep_s")
         sleep_s = float(sleep) if isinstance(sleep, (int, float)) and not isinstance(sleep, bool) else None
         self.tracker.status(status.site, status.device, status.received_ms, status.state, sleep_s)
-        if self.fleets.heaps:
-            self.fleets.heard(status.device)
+        self.fleets.heard(status.device)
         out: list[Joined] = []
         if not self.global_mode:
             for k in self.member_of.get(status.device, ()):
