@@ -84,6 +84,9 @@ one is under 100 bytes past the prefix), the packet id and the properties a brok
 configurations the project ships take packets of at most 8192 + 2048 bytes (``max_packet_size 10240``),
 so whatever they accept reaches the gateway (docs/reliability.md)."""
 
+READ_PACKETS: Final = 256
+"""Packets :class:`ReadGate` reads in one turn of the event loop at most (then it lets the loop go on)."""
+
 HEAD_BYTES: Final = 256
 """How much of an oversize payload the log keeps (the dead letter's excerpt is its first 200 bytes)."""
 
@@ -301,8 +304,10 @@ def share_property_tables() -> None:
     paho 2.x builds the tables of property names, identifiers and types anew in every ``Properties``
     object, and makes one for every PUBLISH received: about a fifth of the gateway's time at its ceiling
     (issue 19's profile). The tables are constants that paho only reads; they are built once here and every
-    new object refers to them. ``tests/gateway/test_ingest_properties.py`` checks that the objects pack and
-    read every property exactly as paho's own do.
+    new object refers to them. Its ``clear`` (the first step of reading every PUBLISH's properties) looks for
+    each of the 27 property names on the object; here it looks at the attributes the object has.
+    ``tests/gateway/test_ingest_properties.py`` checks that the objects pack, read and clear every property
+    exactly as paho's own do.
     """
     cls: Any = Properties
     if getattr(cls, "_edgekit_shared_tables", False):
@@ -316,8 +321,20 @@ def share_property_tables() -> None:
         object.__setattr__(self, "names", names)
         object.__setattr__(self, "properties", table)
 
+    # paho's clear() (called first by every unpack, so once per PUBLISH, on a new object) tries to find each of the
+    # 27 property names, without its spaces, as an attribute of the object: the same, from the names it does have
+    attrs = frozenset(name.replace(" ", "") for name in names)
+    on_class = [a for a in attrs if hasattr(cls, a)]
+
+    def clear(self: Any) -> None:
+        for a in [a for a in vars(self) if a in attrs] + on_class:
+            if hasattr(self, a):
+                delattr(self, a)
+
     cls._edgekit_own_init = cls.__init__  # paho's, for the test that compares the two
+    cls._edgekit_own_clear = cls.clear
     cls.__init__ = __init__
+    cls.clear = clear
     cls._edgekit_shared_tables = True
 
 
@@ -415,6 +432,61 @@ def _no_delay(client: aiomqtt.Client) -> None:
     paho.on_socket_open = on_open
 
 
+READ_CHUNK: Final = 65536
+"""Bytes :class:`BufferedRecv` asks the socket for at once (about 90 of the gateway's typical messages)."""
+
+
+class BufferedRecv:
+    """paho's reads of one socket, served from what one ``recv`` of up to :data:`READ_CHUNK` bytes returned.
+
+    paho reads a packet in three or more ``recv`` calls (its first byte, each byte of its length, the rest), a
+    system call each: measured, 3.5 us a message in ``recv`` against 0.6 for the same bytes read at once. Installed
+    as the client's ``_sock_recv`` for one socket, this hands paho the same bytes in the same order, with paho's
+    own errors (it calls paho's ``_sock_recv`` to fill the buffer: ``BlockingIOError`` when nothing is there,
+    ``b""`` at the end of the stream). A read larger than the chunk, with nothing buffered, is paho's own read.
+    For any other socket (after paho closed this one) it is paho's own read.
+
+    What it holds is not in the socket any more, so the socket's readiness no longer tells whether there is
+    something to read: whoever calls paho's ``loop_read`` must go on while :meth:`waiting` (the
+    :class:`ReadGate` does).
+    """
+
+    __slots__ = ("data", "own", "paho", "pos", "sock")
+
+    def __init__(self, paho: Any, sock: Any) -> None:
+        self.paho = paho
+        self.sock = sock
+        self.own: Callable[[Any, int], bytes] = type(paho)._sock_recv
+        self.data = b""
+        self.pos = 0
+
+    def waiting(self) -> int:
+        """Bytes read from the socket that paho has not taken yet (0 once paho no longer reads this socket)."""
+        if self.paho._sock is not self.sock:
+            return 0
+        return len(self.data) - self.pos
+
+    def recv(self, n: int) -> bytes:
+        paho = self.paho
+        if paho._sock is not self.sock:
+            return self.own(paho, n)
+        data = self.data
+        pos = self.pos
+        if pos >= len(data):
+            data = self.own(paho, n if n > READ_CHUNK else READ_CHUNK)
+            if len(data) <= n:  # all of it for this read (b"": the end of the stream)
+                return data
+            self.data = data
+            pos = 0
+        end = pos + n
+        if end >= len(data):
+            self.data = b""
+            self.pos = 0
+            return data[pos:] if pos else data
+        self.pos = end
+        return data[pos:end]
+
+
 class ReadGate:
     """Backpressure on the broker's socket: stop reading it while ``bound`` messages are received and not taken.
 
@@ -426,6 +498,11 @@ class ReadGate:
     must be read whatever comes before them, and what arrives meanwhile is not bounded).
     While the reader is off, nothing is read from the socket: the kernel's buffers fill, then TCP holds the
     broker back, which keeps the rest in the session.
+
+    Once it has the socket, paho reads it through a :class:`BufferedRecv` (a chunk at a time, not a system call
+    for each byte of a packet's header), and the gate reads packets until what was read is taken (at most
+    :data:`READ_PACKETS` in one turn of the event loop, or until the queue holds ``bound`` messages; the rest
+    waits in the buffer for the next turn or for :meth:`taken`).
 
     The broker's PINGRESP then waits unread behind the backlog, and paho would close the connection one keepalive
     after its PINGREQ (it judges the connection by the bytes it has read). So while reading is stopped, every half
@@ -448,6 +525,8 @@ class ReadGate:
         self.kept_alive = 0
         """Times the gate told paho the connection is alive while reading was stopped."""
         self._keep: asyncio.TimerHandle | None = None
+        self.buffer: BufferedRecv | None = None
+        """paho's reads of the current socket (from :meth:`_take_over` on)."""
         self.most = 0
         """The most messages held received and not taken (at most ``bound``)."""
         self._loop = asyncio.get_running_loop()
@@ -471,10 +550,15 @@ class ReadGate:
         paho.on_socket_close = on_close
 
     def _take_over(self, fd: int) -> None:
-        if self.client._client._sock is None:  # closed meanwhile
+        paho: Any = self.client._client
+        sock = paho._sock
+        if sock is None:  # closed meanwhile
             return
         self.fd = fd
         self.paused = False
+        # from here on paho reads this socket a chunk at a time (aiomqtt's reader, until now, read it unbuffered)
+        self.buffer = BufferedRecv(paho, sock)
+        paho._sock_recv = self.buffer.recv
         self._loop.add_reader(fd, self._read)
 
     def queued(self) -> int:
@@ -482,15 +566,23 @@ class ReadGate:
         return len(self.client.messages)
 
     def _read(self) -> None:
+        if self.paused:  # a read scheduled before the gate stopped reading
+            return
         paho = self.client._client
+        buffer = self.buffer
         try:
-            while True:
-                paho.loop_read()
+            for _ in range(READ_PACKETS):
+                paho.loop_read()  # one packet (or the rest of one)
+                room = not self.armed or self.queued() < self.bound
+                if buffer is not None and room and buffer.waiting():
+                    continue  # read but not taken by paho yet: the socket's readiness would not say so
                 sock: Any = paho._sock
                 # paho's loop_read does not always consume the bytes an SSL socket has already decrypted
                 if hasattr(sock, "pending") and sock.pending() > 0 and self.queued() < self.bound:
                     continue
                 break
+            else:  # the loop's other callbacks get their turn first; what was read and not taken is taken next
+                self._loop.call_soon(self._read)
         except Exception as exc:  # a broken connection (aiomqtt's own reader does the same)
             disconnected = self.client._disconnected
             if not disconnected.done():
@@ -514,7 +606,8 @@ class ReadGate:
             self._keep = self._loop.call_later(keepalive / 2, self._keep_alive)
 
     def _keep_alive(self) -> None:
-        """Reading is stopped: bytes from the broker waiting in the socket count as the connection being alive."""
+        """Reading is stopped: bytes from the broker waiting in the socket (or read from it into the buffer and not
+        taken by paho) count as the connection being alive."""
         self._keep = None
         if not self.paused or self.fd < 0:
             return
@@ -522,7 +615,7 @@ class ReadGate:
             waiting = struct.unpack("i", fcntl.ioctl(self.fd, termios.FIONREAD, b"\0\0\0\0"))[0]
         except OSError:
             return  # the socket is gone: paho's next read or write says so
-        if waiting > 0:
+        if waiting > 0 or (self.buffer is not None and self.buffer.waiting() > 0):
             paho: Any = self.client._client
             with paho._msgtime_mutex:
                 paho._last_bytes_received = mqtt_time()
@@ -750,8 +843,7 @@ async def _consume(
                 nxt.cancel()
                 return
             got: list[aiomqtt.Message] = [nxt.result()]
-            while len(got) < batch and len(client.messages) > 0:
-                got.append(await anext(messages))
+            _take_queued(client, got, batch)
             stats.received += len(got)
             stats.queued = len(client.messages)
             stats.queued_most = max(stats.queued_most, gate.most)
@@ -773,6 +865,18 @@ async def _consume(
                 _ack(client, got, stats)
     finally:
         stopper.cancel()
+
+
+def _take_queued(client: aiomqtt.Client, got: list[aiomqtt.Message], batch: int) -> None:
+    """Add the messages already queued to ``got``, up to ``batch`` in all: what ``anext(client.messages)`` returns
+    for each of them, without the task and the wait that aiomqtt's iterator makes for every message.
+
+    While the queue holds a message, aiomqtt's ``__anext__`` returns it, even once the connection is lost (its
+    ``queue.get()`` task completes before the wait sees the disconnection); so does this.
+    """
+    queue: asyncio.Queue[aiomqtt.Message] = client._queue
+    while len(got) < batch and queue.qsize() > 0:
+        got.append(queue.get_nowait())
 
 
 LOG_RETRY_MAX_S = 30.0

@@ -1,0 +1,204 @@
+"""The gateway's reads of the broker's socket give the messages aiomqtt's own reader gives, in the same order.
+
+``ReadGate`` has paho read a chunk of the socket at a time (``BufferedRecv``) and reads packets until what was
+read is taken; ``_take_queued`` takes the messages already queued without aiomqtt's iterator. The references are
+the code they stand in for: aiomqtt's reader (paho's ``loop_read`` at each readiness of the socket, unbuffered)
+and aiomqtt's ``anext(client.messages)``. A stream of MQTT 5 packets (PUBLISH at QoS 0 and 1 with and without
+DUP, retain, properties, empty and large payloads; PINGRESP between them) is written into one end of a socket
+pair in chunks of every size, from one byte to all of it, and read at the other end both ways, the gate's with
+and without a bound on the messages held.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import itertools
+import socket
+import struct
+import termios
+from typing import Any
+
+import aiomqtt
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from gateway.config import MqttConfig
+from gateway.ingest import READ_CHUNK, BufferedRecv, ReadGate, _take_queued, make_client
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _publish(topic: str, payload: bytes, qos: int, mid: int, dup: bool, retain: bool, props: dict[str, Any]) -> bytes:
+    p: Any = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    for k, v in props.items():
+        setattr(p, k, v)
+    t = topic.encode()
+    packed: bytes = p.pack()
+    body = struct.pack("!H", len(t)) + t + (struct.pack("!H", mid) if qos else b"") + packed + payload
+    return bytes([0x30 | dup << 3 | qos << 1 | retain]) + _varint(len(body)) + body
+
+
+PINGRESP = b"\xd0\x00"
+
+packets = st.lists(
+    st.one_of(
+        st.builds(
+            _publish,
+            topic=st.sampled_from(["edgekit/a/d1/readings", "edgekit/b/é/status", "t", "edgekit/x/" + "y" * 200]),
+            payload=st.one_of(st.binary(max_size=40), st.sampled_from([b"", b"{}", bytes(range(256)) * 300])),
+            qos=st.integers(0, 1),
+            mid=st.integers(1, 65535),
+            dup=st.booleans(),
+            retain=st.booleans(),
+            props=st.sampled_from(
+                [{}, {"MessageExpiryInterval": 60}, {"UserProperty": [("k", "v"), ("k", "w")]}, {"ContentType": "j"}]
+            ),
+        ),
+        st.just(PINGRESP),
+    ),
+    min_size=1,
+    max_size=40,
+)
+
+
+def _chunks(stream: bytes, cuts: list[int]) -> list[bytes]:
+    at = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
+    return [stream[a:b] for a, b in itertools.pairwise(at) if b > a]
+
+
+async def _read(stream: bytes, cuts: list[int], way: str, bound: int) -> tuple[list[tuple[Any, ...]], list[int]]:
+    """The messages read from ``stream`` written in pieces; ``way``: "aiomqtt" (its reader) or "gate"."""
+    loop = asyncio.get_running_loop()
+    dups: set[int] = set()
+    client = make_client(MqttConfig(client_id="read-test"), dups)
+    paho: Any = client._client
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    theirs.setblocking(False)
+    paho._sock = ours
+    gate = ReadGate(client, bound)
+    held: list[int] = []
+    if way == "gate":
+        gate._take_over(ours.fileno())
+        gate.arm()
+    else:
+        loop.add_reader(ours.fileno(), paho.loop_read)  # what aiomqtt's on_socket_open does
+    got: list[Any] = []
+    try:
+        for chunk in _chunks(stream, cuts):
+            view = memoryview(chunk)
+            while view:
+                try:
+                    view = view[theirs.send(view) :]
+                except BlockingIOError:
+                    await asyncio.sleep(0.001)
+            for _ in range(3):
+                await asyncio.sleep(0)
+            if way == "gate" and client._queue.qsize():
+                held.append(client._queue.qsize())
+                taken: list[aiomqtt.Message] = []
+                _take_queued(client, taken, 10**9)
+                got.extend(taken)
+                gate.taken()
+        for _ in range(200):  # the rest: until the reader has taken every byte and the queue is drained
+            await asyncio.sleep(0)
+            taken = []
+            _take_queued(client, taken, 10**9)
+            got.extend(taken)
+            if way == "gate":
+                gate.taken()
+            pending = struct.unpack("i", fcntl.ioctl(ours.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+            buffered = gate.buffer.waiting() if gate.buffer is not None else 0
+            if not pending and not buffered and paho._in_packet["command"] == 0 and not client._queue.qsize():
+                break
+    finally:
+        loop.remove_reader(ours.fileno())
+        paho._sock = None
+        ours.close()
+        theirs.close()
+    msgs = [(str(m.topic), m.payload, m.qos, m.retain, m.mid, str(m.properties), m.mid in dups) for m in got]
+    return msgs, held
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pkts=packets, cuts=st.lists(st.integers(0, 10**7), max_size=30), bound=st.sampled_from([1, 2, 5, 100]))
+def test_the_gate_reads_what_aiomqtts_reader_reads(pkts: list[bytes], cuts: list[int], bound: int) -> None:
+    stream = b"".join(pkts)
+
+    async def both() -> tuple[Any, Any]:
+        return await _read(stream, cuts, "aiomqtt", bound), await _read(stream, cuts, "gate", bound)
+
+    (theirs, _), (ours, held) = asyncio.run(both())
+    assert ours == theirs
+    assert max(held, default=0) <= bound
+    assert len(ours) == sum(1 for p in pkts if p != PINGRESP)
+
+
+def test_one_read_of_the_socket_serves_many_messages() -> None:
+    """What it is for: paho's reads of a chunk of messages are served from one system call."""
+    pkts = [_publish("edgekit/a/d/readings", b"x" * 700, 1, i, False, False, {}) for i in range(1, 51)]
+    stream = b"".join(pkts)
+    calls = 0
+
+    async def run() -> list[tuple[Any, ...]]:
+        own = BufferedRecv.__init__
+
+        def counting(self: BufferedRecv, paho: Any, sock: Any) -> None:
+            own(self, paho, sock)
+            inner = self.own
+
+            def count(p: Any, n: int) -> bytes:
+                nonlocal calls
+                calls += 1
+                return inner(p, n)
+
+            self.own = count
+
+        BufferedRecv.__init__ = counting  # type: ignore[method-assign]
+        try:
+            msgs, _ = await _read(stream, [], "gate", 100)
+        finally:
+            BufferedRecv.__init__ = own  # type: ignore[method-assign]
+        return msgs
+
+    msgs = asyncio.run(run())
+    assert len(msgs) == 50
+    assert len(stream) < READ_CHUNK
+    assert calls <= 3, calls  # the chunk, and at most a read that finds nothing more
+
+
+@pytest.mark.parametrize("connected", [True, False])
+def test_taking_the_queued_messages_is_what_aiomqtts_iterator_returns(connected: bool) -> None:
+    async def run() -> tuple[tuple[list[Any], int], tuple[list[Any], int]]:
+        out = []
+        for way in ("aiomqtt", "take"):
+            client = make_client(MqttConfig(client_id="take-test"))
+            if not connected:
+                client._disconnected.set_exception(aiomqtt.MqttError("gone"))
+            for i in range(7):
+                client._queue.put_nowait(i)  # type: ignore[arg-type]
+            got: list[Any] = []
+            if way == "aiomqtt":
+                messages = aiter(client.messages)
+                while len(got) < 5 and len(client.messages) > 0:
+                    got.append(await anext(messages))
+            else:
+                _take_queued(client, got, 5)
+            out.append((got, client._queue.qsize()))
+            if not connected:
+                client._disconnected.exception()  # retrieved: no warning at the end
+        return out[0], out[1]
+
+    theirs, ours = asyncio.run(run())
+    assert ours == theirs == ([0, 1, 2, 3, 4], 2)
