@@ -46,6 +46,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Final, TypeVar
 
 import aiomqtt
+from paho.mqtt.client import PUBACK
 from paho.mqtt.client import time_func as mqtt_time
 from paho.mqtt.matcher import MQTTMatcher
 from paho.mqtt.packettypes import PacketTypes
@@ -930,8 +931,29 @@ async def _accept_until_durable(
         return accepted
 
 
+_PUBACK: Final = struct.Struct("!BBH")
+
+
 def _ack(client: aiomqtt.Client, got: list[aiomqtt.Message], stats: IngestStats) -> None:
+    """Acknowledge ``got``, in its order, as paho's ``ack`` does each message.
+
+    paho queues each PUBACK as a packet of its own and writes each with a system call of its own; here the PUBACKs
+    of consecutive QoS 1 messages are queued as one packet holding the same bytes (paho's: type, length 2, packet
+    id), written with one call. A QoS 2 message is acknowledged by paho's ``ack`` (its PUBCOMP) in its place."""
+    paho: Any = client._client
+    run: list[bytes] = []
     for m in got:
-        if m.qos > 0:
-            client._client.ack(m.mid, m.qos)
+        if m.qos == 1 and paho._manual_ack:
+            run.append(_PUBACK.pack(PUBACK, 2, m.mid))
+        elif m.qos > 0:
+            _queue_pubacks(paho, run)
+            paho.ack(m.mid, m.qos)
+    _queue_pubacks(paho, run)
     stats.acked += len(got)
+
+
+def _queue_pubacks(paho: Any, run: list[bytes]) -> None:
+    """Queue the PUBACKs ``run`` holds as one packet (paho writes it as it writes its own PUBACKs); empty ``run``."""
+    if run:
+        paho._packet_queue(PUBACK, run[0] if len(run) == 1 else b"".join(run), struct.unpack("!H", run[-1][2:])[0], 1)
+        run.clear()

@@ -27,7 +27,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gateway.config import MqttConfig
-from gateway.ingest import READ_CHUNK, BufferedRecv, ReadGate, _take_queued, make_client
+from gateway.ingest import READ_CHUNK, BufferedRecv, IngestStats, ReadGate, _ack, _take_queued, make_client
 
 
 def _varint(n: int) -> bytes:
@@ -202,3 +202,69 @@ def test_taking_the_queued_messages_is_what_aiomqtts_iterator_returns(connected:
 
     theirs, ours = asyncio.run(run())
     assert ours == theirs == ([0, 1, 2, 3, 4], 2)
+
+
+def _acked_bytes(qos_mids: list[tuple[int, int]], ours: bool, manual: bool = True) -> tuple[bytes, int]:
+    """The bytes the acknowledgements of messages (qos, packet id) put on the wire, and the sends it took."""
+
+    async def run() -> tuple[bytes, int]:
+        client = make_client(MqttConfig(client_id="ack-test"))
+        paho: Any = client._client
+        paho.manual_ack_set(manual)
+        mine, peer = socket.socketpair()
+        mine.setblocking(False)
+        paho._sock = mine
+        sends = 0
+        own_send = paho._sock_send
+
+        def counted(buf: bytes) -> int:
+            nonlocal sends
+            sends += 1
+            n: int = own_send(buf)
+            return n
+
+        paho._sock_send = counted
+        got = [aiomqtt.Message("t", b"", q, False, mid, None) for q, mid in qos_mids]
+        try:
+            if ours:
+                _ack(client, got, IngestStats())
+            else:
+                for m in got:
+                    if m.qos > 0:
+                        paho.ack(m.mid, m.qos)
+            while paho._out_packet:
+                paho.loop_write()
+            peer.setblocking(False)
+            out = b""
+            while True:
+                try:
+                    out += peer.recv(65536)
+                except BlockingIOError:
+                    break
+            return out, sends
+        finally:
+            paho._sock = None
+            mine.close()
+            peer.close()
+
+    return asyncio.run(run())
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    qos_mids=st.lists(st.tuples(st.integers(0, 2), st.integers(1, 65535)), max_size=120),
+    manual=st.booleans(),
+)
+def test_acknowledging_a_batch_writes_what_pahos_acks_write(qos_mids: list[tuple[int, int]], manual: bool) -> None:
+    theirs, _ = _acked_bytes(qos_mids, ours=False, manual=manual)
+    ours, _ = _acked_bytes(qos_mids, ours=True, manual=manual)
+    assert ours == theirs
+    assert len(ours) == (4 * sum(1 for q, _ in qos_mids if q) if manual else 0)
+
+
+def test_the_pubacks_of_a_batch_go_out_in_one_write() -> None:
+    batch = [(1, mid) for mid in range(1, 101)]
+    theirs, their_sends = _acked_bytes(batch, ours=False)
+    ours, our_sends = _acked_bytes(batch, ours=True)
+    assert ours == theirs and len(ours) == 400
+    assert (their_sends, our_sends) == (100, 1)
