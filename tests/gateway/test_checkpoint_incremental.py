@@ -270,6 +270,9 @@ async def test_a_checkpoint_takes_no_slice_while_input_waits(tmp_path: Path) -> 
         at_position = copy.deepcopy(gw.pipeline.snapshot())
         taken_while_waiting: list[bool] = []
         gateway.app.CAPTURE_SLICE, slice_was = 1, gateway.app.CAPTURE_SLICE
+        # the wait for input is bounded (CHECKPOINT_YIELD_S, 20 ms): on a loaded machine taking the twelve messages
+        # took longer, and a slice was taken while they waited; what is tested is the giving way, not the bound
+        gateway.app.CHECKPOINT_YIELD_S, yield_was = 30.0, gateway.app.CHECKPOINT_YIELD_S
         try:
             task = asyncio.create_task(gw.checkpoint())
             await asyncio.sleep(0)
@@ -289,6 +292,7 @@ async def test_a_checkpoint_takes_no_slice_while_input_waits(tmp_path: Path) -> 
             await task
         finally:
             gateway.app.CAPTURE_SLICE = slice_was
+            gateway.app.CHECKPOINT_YIELD_S = yield_was
         assert taken_while_waiting and not any(taken_while_waiting), taken_while_waiting
         ck = gw.store.load_checkpoint()
         assert ck is not None and ck.state["pipeline"] == json.loads(json.dumps(at_position))
