@@ -434,7 +434,8 @@ def _no_delay(client: aiomqtt.Client) -> None:
 
 
 READ_CHUNK: Final = 65536
-"""Bytes :class:`BufferedRecv` asks the socket for at once (about 90 of the gateway's typical messages)."""
+"""Bytes :class:`BufferedRecv` asks the socket for at once (about 90 of the gateway's typical messages over plain TCP;
+over TLS a read returns one record, and Mosquitto puts each packet in a record of its own)."""
 
 
 class BufferedRecv:
