@@ -191,15 +191,22 @@ def test_one_read_of_the_socket_serves_many_messages() -> None:
     assert 1 <= calls <= 3, calls  # the chunk, and at most a read that finds nothing more
 
 
+def _gated(client_id: str, bound: int, dups: set[int] | None = None, keepalive_s: int = 30) -> tuple[Any, ...]:
+    """The gateway's client on one end of a socket pair, as if connected, its read gate holding the socket (in a
+    running loop): (client, paho, gate, our end, the broker's end)."""
+    client = make_client(MqttConfig(client_id=client_id, keepalive_s=keepalive_s), dups)
+    paho: Any = client._client
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    paho._sock = ours
+    gate = ReadGate(client, bound)
+    gate._take_over(ours.fileno())
+    return client, paho, gate, ours, theirs
+
+
 def test_the_gate_has_paho_read_through_its_buffer() -> None:
     async def run() -> bool:
-        client = make_client(MqttConfig(client_id="installed-test"))
-        paho: Any = client._client
-        ours, theirs = socket.socketpair()
-        ours.setblocking(False)
-        paho._sock = ours
-        gate = ReadGate(client, 10)
-        gate._take_over(ours.fileno())
+        _, paho, gate, ours, theirs = _gated("installed-test", 10)
         try:
             return gate.buffer is not None and paho._sock_recv == gate.buffer.recv and gate.buffer.sock is ours
         finally:
@@ -228,13 +235,7 @@ def test_the_end_of_the_stream_ends_the_connection_once_what_was_read_is_taken()
     outside review: an end of stream taken for "nothing yet" would only show at the next keepalive)."""
 
     async def run() -> tuple[list[bytes], bool, int]:
-        client = make_client(MqttConfig(client_id="eof-test"), set())
-        paho: Any = client._client
-        ours, theirs = socket.socketpair()
-        ours.setblocking(False)
-        paho._sock = ours
-        gate = ReadGate(client, 2)
-        gate._take_over(ours.fileno())
+        client, paho, gate, ours, theirs = _gated("eof-test", 2, set())
         gate.arm()
         theirs.sendall(b"".join(_publish("t", b"%d" % i, 1, i + 1, False, False, {}) for i in range(10)))
         theirs.close()
@@ -261,13 +262,7 @@ def _paused_with_bytes_buffered() -> tuple[int, int, int, bool]:
     scheduled before it stopped runs, and its keepalive check. (queued, kept_alive, waiting in the buffer, paused)"""
 
     async def run() -> tuple[int, int, int, bool]:
-        client = make_client(MqttConfig(client_id="paused-test", keepalive_s=60))
-        paho: Any = client._client
-        ours, theirs = socket.socketpair()
-        ours.setblocking(False)
-        paho._sock = ours
-        gate = ReadGate(client, 2)
-        gate._take_over(ours.fileno())
+        client, paho, gate, ours, theirs = _gated("paused-test", 2, keepalive_s=60)
         gate.arm()
         theirs.sendall(b"".join(_publish("t", b"x", 1, i + 1, False, False, {}) for i in range(5)))
         for _ in range(5):
