@@ -449,7 +449,7 @@ class BufferedRecv:
     For any other socket (after paho closed this one) it is paho's own read.
 
     What it holds is not in the socket any more, so the socket's readiness no longer tells whether there is
-    something to read: whoever calls paho's ``loop_read`` must go on while :meth:`waiting` (the
+    something to read: whoever has paho read packets must go on while :meth:`waiting` (the
     :class:`ReadGate` does).
     """
 
@@ -489,13 +489,24 @@ class BufferedRecv:
         return data[pos:end]
 
 
+def _read_packet(paho: Any) -> None:
+    """paho's ``loop_read`` for one packet (or the next part of one). Its own reads as many packets as it has
+    messages in flight (``len(_out_messages) + len(_in_messages)``: the gateway's alerts published at QoS 1 and not
+    yet acknowledged), so one call could take the gate's queue past its bound by that many."""
+    if paho._sock is None:
+        return
+    rc = paho._packet_read()
+    if rc > 0:  # as loop_read: a lost connection or a protocol error closes it and tells the callbacks
+        paho._loop_rc_handle(rc)
+
+
 class ReadGate:
     """Backpressure on the broker's socket: stop reading it while ``bound`` messages are received and not taken.
 
     aiomqtt reads the socket whenever it is readable and queues every message, however many; the broker
     does not keep to the Receive Maximum (see the module's docstring). The gate takes over the socket's
-    reader (the same callback as aiomqtt's: paho's ``loop_read``, a failure ends the connection), removes it
-    once the queue holds ``bound`` messages and puts it back by :meth:`taken` when it holds fewer than half,
+    reader (what aiomqtt's does, paho's ``loop_read``, here one packet at a time; a failure ends the connection),
+    removes it once the queue holds ``bound`` messages and puts it back by :meth:`taken` when it holds fewer than half,
     from the moment the gateway takes messages (:meth:`arm`; before, the replies to the CONNECT and SUBSCRIBE
     must be read whatever comes before them, and what arrives meanwhile is not bounded).
     While the reader is off, nothing is read from the socket: the kernel's buffers fill, then TCP holds the
@@ -574,12 +585,12 @@ class ReadGate:
         buffer = self.buffer
         try:
             for _ in range(READ_PACKETS):
-                paho.loop_read()  # one packet (or the rest of one)
+                _read_packet(paho)
                 room = not self.armed or self.queued() < self.bound
                 if buffer is not None and room and buffer.waiting():
                     continue  # read but not taken by paho yet: the socket's readiness would not say so
                 sock: Any = paho._sock
-                # paho's loop_read does not always consume the bytes an SSL socket has already decrypted
+                # a packet read does not always consume the bytes an SSL socket has already decrypted
                 if hasattr(sock, "pending") and sock.pending() > 0 and self.queued() < self.bound:
                     continue
                 break

@@ -378,3 +378,40 @@ def test_the_pubacks_of_a_batch_go_out_in_one_write() -> None:
     ours, our_sends = _acked_bytes(batch, ours=True)
     assert ours == theirs and len(ours) == 400
     assert (their_sends, our_sends) == (100, 1)
+
+
+def test_alerts_in_flight_do_not_let_the_gate_read_past_its_bound() -> None:
+    """paho's ``loop_read`` reads as many packets as it has messages in flight (``len(_out_messages) +
+    len(_in_messages)``: the gateway's alerts published at QoS 1 and not yet acknowledged), so one call could take
+    the queue past the gate's bound by that many (from an outside review, reading paho). The gate reads one packet
+    at a time."""
+
+    async def run() -> tuple[int, int]:
+        client, paho, gate, ours, theirs = _gated("inflight-test", 3)
+        gate.arm()
+        for mid in range(1, 11):  # ten alerts published and not yet acknowledged by the broker
+            paho._out_messages[mid] = object()
+        theirs.sendall(b"".join(_publish("t", b"x", 1, i + 1, False, False, {}) for i in range(20)))
+        most = 0
+        try:
+            for _ in range(20):
+                await asyncio.sleep(0)
+                most = max(most, client._queue.qsize())
+            taken: list[Any] = []
+            for _ in range(40):
+                _take_queued(client, taken, 10**9)
+                gate.taken()
+                await asyncio.sleep(0)
+                most = max(most, client._queue.qsize())
+            return most, len(taken)
+        finally:
+            paho._out_messages.clear()
+            asyncio.get_running_loop().remove_reader(ours.fileno())
+            gate._stop_keeping()
+            paho._sock = None
+            ours.close()
+            theirs.close()
+
+    most, taken = asyncio.run(run())
+    assert taken == 20
+    assert most <= 3, most
