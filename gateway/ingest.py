@@ -953,10 +953,10 @@ def _ack(client: aiomqtt.Client, got: list[aiomqtt.Message], stats: IngestStats)
     of consecutive QoS 1 messages are queued as one packet holding the same bytes (paho's: type, length 2, packet
     id), written with one call. A QoS 2 message is acknowledged by paho's ``ack`` (its PUBCOMP) in its place."""
     paho: Any = client._client
-    run: list[bytes] = []
+    run: list[int] = []
     for m in got:
         if m.qos == 1 and paho._manual_ack:
-            run.append(_PUBACK.pack(PUBACK, 2, m.mid))
+            run.append(m.mid)
         elif m.qos > 0:
             _queue_pubacks(paho, run)
             paho.ack(m.mid, m.qos)
@@ -964,8 +964,9 @@ def _ack(client: aiomqtt.Client, got: list[aiomqtt.Message], stats: IngestStats)
     stats.acked += len(got)
 
 
-def _queue_pubacks(paho: Any, run: list[bytes]) -> None:
-    """Queue the PUBACKs ``run`` holds as one packet (paho writes it as it writes its own PUBACKs); empty ``run``."""
-    if run:
-        paho._packet_queue(PUBACK, run[0] if len(run) == 1 else b"".join(run), struct.unpack("!H", run[-1][2:])[0], 1)
-        run.clear()
+def _queue_pubacks(paho: Any, mids: list[int]) -> None:
+    """Queue the PUBACKs of the packet ids ``mids`` as one packet (paho writes it as it writes its own PUBACKs);
+    empty ``mids``."""
+    if mids:
+        paho._packet_queue(PUBACK, b"".join([_PUBACK.pack(PUBACK, 2, mid) for mid in mids]), mids[-1], 1)
+        mids.clear()
