@@ -12,11 +12,13 @@ and without a bound on the messages held.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import itertools
 import socket
 import struct
 import termios
+from collections.abc import Iterator
 from typing import Any
 
 import aiomqtt
@@ -86,23 +88,52 @@ def _chunks(stream: bytes, cuts: list[int]) -> list[bytes]:
     return [stream[a:b] for a, b in itertools.pairwise(at) if b > a]
 
 
-async def _read(stream: bytes, cuts: list[int], way: str, bound: int) -> tuple[list[tuple[Any, ...]], list[int]]:
-    """The messages read from ``stream`` written in pieces; ``way``: "aiomqtt" (its reader) or "gate"."""
-    loop = asyncio.get_running_loop()
-    dups: set[int] = set()
-    client = make_client(MqttConfig(client_id="read-test"), dups)
+@contextlib.contextmanager
+def _gated(
+    client_id: str, bound: int, dups: set[int] | None = None, keepalive_s: int = 30, take_over: bool = True
+) -> Iterator[tuple[Any, ...]]:
+    """The gateway's client on one end of a socket pair, as if connected, its read gate holding the socket
+    (``take_over``; in a running loop): (client, paho, gate, our end, the broker's end). Let go of at the end."""
+    client = make_client(MqttConfig(client_id=client_id, keepalive_s=keepalive_s), dups)
     paho: Any = client._client
     ours, theirs = socket.socketpair()
     ours.setblocking(False)
-    theirs.setblocking(False)
     paho._sock = ours
     gate = ReadGate(client, bound)
-    held: list[int] = []
-    if way == "gate":
+    if take_over:
         gate._take_over(ours.fileno())
-        gate.arm()
-    else:
-        loop.add_reader(ours.fileno(), paho.loop_read)  # what aiomqtt's on_socket_open does
+    try:
+        yield client, paho, gate, ours, theirs
+    finally:
+        paho._out_messages.clear()
+        gate._stop_keeping()
+        if ours.fileno() >= 0:  # not closed by paho (at the end of the stream)
+            asyncio.get_running_loop().remove_reader(ours.fileno())
+        paho._sock = None
+        ours.close()
+        theirs.close()
+
+
+async def _read(stream: bytes, cuts: list[int], way: str, bound: int) -> tuple[list[tuple[Any, ...]], list[int]]:
+    """The messages read from ``stream`` written in pieces; ``way``: "aiomqtt" (its reader) or "gate"."""
+    dups: set[int] = set()
+    with _gated("read-test", bound, dups, take_over=way == "gate") as (client, paho, gate, ours, theirs):
+        theirs.setblocking(False)
+        if way == "gate":
+            gate.arm()
+        else:
+            asyncio.get_running_loop().add_reader(ours.fileno(), paho.loop_read)  # as aiomqtt's on_socket_open
+        got, held = await _write_and_take(stream, cuts, way == "gate", client, paho, gate, ours, theirs)
+    msgs = [(str(m.topic), m.payload, m.qos, m.retain, m.mid, str(m.properties), m.mid in dups) for m in got]
+    return msgs, held
+
+
+async def _write_and_take(
+    stream: bytes, cuts: list[int], gated: bool, client: Any, paho: Any, gate: ReadGate, ours: Any, theirs: Any
+) -> tuple[list[Any], list[int]]:
+    """Write ``stream`` in pieces at the broker's end and take the messages as the gateway's consumer does, until
+    every byte is read and taken: (the messages, the queue's length each time some were taken)."""
+    held: list[int] = []
     got: list[Any] = []
 
     def take() -> None:  # as the gateway's consumer does
@@ -111,36 +142,29 @@ async def _read(stream: bytes, cuts: list[int], way: str, bound: int) -> tuple[l
             taken: list[aiomqtt.Message] = []
             _take_queued(client, taken, 10**9)
             got.extend(taken)
-            if way == "gate":
+            if gated:
                 gate.taken()
 
-    try:
-        for chunk in _chunks(stream, cuts):
-            view = memoryview(chunk)
-            while view:
-                try:
-                    view = view[theirs.send(view) :]
-                except BlockingIOError:  # the socket is full: the reader may be waiting for messages to be taken
-                    take()
-                    await asyncio.sleep(0.001)
-            for _ in range(3):
-                await asyncio.sleep(0)
-            if way == "gate":
+    for chunk in _chunks(stream, cuts):
+        view = memoryview(chunk)
+        while view:
+            try:
+                view = view[theirs.send(view) :]
+            except BlockingIOError:  # the socket is full: the reader may be waiting for messages to be taken
                 take()
-        for _ in range(200):  # the rest: until the reader has taken every byte and the queue is drained
+                await asyncio.sleep(0.001)
+        for _ in range(3):
             await asyncio.sleep(0)
+        if gated:
             take()
-            pending = struct.unpack("i", fcntl.ioctl(ours.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
-            buffered = gate.buffer.waiting() if gate.buffer is not None else 0
-            if not pending and not buffered and paho._in_packet["command"] == 0 and not client._queue.qsize():
-                break
-    finally:
-        loop.remove_reader(ours.fileno())
-        paho._sock = None
-        ours.close()
-        theirs.close()
-    msgs = [(str(m.topic), m.payload, m.qos, m.retain, m.mid, str(m.properties), m.mid in dups) for m in got]
-    return msgs, held
+    for _ in range(200):  # the rest: until the reader has taken every byte and the queue is drained
+        await asyncio.sleep(0)
+        take()
+        pending = struct.unpack("i", fcntl.ioctl(ours.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+        buffered = gate.buffer.waiting() if gate.buffer is not None else 0
+        if not pending and not buffered and paho._in_packet["command"] == 0 and not client._queue.qsize():
+            break
+    return got, held
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -191,29 +215,10 @@ def test_one_read_of_the_socket_serves_many_messages() -> None:
     assert 1 <= calls <= 3, calls  # the chunk, and at most a read that finds nothing more
 
 
-def _gated(client_id: str, bound: int, dups: set[int] | None = None, keepalive_s: int = 30) -> tuple[Any, ...]:
-    """The gateway's client on one end of a socket pair, as if connected, its read gate holding the socket (in a
-    running loop): (client, paho, gate, our end, the broker's end)."""
-    client = make_client(MqttConfig(client_id=client_id, keepalive_s=keepalive_s), dups)
-    paho: Any = client._client
-    ours, theirs = socket.socketpair()
-    ours.setblocking(False)
-    paho._sock = ours
-    gate = ReadGate(client, bound)
-    gate._take_over(ours.fileno())
-    return client, paho, gate, ours, theirs
-
-
 def test_the_gate_has_paho_read_through_its_buffer() -> None:
     async def run() -> bool:
-        _, paho, gate, ours, theirs = _gated("installed-test", 10)
-        try:
+        with _gated("installed-test", 10) as (_, paho, gate, ours, _):
             return gate.buffer is not None and paho._sock_recv == gate.buffer.recv and gate.buffer.sock is ours
-        finally:
-            asyncio.get_running_loop().remove_reader(ours.fileno())
-            paho._sock = None
-            ours.close()
-            theirs.close()
 
     assert asyncio.run(run())
 
@@ -235,21 +240,16 @@ def test_the_end_of_the_stream_ends_the_connection_once_what_was_read_is_taken()
     outside review: an end of stream taken for "nothing yet" would only show at the next keepalive)."""
 
     async def run() -> tuple[list[bytes], bool, int]:
-        client, paho, gate, ours, theirs = _gated("eof-test", 2, set())
-        gate.arm()
-        theirs.sendall(b"".join(_publish("t", b"%d" % i, 1, i + 1, False, False, {}) for i in range(10)))
-        theirs.close()
-        got: list[Any] = []
-        for _ in range(50):
-            await asyncio.sleep(0)
-            _take_queued(client, got, 10**9)
-            gate.taken()
-        closed = paho._sock is None
-        if not closed:
-            asyncio.get_running_loop().remove_reader(ours.fileno())
-            paho._sock = None
-        ours.close()
-        return [m.payload for m in got], closed, gate.pauses
+        with _gated("eof-test", 2, set()) as (client, paho, gate, _, theirs):
+            gate.arm()
+            theirs.sendall(b"".join(_publish("t", b"%d" % i, 1, i + 1, False, False, {}) for i in range(10)))
+            theirs.close()
+            got: list[Any] = []
+            for _ in range(50):
+                await asyncio.sleep(0)
+                _take_queued(client, got, 10**9)
+                gate.taken()
+            return [m.payload for m in got], paho._sock is None, gate.pauses
 
     payloads, closed, pauses = asyncio.run(run())
     assert payloads == [b"%d" % i for i in range(10)]
@@ -262,22 +262,16 @@ def _paused_with_bytes_buffered() -> tuple[int, int, int, bool]:
     scheduled before it stopped runs, and its keepalive check. (queued, kept_alive, waiting in the buffer, paused)"""
 
     async def run() -> tuple[int, int, int, bool]:
-        client, paho, gate, ours, theirs = _gated("paused-test", 2, keepalive_s=60)
-        gate.arm()
-        theirs.sendall(b"".join(_publish("t", b"x", 1, i + 1, False, False, {}) for i in range(5)))
-        for _ in range(5):
-            await asyncio.sleep(0)
-        try:
+        with _gated("paused-test", 2, keepalive_s=60) as (client, paho, gate, _, theirs):
+            gate.arm()
+            theirs.sendall(b"".join(_publish("t", b"x", 1, i + 1, False, False, {}) for i in range(5)))
+            for _ in range(5):
+                await asyncio.sleep(0)
             assert gate.paused and gate.buffer is not None and gate.buffer.waiting() > 0
             gate._read()  # as a read scheduled before the gate stopped reading would
             paho._last_bytes_received = 0.0
             gate._keep_alive()
             return client._queue.qsize(), gate.kept_alive, gate.buffer.waiting(), gate.paused
-        finally:
-            gate._stop_keeping()
-            paho._sock = None
-            ours.close()
-            theirs.close()
 
     return asyncio.run(run())
 
@@ -387,13 +381,12 @@ def test_alerts_in_flight_do_not_let_the_gate_read_past_its_bound() -> None:
     at a time."""
 
     async def run() -> tuple[int, int]:
-        client, paho, gate, ours, theirs = _gated("inflight-test", 3)
-        gate.arm()
-        for mid in range(1, 11):  # ten alerts published and not yet acknowledged by the broker
-            paho._out_messages[mid] = object()
-        theirs.sendall(b"".join(_publish("t", b"x", 1, i + 1, False, False, {}) for i in range(20)))
-        most = 0
-        try:
+        with _gated("inflight-test", 3) as (client, paho, gate, _, theirs):
+            gate.arm()
+            for mid in range(1, 11):  # ten alerts published and not yet acknowledged by the broker
+                paho._out_messages[mid] = object()
+            theirs.sendall(b"".join(_publish("t", b"x", 1, i + 1, False, False, {}) for i in range(20)))
+            most = 0
             for _ in range(20):
                 await asyncio.sleep(0)
                 most = max(most, client._queue.qsize())
@@ -404,13 +397,6 @@ def test_alerts_in_flight_do_not_let_the_gate_read_past_its_bound() -> None:
                 await asyncio.sleep(0)
                 most = max(most, client._queue.qsize())
             return most, len(taken)
-        finally:
-            paho._out_messages.clear()
-            asyncio.get_running_loop().remove_reader(ours.fileno())
-            gate._stop_keeping()
-            paho._sock = None
-            ours.close()
-            theirs.close()
 
     most, taken = asyncio.run(run())
     assert taken == 20
