@@ -502,7 +502,7 @@ class StateStore:
             with self._tx():
                 db.execute(f"PRAGMA application_id={APPLICATION_ID}")
                 db.execute(f"PRAGMA user_version={secrets.randbits(31) or 1}")
-            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            _wal_checkpoint(db)
         row = db.execute("SELECT COALESCE(SUM(bytes), 0), COUNT(*), COALESCE(SUM(n), 0) FROM spool").fetchone()
         self.spool_bytes: int = row[0]
         self.spool_chunks: int = row[1]
@@ -524,7 +524,7 @@ class StateStore:
             with _Tx(db):
                 db.execute(f"PRAGMA application_id={APPLICATION_ID}")
                 db.execute(f"PRAGMA user_version={self.file_id}")
-            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            _wal_checkpoint(db)
         else:
             owner = db.execute("PRAGMA user_version").fetchone()[0]
             if owner != self.file_id:
@@ -755,9 +755,9 @@ class StateStore:
 
     def compact(self) -> None:
         """Give the WALs' pages back (after checkpoints cut the log)."""
-        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        _wal_checkpoint(self.db)
         if self.log_db is not None:
-            self.log_db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            _wal_checkpoint(self.log_db)
 
     async def compact_async(self) -> None:
         """:meth:`compact` in a worker thread on the checkpoint's and trim's connections, holding :attr:`write_gate`
@@ -765,9 +765,9 @@ class StateStore:
         db, log_db = self._ckpt_db, self._trim_db
         assert db is not None and log_db is not None, "the state file is closed"
         async with self.write_gate:
-            await asyncio.to_thread(db.execute, "PRAGMA wal_checkpoint(TRUNCATE)")
+            await asyncio.to_thread(_wal_checkpoint, db)
         async with self.log_gate:
-            await asyncio.to_thread(log_db.execute, "PRAGMA wal_checkpoint(TRUNCATE)")
+            await asyncio.to_thread(_wal_checkpoint, log_db)
 
     # ----------------------------------------------------------------------------------------- spool
 
@@ -818,6 +818,12 @@ class StateStore:
 
 _TRIM_ROWS: Final = 2000
 """Log rows dropped by one transaction of :meth:`StateStore.trim_async`."""
+
+
+def _wal_checkpoint(db: sqlite3.Connection) -> None:
+    """Copy the WAL's pages into the file and empty it, reading the pragma's row: a cursor left unread keeps its
+    statement running, and a COMMIT on the connection fails while it lives (tests/gateway/test_state_tx.py)."""
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
 
 def _trim_some(db: sqlite3.Connection, pos: int) -> int:
@@ -907,4 +913,14 @@ class _Tx:
         self.db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        if exc_type is not None:
+            self.db.execute("ROLLBACK")
+            return
+        try:
+            self.db.execute("COMMIT")
+        except BaseException:
+            # a COMMIT that fails (a statement of the connection still running, an I/O error) leaves the transaction
+            # open, and its write lock would keep every other connection out of the file for good
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise
