@@ -509,6 +509,7 @@ def run_step(
     core: int | None,
     tmp: Path,
     profile_to: Path | None = None,
+    native: bool = False,
 ) -> Step:
     db = f"e2e_{config}_{rate}_{int(time.time() * 1000) % 10**9}"
     services.influx_create_database(svc.influx_url, db)
@@ -529,7 +530,7 @@ def run_step(
             spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))  # the venv's, unactivated
             profile = subprocess.Popen(
                 [spy, "record", "-p", str(gw.pid), "-d", str(int(seconds - 3)), "-r", "200", "-f", "raw",
-                 "-o", str(profile_to)], stdout=subprocess.DEVNULL,
+                 "-o", str(profile_to), *(["--native"] if native else [])], stdout=subprocess.DEVNULL,
             )  # fmt: skip
             time.sleep(seconds - 2.0)
         else:
@@ -613,7 +614,16 @@ def cmd_throughput(args: argparse.Namespace) -> None:
                     for rate in rates[config]:
                         prof = Path(args.profile) / f"{config}-{label}-{rate}.txt" if args.profile else None
                         st = run_step(
-                            svc, code, config, rate, args.seconds, args.publishers, args.core, Path(tmp), prof
+                            svc,
+                            code,
+                            config,
+                            rate,
+                            args.seconds,
+                            args.publishers,
+                            args.core,
+                            Path(tmp),
+                            prof,
+                            args.native,
                         )
                         print_step(label, st)
                         if not st.kept_up:
@@ -1057,6 +1067,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     t.add_argument("--rates", type=int, nargs="+", help="readings/s steps, ascending")
     t.add_argument("--code", nargs="*", help="other checkouts whose gateway runs the same steps, alternating")
     t.add_argument("--profile", help="a folder: record each step's gateway with py-spy (raw collapsed stacks)")
+    t.add_argument("--native", action="store_true", help="with --profile: native frames too (compiled modules, C)")
     cap = sub.add_parser("capacity")
     common(cap, 0, 20.0)
     cap.add_argument("--config", choices=["default", "example", "both"], default="both")
