@@ -37,20 +37,27 @@ SNAPSHOT_VERSION: Final = 2  # 2: flat accumulators (one list per window, metric
 class _Window:
     """A window spec with its operator and the watermark bound it uses for each device."""
 
-    __slots__ = ("_wm_spec", "bounds", "early", "fleets", "group", "key_site", "metrics", "op", "spec")
+    __slots__ = ("_wm_spec", "bounds", "early", "fleets", "group", "key_site", "metrics", "op", "spec", "uniform")
 
     def __init__(self, spec: WindowSpec, engine: EngineSpec, tracker: DeviceTracker) -> None:
         self.spec = spec
         self.op: WindowOperator = build_operator(spec, shared=engine.watermark.mode == "global")
         self.key_site = spec.key == "site"
         self.metrics = spec.metrics
-        self.bounds: dict[str, int] = {}
+        self.bounds: dict[str, int] = {}  # per device, when devices' bounds differ (watermark classes)
         self._wm_spec = engine.watermark
+        # every device's bound, when they are all the same (no device is looked up: -1 when they differ)
+        own = spec.out_of_orderness_ms
+        self.uniform: int = (
+            own if own is not None else -1 if engine.watermark.classes else engine.watermark.out_of_orderness_ms
+        )
         self.group = 0  # windows with the same metrics have the same group (the engine numbers them)
         self.fleets = SiteFleets(tracker, self.bound)  # a site window's fleet heaps (made when first needed)
         self.early: Early | None = Early(spec, self.op) if spec.early else None  # its early triggers
 
     def bound(self, device: str) -> int:
+        if self.uniform >= 0:
+            return self.uniform
         b = self.bounds.get(device)
         if b is None:
             b = self.spec.out_of_orderness_ms
@@ -87,6 +94,11 @@ class Engine:
             w.group = metrics.index(w.metrics)
         self._groups = len(metrics)
         self._devs: dict[str, _Device] = {}  # a cache over the tracker's entries (cleared on restore)
+        # every device's bounds, one list shared by all, when no window's bound depends on the device (never
+        # changed: a device's own list when they differ)
+        self._uniform_bounds: list[int] | None = (
+            [w.uniform for w in self.windows] if all(w.uniform >= 0 for w in self.windows) else None
+        )
         self._site_windows = [w for w in self.windows if w.key_site]
         self._early = [w for w in self.windows if w.early is not None]  # windows with early triggers
         self._early_by_name = {w.spec.name: w.early for w in self._early if w.early is not None}
@@ -309,7 +321,10 @@ class Engine:
     def _dev(self, site: str, device: str) -> _Device:
         ws = self.windows
         cells = [_UNUSED if w.key_site else w.op.key_cell(device) for w in ws]
-        dev = self._devs[device] = _Device(self.tracker.entry(site, device), [w.bound(device) for w in ws], cells)
+        bounds = self._uniform_bounds
+        if bounds is None:
+            bounds = [w.bound(device) for w in ws]
+        dev = self._devs[device] = _Device(self.tracker.entry(site, device), bounds, cells)
         return dev
 
     def _refuse(self, r: Reading, now_ms: int) -> LateReading:

@@ -1,0 +1,42 @@
+"""Each device's out-of-orderness bound in the window engine: a device of a watermark class
+(``[[engine.watermark.classes]]``) waits its class's bound, the others the default, and a window with its own
+``out_of_orderness`` uses that for every device. (When no bound depends on the device, every device shares one
+list of bounds instead of its own: these say the devices that differ still differ.)"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine_helpers import batch, window_rows
+
+from gateway.engine import Engine, parse_engine
+
+T0 = 1_764_072_000_000
+CLASSES = [{"name": "slow", "devices": ["slow-*"], "out_of_orderness": "10s"}]
+
+
+def engine(window: dict[str, Any], mode: str = "device") -> Engine:
+    wm = {"mode": mode, "out_of_orderness": "1s", "classes": CLASSES}
+    return Engine(parse_engine({"engine": {"watermark": wm}, "windows": [window]}))
+
+
+def fired(eng: Engine, device: str, t_ms: int, seq: int) -> list[tuple[Any, ...]]:
+    return window_rows(eng.process_batch(batch(device, [(T0 + t_ms, 1, seq, {"x": 1.0})]), now_ms=T0 + t_ms))
+
+
+def test_a_device_of_a_class_waits_its_own_bound() -> None:
+    eng = engine({"name": "t", "kind": "tumbling", "size": "5s", "metrics": ["x"]})
+    for device in ("fast-1", "slow-1"):
+        assert fired(eng, device, 1_000, 1) == []
+    assert [r[:4] for r in fired(eng, "fast-1", 7_000, 2)] == [("t", "fast-1", T0, T0 + 5_000)]  # 7 s - 1 s >= 5 s
+    assert fired(eng, "slow-1", 7_000, 2) == []  # 7 s - 10 s: not yet
+    assert fired(eng, "slow-1", 14_000, 3) == []
+    assert [r[:4] for r in fired(eng, "slow-1", 15_000, 4)] == [("t", "slow-1", T0, T0 + 5_000)]
+
+
+def test_a_window_with_its_own_bound_uses_it_for_every_device() -> None:
+    eng = engine({"name": "t", "kind": "tumbling", "size": "5s", "metrics": ["x"], "out_of_orderness": "2s"})
+    for device in ("fast-1", "slow-1"):
+        assert fired(eng, device, 1_000, 1) == []
+        assert fired(eng, device, 6_000, 2) == []  # 6 s - 2 s < 5 s
+        assert [r[:4] for r in fired(eng, device, 7_000, 3)] == [("t", device, T0, T0 + 5_000)]
