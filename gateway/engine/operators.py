@@ -662,8 +662,10 @@ class _SlideKey:
 
     def __init__(self) -> None:
         self.accs: list[Acc] = []  # the panes' accumulators, sorted by their ``start`` (the pane's start)
-        self.revs: dict[int, int] = {}  # window start -> revision, for fired windows not yet dropped (lateness > 0)
-        self.cleanup: list[tuple[int, int]] = []  # (end + lateness, window start)
+        # window start -> revision, for fired windows not yet dropped (lateness > 0), and their drop times as a
+        # heap of (end + lateness, window start); None while there are none (an empty dict and list are 120 bytes)
+        self.revs: dict[int, int] | None = None
+        self.cleanup: list[tuple[int, int]] | None = None
         # panes changed after a window containing them fired (None: none; an empty set is 216 bytes a key)
         self.dirty: set[int] | None = None
         # Two-stack sliding aggregation over the panes of the last window fired. Front: panes, oldest last, each
@@ -684,6 +686,19 @@ class _SlideKey:
         self.hi: int | None = None  # panes below this have been pushed; None: stacks empty/invalid
         self.hint = 0  # where the first pane at or after ``hi`` was last seen in ``accs`` (checked before use)
 
+    def fired(self, s: int, rev: int, drop: int) -> None:
+        """The window starting at ``s`` was emitted (revision ``rev``): kept until the watermark reaches ``drop``
+        (noted the first time)."""
+        revs = self.revs
+        if revs is None:
+            revs = self.revs = {}
+        if rev == 1:
+            cleanup = self.cleanup
+            if cleanup is None:
+                cleanup = self.cleanup = []
+            heappush(cleanup, (drop, s))
+        revs[s] = rev
+
     def to_json(self, nm: int, front: list[Part]) -> dict[str, Any]:
         """As it always was: a front entry as the whole accumulator, its first and last readings from the panes."""
         hi = self.hi
@@ -694,8 +709,8 @@ class _SlideKey:
         )
         return {
             "panes": [[a.start, _pane_json(a, nm)] for a in self.accs],
-            "revs": [[s, r] for s, r in self.revs.items()],
-            "cleanup": [list(x) for x in self.cleanup],
+            "revs": [] if self.revs is None else [[s, r] for s, r in self.revs.items()],
+            "cleanup": [] if self.cleanup is None else [list(x) for x in self.cleanup],
             "dirty": [] if self.dirty is None else sorted(self.dirty),
             "front": [[a.start, self._entry_json(a, nm)] for a in front],
             "back": back,
@@ -724,8 +739,8 @@ class _SlideKey:
         those a transfer keeps are kept (see ``SlidingOperator._fire``)."""
         ks = cls()
         ks.accs = [_pane_at(p, a) if singles else _acc_at(p, a) for p, a in d["panes"]]
-        ks.revs = {s: r for s, r in d["revs"]}
-        ks.cleanup = [(x[0], x[1]) for x in d["cleanup"]]
+        ks.revs = {s: r for s, r in d["revs"]} or None
+        ks.cleanup = [(x[0], x[1]) for x in d["cleanup"]] or None
         ks.dirty = set(d["dirty"]) if d["dirty"] else None
         front = d["front"]
         # entries of panes already dropped (in checkpoints written before they were dropped with their panes)
@@ -1037,10 +1052,8 @@ class SlidingOperator(WindowOperator):
         ks.dirty = None
         self._release_stacks(ks)  # the stacks may hold stale aggregates
         for s in sorted(starts):
-            rev = ks.revs.get(s, 0) + 1
-            if rev == 1:
-                heappush(ks.cleanup, (s + size + self.lateness, s))
-            ks.revs[s] = rev
+            rev = 1 if ks.revs is None else ks.revs.get(s, 0) + 1
+            ks.fired(s, rev, s + size + self.lateness)
             self._emit(out, k, s, s + size, self._window(ks, s, s + size), rev, "late")
 
     def advance_at(self, wmc: WmCell, key: str | None, wm: int, out: list[Output]) -> None:
@@ -1096,13 +1109,19 @@ class SlidingOperator(WindowOperator):
                 e = first_window_end_after(q, size, slide, off)
                 continue
             if lateness:  # a fired window is kept (for re-fires) until end + lateness; without lateness, never
-                ks.revs[s] = 1
-                heappush(ks.cleanup, (e + lateness, s))
+                ks.fired(s, 1, e + lateness)
             self._fire(out, k, ks, s, e)
             e += slide
         heap = ks.cleanup
-        while heap and heap[0][0] <= wm:
-            ks.revs.pop(heappop(heap)[1], None)
+        if heap is not None and heap[0][0] <= wm:
+            revs = ks.revs
+            assert revs is not None
+            while heap and heap[0][0] <= wm:
+                revs.pop(heappop(heap)[1], None)
+            if not heap:
+                ks.cleanup = None
+            if not revs:
+                ks.revs = None
         n = 0
         while n < len(accs):  # drop the panes whose every window is past its allowed lateness
             p = accs[n].start
