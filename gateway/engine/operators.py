@@ -458,12 +458,17 @@ class _TWin:
 
 
 class _TKey:
-    """A key's tumbling windows, in order of their start, and the smallest of their timers (``due``)."""
+    """A key's tumbling windows, in order of their start; the first ``fired`` are in phase 1 (the watermark has
+    passed their end: every window it passed is fired, or was made after it passed), the others in phase 0. Each
+    phase's timers grow with the start, so the smallest timer (``due``) is the first window's or the first of phase
+    0's, and an advance takes the due ones from the front of each phase: it costs what it fires and drops, not the
+    windows kept (a long allowed lateness keeps many)."""
 
-    __slots__ = ("due", "wins")
+    __slots__ = ("due", "fired", "wins")
 
     def __init__(self) -> None:
         self.wins: list[_TWin] = []
+        self.fired = 0
         self.due = NO_WM
 
     def find(self, start: int) -> int:
@@ -475,10 +480,10 @@ class _TKey:
         return i
 
     def set_due(self) -> None:
-        due = NO_WM
-        for w in self.wins:
-            if due == NO_WM or w.tt < due:
-                due = w.tt
+        wins, f = self.wins, self.fired
+        due = wins[0].tt if f else NO_WM
+        if f < len(wins) and (due == NO_WM or wins[f].tt < due):
+            due = wins[f].tt
         self.due = due
 
 
@@ -522,11 +527,14 @@ class TumblingOperator(WindowOperator):
             w = wins[i - 1] if i else None
             if w is None or w.start != start:
                 if end <= wm:  # a window the watermark passed while it was empty
+                    assert i <= tk.fired, f"{self.name}/{key}: a passed window after one not fired"
+                    tk.fired += 1
                     w = _TWin(start, acc_empty(self.nm), end + self.lateness, 1)
                     self.dirty.setdefault(key, set()).add(start)
                     if self.shared:
                         self._due(key, NO_WM)
                 else:
+                    assert i >= tk.fired, f"{self.name}/{key}: a window not fired before a passed one"
                     w = _TWin(start, acc_empty(self.nm), end, 0)
                     if self.shared:
                         self._due(key, end)
@@ -568,17 +576,24 @@ class TumblingOperator(WindowOperator):
             if tk.due <= wm:
                 # the timers due, as a heap of (time, start, phase) would give them: the fires in order of their
                 # end (their start); a drop emits nothing, so where it comes between them changes nothing
-                kept: list[_TWin] = []
-                for w in wins:
-                    if w.phase == 0 and w.tt <= wm:
-                        w.rev = 1
-                        self._emit(out, k, w.start, w.start + size, w.acc, 1, "watermark")
-                        w.phase = 1
-                        w.tt = w.start + size + lateness
-                    if w.phase == 1 and w.tt <= wm:
-                        continue
-                    kept.append(w)
-                tk.wins = wins = kept
+                f, n = tk.fired, len(wins)
+                d = 0  # the fired windows past their lateness: the first of phase 1
+                while d < f and wins[d].tt <= wm:
+                    d += 1
+                j = f  # the windows whose end the watermark passed: the first of phase 0
+                while j < n and wins[j].tt <= wm:
+                    w = wins[j]
+                    w.rev = 1
+                    self._emit(out, k, w.start, w.start + size, w.acc, 1, "watermark")
+                    w.phase = 1
+                    w.tt = w.start + size + lateness
+                    j += 1
+                if d == f:  # the ones just fired past their lateness as well (their timers come after those)
+                    while d < j and wins[d].tt <= wm:
+                        d += 1
+                if d:
+                    del wins[:d]
+                tk.fired = j - d
                 tk.set_due()
             if not wins:
                 del self.wins[k], self.sites[k]
@@ -618,6 +633,10 @@ class TumblingOperator(WindowOperator):
             tk = _TKey()
             for s, r, a in sorted(v, key=_first):
                 tt, phase = timer.get(s, (s + self.size + self.lateness, 1))
+                if phase == 1:
+                    if tk.fired < len(tk.wins):
+                        raise ValueError(f"window {self.name} of {k!r}: the window at {s} has fired, one before not")
+                    tk.fired += 1
                 w = _TWin(s, acc_from_json(a), tt, phase)
                 w.rev = r
                 tk.wins.append(w)

@@ -1,7 +1,8 @@
-"""Each device's out-of-orderness bound in the window engine: a device of a watermark class
-(``[[engine.watermark.classes]]``) waits its class's bound, the others the default, and a window with its own
-``out_of_orderness`` uses that for every device. (When no bound depends on the device, every device shares one
-list of bounds instead of its own: these say the devices that differ still differ.)"""
+"""When a window fires and goes: each device's out-of-orderness bound in the window engine (a device of a watermark
+class, ``[[engine.watermark.classes]]``, waits its class's bound, the others the default, and a window with its
+own ``out_of_orderness`` uses that for every device: when no bound depends on the device, every device shares one
+list of bounds instead of its own, and these say the devices that differ still differ), and a tumbling window's
+drop at its allowed lateness."""
 
 from __future__ import annotations
 
@@ -40,3 +41,16 @@ def test_a_window_with_its_own_bound_uses_it_for_every_device() -> None:
         assert fired(eng, device, 1_000, 1) == []
         assert fired(eng, device, 6_000, 2) == []  # 6 s - 2 s < 5 s
         assert [r[:4] for r in fired(eng, device, 7_000, 3)] == [("t", device, T0, T0 + 5_000)]
+
+
+def test_a_fired_tumbling_window_goes_at_its_lateness_while_a_newer_one_is_open() -> None:
+    """A window kept for its allowed lateness is dropped once the watermark passes its end plus the lateness, even
+    while a newer window of the key waits for its end (the smallest of the key's timers is the old one's)."""
+    eng = engine({"name": "t", "kind": "tumbling", "size": "5s", "metrics": ["x"], "allowed_lateness": "3s"})
+    fired(eng, "fast-1", 1_000, 1)
+    assert [r[:4] for r in fired(eng, "fast-1", 7_000, 2)] == [("t", "fast-1", T0, T0 + 5_000)]
+    assert [w[0] for w in eng.snapshot()["windows"]["t"]["wins"]["fast-1"]] == [T0, T0 + 5_000]
+    fired(eng, "fast-1", 9_500, 3)  # watermark 8.5 s: past 5 s + 3 s, before the newer window's end (10 s)
+    snap = eng.snapshot()["windows"]["t"]
+    assert [w[0] for w in snap["wins"]["fast-1"]] == [T0 + 5_000]
+    assert snap["timers"]["fast-1"] == [[T0 + 10_000, T0 + 5_000, 0]]
