@@ -20,6 +20,9 @@ Workloads:
 (e) early (provisional) results: the (a) window with ``early_count = 5`` or ``early_every = "1s"``, a sliding
     60 s/10 s and a session 30 s with ``early_every = "10s"``, 100 devices; the feed calls
     ``Engine.on_processing_time`` once a second of arrival time, as the gateway's tick does (its outputs count).
+(l) a long allowed lateness: a 1 s tumbling mean kept 1 h for late readings, 20 devices (so each key holds 3,600
+    fired windows once the stream is an hour long: an advance should cost what it fires and drops, not what it
+    keeps).
 (g) the watermark modes side by side, 1,000 devices (``--devices`` to change): each of tumbling 60 s, sliding
     60 s/1 s and session 30 s (one metric) keyed by device with per-device watermarks (``device``), keyed by
     device with the one global watermark (``global``), and keyed by site on the fleet watermark (``fleet``:
@@ -233,6 +236,13 @@ for _case, _label, _spec in (
                                             "aggregates": ["count", "mean"], "early_every": "10s"}),
 ):  # fmt: skip
     CASES[_case] = (_label, [_spec], 100, ("temp_c",))
+CASES["l"] = (  # a long allowed lateness: every key keeps an hour of fired 1 s windows
+    "(l) tumbling 1s, lateness 1h",
+    [{"name": "t1", "kind": "tumbling", "size": "1s", "metrics": ["temp_c"], "aggregates": ["count", "mean"],
+      "allowed_lateness": "1h"}],
+    20,
+    ("temp_c",),
+)  # fmt: skip
 CASES["c-session"] = (
     "(c) session 30s",
     [{"name": "ses", "kind": "session", "gap": "30s", "metrics": ["temp_c"]}],
@@ -256,7 +266,7 @@ def main() -> None:
     global RENDER
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("-n", "--readings", type=int, default=1_000_000)
-    ap.add_argument("--only", default=None, help="a, b, c (all of c) or one case name, e.g. c-60s-1s")
+    ap.add_argument("--only", default=None, help="a, b, c (all of c), l or one case name, e.g. c-60s-1s")
     ap.add_argument("--feed", choices=["message", "drain", "both"], default="both")
     ap.add_argument("--drain", type=int, default=256, help="messages per process_batches call (feed=drain)")
     ap.add_argument("--engine", choices=["pure", "compiled", "both"], default="both")
