@@ -494,7 +494,7 @@ class TumblingOperator(WindowOperator):
     one timer: phase 0 = fire at ``end``, 1 = drop at ``end + allowed_lateness``) and the smallest timer; ``dirty``
     = fired windows that a late reading changed since. A window whose end the watermark has passed is in phase 1,
     the others in phase 0, so the fired ones come first. (It was a dict of windows and a heap of timer tuples per
-    key: about 630 bytes a key of a window each, against about 170 now.)
+    key: bench_state.py's tumbling window took 1,043 bytes a device with its accumulator of 368, 711 now.)
     """
 
     def __init__(self, spec: WindowSpec, shared: bool) -> None:
