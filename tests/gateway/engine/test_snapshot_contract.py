@@ -5,6 +5,7 @@ give identical output - exactly, floats included."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from engine_helpers import batch
@@ -39,20 +40,40 @@ def feed(engine: Engine, stream: list[Any], start: int) -> list[Any]:
 def test_snapshot_restore_round_trip(
     specs: list[WindowSpec], mode: str, stream: list[Any], data: st.DataObject
 ) -> None:
-    specs_t = tuple(
+    specs_t = named(specs)
+    part, whole, second = cut_and_restore(specs_t, mode, stream, data)
+    assert part == whole
+    assert second.snapshot() == json.loads(json.dumps(make_and_feed(specs_t, mode, stream).snapshot()))
+
+
+def named(specs: list[WindowSpec]) -> tuple[WindowSpec, ...]:
+    """The specs named w0, w1, ... (a window's name is its key in the engine)."""
+    return tuple(
         WindowSpec(f"w{i}", **{k: getattr(s, k) for k in s.__slots__ if k != "name"})  # type: ignore[arg-type]
         for i, s in enumerate(specs)
     )
-    whole = feed(make(specs_t, mode), stream, 0)
+
+
+def cut_and_restore(
+    specs: tuple[WindowSpec, ...],
+    mode: str,
+    stream: list[Any],
+    data: st.DataObject,
+    edit: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[list[Any], list[Any], Engine]:
+    """The stream's output in one go, and cut at a drawn point: snapshotted through JSON (``edit`` may change the
+    snapshot), restored into a fresh engine and continued; and that engine."""
+    whole = feed(make(specs, mode), stream, 0)
     cut = data.draw(st.integers(0, len(stream)))
-    first = make(specs_t, mode)
+    first = make(specs, mode)
     part = feed(first, stream[:cut], 0)
     snap = json.loads(json.dumps(first.snapshot()))
-    second = make(specs_t, mode)
+    if edit is not None:
+        edit(snap)
+    second = make(specs, mode)
     second.restore(snap)
     part += feed(second, stream[cut:], cut)
-    assert part == whole
-    assert second.snapshot() == json.loads(json.dumps(make_and_feed(specs_t, mode, stream).snapshot()))
+    return part, whole, second
 
 
 def make_and_feed(specs: tuple[WindowSpec, ...], mode: str, stream: list[Any]) -> Engine:
@@ -75,20 +96,12 @@ def test_tumbling_windows_restore_in_any_order(
     windows were kept in order of their start listed them as they were made (a late reading's window after a
     newer one) and the timers as a heap's list. Restored from the lists shuffled, the engine goes on exactly as
     one that never stopped."""
-    specs_t = tuple(
-        WindowSpec(f"w{i}", **{k: getattr(s, k) for k in s.__slots__ if k != "name"})  # type: ignore[arg-type]
-        for i, s in enumerate(specs)
-    )
-    whole = feed(make(specs_t, mode), stream, 0)
-    cut = data.draw(st.integers(0, len(stream)))
-    first = make(specs_t, mode)
-    part = feed(first, stream[:cut], 0)
-    snap = json.loads(json.dumps(first.snapshot()))
-    for w in snap["windows"].values():
-        for table in ("wins", "timers"):
-            for k, rows in w[table].items():
-                w[table][k] = data.draw(st.permutations(rows))
-    second = make(specs_t, mode)
-    second.restore(snap)
-    part += feed(second, stream[cut:], cut)
+
+    def shuffle(snap: dict[str, Any]) -> None:
+        for w in snap["windows"].values():
+            for table in ("wins", "timers"):
+                for k, rows in w[table].items():
+                    w[table][k] = data.draw(st.permutations(rows))
+
+    part, whole, _ = cut_and_restore(named(specs), mode, stream, data, shuffle)
     assert part == whole
