@@ -8,6 +8,7 @@ import fnmatch
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -211,13 +212,16 @@ class Receiver:
         self.port = port
         self.got: list[dict[str, Any]] = []
         self.server: ThreadingHTTPServer | None = None
+        self.respond_after_s = 0.0  # a slow receiver: it has the message that long before the sender hears back
 
     def up(self) -> None:
         got = self.got
+        respond_after_s = self.respond_after_s
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                time.sleep(respond_after_s)
                 self.send_response(200)
                 self.end_headers()
 
@@ -257,9 +261,10 @@ async def test_a_receiver_down_for_a_while_gets_the_alert_when_it_returns(receiv
                 clock[0] += 50
                 await asyncio.sleep(0.02)
         assert receiver.got == [] and t.stats.sent == 0 and len(t.pending) == 1
+        receiver.respond_after_s = 0.3  # it comes back slow
         receiver.up()
-        async with asyncio.timeout(20):
-            while not receiver.got:
+        async with asyncio.timeout(20):  # the receiver has it before the sender's request returns and counts it
+            while not receiver.got or t.stats.sent < 1:
                 clock[0] += 50
                 await asyncio.sleep(0.02)
         (doc,) = receiver.got
