@@ -472,12 +472,22 @@ class _TKey:
         self.due = NO_WM
 
     def find(self, start: int) -> int:
-        """Where the window starting at ``start`` is, or would go, in ``wins`` (the newest looked at first)."""
+        """How many windows start at or before ``start``: where the window starting at ``start`` is (before the
+        index returned) or would go. The newest is looked at first (the common case: a reading of the newest
+        window, or of a newer one), then a binary search: a late reading of a key that keeps many windows (a long
+        allowed lateness, a board flushing hours) must not walk them all."""
         wins = self.wins
-        i = len(wins)
-        while i and wins[i - 1].start > start:
-            i -= 1
-        return i
+        hi = len(wins)
+        if not hi or wins[hi - 1].start <= start:
+            return hi
+        lo = 0
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if wins[mid].start > start:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
 
     def set_due(self) -> None:
         wins, f = self.wins, self.fired
