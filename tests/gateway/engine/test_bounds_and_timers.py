@@ -2,15 +2,20 @@
 class, ``[[engine.watermark.classes]]``, waits its class's bound, the others the default, and a window with its
 own ``out_of_orderness`` uses that for every device: when no bound depends on the device, every device shares one
 list of bounds instead of its own, and these say the devices that differ still differ), and a tumbling window's
-drop at its allowed lateness."""
+drop at its allowed lateness, and the order of a tumbling key's windows that its advance relies on."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from engine_helpers import batch, window_rows
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_engine_properties import streams, window_specs
+from test_snapshot_contract import make, named
 
-from gateway.engine import Engine, parse_engine
+from gateway.engine import Engine, WindowSpec, parse_engine
+from gateway.engine.operators import TumblingOperator
 
 T0 = 1_764_072_000_000
 CLASSES = [{"name": "slow", "devices": ["slow-*"], "out_of_orderness": "10s"}]
@@ -54,3 +59,34 @@ def test_a_fired_tumbling_window_goes_at_its_lateness_while_a_newer_one_is_open(
     snap = eng.snapshot()["windows"]["t"]
     assert [w[0] for w in snap["wins"]["fast-1"]] == [T0 + 5_000]
     assert snap["timers"]["fast-1"] == [[T0 + 10_000, T0 + 5_000, 0]]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    specs=st.lists(window_specs().filter(lambda s: s.kind == "tumbling"), min_size=1, max_size=2),
+    mode=st.sampled_from(["device", "global"]),
+    stream=streams(),
+)
+def test_a_tumbling_key_keeps_its_fired_windows_first(specs: list[WindowSpec], mode: str, stream: list[Any]) -> None:
+    """What a tumbling key's advance relies on, after every message (white box): its windows in order of their
+    start, the fired ones (phase 1, dropped at end + lateness) first and counted, the others (phase 0, fired at
+    their end) after, none of those the watermark has passed, and the smallest timer kept."""
+    eng = make(named(specs), mode)
+    for i, (site, device, readings, flushed) in enumerate(stream):
+        now = i * 10
+        eng.process_batch(batch(device, readings, flushed=flushed, site=site), now_ms=now)
+        eng.advance(now + 5)
+        for w in eng.windows:
+            op = w.op
+            assert isinstance(op, TumblingOperator)
+            for key, tk in op.wins.items():
+                wins = tk.wins
+                starts = [x.start for x in wins]
+                assert starts == sorted(set(starts)) and wins, (key, starts)
+                phases = [x.phase for x in wins]
+                assert phases == sorted(phases, reverse=True) and tk.fired == phases.count(1), (key, phases)
+                for x in wins:
+                    assert x.tt == x.start + op.size + (op.lateness if x.phase else 0), (key, x.start)
+                assert tk.due == min(x.tt for x in wins), (key, tk.due)
+                wm = op.watermark("" if op.shared else key)
+                assert wm is None or all(x.tt > wm for x in wins if x.phase == 0), (key, wm)
