@@ -460,16 +460,15 @@ class _TWin:
 class _TKey:
     """A key's tumbling windows, in order of their start; the first ``fired`` are in phase 1 (the watermark has
     passed their end: every window it passed is fired, or was made after it passed), the others in phase 0. Each
-    phase's timers grow with the start, so the smallest timer (``due``) is the first window's or the first of phase
-    0's, and an advance takes the due ones from the front of each phase: it costs what it fires and drops, not the
-    windows kept (a long allowed lateness keeps many)."""
+    phase's timers grow with the start, so the smallest timer (:meth:`due`) is the first window's or the first of
+    phase 0's, and an advance takes the due ones from the front of each phase: it costs what it fires and drops,
+    not the windows kept (a long allowed lateness keeps many)."""
 
-    __slots__ = ("due", "fired", "wins")
+    __slots__ = ("fired", "wins")
 
     def __init__(self) -> None:
         self.wins: list[_TWin] = []
         self.fired = 0
-        self.due = NO_WM
 
     def find(self, start: int) -> int:
         """How many windows start at or before ``start``: where the window starting at ``start`` is (before the
@@ -489,22 +488,29 @@ class _TKey:
                 lo = mid + 1
         return lo
 
-    def set_due(self) -> None:
+    def get(self, start: int) -> _TWin | None:
+        """The window starting at ``start``, if the key has it."""
+        i = self.find(start)
+        w = self.wins[i - 1] if i else None
+        return w if w is not None and w.start == start else None
+
+    def due(self) -> int:
+        """The smallest of the windows' timers (``NO_WM`` without windows)."""
         wins, f = self.wins, self.fired
         due = wins[0].tt if f else NO_WM
         if f < len(wins) and (due == NO_WM or wins[f].tt < due):
             due = wins[f].tt
-        self.due = due
+        return due
 
 
 class TumblingOperator(WindowOperator):
     """Tumbling windows ``[offset + k*size, offset + (k+1)*size)`` per key.
 
     State per key (:class:`_TKey`): its windows in order of their start (:class:`_TWin`: revision, accumulator and
-    one timer: phase 0 = fire at ``end``, 1 = drop at ``end + allowed_lateness``) and the smallest timer; ``dirty``
+    one timer: phase 0 = fire at ``end``, 1 = drop at ``end + allowed_lateness``); ``dirty``
     = fired windows that a late reading changed since. A window whose end the watermark has passed is in phase 1,
     the others in phase 0, so the fired ones come first. (It was a dict of windows and a heap of timer tuples per
-    key: bench_state.py's tumbling window took 1,043 bytes a device with its accumulator of 368, 711 now.)
+    key: bench_state.py's tumbling window took 1,043 bytes a device with its accumulator of 368, 703 now.)
     """
 
     def __init__(self, spec: WindowSpec, shared: bool) -> None:
@@ -530,30 +536,23 @@ class TumblingOperator(WindowOperator):
             if self.shared:
                 self._new_key(key)
         wins = tk.wins
-        n = len(wins)
-        w = wins[n - 1] if n else None
+        i = tk.find(start)
+        w = wins[i - 1] if i else None
         if w is None or w.start != start:
-            i = tk.find(start)
-            w = wins[i - 1] if i else None
-            if w is None or w.start != start:
-                if end <= wm:  # a window the watermark passed while it was empty
-                    assert i <= tk.fired, f"{self.name}/{key}: a passed window after one not fired"
-                    tk.fired += 1
-                    w = _TWin(start, acc_empty(self.nm), end + self.lateness, 1)
-                    self.dirty.setdefault(key, set()).add(start)
-                    if self.shared:
-                        self._due(key, NO_WM)
-                else:
-                    assert i >= tk.fired, f"{self.name}/{key}: a window not fired before a passed one"
-                    w = _TWin(start, acc_empty(self.nm), end, 0)
-                    if self.shared:
-                        self._due(key, end)
-                wins.insert(i, w)
-                if tk.due == NO_WM or w.tt < tk.due:
-                    tk.due = w.tt
-                self._add_values(w.acc, values, t, b, s)
-                return _NONE
-        if w.rev:
+            if end <= wm:  # a window the watermark passed while it was empty
+                assert i <= tk.fired, f"{self.name}/{key}: a passed window after one not fired"
+                tk.fired += 1
+                w = _TWin(start, acc_empty(self.nm), end + self.lateness, 1)
+                self.dirty.setdefault(key, set()).add(start)
+                if self.shared:
+                    self._due(key, NO_WM)
+            else:
+                assert i >= tk.fired, f"{self.name}/{key}: a window not fired before a passed one"
+                w = _TWin(start, acc_empty(self.nm), end, 0)
+                if self.shared:
+                    self._due(key, end)
+            wins.insert(i, w)
+        elif w.rev:
             self.dirty.setdefault(key, set()).add(start)
             if self.shared:
                 self._due(key, NO_WM)
@@ -564,7 +563,7 @@ class TumblingOperator(WindowOperator):
         self._move(wmc, key, wm)
         if key is not None:
             tk = self.wins.get(key)
-            if tk is None or (tk.due > wm and (not self.dirty or key not in self.dirty)):
+            if tk is None or (tk.due() > wm and (not self.dirty or key not in self.dirty)):
                 return  # nothing due: the common case, checked without touching the windows
             keys = [key]
         else:
@@ -578,12 +577,11 @@ class TumblingOperator(WindowOperator):
             dirty = self.dirty.pop(k, None)
             if dirty:
                 for start in sorted(dirty):
-                    i = tk.find(start)
-                    assert i and wins[i - 1].start == start, f"{self.name}/{k}: no window at {start} to fire again"
-                    w = wins[i - 1]
+                    w = tk.get(start)
+                    assert w is not None, f"{self.name}/{k}: no window at {start} to fire again"
                     w.rev += 1
                     self._emit(out, k, start, start + size, w.acc, w.rev, "late")
-            if tk.due <= wm:
+            if tk.due() <= wm:
                 # the timers due, as a heap of (time, start, phase) would give them: the fires in order of their
                 # end (their start); a drop emits nothing, so where it comes between them changes nothing
                 f, n = tk.fired, len(wins)
@@ -604,13 +602,12 @@ class TumblingOperator(WindowOperator):
                 if d:
                     del wins[:d]
                 tk.fired = j - d
-                tk.set_due()
             if not wins:
                 del self.wins[k], self.sites[k]
                 if self.shared:
                     self._drop_key(k)
             elif key is None:
-                self._due(k, tk.due)
+                self._due(k, tk.due())
 
     def snapshot(self, keys: Set[str] | None = None, order: bool = False) -> dict[str, Any]:
         snap = self._base_snapshot(keys, order)
@@ -650,17 +647,13 @@ class TumblingOperator(WindowOperator):
                 w = _TWin(s, acc_from_json(a), tt, phase)
                 w.rev = r
                 tk.wins.append(w)
-            tk.set_due()
             self.wins[k] = tk
         self.dirty = {k: set(v) for k, v in snap["dirty"].items()}
         self._requeue_all(list(self.wins))
 
     def early_acc(self, key: str, start: int) -> tuple[int, int, Acc] | None:
         tk = self.wins.get(key)
-        w = None
-        if tk is not None:
-            i = tk.find(start)
-            w = tk.wins[i - 1] if i and tk.wins[i - 1].start == start else None
+        w = None if tk is None else tk.get(start)
         end = start + self.size
         wm = self.watermark(key)
         if w is None or w.rev or (wm is not None and end <= wm):

@@ -87,6 +87,6 @@ def test_a_tumbling_key_keeps_its_fired_windows_first(specs: list[WindowSpec], m
                 assert phases == sorted(phases, reverse=True) and tk.fired == phases.count(1), (key, phases)
                 for x in wins:
                     assert x.tt == x.start + op.size + (op.lateness if x.phase else 0), (key, x.start)
-                assert tk.due == min(x.tt for x in wins), (key, tk.due)
+                assert tk.due() == min(x.tt for x in wins), (key, tk.due())
                 wm = op.watermark("" if op.shared else key)
                 assert wm is None or all(x.tt > wm for x in wins if x.phase == 0), (key, wm)
