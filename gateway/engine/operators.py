@@ -721,49 +721,51 @@ class _SlideKey:
             heappush(cleanup, (drop, s))
         revs[s] = rev
 
-    def to_json(self, nm: int, front: list[Part]) -> dict[str, Any]:
-        """As it always was: a front entry as the whole accumulator, its first and last readings from the panes."""
+    def to_json(self, nm: int) -> dict[str, Any]:
+        """The key as plain values. A pane of one reading is that reading (``[start, t, boot, seq, a value or None
+        per metric]``; an accumulator that is exactly one reading's too), any other its accumulator (``[start,
+        flat list]``). The front stack is the start of its newest pane (``top``): its entries are the aggregates of
+        the panes from there down to the first pane of the last window fired, made again from the panes on restore
+        as a transfer makes them (to the bit). The back is the start of its first pane and its aggregate.
+
+        (Until snapshot version 3 every pane was an accumulator and the front was every entry as one, with its
+        first and last readings: about 59,000 bytes of JSON a key of a 60 s/1 s window of three metrics read every
+        second, against 5,000 now. :meth:`from_json` takes both.)"""
         hi = self.hi
-        back = (
-            []
-            if hi is None or self.back_acc is None
-            else [a.start for a in self.accs if self.back_from <= a.start < hi]
-        )
+        back: int | None = None
+        if hi is not None and self.back_acc is not None:
+            j = _left_from_front(self.accs, self.back_from)
+            if j < len(self.accs) and self.accs[j].start < hi:
+                back = self.accs[j].start
         return {
-            "panes": [[a.start, _pane_json(a, nm)] for a in self.accs],
+            "panes": [_pane_json_row(a, nm) for a in self.accs],
             "revs": [] if self.revs is None else [[s, r] for s, r in self.revs.items()],
             "cleanup": [] if self.cleanup is None else [list(x) for x in self.cleanup],
             "dirty": [] if self.dirty is None else sorted(self.dirty),
-            "front": [[a.start, self._entry_json(a, nm)] for a in front],
-            "back": back,
+            "top": self.front_a[0].start if self.front_a else None,
+            "back_from": back,
             "back_acc": None if self.back_acc is None else self.back_acc.to_json(),
             "hi": hi,
         }
 
-    def _entry_json(self, f: Part, nm: int) -> list[Any]:
-        accs = self.accs
-        j = _left_from_front(accs, f.start)
-        jn = _left_from_front(accs, self.front_a[0].start)  # the newest front pane
-        flat: list[Any] = []
-        for m in range(nm):
-            st = Stat()
-            f.put(m, st)
-            if f.count(m):
-                _put_first(accs, j, m, st)
-                _put_last(accs, jn, m, st)
-            flat.extend(st.to_json())
-        return flat
-
     @classmethod
     def from_json(cls, d: dict[str, Any], singles: bool, sparse: bool) -> _SlideKey:
-        """The key from its snapshot; ``singles``: a pane that is exactly the accumulator of one reading becomes that
-        reading again (a :class:`Single`); ``sparse``: of the front's entries (a snapshot holds every one) only
-        those a transfer keeps are kept (see ``SlidingOperator._fire``)."""
+        """The key from its snapshot (either format: see :meth:`to_json`); ``singles``: a pane that is exactly the
+        accumulator of one reading is that reading (a :class:`Single`); ``sparse``: of the front's entries (a
+        snapshot before version 3 holds every one) only those a transfer keeps are kept (see
+        ``SlidingOperator._fire``). A snapshot of version 3 or later names the front's newest pane only: the caller
+        makes its entries (``SlidingOperator._build_front``)."""
         ks = cls()
-        ks.accs = [_pane_at(p, a) if singles else _acc_at(p, a) for p, a in d["panes"]]
+        ks.accs = [_pane_from_row(x, singles) for x in d["panes"]]
         ks.revs = {s: r for s, r in d["revs"]} or None
         ks.cleanup = [(x[0], x[1]) for x in d["cleanup"]] or None
         ks.dirty = set(d["dirty"]) if d["dirty"] else None
+        ks.back_acc = None if d["back_acc"] is None else acc_from_json(d["back_acc"])
+        ks.hi = d["hi"]
+        if "front" not in d:
+            b = d["back_from"]
+            ks.back_from = b if b is not None else ks.hi if ks.hi is not None else 0
+            return ks
         front = d["front"]
         # entries of panes already dropped (in checkpoints written before they were dropped with their panes)
         # are never read again: the next window to fire starts after them
@@ -780,8 +782,6 @@ class _SlideKey:
             ks.newest = ks.accs[jn]
             if sparse and ks.dirty is None:
                 ks.front_a = _sparse(ks.front_a, ks.accs, jn)
-        ks.back_acc = None if d["back_acc"] is None else acc_from_json(d["back_acc"])
-        ks.hi = d["hi"]
         back = d["back"]
         ks.back_from = back[0] if back else ks.hi if ks.hi is not None else 0
         return ks
@@ -854,33 +854,42 @@ class SlidingOperator(WindowOperator):
             front_a.append(f)
         self._give_back(run)
 
-    def _dense_front(self, ks: _SlideKey) -> list[Part]:
-        """Every front entry, as the transfer made them (the kept ones and the others made again), newest first:
-        what a snapshot holds (a new list; the key's state is not changed)."""
-        front_a, accs = ks.front_a, ks.accs
-        out: list[Part] = []
-        if not front_a or ks.hi is None:
-            return out
-        run = acc_empty(self.nm)
-        q = _left_from_front(accs, front_a[0].start)  # the pane of front_a[u]
-        bottom = _left_from_front(accs, ks.hi - self.size)  # the first pane of the last window fired
-        n = len(front_a)
-        for u in range(n):
-            f = front_a[u]
-            out.append(f)
-            # the entries between this one and the next kept one (below the top: down to that first pane)
-            lo = _left_from_front(accs, front_a[u + 1].start) + 1 if u + 1 < n else bottom
-            if q > lo:
-                run.clear()
-                f.put_acc(run)
-                for r in range(q - 1, lo - 1, -1):
-                    self._merge_pane(run, accs[r])
-                    g = part_empty(self.nm)
-                    g.take(run)
-                    g.start = accs[r].start
-                    out.append(g)
-            q = lo - 1
-        return out
+    def _build_front(self, ks: _SlideKey, i: int, j: int) -> None:
+        """The front stack of the panes ``accs[j..i]`` (it is empty): the aggregate of the panes so far, newest
+        first; entries q = 0, k, 2k, ... (from the newest) keep a Part of it, and every entry from the highest of
+        those on."""
+        accs, front_a = ks.accs, ks.front_a
+        stride = _stride(i - j + 1) if self.sparse else 1
+        top = i - (i - j) // stride * stride  # the oldest kept entry below the top segment
+        run = self._take()
+        self._set_pane(run, accs[i])
+        q = i
+        while True:
+            if q <= top or (i - q) % stride == 0:
+                f = self._take_part()
+                f.take(run)
+                f.start = accs[q].start
+                front_a.append(f)
+            q -= 1
+            if q < j:
+                break
+            self._merge_pane(run, accs[q])
+        self._give_back(run)
+        ks.newest = accs[i]
+
+    def _restore_front(self, ks: _SlideKey, top: int) -> None:
+        """A snapshot's front stack (version 3 on): its entries from the pane starting at ``top`` down to the first
+        pane of the last window fired, made as the transfer made them (the aggregates of the same panes, merged in
+        the same order: the same bits). If a pane changed since (it is dirty), the next advance throws the stacks
+        away before reading them, as it would have."""
+        accs = ks.accs
+        hi = ks.hi
+        i = _left_from_front(accs, top)
+        if hi is None or i == len(accs) or accs[i].start != top or top >= hi:
+            raise ValueError(f"sliding window snapshot: the front starts at {top}, not a pane's start below {hi}")
+        j = _left_from_front(accs, hi - self.size)
+        if j <= i:
+            self._build_front(ks, i, j)
 
     def _merge_pane(self, acc: Acc, pane: Acc) -> None:
         """Merge the pane ``pane`` into ``acc`` (a Single as the accumulator of its reading, without making it)."""
@@ -995,25 +1004,7 @@ class SlidingOperator(WindowOperator):
             i = _left_from_back(accs, hi, ks.hint) - 1
             j = _left_from_front(accs, lo)
             if i >= j:
-                # the aggregate of the panes so far, newest first: entries q = 0, k, 2k, ... (from the newest) keep
-                # a Part of it, and every entry from the highest of those on
-                stride = _stride(i - j + 1) if self.sparse else 1
-                top = i - (i - j) // stride * stride  # the oldest kept entry below the top segment
-                run = self._take()
-                self._set_pane(run, accs[i])
-                q = i
-                while True:
-                    if q <= top or (i - q) % stride == 0:
-                        f = self._take_part()
-                        f.take(run)
-                        f.start = accs[q].start
-                        front_a.append(f)
-                    q -= 1
-                    if q < j:
-                        break
-                    self._merge_pane(run, accs[q])
-                self._give_back(run)
-                ks.newest = accs[i]
+                self._build_front(ks, i, j)
             self._give_back(back_acc)
             back_acc = None
             ks.back_from = hi
@@ -1169,7 +1160,7 @@ class SlidingOperator(WindowOperator):
         i = 0
         for k in key_list(self.keys, keys):
             ks = self.keys[k]
-            out[k] = ks.to_json(self.nm, self._dense_front(ks))
+            out[k] = ks.to_json(self.nm)
             self._every_few(i)
             i += 1
         snap["keys"] = out
@@ -1177,7 +1168,12 @@ class SlidingOperator(WindowOperator):
 
     def restore(self, snap: dict[str, Any]) -> None:
         self._base_restore(snap)
-        self.keys = {k: _SlideKey.from_json(d, self.singles, self.sparse) for k, d in snap["keys"].items()}
+        self.keys = {}
+        for k, d in snap["keys"].items():
+            ks = self.keys[k] = _SlideKey.from_json(d, self.singles, self.sparse)
+            top = d.get("top")
+            if top is not None:
+                self._restore_front(ks, top)
         self._requeue_all(list(self.keys))
 
     def early_acc(self, key: str, start: int) -> tuple[int, int, Acc] | None:
@@ -1502,10 +1498,19 @@ def _acc_at(p: int, flat: list[Any]) -> Acc:
 
 
 def _pane_at(p: int, flat: list[Any]) -> Acc:
-    """A pane from its snapshot, starting at ``p``: the :class:`Single` of its reading if it is exactly the
-    accumulator of one reading (what a snapshot of a Single is), else the accumulator."""
+    """A pane from its accumulator's snapshot, starting at ``p``: the :class:`Single` of its reading if it is exactly
+    the accumulator of one reading (what a snapshot of a Single was before version 3), else the accumulator."""
     acc = _acc_at(p, flat)
+    one = _one_reading(acc, flat)
+    return acc if one is None else one
+
+
+def _one_reading(acc: Acc, flat: list[Any]) -> Single | None:
+    """The :class:`Single` of ``acc``'s reading (starting where ``acc`` does) if ``acc`` (``flat``: its snapshot) is
+    exactly the accumulator of one reading, to the bit; else (and beyond four metrics) None."""
     nm = len(flat) // FIELDS
+    if nm > 4:
+        return None
     values: Values = []
     t = b = s = 0
     seen = False
@@ -1517,22 +1522,56 @@ def _pane_at(p: int, flat: list[Any]) -> Acc:
             continue
         acc.put_first(m, st)
         if c > 1 or (seen and (st.ft != t or st.fb != b or st.fs != s)):
-            return acc
+            return None
         seen = True
         t, b, s = st.ft, st.fb, st.fs
         values.append(st.fv)
     if not seen:
-        return acc
-    one = _single(p, values, t, b, s)
+        return None
+    one = _single(acc.start, values, t, b, s)
     ref = _pane_json(one, nm)  # what a snapshot of the Single holds: the same values to the bit, or not one
     if ref != flat:
-        return acc
+        return None
     for i in range(len(ref)):  # == does not tell -0.0 from 0.0, nor 1 from 1.0
         x = ref[i]
         y = flat[i]
         if type(x) is not type(y) or (isinstance(x, float) and x == 0.0 and copysign(1.0, x) != copysign(1.0, y)):
-            return acc
+            return None
     return one
+
+
+def _pane_json_row(a: Acc, nm: int) -> list[Any]:
+    """A pane in a snapshot (version 3 on): one of one reading (a Single, or an accumulator that is exactly one
+    reading's) as ``[start, t, boot, seq, a value or None per metric]``, any other as ``[start, accumulator]``."""
+    one: Single | None
+    if isinstance(a, Single):
+        one = a
+    else:
+        flat = a.to_json()
+        one = _one_reading(a, flat)
+        if one is None:
+            return [a.start, flat]
+    bs = one.bs
+    row: list[Any] = [a.start, one.tm >> 4, bs >> 31, bs & 0x7FFFFFFF]
+    row.extend(one.values(nm))
+    return row
+
+
+def _pane_from_row(x: list[Any], singles: bool) -> Acc:
+    """A pane from its row in a snapshot (:func:`_pane_json_row`, or ``[start, accumulator]`` before version 3): a
+    :class:`Single` of a pane of one reading when ``singles``, else an accumulator."""
+    p = x[0]
+    if len(x) == 2:
+        return _pane_at(p, x[1]) if singles else _acc_at(p, x[1])
+    values: Values = [None if v is None else float(v) for v in x[4:]]
+    if not 1 <= len(values) <= 4 or all(v is None for v in values):
+        raise ValueError(f"sliding window snapshot: a pane of one reading with values {values}")
+    one = _single(p, values, int(x[1]), int(x[2]), int(x[3]))
+    if singles:
+        return one
+    acc = one.fill(acc_empty(len(values)), len(values))
+    acc.start = p
+    return acc
 
 
 def _session_start(x: _Session) -> int:

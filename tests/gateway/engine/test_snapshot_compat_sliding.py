@@ -1,0 +1,91 @@
+"""Checkpoints whose sliding windows hold every pane as an accumulator and every front stack entry restore.
+
+``data/snapshot_v2_sliding_a7cd5b9.json`` was written by the engine of commit a7cd5b9 (snapshot version 2: each
+pane of a sliding window as the accumulator's flat list, the front stack with every entry, and the back's panes
+listed) after the first ``CUT`` messages of the stream below: ``json.dumps(engine.snapshot())``, compiled. Restored
+into today's engine, it must continue exactly as today's engine does when it never stops; and today's snapshot of
+it must restore the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+from gateway.engine import Engine, Output, parse_engine
+from gateway.model import Batch, Reading
+
+OLD = Path(__file__).resolve().parent / "data" / "snapshot_v2_sliding_a7cd5b9.json"
+SPEC: dict[str, Any] = {
+    "windows": [
+        {"name": "s3", "kind": "sliding", "size": "10s", "slide": "1s", "metrics": ["x", "y", "z"],
+         "allowed_lateness": "4s"},
+        {"name": "s4", "kind": "sliding", "size": "6s", "slide": "2s", "metrics": ["x", "y", "z", "u"]},
+        {"name": "s5", "kind": "sliding", "size": "9s", "slide": "3s", "metrics": ["x", "y", "z", "u", "q"],
+         "allowed_lateness": "2s"},
+        {"name": "sd", "kind": "sliding", "size": "8s", "slide": "2s", "metrics": ["x"],
+         "aggregates": ["count", "sum", "first", "last"]},
+        {"name": "site", "kind": "sliding", "size": "20s", "slide": "5s", "metrics": ["y"], "key": "site"},
+    ]
+}  # fmt: skip
+T0 = 1_764_072_000_000
+CUT = 1700
+
+
+def events() -> list[tuple[str, int, int, dict[str, float | int], int]]:
+    rng = random.Random(11)  # the stream the fixture was written from: do not change
+    out: list[tuple[str, int, int, dict[str, float | int], int]] = []
+    for i in range(3400):
+        dev = f"d{rng.randrange(6)}"
+        now = T0 + i * 200
+        t = now - rng.choice([0, 0, 0, 0, 150, 900, 2500, 5000, 12000])
+        names = rng.sample(["x", "y", "z", "u", "q"], rng.randrange(1, 6))
+        vals: dict[str, float | int] = {}
+        for m in names:
+            u = rng.random()
+            vals[m] = -0.0 if u < 0.03 else rng.randrange(-3, 4) if u < 0.15 else rng.uniform(-50, 50)
+        out.append((dev, t, i, vals, now))
+        if rng.random() < 0.05:  # a second reading in the same pane
+            out.append((dev, t + 1, 100_000 + i, {"x": rng.uniform(0, 1)}, now))
+    return out
+
+
+def feed(engine: Engine, evs: list[tuple[str, int, int, dict[str, float | int], int]]) -> list[Output]:
+    out: list[Output] = []
+    for dev, t, i, vals, now in evs:
+        r = Reading("a", dev, 1, i, t, "s", vals)
+        out += engine.process_batch(Batch("a", dev, "", now, (r,), ()), now + 50)
+    return out
+
+
+def write_fixture() -> None:
+    """How the fixture was written, with commit a7cd5b9's code (today's would write version 3)."""
+    engine = Engine(parse_engine(SPEC))
+    feed(engine, events()[:CUT])
+    OLD.write_text(json.dumps(engine.snapshot(), separators=(",", ":")))
+
+
+def test_a_snapshot_with_accumulator_panes_and_whole_fronts_restores_and_continues_identically() -> None:
+    evs = events()
+    today = Engine(parse_engine(SPEC))
+    feed(today, evs[:CUT])
+    old = Engine(parse_engine(SPEC))
+    old.restore(json.loads(OLD.read_text()))
+    expected = [repr(o) for o in feed(today, evs[CUT:])]
+    assert len(expected) > 3000
+    assert [repr(o) for o in feed(old, evs[CUT:])] == expected
+
+
+def test_todays_snapshot_of_it_restores_and_continues_identically() -> None:
+    evs = events()
+    today = Engine(parse_engine(SPEC))
+    feed(today, evs[:CUT])
+    old = Engine(parse_engine(SPEC))
+    old.restore(json.loads(OLD.read_text()))
+    again = Engine(parse_engine(SPEC))
+    again.restore(json.loads(json.dumps(old.snapshot())))
+    assert json.dumps(again.snapshot()) == json.dumps(today.snapshot())
+    assert [repr(o) for o in feed(again, evs[CUT:])] == [repr(o) for o in feed(today, evs[CUT:])]
+
