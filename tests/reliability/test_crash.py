@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import PROCESSING_TIME_FIELDS, GatewayProcess, reference_outputs, wait_until, write_config
+from harness import PROCESSING_TIME_FIELDS, GatewayProcess, reference_outputs, toml_value, wait_until, write_config
 from helpers import influx_query
 from services import Proc
 
@@ -25,7 +25,7 @@ from sim.publish import BrokerConfig, publish
 DEVICES = 100
 READINGS_PER_DEVICE = 1000
 INTERVAL_MS = 60_000
-WINDOW_MS = 600_000  # the t10m window of _windows()
+WINDOW_MS = 600_000  # the t10m window of _windows(), and the s31m window's slide
 RATE = 350.0  # messages per second: publishing lasts ~15 s, long enough for five kills and restarts
 SEED = 20240611
 
@@ -69,7 +69,7 @@ def test_crash_plan_has_every_window_whatever_the_clock(past_boundary_s: int) ->
     assert max(r.t_ms for r in plan.readings) <= now
     doc = {"mqtt": {"prefix": "c0"}, "windows": _windows()}
     reference = reference_outputs(doc, plan.messages, "window", now)
-    assert len(reference) == DEVICES * 2 * (READINGS_PER_DEVICE // 10)
+    assert _per_window(reference) == EXPECTED
 
 
 @pytest.mark.integration
@@ -86,7 +86,7 @@ async def test_sigkill_five_times_loses_and_duplicates_nothing(
         "state": {"dir": str(tmp_path / "state"), "checkpoint_interval_s": 1.0},
         "log": {"format": "json", "level": "INFO"},
     }
-    config = write_config(tmp_path / "gateway.toml", sections)
+    config = write_config(tmp_path / "gateway.toml", sections, _windows_toml())
     gw = GatewayProcess(config, tmp_path)
     gw.start()
     wait_until(lambda: gw.stats().get("mqtt", {}).get("connected"), "gateway connected", 30, gw)
@@ -155,7 +155,7 @@ async def test_sigkill_five_times_loses_and_duplicates_nothing(
     # every window result equals the uninterrupted run's
     doc = {"mqtt": {"prefix": prefix}, "windows": _windows()}
     reference = reference_outputs(doc, plan.messages, "window", int(time.time() * 1000))
-    assert len(reference) == DEVICES * 2 * (READINGS_PER_DEVICE // 10)
+    assert _per_window(reference) == EXPECTED
     rows = influx_query(influxdb_v1.url, influx_db, 'SELECT * FROM "window"', epoch="ns")
     got = {}
     for row in rows:
@@ -167,6 +167,11 @@ async def test_sigkill_five_times_loses_and_duplicates_nothing(
 
 
 def _windows() -> list[dict[str, object]]:
+    """A tumbling window, and a sliding one whose panes (1 minute: the gcd of 31 and 10) hold one reading each, as a
+    board read once a minute fills them: the checkpoint holds them as readings and the front stack as the pane it
+    starts from, which a restart makes again (docs/semantics.md, State). Its windows span three slides and a pane,
+    so that after a message (20 minutes of a board's readings) the front often holds panes the next window needs:
+    with 11 minutes every 10, a restart that made no front at all went unnoticed."""
     return [
         {
             "name": "t10m",
@@ -176,5 +181,35 @@ def _windows() -> list[dict[str, object]]:
             "aggregates": ["count", "sum", "min", "max", "first", "last"],
             "allowed_lateness": "0s",
             "key": "device",
-        }
+        },
+        {
+            "name": "s31m",
+            "kind": "sliding",
+            "size": "31m",
+            "slide": "10m",
+            "metrics": ["temp_c"],
+            "aggregates": ["count", "sum", "mean", "min", "max", "stddev", "first", "last"],
+            "key": "device",
+        },
     ]
+
+
+EXPECTED = {"t10m": DEVICES * 2 * (READINGS_PER_DEVICE // 10), "s31m": DEVICES * (READINGS_PER_DEVICE // 10 - 1)}
+"""Window results of the uninterrupted run, a device: 100 tumbling windows of each metric (see crash_plan), and 99
+sliding ones (from the one starting 20 minutes before the first reading's window to the last that ends by the last
+reading)."""
+
+
+def _windows_toml() -> str:
+    lines = []
+    for w in _windows():
+        lines += ["", "[[windows]]", *(f"{k} = {toml_value(v)}" for k, v in w.items())]
+    return "\n".join(lines) + "\n"
+
+
+def _per_window(reference: dict[Any, Any]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for tags, _ in reference:
+        name = dict(tags)["window"]
+        counts[name] = counts.get(name, 0) + 1
+    return counts
