@@ -10,6 +10,18 @@ from gateway.model import Batch, Quality, Reading
 
 SITE = "a"
 
+Event = tuple[str, int, int, dict[str, float | int], int]
+"""A reading as the snapshot compatibility tests write their streams: device, time, seq, values, time received."""
+
+
+def feed_events(engine: Any, evs: list[Event]) -> list[Output]:
+    """Each event as a batch of its one reading (site "a", boot 1), processed 50 ms after it was received."""
+    out: list[Output] = []
+    for dev, t, i, vals, now in evs:
+        r = Reading("a", dev, 1, i, t, "s", vals)
+        out += engine.process_batch(Batch("a", dev, "", now, (r,), ()), now + 50)
+    return out
+
 
 def batch(
     device: str,

@@ -11,8 +11,9 @@ import json
 import random
 from pathlib import Path
 
-from gateway.engine import Engine, Output, parse_engine
-from gateway.model import Batch, Reading
+from engine_helpers import Event, feed_events
+
+from gateway.engine import Engine, parse_engine
 
 OLD = Path(__file__).resolve().parent / "data" / "snapshot_v2_flat_lists.json"
 SPEC = {
@@ -34,9 +35,9 @@ T0 = 1_764_072_000_000
 CUT = 1500
 
 
-def events() -> list[tuple[str, int, int, dict[str, float | int], int]]:
+def events() -> list[Event]:
     rng = random.Random(7)  # the stream the fixture was written from: do not change
-    out: list[tuple[str, int, int, dict[str, float | int], int]] = []
+    out: list[Event] = []
     for i in range(3000):
         dev = f"d{rng.randrange(5)}"
         t = T0 + i * 300 - rng.choice([0, 0, 0, 800, 4000, 20000])
@@ -47,22 +48,14 @@ def events() -> list[tuple[str, int, int, dict[str, float | int], int]]:
     return out
 
 
-def feed(engine: Engine, evs: list[tuple[str, int, int, dict[str, float | int], int]]) -> list[Output]:
-    out: list[Output] = []
-    for dev, t, i, vals, now in evs:
-        r = Reading("a", dev, 1, i, t, "s", vals)
-        out += engine.process_batch(Batch("a", dev, "", now, (r,), ()), now + 50)
-    return out
-
-
 def test_a_version_2_snapshot_of_flat_lists_restores_and_continues_identically() -> None:
     evs = events()
     today = Engine(parse_engine(SPEC))
-    feed(today, evs[:CUT])
+    feed_events(today, evs[:CUT])
     old = Engine(parse_engine(SPEC))
     old.restore(json.loads(OLD.read_text()))
-    expected = [repr(o) for o in feed(today, evs[CUT:])]
-    got = [repr(o) for o in feed(old, evs[CUT:])]
+    expected = [repr(o) for o in feed_events(today, evs[CUT:])]
+    got = [repr(o) for o in feed_events(old, evs[CUT:])]
     assert len(expected) > 1000
     assert any("first=" in o or "'first'" in o for o in expected)  # first/last by (t, boot, seq) are compared too
     assert got == expected

@@ -14,8 +14,9 @@ import random
 from pathlib import Path
 from typing import Any
 
-from gateway.engine import Engine, Output, parse_engine
-from gateway.model import Batch, Reading
+from engine_helpers import Event, feed_events
+
+from gateway.engine import Engine, parse_engine
 
 OLD = Path(__file__).resolve().parent / "data" / "snapshot_v2_sliding_a7cd5b9.json"
 SPEC: dict[str, Any] = {
@@ -34,9 +35,9 @@ T0 = 1_764_072_000_000
 CUT = 1700
 
 
-def events() -> list[tuple[str, int, int, dict[str, float | int], int]]:
+def events() -> list[Event]:
     rng = random.Random(11)  # the stream the fixture was written from: do not change
-    out: list[tuple[str, int, int, dict[str, float | int], int]] = []
+    out: list[Event] = []
     for i in range(3400):
         dev = f"d{rng.randrange(6)}"
         now = T0 + i * 200
@@ -52,40 +53,33 @@ def events() -> list[tuple[str, int, int, dict[str, float | int], int]]:
     return out
 
 
-def feed(engine: Engine, evs: list[tuple[str, int, int, dict[str, float | int], int]]) -> list[Output]:
-    out: list[Output] = []
-    for dev, t, i, vals, now in evs:
-        r = Reading("a", dev, 1, i, t, "s", vals)
-        out += engine.process_batch(Batch("a", dev, "", now, (r,), ()), now + 50)
-    return out
-
-
 def write_fixture() -> None:
     """How the fixture was written, with commit a7cd5b9's code (today's would write version 3)."""
     engine = Engine(parse_engine(SPEC))
-    feed(engine, events()[:CUT])
+    feed_events(engine, events()[:CUT])
     OLD.write_text(json.dumps(engine.snapshot(), separators=(",", ":")))
 
 
-def test_a_snapshot_with_accumulator_panes_and_whole_fronts_restores_and_continues_identically() -> None:
+def _today_and_old() -> tuple[list[Event], Engine, Engine]:
+    """The stream; an engine that took its first ``CUT`` messages; one restored from the fixture."""
     evs = events()
     today = Engine(parse_engine(SPEC))
-    feed(today, evs[:CUT])
+    feed_events(today, evs[:CUT])
     old = Engine(parse_engine(SPEC))
     old.restore(json.loads(OLD.read_text()))
-    expected = [repr(o) for o in feed(today, evs[CUT:])]
+    return evs, today, old
+
+
+def test_a_snapshot_with_accumulator_panes_and_whole_fronts_restores_and_continues_identically() -> None:
+    evs, today, old = _today_and_old()
+    expected = [repr(o) for o in feed_events(today, evs[CUT:])]
     assert len(expected) > 3000
-    assert [repr(o) for o in feed(old, evs[CUT:])] == expected
+    assert [repr(o) for o in feed_events(old, evs[CUT:])] == expected
 
 
 def test_todays_snapshot_of_it_restores_and_continues_identically() -> None:
-    evs = events()
-    today = Engine(parse_engine(SPEC))
-    feed(today, evs[:CUT])
-    old = Engine(parse_engine(SPEC))
-    old.restore(json.loads(OLD.read_text()))
+    evs, today, old = _today_and_old()
     again = Engine(parse_engine(SPEC))
     again.restore(json.loads(json.dumps(old.snapshot())))
     assert json.dumps(again.snapshot()) == json.dumps(today.snapshot())
-    assert [repr(o) for o in feed(again, evs[CUT:])] == [repr(o) for o in feed(today, evs[CUT:])]
-
+    assert [repr(o) for o in feed_events(again, evs[CUT:])] == [repr(o) for o in feed_events(today, evs[CUT:])]
