@@ -854,10 +854,11 @@ class SlidingOperator(WindowOperator):
             front_a.append(f)
         self._give_back(run)
 
-    def _build_front(self, ks: _SlideKey, i: int, j: int) -> None:
+    def _build_front(self, ks: _SlideKey, i: int, j: int, tail: bool = True) -> None:
         """The front stack of the panes ``accs[j..i]`` (it is empty): the aggregate of the panes so far, newest
-        first; entries q = 0, k, 2k, ... (from the newest) keep a Part of it, and every entry from the highest of
-        those on."""
+        first; entries q = 0, k, 2k, ... (from the newest) keep a Part of it, and (``tail``) every entry from the
+        highest of those on, which the next windows read first. Without them, the next window makes the ones it
+        reads again from the lowest kept entry and the panes, as after any pop (``_refill``)."""
         accs, front_a = ks.accs, ks.front_a
         stride = _stride(i - j + 1) if self.sparse else 1
         top = i - (i - j) // stride * stride  # the oldest kept entry below the top segment
@@ -865,13 +866,13 @@ class SlidingOperator(WindowOperator):
         self._set_pane(run, accs[i])
         q = i
         while True:
-            if q <= top or (i - q) % stride == 0:
+            if (tail and q <= top) or (i - q) % stride == 0:
                 f = self._take_part()
                 f.take(run)
                 f.start = accs[q].start
                 front_a.append(f)
             q -= 1
-            if q < j:
+            if q < (j if tail else top):
                 break
             self._merge_pane(run, accs[q])
         self._give_back(run)
@@ -880,8 +881,9 @@ class SlidingOperator(WindowOperator):
     def _restore_front(self, ks: _SlideKey, top: int) -> None:
         """A snapshot's front stack (version 3 on): its entries from the pane starting at ``top`` down to the first
         pane of the last window fired, made as the transfer made them (the aggregates of the same panes, merged in
-        the same order: the same bits). If a pane changed since (it is dirty), the next advance throws the stacks
-        away before reading them, as it would have."""
+        the same order: the same bits), those at its stride only: the next window makes the ones it reads below
+        them again, as after a pop. If a pane changed since (it is dirty), the next advance throws the stacks away
+        before reading them, as it would have."""
         accs = ks.accs
         hi = ks.hi
         i = _left_from_front(accs, top)
@@ -889,7 +891,7 @@ class SlidingOperator(WindowOperator):
             raise ValueError(f"sliding window snapshot: the front starts at {top}, not a pane's start below {hi}")
         j = _left_from_front(accs, hi - self.size)
         if j <= i:
-            self._build_front(ks, i, j)
+            self._build_front(ks, i, j, False)
 
     def _merge_pane(self, acc: Acc, pane: Acc) -> None:
         """Merge the pane ``pane`` into ``acc`` (a Single as the accumulator of its reading, without making it)."""
