@@ -49,6 +49,8 @@ __all__ = [
 ]
 
 _NONE: Final[tuple[Output, ...]] = ()
+_ID_MAX: Final = 0x7FFFFFFF
+"""The largest boot and seq (docs/protocol.md)."""
 NO_WM: Final = -(1 << 62)
 """No watermark yet (far below any event time a reading can have), where an unboxed int stands for one."""
 
@@ -749,14 +751,19 @@ class _SlideKey:
         }
 
     @classmethod
-    def from_json(cls, d: dict[str, Any], singles: bool, sparse: bool) -> _SlideKey:
+    def from_json(cls, d: dict[str, Any], singles: bool, sparse: bool, nm: int, pane: int, off: int) -> _SlideKey:
         """The key from its snapshot (either format: see :meth:`to_json`); ``singles``: a pane that is exactly the
         accumulator of one reading is that reading (a :class:`Single`); ``sparse``: of the front's entries (a
         snapshot before version 3 holds every one) only those a transfer keeps are kept (see
         ``SlidingOperator._fire``). A snapshot of version 3 or later names the front's newest pane only: the caller
-        makes its entries (``SlidingOperator._build_front``)."""
+        makes its entries (``SlidingOperator._build_front``). ``nm``, ``pane`` and ``off``: the window's metrics,
+        pane size and offset, which each pane must fit (a ``ValueError`` says which does not: never a pane taken
+        as something the engine did not write)."""
         ks = cls()
-        ks.accs = [_pane_from_row(x, singles) for x in d["panes"]]
+        ks.accs = [_pane_from_row(x, singles, nm, pane, off) for x in d["panes"]]
+        for q in range(1, len(ks.accs)):
+            if ks.accs[q - 1].start >= ks.accs[q].start:
+                raise ValueError(f"sliding window snapshot: panes not in order of their start at {ks.accs[q].start}")
         ks.revs = {s: r for s, r in d["revs"]} or None
         ks.cleanup = [(x[0], x[1]) for x in d["cleanup"]] or None
         ks.dirty = set(d["dirty"]) if d["dirty"] else None
@@ -764,6 +771,12 @@ class _SlideKey:
         ks.hi = d["hi"]
         if "front" not in d:
             b = d["back_from"]
+            if b is not None:
+                j = _left_from_front(ks.accs, b)
+                if ks.hi is None or b >= ks.hi or j == len(ks.accs) or ks.accs[j].start != b:
+                    raise ValueError(
+                        f"sliding window snapshot: the back starts at {b}, not a pane's start below {ks.hi}"
+                    )
             ks.back_from = b if b is not None else ks.hi if ks.hi is not None else 0
             return ks
         front = d["front"]
@@ -1172,7 +1185,7 @@ class SlidingOperator(WindowOperator):
         self._base_restore(snap)
         self.keys = {}
         for k, d in snap["keys"].items():
-            ks = self.keys[k] = _SlideKey.from_json(d, self.singles, self.sparse)
+            ks = self.keys[k] = _SlideKey.from_json(d, self.singles, self.sparse, self.nm, self.pane, self.offset)
             top = d.get("top")
             if top is not None:
                 self._restore_front(ks, top)
@@ -1559,19 +1572,29 @@ def _pane_json_row(a: Acc, nm: int) -> list[Any]:
     return row
 
 
-def _pane_from_row(x: list[Any], singles: bool) -> Acc:
+def _pane_from_row(x: list[Any], singles: bool, nm: int, pane: int, off: int) -> Acc:
     """A pane from its row in a snapshot (:func:`_pane_json_row`, or ``[start, accumulator]`` before version 3): a
-    :class:`Single` of a pane of one reading when ``singles``, else an accumulator."""
+    :class:`Single` of a pane of one reading when ``singles``, else an accumulator. A row that does not fit the window
+    (``nm`` metrics, panes of ``pane`` ms from ``off``) is a ``ValueError``."""
     p = x[0]
+    if not isinstance(p, int) or (p - off) % pane:
+        raise ValueError(f"sliding window snapshot: a pane starting at {p!r}, off the window's panes")
     if len(x) == 2:
+        if len(x[1]) != FIELDS * nm:
+            raise ValueError(f"sliding window snapshot: the pane at {p} has {len(x[1])} values, not {FIELDS * nm}")
         return _pane_at(p, x[1]) if singles else _acc_at(p, x[1])
     values: Values = [None if v is None else float(v) for v in x[4:]]
-    if not 1 <= len(values) <= 4 or all(v is None for v in values):
-        raise ValueError(f"sliding window snapshot: a pane of one reading with values {values}")
-    one = _single(p, values, int(x[1]), int(x[2]), int(x[3]))
+    t, b, s = x[1], x[2], x[3]
+    if len(values) != nm or nm > 4 or all(v is None for v in values):
+        raise ValueError(f"sliding window snapshot: the reading of the pane at {p} has values {values} ({nm} metrics)")
+    if not (isinstance(t, int) and p <= t < p + pane):
+        raise ValueError(f"sliding window snapshot: a reading at {t!r} in the pane at {p}")
+    if not (isinstance(b, int) and isinstance(s, int) and 0 <= b <= _ID_MAX and 0 <= s <= _ID_MAX):
+        raise ValueError(f"sliding window snapshot: a reading of boot {b!r} and seq {s!r} in the pane at {p}")
+    one = _single(p, values, t, b, s)
     if singles:
         return one
-    acc = one.fill(acc_empty(len(values)), len(values))
+    acc = one.fill(acc_empty(nm), nm)
     acc.start = p
     return acc
 

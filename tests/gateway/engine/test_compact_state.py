@@ -239,3 +239,51 @@ def test_a_board_reading_once_a_second_has_a_small_sliding_window_snapshot() -> 
     assert json.dumps(again.snapshot()) == json.dumps(snap)
     rest = [repr(o) for b in feed[95:] for o in again.process_batch(b, b.received_ms + 20)]
     assert first + rest == outs
+
+
+def _edits() -> dict[str, Any]:
+    """Ways to damage one key of a 60 s/1 s sliding window's snapshot (a reading row is [start, t, boot, seq, x, y,
+    z]), each of which a restore must refuse."""
+
+    def row(d: dict[str, Any]) -> list[Any]:
+        return next(r for r in d["panes"] if len(r) > 2)
+
+    return {
+        "a value too many": lambda d: row(d).append(1.0),
+        "a value missing": lambda d: row(d).pop(),
+        "no value": lambda d: row(d).__setitem__(slice(4, None), [None, None, None]),
+        "a time outside its pane": lambda d: row(d).__setitem__(1, row(d)[0] + 1000),
+        "a time before its pane": lambda d: row(d).__setitem__(1, row(d)[0] - 1),
+        "a seq of 2**31": lambda d: row(d).__setitem__(3, 2**31),
+        "a negative seq": lambda d: row(d).__setitem__(3, -1),
+        "a boot of 2**31": lambda d: row(d).__setitem__(2, 2**31),
+        "a start off the panes' grid": lambda d: row(d).__setitem__(0, row(d)[0] + 1),
+        "panes out of order": lambda d: d["panes"].reverse(),
+        "an accumulator of another width": lambda d: d["panes"].__setitem__(0, [d["panes"][0][0], [1, 2.0, 3.0]]),
+        "the back's first pane not a pane": lambda d: d.__setitem__("back_from", d["back_from"] + 1),
+        "the back at or after hi": lambda d: d.__setitem__("back_from", d["hi"]),
+    }
+
+
+def test_a_damaged_sliding_window_snapshot_is_refused_with_its_reason() -> None:
+    """A checkpoint row edited or damaged into something the engine never writes is a clear error on restore, not
+    wrong results later (an outside review edited rows by hand: a seq of 2**31 became boot + 1, a fourth value of a
+    three-metric window was dropped, a time outside its pane was taken as it was)."""
+    windows = [{"name": "s", "kind": "sliding", "size": "60s", "slide": "1s", "metrics": ["x", "y", "z"]}]
+    engine = Engine(parse_engine({"windows": windows}))
+    for sec in range(95):
+        t = T0 + sec * 1000 + 250
+        engine.process_batch(batch("d0", [(t, 1, sec, {"x": 1.0, "y": 2.0, "z": float(sec)})], received_ms=t), t)
+    snap = json.loads(json.dumps(engine.snapshot()))
+    assert snap["windows"]["s"]["keys"]["d0"]["back_from"] is not None
+    again = Engine(parse_engine({"windows": windows}))
+    again.restore(json.loads(json.dumps(snap)))  # as it was: restores
+    for name, edit in _edits().items():
+        bad = json.loads(json.dumps(snap))
+        edit(bad["windows"]["s"]["keys"]["d0"])
+        try:
+            Engine(parse_engine({"windows": windows})).restore(bad)
+        except ValueError as exc:
+            assert "sliding window" in str(exc), (name, exc)
+        else:
+            raise AssertionError(f"{name}: restored")
