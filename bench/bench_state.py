@@ -16,8 +16,9 @@ readings (past the 60 s windows' first firing), printed:
   that of the sliding window alone; per device, the whole and each window's operator;
 - ``RSS``: the process's resident memory then (the input is generated one second at a time and dropped), and
   its peak;
-- the engine's snapshot as JSON (what a checkpoint held) and compressed as a checkpoint stores it now, with
-  the time of each step;
+- the engine's snapshot as JSON and compressed whole (zlib level 1), with the time of each step, and as the
+  gateway's checkpoint writes it: a row per key, each JSON (``ckpt_rows.encode_row``) compressed on its own, as
+  when every key changed since the checkpoint before (each device read in between);
 - with ``--restore``: the deep size of a fresh engine right after restoring that JSON (what a restarted gateway
   holds until its windows move on), and the CPU time of ``Engine.restore``.
 
@@ -102,6 +103,25 @@ def child(root: str, devices: int, seconds: int, restore: bool) -> None:
     t = time.perf_counter()
     packed = zlib.compress(text.encode(), 1)
     t_zip = time.perf_counter() - t
+    rows_line = ""
+    try:  # as the gateway's checkpoint stores it: a row per key, each JSON compressed (a checkout that has them)
+        from gateway.ckpt_rows import encode_row, split_rows
+        from gateway.state import CHECKPOINT_LEVEL
+    except ImportError:
+        pass
+    else:
+        t = time.perf_counter()
+        rows = split_rows({"pipeline": {"engine": snap}})
+        texts = [encode_row(r) for r in rows.values()]
+        t_rows = time.perf_counter() - t
+        t = time.perf_counter()
+        stored = sum(len(zlib.compress(x, CHECKPOINT_LEVEL)) for x in texts)
+        t_rows_zip = time.perf_counter() - t
+        rows_line = (
+            f"\n  as the checkpoint's rows ({len(rows):,}, every key changed): JSON {sum(map(len, texts)) / 2**20:.1f} "
+            f"MiB ({t_rows * 1e3:.0f} ms), stored {stored / 2**20:.1f} MiB ({t_rows_zip * 1e3:.0f} ms)"
+        )
+        del rows, texts
     build = "compiled" if ENGINE_BUILD == "compiled" else "pure"
     print(
         f"{root}: engine={build} {devices:,} devices x {len(METRICS)} metrics, {seconds} s of readings "
@@ -110,7 +130,7 @@ def child(root: str, devices: int, seconds: int, restore: bool) -> None:
         f"RSS {rss:.0f} MiB, peak {peak:.0f} MiB\n"
         f"  per device: {state / devices:,.0f} bytes, of which the windows' operators {per_window}\n"
         f"  snapshot {t_snap * 1e3:.0f} ms; as JSON {len(text) / 2**20:.1f} MiB ({t_json * 1e3:.0f} ms), "
-        f"zlib level 1 {len(packed) / 2**20:.1f} MiB ({t_zip * 1e3:.0f} ms)",
+        f"zlib level 1 {len(packed) / 2**20:.1f} MiB ({t_zip * 1e3:.0f} ms){rows_line}",
         flush=True,
     )
     if restore:
