@@ -1568,8 +1568,15 @@ def _pane_json_row(a: Acc, nm: int) -> list[Any]:
         if one is None:
             return [a.start, flat]
     bs = one.bs
-    row: list[Any] = [a.start, one.tm >> 4, bs >> 31, bs & 0x7FFFFFFF]
-    row.extend(one.values(nm))
+    tm = one.tm
+    # its values as Single.values(nm) gives them, without the list and a call a value
+    row: list[Any] = [a.start, tm >> 4, bs >> 31, bs & 0x7FFFFFFF, one.v0 if tm & 1 else None]
+    if nm > 1:
+        row.append(one.v1 if tm & 2 else None)
+        if nm > 2:
+            row.append(one.v2 if tm & 4 else None)
+            if nm > 3:
+                row.append(one.v3() if tm & 8 else None)
     return row
 
 
