@@ -116,10 +116,19 @@ class Single(Acc):
 
     def values(self, nm: int) -> Values:
         """The reading's values, ``nm`` metrics (``None``: none for that metric)."""
-        m = self.tm & 15
-        out: Values = []
-        for i in range(nm):
-            out.append(self.value(i) if m & (1 << i) else None)
+        return self.put_values([], nm)
+
+    def put_values(self, out: list[Any], nm: int) -> list[Any]:
+        """Append the reading's values (as :meth:`values`) to ``out``; returns it. Unrolled: no call a value (a
+        snapshot writes one such row a pane)."""
+        m = self.tm
+        out.append(self.v0 if m & 1 else None)
+        if nm > 1:
+            out.append(self.v1 if m & 2 else None)
+            if nm > 2:
+                out.append(self.v2 if m & 4 else None)
+                if nm > 3:
+                    out.append(self.v3() if m & 8 else None)
         return out
 
     def value(self, i: int) -> float:
@@ -752,14 +761,18 @@ class _SlideKey:
         }
 
     @classmethod
-    def from_json(cls, d: dict[str, Any], singles: bool, sparse: bool, nm: int, pane: int, off: int) -> _SlideKey:
-        """The key from its snapshot (either format: see :meth:`to_json`); ``singles``: a pane that is exactly the
-        accumulator of one reading is that reading (a :class:`Single`); ``sparse``: of the front's entries (a
-        snapshot before version 3 holds every one) only those a transfer keeps are kept (see
-        ``SlidingOperator._fire``). A snapshot of version 3 or later names the front's newest pane only: the caller
-        makes its entries (``SlidingOperator._build_front``). ``nm``, ``pane`` and ``off``: the window's metrics,
-        pane size and offset, which each pane must fit (a ``ValueError`` says which does not: never a pane taken
-        as something the engine did not write)."""
+    def from_json(cls, d: dict[str, Any], singles: bool, nm: int, pane: int, off: int) -> tuple[_SlideKey, int | None]:
+        """The key from its snapshot (either format: see :meth:`to_json`), and the start of its front stack's newest
+        pane (None: no front), whose entries the caller makes (``SlidingOperator._restore_front``). ``singles``: a
+        pane that is exactly the accumulator of one reading is that reading (a :class:`Single`). ``nm``, ``pane``
+        and ``off``: the window's metrics, pane size and offset, which each pane must fit (a ``ValueError`` says which
+        does not: never a pane taken as something the engine did not write).
+
+        A snapshot before version 3 holds every front entry; they are the aggregates of the same panes, so they are
+        made again from the panes as for version 3 (their values are the same bits; a dirty key's stacks are thrown
+        away by the next advance before anything reads them). Entries of panes already dropped (in checkpoints
+        written before they were dropped with their panes) are never read again: the next window to fire starts
+        after them."""
         ks = cls()
         ks.accs = [_pane_from_row(x, singles, nm, pane, off) for x in d["panes"]]
         for q in range(1, len(ks.accs)):
@@ -770,7 +783,13 @@ class _SlideKey:
         ks.dirty = set(d["dirty"]) if d["dirty"] else None
         ks.back_acc = None if d["back_acc"] is None else acc_from_json(d["back_acc"])
         ks.hi = d["hi"]
-        if "front" not in d:
+        if "front" in d:  # before version 3
+            front = d["front"]
+            top = front[0][0] if front and ks.accs and front[0][0] >= ks.accs[0].start else None
+            back = d["back"]
+            b = back[0] if back else None
+        else:
+            top = d["top"]
             b = d["back_from"]
             if b is not None:
                 j = _left_from_front(ks.accs, b)
@@ -778,27 +797,8 @@ class _SlideKey:
                     raise ValueError(
                         f"sliding window snapshot: the back starts at {b}, not a pane's start below {ks.hi}"
                     )
-            ks.back_from = b if b is not None else ks.hi if ks.hi is not None else 0
-            return ks
-        front = d["front"]
-        # entries of panes already dropped (in checkpoints written before they were dropped with their panes)
-        # are never read again: the next window to fire starts after them
-        oldest = ks.accs[0].start if ks.accs else None
-        for p, a in front:
-            if oldest is not None and p >= oldest:
-                acc = acc_from_json(a)
-                f = part_empty(len(a) // FIELDS)
-                f.take(acc)
-                f.start = p
-                ks.front_a.append(f)
-        if ks.front_a:
-            jn = _left_from_front(ks.accs, ks.front_a[0].start)
-            ks.newest = ks.accs[jn]
-            if sparse and ks.dirty is None:
-                ks.front_a = _sparse(ks.front_a, ks.accs, jn)
-        back = d["back"]
-        ks.back_from = back[0] if back else ks.hi if ks.hi is not None else 0
-        return ks
+        ks.back_from = b if b is not None else ks.hi if ks.hi is not None else 0
+        return ks, top
 
 
 class SlidingOperator(WindowOperator):
@@ -893,7 +893,7 @@ class SlidingOperator(WindowOperator):
         ks.newest = accs[i]
 
     def _restore_front(self, ks: _SlideKey, top: int) -> None:
-        """A snapshot's front stack (version 3 on): its entries from the pane starting at ``top`` down to the first
+        """A snapshot's front stack: its entries from the pane starting at ``top`` down to the first
         pane of the last window fired, made as the transfer made them (the aggregates of the same panes, merged in
         the same order: the same bits), those at its stride only: the next window makes the ones it reads below
         them again, as after a pop. If a pane changed since (it is dirty), the next advance throws the stacks away
@@ -1186,8 +1186,8 @@ class SlidingOperator(WindowOperator):
         self._base_restore(snap)
         self.keys = {}
         for k, d in snap["keys"].items():
-            ks = self.keys[k] = _SlideKey.from_json(d, self.singles, self.sparse, self.nm, self.pane, self.offset)
-            top = d.get("top")
+            ks, top = _SlideKey.from_json(d, self.singles, self.nm, self.pane, self.offset)
+            self.keys[k] = ks
             if top is not None:
                 self._restore_front(ks, top)
         self._requeue_all(list(self.keys))
@@ -1474,22 +1474,6 @@ def _put_last(accs: list[Acc], j: int, m: int, r: Stat) -> None:
         j -= 1
 
 
-def _sparse(front: list[Part], accs: list[Acc], jn: int) -> list[Part]:
-    """Of a front's every entry, newest first, one a pane from the pane ``accs[jn]`` down (as a snapshot holds them),
-    those a transfer of as many panes keeps: every ``_stride(n)``-th from the newest and those above the highest of
-    them. The others are made again from the panes when needed, to the bit, as after a transfer. A front whose
-    entries are not one a pane in a row (a pane added since it was built) is kept whole."""
-    n = len(front)
-    if n < 3 or jn - n + 1 < 0:
-        return front
-    for u in range(n):
-        if accs[jn - u].start != front[u].start:
-            return front
-    stride = _stride(n)
-    top = (n - 1) // stride * stride
-    return [front[u] for u in range(n) if u % stride == 0 or u >= top]
-
-
 def _stride(n: int) -> int:
     """Of a front of ``n`` entries, every how many-th is kept: about sqrt(n), so that about 2 sqrt(n) are kept at
     a time, for one more merge per pane."""
@@ -1568,16 +1552,7 @@ def _pane_json_row(a: Acc, nm: int) -> list[Any]:
         if one is None:
             return [a.start, flat]
     bs = one.bs
-    tm = one.tm
-    # its values as Single.values(nm) gives them, without the list and a call a value
-    row: list[Any] = [a.start, tm >> 4, bs >> 31, bs & 0x7FFFFFFF, one.v0 if tm & 1 else None]
-    if nm > 1:
-        row.append(one.v1 if tm & 2 else None)
-        if nm > 2:
-            row.append(one.v2 if tm & 4 else None)
-            if nm > 3:
-                row.append(one.v3() if tm & 8 else None)
-    return row
+    return one.put_values([a.start, one.tm >> 4, bs >> 31, bs & _ID_MAX], nm)
 
 
 def _pane_from_row(x: list[Any], singles: bool, nm: int, pane: int, off: int) -> Acc:

@@ -70,8 +70,8 @@ def test_single_reading_panes_give_exactly_what_accumulators_give() -> None:
 
 def test_a_front_stack_keeping_some_entries_gives_exactly_what_keeping_all_gives() -> None:
     """A sliding window's front stack keeps about 2 sqrt(n) of its n entries and makes the others again from the
-    panes when the top reaches them: outputs and snapshots (which hold every entry) are those of the stack that
-    keeps all, floats included."""
+    panes when the top reaches them: outputs and snapshots (which name the front's newest pane) are those of the
+    stack that keeps all, floats included."""
     for seed in range(3):
         stream = _stream(seed)
         sparse = _run(_engine(True), stream)
