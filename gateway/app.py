@@ -35,7 +35,7 @@ from .bridge import (
     message_records,
     watermark_top,
 )
-from .ckpt_rows import ORDER, encode_row, key_names, split_order, split_rows
+from .ckpt_rows import ORDER, chunk_rows_of, encode_row, key_names, row_alive, split_order, split_rows
 from .config import Config, load_config, redact_url
 from .errors import ConfigError, StateError
 from .homeassistant import Discovery
@@ -84,16 +84,20 @@ __all__ = ["CollectorPacing", "Gateway", "ReloadResult", "StateError", "state_pa
 
 log = logging.getLogger("gateway")
 
-STATE_VERSION = 4
-"""4: the ingest log in a file of its own beside the state file (``gateway.state.log_path``): a gateway of version
-3 would not read it and would lose the messages logged there, so it refuses the checkpoint; the rows are those
-of 3. 3: the admitted devices, their metric names and the anomaly detectors in the per-key rows too; 2: the
-checkpoint in per-key rows (``gateway.ckpt_rows``); a gateway of an older version refuses a newer one (it would
-read only part of it). Versions 1 (the whole state in one value) and 2 are still restored (the first checkpoint
-after them writes every row)."""
-ROW_VERSIONS = (3, STATE_VERSION)
+STATE_VERSION = 5
+"""5: a sliding window's panes in rows of their own, a chunk of panes a row (``gateway.ckpt_rows``): a gateway of
+version 4 would not put them back, so it refuses the checkpoint. 4: the ingest log in a file of its own beside
+the state file (``gateway.state.log_path``): a gateway of version 3 would not read it and would lose the messages
+logged there, so it refuses the checkpoint; the rows are those of 3. 3: the admitted devices, their metric names
+and the anomaly detectors in the per-key rows too; 2: the checkpoint in per-key rows (``gateway.ckpt_rows``); a
+gateway of an older version refuses a newer one (it would read only part of it). Versions 1 (the whole state in
+one value) and 2 are still restored (the first checkpoint after them writes every row)."""
+ROW_VERSIONS = (3, 4, STATE_VERSION)
 """Versions whose per-key rows are those this version writes: the first checkpoint after them writes only what
-changed."""
+changed (after 3 and 4, a sliding window's key with all its panes in chunks the first time it is written)."""
+CHUNK_VERSIONS = (STATE_VERSION,)
+"""Versions whose rows hold a sliding window's panes as this version writes them (in chunks): right after
+restoring one, no pane counts as changed (``Pipeline.mark_stored``)."""
 READ_VERSIONS = (1, 2, *ROW_VERSIONS)
 
 CAPTURE_SLICE = 32
@@ -261,9 +265,10 @@ class _Capture:
     """The keys a checkpoint takes, snapshotted as they were at its position: a slice at a time between the
     inputs taken meanwhile, and before an input that may change them (copy on write, at the key level)."""
 
-    def __init__(self, pipeline: Pipeline, keys: set[str]) -> None:
+    def __init__(self, pipeline: Pipeline, keys: set[str], every: bool = False) -> None:
         self.pipeline = pipeline
         self.keys = keys
+        self.mode = 2 if every else 1  # Pipeline.snapshot's rows: every chunk of panes, or those changed
         self.pending = set(keys)
         self.rows: dict[str, Any] = {}
         self.slices = 0
@@ -285,7 +290,7 @@ class _Capture:
 
     def _snap(self, keys: set[str]) -> None:
         self.slices += 1
-        self.rows.update(split_rows({"pipeline": self.pipeline.snapshot(keys)}))
+        self.rows.update(split_rows({"pipeline": self.pipeline.snapshot(keys, rows=self.mode)}))
 
 
 class Gateway:
@@ -766,7 +771,7 @@ class Gateway:
             self._full_next = False
             if full:
                 keys |= key_names(order)
-            cap = self._capture = _Capture(pipeline, keys)
+            cap = self._capture = _Capture(pipeline, keys, every=full)
             on_loop = time.perf_counter() - started
             while cap.pending:
                 t = time.perf_counter()
@@ -803,6 +808,7 @@ class Gateway:
             self._capture = None
             if not committed and cap is not None:
                 pipeline.dirty.update(cap.keys)  # the stored rows are still the last checkpoint's
+                pipeline.mark_changed(cap.keys)  # and so are their chunks of panes: the next writes them all
 
     def _input_waiting(self) -> bool:
         """Input the pipeline has not taken yet: received and not logged, or logged and not taken (none once the
@@ -826,10 +832,12 @@ class Gateway:
     ) -> tuple[bytes, RowDelta, dict[str, bytes]]:
         """In a worker thread: the global part (compressed JSON), the rows to write (those whose JSON text differs
         from the stored one's; all when ``full``) and to delete (stored rows of keys the order row no longer
-        names), and the digest of every row stored after the checkpoint.
+        names, and chunk rows of panes that a key taken this time no longer names: ``ckpt_rows.row_alive``), and
+        the digest of every row stored after the checkpoint.
 
         Raises, and the next checkpoint writes every row, if the order row names a key whose row is neither
-        taken nor stored (a key changed without being noted: the checkpoint would not restore).
+        taken nor stored (a key changed without being noted: the checkpoint would not restore), or a key's row a
+        chunk of its panes that is neither.
 
         The cyclic garbage collector is paused meanwhile (by the caller): while the snapshot is alive its new
         containers would count as long-lived and set off a scan of the whole heap, holding the GIL (about 55 ms
@@ -838,6 +846,7 @@ class Gateway:
         old = self._row_digests
         digests: dict[str, bytes] = {} if full or old is None else dict(old)
         put: list[tuple[str, bytes]] = []
+        chunks = {name: chunk_rows_of(name, row) for name, row in rows.items() if name.startswith("k")}
         rows[ORDER] = order
         waited, wait_max, row_wait = 0.0, CHECKPOINT_WAIT_MAX_S, CHECKPOINT_YIELD_S / 10
         for i, name in enumerate(list(rows)):
@@ -857,10 +866,12 @@ class Gateway:
                 _let_others_run()
         live = {"k" + k for k in key_names(order)}
         live.add(ORDER)
-        gone = [n for n in digests if n not in live]
+        gone = [n for n in digests if not row_alive(n, live, chunks)]
         for n in gone:
             del digests[n]
         missing = live.difference(digests)
+        for names in chunks.values():  # the chunks a key's row names: written now, or as stored before
+            missing.update(names.difference(digests))
         if missing:
             self._row_digests = None
             raise StateError(f"checkpoint: no row taken or stored for keys {sorted(missing)[:5]}; the next writes all")
@@ -909,6 +920,8 @@ class Gateway:
             # the rows stored hold what the state holds; after an older layout (no rows, or fewer parts in them)
             # the next checkpoint rewrites every row
             self._row_digests = (ck.row_digests or None) if ck.state.get("version") in ROW_VERSIONS else None
+            if self._row_digests is not None and ck.state.get("version") in CHUNK_VERSIONS:
+                self.pipeline.mark_stored()  # the panes are as their chunk rows hold them (before the replay)
             self.pipeline.dirty.clear()
         if self.bridge is not None:
             self.bridge.recover(ck.state.get("bridge") if ck is not None else None, self.now_ms())

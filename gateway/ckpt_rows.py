@@ -13,7 +13,17 @@ order row's ``"det"``) are per key too.
 
 A checkpoint stores each row's JSON text compressed and rewrites only the rows of the keys whose state changed
 since the checkpoint before (``StateStore.checkpoint``), so between two checkpoints one device's readings cost
-its own row, not the whole state. The gateway takes the two halves apart: :func:`split_order` of a snapshot
+its own row, not the whole state.
+
+A sliding window whose windows span more than ``CHUNK_PANES`` panes (a 60 s window every second: 60) keeps a
+key's panes in rows of their own, a chunk of panes a row (*chunk rows*): a key whose window moved on a pane or
+two then costs its row and its newest chunk, not all its panes. The engine numbers the chunks on a fixed grid
+from the window's offset and writes out only the chunks from the oldest pane changed since the key's last
+checkpoint (``Engine.snapshot(rows=...)``: its state holds ``"pane_chunks"``, the numbers of the chunks that
+hold its panes, and ``"pane_from"``, its first pane's start, in place of ``"panes"``, and ``"pane_new"``, those
+chunks' panes). :func:`split_rows` makes each of those a row; the others stay as stored. A chunk whose oldest panes
+were dropped since it was stored still holds them: :func:`join_state` puts the chunks' panes back from
+``pane_from`` on. The gateway takes the two halves apart: :func:`split_order` of a snapshot
 taken with ``order=True`` (every key, no values: the global part and the order row) and :func:`split_rows` of
 snapshots taken with ``keys`` (the rows of those keys); :func:`split_state` does both for a whole snapshot.
 """
@@ -27,10 +37,27 @@ from typing import Any, Final
 
 import msgspec
 
-__all__ = ["ORDER", "dumps_row", "encode_row", "join_state", "key_names", "split_order", "split_rows", "split_state"]
+__all__ = [
+    "ORDER",
+    "chunk_owner",
+    "chunk_rows_of",
+    "dumps_row",
+    "encode_row",
+    "join_state",
+    "key_names",
+    "row_alive",
+    "split_order",
+    "split_rows",
+    "split_state",
+]
 
 ORDER: Final = ""
-"""The order row's name; a key's row is named ``"k" + key``."""
+"""The order row's name; a key's row is named ``"k" + key``, a chunk row of its panes ``"p..."``
+(:func:`_chunk_name`)."""
+
+_CHUNKS: Final = "pane_chunks"
+_FROM: Final = "pane_from"
+_NEW: Final = "pane_new"
 
 dumps_row = json.JSONEncoder(separators=(",", ":")).encode
 """A row's JSON text as the standard library writes it: the reference :func:`encode_row` falls back to."""
@@ -119,6 +146,44 @@ def _detectors(state: dict[str, Any]) -> tuple[dict[str, Any] | None, list[Any]]
     return None, []
 
 
+def _chunk_name(chunk: int | str, cid: str, key: str) -> str:
+    """The row of chunk number ``chunk`` of ``key``'s panes in container ``cid`` (``"w" + window``); its parts are
+    told apart whatever the names hold."""
+    return f"p{chunk}:{len(cid)}:{cid}{key}"
+
+
+def chunk_owner(name: str) -> str | None:
+    """The name of the key's row that a chunk row belongs to (None: ``name`` is not a chunk row's)."""
+    if not name.startswith("p"):
+        return None
+    _, rest = name.split(":", 1)
+    n, rest = rest.split(":", 1)
+    return "k" + rest[int(n) :]
+
+
+def chunk_rows_of(name: str, row: dict[str, Any]) -> set[str]:
+    """The chunk rows that key row ``name`` (``"k" + key``) names: those its state is put back from."""
+    out: set[str] = set()
+    for cid, c in row.items():
+        ks = c.get("keys") if cid.startswith("w") and isinstance(c, dict) else None
+        if isinstance(ks, dict) and _CHUNKS in ks:
+            out.update(_chunk_name(n, cid, name[1:]) for n in ks[_CHUNKS])
+    return out
+
+
+def row_alive(name: str, live: set[str], taken: dict[str, set[str]]) -> bool:
+    """Whether a stored row is still part of the checkpoint. ``live``: the rows of the keys the order row names
+    (and the order row); ``taken``: the key rows written this time, each with the chunk rows it names. A chunk row
+    lives while its key does, unless the key's row was written again without naming it."""
+    if name in live:
+        return True
+    owner = chunk_owner(name)
+    if owner is None or owner not in live:
+        return False
+    names = taken.get(owner)
+    return names is None or name in names
+
+
 def split_order(state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(global part, order row)`` of ``state`` (emptied in place: the global part). The maps' values are not
     looked at: ``state`` may be a snapshot taken with ``order=True``."""
@@ -166,6 +231,12 @@ def split_rows(state: dict[str, Any]) -> dict[str, Any]:
         if row is None:
             row = rows["k" + device] = {}
         row.setdefault("ad", {}).setdefault("d", {})[metric] = det
+    for name, row in list(rows.items()):  # a sliding window's chunks of panes written out: a row each
+        for cid, c in row.items():
+            ks = c.get("keys") if cid.startswith("w") else None
+            if isinstance(ks, dict) and _NEW in ks:
+                for n, panes in ks.pop(_NEW).items():
+                    rows[_chunk_name(n, cid, name[1:])] = panes
     return rows
 
 
@@ -189,6 +260,23 @@ def split_state(state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     return glob, out
 
 
+def _join_panes(rows: dict[str, Any], key: str, cid: str, ks: dict[str, Any]) -> dict[str, Any]:
+    """A sliding key's state with its panes back from its chunk rows, from its first pane's start on, in the place
+    of ``"pane_chunks"`` (the fields in the engine's order)."""
+    start = ks.get(_FROM)
+    panes: list[Any] = []
+    for n in ks[_CHUNKS]:
+        chunk = rows.get(_chunk_name(n, cid, key))
+        if not isinstance(chunk, list):
+            raise ValueError(f"the checkpoint's row of chunk {n!r} of key {key!r}'s panes in {cid} is missing")
+        for pane in chunk:
+            if not isinstance(pane, list) or not pane or not isinstance(pane[0], int) or not isinstance(start, int):
+                raise ValueError(f"the checkpoint's row of chunk {n!r} of key {key!r}'s panes in {cid} is damaged")
+            if pane[0] >= start:
+                panes.append(pane)
+    return {("panes" if f == _CHUNKS else f): (panes if f == _CHUNKS else v) for f, v in ks.items() if f != _FROM}
+
+
 def join_state(state: dict[str, Any], rows: dict[str, Any]) -> dict[str, Any]:
     """The state :func:`split_state` took apart (``state`` is filled in place). ``ValueError`` if the rows do
     not fit it (a row missing, a map the state does not have)."""
@@ -207,7 +295,10 @@ def join_state(state: dict[str, Any], rows: dict[str, Any]) -> dict[str, Any]:
                 row = rows.get("k" + k)
                 if not isinstance(row, dict) or field not in row.get(cid, {}):
                     raise ValueError(f"the checkpoint's row of key {k!r} is missing or lacks {cid}.{field}")
-                m[k] = row[cid][field]
+                v = row[cid][field]
+                if field == "keys" and isinstance(v, dict) and _CHUNKS in v:
+                    v = _join_panes(rows, k, cid, v)
+                m[k] = v
             cont[field] = m
     det = order.get("det")
     if det is not None:

@@ -425,12 +425,13 @@ class Pipeline:
             log.exception("internal error in a tick", extra={"event": "internal_error"})
         return out
 
-    def snapshot(self, keys: Set[str] | None = None, order: bool = False) -> dict[str, Any]:
+    def snapshot(self, keys: Set[str] | None = None, order: bool = False, rows: int = 0) -> dict[str, Any]:
         """All state that decides future output: devices, dedup, windows, patterns, detectors, counters, stats.
 
         In fresh containers (nothing in it changes when the pipeline takes more input). With ``keys``, the
         per-key maps hold only those keys' entries; with ``order``, every key with the value None
-        (``Engine.snapshot``; ``gateway.ckpt_rows`` files them)."""
+        (``Engine.snapshot``; ``gateway.ckpt_rows`` files them). ``rows``: a checkpoint's, with a sliding window's
+        panes in chunks (``Engine.snapshot``)."""
         if order:
             devices: dict[str, Any] = dict.fromkeys(sorted(self.devices))
             names: dict[str, Any] = dict.fromkeys(sorted(self.metric_names))
@@ -444,7 +445,7 @@ class Pipeline:
             "devices": devices,
             "dedup": self.dedup.snapshot(keys, order),
             "metric_names": names,
-            "engine": self.engine.snapshot(keys, order),
+            "engine": self.engine.snapshot(keys, order, rows),
             "cep": self.cep.snapshot(keys, order),
             "anomaly": self.anomaly.snapshot(keys, order) if self.anomaly is not None else None,
             **({"relative": self.relative.snapshot()} if self.relative else {}),
@@ -452,6 +453,14 @@ class Pipeline:
             "unique": self._unique,
             "stats": self.stats.as_dict(),
         }
+
+    def mark_changed(self, keys: Set[str] | None) -> None:
+        """``Engine.mark_changed``: a checkpoint that took these keys failed."""
+        self.engine.mark_changed(keys)
+
+    def mark_stored(self) -> None:
+        """``Engine.mark_stored``: the state was just restored from a checkpoint whose rows hold panes in chunks."""
+        self.engine.mark_stored()
 
     def restore(self, snap: dict[str, Any]) -> None:
         """Take back a :meth:`snapshot` (of a pipeline with the same configuration)."""

@@ -23,7 +23,7 @@ from ..model import Batch, MetricValue, Reading, StatusUpdate
 from .config import EngineSpec, WindowSpec
 from .early import Early
 from .fleet import SiteFleets
-from .operators import NO_WM, Values, WindowOperator, WmCell, build_operator
+from .operators import NO_WM, SlidingOperator, Values, WindowOperator, WmCell, build_operator
 from .outputs import LateReading, Output, WindowResult
 from .watermark import DeviceTracker
 
@@ -449,7 +449,7 @@ class Engine:
                 return w
         raise KeyError(name)
 
-    def snapshot(self, keys: Set[str] | None = None, order: bool = False) -> dict[str, Any]:
+    def snapshot(self, keys: Set[str] | None = None, order: bool = False, rows: int = 0) -> dict[str, Any]:
         """All state as plain JSON-able values (dict keys are strings), in fresh containers.
 
         The per-key maps (the tracker's, each window's) hold every key's entry; with ``keys``, only those keys'
@@ -459,14 +459,23 @@ class Engine:
 
         ``snapshot_pause``, if set, is called every few keys: a gateway that takes the snapshot in a worker
         thread sets it to something that lets the event loop have the GIL (compiled, the operators' loops would
-        otherwise hold it for the whole snapshot)."""
+        otherwise hold it for the whole snapshot).
+
+        ``rows`` (a checkpoint's, not with ``order``): 1, a sliding window's keys with their panes in chunks, only
+        those from the oldest pane changed since the key's last checkpoint snapshot written out
+        (``SlidingOperator.snapshot_rows``); 2, every chunk written out. Either way the keys taken count as
+        unchanged from then on (:meth:`mark_changed` undoes it)."""
         ops = []
         for w in self.windows:
-            w.op.pause = self.snapshot_pause
+            op = w.op
+            op.pause = self.snapshot_pause
             try:
-                ops.append(w.op.snapshot(keys, order))
+                if rows and not order and isinstance(op, SlidingOperator):
+                    ops.append(op.snapshot_rows(keys, rows == 2))
+                else:
+                    ops.append(op.snapshot(keys, order))
             finally:
-                w.op.pause = None
+                op.pause = None
         snap: dict[str, Any] = {
             "version": SNAPSHOT_VERSION,
             "tracker": self.tracker.snapshot(keys, order),
@@ -476,6 +485,19 @@ class Engine:
         if self._early:  # only then: a checkpoint of windows without early triggers is as it was
             snap["early"] = {name: e.snapshot(keys, order) for name, e in self._early_by_name.items()}
         return snap
+
+    def mark_changed(self, keys: Set[str] | None) -> None:
+        """Every pane of the sliding windows' ``keys`` (None: all) counts as changed since the last checkpoint (its
+        snapshot was taken, but the checkpoint failed)."""
+        for w in self.windows:
+            if isinstance(w.op, SlidingOperator):
+                w.op.mark_changed(keys)
+
+    def mark_stored(self) -> None:
+        """Every sliding window's panes are as the stored checkpoint holds them (right after restoring it)."""
+        for w in self.windows:
+            if isinstance(w.op, SlidingOperator):
+                w.op.mark_stored()
 
     def restore(self, snap: dict[str, Any]) -> None:
         """Take back a :meth:`snapshot` (from an engine with the same windows)."""

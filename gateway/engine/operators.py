@@ -54,6 +54,15 @@ _ID_MAX: Final = 0x7FFFFFFF
 NO_WM: Final = -(1 << 62)
 """No watermark yet (far below any event time a reading can have), where an unboxed int stands for one."""
 
+CK_ALL: Final = NO_WM
+"""A sliding key's ``ck_lo`` when every pane counts as changed since the last checkpoint (a new or restored key)."""
+CK_NONE: Final = (1 << 62) - 1
+"""A sliding key's ``ck_lo`` when no pane changed since the last checkpoint."""
+CHUNK_PANES: Final = 16
+"""A checkpoint writes a sliding window's panes in chunks of this many panes' span (each a row of its own,
+``gateway.ckpt_rows``) when its windows span more panes than this; the chunks from the oldest pane changed since the
+last checkpoint are written, the others stay as stored."""
+
 
 def key_list(m: dict[str, Any], keys: Set[str] | None) -> list[str]:
     """The keys of ``m`` a snapshot takes: every one in ``m``'s order (``keys`` None), or those of ``keys`` in ``m``."""
@@ -685,6 +694,7 @@ class _SlideKey:
         "accs",
         "back_acc",
         "back_from",
+        "ck_lo",
         "cleanup",
         "dirty",
         "front_a",
@@ -719,6 +729,9 @@ class _SlideKey:
         self.back_acc: Acc | None = None
         self.hi: int | None = None  # panes below this have been pushed; None: stacks empty/invalid
         self.hint = 0  # where the first pane at or after ``hi`` was last seen in ``accs`` (checked before use)
+        # the start of the oldest pane a reading was added to (or made for) since the key's last checkpoint snapshot
+        # (``SlidingOperator.snapshot_rows``): its chunks from there on are what the next checkpoint writes
+        self.ck_lo = CK_ALL
 
     def fired(self, s: int, rev: int, drop: int) -> None:
         """The window starting at ``s`` was emitted (revision ``rev``): kept until the watermark reaches ``drop``
@@ -743,6 +756,12 @@ class _SlideKey:
         (Until snapshot version 3 every pane was an accumulator and the front was every entry as one, with its
         first and last readings: about 59,000 bytes of JSON a key of a 60 s/1 s window of three metrics read every
         second, against 5,000 now. :meth:`from_json` takes both.)"""
+        d: dict[str, Any] = {"panes": [_pane_json_row(a, nm) for a in self.accs]}
+        d.update(self.to_json_head(nm))
+        return d
+
+    def to_json_head(self, nm: int) -> dict[str, Any]:
+        """:meth:`to_json` but its panes."""
         hi = self.hi
         back: int | None = None
         if hi is not None and self.back_acc is not None:
@@ -750,7 +769,6 @@ class _SlideKey:
             if j < len(self.accs) and self.accs[j].start < hi:
                 back = self.accs[j].start
         return {
-            "panes": [_pane_json_row(a, nm) for a in self.accs],
             "revs": [] if self.revs is None else [[s, r] for s, r in self.revs.items()],
             "cleanup": [] if self.cleanup is None else [list(x) for x in self.cleanup],
             "dirty": [] if self.dirty is None else sorted(self.dirty),
@@ -759,6 +777,33 @@ class _SlideKey:
             "back_acc": None if self.back_acc is None else self.back_acc.to_json(),
             "hi": hi,
         }
+
+    def to_rows(self, nm: int, chunk: int, off: int, since: int) -> dict[str, Any]:
+        """:meth:`to_json` for a checkpoint that stores the panes in chunks of ``chunk`` ms (from ``off``): instead of
+        ``"panes"``, ``"pane_chunks"`` (the chunks that hold panes, by number, in order), ``"pane_from"`` (the first
+        pane's start: a chunk stored before its oldest panes were dropped still holds them) and ``"pane_new"`` (the
+        panes of each chunk from that of ``since`` on, by the chunk's number as a string: ``gateway.ckpt_rows``
+        makes each a row). Put back together (the chunks' panes in order, from ``pane_from``), it is :meth:`to_json`."""
+        d = self.to_json_head(nm)
+        chunks: list[int] = []
+        new: dict[str, Any] = {}
+        first = (since - off) // chunk
+        rows: list[Any] = []
+        for a in self.accs:
+            c = (a.start - off) // chunk
+            if not chunks or chunks[-1] != c:
+                chunks.append(c)
+                if c >= first:
+                    rows = new[str(c)] = []
+            if c >= first:
+                rows.append(_pane_json_row(a, nm))
+        out: dict[str, Any] = {
+            "pane_chunks": chunks,
+            "pane_from": self.accs[0].start if self.accs else None,
+            "pane_new": new,
+        }
+        out.update(d)
+        return out
 
     @classmethod
     def from_json(cls, d: dict[str, Any], singles: bool, nm: int, pane: int, off: int) -> tuple[_SlideKey, int | None]:
@@ -826,6 +871,8 @@ class SlidingOperator(WindowOperator):
         self.spare_max = 4 * (spec.size_ms // self.pane) + 64
         self.singles = self.nm <= 4  # panes of one reading kept as a Single (tests turn it off to compare)
         self.sparse = True  # keep about 2 sqrt(n) of a front's n entries (tests turn it off to compare)
+        # a checkpoint's chunk of panes (ms; 0: a key's panes in its own row): windows of more than CHUNK_PANES panes
+        self.chunk = self.pane * CHUNK_PANES if spec.size_ms // self.pane > CHUNK_PANES else 0
 
     def _give_back(self, acc: Acc) -> None:
         """Keep an accumulator no longer used, for a next pane or stack entry (up to ``spare_max``)."""
@@ -954,6 +1001,8 @@ class SlidingOperator(WindowOperator):
             if self.shared:
                 self._new_key(key)
         p = t - (t - off) % self.pane
+        if p < ks.ck_lo:
+            ks.ck_lo = p
         accs = ks.accs
         n = len(accs)
         acc = accs[n - 1] if n else None
@@ -1181,6 +1230,38 @@ class SlidingOperator(WindowOperator):
             i += 1
         snap["keys"] = out
         return snap
+
+    def snapshot_rows(self, keys: Set[str] | None, every: bool) -> dict[str, Any]:
+        """:meth:`snapshot` for a checkpoint: a key's panes as :meth:`_SlideKey.to_rows` gives them (windows of more
+        than ``CHUNK_PANES`` panes), its chunks from the oldest pane changed since its last checkpoint snapshot on
+        (all with ``every``); the keys taken count as unchanged from then on (:meth:`mark_changed` undoes it for a
+        checkpoint that failed)."""
+        snap = self._base_snapshot(keys, False)
+        out: dict[str, Any] = {}
+        chunk, off, nm = self.chunk, self.offset, self.nm
+        i = 0
+        for k in key_list(self.keys, keys):
+            ks = self.keys[k]
+            if chunk:
+                out[k] = ks.to_rows(nm, chunk, off, CK_ALL if every else ks.ck_lo)
+            else:
+                out[k] = ks.to_json(nm)
+            ks.ck_lo = CK_NONE
+            self._every_few(i)
+            i += 1
+        snap["keys"] = out
+        return snap
+
+    def mark_changed(self, keys: Set[str] | None) -> None:
+        """Every pane of ``keys`` (None: every key) counts as changed since the last checkpoint: the next writes them
+        all (after a checkpoint that failed, or a restore from rows that do not hold them as chunks)."""
+        for k in key_list(self.keys, keys):
+            self.keys[k].ck_lo = CK_ALL
+
+    def mark_stored(self) -> None:
+        """Every key's panes are as the stored checkpoint holds them (right after restoring it)."""
+        for ks in self.keys.values():
+            ks.ck_lo = CK_NONE
 
     def restore(self, snap: dict[str, Any]) -> None:
         self._base_restore(snap)
