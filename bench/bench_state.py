@@ -17,11 +17,13 @@ readings (past the 60 s windows' first firing), printed:
 - ``RSS``: the process's resident memory then (the input is generated one second at a time and dropped), and
   its peak;
 - the engine's snapshot as JSON and compressed whole (zlib level 1), with the time of each step, and as the
-  gateway's checkpoint writes it: a row per key, each JSON (``ckpt_rows.encode_row``) compressed on its own, as
-  when every key changed since the checkpoint before (each device read in between); then, after two more
-  seconds of readings (the gateway's default checkpoint interval), the next checkpoint as the gateway takes it:
-  every key snapshotted again, its rows encoded and compared with the digests of those before, and the rows that
-  differ compressed (the CPU time of all that, and the rows and bytes rewritten);
+  gateway's checkpoint writes it: a row per key (and, in a checkout that has them, a row per chunk of a sliding
+  key's panes), each JSON (``ckpt_rows.encode_row``) compressed on its own, as when every key changed since the
+  checkpoint before (each device read in between; the time includes the snapshot of the rows); then, after two
+  more seconds of readings (the gateway's default checkpoint interval), the next checkpoint as the gateway takes
+  it: every key snapshotted again (with chunk rows, only the chunks from the oldest pane changed since), its rows
+  encoded and compared with the digests of those before, and the rows that differ compressed (the CPU time of all
+  that, and the rows and bytes rewritten);
 - with ``--restore``: the deep size of a fresh engine right after restoring that JSON (what a restarted gateway
   holds until its windows move on), and the CPU time of ``Engine.restore``.
 
@@ -35,6 +37,7 @@ from __future__ import annotations
 import argparse
 import gc
 import hashlib
+import inspect
 import json
 import os
 import random
@@ -121,8 +124,9 @@ def child(root: str, devices: int, seconds: int, restore: bool, interval: int = 
     except ImportError:
         pass
     else:
+        chunked = "rows" in inspect.signature(engine.snapshot).parameters  # a sliding key's panes in chunk rows
         t = time.perf_counter()
-        rows = split_rows({"pipeline": {"engine": snap}})
+        rows = split_rows({"pipeline": {"engine": engine.snapshot(rows=2) if chunked else engine.snapshot()}})
         texts = [encode_row(r) for r in rows.values()]
         t_rows = time.perf_counter() - t
         t = time.perf_counter()
@@ -134,11 +138,11 @@ def child(root: str, devices: int, seconds: int, restore: bool, interval: int = 
         )
         # the next checkpoint, ``interval`` s of readings later: every key changed, a row rewritten where its text did
         digests = {n: hashlib.blake2b(x, digest_size=16).digest() for n, x in zip(rows, texts, strict=True)}
-        del rows, texts, snap
+        del rows, texts
         feed(seconds, seconds + interval)
         gc.collect()
         t = time.process_time()
-        rows = split_rows({"pipeline": {"engine": engine.snapshot()}})
+        rows = split_rows({"pipeline": {"engine": engine.snapshot(rows=1) if chunked else engine.snapshot()}})
         written, stored_next = 0, 0
         for n, r in rows.items():
             x = encode_row(r)
@@ -151,7 +155,6 @@ def child(root: str, devices: int, seconds: int, restore: bool, interval: int = 
             f"{stored_next / 2**20:.2f} MiB stored; {t_next * 1e3:.0f} ms of CPU (snapshot, rows, digests, zlib)"
         )
         del rows
-        snap = None
     build = "compiled" if ENGINE_BUILD == "compiled" else "pure"
     print(
         f"{root}: engine={build} {devices:,} devices x {len(METRICS)} metrics, {seconds} s of readings "
