@@ -8,7 +8,9 @@ its revision 1); raw readings are independent points with deterministic timestam
 newer window results changes nothing but latency.
 
 Overload policy (more than ``max_buffered`` lines in memory, because InfluxDB is slow or down): raw readings
-are moved to the spool first; only if class 1 alone is over the limit is it moved too. Nothing is dropped.
+are moved to the spool first; only if class 1 alone is over the limit is it moved too, after what is left of its
+batch in flight from memory (the oldest class 1 lines: left in flight, a checkpoint would spool them after the
+newer ones). Nothing is dropped.
 When the spool is over ``spool_max_bytes``, ``add`` waits until the writer makes room: the gateway stops
 reading from the broker (no acknowledgements, so the broker keeps the messages for the persistent session).
 ``stop_waiting()`` ends that wait for a clean stop: the lines stay in memory for the final checkpoint.
@@ -162,16 +164,25 @@ class SpoolingSink:
         self._progress.set()
 
     def _overflow(self) -> None:
-        """Move raw readings to the spool; the other class too if it alone is over the limit. The lines leave
+        """Move raw readings to the spool; the other class too if it alone is over the limit, after what is left
+        of its batch in flight from memory (older than its memory, and first in, first out). The lines leave
         memory only once the spool has them (if writing the spool fails, they stay and the error is raised)."""
         raw, other = self.memory
         move_other = len(other) > self.cfg.max_buffered
+        batch = self._batch
+        if not (move_other and batch is not None and batch.in_memory and batch.cls == OTHER):
+            batch = None
         chunks = self._chunks(RAW, raw)
+        if batch is not None:
+            chunks += self._chunks(OTHER, batch.pending.lines())
         if move_other:
             chunks += self._chunks(OTHER, other)
         self.store.spool(chunks)
         self.spilled_lines[RAW] += len(raw)
         raw.clear()
+        if batch is not None:  # written from the spool now; a result of its write in flight is not counted
+            self.spilled_lines[OTHER] += len(batch.pending)
+            batch.spilled = True
         if move_other:
             self.spilled_lines[OTHER] += len(other)
             other.clear()

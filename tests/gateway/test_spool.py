@@ -1,10 +1,12 @@
-"""The spool: its order under an outage (a batch being retried is spilled once, so revisions stay in order), and
-that it gives back exactly the lines it was given, whatever characters they hold."""
+"""The spool: its order under an outage (a batch being retried is spilled once, so revisions stay in order; the
+other class's batch in flight goes to the spool before the newer lines an overflow moves), and that it gives back
+exactly the lines it was given, whatever characters they hold."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,7 @@ class FlakyWriter:
 
     def __init__(self) -> None:
         self.down = True
+        self.tries = 0
         self.written: list[str] = []
 
     async def start(self) -> None:
@@ -31,6 +34,7 @@ class FlakyWriter:
         return None
 
     async def write(self, lines: list[str]) -> None:
+        self.tries += 1
         if self.down:
             raise SinkError("InfluxDB is down", retryable=True, retry_after=0.05)
         self.written += lines
@@ -54,6 +58,40 @@ async def test_a_retried_batch_is_spilled_once_and_revisions_stay_in_order(tmp_p
             await asyncio.sleep(0.02)
     await sink.close()
     assert writer.written == ["window,w=W rev=1i 1", "window,w=W rev=2i 1"]
+
+
+async def until(cond: Callable[[], bool]) -> None:
+    async with asyncio.timeout(10):
+        while not cond():
+            await asyncio.sleep(0.01)
+
+
+async def test_the_other_class_batch_in_flight_goes_to_the_spool_before_an_overflow_of_newer_lines(
+    tmp_path: Path,
+) -> None:
+    """Window results are first in, first out. Revision 1 of two windows is the batch in flight (from memory) while
+    InfluxDB is down; newer window results put the other class over ``max_buffered`` and are moved to the spool,
+    revision 2 with them; then a checkpoint. Before: the overflow left the batch in flight out, the checkpoint
+    spooled it after the overflow's chunks, so revision 1 was written last and InfluxDB kept it."""
+    store = StateStore(tmp_path / "state.db")
+    writer = FlakyWriter()
+    cfg = InfluxConfig(batch_size=2, max_buffered=4, flush_interval_ms=10)
+    sink = SpoolingSink(writer, cfg, store, spool_max_bytes=10**9)
+    await sink.start()
+    first = ["window,w=W rev=1i 1", "window,w=X rev=1i 1"]
+    await sink.add(first)
+    await until(lambda: writer.tries > 0)  # revision 1 is the batch in flight, retried
+    newer = ["window,w=W rev=2i 1", "window,w=X rev=2i 1", "window,w=Y rev=1i 1", "window,w=Z rev=1i 1"]
+    newer.append("window,w=V rev=1i 1")
+    await sink.add(newer)  # 5 > 4 lines of the other class: moved to the spool
+    assert sink.spilled_lines[OTHER] > 0
+    await sink.spill_async(lambda chunks: store.checkpoint_async(0, {}, 0, chunks))
+    writer.down = False
+    await until(lambda: not sink.pending)
+    await sink.close()
+    assert writer.written == first + newer
+    assert sink.stats.points_written == len(first + newer)
+    store.close()
 
 
 # ------------------------------------------------------------------------------------ round trip
