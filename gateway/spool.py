@@ -21,8 +21,9 @@ the lines dropped from memory, so a checkpoint that fails (a locked or full disk
 where they were. A batch written twice (once from memory, once from the spool) is harmless: every point
 is deterministic. ``spill_async(commit)`` does the same with a transaction that runs off the event loop: while it
 runs, the writer takes no new batch, the result of a write in flight waits for its outcome (not counted when the
-transaction took the batch's lines, counted as usual when it failed), memory is not moved to the spool, and new
-lines are only added after the ones handed over; once it is committed exactly those are dropped.
+transaction took the batch's lines, counted as usual when it failed), memory is not moved to the spool (an
+overflow that was waiting for the state file's gate looks again once it has it), and new lines are only added
+after the ones handed over; once it is committed exactly those are dropped.
 """
 
 from __future__ import annotations
@@ -137,6 +138,8 @@ class SpoolingSink:
             if self.store.spool_bytes < self.spool_max_bytes:
                 try:
                     async with self.store.write_gate:
+                        if self._spilling is not None:  # a checkpoint took memory while this waited: its outcome first
+                            continue
                         self._overflow()
                     break
                 except Exception:  # a full or locked disk: the lines stay in memory, ingest waits as if it were full

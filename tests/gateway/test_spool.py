@@ -94,6 +94,40 @@ async def test_the_other_class_batch_in_flight_goes_to_the_spool_before_an_overf
     store.close()
 
 
+async def test_an_overflow_that_waited_for_the_gate_does_not_move_lines_a_checkpoint_was_handed(tmp_path: Path) -> None:
+    """``add`` over the limit waits for the state file's gate (held here as ``compact_async`` holds it); a
+    checkpoint's ``spill_async`` takes memory meanwhile and waits for the gate too. Before: the overflow ran first
+    and emptied memory, and once the checkpoint committed it dropped as many lines from memory as it had been
+    handed - newer ones, in neither the checkpoint nor the spool (or it raised IndexError after its commit)."""
+    store = StateStore(tmp_path / "state.db")
+    writer = FlakyWriter()
+    cfg = InfluxConfig(batch_size=2, max_buffered=4, flush_interval_ms=10)
+    sink = SpoolingSink(writer, cfg, store, spool_max_bytes=10**9)
+    lines = [f"reading,device=d seq={i}i {i}" for i in range(11)]
+    await sink.start()
+    await sink.add(lines[0:2])
+    await until(lambda: writer.tries > 0)  # the batch in flight
+    await sink.add(lines[2:5])  # 3 in memory, under the limit
+    await store.write_gate.acquire()
+    try:
+        adding = asyncio.create_task(sink.add(lines[5:7]))  # 5 > 4: an overflow, waiting for the gate
+        await until(lambda: sink.in_memory == 7)
+        checkpoint = asyncio.create_task(sink.spill_async(lambda chunks: store.checkpoint_async(0, {}, 0, chunks)))
+        await until(lambda: sink._spilling is not None)  # memory handed over; its transaction waits for the gate
+    finally:
+        store.write_gate.release()
+    await adding
+    await sink.add(lines[7:11])  # while the checkpoint's transaction runs, or after it
+    await checkpoint
+    assert store.spool_lines + sink.in_memory == len(lines)  # each line in the spool or in memory, once
+    writer.down = False
+    await until(lambda: not sink.pending)
+    await sink.close()
+    assert sorted(writer.written, key=lines.index) == lines
+    assert sink.stats.points_written == len(lines)
+    store.close()
+
+
 # ------------------------------------------------------------------------------------ round trip
 
 any_text = st.text(st.characters(exclude_categories=()), max_size=12)  # every code point: newlines, lone surrogates
