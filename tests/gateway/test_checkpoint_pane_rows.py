@@ -101,6 +101,18 @@ def _check_stored(gw: Gateway) -> None:
     assert chunks == named, (sorted(chunks - named)[:3], sorted(named - chunks)[:3])
 
 
+async def _ends_as(ref: Gateway, gw: Gateway, where: Path) -> Gateway:
+    """A last checkpoint (checked as stored), a restart, and the run restored is ``ref``'s, key order included;
+    the restarted gateway (to close)."""
+    await gw.checkpoint()
+    _check_stored(gw)
+    gw.store.close()
+    gw = _gateway(where)
+    await gw.recover()
+    assert json.dumps(gw.pipeline.snapshot()) == json.dumps(ref.pipeline.snapshot())
+    return gw
+
+
 async def test_a_checkpoint_after_two_more_readings_rewrites_the_newest_chunk_not_every_pane(tmp_path: Path) -> None:
     gw = _gateway(tmp_path, [SLIDING])
     spy = _Spy(gw.store)
@@ -168,12 +180,7 @@ async def test_chunks_restore_the_run_and_no_stale_chunk_row_stays(
                 await gw.recover()
                 assert gw.replayed == 0
             assert gw.pipeline.snapshot() == ref.pipeline.snapshot()
-        await gw.checkpoint()
-        _check_stored(gw)
-        gw.store.close()
-        gw = _gateway(base / "run")
-        await gw.recover()
-        assert json.dumps(gw.pipeline.snapshot()) == json.dumps(ref.pipeline.snapshot())
+        gw = await _ends_as(ref, gw, base / "run")
     finally:
         ref.store.close()
         gw.store.close()
@@ -211,13 +218,9 @@ async def test_a_checkpoint_of_version_4_restores_and_then_goes_on_in_chunks(tmp
             for g in (ref, gw):
                 await g._process(g._accept([_message(1 + 2 * (i % 2), i, i)]))
         await gw.checkpoint()
-        _check_stored(gw)
         assert "kd0" in (rows := _stored_rows(gw)) and "panes" in rows["kd0"]["ws60"]["keys"]
         assert "pane_chunks" in rows["kd1"]["ws60"]["keys"]
-        gw.store.close()
-        gw = _gateway(tmp_path / "run")
-        await gw.recover()
-        assert json.dumps(gw.pipeline.snapshot()) == json.dumps(ref.pipeline.snapshot())
+        gw = await _ends_as(ref, gw, tmp_path / "run")
     finally:
         ref.store.close()
         gw.store.close()
