@@ -235,11 +235,16 @@ def _engine(old: dict[str, Any], fresh: dict[str, Any], kept: set[str], retrigge
 
 
 def _cep(old: dict[str, Any], fresh: dict[str, Any], kept: set[str], config: Config) -> dict[str, Any]:
-    kinds = {"d:" if p.key == "device" else "s:" for p in config.patterns}
+    kinds = set()  # the keys the patterns left run on: "d:" and "s:" (every device, site), "g:<name>" (a group)
+    for p in config.patterns:
+        if p.key in ("device", "site"):
+            kinds.add(p.key[0] + ":")
+        else:  # key = "group" runs in every declared group, key = "group:<name>" in that one
+            kinds.update(f"g:{g}" for g in (config.groups.names if p.key == "group" else (p.key[6:],)))
     keys = {}
     for name, doc in old["keys"].items():
-        if name[:2] not in kinds:
-            continue  # no pattern of this kind of key is left
+        if name[:2] not in kinds and name not in kinds:
+            continue  # no pattern of this kind of key (or of this group) is left
         d = dict(doc)
         for part in ("runs", "fast", "open"):
             if part in d:

@@ -251,6 +251,33 @@ def test_kept_operators_give_what_an_uninterrupted_run_gives(
     assert p2.stats.duplicates == ref.stats.duplicates == 0
 
 
+@pytest.mark.parametrize("key", ["group:g", "group"])
+def test_a_kept_group_pattern_keeps_its_group_keys(key: str) -> None:
+    """A reload that keeps a pattern keyed by a group keeps the group's key (``g:<name>``): its runs, buffer and
+    watermark, so that its alerts are those of a run that never stopped (the reload kept only device and site
+    keys: a group key's state was lost though the plan listed the pattern as kept)."""
+
+    def cfg(extra_window: bool) -> Config:
+        d = doc({"w1": "t1m", **({"w2": "t2m"} if extra_window else {})}, {"p1": "rise3"}, False)
+        d["groups"] = {"g": ["d*"]}
+        d["patterns"][0]["key"] = key
+        return parse_config(d, env={})
+
+    old, new = cfg(False), cfg(True)
+    plan = plan_reload(old, new)
+    assert plan.patterns.kept == ("p1",) and plan.windows.added == ("w2",)
+    inputs = stream(11, 40)
+    ref = Pipeline(old)
+    straight = [ref.handle(t, p, r) for t, p, r in inputs]
+    p = Pipeline(old)
+    before = [p.handle(t, pl, r) for t, pl, r in inputs[:20]]
+    p2 = reloaded_pipeline(p, new, plan)
+    assert p2.snapshot()["cep"]["keys"] == p.snapshot()["cep"]["keys"] != {}
+    after = [p2.handle(t, pl, r) for t, pl, r in inputs[20:]]
+    alerts = results(straight, set(), {"p1"})
+    assert alerts and results(before + after, set(), {"p1"}) == alerts
+
+
 # --- the gateway: invalid files, the log's reload record, a restart after a crash ---------------------------
 
 
