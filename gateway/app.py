@@ -757,6 +757,9 @@ class Gateway:
                 "pipeline": pipeline.snapshot(order=True),
                 "outbox": [[t, base64.b64encode(p).decode()] for t, p in self.outbox.queue],
                 "recent": [d.hex() for d in self.recent],
+                # the log position they go up to: after ``pos`` they are of messages logged, not yet taken, whose
+                # digests a replay must not add again
+                "recent_to": self.store.last_pos,
             }
             if self.bridge is not None:  # the first phase: the lines so far handed over, a file due complete
                 state["bridge"] = self.bridge.prepare(self.now_ms(), roll=self._stopping)
@@ -886,6 +889,7 @@ class Gateway:
         """
         path = self.store.path
         ck = self.store.load_checkpoint()
+        recent_to = 0  # the log position up to which ``recent`` holds the logged messages' digests
         if ck is not None:
             written = ck.state.get("fingerprint")
             # a reload logged after the checkpoint: the state goes on with its configuration, which must be this one
@@ -905,6 +909,7 @@ class Gateway:
                 self.pipeline.restore(ck.state["pipeline"])
                 outbox = [(topic, base64.b64decode(payload)) for topic, payload in ck.state.get("outbox", [])]
                 recent = [bytes.fromhex(d) for d in ck.state.get("recent", [])]
+                recent_to = int(ck.state.get("recent_to", ck.pos))  # a checkpoint before it: up to its position
                 if self.discovery is not None and "homeassistant" in ck.state:
                     self.discovery.restore(ck.state["homeassistant"])
                     for topic, payload in ck.state.get("retained", []):
@@ -929,7 +934,7 @@ class Gateway:
             for rec in self.store.tail(self.pos):
                 if self._stopping:  # stopped during the replay: the next start goes on from the checkpoint
                     break
-                if rec.kind != KIND_TICK:
+                if rec.kind in (KIND_MESSAGE, KIND_OVERSIZE) and rec.pos > recent_to:  # as _accept: once each
                     self.recent.append(_digest(rec.topic, rec.payload))
                 await self._apply(rec)
                 self.replayed += 1

@@ -164,3 +164,31 @@ async def test_a_checkpoint_is_stored_compressed_and_an_older_json_one_still_res
         assert old.pipeline.stats.readings_accepted == 210
     finally:
         old.store.close()
+
+
+async def test_a_restart_rebuilds_the_digests_of_recent_messages_as_they_were(tmp_path: Path) -> None:
+    """The digests of the last logged messages (which spot a DUP copy of a logged message) come back after a
+    restart as the running gateway had them: once each, in log order. The checkpoint holds those of messages
+    logged after its position and not yet taken, which the replay gives again: they were counted twice (the
+    window held duplicates and so fewer messages)."""
+    gw = _gateway(tmp_path)
+    try:
+        await gw._process(gw._accept([_message(0)]))
+        taken_later = gw._accept([_message(i) for i in range(1, 4)])  # logged, not yet taken
+        await gw.checkpoint()
+        ck = gw.store.load_checkpoint()
+        assert ck is not None and ck.pos == 1
+        logged_after = gw._accept([_message(4)])  # logged after the checkpoint
+        await gw._process(taken_later + logged_after)
+        live = list(gw.recent)
+        assert len(live) == len(set(live)) == 5
+    finally:
+        gw.store.close()
+    again = _gateway(tmp_path)
+    try:
+        await again.recover()
+        assert again.replayed == 4
+        assert list(again.recent) == live
+        assert again._accept([(*_message(2)[:2], True)]) == [] and again.redelivered == 1
+    finally:
+        again.store.close()

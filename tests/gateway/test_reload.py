@@ -391,7 +391,7 @@ async def test_a_restart_after_a_crash_that_follows_a_reload_restores_with_each_
         assert res.details["windows"] == {"kept": ["w1"], "restarted": ["w2"], "added": ["w3"], "dropped": []}
         assert res.details["patterns"]["added"] == ["p2"] and res.details["anomaly"]["kept"] == ["anomaly"]
         await feed(gw, inputs[20:])
-        crashed = gw.pipeline.snapshot()
+        crashed, recent = gw.pipeline.snapshot(), list(gw.recent)
         fp_b = gw.fingerprint
         assert fp_b != fp_a and gw.store.load_checkpoint().state["fingerprint"] == fp_a  # type: ignore[union-attr]
     finally:
@@ -401,6 +401,7 @@ async def test_a_restart_after_a_crash_that_follows_a_reload_restores_with_each_
     try:
         await again.recover()
         assert again.fingerprint == fp_b and again.pipeline.snapshot() == crashed
+        assert list(again.recent) == recent  # the digests of logged messages only, not of the reload record
         await again.checkpoint()  # of the new configuration, every row
     finally:
         again.store.close()
