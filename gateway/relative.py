@@ -337,6 +337,7 @@ class GroupRelative:
             "wm": {w: dict(gs) for w, gs in self.wm.items()},
             "global_wm": dict(self.global_wm),
             "stats": dict(self.stats),
+            "members": {g: list(devices) for g, devices in self.members.items()},  # a moved device stays in them
         }
 
     def restore(self, snap: dict[str, Any]) -> None:
@@ -345,7 +346,12 @@ class GroupRelative:
         self.tracker.restore(snap["tracker"])
         for f in self.fleets.values():
             f.clear()
-        self.members, self._of = {}, {}
+        # the groups' members as they were (a snapshot before them: made again from each device's site), for the
+        # groups some window compares within
+        names = self.index.spec.names
+        kept = {g for w in self.windows.values() if w.relative is not None for g in w.relative.groups or names}
+        self.members = {str(g): [str(d) for d in ds] for g, ds in snap.get("members", {}).items() if g in kept}
+        self._of = {}
         for device, entry in self.tracker.state.items():
             for name in self.windows:
                 self.groups_of(name, device, str(entry[0]))

@@ -258,6 +258,8 @@ def _cep(old: dict[str, Any], fresh: dict[str, Any], kept: set[str], config: Con
     }
     if "global_wm" in fresh and "global_wm" in old:  # the one watermark of global mode: a fact, as the tracker's
         out["global_wm"] = old["global_wm"]
+    if "members" in old:  # who is in each keyed group, moved devices too: facts (restore keeps the groups it keys)
+        out["members"] = old["members"]
     return out
 
 

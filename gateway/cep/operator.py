@@ -709,6 +709,8 @@ class Cep:
             "stats": dict(self.stats),
             "keys": per_key,
         }
+        if self.members:  # who is in each keyed group: a device that moved stays in its old site's groups
+            snap["members"] = {g: list(devices) for g, devices in self.members.items()}
         if self.global_mode:
             snap["global_wm"] = self.global_wm
         return snap
@@ -724,8 +726,11 @@ class Cep:
         self.fleets.clear()
         self.group_fleets.clear()
         self.members = {g: [] for g in self.group_names}
+        for g, devices in snap.get("members", {}).items():  # as they were (a snapshot before them: made again)
+            if g in self.members:
+                self.members[g] = [str(d) for d in devices]
         self._in_groups = {}
-        for device, entry in self.tracker.state.items():
+        for device, entry in self.tracker.state.items():  # and the groups of each device's current site
             self.groups_of(device, str(entry[0]))
         self.global_wm = snap.get("global_wm") if self.global_mode else None
         # counters the snapshot lacks (fast patterns added since) start at zero

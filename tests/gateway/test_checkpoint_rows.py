@@ -267,3 +267,60 @@ async def test_many_rows_are_written_and_deleted_exactly(tmp_path: Path, sync: b
         assert dict(store.db.execute("SELECT name, data FROM ckpt_row").fetchall()) == want
     finally:
         store.close()
+
+
+async def test_a_device_that_moved_stays_in_its_old_sites_groups_across_a_restart(tmp_path: Path) -> None:
+    """Device m moves from site s1 to s2 (declared in ``devices.sites``, which a restart takes): it stays a member
+    of group g (``site:s1``) for the pattern keyed by g and the group-relative window, as in a run never
+    interrupted. A restart after the move made the members again from each device's current site (m left g), so
+    the group's watermark went on without m and the restored state and outputs differed."""
+
+    def config(base: Path, moved: bool) -> Any:
+        doc: dict[str, Any] = {
+            "mqtt": {"prefix": "ck", "client_id": "gw-ck"},
+            "influx": {"target": "v1", "url": "http://127.0.0.1:9", "database": "db"},  # never written to here
+            "state": {"dir": str(base)},
+            "groups": {"g": ["site:s1"]},
+            "windows": [{"name": "w", "kind": "tumbling", "size": "1m", "metrics": ["x"], "relative": {}}],
+            "patterns": [{"name": "p", "key": "group:g", "within": "5m",
+                          "steps": [{"name": "hot", "where": "x > 100", "times": 2}]}],
+        }  # fmt: skip
+        if moved:
+            doc["devices"] = {"sites": {"m": "s2"}}
+        return parse_config(doc, env={})
+
+    def msg(site: str, dev: str, seq: int, t_ms: int) -> tuple[str, bytes, bool]:
+        body = {"v": 1, "dev": dev, "r": [{"b": 1, "s": seq, "t": T0 + t_ms, "q": "s", "m": {"x": float(seq)}}]}
+        return f"ck/{site}/{dev}/readings", json.dumps(body).encode(), False
+
+    now = [T0 + 1_000]
+
+    async def restart(gw: Gateway, base: Path) -> Gateway:
+        await gw.checkpoint()
+        gw.store.close()
+        gw = Gateway(config(base, True), now_ms=lambda: now[0])
+        await gw.recover()
+        return gw
+
+    ref = Gateway(config(tmp_path / "ref", False), now_ms=lambda: now[0])
+    gw = Gateway(config(tmp_path / "run", False), now_ms=lambda: now[0])
+    try:
+        for g in (ref, gw):
+            await g._process(g._accept([msg("s1", "a", 1, 0), msg("s1", "m", 1, 100)]))
+        ref, gw = await restart(ref, tmp_path / "ref"), await restart(gw, tmp_path / "run")  # m declared at s2
+        now[0] += 1_000
+        for g in (ref, gw):
+            await g._process(g._accept([msg("s2", "m", 2, 5_000)]))  # m moves
+        assert ref.pipeline.stats.moved == 1
+        gw = await restart(gw, tmp_path / "run")
+        for g in (ref, gw):
+            assert g.pipeline.cep.members == {"g": ["a", "m"]}
+            assert g.pipeline.relative is not None and g.pipeline.relative.members == {"g": ["a", "m"]}
+        for i in range(2, 6):  # a goes on; m, in g still and active, holds the group back
+            now[0] += 20_000
+            for g in (ref, gw):
+                await g._process(g._accept([msg("s1", "a", i, i * 20_000)]))
+        assert json.dumps(gw.pipeline.snapshot()) == json.dumps(ref.pipeline.snapshot())
+    finally:
+        ref.store.close()
+        gw.store.close()

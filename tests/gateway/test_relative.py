@@ -5,6 +5,7 @@ past its idle time does not hold its group; the state stays bounded under a floo
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import random
 import statistics
@@ -221,6 +222,42 @@ def test_snapshot_restore_gives_the_same_values() -> None:
     assert got == whole and len(whole) > 20
 
 
+def test_a_device_that_moved_stays_in_its_old_sites_groups_after_a_restore() -> None:
+    """A device that moves to another site stays a member of the groups it was in (a group's members only grow):
+    d3 (site b) moves to site a and stays in g2 (``site:b``), whose watermark waits for it while it is active. A
+    restore keeps that (it made the members again from each device's current site: g2 went on without d3 and
+    closed its window early); a snapshot from before the members were in it restores as before."""
+
+    def feed(engine: Engine, rel: GroupRelative, t: int, now: int) -> list[RelativeResult]:
+        got = []
+        for d in ("d0", "d1", "d2", "d4"):  # d3, moved, stays silent (active for its idle timeout)
+            got += send(engine, rel, batch(d, [(d, t, T0 + t, float(t % 7))]), now)
+        return got
+
+    engine, rel = setup()
+    for d in SITES:
+        send(engine, rel, batch(d, [(d, 0, T0, 20.0)]))
+    engine.move_device("d3", "a")
+    rel.move_device("d3", "a")
+    assert rel.members["g2"] == ["d2", "d3", "d4"]
+    snaps = json.loads(json.dumps([engine.snapshot(), rel.snapshot()]))
+    e2, r2 = setup()
+    e2.restore(snaps[0])
+    r2.restore(snaps[1])
+    assert r2.members == rel.members
+    got, want = [], []
+    for i in range(1, 6):
+        want += feed(engine, rel, i * 5_000, NOW + i * 1_000)
+        got += feed(e2, r2, i * 5_000, NOW + i * 1_000)
+    assert r2.group_wm("w", "g2", NOW + 5_000) == rel.group_wm("w", "g2", NOW + 5_000) == T0 - BOUND
+    assert got == want and want and json.dumps(r2.snapshot()) == json.dumps(rel.snapshot())
+    older = {k: v for k, v in snaps[1].items() if k != "members"}
+    e3, r3 = setup()
+    e3.restore(snaps[0])
+    r3.restore(older)
+    assert r3.members["g2"] == ["d2", "d4"]  # made again from the sites: d3 is at a now
+
+
 def test_alerts_above_the_threshold_with_an_id_per_window_and_group() -> None:
     engine, rel = setup(alert_above=3.0)
     for d in SITES:  # each says hello first: a member that never sent anything is not waited for
@@ -290,8 +327,6 @@ def _fleet_run(seed: int, walk: bool, devices: int) -> tuple[list[str], str]:
     """Groups of many members (by name, by site, all) that sleep, go offline, come back and move site, with the
     gateway's clock stepping back, time alone moving on, a restore half way and one in place: every result and the
     state."""
-    import json
-
     doc = {
         "engine": {"watermark": {"out_of_orderness": "2s", "idle_timeout": "20s", "idle_grace": "2s"}},
         "windows": [{"name": "w", "kind": "tumbling", "size": "5s", "metrics": ["temp_c"],

@@ -278,6 +278,39 @@ def test_a_kept_group_pattern_keeps_its_group_keys(key: str) -> None:
     assert alerts and results(before + after, set(), {"p1"}) == alerts
 
 
+def test_a_reload_keeps_the_group_members_a_device_that_moved_stays_one_of() -> None:
+    """Device m moved from site s1 to s2 (``devices.sites``): it stays a member of group g (``site:s1``) for the
+    pattern keyed by g and the group-relative window, and a reload that keeps them keeps it there (the members
+    were made again from each device's current site)."""
+
+    def cfg(moved: bool, extra_window: bool = False) -> Config:
+        d = doc({"w1": "t1m", **({"w2": "t2m"} if extra_window else {})}, {"p1": "rise3"}, False)
+        d["groups"] = {"g": ["site:s1"]}
+        d["patterns"][0]["key"] = "group:g"
+        d["windows"][0]["relative"] = {}
+        if moved:
+            d["devices"] = {"sites": {"m": "s2"}}
+        return parse_config(d, env={})
+
+    def msg(site: str, seq: int) -> tuple[str, bytes]:
+        r = [{"b": 1, "s": seq, "t": T0 + seq * 5_000, "q": "s", "m": {"x": 1.0}}]
+        return f"rl/{site}/m/readings", json.dumps({"v": 1, "dev": "m", "r": r}).encode()
+
+    first = Pipeline(cfg(False))
+    first.handle(*msg("s1", 1), NOW)
+    p = Pipeline(cfg(True))  # a restart with m declared at s2
+    p.restore(json.loads(json.dumps(first.snapshot())))
+    p.handle(*msg("s2", 2), NOW)  # m moves
+    assert p.stats.moved == 1 and p.cep.members == {"g": ["m"]}
+    assert p.relative is not None and p.relative.members == {"g": ["m"]}
+    new = cfg(True, extra_window=True)
+    plan = plan_reload(p.config, new)
+    assert plan.patterns.kept == ("p1",) and plan.windows.kept == ("w1",)
+    p2 = reloaded_pipeline(p, new, plan)
+    assert p2.cep.members == {"g": ["m"]}
+    assert p2.relative is not None and p2.relative.members == {"g": ["m"]}
+
+
 # --- the gateway: invalid files, the log's reload record, a restart after a crash ---------------------------
 
 

@@ -9,6 +9,7 @@ change anything."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 from typing import Any
 
@@ -229,6 +230,33 @@ def test_snapshot_restore_keeps_members_and_group_state() -> None:
     for d in SITES:
         out += again.process_batch(batch(d, [], end), NOW)
     assert [m.readings for m in out] == [m.readings for m in whole] == [(("d0", 1, 0), ("d2", 1, 0))]
+
+
+def test_a_device_that_moved_stays_a_member_of_its_old_sites_group_after_a_restore() -> None:
+    """d2 (site-b, a member of g through ``site:site-b``) moves to site-a: it stays a member of g, whose watermark
+    waits for it, and a restore keeps it so (the members were made again from each device's current site: d2 left
+    g, and the group key's watermark went past readings the uninterrupted run still held); a snapshot from before
+    the members were in it restores as before."""
+    cep = make((pump(),))
+    for d in SITES:
+        cep.process_batch(batch(d, [], T0 - 1), NOW)
+    cep.move_device("d2", "site-a")
+    assert cep.members == {"g": ["d0", "d2", "d3"]}
+    snap = json.loads(json.dumps(cep.snapshot()))
+    again = make((pump(),))
+    again.restore(snap)
+    assert again.members == cep.members
+    rows: list[Row] = [("d0", 0, T0 + 1_000, {"current_a": 12.0}), ("d3", 0, T0 + 3_000, {"flow_lpm": 1.0})]
+    for c in (cep, again):
+        for d, seq, t, m in rows:
+            c.process_batch(batch(d, [(d, seq, t, m)], T0 + 20_000), NOW)
+    # d2 holds the group back (at its flushed marker + 1): both readings wait in the group key
+    assert again.group_wm("g", NOW) == cep.group_wm("g", NOW) == cep.tracker.device_wm("d2", BOUND) == T0
+    assert again.buffered() == cep.buffered() == 2
+    assert again.snapshot() == cep.snapshot()
+    older = make((pump(),))
+    older.restore({k: v for k, v in snap.items() if k != "members"})
+    assert older.members == {"g": ["d0", "d3"]}  # made again from the sites: d2 is at site-a now
 
 
 def test_config_refuses_a_pattern_on_an_undeclared_group() -> None:
