@@ -35,7 +35,7 @@ from .bridge import (
     message_records,
     watermark_top,
 )
-from .ckpt_rows import ORDER, chunk_rows_of, encode_row, key_names, row_alive, split_order, split_rows
+from .ckpt_rows import ORDER, chunk_keys, chunk_rows_of, encode_row, key_names, row_alive, split_order, split_rows
 from .config import Config, load_config, redact_url
 from .errors import ConfigError, StateError
 from .homeassistant import Discovery
@@ -926,7 +926,9 @@ class Gateway:
             # the next checkpoint rewrites every row
             self._row_digests = (ck.row_digests or None) if ck.state.get("version") in ROW_VERSIONS else None
             if self._row_digests is not None and ck.state.get("version") in CHUNK_VERSIONS:
-                self.pipeline.mark_stored()  # the panes are as their chunk rows hold them (before the replay)
+                # the panes of the keys with chunk rows are as those hold them (before the replay); a key whose row
+                # still holds its panes (written before chunk rows, not taken since) has all its chunks written next
+                self.pipeline.mark_stored(chunk_keys(self._row_digests))
             self.pipeline.dirty.clear()
         if self.bridge is not None:
             self.bridge.recover(ck.state.get("bridge") if ck is not None else None, self.now_ms())

@@ -32,13 +32,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, Final
 
 import msgspec
 
 __all__ = [
     "ORDER",
+    "chunk_keys",
     "chunk_owner",
     "chunk_rows_of",
     "dumps_row",
@@ -159,6 +160,16 @@ def chunk_owner(name: str) -> str | None:
     _, rest = name.split(":", 1)
     n, rest = rest.split(":", 1)
     return "k" + rest[int(n) :]
+
+
+def chunk_keys(names: Iterable[str]) -> set[str]:
+    """The keys that have chunk rows among the rows ``names``."""
+    out: set[str] = set()
+    for name in names:
+        owner = chunk_owner(name)
+        if owner is not None:
+            out.add(owner[1:])
+    return out
 
 
 def chunk_rows_of(name: str, row: dict[str, Any]) -> set[str]:

@@ -458,9 +458,10 @@ class Pipeline:
         """``Engine.mark_changed``: a checkpoint that took these keys failed."""
         self.engine.mark_changed(keys)
 
-    def mark_stored(self) -> None:
-        """``Engine.mark_stored``: the state was just restored from a checkpoint whose rows hold panes in chunks."""
-        self.engine.mark_stored()
+    def mark_stored(self, keys: Set[str]) -> None:
+        """``Engine.mark_stored``: the state was just restored from a checkpoint whose rows hold these keys' panes in
+        chunks."""
+        self.engine.mark_stored(keys)
 
     def restore(self, snap: dict[str, Any]) -> None:
         """Take back a :meth:`snapshot` (of a pipeline with the same configuration)."""

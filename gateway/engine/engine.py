@@ -493,11 +493,12 @@ class Engine:
             if isinstance(w.op, SlidingOperator):
                 w.op.mark_changed(keys)
 
-    def mark_stored(self) -> None:
-        """Every sliding window's panes are as the stored checkpoint holds them (right after restoring it)."""
+    def mark_stored(self, keys: Set[str]) -> None:
+        """The sliding windows' panes of ``keys`` are as the stored checkpoint's chunk rows hold them (right after
+        restoring it)."""
         for w in self.windows:
             if isinstance(w.op, SlidingOperator):
-                w.op.mark_stored()
+                w.op.mark_stored(keys)
 
     def restore(self, snap: dict[str, Any]) -> None:
         """Take back a :meth:`snapshot` (from an engine with the same windows)."""

@@ -1258,10 +1258,11 @@ class SlidingOperator(WindowOperator):
         for k in key_list(self.keys, keys):
             self.keys[k].ck_lo = CK_ALL
 
-    def mark_stored(self) -> None:
-        """Every key's panes are as the stored checkpoint holds them (right after restoring it)."""
-        for ks in self.keys.values():
-            ks.ck_lo = CK_NONE
+    def mark_stored(self, keys: Set[str]) -> None:
+        """The panes of ``keys`` are as the stored checkpoint's chunk rows hold them (right after restoring it; a key
+        whose row holds its panes, as before chunk rows, keeps every pane counted as changed)."""
+        for k in key_list(self.keys, keys):
+            self.keys[k].ck_lo = CK_NONE
 
     def restore(self, snap: dict[str, Any]) -> None:
         self._base_restore(snap)

@@ -188,7 +188,8 @@ async def test_chunks_restore_the_run_and_no_stale_chunk_row_stays(
 
 async def test_a_checkpoint_of_version_4_restores_and_then_goes_on_in_chunks(tmp_path: Path) -> None:
     """Rows as a gateway of version 4 stored them (every key's panes in its own row): restored, and the checkpoints
-    after write the keys taken with every chunk of their panes; the keys not taken keep their rows."""
+    after write the keys taken with every chunk of their panes; the keys not taken keep their rows, and after a
+    restart on such a checkpoint (version 5, some rows of version 4) those keys' panes count as changed."""
     ref, gw = _gateway(tmp_path / "ref"), _gateway(tmp_path / "run")
     try:
         for i in range(90):
@@ -220,6 +221,15 @@ async def test_a_checkpoint_of_version_4_restores_and_then_goes_on_in_chunks(tmp
         await gw.checkpoint()
         assert "kd0" in (rows := _stored_rows(gw)) and "panes" in rows["kd0"]["ws60"]["keys"]
         assert "pane_chunks" in rows["kd1"]["ws60"]["keys"]
+        gw = await _ends_as(ref, gw, tmp_path / "run")
+        # restarted on that checkpoint (version 5, device 0's row still of version 4): its panes are in no chunk row
+        for i in range(100, 104):
+            for g in (ref, gw):
+                await g._process(g._accept([_message(i % 4, i, i)]))
+        failures = gw.checkpoint_failures
+        await gw.checkpoint()
+        assert gw.checkpoint_failures == failures
+        assert "pane_chunks" in _stored_rows(gw)["kd0"]["ws60"]["keys"]
         gw = await _ends_as(ref, gw, tmp_path / "run")
     finally:
         ref.store.close()
