@@ -372,6 +372,9 @@ class Gateway:
         self._full_next = False
         """Set by a reload: the next checkpoint writes every row (the keys' rows have another layout)."""
         self.recent: deque[bytes] = deque(maxlen=max(1000, 4 * (config.mqtt.max_inflight + config.state.ingest_batch)))
+        # the log position of each of them: a checkpoint keeps those up to its own position (the replay after it
+        # gives the rest again, whatever positions the log holds then)
+        self.recent_pos: deque[int] = deque(maxlen=self.recent.maxlen)
         """Digests of the last logged messages: a re-sent (DUP) message found here was logged already."""
         self.redelivered = 0
         self._caught_up = asyncio.Event()
@@ -425,6 +428,7 @@ class Gateway:
         # remembered only once committed: a failed append leaves them unacknowledged, and their redelivery
         # must then be logged, not taken for a copy of something logged
         self.recent.extend(digests)
+        self.recent_pos.extend(positions)
         if self.recorder is not None:  # deploy
             for topic, payload in received:
                 self.recorder.write(topic, payload, now)
@@ -756,10 +760,8 @@ class Gateway:
                 "config": state_sections(pipeline.config),  # a restart after a reload restores with these
                 "pipeline": pipeline.snapshot(order=True),
                 "outbox": [[t, base64.b64encode(p).decode()] for t, p in self.outbox.queue],
-                "recent": [d.hex() for d in self.recent],
-                # the log position they go up to: after ``pos`` they are of messages logged, not yet taken, whose
-                # digests a replay must not add again
-                "recent_to": self.store.last_pos,
+                # those of messages logged up to ``pos``: a restart's replay adds the others, once each
+                "recent": [d.hex() for d, q in zip(self.recent, self.recent_pos, strict=True) if q <= pos],
             }
             if self.bridge is not None:  # the first phase: the lines so far handed over, a file due complete
                 state["bridge"] = self.bridge.prepare(self.now_ms(), roll=self._stopping)
@@ -889,7 +891,6 @@ class Gateway:
         """
         path = self.store.path
         ck = self.store.load_checkpoint()
-        recent_to = 0  # the log position up to which ``recent`` holds the logged messages' digests
         if ck is not None:
             written = ck.state.get("fingerprint")
             # a reload logged after the checkpoint: the state goes on with its configuration, which must be this one
@@ -909,7 +910,6 @@ class Gateway:
                 self.pipeline.restore(ck.state["pipeline"])
                 outbox = [(topic, base64.b64decode(payload)) for topic, payload in ck.state.get("outbox", [])]
                 recent = [bytes.fromhex(d) for d in ck.state.get("recent", [])]
-                recent_to = int(ck.state.get("recent_to", ck.pos))  # a checkpoint before it: up to its position
                 if self.discovery is not None and "homeassistant" in ck.state:
                     self.discovery.restore(ck.state["homeassistant"])
                     for topic, payload in ck.state.get("retained", []):
@@ -921,6 +921,7 @@ class Gateway:
             for topic, payload in outbox:
                 self.outbox.put(topic, payload)
             self.recent.extend(recent)
+            self.recent_pos.extend([ck.pos] * len(recent))
             self.pos = self.recovered_from = ck.pos
             # the rows stored hold what the state holds; after an older layout (no rows, or fewer parts in them)
             # the next checkpoint rewrites every row
@@ -936,8 +937,9 @@ class Gateway:
             for rec in self.store.tail(self.pos):
                 if self._stopping:  # stopped during the replay: the next start goes on from the checkpoint
                     break
-                if rec.kind in (KIND_MESSAGE, KIND_OVERSIZE) and rec.pos > recent_to:  # as _accept: once each
+                if rec.kind in (KIND_MESSAGE, KIND_OVERSIZE):  # as _accept does
                     self.recent.append(_digest(rec.topic, rec.payload))
+                    self.recent_pos.append(rec.pos)
                 await self._apply(rec)
                 self.replayed += 1
         except sqlite3.DatabaseError as exc:

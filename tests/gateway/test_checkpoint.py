@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from gateway.app import Gateway
 from gateway.config import parse_config
-from gateway.state import dumps_in_pieces
+from gateway.salvage import recover_state
+from gateway.state import dumps_in_pieces, log_path
 
 T0 = 1_764_072_000_000
 
@@ -36,7 +37,7 @@ def test_dumps_in_pieces_is_json_dumps(value: Any, depth: int) -> None:
     assert dumps_in_pieces(value, depth) == json.dumps(value, separators=(",", ":"))
 
 
-def _gateway(tmp_path: Path) -> Gateway:
+def _config(tmp_path: Path) -> Any:
     doc = {
         "mqtt": {"prefix": "ck", "client_id": "gw-ck"},
         "influx": {"target": "v1", "url": "http://127.0.0.1:9", "database": "db"},  # never written to here
@@ -44,7 +45,11 @@ def _gateway(tmp_path: Path) -> Gateway:
         "windows": [{"name": "t1m", "kind": "tumbling", "size": "1m", "metrics": ["x"]}],
         "anomaly": {"metrics": ["x"]},
     }
-    return Gateway(parse_config(doc, env={}), now_ms=lambda: T0 + 3_600_000)
+    return parse_config(doc, env={})
+
+
+def _gateway(tmp_path: Path) -> Gateway:
+    return Gateway(_config(tmp_path), now_ms=lambda: T0 + 3_600_000)
 
 
 def _message(i: int) -> tuple[str, bytes, bool]:
@@ -164,6 +169,76 @@ async def test_a_checkpoint_is_stored_compressed_and_an_older_json_one_still_res
         assert old.pipeline.stats.readings_accepted == 210
     finally:
         old.store.close()
+
+
+class _StopsAfterOne(Gateway):
+    """A gateway told to stop (SIGTERM) while it replays its first record."""
+
+    applied = 0
+
+    async def _apply(self, rec: Any) -> bool:
+        out = await super()._apply(rec)
+        self.applied += 1
+        if self.applied == 1:
+            self._begin_stop()
+        return out
+
+
+async def test_the_digests_of_recent_messages_survive_a_replay_cut_short_by_a_stop(tmp_path: Path) -> None:
+    """A stop during the replay, then the checkpoint a start takes after recovering, then a restart: the digests of
+    the messages not replayed the first time still spot their DUP copies."""
+    gw = _gateway(tmp_path)
+    try:
+        await gw._process(gw._accept([_message(0)]))
+        await gw.checkpoint()
+        gw._accept([_message(i) for i in range(1, 5)])  # logged and acknowledged, not yet taken; then a crash
+        live = list(gw.recent)
+    finally:
+        gw.store.close()
+    cut = _StopsAfterOne(_config(tmp_path), now_ms=lambda: T0 + 3_600_000)
+    try:
+        await cut.recover()
+        assert cut.replayed == 1
+        await cut.checkpoint()
+    finally:
+        cut.store.close()
+    again = _gateway(tmp_path)
+    try:
+        await again.recover()
+        assert list(again.recent) == live
+        assert again._accept([(*_message(3)[:2], True)]) == [] and again.redelivered == 1
+    finally:
+        again.store.close()
+
+
+async def test_the_digests_of_recent_messages_survive_a_salvage_that_lost_the_log(tmp_path: Path) -> None:
+    """The log file destroyed and salvaged (its checkpoint kept): new messages take the positions after the
+    checkpoint's again, and a restart still has their digests."""
+    gw = _gateway(tmp_path)
+    try:
+        await gw._process(gw._accept([_message(0)]))
+        gw._accept([_message(i) for i in range(1, 5)])  # logged, not yet taken
+        await gw.checkpoint()
+        path = gw.store.path
+    finally:
+        gw.store.close()
+    lost = log_path(path)
+    lost.write_bytes(b"\0" * lost.stat().st_size)
+    assert recover_state(_config(tmp_path)).checkpoint == "kept"
+    first = _gateway(tmp_path)
+    try:
+        await first.recover()
+        first._accept([_message(i) for i in range(5, 9)])  # logged and acknowledged; then a crash
+        live = list(first.recent)
+    finally:
+        first.store.close()
+    again = _gateway(tmp_path)
+    try:
+        await again.recover()
+        assert list(again.recent) == live
+        assert again._accept([(*_message(6)[:2], True)]) == [] and again.redelivered == 1
+    finally:
+        again.store.close()
 
 
 async def test_a_restart_rebuilds_the_digests_of_recent_messages_as_they_were(tmp_path: Path) -> None:
