@@ -171,6 +171,17 @@ async def test_a_checkpoint_is_stored_compressed_and_an_older_json_one_still_res
         old.store.close()
 
 
+async def _restart_spots(tmp_path: Path, live: list[bytes], i: int) -> None:
+    """Restarted, the gateway has the digests ``live`` had, and takes a DUP copy of message ``i`` for what it is."""
+    again = _gateway(tmp_path)
+    try:
+        await again.recover()
+        assert list(again.recent) == live
+        assert again._accept([(*_message(i)[:2], True)]) == [] and again.redelivered == 1
+    finally:
+        again.store.close()
+
+
 class _StopsAfterOne(Gateway):
     """A gateway told to stop (SIGTERM) while it replays its first record."""
 
@@ -202,13 +213,7 @@ async def test_the_digests_of_recent_messages_survive_a_replay_cut_short_by_a_st
         await cut.checkpoint()
     finally:
         cut.store.close()
-    again = _gateway(tmp_path)
-    try:
-        await again.recover()
-        assert list(again.recent) == live
-        assert again._accept([(*_message(3)[:2], True)]) == [] and again.redelivered == 1
-    finally:
-        again.store.close()
+    await _restart_spots(tmp_path, live, 3)
 
 
 async def test_the_digests_of_recent_messages_survive_a_salvage_that_lost_the_log(tmp_path: Path) -> None:
@@ -232,13 +237,7 @@ async def test_the_digests_of_recent_messages_survive_a_salvage_that_lost_the_lo
         live = list(first.recent)
     finally:
         first.store.close()
-    again = _gateway(tmp_path)
-    try:
-        await again.recover()
-        assert list(again.recent) == live
-        assert again._accept([(*_message(6)[:2], True)]) == [] and again.redelivered == 1
-    finally:
-        again.store.close()
+    await _restart_spots(tmp_path, live, 6)
 
 
 async def test_a_restart_rebuilds_the_digests_of_recent_messages_as_they_were(tmp_path: Path) -> None:
