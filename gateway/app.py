@@ -35,7 +35,7 @@ from .bridge import (
     message_records,
     watermark_top,
 )
-from .ckpt_rows import ORDER, chunk_keys, chunk_rows_of, encode_row, key_names, row_alive, split_order, split_rows
+from .ckpt_rows import ORDER, chunk_index, chunk_rows_of, encode_row, key_names, rows_gone, split_order, split_rows
 from .config import Config, load_config, redact_url
 from .errors import ConfigError, StateError
 from .homeassistant import Discovery
@@ -387,6 +387,8 @@ class Gateway:
         self._retry_checkpoint = 0.0
         """Monotonic time before which the log's size asks for no checkpoint (one has just failed)."""
         self._row_digests: dict[str, bytes] | None = None
+        self._row_chunks: dict[str, tuple[str, ...]] = {}
+        """Each key's chunk rows stored (``ckpt_rows.chunk_index``), by its row's name: kept with ``_row_digests``."""
         """The digest of each checkpoint row stored (None: not known, the next checkpoint rewrites them all)."""
         self.last_checkpoint: dict[str, float] = {}
         """What the last checkpoint did: keys snapshotted, slices, rows written, seconds on the loop and in all."""
@@ -785,12 +787,12 @@ class Gateway:
                 if cap.pending:
                     await self._give_way()
             self._capture = None
-            blob, delta, digests = await asyncio.to_thread(self._encode, glob, order, cap.rows, full)
+            blob, delta, digests, index = await asyncio.to_thread(self._encode, glob, order, cap.rows, full)
             saved_ms = self.now_ms()
             t = time.perf_counter()
             await self.sink.spill_async(lambda chunks: self.store.checkpoint_async(pos, blob, saved_ms, chunks, delta))
             commit_s = time.perf_counter() - t
-            self._row_digests = digests  # only once committed: a failed checkpoint changed no row
+            self._row_digests, self._row_chunks = digests, index  # only once committed: a failed one changed no row
             committed = True
             if self.bridge is not None:  # the second phase: the complete files into the job's sight
                 self.bridge.commit()
@@ -834,11 +836,11 @@ class Gateway:
 
     def _encode(
         self, glob: dict[str, Any], order: dict[str, Any], rows: dict[str, Any], full: bool
-    ) -> tuple[bytes, RowDelta, dict[str, bytes]]:
+    ) -> tuple[bytes, RowDelta, dict[str, bytes], dict[str, tuple[str, ...]]]:
         """In a worker thread: the global part (compressed JSON), the rows to write (those whose JSON text differs
         from the stored one's; all when ``full``) and to delete (stored rows of keys the order row no longer
-        names, and chunk rows of panes that a key taken this time no longer names: ``ckpt_rows.row_alive``), and
-        the digest of every row stored after the checkpoint.
+        names, and chunk rows of panes that a key taken this time no longer names: ``ckpt_rows.rows_gone``), the
+        digest of every row stored after the checkpoint and each key's chunk rows then.
 
         Raises, and the next checkpoint writes every row, if the order row names a key whose row is neither
         taken nor stored (a key changed without being noted: the checkpoint would not restore), or a key's row a
@@ -871,7 +873,7 @@ class Gateway:
                 _let_others_run()
         live = {"k" + k for k in key_names(order)}
         live.add(ORDER)
-        gone = [n for n in digests if not row_alive(n, live, chunks)]
+        gone, index = rows_gone(digests, {} if full or old is None else self._row_chunks, live, chunks)
         for n in gone:
             del digests[n]
         missing = live.difference(digests)
@@ -881,7 +883,7 @@ class Gateway:
             self._row_digests = None
             raise StateError(f"checkpoint: no row taken or stored for keys {sorted(missing)[:5]}; the next writes all")
         delta = RowDelta(put, [] if full else gone, replace=full)
-        return compress_checkpoint(dumps_in_pieces(glob)), delta, digests
+        return compress_checkpoint(dumps_in_pieces(glob)), delta, digests, index
 
     async def recover(self) -> None:
         """Restore the last checkpoint and replay the log after it through the pipeline.
@@ -926,10 +928,11 @@ class Gateway:
             # the rows stored hold what the state holds; after an older layout (no rows, or fewer parts in them)
             # the next checkpoint rewrites every row
             self._row_digests = (ck.row_digests or None) if ck.state.get("version") in ROW_VERSIONS else None
+            self._row_chunks = chunk_index(self._row_digests or ())
             if self._row_digests is not None and ck.state.get("version") in CHUNK_VERSIONS:
                 # the panes of the keys with chunk rows are as those hold them (before the replay); a key whose row
                 # still holds its panes (written before chunk rows, not taken since) has all its chunks written next
-                self.pipeline.mark_stored(chunk_keys(self._row_digests))
+                self.pipeline.mark_stored({owner[1:] for owner in self._row_chunks})
             self.pipeline.dirty.clear()
         if self.bridge is not None:
             self.bridge.recover(ck.state.get("bridge") if ck is not None else None, self.now_ms())

@@ -39,14 +39,14 @@ import msgspec
 
 __all__ = [
     "ORDER",
-    "chunk_keys",
+    "chunk_index",
     "chunk_owner",
     "chunk_rows_of",
     "dumps_row",
     "encode_row",
     "join_state",
     "key_names",
-    "row_alive",
+    "rows_gone",
     "split_order",
     "split_rows",
     "split_state",
@@ -162,14 +162,14 @@ def chunk_owner(name: str) -> str | None:
     return "k" + rest[int(n) :]
 
 
-def chunk_keys(names: Iterable[str]) -> set[str]:
-    """The keys that have chunk rows among the rows ``names``."""
-    out: set[str] = set()
+def chunk_index(names: Iterable[str]) -> dict[str, tuple[str, ...]]:
+    """Each key's chunk rows among the rows ``names``, by the key's row name (``"k" + key``)."""
+    out: dict[str, list[str]] = {}
     for name in names:
         owner = chunk_owner(name)
         if owner is not None:
-            out.add(owner[1:])
-    return out
+            out.setdefault(owner, []).append(name)
+    return {owner: tuple(chunks) for owner, chunks in out.items()}
 
 
 def chunk_rows_of(name: str, row: dict[str, Any]) -> set[str]:
@@ -182,17 +182,25 @@ def chunk_rows_of(name: str, row: dict[str, Any]) -> set[str]:
     return out
 
 
-def row_alive(name: str, live: set[str], taken: dict[str, set[str]]) -> bool:
-    """Whether a stored row is still part of the checkpoint. ``live``: the rows of the keys the order row names
-    (and the order row); ``taken``: the key rows written this time, each with the chunk rows it names. A chunk row
-    lives while its key does, unless the key's row was written again without naming it."""
-    if name in live:
-        return True
-    owner = chunk_owner(name)
-    if owner is None or owner not in live:
-        return False
-    names = taken.get(owner)
-    return names is None or name in names
+def rows_gone(
+    stored: Iterable[str], index: dict[str, tuple[str, ...]], live: set[str], taken: dict[str, set[str]]
+) -> tuple[list[str], dict[str, tuple[str, ...]]]:
+    """The stored rows no longer part of the checkpoint, and each key's chunk rows after it (:func:`chunk_index`'s
+    form). ``stored``: the names of the rows stored, those written now included; ``index``: each key's chunk rows as
+    stored before; ``live``: the rows of the keys the order row names (and the order row); ``taken``: the key rows
+    written now, each with the chunk rows it names. A chunk row lives while its key does, unless the key's row was
+    written again without naming it. Only the index is looked at for chunk rows: none is parsed again."""
+    gone = [n for n in stored if not n.startswith("p") and n not in live]
+    after = dict(index)
+    for owner in [o for o in after if o not in live]:
+        gone.extend(after.pop(owner))
+    for owner, names in taken.items():
+        gone.extend(n for n in after.get(owner, ()) if n not in names)
+        if names:
+            after[owner] = tuple(names)
+        else:
+            after.pop(owner, None)
+    return gone, after
 
 
 def split_order(state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -15,7 +15,17 @@ from hypothesis import strategies as st
 
 from gateway import app as app_module
 from gateway.app import Gateway
-from gateway.ckpt_rows import ORDER, chunk_owner, chunk_rows_of, encode_row, join_state, split_rows, split_state
+from gateway.ckpt_rows import (
+    ORDER,
+    chunk_index,
+    chunk_owner,
+    chunk_rows_of,
+    encode_row,
+    join_state,
+    rows_gone,
+    split_rows,
+    split_state,
+)
 from gateway.config import parse_config
 from gateway.engine import Engine, parse_engine
 from gateway.engine.operators import CHUNK_PANES
@@ -278,6 +288,18 @@ def test_a_chunk_rows_name_gives_back_its_key_whatever_the_names(window: str, ke
     row = {cid: {"keys": {"pane_chunks": [n], "pane_from": None}}}
     (name,) = chunk_rows_of("k" + key, row)
     assert chunk_owner(name) == "k" + key and chunk_owner("k" + key) is None
+    assert chunk_index([name, "k" + key, ORDER]) == {"k" + key: (name,)}
+
+
+def test_the_rows_gone_are_those_of_keys_gone_and_the_chunks_a_key_written_again_no_longer_names() -> None:
+    index = {"ka": ("p1:2:wsa", "p2:2:wsa"), "kb": ("p1:2:wsb",), "kc": ("p5:2:wsc", "p6:2:wsc")}
+    stored = [ORDER, "ka", "kb", "kc", "kd", *index["ka"], *index["kb"], *index["kc"], "p3:2:wsa"]
+    live = {ORDER, "ka", "kc"}  # b and d gone (their rows and their chunks); a written again; c not taken
+    gone, after = rows_gone(stored, index, live, {"ka": {"p2:2:wsa", "p3:2:wsa"}})
+    assert sorted(gone) == ["kb", "kd", "p1:2:wsa", "p1:2:wsb"]
+    assert {k: set(v) for k, v in after.items()} == {"ka": {"p2:2:wsa", "p3:2:wsa"}, "kc": set(index["kc"])}
+    gone, after = rows_gone(["ka", "kc", *after["ka"], *after["kc"]], after, live, {"ka": set()})  # a's panes gone
+    assert sorted(gone) == ["p2:2:wsa", "p3:2:wsa"] and after == {"kc": index["kc"]}
 
 
 def test_a_missing_chunk_row_is_damaged_state() -> None:
