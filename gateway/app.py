@@ -372,10 +372,10 @@ class Gateway:
         self._full_next = False
         """Set by a reload: the next checkpoint writes every row (the keys' rows have another layout)."""
         self.recent: deque[bytes] = deque(maxlen=max(1000, 4 * (config.mqtt.max_inflight + config.state.ingest_batch)))
-        # the log position of each of them: a checkpoint keeps those up to its own position (the replay after it
-        # gives the rest again, whatever positions the log holds then)
-        self.recent_pos: deque[int] = deque(maxlen=self.recent.maxlen)
         """Digests of the last logged messages: a re-sent (DUP) message found here was logged already."""
+        self.recent_pos: deque[int] = deque(maxlen=self.recent.maxlen)
+        """The log position of each of ``recent``: a checkpoint keeps those up to its own position (the replay after
+        it gives the rest again, whatever positions the log holds then)."""
         self.redelivered = 0
         self._caught_up = asyncio.Event()
         self._stopping = False
