@@ -1217,36 +1217,34 @@ class SlidingOperator(WindowOperator):
             del self.keys[k], self.sites[k]
 
     def snapshot(self, keys: Set[str] | None = None, order: bool = False) -> dict[str, Any]:
-        snap = self._base_snapshot(keys, order)
         if order:
+            snap = self._base_snapshot(keys, order)
             snap["keys"] = dict.fromkeys(self.keys)
             return snap
-        out: dict[str, Any] = {}
-        i = 0
-        for k in key_list(self.keys, keys):
-            ks = self.keys[k]
-            out[k] = ks.to_json(self.nm)
-            self._every_few(i)
-            i += 1
-        snap["keys"] = out
-        return snap
+        return self._snapshot_keys(keys, 0)
 
     def snapshot_rows(self, keys: Set[str] | None, every: bool) -> dict[str, Any]:
         """:meth:`snapshot` for a checkpoint: a key's panes as :meth:`_SlideKey.to_rows` gives them (windows of more
         than ``CHUNK_PANES`` panes), its chunks from the oldest pane changed since its last checkpoint snapshot on
         (all with ``every``); the keys taken count as unchanged from then on (:meth:`mark_changed` undoes it for a
         checkpoint that failed)."""
+        return self._snapshot_keys(keys, 2 if every else 1)
+
+    def _snapshot_keys(self, keys: Set[str] | None, rows: int) -> dict[str, Any]:
+        """The snapshot of ``keys`` (None: all): ``rows`` 0 as :meth:`snapshot`, 1 and 2 as :meth:`snapshot_rows`
+        (``Engine.snapshot``'s)."""
         snap = self._base_snapshot(keys, False)
         out: dict[str, Any] = {}
-        chunk, off, nm = self.chunk, self.offset, self.nm
+        chunk, off, nm = self.chunk if rows else 0, self.offset, self.nm
         i = 0
         for k in key_list(self.keys, keys):
             ks = self.keys[k]
             if chunk:
-                out[k] = ks.to_rows(nm, chunk, off, CK_ALL if every else ks.ck_lo)
+                out[k] = ks.to_rows(nm, chunk, off, CK_ALL if rows == 2 else ks.ck_lo)
             else:
                 out[k] = ks.to_json(nm)
-            ks.ck_lo = CK_NONE
+            if rows:
+                ks.ck_lo = CK_NONE
             self._every_few(i)
             i += 1
         snap["keys"] = out
