@@ -172,12 +172,19 @@ def chunk_index(names: Iterable[str]) -> dict[str, tuple[str, ...]]:
     return {owner: tuple(chunks) for owner, chunks in out.items()}
 
 
+def _window_keys(row: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(container id, the key's state)`` of each window in a key's row."""
+    for cid, c in row.items():
+        ks = c.get("keys") if cid.startswith("w") and isinstance(c, dict) else None
+        if isinstance(ks, dict):
+            yield cid, ks
+
+
 def chunk_rows_of(name: str, row: dict[str, Any]) -> set[str]:
     """The chunk rows that key row ``name`` (``"k" + key``) names: those its state is put back from."""
     out: set[str] = set()
-    for cid, c in row.items():
-        ks = c.get("keys") if cid.startswith("w") and isinstance(c, dict) else None
-        if isinstance(ks, dict) and _CHUNKS in ks:
+    for cid, ks in _window_keys(row):
+        if _CHUNKS in ks:
             out.update(_chunk_name(n, cid, name[1:]) for n in ks[_CHUNKS])
     return out
 
@@ -251,9 +258,8 @@ def split_rows(state: dict[str, Any]) -> dict[str, Any]:
             row = rows["k" + device] = {}
         row.setdefault("ad", {}).setdefault("d", {})[metric] = det
     for name, row in list(rows.items()):  # a sliding window's chunks of panes written out: a row each
-        for cid, c in row.items():
-            ks = c.get("keys") if cid.startswith("w") else None
-            if isinstance(ks, dict) and _NEW in ks:
+        for cid, ks in _window_keys(row):
+            if _NEW in ks:
                 for n, panes in ks.pop(_NEW).items():
                     rows[_chunk_name(n, cid, name[1:])] = panes
     return rows
