@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
-from collections.abc import Iterable, Set
+from collections.abc import Set
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
@@ -36,8 +36,9 @@ from ..engine.config import EngineSpec
 from ..engine.fleet import MemberFleets, SiteFleets
 from ..engine.watermark import DeviceTracker
 from ..groups import GroupIndex, GroupsSpec
-from ..model import Batch, Reading, ReadingKey, StatusUpdate
+from ..model import Batch, ReadingKey, StatusUpdate
 from .automaton import DEAD, DONE, Automaton, Event, Run, compile_pattern
+from .expr import Values
 from .pattern import PatternSpec
 
 __all__ = ["SNAPSHOT_VERSION", "Cep", "CepSpec", "Match"]
@@ -152,6 +153,11 @@ class Cep:
 
     def __init__(self, spec: CepSpec) -> None:
         self.spec = spec
+        # the settings read at every reading, as attributes of this class (compiled: loads, not generic look-ups)
+        self._max_future_ms: int = spec.engine.max_future_ms
+        self._min_time_ms: int = spec.engine.min_time_ms
+        self._reject_unsynced: bool = spec.engine.unsynced == "reject"
+        self._max_buffered: int = spec.max_buffered
         self.automata = tuple(compile_pattern(p) for p in spec.patterns)
         # a key = "group" pattern runs in every declared group, a key = "group:<name>" one in that group
         every = any(a.spec.key == "group" for a in self.automata)
@@ -195,8 +201,11 @@ class Cep:
         """Names of the keys whose state changed (the owner empties it; the pipeline shares its ``dirty``)."""
         self._arrival = 0
         self._bounds: dict[str, int] = {}
-        self._routes: dict[tuple[str, str, frozenset[str]], tuple[int, ...]] = {}
-        self._fast_routes: dict[tuple[str, str, frozenset[str]], tuple[int, ...]] = {}
+        self._routes: dict[tuple[str, str, tuple[str, ...]], tuple[int, ...]] = {}
+        self._fast_routes: dict[tuple[str, str, tuple[str, ...]], tuple[int, ...]] = {}
+        self._last_route: dict[str, dict[str, tuple[tuple[str, ...], tuple[int, ...]]]] = {}
+        """Per key kind and device, the names of its last reading routed and their patterns (``_routed``)."""
+        self._last_fast_route: dict[str, dict[str, tuple[tuple[str, ...], tuple[int, ...]]]] = {}
         self.stats: dict[str, int] = {
             "readings": 0,
             "refused": 0,
@@ -218,10 +227,11 @@ class Cep:
             b = self._bounds[device] = self.spec.engine.watermark.bound_for(device)
         return b
 
-    def _refused(self, r: Reading, now_ms: int) -> bool:
-        e = self.spec.engine
+    def _refused(self, t_ms: int, quality: str, now_ms: int) -> bool:
         return (
-            r.t_ms > now_ms + e.max_future_ms or r.t_ms < e.min_time_ms or (r.quality == "u" and e.unsynced == "reject")
+            t_ms > now_ms + self._max_future_ms
+            or t_ms < self._min_time_ms
+            or (quality == "u" and self._reject_unsynced)
         )
 
     def _key(self, name: str, site: str) -> _Key:
@@ -233,26 +243,49 @@ class Cep:
                 k.wm = self.global_wm  # older readings are late for a new key too
         return k
 
-    def _route(self, kind: str, device: str, metrics: Iterable[str]) -> tuple[int, ...]:
-        names = frozenset(metrics)
-        cache_key = (kind, device, names)
-        route = self._routes.get(cache_key)
-        if route is None:
-            route = tuple(i for i in self.by_kind[kind] if self.automata[i].accepts(device, names))
-            if len(self._routes) > 100_000:
-                self._routes.clear()
-            self._routes[cache_key] = route
-        return route
+    def _route(self, kind: str, device: str, metrics: Values) -> tuple[int, ...]:
+        return self._routed(self._routes, self._last_route, self.by_kind[kind], kind, device, metrics)
 
-    def _fast_route(self, kind: str, device: str, metrics: Iterable[str]) -> tuple[int, ...]:
-        names = frozenset(metrics)
+    def _fast_route(self, kind: str, device: str, metrics: Values) -> tuple[int, ...]:
+        return self._routed(self._fast_routes, self._last_fast_route, self.fast_by_kind[kind], kind, device, metrics)
+
+    def _routed(
+        self,
+        cache: dict[tuple[str, str, tuple[str, ...]], tuple[int, ...]],
+        last: dict[str, dict[str, tuple[tuple[str, ...], tuple[int, ...]]]],
+        patterns: tuple[int, ...],
+        kind: str,
+        device: str,
+        metrics: Values,
+    ) -> tuple[int, ...]:
+        """Which of ``patterns`` look at a reading of ``device`` with these metrics (``Automaton.accepts``). The
+        device's last answer when the reading has the same names, found by looking each of them up (the common
+        case: no tuple or set is made, and nothing hashed but the names); otherwise from ``cache``, by the names in
+        their order."""
+        mine = last.get(kind)
+        if mine is None:
+            mine = last[kind] = {}
+        seen = mine.get(device)
+        if seen is not None and len(seen[0]) == len(metrics):
+            same = True
+            for name in seen[0]:
+                if name not in metrics:
+                    same = False
+                    break
+            if same:
+                return seen[1]
+        names = tuple(metrics)
         cache_key = (kind, device, names)
-        route = self._fast_routes.get(cache_key)
+        route = cache.get(cache_key)
         if route is None:
-            route = tuple(i for i in self.fast_by_kind[kind] if self.automata[i].accepts(device, names))
-            if len(self._fast_routes) > 100_000:
-                self._fast_routes.clear()
-            self._fast_routes[cache_key] = route
+            wanted = frozenset(names)
+            route = tuple(i for i in patterns if self.automata[i].accepts(device, wanted))
+            if len(cache) > 100_000:
+                cache.clear()
+            cache[cache_key] = route
+        if len(mine) > 100_000:
+            mine.clear()
+        mine[device] = (names, route)
         return route
 
     def groups_of(self, device: str, site: str) -> tuple[str, ...]:
@@ -290,24 +323,25 @@ class Cep:
         fast = self.has_fast
         by_kind, fast_by_kind = self.by_kind, self.fast_by_kind
         for r in batch.readings:
-            if self._refused(r, now_ms):
+            t_ms, quality = r.t_ms, r.quality  # each read once (compiled, a generic look-up)
+            if self._refused(t_ms, quality, now_ms):
                 self.stats["refused"] += 1
                 continue
             self.stats["readings"] += 1
-            if r.quality != "u" and (max_t is None or r.t_ms > max_t):
-                max_t = r.t_ms
+            synced = quality != "u"
+            if synced and (max_t is None or t_ms > max_t):
+                max_t = t_ms
             self._arrival += 1
-            e: Event = (r.t_ms, device, r.boot, r.seq, self._arrival, r.metrics)
+            e: Event = (t_ms, device, r.boot, r.seq, self._arrival, r.metrics)
             if fast:  # the arrival path first: its alerts come before any event-time alert they may get
                 for key in keys:
                     if fast_by_kind[key.kind]:
-                        self._feed_fast(key, key.kind, e, r.quality != "u", out)
+                        self._feed_fast(key, key.kind, e, synced, out)
             for key in keys:
                 if by_kind[key.kind]:
                     self._buffer(key, e, out)
         flushed = batch.flushed_ms
-        e_spec = self.spec.engine
-        if flushed is not None and (flushed > now_ms + e_spec.max_future_ms or flushed < e_spec.min_time_ms):
+        if flushed is not None and (flushed > now_ms + self._max_future_ms or flushed < self._min_time_ms):
             flushed = None
         if fast and flushed is not None:
             for key in keys:
@@ -393,7 +427,7 @@ class Cep:
             return
         self.touched.add(k.name)
         heapq.heappush(k.buf, e)
-        if len(k.buf) > self.spec.max_buffered:
+        if len(k.buf) > self._max_buffered:
             first = heapq.heappop(k.buf)
             self.stats["forced"] += 1
             self._feed(k, first, out)
