@@ -82,7 +82,7 @@ class Automaton:
 
     def start(self, e: Event) -> Run | None:
         """A new run if ``e`` satisfies the first step (it may already be complete: see ``Run.status``)."""
-        if not self.states[0].cond(e[5], (), None):  # the first step refers to no other step
+        if not self.states[0].cond.test(e[5], (), None):  # the first step refers to no other step
             return None
         last: list[Values | None] = [None] * len(self.states)
         run = Run(e[:4], 0, 1, None, [(0, e)], last)
@@ -106,7 +106,7 @@ class Automaton:
         prev = run.taken[-1][1][5]
         if run.deadline is not None:
             assert self.final_guard is not None
-            return DEAD if self.final_guard(m, last, prev) else PENDING
+            return DEAD if self.final_guard.test(m, last, prev) else PENDING
         if self.within_ms is not None and e[0] - run.start[0] > self.within_ms:
             return DEAD
         states = self.states
@@ -114,15 +114,15 @@ class Automaton:
         st = states[j]
         can_proceed = c >= st.min_count and j + 1 < len(states)
         can_loop = c < st.max_count
-        if can_proceed and states[j + 1].cond(m, last, prev):
+        if can_proceed and states[j + 1].cond.test(m, last, prev):
             run.step = j = j + 1
             run.count = 1
-        elif can_loop and st.cond(m, last, prev):
+        elif can_loop and st.cond.test(m, last, prev):
             run.count += 1
         else:
             if can_proceed and not can_loop:
                 guard = states[j + 1].guard
-                if guard is not None and guard(m, last, prev):
+                if guard is not None and guard.test(m, last, prev):
                     return DEAD
             if (not can_loop or st.strict) and (not can_proceed or states[j + 1].strict):
                 return DEAD

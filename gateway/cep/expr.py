@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -199,8 +199,24 @@ def parse_condition(text: str) -> tuple[Comparison, ...]:
 
 Context = Sequence[Values | None]
 """The last reading taken by each step of the match so far (by step index), ``None`` where none yet."""
-Condition = Callable[[Values, Context, Values | None], bool]
-"""``cond(metrics, last_by_step, previous_reading)``."""
+
+
+class Condition:
+    """A compiled condition: ``cond(metrics, last_by_step, previous_reading)``. The pattern matcher calls
+    :meth:`test`, a method of a class of this module: compiled, a native call (a function made per comparison was a
+    generic call, its arguments parsed from a tuple, about a third of a pattern's first-step work)."""
+
+    def test(self, m: Values, last: Context, prev: Values | None) -> bool:
+        raise NotImplementedError
+
+    def __call__(self, m: Values, last: Context, prev: Values | None) -> bool:
+        return self.test(m, last, prev)
+
+
+def _get(m: Values, name: str) -> MetricValue | None:
+    if isinstance(m, dict):  # a reading's own metrics: compiled, the dict's look-up instead of a method call
+        return m.get(name)
+    return m.get(name)
 
 
 def _num(v: object) -> float | None:
@@ -209,72 +225,100 @@ def _num(v: object) -> float | None:
     return float(v)
 
 
-def _compare(op: Op, a: float, b: float) -> bool:
-    if op == "<":
+_LT: Final = 0
+_LE: Final = 1
+_GT: Final = 2
+_GE: Final = 3
+_EQ: Final = 4
+_NE: Final = 5
+_OPS: Final = {"<": _LT, "<=": _LE, ">": _GT, ">=": _GE, "==": _EQ, "!=": _NE}
+
+
+def _compare(op: int, a: float, b: float) -> bool:
+    if op == _LT:
         return a < b
-    if op == "<=":
+    if op == _LE:
         return a <= b
-    if op == ">":
+    if op == _GT:
         return a > b
-    if op == ">=":
+    if op == _GE:
         return a >= b
-    if op == "==":
+    if op == _EQ:
         return a == b
     return a != b
+
+
+class _InRange(Condition):
+    def __init__(self, metric: str, low: float, high: float) -> None:
+        self.metric, self.low, self.high = metric, low, high
+
+    def test(self, m: Values, last: Context, prev: Values | None) -> bool:
+        x = _num(_get(m, self.metric))
+        return x is not None and self.low <= x <= self.high
+
+
+class _Relative(Condition):
+    def __init__(self, metric: str, op: int, idx: int, ref: Ref) -> None:
+        self.metric, self.op, self.idx = metric, op, idx
+        self.ref_metric, self.factor, self.offset = ref.metric, ref.factor, ref.offset
+
+    def test(self, m: Values, last: Context, prev: Values | None) -> bool:
+        x = _num(_get(m, self.metric))
+        if x is None:
+            return False
+        other = prev if self.idx < 0 else last[self.idx]
+        if other is None:
+            return False
+        y = _num(_get(other, self.ref_metric))
+        return y is not None and _compare(self.op, x, self.factor * y + self.offset)
+
+
+class _Equals(Condition):
+    def __init__(self, metric: str, literal: str | bool, want: bool) -> None:
+        self.metric, self.literal, self.want = metric, literal, want
+
+    def test(self, m: Values, last: Context, prev: Values | None) -> bool:
+        v = _get(m, self.metric)
+        if v is None or type(v) is not type(self.literal):
+            return False
+        return (v == self.literal) is self.want
+
+
+class _LiteralCmp(Condition):
+    def __init__(self, metric: str, op: int, bound: float) -> None:
+        self.metric, self.op, self.bound = metric, op, bound
+
+    def test(self, m: Values, last: Context, prev: Values | None) -> bool:
+        x = _num(_get(m, self.metric))
+        return x is not None and _compare(self.op, x, self.bound)
+
+
+class _AllOf(Condition):
+    def __init__(self, parts: tuple[Condition, ...]) -> None:
+        self.parts = parts
+
+    def test(self, m: Values, last: Context, prev: Values | None) -> bool:
+        for p in self.parts:
+            if not p.test(m, last, prev):
+                return False
+        return True
 
 
 def _compile_one(c: Comparison, step_index: Mapping[str, int]) -> Condition:
     metric, op, value = c.metric, c.op, c.value
     if isinstance(value, tuple):
         low, high = value
-
-        def in_range(m: Values, last: Context, prev: Values | None) -> bool:
-            x = _num(m.get(metric))
-            return x is not None and low <= x <= high
-
-        return in_range
+        return _InRange(metric, low, high)
     if isinstance(value, Ref):
-        ref = value
-        idx = -1 if ref.step == PREV else step_index[ref.step]
-
-        def relative(m: Values, last: Context, prev: Values | None) -> bool:
-            x = _num(m.get(metric))
-            if x is None:
-                return False
-            other = prev if idx < 0 else last[idx]
-            if other is None:
-                return False
-            y = _num(other.get(ref.metric))
-            return y is not None and _compare(op, x, ref.factor * y + ref.offset)
-
-        return relative
+        return _Relative(metric, _OPS[op], -1 if value.step == PREV else step_index[value.step], value)
     if isinstance(value, (str, bool)):
-        literal: object = value
-        want = op == "=="
-
-        def equals(m: Values, last: Context, prev: Values | None) -> bool:
-            v = m.get(metric)
-            if v is None or type(v) is not type(literal):
-                return False
-            return (v == literal) is want
-
-        return equals
-    bound = float(value)
-
-    def literal_cmp(m: Values, last: Context, prev: Values | None) -> bool:
-        x = _num(m.get(metric))
-        return x is not None and _compare(op, x, bound)
-
-    return literal_cmp
+        return _Equals(metric, value, op == "==")
+    return _LiteralCmp(metric, _OPS[op], float(value))
 
 
 def compile_condition(preds: Sequence[Comparison], step_index: Mapping[str, int]) -> Condition:
-    """One callable for a conjunction; ``step_index`` maps step names to their index (refs are resolved)."""
+    """One condition for a conjunction; ``step_index`` maps step names to their index (refs are resolved)."""
     parts = tuple(_compile_one(c, step_index) for c in preds)
     if len(parts) == 1:
         return parts[0]
-
-    def all_of(m: Values, last: Context, prev: Values | None) -> bool:
-        return all(p(m, last, prev) for p in parts)
-
-    return all_of
+    return _AllOf(parts)
