@@ -63,6 +63,9 @@ FLOOR: Final = 1e-9
 Phase = Literal["warmup", "gap", "scored", "shifted"]
 EventKind = Literal["opened", "closed", "shifted", "rebaselined", "stuck", "unstuck", "gap", "stalled"]
 _DT_ALPHA: Final = 0.1
+_LOG1P: Final = math.log1p
+"""``math.log1p``, held by the module: compiled, ``math.log1p`` is a look-up on the module at each call (mypyc has
+no native ``log1p``, as it has ``log``, ``sqrt`` and ``exp`` for floats)."""
 _DAY_MS: Final = 86_400_000
 _RECUR_KEEP: Final = 32
 """Excursions remembered for the recurring-pattern rule (the most recent ones)."""
@@ -104,7 +107,7 @@ def t_z(t: float, nu: float) -> float:
     if u < 1e-100:  # ln(1 + u^2) is u^2 to the last bit, and u * u would lose bits below the normal range
         z = f * a
     else:
-        lg = math.log1p(u * u) if u < 1e150 else 2.0 * math.log(u)  # u * u would overflow
+        lg = _LOG1P(u * u) if u < 1e150 else 2.0 * math.log(u)  # u * u would overflow
         z = f * math.sqrt(nu * lg)
     return z if t >= 0.0 else -z
 
@@ -645,7 +648,10 @@ class Detector:
             events.append(Event("gap", t, st.last_t, after_ms=t - st.last_t))
         if st.last_t is not None:
             dt = max(1, t - st.last_t)
-            st.log_dt = math.log(dt) if st.log_dt is None else st.log_dt + _DT_ALPHA * (math.log(dt) - st.log_dt)
+            # float(dt): compiled, math.log of a float is the C function, of an int a call through the module (the
+            # same value: an int below 2**53 is exact as a float, and math.log converts a larger one as float does)
+            ln = math.log(float(dt))
+            st.log_dt = ln if st.log_dt is None else st.log_dt + _DT_ALPHA * (ln - st.log_dt)
         st.last_t = t
         st.seen += 1
 

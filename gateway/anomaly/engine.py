@@ -143,11 +143,20 @@ def anomaly_fields(r: Result) -> str:
 
 
 def _in_order(rs: list[Reading]) -> bool:
-    """Whether ``rs`` is already in ``(t_ms, boot, seq)`` order (equal keys included: a stable sort keeps them)."""
+    """Whether ``rs`` is already in ``(t_ms, boot, seq)`` order (equal keys included: a stable sort keeps them).
+    Each reading's time is read once (compiled, an attribute of a ``Reading`` is a look-up by name)."""
+    if not rs:
+        return True
+    prev = rs[0].t_ms
     for i in range(1, len(rs)):
-        a, b = rs[i - 1], rs[i]
-        if a.t_ms > b.t_ms or (a.t_ms == b.t_ms and (a.boot, a.seq) > (b.boot, b.seq)):
+        t = rs[i].t_ms
+        if prev > t:
             return False
+        if prev == t:
+            a, b = rs[i - 1], rs[i]
+            if (a.boot, a.seq) > (b.boot, b.seq):
+                return False
+        prev = t
     return True
 
 
@@ -220,10 +229,12 @@ class AnomalyEngine:
         """Score the readings' numeric metrics; returns the ``anomaly`` lines and the alerts."""
         out = AnomalyOutput()
         by_device: dict[str, list[Reading]] = {}
+        newest, oldest = now_ms + self.max_future_ms, self.min_time_ms
         for r in readings:
+            t = r.t_ms
             if r.quality == "u":  # its time is unknown: it has no place in an event-time series
                 self.stats["unsynced"] += 1
-            elif r.t_ms > now_ms + self.max_future_ms or r.t_ms < self.min_time_ms:
+            elif t > newest or t < oldest:
                 self.stats["time_refused"] += 1
             else:
                 by_device.setdefault(r.device, []).append(r)
@@ -305,9 +316,10 @@ class AnomalyEngine:
 
     def _reading(self, r: Reading, out: AnomalyOutput) -> ReadingResult:
         done = ReadingResult()
-        device, t = r.device, r.t_ms
+        device, t = r.device, r.t_ms  # read once: compiled, an attribute of a Reading is a look-up by name
         self.sites[device] = r.site
         gap_seen = False
+        scored = 0
         for metric, x in self._metrics(r):
             det = self._detector(device, metric)
             if det is None:
@@ -318,7 +330,7 @@ class AnomalyEngine:
                 continue
             res = det.process(t, x)
             done.results[metric] = res
-            self.stats["scored"] += 1
+            scored += 1
             if res.anomalous:
                 self.stats["anomalous"] += 1
             if res.anomalous or self._write_all:
@@ -345,18 +357,20 @@ class AnomalyEngine:
                     self._emit(out, self._alert(r, metric, res, ev))
                     if ev.kind != "rebaselined":
                         self._compound(r, metric, ev, out)
+        if scored:
+            self.stats["scored"] += scored
         if self._multi_on and len(done.results) >= 2:
-            self._multivariate(r, done, out)
+            self._multivariate(r, device, t, done, out)
         return done
 
-    def _multivariate(self, r: Reading, done: ReadingResult, out: AnomalyOutput) -> None:
-        md = self.multi.get(r.device)
+    def _multivariate(self, r: Reading, device: str, t: int, done: ReadingResult, out: AnomalyOutput) -> None:
+        md = self.multi.get(device)
         if md is None:
             if len(self.multi) >= self.spec.max_series:
                 return
-            md = self.multi[r.device] = MultiDetector(self.spec.detector, self.spec.multivariate_memory)
+            md = self.multi[device] = MultiDetector(self.spec.detector, self.spec.multivariate_memory)
         values = {m: res.scored.value for m, res in done.results.items()}
-        mres = md.process(r.t_ms, values)
+        mres = md.process(t, values)
         if mres is None:
             return
         done.multi = mres
