@@ -15,10 +15,11 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
 # binary -> Debian package; "unit:port" of the distribution service each package ships.
-BINARIES=(mosquitto mosquitto_pub influxd victoria-metrics socat chromium javac)
+BINARIES=(mosquitto mosquitto_pub influxd victoria-metrics socat chromium javac valgrind)
 declare -A PACKAGE=(
     [mosquitto]=mosquitto [mosquitto_pub]=mosquitto-clients [influxd]=influxdb
     [victoria-metrics]=victoria-metrics [socat]=socat [chromium]=chromium [javac]=openjdk-17-jdk-headless
+    [valgrind]=valgrind
 )
 declare -A UNIT_PORT=([mosquitto]=1883 [influxdb]=8086 [victoria-metrics]=8428)
 
