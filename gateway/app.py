@@ -387,9 +387,9 @@ class Gateway:
         self._retry_checkpoint = 0.0
         """Monotonic time before which the log's size asks for no checkpoint (one has just failed)."""
         self._row_digests: dict[str, bytes] | None = None
+        """The digest of each checkpoint row stored (None: not known, the next checkpoint rewrites them all)."""
         self._row_chunks: dict[str, tuple[str, ...]] = {}
         """Each key's chunk rows stored (``ckpt_rows.chunk_index``), by its row's name: kept with ``_row_digests``."""
-        """The digest of each checkpoint row stored (None: not known, the next checkpoint rewrites them all)."""
         self.last_checkpoint: dict[str, float] = {}
         """What the last checkpoint did: keys snapshotted, slices, rows written, seconds on the loop and in all."""
         self.collector = CollectorPacing()
