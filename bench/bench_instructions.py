@@ -22,7 +22,13 @@ second; 30,000 readings are 300 a board, a tenth of them in the detectors' warm-
 - ``window``: the 10-minute tumbling window, ``Engine.process_batch``;
 - ``lines``: line protocol of the raw readings, ``points.reading_line``;
 - ``decode``: ``protocol.decode`` of each message's payload (msgspec's one pass and the readings made);
-- ``pipeline``: all of it through ``Pipeline.handle`` (decoding, dedup, the window, patterns, detectors, lines).
+- ``pipeline``: all of it through ``Pipeline.handle`` (decoding, dedup, the window, patterns, detectors, lines);
+- ``checkpoint``: the gateway's checkpoints (``Gateway.checkpoint``: the snapshot of the keys changed, their rows
+  encoded, compared and compressed, the SQLite transaction, the log trimmed) when each covers one message of each
+  board, as ``bench_inprocess.py``'s: 100 boards through ``Gateway._process``, a checkpoint after each round of a
+  message a board from the third of the rounds on; per reading of the rounds checkpointed. InfluxDB is away (an
+  unused port), so each checkpoint also moves the sink's lines in memory (the raw readings) to the spool, as a
+  gateway's does while its database is down. The worker threads' instructions count too.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PARTS = ("cep", "anomaly", "window", "lines", "decode", "pipeline")
+PARTS = ("cep", "anomaly", "window", "lines", "decode", "pipeline", "checkpoint")
 T0 = 1_764_000_000_000
 
 
@@ -48,6 +54,53 @@ def _payload(device: str, seq0: int, t0: int, rnd: random.Random) -> bytes:
         rs.append(f'{{"b":1,"s":{seq0 + j},"t":{t0 + j * 1000},"q":"s","m":{{"temp_c":{temp:.2f},"rh":{rh:.1f},'
                   f'"pressure_hpa":{hpa:.1f},"vib":{vib:.3f}}}}}')  # fmt: skip
     return b'{"v":1,"dev":"%s","r":[%s],"flushed":%d}' % (device.encode(), ",".join(rs).encode(), t0 + 9000)
+
+
+def _checkpoint_rounds(readings: int) -> tuple[int, int]:
+    """The ``checkpoint`` part's rounds (of a message of each of 100 boards, 1,000 readings), and the first of them
+    followed by a checkpoint."""
+    rounds = max(3, readings // 1_000)
+    return rounds, rounds // 3
+
+
+def checkpoints(readings: int, run: bool) -> None:
+    """The ``checkpoint`` part: a gateway of the example configuration takes ``readings`` in rounds of a message of
+    each of 100 boards, with ``run`` a checkpoint after each round from the third of them on."""
+    import asyncio
+    import tomllib
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from bench_e2e import example_toml
+
+    from gateway.app import Gateway
+    from gateway.config import parse_config
+
+    boards = 100
+    rounds, first = _checkpoint_rounds(readings)
+
+    async def go() -> None:
+        with tempfile.TemporaryDirectory() as d:
+            doc = tomllib.loads(example_toml())
+            doc = {**doc, "influx": {"url": "http://127.0.0.1:9", "max_buffered": 10_000_000}, "state": {"dir": d}}
+            clock = [T0]
+            gw = Gateway(parse_config(doc, env={}), now_ms=lambda: clock[0])
+            try:
+                await gw.recover()
+                rnd = random.Random(1)
+                for k in range(rounds):
+                    batch = []
+                    for b in range(boards):
+                        dev = f"b-{b:04d}"
+                        payload = _payload(dev, k * 10, T0 + k * 10_000 + b, rnd)
+                        batch.append((f"edgekit/bench/{dev}/readings", payload, False))
+                    clock[0] = T0 + k * 10_000 + 9_020 + boards
+                    await gw._process(gw._accept(batch))
+                    if run and k >= first:
+                        await gw.checkpoint()
+            finally:
+                gw.store.close()
+
+    asyncio.run(go())
 
 
 def child(part: str, readings: int, run: bool) -> None:
@@ -62,6 +115,9 @@ def child(part: str, readings: int, run: bool) -> None:
     from gateway.config import parse_config
 
     assert Path(gateway.__file__).resolve().parent.parent == Path(os.environ["PYTHONPATH"]).resolve()
+    if part == "checkpoint":
+        checkpoints(readings, run)
+        return
     from gateway.pipeline import Pipeline
     from gateway.protocol import decode
 
@@ -137,7 +193,11 @@ def main() -> None:
         for checkout in checkouts:
             made = count(checkout, part, readings, False, args.engine)
             done = count(checkout, part, readings, True, args.engine)
-            row.append((checkout, (done - made) / readings))
+            per = readings
+            if part == "checkpoint":  # the readings of the rounds checkpointed
+                rounds, first = _checkpoint_rounds(readings)
+                per = (rounds - first) * 1_000
+            row.append((checkout, (done - made) / per))
         cells = "   ".join(f"{c.name or c}: {ir:8,.0f}" for c, ir in row)
         ratio = f"   this / {row[0][0].name}: {row[-1][1] / row[0][1]:.3f}" if len(row) > 1 and row[0][1] else ""
         print(f"  {part:<9} {cells}{ratio}", flush=True)

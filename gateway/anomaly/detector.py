@@ -72,7 +72,9 @@ _RECUR_KEEP: Final = 32
 _CALM_HI: Final = 0.1
 """Between the excursions of a pattern, at most this fraction of the points lie beyond ``clear_threshold``
 (Gaussian noise: 1.2 % at 2.5; inside a noise burst of four times the noise, about half)."""
-STATE_VERSION: Final = 2
+STATE_VERSION: Final = 3
+"""A detector's snapshot: 3, a list of :class:`State`'s fields in order; 2, a dict of them by name; 1, before change
+points and patterns. :meth:`Detector.restore` reads each."""
 MIN_CAP_DOF: Final = 9.0
 """The least the memory of an exponentially weighted variance counts for, in degrees of freedom. Such a variance
 is read as Student's t with ``2 / var_alpha - 2`` of them, which matches its tail up to ``var_alpha`` 0.1 (the
@@ -421,6 +423,10 @@ class State:
     stuck: bool = False
     stuck_since: int = 0
     stalled: bool = False
+
+
+STATE_FIELDS: Final = tuple(f.name for f in fields(State))
+""":class:`State`'s fields in order: what the values of a snapshot (version 3) after its version are."""
 
 
 class Detector:
@@ -889,36 +895,45 @@ class Detector:
 
     # -- state --------------------------------------------------------------------------------------
 
-    def snapshot(self) -> dict[str, Any]:
-        """All state as plain JSON-able values."""
+    def snapshot(self) -> list[Any]:
+        """All state as plain JSON-able values: a list, the version (:data:`STATE_VERSION`) then each field of
+        :class:`State` in its order (deques as lists of lists). Version 2 was a dict of the same fields by name
+        (and ``"v": 2``), about three times as long as JSON: the names were most of a checkpoint's bytes."""
         st = self.state
-        return {
-            "v": STATE_VERSION,
-            "n": st.n, "mean": st.mean, "var": st.var,
-            "window": [list(p) for p in st.window], "anchor": st.anchor, "s1": st.s1, "s2": st.s2,
-            "seen": st.seen, "last_t": st.last_t, "log_dt": st.log_dt,
-            "run": st.run, "active": st.active, "calm": st.calm, "since": st.since, "since_seen": st.since_seen,
-            "held_n": st.held_n, "held_mean": st.held_mean, "held_m2": st.held_m2, "held": [list(p) for p in st.held],
-            "side": st.side, "side_n": st.side_n, "side_mean": st.side_mean, "side_m2": st.side_m2,
-            "shifted": st.shifted, "shift_n": st.shift_n, "shift_mean": st.shift_mean, "shift_var": st.shift_var,
-            "excursions": [list(p) for p in st.excursions], "pattern": st.pattern,
-            "pattern_until": st.pattern_until, "exc_prev": st.exc_prev, "gap_n": st.gap_n, "gap_hi": st.gap_hi,
-            "bins": [list(b) for b in st.bins],
-            "last_value": st.last_value, "repeats": st.repeats, "stuck": st.stuck, "stuck_since": st.stuck_since,
-            "stalled": st.stalled,
-        }  # fmt: skip
+        return [
+            STATE_VERSION,
+            st.n, st.mean, st.var, [[t, x] for t, x in st.window], st.anchor, st.s1, st.s2,
+            st.seen, st.last_t, st.log_dt,
+            st.run, st.active, st.calm, st.since, st.since_seen,
+            st.held_n, st.held_mean, st.held_m2, [[t, x] for t, x in st.held],
+            st.side, st.side_n, st.side_mean, st.side_m2,
+            st.shifted, st.shift_n, st.shift_mean, st.shift_var,
+            [[s, z, c] for s, z, c in st.excursions], st.pattern, st.pattern_until, st.exc_prev,
+            st.gap_n, st.gap_hi,
+            [list(b) for b in st.bins],
+            st.last_value, st.repeats, st.stuck, st.stuck_since, st.stalled,
+        ]  # fmt: skip
 
-    def restore(self, snap: dict[str, Any]) -> None:
-        """Take back a :meth:`snapshot`. A snapshot of the first version (before change points and patterns)
-        keeps its baseline, window, timing and stuck-sensor state; an anomaly it had open is closed."""
-        values = dict(snap)
-        version = values.pop("v", 1)
-        if version == 1:
-            for key in ("run", "active", "calm", "since", "held_n", "held_mean", "held_m2", "held"):
-                values.pop(key, None)
-            values["held"] = []
-        elif version != STATE_VERSION:
-            raise ValueError(f"anomaly detector state version {version!r}, expected 1 or {STATE_VERSION}")
+    def restore(self, snap: list[Any] | dict[str, Any]) -> None:
+        """Take back a :meth:`snapshot`, or one of an earlier version: a dict of the fields by name (version 2),
+        or of the first version (before change points and patterns), which keeps its baseline, window, timing and
+        stuck-sensor state (an anomaly it had open is closed)."""
+        if isinstance(snap, list):
+            if not snap or snap[0] != STATE_VERSION or len(snap) != len(STATE_FIELDS) + 1:
+                raise ValueError(
+                    f"anomaly detector state of version {snap[0] if snap else None!r} with {len(snap)} values, "
+                    f"expected version {STATE_VERSION} with {len(STATE_FIELDS) + 1}"
+                )
+            values = dict(zip(STATE_FIELDS, snap[1:], strict=True))
+        else:
+            values = dict(snap)
+            version = values.pop("v", 1)
+            if version == 1:
+                for key in ("run", "active", "calm", "since", "held_n", "held_mean", "held_m2", "held"):
+                    values.pop(key, None)
+                values["held"] = []
+            elif version != 2:
+                raise ValueError(f"anomaly detector state version {version!r}, expected 1, 2 or {STATE_VERSION}")
         values["window"] = deque((int(t), float(x)) for t, x in values["window"])
         values["held"] = deque((int(t), float(x)) for t, x in values["held"])
         values["excursions"] = deque(

@@ -53,7 +53,9 @@ ANOMALY_MEASUREMENT: Final = declare(
     time="the reading's event time (+ a sub-millisecond offset from its boot and sequence number)",
     module=__name__,
 )
-SNAPSHOT_VERSION: Final = 2
+SNAPSHOT_VERSION: Final = 3
+"""3: each detector's state a list of its fields (``Detector.snapshot``); 2: a dict of them; 1: no multivariate
+state. :meth:`AnomalyEngine.restore` reads each (a gateway of before 3 refuses a snapshot of 3 by its version)."""
 MULTIVARIATE: Final = "_multivariate"
 """The ``metric`` tag of the multivariate score's points in the ``anomaly`` measurement."""
 MAX_ABS_VALUE: Final = 1e15
@@ -552,8 +554,8 @@ class AnomalyEngine:
 
     def restore(self, snap: dict[str, Any]) -> None:
         """Take back a :meth:`snapshot` (from an engine with the same configuration)."""
-        if snap.get("version") not in (1, SNAPSHOT_VERSION):
-            raise ValueError(f"anomaly snapshot version {snap.get('version')!r}, expected 1 or {SNAPSHOT_VERSION}")
+        if snap.get("version") not in (1, 2, SNAPSHOT_VERSION):
+            raise ValueError(f"anomaly snapshot version {snap.get('version')!r}, expected 1 to {SNAPSHOT_VERSION}")
         self.detectors = {}
         self._mine, self._by_count = {}, {}
         for device, metric, state in snap["detectors"]:

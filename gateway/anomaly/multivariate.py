@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from statistics import NormalDist
 from typing import Any, Final
 
@@ -237,6 +237,12 @@ class MultiState:
     n_e: int = 0
     trend: list[float] = field(default_factory=list)
     """Per metric, how far a learned reading moves the mean (an ewma): the mean moves on by it while frozen."""
+
+
+MULTI_FIELDS: Final = tuple(f.name for f in fields(MultiState))
+""":class:`MultiState`'s fields in order: what the values of a snapshot (version 2) after its version are."""
+STATE_VERSION: Final = 2
+"""A multivariate detector's snapshot: 2, a list of :class:`MultiState`'s fields in order; 1, a dict of them by name."""
 
 
 class MultiDetector:
@@ -433,18 +439,28 @@ class MultiDetector:
         ranked = tuple(st.names[i] for i in sorted(range(k), key=lambda i: -parts[i])) if events else ()
         return MultiResult(t_ms, t2, z, score, anomalous, "scored", tuple(events), st.names[i_top], share, ranked)
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> list[Any]:
+        """All state as plain JSON-able values: a list, the version (:data:`STATE_VERSION`) then each field of
+        :class:`MultiState` in its order (matrices as lists of rows). The first version was a dict of the same
+        fields by name."""
         st = self.state
-        return {
-            "names": list(st.names), "n": st.n, "mean": list(st.mean), "cov": [list(r) for r in st.cov],
-            "inv": [list(r) for r in st.inv], "stale": st.stale,
-            "seen": st.seen, "active": st.active, "calm": st.calm, "since": st.since, "since_seen": st.since_seen,
-            "held_n": st.held_n, "held_mean": list(st.held_mean),
-            "ew": list(st.ew), "ecov": [list(r) for r in st.ecov], "einv": [list(r) for r in st.einv], "n_e": st.n_e,
-            "trend": list(st.trend),
-        }  # fmt: skip
+        return [
+            STATE_VERSION,
+            list(st.names), st.n, list(st.mean), [list(r) for r in st.cov], [list(r) for r in st.inv], st.stale,
+            st.seen, st.active, st.calm, st.since, st.since_seen, st.held_n, list(st.held_mean),
+            list(st.ew), [list(r) for r in st.ecov], [list(r) for r in st.einv], st.n_e, list(st.trend),
+        ]  # fmt: skip
 
-    def restore(self, snap: Mapping[str, Any]) -> None:
+    def restore(self, snap: list[Any] | Mapping[str, Any]) -> None:
+        """Take back a :meth:`snapshot`, or one of the first version (a dict by name; one from before the evidence
+        term and the trend starts them afresh)."""
+        if isinstance(snap, list):
+            if not snap or snap[0] != STATE_VERSION or len(snap) != len(MULTI_FIELDS) + 1:
+                raise ValueError(
+                    f"multivariate state of version {snap[0] if snap else None!r} with {len(snap)} values, "
+                    f"expected version {STATE_VERSION} with {len(MULTI_FIELDS) + 1}"
+                )
+            snap = dict(zip(MULTI_FIELDS, snap[1:], strict=True))
         st = MultiState(
             names=[str(m) for m in snap["names"]], n=int(snap["n"]), mean=[float(v) for v in snap["mean"]],
             cov=[[float(v) for v in r] for r in snap["cov"]], inv=[[float(v) for v in r] for r in snap["inv"]],

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.anomaly import AnomalyEngine, DetectorSpec, parse_anomaly
+from gateway.anomaly.detector import STATE_FIELDS
 from gateway.anomaly.engine import AnomalyOutput
 from gateway.anomaly.multivariate import MEMORY, RIDGE, MultiDetector, chi2_z, max_z, t2_z
 from gateway.model import Reading
@@ -166,8 +167,8 @@ def test_a_version_1_engine_snapshot_restores() -> None:
     snap = json.loads(json.dumps(eng.snapshot()))
     old = {**snap, "version": 1}
     del old["multi"]
-    for _, _, state in old["detectors"]:
-        del state["v"]
+    # version 1's detectors were dicts by name, without the "v" of version 2 (today each is a list of the fields)
+    old["detectors"] = [[d, m, dict(zip(STATE_FIELDS, state[1:], strict=True))] for d, m, state in old["detectors"]]
     again = AnomalyEngine(parse_anomaly({"anomaly": {}}))
     again.restore(old)
     assert set(again.detectors) == set(eng.detectors) and again.multi == {}
