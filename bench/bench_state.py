@@ -61,6 +61,15 @@ WINDOWS: list[dict[str, Any]] = [
 ]
 
 
+def _row_compressor(level: int) -> Any:
+    """How the checkout's gateway compresses a checkpoint row: ``state.compress_row`` (zstd, checkpoint version 6),
+    else zlib at the checkpoint's level."""
+    from gateway import state
+
+    row = getattr(state, "compress_row", None)
+    return row if row is not None else lambda text: zlib.compress(text, level)
+
+
 def rss_mib() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -124,13 +133,14 @@ def child(root: str, devices: int, seconds: int, restore: bool, interval: int = 
     except ImportError:
         pass
     else:
+        compress = _row_compressor(CHECKPOINT_LEVEL)
         chunked = "rows" in inspect.signature(engine.snapshot).parameters  # a sliding key's panes in chunk rows
         t = time.perf_counter()
         rows = split_rows({"pipeline": {"engine": engine.snapshot(rows=2) if chunked else engine.snapshot()}})
         texts = [encode_row(r) for r in rows.values()]
         t_rows = time.perf_counter() - t
         t = time.perf_counter()
-        stored = sum(len(zlib.compress(x, CHECKPOINT_LEVEL)) for x in texts)
+        stored = sum(len(compress(x)) for x in texts)
         t_rows_zip = time.perf_counter() - t
         rows_line = (
             f"\n  as the checkpoint's rows ({len(rows):,}, every key changed): JSON {sum(map(len, texts)) / 2**20:.1f} "
@@ -148,11 +158,11 @@ def child(root: str, devices: int, seconds: int, restore: bool, interval: int = 
             x = encode_row(r)
             if digests.get(n) != hashlib.blake2b(x, digest_size=16).digest():
                 written += 1
-                stored_next += len(zlib.compress(x, CHECKPOINT_LEVEL))
+                stored_next += len(compress(x))
         t_next = time.process_time() - t
         rows_line += (
             f"\n  the next checkpoint, {interval} s of readings later: {written:,} of {len(rows):,} rows rewritten, "
-            f"{stored_next / 2**20:.2f} MiB stored; {t_next * 1e3:.0f} ms of CPU (snapshot, rows, digests, zlib)"
+            f"{stored_next / 2**20:.2f} MiB stored; {t_next * 1e3:.0f} ms of CPU (snapshot, rows, digests, compression)"
         )
         del rows
     build = "compiled" if ENGINE_BUILD == "compiled" else "pure"

@@ -21,7 +21,6 @@ import re
 import sqlite3
 import threading
 import time
-import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
@@ -65,7 +64,6 @@ from .reload import (
 from .sinks import make_writer
 from .spool import OTHER, RAW, SpoolingSink
 from .state import (
-    CHECKPOINT_LEVEL,
     KIND_MESSAGE,
     KIND_OVERSIZE,
     KIND_RELOAD,
@@ -75,6 +73,7 @@ from .state import (
     StateFileError,
     StateStore,
     compress_checkpoint,
+    compress_row,
     dumps_in_pieces,
     file_error,
     row_digest,
@@ -84,18 +83,22 @@ __all__ = ["CollectorPacing", "Gateway", "ReloadResult", "StateError", "state_pa
 
 log = logging.getLogger("gateway")
 
-STATE_VERSION = 5
-"""5: a sliding window's panes in rows of their own, a chunk of panes a row (``gateway.ckpt_rows``): a gateway of
-version 4 would not put them back, so it refuses the checkpoint. 4: the ingest log in a file of its own beside
-the state file (``gateway.state.log_path``): a gateway of version 3 would not read it and would lose the messages
-logged there, so it refuses the checkpoint; the rows are those of 3. 3: the admitted devices, their metric names
-and the anomaly detectors in the per-key rows too; 2: the checkpoint in per-key rows (``gateway.ckpt_rows``); a
-gateway of an older version refuses a newer one (it would read only part of it). Versions 1 (the whole state in
-one value) and 2 are still restored (the first checkpoint after them writes every row)."""
-ROW_VERSIONS = (3, 4, STATE_VERSION)
+STATE_VERSION = 6
+"""6: the per-key rows compressed with zstd (``gateway.state.compress_row``), and the anomaly detectors' states as
+lists of their fields (``Detector.snapshot``): a gateway of version 5 would not read them, so it refuses the
+checkpoint; rows of 5 (zlib, the detectors' dicts) are still read. 5: a sliding window's panes in rows of their
+own, a chunk of panes a row (``gateway.ckpt_rows``): a gateway of version 4 would not put them back, so it refuses
+the checkpoint. 4: the ingest log in a file of its own beside the state file (``gateway.state.log_path``): a
+gateway of version 3 would not read it and would lose the messages logged there, so it refuses the checkpoint; the
+rows are those of 3. 3: the admitted devices, their metric names and the anomaly detectors in the per-key rows
+too; 2: the checkpoint in per-key rows (``gateway.ckpt_rows``); a gateway of an older version refuses a newer one
+(it would read only part of it). Versions 1 (the whole state in one value) and 2 are still restored (the first
+checkpoint after them writes every row)."""
+ROW_VERSIONS = (3, 4, 5, STATE_VERSION)
 """Versions whose per-key rows are those this version writes: the first checkpoint after them writes only what
-changed (after 3 and 4, a sliding window's key with all its panes in chunks the first time it is written)."""
-CHUNK_VERSIONS = (STATE_VERSION,)
+changed (after 3 and 4, a sliding window's key with all its panes in chunks the first time it is written; a row of 5
+stays as it was stored, zlib and all, until its key changes)."""
+CHUNK_VERSIONS = (5, STATE_VERSION)
 """Versions whose rows hold a sliding window's panes as this version writes them (in chunks): right after
 restoring one, no pane counts as changed (``Pipeline.mark_stored``)."""
 READ_VERSIONS = (1, 2, *ROW_VERSIONS)
@@ -867,7 +870,7 @@ class Gateway:
             text = encode_row(rows.pop(name))
             d = row_digest(text)
             if full or digests.get(name) != d:
-                put.append((name, zlib.compress(text, CHECKPOINT_LEVEL)))
+                put.append((name, compress_row(text)))
             digests[name] = d
             if i % 8 == 7:
                 _let_others_run()

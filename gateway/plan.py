@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import time
-import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -25,7 +24,7 @@ from .config import Config, DevicesConfig
 from .live import DEVICE_INTERVAL_MS, DEVICE_WATERMARK, GATEWAY_HEALTH, HEALTH_INTERVAL_MS
 from .memsize import deep_size
 from .pipeline import Pipeline
-from .state import CHECKPOINT_LEVEL
+from .state import compress_row
 
 __all__ = ["PlanResult", "run_plan"]
 
@@ -202,6 +201,6 @@ def run_plan(
     t = time.process_time()
     _, order = split_order({"pipeline": pipe.snapshot(order=True)})
     rows = split_rows({"pipeline": pipe.snapshot(key_names(order))})
-    res.checkpoint_bytes = sum(len(zlib.compress(encode_row(v), CHECKPOINT_LEVEL)) for v in rows.values())
+    res.checkpoint_bytes = sum(len(compress_row(encode_row(v))) for v in rows.values())
     res.checkpoint_cpu_s = time.process_time() - t
     return res

@@ -30,7 +30,7 @@ from gateway.config import parse_config
 from gateway.engine import Engine, parse_engine
 from gateway.engine.operators import CHUNK_PANES
 from gateway.model import Batch, Reading
-from gateway.state import RowDelta, StateStore, read_rows
+from gateway.state import RowDelta, StateStore, decompress_row, read_rows
 
 T0 = 1_764_072_000_000
 
@@ -96,7 +96,7 @@ class _Spy:
 
 
 def _stored_rows(gw: Gateway) -> dict[str, Any]:
-    return {n: json.loads(zlib.decompress(d)) for n, d in gw.store.db.execute("SELECT name, data FROM ckpt_row")}
+    return {n: json.loads(decompress_row(d)) for n, d in gw.store.db.execute("SELECT name, data FROM ckpt_row")}
 
 
 def _check_stored(gw: Gateway) -> None:
@@ -310,4 +310,4 @@ def test_a_missing_chunk_row_is_damaged_state() -> None:
 
 
 def test_the_version_refused_by_an_older_gateway_is_the_one_written() -> None:
-    assert app_module.STATE_VERSION == 5 and app_module.CHUNK_VERSIONS == (5,)
+    assert app_module.STATE_VERSION == 6 and app_module.CHUNK_VERSIONS == (5, 6)
