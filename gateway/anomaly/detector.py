@@ -96,6 +96,17 @@ def by_fields(obj: Any) -> tuple[type[Any], tuple[Any, ...]]:
     return type(obj), tuple(getattr(obj, f.name) for f in fields(obj))
 
 
+def fields_of(snap: list[Any], names: tuple[str, ...], version: int, what: str) -> dict[str, Any]:
+    """The fields by name of a snapshot written as a list: ``version``, then the value of each of ``names`` in order.
+    ``ValueError`` (naming ``what``) for a list of another version or length."""
+    if not snap or snap[0] != version or len(snap) != len(names) + 1:
+        raise ValueError(
+            f"{what} of version {snap[0] if snap else None!r} with {len(snap)} values, "
+            f"expected version {version} with {len(names) + 1}"
+        )
+    return dict(zip(names, snap[1:], strict=True))
+
+
 def t_z(t: float, nu: float) -> float:
     """A Student's t of ``nu`` degrees of freedom as a standard normal deviate of the same two-sided tail, with
     ``t``'s sign: Wallace's approximation ``(8 nu + 1) / (8 nu + 3) sqrt(nu ln(1 + t^2 / nu))``. Against the exact
@@ -919,12 +930,7 @@ class Detector:
         or of the first version (before change points and patterns), which keeps its baseline, window, timing and
         stuck-sensor state (an anomaly it had open is closed)."""
         if isinstance(snap, list):
-            if not snap or snap[0] != STATE_VERSION or len(snap) != len(STATE_FIELDS) + 1:
-                raise ValueError(
-                    f"anomaly detector state of version {snap[0] if snap else None!r} with {len(snap)} values, "
-                    f"expected version {STATE_VERSION} with {len(STATE_FIELDS) + 1}"
-                )
-            values = dict(zip(STATE_FIELDS, snap[1:], strict=True))
+            values = fields_of(snap, STATE_FIELDS, STATE_VERSION, "anomaly detector state")
         else:
             values = dict(snap)
             version = values.pop("v", 1)

@@ -53,7 +53,7 @@ from statistics import NormalDist
 from typing import Any, Final
 
 from .config import DetectorSpec
-from .detector import FLOOR, Event, by_fields, knobs, score_of
+from .detector import FLOOR, Event, by_fields, fields_of, knobs, score_of
 
 __all__ = ["MEMORY", "MultiDetector", "MultiResult", "chi2_z", "max_z", "t2_z"]
 
@@ -455,12 +455,7 @@ class MultiDetector:
         """Take back a :meth:`snapshot`, or one of the first version (a dict by name; one from before the evidence
         term and the trend starts them afresh)."""
         if isinstance(snap, list):
-            if not snap or snap[0] != STATE_VERSION or len(snap) != len(MULTI_FIELDS) + 1:
-                raise ValueError(
-                    f"multivariate state of version {snap[0] if snap else None!r} with {len(snap)} values, "
-                    f"expected version {STATE_VERSION} with {len(MULTI_FIELDS) + 1}"
-                )
-            snap = dict(zip(MULTI_FIELDS, snap[1:], strict=True))
+            snap = fields_of(snap, MULTI_FIELDS, STATE_VERSION, "multivariate state")
         st = MultiState(
             names=[str(m) for m in snap["names"]], n=int(snap["n"]), mean=[float(v) for v in snap["mean"]],
             cov=[[float(v) for v in r] for r in snap["cov"]], inv=[[float(v) for v in r] for r in snap["inv"]],
