@@ -1,13 +1,13 @@
 """Which build of a package's hot modules this process runs: the pure-Python reference or the optional mypyc one.
 
 ``scripts/build_compiled.py`` compiles the modules of :data:`COMPILED` (the window engine's, the anomaly
-detector's and the pattern matcher's) into extension modules next to their sources; Python's import system
-would then always prefer them. :func:`select`, called by each package's ``_build`` module before the package
-imports them, decides: the compiled modules are used only if the package's recorded source hashes
-(``<package>/_compiled.json``) still match the .py files (a stale build warns and is ignored) and
-``EDGEKIT_ENGINE`` is not ``pure``; otherwise a meta-path finder makes the .py files load.
-``EDGEKIT_ENGINE=compiled`` makes a missing build an error. Each package decides for itself: a stale engine
-build does not turn the anomaly detector's or the pattern matcher's off.
+detector's, the pattern matcher's and line protocol's) into extension modules next to their sources; Python's
+import system would then always prefer them. :func:`select`, called by each package's ``_build`` module (by
+``gateway/__init__.py`` for line protocol's) before the package imports them, decides: the compiled modules are
+used only if the package's recorded source hashes (``<package>/_compiled.json``) still match the .py files (a
+stale build warns and is ignored) and ``EDGEKIT_ENGINE`` is not ``pure``; otherwise a meta-path finder makes the
+.py files load. ``EDGEKIT_ENGINE=compiled`` makes a missing build an error. Each package decides for itself: a
+stale engine build does not turn the anomaly detector's or the pattern matcher's off.
 """
 
 from __future__ import annotations
@@ -29,8 +29,10 @@ COMPILED: Final[dict[str, tuple[str, ...]]] = {
     "gateway.engine": ("aggregates", "accs", "windows", "outputs", "operators", "fleet", "engine"),
     "gateway.anomaly": ("detector", "multivariate", "engine"),
     "gateway.cep": ("expr", "automaton", "operator"),
+    "gateway": ("lineproto", "points"),
 }
-"""Package -> the hot modules ``scripts/build_compiled.py`` compiles with mypyc (the .py files are the reference)."""
+"""Package -> the hot modules ``scripts/build_compiled.py`` compiles with mypyc (the .py files are the reference).
+``gateway`` itself: line protocol, rendered for every reading (:data:`gateway.LINES_BUILD` says which build)."""
 
 STAMP: Final = "_compiled.json"
 """The file, in each package, with the Python tag and the sha256 of each compiled module's source."""

@@ -1,13 +1,14 @@
-"""Build (or remove) the optional compiled modules: the window engine's, the anomaly detector's and the pattern
-matcher's hot modules through mypyc.
+"""Build (or remove) the optional compiled modules: the window engine's, the anomaly detector's, the pattern
+matcher's and line protocol's hot modules through mypyc.
 
     python scripts/build_compiled.py          # build: needs a C compiler, mypy (ships mypyc) and setuptools
     python scripts/build_compiled.py --clean  # remove it: the pure-Python modules are used again
 
 The pure-Python modules stay the reference and the source: mypyc compiles them as they are (they are
 ``mypy --strict`` clean) into extension modules next to them (``gateway/engine/<module>.cpython-*.so``,
-``gateway/anomaly/...``, ``gateway/cep/...``) plus each package's shared library
-(``gateway/<package>/_native__mypyc.cpython-*.so``), all git-ignored; ``gateway._compiled.COMPILED`` lists
+``gateway/anomaly/...``, ``gateway/cep/...``, and ``gateway/lineproto...``, ``gateway/points...``) plus each
+package's shared library (``gateway/<package>/_native__mypyc.cpython-*.so``, ``gateway/_native__mypyc...``), all
+git-ignored; ``gateway._compiled.COMPILED`` lists
 the modules. ``gateway/<package>/_compiled.json`` records the sha256 of each compiled source; each package
 uses its compiled modules only while its sources still match it (otherwise it warns and imports the .py
 files), and never when ``EDGEKIT_ENGINE=pure`` is set. ``gateway.engine.ENGINE_BUILD``,
