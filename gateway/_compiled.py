@@ -51,9 +51,9 @@ def source_hashes(package: str) -> dict[str, str]:
     return {m: hashlib.sha256((here / f"{m}.py").read_bytes()).hexdigest() for m in COMPILED[package]}
 
 
-def state(package: str) -> str:
+def state(package: str, strict: bool = True) -> str:
     """``compiled`` if a compiled build of ``package`` matching its sources exists and is wanted, else
-    ``pure (why)``."""
+    ``pure (why)``; with ``EDGEKIT_ENGINE=compiled`` and no such build, ``ImportError`` when ``strict``."""
     want = os.environ.get("EDGEKIT_ENGINE", "")
     if want == "pure":
         return "pure (EDGEKIT_ENGINE=pure)"
@@ -70,7 +70,7 @@ def state(package: str) -> str:
             reason = "pure (compiled build incomplete)"
         else:
             return "compiled"
-    if want == "compiled":
+    if want == "compiled" and strict:
         raise ImportError(f"EDGEKIT_ENGINE=compiled but {package} is {reason}")
     if "stale" in reason:
         warnings.warn(f"{package}: {reason}", RuntimeWarning, stacklevel=3)
@@ -94,10 +94,12 @@ class _PureFinder(importlib.abc.MetaPathFinder):
         return importlib.util.spec_from_file_location(fullname, self.here / f"{name}.py")
 
 
-def select(package: str) -> str:
+def select(package: str, strict: bool = True) -> str:
     """Decide which build of ``package``'s compiled modules is imported (before any of them is) and say which:
-    ``compiled`` (mypyc) or ``pure (...)`` with the reason."""
-    build = state(package)
+    ``compiled`` (mypyc) or ``pure (...)`` with the reason. Not ``strict`` (``gateway`` itself, whose import
+    every module and script goes through, ``scripts/build_compiled.py`` too): ``EDGEKIT_ENGINE=compiled`` without
+    its build imports the .py files and says why, where a package raises ``ImportError``."""
+    build = state(package, strict)
     if build != "compiled":
         sys.meta_path.insert(0, _PureFinder(package))
     return build

@@ -68,6 +68,7 @@ from .state import (
     KIND_OVERSIZE,
     KIND_RELOAD,
     KIND_TICK,
+    ROW_MARK,
     LogRecord,
     RowDelta,
     StateFileError,
@@ -774,7 +775,7 @@ class Gateway:
                 state["homeassistant"] = self.discovery.snapshot()
                 state["retained"] = [[t, base64.b64encode(p).decode()] for t, p in self.outbox.retained.items()]
             glob, order = split_order(state)
-            glob["rows"] = 1
+            glob["rows"] = ROW_MARK
             keys = set(pipeline.dirty)
             pipeline.dirty.clear()
             full = self._row_digests is None or self._full_next
@@ -901,7 +902,13 @@ class Gateway:
             # a reload logged after the checkpoint: the state goes on with its configuration, which must be this one
             reload = self.store.last_of_kind(ck.pos, KIND_RELOAD)
             final = read_payload(reload.payload)[0] if reload is not None else written
-            if ck.state.get("version") not in READ_VERSIONS or final != self.fingerprint:
+            if ck.state.get("version") not in READ_VERSIONS:
+                raise StateError(
+                    f"state file {path}: its checkpoint is of version {ck.state.get('version')!r}, and this gateway "
+                    f"reads versions {', '.join(map(str, READ_VERSIONS))} (one written by a newer edgekit: run that "
+                    "version, or move the file away to start afresh)"
+                )
+            if final != self.fingerprint:
                 raise StateError(
                     f"state file {path}: the checkpoint was written with other windows, watermarks or prefix "
                     f"(fingerprint {final!r}"

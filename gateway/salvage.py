@@ -44,6 +44,7 @@ from .state import (
     KIND_OVERSIZE,
     KIND_RELOAD,
     KIND_TICK,
+    ROW_MARKS,
     SPOOL_JSON,
     SPOOL_NEWLINES,
     StateStore,
@@ -611,7 +612,7 @@ def _salvage_checkpoint(
         state = decode_checkpoint(text)
         if not isinstance(state, dict):
             raise ValueError("not a JSON object")
-        if state.get("rows") == 1:  # the per-key rows: kept joined, as one value (the older layout)
+        if state.get("rows") in ROW_MARKS:  # the per-key rows: kept joined, as one value (the older layout)
             if "ckpt_row" not in tables:
                 raise ValueError("its per-key rows are missing (no ckpt_row table)")
             try:

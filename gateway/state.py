@@ -14,10 +14,10 @@ its own, messages are logged (and acknowledged) while a checkpoint's transaction
   only after that commit (a crash in between leaves rows the replay skips, as it starts after the checkpoint's
   position, and the next open deletes).
 - ``ckpt_row``: the checkpoint's per-key rows (``gateway.ckpt_rows``): when the checkpoint's state says
-  ``"rows": 1`` it is the global part, and the per-key maps are in these rows, one JSON text per key plus the
-  order row, each compressed with zstd (:func:`compress_row`; a row written before, with zlib, is still read). A
-  checkpoint rewrites only the rows that changed and deletes those of keys gone, in the same transaction. A
-  checkpoint of the older layout (the whole state in one value) has no rows and still reads.
+  ``"rows": 2`` (1 before version 6) it is the global part, and the per-key maps are in these rows, one JSON text
+  per key plus the order row, each compressed with zstd (:func:`compress_row`; a row written before, with zlib,
+  is still read). A checkpoint rewrites only the rows that changed and deletes those of keys gone, in the same
+  transaction. A checkpoint of the older layout (the whole state in one value) has no rows and still reads.
 - ``spool``: lines for InfluxDB that are not written yet, in chunks, oldest first, with a priority class
   (0 raw readings, 1 everything else). Bounded by ``spool_max_bytes``. A chunk is stored as a JSON array of
   its lines (``fmt`` 1), so any list of strings comes back exactly: a raw newline inside a quoted string
@@ -358,6 +358,12 @@ def compress_checkpoint(text: str) -> bytes:
     return zlib.compress(text.encode(), CHECKPOINT_LEVEL)
 
 
+ROW_MARK: Final = 2
+"""The global part's ``"rows"`` when the per-key rows hold the rest: 2 from checkpoint version 6 (zstd rows), 1
+before. A gateway of version 5 reads rows only under 1: under 2 it leaves them alone, reads the version, and
+refuses the checkpoint, where it would have failed on a zstd row and called the state file damaged."""
+ROW_MARKS: Final = (1, ROW_MARK)
+"""The marks of a global part whose state is in the rows (both still read)."""
 ROW_LEVEL: Final = 1
 """zstd level of a checkpoint's rows: the fastest of its regular levels."""
 _ZSTD_MAGIC: Final = b"\x28\xb5\x2f\xfd"
@@ -394,6 +400,8 @@ def decompress_row(data: bytes) -> bytes:
         out: bytes = z(data)
     except zstandard.ZstdError as exc:
         raise ValueError(f"zstd: {exc}") from exc
+    except MemoryError as exc:  # a frame altered to claim more than memory holds: damaged, like any other
+        raise ValueError(f"zstd: a row of {zstandard.frame_content_size(data):,} bytes does not fit in memory") from exc
     return out
 
 
@@ -687,7 +695,7 @@ class StateStore:
                 return None
             state = decode_checkpoint(row[1])
             digests: dict[str, bytes] = {}
-            if isinstance(state, dict) and state.get("rows") == 1:
+            if isinstance(state, dict) and state.get("rows") in ROW_MARKS:
                 state, digests = self._join_rows(state)
         except (sqlite3.DatabaseError, ValueError, TypeError, KeyError) as exc:
             if isinstance(exc, sqlite3.DatabaseError) and not file_error(self.path, exc).damaged:

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Any, Final
 
@@ -239,8 +239,12 @@ class MultiState:
     """Per metric, how far a learned reading moves the mean (an ewma): the mean moves on by it while frozen."""
 
 
-MULTI_FIELDS: Final = tuple(f.name for f in fields(MultiState))
-""":class:`MultiState`'s fields in order: what the values of a snapshot (version 2) after its version are."""
+MULTI_FIELDS: Final = (
+    "names", "n", "mean", "cov", "inv", "stale", "seen", "active", "calm", "since", "since_seen",
+    "held_n", "held_mean", "ew", "ecov", "einv", "n_e", "trend",
+)  # fmt: skip
+"""The fields a snapshot of version 2 holds after its version, in this order, written out (as
+``detector.STATE_FIELDS``: a test holds :class:`MultiState`'s fields to these)."""
 STATE_VERSION: Final = 2
 """A multivariate detector's snapshot: 2, a list of :class:`MultiState`'s fields in order; 1, a dict of them by name."""
 

@@ -22,7 +22,8 @@ from gateway.anomaly.multivariate import MULTI_FIELDS
 from gateway.app import Gateway
 from gateway.ckpt_rows import encode_row
 from gateway.config import parse_config
-from gateway.state import StateFileError, compress_row, decompress_row
+from gateway.errors import StateError
+from gateway.state import ROW_MARK, StateFileError, compress_row, decompress_row
 
 T0 = 1_764_072_000_000
 ZSTD = b"\x28\xb5\x2f\xfd"
@@ -65,7 +66,7 @@ def _downgrade(db: sqlite3.Connection) -> None:
     """Rewrite the stored checkpoint as a gateway of version 5 would have written the same state."""
     glob = json.loads(zlib.decompress(db.execute("SELECT state FROM checkpoint").fetchone()[0]))
     assert glob["version"] == 6
-    glob["version"] = 5
+    glob["version"], glob["rows"] = 5, 1
     glob["pipeline"]["anomaly"]["version"] = 2
     old = {n: zlib.compress(encode_row(_as_version_5(json.loads(decompress_row(d))))) for n, d in _stored(db).items()}
     db.execute("DELETE FROM ckpt_row")
@@ -84,10 +85,30 @@ async def test_rows_are_zstd_and_the_global_part_names_version_6_in_zlib(tmp_pat
         assert {"kd0", "kd1", "kd2"} <= set(rows) and all(d[:4] == ZSTD for d in rows.values())
         det = json.loads(decompress_row(rows["kd1"]))["ad"]["d"]["x"]
         assert isinstance(det, list) and det[0] == 3
-        # a gateway of version 5 reads the global part (zlib) and refuses the version it names, rather than
-        # failing on a row it cannot decompress
+        # a gateway of version 5 reads the global part (zlib) and the rows only when it says "rows": 1; under 2 it
+        # leaves the zstd rows alone and refuses the checkpoint by its version, rather than call the file damaged
         glob = json.loads(zlib.decompress(gw.store.db.execute("SELECT state FROM checkpoint").fetchone()[0]))
-        assert glob["version"] == app_module.STATE_VERSION == 6 and 6 not in (1, 2, 3, 4, 5)
+        assert glob["version"] == app_module.STATE_VERSION == 6 and glob["rows"] == ROW_MARK == 2
+    finally:
+        gw.store.close()
+
+
+async def test_a_checkpoint_of_a_newer_version_is_refused_by_its_version(tmp_path: Path) -> None:
+    gw = _gateway(tmp_path)
+    try:
+        await gw._process(gw._accept([_message(1, 0)]))
+        await gw.checkpoint()
+        glob = json.loads(zlib.decompress(gw.store.db.execute("SELECT state FROM checkpoint").fetchone()[0]))
+        gw.store.db.execute(
+            "UPDATE checkpoint SET state = ?", (zlib.compress(json.dumps({**glob, "version": 7}).encode()),)
+        )
+        gw.store.db.commit()
+    finally:
+        gw.store.close()
+    gw = _gateway(tmp_path)
+    try:
+        with pytest.raises(StateError, match="its checkpoint is of version 7, and this gateway reads versions 1, 2"):
+            await gw.recover()
     finally:
         gw.store.close()
 

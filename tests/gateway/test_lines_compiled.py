@@ -11,7 +11,12 @@ names among the metrics, boot and sequence numbers beyond 31 bits, every clock q
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +27,8 @@ from hypothesis import strategies as st
 import gateway
 from gateway import LINES_BUILD
 from gateway._compiled import COMPILED
+
+ROOT = Path(__file__).resolve().parents[2]
 
 SERVE = r"""
 import json, sys
@@ -79,6 +86,18 @@ for text in sys.stdin:
 def builds() -> Iterator[Builds]:
     """The pure and the compiled build, each in its own process; None where set-up did not build it."""
     yield from build_pair(SERVE)
+
+
+def test_a_missing_build_does_not_stop_import_gateway(tmp_path: Path) -> None:
+    """``EDGEKIT_ENGINE=compiled`` without line protocol's build: ``import gateway`` (which every module and the
+    build script go through) still works and says why it is pure; a package's own build is still required."""
+    shutil.copytree(ROOT / "gateway", tmp_path / "gateway", ignore=shutil.ignore_patterns("*.so", "_compiled.json"))
+    env = {**os.environ, "EDGEKIT_ENGINE": "compiled", "PYTHONPATH": str(tmp_path)}
+    code = "import gateway, gateway.points as p; print(gateway.LINES_BUILD, p.__file__.endswith('.py'))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.split() == ["pure", "(no", "compiled", "build)", "True"], done
+    done = subprocess.run([sys.executable, "-c", "import gateway.engine"], cwd=tmp_path, env=env, capture_output=True)
+    assert done.returncode != 0 and b"EDGEKIT_ENGINE=compiled but gateway.engine is pure" in done.stderr
 
 
 def test_loaded_modules_are_the_reported_build() -> None:

@@ -90,12 +90,21 @@ def test_a_detector_snapshot_is_its_fields_in_order() -> None:
     snap = det.snapshot()
     assert snap[0] == STATE_VERSION and len(snap) == len(STATE_FIELDS) + 1 == len(fields(State)) + 1
     assert [plain(v) for v in snap[1:]] == [plain(getattr(st, name)) for name in STATE_FIELDS]
+    with pytest.raises(ValueError, match="version 3 is a list"):
+        Detector(DetectorSpec()).restore({"v": 3, **dict(zip(STATE_FIELDS, snap[1:], strict=True))})
     again = Detector(DetectorSpec(baseline="window"))
     again.restore(json.loads(json.dumps(snap)))
     assert again.state == st
     again = Detector(DetectorSpec(baseline="window"))
     again.restore(json.loads(json.dumps(detector_v2(snap))))
     assert again.state == st
+
+
+def test_the_snapshot_fields_are_the_classes_fields() -> None:
+    """The names a stored list is read by are written out; the state classes must still have exactly those fields
+    (in any order): a field added or removed needs a new snapshot version."""
+    assert sorted(f.name for f in fields(State)) == sorted(STATE_FIELDS) and len(set(STATE_FIELDS)) == 39
+    assert sorted(f.name for f in fields(MultiState)) == sorted(MULTI_FIELDS) and len(set(MULTI_FIELDS)) == 18
 
 
 def test_a_multivariate_snapshot_is_its_fields_in_order() -> None:
