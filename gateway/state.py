@@ -722,7 +722,7 @@ class StateStore:
 
         ``state`` is a JSON-able dict, its JSON text (:func:`dumps_in_pieces`), or that text already compressed
         (:func:`compress_checkpoint`, as the gateway does in a worker thread). With ``rows`` it is the global part
-        of a state split into rows (``"rows": 1``; ``gateway.ckpt_rows``) and ``rows`` changes the stored rows in
+        of a state split into rows (``"rows": 2``; ``gateway.ckpt_rows``) and ``rows`` changes the stored rows in
         the same transaction; without, it is the whole state and any stored rows are deleted.
         """
         self._write_checkpoint(self.db, pos, state, saved_ms, spill, rows)
