@@ -94,20 +94,22 @@ else
     step ".venv is up to date"
 fi
 # --- optional compiled engine (begin) -------------------------------------------------------------------
-# mypyc-compiled hot modules of gateway/engine, gateway/anomaly and gateway/cep (scripts/build_compiled.py),
+# mypyc-compiled hot modules of gateway/engine, gateway/anomaly, gateway/cep and line protocol's
+# (gateway/lineproto.py, gateway/points.py) (scripts/build_compiled.py),
 # built only where a C compiler exists; without one (e.g. a Raspberry Pi without gcc) the pure-Python modules
 # run: same results, slower. EDGEKIT_COMPILE=0 skips the build; python scripts/build_compiled.py --clean removes it.
 if [[ "${EDGEKIT_COMPILE:-1}" == 0 ]]; then
-    step "compiled engine, detectors and patterns: skipped (EDGEKIT_COMPILE=0)"
+    step "compiled engine, detectors, patterns and line protocol: skipped (EDGEKIT_COMPILE=0)"
 elif ! command -v "${CC:-cc}" >/dev/null 2>&1 || ! .venv/bin/python -c 'import mypyc, setuptools' 2>/dev/null; then
-    step "compiled engine, detectors and patterns: no C compiler or mypyc here - the pure-Python modules are used"
-elif .venv/bin/python -c 'import gateway.engine as e, gateway.anomaly as a, gateway.cep as c
-raise SystemExit(e.ENGINE_BUILD != "compiled" or a.ANOMALY_BUILD != "compiled" or c.CEP_BUILD != "compiled")' 2>/dev/null; then
-    step "compiled engine, detectors and patterns: up to date"
+    step "compiled engine, detectors, patterns and line protocol: no C compiler or mypyc here - the pure-Python modules are used"
+elif .venv/bin/python -c 'import gateway as g, gateway.engine as e, gateway.anomaly as a, gateway.cep as c
+raise SystemExit("compiled" != e.ENGINE_BUILD or "compiled" != a.ANOMALY_BUILD or "compiled" != c.CEP_BUILD
+                 or "compiled" != g.LINES_BUILD)' 2>/dev/null; then
+    step "compiled engine, detectors, patterns and line protocol: up to date"
 else
     mkdir -p .run
     if .venv/bin/python scripts/build_compiled.py >.run/build_compiled.log 2>&1; then
-        step "compiled engine, detectors and patterns: built (ENGINE_BUILD, ANOMALY_BUILD and CEP_BUILD are 'compiled')"
+        step "compiled engine, detectors, patterns and line protocol: built (ENGINE_BUILD, ANOMALY_BUILD, CEP_BUILD and LINES_BUILD are 'compiled')"
     else
         printf 'warning: compiled build failed (see .run/build_compiled.log); the pure-Python modules are used\n' >&2
     fi
