@@ -179,6 +179,16 @@ def _let_others_run() -> None:
     time.sleep(0)
 
 
+def check_version(path: Path | str, version: object, advice: str = "or move the file away to start afresh") -> None:
+    """:class:`StateError` if a checkpoint of ``version`` (state file ``path``) is not one this gateway reads (the
+    gateway's start and ``recover`` both ask; ``advice`` ends the message)."""
+    if version not in READ_VERSIONS:
+        raise StateError(
+            f"state file {path}: its checkpoint is of version {version!r}, and this gateway reads versions "
+            f"{', '.join(map(str, READ_VERSIONS))} (one written by a newer edgekit: run that version, {advice})"
+        )
+
+
 def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -902,12 +912,7 @@ class Gateway:
             # a reload logged after the checkpoint: the state goes on with its configuration, which must be this one
             reload = self.store.last_of_kind(ck.pos, KIND_RELOAD)
             final = read_payload(reload.payload)[0] if reload is not None else written
-            if ck.state.get("version") not in READ_VERSIONS:
-                raise StateError(
-                    f"state file {path}: its checkpoint is of version {ck.state.get('version')!r}, and this gateway "
-                    f"reads versions {', '.join(map(str, READ_VERSIONS))} (one written by a newer edgekit: run that "
-                    "version, or move the file away to start afresh)"
-                )
+            check_version(path, ck.state.get("version"))
             if final != self.fingerprint:
                 raise StateError(
                     f"state file {path}: the checkpoint was written with other windows, watermarks or prefix "

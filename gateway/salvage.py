@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .app import READ_VERSIONS, _fingerprint, state_path
+from .app import _fingerprint, check_version, state_path
 from .config import Config
 from .errors import StateError
 from .pipeline import Pipeline
@@ -623,7 +623,8 @@ def _salvage_checkpoint(
     except ValueError as exc:
         report.checkpoint, report.checkpoint_why = "lost", f"it does not parse: {exc}"
         return 0
-    if state.get("version") not in READ_VERSIONS or state.get("fingerprint") != _fingerprint(config):
+    check_version(report.path, state.get("version"), "with which recover can salvage it; nothing was changed")
+    if state.get("fingerprint") != _fingerprint(config):
         raise StateError(
             f"state file {report.path}: the checkpoint was written with other windows, watermarks or prefix "
             f"(fingerprint {state.get('fingerprint')!r}, now {_fingerprint(config)!r}): run recover with the "

@@ -8,11 +8,11 @@ The pure-Python modules stay the reference and the source: mypyc compiles them a
 ``mypy --strict`` clean) into extension modules next to them (``gateway/engine/<module>.cpython-*.so``,
 ``gateway/anomaly/...``, ``gateway/cep/...``, and ``gateway/lineproto...``, ``gateway/points...``) plus each
 package's shared library (``gateway/<package>/_native__mypyc.cpython-*.so``, ``gateway/_native__mypyc...``), all
-git-ignored; ``gateway._compiled.COMPILED`` lists
-the modules. ``gateway/<package>/_compiled.json`` records the sha256 of each compiled source; each package
-uses its compiled modules only while its sources still match it (otherwise it warns and imports the .py
-files), and never when ``EDGEKIT_ENGINE=pure`` is set. ``gateway.engine.ENGINE_BUILD``,
-``gateway.anomaly.ANOMALY_BUILD`` and ``gateway.cep.CEP_BUILD`` say which one was loaded.
+git-ignored; ``gateway._compiled.COMPILED`` lists the modules. ``gateway/<package>/_compiled.json`` records the
+sha256 of each compiled source; each package uses its compiled modules only while its sources still match it
+(otherwise it warns and imports the .py files), and never when ``EDGEKIT_ENGINE=pure`` is set.
+``gateway.engine.ENGINE_BUILD``, ``gateway.anomaly.ANOMALY_BUILD``, ``gateway.cep.CEP_BUILD`` and
+``gateway.LINES_BUILD`` say which one was loaded.
 
 The C code is compiled with ``-ffp-contract=off``: a compiler may otherwise fuse a multiplication and an
 addition into one instruction with a single rounding (GCC does by default wherever the target has one, as

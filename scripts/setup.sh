@@ -102,9 +102,8 @@ if [[ "${EDGEKIT_COMPILE:-1}" == 0 ]]; then
     step "compiled engine, detectors, patterns and line protocol: skipped (EDGEKIT_COMPILE=0)"
 elif ! command -v "${CC:-cc}" >/dev/null 2>&1 || ! .venv/bin/python -c 'import mypyc, setuptools' 2>/dev/null; then
     step "compiled engine, detectors, patterns and line protocol: no C compiler or mypyc here - the pure-Python modules are used"
-elif .venv/bin/python -c 'import gateway as g, gateway.engine as e, gateway.anomaly as a, gateway.cep as c
-raise SystemExit("compiled" != e.ENGINE_BUILD or "compiled" != a.ANOMALY_BUILD or "compiled" != c.CEP_BUILD
-                 or "compiled" != g.LINES_BUILD)' 2>/dev/null; then
+elif .venv/bin/python -c 'from gateway._compiled import COMPILED, state
+raise SystemExit(any(state(package) != "compiled" for package in COMPILED))' 2>/dev/null; then
     step "compiled engine, detectors, patterns and line protocol: up to date"
 else
     mkdir -p .run

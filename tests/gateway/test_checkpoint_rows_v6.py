@@ -23,6 +23,7 @@ from gateway.app import Gateway
 from gateway.ckpt_rows import encode_row
 from gateway.config import parse_config
 from gateway.errors import StateError
+from gateway.salvage import recover_state
 from gateway.state import ROW_MARK, StateFileError, compress_row, decompress_row
 
 T0 = 1_764_072_000_000
@@ -111,6 +112,10 @@ async def test_a_checkpoint_of_a_newer_version_is_refused_by_its_version(tmp_pat
             await gw.recover()
     finally:
         gw.store.close()
+    before = {p.name: p.read_bytes() for p in (tmp_path / "state").iterdir()}
+    with pytest.raises(StateError, match=r"of version 7, .* run that version, with which recover .*; nothing was chan"):
+        recover_state(gw.config)  # edgekit-gateway recover: refused alike, and the files left as they were
+    assert {p.name: p.read_bytes() for p in (tmp_path / "state").iterdir()} == before
 
 
 async def test_a_version_5_checkpoint_restores_and_goes_on_as_never_stopped(tmp_path: Path) -> None:
