@@ -14,6 +14,9 @@ readings (past the 60 s windows' first firing), printed:
 
 - ``state``: the deep size of the engine's object graph (``sys.getsizeof`` over ``gc.get_referents``), and
   that of the sliding window alone; per device, the whole and each window's operator;
+- ``as allocated``: the same graph as the allocator hands it out (``gateway.memsize.block_size``: pymalloc's
+  blocks are multiples of 16 bytes, so a 72-byte object takes 80; a list's or dict's table is a block of its own),
+  which is what the process holds for the state (checked against tracemalloc in ``tests/gateway/test_memsize.py``);
 - ``RSS``: the process's resident memory then (the input is generated one second at a time and dropped), and
   its peak;
 - the engine's snapshot as JSON and compressed whole (zlib level 1), with the time of each step, and as the
@@ -49,7 +52,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from memsize import deep_size  # bench/memsize.py (standard library only: imported before any checkout)
+from memsize import block_size, deep_size  # bench/memsize.py (standard library only: imported before any checkout)
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = 1_764_072_000_000
@@ -114,6 +117,8 @@ def child(root: str, devices: int, seconds: int, restore: bool, interval: int = 
     gc.collect()
     state = deep_size(engine)
     sliding = deep_size(engine.windows[1].op)
+    blocks = block_size(engine)
+    per_window_blocks = ", ".join(f"{w.op.name} {block_size(w.op) / devices:,.0f}" for w in engine.windows)
     per_window = ", ".join(f"{w.op.name} {deep_size(w.op) / devices:,.0f}" for w in engine.windows)
     rss = rss_mib()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -172,6 +177,8 @@ def child(root: str, devices: int, seconds: int, restore: bool, interval: int = 
         f"  state {state / 2**20:7.1f} MiB (sliding 60 s/1 s: {sliding / 2**20:.1f} MiB); "
         f"RSS {rss:.0f} MiB, peak {peak:.0f} MiB\n"
         f"  per device: {state / devices:,.0f} bytes, of which the windows' operators {per_window}\n"
+        f"  as allocated: {blocks / 2**20:7.1f} MiB, {blocks / devices:,.0f} bytes a device (the operators "
+        f"{per_window_blocks})\n"
         f"  snapshot {t_snap * 1e3:.0f} ms; as JSON {len(text) / 2**20:.1f} MiB ({t_json * 1e3:.0f} ms), "
         f"zlib level 1 {len(packed) / 2**20:.1f} MiB ({t_zip * 1e3:.0f} ms){rows_line}",
         flush=True,
@@ -188,7 +195,8 @@ def child(root: str, devices: int, seconds: int, restore: bool, interval: int = 
         del loaded
         gc.collect()
         print(
-            f"  restored from it: state {deep_size(engine) / 2**20:7.1f} MiB (restore {t_restore:.2f} s CPU)",
+            f"  restored from it: state {deep_size(engine) / 2**20:7.1f} MiB, as allocated "
+            f"{block_size(engine) / 2**20:.1f} MiB (restore {t_restore:.2f} s CPU)",
             flush=True,
         )
 

@@ -1,7 +1,15 @@
 """Bytes an object graph holds, as the engine benchmarks and ``plan`` measure state.
 
 Standard library only, and importing nothing of the gateway: ``bench/memsize.py`` loads this file by its path, so
-that a benchmark that measures another checkout can use it before that checkout's gateway is imported."""
+that a benchmark that measures another checkout can use it before that checkout's gateway is imported.
+
+Two counts. :func:`deep_size` adds up ``sys.getsizeof`` (what each object asks for), as the benchmarks have always
+reported state. :func:`block_size` counts what the allocator hands out for it: CPython's small-object allocator
+(pymalloc) serves a request of up to 512 bytes from a block of the next multiple of 16 bytes (a 72-byte object
+takes 80), and a larger one comes from the C library's ``malloc`` (glibc: 8 bytes of header, a multiple of 16, at
+least 32); a list's, dict's or set's table is a block of its own beside the object. That is the memory a process
+holds for the state (``tests/gateway/test_memsize.py`` checks it against ``tracemalloc``'s record of every block
+CPython allocated)."""
 
 from __future__ import annotations
 
@@ -9,20 +17,55 @@ import gc
 import sys
 import types
 
-__all__ = ["deep_size"]
+__all__ = ["block", "block_size", "deep_size"]
+
+_SKIP = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType)
+_GC_HEAD = 16
+"""The collector's header before a tracked type's object (CPython 3.8-3.12, 64-bit); ``sys.getsizeof`` counts it."""
+_SMALL = 512
+"""pymalloc's largest request (``SMALL_REQUEST_THRESHOLD``); its blocks are multiples of 16 bytes on 64-bit."""
 
 
-def deep_size(root: object) -> int:
-    """Bytes held by ``root`` and everything it references (classes, modules and functions excluded)."""
-    skip = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType)
+def block(n: int) -> int:
+    """The bytes the allocator hands out for a request of ``n``: pymalloc's block up to 512, glibc's chunk above."""
+    if n <= _SMALL:
+        return max(16, (n + 15) & ~15)
+    return max(32, (n + 8 + 15) & ~15)
+
+
+def _object_blocks(o: object) -> int:
+    """The blocks of one object: itself, and for a list, dict, set or bytearray its table, allocated apart."""
+    n = sys.getsizeof(o)
+    if isinstance(o, (list, dict, set, frozenset, bytearray)):
+        t = type(o)
+        head = (48 if isinstance(o, dict) else t.__basicsize__) + (_GC_HEAD if t.__flags__ & (1 << 14) else 0)
+        rest = n - head
+        return block(head) + (block(rest) if rest > 0 else 0)
+    return block(n)
+
+
+def _walk(root: object, size: object) -> int:
     seen: set[int] = set()
     stack = [root]
     total = 0
     while stack:
         o = stack.pop()
-        if id(o) in seen or isinstance(o, skip):
+        if id(o) in seen or isinstance(o, _SKIP):
             continue
         seen.add(id(o))
-        total += sys.getsizeof(o)
+        total += size(o)  # type: ignore[operator]
         stack.extend(gc.get_referents(o))
+        if type(o) is dict:  # a dict whose keys are all strings does not show them to the collector (CPython 3.11)
+            stack.extend(o)
     return total
+
+
+def deep_size(root: object) -> int:
+    """Bytes held by ``root`` and everything it references (classes, modules and functions excluded), as the objects
+    ask for them (``sys.getsizeof``)."""
+    return _walk(root, sys.getsizeof)
+
+
+def block_size(root: object) -> int:
+    """:func:`deep_size` as the allocator hands the bytes out (:func:`block`): what the process holds for them."""
+    return _walk(root, _object_blocks)

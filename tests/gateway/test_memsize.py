@@ -1,0 +1,87 @@
+"""The state's size as the allocator hands it out (``gateway.memsize.block_size``), checked against ``tracemalloc``:
+CPython's own record of every block it allocated, which the measure does not use."""
+
+from __future__ import annotations
+
+import gc
+import random
+import tracemalloc
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from gateway.engine import Engine, parse_engine
+from gateway.engine.operators import Single
+from gateway.memsize import block, block_size, deep_size
+from gateway.model import Batch, Reading
+
+T0 = 1_764_072_000_000
+METRICS = ("temp_c", "rh", "lux")
+WINDOWS = [  # bench_state.py's three windows
+    {"name": "t60", "kind": "tumbling", "size": "60s", "metrics": list(METRICS)},
+    {"name": "s60", "kind": "sliding", "size": "60s", "slide": "1s", "metrics": list(METRICS)},
+    {"name": "ses", "kind": "session", "gap": "30s", "metrics": list(METRICS)},
+]
+
+
+def _traced(make: Callable[[], Any]) -> tuple[Any, int, int]:
+    """What ``make`` returns, and the bytes of the blocks allocated while it ran that are still held after a
+    collection: as tracemalloc recorded them (requested) and as the allocator handed them out."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        made = make()
+        gc.collect()
+        traces = tracemalloc.take_snapshot().traces
+    finally:
+        tracemalloc.stop()
+    return made, sum(t.size for t in traces), sum(block(t.size) for t in traces)
+
+
+def _engine(devices: int, seconds: int) -> Engine:
+    engine = Engine(parse_engine({"windows": WINDOWS}))
+    rng = random.Random(7)
+    names = [f"dev-{i:05d}" for i in range(devices)]
+    for second in range(seconds):
+        for i, dev in enumerate(names):
+            t = T0 + second * 1000 + i * 7 % 1000
+            r = Reading("site-a", dev, 1, second, t, "s", {m: 20.0 + rng.random() for m in METRICS})
+            engine.process_batch(Batch("site-a", dev, "", t, (r,), ()), t + rng.randint(0, 2000))
+    return engine
+
+
+def test_block_rounds_as_pymalloc_and_glibc() -> None:
+    assert [block(n) for n in (0, 1, 16, 17, 72, 80, 368, 512)] == [16, 16, 16, 32, 80, 80, 368, 512]
+    assert [block(n) for n in (513, 520, 521, 4096)] == [528, 528, 544, 4112]
+
+
+def test_an_engines_state_as_allocated() -> None:
+    """The three windows of the state benchmark, 150 devices through 90 s: the blocks the engine's objects take
+    are the blocks CPython allocated for them (within 1 %), and more than their sizes' sum."""
+    _engine(3, 3)  # anything made once (interned names, caches) is made before the count
+    engine, requested, blocks = _traced(lambda: _engine(150, 90))
+    measured = block_size(engine)
+    assert abs(measured - blocks) <= 0.01 * blocks, (measured, blocks)
+    assert abs(deep_size(engine) - requested) <= 0.01 * requested, (deep_size(engine), requested)
+    assert measured > deep_size(engine) * 1.02
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: [[] for _ in range(2000)],
+        lambda: [[float(i)] for i in range(2000)],
+        lambda: [[float(j) for j in range(i % 80)] for i in range(2000)],
+        lambda: [{f"k{j}": float(j) for j in range(i % 40)} for i in range(1000)],
+        lambda: [{float(j) + 0.5 for j in range(i % 40)} for i in range(1000)],
+        lambda: [(float(i), float(i) + 1) for i in range(2000)],
+        lambda: [f"device-{i:06d}" * (1 + i % 60) for i in range(1000)],
+        lambda: [bytearray(i % 700) for i in range(1000)],
+        lambda: [Single(i, [1.0, None, 3.0], i, 1, i) for i in range(1000, 3000)],  # no small int: made at start
+    ],
+    ids=["empty lists", "lists of one", "lists", "dicts", "sets", "tuples", "strings", "bytearrays", "panes"],
+)
+def test_containers_as_allocated(make: Callable[[], Any]) -> None:
+    made, _, blocks = _traced(make)
+    assert abs(block_size(made) - blocks) <= 0.01 * blocks, (block_size(made), blocks)
