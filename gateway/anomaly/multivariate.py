@@ -137,36 +137,57 @@ def _quad(inv: list[list[float]], v: list[float]) -> float:
 
 def _cholesky_inverse(a: list[list[float]]) -> list[list[float]]:
     """The inverse of a symmetric positive definite matrix (Cholesky, then two triangular solves). Each sum of
-    products is added from the left from 0, as ``sum`` adds (written out: compiled, a generator per sum)."""
+    products is added from the left from 0, as ``sum`` adds (written out: compiled, a generator per sum; no ``max``
+    or ``reversed``, which box their floats or make an iterator)."""
     k = len(a)
     low = [[0.0] * k for _ in range(k)]
     for i in range(k):
         li = low[i]
+        ai = a[i]
         for j in range(i + 1):
             lj = low[j]
             acc = 0.0
             for m in range(j):
                 acc += li[m] * lj[m]
-            s = a[i][j] - acc
+            s = ai[j] - acc
             if i == j:
-                li[i] = math.sqrt(max(s, FLOOR))
+                li[i] = math.sqrt(FLOOR if FLOOR > s else s)  # max(s, FLOOR): s kept on a tie or a NaN
             else:
                 li[j] = s / lj[j]
     inv = [[0.0] * k for _ in range(k)]
+    y = [0.0] * k
     for col in range(k):
-        y = [0.0] * k
         for i in range(k):  # L y = e_col
             li = low[i]
             acc = 0.0
             for m in range(i):
                 acc += li[m] * y[m]
             y[i] = ((1.0 if i == col else 0.0) - acc) / li[i]
-        for i in reversed(range(k)):  # L' x = y
+        i = k - 1
+        while i >= 0:  # L' x = y
             acc = 0.0
             for m in range(i + 1, k):
                 acc += low[m][i] * inv[m][col]
             inv[i][col] = (y[i] - acc) / low[i][i]
+            i -= 1
     return inv
+
+
+def _correlation_inverse(cov: list[list[float]], k: int) -> list[list[float]]:
+    """The inverse of ``cov``'s first ``k`` rows and columns as a correlation, its diagonal raised by ``RIDGE``: each
+    entry over the roots of the two variances (each at least ``FLOOR``), then :func:`_cholesky_inverse`."""
+    sd: list[float] = []
+    for i in range(k):
+        c = cov[i][i]
+        sd.append(math.sqrt(FLOOR * FLOOR if FLOOR * FLOOR > c else c))  # max(c, FLOOR * FLOOR)
+    r: list[list[float]] = []
+    for i in range(k):
+        ci, si = cov[i], sd[i]
+        row: list[float] = []
+        for j in range(k):
+            row.append(ci[j] / (si * sd[j]) + (RIDGE if i == j else 0.0))
+        r.append(row)
+    return _cholesky_inverse(r)
 
 
 @dataclass(frozen=True, slots=True, init=False)  # its own __init__: see by_fields
@@ -297,35 +318,40 @@ class MultiDetector:
 
     def _refresh(self) -> None:
         st = self.state
-        k = len(st.names)
-        sd = [math.sqrt(max(st.cov[i][i], FLOOR * FLOOR)) for i in range(k)]
-        r = [[st.cov[i][j] / (sd[i] * sd[j]) + (RIDGE if i == j else 0.0) for j in range(k)] for i in range(k)]
-        st.inv = _cholesky_inverse(r)
+        st.inv = _correlation_inverse(st.cov, len(st.names))
         st.stale = 0
 
     def _learn(self, xs: list[float]) -> None:
         st = self.state
         st.n += 1
-        a = b = max(1.0 / self.memory, 1.0 / st.n)
+        a = 1.0 / self.memory
+        if 1.0 / st.n > a:  # max(1 / memory, 1 / n)
+            a = 1.0 / st.n
+        b = a
         mean = st.mean
         k = len(xs)
         if len(mean) != k:
             raise ValueError(f"the multivariate state holds {len(mean)} means for {k} metrics")
-        d = [xs[i] - mean[i] for i in range(k)]  # not zip(..., strict=True): compiled, a call parsing its keyword
+        d: list[float] = []  # not zip(..., strict=True): compiled, a call parsing its keyword
+        for i in range(k):
+            d.append(xs[i] - mean[i])
         if len(st.trend) != k:
             st.trend = [0.0] * k
+        trend = st.trend
         c = 2.0 / self.memory
         warm = self.warmup()
+        past = st.n > warm
         for i in range(k):
-            st.mean[i] += a * d[i]
-            if st.n > warm:
-                st.trend[i] += c * (a * d[i] - st.trend[i])
+            mean[i] = mean[i] + a * d[i]
+            if past:
+                trend[i] = trend[i] + c * (a * d[i] - trend[i])
+        cov = st.cov
         for i in range(k):
-            row, di = st.cov[i], d[i]
+            row, di = cov[i], d[i]
             for j in range(i, k):
                 v = (1.0 - b) * (row[j] + b * di * d[j])
                 row[j] = v
-                st.cov[j][i] = v
+                cov[j][i] = v
         st.stale += 1
         if st.n <= warm or st.stale >= _REFRESH:
             self._refresh()
@@ -344,8 +370,11 @@ class MultiDetector:
             e[i] += LAMBDA * (u[i] - e[i])
         if st.n_e < self.memory:
             return 0.0, 0.0
-        esd = [math.sqrt(max(st.ecov[i][i], FLOOR * FLOOR)) for i in range(k)]
-        v = [e[i] / esd[i] for i in range(k)]
+        ecov = st.ecov
+        v: list[float] = []
+        for i in range(k):
+            c = ecov[i][i]
+            v.append(e[i] / math.sqrt(FLOOR * FLOOR if FLOOR * FLOOR > c else c))  # max(c, FLOOR * FLOOR)
         t2e = _quad(st.einv, v)
         vmax = abs(v[0])
         for i in range(1, k):
@@ -358,18 +387,18 @@ class MultiDetector:
         if not st.ew:
             return
         st.n_e += 1
-        b = max(1.0 / self.memory, 1.0 / st.n_e)
-        k, e = len(st.ew), st.ew
+        b = 1.0 / self.memory
+        if 1.0 / st.n_e > b:  # max(1 / memory, 1 / n_e)
+            b = 1.0 / st.n_e
+        k, e, ecov = len(st.ew), st.ew, st.ecov
         for i in range(k):
-            row, ei = st.ecov[i], e[i]
+            row, ei = ecov[i], e[i]
             for j in range(i, k):
                 v = (1.0 - b) * row[j] + b * ei * e[j]
                 row[j] = v
-                st.ecov[j][i] = v
+                ecov[j][i] = v
         if st.n_e % _REFRESH == 0 or st.n_e == self.memory:
-            esd = [math.sqrt(max(st.ecov[i][i], FLOOR * FLOOR)) for i in range(k)]
-            r = [[st.ecov[i][j] / (esd[i] * esd[j]) + (RIDGE if i == j else 0.0) for j in range(k)] for i in range(k)]
-            st.einv = _cholesky_inverse(r)
+            st.einv = _correlation_inverse(ecov, k)
 
     def process(self, t_ms: int, values: Mapping[str, float]) -> MultiResult | None:
         """Score and learn one reading; ``None`` when it does not carry all of the device's metrics."""
