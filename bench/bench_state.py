@@ -17,8 +17,9 @@ readings (past the 60 s windows' first firing), printed:
 - ``as allocated``: the same graph as the allocator hands it out (``gateway.memsize.block_size``: pymalloc's
   blocks are multiples of 16 bytes, so a 72-byte object takes 80; a list's or dict's table is a block of its own),
   which is what the process holds for the state (checked against tracemalloc in ``tests/gateway/test_memsize.py``);
-- ``RSS``: the process's resident memory then (the input is generated one second at a time and dropped), and
-  its peak;
+- ``RSS``: the process's resident memory then (the input is generated one second at a time and dropped; readings
+  not yet arrived wait as tuples, and each message is made when it is taken, as a gateway decodes one on arrival),
+  and its peak;
 - the engine's snapshot as JSON and compressed whole (zlib level 1), with the time of each step, and as the
   gateway's checkpoint writes it: a row per key (and, in a checkout that has them, a row per chunk of a sliding
   key's panes), each JSON (``ckpt_rows.encode_row``) compressed on its own, as when every key changed since the
@@ -86,7 +87,10 @@ def child(root: str, devices: int, seconds: int, restore: bool, interval: int = 
     engine = Engine(parse_engine({"windows": WINDOWS}))
     rng = random.Random(1)
     names = [f"dev-{i:05d}" for i in range(devices)]
-    pending: list[tuple[int, int, Batch]] = []
+    # readings not yet arrived, compactly: (arrival, order, device, second, t, and the values); each message is made
+    # when it is taken, as a gateway decodes one when it arrives (held as messages, 13 s of them took tens of MiB of
+    # the bench's own, and their dicts shared the allocator's pools with the state's objects)
+    pending: list[tuple[int, int, int, int, int, float, float, float]] = []
     order = 0
 
     def feed(first: int, last: int) -> None:
@@ -94,21 +98,24 @@ def child(root: str, devices: int, seconds: int, restore: bool, interval: int = 
         and after the last all the rest."""
         nonlocal pending, order
         for second in range(first, last):
-            for i, dev in enumerate(names):
+            for i in range(len(names)):
                 t = T0 + second * 1000 + i * 7 % 1000
                 u = rng.random()
                 delay = rng.randint(0, 3000) if u < 0.10 else rng.randint(8000, 12000) if u < 0.1005 else 0
-                r = Reading("site-a", dev, 1, second, t, "s", {m: 20.0 + rng.random() for m in METRICS})
+                v0, v1, v2 = (20.0 + rng.random() for _ in METRICS)
                 order += 1
-                pending.append((t + delay + 50, order, Batch("site-a", dev, "", t, (r,), ())))
+                pending.append((t + delay + 50, order, i, second, t, v0, v1, v2))
             pending.sort(key=lambda x: (x[0], x[1]))
             horizon = T0 + (second + 1) * 1000 - 13_000 if second + 1 < last else None
             keep = []
-            for arrival, o, b in pending:
+            for x in pending:
+                arrival, _, i, sec, t, v0, v1, v2 = x
                 if horizon is None or arrival < horizon:
-                    engine.process_batch(b, arrival)
+                    dev = names[i]
+                    r = Reading("site-a", dev, 1, sec, t, "s", dict(zip(METRICS, (v0, v1, v2), strict=True)))
+                    engine.process_batch(Batch("site-a", dev, "", t, (r,), ()), arrival)
                 else:
-                    keep.append((arrival, o, b))
+                    keep.append(x)
             pending = keep
 
     start = time.process_time()

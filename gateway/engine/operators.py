@@ -84,44 +84,79 @@ class WmCell:
 
 @mypyc_attr(acyclic=True)
 class Single(Acc):
-    """A sliding window's pane that holds one reading (of up to three metrics; :class:`Single4`: four): the reading
-    itself, 72 bytes compiled, less than a fifth of an accumulator. A pane of a board that reads once per pane -
-    the common case of a 60 s/1 s window - stays one of these; a second reading turns it into an accumulator. As
-    a source (merged, copied, in a snapshot) it is exactly the accumulator one ``add`` of its reading makes
-    (``Acc.merge_reading``; :meth:`fill` for a snapshot). Boot and seq (each below 2**31) share one int, and
-    the time and the bits of the metrics it has (``tm``: time << 4 | bits) another."""
+    """A sliding window's pane that holds one reading (of up to four metrics): the reading itself, a fifth of an
+    accumulator or less. A pane of a board that reads once per pane - the common case of a 60 s/1 s window - stays
+    one of these; a second reading turns it into an accumulator. As a source (merged, copied, in a snapshot) it is
+    exactly the accumulator one ``add`` of its reading makes (``Acc.merge_reading``; :meth:`fill` for a snapshot).
 
-    __slots__ = ("bs", "tm", "v0", "v1", "v2")
+    Made by :func:`_single`, as one of three classes: :class:`SinglePacked` (64 bytes compiled, the common case:
+    the reading's boot below 1,024 and its time within 131 s of the pane's start), :class:`SingleWide` (72 bytes,
+    any other reading) and :class:`Single4` (four metrics, 80). CPython's allocator hands out blocks of multiples of
+    16 bytes, so 64 bytes is a block of 64 and 72 one of 80 (``gateway.memsize.block``)."""
 
-    def __init__(self, start: int, values: Values, t: int, b: int, s: int) -> None:
+    __slots__ = ("v0", "v1", "v2")
+
+    v0: float
+    v1: float
+    v2: float
+
+    def __init__(self, start: int, values: Values) -> None:
         self.start = start
-        self.bs = b << 31 | s
-        mask = 0
         self.v0 = self.v1 = self.v2 = 0.0
         n = len(values)
         for i in range(n if n < 3 else 3):
             v = values[i]
             if v is not None:
-                mask |= 1 << i
                 if i == 0:
                     self.v0 = v
                 elif i == 1:
                     self.v1 = v
                 else:
                     self.v2 = v
-        self.tm = t << 4 | mask
 
     def time(self) -> int:
         """The reading's time."""
-        return self.tm >> 4
+        raise NotImplementedError
+
+    def boot(self) -> int:
+        """The reading's boot."""
+        raise NotImplementedError
+
+    def seq(self) -> int:
+        """The reading's sequence number."""
+        raise NotImplementedError
 
     def mask(self) -> int:
         """Bit i set: the reading has a value of metric i."""
-        return self.tm & 15
+        raise NotImplementedError
 
     def v3(self) -> float:
         """Metric 3's value (none below four metrics)."""
         return 0.0
+
+    def merge_into(self, acc: Acc) -> None:
+        """Merge the accumulator of this one reading into ``acc`` (``Acc.merge_reading``)."""
+        acc.merge_reading(self.mask(), self.v0, self.v1, self.v2, self.v3(), self.time(), self.boot(), self.seq())
+
+    def first_into(self, m: int, r: Stat) -> bool:
+        """``r``'s first reading becomes this one if it has a value of metric ``m`` (returns whether it has)."""
+        if not self.mask() & 1 << m:
+            return False
+        r.ft = self.time()
+        r.fb = self.boot()
+        r.fs = self.seq()
+        r.fv = self.value(m)
+        return True
+
+    def last_into(self, m: int, r: Stat) -> bool:
+        """``r``'s last reading becomes this one if it has a value of metric ``m`` (returns whether it has)."""
+        if not self.mask() & 1 << m:
+            return False
+        r.lt = self.time()
+        r.lb = self.boot()
+        r.ls = self.seq()
+        r.lv = self.value(m)
+        return True
 
     def values(self, nm: int) -> Values:
         """The reading's values, ``nm`` metrics (``None``: none for that metric)."""
@@ -130,7 +165,7 @@ class Single(Acc):
     def put_values(self, out: list[Any], nm: int) -> list[Any]:
         """Append the reading's values (as :meth:`values`) to ``out``; returns it. Unrolled: no call a value (a
         snapshot writes one such row a pane)."""
-        m = self.tm
+        m = self.mask()
         out.append(self.v0 if m & 1 else None)
         if nm > 1:
             out.append(self.v1 if m & 2 else None)
@@ -153,13 +188,126 @@ class Single(Acc):
     def fill(self, acc: Acc, nm: int) -> Acc:
         """``acc`` (of ``nm`` metrics) becomes the accumulator of this one reading; returns it."""
         acc.clear()
-        bs = self.bs
-        acc.add(self.values(nm), self.tm >> 4, bs >> 31, bs & 0x7FFFFFFF)
+        acc.add(self.values(nm), self.time(), self.boot(), self.seq())
         return acc
 
 
+def _mask3(values: Values) -> int:
+    """Bit i set: ``values[i]`` is not None, for the first three."""
+    mask = 0
+    n = len(values)
+    for i in range(n if n < 3 else 3):
+        if values[i] is not None:
+            mask |= 1 << i
+    return mask
+
+
+_P_SEQ: Final = 31
+""":class:`SinglePacked`'s ``p``: the seq in its low 31 bits, then the bits of the metrics (4), the time from the
+pane's start (17), the boot (10): 62 bits, an int compiled code keeps unboxed."""
+_P_DT: Final = _P_SEQ + 4
+_P_BOOT: Final = _P_DT + 17
+_P_DT_MAX: Final = (1 << 17) - 1
+_P_BOOT_MAX: Final = (1 << 10) - 1
+
+
 @mypyc_attr(acyclic=True)
-class Single4(Single):
+class SinglePacked(Single):
+    """:class:`Single` of up to three metrics whose boot is below 1,024 and whose time is within 131,071 ms of its
+    pane's start: boot, seq, the time from the start and the bits of its metrics in one int (``p``), 64 bytes
+    compiled (an 80-byte block with one more field)."""
+
+    __slots__ = ("p",)
+
+    def __init__(self, start: int, values: Values, t: int, b: int, s: int) -> None:
+        self.start = start
+        self.v0 = self.v1 = self.v2 = 0.0
+        mask = 0
+        n = len(values)
+        for i in range(n if n < 3 else 3):  # Single.__init__ and _mask3 in one pass, no call
+            v = values[i]
+            if v is not None:
+                mask |= 1 << i
+                if i == 0:
+                    self.v0 = v
+                elif i == 1:
+                    self.v1 = v
+                else:
+                    self.v2 = v
+        self.p = (b << _P_BOOT) | ((t - start) << _P_DT) | (mask << _P_SEQ) | s
+
+    def time(self) -> int:
+        return self.start + (self.p >> _P_DT & _P_DT_MAX)
+
+    def boot(self) -> int:
+        return self.p >> _P_BOOT
+
+    def seq(self) -> int:
+        return self.p & _ID_MAX
+
+    def mask(self) -> int:
+        return self.p >> _P_SEQ & 15
+
+    def merge_into(self, acc: Acc) -> None:
+        p = self.p
+        acc.merge_reading(
+            p >> _P_SEQ & 15, self.v0, self.v1, self.v2, 0.0, self.start + (p >> _P_DT & _P_DT_MAX), p >> _P_BOOT,
+            p & _ID_MAX,
+        )  # fmt: skip
+
+    def first_into(self, m: int, r: Stat) -> bool:
+        p = self.p
+        if not p >> _P_SEQ & 1 << m:
+            return False
+        r.ft = self.start + (p >> _P_DT & _P_DT_MAX)
+        r.fb = p >> _P_BOOT
+        r.fs = p & _ID_MAX
+        r.fv = self.v0 if m == 0 else self.v1 if m == 1 else self.v2
+        return True
+
+    def last_into(self, m: int, r: Stat) -> bool:
+        p = self.p
+        if not p >> _P_SEQ & 1 << m:
+            return False
+        r.lt = self.start + (p >> _P_DT & _P_DT_MAX)
+        r.lb = p >> _P_BOOT
+        r.ls = p & _ID_MAX
+        r.lv = self.v0 if m == 0 else self.v1 if m == 1 else self.v2
+        return True
+
+
+@mypyc_attr(acyclic=True)
+class SingleWide(Single):
+    """:class:`Single` of any reading: boot and seq (each below 2**31) share one int (``bs``), the time and the bits
+    of its metrics another (``tm``: time << 4 | bits); 72 bytes compiled."""
+
+    __slots__ = ("bs", "tm")
+
+    def __init__(self, start: int, values: Values, t: int, b: int, s: int) -> None:
+        super().__init__(start, values)
+        self.bs = b << 31 | s
+        self.tm = t << 4 | _mask3(values)
+
+    def time(self) -> int:
+        return self.tm >> 4
+
+    def boot(self) -> int:
+        return self.bs >> 31
+
+    def seq(self) -> int:
+        return self.bs & _ID_MAX
+
+    def mask(self) -> int:
+        return self.tm & 15
+
+    def merge_into(self, acc: Acc) -> None:
+        bs = self.bs
+        tm = self.tm
+        acc.merge_reading(tm & 15, self.v0, self.v1, self.v2, self.v3(), tm >> 4, bs >> 31, bs & _ID_MAX)
+
+
+@mypyc_attr(acyclic=True)
+class Single4(SingleWide):
     """:class:`Single` of four metrics."""
 
     __slots__ = ("w3",)
@@ -177,10 +325,12 @@ class Single4(Single):
 
 
 def _single(start: int, values: Values, t: int, b: int, s: int) -> Single:
-    """The pane of one reading."""
+    """The pane of one reading (``start``: its pane's start, at or before ``t``)."""
     if len(values) == 4:
         return Single4(start, values, t, b, s)
-    return Single(start, values, t, b, s)
+    if 0 <= b <= _P_BOOT_MAX and 0 <= t - start <= _P_DT_MAX and 0 <= s <= _ID_MAX:
+        return SinglePacked(start, values, t, b, s)
+    return SingleWide(start, values, t, b, s)
 
 
 class Operator(Protocol):
@@ -956,20 +1106,22 @@ class SlidingOperator(WindowOperator):
 
     def _merge_pane(self, acc: Acc, pane: Acc) -> None:
         """Merge the pane ``pane`` into ``acc`` (a Single as the accumulator of its reading, without making it)."""
-        if isinstance(pane, Single):
-            bs = pane.bs
-            tm = pane.tm
-            acc.merge_reading(tm & 15, pane.v0, pane.v1, pane.v2, pane.v3(), tm >> 4, bs >> 31, bs & 0x7FFFFFFF)
-        else:
+        if not isinstance(pane, Single):  # an accumulator: one type check, as before there were kinds of Single
             acc.merge_from(pane)
+        elif isinstance(pane, SinglePacked):  # the common pane of one reading, read here: no call
+            p = pane.p
+            acc.merge_reading(
+                p >> _P_SEQ & 15, pane.v0, pane.v1, pane.v2, 0.0, pane.start + (p >> _P_DT & _P_DT_MAX), p >> _P_BOOT,
+                p & _ID_MAX,
+            )  # fmt: skip
+        else:
+            pane.merge_into(acc)
 
     def _set_pane(self, acc: Acc, pane: Acc) -> None:
         """``acc`` becomes a copy of the pane ``pane`` (as :meth:`_merge_pane`)."""
         if isinstance(pane, Single):
             acc.clear()
-            bs = pane.bs
-            tm = pane.tm
-            acc.merge_reading(tm & 15, pane.v0, pane.v1, pane.v2, pane.v3(), tm >> 4, bs >> 31, bs & 0x7FFFFFFF)
+            pane.merge_into(acc)
         else:
             acc.set(pane)
 
@@ -1032,7 +1184,7 @@ class SlidingOperator(WindowOperator):
             if isinstance(acc, Single):  # its second reading: an accumulator of the two, added in their order
                 one = acc
                 acc = self._new_acc(p)
-                self._add_values(acc, one.values(self.nm), one.tm >> 4, one.bs >> 31, one.bs & 0x7FFFFFFF)
+                self._add_values(acc, one.values(self.nm), one.time(), one.boot(), one.seq())
                 accs[i] = acc
             self._add_values(acc, values, t, b, s)
         elif new is not None and not self.singles:
@@ -1515,36 +1667,42 @@ def _bisect(a: list[Acc], x: int, lo: int, hi: int) -> int:
 def _put_first(accs: list[Acc], j: int, m: int, r: Stat) -> None:
     """``r``'s first reading of metric ``m`` becomes that of the oldest pane from ``accs[j]`` on with a value of it
     (there must be one): panes hold disjoint times, so it is the first of the panes together."""
-    bit = 1 << m
     while True:
         pa = accs[j]
-        if isinstance(pa, Single):
-            if pa.tm & bit:
-                r.ft = pa.tm >> 4
-                r.fb = pa.bs >> 31
-                r.fs = pa.bs & 0x7FFFFFFF
-                r.fv = pa.value(m)
+        if not isinstance(pa, Single):
+            if pa.count(m):
+                pa.put_first(m, r)
                 return
-        elif pa.count(m):
-            pa.put_first(m, r)
+        elif isinstance(pa, SinglePacked):  # the common pane of one reading, read here: no call
+            p = pa.p
+            if p >> _P_SEQ & 1 << m:
+                r.ft = pa.start + (p >> _P_DT & _P_DT_MAX)
+                r.fb = p >> _P_BOOT
+                r.fs = p & _ID_MAX
+                r.fv = pa.v0 if m == 0 else pa.v1 if m == 1 else pa.v2
+                return
+        elif pa.first_into(m, r):
             return
         j += 1
 
 
 def _last_of(pa: Acc, m: int, r: Stat) -> bool:
     """``r``'s last reading of metric ``m`` becomes the pane ``pa``'s, if it has a value of it."""
-    if isinstance(pa, Single):
-        if pa.tm & (1 << m):
-            r.lt = pa.tm >> 4
-            r.lb = pa.bs >> 31
-            r.ls = pa.bs & 0x7FFFFFFF
-            r.lv = pa.value(m)
+    if not isinstance(pa, Single):
+        if pa.count(m):
+            pa.put_last(m, r)
             return True
         return False
-    if pa.count(m):
-        pa.put_last(m, r)
+    if isinstance(pa, SinglePacked):  # the common pane of one reading, read here: no call
+        p = pa.p
+        if not p >> _P_SEQ & 1 << m:
+            return False
+        r.lt = pa.start + (p >> _P_DT & _P_DT_MAX)
+        r.lb = p >> _P_BOOT
+        r.ls = p & _ID_MAX
+        r.lv = pa.v0 if m == 0 else pa.v1 if m == 1 else pa.v2
         return True
-    return False
+    return pa.last_into(m, r)
 
 
 def _put_last(accs: list[Acc], j: int, m: int, r: Stat) -> None:
@@ -1631,8 +1789,7 @@ def _pane_json_row(a: Acc, nm: int) -> list[Any]:
         one = _one_reading(a, flat)
         if one is None:
             return [a.start, flat]
-    bs = one.bs
-    return one.put_values([a.start, one.tm >> 4, bs >> 31, bs & _ID_MAX], nm)
+    return one.put_values([a.start, one.time(), one.boot(), one.seq()], nm)
 
 
 def _pane_from_row(x: list[Any], singles: bool, nm: int, pane: int, off: int) -> Acc:

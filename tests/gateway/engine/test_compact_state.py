@@ -156,7 +156,7 @@ def test_a_restored_window_keeps_its_panes_of_one_reading_as_readings() -> None:
         return {k: [type(a).__name__ for a in ks.accs] for k, ks in o.keys.items()}
 
     assert kinds(op2) == kinds(op)
-    assert "Single" in kinds(op)["d1"] and set(kinds(op)["d7"]) > {"Single"}
+    assert "SinglePacked" in kinds(op)["d1"] and set(kinds(op)["d7"]) > {"SinglePacked"}
     before = sum(sys.getsizeof(a) for ks in op.keys.values() for a in ks.accs)
     after = sum(sys.getsizeof(a) for ks in op2.keys.values() for a in ks.accs)
     assert after == before
@@ -287,3 +287,80 @@ def test_a_damaged_sliding_window_snapshot_is_refused_with_its_reason() -> None:
             assert "sliding window" in str(exc), (name, exc)
         else:
             raise AssertionError(f"{name}: restored")
+
+
+BOUNDARY_WINDOWS: list[dict[str, Any]] = [
+    {"name": "long", "kind": "sliding", "size": "10m", "slide": "5m", "metrics": ["x", "y", "z"],
+     "allowed_lateness": "20s"},
+    {"name": "short", "kind": "sliding", "size": "10s", "slide": "1s", "metrics": ["x", "y"]},
+    {"name": "four", "kind": "sliding", "size": "20s", "slide": "4s", "metrics": ["x", "y", "z", "u"]},
+]  # fmt: skip
+
+
+def _boundary_stream(seed: int) -> list[tuple[Any, int]]:
+    """Readings whose boot, seq and time from their pane's start lie on both sides of what a packed pane of one
+    reading holds (boot below 1,024, time within 131,071 ms of the pane's start; 5-minute panes go beyond it)."""
+    rng = random.Random(seed)
+    boots = [0, 1, 1022, 1023, 1024, 1025, 70_000, 0x7FFFFFFF]
+    seqs = [0, 1, 0x3FFFFFFF, 0x7FFFFFFE, 0x7FFFFFFF]
+    out = []
+    for i in range(3000):
+        now = T0 + i * 700
+        t = now - rng.choice([0, 0, 0, 300, 5000, 25_000])
+        # fast boards read every 700 ms among them; slow ones every few minutes, so that a 5-minute pane holds one
+        # reading at any time from its start
+        dev = f"slow{rng.randrange(2)}" if rng.random() < 0.007 else f"d{rng.randrange(3)}"
+        names = rng.sample(["x", "y", "z", "u"], rng.randrange(1, 4))
+        vals = {m: rng.choice([rng.uniform(-1e6, 1e6), -0.0, 0.0, 5e-324]) for m in names}
+        out.append((batch(dev, [(t, rng.choice(boots), rng.choice(seqs), vals)], received_ms=now), now + 5))
+    return out
+
+
+def test_packed_and_wide_panes_of_one_reading_give_exactly_what_accumulators_give() -> None:
+    """A pane of one reading is packed (64 bytes compiled) or wide (72) by its boot and its time from the pane's
+    start: either way its outputs and snapshots are those of an accumulator, and a restore goes on the same."""
+    kinds: set[str] = set()
+    for seed in range(3):
+        stream = _boundary_stream(seed)
+        engines = []
+        for singles in (True, False):
+            engine = Engine(parse_engine({"windows": BOUNDARY_WINDOWS}))
+            for w in engine.windows:
+                assert isinstance(w.op, SlidingOperator)
+                w.op.singles = singles
+            engines.append(engine)
+        runs: list[tuple[list[str], list[dict[str, Any]]]] = [([], []), ([], [])]
+        for i, (b, now) in enumerate(stream):
+            for e, (outs, snaps) in zip(engines, runs, strict=True):
+                outs += [_seen(o) for o in e.process_batch(b, now)]
+                if i % 250 == 249:
+                    snaps.append(e.snapshot())
+            if i % 100 == 0:
+                for w in engines[0].windows:
+                    assert isinstance(w.op, SlidingOperator)
+                    kinds.update(type(a).__name__ for ks in w.op.keys.values() for a in ks.accs)
+        assert len(runs[0][0]) > 1000
+        assert runs[0] == runs[1]
+        whole = [x.split(" @ ")[0] for x in runs[0][0]]
+        head, snaps = _run_windows(stream[:1700])
+        again = Engine(parse_engine({"windows": BOUNDARY_WINDOWS}))
+        again.restore(json.loads(json.dumps(snaps[-1])))
+        tail = [repr(o) for b, now in stream[1700:] for o in again.process_batch(b, now)]
+        assert head + tail == whole
+    assert {"SinglePacked", "SingleWide", "Single4"} <= kinds, kinds
+
+
+def _seen(o: Any) -> str:
+    """An output as the tests compare it: its repr, and for a window's result the time, boot and seq of its first and
+    last readings too (kept in its Stat, not in its repr), after `` @ ``."""
+    if isinstance(o, WindowResult):
+        return f"{o!r} @ {(o.ft, o.fb, o.fs, o.lt, o.lb, o.ls)}"
+    return repr(o)
+
+
+def _run_windows(stream: list[tuple[Any, int]]) -> tuple[list[str], list[dict[str, Any]]]:
+    engine = Engine(parse_engine({"windows": BOUNDARY_WINDOWS}))
+    outs: list[str] = []
+    for b, now in stream:
+        outs += [repr(o) for o in engine.process_batch(b, now)]
+    return outs, [engine.snapshot()]
