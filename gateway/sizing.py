@@ -7,7 +7,8 @@ the rest (MQTT receive, log, acknowledgements, the sink) is :data:`REST_US` per 
 measures, on the machine it runs on (run it on the target: a Raspberry Pi), the same default pipeline
 (:func:`calibrate`: how fast this machine is against the benchmark's) and the configuration's own pipeline on the
 planned fleet. The gateway's CPU per reading on the target is the configuration's pipeline plus the rest scaled by
-that speed; its state is the pipeline's in-memory size at the end of the plan (``gateway.memsize.deep_size``).
+that speed; its state is the pipeline's in-memory size at the end of the plan, as the allocator hands it out
+(``gateway.memsize.block_size``).
 
 The rules (:func:`size_fleet`): a gateway has outgrown one machine when, at the fleet's steady rate, it would use
 more than ``max_cpu`` of one core (the rest is the room it needs to catch up after an outage: a backlog drains at
