@@ -100,19 +100,26 @@ class Single(Acc):
     v1: float
     v2: float
 
-    def __init__(self, start: int, values: Values) -> None:
+    def __init__(self, start: int, values: Values, t: int, b: int, s: int) -> None:
         self.start = start
         self.v0 = self.v1 = self.v2 = 0.0
+        mask = 0
         n = len(values)
         for i in range(n if n < 3 else 3):
             v = values[i]
             if v is not None:
+                mask |= 1 << i
                 if i == 0:
                     self.v0 = v
                 elif i == 1:
                     self.v1 = v
                 else:
                     self.v2 = v
+        self.stamp(t, b, s, mask)
+
+    def stamp(self, t: int, b: int, s: int, mask: int) -> None:
+        """Keep the reading's time, boot, seq and the bits of the first three metrics it has (each kind its way)."""
+        raise NotImplementedError
 
     def time(self) -> int:
         """The reading's time."""
@@ -138,24 +145,16 @@ class Single(Acc):
         """Merge the accumulator of this one reading into ``acc`` (``Acc.merge_reading``)."""
         acc.merge_reading(self.mask(), self.v0, self.v1, self.v2, self.v3(), self.time(), self.boot(), self.seq())
 
-    def first_into(self, m: int, r: Stat) -> bool:
-        """``r``'s first reading becomes this one if it has a value of metric ``m`` (returns whether it has)."""
+    def reading_into(self, m: int, r: Stat, last: bool) -> bool:
+        """``r``'s first reading (``last``: its last) becomes this one if it has a value of metric ``m`` (returns
+        whether it has). The sliding window reads a :class:`SinglePacked`'s fields itself (``_put_first``,
+        ``_last_of``); the other kinds come here."""
         if not self.mask() & 1 << m:
             return False
-        r.ft = self.time()
-        r.fb = self.boot()
-        r.fs = self.seq()
-        r.fv = self.value(m)
-        return True
-
-    def last_into(self, m: int, r: Stat) -> bool:
-        """``r``'s last reading becomes this one if it has a value of metric ``m`` (returns whether it has)."""
-        if not self.mask() & 1 << m:
-            return False
-        r.lt = self.time()
-        r.lb = self.boot()
-        r.ls = self.seq()
-        r.lv = self.value(m)
+        if last:
+            r.lt, r.lb, r.ls, r.lv = self.time(), self.boot(), self.seq(), self.value(m)
+        else:
+            r.ft, r.fb, r.fs, r.fv = self.time(), self.boot(), self.seq(), self.value(m)
         return True
 
     def values(self, nm: int) -> Values:
@@ -192,16 +191,6 @@ class Single(Acc):
         return acc
 
 
-def _mask3(values: Values) -> int:
-    """Bit i set: ``values[i]`` is not None, for the first three."""
-    mask = 0
-    n = len(values)
-    for i in range(n if n < 3 else 3):
-        if values[i] is not None:
-            mask |= 1 << i
-    return mask
-
-
 _P_SEQ: Final = 31
 """:class:`SinglePacked`'s ``p``: the seq in its low 31 bits, then the bits of the metrics (4), the time from the
 pane's start (17), the boot (10): 62 bits, an int compiled code keeps unboxed."""
@@ -219,22 +208,8 @@ class SinglePacked(Single):
 
     __slots__ = ("p",)
 
-    def __init__(self, start: int, values: Values, t: int, b: int, s: int) -> None:
-        self.start = start
-        self.v0 = self.v1 = self.v2 = 0.0
-        mask = 0
-        n = len(values)
-        for i in range(n if n < 3 else 3):  # Single.__init__ and _mask3 in one pass, no call
-            v = values[i]
-            if v is not None:
-                mask |= 1 << i
-                if i == 0:
-                    self.v0 = v
-                elif i == 1:
-                    self.v1 = v
-                else:
-                    self.v2 = v
-        self.p = (b << _P_BOOT) | ((t - start) << _P_DT) | (mask << _P_SEQ) | s
+    def stamp(self, t: int, b: int, s: int, mask: int) -> None:
+        self.p = (b << _P_BOOT) | ((t - self.start) << _P_DT) | (mask << _P_SEQ) | s
 
     def time(self) -> int:
         return self.start + (self.p >> _P_DT & _P_DT_MAX)
@@ -255,26 +230,6 @@ class SinglePacked(Single):
             p & _ID_MAX,
         )  # fmt: skip
 
-    def first_into(self, m: int, r: Stat) -> bool:
-        p = self.p
-        if not p >> _P_SEQ & 1 << m:
-            return False
-        r.ft = self.start + (p >> _P_DT & _P_DT_MAX)
-        r.fb = p >> _P_BOOT
-        r.fs = p & _ID_MAX
-        r.fv = self.v0 if m == 0 else self.v1 if m == 1 else self.v2
-        return True
-
-    def last_into(self, m: int, r: Stat) -> bool:
-        p = self.p
-        if not p >> _P_SEQ & 1 << m:
-            return False
-        r.lt = self.start + (p >> _P_DT & _P_DT_MAX)
-        r.lb = p >> _P_BOOT
-        r.ls = p & _ID_MAX
-        r.lv = self.v0 if m == 0 else self.v1 if m == 1 else self.v2
-        return True
-
 
 @mypyc_attr(acyclic=True)
 class SingleWide(Single):
@@ -283,10 +238,9 @@ class SingleWide(Single):
 
     __slots__ = ("bs", "tm")
 
-    def __init__(self, start: int, values: Values, t: int, b: int, s: int) -> None:
-        super().__init__(start, values)
+    def stamp(self, t: int, b: int, s: int, mask: int) -> None:
         self.bs = b << 31 | s
-        self.tm = t << 4 | _mask3(values)
+        self.tm = t << 4 | mask
 
     def time(self) -> int:
         return self.tm >> 4
@@ -313,11 +267,12 @@ class Single4(SingleWide):
     __slots__ = ("w3",)
 
     def __init__(self, start: int, values: Values, t: int, b: int, s: int) -> None:
-        super().__init__(start, values, t, b, s)
-        self.w3 = 0.0
         v = values[3]
+        # set before Single.__init__, which calls a method on self: a float field set after such a call gets a flag
+        # word from mypyc (88 bytes, not 80)
+        self.w3 = 0.0 if v is None else v
+        super().__init__(start, values, t, b, s)
         if v is not None:
-            self.w3 = v
             self.tm |= 8
 
     def v3(self) -> float:
@@ -1106,16 +1061,16 @@ class SlidingOperator(WindowOperator):
 
     def _merge_pane(self, acc: Acc, pane: Acc) -> None:
         """Merge the pane ``pane`` into ``acc`` (a Single as the accumulator of its reading, without making it)."""
-        if not isinstance(pane, Single):  # an accumulator: one type check, as before there were kinds of Single
-            acc.merge_from(pane)
-        elif isinstance(pane, SinglePacked):  # the common pane of one reading, read here: no call
+        if type(pane) is SinglePacked:  # the common pane of one reading, read here (compiled: a pointer compared)
             p = pane.p
             acc.merge_reading(
                 p >> _P_SEQ & 15, pane.v0, pane.v1, pane.v2, 0.0, pane.start + (p >> _P_DT & _P_DT_MAX), p >> _P_BOOT,
                 p & _ID_MAX,
             )  # fmt: skip
-        else:
+        elif isinstance(pane, Single):
             pane.merge_into(acc)
+        else:
+            acc.merge_from(pane)
 
     def _set_pane(self, acc: Acc, pane: Acc) -> None:
         """``acc`` becomes a copy of the pane ``pane`` (as :meth:`_merge_pane`)."""
@@ -1669,11 +1624,7 @@ def _put_first(accs: list[Acc], j: int, m: int, r: Stat) -> None:
     (there must be one): panes hold disjoint times, so it is the first of the panes together."""
     while True:
         pa = accs[j]
-        if not isinstance(pa, Single):
-            if pa.count(m):
-                pa.put_first(m, r)
-                return
-        elif isinstance(pa, SinglePacked):  # the common pane of one reading, read here: no call
+        if type(pa) is SinglePacked:  # the common pane of one reading, read here (compiled: a pointer compared)
             p = pa.p
             if p >> _P_SEQ & 1 << m:
                 r.ft = pa.start + (p >> _P_DT & _P_DT_MAX)
@@ -1681,19 +1632,18 @@ def _put_first(accs: list[Acc], j: int, m: int, r: Stat) -> None:
                 r.fs = p & _ID_MAX
                 r.fv = pa.v0 if m == 0 else pa.v1 if m == 1 else pa.v2
                 return
-        elif pa.first_into(m, r):
+        elif isinstance(pa, Single):
+            if pa.reading_into(m, r, False):
+                return
+        elif pa.count(m):
+            pa.put_first(m, r)
             return
         j += 1
 
 
 def _last_of(pa: Acc, m: int, r: Stat) -> bool:
     """``r``'s last reading of metric ``m`` becomes the pane ``pa``'s, if it has a value of it."""
-    if not isinstance(pa, Single):
-        if pa.count(m):
-            pa.put_last(m, r)
-            return True
-        return False
-    if isinstance(pa, SinglePacked):  # the common pane of one reading, read here: no call
+    if type(pa) is SinglePacked:  # the common pane of one reading, read here (compiled: a pointer compared)
         p = pa.p
         if not p >> _P_SEQ & 1 << m:
             return False
@@ -1702,7 +1652,12 @@ def _last_of(pa: Acc, m: int, r: Stat) -> bool:
         r.ls = p & _ID_MAX
         r.lv = pa.v0 if m == 0 else pa.v1 if m == 1 else pa.v2
         return True
-    return pa.last_into(m, r)
+    if isinstance(pa, Single):
+        return pa.reading_into(m, r, True)
+    if pa.count(m):
+        pa.put_last(m, r)
+        return True
+    return False
 
 
 def _put_last(accs: list[Acc], j: int, m: int, r: Stat) -> None:
