@@ -7,9 +7,12 @@ Two counts. :func:`deep_size` adds up ``sys.getsizeof`` (what each object asks f
 reported state. :func:`block_size` counts what the allocator hands out for it: CPython's small-object allocator
 (pymalloc) serves a request of up to 512 bytes from a block of the next multiple of 16 bytes (a 72-byte object
 takes 80), and a larger one comes from the C library's ``malloc`` (glibc: 8 bytes of header, a multiple of 16, at
-least 32); a list's, dict's or set's table is a block of its own beside the object. That is the memory a process
-holds for the state (``tests/gateway/test_memsize.py`` checks it against ``tracemalloc``'s record of every block
-CPython allocated)."""
+least 32); a list's, dict's or set's table is a block of its own beside the object. That is what the allocators hand
+out for the objects (``tests/gateway/test_memsize.py`` checks it against ``tracemalloc``'s record of every block
+CPython allocated and against pymalloc's and glibc's own counts). It is not the process's memory: the pools and arenas
+around the blocks, part used after objects are freed, are not counted (the state benchmark's RSS is about twice it).
+Not counted either: the values of an instance whose ``__dict__`` CPython 3.11 manages without a dict object (no
+class of the engine's state has one; they have ``__slots__`` or are compiled)."""
 
 from __future__ import annotations
 
