@@ -6,6 +6,7 @@ Reproduce (from the repository root)::
     python bench/bench_state.py --against ../main        # the same, side by side with another checkout
     python bench/bench_state.py -d 1000 --engine pure    # smaller, the pure-Python engine
     python bench/bench_state.py --restore                # also the state right after a restore of the snapshot
+    python bench/bench_state.py -s 200 --cycle 5         # also the state every 5 s from 70 s on: its low and high
 
 The workload is bench_engine.py's (b): every device reads temp_c, rh and lux once a second (10 % of readings
 delayed 0-3 s, 0.05 % 8-12 s), one reading per message, through a tumbling 60 s, a sliding 60 s/1 s and a
@@ -28,6 +29,9 @@ readings (past the 60 s windows' first firing), printed:
   it: every key snapshotted again (with chunk rows, only the chunks from the oldest pane changed since), its rows
   encoded and compared with the digests of those before, and the rows that differ compressed (the CPU time of all
   that, and the rows and bytes rewritten);
+- with ``--cycle S``: the state as allocated every S seconds of readings from 70 s on (the windows have fired by
+  then), lowest, median and highest: a sliding window's front stack grows at each transfer and shrinks as its windows
+  fire, so the state at one moment (the figure above, at ``--seconds``) is one point of a cycle;
 - with ``--restore``: the deep size of a fresh engine right after restoring that JSON (what a restarted gateway
   holds until its windows move on), and the CPU time of ``Engine.restore``.
 
@@ -79,7 +83,7 @@ def rss_mib() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def child(root: str, devices: int, seconds: int, restore: bool, interval: int = 2) -> None:
+def child(root: str, devices: int, seconds: int, restore: bool, cycle: int = 0, interval: int = 2) -> None:
     sys.path.insert(0, root)
     from gateway.engine import ENGINE_BUILD, Engine, parse_engine
     from gateway.model import Batch, Reading
@@ -92,6 +96,7 @@ def child(root: str, devices: int, seconds: int, restore: bool, interval: int = 
     # the bench's own, and their dicts shared the allocator's pools with the state's objects)
     pending: list[tuple[int, int, int, int, int, float, float, float]] = []
     order = 0
+    samples: list[tuple[int, int]] = []  # with ``cycle``: (second, the state as allocated) every ``cycle`` s from 70 s
 
     def feed(first: int, last: int) -> None:
         """The readings of seconds ``first`` .. ``last - 1``: each second those that arrived by 13 s before its end,
@@ -117,6 +122,9 @@ def child(root: str, devices: int, seconds: int, restore: bool, interval: int = 
                 else:
                     keep.append(x)
             pending = keep
+            if cycle and second >= 70 and second % cycle == 0:
+                gc.collect()
+                samples.append((second, block_size(engine)))
 
     start = time.process_time()
     feed(0, seconds)
@@ -190,6 +198,15 @@ def child(root: str, devices: int, seconds: int, restore: bool, interval: int = 
         f"zlib level 1 {len(packed) / 2**20:.1f} MiB ({t_zip * 1e3:.0f} ms){rows_line}",
         flush=True,
     )
+    if samples:
+        sizes = sorted(x for _, x in samples)
+        lo, mid, hi = sizes[0], sizes[len(sizes) // 2], sizes[-1]
+        print(
+            f"  as allocated every {cycle} s from {samples[0][0]} s to {samples[-1][0]} s ({len(samples)} times): "
+            f"lowest {lo / 2**20:.1f}, median {mid / 2**20:.1f}, highest {hi / 2**20:.1f} MiB ({hi / devices:,.0f} "
+            "bytes a device)",
+            flush=True,
+        )
     if restore:
         del snap, packed
         engine = Engine(parse_engine({"windows": WINDOWS}))
@@ -215,17 +232,18 @@ def main() -> None:
     ap.add_argument("--against", action="append", default=[], help="another checkout to measure beside this one")
     ap.add_argument("--engine", choices=["default", "pure"], default="default")
     ap.add_argument("--restore", action="store_true", help="also restore the snapshot and measure the state then")
+    ap.add_argument("--cycle", type=int, default=0, help="also the state as allocated every CYCLE s from 70 s on")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child is not None:
-        child(args.child, args.devices, args.seconds, args.restore)
+        child(args.child, args.devices, args.seconds, args.restore, args.cycle)
         return
     env = {**os.environ}
     if args.engine == "pure":
         env["EDGEKIT_ENGINE"] = "pure"
     for root in [*args.against, str(ROOT)]:
         cmd = [sys.executable, __file__, "--child", str(Path(root).resolve()), "-d", str(args.devices)]
-        cmd += ["-s", str(args.seconds)] + (["--restore"] if args.restore else [])
+        cmd += ["-s", str(args.seconds)] + (["--restore"] if args.restore else []) + ["--cycle", str(args.cycle)]
         subprocess.run(cmd, check=True, env=env, cwd=root)
 
 
