@@ -142,13 +142,14 @@ class Single(Acc):
         return 0.0
 
     def merge_into(self, acc: Acc) -> None:
-        """Merge the accumulator of this one reading into ``acc`` (``Acc.merge_reading``)."""
+        """Merge the accumulator of this one reading into ``acc`` (``Acc.merge_reading``). The sliding window merges a
+        :class:`SinglePacked` itself (``_merge_pane``); the other kinds come here."""
         acc.merge_reading(self.mask(), self.v0, self.v1, self.v2, self.v3(), self.time(), self.boot(), self.seq())
 
     def reading_into(self, m: int, r: Stat, last: bool) -> bool:
         """``r``'s first reading (``last``: its last) becomes this one if it has a value of metric ``m`` (returns
-        whether it has). The sliding window reads a :class:`SinglePacked`'s fields itself (``_put_first``,
-        ``_last_of``); the other kinds come here."""
+        whether it has). The sliding window reads a :class:`SinglePacked`'s fields itself (``_packed_into``); the
+        other kinds come here."""
         if not self.mask() & 1 << m:
             return False
         if last:
@@ -223,13 +224,6 @@ class SinglePacked(Single):
     def mask(self) -> int:
         return self.p >> _P_SEQ & 15
 
-    def merge_into(self, acc: Acc) -> None:
-        p = self.p
-        acc.merge_reading(
-            p >> _P_SEQ & 15, self.v0, self.v1, self.v2, 0.0, self.start + (p >> _P_DT & _P_DT_MAX), p >> _P_BOOT,
-            p & _ID_MAX,
-        )  # fmt: skip
-
 
 @mypyc_attr(acyclic=True)
 class SingleWide(Single):
@@ -253,11 +247,6 @@ class SingleWide(Single):
 
     def mask(self) -> int:
         return self.tm & 15
-
-    def merge_into(self, acc: Acc) -> None:
-        bs = self.bs
-        tm = self.tm
-        acc.merge_reading(tm & 15, self.v0, self.v1, self.v2, self.v3(), tm >> 4, bs >> 31, bs & _ID_MAX)
 
 
 @mypyc_attr(acyclic=True)
@@ -1076,7 +1065,7 @@ class SlidingOperator(WindowOperator):
         """``acc`` becomes a copy of the pane ``pane`` (as :meth:`_merge_pane`)."""
         if isinstance(pane, Single):
             acc.clear()
-            pane.merge_into(acc)
+            self._merge_pane(acc, pane)
         else:
             acc.set(pane)
 
@@ -1624,13 +1613,8 @@ def _put_first(accs: list[Acc], j: int, m: int, r: Stat) -> None:
     (there must be one): panes hold disjoint times, so it is the first of the panes together."""
     while True:
         pa = accs[j]
-        if type(pa) is SinglePacked:  # the common pane of one reading, read here (compiled: a pointer compared)
-            p = pa.p
-            if p >> _P_SEQ & 1 << m:
-                r.ft = pa.start + (p >> _P_DT & _P_DT_MAX)
-                r.fb = p >> _P_BOOT
-                r.fs = p & _ID_MAX
-                r.fv = pa.v0 if m == 0 else pa.v1 if m == 1 else pa.v2
+        if type(pa) is SinglePacked:  # the common pane of one reading (compiled: a pointer compared)
+            if _packed_into(pa, m, r, False):
                 return
         elif isinstance(pa, Single):
             if pa.reading_into(m, r, False):
@@ -1641,17 +1625,25 @@ def _put_first(accs: list[Acc], j: int, m: int, r: Stat) -> None:
         j += 1
 
 
+def _packed_into(pa: SinglePacked, m: int, r: Stat, last: bool) -> bool:
+    """``Single.reading_into`` of a packed pane, its fields read here: a direct call, not one through the class's
+    table and then one per field."""
+    p = pa.p
+    if not p >> _P_SEQ & 1 << m:
+        return False
+    t, b, s = pa.start + (p >> _P_DT & _P_DT_MAX), p >> _P_BOOT, p & _ID_MAX
+    v = pa.v0 if m == 0 else pa.v1 if m == 1 else pa.v2
+    if last:
+        r.lt, r.lb, r.ls, r.lv = t, b, s, v
+    else:
+        r.ft, r.fb, r.fs, r.fv = t, b, s, v
+    return True
+
+
 def _last_of(pa: Acc, m: int, r: Stat) -> bool:
     """``r``'s last reading of metric ``m`` becomes the pane ``pa``'s, if it has a value of it."""
-    if type(pa) is SinglePacked:  # the common pane of one reading, read here (compiled: a pointer compared)
-        p = pa.p
-        if not p >> _P_SEQ & 1 << m:
-            return False
-        r.lt = pa.start + (p >> _P_DT & _P_DT_MAX)
-        r.lb = p >> _P_BOOT
-        r.ls = p & _ID_MAX
-        r.lv = pa.v0 if m == 0 else pa.v1 if m == 1 else pa.v2
-        return True
+    if type(pa) is SinglePacked:  # the common pane of one reading (compiled: a pointer compared)
+        return _packed_into(pa, m, r, True)
     if isinstance(pa, Single):
         return pa.reading_into(m, r, True)
     if pa.count(m):
