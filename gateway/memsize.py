@@ -19,6 +19,7 @@ from __future__ import annotations
 import gc
 import sys
 import types
+from collections.abc import Callable
 
 __all__ = ["block", "block_size", "deep_size"]
 
@@ -41,13 +42,13 @@ def _object_blocks(o: object) -> int:
     n = sys.getsizeof(o)
     if isinstance(o, (list, dict, set, frozenset, bytearray)):
         t = type(o)
-        head = (48 if isinstance(o, dict) else t.__basicsize__) + (_GC_HEAD if t.__flags__ & (1 << 14) else 0)
+        head = t.__basicsize__ + (_GC_HEAD if t.__flags__ & (1 << 14) else 0)
         rest = n - head
         return block(head) + (block(rest) if rest > 0 else 0)
     return block(n)
 
 
-def _walk(root: object, size: object) -> int:
+def _walk(root: object, size: Callable[[object], int]) -> int:
     seen: set[int] = set()
     stack = [root]
     total = 0
@@ -56,9 +57,9 @@ def _walk(root: object, size: object) -> int:
         if id(o) in seen or isinstance(o, _SKIP):
             continue
         seen.add(id(o))
-        total += size(o)  # type: ignore[operator]
+        total += size(o)
         stack.extend(gc.get_referents(o))
-        if type(o) is dict:  # a dict whose keys are all strings does not show them to the collector (CPython 3.11)
+        if isinstance(o, dict):  # a dict whose keys are all strings does not show them to the collector (CPython 3.11)
             stack.extend(o)
     return total
 
