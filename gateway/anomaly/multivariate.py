@@ -173,13 +173,18 @@ def _cholesky_inverse(a: list[list[float]]) -> list[list[float]]:
     return inv
 
 
+def _root(c: float) -> float:
+    """``sqrt(max(c, FLOOR * FLOOR))``: a variance's root, at least ``FLOOR`` (``c`` kept on a tie or a NaN, as ``max``
+    keeps its first; written out: compiled, ``max`` boxes its floats)."""
+    return math.sqrt(FLOOR * FLOOR if FLOOR * FLOOR > c else c)
+
+
 def _correlation_inverse(cov: list[list[float]], k: int) -> list[list[float]]:
     """The inverse of ``cov``'s first ``k`` rows and columns as a correlation, its diagonal raised by ``RIDGE``: each
     entry over the roots of the two variances (each at least ``FLOOR``), then :func:`_cholesky_inverse`."""
     sd: list[float] = []
     for i in range(k):
-        c = cov[i][i]
-        sd.append(math.sqrt(FLOOR * FLOOR if FLOOR * FLOOR > c else c))  # max(c, FLOOR * FLOOR)
+        sd.append(_root(cov[i][i]))
     r: list[list[float]] = []
     for i in range(k):
         ci, si = cov[i], sd[i]
@@ -373,8 +378,7 @@ class MultiDetector:
         ecov = st.ecov
         v: list[float] = []
         for i in range(k):
-            c = ecov[i][i]
-            v.append(e[i] / math.sqrt(FLOOR * FLOOR if FLOOR * FLOOR > c else c))  # max(c, FLOOR * FLOOR)
+            v.append(e[i] / _root(ecov[i][i]))
         t2e = _quad(st.einv, v)
         vmax = abs(v[0])
         for i in range(1, k):
