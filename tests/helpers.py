@@ -240,6 +240,29 @@ def sleepy_deliveries(
 # ------------------------------------------------------------------------------- pure and compiled builds
 
 
+SERVE_HELPERS = r"""
+import json, sys
+
+
+def guarded(fn, *args):
+    try:
+        return fn(*args)
+    except Exception as e:  # an input the reference refuses: the compiled build must refuse it alike
+        return f"{type(e).__name__}: {e}"
+
+
+def serve(build, handle):
+    # each line of stdin a request in JSON, each answered by a line: null with the build run, any other by handle
+    for text in sys.stdin:
+        req = json.loads(text)
+        answer = build if req is None else handle(req)
+        sys.stdout.write(json.dumps(answer) + "\n")
+        sys.stdout.flush()
+"""
+"""The start of a script a :class:`BuildProcess` runs: ``guarded`` (a call's answer, or its error as text, so that both
+builds refuse an input alike) and ``serve`` (the request loop, ending the script)."""
+
+
 class BuildProcess:
     """A Python process from the repository root running ``script`` with ``EDGEKIT_ENGINE=build`` (``pure`` or
     ``compiled``: which build of the compiled packages, ``gateway._compiled``, it imports). ``ask`` writes one

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import Builds, build_pair, check_loaded_build, same_answer
+from helpers import SERVE_HELPERS, Builds, build_pair, check_loaded_build, same_answer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -30,19 +30,13 @@ from gateway._compiled import COMPILED
 
 ROOT = Path(__file__).resolve().parents[2]
 
-SERVE = r"""
-import json, sys
+SERVE = (
+    SERVE_HELPERS
+    + r"""
 from gateway import LINES_BUILD
 from gateway.lineproto import field, line, series, visible
 from gateway.model import DeadLetter, Reading, StatusUpdate
 from gateway.points import dead_letter_line, reading_line, reading_line_reference, status_line
-
-
-def guarded(fn, *args):
-    try:
-        return fn(*args)
-    except Exception as e:  # an input the reference refuses: the compiled build must refuse it alike
-        return f"{type(e).__name__}: {e}"
 
 
 def value(v):  # JSON has no infinities nor NaN: the request names them
@@ -74,12 +68,9 @@ def run(req):
     return out
 
 
-for text in sys.stdin:
-    req = json.loads(text)
-    answer = LINES_BUILD if req is None else run(req)
-    sys.stdout.write(json.dumps(answer) + "\n")
-    sys.stdout.flush()
+serve(LINES_BUILD, run)
 """
+)
 
 
 @pytest.fixture(scope="module")

@@ -16,15 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import Builds, build_pair, check_loaded_build, same_answer, skab_dir
+from helpers import SERVE_HELPERS, Builds, build_pair, check_loaded_build, same_answer, skab_dir
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import gateway.anomaly
 from gateway.anomaly import ANOMALY_BUILD, COMPILED_MODULES
 
-SERVE = r"""
-import copy, json, pickle, sys
+SERVE = (
+    SERVE_HELPERS
+    + r"""
+import copy, pickle
 from pathlib import Path
 from gateway.anomaly import ANOMALY_BUILD, AnomalyEngine, AnomalyOutput, parse_anomaly
 from gateway.anomaly.config import DetectorSpec
@@ -32,13 +34,6 @@ from gateway.anomaly.detector import Detector
 from gateway.anomaly.multivariate import MultiDetector
 from gateway.anomaly.skab import load_skab
 from gateway.model import Reading
-
-
-def guarded(fn, *args):
-    try:
-        return fn(*args)
-    except Exception as e:  # an input the reference refuses: the compiled build must refuse it alike
-        return f"{type(e).__name__}: {e}"
 
 
 def engine(req):
@@ -86,12 +81,9 @@ def skab(req):
     return answers
 
 
-for line in sys.stdin:
-    req = json.loads(line)
-    answer = ANOMALY_BUILD if req is None else globals()[req["kind"]](req)
-    sys.stdout.write(json.dumps(answer) + "\n")
-    sys.stdout.flush()
+serve(ANOMALY_BUILD, lambda req: globals()[req["kind"]](req))
 """
+)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from helpers import Builds, build_pair, check_loaded_build, same_answer
+from helpers import SERVE_HELPERS, Builds, build_pair, check_loaded_build, same_answer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -25,19 +25,17 @@ import gateway.cep
 from gateway.cep import CEP_BUILD, COMPILED_MODULES, parse_patterns
 from gateway.protocol import MAX_SLEEP_S
 
-SERVE = r"""
-import json, sys
+SERVE = (
+    SERVE_HELPERS
+    + r"""
 from gateway.cep import CEP_BUILD, Cep, CepSpec, parse_patterns
 from gateway.engine import parse_engine
 from gateway.groups import parse_groups
 from gateway.model import Batch, Reading, StatusUpdate
 
 
-def guarded(fn, *args):
-    try:
-        return [repr(m) for m in fn(*args)]
-    except Exception as e:  # an input the reference refuses: the compiled build must refuse it alike
-        return f"{type(e).__name__}: {e}"
+def outputs(fn, *args):  # the repr of each output of fn(*args), or its error as text (guarded)
+    return guarded(lambda: [repr(m) for m in fn(*args)])
 
 
 def run(req):
@@ -55,22 +53,19 @@ def run(req):
         if kind == "batch":
             rows, flushed = step[4:]
             readings = tuple(Reading(site, device, b, s, t, q, m) for b, s, t, q, m in rows)
-            out.append(guarded(cep.process_batch, Batch(site, device, "t", now, readings, (), flushed), now))
+            out.append(outputs(cep.process_batch, Batch(site, device, "t", now, readings, (), flushed), now))
         elif kind == "status":
             state, fields = step[4:]
-            out.append(guarded(cep.process_status, StatusUpdate(site, device, "t", now, state, fields)))
+            out.append(outputs(cep.process_status, StatusUpdate(site, device, "t", now, state, fields)))
         else:
-            out.append(guarded(cep.advance, now))
+            out.append(outputs(cep.advance, now))
     return {"out": out, "stats": cep.stats, "partial": cep.partial_matches(), "buffered": cep.buffered(),
             "snapshot": cep.snapshot()}
 
 
-for line in sys.stdin:
-    req = json.loads(line)
-    answer = CEP_BUILD if req is None else run(req)
-    sys.stdout.write(json.dumps(answer, allow_nan=True) + "\n")
-    sys.stdout.flush()
+serve(CEP_BUILD, run)  # json.dumps writes NaN and infinities by default (allow_nan)
 """
+)
 
 
 @pytest.fixture(scope="module")
