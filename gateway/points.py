@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Final
 
+import msgspec
+
 from .lineproto import NS_PER_MS, field, line, reading_time_ns, series
 from .model import QUALITIES, DeadLetter, MetricValue, Reading, StatusUpdate
 from .protocol import STATUS_FIELDS
@@ -62,6 +64,11 @@ _OWN: Final = frozenset({"boot", "seq", "q"})
 _NAMES: dict[str, str] = {}
 """``<escaped metric name>=``, per metric name (up to _SERIES_MAX)."""
 _HUGE: Final = float("inf")
+_TINY: Final = 1e-4
+_BIG: Final = 1e16
+"""A finite float ``x`` with ``x == 0`` or ``_TINY <= abs(x) < _BIG``: msgspec's JSON encoder writes it as ``repr`` does
+(outside, ``repr`` writes an exponent as ``1e+16``, msgspec as ``1e16``; tests/gateway/test_points_fast.py holds it)."""
+_ENCODE: Final = msgspec.json.Encoder().encode
 _ID_MAX: Final = 2**31 - 1
 _Q: Final = {q: field("q", q) for q in QUALITIES}
 
@@ -78,7 +85,8 @@ def reading_line(r: Reading) -> str:
         head = series(READING, {"site": r.site, "device": r.device})
         if len(_SERIES) < _SERIES_MAX:
             _SERIES[key] = head
-    parts = []
+    parts: list[str] = []
+    plain: list[float] | None = []  # the values, while each is a float msgspec writes as repr does
     for k, v in metrics.items():
         if type(v) is float and -_HUGE < v < _HUGE:  # finite: the common case, written as line() writes it
             name = _NAMES.get(k)
@@ -86,9 +94,25 @@ def reading_line(r: Reading) -> str:
                 name = field(k, 0.0)[:-3]  # "<escaped name>=" + "0.0"
                 if len(_NAMES) < _SERIES_MAX:
                     _NAMES[k] = name
-            parts.append(name + repr(v))
+            parts.append(name)
+            a = v if v >= 0.0 else -v
+            if plain is not None and (_TINY <= a < _BIG or a == 0.0):
+                plain.append(v)
+            else:
+                plain = None
         else:
             parts.append(field(k, v))
+            plain = None
+    if plain is not None:  # every value such a float: all of them written in one call (about 40 ns a value, repr 170)
+        texts = _ENCODE(plain).decode()[1:-1].split(",")
+        for i in range(len(parts)):
+            parts[i] += texts[i]
+    else:
+        j = 0
+        for v in metrics.values():  # the names are in place: each finite float's text after its name
+            if type(v) is float and -_HUGE < v < _HUGE:
+                parts[j] += repr(v)
+            j += 1
     boot, seq = r.boot, r.seq
     if type(boot) is int and type(seq) is int and 0 <= boot <= _ID_MAX and 0 <= seq <= _ID_MAX and r.quality in _Q:
         own = f"boot={boot}i,seq={seq}i,{_Q[r.quality]}"

@@ -60,3 +60,41 @@ def test_the_common_reading() -> None:
     assert reading_line(r) == reading_line_reference(r)
     assert reading_line(r).startswith('reading,device=gh-07,site=site-a temp_c=21.5,rh=40.0,door="open",boot=3i,')
     assert not math.isnan(float(reading_line(r).rsplit(" ", 1)[1]))
+
+
+def _near(x: float) -> st.SearchStrategy[float]:
+    """Floats at and around ``x`` (a few ulps either side, both signs)."""
+    return st.tuples(st.integers(min_value=-3, max_value=3), st.booleans()).map(
+        lambda a: (-1.0 if a[1] else 1.0) * _step(x, a[0])
+    )
+
+
+def _step(x: float, k: int) -> float:
+    for _ in range(abs(k)):
+        x = math.nextafter(x, math.inf if k > 0 else -math.inf)
+    return x
+
+
+PLAIN_FLOATS = st.one_of(
+    _near(1e-4), _near(1e16), _near(0.0), _near(5e-324), _near(1.7976931348623157e308),
+    st.floats(min_value=-1e6, max_value=1e6).map(lambda x: round(x, 3)),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.floats(min_value=1e-5, max_value=1e17),
+)  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(values=st.lists(PLAIN_FLOATS, min_size=1, max_size=6))
+def test_readings_of_floats_only_are_the_references(values: list[float]) -> None:
+    """A reading whose every value is a finite float has its values written in one call where msgspec writes them
+    as ``repr`` does; at and around the edges of that range (1e-4 and 1e16) each value is written as ``repr`` (beyond
+    the largest float, an infinity, both refuse alike)."""
+    names = ["temp_c", "rh", "pressure_hpa", "vib", "a b", "x"]
+    r = Reading("s", "d", 1, 2, 1_764_072_000_123, "s", dict(zip(names, values, strict=False)))
+    assert outcome(reading_line, r) == outcome(reading_line_reference, r)
+
+
+def test_the_edges_of_the_one_call_range() -> None:
+    for values in ([1e16, 21.5], [9.999999999999999e-05, 1.0], [1e-4, -0.0, 0.0], [21.5, 1e308], [-1e16, 3.0]):
+        r = Reading("s", "d", 0, 0, 1, "s", {f"m{i}": v for i, v in enumerate(values)})
+        assert reading_line(r) == reading_line_reference(r), values
