@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import fcntl
 import itertools
+import logging
 import socket
 import struct
 import termios
@@ -25,6 +26,7 @@ import aiomqtt
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from paho.mqtt.client import Client
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -213,6 +215,58 @@ def test_one_read_of_the_socket_serves_many_messages() -> None:
     assert len(msgs) == 50
     assert len(stream) < READ_CHUNK
     assert 1 <= calls <= 3, calls  # the chunk, and at most a read that finds nothing more
+
+
+def test_a_plain_publish_is_taken_from_the_buffer_and_any_other_packet_by_paho() -> None:
+    """What ``_read_publish`` is for: a PUBLISH at QoS 0 or 1 without properties, whole in the buffer, is read there
+    (paho's ``_packet_read`` is not called for it); one with properties, a PINGRESP, and the rest of a packet cut by
+    the end of a read are paho's. The messages are the same either way (the property test above)."""
+    plain = [_publish("edgekit/a/d/readings", b"x" * 70, i % 2, i, i % 3 == 0, i % 5 == 0, {}) for i in range(1, 41)]
+    other = [_publish("t", b"y", 1, 99, False, False, {"ContentType": "j"}), PINGRESP]
+    calls = 0
+
+    async def run(stream: bytes, cuts: list[int]) -> list[tuple[Any, ...]]:
+        nonlocal calls
+        calls = 0
+        own = Client._packet_read
+
+        def counting(self: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            return own(self)
+
+        Client._packet_read = counting  # type: ignore[method-assign]
+        try:
+            msgs, _ = await _read(stream, cuts, "gate", 100)
+        finally:
+            Client._packet_read = own  # type: ignore[method-assign]
+        return msgs
+
+    msgs = asyncio.run(run(b"".join(plain), []))
+    assert len(msgs) == 40 and [m[4] for m in msgs] == [i if i % 2 else 0 for i in range(1, 41)]
+    assert calls <= 1, calls  # at most a read that finds the buffer empty and nothing more in the socket
+    msgs = asyncio.run(run(b"".join(plain[:5] + other + plain[5:10]), []))
+    assert len(msgs) == 11 and 2 <= calls <= 3, calls
+    half = len(plain[0]) // 2
+    msgs = asyncio.run(run(b"".join(plain[:3]), [len(plain[0]) + half]))  # the second packet cut in two
+    assert len(msgs) == 3 and calls >= 1
+
+
+def test_a_plain_publish_is_logged_as_paho_logs_it(caplog: pytest.LogCaptureFixture) -> None:
+    """With paho's debug log on (aiomqtt's ``mqtt`` logger), a PUBLISH read from the buffer is logged in paho's
+    words, invalid UTF-8 in its topic included."""
+    pkts = [_publish("edgekit/a/d/readings", b"x", 1, 7, True, False, {}), _publish("t", b"", 0, 0, False, True, {})]
+    bad = b"\x30\x07\x00\x02\xff\xfe\x00ab"  # QoS 0, topic of two bytes that are not UTF-8, no properties
+    stream = b"".join(pkts) + bad
+    logs = {}
+    for way in ("aiomqtt", "gate"):
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="mqtt"):
+            with contextlib.suppress(Exception):
+                asyncio.run(_read(stream, [], way, 100))
+        logs[way] = [r.getMessage() for r in caplog.records if "PUBLISH" in r.getMessage()]
+    assert logs["gate"] == logs["aiomqtt"]
+    assert len(logs["gate"]) == 3 and "TOPIC WITH INVALID UTF-8" in logs["gate"][2], logs
 
 
 def test_the_gate_has_paho_read_through_its_buffer() -> None:
