@@ -454,7 +454,7 @@ class BufferedRecv:
     :class:`ReadGate` does).
     """
 
-    __slots__ = ("data", "own", "paho", "pos", "sock")
+    __slots__ = ("data", "ended", "error", "own", "paho", "pos", "sock")
 
     def __init__(self, paho: Any, sock: Any) -> None:
         self.paho = paho
@@ -462,6 +462,30 @@ class BufferedRecv:
         self.own: Callable[[Any, int], bytes] = type(paho)._sock_recv
         self.data = b""
         self.pos = 0
+        self.error: BaseException | None = None  # what a read by :meth:`fill` raised, for paho's next read
+        self.ended = False  # a read by :meth:`fill` found the end of the stream: paho's next reads find it too
+
+    def fill(self) -> bool:
+        """Read a chunk from the socket into the buffer when it is empty (before a packet is taken from it without
+        paho): whether it holds bytes now. Nothing there (``BlockingIOError``) leaves paho's next read to find
+        nothing too; an error or the end of the stream is kept, and paho's next read gets it, as from the socket."""
+        if self.paho._sock is not self.sock or self.error is not None or self.ended:
+            return False
+        if self.pos < len(self.data):
+            return True
+        try:
+            data = self.own(self.paho, READ_CHUNK)
+        except BlockingIOError:
+            return False
+        except Exception as exc:  # paho's own read raises it again, from here
+            self.error = exc
+            return False
+        if not data:
+            self.ended = True
+            return False
+        self.data = data
+        self.pos = 0
+        return True
 
     def waiting(self) -> int:
         """Bytes read from the socket that paho has not taken yet (0 once paho no longer reads this socket)."""
@@ -476,6 +500,11 @@ class BufferedRecv:
         data = self.data
         pos = self.pos
         if pos >= len(data):
+            if self.error is not None:
+                error, self.error = self.error, None
+                raise error
+            if self.ended:
+                return b""
             data = self.own(paho, n if n > READ_CHUNK else READ_CHUNK)
             if len(data) <= n:  # all of it for this read (b"": the end of the stream)
                 return data
@@ -511,7 +540,8 @@ _PUBLISH_LOG: Final = "Received PUBLISH (d%d, q%d, r%d, m%d), '%s', properties=%
 def _read_publish(paho: Any, buffer: BufferedRecv) -> int | None:
     """What paho's ``_packet_read`` does for the next packet when it is the commonest one, a PUBLISH at QoS 0 or 1
     under MQTT 5 with no properties, whole in ``buffer`` (paho between two packets): its result code; ``None`` for any
-    other packet or state, which paho then reads itself.
+    other packet or state, which paho then reads itself. An empty buffer is filled first (:meth:`BufferedRecv.fill`),
+    so the first packet of each read of the socket is taken here too.
 
     paho reads such a packet in three or more reads of the buffer (its first byte, each byte of its length, the
     rest), keeps its parts in a dict, unpacks the topic, packet id and payload with ``struct`` formats built for
@@ -521,11 +551,11 @@ def _read_publish(paho: Any, buffer: BufferedRecv) -> int | None:
     listens, its time stamps, its ``_handle_on_message``, its PUBACK without manual acknowledgements).
     ``tests/gateway/test_ingest_read.py`` holds the messages, their order and the bytes left to paho's own reader
     over packet streams cut at every place."""
+    if paho._sock is not buffer.sock or paho._in_packet["command"] != 0 or not buffer.fill():
+        return None
     data = buffer.data
     pos = buffer.pos
     n = len(data)
-    if pos >= n or paho._sock is not buffer.sock or paho._in_packet["command"] != 0:
-        return None
     cmd = data[pos]
     if cmd & 0xF6 != 0x30 and cmd & 0xF6 != 0x32:  # PUBLISH at QoS 0 or 1 (any DUP and RETAIN flags)
         return None

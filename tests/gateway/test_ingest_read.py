@@ -250,6 +250,47 @@ def test_a_plain_publish_is_taken_from_the_buffer_and_any_other_packet_by_paho()
     half = len(plain[0]) // 2
     msgs = asyncio.run(run(b"".join(plain[:3]), [len(plain[0]) + half]))  # the second packet cut in two
     assert len(msgs) == 3 and calls >= 1
+    # each packet written on its own, so each read of the socket finds one: the buffer is filled before the packet
+    # is taken, and paho reads none of them (at most a read that finds nothing, at a readiness already served)
+    bounds = list(itertools.accumulate(len(p) for p in plain))
+    msgs = asyncio.run(run(b"".join(plain), bounds))
+    assert len(msgs) == 40 and calls <= 4, calls
+
+
+class _Socket:
+    """What ``BufferedRecv`` reads through (paho's ``_sock_recv``), giving the listed results in turn."""
+
+    def __init__(self, results: list[Any]) -> None:
+        self.results = results
+        self.reads = 0
+        self._sock = self
+
+    def _sock_recv(self, n: int) -> bytes:
+        self.reads += 1
+        r = self.results.pop(0)
+        if isinstance(r, BaseException):
+            raise r
+        return bytes(r)
+
+
+def test_filling_the_buffer_leaves_paho_what_the_socket_gave() -> None:
+    """``fill`` reads ahead of paho: nothing there, an error and the end of the stream reach paho's next read as
+    they would have from the socket, and bytes are served to it in order."""
+    reset = ConnectionResetError(104, "reset")
+    sock = _Socket([BlockingIOError(), BlockingIOError(), reset, b"abc", b"", b"not read"])
+    buf = BufferedRecv(sock, sock)
+    assert not buf.fill() and buf.waiting() == 0  # nothing there: paho's own read finds nothing too
+    with pytest.raises(BlockingIOError):
+        buf.recv(1)
+    assert not buf.fill()  # the reset is kept for paho's next read, which gets that very error
+    assert not buf.fill() and sock.reads == 3  # and nothing more is read meanwhile
+    with pytest.raises(ConnectionResetError) as got:
+        buf.recv(1)
+    assert got.value is reset
+    assert buf.fill() and buf.waiting() == 3
+    assert buf.recv(1) == b"a" and buf.recv(5) == b"bc"
+    assert not buf.fill()  # the end of the stream: kept, and every read of paho's from now on finds it
+    assert buf.recv(1) == b"" and buf.recv(7) == b"" and sock.reads == 5
 
 
 def test_a_plain_publish_is_logged_as_paho_logs_it(caplog: pytest.LogCaptureFixture) -> None:
