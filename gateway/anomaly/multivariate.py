@@ -173,6 +173,11 @@ def _cholesky_inverse(a: list[list[float]]) -> list[list[float]]:
     return inv
 
 
+def _square2(m: list[list[float]]) -> bool:
+    """Whether ``m`` is a matrix of two rows of two."""
+    return len(m) == 2 and len(m[0]) == 2 and len(m[1]) == 2
+
+
 def _root(c: float) -> float:
     """``sqrt(max(c, FLOOR * FLOOR))``: a variance's root, at least ``FLOOR`` (``c`` kept on a tie or a NaN, as ``max``
     keeps its first; written out: compiled, ``max`` boxes its floats)."""
@@ -278,29 +283,106 @@ STATE_VERSION: Final = 2
 class MultiDetector:
     """The T^2 detector of one device. ``process(t_ms, values)`` per reading, in event-time order."""
 
-    __slots__ = ("k", "memory", "spec", "state")
+    __slots__ = (
+        "_c00", "_c01", "_c10", "_c11", "_e0", "_e1", "_ew", "_h0", "_h1", "_held", "_i00", "_i01", "_i10", "_i11",
+        "_inv", "_m0", "_m1", "_st", "_t0", "_t1", "_trend", "_two", "_x00", "_x01", "_x10", "_x11", "_y00", "_y01",
+        "_y10", "_y11", "fields", "k", "memory", "spec",
+    )  # fmt: skip
 
-    def __init__(self, spec: DetectorSpec, memory: int = MEMORY) -> None:
+    def __init__(self, spec: DetectorSpec, memory: int = MEMORY, fields: bool = True) -> None:
         self.spec = spec
         self.k = knobs(spec)  # its fields, read at every point
         self.memory = memory
-        self.state = MultiState()
+        self.fields = fields  # two metrics' state held in fields (tests turn it off to compare with the lists)
+        self._st = MultiState()
+        # Two metrics, the common case: the state's lists of floats are held in these fields while ``_two`` (compiled,
+        # a float in a list is an object made at each change, a field is not). :attr:`state` puts them back in its
+        # lists whenever it is read; :meth:`_two_from_lists` takes them from there. The arithmetic is that of the
+        # general code, operation for operation (the same bits: tests/gateway/anomaly/test_anomaly_two.py).
+        self._two = False
+        self._m0 = self._m1 = 0.0  # mean
+        self._c00 = self._c01 = self._c10 = self._c11 = 0.0  # cov
+        self._inv = False
+        self._i00 = self._i01 = self._i10 = self._i11 = 0.0  # inv, while _inv
+        self._trend = False
+        self._t0 = self._t1 = 0.0  # trend, while _trend
+        self._ew = False
+        self._e0 = self._e1 = 0.0  # ew, while _ew, with ecov and einv
+        self._x00 = self._x01 = self._x10 = self._x11 = 0.0
+        self._y00 = self._y01 = self._y10 = self._y11 = 0.0
+        self._held = False
+        self._h0 = self._h1 = 0.0  # held_mean, while _held
 
-    def __reduce__(self) -> tuple[type[MultiDetector], tuple[DetectorSpec, int], dict[str, MultiState]]:
+    @property
+    def state(self) -> MultiState:
+        """The detector's state (with two metrics, its lists made from the fields that hold them meanwhile)."""
+        if self._two:
+            self._two_to_lists()
+        return self._st
+
+    def __reduce__(self) -> tuple[type[MultiDetector], tuple[DetectorSpec, int, bool], dict[str, MultiState]]:
         """For copy and pickle, compiled or not (a compiled class is not made without its arguments)."""
-        return MultiDetector, (self.spec, self.memory), {"state": self.state}
+        return MultiDetector, (self.spec, self.memory, self.fields), {"state": self.state}
 
     def __setstate__(self, state: dict[str, MultiState]) -> None:
-        self.state = state["state"]
+        self._st = state["state"]
+        self._two_from_lists()
+
+    def _two_to_lists(self) -> None:
+        st = self._st
+        st.mean = [self._m0, self._m1]
+        st.cov = [[self._c00, self._c01], [self._c10, self._c11]]
+        st.inv = [[self._i00, self._i01], [self._i10, self._i11]] if self._inv else []
+        st.trend = [self._t0, self._t1] if self._trend else []
+        if self._ew:
+            st.ew = [self._e0, self._e1]
+            st.ecov = [[self._x00, self._x01], [self._x10, self._x11]]
+            st.einv = [[self._y00, self._y01], [self._y10, self._y11]]
+        else:
+            st.ew, st.ecov, st.einv = [], [], []
+        st.held_mean = [self._h0, self._h1] if self._held else []
+
+    def _two_from_lists(self) -> None:
+        """Hold the state's lists in the fields if it has two metrics and lists of the shapes the detector makes
+        (any other state, a hand-made one, is left to the general code, which says what is wrong with it)."""
+        st = self._st
+        self._two = False
+        if not self.fields or len(st.names) != 2 or len(st.mean) != 2 or not _square2(st.cov):
+            return
+        inv = _square2(st.inv)
+        if not (inv or (not st.inv and st.n < self.warmup())):
+            return
+        ew = len(st.ew) == 2 and _square2(st.ecov) and _square2(st.einv)
+        if not (ew or (not st.ew and not st.ecov and not st.einv)):
+            return
+        if len(st.trend) not in (0, 2) or len(st.held_mean) not in (0, 2) or (st.active and not st.held_mean):
+            return
+        self._m0, self._m1 = st.mean[0], st.mean[1]
+        self._c00, self._c01, self._c10, self._c11 = st.cov[0][0], st.cov[0][1], st.cov[1][0], st.cov[1][1]
+        self._inv = inv
+        if inv:
+            self._i00, self._i01, self._i10, self._i11 = st.inv[0][0], st.inv[0][1], st.inv[1][0], st.inv[1][1]
+        self._trend = len(st.trend) == 2
+        if self._trend:
+            self._t0, self._t1 = st.trend[0], st.trend[1]
+        self._ew = ew
+        if ew:
+            self._e0, self._e1 = st.ew[0], st.ew[1]
+            self._x00, self._x01, self._x10, self._x11 = st.ecov[0][0], st.ecov[0][1], st.ecov[1][0], st.ecov[1][1]
+            self._y00, self._y01, self._y10, self._y11 = st.einv[0][0], st.einv[0][1], st.einv[1][0], st.einv[1][1]
+        self._held = len(st.held_mean) == 2
+        if self._held:
+            self._h0, self._h1 = st.held_mean[0], st.held_mean[1]
+        self._two = True
 
     def warmup(self) -> int:
-        return max(self.k.warmup, 10 * len(self.state.names))
+        return max(self.k.warmup, 10 * len(self._st.names))
 
     def _u(self, xs: list[float]) -> list[float]:
         """Each metric's deviation from the mean in its own deviations: ``(x - mean) / sd`` with ``sd`` the
         largest of the covariance's root, ``min_std``, ``rel_min_std * |mean|`` and ``FLOOR`` (compared as
         ``max`` compares, first kept on a tie; written out: compiled, ``max`` of four boxes each float)."""
-        st, spec = self.state, self.k
+        st, spec = self._st, self.k
         min_std, rel_min_std = spec.min_std, spec.rel_min_std
         mean, cov = st.mean, st.cov
         if len(xs) != len(mean):
@@ -322,12 +404,12 @@ class MultiDetector:
         return u
 
     def _refresh(self) -> None:
-        st = self.state
+        st = self._st
         st.inv = _correlation_inverse(st.cov, len(st.names))
         st.stale = 0
 
     def _learn(self, xs: list[float]) -> None:
-        st = self.state
+        st = self._st
         st.n += 1
         a = 1.0 / self.memory
         if 1.0 / st.n > a:  # max(1 / memory, 1 / n)
@@ -364,7 +446,7 @@ class MultiDetector:
     def _evidence(self, u: list[float]) -> tuple[float, float]:
         """Smooth ``u`` into ``e``; return ``T_e^2`` and the largest ``|e_i| / sd(e_i)`` (both 0 until ``memory``
         readings have taught ``R_e``)."""
-        st = self.state
+        st = self._st
         k = len(u)
         if not st.ew:
             st.ew = [0.0] * k
@@ -387,7 +469,7 @@ class MultiDetector:
         return t2e, vmax
 
     def _learn_evidence(self) -> None:
-        st = self.state
+        st = self._st
         if not st.ew:
             return
         st.n_e += 1
@@ -406,7 +488,7 @@ class MultiDetector:
 
     def process(self, t_ms: int, values: Mapping[str, float]) -> MultiResult | None:
         """Score and learn one reading; ``None`` when it does not carry all of the device's metrics."""
-        st, spec = self.state, self.k
+        st, spec = self._st, self.k
         if not st.names:
             if len(values) < 2:
                 return None
@@ -414,6 +496,9 @@ class MultiDetector:
             k = len(st.names)
             st.mean = [0.0] * k
             st.cov = [[0.0] * k for _ in range(k)]
+            self._two_from_lists()
+        if self._two:
+            return self._process_two(t_ms, values)
         try:
             xs = [values[m] for m in st.names]
         except KeyError:
@@ -476,6 +561,165 @@ class MultiDetector:
         ranked = tuple(st.names[i] for i in sorted(range(k), key=lambda i: -parts[i])) if events else ()
         return MultiResult(t_ms, t2, z, score, anomalous, "scored", tuple(events), st.names[i_top], share, ranked)
 
+    def _process_two(self, t_ms: int, values: Mapping[str, float]) -> MultiResult | None:
+        """:meth:`process` with two metrics, their state in fields (each step as in the general code)."""
+        st, spec = self._st, self.k
+        try:
+            x0 = values[st.names[0]]
+            x1 = values[st.names[1]]
+        except KeyError:
+            return None
+        st.seen += 1
+        if st.n < self.warmup():
+            self._learn_two(x0, x1)
+            return MultiResult(t_ms, 0.0, None, 0.0, False, "warmup")
+        if st.active and self._trend:  # frozen: the mean goes on along its trend
+            self._m0 += self._t0
+            self._m1 += self._t1
+        u0 = (x0 - self._m0) / self._sd(self._c00, self._m0)
+        u1 = (x1 - self._m1) / self._sd(self._c11, self._m1)
+        p0 = u0 * ((0.0 + self._i00 * u0) + self._i01 * u1)  # _terms: each row's products added from 0
+        p1 = u1 * ((0.0 + self._i10 * u0) + self._i11 * u1)
+        t2 = (0.0 + p0) + p1
+        if not t2 > 0.0:  # _sum_at_least_0
+            t2 = 0.0
+        n_eff = min(st.n, 2 * self.memory - 1)
+        t2e, vmax = self._evidence_two(u0, u1)
+        z = max(t2_z(t2, 2, n_eff), t2_z(t2e / EVIDENCE_DIVISOR, 2, n_eff))
+        v = vmax / math.sqrt(EVIDENCE_DIVISOR)
+        if v > z:
+            z = max(z, max_z(v, 2))
+        score = score_of(z, spec.threshold)
+        events: list[Event] = []
+        anomalous = st.active
+        if st.active:
+            st.calm = st.calm + 1 if z < spec.clear_threshold else 0
+            if st.calm >= spec.clear_points:
+                events.append(Event("closed", t_ms, st.since))
+                st.active = False
+            else:
+                st.held_n += 1
+                self._h0 += (x0 - self._h0) / st.held_n
+                self._h1 += (x1 - self._h1) / st.held_n
+                overdue = (
+                    t_ms - st.since >= spec.rebaseline_after_ms
+                    if spec.rebaseline_after_ms
+                    else st.seen - st.since_seen >= spec.rebaseline_points
+                )
+                if overdue:
+                    old = self._m0
+                    self._m0, self._m1 = self._h0, self._h1
+                    events.append(
+                        Event("rebaselined", t_ms, st.since, z=z, old_mean=old, new_mean=self._m0,
+                              after_ms=t_ms - st.since)
+                    )  # fmt: skip
+                    st.active = False
+        elif z >= spec.threshold:
+            st.active, st.calm, st.since, st.since_seen = True, 0, t_ms, st.seen
+            st.held_n, self._held, self._h0, self._h1 = 1, True, x0, x1
+            anomalous = True
+            events.append(Event("opened", t_ms, t_ms, z=z))
+        elif z < spec.clear_threshold:
+            self._learn_two(x0, x1)
+            self._learn_evidence_two()
+        i_top = 1 if p1 > p0 else 0  # the first of the largest
+        share = (p1 if i_top else p0) / t2 if t2 > 0 else 0.0
+        names = st.names
+        ranked: tuple[str, ...] = ()
+        if events:  # sorted(range(2), key=lambda i: -parts[i]): swapped only if the second sorts first
+            ranked = (names[1], names[0]) if -p1 < -p0 else (names[0], names[1])
+        return MultiResult(t_ms, t2, z, score, anomalous, "scored", tuple(events), names[i_top], share, ranked)
+
+    def _sd(self, c: float, mean: float) -> float:
+        """:meth:`_u`'s deviation of one metric from its variance ``c`` and its mean."""
+        spec = self.k
+        if 0.0 > c:
+            c = 0.0
+        sd = math.sqrt(c)
+        if spec.min_std > sd:
+            sd = spec.min_std
+        r = spec.rel_min_std * abs(mean)
+        if r > sd:
+            sd = r
+        if FLOOR > sd:
+            sd = FLOOR
+        return sd
+
+    def _learn_two(self, x0: float, x1: float) -> None:
+        """:meth:`_learn` with two metrics."""
+        st = self._st
+        st.n += 1
+        a = 1.0 / self.memory
+        if 1.0 / st.n > a:
+            a = 1.0 / st.n
+        b = a
+        d0 = x0 - self._m0
+        d1 = x1 - self._m1
+        if not self._trend:
+            self._trend, self._t0, self._t1 = True, 0.0, 0.0
+        c = 2.0 / self.memory
+        warm = self.warmup()
+        past = st.n > warm
+        self._m0 = self._m0 + a * d0
+        self._m1 = self._m1 + a * d1
+        if past:
+            self._t0 = self._t0 + c * (a * d0 - self._t0)
+            self._t1 = self._t1 + c * (a * d1 - self._t1)
+        v = (1.0 - b) * (self._c00 + b * d0 * d0)
+        self._c00 = v
+        v = (1.0 - b) * (self._c01 + b * d0 * d1)
+        self._c01 = v
+        self._c10 = v
+        self._c11 = (1.0 - b) * (self._c11 + b * d1 * d1)
+        st.stale += 1
+        if st.n <= warm or st.stale >= _REFRESH:
+            inv = _correlation_inverse([[self._c00, self._c01], [self._c10, self._c11]], 2)
+            self._inv = True
+            self._i00, self._i01, self._i10, self._i11 = inv[0][0], inv[0][1], inv[1][0], inv[1][1]
+            st.stale = 0
+
+    def _evidence_two(self, u0: float, u1: float) -> tuple[float, float]:
+        """:meth:`_evidence` with two metrics."""
+        if not self._ew:
+            self._ew = True
+            self._e0 = self._e1 = 0.0
+            self._x00 = self._x01 = self._x10 = self._x11 = 0.0
+            self._y00 = self._y01 = self._y10 = self._y11 = 0.0
+        self._e0 += LAMBDA * (u0 - self._e0)
+        self._e1 += LAMBDA * (u1 - self._e1)
+        if self._st.n_e < self.memory:
+            return 0.0, 0.0
+        v0 = self._e0 / _root(self._x00)
+        v1 = self._e1 / _root(self._x11)
+        q0 = v0 * ((0.0 + self._y00 * v0) + self._y01 * v1)
+        q1 = v1 * ((0.0 + self._y10 * v0) + self._y11 * v1)
+        t2e = (0.0 + q0) + q1
+        if not t2e > 0.0:
+            t2e = 0.0
+        vmax = abs(v0)
+        if abs(v1) > vmax:
+            vmax = abs(v1)
+        return t2e, vmax
+
+    def _learn_evidence_two(self) -> None:
+        """:meth:`_learn_evidence` with two metrics."""
+        st = self._st
+        if not self._ew:
+            return
+        st.n_e += 1
+        b = 1.0 / self.memory
+        if 1.0 / st.n_e > b:
+            b = 1.0 / st.n_e
+        e0, e1 = self._e0, self._e1
+        self._x00 = (1.0 - b) * self._x00 + b * e0 * e0
+        v = (1.0 - b) * self._x01 + b * e0 * e1
+        self._x01 = v
+        self._x10 = v
+        self._x11 = (1.0 - b) * self._x11 + b * e1 * e1
+        if st.n_e % _REFRESH == 0 or st.n_e == self.memory:
+            inv = _correlation_inverse([[self._x00, self._x01], [self._x10, self._x11]], 2)
+            self._y00, self._y01, self._y10, self._y11 = inv[0][0], inv[0][1], inv[1][0], inv[1][1]
+
     def snapshot(self) -> list[Any]:
         """All state as plain JSON-able values: a list, the version (:data:`STATE_VERSION`) then each field of
         :class:`MultiState` in its order (matrices as lists of rows). The first version was a dict of the same
@@ -503,4 +747,5 @@ class MultiDetector:
             einv=[[float(v) for v in r] for r in snap.get("einv", [])], n_e=int(snap.get("n_e", 0)),
             trend=[float(v) for v in snap.get("trend", [])],
         )  # fmt: skip
-        self.state = st
+        self._st = st
+        self._two_from_lists()
