@@ -107,6 +107,16 @@ def max_z(v: float, k: int) -> float:
     return max(0.0, -_ND.inv_cdf(p / 2.0))
 
 
+def _reading_z(t2: float, t2e: float, vmax: float, k: int, n: int) -> float:
+    """A reading's z: the largest of ``T^2``'s, ``T_e^2``'s (halved) and the largest single evidence term's (halved,
+    over ``k`` by Bonferroni), against a reference of ``n`` readings."""
+    z = max(t2_z(t2, k, n), t2_z(t2e / EVIDENCE_DIVISOR, k, n))
+    v = vmax / math.sqrt(EVIDENCE_DIVISOR)
+    if v > z:  # max_z(v, k) <= v: only then can it be the largest
+        z = max(z, max_z(v, k))
+    return z
+
+
 def _terms(inv: list[list[float]], u: list[float]) -> list[float]:
     """``u_i (inv u)_i`` for each i: the terms of the quadratic form ``u' inv u``, each row's product summed from
     the left from 0 as ``sum`` does (written out: compiled, a generator per row)."""
@@ -315,7 +325,8 @@ class MultiDetector:
 
     @property
     def state(self) -> MultiState:
-        """The detector's state (with two metrics, its lists made from the fields that hold them meanwhile)."""
+        """The detector's state, to read: with two metrics its lists are made afresh from the fields that hold them,
+        so changing them changes nothing (a state is set by :meth:`restore`)."""
         if self._two:
             self._two_to_lists()
         return self._st
@@ -378,6 +389,39 @@ class MultiDetector:
     def warmup(self) -> int:
         return max(self.k.warmup, 10 * len(self._st.names))
 
+    def _weight(self, n: int) -> float:
+        """A learned reading's weight when it is the ``n``-th: ``max(1 / memory, 1 / n)`` (written out: compiled,
+        ``max`` boxes its floats)."""
+        w = 1.0 / self.memory
+        if 1.0 / n > w:
+            w = 1.0 / n
+        return w
+
+    def _closes(self, t_ms: int, z: float, events: list[Event]) -> bool:
+        """A reading of ``z`` while an anomaly is open: whether it closes it now (``clear_points`` readings below
+        ``clear_threshold`` in a row; its event added)."""
+        st, spec = self._st, self.k
+        st.calm = st.calm + 1 if z < spec.clear_threshold else 0
+        if st.calm >= spec.clear_points:
+            events.append(Event("closed", t_ms, st.since))
+            st.active = False
+            return True
+        return False
+
+    def _open(self, t_ms: int, z: float, events: list[Event]) -> None:
+        """An anomaly opens at the reading of ``z`` (the caller holds its values as the held mean)."""
+        st = self._st
+        st.active, st.calm, st.since, st.since_seen = True, 0, t_ms, st.seen
+        st.held_n = 1
+        events.append(Event("opened", t_ms, t_ms, z=z))
+
+    def _overdue(self, t_ms: int) -> bool:
+        """An anomaly open since ``since`` is to be taken as normal (rebaselined) at ``t_ms``."""
+        st, spec = self._st, self.k
+        if spec.rebaseline_after_ms:
+            return t_ms - st.since >= spec.rebaseline_after_ms
+        return st.seen - st.since_seen >= spec.rebaseline_points
+
     def _u(self, xs: list[float]) -> list[float]:
         """Each metric's deviation from the mean in its own deviations: ``(x - mean) / sd`` with ``sd`` the
         largest of the covariance's root, ``min_std``, ``rel_min_std * |mean|`` and ``FLOOR`` (compared as
@@ -411,10 +455,7 @@ class MultiDetector:
     def _learn(self, xs: list[float]) -> None:
         st = self._st
         st.n += 1
-        a = 1.0 / self.memory
-        if 1.0 / st.n > a:  # max(1 / memory, 1 / n)
-            a = 1.0 / st.n
-        b = a
+        a = b = self._weight(st.n)
         mean = st.mean
         k = len(xs)
         if len(mean) != k:
@@ -473,9 +514,7 @@ class MultiDetector:
         if not st.ew:
             return
         st.n_e += 1
-        b = 1.0 / self.memory
-        if 1.0 / st.n_e > b:  # max(1 / memory, 1 / n_e)
-            b = 1.0 / st.n_e
+        b = self._weight(st.n_e)
         k, e, ecov = len(st.ew), st.ew, st.ecov
         for i in range(k):
             row, ei = ecov[i], e[i]
@@ -514,30 +553,17 @@ class MultiDetector:
         u = self._u(xs)
         parts = _terms(st.inv, u)
         t2 = _sum_at_least_0(parts)
-        n_eff = min(st.n, 2 * self.memory - 1)
         t2e, vmax = self._evidence(u)
-        z = max(t2_z(t2, k, n_eff), t2_z(t2e / EVIDENCE_DIVISOR, k, n_eff))
-        v = vmax / math.sqrt(EVIDENCE_DIVISOR)
-        if v > z:  # max_z(v, k) <= v: only then can it be the largest
-            z = max(z, max_z(v, k))
+        z = _reading_z(t2, t2e, vmax, k, min(st.n, 2 * self.memory - 1))
         score = score_of(z, spec.threshold)
         events: list[Event] = []
         anomalous = st.active
         if st.active:
-            st.calm = st.calm + 1 if z < spec.clear_threshold else 0
-            if st.calm >= spec.clear_points:
-                events.append(Event("closed", t_ms, st.since))
-                st.active = False
-            else:
+            if not self._closes(t_ms, z, events):
                 st.held_n += 1
                 for i in range(k):
                     st.held_mean[i] += (xs[i] - st.held_mean[i]) / st.held_n
-                overdue = (
-                    t_ms - st.since >= spec.rebaseline_after_ms
-                    if spec.rebaseline_after_ms
-                    else st.seen - st.since_seen >= spec.rebaseline_points
-                )
-                if overdue:
+                if self._overdue(t_ms):
                     old = list(st.mean)
                     st.mean = list(st.held_mean)
                     events.append(
@@ -546,10 +572,9 @@ class MultiDetector:
                     )  # fmt: skip
                     st.active = False
         elif z >= spec.threshold:
-            st.active, st.calm, st.since, st.since_seen = True, 0, t_ms, st.seen
-            st.held_n, st.held_mean = 1, list(xs)
+            self._open(t_ms, z, events)
+            st.held_mean = list(xs)
             anomalous = True
-            events.append(Event("opened", t_ms, t_ms, z=z))
         elif z < spec.clear_threshold:
             self._learn(xs)
             self._learn_evidence()
@@ -583,30 +608,17 @@ class MultiDetector:
         t2 = (0.0 + p0) + p1
         if not t2 > 0.0:  # _sum_at_least_0
             t2 = 0.0
-        n_eff = min(st.n, 2 * self.memory - 1)
         t2e, vmax = self._evidence_two(u0, u1)
-        z = max(t2_z(t2, 2, n_eff), t2_z(t2e / EVIDENCE_DIVISOR, 2, n_eff))
-        v = vmax / math.sqrt(EVIDENCE_DIVISOR)
-        if v > z:
-            z = max(z, max_z(v, 2))
+        z = _reading_z(t2, t2e, vmax, 2, min(st.n, 2 * self.memory - 1))
         score = score_of(z, spec.threshold)
         events: list[Event] = []
         anomalous = st.active
         if st.active:
-            st.calm = st.calm + 1 if z < spec.clear_threshold else 0
-            if st.calm >= spec.clear_points:
-                events.append(Event("closed", t_ms, st.since))
-                st.active = False
-            else:
+            if not self._closes(t_ms, z, events):
                 st.held_n += 1
                 self._h0 += (x0 - self._h0) / st.held_n
                 self._h1 += (x1 - self._h1) / st.held_n
-                overdue = (
-                    t_ms - st.since >= spec.rebaseline_after_ms
-                    if spec.rebaseline_after_ms
-                    else st.seen - st.since_seen >= spec.rebaseline_points
-                )
-                if overdue:
+                if self._overdue(t_ms):
                     old = self._m0
                     self._m0, self._m1 = self._h0, self._h1
                     events.append(
@@ -615,10 +627,9 @@ class MultiDetector:
                     )  # fmt: skip
                     st.active = False
         elif z >= spec.threshold:
-            st.active, st.calm, st.since, st.since_seen = True, 0, t_ms, st.seen
-            st.held_n, self._held, self._h0, self._h1 = 1, True, x0, x1
+            self._open(t_ms, z, events)
+            self._held, self._h0, self._h1 = True, x0, x1
             anomalous = True
-            events.append(Event("opened", t_ms, t_ms, z=z))
         elif z < spec.clear_threshold:
             self._learn_two(x0, x1)
             self._learn_evidence_two()
@@ -649,10 +660,7 @@ class MultiDetector:
         """:meth:`_learn` with two metrics."""
         st = self._st
         st.n += 1
-        a = 1.0 / self.memory
-        if 1.0 / st.n > a:
-            a = 1.0 / st.n
-        b = a
+        a = b = self._weight(st.n)
         d0 = x0 - self._m0
         d1 = x1 - self._m1
         if not self._trend:
@@ -707,9 +715,7 @@ class MultiDetector:
         if not self._ew:
             return
         st.n_e += 1
-        b = 1.0 / self.memory
-        if 1.0 / st.n_e > b:
-            b = 1.0 / st.n_e
+        b = self._weight(st.n_e)
         e0, e1 = self._e0, self._e1
         self._x00 = (1.0 - b) * self._x00 + b * e0 * e0
         v = (1.0 - b) * self._x01 + b * e0 * e1
