@@ -30,16 +30,17 @@ Configurations (``--config``):
   "flagged"``: only anomalous points are written).
 
 A step *keeps up* when, at the end of the offered period, the gateway has taken all but at most one second's
-worth of the messages (*behind*: what the publishers had sent on their schedule by the time of the gateway's
-last stats file, written every second, less what it had taken by then; until 5 December this was measured two
-seconds after the publishers ended, which let a gateway a few per cent short of the rate pass), and afterwards
+worth of the messages (*behind*: what the publishers had sent on their schedule by the time the gateway wrote its
+last stats file, every second, less what it had taken by then; until 5 December this was measured two seconds
+after the publishers ended, which let a gateway a few per cent short of the rate pass; publishers late by L s add
+L s of messages to it, and print their lag), and afterwards
 InfluxDB holds exactly the readings published (``count(seq)`` of the
 ``reading`` measurement; points are deterministic, so a reading written twice would still count once) and
 the gateway wrote no dead letter. Printed per step: offered and achieved readings/s and messages/s, the
 publisher's lag, the gateway's CPU % (user + system over the offered period, 100 % = one core), its RSS at
-the end and its peak (VmHWM), and the count check. The rate taken is counted between two stats files (their
-times, not the moments they were read). Per configuration, the highest step kept up with is
-printed per round, then the median and range over the rounds.
+the end and its peak (VmHWM), and the count check. The rate taken is counted between two stats files (the times
+they were written, not the moments they were read), from the start of the offered period. Per configuration,
+the highest step kept up with is printed per round, then the median and range over the rounds.
 
 ``latency`` offers ``--rate`` (10,000) readings/s of the load above with the ``example`` configuration
 (checkpoints every 2 s, the default) and, from another process, 20 probe boards that complete the
@@ -505,12 +506,22 @@ class Step:
 
 
 def _taken_at(gw: Gateway) -> tuple[int, float]:
-    """The messages the gateway had taken, and when (its stats file's ``now_ms``, as a Unix time; the file is written
-    every second, so up to a second ago; the counters are read just after that time). Before the first stats file
-    with the live view, now."""
-    s = gw.stats()
-    now_ms = s.get("live", {}).get("now_ms")
-    return int(s.get("pipeline", {}).get("messages", 0)), now_ms / 1000 if now_ms else time.time()
+    """The messages the gateway had taken, and when: its stats file's count, at the time the file was written (its
+    modification time, as a Unix time). The gateway reads its counters just before it writes the file (after the
+    devices' rows, made a slice at a time), so the time is never before the count; the file is written every
+    second. Read until the file is the same before and after (the gateway replaces it whole)."""
+    for _ in range(20):
+        try:
+            before = os.stat(gw.stats_file)
+            text = gw.stats_file.read_text()
+            after = os.stat(gw.stats_file)
+            s = json.loads(text)
+        except (OSError, ValueError):
+            time.sleep(0.05)
+            continue
+        if (before.st_ino, before.st_mtime_ns) == (after.st_ino, after.st_mtime_ns):
+            return int(s.get("pipeline", {}).get("messages", 0)), after.st_mtime_ns / 1e9
+    return gw.taken(), time.time()
 
 
 def run_step(
@@ -552,9 +563,11 @@ def run_step(
         t1 = time.monotonic()
         cpu1 = proc_cpu_s(gw.pid)
         taken1, at1 = _taken_at(gw)
-        # behind at the end: what the publishers had sent by the time of the stats file's last counts (written every
-        # second, so in the last second of the offered period), on their schedule, less what the gateway had taken
+        # behind at the end: what the publishers had sent on their schedule by the time the gateway wrote its last
+        # stats file (every second, so in the last second of the offered period), less what it had taken by then; a
+        # stats file older than 2 s (a stalled writer) says nothing about the end, and the step is not kept up with
         behind = min(pubs.expected_msgs, int(rate / PER_MESSAGE * (at1 - pubs.start_at))) - taken1
+        stale = time.time() - at1 > 2.0
         rss, _ = proc_mem_mb(gw.pid)
         offered_by_now = pubs.expected_msgs
         if profile is not None and (profile.wait() != 0 or not profile_to or not profile_to.exists()):
@@ -575,16 +588,19 @@ def run_step(
         expected = int(pub["sent"]) * PER_MESSAGE
         counted = influx_count(svc.influx_url, db, "reading", "seq")
         dead = int(s.get("pipeline", {}).get("dead_letters", -1))
-        kept = behind <= rate / PER_MESSAGE and counted == expected and dead == 0
+        kept = behind <= rate / PER_MESSAGE and not stale and counted == expected and dead == 0
         note = ""
         if pub["sent"] < offered_by_now:
             note = "publisher short"
         if pub["lag_s"] > 1.0:
             note += " publisher lagged"
+        if stale:
+            note += " stats file stale at the end"
         return Step(
             rate=rate,
             kept_up=kept,
-            achieved=(taken1 - taken0) * PER_MESSAGE / (at1 - at0) if at1 > at0 else 0.0,
+            # from the start of the offered period (nothing came before it, so what was taken then is taken0)
+            achieved=(taken1 - taken0) * PER_MESSAGE / (at1 - max(at0, pubs.start_at)) if at1 > at0 else 0.0,
             behind_msgs=behind,
             backlog_msgs=backlog,
             cpu_pct=100 * (cpu1 - cpu0) / (t1 - t0),
