@@ -183,6 +183,12 @@ def _cholesky_inverse(a: list[list[float]]) -> list[list[float]]:
     return inv
 
 
+def _inverse2(a00: float, a01: float, a10: float, a11: float) -> tuple[float, float, float, float]:
+    """:func:`_correlation_inverse` of the matrix ``[[a00, a01], [a10, a11]]``, its entries row by row."""
+    inv = _correlation_inverse([[a00, a01], [a10, a11]], 2)
+    return inv[0][0], inv[0][1], inv[1][0], inv[1][1]
+
+
 def _square2(m: list[list[float]]) -> bool:
     """Whether ``m`` is a matrix of two rows of two."""
     return len(m) == 2 and len(m[0]) == 2 and len(m[1]) == 2
@@ -426,25 +432,13 @@ class MultiDetector:
         """Each metric's deviation from the mean in its own deviations: ``(x - mean) / sd`` with ``sd`` the
         largest of the covariance's root, ``min_std``, ``rel_min_std * |mean|`` and ``FLOOR`` (compared as
         ``max`` compares, first kept on a tie; written out: compiled, ``max`` of four boxes each float)."""
-        st, spec = self._st, self.k
-        min_std, rel_min_std = spec.min_std, spec.rel_min_std
+        st = self._st
         mean, cov = st.mean, st.cov
         if len(xs) != len(mean):
             raise ValueError("a reading's values and the reference's means differ in number")
         u: list[float] = []
         for i in range(len(xs)):
-            c = cov[i][i]
-            if 0.0 > c:
-                c = 0.0
-            sd = math.sqrt(c)
-            if min_std > sd:
-                sd = min_std
-            r = rel_min_std * abs(mean[i])
-            if r > sd:
-                sd = r
-            if FLOOR > sd:
-                sd = FLOOR
-            u.append((xs[i] - mean[i]) / sd)
+            u.append((xs[i] - mean[i]) / self._sd(cov[i][i], mean[i]))
         return u
 
     def _refresh(self) -> None:
@@ -642,7 +636,7 @@ class MultiDetector:
         return MultiResult(t_ms, t2, z, score, anomalous, "scored", tuple(events), names[i_top], share, ranked)
 
     def _sd(self, c: float, mean: float) -> float:
-        """:meth:`_u`'s deviation of one metric from its variance ``c`` and its mean."""
+        """One metric's deviation, from its variance ``c`` and its mean (see :meth:`_u`)."""
         spec = self.k
         if 0.0 > c:
             c = 0.0
@@ -681,9 +675,8 @@ class MultiDetector:
         self._c11 = (1.0 - b) * (self._c11 + b * d1 * d1)
         st.stale += 1
         if st.n <= warm or st.stale >= _REFRESH:
-            inv = _correlation_inverse([[self._c00, self._c01], [self._c10, self._c11]], 2)
             self._inv = True
-            self._i00, self._i01, self._i10, self._i11 = inv[0][0], inv[0][1], inv[1][0], inv[1][1]
+            self._i00, self._i01, self._i10, self._i11 = _inverse2(self._c00, self._c01, self._c10, self._c11)
             st.stale = 0
 
     def _evidence_two(self, u0: float, u1: float) -> tuple[float, float]:
@@ -723,8 +716,7 @@ class MultiDetector:
         self._x10 = v
         self._x11 = (1.0 - b) * self._x11 + b * e1 * e1
         if st.n_e % _REFRESH == 0 or st.n_e == self.memory:
-            inv = _correlation_inverse([[self._x00, self._x01], [self._x10, self._x11]], 2)
-            self._y00, self._y01, self._y10, self._y11 = inv[0][0], inv[0][1], inv[1][0], inv[1][1]
+            self._y00, self._y01, self._y10, self._y11 = _inverse2(self._x00, self._x01, self._x10, self._x11)
 
     def snapshot(self) -> list[Any]:
         """All state as plain JSON-able values: a list, the version (:data:`STATE_VERSION`) then each field of
