@@ -63,6 +63,9 @@ _SERIES_MAX: Final = 100_000
 _OWN: Final = frozenset({"boot", "seq", "q"})
 _NAMES: dict[str, str] = {}
 """``<escaped metric name>=``, per metric name (up to _SERIES_MAX)."""
+_PLAIN: set[str] = set()
+"""The names of ``_NAMES`` written as themselves in a line and in JSON (:func:`_plain`)."""
+_PLAIN_CHARS: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.")
 _HUGE: Final = float("inf")
 _TINY: Final = 1e-4
 _BIG: Final = 1e16
@@ -77,14 +80,19 @@ def reading_line(r: Reading) -> str:
     """The ``reading`` point of ``r``: the same text as :func:`reading_line_reference` (a test compares them),
     from the device's series rendered once and each field as :func:`~gateway.lineproto.line` writes it."""
     metrics = r.metrics
+    if type(metrics) is dict and metrics and metrics.keys() <= _PLAIN:
+        for v in metrics.values():
+            if type(v) is not float:
+                break
+            a = v if v >= 0.0 else -v
+            if not (_TINY <= a < _BIG or a == 0.0):  # a NaN or an infinity too
+                break
+        else:  # the common reading: its names plain, its values floats msgspec writes as repr does, in one call
+            text = _ENCODE(metrics)  # {"name":value,...}: neither a name nor a value holds '"' or ':'
+            return _tail(r, _head(r), text[1:-1].replace(b'"', b"").replace(b":", b"=").decode())
     if not metrics or not _OWN.isdisjoint(metrics):  # never from the decoder (reserved names): the reference's order
         return reading_line_reference(r)
-    key = (r.site, r.device)
-    head = _SERIES.get(key)
-    if head is None:
-        head = series(READING, {"site": r.site, "device": r.device})
-        if len(_SERIES) < _SERIES_MAX:
-            _SERIES[key] = head
+    head = _head(r)
     parts: list[str] = []
     plain: list[float] | None = []  # the values, while each is a float msgspec writes as repr does
     for k, v in metrics.items():
@@ -94,6 +102,8 @@ def reading_line(r: Reading) -> str:
                 name = field(k, 0.0)[:-3]  # "<escaped name>=" + "0.0"
                 if len(_NAMES) < _SERIES_MAX:
                     _NAMES[k] = name
+                    if _plain(k, name):
+                        _PLAIN.add(k)
             parts.append(name)
             a = v if v >= 0.0 else -v
             if plain is not None and (_TINY <= a < _BIG or a == 0.0):
@@ -113,12 +123,34 @@ def reading_line(r: Reading) -> str:
             if type(v) is float and -_HUGE < v < _HUGE:
                 parts[j] += repr(v)
             j += 1
+    return _tail(r, head, ",".join(parts))
+
+
+def _head(r: Reading) -> str:
+    """The measurement and tags of ``r``'s device's points, rendered once."""
+    key = (r.site, r.device)
+    head = _SERIES.get(key)
+    if head is None:
+        head = series(READING, {"site": r.site, "device": r.device})
+        if len(_SERIES) < _SERIES_MAX:
+            _SERIES[key] = head
+    return head
+
+
+def _tail(r: Reading, head: str, fields: str) -> str:
+    """The line of ``r`` from its series and its metrics' fields: its own fields and its time after them."""
     boot, seq = r.boot, r.seq
     if type(boot) is int and type(seq) is int and 0 <= boot <= _ID_MAX and 0 <= seq <= _ID_MAX and r.quality in _Q:
         own = f"boot={boot}i,seq={seq}i,{_Q[r.quality]}"
     else:
         own = f"{field('boot', boot)},{field('seq', seq)},{field('q', r.quality)}"
-    return f"{head} {','.join(parts)},{own} {reading_time_ns(r.t_ms, boot, seq)}"
+    return f"{head} {fields},{own} {reading_time_ns(r.t_ms, boot, seq)}"
+
+
+def _plain(k: str, name: str) -> bool:
+    """Whether the metric name ``k`` (written ``name`` in a line, with its ``=``) is written as itself both in a line
+    and in JSON, and holds neither ``"`` nor ``:`` (a reading's own fields never get here: see reading_line)."""
+    return name == k + "=" and all(c in _PLAIN_CHARS for c in k)
 
 
 def reading_line_reference(r: Reading) -> str:

@@ -13,11 +13,31 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway import points
 from gateway.model import Reading
 from gateway.points import reading_line, reading_line_reference
 
 NAMES = st.one_of(
-    st.sampled_from(["temp_c", "rh", "boot", "seq", "q", "a,b", "a b", "a=b", "é", "x\ny", "t\\", "\ud800"]),
+    st.sampled_from(
+        [
+            "temp_c",
+            "rh",
+            "boot",
+            "seq",
+            "q",
+            "a,b",
+            "a b",
+            "a=b",
+            "é",
+            "x\ny",
+            "t\\",
+            "\ud800",
+            "a:b",
+            'a"b',
+            "a.b-1",
+            "9",
+        ]
+    ),
     st.text(min_size=0, max_size=6),
 )
 VALUES = st.one_of(
@@ -84,14 +104,30 @@ PLAIN_FLOATS = st.one_of(
 
 
 @settings(max_examples=400, deadline=None)
-@given(values=st.lists(PLAIN_FLOATS, min_size=1, max_size=6))
-def test_readings_of_floats_only_are_the_references(values: list[float]) -> None:
+@given(
+    values=st.lists(PLAIN_FLOATS, min_size=1, max_size=6),
+    names=st.permutations(["temp_c", "rh", "pressure_hpa", "vib", "a b", "x", "a:b", 'a"b', "q"]),
+)
+def test_readings_of_floats_only_are_the_references(values: list[float], names: list[str]) -> None:
     """A reading whose every value is a finite float has its values written in one call where msgspec writes them
     as ``repr`` does; at and around the edges of that range (1e-4 and 1e16) each value is written as ``repr`` (beyond
-    the largest float, an infinity, both refuse alike)."""
-    names = ["temp_c", "rh", "pressure_hpa", "vib", "a b", "x"]
+    the largest float, an infinity, both refuse alike). Twice: the second time a reading of plain names only is
+    written from its whole dict's JSON; one with another name (a space, a colon, a quote, a reserved name) is not."""
     r = Reading("s", "d", 1, 2, 1_764_072_000_123, "s", dict(zip(names, values, strict=False)))
     assert outcome(reading_line, r) == outcome(reading_line_reference, r)
+    assert outcome(reading_line, r) == outcome(reading_line_reference, r)
+
+
+def test_plain_names_are_written_from_the_dict_s_json() -> None:
+    """The common reading's names are known to be written as themselves once seen; names that JSON or a line
+    writes otherwise, or that hold a character the dict's JSON is cut at, never are."""
+    odd = {"a:b": 1.5, 'c"d': 2.5, "e f": 3.5, "g,h": 4.5, "i=j": 5.5, "é": 6.5, "k\\": 7.5, "seq": 8.5}
+    for metrics in ({"temp_c": 21.5, "rh": 40.25, "pressure_hpa": 1013.2, "vib.x-1": 0.0}, odd):
+        r = Reading("s", "d", 1, 2, 1_764_072_000_123, "s", metrics)
+        for _ in range(2):
+            assert reading_line(r) == reading_line_reference(r)
+    assert {"temp_c", "rh", "pressure_hpa", "vib.x-1"} <= points._PLAIN
+    assert points._PLAIN.isdisjoint(odd)
 
 
 def test_the_edges_of_the_one_call_range() -> None:
