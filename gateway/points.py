@@ -57,14 +57,17 @@ STATUS: Final = declare(
 )
 
 
-_SERIES: dict[tuple[str, str], str] = {}
-"""The measurement and tags of each device's ``reading`` points, rendered once (up to _SERIES_MAX devices)."""
+_SERIES: dict[str, tuple[str, str]] = {}
+"""Device -> its site and the measurement and tags of its ``reading`` points, rendered once (up to _SERIES_MAX
+devices)."""
 _SERIES_MAX: Final = 100_000
 _OWN: Final = frozenset({"boot", "seq", "q"})
 _NAMES: dict[str, str] = {}
 """``<escaped metric name>=``, per metric name (up to _SERIES_MAX)."""
 _PLAIN: set[str] = set()
 """The names of ``_NAMES`` written as themselves in a line and in JSON (:func:`_plain`)."""
+_JSON_TO_FIELDS: Final = bytes.maketrans(b":", b"=")
+"""With ``"`` deleted, a plain dict's JSON ``"name":value,...`` made ``name=value,...``."""
 _PLAIN_CHARS: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.")
 _HUGE: Final = float("inf")
 _TINY: Final = 1e-4
@@ -80,16 +83,18 @@ def reading_line(r: Reading) -> str:
     """The ``reading`` point of ``r``: the same text as :func:`reading_line_reference` (a test compares them),
     from the device's series rendered once and each field as :func:`~gateway.lineproto.line` writes it."""
     metrics = r.metrics
-    if type(metrics) is dict and metrics and metrics.keys() <= _PLAIN:
-        for v in metrics.values():
-            if type(v) is not float:
+    if type(metrics) is dict and metrics:
+        for k, v in metrics.items():
+            if k not in _PLAIN or type(v) is not float:
                 break
-            a = v if v >= 0.0 else -v
+            a: float = v
+            if a < 0.0:
+                a = -a
             if not (_TINY <= a < _BIG or a == 0.0):  # a NaN or an infinity too
                 break
         else:  # the common reading: its names plain, its values floats msgspec writes as repr does, in one call
             text = _ENCODE(metrics)  # {"name":value,...}: neither a name nor a value holds '"' or ':'
-            return _tail(r, _head(r), text[1:-1].replace(b'"', b"").replace(b":", b"=").decode())
+            return _tail(r, _head(r), text[1:-1].translate(_JSON_TO_FIELDS, b'"').decode())
     if not metrics or not _OWN.isdisjoint(metrics):  # never from the decoder (reserved names): the reference's order
         return reading_line_reference(r)
     head = _head(r)
@@ -127,23 +132,23 @@ def reading_line(r: Reading) -> str:
 
 
 def _head(r: Reading) -> str:
-    """The measurement and tags of ``r``'s device's points, rendered once."""
-    key = (r.site, r.device)
-    head = _SERIES.get(key)
-    if head is None:
-        head = series(READING, {"site": r.site, "device": r.device})
-        if len(_SERIES) < _SERIES_MAX:
-            _SERIES[key] = head
+    """The measurement and tags of ``r``'s device's points, rendered once (again when the device moves site)."""
+    site, device = r.site, r.device
+    known = _SERIES.get(device)
+    if known is not None and known[0] == site:
+        return known[1]
+    head = series(READING, {"site": site, "device": device})
+    if known is not None or len(_SERIES) < _SERIES_MAX:
+        _SERIES[device] = (site, head)
     return head
 
 
 def _tail(r: Reading, head: str, fields: str) -> str:
     """The line of ``r`` from its series and its metrics' fields: its own fields and its time after them."""
-    boot, seq = r.boot, r.seq
-    if type(boot) is int and type(seq) is int and 0 <= boot <= _ID_MAX and 0 <= seq <= _ID_MAX and r.quality in _Q:
-        own = f"boot={boot}i,seq={seq}i,{_Q[r.quality]}"
-    else:
-        own = f"{field('boot', boot)},{field('seq', seq)},{field('q', r.quality)}"
+    boot, seq, q = r.boot, r.seq, r.quality
+    if type(boot) is int and type(seq) is int and 0 <= boot <= _ID_MAX and 0 <= seq <= _ID_MAX and q in _Q:
+        return f"{head} {fields},boot={boot}i,seq={seq}i,{_Q[q]} {reading_time_ns(r.t_ms, boot, seq)}"
+    own = f"{field('boot', boot)},{field('seq', seq)},{field('q', q)}"
     return f"{head} {fields},{own} {reading_time_ns(r.t_ms, boot, seq)}"
 
 

@@ -134,3 +134,10 @@ def test_the_edges_of_the_one_call_range() -> None:
     for values in ([1e16, 21.5], [9.999999999999999e-05, 1.0], [1e-4, -0.0, 0.0], [21.5, 1e308], [-1e16, 3.0]):
         r = Reading("s", "d", 0, 0, 1, "s", {f"m{i}": v for i, v in enumerate(values)})
         assert reading_line(r) == reading_line_reference(r), values
+
+
+def test_a_device_that_moves_site_is_written_under_its_new_site() -> None:
+    for site in ("north", "south", "north"):
+        r = Reading(site, "moving-1", 1, 2, 1_764_072_000_123, "s", {"temp_c": 21.5})
+        assert reading_line(r) == reading_line_reference(r)
+        assert reading_line(r).startswith(f"reading,device=moving-1,site={site} ")
