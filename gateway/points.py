@@ -85,7 +85,7 @@ def reading_line(r: Reading) -> str:
     metrics = r.metrics
     if type(metrics) is dict and metrics:
         for k, v in metrics.items():
-            if k not in _PLAIN or type(v) is not float:
+            if type(k) is not str or k not in _PLAIN or type(v) is not float:  # a str subclass may compare as any
                 break
             a: float = v
             if a < 0.0:
@@ -134,6 +134,8 @@ def reading_line(r: Reading) -> str:
 def _head(r: Reading) -> str:
     """The measurement and tags of ``r``'s device's points, rendered once (again when the device moves site)."""
     site, device = r.site, r.device
+    if type(site) is not str or type(device) is not str:  # a str subclass may hash and compare as any other
+        return series(READING, {"site": site, "device": device})
     known = _SERIES.get(device)
     if known is not None and known[0] == site:
         return known[1]
@@ -155,7 +157,7 @@ def _tail(r: Reading, head: str, fields: str) -> str:
 def _plain(k: str, name: str) -> bool:
     """Whether the metric name ``k`` (written ``name`` in a line, with its ``=``) is written as itself both in a line
     and in JSON, and holds neither ``"`` nor ``:`` (a reading's own fields never get here: see reading_line)."""
-    return name == k + "=" and all(c in _PLAIN_CHARS for c in k)
+    return type(k) is str and name == k + "=" and all(c in _PLAIN_CHARS for c in k)
 
 
 def reading_line_reference(r: Reading) -> str:

@@ -141,3 +141,30 @@ def test_a_device_that_moves_site_is_written_under_its_new_site() -> None:
         r = Reading(site, "moving-1", 1, 2, 1_764_072_000_123, "s", {"temp_c": 21.5})
         assert reading_line(r) == reading_line_reference(r)
         assert reading_line(r).startswith(f"reading,device=moving-1,site={site} ")
+
+
+class _Like(str):
+    """A str that hashes and compares as another: the caches must not take it for that one."""
+
+    def __hash__(self) -> int:
+        return hash("temp_c")
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    def __ne__(self, other: object) -> bool:
+        return False
+
+
+def test_str_subclasses_never_reach_the_caches() -> None:
+    plain = Reading("north", "dv-like", 1, 2, 1_764_072_000_123, "s", {"temp_c": 21.5})
+    for r in (
+        plain,
+        Reading("north", "dv-like", 1, 2, 1_764_072_000_123, "s", {_Like("a b"): 1.5}),
+        Reading(_Like("evil"), "dv-like", 1, 2, 1_764_072_000_123, "s", {"temp_c": 21.5}),
+        Reading("north", _Like("other"), 1, 2, 1_764_072_000_123, "s", {"temp_c": 21.5}),
+        plain,
+    ):
+        for _ in range(2):
+            assert reading_line(r) == reading_line_reference(r)
+    assert reading_line(plain).startswith("reading,device=dv-like,site=north ")
