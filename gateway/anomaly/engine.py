@@ -247,28 +247,6 @@ class AnomalyEngine:
                 self._reading(r, out)
         return out
 
-    def _metrics(self, r: Reading) -> list[tuple[str, float]]:
-        """The reading's metrics to score, as floats (a list: compiled, a generator is an object per reading)."""
-        wanted = self._wanted
-        out: list[tuple[str, float]] = []
-        for name, v in r.metrics.items():
-            if wanted and name not in wanted:
-                continue
-            if type(v) is float:  # the common case
-                x = v
-            elif isinstance(v, bool) or not isinstance(v, (int, float)):
-                continue
-            else:
-                try:
-                    x = float(v)
-                except OverflowError:
-                    x = math.inf
-            if not -MAX_ABS_VALUE <= x <= MAX_ABS_VALUE:  # a NaN too
-                self.stats["out_of_range"] += 1
-                continue
-            out.append((name, x))
-        return out
-
     def _detector(self, device: str, metric: str) -> Detector | None:
         det = self.detectors.get((device, metric))
         if det is None:
@@ -322,7 +300,24 @@ class AnomalyEngine:
         self.sites[device] = r.site
         gap_seen = False
         scored = 0
-        for metric, x in self._metrics(r):
+        wanted = self._wanted
+        # the reading's metrics to score, as floats, each as it comes (no list of them made: compiled, each of its
+        # floats was boxed again)
+        for metric, v in r.metrics.items():
+            if wanted and metric not in wanted:
+                continue
+            if type(v) is float:  # the common case
+                x: float = v
+            elif isinstance(v, bool) or not isinstance(v, (int, float)):
+                continue
+            else:
+                try:
+                    x = float(v)
+                except OverflowError:
+                    x = math.inf
+            if not -MAX_ABS_VALUE <= x <= MAX_ABS_VALUE:  # a NaN too
+                self.stats["out_of_range"] += 1
+                continue
             det = self._detector(device, metric)
             if det is None:
                 continue
