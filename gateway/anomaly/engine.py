@@ -162,6 +162,17 @@ def _in_order(rs: list[Reading]) -> bool:
     return True
 
 
+def _by_device(detectors: dict[tuple[str, str], Detector]) -> dict[str, dict[str, Detector]]:
+    """``AnomalyEngine.detectors`` as device -> metric -> detector."""
+    out: dict[str, dict[str, Detector]] = {}
+    for (device, metric), det in detectors.items():
+        mine = out.get(device)
+        if mine is None:
+            mine = out[device] = {}
+        mine[metric] = det
+    return out
+
+
 def _fmt(x: float | None) -> str:
     return "?" if x is None else f"{x:.4g}"
 
@@ -188,6 +199,9 @@ class AnomalyEngine:
         self._groups_of: dict[str, tuple[GroupSpec, ...]] = {}
         self._heads: dict[tuple[str, str, str], str] = {}  # the anomaly points' escaped measurement and tags
         self._mine: dict[str, set[str]] = {}  # device -> the metrics of its series (derived from ``detectors``)
+        self._dets: dict[str, dict[str, Detector]] = {}
+        """device -> metric -> its detector: ``detectors`` by device, found without a tuple made and hashed for each
+        metric of each reading (derived from ``detectors``, and kept with it)."""
         self._by_count: dict[int, set[str]] = {}  # series count -> the devices with that many
         self.touched: set[str] | None = None
         """If set, a device whose state changed without a reading of its own (a series taken from it by
@@ -214,7 +228,7 @@ class AnomalyEngine:
             "max_future_ms": self.max_future_ms, "min_time_ms": self.min_time_ms, "detectors": self.detectors,
             "multi": self.multi, "recent": self.recent, "group_recent": self.group_recent, "sites": self.sites,
             "groups_of": self._groups_of, "heads": self._heads, "mine": self._mine, "by_count": self._by_count,
-            "touched": self.touched, "stats": self.stats,
+            "touched": self.touched, "stats": self.stats, "dets": self._dets,
         }  # fmt: skip
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -224,6 +238,7 @@ class AnomalyEngine:
         self._groups_of, self._heads = state["groups_of"], state["heads"]
         self._mine, self._by_count = state["mine"], state["by_count"]
         self.touched, self.stats = state["touched"], state["stats"]
+        self._dets = state["dets"] if "dets" in state else _by_device(self.detectors)
 
     # -- input --------------------------------------------------------------------------------------
 
@@ -248,13 +263,19 @@ class AnomalyEngine:
         return out
 
     def _detector(self, device: str, metric: str) -> Detector | None:
-        det = self.detectors.get((device, metric))
-        if det is None:
-            if len(self.detectors) >= self.spec.max_series and not self._make_room(device):
-                self.stats["series_refused"] += 1
-                return None
-            det = self.detectors[(device, metric)] = Detector(self.spec.detector_for(metric))
-            self._own(device, metric, True)
+        mine = self._dets.get(device)
+        if mine is not None:
+            det = mine.get(metric)
+            if det is not None:
+                return det
+        if len(self.detectors) >= self.spec.max_series and not self._make_room(device):
+            self.stats["series_refused"] += 1
+            return None
+        det = self.detectors[(device, metric)] = Detector(self.spec.detector_for(metric))
+        self._own(device, metric, True)
+        if mine is None:  # (a series taken to make room is another device's: this one's map is as it was)
+            mine = self._dets[device] = {}
+        mine[metric] = det
         return det
 
     def _make_room(self, device: str) -> bool:
@@ -268,6 +289,10 @@ class AnomalyEngine:
         last = {m: self.detectors[(victim, m)].state.last_t for m in self._mine[victim]}
         metric = min(last, key=lambda m: (-math.inf if last[m] is None else last[m], m))
         del self.detectors[(victim, metric)]
+        theirs = self._dets[victim]
+        del theirs[metric]
+        if not theirs:
+            del self._dets[victim]
         if self.touched is not None:
             self.touched.add(victim)
         self.recent.get(victim, {}).pop(metric, None)
@@ -558,6 +583,7 @@ class AnomalyEngine:
             det.restore(state)
             self.detectors[(device, metric)] = det
             self._own(device, metric, True)
+        self._dets = _by_device(self.detectors)
         self.multi = {}
         for device, state in snap.get("multi", {}).items():  # version 1 had none: they start afresh
             md = self.multi[device] = MultiDetector(self.spec.detector, self.spec.multivariate_memory)

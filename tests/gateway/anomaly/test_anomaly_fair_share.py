@@ -85,3 +85,42 @@ def test_the_share_survives_snapshot_and_restore() -> None:
     c = engine(4)
     c.restore(old)
     assert c.stats["series_evicted"] == 0
+
+
+def _mirrors(eng: AnomalyEngine) -> bool:
+    """The engine's detectors by device are its ``detectors``, the same objects, no more and no fewer."""
+    by_device = {(d, m): det for d, mine in eng._dets.items() for m, det in mine.items()}
+    return by_device.keys() == eng.detectors.keys() and all(by_device[k] is eng.detectors[k] for k in by_device)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.integers(0, 6), min_size=1, max_size=6),
+    st.integers(1, 12),
+    st.randoms(use_true_random=False),
+)
+def test_detectors_by_device_are_kept_with_the_table(demand: list[int], max_series: int, rng: random.Random) -> None:
+    """Series made, taken to make room, restored, copied and pickled: the detectors found by device (without a
+    tuple a metric) are always those of ``detectors``, and a copy goes on as the original does."""
+    import copy
+    import pickle
+
+    eng = engine(max_series)
+    for i in range(6):
+        order = list(range(len(demand)))
+        rng.shuffle(order)
+        for d in order:
+            names = rng.sample(range(8), k=min(demand[d], 8))
+            eng.process([reading(f"d{d}", i, {f"m{k}": 1.0 + rng.random() for k in names})], T0 + i * MIN)
+            assert _mirrors(eng)
+        if i == 2:
+            again = engine(max_series)
+            again.restore(json.loads(json.dumps(eng.snapshot())))
+            assert _mirrors(again)
+            eng = again
+        if i == 3:
+            twin = copy.deepcopy(eng)
+            assert _mirrors(twin) and _mirrors(pickle.loads(pickle.dumps(eng)))
+            step = [reading(f"d{d}", 9, {f"m{k}": 2.0 for k in range(8)}) for d in range(len(demand))]
+            assert eng.process(step, T0 + 9 * MIN).lines == twin.process(step, T0 + 9 * MIN).lines
+            assert _mirrors(eng) and _mirrors(twin) and sorted(eng.series()) == sorted(twin.series())
