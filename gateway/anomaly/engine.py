@@ -576,14 +576,17 @@ class AnomalyEngine:
         """Take back a :meth:`snapshot` (from an engine with the same configuration)."""
         if snap.get("version") not in (1, 2, SNAPSHOT_VERSION):
             raise ValueError(f"anomaly snapshot version {snap.get('version')!r}, expected 1 to {SNAPSHOT_VERSION}")
-        self.detectors = {}
+        self.detectors, self._dets = {}, {}
         self._mine, self._by_count = {}, {}
         for device, metric, state in snap["detectors"]:
             det = Detector(self.spec.detector_for(metric))
             det.restore(state)
             self.detectors[(device, metric)] = det
             self._own(device, metric, True)
-        self._dets = _by_device(self.detectors)
+            mine = self._dets.get(device)  # with the table as it is made: a restore that fails leaves them alike
+            if mine is None:
+                mine = self._dets[device] = {}
+            mine[metric] = det
         self.multi = {}
         for device, state in snap.get("multi", {}).items():  # version 1 had none: they start afresh
             md = self.multi[device] = MultiDetector(self.spec.detector, self.spec.multivariate_memory)

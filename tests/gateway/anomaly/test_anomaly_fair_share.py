@@ -124,3 +124,17 @@ def test_detectors_by_device_are_kept_with_the_table(demand: list[int], max_seri
             step = [reading(f"d{d}", 9, {f"m{k}": 2.0 for k in range(8)}) for d in range(len(demand))]
             assert eng.process(step, T0 + 9 * MIN).lines == twin.process(step, T0 + 9 * MIN).lines
             assert _mirrors(eng) and _mirrors(twin) and sorted(eng.series()) == sorted(twin.series())
+
+
+def test_a_restore_that_fails_leaves_the_detectors_by_device_with_the_table() -> None:
+    eng = engine(10)
+    eng.process([reading("d1", 0, {"a": 1.0}), reading("d2", 0, {"a": 2.0})], T0)
+    snap = json.loads(json.dumps(eng.snapshot()))
+    snap["detectors"][1][2] = "garbage"
+    try:
+        eng.restore(snap)
+    except (TypeError, ValueError, KeyError, AttributeError):
+        pass
+    else:  # pragma: no cover - the state above is not a detector's
+        raise AssertionError("a garbage detector state was restored")
+    assert _mirrors(eng) and eng.series() == [("d1", "a")]
