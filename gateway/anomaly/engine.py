@@ -162,17 +162,6 @@ def _in_order(rs: list[Reading]) -> bool:
     return True
 
 
-def _by_device(detectors: dict[tuple[str, str], Detector]) -> dict[str, dict[str, Detector]]:
-    """``AnomalyEngine.detectors`` as device -> metric -> detector."""
-    out: dict[str, dict[str, Detector]] = {}
-    for (device, metric), det in detectors.items():
-        mine = out.get(device)
-        if mine is None:
-            mine = out[device] = {}
-        mine[metric] = det
-    return out
-
-
 def _fmt(x: float | None) -> str:
     return "?" if x is None else f"{x:.4g}"
 
@@ -198,10 +187,9 @@ class AnomalyEngine:
         self.sites: dict[str, str] = {}
         self._groups_of: dict[str, tuple[GroupSpec, ...]] = {}
         self._heads: dict[tuple[str, str, str], str] = {}  # the anomaly points' escaped measurement and tags
-        self._mine: dict[str, set[str]] = {}  # device -> the metrics of its series (derived from ``detectors``)
         self._dets: dict[str, dict[str, Detector]] = {}
-        """device -> metric -> its detector: ``detectors`` by device, found without a tuple made and hashed for each
-        metric of each reading (derived from ``detectors``, and kept with it)."""
+        """device -> metric -> its detector: ``detectors`` by device (derived from it, kept with it by ``_own``), so
+        found without a tuple made and hashed for each metric of each reading, and a device's series counted."""
         self._by_count: dict[int, set[str]] = {}  # series count -> the devices with that many
         self.touched: set[str] | None = None
         """If set, a device whose state changed without a reading of its own (a series taken from it by
@@ -227,8 +215,8 @@ class AnomalyEngine:
         return AnomalyEngine, (self.spec,), {
             "max_future_ms": self.max_future_ms, "min_time_ms": self.min_time_ms, "detectors": self.detectors,
             "multi": self.multi, "recent": self.recent, "group_recent": self.group_recent, "sites": self.sites,
-            "groups_of": self._groups_of, "heads": self._heads, "mine": self._mine, "by_count": self._by_count,
-            "touched": self.touched, "stats": self.stats, "dets": self._dets,
+            "groups_of": self._groups_of, "heads": self._heads, "dets": self._dets, "by_count": self._by_count,
+            "touched": self.touched, "stats": self.stats,
         }  # fmt: skip
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -236,9 +224,8 @@ class AnomalyEngine:
         self.detectors, self.multi = state["detectors"], state["multi"]
         self.recent, self.group_recent, self.sites = state["recent"], state["group_recent"], state["sites"]
         self._groups_of, self._heads = state["groups_of"], state["heads"]
-        self._mine, self._by_count = state["mine"], state["by_count"]
+        self._dets, self._by_count = state["dets"], state["by_count"]
         self.touched, self.stats = state["touched"], state["stats"]
-        self._dets = state["dets"] if "dets" in state else _by_device(self.detectors)
 
     # -- input --------------------------------------------------------------------------------------
 
@@ -272,10 +259,7 @@ class AnomalyEngine:
             self.stats["series_refused"] += 1
             return None
         det = self.detectors[(device, metric)] = Detector(self.spec.detector_for(metric))
-        self._own(device, metric, True)
-        if mine is None:  # (a series taken to make room is another device's: this one's map is as it was)
-            mine = self._dets[device] = {}
-        mine[metric] = det
+        self._own(device, metric, det)
         return det
 
     def _make_room(self, device: str) -> bool:
@@ -283,36 +267,36 @@ class AnomalyEngine:
         takes a series from it (the one that has gone longest without a reading); a device at or near the top
         gets no more. So each device can have ``max_series // devices`` series, whatever the others send."""
         top = max(c for c, ds in self._by_count.items() if ds)
-        if top < len(self._mine.get(device, ())) + 2:
+        if top < len(self._dets.get(device, ())) + 2:
             return False
         victim = min(self._by_count[top])
-        last = {m: self.detectors[(victim, m)].state.last_t for m in self._mine[victim]}
+        last = {m: det.state.last_t for m, det in self._dets[victim].items()}
         metric = min(last, key=lambda m: (-math.inf if last[m] is None else last[m], m))
         del self.detectors[(victim, metric)]
-        theirs = self._dets[victim]
-        del theirs[metric]
-        if not theirs:
-            del self._dets[victim]
         if self.touched is not None:
             self.touched.add(victim)
         self.recent.get(victim, {}).pop(metric, None)
-        self._own(victim, metric, False)
+        self._own(victim, metric, None)
         self.stats["series_evicted"] += 1
         return True
 
-    def _own(self, device: str, metric: str, add: bool) -> None:
-        mine = self._mine.setdefault(device, set())
+    def _own(self, device: str, metric: str, det: Detector | None) -> None:
+        """``detectors`` got ``det`` as the device's series of ``metric`` (None: lost it): ``_dets`` and ``_by_count``
+        follow."""
+        mine = self._dets.get(device)
+        if mine is None:
+            mine = self._dets[device] = {}
         old = len(mine)
-        if add:
-            mine.add(metric)
+        if det is not None:
+            mine[metric] = det
         else:
-            mine.discard(metric)
+            mine.pop(metric, None)
         if old:
             self._by_count[old].discard(device)
         if mine:
             self._by_count.setdefault(len(mine), set()).add(device)
         else:
-            del self._mine[device]
+            del self._dets[device]
 
     def score_reading(self, r: Reading, out: AnomalyOutput | None = None) -> ReadingResult:
         """Score one reading (the next of its device in event time; ``process`` sorts them) and say what it
@@ -558,10 +542,9 @@ class AnomalyEngine:
                 "sites": dict(self.sites),
                 "stats": dict(self.stats),
             }
-        dets = self.detectors
         return {
             "version": SNAPSHOT_VERSION,
-            "detectors": [[d, m, dets[(d, m)].snapshot()] for d in keys for m in self._mine.get(d, ())],
+            "detectors": [[d, m, det.snapshot()] for d in keys for m, det in self._dets.get(d, {}).items()],
             "multi": {d: self.multi[d].snapshot() for d in keys if d in self.multi},
             "recent": {d: {m: [t, list(k)] for m, (t, k) in self.recent[d].items()} for d in keys if d in self.recent},
             "group_recent": self._group_recent(),
@@ -576,17 +559,12 @@ class AnomalyEngine:
         """Take back a :meth:`snapshot` (from an engine with the same configuration)."""
         if snap.get("version") not in (1, 2, SNAPSHOT_VERSION):
             raise ValueError(f"anomaly snapshot version {snap.get('version')!r}, expected 1 to {SNAPSHOT_VERSION}")
-        self.detectors, self._dets = {}, {}
-        self._mine, self._by_count = {}, {}
+        self.detectors, self._dets, self._by_count = {}, {}, {}
         for device, metric, state in snap["detectors"]:
             det = Detector(self.spec.detector_for(metric))
             det.restore(state)
             self.detectors[(device, metric)] = det
-            self._own(device, metric, True)
-            mine = self._dets.get(device)  # with the table as it is made: a restore that fails leaves them alike
-            if mine is None:
-                mine = self._dets[device] = {}
-            mine[metric] = det
+            self._own(device, metric, det)  # with the table as it is made: a restore that fails leaves them alike
         self.multi = {}
         for device, state in snap.get("multi", {}).items():  # version 1 had none: they start afresh
             md = self.multi[device] = MultiDetector(self.spec.detector, self.spec.multivariate_memory)
