@@ -204,12 +204,13 @@ async def scenario_through_gateway(
     )  # fmt: skip
     deliveries = prep.run.deliveries
     async with running_gateway(cfg) as gw:
+        # the deliveries it takes as messages: not those it ignores (an empty status, a topic of its own). Counting
+        # what it ignored instead let the gateway's own alerts, which come back to it and are ignored, stand in
+        # for the last deliveries, and the counts below were read before those were taken
+        own = gw.pipeline.is_own_topic
+        taken = sum(1 for d in deliveries if not own(d.topic) and not (not d.payload and d.topic.endswith("/status")))
         await replay(deliveries, BrokerConfig(mosquitto.host, mosquitto.port), client_id=f"sim-{tag}")
-        await wait_for(
-            lambda: gw.pipeline.stats.messages + gw.pipeline.stats.ignored >= len(deliveries),
-            "the gateway to take every delivery",
-            120,
-        )
+        await wait_for(lambda: gw.pipeline.stats.messages >= taken, "the gateway to take every delivery", 120)
     assert gw.sink.stats.points_refused == 0 and gw.sink.pending == 0
     return gw
 
