@@ -30,7 +30,12 @@ from heapq import heappop, heappush
 from math import copysign
 from typing import Any, Final, Protocol
 
-from mypy_extensions import mypyc_attr
+from mypy_extensions import i64, mypyc_attr
+
+try:
+    from librt.vecs import vec
+except ImportError:  # no librt for the platform (32-bit ARM): the pure engine keeps its columns in lists
+    from ._vecs import vec  # type: ignore[assignment]
 
 from .accs import Acc, Part, Values, acc_empty, acc_from_json, part_empty
 from .aggregates import FIELDS, Stat
@@ -82,199 +87,31 @@ class WmCell:
         self.v = v
 
 
-@mypyc_attr(acyclic=True)
-class Single(Acc):
-    """A sliding window's pane that holds one reading (of up to four metrics): the reading itself, a fifth of an
-    accumulator or less. A pane of a board that reads once per pane - the common case of a 60 s/1 s window - stays
-    one of these; a second reading turns it into an accumulator. As a source (merged, copied, in a snapshot) it is
-    exactly the accumulator one ``add`` of its reading makes (``Acc.merge_reading``; :meth:`fill` for a snapshot).
+class One:
+    """A pane of one reading on its way into or out of a snapshot (:class:`Panes` keeps it in its columns): a row of
+    the snapshot, or an accumulator that is exactly one reading's. As a source it is the accumulator one ``add`` of
+    its reading makes (:meth:`fill`)."""
 
-    Made by :func:`_single`, as one of three classes: :class:`SinglePacked` (64 bytes compiled, the common case:
-    the reading's boot below 1,024 and its time within 131 s of the pane's start), :class:`SingleWide` (72 bytes,
-    any other reading) and :class:`Single4` (four metrics, 80). CPython's allocator hands out blocks of multiples of
-    16 bytes, so 64 bytes is a block of 64 and 72 one of 80 (``gateway.memsize.block``)."""
-
-    __slots__ = ("v0", "v1", "v2")
-
-    v0: float
-    v1: float
-    v2: float
+    __slots__ = ("b", "s", "start", "t", "values")
 
     def __init__(self, start: int, values: Values, t: int, b: int, s: int) -> None:
         self.start = start
-        self.v0 = self.v1 = self.v2 = 0.0
-        mask = 0
-        n = len(values)
-        for i in range(n if n < 3 else 3):
-            v = values[i]
-            if v is not None:
-                mask |= 1 << i
-                if i == 0:
-                    self.v0 = v
-                elif i == 1:
-                    self.v1 = v
-                else:
-                    self.v2 = v
-        self.stamp(t, b, s, mask)
+        self.values = values  # a value or None per metric
+        self.t = t
+        self.b = b
+        self.s = s
 
-    def stamp(self, t: int, b: int, s: int, mask: int) -> None:
-        """Keep the reading's time, boot, seq and the bits of the first three metrics it has (each kind its way)."""
-        raise NotImplementedError
-
-    def time(self) -> int:
-        """The reading's time."""
-        raise NotImplementedError
-
-    def boot(self) -> int:
-        """The reading's boot."""
-        raise NotImplementedError
-
-    def seq(self) -> int:
-        """The reading's sequence number."""
-        raise NotImplementedError
-
-    def mask(self) -> int:
-        """Bit i set: the reading has a value of metric i."""
-        raise NotImplementedError
-
-    def v3(self) -> float:
-        """Metric 3's value (none below four metrics)."""
-        return 0.0
-
-    def merge_into(self, acc: Acc) -> None:
-        """Merge the accumulator of this one reading into ``acc`` (``Acc.merge_reading``). The sliding window merges a
-        :class:`SinglePacked` itself (``_merge_pane``); the other kinds come here."""
-        acc.merge_reading(self.mask(), self.v0, self.v1, self.v2, self.v3(), self.time(), self.boot(), self.seq())
-
-    def reading_into(self, m: int, r: Stat, last: bool) -> bool:
-        """``r``'s first reading (``last``: its last) becomes this one if it has a value of metric ``m`` (returns
-        whether it has). The sliding window reads a :class:`SinglePacked`'s fields itself (``_packed_into``); the
-        other kinds come here."""
-        if not self.mask() & 1 << m:
-            return False
-        if last:
-            r.lt, r.lb, r.ls, r.lv = self.time(), self.boot(), self.seq(), self.value(m)
-        else:
-            r.ft, r.fb, r.fs, r.fv = self.time(), self.boot(), self.seq(), self.value(m)
-        return True
-
-    def values(self, nm: int) -> Values:
-        """The reading's values, ``nm`` metrics (``None``: none for that metric)."""
-        return self.put_values([], nm)
-
-    def put_values(self, out: list[Any], nm: int) -> list[Any]:
-        """Append the reading's values (as :meth:`values`) to ``out``; returns it. Unrolled: no call a value (a
-        snapshot writes one such row a pane)."""
-        m = self.mask()
-        out.append(self.v0 if m & 1 else None)
-        if nm > 1:
-            out.append(self.v1 if m & 2 else None)
-            if nm > 2:
-                out.append(self.v2 if m & 4 else None)
-                if nm > 3:
-                    out.append(self.v3() if m & 8 else None)
-        return out
-
-    def value(self, i: int) -> float:
-        """Metric ``i``'s value (one the reading has: see ``mask``)."""
-        if i == 0:
-            return self.v0
-        if i == 1:
-            return self.v1
-        if i == 2:
-            return self.v2
-        return self.v3()
-
-    def fill(self, acc: Acc, nm: int) -> Acc:
-        """``acc`` (of ``nm`` metrics) becomes the accumulator of this one reading; returns it."""
+    def fill(self, acc: Acc) -> Acc:
+        """``acc`` (of the reading's metrics) becomes the accumulator of this one reading; returns it."""
         acc.clear()
-        acc.add(self.values(nm), self.time(), self.boot(), self.seq())
+        acc.add(self.values, self.t, self.b, self.s)
         return acc
 
-
-_P_SEQ: Final = 31
-""":class:`SinglePacked`'s ``p``: the seq in its low 31 bits, then the bits of the metrics (4), the time from the
-pane's start (17), the boot (10): 62 bits, an int compiled code keeps unboxed."""
-_P_DT: Final = _P_SEQ + 4
-_P_BOOT: Final = _P_DT + 17
-_P_DT_MAX: Final = (1 << 17) - 1
-_P_BOOT_MAX: Final = (1 << 10) - 1
-
-
-@mypyc_attr(acyclic=True)
-class SinglePacked(Single):
-    """:class:`Single` of up to three metrics whose boot is below 1,024 and whose time is within 131,071 ms of its
-    pane's start: boot, seq, the time from the start and the bits of its metrics in one int (``p``), 64 bytes
-    compiled (an 80-byte block with one more field)."""
-
-    __slots__ = ("p",)
-
-    def stamp(self, t: int, b: int, s: int, mask: int) -> None:
-        self.p = (b << _P_BOOT) | ((t - self.start) << _P_DT) | (mask << _P_SEQ) | s
-
-    def time(self) -> int:
-        return self.start + (self.p >> _P_DT & _P_DT_MAX)
-
-    def boot(self) -> int:
-        return self.p >> _P_BOOT
-
-    def seq(self) -> int:
-        return self.p & _ID_MAX
-
-    def mask(self) -> int:
-        return self.p >> _P_SEQ & 15
-
-
-@mypyc_attr(acyclic=True)
-class SingleWide(Single):
-    """:class:`Single` of any reading: boot and seq (each below 2**31) share one int (``bs``), the time and the bits
-    of its metrics another (``tm``: time << 4 | bits); 72 bytes compiled."""
-
-    __slots__ = ("bs", "tm")
-
-    def stamp(self, t: int, b: int, s: int, mask: int) -> None:
-        self.bs = b << 31 | s
-        self.tm = t << 4 | mask
-
-    def time(self) -> int:
-        return self.tm >> 4
-
-    def boot(self) -> int:
-        return self.bs >> 31
-
-    def seq(self) -> int:
-        return self.bs & _ID_MAX
-
-    def mask(self) -> int:
-        return self.tm & 15
-
-
-@mypyc_attr(acyclic=True)
-class Single4(SingleWide):
-    """:class:`Single` of four metrics."""
-
-    __slots__ = ("w3",)
-
-    def __init__(self, start: int, values: Values, t: int, b: int, s: int) -> None:
-        v = values[3]
-        # set before Single.__init__, which calls a method on self: a float field set after such a call gets a flag
-        # word from mypyc (88 bytes, not 80)
-        self.w3 = 0.0 if v is None else v
-        super().__init__(start, values, t, b, s)
-        if v is not None:
-            self.tm |= 8
-
-    def v3(self) -> float:
-        return self.w3
-
-
-def _single(start: int, values: Values, t: int, b: int, s: int) -> Single:
-    """The pane of one reading (``start``: its pane's start, at or before ``t``)."""
-    if len(values) == 4:
-        return Single4(start, values, t, b, s)
-    if 0 <= b <= _P_BOOT_MAX and 0 <= t - start <= _P_DT_MAX and 0 <= s <= _ID_MAX:
-        return SinglePacked(start, values, t, b, s)
-    return SingleWide(start, values, t, b, s)
+    def row(self) -> list[Any]:
+        """As a snapshot's row: ``[start, t, boot, seq, a value or None per metric]``."""
+        out: list[Any] = [self.start, self.t, self.b, self.s]
+        out.extend(self.values)
+        return out
 
 
 class Operator(Protocol):
@@ -781,11 +618,331 @@ def _first(x: list[Any]) -> int:
     return first
 
 
+_NO_READING: Final = -1
+"""A pane's ``bs`` in :class:`Panes` when it is an accumulator (kept in ``big`` by its start), not one reading."""
+
+
+class Panes:
+    """A sliding window key's panes, in order of their start, as columns (compiled: ``librt.vecs``, native buffers of
+    unboxed ints and floats; no object and list slot a pane).
+
+    A pane of one reading - the common case, a board that reads once per pane - is that reading: ``tm`` its time
+    shifted left by 4 and the bits of the metrics it has (``t << 4 | mask``), ``bs`` its boot and seq (``boot << 31 |
+    seq``), and ``w`` values in ``vs`` (0.0 where it has none): 8 + 8 + 8 w bytes. Any other pane is an accumulator,
+    in ``big`` by its start (``tm`` its start << 4, ``bs`` :data:`_NO_READING`). As a source (merged, copied, its
+    first and last readings, in a snapshot) a pane of one reading is exactly the accumulator one ``add`` of it makes,
+    (``Acc.merge_reading``; :class:`One` for a snapshot).
+
+    A pane's start is that of the pane its time falls in (``t - (t - off) % pane``: the window's panes). The live
+    panes are ``[lo, hi)`` of the columns, whose length is their capacity: dropping the oldest moves ``lo``, a new
+    pane goes at ``hi`` (or is inserted, the newer ones moved up one); when ``hi`` reaches the end the live panes are
+    moved down to 0, or into longer columns when they fill more than 7/8 of them, and into shorter ones when they fall
+    below a quarter. Indexes given and taken by the methods count from the oldest live pane (0)."""
+
+    __slots__ = ("big", "bs", "hi", "lo", "off", "pane", "tm", "vs", "w")
+
+    def __init__(self, w: int, pane: int, off: int) -> None:
+        self.tm: vec[i64] = vec[i64]()
+        self.bs: vec[i64] = vec[i64]()
+        self.vs: vec[float] = vec[float]()
+        self.lo = 0
+        self.hi = 0
+        self.w = w  # values a pane of one reading keeps (the window's metrics; 0: none is kept as one, over 4 metrics)
+        self.pane = pane
+        self.off = off
+        self.big: dict[int, Acc] | None = None
+
+    def n(self) -> int:
+        """How many panes."""
+        return self.hi - self.lo
+
+    def start(self, i: int) -> int:
+        """Pane ``i``'s start."""
+        t = self.tm[self.lo + i] >> 4
+        return t - (t - self.off) % self.pane
+
+    def acc(self, i: int) -> Acc | None:
+        """Pane ``i``'s accumulator; None for a pane of one reading."""
+        j = self.lo + i
+        if self.bs[j] != _NO_READING:
+            return None
+        big = self.big
+        assert big is not None
+        return big[self.tm[j] >> 4]
+
+    def one(self, i: int) -> bool:
+        """Pane ``i`` holds one reading (in the columns)."""
+        return self.bs[self.lo + i] != _NO_READING
+
+    def find_front(self, x: int) -> int:
+        """The first pane whose start is at least ``x``, quick when few are below ``x`` (the oldest panes)."""
+        n = self.hi - self.lo
+        i = 0
+        while i < n and i < 4:
+            if self.start(i) >= x:
+                return i
+            i += 1
+        return i if i == n else self._bisect(x, 4, n)
+
+    def find_back(self, x: int, hint: int = -1) -> int:
+        """As :meth:`find_front`, quick when ``hint`` is the answer or few panes start at or after ``x``."""
+        i = self.hi - self.lo
+        if 0 <= hint <= i and (hint == 0 or self.start(hint - 1) < x) and (hint == i or self.start(hint) >= x):
+            return hint
+        lo = i - 4 if i > 4 else 0
+        while i > lo:
+            if self.start(i - 1) < x:
+                return i
+            i -= 1
+        return self._bisect(x, 0, i) if i else 0
+
+    def _bisect(self, x: int, lo: int, hi: int) -> int:
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.start(mid) < x:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
+    def _resize(self, cap: int) -> None:
+        """Move the live panes to the start of new columns of ``cap`` panes."""
+        lo, n, w = self.lo, self.hi - self.lo, self.w
+        tm: vec[i64] = vec[i64]([0] * cap)
+        bs: vec[i64] = vec[i64]([0] * cap)
+        vs: vec[float] = vec[float]([0.0] * (cap * w))
+        otm, obs, ovs = self.tm, self.bs, self.vs
+        for q in range(n):
+            tm[q] = otm[lo + q]
+            bs[q] = obs[lo + q]
+        for q in range(n * w):
+            vs[q] = ovs[lo * w + q]
+        self.tm, self.bs, self.vs = tm, bs, vs
+        self.lo = 0
+        self.hi = n
+
+    def _room(self) -> None:
+        """Room for one more pane at ``hi``."""
+        cap = len(self.tm)
+        if self.hi < cap:
+            return
+        n = self.hi - self.lo
+        if n + 1 + (cap >> 4) > cap:
+            self._resize((n + (n >> 3) + 11) & ~7)
+            return
+        lo, w = self.lo, self.w
+        tm, bs, vs = self.tm, self.bs, self.vs
+        for q in range(n):
+            tm[q] = tm[lo + q]
+            bs[q] = bs[lo + q]
+        for q in range(n * w):
+            vs[q] = vs[lo * w + q]
+        self.lo = 0
+        self.hi = n
+
+    def _open(self, i: int) -> int:
+        """Make a place for a new pane at ``i`` (the panes from ``i`` on move up one); its column index."""
+        self._room()
+        j = self.lo + i
+        hi, w = self.hi, self.w
+        if j < hi:
+            tm, bs, vs = self.tm, self.bs, self.vs
+            q = hi
+            while q > j:
+                tm[q] = tm[q - 1]
+                bs[q] = bs[q - 1]
+                q -= 1
+            q = (hi + 1) * w - 1
+            while q >= (j + 1) * w:
+                vs[q] = vs[q - w]
+                q -= 1
+        self.hi = hi + 1
+        return j
+
+    def insert_reading(self, i: int, values: Values, t: int, b: int, s: int) -> None:
+        """A new pane at ``i`` of the one reading ``values`` (``None``: none for that metric; up to ``w``) read at
+        ``(t, b, s)``."""
+        j = self._open(i)
+        self._put(j, values, t, b, s)
+
+    def _put(self, j: int, values: Values, t: int, b: int, s: int) -> None:
+        w = self.w
+        vs = self.vs
+        mask = 0
+        k = j * w
+        for m in range(w):
+            v = values[m]
+            if v is None:
+                vs[k + m] = 0.0
+            else:
+                vs[k + m] = v
+                mask |= 1 << m
+        self.tm[j] = t << 4 | mask
+        self.bs[j] = b << 31 | s
+
+    def insert_acc(self, i: int, acc: Acc) -> None:
+        """A new pane at ``i``: the accumulator ``acc`` (its ``start`` the pane's)."""
+        j = self._open(i)
+        self._set_acc(j, acc)
+
+    def _set_acc(self, j: int, acc: Acc) -> None:
+        self.tm[j] = acc.start << 4
+        self.bs[j] = _NO_READING
+        big = self.big
+        if big is None:
+            big = self.big = {}
+        big[acc.start] = acc
+
+    def make_acc(self, i: int, acc: Acc, var: bool) -> None:
+        """Pane ``i`` (of one reading) becomes ``acc`` (cleared, its ``start`` the pane's), with that reading added
+        (``Acc.add_var`` with ``var``, else ``Acc.add``)."""
+        j = self.lo + i
+        tm, bs = self.tm[j], self.bs[j]
+        values = self.values(i)
+        if var:
+            acc.add_var(values, tm >> 4, bs >> 31, bs & _ID_MAX)
+        else:
+            acc.add(values, tm >> 4, bs >> 31, bs & _ID_MAX)
+        self._set_acc(j, acc)
+
+    def values(self, i: int) -> Values:
+        """The values of pane ``i``'s one reading (``None``: none for that metric)."""
+        j = self.lo + i
+        mask = self.tm[j] & 15
+        w = self.w
+        k = j * w
+        vs = self.vs
+        out: Values = []
+        for m in range(w):
+            out.append(vs[k + m] if mask & 1 << m else None)
+        return out
+
+    def time(self, i: int) -> int:
+        """The time of pane ``i``'s one reading."""
+        return self.tm[self.lo + i] >> 4
+
+    def boot(self, i: int) -> int:
+        """The boot of pane ``i``'s one reading."""
+        return self.bs[self.lo + i] >> 31
+
+    def seq(self, i: int) -> int:
+        """The seq of pane ``i``'s one reading."""
+        return self.bs[self.lo + i] & _ID_MAX
+
+    def merge_into(self, i: int, acc: Acc) -> None:
+        """Merge pane ``i`` into ``acc`` (one reading as the accumulator of it, without making it)."""
+        j = self.lo + i
+        bs = self.bs[j]
+        if bs == _NO_READING:
+            big = self.big
+            assert big is not None
+            acc.merge_from(big[self.tm[j] >> 4])
+            return
+        tm = self.tm[j]
+        w = self.w
+        k = j * w
+        vs = self.vs
+        v0 = vs[k]
+        v1 = vs[k + 1] if w > 1 else 0.0
+        v2 = vs[k + 2] if w > 2 else 0.0
+        v3 = vs[k + 3] if w > 3 else 0.0
+        acc.merge_reading(tm & 15, v0, v1, v2, v3, tm >> 4, bs >> 31, bs & _ID_MAX)
+
+    def set_into(self, i: int, acc: Acc) -> None:
+        """``acc`` becomes a copy of pane ``i`` (as :meth:`merge_into`)."""
+        j = self.lo + i
+        if self.bs[j] == _NO_READING:
+            big = self.big
+            assert big is not None
+            acc.set(big[self.tm[j] >> 4])
+        else:
+            acc.clear()
+            self.merge_into(i, acc)
+
+    def reading_into(self, i: int, m: int, r: Stat, last: bool) -> bool:
+        """``r``'s first reading of metric ``m`` (``last``: its last) becomes pane ``i``'s, if it has a value of it
+        (returns whether it has)."""
+        j = self.lo + i
+        bs = self.bs[j]
+        tm = self.tm[j]
+        if bs == _NO_READING:
+            big = self.big
+            assert big is not None
+            pa = big[tm >> 4]
+            if not pa.count(m):
+                return False
+            if last:
+                pa.put_last(m, r)
+            else:
+                pa.put_first(m, r)
+            return True
+        if not tm & 1 << m:
+            return False
+        v = self.vs[j * self.w + m]
+        if last:
+            r.lt, r.lb, r.ls, r.lv = tm >> 4, bs >> 31, bs & _ID_MAX, v
+        else:
+            r.ft, r.fb, r.fs, r.fv = tm >> 4, bs >> 31, bs & _ID_MAX, v
+        return True
+
+    def first_into(self, i: int, m: int, r: Stat) -> None:
+        """``r``'s first reading of metric ``m`` becomes that of the oldest pane from ``i`` on with a value of it
+        (there must be one): panes hold disjoint times, so it is the first of the panes together."""
+        while not self.reading_into(i, m, r, False):
+            i += 1
+
+    def last_into(self, i: int, m: int, r: Stat) -> None:
+        """``r``'s last reading of metric ``m`` becomes that of the newest pane from ``i`` back with a value of it
+        (there must be one)."""
+        while not self.reading_into(i, m, r, True):
+            i -= 1
+
+    def drop(self, n: int) -> list[Acc] | None:
+        """Drop the ``n`` oldest panes; their accumulators (None: none was one)."""
+        lo = self.lo
+        out: list[Acc] | None = None
+        big = self.big
+        if big is not None:
+            for j in range(lo, lo + n):
+                if self.bs[j] == _NO_READING:
+                    if out is None:
+                        out = []
+                    out.append(big.pop(self.tm[j] >> 4))
+            if not big:
+                self.big = None
+        lo += n
+        live = self.hi - lo
+        self.lo = lo
+        if not live:
+            self.lo = self.hi = 0
+        cap = len(self.tm)
+        if cap > 16 and live < cap >> 2:
+            self._resize((live + (live >> 2) + 11) & ~7)
+        return out
+
+    def row(self, i: int, nm: int) -> list[Any]:
+        """Pane ``i`` in a snapshot: one of one reading as ``[start, t, boot, seq, a value or None per metric]``, any
+        other as :func:`_pane_json_row` gives it."""
+        a = self.acc(i)
+        if a is not None:
+            return _pane_json_row(a, nm)
+        j = self.lo + i
+        out: list[Any] = [self.start(i), self.tm[j] >> 4, self.bs[j] >> 31, self.bs[j] & _ID_MAX]
+        out.extend(self.values(i))
+        return out
+
+    def append_pane(self, a: Acc | One) -> None:
+        """A new newest pane: a reading (into the columns), or an accumulator."""
+        if isinstance(a, One):
+            self.insert_reading(self.hi - self.lo, a.values, a.t, a.b, a.s)
+        else:
+            self.insert_acc(self.hi - self.lo, a)
+
+
 class _SlideKey:
     """One key's sliding-window state: panes, fired revisions, cleanup timers and the two stacks."""
 
     __slots__ = (
-        "accs",
         "back_acc",
         "back_from",
         "ck_lo",
@@ -794,12 +951,12 @@ class _SlideKey:
         "front_a",
         "hi",
         "hint",
-        "newest",
+        "panes",
         "revs",
     )
 
-    def __init__(self) -> None:
-        self.accs: list[Acc] = []  # the panes' accumulators, sorted by their ``start`` (the pane's start)
+    def __init__(self, w: int, pane: int, off: int) -> None:
+        self.panes = Panes(w, pane, off)  # sorted by their start
         # window start -> revision, for fired windows not yet dropped (lateness > 0), and their drop times as a
         # heap of (end + lateness, window start); None while there are none (an empty dict and list are 120 bytes)
         self.revs: dict[int, int] | None = None
@@ -818,11 +975,10 @@ class _SlideKey:
         # stacks away before reading them; a front entry whose pane was dropped is dropped with it (no window
         # still to fire contains it).
         self.front_a: list[Part] = []
-        self.newest: Acc | None = None  # the newest front pane (that of front_a[0]) while there is a front
         self.back_from = 0
         self.back_acc: Acc | None = None
         self.hi: int | None = None  # panes below this have been pushed; None: stacks empty/invalid
-        self.hint = 0  # where the first pane at or after ``hi`` was last seen in ``accs`` (checked before use)
+        self.hint = 0  # where the first pane at or after ``hi`` was last seen in ``panes`` (checked before use)
         # the start of the oldest pane a reading was added to (or made for) since the key's last checkpoint snapshot
         # (``SlidingOperator.snapshot_rows``): its chunks from there on are what the next checkpoint writes
         self.ck_lo = CK_ALL
@@ -850,7 +1006,8 @@ class _SlideKey:
         (Until snapshot version 3 every pane was an accumulator and the front was every entry as one, with its
         first and last readings: about 59,000 bytes of JSON a key of a 60 s/1 s window of three metrics read every
         second, against 5,000 now. :meth:`from_json` takes both.)"""
-        d: dict[str, Any] = {"panes": [_pane_json_row(a, nm) for a in self.accs]}
+        panes = self.panes
+        d: dict[str, Any] = {"panes": [panes.row(i, nm) for i in range(panes.n())]}
         d.update(self.to_json_head(nm))
         return d
 
@@ -858,10 +1015,11 @@ class _SlideKey:
         """:meth:`to_json` but its panes."""
         hi = self.hi
         back: int | None = None
+        panes = self.panes
         if hi is not None and self.back_acc is not None:
-            j = _left_from_front(self.accs, self.back_from)
-            if j < len(self.accs) and self.accs[j].start < hi:
-                back = self.accs[j].start
+            j = panes.find_front(self.back_from)
+            if j < panes.n() and panes.start(j) < hi:
+                back = panes.start(j)
         return {
             "revs": [] if self.revs is None else [[s, r] for s, r in self.revs.items()],
             "cleanup": [] if self.cleanup is None else [list(x) for x in self.cleanup],
@@ -883,17 +1041,19 @@ class _SlideKey:
         new: dict[str, Any] = {}
         first = (since - off) // chunk
         rows: list[Any] = []
-        for a in self.accs:
-            c = (a.start - off) // chunk
+        panes = self.panes
+        n = panes.n()
+        for i in range(n):
+            c = (panes.start(i) - off) // chunk
             if not chunks or chunks[-1] != c:
                 chunks.append(c)
                 if c >= first:
                     rows = new[str(c)] = []
             if c >= first:
-                rows.append(_pane_json_row(a, nm))
+                rows.append(panes.row(i, nm))
         out: dict[str, Any] = {
             "pane_chunks": chunks,
-            "pane_from": self.accs[0].start if self.accs else None,
+            "pane_from": panes.start(0) if n else None,
             "pane_new": new,
         }
         out.update(d)
@@ -903,7 +1063,7 @@ class _SlideKey:
     def from_json(cls, d: dict[str, Any], singles: bool, nm: int, pane: int, off: int) -> tuple[_SlideKey, int | None]:
         """The key from its snapshot (either format: see :meth:`to_json`), and the start of its front stack's newest
         pane (None: no front), whose entries the caller makes (``SlidingOperator._restore_front``). ``singles``: a
-        pane that is exactly the accumulator of one reading is that reading (a :class:`Single`). ``nm``, ``pane``
+        pane that is exactly the accumulator of one reading is that reading (in the columns). ``nm``, ``pane``
         and ``off``: the window's metrics, pane size and offset, which each pane must fit (a ``ValueError`` says which
         does not: never a pane taken as something the engine did not write).
 
@@ -912,11 +1072,15 @@ class _SlideKey:
         away by the next advance before anything reads them). Entries of panes already dropped (in checkpoints
         written before they were dropped with their panes) are never read again: the next window to fire starts
         after them."""
-        ks = cls()
-        ks.accs = [_pane_from_row(x, singles, nm, pane, off) for x in d["panes"]]
-        for q in range(1, len(ks.accs)):
-            if ks.accs[q - 1].start >= ks.accs[q].start:
-                raise ValueError(f"sliding window snapshot: panes not in order of their start at {ks.accs[q].start}")
+        ks = cls(nm if singles else 0, pane, off)
+        panes = ks.panes
+        last = 0
+        for x in d["panes"]:
+            a = _pane_from_row(x, singles, nm, pane, off)
+            if panes.n() and last >= a.start:
+                raise ValueError(f"sliding window snapshot: panes not in order of their start at {a.start}")
+            last = a.start
+            panes.append_pane(a)
         ks.revs = {s: r for s, r in d["revs"]} or None
         ks.cleanup = [(x[0], x[1]) for x in d["cleanup"]] or None
         ks.dirty = set(d["dirty"]) if d["dirty"] else None
@@ -924,15 +1088,15 @@ class _SlideKey:
         ks.hi = d["hi"]
         if "front" in d:  # before version 3
             front = d["front"]
-            top = front[0][0] if front and ks.accs and front[0][0] >= ks.accs[0].start else None
+            top = front[0][0] if front and panes.n() and front[0][0] >= panes.start(0) else None
             back = d["back"]
             b = back[0] if back else None
         else:
             top = d["top"]
             b = d["back_from"]
             if b is not None:
-                j = _left_from_front(ks.accs, b)
-                if ks.hi is None or b >= ks.hi or j == len(ks.accs) or ks.accs[j].start != b:
+                j = panes.find_front(b)
+                if ks.hi is None or b >= ks.hi or j == panes.n() or panes.start(j) != b:
                     raise ValueError(
                         f"sliding window snapshot: the back starts at {b}, not a pane's start below {ks.hi}"
                     )
@@ -963,14 +1127,14 @@ class SlidingOperator(WindowOperator):
         self.spare: list[Acc] = []
         self.spare_parts: list[Part] = []  # the same for front stack entries
         self.spare_max = 4 * (spec.size_ms // self.pane) + 64
-        self.singles = self.nm <= 4  # panes of one reading kept as a Single (tests turn it off to compare)
+        self.singles = self.nm <= 4  # panes of one reading kept as that reading (tests turn it off to compare)
         self.sparse = True  # keep about 2 sqrt(n) of a front's n entries (tests turn it off to compare)
         # a checkpoint's chunk of panes (ms; 0: a key's panes in its own row): windows of more than CHUNK_PANES panes
         self.chunk = self.pane * CHUNK_PANES if spec.size_ms // self.pane > CHUNK_PANES else 0
 
     def _give_back(self, acc: Acc) -> None:
         """Keep an accumulator no longer used, for a next pane or stack entry (up to ``spare_max``)."""
-        if len(self.spare) < self.spare_max and not isinstance(acc, Single):
+        if len(self.spare) < self.spare_max:
             self.spare.append(acc)
 
     def _give_part(self, f: Part) -> None:
@@ -986,52 +1150,49 @@ class SlidingOperator(WindowOperator):
         fr = ks.front_a
         while fr and (below is None or fr[-1].start < below):
             self._give_part(fr.pop())
-        if not fr:
-            ks.newest = None
 
     def _refill(self, ks: _SlideKey, start: int) -> None:
         """Make again the front entries of the panes from ``start`` up to the top entry (not kept: see _SlideKey),
         from the top entry and the panes, as the transfer made them."""
-        front_a, accs = ks.front_a, ks.accs
+        front_a, panes = ks.front_a, ks.panes
         top = front_a[-1]
-        jt = _left_from_front(accs, top.start)
-        js = _left_from_front(accs, start)
+        jt = panes.find_front(top.start)
+        js = panes.find_front(start)
         if js >= jt:
             return
         run = self._take()
         run.clear()
         top.put_acc(run)
         for q in range(jt - 1, js - 1, -1):
-            self._merge_pane(run, accs[q])
+            panes.merge_into(q, run)
             f = self._take_part()
             f.take(run)
-            f.start = accs[q].start
+            f.start = panes.start(q)
             front_a.append(f)
         self._give_back(run)
 
     def _build_front(self, ks: _SlideKey, i: int, j: int, tail: bool = True) -> None:
-        """The front stack of the panes ``accs[j..i]`` (it is empty): the aggregate of the panes so far, newest
+        """The front stack of the panes ``j..i`` (it is empty): the aggregate of the panes so far, newest
         first; entries q = 0, k, 2k, ... (from the newest) keep a Part of it, and (``tail``) every entry from the
         highest of those on, which the next windows read first. Without them, the next window makes the ones it
         reads again from the lowest kept entry and the panes, as after any pop (``_refill``)."""
-        accs, front_a = ks.accs, ks.front_a
+        panes, front_a = ks.panes, ks.front_a
         stride = _stride(i - j + 1) if self.sparse else 1
         top = i - (i - j) // stride * stride  # the oldest kept entry below the top segment
         run = self._take()
-        self._set_pane(run, accs[i])
+        panes.set_into(i, run)
         q = i
         while True:
             if (tail and q <= top) or (i - q) % stride == 0:
                 f = self._take_part()
                 f.take(run)
-                f.start = accs[q].start
+                f.start = panes.start(q)
                 front_a.append(f)
             q -= 1
             if q < (j if tail else top):
                 break
-            self._merge_pane(run, accs[q])
+            panes.merge_into(q, run)
         self._give_back(run)
-        ks.newest = accs[i]
 
     def _restore_front(self, ks: _SlideKey, top: int) -> None:
         """A snapshot's front stack: its entries from the pane starting at ``top`` down to the first
@@ -1039,35 +1200,14 @@ class SlidingOperator(WindowOperator):
         the same order: the same bits), those at its stride only: the next window makes the ones it reads below
         them again, as after a pop. If a pane changed since (it is dirty), the next advance throws the stacks away
         before reading them, as it would have."""
-        accs = ks.accs
+        panes = ks.panes
         hi = ks.hi
-        i = _left_from_front(accs, top)
-        if hi is None or i == len(accs) or accs[i].start != top or top >= hi:
+        i = panes.find_front(top)
+        if hi is None or i == panes.n() or panes.start(i) != top or top >= hi:
             raise ValueError(f"sliding window snapshot: the front starts at {top}, not a pane's start below {hi}")
-        j = _left_from_front(accs, hi - self.size)
+        j = panes.find_front(hi - self.size)
         if j <= i:
             self._build_front(ks, i, j, False)
-
-    def _merge_pane(self, acc: Acc, pane: Acc) -> None:
-        """Merge the pane ``pane`` into ``acc`` (a Single as the accumulator of its reading, without making it)."""
-        if type(pane) is SinglePacked:  # the common pane of one reading, read here (compiled: a pointer compared)
-            p = pane.p
-            acc.merge_reading(
-                p >> _P_SEQ & 15, pane.v0, pane.v1, pane.v2, 0.0, pane.start + (p >> _P_DT & _P_DT_MAX), p >> _P_BOOT,
-                p & _ID_MAX,
-            )  # fmt: skip
-        elif isinstance(pane, Single):
-            pane.merge_into(acc)
-        else:
-            acc.merge_from(pane)
-
-    def _set_pane(self, acc: Acc, pane: Acc) -> None:
-        """``acc`` becomes a copy of the pane ``pane`` (as :meth:`_merge_pane`)."""
-        if isinstance(pane, Single):
-            acc.clear()
-            self._merge_pane(acc, pane)
-        else:
-            acc.set(pane)
 
     def _take(self) -> Acc:
         """A spare accumulator (holding old values) or a new one, for a pane or stack entry."""
@@ -1092,27 +1232,30 @@ class SlidingOperator(WindowOperator):
             return self._late(site, device, t, b, s, values, wm)
         ks = self.keys.get(key)
         if ks is None:
-            ks = self.keys[key] = _SlideKey()
+            ks = self.keys[key] = _SlideKey(self.nm if self.singles else 0, self.pane, off)
             self.sites[key] = site
             if self.shared:
                 self._new_key(key)
         p = t - (t - off) % self.pane
         if p < ks.ck_lo:
             ks.ck_lo = p
-        accs = ks.accs
-        n = len(accs)
-        acc = accs[n - 1] if n else None
+        panes = ks.panes
+        n = panes.n()
         i = n - 1
-        new: Acc | None = None  # the pane made for this reading, if it had none
-        if acc is None or p > acc.start:
-            new = _single(p, values, t, b, s) if self.singles else self._new_acc(p)
-            accs.append(new)
-        elif p != acc.start:
-            i = _left_from_back(accs, p)
-            acc = accs[i]
-            if acc.start != p:
-                new = _single(p, values, t, b, s) if self.singles else self._new_acc(p)
-                accs.insert(i, new)
+        new = False  # a pane was made for this reading
+        if not n or p > panes.start(i):
+            i = n
+            new = True
+        elif p != panes.start(i):
+            i = panes.find_back(p)
+            new = panes.start(i) != p
+        if new:
+            if self.singles:
+                panes.insert_reading(i, values, t, b, s)
+            else:
+                acc = self._new_acc(p)
+                self._add_values(acc, values, t, b, s)
+                panes.insert_acc(i, acc)
         # some window containing this pane has already been fired (or passed empty): first_window_end_after, inlined
         e = p + 1 + (off + size - p - 1) % slide
         if e <= wm:
@@ -1124,24 +1267,22 @@ class SlidingOperator(WindowOperator):
                 self._due(key, NO_WM)
         elif self.shared:
             self._due(key, e)
-        if new is None and acc is not None:
-            if isinstance(acc, Single):  # its second reading: an accumulator of the two, added in their order
-                one = acc
-                acc = self._new_acc(p)
-                self._add_values(acc, one.values(self.nm), one.time(), one.boot(), one.seq())
-                accs[i] = acc
-            self._add_values(acc, values, t, b, s)
-        elif new is not None and not self.singles:
-            self._add_values(new, values, t, b, s)
+        if not new:
+            pa = panes.acc(i)
+            if pa is None:  # its second reading: an accumulator of the two, added in their order
+                pa = self._new_acc(p)
+                panes.make_acc(i, pa, self.var)
+            self._add_values(pa, values, t, b, s)
         return _NONE
 
     def _window(self, ks: _SlideKey, start: int, end: int) -> Acc:
         """Merge the panes of ``[start, end)`` directly (for re-fires), into a new accumulator."""
-        accs = ks.accs
+        panes = ks.panes
         acc = acc_empty(self.nm)
-        i = _left_from_front(accs, start)
-        while i < len(accs) and accs[i].start < end:
-            self._merge_pane(acc, accs[i])
+        i = panes.find_front(start)
+        n = panes.n()
+        while i < n and panes.start(i) < end:
+            panes.merge_into(i, acc)
             i += 1
         return acc
 
@@ -1159,11 +1300,11 @@ class SlidingOperator(WindowOperator):
             ks.back_from = hi = start
         if front_a and front_a[-1].start < start:  # evict panes older than start
             self._drop_front(ks, start)
-        accs = ks.accs
+        panes = ks.panes
         if not front_a and back_acc is not None:  # transfer: the back's panes (from start on) become the front
             lo = ks.back_from if ks.back_from > start else start
-            i = _left_from_back(accs, hi, ks.hint) - 1
-            j = _left_from_front(accs, lo)
+            i = panes.find_back(hi, ks.hint) - 1
+            j = panes.find_front(lo)
             if i >= j:
                 self._build_front(ks, i, j)
             self._give_back(back_acc)
@@ -1171,17 +1312,16 @@ class SlidingOperator(WindowOperator):
             ks.back_from = hi
         elif front_a:  # entries popped (or dropped with their panes) since the last window
             self._refill(ks, start)
-        i = _left_from_back(accs, hi if hi > start else start, ks.hint)
-        n = len(accs)
+        i = panes.find_back(hi if hi > start else start, ks.hint)
+        n = panes.n()
         while i < n:
-            pa = accs[i]
-            if pa.start >= end:
+            if panes.start(i) >= end:
                 break
             if back_acc is None:
                 back_acc = self._take()
-                self._set_pane(back_acc, pa)
+                panes.set_into(i, back_acc)
             else:
-                self._merge_pane(back_acc, pa)  # in place: back_acc itself is never handed out
+                panes.merge_into(i, back_acc)  # in place: back_acc itself is never handed out
             i += 1
         ks.back_acc = back_acc
         ks.hi = end
@@ -1189,8 +1329,10 @@ class SlidingOperator(WindowOperator):
         site = self.sites[k]
         name, kind, aggs = self.name, self.kind, self.aggs
         fa = front_a[-1] if front_a else None
-        j = 0 if fa is None else _left_from_front(accs, fa.start)
-        newest = ks.newest
+        j = jn = 0
+        if fa is not None:
+            j = panes.find_front(fa.start)
+            jn = panes.find_back(front_a[0].start)  # the newest front pane
         for m, metric in self.bases:  # each result: the front's top, then the back merged in (either may be empty)
             nf = 0 if fa is None else fa.count(m)
             n = nf + (0 if back_acc is None else back_acc.count(m))
@@ -1199,9 +1341,8 @@ class SlidingOperator(WindowOperator):
                 if fa is not None:
                     fa.put(m, r)
                     if nf:
-                        _put_first(accs, j, m, r)
-                        if newest is None or not _last_of(newest, m, r):  # not in the newest pane: search
-                            _put_last(accs, _left_from_back(accs, front_a[0].start), m, r)
+                        panes.first_into(j, m, r)
+                        panes.last_into(jn, m, r)
                 if back_acc is not None:
                     back_acc.merge_put(m, r)
                 out.append(r)
@@ -1249,10 +1390,10 @@ class SlidingOperator(WindowOperator):
     def _next_due(self, ks: _SlideKey, wm: int) -> int:
         """After an advance to ``wm``: at or before the first watermark at which ``ks`` fires or drops anything."""
         size, slide, off = self.size, self.slide, self.offset
-        accs = ks.accs
+        panes = ks.panes
         due = NO_WM
-        if accs:
-            p = accs[0].start
+        if panes.n():
+            p = panes.start(0)
             # the next window end (a window with a pane ends there or later), and when the oldest pane goes
             due = first_window_end_after(wm if wm > p else p, size, slide, off)
             drop = p - (p - off) % slide + size + self.lateness
@@ -1266,19 +1407,19 @@ class SlidingOperator(WindowOperator):
         size, slide, off, lateness = self.size, self.slide, self.offset, self.lateness
         if ks.dirty and old != NO_WM:
             self._refire(out, k, ks, old)
-        accs = ks.accs
-        if not accs:
+        panes = ks.panes
+        if not panes.n():
             e = wm + 1
         elif old == NO_WM:
-            e = first_window_end_after(accs[0].start, size, slide, off)
+            e = first_window_end_after(panes.start(0), size, slide, off)
         else:
             e = first_window_end_after(old, size, slide, off)
         while e <= wm:
             s = e - size
-            i = _left_from_front(accs, s)
-            if i == len(accs):
+            i = panes.find_front(s)
+            if i == panes.n():
                 break
-            q = accs[i].start
+            q = panes.start(i)
             if q >= e:  # empty window: jump to the first window containing the next pane
                 e = first_window_end_after(q, size, slide, off)
                 continue
@@ -1297,19 +1438,21 @@ class SlidingOperator(WindowOperator):
             if not revs:
                 ks.revs = None
         n = 0
-        while n < len(accs):  # drop the panes whose every window is past its allowed lateness
-            p = accs[n].start
+        np = panes.n()
+        while n < np:  # drop the panes whose every window is past its allowed lateness
+            p = panes.start(n)
             if p - (p - off) % slide + size + lateness > wm:
                 break
             n += 1
         if n:
-            for j in range(n):
-                self._give_back(accs[j])
+            dropped = panes.drop(n)
+            if dropped is not None:
+                for acc in dropped:
+                    self._give_back(acc)
             ks.hint -= n
-            del accs[:n]
             if ks.front_a:  # entries of dropped panes: the next window to fire starts after them
-                self._drop_front(ks, accs[0].start if accs else None)
-        if not accs and not ks.revs:
+                self._drop_front(ks, panes.start(0) if panes.n() else None)
+        if not panes.n() and not ks.revs:
             del self.keys[k], self.sites[k]
 
     def snapshot(self, keys: Set[str] | None = None, order: bool = False) -> dict[str, Any]:
@@ -1572,93 +1715,6 @@ class SessionOperator(WindowOperator):
         return None
 
 
-def _left_from_front(a: list[Acc], x: int) -> int:
-    """The first index whose ``start`` is at least ``x`` (``a`` sorted by start), quick when few are below ``x``
-    (the oldest panes of a key)."""
-    n = len(a)
-    i = 0
-    while i < n and i < 4:
-        if a[i].start >= x:
-            return i
-        i += 1
-    return i if i == n else _bisect(a, x, 4, n)
-
-
-def _left_from_back(a: list[Acc], x: int, hint: int = -1) -> int:
-    """As :func:`_left_from_front`, quick when ``hint`` is the answer or few items are at or above ``x``."""
-    i = len(a)
-    if 0 <= hint <= i and (hint == 0 or a[hint - 1].start < x) and (hint == i or a[hint].start >= x):
-        return hint
-    lo = i - 4 if i > 4 else 0
-    while i > lo:
-        if a[i - 1].start < x:
-            return i
-        i -= 1
-    return _bisect(a, x, 0, i) if i else 0
-
-
-def _bisect(a: list[Acc], x: int, lo: int, hi: int) -> int:
-    """``bisect_left`` by ``start`` over ``a[lo:hi]``."""
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if a[mid].start < x:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
-
-
-def _put_first(accs: list[Acc], j: int, m: int, r: Stat) -> None:
-    """``r``'s first reading of metric ``m`` becomes that of the oldest pane from ``accs[j]`` on with a value of it
-    (there must be one): panes hold disjoint times, so it is the first of the panes together."""
-    while True:
-        pa = accs[j]
-        if type(pa) is SinglePacked:  # the common pane of one reading (compiled: a pointer compared)
-            if _packed_into(pa, m, r, False):
-                return
-        elif isinstance(pa, Single):
-            if pa.reading_into(m, r, False):
-                return
-        elif pa.count(m):
-            pa.put_first(m, r)
-            return
-        j += 1
-
-
-def _packed_into(pa: SinglePacked, m: int, r: Stat, last: bool) -> bool:
-    """``Single.reading_into`` of a packed pane, its fields read here: a direct call, not one through the class's
-    table and then one per field."""
-    p = pa.p
-    if not p >> _P_SEQ & 1 << m:
-        return False
-    t, b, s = pa.start + (p >> _P_DT & _P_DT_MAX), p >> _P_BOOT, p & _ID_MAX
-    v = pa.v0 if m == 0 else pa.v1 if m == 1 else pa.v2
-    if last:
-        r.lt, r.lb, r.ls, r.lv = t, b, s, v
-    else:
-        r.ft, r.fb, r.fs, r.fv = t, b, s, v
-    return True
-
-
-def _last_of(pa: Acc, m: int, r: Stat) -> bool:
-    """``r``'s last reading of metric ``m`` becomes the pane ``pa``'s, if it has a value of it."""
-    if type(pa) is SinglePacked:  # the common pane of one reading (compiled: a pointer compared)
-        return _packed_into(pa, m, r, True)
-    if isinstance(pa, Single):
-        return pa.reading_into(m, r, True)
-    if pa.count(m):
-        pa.put_last(m, r)
-        return True
-    return False
-
-
-def _put_last(accs: list[Acc], j: int, m: int, r: Stat) -> None:
-    """``r``'s last reading of metric ``m`` becomes that of the newest pane from ``accs[j]`` back with a value of it
-    (there must be one): panes hold disjoint times, so it is the last of the panes together."""
-    while not _last_of(accs[j], m, r):
-        j -= 1
-
-
 def _stride(n: int) -> int:
     """Of a front of ``n`` entries, every how many-th is kept: about sqrt(n), so that about 2 sqrt(n) are kept at
     a time, for one more merge per pane."""
@@ -1668,13 +1724,6 @@ def _stride(n: int) -> int:
     return k
 
 
-def _pane_json(a: Acc, nm: int) -> list[Any]:
-    """A pane's snapshot: a Single's is that of the accumulator of its one reading (as it always was)."""
-    if isinstance(a, Single):
-        return a.fill(acc_empty(nm), nm).to_json()
-    return a.to_json()
-
-
 def _acc_at(p: int, flat: list[Any]) -> Acc:
     """A pane's (or front stack entry's) accumulator from its snapshot, starting at ``p``."""
     acc = acc_from_json(flat)
@@ -1682,16 +1731,17 @@ def _acc_at(p: int, flat: list[Any]) -> Acc:
     return acc
 
 
-def _pane_at(p: int, flat: list[Any]) -> Acc:
-    """A pane from its accumulator's snapshot, starting at ``p``: the :class:`Single` of its reading if it is exactly
-    the accumulator of one reading (what a snapshot of a Single was before version 3), else the accumulator."""
+def _pane_at(p: int, flat: list[Any]) -> Acc | One:
+    """A pane from its accumulator's snapshot, starting at ``p``: its reading (:class:`One`) if it is exactly the
+    accumulator of one reading (what a snapshot of a pane of one reading was before version 3), else the
+    accumulator."""
     acc = _acc_at(p, flat)
     one = _one_reading(acc, flat)
     return acc if one is None else one
 
 
-def _one_reading(acc: Acc, flat: list[Any]) -> Single | None:
-    """The :class:`Single` of ``acc``'s reading (starting where ``acc`` does) if ``acc`` (``flat``: its snapshot) is
+def _one_reading(acc: Acc, flat: list[Any]) -> One | None:
+    """``acc``'s reading (starting where ``acc`` does) if ``acc`` (``flat``: its snapshot) is
     exactly the accumulator of one reading, to the bit; else (and beyond four metrics) None."""
     nm = len(flat) // FIELDS
     if nm > 4:
@@ -1713,8 +1763,10 @@ def _one_reading(acc: Acc, flat: list[Any]) -> Single | None:
         values.append(st.fv)
     if not seen:
         return None
-    one = _single(acc.start, values, t, b, s)
-    ref = _pane_json(one, nm)  # what a snapshot of the Single holds: the same values to the bit, or not one
+    one = One(acc.start, values, t, b, s)
+    ref = one.fill(
+        acc_empty(nm)
+    ).to_json()  # what a snapshot of the reading holds: the same values to the bit, or not one
     if ref != flat:
         return None
     for i in range(len(ref)):  # == does not tell -0.0 from 0.0, nor 1 from 1.0
@@ -1726,23 +1778,18 @@ def _one_reading(acc: Acc, flat: list[Any]) -> Single | None:
 
 
 def _pane_json_row(a: Acc, nm: int) -> list[Any]:
-    """A pane in a snapshot (version 3 on): one of one reading (a Single, or an accumulator that is exactly one
-    reading's) as ``[start, t, boot, seq, a value or None per metric]``, any other as ``[start, accumulator]``."""
-    one: Single | None
-    if isinstance(a, Single):
-        one = a
-    else:
-        flat = a.to_json()
-        one = _one_reading(a, flat)
-        if one is None:
-            return [a.start, flat]
-    return one.put_values([a.start, one.time(), one.boot(), one.seq()], nm)
+    """An accumulator pane in a snapshot (version 3 on): one that is exactly one reading's as a pane of one reading
+    (``[start, t, boot, seq, a value or None per metric]``, :meth:`Panes.row`), any other as ``[start,
+    accumulator]``."""
+    flat = a.to_json()
+    one = _one_reading(a, flat)
+    return [a.start, flat] if one is None else one.row()
 
 
-def _pane_from_row(x: list[Any], singles: bool, nm: int, pane: int, off: int) -> Acc:
-    """A pane from its row in a snapshot (:func:`_pane_json_row`, or ``[start, accumulator]`` before version 3): a
-    :class:`Single` of a pane of one reading when ``singles``, else an accumulator. A row that does not fit the window
-    (``nm`` metrics, panes of ``pane`` ms from ``off``) is a ``ValueError``."""
+def _pane_from_row(x: list[Any], singles: bool, nm: int, pane: int, off: int) -> Acc | One:
+    """A pane from its row in a snapshot (:func:`_pane_json_row`, or ``[start, accumulator]`` before version 3): the
+    reading of a pane of one reading (:class:`One`) when ``singles``, else an accumulator. A row that does not fit the
+    window (``nm`` metrics, panes of ``pane`` ms from ``off``) is a ``ValueError``."""
     p = x[0]
     if not isinstance(p, int) or (p - off) % pane:
         raise ValueError(f"sliding window snapshot: a pane starting at {p!r}, off the window's panes")
@@ -1758,10 +1805,10 @@ def _pane_from_row(x: list[Any], singles: bool, nm: int, pane: int, off: int) ->
         raise ValueError(f"sliding window snapshot: a reading at {t!r} in the pane at {p}")
     if not (isinstance(b, int) and isinstance(s, int) and 0 <= b <= _ID_MAX and 0 <= s <= _ID_MAX):
         raise ValueError(f"sliding window snapshot: a reading of boot {b!r} and seq {s!r} in the pane at {p}")
-    one = _single(p, values, t, b, s)
+    one = One(p, values, t, b, s)
     if singles:
         return one
-    acc = one.fill(acc_empty(nm), nm)
+    acc = one.fill(acc_empty(nm))
     acc.start = p
     return acc
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from gateway.engine import Engine, parse_engine
-from gateway.engine.operators import _single
+from gateway.engine.operators import Panes
 from gateway.memsize import block, block_size, deep_size
 from gateway.model import Batch, Reading
 
@@ -78,6 +78,14 @@ def _held() -> int:
     return int(found.group(1).replace(",", "")) + info.uordblks + info.hblkhd
 
 
+def _panes(n: int) -> Panes:
+    """A sliding window key's panes: ``n`` of one reading each (columns of ``librt.vecs``, grown as they fill)."""
+    p = Panes(3, 1000, 0)
+    for i in range(n):
+        p.insert_reading(i, [1.0, None, 3.0], 1_000_000 + i * 1000 + 5, 1, i)
+    return p
+
+
 def _engine(devices: int, seconds: int) -> Engine:
     engine = Engine(parse_engine({"windows": WINDOWS}))
     rng = random.Random(7)
@@ -91,25 +99,32 @@ def _engine(devices: int, seconds: int) -> Engine:
 
 
 def test_the_allocators_own_counts_agree() -> None:
-    """What pymalloc and glibc say they hand out for an engine of the three windows (600 devices through 90 s) and
-    for containers of many sizes is what ``block_size`` counts, within 1 %: the rounding is theirs, not only the
-    model's (``tracemalloc`` below gives sizes, which ``block`` rounds). Each graph holds a few MB: CPython's free
-    lists (floats, lists, dicts, tuples) keep up to about 15 KB of blocks in use that no object holds, more or fewer
-    from one count to the next."""
-    makers: list[Callable[[], Any]] = [
-        lambda: _engine(600, 90),
-        lambda: [[float(j) for j in range(i % 80)] for i in range(2000)],
-        lambda: [{f"k{j}": float(j) for j in range(i % 40)} for i in range(1000)],
-        lambda: [{float(j) + 0.5 for j in range(i % 40)} for i in range(1000)],
-        lambda: [_single(i, [1.0, None, 3.0], i, 1, i) for i in range(1000, 41_000)],
-        lambda: [bytes(400 + i % 900) for i in range(3000)],
+    """What pymalloc and glibc say they hand out for containers of many sizes, and for an engine of the three windows
+    (1,200 devices through 90 s), is what ``block_size`` counts: the rounding is theirs, not only the model's
+    (``tracemalloc`` below gives sizes, which ``block`` rounds). Within 1 % for the containers; each graph holds a few
+    MB, and CPython's free lists (floats, lists, dicts, tuples) keep up to about 15 KB of blocks in use that no object
+    holds, more or fewer from one count to the next.
+
+    Within 1.5 % for the engine. A sliding key's panes are three buffers of glibc's (columns of more than 512 bytes),
+    made anew as the key's panes grow and shrink, and glibc holds about 120 bytes a key more than their blocks round
+    to: 1.2 % of the pure engine here, 0.5 % compiled. It is not an object the count misses: ``tracemalloc``, which sees
+    every block CPython allocates, agrees with the count within 1 % over the same engine (the test below), and with
+    glibc's per-thread cache turned off the difference is the same. Before the columns (one list of panes a key, of
+    glibc's too) it was about the same 120 bytes a key, then 0.8 % of a pure engine twice the size."""
+    makers: list[tuple[Callable[[], Any], float]] = [
+        (lambda: _engine(1200, 90), 0.015),
+        (lambda: [[float(j) for j in range(i % 80)] for i in range(2000)], 0.01),
+        (lambda: [{f"k{j}": float(j) for j in range(i % 40)} for i in range(1000)], 0.01),
+        (lambda: [{float(j) + 0.5 for j in range(i % 40)} for i in range(1000)], 0.01),
+        (lambda: [_panes(i % 150) for i in range(3000)], 0.01),
+        (lambda: [bytes(400 + i % 900) for i in range(3000)], 0.01),
     ]
     _engine(3, 3)
-    for make in makers:
+    for make, within in makers:
         before = _held()
         made = make()
         held = _held() - before
-        assert abs(block_size(made) - held) <= 0.01 * held, (block_size(made), held)
+        assert abs(block_size(made) - held) <= within * held, (block_size(made), held)
         del made
 
 
@@ -141,7 +156,7 @@ def test_an_engines_state_as_allocated() -> None:
         lambda: [(float(i), float(i) + 1) for i in range(2000)],
         lambda: [f"device-{i:06d}" * (1 + i % 60) for i in range(1000)],
         lambda: [bytearray(i % 700) for i in range(1000)],
-        lambda: [_single(i, [1.0, None, 3.0], i, 1, i) for i in range(1000, 3000)],  # no small int: made at start
+        lambda: [_panes(i % 150) for i in range(600)],
     ],
     ids=[
         "empty lists",
