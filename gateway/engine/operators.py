@@ -28,7 +28,7 @@ from bisect import insort
 from collections.abc import Callable, Set
 from heapq import heappop, heappush
 from math import copysign
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, final
 
 from mypy_extensions import i64, mypyc_attr
 
@@ -619,9 +619,10 @@ def _first(x: list[Any]) -> int:
 
 
 _NO_READING: Final = -1
-"""A pane's ``bs`` in :class:`Panes` when it is an accumulator (kept in ``big`` by its start), not one reading."""
+"""A pane's ``bs`` in :class:`Panes` when it is an accumulator (kept in ``big``), not one reading."""
 
 
+@final
 class Panes:
     """A sliding window key's panes, in order of their start, as columns (compiled: ``librt.vecs``, native buffers of
     unboxed ints and floats; no object and list slot a pane).
@@ -629,146 +630,164 @@ class Panes:
     A pane of one reading - the common case, a board that reads once per pane - is that reading: ``tm`` its time
     shifted left by 4 and the bits of the metrics it has (``t << 4 | mask``), ``bs`` its boot and seq (``boot << 31 |
     seq``), and ``w`` values in ``vs`` (0.0 where it has none): 8 + 8 + 8 w bytes. Any other pane is an accumulator,
-    in ``big`` by its start (``tm`` its start << 4, ``bs`` :data:`_NO_READING`). As a source (merged, copied, its
-    first and last readings, in a snapshot) a pane of one reading is exactly the accumulator one ``add`` of it makes,
+    in ``big``, a list beside the columns while the key has any (``tm`` its start << 4, ``bs`` :data:`_NO_READING`).
+    As a source (merged, copied, its
+    first and last readings, in a snapshot) a pane of one reading is exactly the accumulator one ``add`` of it makes
     (``Acc.merge_reading``; :class:`One` for a snapshot).
 
-    A pane's start is that of the pane its time falls in (``t - (t - off) % pane``: the window's panes). The live
-    panes are ``[lo, hi)`` of the columns, whose length is their capacity: dropping the oldest moves ``lo``, a new
-    pane goes at ``hi`` (or is inserted, the newer ones moved up one); when ``hi`` reaches the end the live panes are
-    moved down to 0, or into longer columns when they fill more than 7/8 of them, and into shorter ones when they fall
-    below a quarter. Indexes given and taken by the methods count from the oldest live pane (0)."""
+    A pane's start is that of the pane its time falls in (``t - (t - off) % pane``: the window's panes). So a pane
+    starts at or after a pane boundary ``x`` exactly when its time (``tm >> 4``) is at or after ``x``: the searches
+    and the window's loops, whose bounds are all pane boundaries (window starts and ends, panes' starts), compare
+    times and never compute a start.
 
-    __slots__ = ("big", "bs", "hi", "lo", "off", "pane", "tm", "vs", "w")
+    The columns are a ring: the ``n`` live panes are at ``head``, ``head + 1``, ... wrapping at ``cap`` (the columns'
+    length). Dropping the oldest moves ``head``; a new pane goes after the newest, or is inserted with the newer ones
+    moved up one; the columns are made anew, longer, only when every place is taken, and shorter when the live panes
+    fall below a quarter of them. Indexes given and taken by the methods count from the oldest live pane (0)."""
 
-    def __init__(self, w: int, pane: int, off: int) -> None:
+    __slots__ = ("big", "bs", "cap", "head", "n", "nbig", "off", "pane", "tm", "vs", "w")
+
+    def __init__(self, w: i64, pane: i64, off: i64) -> None:
         self.tm: vec[i64] = vec[i64]()
         self.bs: vec[i64] = vec[i64]()
         self.vs: vec[float] = vec[float]()
-        self.lo = 0
-        self.hi = 0
-        self.w = w  # values a pane of one reading keeps (the window's metrics; 0: none is kept as one, over 4 metrics)
-        self.pane = pane
-        self.off = off
-        self.big: dict[int, Acc] | None = None
+        self.cap: i64 = 0
+        self.head: i64 = 0
+        self.n: i64 = 0  # how many panes
+        self.w: i64 = (
+            w  # values a pane of one reading keeps (the window's metrics; 0: none is kept as one, over 4 metrics)
+        )
+        self.pane: i64 = pane
+        self.off: i64 = off
+        self.big: list[Acc | None] | None = None  # the accumulator panes, at their columns' index (None: none)
+        self.nbig: i64 = 0  # how many
 
-    def n(self) -> int:
-        """How many panes."""
-        return self.hi - self.lo
+    def _j(self, i: i64) -> i64:
+        """The column index of pane ``i``."""
+        j = self.head + i
+        return j - self.cap if j >= self.cap else j
 
-    def start(self, i: int) -> int:
+    def start(self, i: i64) -> i64:
         """Pane ``i``'s start."""
-        t = self.tm[self.lo + i] >> 4
+        t = self.tm[self._j(i)] >> 4
         return t - (t - self.off) % self.pane
 
-    def acc(self, i: int) -> Acc | None:
+    def t_at(self, i: i64) -> i64:
+        """A time in pane ``i`` (its reading's, or its start for an accumulator): at or after a pane boundary exactly
+        when the pane's start is."""
+        return self.tm[self._j(i)] >> 4
+
+    def acc(self, i: i64) -> Acc | None:
         """Pane ``i``'s accumulator; None for a pane of one reading."""
-        j = self.lo + i
+        j = self._j(i)
         if self.bs[j] != _NO_READING:
             return None
         big = self.big
         assert big is not None
-        return big[self.tm[j] >> 4]
+        return big[j]
 
-    def one(self, i: int) -> bool:
+    def one(self, i: i64) -> bool:
         """Pane ``i`` holds one reading (in the columns)."""
-        return self.bs[self.lo + i] != _NO_READING
+        return self.bs[self._j(i)] != _NO_READING
 
-    def find_front(self, x: int) -> int:
-        """The first pane whose start is at least ``x``, quick when few are below ``x`` (the oldest panes)."""
-        n = self.hi - self.lo
-        i = 0
+    def find_front(self, x: i64) -> i64:
+        """The first pane whose start is at least ``x`` (a pane boundary), quick when few are below ``x`` (the oldest
+        panes)."""
+        tm, head, cap, n = self.tm, self.head, self.cap, self.n
+        i: i64 = 0
         while i < n and i < 4:
-            if self.start(i) >= x:
+            j = head + i
+            if tm[j - cap if j >= cap else j] >> 4 >= x:
                 return i
             i += 1
         return i if i == n else self._bisect(x, 4, n)
 
-    def find_back(self, x: int, hint: int = -1) -> int:
+    def find_back(self, x: i64, hint: i64 = -1) -> i64:
         """As :meth:`find_front`, quick when ``hint`` is the answer or few panes start at or after ``x``."""
-        i = self.hi - self.lo
-        if 0 <= hint <= i and (hint == 0 or self.start(hint - 1) < x) and (hint == i or self.start(hint) >= x):
-            return hint
-        lo = i - 4 if i > 4 else 0
+        tm, head, cap, n = self.tm, self.head, self.cap, self.n
+        if 0 <= hint <= n:
+            j = head + hint - 1
+            if hint == 0 or tm[j - cap if j >= cap else j] >> 4 < x:
+                j += 1
+                if hint == n or tm[j - cap if j >= cap else j] >> 4 >= x:
+                    return hint
+        i = n
+        lo = n - 4 if n > 4 else 0
         while i > lo:
-            if self.start(i - 1) < x:
+            j = head + i - 1
+            if tm[j - cap if j >= cap else j] >> 4 < x:
                 return i
             i -= 1
         return self._bisect(x, 0, i) if i else 0
 
-    def _bisect(self, x: int, lo: int, hi: int) -> int:
+    def _bisect(self, x: i64, lo: i64, hi: i64) -> i64:
+        tm, head, cap = self.tm, self.head, self.cap
         while lo < hi:
             mid = (lo + hi) // 2
-            if self.start(mid) < x:
+            j = head + mid
+            if tm[j - cap if j >= cap else j] >> 4 < x:
                 lo = mid + 1
             else:
                 hi = mid
         return lo
 
-    def _resize(self, cap: int) -> None:
-        """Move the live panes to the start of new columns of ``cap`` panes."""
-        lo, n, w = self.lo, self.hi - self.lo, self.w
+    def _resize(self, cap: i64) -> None:
+        """The live panes, in order from column 0, in new columns of ``cap`` panes."""
+        n, w = self.n, self.w
         tm: vec[i64] = vec[i64]([0] * cap)
         bs: vec[i64] = vec[i64]([0] * cap)
         vs: vec[float] = vec[float]([0.0] * (cap * w))
-        otm, obs, ovs = self.tm, self.bs, self.vs
+        otm, obs, ovs, obig = self.tm, self.bs, self.vs, self.big
+        big: list[Acc | None] | None = None if obig is None else [None] * cap
+        j = self.head
+        ocap = self.cap
         for q in range(n):
-            tm[q] = otm[lo + q]
-            bs[q] = obs[lo + q]
-        for q in range(n * w):
-            vs[q] = ovs[lo * w + q]
-        self.tm, self.bs, self.vs = tm, bs, vs
-        self.lo = 0
-        self.hi = n
+            tm[q] = otm[j]
+            bs[q] = obs[j]
+            for m in range(w):
+                vs[q * w + m] = ovs[j * w + m]
+            if big is not None and obig is not None:
+                big[q] = obig[j]
+            j += 1
+            if j == ocap:
+                j = 0
+        self.tm, self.bs, self.vs, self.big = tm, bs, vs, big
+        self.cap = cap
+        self.head = 0
 
-    def _room(self) -> None:
-        """Room for one more pane at ``hi``."""
-        cap = len(self.tm)
-        if self.hi < cap:
-            return
-        n = self.hi - self.lo
-        if n + 1 + (cap >> 4) > cap:
-            self._resize((n + (n >> 3) + 11) & ~7)
-            return
-        lo, w = self.lo, self.w
-        tm, bs, vs = self.tm, self.bs, self.vs
-        for q in range(n):
-            tm[q] = tm[lo + q]
-            bs[q] = bs[lo + q]
-        for q in range(n * w):
-            vs[q] = vs[lo * w + q]
-        self.lo = 0
-        self.hi = n
-
-    def _open(self, i: int) -> int:
+    def _open(self, i: i64) -> i64:
         """Make a place for a new pane at ``i`` (the panes from ``i`` on move up one); its column index."""
-        self._room()
-        j = self.lo + i
-        hi, w = self.hi, self.w
-        if j < hi:
-            tm, bs, vs = self.tm, self.bs, self.vs
-            q = hi
-            while q > j:
-                tm[q] = tm[q - 1]
-                bs[q] = bs[q - 1]
-                q -= 1
-            q = (hi + 1) * w - 1
-            while q >= (j + 1) * w:
-                vs[q] = vs[q - w]
-                q -= 1
-        self.hi = hi + 1
-        return j
+        n = self.n
+        if n == self.cap:
+            self._resize(n + (n >> 3) + 4)
+        tm, bs, vs, w, cap, big = self.tm, self.bs, self.vs, self.w, self.cap, self.big
+        head = self.head
+        dst = head + n
+        if dst >= cap:
+            dst -= cap
+        q = n
+        while q > i:  # the panes from i on, newest first, up one
+            src = dst - 1 if dst else cap - 1
+            tm[dst] = tm[src]
+            bs[dst] = bs[src]
+            for m in range(w):
+                vs[dst * w + m] = vs[src * w + m]
+            if big is not None:
+                big[dst] = big[src]
+            dst = src
+            q -= 1
+        if big is not None:
+            big[dst] = None
+        self.n = n + 1
+        return dst
 
-    def insert_reading(self, i: int, values: Values, t: int, b: int, s: int) -> None:
+    def insert_reading(self, i: i64, values: Values, t: i64, b: i64, s: i64) -> None:
         """A new pane at ``i`` of the one reading ``values`` (``None``: none for that metric; up to ``w``) read at
         ``(t, b, s)``."""
         j = self._open(i)
-        self._put(j, values, t, b, s)
-
-    def _put(self, j: int, values: Values, t: int, b: int, s: int) -> None:
         w = self.w
         vs = self.vs
-        mask = 0
+        mask: i64 = 0
         k = j * w
         for m in range(w):
             v = values[m]
@@ -780,23 +799,23 @@ class Panes:
         self.tm[j] = t << 4 | mask
         self.bs[j] = b << 31 | s
 
-    def insert_acc(self, i: int, acc: Acc) -> None:
+    def insert_acc(self, i: i64, acc: Acc) -> None:
         """A new pane at ``i``: the accumulator ``acc`` (its ``start`` the pane's)."""
-        j = self._open(i)
-        self._set_acc(j, acc)
+        self._set_acc(self._open(i), acc)
 
-    def _set_acc(self, j: int, acc: Acc) -> None:
+    def _set_acc(self, j: i64, acc: Acc) -> None:
         self.tm[j] = acc.start << 4
         self.bs[j] = _NO_READING
         big = self.big
         if big is None:
-            big = self.big = {}
-        big[acc.start] = acc
+            big = self.big = [None] * self.cap
+        big[j] = acc
+        self.nbig += 1
 
-    def make_acc(self, i: int, acc: Acc, var: bool) -> None:
+    def make_acc(self, i: i64, acc: Acc, var: bool) -> None:
         """Pane ``i`` (of one reading) becomes ``acc`` (cleared, its ``start`` the pane's), with that reading added
         (``Acc.add_var`` with ``var``, else ``Acc.add``)."""
-        j = self.lo + i
+        j = self._j(i)
         tm, bs = self.tm[j], self.bs[j]
         values = self.values(i)
         if var:
@@ -805,9 +824,9 @@ class Panes:
             acc.add(values, tm >> 4, bs >> 31, bs & _ID_MAX)
         self._set_acc(j, acc)
 
-    def values(self, i: int) -> Values:
+    def values(self, i: i64) -> Values:
         """The values of pane ``i``'s one reading (``None``: none for that metric)."""
-        j = self.lo + i
+        j = self._j(i)
         mask = self.tm[j] & 15
         w = self.w
         k = j * w
@@ -817,28 +836,32 @@ class Panes:
             out.append(vs[k + m] if mask & 1 << m else None)
         return out
 
-    def time(self, i: int) -> int:
+    def time(self, i: i64) -> i64:
         """The time of pane ``i``'s one reading."""
-        return self.tm[self.lo + i] >> 4
+        return self.tm[self._j(i)] >> 4
 
-    def boot(self, i: int) -> int:
+    def boot(self, i: i64) -> i64:
         """The boot of pane ``i``'s one reading."""
-        return self.bs[self.lo + i] >> 31
+        return self.bs[self._j(i)] >> 31
 
-    def seq(self, i: int) -> int:
+    def seq(self, i: i64) -> i64:
         """The seq of pane ``i``'s one reading."""
-        return self.bs[self.lo + i] & _ID_MAX
+        return self.bs[self._j(i)] & _ID_MAX
 
-    def merge_into(self, i: int, acc: Acc) -> None:
+    def merge_into(self, i: i64, acc: Acc) -> None:
         """Merge pane ``i`` into ``acc`` (one reading as the accumulator of it, without making it)."""
-        j = self.lo + i
+        j = self.head + i
+        if j >= self.cap:
+            j -= self.cap
         bs = self.bs[j]
+        tm = self.tm[j]
         if bs == _NO_READING:
             big = self.big
             assert big is not None
-            acc.merge_from(big[self.tm[j] >> 4])
+            pa = big[j]
+            assert pa is not None
+            acc.merge_from(pa)
             return
-        tm = self.tm[j]
         w = self.w
         k = j * w
         vs = self.vs
@@ -848,27 +871,32 @@ class Panes:
         v3 = vs[k + 3] if w > 3 else 0.0
         acc.merge_reading(tm & 15, v0, v1, v2, v3, tm >> 4, bs >> 31, bs & _ID_MAX)
 
-    def set_into(self, i: int, acc: Acc) -> None:
+    def set_into(self, i: i64, acc: Acc) -> None:
         """``acc`` becomes a copy of pane ``i`` (as :meth:`merge_into`)."""
-        j = self.lo + i
+        j = self._j(i)
         if self.bs[j] == _NO_READING:
             big = self.big
             assert big is not None
-            acc.set(big[self.tm[j] >> 4])
+            pa = big[j]
+            assert pa is not None
+            acc.set(pa)
         else:
             acc.clear()
             self.merge_into(i, acc)
 
-    def reading_into(self, i: int, m: int, r: Stat, last: bool) -> bool:
+    def reading_into(self, i: i64, m: i64, r: Stat, last: bool) -> bool:
         """``r``'s first reading of metric ``m`` (``last``: its last) becomes pane ``i``'s, if it has a value of it
         (returns whether it has)."""
-        j = self.lo + i
+        j = self.head + i
+        if j >= self.cap:
+            j -= self.cap
         bs = self.bs[j]
         tm = self.tm[j]
         if bs == _NO_READING:
             big = self.big
             assert big is not None
-            pa = big[tm >> 4]
+            pa = big[j]
+            assert pa is not None
             if not pa.count(m):
                 return False
             if last:
@@ -885,48 +913,49 @@ class Panes:
             r.ft, r.fb, r.fs, r.fv = tm >> 4, bs >> 31, bs & _ID_MAX, v
         return True
 
-    def first_into(self, i: int, m: int, r: Stat) -> None:
+    def first_into(self, i: i64, m: i64, r: Stat) -> None:
         """``r``'s first reading of metric ``m`` becomes that of the oldest pane from ``i`` on with a value of it
         (there must be one): panes hold disjoint times, so it is the first of the panes together."""
         while not self.reading_into(i, m, r, False):
             i += 1
 
-    def last_into(self, i: int, m: int, r: Stat) -> None:
+    def last_into(self, i: i64, m: i64, r: Stat) -> None:
         """``r``'s last reading of metric ``m`` becomes that of the newest pane from ``i`` back with a value of it
         (there must be one)."""
         while not self.reading_into(i, m, r, True):
             i -= 1
 
-    def drop(self, n: int) -> list[Acc] | None:
-        """Drop the ``n`` oldest panes; their accumulators (None: none was one)."""
-        lo = self.lo
+    def drop(self, k: i64) -> list[Acc] | None:
+        """Drop the ``k`` oldest panes; their accumulators (None: none was one)."""
         out: list[Acc] | None = None
         big = self.big
         if big is not None:
-            for j in range(lo, lo + n):
-                if self.bs[j] == _NO_READING:
+            for i in range(k):
+                j = self._j(i)
+                pa = big[j]
+                if pa is not None:
                     if out is None:
                         out = []
-                    out.append(big.pop(self.tm[j] >> 4))
-            if not big:
+                    out.append(pa)
+                    big[j] = None
+                    self.nbig -= 1
+            if not self.nbig:
                 self.big = None
-        lo += n
-        live = self.hi - lo
-        self.lo = lo
-        if not live:
-            self.lo = self.hi = 0
-        cap = len(self.tm)
-        if cap > 16 and live < cap >> 2:
-            self._resize((live + (live >> 2) + 11) & ~7)
+        n = self.n - k
+        self.n = n
+        self.head = self._j(k) if n else 0
+        cap = self.cap
+        if cap > 16 and n < cap >> 2:
+            self._resize(n + (n >> 2) + 4)
         return out
 
-    def row(self, i: int, nm: int) -> list[Any]:
+    def row(self, i: i64, nm: int) -> list[Any]:
         """Pane ``i`` in a snapshot: one of one reading as ``[start, t, boot, seq, a value or None per metric]``, any
         other as :func:`_pane_json_row` gives it."""
         a = self.acc(i)
         if a is not None:
             return _pane_json_row(a, nm)
-        j = self.lo + i
+        j = self._j(i)
         out: list[Any] = [self.start(i), self.tm[j] >> 4, self.bs[j] >> 31, self.bs[j] & _ID_MAX]
         out.extend(self.values(i))
         return out
@@ -934,9 +963,9 @@ class Panes:
     def append_pane(self, a: Acc | One) -> None:
         """A new newest pane: a reading (into the columns), or an accumulator."""
         if isinstance(a, One):
-            self.insert_reading(self.hi - self.lo, a.values, a.t, a.b, a.s)
+            self.insert_reading(self.n, a.values, a.t, a.b, a.s)
         else:
-            self.insert_acc(self.hi - self.lo, a)
+            self.insert_acc(self.n, a)
 
 
 class _SlideKey:
@@ -1007,7 +1036,7 @@ class _SlideKey:
         first and last readings: about 59,000 bytes of JSON a key of a 60 s/1 s window of three metrics read every
         second, against 5,000 now. :meth:`from_json` takes both.)"""
         panes = self.panes
-        d: dict[str, Any] = {"panes": [panes.row(i, nm) for i in range(panes.n())]}
+        d: dict[str, Any] = {"panes": [panes.row(i, nm) for i in range(panes.n)]}
         d.update(self.to_json_head(nm))
         return d
 
@@ -1018,7 +1047,7 @@ class _SlideKey:
         panes = self.panes
         if hi is not None and self.back_acc is not None:
             j = panes.find_front(self.back_from)
-            if j < panes.n() and panes.start(j) < hi:
+            if j < panes.n and panes.start(j) < hi:
                 back = panes.start(j)
         return {
             "revs": [] if self.revs is None else [[s, r] for s, r in self.revs.items()],
@@ -1042,7 +1071,7 @@ class _SlideKey:
         first = (since - off) // chunk
         rows: list[Any] = []
         panes = self.panes
-        n = panes.n()
+        n = panes.n
         for i in range(n):
             c = (panes.start(i) - off) // chunk
             if not chunks or chunks[-1] != c:
@@ -1077,7 +1106,7 @@ class _SlideKey:
         last = 0
         for x in d["panes"]:
             a = _pane_from_row(x, singles, nm, pane, off)
-            if panes.n() and last >= a.start:
+            if panes.n and last >= a.start:
                 raise ValueError(f"sliding window snapshot: panes not in order of their start at {a.start}")
             last = a.start
             panes.append_pane(a)
@@ -1088,7 +1117,7 @@ class _SlideKey:
         ks.hi = d["hi"]
         if "front" in d:  # before version 3
             front = d["front"]
-            top = front[0][0] if front and panes.n() and front[0][0] >= panes.start(0) else None
+            top = front[0][0] if front and panes.n and front[0][0] >= panes.start(0) else None
             back = d["back"]
             b = back[0] if back else None
         else:
@@ -1096,7 +1125,7 @@ class _SlideKey:
             b = d["back_from"]
             if b is not None:
                 j = panes.find_front(b)
-                if ks.hi is None or b >= ks.hi or j == panes.n() or panes.start(j) != b:
+                if ks.hi is None or b >= ks.hi or j == panes.n or panes.start(j) != b:
                     raise ValueError(
                         f"sliding window snapshot: the back starts at {b}, not a pane's start below {ks.hi}"
                     )
@@ -1203,7 +1232,7 @@ class SlidingOperator(WindowOperator):
         panes = ks.panes
         hi = ks.hi
         i = panes.find_front(top)
-        if hi is None or i == panes.n() or panes.start(i) != top or top >= hi:
+        if hi is None or i == panes.n or panes.start(i) != top or top >= hi:
             raise ValueError(f"sliding window snapshot: the front starts at {top}, not a pane's start below {hi}")
         j = panes.find_front(hi - self.size)
         if j <= i:
@@ -1240,15 +1269,16 @@ class SlidingOperator(WindowOperator):
         if p < ks.ck_lo:
             ks.ck_lo = p
         panes = ks.panes
-        n = panes.n()
+        n = panes.n
         i = n - 1
         new = False  # a pane was made for this reading
-        if not n or p > panes.start(i):
+        pane = self.pane
+        if not n or p > panes.t_at(i):  # p is a pane boundary: compare with a time in the pane
             i = n
             new = True
-        elif p != panes.start(i):
+        elif panes.t_at(i) >= p + pane:  # the newest pane starts after p's
             i = panes.find_back(p)
-            new = panes.start(i) != p
+            new = panes.t_at(i) >= p + pane
         if new:
             if self.singles:
                 panes.insert_reading(i, values, t, b, s)
@@ -1280,8 +1310,8 @@ class SlidingOperator(WindowOperator):
         panes = ks.panes
         acc = acc_empty(self.nm)
         i = panes.find_front(start)
-        n = panes.n()
-        while i < n and panes.start(i) < end:
+        n = panes.n
+        while i < n and panes.t_at(i) < end:
             panes.merge_into(i, acc)
             i += 1
         return acc
@@ -1313,9 +1343,9 @@ class SlidingOperator(WindowOperator):
         elif front_a:  # entries popped (or dropped with their panes) since the last window
             self._refill(ks, start)
         i = panes.find_back(hi if hi > start else start, ks.hint)
-        n = panes.n()
+        n = panes.n
         while i < n:
-            if panes.start(i) >= end:
+            if panes.t_at(i) >= end:
                 break
             if back_acc is None:
                 back_acc = self._take()
@@ -1392,7 +1422,7 @@ class SlidingOperator(WindowOperator):
         size, slide, off = self.size, self.slide, self.offset
         panes = ks.panes
         due = NO_WM
-        if panes.n():
+        if panes.n:
             p = panes.start(0)
             # the next window end (a window with a pane ends there or later), and when the oldest pane goes
             due = first_window_end_after(wm if wm > p else p, size, slide, off)
@@ -1408,7 +1438,7 @@ class SlidingOperator(WindowOperator):
         if ks.dirty and old != NO_WM:
             self._refire(out, k, ks, old)
         panes = ks.panes
-        if not panes.n():
+        if not panes.n:
             e = wm + 1
         elif old == NO_WM:
             e = first_window_end_after(panes.start(0), size, slide, off)
@@ -1417,9 +1447,9 @@ class SlidingOperator(WindowOperator):
         while e <= wm:
             s = e - size
             i = panes.find_front(s)
-            if i == panes.n():
+            if i == panes.n:
                 break
-            q = panes.start(i)
+            q = panes.t_at(i)  # a time in the next pane: the first window containing it is that of its start
             if q >= e:  # empty window: jump to the first window containing the next pane
                 e = first_window_end_after(q, size, slide, off)
                 continue
@@ -1438,9 +1468,9 @@ class SlidingOperator(WindowOperator):
             if not revs:
                 ks.revs = None
         n = 0
-        np = panes.n()
+        np = panes.n
         while n < np:  # drop the panes whose every window is past its allowed lateness
-            p = panes.start(n)
+            p = panes.t_at(n)  # a time in the pane: slides are whole panes, so its slide's start is the pane's
             if p - (p - off) % slide + size + lateness > wm:
                 break
             n += 1
@@ -1451,8 +1481,8 @@ class SlidingOperator(WindowOperator):
                     self._give_back(acc)
             ks.hint -= n
             if ks.front_a:  # entries of dropped panes: the next window to fire starts after them
-                self._drop_front(ks, panes.start(0) if panes.n() else None)
-        if not panes.n() and not ks.revs:
+                self._drop_front(ks, panes.start(0) if panes.n else None)
+        if not panes.n and not ks.revs:
             del self.keys[k], self.sites[k]
 
     def snapshot(self, keys: Set[str] | None = None, order: bool = False) -> dict[str, Any]:

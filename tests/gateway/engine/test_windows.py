@@ -69,11 +69,11 @@ def test_pane_searches_from_either_end_agree_with_bisect(
         if rng.random() < 0.3:
             acc = acc_empty(1)
             acc.start = 10 * p + 3
-            panes.insert_acc(panes.n(), acc)
+            panes.insert_acc(panes.n, acc)
         else:
-            panes.insert_reading(panes.n(), [1.0], 10 * p + 3 + rng.randrange(10), 1, 1)
+            panes.insert_reading(panes.n, [1.0], 10 * p + 3 + rng.randrange(10), 1, 1)
     want = bisect_left(starts, x)
-    assert [panes.start(i) for i in range(panes.n())] == [10 * p + 3 for p in starts]
+    assert [panes.start(i) for i in range(panes.n)] == [10 * p + 3 for p in starts]
     assert panes.find_front(10 * x + 3) == want
     assert panes.find_back(10 * x + 3) == want
     assert panes.find_back(10 * x + 3, hint) == want  # a stale hint is only a hint
@@ -169,7 +169,7 @@ def _panes_against_a_list(ops: list[tuple[int, int, int]], every: int = 1) -> No
                 i = panes.find_front(p)
                 panes.insert_acc(i, acc)
                 model.insert(i, (p, ("acc", acc, acc)))
-        assert panes.n() == len(model)
+        assert panes.n == len(model)
         step += 1
         if step % every and step != len(ops):
             continue
