@@ -15,7 +15,8 @@ from gateway.model import Batch, Reading
 
 T0 = 1_764_072_000_000
 cfg = {"windows": [
-    {"name": "s", "kind": "sliding", "size": "60s", "slide": "1s", "metrics": ["x", "y", "z"], "allowed_lateness": "20s"},
+    {"name": "s", "kind": "sliding", "size": "60s", "slide": "1s", "metrics": ["x", "y", "z"],
+     "allowed_lateness": "20s"},
     {"name": "w", "kind": "sliding", "size": "10m", "slide": "5m", "metrics": ["x", "y", "z", "u"]},
 ]}
 rng = random.Random(5)
