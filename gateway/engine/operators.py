@@ -759,7 +759,7 @@ class Panes:
         """Make a place for a new pane at ``i`` (the panes from ``i`` on move up one); its column index."""
         n = self.n
         if n == self.cap:
-            self._resize(n + (n >> 3) + 4)
+            self._resize(n + (n >> 4) + 2)
         tm, bs, vs, w, cap, big = self.tm, self.bs, self.vs, self.w, self.cap, self.big
         head = self.head
         dst = head + n
