@@ -680,11 +680,15 @@ class Panes:
     def acc(self, i: i64) -> Acc | None:
         """Pane ``i``'s accumulator; None for a pane of one reading."""
         j = self._j(i)
-        if self.bs[j] != _NO_READING:
-            return None
+        return None if self.bs[j] != _NO_READING else self._big_at(j)
+
+    def _big_at(self, j: i64) -> Acc:
+        """The accumulator of the pane at column ``j`` (one that is an accumulator)."""
         big = self.big
         assert big is not None
-        return big[j]
+        pa = big[j]
+        assert pa is not None
+        return pa
 
     def one(self, i: i64) -> bool:
         """Pane ``i`` holds one reading (in the columns)."""
@@ -850,17 +854,11 @@ class Panes:
 
     def merge_into(self, i: i64, acc: Acc) -> None:
         """Merge pane ``i`` into ``acc`` (one reading as the accumulator of it, without making it)."""
-        j = self.head + i
-        if j >= self.cap:
-            j -= self.cap
+        j = self._j(i)
         bs = self.bs[j]
         tm = self.tm[j]
         if bs == _NO_READING:
-            big = self.big
-            assert big is not None
-            pa = big[j]
-            assert pa is not None
-            acc.merge_from(pa)
+            acc.merge_from(self._big_at(j))
             return
         w = self.w
         k = j * w
@@ -875,11 +873,7 @@ class Panes:
         """``acc`` becomes a copy of pane ``i`` (as :meth:`merge_into`)."""
         j = self._j(i)
         if self.bs[j] == _NO_READING:
-            big = self.big
-            assert big is not None
-            pa = big[j]
-            assert pa is not None
-            acc.set(pa)
+            acc.set(self._big_at(j))
         else:
             acc.clear()
             self.merge_into(i, acc)
@@ -887,16 +881,11 @@ class Panes:
     def reading_into(self, i: i64, m: i64, r: Stat, last: bool) -> bool:
         """``r``'s first reading of metric ``m`` (``last``: its last) becomes pane ``i``'s, if it has a value of it
         (returns whether it has)."""
-        j = self.head + i
-        if j >= self.cap:
-            j -= self.cap
+        j = self._j(i)
         bs = self.bs[j]
         tm = self.tm[j]
         if bs == _NO_READING:
-            big = self.big
-            assert big is not None
-            pa = big[j]
-            assert pa is not None
+            pa = self._big_at(j)
             if not pa.count(m):
                 return False
             if last:
