@@ -87,11 +87,16 @@ def test_a_lasting_level_shift_does_not_hold_the_score_at_its_top(
     det = Detector(DetectorSpec(stuck_points=0))
     for t, x in noise(200, seed=seed):
         det.process(t, x)
-    res = [det.process(t, x + sign * size) for t, x in noise(length, seed=seed + 1, start=200)]
+    shifted = noise(length, seed=seed + 1, start=200)
+    res = [det.process(t, x + sign * size) for t, x in shifted]
     top = max(r.scored.score for r in res)
     assert max(r.scored.score for r in res[:10]) == top and res[0].scored.score > 0.5  # high where it starts
-    settled = [r.scored.score for r in res[10:]]  # shift_points (5) to find the level, a few more to learn it
-    assert sum(1 for s in settled if s >= 0.5) <= 0.01 * len(settled), max(settled)  # noise may reach it, rarely
+    # After shift_points (5) to find the level and a few more to learn it, the score stays below 0.5 wherever the
+    # noise is within 3 sd of its level. A draw the noise throws 3 sd or more out may reach it, as it would unshifted
+    # (seed 395, length 22 ends with a draw 4 sd out: 0.39 unshifted, 0.50 a few points after a shift). The bound was
+    # 1 % of the settled points, which for fewer than 100 of them allowed no such draw at all.
+    calm = [r.scored.score for r, (_, x) in zip(res[10:], shifted[10:], strict=True) if abs(x - 10.0) < 3.0]
+    assert all(s < 0.5 for s in calm), max(calm)
     assert sum(1 for r in res[:10] for e in r.events if e.kind == "opened") == 1  # the shift is flagged once
     assert all(r.anomalous for r in res)  # still flagged: away from what is normal, until re-baselined
 
