@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Set
 from typing import Any, Final
 
 from ..model import Batch, MetricValue, Reading, StatusUpdate
-from .config import EngineSpec, WindowSpec
+from .config import TIME_LIMIT_MS, EngineSpec, WindowSpec
 from .early import Early
 from .fleet import SiteFleets
 from .operators import NO_WM, SlidingOperator, Values, WindowOperator, WmCell, build_operator
@@ -216,8 +216,15 @@ class Engine:
             if w.early is not None:
                 w.early.check(site if w.key_site else device, out)
 
-    def _process(self, batch: Batch, now_ms: int, out: list[Output]) -> None:
+    def _future(self, now_ms: int) -> int:
+        """The latest event time taken at ``now_ms``: ``max_future_ms`` ahead of it, and never beyond
+        ``TIME_LIMIT_MS`` (2**53 ms, about 285,000 years), whatever clock the caller has (a sliding window keeps a
+        reading's time in a 64-bit column)."""
         fut = now_ms + self._max_future
+        return fut if fut < TIME_LIMIT_MS else TIME_LIMIT_MS
+
+    def _process(self, batch: Batch, now_ms: int, out: list[Output]) -> None:
+        fut = self._future(now_ms)
         too_old = self._min_time
         reject_u = self._reject_unsynced
         rows: list[Reading] = []
@@ -330,7 +337,7 @@ class Engine:
         return dev
 
     def _refuse(self, r: Reading, now_ms: int) -> LateReading:
-        if r.t_ms > now_ms + self._max_future:
+        if r.t_ms > self._future(now_ms):
             reason = "time_in_future"
         elif r.t_ms < self._min_time:
             reason = "time_too_old"

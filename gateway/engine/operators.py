@@ -618,6 +618,8 @@ def _first(x: list[Any]) -> int:
     return first
 
 
+_T_COLUMN: Final = 1 << 59
+"""A pane's reading time is kept shifted left by four in a 64-bit int: it must be within this of 1970 (ms)."""
 _NO_READING: Final = -1
 """A pane's ``bs`` in :class:`Panes` when it is an accumulator (kept in ``big``), not one reading."""
 
@@ -787,7 +789,10 @@ class Panes:
 
     def insert_reading(self, i: i64, values: Values, t: i64, b: i64, s: i64) -> None:
         """A new pane at ``i`` of the one reading ``values`` (``None``: none for that metric; up to ``w``) read at
-        ``(t, b, s)``."""
+        ``(t, b, s)``. A time the column cannot hold shifted (2**59 ms or more from 1970; the engine refuses any beyond
+        2**53) is a ``ValueError``, before any place is made."""
+        if not -_T_COLUMN <= t < _T_COLUMN:
+            raise ValueError(f"a pane's reading time {t} is beyond what its column holds (±2**59 ms)")
         j = self._open(i)
         w = self.w
         vs = self.vs
@@ -1815,7 +1820,12 @@ def _pane_from_row(x: list[Any], singles: bool, nm: int, pane: int, off: int) ->
     if len(x) == 2:
         if len(x[1]) != FIELDS * nm:
             raise ValueError(f"sliding window snapshot: the pane at {p} has {len(x[1])} values, not {FIELDS * nm}")
-        return _pane_at(p, x[1]) if singles else _acc_at(p, x[1])
+        if not singles:
+            return _acc_at(p, x[1])
+        a = _pane_at(p, x[1])
+        if isinstance(a, One) and not p <= a.t < p + pane:
+            raise ValueError(f"sliding window snapshot: a reading at {a.t!r} in the pane at {p}")
+        return a
     values: Values = [None if v is None else float(v) for v in x[4:]]
     t, b, s = x[1], x[2], x[3]
     if len(values) != nm or nm > 4 or all(v is None for v in values):

@@ -259,7 +259,20 @@ def _edits() -> dict[str, Any]:
         "an accumulator of another width": lambda d: d["panes"].__setitem__(0, [d["panes"][0][0], [1, 2.0, 3.0]]),
         "the back's first pane not a pane": lambda d: d.__setitem__("back_from", d["back_from"] + 1),
         "the back at or after hi": lambda d: d.__setitem__("back_from", d["hi"]),
+        # before version 3 a pane was [start, accumulator]; one of one reading is taken as that reading, which must
+        # fall in the pane (an outside review: a reading 2.5 s into a 1 s pane left the columns out of order)
+        "an old row's reading outside its pane": lambda d: d["panes"].__setitem__(0, _old_row(row(d)[0], 2500)),
     }
+
+
+def _old_row(p: int, dt: int) -> list[Any]:
+    """A pane as a snapshot before version 3 wrote it, ``[start, accumulator]``: one reading ``dt`` ms from ``p``."""
+    from gateway.engine.accs import acc_empty
+
+    acc = acc_empty(3)
+    acc.clear()
+    acc.add([1.0, 2.0, 3.0], p + dt, 1, 7)
+    return [p, acc.to_json()]
 
 
 def test_a_damaged_sliding_window_snapshot_is_refused_with_its_reason() -> None:

@@ -32,6 +32,35 @@ def test_impossible_and_unsynced_times_are_refused_with_a_reason() -> None:
     assert e.stats["time_in_future"] == e.stats["time_too_old"] == e.stats["unsynced"] == 1
 
 
+def test_a_time_beyond_the_engines_range_is_refused_whatever_the_clock_says() -> None:
+    """Event times are kept within 2**53 ms of 1970 (about 285,000 years, ``config.TIME_LIMIT_MS``), whatever
+    ``now_ms`` the caller passes: a sliding window keeps a reading's time shifted left by four in a 64-bit column, and
+    a time of 2**59 ms or more wrapped there (compiled) or failed after the pane's place was made (pure; an outside
+    review). Such a reading is refused as in the future, and the state is as before it."""
+    w = {"name": "s", "kind": "sliding", "size": "10s", "slide": "5s", "metrics": ["temp_c"]}
+    e = Engine(parse_engine({"windows": [w]}))
+    e.process_batch(batch("d", [(T0, 1, 1, {"temp_c": 1.0})]), now_ms=T0)
+    before = e.snapshot()
+    for t in (2**53 + 1, 2**59 + 123_000, 2**63 + 5):
+        outs = e.process_batch(batch("d", [(t, 1, 2, {"temp_c": 2.0})], flushed=t), now_ms=t)
+        assert [(o.reason, o.t_ms) for o in outs if isinstance(o, LateReading)] == [("time_in_future", t)]
+        assert e.snapshot()["windows"] == before["windows"]
+    assert e.stats["time_in_future"] == 3
+    outs = e.process_batch(batch("d", [(2**53, 1, 3, {"temp_c": 3.0})]), now_ms=2**53)  # the limit itself is kept
+    assert not [o for o in outs if isinstance(o, LateReading)]
+
+
+def test_the_pane_columns_refuse_a_time_they_cannot_hold_before_making_its_place() -> None:
+    from gateway.engine.operators import Panes
+
+    panes = Panes(1, 1000, 0)
+    panes.insert_reading(0, [1.0], 5_000, 1, 1)
+    for t in (2**59, -(2**59) - 1):
+        with pytest.raises(ValueError, match="time"):
+            panes.insert_reading(1, [1.0], t, 1, 2)
+        assert panes.n == 1 and panes.time(0) == 5_000
+
+
 def test_unsynced_window_policy_aggregates_but_never_moves_the_watermark() -> None:
     e = engine(unsynced="window")
     assert e.process_batch(batch("d", [(T0, 1, 1, {"temp_c": 1.0})], quality="u"), now_ms=T0) == []
