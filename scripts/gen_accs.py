@@ -121,9 +121,9 @@ class Acc:
         raise NotImplementedError
 
 
-@mypyc_attr(acyclic=True)
 class AccN(Acc):
-    """Any number of metrics: one :class:`Stat` each."""
+    """Any number of metrics: one :class:`Stat` each. Not marked acyclic: the collector's walk is how its list of
+    Stats is found (and measured: ``gateway.memsize``); the fixed-width classes hold no object."""
 
     __slots__ = ("stats",)
 
@@ -228,9 +228,8 @@ class Part:
         raise NotImplementedError
 
 
-@mypyc_attr(acyclic=True)
 class PartN(Part):
-    """Any number of metrics: a count and five floats each, in two lists."""
+    """Any number of metrics: a count and five floats each, in two lists (not marked acyclic, as :class:`AccN`)."""
 
     __slots__ = ("f", "n")
 
