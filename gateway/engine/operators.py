@@ -677,12 +677,16 @@ class Panes:
     def t_at(self, i: i64) -> i64:
         """A time in pane ``i`` (its reading's, or its start for an accumulator): at or after a pane boundary exactly
         when the pane's start is."""
-        return self.tm[self._j(i)] >> 4
+        j = self.head + i  # _j, inlined: once or twice a reading
+        return self.tm[j - self.cap if j >= self.cap else j] >> 4
 
     def acc(self, i: i64) -> Acc | None:
         """Pane ``i``'s accumulator; None for a pane of one reading."""
-        j = self._j(i)
-        return None if self.bs[j] != _NO_READING else self._big_at(j)
+        j = self.head + i  # _j, inlined: once a reading in a pane that has one
+        if j >= self.cap:
+            j -= self.cap
+        big = self.big
+        return None if big is None else big[j]
 
     def _big_at(self, j: i64) -> Acc:
         """The accumulator of the pane at column ``j`` (one that is an accumulator)."""
@@ -765,7 +769,7 @@ class Panes:
         """Make a place for a new pane at ``i`` (the panes from ``i`` on move up one); its column index."""
         n = self.n
         if n == self.cap:
-            self._resize(n + (n >> 4) + 2)
+            self._resize(n + (n >> 4) + 2 if n >= 64 else n + 8)
         tm, bs, vs, w, cap, big = self.tm, self.bs, self.vs, self.w, self.cap, self.big
         head = self.head
         dst = head + n
@@ -1267,10 +1271,11 @@ class SlidingOperator(WindowOperator):
         i = n - 1
         new = False  # a pane was made for this reading
         pane = self.pane
-        if not n or p > panes.t_at(i):  # p is a pane boundary: compare with a time in the pane
+        newest = panes.t_at(i) if n else 0  # a time in the newest pane
+        if not n or p > newest:  # p is a pane boundary: compare with a time in the pane
             i = n
             new = True
-        elif panes.t_at(i) >= p + pane:  # the newest pane starts after p's
+        elif newest >= p + pane:  # the newest pane starts after p's
             i = panes.find_back(p)
             new = panes.t_at(i) >= p + pane
         if new:
