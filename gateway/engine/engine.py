@@ -29,10 +29,6 @@ from .watermark import DeviceTracker
 
 __all__ = ["SNAPSHOT_VERSION", "Engine"]
 
-_TIME_LIMIT: Final = 9_007_199_254_740_992
-"""``config.TIME_LIMIT_MS`` (2**53) as a literal, which compiled code keeps as a constant."""
-assert _TIME_LIMIT == TIME_LIMIT_MS
-
 _UNUSED: Final = WmCell(NO_WM)  # a site window's place in _Device.cells
 
 SNAPSHOT_VERSION: Final = 3
@@ -225,12 +221,10 @@ class Engine:
         ``TIME_LIMIT_MS`` (2**53 ms, about 285,000 years), whatever clock the caller has (a sliding window keeps a
         reading's time in a 64-bit column)."""
         fut = now_ms + self._max_future
-        return fut if fut < _TIME_LIMIT else _TIME_LIMIT
+        return fut if fut < TIME_LIMIT_MS else TIME_LIMIT_MS
 
     def _process(self, batch: Batch, now_ms: int, out: list[Output]) -> None:
-        fut = now_ms + self._max_future  # self._future(now_ms), inlined: once a message
-        if fut > _TIME_LIMIT:
-            fut = _TIME_LIMIT
+        fut = self._future(now_ms)
         too_old = self._min_time
         reject_u = self._reject_unsynced
         rows: list[Reading] = []

@@ -633,9 +633,8 @@ class Panes:
     shifted left by 4 and the bits of the metrics it has (``t << 4 | mask``), ``bs`` its boot and seq (``boot << 31 |
     seq``), and ``w`` values in ``vs`` (0.0 where it has none): 8 + 8 + 8 w bytes. Any other pane is an accumulator,
     in ``big``, a list beside the columns while the key has any (``tm`` its start << 4, ``bs`` :data:`_NO_READING`).
-    As a source (merged, copied, its
-    first and last readings, in a snapshot) a pane of one reading is exactly the accumulator one ``add`` of it makes
-    (``Acc.merge_reading``; :class:`One` for a snapshot).
+    As a source (merged, copied, its first and last readings, in a snapshot) a pane of one reading is exactly the
+    accumulator one ``add`` of it makes (``Acc.merge_reading``; :class:`One` for a snapshot).
 
     A pane's start is that of the pane its time falls in (``t - (t - off) % pane``: the window's panes). So a pane
     starts at or after a pane boundary ``x`` exactly when its time (``tm >> 4``) is at or after ``x``: the searches
@@ -656,9 +655,8 @@ class Panes:
         self.cap: i64 = 0
         self.head: i64 = 0
         self.n: i64 = 0  # how many panes
-        self.w: i64 = (
-            w  # values a pane of one reading keeps (the window's metrics; 0: none is kept as one, over 4 metrics)
-        )
+        # values a pane of one reading keeps (the window's metrics; 0: none is kept as one, over 4 metrics)
+        self.w: i64 = w
         self.pane: i64 = pane
         self.off: i64 = off
         self.big: list[Acc | None] | None = None  # the accumulator panes, at their columns' index (None: none)
@@ -695,10 +693,6 @@ class Panes:
         pa = big[j]
         assert pa is not None
         return pa
-
-    def one(self, i: i64) -> bool:
-        """Pane ``i`` holds one reading (in the columns)."""
-        return self.bs[self._j(i)] != _NO_READING
 
     def find_front(self, x: i64) -> i64:
         """The first pane whose start is at least ``x`` (a pane boundary), quick when few are below ``x`` (the oldest
@@ -848,18 +842,6 @@ class Panes:
         for m in range(w):
             out.append(vs[k + m] if mask & 1 << m else None)
         return out
-
-    def time(self, i: i64) -> i64:
-        """The time of pane ``i``'s one reading."""
-        return self.tm[self._j(i)] >> 4
-
-    def boot(self, i: i64) -> i64:
-        """The boot of pane ``i``'s one reading."""
-        return self.bs[self._j(i)] >> 31
-
-    def seq(self, i: i64) -> i64:
-        """The seq of pane ``i``'s one reading."""
-        return self.bs[self._j(i)] & _ID_MAX
 
     def merge_into(self, i: i64, acc: Acc) -> None:
         """Merge pane ``i`` into ``acc`` (one reading as the accumulator of it, without making it)."""

@@ -365,7 +365,7 @@ def test_panes_of_one_reading_give_exactly_what_accumulators_give() -> None:
 def _kinds_of(ks: Any) -> list[str]:
     """A sliding key's panes: ``one`` for a pane of one reading (in the columns), else its accumulator's class."""
     p = ks.panes
-    return ["one" if p.one(i) else type(p.acc(i)).__name__ for i in range(p.n)]
+    return [type(p.acc(i)).__name__ if p.acc(i) is not None else "one" for i in range(p.n)]
 
 
 def _kinds(o: SlidingOperator) -> dict[str, list[str]]:

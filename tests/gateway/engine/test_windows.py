@@ -139,7 +139,7 @@ def _panes_against_a_list(ops: list[tuple[int, int, int]], every: int = 1) -> No
             i = panes.find_back(p)
             assert i == sum(q < p for q in starts)
             if p in starts:
-                if panes.one(i):
+                if panes.acc(i) is None:
                     acc = acc_empty(nm)
                     acc.start = p
                     panes.make_acc(i, acc, b & 1 == 0)
@@ -175,9 +175,9 @@ def _panes_against_a_list(ops: list[tuple[int, int, int]], every: int = 1) -> No
             continue
         for i, (p, x) in enumerate(model):
             assert panes.start(i) == p
-            assert panes.one(i) == (x[0] == "one")
+            assert (panes.acc(i) is None) == (x[0] == "one")
             if x[0] == "one":
-                assert (panes.values(i), panes.time(i), panes.boot(i), panes.seq(i)) == (x[1], x[2], x[3], x[4])
+                assert panes.row(i, nm) == [p, x[2], x[3], x[4], *x[1]]
                 got, want = acc_empty(nm), acc_empty(nm)
                 panes.set_into(i, got)
                 want.add(x[1], x[2], x[3], x[4])
