@@ -215,16 +215,29 @@ class Part:
         """Become what this keeps of ``a`` (of the same width)."""
         raise NotImplementedError
 
-    def put_acc(self, a: Acc) -> None:
-        """The inverse of :meth:`take`: ``a``'s fields that this keeps become this one's (the others stay)."""
-        raise NotImplementedError
-
     def count(self, i: int) -> int:
         """How many values metric ``i`` has."""
         raise NotImplementedError
 
     def put(self, i: int, r: Stat) -> None:
         """``r`` becomes metric ``i`` with no first and last reading (zeros, as a cleared ``Stat``)."""
+        raise NotImplementedError
+
+    def clear(self) -> None:
+        """No metric has a value."""
+        raise NotImplementedError
+
+    def copy(self, o: Part) -> None:
+        """Become ``o`` (of the same width; not its start)."""
+        raise NotImplementedError
+
+    def merge_acc(self, a: Acc) -> None:
+        """:meth:`Acc.merge_from` of ``a`` into the accumulator this keeps of, on the fields this keeps: the same
+        operations on the same values (so to the bit)."""
+        raise NotImplementedError
+
+    def merge_reading(self, mask: int, v0: float, v1: float, v2: float, v3: float) -> None:
+        """:meth:`Acc.merge_reading` of a reading's values, on the fields this keeps (the same operations)."""
         raise NotImplementedError
 
 
@@ -251,25 +264,62 @@ class PartN(Part):
             f[j + 3] = x.mean
             f[j + 4] = x.m2
 
-    def put_acc(self, a: Acc) -> None:
-        stats = cast(AccN, a).stats
-        n, f = self.n, self.f
-        for i in range(len(stats)):
-            x = stats[i]
-            x.n = n[i]
-            j = 5 * i
-            x.total = f[j]
-            x.lo = f[j + 1]
-            x.hi = f[j + 2]
-            x.mean = f[j + 3]
-            x.m2 = f[j + 4]
-
     def count(self, i: int) -> int:
         return self.n[i]
 
     def put(self, i: int, r: Stat) -> None:
         f, j = self.f, 5 * i
         r.set_fields(self.n[i], f[j], f[j + 1], f[j + 2], f[j + 3], f[j + 4], 0, 0, 0, 0.0, 0, 0, 0, 0.0)
+
+    def clear(self) -> None:
+        n, f = self.n, self.f
+        for i in range(len(n)):
+            n[i] = 0
+        for i in range(len(f)):
+            f[i] = 0.0
+
+    def copy(self, o: Part) -> None:
+        x = cast(PartN, o)
+        self.n[:] = x.n
+        self.f[:] = x.f
+
+    def _merge(self, i: int, nb: int, total: float, lo: float, hi: float, mean: float, m2: float) -> None:
+        """``Stat.merge_fields`` on the fields kept, for metric ``i``."""
+        if not nb:
+            return
+        n, f, j = self.n, self.f, 5 * i
+        na = n[i]
+        if not na:
+            n[i] = nb
+            f[j] = total
+            f[j + 1] = lo
+            f[j + 2] = hi
+            f[j + 3] = mean
+            f[j + 4] = m2
+            return
+        m = na + nb
+        n[i] = m
+        f[j] += total
+        if lo < f[j + 1]:
+            f[j + 1] = lo
+        if hi > f[j + 2]:
+            f[j + 2] = hi
+        d = mean - f[j + 3]
+        f[j + 3] += d * nb / m
+        f[j + 4] += m2 + d * d * na * nb / m
+
+    def merge_acc(self, a: Acc) -> None:
+        stats = cast(AccN, a).stats
+        for i in range(len(stats)):
+            x = stats[i]
+            self._merge(i, x.n, x.total, x.lo, x.hi, x.mean, x.m2)
+
+    def merge_reading(self, mask: int, v0: float, v1: float, v2: float, v3: float) -> None:
+        vs = (v0, v1, v2, v3)
+        for i in range(4):
+            if mask & (1 << i):
+                v = vs[i]
+                self._merge(i, 1, v, v, v, v, 0.0)
 '''
 
 FOOTER = '''
@@ -587,11 +637,6 @@ def gen_part(k: int) -> str:
     for i in range(k):
         lines.extend(f"        self.{f}_{i} = x.{f}_{i}" for f in PART_FIELDS)
     lines.append("")
-    lines.append("    def put_acc(self, a: Acc) -> None:")
-    lines.append(f"        x = cast(Acc{k}, a)")
-    for i in range(k):
-        lines.extend(f"        x.{f}_{i} = self.{f}_{i}" for f in PART_FIELDS)
-    lines.append("")
     lines.append("    def count(self, i: int) -> int:")
     if k == 1:
         lines.append("        return self.n_0")
@@ -616,7 +661,63 @@ def gen_part(k: int) -> str:
         for i in range(k)
     ]
     lines.extend(_by_metric(k, body))
+    lines.append("")
+    lines.append("    def clear(self) -> None:")
+    for i in range(k):
+        lines.append(f"        self.n_{i} = 0")
+        lines.append(f"        self.total_{i} = self.lo_{i} = self.hi_{i} = self.mean_{i} = self.m2_{i} = 0.0")
+    lines.append("")
+    lines.append("    def copy(self, o: Part) -> None:")
+    lines.append(f"        x = cast({name}, o)")
+    for i in range(k):
+        lines.extend(f"        self.{f}_{i} = x.{f}_{i}" for f in PART_FIELDS)
+    lines.append("")
+    lines.append("    def merge_acc(self, a: Acc) -> None:")
+    lines.append(f"        x = cast(Acc{k}, a)")
+    for i in range(k):
+        lines.extend(_part_lines(_merge("self", f"_{i}", "x", f"_{i}", 8)))
+    lines.append("")
+    lines.append("    def merge_reading(self, mask: int, v0: float, v1: float, v2: float, v3: float) -> None:")
+    for i in range(k):
+        lines.append(f"        if mask & {1 << i}:")
+        lines.append(f"            v{': float' if i == 0 else ''} = v{i}")
+        lines.extend(_part_lines(_sub(MERGE_ONE, i, 12)))
     return "\n".join(lines) + "\n"
+
+
+def _part_lines(lines: list[str]) -> list[str]:
+    """``lines`` (an accumulator's merge) without what touches the first and last readings, which a Part does not
+    keep: the lines naming their fields, and the blocks those lines open. Only what is left is checked: it must not
+    name them (the merge of the fields a Part keeps is then the accumulator's own lines)."""
+    order = ("ft", "fb", "fs", "fv", "lt", "lb", "ls", "lv")
+    out: list[str] = []
+    skip = -1  # the indent of a removed block's opening line, while removing its body
+    for line in lines:
+        ind = len(line) - len(line.lstrip())
+        if skip >= 0:
+            if line.strip() and ind > skip:
+                continue
+            skip = -1
+        text = line.strip()
+        if text.startswith(("t, b, s = ", "ft = ", "lt = ")):
+            continue
+        if text.startswith(("if t < ft", "if t > lt")):
+            skip = ind
+            continue
+        if text.startswith("self."):  # a chained assignment: keep the targets the Part has
+            targets = [x.strip() for x in text.split("=")]
+            value = targets.pop()
+            kept = [x for x in targets if x.split(".")[1].rsplit("_", 1)[0] not in order]
+            if len(kept) < len(targets):
+                if kept and value.split(".")[-1].rsplit("_", 1)[0] not in ("t", "b", "s") and value not in "tbs":
+                    out.append(" " * ind + " = ".join([*kept, value]))
+                continue
+        out.append(line)
+    for line in out:
+        words = line.replace(".", " ").replace("=", " ").replace(",", " ").split()
+        bad = [w for w in words if w.rsplit("_", 1)[0] in order and "_" in w]
+        assert not bad, line
+    return out
 
 
 def generate() -> str:

@@ -200,16 +200,29 @@ class Part:
         """Become what this keeps of ``a`` (of the same width)."""
         raise NotImplementedError
 
-    def put_acc(self, a: Acc) -> None:
-        """The inverse of :meth:`take`: ``a``'s fields that this keeps become this one's (the others stay)."""
-        raise NotImplementedError
-
     def count(self, i: int) -> int:
         """How many values metric ``i`` has."""
         raise NotImplementedError
 
     def put(self, i: int, r: Stat) -> None:
         """``r`` becomes metric ``i`` with no first and last reading (zeros, as a cleared ``Stat``)."""
+        raise NotImplementedError
+
+    def clear(self) -> None:
+        """No metric has a value."""
+        raise NotImplementedError
+
+    def copy(self, o: Part) -> None:
+        """Become ``o`` (of the same width; not its start)."""
+        raise NotImplementedError
+
+    def merge_acc(self, a: Acc) -> None:
+        """:meth:`Acc.merge_from` of ``a`` into the accumulator this keeps of, on the fields this keeps: the same
+        operations on the same values (so to the bit)."""
+        raise NotImplementedError
+
+    def merge_reading(self, mask: int, v0: float, v1: float, v2: float, v3: float) -> None:
+        """:meth:`Acc.merge_reading` of a reading's values, on the fields this keeps (the same operations)."""
         raise NotImplementedError
 
 
@@ -236,25 +249,62 @@ class PartN(Part):
             f[j + 3] = x.mean
             f[j + 4] = x.m2
 
-    def put_acc(self, a: Acc) -> None:
-        stats = cast(AccN, a).stats
-        n, f = self.n, self.f
-        for i in range(len(stats)):
-            x = stats[i]
-            x.n = n[i]
-            j = 5 * i
-            x.total = f[j]
-            x.lo = f[j + 1]
-            x.hi = f[j + 2]
-            x.mean = f[j + 3]
-            x.m2 = f[j + 4]
-
     def count(self, i: int) -> int:
         return self.n[i]
 
     def put(self, i: int, r: Stat) -> None:
         f, j = self.f, 5 * i
         r.set_fields(self.n[i], f[j], f[j + 1], f[j + 2], f[j + 3], f[j + 4], 0, 0, 0, 0.0, 0, 0, 0, 0.0)
+
+    def clear(self) -> None:
+        n, f = self.n, self.f
+        for i in range(len(n)):
+            n[i] = 0
+        for i in range(len(f)):
+            f[i] = 0.0
+
+    def copy(self, o: Part) -> None:
+        x = cast(PartN, o)
+        self.n[:] = x.n
+        self.f[:] = x.f
+
+    def _merge(self, i: int, nb: int, total: float, lo: float, hi: float, mean: float, m2: float) -> None:
+        """``Stat.merge_fields`` on the fields kept, for metric ``i``."""
+        if not nb:
+            return
+        n, f, j = self.n, self.f, 5 * i
+        na = n[i]
+        if not na:
+            n[i] = nb
+            f[j] = total
+            f[j + 1] = lo
+            f[j + 2] = hi
+            f[j + 3] = mean
+            f[j + 4] = m2
+            return
+        m = na + nb
+        n[i] = m
+        f[j] += total
+        if lo < f[j + 1]:
+            f[j + 1] = lo
+        if hi > f[j + 2]:
+            f[j + 2] = hi
+        d = mean - f[j + 3]
+        f[j + 3] += d * nb / m
+        f[j + 4] += m2 + d * d * na * nb / m
+
+    def merge_acc(self, a: Acc) -> None:
+        stats = cast(AccN, a).stats
+        for i in range(len(stats)):
+            x = stats[i]
+            self._merge(i, x.n, x.total, x.lo, x.hi, x.mean, x.m2)
+
+    def merge_reading(self, mask: int, v0: float, v1: float, v2: float, v3: float) -> None:
+        vs = (v0, v1, v2, v3)
+        for i in range(4):
+            if mask & (1 << i):
+                v = vs[i]
+                self._merge(i, 1, v, v, v, v, 0.0)
 
 
 @mypyc_attr(acyclic=True)
@@ -3044,15 +3094,6 @@ class Part1(Part):
         self.mean_0 = x.mean_0
         self.m2_0 = x.m2_0
 
-    def put_acc(self, a: Acc) -> None:
-        x = cast(Acc1, a)
-        x.n_0 = self.n_0
-        x.total_0 = self.total_0
-        x.lo_0 = self.lo_0
-        x.hi_0 = self.hi_0
-        x.mean_0 = self.mean_0
-        x.m2_0 = self.m2_0
-
     def count(self, i: int) -> int:
         return self.n_0
 
@@ -3073,6 +3114,64 @@ class Part1(Part):
             0,
             0.0,
         )
+
+    def clear(self) -> None:
+        self.n_0 = 0
+        self.total_0 = self.lo_0 = self.hi_0 = self.mean_0 = self.m2_0 = 0.0
+
+    def copy(self, o: Part) -> None:
+        x = cast(Part1, o)
+        self.n_0 = x.n_0
+        self.total_0 = x.total_0
+        self.lo_0 = x.lo_0
+        self.hi_0 = x.hi_0
+        self.mean_0 = x.mean_0
+        self.m2_0 = x.m2_0
+
+    def merge_acc(self, a: Acc) -> None:
+        x = cast(Acc1, a)
+        nb = x.n_0
+        if nb:
+            na = self.n_0
+            if not na:
+                self.n_0 = x.n_0
+                self.total_0 = x.total_0
+                self.lo_0 = x.lo_0
+                self.hi_0 = x.hi_0
+                self.mean_0 = x.mean_0
+                self.m2_0 = x.m2_0
+            else:
+                n = na + nb
+                self.n_0 = n
+                self.total_0 += x.total_0
+                if x.lo_0 < self.lo_0:
+                    self.lo_0 = x.lo_0
+                if x.hi_0 > self.hi_0:
+                    self.hi_0 = x.hi_0
+                d = x.mean_0 - self.mean_0
+                self.mean_0 += d * nb / n
+                self.m2_0 += x.m2_0 + d * d * na * nb / n
+
+    def merge_reading(self, mask: int, v0: float, v1: float, v2: float, v3: float) -> None:
+        if mask & 1:
+            v: float = v0
+            na = self.n_0
+            if not na:
+                self.n_0 = 1
+                self.total_0 = self.lo_0 = self.hi_0 = self.mean_0 = v
+                self.m2_0 = 0.0
+            else:
+                nb = 1
+                n = na + nb
+                self.n_0 = n
+                self.total_0 += v
+                if v < self.lo_0:
+                    self.lo_0 = v
+                if v > self.hi_0:
+                    self.hi_0 = v
+                d = v - self.mean_0
+                self.mean_0 += d * nb / n
+                self.m2_0 += 0.0 + d * d * na * nb / n
 
 
 @mypyc_attr(acyclic=True)
@@ -3129,21 +3228,6 @@ class Part2(Part):
         self.mean_1 = x.mean_1
         self.m2_1 = x.m2_1
 
-    def put_acc(self, a: Acc) -> None:
-        x = cast(Acc2, a)
-        x.n_0 = self.n_0
-        x.total_0 = self.total_0
-        x.lo_0 = self.lo_0
-        x.hi_0 = self.hi_0
-        x.mean_0 = self.mean_0
-        x.m2_0 = self.m2_0
-        x.n_1 = self.n_1
-        x.total_1 = self.total_1
-        x.lo_1 = self.lo_1
-        x.hi_1 = self.hi_1
-        x.mean_1 = self.mean_1
-        x.m2_1 = self.m2_1
-
     def count(self, i: int) -> int:
         if i == 0:
             return self.n_0
@@ -3185,6 +3269,112 @@ class Part2(Part):
                 0,
                 0.0,
             )
+
+    def clear(self) -> None:
+        self.n_0 = 0
+        self.total_0 = self.lo_0 = self.hi_0 = self.mean_0 = self.m2_0 = 0.0
+        self.n_1 = 0
+        self.total_1 = self.lo_1 = self.hi_1 = self.mean_1 = self.m2_1 = 0.0
+
+    def copy(self, o: Part) -> None:
+        x = cast(Part2, o)
+        self.n_0 = x.n_0
+        self.total_0 = x.total_0
+        self.lo_0 = x.lo_0
+        self.hi_0 = x.hi_0
+        self.mean_0 = x.mean_0
+        self.m2_0 = x.m2_0
+        self.n_1 = x.n_1
+        self.total_1 = x.total_1
+        self.lo_1 = x.lo_1
+        self.hi_1 = x.hi_1
+        self.mean_1 = x.mean_1
+        self.m2_1 = x.m2_1
+
+    def merge_acc(self, a: Acc) -> None:
+        x = cast(Acc2, a)
+        nb = x.n_0
+        if nb:
+            na = self.n_0
+            if not na:
+                self.n_0 = x.n_0
+                self.total_0 = x.total_0
+                self.lo_0 = x.lo_0
+                self.hi_0 = x.hi_0
+                self.mean_0 = x.mean_0
+                self.m2_0 = x.m2_0
+            else:
+                n = na + nb
+                self.n_0 = n
+                self.total_0 += x.total_0
+                if x.lo_0 < self.lo_0:
+                    self.lo_0 = x.lo_0
+                if x.hi_0 > self.hi_0:
+                    self.hi_0 = x.hi_0
+                d = x.mean_0 - self.mean_0
+                self.mean_0 += d * nb / n
+                self.m2_0 += x.m2_0 + d * d * na * nb / n
+        nb = x.n_1
+        if nb:
+            na = self.n_1
+            if not na:
+                self.n_1 = x.n_1
+                self.total_1 = x.total_1
+                self.lo_1 = x.lo_1
+                self.hi_1 = x.hi_1
+                self.mean_1 = x.mean_1
+                self.m2_1 = x.m2_1
+            else:
+                n = na + nb
+                self.n_1 = n
+                self.total_1 += x.total_1
+                if x.lo_1 < self.lo_1:
+                    self.lo_1 = x.lo_1
+                if x.hi_1 > self.hi_1:
+                    self.hi_1 = x.hi_1
+                d = x.mean_1 - self.mean_1
+                self.mean_1 += d * nb / n
+                self.m2_1 += x.m2_1 + d * d * na * nb / n
+
+    def merge_reading(self, mask: int, v0: float, v1: float, v2: float, v3: float) -> None:
+        if mask & 1:
+            v: float = v0
+            na = self.n_0
+            if not na:
+                self.n_0 = 1
+                self.total_0 = self.lo_0 = self.hi_0 = self.mean_0 = v
+                self.m2_0 = 0.0
+            else:
+                nb = 1
+                n = na + nb
+                self.n_0 = n
+                self.total_0 += v
+                if v < self.lo_0:
+                    self.lo_0 = v
+                if v > self.hi_0:
+                    self.hi_0 = v
+                d = v - self.mean_0
+                self.mean_0 += d * nb / n
+                self.m2_0 += 0.0 + d * d * na * nb / n
+        if mask & 2:
+            v = v1
+            na = self.n_1
+            if not na:
+                self.n_1 = 1
+                self.total_1 = self.lo_1 = self.hi_1 = self.mean_1 = v
+                self.m2_1 = 0.0
+            else:
+                nb = 1
+                n = na + nb
+                self.n_1 = n
+                self.total_1 += v
+                if v < self.lo_1:
+                    self.lo_1 = v
+                if v > self.hi_1:
+                    self.hi_1 = v
+                d = v - self.mean_1
+                self.mean_1 += d * nb / n
+                self.m2_1 += 0.0 + d * d * na * nb / n
 
 
 @mypyc_attr(acyclic=True)
@@ -3261,27 +3451,6 @@ class Part3(Part):
         self.mean_2 = x.mean_2
         self.m2_2 = x.m2_2
 
-    def put_acc(self, a: Acc) -> None:
-        x = cast(Acc3, a)
-        x.n_0 = self.n_0
-        x.total_0 = self.total_0
-        x.lo_0 = self.lo_0
-        x.hi_0 = self.hi_0
-        x.mean_0 = self.mean_0
-        x.m2_0 = self.m2_0
-        x.n_1 = self.n_1
-        x.total_1 = self.total_1
-        x.lo_1 = self.lo_1
-        x.hi_1 = self.hi_1
-        x.mean_1 = self.mean_1
-        x.m2_1 = self.m2_1
-        x.n_2 = self.n_2
-        x.total_2 = self.total_2
-        x.lo_2 = self.lo_2
-        x.hi_2 = self.hi_2
-        x.mean_2 = self.mean_2
-        x.m2_2 = self.m2_2
-
     def count(self, i: int) -> int:
         if i == 0:
             return self.n_0
@@ -3342,6 +3511,160 @@ class Part3(Part):
                 0,
                 0.0,
             )
+
+    def clear(self) -> None:
+        self.n_0 = 0
+        self.total_0 = self.lo_0 = self.hi_0 = self.mean_0 = self.m2_0 = 0.0
+        self.n_1 = 0
+        self.total_1 = self.lo_1 = self.hi_1 = self.mean_1 = self.m2_1 = 0.0
+        self.n_2 = 0
+        self.total_2 = self.lo_2 = self.hi_2 = self.mean_2 = self.m2_2 = 0.0
+
+    def copy(self, o: Part) -> None:
+        x = cast(Part3, o)
+        self.n_0 = x.n_0
+        self.total_0 = x.total_0
+        self.lo_0 = x.lo_0
+        self.hi_0 = x.hi_0
+        self.mean_0 = x.mean_0
+        self.m2_0 = x.m2_0
+        self.n_1 = x.n_1
+        self.total_1 = x.total_1
+        self.lo_1 = x.lo_1
+        self.hi_1 = x.hi_1
+        self.mean_1 = x.mean_1
+        self.m2_1 = x.m2_1
+        self.n_2 = x.n_2
+        self.total_2 = x.total_2
+        self.lo_2 = x.lo_2
+        self.hi_2 = x.hi_2
+        self.mean_2 = x.mean_2
+        self.m2_2 = x.m2_2
+
+    def merge_acc(self, a: Acc) -> None:
+        x = cast(Acc3, a)
+        nb = x.n_0
+        if nb:
+            na = self.n_0
+            if not na:
+                self.n_0 = x.n_0
+                self.total_0 = x.total_0
+                self.lo_0 = x.lo_0
+                self.hi_0 = x.hi_0
+                self.mean_0 = x.mean_0
+                self.m2_0 = x.m2_0
+            else:
+                n = na + nb
+                self.n_0 = n
+                self.total_0 += x.total_0
+                if x.lo_0 < self.lo_0:
+                    self.lo_0 = x.lo_0
+                if x.hi_0 > self.hi_0:
+                    self.hi_0 = x.hi_0
+                d = x.mean_0 - self.mean_0
+                self.mean_0 += d * nb / n
+                self.m2_0 += x.m2_0 + d * d * na * nb / n
+        nb = x.n_1
+        if nb:
+            na = self.n_1
+            if not na:
+                self.n_1 = x.n_1
+                self.total_1 = x.total_1
+                self.lo_1 = x.lo_1
+                self.hi_1 = x.hi_1
+                self.mean_1 = x.mean_1
+                self.m2_1 = x.m2_1
+            else:
+                n = na + nb
+                self.n_1 = n
+                self.total_1 += x.total_1
+                if x.lo_1 < self.lo_1:
+                    self.lo_1 = x.lo_1
+                if x.hi_1 > self.hi_1:
+                    self.hi_1 = x.hi_1
+                d = x.mean_1 - self.mean_1
+                self.mean_1 += d * nb / n
+                self.m2_1 += x.m2_1 + d * d * na * nb / n
+        nb = x.n_2
+        if nb:
+            na = self.n_2
+            if not na:
+                self.n_2 = x.n_2
+                self.total_2 = x.total_2
+                self.lo_2 = x.lo_2
+                self.hi_2 = x.hi_2
+                self.mean_2 = x.mean_2
+                self.m2_2 = x.m2_2
+            else:
+                n = na + nb
+                self.n_2 = n
+                self.total_2 += x.total_2
+                if x.lo_2 < self.lo_2:
+                    self.lo_2 = x.lo_2
+                if x.hi_2 > self.hi_2:
+                    self.hi_2 = x.hi_2
+                d = x.mean_2 - self.mean_2
+                self.mean_2 += d * nb / n
+                self.m2_2 += x.m2_2 + d * d * na * nb / n
+
+    def merge_reading(self, mask: int, v0: float, v1: float, v2: float, v3: float) -> None:
+        if mask & 1:
+            v: float = v0
+            na = self.n_0
+            if not na:
+                self.n_0 = 1
+                self.total_0 = self.lo_0 = self.hi_0 = self.mean_0 = v
+                self.m2_0 = 0.0
+            else:
+                nb = 1
+                n = na + nb
+                self.n_0 = n
+                self.total_0 += v
+                if v < self.lo_0:
+                    self.lo_0 = v
+                if v > self.hi_0:
+                    self.hi_0 = v
+                d = v - self.mean_0
+                self.mean_0 += d * nb / n
+                self.m2_0 += 0.0 + d * d * na * nb / n
+        if mask & 2:
+            v = v1
+            na = self.n_1
+            if not na:
+                self.n_1 = 1
+                self.total_1 = self.lo_1 = self.hi_1 = self.mean_1 = v
+                self.m2_1 = 0.0
+            else:
+                nb = 1
+                n = na + nb
+                self.n_1 = n
+                self.total_1 += v
+                if v < self.lo_1:
+                    self.lo_1 = v
+                if v > self.hi_1:
+                    self.hi_1 = v
+                d = v - self.mean_1
+                self.mean_1 += d * nb / n
+                self.m2_1 += 0.0 + d * d * na * nb / n
+        if mask & 4:
+            v = v2
+            na = self.n_2
+            if not na:
+                self.n_2 = 1
+                self.total_2 = self.lo_2 = self.hi_2 = self.mean_2 = v
+                self.m2_2 = 0.0
+            else:
+                nb = 1
+                n = na + nb
+                self.n_2 = n
+                self.total_2 += v
+                if v < self.lo_2:
+                    self.lo_2 = v
+                if v > self.hi_2:
+                    self.hi_2 = v
+                d = v - self.mean_2
+                self.mean_2 += d * nb / n
+                self.m2_2 += 0.0 + d * d * na * nb / n
 
 
 @mypyc_attr(acyclic=True)
@@ -3438,33 +3761,6 @@ class Part4(Part):
         self.mean_3 = x.mean_3
         self.m2_3 = x.m2_3
 
-    def put_acc(self, a: Acc) -> None:
-        x = cast(Acc4, a)
-        x.n_0 = self.n_0
-        x.total_0 = self.total_0
-        x.lo_0 = self.lo_0
-        x.hi_0 = self.hi_0
-        x.mean_0 = self.mean_0
-        x.m2_0 = self.m2_0
-        x.n_1 = self.n_1
-        x.total_1 = self.total_1
-        x.lo_1 = self.lo_1
-        x.hi_1 = self.hi_1
-        x.mean_1 = self.mean_1
-        x.m2_1 = self.m2_1
-        x.n_2 = self.n_2
-        x.total_2 = self.total_2
-        x.lo_2 = self.lo_2
-        x.hi_2 = self.hi_2
-        x.mean_2 = self.mean_2
-        x.m2_2 = self.m2_2
-        x.n_3 = self.n_3
-        x.total_3 = self.total_3
-        x.lo_3 = self.lo_3
-        x.hi_3 = self.hi_3
-        x.mean_3 = self.mean_3
-        x.m2_3 = self.m2_3
-
     def count(self, i: int) -> int:
         if i == 0:
             return self.n_0
@@ -3544,6 +3840,208 @@ class Part4(Part):
                 0,
                 0.0,
             )
+
+    def clear(self) -> None:
+        self.n_0 = 0
+        self.total_0 = self.lo_0 = self.hi_0 = self.mean_0 = self.m2_0 = 0.0
+        self.n_1 = 0
+        self.total_1 = self.lo_1 = self.hi_1 = self.mean_1 = self.m2_1 = 0.0
+        self.n_2 = 0
+        self.total_2 = self.lo_2 = self.hi_2 = self.mean_2 = self.m2_2 = 0.0
+        self.n_3 = 0
+        self.total_3 = self.lo_3 = self.hi_3 = self.mean_3 = self.m2_3 = 0.0
+
+    def copy(self, o: Part) -> None:
+        x = cast(Part4, o)
+        self.n_0 = x.n_0
+        self.total_0 = x.total_0
+        self.lo_0 = x.lo_0
+        self.hi_0 = x.hi_0
+        self.mean_0 = x.mean_0
+        self.m2_0 = x.m2_0
+        self.n_1 = x.n_1
+        self.total_1 = x.total_1
+        self.lo_1 = x.lo_1
+        self.hi_1 = x.hi_1
+        self.mean_1 = x.mean_1
+        self.m2_1 = x.m2_1
+        self.n_2 = x.n_2
+        self.total_2 = x.total_2
+        self.lo_2 = x.lo_2
+        self.hi_2 = x.hi_2
+        self.mean_2 = x.mean_2
+        self.m2_2 = x.m2_2
+        self.n_3 = x.n_3
+        self.total_3 = x.total_3
+        self.lo_3 = x.lo_3
+        self.hi_3 = x.hi_3
+        self.mean_3 = x.mean_3
+        self.m2_3 = x.m2_3
+
+    def merge_acc(self, a: Acc) -> None:
+        x = cast(Acc4, a)
+        nb = x.n_0
+        if nb:
+            na = self.n_0
+            if not na:
+                self.n_0 = x.n_0
+                self.total_0 = x.total_0
+                self.lo_0 = x.lo_0
+                self.hi_0 = x.hi_0
+                self.mean_0 = x.mean_0
+                self.m2_0 = x.m2_0
+            else:
+                n = na + nb
+                self.n_0 = n
+                self.total_0 += x.total_0
+                if x.lo_0 < self.lo_0:
+                    self.lo_0 = x.lo_0
+                if x.hi_0 > self.hi_0:
+                    self.hi_0 = x.hi_0
+                d = x.mean_0 - self.mean_0
+                self.mean_0 += d * nb / n
+                self.m2_0 += x.m2_0 + d * d * na * nb / n
+        nb = x.n_1
+        if nb:
+            na = self.n_1
+            if not na:
+                self.n_1 = x.n_1
+                self.total_1 = x.total_1
+                self.lo_1 = x.lo_1
+                self.hi_1 = x.hi_1
+                self.mean_1 = x.mean_1
+                self.m2_1 = x.m2_1
+            else:
+                n = na + nb
+                self.n_1 = n
+                self.total_1 += x.total_1
+                if x.lo_1 < self.lo_1:
+                    self.lo_1 = x.lo_1
+                if x.hi_1 > self.hi_1:
+                    self.hi_1 = x.hi_1
+                d = x.mean_1 - self.mean_1
+                self.mean_1 += d * nb / n
+                self.m2_1 += x.m2_1 + d * d * na * nb / n
+        nb = x.n_2
+        if nb:
+            na = self.n_2
+            if not na:
+                self.n_2 = x.n_2
+                self.total_2 = x.total_2
+                self.lo_2 = x.lo_2
+                self.hi_2 = x.hi_2
+                self.mean_2 = x.mean_2
+                self.m2_2 = x.m2_2
+            else:
+                n = na + nb
+                self.n_2 = n
+                self.total_2 += x.total_2
+                if x.lo_2 < self.lo_2:
+                    self.lo_2 = x.lo_2
+                if x.hi_2 > self.hi_2:
+                    self.hi_2 = x.hi_2
+                d = x.mean_2 - self.mean_2
+                self.mean_2 += d * nb / n
+                self.m2_2 += x.m2_2 + d * d * na * nb / n
+        nb = x.n_3
+        if nb:
+            na = self.n_3
+            if not na:
+                self.n_3 = x.n_3
+                self.total_3 = x.total_3
+                self.lo_3 = x.lo_3
+                self.hi_3 = x.hi_3
+                self.mean_3 = x.mean_3
+                self.m2_3 = x.m2_3
+            else:
+                n = na + nb
+                self.n_3 = n
+                self.total_3 += x.total_3
+                if x.lo_3 < self.lo_3:
+                    self.lo_3 = x.lo_3
+                if x.hi_3 > self.hi_3:
+                    self.hi_3 = x.hi_3
+                d = x.mean_3 - self.mean_3
+                self.mean_3 += d * nb / n
+                self.m2_3 += x.m2_3 + d * d * na * nb / n
+
+    def merge_reading(self, mask: int, v0: float, v1: float, v2: float, v3: float) -> None:
+        if mask & 1:
+            v: float = v0
+            na = self.n_0
+            if not na:
+                self.n_0 = 1
+                self.total_0 = self.lo_0 = self.hi_0 = self.mean_0 = v
+                self.m2_0 = 0.0
+            else:
+                nb = 1
+                n = na + nb
+                self.n_0 = n
+                self.total_0 += v
+                if v < self.lo_0:
+                    self.lo_0 = v
+                if v > self.hi_0:
+                    self.hi_0 = v
+                d = v - self.mean_0
+                self.mean_0 += d * nb / n
+                self.m2_0 += 0.0 + d * d * na * nb / n
+        if mask & 2:
+            v = v1
+            na = self.n_1
+            if not na:
+                self.n_1 = 1
+                self.total_1 = self.lo_1 = self.hi_1 = self.mean_1 = v
+                self.m2_1 = 0.0
+            else:
+                nb = 1
+                n = na + nb
+                self.n_1 = n
+                self.total_1 += v
+                if v < self.lo_1:
+                    self.lo_1 = v
+                if v > self.hi_1:
+                    self.hi_1 = v
+                d = v - self.mean_1
+                self.mean_1 += d * nb / n
+                self.m2_1 += 0.0 + d * d * na * nb / n
+        if mask & 4:
+            v = v2
+            na = self.n_2
+            if not na:
+                self.n_2 = 1
+                self.total_2 = self.lo_2 = self.hi_2 = self.mean_2 = v
+                self.m2_2 = 0.0
+            else:
+                nb = 1
+                n = na + nb
+                self.n_2 = n
+                self.total_2 += v
+                if v < self.lo_2:
+                    self.lo_2 = v
+                if v > self.hi_2:
+                    self.hi_2 = v
+                d = v - self.mean_2
+                self.mean_2 += d * nb / n
+                self.m2_2 += 0.0 + d * d * na * nb / n
+        if mask & 8:
+            v = v3
+            na = self.n_3
+            if not na:
+                self.n_3 = 1
+                self.total_3 = self.lo_3 = self.hi_3 = self.mean_3 = v
+                self.m2_3 = 0.0
+            else:
+                nb = 1
+                n = na + nb
+                self.n_3 = n
+                self.total_3 += v
+                if v < self.lo_3:
+                    self.lo_3 = v
+                if v > self.hi_3:
+                    self.hi_3 = v
+                d = v - self.mean_3
+                self.mean_3 += d * nb / n
+                self.m2_3 += 0.0 + d * d * na * nb / n
 
 
 def acc_empty(metrics: int) -> Acc:

@@ -860,6 +860,31 @@ class Panes:
         v3 = vs[k + 3] if w > 3 else 0.0
         acc.merge_reading(tm & 15, v0, v1, v2, v3, tm >> 4, bs >> 31, bs & _ID_MAX)
 
+    def part_merge(self, i: i64, p: Part) -> None:
+        """:meth:`merge_into` for a front stack entry: what it keeps of the same merge (the same operations)."""
+        j = self._j(i)
+        if self.bs[j] == _NO_READING:
+            p.merge_acc(self._big_at(j))
+            return
+        tm = self.tm[j]
+        w = self.w
+        k = j * w
+        vs = self.vs
+        v0 = vs[k]
+        v1 = vs[k + 1] if w > 1 else 0.0
+        v2 = vs[k + 2] if w > 2 else 0.0
+        v3 = vs[k + 3] if w > 3 else 0.0
+        p.merge_reading(tm & 15, v0, v1, v2, v3)
+
+    def part_set(self, i: i64, p: Part) -> None:
+        """``p`` becomes what a front stack entry keeps of pane ``i`` (as :meth:`set_into`)."""
+        j = self._j(i)
+        if self.bs[j] == _NO_READING:
+            p.take(self._big_at(j))
+        else:
+            p.clear()
+            self.part_merge(i, p)
+
     def set_into(self, i: i64, acc: Acc) -> None:
         """``acc`` becomes a copy of pane ``i`` (as :meth:`merge_into`)."""
         j = self._j(i)
@@ -975,9 +1000,11 @@ class _SlideKey:
         # Two-stack sliding aggregation over the panes of the last window fired. Front: panes, oldest last, each
         # with the aggregate of it and every newer front pane; back: the panes in [back_from, hi), pushed since
         # the last transfer, with their aggregate. Of the front's entries only every ``stride``-th from the
-        # newest is kept, and those above the highest of them; when the top is popped, the entries between the
-        # next kept one and the first pane of the next window are made again from it and the panes, in the same
-        # order as the first time (so to the bit). A front entry keeps no first or last reading (a Part): an
+        # newest is kept (about the square root of a window's panes); a window whose first pane's entry is not kept
+        # makes it from the lowest kept one and the panes below it, in the same order as the transfer (so to the
+        # bit), and keeps some of those between when they are many (``SlidingOperator._front_from``). About sqrt(n)
+        # entries of n, against 2 sqrt(n) when every entry below the lowest kept one was made again and kept at
+        # each pop (until 5 December 2026). A front entry keeps no first or last reading (a Part): an
         # entry's first reading of a metric is that of its oldest pane with a value of it (panes hold disjoint
         # times), and its last that of the newest front pane with one (that of ``front_a[0]`` or older), the same
         # for every entry. A pane changed after the front was built is dirty, and the next advance throws the
@@ -1117,7 +1144,8 @@ class SlidingOperator(WindowOperator):
     """Sliding windows ``[s, s + size)``, ``s = offset + k*slide``, over panes of ``gcd(size, slide)``.
 
     A reading updates one pane (O(1) whatever size/slide). Windows fire in order of their end through a
-    two-stack queue of panes (amortised O(1) merges per window). A late reading within the allowed
+    two-stack queue of panes whose front keeps about sqrt(n) of its n entries (up to about sqrt(n) merges per
+    window, fewer on average). A late reading within the allowed
     lateness marks its pane dirty; the next ``advance`` re-fires every fired window still kept that
     contains it, merging its panes afresh, and rebuilds the stacks.
     """
@@ -1135,9 +1163,15 @@ class SlidingOperator(WindowOperator):
         # readings) must not stay allocated for good.
         self.spare: list[Acc] = []
         self.spare_parts: list[Part] = []  # the same for front stack entries
+        # scratch: the aggregate a front's entries are made from (_build_front), and a window's entry not kept
+        # (_front_from), read before the next window
+        self.run = part_empty(self.nm)
         self.spare_max = 4 * (spec.size_ms // self.pane) + 64
         self.singles = self.nm <= 4  # panes of one reading kept as that reading (tests turn it off to compare)
-        self.sparse = True  # keep about 2 sqrt(n) of a front's n entries (tests turn it off to compare)
+        self.sparse = True  # keep about sqrt(n) of a front's n entries (tests turn it off to compare)
+        # every how many-th of a front's entries is kept, from its newest: about the square root of a window's panes,
+        # the same at every transfer and restore (so a restored front keeps the same entries)
+        self.stride = _stride(spec.size_ms // self.pane)
         # a checkpoint's chunk of panes (ms; 0: a key's panes in its own row): windows of more than CHUNK_PANES panes
         self.chunk = self.pane * CHUNK_PANES if spec.size_ms // self.pane > CHUNK_PANES else 0
 
@@ -1160,48 +1194,55 @@ class SlidingOperator(WindowOperator):
         while fr and (below is None or fr[-1].start < below):
             self._give_part(fr.pop())
 
-    def _refill(self, ks: _SlideKey, start: int) -> None:
-        """Make again the front entries of the panes from ``start`` up to the top entry (not kept: see _SlideKey),
-        from the top entry and the panes, as the transfer made them."""
-        front_a, panes = ks.front_a, ks.panes
+    def _front_from(self, ks: _SlideKey, j: int) -> Part | None:
+        """The aggregate of the front's panes from pane ``j`` (the first of the window to fire) to its newest: its
+        lowest kept entry if that is ``j``'s, else made from that entry and the panes below it down to ``j``, in the
+        order the transfer merged them (so to the bit), in a scratch entry that the caller reads before the next
+        window (None: the front is empty). Entries are kept only at the stride (see _SlideKey); when ``j`` is
+        :data:`_GAP` panes or more below the lowest, the entries between are kept at the stride of that gap (about
+        its square root) for the next windows, which then merge fewer panes each."""
+        front_a = ks.front_a
+        if not front_a:
+            return None
         top = front_a[-1]
+        panes = ks.panes
         jt = panes.find_front(top.start)
-        js = panes.find_front(start)
-        if js >= jt:
-            return
-        run = self._take()
-        run.clear()
-        top.put_acc(run)
-        for q in range(jt - 1, js - 1, -1):
-            panes.merge_into(q, run)
-            f = self._take_part()
-            f.take(run)
-            f.start = panes.start(q)
-            front_a.append(f)
-        self._give_back(run)
+        if j >= jt:
+            return top
+        run = self.run
+        run.copy(top)
+        gap = jt - j
+        k = _stride(gap) if gap >= _GAP else gap + 1
+        for q in range(jt - 1, j - 1, -1):
+            panes.part_merge(q, run)
+            if (jt - q) % k == 0 and q > j:
+                f = self._take_part()
+                f.copy(run)
+                f.start = panes.start(q)
+                front_a.append(f)
+        run.start = panes.start(j)
+        return run
 
-    def _build_front(self, ks: _SlideKey, i: int, j: int, tail: bool = True) -> None:
-        """The front stack of the panes ``j..i`` (it is empty): the aggregate of the panes so far, newest
-        first; entries q = 0, k, 2k, ... (from the newest) keep a Part of it, and (``tail``) every entry from the
-        highest of those on, which the next windows read first. Without them, the next window makes the ones it
-        reads again from the lowest kept entry and the panes, as after any pop (``_refill``)."""
+    def _build_front(self, ks: _SlideKey, i: int, j: int) -> None:
+        """The front stack of the panes ``j..i`` (it is empty): the aggregate of the panes so far, newest first;
+        entries q = 0, k, 2k, ... (from the newest) keep a Part of it. A window whose first pane is between two kept
+        entries makes its own from the older of the two and the panes (``_front_from``)."""
         panes, front_a = ks.panes, ks.front_a
-        stride = _stride(i - j + 1) if self.sparse else 1
-        top = i - (i - j) // stride * stride  # the oldest kept entry below the top segment
-        run = self._take()
-        panes.set_into(i, run)
+        stride = self.stride if self.sparse else 1
+        top = i - (i - j) // stride * stride  # the oldest kept entry
+        run = self.run
+        panes.part_set(i, run)
         q = i
         while True:
-            if (tail and q <= top) or (i - q) % stride == 0:
+            if (i - q) % stride == 0:
                 f = self._take_part()
-                f.take(run)
+                f.copy(run)
                 f.start = panes.start(q)
                 front_a.append(f)
             q -= 1
-            if q < (j if tail else top):
+            if q < top:
                 break
-            panes.merge_into(q, run)
-        self._give_back(run)
+            panes.part_merge(q, run)
 
     def _restore_front(self, ks: _SlideKey, top: int) -> None:
         """A snapshot's front stack: its entries from the pane starting at ``top`` down to the first
@@ -1216,7 +1257,7 @@ class SlidingOperator(WindowOperator):
             raise ValueError(f"sliding window snapshot: the front starts at {top}, not a pane's start below {hi}")
         j = panes.find_front(hi - self.size)
         if j <= i:
-            self._build_front(ks, i, j, False)
+            self._build_front(ks, i, j)
 
     def _take(self) -> Acc:
         """A spare accumulator (holding old values) or a new one, for a pane or stack entry."""
@@ -1321,8 +1362,6 @@ class SlidingOperator(WindowOperator):
             self._give_back(back_acc)
             back_acc = None
             ks.back_from = hi
-        elif front_a:  # entries popped (or dropped with their panes) since the last window
-            self._refill(ks, start)
         i = panes.find_back(hi if hi > start else start, ks.hint)
         n = panes.n
         while i < n:
@@ -1339,10 +1378,10 @@ class SlidingOperator(WindowOperator):
         ks.hint = i
         site = self.sites[k]
         name, kind, aggs = self.name, self.kind, self.aggs
-        fa = front_a[-1] if front_a else None
-        j = jn = 0
+        j = panes.find_front(start)
+        fa = self._front_from(ks, j)
+        jn = 0
         if fa is not None:
-            j = panes.find_front(fa.start)
             jn = panes.find_back(front_a[0].start)  # the newest front pane
         for m, metric in self.bases:  # each result: the front's top, then the back merged in (either may be empty)
             nf = 0 if fa is None else fa.count(m)
@@ -1726,9 +1765,14 @@ class SessionOperator(WindowOperator):
         return None
 
 
+_GAP: Final = 8
+"""From how many panes below a front's lowest kept entry a window keeps entries between (``_front_from``): in a
+60 s/1 s window's front (8 entries of 60 panes) never; in a 600 s/1 s one's (25 of 600) about 4 per 24 panes."""
+
+
 def _stride(n: int) -> int:
-    """Of a front of ``n`` entries, every how many-th is kept: about sqrt(n), so that about 2 sqrt(n) are kept at
-    a time, for one more merge per pane."""
+    """Of a front of ``n`` entries, every how many-th is kept: about sqrt(n), so that about sqrt(n) are kept, for
+    up to sqrt(n) merges a window (``_front_from``)."""
     k = 1
     while k * k < n:
         k += 1
