@@ -390,7 +390,9 @@ class WindowOperator:
 
     def _base_restore(self, snap: dict[str, Any]) -> None:
         self.wm = {k: WmCell(v) for k, v in snap["wm"].items()}
-        self.sites = dict(snap["sites"])
+        # a site's name once for all its keys, as when running (a snapshot's JSON gives a string for each key)
+        names: dict[str, str] = {}
+        self.sites = {k: names.setdefault(v, v) for k, v in snap["sites"].items()}
         self.late_count = snap["late_count"]
 
 
