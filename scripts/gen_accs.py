@@ -626,16 +626,22 @@ def gen_part(k: int) -> str:
         for f in PART_FIELDS:
             lines.append(f"    {f}_{i}: {'int' if f in INTS else 'float'}")
     lines.append("")
+    zero = [
+        line
+        for i in range(k)
+        for line in (
+            f"        self.n_{i} = 0",
+            f"        self.total_{i} = self.lo_{i} = self.hi_{i} = self.mean_{i} = self.m2_{i} = 0.0",
+        )
+    ]
+    copy = [f"        self.{f}_{i} = x.{f}_{i}" for i in range(k) for f in PART_FIELDS]
     lines.append("    def __init__(self) -> None:")
     lines.append("        self.start = 0")
-    for i in range(k):
-        lines.append(f"        self.n_{i} = 0")
-        lines.append(f"        self.total_{i} = self.lo_{i} = self.hi_{i} = self.mean_{i} = self.m2_{i} = 0.0")
+    lines.extend(zero)
     lines.append("")
     lines.append("    def take(self, a: Acc) -> None:")
     lines.append(f"        x = cast(Acc{k}, a)")
-    for i in range(k):
-        lines.extend(f"        self.{f}_{i} = x.{f}_{i}" for f in PART_FIELDS)
+    lines.extend(copy)
     lines.append("")
     lines.append("    def count(self, i: int) -> int:")
     if k == 1:
@@ -663,14 +669,11 @@ def gen_part(k: int) -> str:
     lines.extend(_by_metric(k, body))
     lines.append("")
     lines.append("    def clear(self) -> None:")
-    for i in range(k):
-        lines.append(f"        self.n_{i} = 0")
-        lines.append(f"        self.total_{i} = self.lo_{i} = self.hi_{i} = self.mean_{i} = self.m2_{i} = 0.0")
+    lines.extend(zero)
     lines.append("")
     lines.append("    def copy(self, o: Part) -> None:")
     lines.append(f"        x = cast({name}, o)")
-    for i in range(k):
-        lines.extend(f"        self.{f}_{i} = x.{f}_{i}" for f in PART_FIELDS)
+    lines.extend(copy)
     lines.append("")
     lines.append("    def merge_acc(self, a: Acc) -> None:")
     lines.append(f"        x = cast(Acc{k}, a)")
