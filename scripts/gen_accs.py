@@ -698,7 +698,7 @@ def _part_lines(lines: list[str]) -> list[str]:
     for line in lines:
         ind = len(line) - len(line.lstrip())
         if skip >= 0:
-            if line.strip() and ind > skip:
+            if not line.strip() or ind > skip:  # a blank line inside the block does not end it
                 continue
             skip = -1
         text = line.strip()

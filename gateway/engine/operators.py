@@ -1172,7 +1172,8 @@ class SlidingOperator(WindowOperator):
         self.singles = self.nm <= 4  # panes of one reading kept as that reading (tests turn it off to compare)
         self.sparse = True  # keep about sqrt(n) of a front's n entries (tests turn it off to compare)
         # every how many-th of a front's entries is kept, from its newest: about the square root of a window's panes,
-        # the same at every transfer and restore (so a restored front keeps the same entries)
+        # the same at every transfer and restore (so a restored front keeps the same entries at its stride; those a
+        # window kept between, in windows of more than 64 panes, the next window that needs them makes again)
         self.stride = _stride(spec.size_ms // self.pane)
         # a checkpoint's chunk of panes (ms; 0: a key's panes in its own row): windows of more than CHUNK_PANES panes
         self.chunk = self.pane * CHUNK_PANES if spec.size_ms // self.pane > CHUNK_PANES else 0
