@@ -223,6 +223,10 @@ class Part:
         """``r`` becomes metric ``i`` with no first and last reading (zeros, as a cleared ``Stat``)."""
         raise NotImplementedError
 
+    def merge_put(self, i: int, r: Stat) -> None:
+        """Merge metric ``i`` into ``r`` (``Stat.merge_kept``: ``r``'s first and last readings stay as they are)."""
+        raise NotImplementedError
+
     def clear(self) -> None:
         """No metric has a value."""
         raise NotImplementedError
@@ -270,6 +274,10 @@ class PartN(Part):
     def put(self, i: int, r: Stat) -> None:
         f, j = self.f, 5 * i
         r.set_fields(self.n[i], f[j], f[j + 1], f[j + 2], f[j + 3], f[j + 4], 0, 0, 0, 0.0, 0, 0, 0, 0.0)
+
+    def merge_put(self, i: int, r: Stat) -> None:
+        f, j = self.f, 5 * i
+        r.merge_kept(self.n[i], f[j], f[j + 1], f[j + 2], f[j + 3], f[j + 4])
 
     def clear(self) -> None:
         n, f = self.n, self.f
@@ -664,6 +672,13 @@ def gen_part(k: int) -> str:
             "                0.0,",
             "            )",
         ]
+        for i in range(k)
+    ]
+    lines.extend(_by_metric(k, body))
+    lines.append("")
+    lines.append("    def merge_put(self, i: int, r: Stat) -> None:")
+    body = [
+        ["            r.merge_kept(", *[f"                self.{f}_{i}," for f in PART_FIELDS], "            )"]
         for i in range(k)
     ]
     lines.extend(_by_metric(k, body))

@@ -208,6 +208,10 @@ class Part:
         """``r`` becomes metric ``i`` with no first and last reading (zeros, as a cleared ``Stat``)."""
         raise NotImplementedError
 
+    def merge_put(self, i: int, r: Stat) -> None:
+        """Merge metric ``i`` into ``r`` (``Stat.merge_kept``: ``r``'s first and last readings stay as they are)."""
+        raise NotImplementedError
+
     def clear(self) -> None:
         """No metric has a value."""
         raise NotImplementedError
@@ -255,6 +259,10 @@ class PartN(Part):
     def put(self, i: int, r: Stat) -> None:
         f, j = self.f, 5 * i
         r.set_fields(self.n[i], f[j], f[j + 1], f[j + 2], f[j + 3], f[j + 4], 0, 0, 0, 0.0, 0, 0, 0, 0.0)
+
+    def merge_put(self, i: int, r: Stat) -> None:
+        f, j = self.f, 5 * i
+        r.merge_kept(self.n[i], f[j], f[j + 1], f[j + 2], f[j + 3], f[j + 4])
 
     def clear(self) -> None:
         n, f = self.n, self.f
@@ -3115,6 +3123,16 @@ class Part1(Part):
             0.0,
         )
 
+    def merge_put(self, i: int, r: Stat) -> None:
+        r.merge_kept(
+            self.n_0,
+            self.total_0,
+            self.lo_0,
+            self.hi_0,
+            self.mean_0,
+            self.m2_0,
+        )
+
     def clear(self) -> None:
         self.n_0 = 0
         self.total_0 = self.lo_0 = self.hi_0 = self.mean_0 = self.m2_0 = 0.0
@@ -3268,6 +3286,26 @@ class Part2(Part):
                 0,
                 0,
                 0.0,
+            )
+
+    def merge_put(self, i: int, r: Stat) -> None:
+        if i == 0:
+            r.merge_kept(
+                self.n_0,
+                self.total_0,
+                self.lo_0,
+                self.hi_0,
+                self.mean_0,
+                self.m2_0,
+            )
+        else:
+            r.merge_kept(
+                self.n_1,
+                self.total_1,
+                self.lo_1,
+                self.hi_1,
+                self.mean_1,
+                self.m2_1,
             )
 
     def clear(self) -> None:
@@ -3510,6 +3548,35 @@ class Part3(Part):
                 0,
                 0,
                 0.0,
+            )
+
+    def merge_put(self, i: int, r: Stat) -> None:
+        if i == 0:
+            r.merge_kept(
+                self.n_0,
+                self.total_0,
+                self.lo_0,
+                self.hi_0,
+                self.mean_0,
+                self.m2_0,
+            )
+        elif i == 1:
+            r.merge_kept(
+                self.n_1,
+                self.total_1,
+                self.lo_1,
+                self.hi_1,
+                self.mean_1,
+                self.m2_1,
+            )
+        else:
+            r.merge_kept(
+                self.n_2,
+                self.total_2,
+                self.lo_2,
+                self.hi_2,
+                self.mean_2,
+                self.m2_2,
             )
 
     def clear(self) -> None:
@@ -3839,6 +3906,44 @@ class Part4(Part):
                 0,
                 0,
                 0.0,
+            )
+
+    def merge_put(self, i: int, r: Stat) -> None:
+        if i == 0:
+            r.merge_kept(
+                self.n_0,
+                self.total_0,
+                self.lo_0,
+                self.hi_0,
+                self.mean_0,
+                self.m2_0,
+            )
+        elif i == 1:
+            r.merge_kept(
+                self.n_1,
+                self.total_1,
+                self.lo_1,
+                self.hi_1,
+                self.mean_1,
+                self.m2_1,
+            )
+        elif i == 2:
+            r.merge_kept(
+                self.n_2,
+                self.total_2,
+                self.lo_2,
+                self.hi_2,
+                self.mean_2,
+                self.m2_2,
+            )
+        else:
+            r.merge_kept(
+                self.n_3,
+                self.total_3,
+                self.lo_3,
+                self.hi_3,
+                self.mean_3,
+                self.m2_3,
             )
 
     def clear(self) -> None:

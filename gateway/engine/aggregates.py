@@ -243,20 +243,10 @@ class Stat:
         the same fields per metric)."""
         if not nb:
             return
-        na = self.n
-        if not na:
+        if not self.n:
             self.set_fields(nb, total, lo, hi, mean, m2, ft, fb, fs, fv, lt, lb, ls, lv)
             return
-        n = na + nb
-        self.n = n
-        self.total += total
-        if lo < self.lo:
-            self.lo = lo
-        if hi > self.hi:
-            self.hi = hi
-        d = mean - self.mean
-        self.mean += d * nb / n
-        self.m2 += m2 + d * d * na * nb / n
+        self.merge_kept(nb, total, lo, hi, mean, m2)
         f = self.ft
         if ft < f or (ft == f and (fb < self.fb or (fb == self.fb and fs < self.fs))):
             self.ft = ft
@@ -269,6 +259,31 @@ class Stat:
             self.lb = lb
             self.ls = ls
             self.lv = lv
+
+    def merge_kept(self, nb: int, total: float, lo: float, hi: float, mean: float, m2: float) -> None:
+        """:meth:`merge_fields` but the first and last readings, which stay as they are (a sliding window's stack
+        entries keep none: the window reads them from its panes)."""
+        if not nb:
+            return
+        na = self.n
+        if not na:
+            self.n = nb
+            self.total = total
+            self.lo = lo
+            self.hi = hi
+            self.mean = mean
+            self.m2 = m2
+            return
+        n = na + nb
+        self.n = n
+        self.total += total
+        if lo < self.lo:
+            self.lo = lo
+        if hi > self.hi:
+            self.hi = hi
+        d = mean - self.mean
+        self.mean += d * nb / n
+        self.m2 += m2 + d * d * na * nb / n
 
     def set(self, o: Stat) -> None:
         """Become a copy of ``o``."""

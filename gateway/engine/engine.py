@@ -31,9 +31,10 @@ __all__ = ["SNAPSHOT_VERSION", "Engine"]
 
 _UNUSED: Final = WmCell(NO_WM)  # a site window's place in _Device.cells
 
-SNAPSHOT_VERSION: Final = 3
+SNAPSHOT_VERSION: Final = 4
 """2: flat accumulators (one list per window, metrics side by side: Stat.to_json); 3: a sliding window's panes of
-one reading as the reading and its front stack as its newest pane (operators._SlideKey.to_json). Both restore."""
+one reading as the reading and its front stack as its newest pane (operators._SlideKey.to_json); 4: without a
+sliding window's back accumulator, made again from its panes on restore as the front is. All three restore."""
 
 
 class _Window:
@@ -509,8 +510,8 @@ class Engine:
 
     def restore(self, snap: dict[str, Any]) -> None:
         """Take back a :meth:`snapshot` (from an engine with the same windows)."""
-        if snap.get("version") not in (2, SNAPSHOT_VERSION):
-            raise ValueError(f"snapshot version {snap.get('version')!r}, expected 2 or {SNAPSHOT_VERSION}")
+        if snap.get("version") not in (2, 3, SNAPSHOT_VERSION):
+            raise ValueError(f"snapshot version {snap.get('version')!r}, expected 2, 3 or {SNAPSHOT_VERSION}")
         names = {w.spec.name for w in self.windows}
         if set(snap["windows"]) != names:
             raise ValueError(f"snapshot has windows {sorted(snap['windows'])}, engine has {sorted(names)}")

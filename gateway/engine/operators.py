@@ -979,7 +979,7 @@ class _SlideKey:
     """One key's sliding-window state: panes, fired revisions, cleanup timers and the two stacks."""
 
     __slots__ = (
-        "back_acc",
+        "back",
         "back_from",
         "ck_lo",
         "cleanup",
@@ -1001,7 +1001,8 @@ class _SlideKey:
         self.dirty: set[int] | None = None
         # Two-stack sliding aggregation over the panes of the last window fired. Front: panes, oldest last, each
         # with the aggregate of it and every newer front pane; back: the panes in [back_from, hi), pushed since
-        # the last transfer, with their aggregate. Of the front's entries only every ``stride``-th from the
+        # the last transfer, with their aggregate (a Part too: its first and last readings of a metric are those of
+        # its oldest and newest panes with a value of it). Of the front's entries only every ``stride``-th from the
         # newest is kept (about the square root of a window's panes); a window whose first pane's entry is not kept
         # makes it from the lowest kept one and the panes below it, in the same order as the transfer (so to the
         # bit), and keeps some of those between when they are many (``SlidingOperator._front_from``). About sqrt(n)
@@ -1014,7 +1015,7 @@ class _SlideKey:
         # still to fire contains it).
         self.front_a: list[Part] = []
         self.back_from = 0
-        self.back_acc: Acc | None = None
+        self.back: Part | None = None
         self.hi: int | None = None  # panes below this have been pushed; None: stacks empty/invalid
         self.hint = 0  # where the first pane at or after ``hi`` was last seen in ``panes`` (checked before use)
         # the start of the oldest pane a reading was added to (or made for) since the key's last checkpoint snapshot
@@ -1039,7 +1040,9 @@ class _SlideKey:
         per metric]``; an accumulator that is exactly one reading's too), any other its accumulator (``[start,
         flat list]``). The front stack is the start of its newest pane (``top``): its entries are the aggregates of
         the panes from there down to the first pane of the last window fired, made again from the panes on restore
-        as a transfer makes them (to the bit). The back is the start of its first pane and its aggregate.
+        as a transfer makes them (to the bit). The back is the start of its first pane: its aggregate is made again
+        from its panes on restore too, as the windows pushed them (until snapshot version 4 it was also written, as an
+        accumulator; :meth:`from_json` reads and ignores it).
 
         (Until snapshot version 3 every pane was an accumulator and the front was every entry as one, with its
         first and last readings: about 59,000 bytes of JSON a key of a 60 s/1 s window of three metrics read every
@@ -1054,7 +1057,7 @@ class _SlideKey:
         hi = self.hi
         back: int | None = None
         panes = self.panes
-        if hi is not None and self.back_acc is not None:
+        if hi is not None and self.back is not None:
             j = panes.find_front(self.back_from)
             if j < panes.n and panes.start(j) < hi:
                 back = panes.start(j)
@@ -1064,7 +1067,6 @@ class _SlideKey:
             "dirty": [] if self.dirty is None else sorted(self.dirty),
             "top": self.front_a[0].start if self.front_a else None,
             "back_from": back,
-            "back_acc": None if self.back_acc is None else self.back_acc.to_json(),
             "hi": hi,
         }
 
@@ -1122,7 +1124,6 @@ class _SlideKey:
         ks.revs = {s: r for s, r in d["revs"]} or None
         ks.cleanup = [(x[0], x[1]) for x in d["cleanup"]] or None
         ks.dirty = set(d["dirty"]) if d["dirty"] else None
-        ks.back_acc = None if d["back_acc"] is None else acc_from_json(d["back_acc"])
         ks.hi = d["hi"]
         if "front" in d:  # before version 3
             front = d["front"]
@@ -1139,6 +1140,14 @@ class _SlideKey:
                         f"sliding window snapshot: the back starts at {b}, not a pane's start below {ks.hi}"
                     )
         ks.back_from = b if b is not None else ks.hi if ks.hi is not None else 0
+        if b is not None and ks.hi is not None:  # the back's aggregate: its panes merged as the windows pushed them
+            j = panes.find_front(b)
+            e = panes.find_back(ks.hi)
+            if j < e:
+                back = ks.back = part_empty(nm)
+                panes.part_set(j, back)
+                for q in range(j + 1, e):
+                    panes.part_merge(q, back)
         return ks, top
 
 
@@ -1348,64 +1357,70 @@ class SlidingOperator(WindowOperator):
         accumulators; each result is a fresh :class:`Stat` of its own, never changed afterwards."""
         front_a = ks.front_a
         hi = ks.hi
-        back_acc = ks.back_acc
+        back = ks.back
         if hi is None:
             self._release_stacks(ks)
-            back_acc = None
+            back = None
             ks.back_from = hi = start
         if front_a and front_a[-1].start < start:  # evict panes older than start
             self._drop_front(ks, start)
         panes = ks.panes
-        if not front_a and back_acc is not None:  # transfer: the back's panes (from start on) become the front
+        if not front_a and back is not None:  # transfer: the back's panes (from start on) become the front
             lo = ks.back_from if ks.back_from > start else start
             i = panes.find_back(hi, ks.hint) - 1
             j = panes.find_front(lo)
             if i >= j:
                 self._build_front(ks, i, j)
-            self._give_back(back_acc)
-            back_acc = None
+            self._give_part(back)
+            back = None
             ks.back_from = hi
         i = panes.find_back(hi if hi > start else start, ks.hint)
         n = panes.n
         while i < n:
             if panes.t_at(i) >= end:
                 break
-            if back_acc is None:
-                back_acc = self._take()
-                panes.set_into(i, back_acc)
+            if back is None:
+                back = self._take_part()
+                panes.part_set(i, back)
             else:
-                panes.merge_into(i, back_acc)  # in place: back_acc itself is never handed out
+                panes.part_merge(i, back)  # in place: back itself is never handed out
             i += 1
-        ks.back_acc = back_acc
+        ks.back = back
         ks.hi = end
         ks.hint = i
         site = self.sites[k]
         name, kind, aggs = self.name, self.kind, self.aggs
         j = panes.find_front(start)
         fa = self._front_from(ks, j)
-        jn = 0
+        jn = jb = 0
         if fa is not None:
             jn = panes.find_back(front_a[0].start)  # the newest front pane
+        if back is not None:
+            b0 = ks.back_from
+            jb = panes.find_front(b0 if b0 > start else start)  # the oldest back pane (the newest: i - 1)
         for m, metric in self.bases:  # each result: the front's top, then the back merged in (either may be empty)
             nf = 0 if fa is None else fa.count(m)
-            n = nf + (0 if back_acc is None else back_acc.count(m))
-            if n:
-                r = WindowResult(name, kind, k, site, start, end, metric, n, None, 1, "watermark", aggs)
+            nb = 0 if back is None else back.count(m)
+            if nf or nb:
+                r = WindowResult(name, kind, k, site, start, end, metric, nf + nb, None, 1, "watermark", aggs)
                 if fa is not None:
                     fa.put(m, r)
                     if nf:
                         panes.first_into(j, m, r)
                         panes.last_into(jn, m, r)
-                if back_acc is not None:
-                    back_acc.merge_put(m, r)
+                if back is not None and nb:  # its first and last readings from its panes, as the front's
+                    back.merge_put(m, r)
+                    if not nf:
+                        panes.first_into(jb, m, r)
+                    panes.last_into(i - 1, m, r)
                 out.append(r)
 
     def _release_stacks(self, ks: _SlideKey) -> None:
         """Empty the two stacks, their accumulators back to the spares."""
         self._drop_front(ks, None)
-        if ks.back_acc is not None:
-            self._give_back(ks.back_acc)
-        ks.back_acc = None
+        if ks.back is not None:
+            self._give_part(ks.back)
+        ks.back = None
         ks.hi = None
 
     def _refire(self, out: list[Output], k: str, ks: _SlideKey, old: int) -> None:

@@ -173,9 +173,10 @@ def _kept(x: Stat) -> str:
 @settings(max_examples=300, deadline=None)
 @given(st.integers(1, 6), st.lists(st.one_of(op, tied), min_size=10, max_size=40))
 def test_a_front_entry_merges_as_its_accumulator_to_the_bit(width: int, ops: list[tuple[object, ...]]) -> None:
-    """A sliding window's front stack entry (``Part``) is merged into directly (``merge_acc``, ``merge_reading``,
-    ``copy``, ``clear``): each kept field must be what the accumulator's own merge gives, bit for bit, whatever the
-    operations before (the front's aggregates are made this way, and the outputs must not depend on it)."""
+    """A sliding window's front stack entry or back (``Part``) is merged into directly (``merge_acc``,
+    ``merge_reading``, ``copy``, ``clear``) and into a result (``merge_put``): each kept field must be what the
+    accumulator's own merge gives, bit for bit, whatever the operations before (the stacks' aggregates are made this
+    way, and the outputs must not depend on it)."""
     accs = [acc_empty(width) for _ in range(3)]
     refs = [[Stat() for _ in range(width)] for _ in range(3)]
     parts = [part_empty(width) for _ in range(3)]
@@ -201,3 +202,12 @@ def test_a_front_entry_merges_as_its_accumulator_to_the_bit(width: int, ops: lis
             part.put(i, r)
             assert part.count(i) == acc.count(i)
             assert _kept(r) == _kept(as_stat(acc, i))
+            for fresh in (True, False):  # merged into a result, as a window's back is: as the accumulator merges
+                got, want = Stat(), Stat()
+                if not fresh:
+                    for x in (got, want):
+                        x.add_var(3.0, 2, 1, 1)
+                        x.add_var(-0.0, 40, 0, 2)
+                part.merge_put(i, got)
+                acc.merge_put(i, want)
+                assert _kept(got) == _kept(want)
