@@ -1228,18 +1228,22 @@ class SlidingOperator(WindowOperator):
         for q in range(jt - 1, j - 1, -1):
             panes.part_merge(q, run)
             if (jt - q) % k == 0 and q > j:
-                f = self._take_part()
-                f.copy(run)
-                f.start = panes.start(q)
-                front_a.append(f)
+                self._keep_entry(ks, run, q)
         run.start = panes.start(j)
         return run
+
+    def _keep_entry(self, ks: _SlideKey, run: Part, q: int) -> None:
+        """Push a front entry for pane ``q``: a copy of ``run``, the aggregate of the front's panes from ``q`` on."""
+        f = self._take_part()
+        f.copy(run)
+        f.start = ks.panes.start(q)
+        ks.front_a.append(f)
 
     def _build_front(self, ks: _SlideKey, i: int, j: int) -> None:
         """The front stack of the panes ``j..i`` (it is empty): the aggregate of the panes so far, newest first;
         entries q = 0, k, 2k, ... (from the newest) keep a Part of it. A window whose first pane is between two kept
         entries makes its own from the older of the two and the panes (``_front_from``)."""
-        panes, front_a = ks.panes, ks.front_a
+        panes = ks.panes
         stride = self.stride if self.sparse else 1
         top = i - (i - j) // stride * stride  # the oldest kept entry
         run = self.run
@@ -1247,10 +1251,7 @@ class SlidingOperator(WindowOperator):
         q = i
         while True:
             if (i - q) % stride == 0:
-                f = self._take_part()
-                f.copy(run)
-                f.start = panes.start(q)
-                front_a.append(f)
+                self._keep_entry(ks, run, q)
             q -= 1
             if q < top:
                 break
@@ -1392,12 +1393,10 @@ class SlidingOperator(WindowOperator):
         name, kind, aggs = self.name, self.kind, self.aggs
         j = panes.find_front(start)
         fa = self._front_from(ks, j)
-        jn = jb = 0
+        jn = 0
+        jb = -1  # the oldest back pane (the newest: i - 1), found when a metric has no value in the front
         if fa is not None:
             jn = panes.find_back(front_a[0].start)  # the newest front pane
-        if back is not None:
-            b0 = ks.back_from
-            jb = panes.find_front(b0 if b0 > start else start)  # the oldest back pane (the newest: i - 1)
         for m, metric in self.bases:  # each result: the front's top, then the back merged in (either may be empty)
             nf = 0 if fa is None else fa.count(m)
             nb = 0 if back is None else back.count(m)
@@ -1411,6 +1410,9 @@ class SlidingOperator(WindowOperator):
                 if back is not None and nb:  # its first and last readings from its panes, as the front's
                     back.merge_put(m, r)
                     if not nf:
+                        if jb < 0:
+                            b0 = ks.back_from
+                            jb = panes.find_front(b0 if b0 > start else start)
                         panes.first_into(jb, m, r)
                     panes.last_into(i - 1, m, r)
                 out.append(r)
