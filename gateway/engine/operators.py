@@ -29,6 +29,7 @@ from collections.abc import Callable, Set
 from heapq import heappop, heappush
 from math import copysign
 from typing import Any, Final, Protocol, final
+from zlib import crc32
 
 from mypy_extensions import i64, mypyc_attr
 
@@ -1012,7 +1013,8 @@ class _SlideKey:
         # times), and its last that of the newest front pane with one (that of ``front_a[0]`` or older), the same
         # for every entry. A pane changed after the front was built is dirty, and the next advance throws the
         # stacks away before reading them; a front entry whose pane was dropped is dropped with it (no window
-        # still to fire contains it).
+        # still to fire contains it). A transfer ends the front at the key's phase (``SlidingOperator._transfer_end``):
+        # the panes from there on are the back again.
         self.front_a: list[Part] = []
         self.back_from = 0
         self.back: Part | None = None
@@ -1180,6 +1182,7 @@ class SlidingOperator(WindowOperator):
         self.spare_max = 4 * (spec.size_ms // self.pane) + 64
         self.singles = self.nm <= 4  # panes of one reading kept as that reading (tests turn it off to compare)
         self.sparse = True  # keep about sqrt(n) of a front's n entries (tests turn it off to compare)
+        self.stagger = True  # each key transfers in a phase of its own (_transfer_end; tests turn it off to compare)
         # every how many-th of a front's entries is kept, from its newest: about the square root of a window's panes,
         # the same at every transfer and restore (so a restored front keeps the same entries at its stride; those a
         # window kept between, in windows of more than 64 panes, the next window that needs them makes again)
@@ -1231,6 +1234,23 @@ class SlidingOperator(WindowOperator):
                 self._keep_entry(ks, run, q)
         run.start = panes.start(j)
         return run
+
+    def _transfer_end(self, key: str, lo: int, hi: int) -> int:
+        """Where a transfer at ``lo`` (the back's panes below ``hi`` to become the front) ends the front: at the first
+        window start after ``lo`` in the key's phase, ``h`` windows after a multiple of the cycle of ``size // slide``
+        windows (``h`` from the key's name, ``zlib.crc32``: the same in every process), if below ``hi``; the panes
+        from there on are the back again. A front is emptied by the window that starts where it ends, so from the
+        next transfer on a key transfers in its phase, a whole window at a time. Keys that start together (a fleet
+        when the gateway starts) then build their fronts at different windows, and the entries they hold together
+        stay near their mean over the cycle instead of all peaking at once (as the work of their transfers)."""
+        slide, off = self.slide, self.offset
+        m = self.size // slide
+        if m < 2:
+            return hi
+        h = crc32(key.encode()) % m
+        m0 = (lo - off) // slide + 1  # the first window start after lo
+        e = off + slide * (m0 + (h - m0) % m)
+        return e if e < hi else hi
 
     def _keep_entry(self, ks: _SlideKey, run: Part, q: int) -> None:
         """Push a front entry for pane ``q``: a copy of ``run``, the aggregate of the front's panes from ``q`` on."""
@@ -1370,11 +1390,22 @@ class SlidingOperator(WindowOperator):
             lo = ks.back_from if ks.back_from > start else start
             i = panes.find_back(hi, ks.hint) - 1
             j = panes.find_front(lo)
-            if i >= j:
-                self._build_front(ks, i, j)
             self._give_part(back)
             back = None
             ks.back_from = hi
+            # up to the key's phase (_transfer_end): the panes from there on make the back again
+            e = self._transfer_end(k, lo, hi) if self.stagger else hi
+            ie = panes.find_front(e) if e < hi else i + 1
+            if ie == j:  # no pane before it: all (a transfer at each window would merge the back's panes again)
+                ie = i + 1
+            if ie - 1 >= j:
+                self._build_front(ks, ie - 1, j)
+            if ie <= i:
+                back = self._take_part()
+                panes.part_set(ie, back)
+                for q in range(ie + 1, i + 1):
+                    panes.part_merge(q, back)
+                ks.back_from = panes.start(ie)
         i = panes.find_back(hi if hi > start else start, ks.hint)
         n = panes.n
         while i < n:

@@ -60,3 +60,14 @@ def rows_close(a: list[tuple[Any, ...]], b: list[tuple[Any, ...]]) -> bool:
             if not math.isclose(x[6][k], y[6][k], rel_tol=1e-9, abs_tol=1e-9):
                 return False
     return True
+
+
+def whole_transfers(engine: Any) -> Any:
+    """``engine`` with every sliding window's keys transferring a whole window at a time, as every engine did before
+    6 December 2026 (``SlidingOperator.stagger`` off): a snapshot written then restores and continues exactly as an
+    engine that never stopped only when that engine transferred as the writer did (each key in a phase of its own
+    changes how a window's panes are grouped, and so the rounding of its sums)."""
+    for w in engine.windows:
+        if hasattr(w.op, "stagger"):
+            w.op.stagger = False
+    return engine

@@ -11,7 +11,7 @@ import json
 import random
 from pathlib import Path
 
-from engine_helpers import Event, feed_events
+from engine_helpers import Event, feed_events, whole_transfers
 
 from gateway.engine import Engine, parse_engine
 
@@ -50,9 +50,9 @@ def events() -> list[Event]:
 
 def test_a_version_2_snapshot_of_flat_lists_restores_and_continues_identically() -> None:
     evs = events()
-    today = Engine(parse_engine(SPEC))
+    today = whole_transfers(Engine(parse_engine(SPEC)))
     feed_events(today, evs[:CUT])
-    old = Engine(parse_engine(SPEC))
+    old = whole_transfers(Engine(parse_engine(SPEC)))
     old.restore(json.loads(OLD.read_text()))
     expected = [repr(o) for o in feed_events(today, evs[CUT:])]
     got = [repr(o) for o in feed_events(old, evs[CUT:])]
