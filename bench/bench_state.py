@@ -7,10 +7,14 @@ Reproduce (from the repository root)::
     python bench/bench_state.py -d 1000 --engine pure    # smaller, the pure-Python engine
     python bench/bench_state.py --restore                # also the state right after a restore of the snapshot
     python bench/bench_state.py -s 200 --cycle 5         # also the state every 5 s from 70 s on: its low and high
+    python bench/bench_state.py --values board           # values as a board sends them: two decimals (21.37)
 
 The workload is bench_engine.py's (b): every device reads temp_c, rh and lux once a second (10 % of readings
 delayed 0-3 s, 0.05 % 8-12 s), one reading per message, through a tumbling 60 s, a sliding 60 s/1 s and a
-session 30 s window (every aggregate: count sum mean min max stddev first last). After ``--seconds`` of
+session 30 s window (every aggregate: count sum mean min max stddev first last). The values are doubles of 20 +
+a random fraction (53 bits of it, as a host computes them), or with ``--values board`` the same rounded to two
+decimals, as the firmware sends a sensor's fixed-point reading (21.37: a sliding window's panes keep such values in 4
+bytes, not 8). After ``--seconds`` of
 readings (past the 60 s windows' first firing), printed:
 
 - ``state``: the deep size of the engine's object graph (``sys.getsizeof`` over ``gc.get_referents``), and
@@ -83,7 +87,9 @@ def rss_mib() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def child(root: str, devices: int, seconds: int, restore: bool, cycle: int = 0, interval: int = 2) -> None:
+def child(
+    root: str, devices: int, seconds: int, restore: bool, cycle: int = 0, interval: int = 2, board: bool = False
+) -> None:
     sys.path.insert(0, root)
     from gateway.engine import ENGINE_BUILD, Engine, parse_engine
     from gateway.model import Batch, Reading
@@ -108,6 +114,8 @@ def child(root: str, devices: int, seconds: int, restore: bool, cycle: int = 0, 
                 u = rng.random()
                 delay = rng.randint(0, 3000) if u < 0.10 else rng.randint(8000, 12000) if u < 0.1005 else 0
                 v0, v1, v2 = (20.0 + rng.random() for _ in METRICS)
+                if board:
+                    v0, v1, v2 = round(v0, 2), round(v1, 2), round(v2, 2)
                 order += 1
                 pending.append((t + delay + 50, order, i, second, t, v0, v1, v2))
             pending.sort(key=lambda x: (x[0], x[1]))
@@ -188,6 +196,7 @@ def child(root: str, devices: int, seconds: int, restore: bool, cycle: int = 0, 
     build = "compiled" if ENGINE_BUILD == "compiled" else "pure"
     print(
         f"{root}: engine={build} {devices:,} devices x {len(METRICS)} metrics, {seconds} s of readings "
+        f"{'(values of two decimals) ' if board else ''}"
         f"({seconds * devices:,}, fed in {fed:.1f} s CPU)\n"
         f"  state {state / 2**20:7.1f} MiB (sliding 60 s/1 s: {sliding / 2**20:.1f} MiB); "
         f"RSS {rss:.0f} MiB, peak {peak:.0f} MiB\n"
@@ -233,10 +242,11 @@ def main() -> None:
     ap.add_argument("--engine", choices=["default", "pure"], default="default")
     ap.add_argument("--restore", action="store_true", help="also restore the snapshot and measure the state then")
     ap.add_argument("--cycle", type=int, default=0, help="also the state as allocated every CYCLE s from 70 s on")
+    ap.add_argument("--values", choices=["doubles", "board"], default="doubles", help="as a host or a board makes them")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child is not None:
-        child(args.child, args.devices, args.seconds, args.restore, args.cycle)
+        child(args.child, args.devices, args.seconds, args.restore, args.cycle, board=args.values == "board")
         return
     env = {**os.environ}
     if args.engine == "pure":
@@ -244,6 +254,7 @@ def main() -> None:
     for root in [*args.against, str(ROOT)]:
         cmd = [sys.executable, __file__, "--child", str(Path(root).resolve()), "-d", str(args.devices)]
         cmd += ["-s", str(args.seconds)] + (["--restore"] if args.restore else []) + ["--cycle", str(args.cycle)]
+        cmd += ["--values", args.values]
         subprocess.run(cmd, check=True, env=env, cwd=root)
 
 

@@ -37,17 +37,18 @@ def block(n: int) -> int:
     return max(32, (n + 8 + 15) & ~15)
 
 
-_VECS = ("vec[i64]", "vec[float]")
-"""``librt.vecs``' column types (the window engine's panes): interpreted, a ``vec`` is a 32-byte object whose buffer
-(a header of 24 bytes and 8 a value, none while empty) neither ``sys.getsizeof`` nor the collector shows. Compiled
-code keeps the buffer itself, which the collector shows and ``sys.getsizeof`` measures."""
+_VECS = {"vec[i64]": 8, "vec[float]": 8, "vec[i32]": 4}
+"""``librt.vecs``' column types (the window engine's panes) and the bytes of a value: interpreted, a ``vec`` is a
+32-byte object whose buffer (a header of 24 bytes and the values, none while empty) neither ``sys.getsizeof`` nor the
+collector shows. Compiled code keeps the buffer itself, which the collector shows and ``sys.getsizeof`` measures."""
 
 
 def _vec_buffer(o: object) -> int:
     """The bytes of an interpreted ``vec``'s buffer (0 for any other object)."""
-    if type(o).__name__ in _VECS and type(o).__module__ == "builtins":
+    item = _VECS.get(type(o).__name__)
+    if item is not None and type(o).__module__ == "builtins":
         n = len(o)  # type: ignore[arg-type]
-        return 24 + 8 * n if n else 0
+        return 24 + item * n if n else 0
     return 0
 
 

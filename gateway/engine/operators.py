@@ -31,12 +31,16 @@ from math import copysign
 from typing import Any, Final, Protocol, final
 from zlib import crc32
 
-from mypy_extensions import i64, mypyc_attr
+from mypy_extensions import i32, i64, mypyc_attr
 
 try:
     from librt.vecs import vec
+
+    _PACKED: Final = True
 except ImportError:  # no librt for the platform (32-bit ARM): the pure engine keeps its columns in lists
     from ._vecs import vec  # type: ignore[assignment]
+
+    _PACKED: Final = False  # type: ignore[misc]
 
 from .accs import Acc, Part, Values, acc_empty, acc_from_json, part_empty
 from .aggregates import FIELDS, Stat
@@ -625,6 +629,53 @@ _T_COLUMN: Final = 1 << 59
 """A pane's reading time is kept shifted left by four in a 64-bit int: it must be within this of 1970 (ms)."""
 _NO_READING: Final = -1
 """A pane's ``bs`` in :class:`Panes` when it is an accumulator (kept in ``big``), not one reading."""
+_DEC_MAX: Final = 1 << 27
+"""A decimal value's digits ``m`` (``m / 10**e``) in a narrow column are under this (8 digits; ``m << 4 | e`` fits an
+i32)."""
+_NO_DEC: Final = 1 << 40
+""":func:`_decimal` of a value a narrow column cannot keep."""
+
+
+_ROUND: Final = 6755399441055744.0
+"""1.5 * 2**52: ``x + _ROUND - _ROUND`` is ``x`` rounded to an integer (ties to even) for ``|x| < 2**51``, in floats
+alone."""
+
+
+def _dec(x: i32) -> float:
+    """The double a narrow column's value is (``m << 4 | e``: ``m / 10**e``, a division correctly rounded)."""
+    e = x & 15
+    if e < 3:
+        p = 1.0 if e == 0 else 10.0 if e == 1 else 100.0
+    else:  # 10**e exactly (every power of ten to 10**22 is a double, and so is each product on the way)
+        p = 1000.0
+        while e > 3:
+            p *= 10.0
+            e -= 1
+    return float(x >> 4) / p
+
+
+def _decimal(v: float) -> i64:
+    """``v`` as a narrow column keeps it: ``m << 4 | e`` with the fewest decimals ``e`` for which ``m / 10**e`` (a
+    division, correctly rounded) is ``v`` to the bit, ``|m| < 2**27``; :data:`_NO_DEC` when there is none (-0.0, NaN,
+    infinities, 1e8 or more, and values that are no short decimal, such as a double computed on the host). A board's
+    reading is one: the firmware sends fixed-point values (an int and its decimals), and the JSON decoder makes the
+    double nearest to that decimal, which is what the division gives."""
+    if not -1e8 < v < 1e8:
+        return _NO_DEC
+    if v == 0.0:
+        return 0 if copysign(1.0, v) > 0.0 else _NO_DEC
+    p = 1.0
+    for e in range(16):
+        if e:
+            p *= 10.0
+        x = v * p
+        if not -_DEC_MAX < x < _DEC_MAX:
+            return _NO_DEC
+        r = x + _ROUND - _ROUND  # the nearest integer (as a float: no int made for the values that fail)
+        if r / p == v:
+            m: i64 = int(r)
+            return m << 4 | e
+    return _NO_DEC
 
 
 @final
@@ -634,7 +685,10 @@ class Panes:
 
     A pane of one reading - the common case, a board that reads once per pane - is that reading: ``tm`` its time
     shifted left by 4 and the bits of the metrics it has (``t << 4 | mask``), ``bs`` its boot and seq (``boot << 31 |
-    seq``), and ``w`` values in ``vs`` (0.0 where it has none): 8 + 8 + 8 w bytes. Any other pane is an accumulator,
+    seq``), and ``w`` values (0 where it has none): 8 + 8 + 8 w bytes, or 8 + 8 + 4 w while every value the key's
+    panes have kept is a short decimal (``vn``, i32: ``m << 4 | e`` for ``m / 10**e``, :func:`_decimal`: a board's
+    fixed-point readings), the doubles themselves in ``vs`` from the first that is not (the key's columns then
+    widened once, for good). Any other pane is an accumulator,
     in ``big``, a list beside the columns while the key has any (``tm`` its start << 4, ``bs`` :data:`_NO_READING`).
     As a source (merged, copied, its first and last readings, in a snapshot) a pane of one reading is exactly the
     accumulator one ``add`` of it makes (``Acc.merge_reading``; :class:`One` for a snapshot).
@@ -649,12 +703,14 @@ class Panes:
     moved up one; the columns are made anew, longer, only when every place is taken, and shorter when the live panes
     fall below a quarter of them. Indexes given and taken by the methods count from the oldest live pane (0)."""
 
-    __slots__ = ("big", "bs", "cap", "head", "n", "nbig", "off", "pane", "tm", "vs", "w")
+    __slots__ = ("big", "bs", "cap", "head", "n", "nar", "nbig", "off", "pane", "tm", "vn", "vs", "w")
 
     def __init__(self, w: i64, pane: i64, off: i64) -> None:
         self.tm: vec[i64] = vec[i64]()
         self.bs: vec[i64] = vec[i64]()
-        self.vs: vec[float] = vec[float]()
+        self.vs: vec[float] = vec[float]()  # the values as doubles (empty while narrow)
+        self.vn: vec[i32] = vec[i32]()  # the values as decimals (narrow; empty once wide)
+        self.nar: bool = _PACKED  # values in vn (a list of ints would take more than one of floats)
         self.cap: i64 = 0
         self.head: i64 = 0
         self.n: i64 = 0  # how many panes
@@ -740,34 +796,52 @@ class Panes:
 
     def _resize(self, cap: i64) -> None:
         """The live panes, in order from column 0, in new columns of ``cap`` panes."""
-        n, w = self.n, self.w
+        n, w, nar = self.n, self.w, self.nar
         tm: vec[i64] = vec[i64]([0] * cap)
         bs: vec[i64] = vec[i64]([0] * cap)
-        vs: vec[float] = vec[float]([0.0] * (cap * w))
-        otm, obs, ovs, obig = self.tm, self.bs, self.vs, self.big
+        vs: vec[float] = vec[float]() if nar else vec[float]([0.0] * (cap * w))
+        vn: vec[i32] = vec[i32]([0] * (cap * w)) if nar else vec[i32]()
+        otm, obs, ovs, ovn, obig = self.tm, self.bs, self.vs, self.vn, self.big
         big: list[Acc | None] | None = None if obig is None else [None] * cap
         j = self.head
         ocap = self.cap
         for q in range(n):
             tm[q] = otm[j]
             bs[q] = obs[j]
-            for m in range(w):
-                vs[q * w + m] = ovs[j * w + m]
+            if nar:
+                for m in range(w):
+                    vn[q * w + m] = ovn[j * w + m]
+            else:
+                for m in range(w):
+                    vs[q * w + m] = ovs[j * w + m]
             if big is not None and obig is not None:
                 big[q] = obig[j]
             j += 1
             if j == ocap:
                 j = 0
-        self.tm, self.bs, self.vs, self.big = tm, bs, vs, big
+        self.tm, self.bs, self.vs, self.vn, self.big = tm, bs, vs, vn, big
         self.cap = cap
         self.head = 0
+
+    def _widen(self) -> None:
+        """The values as doubles from now on (a value that is no short decimal came): each the double its decimal
+        is."""
+        w = self.w
+        vn = self.vn
+        vs: vec[float] = vec[float]([0.0] * (self.cap * w))
+        for k in range(self.cap * w):
+            vs[k] = _dec(vn[k])
+        self.vs = vs
+        self.vn = vec[i32]()
+        self.nar = False
 
     def _open(self, i: i64) -> i64:
         """Make a place for a new pane at ``i`` (the panes from ``i`` on move up one); its column index."""
         n = self.n
         if n == self.cap:
             self._resize(n + (n >> 4) + 2 if n >= 64 else n + 8)
-        tm, bs, vs, w, cap, big = self.tm, self.bs, self.vs, self.w, self.cap, self.big
+        tm, bs, vs, vn, w, cap, big = self.tm, self.bs, self.vs, self.vn, self.w, self.cap, self.big
+        nar = self.nar
         head = self.head
         dst = head + n
         if dst >= cap:
@@ -777,8 +851,12 @@ class Panes:
             src = dst - 1 if dst else cap - 1
             tm[dst] = tm[src]
             bs[dst] = bs[src]
-            for m in range(w):
-                vs[dst * w + m] = vs[src * w + m]
+            if nar:
+                for m in range(w):
+                    vn[dst * w + m] = vn[src * w + m]
+            else:
+                for m in range(w):
+                    vs[dst * w + m] = vs[src * w + m]
             if big is not None:
                 big[dst] = big[src]
             dst = src
@@ -794,18 +872,52 @@ class Panes:
         2**53) is a ``ValueError``, before any place is made."""
         if not -_T_COLUMN <= t < _T_COLUMN:
             raise ValueError(f"a pane's reading time {t} is beyond what its column holds (±2**59 ms)")
-        j = self._open(i)
         w = self.w
-        vs = self.vs
         mask: i64 = 0
-        k = j * w
-        for m in range(w):
-            v = values[m]
-            if v is None:
-                vs[k + m] = 0.0
-            else:
-                vs[k + m] = v
-                mask |= 1 << m
+        d0: i64 = 0
+        d1: i64 = 0
+        d2: i64 = 0
+        d3: i64 = 0
+        if self.nar:
+            for m in range(w):
+                v = values[m]
+                if v is not None:
+                    d = _decimal(v)
+                    if d == _NO_DEC:
+                        self._widen()
+                        break
+                    if m == 0:
+                        d0 = d
+                    elif m == 1:
+                        d1 = d
+                    elif m == 2:
+                        d2 = d
+                    else:
+                        d3 = d
+                    mask |= 1 << m
+        if self.nar:
+            j = self._open(i)
+            vn = self.vn
+            k = j * w
+            vn[k] = i32(d0)
+            if w > 1:
+                vn[k + 1] = i32(d1)
+                if w > 2:
+                    vn[k + 2] = i32(d2)
+                    if w > 3:
+                        vn[k + 3] = i32(d3)
+        else:
+            mask = 0
+            j = self._open(i)
+            vs = self.vs
+            k = j * w
+            for m in range(w):
+                v = values[m]
+                if v is None:
+                    vs[k + m] = 0.0
+                else:
+                    vs[k + m] = v
+                    mask |= 1 << m
         self.tm[j] = t << 4 | mask
         self.bs[j] = b << 31 | s
 
@@ -840,11 +952,14 @@ class Panes:
         mask = self.tm[j] & 15
         w = self.w
         k = j * w
-        vs = self.vs
         out: Values = []
         for m in range(w):
-            out.append(vs[k + m] if mask & 1 << m else None)
+            out.append(self._value(k + m) if mask & 1 << m else None)
         return out
+
+    def _value(self, k: i64) -> float:
+        """The value at ``k`` in the values' column (the double a decimal is, in a narrow one)."""
+        return _dec(self.vn[k]) if self.nar else self.vs[k]
 
     def merge_into(self, i: i64, acc: Acc) -> None:
         """Merge pane ``i`` into ``acc`` (one reading as the accumulator of it, without making it)."""
@@ -856,11 +971,18 @@ class Panes:
             return
         w = self.w
         k = j * w
-        vs = self.vs
-        v0 = vs[k]
-        v1 = vs[k + 1] if w > 1 else 0.0
-        v2 = vs[k + 2] if w > 2 else 0.0
-        v3 = vs[k + 3] if w > 3 else 0.0
+        if self.nar:
+            vn = self.vn
+            v0 = _dec(vn[k])
+            v1 = _dec(vn[k + 1]) if w > 1 else 0.0
+            v2 = _dec(vn[k + 2]) if w > 2 else 0.0
+            v3 = _dec(vn[k + 3]) if w > 3 else 0.0
+        else:
+            vs = self.vs
+            v0 = vs[k]
+            v1 = vs[k + 1] if w > 1 else 0.0
+            v2 = vs[k + 2] if w > 2 else 0.0
+            v3 = vs[k + 3] if w > 3 else 0.0
         acc.merge_reading(tm & 15, v0, v1, v2, v3, tm >> 4, bs >> 31, bs & _ID_MAX)
 
     def part_merge(self, i: i64, p: Part) -> None:
@@ -872,11 +994,18 @@ class Panes:
         tm = self.tm[j]
         w = self.w
         k = j * w
-        vs = self.vs
-        v0 = vs[k]
-        v1 = vs[k + 1] if w > 1 else 0.0
-        v2 = vs[k + 2] if w > 2 else 0.0
-        v3 = vs[k + 3] if w > 3 else 0.0
+        if self.nar:
+            vn = self.vn
+            v0 = _dec(vn[k])
+            v1 = _dec(vn[k + 1]) if w > 1 else 0.0
+            v2 = _dec(vn[k + 2]) if w > 2 else 0.0
+            v3 = _dec(vn[k + 3]) if w > 3 else 0.0
+        else:
+            vs = self.vs
+            v0 = vs[k]
+            v1 = vs[k + 1] if w > 1 else 0.0
+            v2 = vs[k + 2] if w > 2 else 0.0
+            v3 = vs[k + 3] if w > 3 else 0.0
         p.merge_reading(tm & 15, v0, v1, v2, v3)
 
     def part_set(self, i: i64, p: Part) -> None:
@@ -914,7 +1043,7 @@ class Panes:
             return True
         if not tm & 1 << m:
             return False
-        v = self.vs[j * self.w + m]
+        v = self._value(j * self.w + m)
         if last:
             r.lt, r.lb, r.ls, r.lv = tm >> 4, bs >> 31, bs & _ID_MAX, v
         else:
