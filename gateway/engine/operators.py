@@ -1366,14 +1366,16 @@ class SlidingOperator(WindowOperator):
 
     def _transfer_end(self, key: str, lo: int, hi: int) -> int:
         """Where a transfer at ``lo`` (the back's panes below ``hi`` to become the front) ends the front: at the first
-        window start after ``lo`` in the key's phase, ``h`` windows after a multiple of the cycle of ``size // slide``
-        windows (``h`` from the key's name, ``zlib.crc32``: the same in every process), if below ``hi``; the panes
-        from there on are the back again. A front is emptied by the window that starts where it ends, so from the
-        next transfer on a key transfers in its phase, a whole window at a time. Keys that start together (a fleet
-        when the gateway starts) then build their fronts at different windows, and the entries they hold together
-        stay near their mean over the cycle instead of all peaking at once (as the work of their transfers)."""
+        window start after ``lo`` in the key's phase, ``h`` windows after a multiple of the cycle of ``m`` windows
+        (``h`` from the key's name, ``zlib.crc32``: the same in every process), if below ``hi``; the panes from there
+        on are the back again. A front is emptied by the window that starts where it ends. A whole transfer at a
+        window's start takes the panes up to the end of the window before (``hi``), so it is emptied ``m =
+        ceil(size / slide) - 1`` windows later: in its phase again, and from the next transfer on a key transfers in
+        its phase, a whole window at a time. Keys that start together (a fleet when the gateway starts) then build
+        their fronts at different windows, and the entries they hold together stay near their mean over the cycle
+        instead of all peaking at once (as the work of their transfers)."""
         slide, off = self.slide, self.offset
-        m = self.size // slide
+        m = (self.size + slide - 1) // slide - 1
         if m < 2:
             return hi
         h = crc32(key.encode()) % m
