@@ -413,7 +413,6 @@ def test_a_fleet_that_starts_together_spreads_its_fronts_over_the_cycle() -> Non
     assert max(totals) < 1.25 * mean, (max(totals), mean)
 
 
-
 def _decimal_stream(seed: int) -> list[tuple[Any, int]]:
     """Boards sending fixed-point readings (as the firmware does: 21.37, 45.2, 300, 0.0001, up to 8 digits, and
     some just past them), and one board, ``w``, that later sends values no short decimal is (1/3, -0.0, 1e300)."""
@@ -516,4 +515,3 @@ def test_a_key_in_its_phase_transfers_about_as_often_as_one_that_is_not() -> Non
         counts.append(sum(len(x) for x in starts.values()))
     assert counts[1] > 100 * 6, counts
     assert counts[0] < counts[1] * 1.25, counts
-
