@@ -1378,7 +1378,7 @@ class SlidingOperator(WindowOperator):
         m = (self.size + slide - 1) // slide - 1
         if m < 2:
             return hi
-        h = crc32(key.encode()) % m
+        h = crc32(key.encode("utf-8", "surrogatepass")) % m  # any str: a lone surrogate is no UTF-8
         m0 = (lo - off) // slide + 1  # the first window start after lo
         e = off + slide * (m0 + (h - m0) % m)
         return e if e < hi else hi

@@ -515,3 +515,19 @@ def test_a_key_in_its_phase_transfers_about_as_often_as_one_that_is_not() -> Non
         counts.append(sum(len(x) for x in starts.values()))
     assert counts[1] > 100 * 6, counts
     assert counts[0] < counts[1] * 1.25, counts
+
+
+def test_a_key_that_is_no_valid_utf8_still_has_a_phase() -> None:
+    """The engine takes any key (the gateway's topics allow ASCII only, but a replay or the simulator may call it
+    with any string): a lone surrogate in a device's name has a phase as any other, and its windows fire."""
+    windows = [{"name": "s", "kind": "sliding", "size": "10s", "slide": "1s", "metrics": ["x"]}]
+    engine = Engine(parse_engine({"windows": windows}))
+    fired = 0
+    for sec in range(40):
+        t = T0 + sec * 1000
+        outs = engine.process_batch(batch("d\ud800", [(t, 1, sec, {"x": 1.5})], received_ms=t), t + 5)
+        fired += sum(1 for o in outs if isinstance(o, WindowResult))
+    assert fired > 25
+    again = Engine(parse_engine({"windows": windows}))
+    again.restore(json.loads(json.dumps(engine.snapshot())))
+    assert again.snapshot() == engine.snapshot()
