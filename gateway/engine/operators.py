@@ -669,9 +669,9 @@ def _decimal(v: float) -> i64:
         if e:
             p *= 10.0
         x = v * p
-        if not -_DEC_MAX < x < _DEC_MAX:
-            return _NO_DEC
         r = x + _ROUND - _ROUND  # the nearest integer (as a float: no int made for the values that fail)
+        if not -_DEC_MAX < r < _DEC_MAX:  # rounded: x just under 2**27 may round to it (0.00134217728 at e = 11)
+            return _NO_DEC
         if r / p == v:
             m: i64 = int(r)
             return m << 4 | e

@@ -5,7 +5,9 @@ before), floats included, and the state of the benchmark's workload is far small
 from __future__ import annotations
 
 import json
+import math
 import random
+import struct
 import sys
 from typing import Any
 
@@ -429,7 +431,20 @@ def _decimal_stream(seed: int) -> list[tuple[Any, int]]:
             if kind < 0.7:
                 vals[m] = round(rng.uniform(-500, 500), rng.choice([0, 1, 2, 3, 4]))
             elif kind < 0.8:
-                vals[m] = rng.choice([0.0, 1e-7, 0.1, 12_345_678.9, 13_421_772.7, 13_421_772.8, 99_999_999.0])
+                vals[m] = rng.choice(
+                    # 2**27 / 10**11 as JSON decodes it: v * 10**11 is just under 2**27 and rounds to it
+                    [
+                        0.0,
+                        1e-7,
+                        0.1,
+                        12_345_678.9,
+                        13_421_772.7,
+                        13_421_772.8,
+                        99_999_999.0,
+                        0.00134217728,
+                        -0.00134217728,
+                    ]
+                )
             elif kind < 0.9:
                 vals[m] = float(rng.randrange(-134_217_728, 134_217_728)) / rng.choice([1.0, 10.0, 1e8])
             else:
@@ -531,3 +546,26 @@ def test_a_key_that_is_no_valid_utf8_still_has_a_phase() -> None:
     again = Engine(parse_engine({"windows": windows}))
     again.restore(json.loads(json.dumps(engine.snapshot())))
     assert again.snapshot() == engine.snapshot()
+
+
+def test_a_decimal_kept_is_one_whose_digits_fit_and_that_reads_back_to_the_bit() -> None:
+    """Around the largest digits a narrow column keeps (2**27, 8 digits) at every number of decimals, and their
+    neighbouring doubles: a value kept as a decimal fits an i32 and reads back to the bit (0.00134217728 is
+    2**27 / 10**11 as JSON decodes it; times 10**11 it was just under 2**27, and rounded to it: kept as 2**27 << 4 | 11,
+    past an i32, it came back as -0.00134217728 compiled, and raised in the pure engine)."""
+    from gateway.engine.operators import _NO_DEC, _dec, _decimal
+
+    kept = 0
+    for e in range(16):
+        for m in (2**27 - 1, 2**27, 2**27 + 1, 99_999_999, 12_345_678):
+            for sign in (1, -1):
+                v = float(f"{sign * m}e-{e}")
+                for x in (v, math.nextafter(v, math.inf), math.nextafter(v, -math.inf)):
+                    d = _decimal(x)
+                    if d == _NO_DEC:
+                        continue
+                    kept += 1
+                    assert -(2**31) <= d < 2**31, (x, d)
+                    assert abs(d >> 4) < 2**27, (x, d)
+                    assert struct.pack("<d", _dec(d)) == struct.pack("<d", x), (x, d)
+    assert kept > 80, kept
