@@ -1017,6 +1017,13 @@ class Panes:
             p.clear()
             self.part_merge(i, p)
 
+    def part_span(self, j: i64, e: i64, p: Part) -> None:
+        """``p`` becomes what a back keeps of panes ``j .. e - 1`` (``j < e``), merged in their order (as the windows
+        push them)."""
+        self.part_set(j, p)
+        for q in range(j + 1, e):
+            self.part_merge(q, p)
+
     def set_into(self, i: i64, acc: Acc) -> None:
         """``acc`` becomes a copy of pane ``i`` (as :meth:`merge_into`)."""
         j = self._j(i)
@@ -1276,9 +1283,7 @@ class _SlideKey:
             e = panes.find_back(ks.hi)
             if j < e:
                 back = ks.back = part_empty(nm)
-                panes.part_set(j, back)
-                for q in range(j + 1, e):
-                    panes.part_merge(q, back)
+                panes.part_span(j, e, back)
         return ks, top
 
 
@@ -1529,13 +1534,11 @@ class SlidingOperator(WindowOperator):
             ie = panes.find_front(e) if e < hi else i + 1
             if ie == j:  # no pane before it: all (a transfer at each window would merge the back's panes again)
                 ie = i + 1
-            if ie - 1 >= j:
+            if ie > j:
                 self._build_front(ks, ie - 1, j)
             if ie <= i:
                 back = self._take_part()
-                panes.part_set(ie, back)
-                for q in range(ie + 1, i + 1):
-                    panes.part_merge(q, back)
+                panes.part_span(ie, i + 1, back)
                 ks.back_from = panes.start(ie)
         i = panes.find_back(hi if hi > start else start, ks.hint)
         n = panes.n
