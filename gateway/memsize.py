@@ -37,19 +37,20 @@ def block(n: int) -> int:
     return max(32, (n + 8 + 15) & ~15)
 
 
-_VECS = {"vec[i64]": 8, "vec[float]": 8, "vec[i32]": 4}
-"""``librt.vecs``' column types (the window engine's panes) and the bytes of a value: interpreted, a ``vec`` is a
-32-byte object whose buffer (a header of 24 bytes and the values, an i32's 28 rounded up to 8 bytes; none while
+_VECS = {"vec[i64]": (24, 8), "vec[float]": (24, 8), "vec[i32]": (28, 4)}
+"""``librt.vecs``' column types (the window engine's panes), each with its buffer's header and the bytes of a value:
+interpreted, a ``vec`` is a 32-byte object whose buffer (the header and the values, rounded up to 8 bytes; none while
 empty: tracemalloc's counts) neither ``sys.getsizeof`` nor the collector shows. Compiled code keeps the buffer
 itself, which the collector shows and ``sys.getsizeof`` measures."""
 
 
 def _vec_buffer(o: object) -> int:
     """The bytes of an interpreted ``vec``'s buffer (0 for any other object)."""
-    item = _VECS.get(type(o).__name__)
-    if item is not None and type(o).__module__ == "builtins":
+    kind = _VECS.get(type(o).__name__)
+    if kind is not None and type(o).__module__ == "builtins":
         n = len(o)  # type: ignore[arg-type]
-        return (24 + (4 if item == 4 else 0) + item * n + 7) & ~7 if n else 0
+        head, item = kind
+        return (head + item * n + 7) & ~7 if n else 0
     return 0
 
 
