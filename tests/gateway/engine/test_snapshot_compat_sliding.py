@@ -66,12 +66,16 @@ def write_fixture() -> None:
     OLD.write_text(json.dumps(engine.snapshot(), separators=(",", ":")))
 
 
-def _today_and_old(fixture: Path = OLD) -> tuple[list[Event], Engine, Engine]:
-    """The stream; an engine that took its first ``CUT`` messages; one restored from the fixture."""
+def _today_and_old(fixture: Path = OLD, whole: bool = True) -> tuple[list[Event], Engine, Engine]:
+    """The stream; an engine that took its first ``CUT`` messages; one restored from the fixture (``whole``: both
+    transferring whole windows, as the fixture's writer did)."""
     evs = events()
-    today = whole_transfers(Engine(parse_engine(SPEC)))
+    today = Engine(parse_engine(SPEC))
+    old = Engine(parse_engine(SPEC))
+    if whole:
+        whole_transfers(today)
+        whole_transfers(old)
     feed_events(today, evs[:CUT])
-    old = whole_transfers(Engine(parse_engine(SPEC)))
     old.restore(json.loads(fixture.read_text()))
     return evs, today, old
 
@@ -113,11 +117,7 @@ def test_restored_into_an_engine_whose_keys_transfer_in_phases_it_continues_with
     with the same windows, counts, first and last readings, minima and maxima as an engine of today that never
     stopped, and sums, means and deviations equal but for their rounding (their panes are grouped at other
     transfers)."""
-    evs = events()
-    today = Engine(parse_engine(SPEC))
-    feed_events(today, evs[:CUT])
-    old = Engine(parse_engine(SPEC))
-    old.restore(json.loads(fixture.read_text()))
+    evs, today, old = _today_and_old(fixture, whole=False)
     expected = feed_events(today, evs[CUT:])
     got = feed_events(old, evs[CUT:])
     assert len(expected) > 3000
