@@ -625,10 +625,22 @@ def _first(x: list[Any]) -> int:
     return first
 
 
-_T_COLUMN: Final = 1 << 59
-"""A pane's reading time is kept shifted left by four in a 64-bit int: it must be within this of 1970 (ms)."""
-_NO_READING: Final = -1
-"""A pane's ``bs`` in :class:`Panes` when it is an accumulator (kept in ``big``), not one reading."""
+_T_COLUMN: Final = 1 << 58
+"""A wide key's pane keeps its reading's time shifted left by five in a 64-bit int: it must be within this of 1970
+(ms)."""
+_ACC: Final = 16
+"""The flag of a pane that is an accumulator (kept in ``big``), beside the bits of the metrics a reading has: the
+five bits below a pane's time in ``tm``."""
+_T_SPAN: Final = 1 << 27
+"""A narrow key's times are within this of its ``base`` (ms, 37 hours): ``t - base`` takes 27 bits of ``tm``."""
+_T_BACK: Final = 1 << 25
+"""How far below its oldest time a narrow key's ``base`` is put (ms, 9.3 hours): room for older readings."""
+_SH_WIDE: Final = 5
+"""``Panes.sh`` of a wide key: ``tm`` is ``t << 5 | flags``, and ``bs`` ``boot << 31 | seq``."""
+_SH_NARROW: Final = 36
+"""``Panes.sh`` of a narrow key: ``tm`` is ``((t - base) << 5 | flags) << 31 | seq``, and the boot the key's own."""
+_NO_BOOT: Final = -1
+"""A narrow key's ``boot`` before it has a pane of one reading."""
 _DEC_MAX: Final = 1 << 27
 """A decimal value's digits ``m`` (``m / 10**e``) in a narrow column are under this (8 digits; ``m << 4 | e`` fits an
 i32)."""
@@ -683,34 +695,69 @@ class Panes:
     """A sliding window key's panes, in order of their start, as columns (compiled: ``librt.vecs``, native buffers of
     unboxed ints and floats; no object and list slot a pane).
 
-    A pane of one reading - the common case, a board that reads once per pane - is that reading: ``tm`` its time
-    shifted left by 4 and the bits of the metrics it has (``t << 4 | mask``), ``bs`` its boot and seq (``boot << 31 |
-    seq``), and ``w`` values (0 where it has none): 8 + 8 + 8 w bytes, or 8 + 8 + 4 w while every value the key's
-    panes have kept is a short decimal (``vn``, i32: ``m << 4 | e`` for ``m / 10**e``, :func:`_decimal`: a board's
-    fixed-point readings), the doubles themselves in ``vs`` from the first that is not (the key's columns then
-    widened once, for good). Any other pane is an accumulator,
-    in ``big``, a list beside the columns while the key has any (``tm`` its start << 4, ``bs`` :data:`_NO_READING`).
-    As a source (merged, copied, its first and last readings, in a snapshot) a pane of one reading is exactly the
-    accumulator one ``add`` of it makes (``Acc.merge_reading``; :class:`One` for a snapshot).
+    A pane of one reading - the common case, a board that reads once per pane - is that reading: its time, the bits
+    of the metrics it has, its boot and seq, and ``w`` values (0 where it has none). Any other pane is an accumulator,
+    in ``big``, a list beside the columns while the key has any. As a source (merged, copied, its first and last
+    readings, in a snapshot) a pane of one reading is exactly the accumulator one ``add`` of it makes
+    (``Acc.merge_reading``; :class:`One` for a snapshot).
+
+    A pane's time and five flags are in ``tm``: the bits of the metrics a reading has, and :data:`_ACC` for an
+    accumulator (its time is its start). While the key is narrow (``sh`` :data:`_SH_NARROW`), every pane of one reading
+    has the key's ``boot``, every time is within :data:`_T_SPAN` (37 hours) above the key's ``base``, and the seq is
+    in ``tm`` too: ``((t - base) << 5 | flags) << 31 | seq``. That is a board's case: a boot lasts from one power-on to
+    the next, through deep sleep. A reading of another boot, or a time the span cannot reach even with the base moved
+    (:meth:`_rebase`), makes the key wide (``sh`` :data:`_SH_WIDE`): ``tm`` is ``t << 5 | flags`` and ``bs`` ``boot
+    << 31 | seq``, 8 bytes more a pane. Either way a pane's time is ``(tm >> sh) + base`` (``base`` is 0 while wide)
+    and its flags ``tm >> (sh - 5) & 31``.
+
+    The values are the doubles themselves in ``vs``, or, while every value the key's panes keep is a short decimal, in
+    ``vn`` (i32: ``m << 4 | e`` for ``m / 10**e``, :func:`_decimal`: a board's fixed-point readings), 4 bytes a value,
+    not 8. The first value that is not one widens the values.
+
+    A wide key is narrowed again, time and values each, when its panes allow: when it has none left (a new pane is
+    the first), and else every time as many panes have been dropped as it holds (:meth:`_renarrow`: amortized O(1) a
+    pane). So a reboot, or a -0.0, costs a key the wide columns for about a window, not for good.
 
     A pane's start is that of the pane its time falls in (``t - (t - off) % pane``: the window's panes). So a pane
-    starts at or after a pane boundary ``x`` exactly when its time (``tm >> 4``) is at or after ``x``: the searches
-    and the window's loops, whose bounds are all pane boundaries (window starts and ends, panes' starts), compare
-    times and never compute a start.
+    starts at or after a pane boundary ``x`` exactly when its time is at or after ``x``: the searches and the window's
+    loops, whose bounds are all pane boundaries (window starts and ends, panes' starts), compare times and never
+    compute a start.
 
     The columns are a ring: the ``n`` live panes are at ``head``, ``head + 1``, ... wrapping at ``cap`` (the columns'
     length). Dropping the oldest moves ``head``; a new pane goes after the newest, or is inserted with the newer ones
     moved up one; the columns are made anew, longer, only when every place is taken, and shorter when the live panes
     fall below a quarter of them. Indexes given and taken by the methods count from the oldest live pane (0)."""
 
-    __slots__ = ("big", "bs", "cap", "head", "n", "nar", "nbig", "off", "pane", "tm", "vn", "vs", "w")
+    __slots__ = (
+        "base",
+        "big",
+        "boot",
+        "bs",
+        "cap",
+        "dropped",
+        "head",
+        "n",
+        "nar",
+        "nbig",
+        "off",
+        "pane",
+        "sh",
+        "tm",
+        "vn",
+        "vs",
+        "w",
+    )
 
     def __init__(self, w: i64, pane: i64, off: i64) -> None:
         self.tm: vec[i64] = vec[i64]()
-        self.bs: vec[i64] = vec[i64]()
+        self.bs: vec[i64] = vec[i64]()  # boot and seq of a wide key (empty while narrow)
         self.vs: vec[float] = vec[float]()  # the values as doubles (empty while narrow)
         self.vn: vec[i32] = vec[i32]()  # the values as decimals (narrow; empty once wide)
         self.nar: bool = _PACKED  # values in vn (a list of ints would take more than one of floats)
+        self.sh: i64 = _SH_NARROW  # time, bits and seq in tm (_SH_WIDE: boot and seq in bs)
+        self.base: i64 = 0  # narrow: the time tm's times count from (0 while wide)
+        self.boot: i64 = _NO_BOOT  # narrow: the boot of every pane of one reading
+        self.dropped: i64 = 0  # wide (time or values): panes dropped since it last tried to narrow
         self.cap: i64 = 0
         self.head: i64 = 0
         self.n: i64 = 0  # how many panes
@@ -726,24 +773,27 @@ class Panes:
         j = self.head + i
         return j - self.cap if j >= self.cap else j
 
+    def _time(self, j: i64) -> i64:
+        """The time of the pane at column ``j`` (its reading's, or its start for an accumulator)."""
+        return (self.tm[j] >> self.sh) + self.base
+
     def start(self, i: i64) -> i64:
         """Pane ``i``'s start."""
-        t = self.tm[self._j(i)] >> 4
+        t = self._time(self._j(i))
         return t - (t - self.off) % self.pane
 
     def t_at(self, i: i64) -> i64:
         """A time in pane ``i`` (its reading's, or its start for an accumulator): at or after a pane boundary exactly
         when the pane's start is."""
         j = self.head + i  # _j, inlined: once or twice a reading
-        return self.tm[j - self.cap if j >= self.cap else j] >> 4
+        return (self.tm[j - self.cap if j >= self.cap else j] >> self.sh) + self.base
 
     def acc(self, i: i64) -> Acc | None:
         """Pane ``i``'s accumulator; None for a pane of one reading."""
         j = self.head + i  # _j, inlined: once a reading in a pane that has one
         if j >= self.cap:
             j -= self.cap
-        big = self.big
-        return None if big is None else big[j]
+        return self._big_at(j) if self._flags(self.tm[j]) & _ACC else None
 
     def _big_at(self, j: i64) -> Acc:
         """The accumulator of the pane at column ``j`` (one that is an accumulator)."""
@@ -753,42 +803,57 @@ class Panes:
         assert pa is not None
         return pa
 
+    def _reading(self, j: i64) -> tuple[i64, i64, i64]:
+        """The time, boot and seq of the one reading of the pane at column ``j``."""
+        x = self.tm[j]
+        if self.sh == _SH_NARROW:
+            return (x >> _SH_NARROW) + self.base, self.boot, x & _ID_MAX
+        y = self.bs[j]
+        return x >> _SH_WIDE, y >> 31, y & _ID_MAX
+
+    def _flags(self, x: i64) -> i64:
+        """A pane's flags, from its ``tm``: :data:`_ACC`, or the bits of the metrics its one reading has."""
+        return (x >> (self.sh - 5)) & 31
+
     def find_front(self, x: i64) -> i64:
         """The first pane whose start is at least ``x`` (a pane boundary), quick when few are below ``x`` (the oldest
         panes)."""
-        tm, head, cap, n = self.tm, self.head, self.cap, self.n
+        tm, head, cap, n, sh = self.tm, self.head, self.cap, self.n, self.sh
+        xb = x - self.base
         i: i64 = 0
         while i < n and i < 4:
             j = head + i
-            if tm[j - cap if j >= cap else j] >> 4 >= x:
+            if tm[j - cap if j >= cap else j] >> sh >= xb:
                 return i
             i += 1
         return i if i == n else self._bisect(x, 4, n)
 
     def find_back(self, x: i64, hint: i64 = -1) -> i64:
         """As :meth:`find_front`, quick when ``hint`` is the answer or few panes start at or after ``x``."""
-        tm, head, cap, n = self.tm, self.head, self.cap, self.n
+        tm, head, cap, n, sh = self.tm, self.head, self.cap, self.n, self.sh
+        xb = x - self.base
         if 0 <= hint <= n:
             j = head + hint - 1
-            if hint == 0 or tm[j - cap if j >= cap else j] >> 4 < x:
+            if hint == 0 or tm[j - cap if j >= cap else j] >> sh < xb:
                 j += 1
-                if hint == n or tm[j - cap if j >= cap else j] >> 4 >= x:
+                if hint == n or tm[j - cap if j >= cap else j] >> sh >= xb:
                     return hint
         i = n
         lo = n - 4 if n > 4 else 0
         while i > lo:
             j = head + i - 1
-            if tm[j - cap if j >= cap else j] >> 4 < x:
+            if tm[j - cap if j >= cap else j] >> sh < xb:
                 return i
             i -= 1
         return self._bisect(x, 0, i) if i else 0
 
     def _bisect(self, x: i64, lo: i64, hi: i64) -> i64:
-        tm, head, cap = self.tm, self.head, self.cap
+        tm, head, cap, sh = self.tm, self.head, self.cap, self.sh
+        xb = x - self.base
         while lo < hi:
             mid = (lo + hi) // 2
             j = head + mid
-            if tm[j - cap if j >= cap else j] >> 4 < x:
+            if tm[j - cap if j >= cap else j] >> sh < xb:
                 lo = mid + 1
             else:
                 hi = mid
@@ -797,8 +862,9 @@ class Panes:
     def _resize(self, cap: i64) -> None:
         """The live panes, in order from column 0, in new columns of ``cap`` panes."""
         n, w, nar = self.n, self.w, self.nar
+        wide = self.sh == _SH_WIDE
         tm: vec[i64] = vec[i64]([0] * cap)
-        bs: vec[i64] = vec[i64]([0] * cap)
+        bs: vec[i64] = vec[i64]([0] * cap) if wide else vec[i64]()
         vs: vec[float] = vec[float]() if nar else vec[float]([0.0] * (cap * w))
         vn: vec[i32] = vec[i32]([0] * (cap * w)) if nar else vec[i32]()
         otm, obs, ovs, ovn, obig = self.tm, self.bs, self.vs, self.vn, self.big
@@ -807,7 +873,8 @@ class Panes:
         ocap = self.cap
         for q in range(n):
             tm[q] = otm[j]
-            bs[q] = obs[j]
+            if wide:
+                bs[q] = obs[j]
             if nar:
                 for m in range(w):
                     vn[q * w + m] = ovn[j * w + m]
@@ -834,6 +901,120 @@ class Panes:
         self.vs = vs
         self.vn = vec[i32]()
         self.nar = False
+        self.dropped = 0
+
+    def _widen_t(self) -> None:
+        """Boot and seq in ``bs`` from now on, and times from 1970 (a reading of another boot came, or a time the
+        narrow ``tm`` cannot reach)."""
+        tm, base, boot = self.tm, self.base, self.boot
+        bs: vec[i64] = vec[i64]([0] * self.cap)
+        for q in range(self.n):
+            j = self._j(q)
+            x = tm[j]
+            tm[j] = ((x >> _SH_NARROW) + base) << 5 | (x >> 31) & 31
+            bs[j] = boot << 31 | x & _ID_MAX
+        self.bs = bs
+        self.sh = _SH_WIDE
+        self.base = 0
+        self.boot = _NO_BOOT
+        self.dropped = 0
+
+    def _rebase(self, t: i64) -> bool:
+        """A narrow key's ``base`` moved so that its times and ``t`` are all within its span, if they can be (returns
+        whether they could): :data:`_T_BACK` below the oldest, or less if the newest needs it. It has panes."""
+        n = self.n
+        lo = self._time(self._j(0))
+        hi = self._time(self._j(n - 1))  # the times grow with the panes' starts
+        if t < lo:
+            lo = t
+        if t > hi:
+            hi = t
+        if hi - lo >= _T_SPAN:
+            return False
+        nb = lo - _T_BACK
+        if nb < hi - _T_SPAN + 1:
+            nb = hi - _T_SPAN + 1
+        d = (self.base - nb) << _SH_NARROW
+        tm = self.tm
+        for q in range(n):
+            j = self._j(q)
+            tm[j] = tm[j] + d
+        self.base = nb
+        return True
+
+    def _holds(self, t: i64, b: i64, reading: bool) -> bool:
+        """Whether the narrow ``tm`` can keep a pane at ``t`` (``reading``: of one reading, of boot ``b``; else an
+        accumulator's start), with ``base`` moved if that is what it takes."""
+        if reading and b != self.boot and (self.boot != _NO_BOOT or b < 0):
+            return False
+        d = t - self.base
+        if not (0 <= d < _T_SPAN or self._rebase(t)):
+            return False
+        if reading:
+            self.boot = b
+        return True
+
+    def _fresh(self, t: i64) -> None:
+        """The key has no pane and one at ``t`` is coming: narrow (time and values) from here."""
+        if self.sh != _SH_NARROW:
+            self.sh = _SH_NARROW
+            self.bs = vec[i64]()
+        if _PACKED and not self.nar:
+            self.nar = True
+            self.vs = vec[float]()
+            self.vn = vec[i32]([0] * (self.cap * self.w))
+        self.base = t - _T_BACK
+        self.boot = _NO_BOOT
+        self.dropped = 0
+
+    def _renarrow(self) -> None:
+        """A wide key (time or values) narrowed again where every live pane allows it."""
+        n, w = self.n, self.w
+        if self.sh == _SH_WIDE:
+            lo = self._time(self._j(0))
+            hi = self._time(self._j(n - 1))
+            bs = self.bs
+            boot: i64 = _NO_BOOT
+            ok = hi - lo < _T_SPAN
+            q: i64 = 0
+            while ok and q < n:
+                j = self._j(q)
+                if not self.tm[j] & _ACC:
+                    b = bs[j] >> 31
+                    if boot == _NO_BOOT:
+                        boot = b
+                    elif b != boot:
+                        ok = False
+                q += 1
+            if ok:
+                nb = lo - _T_BACK
+                if nb < hi - _T_SPAN + 1:
+                    nb = hi - _T_SPAN + 1
+                tm = self.tm
+                for q in range(n):
+                    j = self._j(q)
+                    x = tm[j]
+                    tm[j] = (((x >> _SH_WIDE) - nb) << 5 | x & 31) << 31 | (0 if x & _ACC else bs[j] & _ID_MAX)
+                self.bs = vec[i64]()
+                self.sh = _SH_NARROW
+                self.base = nb
+                self.boot = boot
+        if _PACKED and not self.nar:
+            vs, tm = self.vs, self.tm
+            vn: vec[i32] = vec[i32]([0] * (self.cap * w))
+            for q in range(n):
+                j = self._j(q)
+                mask = self._flags(tm[j])
+                if not mask & _ACC:
+                    for m in range(w):
+                        if mask & 1 << m:
+                            d = _decimal(vs[j * w + m])
+                            if d == _NO_DEC:
+                                return
+                            vn[j * w + m] = i32(d)
+            self.vn = vn
+            self.vs = vec[float]()
+            self.nar = True
 
     def _open(self, i: i64) -> i64:
         """Make a place for a new pane at ``i`` (the panes from ``i`` on move up one); its column index."""
@@ -842,6 +1023,7 @@ class Panes:
             self._resize(n + (n >> 4) + 2 if n >= 64 else n + 8)
         tm, bs, vs, vn, w, cap, big = self.tm, self.bs, self.vs, self.vn, self.w, self.cap, self.big
         nar = self.nar
+        wide = self.sh == _SH_WIDE
         head = self.head
         dst = head + n
         if dst >= cap:
@@ -850,7 +1032,8 @@ class Panes:
         while q > i:  # the panes from i on, newest first, up one
             src = dst - 1 if dst else cap - 1
             tm[dst] = tm[src]
-            bs[dst] = bs[src]
+            if wide:
+                bs[dst] = bs[src]
             if nar:
                 for m in range(w):
                     vn[dst * w + m] = vn[src * w + m]
@@ -868,10 +1051,14 @@ class Panes:
 
     def insert_reading(self, i: i64, values: Values, t: i64, b: i64, s: i64) -> None:
         """A new pane at ``i`` of the one reading ``values`` (``None``: none for that metric; up to ``w``) read at
-        ``(t, b, s)``. A time the column cannot hold shifted (2**59 ms or more from 1970; the engine refuses any beyond
+        ``(t, b, s)``. A time the column cannot hold shifted (2**58 ms or more from 1970; the engine refuses any beyond
         2**53) is a ``ValueError``, before any place is made."""
         if not -_T_COLUMN <= t < _T_COLUMN:
-            raise ValueError(f"a pane's reading time {t} is beyond what its column holds (±2**59 ms)")
+            raise ValueError(f"a pane's reading time {t} is beyond what its column holds (±2**58 ms)")
+        if not self.n:
+            self._fresh(t)
+        if self.sh == _SH_NARROW and not self._holds(t, b, True):
+            self._widen_t()
         w = self.w
         mask: i64 = 0
         d0: i64 = 0
@@ -918,16 +1105,29 @@ class Panes:
                 else:
                     vs[k + m] = v
                     mask |= 1 << m
-        self.tm[j] = t << 4 | mask
-        self.bs[j] = b << 31 | s
+        if self.sh == _SH_NARROW:
+            self.tm[j] = ((t - self.base) << 5 | mask) << 31 | s
+        else:
+            self.tm[j] = t << 5 | mask
+            self.bs[j] = b << 31 | s
 
     def insert_acc(self, i: i64, acc: Acc) -> None:
         """A new pane at ``i``: the accumulator ``acc`` (its ``start`` the pane's)."""
+        if not -_T_COLUMN <= acc.start < _T_COLUMN:
+            raise ValueError(f"a pane's start {acc.start} is beyond what its column holds (±2**58 ms)")
+        if not self.n:
+            self._fresh(acc.start)
+        if self.sh == _SH_NARROW and not self._holds(acc.start, 0, False):
+            self._widen_t()
         self._set_acc(self._open(i), acc)
 
     def _set_acc(self, j: i64, acc: Acc) -> None:
-        self.tm[j] = acc.start << 4
-        self.bs[j] = _NO_READING
+        """The pane at column ``j`` becomes ``acc`` (whose start a narrow ``tm`` holds)."""
+        if self.sh == _SH_NARROW:
+            self.tm[j] = ((acc.start - self.base) << 5 | _ACC) << 31
+        else:
+            self.tm[j] = acc.start << 5 | _ACC
+            self.bs[j] = 0
         big = self.big
         if big is None:
             big = self.big = [None] * self.cap
@@ -938,18 +1138,20 @@ class Panes:
         """Pane ``i`` (of one reading) becomes ``acc`` (cleared, its ``start`` the pane's), with that reading added
         (``Acc.add_var`` with ``var``, else ``Acc.add``)."""
         j = self._j(i)
-        tm, bs = self.tm[j], self.bs[j]
+        t, b, s = self._reading(j)
         values = self.values(i)
         if var:
-            acc.add_var(values, tm >> 4, bs >> 31, bs & _ID_MAX)
+            acc.add_var(values, t, b, s)
         else:
-            acc.add(values, tm >> 4, bs >> 31, bs & _ID_MAX)
+            acc.add(values, t, b, s)
+        if self.sh == _SH_NARROW and not self._holds(acc.start, 0, False):  # a start below base: moved, else wide
+            self._widen_t()
         self._set_acc(j, acc)
 
     def values(self, i: i64) -> Values:
         """The values of pane ``i``'s one reading (``None``: none for that metric)."""
         j = self._j(i)
-        mask = self.tm[j] & 15
+        mask = self._flags(self.tm[j])
         w = self.w
         k = j * w
         out: Values = []
@@ -964,9 +1166,9 @@ class Panes:
     def merge_into(self, i: i64, acc: Acc) -> None:
         """Merge pane ``i`` into ``acc`` (one reading as the accumulator of it, without making it)."""
         j = self._j(i)
-        bs = self.bs[j]
-        tm = self.tm[j]
-        if bs == _NO_READING:
+        x = self.tm[j]
+        sh = self.sh
+        if (x >> (sh - 5)) & _ACC:
             acc.merge_from(self._big_at(j))
             return
         w = self.w
@@ -983,15 +1185,19 @@ class Panes:
             v1 = vs[k + 1] if w > 1 else 0.0
             v2 = vs[k + 2] if w > 2 else 0.0
             v3 = vs[k + 3] if w > 3 else 0.0
-        acc.merge_reading(tm & 15, v0, v1, v2, v3, tm >> 4, bs >> 31, bs & _ID_MAX)
+        if sh == _SH_NARROW:
+            acc.merge_reading((x >> 31) & 15, v0, v1, v2, v3, (x >> _SH_NARROW) + self.base, self.boot, x & _ID_MAX)
+        else:
+            y = self.bs[j]
+            acc.merge_reading(x & 15, v0, v1, v2, v3, x >> _SH_WIDE, y >> 31, y & _ID_MAX)
 
     def part_merge(self, i: i64, p: Part) -> None:
         """:meth:`merge_into` for a front stack entry: what it keeps of the same merge (the same operations)."""
         j = self._j(i)
-        if self.bs[j] == _NO_READING:
+        mask = (self.tm[j] >> (self.sh - 5)) & 31
+        if mask & _ACC:
             p.merge_acc(self._big_at(j))
             return
-        tm = self.tm[j]
         w = self.w
         k = j * w
         if self.nar:
@@ -1006,12 +1212,12 @@ class Panes:
             v1 = vs[k + 1] if w > 1 else 0.0
             v2 = vs[k + 2] if w > 2 else 0.0
             v3 = vs[k + 3] if w > 3 else 0.0
-        p.merge_reading(tm & 15, v0, v1, v2, v3)
+        p.merge_reading(mask, v0, v1, v2, v3)
 
     def part_set(self, i: i64, p: Part) -> None:
         """``p`` becomes what a front stack entry keeps of pane ``i`` (as :meth:`set_into`)."""
         j = self._j(i)
-        if self.bs[j] == _NO_READING:
+        if (self.tm[j] >> (self.sh - 5)) & _ACC:
             p.take(self._big_at(j))
         else:
             p.clear()
@@ -1027,7 +1233,7 @@ class Panes:
     def set_into(self, i: i64, acc: Acc) -> None:
         """``acc`` becomes a copy of pane ``i`` (as :meth:`merge_into`)."""
         j = self._j(i)
-        if self.bs[j] == _NO_READING:
+        if (self.tm[j] >> (self.sh - 5)) & _ACC:
             acc.set(self._big_at(j))
         else:
             acc.clear()
@@ -1037,9 +1243,10 @@ class Panes:
         """``r``'s first reading of metric ``m`` (``last``: its last) becomes pane ``i``'s, if it has a value of it
         (returns whether it has)."""
         j = self._j(i)
-        bs = self.bs[j]
-        tm = self.tm[j]
-        if bs == _NO_READING:
+        x = self.tm[j]
+        sh = self.sh
+        flags = (x >> (sh - 5)) & 31  # _flags and _reading inlined: a few times for each window fired
+        if flags & _ACC:
             pa = self._big_at(j)
             if not pa.count(m):
                 return False
@@ -1048,13 +1255,23 @@ class Panes:
             else:
                 pa.put_first(m, r)
             return True
-        if not tm & 1 << m:
+        if not flags & 1 << m:
             return False
-        v = self._value(j * self.w + m)
-        if last:
-            r.lt, r.lb, r.ls, r.lv = tm >> 4, bs >> 31, bs & _ID_MAX, v
+        k = j * self.w + m
+        v = _dec(self.vn[k]) if self.nar else self.vs[k]
+        if sh == _SH_NARROW:
+            t = (x >> _SH_NARROW) + self.base
+            b = self.boot
+            s = x & _ID_MAX
         else:
-            r.ft, r.fb, r.fs, r.fv = tm >> 4, bs >> 31, bs & _ID_MAX, v
+            y = self.bs[j]
+            t = x >> _SH_WIDE
+            b = y >> 31
+            s = y & _ID_MAX
+        if last:
+            r.lt, r.lb, r.ls, r.lv = t, b, s, v
+        else:
+            r.ft, r.fb, r.fs, r.fv = t, b, s, v
         return True
 
     def first_into(self, i: i64, m: i64, r: Stat) -> None:
@@ -1091,6 +1308,11 @@ class Panes:
         cap = self.cap
         if cap > 16 and n < cap >> 2:
             self._resize(n + (n >> 2) + 4)
+        if n and (self.sh == _SH_WIDE or _PACKED and not self.nar):
+            self.dropped += k
+            if self.dropped >= n + 16:  # as many as it holds (and a few): amortized O(1) a pane
+                self.dropped = 0
+                self._renarrow()
         return out
 
     def row(self, i: i64, nm: int) -> list[Any]:
@@ -1099,8 +1321,8 @@ class Panes:
         a = self.acc(i)
         if a is not None:
             return _pane_json_row(a, nm)
-        j = self._j(i)
-        out: list[Any] = [self.start(i), self.tm[j] >> 4, self.bs[j] >> 31, self.bs[j] & _ID_MAX]
+        t, b, s = self._reading(self._j(i))
+        out: list[Any] = [self.start(i), t, b, s]
         out.extend(self.values(i))
         return out
 

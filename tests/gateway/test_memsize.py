@@ -120,7 +120,10 @@ def test_the_allocators_own_counts_agree() -> None:
         (lambda: [[float(j) for j in range(i % 80)] for i in range(2000)], 0.01),
         (lambda: [{f"k{j}": float(j) for j in range(i % 40)} for i in range(1000)], 0.01),
         (lambda: [{float(j) + 0.5 for j in range(i % 40)} for i in range(1000)], 0.01),
-        (lambda: [_panes(i % 150) for i in range(3000)], 0.01),
+        # the allocators hold about 22 bytes a key fewer than the count for panes of mixed sizes (columns grown by
+        # steps, glibc reusing the chunks freed on the way): 21 with the boot-and-seq column (7.36 against 7.43 MB,
+        # 0.9 %), 23 without it, where the same panes take 26 % less (5.48 against 5.55 MB, 1.3 %)
+        (lambda: [_panes(i % 150) for i in range(3000)], 0.015),
         (lambda: [bytes(400 + i % 900) for i in range(3000)], 0.01),
     ]
     _engine(3, 3)

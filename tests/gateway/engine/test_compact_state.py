@@ -569,3 +569,97 @@ def test_a_decimal_kept_is_one_whose_digits_fit_and_that_reads_back_to_the_bit()
                     assert abs(d >> 4) < 2**27, (x, d)
                     assert struct.pack("<d", _dec(d)) == struct.pack("<d", x), (x, d)
     assert kept > 80, kept
+
+
+def _board_sizes(boots: list[list[int]], vals: list[list[float]]) -> list[int]:
+    """The sliding window's state (60 s/1 s, three metrics) after 150 s of 20 boards each reading once a second, once
+    for each run's boots (the boot of second ``s`` is ``boots[run][s]``) and values (the offset added at second ``s``).
+    """
+    windows = [{"name": "s", "kind": "sliding", "size": "60s", "slide": "1s", "metrics": ["x", "y", "z"]}]
+    sizes = []
+    for boot, off in zip(boots, vals, strict=True):
+        engine = Engine(parse_engine({"windows": windows}))
+        rng = random.Random(3)
+        for sec in range(150):
+            for d in range(20):
+                t = T0 + sec * 1000 + d
+                v = {m: round(rng.uniform(15, 30), 2) + off[sec] for m in ("x", "y", "z")}
+                engine.process_batch(batch(f"d{d}", [(t, boot[sec], sec, v)]), t)
+        sizes.append(deep_size(engine.windows[0].op))
+    return sizes
+
+
+def test_a_boards_time_bits_and_seq_take_one_int_a_pane() -> None:
+    """A board's boot lasts from one power-on to the next, through deep sleep: while every pane of one reading of a
+    key has the same boot and its times are within 3.1 days of each other, the time, the metrics' bits and the seq are
+    one 64-bit int a pane (the boot is the key's). 20 boards of one boot against the same boards whose boot changes
+    every second (each key's columns wide): 8 bytes a pane less."""
+    one = [1] * 150
+    many = [1 + s % 2 for s in range(150)]
+    sizes = _board_sizes([one, many], [[0.0] * 150] * 2)
+    assert sizes[0] + 20 * 60 * 8 < sizes[1], sizes
+
+
+def test_a_key_is_narrow_again_a_window_after_a_reboot_or_a_value_no_decimal_is() -> None:
+    """A board that reboots at 40 s (boot 1, then 2), and one that sends a value no short decimal is at 40 s: each
+    key's columns widen then, and narrow again once the panes of the other boot or the wide value have left the
+    window: at 150 s they take what a board that did neither takes. (Until now a key's values, once wide, stayed
+    wide.)"""
+    plain = [1] * 150
+    reboot = [1 if s < 40 else 2 for s in range(150)]
+    wide = [1e-9 if s == 40 else 0.0 for s in range(150)]
+    sizes = _board_sizes([plain, reboot, plain], [[0.0] * 150, [0.0] * 150, wide])
+    assert sizes[0] == sizes[1] == sizes[2], sizes
+
+
+def _span_stream(seed: int) -> list[tuple[Any, int]]:
+    """Boards that reboot now and then (back to an earlier boot too: a key keeps several), go quiet for days, and
+    flush readings hours or days old (times far apart in one key's panes), for windows of hours and days."""
+    rng = random.Random(seed)
+    out = []
+    now = T0
+    boots = {"d0": 1, "d1": 5, "d2": 0x7FFFFFFF, "d3": 0}
+    for i in range(2000):
+        now += rng.choice([1000, 1000, 1000, 60_000, 3_600_000, 86_400_000, 5 * 86_400_000])
+        dev = rng.choice(list(boots))
+        if rng.random() < 0.03:
+            boots[dev] = rng.choice([boots[dev] + 1, 1, 0x7FFFFFFF, 0])
+        t = now - rng.choice([0, 0, 0, 500, 40_000, 3_600_000, 2 * 86_400_000, 4 * 86_400_000])
+        vals = {m: rng.choice([round(rng.uniform(-50, 50), 2), rng.uniform(-50, 50), -0.0]) for m in ("x", "y", "z")}
+        out.append((batch(dev, [(t, boots[dev], i, vals)], received_ms=now), now + 5))
+    return out
+
+
+SPAN_WINDOWS: list[dict[str, Any]] = [
+    {"name": "h", "kind": "sliding", "size": "1h", "slide": "1m", "metrics": ["x", "y", "z"], "allowed_lateness": "2h"},
+    {"name": "d", "kind": "sliding", "size": "4d", "slide": "1d", "metrics": ["x", "y"], "allowed_lateness": "3d"},
+    {"name": "s", "kind": "sliding", "size": "10s", "slide": "1s", "metrics": ["z"], "allowed_lateness": "5d"},
+]  # fmt: skip
+
+
+def test_narrow_and_wide_keys_through_reboots_and_days_give_exactly_what_accumulators_give() -> None:
+    """Keys whose boots change (and change back), whose readings are days apart (a key's base moved, or its panes
+    more than 3.1 days apart: wide), narrowed again when their panes allow: outputs and snapshots are those of
+    accumulators (``singles`` off), to the bit, and a restore from any snapshot goes on the same."""
+    for seed in range(3):
+        stream = _span_stream(seed)
+        runs = []
+        for singles in (True, False):
+            engine = Engine(parse_engine({"windows": SPAN_WINDOWS}))
+            for w in engine.windows:
+                assert isinstance(w.op, SlidingOperator)
+                w.op.singles = singles
+            outs: list[str] = []
+            snaps = []
+            for i, (b, now) in enumerate(stream):
+                outs += [_seen(o) for o in engine.process_batch(b, now)]
+                if i % 250 == 249:
+                    snaps.append(engine.snapshot())
+            runs.append((outs, snaps))
+        assert len(runs[0][0]) > 500
+        assert runs[0] == runs[1]
+        for k in (1, 5):
+            again = Engine(parse_engine({"windows": SPAN_WINDOWS}))
+            again.restore(json.loads(json.dumps(runs[0][1][k])))
+            tail = [_seen(o) for b, now in stream[250 * (k + 1) :] for o in again.process_batch(b, now)]
+            assert tail == runs[0][0][len(runs[0][0]) - len(tail) :]

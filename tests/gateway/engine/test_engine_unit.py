@@ -55,10 +55,15 @@ def test_the_pane_columns_refuse_a_time_they_cannot_hold_before_making_its_place
 
     panes = Panes(1, 1000, 0)
     panes.insert_reading(0, [1.0], 5_000, 1, 1)
-    for t in (2**59, -(2**59) - 1):
+    for t in (2**58, -(2**58) - 1):  # shifted left by five (the pane's flags) in a wide key's column
         with pytest.raises(ValueError, match="time"):
             panes.insert_reading(1, [1.0], t, 1, 2)
         assert panes.n == 1 and panes.row(0, 1)[1] == 5_000
+    for t in (2**58 - 1, -(2**58)):  # the last it holds, each end (the key widened: 37 hours from the one before)
+        edge = Panes(1, 1000, 0)
+        edge.insert_reading(0, [1.0], 5_000, 1, 1)
+        edge.insert_reading(1 if t > 0 else 0, [2.0], t, 1, 2)
+        assert sorted(edge.row(i, 1)[1] for i in range(2)) == sorted([5_000, t])
 
 
 def test_unsynced_window_policy_aggregates_but_never_moves_the_watermark() -> None:

@@ -87,11 +87,41 @@ def test_panes_as_columns_keep_what_a_list_of_panes_keeps(ops: list[tuple[int, i
     _panes_against_a_list(ops)
 
 
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 5),
+            st.one_of(st.integers(0, 400), st.integers(0, 300_000)),  # seconds: panes up to 3.5 days apart
+            st.integers(0, 0x7FFFFFFF),
+        ),
+        max_size=300,
+    )
+)
+def test_panes_of_one_boot_as_columns_keep_what_a_list_of_panes_keeps(ops: list[tuple[int, int, int]]) -> None:
+    """As above, for a board's panes: mostly of one boot (the key's time, bits and seq in one int a pane), another now
+    and then (the key wide), times hours and days apart (its base moved, or more than 37 hours apart: wide), narrowed
+    again as panes are dropped."""
+    _panes_against_a_list(ops, board=True)
+
+
 def test_panes_as_columns_through_a_boards_life() -> None:
     """As above, for the ways a board's panes come and go: a pane a second, the oldest dropped as windows pass (the
     columns' live panes moved down again and again), late ones inserted, a flushed buffer of hundreds (the columns
     grown) then dropped (shrunk back), and silences that empty them."""
-    rng = random.Random(7)
+    _panes_against_a_list(_board_life(random.Random(7), quiet=[0]), every=97)
+
+
+def test_panes_of_one_boot_through_a_boards_life() -> None:
+    """As above, for a board's panes mostly of one boot (another in one reading of 500: the key wide until its panes
+    have left), and silences of an hour to three days, with or without the panes emptied (the key's base moved, or
+    its panes more than 37 hours apart: wide), then narrowed again as panes are dropped."""
+    for seed in range(3):
+        _panes_against_a_list(_board_life(random.Random(seed), quiet=[0, 3600, 86_400, 250_000]), every=13, board=True)
+
+
+def _board_life(rng: random.Random, quiet: list[int]) -> list[tuple[int, int, int]]:
+    """Operations for :func:`_panes_against_a_list`: phases of live readings, bursts and silences (each silence
+    ``rng.choice(quiet)`` seconds long, and then 30 drops)."""
     ops: list[tuple[int, int, int]] = []
     sec = 0
     for _ in range(40):
@@ -112,14 +142,15 @@ def test_panes_as_columns_through_a_boards_life() -> None:
                 ops.append((1, sec, rng.randrange(1 << 31)))
             ops += [(3, 39, 0)] * rng.randrange(5, 30)  # 40 at a time
         else:
-            ops += [(3, 39, 0)] * 30
-    _panes_against_a_list(ops, every=97)
+            sec += rng.choice(quiet)
+            ops += [(3, 39, 0)] * rng.choice([30, 0] if len(quiet) > 1 else [30])
+    return ops
 
 
-def _panes_against_a_list(ops: list[tuple[int, int, int]], every: int = 1) -> None:
+def _panes_against_a_list(ops: list[tuple[int, int, int]], every: int = 1, board: bool = False) -> None:
     """``ops``: (0-2, a, b) a reading in the pane ``a`` (a new pane, or a second reading there), boot ``b`` (below
-    1,024 unless 0); (3, a, _) drop the ``a % 40 + 1`` oldest; (4, a, b) an accumulator pane at ``a``. Compared in
-    whole every ``every`` steps, and the columns' length after each drop."""
+    1,024 unless 0; with ``board``, 1, or 2 for one ``b`` in 500); (3, a, _) drop the ``a % 40 + 1`` oldest; (4, a, b)
+    an accumulator pane at ``a``. Compared in whole every ``every`` steps, and the columns' length after each drop."""
     from gateway.engine.accs import acc_empty
     from gateway.engine.aggregates import Stat
     from gateway.engine.operators import Panes
@@ -150,8 +181,9 @@ def _panes_against_a_list(ops: list[tuple[int, int, int]], every: int = 1) -> No
                 else:
                     assert panes.acc(i) is model[i][1][1]
             else:
-                panes.insert_reading(i, values, t, b % 1024 if op else b, b)
-                model.insert(i, (p, ("one", values, t, b % 1024 if op else b, b)))
+                boot = (1 if b % 500 else 2) if board else b % 1024 if op else b
+                panes.insert_reading(i, values, t, boot, b)
+                model.insert(i, (p, ("one", values, t, boot, b)))
         elif op == 3 and model:  # drop the oldest few
             n = min(len(model), 1 + a % 40)
             dropped = panes.drop(n)
