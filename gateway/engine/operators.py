@@ -1308,7 +1308,7 @@ class Panes:
         cap = self.cap
         if cap > 16 and n < cap >> 2:
             self._resize(n + (n >> 2) + 4)
-        if n and (self.sh == _SH_WIDE or _PACKED and not self.nar):
+        if n and (self.sh == _SH_WIDE or (_PACKED and not self.nar)):
             self.dropped += k
             if self.dropped >= n + 16:  # as many as it holds (and a few): amortized O(1) a pane
                 self.dropped = 0
