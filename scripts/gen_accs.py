@@ -26,8 +26,12 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "gateway" / "engine" / "accs.py"
 MAX = 4  # Acc1 .. Acc4; most windows aggregate one to four metrics
 
-FIELDS = ("n", "total", "lo", "hi", "mean", "m2", "ft", "fb", "fs", "fv", "lt", "lb", "ls", "lv")
-INTS = {"n", "ft", "fb", "fs", "lt", "lb", "ls"}
+FIELDS = ("n", "total", "lo", "hi", "mean", "m2", "ft", "fq", "fv", "lt", "lq", "lv")
+"""A metric's fields in ``Acc1`` .. ``Acc4``: ``Stat``'s, with the boot and seq of the first and last readings in one
+int each (``fq``, ``lq``: ``boot << 31 | seq``, ordered as ``(boot, seq)`` for ``0 <= boot, seq < 2**31``, as
+``aggregates.order_key`` assumes): two fields a metric fewer (48 bytes an accumulator of three metrics), and one
+comparison fewer to order two readings of the same time."""
+INTS = {"n", "ft", "fq", "lt", "lq"}
 
 HEADER = '''"""Accumulators: every aggregate of every metric of one window, pane or session, in one object.
 
@@ -364,8 +368,7 @@ if not n:
     self.total@ = self.lo@ = self.hi@ = self.mean@ = self.fv@ = self.lv@ = v
     self.m2@ = 0.0
     self.ft@ = self.lt@ = t
-    self.fb@ = self.lb@ = b
-    self.fs@ = self.ls@ = s
+    self.fq@ = self.lq@ = q
 else:
 """
 ADD_REST = """
@@ -392,17 +395,15 @@ self.m2@ += d * (v - mean)
 """
 ADD_ORDER = """
 ft = self.ft@
-if t < ft or (t == ft and (b < self.fb@ or (b == self.fb@ and s < self.fs@))):
+if t < ft or (t == ft and q < self.fq@):
     self.ft@ = t
-    self.fb@ = b
-    self.fs@ = s
+    self.fq@ = q
     self.fv@ = v
 else:
     lt = self.lt@
-    if t > lt or (t == lt and (b > self.lb@ or (b == self.lb@ and s > self.ls@))):
+    if t > lt or (t == lt and q > self.lq@):
         self.lt@ = t
-        self.lb@ = b
-        self.ls@ = s
+        self.lq@ = q
         self.lv@ = v
 """
 
@@ -415,8 +416,7 @@ if not na:
     self.total@ = self.lo@ = self.hi@ = self.mean@ = self.fv@ = self.lv@ = v
     self.m2@ = 0.0
     self.ft@ = self.lt@ = t
-    self.fb@ = self.lb@ = b
-    self.fs@ = self.ls@ = s
+    self.fq@ = self.lq@ = q
 else:
     nb = 1
     n = na + nb
@@ -430,16 +430,14 @@ else:
     self.mean@ += d * nb / n
     self.m2@ += 0.0 + d * d * na * nb / n
     ft = self.ft@
-    if t < ft or (t == ft and (b < self.fb@ or (b == self.fb@ and s < self.fs@))):
+    if t < ft or (t == ft and q < self.fq@):
         self.ft@ = t
-        self.fb@ = b
-        self.fs@ = s
+        self.fq@ = q
         self.fv@ = v
     lt = self.lt@
-    if t > lt or (t == lt and (b > self.lb@ or (b == self.lb@ and s > self.ls@))):
+    if t > lt or (t == lt and q > self.lq@):
         self.lt@ = t
-        self.lb@ = b
-        self.ls@ = s
+        self.lq@ = q
         self.lv@ = v
 """
 
@@ -461,19 +459,17 @@ SET
         d = SRC.mean% - DST.mean$
         DST.mean$ += d * nb / n
         DST.m2$ += SRC.m2% + d * d * na * nb / n
-        t, b, s = SRC.ft%, SRC.fb%, SRC.fs%
+        t, q = SRC.ft%, SRC.fq%
         ft = DST.ft$
-        if t < ft or (t == ft and (b < DST.fb$ or (b == DST.fb$ and s < DST.fs$))):
+        if t < ft or (t == ft and q < DST.fq$):
             DST.ft$ = t
-            DST.fb$ = b
-            DST.fs$ = s
+            DST.fq$ = q
             DST.fv$ = SRC.fv%
-        t, b, s = SRC.lt%, SRC.lb%, SRC.ls%
+        t, q = SRC.lt%, SRC.lq%
         lt = DST.lt$
-        if t > lt or (t == lt and (b > DST.lb$ or (b == DST.lb$ and s > DST.ls$))):
+        if t > lt or (t == lt and q > DST.lq$):
             DST.lt$ = t
-            DST.lb$ = b
-            DST.ls$ = s
+            DST.lq$ = q
             DST.lv$ = SRC.lv%
 """
 
@@ -493,8 +489,15 @@ def _merge(dst: str, dsuf: str, src: str, ssuf: str, indent: int) -> list[str]:
 
 
 def _fields_call(method: str, i: int) -> list[str]:
-    """``r.<method>(self.n_<i>, ...)``: metric ``i``'s fields handed to a ``Stat`` method, one per line."""
-    return [f"            r.{method}(", *[f"                self.{f}_{i}," for f in FIELDS], "            )"]
+    """``r.<method>(self.n_<i>, ...)``: metric ``i``'s fields handed to a ``Stat`` method (``Stat``'s fields: the
+    boot and seq of ``fq`` and ``lq`` apart), one per line."""
+    args: list[str] = []
+    for f in FIELDS:
+        if f in ("fq", "lq"):
+            args += [f"self.{f}_{i} >> 31", f"self.{f}_{i} & 0x7FFFFFFF"]
+        else:
+            args.append(f"self.{f}_{i}")
+    return [f"            r.{method}(", *[f"                {a}," for a in args], "            )"]
 
 
 def _zero_lines(i: int, indent: int) -> list[str]:
@@ -503,7 +506,7 @@ def _zero_lines(i: int, indent: int) -> list[str]:
         f"{pad}self.n_{i} = 0",
         f"{pad}self.total_{i} = self.lo_{i} = self.hi_{i} = self.mean_{i} = self.m2_{i} = self.fv_{i} = self.lv_{i}"
         " = 0.0",
-        f"{pad}self.ft_{i} = self.fb_{i} = self.fs_{i} = self.lt_{i} = self.lb_{i} = self.ls_{i} = 0",
+        f"{pad}self.ft_{i} = self.fq_{i} = self.lt_{i} = self.lq_{i} = 0",
     ]
 
 
@@ -543,6 +546,7 @@ def gen_class(k: int) -> str:
     for meth, rest in (("add", ADD_REST), ("add_var", ADD_VAR_REST)):
         lines.append("")
         lines.append(f"    def {meth}(self, values: Values, t: int, b: int, s: int) -> None:")
+        lines.append("        q = b << 31 | s")
         for i in range(k):
             # ``v`` is declared a float once: compiled, each value is unboxed once, not at every use
             lines.append(f"        o = values[{i}]")
@@ -566,6 +570,7 @@ def gen_class(k: int) -> str:
         "    def merge_reading(self, mask: int, v0: float, v1: float, v2: float, v3: float, t: int, b: int, s: int)"
         " -> None:"
     )
+    lines.append("        q = b << 31 | s")
     for i in range(k):
         lines.append(f"        if mask & {1 << i}:")
         lines.append(f"            v{': float' if i == 0 else ''} = v{i}")
@@ -583,7 +588,15 @@ def gen_class(k: int) -> str:
     for meth, pre in (("put_first", "f"), ("put_last", "l")):
         lines.append("")
         lines.append(f"    def {meth}(self, i: int, r: Stat) -> None:")
-        body = [[f"            r.{pre}{x} = self.{pre}{x}_{i}" for x in "tbsv"] for i in range(k)]
+        body = [
+            [
+                f"            r.{pre}t = self.{pre}t_{i}",
+                f"            r.{pre}b = self.{pre}q_{i} >> 31",
+                f"            r.{pre}s = self.{pre}q_{i} & 0x7FFFFFFF",
+                f"            r.{pre}v = self.{pre}v_{i}",
+            ]
+            for i in range(k)
+        ]
         lines.extend(_by_metric(k, body))
     lines.append("")
     lines.append("    def to_json(self) -> list[Any]:")
@@ -595,9 +608,9 @@ def gen_class(k: int) -> str:
         lines.append(f"            self.hi_{i},")
         lines.append(f"            self.mean_{i},")
         lines.append(f"            self.m2_{i},")
-        lines.append(f"            order_key(self.ft_{i}, self.fb_{i}, self.fs_{i}),")
+        lines.append(f"            order_key(self.ft_{i}, self.fq_{i} >> 31, self.fq_{i} & 0x7FFFFFFF),")
         lines.append(f"            self.fv_{i},")
-        lines.append(f"            order_key(self.lt_{i}, self.lb_{i}, self.ls_{i}),")
+        lines.append(f"            order_key(self.lt_{i}, self.lq_{i} >> 31, self.lq_{i} & 0x7FFFFFFF),")
         lines.append(f"            self.lv_{i},")
     lines.append("        ]")
     lines.append("")
@@ -610,9 +623,11 @@ def gen_class(k: int) -> str:
         lines.append(f"        self.hi_{i} = float(x[{j + 3}])")
         lines.append(f"        self.mean_{i} = float(x[{j + 4}])")
         lines.append(f"        self.m2_{i} = float(x[{j + 5}])")
-        lines.append(f"        self.ft_{i}, self.fb_{i}, self.fs_{i} = order_parts(int(x[{j + 6}]))")
+        lines.append(f"        self.ft_{i}, b, s = order_parts(int(x[{j + 6}]))")
+        lines.append(f"        self.fq_{i} = b << 31 | s")
         lines.append(f"        self.fv_{i} = float(x[{j + 7}])")
-        lines.append(f"        self.lt_{i}, self.lb_{i}, self.ls_{i} = order_parts(int(x[{j + 8}]))")
+        lines.append(f"        self.lt_{i}, b, s = order_parts(int(x[{j + 8}]))")
+        lines.append(f"        self.lq_{i} = b << 31 | s")
         lines.append(f"        self.lv_{i} = float(x[{j + 9}])")
     return "\n".join(lines) + "\n"
 
@@ -707,7 +722,7 @@ def _part_lines(lines: list[str]) -> list[str]:
     """``lines`` (an accumulator's merge) without what touches the first and last readings, which a Part does not
     keep: the lines naming their fields, and the blocks those lines open. Only what is left is checked: it must not
     name them (the merge of the fields a Part keeps is then the accumulator's own lines)."""
-    order = ("ft", "fb", "fs", "fv", "lt", "lb", "ls", "lv")
+    order = ("ft", "fq", "fv", "lt", "lq", "lv")
     out: list[str] = []
     skip = -1  # the indent of a removed block's opening line, while removing its body
     for line in lines:
@@ -717,7 +732,7 @@ def _part_lines(lines: list[str]) -> list[str]:
                 continue
             skip = -1
         text = line.strip()
-        if text.startswith(("t, b, s = ", "ft = ", "lt = ")):
+        if text.startswith(("t, q = ", "q = ", "ft = ", "lt = ")):
             continue
         if text.startswith(("if t < ft", "if t > lt")):
             skip = ind
@@ -727,7 +742,7 @@ def _part_lines(lines: list[str]) -> list[str]:
             value = targets.pop()
             kept = [x for x in targets if x.split(".")[1].rsplit("_", 1)[0] not in order]
             if len(kept) < len(targets):
-                if kept and value.split(".")[-1].rsplit("_", 1)[0] not in ("t", "b", "s") and value not in "tbs":
+                if kept and value.split(".")[-1].rsplit("_", 1)[0] not in ("t", "q") and value not in "tq":
                     out.append(" " * ind + " = ".join([*kept, value]))
                 continue
         out.append(line)

@@ -320,14 +320,12 @@ class Acc1(Acc):
     """1 metric in one object."""
 
     __slots__ = (
-        "fb_0",
-        "fs_0",
+        "fq_0",
         "ft_0",
         "fv_0",
         "hi_0",
-        "lb_0",
         "lo_0",
-        "ls_0",
+        "lq_0",
         "lt_0",
         "lv_0",
         "m2_0",
@@ -343,26 +341,25 @@ class Acc1(Acc):
     mean_0: float
     m2_0: float
     ft_0: int
-    fb_0: int
-    fs_0: int
+    fq_0: int
     fv_0: float
     lt_0: int
-    lb_0: int
-    ls_0: int
+    lq_0: int
     lv_0: float
 
     def __init__(self) -> None:
         self.start = 0
         self.n_0 = 0
         self.total_0 = self.lo_0 = self.hi_0 = self.mean_0 = self.m2_0 = self.fv_0 = self.lv_0 = 0.0
-        self.ft_0 = self.fb_0 = self.fs_0 = self.lt_0 = self.lb_0 = self.ls_0 = 0
+        self.ft_0 = self.fq_0 = self.lt_0 = self.lq_0 = 0
 
     def clear(self) -> None:
         self.n_0 = 0
         self.total_0 = self.lo_0 = self.hi_0 = self.mean_0 = self.m2_0 = self.fv_0 = self.lv_0 = 0.0
-        self.ft_0 = self.fb_0 = self.fs_0 = self.lt_0 = self.lb_0 = self.ls_0 = 0
+        self.ft_0 = self.fq_0 = self.lt_0 = self.lq_0 = 0
 
     def add(self, values: Values, t: int, b: int, s: int) -> None:
+        q = b << 31 | s
         o = values[0]
         if o is not None:
             v: float = o
@@ -372,8 +369,7 @@ class Acc1(Acc):
                 self.total_0 = self.lo_0 = self.hi_0 = self.mean_0 = self.fv_0 = self.lv_0 = v
                 self.m2_0 = 0.0
                 self.ft_0 = self.lt_0 = t
-                self.fb_0 = self.lb_0 = b
-                self.fs_0 = self.ls_0 = s
+                self.fq_0 = self.lq_0 = q
             else:
                 self.n_0 = n + 1
                 self.total_0 += v
@@ -382,20 +378,19 @@ class Acc1(Acc):
                 elif v > self.hi_0:
                     self.hi_0 = v
                 ft = self.ft_0
-                if t < ft or (t == ft and (b < self.fb_0 or (b == self.fb_0 and s < self.fs_0))):
+                if t < ft or (t == ft and q < self.fq_0):
                     self.ft_0 = t
-                    self.fb_0 = b
-                    self.fs_0 = s
+                    self.fq_0 = q
                     self.fv_0 = v
                 else:
                     lt = self.lt_0
-                    if t > lt or (t == lt and (b > self.lb_0 or (b == self.lb_0 and s > self.ls_0))):
+                    if t > lt or (t == lt and q > self.lq_0):
                         self.lt_0 = t
-                        self.lb_0 = b
-                        self.ls_0 = s
+                        self.lq_0 = q
                         self.lv_0 = v
 
     def add_var(self, values: Values, t: int, b: int, s: int) -> None:
+        q = b << 31 | s
         o = values[0]
         if o is not None:
             v: float = o
@@ -405,8 +400,7 @@ class Acc1(Acc):
                 self.total_0 = self.lo_0 = self.hi_0 = self.mean_0 = self.fv_0 = self.lv_0 = v
                 self.m2_0 = 0.0
                 self.ft_0 = self.lt_0 = t
-                self.fb_0 = self.lb_0 = b
-                self.fs_0 = self.ls_0 = s
+                self.fq_0 = self.lq_0 = q
             else:
                 n += 1
                 self.n_0 = n
@@ -421,17 +415,15 @@ class Acc1(Acc):
                 self.mean_0 = mean
                 self.m2_0 += d * (v - mean)
                 ft = self.ft_0
-                if t < ft or (t == ft and (b < self.fb_0 or (b == self.fb_0 and s < self.fs_0))):
+                if t < ft or (t == ft and q < self.fq_0):
                     self.ft_0 = t
-                    self.fb_0 = b
-                    self.fs_0 = s
+                    self.fq_0 = q
                     self.fv_0 = v
                 else:
                     lt = self.lt_0
-                    if t > lt or (t == lt and (b > self.lb_0 or (b == self.lb_0 and s > self.ls_0))):
+                    if t > lt or (t == lt and q > self.lq_0):
                         self.lt_0 = t
-                        self.lb_0 = b
-                        self.ls_0 = s
+                        self.lq_0 = q
                         self.lv_0 = v
 
     def set(self, o: Acc) -> None:
@@ -443,12 +435,10 @@ class Acc1(Acc):
         self.mean_0 = x.mean_0
         self.m2_0 = x.m2_0
         self.ft_0 = x.ft_0
-        self.fb_0 = x.fb_0
-        self.fs_0 = x.fs_0
+        self.fq_0 = x.fq_0
         self.fv_0 = x.fv_0
         self.lt_0 = x.lt_0
-        self.lb_0 = x.lb_0
-        self.ls_0 = x.ls_0
+        self.lq_0 = x.lq_0
         self.lv_0 = x.lv_0
 
     def merge_from(self, o: Acc) -> None:
@@ -464,12 +454,10 @@ class Acc1(Acc):
                 self.mean_0 = x.mean_0
                 self.m2_0 = x.m2_0
                 self.ft_0 = x.ft_0
-                self.fb_0 = x.fb_0
-                self.fs_0 = x.fs_0
+                self.fq_0 = x.fq_0
                 self.fv_0 = x.fv_0
                 self.lt_0 = x.lt_0
-                self.lb_0 = x.lb_0
-                self.ls_0 = x.ls_0
+                self.lq_0 = x.lq_0
                 self.lv_0 = x.lv_0
             else:
                 n = na + nb
@@ -482,22 +470,21 @@ class Acc1(Acc):
                 d = x.mean_0 - self.mean_0
                 self.mean_0 += d * nb / n
                 self.m2_0 += x.m2_0 + d * d * na * nb / n
-                t, b, s = x.ft_0, x.fb_0, x.fs_0
+                t, q = x.ft_0, x.fq_0
                 ft = self.ft_0
-                if t < ft or (t == ft and (b < self.fb_0 or (b == self.fb_0 and s < self.fs_0))):
+                if t < ft or (t == ft and q < self.fq_0):
                     self.ft_0 = t
-                    self.fb_0 = b
-                    self.fs_0 = s
+                    self.fq_0 = q
                     self.fv_0 = x.fv_0
-                t, b, s = x.lt_0, x.lb_0, x.ls_0
+                t, q = x.lt_0, x.lq_0
                 lt = self.lt_0
-                if t > lt or (t == lt and (b > self.lb_0 or (b == self.lb_0 and s > self.ls_0))):
+                if t > lt or (t == lt and q > self.lq_0):
                     self.lt_0 = t
-                    self.lb_0 = b
-                    self.ls_0 = s
+                    self.lq_0 = q
                     self.lv_0 = x.lv_0
 
     def merge_reading(self, mask: int, v0: float, v1: float, v2: float, v3: float, t: int, b: int, s: int) -> None:
+        q = b << 31 | s
         if mask & 1:
             v: float = v0
             na = self.n_0
@@ -506,8 +493,7 @@ class Acc1(Acc):
                 self.total_0 = self.lo_0 = self.hi_0 = self.mean_0 = self.fv_0 = self.lv_0 = v
                 self.m2_0 = 0.0
                 self.ft_0 = self.lt_0 = t
-                self.fb_0 = self.lb_0 = b
-                self.fs_0 = self.ls_0 = s
+                self.fq_0 = self.lq_0 = q
             else:
                 nb = 1
                 n = na + nb
@@ -521,16 +507,14 @@ class Acc1(Acc):
                 self.mean_0 += d * nb / n
                 self.m2_0 += 0.0 + d * d * na * nb / n
                 ft = self.ft_0
-                if t < ft or (t == ft and (b < self.fb_0 or (b == self.fb_0 and s < self.fs_0))):
+                if t < ft or (t == ft and q < self.fq_0):
                     self.ft_0 = t
-                    self.fb_0 = b
-                    self.fs_0 = s
+                    self.fq_0 = q
                     self.fv_0 = v
                 lt = self.lt_0
-                if t > lt or (t == lt and (b > self.lb_0 or (b == self.lb_0 and s > self.ls_0))):
+                if t > lt or (t == lt and q > self.lq_0):
                     self.lt_0 = t
-                    self.lb_0 = b
-                    self.ls_0 = s
+                    self.lq_0 = q
                     self.lv_0 = v
 
     def count(self, i: int) -> int:
@@ -545,12 +529,12 @@ class Acc1(Acc):
             self.mean_0,
             self.m2_0,
             self.ft_0,
-            self.fb_0,
-            self.fs_0,
+            self.fq_0 >> 31,
+            self.fq_0 & 0x7FFFFFFF,
             self.fv_0,
             self.lt_0,
-            self.lb_0,
-            self.ls_0,
+            self.lq_0 >> 31,
+            self.lq_0 & 0x7FFFFFFF,
             self.lv_0,
         )
 
@@ -563,25 +547,25 @@ class Acc1(Acc):
             self.mean_0,
             self.m2_0,
             self.ft_0,
-            self.fb_0,
-            self.fs_0,
+            self.fq_0 >> 31,
+            self.fq_0 & 0x7FFFFFFF,
             self.fv_0,
             self.lt_0,
-            self.lb_0,
-            self.ls_0,
+            self.lq_0 >> 31,
+            self.lq_0 & 0x7FFFFFFF,
             self.lv_0,
         )
 
     def put_first(self, i: int, r: Stat) -> None:
         r.ft = self.ft_0
-        r.fb = self.fb_0
-        r.fs = self.fs_0
+        r.fb = self.fq_0 >> 31
+        r.fs = self.fq_0 & 0x7FFFFFFF
         r.fv = self.fv_0
 
     def put_last(self, i: int, r: Stat) -> None:
         r.lt = self.lt_0
-        r.lb = self.lb_0
-        r.ls = self.ls_0
+        r.lb = self.lq_0 >> 31
+        r.ls = self.lq_0 & 0x7FFFFFFF
         r.lv = self.lv_0
 
     def to_json(self) -> list[Any]:
@@ -592,9 +576,9 @@ class Acc1(Acc):
             self.hi_0,
             self.mean_0,
             self.m2_0,
-            order_key(self.ft_0, self.fb_0, self.fs_0),
+            order_key(self.ft_0, self.fq_0 >> 31, self.fq_0 & 0x7FFFFFFF),
             self.fv_0,
-            order_key(self.lt_0, self.lb_0, self.ls_0),
+            order_key(self.lt_0, self.lq_0 >> 31, self.lq_0 & 0x7FFFFFFF),
             self.lv_0,
         ]
 
@@ -605,9 +589,11 @@ class Acc1(Acc):
         self.hi_0 = float(x[3])
         self.mean_0 = float(x[4])
         self.m2_0 = float(x[5])
-        self.ft_0, self.fb_0, self.fs_0 = order_parts(int(x[6]))
+        self.ft_0, b, s = order_parts(int(x[6]))
+        self.fq_0 = b << 31 | s
         self.fv_0 = float(x[7])
-        self.lt_0, self.lb_0, self.ls_0 = order_parts(int(x[8]))
+        self.lt_0, b, s = order_parts(int(x[8]))
+        self.lq_0 = b << 31 | s
         self.lv_0 = float(x[9])
 
 
@@ -616,22 +602,18 @@ class Acc2(Acc):
     """2 metrics in one object."""
 
     __slots__ = (
-        "fb_0",
-        "fb_1",
-        "fs_0",
-        "fs_1",
+        "fq_0",
+        "fq_1",
         "ft_0",
         "ft_1",
         "fv_0",
         "fv_1",
         "hi_0",
         "hi_1",
-        "lb_0",
-        "lb_1",
         "lo_0",
         "lo_1",
-        "ls_0",
-        "ls_1",
+        "lq_0",
+        "lq_1",
         "lt_0",
         "lt_1",
         "lv_0",
@@ -653,12 +635,10 @@ class Acc2(Acc):
     mean_0: float
     m2_0: float
     ft_0: int
-    fb_0: int
-    fs_0: int
+    fq_0: int
     fv_0: float
     lt_0: int
-    lb_0: int
-    ls_0: int
+    lq_0: int
     lv_0: float
     n_1: int
     total_1: float
@@ -667,32 +647,31 @@ class Acc2(Acc):
     mean_1: float
     m2_1: float
     ft_1: int
-    fb_1: int
-    fs_1: int
+    fq_1: int
     fv_1: float
     lt_1: int
-    lb_1: int
-    ls_1: int
+    lq_1: int
     lv_1: float
 
     def __init__(self) -> None:
         self.start = 0
         self.n_0 = 0
         self.total_0 = self.lo_0 = self.hi_0 = self.mean_0 = self.m2_0 = self.fv_0 = self.lv_0 = 0.0
-        self.ft_0 = self.fb_0 = self.fs_0 = self.lt_0 = self.lb_0 = self.ls_0 = 0
+        self.ft_0 = self.fq_0 = self.lt_0 = self.lq_0 = 0
         self.n_1 = 0
         self.total_1 = self.lo_1 = self.hi_1 = self.mean_1 = self.m2_1 = self.fv_1 = self.lv_1 = 0.0
-        self.ft_1 = self.fb_1 = self.fs_1 = self.lt_1 = self.lb_1 = self.ls_1 = 0
+        self.ft_1 = self.fq_1 = self.lt_1 = self.lq_1 = 0
 
     def clear(self) -> None:
         self.n_0 = 0
         self.total_0 = self.lo_0 = self.hi_0 = self.mean_0 = self.m2_0 = self.fv_0 = self.lv_0 = 0.0
-        self.ft_0 = self.fb_0 = self.fs_0 = self.lt_0 = self.lb_0 = self.ls_0 = 0
+        self.ft_0 = self.fq_0 = self.lt_0 = self.lq_0 = 0
         self.n_1 = 0
         self.total_1 = self.lo_1 = self.hi_1 = self.mean_1 = self.m2_1 = self.fv_1 = self.lv_1 = 0.0
-        self.ft_1 = self.fb_1 = self.fs_1 = self.lt_1 = self.lb_1 = self.ls_1 = 0
+        self.ft_1 = self.fq_1 = self.lt_1 = self.lq_1 = 0
 
     def add(self, values: Values, t: int, b: int, s: int) -> None:
+        q = b << 31 | s
         o = values[0]
         if o is not None:
             v: float = o
@@ -702,8 +681,7 @@ class Acc2(Acc):
                 self.total_0 = self.lo_0 = self.hi_0 = self.mean_0 = self.fv_0 = self.lv_0 = v
                 self.m2_0 = 0.0
                 self.ft_0 = self.lt_0 = t
-                self.fb_0 = self.lb_0 = b
-                self.fs_0 = self.ls_0 = s
+                self.fq_0 = self.lq_0 = q
             else:
                 self.n_0 = n + 1
                 self.total_0 += v
@@ -712,17 +690,15 @@ class Acc2(Acc):
                 elif v > self.hi_0:
                     self.hi_0 = v
                 ft = self.ft_0
-                if t < ft or (t == ft and (b < self.fb_0 or (b == self.fb_0 and s < self.fs_0))):
+                if t < ft or (t == ft and q < self.fq_0):
                     self.ft_0 = t
-                    self.fb_0 = b
-                    self.fs_0 = s
+                    self.fq_0 = q
                     self.fv_0 = v
                 else:
                     lt = self.lt_0
-                    if t > lt or (t == lt and (b > self.lb_0 or (b == self.lb_0 and s > self.ls_0))):
+                    if t > lt or (t == lt and q > self.lq_0):
                         self.lt_0 = t
-                        self.lb_0 = b
-                        self.ls_0 = s
+                        self.lq_0 = q
                         self.lv_0 = v
         o = values[1]
         if o is not None:
@@ -733,8 +709,7 @@ class Acc2(Acc):
                 self.total_1 = self.lo_1 = self.hi_1 = self.mean_1 = self.fv_1 = self.lv_1 = v
                 self.m2_1 = 0.0
                 self.ft_1 = self.lt_1 = t
-                self.fb_1 = self.lb_1 = b
-                self.fs_1 = self.ls_1 = s
+                self.fq_1 = self.lq_1 = q
             else:
                 self.n_1 = n + 1
                 self.total_1 += v
@@ -743,20 +718,19 @@ class Acc2(Acc):
                 elif v > self.hi_1:
                     self.hi_1 = v
                 ft = self.ft_1
-                if t < ft or (t == ft and (b < self.fb_1 or (b == self.fb_1 and s < self.fs_1))):
+                if t < ft or (t == ft and q < self.fq_1):
                     self.ft_1 = t
-                    self.fb_1 = b
-                    self.fs_1 = s
+                    self.fq_1 = q
                     self.fv_1 = v
                 else:
                     lt = self.lt_1
-                    if t > lt or (t == lt and (b > self.lb_1 or (b == self.lb_1 and s > self.ls_1))):
+                    if t > lt or (t == lt and q > self.lq_1):
                         self.lt_1 = t
-                        self.lb_1 = b
-                        self.ls_1 = s
+                        self.lq_1 = q
                         self.lv_1 = v
 
     def add_var(self, values: Values, t: int, b: int, s: int) -> None:
+        q = b << 31 | s
         o = values[0]
         if o is not None:
             v: float = o
@@ -766,8 +740,7 @@ class Acc2(Acc):
                 self.total_0 = self.lo_0 = self.hi_0 = self.mean_0 = self.fv_0 = self.lv_0 = v
                 self.m2_0 = 0.0
                 self.ft_0 = self.lt_0 = t
-                self.fb_0 = self.lb_0 = b
-                self.fs_0 = self.ls_0 = s
+                self.fq_0 = self.lq_0 = q
             else:
                 n += 1
                 self.n_0 = n
@@ -782,17 +755,15 @@ class Acc2(Acc):
                 self.mean_0 = mean
                 self.m2_0 += d * (v - mean)
                 ft = self.ft_0
-                if t < ft or (t == ft and (b < self.fb_0 or (b == self.fb_0 and s < self.fs_0))):
+                if t < ft or (t == ft and q < self.fq_0):
                     self.ft_0 = t
-                    self.fb_0 = b
-                    self.fs_0 = s
+                    self.fq_0 = q
                     self.fv_0 = v
                 else:
                     lt = self.lt_0
-                    if t > lt or (t == lt and (b > self.lb_0 or (b == self.lb_0 and s > self.ls_0))):
+                    if t > lt or (t == lt and q > self.lq_0):
                         self.lt_0 = t
-                        self.lb_0 = b
-                        self.ls_0 = s
+                        self.lq_0 = q
                         self.lv_0 = v
         o = values[1]
         if o is not None:
@@ -803,8 +774,7 @@ class Acc2(Acc):
                 self.total_1 = self.lo_1 = self.hi_1 = self.mean_1 = self.fv_1 = self.lv_1 = v
                 self.m2_1 = 0.0
                 self.ft_1 = self.lt_1 = t
-                self.fb_1 = self.lb_1 = b
-                self.fs_1 = self.ls_1 = s
+                self.fq_1 = self.lq_1 = q
             else:
                 n += 1
                 self.n_1 = n
@@ -819,17 +789,15 @@ class Acc2(Acc):
                 self.mean_1 = mean
                 self.m2_1 += d * (v - mean)
                 ft = self.ft_1
-                if t < ft or (t == ft and (b < self.fb_1 or (b == self.fb_1 and s < self.fs_1))):
+                if t < ft or (t == ft and q < self.fq_1):
                     self.ft_1 = t
-                    self.fb_1 = b
-                    self.fs_1 = s
+                    self.fq_1 = q
                     self.fv_1 = v
                 else:
                     lt = self.lt_1
-                    if t > lt or (t == lt and (b > self.lb_1 or (b == self.lb_1 and s > self.ls_1))):
+                    if t > lt or (t == lt and q > self.lq_1):
                         self.lt_1 = t
-                        self.lb_1 = b
-                        self.ls_1 = s
+                        self.lq_1 = q
                         self.lv_1 = v
 
     def set(self, o: Acc) -> None:
@@ -841,12 +809,10 @@ class Acc2(Acc):
         self.mean_0 = x.mean_0
         self.m2_0 = x.m2_0
         self.ft_0 = x.ft_0
-        self.fb_0 = x.fb_0
-        self.fs_0 = x.fs_0
+        self.fq_0 = x.fq_0
         self.fv_0 = x.fv_0
         self.lt_0 = x.lt_0
-        self.lb_0 = x.lb_0
-        self.ls_0 = x.ls_0
+        self.lq_0 = x.lq_0
         self.lv_0 = x.lv_0
         self.n_1 = x.n_1
         self.total_1 = x.total_1
@@ -855,12 +821,10 @@ class Acc2(Acc):
         self.mean_1 = x.mean_1
         self.m2_1 = x.m2_1
         self.ft_1 = x.ft_1
-        self.fb_1 = x.fb_1
-        self.fs_1 = x.fs_1
+        self.fq_1 = x.fq_1
         self.fv_1 = x.fv_1
         self.lt_1 = x.lt_1
-        self.lb_1 = x.lb_1
-        self.ls_1 = x.ls_1
+        self.lq_1 = x.lq_1
         self.lv_1 = x.lv_1
 
     def merge_from(self, o: Acc) -> None:
@@ -876,12 +840,10 @@ class Acc2(Acc):
                 self.mean_0 = x.mean_0
                 self.m2_0 = x.m2_0
                 self.ft_0 = x.ft_0
-                self.fb_0 = x.fb_0
-                self.fs_0 = x.fs_0
+                self.fq_0 = x.fq_0
                 self.fv_0 = x.fv_0
                 self.lt_0 = x.lt_0
-                self.lb_0 = x.lb_0
-                self.ls_0 = x.ls_0
+                self.lq_0 = x.lq_0
                 self.lv_0 = x.lv_0
             else:
                 n = na + nb
@@ -894,19 +856,17 @@ class Acc2(Acc):
                 d = x.mean_0 - self.mean_0
                 self.mean_0 += d * nb / n
                 self.m2_0 += x.m2_0 + d * d * na * nb / n
-                t, b, s = x.ft_0, x.fb_0, x.fs_0
+                t, q = x.ft_0, x.fq_0
                 ft = self.ft_0
-                if t < ft or (t == ft and (b < self.fb_0 or (b == self.fb_0 and s < self.fs_0))):
+                if t < ft or (t == ft and q < self.fq_0):
                     self.ft_0 = t
-                    self.fb_0 = b
-                    self.fs_0 = s
+                    self.fq_0 = q
                     self.fv_0 = x.fv_0
-                t, b, s = x.lt_0, x.lb_0, x.ls_0
+                t, q = x.lt_0, x.lq_0
                 lt = self.lt_0
-                if t > lt or (t == lt and (b > self.lb_0 or (b == self.lb_0 and s > self.ls_0))):
+                if t > lt or (t == lt and q > self.lq_0):
                     self.lt_0 = t
-                    self.lb_0 = b
-                    self.ls_0 = s
+                    self.lq_0 = q
                     self.lv_0 = x.lv_0
         nb = x.n_1
         if nb:
@@ -919,12 +879,10 @@ class Acc2(Acc):
                 self.mean_1 = x.mean_1
                 self.m2_1 = x.m2_1
                 self.ft_1 = x.ft_1
-                self.fb_1 = x.fb_1
-                self.fs_1 = x.fs_1
+                self.fq_1 = x.fq_1
                 self.fv_1 = x.fv_1
                 self.lt_1 = x.lt_1
-                self.lb_1 = x.lb_1
-                self.ls_1 = x.ls_1
+                self.lq_1 = x.lq_1
                 self.lv_1 = x.lv_1
             else:
                 n = na + nb
@@ -937,22 +895,21 @@ class Acc2(Acc):
                 d = x.mean_1 - self.mean_1
                 self.mean_1 += d * nb / n
                 self.m2_1 += x.m2_1 + d * d * na * nb / n
-                t, b, s = x.ft_1, x.fb_1, x.fs_1
+                t, q = x.ft_1, x.fq_1
                 ft = self.ft_1
-                if t < ft or (t == ft and (b < self.fb_1 or (b == self.fb_1 and s < self.fs_1))):
+                if t < ft or (t == ft and q < self.fq_1):
                     self.ft_1 = t
-                    self.fb_1 = b
-                    self.fs_1 = s
+                    self.fq_1 = q
                     self.fv_1 = x.fv_1
-                t, b, s = x.lt_1, x.lb_1, x.ls_1
+                t, q = x.lt_1, x.lq_1
                 lt = self.lt_1
-                if t > lt or (t == lt and (b > self.lb_1 or (b == self.lb_1 and s > self.ls_1))):
+                if t > lt or (t == lt and q > self.lq_1):
                     self.lt_1 = t
-                    self.lb_1 = b
-                    self.ls_1 = s
+                    self.lq_1 = q
                     self.lv_1 = x.lv_1
 
     def merge_reading(self, mask: int, v0: float, v1: float, v2: float, v3: float, t: int, b: int, s: int) -> None:
+        q = b << 31 | s
         if mask & 1:
             v: float = v0
             na = self.n_0
@@ -961,8 +918,7 @@ class Acc2(Acc):
                 self.total_0 = self.lo_0 = self.hi_0 = self.mean_0 = self.fv_0 = self.lv_0 = v
                 self.m2_0 = 0.0
                 self.ft_0 = self.lt_0 = t
-                self.fb_0 = self.lb_0 = b
-                self.fs_0 = self.ls_0 = s
+                self.fq_0 = self.lq_0 = q
             else:
                 nb = 1
                 n = na + nb
@@ -976,16 +932,14 @@ class Acc2(Acc):
                 self.mean_0 += d * nb / n
                 self.m2_0 += 0.0 + d * d * na * nb / n
                 ft = self.ft_0
-                if t < ft or (t == ft and (b < self.fb_0 or (b == self.fb_0 and s < self.fs_0))):
+                if t < ft or (t == ft and q < self.fq_0):
                     self.ft_0 = t
-                    self.fb_0 = b
-                    self.fs_0 = s
+                    self.fq_0 = q
                     self.fv_0 = v
                 lt = self.lt_0
-                if t > lt or (t == lt and (b > self.lb_0 or (b == self.lb_0 and s > self.ls_0))):
+                if t > lt or (t == lt and q > self.lq_0):
                     self.lt_0 = t
-                    self.lb_0 = b
-                    self.ls_0 = s
+                    self.lq_0 = q
                     self.lv_0 = v
         if mask & 2:
             v = v1
@@ -995,8 +949,7 @@ class Acc2(Acc):
                 self.total_1 = self.lo_1 = self.hi_1 = self.mean_1 = self.fv_1 = self.lv_1 = v
                 self.m2_1 = 0.0
                 self.ft_1 = self.lt_1 = t
-                self.fb_1 = self.lb_1 = b
-                self.fs_1 = self.ls_1 = s
+                self.fq_1 = self.lq_1 = q
             else:
                 nb = 1
                 n = na + nb
@@ -1010,16 +963,14 @@ class Acc2(Acc):
                 self.mean_1 += d * nb / n
                 self.m2_1 += 0.0 + d * d * na * nb / n
                 ft = self.ft_1
-                if t < ft or (t == ft and (b < self.fb_1 or (b == self.fb_1 and s < self.fs_1))):
+                if t < ft or (t == ft and q < self.fq_1):
                     self.ft_1 = t
-                    self.fb_1 = b
-                    self.fs_1 = s
+                    self.fq_1 = q
                     self.fv_1 = v
                 lt = self.lt_1
-                if t > lt or (t == lt and (b > self.lb_1 or (b == self.lb_1 and s > self.ls_1))):
+                if t > lt or (t == lt and q > self.lq_1):
                     self.lt_1 = t
-                    self.lb_1 = b
-                    self.ls_1 = s
+                    self.lq_1 = q
                     self.lv_1 = v
 
     def count(self, i: int) -> int:
@@ -1038,12 +989,12 @@ class Acc2(Acc):
                 self.mean_0,
                 self.m2_0,
                 self.ft_0,
-                self.fb_0,
-                self.fs_0,
+                self.fq_0 >> 31,
+                self.fq_0 & 0x7FFFFFFF,
                 self.fv_0,
                 self.lt_0,
-                self.lb_0,
-                self.ls_0,
+                self.lq_0 >> 31,
+                self.lq_0 & 0x7FFFFFFF,
                 self.lv_0,
             )
         else:
@@ -1055,12 +1006,12 @@ class Acc2(Acc):
                 self.mean_1,
                 self.m2_1,
                 self.ft_1,
-                self.fb_1,
-                self.fs_1,
+                self.fq_1 >> 31,
+                self.fq_1 & 0x7FFFFFFF,
                 self.fv_1,
                 self.lt_1,
-                self.lb_1,
-                self.ls_1,
+                self.lq_1 >> 31,
+                self.lq_1 & 0x7FFFFFFF,
                 self.lv_1,
             )
 
@@ -1074,12 +1025,12 @@ class Acc2(Acc):
                 self.mean_0,
                 self.m2_0,
                 self.ft_0,
-                self.fb_0,
-                self.fs_0,
+                self.fq_0 >> 31,
+                self.fq_0 & 0x7FFFFFFF,
                 self.fv_0,
                 self.lt_0,
-                self.lb_0,
-                self.ls_0,
+                self.lq_0 >> 31,
+                self.lq_0 & 0x7FFFFFFF,
                 self.lv_0,
             )
         else:
@@ -1091,37 +1042,37 @@ class Acc2(Acc):
                 self.mean_1,
                 self.m2_1,
                 self.ft_1,
-                self.fb_1,
-                self.fs_1,
+                self.fq_1 >> 31,
+                self.fq_1 & 0x7FFFFFFF,
                 self.fv_1,
                 self.lt_1,
-                self.lb_1,
-                self.ls_1,
+                self.lq_1 >> 31,
+                self.lq_1 & 0x7FFFFFFF,
                 self.lv_1,
             )
 
     def put_first(self, i: int, r: Stat) -> None:
         if i == 0:
             r.ft = self.ft_0
-            r.fb = self.fb_0
-            r.fs = self.fs_0
+            r.fb = self.fq_0 >> 31
+            r.fs = self.fq_0 & 0x7FFFFFFF
             r.fv = self.fv_0
         else:
             r.ft = self.ft_1
-            r.fb = self.fb_1
-            r.fs = self.fs_1
+            r.fb = self.fq_1 >> 31
+            r.fs = self.fq_1 & 0x7FFFFFFF
             r.fv = self.fv_1
 
     def put_last(self, i: int, r: Stat) -> None:
         if i == 0:
             r.lt = self.lt_0
-            r.lb = self.lb_0
-            r.ls = self.ls_0
+            r.lb = self.lq_0 >> 31
+            r.ls = self.lq_0 & 0x7FFFFFFF
             r.lv = self.lv_0
         else:
             r.lt = self.lt_1
-            r.lb = self.lb_1
-            r.ls = self.ls_1
+            r.lb = self.lq_1 >> 31
+            r.ls = self.lq_1 & 0x7FFFFFFF
             r.lv = self.lv_1
 
     def to_json(self) -> list[Any]:
@@ -1132,9 +1083,9 @@ class Acc2(Acc):
             self.hi_0,
             self.mean_0,
             self.m2_0,
-            order_key(self.ft_0, self.fb_0, self.fs_0),
+            order_key(self.ft_0, self.fq_0 >> 31, self.fq_0 & 0x7FFFFFFF),
             self.fv_0,
-            order_key(self.lt_0, self.lb_0, self.ls_0),
+            order_key(self.lt_0, self.lq_0 >> 31, self.lq_0 & 0x7FFFFFFF),
             self.lv_0,
             self.n_1,
             self.total_1,
@@ -1142,9 +1093,9 @@ class Acc2(Acc):
             self.hi_1,
             self.mean_1,
             self.m2_1,
-            order_key(self.ft_1, self.fb_1, self.fs_1),
+            order_key(self.ft_1, self.fq_1 >> 31, self.fq_1 & 0x7FFFFFFF),
             self.fv_1,
-            order_key(self.lt_1, self.lb_1, self.ls_1),
+            order_key(self.lt_1, self.lq_1 >> 31, self.lq_1 & 0x7FFFFFFF),
             self.lv_1,
         ]
 
@@ -1155,9 +1106,11 @@ class Acc2(Acc):
         self.hi_0 = float(x[3])
         self.mean_0 = float(x[4])
         self.m2_0 = float(x[5])
-        self.ft_0, self.fb_0, self.fs_0 = order_parts(int(x[6]))
+        self.ft_0, b, s = order_parts(int(x[6]))
+        self.fq_0 = b << 31 | s
         self.fv_0 = float(x[7])
-        self.lt_0, self.lb_0, self.ls_0 = order_parts(int(x[8]))
+        self.lt_0, b, s = order_parts(int(x[8]))
+        self.lq_0 = b << 31 | s
         self.lv_0 = float(x[9])
         self.n_1 = int(x[10])
         self.total_1 = float(x[11])
@@ -1165,9 +1118,11 @@ class Acc2(Acc):
         self.hi_1 = float(x[13])
         self.mean_1 = float(x[14])
         self.m2_1 = float(x[15])
-        self.ft_1, self.fb_1, self.fs_1 = order_parts(int(x[16]))
+        self.ft_1, b, s = order_parts(int(x[16]))
+        self.fq_1 = b << 31 | s
         self.fv_1 = float(x[17])
-        self.lt_1, self.lb_1, self.ls_1 = order_parts(int(x[18]))
+        self.lt_1, b, s = order_parts(int(x[18]))
+        self.lq_1 = b << 31 | s
         self.lv_1 = float(x[19])
 
 
@@ -1176,12 +1131,9 @@ class Acc3(Acc):
     """3 metrics in one object."""
 
     __slots__ = (
-        "fb_0",
-        "fb_1",
-        "fb_2",
-        "fs_0",
-        "fs_1",
-        "fs_2",
+        "fq_0",
+        "fq_1",
+        "fq_2",
         "ft_0",
         "ft_1",
         "ft_2",
@@ -1191,15 +1143,12 @@ class Acc3(Acc):
         "hi_0",
         "hi_1",
         "hi_2",
-        "lb_0",
-        "lb_1",
-        "lb_2",
         "lo_0",
         "lo_1",
         "lo_2",
-        "ls_0",
-        "ls_1",
-        "ls_2",
+        "lq_0",
+        "lq_1",
+        "lq_2",
         "lt_0",
         "lt_1",
         "lt_2",
@@ -1227,12 +1176,10 @@ class Acc3(Acc):
     mean_0: float
     m2_0: float
     ft_0: int
-    fb_0: int
-    fs_0: int
+    fq_0: int
     fv_0: float
     lt_0: int
-    lb_0: int
-    ls_0: int
+    lq_0: int
     lv_0: float
     n_1: int
     total_1: float
@@ -1241,12 +1188,10 @@ class Acc3(Acc):
     mean_1: float
     m2_1: float
     ft_1: int
-    fb_1: int
-    fs_1: int
+    fq_1: int
     fv_1: float
     lt_1: int
-    lb_1: int
-    ls_1: int
+    lq_1: int
     lv_1: float
     n_2: int
     total_2: float
@@ -1255,38 +1200,37 @@ class Acc3(Acc):
     mean_2: float
     m2_2: float
     ft_2: int
-    fb_2: int
-    fs_2: int
+    fq_2: int
     fv_2: float
     lt_2: int
-    lb_2: int
-    ls_2: int
+    lq_2: int
     lv_2: float
 
     def __init__(self) -> None:
         self.start = 0
         self.n_0 = 0
         self.total_0 = self.lo_0 = self.hi_0 = self.mean_0 = self.m2_0 = self.fv_0 = self.lv_0 = 0.0
-        self.ft_0 = self.fb_0 = self.fs_0 = self.lt_0 = self.lb_0 = self.ls_0 = 0
+        self.ft_0 = self.fq_0 = self.lt_0 = self.lq_0 = 0
         self.n_1 = 0
         self.total_1 = self.lo_1 = self.hi_1 = self.mean_1 = self.m2_1 = self.fv_1 = self.lv_1 = 0.0
-        self.ft_1 = self.fb_1 = self.fs_1 = self.lt_1 = self.lb_1 = self.ls_1 = 0
+        self.ft_1 = self.fq_1 = self.lt_1 = self.lq_1 = 0
         self.n_2 = 0
         self.total_2 = self.lo_2 = self.hi_2 = self.mean_2 = self.m2_2 = self.fv_2 = self.lv_2 = 0.0
-        self.ft_2 = self.fb_2 = self.fs_2 = self.lt_2 = self.lb_2 = self.ls_2 = 0
+        self.ft_2 = self.fq_2 = self.lt_2 = self.lq_2 = 0
 
     def clear(self) -> None:
         self.n_0 = 0
         self.total_0 = self.lo_0 = self.hi_0 = self.mean_0 = self.m2_0 = self.fv_0 = self.lv_0 = 0.0
-        self.ft_0 = self.fb_0 = self.fs_0 = self.lt_0 = self.lb_0 = self.ls_0 = 0
+        self.ft_0 = self.fq_0 = self.lt_0 = self.lq_0 = 0
         self.n_1 = 0
         self.total_1 = self.lo_1 = self.hi_1 = self.mean_1 = self.m2_1 = self.fv_1 = self.lv_1 = 0.0
-        self.ft_1 = self.fb_1 = self.fs_1 = self.lt_1 = self.lb_1 = self.ls_1 = 0
+        self.ft_1 = self.fq_1 = self.lt_1 = self.lq_1 = 0
         self.n_2 = 0
         self.total_2 = self.lo_2 = self.hi_2 = self.mean_2 = self.m2_2 = self.fv_2 = self.lv_2 = 0.0
-        self.ft_2 = self.fb_2 = self.fs_2 = self.lt_2 = self.lb_2 = self.ls_2 = 0
+        self.ft_2 = self.fq_2 = self.lt_2 = self.lq_2 = 0
 
     def add(self, values: Values, t: int, b: int, s: int) -> None:
+        q = b << 31 | s
         o = values[0]
         if o is not None:
             v: float = o
@@ -1296,8 +1240,7 @@ class Acc3(Acc):
                 self.total_0 = self.lo_0 = self.hi_0 = self.mean_0 = self.fv_0 = self.lv_0 = v
                 self.m2_0 = 0.0
                 self.ft_0 = self.lt_0 = t
-                self.fb_0 = self.lb_0 = b
-                self.fs_0 = self.ls_0 = s
+                self.fq_0 = self.lq_0 = q
             else:
                 self.n_0 = n + 1
                 self.total_0 += v
@@ -1306,17 +1249,15 @@ class Acc3(Acc):
                 elif v > self.hi_0:
                     self.hi_0 = v
                 ft = self.ft_0
-                if t < ft or (t == ft and (b < self.fb_0 or (b == self.fb_0 and s < self.fs_0))):
+                if t < ft or (t == ft and q < self.fq_0):
                     self.ft_0 = t
-                    self.fb_0 = b
-                    self.fs_0 = s
+                    self.fq_0 = q
                     self.fv_0 = v
                 else:
                     lt = self.lt_0
-                    if t > lt or (t == lt and (b > self.lb_0 or (b == self.lb_0 and s > self.ls_0))):
+                    if t > lt or (t == lt and q > self.lq_0):
                         self.lt_0 = t
-                        self.lb_0 = b
-                        self.ls_0 = s
+                        self.lq_0 = q
                         self.lv_0 = v
         o = values[1]
         if o is not None:
@@ -1327,8 +1268,7 @@ class Acc3(Acc):
                 self.total_1 = self.lo_1 = self.hi_1 = self.mean_1 = self.fv_1 = self.lv_1 = v
                 self.m2_1 = 0.0
                 self.ft_1 = self.lt_1 = t
-                self.fb_1 = self.lb_1 = b
-                self.fs_1 = self.ls_1 = s
+                self.fq_1 = self.lq_1 = q
             else:
                 self.n_1 = n + 1
                 self.total_1 += v
@@ -1337,17 +1277,15 @@ class Acc3(Acc):
                 elif v > self.hi_1:
                     self.hi_1 = v
                 ft = self.ft_1
-                if t < ft or (t == ft and (b < self.fb_1 or (b == self.fb_1 and s < self.fs_1))):
+                if t < ft or (t == ft and q < self.fq_1):
                     self.ft_1 = t
-                    self.fb_1 = b
-                    self.fs_1 = s
+                    self.fq_1 = q
                     self.fv_1 = v
                 else:
                     lt = self.lt_1
-                    if t > lt or (t == lt and (b > self.lb_1 or (b == self.lb_1 and s > self.ls_1))):
+                    if t > lt or (t == lt and q > self.lq_1):
                         self.lt_1 = t
-                        self.lb_1 = b
-                        self.ls_1 = s
+                        self.lq_1 = q
                         self.lv_1 = v
         o = values[2]
         if o is not None:
@@ -1358,8 +1296,7 @@ class Acc3(Acc):
                 self.total_2 = self.lo_2 = self.hi_2 = self.mean_2 = self.fv_2 = self.lv_2 = v
                 self.m2_2 = 0.0
                 self.ft_2 = self.lt_2 = t
-                self.fb_2 = self.lb_2 = b
-                self.fs_2 = self.ls_2 = s
+                self.fq_2 = self.lq_2 = q
             else:
                 self.n_2 = n + 1
                 self.total_2 += v
@@ -1368,20 +1305,19 @@ class Acc3(Acc):
                 elif v > self.hi_2:
                     self.hi_2 = v
                 ft = self.ft_2
-                if t < ft or (t == ft and (b < self.fb_2 or (b == self.fb_2 and s < self.fs_2))):
+                if t < ft or (t == ft and q < self.fq_2):
                     self.ft_2 = t
-                    self.fb_2 = b
-                    self.fs_2 = s
+                    self.fq_2 = q
                     self.fv_2 = v
                 else:
                     lt = self.lt_2
-                    if t > lt or (t == lt and (b > self.lb_2 or (b == self.lb_2 and s > self.ls_2))):
+                    if t > lt or (t == lt and q > self.lq_2):
                         self.lt_2 = t
-                        self.lb_2 = b
-                        self.ls_2 = s
+                        self.lq_2 = q
                         self.lv_2 = v
 
     def add_var(self, values: Values, t: int, b: int, s: int) -> None:
+        q = b << 31 | s
         o = values[0]
         if o is not None:
             v: float = o
@@ -1391,8 +1327,7 @@ class Acc3(Acc):
                 self.total_0 = self.lo_0 = self.hi_0 = self.mean_0 = self.fv_0 = self.lv_0 = v
                 self.m2_0 = 0.0
                 self.ft_0 = self.lt_0 = t
-                self.fb_0 = self.lb_0 = b
-                self.fs_0 = self.ls_0 = s
+                self.fq_0 = self.lq_0 = q
             else:
                 n += 1
                 self.n_0 = n
@@ -1407,17 +1342,15 @@ class Acc3(Acc):
                 self.mean_0 = mean
                 self.m2_0 += d * (v - mean)
                 ft = self.ft_0
-                if t < ft or (t == ft and (b < self.fb_0 or (b == self.fb_0 and s < self.fs_0))):
+                if t < ft or (t == ft and q < self.fq_0):
                     self.ft_0 = t
-                    self.fb_0 = b
-                    self.fs_0 = s
+                    self.fq_0 = q
                     self.fv_0 = v
                 else:
                     lt = self.lt_0
-                    if t > lt or (t == lt and (b > self.lb_0 or (b == self.lb_0 and s > self.ls_0))):
+                    if t > lt or (t == lt and q > self.lq_0):
                         self.lt_0 = t
-                        self.lb_0 = b
-                        self.ls_0 = s
+                        self.lq_0 = q
                         self.lv_0 = v
         o = values[1]
         if o is not None:
@@ -1428,8 +1361,7 @@ class Acc3(Acc):
                 self.total_1 = self.lo_1 = self.hi_1 = self.mean_1 = self.fv_1 = self.lv_1 = v
                 self.m2_1 = 0.0
                 self.ft_1 = self.lt_1 = t
-                self.fb_1 = self.lb_1 = b
-                self.fs_1 = self.ls_1 = s
+                self.fq_1 = self.lq_1 = q
             else:
                 n += 1
                 self.n_1 = n
@@ -1444,17 +1376,15 @@ class Acc3(Acc):
                 self.mean_1 = mean
                 self.m2_1 += d * (v - mean)
                 ft = self.ft_1
-                if t < ft or (t == ft and (b < self.fb_1 or (b == self.fb_1 and s < self.fs_1))):
+                if t < ft or (t == ft and q < self.fq_1):
                     self.ft_1 = t
-                    self.fb_1 = b
-                    self.fs_1 = s
+                    self.fq_1 = q
                     self.fv_1 = v
                 else:
                     lt = self.lt_1
-                    if t > lt or (t == lt and (b > self.lb_1 or (b == self.lb_1 and s > self.ls_1))):
+                    if t > lt or (t == lt and q > self.lq_1):
                         self.lt_1 = t
-                        self.lb_1 = b
-                        self.ls_1 = s
+                        self.lq_1 = q
                         self.lv_1 = v
         o = values[2]
         if o is not None:
@@ -1465,8 +1395,7 @@ class Acc3(Acc):
                 self.total_2 = self.lo_2 = self.hi_2 = self.mean_2 = self.fv_2 = self.lv_2 = v
                 self.m2_2 = 0.0
                 self.ft_2 = self.lt_2 = t
-                self.fb_2 = self.lb_2 = b
-                self.fs_2 = self.ls_2 = s
+                self.fq_2 = self.lq_2 = q
             else:
                 n += 1
                 self.n_2 = n
@@ -1481,17 +1410,15 @@ class Acc3(Acc):
                 self.mean_2 = mean
                 self.m2_2 += d * (v - mean)
                 ft = self.ft_2
-                if t < ft or (t == ft and (b < self.fb_2 or (b == self.fb_2 and s < self.fs_2))):
+                if t < ft or (t == ft and q < self.fq_2):
                     self.ft_2 = t
-                    self.fb_2 = b
-                    self.fs_2 = s
+                    self.fq_2 = q
                     self.fv_2 = v
                 else:
                     lt = self.lt_2
-                    if t > lt or (t == lt and (b > self.lb_2 or (b == self.lb_2 and s > self.ls_2))):
+                    if t > lt or (t == lt and q > self.lq_2):
                         self.lt_2 = t
-                        self.lb_2 = b
-                        self.ls_2 = s
+                        self.lq_2 = q
                         self.lv_2 = v
 
     def set(self, o: Acc) -> None:
@@ -1503,12 +1430,10 @@ class Acc3(Acc):
         self.mean_0 = x.mean_0
         self.m2_0 = x.m2_0
         self.ft_0 = x.ft_0
-        self.fb_0 = x.fb_0
-        self.fs_0 = x.fs_0
+        self.fq_0 = x.fq_0
         self.fv_0 = x.fv_0
         self.lt_0 = x.lt_0
-        self.lb_0 = x.lb_0
-        self.ls_0 = x.ls_0
+        self.lq_0 = x.lq_0
         self.lv_0 = x.lv_0
         self.n_1 = x.n_1
         self.total_1 = x.total_1
@@ -1517,12 +1442,10 @@ class Acc3(Acc):
         self.mean_1 = x.mean_1
         self.m2_1 = x.m2_1
         self.ft_1 = x.ft_1
-        self.fb_1 = x.fb_1
-        self.fs_1 = x.fs_1
+        self.fq_1 = x.fq_1
         self.fv_1 = x.fv_1
         self.lt_1 = x.lt_1
-        self.lb_1 = x.lb_1
-        self.ls_1 = x.ls_1
+        self.lq_1 = x.lq_1
         self.lv_1 = x.lv_1
         self.n_2 = x.n_2
         self.total_2 = x.total_2
@@ -1531,12 +1454,10 @@ class Acc3(Acc):
         self.mean_2 = x.mean_2
         self.m2_2 = x.m2_2
         self.ft_2 = x.ft_2
-        self.fb_2 = x.fb_2
-        self.fs_2 = x.fs_2
+        self.fq_2 = x.fq_2
         self.fv_2 = x.fv_2
         self.lt_2 = x.lt_2
-        self.lb_2 = x.lb_2
-        self.ls_2 = x.ls_2
+        self.lq_2 = x.lq_2
         self.lv_2 = x.lv_2
 
     def merge_from(self, o: Acc) -> None:
@@ -1552,12 +1473,10 @@ class Acc3(Acc):
                 self.mean_0 = x.mean_0
                 self.m2_0 = x.m2_0
                 self.ft_0 = x.ft_0
-                self.fb_0 = x.fb_0
-                self.fs_0 = x.fs_0
+                self.fq_0 = x.fq_0
                 self.fv_0 = x.fv_0
                 self.lt_0 = x.lt_0
-                self.lb_0 = x.lb_0
-                self.ls_0 = x.ls_0
+                self.lq_0 = x.lq_0
                 self.lv_0 = x.lv_0
             else:
                 n = na + nb
@@ -1570,19 +1489,17 @@ class Acc3(Acc):
                 d = x.mean_0 - self.mean_0
                 self.mean_0 += d * nb / n
                 self.m2_0 += x.m2_0 + d * d * na * nb / n
-                t, b, s = x.ft_0, x.fb_0, x.fs_0
+                t, q = x.ft_0, x.fq_0
                 ft = self.ft_0
-                if t < ft or (t == ft and (b < self.fb_0 or (b == self.fb_0 and s < self.fs_0))):
+                if t < ft or (t == ft and q < self.fq_0):
                     self.ft_0 = t
-                    self.fb_0 = b
-                    self.fs_0 = s
+                    self.fq_0 = q
                     self.fv_0 = x.fv_0
-                t, b, s = x.lt_0, x.lb_0, x.ls_0
+                t, q = x.lt_0, x.lq_0
                 lt = self.lt_0
-                if t > lt or (t == lt and (b > self.lb_0 or (b == self.lb_0 and s > self.ls_0))):
+                if t > lt or (t == lt and q > self.lq_0):
                     self.lt_0 = t
-                    self.lb_0 = b
-                    self.ls_0 = s
+                    self.lq_0 = q
                     self.lv_0 = x.lv_0
         nb = x.n_1
         if nb:
@@ -1595,12 +1512,10 @@ class Acc3(Acc):
                 self.mean_1 = x.mean_1
                 self.m2_1 = x.m2_1
                 self.ft_1 = x.ft_1
-                self.fb_1 = x.fb_1
-                self.fs_1 = x.fs_1
+                self.fq_1 = x.fq_1
                 self.fv_1 = x.fv_1
                 self.lt_1 = x.lt_1
-                self.lb_1 = x.lb_1
-                self.ls_1 = x.ls_1
+                self.lq_1 = x.lq_1
                 self.lv_1 = x.lv_1
             else:
                 n = na + nb
@@ -1613,19 +1528,17 @@ class Acc3(Acc):
                 d = x.mean_1 - self.mean_1
                 self.mean_1 += d * nb / n
                 self.m2_1 += x.m2_1 + d * d * na * nb / n
-                t, b, s = x.ft_1, x.fb_1, x.fs_1
+                t, q = x.ft_1, x.fq_1
                 ft = self.ft_1
-                if t < ft or (t == ft and (b < self.fb_1 or (b == self.fb_1 and s < self.fs_1))):
+                if t < ft or (t == ft and q < self.fq_1):
                     self.ft_1 = t
-                    self.fb_1 = b
-                    self.fs_1 = s
+                    self.fq_1 = q
                     self.fv_1 = x.fv_1
-                t, b, s = x.lt_1, x.lb_1, x.ls_1
+                t, q = x.lt_1, x.lq_1
                 lt = self.lt_1
-                if t > lt or (t == lt and (b > self.lb_1 or (b == self.lb_1 and s > self.ls_1))):
+                if t > lt or (t == lt and q > self.lq_1):
                     self.lt_1 = t
-                    self.lb_1 = b
-                    self.ls_1 = s
+                    self.lq_1 = q
                     self.lv_1 = x.lv_1
         nb = x.n_2
         if nb:
@@ -1638,12 +1551,10 @@ class Acc3(Acc):
                 self.mean_2 = x.mean_2
                 self.m2_2 = x.m2_2
                 self.ft_2 = x.ft_2
-                self.fb_2 = x.fb_2
-                self.fs_2 = x.fs_2
+                self.fq_2 = x.fq_2
                 self.fv_2 = x.fv_2
                 self.lt_2 = x.lt_2
-                self.lb_2 = x.lb_2
-                self.ls_2 = x.ls_2
+                self.lq_2 = x.lq_2
                 self.lv_2 = x.lv_2
             else:
                 n = na + nb
@@ -1656,22 +1567,21 @@ class Acc3(Acc):
                 d = x.mean_2 - self.mean_2
                 self.mean_2 += d * nb / n
                 self.m2_2 += x.m2_2 + d * d * na * nb / n
-                t, b, s = x.ft_2, x.fb_2, x.fs_2
+                t, q = x.ft_2, x.fq_2
                 ft = self.ft_2
-                if t < ft or (t == ft and (b < self.fb_2 or (b == self.fb_2 and s < self.fs_2))):
+                if t < ft or (t == ft and q < self.fq_2):
                     self.ft_2 = t
-                    self.fb_2 = b
-                    self.fs_2 = s
+                    self.fq_2 = q
                     self.fv_2 = x.fv_2
-                t, b, s = x.lt_2, x.lb_2, x.ls_2
+                t, q = x.lt_2, x.lq_2
                 lt = self.lt_2
-                if t > lt or (t == lt and (b > self.lb_2 or (b == self.lb_2 and s > self.ls_2))):
+                if t > lt or (t == lt and q > self.lq_2):
                     self.lt_2 = t
-                    self.lb_2 = b
-                    self.ls_2 = s
+                    self.lq_2 = q
                     self.lv_2 = x.lv_2
 
     def merge_reading(self, mask: int, v0: float, v1: float, v2: float, v3: float, t: int, b: int, s: int) -> None:
+        q = b << 31 | s
         if mask & 1:
             v: float = v0
             na = self.n_0
@@ -1680,8 +1590,7 @@ class Acc3(Acc):
                 self.total_0 = self.lo_0 = self.hi_0 = self.mean_0 = self.fv_0 = self.lv_0 = v
                 self.m2_0 = 0.0
                 self.ft_0 = self.lt_0 = t
-                self.fb_0 = self.lb_0 = b
-                self.fs_0 = self.ls_0 = s
+                self.fq_0 = self.lq_0 = q
             else:
                 nb = 1
                 n = na + nb
@@ -1695,16 +1604,14 @@ class Acc3(Acc):
                 self.mean_0 += d * nb / n
                 self.m2_0 += 0.0 + d * d * na * nb / n
                 ft = self.ft_0
-                if t < ft or (t == ft and (b < self.fb_0 or (b == self.fb_0 and s < self.fs_0))):
+                if t < ft or (t == ft and q < self.fq_0):
                     self.ft_0 = t
-                    self.fb_0 = b
-                    self.fs_0 = s
+                    self.fq_0 = q
                     self.fv_0 = v
                 lt = self.lt_0
-                if t > lt or (t == lt and (b > self.lb_0 or (b == self.lb_0 and s > self.ls_0))):
+                if t > lt or (t == lt and q > self.lq_0):
                     self.lt_0 = t
-                    self.lb_0 = b
-                    self.ls_0 = s
+                    self.lq_0 = q
                     self.lv_0 = v
         if mask & 2:
             v = v1
@@ -1714,8 +1621,7 @@ class Acc3(Acc):
                 self.total_1 = self.lo_1 = self.hi_1 = self.mean_1 = self.fv_1 = self.lv_1 = v
                 self.m2_1 = 0.0
                 self.ft_1 = self.lt_1 = t
-                self.fb_1 = self.lb_1 = b
-                self.fs_1 = self.ls_1 = s
+                self.fq_1 = self.lq_1 = q
             else:
                 nb = 1
                 n = na + nb
@@ -1729,16 +1635,14 @@ class Acc3(Acc):
                 self.mean_1 += d * nb / n
                 self.m2_1 += 0.0 + d * d * na * nb / n
                 ft = self.ft_1
-                if t < ft or (t == ft and (b < self.fb_1 or (b == self.fb_1 and s < self.fs_1))):
+                if t < ft or (t == ft and q < self.fq_1):
                     self.ft_1 = t
-                    self.fb_1 = b
-                    self.fs_1 = s
+                    self.fq_1 = q
                     self.fv_1 = v
                 lt = self.lt_1
-                if t > lt or (t == lt and (b > self.lb_1 or (b == self.lb_1 and s > self.ls_1))):
+                if t > lt or (t == lt and q > self.lq_1):
                     self.lt_1 = t
-                    self.lb_1 = b
-                    self.ls_1 = s
+                    self.lq_1 = q
                     self.lv_1 = v
         if mask & 4:
             v = v2
@@ -1748,8 +1652,7 @@ class Acc3(Acc):
                 self.total_2 = self.lo_2 = self.hi_2 = self.mean_2 = self.fv_2 = self.lv_2 = v
                 self.m2_2 = 0.0
                 self.ft_2 = self.lt_2 = t
-                self.fb_2 = self.lb_2 = b
-                self.fs_2 = self.ls_2 = s
+                self.fq_2 = self.lq_2 = q
             else:
                 nb = 1
                 n = na + nb
@@ -1763,16 +1666,14 @@ class Acc3(Acc):
                 self.mean_2 += d * nb / n
                 self.m2_2 += 0.0 + d * d * na * nb / n
                 ft = self.ft_2
-                if t < ft or (t == ft and (b < self.fb_2 or (b == self.fb_2 and s < self.fs_2))):
+                if t < ft or (t == ft and q < self.fq_2):
                     self.ft_2 = t
-                    self.fb_2 = b
-                    self.fs_2 = s
+                    self.fq_2 = q
                     self.fv_2 = v
                 lt = self.lt_2
-                if t > lt or (t == lt and (b > self.lb_2 or (b == self.lb_2 and s > self.ls_2))):
+                if t > lt or (t == lt and q > self.lq_2):
                     self.lt_2 = t
-                    self.lb_2 = b
-                    self.ls_2 = s
+                    self.lq_2 = q
                     self.lv_2 = v
 
     def count(self, i: int) -> int:
@@ -1793,12 +1694,12 @@ class Acc3(Acc):
                 self.mean_0,
                 self.m2_0,
                 self.ft_0,
-                self.fb_0,
-                self.fs_0,
+                self.fq_0 >> 31,
+                self.fq_0 & 0x7FFFFFFF,
                 self.fv_0,
                 self.lt_0,
-                self.lb_0,
-                self.ls_0,
+                self.lq_0 >> 31,
+                self.lq_0 & 0x7FFFFFFF,
                 self.lv_0,
             )
         elif i == 1:
@@ -1810,12 +1711,12 @@ class Acc3(Acc):
                 self.mean_1,
                 self.m2_1,
                 self.ft_1,
-                self.fb_1,
-                self.fs_1,
+                self.fq_1 >> 31,
+                self.fq_1 & 0x7FFFFFFF,
                 self.fv_1,
                 self.lt_1,
-                self.lb_1,
-                self.ls_1,
+                self.lq_1 >> 31,
+                self.lq_1 & 0x7FFFFFFF,
                 self.lv_1,
             )
         else:
@@ -1827,12 +1728,12 @@ class Acc3(Acc):
                 self.mean_2,
                 self.m2_2,
                 self.ft_2,
-                self.fb_2,
-                self.fs_2,
+                self.fq_2 >> 31,
+                self.fq_2 & 0x7FFFFFFF,
                 self.fv_2,
                 self.lt_2,
-                self.lb_2,
-                self.ls_2,
+                self.lq_2 >> 31,
+                self.lq_2 & 0x7FFFFFFF,
                 self.lv_2,
             )
 
@@ -1846,12 +1747,12 @@ class Acc3(Acc):
                 self.mean_0,
                 self.m2_0,
                 self.ft_0,
-                self.fb_0,
-                self.fs_0,
+                self.fq_0 >> 31,
+                self.fq_0 & 0x7FFFFFFF,
                 self.fv_0,
                 self.lt_0,
-                self.lb_0,
-                self.ls_0,
+                self.lq_0 >> 31,
+                self.lq_0 & 0x7FFFFFFF,
                 self.lv_0,
             )
         elif i == 1:
@@ -1863,12 +1764,12 @@ class Acc3(Acc):
                 self.mean_1,
                 self.m2_1,
                 self.ft_1,
-                self.fb_1,
-                self.fs_1,
+                self.fq_1 >> 31,
+                self.fq_1 & 0x7FFFFFFF,
                 self.fv_1,
                 self.lt_1,
-                self.lb_1,
-                self.ls_1,
+                self.lq_1 >> 31,
+                self.lq_1 & 0x7FFFFFFF,
                 self.lv_1,
             )
         else:
@@ -1880,47 +1781,47 @@ class Acc3(Acc):
                 self.mean_2,
                 self.m2_2,
                 self.ft_2,
-                self.fb_2,
-                self.fs_2,
+                self.fq_2 >> 31,
+                self.fq_2 & 0x7FFFFFFF,
                 self.fv_2,
                 self.lt_2,
-                self.lb_2,
-                self.ls_2,
+                self.lq_2 >> 31,
+                self.lq_2 & 0x7FFFFFFF,
                 self.lv_2,
             )
 
     def put_first(self, i: int, r: Stat) -> None:
         if i == 0:
             r.ft = self.ft_0
-            r.fb = self.fb_0
-            r.fs = self.fs_0
+            r.fb = self.fq_0 >> 31
+            r.fs = self.fq_0 & 0x7FFFFFFF
             r.fv = self.fv_0
         elif i == 1:
             r.ft = self.ft_1
-            r.fb = self.fb_1
-            r.fs = self.fs_1
+            r.fb = self.fq_1 >> 31
+            r.fs = self.fq_1 & 0x7FFFFFFF
             r.fv = self.fv_1
         else:
             r.ft = self.ft_2
-            r.fb = self.fb_2
-            r.fs = self.fs_2
+            r.fb = self.fq_2 >> 31
+            r.fs = self.fq_2 & 0x7FFFFFFF
             r.fv = self.fv_2
 
     def put_last(self, i: int, r: Stat) -> None:
         if i == 0:
             r.lt = self.lt_0
-            r.lb = self.lb_0
-            r.ls = self.ls_0
+            r.lb = self.lq_0 >> 31
+            r.ls = self.lq_0 & 0x7FFFFFFF
             r.lv = self.lv_0
         elif i == 1:
             r.lt = self.lt_1
-            r.lb = self.lb_1
-            r.ls = self.ls_1
+            r.lb = self.lq_1 >> 31
+            r.ls = self.lq_1 & 0x7FFFFFFF
             r.lv = self.lv_1
         else:
             r.lt = self.lt_2
-            r.lb = self.lb_2
-            r.ls = self.ls_2
+            r.lb = self.lq_2 >> 31
+            r.ls = self.lq_2 & 0x7FFFFFFF
             r.lv = self.lv_2
 
     def to_json(self) -> list[Any]:
@@ -1931,9 +1832,9 @@ class Acc3(Acc):
             self.hi_0,
             self.mean_0,
             self.m2_0,
-            order_key(self.ft_0, self.fb_0, self.fs_0),
+            order_key(self.ft_0, self.fq_0 >> 31, self.fq_0 & 0x7FFFFFFF),
             self.fv_0,
-            order_key(self.lt_0, self.lb_0, self.ls_0),
+            order_key(self.lt_0, self.lq_0 >> 31, self.lq_0 & 0x7FFFFFFF),
             self.lv_0,
             self.n_1,
             self.total_1,
@@ -1941,9 +1842,9 @@ class Acc3(Acc):
             self.hi_1,
             self.mean_1,
             self.m2_1,
-            order_key(self.ft_1, self.fb_1, self.fs_1),
+            order_key(self.ft_1, self.fq_1 >> 31, self.fq_1 & 0x7FFFFFFF),
             self.fv_1,
-            order_key(self.lt_1, self.lb_1, self.ls_1),
+            order_key(self.lt_1, self.lq_1 >> 31, self.lq_1 & 0x7FFFFFFF),
             self.lv_1,
             self.n_2,
             self.total_2,
@@ -1951,9 +1852,9 @@ class Acc3(Acc):
             self.hi_2,
             self.mean_2,
             self.m2_2,
-            order_key(self.ft_2, self.fb_2, self.fs_2),
+            order_key(self.ft_2, self.fq_2 >> 31, self.fq_2 & 0x7FFFFFFF),
             self.fv_2,
-            order_key(self.lt_2, self.lb_2, self.ls_2),
+            order_key(self.lt_2, self.lq_2 >> 31, self.lq_2 & 0x7FFFFFFF),
             self.lv_2,
         ]
 
@@ -1964,9 +1865,11 @@ class Acc3(Acc):
         self.hi_0 = float(x[3])
         self.mean_0 = float(x[4])
         self.m2_0 = float(x[5])
-        self.ft_0, self.fb_0, self.fs_0 = order_parts(int(x[6]))
+        self.ft_0, b, s = order_parts(int(x[6]))
+        self.fq_0 = b << 31 | s
         self.fv_0 = float(x[7])
-        self.lt_0, self.lb_0, self.ls_0 = order_parts(int(x[8]))
+        self.lt_0, b, s = order_parts(int(x[8]))
+        self.lq_0 = b << 31 | s
         self.lv_0 = float(x[9])
         self.n_1 = int(x[10])
         self.total_1 = float(x[11])
@@ -1974,9 +1877,11 @@ class Acc3(Acc):
         self.hi_1 = float(x[13])
         self.mean_1 = float(x[14])
         self.m2_1 = float(x[15])
-        self.ft_1, self.fb_1, self.fs_1 = order_parts(int(x[16]))
+        self.ft_1, b, s = order_parts(int(x[16]))
+        self.fq_1 = b << 31 | s
         self.fv_1 = float(x[17])
-        self.lt_1, self.lb_1, self.ls_1 = order_parts(int(x[18]))
+        self.lt_1, b, s = order_parts(int(x[18]))
+        self.lq_1 = b << 31 | s
         self.lv_1 = float(x[19])
         self.n_2 = int(x[20])
         self.total_2 = float(x[21])
@@ -1984,9 +1889,11 @@ class Acc3(Acc):
         self.hi_2 = float(x[23])
         self.mean_2 = float(x[24])
         self.m2_2 = float(x[25])
-        self.ft_2, self.fb_2, self.fs_2 = order_parts(int(x[26]))
+        self.ft_2, b, s = order_parts(int(x[26]))
+        self.fq_2 = b << 31 | s
         self.fv_2 = float(x[27])
-        self.lt_2, self.lb_2, self.ls_2 = order_parts(int(x[28]))
+        self.lt_2, b, s = order_parts(int(x[28]))
+        self.lq_2 = b << 31 | s
         self.lv_2 = float(x[29])
 
 
@@ -1995,14 +1902,10 @@ class Acc4(Acc):
     """4 metrics in one object."""
 
     __slots__ = (
-        "fb_0",
-        "fb_1",
-        "fb_2",
-        "fb_3",
-        "fs_0",
-        "fs_1",
-        "fs_2",
-        "fs_3",
+        "fq_0",
+        "fq_1",
+        "fq_2",
+        "fq_3",
         "ft_0",
         "ft_1",
         "ft_2",
@@ -2015,18 +1918,14 @@ class Acc4(Acc):
         "hi_1",
         "hi_2",
         "hi_3",
-        "lb_0",
-        "lb_1",
-        "lb_2",
-        "lb_3",
         "lo_0",
         "lo_1",
         "lo_2",
         "lo_3",
-        "ls_0",
-        "ls_1",
-        "ls_2",
-        "ls_3",
+        "lq_0",
+        "lq_1",
+        "lq_2",
+        "lq_3",
         "lt_0",
         "lt_1",
         "lt_2",
@@ -2060,12 +1959,10 @@ class Acc4(Acc):
     mean_0: float
     m2_0: float
     ft_0: int
-    fb_0: int
-    fs_0: int
+    fq_0: int
     fv_0: float
     lt_0: int
-    lb_0: int
-    ls_0: int
+    lq_0: int
     lv_0: float
     n_1: int
     total_1: float
@@ -2074,12 +1971,10 @@ class Acc4(Acc):
     mean_1: float
     m2_1: float
     ft_1: int
-    fb_1: int
-    fs_1: int
+    fq_1: int
     fv_1: float
     lt_1: int
-    lb_1: int
-    ls_1: int
+    lq_1: int
     lv_1: float
     n_2: int
     total_2: float
@@ -2088,12 +1983,10 @@ class Acc4(Acc):
     mean_2: float
     m2_2: float
     ft_2: int
-    fb_2: int
-    fs_2: int
+    fq_2: int
     fv_2: float
     lt_2: int
-    lb_2: int
-    ls_2: int
+    lq_2: int
     lv_2: float
     n_3: int
     total_3: float
@@ -2102,44 +1995,43 @@ class Acc4(Acc):
     mean_3: float
     m2_3: float
     ft_3: int
-    fb_3: int
-    fs_3: int
+    fq_3: int
     fv_3: float
     lt_3: int
-    lb_3: int
-    ls_3: int
+    lq_3: int
     lv_3: float
 
     def __init__(self) -> None:
         self.start = 0
         self.n_0 = 0
         self.total_0 = self.lo_0 = self.hi_0 = self.mean_0 = self.m2_0 = self.fv_0 = self.lv_0 = 0.0
-        self.ft_0 = self.fb_0 = self.fs_0 = self.lt_0 = self.lb_0 = self.ls_0 = 0
+        self.ft_0 = self.fq_0 = self.lt_0 = self.lq_0 = 0
         self.n_1 = 0
         self.total_1 = self.lo_1 = self.hi_1 = self.mean_1 = self.m2_1 = self.fv_1 = self.lv_1 = 0.0
-        self.ft_1 = self.fb_1 = self.fs_1 = self.lt_1 = self.lb_1 = self.ls_1 = 0
+        self.ft_1 = self.fq_1 = self.lt_1 = self.lq_1 = 0
         self.n_2 = 0
         self.total_2 = self.lo_2 = self.hi_2 = self.mean_2 = self.m2_2 = self.fv_2 = self.lv_2 = 0.0
-        self.ft_2 = self.fb_2 = self.fs_2 = self.lt_2 = self.lb_2 = self.ls_2 = 0
+        self.ft_2 = self.fq_2 = self.lt_2 = self.lq_2 = 0
         self.n_3 = 0
         self.total_3 = self.lo_3 = self.hi_3 = self.mean_3 = self.m2_3 = self.fv_3 = self.lv_3 = 0.0
-        self.ft_3 = self.fb_3 = self.fs_3 = self.lt_3 = self.lb_3 = self.ls_3 = 0
+        self.ft_3 = self.fq_3 = self.lt_3 = self.lq_3 = 0
 
     def clear(self) -> None:
         self.n_0 = 0
         self.total_0 = self.lo_0 = self.hi_0 = self.mean_0 = self.m2_0 = self.fv_0 = self.lv_0 = 0.0
-        self.ft_0 = self.fb_0 = self.fs_0 = self.lt_0 = self.lb_0 = self.ls_0 = 0
+        self.ft_0 = self.fq_0 = self.lt_0 = self.lq_0 = 0
         self.n_1 = 0
         self.total_1 = self.lo_1 = self.hi_1 = self.mean_1 = self.m2_1 = self.fv_1 = self.lv_1 = 0.0
-        self.ft_1 = self.fb_1 = self.fs_1 = self.lt_1 = self.lb_1 = self.ls_1 = 0
+        self.ft_1 = self.fq_1 = self.lt_1 = self.lq_1 = 0
         self.n_2 = 0
         self.total_2 = self.lo_2 = self.hi_2 = self.mean_2 = self.m2_2 = self.fv_2 = self.lv_2 = 0.0
-        self.ft_2 = self.fb_2 = self.fs_2 = self.lt_2 = self.lb_2 = self.ls_2 = 0
+        self.ft_2 = self.fq_2 = self.lt_2 = self.lq_2 = 0
         self.n_3 = 0
         self.total_3 = self.lo_3 = self.hi_3 = self.mean_3 = self.m2_3 = self.fv_3 = self.lv_3 = 0.0
-        self.ft_3 = self.fb_3 = self.fs_3 = self.lt_3 = self.lb_3 = self.ls_3 = 0
+        self.ft_3 = self.fq_3 = self.lt_3 = self.lq_3 = 0
 
     def add(self, values: Values, t: int, b: int, s: int) -> None:
+        q = b << 31 | s
         o = values[0]
         if o is not None:
             v: float = o
@@ -2149,8 +2041,7 @@ class Acc4(Acc):
                 self.total_0 = self.lo_0 = self.hi_0 = self.mean_0 = self.fv_0 = self.lv_0 = v
                 self.m2_0 = 0.0
                 self.ft_0 = self.lt_0 = t
-                self.fb_0 = self.lb_0 = b
-                self.fs_0 = self.ls_0 = s
+                self.fq_0 = self.lq_0 = q
             else:
                 self.n_0 = n + 1
                 self.total_0 += v
@@ -2159,17 +2050,15 @@ class Acc4(Acc):
                 elif v > self.hi_0:
                     self.hi_0 = v
                 ft = self.ft_0
-                if t < ft or (t == ft and (b < self.fb_0 or (b == self.fb_0 and s < self.fs_0))):
+                if t < ft or (t == ft and q < self.fq_0):
                     self.ft_0 = t
-                    self.fb_0 = b
-                    self.fs_0 = s
+                    self.fq_0 = q
                     self.fv_0 = v
                 else:
                     lt = self.lt_0
-                    if t > lt or (t == lt and (b > self.lb_0 or (b == self.lb_0 and s > self.ls_0))):
+                    if t > lt or (t == lt and q > self.lq_0):
                         self.lt_0 = t
-                        self.lb_0 = b
-                        self.ls_0 = s
+                        self.lq_0 = q
                         self.lv_0 = v
         o = values[1]
         if o is not None:
@@ -2180,8 +2069,7 @@ class Acc4(Acc):
                 self.total_1 = self.lo_1 = self.hi_1 = self.mean_1 = self.fv_1 = self.lv_1 = v
                 self.m2_1 = 0.0
                 self.ft_1 = self.lt_1 = t
-                self.fb_1 = self.lb_1 = b
-                self.fs_1 = self.ls_1 = s
+                self.fq_1 = self.lq_1 = q
             else:
                 self.n_1 = n + 1
                 self.total_1 += v
@@ -2190,17 +2078,15 @@ class Acc4(Acc):
                 elif v > self.hi_1:
                     self.hi_1 = v
                 ft = self.ft_1
-                if t < ft or (t == ft and (b < self.fb_1 or (b == self.fb_1 and s < self.fs_1))):
+                if t < ft or (t == ft and q < self.fq_1):
                     self.ft_1 = t
-                    self.fb_1 = b
-                    self.fs_1 = s
+                    self.fq_1 = q
                     self.fv_1 = v
                 else:
                     lt = self.lt_1
-                    if t > lt or (t == lt and (b > self.lb_1 or (b == self.lb_1 and s > self.ls_1))):
+                    if t > lt or (t == lt and q > self.lq_1):
                         self.lt_1 = t
-                        self.lb_1 = b
-                        self.ls_1 = s
+                        self.lq_1 = q
                         self.lv_1 = v
         o = values[2]
         if o is not None:
@@ -2211,8 +2097,7 @@ class Acc4(Acc):
                 self.total_2 = self.lo_2 = self.hi_2 = self.mean_2 = self.fv_2 = self.lv_2 = v
                 self.m2_2 = 0.0
                 self.ft_2 = self.lt_2 = t
-                self.fb_2 = self.lb_2 = b
-                self.fs_2 = self.ls_2 = s
+                self.fq_2 = self.lq_2 = q
             else:
                 self.n_2 = n + 1
                 self.total_2 += v
@@ -2221,17 +2106,15 @@ class Acc4(Acc):
                 elif v > self.hi_2:
                     self.hi_2 = v
                 ft = self.ft_2
-                if t < ft or (t == ft and (b < self.fb_2 or (b == self.fb_2 and s < self.fs_2))):
+                if t < ft or (t == ft and q < self.fq_2):
                     self.ft_2 = t
-                    self.fb_2 = b
-                    self.fs_2 = s
+                    self.fq_2 = q
                     self.fv_2 = v
                 else:
                     lt = self.lt_2
-                    if t > lt or (t == lt and (b > self.lb_2 or (b == self.lb_2 and s > self.ls_2))):
+                    if t > lt or (t == lt and q > self.lq_2):
                         self.lt_2 = t
-                        self.lb_2 = b
-                        self.ls_2 = s
+                        self.lq_2 = q
                         self.lv_2 = v
         o = values[3]
         if o is not None:
@@ -2242,8 +2125,7 @@ class Acc4(Acc):
                 self.total_3 = self.lo_3 = self.hi_3 = self.mean_3 = self.fv_3 = self.lv_3 = v
                 self.m2_3 = 0.0
                 self.ft_3 = self.lt_3 = t
-                self.fb_3 = self.lb_3 = b
-                self.fs_3 = self.ls_3 = s
+                self.fq_3 = self.lq_3 = q
             else:
                 self.n_3 = n + 1
                 self.total_3 += v
@@ -2252,20 +2134,19 @@ class Acc4(Acc):
                 elif v > self.hi_3:
                     self.hi_3 = v
                 ft = self.ft_3
-                if t < ft or (t == ft and (b < self.fb_3 or (b == self.fb_3 and s < self.fs_3))):
+                if t < ft or (t == ft and q < self.fq_3):
                     self.ft_3 = t
-                    self.fb_3 = b
-                    self.fs_3 = s
+                    self.fq_3 = q
                     self.fv_3 = v
                 else:
                     lt = self.lt_3
-                    if t > lt or (t == lt and (b > self.lb_3 or (b == self.lb_3 and s > self.ls_3))):
+                    if t > lt or (t == lt and q > self.lq_3):
                         self.lt_3 = t
-                        self.lb_3 = b
-                        self.ls_3 = s
+                        self.lq_3 = q
                         self.lv_3 = v
 
     def add_var(self, values: Values, t: int, b: int, s: int) -> None:
+        q = b << 31 | s
         o = values[0]
         if o is not None:
             v: float = o
@@ -2275,8 +2156,7 @@ class Acc4(Acc):
                 self.total_0 = self.lo_0 = self.hi_0 = self.mean_0 = self.fv_0 = self.lv_0 = v
                 self.m2_0 = 0.0
                 self.ft_0 = self.lt_0 = t
-                self.fb_0 = self.lb_0 = b
-                self.fs_0 = self.ls_0 = s
+                self.fq_0 = self.lq_0 = q
             else:
                 n += 1
                 self.n_0 = n
@@ -2291,17 +2171,15 @@ class Acc4(Acc):
                 self.mean_0 = mean
                 self.m2_0 += d * (v - mean)
                 ft = self.ft_0
-                if t < ft or (t == ft and (b < self.fb_0 or (b == self.fb_0 and s < self.fs_0))):
+                if t < ft or (t == ft and q < self.fq_0):
                     self.ft_0 = t
-                    self.fb_0 = b
-                    self.fs_0 = s
+                    self.fq_0 = q
                     self.fv_0 = v
                 else:
                     lt = self.lt_0
-                    if t > lt or (t == lt and (b > self.lb_0 or (b == self.lb_0 and s > self.ls_0))):
+                    if t > lt or (t == lt and q > self.lq_0):
                         self.lt_0 = t
-                        self.lb_0 = b
-                        self.ls_0 = s
+                        self.lq_0 = q
                         self.lv_0 = v
         o = values[1]
         if o is not None:
@@ -2312,8 +2190,7 @@ class Acc4(Acc):
                 self.total_1 = self.lo_1 = self.hi_1 = self.mean_1 = self.fv_1 = self.lv_1 = v
                 self.m2_1 = 0.0
                 self.ft_1 = self.lt_1 = t
-                self.fb_1 = self.lb_1 = b
-                self.fs_1 = self.ls_1 = s
+                self.fq_1 = self.lq_1 = q
             else:
                 n += 1
                 self.n_1 = n
@@ -2328,17 +2205,15 @@ class Acc4(Acc):
                 self.mean_1 = mean
                 self.m2_1 += d * (v - mean)
                 ft = self.ft_1
-                if t < ft or (t == ft and (b < self.fb_1 or (b == self.fb_1 and s < self.fs_1))):
+                if t < ft or (t == ft and q < self.fq_1):
                     self.ft_1 = t
-                    self.fb_1 = b
-                    self.fs_1 = s
+                    self.fq_1 = q
                     self.fv_1 = v
                 else:
                     lt = self.lt_1
-                    if t > lt or (t == lt and (b > self.lb_1 or (b == self.lb_1 and s > self.ls_1))):
+                    if t > lt or (t == lt and q > self.lq_1):
                         self.lt_1 = t
-                        self.lb_1 = b
-                        self.ls_1 = s
+                        self.lq_1 = q
                         self.lv_1 = v
         o = values[2]
         if o is not None:
@@ -2349,8 +2224,7 @@ class Acc4(Acc):
                 self.total_2 = self.lo_2 = self.hi_2 = self.mean_2 = self.fv_2 = self.lv_2 = v
                 self.m2_2 = 0.0
                 self.ft_2 = self.lt_2 = t
-                self.fb_2 = self.lb_2 = b
-                self.fs_2 = self.ls_2 = s
+                self.fq_2 = self.lq_2 = q
             else:
                 n += 1
                 self.n_2 = n
@@ -2365,17 +2239,15 @@ class Acc4(Acc):
                 self.mean_2 = mean
                 self.m2_2 += d * (v - mean)
                 ft = self.ft_2
-                if t < ft or (t == ft and (b < self.fb_2 or (b == self.fb_2 and s < self.fs_2))):
+                if t < ft or (t == ft and q < self.fq_2):
                     self.ft_2 = t
-                    self.fb_2 = b
-                    self.fs_2 = s
+                    self.fq_2 = q
                     self.fv_2 = v
                 else:
                     lt = self.lt_2
-                    if t > lt or (t == lt and (b > self.lb_2 or (b == self.lb_2 and s > self.ls_2))):
+                    if t > lt or (t == lt and q > self.lq_2):
                         self.lt_2 = t
-                        self.lb_2 = b
-                        self.ls_2 = s
+                        self.lq_2 = q
                         self.lv_2 = v
         o = values[3]
         if o is not None:
@@ -2386,8 +2258,7 @@ class Acc4(Acc):
                 self.total_3 = self.lo_3 = self.hi_3 = self.mean_3 = self.fv_3 = self.lv_3 = v
                 self.m2_3 = 0.0
                 self.ft_3 = self.lt_3 = t
-                self.fb_3 = self.lb_3 = b
-                self.fs_3 = self.ls_3 = s
+                self.fq_3 = self.lq_3 = q
             else:
                 n += 1
                 self.n_3 = n
@@ -2402,17 +2273,15 @@ class Acc4(Acc):
                 self.mean_3 = mean
                 self.m2_3 += d * (v - mean)
                 ft = self.ft_3
-                if t < ft or (t == ft and (b < self.fb_3 or (b == self.fb_3 and s < self.fs_3))):
+                if t < ft or (t == ft and q < self.fq_3):
                     self.ft_3 = t
-                    self.fb_3 = b
-                    self.fs_3 = s
+                    self.fq_3 = q
                     self.fv_3 = v
                 else:
                     lt = self.lt_3
-                    if t > lt or (t == lt and (b > self.lb_3 or (b == self.lb_3 and s > self.ls_3))):
+                    if t > lt or (t == lt and q > self.lq_3):
                         self.lt_3 = t
-                        self.lb_3 = b
-                        self.ls_3 = s
+                        self.lq_3 = q
                         self.lv_3 = v
 
     def set(self, o: Acc) -> None:
@@ -2424,12 +2293,10 @@ class Acc4(Acc):
         self.mean_0 = x.mean_0
         self.m2_0 = x.m2_0
         self.ft_0 = x.ft_0
-        self.fb_0 = x.fb_0
-        self.fs_0 = x.fs_0
+        self.fq_0 = x.fq_0
         self.fv_0 = x.fv_0
         self.lt_0 = x.lt_0
-        self.lb_0 = x.lb_0
-        self.ls_0 = x.ls_0
+        self.lq_0 = x.lq_0
         self.lv_0 = x.lv_0
         self.n_1 = x.n_1
         self.total_1 = x.total_1
@@ -2438,12 +2305,10 @@ class Acc4(Acc):
         self.mean_1 = x.mean_1
         self.m2_1 = x.m2_1
         self.ft_1 = x.ft_1
-        self.fb_1 = x.fb_1
-        self.fs_1 = x.fs_1
+        self.fq_1 = x.fq_1
         self.fv_1 = x.fv_1
         self.lt_1 = x.lt_1
-        self.lb_1 = x.lb_1
-        self.ls_1 = x.ls_1
+        self.lq_1 = x.lq_1
         self.lv_1 = x.lv_1
         self.n_2 = x.n_2
         self.total_2 = x.total_2
@@ -2452,12 +2317,10 @@ class Acc4(Acc):
         self.mean_2 = x.mean_2
         self.m2_2 = x.m2_2
         self.ft_2 = x.ft_2
-        self.fb_2 = x.fb_2
-        self.fs_2 = x.fs_2
+        self.fq_2 = x.fq_2
         self.fv_2 = x.fv_2
         self.lt_2 = x.lt_2
-        self.lb_2 = x.lb_2
-        self.ls_2 = x.ls_2
+        self.lq_2 = x.lq_2
         self.lv_2 = x.lv_2
         self.n_3 = x.n_3
         self.total_3 = x.total_3
@@ -2466,12 +2329,10 @@ class Acc4(Acc):
         self.mean_3 = x.mean_3
         self.m2_3 = x.m2_3
         self.ft_3 = x.ft_3
-        self.fb_3 = x.fb_3
-        self.fs_3 = x.fs_3
+        self.fq_3 = x.fq_3
         self.fv_3 = x.fv_3
         self.lt_3 = x.lt_3
-        self.lb_3 = x.lb_3
-        self.ls_3 = x.ls_3
+        self.lq_3 = x.lq_3
         self.lv_3 = x.lv_3
 
     def merge_from(self, o: Acc) -> None:
@@ -2487,12 +2348,10 @@ class Acc4(Acc):
                 self.mean_0 = x.mean_0
                 self.m2_0 = x.m2_0
                 self.ft_0 = x.ft_0
-                self.fb_0 = x.fb_0
-                self.fs_0 = x.fs_0
+                self.fq_0 = x.fq_0
                 self.fv_0 = x.fv_0
                 self.lt_0 = x.lt_0
-                self.lb_0 = x.lb_0
-                self.ls_0 = x.ls_0
+                self.lq_0 = x.lq_0
                 self.lv_0 = x.lv_0
             else:
                 n = na + nb
@@ -2505,19 +2364,17 @@ class Acc4(Acc):
                 d = x.mean_0 - self.mean_0
                 self.mean_0 += d * nb / n
                 self.m2_0 += x.m2_0 + d * d * na * nb / n
-                t, b, s = x.ft_0, x.fb_0, x.fs_0
+                t, q = x.ft_0, x.fq_0
                 ft = self.ft_0
-                if t < ft or (t == ft and (b < self.fb_0 or (b == self.fb_0 and s < self.fs_0))):
+                if t < ft or (t == ft and q < self.fq_0):
                     self.ft_0 = t
-                    self.fb_0 = b
-                    self.fs_0 = s
+                    self.fq_0 = q
                     self.fv_0 = x.fv_0
-                t, b, s = x.lt_0, x.lb_0, x.ls_0
+                t, q = x.lt_0, x.lq_0
                 lt = self.lt_0
-                if t > lt or (t == lt and (b > self.lb_0 or (b == self.lb_0 and s > self.ls_0))):
+                if t > lt or (t == lt and q > self.lq_0):
                     self.lt_0 = t
-                    self.lb_0 = b
-                    self.ls_0 = s
+                    self.lq_0 = q
                     self.lv_0 = x.lv_0
         nb = x.n_1
         if nb:
@@ -2530,12 +2387,10 @@ class Acc4(Acc):
                 self.mean_1 = x.mean_1
                 self.m2_1 = x.m2_1
                 self.ft_1 = x.ft_1
-                self.fb_1 = x.fb_1
-                self.fs_1 = x.fs_1
+                self.fq_1 = x.fq_1
                 self.fv_1 = x.fv_1
                 self.lt_1 = x.lt_1
-                self.lb_1 = x.lb_1
-                self.ls_1 = x.ls_1
+                self.lq_1 = x.lq_1
                 self.lv_1 = x.lv_1
             else:
                 n = na + nb
@@ -2548,19 +2403,17 @@ class Acc4(Acc):
                 d = x.mean_1 - self.mean_1
                 self.mean_1 += d * nb / n
                 self.m2_1 += x.m2_1 + d * d * na * nb / n
-                t, b, s = x.ft_1, x.fb_1, x.fs_1
+                t, q = x.ft_1, x.fq_1
                 ft = self.ft_1
-                if t < ft or (t == ft and (b < self.fb_1 or (b == self.fb_1 and s < self.fs_1))):
+                if t < ft or (t == ft and q < self.fq_1):
                     self.ft_1 = t
-                    self.fb_1 = b
-                    self.fs_1 = s
+                    self.fq_1 = q
                     self.fv_1 = x.fv_1
-                t, b, s = x.lt_1, x.lb_1, x.ls_1
+                t, q = x.lt_1, x.lq_1
                 lt = self.lt_1
-                if t > lt or (t == lt and (b > self.lb_1 or (b == self.lb_1 and s > self.ls_1))):
+                if t > lt or (t == lt and q > self.lq_1):
                     self.lt_1 = t
-                    self.lb_1 = b
-                    self.ls_1 = s
+                    self.lq_1 = q
                     self.lv_1 = x.lv_1
         nb = x.n_2
         if nb:
@@ -2573,12 +2426,10 @@ class Acc4(Acc):
                 self.mean_2 = x.mean_2
                 self.m2_2 = x.m2_2
                 self.ft_2 = x.ft_2
-                self.fb_2 = x.fb_2
-                self.fs_2 = x.fs_2
+                self.fq_2 = x.fq_2
                 self.fv_2 = x.fv_2
                 self.lt_2 = x.lt_2
-                self.lb_2 = x.lb_2
-                self.ls_2 = x.ls_2
+                self.lq_2 = x.lq_2
                 self.lv_2 = x.lv_2
             else:
                 n = na + nb
@@ -2591,19 +2442,17 @@ class Acc4(Acc):
                 d = x.mean_2 - self.mean_2
                 self.mean_2 += d * nb / n
                 self.m2_2 += x.m2_2 + d * d * na * nb / n
-                t, b, s = x.ft_2, x.fb_2, x.fs_2
+                t, q = x.ft_2, x.fq_2
                 ft = self.ft_2
-                if t < ft or (t == ft and (b < self.fb_2 or (b == self.fb_2 and s < self.fs_2))):
+                if t < ft or (t == ft and q < self.fq_2):
                     self.ft_2 = t
-                    self.fb_2 = b
-                    self.fs_2 = s
+                    self.fq_2 = q
                     self.fv_2 = x.fv_2
-                t, b, s = x.lt_2, x.lb_2, x.ls_2
+                t, q = x.lt_2, x.lq_2
                 lt = self.lt_2
-                if t > lt or (t == lt and (b > self.lb_2 or (b == self.lb_2 and s > self.ls_2))):
+                if t > lt or (t == lt and q > self.lq_2):
                     self.lt_2 = t
-                    self.lb_2 = b
-                    self.ls_2 = s
+                    self.lq_2 = q
                     self.lv_2 = x.lv_2
         nb = x.n_3
         if nb:
@@ -2616,12 +2465,10 @@ class Acc4(Acc):
                 self.mean_3 = x.mean_3
                 self.m2_3 = x.m2_3
                 self.ft_3 = x.ft_3
-                self.fb_3 = x.fb_3
-                self.fs_3 = x.fs_3
+                self.fq_3 = x.fq_3
                 self.fv_3 = x.fv_3
                 self.lt_3 = x.lt_3
-                self.lb_3 = x.lb_3
-                self.ls_3 = x.ls_3
+                self.lq_3 = x.lq_3
                 self.lv_3 = x.lv_3
             else:
                 n = na + nb
@@ -2634,22 +2481,21 @@ class Acc4(Acc):
                 d = x.mean_3 - self.mean_3
                 self.mean_3 += d * nb / n
                 self.m2_3 += x.m2_3 + d * d * na * nb / n
-                t, b, s = x.ft_3, x.fb_3, x.fs_3
+                t, q = x.ft_3, x.fq_3
                 ft = self.ft_3
-                if t < ft or (t == ft and (b < self.fb_3 or (b == self.fb_3 and s < self.fs_3))):
+                if t < ft or (t == ft and q < self.fq_3):
                     self.ft_3 = t
-                    self.fb_3 = b
-                    self.fs_3 = s
+                    self.fq_3 = q
                     self.fv_3 = x.fv_3
-                t, b, s = x.lt_3, x.lb_3, x.ls_3
+                t, q = x.lt_3, x.lq_3
                 lt = self.lt_3
-                if t > lt or (t == lt and (b > self.lb_3 or (b == self.lb_3 and s > self.ls_3))):
+                if t > lt or (t == lt and q > self.lq_3):
                     self.lt_3 = t
-                    self.lb_3 = b
-                    self.ls_3 = s
+                    self.lq_3 = q
                     self.lv_3 = x.lv_3
 
     def merge_reading(self, mask: int, v0: float, v1: float, v2: float, v3: float, t: int, b: int, s: int) -> None:
+        q = b << 31 | s
         if mask & 1:
             v: float = v0
             na = self.n_0
@@ -2658,8 +2504,7 @@ class Acc4(Acc):
                 self.total_0 = self.lo_0 = self.hi_0 = self.mean_0 = self.fv_0 = self.lv_0 = v
                 self.m2_0 = 0.0
                 self.ft_0 = self.lt_0 = t
-                self.fb_0 = self.lb_0 = b
-                self.fs_0 = self.ls_0 = s
+                self.fq_0 = self.lq_0 = q
             else:
                 nb = 1
                 n = na + nb
@@ -2673,16 +2518,14 @@ class Acc4(Acc):
                 self.mean_0 += d * nb / n
                 self.m2_0 += 0.0 + d * d * na * nb / n
                 ft = self.ft_0
-                if t < ft or (t == ft and (b < self.fb_0 or (b == self.fb_0 and s < self.fs_0))):
+                if t < ft or (t == ft and q < self.fq_0):
                     self.ft_0 = t
-                    self.fb_0 = b
-                    self.fs_0 = s
+                    self.fq_0 = q
                     self.fv_0 = v
                 lt = self.lt_0
-                if t > lt or (t == lt and (b > self.lb_0 or (b == self.lb_0 and s > self.ls_0))):
+                if t > lt or (t == lt and q > self.lq_0):
                     self.lt_0 = t
-                    self.lb_0 = b
-                    self.ls_0 = s
+                    self.lq_0 = q
                     self.lv_0 = v
         if mask & 2:
             v = v1
@@ -2692,8 +2535,7 @@ class Acc4(Acc):
                 self.total_1 = self.lo_1 = self.hi_1 = self.mean_1 = self.fv_1 = self.lv_1 = v
                 self.m2_1 = 0.0
                 self.ft_1 = self.lt_1 = t
-                self.fb_1 = self.lb_1 = b
-                self.fs_1 = self.ls_1 = s
+                self.fq_1 = self.lq_1 = q
             else:
                 nb = 1
                 n = na + nb
@@ -2707,16 +2549,14 @@ class Acc4(Acc):
                 self.mean_1 += d * nb / n
                 self.m2_1 += 0.0 + d * d * na * nb / n
                 ft = self.ft_1
-                if t < ft or (t == ft and (b < self.fb_1 or (b == self.fb_1 and s < self.fs_1))):
+                if t < ft or (t == ft and q < self.fq_1):
                     self.ft_1 = t
-                    self.fb_1 = b
-                    self.fs_1 = s
+                    self.fq_1 = q
                     self.fv_1 = v
                 lt = self.lt_1
-                if t > lt or (t == lt and (b > self.lb_1 or (b == self.lb_1 and s > self.ls_1))):
+                if t > lt or (t == lt and q > self.lq_1):
                     self.lt_1 = t
-                    self.lb_1 = b
-                    self.ls_1 = s
+                    self.lq_1 = q
                     self.lv_1 = v
         if mask & 4:
             v = v2
@@ -2726,8 +2566,7 @@ class Acc4(Acc):
                 self.total_2 = self.lo_2 = self.hi_2 = self.mean_2 = self.fv_2 = self.lv_2 = v
                 self.m2_2 = 0.0
                 self.ft_2 = self.lt_2 = t
-                self.fb_2 = self.lb_2 = b
-                self.fs_2 = self.ls_2 = s
+                self.fq_2 = self.lq_2 = q
             else:
                 nb = 1
                 n = na + nb
@@ -2741,16 +2580,14 @@ class Acc4(Acc):
                 self.mean_2 += d * nb / n
                 self.m2_2 += 0.0 + d * d * na * nb / n
                 ft = self.ft_2
-                if t < ft or (t == ft and (b < self.fb_2 or (b == self.fb_2 and s < self.fs_2))):
+                if t < ft or (t == ft and q < self.fq_2):
                     self.ft_2 = t
-                    self.fb_2 = b
-                    self.fs_2 = s
+                    self.fq_2 = q
                     self.fv_2 = v
                 lt = self.lt_2
-                if t > lt or (t == lt and (b > self.lb_2 or (b == self.lb_2 and s > self.ls_2))):
+                if t > lt or (t == lt and q > self.lq_2):
                     self.lt_2 = t
-                    self.lb_2 = b
-                    self.ls_2 = s
+                    self.lq_2 = q
                     self.lv_2 = v
         if mask & 8:
             v = v3
@@ -2760,8 +2597,7 @@ class Acc4(Acc):
                 self.total_3 = self.lo_3 = self.hi_3 = self.mean_3 = self.fv_3 = self.lv_3 = v
                 self.m2_3 = 0.0
                 self.ft_3 = self.lt_3 = t
-                self.fb_3 = self.lb_3 = b
-                self.fs_3 = self.ls_3 = s
+                self.fq_3 = self.lq_3 = q
             else:
                 nb = 1
                 n = na + nb
@@ -2775,16 +2611,14 @@ class Acc4(Acc):
                 self.mean_3 += d * nb / n
                 self.m2_3 += 0.0 + d * d * na * nb / n
                 ft = self.ft_3
-                if t < ft or (t == ft and (b < self.fb_3 or (b == self.fb_3 and s < self.fs_3))):
+                if t < ft or (t == ft and q < self.fq_3):
                     self.ft_3 = t
-                    self.fb_3 = b
-                    self.fs_3 = s
+                    self.fq_3 = q
                     self.fv_3 = v
                 lt = self.lt_3
-                if t > lt or (t == lt and (b > self.lb_3 or (b == self.lb_3 and s > self.ls_3))):
+                if t > lt or (t == lt and q > self.lq_3):
                     self.lt_3 = t
-                    self.lb_3 = b
-                    self.ls_3 = s
+                    self.lq_3 = q
                     self.lv_3 = v
 
     def count(self, i: int) -> int:
@@ -2807,12 +2641,12 @@ class Acc4(Acc):
                 self.mean_0,
                 self.m2_0,
                 self.ft_0,
-                self.fb_0,
-                self.fs_0,
+                self.fq_0 >> 31,
+                self.fq_0 & 0x7FFFFFFF,
                 self.fv_0,
                 self.lt_0,
-                self.lb_0,
-                self.ls_0,
+                self.lq_0 >> 31,
+                self.lq_0 & 0x7FFFFFFF,
                 self.lv_0,
             )
         elif i == 1:
@@ -2824,12 +2658,12 @@ class Acc4(Acc):
                 self.mean_1,
                 self.m2_1,
                 self.ft_1,
-                self.fb_1,
-                self.fs_1,
+                self.fq_1 >> 31,
+                self.fq_1 & 0x7FFFFFFF,
                 self.fv_1,
                 self.lt_1,
-                self.lb_1,
-                self.ls_1,
+                self.lq_1 >> 31,
+                self.lq_1 & 0x7FFFFFFF,
                 self.lv_1,
             )
         elif i == 2:
@@ -2841,12 +2675,12 @@ class Acc4(Acc):
                 self.mean_2,
                 self.m2_2,
                 self.ft_2,
-                self.fb_2,
-                self.fs_2,
+                self.fq_2 >> 31,
+                self.fq_2 & 0x7FFFFFFF,
                 self.fv_2,
                 self.lt_2,
-                self.lb_2,
-                self.ls_2,
+                self.lq_2 >> 31,
+                self.lq_2 & 0x7FFFFFFF,
                 self.lv_2,
             )
         else:
@@ -2858,12 +2692,12 @@ class Acc4(Acc):
                 self.mean_3,
                 self.m2_3,
                 self.ft_3,
-                self.fb_3,
-                self.fs_3,
+                self.fq_3 >> 31,
+                self.fq_3 & 0x7FFFFFFF,
                 self.fv_3,
                 self.lt_3,
-                self.lb_3,
-                self.ls_3,
+                self.lq_3 >> 31,
+                self.lq_3 & 0x7FFFFFFF,
                 self.lv_3,
             )
 
@@ -2877,12 +2711,12 @@ class Acc4(Acc):
                 self.mean_0,
                 self.m2_0,
                 self.ft_0,
-                self.fb_0,
-                self.fs_0,
+                self.fq_0 >> 31,
+                self.fq_0 & 0x7FFFFFFF,
                 self.fv_0,
                 self.lt_0,
-                self.lb_0,
-                self.ls_0,
+                self.lq_0 >> 31,
+                self.lq_0 & 0x7FFFFFFF,
                 self.lv_0,
             )
         elif i == 1:
@@ -2894,12 +2728,12 @@ class Acc4(Acc):
                 self.mean_1,
                 self.m2_1,
                 self.ft_1,
-                self.fb_1,
-                self.fs_1,
+                self.fq_1 >> 31,
+                self.fq_1 & 0x7FFFFFFF,
                 self.fv_1,
                 self.lt_1,
-                self.lb_1,
-                self.ls_1,
+                self.lq_1 >> 31,
+                self.lq_1 & 0x7FFFFFFF,
                 self.lv_1,
             )
         elif i == 2:
@@ -2911,12 +2745,12 @@ class Acc4(Acc):
                 self.mean_2,
                 self.m2_2,
                 self.ft_2,
-                self.fb_2,
-                self.fs_2,
+                self.fq_2 >> 31,
+                self.fq_2 & 0x7FFFFFFF,
                 self.fv_2,
                 self.lt_2,
-                self.lb_2,
-                self.ls_2,
+                self.lq_2 >> 31,
+                self.lq_2 & 0x7FFFFFFF,
                 self.lv_2,
             )
         else:
@@ -2928,57 +2762,57 @@ class Acc4(Acc):
                 self.mean_3,
                 self.m2_3,
                 self.ft_3,
-                self.fb_3,
-                self.fs_3,
+                self.fq_3 >> 31,
+                self.fq_3 & 0x7FFFFFFF,
                 self.fv_3,
                 self.lt_3,
-                self.lb_3,
-                self.ls_3,
+                self.lq_3 >> 31,
+                self.lq_3 & 0x7FFFFFFF,
                 self.lv_3,
             )
 
     def put_first(self, i: int, r: Stat) -> None:
         if i == 0:
             r.ft = self.ft_0
-            r.fb = self.fb_0
-            r.fs = self.fs_0
+            r.fb = self.fq_0 >> 31
+            r.fs = self.fq_0 & 0x7FFFFFFF
             r.fv = self.fv_0
         elif i == 1:
             r.ft = self.ft_1
-            r.fb = self.fb_1
-            r.fs = self.fs_1
+            r.fb = self.fq_1 >> 31
+            r.fs = self.fq_1 & 0x7FFFFFFF
             r.fv = self.fv_1
         elif i == 2:
             r.ft = self.ft_2
-            r.fb = self.fb_2
-            r.fs = self.fs_2
+            r.fb = self.fq_2 >> 31
+            r.fs = self.fq_2 & 0x7FFFFFFF
             r.fv = self.fv_2
         else:
             r.ft = self.ft_3
-            r.fb = self.fb_3
-            r.fs = self.fs_3
+            r.fb = self.fq_3 >> 31
+            r.fs = self.fq_3 & 0x7FFFFFFF
             r.fv = self.fv_3
 
     def put_last(self, i: int, r: Stat) -> None:
         if i == 0:
             r.lt = self.lt_0
-            r.lb = self.lb_0
-            r.ls = self.ls_0
+            r.lb = self.lq_0 >> 31
+            r.ls = self.lq_0 & 0x7FFFFFFF
             r.lv = self.lv_0
         elif i == 1:
             r.lt = self.lt_1
-            r.lb = self.lb_1
-            r.ls = self.ls_1
+            r.lb = self.lq_1 >> 31
+            r.ls = self.lq_1 & 0x7FFFFFFF
             r.lv = self.lv_1
         elif i == 2:
             r.lt = self.lt_2
-            r.lb = self.lb_2
-            r.ls = self.ls_2
+            r.lb = self.lq_2 >> 31
+            r.ls = self.lq_2 & 0x7FFFFFFF
             r.lv = self.lv_2
         else:
             r.lt = self.lt_3
-            r.lb = self.lb_3
-            r.ls = self.ls_3
+            r.lb = self.lq_3 >> 31
+            r.ls = self.lq_3 & 0x7FFFFFFF
             r.lv = self.lv_3
 
     def to_json(self) -> list[Any]:
@@ -2989,9 +2823,9 @@ class Acc4(Acc):
             self.hi_0,
             self.mean_0,
             self.m2_0,
-            order_key(self.ft_0, self.fb_0, self.fs_0),
+            order_key(self.ft_0, self.fq_0 >> 31, self.fq_0 & 0x7FFFFFFF),
             self.fv_0,
-            order_key(self.lt_0, self.lb_0, self.ls_0),
+            order_key(self.lt_0, self.lq_0 >> 31, self.lq_0 & 0x7FFFFFFF),
             self.lv_0,
             self.n_1,
             self.total_1,
@@ -2999,9 +2833,9 @@ class Acc4(Acc):
             self.hi_1,
             self.mean_1,
             self.m2_1,
-            order_key(self.ft_1, self.fb_1, self.fs_1),
+            order_key(self.ft_1, self.fq_1 >> 31, self.fq_1 & 0x7FFFFFFF),
             self.fv_1,
-            order_key(self.lt_1, self.lb_1, self.ls_1),
+            order_key(self.lt_1, self.lq_1 >> 31, self.lq_1 & 0x7FFFFFFF),
             self.lv_1,
             self.n_2,
             self.total_2,
@@ -3009,9 +2843,9 @@ class Acc4(Acc):
             self.hi_2,
             self.mean_2,
             self.m2_2,
-            order_key(self.ft_2, self.fb_2, self.fs_2),
+            order_key(self.ft_2, self.fq_2 >> 31, self.fq_2 & 0x7FFFFFFF),
             self.fv_2,
-            order_key(self.lt_2, self.lb_2, self.ls_2),
+            order_key(self.lt_2, self.lq_2 >> 31, self.lq_2 & 0x7FFFFFFF),
             self.lv_2,
             self.n_3,
             self.total_3,
@@ -3019,9 +2853,9 @@ class Acc4(Acc):
             self.hi_3,
             self.mean_3,
             self.m2_3,
-            order_key(self.ft_3, self.fb_3, self.fs_3),
+            order_key(self.ft_3, self.fq_3 >> 31, self.fq_3 & 0x7FFFFFFF),
             self.fv_3,
-            order_key(self.lt_3, self.lb_3, self.ls_3),
+            order_key(self.lt_3, self.lq_3 >> 31, self.lq_3 & 0x7FFFFFFF),
             self.lv_3,
         ]
 
@@ -3032,9 +2866,11 @@ class Acc4(Acc):
         self.hi_0 = float(x[3])
         self.mean_0 = float(x[4])
         self.m2_0 = float(x[5])
-        self.ft_0, self.fb_0, self.fs_0 = order_parts(int(x[6]))
+        self.ft_0, b, s = order_parts(int(x[6]))
+        self.fq_0 = b << 31 | s
         self.fv_0 = float(x[7])
-        self.lt_0, self.lb_0, self.ls_0 = order_parts(int(x[8]))
+        self.lt_0, b, s = order_parts(int(x[8]))
+        self.lq_0 = b << 31 | s
         self.lv_0 = float(x[9])
         self.n_1 = int(x[10])
         self.total_1 = float(x[11])
@@ -3042,9 +2878,11 @@ class Acc4(Acc):
         self.hi_1 = float(x[13])
         self.mean_1 = float(x[14])
         self.m2_1 = float(x[15])
-        self.ft_1, self.fb_1, self.fs_1 = order_parts(int(x[16]))
+        self.ft_1, b, s = order_parts(int(x[16]))
+        self.fq_1 = b << 31 | s
         self.fv_1 = float(x[17])
-        self.lt_1, self.lb_1, self.ls_1 = order_parts(int(x[18]))
+        self.lt_1, b, s = order_parts(int(x[18]))
+        self.lq_1 = b << 31 | s
         self.lv_1 = float(x[19])
         self.n_2 = int(x[20])
         self.total_2 = float(x[21])
@@ -3052,9 +2890,11 @@ class Acc4(Acc):
         self.hi_2 = float(x[23])
         self.mean_2 = float(x[24])
         self.m2_2 = float(x[25])
-        self.ft_2, self.fb_2, self.fs_2 = order_parts(int(x[26]))
+        self.ft_2, b, s = order_parts(int(x[26]))
+        self.fq_2 = b << 31 | s
         self.fv_2 = float(x[27])
-        self.lt_2, self.lb_2, self.ls_2 = order_parts(int(x[28]))
+        self.lt_2, b, s = order_parts(int(x[28]))
+        self.lq_2 = b << 31 | s
         self.lv_2 = float(x[29])
         self.n_3 = int(x[30])
         self.total_3 = float(x[31])
@@ -3062,9 +2902,11 @@ class Acc4(Acc):
         self.hi_3 = float(x[33])
         self.mean_3 = float(x[34])
         self.m2_3 = float(x[35])
-        self.ft_3, self.fb_3, self.fs_3 = order_parts(int(x[36]))
+        self.ft_3, b, s = order_parts(int(x[36]))
+        self.fq_3 = b << 31 | s
         self.fv_3 = float(x[37])
-        self.lt_3, self.lb_3, self.ls_3 = order_parts(int(x[38]))
+        self.lt_3, b, s = order_parts(int(x[38]))
+        self.lq_3 = b << 31 | s
         self.lv_3 = float(x[39])
 
 

@@ -108,3 +108,6 @@ def test_compiled_cells_panes_and_accumulators_are_not_tracked_by_the_collector(
     # adds, would show
     sizes = compiled["sizes"]
     assert block(sizes["Panes"]) == 208, sizes
+    # an accumulator of three metrics: the object header, vtable and start, and 12 fields a metric (the boot and seq
+    # of its first and last readings in one int each: 14 fields, 368 bytes, until 6 December 2026)
+    assert sizes["Acc3"] == 320, sizes
