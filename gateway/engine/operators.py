@@ -64,6 +64,8 @@ _ID_MAX: Final = 0x7FFFFFFF
 NO_WM: Final = -(1 << 62)
 """No watermark yet (far below any event time a reading can have), where an unboxed int stands for one."""
 
+NO_HI: Final = NO_WM
+"""A sliding key's ``hi`` while its stacks are empty (no window fired through them since they were last thrown away)."""
 CK_ALL: Final = NO_WM
 """A sliding key's ``ck_lo`` when every pane counts as changed since the last checkpoint (a new or restored key)."""
 CK_NONE: Final = (1 << 62) - 1
@@ -1376,7 +1378,9 @@ class _SlideKey:
         self.front_a: list[Part] = []
         self.back_from = 0
         self.back: Part | None = None
-        self.hi: int | None = None  # panes below this have been pushed; None: stacks empty/invalid
+        # panes below this have been pushed; NO_HI: stacks empty/invalid (an unboxed int: ``int | None`` is an object
+        # of 32 bytes a key for a time)
+        self.hi: i64 = NO_HI
         self.hint = 0  # where the first pane at or after ``hi`` was last seen in ``panes`` (checked before use)
         # the start of the oldest pane a reading was added to (or made for) since the key's last checkpoint snapshot
         # (``SlidingOperator.snapshot_rows``): its chunks from there on are what the next checkpoint writes
@@ -1417,7 +1421,7 @@ class _SlideKey:
         hi = self.hi
         back: int | None = None
         panes = self.panes
-        if hi is not None and self.back is not None:
+        if hi != NO_HI and self.back is not None:
             j = panes.find_front(self.back_from)
             if j < panes.n and panes.start(j) < hi:
                 back = panes.start(j)
@@ -1427,7 +1431,7 @@ class _SlideKey:
             "dirty": [] if self.dirty is None else sorted(self.dirty),
             "top": self.front_a[0].start if self.front_a else None,
             "back_from": back,
-            "hi": hi,
+            "hi": None if hi == NO_HI else hi,
         }
 
     def to_rows(self, nm: int, chunk: int, off: int, since: int) -> dict[str, Any]:
@@ -1484,7 +1488,10 @@ class _SlideKey:
         ks.revs = {s: r for s, r in d["revs"]} or None
         ks.cleanup = [(x[0], x[1]) for x in d["cleanup"]] or None
         ks.dirty = set(d["dirty"]) if d["dirty"] else None
-        ks.hi = d["hi"]
+        hi_: int | None = d["hi"]
+        if hi_ is not None and not -_T_COLUMN < hi_ < _T_COLUMN:
+            raise ValueError(f"sliding window snapshot: hi {hi_} is beyond the engine's times")
+        ks.hi = NO_HI if hi_ is None else hi_
         if "front" in d:  # before version 3
             front = d["front"]
             top = front[0][0] if front and panes.n and front[0][0] >= panes.start(0) else None
@@ -1495,12 +1502,12 @@ class _SlideKey:
             b = d["back_from"]
             if b is not None:
                 j = panes.find_front(b)
-                if ks.hi is None or b >= ks.hi or j == panes.n or panes.start(j) != b:
+                if ks.hi == NO_HI or b >= ks.hi or j == panes.n or panes.start(j) != b:
                     raise ValueError(
                         f"sliding window snapshot: the back starts at {b}, not a pane's start below {ks.hi}"
                     )
-        ks.back_from = b if b is not None else ks.hi if ks.hi is not None else 0
-        if b is not None and ks.hi is not None:  # the back's aggregate: its panes merged as the windows pushed them
+        ks.back_from = b if b is not None else ks.hi if ks.hi != NO_HI else 0
+        if b is not None and ks.hi != NO_HI:  # the back's aggregate: its panes merged as the windows pushed them
             j = panes.find_front(b)
             e = panes.find_back(ks.hi)
             if j < e:
@@ -1644,7 +1651,7 @@ class SlidingOperator(WindowOperator):
         panes = ks.panes
         hi = ks.hi
         i = panes.find_front(top)
-        if hi is None or i == panes.n or panes.start(i) != top or top >= hi:
+        if hi == NO_HI or i == panes.n or panes.start(i) != top or top >= hi:
             raise ValueError(f"sliding window snapshot: the front starts at {top}, not a pane's start below {hi}")
         j = panes.find_front(hi - self.size)
         if j <= i:
@@ -1737,7 +1744,7 @@ class SlidingOperator(WindowOperator):
         front_a = ks.front_a
         hi = ks.hi
         back = ks.back
-        if hi is None:
+        if hi == NO_HI:
             self._release_stacks(ks)
             back = None
             ks.back_from = hi = start
@@ -1810,7 +1817,7 @@ class SlidingOperator(WindowOperator):
         if ks.back is not None:
             self._give_part(ks.back)
         ks.back = None
-        ks.hi = None
+        ks.hi = NO_HI
 
     def _refire(self, out: list[Output], k: str, ks: _SlideKey, old: int) -> None:
         size, slide, off = self.size, self.slide, self.offset
