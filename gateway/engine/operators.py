@@ -635,8 +635,13 @@ _ACC: Final = 16
 five bits below a pane's time in ``tm``."""
 _T_SPAN: Final = 1 << 27
 """A narrow key's times are within this of its ``base`` (ms, 37 hours): ``t - base`` takes 27 bits of ``tm``."""
-_T_BACK: Final = 1 << 25
-"""How far below its oldest time a narrow key's ``base`` is put (ms, 9.3 hours): room for older readings."""
+_T_BACK: Final = 1 << 23
+"""How far below its oldest time a narrow key's ``base`` is put (ms, 2.3 hours): room for older readings (a reading
+older than a key's oldest pane is mostly too late for its windows)."""
+_T_FIT: Final = (1 << 27) - (1 << 23) - (1 << 25)
+"""The widest span of times a narrow key keeps (ms, 25.6 hours): with its base :data:`_T_BACK` below the oldest, a
+quarter of :data:`_T_SPAN` is left above the newest, so the base moves at most once in that much time (a key whose
+times span more is wide: moved at each new pane, it would cost O(n) a pane)."""
 _SH_WIDE: Final = 5
 """``Panes.sh`` of a wide key: ``tm`` is ``t << 5 | flags``, and ``bs`` ``boot << 31 | seq``."""
 _SH_NARROW: Final = 36
@@ -708,9 +713,9 @@ class Panes:
     has the key's ``boot``, every time is within :data:`_T_SPAN` (37 hours) above the key's ``base``, and the seq is
     in ``tm`` too: ``((t - base) << 5 | flags) << 31 | seq``. That is a board's case: a boot lasts from one power-on to
     the next, through deep sleep. A reading of another boot, or a time the span cannot reach even with the base moved
-    (:meth:`_rebase`), makes the key wide (``sh`` :data:`_SH_WIDE`): ``tm`` is ``t << 5 | flags`` and ``bs`` ``boot
-    << 31 | seq``, 8 bytes more a pane. Either way a pane's time is ``(tm >> sh) + base`` (``base`` is 0 while wide)
-    and its flags ``tm >> (sh - 5) & 31``.
+    (:meth:`_rebase`: the key's times then span more than :data:`_T_FIT`, 25.6 hours), makes the key wide (``sh``
+    :data:`_SH_WIDE`): ``tm`` is ``t << 5 | flags`` and ``bs`` ``boot << 31 | seq``, 8 bytes more a pane. Either way a
+    pane's time is ``(tm >> sh) + base`` (``base`` is 0 while wide) and its flags ``tm >> (sh - 5) & 31``.
 
     The values are the doubles themselves in ``vs``, or, while every value the key's panes keep is a short decimal, in
     ``vn`` (i32: ``m << 4 | e`` for ``m / 10**e``, :func:`_decimal`: a board's fixed-point readings), 4 bytes a value,
@@ -922,8 +927,8 @@ class Panes:
         self.dropped = 0
 
     def _rebase(self, t: i64) -> bool:
-        """A narrow key's ``base`` moved so that its times and ``t`` are all within its span, if they can be (returns
-        whether they could): :data:`_T_BACK` below the oldest, or less if the newest needs it. It has panes."""
+        """A narrow key's ``base`` moved :data:`_T_BACK` below the oldest of its times and ``t``, if they span no more
+        than :data:`_T_FIT` (returns whether they do). It has panes."""
         n = self.n
         lo = self._time(self._j(0))
         hi = self._time(self._j(n - 1))  # the times grow with the panes' starts
@@ -931,11 +936,9 @@ class Panes:
             lo = t
         if t > hi:
             hi = t
-        if hi - lo >= _T_SPAN:
+        if hi - lo > _T_FIT:
             return False
         nb = lo - _T_BACK
-        if nb < hi - _T_SPAN + 1:
-            nb = hi - _T_SPAN + 1
         d = (self.base - nb) << _SH_NARROW
         tm = self.tm
         for q in range(n):
@@ -977,7 +980,7 @@ class Panes:
             hi = self._time(self._j(n - 1))
             bs = self.bs
             boot: i64 = _NO_BOOT
-            ok = hi - lo < _T_SPAN
+            ok = hi - lo <= _T_FIT
             q: i64 = 0
             while ok and q < n:
                 j = self._j(q)
@@ -990,8 +993,6 @@ class Panes:
                 q += 1
             if ok:
                 nb = lo - _T_BACK
-                if nb < hi - _T_SPAN + 1:
-                    nb = hi - _T_SPAN + 1
                 tm = self.tm
                 for q in range(n):
                     j = self._j(q)
@@ -1055,7 +1056,7 @@ class Panes:
         """A new pane at ``i`` of the one reading ``values`` (``None``: none for that metric; up to ``w``) read at
         ``(t, b, s)``. A time the column cannot hold shifted (2**58 ms or more from 1970; the engine refuses any beyond
         2**53) is a ``ValueError``, before any place is made."""
-        if not -_T_COLUMN <= t < _T_COLUMN:
+        if not (-_T_COLUMN <= t - (t - self.off) % self.pane and t < _T_COLUMN):  # its start too (make_acc)
             raise ValueError(f"a pane's reading time {t} is beyond what its column holds (±2**58 ms)")
         if not self.n:
             self._fresh(t)
@@ -1503,9 +1504,7 @@ class _SlideKey:
             if b is not None:
                 j = panes.find_front(b)
                 if ks.hi == NO_HI or b >= ks.hi or j == panes.n or panes.start(j) != b:
-                    raise ValueError(
-                        f"sliding window snapshot: the back starts at {b}, not a pane's start below {ks.hi}"
-                    )
+                    raise ValueError(f"sliding window snapshot: the back starts at {b}, not a pane's start below {hi_}")
         ks.back_from = b if b is not None else ks.hi if ks.hi != NO_HI else 0
         if b is not None and ks.hi != NO_HI:  # the back's aggregate: its panes merged as the windows pushed them
             j = panes.find_front(b)

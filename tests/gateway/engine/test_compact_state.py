@@ -591,7 +591,7 @@ def _board_sizes(boots: list[list[int]], vals: list[list[float]]) -> list[int]:
 
 def test_a_boards_time_bits_and_seq_take_one_int_a_pane() -> None:
     """A board's boot lasts from one power-on to the next, through deep sleep: while every pane of one reading of a
-    key has the same boot and its times are within 3.1 days of each other, the time, the metrics' bits and the seq are
+    key has the same boot and its times are within 25.6 hours of each other, the time, the metrics' bits and the seq are
     one 64-bit int a pane (the boot is the key's). 20 boards of one boot against the same boards whose boot changes
     every second (each key's columns wide): 8 bytes a pane less."""
     one = [1] * 150
@@ -639,7 +639,7 @@ SPAN_WINDOWS: list[dict[str, Any]] = [
 
 def test_narrow_and_wide_keys_through_reboots_and_days_give_exactly_what_accumulators_give() -> None:
     """Keys whose boots change (and change back), whose readings are days apart (a key's base moved, or its panes
-    more than 3.1 days apart: wide), narrowed again when their panes allow: outputs and snapshots are those of
+    more than 25.6 hours apart: wide), narrowed again when their panes allow: outputs and snapshots are those of
     accumulators (``singles`` off), to the bit, and a restore from any snapshot goes on the same."""
     for seed in range(3):
         stream = _span_stream(seed)
