@@ -73,6 +73,39 @@ def _object_blocks(o: object) -> int:
     return block(n)
 
 
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _fields(t: type) -> tuple[str, ...]:
+    """The attributes of a compiled class of the gateway (mypyc: each a ``getset_descriptor`` of the class)."""
+    names = _FIELDS.get(t)
+    if names is None:
+        names = tuple(
+            n
+            for k in t.__mro__
+            if k is not object
+            for n, d in vars(k).items()
+            if type(d).__name__ == "getset_descriptor" and not n.startswith("__")
+        )
+        _FIELDS[t] = names
+    return names
+
+
+def _held(o: object) -> list[object]:
+    """What ``o`` refers to: what the collector shows, and for an object of a compiled class of the gateway that it
+    does not track (``mypyc_attr(acyclic=True)``: no cycle can go through it, so it has no collector header and shows
+    nothing) the objects its attributes hold. An attribute typed ``int``, ``float`` or ``bool`` is kept unboxed and
+    read as a new object each time: not followed."""
+    refs = gc.get_referents(o)
+    t = type(o)
+    if not refs and t.__module__.startswith("gateway.") and not gc.is_tracked(o):
+        for n in _fields(t):
+            v = getattr(o, n, None)
+            if v is not None and not isinstance(v, (int, float)):
+                refs.append(v)
+    return refs
+
+
 def _walk(root: object, size: Callable[[object], int]) -> int:
     seen: set[int] = set()
     stack = [root]
@@ -83,7 +116,7 @@ def _walk(root: object, size: Callable[[object], int]) -> int:
             continue
         seen.add(id(o))
         total += size(o)
-        stack.extend(gc.get_referents(o))
+        stack.extend(_held(o))
         if isinstance(o, dict):  # a dict whose keys are all strings does not show them to the collector (CPython 3.11)
             stack.extend(o)
     return total

@@ -403,6 +403,7 @@ class WindowOperator:
         self.late_count = snap["late_count"]
 
 
+@mypyc_attr(acyclic=True)  # compiled: no cycle can go through it (gateway.memsize walks its attributes)
 class _TWin:
     """One tumbling window of a key: its start, its revision (0: not emitted yet), its accumulator and its one timer
     (``tt``: the watermark it waits for; ``phase`` 0: to fire at its end, 1: to be dropped at its end plus the
@@ -418,6 +419,7 @@ class _TWin:
         self.phase = phase
 
 
+@mypyc_attr(acyclic=True)  # compiled: no cycle can go through it (gateway.memsize walks its attributes)
 class _TKey:
     """A key's tumbling windows, in order of their start; the first ``fired`` are in phase 1 (the watermark has
     passed their end: every window it passed is fired, or was made after it passed), the others in phase 0. Each
@@ -1337,6 +1339,7 @@ class Panes:
             self.insert_acc(self.n, a)
 
 
+@mypyc_attr(acyclic=True)  # compiled: no cycle can go through it (gateway.memsize walks its attributes)
 class _SlideKey:
     """One key's sliding-window state: panes, fired revisions, cleanup timers and the two stacks."""
 
@@ -1983,6 +1986,7 @@ class SlidingOperator(WindowOperator):
         return start, end, self._window(ks, start, end)
 
 
+@mypyc_attr(acyclic=True)  # compiled: no cycle can go through it (gateway.memsize walks its attributes)
 class _Session:
     """One session of one key (in snapshots: ``[start, end, revision, acc, pending, late]``)."""
 
