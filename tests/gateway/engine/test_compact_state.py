@@ -338,25 +338,16 @@ def test_panes_of_one_reading_give_exactly_what_accumulators_give() -> None:
     seqs up to 2**31 - 1, 5-minute panes read at any time of the pane, four metrics), and a restore goes on the
     same."""
     kinds: set[str] = set()
-    for seed in range(3):
-        stream = _boundary_stream(seed)
-        engines = []
-        for singles in (True, False):
-            engine = Engine(parse_engine({"windows": BOUNDARY_WINDOWS}))
+
+    def seen_kinds(i: int, engine: Engine) -> None:
+        if i % 100 == 0:
             for w in engine.windows:
                 assert isinstance(w.op, SlidingOperator)
-                w.op.singles = singles
-            engines.append(engine)
-        runs: list[tuple[list[str], list[dict[str, Any]]]] = [([], []), ([], [])]
-        for i, (b, now) in enumerate(stream):
-            for e, (outs, snaps) in zip(engines, runs, strict=True):
-                outs += [_seen(o) for o in e.process_batch(b, now)]
-                if i % 250 == 249:
-                    snaps.append(e.snapshot())
-            if i % 100 == 0:
-                for w in engines[0].windows:
-                    assert isinstance(w.op, SlidingOperator)
-                    kinds.update(x for ks in w.op.keys.values() for x in _kinds_of(ks))
+                kinds.update(x for ks in w.op.keys.values() for x in _kinds_of(ks))
+
+    for seed in range(3):
+        stream = _boundary_stream(seed)
+        runs = _with_and_without_singles(BOUNDARY_WINDOWS, stream, seen_kinds)
         assert len(runs[0][0]) > 1000
         assert runs[0] == runs[1]
         whole = [x.split(" @ ")[0] for x in runs[0][0]]
@@ -366,6 +357,29 @@ def test_panes_of_one_reading_give_exactly_what_accumulators_give() -> None:
         tail = [repr(o) for b, now in stream[1700:] for o in again.process_batch(b, now)]
         assert head + tail == whole
     assert "one" in kinds and len(kinds) > 1, kinds
+
+
+def _with_and_without_singles(
+    windows: list[dict[str, Any]], stream: list[tuple[Any, int]], each: Any = None
+) -> list[tuple[list[str], list[dict[str, Any]]]]:
+    """The outputs (``_seen``) and a snapshot every 250 messages of ``stream`` through ``windows``, with panes of one
+    reading kept as readings and (second) as accumulators; ``each(i, engine)`` after each message of the first."""
+    runs = []
+    for singles in (True, False):
+        engine = Engine(parse_engine({"windows": windows}))
+        for w in engine.windows:
+            assert isinstance(w.op, SlidingOperator)
+            w.op.singles = singles
+        outs: list[str] = []
+        snaps = []
+        for i, (b, now) in enumerate(stream):
+            outs += [_seen(o) for o in engine.process_batch(b, now)]
+            if i % 250 == 249:
+                snaps.append(engine.snapshot())
+            if singles and each is not None:
+                each(i, engine)
+        runs.append((outs, snaps))
+    return runs
 
 
 def _kinds_of(ks: Any) -> list[str]:
@@ -643,19 +657,7 @@ def test_narrow_and_wide_keys_through_reboots_and_days_give_exactly_what_accumul
     accumulators (``singles`` off), to the bit, and a restore from any snapshot goes on the same."""
     for seed in range(3):
         stream = _span_stream(seed)
-        runs = []
-        for singles in (True, False):
-            engine = Engine(parse_engine({"windows": SPAN_WINDOWS}))
-            for w in engine.windows:
-                assert isinstance(w.op, SlidingOperator)
-                w.op.singles = singles
-            outs: list[str] = []
-            snaps = []
-            for i, (b, now) in enumerate(stream):
-                outs += [_seen(o) for o in engine.process_batch(b, now)]
-                if i % 250 == 249:
-                    snaps.append(engine.snapshot())
-            runs.append((outs, snaps))
+        runs = _with_and_without_singles(SPAN_WINDOWS, stream)
         assert len(runs[0][0]) > 500
         assert runs[0] == runs[1]
         for k in (1, 5):
