@@ -53,13 +53,19 @@ def _stream(seed: int) -> list[tuple[Any, int]]:
     return out
 
 
-def _run(engine: Engine, stream: list[tuple[Any, int]]) -> tuple[list[str], list[dict[str, Any]]]:
+def _run(
+    engine: Engine, stream: list[tuple[Any, int]], every: int = 500, show: Any = repr, each: Any = None
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """The outputs (each as ``show`` gives it) and a snapshot every ``every`` messages of ``stream``; ``each(i,
+    engine)`` after each message."""
     outs: list[str] = []
     snaps = []
     for i, (b, now) in enumerate(stream):
-        outs += [repr(o) for o in engine.process_batch(b, now)]
-        if i % 500 == 499:
+        outs += [show(o) for o in engine.process_batch(b, now)]
+        if i % every == every - 1:
             snaps.append(engine.snapshot())
+        if each is not None:
+            each(i, engine)
     return outs, snaps
 
 
@@ -370,15 +376,7 @@ def _with_and_without_singles(
         for w in engine.windows:
             assert isinstance(w.op, SlidingOperator)
             w.op.singles = singles
-        outs: list[str] = []
-        snaps = []
-        for i, (b, now) in enumerate(stream):
-            outs += [_seen(o) for o in engine.process_batch(b, now)]
-            if i % 250 == 249:
-                snaps.append(engine.snapshot())
-            if singles and each is not None:
-                each(i, engine)
-        runs.append((outs, snaps))
+        runs.append(_run(engine, stream, 250, _seen, each if singles else None))
     return runs
 
 
