@@ -77,16 +77,11 @@ _FIELDS: dict[type, tuple[str, ...]] = {}
 
 
 def _fields(t: type) -> tuple[str, ...]:
-    """The attributes of a compiled class of the gateway (mypyc: each a ``getset_descriptor`` of the class)."""
+    """The attributes of a compiled class of the gateway (mypyc lists them in ``__mypyc_attrs__``; a property is a
+    ``getset_descriptor`` too, but computes what it returns, and may keep it: never read)."""
     names = _FIELDS.get(t)
     if names is None:
-        names = tuple(
-            n
-            for k in t.__mro__
-            if k is not object
-            for n, d in vars(k).items()
-            if type(d).__name__ == "getset_descriptor" and not n.startswith("__")
-        )
+        names = tuple(n for n in getattr(t, "__mypyc_attrs__", ()) if not n.startswith("__"))
         _FIELDS[t] = names
     return names
 
