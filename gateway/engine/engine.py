@@ -31,6 +31,22 @@ __all__ = ["SNAPSHOT_VERSION", "Engine"]
 
 _UNUSED: Final = WmCell(NO_WM)  # a site window's place in _Device.cells
 
+
+def _new_stats() -> dict[str, int]:
+    """The engine's rarer counts, each 0: refused readings by reason, non-numeric values, flushed markers ignored."""
+    return {
+        "time_in_future": 0,
+        "time_too_old": 0,
+        "unsynced": 0,
+        "bad_id": 0,
+        "non_numeric": 0,
+        "flushed_ignored": 0,
+    }
+
+
+_ID_MAX: Final = 0x7FFFFFFF
+"""The largest boot and seq (docs/protocol.md): the windows order readings of one time by ``boot << 31 | seq``."""
+
 SNAPSHOT_VERSION: Final = 4
 """2: flat accumulators (one list per window, metrics side by side: Stat.to_json); 3: a sliding window's panes of
 one reading as the reading and its front stack as its newest pane (operators._SlideKey.to_json); 4: without a
@@ -117,13 +133,7 @@ class Engine:
         self._min_time = spec.min_time_ms
         self._reject_unsynced = spec.unsynced == "reject"
         self._readings = 0  # readings windowed (a field: counted per message, a dict entry would box the int)
-        self._stats: dict[str, int] = {  # the rarer counts
-            "time_in_future": 0,
-            "time_too_old": 0,
-            "unsynced": 0,
-            "non_numeric": 0,
-            "flushed_ignored": 0,
-        }
+        self._stats: dict[str, int] = _new_stats()  # the rarer counts
 
     @property
     def stats(self) -> dict[str, int]:
@@ -235,8 +245,13 @@ class Engine:
         for r in batch.readings:
             t = r.t_ms
             q = r.quality
-            if t > fut or t < too_old or (reject_u and q == "u"):
-                out.append(self._refuse(r, now_ms))
+            if (
+                t > fut
+                or t < too_old
+                or (reject_u and q == "u")
+                or not (0 <= r.boot <= _ID_MAX and 0 <= r.seq <= _ID_MAX)
+            ):
+                out.append(self._refuse(r, now_ms))  # a boot or seq beyond 31 bits would misorder first and last
                 continue
             rows.append(r)
             row_t = t
@@ -338,7 +353,9 @@ class Engine:
         return dev
 
     def _refuse(self, r: Reading, now_ms: int) -> LateReading:
-        if r.t_ms > self._future(now_ms):
+        if not (0 <= r.boot <= _ID_MAX and 0 <= r.seq <= _ID_MAX):
+            reason = "bad_id"
+        elif r.t_ms > self._future(now_ms):
             reason = "time_in_future"
         elif r.t_ms < self._min_time:
             reason = "time_too_old"
@@ -519,7 +536,8 @@ class Engine:
         self._devs.clear()
         for w in self._site_windows:
             w.fleets.clear()
-        stats = dict(snap["stats"])
+        stats = _new_stats()  # a count a snapshot of an older build does not have starts at 0
+        stats.update(snap["stats"])
         self._readings = stats.pop("readings")
         self._stats = stats
         for w in self.windows:

@@ -86,6 +86,7 @@ LATE_REASONS: Final[dict[str, str]] = {
     "time_in_future": "event time ahead of the gateway's clock by more than the tolerance",
     "time_too_old": "event time earlier than any synced clock could give",
     "unsynced": "the board's clock was not synced (quality 'u') and the policy is to reject",
+    "bad_id": "boot or seq outside 0 .. 2**31 - 1 (the protocol's range; the gateway's decoder refuses it first)",
 }
 """Every reason a :class:`LateReading` can carry."""
 

@@ -32,6 +32,26 @@ def test_impossible_and_unsynced_times_are_refused_with_a_reason() -> None:
     assert e.stats["time_in_future"] == e.stats["time_too_old"] == e.stats["unsynced"] == 1
 
 
+def test_a_boot_or_seq_beyond_31_bits_is_refused_and_the_rest_of_the_batch_windowed() -> None:
+    """The windows order readings of one time by ``boot << 31 | seq`` (0 .. 2**31 - 1 each, docs/protocol.md; the
+    gateway's decoder refuses any other first). Given to the engine directly, such a reading is refused with its
+    reason, and the batch's other readings are windowed: a tumbling window's and a session's first reading is the
+    honest one. An outside review found seq 2**31 taken as a first reading of seq 0 (its boot's bit spilt over)."""
+    windows = [
+        {"name": "t", "kind": "tumbling", "size": "1s", "metrics": ["x"]},
+        {"name": "g", "kind": "session", "gap": "1s", "metrics": ["x"]},
+    ]
+    e = Engine(parse_engine({"windows": windows}))
+    bad = [(1, 2**31), (2**31, 5), (-1, 5), (1, -1)]
+    rows = [(T0 + 5, b, s, {"x": 1.0}) for b, s in bad] + [(T0 + 5, 1, 5, {"x": 2.0})]
+    outs = e.process_batch(batch("d", rows), now_ms=T0)
+    outs += e.process_batch(batch("d", [(T0 + 60_000, 1, 6, {"x": 3.0})]), now_ms=T0 + 60_000)
+    assert [(o.reason, o.boot, o.seq) for o in outs if isinstance(o, LateReading)] == [("bad_id", b, s) for b, s in bad]
+    assert e.stats["bad_id"] == 4
+    firsts = {(o.window, o.count, o.fb, o.fs, o.fv) for o in outs if isinstance(o, WindowResult)}
+    assert firsts == {("t", 1, 1, 5, 2.0), ("g", 1, 1, 5, 2.0)}
+
+
 def test_a_time_beyond_the_engines_range_is_refused_whatever_the_clock_says() -> None:
     """Event times are kept within 2**53 ms of 1970 (about 285,000 years, ``config.TIME_LIMIT_MS``), whatever
     ``now_ms`` the caller passes: a sliding window keeps a reading's time shifted left by four in a 64-bit column, and
