@@ -623,11 +623,20 @@ def gen_class(k: int) -> str:
         lines.append(f"        self.hi_{i} = float(x[{j + 3}])")
         lines.append(f"        self.mean_{i} = float(x[{j + 4}])")
         lines.append(f"        self.m2_{i} = float(x[{j + 5}])")
+        # the ints of equal boots and seqs shared, as a running accumulator shares them (one per reading for all its
+        # metrics, and a one-reading metric's first and last): interpreted, each is an object of 32 bytes
         lines.append(f"        self.ft_{i}, b, s = order_parts(int(x[{j + 6}]))")
-        lines.append(f"        self.fq_{i} = b << 31 | s")
+        lines.append("        q = b << 31 | s")
+        lines.append(f"        self.fq_{i} = pf = q" if i == 0 else f"        self.fq_{i} = pf = pf if q == pf else q")
         lines.append(f"        self.fv_{i} = float(x[{j + 7}])")
         lines.append(f"        self.lt_{i}, b, s = order_parts(int(x[{j + 8}]))")
-        lines.append(f"        self.lq_{i} = b << 31 | s")
+        lines.append("        q = b << 31 | s")
+        keep = " pl =" if i < k - 1 else ""  # read by the next metric's
+        lines.append(
+            f"        self.lq_{i} ={keep} pf if q == pf else q"
+            if i == 0
+            else f"        self.lq_{i} ={keep} pf if q == pf else pl if q == pl else q"
+        )
         lines.append(f"        self.lv_{i} = float(x[{j + 9}])")
     return "\n".join(lines) + "\n"
 

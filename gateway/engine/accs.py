@@ -590,10 +590,12 @@ class Acc1(Acc):
         self.mean_0 = float(x[4])
         self.m2_0 = float(x[5])
         self.ft_0, b, s = order_parts(int(x[6]))
-        self.fq_0 = b << 31 | s
+        q = b << 31 | s
+        self.fq_0 = pf = q
         self.fv_0 = float(x[7])
         self.lt_0, b, s = order_parts(int(x[8]))
-        self.lq_0 = b << 31 | s
+        q = b << 31 | s
+        self.lq_0 = pf if q == pf else q
         self.lv_0 = float(x[9])
 
 
@@ -1107,10 +1109,12 @@ class Acc2(Acc):
         self.mean_0 = float(x[4])
         self.m2_0 = float(x[5])
         self.ft_0, b, s = order_parts(int(x[6]))
-        self.fq_0 = b << 31 | s
+        q = b << 31 | s
+        self.fq_0 = pf = q
         self.fv_0 = float(x[7])
         self.lt_0, b, s = order_parts(int(x[8]))
-        self.lq_0 = b << 31 | s
+        q = b << 31 | s
+        self.lq_0 = pl = pf if q == pf else q
         self.lv_0 = float(x[9])
         self.n_1 = int(x[10])
         self.total_1 = float(x[11])
@@ -1119,10 +1123,12 @@ class Acc2(Acc):
         self.mean_1 = float(x[14])
         self.m2_1 = float(x[15])
         self.ft_1, b, s = order_parts(int(x[16]))
-        self.fq_1 = b << 31 | s
+        q = b << 31 | s
+        self.fq_1 = pf = pf if q == pf else q
         self.fv_1 = float(x[17])
         self.lt_1, b, s = order_parts(int(x[18]))
-        self.lq_1 = b << 31 | s
+        q = b << 31 | s
+        self.lq_1 = pf if q == pf else pl if q == pl else q
         self.lv_1 = float(x[19])
 
 
@@ -1866,10 +1872,12 @@ class Acc3(Acc):
         self.mean_0 = float(x[4])
         self.m2_0 = float(x[5])
         self.ft_0, b, s = order_parts(int(x[6]))
-        self.fq_0 = b << 31 | s
+        q = b << 31 | s
+        self.fq_0 = pf = q
         self.fv_0 = float(x[7])
         self.lt_0, b, s = order_parts(int(x[8]))
-        self.lq_0 = b << 31 | s
+        q = b << 31 | s
+        self.lq_0 = pl = pf if q == pf else q
         self.lv_0 = float(x[9])
         self.n_1 = int(x[10])
         self.total_1 = float(x[11])
@@ -1878,10 +1886,12 @@ class Acc3(Acc):
         self.mean_1 = float(x[14])
         self.m2_1 = float(x[15])
         self.ft_1, b, s = order_parts(int(x[16]))
-        self.fq_1 = b << 31 | s
+        q = b << 31 | s
+        self.fq_1 = pf = pf if q == pf else q
         self.fv_1 = float(x[17])
         self.lt_1, b, s = order_parts(int(x[18]))
-        self.lq_1 = b << 31 | s
+        q = b << 31 | s
+        self.lq_1 = pl = pf if q == pf else pl if q == pl else q
         self.lv_1 = float(x[19])
         self.n_2 = int(x[20])
         self.total_2 = float(x[21])
@@ -1890,10 +1900,12 @@ class Acc3(Acc):
         self.mean_2 = float(x[24])
         self.m2_2 = float(x[25])
         self.ft_2, b, s = order_parts(int(x[26]))
-        self.fq_2 = b << 31 | s
+        q = b << 31 | s
+        self.fq_2 = pf = pf if q == pf else q
         self.fv_2 = float(x[27])
         self.lt_2, b, s = order_parts(int(x[28]))
-        self.lq_2 = b << 31 | s
+        q = b << 31 | s
+        self.lq_2 = pf if q == pf else pl if q == pl else q
         self.lv_2 = float(x[29])
 
 
@@ -2867,10 +2879,12 @@ class Acc4(Acc):
         self.mean_0 = float(x[4])
         self.m2_0 = float(x[5])
         self.ft_0, b, s = order_parts(int(x[6]))
-        self.fq_0 = b << 31 | s
+        q = b << 31 | s
+        self.fq_0 = pf = q
         self.fv_0 = float(x[7])
         self.lt_0, b, s = order_parts(int(x[8]))
-        self.lq_0 = b << 31 | s
+        q = b << 31 | s
+        self.lq_0 = pl = pf if q == pf else q
         self.lv_0 = float(x[9])
         self.n_1 = int(x[10])
         self.total_1 = float(x[11])
@@ -2879,10 +2893,12 @@ class Acc4(Acc):
         self.mean_1 = float(x[14])
         self.m2_1 = float(x[15])
         self.ft_1, b, s = order_parts(int(x[16]))
-        self.fq_1 = b << 31 | s
+        q = b << 31 | s
+        self.fq_1 = pf = pf if q == pf else q
         self.fv_1 = float(x[17])
         self.lt_1, b, s = order_parts(int(x[18]))
-        self.lq_1 = b << 31 | s
+        q = b << 31 | s
+        self.lq_1 = pl = pf if q == pf else pl if q == pl else q
         self.lv_1 = float(x[19])
         self.n_2 = int(x[20])
         self.total_2 = float(x[21])
@@ -2891,10 +2907,12 @@ class Acc4(Acc):
         self.mean_2 = float(x[24])
         self.m2_2 = float(x[25])
         self.ft_2, b, s = order_parts(int(x[26]))
-        self.fq_2 = b << 31 | s
+        q = b << 31 | s
+        self.fq_2 = pf = pf if q == pf else q
         self.fv_2 = float(x[27])
         self.lt_2, b, s = order_parts(int(x[28]))
-        self.lq_2 = b << 31 | s
+        q = b << 31 | s
+        self.lq_2 = pl = pf if q == pf else pl if q == pl else q
         self.lv_2 = float(x[29])
         self.n_3 = int(x[30])
         self.total_3 = float(x[31])
@@ -2903,10 +2921,12 @@ class Acc4(Acc):
         self.mean_3 = float(x[34])
         self.m2_3 = float(x[35])
         self.ft_3, b, s = order_parts(int(x[36]))
-        self.fq_3 = b << 31 | s
+        q = b << 31 | s
+        self.fq_3 = pf = pf if q == pf else q
         self.fv_3 = float(x[37])
         self.lt_3, b, s = order_parts(int(x[38]))
-        self.lq_3 = b << 31 | s
+        q = b << 31 | s
+        self.lq_3 = pf if q == pf else pl if q == pl else q
         self.lv_3 = float(x[39])
 
 
