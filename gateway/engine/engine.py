@@ -23,7 +23,7 @@ from ..model import Batch, MetricValue, Reading, StatusUpdate
 from .config import TIME_LIMIT_MS, EngineSpec, WindowSpec
 from .early import Early
 from .fleet import SiteFleets
-from .operators import NO_WM, SlidingOperator, Values, WindowOperator, WmCell, build_operator
+from .operators import _ID_MAX, NO_WM, SlidingOperator, Values, WindowOperator, WmCell, build_operator
 from .outputs import LateReading, Output, WindowResult
 from .watermark import DeviceTracker
 
@@ -43,9 +43,6 @@ def _new_stats() -> dict[str, int]:
         "flushed_ignored": 0,
     }
 
-
-_ID_MAX: Final = 0x7FFFFFFF
-"""The largest boot and seq (docs/protocol.md): the windows order readings of one time by ``boot << 31 | seq``."""
 
 SNAPSHOT_VERSION: Final = 4
 """2: flat accumulators (one list per window, metrics side by side: Stat.to_json); 3: a sliding window's panes of

@@ -640,7 +640,7 @@ _T_SPAN: Final = 1 << 27
 _T_BACK: Final = 1 << 23
 """How far below its oldest time a narrow key's ``base`` is put (ms, 2.3 hours): room for older readings (a reading
 older than a key's oldest pane is mostly too late for its windows)."""
-_T_FIT: Final = (1 << 27) - (1 << 23) - (1 << 25)
+_T_FIT: Final = _T_SPAN - _T_BACK - (_T_SPAN >> 2)
 """The widest span of times a narrow key keeps (ms, 25.6 hours): with its base :data:`_T_BACK` below the oldest, a
 quarter of :data:`_T_SPAN` is left above the newest, so the base moves at most once in that much time (a key whose
 times span more is wide: moved at each new pane, it would cost O(n) a pane)."""
