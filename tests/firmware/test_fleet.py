@@ -79,7 +79,8 @@ def test_three_boards_two_hours(
         Hook(start + 50 * MIN + 30_000, lambda f: broker.stop()),
         Hook(start + 62 * MIN, lambda f: broker.start()),
     ]
-    cut = PowerLoss("fw-3", start + 80 * MIN, after_ms=40, off_ms=2 * MIN)  # a wake without publishing
+    # a wake without publishing: those last 42-56 ms here, and on a faster machine less than 40
+    cut = PowerLoss("fw-3", start + 80 * MIN, after_ms=20, off_ms=2 * MIN)
     t0 = time.monotonic()
     wakes = fleet.run(start + dur + tail, hooks=hooks, power_losses=[cut])
     real_s = time.monotonic() - t0
@@ -129,7 +130,14 @@ def test_three_boards_two_hours(
     lost_wake = next(w for w in wakes if w.outcome == "power_loss")
     destroyed = {("fw-3", b, s) for b, s in ring_ids(lost_wake.rtcmem_lost or b"")}
     assert missing <= destroyed, f"lost without a power loss to blame: {sorted(missing - destroyed)}"
-    assert missing == {k for k in destroyed if k in taken_ids}  # exactly the unsent readings in RTC memory
+    assert destroyed & taken_ids  # the cut destroyed readings the board had not sent
+    # A batch leaves the ring only after its PUBACK (firmware/app.py: buf.consume), so a cut after the broker
+    # took it and before that destroys readings that arrived (QoS 1: at least once). Only a wake with its
+    # radio on can send one: the cut lands on a publishing wake when the wake at at_vt ends before after_ms
+    # (a fast machine), and then the ring's readings may or may not have gone out.
+    sent_anyway = destroyed & set(got)
+    radio = any(x.startswith("radio on") for x in lost_wake.truth)
+    assert radio or not sent_anyway, sorted(sent_anyway)  # so: missing is exactly the rest of the ring
 
     # through the gateway into InfluxDB: exactly the readings that arrived, each once, at its event time
     rows = influx_query(influxdb_v1.url, influx_db, "SELECT * FROM reading", epoch="ms")
