@@ -242,4 +242,7 @@ def test_power_loss_during_an_update_leaves_a_board_that_finishes_it(
     taken = {(x.board, x.boot, x.seq) for x in r.fleet.readings_taken()}
     got = Counter(r.sub.keys())
     assert not [k for k, c in got.items() if c > 1], "sent twice"
-    assert set(got) == taken - lost, (sorted(taken - lost - set(got)), sorted(set(got) - taken))
+    assert set(got) <= taken, sorted(set(got) - taken)
+    # a batch leaves RTC memory only after its PUBACK: a cut between the two loses the ring's copy of readings
+    # that arrived (QoS 1), so those may be in both
+    assert taken - set(got) <= lost, sorted(taken - set(got) - lost)
