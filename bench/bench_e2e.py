@@ -635,6 +635,7 @@ class Step:
     expected: int
     dead: int
     pub_lag_s: float
+    drained_s: float = 0.0  # from the end of the offered period until every message was taken and written
     note: str = ""
 
     @property
@@ -715,9 +716,14 @@ def run_step(
         backlog = int(pub["sent"]) - gw.taken()
         # drain: everything taken and written (the stats file is written every second)
         deadline = time.monotonic() + 30 + seconds
+        drained = float("nan")
         while time.monotonic() < deadline:
             s = gw.stats()
             if s.get("pipeline", {}).get("messages", 0) >= pub["sent"] and s.get("sink", {}).get("pending", 1) == 0:
+                try:  # the stats file's time (it is written every second): to a second
+                    drained = os.stat(gw.stats_file).st_mtime - (pubs.start_at + seconds)
+                except OSError:
+                    drained = time.time() - (pubs.start_at + seconds)
                 break
             time.sleep(0.5)
         time.sleep(1.5)
@@ -748,6 +754,7 @@ def run_step(
             expected=expected,
             dead=dead,
             pub_lag_s=pub["lag_s"],
+            drained_s=drained,
             note=note.strip(),
         )
     finally:
@@ -764,7 +771,8 @@ def print_step(label: str, st: Step) -> None:
         f"behind {st.behind_msgs:>6,} msg (2 s after {st.backlog_msgs:>6,})  "
         f"cpu {st.cpu_pct:5.1f} % ({st.per_cpu_s:>7,.0f}/cpu-s)  "
         f"rss {st.rss_mb:6.1f} MiB (peak {st.hwm_mb:6.1f})  "
-        f"influx {st.counted:,}/{st.expected:,}  dead {st.dead}  pub lag {st.pub_lag_s:.2f}s  "
+        f"influx {st.counted:,}/{st.expected:,} (all written by {st.drained_s:.1f} s after the end)  dead {st.dead}  "
+        f"pub lag {st.pub_lag_s:.2f}s  "
         f"{'KEPT UP' if st.kept_up else 'behind'} {st.note}",
         flush=True,
     )
@@ -935,17 +943,30 @@ def cmd_ceilings(args: argparse.Namespace) -> None:
                 )
                 for i in range(n)
             ]  # fmt: skip
-            for writers in (1, 4):
-                db = f"alone_{rnd}_{writers}"
-                services.influx_create_database(svc.influx_url, db)
-                secs = influx_write_all(svc.influx_url, db, lines, 1000, writers)
-                counted = influx_count(svc.influx_url, db, "reading", "seq")
-                print(
-                    f"round {rnd + 1} InfluxDB alone ({writers} writer(s), batches of 1,000 lines): {n:,} points in "
-                    f"{secs:.1f} s = {n / secs:,.0f} points/s (counted {counted:,})",
-                    flush=True,
-                )
-                influx_query(svc.influx_url, db, f'DROP DATABASE "{db}"')
+            # the writers on the gateway's core, as the gateway writes from there: InfluxDB has the other core to itself
+            # (until 6 December they ran on either core, beside it; the gateway then wrote 100,000 points/s into the
+            # InfluxDB they had measured at 61,000-74,000)
+            mine = os.sched_getaffinity(0)
+            if args.core is not None:
+                os.sched_setaffinity(0, {args.core})
+            influxd = svc.procs[1].pid
+            try:
+                for writers in (1, 4):
+                    db = f"alone_{rnd}_{writers}"
+                    services.influx_create_database(svc.influx_url, db)
+                    c0 = proc_cpu_s(influxd)
+                    secs = influx_write_all(svc.influx_url, db, lines, 1000, writers)
+                    cpu = proc_cpu_s(influxd) - c0
+                    counted = influx_count(svc.influx_url, db, "reading", "seq")
+                    print(
+                        f"round {rnd + 1} InfluxDB alone ({writers} writer(s), batches of 1,000 lines): {n:,} points "
+                        f"in {secs:.1f} s = {n / secs:,.0f} points/s on {100 * cpu / secs:.0f} % of a core = "
+                        f"{n / cpu if cpu else 0:,.0f} points per CPU-second of influxd (counted {counted:,})",
+                        flush=True,
+                    )
+                    influx_query(svc.influx_url, db, f'DROP DATABASE "{db}"')
+            finally:
+                os.sched_setaffinity(0, mine)
 
 
 def influx_write_all(url: str, db: str, lines: Sequence[str], batch: int, writers: int) -> float:
