@@ -156,27 +156,32 @@ def mqtt_handshake(host: str, port: int, timeout: float = 2.0) -> int:
 
     Raises ``OSError`` (or ``ServiceError`` on a malformed answer) if the broker does not answer.
     """
-    client_id = f"edgekit-probe-{os.getpid()}".encode()
-    variable_header = b"\x00\x04MQTT\x04\x02\x00\x0a"  # protocol name, level 4, clean session, keepalive 10
-    payload = len(client_id).to_bytes(2, "big") + client_id
-    body = variable_header + payload
-    packet = b"\x10" + _mqtt_remaining_length(len(body)) + body
     with socket.create_connection((host, port), timeout=timeout) as sock:
-        sock.sendall(packet)
-        answer = b""
-        while len(answer) < 4:
-            chunk = sock.recv(4 - len(answer))
-            if not chunk:
-                raise ServiceError("broker closed the connection before CONNACK")
-            answer += chunk
-        if answer[0] != 0x20 or answer[1] != 0x02:
-            raise ServiceError(f"unexpected answer to CONNECT: {answer.hex()}")
+        code = mqtt_connect(sock, f"edgekit-probe-{os.getpid()}".encode(), keepalive=10)
         with contextlib.suppress(OSError):
             sock.sendall(b"\xe0\x00")  # DISCONNECT
-        return answer[3]
+        return code
 
 
-def _mqtt_remaining_length(n: int) -> bytes:
+def mqtt_connect(sock: socket.socket, client_id: bytes, keepalive: int) -> int:
+    """Send an MQTT 3.1.1 CONNECT (clean session, no credentials) on ``sock``, read the CONNACK and return its return
+    code (0: accepted). Raises ``ServiceError`` on a closed connection or an answer that is not a CONNACK."""
+    variable_header = b"\x00\x04MQTT\x04\x02" + keepalive.to_bytes(2, "big")  # protocol name, level 4, clean session
+    body = variable_header + len(client_id).to_bytes(2, "big") + client_id
+    sock.sendall(b"\x10" + mqtt_remaining_length(len(body)) + body)
+    answer = b""
+    while len(answer) < 4:
+        chunk = sock.recv(4 - len(answer))
+        if not chunk:
+            raise ServiceError("broker closed the connection before CONNACK")
+        answer += chunk
+    if answer[0] != 0x20 or answer[1] != 0x02:
+        raise ServiceError(f"unexpected answer to CONNECT: {answer.hex()}")
+    return answer[3]
+
+
+def mqtt_remaining_length(n: int) -> bytes:
+    """MQTT's variable-length integer (a packet's remaining length)."""
     out = bytearray()
     while True:
         n, digit = divmod(n, 128)
