@@ -223,6 +223,53 @@ def _payload(device: str, boot: int, seq0: int, t0: int, rnd: random.Random, hot
     )
 
 
+class _Schedule:
+    """A publisher process's messages: ``rate_msgs`` a second for ``seconds`` from ``start_at`` (a Unix time), its
+    boards in turn, each message the next ``PER_MESSAGE`` seqs of its board with fresh event times after the board's
+    last. :meth:`ticks` waits for the start and gives each tick's messages due, ``(board index, first time, first
+    seq)``; :meth:`report` is what the process puts on its results queue."""
+
+    def __init__(self, boards: int, rate_msgs: float, seconds: float, start_at: float) -> None:
+        self.boards, self.rate, self.start_at = boards, rate_msgs, start_at
+        self.total = int(rate_msgs * seconds)
+        self.sent = 0
+        self.lag = 0.0
+        self.seqs = [0] * boards
+        self.last_t = [0] * boards
+        self.t_start = self.end = 0.0
+        self.cpu0 = 0.0
+
+    def ticks(self) -> Iterator[list[tuple[int, int, int]]]:
+        time.sleep(max(0.0, self.start_at - time.time()))
+        self.t_start = time.monotonic()
+        self.cpu0 = time.process_time()
+        while self.sent < self.total:
+            due = min(self.total, int((time.monotonic() - self.t_start) * self.rate) + 1)
+            self.lag = max(self.lag, (due - self.sent) / self.rate if self.rate else 0.0)
+            now_ms = time.time_ns() // 1_000_000
+            out = []
+            while self.sent < due:
+                i = self.sent % self.boards
+                t0 = max(now_ms - PER_MESSAGE, self.last_t[i] + 1)
+                self.last_t[i] = t0 + PER_MESSAGE - 1
+                out.append((i, t0, self.seqs[i]))
+                self.seqs[i] += PER_MESSAGE
+                self.sent += 1
+            yield out
+            time.sleep(TICK_S)
+        self.end = time.monotonic()
+
+    def report(self, acked: int, last_ack: float) -> dict[str, float]:
+        return {
+            "sent": self.sent,
+            "acked": acked,
+            "lag_s": self.lag,
+            "cpu_s": time.process_time() - self.cpu0,
+            "seconds": self.end - self.t_start,
+            "last_ack_s": (last_ack - self.t_start) if last_ack else 0.0,
+        }
+
+
 def publisher(
     index: int, count: int, port: int, rate_msgs: float, seconds: float, start_at: float, results: Any
 ) -> None:
@@ -237,8 +284,6 @@ def publisher(
     rnd = random.Random(index)
     boards = [f"{SITE}-{i:04d}" for i in range(index, BOARDS, count)]
     topics = [f"edgekit/{SITE}/{b}/readings" for b in boards]
-    seqs = [0] * len(boards)
-    last_t = [0] * len(boards)
     acked = 0
     last_ack = 0.0
     lock = threading.Lock()
@@ -255,48 +300,20 @@ def publisher(
     c.on_publish = on_publish
     c.connect("127.0.0.1", port, keepalive=60)
     c.loop_start()
-    # pre-build the first payloads lazily; each message carries fresh event times
-    time.sleep(max(0.0, start_at - time.time()))
-    t_start = time.monotonic()
-    cpu0 = time.process_time()
-    total = int(rate_msgs * seconds)
-    sent = 0
-    k = 0
-    lag = 0.0
-    while sent < total:
-        now = time.monotonic()
-        due = min(total, int((now - t_start) * rate_msgs) + 1)
-        lag = max(lag, (due - sent) / rate_msgs if rate_msgs else 0.0)
-        now_ms = time.time_ns() // 1_000_000
-        while sent < due:
-            i = k % len(boards)
-            k += 1
-            t0 = max(now_ms - PER_MESSAGE, last_t[i] + 1)
-            last_t[i] = t0 + PER_MESSAGE - 1
-            c.publish(topics[i], _payload(boards[i], 1, seqs[i], t0, rnd), qos=1)
-            seqs[i] += PER_MESSAGE
-            sent += 1
-        time.sleep(TICK_S)
-    end = time.monotonic()
-    deadline = end + 60
+    sched = _Schedule(len(boards), rate_msgs, seconds, start_at)
+    for tick in sched.ticks():  # each message carries fresh event times
+        for i, t0, seq0 in tick:
+            c.publish(topics[i], _payload(boards[i], 1, seq0, t0, rnd), qos=1)
+    deadline = sched.end + 60
     while time.monotonic() < deadline:
         with lock:
-            if acked >= sent:
+            if acked >= sched.sent:
                 break
         time.sleep(0.01)
-    cpu = time.process_time() - cpu0
+    report = sched.report(acked, last_ack)
     c.loop_stop()
     c.disconnect()
-    results.put(
-        {
-            "sent": sent,
-            "acked": acked,
-            "lag_s": lag,
-            "cpu_s": cpu,
-            "seconds": end - t_start,
-            "last_ack_s": (last_ack - t_start) if last_ack else 0.0,
-        }
-    )
+    results.put(report)
 
 
 def _mqtt_str(s: bytes) -> bytes:
@@ -324,8 +341,6 @@ def publisher_raw(
         % (21.0 + rnd.gauss(0, 0.3), 45 + rnd.random() * 5, 1000 + rnd.random(), 0.2 + rnd.random() * 0.2)
         for _ in range(4093)
     ]
-    seqs = [0] * len(boards)
-    last_t = [0] * len(boards)
     sock = socket.create_connection(("127.0.0.1", port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     code = services.mqtt_connect(sock, f"bench-raw-{index}-{os.getpid()}".encode(), keepalive=300)
@@ -357,45 +372,26 @@ def publisher_raw(
 
     th = threading.Thread(target=reader, daemon=True)
     th.start()
-    time.sleep(max(0.0, start_at - time.time()))
-    t_start = time.monotonic()
-    cpu0 = time.process_time()
-    total = int(rate_msgs * seconds)
-    sent = 0
-    k = 0
-    lag = 0.0
     pid = 0
     npool = len(pool)
-    while sent < total:
-        now = time.monotonic()
-        due = min(total, int((now - t_start) * rate_msgs) + 1)
-        lag = max(lag, (due - sent) / rate_msgs if rate_msgs else 0.0)
-        now_ms = time.time_ns() // 1_000_000
+    sched = _Schedule(len(boards), rate_msgs, seconds, start_at)
+    for tick in sched.ticks():
         out = []
-        while sent < due:
-            i = k % len(boards)
-            k += 1
-            t0 = max(now_ms - PER_MESSAGE, last_t[i] + 1)
-            last_t[i] = t0 + PER_MESSAGE - 1
-            s0 = seqs[i]
+        for i, t0, s0 in tick:
             rs = b",".join(
-                b'{"b":1,"s":%d,"t":%d,"q":"s",%s' % (s0 + j, t0 + j, pool[(k * 7 + j) % npool])
+                b'{"b":1,"s":%d,"t":%d,"q":"s",%s' % (s0 + j, t0 + j, pool[(s0 * 7 + i + j) % npool])
                 for j in range(PER_MESSAGE)
             )
             payload = b'%s%s],"flushed":%d}' % (heads[i], rs, t0 + PER_MESSAGE - 1)
             pid = pid % 65535 + 1
             var = topics[i] + pid.to_bytes(2, "big")
             out.append(b"\x32" + services.mqtt_remaining_length(len(var) + len(payload)) + var + payload)
-            seqs[i] += PER_MESSAGE
-            sent += 1
         if out:
             sock.sendall(b"".join(out))
-        time.sleep(TICK_S)
-    end = time.monotonic()
-    deadline = end + 60
-    while time.monotonic() < deadline and acked < sent and not bad and th.is_alive():
+    deadline = sched.end + 60
+    while time.monotonic() < deadline and acked < sched.sent and not bad and th.is_alive():
         time.sleep(0.01)
-    cpu = time.process_time() - cpu0
+    report = sched.report(acked, last_ack)
     if bad:
         print(f"publisher {index}: not a PUBACK from the broker: {bad[0].hex()}", flush=True)
     try:
@@ -403,16 +399,7 @@ def publisher_raw(
         sock.close()
     except OSError:
         pass
-    results.put(
-        {
-            "sent": sent,
-            "acked": acked,
-            "lag_s": lag,
-            "cpu_s": cpu,
-            "seconds": end - t_start,
-            "last_ack_s": (last_ack - t_start) if last_ack else 0.0,
-        }
-    )
+    results.put(report)
 
 
 class Publishers:
