@@ -113,9 +113,11 @@ def test_client_against_mosquitto(micropython: str, broker: Broker, tmp_path: Pa
     sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="mqtt-test-sub")
     sub.on_connect = lambda c, u, f, rc, p: c.subscribe("t/#", qos=1)
     sub.on_message = lambda c, u, m: got.append((m.topic, bytes(m.payload), bool(m.retain)))
+    subscribed = threading.Event()
+    sub.on_subscribe = lambda c, u, mid, rc, p: subscribed.set()
     sub.connect("127.0.0.1", broker.port)
     sub.loop_start()
-    time.sleep(0.5)
+    assert subscribed.wait(10)  # subscribed before the board publishes (a fixed sleep raced on a slow machine)
     code = f"""
 c = mqtt.Client('dev-é', keepalive=10)
 c.set_last_will('t/will', b'gone', True, 1)

@@ -84,7 +84,7 @@ async def test_a_backlog_waiting_in_the_session_does_not_stop_the_connect(mosqui
     def accept(msgs: list[Incoming]) -> list[Incoming]:
         return msgs
 
-    async def run(stop: asyncio.Event) -> IngestStats:
+    async def run(stop: asyncio.Event) -> tuple[IngestStats, asyncio.Task[None]]:
         stats = IngestStats()
 
         async def process(msgs: list[Incoming]) -> None:
@@ -95,13 +95,14 @@ async def test_a_backlog_waiting_in_the_session_does_not_stop_the_connect(mosqui
         task = asyncio.create_task(run_durable_ingest(cfg.mqtt, accept, process, stats, stop, batch=10))
         while not stats.connected and not task.done():
             await asyncio.sleep(0.05)
-        return stats
+        return stats, task
 
     async with asyncio.timeout(60):
         first = asyncio.Event()
-        await run(first)  # makes the persistent session, then goes away
+        _, task = await run(first)  # makes the persistent session, then goes away
         first.set()
-        await asyncio.sleep(0.5)
+        await task  # gone before the backlog is published (a fixed sleep here raced on a slow machine)
+        assert not seen
         pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{prefix}-pub")
         pub.connect(mosquitto.host, mosquitto.port)
         pub.loop_start()
@@ -114,7 +115,7 @@ async def test_a_backlog_waiting_in_the_session_does_not_stop_the_connect(mosqui
             pub.disconnect()
         want = 20 * MAX_INFLIGHT
         second = asyncio.Event()
-        stats = await run(second)
+        stats, _ = await run(second)
         await second.wait()
     assert sorted(int(p) for p in seen) == list(range(want))
     assert stats.connects == 1
