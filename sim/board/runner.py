@@ -138,7 +138,9 @@ class PowerLoss:
     """Cut the power of `board` `after_ms` (real time) into its first wake starting at or after `at_vt` that
     lasts that long (a wake that ends sooner leaves the cut for the next one); power returns `off_ms` of
     virtual time later. With after_radio, `after_ms` counts from the moment the wake turns its Wi-Fi radio on
-    (a power loss while connected), in the first wake from `at_vt` that does."""
+    (a power loss while connected), in the first wake from `at_vt` that does; with after_output, from the moment
+    the wake's output first holds that text (a point of the firmware's own, whatever the machine's speed). The
+    runner looks every few milliseconds, so the board runs on for up to that long past the point."""
 
     board: str
     at_vt: int
@@ -146,6 +148,7 @@ class PowerLoss:
     off_ms: int = 60_000
     done: bool = False
     after_radio: bool = False
+    after_output: bytes = b""
 
 
 @dataclass
@@ -362,25 +365,30 @@ class _Running:
         self.truth_at = truth_at
         self.cut = cut
         self.rst = rst
-        self.radio_real: float | None = None  # monotonic time the radio was seen on (for PowerLoss.after_radio)
+        # monotonic time the cut's mark was seen (PowerLoss.after_radio: the radio on; after_output: that text)
+        self.mark_real: float | None = None
 
     def cut_due(self, truth: Path) -> bool:
         """Whether the power loss meant for this wake is due now."""
         cut = self.cut
         if cut is None:
             return False
-        if not cut.after_radio:
+        if not cut.after_radio and not cut.after_output:
             return (time.monotonic() - self.start_real) * 1000 >= cut.after_ms
-        if self.radio_real is None:
+        if self.mark_real is None:
+            if cut.after_output:
+                path, at, mark = self.out, 0, cut.after_output
+            else:
+                path, at, mark = truth, self.truth_at, b"radio on"
             try:
-                with truth.open("rb") as f:
-                    f.seek(self.truth_at)
-                    if b"radio on" not in f.read():
+                with path.open("rb") as f:
+                    f.seek(at)
+                    if mark not in f.read():
                         return False
             except OSError:
                 return False
-            self.radio_real = time.monotonic()
-        return (time.monotonic() - self.radio_real) * 1000 >= cut.after_ms
+            self.mark_real = time.monotonic()
+        return (time.monotonic() - self.mark_real) * 1000 >= cut.after_ms
 
 
 class Fleet:
