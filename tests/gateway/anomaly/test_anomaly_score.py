@@ -9,7 +9,7 @@ import json
 import math
 import random
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gateway.anomaly import Detector, DetectorSpec, score_of, t_z
@@ -74,6 +74,7 @@ def test_score_is_monotonic_in_abs_z_for_a_fixed_baseline(history: list[float], 
 
 
 @settings(max_examples=60, deadline=None)
+@example(seed=5718, size=10.0, sign=-1.0, length=20)  # a spike of its own after the shift (found by Hypothesis)
 @given(
     seed=st.integers(0, 10_000),
     size=st.floats(10.0, 1000.0),
@@ -97,7 +98,11 @@ def test_a_lasting_level_shift_does_not_hold_the_score_at_its_top(
     # 1 % of the settled points, which for fewer than 100 of them allowed no such draw at all.
     calm = [r.scored.score for r, (_, x) in zip(res[10:], shifted[10:], strict=True) if abs(x - 10.0) < 3.0]
     assert all(s < 0.5 for s in calm), max(calm)
-    assert sum(1 for r in res[:10] for e in r.events if e.kind == "opened") == 1  # the shift is flagged once
+    # the shift is flagged once, at its first point; an anomaly opens again only at a draw the noise throws 3 sd
+    # or more out of the new level, a spike of its own (seed 5718, length 20: 3.44 sd at the shift's ninth point)
+    opened = [i for i, r in enumerate(res[:10]) for e in r.events if e.kind == "opened"]
+    assert opened[:1] == [0], opened
+    assert all(abs(shifted[i][1] - 10.0) >= 3.0 for i in opened[1:]), [(i, shifted[i][1]) for i in opened]
     assert all(r.anomalous for r in res)  # still flagged: away from what is normal, until re-baselined
 
 
