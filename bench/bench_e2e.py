@@ -207,20 +207,16 @@ def influx_count(url: str, db: str, measurement: str, fld: str) -> int:
 # ------------------------------------------------------------------------------------------ publishers
 
 
+def _metrics(rnd: random.Random) -> bytes:
+    """One reading's metrics as the load's boards send them: the ``"m"`` member of its JSON."""
+    temp = 21.0 + rnd.gauss(0, 0.3)
+    rh, hpa, vib = 45 + rnd.random() * 5, 1000 + rnd.random(), 0.2 + rnd.random() * 0.2
+    return b'"m":{"temp_c":%.2f,"rh":%.1f,"pressure_hpa":%.1f,"vib":%.3f}' % (temp, rh, hpa, vib)
+
+
 def _payload(device: str, boot: int, seq0: int, t0: int, rnd: random.Random, hot: bool = False) -> bytes:
-    rs = []
-    for j in range(PER_MESSAGE):
-        temp = 21.0 + rnd.gauss(0, 0.3)
-        rh, hpa, vib = 45 + rnd.random() * 5, 1000 + rnd.random(), 0.2 + rnd.random() * 0.2
-        rs.append(
-            f'{{"b":{boot},"s":{seq0 + j},"t":{t0 + j},"q":"s","m":{{"temp_c":{temp:.2f},"rh":{rh:.1f},'
-            f'"pressure_hpa":{hpa:.1f},"vib":{vib:.3f}}}}}'
-        )
-    return b'{"v":1,"dev":"%s","r":[%s],"flushed":%d}' % (
-        device.encode(),
-        ",".join(rs).encode(),
-        t0 + PER_MESSAGE - 1,
-    )
+    rs = [b'{"b":%d,"s":%d,"t":%d,"q":"s",%s}' % (boot, seq0 + j, t0 + j, _metrics(rnd)) for j in range(PER_MESSAGE)]
+    return b'{"v":1,"dev":"%s","r":[%s],"flushed":%d}' % (device.encode(), b",".join(rs), t0 + PER_MESSAGE - 1)
 
 
 class _Schedule:
@@ -336,11 +332,7 @@ def publisher_raw(
     boards = [f"{SITE}-{i:04d}" for i in range(index, BOARDS, count)]
     topics = [_mqtt_str(f"edgekit/{SITE}/{b}/readings".encode()) for b in boards]
     heads = [b'{"v":1,"dev":"%s","r":[' % b.encode() for b in boards]
-    pool = [
-        b'"m":{"temp_c":%.2f,"rh":%.1f,"pressure_hpa":%.1f,"vib":%.3f}}'
-        % (21.0 + rnd.gauss(0, 0.3), 45 + rnd.random() * 5, 1000 + rnd.random(), 0.2 + rnd.random() * 0.2)
-        for _ in range(4093)
-    ]
+    pool = [_metrics(rnd) + b"}" for _ in range(4093)]  # each with the reading's closing brace
     sock = socket.create_connection(("127.0.0.1", port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     code = services.mqtt_connect(sock, f"bench-raw-{index}-{os.getpid()}".encode(), keepalive=300)
