@@ -61,6 +61,12 @@ __all__ = [
 _NONE: Final[tuple[Output, ...]] = ()
 _ID_MAX: Final = 0x7FFFFFFF
 """The largest boot and seq (docs/protocol.md)."""
+_NO_I64: Final = vec[i64]()
+_NO_F64: Final = vec[float]()
+_NO_I32: Final = vec[i32]()
+"""The empty column every key's unused columns of its type share (a column is only read and written by index, and
+made anew to change its length: an empty one is never written). Each key's own was a buffer of 32 bytes, two or three
+a key."""
 NO_WM: Final = -(1 << 62)
 """No watermark yet (far below any event time a reading can have), where an unboxed int stands for one."""
 
@@ -758,10 +764,10 @@ class Panes:
     )
 
     def __init__(self, w: i64, pane: i64, off: i64) -> None:
-        self.tm: vec[i64] = vec[i64]()
-        self.bs: vec[i64] = vec[i64]()  # boot and seq of a wide key (empty while narrow)
-        self.vs: vec[float] = vec[float]()  # the values as doubles (empty while narrow)
-        self.vn: vec[i32] = vec[i32]()  # the values as decimals (narrow; empty once wide)
+        self.tm: vec[i64] = _NO_I64
+        self.bs: vec[i64] = _NO_I64  # boot and seq of a wide key (empty while narrow)
+        self.vs: vec[float] = _NO_F64  # the values as doubles (empty while narrow)
+        self.vn: vec[i32] = _NO_I32  # the values as decimals (narrow; empty once wide)
         self.nar: bool = _PACKED  # values in vn (a list of ints would take more than one of floats)
         self.sh: i64 = _SH_NARROW  # time, bits and seq in tm (_SH_WIDE: boot and seq in bs)
         self.base: i64 = 0  # narrow: the time tm's times count from (0 while wide)
@@ -873,9 +879,9 @@ class Panes:
         n, w, nar = self.n, self.w, self.nar
         wide = self.sh == _SH_WIDE
         tm: vec[i64] = vec[i64]([0] * cap)
-        bs: vec[i64] = vec[i64]([0] * cap) if wide else vec[i64]()
-        vs: vec[float] = vec[float]() if nar else vec[float]([0.0] * (cap * w))
-        vn: vec[i32] = vec[i32]([0] * (cap * w)) if nar else vec[i32]()
+        bs: vec[i64] = vec[i64]([0] * cap) if wide else _NO_I64
+        vs: vec[float] = _NO_F64 if nar else vec[float]([0.0] * (cap * w))
+        vn: vec[i32] = vec[i32]([0] * (cap * w)) if nar else _NO_I32
         otm, obs, ovs, ovn, obig = self.tm, self.bs, self.vs, self.vn, self.big
         big: list[Acc | None] | None = None if obig is None else [None] * cap
         j = self.head
@@ -908,7 +914,7 @@ class Panes:
         for k in range(self.cap * w):
             vs[k] = _dec(vn[k])
         self.vs = vs
-        self.vn = vec[i32]()
+        self.vn = _NO_I32
         self.nar = False
         self.dropped = 0
 
@@ -965,10 +971,10 @@ class Panes:
         """The key has no pane and one at ``t`` is coming: narrow (time and values) from here."""
         if self.sh != _SH_NARROW:
             self.sh = _SH_NARROW
-            self.bs = vec[i64]()
+            self.bs = _NO_I64
         if _PACKED and not self.nar:
             self.nar = True
-            self.vs = vec[float]()
+            self.vs = _NO_F64
             self.vn = vec[i32]([0] * (self.cap * self.w))
         self.base = t - _T_BACK
         self.boot = _NO_BOOT
@@ -1000,7 +1006,7 @@ class Panes:
                     j = self._j(q)
                     x = tm[j]
                     tm[j] = (((x >> _SH_WIDE) - nb) << 5 | x & 31) << 31 | (0 if x & _ACC else bs[j] & _ID_MAX)
-                self.bs = vec[i64]()
+                self.bs = _NO_I64
                 self.sh = _SH_NARROW
                 self.base = nb
                 self.boot = boot
@@ -1018,7 +1024,7 @@ class Panes:
                                 return
                             vn[j * w + m] = i32(d)
             self.vn = vn
-            self.vs = vec[float]()
+            self.vs = _NO_F64
             self.nar = True
 
     def _open(self, i: i64) -> i64:
@@ -1364,21 +1370,20 @@ class _SlideKey:
         self.cleanup: list[tuple[int, int]] | None = None
         # panes changed after a window containing them fired (None: none; an empty set is 216 bytes a key)
         self.dirty: set[int] | None = None
-        # Two-stack sliding aggregation over the panes of the last window fired. Front: panes, oldest last, each
-        # with the aggregate of it and every newer front pane; back: the panes in [back_from, hi), pushed since
-        # the last transfer, with their aggregate (a Part too: its first and last readings of a metric are those of
-        # its oldest and newest panes with a value of it). Of the front's entries only every ``stride``-th from the
-        # newest is kept (about the square root of a window's panes); a window whose first pane's entry is not kept
-        # makes it from the lowest kept one and the panes below it, in the same order as the transfer (so to the
-        # bit), and keeps some of those between when they are many (``SlidingOperator._front_from``). About sqrt(n)
-        # entries of n, against 2 sqrt(n) when every entry below the lowest kept one was made again and kept at
-        # each pop (until 5 December 2026). A front entry keeps no first or last reading (a Part): an
-        # entry's first reading of a metric is that of its oldest pane with a value of it (panes hold disjoint
-        # times), and its last that of the newest front pane with one (that of ``front_a[0]`` or older), the same
-        # for every entry. A pane changed after the front was built is dirty, and the next advance throws the
-        # stacks away before reading them; a front entry whose pane was dropped is dropped with it (no window
-        # still to fire contains it). A transfer ends the front at the key's phase (``SlidingOperator._transfer_end``):
-        # the panes from there on are the back again.
+        # Two-stack sliding aggregation over the panes of the last window fired. Front: panes, oldest last, each with
+        # the aggregate of it and every newer front pane; back: the panes in [back_from, hi), pushed since the last
+        # transfer, with their aggregate (a Part too: its first and last readings of a metric are those of its oldest
+        # and newest panes with a value of it). Of the front's entries only every ``stride``-th from the newest is kept
+        # (about twice the square root of a window's panes); a window whose first pane's entry is not kept makes it from
+        # the lowest kept one and the panes below it, in the same order as the transfer (so to the bit), and keeps some
+        # of those between when they are many (``SlidingOperator._front_from``). About sqrt(n) / 2 entries of n (sqrt(n)
+        # until 6 December 2026, and 2 sqrt(n) when every entry below the lowest kept one was made again and kept at
+        # each pop, until 5 December). A front entry keeps no first or last reading (a Part): an entry's first reading
+        # of a metric is that of its oldest pane with a value of it (panes hold disjoint times), and its last that of
+        # the newest front pane with one (that of ``front_a[0]`` or older), the same for every entry. A pane changed
+        # after the front was built is dirty, and the next advance throws the stacks away before reading them; a front
+        # entry whose pane was dropped is dropped with it (no window still to fire contains it). A transfer ends the
+        # front at the key's phase (``SlidingOperator._transfer_end``): the panes from there on are the back again.
         self.front_a: list[Part] = []
         self.back_from = 0
         self.back: Part | None = None
@@ -1522,8 +1527,8 @@ class SlidingOperator(WindowOperator):
     """Sliding windows ``[s, s + size)``, ``s = offset + k*slide``, over panes of ``gcd(size, slide)``.
 
     A reading updates one pane (O(1) whatever size/slide). Windows fire in order of their end through a
-    two-stack queue of panes whose front keeps about sqrt(n) of its n entries (up to about sqrt(n) merges per
-    window, fewer on average). A late reading within the allowed
+    two-stack queue of panes whose front keeps about sqrt(n) / 2 of its n entries (up to about 2 sqrt(n) merges per
+    window, sqrt(n) on average). A late reading within the allowed
     lateness marks its pane dirty; the next ``advance`` re-fires every fired window still kept that
     contains it, merging its panes afresh, and rebuilds the stacks.
     """
@@ -1546,12 +1551,13 @@ class SlidingOperator(WindowOperator):
         self.run = part_empty(self.nm)
         self.spare_max = 4 * (spec.size_ms // self.pane) + 64
         self.singles = self.nm <= 4  # panes of one reading kept as that reading (tests turn it off to compare)
-        self.sparse = True  # keep about sqrt(n) of a front's n entries (tests turn it off to compare)
+        self.sparse = True  # keep about sqrt(n) / 2 of a front's n entries (tests turn it off to compare)
         self.stagger = True  # each key transfers in a phase of its own (_transfer_end; tests turn it off to compare)
-        # every how many-th of a front's entries is kept, from its newest: about the square root of a window's panes,
-        # the same at every transfer and restore (so a restored front keeps the same entries at its stride; those a
-        # window kept between, in windows of more than 64 panes, the next window that needs them makes again)
-        self.stride = _stride(spec.size_ms // self.pane)
+        # every how many-th of a front's entries is kept, from its newest: about twice the square root of a window's
+        # panes (_front_stride), the same at every transfer and restore (so a restored front keeps the same entries at
+        # its stride; those a window kept between, in windows of more than 64 panes, the next window that needs them
+        # makes again)
+        self.stride = _front_stride(spec.size_ms // self.pane)
         # a checkpoint's chunk of panes (ms; 0: a key's panes in its own row): windows of more than CHUNK_PANES panes
         self.chunk = self.pane * CHUNK_PANES if spec.size_ms // self.pane > CHUNK_PANES else 0
 
@@ -2182,18 +2188,26 @@ class SessionOperator(WindowOperator):
         return None
 
 
-_GAP: Final = 8
+_GAP: Final = 16
 """From how many panes below a front's lowest kept entry a window keeps entries between (``_front_from``): in a
-60 s/1 s window's front (8 entries of 60 panes) never; in a 600 s/1 s one's (25 of 600) about 4 per 24 panes."""
+60 s/1 s window's front (its newest entry and every 16th below, of 60 panes) never; in a 600 s/1 s one's (every 50th
+of 600) about 7 per 49 panes."""
 
 
 def _stride(n: int) -> int:
-    """Of a front of ``n`` entries, every how many-th is kept: about sqrt(n), so that about sqrt(n) are kept, for
-    up to sqrt(n) merges a window (``_front_from``)."""
+    """About sqrt(n): the smallest ``k`` with ``k * k >= n``."""
     k = 1
     while k * k < n:
         k += 1
     return k
+
+
+def _front_stride(n: int) -> int:
+    """Of a front of ``n`` entries, every how many-th is kept: about 2 sqrt(n), so that about sqrt(n) / 2 are kept,
+    for up to 2 sqrt(n) merges a window and about sqrt(n) on average (``_front_from``). Each entry a key keeps is an
+    aggregate of every metric (176 bytes for three, compiled): sqrt(n) of them, the stride until 6 December 2026, came
+    to 4.1 entries a key on average for 60 s/1 s, 2.3 now, for about 4 merges of a pane more a window."""
+    return 2 * _stride(n)
 
 
 def _acc_at(p: int, flat: list[Any]) -> Acc:
