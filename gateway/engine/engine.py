@@ -19,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Set
 from typing import Any, Final
 
+from mypy_extensions import mypyc_attr
+
 from ..model import Batch, MetricValue, Reading, StatusUpdate
 from .config import TIME_LIMIT_MS, EngineSpec, WindowSpec
 from .early import Early
@@ -83,13 +85,15 @@ class _Window:
         return b
 
 
+@mypyc_attr(acyclic=True)  # compiled: no cycle can go through it (gateway.memsize walks its attributes)
 class _Device:
     """Per device, for the hot path: its tracker entry (the same list), and its bound and its watermark cell in
-    each window (for a window keyed by site, a cell never used: the site comes with each message)."""
+    each window (for a window keyed by site, a cell never used: the site comes with each message). The cells are a
+    tuple (64 bytes for three windows, against 112 for a list and its table), the object has no collector header."""
 
     __slots__ = ("bounds", "cells", "entry")
 
-    def __init__(self, entry: list[Any], bounds: list[int], cells: list[WmCell]) -> None:
+    def __init__(self, entry: list[Any], bounds: list[int], cells: tuple[WmCell, ...]) -> None:
         self.entry = entry
         self.bounds = bounds
         self.cells = cells
@@ -342,7 +346,7 @@ class Engine:
 
     def _dev(self, site: str, device: str) -> _Device:
         ws = self.windows
-        cells = [_UNUSED if w.key_site else w.op.key_cell(device) for w in ws]
+        cells = tuple([_UNUSED if w.key_site else w.op.key_cell(device) for w in ws])
         bounds = self._uniform_bounds
         if bounds is None:
             bounds = [w.bound(device) for w in ws]
