@@ -1391,7 +1391,9 @@ class _SlideKey:
         # after the front was built is dirty, and the next advance throws the stacks away before reading them; a front
         # entry whose pane was dropped is dropped with it (no window still to fire contains it). A transfer ends the
         # front at the key's phase (``SlidingOperator._transfer_end``): the panes from there on are the back again.
-        self.front_a: list[Part] = []
+        # the entries in a tuple, made anew when one is pushed or dropped (at a transfer, and about once every
+        # ``stride`` windows): 64 bytes for two entries, a list was 112 or more with its table
+        self.front_a: tuple[Part, ...] = ()
         self.back_from = 0
         self.back: Part | None = None
         # panes below this have been pushed; NO_HI: stacks empty/invalid (an unboxed int: ``int | None`` is an object
@@ -1584,8 +1586,12 @@ class SlidingOperator(WindowOperator):
     def _drop_front(self, ks: _SlideKey, below: int | None) -> None:
         """Drop the front entries whose pane starts before ``below`` (None: all)."""
         fr = ks.front_a
-        while fr and (below is None or fr[-1].start < below):
-            self._give_part(fr.pop())
+        n = len(fr)
+        while n and (below is None or fr[n - 1].start < below):
+            n -= 1
+            self._give_part(fr[n])
+        if n < len(fr):
+            ks.front_a = fr[:n]
 
     def _front_from(self, ks: _SlideKey, j: int) -> Part | None:
         """The aggregate of the front's panes from pane ``j`` (the first of the window to fire) to its newest: its
@@ -1637,7 +1643,7 @@ class SlidingOperator(WindowOperator):
         f = self._take_part()
         f.copy(run)
         f.start = ks.panes.start(q)
-        ks.front_a.append(f)
+        ks.front_a = (*ks.front_a, f)
 
     def _build_front(self, ks: _SlideKey, i: int, j: int) -> None:
         """The front stack of the panes ``j..i`` (it is empty): the aggregate of the panes so far, newest first;
@@ -1756,15 +1762,16 @@ class SlidingOperator(WindowOperator):
 
         Stack entries and the back's aggregate come from (and go back to) the operator's spare
         accumulators; each result is a fresh :class:`Stat` of its own, never changed afterwards."""
-        front_a = ks.front_a
         hi = ks.hi
         back = ks.back
         if hi == NO_HI:
             self._release_stacks(ks)
             back = None
             ks.back_from = hi = start
+        front_a = ks.front_a  # a tuple: read again after each change below
         if front_a and front_a[-1].start < start:  # evict panes older than start
             self._drop_front(ks, start)
+            front_a = ks.front_a
         panes = ks.panes
         if not front_a and back is not None:  # transfer: the back's panes (from start on) become the front
             lo = ks.back_from if ks.back_from > start else start
@@ -1805,7 +1812,7 @@ class SlidingOperator(WindowOperator):
         jn = 0
         jb = -1  # the oldest back pane (the newest: i - 1), found when a metric has no value in the front
         if fa is not None:
-            jn = panes.find_back(front_a[0].start)  # the newest front pane
+            jn = panes.find_back(ks.front_a[0].start)  # the newest front pane
         for m, metric in self.bases:  # each result: the front's top, then the back merged in (either may be empty)
             nf = 0 if fa is None else fa.count(m)
             nb = 0 if back is None else back.count(m)
