@@ -408,7 +408,9 @@ else:
 """
 
 # MERGE below with the source the accumulator of one reading (``add``: n 1, sum, min, max and mean v, M2 0.0, first
-# and last the reading), written out: the same operations on the same values.
+# and last the reading), written out: the same operations on the same values, less the products by its count of 1,
+# which give back their operand exactly (``d * nb`` is ``d``, ``d * d * na * nb`` is ``d * d * na``: IEEE 754
+# multiplication by 1 is exact), so the same bits for a conversion of an int and a product fewer each.
 MERGE_ONE = """
 na = self.n@
 if not na:
@@ -418,8 +420,7 @@ if not na:
     self.ft@ = self.lt@ = t
     self.fq@ = self.lq@ = q
 else:
-    nb = 1
-    n = na + nb
+    n = na + 1
     self.n@ = n
     self.total@ += v
     if v < self.lo@:
@@ -427,8 +428,8 @@ else:
     if v > self.hi@:
         self.hi@ = v
     d = v - self.mean@
-    self.mean@ += d * nb / n
-    self.m2@ += 0.0 + d * d * na * nb / n
+    self.mean@ += d / n
+    self.m2@ += 0.0 + d * d * na / n
     ft = self.ft@
     if t < ft or (t == ft and q < self.fq@):
         self.ft@ = t

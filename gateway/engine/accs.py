@@ -495,8 +495,7 @@ class Acc1(Acc):
                 self.ft_0 = self.lt_0 = t
                 self.fq_0 = self.lq_0 = q
             else:
-                nb = 1
-                n = na + nb
+                n = na + 1
                 self.n_0 = n
                 self.total_0 += v
                 if v < self.lo_0:
@@ -504,8 +503,8 @@ class Acc1(Acc):
                 if v > self.hi_0:
                     self.hi_0 = v
                 d = v - self.mean_0
-                self.mean_0 += d * nb / n
-                self.m2_0 += 0.0 + d * d * na * nb / n
+                self.mean_0 += d / n
+                self.m2_0 += 0.0 + d * d * na / n
                 ft = self.ft_0
                 if t < ft or (t == ft and q < self.fq_0):
                     self.ft_0 = t
@@ -922,8 +921,7 @@ class Acc2(Acc):
                 self.ft_0 = self.lt_0 = t
                 self.fq_0 = self.lq_0 = q
             else:
-                nb = 1
-                n = na + nb
+                n = na + 1
                 self.n_0 = n
                 self.total_0 += v
                 if v < self.lo_0:
@@ -931,8 +929,8 @@ class Acc2(Acc):
                 if v > self.hi_0:
                     self.hi_0 = v
                 d = v - self.mean_0
-                self.mean_0 += d * nb / n
-                self.m2_0 += 0.0 + d * d * na * nb / n
+                self.mean_0 += d / n
+                self.m2_0 += 0.0 + d * d * na / n
                 ft = self.ft_0
                 if t < ft or (t == ft and q < self.fq_0):
                     self.ft_0 = t
@@ -953,8 +951,7 @@ class Acc2(Acc):
                 self.ft_1 = self.lt_1 = t
                 self.fq_1 = self.lq_1 = q
             else:
-                nb = 1
-                n = na + nb
+                n = na + 1
                 self.n_1 = n
                 self.total_1 += v
                 if v < self.lo_1:
@@ -962,8 +959,8 @@ class Acc2(Acc):
                 if v > self.hi_1:
                     self.hi_1 = v
                 d = v - self.mean_1
-                self.mean_1 += d * nb / n
-                self.m2_1 += 0.0 + d * d * na * nb / n
+                self.mean_1 += d / n
+                self.m2_1 += 0.0 + d * d * na / n
                 ft = self.ft_1
                 if t < ft or (t == ft and q < self.fq_1):
                     self.ft_1 = t
@@ -1598,8 +1595,7 @@ class Acc3(Acc):
                 self.ft_0 = self.lt_0 = t
                 self.fq_0 = self.lq_0 = q
             else:
-                nb = 1
-                n = na + nb
+                n = na + 1
                 self.n_0 = n
                 self.total_0 += v
                 if v < self.lo_0:
@@ -1607,8 +1603,8 @@ class Acc3(Acc):
                 if v > self.hi_0:
                     self.hi_0 = v
                 d = v - self.mean_0
-                self.mean_0 += d * nb / n
-                self.m2_0 += 0.0 + d * d * na * nb / n
+                self.mean_0 += d / n
+                self.m2_0 += 0.0 + d * d * na / n
                 ft = self.ft_0
                 if t < ft or (t == ft and q < self.fq_0):
                     self.ft_0 = t
@@ -1629,8 +1625,7 @@ class Acc3(Acc):
                 self.ft_1 = self.lt_1 = t
                 self.fq_1 = self.lq_1 = q
             else:
-                nb = 1
-                n = na + nb
+                n = na + 1
                 self.n_1 = n
                 self.total_1 += v
                 if v < self.lo_1:
@@ -1638,8 +1633,8 @@ class Acc3(Acc):
                 if v > self.hi_1:
                     self.hi_1 = v
                 d = v - self.mean_1
-                self.mean_1 += d * nb / n
-                self.m2_1 += 0.0 + d * d * na * nb / n
+                self.mean_1 += d / n
+                self.m2_1 += 0.0 + d * d * na / n
                 ft = self.ft_1
                 if t < ft or (t == ft and q < self.fq_1):
                     self.ft_1 = t
@@ -1660,8 +1655,7 @@ class Acc3(Acc):
                 self.ft_2 = self.lt_2 = t
                 self.fq_2 = self.lq_2 = q
             else:
-                nb = 1
-                n = na + nb
+                n = na + 1
                 self.n_2 = n
                 self.total_2 += v
                 if v < self.lo_2:
@@ -1669,8 +1663,8 @@ class Acc3(Acc):
                 if v > self.hi_2:
                     self.hi_2 = v
                 d = v - self.mean_2
-                self.mean_2 += d * nb / n
-                self.m2_2 += 0.0 + d * d * na * nb / n
+                self.mean_2 += d / n
+                self.m2_2 += 0.0 + d * d * na / n
                 ft = self.ft_2
                 if t < ft or (t == ft and q < self.fq_2):
                     self.ft_2 = t
@@ -2518,8 +2512,7 @@ class Acc4(Acc):
                 self.ft_0 = self.lt_0 = t
                 self.fq_0 = self.lq_0 = q
             else:
-                nb = 1
-                n = na + nb
+                n = na + 1
                 self.n_0 = n
                 self.total_0 += v
                 if v < self.lo_0:
@@ -2527,8 +2520,8 @@ class Acc4(Acc):
                 if v > self.hi_0:
                     self.hi_0 = v
                 d = v - self.mean_0
-                self.mean_0 += d * nb / n
-                self.m2_0 += 0.0 + d * d * na * nb / n
+                self.mean_0 += d / n
+                self.m2_0 += 0.0 + d * d * na / n
                 ft = self.ft_0
                 if t < ft or (t == ft and q < self.fq_0):
                     self.ft_0 = t
@@ -2549,8 +2542,7 @@ class Acc4(Acc):
                 self.ft_1 = self.lt_1 = t
                 self.fq_1 = self.lq_1 = q
             else:
-                nb = 1
-                n = na + nb
+                n = na + 1
                 self.n_1 = n
                 self.total_1 += v
                 if v < self.lo_1:
@@ -2558,8 +2550,8 @@ class Acc4(Acc):
                 if v > self.hi_1:
                     self.hi_1 = v
                 d = v - self.mean_1
-                self.mean_1 += d * nb / n
-                self.m2_1 += 0.0 + d * d * na * nb / n
+                self.mean_1 += d / n
+                self.m2_1 += 0.0 + d * d * na / n
                 ft = self.ft_1
                 if t < ft or (t == ft and q < self.fq_1):
                     self.ft_1 = t
@@ -2580,8 +2572,7 @@ class Acc4(Acc):
                 self.ft_2 = self.lt_2 = t
                 self.fq_2 = self.lq_2 = q
             else:
-                nb = 1
-                n = na + nb
+                n = na + 1
                 self.n_2 = n
                 self.total_2 += v
                 if v < self.lo_2:
@@ -2589,8 +2580,8 @@ class Acc4(Acc):
                 if v > self.hi_2:
                     self.hi_2 = v
                 d = v - self.mean_2
-                self.mean_2 += d * nb / n
-                self.m2_2 += 0.0 + d * d * na * nb / n
+                self.mean_2 += d / n
+                self.m2_2 += 0.0 + d * d * na / n
                 ft = self.ft_2
                 if t < ft or (t == ft and q < self.fq_2):
                     self.ft_2 = t
@@ -2611,8 +2602,7 @@ class Acc4(Acc):
                 self.ft_3 = self.lt_3 = t
                 self.fq_3 = self.lq_3 = q
             else:
-                nb = 1
-                n = na + nb
+                n = na + 1
                 self.n_3 = n
                 self.total_3 += v
                 if v < self.lo_3:
@@ -2620,8 +2610,8 @@ class Acc4(Acc):
                 if v > self.hi_3:
                     self.hi_3 = v
                 d = v - self.mean_3
-                self.mean_3 += d * nb / n
-                self.m2_3 += 0.0 + d * d * na * nb / n
+                self.mean_3 += d / n
+                self.m2_3 += 0.0 + d * d * na / n
                 ft = self.ft_3
                 if t < ft or (t == ft and q < self.fq_3):
                     self.ft_3 = t
@@ -3041,8 +3031,7 @@ class Part1(Part):
                 self.total_0 = self.lo_0 = self.hi_0 = self.mean_0 = v
                 self.m2_0 = 0.0
             else:
-                nb = 1
-                n = na + nb
+                n = na + 1
                 self.n_0 = n
                 self.total_0 += v
                 if v < self.lo_0:
@@ -3050,8 +3039,8 @@ class Part1(Part):
                 if v > self.hi_0:
                     self.hi_0 = v
                 d = v - self.mean_0
-                self.mean_0 += d * nb / n
-                self.m2_0 += 0.0 + d * d * na * nb / n
+                self.mean_0 += d / n
+                self.m2_0 += 0.0 + d * d * na / n
 
 
 @mypyc_attr(acyclic=True)
@@ -3245,8 +3234,7 @@ class Part2(Part):
                 self.total_0 = self.lo_0 = self.hi_0 = self.mean_0 = v
                 self.m2_0 = 0.0
             else:
-                nb = 1
-                n = na + nb
+                n = na + 1
                 self.n_0 = n
                 self.total_0 += v
                 if v < self.lo_0:
@@ -3254,8 +3242,8 @@ class Part2(Part):
                 if v > self.hi_0:
                     self.hi_0 = v
                 d = v - self.mean_0
-                self.mean_0 += d * nb / n
-                self.m2_0 += 0.0 + d * d * na * nb / n
+                self.mean_0 += d / n
+                self.m2_0 += 0.0 + d * d * na / n
         if mask & 2:
             v = v1
             na = self.n_1
@@ -3264,8 +3252,7 @@ class Part2(Part):
                 self.total_1 = self.lo_1 = self.hi_1 = self.mean_1 = v
                 self.m2_1 = 0.0
             else:
-                nb = 1
-                n = na + nb
+                n = na + 1
                 self.n_1 = n
                 self.total_1 += v
                 if v < self.lo_1:
@@ -3273,8 +3260,8 @@ class Part2(Part):
                 if v > self.hi_1:
                     self.hi_1 = v
                 d = v - self.mean_1
-                self.mean_1 += d * nb / n
-                self.m2_1 += 0.0 + d * d * na * nb / n
+                self.mean_1 += d / n
+                self.m2_1 += 0.0 + d * d * na / n
 
 
 @mypyc_attr(acyclic=True)
@@ -3545,8 +3532,7 @@ class Part3(Part):
                 self.total_0 = self.lo_0 = self.hi_0 = self.mean_0 = v
                 self.m2_0 = 0.0
             else:
-                nb = 1
-                n = na + nb
+                n = na + 1
                 self.n_0 = n
                 self.total_0 += v
                 if v < self.lo_0:
@@ -3554,8 +3540,8 @@ class Part3(Part):
                 if v > self.hi_0:
                     self.hi_0 = v
                 d = v - self.mean_0
-                self.mean_0 += d * nb / n
-                self.m2_0 += 0.0 + d * d * na * nb / n
+                self.mean_0 += d / n
+                self.m2_0 += 0.0 + d * d * na / n
         if mask & 2:
             v = v1
             na = self.n_1
@@ -3564,8 +3550,7 @@ class Part3(Part):
                 self.total_1 = self.lo_1 = self.hi_1 = self.mean_1 = v
                 self.m2_1 = 0.0
             else:
-                nb = 1
-                n = na + nb
+                n = na + 1
                 self.n_1 = n
                 self.total_1 += v
                 if v < self.lo_1:
@@ -3573,8 +3558,8 @@ class Part3(Part):
                 if v > self.hi_1:
                     self.hi_1 = v
                 d = v - self.mean_1
-                self.mean_1 += d * nb / n
-                self.m2_1 += 0.0 + d * d * na * nb / n
+                self.mean_1 += d / n
+                self.m2_1 += 0.0 + d * d * na / n
         if mask & 4:
             v = v2
             na = self.n_2
@@ -3583,8 +3568,7 @@ class Part3(Part):
                 self.total_2 = self.lo_2 = self.hi_2 = self.mean_2 = v
                 self.m2_2 = 0.0
             else:
-                nb = 1
-                n = na + nb
+                n = na + 1
                 self.n_2 = n
                 self.total_2 += v
                 if v < self.lo_2:
@@ -3592,8 +3576,8 @@ class Part3(Part):
                 if v > self.hi_2:
                     self.hi_2 = v
                 d = v - self.mean_2
-                self.mean_2 += d * nb / n
-                self.m2_2 += 0.0 + d * d * na * nb / n
+                self.mean_2 += d / n
+                self.m2_2 += 0.0 + d * d * na / n
 
 
 @mypyc_attr(acyclic=True)
@@ -3941,8 +3925,7 @@ class Part4(Part):
                 self.total_0 = self.lo_0 = self.hi_0 = self.mean_0 = v
                 self.m2_0 = 0.0
             else:
-                nb = 1
-                n = na + nb
+                n = na + 1
                 self.n_0 = n
                 self.total_0 += v
                 if v < self.lo_0:
@@ -3950,8 +3933,8 @@ class Part4(Part):
                 if v > self.hi_0:
                     self.hi_0 = v
                 d = v - self.mean_0
-                self.mean_0 += d * nb / n
-                self.m2_0 += 0.0 + d * d * na * nb / n
+                self.mean_0 += d / n
+                self.m2_0 += 0.0 + d * d * na / n
         if mask & 2:
             v = v1
             na = self.n_1
@@ -3960,8 +3943,7 @@ class Part4(Part):
                 self.total_1 = self.lo_1 = self.hi_1 = self.mean_1 = v
                 self.m2_1 = 0.0
             else:
-                nb = 1
-                n = na + nb
+                n = na + 1
                 self.n_1 = n
                 self.total_1 += v
                 if v < self.lo_1:
@@ -3969,8 +3951,8 @@ class Part4(Part):
                 if v > self.hi_1:
                     self.hi_1 = v
                 d = v - self.mean_1
-                self.mean_1 += d * nb / n
-                self.m2_1 += 0.0 + d * d * na * nb / n
+                self.mean_1 += d / n
+                self.m2_1 += 0.0 + d * d * na / n
         if mask & 4:
             v = v2
             na = self.n_2
@@ -3979,8 +3961,7 @@ class Part4(Part):
                 self.total_2 = self.lo_2 = self.hi_2 = self.mean_2 = v
                 self.m2_2 = 0.0
             else:
-                nb = 1
-                n = na + nb
+                n = na + 1
                 self.n_2 = n
                 self.total_2 += v
                 if v < self.lo_2:
@@ -3988,8 +3969,8 @@ class Part4(Part):
                 if v > self.hi_2:
                     self.hi_2 = v
                 d = v - self.mean_2
-                self.mean_2 += d * nb / n
-                self.m2_2 += 0.0 + d * d * na * nb / n
+                self.mean_2 += d / n
+                self.m2_2 += 0.0 + d * d * na / n
         if mask & 8:
             v = v3
             na = self.n_3
@@ -3998,8 +3979,7 @@ class Part4(Part):
                 self.total_3 = self.lo_3 = self.hi_3 = self.mean_3 = v
                 self.m2_3 = 0.0
             else:
-                nb = 1
-                n = na + nb
+                n = na + 1
                 self.n_3 = n
                 self.total_3 += v
                 if v < self.lo_3:
@@ -4007,8 +3987,8 @@ class Part4(Part):
                 if v > self.hi_3:
                     self.hi_3 = v
                 d = v - self.mean_3
-                self.mean_3 += d * nb / n
-                self.m2_3 += 0.0 + d * d * na * nb / n
+                self.mean_3 += d / n
+                self.m2_3 += 0.0 + d * d * na / n
 
 
 def acc_empty(metrics: int) -> Acc:
