@@ -220,7 +220,7 @@ class Early:
         self.prov = {k: {s: [n, end] for s, n, end in v} for k, v in snap["prov"].items()}
 
 
-def op_sessions(op: WindowOperator, key: str) -> list[Any]:
+def op_sessions(op: WindowOperator, key: str) -> tuple[Any, ...]:
     """A session operator's sessions of ``key`` (none for other operators)."""
-    sessions: dict[str, list[Any]] | None = getattr(op, "sessions", None)
-    return [] if sessions is None else sessions.get(key, [])
+    sessions: dict[str, tuple[Any, ...]] | None = getattr(op, "sessions", None)
+    return () if sessions is None else sessions.get(key, ())
