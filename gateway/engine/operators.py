@@ -745,7 +745,8 @@ class Panes:
     The columns are a ring: the ``n`` live panes are at ``head``, ``head + 1``, ... wrapping at ``cap`` (the columns'
     length). Dropping the oldest moves ``head``; a new pane goes after the newest, or is inserted with the newer ones
     moved up one; the columns are made anew, longer, only when every place is taken, and shorter when the live panes
-    fall below a quarter of them. Indexes given and taken by the methods count from the oldest live pane (0)."""
+    fall below a quarter of them, or (about once a window, :meth:`drop`) to two places more than the panes when more
+    than four are free. Indexes given and taken by the methods count from the oldest live pane (0)."""
 
     __slots__ = (
         "base",
@@ -776,7 +777,7 @@ class Panes:
         self.sh: i64 = _SH_NARROW  # time, bits and seq in tm (_SH_WIDE: boot and seq in bs)
         self.base: i64 = 0  # narrow: the time tm's times count from (0 while wide)
         self.boot: i64 = _NO_BOOT  # narrow: the boot of every pane of one reading
-        self.dropped: i64 = 0  # wide (time or values): panes dropped since it last tried to narrow
+        self.dropped: i64 = 0  # panes dropped since it last tried to trim its columns (and, wide, to narrow)
         self.cap: i64 = 0
         self.head: i64 = 0
         self.n: i64 = 0  # how many panes
@@ -1035,10 +1036,8 @@ class Panes:
         """Make a place for a new pane at ``i`` (the panes from ``i`` on move up one); its column index."""
         n = self.n
         if n == self.cap:
-            # two places more while a key holds under 128 panes (a window of a minute or two of 1 s panes: its
-            # columns end within two panes of the most it holds, 66 for 60 s/1 s; with 8 more at a time they ended at
-            # 70, 128 bytes a key of three doubles more); above, a sixteenth more (O(1) a pane, amortized)
-            self._resize(n + 2 if n < 128 else n + (n >> 4) + 2)
+            # 8 places more under 64 panes, a sixteenth above (O(1) a pane, amortized; :meth:`drop` trims them)
+            self._resize(n + (n >> 4) + 2 if n >= 64 else n + 8)
         tm, bs, vs, vn, w, cap, big = self.tm, self.bs, self.vs, self.vn, self.w, self.cap, self.big
         nar = self.nar
         wide = self.sh == _SH_WIDE
@@ -1326,11 +1325,17 @@ class Panes:
         cap = self.cap
         if cap > 16 and n < cap >> 2:
             self._resize(n + (n >> 2) + 4)
-        if n and (self.sh == _SH_WIDE or (_PACKED and not self.nar)):
+        if n:
             self.dropped += k
             if self.dropped >= n + 16:  # as many as it holds (and a few): amortized O(1) a pane
                 self.dropped = 0
-                self._renarrow()
+                if self.cap > n + 4:
+                    # the columns trimmed to two places more than the panes, about once a window: a 60 s/1 s key
+                    # ends at 67 places for its 65-66 panes, not the 70 its growth reached (96 bytes a key of three
+                    # doubles); a key that grows again is trimmed again a window later
+                    self._resize(n + 2)
+                if self.sh == _SH_WIDE or (_PACKED and not self.nar):
+                    self._renarrow()
         return out
 
     def row(self, i: i64, nm: int) -> list[Any]:
