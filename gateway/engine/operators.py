@@ -665,6 +665,8 @@ _DEC_MAX: Final = 1 << 27
 i32)."""
 _NO_DEC: Final = 1 << 40
 """:func:`_decimal` of a value a narrow column cannot keep."""
+_TRIM_FIRST: Final = 1 << 40
+"""``Panes.dropped`` of a key with no drop yet: its first drop tries to trim its columns (and to narrow them)."""
 
 
 _ROUND: Final = 6755399441055744.0
@@ -777,7 +779,9 @@ class Panes:
         self.sh: i64 = _SH_NARROW  # time, bits and seq in tm (_SH_WIDE: boot and seq in bs)
         self.base: i64 = 0  # narrow: the time tm's times count from (0 while wide)
         self.boot: i64 = _NO_BOOT  # narrow: the boot of every pane of one reading
-        self.dropped: i64 = 0  # panes dropped since it last tried to trim its columns (and, wide, to narrow)
+        # panes dropped since it last tried to trim its columns (and, wide, to narrow); a new key tries at its first
+        # drop, when its first window has filled its columns
+        self.dropped: i64 = _TRIM_FIRST
         self.cap: i64 = 0
         self.head: i64 = 0
         self.n: i64 = 0  # how many panes
@@ -921,7 +925,8 @@ class Panes:
         self.vs = vs
         self.vn = _NO_I32
         self.nar = False
-        self.dropped = 0
+        if self.dropped != _TRIM_FIRST:  # a window before it tries to narrow (a key not yet dropping tries at once)
+            self.dropped = 0
 
     def _widen_t(self) -> None:
         """Boot and seq in ``bs`` from now on, and times from 1970 (a reading of another boot came, or a time the
@@ -937,7 +942,8 @@ class Panes:
         self.sh = _SH_WIDE
         self.base = 0
         self.boot = _NO_BOOT
-        self.dropped = 0
+        if self.dropped != _TRIM_FIRST:
+            self.dropped = 0
 
     def _rebase(self, t: i64) -> bool:
         """A narrow key's ``base`` moved :data:`_T_BACK` below the oldest of its times and ``t``, if they span no more
@@ -983,7 +989,7 @@ class Panes:
             self.vn = vec[i32]([0] * (self.cap * self.w))
         self.base = t - _T_BACK
         self.boot = _NO_BOOT
-        self.dropped = 0
+        self.dropped = _TRIM_FIRST
 
     def _renarrow(self) -> None:
         """A wide key (time or values) narrowed again where every live pane allows it."""
@@ -1329,14 +1335,19 @@ class Panes:
             self.dropped += k
             if self.dropped >= n + 16:  # as many as it holds (and a few): amortized O(1) a pane
                 self.dropped = 0
-                if self.cap > n + 4:
-                    # the columns trimmed to two places more than the panes, about once a window: a 60 s/1 s key
-                    # ends at 67 places for its 65-66 panes, not the 70 its growth reached (96 bytes a key of three
-                    # doubles); a key that grows again is trimmed again a window later
-                    self._resize(n + 2)
+                # the columns trimmed about once a window: a 60 s/1 s key ends at 67 places for its 65-66 panes, not
+                # the 70 its growth reached (96 bytes a key of three doubles); one that grows again is trimmed again
+                self.fit()
                 if self.sh == _SH_WIDE or (_PACKED and not self.nar):
                     self._renarrow()
         return out
+
+    def fit(self) -> None:
+        """The columns trimmed to two places more than the panes, if more than four are free (at a key's first drop,
+        then about once a window, and after a restore)."""
+        n = self.n
+        if self.cap > n + 4:
+            self._resize(n + 2)
 
     def row(self, i: i64, nm: int) -> list[Any]:
         """Pane ``i`` in a snapshot: one of one reading as ``[start, t, boot, seq, a value or None per metric]``, any
@@ -1508,6 +1519,7 @@ class _SlideKey:
                 raise ValueError(f"sliding window snapshot: panes not in order of their start at {a.start}")
             last = a.start
             panes.append_pane(a)
+        panes.fit()
         ks.revs = {s: r for s, r in d["revs"]} or None
         ks.cleanup = [(x[0], x[1]) for x in d["cleanup"]] or None
         ks.dirty = set(d["dirty"]) if d["dirty"] else None
