@@ -664,3 +664,27 @@ def test_narrow_and_wide_keys_through_reboots_and_days_give_exactly_what_accumul
             again.restore(json.loads(json.dumps(runs[0][1][k])))
             tail = [_seen(o) for b, now in stream[250 * (k + 1) :] for o in again.process_batch(b, now)]
             assert tail == runs[0][0][len(runs[0][0]) - len(tail) :]
+
+
+def test_a_keys_columns_end_within_two_places_of_its_panes() -> None:
+    """60 s/1 s read every second: a key holds 65-66 panes, and its columns, grown 8 places at a time to 64 and then
+    by a sixteenth, reached 70 and stayed there (96 bytes a key of three doubles). They are trimmed to two places
+    more than the panes at the key's first drop, after each window of drops, and after a restore."""
+    windows = [{"name": "s", "kind": "sliding", "size": "60s", "slide": "1s", "metrics": ["x", "y", "z"]}]
+    engine = Engine(parse_engine({"windows": windows}))
+    op = engine.windows[0].op
+    assert isinstance(op, SlidingOperator)
+    most = 0
+    for sec in range(200):
+        t = T0 + sec * 1000
+        engine.process_batch(batch("d0", [(t, 1, sec, {"x": 1.0 + sec / 3, "y": 2.0, "z": float(sec)})]), t)
+        panes = op.keys["d0"].panes
+        most = max(most, panes.n)
+        if sec >= 70:
+            assert panes.cap <= most + 2, (sec, panes.n, panes.cap, most)
+    again = Engine(parse_engine({"windows": windows}))
+    again.restore(json.loads(json.dumps(engine.snapshot())))
+    op2 = again.windows[0].op
+    assert isinstance(op2, SlidingOperator)
+    restored = op2.keys["d0"].panes
+    assert restored.n == op.keys["d0"].panes.n and restored.cap <= restored.n + 2, (restored.n, restored.cap)
