@@ -58,13 +58,27 @@ def _vec_buffer(o: object) -> int:
     return 0
 
 
+class _Buffer:
+    """The buffer of a ``vec`` that a compiled object of the gateway untracked by the collector holds (``_held``):
+    ``getattr`` boxes it in a new ``vec`` object, which is not part of the state; its buffer, of ``n`` bytes, is."""
+
+    __slots__ = ("n",)
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+
 def _size(o: object) -> int:
+    if type(o) is _Buffer:
+        return o.n
     return sys.getsizeof(o) + _vec_buffer(o)
 
 
 def _object_blocks(o: object) -> int:
     """The blocks of one object: itself, and for a list, dict, set or bytearray its table, allocated apart (and an
     interpreted ``vec``'s buffer)."""
+    if type(o) is _Buffer:
+        return block(o.n)
     n = sys.getsizeof(o)
     hidden = _vec_buffer(o)
     if hidden:
@@ -94,13 +108,20 @@ def _held(o: object) -> list[object]:
     """What ``o`` refers to: what the collector shows, and for an object of a compiled class of the gateway that it
     does not track (``mypyc_attr(acyclic=True)``: no cycle can go through it, so it has no collector header and shows
     nothing) the objects its attributes hold. An attribute typed ``int``, ``float`` or ``bool`` is kept unboxed and
-    read as a new object each time: not followed."""
+    read as a new object each time: not followed. Nor is a ``vec`` read so (a new box each time): its buffer is
+    counted (:class:`_Buffer`; an empty one has none)."""
     refs = gc.get_referents(o)
     t = type(o)
     if not refs and t.__module__.startswith("gateway.") and not gc.is_tracked(o):
         for n in _fields(t):
             v = getattr(o, n, None)
-            if v is not None and not isinstance(v, (int, float)):
+            if v is None or isinstance(v, (int, float)):
+                continue
+            if type(v).__name__ in _VECS and type(v).__module__ == "builtins":
+                b = _vec_buffer(v)
+                if b:
+                    refs.append(_Buffer(b))
+            else:
                 refs.append(v)
     return refs
 
@@ -111,6 +132,9 @@ def _walk(root: object, size: Callable[[object], int]) -> int:
     total = 0
     while stack:
         o = stack.pop()
+        if type(o) is _Buffer:  # one of its own (made for it, never seen twice: its id may be reused once freed)
+            total += size(o)
+            continue
         if id(o) in seen or isinstance(o, _SKIP):
             continue
         seen.add(id(o))

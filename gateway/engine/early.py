@@ -24,10 +24,10 @@ passed its end): a window's results come as provisional*, final, update*.
 from __future__ import annotations
 
 from collections.abc import Set
-from typing import Any
+from typing import Any, cast
 
 from .config import WindowSpec
-from .operators import WindowOperator, key_list
+from .operators import SessionOperator, WindowOperator, _SesKey, key_list
 from .outputs import Output, WindowResult
 from .windows import window_ranges
 
@@ -173,7 +173,7 @@ class Early:
             _, end = prov.pop(start)
             if found is None and any(x.start == start for x in op_sessions(op, key)):
                 continue  # it fired (its final result went through finished() unseen): nothing left behind
-            site = op.sites.get(key, "")
+            site = op.site_of(key)
             for metric in spec.metrics:
                 out.append(WindowResult(spec.name, spec.key, key, site, start, end, metric, 0, {}, 1, "superseded"))
 
@@ -183,7 +183,7 @@ class Early:
         Until then its (maybe empty) entries stay: the key sets of ``pend`` and ``prov`` change only when the
         operator's do, so a checkpoint rewrites the key's own row, not the order row of every key
         (``gateway/ckpt_rows.py``)."""
-        if key in self.op.sites or self.pend.get(key) or self.prov.get(key):
+        if self.op.site_of(key) or self.pend.get(key) or self.prov.get(key):
             return
         self.pend.pop(key, None)
         self.prov.pop(key, None)
@@ -222,5 +222,7 @@ class Early:
 
 def op_sessions(op: WindowOperator, key: str) -> tuple[Any, ...]:
     """A session operator's sessions of ``key`` (none for other operators)."""
-    sessions: dict[str, tuple[Any, ...]] | None = getattr(op, "sessions", None)
-    return () if sessions is None else sessions.get(key, ())
+    if not isinstance(op, SessionOperator):
+        return ()
+    rec = op.state_of(key)
+    return () if rec is None else cast(_SesKey, rec).sessions

@@ -19,8 +19,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Set
 from typing import Any, Final
 
-from mypy_extensions import mypyc_attr
-
 from ..model import Batch, MetricValue, Reading, StatusUpdate
 from .config import TIME_LIMIT_MS, EngineSpec, WindowSpec
 from .early import Early
@@ -31,7 +29,7 @@ from .watermark import DeviceTracker
 
 __all__ = ["SNAPSHOT_VERSION", "Engine"]
 
-_UNUSED: Final = WmCell(NO_WM)  # a site window's place in _Device.cells
+_UNUSED: Final = WmCell(NO_WM)  # a site window's place in a device's cells (Engine._devs)
 
 
 def _new_stats() -> dict[str, int]:
@@ -85,20 +83,6 @@ class _Window:
         return b
 
 
-@mypyc_attr(acyclic=True)  # compiled: no cycle can go through it (gateway.memsize walks its attributes)
-class _Device:
-    """Per device, for the hot path: its tracker entry (the same list), and its bound and its watermark cell in
-    each window (for a window keyed by site, a cell never used: the site comes with each message). The cells are a
-    tuple (64 bytes for three windows, against 112 for a list and its table), the object has no collector header."""
-
-    __slots__ = ("bounds", "cells", "entry")
-
-    def __init__(self, entry: list[Any], bounds: list[int], cells: tuple[WmCell, ...]) -> None:
-        self.entry = entry
-        self.bounds = bounds
-        self.cells = cells
-
-
 class Engine:
     """Event-time windows over the readings of a fleet (see ``docs/semantics.md``)."""
 
@@ -113,12 +97,19 @@ class Engine:
                 metrics.append(w.metrics)
             w.group = metrics.index(w.metrics)
         self._groups = len(metrics)
-        self._devs: dict[str, _Device] = {}  # a cache over the tracker's entries (cleared on restore)
+        # per device, for the hot path: its watermark cell (its record) in each window (for a window keyed by site, a
+        # cell never used: the site comes with each message), in a tuple (64 bytes for three windows). Until 6
+        # December 2026 an object held it with the device's tracker entry and bounds (48 bytes a device more): the
+        # entry is looked up in the tracker's map (_tstate), the bounds are the same list for every device unless
+        # watermark classes make them differ (_dev_bounds)
+        self._devs: dict[str, tuple[WmCell, ...]] = {}  # (cleared on restore)
+        self._tstate = self.tracker.state  # the tracker's entries (a restore replaces the map: taken again then)
         # every device's bounds, one list shared by all, when no window's bound depends on the device (never
-        # changed: a device's own list when they differ)
+        # changed: a device's own list when they differ, in _dev_bounds)
         self._uniform_bounds: list[int] | None = (
             [w.uniform for w in self.windows] if all(w.uniform >= 0 for w in self.windows) else None
         )
+        self._dev_bounds: dict[str, list[int]] = {}
         self._site_windows = [w for w in self.windows if w.key_site]
         self._early = [w for w in self.windows if w.early is not None]  # windows with early triggers
         self._early_by_name = {w.spec.name: w.early for w in self._early if w.early is not None}
@@ -265,10 +256,9 @@ class Engine:
             flushed = None
         site, device = batch.site, batch.device
         windows = self.windows
-        dev = self._devs.get(device)
-        if dev is None:
-            dev = self._dev(site, device)
-        cells = dev.cells
+        cells = self._devs.get(device)
+        if cells is None:
+            cells = self._dev(site, device)
         if rows:
             self._readings += len(rows)
             if len(rows) == 1 and self._groups == 1:  # the common message: one reading, windows of one metric set
@@ -304,7 +294,9 @@ class Engine:
             if self._early:
                 self._note_early(site, device, rows)
         # the device tracker (DeviceTracker.seen, inlined): entry = [site, max_t, flushed, last_seen, ...]
-        e = dev.entry
+        e = self._tstate.get(device)
+        if e is None:  # (made by _dev with its cells: only if the map was changed from outside)
+            e = self.tracker.entry(site, device)
         last: int | None = e[3]
         if last is None or now_ms > last:
             e[3] = now_ms
@@ -317,7 +309,9 @@ class Engine:
             e[2] = fl = flushed
         if self._site_windows and not self.global_mode:
             self._heard(device)
-        bounds = dev.bounds
+        bounds = self._uniform_bounds
+        if bounds is None:
+            bounds = self._bounds_of(device)
         if self.global_mode:  # each window's shared watermark: the largest max_t - bound of any device so far
             for i in range(len(windows)):
                 op = windows[i].op
@@ -344,14 +338,18 @@ class Engine:
                 continue
             w.op.advance_at(cells[i], device, wm, out)
 
-    def _dev(self, site: str, device: str) -> _Device:
-        ws = self.windows
-        cells = tuple([_UNUSED if w.key_site else w.op.key_cell(device) for w in ws])
-        bounds = self._uniform_bounds
-        if bounds is None:
-            bounds = [w.bound(device) for w in ws]
-        dev = self._devs[device] = _Device(self.tracker.entry(site, device), bounds, cells)
-        return dev
+    def _dev(self, site: str, device: str) -> tuple[WmCell, ...]:
+        """The device's cells, made at its first message (with its tracker entry)."""
+        self.tracker.entry(site, device)
+        cells = self._devs[device] = tuple([_UNUSED if w.key_site else w.op.key_cell(device) for w in self.windows])
+        return cells
+
+    def _bounds_of(self, device: str) -> list[int]:
+        """The device's bound in each window, when they differ by device (watermark classes)."""
+        b = self._dev_bounds.get(device)
+        if b is None:
+            b = self._dev_bounds[device] = [w.bound(device) for w in self.windows]
+        return b
 
     def _refuse(self, r: Reading, now_ms: int) -> LateReading:
         if not (0 <= r.boot <= _ID_MAX and 0 <= r.seq <= _ID_MAX):
@@ -405,7 +403,7 @@ class Engine:
             if walk is None:
                 return
             fleet = walk
-            cell = op.key_cell(site)
+            cell: WmCell = op.key_cell(site)
         else:
             fleets = w.fleets
             f = fleets.heap(site, now_ms)
@@ -534,6 +532,7 @@ class Engine:
         if set(snap["windows"]) != names:
             raise ValueError(f"snapshot has windows {sorted(snap['windows'])}, engine has {sorted(names)}")
         self.tracker.restore(snap["tracker"])
+        self._tstate = self.tracker.state
         self._devs.clear()
         for w in self._site_windows:
             w.fleets.clear()

@@ -28,7 +28,7 @@ from bisect import insort
 from collections.abc import Callable, Set
 from heapq import heappop, heappush
 from math import copysign
-from typing import Any, Final, Protocol, final
+from typing import Any, Final, Protocol, cast, final
 from zlib import crc32
 
 from mypy_extensions import i32, i64, mypyc_attr
@@ -98,6 +98,21 @@ class WmCell:
 
     def __init__(self, v: int) -> None:
         self.v = v
+
+
+@mypyc_attr(acyclic=True)
+class KeyCell(WmCell):
+    """A key's record in an operator: its watermark cell and its window state in one object (each operator's
+    subclass adds its state), so that a key costs one map entry and one object, not an entry in each of three maps
+    (watermarks, sites, states) and a cell beside its state (about 68 bytes a key, 6 December 2026). It lives as long
+    as the cell did (never dropped: only a restore replaces them all); ``site`` is the site of the key's state, ""
+    while it has none (a site is never ""): a key whose windows are all gone keeps its record, its state emptied."""
+
+    __slots__ = ("site",)
+
+    def __init__(self, v: int) -> None:
+        super().__init__(v)
+        self.site = ""
 
 
 class One:
@@ -211,10 +226,11 @@ class WindowOperator:
         self.nm = len(spec.metrics)
         self.bases = tuple(enumerate(spec.metrics))
         self.var = "stddev" in self.aggs  # keep Welford's M2 only when stddev is asked for
-        # key ("" in shared mode) -> the watermark the operator last acted on (NO_WM: none yet). A key's cell is
-        # never replaced or dropped (only restore() replaces them all), so a caller may keep it (see key_cell()).
-        self.wm: dict[str, WmCell] = {}
-        self.sites: dict[str, str] = {}
+        # key ("" in shared mode) -> its record (KeyCell: the watermark the operator last acted on, NO_WM: none yet,
+        # and the key's state, its site "" while it has none; in shared mode a key's own watermark is never moved). A
+        # key's record is never replaced or dropped (only restore() replaces them all), so a caller may keep it (see
+        # key_cell()).
+        self.wm: dict[str, KeyCell] = {}
         self.late_count = 0
         # shared mode only: a heap of due entries (_Due: due watermark and key), the smallest due time queued per key,
         # and each key's place in the order its state was made (the order a walk over every key would visit them in)
@@ -261,18 +277,49 @@ class WindowOperator:
 
     def emit_early(self, out: list[Output], key: str, start: int, end: int, acc: Acc) -> None:
         """A provisional result (revision 0, ``fired = "early"``) of every metric with values in ``acc``."""
-        self._emit(out, key, start, end, acc, 0, "early")
+        self._emit(out, key, self.site_of(key), start, end, acc, 0, "early")
 
-    def key_cell(self, key: str) -> WmCell:
-        """The watermark cell a reading of ``key`` is judged against (the shared one in shared mode)."""
+    def key_cell(self, key: str) -> KeyCell:
+        """The watermark cell a reading of ``key`` is judged against (the shared one in shared mode); outside shared
+        mode the key's record."""
         return self.cell("" if self.shared else key)
 
-    def cell(self, hk: str) -> WmCell:
-        """The watermark cell of key ``hk`` ("" for the shared watermark), made if it has none."""
+    def cell(self, hk: str) -> KeyCell:
+        """The record of key ``hk`` ("" for the shared watermark), made if it has none."""
         c = self.wm.get(hk)
         if c is None:
-            c = self.wm[hk] = WmCell(NO_WM)
+            c = self.wm[hk] = self._new_cell(NO_WM)
         return c
+
+    def _new_cell(self, v: int) -> KeyCell:
+        """A new record, with watermark ``v`` and no state."""
+        raise NotImplementedError
+
+    def site_of(self, key: str) -> str:
+        """The site of ``key``'s state ("" if it has none)."""
+        c = self.wm.get(key)
+        return "" if c is None else c.site
+
+    def live(self, keys: Set[str] | None = None) -> list[str]:
+        """The keys with state (of ``keys``, None: all): in shared mode in the order their state was made (the order
+        an advance visits them in), else in their records' order."""
+        wm = self.wm
+        if keys is None:
+            found = [k for k, c in wm.items() if c.site]
+        else:
+            found = []
+            for k in keys:
+                c = wm.get(k)
+                if c is not None and c.site:
+                    found.append(k)
+        if self.shared and len(found) > 1:
+            found.sort(key=self.korder.__getitem__)
+        return found
+
+    def state_of(self, key: str) -> KeyCell | None:
+        """``key``'s record if it has state (tests and benchmarks look at it)."""
+        c = self.wm.get(key)
+        return c if c is not None and c.site else None
 
     def snapshot(self, keys: Set[str] | None = None, order: bool = False) -> dict[str, Any]:
         """All state as plain JSON-able values (fresh containers); ``keys`` and ``order`` select the per-key
@@ -294,25 +341,28 @@ class WindowOperator:
             self.queued[key] = t
             _due_push(self.due_q, _Due(t, key))
 
-    def _due_keys(self, wm: int, live: dict[str, Any]) -> list[str]:
-        """Shared mode: the keys of ``live`` whose due time ``wm`` reached, in the order their state was made."""
+    def _due_keys(self, wm: int) -> list[str]:
+        """Shared mode: the keys with state whose due time ``wm`` reached, in the order their state was made."""
         q = self.due_q
         touched = self.touched
         if self.scan_all:
-            self.visits += len(live)
+            every = self.live()
+            self.visits += len(every)
             if touched is not None:
-                touched.update(live)
-            return list(live)
+                touched.update(every)
+            return every
         if not q or q[0].t > wm:
             return []
         queued = self.queued
+        cells = self.wm
         keys: dict[str, None] = {}
         while q and q[0].t <= wm:
             d = _due_pop(q)
             t, k = d.t, d.key
             if queued.get(k) == t:
                 del queued[k]
-            if k in live:
+            c = cells.get(k)
+            if c is not None and c.site:
                 keys[k] = None
         found = list(keys)
         if len(found) > 1:
@@ -365,9 +415,10 @@ class WindowOperator:
         self.late_count += len(late)
         return late
 
-    def _emit(self, out: list[Output], key: str, start: int, end: int, acc: Acc, rev: int, fired: Fired) -> None:
+    def _emit(
+        self, out: list[Output], key: str, site: str, start: int, end: int, acc: Acc, rev: int, fired: Fired
+    ) -> None:
         """One result per metric with values, each a copy of the metric's aggregates in ``acc``."""
-        site = self.sites[key]
         name, kind, aggs = self.name, self.kind, self.aggs
         for i, metric in self.bases:
             n = acc.count(i)
@@ -384,10 +435,11 @@ class WindowOperator:
 
     def _base_snapshot(self, keys: Set[str] | None, order: bool) -> dict[str, Any]:
         """The state shared by the three operators; ``keys`` and ``order`` as in :meth:`Engine.snapshot`."""
+        live = self.live(keys)
         if order:
             return {
                 "wm": {k: None for k, c in self.wm.items() if c.v != NO_WM},
-                "sites": dict.fromkeys(self.sites),
+                "sites": dict.fromkeys(live),
                 "late_count": self.late_count,
             }
         wm: dict[str, int] = {}
@@ -395,49 +447,62 @@ class WindowOperator:
             v = self.wm[k].v
             if v != NO_WM:
                 wm[k] = v
+        cells = self.wm
         return {
             "wm": wm,
-            "sites": {k: self.sites[k] for k in key_list(self.sites, keys)},
+            "sites": {k: cells[k].site for k in live},
             "late_count": self.late_count,
         }
 
-    def _base_restore(self, snap: dict[str, Any]) -> None:
-        self.wm = {k: WmCell(v) for k, v in snap["wm"].items()}
-        # a site's name once for all its keys, as when running (a snapshot's JSON gives a string for each key)
+    def _base_restore(self, snap: dict[str, Any]) -> dict[str, str]:
+        """The records of the snapshot's watermarks (the keys' states are the caller's); returns its sites (each
+        site's name once for all its keys, as when running: a snapshot's JSON gives a string for each key)."""
+        self.wm = {k: self._new_cell(v) for k, v in snap["wm"].items()}
         names: dict[str, str] = {}
-        self.sites = {k: names.setdefault(v, v) for k, v in snap["sites"].items()}
         self.late_count = snap["late_count"]
+        return {k: names.setdefault(v, v) for k, v in snap["sites"].items()}
+
+    def _restored(self, key: str, sites: dict[str, str]) -> KeyCell:
+        """On restore: the record of ``key``, which has state in the snapshot, with its site (made if the snapshot has
+        no watermark for it, as a key in shared mode)."""
+        site = sites.get(key)
+        if not site:
+            raise ValueError(f"window {self.name}: the state of key {key!r} has no site")
+        c = self.cell(key)
+        c.site = site
+        return c
 
 
 @mypyc_attr(acyclic=True)  # compiled: no cycle can go through it (gateway.memsize walks its attributes)
 class _TWin:
-    """One tumbling window of a key: its start, its revision (0: not emitted yet), its accumulator and its one timer
-    (``tt``: the watermark it waits for; ``phase`` 0: to fire at its end, 1: to be dropped at its end plus the
-    allowed lateness)."""
+    """One tumbling window of a key: its start, its revision (0: not emitted yet) and its accumulator. Its one timer
+    (the watermark it waits for) is its end while it has not fired (phase 0), its end plus the allowed lateness once
+    it has (phase 1: to be dropped then); which phase it is in is where it is in its key's windows (:class:`_TKey`).
+    (Until 6 December 2026 it kept the timer and the phase too: 64 bytes, 48 now.)"""
 
-    __slots__ = ("acc", "phase", "rev", "start", "tt")
+    __slots__ = ("acc", "rev", "start")
 
-    def __init__(self, start: int, acc: Acc, tt: int, phase: int) -> None:
+    def __init__(self, start: int, acc: Acc) -> None:
         self.start = start
         self.rev = 0
         self.acc = acc
-        self.tt = tt
-        self.phase = phase
 
 
 @mypyc_attr(acyclic=True)  # compiled: no cycle can go through it (gateway.memsize walks its attributes)
-class _TKey:
-    """A key's tumbling windows, in order of their start; the first ``fired`` are in phase 1 (the watermark has
-    passed their end: every window it passed is fired, or was made after it passed), the others in phase 0. Each
-    phase's timers grow with the start, so the smallest timer (:meth:`due`) is the first window's or the first of
-    phase 0's, and an advance takes the due ones from the front of each phase: it costs what it fires and drops,
-    not the windows kept (a long allowed lateness keeps many). The windows are a tuple, made anew when one is added
-    or dropped (about once a window; a reading of a window the key has changes none): 48 bytes for one window, a
-    list was 112 with its table."""
+class _TKey(KeyCell):
+    """A key's record (:class:`KeyCell`) and its tumbling windows, in order of their start; the first ``fired`` are in
+    phase 1 (the watermark has passed their end: every window it passed is fired, or was made after it passed; their
+    timer is their end plus the allowed lateness), the others in phase 0 (their timer is their end). Each phase's
+    timers grow with the start, so the smallest timer (:meth:`due`) is the first window's or the first of phase 0's,
+    and an advance takes the due ones from the front of each phase: it costs what it fires and drops, not the windows
+    kept (a long allowed lateness keeps many). The windows are a tuple, made anew when one is added or dropped (about
+    once a window; a reading of a window the key has changes none): 48 bytes for one window, a list was 112 with its
+    table."""
 
     __slots__ = ("fired", "wins")
 
-    def __init__(self) -> None:
+    def __init__(self, v: int) -> None:
+        super().__init__(v)
         self.wins: tuple[_TWin, ...] = ()
         self.fired = 0
 
@@ -465,12 +530,15 @@ class _TKey:
         w = self.wins[i - 1] if i else None
         return w if w is not None and w.start == start else None
 
-    def due(self) -> int:
-        """The smallest of the windows' timers (``NO_WM`` without windows)."""
+    def due(self, size: int, drop: int) -> int:
+        """The smallest of the windows' timers (``NO_WM`` without windows), for windows of ``size`` dropped ``drop``
+        after their start (the size plus the allowed lateness)."""
         wins, f = self.wins, self.fired
-        due = wins[0].tt if f else NO_WM
-        if f < len(wins) and (due == NO_WM or wins[f].tt < due):
-            due = wins[f].tt
+        due = wins[0].start + drop if f else NO_WM
+        if f < len(wins):
+            t = wins[f].start + size
+            if due == NO_WM or t < due:
+                due = t
         return due
 
 
@@ -488,8 +556,15 @@ class TumblingOperator(WindowOperator):
         super().__init__(spec, shared)
         self.size = spec.size_ms
         self.offset = spec.offset_ms
-        self.wins: dict[str, _TKey] = {}
+        self.drop = spec.size_ms + spec.allowed_lateness_ms  # a fired window is dropped this long after its start
         self.dirty: dict[str, set[int]] = {}
+
+    def _new_cell(self, v: int) -> _TKey:
+        return _TKey(v)
+
+    def states(self) -> dict[str, _TKey]:
+        """The records of the keys with state (tests and benchmarks look at them)."""
+        return {k: cast(_TKey, self.wm[k]) for k in self.live()}
 
     def add_at(
         self, wmc: WmCell, key: str, site: str, device: str, t: int, b: int, s: int, values: Values
@@ -500,10 +575,9 @@ class TumblingOperator(WindowOperator):
         wm = wmc.v
         if end + self.lateness <= wm:
             return self._late(site, device, t, b, s, values, wm)
-        tk = self.wins.get(key)
-        if tk is None:
-            tk = self.wins[key] = _TKey()
-            self.sites[key] = site
+        tk = cast(_TKey, self.cell(key) if self.shared else wmc)  # outside shared mode the key's cell is its record
+        if not tk.site:
+            tk.site = site
             if self.shared:
                 self._new_key(key)
         wins = tk.wins
@@ -513,13 +587,13 @@ class TumblingOperator(WindowOperator):
             if end <= wm:  # a window the watermark passed while it was empty
                 assert i <= tk.fired, f"{self.name}/{key}: a passed window after one not fired"
                 tk.fired += 1
-                w = _TWin(start, acc_empty(self.nm), end + self.lateness, 1)
+                w = _TWin(start, acc_empty(self.nm))
                 self.dirty.setdefault(key, set()).add(start)
                 if self.shared:
                     self._due(key, NO_WM)
             else:
                 assert i >= tk.fired, f"{self.name}/{key}: a window not fired before a passed one"
-                w = _TWin(start, acc_empty(self.nm), end, 0)
+                w = _TWin(start, acc_empty(self.nm))
                 if self.shared:
                     self._due(key, end)
             tk.wins = (*wins, w) if i == len(wins) else (*wins[:i], w, *wins[i:])
@@ -533,17 +607,19 @@ class TumblingOperator(WindowOperator):
     def advance_at(self, wmc: WmCell, key: str | None, wm: int, out: list[Output]) -> None:
         self._move(wmc, key, wm)
         if key is not None:
-            tk = self.wins.get(key)
-            if tk is None or (tk.due() > wm and (not self.dirty or key not in self.dirty)):
+            tk = cast(_TKey, wmc)  # the key's record
+            if not tk.site or (tk.due(self.size, self.drop) > wm and (not self.dirty or key not in self.dirty)):
                 return  # nothing due: the common case, checked without touching the windows
             keys = [key]
         else:
-            keys = self._due_keys(wm, self.wins)
+            keys = self._due_keys(wm)
             if not keys:
                 return
-        size, lateness = self.size, self.lateness
+        size, drop = self.size, self.drop
+        cells = self.wm
         for k in keys:
-            tk = self.wins[k]
+            tk = cast(_TKey, cells[k])
+            site = tk.site
             wins = tk.wins
             dirty = self.dirty.pop(k, None)
             if dirty:
@@ -551,50 +627,55 @@ class TumblingOperator(WindowOperator):
                     w = tk.get(start)
                     assert w is not None, f"{self.name}/{k}: no window at {start} to fire again"
                     w.rev += 1
-                    self._emit(out, k, start, start + size, w.acc, w.rev, "late")
-            if tk.due() <= wm:
+                    self._emit(out, k, site, start, start + size, w.acc, w.rev, "late")
+            if tk.due(size, drop) <= wm:
                 # the timers due, as a heap of (time, start, phase) would give them: the fires in order of their
                 # end (their start); a drop emits nothing, so where it comes between them changes nothing
                 f, n = tk.fired, len(wins)
                 d = 0  # the fired windows past their lateness: the first of phase 1
-                while d < f and wins[d].tt <= wm:
+                while d < f and wins[d].start + drop <= wm:
                     d += 1
-                j = f  # the windows whose end the watermark passed: the first of phase 0
-                while j < n and wins[j].tt <= wm:
+                j = f  # the windows whose end the watermark passed: the first of phase 0 (to phase 1)
+                while j < n and wins[j].start + size <= wm:
                     w = wins[j]
                     w.rev = 1
-                    self._emit(out, k, w.start, w.start + size, w.acc, 1, "watermark")
-                    w.phase = 1
-                    w.tt = w.start + size + lateness
+                    self._emit(out, k, site, w.start, w.start + size, w.acc, 1, "watermark")
                     j += 1
                 if d == f:  # the ones just fired past their lateness as well (their timers come after those)
-                    while d < j and wins[d].tt <= wm:
+                    while d < j and wins[d].start + drop <= wm:
                         d += 1
                 if d:
                     tk.wins = wins = wins[d:]
                 tk.fired = j - d
             if not wins:
-                del self.wins[k], self.sites[k]
+                tk.site = ""  # no state (its record stays: its watermark)
+                tk.fired = 0
                 if self.shared:
                     self._drop_key(k)
             elif key is None:
-                self._due(k, tk.due())
+                self._due(k, tk.due(size, drop))
 
     def snapshot(self, keys: Set[str] | None = None, order: bool = False) -> dict[str, Any]:
         snap = self._base_snapshot(keys, order)
+        live = self.live(keys)
         if order:
-            snap["wins"] = dict.fromkeys(self.wins)
-            snap["timers"] = dict.fromkeys(self.wins)
+            snap["wins"] = dict.fromkeys(live)
+            snap["timers"] = dict.fromkeys(live)
             snap["dirty"] = dict.fromkeys(self.dirty)
             return snap
         wins: dict[str, Any] = {}
         timers: dict[str, Any] = {}
         i = 0
-        for k in key_list(self.wins, keys):
-            ws = self.wins[k].wins
+        cells = self.wm
+        for k in live:
+            ws = cast(_TKey, cells[k]).wins
             wins[k] = [[w.start, w.rev, w.acc.to_json()] for w in ws]
-            # a heap's list, as it always was (sorted: one of the lists heapq keeps)
-            timers[k] = sorted([w.tt, w.start, w.phase] for w in ws)
+            # a heap's list, as it always was (sorted: one of the lists heapq keeps): [timer, start, phase]
+            f = cast(_TKey, cells[k]).fired
+            timers[k] = sorted(
+                [w.start + self.drop, w.start, 1] if q < f else [w.start + self.size, w.start, 0]
+                for q, w in enumerate(ws)
+            )
             self._every_few(i)
             i += 1
         snap["wins"] = wins
@@ -603,29 +684,29 @@ class TumblingOperator(WindowOperator):
         return snap
 
     def restore(self, snap: dict[str, Any]) -> None:
-        self._base_restore(snap)
-        self.wins = {}
+        sites = self._base_restore(snap)
         timers = snap["timers"]
         for k, v in snap["wins"].items():
-            timer = {x[1]: (x[0], x[2]) for x in timers.get(k, ())}
-            tk = _TKey()
+            if not v:
+                continue  # no window: no state (never written so)
+            # each window's phase (its timer follows from it: a snapshot is restored with the windows that wrote it)
+            phases = {x[1]: x[2] for x in timers.get(k, ())}
+            tk = cast(_TKey, self._restored(k, sites))
             ws: list[_TWin] = []
             for s, r, a in sorted(v, key=_first):
-                tt, phase = timer.get(s, (s + self.size + self.lateness, 1))
-                if phase == 1:
+                if phases.get(s, 1) == 1:
                     if tk.fired < len(ws):
                         raise ValueError(f"window {self.name} of {k!r}: the window at {s} has fired, one before not")
                     tk.fired += 1
-                w = _TWin(s, acc_from_json(a), tt, phase)
+                w = _TWin(s, acc_from_json(a))
                 w.rev = r
                 ws.append(w)
             tk.wins = tuple(ws)
-            self.wins[k] = tk
         self.dirty = {k: set(v) for k, v in snap["dirty"].items()}
-        self._requeue_all(list(self.wins))
+        self._requeue_all([k for k, v in snap["wins"].items() if v])
 
     def early_acc(self, key: str, start: int) -> tuple[int, int, Acc] | None:
-        tk = self.wins.get(key)
+        tk = cast(_TKey | None, self.state_of(key))
         w = None if tk is None else tk.get(start)
         end = start + self.size
         wm = self.watermark(key)
@@ -711,6 +792,7 @@ def _decimal(v: float) -> i64:
     return _NO_DEC
 
 
+@mypyc_attr(acyclic=True)  # compiled: no cycle can go through it (its columns and accumulators refer to nothing of it)
 @final
 class Panes:
     """A sliding window key's panes, in order of their start, as columns (compiled: ``librt.vecs``, native buffers of
@@ -1369,8 +1451,9 @@ class Panes:
 
 
 @mypyc_attr(acyclic=True)  # compiled: no cycle can go through it (gateway.memsize walks its attributes)
-class _SlideKey:
-    """One key's sliding-window state: panes, fired revisions, cleanup timers and the two stacks."""
+class _SlideKey(KeyCell):
+    """One key's record (:class:`KeyCell`) and its sliding-window state: panes, fired revisions, cleanup timers and
+    the two stacks. Without state its panes are the operator's empty ``no_panes`` (never changed)."""
 
     __slots__ = (
         "back",
@@ -1385,8 +1468,9 @@ class _SlideKey:
         "revs",
     )
 
-    def __init__(self, w: int, pane: int, off: int) -> None:
-        self.panes = Panes(w, pane, off)  # sorted by their start
+    def __init__(self, v: int, panes: Panes) -> None:
+        super().__init__(v)
+        self.panes = panes  # sorted by their start
         # window start -> revision, for fired windows not yet dropped (lateness > 0), and their drop times as a
         # heap of (end + lateness, window start); None while there are none (an empty dict and list are 120 bytes)
         self.revs: dict[int, int] | None = None
@@ -1418,6 +1502,21 @@ class _SlideKey:
         self.hint = 0  # where the first pane at or after ``hi`` was last seen in ``panes`` (checked before use)
         # the start of the oldest pane a reading was added to (or made for) since the key's last checkpoint snapshot
         # (``SlidingOperator.snapshot_rows``): its chunks from there on are what the next checkpoint writes
+        self.ck_lo = CK_ALL
+
+    def clear(self, panes: Panes) -> None:
+        """No state: as :meth:`__init__` made it, with ``panes`` (the stacks' entries are the caller's to give back
+        first)."""
+        self.site = ""
+        self.panes = panes
+        self.revs = None
+        self.cleanup = None
+        self.dirty = None
+        self.front_a = ()
+        self.back_from = 0
+        self.back = None
+        self.hi = NO_HI
+        self.hint = 0
         self.ck_lo = CK_ALL
 
     def fired(self, s: int, rev: int, drop: int) -> None:
@@ -1497,10 +1596,10 @@ class _SlideKey:
         out.update(d)
         return out
 
-    @classmethod
-    def from_json(cls, d: dict[str, Any], singles: bool, nm: int, pane: int, off: int) -> tuple[_SlideKey, int | None]:
-        """The key from its snapshot (either format: see :meth:`to_json`), and the start of its front stack's newest
-        pane (None: no front), whose entries the caller makes (``SlidingOperator._restore_front``). ``singles``: a
+    def load(self, d: dict[str, Any], singles: bool, nm: int, pane: int, off: int) -> int | None:
+        """The key's state from its snapshot (either format: see :meth:`to_json`), into this record without state;
+        returns the start of its front stack's newest pane (None: no front), whose entries the caller makes
+        (``SlidingOperator._restore_front``). ``singles``: a
         pane that is exactly the accumulator of one reading is that reading (in the columns). ``nm``, ``pane``
         and ``off``: the window's metrics, pane size and offset, which each pane must fit (a ``ValueError`` says which
         does not: never a pane taken as something the engine did not write).
@@ -1510,8 +1609,8 @@ class _SlideKey:
         away by the next advance before anything reads them). Entries of panes already dropped (in checkpoints
         written before they were dropped with their panes) are never read again: the next window to fire starts
         after them."""
-        ks = cls(nm if singles else 0, pane, off)
-        panes = ks.panes
+        ks = self
+        panes = ks.panes = Panes(nm if singles else 0, pane, off)
         last = 0
         for x in d["panes"]:
             a = _pane_from_row(x, singles, nm, pane, off)
@@ -1546,7 +1645,7 @@ class _SlideKey:
             if j < e:
                 back = ks.back = part_empty(nm)
                 panes.part_span(j, e, back)
-        return ks, top
+        return top
 
 
 class SlidingOperator(WindowOperator):
@@ -1565,7 +1664,7 @@ class SlidingOperator(WindowOperator):
         self.slide = spec.slide_ms
         self.offset = spec.offset_ms
         self.pane = pane_size(spec.size_ms, spec.slide_ms)
-        self.keys: dict[str, _SlideKey] = {}
+        self.no_panes = Panes(0, self.pane, self.offset)  # the panes of every key without state: none, never changed
         # Accumulators of dropped panes and popped stack entries, for reuse by the next pane or stack entry of
         # any key (not in snapshots). The last one given back is taken first: it is likely still in the CPU's
         # cache. At most ``spare_max``, a few windows' worth of panes: a burst (a board flushing half an hour of
@@ -1586,6 +1685,13 @@ class SlidingOperator(WindowOperator):
         self.stride = _front_stride(spec.size_ms // self.pane)
         # a checkpoint's chunk of panes (ms; 0: a key's panes in its own row): windows of more than CHUNK_PANES panes
         self.chunk = self.pane * CHUNK_PANES if spec.size_ms // self.pane > CHUNK_PANES else 0
+
+    def _new_cell(self, v: int) -> _SlideKey:
+        return _SlideKey(v, self.no_panes)
+
+    def states(self) -> dict[str, _SlideKey]:
+        """The records of the keys with state (tests and benchmarks look at them)."""
+        return {k: cast(_SlideKey, self.wm[k]) for k in self.live()}
 
     def _give_back(self, acc: Acc) -> None:
         """Keep an accumulator no longer used, for a next pane or stack entry (up to ``spare_max``)."""
@@ -1716,10 +1822,10 @@ class SlidingOperator(WindowOperator):
         off = self.offset
         if t - (t - off) % slide + size + self.lateness <= wm:
             return self._late(site, device, t, b, s, values, wm)
-        ks = self.keys.get(key)
-        if ks is None:
-            ks = self.keys[key] = _SlideKey(self.nm if self.singles else 0, self.pane, off)
-            self.sites[key] = site
+        ks = cast(_SlideKey, self.cell(key) if self.shared else wmc)  # outside shared mode the key's cell is its record
+        if not ks.site:
+            ks.site = site
+            ks.panes = Panes(self.nm if self.singles else 0, self.pane, off)
             if self.shared:
                 self._new_key(key)
         p = t - (t - off) % self.pane
@@ -1822,7 +1928,7 @@ class SlidingOperator(WindowOperator):
         ks.back = back
         ks.hi = end
         ks.hint = i
-        site = self.sites[k]
+        site = ks.site
         name, kind, aggs = self.name, self.kind, self.aggs
         j = panes.find_front(start)
         fa = self._front_from(ks, j)
@@ -1872,22 +1978,22 @@ class SlidingOperator(WindowOperator):
         for s in sorted(starts):
             rev = 1 if ks.revs is None else ks.revs.get(s, 0) + 1
             ks.fired(s, rev, s + size + self.lateness)
-            self._emit(out, k, s, s + size, self._window(ks, s, s + size), rev, "late")
+            self._emit(out, k, ks.site, s, s + size, self._window(ks, s, s + size), rev, "late")
 
     def advance_at(self, wmc: WmCell, key: str | None, wm: int, out: list[Output]) -> None:
         old = self._move(wmc, key, wm)
         if key is None:
-            keys = self.keys
-            for k in self._due_keys(wm, keys):
-                kst = keys[k]
+            cells = self.wm
+            for k in self._due_keys(wm):
+                kst = cast(_SlideKey, cells[k])
                 self._advance_key(out, k, kst, old, wm)
-                if k in keys:
+                if kst.site:
                     self._due(k, self._next_due(kst, wm))
                 else:
                     self._drop_key(k)
         else:
-            ks = self.keys.get(key)
-            if ks is not None:
+            ks = cast(_SlideKey, wmc)  # the key's record
+            if ks.site:
                 self._advance_key(out, key, ks, old, wm)
 
     def _next_due(self, ks: _SlideKey, wm: int) -> int:
@@ -1955,13 +2061,13 @@ class SlidingOperator(WindowOperator):
             ks.hint -= n
             if ks.front_a:  # entries of dropped panes: the next window to fire starts after them
                 self._drop_front(ks, panes.start(0) if panes.n else None)
-        if not panes.n and not ks.revs:
-            del self.keys[k], self.sites[k]
+        if not panes.n and not ks.revs:  # no state: its record stays (its watermark)
+            ks.clear(self.no_panes)
 
     def snapshot(self, keys: Set[str] | None = None, order: bool = False) -> dict[str, Any]:
         if order:
             snap = self._base_snapshot(keys, order)
-            snap["keys"] = dict.fromkeys(self.keys)
+            snap["keys"] = dict.fromkeys(self.live(keys))
             return snap
         return self._snapshot_keys(keys, 0)
 
@@ -1979,8 +2085,9 @@ class SlidingOperator(WindowOperator):
         out: dict[str, Any] = {}
         chunk, off, nm = self.chunk if rows else 0, self.offset, self.nm
         i = 0
-        for k in key_list(self.keys, keys):
-            ks = self.keys[k]
+        cells = self.wm
+        for k in self.live(keys):
+            ks = cast(_SlideKey, cells[k])
             if chunk:
                 out[k] = ks.to_rows(nm, chunk, off, CK_ALL if rows == 2 else ks.ck_lo)
             else:
@@ -1995,27 +2102,26 @@ class SlidingOperator(WindowOperator):
     def mark_changed(self, keys: Set[str] | None) -> None:
         """Every pane of ``keys`` (None: every key) counts as changed since the last checkpoint: the next writes them
         all (after a checkpoint that failed, or a restore from rows that do not hold them as chunks)."""
-        for k in key_list(self.keys, keys):
-            self.keys[k].ck_lo = CK_ALL
+        for k in self.live(keys):
+            cast(_SlideKey, self.wm[k]).ck_lo = CK_ALL
 
     def mark_stored(self, keys: Set[str]) -> None:
         """The panes of ``keys`` are as the stored checkpoint's chunk rows hold them (right after restoring it; a key
         whose row holds its panes, as before chunk rows, keeps every pane counted as changed)."""
-        for k in key_list(self.keys, keys):
-            self.keys[k].ck_lo = CK_NONE
+        for k in self.live(keys):
+            cast(_SlideKey, self.wm[k]).ck_lo = CK_NONE
 
     def restore(self, snap: dict[str, Any]) -> None:
-        self._base_restore(snap)
-        self.keys = {}
+        sites = self._base_restore(snap)
         for k, d in snap["keys"].items():
-            ks, top = _SlideKey.from_json(d, self.singles, self.nm, self.pane, self.offset)
-            self.keys[k] = ks
+            ks = cast(_SlideKey, self._restored(k, sites))
+            top = ks.load(d, self.singles, self.nm, self.pane, self.offset)
             if top is not None:
                 self._restore_front(ks, top)
-        self._requeue_all(list(self.keys))
+        self._requeue_all(list(snap["keys"]))
 
     def early_acc(self, key: str, start: int) -> tuple[int, int, Acc] | None:
-        ks = self.keys.get(key)
+        ks = cast(_SlideKey | None, self.state_of(key))
         end = start + self.size
         wm = self.watermark(key)
         if ks is None or (wm is not None and end <= wm):  # windows fire in order of their end: this one has not
@@ -2045,6 +2151,19 @@ class _Session:
         return _Session(x[0], x[1], x[2], acc_from_json(x[3]), x[4], x[5])
 
 
+@mypyc_attr(acyclic=True)  # compiled: no cycle can go through it (gateway.memsize walks its attributes)
+class _SesKey(KeyCell):
+    """A key's record (:class:`KeyCell`) and its sessions, in a tuple made anew when one is added, merged or dropped
+    (a new session comes once a gap; a reading inside the newest changes no tuple): 48 bytes for one session, a list
+    was 112 with its table."""
+
+    __slots__ = ("sessions",)
+
+    def __init__(self, v: int) -> None:
+        super().__init__(v)
+        self.sessions: tuple[_Session, ...] = ()
+
+
 class SessionOperator(WindowOperator):
     """Session windows per key: a reading opens ``[t, t + gap)``; overlapping sessions merge.
 
@@ -2057,20 +2176,24 @@ class SessionOperator(WindowOperator):
     def __init__(self, spec: WindowSpec, shared: bool) -> None:
         super().__init__(spec, shared)
         self.gap = spec.gap_ms
-        # each key's sessions in a tuple, made anew when one is added, merged or dropped (a new session comes once a
-        # gap; a reading inside the newest changes no tuple): 48 bytes for one session, a list was 112 with its table
-        self.sessions: dict[str, tuple[_Session, ...]] = {}
         self.tombs: dict[str, list[list[int]]] = {}
+
+    def _new_cell(self, v: int) -> _SesKey:
+        return _SesKey(v)
+
+    def states(self) -> dict[str, _SesKey]:
+        """The records of the keys with state (tests and benchmarks look at them)."""
+        return {k: cast(_SesKey, self.wm[k]) for k in self.live()}
 
     def add_at(
         self, wmc: WmCell, key: str, site: str, device: str, t: int, b: int, s: int, values: Values
     ) -> tuple[Output, ...]:
         wm = wmc.v
         lo, hi = t, t + self.gap
-        sessions = self.sessions.get(key)
-        if sessions is None:
-            sessions = self.sessions[key] = ()
-            self.sites[key] = site
+        rec = cast(_SesKey, self.cell(key) if self.shared else wmc)  # outside shared mode the key's cell is its record
+        sessions = rec.sessions
+        if not rec.site:
+            rec.site = site
             if self.shared:
                 self._new_key(key)
         elif sessions:
@@ -2093,7 +2216,7 @@ class SessionOperator(WindowOperator):
         # session can never grow back over one already dropped and reuse its start, its point's time.)
         if hi + self.lateness <= wm and (not hits or lo < hits[0].start):
             if not sessions:
-                del self.sessions[key], self.sites[key]
+                rec.site = ""
                 if self.shared:
                     self._drop_key(key)
             return self._late(site, device, t, b, s, values, wm)
@@ -2105,11 +2228,11 @@ class SessionOperator(WindowOperator):
             behind = hi <= wm
             x = _Session(lo, hi, 0, acc, True, behind)
             if not sessions or lo > sessions[-1].start:
-                self.sessions[key] = (*sessions, x)
+                rec.sessions = (*sessions, x)
             else:
                 more = list(sessions)
                 insort(more, x, key=_session_start)
-                self.sessions[key] = tuple(more)
+                rec.sessions = tuple(more)
             return _NONE
         base = hits[0]
         start = min(lo, base.start)
@@ -2122,7 +2245,7 @@ class SessionOperator(WindowOperator):
                 self.tombs.setdefault(key, []).append([x.start, x.end, x.rev + 1])
         if len(hits) > 1:
             gone = hits[1:]
-            self.sessions[key] = tuple([x for x in sessions if x not in gone])
+            rec.sessions = tuple([x for x in sessions if x not in gone])
         if start != base.start:
             if base.rev > 0:
                 self.tombs.setdefault(key, []).append([base.start, base.end, base.rev + 1])
@@ -2137,11 +2260,12 @@ class SessionOperator(WindowOperator):
     def advance_at(self, wmc: WmCell, key: str | None, wm: int, out: list[Output]) -> None:
         self._move(wmc, key, wm)
         if key is None:
-            live = self.sessions
-            for k in self._due_keys(wm, live):
-                self._advance_key(out, k, live[k], wm)
-                sessions = live.get(k)
-                if sessions is None:
+            cells = self.wm
+            for k in self._due_keys(wm):
+                rec = cast(_SesKey, cells[k])
+                self._advance_key(out, k, rec, wm)
+                sessions = rec.sessions
+                if not rec.site:
                     self._drop_key(k)
                 else:
                     due = sessions[0].end if sessions[0].end > wm else sessions[0].end + self.lateness
@@ -2151,15 +2275,16 @@ class SessionOperator(WindowOperator):
                             due = d
                     self._due(k, due if due > wm else wm + 1)
         else:
-            sessions = self.sessions.get(key)
-            if sessions is not None:
-                self._advance_key(out, key, sessions, wm)
+            rec = cast(_SesKey, wmc)  # the key's record
+            if rec.site:
+                self._advance_key(out, key, rec, wm)
 
-    def _advance_key(self, out: list[Output], k: str, sessions: tuple[_Session, ...], wm: int) -> None:
+    def _advance_key(self, out: list[Output], k: str, rec: _SesKey, wm: int) -> None:
         lateness = self.lateness
+        sessions = rec.sessions
+        site = rec.site
         if self.tombs:
             for start, end, rev in self.tombs.pop(k, ()):
-                site = self.sites[k]
                 for metric in self.spec.metrics:
                     out.append(
                         WindowResult(
@@ -2182,28 +2307,29 @@ class SessionOperator(WindowOperator):
             if end <= wm:  # the common case - every session still open - touches nothing else
                 if x.pending:
                     x.rev += 1
-                    self._emit(out, k, x.start, end, x.acc, x.rev, "late" if x.late else "watermark")
+                    self._emit(out, k, site, x.start, end, x.acc, x.rev, "late" if x.late else "watermark")
                     x.pending = False
                     x.late = False
                 if end + lateness <= wm:
                     drop = True
         if drop:
             keep = tuple([x for x in sessions if x.end + lateness > wm])
-            if keep:
-                self.sessions[k] = keep
-            else:
-                del self.sessions[k], self.sites[k]
+            rec.sessions = keep
+            if not keep:
+                rec.site = ""  # no state: its record stays (its watermark)
 
     def snapshot(self, keys: Set[str] | None = None, order: bool = False) -> dict[str, Any]:
         snap = self._base_snapshot(keys, order)
+        live = self.live(keys)
         if order:
-            snap["sessions"] = dict.fromkeys(self.sessions)
+            snap["sessions"] = dict.fromkeys(live)
             snap["tombs"] = dict.fromkeys(self.tombs)
             return snap
         sessions: dict[str, Any] = {}
         i = 0
-        for k in key_list(self.sessions, keys):
-            sessions[k] = [x.to_json() for x in self.sessions[k]]
+        cells = self.wm
+        for k in live:
+            sessions[k] = [x.to_json() for x in cast(_SesKey, cells[k]).sessions]
             self._every_few(i)
             i += 1
         snap["sessions"] = sessions
@@ -2211,14 +2337,19 @@ class SessionOperator(WindowOperator):
         return snap
 
     def restore(self, snap: dict[str, Any]) -> None:
-        self._base_restore(snap)
-        self.sessions = {k: tuple([_Session.from_json(x) for x in v]) for k, v in snap["sessions"].items()}
+        sites = self._base_restore(snap)
+        live: list[str] = []
+        for k, v in snap["sessions"].items():
+            if v:  # no session: no state (never written so)
+                cast(_SesKey, self._restored(k, sites)).sessions = tuple([_Session.from_json(x) for x in v])
+                live.append(k)
         self.tombs = {k: [list(x) for x in v] for k, v in snap["tombs"].items()}
-        self._requeue_all(list(self.sessions))
+        self._requeue_all(live)
 
     def early_acc(self, key: str, start: int) -> tuple[int, int, Acc] | None:
         wm = self.watermark(key)
-        for x in self.sessions.get(key, ()):
+        rec = cast(_SesKey | None, self.state_of(key))
+        for x in () if rec is None else rec.sessions:
             if x.start <= start < x.end:
                 if x.rev or (wm is not None and x.end <= wm):
                     return None

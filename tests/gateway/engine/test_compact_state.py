@@ -104,7 +104,7 @@ def test_a_front_stack_keeps_few_entries() -> None:
         for sec in range(150):
             t = T0 + sec * 1000
             engine.process_batch(batch("d0", [(t, 1, sec, {"x": 1.0, "y": 2.0, "z": float(sec)})]), t)
-            most = max(most, len(op.keys["d0"].front_a))
+            most = max(most, len(op.states()["d0"].front_a))
         kept.append(most)
     assert kept[1] >= 55 and kept[0] <= 4, kept
 
@@ -165,16 +165,16 @@ def test_a_restored_window_keeps_its_panes_of_one_reading_as_readings() -> None:
 
     assert _kinds(op2) == _kinds(op)
     assert "one" in _kinds(op)["d1"] and set(_kinds(op)["d7"]) > {"one"}
-    before = sum(sys.getsizeof(a) for ks in op.keys.values() for a in (ks.panes.big or []) if a is not None)
-    after = sum(sys.getsizeof(a) for ks in op2.keys.values() for a in (ks.panes.big or []) if a is not None)
+    before = sum(sys.getsizeof(a) for ks in op.states().values() for a in (ks.panes.big or []) if a is not None)
+    after = sum(sys.getsizeof(a) for ks in op2.states().values() for a in (ks.panes.big or []) if a is not None)
     assert after == before
     # restored, the front keeps the entries a transfer keeps, at its stride from its newest pane: every key the same
     # entries as before the restore, a few of the dozens of panes the front spans
-    for k, ks in op.keys.items():
-        assert [f.start for f in op2.keys[k].front_a] == [f.start for f in ks.front_a], k
+    for k, ks in op.states().items():
+        assert [f.start for f in op2.states()[k].front_a] == [f.start for f in ks.front_a], k
     # (each key transfers in a phase of its own, so its front spans from a few panes to a whole window's)
-    assert max(len(ks.front_a) for ks in op2.keys.values()) <= 8 and max(len(f) for f in fronts) > 40
-    assert sum(len(ks.front_a) for ks in op2.keys.values()) * 5 < sum(len(f) for f in fronts)
+    assert max(len(ks.front_a) for ks in op2.states().values()) <= 8 and max(len(f) for f in fronts) > 40
+    assert sum(len(ks.front_a) for ks in op2.states().values()) * 5 < sum(len(f) for f in fronts)
 
 
 def test_a_snapshot_lets_other_threads_run_every_few_keys() -> None:
@@ -184,7 +184,7 @@ def test_a_snapshot_lets_other_threads_run_every_few_keys() -> None:
     stream = _stream(3)
     engine = _engine(True)
     _run(engine, stream)
-    keys = sum(len(w.op.keys) for w in engine.windows)  # type: ignore[union-attr]
+    keys = sum(len(w.op.states()) for w in engine.windows)  # type: ignore[union-attr]
     plain = engine.snapshot()
     calls: list[int] = []
     engine.snapshot_pause = lambda: calls.append(1)
@@ -203,12 +203,12 @@ def test_a_key_without_late_panes_holds_no_set_of_them() -> None:
     for sec in range(30):
         t = T0 + sec * 1000
         engine.process_batch(batch("d0", [(t, 1, sec, {"x": float(sec)})]), t)
-    assert op.keys["d0"].dirty is None
+    assert op.states()["d0"].dirty is None
     snap = engine.snapshot()
     assert snap["windows"]["s"]["keys"]["d0"]["dirty"] == []
     late = T0 + 20_500  # in a pane of windows already fired (watermark 24 s) and of windows still to fire
     engine.process_batch(batch("d0", [(late, 1, 99, {"x": 5.0})]), T0 + 29_100)
-    assert op.keys["d0"].dirty is None  # the advance after it rebuilt the stacks
+    assert op.states()["d0"].dirty is None  # the advance after it rebuilt the stacks
     t = T0 + 35_000
     outs = [
         o
@@ -219,7 +219,7 @@ def test_a_key_without_late_panes_holds_no_set_of_them() -> None:
     snap["windows"]["s"]["keys"]["d0"]["dirty"] = [T0 + 20_000]
     again = Engine(parse_engine({"windows": windows}))
     again.restore(snap)
-    assert again.windows[0].op.keys["d0"].dirty == {T0 + 20_000}  # type: ignore[union-attr]
+    assert again.windows[0].op.states()["d0"].dirty == {T0 + 20_000}  # type: ignore[union-attr]
     assert again.snapshot()["windows"]["s"]["keys"]["d0"]["dirty"] == [T0 + 20_000]
 
 
@@ -350,7 +350,7 @@ def test_panes_of_one_reading_give_exactly_what_accumulators_give() -> None:
         if i % 100 == 0:
             for w in engine.windows:
                 assert isinstance(w.op, SlidingOperator)
-                kinds.update(x for ks in w.op.keys.values() for x in _kinds_of(ks))
+                kinds.update(x for ks in w.op.states().values() for x in _kinds_of(ks))
 
     for seed in range(3):
         stream = _boundary_stream(seed)
@@ -388,7 +388,7 @@ def _kinds_of(ks: Any) -> list[str]:
 
 
 def _kinds(o: SlidingOperator) -> dict[str, list[str]]:
-    return {k: _kinds_of(ks) for k, ks in o.keys.items()}
+    return {k: _kinds_of(ks) for k, ks in o.states().items()}
 
 
 def _seen(o: Any) -> str:
@@ -422,7 +422,7 @@ def test_a_fleet_that_starts_together_spreads_its_fronts_over_the_cycle() -> Non
             t = T0 + sec * 1000 + d
             engine.process_batch(batch(f"d{d}", [(t, 1, sec, {"x": 1.0, "y": 2.0, "z": float(sec)})]), t)
         if sec >= 70:
-            totals.append(sum(len(ks.front_a) for ks in op.keys.values()))
+            totals.append(sum(len(ks.front_a) for ks in op.states().values()))
     mean = sum(totals) / len(totals)
     assert mean > 200 * 2, mean  # 4 entries a key at a transfer (every 16th of 59), one before the next
     assert max(totals) < 1.25 * mean, (max(totals), mean)
@@ -488,7 +488,7 @@ def test_a_boards_decimal_values_are_kept_as_decimals_and_give_exactly_what_doub
                 if singles and i % 100 == 99:
                     for w in engine.windows:
                         assert isinstance(w.op, SlidingOperator)
-                        narrow_seen.update((k, ks.panes.nar) for k, ks in w.op.keys.items() if ks.panes.n)
+                        narrow_seen.update((k, ks.panes.nar) for k, ks in w.op.states().items() if ks.panes.n)
             runs.append((outs, snaps))
         assert len(runs[0][0]) > 2000
         assert runs[0] == runs[1]
@@ -537,7 +537,7 @@ def test_a_key_in_its_phase_transfers_about_as_often_as_one_that_is_not() -> Non
             now = T0 + (i // 100) * 1000
             t = now - rng.choice([0] * 9 + [2000])
             engine.process_batch(batch(f"d{d}", [(t, 1, i, {"x": rng.random()})], received_ms=now), now + 5)
-            ks = op.keys.get(f"d{d}")
+            ks = op.states().get(f"d{d}")
             if ks is not None:
                 starts.setdefault(f"d{d}", set()).add(ks.back_from)
         counts.append(sum(len(x) for x in starts.values()))
@@ -678,7 +678,7 @@ def test_a_keys_columns_end_within_two_places_of_its_panes() -> None:
     for sec in range(200):
         t = T0 + sec * 1000
         engine.process_batch(batch("d0", [(t, 1, sec, {"x": 1.0 + sec / 3, "y": 2.0, "z": float(sec)})]), t)
-        panes = op.keys["d0"].panes
+        panes = op.states()["d0"].panes
         most = max(most, panes.n)
         if sec >= 70:
             assert panes.cap <= most + 2, (sec, panes.n, panes.cap, most)
@@ -686,5 +686,5 @@ def test_a_keys_columns_end_within_two_places_of_its_panes() -> None:
     again.restore(json.loads(json.dumps(engine.snapshot())))
     op2 = again.windows[0].op
     assert isinstance(op2, SlidingOperator)
-    restored = op2.keys["d0"].panes
-    assert restored.n == op.keys["d0"].panes.n and restored.cap <= restored.n + 2, (restored.n, restored.cap)
+    restored = op2.states()["d0"].panes
+    assert restored.n == op.states()["d0"].panes.n and restored.cap <= restored.n + 2, (restored.n, restored.cap)

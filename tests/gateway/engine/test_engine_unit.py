@@ -173,7 +173,7 @@ def test_a_flushed_buffer_does_not_leave_its_panes_allocated_to_the_device() -> 
         now = T0 + s * 1000
         e.process_batch(batch("d", [(now, 1, s, {"temp_c": 21.0, "rh": 50.0})]), now_ms=now + 50)
     op = e.windows[0].op
-    key = op.keys["d"]
+    key = op.states()["d"]
     assert key.panes.n <= 70  # the panes still in a window (plus the bound ahead)
     assert len(key.panes.tm) <= 100  # and the columns shrank to about them
     assert len(op.spare) <= op.spare_max == 4 * 60 + 64
