@@ -167,5 +167,14 @@ class DeviceTracker:
         }
 
     def restore(self, snap: dict[str, Any]) -> None:
-        self.state = {k: list(v) for k, v in snap["state"].items()}
-        self.sites = {k: list(v) for k, v in snap["sites"].items()}
+        # one string a site and a device, as when running (a snapshot's JSON gives one for each place it is written:
+        # 64 bytes a device each, twice)
+        names: dict[str, str] = {}
+        state: dict[str, list[Any]] = {}
+        for k, v in snap["state"].items():
+            e = list(v)
+            if isinstance(e[0], str):
+                e[0] = names.setdefault(e[0], e[0])
+            state[names.setdefault(k, k)] = e
+        self.state = state
+        self.sites = {names.setdefault(k, k): [names.setdefault(d, d) for d in v] for k, v in snap["sites"].items()}

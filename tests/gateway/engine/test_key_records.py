@@ -106,3 +106,22 @@ def test_a_snapshot_whose_state_has_no_site_is_refused() -> None:
         with pytest.raises(ValueError, match="no site"):
             _engine().restore(broken)
     _engine().restore(snap)  # the whole one restores
+
+
+def test_a_restored_tracker_keeps_one_string_a_site_and_a_device() -> None:
+    """A snapshot's JSON gives a string for each place a name is written: restored, the watermark tracker holds one
+    per site and per device, as when running (64 bytes a device each, twice, in bench_state.py's restored engine)."""
+    import json
+
+    engine = _engine()
+    for d in ("board-1", "board-2", "board-3"):
+        for i in range(3):
+            t = T0 + i * 1000
+            engine.process_batch(batch(d, [(t, 1, i, {"x": 1.0})], site="greenhouse-1", received_ms=t), t)
+    again = _engine()
+    again.restore(json.loads(json.dumps(engine.snapshot())))
+    state, sites = again.tracker.state, again.tracker.sites
+    assert state == engine.tracker.state and sites == engine.tracker.sites
+    assert len({id(e[0]) for e in state.values()}) == 1  # one "greenhouse-1" for the three devices
+    keys = {id(k) for k in state}
+    assert {id(d) for ds in sites.values() for d in ds} == keys and {id(s) for s in sites} == {id(state["board-1"][0])}
