@@ -227,9 +227,10 @@ class WindowOperator:
         self.bases = tuple(enumerate(spec.metrics))
         self.var = "stddev" in self.aggs  # keep Welford's M2 only when stddev is asked for
         # key ("" in shared mode) -> its record (KeyCell: the watermark the operator last acted on, NO_WM: none yet,
-        # and the key's state, its site "" while it has none; in shared mode a key's own watermark is never moved). A
-        # key's record is never replaced or dropped (only restore() replaces them all), so a caller may keep it (see
-        # key_cell()).
+        # and the key's state, its site "" while it has none). A key's record is never replaced or dropped (only
+        # restore() replaces them all), so a caller may keep it (see key_cell()); but in shared mode, where a key's own
+        # watermark is not moved and readings are judged against the shared cell (""), a key's record goes with its
+        # state (_drop_key).
         self.wm: dict[str, KeyCell] = {}
         self.late_count = 0
         # shared mode only: a heap of due entries (_Due: due watermark and key), the smallest due time queued per key,
@@ -373,9 +374,14 @@ class WindowOperator:
         return found
 
     def _drop_key(self, key: str) -> None:
-        """Shared mode: ``key``'s state is gone."""
+        """Shared mode: ``key``'s state is gone, and so is its record unless its own watermark was moved (only
+        ``advance_into`` with the key does that in shared mode): readings are judged against the shared cell, so a
+        record without state holds nothing (a fleet whose devices come and go must not keep one a device)."""
         self.korder.pop(key, None)
         self.queued.pop(key, None)
+        c = self.wm.get(key)
+        if c is not None and not c.site and c.v == NO_WM:
+            del self.wm[key]
 
     def _requeue_all(self, keys: list[str]) -> None:
         """After a restore in shared mode: every key is visited at the next advance (its state says what is due)."""
