@@ -48,10 +48,16 @@ empty: tracemalloc's counts) neither ``sys.getsizeof`` nor the collector shows. 
 itself, which the collector shows and ``sys.getsizeof`` measures."""
 
 
+def _vec_kind(o: object) -> tuple[int, int] | None:
+    """``o``'s entry in :data:`_VECS` if it is an interpreted ``vec`` (None for any other object)."""
+    t = type(o)
+    return _VECS.get(t.__name__) if t.__module__ == "builtins" else None
+
+
 def _vec_buffer(o: object) -> int:
     """The bytes of an interpreted ``vec``'s buffer (0 for any other object)."""
-    kind = _VECS.get(type(o).__name__)
-    if kind is not None and type(o).__module__ == "builtins":
+    kind = _vec_kind(o)
+    if kind is not None:
         n = len(o)  # type: ignore[arg-type]
         head, item = kind
         return (head + item * n + 7) & ~7 if n else 0
@@ -117,7 +123,7 @@ def _held(o: object) -> list[object]:
             v = getattr(o, n, None)
             if v is None or isinstance(v, (int, float)):
                 continue
-            if type(v).__name__ in _VECS and type(v).__module__ == "builtins":
+            if _vec_kind(v) is not None:
                 b = _vec_buffer(v)
                 if b:
                     refs.append(_Buffer(b))

@@ -105,8 +105,9 @@ class KeyCell(WmCell):
     """A key's record in an operator: its watermark cell and its window state in one object (each operator's
     subclass adds its state), so that a key costs one map entry and one object, not an entry in each of three maps
     (watermarks, sites, states) and a cell beside its state (about 68 bytes a key, 6 December 2026). It lives as long
-    as the cell did (never dropped: only a restore replaces them all); ``site`` is the site of the key's state, ""
-    while it has none (a site is never ""): a key whose windows are all gone keeps its record, its state emptied."""
+    as the cell did (never dropped: only a restore replaces them all), but in shared mode, where a key's own watermark
+    is not used, it goes with the key's state (``WindowOperator._drop_key``); ``site`` is the site of the key's state,
+    "" while it has none (a site is never ""): a key whose windows are all gone keeps its record, its state emptied."""
 
     __slots__ = ("site",)
 
@@ -304,15 +305,10 @@ class WindowOperator:
     def live(self, keys: Set[str] | None = None) -> list[str]:
         """The keys with state (of ``keys``, None: all): in shared mode in the order their state was made (the order
         an advance visits them in), else in their records' order."""
-        wm = self.wm
         if keys is None:
-            found = [k for k, c in wm.items() if c.site]
+            found = [k for k, c in self.wm.items() if c.site]
         else:
-            found = []
-            for k in keys:
-                c = wm.get(k)
-                if c is not None and c.site:
-                    found.append(k)
+            found = [k for k in keys if self.state_of(k) is not None]
         if self.shared and len(found) > 1:
             found.sort(key=self.korder.__getitem__)
         return found
@@ -355,15 +351,13 @@ class WindowOperator:
         if not q or q[0].t > wm:
             return []
         queued = self.queued
-        cells = self.wm
         keys: dict[str, None] = {}
         while q and q[0].t <= wm:
             d = _due_pop(q)
             t, k = d.t, d.key
             if queued.get(k) == t:
                 del queued[k]
-            c = cells.get(k)
-            if c is not None and c.site:
+            if self.state_of(k) is not None:
                 keys[k] = None
         found = list(keys)
         if len(found) > 1:
@@ -439,9 +433,9 @@ class WindowOperator:
         if pause is not None and i & 3 == 3:
             pause()
 
-    def _base_snapshot(self, keys: Set[str] | None, order: bool) -> dict[str, Any]:
-        """The state shared by the three operators; ``keys`` and ``order`` as in :meth:`Engine.snapshot`."""
-        live = self.live(keys)
+    def _base_snapshot(self, live: list[str], keys: Set[str] | None, order: bool) -> dict[str, Any]:
+        """The state shared by the three operators; ``keys`` and ``order`` as in :meth:`Engine.snapshot`, ``live``
+        the keys with state taken (:meth:`live` of ``keys``: the caller's too)."""
         if order:
             return {
                 "wm": {k: None for k, c in self.wm.items() if c.v != NO_WM},
@@ -662,8 +656,8 @@ class TumblingOperator(WindowOperator):
                 self._due(k, tk.due(size, drop))
 
     def snapshot(self, keys: Set[str] | None = None, order: bool = False) -> dict[str, Any]:
-        snap = self._base_snapshot(keys, order)
         live = self.live(keys)
+        snap = self._base_snapshot(live, keys, order)
         if order:
             snap["wins"] = dict.fromkeys(live)
             snap["timers"] = dict.fromkeys(live)
@@ -674,10 +668,10 @@ class TumblingOperator(WindowOperator):
         i = 0
         cells = self.wm
         for k in live:
-            ws = cast(_TKey, cells[k]).wins
+            tk = cast(_TKey, cells[k])
+            ws, f = tk.wins, tk.fired
             wins[k] = [[w.start, w.rev, w.acc.to_json()] for w in ws]
             # a heap's list, as it always was (sorted: one of the lists heapq keeps): [timer, start, phase]
-            f = cast(_TKey, cells[k]).fired
             timers[k] = sorted(
                 [w.start + self.drop, w.start, 1] if q < f else [w.start + self.size, w.start, 0]
                 for q, w in enumerate(ws)
@@ -2072,8 +2066,9 @@ class SlidingOperator(WindowOperator):
 
     def snapshot(self, keys: Set[str] | None = None, order: bool = False) -> dict[str, Any]:
         if order:
-            snap = self._base_snapshot(keys, order)
-            snap["keys"] = dict.fromkeys(self.live(keys))
+            live = self.live(keys)
+            snap = self._base_snapshot(live, keys, order)
+            snap["keys"] = dict.fromkeys(live)
             return snap
         return self._snapshot_keys(keys, 0)
 
@@ -2087,12 +2082,13 @@ class SlidingOperator(WindowOperator):
     def _snapshot_keys(self, keys: Set[str] | None, rows: int) -> dict[str, Any]:
         """The snapshot of ``keys`` (None: all): ``rows`` 0 as :meth:`snapshot`, 1 and 2 as :meth:`snapshot_rows`
         (``Engine.snapshot``'s)."""
-        snap = self._base_snapshot(keys, False)
+        live = self.live(keys)
+        snap = self._base_snapshot(live, keys, False)
         out: dict[str, Any] = {}
         chunk, off, nm = self.chunk if rows else 0, self.offset, self.nm
         i = 0
         cells = self.wm
-        for k in self.live(keys):
+        for k in live:
             ks = cast(_SlideKey, cells[k])
             if chunk:
                 out[k] = ks.to_rows(nm, chunk, off, CK_ALL if rows == 2 else ks.ck_lo)
@@ -2325,8 +2321,8 @@ class SessionOperator(WindowOperator):
                 rec.site = ""  # no state: its record stays (its watermark)
 
     def snapshot(self, keys: Set[str] | None = None, order: bool = False) -> dict[str, Any]:
-        snap = self._base_snapshot(keys, order)
         live = self.live(keys)
+        snap = self._base_snapshot(live, keys, order)
         if order:
             snap["sessions"] = dict.fromkeys(live)
             snap["tombs"] = dict.fromkeys(self.tombs)
