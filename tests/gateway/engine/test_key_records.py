@@ -10,7 +10,7 @@ import pytest
 from engine_helpers import batch
 
 from gateway.engine import Engine, parse_engine
-from gateway.engine.operators import SessionOperator, SlidingOperator, TumblingOperator
+from gateway.engine.operators import SessionOperator, SlidingOperator, TumblingOperator, _SlideKey
 from gateway.memsize import block_size
 
 T0 = 1_764_072_000_000
@@ -69,8 +69,8 @@ def test_a_key_whose_windows_are_gone_holds_only_its_record(mode: str) -> None:
         rec = op.wm[key]
         assert rec.site == "", (w.spec.name, key)
         if isinstance(op, SlidingOperator):
-            sk = op.wm[key]
-            assert isinstance(sk, type(op._new_cell(0)))
+            sk = rec
+            assert isinstance(sk, _SlideKey)
             assert sk.panes is op.no_panes and op.no_panes.n == 0 and op.no_panes.cap == 0
             assert sk.front_a == () and sk.back is None and sk.revs is None and sk.dirty is None
         elif isinstance(op, TumblingOperator):
